@@ -1,0 +1,37 @@
+# torpor: the build, test and bench entry points.
+#
+#   make deps       install every tool and package a fresh machine lacks
+#   make test       the whole test suite (host, ARMv6 under qemu-arm, Pi Zero bench)
+#   make arm        the stripped static ARMv6 binary: $(ARM_BIN)
+#   make demo       the emulated Pi Zero hibernate/resume demo
+#   make bench      benchmarks (image codec, dump/restore)
+
+ARM_TARGET   := arm-unknown-linux-musleabi
+ARM_UNWIND   := $(CURDIR)/target/armv6-libunwind
+ARM_BIN      := target/$(ARM_TARGET)/release/torpor
+ARM_ENV      := RUSTC_BOOTSTRAP=1 \
+	CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABI_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no -L $(ARM_UNWIND)"
+ARM_CARGO    := $(ARM_ENV) cargo
+BUILD_STD    := -Z build-std=std,panic_abort --target $(ARM_TARGET)
+
+.PHONY: deps test test-host test-arm arm demo bench fuzz lint
+
+deps:
+	bash scripts/install-deps.sh
+
+# std's unwind crate links -lunwind; the cross gcc's libgcc_eh provides it.
+$(ARM_UNWIND)/libunwind.a:
+	mkdir -p $(ARM_UNWIND)
+	ln -sf "$$(arm-linux-gnueabi-gcc -print-file-name=libgcc_eh.a)" $@
+
+arm: $(ARM_UNWIND)/libunwind.a
+	$(ARM_CARGO) build --release $(BUILD_STD) -p torpor --bin torpor
+	@file $(ARM_BIN)
+
+test-host:
+	cargo test --workspace
+
+test-arm: $(ARM_UNWIND)/libunwind.a
+	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
+
+test: deps test-host test-arm

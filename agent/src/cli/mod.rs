@@ -1,0 +1,72 @@
+//! Command-line front end: one module per subcommand, each returning a
+//! process exit code or an error whose message tells the user what to do.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `torpor`: hibernation in user space.
+#[derive(Debug, Parser)]
+#[command(name = "torpor", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an image (a file or the newest image of a store) as JSON.
+    Show(ShowArgs),
+    /// Inspect or clear the A/B image store.
+    Store(StoreArgs),
+    /// Report the kernel features torpor relies on.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Image file to print.
+    #[arg(conflicts_with = "store", required_unless_present = "store")]
+    pub image: Option<PathBuf>,
+    /// Print the newest valid image of this store (partition or file).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub action: StoreAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Show both slots: state, generation, length, CRC, attempts.
+    Status {
+        /// The store: a raw partition or a regular file.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Mark both slots empty.
+    Clear {
+        /// The store: a raw partition or a regular file.
+        #[arg(long)]
+        store: PathBuf,
+    },
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result: Result<i32, String> = match cli.command {
+        Command::Show(_) | Command::Store(_) | Command::Check => {
+            Err("not built yet".to_string())
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("torpor: error: {e}");
+            1
+        }
+    }
+}

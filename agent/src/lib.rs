@@ -1,0 +1,12 @@
+//! torpor: user-space hibernation for the Raspberry Pi Zero.
+//!
+//! The data flow reads top-down: request → freeze → collect → encode → store
+//! → power on the way down; boot → store → decode → rebuild → resume on the
+//! way up. Each module is one step of that flow.
+
+pub mod cli;
+pub mod image;
+pub mod store;
+
+/// The torpor version recorded in every image header.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install everything torpor's build, tests and emulated Pi Zero bench need on a
+# fresh Debian machine that has only the Rust toolchain, gcc and python3.
+# Idempotent: a second run installs nothing and returns quickly.
+set -euo pipefail
+
+need_apt=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+packages=(
+    gcc-arm-linux-gnueabi      # ARMv6 cross compiler (armel, soft-float ABI)
+    musl-dev:armel             # musl libc for arm-unknown-linux-musleabi
+    qemu-user-static           # runs ARMv6 unit tests (cargo runner)
+    qemu-system-arm            # the emulated Pi Zero (-M raspi0)
+    device-tree-compiler       # fdtput, to adjust the Pi Zero device tree
+    cpio                       # initramfs
+    fdisk                      # sfdisk, to check partition tables
+    mtools dosfstools          # boot partition (vfat)
+    e2fsprogs                  # rootfs partition (ext4)
+    genimage                   # the board's SD card layout
+    shellcheck                 # lint for board and init scripts
+)
+
+if ! dpkg --print-foreign-architectures | grep -qx armel; then
+    dpkg --add-architecture armel
+fi
+
+for p in "${packages[@]}"; do
+    have "$p" || need_apt+=("$p")
+done
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    # A foreign architecture may leave some index unreadable; the packages
+    # torpor needs are still found, so a non-zero exit here is not fatal.
+    apt-get update -q || echo "install-deps: apt-get update reported errors; continuing" >&2
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    rustup component add rust-src
+fi
+echo "install-deps: all dependencies present"
