@@ -4,7 +4,9 @@
 //! → power on the way down; boot → store → decode → rebuild → resume on the
 //! way up. Each module is one step of that flow.
 
+pub mod arch;
 pub mod cli;
+pub mod engine;
 pub mod image;
 pub mod store;
 

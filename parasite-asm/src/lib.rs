@@ -1,4 +1,429 @@
 //! Hand-written, position-independent code that torpor injects into a frozen
 //! task: the syscall trampoline and the parasite that collects in-process
 //! state. No relocations; every blob runs wherever it is mapped.
+//!
+//! Each architecture's blobs are assembled with `global_asm!` into
+//! `.rodata`, between start/end symbols, and exported as byte slices. The
+//! tracer copies the bytes into the task; they are never executed in torpor.
+//!
+//! The parasite's argument area is [`ParasiteArgs`]; its field offsets are fed
+//! to the assembler as `const` operands, so the code and the Rust view cannot
+//! drift apart, and the layout drawn below is checked by `const` asserts.
 #![no_std]
+#![allow(unsafe_code)]
+
+use core::mem::{offset_of, size_of};
+
+/// Number of signals whose disposition the parasite reads (1..=64).
+pub const NSIG: usize = 64;
+
+/// The kernel's `struct sigaction` as `rt_sigaction` reads and writes it
+/// (not libc's): native words, then the 64-bit mask as native words so that
+/// 32-bit ARM has no alignment padding before it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KSigaction {
+    pub handler: usize,
+    pub flags: usize,
+    pub restorer: usize,
+    pub mask: [usize; 8 / size_of::<usize>()],
+}
+
+/// `stack_t` (sigaltstack): pointer, int flags, size.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KStack {
+    pub sp: usize,
+    pub flags: i32,
+    pub size: usize,
+}
+
+/// `struct itimerval`: interval then value, each `{sec, usec}` in native longs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KItimerval {
+    pub interval_sec: isize,
+    pub interval_usec: isize,
+    pub value_sec: isize,
+    pub value_usec: isize,
+}
+
+/// Index into [`ParasiteArgs::results`] of each non-sigaction call.
+pub mod slot {
+    pub const SIGALTSTACK: usize = 0;
+    pub const ITIMER_REAL: usize = 1;
+    pub const ITIMER_VIRTUAL: usize = 2;
+    pub const ITIMER_PROF: usize = 3;
+    pub const TID_ADDRESS: usize = 4;
+    pub const ROBUST_LIST: usize = 5;
+    pub const BRK: usize = 6;
+    pub const COUNT: usize = 8;
+}
+
+/// The parasite's argument area, written back by the parasite.
+///
+/// ```text
+///  x86_64 offset  arm offset
+///  0              0            sigactions[64]   KSigaction (32 / 20 bytes each)
+///  2048           1280         sig_results[64]  isize: rt_sigaction return values
+///  2560           1536         altstack         KStack (24 / 12)
+///  2584           1548         itimers[3]       KItimerval (32 / 16): REAL, VIRTUAL, PROF
+///  2680           1596         tid_address      usize (PR_GET_TID_ADDRESS writes it)
+///  2688           1600         robust_head      usize
+///  2696           1604         robust_len       usize
+///  2704           1608         results[8]       isize: return value of each call in `slot`
+///  2768           1640         (end)            the parasite's stack lies above, same mapping
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ParasiteArgs {
+    pub sigactions: [KSigaction; NSIG],
+    pub sig_results: [isize; NSIG],
+    pub altstack: KStack,
+    pub itimers: [KItimerval; 3],
+    pub tid_address: usize,
+    pub robust_head: usize,
+    pub robust_len: usize,
+    pub results: [isize; slot::COUNT],
+}
+
+impl Default for ParasiteArgs {
+    fn default() -> Self {
+        Self {
+            sigactions: [KSigaction::default(); NSIG],
+            sig_results: [0; NSIG],
+            altstack: KStack::default(),
+            itimers: [KItimerval::default(); 3],
+            tid_address: 0,
+            robust_head: 0,
+            robust_len: 0,
+            results: [0; slot::COUNT],
+        }
+    }
+}
+
+const OFF_SIGACTIONS: usize = offset_of!(ParasiteArgs, sigactions);
+const OFF_SIG_RESULTS: usize = offset_of!(ParasiteArgs, sig_results);
+const OFF_ALTSTACK: usize = offset_of!(ParasiteArgs, altstack);
+const OFF_ITIMERS: usize = offset_of!(ParasiteArgs, itimers);
+const OFF_TID_ADDRESS: usize = offset_of!(ParasiteArgs, tid_address);
+const OFF_ROBUST_HEAD: usize = offset_of!(ParasiteArgs, robust_head);
+const OFF_ROBUST_LEN: usize = offset_of!(ParasiteArgs, robust_len);
+const OFF_RESULTS: usize = offset_of!(ParasiteArgs, results);
+const SIGACTION_SIZE: usize = size_of::<KSigaction>();
+const ITIMER_SIZE: usize = size_of::<KItimerval>();
+const WORD: usize = size_of::<usize>();
+
+// The layout drawn above, checked for both word sizes.
+const _: () = {
+    assert!(OFF_SIGACTIONS == 0);
+    assert!(SIGACTION_SIZE == 3 * WORD + 8);
+    assert!(OFF_SIG_RESULTS == NSIG * SIGACTION_SIZE);
+    assert!(OFF_ALTSTACK == OFF_SIG_RESULTS + NSIG * WORD);
+    assert!(size_of::<KStack>() == 3 * WORD);
+    assert!(OFF_ITIMERS == OFF_ALTSTACK + 3 * WORD);
+    assert!(ITIMER_SIZE == 4 * WORD);
+    assert!(OFF_TID_ADDRESS == OFF_ITIMERS + 3 * ITIMER_SIZE);
+    assert!(OFF_ROBUST_HEAD == OFF_TID_ADDRESS + WORD);
+    assert!(OFF_ROBUST_LEN == OFF_ROBUST_HEAD + WORD);
+    assert!(OFF_RESULTS == OFF_ROBUST_LEN + WORD);
+    assert!(size_of::<ParasiteArgs>() == OFF_RESULTS + slot::COUNT * WORD);
+    assert!(size_of::<ParasiteArgs>() % 8 == 0);
+    // The whole area plus a stack fits in the one page the tracer maps.
+    assert!(size_of::<ParasiteArgs>() + 1024 <= 4096);
+};
+
+/// Where the parasite's code, arguments and stack go in the one mapping the
+/// tracer creates for it:
+///
+/// ```text
+///  page 0: code (PARASITE bytes), read+exec
+///  page 1: ParasiteArgs at offset 0, stack grows down from the page end
+/// ```
+pub const PARASITE_ARGS_OFFSET: usize = 4096;
+/// Size of the parasite mapping (code page + argument/stack page).
+pub const PARASITE_MAP_SIZE: usize = 8192;
+
+#[cfg(target_arch = "x86_64")]
+mod blobs {
+    // Trampoline: `syscall; int3`.
+    // Parasite: entered with r12 = &ParasiteArgs and rsp inside the argument
+    // page; uses only r12-r15 (which syscall preserves) plus the syscall
+    // argument registers; ends in int3 so the tracer regains control.
+    core::arch::global_asm!(
+        ".pushsection .rodata.torpor_blobs,\"a\"",
+        ".globl torpor_trampoline_start",
+        ".globl torpor_trampoline_end",
+        "torpor_trampoline_start:",
+        "syscall",
+        "int3",
+        "torpor_trampoline_end:",
+        ".globl torpor_parasite_start",
+        ".globl torpor_parasite_end",
+        "torpor_parasite_start:",
+        // for sig in 1..=64 (skipping SIGKILL 9, SIGSTOP 19):
+        //   sig_results[sig-1] = rt_sigaction(sig, NULL, &sigactions[sig-1], 8)
+        "mov r13d, 1",
+        "2:",
+        "cmp r13d, 9",
+        "je 3f",
+        "cmp r13d, 19",
+        "je 3f",
+        "mov eax, 13",
+        "mov edi, r13d",
+        "xor esi, esi",
+        "lea rdx, [r13 - 1]",
+        "imul rdx, rdx, {sa_size}",
+        "add rdx, r12",
+        "mov r10d, 8",
+        "syscall",
+        "mov [r12 + r13 * 8 + {sig_results} - 8], rax",
+        "3:",
+        "inc r13d",
+        "cmp r13d, 65",
+        "jne 2b",
+        // sigaltstack(NULL, &altstack)
+        "mov eax, 131",
+        "xor edi, edi",
+        "lea rsi, [r12 + {altstack}]",
+        "syscall",
+        "mov [r12 + {results} + 8 * {s_altstack}], rax",
+        // getitimer(which, &itimers[which]) for REAL, VIRTUAL, PROF
+        "xor r13d, r13d",
+        "4:",
+        "mov eax, 36",
+        "mov edi, r13d",
+        "mov rsi, r13",
+        "imul rsi, rsi, {it_size}",
+        "lea rsi, [r12 + rsi + {itimers}]",
+        "syscall",
+        "mov [r12 + r13 * 8 + {results} + 8 * {s_itimer}], rax",
+        "inc r13d",
+        "cmp r13d, 3",
+        "jne 4b",
+        // prctl(PR_GET_TID_ADDRESS, &tid_address)
+        "mov eax, 157",
+        "mov edi, 40",
+        "lea rsi, [r12 + {tid_address}]",
+        "xor edx, edx",
+        "xor r10d, r10d",
+        "xor r8d, r8d",
+        "syscall",
+        "mov [r12 + {results} + 8 * {s_tid}], rax",
+        // get_robust_list(0, &robust_head, &robust_len)
+        "mov eax, 274",
+        "xor edi, edi",
+        "lea rsi, [r12 + {robust_head}]",
+        "lea rdx, [r12 + {robust_len}]",
+        "syscall",
+        "mov [r12 + {results} + 8 * {s_robust}], rax",
+        // brk(0): the current program break
+        "mov eax, 12",
+        "xor edi, edi",
+        "syscall",
+        "mov [r12 + {results} + 8 * {s_brk}], rax",
+        "int3",
+        "torpor_parasite_end:",
+        ".popsection",
+        sa_size = const super::SIGACTION_SIZE,
+        it_size = const super::ITIMER_SIZE,
+        sig_results = const super::OFF_SIG_RESULTS,
+        altstack = const super::OFF_ALTSTACK,
+        itimers = const super::OFF_ITIMERS,
+        tid_address = const super::OFF_TID_ADDRESS,
+        robust_head = const super::OFF_ROBUST_HEAD,
+        robust_len = const super::OFF_ROBUST_LEN,
+        results = const super::OFF_RESULTS,
+        s_altstack = const super::slot::SIGALTSTACK,
+        s_itimer = const super::slot::ITIMER_REAL,
+        s_tid = const super::slot::TID_ADDRESS,
+        s_robust = const super::slot::ROBUST_LIST,
+        s_brk = const super::slot::BRK,
+    );
+}
+
+#[cfg(target_arch = "arm")]
+mod blobs {
+    // ARM (A32, ARMv6: no movw/movt, no Thumb-2, no barriers).
+    // Trampoline: `svc #0; udf` (0xe7f001f0, the Linux ARM breakpoint).
+    // Parasite: entered with r4 = &ParasiteArgs and sp inside the argument
+    // page; r4-r6 are preserved by the kernel across svc; r7 holds the
+    // syscall number (EABI). Constants too wide for an immediate come from
+    // the literal pool at the end (pc-relative: still position independent).
+    core::arch::global_asm!(
+        ".pushsection .rodata.torpor_blobs,\"a\"",
+        ".arm",
+        ".balign 4",
+        ".globl torpor_trampoline_start",
+        ".globl torpor_trampoline_end",
+        "torpor_trampoline_start:",
+        "svc #0",
+        ".word 0xe7f001f0",
+        "torpor_trampoline_end:",
+        ".globl torpor_parasite_start",
+        ".globl torpor_parasite_end",
+        "torpor_parasite_start:",
+        // for sig in 1..=64 (skipping SIGKILL 9, SIGSTOP 19)
+        "mov r5, #1",
+        "2:",
+        "cmp r5, #9",
+        "beq 3f",
+        "cmp r5, #19",
+        "beq 3f",
+        "mov r0, r5",
+        "mov r1, #0",
+        "sub r2, r5, #1",
+        "mov r3, #{sa_size}",
+        "mul r6, r2, r3",
+        "add r2, r4, r6",
+        "mov r3, #8",
+        "mov r7, #174",
+        "svc #0",
+        "ldr r6, 10f",
+        "add r6, r6, r4",
+        "sub r1, r5, #1",
+        "str r0, [r6, r1, lsl #2]",
+        "3:",
+        "add r5, r5, #1",
+        "cmp r5, #65",
+        "bne 2b",
+        // sigaltstack(NULL, &altstack)
+        "mov r0, #0",
+        "ldr r1, 11f",
+        "add r1, r1, r4",
+        "mov r7, #186",
+        "svc #0",
+        "ldr r6, 15f",
+        "add r6, r6, r4",
+        "str r0, [r6, #{s_altstack} * 4]",
+        // getitimer(which, &itimers[which])
+        "mov r5, #0",
+        "4:",
+        "mov r0, r5",
+        "mov r3, #{it_size}",
+        "mul r2, r5, r3",
+        "ldr r1, 12f",
+        "add r1, r1, r2",
+        "add r1, r1, r4",
+        "mov r7, #105",
+        "svc #0",
+        "ldr r6, 15f",
+        "add r6, r6, r4",
+        "add r6, r6, #{s_itimer} * 4",
+        "str r0, [r6, r5, lsl #2]",
+        "add r5, r5, #1",
+        "cmp r5, #3",
+        "bne 4b",
+        // prctl(PR_GET_TID_ADDRESS, &tid_address)
+        "mov r0, #40",
+        "ldr r1, 13f",
+        "add r1, r1, r4",
+        "mov r2, #0",
+        "mov r3, #0",
+        "mov r7, #172",
+        "svc #0",
+        "ldr r6, 15f",
+        "add r6, r6, r4",
+        "str r0, [r6, #{s_tid} * 4]",
+        // get_robust_list(0, &robust_head, &robust_len)
+        "mov r0, #0",
+        "ldr r1, 14f",
+        "add r1, r1, r4",
+        "add r2, r1, #4",
+        "ldr r7, 16f",
+        "svc #0",
+        "ldr r6, 15f",
+        "add r6, r6, r4",
+        "str r0, [r6, #{s_robust} * 4]",
+        // brk(0)
+        "mov r0, #0",
+        "mov r7, #45",
+        "svc #0",
+        "ldr r6, 15f",
+        "add r6, r6, r4",
+        "str r0, [r6, #{s_brk} * 4]",
+        ".word 0xe7f001f0",
+        "10: .word {sig_results}",
+        "11: .word {altstack}",
+        "12: .word {itimers}",
+        "13: .word {tid_address}",
+        "14: .word {robust_head}",
+        "15: .word {results}",
+        "16: .word 339",
+        "torpor_parasite_end:",
+        ".popsection",
+        sa_size = const super::SIGACTION_SIZE,
+        it_size = const super::ITIMER_SIZE,
+        sig_results = const super::OFF_SIG_RESULTS,
+        altstack = const super::OFF_ALTSTACK,
+        itimers = const super::OFF_ITIMERS,
+        tid_address = const super::OFF_TID_ADDRESS,
+        robust_head = const super::OFF_ROBUST_HEAD,
+        results = const super::OFF_RESULTS,
+        s_altstack = const super::slot::SIGALTSTACK,
+        s_itimer = const super::slot::ITIMER_REAL,
+        s_tid = const super::slot::TID_ADDRESS,
+        s_robust = const super::slot::ROBUST_LIST,
+        s_brk = const super::slot::BRK,
+    );
+    // robust_len must follow robust_head directly for `add r2, r1, #4`.
+    const _: () = assert!(super::OFF_ROBUST_LEN == super::OFF_ROBUST_HEAD + 4);
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+mod export {
+    unsafe extern "C" {
+        static torpor_trampoline_start: u8;
+        static torpor_trampoline_end: u8;
+        static torpor_parasite_start: u8;
+        static torpor_parasite_end: u8;
+    }
+
+    fn span(start: *const u8, end: *const u8) -> &'static [u8] {
+        let len = (end as usize) - (start as usize);
+        // SAFETY: both symbols delimit one blob in .rodata emitted by the
+        // global_asm! above; the bytes are immutable for the program's life.
+        unsafe { core::slice::from_raw_parts(start, len) }
+    }
+
+    /// `syscall; trap` for this architecture.
+    pub fn trampoline() -> &'static [u8] {
+        span(
+            &raw const torpor_trampoline_start,
+            &raw const torpor_trampoline_end,
+        )
+    }
+
+    /// The collecting parasite for this architecture.
+    pub fn parasite() -> &'static [u8] {
+        span(
+            &raw const torpor_parasite_start,
+            &raw const torpor_parasite_end,
+        )
+    }
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+pub use export::{parasite, trampoline};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_end_in_a_trap() {
+        let t = trampoline();
+        let p = parasite();
+        assert!(!t.is_empty() && p.len() > 16);
+        assert!(p.len() <= PARASITE_ARGS_OFFSET);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(t, &[0x0f, 0x05, 0xcc]);
+            assert_eq!(p.last(), Some(&0xcc));
+        }
+        #[cfg(target_arch = "arm")]
+        {
+            assert_eq!(t, &[0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7]);
+        }
+    }
+}

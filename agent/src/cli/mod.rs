@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod dump;
+pub mod restore;
+
 /// `torpor`: hibernation in user space.
 #[derive(Debug, Parser)]
 #[command(name = "torpor", version, about, propagate_version = true)]
@@ -21,6 +24,10 @@ pub enum Command {
     Store(StoreArgs),
     /// Report the kernel features torpor relies on.
     Check,
+    /// Checkpoint a process tree (every descendant, every thread) into an image.
+    Dump(dump::DumpArgs),
+    /// Recreate a process tree from an image with its original pids.
+    Restore(restore::RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +65,8 @@ pub enum StoreAction {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result: Result<i32, String> = match cli.command {
+        Command::Dump(a) => dump::run(&a),
+        Command::Restore(a) => restore::run(&a),
         Command::Show(_) | Command::Store(_) | Command::Check => {
             Err("not built yet".to_string())
         }

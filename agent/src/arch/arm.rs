@@ -1,0 +1,222 @@
+//! 32-bit ARM (ARMv6, EABI): the 18-word `user_regs` (r0-r15, cpsr,
+//! ORIG_r0), `svc #0` with the number in r7 and arguments in r0-r5, the
+//! Linux undefined-instruction breakpoint as trap, VFP through
+//! PTRACE_GETVFPREGS and TLS through PTRACE_GET_THREAD_AREA / `set_tls`.
+//! Neither libc nor nix define these for musl ARM, so they are defined here.
+
+use super::{ptrace_err, restart_kind, RegsError, Restart};
+
+pub const ARCH: &str = "arm";
+/// `svc #0` then the Linux ARM breakpoint `0xe7f001f0` (little endian).
+pub const SYSCALL_TRAP: &[u8] = &[0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7];
+/// Length of the syscall instruction the restart rule rewinds over.
+pub const SYSCALL_INSN_LEN: u64 = 4;
+
+const PTRACE_GETREGS: u32 = 12;
+const PTRACE_SETREGS: u32 = 13;
+const PTRACE_GET_THREAD_AREA: u32 = 22;
+const PTRACE_GETVFPREGS: u32 = 27;
+const PTRACE_SETVFPREGS: u32 = 28;
+/// 32 double registers plus fpscr.
+const VFP_SIZE: usize = 32 * 8 + 4;
+/// ARM private syscall that sets the TLS register.
+const ARM_SET_TLS: i64 = 0xf_0005;
+/// The Thumb bit of cpsr; the trampoline is A32 code.
+const CPSR_T: u32 = 1 << 5;
+
+/// The kernel's `struct pt_regs` as PTRACE_GETREGS returns it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub r: [u32; 16],
+    pub cpsr: u32,
+    pub orig_r0: u32,
+}
+
+const REGS_SIZE: usize = core::mem::size_of::<Regs>();
+const _: () = assert!(REGS_SIZE == 18 * 4);
+
+fn lo(v: u64) -> u32 {
+    // Addresses and register values on this architecture are 32 bits wide;
+    // the upper half of the portable u64 is always zero.
+    (v & 0xffff_ffff) as u32
+}
+
+#[allow(clippy::cast_possible_wrap)]
+fn req(r: u32) -> libc::c_int {
+    r as libc::c_int
+}
+
+impl Regs {
+    pub fn pc(&self) -> u64 {
+        u64::from(self.r[15])
+    }
+    pub fn set_pc(&mut self, pc: u64) {
+        self.r[15] = lo(pc);
+    }
+    pub fn sp(&self) -> u64 {
+        u64::from(self.r[13])
+    }
+    pub fn set_sp(&mut self, sp: u64) {
+        self.r[13] = lo(sp);
+    }
+    pub fn syscall_result(&self) -> i64 {
+        i64::from(self.r[0].cast_signed())
+    }
+    /// ORIG_r0 is -1 outside a syscall (the convention CRIU relies on too).
+    pub fn in_syscall(&self) -> bool {
+        self.orig_r0.cast_signed() >= 0
+    }
+    pub fn set_syscall_state(&mut self, orig: i64, ret: i64) {
+        self.orig_r0 = lo(orig.cast_unsigned());
+        self.r[0] = lo(ret.cast_unsigned());
+    }
+    pub fn prepare_syscall(&mut self, pc: u64, nr: i64, args: &[u64; 6]) {
+        self.r[15] = lo(pc);
+        self.r[7] = lo(nr.cast_unsigned());
+        for (i, a) in args.iter().enumerate() {
+            self.r[i] = lo(*a);
+        }
+        self.cpsr &= !CPSR_T;
+        self.clear_syscall();
+    }
+    /// Enters the parasite at `entry` with its argument area in r4.
+    pub fn prepare_parasite(&mut self, entry: u64, args: u64, stack: u64) {
+        self.r[15] = lo(entry);
+        self.r[4] = lo(args);
+        self.r[13] = lo(stack);
+        self.cpsr &= !CPSR_T;
+        self.clear_syscall();
+    }
+    pub fn clear_syscall(&mut self) {
+        self.orig_r0 = u32::MAX;
+    }
+    /// `-ERESTART*` → `pc -= 4`, `r0 = ORIG_r0`; restart block → EINTR.
+    pub fn fix_syscall_restart(&mut self) {
+        match restart_kind(self.in_syscall(), self.syscall_result()) {
+            Restart::Again => {
+                self.r[15] = self.r[15].wrapping_sub(4);
+                self.r[0] = self.orig_r0;
+            }
+            Restart::Eintr => self.r[0] = (-libc::EINTR).cast_unsigned(),
+            Restart::None => {}
+        }
+    }
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.r
+            .iter()
+            .chain([self.cpsr, self.orig_r0].iter())
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+    pub fn from_bytes(b: &[u8]) -> Result<Self, RegsError> {
+        if b.len() != REGS_SIZE {
+            return Err(RegsError::BadSize { got: b.len(), want: REGS_SIZE });
+        }
+        let mut w = [0u32; 18];
+        for (i, c) in b.chunks_exact(4).enumerate() {
+            w[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let mut r = [0u32; 16];
+        r.copy_from_slice(&w[..16]);
+        Ok(Self { r, cpsr: w[16], orig_r0: w[17] })
+    }
+}
+
+pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
+    let mut r = Regs::default();
+    // SAFETY: PTRACE_GETREGS writes 18 words into `r` (#[repr(C)], 72 bytes).
+    let rc = unsafe { libc::ptrace(req(PTRACE_GETREGS) as _, tid, 0usize, &raw mut r) };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_GETREGS", tid));
+    }
+    Ok(r)
+}
+
+pub fn set_regs(tid: i32, r: &Regs) -> Result<(), RegsError> {
+    // SAFETY: PTRACE_SETREGS reads 18 words from `r`.
+    let rc = unsafe { libc::ptrace(req(PTRACE_SETREGS) as _, tid, 0usize, &raw const *r) };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_SETREGS", tid));
+    }
+    Ok(())
+}
+
+/// 32 VFP double registers and fpscr.
+pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
+    let mut buf = vec![0u8; VFP_SIZE];
+    // SAFETY: PTRACE_GETVFPREGS writes exactly VFP_SIZE bytes into `buf`.
+    let rc = unsafe {
+        libc::ptrace(req(PTRACE_GETVFPREGS) as _, tid, 0usize, buf.as_mut_ptr())
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_GETVFPREGS", tid));
+    }
+    Ok(buf)
+}
+
+pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), RegsError> {
+    if data.len() != VFP_SIZE {
+        return Err(RegsError::BadSize { got: data.len(), want: VFP_SIZE });
+    }
+    // SAFETY: PTRACE_SETVFPREGS reads exactly VFP_SIZE bytes from `data`.
+    let rc = unsafe {
+        libc::ptrace(req(PTRACE_SETVFPREGS) as _, tid, 0usize, data.as_ptr())
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_SETVFPREGS", tid));
+    }
+    Ok(())
+}
+
+/// The TLS word (TPIDRURO) through PTRACE_GET_THREAD_AREA.
+pub fn get_tls(tid: i32, _regs: &Regs) -> Result<u64, RegsError> {
+    let mut tls: u32 = 0;
+    // SAFETY: PTRACE_GET_THREAD_AREA on ARM stores one word at `data`.
+    let rc = unsafe {
+        libc::ptrace(req(PTRACE_GET_THREAD_AREA) as _, tid, 0usize, &raw mut tls)
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_GET_THREAD_AREA", tid));
+    }
+    Ok(u64::from(tls))
+}
+
+/// `set_tls(tls)`: ARM keeps TLS outside the general registers.
+pub fn tls_restore_syscall(tls: u64) -> Option<(i64, [u64; 6])> {
+    Some((ARM_SET_TLS, [tls, 0, 0, 0, 0, 0]))
+}
+
+/// `mmap2`: the offset is given in 4096-byte units.
+pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
+    (
+        nr::MMAP,
+        [addr, len, u64::from(prot.cast_unsigned()), u64::from(flags.cast_unsigned()), u64::from(fd.cast_unsigned()), off / 4096],
+    )
+}
+
+/// EABI syscall numbers the engine injects.
+pub mod nr {
+    pub const MMAP: i64 = 192;
+    pub const MPROTECT: i64 = 125;
+    pub const MUNMAP: i64 = 91;
+    pub const BRK: i64 = 45;
+    pub const RT_SIGACTION: i64 = 174;
+    pub const MREMAP: i64 = 163;
+    pub const PAUSE: i64 = 29;
+    pub const GETPID: i64 = 20;
+    pub const SETITIMER: i64 = 104;
+    pub const SETGROUPS: i64 = 206;
+    pub const SETRESUID: i64 = 208;
+    pub const SETRESGID: i64 = 210;
+    pub const RT_SIGQUEUEINFO: i64 = 178;
+    pub const SIGALTSTACK: i64 = 186;
+    pub const PRCTL: i64 = 172;
+    pub const SET_TID_ADDRESS: i64 = 256;
+    pub const OPENAT: i64 = 322;
+    pub const CLOSE: i64 = 6;
+    pub const SET_ROBUST_LIST: i64 = 338;
+    pub const RT_TGSIGQUEUEINFO: i64 = 363;
+    pub const RSEQ: i64 = 398;
+    pub const CLONE3: i64 = 435;
+}

@@ -1,0 +1,120 @@
+//! Per-architecture code behind one interface: the register file, the
+//! syscall ABI, the trap instruction, the syscall-restart rule and the
+//! requests that read and write FPU state and TLS.
+//!
+//! Exactly one module is selected here; every caller uses `crate::arch::*`
+//! and never writes `cfg(target_arch)`. Each module provides the same set:
+//!
+//! - `ARCH: &str`, `SYSCALL_TRAP: &[u8]` (syscall then trap, word padded)
+//! - `Regs` (`#[repr(C)]`, the kernel's user register struct) with
+//!   `pc/set_pc/sp/set_sp`, `syscall_result`, `prepare_syscall`,
+//!   `prepare_parasite`, `fix_syscall_restart`, `to_bytes/from_bytes`,
+//!   `clear_syscall`
+//! - `get_regs/set_regs`, `get_fpregs/set_fpregs`, `get_tls`
+//! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
+//!   pointer, when registers alone do not carry it
+//! - `nr`: the syscall numbers the engine injects, and `mmap_args`
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "arm")]
+mod arm;
+#[cfg(target_arch = "arm")]
+pub use arm::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::*;
+
+/// Kernel return codes that ask for a syscall restart (include/linux/errno.h).
+pub const ERESTARTSYS: i64 = 512;
+pub const ERESTARTNOINTR: i64 = 513;
+pub const ERESTARTNOHAND: i64 = 514;
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// What a stopped task's syscall state asks for, decided identically on every
+/// architecture from the raw return value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Not in a restartable syscall.
+    None,
+    /// Re-execute the syscall instruction with the original first argument.
+    Again,
+    /// The restart block cannot be carried over: the syscall returns EINTR.
+    Eintr,
+}
+
+/// Classifies a syscall return value left in a stopped task.
+pub fn restart_kind(in_syscall: bool, ret: i64) -> Restart {
+    if !in_syscall {
+        return Restart::None;
+    }
+    match -ret {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => Restart::Again,
+        ERESTART_RESTARTBLOCK => Restart::Eintr,
+        _ => Restart::None,
+    }
+}
+
+/// The error a register request failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum RegsError {
+    #[error("task {0} is gone")]
+    TaskDied(i32),
+    #[error("{op} on task {tid}: {err}")]
+    Os { op: &'static str, tid: i32, err: std::io::Error },
+    #[error("register image of {got} bytes, this architecture needs {want}")]
+    BadSize { got: usize, want: usize },
+}
+
+pub(crate) fn ptrace_err(op: &'static str, tid: i32) -> RegsError {
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        RegsError::TaskDied(tid)
+    } else {
+        RegsError::Os { op, tid, err }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_codes() {
+        assert_eq!(restart_kind(true, -512), Restart::Again);
+        assert_eq!(restart_kind(true, -513), Restart::Again);
+        assert_eq!(restart_kind(true, -514), Restart::Again);
+        assert_eq!(restart_kind(true, -516), Restart::Eintr);
+        assert_eq!(restart_kind(true, -4), Restart::None);
+        assert_eq!(restart_kind(false, -512), Restart::None);
+    }
+
+    #[test]
+    fn regs_round_trip_through_bytes() {
+        let mut r = Regs::default();
+        r.set_pc(0x1234_5678);
+        r.set_sp(0x7fff_0000);
+        let b = r.to_bytes();
+        let back = Regs::from_bytes(&b).expect("same size");
+        assert_eq!(back.pc(), 0x1234_5678);
+        assert_eq!(back.sp(), 0x7fff_0000);
+        assert!(Regs::from_bytes(&b[1..]).is_err());
+    }
+
+    #[test]
+    fn restart_fixup_rewinds_the_syscall() {
+        let mut r = Regs::default();
+        r.set_pc(0x1000 + SYSCALL_INSN_LEN);
+        r.set_syscall_state(7, -512);
+        r.fix_syscall_restart();
+        assert_eq!(r.pc(), 0x1000);
+        assert_eq!(r.syscall_result(), 7);
+        let mut r = Regs::default();
+        r.set_pc(0x1000 + SYSCALL_INSN_LEN);
+        r.set_syscall_state(7, -516);
+        r.fix_syscall_restart();
+        assert_eq!(r.pc(), 0x1000 + SYSCALL_INSN_LEN);
+        assert_eq!(r.syscall_result(), -i64::from(libc::EINTR));
+    }
+}

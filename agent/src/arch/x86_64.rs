@@ -1,0 +1,243 @@
+//! x86_64: `user_regs_struct`, the `syscall` ABI (nr in rax; rdi rsi rdx r10
+//! r8 r9; result in rax), `int3`, FPU/AVX state through the XSTATE regset,
+//! TLS in the fs_base register.
+
+use super::{ptrace_err, restart_kind, RegsError, Restart};
+
+pub const ARCH: &str = "x86_64";
+/// `syscall; int3`, padded with `int3` to a whole word for PTRACE_POKEDATA.
+pub const SYSCALL_TRAP: &[u8] = &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
+/// Length of the syscall instruction the restart rule rewinds over.
+pub const SYSCALL_INSN_LEN: u64 = 2;
+
+const NT_X86_XSTATE: usize = 0x202;
+/// Large enough for any XSAVE layout including AMX tiles.
+const XSTATE_MAX: usize = 16 * 1024;
+
+/// The kernel's `struct user_regs_struct`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+const REGS_SIZE: usize = core::mem::size_of::<Regs>();
+const _: () = assert!(REGS_SIZE == 27 * 8);
+
+impl Regs {
+    pub fn pc(&self) -> u64 {
+        self.rip
+    }
+    pub fn set_pc(&mut self, pc: u64) {
+        self.rip = pc;
+    }
+    pub fn sp(&self) -> u64 {
+        self.rsp
+    }
+    pub fn set_sp(&mut self, sp: u64) {
+        self.rsp = sp;
+    }
+    /// The return value of the syscall just executed.
+    pub fn syscall_result(&self) -> i64 {
+        self.rax.cast_signed()
+    }
+    /// True when the task stopped inside a syscall.
+    pub fn in_syscall(&self) -> bool {
+        self.orig_rax.cast_signed() >= 0
+    }
+    /// Sets the syscall number and return value as the kernel leaves them.
+    pub fn set_syscall_state(&mut self, nr: i64, ret: i64) {
+        self.orig_rax = nr.cast_unsigned();
+        self.rax = ret.cast_unsigned();
+    }
+    /// Arranges registers to run `syscall` at `pc` with `nr` and `args`.
+    pub fn prepare_syscall(&mut self, pc: u64, nr: i64, args: &[u64; 6]) {
+        self.rip = pc;
+        self.rax = nr.cast_unsigned();
+        self.rdi = args[0];
+        self.rsi = args[1];
+        self.rdx = args[2];
+        self.r10 = args[3];
+        self.r8 = args[4];
+        self.r9 = args[5];
+        self.clear_syscall();
+    }
+    /// Arranges registers to enter the parasite at `entry` with its argument
+    /// area in r12 and the stack pointer at `stack`.
+    pub fn prepare_parasite(&mut self, entry: u64, args: u64, stack: u64) {
+        self.rip = entry;
+        self.r12 = args;
+        self.rsp = stack;
+        self.clear_syscall();
+    }
+    /// Forgets that the task was in a syscall, so resuming it does not run
+    /// the kernel's restart logic a second time.
+    pub fn clear_syscall(&mut self) {
+        self.orig_rax = u64::MAX;
+    }
+    /// Applies the kernel's restart rule so that the saved registers resume
+    /// correctly in a task that never was in that syscall.
+    pub fn fix_syscall_restart(&mut self) {
+        match restart_kind(self.in_syscall(), self.syscall_result()) {
+            Restart::Again => {
+                self.rip -= SYSCALL_INSN_LEN;
+                self.rax = self.orig_rax;
+            }
+            Restart::Eintr => self.rax = (-i64::from(libc::EINTR)).cast_unsigned(),
+            Restart::None => {}
+        }
+    }
+    /// The TLS pointer carried by these registers.
+    pub fn tls(&self) -> u64 {
+        self.fs_base
+    }
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let words: [u64; 27] = [
+            self.r15, self.r14, self.r13, self.r12, self.rbp, self.rbx, self.r11, self.r10,
+            self.r9, self.r8, self.rax, self.rcx, self.rdx, self.rsi, self.rdi, self.orig_rax,
+            self.rip, self.cs, self.eflags, self.rsp, self.ss, self.fs_base, self.gs_base,
+            self.ds, self.es, self.fs, self.gs,
+        ];
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+    pub fn from_bytes(b: &[u8]) -> Result<Self, RegsError> {
+        if b.len() != REGS_SIZE {
+            return Err(RegsError::BadSize { got: b.len(), want: REGS_SIZE });
+        }
+        let mut w = [0u64; 27];
+        for (i, c) in b.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            w[i] = u64::from_le_bytes(a);
+        }
+        Ok(Self {
+            r15: w[0], r14: w[1], r13: w[2], r12: w[3], rbp: w[4], rbx: w[5], r11: w[6],
+            r10: w[7], r9: w[8], r8: w[9], rax: w[10], rcx: w[11], rdx: w[12], rsi: w[13],
+            rdi: w[14], orig_rax: w[15], rip: w[16], cs: w[17], eflags: w[18], rsp: w[19],
+            ss: w[20], fs_base: w[21], gs_base: w[22], ds: w[23], es: w[24], fs: w[25],
+            gs: w[26],
+        })
+    }
+}
+
+pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
+    let mut r = Regs::default();
+    // SAFETY: PTRACE_GETREGS writes one user_regs_struct into `r`, which is
+    // #[repr(C)] with the kernel's layout.
+    let rc = unsafe {
+        libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &raw mut r)
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_GETREGS", tid));
+    }
+    Ok(r)
+}
+
+pub fn set_regs(tid: i32, r: &Regs) -> Result<(), RegsError> {
+    // SAFETY: PTRACE_SETREGS reads one user_regs_struct from `r`.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0usize, &raw const *r) };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_SETREGS", tid));
+    }
+    Ok(())
+}
+
+/// The task's XSAVE area (x87, SSE, AVX and later state), as long as the
+/// kernel reports it.
+pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
+    let mut buf = vec![0u8; XSTATE_MAX];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: the kernel writes at most iov_len bytes into `buf` and updates
+    // iov_len to the size written.
+    let rc = unsafe {
+        libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &raw mut iov)
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_GETREGSET(NT_X86_XSTATE)", tid));
+    }
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), RegsError> {
+    let mut copy = data.to_vec();
+    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
+    // SAFETY: the kernel reads iov_len bytes from `copy`.
+    let rc = unsafe {
+        libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &raw mut iov)
+    };
+    if rc < 0 {
+        return Err(ptrace_err("PTRACE_SETREGSET(NT_X86_XSTATE)", tid));
+    }
+    Ok(())
+}
+
+/// The thread pointer: fs_base, which the general registers already carry.
+pub fn get_tls(_tid: i32, regs: &Regs) -> Result<u64, RegsError> {
+    Ok(regs.tls())
+}
+
+/// x86_64 restores fs_base with the registers; no syscall is needed.
+pub fn tls_restore_syscall(_tls: u64) -> Option<(i64, [u64; 6])> {
+    None
+}
+
+/// Arguments of an `mmap` call with a byte offset.
+pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
+    (
+        nr::MMAP,
+        [addr, len, u64::from(prot.cast_unsigned()), u64::from(flags.cast_unsigned()), i64::from(fd).cast_unsigned(), off],
+    )
+}
+
+/// The syscall numbers the engine injects.
+pub mod nr {
+    pub const MMAP: i64 = 9;
+    pub const MPROTECT: i64 = 10;
+    pub const MUNMAP: i64 = 11;
+    pub const BRK: i64 = 12;
+    pub const RT_SIGACTION: i64 = 13;
+    pub const MREMAP: i64 = 25;
+    pub const PAUSE: i64 = 34;
+    pub const GETPID: i64 = 39;
+    pub const SETITIMER: i64 = 38;
+    pub const SETGROUPS: i64 = 116;
+    pub const SETRESUID: i64 = 117;
+    pub const SETRESGID: i64 = 119;
+    pub const RT_SIGQUEUEINFO: i64 = 129;
+    pub const SIGALTSTACK: i64 = 131;
+    pub const PRCTL: i64 = 157;
+    pub const SET_TID_ADDRESS: i64 = 218;
+    pub const OPENAT: i64 = 257;
+    pub const CLOSE: i64 = 3;
+    pub const SET_ROBUST_LIST: i64 = 273;
+    pub const RT_TGSIGQUEUEINFO: i64 = 297;
+    pub const RSEQ: i64 = 334;
+    pub const CLONE3: i64 = 435;
+}

@@ -1,0 +1,482 @@
+//! Collecting the state of a frozen process: from outside (registers,
+//! /proc, ptrace requests) and from inside (the parasite).
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use torpor_parasite::{slot, ParasiteArgs, NSIG, PARASITE_ARGS_OFFSET, PARASITE_MAP_SIZE};
+
+use crate::arch::{self, nr};
+use crate::engine::procfs::{self, MapEntry};
+use crate::engine::ptrace::{self, Mem, RemotePtr};
+use crate::engine::remote::{Remote, RemoteError};
+use crate::engine::state::{
+    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
+    ProcessState, Rseq, SigAction, ThreadState, Vma,
+};
+use crate::engine::{Cause, EngineError, StepExt};
+
+const RLIMIT_NLIMITS: u32 = 16;
+
+/// Mapping names that the kernel provides and a restore moves into place.
+pub const SPECIAL_MAPPINGS: &[&str] = &["[vdso]", "[vvar]", "[vvar_vclock]", "[sigpage]"];
+
+fn word(v: usize) -> u64 {
+    v as u64
+}
+
+fn sword(v: isize) -> i64 {
+    v as i64
+}
+
+/// Reads everything but memory contents and open files of one process.
+pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessState, Vec<MapEntry>), EngineError> {
+    let step = || format!("collect {pid}");
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
+    let status_path = format!("/proc/{pid}/status");
+    let status = procfs::parse_status(&status_path, &procfs::read(&status_path).step(step)?).step(step)?;
+    let smaps_path = format!("/proc/{pid}/smaps");
+    let maps = procfs::parse_smaps(&smaps_path, &procfs::read(&smaps_path).step(step)?).step(step)?;
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).step(step)?;
+    let pers_path = format!("/proc/{pid}/personality");
+    let personality = u32::from_str_radix(procfs::read(&pers_path).step(step)?.trim(), 16)
+        .map_err(|_| Cause::Refused(format!("{pers_path}: not hex")))
+        .step(step)?;
+    let mut rlimits = Vec::new();
+    for res in 0..RLIMIT_NLIMITS {
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit only writes `old`.
+        let rc = unsafe { libc::prlimit(pid, res as _, std::ptr::null(), &raw mut old) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error()).step(step);
+        }
+        rlimits.push((old.rlim_cur, old.rlim_max));
+    }
+
+    let mut vmas = Vec::new();
+    for m in &maps {
+        if m.name == "[vsyscall]" {
+            continue;
+        }
+        vmas.push(vma_of(pid, m).step(step)?);
+    }
+
+    let mut p = ProcessState {
+        pid,
+        ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        vmas,
+        auxv,
+        exe: procfs::readlink(&format!("/proc/{pid}/exe")).step(step)?,
+        cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).step(step)?,
+        root: procfs::readlink(&format!("/proc/{pid}/root")).step(step)?,
+        umask: status.umask,
+        personality,
+        rlimits,
+        creds: Creds { uids: status.uids, gids: status.gids, groups: status.groups },
+        mm: MmFields {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk: 0,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+        },
+        ..Default::default()
+    };
+    if p.exe.ends_with(" (deleted)") {
+        return Err(EngineError {
+            step: step(),
+            cause: Cause::Unsupported(format!("executable {} was deleted", p.exe)),
+        });
+    }
+    p.shared_pending = ptrace::peek_siginfo(pid, true).step(step)?;
+    for &tid in tids {
+        let tstep = || format!("collect thread {tid}");
+        let mut regs = arch::get_regs(tid).step(tstep)?;
+        let tls = arch::get_tls(tid, &regs).step(tstep)?;
+        regs.fix_syscall_restart();
+        regs.clear_syscall();
+        p.threads.push(ThreadState {
+            tid,
+            regs: regs.to_bytes(),
+            fpregs: arch::get_fpregs(tid).step(tstep)?,
+            tls,
+            sigmask: ptrace::get_sigmask(tid).step(tstep)?,
+            pending: ptrace::peek_siginfo(tid, false).step(tstep)?,
+            rseq: ptrace::rseq_config(tid).step(tstep)?.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+            ..Default::default()
+        });
+    }
+    run_parasite(&mut p).step(|| format!("parasite {pid}"))?;
+    Ok((p, maps))
+}
+
+fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
+    let prot = (if m.read { libc::PROT_READ } else { 0 })
+        | (if m.write { libc::PROT_WRITE } else { 0 })
+        | (if m.exec { libc::PROT_EXEC } else { 0 });
+    let backing = if SPECIAL_MAPPINGS.contains(&m.name.as_str()) {
+        Backing::Special(m.name.clone())
+    } else if m.inode == 0 {
+        // Anonymous, [heap], [stack], or shared anonymous memory
+        // ("/dev/zero (deleted)" or "/SYSV..." have an inode and are refused
+        // below as deleted files).
+        Backing::Anon
+    } else {
+        if m.name.ends_with(" (deleted)") {
+            if m.shared && m.name.starts_with("/dev/zero") {
+                return Ok(Vma {
+                    start: m.start,
+                    end: m.end,
+                    prot,
+                    shared: true,
+                    grows_down: m.has_flag("gd"),
+                    backing: Backing::Anon,
+                    name: m.name.clone(),
+                });
+            }
+            return Err(Cause::Unsupported(format!(
+                "mapping {:#x}-{:#x} of deleted file {}",
+                m.start, m.end, m.name
+            )));
+        }
+        // The mapped file as this process sees it (its root, its mounts).
+        let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let md = std::fs::metadata(&link).or_else(|_| std::fs::metadata(&m.name))?;
+        if md.ino() != m.inode {
+            return Err(Cause::Refused(format!("{} changed while mapped", m.name)));
+        }
+        Backing::File {
+            path: m.name.clone(),
+            offset: m.offset,
+            identity: FileIdentity {
+                dev: md.dev(),
+                inode: md.ino(),
+                size: md.size(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec(),
+            },
+        }
+    };
+    Ok(Vma {
+        start: m.start,
+        end: m.end,
+        prot,
+        shared: m.shared,
+        grows_down: m.has_flag("gd"),
+        backing,
+        name: m.name.clone(),
+    })
+}
+
+/// Maps the parasite into the process, runs it in every thread, unmaps it.
+fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
+    let pid = p.pid;
+    let mem = Mem::open(pid)?;
+    let mut main = Remote::at_pc(pid, &mem)?;
+    let size = PARASITE_MAP_SIZE as u64;
+    let (mmap_nr, a) = arch::mmap_args(
+        0,
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    );
+    let base = main.syscall("mmap", mmap_nr, a)?;
+    let result = (|| -> Result<(), Cause> {
+        mem.write(RemotePtr::<u8>::new(base), torpor_parasite::parasite())?;
+        main.syscall("mprotect", nr::MPROTECT, [base, 4096, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0])?;
+        let args_at = RemotePtr::<ParasiteArgs>::new(base + PARASITE_ARGS_OFFSET as u64);
+        let stack = base + size - 64;
+        for (i, t) in p.threads.iter_mut().enumerate() {
+            mem.write_value(args_at, &ParasiteArgs::default())?;
+            if i == 0 {
+                // The main thread is already borrowed by `main`.
+                main.run_parasite(base, args_at.addr(), stack)?;
+            } else {
+                let mut r = Remote::at(t.tid, &mem, base)?;
+                r.run_parasite(base, args_at.addr(), stack)?;
+                r.finish()?;
+            }
+            let out: ParasiteArgs = read_args(&mem, args_at)?;
+            check_results(t.tid, &out)?;
+            t.altstack = AltStack {
+                sp: word(out.altstack.sp),
+                flags: out.altstack.flags,
+                size: word(out.altstack.size),
+            };
+            t.tid_address = word(out.tid_address);
+            t.robust_head = word(out.robust_head);
+            t.robust_len = word(out.robust_len);
+            if i == 0 {
+                p.sigactions = out
+                    .sigactions
+                    .iter()
+                    .map(|s| {
+                        let mut mask = 0u64;
+                        for (k, w) in s.mask.iter().enumerate() {
+                            mask |= word(*w) << (k * usize::BITS as usize);
+                        }
+                        SigAction { handler: word(s.handler), flags: word(s.flags), restorer: word(s.restorer), mask }
+                    })
+                    .collect();
+                p.itimers = out
+                    .itimers
+                    .iter()
+                    .map(|t| Itimer {
+                        interval_sec: sword(t.interval_sec),
+                        interval_usec: sword(t.interval_usec),
+                        value_sec: sword(t.value_sec),
+                        value_usec: sword(t.value_usec),
+                    })
+                    .collect();
+                p.mm.brk = out.results[slot::BRK].cast_unsigned() as u64;
+            }
+        }
+        Ok(())
+    })();
+    let unmapped = main.syscall("munmap", nr::MUNMAP, [base, size, 0, 0, 0, 0]);
+    result?;
+    unmapped?;
+    main.finish()?;
+    Ok(())
+}
+
+fn read_args(mem: &Mem, at: RemotePtr<ParasiteArgs>) -> Result<ParasiteArgs, Cause> {
+    let mut out = ParasiteArgs::default();
+    let size = core::mem::size_of::<ParasiteArgs>();
+    // SAFETY: ParasiteArgs is #[repr(C)] plain integers; any bytes are valid.
+    let bytes = unsafe { core::slice::from_raw_parts_mut((&raw mut out).cast::<u8>(), size) };
+    mem.read(at, bytes)?;
+    Ok(out)
+}
+
+fn check_results(tid: i32, a: &ParasiteArgs) -> Result<(), Cause> {
+    let fail = |name: &'static str, r: isize| -> Cause {
+        let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);
+        Cause::Remote(RemoteError::Syscall { tid, name, err: std::io::Error::from_raw_os_error(errno) })
+    };
+    for sig in 1..=NSIG {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        let r = a.sig_results[sig - 1];
+        if r != 0 {
+            return Err(fail("rt_sigaction (parasite)", r));
+        }
+    }
+    let named = [
+        (slot::SIGALTSTACK, "sigaltstack (parasite)"),
+        (slot::ITIMER_REAL, "getitimer (parasite)"),
+        (slot::ITIMER_VIRTUAL, "getitimer (parasite)"),
+        (slot::ITIMER_PROF, "getitimer (parasite)"),
+        (slot::TID_ADDRESS, "prctl(PR_GET_TID_ADDRESS) (parasite)"),
+        (slot::ROBUST_LIST, "get_robust_list (parasite)"),
+    ];
+    for (s, name) in named {
+        if a.results[s] != 0 {
+            return Err(fail(name, a.results[s]));
+        }
+    }
+    Ok(())
+}
+
+/// Open files of every process: descriptions shared between fds (dup, fork)
+/// are found with kcmp and stored once; pipes carry their unread bytes.
+#[derive(Debug, Default)]
+pub struct FileTable {
+    pub files: Vec<OpenFile>,
+    pub pipes: Vec<PipeState>,
+    /// (pid, fd) that first showed each file, for kcmp comparisons.
+    owner: Vec<(i32, i32, String)>,
+    pipe_index: BTreeMap<u64, u32>,
+    /// Which ends of each pipe the tree holds: (read, write).
+    pipe_ends: BTreeMap<u32, (bool, bool, i32, i32)>,
+}
+
+fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::c_long::from(pid1),
+            libc::c_long::from(pid2),
+            KCMP_FILE,
+            libc::c_long::from(fd1),
+            libc::c_long::from(fd2),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}
+
+fn is_tty_major(major: u64) -> bool {
+    // 4: tty/ttyS, 5: tty/console/ptmx, 136-143: pts
+    major == 4 || major == 5 || (136..=143).contains(&major)
+}
+
+impl FileTable {
+    pub fn collect(&mut self, pid: i32) -> Result<Vec<Fd>, EngineError> {
+        let step = || format!("files {pid}");
+        let mut out = Vec::new();
+        for fd in procfs::fds(pid).step(step)? {
+            let link = procfs::readlink(&format!("/proc/{pid}/fd/{fd}")).step(step)?;
+            let info_path = format!("/proc/{pid}/fdinfo/{fd}");
+            let info = procfs::parse_fdinfo(&info_path, &procfs::read(&info_path).step(step)?).step(step)?;
+            let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
+            let flags = info.flags & !(libc::O_CLOEXEC as u32);
+            // Same description as one already seen?
+            let mut found = None;
+            for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
+                if *olink == link && kcmp_same_file(*opid, *ofd, pid, fd).step(step)? {
+                    found = Some(i);
+                    break;
+                }
+            }
+            let id = match found {
+                Some(i) => i,
+                None => {
+                    let kind = self.kind_of(pid, fd, &link, flags, info.pos).step(step)?;
+                    self.files.push(OpenFile { flags, kind });
+                    self.owner.push((pid, fd, link));
+                    self.files.len() - 1
+                }
+            };
+            out.push(Fd { fd, file: u32::try_from(id).unwrap_or(u32::MAX), cloexec });
+        }
+        Ok(out)
+    }
+
+    fn kind_of(&mut self, pid: i32, fd: i32, link: &str, flags: u32, pos: u64) -> Result<FileKind, Cause> {
+        let unsupported = |what: &str| Cause::Unsupported(format!("fd {fd} of process {pid} is {what} ({link})"));
+        if let Some(ino) = link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
+            let ino: u64 = ino.parse().map_err(|_| unsupported("a pipe with an unreadable inode"))?;
+            let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
+            let pipe = match self.pipe_index.get(&ino) {
+                Some(&i) => i,
+                None => {
+                    let st = read_pipe(pid, fd, ino)?;
+                    self.pipes.push(st);
+                    let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
+                    self.pipe_index.insert(ino, i);
+                    i
+                }
+            };
+            let e = self.pipe_ends.entry(pipe).or_insert((false, false, pid, fd));
+            if write {
+                e.1 = true;
+            } else {
+                e.0 = true;
+            }
+            return Ok(FileKind::Pipe { pipe, write });
+        }
+        if !link.starts_with('/') {
+            let what = if link.starts_with("socket:") {
+                "a socket"
+            } else if link.starts_with("anon_inode:") {
+                "an anonymous-inode file"
+            } else {
+                "a kind of file torpor cannot restore"
+            };
+            return Err(unsupported(what));
+        }
+        if link.ends_with(" (deleted)") {
+            return Err(unsupported("a deleted file"));
+        }
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
+        let ft = md.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_file() || ft.is_dir() {
+            Ok(FileKind::Path { path: link.to_string(), pos })
+        } else if ft.is_char_device() {
+            let rdev = md.rdev();
+            let major = u64::from(libc::major(rdev));
+            Ok(FileKind::Device { path: link.to_string(), rdev, tty: is_tty_major(major) })
+        } else if ft.is_fifo() {
+            Err(unsupported("a named FIFO"))
+        } else {
+            Err(unsupported("a block device or socket file"))
+        }
+    }
+
+    /// Refuses pipes whose other end is outside the tree: their data flow
+    /// could not be reconnected.
+    pub fn check_pipes(&self) -> Result<(), EngineError> {
+        for (pipe, (r, w, pid, fd)) in &self.pipe_ends {
+            if !(*r && *w) {
+                let ino = self.pipes[*pipe as usize].inode;
+                return Err(EngineError {
+                    step: format!("files {pid}"),
+                    cause: Cause::Unsupported(format!(
+                        "fd {fd} of process {pid} is a pipe (pipe:[{ino}]) whose {} end is outside the dumped tree",
+                        if *r { "write" } else { "read" }
+                    )),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The unread bytes of a pipe, copied with tee(2) so the pipe keeps them.
+fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|_| Cause::Refused("fd path with NUL".into()))?;
+    // SAFETY: open with a valid C string; the result is checked.
+    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `raw` is a fresh fd we own.
+    let src = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: fcntl on an fd we own.
+    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let mut avail: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(src.as_raw_fd(), libc::FIONREAD, &raw mut avail) } < 0 || size < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut data = Vec::new();
+    if avail > 0 {
+        let mut p = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two fds.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: both fds are fresh and ours.
+        let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        let want = usize::try_from(avail).unwrap_or(0);
+        // SAFETY: tee between two pipe fds we hold.
+        let n = unsafe { libc::tee(src.as_raw_fd(), pw.as_raw_fd(), want, libc::SPLICE_F_NONBLOCK) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        data.resize(n.cast_unsigned(), 0);
+        let mut got = 0;
+        while got < data.len() {
+            // SAFETY: reading into the unfilled part of `data`.
+            let k = unsafe { libc::read(pr.as_raw_fd(), data[got..].as_mut_ptr().cast(), data.len() - got) };
+            if k <= 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            got += k.cast_unsigned();
+        }
+    }
+    Ok(PipeState { inode, size: size.cast_unsigned(), data })
+}

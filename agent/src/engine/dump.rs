@@ -1,0 +1,192 @@
+//! Dump: freeze the tree, collect every process, stream the image, then
+//! release or kill the tree.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+
+use crate::engine::collect::{self, FileTable};
+use crate::engine::freeze::Frozen;
+use crate::engine::imagefile::{Files, Kind, Writer, PAGE_BATCH};
+use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
+use crate::engine::ptrace::{self, Mem, RemotePtr};
+use crate::engine::state::{Backing, ProcessState, Vma};
+use crate::engine::{page_size, Cause, EngineError, StepExt};
+
+/// What happens to the tree after a good dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Kill,
+    LeaveRunning,
+}
+
+/// Figures of a finished dump.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub page_bytes: u64,
+}
+
+/// Dumps `root` and its descendants into `out`, then hands the finished
+/// writer to `commit` (which makes the image durable) while the tree is still
+/// frozen; only after `commit` succeeds is the tree killed or released. On
+/// any error the tree is detached and keeps running.
+pub fn dump<W: Write>(
+    root: i32,
+    out: W,
+    after: After,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<DumpStats, EngineError> {
+    let mut frozen = Frozen::freeze(root)?;
+    let mut table = FileTable::default();
+    let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
+    for &pid in &frozen.pids {
+        let ppid = if pid == root { 0 } else { frozen.parent.get(&pid).copied().unwrap_or(0) };
+        let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
+        let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
+        p.fds = table.collect(pid)?;
+        procs.push((p, maps));
+    }
+    table.check_pipes()?;
+
+    let wstep = || "write image".to_string();
+    let mut w = Writer::new(out).step(wstep)?;
+    w.record(Kind::Files, &Files { files: table.files.clone(), pipes: table.pipes.clone() }).step(wstep)?;
+    let mut stats = DumpStats::default();
+    let mut buf = vec![0u8; PAGE_BATCH];
+    for (p, maps) in &procs {
+        w.record(Kind::Task, p).step(wstep)?;
+        stats.processes += 1;
+        stats.threads += p.threads.len();
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf)?;
+    }
+    let out = w.finish().step(wstep)?;
+    commit(out)?;
+    match after {
+        After::Kill => frozen.kill(),
+        After::LeaveRunning => frozen.release(),
+    }
+    Ok(stats)
+}
+
+/// Which pages of a mapping hold state no file can give back.
+fn wanted(v: &Vma, entry: u64) -> bool {
+    match &v.backing {
+        Backing::Special(_) => false,
+        Backing::Anon => entry & (PM_PRESENT | PM_SWAP) != 0,
+        // Shared file pages live in the file itself.
+        Backing::File { .. } if v.shared => false,
+        // Private file pages count only once written (copied on write).
+        Backing::File { .. } => (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0,
+    }
+}
+
+/// Streams the stored pages of one process; returns the bytes written.
+fn dump_memory<W: Write>(
+    p: &ProcessState,
+    maps: &[MapEntry],
+    w: &mut Writer<W>,
+    buf: &mut [u8],
+) -> Result<u64, EngineError> {
+    let pid = p.pid;
+    let step = || format!("memory {pid}");
+    let ps = page_size();
+    let psz = usize::try_from(ps).unwrap_or(4096);
+    let mut pagemap = File::open(format!("/proc/{pid}/pagemap")).step(step)?;
+    let mem = Mem::open(pid).step(step)?;
+    let mut total = 0u64;
+    let batch_pages = (buf.len() / psz) as u64;
+    let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
+    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| m.name != "[vsyscall]")) {
+        debug_assert_eq!(v.start, m.start);
+        if matches!(v.backing, Backing::Special(_)) {
+            continue;
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = ((v.end - addr) / ps).min(batch_pages);
+            let nbytes = usize::try_from(n * 8).unwrap_or(0);
+            pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
+            pagemap.read_exact(&mut pm[..nbytes]).step(step)?;
+            // Runs of wanted pages inside this batch.
+            let mut i = 0u64;
+            while i < n {
+                let e = |k: u64| {
+                    let o = usize::try_from(k * 8).unwrap_or(0);
+                    u64::from_le_bytes([pm[o], pm[o + 1], pm[o + 2], pm[o + 3], pm[o + 4], pm[o + 5], pm[o + 6], pm[o + 7]])
+                };
+                if !wanted(v, e(i)) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j < n && wanted(v, e(j)) {
+                    j += 1;
+                }
+                let run_addr = addr + i * ps;
+                let len = usize::try_from((j - i) * ps).unwrap_or(0);
+                read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
+                total += write_nonzero(w, run_addr, &buf[..len], psz).step(|| "write image".to_string())?;
+                i = j;
+            }
+            addr += n * ps;
+        }
+    }
+    Ok(total)
+}
+
+fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> Result<(), Cause> {
+    if readable {
+        if let Ok(n) = ptrace::vm_read(pid, addr, buf) {
+            if n == buf.len() {
+                return Ok(());
+            }
+        }
+    }
+    // Unreadable protections (guard pages, PROT_NONE with contents): the
+    // tracer's /proc/PID/mem access ignores them.
+    mem.read(RemotePtr::<u8>::new(addr), buf)?;
+    Ok(())
+}
+
+/// Writes the non-zero pages of `data` as page records; returns the bytes.
+fn write_nonzero<W: Write>(w: &mut Writer<W>, addr: u64, data: &[u8], psz: usize) -> Result<u64, Cause> {
+    let mut total = 0u64;
+    let mut start: Option<usize> = None;
+    let pages = data.len() / psz;
+    for k in 0..=pages {
+        let zero = k == pages || data[k * psz..(k + 1) * psz].iter().all(|b| *b == 0);
+        match (zero, start) {
+            (false, None) => start = Some(k),
+            (true, Some(s)) => {
+                w.pages(addr + (s * psz) as u64, &data[s * psz..k * psz])?;
+                total += ((k - s) * psz) as u64;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(total)
+}
+
+/// Dumps into a file: written beside it and renamed into place only when
+/// complete and synced, so a failed dump leaves no partial image.
+pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+    let wstep = || "write image".to_string();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    let f = File::create(&tmp)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", tmp.display())))
+        .step(wstep)?;
+    let res = dump(root, BufWriter::new(f), after, |bw| {
+        let f = bw.into_inner().map_err(|e| e.into_error()).step(wstep)?;
+        f.sync_all().step(wstep)?;
+        std::fs::rename(&tmp, path).step(wstep)?;
+        Ok(())
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}

@@ -1,0 +1,135 @@
+//! Freezing a process tree: every thread of the root and of all its
+//! descendants is seized and interrupted, re-scanning until no new task
+//! appears. The [`Frozen`] tree detaches everything when dropped, so any
+//! failure after this point leaves the tree running unharmed (an interrupted
+//! syscall restarts).
+
+use std::collections::BTreeMap;
+
+use crate::engine::procfs;
+use crate::engine::ptrace::{self, PtraceError, Stop};
+use crate::engine::{Cause, EngineError, StepExt};
+
+#[derive(Debug)]
+pub struct Frozen {
+    /// Processes, every parent before its children.
+    pub pids: Vec<i32>,
+    /// Parent of each process (the root's is outside the tree).
+    pub parent: BTreeMap<i32, i32>,
+    /// Threads of each process, main thread first.
+    pub threads: BTreeMap<i32, Vec<i32>>,
+    /// Every seized tid, to be detached.
+    seized: Vec<i32>,
+    killed: bool,
+}
+
+fn seize_one(tid: i32) -> Result<(), PtraceError> {
+    ptrace::seize(tid, 0)?;
+    ptrace::interrupt(tid)?;
+    loop {
+        match ptrace::wait(tid)? {
+            Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => return Ok(()),
+            // A signal arrived before the interrupt: let the task take it as
+            // it would have, then it stops for the pending interrupt.
+            Stop::Signal(sig) | Stop::Event(sig, _) => ptrace::cont(tid, sig)?,
+            Stop::Exited(_) | Stop::Killed(_) => return Err(PtraceError::TaskDied(tid)),
+        }
+    }
+}
+
+impl Frozen {
+    pub fn freeze(root: i32) -> Result<Frozen, EngineError> {
+        let mut f = Frozen {
+            pids: Vec::new(),
+            parent: BTreeMap::new(),
+            threads: BTreeMap::new(),
+            seized: Vec::new(),
+            killed: false,
+        };
+        let step = || "freeze".to_string();
+        loop {
+            let mut new = 0;
+            let mut order = vec![root];
+            let mut i = 0;
+            while i < order.len() {
+                let pid = order[i];
+                i += 1;
+                let stat_path = format!("/proc/{pid}/stat");
+                let stat = procfs::read(&stat_path)
+                    .and_then(|t| procfs::parse_stat(&stat_path, &t))
+                    .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
+                    .step(step)?;
+                if stat.state == 'Z' || stat.state == 'X' {
+                    return Err(EngineError {
+                        step: step(),
+                        cause: Cause::Unsupported(format!(
+                            "process {pid} has exited and is not yet reaped (zombie)"
+                        )),
+                    });
+                }
+                let tids = procfs::threads(pid)
+                    .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
+                    .step(step)?;
+                for &tid in &tids {
+                    if !f.seized.contains(&tid) {
+                        seize_one(tid).step(step)?;
+                        f.seized.push(tid);
+                        new += 1;
+                    }
+                }
+                let mut tids = tids;
+                tids.retain(|t| *t != pid);
+                tids.insert(0, pid);
+                f.threads.insert(pid, tids);
+                for c in procfs::children(pid).step(step)? {
+                    f.parent.insert(c, pid);
+                    order.push(c);
+                }
+            }
+            f.pids = order;
+            if new == 0 {
+                break;
+            }
+        }
+        // Tasks that left between scans are no longer listed.
+        let live: Vec<i32> = f.threads.values().flatten().copied().collect();
+        f.seized.retain(|t| live.contains(t));
+        Ok(f)
+    }
+
+    /// Detaches every thread; the tree continues.
+    pub fn release(&mut self) {
+        for &tid in self.seized.iter().rev() {
+            let _ = ptrace::detach(tid);
+        }
+        self.seized.clear();
+    }
+
+    /// Kills every process of the tree and waits until each is gone.
+    pub fn kill(&mut self) {
+        for &pid in &self.pids {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &tid in &self.seized {
+            // Wait for the exit report the tracer gets, so the tasks are
+            // dead when the dump returns.
+            loop {
+                match ptrace::wait(tid) {
+                    Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        self.seized.clear();
+        self.killed = true;
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.killed {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Parsers for the `/proc` files the dump reads. Each parser takes the
+//! file's text so it can be tested on fixed samples; the `read_*` helpers
+//! fetch the live file.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("reading {path}: {err}")]
+    Io { path: String, err: io::Error },
+    #[error("{path}: malformed: {what}")]
+    Malformed { path: String, what: String },
+}
+
+pub fn read(path: &str) -> Result<String, ProcError> {
+    std::fs::read_to_string(path).map_err(|err| ProcError::Io { path: path.to_string(), err })
+}
+
+fn bad(path: &str, what: impl Into<String>) -> ProcError {
+    ProcError::Malformed { path: path.to_string(), what: what.into() }
+}
+
+/// Fields of `/proc/PID/stat` the engine uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
+    // comm may hold spaces and parentheses: fields start after the last ')'.
+    let close = text.rfind(')').ok_or_else(|| bad(path, "no ')' after comm"))?;
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // f[0] is field 3 (state); field N is f[N - 3].
+    let get = |n: usize| -> Result<&str, ProcError> {
+        f.get(n - 3).copied().ok_or_else(|| bad(path, format!("missing field {n}")))
+    };
+    let num = |n: usize| -> Result<u64, ProcError> {
+        get(n)?.parse::<u64>().map_err(|_| bad(path, format!("field {n} is not a number")))
+    };
+    let int = |n: usize| -> Result<i32, ProcError> {
+        get(n)?.parse::<i32>().map_err(|_| bad(path, format!("field {n} is not a number")))
+    };
+    Ok(Stat {
+        state: get(3)?.chars().next().unwrap_or('?'),
+        ppid: int(4)?,
+        pgid: int(5)?,
+        sid: int(6)?,
+        start_code: num(26)?,
+        end_code: num(27)?,
+        start_stack: num(28)?,
+        start_data: num(45)?,
+        end_data: num(46)?,
+        start_brk: num(47)?,
+        arg_start: num(48)?,
+        arg_end: num(49)?,
+        env_start: num(50)?,
+        env_end: num(51)?,
+    })
+}
+
+/// Fields of `/proc/PID/status` the engine uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// real, effective, saved, filesystem
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub umask: u32,
+    pub sig_blocked: u64,
+    pub sig_pending: u64,
+    pub shd_pending: u64,
+}
+
+pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
+    let mut s = Status::default();
+    let mut seen_uid = false;
+    for line in text.lines() {
+        let Some((key, val)) = line.split_once(':') else { continue };
+        let val = val.trim();
+        let ids = |v: &str| -> Result<[u32; 4], ProcError> {
+            let n: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if n.len() != 4 {
+                return Err(bad(path, format!("{key} needs 4 ids")));
+            }
+            Ok([n[0], n[1], n[2], n[3]])
+        };
+        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("{key} is not hex")));
+        match key {
+            "Uid" => {
+                s.uids = ids(val)?;
+                seen_uid = true;
+            }
+            "Gid" => s.gids = ids(val)?,
+            "Groups" => s.groups = val.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+            "Umask" => {
+                s.umask = u32::from_str_radix(val, 8).map_err(|_| bad(path, "Umask is not octal"))?;
+            }
+            "SigBlk" => s.sig_blocked = hex(val)?,
+            "SigPnd" => s.sig_pending = hex(val)?,
+            "ShdPnd" => s.shd_pending = hex(val)?,
+            _ => {}
+        }
+    }
+    if !seen_uid {
+        return Err(bad(path, "no Uid line"));
+    }
+    Ok(s)
+}
+
+/// One mapping from `/proc/PID/smaps`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// Path or pseudo name (`[heap]`, `[stack]`, `[vdso]`...), empty if anonymous.
+    pub name: String,
+    /// The two-letter VmFlags (`rd`, `wr`, `gd`, `dd`...).
+    pub vm_flags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+}
+
+fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next().unwrap_or("");
+    let perms = it.next().unwrap_or("");
+    let offset = it.next().unwrap_or("");
+    let dev = it.next().unwrap_or("");
+    let inode = it.next().unwrap_or("");
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (a, b) = range.split_once('-').ok_or_else(|| bad(path, format!("bad range in {line:?}")))?;
+    let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
+    let (maj, min) = dev.split_once(':').ok_or_else(|| bad(path, format!("bad dev in {line:?}")))?;
+    let p = perms.as_bytes();
+    if p.len() != 4 {
+        return Err(bad(path, format!("bad perms in {line:?}")));
+    }
+    Ok(MapEntry {
+        start: hex(a)?,
+        end: hex(b)?,
+        read: p[0] == b'r',
+        write: p[1] == b'w',
+        exec: p[2] == b'x',
+        shared: p[3] == b's',
+        offset: hex(offset)?,
+        dev_major: u32::from_str_radix(maj, 16).map_err(|_| bad(path, "bad dev major"))?,
+        dev_minor: u32::from_str_radix(min, 16).map_err(|_| bad(path, "bad dev minor"))?,
+        inode: inode.parse().map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
+        name,
+        vm_flags: Vec::new(),
+    })
+}
+
+/// Parses `/proc/PID/smaps` (or `maps`, which lacks VmFlags).
+pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            out.push(parse_map_header(path, line)?);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let last = out.last_mut().ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
+            last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+        }
+    }
+    Ok(out)
+}
+
+/// `/proc/PID/fdinfo/N`: position, open flags (octal) and mount id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdInfo {
+    pub pos: u64,
+    pub flags: u32,
+    pub mnt_id: u64,
+}
+
+pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, ProcError> {
+    let mut fi = FdInfo::default();
+    let mut seen = false;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let v = v.trim();
+        match k {
+            "pos" => fi.pos = v.parse().map_err(|_| bad(path, "bad pos"))?,
+            "flags" => {
+                fi.flags = u32::from_str_radix(v, 8).map_err(|_| bad(path, "bad flags"))?;
+                seen = true;
+            }
+            "mnt_id" => fi.mnt_id = v.parse().map_err(|_| bad(path, "bad mnt_id"))?,
+            _ => {}
+        }
+    }
+    if !seen {
+        return Err(bad(path, "no flags line"));
+    }
+    Ok(fi)
+}
+
+/// pagemap entry bits.
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAP: u64 = 1 << 62;
+/// Set when the page is file-backed or shared-anonymous.
+pub const PM_FILE: u64 = 1 << 61;
+
+/// Direct children of every thread of `pid`.
+pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let mut out = Vec::new();
+    for tid in threads(pid)? {
+        let path = format!("/proc/{pid}/task/{tid}/children");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => out.extend(t.split_whitespace().filter_map(|x| x.parse::<i32>().ok())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(ProcError::Io { path, err }),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Thread ids of `pid`, sorted.
+pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = format!("/proc/{pid}/task");
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let mut out: Vec<i32> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Open fd numbers of `pid`, sorted.
+pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = format!("/proc/{pid}/fd");
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let mut out: Vec<i32> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub fn readlink(path: &str) -> Result<String, ProcError> {
+    std::fs::read_link(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|err| ProcError::Io { path: path.to_string(), err })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 0\n";
+
+    #[test]
+    fn stat_fields_after_odd_comm() {
+        let s = parse_stat("stat", STAT).expect("valid");
+        assert_eq!(s.state, 'S');
+        assert_eq!((s.ppid, s.pgid, s.sid), (1, 4242, 4242));
+        assert_eq!(s.start_code, 94_000_000_000_000);
+        assert_eq!(s.end_code, 94_000_000_004_000);
+        assert_eq!(s.start_stack, 140_730_000_000_000);
+        assert_eq!(s.start_data, 94_000_000_010_000);
+        assert_eq!(s.end_data, 94_000_000_010_600);
+        assert_eq!(s.start_brk, 94_000_001_000_000);
+        assert_eq!(s.arg_start, 140_730_000_001_000);
+        assert_eq!(s.arg_end, 140_730_000_001_020);
+        assert_eq!(s.env_start, 140_730_000_001_020);
+        assert_eq!(s.env_end, 140_730_000_001_100);
+    }
+
+    #[test]
+    fn stat_truncated_is_an_error() {
+        assert!(parse_stat("stat", "1 (x) S 0 1 1").is_err());
+        assert!(parse_stat("stat", "garbage").is_err());
+    }
+
+    #[test]
+    fn status_ids_umask_masks() {
+        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\n";
+        let s = parse_status("status", t).expect("valid");
+        assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
+        assert_eq!(s.gids, [5, 6, 7, 8]);
+        assert_eq!(s.groups, vec![4, 24, 27]);
+        assert_eq!(s.umask, 0o027);
+        assert_eq!(s.sig_pending, 0x100);
+        assert_eq!(s.shd_pending, 0x4000);
+        assert_eq!(s.sig_blocked, 0x10002);
+        assert!(parse_status("status", "Name: x\n").is_err());
+    }
+
+    #[test]
+    fn smaps_headers_and_flags() {
+        let t = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 325843                     /usr/bin/my prog
+Size:                  4 kB
+VmFlags: rd mr mw me dw sd
+55d0c0c00000-55d0c0c21000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+VmFlags: rd wr mr mw me ac sd
+7ffd26757000-7ffd26778000 rw-s 00001000 00:05 77                         /dev/zero (deleted)
+VmFlags: rd wr sh mr mw me ms gd
+";
+        let m = parse_smaps("smaps", t).expect("valid");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].start, 0x55d0_c0a0_0000);
+        assert_eq!(m[0].end, 0x55d0_c0a0_1000);
+        assert!(m[0].read && !m[0].write && !m[0].exec && !m[0].shared);
+        assert_eq!((m[0].dev_major, m[0].dev_minor, m[0].inode), (0xfe, 0, 325_843));
+        assert_eq!(m[0].name, "/usr/bin/my prog");
+        assert_eq!(m[1].name, "[heap]");
+        assert!(m[1].has_flag("ac"));
+        assert!(m[2].shared && m[2].has_flag("gd"));
+        assert_eq!(m[2].offset, 0x1000);
+        assert!(parse_smaps("smaps", "zzzz-1000 rw-p 0 0:0 0\n").is_err());
+    }
+
+    #[test]
+    fn fdinfo_pos_and_octal_flags() {
+        let f = parse_fdinfo("fdinfo", "pos:\t1234\nflags:\t02102001\nmnt_id:\t27\nino:\t5\n").expect("valid");
+        assert_eq!(f.pos, 1234);
+        assert_eq!(f.flags, 0o2_102_001);
+        assert_eq!(f.mnt_id, 27);
+        assert!(parse_fdinfo("fdinfo", "pos: 1\n").is_err());
+    }
+
+    #[test]
+    fn live_self() {
+        let pid = i32::try_from(std::process::id()).expect("pid fits");
+        let s = parse_stat("stat", &read(&format!("/proc/{pid}/stat")).expect("stat")).expect("parse");
+        assert!(s.start_code > 0 && s.arg_start < s.arg_end);
+        let m = parse_smaps("smaps", &read(&format!("/proc/{pid}/smaps")).expect("smaps")).expect("parse");
+        assert!(m.iter().any(|e| e.name == "[stack]" && e.has_flag("gd")));
+        assert!(threads(pid).expect("threads").contains(&pid));
+    }
+}

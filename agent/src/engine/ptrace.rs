@@ -1,0 +1,328 @@
+//! ptrace and remote memory, wrapped so that every failure names the task
+//! and the request, and a vanished task is its own error (`TaskDied`).
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
+
+use crate::arch::RegsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PtraceError {
+    #[error("task {0} is gone")]
+    TaskDied(i32),
+    #[error("{op} on task {tid}: {err}")]
+    Os { op: &'static str, tid: i32, err: io::Error },
+    #[error("task {tid} stopped unexpectedly: {what}")]
+    Unexpected { tid: i32, what: String },
+}
+
+impl From<RegsError> for PtraceError {
+    fn from(e: RegsError) -> Self {
+        match e {
+            RegsError::TaskDied(t) => PtraceError::TaskDied(t),
+            RegsError::Os { op, tid, err } => PtraceError::Os { op, tid, err },
+            other @ RegsError::BadSize { .. } => {
+                PtraceError::Unexpected { tid: 0, what: other.to_string() }
+            }
+        }
+    }
+}
+
+fn os(op: &'static str, tid: i32) -> PtraceError {
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        PtraceError::TaskDied(tid)
+    } else {
+        PtraceError::Os { op, tid, err }
+    }
+}
+
+/// An address in a traced task, typed by what lives there.
+#[derive(Debug)]
+pub struct RemotePtr<T> {
+    addr: u64,
+    _t: PhantomData<*const T>,
+}
+
+impl<T> Clone for RemotePtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RemotePtr<T> {}
+
+impl<T> RemotePtr<T> {
+    pub fn new(addr: u64) -> Self {
+        Self { addr, _t: PhantomData }
+    }
+    pub fn addr(self) -> u64 {
+        self.addr
+    }
+    /// The address `bytes` further on, typed as `U`.
+    pub fn byte_add<U>(self, bytes: u64) -> RemotePtr<U> {
+        RemotePtr::new(self.addr + bytes)
+    }
+}
+
+fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {
+    // SAFETY: callers pass requests whose addr/data are plain integers or
+    // pointers to live buffers of the size the request needs.
+    unsafe { libc::ptrace(req as _, tid, addr, data) }
+}
+
+const PTRACE_SEIZE: u32 = 0x4206;
+const PTRACE_INTERRUPT: u32 = 0x4207;
+const PTRACE_PEEKSIGINFO: u32 = 0x4209;
+const PTRACE_GETSIGMASK: u32 = 0x420a;
+const PTRACE_SETSIGMASK: u32 = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
+const PTRACE_CONT: u32 = 7;
+const PTRACE_DETACH: u32 = 17;
+const PTRACE_SETOPTIONS: u32 = 0x4200;
+pub const PTRACE_O_TRACECLONE: u32 = 8;
+pub const PTRACE_EVENT_CLONE: i32 = 3;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+const PEEKSIGINFO_SHARED: u32 = 1;
+
+pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_SEIZE, tid, 0, options as usize) < 0 {
+        return Err(os("PTRACE_SEIZE", tid));
+    }
+    Ok(())
+}
+
+pub fn set_options(tid: i32, options: u32) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_SETOPTIONS, tid, 0, options as usize) < 0 {
+        return Err(os("PTRACE_SETOPTIONS", tid));
+    }
+    Ok(())
+}
+
+pub fn interrupt(tid: i32) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_INTERRUPT, tid, 0, 0) < 0 {
+        return Err(os("PTRACE_INTERRUPT", tid));
+    }
+    Ok(())
+}
+
+pub fn cont(tid: i32, sig: i32) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_CONT, tid, 0, sig.cast_unsigned() as usize) < 0 {
+        return Err(os("PTRACE_CONT", tid));
+    }
+    Ok(())
+}
+
+pub fn detach(tid: i32) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_DETACH, tid, 0, 0) < 0 {
+        return Err(os("PTRACE_DETACH", tid));
+    }
+    Ok(())
+}
+
+/// How a traced task stopped (or ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A signal-delivery stop (or group stop) for this signal.
+    Signal(i32),
+    /// A ptrace event stop: (signal, event).
+    Event(i32, i32),
+    Exited(i32),
+    Killed(i32),
+}
+
+pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status word into `status`.
+        let rc = unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                return Err(PtraceError::TaskDied(tid));
+            }
+            return Err(PtraceError::Os { op: "waitpid", tid, err });
+        }
+        break;
+    }
+    if libc::WIFEXITED(status) {
+        return Ok(Stop::Exited(libc::WEXITSTATUS(status)));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Ok(Stop::Killed(libc::WTERMSIG(status)));
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    if event != 0 {
+        Ok(Stop::Event(sig, event))
+    } else {
+        Ok(Stop::Signal(sig))
+    }
+}
+
+pub fn get_sigmask(tid: i32) -> Result<u64, PtraceError> {
+    let mut mask: u64 = 0;
+    if ptrace_raw(PTRACE_GETSIGMASK, tid, 8, (&raw mut mask) as usize) < 0 {
+        return Err(os("PTRACE_GETSIGMASK", tid));
+    }
+    Ok(mask)
+}
+
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), PtraceError> {
+    if ptrace_raw(PTRACE_SETSIGMASK, tid, 8, (&raw const mask) as usize) < 0 {
+        return Err(os("PTRACE_SETSIGMASK", tid));
+    }
+    Ok(())
+}
+
+/// Size of a kernel `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// Every queued signal of the thread (`shared == false`) or of the whole
+/// thread group (`shared == true`), as raw 128-byte siginfo records.
+pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, PtraceError> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; SIGINFO_SIZE * 32];
+    loop {
+        let args = Args {
+            off: out.len() as u64,
+            flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
+            nr: 32,
+        };
+        let n = ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            (&raw const args) as usize,
+            buf.as_mut_ptr() as usize,
+        );
+        if n < 0 {
+            return Err(os("PTRACE_PEEKSIGINFO", tid));
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        for c in buf.chunks_exact(SIGINFO_SIZE).take(n) {
+            out.push(c.to_vec());
+        }
+    }
+}
+
+/// The registered rseq area of a thread: (address, length, signature).
+pub fn rseq_config(tid: i32) -> Result<Option<(u64, u32, u32)>, PtraceError> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Conf {
+        ptr: u64,
+        size: u32,
+        sig: u32,
+        flags: u32,
+        pad: u32,
+    }
+    let mut c = Conf::default();
+    let n = ptrace_raw(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        core::mem::size_of::<Conf>(),
+        (&raw mut c) as usize,
+    );
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EIO) || err.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(None);
+        }
+        return Err(os("PTRACE_GET_RSEQ_CONFIGURATION", tid));
+    }
+    let _ = c.flags;
+    let _ = c.pad;
+    if c.ptr == 0 {
+        Ok(None)
+    } else {
+        Ok(Some((c.ptr, c.size, c.sig)))
+    }
+}
+
+/// `/proc/PID/mem` of a traced task: reads and writes ignore page
+/// protections (the kernel forces access for the tracer).
+#[derive(Debug)]
+pub struct Mem {
+    pid: i32,
+    file: File,
+}
+
+impl Mem {
+    pub fn open(pid: i32) -> Result<Self, PtraceError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ESRCH) => PtraceError::TaskDied(pid),
+                _ => PtraceError::Os { op: "open /proc/PID/mem", tid: pid, err },
+            })?;
+        Ok(Self { pid, file })
+    }
+
+    pub fn read<T>(&self, at: RemotePtr<T>, buf: &mut [u8]) -> Result<(), PtraceError> {
+        self.file.read_exact_at(buf, at.addr()).map_err(|err| PtraceError::Os {
+            op: "read /proc/PID/mem",
+            tid: self.pid,
+            err: io::Error::new(err.kind(), format!("{} bytes at {:#x}: {err}", buf.len(), at.addr())),
+        })
+    }
+
+    pub fn write<T>(&self, at: RemotePtr<T>, buf: &[u8]) -> Result<(), PtraceError> {
+        self.file.write_all_at(buf, at.addr()).map_err(|err| PtraceError::Os {
+            op: "write /proc/PID/mem",
+            tid: self.pid,
+            err: io::Error::new(err.kind(), format!("{} bytes at {:#x}: {err}", buf.len(), at.addr())),
+        })
+    }
+
+    /// Writes a plain-data value.
+    pub fn write_value<T: Copy>(&self, at: RemotePtr<T>, v: &T) -> Result<(), PtraceError> {
+        // SAFETY: T is Copy plain data; viewing its bytes is sound.
+        let bytes = unsafe {
+            core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        };
+        self.write(at, bytes)
+    }
+
+    /// Reads a plain-data value. Callers use only #[repr(C)] integer structs,
+    /// for which every bit pattern is valid.
+    pub fn read_value<T: Copy + Default>(&self, at: RemotePtr<T>) -> Result<T, PtraceError> {
+        let mut v = T::default();
+        // SAFETY: T is plain integer data (see above); its bytes may be
+        // overwritten with any pattern.
+        let bytes = unsafe {
+            core::slice::from_raw_parts_mut((&raw mut v).cast::<u8>(), core::mem::size_of::<T>())
+        };
+        self.read(at, bytes)?;
+        Ok(v)
+    }
+}
+
+/// Reads `buf.len()` bytes at `addr` of `pid` with one process_vm_readv.
+/// Returns the number of bytes read (short at an unreadable page).
+pub fn vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: one local iovec over `buf`, one remote iovec; the kernel writes
+    // at most buf.len() bytes into `buf`.
+    let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.cast_unsigned())
+}

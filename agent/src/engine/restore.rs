@@ -1,0 +1,968 @@
+//! Restore: validate the image, fork the tree with its original pids, let
+//! each task set up what it can itself, then rebuild every address space
+//! from outside through a syscall trampoline, and let the tree go.
+//!
+//! ```text
+//!  torpor ── clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
+//!    │                                children (each does the same), fds,
+//!    │                                cwd, umask, rlimits, "ready", pause()
+//!    ├─ seize + interrupt every task
+//!    ├─ per task: trampoline in a hole → unmap torpor's image → move
+//!    │  vdso/vvar → mmap every VMA → pages via /proc/PID/mem → mprotect →
+//!    │  PR_SET_MM_MAP → sigactions, itimers → threads (clone3 set_tid) →
+//!    │  per thread: tid address, robust list, altstack, rseq, TLS,
+//!    │  pending signals, creds, FPU, registers → trampoline unmapped
+//!    └─ detach everything; torpor exits and the root is re-parented
+//! ```
+//! Any failure kills every task created and names the step.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use torpor_parasite::KSigaction;
+
+use crate::arch::{self, nr, Regs};
+use crate::engine::collect::SPECIAL_MAPPINGS;
+use crate::engine::imagefile::{self, ImageState, Kind, Reader};
+use crate::engine::procfs;
+use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
+use crate::engine::remote::Remote;
+use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
+use crate::engine::{Cause, EngineError, StepExt};
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// A terminal to use in place of one that no longer exists.
+    pub tty: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub page_bytes: u64,
+}
+
+fn refused(step: &str, why: String) -> EngineError {
+    EngineError { step: step.to_string(), cause: Cause::Refused(why) }
+}
+
+fn last_os() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Restores the image in `path`. Returns once the restored tree runs.
+pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
+    let vstep = || "validate".to_string();
+    let open = || {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
+    };
+    let state = imagefile::read_state(open().step(vstep)?).step(vstep)?;
+    validate(&state, opts)?;
+    restore(&state, opts, open().step(vstep)?)
+}
+
+/// Checks everything a restore depends on before anything is created.
+pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
+    let step = "validate";
+    if st.processes.is_empty() {
+        return Err(refused(step, "the image holds no process".into()));
+    }
+    for p in &st.processes {
+        for t in &p.threads {
+            if Path::new(&format!("/proc/{}", t.tid)).exists() {
+                return Err(refused(
+                    step,
+                    format!("pid {} (of process {}) is in use by another task", t.tid, p.pid),
+                ));
+            }
+            Regs::from_bytes(&t.regs).step(|| step.to_string())?;
+        }
+        if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+            return Err(refused(step, format!("process {} has no main thread record", p.pid)));
+        }
+        if p.root != "/" {
+            return Err(refused(step, format!("process {} ran in a changed root ({})", p.pid, p.root)));
+        }
+        if p.ppid != 0 && !st.processes.iter().any(|q| q.pid == p.ppid) {
+            return Err(refused(step, format!("parent {} of process {} is not in the image", p.ppid, p.pid)));
+        }
+        if !Path::new(&p.exe).exists() {
+            return Err(refused(step, format!("executable {} of process {} is gone", p.exe, p.pid)));
+        }
+        for v in &p.vmas {
+            if let Backing::File { path, identity, .. } = &v.backing {
+                let md = std::fs::metadata(path).map_err(|e| {
+                    refused(step, format!("mapped file {path} of process {}: {e}", p.pid))
+                })?;
+                let now = (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec());
+                let then = (identity.dev, identity.inode, identity.size, identity.mtime_sec, identity.mtime_nsec);
+                if now != then {
+                    return Err(refused(
+                        step,
+                        format!("mapped file {path} changed since the dump (dev, inode, size, mtime {now:?}, image has {then:?})"),
+                    ));
+                }
+            }
+        }
+        for f in &p.fds {
+            if st.files.files.get(f.file as usize).is_none() {
+                return Err(refused(step, format!("fd {} of process {} names no file", f.fd, p.pid)));
+            }
+        }
+    }
+    for f in &st.files.files {
+        match &f.kind {
+            FileKind::Path { path, .. } => {
+                if !Path::new(path).exists() {
+                    return Err(refused(step, format!("open file {path} is gone")));
+                }
+            }
+            FileKind::Device { path, tty, .. } => {
+                if !Path::new(path).exists() && !(*tty && opts.tty.is_some()) {
+                    let hint = if *tty { "; give --tty PATH to use another terminal" } else { "" };
+                    return Err(refused(step, format!("device {path} is gone{hint}")));
+                }
+            }
+            FileKind::Pipe { pipe, .. } => {
+                if st.files.pipes.get(*pipe as usize).is_none() {
+                    return Err(refused(step, format!("pipe {pipe} missing from the image")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Phase 1: objects and tasks.
+
+/// Descriptors torpor opens for the tree before forking; every task takes
+/// the ones it needs at their numbers with dup2 and closes the rest.
+#[derive(Debug)]
+struct Objects {
+    /// fd in torpor of each `OpenFile`, all at or above `high`.
+    fds: Vec<i32>,
+    high: i32,
+}
+
+impl Drop for Objects {
+    fn drop(&mut self) {
+        for &fd in &self.fds {
+            // SAFETY: closing fds this struct opened.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn cstr(s: &str) -> Result<std::ffi::CString, Cause> {
+    std::ffi::CString::new(s).map_err(|_| Cause::Refused(format!("path {s:?} holds a NUL byte")))
+}
+
+fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
+    // SAFETY: fcntl on an fd we own; the old one is closed after.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high) };
+    let err = last_os();
+    // SAFETY: closing the fd just duplicated.
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return Err(err.into());
+    }
+    Ok(n)
+}
+
+fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, EngineError> {
+    let step = || "open files".to_string();
+    let max_target = st.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
+    let high = max_target.max(64) + 1;
+    let mut objs = Objects { fds: Vec::new(), high };
+    // Each pipe is created once; its first read/write descriptions use the
+    // two ends, further ones reopen the pipe through /proc/self/fd.
+    let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
+    for (i, pipe) in st.files.pipes.iter().enumerate() {
+        let mut p = [0i32; 2];
+        // SAFETY: pipe2 writes two fds.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(last_os()).step(step);
+        }
+        let size = libc::c_int::try_from(pipe.size).unwrap_or(65536);
+        // SAFETY: fcntl on our own pipe.
+        if unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, size) } < 0 {
+            return Err(last_os()).step(step);
+        }
+        let mut off = 0;
+        while off < pipe.data.len() {
+            // SAFETY: writing from our buffer into our pipe, which has room.
+            let n = unsafe { libc::write(p[1], pipe.data[off..].as_ptr().cast(), pipe.data.len() - off) };
+            if n <= 0 {
+                return Err(last_os()).step(step);
+            }
+            off += n.cast_unsigned();
+        }
+        let r = move_high(p[0], high).step(step)?;
+        let w = move_high(p[1], high).step(step)?;
+        pipe_ends.insert(u32::try_from(i).unwrap_or(u32::MAX), (r, w, false, false));
+    }
+    for f in &st.files.files {
+        let fd = open_object(f, &mut pipe_ends, opts).step(step)?;
+        let fd = move_high(fd, high).step(step)?;
+        objs.fds.push(fd);
+    }
+    for (r, w, _, _) in pipe_ends.values() {
+        // SAFETY: the spare pipe ends torpor kept; descriptions hold dups.
+        unsafe {
+            libc::close(*r);
+            libc::close(*w);
+        }
+    }
+    Ok(objs)
+}
+
+fn open_object(
+    f: &OpenFile,
+    pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
+    opts: &RestoreOptions,
+) -> Result<i32, Cause> {
+    let open_flags = (f.flags.cast_signed() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+    let open = |path: &str, flags: i32| -> Result<i32, Cause> {
+        let c = cstr(path)?;
+        // SAFETY: open with a valid C string.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            let e = last_os();
+            return Err(std::io::Error::new(e.kind(), format!("opening {path}: {e}")).into());
+        }
+        Ok(fd)
+    };
+    match &f.kind {
+        FileKind::Path { path, pos } => {
+            let fd = open(path, open_flags)?;
+            let off = libc::off_t::try_from(*pos).unwrap_or(0);
+            // SAFETY: lseek on the fd just opened. Directories may refuse
+            // arbitrary positions; their position is a cookie.
+            let r = unsafe { libc::lseek(fd, off, libc::SEEK_SET) };
+            if r < 0 && !Path::new(path).is_dir() {
+                let e = last_os();
+                // SAFETY: closing our fd on the error path.
+                unsafe { libc::close(fd) };
+                return Err(std::io::Error::new(e.kind(), format!("seeking {path} to {pos}: {e}")).into());
+            }
+            Ok(fd)
+        }
+        FileKind::Device { path, tty, .. } => {
+            let p = if *tty && !Path::new(path).exists() {
+                opts.tty.as_ref().map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|| path.clone())
+            } else {
+                path.clone()
+            };
+            open(&p, open_flags | libc::O_NOCTTY)
+        }
+        FileKind::Pipe { pipe, write } => {
+            let e = pipes
+                .get_mut(pipe)
+                .ok_or_else(|| Cause::Refused(format!("pipe {pipe} missing from the image")))?;
+            let (src, used) = if *write { (e.1, &mut e.3) } else { (e.0, &mut e.2) };
+            let fd = if *used {
+                open(&format!("/proc/self/fd/{src}"), open_flags)?
+            } else {
+                *used = true;
+                // SAFETY: duplicating our own pipe end.
+                let d = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 0) };
+                if d < 0 {
+                    return Err(last_os().into());
+                }
+                d
+            };
+            let status = f.flags.cast_signed() & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT);
+            // SAFETY: setting status flags on our fd.
+            if unsafe { libc::fcntl(fd, libc::F_SETFL, status) } < 0 {
+                return Err(last_os().into());
+            }
+            Ok(fd)
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// fork(2) with a chosen pid.
+fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
+    let tid: libc::pid_t = pid;
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: (&raw const tid) as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
+    // copy of this single-threaded process and returns 0 here.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, core::mem::size_of::<CloneArgs>()) };
+    if r < 0 {
+        let e = last_os();
+        let why = if e.raw_os_error() == Some(libc::EEXIST) {
+            format!("pid {pid} is already in use")
+        } else {
+            format!("clone3 with pid {pid}: {e}")
+        };
+        return Err(std::io::Error::new(e.kind(), why));
+    }
+    Ok(i32::try_from(r).unwrap_or(-1))
+}
+
+/// Writes one report line to torpor (atomic: shorter than PIPE_BUF).
+fn report(fd: i32, line: &str) {
+    let mut b = line.as_bytes().to_vec();
+    b.truncate(500);
+    b.push(b'\n');
+    // SAFETY: writing our buffer to the report pipe.
+    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+}
+
+/// Runs in each new task (a copy of torpor): recreate children, session,
+/// group and fds, report, and wait to be taken over by the tracer.
+fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
+    let p = &st.processes[idx];
+    if let Err(e) = task_setup(st, idx, objs, report_fd) {
+        report(report_fd, &format!("{} err {e}", p.pid));
+        // SAFETY: leaving the forked child without running torpor's exit path.
+        unsafe { libc::_exit(1) };
+    }
+    report(report_fd, &format!("{} ok", p.pid));
+    // SAFETY: closing the report pipe; nothing else refers to it.
+    unsafe { libc::close(report_fd) };
+    loop {
+        // SAFETY: pause has no memory effects; the tracer interrupts it.
+        unsafe { libc::pause() };
+    }
+}
+
+fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
+    let p = &st.processes[idx];
+    let parent = st.processes.iter().find(|q| q.pid == p.ppid);
+    // SAFETY (all libc calls below): plain syscalls on integers or on C
+    // strings that live across the call.
+    if p.sid == p.pid {
+        if unsafe { libc::setsid() } < 0 {
+            return Err(format!("setsid: {}", last_os()));
+        }
+    } else if let Some(par) = parent {
+        if par.sid != p.sid {
+            return Err(format!("session {} is neither its own nor its parent's", p.sid));
+        }
+    }
+    if p.pgid == p.pid && p.sid != p.pid {
+        if unsafe { libc::setpgid(0, 0) } < 0 {
+            return Err(format!("setpgid: {}", last_os()));
+        }
+    } else if p.pgid != unsafe { libc::getpgid(0) } && parent.is_some() && p.sid != p.pid {
+        if unsafe { libc::setpgid(0, p.pgid) } < 0 {
+            return Err(format!("joining process group {}: {}", p.pgid, last_os()));
+        }
+    }
+    for (ci, c) in st.processes.iter().enumerate() {
+        if c.ppid != p.pid || ci == idx {
+            continue;
+        }
+        match fork_with_pid(c.pid) {
+            Ok(0) => task_main(st, ci, objs, report_fd),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // Descriptors at their numbers.
+    let mut targets: Vec<i32> = Vec::new();
+    for f in &p.fds {
+        let src = objs.fds[f.file as usize];
+        if unsafe { libc::dup2(src, f.fd) } < 0 {
+            return Err(format!("dup2 to fd {}: {}", f.fd, last_os()));
+        }
+        if f.cloexec && unsafe { libc::fcntl(f.fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(format!("FD_CLOEXEC on fd {}: {}", f.fd, last_os()));
+        }
+        targets.push(f.fd);
+    }
+    targets.push(report_fd);
+    targets.sort_unstable();
+    let mut next: u32 = 0;
+    for &t in &targets {
+        let t = t.cast_unsigned();
+        if t > next {
+            unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) };
+        }
+        next = t + 1;
+    }
+    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
+    if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+        return Err(format!("chdir {}: {}", p.cwd, last_os()));
+    }
+    unsafe { libc::umask(p.umask as libc::mode_t) };
+    if unsafe { libc::personality(libc::c_ulong::from(p.personality)) } < 0 {
+        return Err(format!("personality {:#x}: {}", p.personality, last_os()));
+    }
+    for (res, (cur, max)) in p.rlimits.iter().enumerate() {
+        let lim = libc::rlimit { rlim_cur: *cur, rlim_max: *max };
+        if unsafe { libc::setrlimit(res as _, &raw const lim) } < 0 {
+            return Err(format!("setrlimit {res}: {}", last_os()));
+        }
+    }
+    Ok(())
+}
+
+/// Tasks created so far; killed unless the restore completes.
+#[derive(Debug, Default)]
+struct Created {
+    pids: Vec<i32>,
+    traced: Vec<i32>,
+    done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Only tasks that are really ours: a pid that could not be created
+        // may belong to someone else.
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let ours: Vec<i32> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|pid| {
+                let path = format!("/proc/{pid}/stat");
+                let ppid = procfs::read(&path).ok().and_then(|t| procfs::parse_stat(&path, &t).ok()).map(|s| s.ppid);
+                ppid.is_some_and(|pp| pp == me || self.pids.contains(&pp))
+            })
+            .collect();
+        for &pid in &ours {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &tid in &self.traced {
+            while let Ok(s) = ptrace::wait(tid) {
+                if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
+                    break;
+                }
+            }
+        }
+        // Reap the root (torpor's child) and anything else that is ours.
+        for &pid in &self.pids {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status word.
+            unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL | libc::WNOHANG) };
+        }
+    }
+}
+
+fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Result<(), EngineError> {
+    let step = || "create tasks".to_string();
+    let mut rp = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(last_os()).step(step);
+    }
+    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len()).unwrap_or(0)).step(step)?;
+    let root = &st.processes[0];
+    let r = fork_with_pid(root.pid);
+    match r {
+        Ok(0) => task_main(st, 0, objs, report_w),
+        Ok(_) => {}
+        Err(e) => {
+            // SAFETY: closing our report pipe.
+            unsafe {
+                libc::close(rp[0]);
+                libc::close(report_w);
+            }
+            return Err(e).step(step);
+        }
+    }
+    created.pids = st.processes.iter().map(|p| p.pid).collect();
+    // SAFETY: torpor keeps only the read end.
+    unsafe { libc::close(report_w) };
+    // SAFETY: rp[0] is ours; File takes ownership.
+    let mut rd = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(rp[0]) };
+    let mut text = String::new();
+    let mut ok = 0;
+    let mut buf = [0u8; 512];
+    while ok < st.processes.len() {
+        let n = rd.read(&mut buf).step(step)?;
+        if n == 0 {
+            return Err(refused("create tasks", format!("tasks ended before reporting ready: {text}")));
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(nl) = text.find('\n') {
+            let line: String = text.drain(..=nl).collect();
+            let line = line.trim_end();
+            if let Some((pid, msg)) = line.split_once(" err ") {
+                return Err(refused("create tasks", format!("process {pid}: {msg}")));
+            }
+            ok += 1;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Phase 2: address spaces.
+
+/// Size of the trampoline area: code in the first page, data after it.
+const TRAMP_SIZE: u64 = 4 * 4096;
+/// Offset of the data area in the trampoline.
+const DATA: u64 = 4096;
+
+fn hole(busy: &mut Vec<(u64, u64)>, size: u64) -> Option<u64> {
+    busy.sort_unstable();
+    let mut at: u64 = 0x0100_0000;
+    for &(s, e) in busy.iter() {
+        if e <= at {
+            continue;
+        }
+        if s >= at + size {
+            return Some(at);
+        }
+        at = at.max(e);
+    }
+    Some(at)
+}
+
+struct Rebuild<'a> {
+    p: &'a ProcessState,
+    mem: Mem,
+    tramp: u64,
+}
+
+/// Runs `f` with a remote-syscall guard on `tid` at the trampoline.
+fn with_remote<T>(
+    mem: &Mem,
+    tid: i32,
+    tramp: u64,
+    f: impl FnOnce(&mut Remote<'_>) -> Result<T, Cause>,
+) -> Result<T, Cause> {
+    let mut r = Remote::at(tid, mem, tramp)?;
+    let v = f(&mut r)?;
+    r.finish()?;
+    Ok(v)
+}
+
+fn write_data<T: Copy>(mem: &Mem, tramp: u64, off: u64, v: &T) -> Result<u64, Cause> {
+    let at = tramp + DATA + off;
+    mem.write_value(RemotePtr::<T>::new(at), v)?;
+    Ok(at)
+}
+
+fn write_bytes(mem: &Mem, tramp: u64, off: u64, b: &[u8]) -> Result<u64, Cause> {
+    let at = tramp + DATA + off;
+    if off + b.len() as u64 > TRAMP_SIZE - DATA {
+        return Err(Cause::Refused(format!("{} bytes do not fit the trampoline data area", b.len())));
+    }
+    mem.write(RemotePtr::<u8>::new(at), b)?;
+    Ok(at)
+}
+
+fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32) -> Result<u64, Cause> {
+    let mut b = path.as_bytes().to_vec();
+    b.push(0);
+    let at = write_bytes(mem, tramp, 0, &b)?;
+    let fd = r.syscall_raw(nr::OPENAT, [(-100i64).cast_unsigned(), at, u64::from((flags | libc::O_CLOEXEC).cast_unsigned()), 0, 0, 0])?;
+    if fd < 0 {
+        let errno = i32::try_from(-fd).unwrap_or(libc::EINVAL);
+        return Err(Cause::Io(std::io::Error::new(
+            std::io::Error::from_raw_os_error(errno).kind(),
+            format!("opening {path} in process {}: {}", r.tid(), std::io::Error::from_raw_os_error(errno)),
+        )));
+    }
+    Ok(fd.cast_unsigned())
+}
+
+/// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
+fn map_process<'a>(p: &'a ProcessState) -> Result<Rebuild<'a>, Cause> {
+    let pid = p.pid;
+    let mem = Mem::open(pid)?;
+    let maps_path = format!("/proc/{pid}/maps");
+    let current = procfs::parse_smaps(&maps_path, &procfs::read(&maps_path)?)?;
+    let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.extend(current.iter().map(|m| (m.start, m.end)));
+    let tramp = hole(&mut busy, TRAMP_SIZE).ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
+    {
+        let mut r = Remote::at_pc(pid, &mem)?;
+        let (n, a) = arch::mmap_args(
+            tramp,
+            TRAMP_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        );
+        let got = r.syscall("mmap (trampoline)", n, a)?;
+        if got != tramp {
+            return Err(Cause::Refused(format!("trampoline landed at {got:#x}, not {tramp:#x}")));
+        }
+        r.finish()?;
+    }
+    mem.write(RemotePtr::<u8>::new(tramp), arch::SYSCALL_TRAP)?;
+    let rb = Rebuild { p, mem, tramp };
+    let inherited_rseq = ptrace::rseq_config(pid)?;
+    with_remote(&rb.mem, pid, tramp, |r| {
+        // The task inherited torpor's rseq registration; the kernel would
+        // write into memory about to disappear.
+        if let Some((addr, len, sig)) = inherited_rseq {
+            const RSEQ_FLAG_UNREGISTER: u64 = 1;
+            r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
+        }
+        // Unmap torpor's image in the child, keeping the kernel's specials.
+        for m in &current {
+            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || m.name == "[vsyscall]" {
+                continue;
+            }
+            r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+        }
+        move_specials(r, p, &current, tramp)?;
+        for v in &p.vmas {
+            map_vma(r, &rb.mem, tramp, v)?;
+        }
+        Ok(())
+    })?;
+    Ok(rb)
+}
+
+fn move_specials(r: &mut Remote<'_>, p: &ProcessState, current: &[procfs::MapEntry], tramp: u64) -> Result<(), Cause> {
+    let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, size, to)
+    for v in &p.vmas {
+        let Backing::Special(name) = &v.backing else { continue };
+        let cur = current.iter().find(|m| &m.name == name).ok_or_else(|| {
+            Cause::Refused(format!("this kernel provides no {name}, which the image needs"))
+        })?;
+        if cur.end - cur.start != v.end - v.start {
+            return Err(Cause::Refused(format!(
+                "{name} is {} bytes here, {} in the image",
+                cur.end - cur.start,
+                v.end - v.start
+            )));
+        }
+        moves.push((cur.start, v.end - v.start, v.start));
+    }
+    for m in current {
+        if SPECIAL_MAPPINGS.contains(&m.name.as_str())
+            && !p.vmas.iter().any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
+        {
+            r.syscall("munmap (special)", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+        }
+    }
+    // First out of the way (sources and targets may overlap), then home.
+    let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.extend(moves.iter().map(|(f, s, _)| (*f, *f + *s)));
+    busy.push((tramp, tramp + TRAMP_SIZE));
+    let total: u64 = moves.iter().map(|m| m.1).sum();
+    let mut tmp = hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let mut staged = Vec::new();
+    for (from, size, to) in moves {
+        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, tmp, 0])?;
+        staged.push((tmp, size, to));
+        tmp += size;
+    }
+    for (from, size, to) in staged {
+        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, to, 0])?;
+    }
+    Ok(())
+}
+
+fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cause> {
+    let len = v.end - v.start;
+    let fixed = libc::MAP_FIXED_NOREPLACE;
+    match &v.backing {
+        Backing::Special(_) => Ok(()),
+        Backing::Anon => {
+            let mut flags = fixed | libc::MAP_ANONYMOUS;
+            flags |= if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            if v.grows_down {
+                flags |= libc::MAP_GROWSDOWN;
+            }
+            let (n, a) = arch::mmap_args(v.start, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
+            r.syscall("mmap (anonymous)", n, a)?;
+            Ok(())
+        }
+        Backing::File { path, offset, .. } => {
+            let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
+            let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
+            let flags = fixed | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let fd_i = i32::try_from(fd).unwrap_or(-1);
+            let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, fd_i, *offset);
+            let res = r.syscall("mmap (file)", n, a);
+            r.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+            res.map_err(|e| Cause::Refused(format!("mapping {path} at {:#x}: {e}", v.start)))?;
+            Ok(())
+        }
+    }
+}
+
+/// The kernel's `struct prctl_mm_map` (104 bytes on every architecture).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+/// Step two: protections, mm fields, signals, threads, registers.
+fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Cause> {
+    let p = rb.p;
+    let pid = p.pid;
+    let mem = &rb.mem;
+    let tramp = rb.tramp;
+    with_remote(mem, pid, tramp, |r| {
+        for v in &p.vmas {
+            if matches!(v.backing, Backing::Anon) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
+                r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.cast_unsigned()), 0, 0, 0])?;
+            }
+        }
+        let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
+        let auxv_at = write_bytes(mem, tramp, 512, &p.auxv)?;
+        let m = &p.mm;
+        let map = PrctlMmMap {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+            auxv: auxv_at,
+            auxv_size: u32::try_from(p.auxv.len()).unwrap_or(0),
+            exe_fd: u32::try_from(exe_fd).unwrap_or(u32::MAX),
+        };
+        let map_at = write_data(mem, tramp, 0, &map)?;
+        let res = r.syscall("prctl(PR_SET_MM_MAP)", nr::PRCTL, [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0]);
+        r.syscall("close", nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0])?;
+        res?;
+        for (i, sa) in p.sigactions.iter().enumerate() {
+            let sig = i as u64 + 1;
+            if sig == 9 || sig == 19 {
+                continue;
+            }
+            let mut k = KSigaction {
+                handler: sa.handler as usize,
+                flags: sa.flags as usize,
+                restorer: sa.restorer as usize,
+                ..Default::default()
+            };
+            for (j, w) in k.mask.iter_mut().enumerate() {
+                *w = (sa.mask >> (j * usize::BITS as usize)) as usize;
+            }
+            let at = write_data(mem, tramp, 0, &k)?;
+            r.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
+        }
+        for (which, t) in p.itimers.iter().enumerate() {
+            if t.value_sec == 0 && t.value_usec == 0 {
+                continue;
+            }
+            let v = torpor_parasite::KItimerval {
+                interval_sec: t.interval_sec as isize,
+                interval_usec: t.interval_usec as isize,
+                value_sec: t.value_sec as isize,
+                value_usec: t.value_usec as isize,
+            };
+            let at = write_data(mem, tramp, 0, &v)?;
+            r.syscall("setitimer", nr::SETITIMER, [which as u64, at, 0, 0, 0, 0])?;
+        }
+        // Threads, created from the main thread with their tids.
+        ptrace::set_options(pid, ptrace::PTRACE_O_TRACECLONE)?;
+        for t in p.threads.iter().skip(1) {
+            let tid_at = write_data(mem, tramp, 256, &t.tid)?;
+            let args = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64,
+                set_tid: tid_at,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            let at = write_data(mem, tramp, 0, &args)?;
+            let got = r.syscall("clone3 (thread)", nr::CLONE3, [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0])?;
+            if got != u64::from(t.tid.cast_unsigned()) {
+                return Err(Cause::Refused(format!("thread {} came back as {got}", t.tid)));
+            }
+            created.traced.push(t.tid);
+            match ptrace::wait(t.tid)? {
+                Stop::Exited(_) | Stop::Killed(_) => return Err(ptrace::PtraceError::TaskDied(t.tid).into()),
+                _ => {}
+            }
+        }
+        for info in &p.shared_pending {
+            let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+            let at = write_bytes(mem, tramp, 0, info)?;
+            r.syscall("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, [u64::from(pid.cast_unsigned()), u64::from(sig.cast_unsigned()), at, 0, 0, 0])?;
+        }
+        Ok(())
+    })?;
+    for t in p.threads.iter() {
+        restore_thread(rb, t)?;
+    }
+    // The trampoline goes last, through a syscall patched at the main
+    // thread's final pc (the trampoline cannot unmap itself and trap).
+    let mut r = Remote::at_pc(pid, mem)?;
+    r.syscall("munmap (trampoline)", nr::MUNMAP, [tramp, TRAMP_SIZE, 0, 0, 0, 0])?;
+    r.finish()?;
+    Ok(p.threads.len())
+}
+
+fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Result<(), Cause> {
+    let p = rb.p;
+    let mem = &rb.mem;
+    let tramp = rb.tramp;
+    let mut r = Remote::at(t.tid, mem, tramp)?;
+    r.syscall("set_tid_address", nr::SET_TID_ADDRESS, [t.tid_address, 0, 0, 0, 0, 0])?;
+    if t.robust_head != 0 {
+        r.syscall("set_robust_list", nr::SET_ROBUST_LIST, [t.robust_head, t.robust_len, 0, 0, 0, 0])?;
+    }
+    // Always set: a disabled stack must also replace the one inherited
+    // from torpor.
+    const SS_DISABLE: i32 = 2;
+    let ss = torpor_parasite::KStack {
+        sp: t.altstack.sp as usize,
+        flags: t.altstack.flags & SS_DISABLE,
+        size: t.altstack.size as usize,
+    };
+    let at = write_data(mem, tramp, 0, &ss)?;
+    r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;
+    if let Some(rs) = t.rseq {
+        r.syscall("rseq", nr::RSEQ, [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0])?;
+    }
+    if let Some((n, a)) = arch::tls_restore_syscall(t.tls) {
+        r.syscall("set_tls", n, a)?;
+    }
+    for info in &t.pending {
+        let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+        let at = write_bytes(mem, tramp, 0, info)?;
+        r.syscall(
+            "rt_tgsigqueueinfo",
+            nr::RT_TGSIGQUEUEINFO,
+            [u64::from(p.pid.cast_unsigned()), u64::from(t.tid.cast_unsigned()), u64::from(sig.cast_unsigned()), at, 0, 0],
+        )?;
+    }
+    let c = &p.creds;
+    if !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4] {
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let at = write_bytes(mem, tramp, 0, &groups)?;
+        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+        r.syscall("setresgid", nr::SETRESGID, [u64::from(c.gids[0]), u64::from(c.gids[1]), u64::from(c.gids[2]), 0, 0, 0])?;
+        r.syscall("setresuid", nr::SETRESUID, [u64::from(c.uids[0]), u64::from(c.uids[1]), u64::from(c.uids[2]), 0, 0, 0])?;
+    }
+    arch::set_fpregs(t.tid, &t.fpregs)?;
+    let mut regs = Regs::from_bytes(&t.regs)?;
+    regs.clear_syscall();
+    r.replace_saved(regs, t.sigmask);
+    r.finish()?;
+    Ok(())
+}
+
+/// Streams the page records of the image into the tasks, rebuilding each
+/// task's mappings when its record comes.
+fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Result<RestoreStats, EngineError> {
+    let mut rd = Reader::new(image).step(|| "read image".to_string())?;
+    let mut stats = RestoreStats::default();
+    let mut cur: Option<Rebuild<'_>> = None;
+    let mut idx = 0usize;
+    let finish = |rb: Rebuild<'_>, created: &mut Created, stats: &mut RestoreStats| -> Result<(), EngineError> {
+        let pid = rb.p.pid;
+        stats.threads += finish_process(&rb, created).step(|| format!("rebuild {pid}"))?;
+        stats.processes += 1;
+        Ok(())
+    };
+    loop {
+        let rec = rd.next_record().step(|| "read image".to_string())?;
+        let Some(rec) = rec else { break };
+        match rec.kind {
+            Kind::Task => {
+                if let Some(rb) = cur.take() {
+                    finish(rb, created, &mut stats)?;
+                }
+                let p = st.processes.get(idx).ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
+                idx += 1;
+                cur = Some(map_process(p).step(|| format!("map memory {}", p.pid))?);
+            }
+            Kind::Pages => {
+                let pg = rec.pages().step(|| "read image".to_string())?;
+                let rb = cur.as_ref().ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                rb.mem
+                    .write(RemotePtr::<u8>::new(pg.vaddr), pg.data)
+                    .step(|| format!("write memory {}", rb.p.pid))?;
+                stats.page_bytes += pg.data.len() as u64;
+            }
+            Kind::Files | Kind::Header | Kind::Trailer => {}
+        }
+    }
+    if let Some(rb) = cur.take() {
+        finish(rb, created, &mut stats)?;
+    }
+    Ok(stats)
+}
+
+/// Recreates the tree described by `st`, reading pages from `image`.
+pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Result<RestoreStats, EngineError> {
+    let objs = open_objects(st, opts)?;
+    let mut created = Created::default();
+    create_tasks(st, &objs, &mut created)?;
+    drop(objs);
+    let step = || "seize tasks".to_string();
+    for p in &st.processes {
+        ptrace::seize(p.pid, 0).step(step)?;
+        created.traced.push(p.pid);
+        ptrace::interrupt(p.pid).step(step)?;
+        loop {
+            match ptrace::wait(p.pid).step(step)? {
+                Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => break,
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(ptrace::PtraceError::TaskDied(p.pid)).step(step);
+                }
+                Stop::Signal(_) | Stop::Event(..) => ptrace::cont(p.pid, 0).step(step)?,
+            }
+        }
+    }
+    let stats = rebuild_all(st, image, &mut created)?;
+    for &tid in &created.traced {
+        ptrace::detach(tid).step(|| "detach".to_string())?;
+    }
+    created.done = true;
+    Ok(stats)
+}

@@ -1,0 +1,186 @@
+//! The process-tree state the engine saves and rebuilds: plain data, no
+//! runtime resources. Architecture-specific register files are opaque byte
+//! strings here; the image header names the architecture they belong to.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole tree except memory pages, which stream separately.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeState {
+    /// Processes in creation order: every parent before its children.
+    pub processes: Vec<ProcessState>,
+    /// Open file descriptions shared by the tree (an fd refers to one by id).
+    pub files: Vec<OpenFile>,
+    /// Pipes with an end in the tree, with their unread bytes.
+    pub pipes: Vec<PipeState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessState {
+    pub pid: i32,
+    /// Parent's pid; 0 for the root of the tree.
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub threads: Vec<ThreadState>,
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<Fd>,
+    /// Dispositions of signals 1..=64 (index = signal - 1).
+    pub sigactions: Vec<SigAction>,
+    /// Signals queued for the whole thread group, as raw siginfo.
+    pub shared_pending: Vec<Vec<u8>>,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
+    pub itimers: Vec<Itimer>,
+    pub mm: MmFields,
+    pub auxv: Vec<u8>,
+    pub exe: String,
+    pub cwd: String,
+    pub root: String,
+    pub umask: u32,
+    pub personality: u32,
+    /// (soft, hard) for each resource 0..RLIMIT_NLIMITS.
+    pub rlimits: Vec<(u64, u64)>,
+    pub creds: Creds,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadState {
+    pub tid: i32,
+    /// The architecture's general register file (arch::Regs::to_bytes).
+    pub regs: Vec<u8>,
+    /// FPU/vector state as the architecture's regset returns it.
+    pub fpregs: Vec<u8>,
+    pub tls: u64,
+    pub sigmask: u64,
+    /// Signals queued for this thread only, as raw siginfo.
+    pub pending: Vec<Vec<u8>>,
+    pub altstack: AltStack,
+    pub tid_address: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub rseq: Option<Rseq>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Itimer {
+    pub interval_sec: i64,
+    pub interval_usec: i64,
+    pub value_sec: i64,
+    pub value_usec: i64,
+}
+
+/// The mm fields PR_SET_MM_MAP restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+}
+
+/// What backs a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    /// Anonymous memory (private, or shared when `Vma::shared`).
+    Anon,
+    /// A file mapped at `offset`; the identity refuses a changed file.
+    File { path: String, offset: u64, identity: FileIdentity },
+    /// A kernel-provided mapping moved into place, never copied: `[vdso]`,
+    /// `[vvar]`, `[vvar_vclock]`, `[sigpage]`.
+    Special(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC
+    pub prot: i32,
+    pub shared: bool,
+    pub grows_down: bool,
+    pub backing: Backing,
+    /// The name as /proc showed it (`[heap]`, `[stack]`, a path), for humans.
+    pub name: String,
+}
+
+/// One descriptor of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    /// Index into `TreeState::files`.
+    pub file: u32,
+    pub cloexec: bool,
+}
+
+/// An open file description; several fds (in one or more processes) may
+/// share one, and then share its offset and status flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenFile {
+    /// open(2) flags without O_CLOEXEC (which belongs to the fd).
+    pub flags: u32,
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file or directory, reopened by path at `pos`.
+    Path { path: String, pos: u64 },
+    /// A character device (`/dev/null`, a tty...), reopened by path.
+    Device { path: String, rdev: u64, tty: bool },
+    /// One end of a pipe: index into `TreeState::pipes`.
+    Pipe { pipe: u32, write: bool },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeState {
+    pub inode: u64,
+    /// Capacity (F_GETPIPE_SZ).
+    pub size: u32,
+    /// Bytes written and not yet read.
+    pub data: Vec<u8>,
+}
