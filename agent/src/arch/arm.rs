@@ -4,7 +4,7 @@
 //! PTRACE_GETVFPREGS and TLS through PTRACE_GET_THREAD_AREA / `set_tls`.
 //! Neither libc nor nix define these for musl ARM, so they are defined here.
 
-use super::{ptrace_err, restart_kind, RegsError, Restart};
+use super::{Bits, ptrace_err, restart_kind, RegsError, Restart};
 
 pub const ARCH: &str = "arm";
 /// `svc #0` then the Linux ARM breakpoint `0xe7f001f0` (little endian).
@@ -61,19 +61,19 @@ impl Regs {
         self.r[13] = lo(sp);
     }
     pub fn syscall_result(&self) -> i64 {
-        i64::from(self.r[0].cast_signed())
+        i64::from(self.r[0].bits())
     }
     /// ORIG_r0 is -1 outside a syscall (the convention CRIU relies on too).
     pub fn in_syscall(&self) -> bool {
-        self.orig_r0.cast_signed() >= 0
+        self.orig_r0.bits() >= 0
     }
     pub fn set_syscall_state(&mut self, orig: i64, ret: i64) {
-        self.orig_r0 = lo(orig.cast_unsigned());
-        self.r[0] = lo(ret.cast_unsigned());
+        self.orig_r0 = lo(orig.bits());
+        self.r[0] = lo(ret.bits());
     }
     pub fn prepare_syscall(&mut self, pc: u64, nr: i64, args: &[u64; 6]) {
         self.r[15] = lo(pc);
-        self.r[7] = lo(nr.cast_unsigned());
+        self.r[7] = lo(nr.bits());
         for (i, a) in args.iter().enumerate() {
             self.r[i] = lo(*a);
         }
@@ -98,7 +98,7 @@ impl Regs {
                 self.r[15] = self.r[15].wrapping_sub(4);
                 self.r[0] = self.orig_r0;
             }
-            Restart::Eintr => self.r[0] = (-libc::EINTR).cast_unsigned(),
+            Restart::Eintr => self.r[0] = (-libc::EINTR).bits(),
             Restart::None => {}
         }
     }
@@ -191,7 +191,7 @@ pub fn tls_restore_syscall(tls: u64) -> Option<(i64, [u64; 6])> {
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
     (
         nr::MMAP,
-        [addr, len, u64::from(prot.cast_unsigned()), u64::from(flags.cast_unsigned()), u64::from(fd.cast_unsigned()), off / 4096],
+        [addr, len, u64::from(prot.bits()), u64::from(flags.bits()), u64::from(fd.bits()), off / 4096],
     )
 }
 

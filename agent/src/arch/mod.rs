@@ -26,6 +26,37 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
 
+/// Same-width reinterpretation between signed and unsigned integers (the
+/// kernel ABI passes both through the same registers).
+pub trait Bits {
+    type Out;
+    fn bits(self) -> Self::Out;
+}
+
+macro_rules! bits {
+    ($($a:ty => $b:ty),*) => {$(
+        impl Bits for $a {
+            type Out = $b;
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+            fn bits(self) -> $b { self as $b }
+        }
+    )*};
+}
+bits!(i64 => u64, u64 => i64, i32 => u32, u32 => i32, isize => usize, usize => isize);
+
+/// A register-sized value read back from an image of this architecture
+/// (the header's architecture is checked first, so it fits a native word).
+#[allow(clippy::cast_possible_truncation)]
+pub fn native(v: u64) -> usize {
+    v as usize
+}
+
+/// Signed counterpart of [`native`].
+#[allow(clippy::cast_possible_truncation)]
+pub fn native_signed(v: i64) -> isize {
+    v as isize
+}
+
 /// Kernel return codes that ask for a syscall restart (include/linux/errno.h).
 pub const ERESTARTSYS: i64 = 512;
 pub const ERESTARTNOINTR: i64 = 513;

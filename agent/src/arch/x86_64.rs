@@ -2,7 +2,7 @@
 //! r8 r9; result in rax), `int3`, FPU/AVX state through the XSTATE regset,
 //! TLS in the fs_base register.
 
-use super::{ptrace_err, restart_kind, RegsError, Restart};
+use super::{Bits, ptrace_err, restart_kind, RegsError, Restart};
 
 pub const ARCH: &str = "x86_64";
 /// `syscall; int3`, padded with `int3` to a whole word for PTRACE_POKEDATA.
@@ -65,21 +65,21 @@ impl Regs {
     }
     /// The return value of the syscall just executed.
     pub fn syscall_result(&self) -> i64 {
-        self.rax.cast_signed()
+        self.rax.bits()
     }
     /// True when the task stopped inside a syscall.
     pub fn in_syscall(&self) -> bool {
-        self.orig_rax.cast_signed() >= 0
+        self.orig_rax.bits() >= 0
     }
     /// Sets the syscall number and return value as the kernel leaves them.
     pub fn set_syscall_state(&mut self, nr: i64, ret: i64) {
-        self.orig_rax = nr.cast_unsigned();
-        self.rax = ret.cast_unsigned();
+        self.orig_rax = nr.bits();
+        self.rax = ret.bits();
     }
     /// Arranges registers to run `syscall` at `pc` with `nr` and `args`.
     pub fn prepare_syscall(&mut self, pc: u64, nr: i64, args: &[u64; 6]) {
         self.rip = pc;
-        self.rax = nr.cast_unsigned();
+        self.rax = nr.bits();
         self.rdi = args[0];
         self.rsi = args[1];
         self.rdx = args[2];
@@ -109,7 +109,7 @@ impl Regs {
                 self.rip -= SYSCALL_INSN_LEN;
                 self.rax = self.orig_rax;
             }
-            Restart::Eintr => self.rax = (-i64::from(libc::EINTR)).cast_unsigned(),
+            Restart::Eintr => self.rax = (-i64::from(libc::EINTR)).bits(),
             Restart::None => {}
         }
     }
@@ -212,7 +212,7 @@ pub fn tls_restore_syscall(_tls: u64) -> Option<(i64, [u64; 6])> {
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
     (
         nr::MMAP,
-        [addr, len, u64::from(prot.cast_unsigned()), u64::from(flags.cast_unsigned()), i64::from(fd).cast_unsigned(), off],
+        [addr, len, u64::from(prot.bits()), u64::from(flags.bits()), i64::from(fd).bits(), off],
     )
 }
 

@@ -2,6 +2,7 @@
 //! /proc, ptrace requests) and from inside (the parasite).
 #![allow(unsafe_code)]
 
+use crate::arch::Bits;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -241,7 +242,7 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
                         value_usec: sword(t.value_usec),
                     })
                     .collect();
-                p.mm.brk = out.results[slot::BRK].cast_unsigned() as u64;
+                p.mm.brk = out.results[slot::BRK].bits() as u64;
             }
         }
         Ok(())
@@ -467,7 +468,7 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         if n < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        data.resize(n.cast_unsigned(), 0);
+        data.resize(n.bits(), 0);
         let mut got = 0;
         while got < data.len() {
             // SAFETY: reading into the unfilled part of `data`.
@@ -475,8 +476,8 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
             if k <= 0 {
                 return Err(std::io::Error::last_os_error().into());
             }
-            got += k.cast_unsigned();
+            got += k.bits();
         }
     }
-    Ok(PipeState { inode, size: size.cast_unsigned(), data })
+    Ok(PipeState { inode, size: size.bits(), data })
 }

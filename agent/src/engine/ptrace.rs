@@ -2,6 +2,7 @@
 //! and the request, and a vanished task is its own error (`TaskDied`).
 #![allow(unsafe_code)]
 
+use crate::arch::Bits;
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
@@ -109,7 +110,7 @@ pub fn interrupt(tid: i32) -> Result<(), PtraceError> {
 }
 
 pub fn cont(tid: i32, sig: i32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_CONT, tid, 0, sig.cast_unsigned() as usize) < 0 {
+    if ptrace_raw(PTRACE_CONT, tid, 0, sig.bits() as usize) < 0 {
         return Err(os("PTRACE_CONT", tid));
     }
     Ok(())
@@ -317,12 +318,12 @@ impl Mem {
 /// Returns the number of bytes read (short at an unreadable page).
 pub fn vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: crate::arch::native(addr) as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: one local iovec over `buf`, one remote iovec; the kernel writes
     // at most buf.len() bytes into `buf`.
     let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(n.cast_unsigned())
+    Ok(n.bits())
 }

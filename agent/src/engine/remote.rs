@@ -5,6 +5,7 @@
 //! leave a task running with borrowed registers. While it lives every signal
 //! is blocked in the task, so nothing but our trap stops it.
 
+use crate::arch::Bits;
 use crate::arch::{self, Regs};
 use crate::engine::ptrace::{self, Mem, PtraceError, RemotePtr, Stop};
 
@@ -142,7 +143,7 @@ impl<'m> Remote<'m> {
                 err: std::io::Error::from_raw_os_error(errno),
             });
         }
-        Ok(r.cast_unsigned())
+        Ok(r.bits())
     }
 
     /// Runs the parasite at `entry` with its argument area at `args` and the

@@ -17,6 +17,7 @@
 //! Any failure kills every task created and names the step.
 #![allow(unsafe_code)]
 
+use crate::arch::Bits;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -125,7 +126,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 }
             }
             FileKind::Device { path, tty, .. } => {
-                if !Path::new(path).exists() && !(*tty && opts.tty.is_some()) {
+                if !(Path::new(path).exists() || (*tty && opts.tty.is_some())) {
                     let hint = if *tty { "; give --tty PATH to use another terminal" } else { "" };
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
@@ -203,7 +204,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
             if n <= 0 {
                 return Err(last_os()).step(step);
             }
-            off += n.cast_unsigned();
+            off += n.bits();
         }
         let r = move_high(p[0], high).step(step)?;
         let w = move_high(p[1], high).step(step)?;
@@ -229,7 +230,7 @@ fn open_object(
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
     opts: &RestoreOptions,
 ) -> Result<i32, Cause> {
-    let open_flags = (f.flags.cast_signed() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+    let open_flags = (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
     let open = |path: &str, flags: i32| -> Result<i32, Cause> {
         let c = cstr(path)?;
         // SAFETY: open with a valid C string.
@@ -246,6 +247,7 @@ fn open_object(
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
             // SAFETY: lseek on the fd just opened. Directories may refuse
             // arbitrary positions; their position is a cookie.
+            // SAFETY: a plain syscall on integers or live C strings.
             let r = unsafe { libc::lseek(fd, off, libc::SEEK_SET) };
             if r < 0 && !Path::new(path).is_dir() {
                 let e = last_os();
@@ -279,7 +281,7 @@ fn open_object(
                 }
                 d
             };
-            let status = f.flags.cast_signed() & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT);
+            let status = f.flags.bits() & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_DIRECT);
             // SAFETY: setting status flags on our fd.
             if unsafe { libc::fcntl(fd, libc::F_SETFL, status) } < 0 {
                 return Err(last_os().into());
@@ -316,6 +318,7 @@ fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     };
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
     // copy of this single-threaded process and returns 0 here.
+    // SAFETY: a plain syscall on integers or live C strings.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, core::mem::size_of::<CloneArgs>()) };
     if r < 0 {
         let e = last_os();
@@ -362,6 +365,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     // SAFETY (all libc calls below): plain syscalls on integers or on C
     // strings that live across the call.
     if p.sid == p.pid {
+        // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", last_os()));
         }
@@ -371,10 +375,13 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
     }
     if p.pgid == p.pid && p.sid != p.pid {
+        // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(format!("setpgid: {}", last_os()));
         }
+    // SAFETY: a plain syscall on integers or live C strings.
     } else if p.pgid != unsafe { libc::getpgid(0) } && parent.is_some() && p.sid != p.pid {
+        // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::setpgid(0, p.pgid) } < 0 {
             return Err(format!("joining process group {}: {}", p.pgid, last_os()));
         }
@@ -393,9 +400,11 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     let mut targets: Vec<i32> = Vec::new();
     for f in &p.fds {
         let src = objs.fds[f.file as usize];
+        // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::dup2(src, f.fd) } < 0 {
             return Err(format!("dup2 to fd {}: {}", f.fd, last_os()));
         }
+        // SAFETY: a plain syscall on integers or live C strings.
         if f.cloexec && unsafe { libc::fcntl(f.fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
             return Err(format!("FD_CLOEXEC on fd {}: {}", f.fd, last_os()));
         }
@@ -405,24 +414,30 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     targets.sort_unstable();
     let mut next: u32 = 0;
     for &t in &targets {
-        let t = t.cast_unsigned();
+        let t = t.bits();
         if t > next {
+            // SAFETY: a plain syscall on integers or live C strings.
             unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) };
         }
         next = t + 1;
     }
+    // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
     let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
+    // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
         return Err(format!("chdir {}: {}", p.cwd, last_os()));
     }
+    // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::umask(p.umask as libc::mode_t) };
+    // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::personality(libc::c_ulong::from(p.personality)) } < 0 {
         return Err(format!("personality {:#x}: {}", p.personality, last_os()));
     }
     for (res, (cur, max)) in p.rlimits.iter().enumerate() {
         let lim = libc::rlimit { rlim_cur: *cur, rlim_max: *max };
-        if unsafe { libc::setrlimit(res as _, &raw const lim) } < 0 {
+        // SAFETY: a plain syscall on integers or live C strings.
+        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) } < 0 {
             return Err(format!("setrlimit {res}: {}", last_os()));
         }
     }
@@ -531,7 +546,7 @@ const TRAMP_SIZE: u64 = 4 * 4096;
 /// Offset of the data area in the trampoline.
 const DATA: u64 = 4096;
 
-fn hole(busy: &mut Vec<(u64, u64)>, size: u64) -> Option<u64> {
+fn hole(busy: &mut [(u64, u64)], size: u64) -> Option<u64> {
     busy.sort_unstable();
     let mut at: u64 = 0x0100_0000;
     for &(s, e) in busy.iter() {
@@ -584,7 +599,7 @@ fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32
     let mut b = path.as_bytes().to_vec();
     b.push(0);
     let at = write_bytes(mem, tramp, 0, &b)?;
-    let fd = r.syscall_raw(nr::OPENAT, [(-100i64).cast_unsigned(), at, u64::from((flags | libc::O_CLOEXEC).cast_unsigned()), 0, 0, 0])?;
+    let fd = r.syscall_raw(nr::OPENAT, [(-100i64).bits(), at, u64::from((flags | libc::O_CLOEXEC).bits()), 0, 0, 0])?;
     if fd < 0 {
         let errno = i32::try_from(-fd).unwrap_or(libc::EINVAL);
         return Err(Cause::Io(std::io::Error::new(
@@ -592,7 +607,7 @@ fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32
             format!("opening {path} in process {}: {}", r.tid(), std::io::Error::from_raw_os_error(errno)),
         )));
     }
-    Ok(fd.cast_unsigned())
+    Ok(fd.bits())
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
@@ -750,7 +765,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     with_remote(mem, pid, tramp, |r| {
         for v in &p.vmas {
             if matches!(v.backing, Backing::Anon) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
-                r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.cast_unsigned()), 0, 0, 0])?;
+                r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0])?;
             }
         }
         let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
@@ -782,13 +797,13 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
                 continue;
             }
             let mut k = KSigaction {
-                handler: sa.handler as usize,
-                flags: sa.flags as usize,
-                restorer: sa.restorer as usize,
+                handler: arch::native(sa.handler),
+                flags: arch::native(sa.flags),
+                restorer: arch::native(sa.restorer),
                 ..Default::default()
             };
             for (j, w) in k.mask.iter_mut().enumerate() {
-                *w = (sa.mask >> (j * usize::BITS as usize)) as usize;
+                *w = arch::native(sa.mask >> (j * usize::BITS as usize));
             }
             let at = write_data(mem, tramp, 0, &k)?;
             r.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
@@ -798,10 +813,10 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
                 continue;
             }
             let v = torpor_parasite::KItimerval {
-                interval_sec: t.interval_sec as isize,
-                interval_usec: t.interval_usec as isize,
-                value_sec: t.value_sec as isize,
-                value_usec: t.value_usec as isize,
+                interval_sec: arch::native_signed(t.interval_sec),
+                interval_usec: arch::native_signed(t.interval_usec),
+                value_sec: arch::native_signed(t.value_sec),
+                value_usec: arch::native_signed(t.value_usec),
             };
             let at = write_data(mem, tramp, 0, &v)?;
             r.syscall("setitimer", nr::SETITIMER, [which as u64, at, 0, 0, 0, 0])?;
@@ -819,7 +834,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             };
             let at = write_data(mem, tramp, 0, &args)?;
             let got = r.syscall("clone3 (thread)", nr::CLONE3, [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0])?;
-            if got != u64::from(t.tid.cast_unsigned()) {
+            if got != u64::from(t.tid.bits()) {
                 return Err(Cause::Refused(format!("thread {} came back as {got}", t.tid)));
             }
             created.traced.push(t.tid);
@@ -831,7 +846,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
         for info in &p.shared_pending {
             let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
             let at = write_bytes(mem, tramp, 0, info)?;
-            r.syscall("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, [u64::from(pid.cast_unsigned()), u64::from(sig.cast_unsigned()), at, 0, 0, 0])?;
+            r.syscall("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0])?;
         }
         Ok(())
     })?;
@@ -859,9 +874,9 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     // from torpor.
     const SS_DISABLE: i32 = 2;
     let ss = torpor_parasite::KStack {
-        sp: t.altstack.sp as usize,
+        sp: arch::native(t.altstack.sp),
         flags: t.altstack.flags & SS_DISABLE,
-        size: t.altstack.size as usize,
+        size: arch::native(t.altstack.size),
     };
     let at = write_data(mem, tramp, 0, &ss)?;
     r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;
@@ -877,7 +892,7 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
         r.syscall(
             "rt_tgsigqueueinfo",
             nr::RT_TGSIGQUEUEINFO,
-            [u64::from(p.pid.cast_unsigned()), u64::from(t.tid.cast_unsigned()), u64::from(sig.cast_unsigned()), at, 0, 0],
+            [u64::from(p.pid.bits()), u64::from(t.tid.bits()), u64::from(sig.bits()), at, 0, 0],
         )?;
     }
     let c = &p.creds;

@@ -71,6 +71,7 @@ pub fn kill_and_reap(pid: i32) {
 
 /// Starts `bin args` with stdin from /dev/null, stdout into `out` (or
 /// /dev/null), stderr to /dev/null and every other fd closed.
+#[allow(clippy::zombie_processes)] // reaped by pid with waitpid
 pub fn spawn(bin: &Path, args: &[&str], out: Option<&Path>) -> i32 {
     let stdout = match out {
         Some(p) => Stdio::from(std::fs::File::create(p).expect("create output")),
