@@ -111,7 +111,12 @@ impl Frozen {
             // SAFETY: kill has no memory effects.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        for &tid in &self.seized {
+        // Leaders last: a traced group leader's exit is reported only after
+        // its other threads have been reaped.
+        let leaders: Vec<i32> = self.pids.clone();
+        let mut order: Vec<i32> = self.seized.iter().copied().filter(|t| !leaders.contains(t)).collect();
+        order.extend(self.seized.iter().copied().filter(|t| leaders.contains(t)));
+        for &tid in &order {
             // Wait for the exit report the tracer gets, so the tasks are
             // dead when the dump returns.
             loop {

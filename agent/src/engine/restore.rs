@@ -474,7 +474,10 @@ impl Drop for Created {
             // SAFETY: kill has no memory effects.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        for &tid in &self.traced {
+        // Leaders last: a traced leader's exit waits for its threads.
+        let mut order: Vec<i32> = self.traced.iter().copied().filter(|t| !self.pids.contains(t)).collect();
+        order.extend(self.traced.iter().copied().filter(|t| self.pids.contains(t)));
+        for &tid in &order {
             while let Ok(s) = ptrace::wait(tid) {
                 if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
                     break;
