@@ -107,8 +107,11 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
         regs.fix_syscall_restart();
         regs.clear_syscall();
+        let comm_path = format!("/proc/{pid}/task/{tid}/comm");
+        let comm = procfs::read(&comm_path).step(tstep)?.trim_end_matches('\n').to_string();
         p.threads.push(ThreadState {
             tid,
+            comm,
             regs: regs.to_bytes(),
             fpregs: arch::get_fpregs(tid).step(tstep)?,
             tls,

@@ -869,6 +869,12 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     let mem = &rb.mem;
     let tramp = rb.tramp;
     let mut r = Remote::at(t.tid, mem, tramp)?;
+    const PR_SET_NAME: u64 = 15;
+    let mut name = t.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let at = write_bytes(mem, tramp, 0, &name)?;
+    r.syscall("prctl(PR_SET_NAME)", nr::PRCTL, [PR_SET_NAME, at, 0, 0, 0, 0])?;
     r.syscall("set_tid_address", nr::SET_TID_ADDRESS, [t.tid_address, 0, 0, 0, 0, 0])?;
     if t.robust_head != 0 {
         r.syscall("set_robust_list", nr::SET_ROBUST_LIST, [t.robust_head, t.robust_len, 0, 0, 0, 0])?;

@@ -46,6 +46,8 @@ pub struct ProcessState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadState {
     pub tid: i32,
+    /// The thread's name (comm).
+    pub comm: String,
     /// The architecture's general register file (arch::Regs::to_bytes).
     pub regs: Vec<u8>,
     /// FPU/vector state as the architecture's regset returns it.
