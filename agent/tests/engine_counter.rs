@@ -52,3 +52,67 @@ fn counter_continues_after_restore_with_same_pid() {
     assert_eq!(all, want, "consecutive numbers, no gap, no repeat");
     assert!(all.len() as u64 > last + 5);
 }
+
+#[test]
+fn restored_counter_dumps_and_restores_again() {
+    become_subreaper();
+    let dir = scratch("counter-twice");
+    let bin = compile(&dir, "counter", COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let img1 = dir.join("first.img");
+    let img2 = dir.join("second.img");
+    let pid = spawn(&bin, &["30"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("three numbers", || lines(&out).len() >= 3);
+    dump(pid, &img1, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img1);
+    let n1 = numbers(&out).len() as u64;
+    wait_for("more numbers", || numbers(&out).len() as u64 >= n1 + 3);
+
+    // The restored counter is re-parented to this subreaper.
+    dump(pid, &img2, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img2);
+    let n2 = numbers(&out).len() as u64;
+    wait_for("more numbers again", || numbers(&out).len() as u64 >= n2 + 3);
+    kill_and_reap(pid);
+    let all = numbers(&out);
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want, "consecutive across two dumps and restores");
+}
+
+#[test]
+fn leave_running_keeps_the_counter_and_restore_refuses_its_pid() {
+    become_subreaper();
+    let dir = scratch("counter-leave");
+    let bin = compile(&dir, "counter", COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("leave.img");
+    let pid = spawn(&bin, &["20"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("three numbers", || lines(&out).len() >= 3);
+    dump(pid, &img, &["--leave-running"]);
+    assert!(alive(pid), "--leave-running keeps the tree");
+    let n = numbers(&out).len();
+    wait_for("the counter to go on", || numbers(&out).len() >= n + 3);
+
+    let before: Vec<String> = std::fs::read_dir("/proc").expect("proc").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect();
+    let i = img.to_string_lossy().into_owned();
+    let o = torpor(&["restore", "--image", &i]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("torpor: error: validate: "), "{err}");
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("in use"), "{err}");
+    let after: Vec<String> = std::fs::read_dir("/proc").expect("proc").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect();
+    let new: Vec<&String> = after.iter().filter(|p| !before.contains(p)).filter(|p| {
+        std::fs::read_link(format!("/proc/{p}/exe")).map(|e| e == bin).unwrap_or(false)
+    }).collect();
+    assert!(new.is_empty(), "nothing left behind: {new:?}");
+    kill_and_reap(pid);
+    let all = numbers(&out);
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want, "the dump did not disturb the counter");
+}

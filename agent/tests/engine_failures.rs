@@ -1,0 +1,135 @@
+//! Refusals: a dump that meets something it cannot save fails with a clear
+//! step and cause and leaves the tree running; a damaged image is refused
+//! before anything is created.
+
+mod engine_util;
+use engine_util::*;
+
+const WITH_SOCKET: &str = r#"
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(void) {
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+const COUNTER: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+#[test]
+fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
+    become_subreaper();
+    let dir = scratch("fail-socket");
+    let bin = compile(&dir, "sock", WITH_SOCKET, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("sock.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        format!("torpor: error: files {pid}: fd 3 of process {pid} is a socket (socket:[{}])", socket_inode(pid)),
+    );
+    assert!(!img.exists(), "no image left behind");
+    assert!(!dir.join("sock.img.part").exists(), "no partial image left behind");
+    let n = lines(&out).len();
+    wait_for("the program to go on", || lines(&out).len() >= n + 5);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.lines().any(|l| l == "TracerPid:\t0"), "detached");
+    kill_and_reap(pid);
+    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want);
+}
+
+fn socket_inode(pid: i32) -> String {
+    let l = std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("fd 3");
+    let s = l.to_string_lossy();
+    s.trim_start_matches("socket:[").trim_end_matches(']').to_string()
+}
+
+#[test]
+fn dump_of_a_missing_pid_fails_cleanly() {
+    let dir = scratch("fail-nopid");
+    let img = dir.join("none.img");
+    // pid_max is at most 4194304; this one cannot exist.
+    let o = torpor(&["dump", "--pid", "4194999", "--image", img.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim_end(), "torpor: error: freeze: task 4194999 is gone");
+    assert!(!img.exists());
+}
+
+#[test]
+fn damaged_images_are_refused_before_anything_is_created() {
+    become_subreaper();
+    let dir = scratch("fail-damaged");
+    let bin = compile(&dir, "counter", COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("good.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let good = std::fs::read(&img).expect("image");
+
+    let bad = dir.join("bad.img");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    std::fs::write(&bad, &flipped).expect("write");
+    let o = torpor(&["restore", "--image", bad.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("torpor: error: validate: record at byte ") && err.contains("fails its CRC"), "{err}");
+    assert!(!alive(pid), "nothing was created");
+
+    std::fs::write(&bad, &good[..good.len() - 10]).expect("write");
+    let o = torpor(&["restore", "--image", bad.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ends in the middle of a record"), "{err}");
+    assert!(!alive(pid));
+
+    // A mapped file that changed since the dump is refused by name.
+    let copy = dir.join("counter-copy");
+    std::fs::copy(&bin, &copy).expect("copy");
+    let pid2 = spawn(&copy, &[], Some(&out));
+    reaper.add(pid2);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img2 = dir.join("copy.img");
+    dump(pid2, &img2, &[]);
+    assert_eq!(reap(pid2), libc::SIGKILL);
+    let mut bytes = std::fs::read(&copy).expect("binary");
+    bytes.push(0);
+    std::fs::write(&copy, &bytes).expect("modify binary");
+    let o = torpor(&["restore", "--image", img2.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!("torpor: error: validate: mapped file {} changed since the dump", copy.display())),
+        "{err}"
+    );
+    assert!(!alive(pid2));
+}
