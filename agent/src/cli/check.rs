@@ -167,8 +167,10 @@ fn probe_pidfd_getfd() -> Result<(), String> {
     let result = if copied < 0 { Err(format!("pidfd_getfd: {}", last_err())) } else { Ok(()) };
     // SAFETY: both fds were created above and are closed exactly once.
     unsafe {
-        if let Ok(fd) = libc::c_int::try_from(copied) {
-            libc::close(fd);
+        if copied >= 0 {
+            if let Ok(fd) = libc::c_int::try_from(copied) {
+                libc::close(fd);
+            }
         }
         libc::close(pidfd);
     }
