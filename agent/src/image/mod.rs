@@ -38,6 +38,8 @@
 //! (`Lz4`), or nothing (`Zero`, all pages zero).
 
 pub mod records;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -66,7 +68,10 @@ pub enum ImageError {
     #[error("not a torpor image: bytes 5..13 are {found:02x?}, expected the magic \"TORPORIM\"")]
     BadMagic { found: [u8; 8] },
     #[error("image format {found} is not supported (this torpor reads format {supported})")]
-    UnsupportedVersion { found: FormatVersion, supported: FormatVersion },
+    UnsupportedVersion {
+        found: FormatVersion,
+        supported: FormatVersion,
+    },
     #[error("image was made on {image}, this host is {host}")]
     WrongArch { image: Arch, host: Arch },
     #[error("image page size is {image} bytes, this host's is {host}")]
@@ -74,33 +79,64 @@ pub enum ImageError {
     #[error("image header declares an invalid page size of {0} bytes")]
     BadPageSize(u32),
     #[error("CRC mismatch in the {kind} record at offset {offset}: stored {stored:#010x}, computed {computed:#010x}")]
-    Crc { offset: u64, kind: KindByte, stored: u32, computed: u32 },
+    Crc {
+        offset: u64,
+        kind: KindByte,
+        stored: u32,
+        computed: u32,
+    },
     #[error("image truncated at offset {offset}: {what} is incomplete")]
     Truncated { offset: u64, what: &'static str },
     #[error("{kind} record at offset {offset} is {len} bytes, more than the limit of {limit}")]
-    RecordTooLarge { offset: u64, kind: Kind, len: u64, limit: u32 },
+    RecordTooLarge {
+        offset: u64,
+        kind: Kind,
+        len: u64,
+        limit: u32,
+    },
     #[error("unknown record kind {kind} at offset {offset} (corrupt, or from a newer torpor)")]
     UnknownKind { offset: u64, kind: u8 },
     #[error("cannot decode the {kind} record at offset {offset}: {source}")]
-    Decode { offset: u64, kind: Kind, source: postcard::Error },
+    Decode {
+        offset: u64,
+        kind: Kind,
+        source: postcard::Error,
+    },
     #[error("cannot encode a {kind} record: {source}")]
     Encode { kind: Kind, source: postcard::Error },
     #[error("malformed {kind} record at offset {offset}: {reason}")]
-    Malformed { offset: u64, kind: Kind, reason: String },
+    Malformed {
+        offset: u64,
+        kind: Kind,
+        reason: String,
+    },
     #[error("trailer mismatch: the trailer says {field} = {stored}, the image has {actual}")]
-    TrailerMismatch { field: &'static str, stored: u64, actual: u64 },
+    TrailerMismatch {
+        field: &'static str,
+        stored: u64,
+        actual: u64,
+    },
     #[error("{0} bytes of unexpected data follow the trailer")]
     TrailingData(u64),
     #[error("{kind} records are written by the image writer itself, not by record()")]
     ReservedKind { kind: Kind },
-    #[error("pages at {vaddr:#x} (+{len} bytes) are not aligned to the {page_size}-byte page size")]
-    Unaligned { vaddr: u64, len: u64, page_size: u32 },
+    #[error(
+        "pages at {vaddr:#x} (+{len} bytes) are not aligned to the {page_size}-byte page size"
+    )]
+    Unaligned {
+        vaddr: u64,
+        len: u64,
+        page_size: u32,
+    },
     #[error("buffer of {got} bytes cannot hold {needed} bytes of pages")]
     BufferTooSmall { needed: usize, got: usize },
     #[error("this is a {kind} record, not a pages record")]
     NotPages { kind: Kind },
     #[error("cannot read {what}: {source}")]
-    Host { what: &'static str, source: io::Error },
+    Host {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("I/O error at image offset {offset}: {source}")]
     Io { offset: u64, source: io::Error },
 }
@@ -241,11 +277,17 @@ impl Header {
     /// another page size.
     pub fn check_host(&self) -> Result<()> {
         if self.arch != Arch::host() {
-            return Err(ImageError::WrongArch { image: self.arch, host: Arch::host() });
+            return Err(ImageError::WrongArch {
+                image: self.arch,
+                host: Arch::host(),
+            });
         }
         let host = host_page_size();
         if self.page_size != host {
-            return Err(ImageError::WrongPageSize { image: self.page_size, host });
+            return Err(ImageError::WrongPageSize {
+                image: self.page_size,
+                host,
+            });
         }
         Ok(())
     }
@@ -288,9 +330,10 @@ struct CrcWriter<W> {
 
 impl<W: Write> CrcWriter<W> {
     fn put(&mut self, buf: &[u8]) -> Result<()> {
-        self.inner
-            .write_all(buf)
-            .map_err(|source| ImageError::Io { offset: self.bytes, source })?;
+        self.inner.write_all(buf).map_err(|source| ImageError::Io {
+            offset: self.bytes,
+            source,
+        })?;
         self.crc.update(buf);
         self.bytes += buf.len() as u64;
         Ok(())
@@ -313,13 +356,19 @@ impl<R: Read> CrcReader<R> {
             match self.inner.read(&mut buf[done..]) {
                 Ok(0) => {
                     self.account(&buf[..done]);
-                    return Err(ImageError::Truncated { offset: self.bytes, what });
+                    return Err(ImageError::Truncated {
+                        offset: self.bytes,
+                        what,
+                    });
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     self.account(&buf[..done]);
-                    return Err(ImageError::Io { offset: self.bytes, source });
+                    return Err(ImageError::Io {
+                        offset: self.bytes,
+                        source,
+                    });
                 }
             }
         }
@@ -342,7 +391,12 @@ impl<R: Read> CrcReader<R> {
                 Ok(0) => return Ok(n),
                 Ok(k) => n += k as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(ImageError::Io { offset: self.bytes + n, source }),
+                Err(source) => {
+                    return Err(ImageError::Io {
+                        offset: self.bytes + n,
+                        source,
+                    })
+                }
             }
         }
     }
@@ -376,7 +430,11 @@ impl<W: Write> ImageWriter<W> {
     pub fn new(w: W, header: &Header) -> Result<Self> {
         header.check_page_size()?;
         let mut me = ImageWriter {
-            out: CrcWriter { inner: w, crc: crc32fast::Hasher::new(), bytes: 0 },
+            out: CrcWriter {
+                inner: w,
+                crc: crc32fast::Hasher::new(),
+                bytes: 0,
+            },
             page_size: header.page_size,
             batch_pages: header.batch_pages(),
             records: 0,
@@ -469,15 +527,34 @@ impl<W: Write> ImageWriter<W> {
     fn batch(&mut self, vaddr: u64, n: usize, zero: bool, run: &[u8]) -> Result<()> {
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         if zero {
-            return self.pages_frame(PagesHead { vaddr, pages: count, codec: Codec::Zero }, &[]);
+            return self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Zero,
+                },
+                &[],
+            );
         }
         let mut packed = std::mem::take(&mut self.packed);
         packed.resize(lz4_flex::block::get_maximum_output_size(run.len()), 0);
         let res = match compress(run, &mut packed) {
-            Some(k) => {
-                self.pages_frame(PagesHead { vaddr, pages: count, codec: Codec::Lz4 }, &packed[..k])
-            }
-            None => self.pages_frame(PagesHead { vaddr, pages: count, codec: Codec::Raw }, run),
+            Some(k) => self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Lz4,
+                },
+                &packed[..k],
+            ),
+            None => self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Raw,
+                },
+                run,
+            ),
         };
         self.packed = packed;
         res
@@ -490,7 +567,10 @@ impl<W: Write> ImageWriter<W> {
         // straight from the caller's or the compressor's buffer.
         let mut h = [0u8; 32];
         let used = postcard::to_slice(&(head, data.len()), &mut h)
-            .map_err(|source| ImageError::Encode { kind: Kind::Pages, source })?
+            .map_err(|source| ImageError::Encode {
+                kind: Kind::Pages,
+                source,
+            })?
             .len();
         self.frame(Kind::Pages, &[&h[..used], data])?;
         self.pages += u64::from(head.pages);
@@ -511,10 +591,10 @@ impl<W: Write> ImageWriter<W> {
             crc: self.out.crc.clone().finalize(),
         };
         self.encode(Kind::Trailer, &trailer)?;
-        self.out
-            .inner
-            .flush()
-            .map_err(|source| ImageError::Io { offset: self.out.bytes, source })?;
+        self.out.inner.flush().map_err(|source| ImageError::Io {
+            offset: self.out.bytes,
+            source,
+        })?;
         let summary = ImageSummary {
             records: self.records,
             pages: self.pages,
@@ -528,7 +608,8 @@ impl<W: Write> ImageWriter<W> {
 fn is_zero(page: &[u8]) -> bool {
     // OR-folding fixed-size chunks lets the compiler vectorise the test; the
     // early exit per chunk still stops at the first non-zero data.
-    page.chunks(64).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
 
 /// Compresses `run` into `out` and returns the compressed length, or `None`
@@ -592,15 +673,15 @@ impl<'a> Record<'a> {
         if self.kind != Kind::Pages {
             return Err(ImageError::NotPages { kind: self.kind });
         }
-        let p: Pages<'a> = postcard::from_bytes(self.payload).map_err(|source| {
-            ImageError::Decode { offset: self.offset, kind: self.kind, source }
-        })?;
+        let p: Pages<'a> =
+            postcard::from_bytes(self.payload).map_err(|source| ImageError::Decode {
+                offset: self.offset,
+                kind: self.kind,
+                source,
+            })?;
         let limit = (PAGE_BATCH_BYTES / self.page_size).max(1);
         if p.pages == 0 || p.pages > limit {
-            return Err(self.malformed(format!(
-                "{} pages, expected 1 to {limit}",
-                p.pages
-            )));
+            return Err(self.malformed(format!("{} pages, expected 1 to {limit}", p.pages)));
         }
         if p.vaddr % u64::from(self.page_size) != 0 {
             return Err(self.malformed(format!("vaddr {:#x} is not page aligned", p.vaddr)));
@@ -628,7 +709,10 @@ impl<'a> Record<'a> {
         let p = self.pages()?;
         let len = self.span(p.pages);
         if buf.len() < len {
-            return Err(ImageError::BufferTooSmall { needed: len, got: buf.len() });
+            return Err(ImageError::BufferTooSmall {
+                needed: len,
+                got: buf.len(),
+            });
         }
         let out = &mut buf[..len];
         match p.codec {
@@ -657,7 +741,11 @@ impl<'a> Record<'a> {
     }
 
     fn malformed(&self, reason: String) -> ImageError {
-        ImageError::Malformed { offset: self.offset, kind: self.kind, reason }
+        ImageError::Malformed {
+            offset: self.offset,
+            kind: self.kind,
+            reason,
+        }
     }
 }
 
@@ -686,7 +774,11 @@ impl<R: Read> ImageReader<R> {
     /// Opens an image from any host (for `show` and `verify`): the header must
     /// be valid, its architecture may differ from this host's.
     pub fn inspect(r: R) -> Result<Self> {
-        let mut input = CrcReader { inner: r, crc: crc32fast::Hasher::new(), bytes: 0 };
+        let mut input = CrcReader {
+            inner: r,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
         let mut head = [0u8; 13];
         input.take(&mut head, "the header")?;
         let mut found = [0u8; 8];
@@ -723,17 +815,31 @@ impl<R: Read> ImageReader<R> {
                 reason: format!("the first record is of kind {}", KindByte(kind)),
             });
         }
-        let decode_err = |source| ImageError::Decode { offset: 0, kind: Kind::Header, source };
+        let decode_err = |source| ImageError::Decode {
+            offset: 0,
+            kind: Kind::Header,
+            source,
+        };
         let (prefix, _): (HeaderPrefix, _) =
             postcard::take_from_bytes(payload).map_err(decode_err)?;
         debug_assert_eq!(prefix.magic, MAGIC);
         if prefix.version.major != FORMAT.major {
-            return Err(ImageError::UnsupportedVersion { found: prefix.version, supported: FORMAT });
+            return Err(ImageError::UnsupportedVersion {
+                found: prefix.version,
+                supported: FORMAT,
+            });
         }
         let header: Header = postcard::from_bytes(payload).map_err(decode_err)?;
         header.check_page_size()?;
         buf.clear();
-        Ok(ImageReader { input, header, records: 1, pages: 0, buf, summary: None })
+        Ok(ImageReader {
+            input,
+            header,
+            records: 1,
+            pages: 0,
+            buf,
+            summary: None,
+        })
     }
 
     pub fn header(&self) -> &Header {
@@ -752,15 +858,18 @@ impl<R: Read> ImageReader<R> {
         let mut head = [0u8; 5];
         if let Err(e) = self.input.take(&mut head, "a record frame") {
             return Err(match e {
-                ImageError::Truncated { offset: o, .. } if o == offset => {
-                    ImageError::Truncated { offset, what: "the image (no trailer)" }
-                }
+                ImageError::Truncated { offset: o, .. } if o == offset => ImageError::Truncated {
+                    offset,
+                    what: "the image (no trailer)",
+                },
                 e => e,
             });
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let kind = Kind::from_byte(head[4])
-            .ok_or(ImageError::UnknownKind { offset, kind: head[4] })?;
+        let kind = Kind::from_byte(head[4]).ok_or(ImageError::UnknownKind {
+            offset,
+            kind: head[4],
+        })?;
         if len > kind.limit() {
             return Err(ImageError::RecordTooLarge {
                 offset,
@@ -797,7 +906,11 @@ impl<R: Read> ImageReader<R> {
                 ];
                 for (field, stored, actual) in expect {
                     if stored != actual {
-                        return Err(ImageError::TrailerMismatch { field, stored, actual });
+                        return Err(ImageError::TrailerMismatch {
+                            field,
+                            stored,
+                            actual,
+                        });
                     }
                 }
                 let extra = self.input.rest()?;
@@ -856,7 +969,12 @@ fn check_crc(offset: u64, len: u32, kind: u8, payload: &[u8], stored: &[u8]) -> 
     };
     let computed = frame_crc(len, kind, payload);
     if stored != computed {
-        return Err(ImageError::Crc { offset, kind: KindByte(kind), stored, computed });
+        return Err(ImageError::Crc {
+            offset,
+            kind: KindByte(kind),
+            stored,
+            computed,
+        });
     }
     Ok(())
 }
@@ -872,5 +990,8 @@ pub fn verify<R: Read>(r: R) -> Result<ImageSummary> {
             rec.decode_pages_into(&mut pages)?;
         }
     }
-    reader.summary.ok_or(ImageError::Truncated { offset: 0, what: "the image" })
+    reader.summary.ok_or(ImageError::Truncated {
+        offset: 0,
+        what: "the image",
+    })
 }

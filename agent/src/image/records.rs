@@ -351,17 +351,41 @@ pub enum PipeEnd {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FdKind {
     /// A regular file, reopened by path at `offset` with `flags` (`O_*`).
-    Regular { file: FileId, flags: u32, offset: u64 },
-    Directory { path: RawPath, flags: u32 },
+    Regular {
+        file: FileId,
+        flags: u32,
+        offset: u64,
+    },
+    Directory {
+        path: RawPath,
+        flags: u32,
+    },
     /// One end of a pipe; the id pairs ends across tasks and names its
     /// [`PipeData`].
-    Pipe { id: u64, end: PipeEnd, flags: u32 },
+    Pipe {
+        id: u64,
+        end: PipeEnd,
+        flags: u32,
+    },
     /// A FIFO in the file system, with its pipe id for the buffered data.
-    Fifo { path: RawPath, id: u64, end: PipeEnd, flags: u32 },
+    Fifo {
+        path: RawPath,
+        id: u64,
+        end: PipeEnd,
+        flags: u32,
+    },
     /// A character or block device node (`/dev/null` and friends).
-    Device { path: RawPath, rdev: u64, flags: u32 },
+    Device {
+        path: RawPath,
+        rdev: u64,
+        flags: u32,
+    },
     /// A terminal; the restore may substitute another one.
-    Tty { path: RawPath, rdev: u64, flags: u32 },
+    Tty {
+        path: RawPath,
+        rdev: u64,
+        flags: u32,
+    },
 }
 
 /// One open file descriptor of a task.
