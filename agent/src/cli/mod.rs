@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod show;
+pub mod store;
+
 /// `torpor`: hibernation in user space.
 #[derive(Debug, Parser)]
 #[command(name = "torpor", version, about, propagate_version = true)]
@@ -58,9 +61,9 @@ pub enum StoreAction {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result: Result<i32, String> = match cli.command {
-        Command::Show(_) | Command::Store(_) | Command::Check => {
-            Err("not built yet".to_string())
-        }
+        Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Check => Err("not built yet".to_string()),
     };
     match result {
         Ok(code) => code,

@@ -271,7 +271,8 @@ pub struct SlotInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SlotStatus {
     pub slot: Slot,
-    /// `None` when neither header copy is intact (a fresh device).
+    /// `None` when neither header copy is intact: blank (never written) when
+    /// `problem` is `None` too, else damaged.
     pub info: Option<SlotInfo>,
     /// The slot holds an image (valid or restoring) that verifies.
     pub verified: bool,
@@ -288,7 +289,10 @@ impl fmt::Display for SlotStatus {
                 "slot {}: {} generation {} length {} crc {:#010x} attempts {} verified {}",
                 self.slot, i.state, i.generation, i.len, i.crc, i.attempts, yes_no
             )?,
-            None => write!(f, "slot {}: no header verified {}", self.slot, yes_no)?,
+            None if self.problem.is_none() => {
+                return write!(f, "slot {}: blank verified {}", self.slot, yes_no)
+            }
+            None => write!(f, "slot {}: damaged verified {}", self.slot, yes_no)?,
         }
         if let Some(p) = &self.problem {
             write!(f, " ({p})")?;
@@ -421,7 +425,9 @@ impl<D: Device> Store<D> {
         }
         let i = slot.index();
         self.headers[i] = best;
-        self.header_problem[i] = if best.is_none() {
+        // Both copies blank is a slot never written, not a problem.
+        let blank = problems.iter().all(|p| p.ends_with(": blank"));
+        self.header_problem[i] = if best.is_none() && !blank {
             Some(problems.join("; "))
         } else {
             None

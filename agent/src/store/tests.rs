@@ -489,9 +489,10 @@ fn one_damaged_header_copy_is_survived() {
     dev[30] ^= 1;
     let store = Store::with_device(Fake::new(dev)).expect("open");
     assert!(newest_bytes(&store).is_none());
+    assert_eq!(store.status()[1].to_string(), "slot B: blank verified no");
     let line = store.status()[0].to_string();
     assert!(
-        line.starts_with("slot A: no header verified no (header copy 0: CRC mismatch"),
+        line.starts_with("slot A: damaged verified no (header copy 0: CRC mismatch"),
         "{line}"
     );
 }
