@@ -2,6 +2,8 @@
 //! process exit code or an error whose message tells the user what to do.
 
 pub mod check;
+pub mod show;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -60,8 +62,9 @@ pub enum StoreAction {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result: Result<i32, String> = match cli.command {
+        Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
         Command::Check => Ok(check::run()),
-        Command::Show(_) | Command::Store(_) => Err("not built yet".to_string()),
     };
     match result {
         Ok(code) => code,
