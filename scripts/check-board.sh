@@ -9,6 +9,7 @@
 #               defconfigs' external symbols and paths
 #   package     torpor.mk evaluated by make, its install steps run into a
 #               scratch target directory, the rsync exclusions applied
+#   postbuild   post-build.sh on a stand-in target directory
 #   config      torpor.toml against the SD layout and the package
 #   init        S01torpor under BusyBox ash and dash against a fake torpor
 #   systemd     torpor.service through systemd-analyze verify
@@ -376,6 +377,29 @@ print(m["package"]["name"], " ".join(b["name"] for b in m.get("bin", [])))' "$si
 }
 
 # ---------------------------------------------------------------------------
+check_postbuild() {
+	section "postbuild (post-build.sh)"
+	local target="$WORK/pbtarget" out
+	mkdir -p "$target/etc" "$target/usr/bin"
+	# The lines around the serial console of Buildroot's BusyBox inittab.
+	printf '%s\n' '# Put a getty on the serial port' \
+		'console::respawn:/sbin/getty -L  console 0 vt100 # GENERIC_SERIAL' \
+		'' '# Stuff to do for the 3-finger salute' > "$target/etc/inittab"
+	out="$(TARGET_DIR="$target" sh "$BOARD/post-build.sh" "$target" 2>&1)"
+	expect_eq "exit 0, warns about a missing torpor package" "0|post-build: warning: /usr/bin/torpor is missing (BR2_PACKAGE_TORPOR not selected?)"$'\n'"post-build: warning: /etc/torpor.toml is missing (BR2_PACKAGE_TORPOR not selected?)" "$?|$out"
+	expect_true "/var/lib/torpor created" [ -d "$target/var/lib/torpor" ]
+	expect_eq "HDMI login added after the serial one" \
+		"console::respawn:/sbin/getty -L  console 0 vt100 # GENERIC_SERIAL|tty1::respawn:/sbin/getty -L tty1 0 vt100 # HDMI console" \
+		"$(grep -E 'GENERIC_SERIAL|^tty1::' "$target/etc/inittab" | paste -sd '|')"
+	touch "$target/usr/bin/torpor" "$target/etc/torpor.toml"
+	out="$(sh "$BOARD/post-build.sh" "$target" 2>&1)"
+	expect_eq "second run: silent, inittab unchanged" "0||1" "$?|$out|$(grep -c '^tty1::' "$target/etc/inittab")"
+	rm -f "$target/etc/inittab"
+	out="$(sh "$BOARD/post-build.sh" "$target" 2>&1)"
+	expect_eq "no inittab (systemd): nothing to add" "0||no" "$?|$out|$([ -e "$target/etc/inittab" ] && echo yes || echo no)"
+}
+
+# ---------------------------------------------------------------------------
 check_config() {
 	section "config (torpor.toml)"
 	local out
@@ -656,7 +680,7 @@ check_kernel() {
 }
 
 # ---------------------------------------------------------------------------
-all=(lint image kconfig package config init systemd kernel)
+all=(lint image kconfig package postbuild config init systemd kernel)
 sections=("$@")
 [ ${#sections[@]} -gt 0 ] || sections=("${all[@]}")
 for s in "${sections[@]}"; do
