@@ -661,6 +661,7 @@ check_kernel() {
 		if [ "$debian" == "CONFIG_$opt=$value" ]; then
 			same=$((same + 1))
 		elif [ -n "$debian" ]; then
+			debian="${debian#CONFIG_"$opt"=}"
 			differs+=("CONFIG_$opt: fragment $value, Debian ${debian/#"# CONFIG_$opt is not set"/not set}")
 		elif [ -n "${parent[$opt]:-}" ] && grep -q "^CONFIG_${parent[$opt]}=y" "$BOARD/linux-torpor.fragment" &&
 			grep -q "^# CONFIG_${parent[$opt]} is not set" "$config"; then
