@@ -35,3 +35,12 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
 
 test: deps test-host test-arm
+
+# Buildroot external tree and Pi Zero board files: shellcheck, the SD card
+# layout through post-image.sh/genimage, Kconfig, torpor.mk, the init hook
+# under BusyBox ash, the systemd unit, the kernel fragment.
+.PHONY: check-board
+check-board:
+	bash scripts/check-board.sh
+
+test: check-board

@@ -19,6 +19,10 @@ packages=(
     e2fsprogs                  # rootfs partition (ext4)
     genimage                   # the board's SD card layout
     shellcheck                 # lint for board and init scripts
+    busybox                    # the board's shell and start-stop-daemon (init hook checks)
+    rsync                      # Buildroot's copy of a local package site (exclusion checks)
+    python3-kconfiglib         # parses the Buildroot external tree's Config.in
+    systemd                    # systemd-analyze verify for the board's unit
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx armel; then

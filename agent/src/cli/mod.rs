@@ -1,12 +1,15 @@
 //! Command-line front end: one module per subcommand, each returning a
 //! process exit code or an error whose message tells the user what to do.
 
+pub mod check;
+pub mod dump;
+pub mod restore;
+pub mod show;
+pub mod store;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-
-pub mod dump;
-pub mod restore;
 
 /// `torpor`: hibernation in user space.
 #[derive(Debug, Parser)]
@@ -67,9 +70,9 @@ pub fn run(cli: Cli) -> i32 {
     let result: Result<i32, String> = match cli.command {
         Command::Dump(a) => dump::run(&a),
         Command::Restore(a) => restore::run(&a),
-        Command::Show(_) | Command::Store(_) | Command::Check => {
-            Err("not built yet".to_string())
-        }
+        Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Check => Ok(check::run()),
     };
     match result {
         Ok(code) => code,

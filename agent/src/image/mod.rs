@@ -1,1 +1,997 @@
-//! Image format.
+//! The image format: a checkpoint as a stream of CRC-checked records.
+//!
+//! ```text
+//!  offset 0
+//!  +----------+------+--------------------------------------+----------+
+//!  | len: u32 | kind | header payload (postcard)             | crc: u32 |
+//!  |   LE     |  1   | magic "TORPORIM", major, minor, arch, |    LE    |
+//!  |          |      | page size, release, boot id, host,    |          |
+//!  |          |      | creation time, torpor version         |          |
+//!  +----------+------+--------------------------------------+----------+
+//!  | len      | kind | task / thread / vma / fd / mm / pipe-data /       |
+//!  | len      | kind | pages {vaddr, pages, codec, data}  ... | crc      |
+//!  |  ...     |      |                                        |          |
+//!  +----------+------+--------------------------------------+----------+
+//!  | len      | 9    | trailer {records, pages, bytes, crc}   | crc      |
+//!  +----------+------+--------------------------------------+----------+
+//!  end of image
+//! ```
+//!
+//! * `len` is the payload length only (not the 9 bytes of framing).
+//! * Each record's `crc` is CRC32 (crc32fast, IEEE) over `len`, `kind` and
+//!   the payload, so a flipped length bit is caught like any other.
+//! * The trailer's `crc` is CRC32 over every byte before the trailer record
+//!   (header included); `bytes` is that byte count, `records` the number of
+//!   records before the trailer (header included), `pages` the sum of the
+//!   page counts of all `Pages` records. Nothing may follow the trailer.
+//! * The header's magic is its first 8 payload bytes, i.e. bytes 5..13 of the
+//!   image, so a foreign file is recognised before anything else is read.
+//! * Every `len` is checked against its kind's limit ([`Kind::limit`]) before
+//!   a buffer is sized for it, so memory use is bounded by the largest record
+//!   whatever the image size. Both CRCs are computed by adapters while bytes
+//!   flow, never in a second pass.
+//! * Format versions: a different major version is refused; a newer minor
+//!   version is read as long as every record kind in it is known.
+//!
+//! A `Pages` record's payload is `vaddr, pages, codec` followed by the data as
+//! a postcard byte string: the page bytes (`Raw`), one LZ4 block of them
+//! (`Lz4`), or nothing (`Zero`, all pages zero).
+
+pub mod records;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use records::{Codec, Kind, Pages, PagesHead, Trailer, PAGE_BATCH_BYTES};
+
+/// The first 8 bytes of every header payload.
+pub const MAGIC: [u8; 8] = *b"TORPORIM";
+
+/// The format this torpor writes.
+pub const FORMAT: FormatVersion = FormatVersion { major: 1, minor: 0 };
+
+/// Bytes of framing around a payload: length, kind and CRC.
+pub const FRAME_BYTES: u64 = 9;
+
+/// Smallest and largest page size an image may declare.
+const MIN_PAGE_SIZE: u32 = 4096;
+const MAX_PAGE_SIZE: u32 = 64 * 1024;
+
+/// Everything that can go wrong writing or reading an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("not a torpor image: bytes 5..13 are {found:02x?}, expected the magic \"TORPORIM\"")]
+    BadMagic { found: [u8; 8] },
+    #[error("image format {found} is not supported (this torpor reads format {supported})")]
+    UnsupportedVersion {
+        found: FormatVersion,
+        supported: FormatVersion,
+    },
+    #[error("image was made on {image}, this host is {host}")]
+    WrongArch { image: Arch, host: Arch },
+    #[error("image page size is {image} bytes, this host's is {host}")]
+    WrongPageSize { image: u32, host: u32 },
+    #[error("image header declares an invalid page size of {0} bytes")]
+    BadPageSize(u32),
+    #[error("CRC mismatch in the {kind} record at offset {offset}: stored {stored:#010x}, computed {computed:#010x}")]
+    Crc {
+        offset: u64,
+        kind: KindByte,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("image truncated at offset {offset}: {what} is incomplete")]
+    Truncated { offset: u64, what: &'static str },
+    #[error("{kind} record at offset {offset} is {len} bytes, more than the limit of {limit}")]
+    RecordTooLarge {
+        offset: u64,
+        kind: Kind,
+        len: u64,
+        limit: u32,
+    },
+    #[error("unknown record kind {kind} at offset {offset} (corrupt, or from a newer torpor)")]
+    UnknownKind { offset: u64, kind: u8 },
+    #[error("cannot decode the {kind} record at offset {offset}: {source}")]
+    Decode {
+        offset: u64,
+        kind: Kind,
+        source: postcard::Error,
+    },
+    #[error("cannot encode a {kind} record: {source}")]
+    Encode { kind: Kind, source: postcard::Error },
+    #[error("malformed {kind} record at offset {offset}: {reason}")]
+    Malformed {
+        offset: u64,
+        kind: Kind,
+        reason: String,
+    },
+    #[error("trailer mismatch: the trailer says {field} = {stored}, the image has {actual}")]
+    TrailerMismatch {
+        field: &'static str,
+        stored: u64,
+        actual: u64,
+    },
+    #[error("{0} bytes of unexpected data follow the trailer")]
+    TrailingData(u64),
+    #[error("{kind} records are written by the image writer itself, not by record()")]
+    ReservedKind { kind: Kind },
+    #[error(
+        "pages at {vaddr:#x} (+{len} bytes) are not aligned to the {page_size}-byte page size"
+    )]
+    Unaligned {
+        vaddr: u64,
+        len: u64,
+        page_size: u32,
+    },
+    #[error("buffer of {got} bytes cannot hold {needed} bytes of pages")]
+    BufferTooSmall { needed: usize, got: usize },
+    #[error("this is a {kind} record, not a pages record")]
+    NotPages { kind: Kind },
+    #[error("cannot read {what}: {source}")]
+    Host {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("I/O error at image offset {offset}: {source}")]
+    Io { offset: u64, source: io::Error },
+}
+
+/// A kind byte as found in a frame; shown by name when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindByte(pub u8);
+
+impl fmt::Display for KindByte {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match Kind::from_byte(self.0) {
+            Some(k) => write!(f, "{k}"),
+            None => write!(f, "kind-{}", self.0),
+        }
+    }
+}
+
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// The format version: major changes are incompatible, minor ones add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl fmt::Display for FormatVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The CPU architecture an image was made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    X86_64,
+    /// 32-bit ARM (ARMv6 and later, EABI).
+    Arm,
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this torpor was built for: the one place in the image
+    /// code that looks at the target.
+    pub const fn host() -> Arch {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Arch::X86_64
+        }
+        #[cfg(target_arch = "arm")]
+        {
+            Arch::Arm
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            Arch::Aarch64
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm => "arm",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The first record: what the image is and where it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Must be [`MAGIC`]; first, so it sits at a fixed offset in the file.
+    pub magic: [u8; 8],
+    /// Second, so a reader can refuse another major before decoding more.
+    pub version: FormatVersion,
+    pub arch: Arch,
+    pub page_size: u32,
+    pub kernel_release: String,
+    pub boot_id: String,
+    pub host_name: String,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_ns: u64,
+    pub torpor_version: String,
+}
+
+/// The part of the header every major version shares.
+#[derive(Deserialize)]
+struct HeaderPrefix {
+    magic: [u8; 8],
+    version: FormatVersion,
+}
+
+/// The host's page size.
+pub fn host_page_size() -> u32 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) => u32::try_from(n).unwrap_or(MIN_PAGE_SIZE),
+        _ => MIN_PAGE_SIZE,
+    }
+}
+
+fn read_trimmed(path: &'static str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end().to_string())
+        .map_err(|source| ImageError::Host { what: path, source })
+}
+
+impl Header {
+    /// A header describing this host now.
+    pub fn for_host() -> Result<Header> {
+        let uts = nix::sys::utsname::uname().map_err(|e| ImageError::Host {
+            what: "uname",
+            source: io::Error::from(e),
+        })?;
+        let created_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Ok(Header {
+            magic: MAGIC,
+            version: FORMAT,
+            arch: Arch::host(),
+            page_size: host_page_size(),
+            kernel_release: uts.release().to_string_lossy().into_owned(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id")?,
+            host_name: uts.nodename().to_string_lossy().into_owned(),
+            created_ns,
+            torpor_version: crate::VERSION.to_string(),
+        })
+    }
+
+    /// Refuses an image this host cannot restore: another architecture or
+    /// another page size.
+    pub fn check_host(&self) -> Result<()> {
+        if self.arch != Arch::host() {
+            return Err(ImageError::WrongArch {
+                image: self.arch,
+                host: Arch::host(),
+            });
+        }
+        let host = host_page_size();
+        if self.page_size != host {
+            return Err(ImageError::WrongPageSize {
+                image: self.page_size,
+                host,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_page_size(&self) -> Result<()> {
+        let p = self.page_size;
+        if !p.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&p) {
+            return Err(ImageError::BadPageSize(p));
+        }
+        Ok(())
+    }
+
+    /// Pages per `Pages` record: a batch of at most [`PAGE_BATCH_BYTES`],
+    /// and at least one page.
+    pub fn batch_pages(&self) -> u32 {
+        (PAGE_BATCH_BYTES / self.page_size).max(1)
+    }
+}
+
+/// What a finished or verified image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Records, header and trailer included.
+    pub records: u64,
+    /// Pages described by `Pages` records.
+    pub pages: u64,
+    /// Total image length in bytes, trailer included.
+    pub bytes: u64,
+    /// The trailer's CRC: CRC32 of every byte before the trailer record.
+    pub crc: u32,
+}
+
+/// Counts bytes and computes their CRC as they are written.
+#[derive(Debug)]
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn put(&mut self, buf: &[u8]) -> Result<()> {
+        self.inner.write_all(buf).map_err(|source| ImageError::Io {
+            offset: self.bytes,
+            source,
+        })?;
+        self.crc.update(buf);
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// Counts bytes and computes their CRC as they are read.
+#[derive(Debug)]
+struct CrcReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<R: Read> CrcReader<R> {
+    /// Fills `buf` or says what was cut short.
+    fn take(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => {
+                    self.account(&buf[..done]);
+                    return Err(ImageError::Truncated {
+                        offset: self.bytes,
+                        what,
+                    });
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.account(&buf[..done]);
+                    return Err(ImageError::Io {
+                        offset: self.bytes,
+                        source,
+                    });
+                }
+            }
+        }
+        self.account(buf);
+        Ok(())
+    }
+
+    fn account(&mut self, buf: &[u8]) {
+        self.crc.update(buf);
+        self.bytes += buf.len() as u64;
+    }
+
+    /// Counts whatever is left in the stream (bounded reads, no allocation
+    /// beyond a small stack buffer).
+    fn rest(&mut self) -> Result<u64> {
+        let mut scratch = [0u8; 512];
+        let mut n = 0u64;
+        loop {
+            match self.inner.read(&mut scratch) {
+                Ok(0) => return Ok(n),
+                Ok(k) => n += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ImageError::Io {
+                        offset: self.bytes + n,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn frame_crc(len: u32, kind: u8, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&[kind]);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Writes an image record by record; [`finish`](ImageWriter::finish) appends
+/// the trailer.
+#[derive(Debug)]
+pub struct ImageWriter<W: Write> {
+    out: CrcWriter<W>,
+    page_size: u32,
+    batch_pages: u32,
+    records: u64,
+    pages: u64,
+    /// Reused for every payload: sized by the largest record written.
+    scratch: Vec<u8>,
+    /// Reused for LZ4 output.
+    packed: Vec<u8>,
+}
+
+impl<W: Write> ImageWriter<W> {
+    /// Starts an image by writing `header`.
+    pub fn new(w: W, header: &Header) -> Result<Self> {
+        header.check_page_size()?;
+        let mut me = ImageWriter {
+            out: CrcWriter {
+                inner: w,
+                crc: crc32fast::Hasher::new(),
+                bytes: 0,
+            },
+            page_size: header.page_size,
+            batch_pages: header.batch_pages(),
+            records: 0,
+            pages: 0,
+            scratch: Vec::new(),
+            packed: Vec::new(),
+        };
+        me.encode(Kind::Header, header)?;
+        Ok(me)
+    }
+
+    /// Appends a state record (task, thread, VMA, fd, mm, pipe data).
+    pub fn record<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
+        match kind {
+            Kind::Header | Kind::Trailer | Kind::Pages => Err(ImageError::ReservedKind { kind }),
+            _ => self.encode(kind, value),
+        }
+    }
+
+    fn encode<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let res = postcard::to_io(value, &mut buf)
+            .map(|_| ())
+            .map_err(|source| ImageError::Encode { kind, source })
+            .and_then(|()| self.frame(kind, &[&buf]));
+        self.scratch = buf;
+        res
+    }
+
+    /// Writes one frame whose payload is the concatenation of `parts`.
+    fn frame(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = match u32::try_from(total) {
+            Ok(len) if len <= kind.limit() => len,
+            _ => {
+                return Err(ImageError::RecordTooLarge {
+                    offset: self.out.bytes,
+                    kind,
+                    len: total as u64,
+                    limit: kind.limit(),
+                })
+            }
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_le_bytes());
+        crc.update(&[kind as u8]);
+        self.out.put(&len.to_le_bytes())?;
+        self.out.put(&[kind as u8])?;
+        for p in parts {
+            crc.update(p);
+            self.out.put(p)?;
+        }
+        self.out.put(&crc.finalize().to_le_bytes())?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Appends the memory at `vaddr`: `data` is whole pages. Runs of zero
+    /// pages are stored as `Zero` records without data; other batches as
+    /// LZ4 when that makes them smaller, else raw.
+    pub fn pages(&mut self, vaddr: u64, data: &[u8]) -> Result<()> {
+        let ps = self.page_size as usize;
+        if vaddr % u64::from(self.page_size) != 0 || data.len() % ps != 0 {
+            return Err(ImageError::Unaligned {
+                vaddr,
+                len: data.len() as u64,
+                page_size: self.page_size,
+            });
+        }
+        let batch = self.batch_pages as usize;
+        let mut pages = data.chunks_exact(ps).peekable();
+        let mut addr = vaddr;
+        while pages.peek().is_some() {
+            // Take a run of up to `batch` pages that are all zero or all not.
+            let zero = pages.peek().is_some_and(|p| is_zero(p));
+            let mut n = 0usize;
+            while n < batch && pages.peek().is_some_and(|p| is_zero(p) == zero) {
+                pages.next();
+                n += 1;
+            }
+            let start = usize::try_from(addr - vaddr).unwrap_or(usize::MAX);
+            let run = &data[start..start + n * ps];
+            self.batch(addr, n, zero, run)?;
+            addr += (n * ps) as u64;
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, vaddr: u64, n: usize, zero: bool, run: &[u8]) -> Result<()> {
+        let count = u32::try_from(n).unwrap_or(u32::MAX);
+        if zero {
+            return self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Zero,
+                },
+                &[],
+            );
+        }
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.resize(lz4_flex::block::get_maximum_output_size(run.len()), 0);
+        let res = match compress(run, &mut packed) {
+            Some(k) => self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Lz4,
+                },
+                &packed[..k],
+            ),
+            None => self.pages_frame(
+                PagesHead {
+                    vaddr,
+                    pages: count,
+                    codec: Codec::Raw,
+                },
+                run,
+            ),
+        };
+        self.packed = packed;
+        res
+    }
+
+    fn pages_frame(&mut self, head: PagesHead, data: &[u8]) -> Result<()> {
+        // The payload is `Pages { vaddr, pages, codec, data }` in postcard:
+        // the head's fields, then the data as a byte string (varint length,
+        // bytes). Encoding the head and the length here lets the data go out
+        // straight from the caller's or the compressor's buffer.
+        let mut h = [0u8; 32];
+        let used = postcard::to_slice(&(head, data.len()), &mut h)
+            .map_err(|source| ImageError::Encode {
+                kind: Kind::Pages,
+                source,
+            })?
+            .len();
+        self.frame(Kind::Pages, &[&h[..used], data])?;
+        self.pages += u64::from(head.pages);
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.out.bytes
+    }
+
+    /// Appends the trailer and returns the writer and what the image holds.
+    pub fn finish(mut self) -> Result<(W, ImageSummary)> {
+        let trailer = Trailer {
+            records: self.records,
+            pages: self.pages,
+            bytes: self.out.bytes,
+            crc: self.out.crc.clone().finalize(),
+        };
+        self.encode(Kind::Trailer, &trailer)?;
+        self.out.inner.flush().map_err(|source| ImageError::Io {
+            offset: self.out.bytes,
+            source,
+        })?;
+        let summary = ImageSummary {
+            records: self.records,
+            pages: self.pages,
+            bytes: self.out.bytes,
+            crc: trailer.crc,
+        };
+        Ok((self.out.inner, summary))
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    // OR-folding fixed-size chunks lets the compiler vectorise the test; the
+    // early exit per chunk still stops at the first non-zero data.
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// Compresses `run` into `out` and returns the compressed length, or `None`
+/// when LZ4 would not make it smaller (the batch is then stored raw).
+fn compress(run: &[u8], out: &mut [u8]) -> Option<usize> {
+    match lz4_flex::block::compress_into(run, out) {
+        Ok(k) if k < run.len() => Some(k),
+        _ => None,
+    }
+}
+
+/// One record read from an image: its kind and its payload, borrowed from the
+/// reader until the next call.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    kind: Kind,
+    offset: u64,
+    page_size: u32,
+    payload: &'a [u8],
+}
+
+/// What [`Record::decode_pages_into`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagesInfo {
+    pub vaddr: u64,
+    pub pages: u32,
+    pub codec: Codec,
+    /// Bytes the record occupies in the image (its data only).
+    pub stored_bytes: usize,
+    /// Bytes written into the caller's buffer: `pages * page_size`.
+    pub len: usize,
+}
+
+impl<'a> Record<'a> {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Offset of the record's frame in the image.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The raw postcard payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// Decodes the payload as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        postcard::from_bytes(self.payload).map_err(|source| ImageError::Decode {
+            offset: self.offset,
+            kind: self.kind,
+            source,
+        })
+    }
+
+    /// The `Pages` record, its data still encoded, after checking that the
+    /// page count fits a batch and the data length fits the codec.
+    pub fn pages(&self) -> Result<Pages<'a>> {
+        if self.kind != Kind::Pages {
+            return Err(ImageError::NotPages { kind: self.kind });
+        }
+        let p: Pages<'a> =
+            postcard::from_bytes(self.payload).map_err(|source| ImageError::Decode {
+                offset: self.offset,
+                kind: self.kind,
+                source,
+            })?;
+        let limit = (PAGE_BATCH_BYTES / self.page_size).max(1);
+        if p.pages == 0 || p.pages > limit {
+            return Err(self.malformed(format!("{} pages, expected 1 to {limit}", p.pages)));
+        }
+        if p.vaddr % u64::from(self.page_size) != 0 {
+            return Err(self.malformed(format!("vaddr {:#x} is not page aligned", p.vaddr)));
+        }
+        let len = self.span(p.pages);
+        let ok = match p.codec {
+            Codec::Raw => p.data.len() == len,
+            Codec::Zero => p.data.is_empty(),
+            Codec::Lz4 => !p.data.is_empty() && p.data.len() < len,
+        };
+        if !ok {
+            return Err(self.malformed(format!(
+                "{} data bytes for {} {} pages",
+                p.data.len(),
+                p.pages,
+                p.codec.name()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Decodes a `Pages` record into the start of `buf` (which must hold
+    /// `pages * page_size` bytes), without allocating.
+    pub fn decode_pages_into(&self, buf: &mut [u8]) -> Result<PagesInfo> {
+        let p = self.pages()?;
+        let len = self.span(p.pages);
+        if buf.len() < len {
+            return Err(ImageError::BufferTooSmall {
+                needed: len,
+                got: buf.len(),
+            });
+        }
+        let out = &mut buf[..len];
+        match p.codec {
+            Codec::Raw => out.copy_from_slice(p.data),
+            Codec::Zero => out.fill(0),
+            Codec::Lz4 => match lz4_flex::block::decompress_into(p.data, out) {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    return Err(self.malformed(format!("LZ4 data expands to {n} bytes, not {len}")))
+                }
+                Err(e) => return Err(self.malformed(format!("bad LZ4 data: {e}"))),
+            },
+        }
+        Ok(PagesInfo {
+            vaddr: p.vaddr,
+            pages: p.pages,
+            codec: p.codec,
+            stored_bytes: p.data.len(),
+            len,
+        })
+    }
+
+    fn span(&self, pages: u32) -> usize {
+        // Bounded by PAGE_BATCH_BYTES (or one page) once checked.
+        (pages as usize).saturating_mul(self.page_size as usize)
+    }
+
+    fn malformed(&self, reason: String) -> ImageError {
+        ImageError::Malformed {
+            offset: self.offset,
+            kind: self.kind,
+            reason,
+        }
+    }
+}
+
+/// Reads an image record by record, checking every frame as it goes and the
+/// trailer at the end.
+#[derive(Debug)]
+pub struct ImageReader<R: Read> {
+    input: CrcReader<R>,
+    header: Header,
+    records: u64,
+    pages: u64,
+    /// Reused for every payload: sized by the largest record read.
+    buf: Vec<u8>,
+    summary: Option<ImageSummary>,
+}
+
+impl<R: Read> ImageReader<R> {
+    /// Opens an image for restoring on this host: the header must be valid
+    /// and match this host's architecture and page size.
+    pub fn new(r: R) -> Result<Self> {
+        let me = Self::inspect(r)?;
+        me.header.check_host()?;
+        Ok(me)
+    }
+
+    /// Opens an image from any host (for `show` and `verify`): the header must
+    /// be valid, its architecture may differ from this host's.
+    pub fn inspect(r: R) -> Result<Self> {
+        let mut input = CrcReader {
+            inner: r,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        let mut head = [0u8; 13];
+        input.take(&mut head, "the header")?;
+        let mut found = [0u8; 8];
+        found.copy_from_slice(&head[5..13]);
+        if found != MAGIC {
+            return Err(ImageError::BadMagic { found });
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let kind = head[4];
+        if len > HEADER_LIMIT_BYTES {
+            return Err(ImageError::RecordTooLarge {
+                offset: 0,
+                kind: Kind::Header,
+                len: u64::from(len),
+                limit: HEADER_LIMIT_BYTES,
+            });
+        }
+        if len < 8 {
+            return Err(ImageError::Malformed {
+                offset: 0,
+                kind: Kind::Header,
+                reason: format!("payload of {len} bytes cannot hold the magic"),
+            });
+        }
+        let mut buf = vec![0u8; len as usize + 4];
+        buf[..8].copy_from_slice(&found);
+        input.take(&mut buf[8..], "the header")?;
+        let payload = &buf[..len as usize];
+        check_crc(0, len, kind, payload, &buf[len as usize..])?;
+        if kind != Kind::Header as u8 {
+            return Err(ImageError::Malformed {
+                offset: 0,
+                kind: Kind::Header,
+                reason: format!("the first record is of kind {}", KindByte(kind)),
+            });
+        }
+        let decode_err = |source| ImageError::Decode {
+            offset: 0,
+            kind: Kind::Header,
+            source,
+        };
+        let (prefix, _): (HeaderPrefix, _) =
+            postcard::take_from_bytes(payload).map_err(decode_err)?;
+        debug_assert_eq!(prefix.magic, MAGIC);
+        if prefix.version.major != FORMAT.major {
+            return Err(ImageError::UnsupportedVersion {
+                found: prefix.version,
+                supported: FORMAT,
+            });
+        }
+        let header: Header = postcard::from_bytes(payload).map_err(decode_err)?;
+        header.check_page_size()?;
+        buf.clear();
+        Ok(ImageReader {
+            input,
+            header,
+            records: 1,
+            pages: 0,
+            buf,
+            summary: None,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next record, or `None` after the trailer has been read and
+    /// verified (counts, whole-image CRC, nothing after it).
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>> {
+        if self.summary.is_some() {
+            return Ok(None);
+        }
+        let offset = self.input.bytes;
+        // The CRC of everything before this record: the trailer's subject.
+        let crc_before = self.input.crc.clone().finalize();
+        let mut head = [0u8; 5];
+        if let Err(e) = self.input.take(&mut head, "a record frame") {
+            return Err(match e {
+                ImageError::Truncated { offset: o, .. } if o == offset => ImageError::Truncated {
+                    offset,
+                    what: "the image (no trailer)",
+                },
+                e => e,
+            });
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let kind = Kind::from_byte(head[4]).ok_or(ImageError::UnknownKind {
+            offset,
+            kind: head[4],
+        })?;
+        if len > kind.limit() {
+            return Err(ImageError::RecordTooLarge {
+                offset,
+                kind,
+                len: u64::from(len),
+                limit: kind.limit(),
+            });
+        }
+        let n = len as usize;
+        self.buf.resize(n + 4, 0);
+        self.input.take(&mut self.buf, record_what(kind))?;
+        check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
+        self.records += 1;
+        let record = Record {
+            kind,
+            offset,
+            page_size: self.header.page_size,
+            payload: &self.buf[..n],
+        };
+        match kind {
+            Kind::Header => Err(ImageError::Malformed {
+                offset,
+                kind,
+                reason: "a second header".to_string(),
+            }),
+            Kind::Trailer => {
+                let t: Trailer = record.decode()?;
+                let records = self.records - 1;
+                let expect = [
+                    ("records", t.records, records),
+                    ("pages", t.pages, self.pages),
+                    ("bytes", t.bytes, offset),
+                    ("crc", u64::from(t.crc), u64::from(crc_before)),
+                ];
+                for (field, stored, actual) in expect {
+                    if stored != actual {
+                        return Err(ImageError::TrailerMismatch {
+                            field,
+                            stored,
+                            actual,
+                        });
+                    }
+                }
+                let extra = self.input.rest()?;
+                if extra != 0 {
+                    return Err(ImageError::TrailingData(extra));
+                }
+                self.summary = Some(ImageSummary {
+                    records: self.records,
+                    pages: self.pages,
+                    bytes: self.input.bytes,
+                    crc: t.crc,
+                });
+                Ok(None)
+            }
+            Kind::Pages => {
+                let p = record.pages()?;
+                self.pages += u64::from(p.pages);
+                Ok(Some(record))
+            }
+            _ => Ok(Some(record)),
+        }
+    }
+
+    /// What the image held, once [`next_record`](Self::next_record) returned
+    /// `None`.
+    pub fn summary(&self) -> Option<ImageSummary> {
+        self.summary
+    }
+
+    /// Gives back the underlying reader.
+    pub fn into_inner(self) -> R {
+        self.input.inner
+    }
+}
+
+const HEADER_LIMIT_BYTES: u32 = records::HEADER_LIMIT;
+
+fn record_what(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Header => "the header record",
+        Kind::Task => "a task record",
+        Kind::Thread => "a thread record",
+        Kind::Vma => "a vma record",
+        Kind::Fd => "an fd record",
+        Kind::MmFields => "an mm record",
+        Kind::PipeData => "a pipe-data record",
+        Kind::Pages => "a pages record",
+        Kind::Trailer => "the trailer",
+    }
+}
+
+fn check_crc(offset: u64, len: u32, kind: u8, payload: &[u8], stored: &[u8]) -> Result<()> {
+    let stored = match stored {
+        [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
+        _ => 0,
+    };
+    let computed = frame_crc(len, kind, payload);
+    if stored != computed {
+        return Err(ImageError::Crc {
+            offset,
+            kind: KindByte(kind),
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a whole image, checking every frame, every page record's data (LZ4
+/// blocks are decoded) and the trailer. Accepts images from any architecture;
+/// memory use is one record and one page batch.
+pub fn verify<R: Read>(r: R) -> Result<ImageSummary> {
+    let mut reader = ImageReader::inspect(r)?;
+    let mut pages = vec![0u8; PAGE_BATCH_BYTES.max(reader.header.page_size) as usize];
+    while let Some(rec) = reader.next_record()? {
+        if rec.kind() == Kind::Pages {
+            rec.decode_pages_into(&mut pages)?;
+        }
+    }
+    reader.summary.ok_or(ImageError::Truncated {
+        offset: 0,
+        what: "the image",
+    })
+}

@@ -1,0 +1,187 @@
+//! `torpor show`: an image as JSON, like CRIU's `crit show`: the header, then
+//! every record decoded by kind (pages summarised, never their data), then
+//! what the trailer confirmed.
+//!
+//! The image is verified completely before anything is printed, so a damaged
+//! image gives an error and no partial JSON. Records are printed one per line
+//! as they are read: memory use does not grow with the image.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use super::ShowArgs;
+use crate::image::records::{Fd, Kind, MmFields, PipeData, Task, Thread, Vma};
+use crate::image::{self, ImageError, ImageReader, Record};
+use crate::store::{Store, StoreError};
+
+/// Why `torpor show` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    #[error("cannot open image {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Image { path: PathBuf, source: ImageError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("nothing to show: name an image file or --store PATH")]
+    NoInput,
+    #[error("store {path} holds no image to show")]
+    NoImage { path: PathBuf },
+    #[error("cannot encode record at offset {offset} as JSON: {source}")]
+    Json {
+        offset: u64,
+        source: serde_json::Error,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+pub fn run(args: &ShowArgs) -> Result<(), ShowError> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match (&args.store, &args.image) {
+        (Some(store), _) => show_store(store, &mut out)?,
+        (None, Some(path)) => show_file(path, &mut out)?,
+        (None, None) => return Err(ShowError::NoInput),
+    }
+    out.flush().map_err(ShowError::Output)
+}
+
+fn show_file(path: &Path, out: &mut impl Write) -> Result<(), ShowError> {
+    let open = || {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|source| ShowError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+    };
+    let image_err = |source| ShowError::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    image::verify(open()?).map_err(image_err)?;
+    print_image(open()?, out).map_err(|e| match e {
+        ShowError::Image { source, .. } => image_err(source),
+        e => e,
+    })
+}
+
+fn show_store(path: &Path, out: &mut impl Write) -> Result<(), ShowError> {
+    let store = Store::open(path)?;
+    let Some((info, reader)) = store.newest()? else {
+        return Err(ShowError::NoImage {
+            path: path.to_path_buf(),
+        });
+    };
+    let image_err = |source| ShowError::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    let slot =
+        serde_json::to_value(info).map_err(|source| ShowError::Json { offset: 0, source })?;
+    print_image_with(BufReader::with_capacity(64 * 1024, reader), out, Some(slot)).map_err(|e| {
+        match e {
+            ShowError::Image { source, .. } => image_err(source),
+            e => e,
+        }
+    })
+}
+
+/// Prints a (verified) image as JSON.
+pub fn print_image(r: impl Read, out: &mut impl Write) -> Result<(), ShowError> {
+    print_image_with(r, out, None)
+}
+
+fn print_image_with(
+    r: impl Read,
+    out: &mut impl Write,
+    slot: Option<Value>,
+) -> Result<(), ShowError> {
+    let image_err = |source| ShowError::Image {
+        path: PathBuf::new(),
+        source,
+    };
+    let json_err = |offset| move |source| ShowError::Json { offset, source };
+    let mut reader = ImageReader::inspect(r).map_err(image_err)?;
+    let mut header = serde_json::to_value(reader.header()).map_err(json_err(0))?;
+    if let Some(h) = header.as_object_mut() {
+        let magic = String::from_utf8_lossy(&reader.header().magic).into_owned();
+        h.insert("magic".into(), Value::String(magic));
+    }
+    let w = |out: &mut dyn Write, s: &str| out.write_all(s.as_bytes()).map_err(ShowError::Output);
+    w(out, "{\n")?;
+    if let Some(slot) = slot {
+        w(out, &format!("\"slot\": {slot},\n"))?;
+    }
+    w(out, &format!("\"header\": {header},\n\"records\": [\n"))?;
+    let mut first = true;
+    while let Some(rec) = reader.next_record().map_err(image_err)? {
+        let v = record_json(&rec)?;
+        w(out, if first { "  " } else { ",\n  " })?;
+        first = false;
+        w(out, &v.to_string())?;
+    }
+    let summary = reader
+        .summary()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(json_err(0))?;
+    let summary = summary.unwrap_or(Value::Null);
+    w(out, &format!("\n],\n\"summary\": {summary}\n}}\n"))
+}
+
+/// One record as a JSON object: `kind`, `offset`, and the decoded record
+/// under `value`, or for pages `vaddr`, `pages`, `codec` and `stored_bytes`.
+pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
+    let offset = rec.offset();
+    let image_err = |source| ShowError::Image {
+        path: PathBuf::new(),
+        source,
+    };
+    let json_err = |source| ShowError::Json { offset, source };
+    let mut obj = Map::new();
+    obj.insert("kind".into(), json!(rec.kind().name()));
+    obj.insert("offset".into(), json!(offset));
+    let fields = match rec.kind() {
+        Kind::Pages => {
+            let p = rec.pages().map_err(image_err)?;
+            json!({
+                "vaddr": p.vaddr,
+                "pages": p.pages,
+                "codec": p.codec.name(),
+                "stored_bytes": p.data.len(),
+            })
+        }
+        Kind::Task => to_json(rec.decode::<Task>(), image_err, json_err)?,
+        Kind::Thread => to_json(rec.decode::<Thread>(), image_err, json_err)?,
+        Kind::Vma => to_json(rec.decode::<Vma>(), image_err, json_err)?,
+        Kind::Fd => to_json(rec.decode::<Fd>(), image_err, json_err)?,
+        Kind::MmFields => to_json(rec.decode::<MmFields>(), image_err, json_err)?,
+        Kind::PipeData => to_json(rec.decode::<PipeData>(), image_err, json_err)?,
+        // The reader handles these itself and never returns them.
+        Kind::Header | Kind::Trailer => Value::Null,
+    };
+    // Page summaries sit beside kind and offset; a state record's fields go
+    // under "value", where they cannot clash with those two (a VMA and an fd
+    // have a "kind" of their own).
+    match (rec.kind(), fields) {
+        (_, Value::Null) => {}
+        (Kind::Pages, Value::Object(m)) => obj.extend(m),
+        (_, v) => {
+            obj.insert("value".into(), v);
+        }
+    }
+    Ok(Value::Object(obj))
+}
+
+fn to_json<T: serde::Serialize>(
+    decoded: Result<T, ImageError>,
+    image_err: impl Fn(ImageError) -> ShowError,
+    json_err: impl Fn(serde_json::Error) -> ShowError,
+) -> Result<Value, ShowError> {
+    serde_json::to_value(decoded.map_err(image_err)?).map_err(json_err)
+}

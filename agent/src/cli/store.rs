@@ -1,0 +1,34 @@
+//! `torpor store status|clear`: inspect or empty the A/B image store.
+
+use std::io::{self, Write};
+
+use super::StoreAction;
+use crate::store::{Store, StoreError};
+
+/// Why `torpor store` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreCmdError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+pub fn run(action: &StoreAction) -> Result<(), StoreCmdError> {
+    let mut out = io::stdout().lock();
+    match action {
+        StoreAction::Status { store } => {
+            let store = Store::open(store)?;
+            for s in store.status() {
+                writeln!(out, "{s}").map_err(StoreCmdError::Output)?;
+            }
+        }
+        StoreAction::Clear { store: path } => {
+            let mut store = Store::open(path)?;
+            store.clear()?;
+            writeln!(out, "store {}: both slots empty", path.display())
+                .map_err(StoreCmdError::Output)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! The typed records of an image: plain serde data, one struct per kind.
+//!
+//! Records that describe a task follow the order of the stream: a [`Task`]
+//! record opens a task, and every [`Thread`], [`Vma`], [`Fd`], [`MmFields`]
+//! and `Pages` record after it belongs to that task until the next `Task`.
+//! [`PipeData`] records are global: a pipe shared by several tasks is stored
+//! once, by id.
+//!
+//! Addresses and sizes are `u64` whatever the architecture, so that a 32-bit
+//! ARM image reads the same on a 64-bit workstation.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One record kind: the byte after the length in every frame.
+///
+/// The numbers are part of the format: never renumber, only append. A new
+/// kind that an older reader must be able to skip needs a new minor version
+/// *and* a reader that knows the kind (an unknown kind is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Kind {
+    Header = 1,
+    Task = 2,
+    Thread = 3,
+    Vma = 4,
+    Fd = 5,
+    MmFields = 6,
+    PipeData = 7,
+    Pages = 8,
+    Trailer = 9,
+}
+
+/// The largest payload of a state record (task, thread, VMA, fd...).
+pub const STATE_LIMIT: u32 = 64 * 1024;
+/// The largest header payload: a few short strings.
+pub const HEADER_LIMIT: u32 = 4 * 1024;
+/// The largest trailer payload: four integers.
+pub const TRAILER_LIMIT: u32 = 64;
+/// A pipe holds at most `/proc/sys/fs/pipe-max-size` bytes, 1 MiB by default.
+pub const PIPE_DATA_LIMIT: u32 = 1024 * 1024 + 64;
+/// The most page bytes one `Pages` record describes (before compression).
+pub const PAGE_BATCH_BYTES: u32 = 64 * 1024;
+/// The largest `Pages` payload: a batch that did not compress, plus its head
+/// (vaddr, count, codec, data length; at most 22 bytes as postcard varints).
+pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
+
+impl Kind {
+    /// Every kind, in numeric order.
+    pub const ALL: [Kind; 9] = [
+        Kind::Header,
+        Kind::Task,
+        Kind::Thread,
+        Kind::Vma,
+        Kind::Fd,
+        Kind::MmFields,
+        Kind::PipeData,
+        Kind::Pages,
+        Kind::Trailer,
+    ];
+
+    /// The kind a frame's kind byte names, if this torpor knows it.
+    pub fn from_byte(b: u8) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u8 == b)
+    }
+
+    /// The largest payload a record of this kind may have; checked before
+    /// anything is allocated for it, on writing and on reading.
+    pub fn limit(self) -> u32 {
+        match self {
+            Kind::Header => HEADER_LIMIT,
+            Kind::Trailer => TRAILER_LIMIT,
+            Kind::Pages => PAGES_LIMIT,
+            Kind::PipeData => PIPE_DATA_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields => STATE_LIMIT,
+        }
+    }
+
+    /// The name `torpor show` and error messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Header => "header",
+            Kind::Task => "task",
+            Kind::Thread => "thread",
+            Kind::Vma => "vma",
+            Kind::Fd => "fd",
+            Kind::MmFields => "mm",
+            Kind::PipeData => "pipe-data",
+            Kind::Pages => "pages",
+            Kind::Trailer => "trailer",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A path as the kernel knows it: bytes, not necessarily UTF-8.
+///
+/// Stored as bytes in an image; shown as a (lossy) string by `torpor show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RawPath(pub Vec<u8>);
+
+impl RawPath {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for RawPath {
+    fn from(s: &str) -> Self {
+        RawPath(s.as_bytes().to_vec())
+    }
+}
+
+impl From<&std::path::Path> for RawPath {
+    fn from(p: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        RawPath(p.as_os_str().as_bytes().to_vec())
+    }
+}
+
+impl fmt::Display for RawPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl Serialize for RawPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&String::from_utf8_lossy(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawPath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path as bytes or a string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawPath, E> {
+                Ok(RawPath(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<RawPath, E> {
+                Ok(RawPath(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPath, E> {
+                Ok(RawPath(v.as_bytes().to_vec()))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_str(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+/// User and group ids, supplementary groups and capabilities of a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub fsuid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+    pub fsgid: u32,
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub securebits: u32,
+    pub no_new_privs: bool,
+}
+
+/// One resource limit (`RLIMIT_*` number, soft and hard value;
+/// `u64::MAX` is `RLIM_INFINITY`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// The disposition of one signal, as `rt_sigaction` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    /// Handler address, or `SIG_DFL` (0) / `SIG_IGN` (1).
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// A queued signal: the kernel's `siginfo_t` (128 bytes) as read by
+/// `PTRACE_PEEKSIGINFO`, with the leading fields decoded for display.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigInfo {
+    pub signo: i32,
+    pub errno: i32,
+    pub code: i32,
+    pub raw: Vec<u8>,
+}
+
+/// One interval timer (`ITIMER_REAL`, `_VIRTUAL` or `_PROF`), in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    pub interval_ns: u64,
+    pub value_ns: u64,
+}
+
+/// The three interval timers of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimers {
+    pub real: ITimer,
+    pub virt: ITimer,
+    pub prof: ITimer,
+}
+
+/// A process (thread group): what is shared by its threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub creds: Creds,
+    pub umask: u32,
+    pub cwd: RawPath,
+    pub root: RawPath,
+    pub exe: RawPath,
+    pub rlimits: Vec<Rlimit>,
+    pub sigactions: Vec<SigAction>,
+    /// The blocked mask of the thread-group leader (each [`Thread`] carries
+    /// its own).
+    pub sigmask: u64,
+    /// Signals pending for the whole process (`PTRACE_PEEKSIGINFO_SHARED`).
+    pub pending: Vec<SigInfo>,
+    pub itimers: ITimers,
+    pub personality: u32,
+}
+
+/// The register file of a thread, tagged with its architecture; the byte
+/// layouts are those of the architecture's ptrace interface
+/// (`PTRACE_GETREGS`/`GETFPREGS`, or `GETREGS`/`GETVFPREGS` on ARM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regs {
+    pub arch: super::Arch,
+    pub gpr: Vec<u8>,
+    pub fpu: Vec<u8>,
+}
+
+/// `sigaltstack` of a thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: u32,
+    pub size: u64,
+}
+
+/// The robust futex list registered with `set_robust_list`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobustList {
+    pub head: u64,
+    pub len: u64,
+}
+
+/// One thread: what the kernel keeps per thread.
+///
+/// The clear-child-tid address and the robust list are per thread in Linux,
+/// so they live here rather than in [`Task`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub tid: i32,
+    pub regs: Regs,
+    /// TLS pointer: the TPIDRURO word on ARM, fs base on x86_64.
+    pub tls: u64,
+    pub sigmask: u64,
+    pub altstack: AltStack,
+    /// Signals pending for this thread only.
+    pub pending: Vec<SigInfo>,
+    pub tid_address: u64,
+    pub robust_list: RobustList,
+}
+
+/// What a mapping is, which decides how a restore recreates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmaKind {
+    Anon,
+    PrivateFile,
+    SharedFile,
+    SharedAnon,
+    Stack,
+    Heap,
+    Vdso,
+    Vvar,
+    Sigpage,
+    Vectors,
+}
+
+/// The identity of a file a restore depends on; a restore refuses a file
+/// whose identity changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub path: RawPath,
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// One mapping of a task's address space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// `MAP_*` bits (`MAP_SHARED`/`MAP_PRIVATE`, `MAP_GROWSDOWN`...).
+    pub flags: u32,
+    /// Offset into the file, for file mappings.
+    pub offset: u64,
+    pub kind: VmaKind,
+    pub file: Option<FileId>,
+}
+
+/// The end of a pipe an fd holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipeEnd {
+    Read,
+    Write,
+}
+
+/// What an open file descriptor refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file, reopened by path at `offset` with `flags` (`O_*`).
+    Regular {
+        file: FileId,
+        flags: u32,
+        offset: u64,
+    },
+    Directory {
+        path: RawPath,
+        flags: u32,
+    },
+    /// One end of a pipe; the id pairs ends across tasks and names its
+    /// [`PipeData`].
+    Pipe {
+        id: u64,
+        end: PipeEnd,
+        flags: u32,
+    },
+    /// A FIFO in the file system, with its pipe id for the buffered data.
+    Fifo {
+        path: RawPath,
+        id: u64,
+        end: PipeEnd,
+        flags: u32,
+    },
+    /// A character or block device node (`/dev/null` and friends).
+    Device {
+        path: RawPath,
+        rdev: u64,
+        flags: u32,
+    },
+    /// A terminal; the restore may substitute another one.
+    Tty {
+        path: RawPath,
+        rdev: u64,
+        flags: u32,
+    },
+}
+
+/// One open file descriptor of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub fd: i32,
+    /// `FD_CLOEXEC` and other descriptor (not file) flags.
+    pub fd_flags: u32,
+    pub kind: FdKind,
+}
+
+/// The `mm_struct` fields `PR_SET_MM_MAP` restores, and the auxiliary vector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// `/proc/PID/auxv` as (type, value) words.
+    pub auxv: Vec<u64>,
+}
+
+/// The bytes buffered in a pipe at the freeze.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeData {
+    pub id: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// How a `Pages` record stores its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    /// The page bytes as they are.
+    Raw,
+    /// An LZ4 block (lz4_flex's block format, no frame).
+    Lz4,
+    /// All pages are zero; no data is stored.
+    Zero,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Lz4 => "lz4",
+            Codec::Zero => "zero",
+        }
+    }
+}
+
+/// The fixed part of a `Pages` record; the (possibly compressed) data follows
+/// as a postcard byte string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagesHead {
+    pub vaddr: u64,
+    pub pages: u32,
+    pub codec: Codec,
+}
+
+/// A `Pages` record, borrowing its data from the reader's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pages<'a> {
+    pub vaddr: u64,
+    pub pages: u32,
+    pub codec: Codec,
+    #[serde(borrow)]
+    pub data: &'a [u8],
+}
+
+/// The last record: what a reader must have seen, and the CRC of every byte
+/// before this record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    /// Records before the trailer, the header included.
+    pub records: u64,
+    /// Pages described by `Pages` records (zero pages included).
+    pub pages: u64,
+    /// Bytes before the trailer record.
+    pub bytes: u64,
+    /// CRC32 of those bytes.
+    pub crc: u32,
+}

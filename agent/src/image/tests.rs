@@ -1,0 +1,858 @@
+use super::records::*;
+use super::*;
+
+fn header() -> Header {
+    Header {
+        magic: MAGIC,
+        version: FORMAT,
+        arch: Arch::host(),
+        page_size: host_page_size(),
+        kernel_release: "6.1.0-rpi7-rpi-v6".into(),
+        boot_id: "0f6c1c52-94b1-4b8f-a6f1-3e0e4e3f2a11".into(),
+        host_name: "zero".into(),
+        created_ns: 1_700_000_000_123_456_789,
+        torpor_version: crate::VERSION.into(),
+    }
+}
+
+fn task() -> Task {
+    Task {
+        pid: 412,
+        ppid: 1,
+        pgid: 412,
+        sid: 400,
+        comm: "sensor-logger".into(),
+        creds: Creds {
+            uid: 1000,
+            euid: 1000,
+            suid: 1000,
+            fsuid: 1000,
+            gid: 100,
+            egid: 100,
+            sgid: 100,
+            fsgid: 100,
+            groups: vec![20, 44, 100],
+            cap_bounding: 0x1ff_ffff_ffff,
+            ..Creds::default()
+        },
+        umask: 0o022,
+        cwd: "/var/lib/logger".into(),
+        root: "/".into(),
+        exe: RawPath(b"/usr/bin/logger\xff".to_vec()),
+        rlimits: vec![
+            Rlimit {
+                resource: 7,
+                cur: 1024,
+                max: 4096,
+            },
+            Rlimit {
+                resource: 3,
+                cur: 8 << 20,
+                max: u64::MAX,
+            },
+        ],
+        sigactions: vec![SigAction {
+            signo: 15,
+            handler: 0x1_0450,
+            flags: 0x0400_0000,
+            restorer: 0xb6f0_1234,
+            mask: 1 << 13,
+        }],
+        sigmask: 1 << 9,
+        pending: vec![SigInfo {
+            signo: 10,
+            errno: 0,
+            code: 0,
+            raw: vec![10; 128],
+        }],
+        itimers: ITimers {
+            real: ITimer {
+                interval_ns: 1_000_000_000,
+                value_ns: 250_000_000,
+            },
+            ..ITimers::default()
+        },
+        personality: 0x0080_0000,
+    }
+}
+
+fn thread() -> Thread {
+    Thread {
+        tid: 413,
+        regs: Regs {
+            arch: Arch::Arm,
+            gpr: (0..72).collect(),
+            fpu: vec![0xab; 260],
+        },
+        tls: 0xb6ff_e4c0,
+        sigmask: 0,
+        altstack: AltStack {
+            sp: 0xbe80_0000,
+            flags: 0,
+            size: 8192,
+        },
+        pending: vec![],
+        tid_address: 0xb6ff_e528,
+        robust_list: RobustList {
+            head: 0xb6ff_e530,
+            len: 12,
+        },
+    }
+}
+
+fn vma() -> Vma {
+    Vma {
+        start: 0x1_0000,
+        end: 0x2_3000,
+        prot: 5,
+        flags: 2,
+        offset: 0,
+        kind: VmaKind::PrivateFile,
+        file: Some(FileId {
+            path: "/usr/bin/logger".into(),
+            dev: 0xb302,
+            inode: 131_077,
+            size: 77_824,
+            mtime_ns: 1_699_999_999_000_000_001,
+        }),
+    }
+}
+
+fn fds() -> Vec<Fd> {
+    let file = FileId {
+        path: "/var/log/l.txt".into(),
+        dev: 0xb302,
+        inode: 9,
+        size: 77,
+        mtime_ns: -5,
+    };
+    [
+        FdKind::Regular {
+            file,
+            flags: 0o2001,
+            offset: 77,
+        },
+        FdKind::Directory {
+            path: "/tmp".into(),
+            flags: 0o200000,
+        },
+        FdKind::Pipe {
+            id: 7,
+            end: PipeEnd::Read,
+            flags: 0,
+        },
+        FdKind::Fifo {
+            path: "/run/f".into(),
+            id: 8,
+            end: PipeEnd::Write,
+            flags: 1,
+        },
+        FdKind::Device {
+            path: "/dev/null".into(),
+            rdev: 0x103,
+            flags: 2,
+        },
+        FdKind::Tty {
+            path: "/dev/ttyAMA0".into(),
+            rdev: 0xcc40,
+            flags: 2,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, kind)| Fd {
+        fd: i32::try_from(i).unwrap_or(0) + 3,
+        fd_flags: 1,
+        kind,
+    })
+    .collect()
+}
+
+fn mm() -> MmFields {
+    MmFields {
+        start_code: 0x1_0000,
+        end_code: 0x2_2f00,
+        start_data: 0x3_3000,
+        end_data: 0x3_4000,
+        start_brk: 0x3_5000,
+        brk: 0x5_6000,
+        start_stack: 0xbeff_fe00,
+        arg_start: 0xbeff_ff00,
+        arg_end: 0xbeff_ff20,
+        env_start: 0xbeff_ff20,
+        env_end: 0xbeff_ffe0,
+        auxv: vec![6, 4096, 0, 0],
+    }
+}
+
+/// Bytes that LZ4 cannot shrink: a simple xorshift generator.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Memory with a zero run, a compressible run and an incompressible page.
+fn memory(ps: usize) -> Vec<u8> {
+    let mut m = vec![0u8; ps * 6];
+    for (i, b) in m[ps * 2..ps * 4].iter_mut().enumerate() {
+        *b = u8::try_from(i % 7).unwrap_or(0);
+    }
+    m[ps * 4..ps * 5].copy_from_slice(&noise(ps, 99));
+    m
+}
+
+fn full_image() -> (Vec<u8>, ImageSummary) {
+    let h = header();
+    let ps = h.page_size as usize;
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.record(Kind::Task, &task()).expect("task");
+    w.record(Kind::Thread, &thread()).expect("thread");
+    w.record(Kind::Vma, &vma()).expect("vma");
+    for fd in fds() {
+        w.record(Kind::Fd, &fd).expect("fd");
+    }
+    w.record(Kind::MmFields, &mm()).expect("mm");
+    w.record(
+        Kind::PipeData,
+        &PipeData {
+            id: 7,
+            bytes: b"queued".to_vec(),
+        },
+    )
+    .expect("pipe");
+    w.pages(0x40_0000, &memory(ps)).expect("pages");
+    w.finish().expect("finish")
+}
+
+/// A small image for the exhaustive corruption tests: header, one state
+/// record, one zero and one compressed page record, trailer.
+fn small_image() -> Vec<u8> {
+    let mut h = header();
+    h.kernel_release = "6.1".into();
+    h.boot_id = "b".into();
+    h.host_name = "z".into();
+    h.torpor_version = "0".into();
+    let ps = h.page_size as usize;
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.record(
+        Kind::PipeData,
+        &PipeData {
+            id: 1,
+            bytes: b"hi".to_vec(),
+        },
+    )
+    .expect("pipe");
+    let mut m = vec![0u8; ps * 2];
+    m[ps..].fill(0x5a);
+    w.pages(0, &m).expect("pages");
+    w.finish().expect("finish").0
+}
+
+/// Re-frames a record with a correct CRC, as a crafted (not corrupted) image
+/// would.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("len");
+    let mut v = len.to_le_bytes().to_vec();
+    v.push(kind);
+    v.extend_from_slice(payload);
+    v.extend_from_slice(&frame_crc(len, kind, payload).to_le_bytes());
+    v
+}
+
+fn header_image(h: &Header) -> Vec<u8> {
+    let mut w = ImageWriter::new(Vec::new(), h).expect("writer");
+    w.record(
+        Kind::PipeData,
+        &PipeData {
+            id: 1,
+            bytes: vec![],
+        },
+    )
+    .expect("pipe");
+    w.finish().expect("finish").0
+}
+
+#[test]
+fn every_record_kind_round_trips() {
+    let (img, summary) = full_image();
+    assert_eq!(summary.bytes, img.len() as u64);
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    assert_eq!(r.header(), &header());
+    let ps = header().page_size as usize;
+
+    let mut kinds = Vec::new();
+    let mut memory_back = Vec::new();
+    let mut fds_back = Vec::new();
+    let mut buf = vec![0u8; PAGE_BATCH_BYTES as usize];
+    while let Some(rec) = r.next_record().expect("record") {
+        kinds.push(rec.kind());
+        match rec.kind() {
+            Kind::Task => assert_eq!(rec.decode::<Task>().expect("task"), task()),
+            Kind::Thread => assert_eq!(rec.decode::<Thread>().expect("thread"), thread()),
+            Kind::Vma => assert_eq!(rec.decode::<Vma>().expect("vma"), vma()),
+            Kind::Fd => fds_back.push(rec.decode::<Fd>().expect("fd")),
+            Kind::MmFields => assert_eq!(rec.decode::<MmFields>().expect("mm"), mm()),
+            Kind::PipeData => assert_eq!(
+                rec.decode::<PipeData>().expect("pipe"),
+                PipeData {
+                    id: 7,
+                    bytes: b"queued".to_vec()
+                }
+            ),
+            Kind::Pages => {
+                let info = rec.decode_pages_into(&mut buf).expect("pages");
+                assert_eq!(info.vaddr, 0x40_0000 + memory_back.len() as u64);
+                memory_back.extend_from_slice(&buf[..info.len]);
+            }
+            Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
+        }
+    }
+    assert_eq!(fds_back, fds());
+    assert_eq!(memory_back, memory(ps));
+    assert_eq!(r.summary(), Some(summary));
+    assert_eq!(summary.pages, 6);
+    // Header, 12 state records, pages: 2 zero, 2 compressible, 1 noise,
+    // 1 zero → 3 page records, trailer.
+    assert_eq!(summary.records, 1 + 11 + 3 + 1);
+    assert_eq!(kinds.iter().filter(|k| **k == Kind::Pages).count(), 3);
+    // Another call after the trailer stays at the end.
+    assert!(r.next_record().expect("end").is_none());
+    assert_eq!(verify(&img[..]).expect("verify"), summary);
+}
+
+#[test]
+fn page_codecs_are_chosen_per_batch() {
+    let h = header();
+    let ps = h.page_size as usize;
+    let m = memory(ps);
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    // Zero and compressible pages, then noise and a zero page: a batch holds
+    // consecutive non-zero pages of one call, so the noise gets its own.
+    w.pages(0, &m[..4 * ps]).expect("pages");
+    w.pages(4 * ps as u64, &m[4 * ps..]).expect("pages");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        let p = rec.pages().expect("pages");
+        seen.push((
+            p.vaddr,
+            p.pages,
+            p.codec,
+            p.codec == Codec::Raw && p.data.len() == ps,
+        ));
+    }
+    let p = ps as u64;
+    assert_eq!(
+        seen,
+        vec![
+            (0, 2, Codec::Zero, false),
+            (2 * p, 2, Codec::Lz4, false),
+            (4 * p, 1, Codec::Raw, true),
+            (5 * p, 1, Codec::Zero, false),
+        ]
+    );
+}
+
+#[test]
+fn large_runs_split_into_batches() {
+    let h = header();
+    let ps = h.page_size as usize;
+    let batch = h.batch_pages() as usize;
+    let data = noise(ps * (batch * 2 + 3), 7);
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.pages(0x1000_0000, &data).expect("pages");
+    let (img, s) = w.finish().expect("finish");
+    assert_eq!(s.pages, (batch * 2 + 3) as u64);
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let mut counts = Vec::new();
+    let mut back = Vec::new();
+    let mut buf = vec![0u8; batch * ps];
+    while let Some(rec) = r.next_record().expect("record") {
+        let info = rec.decode_pages_into(&mut buf).expect("decode");
+        counts.push(info.pages);
+        assert_eq!(info.codec, Codec::Raw);
+        back.extend_from_slice(&buf[..info.len]);
+    }
+    let b = u32::try_from(batch).expect("batch");
+    assert_eq!(counts, vec![b, b, 3]);
+    assert_eq!(back, data);
+}
+
+#[test]
+fn pages_record_layout_is_postcard() {
+    // The writer frames pages without building the struct; the bytes must
+    // be exactly what postcard makes of `Pages`.
+    let h = header();
+    let ps = h.page_size as usize;
+    let data = noise(ps, 3);
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    let start = usize::try_from(w.bytes_written()).expect("small");
+    w.pages(0x7fff_f000_0000, &data).expect("pages");
+    let (img, _) = w.finish().expect("finish");
+    let expect = postcard::to_allocvec(&Pages {
+        vaddr: 0x7fff_f000_0000,
+        pages: 1,
+        codec: Codec::Raw,
+        data: &data,
+    })
+    .expect("postcard");
+    assert_eq!(
+        &img[start..start + 9 + expect.len()],
+        &frame(Kind::Pages as u8, &expect)[..]
+    );
+}
+
+#[test]
+fn writer_refusals() {
+    let h = header();
+    let ps = u64::from(h.page_size);
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    let e = w
+        .pages(ps + 8, &vec![1u8; h.page_size as usize])
+        .unwrap_err();
+    assert!(
+        matches!(e, ImageError::Unaligned { vaddr, .. } if vaddr == ps + 8),
+        "{e:?}"
+    );
+    let e = w.pages(0, &[1u8; 100]).unwrap_err();
+    assert!(matches!(e, ImageError::Unaligned { len: 100, .. }), "{e:?}");
+    let e = w.record(Kind::Trailer, &0u8).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "trailer records are written by the image writer itself, not by record()"
+    );
+    let e = w.record(Kind::Pages, &0u8).unwrap_err();
+    assert!(
+        matches!(e, ImageError::ReservedKind { kind: Kind::Pages }),
+        "{e:?}"
+    );
+    let big = PipeData {
+        id: 1,
+        bytes: vec![0; PIPE_DATA_LIMIT as usize],
+    };
+    let e = w.record(Kind::PipeData, &big).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::RecordTooLarge {
+                kind: Kind::PipeData,
+                limit: PIPE_DATA_LIMIT,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("more than the limit of 1048640"),
+        "{e}"
+    );
+    // A refused record leaves the image valid.
+    let (img, s) = w.finish().expect("finish");
+    assert_eq!(verify(&img[..]).expect("verify"), s);
+
+    let mut bad = header();
+    bad.page_size = 3000;
+    let e = ImageWriter::new(Vec::new(), &bad).unwrap_err();
+    assert!(matches!(e, ImageError::BadPageSize(3000)), "{e:?}");
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    let mut img = small_image();
+    img[5..13].copy_from_slice(b"ELF\x7fxxxx");
+    let e = ImageReader::new(&img[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::BadMagic { found } if &found == b"ELF\x7fxxxx"),
+        "{e:?}"
+    );
+    assert!(e.to_string().starts_with("not a torpor image"), "{e}");
+    let e = verify(&b"#!/bin/sh\necho hello\n"[..]).unwrap_err();
+    assert!(matches!(e, ImageError::BadMagic { .. }), "{e:?}");
+}
+
+#[test]
+fn unknown_major_version_is_refused_newer_minor_accepted() {
+    let mut h = header();
+    h.version = FormatVersion {
+        major: FORMAT.major + 1,
+        minor: 0,
+    };
+    let img = header_image(&h);
+    let e = ImageReader::new(&img[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::UnsupportedVersion { found, supported }
+            if found.major == FORMAT.major + 1 && supported == FORMAT),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "image format 2.0 is not supported (this torpor reads format 1.0)"
+    );
+
+    let mut h = header();
+    h.version = FormatVersion {
+        major: FORMAT.major,
+        minor: FORMAT.minor + 3,
+    };
+    let img = header_image(&h);
+    let s = verify(&img[..]).expect("newer minor is read");
+    assert_eq!(s.records, 3);
+}
+
+#[test]
+fn wrong_architecture_is_refused() {
+    let mut h = header();
+    h.arch = if Arch::host() == Arch::Arm {
+        Arch::X86_64
+    } else {
+        Arch::Arm
+    };
+    let img = header_image(&h);
+    let e = ImageReader::new(&img[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::WrongArch { image, host } if image == h.arch && host == Arch::host()),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "image was made on {}, this host is {}",
+            h.arch,
+            Arch::host()
+        )
+    );
+    // Inspecting (show, verify) a foreign image is fine.
+    let r = ImageReader::inspect(&img[..]).expect("inspect");
+    assert_eq!(r.header().arch, h.arch);
+    verify(&img[..]).expect("verify");
+}
+
+#[test]
+fn wrong_page_size_is_refused() {
+    let mut h = header();
+    h.page_size = if host_page_size() == 16384 {
+        4096
+    } else {
+        16384
+    };
+    let img = header_image(&h);
+    let e = ImageReader::new(&img[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::WrongPageSize { image, .. } if image == h.page_size),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "image page size is {} bytes, this host's is {}",
+            h.page_size,
+            host_page_size()
+        )
+    );
+}
+
+#[test]
+fn every_single_bit_flip_is_detected() {
+    let img = small_image();
+    assert!(img.len() < 400, "sample image grew to {} bytes", img.len());
+    verify(&img[..]).expect("intact image verifies");
+    let mut bad = img.clone();
+    for byte in 0..img.len() {
+        for bit in 0..8 {
+            bad[byte] ^= 1 << bit;
+            let res = verify(&bad[..]);
+            assert!(
+                res.is_err(),
+                "flip of bit {bit} of byte {byte} went unnoticed"
+            );
+            bad[byte] ^= 1 << bit;
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_reported_as_truncation() {
+    let img = small_image();
+    for cut in 0..img.len() {
+        match verify(&img[..cut]) {
+            Err(ImageError::Truncated { offset, .. }) => assert_eq!(offset, cut as u64),
+            other => panic!("cut at {cut} of {} gave {other:?}", img.len()),
+        }
+    }
+    let e = verify(&img[..img.len() - 20]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("image truncated at offset {}", img.len() - 20)),
+        "{e}"
+    );
+}
+
+#[test]
+fn crc_error_names_record_and_offset() {
+    let mut img = small_image();
+    let first = u32::from_le_bytes([img[0], img[1], img[2], img[3]]) as usize + 9;
+    img[first + 7] ^= 0x10; // inside the pipe-data payload
+    let e = verify(&img[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::Crc { offset, kind: KindByte(7), .. } if offset == first as u64),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!(
+            "CRC mismatch in the pipe-data record at offset {first}"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn crafted_frames_are_refused() {
+    let img = small_image();
+    let hlen = u32::from_le_bytes([img[0], img[1], img[2], img[3]]) as usize + 9;
+    let head = &img[..hlen];
+
+    // Unknown kind.
+    let mut v = head.to_vec();
+    v.extend(frame(200, b"x"));
+    let e = verify(&v[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::UnknownKind { kind: 200, offset } if offset == hlen as u64),
+        "{e:?}"
+    );
+
+    // A length over the kind's limit is refused before anything is read.
+    let mut v = head.to_vec();
+    v.extend_from_slice(&(STATE_LIMIT + 1).to_le_bytes());
+    v.push(Kind::Task as u8);
+    let e = verify(&v[..]).unwrap_err();
+    assert!(
+        matches!(e, ImageError::RecordTooLarge { kind: Kind::Task, len, .. } if len == u64::from(STATE_LIMIT) + 1),
+        "{e:?}"
+    );
+    let mut v = head.to_vec();
+    v.extend_from_slice(&u32::MAX.to_le_bytes());
+    v.push(Kind::Pages as u8);
+    assert!(matches!(
+        verify(&v[..]),
+        Err(ImageError::RecordTooLarge {
+            kind: Kind::Pages,
+            ..
+        })
+    ));
+
+    // A second header.
+    let mut v = head.to_vec();
+    v.extend_from_slice(head);
+    let e = verify(&v[..]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::Malformed {
+                kind: Kind::Header,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // A trailer whose counts are wrong.
+    let crc = crc32fast::hash(head);
+    let t = Trailer {
+        records: 5,
+        pages: 0,
+        bytes: hlen as u64,
+        crc,
+    };
+    let mut v = head.to_vec();
+    v.extend(frame(
+        Kind::Trailer as u8,
+        &postcard::to_allocvec(&t).expect("t"),
+    ));
+    let e = verify(&v[..]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::TrailerMismatch {
+                field: "records",
+                stored: 5,
+                actual: 1
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "trailer mismatch: the trailer says records = 5, the image has 1"
+    );
+
+    // A trailer with the wrong whole-image CRC.
+    let t = Trailer {
+        records: 1,
+        pages: 0,
+        bytes: hlen as u64,
+        crc: crc ^ 1,
+    };
+    let mut v = head.to_vec();
+    v.extend(frame(
+        Kind::Trailer as u8,
+        &postcard::to_allocvec(&t).expect("t"),
+    ));
+    assert!(matches!(
+        verify(&v[..]),
+        Err(ImageError::TrailerMismatch { field: "crc", .. })
+    ));
+
+    // The right trailer verifies; data after it does not.
+    let t = Trailer {
+        records: 1,
+        pages: 0,
+        bytes: hlen as u64,
+        crc,
+    };
+    let mut v = head.to_vec();
+    v.extend(frame(
+        Kind::Trailer as u8,
+        &postcard::to_allocvec(&t).expect("t"),
+    ));
+    verify(&v[..]).expect("header + trailer");
+    v.extend_from_slice(&[0, 0, 0]);
+    let e = verify(&v[..]).unwrap_err();
+    assert!(matches!(e, ImageError::TrailingData(3)), "{e:?}");
+
+    // Pages whose data does not match the codec.
+    let ps = header().page_size;
+    let bad_pages = [
+        Pages {
+            vaddr: 0,
+            pages: 1,
+            codec: Codec::Raw,
+            data: &[1, 2, 3],
+        },
+        Pages {
+            vaddr: 0,
+            pages: 1,
+            codec: Codec::Zero,
+            data: &[0],
+        },
+        Pages {
+            vaddr: 0,
+            pages: 0,
+            codec: Codec::Zero,
+            data: &[],
+        },
+        Pages {
+            vaddr: 5,
+            pages: 1,
+            codec: Codec::Zero,
+            data: &[],
+        },
+        Pages {
+            vaddr: 0,
+            pages: PAGE_BATCH_BYTES / ps + 1,
+            codec: Codec::Zero,
+            data: &[],
+        },
+        Pages {
+            vaddr: 0,
+            pages: 1,
+            codec: Codec::Lz4,
+            data: &[0x10, 0x41],
+        },
+    ];
+    for p in bad_pages {
+        let mut v = head.to_vec();
+        v.extend(frame(
+            Kind::Pages as u8,
+            &postcard::to_allocvec(&p).expect("p"),
+        ));
+        let e = verify(&v[..]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ImageError::Malformed {
+                    kind: Kind::Pages,
+                    ..
+                }
+            ),
+            "{p:?}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn decode_pages_into_checks_the_buffer() {
+    let h = header();
+    let ps = h.page_size as usize;
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.pages(0, &vec![7u8; ps * 2]).expect("pages");
+    w.record(Kind::PipeData, &PipeData::default())
+        .expect("pipe");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let rec = r.next_record().expect("rec").expect("some");
+    let mut small = vec![0u8; ps];
+    let e = rec.decode_pages_into(&mut small).unwrap_err();
+    assert!(
+        matches!(e, ImageError::BufferTooSmall { needed, got } if needed == 2 * ps && got == ps),
+        "{e:?}"
+    );
+    let mut big = vec![1u8; ps * 3];
+    let info = rec.decode_pages_into(&mut big).expect("decode");
+    assert_eq!(info.len, 2 * ps);
+    assert!(big[..2 * ps].iter().all(|&b| b == 7));
+    assert!(
+        big[2 * ps..].iter().all(|&b| b == 1),
+        "bytes past the pages untouched"
+    );
+    let rec = r.next_record().expect("rec").expect("some");
+    assert!(matches!(
+        rec.decode_pages_into(&mut big),
+        Err(ImageError::NotPages {
+            kind: Kind::PipeData
+        })
+    ));
+}
+
+#[test]
+fn host_header_describes_this_host() {
+    let h = Header::for_host().expect("for_host");
+    assert_eq!(h.magic, MAGIC);
+    assert_eq!(h.version, FORMAT);
+    assert_eq!(h.arch, Arch::host());
+    assert_eq!(h.page_size, host_page_size());
+    assert_eq!(h.torpor_version, crate::VERSION);
+    assert_eq!(h.boot_id.len(), 36, "boot id {:?}", h.boot_id);
+    assert!(!h.kernel_release.is_empty());
+    assert!(h.created_ns > 1_600_000_000_000_000_000);
+    h.check_host().expect("own header fits");
+}
+
+#[test]
+fn write_errors_carry_the_offset() {
+    #[derive(Debug)]
+    struct Full(usize);
+    impl Write for Full {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "device full"));
+            }
+            let n = b.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let e = ImageWriter::new(Full(20), &header()).unwrap_err();
+    assert!(matches!(e, ImageError::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("device full"), "{e}");
+}

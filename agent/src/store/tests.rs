@@ -1,0 +1,583 @@
+use super::*;
+use crate::image::records::{Kind, PipeData};
+use crate::image::{Arch, Header, ImageWriter, FORMAT, MAGIC};
+
+/// What happens to the sector being written when the power goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tear {
+    /// The sector keeps its old contents.
+    Old,
+    /// The first half is new, the second half old.
+    Half,
+    /// The sector holds garbage.
+    Garbage,
+    /// The sector was written completely just before the cut.
+    New,
+}
+
+const TEARS: [Tear; 4] = [Tear::Old, Tear::Half, Tear::Garbage, Tear::New];
+
+/// What happens to writes not yet synced when the power goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// Every completed write is durable (a device without a write cache).
+    WriteThrough,
+    /// Writes since the last sync are lost (a volatile cache).
+    LostUnsynced,
+}
+
+const CACHES: [Cache; 2] = [Cache::WriteThrough, Cache::LostUnsynced];
+
+/// A device that loses power at its `cut_at`-th sector write: that sector is
+/// torn, and nothing written afterwards persists. `durable` is what a reboot
+/// sees.
+#[derive(Debug)]
+struct Fake {
+    /// What reads return while the power is on.
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Sector writes since the last sync, for `LostUnsynced`.
+    pending: Vec<u64>,
+    sector_writes: u64,
+    syncs: u64,
+    cut_at: Option<u64>,
+    tear: Tear,
+    cache: Cache,
+    dead: bool,
+}
+
+impl Fake {
+    fn new(durable: Vec<u8>) -> Fake {
+        Fake {
+            live: durable.clone(),
+            durable,
+            pending: Vec::new(),
+            sector_writes: 0,
+            syncs: 0,
+            cut_at: None,
+            tear: Tear::Old,
+            cache: Cache::WriteThrough,
+            dead: false,
+        }
+    }
+
+    fn blank(len: usize) -> Fake {
+        Fake::new(vec![0; len])
+    }
+
+    fn cutting(durable: Vec<u8>, at: u64, tear: Tear, cache: Cache) -> Fake {
+        Fake {
+            cut_at: Some(at),
+            tear,
+            cache,
+            ..Fake::new(durable)
+        }
+    }
+
+    fn power_lost() -> io::Error {
+        io::Error::other("power lost")
+    }
+
+    fn write_sector(&mut self, sector: u64, new: &[u8]) -> io::Result<()> {
+        if self.dead {
+            return Err(Fake::power_lost());
+        }
+        self.sector_writes += 1;
+        let at = usize::try_from(sector * SECTOR).expect("fits");
+        let range = at..at + SECTOR_BYTES;
+        if self.cut_at == Some(self.sector_writes) {
+            self.dead = true;
+            if self.cache == Cache::LostUnsynced {
+                for s in std::mem::take(&mut self.pending) {
+                    let r = usize::try_from(s * SECTOR).expect("fits");
+                    let old = self.durable[r..r + SECTOR_BYTES].to_vec();
+                    self.live[r..r + SECTOR_BYTES].copy_from_slice(&old);
+                }
+            }
+            let old = self.durable[range.clone()].to_vec();
+            let torn: Vec<u8> = match self.tear {
+                Tear::Old => old,
+                Tear::New => new.to_vec(),
+                Tear::Half => new[..256].iter().chain(&old[256..]).copied().collect(),
+                Tear::Garbage => (0..SECTOR)
+                    .map(|i| u8::try_from((i * 167 + sector * 13 + 91) % 251).unwrap_or(0))
+                    .collect(),
+            };
+            self.durable[range].copy_from_slice(&torn);
+            return Err(Fake::power_lost());
+        }
+        self.live[range.clone()].copy_from_slice(new);
+        match self.cache {
+            Cache::WriteThrough => self.durable[range].copy_from_slice(new),
+            Cache::LostUnsynced => self.pending.push(sector),
+        }
+        Ok(())
+    }
+}
+
+impl Device for Fake {
+    fn len(&self) -> u64 {
+        self.live.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).expect("fits");
+        let src = self
+            .live
+            .get(at..at + buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if offset + buf.len() as u64 > self.len() {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "past the end"));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let sector = pos / SECTOR;
+            let within = usize::try_from(pos % SECTOR).expect("fits");
+            let n = (SECTOR_BYTES - within).min(buf.len() - done);
+            let at = usize::try_from(sector * SECTOR).expect("fits");
+            let mut s = self.live[at..at + SECTOR_BYTES].to_vec();
+            s[within..within + n].copy_from_slice(&buf[done..done + n]);
+            self.write_sector(sector, &s)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if self.dead {
+            return Err(Fake::power_lost());
+        }
+        self.syncs += 1;
+        for s in std::mem::take(&mut self.pending) {
+            let r = usize::try_from(s * SECTOR).expect("fits");
+            let new = self.live[r..r + SECTOR_BYTES].to_vec();
+            self.durable[r..r + SECTOR_BYTES].copy_from_slice(&new);
+        }
+        Ok(())
+    }
+}
+
+const DEV_LEN: usize = 64 * 1024;
+
+/// A small but complete image whose bytes depend on `n`.
+fn image(n: u8) -> Vec<u8> {
+    let h = Header {
+        magic: MAGIC,
+        version: FORMAT,
+        arch: Arch::host(),
+        page_size: 4096,
+        kernel_release: "6.1.0".into(),
+        boot_id: format!("boot-{n}"),
+        host_name: "zero".into(),
+        created_ns: u64::from(n) * 1_000,
+        torpor_version: crate::VERSION.into(),
+    };
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.record(
+        Kind::PipeData,
+        &PipeData {
+            id: u64::from(n),
+            bytes: vec![n; 700],
+        },
+    )
+    .expect("pipe");
+    let mut page = vec![0u8; 4096];
+    for (i, b) in page.iter_mut().enumerate() {
+        *b = u8::try_from((i * 31 + usize::from(n) * 7) % 256).unwrap_or(0) ^ n;
+    }
+    w.pages(0x1_0000, &page).expect("pages");
+    w.finish().expect("finish").0
+}
+
+fn commit<D: Device>(store: &mut Store<D>, img: &[u8]) -> Result<SlotInfo, StoreError> {
+    let mut w = store.writer()?;
+    // Odd-sized writes, as a streaming encoder would make them.
+    for chunk in img.chunks(333) {
+        w.write_all(chunk).map_err(|source| StoreError::Io {
+            what: "write the image of",
+            slot: Slot::A,
+            offset: 0,
+            source,
+        })?;
+    }
+    w.commit()
+}
+
+fn newest_bytes<D: Device>(store: &Store<D>) -> Option<(SlotInfo, Vec<u8>)> {
+    let (info, mut r) = store.newest().expect("newest")?;
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).expect("read image");
+    Some((info, v))
+}
+
+/// A device holding `images` committed in order, and the commit's sector
+/// write count of the last one.
+fn device_with(images: &[Vec<u8>]) -> Vec<u8> {
+    let mut store = Store::with_device(Fake::blank(DEV_LEN)).expect("open");
+    for img in images {
+        commit(&mut store, img).expect("commit");
+    }
+    store.into_device().durable
+}
+
+#[test]
+fn commit_and_read_back() {
+    let mut store = Store::with_device(Fake::blank(DEV_LEN)).expect("open");
+    assert!(newest_bytes(&store).is_none());
+    let first = commit(&mut store, &image(1)).expect("commit 1");
+    assert_eq!(
+        first,
+        SlotInfo {
+            slot: Slot::A,
+            state: State::Valid,
+            generation: 1,
+            len: image(1).len() as u64,
+            crc: crc32fast::hash(&image(1)),
+            attempts: 0,
+        }
+    );
+    let second = commit(&mut store, &image(2)).expect("commit 2");
+    assert_eq!((second.slot, second.generation), (Slot::B, 2));
+    let third = commit(&mut store, &image(3)).expect("commit 3");
+    assert_eq!((third.slot, third.generation), (Slot::A, 3));
+
+    // A reboot sees the same.
+    let store = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+    let (info, bytes) = newest_bytes(&store).expect("an image");
+    assert_eq!(info, third);
+    assert_eq!(bytes, image(3));
+    let st = store.status();
+    assert!(st[0].verified && st[1].verified, "{st:?}");
+    assert_eq!(st[1].info.map(|i| i.generation), Some(2));
+    assert_eq!(store.capacity(), (DEV_LEN as u64) / 2 - IMAGE_OFFSET);
+}
+
+/// Every sector write of a commit is a possible power cut.
+fn power_cut_during_commit(before: &[Vec<u8>], new: &[u8]) {
+    let base = device_with(before);
+    let previous = before.last().cloned();
+    let mut counter = Store::with_device(Fake::new(base.clone())).expect("open");
+    commit(&mut counter, new).expect("uncut commit");
+    let total = counter.into_device().sector_writes;
+    assert!(total > 4, "a commit writes {total} sectors");
+
+    for cache in CACHES {
+        for tear in TEARS {
+            let mut saw = [false, false];
+            for k in 1..=total + 1 {
+                let dev = Fake::cutting(base.clone(), k, tear, cache);
+                let mut store = Store::with_device(dev).expect("open");
+                let result = commit(&mut store, new);
+                let dead = store.device().dead;
+                assert_eq!(result.is_ok(), !dead, "k={k}: {result:?}");
+                let after =
+                    Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+                let got = newest_bytes(&after).map(|(_, b)| b);
+                if got.as_deref() == Some(new) {
+                    saw[1] = true;
+                } else {
+                    assert_eq!(
+                        got, previous,
+                        "cut at sector write {k}/{total}, {tear:?}, {cache:?}"
+                    );
+                    saw[0] = true;
+                }
+                if k > total {
+                    assert_eq!(got.as_deref(), Some(new), "no cut: the new image");
+                }
+            }
+            assert!(saw[0] && saw[1], "{tear:?} {cache:?}: both outcomes occur");
+        }
+    }
+}
+
+#[test]
+fn power_cut_at_every_sector_of_a_first_commit() {
+    power_cut_during_commit(&[], &image(1));
+}
+
+#[test]
+fn power_cut_at_every_sector_keeps_previous_or_new() {
+    power_cut_during_commit(&[image(1)], &image(2));
+}
+
+#[test]
+fn power_cut_with_both_slots_full() {
+    power_cut_during_commit(&[image(1), image(2), image(3)], &image(4));
+}
+
+#[test]
+fn power_cut_after_consumed_never_revives_an_older_image() {
+    // Slot B holds generation 2, consumed; slot A an older valid generation 1.
+    let mut store =
+        Store::with_device(Fake::new(device_with(&[image(1), image(2)]))).expect("open");
+    store.mark(Slot::B, State::Consumed).expect("consume");
+    assert!(
+        newest_bytes(&store).is_none(),
+        "generation 1 must not come back"
+    );
+    let base = store.into_device().durable;
+    let mut counter = Store::with_device(Fake::new(base.clone())).expect("open");
+    commit(&mut counter, &image(3)).expect("commit");
+    let total = counter.into_device().sector_writes;
+    for k in 1..=total {
+        for tear in TEARS {
+            let mut store =
+                Store::with_device(Fake::cutting(base.clone(), k, tear, Cache::WriteThrough))
+                    .expect("open");
+            let _ = commit(&mut store, &image(3));
+            let after = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+            let got = newest_bytes(&after).map(|(_, b)| b);
+            assert!(
+                got.is_none() || got == Some(image(3)),
+                "k={k} {tear:?}: {got:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn begin_restore_counts_attempts_durably() {
+    let mut store =
+        Store::with_device(Fake::new(device_with(&[image(1), image(2)]))).expect("open");
+    assert_eq!(store.begin_restore(Slot::B).expect("begin"), 1);
+    let mut store = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+    let info = store.info(Slot::B).expect("header");
+    assert_eq!(
+        (info.state, info.attempts, info.generation),
+        (State::Restoring, 1, 2)
+    );
+    // A restoring image is still the one to restore (the caller decides by
+    // the attempt count).
+    let (n, bytes) = newest_bytes(&store).expect("image");
+    assert_eq!((n.slot, n.attempts), (Slot::B, 1));
+    assert_eq!(bytes, image(2));
+    assert_eq!(store.begin_restore(Slot::B).expect("again"), 2);
+    assert_eq!(store.begin_restore(Slot::B).expect("again"), 3);
+
+    // A power cut in the middle of the next increment leaves 3 or 4, never
+    // a damaged header.
+    let base = store.into_device().durable;
+    for tear in TEARS {
+        for cache in CACHES {
+            let mut store =
+                Store::with_device(Fake::cutting(base.clone(), 1, tear, cache)).expect("open");
+            assert!(store.begin_restore(Slot::B).is_err(), "the cut write fails");
+            let after = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+            let info = after.info(Slot::B).expect("a header survives");
+            let expect = if tear == Tear::New { 4 } else { 3 };
+            assert_eq!(
+                (info.state, info.attempts),
+                (State::Restoring, expect),
+                "{tear:?} {cache:?}"
+            );
+            assert_eq!(newest_bytes(&after).map(|(_, b)| b), Some(image(2)));
+        }
+    }
+
+    // Consumed: no image, and the older one in slot A stays barred.
+    let mut store = Store::with_device(Fake::new(base)).expect("open");
+    store.mark(Slot::B, State::Consumed).expect("consume");
+    assert!(newest_bytes(&store).is_none());
+    let e = store.begin_restore(Slot::B).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "slot B holds no image (its header is consumed)"
+    );
+    // The next image goes to slot A, whose stale image is discarded.
+    let info = commit(&mut store, &image(3)).expect("commit");
+    assert_eq!((info.slot, info.generation), (Slot::A, 3));
+}
+
+#[test]
+fn dropped_writer_keeps_the_previous_image() {
+    let mut store = Store::with_device(Fake::new(device_with(&[image(1)]))).expect("open");
+    {
+        let mut w = store.writer().expect("writer");
+        assert_eq!(w.slot(), Slot::B);
+        w.write_all(&image(2)[..500]).expect("write");
+        w.flush().expect("flush");
+    }
+    let (info, bytes) = newest_bytes(&store).expect("image");
+    assert_eq!((info.slot, info.generation), (Slot::A, 1));
+    assert_eq!(bytes, image(1));
+    let st = store.status();
+    assert_eq!(st[1].info.map(|i| i.state), Some(State::Empty));
+}
+
+#[test]
+fn oversized_and_invalid_images_are_refused() {
+    let mut store = Store::with_device(Fake::new(device_with(&[image(1)]))).expect("open");
+    let cap = store.capacity();
+    let mut w = store.writer().expect("writer");
+    let big = vec![0u8; usize::try_from(cap).expect("fits") + 1];
+    let e = w.write_all(&big).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    let e = w.commit().unwrap_err();
+    assert!(
+        matches!(e, StoreError::ImageTooLarge { slot: Slot::B, capacity } if capacity == cap),
+        "{e:?}"
+    );
+
+    // Bytes that are not an image are refused at commit, before the header.
+    let mut w = store.writer().expect("writer");
+    w.write_all(b"not an image at all").expect("write");
+    let e = w.commit().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Verify {
+                slot: Slot::B,
+                source: ImageError::BadMagic { .. }
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("image in slot B does not verify: not a torpor image"),
+        "{e}"
+    );
+    assert_eq!(newest_bytes(&store).map(|(_, b)| b), Some(image(1)));
+}
+
+#[test]
+fn a_rotten_image_falls_back_and_is_reported() {
+    let mut dev = device_with(&[image(1), image(2)]);
+    // Slot B (generation 2): flip one bit in the middle of its image.
+    let at = usize::try_from(DEV_LEN as u64 / 2 + IMAGE_OFFSET).expect("fits") + 600;
+    dev[at] ^= 0x04;
+    let store = Store::with_device(Fake::new(dev)).expect("open");
+    let (info, bytes) = newest_bytes(&store).expect("falls back");
+    assert_eq!((info.slot, info.generation), (Slot::A, 1));
+    assert_eq!(bytes, image(1));
+    let st = store.status();
+    assert!(st[0].verified);
+    assert!(!st[1].verified);
+    let line = st[1].to_string();
+    assert!(
+        line.starts_with("slot B: valid generation 2 length "),
+        "{line}"
+    );
+    assert!(
+        line.contains(
+            " verified no (image in slot B does not verify: CRC mismatch in the pipe-data record"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn one_damaged_header_copy_is_survived() {
+    let mut store = Store::with_device(Fake::new(device_with(&[image(1)]))).expect("open");
+    store
+        .mark(Slot::A, State::Valid)
+        .expect("rewrite: both copies now written");
+    let mut dev = store.into_device().durable;
+    // Damage the newer copy (copy 1, seq 2 after three writes: empty, valid,
+    // valid): the older copy still says valid.
+    dev[usize::try_from(SECTOR).expect("fits") + 30] ^= 1;
+    let store = Store::with_device(Fake::new(dev.clone())).expect("open");
+    assert_eq!(newest_bytes(&store).map(|(_, b)| b), Some(image(1)));
+    // Both copies damaged: the slot is reported, not trusted.
+    dev[30] ^= 1;
+    let store = Store::with_device(Fake::new(dev)).expect("open");
+    assert!(newest_bytes(&store).is_none());
+    assert_eq!(store.status()[1].to_string(), "slot B: blank verified no");
+    let line = store.status()[0].to_string();
+    assert!(
+        line.starts_with("slot A: damaged verified no (header copy 0: CRC mismatch"),
+        "{line}"
+    );
+}
+
+#[test]
+fn clear_empties_both_slots() {
+    let mut store =
+        Store::with_device(Fake::new(device_with(&[image(1), image(2)]))).expect("open");
+    store.clear().expect("clear");
+    let store = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
+    assert!(newest_bytes(&store).is_none());
+    for s in store.status() {
+        assert_eq!(s.info.map(|i| i.state), Some(State::Empty));
+        assert!(s.to_string().contains(": empty generation "), "{s}");
+    }
+}
+
+#[test]
+fn headers_are_bound_to_their_slot_and_layout() {
+    let dev = device_with(&[image(1)]);
+    // The same bytes on a bigger device: the slot size differs, so the
+    // header refers to another layout and is not trusted.
+    let mut bigger = dev.clone();
+    bigger.resize(DEV_LEN * 2, 0);
+    let store = Store::with_device(Fake::new(bigger)).expect("open");
+    assert!(newest_bytes(&store).is_none());
+    let why = store.status()[0].problem.clone().unwrap_or_default();
+    assert!(
+        why.contains("written for a slot size of 32768 bytes, not 65536"),
+        "{why}"
+    );
+    // Slot A's header copied into slot B is not B's.
+    let mut moved = vec![0u8; DEV_LEN];
+    moved[DEV_LEN / 2..DEV_LEN / 2 + 1024].copy_from_slice(&dev[..1024]);
+    let store = Store::with_device(Fake::new(moved)).expect("open");
+    let why = store.status()[1].problem.clone().unwrap_or_default();
+    assert!(why.contains("written for slot index 0"), "{why}");
+}
+
+#[test]
+fn too_small_device_is_refused() {
+    let e = Store::with_device(Fake::blank(8192)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TooSmall {
+                len: 8192,
+                min: MIN_STORE_SIZE
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "store is 8192 bytes; it needs at least 16384"
+    );
+}
+
+#[test]
+fn file_store_round_trip() {
+    let dir = std::env::temp_dir().join(format!("torpor-store-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("store.img");
+    let _ = std::fs::remove_file(&path);
+    let e = Store::open(&path).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot open store {}", path.display())),
+        "{e}"
+    );
+    {
+        let mut store = Store::create(&path, 1 << 20).expect("create");
+        commit(&mut store, &image(5)).expect("commit");
+    }
+    let store = Store::open(&path).expect("open");
+    assert_eq!(
+        newest_bytes(&store).map(|(i, b)| (i.generation, b)),
+        Some((1, image(5)))
+    );
+    assert_eq!(store.capacity(), (1 << 19) - IMAGE_OFFSET);
+    drop(store);
+    let e = Store::open(&dir).unwrap_err();
+    assert!(
+        matches!(e, StoreError::NotAStore { .. } | StoreError::Open { .. }),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
