@@ -405,7 +405,14 @@ impl FileTable {
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
         if ft.is_file() || ft.is_dir() {
-            Ok(FileKind::Path { path: link.to_string(), pos })
+            let identity = FileIdentity {
+                dev: md.dev(),
+                inode: md.ino(),
+                size: md.size(),
+                mtime_sec: md.mtime(),
+                mtime_nsec: md.mtime_nsec(),
+            };
+            Ok(FileKind::Path { path: link.to_string(), pos, dir: ft.is_dir(), identity })
         } else if ft.is_char_device() {
             let rdev = md.rdev();
             let major = u64::from(libc::major(rdev));

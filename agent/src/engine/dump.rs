@@ -6,11 +6,15 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 
 use crate::engine::collect::{self, FileTable};
 use crate::engine::freeze::Frozen;
-use crate::engine::imagefile::{Files, Kind, Writer, PAGE_BATCH};
+use crate::engine::image_io;
+use crate::image::{Header, ImageWriter};
 use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::{page_size, Cause, EngineError, StepExt};
+
+/// Bytes read from a task per process_vm_readv.
+const READ_BATCH: usize = 1024 * 1024;
 
 /// What happens to the tree after a good dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +54,18 @@ pub fn dump<W: Write>(
     table.check_pipes()?;
 
     let wstep = || "write image".to_string();
-    let mut w = Writer::new(out).step(wstep)?;
-    w.record(Kind::Files, &Files { files: table.files.clone(), pipes: table.pipes.clone() }).step(wstep)?;
+    let header = Header::for_host().step(wstep)?;
+    let mut w = ImageWriter::new(out, &header).step(wstep)?;
+    image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     let mut stats = DumpStats::default();
-    let mut buf = vec![0u8; PAGE_BATCH];
+    let mut buf = vec![0u8; READ_BATCH];
     for (p, maps) in &procs {
-        w.record(Kind::Task, p).step(wstep)?;
+        image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
         stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf)?;
     }
-    let out = w.finish().step(wstep)?;
+    let (out, _summary) = w.finish().step(wstep)?;
     commit(out)?;
     match after {
         After::Kill => frozen.kill(),
@@ -85,7 +90,7 @@ fn wanted(v: &Vma, entry: u64) -> bool {
 fn dump_memory<W: Write>(
     p: &ProcessState,
     maps: &[MapEntry],
-    w: &mut Writer<W>,
+    w: &mut ImageWriter<W>,
     buf: &mut [u8],
 ) -> Result<u64, EngineError> {
     let pid = p.pid;
@@ -150,7 +155,7 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
 }
 
 /// Writes the non-zero pages of `data` as page records; returns the bytes.
-fn write_nonzero<W: Write>(w: &mut Writer<W>, addr: u64, data: &[u8], psz: usize) -> Result<u64, Cause> {
+fn write_nonzero<W: Write>(w: &mut ImageWriter<W>, addr: u64, data: &[u8], psz: usize) -> Result<u64, Cause> {
     let mut total = 0u64;
     let mut start: Option<usize> = None;
     let pages = data.len() / psz;

@@ -10,7 +10,7 @@
 pub mod collect;
 pub mod dump;
 pub mod freeze;
-pub mod imagefile;
+pub mod image_io;
 pub mod procfs;
 pub mod ptrace;
 pub mod remote;
@@ -38,7 +38,9 @@ pub enum Cause {
     #[error(transparent)]
     Proc(#[from] ProcError),
     #[error(transparent)]
-    Image(#[from] imagefile::ImageError),
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]

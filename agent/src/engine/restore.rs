@@ -28,7 +28,8 @@ use torpor_parasite::KSigaction;
 
 use crate::arch::{self, nr, Regs};
 use crate::engine::collect::SPECIAL_MAPPINGS;
-use crate::engine::imagefile::{self, ImageState, Kind, Reader};
+use crate::engine::image_io::{self, ImageState};
+use crate::image::{ImageReader, Kind};
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
 use crate::engine::remote::Remote;
@@ -64,7 +65,7 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
             .map(BufReader::new)
             .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
     };
-    let state = imagefile::read_state(open().step(vstep)?).step(vstep)?;
+    let state = image_io::read_state(open().step(vstep)?).step(vstep)?;
     validate(&state, opts)?;
     restore(&state, opts, open().step(vstep)?)
 }
@@ -113,12 +114,12 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
         }
         for f in &p.fds {
-            if st.files.files.get(f.file as usize).is_none() {
+            if st.files.get(f.file as usize).is_none() {
                 return Err(refused(step, format!("fd {} of process {} names no file", f.fd, p.pid)));
             }
         }
     }
-    for f in &st.files.files {
+    for f in &st.files {
         match &f.kind {
             FileKind::Path { path, .. } => {
                 if !Path::new(path).exists() {
@@ -132,7 +133,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 }
             }
             FileKind::Pipe { pipe, .. } => {
-                if st.files.pipes.get(*pipe as usize).is_none() {
+                if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
                 }
             }
@@ -186,7 +187,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     // Each pipe is created once; its first read/write descriptions use the
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
-    for (i, pipe) in st.files.pipes.iter().enumerate() {
+    for (i, pipe) in st.pipes.iter().enumerate() {
         let mut p = [0i32; 2];
         // SAFETY: pipe2 writes two fds.
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -210,7 +211,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         let w = move_high(p[1], high).step(step)?;
         pipe_ends.insert(u32::try_from(i).unwrap_or(u32::MAX), (r, w, false, false));
     }
-    for f in &st.files.files {
+    for f in &st.files {
         let fd = open_object(f, &mut pipe_ends, opts).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
@@ -242,7 +243,7 @@ fn open_object(
         Ok(fd)
     };
     match &f.kind {
-        FileKind::Path { path, pos } => {
+        FileKind::Path { path, pos, .. } => {
             let fd = open(path, open_flags)?;
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
             // SAFETY: lseek on the fd just opened. Directories may refuse
@@ -923,7 +924,10 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
 /// Streams the page records of the image into the tasks, rebuilding each
 /// task's mappings when its record comes.
 fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Result<RestoreStats, EngineError> {
-    let mut rd = Reader::new(image).step(|| "read image".to_string())?;
+    let rstep = || "read image".to_string();
+    let mut rd = ImageReader::new(image).step(rstep)?;
+    let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
+    let mut buf = vec![0u8; batch];
     let mut stats = RestoreStats::default();
     let mut cur: Option<Rebuild<'_>> = None;
     let mut idx = 0usize;
@@ -934,9 +938,9 @@ fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Res
         Ok(())
     };
     loop {
-        let rec = rd.next_record().step(|| "read image".to_string())?;
+        let rec = rd.next_record().step(rstep)?;
         let Some(rec) = rec else { break };
-        match rec.kind {
+        match rec.kind() {
             Kind::Task => {
                 if let Some(rb) = cur.take() {
                     finish(rb, created, &mut stats)?;
@@ -946,14 +950,14 @@ fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Res
                 cur = Some(map_process(p).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
-                let pg = rec.pages().step(|| "read image".to_string())?;
+                let info = rec.decode_pages_into(&mut buf).step(rstep)?;
                 let rb = cur.as_ref().ok_or_else(|| refused("read image", "pages before any task".into()))?;
                 rb.mem
-                    .write(RemotePtr::<u8>::new(pg.vaddr), pg.data)
+                    .write(RemotePtr::<u8>::new(info.vaddr), &buf[..info.len])
                     .step(|| format!("write memory {}", rb.p.pid))?;
-                stats.page_bytes += pg.data.len() as u64;
+                stats.page_bytes += info.len as u64;
             }
-            Kind::Files | Kind::Header | Kind::Trailer => {}
+            _ => {}
         }
     }
     if let Some(rb) = cur.take() {

@@ -171,7 +171,7 @@ pub struct OpenFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     /// A regular file or directory, reopened by path at `pos`.
-    Path { path: String, pos: u64 },
+    Path { path: String, pos: u64, dir: bool, identity: FileIdentity },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
     /// One end of a pipe: index into `TreeState::pipes`.

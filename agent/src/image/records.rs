@@ -297,6 +297,18 @@ pub struct Thread {
     pub pending: Vec<SigInfo>,
     pub tid_address: u64,
     pub robust_list: RobustList,
+    /// The thread's name (`/proc/PID/task/TID/comm`).
+    pub comm: String,
+    /// The thread's registered rseq area, if any.
+    pub rseq: Option<Rseq>,
+}
+
+/// A restartable-sequences registration: area, its length and signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
 }
 
 /// What a mapping is, which decides how a restore recreates it.
@@ -310,6 +322,8 @@ pub enum VmaKind {
     Heap,
     Vdso,
     Vvar,
+    /// `[vvar_vclock]`: the clock pages newer kernels map beside `[vvar]`.
+    VvarVclock,
     Sigpage,
     Vectors,
 }
@@ -394,6 +408,9 @@ pub struct Fd {
     pub fd: i32,
     /// `FD_CLOEXEC` and other descriptor (not file) flags.
     pub fd_flags: u32,
+    /// Open file description: fds (in any task) with the same number share
+    /// one description, hence its offset and status flags (dup, fork).
+    pub ofd: u64,
     pub kind: FdKind,
 }
 

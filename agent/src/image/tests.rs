@@ -97,6 +97,8 @@ fn thread() -> Thread {
             head: 0xb6ff_e530,
             len: 12,
         },
+        comm: "sensor-logger".into(),
+        rseq: None,
     }
 }
 
@@ -163,6 +165,7 @@ fn fds() -> Vec<Fd> {
     .map(|(i, kind)| Fd {
         fd: i32::try_from(i).unwrap_or(0) + 3,
         fd_flags: 1,
+        ofd: i as u64,
         kind,
     })
     .collect()

@@ -1,0 +1,448 @@
+//! Between the engine's state and the image records (`crate::image`): the
+//! encode step of a dump and the decode step of a restore.
+//!
+//! ```text
+//!  Header
+//!  PipeData*                    every pipe's unread bytes, by pipe id
+//!  Task MmFields Thread* Vma* Fd* Pages*     per process, parents first
+//!  Trailer
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use crate::arch::Bits;
+use crate::image::records::{
+    AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
+    PipeData, PipeEnd, RawPath, Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig,
+    SigInfo, Task, Thread, Vma as RVma, VmaKind,
+};
+use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
+use crate::engine::state::{
+    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
+    ProcessState, Rseq, SigAction, ThreadState, Vma,
+};
+
+/// Everything in an image except page contents.
+#[derive(Debug, Default)]
+pub struct ImageState {
+    pub files: Vec<OpenFile>,
+    pub pipes: Vec<PipeState>,
+    pub processes: Vec<ProcessState>,
+    /// Pages the image holds (zero runs included).
+    pub pages: u64,
+}
+
+fn path_of(p: &RawPath) -> String {
+    String::from_utf8_lossy(p.as_bytes()).into_owned()
+}
+
+fn mtime_ns(id: &FileIdentity) -> i64 {
+    id.mtime_sec.saturating_mul(1_000_000_000).saturating_add(id.mtime_nsec)
+}
+
+fn file_id(path: &str, id: &FileIdentity) -> FileId {
+    FileId { path: path.into(), dev: id.dev, inode: id.inode, size: id.size, mtime_ns: mtime_ns(id) }
+}
+
+fn identity_of(f: &FileId) -> FileIdentity {
+    FileIdentity {
+        dev: f.dev,
+        inode: f.inode,
+        size: f.size,
+        mtime_sec: f.mtime_ns.div_euclid(1_000_000_000),
+        mtime_nsec: f.mtime_ns.rem_euclid(1_000_000_000),
+    }
+}
+
+fn siginfo(raw: &[u8]) -> SigInfo {
+    let word = |o: usize| i32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
+    SigInfo { signo: word(0), errno: word(4), code: word(8), raw: raw.to_vec() }
+}
+
+fn itimer_ns(t: &Itimer) -> ITimer {
+    let ns = |s: i64, us: i64| u64::try_from(s.saturating_mul(1_000_000_000).saturating_add(us.saturating_mul(1000))).unwrap_or(0);
+    ITimer { interval_ns: ns(t.interval_sec, t.interval_usec), value_ns: ns(t.value_sec, t.value_usec) }
+}
+
+fn itimer_of(t: &ITimer) -> Itimer {
+    let split = |ns: u64| {
+        let s = i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX);
+        let us = i64::try_from(ns % 1_000_000_000 / 1000).unwrap_or(0);
+        (s, us)
+    };
+    let (is, iu) = split(t.interval_ns);
+    let (vs, vu) = split(t.value_ns);
+    Itimer { interval_sec: is, interval_usec: iu, value_sec: vs, value_usec: vu }
+}
+
+/// `/proc/PID/auxv` as native words, widened.
+fn auxv_words(raw: &[u8]) -> Vec<u64> {
+    let w = core::mem::size_of::<usize>();
+    raw.chunks_exact(w)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..w].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect()
+}
+
+fn auxv_bytes(words: &[u64]) -> Vec<u8> {
+    let w = core::mem::size_of::<usize>();
+    words.iter().flat_map(|v| v.to_le_bytes()[..w].to_vec()).collect()
+}
+
+fn vma_kind(v: &Vma) -> VmaKind {
+    match &v.backing {
+        Backing::Special(n) => match n.as_str() {
+            "[vdso]" => VmaKind::Vdso,
+            "[vvar]" => VmaKind::Vvar,
+            "[vvar_vclock]" => VmaKind::VvarVclock,
+            "[sigpage]" => VmaKind::Sigpage,
+            _ => VmaKind::Vectors,
+        },
+        Backing::Anon if v.shared => VmaKind::SharedAnon,
+        Backing::Anon if v.name == "[stack]" => VmaKind::Stack,
+        Backing::Anon if v.name == "[heap]" => VmaKind::Heap,
+        Backing::Anon => VmaKind::Anon,
+        Backing::File { .. } if v.shared => VmaKind::SharedFile,
+        Backing::File { .. } => VmaKind::PrivateFile,
+    }
+}
+
+/// Writes the non-memory records of the tree; pages follow per process
+/// through [`write_process`].
+pub fn write_pipes<W: Write>(w: &mut ImageWriter<W>, pipes: &[PipeState]) -> Result<(), ImageError> {
+    for (i, p) in pipes.iter().enumerate() {
+        w.record(Kind::PipeData, &PipeData { id: i as u64, bytes: p.data.clone() })?;
+    }
+    Ok(())
+}
+
+/// Writes one process's Task, MmFields, Thread, Vma and Fd records.
+pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: &[OpenFile]) -> Result<(), ImageError> {
+    let task = Task {
+        pid: p.pid,
+        ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
+        comm: p.threads.first().map(|t| t.comm.clone()).unwrap_or_default(),
+        creds: RCreds {
+            uid: p.creds.uids[0],
+            euid: p.creds.uids[1],
+            suid: p.creds.uids[2],
+            fsuid: p.creds.uids[3],
+            gid: p.creds.gids[0],
+            egid: p.creds.gids[1],
+            sgid: p.creds.gids[2],
+            fsgid: p.creds.gids[3],
+            groups: p.creds.groups.clone(),
+            ..Default::default()
+        },
+        umask: p.umask,
+        cwd: p.cwd.as_str().into(),
+        root: p.root.as_str().into(),
+        exe: p.exe.as_str().into(),
+        rlimits: p
+            .rlimits
+            .iter()
+            .enumerate()
+            .map(|(i, (cur, max))| Rlimit { resource: u32::try_from(i).unwrap_or(u32::MAX), cur: *cur, max: *max })
+            .collect(),
+        sigactions: p
+            .sigactions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| RSig {
+                signo: u32::try_from(i + 1).unwrap_or(0),
+                handler: s.handler,
+                flags: s.flags,
+                restorer: s.restorer,
+                mask: s.mask,
+            })
+            .collect(),
+        sigmask: p.threads.first().map(|t| t.sigmask).unwrap_or(0),
+        pending: p.shared_pending.iter().map(|r| siginfo(r)).collect(),
+        itimers: ITimers {
+            real: p.itimers.first().map(itimer_ns).unwrap_or_default(),
+            virt: p.itimers.get(1).map(itimer_ns).unwrap_or_default(),
+            prof: p.itimers.get(2).map(itimer_ns).unwrap_or_default(),
+        },
+        personality: p.personality,
+    };
+    w.record(Kind::Task, &task)?;
+    let m = &p.mm;
+    w.record(
+        Kind::MmFields,
+        &RMm {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+            auxv: auxv_words(&p.auxv),
+        },
+    )?;
+    for t in &p.threads {
+        w.record(
+            Kind::Thread,
+            &Thread {
+                tid: t.tid,
+                regs: RRegs { arch: Arch::host(), gpr: t.regs.clone(), fpu: t.fpregs.clone() },
+                tls: t.tls,
+                sigmask: t.sigmask,
+                altstack: RAlt { sp: t.altstack.sp, flags: t.altstack.flags.cast_unsigned(), size: t.altstack.size },
+                pending: t.pending.iter().map(|r| siginfo(r)).collect(),
+                tid_address: t.tid_address,
+                robust_list: RobustList { head: t.robust_head, len: t.robust_len },
+                comm: t.comm.clone(),
+                rseq: t.rseq.map(|r| RRseq { addr: r.addr, len: r.len, sig: r.sig }),
+            },
+        )?;
+    }
+    for v in &p.vmas {
+        let mut flags = if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        if v.grows_down {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        let (offset, file) = match &v.backing {
+            Backing::File { path, offset, identity } => (*offset, Some(file_id(path, identity))),
+            _ => (0, None),
+        };
+        w.record(
+            Kind::Vma,
+            &RVma {
+                start: v.start,
+                end: v.end,
+                prot: v.prot.cast_unsigned(),
+                flags: flags.cast_unsigned(),
+                offset,
+                kind: vma_kind(v),
+                file,
+            },
+        )?;
+    }
+    for f in &p.fds {
+        let of = &files[f.file as usize];
+        let kind = match &of.kind {
+            FileKind::Path { path, dir: true, .. } => FdKind::Directory { path: path.as_str().into(), flags: of.flags },
+            FileKind::Path { path, pos, identity, .. } => {
+                FdKind::Regular { file: file_id(path, identity), flags: of.flags, offset: *pos }
+            }
+            FileKind::Device { path, rdev, tty: true } => FdKind::Tty { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
+            FileKind::Device { path, rdev, tty: false } => FdKind::Device { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
+            FileKind::Pipe { pipe, write } => FdKind::Pipe {
+                id: u64::from(*pipe),
+                end: if *write { PipeEnd::Write } else { PipeEnd::Read },
+                flags: of.flags,
+            },
+        };
+        w.record(
+            Kind::Fd,
+            &RFd { fd: f.fd, fd_flags: u32::from(f.cloexec), ofd: u64::from(f.file), kind },
+        )?;
+    }
+    Ok(())
+}
+
+/// A record out of place or naming something absent.
+fn malformed(what: String) -> ImageError {
+    ImageError::Host { what: "image contents", source: std::io::Error::new(std::io::ErrorKind::InvalidData, what) }
+}
+
+/// Reads every record (checking every CRC and the trailer) and returns the
+/// state without page contents.
+pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
+    let mut rd = ImageReader::new(r)?;
+    let mut st = ImageState::default();
+    let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut pipes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    while let Some(rec) = rd.next_record()? {
+        let cur = st.processes.last_mut();
+        match rec.kind() {
+            Kind::PipeData => {
+                let d: PipeData = rec.decode()?;
+                pipes.insert(d.id, d.bytes);
+            }
+            Kind::Task => {
+                let t: Task = rec.decode()?;
+                let mut rl: Vec<(u64, u64)> = Vec::new();
+                for l in &t.rlimits {
+                    let i = l.resource as usize;
+                    if i >= 64 {
+                        return Err(malformed(format!("rlimit {} out of range", l.resource)));
+                    }
+                    if rl.len() <= i {
+                        rl.resize(i + 1, (u64::MAX, u64::MAX));
+                    }
+                    rl[i] = (l.cur, l.max);
+                }
+                let mut sigactions = vec![SigAction::default(); 64];
+                for s in &t.sigactions {
+                    let i = s.signo as usize;
+                    if !(1..=64).contains(&i) {
+                        return Err(malformed(format!("sigaction for signal {}", s.signo)));
+                    }
+                    sigactions[i - 1] = SigAction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
+                }
+                st.processes.push(ProcessState {
+                    pid: t.pid,
+                    ppid: t.ppid,
+                    pgid: t.pgid,
+                    sid: t.sid,
+                    sigactions,
+                    shared_pending: t.pending.iter().map(|s| s.raw.clone()).collect(),
+                    itimers: vec![itimer_of(&t.itimers.real), itimer_of(&t.itimers.virt), itimer_of(&t.itimers.prof)],
+                    exe: path_of(&t.exe),
+                    cwd: path_of(&t.cwd),
+                    root: path_of(&t.root),
+                    umask: t.umask,
+                    personality: t.personality,
+                    rlimits: rl,
+                    creds: Creds {
+                        uids: [t.creds.uid, t.creds.euid, t.creds.suid, t.creds.fsuid],
+                        gids: [t.creds.gid, t.creds.egid, t.creds.sgid, t.creds.fsgid],
+                        groups: t.creds.groups.clone(),
+                    },
+                    ..Default::default()
+                });
+            }
+            Kind::MmFields | Kind::Thread | Kind::Vma | Kind::Fd | Kind::Pages => {
+                let p = cur.ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
+                match rec.kind() {
+                    Kind::MmFields => {
+                        let m: RMm = rec.decode()?;
+                        p.mm = MmFields {
+                            start_code: m.start_code,
+                            end_code: m.end_code,
+                            start_data: m.start_data,
+                            end_data: m.end_data,
+                            start_brk: m.start_brk,
+                            brk: m.brk,
+                            start_stack: m.start_stack,
+                            arg_start: m.arg_start,
+                            arg_end: m.arg_end,
+                            env_start: m.env_start,
+                            env_end: m.env_end,
+                        };
+                        p.auxv = auxv_bytes(&m.auxv);
+                    }
+                    Kind::Thread => {
+                        let t: Thread = rec.decode()?;
+                        if t.regs.arch != Arch::host() {
+                            return Err(malformed(format!("thread {} has {} registers", t.tid, t.regs.arch)));
+                        }
+                        p.threads.push(ThreadState {
+                            tid: t.tid,
+                            comm: t.comm,
+                            regs: t.regs.gpr,
+                            fpregs: t.regs.fpu,
+                            tls: t.tls,
+                            sigmask: t.sigmask,
+                            pending: t.pending.into_iter().map(|s| s.raw).collect(),
+                            altstack: AltStack { sp: t.altstack.sp, flags: t.altstack.flags.bits(), size: t.altstack.size },
+                            tid_address: t.tid_address,
+                            robust_head: t.robust_list.head,
+                            robust_len: t.robust_list.len,
+                            rseq: t.rseq.map(|r| Rseq { addr: r.addr, len: r.len, sig: r.sig }),
+                        });
+                    }
+                    Kind::Vma => {
+                        let v: RVma = rec.decode()?;
+                        let shared = v.flags & libc::MAP_SHARED.cast_unsigned() != 0;
+                        let name = match v.kind {
+                            VmaKind::Stack => "[stack]".to_string(),
+                            VmaKind::Heap => "[heap]".to_string(),
+                            VmaKind::Vdso => "[vdso]".to_string(),
+                            VmaKind::Vvar => "[vvar]".to_string(),
+                            VmaKind::VvarVclock => "[vvar_vclock]".to_string(),
+                            VmaKind::Sigpage => "[sigpage]".to_string(),
+                            VmaKind::Vectors => "[vectors]".to_string(),
+                            _ => v.file.as_ref().map(|f| path_of(&f.path)).unwrap_or_default(),
+                        };
+                        let backing = match v.kind {
+                            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Sigpage | VmaKind::Vectors => {
+                                Backing::Special(name.clone())
+                            }
+                            VmaKind::PrivateFile | VmaKind::SharedFile => {
+                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("file mapping at {:#x} names no file", v.start)))?;
+                                Backing::File { path: path_of(&f.path), offset: v.offset, identity: identity_of(f) }
+                            }
+                            VmaKind::Anon | VmaKind::SharedAnon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
+                        };
+                        if v.start >= v.end {
+                            return Err(malformed(format!("empty mapping at {:#x}", v.start)));
+                        }
+                        p.vmas.push(Vma {
+                            start: v.start,
+                            end: v.end,
+                            prot: v.prot.bits(),
+                            shared,
+                            grows_down: v.flags & libc::MAP_GROWSDOWN.cast_unsigned() != 0,
+                            backing,
+                            name,
+                        });
+                    }
+                    Kind::Fd => {
+                        let f: RFd = rec.decode()?;
+                        let (flags, kind) = match f.kind {
+                            FdKind::Regular { file, flags, offset } => (
+                                flags,
+                                FileKind::Path { path: path_of(&file.path), pos: offset, dir: false, identity: identity_of(&file) },
+                            ),
+                            FdKind::Directory { path, flags } => (
+                                flags,
+                                FileKind::Path { path: path_of(&path), pos: 0, dir: true, identity: FileIdentity::default() },
+                            ),
+                            FdKind::Device { path, rdev, flags } => (flags, FileKind::Device { path: path_of(&path), rdev, tty: false }),
+                            FdKind::Tty { path, rdev, flags } => (flags, FileKind::Device { path: path_of(&path), rdev, tty: true }),
+                            FdKind::Pipe { id, end, flags } => {
+                                let pipe = u32::try_from(id).map_err(|_| malformed(format!("pipe id {id}")))?;
+                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write })
+                            }
+                            FdKind::Fifo { path, .. } => {
+                                return Err(malformed(format!("named FIFO {} is not supported", path_of(&path))));
+                            }
+                        };
+                        let idx = match ofds.get(&f.ofd) {
+                            Some(&i) => i,
+                            None => {
+                                st.files.push(OpenFile { flags, kind });
+                                let i = u32::try_from(st.files.len() - 1).unwrap_or(u32::MAX);
+                                ofds.insert(f.ofd, i);
+                                i
+                            }
+                        };
+                        p.fds.push(Fd { fd: f.fd, file: idx, cloexec: f.fd_flags & 1 != 0 });
+                    }
+                    _ => {
+                        let pg = rec.pages()?;
+                        st.pages += u64::from(pg.pages);
+                    }
+                }
+            }
+            Kind::Header | Kind::Trailer => {}
+        }
+    }
+    // Pipes by id; every pipe an fd names must have its data record.
+    let max = pipes.keys().next_back().map_or(0, |k| k + 1);
+    for id in 0..max {
+        let data = pipes.remove(&id).ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
+        st.pipes.push(PipeState { inode: id, size: 0, data });
+    }
+    for f in &st.files {
+        if let FileKind::Pipe { pipe, .. } = f.kind {
+            if pipe as usize >= st.pipes.len() {
+                return Err(malformed(format!("an fd names pipe {pipe}, which has no data record")));
+            }
+        }
+    }
+    Ok(st)
+}
