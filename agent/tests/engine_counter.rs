@@ -116,3 +116,28 @@ fn leave_running_keeps_the_counter_and_restore_refuses_its_pid() {
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want, "the dump did not disturb the counter");
 }
+
+#[test]
+fn counter_through_the_ab_store() {
+    become_subreaper();
+    let dir = scratch("counter-store");
+    let bin = compile(&dir, "counter", COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let store = dir.join("store.bin");
+    let s = store.to_string_lossy().into_owned();
+    let pid = spawn(&bin, &["30"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("three numbers", || lines(&out).len() >= 3);
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--store", &s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let n = numbers(&out).len() as u64;
+    let o = torpor(&["restore", "--store", &s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for("more numbers", || numbers(&out).len() as u64 >= n + 3);
+    kill_and_reap(pid);
+    let all = numbers(&out);
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want);
+}

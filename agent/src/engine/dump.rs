@@ -195,3 +195,17 @@ pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<D
     }
     res
 }
+
+/// Dumps into the newest slot of an A/B store (a partition or a file, created
+/// if missing); the slot becomes the newest image only once written, read
+/// back and verified, and only then is the tree killed.
+pub fn dump_to_store(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+    let sstep = || "store".to_string();
+    let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
+    let w = store.writer().step(sstep)?;
+    dump(root, BufWriter::new(w), after, |bw| {
+        let w = bw.into_inner().map_err(|e| e.into_error()).step(sstep)?;
+        w.commit().step(sstep)?;
+        Ok(())
+    })
+}

@@ -70,6 +70,21 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
     restore(&state, opts, open().step(vstep)?)
 }
 
+/// Restores the newest valid image of the store at `path`.
+pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
+    let vstep = || "validate".to_string();
+    let store = crate::store::Store::open(path).step(|| "store".to_string())?;
+    let newest = || -> Result<_, EngineError> {
+        match store.newest().step(|| "store".to_string())? {
+            Some((_, r)) => Ok(BufReader::new(r)),
+            None => Err(refused("store", format!("{} holds no valid image", path.display()))),
+        }
+    };
+    let state = image_io::read_state(newest()?).step(vstep)?;
+    validate(&state, opts)?;
+    restore(&state, opts, newest()?)
+}
+
 /// Checks everything a restore depends on before anything is created.
 pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
     let step = "validate";
