@@ -66,6 +66,7 @@ fn sample() -> Vec<u8> {
         &Fd {
             fd: 1,
             fd_flags: 0,
+            ofd: 0,
             kind: FdKind::Device {
                 path: RawPath::from("/dev/null"),
                 rdev: 0x103,

@@ -198,7 +198,7 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
                 regs: RRegs { arch: Arch::host(), gpr: t.regs.clone(), fpu: t.fpregs.clone() },
                 tls: t.tls,
                 sigmask: t.sigmask,
-                altstack: RAlt { sp: t.altstack.sp, flags: t.altstack.flags.cast_unsigned(), size: t.altstack.size },
+                altstack: RAlt { sp: t.altstack.sp, flags: t.altstack.flags.bits(), size: t.altstack.size },
                 pending: t.pending.iter().map(|r| siginfo(r)).collect(),
                 tid_address: t.tid_address,
                 robust_list: RobustList { head: t.robust_head, len: t.robust_len },
@@ -221,8 +221,8 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             &RVma {
                 start: v.start,
                 end: v.end,
-                prot: v.prot.cast_unsigned(),
-                flags: flags.cast_unsigned(),
+                prot: v.prot.bits(),
+                flags: flags.bits(),
                 offset,
                 kind: vma_kind(v),
                 file,
@@ -356,7 +356,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     }
                     Kind::Vma => {
                         let v: RVma = rec.decode()?;
-                        let shared = v.flags & libc::MAP_SHARED.cast_unsigned() != 0;
+                        let shared = v.flags & libc::MAP_SHARED.bits() != 0;
                         let name = match v.kind {
                             VmaKind::Stack => "[stack]".to_string(),
                             VmaKind::Heap => "[heap]".to_string(),
@@ -385,7 +385,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             end: v.end,
                             prot: v.prot.bits(),
                             shared,
-                            grows_down: v.flags & libc::MAP_GROWSDOWN.cast_unsigned() != 0,
+                            grows_down: v.flags & libc::MAP_GROWSDOWN.bits() != 0,
                             backing,
                             name,
                         });
