@@ -24,6 +24,13 @@ const RLIMIT_NLIMITS: u32 = 16;
 /// Mapping names that the kernel provides and a restore moves into place.
 pub const SPECIAL_MAPPINGS: &[&str] = &["[vdso]", "[vvar]", "[vvar_vclock]", "[sigpage]"];
 
+/// Kernel mappings at a fixed address above the task's reach (the x86_64
+/// vsyscall page, the ARM vector page): the same in every process, never
+/// saved, never touched.
+pub fn is_fixed_kernel_mapping(name: &str) -> bool {
+    name == "[vsyscall]" || name == "[vectors]"
+}
+
 fn word(v: usize) -> u64 {
     v as u64
 }
@@ -59,7 +66,7 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
 
     let mut vmas = Vec::new();
     for m in &maps {
-        if m.name == "[vsyscall]" {
+        if is_fixed_kernel_mapping(&m.name) {
             continue;
         }
         vmas.push(vma_of(pid, m).step(step)?);

@@ -102,7 +102,7 @@ fn dump_memory<W: Write>(
     let mut total = 0u64;
     let batch_pages = (buf.len() / psz) as u64;
     let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
-    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| m.name != "[vsyscall]")) {
+    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| !collect::is_fixed_kernel_mapping(&m.name))) {
         debug_assert_eq!(v.start, m.start);
         if matches!(v.backing, Backing::Special(_)) {
             continue;

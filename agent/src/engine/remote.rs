@@ -50,7 +50,9 @@ impl<'m> Remote<'m> {
     /// `syscall; trap` until the guard is dropped.
     pub fn at_pc(tid: i32, mem: &'m Mem) -> Result<Self, RemoteError> {
         let saved = arch::get_regs(tid)?;
-        let pc = saved.pc();
+        // Word aligned, as A32 code must be (a Thumb pc may be 2-aligned);
+        // the bytes are put back, so where exactly does not matter.
+        let pc = saved.pc() & !3;
         let mut orig = [0u8; 8];
         mem.read(RemotePtr::<u8>::new(pc), &mut orig)?;
         let saved_mask = ptrace::get_sigmask(tid)?;
@@ -143,7 +145,9 @@ impl<'m> Remote<'m> {
                 err: std::io::Error::from_raw_os_error(errno),
             });
         }
-        Ok(r.bits())
+        // A native word: on 32-bit ARM an address above 2 GiB comes back
+        // sign-extended from r0 and must not keep the high bits.
+        Ok(r.bits() & usize::MAX as u64)
     }
 
     /// Runs the parasite at `entry` with its argument area at `args` and the

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use torpor_parasite::KSigaction;
 
 use crate::arch::{self, nr, Regs};
-use crate::engine::collect::SPECIAL_MAPPINGS;
+use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
 use crate::engine::image_io::{self, ImageState};
 use crate::image::{ImageReader, Kind};
 use crate::engine::procfs;
@@ -666,7 +666,7 @@ fn map_process<'a>(p: &'a ProcessState) -> Result<Rebuild<'a>, Cause> {
         }
         // Unmap torpor's image in the child, keeping the kernel's specials.
         for m in &current {
-            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || m.name == "[vsyscall]" {
+            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) {
                 continue;
             }
             r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
