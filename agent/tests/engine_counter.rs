@@ -44,6 +44,20 @@ fn counter_continues_after_restore_with_same_pid() {
     assert!(alive(pid), "restored counter runs with pid {pid}");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
     assert_eq!(exe, bin);
+    let mut fds: Vec<(i32, std::path::PathBuf)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?))
+        })
+        .collect();
+    fds.sort();
+    let null = std::path::PathBuf::from("/dev/null");
+    assert_eq!(fds, vec![(0, null.clone()), (1, out.clone()), (2, null)], "exactly the original fds");
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/1")).expect("fdinfo");
+    let pos: u64 = info.lines().find_map(|l| l.strip_prefix("pos:")).expect("pos").trim().parse().expect("number");
+    let len = std::fs::metadata(&out).expect("out").len();
+    assert!(pos == len || pos + 4 >= len, "stdout offset {pos} continues at the end of {len} bytes");
     wait_for("five more numbers", || numbers(&out).len() as u64 >= last + 6);
     kill_and_reap(pid);
 

@@ -219,4 +219,5 @@ pub mod nr {
     pub const RT_TGSIGQUEUEINFO: i64 = 363;
     pub const RSEQ: i64 = 398;
     pub const CLONE3: i64 = 435;
+    pub const CLOSE_RANGE: i64 = 436;
 }

@@ -240,4 +240,5 @@ pub mod nr {
     pub const RT_TGSIGQUEUEINFO: i64 = 297;
     pub const RSEQ: i64 = 334;
     pub const CLONE3: i64 = 435;
+    pub const CLOSE_RANGE: i64 = 436;
 }

@@ -630,7 +630,7 @@ fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
-fn map_process<'a>(p: &'a ProcessState) -> Result<Rebuild<'a>, Cause> {
+fn map_process<'a>(p: &'a ProcessState, high_fd: i32) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
@@ -664,6 +664,9 @@ fn map_process<'a>(p: &'a ProcessState) -> Result<Rebuild<'a>, Cause> {
             const RSEQ_FLAG_UNREGISTER: u64 = 1;
             r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
         }
+        // torpor's descriptors above the task's own: the report pipe may
+        // still be open if the task was stopped right after reporting.
+        r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
         // Unmap torpor's image in the child, keeping the kernel's specials.
         for m in &current {
             if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) {
@@ -938,7 +941,7 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
 
 /// Streams the page records of the image into the tasks, rebuilding each
 /// task's mappings when its record comes.
-fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Result<RestoreStats, EngineError> {
+fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created, high_fd: i32) -> Result<RestoreStats, EngineError> {
     let rstep = || "read image".to_string();
     let mut rd = ImageReader::new(image).step(rstep)?;
     let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
@@ -962,7 +965,7 @@ fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created) -> Res
                 }
                 let p = st.processes.get(idx).ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
-                cur = Some(map_process(p).step(|| format!("map memory {}", p.pid))?);
+                cur = Some(map_process(p, high_fd).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
                 let info = rec.decode_pages_into(&mut buf).step(rstep)?;
@@ -986,6 +989,7 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
     let objs = open_objects(st, opts)?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
+    let high_fd = objs.high;
     drop(objs);
     let step = || "seize tasks".to_string();
     for p in &st.processes {
@@ -1002,7 +1006,7 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
             }
         }
     }
-    let stats = rebuild_all(st, image, &mut created)?;
+    let stats = rebuild_all(st, image, &mut created, high_fd)?;
     for &tid in &created.traced {
         ptrace::detach(tid).step(|| "detach".to_string())?;
     }
