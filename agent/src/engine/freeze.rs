@@ -10,6 +10,30 @@ use crate::engine::procfs;
 use crate::engine::ptrace::{self, PtraceError, Stop};
 use crate::engine::{Cause, EngineError, StepExt};
 
+/// A failed freeze, and whether trying again may succeed.
+#[derive(Debug)]
+struct FreezeFailure {
+    error: EngineError,
+    transient: bool,
+}
+
+impl FreezeFailure {
+    /// A vanished task is transient unless it is the root.
+    fn of(error: EngineError, not_root: bool) -> Self {
+        let died = matches!(error.cause, Cause::Ptrace(PtraceError::TaskDied(_)));
+        FreezeFailure { transient: died && not_root, error }
+    }
+}
+
+/// The task exists and has not exited.
+fn root_alive(root: i32) -> bool {
+    let path = format!("/proc/{root}/stat");
+    procfs::read(&path)
+        .ok()
+        .and_then(|t| procfs::parse_stat(&path, &t).ok())
+        .is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
 #[derive(Debug)]
 pub struct Frozen {
     /// Processes, every parent before its children.
@@ -38,7 +62,24 @@ fn seize_one(tid: i32) -> Result<(), PtraceError> {
 }
 
 impl Frozen {
+    /// Freezes the tree; a descendant that exits meanwhile (gone, or a
+    /// zombie its frozen parent cannot reap) makes the tree run again briefly
+    /// and the freeze start over, a few times before giving up.
     pub fn freeze(root: i32) -> Result<Frozen, EngineError> {
+        let mut attempt = 0;
+        loop {
+            match Frozen::freeze_once(root) {
+                Ok(f) => return Ok(f),
+                Err(e) if attempt < 8 && e.transient && root_alive(root) => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5 << attempt.min(4)));
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    fn freeze_once(root: i32) -> Result<Frozen, FreezeFailure> {
         let mut f = Frozen {
             pids: Vec::new(),
             parent: BTreeMap::new(),
@@ -58,21 +99,32 @@ impl Frozen {
                 let stat = procfs::read(&stat_path)
                     .and_then(|t| procfs::parse_stat(&stat_path, &t))
                     .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
-                    .step(step)?;
+                    .step(step)
+                    .map_err(|e| FreezeFailure::of(e, pid != root))?;
                 if stat.state == 'Z' || stat.state == 'X' {
-                    return Err(EngineError {
-                        step: step(),
-                        cause: Cause::Unsupported(format!(
-                            "process {pid} has exited and is not yet reaped (zombie)"
-                        )),
+                    return Err(FreezeFailure {
+                        transient: pid != root,
+                        error: EngineError {
+                            step: step(),
+                            cause: Cause::Unsupported(format!(
+                                "process {pid} has exited and is not yet reaped (zombie)"
+                            )),
+                        },
                     });
                 }
                 let tids = procfs::threads(pid)
                     .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
-                    .step(step)?;
+                    .step(step)
+                    .map_err(|e| FreezeFailure::of(e, pid != root))?;
                 for &tid in &tids {
                     if !f.seized.contains(&tid) {
-                        seize_one(tid).step(step)?;
+                        seize_one(tid).step(step).map_err(|e| {
+                            // An exiting task refuses PTRACE_SEIZE (EPERM).
+                            let exiting = tid != root && !root_alive(tid);
+                            let mut f = FreezeFailure::of(e, tid != root);
+                            f.transient |= exiting;
+                            f
+                        })?;
                         f.seized.push(tid);
                         new += 1;
                     }
@@ -81,7 +133,7 @@ impl Frozen {
                 tids.retain(|t| *t != pid);
                 tids.insert(0, pid);
                 f.threads.insert(pid, tids);
-                for c in procfs::children(pid).step(step)? {
+                for c in procfs::children(pid).step(step).map_err(|e| FreezeFailure::of(e, true))? {
                     f.parent.insert(c, pid);
                     order.push(c);
                 }
