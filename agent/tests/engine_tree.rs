@@ -132,3 +132,62 @@ fn tree_with_pipes_sessions_and_blocked_syscalls() {
     let want: Vec<u64> = (0..seq.len() as u64).collect();
     assert_eq!(seq, want, "every number through the pipe, once, in order");
 }
+
+const SESSIONS: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    setsid();
+    pid_t c = fork();
+    if (c == 0) {
+        pid_t g = fork();
+        if (g == 0) {
+            for (;;) pause();
+        }
+        setsid();
+        printf("g %d\n", g);
+        for (;;) pause();
+    }
+    printf("c %d\n", c);
+    for (;;) pause();
+}
+"#;
+
+/// A grandchild forked before its parent's setsid stays in the old session;
+/// the restore forks it before the parent's setsid again.
+#[test]
+fn sessions_left_behind_by_setsid_come_back() {
+    become_subreaper();
+    let dir = scratch("sessions");
+    let bin = compile(&dir, "sessions", SESSIONS, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("sessions.img");
+    let root = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(root);
+    wait_for("pids", || lines(&out).len() >= 2);
+    let get = |k: &str| -> i32 {
+        lines(&out).iter().find_map(|l| l.strip_prefix(k).map(|v| v.parse().expect("pid"))).expect("pid line")
+    };
+    let (c, g) = (get("c "), get("g "));
+    reaper.add(c);
+    reaper.add(g);
+    wait_for("the child's own session", || stat_of(c).2 == c);
+    let before: Vec<(i32, i32, i32)> = [root, c, g].iter().map(|p| stat_of(*p)).collect();
+    assert_eq!(before[2].2, root, "grandchild in the root's session");
+    assert_eq!(before[1].2, c, "child leads its own session");
+
+    dump(root, &img, &[]);
+    for p in [root, c, g] {
+        assert_eq!(reap(p), libc::SIGKILL);
+    }
+    restore(&img);
+    let after: Vec<(i32, i32, i32)> = [root, c, g].iter().map(|p| stat_of(*p)).collect();
+    assert_eq!(&after[1..], &before[1..], "child and grandchild: parent, group, session");
+    assert_eq!((after[0].1, after[0].2), (before[0].1, before[0].2), "root: group and session");
+    kill_and_reap(root);
+    kill_and_reap(c);
+    kill_and_reap(g);
+}

@@ -377,41 +377,53 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
 
 fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
     let p = &st.processes[idx];
-    let parent = st.processes.iter().find(|q| q.pid == p.ppid);
+    let fork_children = |early: bool| -> Result<(), String> {
+        for (ci, c) in st.processes.iter().enumerate() {
+            if c.ppid != p.pid || ci == idx {
+                continue;
+            }
+            // A child still in the session this task had before its setsid
+            // must be forked before it.
+            let keeps_old_session = c.sid != p.sid && c.sid != c.pid;
+            if keeps_old_session != early {
+                continue;
+            }
+            match fork_with_pid(c.pid) {
+                Ok(0) => task_main(st, ci, objs, report_fd),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    };
+    fork_children(true)?;
     // SAFETY (all libc calls below): plain syscalls on integers or on C
     // strings that live across the call.
     if p.sid == p.pid {
-        // SAFETY: a plain syscall on integers or live C strings.
+        // SAFETY: see above.
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", last_os()));
         }
-    } else if let Some(par) = parent {
-        if par.sid != p.sid {
-            return Err(format!("session {} is neither its own nor its parent's", p.sid));
+    } else if idx != 0 {
+        // SAFETY: see above.
+        let now = unsafe { libc::getsid(0) };
+        if now != p.sid {
+            return Err(format!("cannot join session {} (it is in session {now})", p.sid));
         }
     }
     if p.pgid == p.pid && p.sid != p.pid {
-        // SAFETY: a plain syscall on integers or live C strings.
+        // SAFETY: see above.
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(format!("setpgid: {}", last_os()));
         }
-    // SAFETY: a plain syscall on integers or live C strings.
-    } else if p.pgid != unsafe { libc::getpgid(0) } && parent.is_some() && p.sid != p.pid {
-        // SAFETY: a plain syscall on integers or live C strings.
+    // SAFETY: see above.
+    } else if idx != 0 && p.sid != p.pid && p.pgid != unsafe { libc::getpgid(0) } {
+        // SAFETY: see above.
         if unsafe { libc::setpgid(0, p.pgid) } < 0 {
             return Err(format!("joining process group {}: {}", p.pgid, last_os()));
         }
     }
-    for (ci, c) in st.processes.iter().enumerate() {
-        if c.ppid != p.pid || ci == idx {
-            continue;
-        }
-        match fork_with_pid(c.pid) {
-            Ok(0) => task_main(st, ci, objs, report_fd),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    fork_children(false)?;
     // Descriptors at their numbers.
     let mut targets: Vec<i32> = Vec::new();
     for f in &p.fds {
