@@ -202,3 +202,71 @@ fn every_memory_kind_comes_back_byte_exact() {
     assert_eq!(&after[200..221], b"written-after-restore", "the shared mapping is the file");
     assert_eq!(std::fs::read(&data).expect("data"), content, "private writes never reach the file");
 }
+
+const SHARED: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    volatile unsigned long *shm = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    memset((void *)shm, 0x5a, 2 * 4096);
+    shm[0] = 0;
+    shm[600] = 0;
+    pid_t c = fork();
+    if (c == 0) {
+        /* The child publishes a count the parent prints. */
+        for (unsigned long i = 1;; i++) {
+            shm[600] = i;
+            while (shm[0] != i) usleep(500);
+        }
+    }
+    for (;;) {
+        unsigned long v = shm[600];
+        if (v != shm[0]) {
+            printf("%lu %s\n", v, ((unsigned char *)shm)[4096 + 17] == 0x5a ? "ok" : "FAIL");
+            shm[0] = v;
+        }
+        usleep(2000);
+    }
+}
+"#;
+
+/// A shared anonymous mapping between a parent and its child stays one
+/// object after restore: the child's writes reach the parent.
+#[test]
+fn shared_memory_between_processes_stays_shared() {
+    become_subreaper();
+    let dir = scratch("shared-mem");
+    let bin = compile(&dir, "shared", SHARED, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("shared.img");
+    let root = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(root);
+    wait_for("a few handshakes", || lines(&out).len() >= 5);
+    let child: i32 = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).expect("children").trim().parse().expect("one child");
+    reaper.add(child);
+    // Twice: the second dump sees the object as the memfd the first
+    // restore made.
+    for _ in 0..2 {
+        dump(root, &img, &[]);
+        assert_eq!(reap(root), libc::SIGKILL);
+        assert_eq!(reap(child), libc::SIGKILL);
+        let n = lines(&out).len();
+        restore(&img);
+        wait_for("handshakes through the restored mapping", || lines(&out).len() >= n + 20);
+    }
+    kill_and_reap(root);
+    kill_and_reap(child);
+    let l = lines(&out);
+    let seq: Vec<u64> = l.iter().map(|x| {
+        let (v, ok) = x.split_once(' ').expect("two fields");
+        assert_eq!(ok, "ok", "object contents intact");
+        v.parse().expect("number")
+    }).collect();
+    let want: Vec<u64> = (1..=seq.len() as u64).collect();
+    assert_eq!(seq, want, "every count handed over once, in order");
+}

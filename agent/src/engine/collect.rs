@@ -139,20 +139,20 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
     let backing = if SPECIAL_MAPPINGS.contains(&m.name.as_str()) {
         Backing::Special(m.name.clone())
     } else if m.inode == 0 {
-        // Anonymous, [heap], [stack], or shared anonymous memory
-        // ("/dev/zero (deleted)" or "/SYSV..." have an inode and are refused
-        // below as deleted files).
+        // Private anonymous, [heap], [stack].
         Backing::Anon
     } else {
         if m.name.ends_with(" (deleted)") {
-            if m.shared && m.name.starts_with("/dev/zero") {
+            // Shared anonymous memory shows as the deleted /dev/zero, or as
+            // the memfd a previous restore recreated it with.
+            if m.shared && (m.name.starts_with("/dev/zero") || m.name.starts_with("/memfd:")) {
                 return Ok(Vma {
                     start: m.start,
                     end: m.end,
                     prot,
                     shared: true,
                     grows_down: m.has_flag("gd"),
-                    backing: Backing::Anon,
+                    backing: Backing::Shm { id: m.inode, offset: m.offset },
                     name: m.name.clone(),
                 });
             }

@@ -59,11 +59,12 @@ pub fn dump<W: Write>(
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
+    let mut shm_done = std::collections::BTreeSet::new();
     for (p, maps) in &procs {
         image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf)?;
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)?;
     }
     let (out, _summary) = w.finish().step(wstep)?;
     commit(out)?;
@@ -79,6 +80,9 @@ fn wanted(v: &Vma, entry: u64) -> bool {
     match &v.backing {
         Backing::Special(_) => false,
         Backing::Anon => entry & (PM_PRESENT | PM_SWAP) != 0,
+        // Shared memory pages may be absent from this process's page table
+        // yet present in the object: read them all, zero pages are dropped.
+        Backing::Shm { .. } => true,
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
         // Private file pages count only once written (copied on write).
@@ -92,6 +96,7 @@ fn dump_memory<W: Write>(
     maps: &[MapEntry],
     w: &mut ImageWriter<W>,
     buf: &mut [u8],
+    shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
 ) -> Result<u64, EngineError> {
     let pid = p.pid;
     let step = || format!("memory {pid}");
@@ -106,6 +111,12 @@ fn dump_memory<W: Write>(
         debug_assert_eq!(v.start, m.start);
         if matches!(v.backing, Backing::Special(_)) {
             continue;
+        }
+        // A shared object is stored once, by the first process mapping it.
+        if let Backing::Shm { id, offset } = v.backing {
+            if !shm_done.insert((id, offset, v.end - v.start)) {
+                continue;
+            }
         }
         let mut addr = v.start;
         while addr < v.end {

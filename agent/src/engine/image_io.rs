@@ -102,7 +102,7 @@ fn vma_kind(v: &Vma) -> VmaKind {
             "[sigpage]" => VmaKind::Sigpage,
             _ => VmaKind::Vectors,
         },
-        Backing::Anon if v.shared => VmaKind::SharedAnon,
+        Backing::Shm { .. } => VmaKind::SharedAnon,
         Backing::Anon if v.name == "[stack]" => VmaKind::Stack,
         Backing::Anon if v.name == "[heap]" => VmaKind::Heap,
         Backing::Anon => VmaKind::Anon,
@@ -214,6 +214,8 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
         }
         let (offset, file) = match &v.backing {
             Backing::File { path, offset, identity } => (*offset, Some(file_id(path, identity))),
+            // The object's inode names it; no path.
+            Backing::Shm { id, offset } => (*offset, Some(FileId { inode: *id, ..Default::default() })),
             _ => (0, None),
         };
         w.record(
@@ -375,7 +377,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 let f = v.file.as_ref().ok_or_else(|| malformed(format!("file mapping at {:#x} names no file", v.start)))?;
                                 Backing::File { path: path_of(&f.path), offset: v.offset, identity: identity_of(f) }
                             }
-                            VmaKind::Anon | VmaKind::SharedAnon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
+                            VmaKind::SharedAnon => {
+                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("shared memory at {:#x} names no object", v.start)))?;
+                                Backing::Shm { id: f.inode, offset: v.offset }
+                            }
+                            VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
                         };
                         if v.start >= v.end {
                             return Err(malformed(format!("empty mapping at {:#x}", v.start)));

@@ -166,12 +166,15 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
 struct Objects {
     /// fd in torpor of each `OpenFile`, all at or above `high`.
     fds: Vec<i32>,
+    /// memfd standing for each shared memory object, by id; inherited by
+    /// every task, so the same number maps it in each.
+    shm: BTreeMap<u64, i32>,
     high: i32,
 }
 
 impl Drop for Objects {
     fn drop(&mut self) {
-        for &fd in &self.fds {
+        for &fd in self.fds.iter().chain(self.shm.values()) {
             // SAFETY: closing fds this struct opened.
             unsafe { libc::close(fd) };
         }
@@ -198,7 +201,31 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     let step = || "open files".to_string();
     let max_target = st.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
     let high = max_target.max(64) + 1;
-    let mut objs = Objects { fds: Vec::new(), high };
+    let mut objs = Objects { fds: Vec::new(), shm: BTreeMap::new(), high };
+    let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
+    for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
+        if let Backing::Shm { id, offset } = v.backing {
+            let e = shm_size.entry(id).or_insert(0);
+            *e = (*e).max(offset + (v.end - v.start));
+        }
+    }
+    for (id, size) in shm_size {
+        // SAFETY: memfd_create with a static C string.
+        let fd = unsafe { libc::memfd_create(c"torpor-shm".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(last_os()).step(step);
+        }
+        let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+        // SAFETY: sizing the memfd just created.
+        if unsafe { libc::ftruncate(fd, len) } < 0 {
+            let e = last_os();
+            // SAFETY: closing our fd on the error path.
+            unsafe { libc::close(fd) };
+            return Err(e).step(step);
+        }
+        let fd = move_high(fd, high).step(step)?;
+        objs.shm.insert(id, fd);
+    }
     // Each pipe is created once; its first read/write descriptions use the
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
@@ -439,6 +466,8 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         targets.push(f.fd);
     }
     targets.push(report_fd);
+    // Shared memory objects stay until the tracer has mapped them.
+    targets.extend(objs.shm.values());
     targets.sort_unstable();
     let mut next: u32 = 0;
     for &t in &targets {
@@ -528,7 +557,7 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(last_os()).step(step);
     }
-    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len()).unwrap_or(0)).step(step)?;
+    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len() + objs.shm.len()).unwrap_or(0)).step(step)?;
     let root = &st.processes[0];
     let r = fork_with_pid(root.pid);
     match r {
@@ -642,7 +671,7 @@ fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
-fn map_process<'a>(p: &'a ProcessState, high_fd: i32) -> Result<Rebuild<'a>, Cause> {
+fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, i32>) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
@@ -676,9 +705,6 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32) -> Result<Rebuild<'a>, Cau
             const RSEQ_FLAG_UNREGISTER: u64 = 1;
             r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
         }
-        // torpor's descriptors above the task's own: the report pipe may
-        // still be open if the task was stopped right after reporting.
-        r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
         // Unmap torpor's image in the child, keeping the kernel's specials.
         for m in &current {
             if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) {
@@ -688,8 +714,11 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32) -> Result<Rebuild<'a>, Cau
         }
         move_specials(r, p, &current, tramp)?;
         for v in &p.vmas {
-            map_vma(r, &rb.mem, tramp, v)?;
+            map_vma(r, &rb.mem, tramp, v, shm)?;
         }
+        // torpor's descriptors above the task's own (shared memory objects,
+        // and the report pipe if the task stopped right after reporting).
+        r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
         Ok(())
     })?;
     Ok(rb)
@@ -737,7 +766,7 @@ fn move_specials(r: &mut Remote<'_>, p: &ProcessState, current: &[procfs::MapEnt
     Ok(())
 }
 
-fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cause> {
+fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, shm: &BTreeMap<u64, i32>) -> Result<(), Cause> {
     let len = v.end - v.start;
     let fixed = libc::MAP_FIXED_NOREPLACE;
     match &v.backing {
@@ -750,6 +779,12 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
             }
             let (n, a) = arch::mmap_args(v.start, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
             r.syscall("mmap (anonymous)", n, a)?;
+            Ok(())
+        }
+        Backing::Shm { id, offset } => {
+            let fd = *shm.get(id).ok_or_else(|| Cause::Refused(format!("shared memory object {id} was not created")))?;
+            let (n, a) = arch::mmap_args(v.start, len, libc::PROT_READ | libc::PROT_WRITE, fixed | libc::MAP_SHARED, fd, *offset);
+            r.syscall("mmap (shared memory)", n, a)?;
             Ok(())
         }
         Backing::File { path, offset, .. } => {
@@ -798,7 +833,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     let tramp = rb.tramp;
     with_remote(mem, pid, tramp, |r| {
         for v in &p.vmas {
-            if matches!(v.backing, Backing::Anon) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
+            if matches!(v.backing, Backing::Anon | Backing::Shm { .. }) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
                 r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0])?;
             }
         }
@@ -953,7 +988,13 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
 
 /// Streams the page records of the image into the tasks, rebuilding each
 /// task's mappings when its record comes.
-fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created, high_fd: i32) -> Result<RestoreStats, EngineError> {
+fn rebuild_all<R: Read>(
+    st: &ImageState,
+    image: R,
+    created: &mut Created,
+    high_fd: i32,
+    shm: &BTreeMap<u64, i32>,
+) -> Result<RestoreStats, EngineError> {
     let rstep = || "read image".to_string();
     let mut rd = ImageReader::new(image).step(rstep)?;
     let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
@@ -977,7 +1018,7 @@ fn rebuild_all<R: Read>(st: &ImageState, image: R, created: &mut Created, high_f
                 }
                 let p = st.processes.get(idx).ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
-                cur = Some(map_process(p, high_fd).step(|| format!("map memory {}", p.pid))?);
+                cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
                 let info = rec.decode_pages_into(&mut buf).step(rstep)?;
@@ -1002,7 +1043,9 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     let high_fd = objs.high;
-    drop(objs);
+    // torpor keeps only the shared memory numbers (the tasks hold the
+    // objects); everything else is closed here.
+    let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
     for p in &st.processes {
         ptrace::seize(p.pid, 0).step(step)?;
@@ -1018,7 +1061,8 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
             }
         }
     }
-    let stats = rebuild_all(st, image, &mut created, high_fd)?;
+    let stats = rebuild_all(st, image, &mut created, high_fd, &shm)?;
+    drop(objs);
     for &tid in &created.traced {
         ptrace::detach(tid).step(|| "detach".to_string())?;
     }

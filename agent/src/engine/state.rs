@@ -119,8 +119,12 @@ pub struct Creds {
 /// What backs a mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backing {
-    /// Anonymous memory (private, or shared when `Vma::shared`).
+    /// Private anonymous memory (heap, stack, mmap).
     Anon,
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, memfd): one kernel
+    /// object, named by its inode, possibly mapped by several processes of
+    /// the tree; `offset` is where this mapping starts in it.
+    Shm { id: u64, offset: u64 },
     /// A file mapped at `offset`; the identity refuses a changed file.
     File { path: String, offset: u64, identity: FileIdentity },
     /// A kernel-provided mapping moved into place, never copied: `[vdso]`,
