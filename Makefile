@@ -35,3 +35,10 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
 
 test: deps test-host test-arm
+
+# The emulated Pi Zero bench: Debian's rpi kernel on qemu-system-arm -M raspi0,
+# torpor and the test apps in an initramfs, the SD card from the board layout.
+# Downloads are cached in build/cache; see bench/pizero/README.md.
+.PHONY: pizero-test
+pizero-test: deps
+	python3 bench/pizero/bench.py all
