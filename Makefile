@@ -41,4 +41,5 @@ test: deps test-host test-arm
 # Downloads are cached in build/cache; see bench/pizero/README.md.
 .PHONY: pizero-test
 pizero-test: deps
+	python3 -m unittest discover -s bench/pizero -p 'test_*.py'
 	python3 bench/pizero/bench.py all

@@ -33,6 +33,59 @@ REPO = os.path.dirname(os.path.dirname(BENCH_DIR))
 CMDLINE = "console=ttyAMA0 initcall_blacklist=bcm2835_power_driver_init rdinit=/init quiet"
 
 
+def collect_results(lines, apps):
+    """Per app (verdict, message) and its detail lines, from the guest's console.
+
+    An app with no result line failed; a FAIL line wins over an earlier PASS
+    of the same app (e.g. "printed PASS but exited with 1").
+    """
+    results, details = {}, {}
+    for line in lines:
+        m = re.search(r"TORPOR-RESULT (\S+) (PASS|FAIL) ?(.*)", line)
+        if m:
+            app, verdict = m.group(1), m.group(2)
+            if app not in results or (results[app][0] == "PASS" and verdict == "FAIL"):
+                results[app] = (verdict, m.group(3))
+            continue
+        m = re.search(r"TORPOR-DETAIL (\S+) (.*)", line)
+        if m:
+            details.setdefault(m.group(1), []).append(m.group(2))
+    for app in apps:
+        results.setdefault(app, ("FAIL", "no result line from the guest"))
+    return results, details
+
+
+def newest_valid(lines):
+    """(generation, line) of the newest valid slot in a status listing, or None.
+
+    `torpor store status` prints one line per slot, e.g.
+    "slot A: valid generation 3 length 81920 crc 0x1c291ca3 attempts 0 verified yes".
+    """
+    best = None
+    for line in lines:
+        if not re.search(r"(?<![\w-])valid\b", line, re.I):
+            continue
+        m = re.search(r"\bgen(?:eration)?\b[\s:=]*(\d+)", line, re.I)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), line.strip())
+    return best
+
+
+def check_store(before, after, when):
+    """None when `after` still holds the image `before` named, else the failure."""
+    rc, lines = after
+    if rc != 0:
+        return f"{when}: torpor store status exited with {rc}: {' / '.join(lines)}"
+    newest = newest_valid(lines)
+    if newest is None:
+        return f"{when}: no valid image in the store: {' / '.join(lines)}"
+    if newest[0] < before[0]:
+        return f"{when}: newest generation {newest[0]} is older than {before[0]}"
+    if before[1] not in (line.strip() for line in lines):
+        return f"{when}: the previous image changed: was '{before[1]}', now {' / '.join(lines)}"
+    return None
+
+
 class Outcome:
     """One line of the final summary."""
 
@@ -108,15 +161,26 @@ class Bench:
     # ---- one boot ---------------------------------------------------------
 
     def boot(self, mode, power_line=None):
-        self.boots += 1
-        log = os.path.join(self.logs, f"{self.boots:02d}-{mode}.log")
-        b = board.Boot(self.kernel, self.sd, f"bench.mode={mode}", log, power_line)
-        try:
-            m = b.wait_for(r"TORPOR-BENCH-INIT uptime=([\d.]+)", self.opts.boot_timeout,
-                           f"/init on the serial console (boot {self.boots}, {mode})")
-        except board.BoardError:
-            b.kill()
-            raise
+        """Powers the board on and waits for /init; returns the running Boot.
+
+        QEMU's raspi0 kernel boot very rarely stalls before /init; such a
+        power-on is tried once more (both logs are kept) before it fails.
+        """
+        for attempt in (1, 2):
+            self.boots += 1
+            log = os.path.join(self.logs, f"{self.boots:02d}-{mode}.log")
+            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode}", log, power_line)
+            try:
+                m = b.wait_for(r"TORPOR-BENCH-INIT uptime=([\d.]+)", self.opts.boot_timeout,
+                               f"/init on the serial console (boot {self.boots}, {mode})")
+                break
+            except board.BoardError as e:
+                b.__exit__(None, None, None)
+                if attempt == 2 or b.power_cut is not None:
+                    raise
+                print(f"boot {self.boots:2d} ({mode}): {e}; powering on again")
+        if power_line is not None:
+            b.watch_power()
         b.boot_seconds = b.elapsed()
         b.guest_uptime = float(m.group(1))
         print(f"boot {self.boots:2d} ({mode}): shell after {b.boot_seconds:.2f} s "
@@ -135,22 +199,13 @@ class Bench:
         info = {m.group(1): m.group(2) for m in b.matching(r"TORPOR-INFO (\S+) (.*)")}
         for m in b.matching(r"TORPOR-ERROR (.*)"):
             self.record("test", "FAIL", m.group(1))
-        results = {}
-        for m in b.matching(r"TORPOR-RESULT (\S+) (PASS|FAIL) ?(.*)"):
-            app, verdict = m.group(1), m.group(2)
-            # The first failure wins over an earlier PASS line of the same app.
-            if app not in results or (results[app][0] == "PASS" and verdict == "FAIL"):
-                results[app] = (verdict, m.group(3))
-        details = {}
-        for m in b.matching(r"TORPOR-DETAIL (\S+) (.*)"):
-            details.setdefault(m.group(1), []).append(m.group(2))
-
+        results, details = collect_results([line for _, line in b.lines], self.apps)
         protocol = info.get("protocol", "?")
         print(f"\ntorpor in the guest: {info.get('torpor-version', '?')}; protocol: {protocol}")
         width = max([len(a) for a in self.apps] + [3])
         print(f"{'app':<{width}}  result  message")
         for app in self.apps:
-            verdict, message = results.get(app, ("FAIL", "no result line from the guest"))
+            verdict, message = results[app]
             print(f"{app:<{width}}  {verdict:<6}  {message}")
             if verdict != "PASS":
                 for line in details.get(app, []):
@@ -206,36 +261,6 @@ class Bench:
                 raise board.BoardError("QEMU stopped before the guest printed torpor store status")
             b.run_for(0.2)
 
-    @staticmethod
-    def _newest_valid(lines):
-        """(generation, line) of the newest valid slot in a status listing, or None.
-
-        A slot is one line naming its state ("valid") and its generation
-        ("generation N", "gen N" or "generation=N").
-        """
-        best = None
-        for line in lines:
-            if not re.search(r"(?<![\w-])valid\b", line, re.I):
-                continue
-            m = re.search(r"\bgen(?:eration)?\b[\s:=]*(\d+)", line, re.I)
-            if m and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), line.strip())
-        return best
-
-    def _check_store(self, before, after, when):
-        """None when `after` still holds the image `before` named, else the failure."""
-        rc, lines = after
-        if rc != 0:
-            return f"{when}: torpor store status exited with {rc}: {' / '.join(lines)}"
-        newest = self._newest_valid(lines)
-        if newest is None:
-            return f"{when}: no valid image in the store: {' / '.join(lines)}"
-        if newest[0] < before[0]:
-            return f"{when}: newest generation {newest[0]} is older than {before[0]}"
-        if before[1] not in (line.strip() for line in lines):
-            return f"{when}: the previous image changed: was '{before[1]}', now {' / '.join(lines)}"
-        return None
-
     def run_store_cut(self):
         section = "store-cut"
         with self.boot("store-seed") as b:
@@ -253,7 +278,7 @@ class Bench:
                 return
             window = closed[0][0] - opened[0]
             status = self._status(b, 0, 10)
-        before = self._newest_valid(status[1])
+        before = newest_valid(status[1])
         if status[0] != 0 or before is None:
             self.record(section, "FAIL", f"no valid image after a good dump: {' / '.join(status[1])}")
             return
@@ -265,11 +290,11 @@ class Bench:
             delay = rng.uniform(0, window)
             with self.boot("store-cut") as b:
                 status = self._status(b, 0, 60 + self.opts.torpor_timeout)
-                failure = self._check_store(before, status, when)
+                failure = check_store(before, status, when)
                 if failure is not None:
                     self.record(section, "FAIL", failure)
                     return
-                before = self._newest_valid(status[1])
+                before = newest_valid(status[1])
                 b.wait_for(r"TORPOR-CUT-WINDOW-OPEN", 60, "the store write")
                 b.run_for(delay)
                 done = any("TORPOR-CUT-WINDOW-CLOSED" in line for _, line in b.lines)
@@ -279,7 +304,7 @@ class Bench:
                   f"{'after it had finished' if done else 'while it was in progress'}")
         with self.boot("store-check") as b:
             status = self._status(b, 0, 60 + self.opts.torpor_timeout)
-        failure = self._check_store(before, status, when)
+        failure = check_store(before, status, when)
         if failure is not None:
             self.record(section, "FAIL", failure)
             return
@@ -312,7 +337,7 @@ def main(argv):
     p.add_argument("--power-active-low", action="store_true", help="the power line cuts when driven low")
     p.add_argument("--cuts", type=int, default=4, help="power cuts inside store writes (store-cut)")
     p.add_argument("--seed", type=int, default=None, help="random seed for the cut moments")
-    p.add_argument("--boot-timeout", type=int, default=120, help="seconds from QEMU start to /init")
+    p.add_argument("--boot-timeout", type=int, default=60, help="seconds from QEMU start to /init")
     p.add_argument("--torpor-timeout", type=int, default=120, help="seconds allowed per torpor command")
     opts = p.parse_args(argv)
     if opts.seed is None:

@@ -4,10 +4,14 @@ console read line by line, and the power switch (killing QEMU).
 Every wait is bounded. A boot that stops talking is a failure, never a hang.
 """
 
+import json
 import os
 import re
 import select
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 
 # BCM2835 GPIO output registers as the ARM sees them (bus 0x7e2000xx).
@@ -72,8 +76,14 @@ class Boot:
             "-serial", "stdio", "-display", "none", "-monitor", "none",
             "-no-reboot",
         ]
+        self._qmp_dir = None
         if power_line is not None:
-            args += ["-trace", "memory_region_ops_write"]
+            # The MMIO write trace is switched on over QMP once /init runs:
+            # traced from power-on, the kernel's early boot sometimes hangs
+            # under raspi0, and the power line is driven from user space only.
+            self._qmp_dir = tempfile.mkdtemp(prefix="torpor-qmp-")
+            self._qmp_path = os.path.join(self._qmp_dir, "qmp.sock")
+            args += ["-qmp", f"unix:{self._qmp_path},server=on,wait=off"]
         self.args = args
         self._log = open(log_path, "w", encoding="utf-8", errors="replace")
         self._log.write("# " + " ".join(args) + "\n")
@@ -90,6 +100,44 @@ class Boot:
     def __exit__(self, *exc):
         self.kill()
         self._log.close()
+        if self._qmp_dir is not None:
+            shutil.rmtree(self._qmp_dir, ignore_errors=True)
+
+    def watch_power(self, timeout=10):
+        """Starts watching the power line: turns QEMU's MMIO write trace on."""
+        if self._qmp_dir is None:
+            raise BoardError("this boot was started without a power line to watch")
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+            qmp.settimeout(timeout)
+            qmp.connect(self._qmp_path)
+            stream = qmp.makefile("rwb")
+
+            def reply():
+                # Skip asynchronous events; the greeting and answers are not events.
+                while time.monotonic() < deadline:
+                    line = stream.readline()
+                    if not line:
+                        raise BoardError("QMP closed the connection")
+                    msg = json.loads(line)
+                    if "event" not in msg:
+                        return msg
+                raise BoardError(f"QMP gave no answer within {timeout} s")
+
+            def execute(command, **arguments):
+                req = {"execute": command}
+                if arguments:
+                    req["arguments"] = arguments
+                stream.write(json.dumps(req).encode() + b"\n")
+                stream.flush()
+                msg = reply()
+                if "return" not in msg:
+                    raise BoardError(f"QMP {command} failed: {msg}")
+
+            reply()  # greeting
+            execute("qmp_capabilities")
+            execute("trace-event-set-state", name="memory_region_ops_write", enable=True)
+        self._log.write(f"{self.elapsed():8.3f} [bench] watching {self.power_line.describe()}\n")
 
     def elapsed(self):
         return time.monotonic() - self.start

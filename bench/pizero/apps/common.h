@@ -2,11 +2,11 @@
  * The test-app protocol shared by every app the bench runs:
  *   - the app starts in a fresh working directory W, stdout and stderr go to
  *     W/app.log;
- *   - it sets up its state, then prints "READY" on a line of its own;
+ *   - it sets up its state, then prints "READY <name>";
  *   - it waits (polling, so a checkpoint can land at any moment) until the
  *     file W/go exists;
  *   - it verifies every property it set up and prints "PASS <name>" or
- *     "FAIL <name> <what differed>", exiting 0 or 1.
+ *     "FAIL <name>: <what differed>", exiting 0 or 1.
  */
 #ifndef PZ_APP_COMMON_H
 #define PZ_APP_COMMON_H
@@ -16,11 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
-static void app_ready(void)
+static void app_ready(const char *name)
 {
 	/* stdout may be a file: make each protocol line reach it at once. */
 	setvbuf(stdout, NULL, _IONBF, 0);
-	printf("READY\n");
+	printf("READY %s\n", name);
 }
 
 static void app_wait_for_go(void)
@@ -37,7 +37,7 @@ static void app_wait_for_go(void)
 
 #define APP_FAIL(name, ...)                     \
 	do {                                    \
-		printf("FAIL %s ", (name));     \
+		printf("FAIL %s: ", (name));    \
 		printf(__VA_ARGS__);            \
 		printf("\n");                   \
 		return 1;                       \

@@ -42,7 +42,7 @@ int main(void)
 	    lseek(fd, FILE_OFFSET, SEEK_SET) != FILE_OFFSET)
 		APP_FAIL(NAME, "cannot prepare data: %s", strerror(errno));
 
-	app_ready();
+	app_ready(NAME);
 	app_wait_for_go();
 
 	if (getpid() != pid)

@@ -39,7 +39,7 @@ int main(void)
 	if (pipe(fds) < 0 || write(fds[1], msg, sizeof(msg)) != (ssize_t)sizeof(msg))
 		APP_FAIL(NAME, "cannot fill pipe: %s", strerror(errno));
 
-	app_ready();
+	app_ready(NAME);
 	app_wait_for_go();
 
 	if (sigaction(SIGUSR1, NULL, &now) < 0 || now.sa_handler != on_usr1)

@@ -114,7 +114,7 @@ stop_app() {
 run_app() {
     app=$1 protocol=$2
     start_app "$app"
-    if ! wait_for_line "$W/app.log" '^READY$' "$BENCH_READY_TIMEOUT"; then
+    if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
         result "$app" FAIL "no READY within ${BENCH_READY_TIMEOUT}s"
         details "$app" "$W/app.log"
         stop_app
@@ -221,7 +221,7 @@ store_status() {
 store_write() {
     app=${BENCH_APPS%% *}
     start_app "$app"
-    if ! wait_for_line "$W/app.log" '^READY$' "$BENCH_READY_TIMEOUT"; then
+    if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
         error "$app printed no READY within ${BENCH_READY_TIMEOUT}s"
         stop_app
         return 1

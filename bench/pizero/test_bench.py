@@ -1,0 +1,107 @@
+"""Unit tests of the bench's host side: layout, power line, console parsing.
+
+    python3 -m unittest discover -s bench/pizero -p 'test_*.py'
+"""
+
+import os
+import unittest
+
+import bench
+import board
+import build
+
+TRACE_SET17 = ("memory_region_ops_write cpu 0 mr 0x7f0e30f793d0 addr 0x2020001c "
+               "value 0x20000 size 4 name 'bcm2835_gpio'")
+SLOT_A3 = "slot A: valid generation 3 length 81920 crc 0x1c291ca3 attempts 0 verified yes"
+SLOT_B2 = "slot B: valid generation 2 length 81920 crc 0x00c0ffee attempts 0 verified yes"
+SLOT_B4 = "slot B: valid generation 4 length 90112 crc 0x0badf00d attempts 0 verified yes"
+
+
+class LayoutTest(unittest.TestCase):
+    def test_board_layout(self):
+        with open(os.path.join(bench.REPO, "board", "raspberrypi0", "genimage.cfg.in")) as f:
+            layout = build.Layout(f.read())
+        self.assertEqual([p[0] for p in layout.partitions], ["boot", "rootfs", "torpor"])
+        self.assertEqual(layout.number("torpor"), 3)
+        self.assertEqual(layout.size("torpor"), 1040 << 20)
+        self.assertEqual(layout.partitions[0][1], 0x0C)
+        self.assertEqual(layout.partitions[2][1], 0xDA)
+
+    def test_unknown_partition_is_an_error(self):
+        layout = build.Layout("image sd.img {\n hdimage {\n }\n partition boot {\n size = 4M\n }\n}\n")
+        with self.assertRaisesRegex(build.BuildError, "no partition named torpor"):
+            layout.number("torpor")
+
+    def test_partitions_outside_the_table_are_not_numbered(self):
+        layout = build.Layout("image sd.img {\n hdimage {\n }\n"
+                              " partition loader {\n in-partition-table = false\n }\n"
+                              " partition torpor {\n partition-type = 0xDA\n size = 2G\n }\n}\n")
+        self.assertEqual(layout.number("torpor"), 1)
+        self.assertEqual(layout.size("torpor"), 2 << 30)
+
+
+class PowerLineTest(unittest.TestCase):
+    def test_active_high_cuts_on_gpset0_bit(self):
+        line = board.PowerLine(17)
+        self.assertTrue(line.cuts_power(board.GPSET0, 1 << 17))
+        self.assertTrue(line.cuts_power(board.GPSET0, (1 << 17) | 1))
+        self.assertFalse(line.cuts_power(board.GPSET0, 1 << 18))
+        self.assertFalse(line.cuts_power(board.GPCLR0, 1 << 17))
+
+    def test_active_low_cuts_on_gpclr0_bit(self):
+        line = board.PowerLine(4, active_high=False)
+        self.assertTrue(line.cuts_power(board.GPCLR0, 1 << 4))
+        self.assertFalse(line.cuts_power(board.GPSET0, 1 << 4))
+
+    def test_line_outside_bank0_is_refused(self):
+        with self.assertRaises(ValueError):
+            board.PowerLine(32)
+
+    def test_trace_line_is_parsed(self):
+        m = board._MMIO_WRITE.search(TRACE_SET17)
+        self.assertEqual((int(m.group(1), 16), int(m.group(2), 16)), (0x2020001C, 0x20000))
+        self.assertTrue(board.PowerLine(17).cuts_power(int(m.group(1), 16), int(m.group(2), 16)))
+
+
+class ResultsTest(unittest.TestCase):
+    def test_results_and_details(self):
+        lines = ["[    3.1] noise", "TORPOR-RESULT counter PASS checkpoint",
+                 "TORPOR-RESULT memory FAIL FAIL memory: byte 4096 is 0x00, expected 0x5a",
+                 "TORPOR-DETAIL memory torpor: error: restore failed"]
+        results, details = bench.collect_results(lines, ["counter", "memory", "threads"])
+        self.assertEqual(results["counter"], ("PASS", "checkpoint"))
+        self.assertEqual(results["memory"], ("FAIL", "FAIL memory: byte 4096 is 0x00, expected 0x5a"))
+        self.assertEqual(results["threads"], ("FAIL", "no result line from the guest"))
+        self.assertEqual(details, {"memory": ["torpor: error: restore failed"]})
+
+    def test_later_fail_wins_over_pass(self):
+        lines = ["TORPOR-RESULT counter PASS control",
+                 "TORPOR-RESULT counter FAIL printed PASS but exited with 1"]
+        results, _ = bench.collect_results(lines, ["counter"])
+        self.assertEqual(results["counter"], ("FAIL", "printed PASS but exited with 1"))
+
+
+class StoreCheckTest(unittest.TestCase):
+    def test_newest_valid(self):
+        self.assertEqual(bench.newest_valid([SLOT_A3, SLOT_B2]), (3, SLOT_A3))
+        self.assertIsNone(bench.newest_valid(["slot A: blank verified no", "slot B: blank verified no"]))
+        self.assertIsNone(bench.newest_valid(["slot A: invalid generation 9"]))
+
+    def test_previous_image_intact(self):
+        before = (3, SLOT_A3)
+        self.assertIsNone(bench.check_store(before, (0, [SLOT_A3, "slot B: blank verified no"]), "cut 1"))
+        # The write finished before the cut: a newer image, the old one untouched.
+        self.assertIsNone(bench.check_store(before, (0, [SLOT_A3, SLOT_B4]), "cut 1"))
+
+    def test_damaged_previous_image_fails(self):
+        before = (3, SLOT_A3)
+        damaged = "slot A: damaged verified no (header crc mismatch)"
+        self.assertIn("older than 3", bench.check_store(before, (0, [damaged, SLOT_B2]), "cut 1"))
+        changed = SLOT_A3.replace("verified yes", "verified no")
+        self.assertIn("previous image changed", bench.check_store(before, (0, [changed]), "cut 1"))
+        self.assertIn("exited with 1", bench.check_store(before, (1, []), "cut 1"))
+        self.assertIn("no valid image", bench.check_store(before, (0, [damaged]), "cut 1"))
+
+
+if __name__ == "__main__":
+    unittest.main()
