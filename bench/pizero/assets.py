@@ -101,6 +101,9 @@ class Assets:
         if not dtbs:
             raise AssetError(f"no bcm2835-rpi-zero.dtb for {self.release} in {kernel_tree}")
         self.dtb = dtbs[0]
+        self.modules = os.path.join(kernel_tree, "lib", "modules", self.release)
+        if not os.path.isdir(self.modules):
+            raise AssetError(f"no lib/modules/{self.release} in {kernel_tree}")
         self.busybox = os.path.join(busybox_tree, "bin", "busybox")
         if not os.path.exists(self.busybox):
             raise AssetError(f"no bin/busybox in {busybox_tree}")

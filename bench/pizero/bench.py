@@ -145,6 +145,7 @@ class Bench:
             "BENCH_PROTOCOL": self.opts.protocol,
             "BENCH_STORE": f"/dev/mmcblk0p{store_part}",
             "BENCH_STORE_SECTORS": str(store_bytes // build.SECTOR),
+            "BENCH_DATA": f"/dev/mmcblk0p{layout.number('rootfs')}",
             "BENCH_POWER_CHIP": "/dev/gpiochip0",
             "BENCH_POWER_LINE": str(self.power.line),
             "BENCH_POWER_ACTIVE": "1" if self.power.active_high else "0",

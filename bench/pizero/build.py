@@ -207,6 +207,44 @@ def sd_card(repo, assets, cmdline, work, log):
     return image, layout, dump
 
 
+# The rootfs partition is ext4, a module in Debian's rpi kernel; crc32c is
+# requested by name at mount time (metadata checksums), so it is loaded too.
+DATA_MODULES = ("ext4", "crc32c_generic")
+
+
+def kernel_modules(module_root, wanted):
+    """Paths of `wanted` modules and their dependencies, in load order.
+
+    The dependencies come from each module's .modinfo `depends=` field, so
+    neither depmod nor modules.dep is needed.
+    """
+    paths = {}
+    for dirpath, _, filenames in os.walk(module_root):
+        for name in filenames:
+            if name.endswith(".ko"):
+                paths[name[:-3].replace("-", "_")] = os.path.join(dirpath, name)
+    order = []
+
+    def visit(name, chain):
+        name = name.replace("-", "_")
+        if name in order:
+            return
+        if name in chain:
+            raise BuildError(f"kernel module dependency loop: {' -> '.join(chain + [name])}")
+        if name not in paths:
+            raise BuildError(f"kernel module {name} is not in {module_root}")
+        with open(paths[name], "rb") as f:
+            deps = re.findall(rb"depends=([^\x00]*)\x00", f.read())
+        for dep in (deps[0].decode().split(",") if deps else []):
+            if dep:
+                visit(dep, chain + [name])
+        order.append(name)
+
+    for name in wanted:
+        visit(name, [])
+    return [paths[name] for name in order]
+
+
 def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
     """The gzip'd newc cpio the kernel unpacks as /; returns its path."""
     stage = os.path.join(work, "initramfs")
@@ -221,6 +259,11 @@ def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
         shutil.copy(path, os.path.join(stage, "bench", "apps", name))
     for name, path in tools.items():
         shutil.copy(path, os.path.join(stage, "bench", "tools", name))
+    modules = kernel_modules(assets.modules, DATA_MODULES)
+    os.makedirs(os.path.join(stage, "lib", "modules"))
+    for path in modules:
+        shutil.copy(path, os.path.join(stage, "lib", "modules", os.path.basename(path)))
+    conf = dict(conf, BENCH_MODULES=" ".join(os.path.basename(p) for p in modules))
     with open(os.path.join(stage, "bench", "bench.conf"), "w", encoding="utf-8") as f:
         for key, value in conf.items():
             f.write(f"{key}='{value}'\n")

@@ -4,6 +4,7 @@
 """
 
 import os
+import tempfile
 import unittest
 
 import bench
@@ -38,6 +39,33 @@ class LayoutTest(unittest.TestCase):
                               " partition torpor {\n partition-type = 0xDA\n size = 2G\n }\n}\n")
         self.assertEqual(layout.number("torpor"), 1)
         self.assertEqual(layout.size("torpor"), 2 << 30)
+
+
+class KernelModulesTest(unittest.TestCase):
+    def _module(self, root, rel, depends):
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"\x7fELF...license=GPL\x00depends=" + depends + b"\x00name=x\x00")
+
+    def test_dependencies_load_first(self):
+        with tempfile.TemporaryDirectory() as root:
+            self._module(root, "fs/ext4/ext4.ko", b"jbd2,mbcache,crc16")
+            self._module(root, "fs/jbd2/jbd2.ko", b"")
+            self._module(root, "fs/mbcache.ko", b"")
+            self._module(root, "lib/crc16.ko", b"")
+            self._module(root, "crypto/crc32c_generic.ko", b"")
+            order = [os.path.basename(p) for p in build.kernel_modules(root, ["ext4", "crc32c_generic"])]
+        self.assertEqual(order, ["jbd2.ko", "mbcache.ko", "crc16.ko", "ext4.ko", "crc32c_generic.ko"])
+
+    def test_missing_module_and_loop_are_errors(self):
+        with tempfile.TemporaryDirectory() as root:
+            self._module(root, "a.ko", b"b")
+            with self.assertRaisesRegex(build.BuildError, "kernel module b is not in"):
+                build.kernel_modules(root, ["a"])
+            self._module(root, "b.ko", b"a")
+            with self.assertRaisesRegex(build.BuildError, "dependency loop: a -> b -> a"):
+                build.kernel_modules(root, ["a"])
 
 
 class PowerLineTest(unittest.TestCase):

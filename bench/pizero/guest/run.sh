@@ -25,7 +25,9 @@
 . /bench/bench.conf
 
 TORPOR=/usr/bin/torpor
-WORK=/run/bench
+# Work directories live on the SD card's rootfs, so an app's cwd and log
+# outlive a power cut, as they would on a real board.
+WORK=/data/bench
 
 info() { echo "TORPOR-INFO $*"; }
 error() { echo "TORPOR-ERROR $*"; }
@@ -90,6 +92,19 @@ wait_for_store() {
         error "store partition $BENCH_STORE has $sectors sectors, the layout says $BENCH_STORE_SECTORS"
         return 1
     fi
+}
+
+# Mount the rootfs partition at /data (ext4 is a module in this kernel).
+mount_data() {
+    for module in $BENCH_MODULES; do
+        insmod "/lib/modules/$module" || { error "insmod $module failed"; return 1; }
+    done
+    mkdir -p /data
+    if ! mount -t ext4 -o sync "$BENCH_DATA" /data; then
+        error "cannot mount $BENCH_DATA (rootfs) at /data"
+        return 1
+    fi
+    info data "$BENCH_DATA on /data"
 }
 
 has_command() { "$TORPOR" "$@" --help >/dev/null 2>&1; }
@@ -262,8 +277,9 @@ job_store_check() {
     store_status
 }
 
-mkdir -p "$WORK"
 wait_for_store || exit 1
+mount_data || exit 1
+mkdir -p "$WORK"
 case "$1" in
     test) job_test ;;
     gpio) job_gpio ;;
