@@ -228,6 +228,7 @@ class Bench:
             armed = b.elapsed()
             cut = b.wait_power_cut(30)
             survived = b.matching(r"TORPOR-GPIO-SURVIVED")
+            marker = b.matching(r"TORPOR-INFO marker (\S+)")
         if cut is None or survived:
             self.record(section, "FAIL", f"the guest drove {self.power.describe()} but power was not cut")
             return
@@ -236,8 +237,14 @@ class Bench:
               f"to 0x{addr:08x} ({self.power.describe()}); decoy GPIO{self.decoy_line} left power on")
         with self.boot("boot-check") as b:
             b.wait_for(r"TORPOR-BENCH-END mode=boot-check rc=0", 60, "the boot after the cut")
-        self.record(section, "PASS",
-                    f"cut at the {self.power.describe()} write, board booted again on the same SD card")
+            after = b.matching(r"TORPOR-INFO marker (\S*)")
+        if not marker or not after or after[0].group(1) != marker[0].group(1):
+            self.record(section, "FAIL", "the marker written to the SD card before the cut is gone: "
+                        f"wrote {marker[0].group(1) if marker else '?'}, "
+                        f"read {after[0].group(1) if after else '?'}")
+            return
+        self.record(section, "PASS", f"cut at the {self.power.describe()} write; the board booted "
+                    "again on the same SD card with the data written before the cut")
 
     # ---- store-cut: power cuts while the store is written --------------------
 

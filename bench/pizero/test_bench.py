@@ -3,9 +3,13 @@
     python3 -m unittest discover -s bench/pizero -p 'test_*.py'
 """
 
+import argparse
+import io
 import os
+import re
 import tempfile
 import unittest
+from contextlib import redirect_stdout
 
 import bench
 import board
@@ -129,6 +133,104 @@ class StoreCheckTest(unittest.TestCase):
         self.assertIn("previous image changed", bench.check_store(before, (0, [changed]), "cut 1"))
         self.assertIn("exited with 1", bench.check_store(before, (1, []), "cut 1"))
         self.assertIn("no valid image", bench.check_store(before, (0, [damaged]), "cut 1"))
+
+
+
+class FakeBoot:
+    """A boot whose console says what a test scripted."""
+
+    def __init__(self, mode, lines):
+        self.mode = mode
+        self.lines = list(enumerate(lines))
+        self.killed = False
+        self.power_cut = None
+        self.log_path = os.path.join(bench.REPO, "build", "fake.log")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.killed = True
+
+    @property
+    def alive(self):
+        return not self.killed
+
+    def matching(self, pattern):
+        regex = re.compile(pattern)
+        return [m for m in (regex.search(line) for _, line in self.lines) if m]
+
+    def wait_for(self, pattern, timeout, what):
+        found = self.matching(pattern)
+        if not found:
+            raise board.BoardError(f"timed out waiting for {what}")
+        return found[0]
+
+    def run_for(self, seconds):
+        pass
+
+    def kill(self):
+        self.killed = True
+
+
+def status(*slots, rc=0):
+    return ["TORPOR-STATUS-BEGIN", *(f"TORPOR-STATUS {s}" for s in slots), f"TORPOR-STATUS-END rc={rc}"]
+
+
+class StoreCutTest(unittest.TestCase):
+    def run_store_cut(self, script, cuts):
+        opts = argparse.Namespace(work="/nonexistent", power_line=17, power_active_low=False,
+                                  cuts=cuts, seed=7, torpor_timeout=10)
+        b = bench.Bench(opts)
+        boots = iter(script)
+        modes = []
+
+        def fake_boot(mode, power_line=None):
+            modes.append(mode)
+            return FakeBoot(mode, next(boots))
+
+        b.boot = fake_boot
+        with redirect_stdout(io.StringIO()):
+            b.run_store_cut()
+        return b.outcomes, modes
+
+    SEED = ["TORPOR-CUT-WINDOW-OPEN", "TORPOR-CUT-WINDOW-CLOSED rc=0",
+            *status(SLOT_A3, "slot B: blank verified no"), "TORPOR-BENCH-END mode=store-seed rc=0"]
+
+    def test_images_surviving_every_cut_pass(self):
+        script = [self.SEED,
+                  [*status(SLOT_A3, "slot B: blank verified no"), "TORPOR-CUT-WINDOW-OPEN"],
+                  [*status(SLOT_A3, SLOT_B4), "TORPOR-CUT-WINDOW-OPEN"],
+                  [*status(SLOT_A3, SLOT_B4), "TORPOR-BENCH-END mode=store-check rc=0"]]
+        outcomes, modes = self.run_store_cut(script, cuts=2)
+        self.assertEqual(modes, ["store-seed", "store-cut", "store-cut", "store-check"])
+        self.assertEqual([o.verdict for o in outcomes], ["PASS"], outcomes[0].message)
+
+    def test_newest_image_torn_by_a_cut_fails(self):
+        torn = "slot B: damaged verified no (image crc mismatch)"
+        script = [self.SEED,
+                  [*status(SLOT_A3, "slot B: blank verified no"), "TORPOR-CUT-WINDOW-OPEN"],
+                  [*status(SLOT_A3, SLOT_B4), "TORPOR-CUT-WINDOW-OPEN"],
+                  [*status(SLOT_A3, torn), "TORPOR-BENCH-END mode=store-check rc=0"]]
+        outcomes, _ = self.run_store_cut(script, cuts=2)
+        self.assertEqual([o.verdict for o in outcomes], ["FAIL"])
+        self.assertIn("after cut 2", outcomes[0].message)
+        self.assertIn("older than 4", outcomes[0].message)
+
+    def test_torpor_without_dump_is_skipped(self):
+        script = [["TORPOR-SKIP store-seed torpor 0.1.0 has no 'dump' or 'store status' command",
+                   "TORPOR-BENCH-END mode=store-seed rc=0"]]
+        outcomes, modes = self.run_store_cut(script, cuts=3)
+        self.assertEqual(modes, ["store-seed"])
+        self.assertEqual([(o.verdict, o.message) for o in outcomes],
+                         [("SKIP", "torpor 0.1.0 has no 'dump' or 'store status' command")])
+
+    def test_failed_seeding_dump_fails(self):
+        script = [["TORPOR-CUT-WINDOW-OPEN", "TORPOR-CUT-WINDOW-CLOSED rc=1",
+                   "TORPOR-BENCH-END mode=store-seed rc=1"]]
+        outcomes, _ = self.run_store_cut(script, cuts=3)
+        self.assertEqual([o.verdict for o in outcomes], ["FAIL"])
+        self.assertIn("seeding dump into the store failed", outcomes[0].message)
 
 
 if __name__ == "__main__":

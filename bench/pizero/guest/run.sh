@@ -212,8 +212,13 @@ job_test() {
 }
 
 # First a decoy line, which must leave the power on, then the power line.
+# A marker written to the SD card before the cut must be there after it.
 job_gpio() {
     info torpor-version "$("$TORPOR" --version 2>&1)"
+    marker=$(cat /proc/sys/kernel/random/uuid)
+    echo "$marker" >"$WORK/power-cut-marker"
+    sync
+    info marker "$marker"
     /bench/tools/gpio-poke "$BENCH_POWER_CHIP" "$BENCH_DECOY_LINE" "$BENCH_POWER_ACTIVE" 200
     echo "TORPOR-GPIO-DECOY-DONE line=$BENCH_DECOY_LINE"
     echo "TORPOR-GPIO-ARMED line=$BENCH_POWER_LINE value=$BENCH_POWER_ACTIVE"
@@ -253,7 +258,7 @@ store_write() {
 
 store_ready() {
     if ! has_command dump || ! has_command store status; then
-        echo "TORPOR-SKIP $1 torpor $("$TORPOR" --version 2>&1) has no 'dump' or 'store status' command"
+        echo "TORPOR-SKIP $1 $("$TORPOR" --version 2>&1) has no 'dump' or 'store status' command"
         return 1
     fi
 }
@@ -283,7 +288,7 @@ mkdir -p "$WORK"
 case "$1" in
     test) job_test ;;
     gpio) job_gpio ;;
-    boot-check) info uptime "$(cut -d' ' -f1 /proc/uptime)" ;;
+    boot-check) info marker "$(cat "$WORK/power-cut-marker" 2>/dev/null)" ;;
     store-seed) job_store_seed ;;
     store-cut) job_store_cut ;;
     store-check) job_store_check ;;
