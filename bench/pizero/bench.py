@@ -8,11 +8,13 @@
   gpio-cut   the guest drives the power GPIO; the host sees the register
              write, kills QEMU at once (a power cut) and boots the same SD
              card again
+  power-cycle  per app: checkpoint it into the store, cut power at the
+             power-line write, boot again, restore it, let it verify itself
   store-cut  write a good image into the store, then cut power at random
              moments while newer images are written; after every cut the
              store must still hold the previous image intact
   shell      boot to a shell on this terminal
-  all        test, gpio-cut and store-cut (the default)
+  all        test, gpio-cut, power-cycle and store-cut (the default)
 
 Exits 0 when nothing failed. Logs of every boot are in WORK/logs/.
 """
@@ -161,7 +163,7 @@ class Bench:
 
     # ---- one boot ---------------------------------------------------------
 
-    def boot(self, mode, power_line=None):
+    def boot(self, mode, power_line=None, extra=""):
         """Powers the board on and waits for /init; returns the running Boot.
 
         QEMU's raspi0 kernel boot very rarely stalls before /init; such a
@@ -170,7 +172,7 @@ class Bench:
         for attempt in (1, 2):
             self.boots += 1
             log = os.path.join(self.logs, f"{self.boots:02d}-{mode}.log")
-            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode}", log, power_line)
+            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode} {extra}".strip(), log, power_line)
             try:
                 m = b.wait_for(r"TORPOR-BENCH-INIT uptime=([\d.]+)", self.opts.boot_timeout,
                                f"/init on the serial console (boot {self.boots}, {mode})")
@@ -245,6 +247,38 @@ class Bench:
             return
         self.record(section, "PASS", f"cut at the {self.power.describe()} write; the board booted "
                     "again on the same SD card with the data written before the cut")
+
+    # ---- power-cycle: dump, power cut, reboot, restore ----------------------
+
+    def run_power_cycle(self):
+        """Per app: checkpoint, cut power at the power-line write, boot, restore."""
+        for app in self.apps:
+            section = f"power-cycle {app}"
+            with self.boot("suspend", self.power, f"bench.app={app}") as b:
+                m = b.wait_for(r"TORPOR-(SUSPENDED|RESULT|SKIP|BENCH-END)", 60 + self.opts.torpor_timeout,
+                               f"{app} to be checkpointed")
+                if m.group(1) == "SKIP":
+                    reason = b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1)
+                    self.record("power-cycle", "SKIP", reason)
+                    return
+                if m.group(1) != "SUSPENDED":
+                    b.run_for(1)
+                    results, details = collect_results([line for _, line in b.lines], [app])
+                    self.record(section, "FAIL", " | ".join([results[app][1]] + details.get(app, [])))
+                    continue
+                cut = b.wait_power_cut(30)
+            if cut is None:
+                self.record(section, "FAIL", f"{app} was checkpointed but {self.power.describe()} "
+                            "did not cut power")
+                continue
+            with self.boot("resume", extra=f"bench.app={app}") as b:
+                b.wait_for(r"TORPOR-BENCH-END mode=resume", 60 + 2 * self.opts.torpor_timeout,
+                           f"{app} to resume")
+                results, details = collect_results([line for _, line in b.lines], [app])
+            verdict, message = results[app]
+            if verdict != "PASS":
+                message = " | ".join([message] + details.get(app, []))
+            self.record(section, verdict, message)
 
     # ---- store-cut: power cuts while the store is written --------------------
 
@@ -333,7 +367,7 @@ class Bench:
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "store-cut", "shell"])
+    p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "shell"])
     p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
                    help="downloaded and unpacked Debian packages (kept between runs)")
     p.add_argument("--work", default=os.path.join(REPO, "build", "pizero"),
@@ -358,7 +392,7 @@ def main(argv):
         if opts.mode == "shell":
             return board.interactive(bench.kernel, bench.sd, "bench.mode=shell")
         for mode, step in (("test", bench.run_test), ("gpio-cut", bench.run_gpio_cut),
-                           ("store-cut", bench.run_store_cut)):
+                           ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut)):
             if opts.mode in ("all", mode):
                 try:
                     step()

@@ -169,6 +169,11 @@ class FakeBoot:
     def run_for(self, seconds):
         pass
 
+    def wait_power_cut(self, timeout):
+        if any("TORPOR-SUSPENDED" in line for _, line in self.lines):
+            return (1.0, board.GPSET0, 1 << 17)
+        return None
+
     def kill(self):
         self.killed = True
 
@@ -177,22 +182,56 @@ def status(*slots, rc=0):
     return ["TORPOR-STATUS-BEGIN", *(f"TORPOR-STATUS {s}" for s in slots), f"TORPOR-STATUS-END rc={rc}"]
 
 
+def scripted_bench(script, cuts=2, apps=()):
+    """A Bench whose boots replay `script`; returns it and the list of boots made."""
+    opts = argparse.Namespace(work="/nonexistent", power_line=17, power_active_low=False,
+                              cuts=cuts, seed=7, torpor_timeout=10)
+    b = bench.Bench(opts)
+    b.apps = list(apps)
+    boots = iter(script)
+    made = []
+
+    def fake_boot(mode, power_line=None, extra=""):
+        made.append((mode, extra, power_line is not None))
+        return FakeBoot(mode, next(boots))
+
+    b.boot = fake_boot
+    return b, made
+
+
+class PowerCycleTest(unittest.TestCase):
+    def test_each_app_is_suspended_cut_and_resumed(self):
+        script = [["TORPOR-SUSPENDED counter pid=140"],
+                  ["TORPOR-RESULT counter PASS power-cycle", "TORPOR-BENCH-END mode=resume rc=0"],
+                  ["TORPOR-SUSPENDED memory pid=150"],
+                  ["TORPOR-RESULT memory FAIL FAIL memory: byte 8 is 0x00, expected 0x5a",
+                   "TORPOR-DETAIL memory READY memory", "TORPOR-BENCH-END mode=resume rc=0"]]
+        b, made = scripted_bench(script, apps=["counter", "memory"])
+        with redirect_stdout(io.StringIO()):
+            b.run_power_cycle()
+        self.assertEqual(made, [("suspend", "bench.app=counter", True), ("resume", "bench.app=counter", False),
+                                ("suspend", "bench.app=memory", True), ("resume", "bench.app=memory", False)])
+        self.assertEqual([(o.section, o.verdict, o.message) for o in b.outcomes], [
+            ("power-cycle counter", "PASS", "power-cycle"),
+            ("power-cycle memory", "FAIL", "FAIL memory: byte 8 is 0x00, expected 0x5a | READY memory")])
+
+    def test_failed_dump_is_reported_without_a_resume_boot(self):
+        script = [["TORPOR-RESULT counter FAIL torpor dump --pid 140 exited with 1",
+                   "TORPOR-DETAIL counter torpor: error: cannot seize 140", "TORPOR-BENCH-END mode=suspend rc=0"]]
+        b, made = scripted_bench(script, apps=["counter"])
+        with redirect_stdout(io.StringIO()):
+            b.run_power_cycle()
+        self.assertEqual([m[0] for m in made], ["suspend"])
+        self.assertEqual(b.outcomes[0].message,
+                         "torpor dump --pid 140 exited with 1 | torpor: error: cannot seize 140")
+
+
 class StoreCutTest(unittest.TestCase):
     def run_store_cut(self, script, cuts):
-        opts = argparse.Namespace(work="/nonexistent", power_line=17, power_active_low=False,
-                                  cuts=cuts, seed=7, torpor_timeout=10)
-        b = bench.Bench(opts)
-        boots = iter(script)
-        modes = []
-
-        def fake_boot(mode, power_line=None):
-            modes.append(mode)
-            return FakeBoot(mode, next(boots))
-
-        b.boot = fake_boot
+        b, made = scripted_bench(script, cuts=cuts)
         with redirect_stdout(io.StringIO()):
             b.run_store_cut()
-        return b.outcomes, modes
+        return b.outcomes, [m[0] for m in made]
 
     SEED = ["TORPOR-CUT-WINDOW-OPEN", "TORPOR-CUT-WINDOW-CLOSED rc=0",
             *status(SLOT_A3, "slot B: blank verified no"), "TORPOR-BENCH-END mode=store-seed rc=0"]

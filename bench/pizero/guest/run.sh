@@ -5,6 +5,9 @@
 #                torpor has no `dump`, the control protocol) and report
 #   gpio         drive the power line as the agent will; the host cuts power
 #   boot-check   only check that the board came up and sees its store
+#   suspend      checkpoint $BENCH_APP into the store, then drive the power
+#                line (the host cuts power)
+#   resume       bring $BENCH_APP back from the store and let it verify itself
 #   store-seed   clear the store and write one good image into it
 #   store-cut    report the store, then write a new image (the host cuts
 #                power somewhere inside the write)
@@ -18,6 +21,7 @@
 #   TORPOR-CUT-WINDOW-OPEN / TORPOR-CUT-WINDOW-CLOSED rc=<n>
 #   TORPOR-GPIO-DECOY-DONE line=<n> / TORPOR-GPIO-ARMED line=<n> value=<v>
 #   TORPOR-GPIO-SURVIVED
+#   TORPOR-SUSPENDED <app> pid=<n>
 #   TORPOR-SKIP <job> <reason>
 #   TORPOR-ERROR <message>
 
@@ -125,49 +129,57 @@ stop_app() {
     wait "$pid" 2>/dev/null
 }
 
-# One app through the whole protocol. $1 = app, $2 = checkpoint|control.
-run_app() {
-    app=$1 protocol=$2
-    start_app "$app"
-    if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
-        result "$app" FAIL "no READY within ${BENCH_READY_TIMEOUT}s"
-        details "$app" "$W/app.log"
+# Wait for the app's READY; on failure report it and stop the app.
+app_ready() {
+    wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT" && return 0
+    result "$1" FAIL "no READY within ${BENCH_READY_TIMEOUT}s"
+    details "$1" "$W/app.log"
+    stop_app
+    return 1
+}
+
+# Checkpoint the app into the store; torpor ends the tree after a good dump.
+dump_app() {
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        result "$1" FAIL "torpor dump --pid $pid exited with $rc"
+        details "$1" "$W/dump.out"
+        details "$1" "$W/app.log"
         stop_app
-        return
+        return 1
     fi
-
-    if [ "$protocol" = checkpoint ]; then
-        timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
-        rc=$?
-        if [ "$rc" -ne 0 ]; then
-            result "$app" FAIL "torpor dump --pid $pid exited with $rc"
-            details "$app" "$W/dump.out"
-            details "$app" "$W/app.log"
-            stop_app
-            return
-        fi
-        if ! wait_pid_gone "$pid" 10; then
-            result "$app" FAIL "pid $pid still running after a successful dump"
-            details "$app" "$W/dump.out"
-            stop_app
-            return
-        fi
-        wait "$pid" 2>/dev/null
-        timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" restore --store "$BENCH_STORE" >"$W/restore.out" 2>&1
-        rc=$?
-        if [ "$rc" -ne 0 ]; then
-            result "$app" FAIL "torpor restore exited with $rc"
-            details "$app" "$W/restore.out"
-            return
-        fi
-        if pid_gone "$pid"; then
-            result "$app" FAIL "pid $pid not running after restore"
-            details "$app" "$W/restore.out"
-            details "$app" "$W/app.log"
-            return
-        fi
+    if ! wait_pid_gone "$pid" 10; then
+        result "$1" FAIL "pid $pid still running after a successful dump"
+        details "$1" "$W/dump.out"
+        stop_app
+        return 1
     fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
 
+# Bring the app back from the store with `torpor $2 --store` (restore or boot).
+restore_app() {
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" "$2" --store "$BENCH_STORE" >"$W/restore.out" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        result "$1" FAIL "torpor $2 --store $BENCH_STORE exited with $rc"
+        details "$1" "$W/restore.out"
+        return 1
+    fi
+    if pid_gone "$pid"; then
+        result "$1" FAIL "pid $pid not running after torpor $2"
+        details "$1" "$W/restore.out"
+        details "$1" "$W/app.log"
+        return 1
+    fi
+    return 0
+}
+
+# Create W/go and report the app's own verdict. $1 = app, $2 = protocol.
+go_and_verdict() {
+    app=$1 protocol=$2
     : >"$W/go"
     if ! wait_for_line "$W/app.log" '^(PASS|FAIL)( |$)' "$BENCH_VERIFY_TIMEOUT"; then
         result "$app" FAIL "no PASS or FAIL within ${BENCH_VERIFY_TIMEOUT}s after go"
@@ -196,6 +208,49 @@ run_app() {
             result "$app" FAIL "printed PASS but exited with $rc"
         fi
     fi
+}
+
+# One app through the whole protocol. $1 = app, $2 = checkpoint|control.
+run_app() {
+    start_app "$1"
+    app_ready "$1" || return
+    if [ "$2" = checkpoint ]; then
+        dump_app "$1" || return
+        restore_app "$1" restore || return
+    fi
+    go_and_verdict "$1" "$2"
+}
+
+# The first half of a power cycle: checkpoint $BENCH_APP into the store,
+# then drive the power line as the agent does after a verified dump.
+job_suspend() {
+    store_ready suspend || return 0
+    app=$BENCH_APP
+    start_app "$app"
+    app_ready "$app" || return 0
+    echo "$pid" >"$W/pid"
+    dump_app "$app" || return 0
+    sync
+    echo "TORPOR-SUSPENDED $app pid=$pid"
+    /bench/tools/gpio-poke "$BENCH_POWER_CHIP" "$BENCH_POWER_LINE" "$BENCH_POWER_ACTIVE" 5000
+    result "$app" FAIL "the power line was driven but power stayed on"
+}
+
+# The second half, on the next power-on: the boot hook brings the app back
+# (`torpor boot --store`, or `torpor restore --store` while there is no boot
+# command), then the app verifies itself.
+job_resume() {
+    app=$BENCH_APP
+    W=$WORK/$app
+    pid=$(cat "$W/pid" 2>/dev/null)
+    if [ -z "$pid" ]; then
+        result "$app" FAIL "no pid recorded in $W/pid by the suspend boot"
+        return 0
+    fi
+    if has_command boot; then command=boot; else command=restore; fi
+    info resume-command "torpor $command --store $BENCH_STORE"
+    restore_app "$app" "$command" || return 0
+    go_and_verdict "$app" "power-cycle"
 }
 
 job_test() {
@@ -288,6 +343,8 @@ mkdir -p "$WORK"
 case "$1" in
     test) job_test ;;
     gpio) job_gpio ;;
+    suspend) job_suspend ;;
+    resume) job_resume ;;
     boot-check) info marker "$(cat "$WORK/power-cut-marker" 2>/dev/null)" ;;
     store-seed) job_store_seed ;;
     store-cut) job_store_cut ;;
