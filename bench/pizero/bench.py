@@ -166,8 +166,8 @@ class Bench:
     def boot(self, mode, power_line=None, extra=""):
         """Powers the board on and waits for /init; returns the running Boot.
 
-        QEMU's raspi0 kernel boot very rarely stalls before /init; such a
-        power-on is tried once more (both logs are kept) before it fails.
+        A power-on that stalls before /init (an emulator fault, not torpor's)
+        is tried once more, both logs kept, before it fails.
         """
         for attempt in (1, 2):
             self.boots += 1

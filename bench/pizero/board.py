@@ -75,12 +75,18 @@ class Boot:
             "-drive", f"file={sd_image},if=sd,format=raw",
             "-serial", "stdio", "-display", "none", "-monitor", "none",
             "-no-reboot",
+            # Guest time follows executed instructions, not the host clock.
+            # Linux arms the BCM2835 system timer at "now + 15 us"; if the host
+            # stalls QEMU longer than that in between (a loaded machine, a
+            # trace write), the compare value is already past and the guest
+            # waits forever. With icount a host stall cannot move guest time.
+            "-icount", "shift=auto",
         ]
         self._qmp_dir = None
         if power_line is not None:
-            # The MMIO write trace is switched on over QMP once /init runs:
-            # traced from power-on, the kernel's early boot sometimes hangs
-            # under raspi0, and the power line is driven from user space only.
+            # The MMIO write trace is switched on over QMP once /init runs: the
+            # power line is driven from user space only, and the kernel's boot
+            # is spared tracing every timer and interrupt controller write.
             self._qmp_dir = tempfile.mkdtemp(prefix="torpor-qmp-")
             self._qmp_path = os.path.join(self._qmp_dir, "qmp.sock")
             args += ["-qmp", f"unix:{self._qmp_path},server=on,wait=off"]
@@ -265,5 +271,6 @@ def interactive(kernel, sd_image, append):
         "-kernel", kernel.kernel, "-dtb", kernel.dtb, "-initrd", kernel.initrd,
         "-append", f"{kernel.cmdline} {append}".strip(),
         "-drive", f"file={sd_image},if=sd,format=raw", "-nographic", "-no-reboot",
+        "-icount", "shift=auto",
     ]
     return subprocess.call(args)
