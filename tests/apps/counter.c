@@ -14,6 +14,13 @@
 
 static long last_printed = -1;
 
+/* Length of the line starting at s, without its newline. */
+static int line_len(const char *s)
+{
+    const char *nl = strchr(s, '\n');
+    return nl ? (int)(nl - s) : (int)strlen(s);
+}
+
 static void check_log(long last)
 {
     int fd = open("app.log", O_RDONLY | O_CLOEXEC);
@@ -32,7 +39,7 @@ static void check_log(long last)
     char *line = buf;
     char *nl = strchr(line, '\n');
     if (!nl || strncmp(line, "READY counter\n", 14) != 0) {
-        fail("app.log line 1: expected 'READY counter', got '%.40s'", line);
+        fail("app.log line 1: expected 'READY counter', got '%.*s'", line_len(line), line);
         return;
     }
     line = nl + 1;
@@ -41,14 +48,13 @@ static void check_log(long last)
         char expect[48];
         int el = snprintf(expect, sizeof expect, "count %ld", want);
         if (!nl || nl - line != el || memcmp(line, expect, (size_t)el) != 0) {
-            fail("app.log line %ld: expected '%s', got '%.*s'", want + 2, expect,
-                 nl ? (int)(nl - line) : 40, line);
+            fail("app.log line %ld: expected '%s', got '%.*s'", want + 2, expect, line_len(line), line);
             return;
         }
         line = nl + 1;
     }
     if (*line != '\0')
-        fail("app.log after 'count %ld': expected end of file, got '%.40s'", last, line);
+        fail("app.log after 'count %ld': expected end of file, got '%.*s'", last, line_len(line), line);
 }
 
 int main(int argc, char **argv)

@@ -73,7 +73,8 @@ fn wait_go() {
 
 /// The calling thread's kernel tid, from /proc/thread-self -> "PID/task/TID".
 fn gettid() -> Result<u32, String> {
-    let link = std::fs::read_link("/proc/thread-self").map_err(|e| format!("/proc/thread-self: {e}"))?;
+    let link =
+        std::fs::read_link("/proc/thread-self").map_err(|e| format!("/proc/thread-self: {e}"))?;
     link.file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.parse().ok())
@@ -93,7 +94,9 @@ fn allowed_cpus() -> Vec<usize> {
     if r != 0 {
         return Vec::new();
     }
-    (0..CPU_WORDS * 64).filter(|&c| mask[c / 64] & (1 << (c % 64)) != 0).collect()
+    (0..CPU_WORDS * 64)
+        .filter(|&c| mask[c / 64] & (1 << (c % 64)) != 0)
+        .collect()
 }
 
 fn pin(cpus: &[usize]) -> bool {
@@ -120,7 +123,9 @@ fn check_cpu_reporting(who: &str, allowed: &[usize]) -> Result<(), String> {
         // SAFETY: sched_getcpu takes no arguments and has no preconditions.
         let got = unsafe { sched_getcpu() };
         if got != cpu as i32 && result.is_ok() {
-            result = Err(format!("{who}: sched_getcpu pinned to CPU {cpu}: expected {cpu}, got {got}"));
+            result = Err(format!(
+                "{who}: sched_getcpu pinned to CPU {cpu}: expected {cpu}, got {got}"
+            ));
         }
     }
     pin(allowed);
@@ -158,14 +163,22 @@ fn worker(
     let stack = std::hint::black_box(stack);
     let tid = gettid()?;
     started
-        .send(Worker { index, tid, name: name.clone() })
+        .send(Worker {
+            index,
+            tid,
+            name: name.clone(),
+        })
         .map_err(|_| "main thread gone".to_string())?;
 
     match rx {
         Some(rx) => {
-            let token = rx.recv().map_err(|_| format!("worker {index}: channel closed"))?;
+            let token = rx
+                .recv()
+                .map_err(|_| format!("worker {index}: channel closed"))?;
             if token != 0x60 {
-                return Err(format!("worker {index} channel token: expected 0x60, got {token:#x}"));
+                return Err(format!(
+                    "worker {index} channel token: expected 0x60, got {token:#x}"
+                ));
             }
         }
         None => {
@@ -191,20 +204,28 @@ fn worker(
 
     let got = TL_VALUE.with(|v| v.get());
     if got != value {
-        return Err(format!("worker {index} thread_local value: expected {value:#x}, got {got:#x}"));
+        return Err(format!(
+            "worker {index} thread_local value: expected {value:#x}, got {got:#x}"
+        ));
     }
     let got_text = TL_TEXT.with(|t| t.borrow().clone());
     if got_text != text {
-        return Err(format!("worker {index} thread_local text: expected '{text}', got '{got_text}'"));
+        return Err(format!(
+            "worker {index} thread_local text: expected '{text}', got '{got_text}'"
+        ));
     }
     let got_const = TL_CONST.with(|c| c.get());
     if got_const != 0x7e57_c0de {
-        return Err(format!("worker {index} const thread_local: expected 0x7e57c0de, got {got_const:#x}"));
+        return Err(format!(
+            "worker {index} const thread_local: expected 0x7e57c0de, got {got_const:#x}"
+        ));
     }
     for (i, &b) in stack.iter().enumerate() {
         let want = pattern_byte(950 + index as u64, i);
         if b != want {
-            return Err(format!("worker {index} stack byte {i}: expected {want:#04x}, got {b:#04x}"));
+            return Err(format!(
+                "worker {index} stack byte {i}: expected {want:#04x}, got {b:#04x}"
+            ));
         }
     }
     let tid_now = gettid()?;
@@ -213,7 +234,9 @@ fn worker(
     }
     let comm_now = comm(tid_now)?;
     if comm_now != name {
-        return Err(format!("worker {index} name: expected '{name}', got '{comm_now}'"));
+        return Err(format!(
+            "worker {index} name: expected '{name}', got '{comm_now}'"
+        ));
     }
     check_cpu_reporting(&format!("worker {index}"), &allowed)
 }
@@ -229,10 +252,14 @@ fn main() {
             }
         }
     }
-    const KNOWN: [&str; 8] = ["tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls"];
+    const KNOWN: [&str; 8] = [
+        "tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls",
+    ];
     if let Some(p) = &perturb {
         if !KNOWN.contains(&p.as_str()) {
-            say(&format!("FAIL {NAME}: unknown --selftest-fail target '{p}'\n"));
+            say(&format!(
+                "FAIL {NAME}: unknown --selftest-fail target '{p}'\n"
+            ));
             std::process::exit(2);
         }
     }
@@ -240,12 +267,16 @@ fn main() {
     let allowed = allowed_cpus();
 
     let mut vec: Vec<u64> = (0..VEC_LEN as u64).map(|i| mix64(i ^ 0xabc)).collect();
-    let mut map: HashMap<u32, String> =
-        (0..MAP_LEN).map(|i| (i * 7, format!("value-{i}-{:x}", mix64(u64::from(i))))).collect();
+    let mut map: HashMap<u32, String> = (0..MAP_LEN)
+        .map(|i| (i * 7, format!("value-{i}-{:x}", mix64(u64::from(i)))))
+        .collect();
     let mut boxed: Box<[u8]> = (0..BOXED_LEN).map(|i| pattern_byte(990, i)).collect();
     TL_VALUE.with(|v| v.set(0x3a1a));
 
-    let shared = Arc::new(Shared { go: Mutex::new(false), cond: Condvar::new() });
+    let shared = Arc::new(Shared {
+        go: Mutex::new(false),
+        cond: Condvar::new(),
+    });
     let (started_tx, started_rx) = mpsc::channel();
     let (token_tx, token_rx) = mpsc::channel();
     let mut token_rx = Some(token_rx);
@@ -253,7 +284,11 @@ fn main() {
     for index in 0..WORKERS {
         let shared = Arc::clone(&shared);
         let started = started_tx.clone();
-        let rx = if index == WORKERS - 1 { token_rx.take() } else { None };
+        let rx = if index == WORKERS - 1 {
+            token_rx.take()
+        } else {
+            None
+        };
         let perturb = perturb.clone();
         let allowed = allowed.clone();
         let handle = thread::Builder::new()
@@ -282,7 +317,9 @@ fn main() {
         let stat_path = format!("/proc/self/task/{}/stat", w.tid);
         loop {
             let stat = std::fs::read_to_string(&stat_path).unwrap_or_default();
-            let state = stat.rfind(')').and_then(|p| stat[p + 1..].trim_start().chars().next());
+            let state = stat
+                .rfind(')')
+                .and_then(|p| stat[p + 1..].trim_start().chars().next());
             if state == Some('S') {
                 break;
             }
@@ -346,7 +383,11 @@ fn main() {
     }
 
     if let Some(i) = (0..VEC_LEN).find(|&i| vec[i] != mix64(i as u64 ^ 0xabc)) {
-        failures.push(format!("vec[{i}]: expected {:#x}, got {:#x}", mix64(i as u64 ^ 0xabc), vec[i]));
+        failures.push(format!(
+            "vec[{i}]: expected {:#x}, got {:#x}",
+            mix64(i as u64 ^ 0xabc),
+            vec[i]
+        ));
     }
     if vec.len() != VEC_LEN {
         failures.push(format!("vec length: expected {VEC_LEN}, got {}", vec.len()));
@@ -373,7 +414,9 @@ fn main() {
     }
     let main_tl = TL_VALUE.with(|v| v.get());
     if main_tl != 0x3a1a {
-        failures.push(format!("main thread_local: expected 0x3a1a, got {main_tl:#x}"));
+        failures.push(format!(
+            "main thread_local: expected 0x3a1a, got {main_tl:#x}"
+        ));
     }
     if let Err(e) = check_cpu_reporting("main", &allowed) {
         failures.push(e);
@@ -393,7 +436,11 @@ fn main() {
             std::process::exit(0);
         }
         1 => say(&format!("FAIL {NAME}: {}\n", failures[0])),
-        n => say(&format!("FAIL {NAME}: {} (and {} more)\n", failures[0], n - 1)),
+        n => say(&format!(
+            "FAIL {NAME}: {} (and {} more)\n",
+            failures[0],
+            n - 1
+        )),
     }
     std::process::exit(1);
 }
