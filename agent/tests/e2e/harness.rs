@@ -170,11 +170,27 @@ impl Drop for Workdir {
 
 // ------------------------------------------------------------- processes
 
-fn become_subreaper() {
+/// Once per test process: become a child subreaper, and mark every
+/// inherited fd close-on-exec (cargo's jobserver pipe, for one) so that an
+/// app starts with exactly stdin, stdout and stderr.
+fn prepare_test_process() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             panic!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
+        }
+        let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+            .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        for fd in fds.into_iter().filter(|&fd| fd > 2) {
+            // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; on an fd that is
+            // no longer open (the directory's own, already closed) they fail with EBADF.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
         }
     });
 }
@@ -326,7 +342,7 @@ impl Drop for Reaper {
 
 /// Starts the app per the protocol in `w`; returns its pid.
 pub fn start_app(binary: &Path, args: &[&str], w: &Workdir) -> Result<i32, String> {
-    become_subreaper();
+    prepare_test_process();
     let log =
         File::create(w.path().join("app.log")).map_err(|e| format!("creating app.log: {e}"))?;
     let err = log
