@@ -138,7 +138,7 @@ mod exiter {
         if !torpor_can_dump() {
             return;
         }
-        for delay_ms in ["0", "5", "20", "50", "200"] {
+        for delay_ms in ["0", "5", "20", "50", "200", "1000"] {
             let outcome = must(harness::exiting_dump_run("exiter", &[delay_ms]));
             eprintln!("exiter {delay_ms} ms: {outcome}");
         }

@@ -26,13 +26,13 @@ int main(int argc, char **argv)
     int token = 0x5a;
 
     ready();
+    /* A thread and a child that end at once, reaped at once: no zombie is left for a dump to find. */
     pthread_t t;
     pthread_create(&t, NULL, brief_thread, &token);
     pid_t child = fork();
     if (child == 0)
         _exit(perturb("status") ? 1 : 0);
     perturb_elsewhere("status");
-    sleep_ns(delay_ms * 1000000L);
 
     void *ret = NULL;
     pthread_join(t, &ret);
@@ -46,5 +46,7 @@ int main(int argc, char **argv)
         fail("waitpid(%d): %s", (int)child, strerror(errno));
     else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
         fail("child exit status: expected 0, got %#x", status);
+
+    sleep_ns(delay_ms * 1000000L);
     return finish();
 }

@@ -180,7 +180,11 @@ fn prepare_test_process() {
             panic!("prctl(PR_SET_CHILD_SUBREAPER): {e}");
         }
         let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
-            .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         for fd in fds.into_iter().filter(|&fd| fd > 2) {
             // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; on an fd that is
@@ -836,7 +840,7 @@ pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
 /// cleanly (and the app finishes on its own: PASS, exit 0) or succeeds (the
 /// tree is gone; the restored app finishes: PASS, exit 0). Never a hang,
 /// never a leftover. Returns which of the two happened.
-pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<&'static str, String> {
+pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
     let binary = app_binary(name)?;
     let mut w = Workdir::new(&format!("exiting-{name}"))?;
     let mut reaper = Reaper::new(w.path());
@@ -845,7 +849,7 @@ pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<&'static str, Strin
         reaper.track(&[pid]);
         if let Some(ended) = wait_ready(pid, name, &w)? {
             expect_pass(name, ended, &w)?;
-            return Ok("it finished before the dump could start");
+            return Ok("it finished before the dump could start".to_string());
         }
         let tree = process_tree(pid);
         reaper.track(&tree);
@@ -873,7 +877,10 @@ pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<&'static str, Strin
             })?;
             expect_pass(name, ended, &w)
                 .map_err(|e| format!("{e}\n  after {}", dump.describe()))?;
-            return Ok("dump failed cleanly; the app finished on its own");
+            return Ok(format!(
+                "dump failed cleanly ({}); the app finished on its own",
+                dump.stderr.trim_end()
+            ));
         }
         expect_tree_gone(name, &tree, &w)
             .map_err(|e| format!("{e}\n  after {}", dump.describe()))?;
@@ -892,7 +899,7 @@ pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<&'static str, Strin
         }
         let ended = go_and_wait(pid, name, &w)?;
         expect_pass(name, ended, &w)?;
-        Ok("dumped before it exited; the restored app finished")
+        Ok("dumped before it exited; the restored app finished".to_string())
     })();
     match result {
         Ok(what) => {
