@@ -118,6 +118,19 @@ app_tests!(rustapp, "rustapp",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls"]);
 
+/// rustapp's rseq check must catch a thread whose rseq area is no longer
+/// registered (glibc then reads a stale CPU number). It pins threads to two
+/// CPUs, so it needs two.
+#[test]
+fn rustapp_rseq_check_can_fail() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || !cfg!(target_env = "gnu") {
+        eprintln!("skipping: the rseq check needs glibc and two CPUs (have {cpus})");
+        return;
+    }
+    must(harness::negative_run("rustapp", &[], "rseq"));
+}
+
 /// exiter ends by itself shortly after READY: dumping it must either fail
 /// cleanly or succeed and restore, whatever instant it exits at.
 mod exiter {

@@ -13,7 +13,8 @@
 //! Prints `PASS rustapp` or `FAIL rustapp: ...` and exits 0 or 1, like the C
 //! apps (see tests/apps/common.h for the protocol).
 //!
-//! Usage: rustapp [--selftest-fail=tls|stack|tid|name|vec|map|boxed|main-tls]
+//! Usage: rustapp [--selftest-fail=tls|stack|tid|name|vec|map|boxed|main-tls|rseq]
+//! (`rseq` needs x86_64 glibc and two CPUs).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -42,6 +43,55 @@ extern "C" {
 }
 
 const CPU_WORDS: usize = 16;
+
+/// Unregisters the calling thread's rseq area and leaves `cpu` in it, for
+/// the `rseq` negative control: the state of a restore that copied the area
+/// but forgot the registration, where glibc keeps reading a stale CPU number.
+#[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+fn unregister_rseq(cpu: u32) -> Result<(), String> {
+    use std::ffi::{c_char, c_long, c_void};
+    extern "C" {
+        fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
+        fn syscall(number: c_long, ...) -> c_long;
+    }
+    const SYS_RSEQ: c_long = 334;
+    const RSEQ_FLAG_UNREGISTER: c_long = 1;
+    const RSEQ_SIG: c_long = 0x5305_3053;
+    // SAFETY: dlsym with RTLD_DEFAULT (null) and a NUL-terminated name only looks a symbol up.
+    let offset = unsafe { dlsym(std::ptr::null_mut(), c"__rseq_offset".as_ptr()) }.cast::<isize>();
+    // SAFETY: as above.
+    let size = unsafe { dlsym(std::ptr::null_mut(), c"__rseq_size".as_ptr()) }.cast::<u32>();
+    if offset.is_null() || size.is_null() {
+        return Err("this libc exports no __rseq_offset/__rseq_size".to_string());
+    }
+    let tp: usize;
+    // SAFETY: on x86_64 the first word of the TCB at fs:0 is the thread pointer itself.
+    unsafe { std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp) };
+    // SAFETY: glibc's exported variables, valid for the life of the process.
+    let (offset, size) = unsafe { (*offset, *size) };
+    let area = tp.wrapping_add_signed(offset);
+    // glibc registers a 32-byte area whatever __rseq_size says; the kernel wants the registered length.
+    for len in [32, c_long::from(size)] {
+        // SAFETY: rseq(UNREGISTER) only compares the arguments with the thread's registration.
+        let r = unsafe { syscall(SYS_RSEQ, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) };
+        if r == 0 {
+            // The kernel marks the area unregistered (cpu_id -1, so glibc would ask the kernel);
+            // a restored area instead still holds the CPU of the dump: put one back.
+            // SAFETY: area is this thread's live rseq area in glibc's TCB; cpu_id is the u32 at +4.
+            unsafe { ((area + 4) as *mut u32).write_volatile(cpu) };
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "rseq unregister failed: {}",
+        std::io::Error::last_os_error()
+    ))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+fn unregister_rseq(_cpu: u32) -> Result<(), String> {
+    Err("the rseq perturbation is implemented for x86_64 glibc only".to_string())
+}
 
 fn mix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -197,6 +247,14 @@ fn worker(
     if mine("stack") {
         stack[17] ^= 1;
     }
+    if mine("rseq") {
+        // SAFETY: sched_getcpu takes no arguments and has no preconditions.
+        let cpu = u32::try_from(unsafe { sched_getcpu() }).unwrap_or(0);
+        if let Err(e) = unregister_rseq(cpu) {
+            say(&format!("FAIL {NAME}: cannot perturb rseq: {e}\n"));
+            std::process::exit(2);
+        }
+    }
     if mine("name") {
         std::fs::write(format!("/proc/self/task/{tid}/comm"), "renamed")
             .map_err(|e| format!("renaming: {e}"))?;
@@ -252,8 +310,8 @@ fn main() {
             }
         }
     }
-    const KNOWN: [&str; 8] = [
-        "tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls",
+    const KNOWN: [&str; 9] = [
+        "tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls", "rseq",
     ];
     if let Some(p) = &perturb {
         if !KNOWN.contains(&p.as_str()) {
