@@ -30,7 +30,7 @@ use nix::unistd::Pid;
 /// How long an app may take to print READY.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `torpor dump` or `torpor restore` may take.
-pub const TORPOR_TIMEOUT: Duration = Duration::from_secs(120);
+pub const TORPOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an app may take to finish after go.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the tasks of a dumped tree may take to disappear.
@@ -644,7 +644,8 @@ fn expect_tree_gone(name: &str, tree: &[i32], w: &Workdir) -> Result<(), String>
         }
         Err(WaitError::Other(e)) => return Err(e),
     }
-    for &pid in &tree[1..] {
+    // The root too: when it was not our child, waitpid could not tell whether it is gone.
+    for &pid in tree {
         loop {
             // Re-parented to us when its parent died: reap it; otherwise wait for it to vanish.
             let _ = waitpid(
