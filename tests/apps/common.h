@@ -15,6 +15,7 @@
 #define TORPOR_TEST_APP_COMMON_H
 
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -37,6 +38,10 @@ static char first_failure[FAIL_MSG_MAX];
 static int failure_count;
 static char *app_args[8];
 static int app_nargs;
+
+#define FD_MAP_BYTES 128 /* fds 0-1023 */
+static uint8_t fds_at_ready[FD_MAP_BYTES];
+static int fds_recorded;
 
 static inline void write_all(int fd, const void *buf, size_t len)
 {
@@ -133,8 +138,33 @@ static inline int go_exists(void)
     return access("go", F_OK) == 0;
 }
 
+/* The open fds as a bitmap; the listing's own fd is left out. */
+static inline void list_fds(uint8_t map[FD_MAP_BYTES])
+{
+    memset(map, 0, FD_MAP_BYTES);
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    int self = dirfd(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] != '.' && fd != self && fd >= 0 && fd < FD_MAP_BYTES * 8)
+            map[fd / 8] |= (uint8_t)(1u << (fd % 8));
+    }
+    closedir(d);
+}
+
+/* Remembers the fd table, for finish() to check that no fd came or went. */
+static inline void record_fds(void)
+{
+    list_fds(fds_at_ready);
+    fds_recorded = 1;
+}
+
 static inline void ready(void)
 {
+    record_fds();
     say("READY %s\n", app_name);
 }
 
@@ -152,9 +182,29 @@ static inline pid_t tid_of_self(void)
     return (pid_t)syscall(SYS_gettid);
 }
 
-/* A restored task must come back untraced and with its own pid. */
+static inline void check_fds(void)
+{
+    if (!fds_recorded)
+        return;
+    uint8_t now[FD_MAP_BYTES];
+    list_fds(now);
+    for (int fd = 0; fd < FD_MAP_BYTES * 8; fd++) {
+        int was = (fds_at_ready[fd / 8] >> (fd % 8)) & 1, is = (now[fd / 8] >> (fd % 8)) & 1;
+        if (was == is)
+            continue;
+        char path[32], target[128] = "";
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+        fail("fd %d: expected %s, got %s%s%s%s", fd, was ? "open" : "closed", is ? "open" : "closed",
+             is ? " (" : "", target, is ? ")" : "");
+    }
+}
+
+/* A restored task must come back untraced, with its own pid and fd table. */
 static inline void check_process_identity(void)
 {
+    check_fds();
     if (getpid() != app_pid)
         fail("pid: expected %d, got %d", (int)app_pid, (int)getpid());
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);

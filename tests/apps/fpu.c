@@ -367,6 +367,7 @@ int main(int argc, char **argv)
     if (perturb("vec-high"))
         flags |= F_WIDE_VEC;
 #endif
+    record_fds(); /* fpu_hold writes READY itself */
     fpu_hold(&in, &out, flags);
     compare(&in, &out, wide);
     return finish();

@@ -229,6 +229,5 @@ int main(int argc, char **argv)
     if (fcntl(pc[1], F_GETPIPE_SZ) != pc_size)
         fail("root → child pipe size: expected %d, got %d", pc_size, fcntl(pc[1], F_GETPIPE_SZ));
     take_result("child", rc[0], child);
-    close(pc[1]);
     return finish();
 }

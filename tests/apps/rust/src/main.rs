@@ -5,7 +5,8 @@
 //! After go every worker checks its thread-locals (set at run time and
 //! const-initialised), a pattern on its own stack, its tid (from
 //! /proc/thread-self) and its name; main checks a `Vec`, a `HashMap` and a
-//! boxed slice on the heap and its own thread-local. Every thread also checks
+//! boxed slice on the heap, its own thread-local and that no fd came or
+//! went. Every thread also checks
 //! that libc's `sched_getcpu` agrees with the CPU it is pinned to, twice on
 //! two CPUs: glibc answers from the thread's rseq area, so a registration
 //! lost in the restore shows up as a stale CPU number.
@@ -135,6 +136,27 @@ fn comm(tid: u32) -> Result<String, String> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
         .map(|s| s.trim_end().to_string())
         .map_err(|e| format!("/proc/self/task/{tid}/comm: {e}"))
+}
+
+/// The open fds and what they are; the listing's own fd, closed by the time
+/// it is looked at, drops out.
+fn open_fds() -> Vec<(u32, String)> {
+    let names: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut fds: Vec<(u32, String)> = names
+        .into_iter()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    fds
 }
 
 fn allowed_cpus() -> Vec<usize> {
@@ -385,6 +407,7 @@ fn main() {
         }
     }
 
+    let fds_before: Vec<u32> = open_fds().into_iter().map(|(fd, _)| fd).collect();
     say(&format!("READY {NAME}\n"));
     wait_go();
 
@@ -478,6 +501,16 @@ fn main() {
     }
     if let Err(e) = check_cpu_reporting("main", &allowed) {
         failures.push(e);
+    }
+    let fds_after = open_fds();
+    if fds_after
+        .iter()
+        .map(|(fd, _)| *fd)
+        .ne(fds_before.iter().copied())
+    {
+        failures.push(format!(
+            "open fds: expected {fds_before:?}, got {fds_after:?}"
+        ));
     }
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         if let Some(line) = status.lines().find(|l| l.starts_with("TracerPid:")) {
