@@ -533,69 +533,94 @@ pub fn has_dump_command() -> bool {
 
 // ------------------------------------------------------------------- runs
 
-/// A run's failure: the message, with the kept work directory named.
-fn failed(w: &Workdir, msg: String) -> String {
-    format!("{msg}\n  work directory kept: {}", w.path().display())
+/// Starts the app in a fresh work directory and runs `body` on it. On
+/// success the directory is removed; on failure it is kept (and named in the
+/// message) and every process of the app still alive is killed.
+fn run_app<T>(
+    label: &str,
+    name: &str,
+    args: &[&str],
+    body: impl FnOnce(i32, &Workdir, &mut Reaper) -> Result<T, String>,
+) -> Result<T, String> {
+    let binary = app_binary(name)?;
+    let mut w = Workdir::new(label)?;
+    let result = {
+        let mut reaper = Reaper::new(w.path());
+        start_app(&binary, args, &w).and_then(|pid| {
+            reaper.track(&[pid]);
+            body(pid, &w, &mut reaper)
+        })
+    };
+    match result {
+        Ok(v) => {
+            w.passed();
+            Ok(v)
+        }
+        Err(msg) => Err(format!(
+            "{msg}\n  work directory kept: {}",
+            w.path().display()
+        )),
+    }
 }
 
-/// Control run, no checkpoint: start → READY → go → PASS, exit 0.
+/// `torpor dump --pid PID --image IMAGE`.
+fn dump(pid: i32, image: &Path, w: &Workdir, label: &str) -> Result<TorporRun, String> {
+    let pid = pid.to_string();
+    let image = image.to_string_lossy();
+    torpor(
+        &["dump", "--pid", &pid, "--image", &image],
+        w,
+        label,
+        TORPOR_TIMEOUT,
+    )
+}
+
+/// `torpor restore --image IMAGE`.
+fn restore(image: &Path, w: &Workdir, label: &str) -> Result<TorporRun, String> {
+    let image = image.to_string_lossy();
+    torpor(&["restore", "--image", &image], w, label, TORPOR_TIMEOUT)
+}
+
+/// Control run, no checkpoint: start → READY → go → PASS, exit 0. Returns
+/// the app.log contents.
 pub fn control_run(name: &str, args: &[&str]) -> Result<String, String> {
-    let binary = app_binary(name)?;
-    let mut w = Workdir::new(&format!("control-{name}"))?;
-    let mut reaper = Reaper::new(w.path());
-    let result = (|| {
-        let pid = start_app(&binary, args, &w)?;
-        reaper.track(&[pid]);
-        let ended = match wait_ready(pid, name, &w)? {
+    run_app(&format!("control-{name}"), name, args, |pid, w, _| {
+        let ended = match wait_ready(pid, name, w)? {
             Some(ended) => ended,
-            None => go_and_wait(pid, name, &w)?,
+            None => go_and_wait(pid, name, w)?,
         };
-        expect_pass(name, ended, &w)?;
+        expect_pass(name, ended, w)?;
         Ok(w.log())
-    })();
-    match result {
-        Ok(log) => {
-            w.passed();
-            Ok(log)
-        }
-        Err(msg) => Err(failed(&w, msg)),
-    }
+    })
 }
 
 /// Negative control: with `--selftest-fail=WHAT` the app must print
 /// `FAIL <name>: ...` as its last line and exit 1.
 pub fn negative_run(name: &str, args: &[&str], what: &str) -> Result<(), String> {
-    let binary = app_binary(name)?;
-    let mut w = Workdir::new(&format!("negative-{name}-{what}"))?;
-    let mut reaper = Reaper::new(w.path());
     let flag = format!("--selftest-fail={what}");
     let mut all: Vec<&str> = args.to_vec();
     all.push(&flag);
-    let result = (|| {
-        let pid = start_app(&binary, &all, &w)?;
-        reaper.track(&[pid]);
-        let ended = match wait_ready(pid, name, &w)? {
-            Some(ended) => ended,
-            None => go_and_wait(pid, name, &w)?,
-        };
-        let log = w.log();
-        let last = log.lines().last().unwrap_or("");
-        let prefix = format!("FAIL {name}: ");
-        if !last.starts_with(&prefix) || ended != Ended::Exited(1) {
-            return Err(format!(
+    run_app(
+        &format!("negative-{name}-{what}"),
+        name,
+        &all,
+        |pid, w, _| {
+            let ended = match wait_ready(pid, name, w)? {
+                Some(ended) => ended,
+                None => go_and_wait(pid, name, w)?,
+            };
+            let log = w.log();
+            let last = log.lines().last().unwrap_or("");
+            let prefix = format!("FAIL {name}: ");
+            if !last.starts_with(&prefix) || ended != Ended::Exited(1) {
+                return Err(format!(
                 "{name} {flag}: expected a '{prefix}...' line and exit status 1, got '{last}' and {ended}\n{}",
                 w.log_tail()
             ));
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            w.passed();
+            }
             Ok(())
-        }
-        Err(msg) => Err(failed(&w, msg)),
-    }
+        },
+    )
 }
 
 /// Every negative control of an app, run concurrently; all failures reported.
@@ -717,94 +742,66 @@ fn expect_tree_back(name: &str, tree: &[i32], w: &Workdir) -> Result<(), String>
 /// Checkpoint run: start → READY → (dump → tree gone → restore → same tree)
 /// × `cycles` → go → PASS, exit 0. Returns the app.log contents.
 pub fn checkpoint_run(name: &str, args: &[&str], cycles: u32) -> Result<String, String> {
-    let binary = app_binary(name)?;
-    let mut w = Workdir::new(&format!("checkpoint-{name}"))?;
-    let mut reaper = Reaper::new(w.path());
-    let result = (|| {
-        let pid = start_app(&binary, args, &w)?;
-        reaper.track(&[pid]);
-        wait_ready_running(pid, name, &w)?;
-        for cycle in 1..=cycles {
-            let tree = process_tree(pid);
-            reaper.track(&tree);
-            let image = w.path().join(format!("img{cycle}"));
-            let image = image.to_string_lossy();
-            let pid_arg = pid.to_string();
-            let dump = torpor(
-                &["dump", "--pid", &pid_arg, "--image", &image],
-                &w,
-                &format!("dump{cycle}"),
-                TORPOR_TIMEOUT,
-            )?;
-            if !dump.success {
-                return Err(format!(
-                    "{name}, cycle {cycle}: dump failed: {}\n{}",
-                    dump.describe(),
-                    w.log_tail()
-                ));
+    run_app(
+        &format!("checkpoint-{name}"),
+        name,
+        args,
+        |pid, w, reaper| {
+            wait_ready_running(pid, name, w)?;
+            for cycle in 1..=cycles {
+                let tree = process_tree(pid);
+                reaper.track(&tree);
+                let image = w.path().join(format!("img{cycle}"));
+                let dumped = dump(pid, &image, w, &format!("dump{cycle}"))?;
+                if !dumped.success {
+                    return Err(format!(
+                        "{name}, cycle {cycle}: dump failed: {}\n{}",
+                        dumped.describe(),
+                        w.log_tail()
+                    ));
+                }
+                expect_tree_gone(name, &tree, w).map_err(|e| {
+                    format!("{name}, cycle {cycle}: {e}\n  after {}", dumped.describe())
+                })?;
+                let restored = restore(&image, w, &format!("restore{cycle}"))?;
+                if !restored.success {
+                    return Err(format!(
+                        "{name}, cycle {cycle}: restore failed: {}\n{}",
+                        restored.describe(),
+                        w.log_tail()
+                    ));
+                }
+                expect_tree_back(name, &tree, w).map_err(|e| {
+                    format!(
+                        "{name}, cycle {cycle}: {e}\n  after {}",
+                        restored.describe()
+                    )
+                })?;
             }
-            expect_tree_gone(name, &tree, &w)
-                .map_err(|e| format!("{name}, cycle {cycle}: {e}\n  after {}", dump.describe()))?;
-            let restore = torpor(
-                &["restore", "--image", &image],
-                &w,
-                &format!("restore{cycle}"),
-                TORPOR_TIMEOUT,
-            )?;
-            if !restore.success {
-                return Err(format!(
-                    "{name}, cycle {cycle}: restore failed: {}\n{}",
-                    restore.describe(),
-                    w.log_tail()
-                ));
-            }
-            expect_tree_back(name, &tree, &w).map_err(|e| {
-                format!("{name}, cycle {cycle}: {e}\n  after {}", restore.describe())
-            })?;
-        }
-        let ended = go_and_wait(pid, name, &w)?;
-        expect_pass(name, ended, &w)?;
-        Ok(w.log())
-    })();
-    match result {
-        Ok(log) => {
-            w.passed();
-            Ok(log)
-        }
-        Err(msg) => Err(failed(&w, msg)),
-    }
+            let ended = go_and_wait(pid, name, w)?;
+            expect_pass(name, ended, w)?;
+            Ok(w.log())
+        },
+    )
 }
 
 /// A dump torpor must refuse (e.g. an fd kind it cannot restore): the dump
-/// fails with a message, the app is left running and untraced, and after go
-/// it passes.
+/// fails with a reason on stderr, the app is left running and untraced, and
+/// after go it passes. Returns the reason.
 pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
-    let binary = app_binary(name)?;
-    let mut w = Workdir::new(&format!("refused-{name}"))?;
-    let mut reaper = Reaper::new(w.path());
-    let result = (|| {
-        let pid = start_app(&binary, args, &w)?;
-        reaper.track(&[pid]);
-        wait_ready_running(pid, name, &w)?;
-        let image = w.path().join("img");
-        let image = image.to_string_lossy();
-        let pid_arg = pid.to_string();
-        let dump = torpor(
-            &["dump", "--pid", &pid_arg, "--image", &image],
-            &w,
-            "dump",
-            TORPOR_TIMEOUT,
-        )?;
-        if dump.success {
+    run_app(&format!("refused-{name}"), name, args, |pid, w, _| {
+        wait_ready_running(pid, name, w)?;
+        let dumped = dump(pid, &w.path().join("img"), w, "dump")?;
+        if dumped.success {
             return Err(format!(
                 "{name}: expected the dump to be refused, got success: {}",
-                dump.describe()
+                dumped.describe()
             ));
         }
-        if dump.stderr.trim().is_empty() {
+        if dumped.stderr.trim().is_empty() {
             return Err(format!(
                 "{name}: the refused dump gave no reason on stderr: {}",
-                dump.describe()
+                dumped.describe()
             ));
         }
         // Left running: not traced, not stopped.
@@ -819,22 +816,15 @@ pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
                 return Err(format!(
                     "{name} (pid {pid}) after the refused dump: expected running and untraced, got state \
                      {state:?}, tracer {tracer:?}\n  after {}",
-                    dump.describe()
+                    dumped.describe()
                 ));
             }
             thread::sleep(POLL);
         }
-        let ended = go_and_wait(pid, name, &w)?;
-        expect_pass(name, ended, &w)?;
-        Ok(dump.stderr)
-    })();
-    match result {
-        Ok(reason) => {
-            w.passed();
-            Ok(reason)
-        }
-        Err(msg) => Err(failed(&w, msg)),
-    }
+        let ended = go_and_wait(pid, name, w)?;
+        expect_pass(name, ended, w)?;
+        Ok(dumped.stderr)
+    })
 }
 
 /// A task that exits by itself while it is dumped: the dump either fails
@@ -842,73 +832,49 @@ pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
 /// tree is gone; the restored app finishes: PASS, exit 0). Never a hang,
 /// never a leftover. Returns which of the two happened.
 pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
-    let binary = app_binary(name)?;
-    let mut w = Workdir::new(&format!("exiting-{name}"))?;
-    let mut reaper = Reaper::new(w.path());
-    let result = (|| {
-        let pid = start_app(&binary, args, &w)?;
-        reaper.track(&[pid]);
-        if let Some(ended) = wait_ready(pid, name, &w)? {
-            expect_pass(name, ended, &w)?;
+    run_app(&format!("exiting-{name}"), name, args, |pid, w, reaper| {
+        if let Some(ended) = wait_ready(pid, name, w)? {
+            expect_pass(name, ended, w)?;
             return Ok("it finished before the dump could start".to_string());
         }
         let tree = process_tree(pid);
         reaper.track(&tree);
         let image = w.path().join("img");
-        let image = image.to_string_lossy();
-        let pid_arg = pid.to_string();
-        let dump = torpor(
-            &["dump", "--pid", &pid_arg, "--image", &image],
-            &w,
-            "dump",
-            TORPOR_TIMEOUT,
-        )?;
-        if !dump.success {
-            if dump.stderr.trim().is_empty() {
+        let dumped = dump(pid, &image, w, "dump")?;
+        if !dumped.success {
+            if dumped.stderr.trim().is_empty() {
                 return Err(format!(
                     "{name}: the failed dump gave no reason on stderr: {}",
-                    dump.describe()
+                    dumped.describe()
                 ));
             }
             let ended = wait_for_exit(pid, EXIT_TIMEOUT).map_err(|e| {
                 format!(
                     "{name} (pid {pid}) after the failed dump: {e:?}\n  after {}",
-                    dump.describe()
+                    dumped.describe()
                 )
             })?;
-            expect_pass(name, ended, &w)
-                .map_err(|e| format!("{e}\n  after {}", dump.describe()))?;
+            expect_pass(name, ended, w)
+                .map_err(|e| format!("{e}\n  after {}", dumped.describe()))?;
             return Ok(format!(
                 "dump failed cleanly ({}); the app finished on its own",
-                dump.stderr.trim_end()
+                dumped.stderr.trim_end()
             ));
         }
-        expect_tree_gone(name, &tree, &w)
-            .map_err(|e| format!("{e}\n  after {}", dump.describe()))?;
-        let restore = torpor(
-            &["restore", "--image", &image],
-            &w,
-            "restore",
-            TORPOR_TIMEOUT,
-        )?;
-        if !restore.success {
+        expect_tree_gone(name, &tree, w)
+            .map_err(|e| format!("{e}\n  after {}", dumped.describe()))?;
+        let restored = restore(&image, w, "restore")?;
+        if !restored.success {
             return Err(format!(
                 "{name}: restore failed: {}\n{}",
-                restore.describe(),
+                restored.describe(),
                 w.log_tail()
             ));
         }
-        let ended = go_and_wait(pid, name, &w)?;
-        expect_pass(name, ended, &w)?;
+        let ended = go_and_wait(pid, name, w)?;
+        expect_pass(name, ended, w)?;
         Ok("dumped before it exited; the restored app finished".to_string())
-    })();
-    match result {
-        Ok(what) => {
-            w.passed();
-            Ok(what)
-        }
-        Err(msg) => Err(failed(&w, msg)),
-    }
+    })
 }
 
 /// counter's log: `READY counter`, `count 0`, `count 1`, ... with no gap or
