@@ -54,12 +54,8 @@ static int64_t mono_ns(void)
 /* The kernel's boot id: when it changes, the machine rebooted and CLOCK_MONOTONIC restarted. */
 static void boot_id(char out[40])
 {
-    memset(out, 0, 40);
-    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)read(fd, out, 39);
-        close(fd);
-    }
+    if (read_text("/proc/sys/kernel/random/boot_id", out, 40) < 0)
+        out[0] = '\0';
 }
 
 static void *sleeper(void *arg)
@@ -126,22 +122,6 @@ static void *waiter(void *arg)
     return NULL;
 }
 
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return '?';
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return '?';
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] ? p[2] : '?';
-}
-
 int main(int argc, char **argv)
 {
     app_init("blocking", argc, argv);
@@ -176,7 +156,7 @@ int main(int argc, char **argv)
     pthread_create(&tw, NULL, waiter, NULL);
     struct result *rs[] = { &sleeper_r, &reader_r, &waiter_r };
     for (int i = 0; i < 3; i++) {
-        while (__atomic_load_n(&rs[i]->tid, __ATOMIC_ACQUIRE) == 0 || thread_state(rs[i]->tid) != 'S')
+        while (__atomic_load_n(&rs[i]->tid, __ATOMIC_ACQUIRE) == 0 || task_state(rs[i]->tid) != 'S')
             sleep_ns(1000000L);
     }
 

@@ -133,6 +133,33 @@ static inline void sleep_ns(long ns)
         ;
 }
 
+/* Reads a small file whole into buf, NUL-terminated; returns its length, or -1. */
+static inline ssize_t read_text(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = 0;
+    ssize_t n;
+    while (len < cap - 1 && ((n = read(fd, buf + len, cap - 1 - len)) > 0 || (n < 0 && errno == EINTR)))
+        if (n > 0)
+            len += (size_t)n;
+    close(fd);
+    buf[len] = '\0';
+    return (ssize_t)len;
+}
+
+/* The state letter of one of our threads ('S': asleep in a syscall), or '?'. */
+static inline char task_state(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    if (read_text(path, buf, sizeof buf) <= 0)
+        return '?';
+    char *p = strrchr(buf, ')');
+    return p && p[1] ? p[2] : '?';
+}
+
 static inline int go_exists(void)
 {
     return access("go", F_OK) == 0;
@@ -207,15 +234,9 @@ static inline void check_process_identity(void)
     check_fds();
     if (getpid() != app_pid)
         fail("pid: expected %d, got %d", (int)app_pid, (int)getpid());
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
     char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
+    if (read_text("/proc/self/status", buf, sizeof buf) <= 0)
         return;
-    buf[n] = '\0';
     char *t = strstr(buf, "TracerPid:");
     if (t) {
         long tracer = strtol(t + 10, NULL, 10);

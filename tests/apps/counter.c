@@ -23,18 +23,11 @@ static int line_len(const char *s)
 
 static void check_log(long last)
 {
-    int fd = open("app.log", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fail("open app.log: %s", strerror(errno));
+    static char buf[1 << 20];
+    if (read_text("app.log", buf, sizeof buf) < 0) {
+        fail("reading app.log: %s", strerror(errno));
         return;
     }
-    static char buf[1 << 20];
-    size_t len = 0;
-    ssize_t n;
-    while (len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)n;
-    close(fd);
-    buf[len] = '\0';
 
     char *line = buf;
     char *nl = strchr(line, '\n');

@@ -116,15 +116,8 @@ struct vma {
 static int find_vma(const void *addr, struct vma *out)
 {
     static char buf[256 * 1024];
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text("/proc/self/maps", buf, sizeof buf) <= 0)
         return 0;
-    size_t len = 0;
-    ssize_t n;
-    while (len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)n;
-    close(fd);
-    buf[len] = '\0';
     unsigned long a = (unsigned long)(uintptr_t)addr;
     for (char *line = buf; *line;) {
         char *nl = strchr(line, '\n');
@@ -199,16 +192,6 @@ static void check_maps(void)
             fail("maps: %s: expected its VMA to reach 0x%lx, got end 0x%lx", r->name,
                  (unsigned long)(uintptr_t)r->addr + r->len, v.end);
     }
-}
-
-static size_t read_small(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, cap);
-    close(fd);
-    return n > 0 ? (size_t)n : 0;
 }
 
 /* ---- the shared anonymous mailbox, used by the forked child ---- */
@@ -316,7 +299,7 @@ int main(int argc, char **argv)
 
     static char exe[512], cmdline[4096];
     ssize_t exe_len = readlink("/proc/self/exe", exe, sizeof exe);
-    size_t cmd_len = read_small("/proc/self/cmdline", cmdline, sizeof cmdline);
+    ssize_t cmd_len = read_text("/proc/self/cmdline", cmdline, sizeof cmdline);
 
     int code = 0;
     if (!probe(guard + page, 0, &code) || !probe(ro, 1, &code)) {
@@ -437,9 +420,9 @@ int main(int argc, char **argv)
     ssize_t exe2_len = readlink("/proc/self/exe", exe2, sizeof exe2);
     if (exe2_len != exe_len || memcmp(exe, exe2, (size_t)(exe_len > 0 ? exe_len : 0)) != 0)
         fail("/proc/self/exe: expected '%.*s', got '%.*s'", (int)exe_len, exe, (int)exe2_len, exe2);
-    size_t cmd2_len = read_small("/proc/self/cmdline", cmdline2, sizeof cmdline2);
-    if (cmd2_len != cmd_len || memcmp(cmdline, cmdline2, cmd_len) != 0)
-        fail("/proc/self/cmdline: expected %zu bytes starting '%s', got %zu bytes starting '%s'", cmd_len,
+    ssize_t cmd2_len = read_text("/proc/self/cmdline", cmdline2, sizeof cmdline2);
+    if (cmd2_len != cmd_len || cmd_len < 0 || memcmp(cmdline, cmdline2, (size_t)cmd_len) != 0)
+        fail("/proc/self/cmdline: expected %zd bytes starting '%s', got %zd bytes starting '%s'", cmd_len,
              cmdline, cmd2_len, cmdline2);
 
     return finish();

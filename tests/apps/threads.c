@@ -60,34 +60,12 @@ static int read_comm(pid_t tid, char *out, size_t cap)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/self/task/%d/comm", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text(path, out, cap) <= 0)
         return 0;
-    ssize_t n = read(fd, out, cap - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    out[n] = '\0';
     char *nl = strchr(out, '\n');
     if (nl)
         *nl = '\0';
     return 1;
-}
-
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return '?';
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return '?';
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] ? p[2] : '?';
 }
 
 static void block_until_go(int mode)
@@ -165,14 +143,8 @@ static void *worker_main(void *arg)
 static int thread_count(void)
 {
     char buf[4096];
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text("/proc/self/status", buf, sizeof buf) <= 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     char *t = strstr(buf, "Threads:");
     return t ? atoi(t + 8) : -1;
 }
@@ -195,7 +167,7 @@ int main(int argc, char **argv)
     pthread_barrier_wait(&started);
     /* Every worker asleep in its blocking call before READY. */
     for (int i = 0; i < workers; i++)
-        while (thread_state(w[i].tid) != 'S')
+        while (task_state(w[i].tid) != 'S')
             sleep_ns(1000000L);
 
     /* Compared, not computed: an emulator may run threads of its own. */
