@@ -34,7 +34,7 @@ test-host:
 test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
 
-test: deps test-host test-arm
+test: deps test-host test-arm check-board pizero-test
 
 # Buildroot external tree and Pi Zero board files: shellcheck, the SD card
 # layout through post-image.sh/genimage, Kconfig, torpor.mk, the init hook
@@ -43,4 +43,11 @@ test: deps test-host test-arm
 check-board:
 	bash scripts/check-board.sh
 
-test: check-board
+
+# The emulated Pi Zero bench: Debian's rpi kernel on qemu-system-arm -M raspi0,
+# torpor and the test apps in an initramfs, the SD card from the board layout.
+# Downloads are cached in build/cache; see bench/pizero/README.md.
+.PHONY: pizero-test
+pizero-test: deps
+	python3 -m unittest discover -s bench/pizero -p 'test_*.py'
+	python3 bench/pizero/bench.py all

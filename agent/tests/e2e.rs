@@ -1,0 +1,203 @@
+//! Host end-to-end tests: every test app of `tests/apps`, three ways.
+//!
+//! - `control`: the app alone (start → READY → go → `PASS`), proving the app
+//!   itself is right.
+//! - `negative`: each `--selftest-fail=WHAT` perturbation of the app's own
+//!   state must turn into `FAIL <name>: ...` and exit 1, proving each check
+//!   can fail.
+//! - `checkpoint`: start → READY → `torpor dump` (the tree is killed) →
+//!   `torpor restore` → the same again → go → `PASS`, exit 0.
+//!
+//! The checkpoint tests run only when the `torpor` binary has a `dump`
+//! command; until then they print why and return.
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+fn must<T>(result: Result<T, String>) -> T {
+    match result {
+        Ok(v) => v,
+        Err(e) => panic!("\n{e}\n"),
+    }
+}
+
+/// True when the checkpoint tests can run.
+fn torpor_can_dump() -> bool {
+    if harness::has_dump_command() {
+        true
+    } else {
+        eprintln!("skipping: torpor has no dump command");
+        false
+    }
+}
+
+/// Control, negative and checkpoint tests for one app.
+macro_rules! app_tests {
+    (
+        $module:ident, $app:literal,
+        args: [$($arg:literal),*],
+        checkpoint_args: [$($carg:literal),*],
+        negative_args: [$($narg:literal),*],
+        negatives: [$($what:literal),+ $(,)?] $(,)?
+    ) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn control() {
+                let log = must(harness::control_run($app, &[$($arg),*]));
+                check_log($app, &log);
+            }
+
+            #[test]
+            fn negative() {
+                must(harness::negative_runs($app, &[$($narg),*], &[$($what),+]));
+            }
+
+            #[test]
+            fn checkpoint() {
+                if !torpor_can_dump() {
+                    return;
+                }
+                let log = must(harness::checkpoint_run($app, &[$($carg),*], 2));
+                check_log($app, &log);
+            }
+        }
+    };
+}
+
+/// Checks an app's log beyond its last line where the harness can.
+fn check_log(app: &str, log: &str) {
+    if app == "counter" {
+        must(harness::check_counter_log(log));
+    }
+}
+
+app_tests!(counter, "counter",
+    args: ["100"], checkpoint_args: ["100"], negative_args: ["100"],
+    negatives: ["skip", "log"]);
+
+app_tests!(memory, "memory",
+    args: [], checkpoint_args: [], negative_args: ["8"],
+    negatives: ["anon", "cow", "shared", "shm", "heap", "stack", "guard", "ro", "big", "maps"]);
+
+app_tests!(brk, "brk",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["break", "region", "small", "large", "grow"]);
+
+app_tests!(fpu, "fpu",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["vec", "ctl", "x87", "ymm"]);
+
+app_tests!(signals, "signals",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["action", "mask", "pending", "value", "altstack"]);
+
+app_tests!(itimer, "itimer",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["real", "virtual", "prof", "posix", "stop", "disarmed"]);
+
+app_tests!(threads, "threads",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["tls", "stack", "tid", "name", "main-tls"]);
+
+app_tests!(tree, "tree",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["pipe", "eof", "pgid", "child-exit", "pipe-size"]);
+
+app_tests!(files, "files",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["offset", "flags", "cloexec", "fdnum", "append", "content", "unlinked", "dup", "stdout"]);
+
+// The checkpoint run sleeps longer so that both cycles catch the sleeper mid-sleep.
+app_tests!(blocking, "blocking",
+    args: [], checkpoint_args: ["6000"], negative_args: ["1500"],
+    negatives: ["sleep", "read", "status", "helper"]);
+
+app_tests!(rustapp, "rustapp",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls"]);
+
+/// rustapp's rseq check must catch a thread whose rseq area is no longer
+/// registered (glibc then reads a stale CPU number). It pins threads to two
+/// CPUs, so it needs two.
+#[test]
+fn rustapp_rseq_check_can_fail() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || !cfg!(target_env = "gnu") {
+        eprintln!("skipping: the rseq check needs glibc and two CPUs (have {cpus})");
+        return;
+    }
+    must(harness::negative_run("rustapp", &[], "rseq"));
+}
+
+/// exiter ends by itself shortly after READY: dumping it must either fail
+/// cleanly or succeed and restore, whatever instant it exits at.
+mod exiter {
+    use super::*;
+
+    #[test]
+    fn control() {
+        must(harness::control_run("exiter", &[]));
+    }
+
+    #[test]
+    fn negative() {
+        must(harness::negative_runs("exiter", &[], &["status"]));
+    }
+
+    #[test]
+    fn checkpoint() {
+        if !torpor_can_dump() {
+            return;
+        }
+        for delay_ms in ["0", "5", "20", "50", "200", "1000"] {
+            let outcome = must(harness::exiting_dump_run("exiter", &[delay_ms]));
+            eprintln!("exiter {delay_ms} ms: {outcome}");
+        }
+    }
+}
+
+/// badfd holds an fd torpor must refuse: the dump fails with a reason and the
+/// app runs on untouched.
+mod badfd {
+    use super::*;
+
+    #[test]
+    fn control() {
+        must(harness::control_run("badfd", &[]));
+    }
+
+    #[test]
+    fn negative() {
+        must(harness::negative_runs("badfd", &[], &["fd", "memory"]));
+    }
+
+    #[test]
+    fn checkpoint() {
+        if !torpor_can_dump() {
+            return;
+        }
+        let reason = must(harness::refused_dump_run("badfd", &[]));
+        eprintln!("badfd: dump refused: {}", reason.trim_end());
+    }
+}
+
+/// The harness's own log check must catch a gap and a repeat.
+#[test]
+fn counter_log_check_detects_gaps_and_repeats() {
+    let good = "READY counter\ncount 0\ncount 1\ncount 2\nPASS counter\n";
+    assert_eq!(harness::check_counter_log(good), Ok(()));
+    let gap = "READY counter\ncount 0\ncount 2\nPASS counter\n";
+    assert_eq!(
+        harness::check_counter_log(gap),
+        Err("counter log line 3: expected 'count 1', got 'count 2'".to_string())
+    );
+    let repeat = "READY counter\ncount 0\ncount 1\ncount 1\nPASS counter\n";
+    assert_eq!(
+        harness::check_counter_log(repeat),
+        Err("counter log line 4: expected 'count 2', got 'count 1'".to_string())
+    );
+    let empty = "READY counter\nPASS counter\n";
+    assert!(harness::check_counter_log(empty).is_err());
+}

@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""The emulated Pi Zero bench: torpor on QEMU's raspi0 machine.
+
+    python3 bench/pizero/bench.py [all|test|gpio-cut|store-cut|shell] [options]
+
+  test       boot, run every test app through the checkpoint protocol (the
+             control protocol while torpor has no `dump`), print PASS/FAIL
+  gpio-cut   the guest drives the power GPIO; the host sees the register
+             write, kills QEMU at once (a power cut) and boots the same SD
+             card again
+  power-cycle  per app: checkpoint it into the store, cut power at the
+             power-line write, boot again, restore it, let it verify itself
+  store-cut  write a good image into the store, then cut power at random
+             moments while newer images are written; after every cut the
+             store must still hold the previous image intact
+  shell      boot to a shell on this terminal
+  all        test, gpio-cut, power-cycle and store-cut (the default)
+
+Exits 0 when nothing failed. Logs of every boot are in WORK/logs/.
+"""
+
+import argparse
+import os
+import random
+import re
+import sys
+import time
+
+import assets as assets_mod
+import board
+import build
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(BENCH_DIR))
+CMDLINE = "console=ttyAMA0 initcall_blacklist=bcm2835_power_driver_init rdinit=/init quiet"
+
+
+def collect_results(lines, apps):
+    """Per app (verdict, message) and its detail lines, from the guest's console.
+
+    An app with no result line failed; a FAIL line wins over an earlier PASS
+    of the same app (e.g. "printed PASS but exited with 1").
+    """
+    results, details = {}, {}
+    for line in lines:
+        m = re.search(r"TORPOR-RESULT (\S+) (PASS|FAIL) ?(.*)", line)
+        if m:
+            app, verdict = m.group(1), m.group(2)
+            if app not in results or (results[app][0] == "PASS" and verdict == "FAIL"):
+                results[app] = (verdict, m.group(3))
+            continue
+        m = re.search(r"TORPOR-DETAIL (\S+) (.*)", line)
+        if m:
+            details.setdefault(m.group(1), []).append(m.group(2))
+    for app in apps:
+        results.setdefault(app, ("FAIL", "no result line from the guest"))
+    return results, details
+
+
+def newest_valid(lines):
+    """(generation, line) of the newest valid slot in a status listing, or None.
+
+    `torpor store status` prints one line per slot, e.g.
+    "slot A: valid generation 3 length 81920 crc 0x1c291ca3 attempts 0 verified yes".
+    """
+    best = None
+    for line in lines:
+        if not re.search(r"(?<![\w-])valid\b", line, re.I):
+            continue
+        m = re.search(r"\bgen(?:eration)?\b[\s:=]*(\d+)", line, re.I)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), line.strip())
+    return best
+
+
+def check_store(before, after, when):
+    """None when `after` still holds the image `before` named, else the failure."""
+    rc, lines = after
+    if rc != 0:
+        return f"{when}: torpor store status exited with {rc}: {' / '.join(lines)}"
+    newest = newest_valid(lines)
+    if newest is None:
+        return f"{when}: no valid image in the store: {' / '.join(lines)}"
+    if newest[0] < before[0]:
+        return f"{when}: newest generation {newest[0]} is older than {before[0]}"
+    if before[1] not in (line.strip() for line in lines):
+        return f"{when}: the previous image changed: was '{before[1]}', now {' / '.join(lines)}"
+    return None
+
+
+class Outcome:
+    """One line of the final summary."""
+
+    def __init__(self, section, verdict, message):
+        self.section = section
+        self.verdict = verdict
+        self.message = message
+
+
+class Bench:
+    def __init__(self, opts):
+        self.opts = opts
+        self.work = os.path.abspath(opts.work)
+        self.logs = os.path.join(self.work, "logs")
+        self.boots = 0
+        self.outcomes = []
+        self.power = board.PowerLine(opts.power_line, not opts.power_active_low)
+        decoy = opts.power_line + 1 if opts.power_line < 31 else opts.power_line - 1
+        self.decoy_line = decoy
+
+    # ---- preparing the boot media ---------------------------------------
+
+    def prepare(self):
+        os.makedirs(self.logs, exist_ok=True)
+        for name in os.listdir(self.logs):
+            os.remove(os.path.join(self.logs, name))
+        build_log = os.path.join(self.logs, "build.log")
+        t0 = time.monotonic()
+        self.assets = assets_mod.fetch(os.path.abspath(self.opts.cache))
+        print(f"kernel      {self.assets.release} ({os.path.relpath(self.assets.kernel, REPO)})")
+        torpor_bin = build.torpor(REPO, build_log)
+        size = os.path.getsize(torpor_bin)
+        print(f"torpor      {build.TORPOR_ARM}: {size} bytes ({size / 1024:.0f} KiB), static ARMv6")
+        apps = build.apps(REPO, BENCH_DIR, os.path.join(self.work, "apps"), build_log)
+        if self.opts.apps:
+            wanted = self.opts.apps.split(",")
+            unknown = [a for a in wanted if a not in apps]
+            if unknown:
+                raise build.BuildError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(apps)}")
+            apps = {a: apps[a] for a in wanted}
+        self.apps = list(apps)
+        print(f"apps        {' '.join(self.apps)}")
+        tools = {"gpio-poke": build.cross_compile(
+            [os.path.join(BENCH_DIR, "tools", "gpio-poke.c")],
+            os.path.join(self.work, "tools", "gpio-poke"))}
+
+        self.sd, layout, dump = build.sd_card(REPO, self.assets, CMDLINE, self.work, build_log)
+        store_part = layout.number("torpor")
+        store_bytes = layout.size("torpor")
+        print(f"sd card     {os.path.relpath(self.sd, REPO)}: {os.path.getsize(self.sd) >> 20} MiB, "
+              f"torpor store = partition {store_part} ({store_bytes >> 20} MiB)")
+        for line in dump.splitlines():
+            if re.match(r"\S+\d+ :", line):
+                print(f"            {line}")
+        conf = {
+            "BENCH_APPS": " ".join(self.apps),
+            "BENCH_PROTOCOL": self.opts.protocol,
+            "BENCH_STORE": f"/dev/mmcblk0p{store_part}",
+            "BENCH_STORE_SECTORS": str(store_bytes // build.SECTOR),
+            "BENCH_DATA": f"/dev/mmcblk0p{layout.number('rootfs')}",
+            "BENCH_POWER_CHIP": "/dev/gpiochip0",
+            "BENCH_POWER_LINE": str(self.power.line),
+            "BENCH_POWER_ACTIVE": "1" if self.power.active_high else "0",
+            "BENCH_DECOY_LINE": str(self.decoy_line),
+            "BENCH_READY_TIMEOUT": "30",
+            "BENCH_VERIFY_TIMEOUT": "60",
+            "BENCH_TORPOR_TIMEOUT": str(self.opts.torpor_timeout),
+        }
+        initrd = build.initramfs(self.assets, torpor_bin, apps, tools, BENCH_DIR, conf, self.work)
+        self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, CMDLINE)
+        print(f"initramfs   {os.path.relpath(initrd, REPO)}: {os.path.getsize(initrd) // 1024} KiB")
+        print(f"prepared in {time.monotonic() - t0:.1f} s")
+
+    # ---- one boot ---------------------------------------------------------
+
+    def boot(self, mode, power_line=None, extra=""):
+        """Powers the board on and waits for /init; returns the running Boot.
+
+        A power-on that stalls before /init (an emulator fault, not torpor's)
+        is tried once more, both logs kept, before it fails.
+        """
+        for attempt in (1, 2):
+            self.boots += 1
+            log = os.path.join(self.logs, f"{self.boots:02d}-{mode}.log")
+            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode} {extra}".strip(), log, power_line)
+            try:
+                m = b.wait_for(r"TORPOR-BENCH-INIT uptime=([\d.]+)", self.opts.boot_timeout,
+                               f"/init on the serial console (boot {self.boots}, {mode})")
+                break
+            except board.BoardError as e:
+                b.__exit__(None, None, None)
+                if attempt == 2 or b.power_cut is not None:
+                    raise
+                print(f"boot {self.boots:2d} ({mode}): {e}; powering on again")
+        if power_line is not None:
+            b.watch_power()
+        b.boot_seconds = b.elapsed()
+        b.guest_uptime = float(m.group(1))
+        print(f"boot {self.boots:2d} ({mode}): shell after {b.boot_seconds:.2f} s "
+              f"(guest uptime {b.guest_uptime:.2f} s), log {os.path.relpath(log, REPO)}")
+        return b
+
+    def record(self, section, verdict, message):
+        self.outcomes.append(Outcome(section, verdict, message))
+
+    # ---- test: the app protocol --------------------------------------------
+
+    def run_test(self):
+        with self.boot("test") as b:
+            budget = 60 + len(self.apps) * (3 * self.opts.torpor_timeout // 2 + 90)
+            b.wait_for(r"TORPOR-BENCH-END mode=test rc=(\d+)", budget, "the end of the test run")
+        info = {m.group(1): m.group(2) for m in b.matching(r"TORPOR-INFO (\S+) (.*)")}
+        for m in b.matching(r"TORPOR-ERROR (.*)"):
+            self.record("test", "FAIL", m.group(1))
+        results, details = collect_results([line for _, line in b.lines], self.apps)
+        protocol = info.get("protocol", "?")
+        print(f"\ntorpor in the guest: {info.get('torpor-version', '?')}; protocol: {protocol}")
+        width = max([len(a) for a in self.apps] + [3])
+        print(f"{'app':<{width}}  result  message")
+        for app in self.apps:
+            verdict, message = results[app]
+            print(f"{app:<{width}}  {verdict:<6}  {message}")
+            if verdict != "PASS":
+                for line in details.get(app, []):
+                    print(f"{'':<{width}}  | {line}")
+            self.record(f"test {app}", verdict, message)
+        print(f"boot to shell: {b.boot_seconds:.2f} s wall clock, {b.guest_uptime:.2f} s guest uptime\n")
+
+    # ---- gpio-cut: the power line ------------------------------------------
+
+    def run_gpio_cut(self):
+        section = "gpio-cut"
+        with self.boot("gpio", self.power) as b:
+            try:
+                b.wait_for(r"TORPOR-GPIO-DECOY-DONE", 60, "the decoy line write")
+                b.wait_for(r"TORPOR-GPIO-ARMED", 60, "the guest arming the power line")
+            except board.BoardError as e:
+                self.record(section, "FAIL", f"{e} (power line {self.power.describe()})")
+                return
+            armed = b.elapsed()
+            cut = b.wait_power_cut(30)
+            survived = b.matching(r"TORPOR-GPIO-SURVIVED")
+            marker = b.matching(r"TORPOR-INFO marker (\S+)")
+        if cut is None or survived:
+            self.record(section, "FAIL", f"the guest drove {self.power.describe()} but power was not cut")
+            return
+        at, addr, value = cut
+        print(f"power cut {at - armed:.3f} s after the guest armed the line: write 0x{value:x} "
+              f"to 0x{addr:08x} ({self.power.describe()}); decoy GPIO{self.decoy_line} left power on")
+        with self.boot("boot-check") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=boot-check rc=0", 60, "the boot after the cut")
+            after = b.matching(r"TORPOR-INFO marker (\S*)")
+        if not marker or not after or after[0].group(1) != marker[0].group(1):
+            self.record(section, "FAIL", "the marker written to the SD card before the cut is gone: "
+                        f"wrote {marker[0].group(1) if marker else '?'}, "
+                        f"read {after[0].group(1) if after else '?'}")
+            return
+        self.record(section, "PASS", f"cut at the {self.power.describe()} write; the board booted "
+                    "again on the same SD card with the data written before the cut")
+
+    # ---- power-cycle: dump, power cut, reboot, restore ----------------------
+
+    def run_power_cycle(self):
+        """Per app: checkpoint, cut power at the power-line write, boot, restore."""
+        for app in self.apps:
+            section = f"power-cycle {app}"
+            with self.boot("suspend", self.power, f"bench.app={app}") as b:
+                m = b.wait_for(r"TORPOR-(SUSPENDED|RESULT|SKIP|BENCH-END)", 60 + self.opts.torpor_timeout,
+                               f"{app} to be checkpointed")
+                if m.group(1) == "SKIP":
+                    reason = b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1)
+                    self.record("power-cycle", "SKIP", reason)
+                    return
+                if m.group(1) != "SUSPENDED":
+                    b.run_for(1)
+                    results, details = collect_results([line for _, line in b.lines], [app])
+                    self.record(section, "FAIL", " | ".join([results[app][1]] + details.get(app, [])))
+                    continue
+                cut = b.wait_power_cut(30)
+            if cut is None:
+                self.record(section, "FAIL", f"{app} was checkpointed but {self.power.describe()} "
+                            "did not cut power")
+                continue
+            with self.boot("resume", extra=f"bench.app={app}") as b:
+                b.wait_for(r"TORPOR-BENCH-END mode=resume", 60 + 2 * self.opts.torpor_timeout,
+                           f"{app} to resume")
+                results, details = collect_results([line for _, line in b.lines], [app])
+            verdict, message = results[app]
+            if verdict != "PASS":
+                message = " | ".join([message] + details.get(app, []))
+            self.record(section, verdict, message)
+
+    # ---- store-cut: power cuts while the store is written --------------------
+
+    def _status(self, b, index, timeout):
+        """The index-th `torpor store status` block the guest printed this boot: (rc, lines)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            blocks, current = [], None
+            for _, line in b.lines:
+                if "TORPOR-STATUS-BEGIN" in line:
+                    current = []
+                elif (m := re.search(r"TORPOR-STATUS-END rc=(\d+)", line)) and current is not None:
+                    blocks.append((int(m.group(1)), current))
+                    current = None
+                elif (m := re.search(r"TORPOR-STATUS (.*)", line)) and current is not None:
+                    current.append(m.group(1))
+            if len(blocks) > index:
+                return blocks[index]
+            if time.monotonic() > deadline:
+                raise board.BoardError(f"timed out after {timeout} s waiting for torpor store status")
+            if not b.alive:
+                raise board.BoardError("QEMU stopped before the guest printed torpor store status")
+            b.run_for(0.2)
+
+    def run_store_cut(self):
+        section = "store-cut"
+        with self.boot("store-seed") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=store-seed rc=(\d+)", 60 + 2 * self.opts.torpor_timeout,
+                       "the seeding dump")
+            skip = b.matching(r"TORPOR-SKIP \S+ (.*)")
+            if skip:
+                self.record(section, "SKIP", skip[0].group(1))
+                return
+            opened = [t for t, line in b.lines if "TORPOR-CUT-WINDOW-OPEN" in line]
+            closed = [(t, line) for t, line in b.lines if "TORPOR-CUT-WINDOW-CLOSED" in line]
+            if not opened or not closed or not closed[0][1].endswith("rc=0"):
+                self.record(section, "FAIL", "the seeding dump into the store failed; see "
+                            + os.path.relpath(b.log_path, REPO))
+                return
+            window = closed[0][0] - opened[0]
+            status = self._status(b, 0, 10)
+        before = newest_valid(status[1])
+        if status[0] != 0 or before is None:
+            self.record(section, "FAIL", f"no valid image after a good dump: {' / '.join(status[1])}")
+            return
+        print(f"store seeded: {before[1]}; writing an image takes {window:.2f} s")
+
+        rng = random.Random(self.opts.seed)
+        when = "after seeding"
+        for i in range(self.opts.cuts):
+            delay = rng.uniform(0, window)
+            with self.boot("store-cut") as b:
+                status = self._status(b, 0, 60 + self.opts.torpor_timeout)
+                failure = check_store(before, status, when)
+                if failure is not None:
+                    self.record(section, "FAIL", failure)
+                    return
+                before = newest_valid(status[1])
+                b.wait_for(r"TORPOR-CUT-WINDOW-OPEN", 60, "the store write")
+                b.run_for(delay)
+                done = any("TORPOR-CUT-WINDOW-CLOSED" in line for _, line in b.lines)
+                b.kill()
+            when = f"after cut {i + 1} ({delay:.3f} s into a {window:.2f} s write, seed {self.opts.seed})"
+            print(f"cut {i + 1}: {delay:.3f} s into the store write, "
+                  f"{'after it had finished' if done else 'while it was in progress'}")
+        with self.boot("store-check") as b:
+            status = self._status(b, 0, 60 + self.opts.torpor_timeout)
+        failure = check_store(before, status, when)
+        if failure is not None:
+            self.record(section, "FAIL", failure)
+            return
+        self.record(section, "PASS", f"{self.opts.cuts} power cuts inside store writes (seed "
+                    f"{self.opts.seed}); the newest image before each cut survived")
+
+    # ---- summary -------------------------------------------------------------
+
+    def summary(self):
+        print("summary")
+        for o in self.outcomes:
+            print(f"  {o.verdict:<5} {o.section}: {o.message}")
+        failed = [o for o in self.outcomes if o.verdict == "FAIL"]
+        print(f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} passed or skipped, "
+              f"{len(failed)} failed, {self.boots} boots")
+        return 1 if failed else 0
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "shell"])
+    p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
+                   help="downloaded and unpacked Debian packages (kept between runs)")
+    p.add_argument("--work", default=os.path.join(REPO, "build", "pizero"),
+                   help="initramfs, SD image and logs (rebuilt every run)")
+    p.add_argument("--apps", help="comma-separated subset of the test apps to run")
+    p.add_argument("--protocol", choices=["auto", "control"], default="auto",
+                   help="control: run apps without checkpointing even when torpor can dump")
+    p.add_argument("--power-line", type=int, default=17, help="GPIO (bank 0) that cuts power")
+    p.add_argument("--power-active-low", action="store_true", help="the power line cuts when driven low")
+    p.add_argument("--cuts", type=int, default=4, help="power cuts inside store writes (store-cut)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for the cut moments")
+    p.add_argument("--boot-timeout", type=int, default=60, help="seconds from QEMU start to /init")
+    p.add_argument("--torpor-timeout", type=int, default=120, help="seconds allowed per torpor command")
+    opts = p.parse_args(argv)
+    if opts.seed is None:
+        opts.seed = random.SystemRandom().randrange(1 << 32)
+
+    bench = Bench(opts)
+    t0 = time.monotonic()
+    try:
+        bench.prepare()
+        if opts.mode == "shell":
+            return board.interactive(bench.kernel, bench.sd, "bench.mode=shell")
+        for mode, step in (("test", bench.run_test), ("gpio-cut", bench.run_gpio_cut),
+                           ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut)):
+            if opts.mode in ("all", mode):
+                try:
+                    step()
+                except board.BoardError as e:
+                    bench.record(mode, "FAIL", str(e))
+    except (assets_mod.AssetError, build.BuildError, board.BoardError, OSError) as e:
+        bench.record("prepare", "FAIL", str(e))
+    print(f"bench time {time.monotonic() - t0:.1f} s")
+    return bench.summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,353 @@
+#!/bin/sh
+# The bench's jobs inside the emulated Pi Zero, one per boot:
+#
+#   test         run every app through the checkpoint protocol (or, while
+#                torpor has no `dump`, the control protocol) and report
+#   gpio         drive the power line as the agent will; the host cuts power
+#   boot-check   only check that the board came up and sees its store
+#   suspend      checkpoint $BENCH_APP into the store, then drive the power
+#                line (the host cuts power)
+#   resume       bring $BENCH_APP back from the store and let it verify itself
+#   store-seed   clear the store and write one good image into it
+#   store-cut    report the store, then write a new image (the host cuts
+#                power somewhere inside the write)
+#   store-check  report the store
+#
+# Result lines, all read by bench/pizero/bench.py:
+#   TORPOR-INFO <key> <value>
+#   TORPOR-RESULT <app> PASS|FAIL <message>
+#   TORPOR-DETAIL <app> <a line of the app's log or of torpor's output>
+#   TORPOR-STATUS-BEGIN / TORPOR-STATUS <line> / TORPOR-STATUS-END rc=<n>
+#   TORPOR-CUT-WINDOW-OPEN / TORPOR-CUT-WINDOW-CLOSED rc=<n>
+#   TORPOR-GPIO-DECOY-DONE line=<n> / TORPOR-GPIO-ARMED line=<n> value=<v>
+#   TORPOR-GPIO-SURVIVED
+#   TORPOR-SUSPENDED <app> pid=<n>
+#   TORPOR-SKIP <job> <reason>
+#   TORPOR-ERROR <message>
+
+# shellcheck source=/dev/null
+. /bench/bench.conf
+
+TORPOR=/usr/bin/torpor
+# Work directories live on the SD card's rootfs, so an app's cwd and log
+# outlive a power cut, as they would on a real board.
+WORK=/data/bench
+
+info() { echo "TORPOR-INFO $*"; }
+error() { echo "TORPOR-ERROR $*"; }
+
+# Wait until a line of FILE matches the extended regex, at most SECONDS.
+wait_for_line() {
+    file=$1 regex=$2 ticks=$(($3 * 10))
+    while [ "$ticks" -gt 0 ]; do
+        grep -Eq "$regex" "$file" 2>/dev/null && return 0
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    return 1
+}
+
+# A process is gone when /proc has no entry for it or it is a zombie.
+pid_gone() {
+    [ -e "/proc/$1" ] || return 0
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null)
+    [ -z "$state" ] || [ "$state" = Z ]
+}
+
+wait_pid_gone() {
+    ticks=$(($2 * 10))
+    while [ "$ticks" -gt 0 ]; do
+        pid_gone "$1" && return 0
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    return 1
+}
+
+# Print the last lines of FILE as details of APP.
+details() {
+    app=$1 file=$2
+    [ -s "$file" ] || return 0
+    tail -n 15 "$file" | while IFS= read -r line; do
+        echo "TORPOR-DETAIL $app $line"
+    done
+}
+
+result() {
+    app=$1 verdict=$2
+    shift 2
+    echo "TORPOR-RESULT $app $verdict $*"
+}
+
+wait_for_store() {
+    ticks=100
+    while [ ! -b "$BENCH_STORE" ] && [ "$ticks" -gt 0 ]; do
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    if [ ! -b "$BENCH_STORE" ]; then
+        error "store partition $BENCH_STORE did not appear"
+        return 1
+    fi
+    part=${BENCH_STORE#/dev/}
+    sectors=$(cat "/sys/class/block/$part/size")
+    info store "$BENCH_STORE sectors=$sectors"
+    if [ "$sectors" != "$BENCH_STORE_SECTORS" ]; then
+        error "store partition $BENCH_STORE has $sectors sectors, the layout says $BENCH_STORE_SECTORS"
+        return 1
+    fi
+}
+
+# Mount the rootfs partition at /data (ext4 is a module in this kernel).
+mount_data() {
+    for module in $BENCH_MODULES; do
+        insmod "/lib/modules/$module" || { error "insmod $module failed"; return 1; }
+    done
+    mkdir -p /data
+    if ! mount -t ext4 -o sync "$BENCH_DATA" /data; then
+        error "cannot mount $BENCH_DATA (rootfs) at /data"
+        return 1
+    fi
+    info data "$BENCH_DATA on /data"
+}
+
+has_command() { "$TORPOR" "$@" --help >/dev/null 2>&1; }
+
+# Start APP in a fresh working directory; sets $pid and $W.
+start_app() {
+    W=$WORK/$1
+    rm -rf "$W"
+    mkdir -p "$W"
+    # `>` opens app.log with O_TRUNC: a restored app writes on at its own
+    # offset, exactly as a file opened by a user would behave.
+    (cd "$W" && exec "/bench/apps/$1" </dev/null >app.log 2>&1) &
+    pid=$!
+}
+
+stop_app() {
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+
+# Wait for the app's READY; on failure report it and stop the app.
+app_ready() {
+    wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT" && return 0
+    result "$1" FAIL "no READY within ${BENCH_READY_TIMEOUT}s"
+    details "$1" "$W/app.log"
+    stop_app
+    return 1
+}
+
+# Checkpoint the app into the store; torpor ends the tree after a good dump.
+dump_app() {
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        result "$1" FAIL "torpor dump --pid $pid exited with $rc"
+        details "$1" "$W/dump.out"
+        details "$1" "$W/app.log"
+        stop_app
+        return 1
+    fi
+    if ! wait_pid_gone "$pid" 10; then
+        result "$1" FAIL "pid $pid still running after a successful dump"
+        details "$1" "$W/dump.out"
+        stop_app
+        return 1
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# Bring the app back from the store with `torpor $2 --store` (restore or boot).
+restore_app() {
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" "$2" --store "$BENCH_STORE" >"$W/restore.out" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        result "$1" FAIL "torpor $2 --store $BENCH_STORE exited with $rc"
+        details "$1" "$W/restore.out"
+        return 1
+    fi
+    if pid_gone "$pid"; then
+        result "$1" FAIL "pid $pid not running after torpor $2"
+        details "$1" "$W/restore.out"
+        details "$1" "$W/app.log"
+        return 1
+    fi
+    return 0
+}
+
+# Create W/go and report the app's own verdict. $1 = app, $2 = protocol.
+go_and_verdict() {
+    app=$1 protocol=$2
+    : >"$W/go"
+    if ! wait_for_line "$W/app.log" '^(PASS|FAIL)( |$)' "$BENCH_VERIFY_TIMEOUT"; then
+        result "$app" FAIL "no PASS or FAIL within ${BENCH_VERIFY_TIMEOUT}s after go"
+        details "$app" "$W/app.log"
+        [ "$protocol" = control ] && stop_app
+        return
+    fi
+    verdict=$(grep -E '^(PASS|FAIL)( |$)' "$W/app.log" | head -n 1)
+    case "$verdict" in
+        "PASS $app")
+            result "$app" PASS "$protocol"
+            ;;
+        PASS*)
+            result "$app" FAIL "app reported '$verdict', expected 'PASS $app'"
+            ;;
+        *)
+            result "$app" FAIL "$verdict"
+            details "$app" "$W/app.log"
+            [ -f "$W/restore.out" ] && details "$app" "$W/restore.out"
+            ;;
+    esac
+    if [ "$protocol" = control ]; then
+        wait "$pid"
+        rc=$?
+        if [ "$rc" -ne 0 ] && [ "$verdict" = "PASS $app" ]; then
+            result "$app" FAIL "printed PASS but exited with $rc"
+        fi
+    fi
+}
+
+# One app through the whole protocol. $1 = app, $2 = checkpoint|control.
+run_app() {
+    start_app "$1"
+    app_ready "$1" || return
+    if [ "$2" = checkpoint ]; then
+        dump_app "$1" || return
+        restore_app "$1" restore || return
+    fi
+    go_and_verdict "$1" "$2"
+}
+
+# The first half of a power cycle: checkpoint $BENCH_APP into the store,
+# then drive the power line as the agent does after a verified dump.
+job_suspend() {
+    store_ready suspend || return 0
+    app=$BENCH_APP
+    start_app "$app"
+    app_ready "$app" || return 0
+    echo "$pid" >"$W/pid"
+    dump_app "$app" || return 0
+    sync
+    echo "TORPOR-SUSPENDED $app pid=$pid"
+    /bench/tools/gpio-poke "$BENCH_POWER_CHIP" "$BENCH_POWER_LINE" "$BENCH_POWER_ACTIVE" 5000
+    result "$app" FAIL "the power line was driven but power stayed on"
+}
+
+# The second half, on the next power-on: the boot hook brings the app back
+# (`torpor boot --store`, or `torpor restore --store` while there is no boot
+# command), then the app verifies itself.
+job_resume() {
+    app=$BENCH_APP
+    W=$WORK/$app
+    pid=$(cat "$W/pid" 2>/dev/null)
+    if [ -z "$pid" ]; then
+        result "$app" FAIL "no pid recorded in $W/pid by the suspend boot"
+        return 0
+    fi
+    if has_command boot; then command=boot; else command=restore; fi
+    info resume-command "torpor $command --store $BENCH_STORE"
+    restore_app "$app" "$command" || return 0
+    go_and_verdict "$app" "power-cycle"
+}
+
+job_test() {
+    info torpor-version "$("$TORPOR" --version 2>&1)"
+    if has_command dump && has_command restore && [ "$BENCH_PROTOCOL" != control ]; then
+        protocol=checkpoint
+    else
+        protocol=control
+    fi
+    info protocol "$protocol"
+    for app in $BENCH_APPS; do
+        run_app "$app" "$protocol"
+    done
+}
+
+# First a decoy line, which must leave the power on, then the power line.
+# A marker written to the SD card before the cut must be there after it.
+job_gpio() {
+    info torpor-version "$("$TORPOR" --version 2>&1)"
+    marker=$(cat /proc/sys/kernel/random/uuid)
+    echo "$marker" >"$WORK/power-cut-marker"
+    sync
+    info marker "$marker"
+    /bench/tools/gpio-poke "$BENCH_POWER_CHIP" "$BENCH_DECOY_LINE" "$BENCH_POWER_ACTIVE" 200
+    echo "TORPOR-GPIO-DECOY-DONE line=$BENCH_DECOY_LINE"
+    echo "TORPOR-GPIO-ARMED line=$BENCH_POWER_LINE value=$BENCH_POWER_ACTIVE"
+    /bench/tools/gpio-poke "$BENCH_POWER_CHIP" "$BENCH_POWER_LINE" "$BENCH_POWER_ACTIVE" 5000
+    echo "TORPOR-GPIO-SURVIVED"
+}
+
+store_status() {
+    echo "TORPOR-STATUS-BEGIN"
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" store status --store "$BENCH_STORE" >/tmp/status.out 2>&1
+    rc=$?
+    while IFS= read -r line; do
+        echo "TORPOR-STATUS $line"
+    done </tmp/status.out
+    echo "TORPOR-STATUS-END rc=$rc"
+}
+
+# Write one image of the first app into the store; the window markers tell
+# the host when the store is being written.
+store_write() {
+    app=${BENCH_APPS%% *}
+    start_app "$app"
+    if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
+        error "$app printed no READY within ${BENCH_READY_TIMEOUT}s"
+        stop_app
+        return 1
+    fi
+    sync
+    echo "TORPOR-CUT-WINDOW-OPEN"
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    rc=$?
+    echo "TORPOR-CUT-WINDOW-CLOSED rc=$rc"
+    details "$app" "$W/dump.out"
+    stop_app
+    return "$rc"
+}
+
+store_ready() {
+    if ! has_command dump || ! has_command store status; then
+        echo "TORPOR-SKIP $1 $("$TORPOR" --version 2>&1) has no 'dump' or 'store status' command"
+        return 1
+    fi
+}
+
+job_store_seed() {
+    store_ready store-seed || return 0
+    "$TORPOR" store clear --store "$BENCH_STORE" || return 1
+    store_write || return 1
+    store_status
+}
+
+job_store_cut() {
+    store_ready store-cut || return 0
+    store_status
+    store_write
+    store_status
+}
+
+job_store_check() {
+    store_ready store-check || return 0
+    store_status
+}
+
+wait_for_store || exit 1
+mount_data || exit 1
+mkdir -p "$WORK"
+case "$1" in
+    test) job_test ;;
+    gpio) job_gpio ;;
+    suspend) job_suspend ;;
+    resume) job_resume ;;
+    boot-check) info marker "$(cat "$WORK/power-cut-marker" 2>/dev/null)" ;;
+    store-seed) job_store_seed ;;
+    store-cut) job_store_cut ;;
+    store-check) job_store_check ;;
+    *) error "unknown bench mode '$1'"; exit 2 ;;
+esac
