@@ -79,6 +79,7 @@ fn sample() -> Vec<u8> {
         Kind::PipeData,
         &PipeData {
             id: 9,
+            capacity: 65536,
             bytes: b"tick".to_vec(),
         },
     )

@@ -431,14 +431,21 @@ impl FileTable {
         }
     }
 
-    /// Refuses pipes whose other end is outside the tree: their data flow
-    /// could not be reconnected.
+    /// Refuses pipes whose other end is held outside the tree: their data
+    /// flow could not be reconnected. An end closed everywhere is fine (a
+    /// reader then sees EOF after the data, a writer EPIPE), and so it is
+    /// after a restore.
     pub fn check_pipes(&self) -> Result<(), EngineError> {
         for (pipe, (r, w, pid, fd)) in &self.pipe_ends {
-            if !(*r && *w) {
+            if *r && *w {
+                continue;
+            }
+            let step = || format!("files {pid}");
+            let outside = if *r { has_writers(*pid, *fd) } else { has_readers(*pid, *fd) }.step(step)?;
+            if outside {
                 let ino = self.pipes[*pipe as usize].inode;
                 return Err(EngineError {
-                    step: format!("files {pid}"),
+                    step: step(),
                     cause: Cause::Unsupported(format!(
                         "fd {fd} of process {pid} is a pipe (pipe:[{ino}]) whose {} end is outside the dumped tree",
                         if *r { "write" } else { "read" }
@@ -447,6 +454,41 @@ impl FileTable {
             }
         }
         Ok(())
+    }
+}
+
+fn open_proc_fd(pid: i32, fd: i32, flags: i32) -> Result<Result<OwnedFd, std::io::Error>, Cause> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}"))
+        .map_err(|_| Cause::Refused("fd path with NUL".into()))?;
+    // SAFETY: open with a valid C string; the result is checked.
+    let raw = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Ok(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh fd we own.
+    Ok(Ok(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Whether anyone (inside the tree or not) holds the write end of the pipe
+/// whose read end is `fd` of `pid`: without writers a pipe polls as hung up.
+fn has_writers(pid: i32, fd: i32) -> Result<bool, Cause> {
+    let rd = open_proc_fd(pid, fd, libc::O_RDONLY | libc::O_NONBLOCK)??;
+    let mut p = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, no wait.
+    if unsafe { libc::poll(&raw mut p, 1, 0) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(p.revents & libc::POLLHUP == 0)
+}
+
+/// Whether anyone holds the read end of the pipe whose write end is `fd` of
+/// `pid`: opening it for writing without blocking fails (ENXIO) when no
+/// reader exists.
+fn has_readers(pid: i32, fd: i32) -> Result<bool, Cause> {
+    match open_proc_fd(pid, fd, libc::O_WRONLY | libc::O_NONBLOCK)? {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -115,7 +115,7 @@ fn vma_kind(v: &Vma) -> VmaKind {
 /// through [`write_process`].
 pub fn write_pipes<W: Write>(w: &mut ImageWriter<W>, pipes: &[PipeState]) -> Result<(), ImageError> {
     for (i, p) in pipes.iter().enumerate() {
-        w.record(Kind::PipeData, &PipeData { id: i as u64, bytes: p.data.clone() })?;
+        w.record(Kind::PipeData, &PipeData { id: i as u64, capacity: p.size, bytes: p.data.clone() })?;
     }
     Ok(())
 }
@@ -265,13 +265,13 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut rd = ImageReader::new(r)?;
     let mut st = ImageState::default();
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut pipes: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
-                pipes.insert(d.id, d.bytes);
+                pipes.insert(d.id, (d.capacity, d.bytes));
             }
             Kind::Task => {
                 let t: Task = rec.decode()?;
@@ -440,8 +440,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     // Pipes by id; every pipe an fd names must have its data record.
     let max = pipes.keys().next_back().map_or(0, |k| k + 1);
     for id in 0..max {
-        let data = pipes.remove(&id).ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
-        st.pipes.push(PipeState { inode: id, size: 0, data });
+        let (size, data) = pipes.remove(&id).ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
+        st.pipes.push(PipeState { inode: id, size, data });
     }
     for f in &st.files {
         if let FileKind::Pipe { pipe, .. } = f.kind {

@@ -235,7 +235,8 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
             return Err(last_os()).step(step);
         }
-        let size = libc::c_int::try_from(pipe.size).unwrap_or(65536);
+        // At least the default, and room for the data whatever the image says.
+        let size = libc::c_int::try_from(pipe.size.max(65536)).unwrap_or(65536);
         // SAFETY: fcntl on our own pipe.
         if unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, size) } < 0 {
             return Err(last_os()).step(step);

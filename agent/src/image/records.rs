@@ -436,6 +436,8 @@ pub struct MmFields {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeData {
     pub id: u64,
+    /// The pipe's capacity (`F_GETPIPE_SZ`), restored with `F_SETPIPE_SZ`.
+    pub capacity: u32,
     pub bytes: Vec<u8>,
 }
 

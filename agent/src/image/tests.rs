@@ -226,6 +226,7 @@ fn full_image() -> (Vec<u8>, ImageSummary) {
         Kind::PipeData,
         &PipeData {
             id: 7,
+            capacity: 65536,
             bytes: b"queued".to_vec(),
         },
     )
@@ -248,6 +249,7 @@ fn small_image() -> Vec<u8> {
         Kind::PipeData,
         &PipeData {
             id: 1,
+            capacity: 65536,
             bytes: b"hi".to_vec(),
         },
     )
@@ -275,6 +277,7 @@ fn header_image(h: &Header) -> Vec<u8> {
         Kind::PipeData,
         &PipeData {
             id: 1,
+            capacity: 65536,
             bytes: vec![],
         },
     )
@@ -306,6 +309,7 @@ fn every_record_kind_round_trips() {
                 rec.decode::<PipeData>().expect("pipe"),
                 PipeData {
                     id: 7,
+                    capacity: 65536,
                     bytes: b"queued".to_vec()
                 }
             ),
@@ -439,6 +443,7 @@ fn writer_refusals() {
     );
     let big = PipeData {
         id: 1,
+        capacity: 65536,
         bytes: vec![0; PIPE_DATA_LIMIT as usize],
     };
     let e = w.record(Kind::PipeData, &big).unwrap_err();

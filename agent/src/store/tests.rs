@@ -183,6 +183,7 @@ fn image(n: u8) -> Vec<u8> {
         Kind::PipeData,
         &PipeData {
             id: u64::from(n),
+            capacity: 65536,
             bytes: vec![n; 700],
         },
     )
