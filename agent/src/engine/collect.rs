@@ -143,9 +143,8 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
         Backing::Anon
     } else {
         if m.name.ends_with(" (deleted)") {
-            // Shared anonymous memory shows as the deleted /dev/zero, or as
-            // the memfd a previous restore recreated it with.
-            if m.shared && (m.name.starts_with("/dev/zero") || m.name.starts_with("/memfd:")) {
+            // Shared anonymous memory shows as the deleted /dev/zero.
+            if m.shared && m.name.starts_with("/dev/zero") {
                 return Ok(Vma {
                     start: m.start,
                     end: m.end,

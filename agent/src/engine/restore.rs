@@ -166,17 +166,24 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
 struct Objects {
     /// fd in torpor of each `OpenFile`, all at or above `high`.
     fds: Vec<i32>,
-    /// memfd standing for each shared memory object, by id; inherited by
-    /// every task, so the same number maps it in each.
-    shm: BTreeMap<u64, i32>,
+    /// Each shared memory object as a MAP_SHARED|MAP_ANONYMOUS mapping in
+    /// torpor, by id: (address, size). Every task inherits it at the same
+    /// address and moves the parts it maps into place, so the object stays
+    /// one object, as the kernel's own shared anonymous memory.
+    shm: BTreeMap<u64, (u64, u64)>,
     high: i32,
 }
 
 impl Drop for Objects {
     fn drop(&mut self) {
-        for &fd in self.fds.iter().chain(self.shm.values()) {
+        for &fd in &self.fds {
             // SAFETY: closing fds this struct opened.
             unsafe { libc::close(fd) };
+        }
+        for &(addr, size) in self.shm.values() {
+            // SAFETY: unmapping the regions this struct mapped; nothing in
+            // torpor refers to them.
+            unsafe { libc::munmap(arch::native(addr) as *mut libc::c_void, arch::native(size)) };
         }
     }
 }
@@ -210,21 +217,21 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         }
     }
     for (id, size) in shm_size {
-        // SAFETY: memfd_create with a static C string.
-        let fd = unsafe { libc::memfd_create(c"torpor-shm".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
+        // SAFETY: a fresh shared anonymous mapping; torpor never touches it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                arch::native(size),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
             return Err(last_os()).step(step);
         }
-        let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
-        // SAFETY: sizing the memfd just created.
-        if unsafe { libc::ftruncate(fd, len) } < 0 {
-            let e = last_os();
-            // SAFETY: closing our fd on the error path.
-            unsafe { libc::close(fd) };
-            return Err(e).step(step);
-        }
-        let fd = move_high(fd, high).step(step)?;
-        objs.shm.insert(id, fd);
+        objs.shm.insert(id, (addr as u64, size));
     }
     // Each pipe is created once; its first read/write descriptions use the
     // two ends, further ones reopen the pipe through /proc/self/fd.
@@ -467,8 +474,6 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         targets.push(f.fd);
     }
     targets.push(report_fd);
-    // Shared memory objects stay until the tracer has mapped them.
-    targets.extend(objs.shm.values());
     targets.sort_unstable();
     let mut next: u32 = 0;
     for &t in &targets {
@@ -558,7 +563,7 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(last_os()).step(step);
     }
-    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len() + objs.shm.len()).unwrap_or(0)).step(step)?;
+    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len()).unwrap_or(0)).step(step)?;
     let root = &st.processes[0];
     let r = fork_with_pid(root.pid);
     match r {
@@ -672,7 +677,7 @@ fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
-fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, i32>) -> Result<Rebuild<'a>, Cause> {
+fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, u64)>) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
@@ -707,26 +712,45 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, i32>) 
             r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
         }
         // Unmap torpor's image in the child, keeping the kernel's specials.
+        let in_shm = |a: u64| shm.values().any(|&(s, len)| a >= s && a < s + len);
         for m in &current {
-            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) {
+            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) || in_shm(m.start) {
                 continue;
             }
             r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
         }
-        move_specials(r, p, &current, tramp)?;
-        for v in &p.vmas {
-            map_vma(r, &rb.mem, tramp, v, shm)?;
+        move_specials(r, p, &current, tramp, shm)?;
+        // What is left of the shared objects this task does not map.
+        for &(addr, size) in shm.values() {
+            r.syscall("munmap (shared memory)", nr::MUNMAP, [addr, size, 0, 0, 0, 0])?;
         }
-        // torpor's descriptors above the task's own (shared memory objects,
-        // and the report pipe if the task stopped right after reporting).
+        for v in &p.vmas {
+            map_vma(r, &rb.mem, tramp, v)?;
+        }
+        // torpor's descriptors above the task's own: the report pipe may
+        // still be open if the task was stopped right after reporting.
         r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
         Ok(())
     })?;
     Ok(rb)
 }
 
-fn move_specials(r: &mut Remote<'_>, p: &ProcessState, current: &[procfs::MapEntry], tramp: u64) -> Result<(), Cause> {
+/// Moves the kernel's special mappings and the parts of shared memory
+/// objects this task maps to their addresses in the image.
+fn move_specials(
+    r: &mut Remote<'_>,
+    p: &ProcessState,
+    current: &[procfs::MapEntry],
+    tramp: u64,
+    shm: &BTreeMap<u64, (u64, u64)>,
+) -> Result<(), Cause> {
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, size, to)
+    for v in &p.vmas {
+        if let Backing::Shm { id, offset } = v.backing {
+            let &(addr, _) = shm.get(&id).ok_or_else(|| Cause::Refused(format!("shared memory object {id} was not created")))?;
+            moves.push((addr + offset, v.end - v.start, v.start));
+        }
+    }
     for v in &p.vmas {
         let Backing::Special(name) = &v.backing else { continue };
         let cur = current.iter().find(|m| &m.name == name).ok_or_else(|| {
@@ -767,7 +791,7 @@ fn move_specials(r: &mut Remote<'_>, p: &ProcessState, current: &[procfs::MapEnt
     Ok(())
 }
 
-fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, shm: &BTreeMap<u64, i32>) -> Result<(), Cause> {
+fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cause> {
     let len = v.end - v.start;
     let fixed = libc::MAP_FIXED_NOREPLACE;
     match &v.backing {
@@ -782,12 +806,8 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, shm: &BTreeMap<u6
             r.syscall("mmap (anonymous)", n, a)?;
             Ok(())
         }
-        Backing::Shm { id, offset } => {
-            let fd = *shm.get(id).ok_or_else(|| Cause::Refused(format!("shared memory object {id} was not created")))?;
-            let (n, a) = arch::mmap_args(v.start, len, libc::PROT_READ | libc::PROT_WRITE, fixed | libc::MAP_SHARED, fd, *offset);
-            r.syscall("mmap (shared memory)", n, a)?;
-            Ok(())
-        }
+        // Moved into place with the specials.
+        Backing::Shm { .. } => Ok(()),
         Backing::File { path, offset, .. } => {
             let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
             let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
@@ -994,7 +1014,7 @@ fn rebuild_all<R: Read>(
     image: R,
     created: &mut Created,
     high_fd: i32,
-    shm: &BTreeMap<u64, i32>,
+    shm: &BTreeMap<u64, (u64, u64)>,
 ) -> Result<RestoreStats, EngineError> {
     let rstep = || "read image".to_string();
     let mut rd = ImageReader::new(image).step(rstep)?;
@@ -1044,8 +1064,6 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     let high_fd = objs.high;
-    // torpor keeps only the shared memory numbers (the tasks hold the
-    // objects); everything else is closed here.
     let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
     for p in &st.processes {
