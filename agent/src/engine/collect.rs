@@ -404,10 +404,21 @@ impl FileTable {
             };
             return Err(unsupported(what));
         }
-        if link.ends_with(" (deleted)") {
-            return Err(unsupported("a deleted file"));
-        }
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
+        if let Some(path) = link.strip_suffix(" (deleted)") {
+            if !md.file_type().is_file() {
+                return Err(unsupported("a deleted file that is not a regular file"));
+            }
+            let limit = crate::image::records::UNLINKED_LIMIT;
+            if md.len() > limit {
+                return Err(unsupported(&format!(
+                    "an unlinked file of {} bytes (torpor keeps unlinked files up to {limit} bytes)",
+                    md.len()
+                )));
+            }
+            let data = std::fs::read(format!("/proc/{pid}/fd/{fd}"))?;
+            return Ok(FileKind::Unlinked { path: path.to_string(), pos, data });
+        }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
         if ft.is_file() || ft.is_dir() {

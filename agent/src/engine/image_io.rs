@@ -240,6 +240,9 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             }
             FileKind::Device { path, rdev, tty: true } => FdKind::Tty { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
             FileKind::Device { path, rdev, tty: false } => FdKind::Device { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
+            FileKind::Unlinked { path, pos, data } => {
+                FdKind::Unlinked { path: path.as_str().into(), flags: of.flags, offset: *pos, bytes: data.clone() }
+            }
             FileKind::Pipe { pipe, write } => FdKind::Pipe {
                 id: u64::from(*pipe),
                 end: if *write { PipeEnd::Write } else { PipeEnd::Read },
@@ -412,6 +415,9 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             FdKind::Pipe { id, end, flags } => {
                                 let pipe = u32::try_from(id).map_err(|_| malformed(format!("pipe id {id}")))?;
                                 (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write })
+                            }
+                            FdKind::Unlinked { path, flags, offset, bytes } => {
+                                (flags, FileKind::Unlinked { path: path_of(&path), pos: offset, data: bytes })
                             }
                             FdKind::Fifo { path, .. } => {
                                 return Err(malformed(format!("named FIFO {} is not supported", path_of(&path))));

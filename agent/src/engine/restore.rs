@@ -147,6 +147,15 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
+            FileKind::Unlinked { path, .. } => {
+                let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+                if !dir.is_dir() {
+                    return Err(refused(
+                        step,
+                        format!("directory {} of unlinked file {path} is gone", dir.display()),
+                    ));
+                }
+            }
             FileKind::Pipe { pipe, .. } => {
                 if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
@@ -308,6 +317,23 @@ fn open_object(
             }
             Ok(fd)
         }
+        FileKind::Unlinked { path, pos, data } => {
+            let tmp = create_unlinked(path, data)?;
+            // Reopened with the original flags; the file keeps no name.
+            let fd = open(&format!("/proc/self/fd/{tmp}"), open_flags);
+            // SAFETY: closing the creation fd; `fd` holds the file.
+            unsafe { libc::close(tmp) };
+            let fd = fd?;
+            let off = libc::off_t::try_from(*pos).unwrap_or(0);
+            // SAFETY: lseek on the fd just opened.
+            if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
+                let e = last_os();
+                // SAFETY: closing our fd on the error path.
+                unsafe { libc::close(fd) };
+                return Err(e.into());
+            }
+            Ok(fd)
+        }
         FileKind::Device { path, tty, .. } => {
             let p = if *tty && !Path::new(path).exists() {
                 opts.tty.as_ref().map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|| path.clone())
@@ -340,6 +366,43 @@ fn open_object(
             Ok(fd)
         }
     }
+}
+
+/// A nameless regular file holding `data`, in the directory the unlinked
+/// file lived in (so on the same file system): O_TMPFILE, or a temporary
+/// name removed at once where the file system lacks O_TMPFILE.
+fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let cdir = cstr(&dir.to_string_lossy())?;
+    // SAFETY: open with a valid C string; the result is checked.
+    let mut fd = unsafe { libc::open(cdir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        let name = format!("{}/.torpor-unlinked-{}", dir.display(), std::process::id());
+        let cname = cstr(&name)?;
+        // SAFETY: as above; the name is removed right away.
+        fd = unsafe {
+            libc::open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
+        };
+        if fd < 0 {
+            let e = last_os();
+            return Err(std::io::Error::new(e.kind(), format!("recreating unlinked {path} in {}: {e}", dir.display())).into());
+        }
+        // SAFETY: unlinking the name just created.
+        unsafe { libc::unlink(cname.as_ptr()) };
+    }
+    let mut off = 0;
+    while off < data.len() {
+        // SAFETY: writing from our buffer into our fd.
+        let n = unsafe { libc::write(fd, data[off..].as_ptr().cast(), data.len() - off) };
+        if n <= 0 {
+            let e = last_os();
+            // SAFETY: closing our fd on the error path.
+            unsafe { libc::close(fd) };
+            return Err(e.into());
+        }
+        off += n.bits();
+    }
+    Ok(fd)
 }
 
 #[repr(C)]

@@ -178,6 +178,8 @@ pub enum FileKind {
     Path { path: String, pos: u64, dir: bool, identity: FileIdentity },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
+    /// A regular file unlinked while open, by content.
+    Unlinked { path: String, pos: u64, data: Vec<u8> },
     /// One end of a pipe: index into `TreeState::pipes`.
     Pipe { pipe: u32, write: bool },
 }

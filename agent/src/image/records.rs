@@ -400,7 +400,19 @@ pub enum FdKind {
         rdev: u64,
         flags: u32,
     },
+    /// A regular file unlinked while open: kept by content, recreated
+    /// without a name.
+    Unlinked {
+        path: RawPath,
+        flags: u32,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
 }
+
+/// The largest unlinked file stored by content (it travels in its fd
+/// record, below the state record limit).
+pub const UNLINKED_LIMIT: u64 = STATE_LIMIT as u64 - 1024;
 
 /// One open file descriptor of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
