@@ -218,6 +218,9 @@ pub mod nr {
     pub const SET_ROBUST_LIST: i64 = 338;
     pub const RT_TGSIGQUEUEINFO: i64 = 363;
     pub const RSEQ: i64 = 398;
+    pub const TIMER_CREATE: i64 = 257;
+    pub const TIMER_SETTIME: i64 = 258;
+    pub const TIMER_GETTIME: i64 = 259;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

@@ -239,6 +239,9 @@ pub mod nr {
     pub const SET_ROBUST_LIST: i64 = 273;
     pub const RT_TGSIGQUEUEINFO: i64 = 297;
     pub const RSEQ: i64 = 334;
+    pub const TIMER_CREATE: i64 = 222;
+    pub const TIMER_SETTIME: i64 = 223;
+    pub const TIMER_GETTIME: i64 = 224;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

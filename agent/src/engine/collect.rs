@@ -15,7 +15,7 @@ use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
-    ProcessState, Rseq, SigAction, ThreadState, Vma,
+    PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::engine::{Cause, EngineError, StepExt};
 
@@ -256,11 +256,41 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         }
         Ok(())
     })();
+    let timers = if result.is_ok() { read_timers(pid, &mut main, &mem, base + PARASITE_ARGS_OFFSET as u64) } else { Ok(Vec::new()) };
     let unmapped = main.syscall("munmap", nr::MUNMAP, [base, size, 0, 0, 0, 0]);
+    p.posix_timers = timers?;
     result?;
     unmapped?;
     main.finish()?;
     Ok(())
+}
+
+/// POSIX timers: their settings from /proc, their time left from
+/// timer_gettime run in the task (into `scratch`, a page of the parasite's).
+fn read_timers(pid: i32, r: &mut Remote<'_>, mem: &Mem, scratch: u64) -> Result<Vec<PosixTimer>, Cause> {
+    let path = format!("/proc/{pid}/timers");
+    let entries = procfs::parse_timers(&path, &procfs::read(&path)?)?;
+    let mut out = Vec::new();
+    for e in entries {
+        r.syscall("timer_gettime", nr::TIMER_GETTIME, [u64::from(e.id.bits()), scratch, 0, 0, 0, 0])?;
+        // struct itimerspec: interval then value, each {sec, nsec} in longs.
+        let mut w = [0isize; 4];
+        for (i, v) in w.iter_mut().enumerate() {
+            let at = RemotePtr::<isize>::new(scratch + (i * core::mem::size_of::<isize>()) as u64);
+            *v = mem.read_value(at)?;
+        }
+        out.push(PosixTimer {
+            id: e.id,
+            clock: e.clock,
+            notify: e.notify,
+            tid: e.target,
+            signo: e.signo,
+            value: e.value,
+            interval: (sword(w[0]), sword(w[1])),
+            left: (sword(w[2]), sword(w[3])),
+        });
+    }
+    Ok(out)
 }
 
 fn read_args(mem: &Mem, at: RemotePtr<ParasiteArgs>) -> Result<ParasiteArgs, Cause> {

@@ -14,13 +14,13 @@ use std::io::{Read, Write};
 use crate::arch::Bits;
 use crate::image::records::{
     AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
-    PipeData, PipeEnd, RawPath, Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig,
+    PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig,
     SigInfo, Task, Thread, Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
-    ProcessState, Rseq, SigAction, ThreadState, Vma,
+    PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 
 /// Everything in an image except page contents.
@@ -74,6 +74,14 @@ fn itimer_of(t: &ITimer) -> Itimer {
     let (is, iu) = split(t.interval_ns);
     let (vs, vu) = split(t.value_ns);
     Itimer { interval_sec: is, interval_usec: iu, value_sec: vs, value_usec: vu }
+}
+
+fn ts_ns((s, ns): (i64, i64)) -> u64 {
+    u64::try_from(s.saturating_mul(1_000_000_000).saturating_add(ns)).unwrap_or(0)
+}
+
+fn ns_ts(ns: u64) -> (i64, i64) {
+    (i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX), i64::try_from(ns % 1_000_000_000).unwrap_or(0))
 }
 
 /// `/proc/PID/auxv` as native words, widened.
@@ -170,6 +178,20 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             prof: p.itimers.get(2).map(itimer_ns).unwrap_or_default(),
         },
         personality: p.personality,
+        posix_timers: p
+            .posix_timers
+            .iter()
+            .map(|t| RTimer {
+                id: t.id,
+                clock: t.clock,
+                notify: t.notify,
+                tid: t.tid,
+                signo: t.signo,
+                value: t.value,
+                interval_ns: ts_ns(t.interval),
+                value_ns: ts_ns(t.left),
+            })
+            .collect(),
     };
     w.record(Kind::Task, &task)?;
     let m = &p.mm;
@@ -311,6 +333,20 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     umask: t.umask,
                     personality: t.personality,
                     rlimits: rl,
+                    posix_timers: t
+                        .posix_timers
+                        .iter()
+                        .map(|x| PosixTimer {
+                            id: x.id,
+                            clock: x.clock,
+                            notify: x.notify,
+                            tid: x.tid,
+                            signo: x.signo,
+                            value: x.value,
+                            interval: ns_ts(x.interval_ns),
+                            left: ns_ts(x.value_ns),
+                        })
+                        .collect(),
                     creds: Creds {
                         uids: [t.creds.uid, t.creds.euid, t.creds.suid, t.creds.fsuid],
                         gids: [t.creds.gid, t.creds.egid, t.creds.sgid, t.creds.fsgid],

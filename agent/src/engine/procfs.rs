@@ -221,6 +221,57 @@ pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, ProcError> {
     Ok(fi)
 }
 
+/// One entry of `/proc/PID/timers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimerEntry {
+    pub id: i32,
+    pub signo: i32,
+    pub value: u64,
+    /// SIGEV_SIGNAL (0), SIGEV_NONE (1), SIGEV_THREAD (2), | SIGEV_THREAD_ID (4).
+    pub notify: i32,
+    pub target: i32,
+    pub clock: i32,
+}
+
+/// Parses `/proc/PID/timers`: blocks of `ID:`, `signal: SIG/VALUE`,
+/// `notify: KIND/pid.N` or `KIND/tid.N`, `ClockID:`.
+pub fn parse_timers(path: &str, text: &str) -> Result<Vec<TimerEntry>, ProcError> {
+    let mut out: Vec<TimerEntry> = Vec::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let v = v.trim();
+        let num = |x: &str| x.parse::<i32>().map_err(|_| bad(path, format!("bad number in {line:?}")));
+        if k == "ID" {
+            out.push(TimerEntry { id: num(v)?, ..Default::default() });
+            continue;
+        }
+        let t = out.last_mut().ok_or_else(|| bad(path, format!("{k} before any ID")))?;
+        match k {
+            "signal" => {
+                let (sig, val) = v.split_once('/').ok_or_else(|| bad(path, format!("bad signal in {line:?}")))?;
+                t.signo = num(sig)?;
+                let val = val.trim_start_matches("0x");
+                t.value = u64::from_str_radix(val, 16).map_err(|_| bad(path, format!("bad value in {line:?}")))?;
+            }
+            "notify" => {
+                let (kind, who) = v.split_once('/').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                let base = match kind {
+                    "signal" => 0,
+                    "none" => 1,
+                    "thread" => 2,
+                    _ => return Err(bad(path, format!("unknown notify {kind:?}"))),
+                };
+                let (scope, id) = who.split_once('.').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                t.notify = base | if scope == "tid" { 4 } else { 0 };
+                t.target = num(id)?;
+            }
+            "ClockID" => t.clock = num(v)?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// pagemap entry bits.
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
@@ -349,6 +400,21 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(f.flags, 0o2_102_001);
         assert_eq!(f.mnt_id, 27);
         assert!(parse_fdinfo("fdinfo", "pos: 1\n").is_err());
+    }
+
+    #[test]
+    fn timers_blocks() {
+        let t = "ID: 0\nsignal: 35/000000000000feed\nnotify: signal/pid.4242\nClockID: 1\nID: 3\nsignal: 14/0000000000000000\nnotify: signal/tid.4250\nClockID: 0\n";
+        let v = parse_timers("timers", t).expect("valid");
+        assert_eq!(
+            v,
+            vec![
+                TimerEntry { id: 0, signo: 35, value: 0xfeed, notify: 0, target: 4242, clock: 1 },
+                TimerEntry { id: 3, signo: 14, value: 0, notify: 4, target: 4250, clock: 0 },
+            ]
+        );
+        assert!(parse_timers("timers", "signal: 1/0\n").is_err());
+        assert!(parse_timers("timers", "ID: 1\nnotify: weird/pid.1\n").is_err());
     }
 
     #[test]

@@ -996,6 +996,8 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
                 _ => {}
             }
         }
+        // After the threads: a timer may notify one of them.
+        restore_timers(r, mem, tramp, p)?;
         for info in &p.shared_pending {
             let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
             let at = write_bytes(mem, tramp, 0, info)?;
@@ -1012,6 +1014,48 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     r.syscall("munmap (trampoline)", nr::MUNMAP, [tramp, TRAMP_SIZE, 0, 0, 0, 0])?;
     r.finish()?;
     Ok(p.threads.len())
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+
+/// POSIX timers with their ids: timer_create takes the id from its output
+/// argument while PR_TIMER_CREATE_RESTORE_IDS is on.
+fn restore_timers(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -> Result<(), Cause> {
+    if p.posix_timers.is_empty() {
+        return Ok(());
+    }
+    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+    let word = core::mem::size_of::<usize>();
+    let created = (|| -> Result<(), Cause> {
+        for t in &p.posix_timers {
+            // struct sigevent: value (a native word), signo, notify, tid;
+            // 64 bytes in all.
+            let mut sev = vec![0u8; 64];
+            sev[..word].copy_from_slice(&t.value.to_le_bytes()[..word]);
+            sev[word..word + 4].copy_from_slice(&t.signo.to_le_bytes());
+            sev[word + 4..word + 8].copy_from_slice(&t.notify.to_le_bytes());
+            sev[word + 8..word + 12].copy_from_slice(&t.tid.to_le_bytes());
+            let sev_at = write_bytes(mem, tramp, 0, &sev)?;
+            let id_at = write_data(mem, tramp, 128, &t.id)?;
+            r.syscall(
+                "timer_create",
+                nr::TIMER_CREATE,
+                [u64::from(t.clock.bits()), sev_at, id_at, 0, 0, 0],
+            )?;
+            let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
+            if got != t.id {
+                return Err(Cause::Refused(format!("POSIX timer {} came back as {got}", t.id)));
+            }
+            if t.left != (0, 0) {
+                let its = [t.interval.0, t.interval.1, t.left.0, t.left.1].map(arch::native_signed);
+                let its_at = write_data(mem, tramp, 256, &its)?;
+                r.syscall("timer_settime", nr::TIMER_SETTIME, [u64::from(t.id.bits()), 0, its_at, 0, 0, 0])?;
+            }
+        }
+        Ok(())
+    })();
+    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    created
 }
 
 fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Result<(), Cause> {

@@ -41,6 +41,20 @@ pub struct ProcessState {
     /// (soft, hard) for each resource 0..RLIMIT_NLIMITS.
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    pub notify: i32,
+    pub tid: i32,
+    pub signo: i32,
+    pub value: u64,
+    pub interval: (i64, i64),
+    /// (seconds, nanoseconds) left; zero when disarmed.
+    pub left: (i64, i64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

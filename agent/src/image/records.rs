@@ -254,6 +254,25 @@ pub struct Task {
     pub pending: Vec<SigInfo>,
     pub itimers: ITimers,
     pub personality: u32,
+    /// POSIX timers (`timer_create`), by id.
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// One POSIX timer: how it notifies and when it fires next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE`, `SIGEV_THREAD`, possibly with
+    /// `SIGEV_THREAD_ID` (then `tid` is the thread notified).
+    pub notify: i32,
+    pub tid: i32,
+    pub signo: i32,
+    /// `sigev_value`.
+    pub value: u64,
+    pub interval_ns: u64,
+    /// Time left until the next expiry; 0 when disarmed.
+    pub value_ns: u64,
 }
 
 /// The register file of a thread, tagged with its architecture; the byte

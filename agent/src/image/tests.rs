@@ -73,6 +73,7 @@ fn task() -> Task {
             ..ITimers::default()
         },
         personality: 0x0080_0000,
+        posix_timers: vec![],
     }
 }
 
