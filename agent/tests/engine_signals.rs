@@ -143,3 +143,58 @@ fn signal_state_and_process_settings_survive() {
     let l = lines(&out);
     assert_eq!(l, vec!["ready".to_string(), "PASS".to_string()], "{l:?}");
 }
+
+const CREDS: &str = r#"
+#define _GNU_SOURCE
+#include <grp.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    gid_t groups[] = { 1000, 27, 44 };
+    if (setgroups(3, groups) || setresgid(1000, 1001, 1002) || setresuid(1000, 1003, 1004)) {
+        printf("setup failed\n");
+        return 1;
+    }
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+fn id_lines(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("Groups:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A process that dropped root comes back with the same real, effective
+/// and saved ids and supplementary groups.
+#[test]
+fn credentials_come_back() {
+    become_subreaper();
+    let dir = scratch("creds");
+    let bin = compile(&dir, "creds", CREDS, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("creds.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let before = id_lines(pid);
+    assert_eq!(before[0], "Uid:\t1000\t1003\t1004\t1003");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let n = lines(&out).len();
+    restore(&img);
+    assert_eq!(id_lines(pid), before);
+    wait_for("the count to go on", || lines(&out).len() >= n + 3);
+    kill_and_reap(pid);
+    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want);
+}

@@ -53,15 +53,13 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
     let personality = u32::from_str_radix(procfs::read(&pers_path).step(step)?.trim(), 16)
         .map_err(|_| Cause::Refused(format!("{pers_path}: not hex")))
         .step(step)?;
-    let mut rlimits = Vec::new();
-    for res in 0..RLIMIT_NLIMITS {
-        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: prlimit only writes `old`.
-        let rc = unsafe { libc::prlimit(pid, res as _, std::ptr::null(), &raw mut old) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error()).step(step);
-        }
-        rlimits.push((old.rlim_cur, old.rlim_max));
+    let limits_path = format!("/proc/{pid}/limits");
+    let rlimits = procfs::parse_limits(&limits_path, &procfs::read(&limits_path).step(step)?).step(step)?;
+    if rlimits.len() != RLIMIT_NLIMITS as usize {
+        return Err(EngineError {
+            step: step(),
+            cause: Cause::Refused(format!("{limits_path} lists {} limits, not {RLIMIT_NLIMITS}", rlimits.len())),
+        });
     }
 
     let mut vmas = Vec::new();

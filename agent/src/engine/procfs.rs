@@ -272,6 +272,32 @@ pub fn parse_timers(path: &str, text: &str) -> Result<Vec<TimerEntry>, ProcError
     Ok(out)
 }
 
+/// `/proc/PID/limits`: (soft, hard) per resource in RLIMIT order;
+/// `unlimited` is `u64::MAX`. Readable where prlimit(2) on another user's
+/// process is not (it needs CAP_SYS_RESOURCE).
+pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        // The name column is 26 characters wide and may contain spaces.
+        let rest = line.get(26..).ok_or_else(|| bad(path, format!("short line {line:?}")))?;
+        let mut f = rest.split_whitespace();
+        let mut val = || -> Result<u64, ProcError> {
+            match f.next() {
+                Some("unlimited") => Ok(u64::MAX),
+                Some(v) => v.parse().map_err(|_| bad(path, format!("bad limit in {line:?}"))),
+                None => Err(bad(path, format!("missing limit in {line:?}"))),
+            }
+        };
+        let soft = val()?;
+        let hard = val()?;
+        out.push((soft, hard));
+    }
+    if out.is_empty() {
+        return Err(bad(path, "no limits"));
+    }
+    Ok(out)
+}
+
 /// pagemap entry bits.
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
@@ -400,6 +426,17 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(f.flags, 0o2_102_001);
         assert_eq!(f.mnt_id, 27);
         assert!(parse_fdinfo("fdinfo", "pos: 1\n").is_err());
+    }
+
+    #[test]
+    fn limits_table() {
+        let t = "Limit                     Soft Limit           Hard Limit           Units     \nMax cpu time              unlimited            unlimited            seconds   \nMax file size             1024                 unlimited            bytes     \nMax open files            512                  1024                 files     \n";
+        let v = parse_limits("limits", t).expect("valid");
+        assert_eq!(v, vec![(u64::MAX, u64::MAX), (1024, u64::MAX), (512, 1024)]);
+        assert!(parse_limits("limits", "Limit   x\nMax cpu\n").is_err());
+        let pid = i32::try_from(std::process::id()).expect("pid");
+        let live = parse_limits("limits", &read(&format!("/proc/{pid}/limits")).expect("limits")).expect("parse");
+        assert_eq!(live.len(), 16);
     }
 
     #[test]
