@@ -1167,6 +1167,13 @@ fn rebuild_all<R: Read>(
 
 /// Recreates the tree described by `st`, reading pages from `image`.
 pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Result<RestoreStats, EngineError> {
+    // Orphans of a task that failed come to torpor, to be killed with the
+    // rest; once torpor exits, the restored root moves on to the next
+    // subreaper or init as usual.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(last_os()).step(|| "restore".to_string());
+    }
     let objs = open_objects(st, opts)?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
