@@ -198,3 +198,65 @@ fn credentials_come_back() {
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
 }
+
+const INTERRUPTED: &str = r#"
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static volatile sig_atomic_t handled;
+static void on_usr1(int s) { (void)s; handled++; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;   /* no SA_RESTART */
+    sigaction(SIGUSR1, &sa, NULL);
+    int p[2];
+    pipe(p);
+    printf("ready\n");
+    char b;
+    ssize_t n = read(p[0], &b, 1);
+    printf("read %zd %d handled %d\n", n, n < 0 ? errno : 0, (int)handled);
+    return 0;
+}
+"#;
+
+/// A read stopped by the checkpoint is still that read after restore: a
+/// handled signal without SA_RESTART, sent as soon as torpor lets the task
+/// go, ends it with EINTR after the handler ran once, as without the
+/// checkpoint.
+#[test]
+fn signal_right_after_restore_interrupts_the_restored_syscall() {
+    become_subreaper();
+    let dir = scratch("interrupted");
+    let bin = compile(&dir, "interrupted", INTERRUPTED, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("interrupted.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || lines(&out).len() == 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    // Signal the task the moment torpor lets it go, before it can run.
+    let mut restorer = std::process::Command::new(TORPOR)
+        .args(["restore", "--image", img.to_str().expect("utf8")])
+        .spawn()
+        .expect("run torpor");
+    wait_for("the task to be released", || {
+        let restored = std::fs::read_link(format!("/proc/{pid}/exe")).map(|e| e == bin).unwrap_or(false);
+        let released = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| s.lines().any(|l| l == "TracerPid:\t0"))
+            .unwrap_or(false);
+        restored && released
+    });
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert!(restorer.wait().expect("torpor").success());
+    wait_for("the read to end", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1], format!("read -1 {} handled 1", libc::EINTR));
+}

@@ -102,6 +102,17 @@ impl Regs {
             Restart::None => {}
         }
     }
+    /// Registers as the image keeps them. ARM applies the restart rule
+    /// before it stops a task, so the pc is usually rewound already; the rule
+    /// is applied for the case it is not, and the syscall state dropped.
+    pub fn for_image(&mut self) {
+        self.fix_syscall_restart();
+        self.clear_syscall();
+    }
+    /// Registers to resume with.
+    pub fn for_resume(&mut self) {
+        self.clear_syscall();
+    }
     pub fn to_bytes(&self) -> Vec<u8> {
         self.r
             .iter()

@@ -9,7 +9,8 @@
 //! - `Regs` (`#[repr(C)]`, the kernel's user register struct) with
 //!   `pc/set_pc/sp/set_sp`, `syscall_result`, `prepare_syscall`,
 //!   `prepare_parasite`, `fix_syscall_restart`, `to_bytes/from_bytes`,
-//!   `clear_syscall`
+//!   `clear_syscall`, `for_image` (how a stopped syscall is saved) and
+//!   `for_resume` (how it is resumed)
 //! - `get_regs/set_regs`, `get_fpregs/set_fpregs`, `get_tls`
 //! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
 //!   pointer, when registers alone do not carry it

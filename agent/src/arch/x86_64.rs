@@ -113,6 +113,19 @@ impl Regs {
             Restart::None => {}
         }
     }
+    /// Registers as the image keeps them. A syscall to be restarted stays
+    /// as the kernel left it (return code and syscall number): on resume the
+    /// kernel restarts it itself, or ends it with EINTR if a handled signal
+    /// comes first, exactly as without the checkpoint. Only the restart
+    /// block, which belongs to the old task, is turned into EINTR.
+    pub fn for_image(&mut self) {
+        if restart_kind(self.in_syscall(), self.syscall_result()) == Restart::Eintr {
+            self.fix_syscall_restart();
+            self.clear_syscall();
+        }
+    }
+    /// Registers to resume with: as saved (see `for_image`).
+    pub fn for_resume(&mut self) {}
     /// The TLS pointer carried by these registers.
     pub fn tls(&self) -> u64 {
         self.fs_base

@@ -110,8 +110,7 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
         let tstep = || format!("collect thread {tid}");
         let mut regs = arch::get_regs(tid).step(tstep)?;
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
-        regs.fix_syscall_restart();
-        regs.clear_syscall();
+        regs.for_image();
         let comm_path = format!("/proc/{pid}/task/{tid}/comm");
         let comm = procfs::read(&comm_path).step(tstep)?.trim_end_matches('\n').to_string();
         p.threads.push(ThreadState {
@@ -149,6 +148,7 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
                     prot,
                     shared: true,
                     grows_down: m.has_flag("gd"),
+                    noreserve: m.has_flag("nr"),
                     backing: Backing::Shm { id: m.inode, offset: m.offset },
                     name: m.name.clone(),
                 });
@@ -182,6 +182,7 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
         prot,
         shared: m.shared,
         grows_down: m.has_flag("gd"),
+        noreserve: m.has_flag("nr"),
         backing,
         name: m.name.clone(),
     })

@@ -112,6 +112,11 @@ fn dump_memory<W: Write>(
         if matches!(v.backing, Backing::Special(_)) {
             continue;
         }
+        // Nothing anonymous and nothing swapped: no page to store (a large
+        // reservation costs no pagemap reading).
+        if !matches!(v.backing, Backing::Shm { .. }) && m.anon_kb == Some(0) && m.swap_kb == Some(0) {
+            continue;
+        }
         // A shared object is stored once, by the first process mapping it.
         if let Backing::Shm { id, offset } = v.backing {
             if !shm_done.insert((id, offset, v.end - v.start)) {

@@ -234,6 +234,9 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
         if v.grows_down {
             flags |= libc::MAP_GROWSDOWN;
         }
+        if v.noreserve {
+            flags |= libc::MAP_NORESERVE;
+        }
         let (offset, file) = match &v.backing {
             Backing::File { path, offset, identity } => (*offset, Some(file_id(path, identity))),
             // The object's inode names it; no path.
@@ -431,6 +434,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             prot: v.prot.bits(),
                             shared,
                             grows_down: v.flags & libc::MAP_GROWSDOWN.bits() != 0,
+                            noreserve: v.flags & libc::MAP_NORESERVE.bits() != 0,
                             backing,
                             name,
                         });

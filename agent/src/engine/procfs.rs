@@ -137,6 +137,11 @@ pub struct MapEntry {
     pub name: String,
     /// The two-letter VmFlags (`rd`, `wr`, `gd`, `dd`...).
     pub vm_flags: Vec<String>,
+    /// smaps `Anonymous:` and `Swap:` in kB (None from plain `maps`): a
+    /// mapping with neither holds no page a dump must store, whatever its
+    /// size, so its pagemap need not be read.
+    pub anon_kb: Option<u64>,
+    pub swap_kb: Option<u64>,
 }
 
 impl MapEntry {
@@ -173,6 +178,8 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
         inode: inode.parse().map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
         name,
         vm_flags: Vec::new(),
+        anon_kb: None,
+        swap_kb: None,
     })
 }
 
@@ -183,6 +190,18 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
         let first = line.split(' ').next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             out.push(parse_map_header(path, line)?);
+        } else if let Some((key @ ("Anonymous" | "Swap"), v)) = line.split_once(':') {
+            let last = out.last_mut().ok_or_else(|| bad(path, "smaps field before any mapping"))?;
+            let kb = v
+                .trim()
+                .strip_suffix(" kB")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad(path, format!("bad {key} line {line:?}")))?;
+            if key == "Swap" {
+                last.swap_kb = Some(kb);
+            } else {
+                last.anon_kb = Some(kb);
+            }
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
             let last = out.last_mut().ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
             last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
@@ -401,6 +420,8 @@ Size:                  4 kB
 VmFlags: rd mr mw me dw sd
 55d0c0c00000-55d0c0c21000 rw-p 00000000 00:00 0                          [heap]
 Size:                132 kB
+Anonymous:            12 kB
+Swap:                  4 kB
 VmFlags: rd wr mr mw me ac sd
 7ffd26757000-7ffd26778000 rw-s 00001000 00:05 77                         /dev/zero (deleted)
 VmFlags: rd wr sh mr mw me ms gd
@@ -414,6 +435,8 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(m[0].name, "/usr/bin/my prog");
         assert_eq!(m[1].name, "[heap]");
         assert!(m[1].has_flag("ac"));
+        assert_eq!((m[1].anon_kb, m[1].swap_kb), (Some(12), Some(4)));
+        assert_eq!((m[0].anon_kb, m[0].swap_kb), (None, None));
         assert!(m[2].shared && m[2].has_flag("gd"));
         assert_eq!(m[2].offset, 0x1000);
         assert!(parse_smaps("smaps", "zzzz-1000 rw-p 0 0:0 0\n").is_err());

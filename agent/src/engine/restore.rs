@@ -859,13 +859,18 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
     let fixed = libc::MAP_FIXED_NOREPLACE;
     match &v.backing {
         Backing::Special(_) => Ok(()),
+        // With its final protection: pages are written through
+        // /proc/PID/mem, which may write private memory of any protection,
+        // and a PROT_NONE reservation stays free of commit charge.
         Backing::Anon => {
-            let mut flags = fixed | libc::MAP_ANONYMOUS;
-            flags |= if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let mut flags = fixed | libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
             if v.grows_down {
                 flags |= libc::MAP_GROWSDOWN;
             }
-            let (n, a) = arch::mmap_args(v.start, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
+            if v.noreserve {
+                flags |= libc::MAP_NORESERVE;
+            }
+            let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, -1, 0);
             r.syscall("mmap (anonymous)", n, a)?;
             Ok(())
         }
@@ -917,7 +922,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     let tramp = rb.tramp;
     with_remote(mem, pid, tramp, |r| {
         for v in &p.vmas {
-            if matches!(v.backing, Backing::Anon | Backing::Shm { .. }) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
+            if matches!(v.backing, Backing::Shm { .. }) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
                 r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0])?;
             }
         }
@@ -1108,7 +1113,7 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     }
     arch::set_fpregs(t.tid, &t.fpregs)?;
     let mut regs = Regs::from_bytes(&t.regs)?;
-    regs.clear_syscall();
+    regs.for_resume();
     r.replace_saved(regs, t.sigmask);
     r.finish()?;
     Ok(())

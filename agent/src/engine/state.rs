@@ -163,6 +163,8 @@ pub struct Vma {
     pub prot: i32,
     pub shared: bool,
     pub grows_down: bool,
+    /// Mapped without swap accounting (MAP_NORESERVE, VmFlags `nr`).
+    pub noreserve: bool,
     pub backing: Backing,
     /// The name as /proc showed it (`[heap]`, `[stack]`, a path), for humans.
     pub name: String,
