@@ -135,6 +135,17 @@ mod tests {
     }
 
     #[test]
+    fn saved_restart_block_becomes_eintr() {
+        let mut r = Regs::default();
+        r.set_pc(0x2000);
+        r.set_syscall_state(35, -516);
+        r.for_image();
+        assert_eq!(r.syscall_result(), -i64::from(libc::EINTR));
+        assert_eq!(r.pc(), 0x2000);
+        assert!(!r.in_syscall(), "nothing left for the kernel to restart");
+    }
+
+    #[test]
     fn restart_fixup_rewinds_the_syscall() {
         let mut r = Regs::default();
         r.set_pc(0x1000 + SYSCALL_INSN_LEN);
