@@ -2,6 +2,8 @@
 //! process exit code or an error whose message tells the user what to do.
 
 pub mod check;
+pub mod daemon;
+pub mod hibernate;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,10 @@ pub enum Command {
     Store(StoreArgs),
     /// Report the kernel features torpor relies on.
     Check,
+    /// Serve hibernate and checkpoint requests on the UNIX socket.
+    Daemon(daemon::DaemonArgs),
+    /// Ask the daemon to hibernate a process tree (or checkpoint it, or report status).
+    Hibernate(hibernate::HibernateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +67,8 @@ pub enum StoreAction {
 pub fn run(cli: Cli) -> i32 {
     let result: Result<i32, String> = match cli.command {
         Command::Check => Ok(check::run()),
+        Command::Daemon(args) => Ok(daemon::run(args)),
+        Command::Hibernate(args) => Ok(hibernate::run(args)),
         Command::Show(_) | Command::Store(_) => Err("not built yet".to_string()),
     };
     match result {

@@ -1,0 +1,102 @@
+//! `torpor daemon`: read the configuration, listen, serve until SIGTERM.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::{self, Config};
+use crate::daemon::log;
+use crate::daemon::{Daemon, Engine, Listener, NoEngine, Settings};
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Listen here instead of at socket.path of the configuration.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Check the configuration, print the settings in effect, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Loads and fully checks the configuration, including user and group names.
+fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
+    let mut c = Config::load_or_default(&args.config)?;
+    c.resolve()?;
+    if let Some(s) = &args.socket {
+        c.socket.path = s.clone();
+    }
+    Ok(c)
+}
+
+fn print_settings(c: &Config) {
+    println!("{}: configuration is valid", c.origin.display());
+    println!("socket.path = {}", c.socket.path.display());
+    println!("socket.owner = {}", c.socket.owner);
+    println!("socket.group = {}", c.socket.group);
+    println!("socket.mode = {:04o}", c.socket.mode);
+    println!("store.device = {}", c.store.device.display());
+    println!("power.chip = {}", c.power.chip);
+    println!("power.line = {}", c.power.line);
+    println!("power.active_low = {}", c.power.active_low);
+    println!("power.hold_ms = {}", c.power.hold_ms);
+    println!("power.timeout_ms = {}", c.power.timeout_ms);
+    match &c.rtc.wakealarm {
+        Some(p) => println!("rtc.device = {}", p.display()),
+        None => println!("rtc.device = none"),
+    }
+    println!("restore.attempts = {}", c.restore.attempts);
+    println!("restore.tty = {}", c.restore.tty.display());
+    let users: Vec<String> = c.access.allow_users.iter().map(ToString::to_string).collect();
+    println!("access.allow_users = [{}]", users.join(", "));
+}
+
+/// `torpor daemon` with the engine of this build.
+pub fn run(args: DaemonArgs) -> i32 {
+    run_with(args, NoEngine)
+}
+
+/// `torpor daemon` driving `engine`.
+pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    if args.check_config {
+        print_settings(&config);
+        return 0;
+    }
+    match serve(&config, engine) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
+fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
+    let uid = config.socket_owner().map_err(|e| e.to_string())?;
+    let gid = config.socket_group().map_err(|e| e.to_string())?;
+    let allowed_uids = config.allowed_uids().map_err(|e| e.to_string())?;
+    // SIGTERM and SIGINT arrive through a signalfd in the poll loop, so a
+    // stop never interrupts a request half-way.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot create a signalfd: {e}"))?;
+    let listener = Listener::bind(&config.socket.path, uid, gid, config.socket.mode).map_err(|e| e.to_string())?;
+    let power = crate::power::from_config(config);
+    let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power);
+    daemon.run(signals.as_fd()).map_err(|e| e.to_string())
+}
