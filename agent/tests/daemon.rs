@@ -419,11 +419,10 @@ fn in_child(socket: &Path, request: &[u8], nobody: bool) -> (i32, Reply) {
                 libc::_exit(12);
             }
             let mut buf = [0u8; 512];
-            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-            if n <= 0 {
+            let Ok(n) = usize::try_from(libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)) else {
                 libc::_exit(13);
-            }
-            libc::write(w, buf.as_ptr().cast(), n as usize);
+            };
+            libc::write(w, buf.as_ptr().cast(), n);
             libc::_exit(0);
         }
     }
