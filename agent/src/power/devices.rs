@@ -33,7 +33,7 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 impl PowerLine for CdevLine {
     fn request(&mut self, chip: &str, line: u32, high: bool) -> io::Result<()> {
         let path = if chip.starts_with('/') { PathBuf::from(chip) } else { PathBuf::from("/dev").join(chip) };
-        let mut chip = Chip::new(&path).map_err(|e| other(format!("{}: {e}", path.display())))?;
+        let mut chip = Chip::new(&path).map_err(other)?;
         let handle = chip
             .get_line(line)
             .and_then(|l| l.request(LineRequestFlags::OUTPUT, u8::from(high), "torpor-power"))
