@@ -508,3 +508,45 @@ fn stopping_removes_the_socket() {
     drop(daemon);
     assert!(!path.exists());
 }
+
+/// The client library's own-process calls, from a forked child (the daemon
+/// runs in this process). The library allocates nothing on these paths, so
+/// the child stays async-signal-safe; it reports through its exit status.
+#[test]
+fn client_library_hibernates_and_checkpoints_its_own_process() {
+    let (d, engine, supply) = default_daemon("client-self");
+    let path = d.socket.clone();
+    // SAFETY: the child runs only allocation-free code and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = (|| {
+            let mut c = Client::connect(&path).ok()?;
+            let r = c.hibernate(Some(30)).ok()?;
+            if r != (Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }) {
+                return Some(2);
+            }
+            let k = c.checkpoint().ok()?;
+            if k != (Checkpointed { generation: 7, image_bytes: 1_234_567 }) {
+                return Some(3);
+            }
+            Some(0)
+        })()
+        .unwrap_or(1);
+        // SAFETY: leaving the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+    assert_eq!(
+        engine.calls(),
+        vec![
+            EngineCall::Hibernate { pid, wake: Some(30), conn_peer_pid: pid },
+            EngineCall::Checkpoint { pid, conn_peer_pid: pid },
+        ]
+    );
+    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut]);
+}

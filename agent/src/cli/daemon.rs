@@ -34,26 +34,42 @@ fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
     Ok(c)
 }
 
-fn print_settings(c: &Config) {
-    println!("{}: configuration is valid", c.origin.display());
-    println!("socket.path = {}", c.socket.path.display());
-    println!("socket.owner = {}", c.socket.owner);
-    println!("socket.group = {}", c.socket.group);
-    println!("socket.mode = {:04o}", c.socket.mode);
-    println!("store.device = {}", c.store.device.display());
-    println!("power.chip = {}", c.power.chip);
-    println!("power.line = {}", c.power.line);
-    println!("power.active_low = {}", c.power.active_low);
-    println!("power.hold_ms = {}", c.power.hold_ms);
-    println!("power.timeout_ms = {}", c.power.timeout_ms);
-    match &c.rtc.wakealarm {
-        Some(p) => println!("rtc.device = {}", p.display()),
-        None => println!("rtc.device = none"),
-    }
-    println!("restore.attempts = {}", c.restore.attempts);
-    println!("restore.tty = {}", c.restore.tty.display());
+/// The settings in effect, one `section.key = value` per line.
+fn settings_text(c: &Config) -> String {
     let users: Vec<String> = c.access.allow_users.iter().map(ToString::to_string).collect();
-    println!("access.allow_users = [{}]", users.join(", "));
+    let rtc = c.rtc.wakealarm.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string());
+    format!(
+        "{}: configuration is valid
+socket.path = {}
+socket.owner = {}
+socket.group = {}
+socket.mode = {:04o}
+store.device = {}
+power.chip = {}
+power.line = {}
+power.active_low = {}
+power.hold_ms = {}
+power.timeout_ms = {}
+rtc.device = {rtc}
+restore.attempts = {}
+restore.tty = {}
+access.allow_users = [{}]
+",
+        c.origin.display(),
+        c.socket.path.display(),
+        c.socket.owner,
+        c.socket.group,
+        c.socket.mode,
+        c.store.device.display(),
+        c.power.chip,
+        c.power.line,
+        c.power.active_low,
+        c.power.hold_ms,
+        c.power.timeout_ms,
+        c.restore.attempts,
+        c.restore.tty.display(),
+        users.join(", ")
+    )
 }
 
 /// `torpor daemon` with the engine of this build.
@@ -71,7 +87,9 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
         }
     };
     if args.check_config {
-        print_settings(&config);
+        use std::io::Write;
+        // A closed stdout (`| head`) is not worth a panic.
+        let _ = std::io::stdout().lock().write_all(settings_text(&config).as_bytes());
         return 0;
     }
     match serve(&config, engine) {
