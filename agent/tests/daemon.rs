@@ -82,7 +82,7 @@ fn hibernate_caller_returns_resumed_after_the_simulated_cut() {
     let (child, reply) = in_child(&d.socket, &request, false);
     assert_eq!(reply, Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }));
     assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: child, wake: Some(60), conn_peer_pid: child }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(60), SupplyCall::Cut]);
+    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(60), SupplyCall::Cut, SupplyCall::Release]);
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn hibernate_named_target_through_the_client_library() {
     let r = c.hibernate_target(Target::Pid(target.pid()), None).unwrap();
     assert_eq!(r, Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 });
     assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: target.raw(), wake: None, conn_peer_pid: me() }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::Cut]);
+    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::Cut, SupplyCall::Release]);
     // The same connection keeps working after the resume.
     assert_eq!(c.status().unwrap().store, SUMMARY);
 }
@@ -496,7 +496,7 @@ fn allowed_users_may_hibernate_only_their_own_processes() {
         engine.calls(),
         vec![EngineCall::Hibernate { pid: child_pid, wake: Some(9), conn_peer_pid: child_pid }]
     );
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(9), SupplyCall::Cut]);
+    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(9), SupplyCall::Cut, SupplyCall::Release]);
 }
 
 #[test]
@@ -548,5 +548,5 @@ fn client_library_hibernates_and_checkpoints_its_own_process() {
             EngineCall::Checkpoint { pid, conn_peer_pid: pid },
         ]
     );
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut]);
+    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut, SupplyCall::Release]);
 }

@@ -49,6 +49,11 @@ impl Listener {
         }
         let fd = packet::seqpacket_socket().map_err(|e| fail("create", e))?;
         let (addr, len) = packet::socket_address(path).map_err(|e| fail("name", e))?;
+        // The file is born owner-only (Linux gives it the socket inode's
+        // mode, masked by the umask), so nobody connects before it has its
+        // configured owner and mode.
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| fail("configure", e.into()))?;
         // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
         if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len) } < 0 {
             return Err(fail("bind", io::Error::last_os_error()));

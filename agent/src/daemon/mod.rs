@@ -360,6 +360,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         log::info!("cutting the power");
         match self.power.cut() {
             Ok(slept_for_ms) => {
+                self.power.release();
                 log::info!("power is back after {slept_for_ms} ms without a reboot; pid {pid} resumes");
                 Reply::Resumed(Resumed {
                     slept_for_ms: Some(slept_for_ms),
