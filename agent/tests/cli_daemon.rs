@@ -67,7 +67,10 @@ fn bad_config_stops_the_daemon_with_the_key_and_file() {
         ("[socket]\nmode = \"0999\"\n", "`socket.mode` = \"0999\": not an octal mode"),
         ("[restore]\nattempts = 0\n", "`restore.attempts` = 0: must be at least 1"),
         ("[power]\ngpio = 3\n", "unknown key `power.gpio`"),
-        ("[access]\nallow_users = [\"no-such-user-torpor\"]\n", "`access.allow_users`: no user named `no-such-user-torpor`"),
+        (
+            "[access]\nallow_users = [\"no-such-user-torpor\"]\n",
+            "`access.allow_users`: no user named `no-such-user-torpor`",
+        ),
     ] {
         std::fs::write(&file, body).unwrap();
         for extra in [&["--check-config"][..], &[][..]] {
@@ -84,7 +87,8 @@ fn bad_config_stops_the_daemon_with_the_key_and_file() {
         }
     }
     let out = torpor(&["daemon", "--check-config", "--config", "/nonexistent/torpor.toml"]);
-    assert!(text(&out.stderr).ends_with("]: error: /nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)\n"));
+    assert!(text(&out.stderr)
+        .ends_with("]: error: /nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)\n"));
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -152,7 +156,10 @@ fn hibernate_command_against_the_daemon_binary() {
     let out = torpor(&["hibernate", "--socket", d.socket(), "--status"]);
     assert_eq!(
         text(&out.stdout),
-        format!("daemon {} (protocol 1.0)\nstore: unavailable, generation 0, 0 bytes\nwake alarm: not configured\n", env!("CARGO_PKG_VERSION"))
+        format!(
+            "daemon {} (protocol 1.0)\nstore: unavailable, generation 0, 0 bytes\nwake alarm: not configured\n",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     assert_eq!(out.status.code(), Some(0));
 
@@ -184,7 +191,9 @@ fn hibernate_command_against_the_daemon_binary() {
 
     // A second daemon on the same socket refuses to start.
     let out = torpor(&["daemon", "--socket", d.socket()]);
-    assert!(text(&out.stderr).ends_with(&format!("]: error: another torpor daemon is already serving {}\n", d.socket())));
+    assert!(
+        text(&out.stderr).ends_with(&format!("]: error: another torpor daemon is already serving {}\n", d.socket()))
+    );
     assert_eq!(out.status.code(), Some(1));
 
     let socket = d.socket.clone();
@@ -216,4 +225,23 @@ fn hibernate_command_without_a_daemon() {
         "torpor: error: cannot connect to the torpor daemon at /nonexistent/torpor.sock: No such file or directory (os error 2)\n"
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn cut_power_reports_a_missing_gpio() {
+    let dir = temp_dir("cut");
+    let file = dir.join("torpor.toml");
+    std::fs::write(&file, "[power]\nchip = \"/nonexistent/gpiochip\"\nline = 5\n").unwrap();
+    let out = torpor(&["daemon", "--config", file.to_str().unwrap(), "--cut-power", "--wake-after", "30"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.ends_with("]: error: cannot request /nonexistent/gpiochip line 5 as the power output: No such file or directory (os error 2)\n"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(out.status.code(), Some(1));
+    // --wake-after needs --cut-power, and at least 1 second.
+    assert_eq!(torpor(&["daemon", "--wake-after", "30"]).status.code(), Some(2));
+    assert_eq!(torpor(&["daemon", "--cut-power", "--wake-after", "0"]).status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -82,7 +82,10 @@ fn hibernate_caller_returns_resumed_after_the_simulated_cut() {
     let (child, reply) = in_child(&d.socket, &request, false);
     assert_eq!(reply, Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }));
     assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: child, wake: Some(60), conn_peer_pid: child }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(60), SupplyCall::Cut, SupplyCall::Release]);
+    assert_eq!(
+        supply.calls(),
+        vec![SupplyCall::Prepare, SupplyCall::ArmWake(60), SupplyCall::Cut, SupplyCall::Release]
+    );
 }
 
 #[test]
@@ -208,7 +211,8 @@ fn wake_requests_the_daemon_cannot_honour_are_refused() {
 fn absent_and_special_targets_are_refused() {
     let (d, engine, _) = default_daemon("absent");
     // PIDs above pid_max never exist.
-    let reply = raw_exchange(&d.socket, &encode(&Request::Hibernate { target: Target::Pid(0x3fff_ffff), wake_after_s: None }));
+    let reply =
+        raw_exchange(&d.socket, &encode(&Request::Hibernate { target: Target::Pid(0x3fff_ffff), wake_after_s: None }));
     assert_eq!(expect_error(reply, ErrorKind::NoSuchProcess), "cannot hibernate pid 1073741823: no such process");
     let reply = raw_exchange(&d.socket, &encode(&Request::Checkpoint { target: Target::Pid(0) }));
     assert_eq!(expect_error(reply, ErrorKind::NoSuchProcess), "pid 0 names no process");
@@ -263,10 +267,7 @@ fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
         bad_input(s, &[1, 0, 0, 0, 2], ErrorKind::Malformed),
         "an option tag is neither 0 nor 1 (protocol 1.0, this side speaks 1.0)"
     );
-    assert_eq!(
-        bad_input(s, &[1, 0, 2, 0], ErrorKind::Malformed),
-        "1 unexpected byte(s) after the end of the message"
-    );
+    assert_eq!(bad_input(s, &[1, 0, 2, 0], ErrorKind::Malformed), "1 unexpected byte(s) after the end of the message");
     // A varint longer than a u32 allows.
     assert_eq!(
         bad_input(s, &[1, 0, 1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], ErrorKind::Malformed),
@@ -289,7 +290,9 @@ fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
         let reply = raw_exchange(s, &msg);
         match protocol::decode_request(&msg, msg.len()) {
             Err(e) => assert_eq!(reply, Reply::Error(ErrorReply::new(e.kind(), &e.to_string())), "{msg:02x?}"),
-            Ok(_) => assert!(!matches!(reply, Reply::Error(ErrorReply { kind: ErrorKind::Malformed, .. })), "{msg:02x?}"),
+            Ok(_) => {
+                assert!(!matches!(reply, Reply::Error(ErrorReply { kind: ErrorKind::Malformed, .. })), "{msg:02x?}")
+            }
         }
     }
     status_ok(s);
@@ -492,10 +495,7 @@ fn allowed_users_may_hibernate_only_their_own_processes() {
     let (child_pid, reply) =
         as_nobody(&d.socket, &encode(&Request::Hibernate { target: Target::Caller, wake_after_s: Some(9) }));
     assert_eq!(reply, Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }));
-    assert_eq!(
-        engine.calls(),
-        vec![EngineCall::Hibernate { pid: child_pid, wake: Some(9), conn_peer_pid: child_pid }]
-    );
+    assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: child_pid, wake: Some(9), conn_peer_pid: child_pid }]);
     assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(9), SupplyCall::Cut, SupplyCall::Release]);
 }
 
@@ -548,5 +548,8 @@ fn client_library_hibernates_and_checkpoints_its_own_process() {
             EngineCall::Checkpoint { pid, conn_peer_pid: pid },
         ]
     );
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut, SupplyCall::Release]);
+    assert_eq!(
+        supply.calls(),
+        vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut, SupplyCall::Release]
+    );
 }

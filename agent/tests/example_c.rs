@@ -49,7 +49,10 @@ fn c_example_hibernates_and_prints_resumed() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "resumed: slept_for_ms=5000000123 clock=wall generation=7\n");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid, wake: Some(3600), conn_peer_pid: pid }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(3600), SupplyCall::Cut, SupplyCall::Release]);
+    assert_eq!(
+        supply.calls(),
+        vec![SupplyCall::Prepare, SupplyCall::ArmWake(3600), SupplyCall::Cut, SupplyCall::Release]
+    );
 
     // Without a wake time the option byte is 00.
     let (pid, out) = run_captured(&bin, &[socket]);
@@ -66,7 +69,9 @@ fn c_example_prints_the_daemons_error() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        format!("error: DumpFailed: pid {pid} not hibernated: checkpoint failed: /proc/PID/pagemap: permission denied\n")
+        format!(
+            "error: DumpFailed: pid {pid} not hibernated: checkpoint failed: /proc/PID/pagemap: permission denied\n"
+        )
     );
     assert_eq!(out.status.code(), Some(1));
 

@@ -82,7 +82,10 @@ fn refusals_name_the_device() {
     let mut p = Power::new(
         settings(false),
         FakeLine { log: log.clone(), fail_request: true },
-        Some(("/sys/class/rtc/rtc0/wakealarm".to_string(), FakeAlarm { log: log.clone(), now: RTC_NOW, fail_write: true })),
+        Some((
+            "/sys/class/rtc/rtc0/wakealarm".to_string(),
+            FakeAlarm { log: log.clone(), now: RTC_NOW, fail_write: true },
+        )),
         FakeSystem { log: log.clone() },
     );
     assert_eq!(

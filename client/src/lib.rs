@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use proto::{
-    Checkpointed, Clock, DecodeError, EncodeError, ErrorKind, ErrorReply, Reply, Request, Resumed, Status,
-    StoreState, StoreSummary, Target, Version, MAX_MESSAGE, VERSION,
+    Checkpointed, Clock, DecodeError, EncodeError, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
+    StoreSummary, Target, Version, MAX_MESSAGE, VERSION,
 };
 
 /// Where the daemon listens unless its configuration says otherwise.

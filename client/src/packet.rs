@@ -22,11 +22,7 @@ pub fn socket_address(path: &Path) -> io::Result<(libc::sockaddr_un, libc::sockl
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "socket path {} must be 1 to {} bytes without NUL",
-                path.display(),
-                addr.sun_path.len() - 1
-            ),
+            format!("socket path {} must be 1 to {} bytes without NUL", path.display(), addr.sun_path.len() - 1),
         ));
     }
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {

@@ -256,9 +256,9 @@ impl DecodeError {
         match self {
             DecodeError::Oversized { .. } => ErrorKind::Oversized,
             DecodeError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
-            DecodeError::NoVersion { .. }
-            | DecodeError::Malformed { .. }
-            | DecodeError::TrailingBytes { .. } => ErrorKind::Malformed,
+            DecodeError::NoVersion { .. } | DecodeError::Malformed { .. } | DecodeError::TrailingBytes { .. } => {
+                ErrorKind::Malformed
+            }
         }
     }
 }

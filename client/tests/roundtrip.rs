@@ -26,7 +26,9 @@ fn all_replies() -> Vec<Reply> {
         }
     }
     out.push(Reply::Checkpointed(Checkpointed { generation: 0, image_bytes: u64::MAX }));
-    for state in [StoreState::Unavailable, StoreState::Empty, StoreState::Valid, StoreState::Restoring, StoreState::Consumed] {
+    for state in
+        [StoreState::Unavailable, StoreState::Empty, StoreState::Valid, StoreState::Restoring, StoreState::Consumed]
+    {
         out.push(Reply::Status(Status {
             daemon_version: bounded_text(&"9".repeat(VERSION_TEXT)),
             protocol: Version { major: 255, minor: 255 },

@@ -20,8 +20,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Check the configuration, print the settings in effect, and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cut_power")]
     pub check_config: bool,
+    /// Do not serve: cut the power now through the configured GPIO, to
+    /// test a board's wiring. Returns only if the cut fails.
+    #[arg(long)]
+    pub cut_power: bool,
+    /// With --cut-power: first set the RTC to power the board up again after SECS seconds.
+    #[arg(long, value_name = "SECS", requires = "cut_power", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wake_after: Option<u32>,
 }
 
 /// Loads and fully checks the configuration, including user and group names.
@@ -92,6 +99,15 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
         let _ = std::io::stdout().lock().write_all(settings_text(&config).as_bytes());
         return 0;
     }
+    if args.cut_power {
+        return match cut_power(&config, args.wake_after) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("{e}");
+                1
+            }
+        };
+    }
     match serve(&config, engine) {
         Ok(()) => 0,
         Err(e) => {
@@ -99,6 +115,31 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
             1
         }
     }
+}
+
+/// The daemon's power-down sequence on its own, with the real devices.
+fn cut_power(config: &Config, wake_after: Option<u32>) -> Result<(), crate::power::PowerError> {
+    use crate::power::PowerDown;
+    let mut power = crate::power::from_config(config);
+    power.prepare()?;
+    if let Some(after) = wake_after {
+        let at = power.arm_wake(after)?;
+        log::info!("wake alarm set to RTC time {at} ({after} s from now)");
+    }
+    log::info!(
+        "cutting the power: {} line {} goes {}",
+        config.power.chip,
+        config.power.line,
+        if config.power.active_low { "low" } else { "high" }
+    );
+    let result = power.cut().map(|_| ());
+    if wake_after.is_some() {
+        if let Err(e) = power.disarm_wake() {
+            log::error!("clearing the wake alarm failed: {e}");
+        }
+    }
+    power.release();
+    result
 }
 
 fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
@@ -111,8 +152,8 @@ fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
     mask.thread_block().map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("cannot create a signalfd: {e}"))?;
+    let signals =
+        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("cannot create a signalfd: {e}"))?;
     let listener = Listener::bind(&config.socket.path, uid, gid, config.socket.mode).map_err(|e| e.to_string())?;
     let power = crate::power::from_config(config);
     let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power);

@@ -157,10 +157,7 @@ impl Default for Config {
                 timeout_ms: defaults::POWER_TIMEOUT_MS,
             },
             rtc: RtcConfig { wakealarm: Some(PathBuf::from(defaults::RTC_DEVICE)) },
-            restore: RestoreConfig {
-                attempts: defaults::RESTORE_ATTEMPTS,
-                tty: PathBuf::from(defaults::RESTORE_TTY),
-            },
+            restore: RestoreConfig { attempts: defaults::RESTORE_ATTEMPTS, tty: PathBuf::from(defaults::RESTORE_TTY) },
             access: AccessConfig::default(),
         }
     }
@@ -220,7 +217,12 @@ impl<'a> Section<'a> {
     }
 
     fn invalid(&self, key: &str, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { file: self.file.to_owned(), key: self.key(key), value: value.to_string(), why: why.into() }
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: self.key(key),
+            value: value.to_string(),
+            why: why.into(),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&'a Value> {
@@ -286,8 +288,8 @@ fn parse_mode(text: &str) -> Option<u32> {
 impl Config {
     /// Reads and checks the configuration file at `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
         Config::parse(&text, file)
     }
 
@@ -335,7 +337,11 @@ impl Config {
                 return Err(s.wrong("mode", "an octal string such as \"0660\"", m));
             };
             c.socket.mode = parse_mode(text).ok_or_else(|| {
-                s.invalid("mode", format!("{text:?}"), "not an octal mode: expected up to four octal digits, at most \"0777\", such as \"0660\"")
+                s.invalid(
+                    "mode",
+                    format!("{text:?}"),
+                    "not an octal mode: expected up to four octal digits, at most \"0777\", such as \"0660\"",
+                )
             })?;
         }
 
@@ -348,7 +354,11 @@ impl Config {
         if let Some(chip) = s.string("chip")? {
             let ok = !chip.is_empty() && (chip.starts_with('/') || !chip.contains('/'));
             if !ok {
-                return Err(s.invalid("chip", format!("{chip:?}"), "must be a chip name under /dev (\"gpiochip0\") or an absolute path"));
+                return Err(s.invalid(
+                    "chip",
+                    format!("{chip:?}"),
+                    "must be a chip name under /dev (\"gpiochip0\") or an absolute path",
+                ));
             }
             c.power.chip = chip.to_string();
         }

@@ -135,12 +135,18 @@ fn out_of_range_values_are_named() {
         err("[power]\ntimeout_ms = 600001\n"),
         "/etc/torpor.toml: `power.timeout_ms` = 600001: must be between 0 and 600000"
     );
-    assert_eq!(err("[power]\nhold_ms = 60001\n"), "/etc/torpor.toml: `power.hold_ms` = 60001: must be between 0 and 60000");
+    assert_eq!(
+        err("[power]\nhold_ms = 60001\n"),
+        "/etc/torpor.toml: `power.hold_ms` = 60001: must be between 0 and 60000"
+    );
     assert_eq!(
         err("[restore]\nattempts = 0\n"),
         "/etc/torpor.toml: `restore.attempts` = 0: must be at least 1: with 0 an image would never be restored"
     );
-    assert_eq!(err("[restore]\nattempts = 256\n"), "/etc/torpor.toml: `restore.attempts` = 256: must be between 1 and 255");
+    assert_eq!(
+        err("[restore]\nattempts = 256\n"),
+        "/etc/torpor.toml: `restore.attempts` = 256: must be between 1 and 255"
+    );
     let not_octal = "not an octal mode: expected up to four octal digits, at most \"0777\", such as \"0660\"";
     for bad in ["0698", "rw-rw----", "", "01777", "07777"] {
         assert_eq!(

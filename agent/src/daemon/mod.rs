@@ -306,7 +306,12 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 };
                 match self.engine.checkpoint(pid, conn) {
                     Ok(s) => {
-                        log::info!("checkpointed pid {pid} for uid {}: generation {}, {} bytes", peer.uid, s.generation, s.image_bytes);
+                        log::info!(
+                            "checkpointed pid {pid} for uid {}: generation {}, {} bytes",
+                            peer.uid,
+                            s.generation,
+                            s.image_bytes
+                        );
                         Reply::Checkpointed(Checkpointed { generation: s.generation, image_bytes: s.image_bytes })
                     }
                     Err(e) => self.refuse(peer, what, e.kind(), &format!("pid {pid}: {e}")),

@@ -72,7 +72,8 @@ impl SysfsAlarm {
 impl WakeAlarm for SysfsAlarm {
     fn now(&mut self) -> io::Result<u64> {
         let since = self.path.with_file_name("since_epoch");
-        let text = std::fs::read_to_string(&since).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", since.display())))?;
+        let text = std::fs::read_to_string(&since)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", since.display())))?;
         text.trim()
             .parse()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {text:?}: {e}", since.display())))

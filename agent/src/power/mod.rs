@@ -129,9 +129,7 @@ impl<L: PowerLine, W: WakeAlarm, S: System> Power<L, W, S> {
     fn alarm_write(&mut self, value: &str) -> Result<(), PowerError> {
         let path = self.alarm_path.clone().unwrap_or_default();
         let alarm = self.alarm.as_mut().ok_or(PowerError::NoAlarm)?;
-        alarm
-            .write(value)
-            .map_err(|source| PowerError::AlarmWrite { path, value: value.to_string(), source })
+        alarm.write(value).map_err(|source| PowerError::AlarmWrite { path, value: value.to_string(), source })
     }
 
     /// Access to the devices (tests inspect their fakes through this).
@@ -148,9 +146,7 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
     fn prepare(&mut self) -> Result<(), PowerError> {
         let inactive = !self.active_level();
         let (chip, line) = (self.settings.chip.clone(), self.settings.line);
-        self.line
-            .request(&chip, line, inactive)
-            .map_err(|source| PowerError::Request { chip, line, source })?;
+        self.line.request(&chip, line, inactive).map_err(|source| PowerError::Request { chip, line, source })?;
         self.prepared = true;
         Ok(())
     }
@@ -170,9 +166,7 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
             .ok_or(PowerError::NoAlarm)?
             .now()
             .map_err(|source| PowerError::RtcTime { path, source })?;
-        let at = now
-            .checked_add(u64::from(after_s))
-            .ok_or(PowerError::AlarmOverflow { now, after: after_s })?;
+        let at = now.checked_add(u64::from(after_s)).ok_or(PowerError::AlarmOverflow { now, after: after_s })?;
         self.alarm_write(&at.to_string())?;
         Ok(at)
     }

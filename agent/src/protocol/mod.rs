@@ -37,9 +37,9 @@ mod tests {
             let (buf, len) = encode_request(&r).unwrap();
             assert_eq!(decode_request(&buf, len).unwrap(), r);
         }
-        assert_eq!(decode_request(&[1, 0, 0, 0, 1, 0x90, 0x1c], 7).unwrap(), Request::Hibernate {
-            target: Target::Caller,
-            wake_after_s: Some(3600)
-        });
+        assert_eq!(
+            decode_request(&[1, 0, 0, 0, 1, 0x90, 0x1c], 7).unwrap(),
+            Request::Hibernate { target: Target::Caller, wake_after_s: Some(3600) }
+        );
     }
 }

@@ -15,7 +15,8 @@ use torpor::protocol::{packet, Reply, StoreState, StoreSummary, MAX_MESSAGE};
 /// A fresh directory under /tmp that any user may enter.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(format!("/tmp/torpor-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir =
+        PathBuf::from(format!("/tmp/torpor-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -28,9 +29,19 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub enum EngineCall {
     /// `conn_peer_pid`: the pid the kernel reports for the peer of the fd the
     /// engine was handed, which proves it is the caller's connection.
-    Hibernate { pid: i32, wake: Option<u32>, conn_peer_pid: i32 },
-    Abandon { pid: i32, generation: u64 },
-    Checkpoint { pid: i32, conn_peer_pid: i32 },
+    Hibernate {
+        pid: i32,
+        wake: Option<u32>,
+        conn_peer_pid: i32,
+    },
+    Abandon {
+        pid: i32,
+        generation: u64,
+    },
+    Checkpoint {
+        pid: i32,
+        conn_peer_pid: i32,
+    },
     Status,
 }
 
@@ -75,7 +86,11 @@ fn peer_pid(fd: RawFd) -> i32 {
 
 impl Engine for FakeEngine {
     fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, wake: Option<u32>) -> Result<Stored, EngineError> {
-        self.calls.lock().unwrap().push(EngineCall::Hibernate { pid: pid.as_raw(), wake, conn_peer_pid: peer_pid(conn_fd) });
+        self.calls.lock().unwrap().push(EngineCall::Hibernate {
+            pid: pid.as_raw(),
+            wake,
+            conn_peer_pid: peer_pid(conn_fd),
+        });
         self.result()
     }
     fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError> {
