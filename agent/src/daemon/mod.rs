@@ -131,8 +131,6 @@ pub struct Settings {
 pub enum DaemonError {
     #[error("poll failed: {0}")]
     Poll(std::io::Error),
-    #[error("accepting a connection failed: {0}")]
-    Accept(std::io::Error),
 }
 
 struct Conn {
@@ -224,13 +222,25 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 }
             }
             if ready[1] {
-                self.accept()?;
+                self.accept();
             }
         }
     }
 
-    fn accept(&mut self) -> Result<(), DaemonError> {
-        while let Some(fd) = self.listener.accept().map_err(DaemonError::Accept)? {
+    /// Accepts every waiting connection. A failing accept (out of file
+    /// descriptors, say) costs the waiting client, never the daemon.
+    fn accept(&mut self) {
+        loop {
+            let fd = match self.listener.accept() {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("accepting a connection failed: {e}");
+                    // The connection stays queued; do not spin on it.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    return;
+                }
+            };
             let peer = match Peer::of(&fd) {
                 Ok(p) => p,
                 Err(e) => {
@@ -247,7 +257,6 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             // Cannot fail: checked for room above.
             let _ = self.conns.push(Conn { fd, peer });
         }
-        Ok(())
     }
 
     /// Reads one packet from connection `i` and answers it.
