@@ -252,6 +252,10 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 let why = format!("the daemon already serves {MAX_CLIENTS} connections");
                 log::warning!("refused connection from pid {} uid {}: {why}", peer.pid, peer.uid);
                 send(fd.as_fd(), &error_reply(ErrorKind::Busy, &why));
+                // A request already queued would turn the close into a reset
+                // that hides the reply: discard it first.
+                let mut discard = [0u8; MAX_MESSAGE];
+                let _ = packet::recv_packet(fd.as_fd(), &mut discard, true);
                 continue;
             }
             // Cannot fail: checked for room above.
