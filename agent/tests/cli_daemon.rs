@@ -112,13 +112,16 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Ready once it accepts a connection (the file appears a moment before).
+        let mut ready = false;
         for _ in 0..500 {
-            if socket.exists() {
+            if torpor_client::packet::connect(&socket).is_ok() {
+                ready = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(socket.exists(), "the daemon did not create {}", socket.display());
+        assert!(ready, "the daemon does not listen on {}", socket.display());
         Daemon { child: Some(child), socket, dir }
     }
 
