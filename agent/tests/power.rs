@@ -132,3 +132,58 @@ fn daemon_drives_the_exact_device_sequence() {
     let pid = i32::try_from(pid).unwrap();
     assert_eq!(engine.calls()[1], EngineCall::Abandon { pid, generation: 7 });
 }
+
+/// The real sysfs alarm against a stand-in directory. `wakealarm` is a
+/// FIFO held open here, so every byte written arrives in order.
+#[test]
+fn sysfs_alarm_writes_zero_then_the_rtc_epoch() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use torpor::power::devices::SysfsAlarm;
+
+    let dir = temp_dir("rtc");
+    let alarm = dir.join("wakealarm");
+    std::fs::write(dir.join("since_epoch"), "1764201600\n").unwrap();
+    nix::unistd::mkfifo(&alarm, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Read-write: opening does not wait for a writer, and the writer's open
+    // does not wait for a reader.
+    let mut fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&alarm)
+        .unwrap();
+    let mut drain = || {
+        let mut buf = [0u8; 64];
+        match fifo.read(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => String::new(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let mut p = Power::new(
+        settings(false),
+        FakeLine { log: log.clone(), fail_request: false },
+        Some((alarm.display().to_string(), SysfsAlarm::new(alarm.clone()))),
+        FakeSystem { log },
+    );
+    assert_eq!(p.arm_wake(90).unwrap(), 1_764_201_690);
+    assert_eq!(drain(), "01764201690");
+
+    // An unreadable RTC time is named with its file, after the alarm was cleared.
+    std::fs::write(dir.join("since_epoch"), "soon\n").unwrap();
+    let e = p.arm_wake(90).unwrap_err();
+    assert_eq!(drain(), "0");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot read the RTC time for the wake alarm {}: {}: \"soon\\n\": invalid digit found in string",
+            alarm.display(),
+            dir.join("since_epoch").display()
+        )
+    );
+    p.disarm_wake().unwrap();
+    assert_eq!(drain(), "0");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
