@@ -8,6 +8,15 @@
 pub use torpor_client::packet;
 pub use torpor_client::proto::*;
 
+/// Tells a restored application that it is back: sends `Resumed` on the
+/// torpor end of its connection (the peer of the socket the image brought
+/// back at the application's fd). Whoever restores the tree calls this once
+/// the tree runs; the application's pending `recv()` returns it.
+pub fn send_resumed(conn: std::os::fd::BorrowedFd<'_>, resumed: Resumed) -> std::io::Result<()> {
+    let (buf, len) = encode_reply(&Reply::Resumed(resumed)).map_err(std::io::Error::other)?;
+    packet::send_packet(conn, &buf[..len], false)
+}
+
 #[cfg(test)]
 mod tests {
     //! Also run on ARMv6 under qemu-arm: 64-bit fields and varints on a 32-bit target.
@@ -25,6 +34,24 @@ mod tests {
         let (buf, len) = encode_reply(&c).unwrap();
         assert_eq!(&buf[..len], &[1, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0x80, 0x80, 0x80, 0x80, 0x10]);
         assert_eq!(decode_reply(&buf, len).unwrap(), c);
+    }
+
+    #[test]
+    fn send_resumed_delivers_one_packet() {
+        use std::os::fd::AsFd;
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let r = Resumed { slept_for_ms: Some(86_400_000), clock: Clock::Rtc, generation: 12 };
+        send_resumed(ours.as_fd(), r).unwrap();
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = packet::recv_packet(theirs.as_fd(), &mut buf, true).unwrap();
+        assert_eq!(&buf[..n], &[1, 0, 0, 1, 0x80, 0xb8, 0x99, 0x29, 0, 12]);
+        assert_eq!(decode_reply(&buf, n).unwrap(), Reply::Resumed(r));
     }
 
     #[test]
