@@ -5,7 +5,11 @@
 //! way up. Each module is one step of that flow.
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod image;
+pub mod power;
+pub mod protocol;
 pub mod store;
 
 /// The torpor version recorded in every image header.

@@ -2,6 +2,8 @@
 //! process exit code or an error whose message tells the user what to do.
 
 pub mod check;
+pub mod daemon;
+pub mod hibernate;
 pub mod show;
 pub mod store;
 
@@ -25,6 +27,10 @@ pub enum Command {
     Store(StoreArgs),
     /// Report the kernel features torpor relies on.
     Check,
+    /// Serve hibernate and checkpoint requests on the UNIX socket.
+    Daemon(daemon::DaemonArgs),
+    /// Ask the daemon to hibernate a process tree (or checkpoint it, or report status).
+    Hibernate(hibernate::HibernateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +71,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
         Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
         Command::Check => Ok(check::run()),
+        Command::Daemon(args) => Ok(daemon::run(args)),
+        Command::Hibernate(args) => Ok(hibernate::run(args)),
     };
     match result {
         Ok(code) => code,
