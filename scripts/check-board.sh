@@ -411,32 +411,12 @@ problems = []
 def want(cond, msg):
     if not cond:
         problems.append(msg)
-expected = {
-    "socket": {"path": str, "owner": str, "group": str, "mode": int},
-    "store": {"device": str},
-    "power": {"method": str, "chip": str, "line": int, "active_high": bool, "hold_ms": int, "timeout_ms": int},
-    "wake": {"rtc": str, "after_s": int},
-    "restore": {"attempts": int, "tty": str},
-    "access": {"users": list, "groups": list},
-}
-for table, keys in expected.items():
-    got = cfg.get(table, {})
-    want(set(got) == set(keys), "[%s] keys %s, expected %s" % (table, sorted(got), sorted(keys)))
-    for key, ty in keys.items():
-        if key in got:
-            want(type(got[key]) is ty, "[%s] %s is %s, expected %s" % (table, key, type(got[key]).__name__, ty.__name__))
-want(set(cfg) == set(expected), "tables %s" % sorted(cfg))
 parts = re.findall(r"^\s*partition\s+(\w+)", layout, re.M)
 want(cfg["store"]["device"] == "/dev/mmcblk0p%d" % (parts.index("torpor") + 1),
      "store.device %s is not the torpor partition (number %d)" % (cfg["store"]["device"], parts.index("torpor") + 1))
 want(cfg["socket"]["path"] == "/run/torpor.sock", "socket.path")
-want(cfg["socket"]["mode"] == 0o660, "socket.mode %o" % cfg["socket"]["mode"])
-want(cfg["power"]["method"] in ("gpio", "poweroff"), "power.method")
 want(cfg["power"]["chip"] == "gpiochip0" and cfg["power"]["line"] == 26, "power line is not gpiochip0 line 26")
 want(0 <= cfg["power"]["line"] < 54, "power.line outside the 54 lines of the BCM2835")
-want(cfg["power"]["timeout_ms"] > cfg["power"]["hold_ms"] >= 0, "hold_ms/timeout_ms")
-want(cfg["restore"]["attempts"] >= 1, "restore.attempts")
-want(cfg["socket"]["group"] in cfg["access"]["groups"], "the socket group may not hibernate")
 # Every key carries a comment on the line(s) above it.
 lines = open(sys.argv[1]).read().splitlines()
 for i, line in enumerate(lines):
@@ -447,9 +427,17 @@ if problems:
     sys.exit(1)
 EOF
 	)"; then
-		pass "torpor.toml parses; every key typed and commented; store is the torpor partition; GPIO26 on gpiochip0"
+		pass "torpor.toml parses; every key commented; store is the torpor partition; GPIO26 on gpiochip0"
 	else
 		fail "torpor.toml" "$out"
+	fi
+	# The daemon's own parser must accept the file. The `torpor` group exists
+	# only on the target, so the host check names root's group instead.
+	sed 's/^group = "torpor"/group = "root"/' "$BOARD/torpor.toml" > "$WORK/torpor-host.toml"
+	if out="$(cd "$ROOT" && cargo run -q --bin torpor -- daemon --check-config --config "$WORK/torpor-host.toml" 2>&1)"; then
+		pass "torpor daemon --check-config accepts the board's torpor.toml"
+	else
+		fail "torpor daemon --check-config on the board's torpor.toml" "$out"
 	fi
 	expect_eq "config.txt names the same power line for gpio-poweroff" "#dtoverlay=gpio-poweroff,gpiopin=26" \
 		"$(grep 'gpio-poweroff' "$BOARD/config.txt" | grep -v '^# ')"

@@ -6,8 +6,12 @@
 
 pub mod arch;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod image;
+pub mod power;
+pub mod protocol;
 pub mod store;
 
 /// The torpor version recorded in every image header.

@@ -2,7 +2,9 @@
 //! process exit code or an error whose message tells the user what to do.
 
 pub mod check;
+pub mod daemon;
 pub mod dump;
+pub mod hibernate;
 pub mod restore;
 pub mod show;
 pub mod store;
@@ -31,6 +33,10 @@ pub enum Command {
     Dump(dump::DumpArgs),
     /// Recreate a process tree from an image with its original pids.
     Restore(restore::RestoreArgs),
+    /// Serve hibernate and checkpoint requests on the UNIX socket.
+    Daemon(daemon::DaemonArgs),
+    /// Ask the daemon to hibernate a process tree (or checkpoint it, or report status).
+    Hibernate(hibernate::HibernateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +79,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
         Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
         Command::Check => Ok(check::run()),
+        Command::Daemon(args) => Ok(daemon::run(args)),
+        Command::Hibernate(args) => Ok(hibernate::run(args)),
     };
     match result {
         Ok(code) => code,

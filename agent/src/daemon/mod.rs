@@ -1,0 +1,429 @@
+//! `torpor daemon`: the request step. Applications connect to the UNIX
+//! socket and ask to hibernate or checkpoint; the daemon checks who they
+//! are, hands the work to the checkpoint [`Engine`], and cuts the power.
+//!
+//! One thread, one `poll()` loop: the Pi Zero has one core, and requests
+//! are served one at a time anyway (there is one power supply). Memory is
+//! bounded: at most [`MAX_CLIENTS`] connections, one fixed-size packet
+//! buffer. Malformed input gets an error reply and never disturbs the
+//! other clients.
+//!
+//! Hibernate, in order (any failure before the cut: an error reply, and the
+//! app runs on):
+//!
+//! ```text
+//!   authorize (SO_PEERCRED, /proc/PID/status, access.allow_users)
+//!   power.prepare        the GPIO line, inactive         -> PowerFailed
+//!   engine.hibernate     dump, store, verify; tree stays frozen -> DumpFailed/StoreFailed
+//!   power.arm_wake       only with wake_after_s          -> PowerFailed (engine.abandon)
+//!   power.cut            sync, line active, reboot(POWER_OFF) fallback
+//!                                                        -> PowerFailed (engine.abandon)
+//! ```
+
+pub mod auth;
+pub mod listen;
+pub(crate) mod log;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+pub use auth::{Peer, Refusal};
+pub use listen::{BindError, Listener};
+pub use nix::unistd::Pid;
+
+use crate::power::{PowerDown, PowerError};
+use crate::protocol::{
+    self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
+    StoreSummary, Target, MAX_MESSAGE,
+};
+
+/// The most connections served at once; more are refused with `Busy`.
+pub const MAX_CLIENTS: usize = 32;
+
+/// An image the engine wrote and verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub generation: u64,
+    pub image_bytes: u64,
+}
+
+/// Why the engine could not checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("process {0} does not exist")]
+    NoSuchProcess(Pid),
+    #[error("checkpoint failed: {0}")]
+    Dump(String),
+    #[error("image store failed: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl EngineError {
+    /// The error kind the client is told.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::NoSuchProcess(_) => ErrorKind::NoSuchProcess,
+            EngineError::Dump(_) => ErrorKind::DumpFailed,
+            EngineError::Store(_) => ErrorKind::StoreFailed,
+            EngineError::Busy(_) => ErrorKind::Busy,
+            EngineError::Unsupported(_) => ErrorKind::Unsupported,
+        }
+    }
+}
+
+/// The checkpoint engine and image store, as the daemon drives them.
+/// Requests reach it only after authorization.
+pub trait Engine {
+    /// Checkpoints the tree rooted at `pid` into the store and verifies the
+    /// image. `conn_fd` is the daemon's end of the caller's connection: the
+    /// image must bring the caller's end back as a live socket at the same
+    /// fd number, which then receives `Resumed`. On `Ok` the tree stays
+    /// frozen, because the power is cut next; on `Err` it runs on unharmed.
+    fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, wake: Option<u32>) -> Result<Stored, EngineError>;
+
+    /// The power could not be cut after `hibernate` returned `generation`:
+    /// invalidate that image (so the next boot does not restore a second
+    /// copy of a tree that is still running) and let the tree run again.
+    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError>;
+
+    /// Checkpoints the tree rooted at `pid` and lets it keep running.
+    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError>;
+
+    /// A summary of the store for `Status`.
+    fn status(&mut self) -> StoreSummary;
+}
+
+/// The engine of a daemon that has no checkpoint engine to drive: it
+/// refuses hibernate and checkpoint with a reason, and still lets the
+/// daemon answer `Status` and check configuration and permissions.
+#[derive(Debug, Default)]
+pub struct NoEngine;
+
+impl Engine for NoEngine {
+    fn hibernate(&mut self, _: Pid, _: RawFd, _: Option<u32>) -> Result<Stored, EngineError> {
+        Err(EngineError::Unsupported("this torpor build has no checkpoint engine".into()))
+    }
+    fn abandon(&mut self, _: Pid, _: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn checkpoint(&mut self, _: Pid, _: RawFd) -> Result<Stored, EngineError> {
+        Err(EngineError::Unsupported("this torpor build has no checkpoint engine".into()))
+    }
+    fn status(&mut self) -> StoreSummary {
+        StoreSummary { state: StoreState::Unavailable, generation: 0, image_bytes: 0 }
+    }
+}
+
+/// What the daemon needs to know beyond its devices.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Uids from `access.allow_users`.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// Why the daemon stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("poll failed: {0}")]
+    Poll(std::io::Error),
+}
+
+struct Conn {
+    fd: OwnedFd,
+    peer: Peer,
+}
+
+/// What to do with a connection after serving it.
+enum After {
+    Keep,
+    Close,
+}
+
+/// The daemon: a listener, its connections, an engine and a power supply.
+pub struct Daemon<E, P> {
+    listener: Listener,
+    conns: heapless::Vec<Conn, MAX_CLIENTS>,
+    settings: Settings,
+    engine: E,
+    power: P,
+    own_pid: u32,
+}
+
+impl<E, P> std::fmt::Debug for Daemon<E, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("listener", &self.listener).field("clients", &self.conns.len()).finish()
+    }
+}
+
+fn error_reply(kind: ErrorKind, message: &str) -> Reply {
+    Reply::Error(ErrorReply::new(kind, message))
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Hibernate { .. } => "Hibernate",
+        Request::Checkpoint { .. } => "Checkpoint",
+        Request::Status => "Status",
+    }
+}
+
+impl<E: Engine, P: PowerDown> Daemon<E, P> {
+    pub fn new(listener: Listener, settings: Settings, engine: E, power: P) -> Self {
+        Daemon { listener, conns: heapless::Vec::new(), settings, engine, power, own_pid: std::process::id() }
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    pub fn power(&self) -> &P {
+        &self.power
+    }
+
+    /// Serves clients until `stop` becomes readable (a signalfd, a pipe).
+    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), DaemonError> {
+        log::info!("serving {}", self.listener.path().display());
+        loop {
+            let ready = {
+                let mut fds: heapless::Vec<PollFd<'_>, { MAX_CLIENTS + 2 }> = heapless::Vec::new();
+                let events = PollFlags::POLLIN;
+                // Capacity is MAX_CLIENTS + 2 and conns holds at most MAX_CLIENTS.
+                let _ = fds.push(PollFd::new(stop, events));
+                let _ = fds.push(PollFd::new(self.listener.as_fd(), events));
+                for c in &self.conns {
+                    let _ = fds.push(PollFd::new(c.fd.as_fd(), events));
+                }
+                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(DaemonError::Poll(e.into())),
+                }
+                let mut ready = [false; MAX_CLIENTS + 2];
+                for (r, fd) in ready.iter_mut().zip(&fds) {
+                    *r = fd.revents().is_some_and(|e| !e.is_empty());
+                }
+                ready
+            };
+            if ready[0] {
+                log::info!("stopping");
+                return Ok(());
+            }
+            // Connections first, newest last; indexes shift on removal, so walk backwards.
+            for i in (0..self.conns.len()).rev() {
+                if ready[i + 2] {
+                    if let After::Close = self.serve_conn(i) {
+                        self.conns.swap_remove(i);
+                    }
+                }
+            }
+            if ready[1] {
+                self.accept();
+            }
+        }
+    }
+
+    /// Accepts every waiting connection. A failing accept (out of file
+    /// descriptors, say) costs the waiting client, never the daemon.
+    fn accept(&mut self) {
+        loop {
+            let fd = match self.listener.accept() {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("accepting a connection failed: {e}");
+                    // The connection stays queued; do not spin on it.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    return;
+                }
+            };
+            let peer = match Peer::of(&fd) {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warning!("refused a connection: its credentials are unreadable: {e}");
+                    continue;
+                }
+            };
+            if self.conns.is_full() {
+                let why = format!("the daemon already serves {MAX_CLIENTS} connections");
+                log::warning!("refused connection from pid {} uid {}: {why}", peer.pid, peer.uid);
+                send(fd.as_fd(), &error_reply(ErrorKind::Busy, &why));
+                // A request already queued would turn the close into a reset
+                // that hides the reply: discard it first.
+                let mut discard = [0u8; MAX_MESSAGE];
+                let _ = packet::recv_packet(fd.as_fd(), &mut discard, true);
+                continue;
+            }
+            // Cannot fail: checked for room above.
+            let _ = self.conns.push(Conn { fd, peer });
+        }
+    }
+
+    /// Reads one packet from connection `i` and answers it.
+    fn serve_conn(&mut self, i: usize) -> After {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let (raw, peer) = (self.conns[i].fd.as_raw_fd(), self.conns[i].peer);
+        let n = match packet::recv_packet(self.conns[i].fd.as_fd(), &mut buf, true) {
+            Ok(0) => return After::Close,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return After::Keep,
+            Err(e) => {
+                log::warning!("dropped connection from pid {} uid {}: {e}", peer.pid, peer.uid);
+                return After::Close;
+            }
+        };
+        let reply = match protocol::decode_request(&buf, n) {
+            Ok(request) => self.serve(peer, raw, request),
+            Err(e) => {
+                log::warning!("refused a message from pid {} uid {}: {e}", peer.pid, peer.uid);
+                error_reply(e.kind(), &e.to_string())
+            }
+        };
+        if send(self.conns[i].fd.as_fd(), &reply) {
+            After::Keep
+        } else {
+            After::Close
+        }
+    }
+
+    fn refuse(&self, peer: Peer, what: &str, kind: ErrorKind, why: &str) -> Reply {
+        log::warning!("refused {what} from pid {} uid {}: {kind}: {why}", peer.pid, peer.uid);
+        error_reply(kind, why)
+    }
+
+    fn authorize(&self, peer: Peer, target: Target, verb: &str) -> Result<Pid, Refusal> {
+        let pid = auth::authorize(peer, target, verb, &self.settings.allowed_uids, self.own_pid, auth::process_uids)?;
+        let pid = i32::try_from(pid)
+            .map_err(|_| Refusal { kind: ErrorKind::NoSuchProcess, message: format!("pid {pid} is out of range") })?;
+        Ok(Pid::from_raw(pid))
+    }
+
+    /// Answers one decoded request.
+    fn serve(&mut self, peer: Peer, conn: RawFd, request: Request) -> Reply {
+        let what = request_name(&request);
+        match request {
+            Request::Status => Reply::Status(Status {
+                daemon_version: protocol::bounded_text(crate::VERSION),
+                protocol: protocol::VERSION,
+                store: self.engine.status(),
+                wake_alarm: self.power.wake_available(),
+            }),
+            Request::Checkpoint { target } => {
+                let pid = match self.authorize(peer, target, "checkpoint") {
+                    Ok(pid) => pid,
+                    Err(r) => return self.refuse(peer, what, r.kind, &r.message),
+                };
+                match self.engine.checkpoint(pid, conn) {
+                    Ok(s) => {
+                        log::info!(
+                            "checkpointed pid {pid} for uid {}: generation {}, {} bytes",
+                            peer.uid,
+                            s.generation,
+                            s.image_bytes
+                        );
+                        Reply::Checkpointed(Checkpointed { generation: s.generation, image_bytes: s.image_bytes })
+                    }
+                    Err(e) => self.refuse(peer, what, e.kind(), &format!("pid {pid}: {e}")),
+                }
+            }
+            Request::Hibernate { target, wake_after_s } => {
+                let pid = match self.authorize(peer, target, "hibernate") {
+                    Ok(pid) => pid,
+                    Err(r) => return self.refuse(peer, what, r.kind, &r.message),
+                };
+                self.hibernate(peer, pid, conn, wake_after_s)
+            }
+        }
+    }
+
+    fn hibernate(&mut self, peer: Peer, pid: Pid, conn: RawFd, wake: Option<u32>) -> Reply {
+        let what = "Hibernate";
+        if wake == Some(0) {
+            return self.refuse(peer, what, ErrorKind::Malformed, "wake_after_s must be at least 1 second");
+        }
+        if wake.is_some() && !self.power.wake_available() {
+            return self.refuse(
+                peer,
+                what,
+                ErrorKind::Unsupported,
+                "wake_after_s needs an RTC wake alarm, and rtc.device is \"none\"",
+            );
+        }
+        if let Err(e) = self.power.prepare() {
+            return self.refuse(peer, what, ErrorKind::PowerFailed, &format!("pid {pid} not hibernated: {e}"));
+        }
+        let stored = match self.engine.hibernate(pid, conn, wake) {
+            Ok(s) => s,
+            Err(e) => {
+                self.power.release();
+                return self.refuse(peer, what, e.kind(), &format!("pid {pid} not hibernated: {e}"));
+            }
+        };
+        log::info!(
+            "hibernating pid {pid} for uid {}: image generation {} ({} bytes) stored",
+            peer.uid,
+            stored.generation,
+            stored.image_bytes
+        );
+        if let Some(after) = wake {
+            match self.power.arm_wake(after) {
+                Ok(at) => log::info!("wake alarm set to RTC time {at} ({after} s from now)"),
+                Err(e) => return self.power_failed(peer, pid, stored, e),
+            }
+        }
+        log::info!("cutting the power");
+        match self.power.cut() {
+            Ok(slept_for_ms) => {
+                self.power.release();
+                log::info!("power is back after {slept_for_ms} ms without a reboot; pid {pid} resumes");
+                Reply::Resumed(Resumed {
+                    slept_for_ms: Some(slept_for_ms),
+                    clock: Clock::Wall,
+                    generation: stored.generation,
+                })
+            }
+            Err(e) => {
+                if wake.is_some() {
+                    if let Err(e) = self.power.disarm_wake() {
+                        log::error!("clearing the wake alarm failed: {e}");
+                    }
+                }
+                self.power_failed(peer, pid, stored, e)
+            }
+        }
+    }
+
+    /// The image is stored but the power stays on: drop the image, let the tree run.
+    fn power_failed(&mut self, peer: Peer, pid: Pid, stored: Stored, e: PowerError) -> Reply {
+        self.power.release();
+        let mut why = format!("pid {pid} not hibernated: {e}");
+        if let Err(abandon) = self.engine.abandon(pid, stored.generation) {
+            log::error!("could not abandon image generation {}: {abandon}", stored.generation);
+            why.push_str(&format!("; abandoning image generation {} failed too: {abandon}", stored.generation));
+        }
+        self.refuse(peer, "Hibernate", ErrorKind::PowerFailed, &why)
+    }
+}
+
+/// Sends one reply without blocking; `false` when the client is gone or
+/// does not read its replies.
+fn send(fd: BorrowedFd<'_>, reply: &Reply) -> bool {
+    let (buf, len) = match protocol::encode_reply(reply) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("cannot encode a reply: {e}");
+            return false;
+        }
+    };
+    match packet::send_packet(fd, &buf[..len], true) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warning!("dropped a client: sending its reply failed: {e}");
+            false
+        }
+    }
+}

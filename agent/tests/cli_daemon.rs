@@ -1,0 +1,250 @@
+//! `torpor daemon` and `torpor hibernate` as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_torpor");
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/torpor-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn torpor(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_config_prints_every_setting() {
+    let dir = temp_dir("check");
+    let file = dir.join("torpor.toml");
+    std::fs::write(
+        &file,
+        "[socket]\nmode = \"0660\"\ngroup = \"root\"\n[power]\nline = 17\nactive_low = true\n[rtc]\ndevice = \"none\"\n[access]\nallow_users = [\"root\", 1000]\n",
+    )
+    .unwrap();
+    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: configuration is valid
+socket.path = /run/torpor.sock
+socket.owner = 0
+socket.group = root
+socket.mode = 0660
+store.device = /dev/mmcblk0p3
+power.chip = gpiochip0
+power.line = 17
+power.active_low = true
+power.hold_ms = 100
+power.timeout_ms = 3000
+rtc.device = none
+restore.attempts = 3
+restore.tty = /dev/console
+access.allow_users = [root, 1000]
+",
+            file.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_config_stops_the_daemon_with_the_key_and_file() {
+    let dir = temp_dir("badconf");
+    let file = dir.join("torpor.toml");
+    for (body, why) in [
+        ("[power]\nline = 99\n", "`power.line` = 99: must be between 0 and 63"),
+        ("[socket]\nmode = \"0999\"\n", "`socket.mode` = \"0999\": not an octal mode"),
+        ("[restore]\nattempts = 0\n", "`restore.attempts` = 0: must be at least 1"),
+        ("[power]\ngpio = 3\n", "unknown key `power.gpio`"),
+        (
+            "[access]\nallow_users = [\"no-such-user-torpor\"]\n",
+            "`access.allow_users`: no user named `no-such-user-torpor`",
+        ),
+    ] {
+        std::fs::write(&file, body).unwrap();
+        for extra in [&["--check-config"][..], &[][..]] {
+            let mut args = vec!["daemon", "--config", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let out = torpor(&args);
+            let err = text(&out.stderr);
+            let prefix = "torpor[";
+            assert!(err.starts_with(prefix), "{err}");
+            let after_pid = err.split_once("]: ").map(|(_, rest)| rest).unwrap();
+            assert!(after_pid.starts_with(&format!("error: {}: {why}", file.display())), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert_eq!(out.status.code(), Some(1));
+        }
+    }
+    let out = torpor(&["daemon", "--check-config", "--config", "/nonexistent/torpor.toml"]);
+    assert!(text(&out.stderr)
+        .ends_with("]: error: /nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)\n"));
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon binary with this build's engine, a GPIO chip that does not
+    /// exist and no RTC.
+    fn start(tag: &str) -> Daemon {
+        let dir = temp_dir(tag);
+        let file = dir.join("torpor.toml");
+        let socket = dir.join("torpor.sock");
+        std::fs::write(&file, "[power]\nchip = \"/nonexistent/gpiochip\"\n[rtc]\ndevice = \"none\"\n").unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--config", file.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Ready once it accepts a connection (the file appears a moment before).
+        let mut ready = false;
+        for _ in 0..500 {
+            if torpor_client::packet::connect(&socket).is_ok() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(ready, "the daemon does not listen on {}", socket.display());
+        Daemon { child: Some(child), socket, dir }
+    }
+
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    /// SIGTERM; returns the daemon's exit code and log.
+    fn stop(mut self) -> (Option<i32>, String) {
+        let child = self.child.take().unwrap();
+        // SAFETY: kill() on our own child's pid.
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), text(&out.stderr))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn no_leftover(path: &Path) {
+    assert!(!path.exists(), "{} left behind", path.display());
+}
+
+#[test]
+fn hibernate_command_against_the_daemon_binary() {
+    let d = Daemon::start("serve");
+    let out = torpor(&["hibernate", "--socket", d.socket(), "--status"]);
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "daemon {} (protocol 1.0)\nstore: unavailable, generation 0, 0 bytes\nwake alarm: not configured\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    // Without --pid the target is the parent: this test process.
+    let me = std::process::id();
+    let out = torpor(&["hibernate", "--socket", d.socket()]);
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "torpor: error: PowerFailed: pid {me} not hibernated: cannot request /nonexistent/gpiochip line 26 as the power output: No such file or directory (os error 2)\n"
+        )
+    );
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = torpor(&["hibernate", "--socket", d.socket(), "--wake-after", "60", "--pid", &me.to_string()]);
+    assert_eq!(
+        text(&out.stderr),
+        "torpor: error: Unsupported: wake_after_s needs an RTC wake alarm, and rtc.device is \"none\"\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = torpor(&["hibernate", "--socket", d.socket(), "--checkpoint", "--pid", &me.to_string()]);
+    assert_eq!(
+        text(&out.stderr),
+        format!("torpor: error: Unsupported: pid {me}: this torpor build has no checkpoint engine\n")
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // A second daemon on the same socket refuses to start.
+    let out = torpor(&["daemon", "--socket", d.socket()]);
+    assert!(
+        text(&out.stderr).ends_with(&format!("]: error: another torpor daemon is already serving {}\n", d.socket()))
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let socket = d.socket.clone();
+    let (code, log) = d.stop();
+    assert_eq!(code, Some(0), "{log}");
+    no_leftover(&socket);
+    // One format for every line; every refusal says why.
+    let lines: Vec<&str> = log.lines().collect();
+    for l in &lines {
+        let (head, rest) = l.split_once("]: ").unwrap();
+        assert!(head.starts_with("torpor[") && head[7..].parse::<u32>().is_ok(), "{l}");
+        assert!(["info: ", "warning: ", "error: "].iter().any(|p| rest.starts_with(p)), "{l}");
+    }
+    assert!(lines[0].ends_with(&format!("info: serving {}", socket.display())), "{log}");
+    let refusals: Vec<&&str> = lines.iter().filter(|l| l.contains("warning: refused")).collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    assert!(refusals[0].ends_with(&format!(
+        "warning: refused Hibernate from pid {} uid 0: PowerFailed: pid {me} not hibernated: cannot request /nonexistent/gpiochip line 26 as the power output: No such file or directory (os error 2)",
+        refusals[0].split("from pid ").nth(1).unwrap().split(' ').next().unwrap()
+    )), "{log}");
+    assert!(lines.last().unwrap().ends_with("info: stopping"), "{log}");
+}
+
+#[test]
+fn hibernate_command_without_a_daemon() {
+    let out = torpor(&["hibernate", "--socket", "/nonexistent/torpor.sock", "--status"]);
+    assert_eq!(
+        text(&out.stderr),
+        "torpor: error: cannot connect to the torpor daemon at /nonexistent/torpor.sock: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn cut_power_reports_a_missing_gpio() {
+    let dir = temp_dir("cut");
+    let file = dir.join("torpor.toml");
+    std::fs::write(&file, "[power]\nchip = \"/nonexistent/gpiochip\"\nline = 5\n").unwrap();
+    let out = torpor(&["daemon", "--config", file.to_str().unwrap(), "--cut-power", "--wake-after", "30"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.ends_with("]: error: cannot request /nonexistent/gpiochip line 5 as the power output: No such file or directory (os error 2)\n"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(out.status.code(), Some(1));
+    // --wake-after needs --cut-power, and at least 1 second.
+    assert_eq!(torpor(&["daemon", "--wake-after", "30"]).status.code(), Some(2));
+    assert_eq!(torpor(&["daemon", "--cut-power", "--wake-after", "0"]).status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
