@@ -41,7 +41,23 @@ pub fn dump<W: Write>(
     after: After,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<DumpStats, EngineError> {
-    let mut frozen = Frozen::freeze(root)?;
+    let (stats, mut frozen) = dump_frozen(root, out, commit)?;
+    match after {
+        After::Kill => frozen.kill(),
+        After::LeaveRunning => frozen.release(),
+    }
+    Ok(stats)
+}
+
+/// Like [`dump`], but the tree stays frozen after a good dump (hibernation
+/// cuts the power next): the caller kills or releases it through the
+/// returned [`Frozen`], which releases it if simply dropped.
+pub fn dump_frozen<W: Write>(
+    root: i32,
+    out: W,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<(DumpStats, Frozen), EngineError> {
+    let frozen = Frozen::freeze(root)?;
     let mut table = FileTable::default();
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {
@@ -68,11 +84,7 @@ pub fn dump<W: Write>(
     }
     let (out, _summary) = w.finish().step(wstep)?;
     commit(out)?;
-    match after {
-        After::Kill => frozen.kill(),
-        After::LeaveRunning => frozen.release(),
-    }
-    Ok(stats)
+    Ok((stats, frozen))
 }
 
 /// Which pages of a mapping hold state no file can give back.

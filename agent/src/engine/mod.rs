@@ -2,10 +2,12 @@
 //! stream it into an image; and rebuild a tree from an image.
 //!
 //! Flow of a dump: `freeze` (seize every thread) → `collect` (registers,
-//! /proc, parasite, files) → `dump` (stream state and pages into the image)
-//! → release or kill. Flow of a restore: `restore` validates the image,
+//! /proc, parasite, files) → `dump` (stream state and pages through
+//! `image_io` into the image) → release or kill. Flow of a restore:
+//! `image_io` reads and checks the whole image, `restore` validates it,
 //! forks the tasks with their pids, rebuilds each address space through
-//! remote syscalls, and lets the tree go.
+//! remote syscalls (`remote`, `ptrace`), and lets the tree go. `procfs`
+//! parses /proc; `state` is the plain data in between.
 
 pub mod collect;
 pub mod dump;
