@@ -148,6 +148,15 @@ pub fn collect_process(
     Ok((p, maps))
 }
 
+/// A zombie: who it was (for its parent, group and session) and how it
+/// ended.
+pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, EngineError> {
+    let step = || format!("collect {pid}");
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
+    Ok(ProcessState { pid, ppid, pgid: stat.pgid, sid: stat.sid, zombie: Some(status), ..Default::default() })
+}
+
 fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
     let prot = (if m.read { libc::PROT_READ } else { 0 })
         | (if m.write { libc::PROT_WRITE } else { 0 })

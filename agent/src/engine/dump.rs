@@ -66,6 +66,10 @@ pub fn dump_frozen<W: Write>(
         } else {
             frozen.parent.get(&pid).copied().unwrap_or(0)
         };
+        if let Some(&status) = frozen.zombies.get(&pid) {
+            procs.push((collect::collect_zombie(pid, ppid, status)?, Vec::new()));
+            continue;
+        }
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
@@ -84,6 +88,9 @@ pub fn dump_frozen<W: Write>(
         image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
+        if p.zombie.is_some() {
+            continue;
+        }
         stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)?;
     }
     let (out, _summary) = w.finish().step(wstep)?;

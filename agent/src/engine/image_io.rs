@@ -247,8 +247,12 @@ pub fn write_process<W: Write>(
                 value_ns: ts_ns(t.left),
             })
             .collect(),
+        exit_status: p.zombie,
     };
     w.record(Kind::Task, &task)?;
+    if p.zombie.is_some() {
+        return Ok(());
+    }
     let m = &p.mm;
     w.record(
         Kind::MmFields,
@@ -472,6 +476,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     umask: t.umask,
                     personality: t.personality,
                     rlimits: rl,
+                    zombie: t.exit_status,
                     posix_timers: t
                         .posix_timers
                         .iter()

@@ -43,6 +43,9 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// Field 52: the wait status of an exited task (a zombie's exit code),
+    /// 0 while it runs; absent on old kernels.
+    pub exit_code: i32,
 }
 
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
@@ -82,6 +85,7 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        exit_code: get(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -442,7 +446,7 @@ pub fn readlink(path: &str) -> Result<String, ProcError> {
 mod tests {
     use super::*;
 
-    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 0\n";
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 768\n";
 
     #[test]
     fn stat_fields_after_odd_comm() {
@@ -459,6 +463,7 @@ mod tests {
         assert_eq!(s.arg_end, 140_730_000_001_020);
         assert_eq!(s.env_start, 140_730_000_001_020);
         assert_eq!(s.env_end, 140_730_000_001_100);
+        assert_eq!(s.exit_code, 768);
     }
 
     #[test]

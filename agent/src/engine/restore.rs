@@ -98,6 +98,15 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         return Err(refused(step, "the image holds no process".into()));
     }
     for p in &st.processes {
+        if p.zombie.is_some() {
+            if p.ppid == 0 {
+                return Err(refused(step, format!("the root {} of the image is a zombie", p.pid)));
+            }
+            if Path::new(&format!("/proc/{}", p.pid)).exists() {
+                return Err(refused(step, format!("pid {} (a zombie in the image) is in use by another task", p.pid)));
+            }
+            continue;
+        }
         for t in &p.threads {
             if Path::new(&format!("/proc/{}", t.tid)).exists() {
                 return Err(refused(
@@ -552,10 +561,35 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
     report(report_fd, &format!("{} ok", p.pid));
     // SAFETY: closing the report pipe; nothing else refers to it.
     unsafe { libc::close(report_fd) };
+    if let Some(status) = p.zombie {
+        exit_as(status);
+    }
     loop {
         // SAFETY: pause has no memory effects; the tracer interrupts it.
         unsafe { libc::pause() };
     }
+}
+
+/// Ends a recreated zombie with its recorded wait status: killed by the
+/// same signal (without a core file), or exited with the same code.
+fn exit_as(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on integers and on local structs; the
+        // signal's default action ends the process.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: leaving the forked child without running torpor's exit path.
+    unsafe { libc::_exit((status >> 8) & 0xff) }
 }
 
 fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
@@ -610,6 +644,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
     }
     fork_children(false)?;
+    if p.zombie.is_some() {
+        // Nothing more: it only has to exit, once it has reported.
+        return Ok(());
+    }
     // Descriptors at their numbers.
     let mut targets: Vec<i32> = Vec::new();
     for f in &p.fds {
@@ -1459,6 +1497,10 @@ fn rebuild_all<R: Read>(
                     .get(idx)
                     .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
+                if p.zombie.is_some() {
+                    stats.processes += 1;
+                    continue;
+                }
                 cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
@@ -1499,7 +1541,7 @@ pub fn restore<R: Read>(
     let high_fd = objs.high;
     let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
-    for p in &st.processes {
+    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
         ptrace::seize(p.pid, 0).step(step)?;
         created.traced.push(p.pid);
         ptrace::interrupt(p.pid).step(step)?;

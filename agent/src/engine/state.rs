@@ -42,6 +42,9 @@ pub struct ProcessState {
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
     pub posix_timers: Vec<PosixTimer>,
+    /// Wait status of a process that has exited and is not yet reaped; it
+    /// has no threads, memory or files.
+    pub zombie: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
