@@ -186,11 +186,11 @@ int main(void) {
 }
 "#;
 
-/// Children that exit while the tree is being frozen or read: each dump
-/// either succeeds or fails naming the step and the task, and the tree runs
-/// on untraced either way.
+/// Children that exit while the tree is being frozen or read (zombies,
+/// vanished tasks): each dump either succeeds or fails naming the step and
+/// the task, and the tree runs on untraced either way.
 #[test]
-fn tasks_exiting_mid_dump_fail_cleanly_and_the_tree_runs_on() {
+fn tasks_exiting_mid_dump_never_harm_the_tree() {
     become_subreaper();
     let dir = scratch("fail-churn");
     let bin = compile(&dir, "churn", CHURN, &[]);
@@ -315,4 +315,50 @@ fn failure_after_creation_leaves_nothing_behind() {
     );
     assert!(!alive(root), "root {root} left behind");
     assert!(!alive(child), "child {child} left behind");
+}
+
+const BIG: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/mman.h>
+int main(void) {
+    size_t n = 256UL << 20;
+    unsigned long *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned long s = 88172645463325252UL;
+    for (size_t i = 0; i < n / 8; i++) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; p[i] = s; }
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// The task is killed while its memory is being read: the dump fails with
+/// the step and the vanished task, and leaves no image.
+#[test]
+fn task_killed_mid_dump_fails_cleanly() {
+    become_subreaper();
+    let dir = scratch("fail-killed");
+    let bin = compile(&dir, "big", BIG, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("big.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    let mut child = std::process::Command::new(TORPOR)
+        .args(["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run torpor");
+    // Once the image has started to fill, the task goes.
+    wait_for("the dump to start writing", || std::fs::metadata(dir.join("big.img.part")).map(|m| m.len() > 1 << 20).unwrap_or(false));
+    // SAFETY: kill with plain integers.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let o = child.wait_with_output().expect("torpor");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with(&format!("torpor: error: memory {pid}: ")), "{err}");
+    assert!(err.contains("is gone") || err.contains("No such process"), "{err}");
+    assert!(!img.exists() && !dir.join("big.img.part").exists(), "no image left behind");
 }
