@@ -346,7 +346,7 @@ fn task_killed_mid_dump_fails_cleanly() {
     let mut reaper = Reaper::default();
     reaper.add(pid);
     wait_for("ready", || !lines(&out).is_empty());
-    let mut child = std::process::Command::new(TORPOR)
+    let child = std::process::Command::new(TORPOR)
         .args(["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")])
         .stderr(std::process::Stdio::piped())
         .spawn()
