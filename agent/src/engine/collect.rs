@@ -85,6 +85,7 @@ pub fn collect_process(
         ppid,
         pgid: stat.pgid,
         sid: stat.sid,
+        ctty: if stat.sid == pid { stat.tty_nr } else { 0 },
         vmas,
         auxv,
         exe: procfs::readlink(&format!("/proc/{pid}/exe")).step(step)?,

@@ -248,6 +248,7 @@ pub fn write_process<W: Write>(
             })
             .collect(),
         exit_status: p.zombie,
+        ctty: p.ctty,
     };
     w.record(Kind::Task, &task)?;
     if p.zombie.is_some() {
@@ -477,6 +478,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     personality: t.personality,
                     rlimits: rl,
                     zombie: t.exit_status,
+                    ctty: t.ctty,
                     posix_timers: t
                         .posix_timers
                         .iter()

@@ -33,6 +33,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 7: the controlling terminal's device number, 0 for none.
+    pub tty_nr: u64,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -75,6 +77,7 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         ppid: int(4)?,
         pgid: int(5)?,
         sid: int(6)?,
+        tty_nr: num(7)?,
         start_code: num(26)?,
         end_code: num(27)?,
         start_stack: num(28)?,
@@ -453,6 +456,7 @@ mod tests {
         let s = parse_stat("stat", STAT).expect("valid");
         assert_eq!(s.state, 'S');
         assert_eq!((s.ppid, s.pgid, s.sid), (1, 4242, 4242));
+        assert_eq!(s.tty_nr, 34816);
         assert_eq!(s.start_code, 94_000_000_000_000);
         assert_eq!(s.end_code, 94_000_000_004_000);
         assert_eq!(s.start_stack, 140_730_000_000_000);

@@ -675,6 +675,19 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     }
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    // A session leader takes its controlling terminal back from the fd
+    // that opens it (the original device or its --tty substitute).
+    if p.ctty != 0 && p.sid == p.pid {
+        let holder = p.fds.iter().find(|f| {
+            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.ctty)
+        });
+        if let Some(f) = holder {
+            // SAFETY: ioctl on an fd of this task, integer argument.
+            if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!("taking fd {} as controlling terminal: {}", f.fd, last_os()));
+            }
+        }
+    }
     let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
     // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {

@@ -45,6 +45,8 @@ pub struct ProcessState {
     /// Wait status of a process that has exited and is not yet reaped; it
     /// has no threads, memory or files.
     pub zombie: Option<i32>,
+    /// Controlling terminal of a session leader (device number), 0 if none.
+    pub ctty: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

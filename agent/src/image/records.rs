@@ -259,6 +259,9 @@ pub struct Task {
     /// For a process that has exited and awaits its parent's wait (a
     /// zombie): its wait status. Such a task has no other records.
     pub exit_status: Option<i32>,
+    /// Device number of the controlling terminal a session leader holds
+    /// (0 for none); the restored leader takes the terminal its fds open.
+    pub ctty: u64,
 }
 
 /// One POSIX timer: how it notifies and when it fires next.
