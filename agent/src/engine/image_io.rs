@@ -382,6 +382,20 @@ pub fn write_process<W: Write>(
                 rdev: *rdev,
                 flags: of.flags,
             },
+            FileKind::EventFd { count, semaphore } => FdKind::EventFd {
+                count: *count,
+                semaphore: *semaphore,
+                flags: of.flags,
+            },
+            FileKind::SignalFd { mask } => FdKind::SignalFd { mask: *mask, flags: of.flags },
+            FileKind::TimerFd { clock, value, interval, ticks } => FdKind::TimerFd {
+                clock: *clock,
+                value_ns: ts_ns(*value),
+                interval_ns: ts_ns(*interval),
+                ticks: *ticks,
+                flags: of.flags,
+            },
+            FileKind::Epoll { targets } => FdKind::Epoll { targets: targets.clone(), flags: of.flags },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
@@ -669,6 +683,15 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     },
                                 )
                             }
+                            FdKind::EventFd { count, semaphore, flags } => {
+                                (flags, FileKind::EventFd { count, semaphore })
+                            }
+                            FdKind::SignalFd { mask, flags } => (flags, FileKind::SignalFd { mask }),
+                            FdKind::TimerFd { clock, value_ns, interval_ns, ticks, flags } => (
+                                flags,
+                                FileKind::TimerFd { clock, value: ns_ts(value_ns), interval: ns_ts(interval_ns), ticks },
+                            ),
+                            FdKind::Epoll { targets, flags } => (flags, FileKind::Epoll { targets }),
                             FdKind::Unlinked {
                                 path,
                                 flags,

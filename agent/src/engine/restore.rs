@@ -178,6 +178,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     }
     for f in &st.files {
         match &f.kind {
+            FileKind::EventFd { .. } | FileKind::SignalFd { .. } | FileKind::TimerFd { .. } | FileKind::Epoll { .. } => {}
             FileKind::Path { path, .. } => {
                 if !Path::new(path).exists() {
                     return Err(refused(step, format!("open file {path} is gone")));
@@ -366,7 +367,63 @@ fn open_object(
         }
         Ok(fd)
     };
+    let nonblock = f.flags.bits() & libc::O_NONBLOCK;
+    let made = |fd: i32, what: &str| -> Result<i32, Cause> {
+        if fd < 0 {
+            let e = last_os();
+            return Err(std::io::Error::new(e.kind(), format!("creating {what}: {e}")).into());
+        }
+        Ok(fd)
+    };
     match &f.kind {
+        FileKind::EventFd { count, semaphore } => {
+            let sem = if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+            // SAFETY: eventfd with integer arguments.
+            let fd = made(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | nonblock | sem) }, "eventfd")?;
+            if *count > 0 {
+                let b = count.to_ne_bytes();
+                // SAFETY: writing 8 bytes from a local buffer adds `count`.
+                if unsafe { libc::write(fd, b.as_ptr().cast(), 8) } != 8 {
+                    return Err(last_os().into());
+                }
+            }
+            Ok(fd)
+        }
+        FileKind::SignalFd { mask } => {
+            // SAFETY: a zeroed sigset_t is a valid empty set to fill.
+            let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
+            for sig in 1..=64 {
+                if mask & (1u64 << (sig - 1)) != 0 {
+                    // SAFETY: adding a signal number to a local set.
+                    unsafe { libc::sigaddset(&raw mut set, sig) };
+                }
+            }
+            // SAFETY: signalfd on a local set.
+            made(unsafe { libc::signalfd(-1, &raw const set, libc::SFD_CLOEXEC | nonblock) }, "signalfd")
+        }
+        FileKind::TimerFd { clock, value, interval, ticks } => {
+            // SAFETY: timerfd_create with integer arguments.
+            let fd = made(unsafe { libc::timerfd_create(*clock, libc::TFD_CLOEXEC | nonblock) }, "timerfd")?;
+            // An expired timer (periodic, or with unread expirations) shows
+            // no time left: it expires again at once.
+            let value = if *value == (0, 0) && (*interval != (0, 0) || *ticks > 0) { &(0, 1) } else { value };
+            if *value != (0, 0) {
+                let ts = |(s, ns): (i64, i64)| libc::timespec {
+                    tv_sec: libc::time_t::try_from(s).unwrap_or(libc::time_t::MAX),
+                    tv_nsec: arch::native_signed(ns) as libc::c_long,
+                };
+                let its = libc::itimerspec { it_interval: ts(*interval), it_value: ts(*value) };
+                // SAFETY: arming our timerfd from a local struct.
+                if unsafe { libc::timerfd_settime(fd, 0, &raw const its, std::ptr::null_mut()) } < 0 {
+                    return Err(last_os().into());
+                }
+            }
+            Ok(fd)
+        }
+        // Its watches are added by the task holding it, whose fd numbers
+        // they name.
+        // SAFETY: epoll_create1 with a flag.
+        FileKind::Epoll { .. } => made(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll"),
         FileKind::Path { path, pos, .. } => {
             let fd = open(path, open_flags)?;
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
@@ -661,6 +718,22 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             return Err(format!("FD_CLOEXEC on fd {}: {}", f.fd, last_os()));
         }
         targets.push(f.fd);
+    }
+    // epoll watches, by the first task holding the instance (they name
+    // that task's fds).
+    for f in &p.fds {
+        let FileKind::Epoll { targets: watches } = &st.files[f.file as usize].kind else { continue };
+        let first = st.processes.iter().find(|q| q.fds.iter().any(|g| g.file == f.file)).map(|q| q.pid);
+        if first != Some(p.pid) || p.fds.iter().any(|g| g.file == f.file && g.fd < f.fd) {
+            continue;
+        }
+        for &(tfd, events, data) in watches {
+            let mut ev = libc::epoll_event { events, u64: data };
+            // SAFETY: epoll_ctl on fds of this task with a local event.
+            if unsafe { libc::epoll_ctl(f.fd, libc::EPOLL_CTL_ADD, tfd, &raw mut ev) } < 0 {
+                return Err(format!("epoll fd {} watching fd {tfd}: {}", f.fd, last_os()));
+            }
+        }
     }
     targets.push(report_fd);
     targets.sort_unstable();

@@ -208,6 +208,12 @@ pub enum FileKind {
     },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
+    EventFd { count: u64, semaphore: bool },
+    SignalFd { mask: u64 },
+    /// (seconds, nanoseconds) left and interval; expirations not yet read.
+    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
+    /// Watched (fd, events, data), fd numbers of the first task holding it.
+    Epoll { targets: Vec<(i32, u32, u64)> },
     /// A regular file unlinked while open, by content.
     Unlinked {
         path: String,

@@ -425,6 +425,32 @@ pub enum FdKind {
         rdev: u64,
         flags: u32,
     },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// A signalfd and the signals it reads.
+    SignalFd {
+        mask: u64,
+        flags: u32,
+    },
+    /// A timerfd: its clock, time left, interval, and whether expirations
+    /// were waiting to be read (they come back as one).
+    TimerFd {
+        clock: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+        flags: u32,
+    },
+    /// An epoll instance and what it watches: (fd, events, data) in the
+    /// task that holds it.
+    Epoll {
+        targets: Vec<(i32, u32, u64)>,
+        flags: u32,
+    },
     /// A regular file unlinked while open: kept by content, recreated
     /// without a name.
     Unlinked {
