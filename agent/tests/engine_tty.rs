@@ -89,7 +89,7 @@ fn vanished_terminal_is_refused_then_substituted_with_tty() {
         String::from_utf8_lossy(&o.stderr).trim_end(),
         format!("torpor: error: validate: device {slave} is gone; give --tty PATH to use another terminal")
     );
-    assert!(!alive(pid));
+    assert!(!runs(pid, &bin));
 
     let (mut master2, slave2) = pty();
     let o = torpor(&["restore", "--image", &i, "--tty", &slave2]);
