@@ -137,6 +137,12 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 format!("parent {} of process {} is not in the image", p.ppid, p.pid),
             ));
         }
+        if !Path::new(&p.cwd).is_dir() {
+            return Err(refused(
+                step,
+                format!("working directory {} of process {} is gone", p.cwd, p.pid),
+            ));
+        }
         if !Path::new(&p.exe).exists() {
             return Err(refused(
                 step,
