@@ -98,6 +98,8 @@ pub fn collect_process(
             uids: status.uids,
             gids: status.gids,
             groups: status.groups,
+            caps: status.caps,
+            no_new_privs: status.no_new_privs,
         },
         mm: MmFields {
             start_code: stat.start_code,

@@ -103,6 +103,9 @@ pub struct Status {
     pub sig_blocked: u64,
     pub sig_pending: u64,
     pub shd_pending: u64,
+    /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
@@ -145,6 +148,12 @@ pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
             "SigBlk" => s.sig_blocked = hex(val)?,
             "SigPnd" => s.sig_pending = hex(val)?,
             "ShdPnd" => s.shd_pending = hex(val)?,
+            "CapInh" => s.caps[0] = hex(val)?,
+            "CapPrm" => s.caps[1] = hex(val)?,
+            "CapEff" => s.caps[2] = hex(val)?,
+            "CapBnd" => s.caps[3] = hex(val)?,
+            "CapAmb" => s.caps[4] = hex(val)?,
+            "NoNewPrivs" => s.no_new_privs = val == "1",
             _ => {}
         }
     }
@@ -534,7 +543,7 @@ mod tests {
 
     #[test]
     fn status_ids_umask_masks() {
-        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\n";
+        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffdfff\nCapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let s = parse_status("status", t).expect("valid");
         assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
         assert_eq!(s.gids, [5, 6, 7, 8]);
@@ -543,6 +552,8 @@ mod tests {
         assert_eq!(s.sig_pending, 0x100);
         assert_eq!(s.shd_pending, 0x4000);
         assert_eq!(s.sig_blocked, 0x10002);
+        assert_eq!(s.caps, [0, 0x1ff_feff_ffff, 0x1ff_feff_dfff, 0x1ff_feff_ffff, 0]);
+        assert!(s.no_new_privs);
         assert!(parse_status("status", "Name: x\n").is_err());
     }
 

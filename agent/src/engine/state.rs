@@ -133,6 +133,9 @@ pub struct Creds {
     pub uids: [u32; 4],
     pub gids: [u32; 4],
     pub groups: Vec<u32>,
+    /// Inheritable, permitted, effective, bounding, ambient.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 /// What backs a mapping.
