@@ -111,3 +111,70 @@ fn event_signal_timer_and_epoll_fds_come_back() {
     assert_eq!(l[1], format!("got {}", libc::SIGUSR1));
     assert_eq!(l[2..].to_vec(), vec!["PASS".to_string()], "{l:?}");
 }
+
+const FIFO: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static int fails;
+#define CHECK(c) do { if (!(c)) { printf("FAIL %s\n", #c); fails++; } } while (0)
+int main(int argc, char **argv) {
+    (void)argc;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    signal(SIGUSR1, on_usr1);
+    mkfifo(argv[1], 0600);
+    int rw = open(argv[1], O_RDWR);
+    int rd = open(argv[1], O_RDONLY | O_NONBLOCK);
+    int wr = open(argv[1], O_WRONLY);
+    write(wr, "queued bytes", 12);
+    printf("ready %d %d %d\n", rw, rd, wr);
+    while (!go) pause();
+    char b[64] = { 0 };
+    CHECK(read(rd, b, sizeof b) == 12 && memcmp(b, "queued bytes", 12) == 0);
+    CHECK(read(rd, b, sizeof b) < 0);
+    struct stat a, p;
+    fstat(rd, &a);
+    stat(argv[1], &p);
+    CHECK(S_ISFIFO(a.st_mode) && a.st_ino == p.st_ino);
+    CHECK((fcntl(rd, F_GETFL) & (O_ACCMODE | O_NONBLOCK)) == (O_RDONLY | O_NONBLOCK));
+    CHECK((fcntl(wr, F_GETFL) & O_ACCMODE) == O_WRONLY);
+    /* Someone outside opens the FIFO by its name and writes. */
+    int other = open(argv[1], O_WRONLY | O_NONBLOCK);
+    CHECK(other >= 0 && write(other, "x", 1) == 1);
+    CHECK(read(rd, b, 1) == 1 && b[0] == 'x');
+    printf(fails ? "DONE\n" : "PASS\n");
+    return 0;
+}
+"#;
+
+/// A named FIFO held by the task comes back with its unread bytes, its
+/// descriptions' modes, and still reachable by name.
+#[test]
+fn named_fifo_comes_back() {
+    become_subreaper();
+    let dir = scratch("fifo");
+    let bin = compile(&dir, "fifo", FIFO, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("fifo.img");
+    let path = dir.join("the.fifo");
+    let pid = spawn(&bin, &[path.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    let before = fd_targets(pid);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert_eq!(fd_targets(pid), before);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}

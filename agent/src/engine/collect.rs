@@ -490,16 +490,7 @@ impl FileTable {
                 .parse()
                 .map_err(|_| unsupported("a pipe with an unreadable inode"))?;
             let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
-            let pipe = match self.pipe_index.get(&ino) {
-                Some(&i) => i,
-                None => {
-                    let st = read_pipe(pid, fd, ino)?;
-                    self.pipes.push(st);
-                    let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
-                    self.pipe_index.insert(ino, i);
-                    i
-                }
-            };
+            let pipe = self.pipe_of(pid, fd, ino)?;
             let e = self
                 .pipe_ends
                 .entry(pipe)
@@ -509,7 +500,7 @@ impl FileTable {
             } else {
                 e.0 = true;
             }
-            return Ok(FileKind::Pipe { pipe, write });
+            return Ok(FileKind::Pipe { pipe, write, fifo: None });
         }
         if let Some(kind) = link.strip_prefix("anon_inode:[").and_then(|k| k.strip_suffix(']')) {
             if matches!(kind, "eventfd" | "signalfd" | "timerfd" | "eventpoll") {
@@ -578,10 +569,25 @@ impl FileTable {
                 tty: is_tty_major(major),
             })
         } else if ft.is_fifo() {
-            Err(unsupported("a named FIFO"))
+            let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
+            let pipe = self.pipe_of(pid, fd, md.ino())?;
+            Ok(FileKind::Pipe { pipe, write, fifo: Some(link.to_string()) })
         } else {
             Err(unsupported("a block device or socket file"))
         }
+    }
+
+    /// The index of the pipe with this inode, reading its unread bytes the
+    /// first time it is seen.
+    fn pipe_of(&mut self, pid: i32, fd: i32, ino: u64) -> Result<u32, Cause> {
+        if let Some(&i) = self.pipe_index.get(&ino) {
+            return Ok(i);
+        }
+        let st = read_pipe(pid, fd, ino)?;
+        self.pipes.push(st);
+        let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
+        self.pipe_index.insert(ino, i);
+        Ok(i)
     }
 
     /// Refuses pipes whose other end is held outside the tree: their data

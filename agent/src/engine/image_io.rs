@@ -408,13 +408,19 @@ pub fn write_process<W: Write>(
                 offset: *pos,
                 bytes: data.clone(),
             },
-            FileKind::Pipe { pipe, write } => FdKind::Pipe {
+            FileKind::Pipe { pipe, write, fifo: None } => FdKind::Pipe {
                 id: u64::from(*pipe),
                 end: if *write {
                     PipeEnd::Write
                 } else {
                     PipeEnd::Read
                 },
+                flags: of.flags,
+            },
+            FileKind::Pipe { pipe, write, fifo: Some(path) } => FdKind::Fifo {
+                path: path.as_str().into(),
+                id: u64::from(*pipe),
+                end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
             },
         };
@@ -694,6 +700,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     FileKind::Pipe {
                                         pipe,
                                         write: end == PipeEnd::Write,
+                                        fifo: None,
                                     },
                                 )
                             }
@@ -719,11 +726,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     data: bytes,
                                 },
                             ),
-                            FdKind::Fifo { path, .. } => {
-                                return Err(malformed(format!(
-                                    "named FIFO {} is not supported",
-                                    path_of(&path)
-                                )));
+                            FdKind::Fifo { path, id, end, flags } => {
+                                let pipe = u32::try_from(id)
+                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
+                                let fifo = Some(path_of(&path));
+                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write, fifo })
                             }
                         };
                         let idx = match ofds.get(&f.ofd) {

@@ -223,8 +223,9 @@ pub enum FileKind {
         pos: u64,
         data: Vec<u8>,
     },
-    /// One end of a pipe: index into `TreeState::pipes`.
-    Pipe { pipe: u32, write: bool },
+    /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
+    /// path of a named FIFO (whose other end may be opened by anyone).
+    Pipe { pipe: u32, write: bool, fifo: Option<String> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
