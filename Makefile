@@ -35,3 +35,16 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
 
 test: deps test-host test-arm
+
+# Image codec throughput (random and compressible pages) and encoder memory,
+# as ratios to a memcpy of the same 64 MiB measured in the same run.
+.PHONY: bench-image fuzz-image
+bench-image:
+	cargo bench -p torpor --bench codec
+
+# Ten minutes of libFuzzer on the image reader (needs nightly and cargo-fuzz).
+FUZZ_TIME ?= 600
+fuzz-image:
+	mkdir -p fuzz/corpus/image_reader
+	cargo +nightly fuzz run image_reader fuzz/corpus/image_reader fuzz/seeds/image_reader -- \
+		-max_total_time=$(FUZZ_TIME) -max_len=16384 -rss_limit_mb=1024
