@@ -31,8 +31,12 @@ arm: $(ARM_UNWIND)/libunwind.a
 test-host:
 	cargo test --workspace
 
+# libtest needs unwinding, the release profile aborts: the tests build std
+# with panic=unwind, in their own target directory, because two builds of std
+# side by side in one directory make rustc see two `alloc` crates (E0152).
 test-arm: $(ARM_UNWIND)/libunwind.a
-	$(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
+	$(ARM_CARGO) test --release --config 'profile.release.panic="unwind"' \
+		--target-dir target/arm-test $(BUILD_STD) -p torpor --lib
 
 test: deps test-host test-arm
 
