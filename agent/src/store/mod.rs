@@ -486,8 +486,10 @@ impl<D: Device> Store<D> {
                 capacity: self.capacity(),
             });
         }
+        // Buffered, so the reader's small frame-head reads are not each a
+        // device read.
         let mut tee = CrcTee {
-            inner: self.reader(slot, info.len),
+            inner: io::BufReader::with_capacity(WRITE_CHUNK, self.reader(slot, info.len)),
             crc: crc32fast::Hasher::new(),
         };
         match image::verify(&mut tee) {
