@@ -228,10 +228,11 @@ pub struct Header {
     pub torpor_version: String,
 }
 
-/// The part of the header every major version shares.
+/// The part of the header every major version shares. The magic was
+/// already compared as raw bytes; it is decoded only to reach the version.
 #[derive(Deserialize)]
 struct HeaderPrefix {
-    magic: [u8; 8],
+    _magic: [u8; 8],
     version: FormatVersion,
 }
 
@@ -805,12 +806,12 @@ impl<R: Read> ImageReader<R> {
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let kind = head[4];
-        if len > HEADER_LIMIT_BYTES {
+        if len > Kind::Header.limit() {
             return Err(ImageError::RecordTooLarge {
                 offset: 0,
                 kind: Kind::Header,
                 len: u64::from(len),
-                limit: HEADER_LIMIT_BYTES,
+                limit: Kind::Header.limit(),
             });
         }
         if len < 8 {
@@ -839,7 +840,6 @@ impl<R: Read> ImageReader<R> {
         };
         let (prefix, _): (HeaderPrefix, _) =
             postcard::take_from_bytes(payload).map_err(decode_err)?;
-        debug_assert_eq!(prefix.magic, MAGIC);
         if prefix.version.major != FORMAT.major {
             return Err(ImageError::UnsupportedVersion {
                 found: prefix.version,
@@ -965,8 +965,6 @@ impl<R: Read> ImageReader<R> {
         self.input.inner
     }
 }
-
-const HEADER_LIMIT_BYTES: u32 = records::HEADER_LIMIT;
 
 fn record_what(kind: Kind) -> &'static str {
     match kind {
