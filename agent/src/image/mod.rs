@@ -632,6 +632,11 @@ fn is_zero(page: &[u8]) -> bool {
 
 /// Compresses `run` into `out` and returns the compressed length, or `None`
 /// when LZ4 would not make it smaller (the batch is then stored raw).
+///
+/// No sampling first: LZ4 skips ahead ever faster when it finds no matches,
+/// so a batch of noise costs about as much as copying it (`make bench-image`
+/// measures it), and a sample could misjudge a batch that is noise only at
+/// its start.
 fn compress(run: &[u8], out: &mut [u8]) -> Option<usize> {
     match lz4_flex::block::compress_into(run, out) {
         Ok(k) if k < run.len() => Some(k),
