@@ -116,8 +116,10 @@ pub enum ImageError {
         stored: u64,
         actual: u64,
     },
-    #[error("{0} bytes of unexpected data follow the trailer")]
-    TrailingData(u64),
+    #[error("unexpected data follows the trailer, at offset {offset}")]
+    TrailingData { offset: u64 },
+    #[error("pages at {vaddr:#x} (+{len} bytes) run past the end of the address space")]
+    AddressOverflow { vaddr: u64, len: u64 },
     #[error("{kind} records are written by the image writer itself, not by record()")]
     ReservedKind { kind: Kind },
     #[error(
@@ -390,19 +392,17 @@ impl<R: Read> CrcReader<R> {
         Ok(())
     }
 
-    /// Counts whatever is left in the stream (bounded reads, no allocation
-    /// beyond a small stack buffer).
-    fn rest(&mut self) -> Result<u64> {
-        let mut scratch = [0u8; 512];
-        let mut n = 0u64;
+    /// Whether the stream has ended (one byte is tried, so a long tail
+    /// costs nothing).
+    fn at_end(&mut self) -> Result<bool> {
+        let mut one = [0u8; 1];
         loop {
-            match self.inner.read(&mut scratch) {
-                Ok(0) => return Ok(n),
-                Ok(k) => n += k as u64,
+            match self.inner.read(&mut one) {
+                Ok(n) => return Ok(n == 0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(ImageError::Io {
-                        offset: self.bytes + n,
+                        offset: self.bytes,
                         source,
                     })
                 }
@@ -521,6 +521,12 @@ impl<W: Write> ImageWriter<W> {
                 vaddr,
                 len: data.len() as u64,
                 page_size: self.page_size,
+            });
+        }
+        if vaddr.checked_add(data.len() as u64).is_none() {
+            return Err(ImageError::AddressOverflow {
+                vaddr,
+                len: data.len() as u64,
             });
         }
         let batch = self.batch_pages as usize;
@@ -938,9 +944,10 @@ impl<R: Read> ImageReader<R> {
                         });
                     }
                 }
-                let extra = self.input.rest()?;
-                if extra != 0 {
-                    return Err(ImageError::TrailingData(extra));
+                if !self.input.at_end()? {
+                    return Err(ImageError::TrailingData {
+                        offset: self.input.bytes,
+                    });
                 }
                 self.summary = Some(ImageSummary {
                     records: self.records,
