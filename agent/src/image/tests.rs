@@ -423,8 +423,13 @@ fn writer_refusals() {
         "{e:?}"
     );
     let top = 0u64.wrapping_sub(ps);
-    let e = w.pages(top, &vec![1u8; 2 * h.page_size as usize]).unwrap_err();
-    assert!(matches!(e, ImageError::AddressOverflow { vaddr, .. } if vaddr == top), "{e:?}");
+    let e = w
+        .pages(top, &vec![1u8; 2 * h.page_size as usize])
+        .unwrap_err();
+    assert!(
+        matches!(e, ImageError::AddressOverflow { vaddr, .. } if vaddr == top),
+        "{e:?}"
+    );
     let e = w.pages(0, &[1u8; 100]).unwrap_err();
     assert!(matches!(e, ImageError::Unaligned { len: 100, .. }), "{e:?}");
     let e = w.record(Kind::Trailer, &0u8).unwrap_err();
