@@ -526,6 +526,26 @@ impl<D: Device> Store<D> {
         }
     }
 
+    /// A reader for the image in `slot`, without verifying it again (an
+    /// [`image::ImageReader`] checks every record as it reads). For the
+    /// restore after [`begin_restore`](Self::begin_restore), which needs the
+    /// store mutably and so ends the reader [`newest`](Self::newest) gave.
+    pub fn image(&self, slot: Slot) -> Result<(SlotInfo, SlotReader<'_, D>), StoreError> {
+        match self.info(slot) {
+            Some(i) if i.state.holds_image() && i.len <= self.capacity() => {
+                Ok((i, self.reader(slot, i.len)))
+            }
+            Some(i) => Err(StoreError::NoImage {
+                slot,
+                state: i.state.to_string(),
+            }),
+            None => Err(StoreError::NoImage {
+                slot,
+                state: "damaged".to_string(),
+            }),
+        }
+    }
+
     /// The newest image to restore, verified, and a reader for it.
     pub fn newest(&self) -> Result<Option<(SlotInfo, SlotReader<'_, D>)>, StoreError> {
         for info in self.by_generation() {

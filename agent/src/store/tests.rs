@@ -368,7 +368,15 @@ fn begin_restore_counts_attempts_durably() {
     let (n, bytes) = newest_bytes(&store).expect("image");
     assert_eq!((n.slot, n.attempts), (Slot::B, 1));
     assert_eq!(bytes, image(2));
+    // The boot sequence: find the newest, count the attempt, then read it.
+    let slot = store.newest().expect("newest").map(|(i, _)| i.slot);
+    assert_eq!(slot, Some(Slot::B));
     assert_eq!(store.begin_restore(Slot::B).expect("again"), 2);
+    let (info, mut r) = store.image(Slot::B).expect("image");
+    assert_eq!((info.state, info.attempts), (State::Restoring, 2));
+    let mut bytes = Vec::new();
+    r.read_to_end(&mut bytes).expect("read");
+    assert_eq!(bytes, image(2));
     assert_eq!(store.begin_restore(Slot::B).expect("again"), 3);
 
     // A power cut in the middle of the next increment leaves 3 or 4, never
