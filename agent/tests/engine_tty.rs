@@ -6,6 +6,7 @@ mod engine_util;
 use engine_util::*;
 
 use std::io::Read;
+use std::sync::Mutex;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 const COUNTER: &str = r#"
@@ -59,8 +60,13 @@ fn nums(s: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The tests here allocate ptys: one test's freed /dev/pts/N can be the
+/// other's next terminal, which would make a vanished terminal reappear.
+static PTYS: Mutex<()> = Mutex::new(());
+
 #[test]
 fn vanished_terminal_is_refused_then_substituted_with_tty() {
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
     become_subreaper();
     let dir = scratch("tty");
     let bin = compile(&dir, "counter", COUNTER, &[]);
@@ -134,6 +140,7 @@ fn tty_nr(pid: i32) -> u64 {
 /// terminal as its controlling one after restore.
 #[test]
 fn session_leader_gets_its_controlling_terminal_back() {
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
     use std::os::unix::fs::MetadataExt;
     become_subreaper();
     let dir = scratch("ctty");
