@@ -31,11 +31,12 @@ arm: $(ARM_UNWIND)/libunwind.a
 test-host:
 	cargo test --workspace
 
-# Tests unwind (libtest catches panics): lift the release profile's
-# panic=abort here, else build-std builds std twice and crates that name
-# `alloc` themselves (toml, serde with alloc) find two of it.
+# libtest needs unwinding, the release profile aborts: the tests build std
+# with panic=unwind, in their own target directory, because two builds of std
+# side by side in one directory make rustc see two `alloc` crates (E0152).
 test-arm: $(ARM_UNWIND)/libunwind.a
-	CARGO_PROFILE_RELEASE_PANIC=unwind $(ARM_CARGO) test --release $(BUILD_STD) -p torpor --lib
+	$(ARM_CARGO) test --release --config 'profile.release.panic="unwind"' \
+		--target-dir target/arm-test $(BUILD_STD) -p torpor --lib
 
 test: deps test-host test-arm check-board pizero-test
 
@@ -54,3 +55,16 @@ check-board:
 pizero-test: deps
 	python3 -m unittest discover -s bench/pizero -p 'test_*.py'
 	python3 bench/pizero/bench.py all
+
+# Image codec throughput (random and compressible pages) and encoder memory,
+# as ratios to a memcpy of the same 64 MiB measured in the same run.
+.PHONY: bench-image fuzz-image
+bench-image:
+	cargo bench -p torpor --bench codec
+
+# Ten minutes of libFuzzer on the image reader (needs nightly and cargo-fuzz).
+FUZZ_TIME ?= 600
+fuzz-image:
+	mkdir -p fuzz/corpus/image_reader
+	cargo +nightly fuzz run image_reader fuzz/corpus/image_reader fuzz/seeds/image_reader -- \
+		-max_total_time=$(FUZZ_TIME) -max_len=16384 -rss_limit_mb=1024

@@ -2,18 +2,23 @@
 //!
 //! ```text
 //!  offset 0
-//!  +----------+------+--------------------------------------+----------+
-//!  | len: u32 | kind | header payload (postcard)             | crc: u32 |
-//!  |   LE     |  1   | magic "TORPORIM", major, minor, arch, |    LE    |
-//!  |          |      | page size, release, boot id, host,    |          |
-//!  |          |      | creation time, torpor version         |          |
-//!  +----------+------+--------------------------------------+----------+
-//!  | len      | kind | task / thread / vma / fd / mm / pipe-data /       |
-//!  | len      | kind | pages {vaddr, pages, codec, data}  ... | crc      |
-//!  |  ...     |      |                                        |          |
-//!  +----------+------+--------------------------------------+----------+
-//!  | len      | 9    | trailer {records, pages, bytes, crc}   | crc      |
-//!  +----------+------+--------------------------------------+----------+
+//!  +----------+------+-----------------------------------------+----------+
+//!  | len: u32 | kind | payload (postcard)                      | crc: u32 |
+//!  |   LE     |  u8  |                                         |    LE    |
+//!  +----------+------+-----------------------------------------+----------+
+//!  | len      | 1    | header: magic "TORPORIM", major, minor, | crc      |
+//!  |          |      | arch, page size, kernel release,        |          |
+//!  |          |      | boot id, host, creation time, version   |          |
+//!  +----------+------+-----------------------------------------+----------+
+//!  | len      | 2..7 | task / thread / vma / fd / mm /         | crc      |
+//!  |          |      | pipe-data                               |          |
+//!  +----------+------+-----------------------------------------+----------+
+//!  | len      | 8    | pages: vaddr, pages, codec, data        | crc      |
+//!  +----------+------+-----------------------------------------+----------+
+//!  |   ...    |      |                                         |          |
+//!  +----------+------+-----------------------------------------+----------+
+//!  | len      | 9    | trailer: records, pages, bytes, crc     | crc      |
+//!  +----------+------+-----------------------------------------+----------+
 //!  end of image
 //! ```
 //!
@@ -116,8 +121,10 @@ pub enum ImageError {
         stored: u64,
         actual: u64,
     },
-    #[error("{0} bytes of unexpected data follow the trailer")]
-    TrailingData(u64),
+    #[error("unexpected data follows the trailer, at offset {offset}")]
+    TrailingData { offset: u64 },
+    #[error("pages at {vaddr:#x} (+{len} bytes) run past the end of the address space")]
+    AddressOverflow { vaddr: u64, len: u64 },
     #[error("{kind} records are written by the image writer itself, not by record()")]
     ReservedKind { kind: Kind },
     #[error(
@@ -228,10 +235,11 @@ pub struct Header {
     pub torpor_version: String,
 }
 
-/// The part of the header every major version shares.
+/// The part of the header every major version shares. The magic was
+/// already compared as raw bytes; it is decoded only to reach the version.
 #[derive(Deserialize)]
 struct HeaderPrefix {
-    magic: [u8; 8],
+    _magic: [u8; 8],
     version: FormatVersion,
 }
 
@@ -330,11 +338,17 @@ struct CrcWriter<W> {
 
 impl<W: Write> CrcWriter<W> {
     fn put(&mut self, buf: &[u8]) -> Result<()> {
+        self.put_unhashed(buf)?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    /// Writes bytes whose CRC the caller folds in with `crc.combine`.
+    fn put_unhashed(&mut self, buf: &[u8]) -> Result<()> {
         self.inner.write_all(buf).map_err(|source| ImageError::Io {
             offset: self.bytes,
             source,
         })?;
-        self.crc.update(buf);
         self.bytes += buf.len() as u64;
         Ok(())
     }
@@ -349,13 +363,20 @@ struct CrcReader<R> {
 }
 
 impl<R: Read> CrcReader<R> {
-    /// Fills `buf` or says what was cut short.
+    /// Fills `buf` and hashes it, or says what was cut short.
     fn take(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+        self.take_unhashed(buf, what)?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    /// Fills `buf` without hashing it: the caller folds in its CRC.
+    fn take_unhashed(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
             match self.inner.read(&mut buf[done..]) {
                 Ok(0) => {
-                    self.account(&buf[..done]);
+                    self.bytes += done as u64;
                     return Err(ImageError::Truncated {
                         offset: self.bytes,
                         what,
@@ -364,7 +385,7 @@ impl<R: Read> CrcReader<R> {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
-                    self.account(&buf[..done]);
+                    self.bytes += done as u64;
                     return Err(ImageError::Io {
                         offset: self.bytes,
                         source,
@@ -372,28 +393,21 @@ impl<R: Read> CrcReader<R> {
                 }
             }
         }
-        self.account(buf);
+        self.bytes += buf.len() as u64;
         Ok(())
     }
 
-    fn account(&mut self, buf: &[u8]) {
-        self.crc.update(buf);
-        self.bytes += buf.len() as u64;
-    }
-
-    /// Counts whatever is left in the stream (bounded reads, no allocation
-    /// beyond a small stack buffer).
-    fn rest(&mut self) -> Result<u64> {
-        let mut scratch = [0u8; 512];
-        let mut n = 0u64;
+    /// Whether the stream has ended (one byte is tried, so a long tail
+    /// costs nothing).
+    fn at_end(&mut self) -> Result<bool> {
+        let mut one = [0u8; 1];
         loop {
-            match self.inner.read(&mut scratch) {
-                Ok(0) => return Ok(n),
-                Ok(k) => n += k as u64,
+            match self.inner.read(&mut one) {
+                Ok(n) => return Ok(n == 0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(ImageError::Io {
-                        offset: self.bytes + n,
+                        offset: self.bytes,
                         source,
                     })
                 }
@@ -402,12 +416,17 @@ impl<R: Read> CrcReader<R> {
     }
 }
 
-fn frame_crc(len: u32, kind: u8, payload: &[u8]) -> u32 {
+fn frame_hasher(len: u32, kind: u8, payload: &[u8]) -> crc32fast::Hasher {
     let mut h = crc32fast::Hasher::new();
     h.update(&len.to_le_bytes());
     h.update(&[kind]);
     h.update(payload);
-    h.finalize()
+    h
+}
+
+#[cfg(test)]
+fn frame_crc(len: u32, kind: u8, payload: &[u8]) -> u32 {
+    frame_hasher(len, kind, payload).finalize()
 }
 
 /// Writes an image record by record; [`finish`](ImageWriter::finish) appends
@@ -479,15 +498,19 @@ impl<W: Write> ImageWriter<W> {
                 })
             }
         };
+        // Each byte is hashed once: the frame CRC is folded into the
+        // whole-image CRC (a combine costs nothing per byte), which matters
+        // on an ARMv6 without CRC instructions.
         let mut crc = crc32fast::Hasher::new();
         crc.update(&len.to_le_bytes());
         crc.update(&[kind as u8]);
-        self.out.put(&len.to_le_bytes())?;
-        self.out.put(&[kind as u8])?;
+        self.out.put_unhashed(&len.to_le_bytes())?;
+        self.out.put_unhashed(&[kind as u8])?;
         for p in parts {
             crc.update(p);
-            self.out.put(p)?;
+            self.out.put_unhashed(p)?;
         }
+        self.out.crc.combine(&crc);
         self.out.put(&crc.finalize().to_le_bytes())?;
         self.records += 1;
         Ok(())
@@ -503,6 +526,12 @@ impl<W: Write> ImageWriter<W> {
                 vaddr,
                 len: data.len() as u64,
                 page_size: self.page_size,
+            });
+        }
+        if vaddr.checked_add(data.len() as u64).is_none() {
+            return Err(ImageError::AddressOverflow {
+                vaddr,
+                len: data.len() as u64,
             });
         }
         let batch = self.batch_pages as usize;
@@ -614,6 +643,11 @@ fn is_zero(page: &[u8]) -> bool {
 
 /// Compresses `run` into `out` and returns the compressed length, or `None`
 /// when LZ4 would not make it smaller (the batch is then stored raw).
+///
+/// No sampling first: LZ4 skips ahead ever faster when it finds no matches,
+/// so a batch of noise costs about as much as copying it (`make bench-image`
+/// measures it), and a sample could misjudge a batch that is noise only at
+/// its start.
 fn compress(run: &[u8], out: &mut [u8]) -> Option<usize> {
     match lz4_flex::block::compress_into(run, out) {
         Ok(k) if k < run.len() => Some(k),
@@ -788,12 +822,12 @@ impl<R: Read> ImageReader<R> {
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let kind = head[4];
-        if len > HEADER_LIMIT_BYTES {
+        if len > Kind::Header.limit() {
             return Err(ImageError::RecordTooLarge {
                 offset: 0,
                 kind: Kind::Header,
                 len: u64::from(len),
-                limit: HEADER_LIMIT_BYTES,
+                limit: Kind::Header.limit(),
             });
         }
         if len < 8 {
@@ -822,7 +856,6 @@ impl<R: Read> ImageReader<R> {
         };
         let (prefix, _): (HeaderPrefix, _) =
             postcard::take_from_bytes(payload).map_err(decode_err)?;
-        debug_assert_eq!(prefix.magic, MAGIC);
         if prefix.version.major != FORMAT.major {
             return Err(ImageError::UnsupportedVersion {
                 found: prefix.version,
@@ -856,7 +889,7 @@ impl<R: Read> ImageReader<R> {
         // The CRC of everything before this record: the trailer's subject.
         let crc_before = self.input.crc.clone().finalize();
         let mut head = [0u8; 5];
-        if let Err(e) = self.input.take(&mut head, "a record frame") {
+        if let Err(e) = self.input.take_unhashed(&mut head, "a record frame") {
             return Err(match e {
                 ImageError::Truncated { offset: o, .. } if o == offset => ImageError::Truncated {
                     offset,
@@ -880,8 +913,11 @@ impl<R: Read> ImageReader<R> {
         }
         let n = len as usize;
         self.buf.resize(n + 4, 0);
-        self.input.take(&mut self.buf, record_what(kind))?;
-        check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
+        self.input.take_unhashed(&mut self.buf, record_what(kind))?;
+        let frame = check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
+        // Each byte is hashed once: the frame's CRC state joins the stream's.
+        self.input.crc.combine(&frame);
+        self.input.crc.update(&self.buf[n..]);
         self.records += 1;
         let record = Record {
             kind,
@@ -913,9 +949,10 @@ impl<R: Read> ImageReader<R> {
                         });
                     }
                 }
-                let extra = self.input.rest()?;
-                if extra != 0 {
-                    return Err(ImageError::TrailingData(extra));
+                if !self.input.at_end()? {
+                    return Err(ImageError::TrailingData {
+                        offset: self.input.bytes,
+                    });
                 }
                 self.summary = Some(ImageSummary {
                     records: self.records,
@@ -946,8 +983,6 @@ impl<R: Read> ImageReader<R> {
     }
 }
 
-const HEADER_LIMIT_BYTES: u32 = records::HEADER_LIMIT;
-
 fn record_what(kind: Kind) -> &'static str {
     match kind {
         Kind::Header => "the header record",
@@ -962,12 +997,21 @@ fn record_what(kind: Kind) -> &'static str {
     }
 }
 
-fn check_crc(offset: u64, len: u32, kind: u8, payload: &[u8], stored: &[u8]) -> Result<()> {
+/// Checks a frame's CRC; returns the hasher state over `len`, `kind` and the
+/// payload.
+fn check_crc(
+    offset: u64,
+    len: u32,
+    kind: u8,
+    payload: &[u8],
+    stored: &[u8],
+) -> Result<crc32fast::Hasher> {
     let stored = match stored {
         [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
         _ => 0,
     };
-    let computed = frame_crc(len, kind, payload);
+    let frame = frame_hasher(len, kind, payload);
+    let computed = frame.clone().finalize();
     if stored != computed {
         return Err(ImageError::Crc {
             offset,
@@ -976,7 +1020,7 @@ fn check_crc(offset: u64, len: u32, kind: u8, payload: &[u8], stored: &[u8]) -> 
             computed,
         });
     }
-    Ok(())
+    Ok(frame)
 }
 
 /// Reads a whole image, checking every frame, every page record's data (LZ4

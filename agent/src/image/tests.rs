@@ -430,6 +430,14 @@ fn writer_refusals() {
         matches!(e, ImageError::Unaligned { vaddr, .. } if vaddr == ps + 8),
         "{e:?}"
     );
+    let top = 0u64.wrapping_sub(ps);
+    let e = w
+        .pages(top, &vec![1u8; 2 * h.page_size as usize])
+        .unwrap_err();
+    assert!(
+        matches!(e, ImageError::AddressOverflow { vaddr, .. } if vaddr == top),
+        "{e:?}"
+    );
     let e = w.pages(0, &[1u8; 100]).unwrap_err();
     assert!(matches!(e, ImageError::Unaligned { len: 100, .. }), "{e:?}");
     let e = w.record(Kind::Trailer, &0u8).unwrap_err();
@@ -734,7 +742,10 @@ fn crafted_frames_are_refused() {
     verify(&v[..]).expect("header + trailer");
     v.extend_from_slice(&[0, 0, 0]);
     let e = verify(&v[..]).unwrap_err();
-    assert!(matches!(e, ImageError::TrailingData(3)), "{e:?}");
+    assert!(
+        matches!(e, ImageError::TrailingData { offset } if offset == v.len() as u64 - 3),
+        "{e:?}"
+    );
 
     // Pages whose data does not match the codec.
     let ps = header().page_size;

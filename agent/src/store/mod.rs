@@ -486,8 +486,10 @@ impl<D: Device> Store<D> {
                 capacity: self.capacity(),
             });
         }
+        // Buffered, so the reader's small frame-head reads are not each a
+        // device read.
         let mut tee = CrcTee {
-            inner: self.reader(slot, info.len),
+            inner: io::BufReader::with_capacity(WRITE_CHUNK, self.reader(slot, info.len)),
             crc: crc32fast::Hasher::new(),
         };
         match image::verify(&mut tee) {
@@ -521,6 +523,26 @@ impl<D: Device> Store<D> {
             dev: &self.dev,
             pos: start,
             end: start + len,
+        }
+    }
+
+    /// A reader for the image in `slot`, without verifying it again (an
+    /// [`image::ImageReader`] checks every record as it reads). For the
+    /// restore after [`begin_restore`](Self::begin_restore), which needs the
+    /// store mutably and so ends the reader [`newest`](Self::newest) gave.
+    pub fn image(&self, slot: Slot) -> Result<(SlotInfo, SlotReader<'_, D>), StoreError> {
+        match self.info(slot) {
+            Some(i) if i.state.holds_image() && i.len <= self.capacity() => {
+                Ok((i, self.reader(slot, i.len)))
+            }
+            Some(i) => Err(StoreError::NoImage {
+                slot,
+                state: i.state.to_string(),
+            }),
+            None => Err(StoreError::NoImage {
+                slot,
+                state: "damaged".to_string(),
+            }),
         }
     }
 
