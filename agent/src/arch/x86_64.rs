@@ -207,6 +207,13 @@ impl Regs {
     }
 }
 
+/// Where `Remote::at_pc` writes `syscall; trap`: the pc itself. x86_64
+/// decides a syscall restart after the stop, from orig_rax, which
+/// `prepare_syscall` clears.
+pub fn patch_site(pc: u64) -> u64 {
+    pc
+}
+
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     let mut r = Regs::default();
     // SAFETY: PTRACE_GETREGS writes one user_regs_struct into `r`, which is
