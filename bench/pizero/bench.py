@@ -130,9 +130,9 @@ class Bench:
             apps = {a: apps[a] for a in wanted}
         self.apps = list(apps)
         print(f"apps        {' '.join(self.apps)}")
-        tools = {"gpio-poke": build.cross_compile(
-            [os.path.join(BENCH_DIR, "tools", "gpio-poke.c")],
-            os.path.join(self.work, "tools", "gpio-poke"))}
+        tools = {name: build.cross_compile(
+            [os.path.join(BENCH_DIR, "tools", f"{name}.c")],
+            os.path.join(self.work, "tools", name)) for name in ("gpio-poke", "subreaper")}
 
         self.sd, layout, dump = build.sd_card(REPO, self.assets, CMDLINE, self.work, build_log)
         store_part = layout.number("torpor")
