@@ -22,6 +22,7 @@
 #   TORPOR-GPIO-DECOY-DONE line=<n> / TORPOR-GPIO-ARMED line=<n> value=<v>
 #   TORPOR-GPIO-SURVIVED
 #   TORPOR-SUSPENDED <app> pid=<n>
+#   TORPOR-TIME <app> dump|restore <ms>   (guest time: emulated, -icount)
 #   TORPOR-SKIP <job> <reason>
 #   TORPOR-ERROR <message>
 
@@ -34,6 +35,12 @@ TORPOR=/usr/bin/torpor
 WORK=/data/bench
 
 info() { echo "TORPOR-INFO $*"; }
+
+# Guest uptime in ms (the guest clock follows QEMU's -icount: emulated time).
+uptime_ms() {
+    read -r up _ </proc/uptime
+    echo "${up%.*}${up#*.}0"
+}
 error() { echo "TORPOR-ERROR $*"; }
 
 # Wait until a line of FILE matches the extended regex, at most SECONDS.
@@ -140,8 +147,10 @@ app_ready() {
 
 # Checkpoint the app into the store; torpor ends the tree after a good dump.
 dump_app() {
+    t0=$(uptime_ms)
     timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
     rc=$?
+    echo "TORPOR-TIME $1 dump $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
         result "$1" FAIL "torpor dump --pid $pid exited with $rc"
         details "$1" "$W/dump.out"
@@ -161,8 +170,10 @@ dump_app() {
 
 # Bring the app back from the store with `torpor $2 --store` (restore or boot).
 restore_app() {
+    t0=$(uptime_ms)
     timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" "$2" --store "$BENCH_STORE" >"$W/restore.out" 2>&1
     rc=$?
+    echo "TORPOR-TIME $1 restore $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
         result "$1" FAIL "torpor $2 --store $BENCH_STORE exited with $rc"
         details "$1" "$W/restore.out"
@@ -278,6 +289,9 @@ run_app() {
 job_suspend() {
     store_ready suspend || return 0
     app=$BENCH_APP
+    # Far above the pids the resume boot uses before its restore, as an app
+    # started long after boot would be (a restore refuses a pid in use).
+    echo 1999 >/proc/sys/kernel/ns_last_pid
     start_app "$app"
     app_ready "$app" || return 0
     echo "$pid" >"$W/pid"
@@ -343,10 +357,10 @@ store_status() {
     echo "TORPOR-STATUS-END rc=$rc"
 }
 
-# Write one image of the first app into the store; the window markers tell
-# the host when the store is being written.
+# Write one image of $BENCH_STORE_APP into the store; the window markers
+# tell the host when the store is being written.
 store_write() {
-    app=${BENCH_APPS%% *}
+    app=$BENCH_STORE_APP
     start_app "$app"
     if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
         error "$app printed no READY within ${BENCH_READY_TIMEOUT}s"
