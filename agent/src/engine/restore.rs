@@ -1311,14 +1311,22 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             r.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
         }
         for (which, t) in p.itimers.iter().enumerate() {
+            let mut value_usec = t.value_usec;
             if t.value_sec == 0 && t.value_usec == 0 {
-                continue;
+                if which != ITIMER_REAL || (t.interval_sec == 0 && t.interval_usec == 0) {
+                    continue;
+                }
+                // An expired periodic ITIMER_REAL reads as 0 left until its
+                // SIGALRM (pending, restored with the other signals) is
+                // dequeued, which re-arms it. Expiring it at once recreates
+                // exactly that; setting 0 would disarm it for good.
+                value_usec = 1;
             }
             let v = torpor_parasite::KItimerval {
                 interval_sec: arch::native_signed(t.interval_sec),
                 interval_usec: arch::native_signed(t.interval_usec),
                 value_sec: arch::native_signed(t.value_sec),
-                value_usec: arch::native_signed(t.value_usec),
+                value_usec: arch::native_signed(value_usec),
             };
             let at = write_data(mem, tramp, 0, &v)?;
             r.syscall("setitimer", nr::SETITIMER, [which as u64, at, 0, 0, 0, 0])?;
@@ -1387,6 +1395,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
 }
 
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+const ITIMER_REAL: usize = 0;
 /// Timers created and deleted at most to reach a wanted id in order.
 const MAX_TIMER_ID_SKIP: u32 = 1 << 16;
 
