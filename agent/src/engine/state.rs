@@ -217,14 +217,17 @@ pub enum FileKind {
     TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
     /// Watched (fd, events, data), fd numbers of the first task holding it.
     Epoll { targets: Vec<(i32, u32, u64)> },
+    /// Not in the image: the restore is handed a descriptor for `key`.
+    External { key: String },
     /// A regular file unlinked while open, by content.
     Unlinked {
         path: String,
         pos: u64,
         data: Vec<u8>,
     },
-    /// One end of a pipe: index into `TreeState::pipes`.
-    Pipe { pipe: u32, write: bool },
+    /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
+    /// path of a named FIFO (whose other end may be opened by anyone).
+    Pipe { pipe: u32, write: bool, fifo: Option<String> },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
