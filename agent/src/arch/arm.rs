@@ -103,8 +103,13 @@ impl Regs {
         }
     }
     /// Registers as the image keeps them. ARM applies the restart rule
-    /// before it stops a task, so the pc is usually rewound already; the rule
-    /// is applied for the case it is not, and the syscall state dropped.
+    /// before it stops a task (arch/arm/kernel/signal.c `do_signal` rewinds
+    /// the pc and reloads r0 from ORIG_r0, then stops in `get_signal`), so
+    /// the pc is usually rewound already; the rule is applied for the case it
+    /// is not, and the syscall state dropped. The rewind is the same for
+    /// -ERESTART_RESTARTBLOCK, whose code is gone by then: such a syscall
+    /// (a relative sleep) runs again from its original arguments instead of
+    /// returning EINTR as on x86_64 — later, never earlier.
     pub fn for_image(&mut self) {
         self.fix_syscall_restart();
         self.clear_syscall();
