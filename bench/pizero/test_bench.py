@@ -186,7 +186,7 @@ def scripted_bench(script, cuts=2, apps=()):
     """A Bench whose boots replay `script`; returns it and the list of boots made."""
     opts = argparse.Namespace(work="/nonexistent", power_line=17, power_active_low=False,
                               cuts=cuts, seed=7, torpor_timeout=10,
-                              power_cycle_apps="counter,memory,threads,tree")
+                              power_cycle_apps="counter,threads,tree,memory")
     b = bench.Bench(opts)
     b.apps = list(apps)
     boots = iter(script)
