@@ -322,3 +322,84 @@ fn capabilities_come_back() {
     assert_eq!(cap_lines(pid), before);
     kill_and_reap(pid);
 }
+
+const EXPIRED_ALARM: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t alarms;
+static void on_alrm(int s) { (void)s; alarms++; }
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc != 2)
+        return 2;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alrm;
+    sigaction(SIGALRM, &sa, NULL);
+    sigset_t m, pend;
+    sigemptyset(&m);
+    sigaddset(&m, SIGALRM);
+    sigprocmask(SIG_BLOCK, &m, NULL);
+    struct itimerval it = { { 0, 50000 }, { 0, 50000 } };
+    setitimer(ITIMER_REAL, &it, NULL);
+    do {
+        struct timespec ts = { 0, 10000000 };
+        nanosleep(&ts, NULL);
+        sigpending(&pend);
+    } while (!sigismember(&pend, SIGALRM));
+    /* Expired, its SIGALRM blocked: the kernel re-arms it on dequeue. */
+    struct itimerval q;
+    getitimer(ITIMER_REAL, &q);
+    printf("ready %ld %ld\n", (long)q.it_value.tv_sec, (long)q.it_value.tv_usec);
+    while (access(argv[1], F_OK) != 0) {
+        struct timespec ts = { 0, 10000000 };
+        nanosleep(&ts, NULL);
+    }
+    sigprocmask(SIG_UNBLOCK, &m, NULL);
+    for (int i = 0; i < 100 && alarms < 4; i++) {
+        struct timespec ts = { 0, 20000000 };
+        nanosleep(&ts, NULL);
+    }
+    getitimer(ITIMER_REAL, &q);
+    if (alarms >= 4 && q.it_interval.tv_sec == 0 && q.it_interval.tv_usec == 50000)
+        printf("PASS\n");
+    else
+        printf("FAIL alarms %d interval %ld.%06ld\n", (int)alarms, (long)q.it_interval.tv_sec,
+               (long)q.it_interval.tv_usec);
+    return 0;
+}
+"#;
+
+/// A periodic ITIMER_REAL caught expired (its SIGALRM pending, so the
+/// kernel reports 0 left until it re-arms the timer on dequeue) keeps
+/// ticking after a restore.
+#[test]
+fn expired_periodic_alarm_keeps_ticking() {
+    become_subreaper();
+    let dir = scratch("expired-alarm");
+    let bin = compile(&dir, "expired-alarm", EXPIRED_ALARM, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("alarm.img");
+    let go = dir.join("go");
+    let _ = std::fs::remove_file(&go);
+    let pid = spawn(&bin, &[go.to_str().expect("utf-8 path")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || lines(&out).first().is_some_and(|l| l.starts_with("ready")));
+    assert_eq!(lines(&out)[0], "ready 0 0", "the timer reads as expired");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert!(alive(pid));
+    std::fs::write(&go, b"").expect("go");
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0, "the program exits normally");
+    assert_eq!(lines(&out)[1], "PASS");
+}

@@ -103,8 +103,13 @@ impl Regs {
         }
     }
     /// Registers as the image keeps them. ARM applies the restart rule
-    /// before it stops a task, so the pc is usually rewound already; the rule
-    /// is applied for the case it is not, and the syscall state dropped.
+    /// before it stops a task (arch/arm/kernel/signal.c `do_signal` rewinds
+    /// the pc and reloads r0 from ORIG_r0, then stops in `get_signal`), so
+    /// the pc is usually rewound already; the rule is applied for the case it
+    /// is not, and the syscall state dropped. The rewind is the same for
+    /// -ERESTART_RESTARTBLOCK, whose code is gone by then: such a syscall
+    /// (a relative sleep) runs again from its original arguments instead of
+    /// returning EINTR as on x86_64 — later, never earlier.
     pub fn for_image(&mut self) {
         self.fix_syscall_restart();
         self.clear_syscall();
@@ -139,6 +144,18 @@ impl Regs {
             orig_r0: w[17],
         })
     }
+}
+
+/// Where `Remote::at_pc` writes `svc; trap`: word aligned (A32 code; a
+/// Thumb pc may be 2-aligned) and never the pc itself. A task stopped in a
+/// restartable syscall already has its pc rewound to the `svc` and r0 reset
+/// (arch/arm/kernel/signal.c decides the restart before the stop); if it is
+/// resumed with the pc still at that `svc`, the kernel restarts the *old*
+/// syscall in place with the injected arguments. Eight bytes below the pc,
+/// or above it at the start of a page, stay inside the same page.
+pub fn patch_site(pc: u64) -> u64 {
+    let pc = pc & !3;
+    if pc & 0xfff >= 8 { pc - 8 } else { pc + 8 }
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
@@ -242,6 +259,7 @@ pub mod nr {
     pub const RSEQ: i64 = 398;
     pub const TIMER_CREATE: i64 = 257;
     pub const TIMER_SETTIME: i64 = 258;
+    pub const TIMER_DELETE: i64 = 261;
     pub const TIMER_GETTIME: i64 = 259;
     pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
