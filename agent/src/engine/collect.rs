@@ -423,6 +423,9 @@ impl FileTable {
             }
             return Ok(FileKind::Pipe { pipe, write });
         }
+        if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
+            return Ok(FileKind::Anon(a));
+        }
         if !link.starts_with('/') {
             let what = if link.starts_with("socket:") {
                 "a socket"

@@ -273,6 +273,7 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
                 end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
             },
+            FileKind::Anon(a) => a.record(of.flags),
         };
         w.record(
             Kind::Fd,
@@ -461,6 +462,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             }
                             FdKind::Fifo { path, .. } => {
                                 return Err(malformed(format!("named FIFO {} is not supported", path_of(&path))));
+                            }
+                            other => {
+                                let (flags, a) = crate::engine::files::AnonFile::from_record(&other)
+                                    .ok_or_else(|| malformed(format!("fd {} has an unknown kind", f.fd)))?;
+                                (flags, FileKind::Anon(a))
                             }
                         };
                         let idx = match ofds.get(&f.ofd) {

@@ -161,6 +161,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
                 }
             }
+            FileKind::Anon(_) => {}
         }
     }
     Ok(())
@@ -365,6 +366,7 @@ fn open_object(
             }
             Ok(fd)
         }
+        FileKind::Anon(a) => crate::engine::files::open(a, f.flags),
     }
 }
 
@@ -549,6 +551,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     }
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    crate::engine::files::register_epolls(p, &st.files)?;
     let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
     // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {

@@ -198,7 +198,11 @@ pub enum FileKind {
     Unlinked { path: String, pos: u64, data: Vec<u8> },
     /// One end of a pipe: index into `TreeState::pipes`.
     Pipe { pipe: u32, write: bool },
+    /// eventfd, timerfd, signalfd, epoll, inotify (`engine::files`).
+    Anon(AnonFile),
 }
+
+pub use crate::engine::files::AnonFile;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeState {

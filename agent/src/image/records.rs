@@ -427,6 +427,79 @@ pub enum FdKind {
         offset: u64,
         bytes: Vec<u8>,
     },
+    /// An eventfd (`flags` holds `O_NONBLOCK`).
+    EventFd { flags: u32, state: EventFd },
+    /// A timerfd, re-armed with the time it had left.
+    TimerFd { flags: u32, state: TimerFd },
+    /// A signalfd; the signals it reads are the task's pending signals.
+    SignalFd { flags: u32, state: SignalFd },
+    /// An epoll instance with its registered fds.
+    Epoll { flags: u32, state: Epoll },
+    /// An inotify instance with its watches (re-added by path).
+    Inotify { flags: u32, state: Inotify },
+}
+
+/// The counter and mode of an eventfd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFd {
+    pub count: u64,
+    /// `EFD_SEMAPHORE`: each read takes 1.
+    pub semaphore: bool,
+}
+
+/// A timerfd's clock, settings and what it owes the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerFd {
+    /// `CLOCK_*` id.
+    pub clock: i32,
+    /// `TFD_TIMER_ABSTIME` / `TFD_TIMER_CANCEL_ON_SET`, as last set.
+    pub settime_flags: u32,
+    pub interval_ns: u64,
+    /// Time left until the next expiry at the dump; 0 when disarmed.
+    pub value_ns: u64,
+    /// The next expiry as an absolute time on `clock`, read at the dump.
+    pub deadline_ns: u64,
+    /// Expirations not yet read.
+    pub ticks: u64,
+}
+
+/// The signals a signalfd accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalFd {
+    pub mask: u64,
+}
+
+/// One fd registered in an epoll instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The fd number in `Epoll::owner` that names the registered file.
+    pub fd: i32,
+    /// `EPOLLIN`... with `EPOLLET`, `EPOLLONESHOT` and friends.
+    pub events: u32,
+    pub data: u64,
+}
+
+/// An epoll instance: its targets, by fd number in the process that holds
+/// them (`owner`), which registers them again after its fds are in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoll {
+    pub owner: i32,
+    pub targets: Vec<EpollTarget>,
+}
+
+/// One inotify watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    /// The watched inode's path at the dump.
+    pub path: RawPath,
+}
+
+/// An inotify instance: its watches in wd order. Queued events are not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inotify {
+    pub watches: Vec<InotifyWatch>,
 }
 
 /// The largest unlinked file stored by content (it travels in its fd

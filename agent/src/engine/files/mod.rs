@@ -1,0 +1,161 @@
+//! Descriptors on anonymous kernel objects: eventfd, timerfd, signalfd,
+//! epoll and inotify. Each kind has its own module with a `collect` (from
+//! fdinfo and, where fdinfo is silent, from a duplicate of the fd) and an
+//! `open` that creates the object again in torpor before the tasks are
+//! forked; epoll targets are registered by the task that held them, once
+//! its fds are at their numbers (`register_epolls`).
+#![allow(unsafe_code)]
+
+mod epoll;
+mod eventfd;
+mod inotify;
+mod signalfd;
+mod timerfd;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::state::{FileKind, OpenFile, ProcessState};
+use crate::engine::{procfs, Cause};
+use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd};
+
+/// An anonymous-inode file torpor knows how to recreate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnonFile {
+    EventFd(EventFd),
+    TimerFd(TimerFd),
+    SignalFd(SignalFd),
+    Epoll(Epoll),
+    Inotify(Inotify),
+}
+
+/// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
+/// the kinds above; `None` for any other file.
+pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
+    let kind = match link {
+        "anon_inode:[eventfd]" => "eventfd",
+        "anon_inode:[timerfd]" => "timerfd",
+        "anon_inode:[signalfd]" => "signalfd",
+        "anon_inode:[eventpoll]" => "eventpoll",
+        "anon_inode:inotify" => "inotify",
+        _ => return Ok(None),
+    };
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let info = procfs::read(&path)?;
+    let bad = |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
+    Ok(Some(match kind {
+        "eventfd" => AnonFile::EventFd(eventfd::collect(pid, fd, &info).map_err(|e| bad(&e))?),
+        "timerfd" => AnonFile::TimerFd(timerfd::collect(&info).map_err(|e| bad(&e))?),
+        "signalfd" => AnonFile::SignalFd(signalfd::collect(&info).map_err(|e| bad(&e))?),
+        "eventpoll" => AnonFile::Epoll(epoll::collect(pid, fd, &info).map_err(|e| bad(&e))?),
+        _ => AnonFile::Inotify(inotify::collect(pid, &info).map_err(|e| bad(&e))?),
+    }))
+}
+
+/// Creates the object again in torpor; `flags` are its saved status flags.
+pub fn open(a: &AnonFile, flags: u32) -> Result<i32, Cause> {
+    let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
+    let r = match a {
+        AnonFile::EventFd(s) => eventfd::open(s, nonblock),
+        AnonFile::TimerFd(s) => timerfd::open(s, nonblock),
+        AnonFile::SignalFd(s) => signalfd::open(s, nonblock),
+        AnonFile::Epoll(_) => epoll::open(),
+        AnonFile::Inotify(s) => inotify::open(s, nonblock),
+    };
+    r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
+}
+
+impl AnonFile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnonFile::EventFd(_) => "an eventfd",
+            AnonFile::TimerFd(_) => "a timerfd",
+            AnonFile::SignalFd(_) => "a signalfd",
+            AnonFile::Epoll(_) => "an epoll instance",
+            AnonFile::Inotify(_) => "an inotify instance",
+        }
+    }
+
+    /// The image record of this file with its status flags.
+    pub fn record(&self, flags: u32) -> FdKind {
+        match self.clone() {
+            AnonFile::EventFd(state) => FdKind::EventFd { flags, state },
+            AnonFile::TimerFd(state) => FdKind::TimerFd { flags, state },
+            AnonFile::SignalFd(state) => FdKind::SignalFd { flags, state },
+            AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
+            AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
+        }
+    }
+
+    /// The file an image record describes, with its status flags, when the
+    /// record is one of these kinds.
+    pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
+        Some(match k.clone() {
+            FdKind::EventFd { flags, state } => (flags, AnonFile::EventFd(state)),
+            FdKind::TimerFd { flags, state } => (flags, AnonFile::TimerFd(state)),
+            FdKind::SignalFd { flags, state } => (flags, AnonFile::SignalFd(state)),
+            FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
+            FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
+            _ => return None,
+        })
+    }
+}
+
+/// In a restored task whose fds are at their numbers: registers again the
+/// targets of every epoll instance this process held them for.
+pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), String> {
+    let mut done = Vec::new();
+    for f in &p.fds {
+        let Some(OpenFile { kind: FileKind::Anon(AnonFile::Epoll(e)), .. }) = files.get(f.file as usize) else {
+            continue;
+        };
+        if e.owner != p.pid || done.contains(&f.file) {
+            continue;
+        }
+        done.push(f.file);
+        epoll::register(f.fd, e).map_err(|err| format!("epoll fd {}: {err}", f.fd))?;
+    }
+    Ok(())
+}
+
+/// The value of a `key:` line of an fdinfo text.
+fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.trim(), 16).ok()
+}
+
+fn last_os() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Takes ownership of a syscall's fd result.
+fn owned(r: libc::c_long) -> Result<OwnedFd, std::io::Error> {
+    if r < 0 {
+        return Err(last_os());
+    }
+    let raw = i32::try_from(r).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A duplicate of fd `fd` of `pid` in torpor (pidfd_getfd), sharing its
+/// open file description.
+fn dup_from(pid: i32, fd: i32) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: pidfd_open takes integers only.
+    let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), 0 as libc::c_long) })?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes integers only.
+    owned(unsafe {
+        libc::syscall(libc::SYS_pidfd_getfd, libc::c_long::from(pidfd.as_raw_fd()), libc::c_long::from(fd), 0 as libc::c_long)
+    })
+}
+
+/// Returns the raw fd of `f`, leaving it open for the caller.
+fn into_raw(f: OwnedFd) -> i32 {
+    use std::os::fd::IntoRawFd;
+    f.into_raw_fd()
+}
