@@ -43,21 +43,36 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     let mut reaper = Reaper::default();
     reaper.add(pid);
     wait_for("output", || lines(&out).len() >= 3);
-    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")]);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         err.lines().next().unwrap_or(""),
-        format!("torpor: error: files {pid}: fd 3 of process {pid} is a socket (socket:[{}])", socket_inode(pid)),
+        format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} is a socket (socket:[{}])",
+            socket_inode(pid)
+        ),
     );
     assert!(!img.exists(), "no image left behind");
-    assert!(!dir.join("sock.img.part").exists(), "no partial image left behind");
+    assert!(
+        !dir.join("sock.img.part").exists(),
+        "no partial image left behind"
+    );
     let n = lines(&out).len();
     wait_for("the program to go on", || lines(&out).len() >= n + 5);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert!(status.lines().any(|l| l == "TracerPid:\t0"), "detached");
     kill_and_reap(pid);
-    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let all: Vec<u64> = lines(&out)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
 }
@@ -65,7 +80,9 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
 fn socket_inode(pid: i32) -> String {
     let l = std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("fd 3");
     let s = l.to_string_lossy();
-    s.trim_start_matches("socket:[").trim_end_matches(']').to_string()
+    s.trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string()
 }
 
 #[test]
@@ -73,9 +90,18 @@ fn dump_of_a_missing_pid_fails_cleanly() {
     let dir = scratch("fail-nopid");
     let img = dir.join("none.img");
     // pid_max is at most 4194304; this one cannot exist.
-    let o = torpor(&["dump", "--pid", "4194999", "--image", img.to_str().expect("utf8")]);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        "4194999",
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).trim_end(), "torpor: error: freeze: task 4194999 is gone");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        "torpor: error: freeze: task 4194999 is gone"
+    );
     assert!(!img.exists());
 }
 
@@ -102,14 +128,20 @@ fn damaged_images_are_refused_before_anything_is_created() {
     let o = torpor(&["restore", "--image", bad.to_str().expect("utf8")]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("torpor: error: validate: CRC mismatch in the "), "{err}");
+    assert!(
+        err.starts_with("torpor: error: validate: CRC mismatch in the "),
+        "{err}"
+    );
     assert!(!alive(pid), "nothing was created");
 
     std::fs::write(&bad, &good[..good.len() - 10]).expect("write");
     let o = torpor(&["restore", "--image", bad.to_str().expect("utf8")]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("torpor: error: validate: image truncated at offset "), "{err}");
+    assert!(
+        err.starts_with("torpor: error: validate: image truncated at offset "),
+        "{err}"
+    );
     assert!(!alive(pid));
 
     // A mapped file that changed since the dump is refused by name.
@@ -128,7 +160,10 @@ fn damaged_images_are_refused_before_anything_is_created() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.starts_with(&format!("torpor: error: validate: mapped file {} changed since the dump", copy.display())),
+        err.starts_with(&format!(
+            "torpor: error: validate: mapped file {} changed since the dump",
+            copy.display()
+        )),
         "{err}"
     );
     assert!(!alive(pid2));
@@ -167,7 +202,14 @@ fn tasks_exiting_mid_dump_fail_cleanly_and_the_tree_runs_on() {
     let mut failures = 0;
     for i in 0..20 {
         let img = dir.join(format!("churn-{i}.img"));
-        let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8"), "--leave-running"]);
+        let o = torpor(&[
+            "dump",
+            "--pid",
+            &pid.to_string(),
+            "--image",
+            img.to_str().expect("utf8"),
+            "--leave-running",
+        ]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         match o.status.code() {
             Some(0) => assert!(img.exists()),
@@ -183,17 +225,28 @@ fn tasks_exiting_mid_dump_fail_cleanly_and_the_tree_runs_on() {
                         || first.starts_with("torpor: error: memory "),
                     "{err}"
                 );
-                assert!(first.contains("is gone") || first.contains("zombie") || first.contains("No such"), "{err}");
+                assert!(
+                    first.contains("is gone")
+                        || first.contains("zombie")
+                        || first.contains("No such"),
+                    "{err}"
+                );
             }
             other => panic!("dump ended with {other:?}: {err}"),
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        assert!(status.lines().any(|l| l == "TracerPid:\t0"), "detached after attempt {i}");
+        assert!(
+            status.lines().any(|l| l == "TracerPid:\t0"),
+            "detached after attempt {i}"
+        );
     }
     let n = lines(&out).len();
     wait_for("the tree to go on", || lines(&out).len() >= n + 2);
     kill_and_reap(pid);
-    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let all: Vec<u64> = lines(&out)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
     eprintln!("{failures} of 20 dumps met an exiting child");
@@ -241,7 +294,10 @@ fn failure_after_creation_leaves_nothing_behind() {
     // SAFETY: setrlimit between fork and exec is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            let rl = libc::rlimit { rlim_cur: 1024, rlim_max: 2048 };
+            let rl = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 2048,
+            };
             libc::setrlimit(libc::RLIMIT_NOFILE, &raw const rl);
             Ok(())
         });
@@ -249,8 +305,14 @@ fn failure_after_creation_leaves_nothing_behind() {
     let o = cmd.output().expect("run torpor");
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("torpor: error: create tasks: process "), "{err}");
-    assert!(err.contains("setrlimit 7: Operation not permitted"), "{err}");
+    assert!(
+        err.starts_with("torpor: error: create tasks: process "),
+        "{err}"
+    );
+    assert!(
+        err.contains("setrlimit 7: Operation not permitted"),
+        "{err}"
+    );
     assert!(!alive(root), "root {root} left behind");
     assert!(!alive(child), "child {child} left behind");
 }

@@ -194,7 +194,10 @@ fn credentials_come_back() {
     assert_eq!(id_lines(pid), before);
     wait_for("the count to go on", || lines(&out).len() >= n + 3);
     kill_and_reap(pid);
-    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let all: Vec<u64> = lines(&out)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
 }
@@ -247,7 +250,9 @@ fn signal_right_after_restore_interrupts_the_restored_syscall() {
         .spawn()
         .expect("run torpor");
     wait_for("the task to be released", || {
-        let restored = std::fs::read_link(format!("/proc/{pid}/exe")).map(|e| e == bin).unwrap_or(false);
+        let restored = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|e| e == bin)
+            .unwrap_or(false);
         let released = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map(|s| s.lines().any(|l| l == "TracerPid:\t0"))
             .unwrap_or(false);

@@ -30,7 +30,9 @@ fn pty() -> (std::fs::File, String) {
         assert_eq!(libc::unlockpt(m), 0);
         let mut buf = [0 as libc::c_char; 64];
         assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
-        let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
         (std::fs::File::from(OwnedFd::from_raw_fd(m)), name)
     }
 }
@@ -52,7 +54,9 @@ fn drain(m: &mut std::fs::File) -> String {
 }
 
 fn nums(s: &str) -> Vec<u64> {
-    s.split_whitespace().map(|x| x.parse().expect("number")).collect()
+    s.split_whitespace()
+        .map(|x| x.parse().expect("number"))
+        .collect()
 }
 
 #[test]
@@ -74,7 +78,9 @@ fn vanished_terminal_is_refused_then_substituted_with_tty() {
     assert_eq!(reap(pid), libc::SIGKILL);
     seen.push_str(&drain(&mut master));
     drop(master);
-    wait_for("the terminal to disappear", || !std::path::Path::new(&slave).exists());
+    wait_for("the terminal to disappear", || {
+        !std::path::Path::new(&slave).exists()
+    });
 
     let i = img.to_string_lossy().into_owned();
     let o = torpor(&["restore", "--image", &i]);

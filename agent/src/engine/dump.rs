@@ -7,11 +7,11 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use crate::engine::collect::{self, FileTable};
 use crate::engine::freeze::Frozen;
 use crate::engine::image_io;
-use crate::image::{Header, ImageWriter};
 use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::{page_size, Cause, EngineError, StepExt};
+use crate::image::{Header, ImageWriter};
 
 /// Bytes read from a task per process_vm_readv.
 const READ_BATCH: usize = 1024 * 1024;
@@ -61,7 +61,11 @@ pub fn dump_frozen<W: Write>(
     let mut table = FileTable::default();
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {
-        let ppid = if pid == root { 0 } else { frozen.parent.get(&pid).copied().unwrap_or(0) };
+        let ppid = if pid == root {
+            0
+        } else {
+            frozen.parent.get(&pid).copied().unwrap_or(0)
+        };
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
@@ -98,7 +102,9 @@ fn wanted(v: &Vma, entry: u64) -> bool {
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
         // Private file pages count only once written (copied on write).
-        Backing::File { .. } => (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0,
+        Backing::File { .. } => {
+            (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0
+        }
     }
 }
 
@@ -119,14 +125,18 @@ fn dump_memory<W: Write>(
     let mut total = 0u64;
     let batch_pages = (buf.len() / psz) as u64;
     let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
-    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| !collect::is_fixed_kernel_mapping(&m.name))) {
+    for (v, m) in p.vmas.iter().zip(
+        maps.iter()
+            .filter(|m| !collect::is_fixed_kernel_mapping(&m.name)),
+    ) {
         debug_assert_eq!(v.start, m.start);
         if matches!(v.backing, Backing::Special(_)) {
             continue;
         }
         // Nothing anonymous and nothing swapped: no page to store (a large
         // reservation costs no pagemap reading).
-        if !matches!(v.backing, Backing::Shm { .. }) && m.anon_kb == Some(0) && m.swap_kb == Some(0) {
+        if !matches!(v.backing, Backing::Shm { .. }) && m.anon_kb == Some(0) && m.swap_kb == Some(0)
+        {
             continue;
         }
         // A shared object is stored once, by the first process mapping it.
@@ -146,7 +156,16 @@ fn dump_memory<W: Write>(
             while i < n {
                 let e = |k: u64| {
                     let o = usize::try_from(k * 8).unwrap_or(0);
-                    u64::from_le_bytes([pm[o], pm[o + 1], pm[o + 2], pm[o + 3], pm[o + 4], pm[o + 5], pm[o + 6], pm[o + 7]])
+                    u64::from_le_bytes([
+                        pm[o],
+                        pm[o + 1],
+                        pm[o + 2],
+                        pm[o + 3],
+                        pm[o + 4],
+                        pm[o + 5],
+                        pm[o + 6],
+                        pm[o + 7],
+                    ])
                 };
                 if !wanted(v, e(i)) {
                     i += 1;
@@ -159,7 +178,8 @@ fn dump_memory<W: Write>(
                 let run_addr = addr + i * ps;
                 let len = usize::try_from((j - i) * ps).unwrap_or(0);
                 read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
-                total += write_nonzero(w, run_addr, &buf[..len], psz).step(|| "write image".to_string())?;
+                total += write_nonzero(w, run_addr, &buf[..len], psz)
+                    .step(|| "write image".to_string())?;
                 i = j;
             }
             addr += n * ps;
@@ -183,7 +203,12 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
 }
 
 /// Writes the non-zero pages of `data` as page records; returns the bytes.
-fn write_nonzero<W: Write>(w: &mut ImageWriter<W>, addr: u64, data: &[u8], psz: usize) -> Result<u64, Cause> {
+fn write_nonzero<W: Write>(
+    w: &mut ImageWriter<W>,
+    addr: u64,
+    data: &[u8],
+    psz: usize,
+) -> Result<u64, Cause> {
     let mut total = 0u64;
     let mut start: Option<usize> = None;
     let pages = data.len() / psz;
@@ -204,7 +229,11 @@ fn write_nonzero<W: Write>(w: &mut ImageWriter<W>, addr: u64, data: &[u8], psz: 
 
 /// Dumps into a file: written beside it and renamed into place only when
 /// complete and synced, so a failed dump leaves no partial image.
-pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+pub fn dump_to_file(
+    root: i32,
+    path: &std::path::Path,
+    after: After,
+) -> Result<DumpStats, EngineError> {
     let wstep = || "write image".to_string();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
@@ -227,7 +256,11 @@ pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<D
 /// Dumps into the newest slot of an A/B store (a partition or a file, created
 /// if missing); the slot becomes the newest image only once written, read
 /// back and verified, and only then is the tree killed.
-pub fn dump_to_store(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+pub fn dump_to_store(
+    root: i32,
+    path: &std::path::Path,
+    after: After,
+) -> Result<DumpStats, EngineError> {
     let sstep = || "store".to_string();
     let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
     let w = store.writer().step(sstep)?;

@@ -21,7 +21,10 @@ impl FreezeFailure {
     /// A vanished task is transient unless it is the root.
     fn of(error: EngineError, not_root: bool) -> Self {
         let died = matches!(error.cause, Cause::Ptrace(PtraceError::TaskDied(_)));
-        FreezeFailure { transient: died && not_root, error }
+        FreezeFailure {
+            transient: died && not_root,
+            error,
+        }
     }
 }
 
@@ -133,7 +136,10 @@ impl Frozen {
                 tids.retain(|t| *t != pid);
                 tids.insert(0, pid);
                 f.threads.insert(pid, tids);
-                for c in procfs::children(pid).step(step).map_err(|e| FreezeFailure::of(e, true))? {
+                for c in procfs::children(pid)
+                    .step(step)
+                    .map_err(|e| FreezeFailure::of(e, true))?
+                {
                     f.parent.insert(c, pid);
                     order.push(c);
                 }
@@ -166,7 +172,12 @@ impl Frozen {
         // Leaders last: a traced group leader's exit is reported only after
         // its other threads have been reaped.
         let leaders: Vec<i32> = self.pids.clone();
-        let mut order: Vec<i32> = self.seized.iter().copied().filter(|t| !leaders.contains(t)).collect();
+        let mut order: Vec<i32> = self
+            .seized
+            .iter()
+            .copied()
+            .filter(|t| !leaders.contains(t))
+            .collect();
         order.extend(self.seized.iter().copied().filter(|t| leaders.contains(t)));
         for &tid in &order {
             // Wait for the exit report the tracer gets, so the tasks are

@@ -13,11 +13,17 @@ pub enum ProcError {
 }
 
 pub fn read(path: &str) -> Result<String, ProcError> {
-    std::fs::read_to_string(path).map_err(|err| ProcError::Io { path: path.to_string(), err })
+    std::fs::read_to_string(path).map_err(|err| ProcError::Io {
+        path: path.to_string(),
+        err,
+    })
 }
 
 fn bad(path: &str, what: impl Into<String>) -> ProcError {
-    ProcError::Malformed { path: path.to_string(), what: what.into() }
+    ProcError::Malformed {
+        path: path.to_string(),
+        what: what.into(),
+    }
 }
 
 /// Fields of `/proc/PID/stat` the engine uses.
@@ -41,17 +47,25 @@ pub struct Stat {
 
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
     // comm may hold spaces and parentheses: fields start after the last ')'.
-    let close = text.rfind(')').ok_or_else(|| bad(path, "no ')' after comm"))?;
+    let close = text
+        .rfind(')')
+        .ok_or_else(|| bad(path, "no ')' after comm"))?;
     let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
     // f[0] is field 3 (state); field N is f[N - 3].
     let get = |n: usize| -> Result<&str, ProcError> {
-        f.get(n - 3).copied().ok_or_else(|| bad(path, format!("missing field {n}")))
+        f.get(n - 3)
+            .copied()
+            .ok_or_else(|| bad(path, format!("missing field {n}")))
     };
     let num = |n: usize| -> Result<u64, ProcError> {
-        get(n)?.parse::<u64>().map_err(|_| bad(path, format!("field {n} is not a number")))
+        get(n)?
+            .parse::<u64>()
+            .map_err(|_| bad(path, format!("field {n} is not a number")))
     };
     let int = |n: usize| -> Result<i32, ProcError> {
-        get(n)?.parse::<i32>().map_err(|_| bad(path, format!("field {n} is not a number")))
+        get(n)?
+            .parse::<i32>()
+            .map_err(|_| bad(path, format!("field {n} is not a number")))
     };
     Ok(Stat {
         state: get(3)?.chars().next().unwrap_or('?'),
@@ -88,25 +102,38 @@ pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
     let mut s = Status::default();
     let mut seen_uid = false;
     for line in text.lines() {
-        let Some((key, val)) = line.split_once(':') else { continue };
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
         let val = val.trim();
         let ids = |v: &str| -> Result<[u32; 4], ProcError> {
-            let n: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let n: Vec<u32> = v
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if n.len() != 4 {
                 return Err(bad(path, format!("{key} needs 4 ids")));
             }
             Ok([n[0], n[1], n[2], n[3]])
         };
-        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("{key} is not hex")));
+        let hex = |v: &str| {
+            u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("{key} is not hex")))
+        };
         match key {
             "Uid" => {
                 s.uids = ids(val)?;
                 seen_uid = true;
             }
             "Gid" => s.gids = ids(val)?,
-            "Groups" => s.groups = val.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+            "Groups" => {
+                s.groups = val
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
             "Umask" => {
-                s.umask = u32::from_str_radix(val, 8).map_err(|_| bad(path, "Umask is not octal"))?;
+                s.umask =
+                    u32::from_str_radix(val, 8).map_err(|_| bad(path, "Umask is not octal"))?;
             }
             "SigBlk" => s.sig_blocked = hex(val)?,
             "SigPnd" => s.sig_pending = hex(val)?,
@@ -158,9 +185,13 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
     let dev = it.next().unwrap_or("");
     let inode = it.next().unwrap_or("");
     let name = it.next().unwrap_or("").trim_start().to_string();
-    let (a, b) = range.split_once('-').ok_or_else(|| bad(path, format!("bad range in {line:?}")))?;
+    let (a, b) = range
+        .split_once('-')
+        .ok_or_else(|| bad(path, format!("bad range in {line:?}")))?;
     let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
-    let (maj, min) = dev.split_once(':').ok_or_else(|| bad(path, format!("bad dev in {line:?}")))?;
+    let (maj, min) = dev
+        .split_once(':')
+        .ok_or_else(|| bad(path, format!("bad dev in {line:?}")))?;
     let p = perms.as_bytes();
     if p.len() != 4 {
         return Err(bad(path, format!("bad perms in {line:?}")));
@@ -175,7 +206,9 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
         offset: hex(offset)?,
         dev_major: u32::from_str_radix(maj, 16).map_err(|_| bad(path, "bad dev major"))?,
         dev_minor: u32::from_str_radix(min, 16).map_err(|_| bad(path, "bad dev minor"))?,
-        inode: inode.parse().map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
+        inode: inode
+            .parse()
+            .map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
         name,
         vm_flags: Vec::new(),
         anon_kb: None,
@@ -191,7 +224,9 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
         if first.contains('-') && !first.ends_with(':') {
             out.push(parse_map_header(path, line)?);
         } else if let Some((key @ ("Anonymous" | "Swap"), v)) = line.split_once(':') {
-            let last = out.last_mut().ok_or_else(|| bad(path, "smaps field before any mapping"))?;
+            let last = out
+                .last_mut()
+                .ok_or_else(|| bad(path, "smaps field before any mapping"))?;
             let kb = v
                 .trim()
                 .strip_suffix(" kB")
@@ -203,7 +238,9 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
                 last.anon_kb = Some(kb);
             }
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let last = out.last_mut().ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
+            let last = out
+                .last_mut()
+                .ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
             last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
         }
     }
@@ -222,7 +259,9 @@ pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, ProcError> {
     let mut fi = FdInfo::default();
     let mut seen = false;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         match k {
             "pos" => fi.pos = v.parse().map_err(|_| bad(path, "bad pos"))?,
@@ -257,30 +296,47 @@ pub struct TimerEntry {
 pub fn parse_timers(path: &str, text: &str) -> Result<Vec<TimerEntry>, ProcError> {
     let mut out: Vec<TimerEntry> = Vec::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
-        let num = |x: &str| x.parse::<i32>().map_err(|_| bad(path, format!("bad number in {line:?}")));
+        let num = |x: &str| {
+            x.parse::<i32>()
+                .map_err(|_| bad(path, format!("bad number in {line:?}")))
+        };
         if k == "ID" {
-            out.push(TimerEntry { id: num(v)?, ..Default::default() });
+            out.push(TimerEntry {
+                id: num(v)?,
+                ..Default::default()
+            });
             continue;
         }
-        let t = out.last_mut().ok_or_else(|| bad(path, format!("{k} before any ID")))?;
+        let t = out
+            .last_mut()
+            .ok_or_else(|| bad(path, format!("{k} before any ID")))?;
         match k {
             "signal" => {
-                let (sig, val) = v.split_once('/').ok_or_else(|| bad(path, format!("bad signal in {line:?}")))?;
+                let (sig, val) = v
+                    .split_once('/')
+                    .ok_or_else(|| bad(path, format!("bad signal in {line:?}")))?;
                 t.signo = num(sig)?;
                 let val = val.trim_start_matches("0x");
-                t.value = u64::from_str_radix(val, 16).map_err(|_| bad(path, format!("bad value in {line:?}")))?;
+                t.value = u64::from_str_radix(val, 16)
+                    .map_err(|_| bad(path, format!("bad value in {line:?}")))?;
             }
             "notify" => {
-                let (kind, who) = v.split_once('/').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                let (kind, who) = v
+                    .split_once('/')
+                    .ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
                 let base = match kind {
                     "signal" => 0,
                     "none" => 1,
                     "thread" => 2,
                     _ => return Err(bad(path, format!("unknown notify {kind:?}"))),
                 };
-                let (scope, id) = who.split_once('.').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                let (scope, id) = who
+                    .split_once('.')
+                    .ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
                 t.notify = base | if scope == "tid" { 4 } else { 0 };
                 t.target = num(id)?;
             }
@@ -298,12 +354,16 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         // The name column is 26 characters wide and may contain spaces.
-        let rest = line.get(26..).ok_or_else(|| bad(path, format!("short line {line:?}")))?;
+        let rest = line
+            .get(26..)
+            .ok_or_else(|| bad(path, format!("short line {line:?}")))?;
         let mut f = rest.split_whitespace();
         let mut val = || -> Result<u64, ProcError> {
             match f.next() {
                 Some("unlimited") => Ok(u64::MAX),
-                Some(v) => v.parse().map_err(|_| bad(path, format!("bad limit in {line:?}"))),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| bad(path, format!("bad limit in {line:?}"))),
                 None => Err(bad(path, format!("missing limit in {line:?}"))),
             }
         };
@@ -342,7 +402,10 @@ pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
 /// Thread ids of `pid`, sorted.
 pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
     let path = format!("/proc/{pid}/task");
-    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
     let mut out: Vec<i32> = rd
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
@@ -354,7 +417,10 @@ pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
 /// Open fd numbers of `pid`, sorted.
 pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
     let path = format!("/proc/{pid}/fd");
-    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
     let mut out: Vec<i32> = rd
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
@@ -366,7 +432,10 @@ pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
 pub fn readlink(path: &str) -> Result<String, ProcError> {
     std::fs::read_link(path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|err| ProcError::Io { path: path.to_string(), err })
+        .map_err(|err| ProcError::Io {
+            path: path.to_string(),
+            err,
+        })
 }
 
 #[cfg(test)]
@@ -431,7 +500,10 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(m[0].start, 0x55d0_c0a0_0000);
         assert_eq!(m[0].end, 0x55d0_c0a0_1000);
         assert!(m[0].read && !m[0].write && !m[0].exec && !m[0].shared);
-        assert_eq!((m[0].dev_major, m[0].dev_minor, m[0].inode), (0xfe, 0, 325_843));
+        assert_eq!(
+            (m[0].dev_major, m[0].dev_minor, m[0].inode),
+            (0xfe, 0, 325_843)
+        );
         assert_eq!(m[0].name, "/usr/bin/my prog");
         assert_eq!(m[1].name, "[heap]");
         assert!(m[1].has_flag("ac"));
@@ -444,7 +516,11 @@ VmFlags: rd wr sh mr mw me ms gd
 
     #[test]
     fn fdinfo_pos_and_octal_flags() {
-        let f = parse_fdinfo("fdinfo", "pos:\t1234\nflags:\t02102001\nmnt_id:\t27\nino:\t5\n").expect("valid");
+        let f = parse_fdinfo(
+            "fdinfo",
+            "pos:\t1234\nflags:\t02102001\nmnt_id:\t27\nino:\t5\n",
+        )
+        .expect("valid");
         assert_eq!(f.pos, 1234);
         assert_eq!(f.flags, 0o2_102_001);
         assert_eq!(f.mnt_id, 27);
@@ -458,7 +534,11 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(v, vec![(u64::MAX, u64::MAX), (1024, u64::MAX), (512, 1024)]);
         assert!(parse_limits("limits", "Limit   x\nMax cpu\n").is_err());
         let pid = i32::try_from(std::process::id()).expect("pid");
-        let live = parse_limits("limits", &read(&format!("/proc/{pid}/limits")).expect("limits")).expect("parse");
+        let live = parse_limits(
+            "limits",
+            &read(&format!("/proc/{pid}/limits")).expect("limits"),
+        )
+        .expect("parse");
         assert_eq!(live.len(), 16);
     }
 
@@ -469,8 +549,22 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(
             v,
             vec![
-                TimerEntry { id: 0, signo: 35, value: 0xfeed, notify: 0, target: 4242, clock: 1 },
-                TimerEntry { id: 3, signo: 14, value: 0, notify: 4, target: 4250, clock: 0 },
+                TimerEntry {
+                    id: 0,
+                    signo: 35,
+                    value: 0xfeed,
+                    notify: 0,
+                    target: 4242,
+                    clock: 1
+                },
+                TimerEntry {
+                    id: 3,
+                    signo: 14,
+                    value: 0,
+                    notify: 4,
+                    target: 4250,
+                    clock: 0
+                },
             ]
         );
         assert!(parse_timers("timers", "signal: 1/0\n").is_err());
@@ -480,9 +574,14 @@ VmFlags: rd wr sh mr mw me ms gd
     #[test]
     fn live_self() {
         let pid = i32::try_from(std::process::id()).expect("pid fits");
-        let s = parse_stat("stat", &read(&format!("/proc/{pid}/stat")).expect("stat")).expect("parse");
+        let s =
+            parse_stat("stat", &read(&format!("/proc/{pid}/stat")).expect("stat")).expect("parse");
         assert!(s.start_code > 0 && s.arg_start < s.arg_end);
-        let m = parse_smaps("smaps", &read(&format!("/proc/{pid}/smaps")).expect("smaps")).expect("parse");
+        let m = parse_smaps(
+            "smaps",
+            &read(&format!("/proc/{pid}/smaps")).expect("smaps"),
+        )
+        .expect("parse");
         assert!(m.iter().any(|e| e.name == "[stack]" && e.has_flag("gd")));
         assert!(threads(pid).expect("threads").contains(&pid));
     }

@@ -29,12 +29,12 @@ use torpor_parasite::KSigaction;
 use crate::arch::{self, nr, Regs};
 use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
 use crate::engine::image_io::{self, ImageState};
-use crate::image::{ImageReader, Kind};
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
 use crate::engine::remote::Remote;
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
 use crate::engine::{Cause, EngineError, StepExt};
+use crate::image::{ImageReader, Kind};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -50,7 +50,10 @@ pub struct RestoreStats {
 }
 
 fn refused(step: &str, why: String) -> EngineError {
-    EngineError { step: step.to_string(), cause: Cause::Refused(why) }
+    EngineError {
+        step: step.to_string(),
+        cause: Cause::Refused(why),
+    }
 }
 
 fn last_os() -> std::io::Error {
@@ -77,7 +80,10 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
     let newest = || -> Result<_, EngineError> {
         match store.newest().step(|| "store".to_string())? {
             Some((_, r)) => Ok(BufReader::new(r)),
-            None => Err(refused("store", format!("{} holds no valid image", path.display()))),
+            None => Err(refused(
+                "store",
+                format!("{} holds no valid image", path.display()),
+            )),
         }
     };
     let state = image_io::read_state(newest()?).step(vstep)?;
@@ -96,30 +102,54 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             if Path::new(&format!("/proc/{}", t.tid)).exists() {
                 return Err(refused(
                     step,
-                    format!("pid {} (of process {}) is in use by another task", t.tid, p.pid),
+                    format!(
+                        "pid {} (of process {}) is in use by another task",
+                        t.tid, p.pid
+                    ),
                 ));
             }
             Regs::from_bytes(&t.regs).step(|| step.to_string())?;
         }
         if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-            return Err(refused(step, format!("process {} has no main thread record", p.pid)));
+            return Err(refused(
+                step,
+                format!("process {} has no main thread record", p.pid),
+            ));
         }
         if p.root != "/" {
-            return Err(refused(step, format!("process {} ran in a changed root ({})", p.pid, p.root)));
+            return Err(refused(
+                step,
+                format!("process {} ran in a changed root ({})", p.pid, p.root),
+            ));
         }
         if p.ppid != 0 && !st.processes.iter().any(|q| q.pid == p.ppid) {
-            return Err(refused(step, format!("parent {} of process {} is not in the image", p.ppid, p.pid)));
+            return Err(refused(
+                step,
+                format!("parent {} of process {} is not in the image", p.ppid, p.pid),
+            ));
         }
         if !Path::new(&p.exe).exists() {
-            return Err(refused(step, format!("executable {} of process {} is gone", p.exe, p.pid)));
+            return Err(refused(
+                step,
+                format!("executable {} of process {} is gone", p.exe, p.pid),
+            ));
         }
         for v in &p.vmas {
             if let Backing::File { path, identity, .. } = &v.backing {
                 let md = std::fs::metadata(path).map_err(|e| {
-                    refused(step, format!("mapped file {path} of process {}: {e}", p.pid))
+                    refused(
+                        step,
+                        format!("mapped file {path} of process {}: {e}", p.pid),
+                    )
                 })?;
                 let now = (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec());
-                let then = (identity.dev, identity.inode, identity.size, identity.mtime_sec, identity.mtime_nsec);
+                let then = (
+                    identity.dev,
+                    identity.inode,
+                    identity.size,
+                    identity.mtime_sec,
+                    identity.mtime_nsec,
+                );
                 if now != then {
                     return Err(refused(
                         step,
@@ -130,7 +160,10 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         }
         for f in &p.fds {
             if st.files.get(f.file as usize).is_none() {
-                return Err(refused(step, format!("fd {} of process {} names no file", f.fd, p.pid)));
+                return Err(refused(
+                    step,
+                    format!("fd {} of process {} names no file", f.fd, p.pid),
+                ));
             }
         }
     }
@@ -143,7 +176,11 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
             FileKind::Device { path, tty, .. } => {
                 if !(Path::new(path).exists() || (*tty && opts.tty.is_some())) {
-                    let hint = if *tty { "; give --tty PATH to use another terminal" } else { "" };
+                    let hint = if *tty {
+                        "; give --tty PATH to use another terminal"
+                    } else {
+                        ""
+                    };
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
@@ -152,7 +189,10 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 if !dir.is_dir() {
                     return Err(refused(
                         step,
-                        format!("directory {} of unlinked file {path} is gone", dir.display()),
+                        format!(
+                            "directory {} of unlinked file {path} is gone",
+                            dir.display()
+                        ),
                     ));
                 }
             }
@@ -216,9 +256,18 @@ fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
 
 fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, EngineError> {
     let step = || "open files".to_string();
-    let max_target = st.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
+    let max_target = st
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
     let high = max_target.max(64) + 1;
-    let mut objs = Objects { fds: Vec::new(), shm: BTreeMap::new(), high };
+    let mut objs = Objects {
+        fds: Vec::new(),
+        shm: BTreeMap::new(),
+        high,
+    };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
         if let Backing::Shm { id, offset } = v.backing {
@@ -261,7 +310,13 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         let mut off = 0;
         while off < pipe.data.len() {
             // SAFETY: writing from our buffer into our pipe, which has room.
-            let n = unsafe { libc::write(p[1], pipe.data[off..].as_ptr().cast(), pipe.data.len() - off) };
+            let n = unsafe {
+                libc::write(
+                    p[1],
+                    pipe.data[off..].as_ptr().cast(),
+                    pipe.data.len() - off,
+                )
+            };
             if n <= 0 {
                 return Err(last_os()).step(step);
             }
@@ -291,7 +346,8 @@ fn open_object(
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
     opts: &RestoreOptions,
 ) -> Result<i32, Cause> {
-    let open_flags = (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+    let open_flags =
+        (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
     let open = |path: &str, flags: i32| -> Result<i32, Cause> {
         let c = cstr(path)?;
         // SAFETY: open with a valid C string.
@@ -314,7 +370,9 @@ fn open_object(
                 let e = last_os();
                 // SAFETY: closing our fd on the error path.
                 unsafe { libc::close(fd) };
-                return Err(std::io::Error::new(e.kind(), format!("seeking {path} to {pos}: {e}")).into());
+                return Err(
+                    std::io::Error::new(e.kind(), format!("seeking {path} to {pos}: {e}")).into(),
+                );
             }
             Ok(fd)
         }
@@ -337,7 +395,10 @@ fn open_object(
         }
         FileKind::Device { path, tty, .. } => {
             let p = if *tty && !Path::new(path).exists() {
-                opts.tty.as_ref().map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|| path.clone())
+                opts.tty
+                    .as_ref()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.clone())
             } else {
                 path.clone()
             };
@@ -347,7 +408,11 @@ fn open_object(
             let e = pipes
                 .get_mut(pipe)
                 .ok_or_else(|| Cause::Refused(format!("pipe {pipe} missing from the image")))?;
-            let (src, used) = if *write { (e.1, &mut e.3) } else { (e.0, &mut e.2) };
+            let (src, used) = if *write {
+                (e.1, &mut e.3)
+            } else {
+                (e.0, &mut e.2)
+            };
             let fd = if *used {
                 open(&format!("/proc/self/fd/{src}"), open_flags)?
             } else {
@@ -377,17 +442,31 @@ fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let cdir = cstr(&dir.to_string_lossy())?;
     // SAFETY: open with a valid C string; the result is checked.
-    let mut fd = unsafe { libc::open(cdir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    let mut fd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
     if fd < 0 {
         let name = format!("{}/.torpor-unlinked-{}", dir.display(), std::process::id());
         let cname = cstr(&name)?;
         // SAFETY: as above; the name is removed right away.
         fd = unsafe {
-            libc::open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
+            libc::open(
+                cname.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
         };
         if fd < 0 {
             let e = last_os();
-            return Err(std::io::Error::new(e.kind(), format!("recreating unlinked {path} in {}: {e}", dir.display())).into());
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("recreating unlinked {path} in {}: {e}", dir.display()),
+            )
+            .into());
         }
         // SAFETY: unlinking the name just created.
         unsafe { libc::unlink(cname.as_ptr()) };
@@ -435,7 +514,13 @@ fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
     // copy of this single-threaded process and returns 0 here.
     // SAFETY: a plain syscall on integers or live C strings.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, core::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            core::mem::size_of::<CloneArgs>(),
+        )
+    };
     if r < 0 {
         let e = last_os();
         let why = if e.raw_os_error() == Some(libc::EEXIST) {
@@ -508,7 +593,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         // SAFETY: see above.
         let now = unsafe { libc::getsid(0) };
         if now != p.sid {
-            return Err(format!("cannot join session {} (it is in session {now})", p.sid));
+            return Err(format!(
+                "cannot join session {} (it is in session {now})",
+                p.sid
+            ));
         }
     }
     if p.pgid == p.pid && p.sid != p.pid {
@@ -564,9 +652,14 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         return Err(format!("personality {:#x}: {}", p.personality, last_os()));
     }
     for (res, (cur, max)) in p.rlimits.iter().enumerate() {
-        let lim = libc::rlimit { rlim_cur: *cur, rlim_max: *max };
+        let lim = libc::rlimit {
+            rlim_cur: *cur,
+            rlim_max: *max,
+        };
         // SAFETY: a plain syscall on integers or live C strings.
-        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) } < 0 {
+        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) }
+            < 0
+        {
             return Err(format!("setrlimit {res}: {}", last_os()));
         }
     }
@@ -595,7 +688,10 @@ impl Drop for Created {
             .copied()
             .filter(|pid| {
                 let path = format!("/proc/{pid}/stat");
-                let ppid = procfs::read(&path).ok().and_then(|t| procfs::parse_stat(&path, &t).ok()).map(|s| s.ppid);
+                let ppid = procfs::read(&path)
+                    .ok()
+                    .and_then(|t| procfs::parse_stat(&path, &t).ok())
+                    .map(|s| s.ppid);
                 ppid.is_some_and(|pp| pp == me || self.pids.contains(&pp))
             })
             .collect();
@@ -604,8 +700,18 @@ impl Drop for Created {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // Leaders last: a traced leader's exit waits for its threads.
-        let mut order: Vec<i32> = self.traced.iter().copied().filter(|t| !self.pids.contains(t)).collect();
-        order.extend(self.traced.iter().copied().filter(|t| self.pids.contains(t)));
+        let mut order: Vec<i32> = self
+            .traced
+            .iter()
+            .copied()
+            .filter(|t| !self.pids.contains(t))
+            .collect();
+        order.extend(
+            self.traced
+                .iter()
+                .copied()
+                .filter(|t| self.pids.contains(t)),
+        );
         for &tid in &order {
             while let Ok(s) = ptrace::wait(tid) {
                 if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
@@ -629,7 +735,11 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(last_os()).step(step);
     }
-    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len()).unwrap_or(0)).step(step)?;
+    let report_w = move_high(
+        rp[1],
+        objs.high + i32::try_from(objs.fds.len()).unwrap_or(0),
+    )
+    .step(step)?;
     let root = &st.processes[0];
     let r = fork_with_pid(root.pid);
     match r {
@@ -655,7 +765,10 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     while ok < st.processes.len() {
         let n = rd.read(&mut buf).step(step)?;
         if n == 0 {
-            return Err(refused("create tasks", format!("tasks ended before reporting ready: {text}")));
+            return Err(refused(
+                "create tasks",
+                format!("tasks ended before reporting ready: {text}"),
+            ));
         }
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         while let Some(nl) = text.find('\n') {
@@ -721,36 +834,64 @@ fn write_data<T: Copy>(mem: &Mem, tramp: u64, off: u64, v: &T) -> Result<u64, Ca
 fn write_bytes(mem: &Mem, tramp: u64, off: u64, b: &[u8]) -> Result<u64, Cause> {
     let at = tramp + DATA + off;
     if off + b.len() as u64 > TRAMP_SIZE - DATA {
-        return Err(Cause::Refused(format!("{} bytes do not fit the trampoline data area", b.len())));
+        return Err(Cause::Refused(format!(
+            "{} bytes do not fit the trampoline data area",
+            b.len()
+        )));
     }
     mem.write(RemotePtr::<u8>::new(at), b)?;
     Ok(at)
 }
 
-fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32) -> Result<u64, Cause> {
+fn remote_open(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    path: &str,
+    flags: i32,
+) -> Result<u64, Cause> {
     let mut b = path.as_bytes().to_vec();
     b.push(0);
     let at = write_bytes(mem, tramp, 0, &b)?;
-    let fd = r.syscall_raw(nr::OPENAT, [(-100i64).bits(), at, u64::from((flags | libc::O_CLOEXEC).bits()), 0, 0, 0])?;
+    let fd = r.syscall_raw(
+        nr::OPENAT,
+        [
+            (-100i64).bits(),
+            at,
+            u64::from((flags | libc::O_CLOEXEC).bits()),
+            0,
+            0,
+            0,
+        ],
+    )?;
     if fd < 0 {
         let errno = i32::try_from(-fd).unwrap_or(libc::EINVAL);
         return Err(Cause::Io(std::io::Error::new(
             std::io::Error::from_raw_os_error(errno).kind(),
-            format!("opening {path} in process {}: {}", r.tid(), std::io::Error::from_raw_os_error(errno)),
+            format!(
+                "opening {path} in process {}: {}",
+                r.tid(),
+                std::io::Error::from_raw_os_error(errno)
+            ),
         )));
     }
     Ok(fd.bits())
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
-fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, u64)>) -> Result<Rebuild<'a>, Cause> {
+fn map_process<'a>(
+    p: &'a ProcessState,
+    high_fd: i32,
+    shm: &BTreeMap<u64, (u64, u64)>,
+) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
     let current = procfs::parse_smaps(&maps_path, &procfs::read(&maps_path)?)?;
     let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
     busy.extend(current.iter().map(|m| (m.start, m.end)));
-    let tramp = hole(&mut busy, TRAMP_SIZE).ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
+    let tramp = hole(&mut busy, TRAMP_SIZE)
+        .ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
     {
         let mut r = Remote::at_pc(pid, &mem)?;
         let (n, a) = arch::mmap_args(
@@ -763,7 +904,9 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         );
         let got = r.syscall("mmap (trampoline)", n, a)?;
         if got != tramp {
-            return Err(Cause::Refused(format!("trampoline landed at {got:#x}, not {tramp:#x}")));
+            return Err(Cause::Refused(format!(
+                "trampoline landed at {got:#x}, not {tramp:#x}"
+            )));
         }
         r.finish()?;
     }
@@ -775,12 +918,26 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         // write into memory about to disappear.
         if let Some((addr, len, sig)) = inherited_rseq {
             const RSEQ_FLAG_UNREGISTER: u64 = 1;
-            r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
+            r.syscall(
+                "rseq (unregister)",
+                nr::RSEQ,
+                [
+                    addr,
+                    u64::from(len),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(sig),
+                    0,
+                    0,
+                ],
+            )?;
         }
         // Unmap torpor's image in the child, keeping the kernel's specials.
         let in_shm = |a: u64| shm.values().any(|&(s, len)| a >= s && a < s + len);
         for m in &current {
-            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) || in_shm(m.start) {
+            if SPECIAL_MAPPINGS.contains(&m.name.as_str())
+                || is_fixed_kernel_mapping(&m.name)
+                || in_shm(m.start)
+            {
                 continue;
             }
             r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
@@ -788,14 +945,22 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         move_specials(r, p, &current, tramp, shm)?;
         // What is left of the shared objects this task does not map.
         for &(addr, size) in shm.values() {
-            r.syscall("munmap (shared memory)", nr::MUNMAP, [addr, size, 0, 0, 0, 0])?;
+            r.syscall(
+                "munmap (shared memory)",
+                nr::MUNMAP,
+                [addr, size, 0, 0, 0, 0],
+            )?;
         }
         for v in &p.vmas {
             map_vma(r, &rb.mem, tramp, v)?;
         }
         // torpor's descriptors above the task's own: the report pipe may
         // still be open if the task was stopped right after reporting.
-        r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
+        r.syscall(
+            "close_range",
+            nr::CLOSE_RANGE,
+            [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0],
+        )?;
         Ok(())
     })?;
     Ok(rb)
@@ -813,14 +978,20 @@ fn move_specials(
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, size, to)
     for v in &p.vmas {
         if let Backing::Shm { id, offset } = v.backing {
-            let &(addr, _) = shm.get(&id).ok_or_else(|| Cause::Refused(format!("shared memory object {id} was not created")))?;
+            let &(addr, _) = shm.get(&id).ok_or_else(|| {
+                Cause::Refused(format!("shared memory object {id} was not created"))
+            })?;
             moves.push((addr + offset, v.end - v.start, v.start));
         }
     }
     for v in &p.vmas {
-        let Backing::Special(name) = &v.backing else { continue };
+        let Backing::Special(name) = &v.backing else {
+            continue;
+        };
         let cur = current.iter().find(|m| &m.name == name).ok_or_else(|| {
-            Cause::Refused(format!("this kernel provides no {name}, which the image needs"))
+            Cause::Refused(format!(
+                "this kernel provides no {name}, which the image needs"
+            ))
         })?;
         if cur.end - cur.start != v.end - v.start {
             return Err(Cause::Refused(format!(
@@ -833,9 +1004,16 @@ fn move_specials(
     }
     for m in current {
         if SPECIAL_MAPPINGS.contains(&m.name.as_str())
-            && !p.vmas.iter().any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
+            && !p
+                .vmas
+                .iter()
+                .any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
         {
-            r.syscall("munmap (special)", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+            r.syscall(
+                "munmap (special)",
+                nr::MUNMAP,
+                [m.start, m.end - m.start, 0, 0, 0, 0],
+            )?;
         }
     }
     // First out of the way (sources and targets may overlap), then home.
@@ -843,16 +1021,25 @@ fn move_specials(
     busy.extend(moves.iter().map(|(f, s, _)| (*f, *f + *s)));
     busy.push((tramp, tramp + TRAMP_SIZE));
     let total: u64 = moves.iter().map(|m| m.1).sum();
-    let mut tmp = hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
+    let mut tmp =
+        hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
     let mut staged = Vec::new();
     for (from, size, to) in moves {
-        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, tmp, 0])?;
+        r.syscall(
+            "mremap (special)",
+            nr::MREMAP,
+            [from, size, size, flags, tmp, 0],
+        )?;
         staged.push((tmp, size, to));
         tmp += size;
     }
     for (from, size, to) in staged {
-        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, to, 0])?;
+        r.syscall(
+            "mremap (special)",
+            nr::MREMAP,
+            [from, size, size, flags, to, 0],
+        )?;
     }
     Ok(())
 }
@@ -881,8 +1068,23 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
         Backing::Shm { .. } => Ok(()),
         Backing::File { path, offset, .. } => {
             let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
-            let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
-            let flags = fixed | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let fd = remote_open(
+                r,
+                mem,
+                tramp,
+                path,
+                if writable_shared {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                },
+            )?;
+            let flags = fixed
+                | if v.shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
             let fd_i = i32::try_from(fd).unwrap_or(-1);
             let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, fd_i, *offset);
             let res = r.syscall("mmap (file)", n, a);
@@ -925,8 +1127,14 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     let tramp = rb.tramp;
     with_remote(mem, pid, tramp, |r| {
         for v in &p.vmas {
-            if matches!(v.backing, Backing::Shm { .. }) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
-                r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0])?;
+            if matches!(v.backing, Backing::Shm { .. })
+                && v.prot != libc::PROT_READ | libc::PROT_WRITE
+            {
+                r.syscall(
+                    "mprotect",
+                    nr::MPROTECT,
+                    [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0],
+                )?;
             }
         }
         let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
@@ -949,7 +1157,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             exe_fd: u32::try_from(exe_fd).unwrap_or(u32::MAX),
         };
         let map_at = write_data(mem, tramp, 0, &map)?;
-        let res = r.syscall("prctl(PR_SET_MM_MAP)", nr::PRCTL, [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0]);
+        let res = r.syscall(
+            "prctl(PR_SET_MM_MAP)",
+            nr::PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0],
+        );
         r.syscall("close", nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0])?;
         res?;
         for (i, sa) in p.sigactions.iter().enumerate() {
@@ -987,20 +1199,33 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
         for t in p.threads.iter().skip(1) {
             let tid_at = write_data(mem, tramp, 256, &t.tid)?;
             let args = CloneArgs {
-                flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND
-                    | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64,
+                flags: (libc::CLONE_VM
+                    | libc::CLONE_FS
+                    | libc::CLONE_FILES
+                    | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD
+                    | libc::CLONE_SYSVSEM) as u64,
                 set_tid: tid_at,
                 set_tid_size: 1,
                 ..Default::default()
             };
             let at = write_data(mem, tramp, 0, &args)?;
-            let got = r.syscall("clone3 (thread)", nr::CLONE3, [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0])?;
+            let got = r.syscall(
+                "clone3 (thread)",
+                nr::CLONE3,
+                [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0],
+            )?;
             if got != u64::from(t.tid.bits()) {
-                return Err(Cause::Refused(format!("thread {} came back as {got}", t.tid)));
+                return Err(Cause::Refused(format!(
+                    "thread {} came back as {got}",
+                    t.tid
+                )));
             }
             created.traced.push(t.tid);
             match ptrace::wait(t.tid)? {
-                Stop::Exited(_) | Stop::Killed(_) => return Err(ptrace::PtraceError::TaskDied(t.tid).into()),
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(ptrace::PtraceError::TaskDied(t.tid).into())
+                }
                 _ => {}
             }
         }
@@ -1009,7 +1234,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
         for info in &p.shared_pending {
             let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
             let at = write_bytes(mem, tramp, 0, info)?;
-            r.syscall("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0])?;
+            r.syscall(
+                "rt_sigqueueinfo",
+                nr::RT_SIGQUEUEINFO,
+                [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0],
+            )?;
         }
         Ok(())
     })?;
@@ -1019,7 +1248,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     // The trampoline goes last, through a syscall patched at the main
     // thread's final pc (the trampoline cannot unmap itself and trap).
     let mut r = Remote::at_pc(pid, mem)?;
-    r.syscall("munmap (trampoline)", nr::MUNMAP, [tramp, TRAMP_SIZE, 0, 0, 0, 0])?;
+    r.syscall(
+        "munmap (trampoline)",
+        nr::MUNMAP,
+        [tramp, TRAMP_SIZE, 0, 0, 0, 0],
+    )?;
     r.finish()?;
     Ok(p.threads.len())
 }
@@ -1028,11 +1261,20 @@ const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
 /// POSIX timers with their ids: timer_create takes the id from its output
 /// argument while PR_TIMER_CREATE_RESTORE_IDS is on.
-fn restore_timers(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -> Result<(), Cause> {
+fn restore_timers(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    p: &ProcessState,
+) -> Result<(), Cause> {
     if p.posix_timers.is_empty() {
         return Ok(());
     }
-    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+        nr::PRCTL,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    )?;
     let word = core::mem::size_of::<usize>();
     let created = (|| -> Result<(), Cause> {
         for t in &p.posix_timers {
@@ -1052,17 +1294,28 @@ fn restore_timers(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -
             )?;
             let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
             if got != t.id {
-                return Err(Cause::Refused(format!("POSIX timer {} came back as {got}", t.id)));
+                return Err(Cause::Refused(format!(
+                    "POSIX timer {} came back as {got}",
+                    t.id
+                )));
             }
             if t.left != (0, 0) {
                 let its = [t.interval.0, t.interval.1, t.left.0, t.left.1].map(arch::native_signed);
                 let its_at = write_data(mem, tramp, 256, &its)?;
-                r.syscall("timer_settime", nr::TIMER_SETTIME, [u64::from(t.id.bits()), 0, its_at, 0, 0, 0])?;
+                r.syscall(
+                    "timer_settime",
+                    nr::TIMER_SETTIME,
+                    [u64::from(t.id.bits()), 0, its_at, 0, 0, 0],
+                )?;
             }
         }
         Ok(())
     })();
-    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+        nr::PRCTL,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    )?;
     created
 }
 
@@ -1076,10 +1329,22 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     name.truncate(15);
     name.push(0);
     let at = write_bytes(mem, tramp, 0, &name)?;
-    r.syscall("prctl(PR_SET_NAME)", nr::PRCTL, [PR_SET_NAME, at, 0, 0, 0, 0])?;
-    r.syscall("set_tid_address", nr::SET_TID_ADDRESS, [t.tid_address, 0, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_SET_NAME)",
+        nr::PRCTL,
+        [PR_SET_NAME, at, 0, 0, 0, 0],
+    )?;
+    r.syscall(
+        "set_tid_address",
+        nr::SET_TID_ADDRESS,
+        [t.tid_address, 0, 0, 0, 0, 0],
+    )?;
     if t.robust_head != 0 {
-        r.syscall("set_robust_list", nr::SET_ROBUST_LIST, [t.robust_head, t.robust_len, 0, 0, 0, 0])?;
+        r.syscall(
+            "set_robust_list",
+            nr::SET_ROBUST_LIST,
+            [t.robust_head, t.robust_len, 0, 0, 0, 0],
+        )?;
     }
     // Always set: a disabled stack must also replace the one inherited
     // from torpor.
@@ -1092,7 +1357,11 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     let at = write_data(mem, tramp, 0, &ss)?;
     r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;
     if let Some(rs) = t.rseq {
-        r.syscall("rseq", nr::RSEQ, [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0])?;
+        r.syscall(
+            "rseq",
+            nr::RSEQ,
+            [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0],
+        )?;
     }
     if let Some((n, a)) = arch::tls_restore_syscall(t.tls) {
         r.syscall("set_tls", n, a)?;
@@ -1103,16 +1372,49 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
         r.syscall(
             "rt_tgsigqueueinfo",
             nr::RT_TGSIGQUEUEINFO,
-            [u64::from(p.pid.bits()), u64::from(t.tid.bits()), u64::from(sig.bits()), at, 0, 0],
+            [
+                u64::from(p.pid.bits()),
+                u64::from(t.tid.bits()),
+                u64::from(sig.bits()),
+                at,
+                0,
+                0,
+            ],
         )?;
     }
     let c = &p.creds;
     if !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4] {
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let at = write_bytes(mem, tramp, 0, &groups)?;
-        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
-        r.syscall("setresgid", nr::SETRESGID, [u64::from(c.gids[0]), u64::from(c.gids[1]), u64::from(c.gids[2]), 0, 0, 0])?;
-        r.syscall("setresuid", nr::SETRESUID, [u64::from(c.uids[0]), u64::from(c.uids[1]), u64::from(c.uids[2]), 0, 0, 0])?;
+        r.syscall(
+            "setgroups",
+            nr::SETGROUPS,
+            [c.groups.len() as u64, at, 0, 0, 0, 0],
+        )?;
+        r.syscall(
+            "setresgid",
+            nr::SETRESGID,
+            [
+                u64::from(c.gids[0]),
+                u64::from(c.gids[1]),
+                u64::from(c.gids[2]),
+                0,
+                0,
+                0,
+            ],
+        )?;
+        r.syscall(
+            "setresuid",
+            nr::SETRESUID,
+            [
+                u64::from(c.uids[0]),
+                u64::from(c.uids[1]),
+                u64::from(c.uids[2]),
+                0,
+                0,
+                0,
+            ],
+        )?;
     }
     arch::set_fpregs(t.tid, &t.fpregs)?;
     let mut regs = Regs::from_bytes(&t.regs)?;
@@ -1138,7 +1440,10 @@ fn rebuild_all<R: Read>(
     let mut stats = RestoreStats::default();
     let mut cur: Option<Rebuild<'_>> = None;
     let mut idx = 0usize;
-    let finish = |rb: Rebuild<'_>, created: &mut Created, stats: &mut RestoreStats| -> Result<(), EngineError> {
+    let finish = |rb: Rebuild<'_>,
+                  created: &mut Created,
+                  stats: &mut RestoreStats|
+     -> Result<(), EngineError> {
         let pid = rb.p.pid;
         stats.threads += finish_process(&rb, created).step(|| format!("rebuild {pid}"))?;
         stats.processes += 1;
@@ -1152,13 +1457,18 @@ fn rebuild_all<R: Read>(
                 if let Some(rb) = cur.take() {
                     finish(rb, created, &mut stats)?;
                 }
-                let p = st.processes.get(idx).ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
+                let p = st
+                    .processes
+                    .get(idx)
+                    .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
                 cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
                 let info = rec.decode_pages_into(&mut buf).step(rstep)?;
-                let rb = cur.as_ref().ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                let rb = cur
+                    .as_ref()
+                    .ok_or_else(|| refused("read image", "pages before any task".into()))?;
                 rb.mem
                     .write(RemotePtr::<u8>::new(info.vaddr), &buf[..info.len])
                     .step(|| format!("write memory {}", rb.p.pid))?;
@@ -1174,7 +1484,11 @@ fn rebuild_all<R: Read>(
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
-pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Result<RestoreStats, EngineError> {
+pub fn restore<R: Read>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    image: R,
+) -> Result<RestoreStats, EngineError> {
     // Orphans of a task that failed come to torpor, to be killed with the
     // rest; once torpor exits, the restored root moves on to the next
     // subreaper or init as usual.

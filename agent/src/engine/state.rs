@@ -140,7 +140,11 @@ pub enum Backing {
     /// the tree; `offset` is where this mapping starts in it.
     Shm { id: u64, offset: u64 },
     /// A file mapped at `offset`; the identity refuses a changed file.
-    File { path: String, offset: u64, identity: FileIdentity },
+    File {
+        path: String,
+        offset: u64,
+        identity: FileIdentity,
+    },
     /// A kernel-provided mapping moved into place, never copied: `[vdso]`,
     /// `[vvar]`, `[vvar_vclock]`, `[sigpage]`.
     Special(String),
@@ -191,11 +195,20 @@ pub struct OpenFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     /// A regular file or directory, reopened by path at `pos`.
-    Path { path: String, pos: u64, dir: bool, identity: FileIdentity },
+    Path {
+        path: String,
+        pos: u64,
+        dir: bool,
+        identity: FileIdentity,
+    },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
     /// A regular file unlinked while open, by content.
-    Unlinked { path: String, pos: u64, data: Vec<u8> },
+    Unlinked {
+        path: String,
+        pos: u64,
+        data: Vec<u8>,
+    },
     /// One end of a pipe: index into `TreeState::pipes`.
     Pipe { pipe: u32, write: bool },
     /// eventfd, timerfd, signalfd, epoll, inotify (`engine::files`).
