@@ -118,6 +118,10 @@ app_tests!(rustapp, "rustapp",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls"]);
 
+app_tests!(breadth_events, "breadth_events",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["eventfd", "semaphore", "timerfd", "interval", "realtime", "ticks", "signalfd", "epoll", "inotify"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

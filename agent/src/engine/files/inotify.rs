@@ -73,8 +73,9 @@ fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
 fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
     let mount = mount_of(pid, m.sdev)?;
     let c = std::ffi::CString::new(mount.clone()).map_err(|_| "mount path with NUL".to_string())?;
-    // SAFETY: open with a valid C string.
-    let mfd = owned(libc::c_long::from(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) }))
+    // SAFETY: open with a valid C string. (open_by_handle_at refuses an
+    // O_PATH mount fd.)
+    let mfd = owned(libc::c_long::from(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) }))
         .map_err(|e| format!("{mount}: {e}"))?;
     // struct file_handle: handle_bytes (u32), handle_type (int), bytes.
     let mut fh = Vec::with_capacity(8 + m.handle.len());
