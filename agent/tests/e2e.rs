@@ -122,6 +122,10 @@ app_tests!(breadth_events, "breadth_events",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["eventfd", "semaphore", "timerfd", "interval", "realtime", "ticks", "signalfd", "epoll", "inotify"]);
 
+app_tests!(breadth_unix, "breadth_unix",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["stream", "dgram", "seqpacket", "listener", "accepted", "abstract", "bound", "rcvbuf"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

@@ -72,6 +72,7 @@ pub fn dump_frozen<W: Write>(
         procs.push((p, maps));
     }
     table.check_pipes()?;
+    crate::engine::files::check_peers(&mut table.files)?;
 
     let wstep = || "write image".to_string();
     let header = Header::for_host().step(wstep)?;

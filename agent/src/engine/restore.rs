@@ -326,8 +326,9 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         let w = move_high(p[1], high).step(step)?;
         pipe_ends.insert(u32::try_from(i).unwrap_or(u32::MAX), (r, w, false, false));
     }
+    let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
-        let fd = open_object(f, &mut pipe_ends, opts).step(step)?;
+        let fd = open_object(f, &mut pipe_ends, &mut pending, opts).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -344,6 +345,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
 fn open_object(
     f: &OpenFile,
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
+    pending: &mut crate::engine::files::Pending,
     opts: &RestoreOptions,
 ) -> Result<i32, Cause> {
     let open_flags =
@@ -431,7 +433,7 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Anon(a) => crate::engine::files::open(a, f.flags),
+        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending),
     }
 }
 

@@ -437,6 +437,52 @@ pub enum FdKind {
     Epoll { flags: u32, state: Epoll },
     /// An inotify instance with its watches (re-added by path).
     Inotify { flags: u32, state: Inotify },
+    /// A UNIX domain socket.
+    Unix { flags: u32, state: UnixSocket },
+}
+
+/// Socket options a restore sets again (buffer sizes as `getsockopt`
+/// reports them, i.e. doubled by the kernel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpts {
+    pub rcvbuf: i32,
+    pub sndbuf: i32,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub keepalive: bool,
+    pub passcred: bool,
+    /// `SO_RCVTIMEO` / `SO_SNDTIMEO` in microseconds.
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+}
+
+/// A UNIX domain socket: its names, its peer and what waits to be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSocket {
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`.
+    pub sock_type: i32,
+    /// The socket's inode at the dump; pairs it with its peer.
+    pub inode: u64,
+    /// The peer's inode; 0 when unconnected or the peer is closed.
+    pub peer: u64,
+    /// Connected at the dump (a closed peer leaves it connected to nobody).
+    pub connected: bool,
+    pub listening: bool,
+    pub backlog: u32,
+    /// `getsockname`: a path, `\0`-led for an abstract name, empty if unbound.
+    pub name: RawPath,
+    /// Where a path name is bound again: the name made absolute against the
+    /// process's cwd at the dump.
+    pub bind_path: RawPath,
+    /// `getpeername` of a socket connected outside the tree.
+    pub peer_name: RawPath,
+    /// `sk_shutdown`: 1 receive side, 2 send side.
+    pub shutdown: u8,
+    /// Messages (stream: bytes) waiting in this socket's receive queue, in order.
+    pub queue: Vec<Vec<u8>>,
+    pub opts: SockOpts,
 }
 
 /// The counter and mode of an eventfd.

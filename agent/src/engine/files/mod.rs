@@ -10,7 +10,9 @@ mod epoll;
 mod eventfd;
 mod inotify;
 mod signalfd;
+mod sock;
 mod timerfd;
+mod unix;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
-use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd};
+use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket};
+
+pub use unix::Pending;
 
 /// An anonymous-inode file torpor knows how to recreate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +32,7 @@ pub enum AnonFile {
     SignalFd(SignalFd),
     Epoll(Epoll),
     Inotify(Inotify),
+    Unix(UnixSocket),
 }
 
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
@@ -39,7 +44,7 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
         "anon_inode:[signalfd]" => "signalfd",
         "anon_inode:[eventpoll]" => "eventpoll",
         "anon_inode:inotify" => "inotify",
-        _ => return Ok(None),
+        _ => return collect_socket(pid, fd, link),
     };
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let info = procfs::read(&path)?;
@@ -53,8 +58,50 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
     }))
 }
 
-/// Creates the object again in torpor; `flags` are its saved status flags.
-pub fn open(a: &AnonFile, flags: u32) -> Result<i32, Cause> {
+/// A socket of a family torpor knows; `None` for other files, and for
+/// other families (refused by the caller, which names the fd).
+fn collect_socket(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
+    let Some(inode) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) else {
+        return Ok(None);
+    };
+    let refuse = |e: String| Cause::Unsupported(format!("fd {fd} of process {pid} ({link}): {e}"));
+    let f = dup_from(pid, fd).map_err(|e| refuse(format!("duplicating the fd: {e}")))?;
+    let domain = sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| refuse(e.to_string()))?;
+    drop(f);
+    match domain {
+        libc::AF_UNIX => Ok(Some(AnonFile::Unix(unix::collect(pid, fd, inode).map_err(|e| refuse(format!("a UNIX socket: {e}")))?))),
+        libc::AF_NETLINK => Err(refuse("a netlink socket, which torpor cannot restore".into())),
+        libc::AF_PACKET => Err(refuse("a packet socket, which torpor cannot restore".into())),
+        other => Err(refuse(format!("a socket of address family {other}, which torpor cannot restore"))),
+    }
+}
+
+/// Refuses sockets whose peer is outside the tree, once every fd of the
+/// tree is known.
+pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineError> {
+    // Only mutual peers are pairs: a datagram socket may be connected to
+    // one that is connected to nobody, or to another.
+    let socks: Vec<(u64, u64)> = files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FileKind::Anon(AnonFile::Unix(s)) => Some((s.inode, s.peer)),
+            _ => None,
+        })
+        .collect();
+    for f in files.iter_mut() {
+        if let FileKind::Anon(AnonFile::Unix(s)) = &mut f.kind {
+            unix::check_peer(s, &socks).map_err(|e| crate::engine::EngineError {
+                step: "files".into(),
+                cause: Cause::Unsupported(format!("UNIX socket socket:[{}] {}: {e}", s.inode, s.name)),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the object again in torpor; `flags` are its saved status flags;
+/// `pending` holds pair ends between the opening of two peers.
+pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Cause> {
     let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
     let r = match a {
         AnonFile::EventFd(s) => eventfd::open(s, nonblock),
@@ -62,6 +109,7 @@ pub fn open(a: &AnonFile, flags: u32) -> Result<i32, Cause> {
         AnonFile::SignalFd(s) => signalfd::open(s, nonblock),
         AnonFile::Epoll(_) => epoll::open(),
         AnonFile::Inotify(s) => inotify::open(s, nonblock),
+        AnonFile::Unix(s) => unix::open(s, nonblock, pending),
     };
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
 }
@@ -74,6 +122,7 @@ impl AnonFile {
             AnonFile::SignalFd(_) => "a signalfd",
             AnonFile::Epoll(_) => "an epoll instance",
             AnonFile::Inotify(_) => "an inotify instance",
+            AnonFile::Unix(_) => "a UNIX socket",
         }
     }
 
@@ -85,6 +134,7 @@ impl AnonFile {
             AnonFile::SignalFd(state) => FdKind::SignalFd { flags, state },
             AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
             AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
+            AnonFile::Unix(state) => FdKind::Unix { flags, state },
         }
     }
 
@@ -97,6 +147,7 @@ impl AnonFile {
             FdKind::SignalFd { flags, state } => (flags, AnonFile::SignalFd(state)),
             FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
             FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
+            FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
             _ => return None,
         })
     }
