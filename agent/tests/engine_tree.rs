@@ -250,3 +250,72 @@ fn sessions_left_behind_by_setsid_come_back() {
     kill_and_reap(c);
     kill_and_reap(g);
 }
+
+const ZOMBIES: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sigaction(SIGUSR1, &sa, NULL);
+    pid_t a = fork();
+    if (a == 0) _exit(7);
+    pid_t b = fork();
+    if (b == 0) { for (;;) pause(); }
+    kill(b, SIGTERM);
+    printf("%d %d\n", a, b);
+    while (!go) pause();
+    int sa_st = 0, sb_st = 0;
+    pid_t ra = waitpid(a, &sa_st, 0), rb = waitpid(b, &sb_st, 0);
+    printf("a %d exited %d code %d\n", ra == a, WIFEXITED(sa_st), WEXITSTATUS(sa_st));
+    printf("b %d signaled %d sig %d\n", rb == b, WIFSIGNALED(sb_st), WTERMSIG(sb_st));
+    return 0;
+}
+"#;
+
+/// Children that exited and are not yet reaped come back as zombies with
+/// their pids and wait statuses, for their parent to reap.
+#[test]
+fn unreaped_children_come_back_as_zombies() {
+    become_subreaper();
+    let dir = scratch("zombies");
+    let bin = compile(&dir, "zombies", ZOMBIES, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("zombies.img");
+    let root = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(root);
+    wait_for("pids", || !lines(&out).is_empty());
+    let pids: Vec<i32> = lines(&out)[0].split(' ').map(|x| x.parse().expect("pid")).collect();
+    let state = |p: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        s.rfind(')').and_then(|i| s[i + 2..].chars().next())
+    };
+    wait_for("two zombies", || pids.iter().all(|p| state(*p) == Some('Z')));
+    dump(root, &img, &[]);
+    assert_eq!(reap(root), libc::SIGKILL);
+    // The zombies went with their parent (reaped by this subreaper).
+    for p in &pids {
+        reap(*p);
+    }
+    restore(&img);
+    for p in &pids {
+        assert_eq!(state(*p), Some('Z'), "{p} is a zombie again");
+        assert_eq!(stat_of(*p).0, root, "{p} is the root's child");
+    }
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(root, libc::SIGUSR1) }, 0);
+    wait_for("the reaping", || lines(&out).len() >= 3);
+    assert_eq!(reap(root), 0);
+    assert_eq!(
+        lines(&out)[1..].to_vec(),
+        vec!["a 1 exited 1 code 7".to_string(), format!("b 1 signaled 1 sig {}", libc::SIGTERM)]
+    );
+}

@@ -243,6 +243,7 @@ pub mod nr {
     pub const TIMER_CREATE: i64 = 257;
     pub const TIMER_SETTIME: i64 = 258;
     pub const TIMER_GETTIME: i64 = 259;
+    pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

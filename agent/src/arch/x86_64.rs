@@ -310,6 +310,7 @@ pub mod nr {
     pub const TIMER_CREATE: i64 = 222;
     pub const TIMER_SETTIME: i64 = 223;
     pub const TIMER_GETTIME: i64 = 224;
+    pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

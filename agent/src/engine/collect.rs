@@ -85,6 +85,7 @@ pub fn collect_process(
         ppid,
         pgid: stat.pgid,
         sid: stat.sid,
+        ctty: if stat.sid == pid { stat.tty_nr } else { 0 },
         vmas,
         auxv,
         exe: procfs::readlink(&format!("/proc/{pid}/exe")).step(step)?,
@@ -97,6 +98,8 @@ pub fn collect_process(
             uids: status.uids,
             gids: status.gids,
             groups: status.groups,
+            caps: status.caps,
+            no_new_privs: status.no_new_privs,
         },
         mm: MmFields {
             start_code: stat.start_code,
@@ -146,6 +149,15 @@ pub fn collect_process(
     }
     run_parasite(&mut p).step(|| format!("parasite {pid}"))?;
     Ok((p, maps))
+}
+
+/// A zombie: who it was (for its parent, group and session) and how it
+/// ended.
+pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, EngineError> {
+    let step = || format!("collect {pid}");
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
+    Ok(ProcessState { pid, ppid, pgid: stat.pgid, sid: stat.sid, zombie: Some(status), ..Default::default() })
 }
 
 fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {

@@ -66,6 +66,10 @@ pub fn dump_frozen<W: Write>(
         } else {
             frozen.parent.get(&pid).copied().unwrap_or(0)
         };
+        if let Some(&status) = frozen.zombies.get(&pid) {
+            procs.push((collect::collect_zombie(pid, ppid, status)?, Vec::new()));
+            continue;
+        }
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
@@ -85,11 +89,39 @@ pub fn dump_frozen<W: Write>(
         image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)?;
+        if p.zombie.is_some() {
+            continue;
+        }
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done).map_err(|e| {
+            // A task killed from outside shows up as short reads of its
+            // files: say what happened.
+            if task_gone(p.pid) && e.step.starts_with("memory") {
+                EngineError { step: e.step, cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)) }
+            } else {
+                e
+            }
+        })?;
     }
     let (out, _summary) = w.finish().step(wstep)?;
     commit(out)?;
     Ok((stats, frozen))
+}
+
+fn gone_or(pid: i32, e: std::io::Error) -> Cause {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Cause::Ptrace(ptrace::PtraceError::TaskDied(pid))
+    } else {
+        Cause::Io(e)
+    }
+}
+
+/// The task has exited (or is exiting): no longer there, a zombie, or dead.
+fn task_gone(pid: i32) -> bool {
+    let path = format!("/proc/{pid}/stat");
+    match crate::engine::procfs::read(&path).and_then(|t| crate::engine::procfs::parse_stat(&path, &t)) {
+        Ok(s) => s.state == 'Z' || s.state == 'X',
+        Err(_) => true,
+    }
 }
 
 /// Which pages of a mapping hold state no file can give back.
@@ -151,7 +183,8 @@ fn dump_memory<W: Write>(
             let n = ((v.end - addr) / ps).min(batch_pages);
             let nbytes = usize::try_from(n * 8).unwrap_or(0);
             pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
-            pagemap.read_exact(&mut pm[..nbytes]).step(step)?;
+            // The address space ends early only when the task died.
+            pagemap.read_exact(&mut pm[..nbytes]).map_err(|e| gone_or(pid, e)).step(step)?;
             // Runs of wanted pages inside this batch.
             let mut i = 0u64;
             while i < n {
@@ -199,7 +232,10 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
     }
     // Unreadable protections (guard pages, PROT_NONE with contents): the
     // tracer's /proc/PID/mem access ignores them.
-    mem.read(RemotePtr::<u8>::new(addr), buf)?;
+    mem.read(RemotePtr::<u8>::new(addr), buf).map_err(|e| match e {
+        ptrace::PtraceError::Os { err, .. } => gone_or(pid, err),
+        other => Cause::Ptrace(other),
+    })?;
     Ok(())
 }
 

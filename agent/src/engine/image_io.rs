@@ -197,7 +197,13 @@ pub fn write_process<W: Write>(
             sgid: p.creds.gids[2],
             fsgid: p.creds.gids[3],
             groups: p.creds.groups.clone(),
-            ..Default::default()
+            cap_inheritable: p.creds.caps[0],
+            cap_permitted: p.creds.caps[1],
+            cap_effective: p.creds.caps[2],
+            cap_bounding: p.creds.caps[3],
+            cap_ambient: p.creds.caps[4],
+            securebits: 0,
+            no_new_privs: p.creds.no_new_privs,
         },
         umask: p.umask,
         cwd: p.cwd.as_str().into(),
@@ -247,8 +253,13 @@ pub fn write_process<W: Write>(
                 value_ns: ts_ns(t.left),
             })
             .collect(),
+        exit_status: p.zombie,
+        ctty: p.ctty,
     };
     w.record(Kind::Task, &task)?;
+    if p.zombie.is_some() {
+        return Ok(());
+    }
     let m = &p.mm;
     w.record(
         Kind::MmFields,
@@ -473,6 +484,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     umask: t.umask,
                     personality: t.personality,
                     rlimits: rl,
+                    zombie: t.exit_status,
+                    ctty: t.ctty,
                     posix_timers: t
                         .posix_timers
                         .iter()
@@ -491,6 +504,14 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                         uids: [t.creds.uid, t.creds.euid, t.creds.suid, t.creds.fsuid],
                         gids: [t.creds.gid, t.creds.egid, t.creds.sgid, t.creds.fsgid],
                         groups: t.creds.groups.clone(),
+                        caps: [
+                            t.creds.cap_inheritable,
+                            t.creds.cap_permitted,
+                            t.creds.cap_effective,
+                            t.creds.cap_bounding,
+                            t.creds.cap_ambient,
+                        ],
+                        no_new_privs: t.creds.no_new_privs,
                     },
                     ..Default::default()
                 });

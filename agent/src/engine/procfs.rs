@@ -33,6 +33,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 7: the controlling terminal's device number, 0 for none.
+    pub tty_nr: u64,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -43,6 +45,9 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// Field 52: the wait status of an exited task (a zombie's exit code),
+    /// 0 while it runs; absent on old kernels.
+    pub exit_code: i32,
 }
 
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
@@ -72,6 +77,7 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         ppid: int(4)?,
         pgid: int(5)?,
         sid: int(6)?,
+        tty_nr: num(7)?,
         start_code: num(26)?,
         end_code: num(27)?,
         start_stack: num(28)?,
@@ -82,6 +88,7 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        exit_code: get(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -96,6 +103,9 @@ pub struct Status {
     pub sig_blocked: u64,
     pub sig_pending: u64,
     pub shd_pending: u64,
+    /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
@@ -138,6 +148,12 @@ pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
             "SigBlk" => s.sig_blocked = hex(val)?,
             "SigPnd" => s.sig_pending = hex(val)?,
             "ShdPnd" => s.shd_pending = hex(val)?,
+            "CapInh" => s.caps[0] = hex(val)?,
+            "CapPrm" => s.caps[1] = hex(val)?,
+            "CapEff" => s.caps[2] = hex(val)?,
+            "CapBnd" => s.caps[3] = hex(val)?,
+            "CapAmb" => s.caps[4] = hex(val)?,
+            "NoNewPrivs" => s.no_new_privs = val == "1",
             _ => {}
         }
     }
@@ -377,6 +393,62 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
     Ok(out)
 }
 
+/// The kind-specific part of `/proc/PID/fdinfo/N` for the anonymous-inode
+/// files torpor recreates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnonInfo {
+    EventFd { count: u64, semaphore: bool },
+    SignalFd { mask: u64 },
+    /// Times as (seconds, nanoseconds); `value` is the time left.
+    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
+    /// Watched fds: (fd, events, data).
+    Epoll { targets: Vec<(i32, u32, u64)> },
+}
+
+fn pair(path: &str, v: &str) -> Result<(i64, i64), ProcError> {
+    let inner = v.trim().trim_start_matches('(').trim_end_matches(')');
+    let (a, b) = inner.split_once(',').ok_or_else(|| bad(path, format!("bad time {v:?}")))?;
+    let n = |x: &str| x.trim().parse::<i64>().map_err(|_| bad(path, format!("bad time {v:?}")));
+    Ok((n(a)?, n(b)?))
+}
+
+/// Parses the fdinfo of an `anon_inode:[eventfd|signalfd|timerfd|eventpoll]`.
+pub fn parse_anon_fdinfo(path: &str, kind: &str, text: &str) -> Result<AnonInfo, ProcError> {
+    let field = |name: &str| -> Option<&str> {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::trim))
+    };
+    let need = |name: &str| field(name).ok_or_else(|| bad(path, format!("no {name} line")));
+    let hex = |v: &str| u64::from_str_radix(v.trim(), 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
+    match kind {
+        "eventfd" => Ok(AnonInfo::EventFd {
+            count: hex(need("eventfd-count")?)?,
+            semaphore: field("eventfd-semaphore") == Some("1"),
+        }),
+        "signalfd" => Ok(AnonInfo::SignalFd { mask: hex(need("sigmask")?)? }),
+        "timerfd" => Ok(AnonInfo::TimerFd {
+            clock: need("clockid")?.parse().map_err(|_| bad(path, "bad clockid"))?,
+            value: pair(path, need("it_value")?)?,
+            interval: pair(path, need("it_interval")?)?,
+            ticks: need("ticks")?.parse().map_err(|_| bad(path, "bad ticks"))?,
+        }),
+        "eventpoll" => {
+            let mut targets = Vec::new();
+            for l in text.lines().filter(|l| l.starts_with("tfd:")) {
+                // tfd: %8d events: %8x data: %16llx  pos:... ino:... sdev:...
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = |k: &str| f.iter().position(|x| *x == k).and_then(|i| f.get(i + 1)).copied();
+                let tfd = at("tfd:").and_then(|v| v.parse().ok()).ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let ev = at("events:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let data = at("data:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let events = u32::from_str_radix(ev, 16).map_err(|_| bad(path, format!("bad events in {l:?}")))?;
+                targets.push((tfd, events, hex(data)?));
+            }
+            Ok(AnonInfo::Epoll { targets })
+        }
+        other => Err(bad(path, format!("no parser for anon_inode:[{other}]"))),
+    }
+}
+
 /// pagemap entry bits.
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAP: u64 = 1 << 62;
@@ -442,13 +514,14 @@ pub fn readlink(path: &str) -> Result<String, ProcError> {
 mod tests {
     use super::*;
 
-    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 0\n";
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 768\n";
 
     #[test]
     fn stat_fields_after_odd_comm() {
         let s = parse_stat("stat", STAT).expect("valid");
         assert_eq!(s.state, 'S');
         assert_eq!((s.ppid, s.pgid, s.sid), (1, 4242, 4242));
+        assert_eq!(s.tty_nr, 34816);
         assert_eq!(s.start_code, 94_000_000_000_000);
         assert_eq!(s.end_code, 94_000_000_004_000);
         assert_eq!(s.start_stack, 140_730_000_000_000);
@@ -459,6 +532,7 @@ mod tests {
         assert_eq!(s.arg_end, 140_730_000_001_020);
         assert_eq!(s.env_start, 140_730_000_001_020);
         assert_eq!(s.env_end, 140_730_000_001_100);
+        assert_eq!(s.exit_code, 768);
     }
 
     #[test]
@@ -469,7 +543,7 @@ mod tests {
 
     #[test]
     fn status_ids_umask_masks() {
-        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\n";
+        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffdfff\nCapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let s = parse_status("status", t).expect("valid");
         assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
         assert_eq!(s.gids, [5, 6, 7, 8]);
@@ -478,6 +552,8 @@ mod tests {
         assert_eq!(s.sig_pending, 0x100);
         assert_eq!(s.shd_pending, 0x4000);
         assert_eq!(s.sig_blocked, 0x10002);
+        assert_eq!(s.caps, [0, 0x1ff_feff_ffff, 0x1ff_feff_dfff, 0x1ff_feff_ffff, 0]);
+        assert!(s.no_new_privs);
         assert!(parse_status("status", "Name: x\n").is_err());
     }
 
@@ -540,6 +616,27 @@ VmFlags: rd wr sh mr mw me ms gd
         )
         .expect("parse");
         assert_eq!(live.len(), 16);
+    }
+
+    #[test]
+    fn anon_inode_fdinfo() {
+        let ev = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:                5\neventfd-id: 6\neventfd-semaphore: 1\n";
+        assert_eq!(parse_anon_fdinfo("f", "eventfd", ev).expect("ev"), AnonInfo::EventFd { count: 5, semaphore: true });
+        let sf = "pos:\t0\nflags:\t02\nsigmask:\t0000000000000200\n";
+        assert_eq!(parse_anon_fdinfo("f", "signalfd", sf).expect("sf"), AnonInfo::SignalFd { mask: 0x200 });
+        let tf = "clockid: 1\nticks: 0\nsettime flags: 00\nit_value: (99, 980730296)\nit_interval: (1, 0)\n";
+        assert_eq!(
+            parse_anon_fdinfo("f", "timerfd", tf).expect("tf"),
+            AnonInfo::TimerFd { clock: 1, value: (99, 980_730_296), interval: (1, 0), ticks: 0 }
+        );
+        let ep = "pos:\t0\nflags:\t02\ntfd:        5 events:       19 data:                7  pos:0 ino:40e sdev:f\ntfd:       12 events:        1 data:     7f0000001234  pos:0 ino:1 sdev:f\n";
+        assert_eq!(
+            parse_anon_fdinfo("f", "eventpoll", ep).expect("ep"),
+            AnonInfo::Epoll { targets: vec![(5, 0x19, 7), (12, 1, 0x7f00_0000_1234)] }
+        );
+        assert!(parse_anon_fdinfo("f", "eventfd", "pos: 0\n").is_err());
+        assert!(parse_anon_fdinfo("f", "timerfd", "clockid: 1\nit_value: 99\nit_interval: (1, 0)\n").is_err());
+        assert!(parse_anon_fdinfo("f", "inotify", "").is_err());
     }
 
     #[test]

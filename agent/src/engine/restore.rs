@@ -98,6 +98,15 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         return Err(refused(step, "the image holds no process".into()));
     }
     for p in &st.processes {
+        if p.zombie.is_some() {
+            if p.ppid == 0 {
+                return Err(refused(step, format!("the root {} of the image is a zombie", p.pid)));
+            }
+            if Path::new(&format!("/proc/{}", p.pid)).exists() {
+                return Err(refused(step, format!("pid {} (a zombie in the image) is in use by another task", p.pid)));
+            }
+            continue;
+        }
         for t in &p.threads {
             if Path::new(&format!("/proc/{}", t.tid)).exists() {
                 return Err(refused(
@@ -126,6 +135,12 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             return Err(refused(
                 step,
                 format!("parent {} of process {} is not in the image", p.ppid, p.pid),
+            ));
+        }
+        if !Path::new(&p.cwd).is_dir() {
+            return Err(refused(
+                step,
+                format!("working directory {} of process {} is gone", p.cwd, p.pid),
             ));
         }
         if !Path::new(&p.exe).exists() {
@@ -556,10 +571,35 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
     report(report_fd, &format!("{} ok", p.pid));
     // SAFETY: closing the report pipe; nothing else refers to it.
     unsafe { libc::close(report_fd) };
+    if let Some(status) = p.zombie {
+        exit_as(status);
+    }
     loop {
         // SAFETY: pause has no memory effects; the tracer interrupts it.
         unsafe { libc::pause() };
     }
+}
+
+/// Ends a recreated zombie with its recorded wait status: killed by the
+/// same signal (without a core file), or exited with the same code.
+fn exit_as(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on integers and on local structs; the
+        // signal's default action ends the process.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: leaving the forked child without running torpor's exit path.
+    unsafe { libc::_exit((status >> 8) & 0xff) }
 }
 
 fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
@@ -614,6 +654,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
     }
     fork_children(false)?;
+    if p.zombie.is_some() {
+        // Nothing more: it only has to exit, once it has reported.
+        return Ok(());
+    }
     // Descriptors at their numbers.
     let mut targets: Vec<i32> = Vec::new();
     for f in &p.fds {
@@ -642,6 +686,19 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
     crate::engine::files::register_epolls(p, &st.files)?;
+    // A session leader takes its controlling terminal back from the fd
+    // that opens it (the original device or its --tty substitute).
+    if p.ctty != 0 && p.sid == p.pid {
+        let holder = p.fds.iter().find(|f| {
+            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.ctty)
+        });
+        if let Some(f) = holder {
+            // SAFETY: ioctl on an fd of this task, integer argument.
+            if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!("taking fd {} as controlling terminal: {}", f.fd, last_os()));
+            }
+        }
+    }
     let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
     // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
@@ -1321,6 +1378,76 @@ fn restore_timers(
     created
 }
 
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `capset` of this thread, through the trampoline's data area.
+fn capset(r: &mut Remote<'_>, mem: &Mem, tramp: u64, inh: u64, prm: u64, eff: u64) -> Result<(), Cause> {
+    // Header {version, pid 0}, then two {effective, permitted, inheritable}
+    // blocks: low and high 32 bits.
+    let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
+    let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
+    let words: [u32; 8] = [CAPABILITY_VERSION_3, 0, lo(eff), lo(prm), lo(inh), hi(eff), hi(prm), hi(inh)];
+    let at = write_data(mem, tramp, 0, &words)?;
+    r.syscall("capset", nr::CAPSET, [at, at + 8, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// User and group ids, groups and capabilities of one thread, from the
+/// root-owned state every restored task starts with: the bounding set is
+/// narrowed while still privileged, permitted capabilities are kept across
+/// the uid change, then the exact sets, ambient ones and no_new_privs.
+fn restore_creds(r: &mut Remote<'_>, mem: &Mem, tramp: u64, c: &crate::engine::state::Creds) -> Result<(), Cause> {
+    let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
+    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?.trim().parse().unwrap_or(40);
+    let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
+    let caps_change = c.caps != me.caps;
+    if caps_change {
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
+                r.syscall("prctl(PR_CAPBSET_DROP)", nr::PRCTL, [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0])?;
+            }
+        }
+        // Inheritable first, while every permitted capability is there.
+        capset(r, mem, tramp, c.caps[0], me.caps[1], me.caps[2])?;
+    }
+    if ids_change {
+        if caps_change {
+            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0])?;
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let at = write_bytes(mem, tramp, 0, &groups)?;
+        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+        let [g0, g1, g2, _] = c.gids.map(u64::from);
+        r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
+        let [u0, u1, u2, _] = c.uids.map(u64::from);
+        r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
+        if caps_change {
+            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0])?;
+        }
+    }
+    if caps_change {
+        capset(r, mem, tramp, c.caps[0], c.caps[1], c.caps[2])?;
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[4] & (1u64 << cap) != 0 {
+                r.syscall(
+                    "prctl(PR_CAP_AMBIENT_RAISE)",
+                    nr::PRCTL,
+                    [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, u64::from(cap), 0, 0, 0],
+                )?;
+            }
+        }
+    }
+    if c.no_new_privs && !me.no_new_privs {
+        r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
 fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Result<(), Cause> {
     let p = rb.p;
     let mem = &rb.mem;
@@ -1384,40 +1511,7 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
             ],
         )?;
     }
-    let c = &p.creds;
-    if !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4] {
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let at = write_bytes(mem, tramp, 0, &groups)?;
-        r.syscall(
-            "setgroups",
-            nr::SETGROUPS,
-            [c.groups.len() as u64, at, 0, 0, 0, 0],
-        )?;
-        r.syscall(
-            "setresgid",
-            nr::SETRESGID,
-            [
-                u64::from(c.gids[0]),
-                u64::from(c.gids[1]),
-                u64::from(c.gids[2]),
-                0,
-                0,
-                0,
-            ],
-        )?;
-        r.syscall(
-            "setresuid",
-            nr::SETRESUID,
-            [
-                u64::from(c.uids[0]),
-                u64::from(c.uids[1]),
-                u64::from(c.uids[2]),
-                0,
-                0,
-                0,
-            ],
-        )?;
-    }
+    restore_creds(&mut r, mem, tramp, &p.creds)?;
     arch::set_fpregs(t.tid, &t.fpregs)?;
     let mut regs = Regs::from_bytes(&t.regs)?;
     regs.for_resume();
@@ -1464,6 +1558,10 @@ fn rebuild_all<R: Read>(
                     .get(idx)
                     .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
+                if p.zombie.is_some() {
+                    stats.processes += 1;
+                    continue;
+                }
                 cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
@@ -1504,7 +1602,7 @@ pub fn restore<R: Read>(
     let high_fd = objs.high;
     let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
-    for p in &st.processes {
+    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
         ptrace::seize(p.pid, 0).step(step)?;
         created.traced.push(p.pid);
         ptrace::interrupt(p.pid).step(step)?;

@@ -42,6 +42,11 @@ pub struct ProcessState {
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
     pub posix_timers: Vec<PosixTimer>,
+    /// Wait status of a process that has exited and is not yet reaped; it
+    /// has no threads, memory or files.
+    pub zombie: Option<i32>,
+    /// Controlling terminal of a session leader (device number), 0 if none.
+    pub ctty: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +133,9 @@ pub struct Creds {
     pub uids: [u32; 4],
     pub gids: [u32; 4],
     pub groups: Vec<u32>,
+    /// Inheritable, permitted, effective, bounding, ambient.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 /// What backs a mapping.

@@ -256,6 +256,12 @@ pub struct Task {
     pub personality: u32,
     /// POSIX timers (`timer_create`), by id.
     pub posix_timers: Vec<PosixTimer>,
+    /// For a process that has exited and awaits its parent's wait (a
+    /// zombie): its wait status. Such a task has no other records.
+    pub exit_status: Option<i32>,
+    /// Device number of the controlling terminal a session leader holds
+    /// (0 for none); the restored leader takes the terminal its fds open.
+    pub ctty: u64,
 }
 
 /// One POSIX timer: how it notifies and when it fires next.

@@ -170,3 +170,12 @@ pub fn restore(img: &Path) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `pid` is alive and runs `bin` (a freed pid may already be someone
+/// else's).
+pub fn runs(pid: i32, bin: &Path) -> bool {
+    alive(pid)
+        && std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|e| e == bin)
+            .unwrap_or(false)
+}
