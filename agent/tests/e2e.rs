@@ -126,6 +126,11 @@ app_tests!(breadth_unix, "breadth_unix",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["stream", "dgram", "seqpacket", "listener", "accepted", "abstract", "bound", "rcvbuf"]);
 
+// The checkpoint run passes 1: the app then expects its TCP connection reset.
+app_tests!(breadth_inet, "breadth_inet",
+    args: [], checkpoint_args: ["1"], negative_args: [],
+    negatives: ["listener", "port", "reset", "options", "udp", "peer"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

@@ -445,6 +445,34 @@ pub enum FdKind {
     Inotify { flags: u32, state: Inotify },
     /// A UNIX domain socket.
     Unix { flags: u32, state: UnixSocket },
+    /// A TCP or UDP socket (IPv4 or IPv6).
+    Inet { flags: u32, state: InetSocket },
+}
+
+/// A TCP or UDP socket: listeners and bound or connected UDP sockets come
+/// back on their addresses; a TCP connection comes back reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    /// `SOCK_STREAM` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// `getsockname` as raw `sockaddr_in`/`sockaddr_in6` bytes; empty if unbound.
+    pub local: Vec<u8>,
+    /// `getpeername` bytes; empty if unconnected.
+    pub peer: Vec<u8>,
+    pub listening: bool,
+    pub backlog: u32,
+    /// TCP state (`TCP_ESTABLISHED`...), 0 for UDP.
+    pub tcp_state: u8,
+    pub v6only: bool,
+    pub opts: SockOpts,
+    /// A TCP connection that was dropped before the dump (closed with its
+    /// receive side shut): it comes back dropped too.
+    pub dropped: bool,
+    /// The connection's error (ECONNRESET) was not yet read by the app.
+    pub error_pending: bool,
 }
 
 /// Socket options a restore sets again (buffer sizes as `getsockopt`

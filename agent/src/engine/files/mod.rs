@@ -8,6 +8,7 @@
 
 mod epoll;
 mod eventfd;
+mod inet;
 mod inotify;
 mod signalfd;
 mod sock;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
-use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket};
+use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket, InetSocket};
 
 pub use unix::Pending;
 
@@ -33,6 +34,7 @@ pub enum AnonFile {
     Epoll(Epoll),
     Inotify(Inotify),
     Unix(UnixSocket),
+    Inet(InetSocket),
 }
 
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
@@ -70,6 +72,9 @@ fn collect_socket(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cau
     drop(f);
     match domain {
         libc::AF_UNIX => Ok(Some(AnonFile::Unix(unix::collect(pid, fd, inode).map_err(|e| refuse(format!("a UNIX socket: {e}")))?))),
+        libc::AF_INET | libc::AF_INET6 => Ok(Some(AnonFile::Inet(
+            inet::collect(pid, fd, domain).map_err(|e| refuse(format!("an internet socket: {e}")))?,
+        ))),
         libc::AF_NETLINK => Err(refuse("a netlink socket, which torpor cannot restore".into())),
         libc::AF_PACKET => Err(refuse("a packet socket, which torpor cannot restore".into())),
         other => Err(refuse(format!("a socket of address family {other}, which torpor cannot restore"))),
@@ -110,6 +115,7 @@ pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Caus
         AnonFile::Epoll(_) => epoll::open(),
         AnonFile::Inotify(s) => inotify::open(s, nonblock),
         AnonFile::Unix(s) => unix::open(s, nonblock, pending),
+        AnonFile::Inet(s) => inet::open(s, nonblock),
     };
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
 }
@@ -123,6 +129,7 @@ impl AnonFile {
             AnonFile::Epoll(_) => "an epoll instance",
             AnonFile::Inotify(_) => "an inotify instance",
             AnonFile::Unix(_) => "a UNIX socket",
+            AnonFile::Inet(_) => "a TCP or UDP socket",
         }
     }
 
@@ -135,6 +142,7 @@ impl AnonFile {
             AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
             AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
             AnonFile::Unix(state) => FdKind::Unix { flags, state },
+            AnonFile::Inet(state) => FdKind::Inet { flags, state },
         }
     }
 
@@ -148,6 +156,7 @@ impl AnonFile {
             FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
             FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
             FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
+            FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
             _ => return None,
         })
     }

@@ -61,7 +61,12 @@ pub(super) fn collect_opts(fd: &OwnedFd, tcp: bool) -> Result<SockOpts, std::io:
         reuseaddr: get_int(fd, sol, libc::SO_REUSEADDR)? != 0,
         reuseport: get_int(fd, sol, libc::SO_REUSEPORT)? != 0,
         keepalive: get_int(fd, sol, libc::SO_KEEPALIVE)? != 0,
-        passcred: get_int(fd, sol, libc::SO_PASSCRED)? != 0,
+        // Only UNIX sockets have it; newer kernels refuse it on others.
+        passcred: match get_int(fd, sol, libc::SO_PASSCRED) {
+            Ok(v) => v != 0,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
+            Err(e) => return Err(e),
+        },
         rcvtimeo_us: get_timeo(fd, libc::SO_RCVTIMEO)?,
         sndtimeo_us: get_timeo(fd, libc::SO_SNDTIMEO)?,
         nodelay: tcp && get_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0,
