@@ -131,6 +131,10 @@ app_tests!(breadth_inet, "breadth_inet",
     args: [], checkpoint_args: ["1"], negative_args: [],
     negatives: ["listener", "port", "reset", "options", "udp", "peer"]);
 
+app_tests!(breadth_shm, "breadth_shm",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["content", "seals", "offset", "name", "size"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

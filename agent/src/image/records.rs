@@ -447,6 +447,21 @@ pub enum FdKind {
     Unix { flags: u32, state: UnixSocket },
     /// A TCP or UDP socket (IPv4 or IPv6).
     Inet { flags: u32, state: InetSocket },
+    /// A memfd, by name, contents and seals.
+    Memfd { flags: u32, state: Memfd },
+}
+
+/// A memfd (`memfd_create`): name, contents, seals and file offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memfd {
+    /// The name given to memfd_create (without the `memfd:` prefix).
+    pub name: RawPath,
+    pub size: u64,
+    /// The contents up to the last non-zero byte; the rest reads as zeros.
+    pub bytes: Vec<u8>,
+    /// `F_GET_SEALS`.
+    pub seals: u32,
+    pub offset: u64,
 }
 
 /// A TCP or UDP socket: listeners and bound or connected UDP sockets come

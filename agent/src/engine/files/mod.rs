@@ -10,6 +10,7 @@ mod epoll;
 mod eventfd;
 mod inet;
 mod inotify;
+mod memfd;
 mod signalfd;
 mod sock;
 mod timerfd;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
-use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket, InetSocket};
+use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket, InetSocket, Memfd};
 
 pub use unix::Pending;
 
@@ -35,6 +36,7 @@ pub enum AnonFile {
     Inotify(Inotify),
     Unix(UnixSocket),
     Inet(InetSocket),
+    Memfd(Memfd),
 }
 
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
@@ -46,7 +48,15 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
         "anon_inode:[signalfd]" => "signalfd",
         "anon_inode:[eventpoll]" => "eventpoll",
         "anon_inode:inotify" => "inotify",
-        _ => return collect_socket(pid, fd, link),
+        _ => {
+            if let Some(name) = memfd::name_of(link) {
+                let info = procfs::parse_fdinfo(&format!("/proc/{pid}/fdinfo/{fd}"), &procfs::read(&format!("/proc/{pid}/fdinfo/{fd}"))?)?;
+                let m = memfd::collect(pid, fd, name, info.pos)
+                    .map_err(|e| Cause::Unsupported(format!("fd {fd} of process {pid} is a memfd ({link}): {e}")))?;
+                return Ok(Some(AnonFile::Memfd(m)));
+            }
+            return collect_socket(pid, fd, link);
+        }
     };
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let info = procfs::read(&path)?;
@@ -116,6 +126,7 @@ pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Caus
         AnonFile::Inotify(s) => inotify::open(s, nonblock),
         AnonFile::Unix(s) => unix::open(s, nonblock, pending),
         AnonFile::Inet(s) => inet::open(s, nonblock),
+        AnonFile::Memfd(s) => memfd::open(s, flags),
     };
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
 }
@@ -130,6 +141,7 @@ impl AnonFile {
             AnonFile::Inotify(_) => "an inotify instance",
             AnonFile::Unix(_) => "a UNIX socket",
             AnonFile::Inet(_) => "a TCP or UDP socket",
+            AnonFile::Memfd(_) => "a memfd",
         }
     }
 
@@ -143,6 +155,7 @@ impl AnonFile {
             AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
             AnonFile::Unix(state) => FdKind::Unix { flags, state },
             AnonFile::Inet(state) => FdKind::Inet { flags, state },
+            AnonFile::Memfd(state) => FdKind::Memfd { flags, state },
         }
     }
 
@@ -157,6 +170,7 @@ impl AnonFile {
             FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
             FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
             FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
+            FdKind::Memfd { flags, state } => (flags, AnonFile::Memfd(state)),
             _ => return None,
         })
     }
