@@ -111,3 +111,156 @@ fn event_signal_timer_and_epoll_fds_come_back() {
     assert_eq!(l[1], format!("got {}", libc::SIGUSR1));
     assert_eq!(l[2..].to_vec(), vec!["PASS".to_string()], "{l:?}");
 }
+
+const FIFO: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static int fails;
+#define CHECK(c) do { if (!(c)) { printf("FAIL %s\n", #c); fails++; } } while (0)
+int main(int argc, char **argv) {
+    (void)argc;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    signal(SIGUSR1, on_usr1);
+    mkfifo(argv[1], 0600);
+    int rw = open(argv[1], O_RDWR);
+    int rd = open(argv[1], O_RDONLY | O_NONBLOCK);
+    int wr = open(argv[1], O_WRONLY);
+    write(wr, "queued bytes", 12);
+    printf("ready %d %d %d\n", rw, rd, wr);
+    while (!go) pause();
+    char b[64] = { 0 };
+    CHECK(read(rd, b, sizeof b) == 12 && memcmp(b, "queued bytes", 12) == 0);
+    CHECK(read(rd, b, sizeof b) < 0);
+    struct stat a, p;
+    fstat(rd, &a);
+    stat(argv[1], &p);
+    CHECK(S_ISFIFO(a.st_mode) && a.st_ino == p.st_ino);
+    CHECK((fcntl(rd, F_GETFL) & (O_ACCMODE | O_NONBLOCK)) == (O_RDONLY | O_NONBLOCK));
+    CHECK((fcntl(wr, F_GETFL) & O_ACCMODE) == O_WRONLY);
+    /* Someone outside opens the FIFO by its name and writes. */
+    int other = open(argv[1], O_WRONLY | O_NONBLOCK);
+    CHECK(other >= 0 && write(other, "x", 1) == 1);
+    CHECK(read(rd, b, 1) == 1 && b[0] == 'x');
+    printf(fails ? "DONE\n" : "PASS\n");
+    return 0;
+}
+"#;
+
+/// A named FIFO held by the task comes back with its unread bytes, its
+/// descriptions' modes, and still reachable by name.
+#[test]
+fn named_fifo_comes_back() {
+    become_subreaper();
+    let dir = scratch("fifo");
+    let bin = compile(&dir, "fifo", FIFO, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("fifo.img");
+    let path = dir.join("the.fifo");
+    let pid = spawn(&bin, &[path.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    let before = fd_targets(pid);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert_eq!(fd_targets(pid), before);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}
+
+const ECHO: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    char b[128];
+    for (;;) {
+        ssize_t n = read(3, b, sizeof b - 1);
+        if (n <= 0) return 3;
+        b[n] = 0;
+        char r[160];
+        int m = snprintf(r, sizeof r, "echo %s", b);
+        write(3, r, m);
+    }
+}
+"#;
+
+/// A socket kept outside the image (`--external-fd`) is replaced at restore
+/// by the descriptor handed over with `--inherit-fd`, at the same number.
+#[test]
+fn external_fd_is_replaced_by_an_inherited_one() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    become_subreaper();
+    let dir = scratch("external");
+    let bin = compile(&dir, "echo", ECHO, &[]);
+    let img = dir.join("echo.img");
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    let braw = b.as_raw_fd();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 and close_range between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(braw, 3);
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    #[allow(clippy::zombie_processes)] // reaped by pid below
+    let child = cmd.spawn().expect("spawn");
+    drop(b);
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    let mut buf = [0u8; 64];
+    a.write_all(b"one").expect("send");
+    let n = a.read(&mut buf).expect("reply");
+    assert_eq!(&buf[..n], b"echo one");
+
+    let spec = format!("{pid}:3=conn");
+    dump(pid, &img, &["--external-fd", &spec]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+
+    let i = img.to_string_lossy().into_owned();
+    let o = torpor(&["restore", "--image", &i]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        "torpor: error: validate: external fd \"conn\" needs a descriptor: give --inherit-fd conn=FD"
+    );
+
+    let (mut c, d) = UnixStream::pair().expect("socketpair");
+    let draw = d.as_raw_fd();
+    let mut r = std::process::Command::new(TORPOR);
+    r.args(["restore", "--image", &i, "--inherit-fd", "conn=7"]);
+    // SAFETY: dup2 between fork and exec.
+    unsafe {
+        r.pre_exec(move || {
+            libc::dup2(draw, 7);
+            Ok(())
+        });
+    }
+    let o = r.output().expect("torpor");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(d);
+    c.write_all(b"two").expect("send");
+    let n = c.read(&mut buf).expect("reply");
+    assert_eq!(&buf[..n], b"echo two");
+    kill_and_reap(pid);
+}

@@ -409,6 +409,8 @@ pub struct FileTable {
     pipe_index: BTreeMap<u64, u32>,
     /// Which ends of each pipe the tree holds: (read, write).
     pipe_ends: BTreeMap<u32, (bool, bool, i32, i32)>,
+    /// (pid, fd, key) kept outside the image.
+    pub external: Vec<(i32, i32, String)>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -446,6 +448,13 @@ impl FileTable {
                 .step(step)?;
             let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
+            if let Some((_, _, key)) = self.external.iter().find(|(p, f, _)| *p == pid && *f == fd) {
+                self.files.push(OpenFile { flags, kind: FileKind::External { key: key.clone() } });
+                self.owner.push((pid, fd, format!("external:{key}")));
+                let file = u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX);
+                out.push(Fd { fd, file, cloexec });
+                continue;
+            }
             // Same description as one already seen?
             let mut found = None;
             for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
@@ -490,16 +499,7 @@ impl FileTable {
                 .parse()
                 .map_err(|_| unsupported("a pipe with an unreadable inode"))?;
             let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
-            let pipe = match self.pipe_index.get(&ino) {
-                Some(&i) => i,
-                None => {
-                    let st = read_pipe(pid, fd, ino)?;
-                    self.pipes.push(st);
-                    let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
-                    self.pipe_index.insert(ino, i);
-                    i
-                }
-            };
+            let pipe = self.pipe_of(pid, fd, ino)?;
             let e = self
                 .pipe_ends
                 .entry(pipe)
@@ -509,7 +509,7 @@ impl FileTable {
             } else {
                 e.0 = true;
             }
-            return Ok(FileKind::Pipe { pipe, write });
+            return Ok(FileKind::Pipe { pipe, write, fifo: None });
         }
         if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
             return Ok(FileKind::Anon(a));
@@ -568,10 +568,25 @@ impl FileTable {
                 tty: is_tty_major(major),
             })
         } else if ft.is_fifo() {
-            Err(unsupported("a named FIFO"))
+            let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
+            let pipe = self.pipe_of(pid, fd, md.ino())?;
+            Ok(FileKind::Pipe { pipe, write, fifo: Some(link.to_string()) })
         } else {
             Err(unsupported("a block device or socket file"))
         }
+    }
+
+    /// The index of the pipe with this inode, reading its unread bytes the
+    /// first time it is seen.
+    fn pipe_of(&mut self, pid: i32, fd: i32, ino: u64) -> Result<u32, Cause> {
+        if let Some(&i) = self.pipe_index.get(&ino) {
+            return Ok(i);
+        }
+        let st = read_pipe(pid, fd, ino)?;
+        self.pipes.push(st);
+        let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
+        self.pipe_index.insert(ino, i);
+        Ok(i)
     }
 
     /// Refuses pipes whose other end is held outside the tree: their data

@@ -388,19 +388,26 @@ pub fn write_process<W: Write>(
                 rdev: *rdev,
                 flags: of.flags,
             },
+            FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
                 offset: *pos,
                 bytes: data.clone(),
             },
-            FileKind::Pipe { pipe, write } => FdKind::Pipe {
+            FileKind::Pipe { pipe, write, fifo: None } => FdKind::Pipe {
                 id: u64::from(*pipe),
                 end: if *write {
                     PipeEnd::Write
                 } else {
                     PipeEnd::Read
                 },
+                flags: of.flags,
+            },
+            FileKind::Pipe { pipe, write, fifo: Some(path) } => FdKind::Fifo {
+                path: path.as_str().into(),
+                id: u64::from(*pipe),
+                end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
             },
             FileKind::Anon(a) => a.record(of.flags),
@@ -681,9 +688,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     FileKind::Pipe {
                                         pipe,
                                         write: end == PipeEnd::Write,
+                                        fifo: None,
                                     },
                                 )
                             }
+                            FdKind::External { key, flags } => (flags, FileKind::External { key }),
                             FdKind::Unlinked {
                                 path,
                                 flags,
@@ -697,11 +706,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     data: bytes,
                                 },
                             ),
-                            FdKind::Fifo { path, .. } => {
-                                return Err(malformed(format!(
-                                    "named FIFO {} is not supported",
-                                    path_of(&path)
-                                )));
+                            FdKind::Fifo { path, id, end, flags } => {
+                                let pipe = u32::try_from(id)
+                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
+                                let fifo = Some(path_of(&path));
+                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write, fifo })
                             }
                             other => {
                                 let (flags, a) = crate::engine::files::AnonFile::from_record(&other)

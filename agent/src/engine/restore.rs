@@ -40,6 +40,8 @@ use crate::image::{ImageReader, Kind};
 pub struct RestoreOptions {
     /// A terminal to use in place of one that no longer exists.
     pub tty: Option<PathBuf>,
+    /// Descriptors (of this process) for the image's external fds, by key.
+    pub inherit: Vec<(String, i32)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -184,6 +186,11 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     }
     for f in &st.files {
         match &f.kind {
+            FileKind::External { key } => {
+                if !opts.inherit.iter().any(|(k, _)| k == key) {
+                    return Err(refused(step, format!("external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD")));
+                }
+            }
             FileKind::Path { path, .. } => {
                 if !Path::new(path).exists() {
                     return Err(refused(step, format!("open file {path} is gone")));
@@ -211,9 +218,16 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     ));
                 }
             }
-            FileKind::Pipe { pipe, .. } => {
+            FileKind::Pipe { pipe, fifo, .. } => {
                 if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
+                }
+                if let Some(path) = fifo {
+                    use std::os::unix::fs::FileTypeExt;
+                    let is_fifo = std::fs::metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false);
+                    if !is_fifo {
+                        return Err(refused(step, format!("FIFO {path} is gone")));
+                    }
                 }
             }
             FileKind::Anon(_) => {}
@@ -311,9 +325,25 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
     for (i, pipe) in st.pipes.iter().enumerate() {
+        let id = u32::try_from(i).unwrap_or(u32::MAX);
+        let fifo = st.files.iter().find_map(|f| match &f.kind {
+            FileKind::Pipe { pipe, fifo: Some(path), .. } if *pipe == id => Some(path.clone()),
+            _ => None,
+        });
         let mut p = [0i32; 2];
+        if let Some(path) = &fifo {
+            // A named FIFO: opened read-write, it is reader and writer for
+            // the reopenings below, which therefore never block.
+            let c = cstr(path).step(step)?;
+            // SAFETY: open with a valid C string; the result is checked.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            if fd < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("opening FIFO {path}: {e}"))).step(step);
+            }
+            p = [fd, fd];
         // SAFETY: pipe2 writes two fds.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        } else if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
             return Err(last_os()).step(step);
         }
         // At least the default, and room for the data whatever the image says.
@@ -337,9 +367,15 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
             }
             off += n.bits();
         }
-        let r = move_high(p[0], high).step(step)?;
-        let w = move_high(p[1], high).step(step)?;
-        pipe_ends.insert(u32::try_from(i).unwrap_or(u32::MAX), (r, w, false, false));
+        if fifo.is_some() {
+            let rw = move_high(p[0], high).step(step)?;
+            // Every description of a FIFO is a reopening (used: true).
+            pipe_ends.insert(id, (rw, rw, true, true));
+        } else {
+            let r = move_high(p[0], high).step(step)?;
+            let w = move_high(p[1], high).step(step)?;
+            pipe_ends.insert(id, (r, w, false, false));
+        }
     }
     let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
@@ -351,7 +387,9 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         // SAFETY: the spare pipe ends torpor kept; descriptions hold dups.
         unsafe {
             libc::close(*r);
-            libc::close(*w);
+            if w != r {
+                libc::close(*w);
+            }
         }
     }
     Ok(objs)
@@ -376,6 +414,20 @@ fn open_object(
         Ok(fd)
     };
     match &f.kind {
+        FileKind::External { key } => {
+            let &(_, given) = opts
+                .inherit
+                .iter()
+                .find(|(k, _)| k == key)
+                .ok_or_else(|| Cause::Refused(format!("no descriptor for external fd {key:?}")))?;
+            // SAFETY: duplicating a descriptor the caller handed over.
+            let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
+            if fd < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("creating external fd {key:?}: {e}")).into());
+            }
+            Ok(fd)
+        }
         FileKind::Path { path, pos, .. } => {
             let fd = open(path, open_flags)?;
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
@@ -421,7 +473,7 @@ fn open_object(
             };
             open(&p, open_flags | libc::O_NOCTTY)
         }
-        FileKind::Pipe { pipe, write } => {
+        FileKind::Pipe { pipe, write, .. } => {
             let e = pipes
                 .get_mut(pipe)
                 .ok_or_else(|| Cause::Refused(format!("pipe {pipe} missing from the image")))?;

@@ -211,15 +211,19 @@ pub enum FileKind {
     },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
+    /// Not in the image: the restore is handed a descriptor for `key`.
+    External { key: String },
     /// A regular file unlinked while open, by content.
     Unlinked {
         path: String,
         pos: u64,
         data: Vec<u8>,
     },
-    /// One end of a pipe: index into `TreeState::pipes`.
-    Pipe { pipe: u32, write: bool },
-    /// eventfd, timerfd, signalfd, epoll, inotify (`engine::files`).
+    /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
+    /// path of a named FIFO (whose other end may be opened by anyone).
+    Pipe { pipe: u32, write: bool, fifo: Option<String> },
+    /// eventfd, timerfd, signalfd, epoll, inotify, memfd, sockets
+    /// (`engine::files`).
     Anon(AnonFile),
 }
 

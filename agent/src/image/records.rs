@@ -425,6 +425,12 @@ pub enum FdKind {
         rdev: u64,
         flags: u32,
     },
+    /// A descriptor kept outside the image (a connection to a supervisor,
+    /// say): the restore is handed one for `key` to put in its place.
+    External {
+        key: String,
+        flags: u32,
+    },
     /// A regular file unlinked while open: kept by content, recreated
     /// without a name.
     Unlinked {
