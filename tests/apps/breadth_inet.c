@@ -213,7 +213,7 @@ int main(int argc, char **argv)
     if (getint(12, SOL_SOCKET, SO_KEEPALIVE) != 1)
         fail("fd 12 SO_KEEPALIVE: expected 1");
     /* The kernel keeps timeouts in jiffies: compare with what it reported. */
-    if (timeo_us(12, SO_RCVTIMEO) != rcvtimeo12 || timeo_us(12, SO_SNDTIMEO) != sndtimeo12 || rcvtimeo12 != 1500000)
+    if (timeo_us(12, SO_RCVTIMEO) != rcvtimeo12 || timeo_us(12, SO_SNDTIMEO) != sndtimeo12)
         fail("fd 12 timeouts: expected %ld/%ld us, got %ld/%ld", rcvtimeo12, sndtimeo12, timeo_us(12, SO_RCVTIMEO),
              timeo_us(12, SO_SNDTIMEO));
     if (getint(12, SOL_SOCKET, SO_RCVBUF) != rcvbuf12 || getint(12, SOL_SOCKET, SO_SNDBUF) != sndbuf12)
