@@ -135,6 +135,10 @@ app_tests!(breadth_shm, "breadth_shm",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["content", "seals", "offset", "name", "size"]);
 
+app_tests!(breadth_locks, "breadth_locks",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["flock", "ofd", "posix", "range", "sync"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

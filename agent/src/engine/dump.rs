@@ -85,6 +85,7 @@ pub fn dump_frozen<W: Write>(
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
+        p.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
         procs.push((p, maps));
     }
     table.check_pipes()?;

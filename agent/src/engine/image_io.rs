@@ -255,6 +255,7 @@ pub fn write_process<W: Write>(
             .collect(),
         exit_status: p.zombie,
         ctty: p.ctty,
+        locks: p.locks.clone(),
     };
     w.record(Kind::Task, &task)?;
     if p.zombie.is_some() {
@@ -493,6 +494,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     rlimits: rl,
                     zombie: t.exit_status,
                     ctty: t.ctty,
+                    locks: t.locks.clone(),
                     posix_timers: t
                         .posix_timers
                         .iter()

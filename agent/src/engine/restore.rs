@@ -738,6 +738,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
     crate::engine::files::register_epolls(p, &st.files)?;
+    crate::engine::files::take_locks(p)?;
     // A session leader takes its controlling terminal back from the fd
     // that opens it (the original device or its --tty substitute).
     if p.ctty != 0 && p.sid == p.pid {

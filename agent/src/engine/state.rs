@@ -42,6 +42,8 @@ pub struct ProcessState {
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
     pub posix_timers: Vec<PosixTimer>,
+    /// File locks held through this process's fds (`engine::files::locks`).
+    pub locks: Vec<crate::image::records::FileLock>,
     /// Wait status of a process that has exited and is not yet reaped; it
     /// has no threads, memory or files.
     pub zombie: Option<i32>,

@@ -262,6 +262,31 @@ pub struct Task {
     /// Device number of the controlling terminal a session leader holds
     /// (0 for none); the restored leader takes the terminal its fds open.
     pub ctty: u64,
+    /// File locks the process holds, taken again after its fds.
+    pub locks: Vec<FileLock>,
+}
+
+/// Who owns a file lock, which decides how it is taken again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `flock`: owned by the open file description.
+    #[default]
+    Flock,
+    /// `F_OFD_SETLK`: a byte range owned by the open file description.
+    Ofd,
+    /// `F_SETLK`: a byte range owned by the process.
+    Posix,
+}
+
+/// One file lock held through fd `fd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub fd: i32,
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte locked; `None` to the end of the file (and beyond).
+    pub end: Option<u64>,
 }
 
 /// One POSIX timer: how it notifies and when it fires next.

@@ -76,6 +76,7 @@ fn task() -> Task {
         posix_timers: vec![],
         exit_status: None,
         ctty: 0,
+        locks: vec![],
     }
 }
 

@@ -10,6 +10,7 @@ mod epoll;
 mod eventfd;
 mod inet;
 mod inotify;
+mod locks;
 mod memfd;
 mod signalfd;
 mod sock;
@@ -191,6 +192,18 @@ pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), Strin
         epoll::register(f.fd, e).map_err(|err| format!("epoll fd {}: {err}", f.fd))?;
     }
     Ok(())
+}
+
+/// The file locks held through the fds of `pid`.
+pub fn collect_locks(pid: i32, fds: &[crate::engine::state::Fd]) -> Result<Vec<crate::image::records::FileLock>, crate::engine::EngineError> {
+    locks::collect(pid, fds)
+        .map_err(|e| crate::engine::EngineError { step: format!("files {pid}"), cause: Cause::Unsupported(e) })
+}
+
+/// In a restored task whose fds are at their numbers: takes its file locks
+/// again.
+pub fn take_locks(p: &ProcessState) -> Result<(), String> {
+    p.locks.iter().try_for_each(locks::take)
 }
 
 /// The value of a `key:` line of an fdinfo text.
