@@ -204,6 +204,55 @@ mod badfd {
     }
 }
 
+/// breadth_refuse holds at fd 7 an object torpor refuses: each dump fails
+/// with a reason naming fd 7 and the kind, and the app runs on unharmed.
+mod breadth_refuse {
+    use super::*;
+
+    #[test]
+    fn control() {
+        for kind in ["--kind=packet", "--kind=perf", "--kind=scm", "--kind=backlog"] {
+            must(harness::control_run("breadth_refuse", &[kind]));
+        }
+    }
+
+    #[test]
+    fn negative() {
+        must(harness::negative_runs("breadth_refuse", &[], &["fd", "memory"]));
+    }
+
+    fn refused(kind: &str, why: &str) {
+        if !torpor_can_dump() {
+            return;
+        }
+        let reason = must(harness::refused_dump_run("breadth_refuse", &[kind]));
+        assert!(
+            reason.contains("fd 7 of process") && reason.contains(why),
+            "breadth_refuse {kind}: expected a reason naming fd 7 and {why:?}, got: {reason}"
+        );
+    }
+
+    #[test]
+    fn packet_socket_is_refused() {
+        refused("--kind=packet", "a packet socket");
+    }
+
+    #[test]
+    fn perf_event_is_refused() {
+        refused("--kind=perf", "anon_inode:[perf_event]");
+    }
+
+    #[test]
+    fn descriptor_in_flight_is_refused() {
+        refused("--kind=scm", "file descriptors in flight");
+    }
+
+    #[test]
+    fn unaccepted_connection_is_refused() {
+        refused("--kind=backlog", "waiting to be accepted");
+    }
+}
+
 /// The harness's own log check must catch a gap and a repeat.
 #[test]
 fn counter_log_check_detects_gaps_and_repeats() {
