@@ -133,7 +133,22 @@ app_tests!(breadth_inet, "breadth_inet",
 
 app_tests!(breadth_shm, "breadth_shm",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["content", "seals", "offset", "name", "size"]);
+    negatives: ["content", "seals", "offset", "name", "size", "posix-shm", "posix-shared"]);
+
+/// The POSIX shared memory file of breadth_shm is removed between dump and
+/// restore, as a power cycle empties /dev/shm: the restore recreates it
+/// from the image, with its contents, and the app finds them shared again.
+#[test]
+fn breadth_shm_posix_shm_survives_a_power_cycle() {
+    if !torpor_can_dump() {
+        return;
+    }
+    let log = must(harness::checkpoint_run_between("breadth_shm", &[], 2, &|pid, _| {
+        let path = format!("/dev/shm/torpor-breadth-{pid}");
+        std::fs::remove_file(&path).map_err(|e| format!("removing {path}: {e}"))
+    }));
+    check_log("breadth_shm", &log);
+}
 
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],

@@ -8,7 +8,13 @@
  * contents (the tail reads as zeros), offsets and seals are the same, the
  * seals still refuse growing and shrinking, writes inside the size work.
  *
- * Usage: breadth_shm [--selftest-fail=content|seals|offset|name|size]
+ * Also a POSIX shared memory object /dev/shm/torpor-breadth-PID (mode
+ * 0640, 8192 pattern bytes) mapped shared, its fd closed: after go the
+ * mapping holds the pattern and is still the file (a write through the
+ * mapping shows in the file); the object is unlinked at the end.
+ *
+ * Usage: breadth_shm [--selftest-fail=content|seals|offset|name|size|
+ *        posix-shm|posix-shared]
  */
 #include "common.h"
 
@@ -18,6 +24,11 @@
 #define SIZE 12288
 #define FILLED 10000
 #define SEED 0x5eedULL
+#define SHM_LEN 8192
+#define SHM_SEED 0x5a5aULL
+
+static char shm_name[64];
+static uint8_t *shm;
 
 static void die(const char *what)
 {
@@ -51,6 +62,16 @@ static void setup(void)
     if (lseek(10, 777, SEEK_SET) != 777 || fcntl(10, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
         die("seal");
     at(make_memfd("plain", 0), 11, "memfd 11");
+
+    snprintf(shm_name, sizeof shm_name, "/torpor-breadth-%d", (int)getpid());
+    int s = shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL, 0640);
+    if (s < 0 || fchmod(s, 0640) != 0 || ftruncate(s, SHM_LEN) != 0)
+        die("shm_open");
+    shm = mmap(NULL, SHM_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
+    if (shm == MAP_FAILED)
+        die("mmap shm");
+    close(s);
+    fill_pattern(shm, SHM_LEN, SHM_SEED);
 }
 
 static void perturbations(void)
@@ -65,6 +86,35 @@ static void perturbations(void)
         at(make_memfd("other", 0), 11, "memfd 11 again");
     if (perturb("size"))
         at(make_memfd("torpor-breadth", MFD_ALLOW_SEALING), 10, "memfd 10 again");
+    if (perturb("posix-shm"))
+        shm[100] ^= 1;
+    if (perturb("posix-shared")) {
+        static uint8_t copy[SHM_LEN];
+        memcpy(copy, shm, SHM_LEN);
+        if (mmap(shm, SHM_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != shm)
+            _exit(3);
+        memcpy(shm, copy, SHM_LEN);
+    }
+}
+
+static void check_posix_shm(void)
+{
+    check_pattern("posix shm mapping", shm, SHM_LEN, SHM_SEED);
+    int s = shm_open(shm_name, O_RDWR, 0);
+    if (s < 0) {
+        fail("shm_open %s after go: %s", shm_name, strerror(errno));
+        return;
+    }
+    struct stat st;
+    if (fstat(s, &st) != 0 || (st.st_mode & 07777) != 0640 || st.st_size != SHM_LEN)
+        fail("posix shm: expected mode 0640 size %d, got 0%o size %lld", SHM_LEN, (unsigned)(st.st_mode & 07777),
+             (long long)st.st_size);
+    shm[SHM_LEN - 1] ^= 0xff;
+    uint8_t b = 0;
+    if (pread(s, &b, 1, SHM_LEN - 1) != 1 || b != shm[SHM_LEN - 1])
+        fail("posix shm: a write through the mapping is not in the file (mapping no longer shared)");
+    close(s);
+    shm_unlink(shm_name);
 }
 
 static void check_link(int fd, const char *want)
@@ -112,5 +162,6 @@ int main(int argc, char **argv)
         fail("fd 11 seals: expected F_SEAL_SEAL, got 0x%x", seals);
     if (fstat(11, &st) != 0 || st.st_size != 0)
         fail("fd 11 size: expected 0, got %lld", (long long)st.st_size);
+    check_posix_shm();
     return finish();
 }

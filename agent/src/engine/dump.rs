@@ -95,6 +95,7 @@ pub fn dump_frozen<W: Write>(
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
+    crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();

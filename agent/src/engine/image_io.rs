@@ -29,6 +29,8 @@ pub struct ImageState {
     pub files: Vec<OpenFile>,
     pub pipes: Vec<PipeState>,
     pub processes: Vec<ProcessState>,
+    /// Contents of tmpfs files the tree maps shared, by chunk.
+    pub tmpfs_files: Vec<crate::image::records::TmpfsFile>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
 }
@@ -444,6 +446,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
+            Kind::TmpfsFile => st.tmpfs_files.push(rec.decode()?),
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
                 pipes.insert(d.id, (d.capacity, d.bytes));

@@ -153,6 +153,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         }
         for v in &p.vmas {
             if let Backing::File { path, identity, .. } = &v.backing {
+                if crate::engine::files::tmpfs_file_to_recreate(st, path) {
+                    continue;
+                }
                 let md = std::fs::metadata(path).map_err(|e| {
                     refused(
                         step,
@@ -1649,6 +1652,7 @@ pub fn restore<R: Read>(
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
         return Err(last_os()).step(|| "restore".to_string());
     }
+    crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
     let objs = open_objects(st, opts)?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;

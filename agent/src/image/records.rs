@@ -30,6 +30,8 @@ pub enum Kind {
     PipeData = 7,
     Pages = 8,
     Trailer = 9,
+    /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
+    TmpfsFile = 10,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -48,7 +50,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -58,6 +60,7 @@ impl Kind {
         Kind::PipeData,
         Kind::Pages,
         Kind::Trailer,
+        Kind::TmpfsFile,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -73,7 +76,7 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields => STATE_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
         }
     }
 
@@ -89,6 +92,7 @@ impl Kind {
             Kind::PipeData => "pipe-data",
             Kind::Pages => "pages",
             Kind::Trailer => "trailer",
+            Kind::TmpfsFile => "tmpfs-file",
         }
     }
 }
@@ -723,4 +727,23 @@ pub struct Trailer {
     pub bytes: u64,
     /// CRC32 of those bytes.
     pub crc: u32,
+}
+
+/// The most file bytes one `TmpfsFile` record carries.
+pub const TMPFS_CHUNK: usize = 48 * 1024;
+
+/// A piece of a file on tmpfs (`/dev/shm`...) mapped shared by the tree:
+/// tmpfs does not survive a power cycle, so a restore recreates the file
+/// from these records when it is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsFile {
+    pub path: RawPath,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The file's size.
+    pub size: u64,
+    /// Where `bytes` go in the file.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }

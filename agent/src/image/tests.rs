@@ -323,6 +323,7 @@ fn every_record_kind_round_trips() {
                 memory_back.extend_from_slice(&buf[..info.len]);
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
+            Kind::TmpfsFile => panic!("no tmpfs-file record was written"),
         }
     }
     assert_eq!(fds_back, fds());

@@ -15,6 +15,7 @@ mod memfd;
 mod signalfd;
 mod sock;
 mod timerfd;
+mod tmpfs;
 mod unix;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -204,6 +205,26 @@ pub fn collect_locks(pid: i32, fds: &[crate::engine::state::Fd]) -> Result<Vec<c
 /// again.
 pub fn take_locks(p: &ProcessState) -> Result<(), String> {
     p.locks.iter().try_for_each(locks::take)
+}
+
+/// Stores the contents of the tmpfs files the processes map shared.
+pub fn write_tmpfs_files<'a, W: std::io::Write>(
+    w: &mut crate::image::ImageWriter<W>,
+    procs: impl Iterator<Item = &'a ProcessState>,
+) -> Result<(), Cause> {
+    let procs: Vec<&ProcessState> = procs.collect();
+    tmpfs::write(w, &procs)
+}
+
+/// Whether a restore recreates the mapped file `path` (missing, and kept in
+/// the image): its identity then cannot be checked.
+pub fn tmpfs_file_to_recreate(st: &crate::engine::image_io::ImageState, path: &str) -> bool {
+    tmpfs::to_recreate(st, path)
+}
+
+/// Recreates the missing tmpfs files the image holds.
+pub fn recreate_tmpfs_files(st: &crate::engine::image_io::ImageState) -> Result<(), Cause> {
+    tmpfs::recreate(st)
 }
 
 /// The value of a `key:` line of an fdinfo text.
