@@ -1385,14 +1385,24 @@ fn restore_timers(
     if p.posix_timers.is_empty() {
         return Ok(());
     }
-    r.syscall(
+    // Kernels before 6.15 lack the prctl; they hand out ids in sequence in
+    // a new process, so the wanted ids are reached by creating timers in id
+    // order and deleting the ones in the gaps.
+    let restore_ids = match r.syscall(
         "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
         nr::PRCTL,
         [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
-    )?;
+    ) {
+        Ok(_) => true,
+        Err(crate::engine::remote::RemoteError::Syscall { err, .. }) if err.raw_os_error() == Some(libc::EINVAL) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let mut timers: Vec<&crate::engine::state::PosixTimer> = p.posix_timers.iter().collect();
+    timers.sort_by_key(|t| t.id);
+    let mut gaps: Vec<i32> = Vec::new();
     let word = core::mem::size_of::<usize>();
     let created = (|| -> Result<(), Cause> {
-        for t in &p.posix_timers {
+        for t in timers {
             // struct sigevent: value (a native word), signo, notify, tid;
             // 64 bytes in all.
             let mut sev = vec![0u8; 64];
@@ -1402,12 +1412,18 @@ fn restore_timers(
             sev[word + 8..word + 12].copy_from_slice(&t.tid.to_le_bytes());
             let sev_at = write_bytes(mem, tramp, 0, &sev)?;
             let id_at = write_data(mem, tramp, 128, &t.id)?;
-            r.syscall(
-                "timer_create",
-                nr::TIMER_CREATE,
-                [u64::from(t.clock.bits()), sev_at, id_at, 0, 0, 0],
-            )?;
-            let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
+            let got = loop {
+                r.syscall(
+                    "timer_create",
+                    nr::TIMER_CREATE,
+                    [u64::from(t.clock.bits()), sev_at, id_at, 0, 0, 0],
+                )?;
+                let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
+                if restore_ids || got >= t.id || gaps.len() > 65536 {
+                    break got;
+                }
+                gaps.push(got);
+            };
             if got != t.id {
                 return Err(Cause::Refused(format!(
                     "POSIX timer {} came back as {got}",
@@ -1426,11 +1442,18 @@ fn restore_timers(
         }
         Ok(())
     })();
-    r.syscall(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-        nr::PRCTL,
-        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
-    )?;
+    for id in gaps {
+        #[allow(clippy::useless_conversion)]
+        let timer_delete = i64::from(libc::SYS_timer_delete);
+        r.syscall("timer_delete", timer_delete, [u64::from(id.bits()), 0, 0, 0, 0, 0])?;
+    }
+    if restore_ids {
+        r.syscall(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            nr::PRCTL,
+            [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+        )?;
+    }
     created
 }
 
