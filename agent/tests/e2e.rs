@@ -154,6 +154,10 @@ app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync"]);
 
+app_tests!(breadth_stopped, "breadth_stopped",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["stopped", "status"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

@@ -86,6 +86,7 @@ pub fn dump_frozen<W: Write>(
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
         p.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
+        p.stopped = frozen.stopped.contains(&pid);
         procs.push((p, maps));
     }
     table.check_pipes()?;

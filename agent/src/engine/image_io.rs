@@ -258,6 +258,7 @@ pub fn write_process<W: Write>(
         exit_status: p.zombie,
         ctty: p.ctty,
         locks: p.locks.clone(),
+        stopped: p.stopped,
     };
     w.record(Kind::Task, &task)?;
     if p.zombie.is_some() {
@@ -498,6 +499,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     zombie: t.exit_status,
                     ctty: t.ctty,
                     locks: t.locks.clone(),
+                    stopped: t.stopped,
                     posix_timers: t
                         .posix_timers
                         .iter()

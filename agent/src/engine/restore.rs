@@ -1698,6 +1698,14 @@ pub fn restore<R: Read>(
     }
     let stats = rebuild_all(st, image, &mut created, high_fd, &shm)?;
     drop(objs);
+    // A process stopped at the dump gets SIGSTOP while still traced: it
+    // stops again on release, before running any code of its own.
+    for p in st.processes.iter().filter(|p| p.stopped && p.zombie.is_none()) {
+        // SAFETY: kill takes integers; the task is ours and traced.
+        if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
+            return Err(last_os()).step(|| format!("stopping process {} again", p.pid));
+        }
+    }
     for &tid in &created.traced {
         ptrace::detach(tid).step(|| "detach".to_string())?;
     }

@@ -44,6 +44,8 @@ pub struct ProcessState {
     pub posix_timers: Vec<PosixTimer>,
     /// File locks held through this process's fds (`engine::files::locks`).
     pub locks: Vec<crate::image::records::FileLock>,
+    /// Stopped by a signal (SIGSTOP...) at the dump: stopped again after.
+    pub stopped: bool,
     /// Wait status of a process that has exited and is not yet reaped; it
     /// has no threads, memory or files.
     pub zombie: Option<i32>,

@@ -268,6 +268,8 @@ pub struct Task {
     pub ctty: u64,
     /// File locks the process holds, taken again after its fds.
     pub locks: Vec<FileLock>,
+    /// Stopped by a signal at the dump; the restore stops it again.
+    pub stopped: bool,
 }
 
 /// Who owns a file lock, which decides how it is taken again.

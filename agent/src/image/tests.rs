@@ -77,6 +77,7 @@ fn task() -> Task {
         exit_status: None,
         ctty: 0,
         locks: vec![],
+        stopped: false,
     }
 }
 
