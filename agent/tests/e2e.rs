@@ -118,6 +118,46 @@ app_tests!(rustapp, "rustapp",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["tls", "stack", "tid", "name", "vec", "map", "boxed", "main-tls"]);
 
+app_tests!(breadth_events, "breadth_events",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["eventfd", "semaphore", "timerfd", "interval", "realtime", "ticks", "signalfd", "epoll", "inotify"]);
+
+app_tests!(breadth_unix, "breadth_unix",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["stream", "dgram", "seqpacket", "listener", "accepted", "abstract", "bound", "rcvbuf"]);
+
+// The checkpoint run passes 1: the app then expects its TCP connection reset.
+app_tests!(breadth_inet, "breadth_inet",
+    args: [], checkpoint_args: ["1"], negative_args: [],
+    negatives: ["listener", "port", "reset", "options", "udp", "peer"]);
+
+app_tests!(breadth_shm, "breadth_shm",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["content", "seals", "offset", "name", "size", "posix-shm", "posix-shared"]);
+
+/// The POSIX shared memory file of breadth_shm is removed between dump and
+/// restore, as a power cycle empties /dev/shm: the restore recreates it
+/// from the image, with its contents, and the app finds them shared again.
+#[test]
+fn breadth_shm_posix_shm_survives_a_power_cycle() {
+    if !torpor_can_dump() {
+        return;
+    }
+    let log = must(harness::checkpoint_run_between("breadth_shm", &[], 2, &|pid, _| {
+        let path = format!("/dev/shm/torpor-breadth-{pid}");
+        std::fs::remove_file(&path).map_err(|e| format!("removing {path}: {e}"))
+    }));
+    check_log("breadth_shm", &log);
+}
+
+app_tests!(breadth_locks, "breadth_locks",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["flock", "ofd", "posix", "range", "sync"]);
+
+app_tests!(breadth_stopped, "breadth_stopped",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["stopped", "status"]);
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.
@@ -180,6 +220,55 @@ mod badfd {
         }
         let reason = must(harness::refused_dump_run("badfd", &[]));
         eprintln!("badfd: dump refused: {}", reason.trim_end());
+    }
+}
+
+/// breadth_refuse holds at fd 7 an object torpor refuses: each dump fails
+/// with a reason naming fd 7 and the kind, and the app runs on unharmed.
+mod breadth_refuse {
+    use super::*;
+
+    #[test]
+    fn control() {
+        for kind in ["--kind=packet", "--kind=perf", "--kind=scm", "--kind=backlog"] {
+            must(harness::control_run("breadth_refuse", &[kind]));
+        }
+    }
+
+    #[test]
+    fn negative() {
+        must(harness::negative_runs("breadth_refuse", &[], &["fd", "memory"]));
+    }
+
+    fn refused(kind: &str, why: &str) {
+        if !torpor_can_dump() {
+            return;
+        }
+        let reason = must(harness::refused_dump_run("breadth_refuse", &[kind]));
+        assert!(
+            reason.contains("fd 7 of process") && reason.contains(why),
+            "breadth_refuse {kind}: expected a reason naming fd 7 and {why:?}, got: {reason}"
+        );
+    }
+
+    #[test]
+    fn packet_socket_is_refused() {
+        refused("--kind=packet", "a packet socket");
+    }
+
+    #[test]
+    fn perf_event_is_refused() {
+        refused("--kind=perf", "anon_inode:[perf_event]");
+    }
+
+    #[test]
+    fn descriptor_in_flight_is_refused() {
+        refused("--kind=scm", "file descriptors in flight");
+    }
+
+    #[test]
+    fn unaccepted_connection_is_refused() {
+        refused("--kind=backlog", "waiting to be accepted");
     }
 }
 

@@ -7,11 +7,11 @@ use engine_util::*;
 
 const WITH_SOCKET: &str = r#"
 #include <stdio.h>
+#include <linux/netlink.h>
 #include <sys/socket.h>
 #include <unistd.h>
 int main(void) {
-    int sv[2];
-    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
     setvbuf(stdout, NULL, _IONBF, 0);
     for (unsigned long i = 0;; i++) {
         printf("%lu\n", i);
@@ -55,7 +55,7 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     assert_eq!(
         err.lines().next().unwrap_or(""),
         format!(
-            "torpor: error: files {pid}: fd 3 of process {pid} is a socket (socket:[{}])",
+            "torpor: error: files {pid}: fd 3 of process {pid} (socket:[{}]): a netlink socket, which torpor cannot restore",
             socket_inode(pid)
         ),
     );

@@ -511,18 +511,8 @@ impl FileTable {
             }
             return Ok(FileKind::Pipe { pipe, write, fifo: None });
         }
-        if let Some(kind) = link.strip_prefix("anon_inode:[").and_then(|k| k.strip_suffix(']')) {
-            if matches!(kind, "eventfd" | "signalfd" | "timerfd" | "eventpoll") {
-                let path = format!("/proc/{pid}/fdinfo/{fd}");
-                return Ok(match procfs::parse_anon_fdinfo(&path, kind, &procfs::read(&path)?)? {
-                    procfs::AnonInfo::EventFd { count, semaphore } => FileKind::EventFd { count, semaphore },
-                    procfs::AnonInfo::SignalFd { mask } => FileKind::SignalFd { mask },
-                    procfs::AnonInfo::TimerFd { clock, value, interval, ticks } => {
-                        FileKind::TimerFd { clock, value, interval, ticks }
-                    }
-                    procfs::AnonInfo::Epoll { targets } => FileKind::Epoll { targets },
-                });
-            }
+        if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
+            return Ok(FileKind::Anon(a));
         }
         if !link.starts_with('/') {
             let what = if link.starts_with("socket:") {

@@ -85,14 +85,18 @@ pub fn dump_frozen<W: Write>(
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
+        p.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
+        p.stopped = frozen.stopped.contains(&pid);
         procs.push((p, maps));
     }
     table.check_pipes()?;
+    crate::engine::files::check_peers(&mut table.files)?;
 
     let wstep = || "write image".to_string();
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
+    crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();

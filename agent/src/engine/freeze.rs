@@ -47,6 +47,8 @@ pub struct Frozen {
     pub threads: BTreeMap<i32, Vec<i32>>,
     /// Zombies of the tree and their wait status: never seized.
     pub zombies: BTreeMap<i32, i32>,
+    /// Processes stopped by a signal (SIGSTOP...) before the freeze.
+    pub stopped: std::collections::BTreeSet<i32>,
     /// Every seized tid, to be detached.
     seized: Vec<i32>,
     killed: bool,
@@ -90,6 +92,7 @@ impl Frozen {
             parent: BTreeMap::new(),
             threads: BTreeMap::new(),
             zombies: BTreeMap::new(),
+            stopped: std::collections::BTreeSet::new(),
             seized: Vec::new(),
             killed: false,
         };
@@ -107,6 +110,10 @@ impl Frozen {
                     .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
                     .step(step)
                     .map_err(|e| FreezeFailure::of(e, pid != root))?;
+                // Seized, a task shows 't'; 'T' is a group stop of its own.
+                if stat.state == 'T' {
+                    f.stopped.insert(pid);
+                }
                 if stat.state == 'Z' && pid != root {
                     // An exited child its frozen parent has not reaped: it
                     // comes back as a zombie with the same status, unless

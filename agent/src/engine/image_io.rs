@@ -29,6 +29,8 @@ pub struct ImageState {
     pub files: Vec<OpenFile>,
     pub pipes: Vec<PipeState>,
     pub processes: Vec<ProcessState>,
+    /// Contents of tmpfs files the tree maps shared, by chunk.
+    pub tmpfs_files: Vec<crate::image::records::TmpfsFile>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
 }
@@ -255,6 +257,8 @@ pub fn write_process<W: Write>(
             .collect(),
         exit_status: p.zombie,
         ctty: p.ctty,
+        locks: p.locks.clone(),
+        stopped: p.stopped,
     };
     w.record(Kind::Task, &task)?;
     if p.zombie.is_some() {
@@ -388,20 +392,6 @@ pub fn write_process<W: Write>(
                 rdev: *rdev,
                 flags: of.flags,
             },
-            FileKind::EventFd { count, semaphore } => FdKind::EventFd {
-                count: *count,
-                semaphore: *semaphore,
-                flags: of.flags,
-            },
-            FileKind::SignalFd { mask } => FdKind::SignalFd { mask: *mask, flags: of.flags },
-            FileKind::TimerFd { clock, value, interval, ticks } => FdKind::TimerFd {
-                clock: *clock,
-                value_ns: ts_ns(*value),
-                interval_ns: ts_ns(*interval),
-                ticks: *ticks,
-                flags: of.flags,
-            },
-            FileKind::Epoll { targets } => FdKind::Epoll { targets: targets.clone(), flags: of.flags },
             FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
@@ -424,6 +414,7 @@ pub fn write_process<W: Write>(
                 end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
             },
+            FileKind::Anon(a) => a.record(of.flags),
         };
         w.record(
             Kind::Fd,
@@ -456,6 +447,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
+            Kind::TmpfsFile => st.tmpfs_files.push(rec.decode()?),
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
                 pipes.insert(d.id, (d.capacity, d.bytes));
@@ -506,6 +498,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     rlimits: rl,
                     zombie: t.exit_status,
                     ctty: t.ctty,
+                    locks: t.locks.clone(),
+                    stopped: t.stopped,
                     posix_timers: t
                         .posix_timers
                         .iter()
@@ -705,15 +699,6 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     },
                                 )
                             }
-                            FdKind::EventFd { count, semaphore, flags } => {
-                                (flags, FileKind::EventFd { count, semaphore })
-                            }
-                            FdKind::SignalFd { mask, flags } => (flags, FileKind::SignalFd { mask }),
-                            FdKind::TimerFd { clock, value_ns, interval_ns, ticks, flags } => (
-                                flags,
-                                FileKind::TimerFd { clock, value: ns_ts(value_ns), interval: ns_ts(interval_ns), ticks },
-                            ),
-                            FdKind::Epoll { targets, flags } => (flags, FileKind::Epoll { targets }),
                             FdKind::External { key, flags } => (flags, FileKind::External { key }),
                             FdKind::Unlinked {
                                 path,
@@ -733,6 +718,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     .map_err(|_| malformed(format!("pipe id {id}")))?;
                                 let fifo = Some(path_of(&path));
                                 (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write, fifo })
+                            }
+                            other => {
+                                let (flags, a) = crate::engine::files::AnonFile::from_record(&other)
+                                    .ok_or_else(|| malformed(format!("fd {} has an unknown kind", f.fd)))?;
+                                (flags, FileKind::Anon(a))
                             }
                         };
                         let idx = match ofds.get(&f.ofd) {

@@ -11,6 +11,7 @@
 
 pub mod collect;
 pub mod dump;
+pub mod files;
 pub mod freeze;
 pub mod image_io;
 pub mod procfs;

@@ -153,6 +153,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         }
         for v in &p.vmas {
             if let Backing::File { path, identity, .. } = &v.backing {
+                if crate::engine::files::tmpfs_file_to_recreate(st, path) {
+                    continue;
+                }
                 let md = std::fs::metadata(path).map_err(|e| {
                     refused(
                         step,
@@ -186,7 +189,6 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     }
     for f in &st.files {
         match &f.kind {
-            FileKind::EventFd { .. } | FileKind::SignalFd { .. } | FileKind::TimerFd { .. } | FileKind::Epoll { .. } => {}
             FileKind::External { key } => {
                 if !opts.inherit.iter().any(|(k, _)| k == key) {
                     return Err(refused(step, format!("external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD")));
@@ -231,6 +233,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     }
                 }
             }
+            FileKind::Anon(_) => {}
         }
     }
     Ok(())
@@ -377,8 +380,9 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
             pipe_ends.insert(id, (r, w, false, false));
         }
     }
+    let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
-        let fd = open_object(f, &mut pipe_ends, opts).step(step)?;
+        let fd = open_object(f, &mut pipe_ends, &mut pending, opts).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -397,6 +401,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
 fn open_object(
     f: &OpenFile,
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
+    pending: &mut crate::engine::files::Pending,
     opts: &RestoreOptions,
 ) -> Result<i32, Cause> {
     let open_flags =
@@ -411,14 +416,6 @@ fn open_object(
         }
         Ok(fd)
     };
-    let nonblock = f.flags.bits() & libc::O_NONBLOCK;
-    let made = |fd: i32, what: &str| -> Result<i32, Cause> {
-        if fd < 0 {
-            let e = last_os();
-            return Err(std::io::Error::new(e.kind(), format!("creating {what}: {e}")).into());
-        }
-        Ok(fd)
-    };
     match &f.kind {
         FileKind::External { key } => {
             let &(_, given) = opts
@@ -427,56 +424,13 @@ fn open_object(
                 .find(|(k, _)| k == key)
                 .ok_or_else(|| Cause::Refused(format!("no descriptor for external fd {key:?}")))?;
             // SAFETY: duplicating a descriptor the caller handed over.
-            made(unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) }, &format!("external fd {key:?}"))
-        }
-        FileKind::EventFd { count, semaphore } => {
-            let sem = if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
-            // SAFETY: eventfd with integer arguments.
-            let fd = made(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | nonblock | sem) }, "eventfd")?;
-            if *count > 0 {
-                let b = count.to_ne_bytes();
-                // SAFETY: writing 8 bytes from a local buffer adds `count`.
-                if unsafe { libc::write(fd, b.as_ptr().cast(), 8) } != 8 {
-                    return Err(last_os().into());
-                }
+            let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
+            if fd < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("creating external fd {key:?}: {e}")).into());
             }
             Ok(fd)
         }
-        FileKind::SignalFd { mask } => {
-            // SAFETY: a zeroed sigset_t is a valid empty set to fill.
-            let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
-            for sig in 1..=64 {
-                if mask & (1u64 << (sig - 1)) != 0 {
-                    // SAFETY: adding a signal number to a local set.
-                    unsafe { libc::sigaddset(&raw mut set, sig) };
-                }
-            }
-            // SAFETY: signalfd on a local set.
-            made(unsafe { libc::signalfd(-1, &raw const set, libc::SFD_CLOEXEC | nonblock) }, "signalfd")
-        }
-        FileKind::TimerFd { clock, value, interval, ticks } => {
-            // SAFETY: timerfd_create with integer arguments.
-            let fd = made(unsafe { libc::timerfd_create(*clock, libc::TFD_CLOEXEC | nonblock) }, "timerfd")?;
-            // An expired timer (periodic, or with unread expirations) shows
-            // no time left: it expires again at once.
-            let value = if *value == (0, 0) && (*interval != (0, 0) || *ticks > 0) { &(0, 1) } else { value };
-            if *value != (0, 0) {
-                let ts = |(s, ns): (i64, i64)| libc::timespec {
-                    tv_sec: libc::time_t::try_from(s).unwrap_or(libc::time_t::MAX),
-                    tv_nsec: arch::native_signed(ns) as libc::c_long,
-                };
-                let its = libc::itimerspec { it_interval: ts(*interval), it_value: ts(*value) };
-                // SAFETY: arming our timerfd from a local struct.
-                if unsafe { libc::timerfd_settime(fd, 0, &raw const its, std::ptr::null_mut()) } < 0 {
-                    return Err(last_os().into());
-                }
-            }
-            Ok(fd)
-        }
-        // Its watches are added by the task holding it, whose fd numbers
-        // they name.
-        // SAFETY: epoll_create1 with a flag.
-        FileKind::Epoll { .. } => made(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll"),
         FileKind::Path { path, pos, .. } => {
             let fd = open(path, open_flags)?;
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
@@ -549,6 +503,7 @@ fn open_object(
             }
             Ok(fd)
         }
+        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending),
     }
 }
 
@@ -772,22 +727,6 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
         targets.push(f.fd);
     }
-    // epoll watches, by the first task holding the instance (they name
-    // that task's fds).
-    for f in &p.fds {
-        let FileKind::Epoll { targets: watches } = &st.files[f.file as usize].kind else { continue };
-        let first = st.processes.iter().find(|q| q.fds.iter().any(|g| g.file == f.file)).map(|q| q.pid);
-        if first != Some(p.pid) || p.fds.iter().any(|g| g.file == f.file && g.fd < f.fd) {
-            continue;
-        }
-        for &(tfd, events, data) in watches {
-            let mut ev = libc::epoll_event { events, u64: data };
-            // SAFETY: epoll_ctl on fds of this task with a local event.
-            if unsafe { libc::epoll_ctl(f.fd, libc::EPOLL_CTL_ADD, tfd, &raw mut ev) } < 0 {
-                return Err(format!("epoll fd {} watching fd {tfd}: {}", f.fd, last_os()));
-            }
-        }
-    }
     targets.push(report_fd);
     targets.sort_unstable();
     let mut next: u32 = 0;
@@ -801,6 +740,8 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     }
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    crate::engine::files::register_epolls(p, &st.files)?;
+    crate::engine::files::take_locks(p)?;
     // A session leader takes its controlling terminal back from the fd
     // that opens it (the original device or its --tty substitute).
     if p.ctty != 0 && p.sid == p.pid {
@@ -1747,6 +1688,7 @@ pub fn restore<R: Read>(
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
         return Err(last_os()).step(|| "restore".to_string());
     }
+    crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
     let objs = open_objects(st, opts)?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
@@ -1769,6 +1711,14 @@ pub fn restore<R: Read>(
     }
     let stats = rebuild_all(st, image, &mut created, high_fd, &shm)?;
     drop(objs);
+    // A process stopped at the dump gets SIGSTOP while still traced: it
+    // stops again on release, before running any code of its own.
+    for p in st.processes.iter().filter(|p| p.stopped && p.zombie.is_none()) {
+        // SAFETY: kill takes integers; the task is ours and traced.
+        if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
+            return Err(last_os()).step(|| format!("stopping process {} again", p.pid));
+        }
+    }
     for &tid in &created.traced {
         ptrace::detach(tid).step(|| "detach".to_string())?;
     }

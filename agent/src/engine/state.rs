@@ -42,6 +42,10 @@ pub struct ProcessState {
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
     pub posix_timers: Vec<PosixTimer>,
+    /// File locks held through this process's fds (`engine::files::locks`).
+    pub locks: Vec<crate::image::records::FileLock>,
+    /// Stopped by a signal (SIGSTOP...) at the dump: stopped again after.
+    pub stopped: bool,
     /// Wait status of a process that has exited and is not yet reaped; it
     /// has no threads, memory or files.
     pub zombie: Option<i32>,
@@ -211,12 +215,6 @@ pub enum FileKind {
     },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
-    EventFd { count: u64, semaphore: bool },
-    SignalFd { mask: u64 },
-    /// (seconds, nanoseconds) left and interval; expirations not yet read.
-    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
-    /// Watched (fd, events, data), fd numbers of the first task holding it.
-    Epoll { targets: Vec<(i32, u32, u64)> },
     /// Not in the image: the restore is handed a descriptor for `key`.
     External { key: String },
     /// A regular file unlinked while open, by content.
@@ -228,7 +226,12 @@ pub enum FileKind {
     /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
     /// path of a named FIFO (whose other end may be opened by anyone).
     Pipe { pipe: u32, write: bool, fifo: Option<String> },
+    /// eventfd, timerfd, signalfd, epoll, inotify, memfd, sockets
+    /// (`engine::files`).
+    Anon(AnonFile),
 }
+
+pub use crate::engine::files::AnonFile;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeState {

@@ -994,6 +994,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::PipeData => "a pipe-data record",
         Kind::Pages => "a pages record",
         Kind::Trailer => "the trailer",
+        Kind::TmpfsFile => "a tmpfs-file record",
     }
 }
 

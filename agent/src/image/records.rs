@@ -30,6 +30,8 @@ pub enum Kind {
     PipeData = 7,
     Pages = 8,
     Trailer = 9,
+    /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
+    TmpfsFile = 10,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -48,7 +50,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -58,6 +60,7 @@ impl Kind {
         Kind::PipeData,
         Kind::Pages,
         Kind::Trailer,
+        Kind::TmpfsFile,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -73,7 +76,7 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields => STATE_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
         }
     }
 
@@ -89,6 +92,7 @@ impl Kind {
             Kind::PipeData => "pipe-data",
             Kind::Pages => "pages",
             Kind::Trailer => "trailer",
+            Kind::TmpfsFile => "tmpfs-file",
         }
     }
 }
@@ -262,6 +266,33 @@ pub struct Task {
     /// Device number of the controlling terminal a session leader holds
     /// (0 for none); the restored leader takes the terminal its fds open.
     pub ctty: u64,
+    /// File locks the process holds, taken again after its fds.
+    pub locks: Vec<FileLock>,
+    /// Stopped by a signal at the dump; the restore stops it again.
+    pub stopped: bool,
+}
+
+/// Who owns a file lock, which decides how it is taken again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `flock`: owned by the open file description.
+    #[default]
+    Flock,
+    /// `F_OFD_SETLK`: a byte range owned by the open file description.
+    Ofd,
+    /// `F_SETLK`: a byte range owned by the process.
+    Posix,
+}
+
+/// One file lock held through fd `fd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub fd: i32,
+    pub kind: LockKind,
+    pub write: bool,
+    pub start: u64,
+    /// Last byte locked; `None` to the end of the file (and beyond).
+    pub end: Option<u64>,
 }
 
 /// One POSIX timer: how it notifies and when it fires next.
@@ -425,32 +456,6 @@ pub enum FdKind {
         rdev: u64,
         flags: u32,
     },
-    /// An eventfd with its counter.
-    EventFd {
-        count: u64,
-        semaphore: bool,
-        flags: u32,
-    },
-    /// A signalfd and the signals it reads.
-    SignalFd {
-        mask: u64,
-        flags: u32,
-    },
-    /// A timerfd: its clock, time left, interval, and whether expirations
-    /// were waiting to be read (they come back as one).
-    TimerFd {
-        clock: i32,
-        value_ns: u64,
-        interval_ns: u64,
-        ticks: u64,
-        flags: u32,
-    },
-    /// An epoll instance and what it watches: (fd, events, data) in the
-    /// task that holds it.
-    Epoll {
-        targets: Vec<(i32, u32, u64)>,
-        flags: u32,
-    },
     /// A descriptor kept outside the image (a connection to a supervisor,
     /// say): the restore is handed one for `key` to put in its place.
     External {
@@ -465,6 +470,168 @@ pub enum FdKind {
         offset: u64,
         bytes: Vec<u8>,
     },
+    /// An eventfd (`flags` holds `O_NONBLOCK`).
+    EventFd { flags: u32, state: EventFd },
+    /// A timerfd, re-armed with the time it had left.
+    TimerFd { flags: u32, state: TimerFd },
+    /// A signalfd; the signals it reads are the task's pending signals.
+    SignalFd { flags: u32, state: SignalFd },
+    /// An epoll instance with its registered fds.
+    Epoll { flags: u32, state: Epoll },
+    /// An inotify instance with its watches (re-added by path).
+    Inotify { flags: u32, state: Inotify },
+    /// A UNIX domain socket.
+    Unix { flags: u32, state: UnixSocket },
+    /// A TCP or UDP socket (IPv4 or IPv6).
+    Inet { flags: u32, state: InetSocket },
+    /// A memfd, by name, contents and seals.
+    Memfd { flags: u32, state: Memfd },
+}
+
+/// A memfd (`memfd_create`): name, contents, seals and file offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memfd {
+    /// The name given to memfd_create (without the `memfd:` prefix).
+    pub name: RawPath,
+    pub size: u64,
+    /// The contents up to the last non-zero byte; the rest reads as zeros.
+    pub bytes: Vec<u8>,
+    /// `F_GET_SEALS`.
+    pub seals: u32,
+    pub offset: u64,
+}
+
+/// A TCP or UDP socket: listeners and bound or connected UDP sockets come
+/// back on their addresses; a TCP connection comes back reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InetSocket {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: i32,
+    /// `SOCK_STREAM` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// `getsockname` as raw `sockaddr_in`/`sockaddr_in6` bytes; empty if unbound.
+    pub local: Vec<u8>,
+    /// `getpeername` bytes; empty if unconnected.
+    pub peer: Vec<u8>,
+    pub listening: bool,
+    pub backlog: u32,
+    /// TCP state (`TCP_ESTABLISHED`...), 0 for UDP.
+    pub tcp_state: u8,
+    pub v6only: bool,
+    pub opts: SockOpts,
+    /// A TCP connection that was dropped before the dump (closed with its
+    /// receive side shut): it comes back dropped too.
+    pub dropped: bool,
+    /// The connection's error (ECONNRESET) was not yet read by the app.
+    pub error_pending: bool,
+}
+
+/// Socket options a restore sets again (buffer sizes as `getsockopt`
+/// reports them, i.e. doubled by the kernel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockOpts {
+    pub rcvbuf: i32,
+    pub sndbuf: i32,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub keepalive: bool,
+    pub passcred: bool,
+    /// `SO_RCVTIMEO` / `SO_SNDTIMEO` in microseconds.
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+    /// `TCP_NODELAY`.
+    pub nodelay: bool,
+}
+
+/// A UNIX domain socket: its names, its peer and what waits to be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSocket {
+    /// `SOCK_STREAM`, `SOCK_DGRAM`, `SOCK_SEQPACKET`.
+    pub sock_type: i32,
+    /// The socket's inode at the dump; pairs it with its peer.
+    pub inode: u64,
+    /// The peer's inode; 0 when unconnected or the peer is closed.
+    pub peer: u64,
+    /// Connected at the dump (a closed peer leaves it connected to nobody).
+    pub connected: bool,
+    pub listening: bool,
+    pub backlog: u32,
+    /// `getsockname`: a path, `\0`-led for an abstract name, empty if unbound.
+    pub name: RawPath,
+    /// Where a path name is bound again: the name made absolute against the
+    /// process's cwd at the dump.
+    pub bind_path: RawPath,
+    /// `getpeername` of a socket connected outside the tree.
+    pub peer_name: RawPath,
+    /// `sk_shutdown`: 1 receive side, 2 send side.
+    pub shutdown: u8,
+    /// Messages (stream: bytes) waiting in this socket's receive queue, in order.
+    pub queue: Vec<Vec<u8>>,
+    pub opts: SockOpts,
+}
+
+/// The counter and mode of an eventfd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFd {
+    pub count: u64,
+    /// `EFD_SEMAPHORE`: each read takes 1.
+    pub semaphore: bool,
+}
+
+/// A timerfd's clock, settings and what it owes the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerFd {
+    /// `CLOCK_*` id.
+    pub clock: i32,
+    /// `TFD_TIMER_ABSTIME` / `TFD_TIMER_CANCEL_ON_SET`, as last set.
+    pub settime_flags: u32,
+    pub interval_ns: u64,
+    /// Time left until the next expiry at the dump; 0 when disarmed.
+    pub value_ns: u64,
+    /// The next expiry as an absolute time on `clock`, read at the dump.
+    pub deadline_ns: u64,
+    /// Expirations not yet read.
+    pub ticks: u64,
+}
+
+/// The signals a signalfd accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalFd {
+    pub mask: u64,
+}
+
+/// One fd registered in an epoll instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollTarget {
+    /// The fd number in `Epoll::owner` that names the registered file.
+    pub fd: i32,
+    /// `EPOLLIN`... with `EPOLLET`, `EPOLLONESHOT` and friends.
+    pub events: u32,
+    pub data: u64,
+}
+
+/// An epoll instance: its targets, by fd number in the process that holds
+/// them (`owner`), which registers them again after its fds are in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoll {
+    pub owner: i32,
+    pub targets: Vec<EpollTarget>,
+}
+
+/// One inotify watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    /// The watched inode's path at the dump.
+    pub path: RawPath,
+}
+
+/// An inotify instance: its watches in wd order. Queued events are not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inotify {
+    pub watches: Vec<InotifyWatch>,
 }
 
 /// The largest unlinked file stored by content (it travels in its fd
@@ -562,4 +729,23 @@ pub struct Trailer {
     pub bytes: u64,
     /// CRC32 of those bytes.
     pub crc: u32,
+}
+
+/// The most file bytes one `TmpfsFile` record carries.
+pub const TMPFS_CHUNK: usize = 48 * 1024;
+
+/// A piece of a file on tmpfs (`/dev/shm`...) mapped shared by the tree:
+/// tmpfs does not survive a power cycle, so a restore recreates the file
+/// from these records when it is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsFile {
+    pub path: RawPath,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The file's size.
+    pub size: u64,
+    /// Where `bytes` go in the file.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }

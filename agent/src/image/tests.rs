@@ -76,6 +76,8 @@ fn task() -> Task {
         posix_timers: vec![],
         exit_status: None,
         ctty: 0,
+        locks: vec![],
+        stopped: false,
     }
 }
 
@@ -322,6 +324,7 @@ fn every_record_kind_round_trips() {
                 memory_back.extend_from_slice(&buf[..info.len]);
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
+            Kind::TmpfsFile => panic!("no tmpfs-file record was written"),
         }
     }
     assert_eq!(fds_back, fds());

@@ -742,6 +742,17 @@ fn expect_tree_back(name: &str, tree: &[i32], w: &Workdir) -> Result<(), String>
 /// Checkpoint run: start → READY → (dump → tree gone → restore → same tree)
 /// × `cycles` → go → PASS, exit 0. Returns the app.log contents.
 pub fn checkpoint_run(name: &str, args: &[&str], cycles: u32) -> Result<String, String> {
+    checkpoint_run_between(name, args, cycles, &|_, _| Ok(()))
+}
+
+/// [`checkpoint_run`] with `between(pid, workdir)` run in every cycle once
+/// the tree is gone, before the restore: what a power cycle would lose.
+pub fn checkpoint_run_between(
+    name: &str,
+    args: &[&str],
+    cycles: u32,
+    between: &dyn Fn(i32, &Workdir) -> Result<(), String>,
+) -> Result<String, String> {
     run_app(
         &format!("checkpoint-{name}"),
         name,
@@ -763,6 +774,7 @@ pub fn checkpoint_run(name: &str, args: &[&str], cycles: u32) -> Result<String, 
                 expect_tree_gone(name, &tree, w).map_err(|e| {
                     format!("{name}, cycle {cycle}: {e}\n  after {}", dumped.describe())
                 })?;
+                between(pid, w).map_err(|e| format!("{name}, cycle {cycle}, between dump and restore: {e}"))?;
                 let restored = restore(&image, w, &format!("restore{cycle}"))?;
                 if !restored.success {
                     return Err(format!(

@@ -1,0 +1,90 @@
+//! epoll: the registered fds with their events and data. The instance is
+//! created empty; the process that held the targets registers them again
+//! under the same fd numbers once its fds are in place, and the kernel then
+//! finds the ready ones ready, as before.
+#![allow(unsafe_code)]
+
+use super::{hex_u64, into_raw, last_os, owned};
+use crate::image::records::{Epoll, EpollTarget};
+
+/// `KCMP_EPOLL_TFD`: is this file the target registered in that epoll?
+const KCMP_EPOLL_TFD: libc::c_long = 7;
+
+#[repr(C)]
+struct KcmpEpollSlot {
+    efd: u32,
+    tfd: u32,
+    toff: u32,
+}
+
+/// One `tfd:` line: `tfd: N events: HEX data: HEX  pos:.. ino:.. sdev:..`.
+fn parse_target(line: &str) -> Option<EpollTarget> {
+    let mut w = line.split_whitespace();
+    if w.next()? != "tfd:" {
+        return None;
+    }
+    let fd: i32 = w.next()?.parse().ok()?;
+    if w.next()? != "events:" {
+        return None;
+    }
+    let events = u32::try_from(hex_u64(w.next()?)?).ok()?;
+    if w.next()? != "data:" {
+        return None;
+    }
+    let data = hex_u64(w.next()?)?;
+    Some(EpollTarget { fd, events, data })
+}
+
+pub(super) fn collect(pid: i32, fd: i32, info: &str) -> Result<Epoll, String> {
+    let mut targets: Vec<EpollTarget> = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+        let t = parse_target(line).ok_or_else(|| format!("unreadable line {line:?}"))?;
+        // The target is known by the fd number it was added with; it must
+        // still name the same file in this process to be registered again.
+        let toff = targets.iter().filter(|o| o.fd == t.fd).count();
+        let slot = KcmpEpollSlot {
+            efd: u32::try_from(fd).unwrap_or(u32::MAX),
+            tfd: u32::try_from(t.fd).unwrap_or(u32::MAX),
+            toff: u32::try_from(toff).unwrap_or(u32::MAX),
+        };
+        // SAFETY: kcmp reads one kcmp_epoll_slot.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                libc::c_long::from(pid),
+                libc::c_long::from(pid),
+                KCMP_EPOLL_TFD,
+                libc::c_long::from(t.fd),
+                &raw const slot,
+            )
+        };
+        if r != 0 {
+            let why = if r < 0 { last_os().to_string() } else { "fd now names another file".into() };
+            return Err(format!(
+                "registered target fd {} is no longer that fd of process {pid} ({why}); torpor cannot register it again",
+                t.fd
+            ));
+        }
+        targets.push(t);
+    }
+    Ok(Epoll { owner: pid, targets })
+}
+
+pub(super) fn open() -> Result<i32, std::io::Error> {
+    // SAFETY: epoll_create1 takes an integer.
+    owned(libc::c_long::from(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })).map(into_raw)
+}
+
+/// Registers the targets again; `epfd` and every target fd are at their
+/// numbers in the calling process.
+pub(super) fn register(epfd: i32, e: &Epoll) -> Result<(), std::io::Error> {
+    for t in &e.targets {
+        let mut ev = libc::epoll_event { events: t.events, u64: t.data };
+        // SAFETY: epoll_ctl reads one epoll_event.
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, t.fd, &raw mut ev) } < 0 {
+            let err = last_os();
+            return Err(std::io::Error::new(err.kind(), format!("adding target fd {}: {err}", t.fd)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! TCP and UDP sockets. Listeners are bound again on their address and port
+//! and listen with their backlog; UDP sockets are bound again and, when
+//! connected, connected again. An established TCP connection cannot follow
+//! the tree (its peer's state is elsewhere, and gone after a power cycle):
+//! it comes back as a connection reset by its peer, so the app's next read
+//! fails with ECONNRESET and its next write with EPIPE, as after a network
+//! drop. Options set again: `sock::apply_opts`.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::sock::{apply_opts, collect_opts, get_int, set_int, socklen};
+use super::{dup_from, into_raw, last_os, owned};
+use crate::image::records::InetSocket;
+
+const TCP_LISTEN: u8 = 10;
+/// Offsets in `struct tcp_info`: state, and for a listener the backlog
+/// limit (`tcpi_sacked`).
+const TCPI_STATE: usize = 0;
+const TCPI_SACKED: usize = 28;
+
+fn name(f: &OwnedFd, peer: bool) -> Result<Vec<u8>, std::io::Error> {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    let mut a: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = socklen::<libc::sockaddr_storage>();
+    let p = (&raw mut a).cast::<libc::sockaddr>();
+    // SAFETY: get*name writes at most `len` bytes into `a`.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(f.as_raw_fd(), p, &raw mut len)
+        } else {
+            libc::getsockname(f.as_raw_fd(), p, &raw mut len)
+        }
+    };
+    if r < 0 {
+        let e = last_os();
+        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(Vec::new()) } else { Err(e) };
+    }
+    // SAFETY: `a` is `len` (at most its size) initialised bytes.
+    let bytes = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), (len as usize).min(core::mem::size_of_val(&a))) };
+    Ok(bytes.to_vec())
+}
+
+/// The port of a raw sockaddr_in/sockaddr_in6 (same offset in both).
+fn port(addr: &[u8]) -> u16 {
+    addr.get(2..4).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+}
+
+pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, String> {
+    let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
+    let io = |e: std::io::Error| e.to_string();
+    let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
+    let protocol = get_int(&f, libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(io)?;
+    let tcp = protocol == libc::IPPROTO_TCP;
+    if !(tcp && sock_type == libc::SOCK_STREAM || protocol == libc::IPPROTO_UDP && sock_type == libc::SOCK_DGRAM) {
+        return Err(format!("protocol {protocol} (type {sock_type}) is neither TCP nor UDP"));
+    }
+    let (mut tcp_state, mut backlog) = (0u8, 0u32);
+    if tcp {
+        let mut info = [0u8; 104];
+        let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        if unsafe { libc::getsockopt(f.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &raw mut len) } < 0 {
+            return Err(format!("TCP_INFO: {}", last_os()));
+        }
+        tcp_state = info[TCPI_STATE];
+        backlog = u32::from_ne_bytes([info[TCPI_SACKED], info[TCPI_SACKED + 1], info[TCPI_SACKED + 2], info[TCPI_SACKED + 3]]);
+    }
+    let v6only = family == libc::AF_INET6 && get_int(&f, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map_err(io)? != 0;
+    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one pollfd, no wait; poll reads the state without changing it.
+    unsafe { libc::poll(&raw mut p, 1, 0) };
+    const TCP_CLOSE: u8 = 7;
+    let dropped = tcp && tcp_state == TCP_CLOSE && p.revents & libc::POLLRDHUP != 0;
+    let mut local = name(&f, false).map_err(io)?;
+    if port(&local) == 0 {
+        local.clear();
+    }
+    Ok(InetSocket {
+        family,
+        sock_type,
+        protocol,
+        local,
+        peer: name(&f, true).map_err(io)?,
+        listening: tcp && tcp_state == TCP_LISTEN,
+        backlog,
+        tcp_state,
+        v6only,
+        opts: collect_opts(&f, tcp).map_err(io)?,
+        dropped,
+        error_pending: p.revents & libc::POLLERR != 0,
+    })
+}
+
+fn bind(fd: i32, s: &InetSocket) -> Result<(), std::io::Error> {
+    let len = libc::socklen_t::try_from(s.local.len()).unwrap_or(0);
+    // SAFETY: bind reads `len` bytes of the saved address.
+    let r = unsafe { libc::bind(fd, s.local.as_ptr().cast(), len) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = last_os();
+    if e.raw_os_error() != Some(libc::EADDRINUSE) || s.opts.reuseaddr || s.sock_type != libc::SOCK_STREAM {
+        return Err(e);
+    }
+    // Connections of the dumped tree linger in TIME_WAIT on the port;
+    // SO_REUSEADDR lets a listener past them and is cleared again.
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    // SAFETY: as above.
+    let r = unsafe { libc::bind(fd, s.local.as_ptr().cast(), len) };
+    let e = last_os();
+    set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+    if r < 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn new_socket(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: socket takes integers only.
+    owned(libc::c_long::from(unsafe { libc::socket(s.family, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) }))
+}
+
+/// A TCP socket whose connection its peer reset: connected over loopback
+/// to a throw-away listener whose accepted end closes with a zero linger.
+fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
+    let lst = new_socket(s)?;
+    // Loopback of the family, port 0: the kernel picks one.
+    let mut addr = [0u8; 28];
+    let len = if s.family == libc::AF_INET6 {
+        addr[..2].copy_from_slice(&u16::try_from(libc::AF_INET6).unwrap_or(10).to_ne_bytes());
+        addr[23] = 1; // ::1
+        28
+    } else {
+        addr[..2].copy_from_slice(&u16::try_from(libc::AF_INET).unwrap_or(2).to_ne_bytes());
+        addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        16
+    };
+    let len = libc::socklen_t::try_from(len).unwrap_or(0);
+    // SAFETY: bind/listen on our socket with a local address buffer.
+    if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0 || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0 {
+        return Err(last_os());
+    }
+    let bound = name(&lst, false)?;
+    let c = new_socket(s)?;
+    let blen = libc::socklen_t::try_from(bound.len()).unwrap_or(0);
+    // SAFETY: connect reads `blen` bytes of `bound`.
+    if unsafe { libc::connect(c.as_raw_fd(), bound.as_ptr().cast(), blen) } < 0 {
+        return Err(last_os());
+    }
+    // SAFETY: accept with no address wanted.
+    let a = owned(libc::c_long::from(unsafe { libc::accept(lst.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) }))?;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads one linger.
+    if unsafe { libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), socklen::<libc::linger>()) } < 0 {
+        return Err(last_os());
+    }
+    drop(a);
+    drop(lst);
+    // The reset travels through loopback synchronously, but wait until it
+    // is seen rather than rely on that (poll, not SO_ERROR, which would
+    // consume the ECONNRESET the app is to read).
+    for _ in 0..100 {
+        if pending_error(&c) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(c)
+}
+
+/// Whether a read would report an error or EOF now (the reset arrived).
+fn pending_error(f: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, no wait.
+    let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) != 0
+}
+
+pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error> {
+    let tcp = s.protocol == libc::IPPROTO_TCP;
+    let f = if tcp && !s.listening && (!s.peer.is_empty() || s.dropped) {
+        let c = reset_connection(s)?;
+        if s.dropped && !s.error_pending {
+            // The app had already read the reset; only EOF and EPIPE remain.
+            get_int(&c, libc::SOL_SOCKET, libc::SO_ERROR)?;
+        }
+        c
+    } else {
+        let f = new_socket(s)?;
+        if s.v6only {
+            set_int(f.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        if s.opts.reuseaddr {
+            set_int(f.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        if s.opts.reuseport {
+            set_int(f.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        if !s.local.is_empty() {
+            bind(f.as_raw_fd(), s).map_err(|e| std::io::Error::new(e.kind(), format!("binding port {}: {e}", port(&s.local))))?;
+        }
+        if s.listening {
+            let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
+            // SAFETY: listen takes integers.
+            if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {
+                return Err(last_os());
+            }
+        } else if !s.peer.is_empty() {
+            let len = libc::socklen_t::try_from(s.peer.len()).unwrap_or(0);
+            // SAFETY: connect reads `len` bytes of the saved address.
+            if unsafe { libc::connect(f.as_raw_fd(), s.peer.as_ptr().cast(), len) } < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("connecting to port {}: {e}", port(&s.peer))));
+            }
+        }
+        f
+    };
+    apply_opts(f.as_raw_fd(), &s.opts, tcp)?;
+    if nonblock {
+        // SAFETY: F_SETFL on our fd.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(last_os());
+        }
+    }
+    Ok(into_raw(f))
+}

@@ -1,0 +1,134 @@
+//! What every socket kind shares: options read through a duplicate of the
+//! fd and set again on the new socket, and socket addresses.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::last_os;
+use crate::image::records::SockOpts;
+
+/// The size of `T` as a socket length argument.
+pub(super) fn socklen<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(core::mem::size_of::<T>()).unwrap_or(0)
+}
+
+pub(super) fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32, std::io::Error> {
+    let mut v: libc::c_int = 0;
+    let mut len = socklen::<libc::c_int>();
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    if unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&raw mut v).cast(), &raw mut len) } < 0 {
+        return Err(last_os());
+    }
+    Ok(v)
+}
+
+pub(super) fn set_int(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), std::io::Error> {
+    // SAFETY: setsockopt reads one int.
+    if unsafe { libc::setsockopt(fd, level, opt, (&raw const v).cast(), socklen::<libc::c_int>()) } < 0 {
+        return Err(last_os());
+    }
+    Ok(())
+}
+
+fn get_timeo(fd: &OwnedFd, opt: i32) -> Result<u64, std::io::Error> {
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = socklen::<libc::timeval>();
+    // SAFETY: getsockopt writes at most `len` bytes into `tv`.
+    if unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&raw mut tv).cast(), &raw mut len) } < 0 {
+        return Err(last_os());
+    }
+    Ok(u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0))
+}
+
+fn set_timeo(fd: i32, opt: i32, us: u64) -> Result<(), std::io::Error> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(us / 1_000_000).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::try_from(us % 1_000_000).unwrap_or(0),
+    };
+    // SAFETY: setsockopt reads one timeval.
+    if unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const tv).cast(), socklen::<libc::timeval>()) } < 0 {
+        return Err(last_os());
+    }
+    Ok(())
+}
+
+/// The options of a socket (`tcp`: it is a TCP socket, with `TCP_NODELAY`).
+pub(super) fn collect_opts(fd: &OwnedFd, tcp: bool) -> Result<SockOpts, std::io::Error> {
+    let sol = libc::SOL_SOCKET;
+    Ok(SockOpts {
+        rcvbuf: get_int(fd, sol, libc::SO_RCVBUF)?,
+        sndbuf: get_int(fd, sol, libc::SO_SNDBUF)?,
+        reuseaddr: get_int(fd, sol, libc::SO_REUSEADDR)? != 0,
+        reuseport: get_int(fd, sol, libc::SO_REUSEPORT)? != 0,
+        keepalive: get_int(fd, sol, libc::SO_KEEPALIVE)? != 0,
+        // Only UNIX sockets have it; newer kernels refuse it on others.
+        passcred: match get_int(fd, sol, libc::SO_PASSCRED) {
+            Ok(v) => v != 0,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
+            Err(e) => return Err(e),
+        },
+        rcvtimeo_us: get_timeo(fd, libc::SO_RCVTIMEO)?,
+        sndtimeo_us: get_timeo(fd, libc::SO_SNDTIMEO)?,
+        nodelay: tcp && get_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)? != 0,
+    })
+}
+
+/// Sets on a new socket the options that differ from its defaults. The
+/// kernel doubles a buffer size it is given, so half the saved value is set
+/// and `getsockopt` reports what it did at the dump.
+pub(super) fn apply_opts(fd: i32, o: &SockOpts, tcp: bool) -> Result<(), std::io::Error> {
+    let sol = libc::SOL_SOCKET;
+    let set_bool = |opt: i32, v: bool| if v { set_int(fd, sol, opt, 1) } else { Ok(()) };
+    set_bool(libc::SO_REUSEADDR, o.reuseaddr)?;
+    set_bool(libc::SO_REUSEPORT, o.reuseport)?;
+    set_bool(libc::SO_KEEPALIVE, o.keepalive)?;
+    set_bool(libc::SO_PASSCRED, o.passcred)?;
+    if tcp && o.nodelay {
+        set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    }
+    if o.rcvtimeo_us > 0 {
+        set_timeo(fd, libc::SO_RCVTIMEO, o.rcvtimeo_us)?;
+    }
+    if o.sndtimeo_us > 0 {
+        set_timeo(fd, libc::SO_SNDTIMEO, o.sndtimeo_us)?;
+    }
+    let own = {
+        // A borrowed view for get_int; the fd stays the caller's.
+        // SAFETY: `fd` is open for the duration of this call; ManuallyDrop
+        // keeps it from being closed.
+        core::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    for (opt, want) in [(libc::SO_RCVBUF, o.rcvbuf), (libc::SO_SNDBUF, o.sndbuf)] {
+        if want > 0 && get_int(&own, sol, opt)? != want {
+            set_int(fd, sol, opt, want / 2)?;
+        }
+    }
+    Ok(())
+}
+
+/// A `sockaddr_un` for a path or an abstract name (`\0`-led).
+pub(super) fn sockaddr_un(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t), std::io::Error> {
+    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
+    let mut a: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    a.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
+    if name.len() >= a.sun_path.len() {
+        return Err(std::io::Error::other(format!("socket name of {} bytes is too long", name.len())));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    let len = core::mem::size_of::<libc::sa_family_t>() + name.len() + usize::from(name.first() != Some(&0));
+    Ok((a, libc::socklen_t::try_from(len).unwrap_or(0)))
+}
+
+/// The name bytes of a `sockaddr_un` of `len` bytes (no trailing NUL).
+pub(super) fn un_name(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
+    let n = (len as usize).saturating_sub(core::mem::size_of::<libc::sa_family_t>()).min(a.sun_path.len());
+    let mut v: Vec<u8> = a.sun_path[..n].iter().map(|c| u8::from_ne_bytes(c.to_ne_bytes())).collect();
+    if v.first() != Some(&0) {
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+    }
+    v
+}

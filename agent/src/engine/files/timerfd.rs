@@ -1,0 +1,88 @@
+//! timerfd: clock, interval, time left and unread expirations. A relative
+//! timer fires after the time it had left, counted from the restore; an
+//! absolute `CLOCK_REALTIME` timer keeps its wall-clock deadline.
+#![allow(unsafe_code)]
+
+use super::{field, into_raw, last_os, owned};
+use crate::image::records::TimerFd;
+
+const NS: u64 = 1_000_000_000;
+/// `TFD_IOC_SET_TICKS`: `_IOW('T', 0, u64)`.
+const TFD_IOC_SET_TICKS: libc::Ioctl = 0x4008_5400;
+
+/// `(sec, nsec)` as fdinfo prints an `it_value`/`it_interval`.
+fn pair_ns(s: &str) -> Option<u64> {
+    let (a, b) = s.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    let sec: u64 = a.trim().parse().ok()?;
+    let nsec: u64 = b.trim().parse().ok()?;
+    sec.checked_mul(NS)?.checked_add(nsec)
+}
+
+fn now_ns(clock: i32) -> Result<u64, std::io::Error> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    if unsafe { libc::clock_gettime(clock, &raw mut ts) } < 0 {
+        return Err(last_os());
+    }
+    Ok(u64::try_from(ts.tv_sec).unwrap_or(0) * NS + u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(ns / NS).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::try_from(ns % NS).unwrap_or(0),
+    }
+}
+
+/// Clocks whose absolute values mean the same after a power cycle.
+fn is_wall_clock(clock: i32) -> bool {
+    clock == libc::CLOCK_REALTIME || clock == libc::CLOCK_REALTIME_ALARM
+}
+
+pub(super) fn collect(info: &str) -> Result<TimerFd, String> {
+    let clock: i32 = field(info, "clockid").and_then(|v| v.parse().ok()).ok_or("no readable clockid")?;
+    let ticks: u64 = field(info, "ticks").and_then(|v| v.parse().ok()).ok_or("no readable ticks")?;
+    let settime_flags =
+        field(info, "settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or("no readable settime flags")?;
+    let value_ns = field(info, "it_value").and_then(pair_ns).ok_or("no readable it_value")?;
+    let interval_ns = field(info, "it_interval").and_then(pair_ns).ok_or("no readable it_interval")?;
+    let deadline_ns = if value_ns > 0 { now_ns(clock).map_err(|e| format!("clock {clock}: {e}"))? + value_ns } else { 0 };
+    Ok(TimerFd { clock, settime_flags, interval_ns, value_ns, deadline_ns, ticks })
+}
+
+pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
+    let mut flags = libc::TFD_CLOEXEC;
+    if nonblock {
+        flags |= libc::TFD_NONBLOCK;
+    }
+    // SAFETY: timerfd_create takes integers only.
+    let f = owned(libc::c_long::from(unsafe { libc::timerfd_create(s.clock, flags) }))?;
+    use std::os::fd::AsRawFd;
+    let armed = s.value_ns > 0 || s.interval_ns > 0;
+    if armed {
+        let abs = s.settime_flags & (libc::TFD_TIMER_ABSTIME as u32) != 0;
+        // An interval timer due at the freeze is due at once, not disarmed.
+        let left = s.value_ns.max(1);
+        let (value, set_flags) = if abs {
+            let at = if is_wall_clock(s.clock) { s.deadline_ns } else { now_ns(s.clock)? + left };
+            (at, s.settime_flags)
+        } else {
+            (left, s.settime_flags & !(libc::TFD_TIMER_ABSTIME as u32))
+        };
+        let its = libc::itimerspec { it_interval: timespec(s.interval_ns), it_value: timespec(value) };
+        let set_flags = libc::c_int::try_from(set_flags).unwrap_or(0);
+        // SAFETY: timerfd_settime reads one itimerspec; no old value.
+        if unsafe { libc::timerfd_settime(f.as_raw_fd(), set_flags, &raw const its, std::ptr::null_mut()) } < 0 {
+            return Err(last_os());
+        }
+    }
+    if s.ticks > 0 {
+        let ticks = s.ticks;
+        // SAFETY: TFD_IOC_SET_TICKS reads one u64.
+        if unsafe { libc::ioctl(f.as_raw_fd(), TFD_IOC_SET_TICKS, &raw const ticks) } < 0 {
+            let e = last_os();
+            return Err(std::io::Error::new(e.kind(), format!("restoring {ticks} unread expirations: {e}")));
+        }
+    }
+    Ok(into_raw(f))
+}

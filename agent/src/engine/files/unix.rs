@@ -1,0 +1,395 @@
+//! UNIX domain sockets. Peers are paired by inode through sock_diag
+//! (`NETLINK_SOCK_DIAG`, `UNIX_DIAG_PEER`); the receive queue is read
+//! without taking it, through a duplicate of the fd (pidfd_getfd) with
+//! `MSG_PEEK` and `SO_PEEK_OFF`, one message per read. A restore creates a
+//! connected pair with socketpair(2) and lets each end send the other's
+//! queue; listeners and bound datagram sockets are bound again (a stale
+//! socket file of the same path removed first) and a datagram socket's
+//! queue is sent to it from an unnamed socket.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::sock::{apply_opts, collect_opts, get_int, set_int, sockaddr_un, un_name};
+use super::{dup_from, into_raw, last_os, owned};
+use crate::image::records::{RawPath, UnixSocket};
+
+/// The most queued bytes one socket may hold in an image (its record is
+/// bounded).
+pub const QUEUE_LIMIT: usize = 60 * 1024;
+/// The most queued messages one socket may hold in an image.
+const MESSAGE_LIMIT: usize = 4096;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+const TCP_LISTEN: u8 = 10;
+
+/// What sock_diag tells of one socket.
+#[derive(Default)]
+struct Diag {
+    state: u8,
+    peer: u64,
+    /// Listener: connections waiting to be accepted, and the backlog limit.
+    waiting: u32,
+    backlog: u32,
+    shutdown: u8,
+}
+
+fn diag(inode: u64) -> Result<Diag, String> {
+    // SAFETY: socket takes integers only.
+    let nl = owned(libc::c_long::from(unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+    }))
+    .map_err(|e| format!("sock_diag socket: {e}"))?;
+    let ino = u32::try_from(inode).map_err(|_| format!("socket inode {inode} beyond 32 bits"))?;
+    // nlmsghdr (16) + unix_diag_req (24).
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&u16::try_from(libc::NLM_F_REQUEST).unwrap_or(1).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[u8::try_from(libc::AF_UNIX).unwrap_or(1), 0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: sending our buffer to the kernel.
+    if unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(format!("sock_diag request: {}", last_os()));
+    }
+    let mut buf = [0u8; 8192];
+    // SAFETY: receiving into our buffer.
+    let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let n = usize::try_from(n).map_err(|_| format!("sock_diag reply: {}", last_os()))?;
+    let msg = &buf[..n];
+    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
+    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+    let ty = u16_at(msg, 4).ok_or("short sock_diag reply")?;
+    if i32::from(ty) == libc::NLMSG_ERROR {
+        let err = u32_at(msg, 16).map_or(0, crate::arch::Bits::bits);
+        let why = std::io::Error::from_raw_os_error(-err);
+        return Err(format!("sock_diag of socket:[{inode}]: {why} (is the kernel's unix_diag available?)"));
+    }
+    let total = (u32_at(msg, 0).ok_or("short sock_diag reply")? as usize).min(n);
+    let mut d = Diag { state: *msg.get(18).ok_or("short sock_diag reply")?, ..Diag::default() };
+    // rtattrs after nlmsghdr (16) + unix_diag_msg (16).
+    let mut o = 32;
+    while o + 4 <= total {
+        let len = usize::from(u16_at(msg, o).unwrap_or(0));
+        let at = u16_at(msg, o + 2).unwrap_or(0);
+        if len < 4 {
+            break;
+        }
+        match at {
+            UNIX_DIAG_PEER => d.peer = u64::from(u32_at(msg, o + 4).unwrap_or(0)),
+            UNIX_DIAG_RQLEN => {
+                d.waiting = u32_at(msg, o + 4).unwrap_or(0);
+                d.backlog = u32_at(msg, o + 8).unwrap_or(0);
+            }
+            UNIX_DIAG_SHUTDOWN => d.shutdown = msg.get(o + 4).copied().unwrap_or(0),
+            _ => {}
+        }
+        o += (len + 3) & !3;
+    }
+    Ok(d)
+}
+
+/// Every message waiting in the socket's receive queue, left in place.
+fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Result<Vec<Vec<u8>>, String> {
+    let fd = f.as_raw_fd();
+    let old_off = get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut cbuf = [0u64; 16];
+        // SAFETY: msghdr is plain data; all-zero is valid.
+        let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
+        m.msg_iov = &raw mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = cbuf.as_mut_ptr().cast();
+        m.msg_controllen = core::mem::size_of_val(&cbuf) as _;
+        // SAFETY: recvmsg fills our iovec and control buffer.
+        let n = unsafe { libc::recvmsg(fd, &raw mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = last_os();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                break Ok(());
+            }
+            break Err(format!("peeking the queue: {e}"));
+        }
+        if n == 0 && (stream || eof) {
+            // At EOF after a shutdown a read returns 0 for ever.
+            break Ok(());
+        }
+        if out.len() >= MESSAGE_LIMIT {
+            break Err(format!("more than {MESSAGE_LIMIT} messages are queued"));
+        }
+        // SAFETY: walking the control messages the kernel just wrote.
+        let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const m) };
+        while !c.is_null() {
+            // SAFETY: `c` points into `cbuf`, as CMSG_FIRSTHDR/NXTHDR guarantee.
+            let (level, ty) = unsafe { ((*c).cmsg_level, (*c).cmsg_type) };
+            if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
+                // SAFETY: the data of an SCM_RIGHTS message is fds torpor now
+                // holds; CMSG_LEN only computes.
+                let (data, len, head) = unsafe { (libc::CMSG_DATA(c).cast::<i32>(), (*c).cmsg_len, libc::CMSG_LEN(0)) };
+                #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+                let count = (len as usize).saturating_sub(head as usize) / 4;
+                for i in 0..count {
+                    // SAFETY: closing the fds the peek gave us.
+                    unsafe { libc::close(*data.add(i)) };
+                }
+                break;
+            }
+            // SAFETY: as above.
+            c = unsafe { libc::CMSG_NXTHDR(&raw const m, c) };
+        }
+        if !c.is_null() {
+            break Err(format!("socket:[{inode}] has file descriptors in flight (SCM_RIGHTS), which torpor does not keep"));
+        }
+        if m.msg_flags & libc::MSG_TRUNC != 0 {
+            break Err("a queued message is larger than 256 KiB".into());
+        }
+        let n = n.unsigned_abs();
+        total += n;
+        if total > QUEUE_LIMIT {
+            break Err(format!("{total} bytes or more are queued (torpor keeps up to {QUEUE_LIMIT})"));
+        }
+        out.push(buf[..n].to_vec());
+    };
+    // The peek offset is socket state: put it back as the app had it.
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    result.map(|()| out)
+}
+
+/// The socket's name, or its peer's; `None` when it has no peer.
+fn name_of(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
+    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
+    let mut a: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    let mut len = super::sock::socklen::<libc::sockaddr_un>();
+    let p = (&raw mut a).cast::<libc::sockaddr>();
+    // SAFETY: get*name writes at most `len` bytes into `a`.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(f.as_raw_fd(), p, &raw mut len)
+        } else {
+            libc::getsockname(f.as_raw_fd(), p, &raw mut len)
+        }
+    };
+    if r < 0 {
+        let e = last_os();
+        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(un_name(&a, len)))
+}
+
+pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, String> {
+    let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
+    let io = |e: std::io::Error| e.to_string();
+    let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
+    let d = diag(inode)?;
+    let name = name_of(&f, false).map_err(io)?.unwrap_or_default();
+    let peer_name = name_of(&f, true).map_err(io)?;
+    // A peer, even a closed or unnamed one (socketpair), is a connection.
+    let connected = peer_name.is_some() || d.peer != 0;
+    let peer_name = peer_name.unwrap_or_default();
+    let mut bind_path = name.clone();
+    if !name.is_empty() && name[0] != 0 && name[0] != b'/' {
+        // Bound by a relative path: it meant the cwd of the time.
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io)?;
+        use std::os::unix::ffi::OsStrExt;
+        let mut abs = cwd.as_os_str().as_bytes().to_vec();
+        abs.push(b'/');
+        abs.extend_from_slice(&name);
+        bind_path = abs;
+    }
+    let listening = d.state == TCP_LISTEN;
+    let queue = if listening {
+        if d.peer != 0 {
+            return Err("listener with a peer".into());
+        }
+        Vec::new()
+    } else {
+        peek_queue(&f, inode, sock_type == libc::SOCK_STREAM, d.shutdown & 1 != 0)?
+    };
+    if listening && d.waiting > 0 {
+        return Err(format!(
+            "listener {} has {} connection(s) waiting to be accepted, which torpor cannot keep",
+            String::from_utf8_lossy(&name),
+            d.waiting
+        ));
+    }
+    Ok(UnixSocket {
+        sock_type,
+        inode,
+        peer: d.peer,
+        connected,
+        listening,
+        backlog: d.backlog,
+        name: RawPath(name),
+        bind_path: RawPath(bind_path),
+        peer_name: RawPath(peer_name),
+        shutdown: d.shutdown,
+        queue,
+        opts: collect_opts(&f, false).map_err(io)?,
+    })
+}
+
+/// One end of a pair created for the first of two peers, kept until the
+/// second is opened: (this end in torpor, a duplicate of the first peer's
+/// end, the first peer's shutdown bits).
+#[derive(Debug, Default)]
+pub struct Pending {
+    ends: BTreeMap<u64, (OwnedFd, OwnedFd, u8)>,
+}
+
+fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
+    for m in queue {
+        // SAFETY: sending our buffer.
+        let n = unsafe { libc::send(fd, m.as_ptr().cast(), m.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 || n.unsigned_abs() != m.len() {
+            return Err(std::io::Error::other(format!("re-queueing {} bytes: {}", m.len(), last_os())));
+        }
+    }
+    Ok(())
+}
+
+fn shut(fd: i32, bits: u8, peer_bits: u8) {
+    // A receive side shut only by the peer's send shutdown follows from it.
+    if bits & 2 != 0 {
+        // SAFETY: shutdown takes integers.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    }
+    if bits & 1 != 0 && peer_bits & 2 == 0 {
+        // SAFETY: shutdown takes integers.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+}
+
+fn new_socket(s: &UnixSocket) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: socket takes integers only.
+    owned(libc::c_long::from(unsafe { libc::socket(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0) }))
+}
+
+fn bind(fd: i32, s: &UnixSocket) -> Result<(), std::io::Error> {
+    let path = s.bind_path.as_bytes();
+    if path.first() != Some(&0) {
+        // The socket file of the dumped socket outlives it; only a socket
+        // file is ever removed.
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::FileTypeExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(p)?;
+        }
+    }
+    let (a, len) = sockaddr_un(path)?;
+    // SAFETY: bind reads `len` bytes of `a`.
+    if unsafe { libc::bind(fd, (&raw const a).cast(), len) } < 0 {
+        let e = last_os();
+        return Err(std::io::Error::new(e.kind(), format!("binding {}: {e}", s.bind_path)));
+    }
+    Ok(())
+}
+
+pub(super) fn open(s: &UnixSocket, nonblock: bool, pending: &mut Pending) -> Result<i32, std::io::Error> {
+    let f = if s.peer != 0 || (s.connected && s.peer_name.as_bytes().is_empty()) {
+        // A pair: both ends in the tree, or the peer closed.
+        if let Some((mine, first, first_shut)) = pending.ends.remove(&s.inode) {
+            send_all(first.as_raw_fd(), &s.queue)?;
+            shut(first.as_raw_fd(), first_shut, s.shutdown);
+            shut(mine.as_raw_fd(), s.shutdown, first_shut);
+            mine
+        } else {
+            let mut p = [0i32; 2];
+            // SAFETY: socketpair writes two fds.
+            if unsafe { libc::socketpair(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) } < 0 {
+                return Err(last_os());
+            }
+            let (a, b) = (owned(libc::c_long::from(p[0]))?, owned(libc::c_long::from(p[1]))?);
+            send_all(b.as_raw_fd(), &s.queue)?;
+            // SAFETY: duplicating our own fd.
+            let a2 = owned(libc::c_long::from(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) }))?;
+            if s.peer != 0 {
+                pending.ends.insert(s.peer, (b, a2, s.shutdown));
+            } else {
+                // The peer is gone: its end closes, as it had.
+                shut(a.as_raw_fd(), s.shutdown, 2);
+                drop((b, a2));
+            }
+            a
+        }
+    } else {
+        let f = new_socket(s)?;
+        if !s.bind_path.as_bytes().is_empty() {
+            bind(f.as_raw_fd(), s)?;
+        }
+        if s.listening {
+            let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
+            // SAFETY: listen takes integers.
+            if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {
+                return Err(last_os());
+            }
+        } else if !s.peer_name.as_bytes().is_empty() {
+            let (a, len) = sockaddr_un(s.peer_name.as_bytes())?;
+            // SAFETY: connect reads `len` bytes of `a`.
+            if unsafe { libc::connect(f.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("connecting to {}: {e}", s.peer_name)));
+            }
+        }
+        if !s.queue.is_empty() {
+            if s.sock_type == libc::SOCK_STREAM || s.bind_path.as_bytes().is_empty() {
+                return Err(std::io::Error::other("queued data on a socket with no peer to send it"));
+            }
+            let tmp = new_socket(s)?;
+            let (a, len) = sockaddr_un(s.bind_path.as_bytes())?;
+            // SAFETY: connect reads `len` bytes of `a`.
+            if unsafe { libc::connect(tmp.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
+                return Err(last_os());
+            }
+            send_all(tmp.as_raw_fd(), &s.queue)?;
+        }
+        f
+    };
+    apply_opts(f.as_raw_fd(), &s.opts, false)?;
+    if nonblock {
+        // SAFETY: F_SETFL on our fd.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(last_os());
+        }
+    }
+    Ok(into_raw(f))
+}
+
+/// Refuses a socket connected to a peer outside the tree: the tree alone
+/// cannot bring the connection back. A datagram socket connected to a named
+/// socket outside is connected again by name (its `peer` is cleared).
+pub(super) fn check_peer(s: &mut UnixSocket, socks: &[(u64, u64)]) -> Result<(), String> {
+    if s.peer == 0 || socks.contains(&(s.peer, s.inode)) {
+        return Ok(());
+    }
+    if socks.iter().any(|&(ino, _)| ino == s.peer) && !s.peer_name.as_bytes().is_empty() {
+        // Connected to a named socket of the tree that is not connected back.
+        s.peer = 0;
+        return Ok(());
+    }
+    if s.sock_type == libc::SOCK_DGRAM && !s.peer_name.as_bytes().is_empty() {
+        s.peer = 0;
+        return Ok(());
+    }
+    if s.peer_name.as_bytes().is_empty() {
+        return Err(format!("its peer socket:[{}] is outside the dumped tree", s.peer));
+    }
+    Err(format!("it is connected to {} (socket:[{}]) outside the dumped tree", s.peer_name, s.peer))
+}
