@@ -129,7 +129,7 @@ app_tests!(breadth_unix, "breadth_unix",
 // The checkpoint run passes 1: the app then expects its TCP connection reset.
 app_tests!(breadth_inet, "breadth_inet",
     args: [], checkpoint_args: ["1"], negative_args: [],
-    negatives: ["listener", "port", "reset", "options", "udp", "peer"]);
+    negatives: ["listener", "port", "reset", "options", "udp", "peer", "queue"]);
 
 app_tests!(breadth_shm, "breadth_shm",
     args: [], checkpoint_args: [], negative_args: [],

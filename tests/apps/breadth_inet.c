@@ -9,7 +9,8 @@
  *   12/13 a client of 10 and its accepted socket; 12 with TCP_NODELAY,
  *         SO_KEEPALIVE, SO_RCVTIMEO 1.5 s, SO_SNDTIMEO 2.5 s, SO_RCVBUF
  *         32 KiB, SO_SNDBUF 48 KiB; 13 holds unread bytes
- *   14    UDP socket bound on 127.0.0.1 (kernel-chosen port)
+ *   14    UDP socket bound on 127.0.0.1 (kernel-chosen port), holding the
+ *         datagrams "q1" and "qq2" sent by a socket since closed
  *   15    UDP socket connected to 14
  * After go: the listener has its port, its options and accepts a new
  * connection; 12 and 13 report ECONNRESET, then EOF, then EPIPE, and 12
@@ -19,7 +20,7 @@
  * up: 13 reads "unread" and both ends carry a byte. The checkpoint runs pass
  * 1 ("restored") to expect the reset.
  *
- * Usage: breadth_inet [restored] [--selftest-fail=listener|port|reset|options|udp|peer]
+ * Usage: breadth_inet [restored] [--selftest-fail=listener|port|reset|options|udp|peer|queue]
  */
 #include "common.h"
 
@@ -118,6 +119,11 @@ static void setup(void)
         die("udp bind");
     at(u, 14, "14");
     local_of(14, &udp_addr);
+    int q = socket(AF_INET, SOCK_DGRAM, 0);
+    if (q < 0 || sendto(q, "q1", 2, 0, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 2 ||
+        sendto(q, "qq2", 3, 0, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 3)
+        die("udp queue");
+    close(q);
     int v = socket(AF_INET, SOCK_DGRAM, 0);
     if (v < 0 || connect(v, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 0)
         die("udp connect");
@@ -128,6 +134,7 @@ static void setup(void)
 static void perturbations(void)
 {
     int zero = 0;
+    char b[16];
     if (perturb("listener"))
         at(socket(AF_INET, SOCK_STREAM, 0), 10, "10 again");
     if (perturb("port")) {
@@ -151,6 +158,8 @@ static void perturbations(void)
         setsockopt(12, IPPROTO_TCP, TCP_NODELAY, &zero, sizeof zero);
     if (perturb("udp"))
         at(socket(AF_INET, SOCK_DGRAM, 0), 14, "14 again");
+    if (perturb("queue") && recv(14, b, sizeof b, 0) <= 0)
+        _exit(3);
     if (perturb("peer"))
         at(socket(AF_INET, SOCK_DGRAM, 0), 15, "15 again");
 }
@@ -237,6 +246,14 @@ int main(int argc, char **argv)
     if (getpeername(15, (struct sockaddr *)&p, &pl) != 0 || p.sin_port != udp_addr.sin_port)
         fail("fd 15: expected connected to port %d", ntohs(udp_addr.sin_port));
     char b[16];
+    const char *queued[2] = { "q1", "qq2" };
+    for (int i = 0; i < 2; i++) {
+        ssize_t r = recv(14, b, sizeof b, MSG_DONTWAIT);
+        if (r != (ssize_t)strlen(queued[i]) || memcmp(b, queued[i], (size_t)r) != 0) {
+            fail("fd 14 queued datagram %d: expected \"%s\", got %zd bytes", i, queued[i], r);
+            break;
+        }
+    }
     struct sockaddr_in from;
     socklen_t fl = sizeof from;
     struct pollfd pf = { 14, POLLIN, 0 };

@@ -525,6 +525,8 @@ pub struct InetSocket {
     pub dropped: bool,
     /// The connection's error (ECONNRESET) was not yet read by the app.
     pub error_pending: bool,
+    /// UDP: datagrams waiting to be read, in order (their senders are not kept).
+    pub queue: Vec<Vec<u8>>,
 }
 
 /// Socket options a restore sets again (buffer sizes as `getsockopt`

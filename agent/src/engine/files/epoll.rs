@@ -88,3 +88,16 @@ pub(super) fn register(epfd: i32, e: &Epoll) -> Result<(), std::io::Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_line() {
+        let t = parse_target("tfd:        3 events: 80000019 data:             1234  pos:0 ino:40e sdev:10").expect("valid");
+        assert_eq!(t, EpollTarget { fd: 3, events: 0x8000_0019, data: 0x1234 });
+        assert_eq!(parse_target("tfd: x events: 1 data: 2"), None);
+        assert_eq!(parse_target("tfd: 3 data: 1 events: 2"), None);
+    }
+}

@@ -76,12 +76,20 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     if port(&local) == 0 {
         local.clear();
     }
+    let queue = if tcp { Vec::new() } else { super::unix::peek_queue(&f, 0, false, false)? };
+    let peer = name(&f, true).map_err(io)?;
+    if !queue.is_empty() && !peer.is_empty() {
+        return Err(format!(
+            "{} datagram(s) wait on a connected UDP socket; torpor cannot queue them again from its peer",
+            queue.len()
+        ));
+    }
     Ok(InetSocket {
         family,
         sock_type,
         protocol,
         local,
-        peer: name(&f, true).map_err(io)?,
+        peer,
         listening: tcp && tcp_state == TCP_LISTEN,
         backlog,
         tcp_state,
@@ -89,6 +97,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
         opts: collect_opts(&f, tcp).map_err(io)?,
         dropped,
         error_pending: p.revents & libc::POLLERR != 0,
+        queue,
     })
 }
 
@@ -112,6 +121,22 @@ fn bind(fd: i32, s: &InetSocket) -> Result<(), std::io::Error> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
     if r < 0 {
         return Err(e);
+    }
+    Ok(())
+}
+
+/// Sends the saved datagrams to the new socket's address from a throw-away
+/// socket (a connected socket only takes datagrams from its peer: those
+/// are refused at the dump as undeliverable).
+fn requeue(s: &InetSocket) -> Result<(), std::io::Error> {
+    let tmp = new_socket(s)?;
+    let len = libc::socklen_t::try_from(s.local.len()).unwrap_or(0);
+    for m in &s.queue {
+        // SAFETY: sendto reads our buffer and the saved address.
+        let n = unsafe { libc::sendto(tmp.as_raw_fd(), m.as_ptr().cast(), m.len(), 0, s.local.as_ptr().cast(), len) };
+        if n < 0 || n.unsigned_abs() != m.len() {
+            return Err(std::io::Error::other(format!("re-queueing a datagram of {} bytes: {}", m.len(), last_os())));
+        }
     }
     Ok(())
 }
@@ -213,6 +238,9 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
                 let e = last_os();
                 return Err(std::io::Error::new(e.kind(), format!("connecting to port {}: {e}", port(&s.peer))));
             }
+        }
+        if !s.queue.is_empty() {
+            requeue(s)?;
         }
         f
     };

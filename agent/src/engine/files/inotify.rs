@@ -157,3 +157,20 @@ pub(super) fn open(s: &Inotify, nonblock: bool) -> Result<i32, std::io::Error> {
     }
     Ok(into_raw(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_line() {
+        let m = parse_mark(
+            "inotify wd:1f ino:3c4a7 sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a7c4030000000000",
+        )
+        .expect("valid");
+        assert_eq!((m.wd, m.ino, m.sdev, m.mask, m.handle_type), (0x1f, 0x3c4a7, 0xfe0_0000, 0x300, 1));
+        assert_eq!(m.handle, vec![0xa7, 0xc4, 0x03, 0, 0, 0, 0, 0]);
+        assert!(parse_mark("inotify wd:1 f_handle:abc").is_none());
+        assert!(parse_mark("fanotify wd:1").is_none());
+    }
+}

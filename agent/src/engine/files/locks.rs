@@ -95,3 +95,21 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_lines() {
+        let l = parse(3, "\t1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF").expect("valid").expect("a lock");
+        assert_eq!(l, FileLock { fd: 3, kind: LockKind::Flock, write: true, start: 0, end: None });
+        let l = parse(4, "\t2: POSIX  ADVISORY  READ 99 fd:01:77 10 19").expect("valid").expect("a lock");
+        assert_eq!(l, FileLock { fd: 4, kind: LockKind::Posix, write: false, start: 10, end: Some(19) });
+        let l = parse(5, "\t3: OFDLCK ADVISORY  WRITE -1 fd:01:77 0 99").expect("valid").expect("a lock");
+        assert_eq!(l.kind, LockKind::Ofd);
+        assert_eq!(parse(5, "\t3: -> POSIX  ADVISORY  WRITE 7 fd:01:77 0 99").expect("valid"), None);
+        assert!(parse(6, "\t4: LEASE  ACTIVE    READ 7 fd:01:77 0 EOF").is_err());
+        assert!(parse(6, "\t4: POSIX  MANDATORY WRITE 7 fd:01:77 0 EOF").is_err());
+    }
+}

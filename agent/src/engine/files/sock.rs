@@ -132,3 +132,17 @@ pub(super) fn un_name(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_names_round_trip() {
+        for name in [&b"/run/app.sock"[..], b"\0abstract-name", b"rel"] {
+            let (a, len) = sockaddr_un(name).expect("fits");
+            assert_eq!(un_name(&a, len), name.to_vec());
+        }
+        assert!(sockaddr_un(&[b'x'; 200]).is_err());
+    }
+}

@@ -86,3 +86,18 @@ pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
     }
     Ok(into_raw(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_text() {
+        let t = collect("clockid: 0\nticks: 2\nsettime flags: 01\nit_value: (2, 951542206)\nit_interval: (1, 0)\n").expect("valid");
+        assert_eq!((t.clock, t.ticks, t.settime_flags), (0, 2, 1));
+        assert_eq!((t.value_ns, t.interval_ns), (2_951_542_206, 1_000_000_000));
+        assert!(t.deadline_ns > t.value_ns);
+        assert!(collect("clockid: 1\nticks: 0\n").is_err());
+        assert_eq!(pair_ns("(1, x)"), None);
+    }
+}

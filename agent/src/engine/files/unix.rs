@@ -102,7 +102,7 @@ fn diag(inode: u64) -> Result<Diag, String> {
 }
 
 /// Every message waiting in the socket's receive queue, left in place.
-fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Result<Vec<Vec<u8>>, String> {
+pub(super) fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Result<Vec<Vec<u8>>, String> {
     let fd = f.as_raw_fd();
     let old_off = get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
