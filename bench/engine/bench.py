@@ -112,10 +112,16 @@ def run_case(case, torpor, bindir, work, reps):
     os.makedirs(cwd)
     image = os.path.join(cwd, "app.img")
     data = os.path.join(cwd, "data.bin") if case["kind"] != "counter" else None
-    dumps, restores = [], []
+    src = data if data else image
+    dd_out = os.path.join(cwd, "dd.out")
+    # Each run measures torpor and its bounds back to back, so a load that
+    # comes and goes on a shared machine weighs on both sides of a ratio.
+    dumps, restores, dds, fills = [], [], [], []
+    img_bytes = 0
     for rep in range(reps):
-        if os.path.exists(image):
-            os.unlink(image)
+        for f in (image, dd_out):
+            if os.path.exists(f):
+                os.unlink(f)
         p = start(case, bindir, cwd, data if rep == 0 else None)
         try:
             dumps.append(measured(bindir, [torpor, "dump", "--pid", str(p.pid), "--image", image]))
@@ -123,31 +129,26 @@ def run_case(case, torpor, bindir, work, reps):
             if p.poll() is None and not os.path.exists(image):
                 p.kill()
             p.wait()
+        img_bytes = os.path.getsize(image)
+        # dd's source: the bytes the process holds (the image itself for the
+        # counter, whose memory is mostly its binary's).
+        dds.append(measured(bindir, ["dd", f"if={src}", f"of={dd_out}", "bs=1M", "conv=fsync",
+                                     "status=none"]))
         restores.append(measured(bindir, [torpor, "restore", "--image", image]))
         os.kill(p.pid, signal.SIGKILL)
         wait_for(lambda: gone(p.pid), f"restored pid {p.pid} to go")
-    img_bytes = os.path.getsize(image)
-    # dd's source: the bytes the process holds (the image itself for the
-    # counter, whose memory is mostly its binary's).
-    src = data if data else image
-    dd_out = os.path.join(cwd, "dd.out")
-    dds, fills = [], []
-    for _ in range(reps):
-        if os.path.exists(dd_out):
-            os.unlink(dd_out)
-        dds.append(measured(bindir, ["dd", f"if={src}", f"of={dd_out}", "bs=1M", "conv=fsync",
-                                     "status=none"]))
         fills.append(measured(bindir, [os.path.join(bindir, "fillmem"), image,
                                        str(case["mib"] * MIB if data else img_bytes)]))
-    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    med = lambda xs: statistics.median(x[0] for x in xs)
+    ratio = lambda xs, ys: statistics.median(x[0] / y[0] for x, y in zip(xs, ys))
     row = {
         "name": name,
         "data": case["mib"] * MIB if data else None,
         "image": img_bytes,
-        "dump": med(dumps, 0), "dump_rss": max(x[1] for x in dumps),
-        "dd": med(dds, 0),
-        "restore": med(restores, 0), "restore_rss": max(x[1] for x in restores),
-        "fill": med(fills, 0),
+        "dump": med(dumps), "dump_rss": max(x[1] for x in dumps),
+        "dd": med(dds), "dump_ratio": ratio(dumps, dds),
+        "restore": med(restores), "restore_rss": max(x[1] for x in restores),
+        "fill": med(fills), "restore_ratio": ratio(restores, fills),
     }
     for f in (dd_out, data):
         if f and os.path.exists(f):
@@ -166,9 +167,9 @@ def table(rows):
             r["name"],
             f"{r['image'] / MIB:.2f}",
             f"{r['image'] / r['data']:.3f}" if r["data"] else "-",
-            f"{r['dump']:.3f}", f"{r['dd']:.3f}", f"{r['dump'] / r['dd']:.2f}",
+            f"{r['dump']:.3f}", f"{r['dd']:.3f}", f"{r['dump_ratio']:.2f}",
             f"{r['dump_rss'] / 1024:.2f}",
-            f"{r['restore']:.3f}", f"{r['fill']:.3f}", f"{r['restore'] / r['fill']:.2f}",
+            f"{r['restore']:.3f}", f"{r['fill']:.3f}", f"{r['restore_ratio']:.2f}",
             f"{r['restore_rss'] / 1024:.2f}",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
@@ -215,8 +216,8 @@ def main():
     except BenchError as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 1
-    print(f"torpor dump/restore, median of {args.reps} warm runs; "
-          f"RSS is torpor's peak (VmHWM), the largest of the runs")
+    print(f"torpor dump/restore, medians of {args.reps} warm runs (ratios: the median of each "
+          f"run's ratio); RSS is torpor's peak (VmHWM), the largest of the runs")
     print(table(rows))
     return 0
 
