@@ -68,3 +68,15 @@ fuzz-image:
 	mkdir -p fuzz/corpus/image_reader
 	cargo +nightly fuzz run image_reader fuzz/corpus/image_reader fuzz/seeds/image_reader -- \
 		-max_total_time=$(FUZZ_TIME) -max_len=16384 -rss_limit_mb=1024
+
+# Dump and restore of the counter app and of 16/64/256 MiB of random and of
+# heap-like data (release build, as root): wall time, image bytes and
+# torpor's peak RSS beside dd conv=fsync (dump's bound) and a read-and-copy
+# into fresh memory (restore's bound), medians of BENCH_REPS runs.
+BENCH_REPS ?= 3
+.PHONY: bench-engine
+bench-engine:
+	cargo build --release -p torpor --bin torpor
+	python3 bench/engine/bench.py --reps $(BENCH_REPS)
+
+bench: bench-image bench-engine

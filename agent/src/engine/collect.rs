@@ -52,8 +52,7 @@ pub fn collect_process(
     let status =
         procfs::parse_status(&status_path, &procfs::read(&status_path).step(step)?).step(step)?;
     let smaps_path = format!("/proc/{pid}/smaps");
-    let maps =
-        procfs::parse_smaps(&smaps_path, &procfs::read(&smaps_path).step(step)?).step(step)?;
+    let maps = procfs::read_smaps(&smaps_path).step(step)?;
     let auxv = std::fs::read(format!("/proc/{pid}/auxv")).step(step)?;
     let pers_path = format!("/proc/{pid}/personality");
     let personality = u32::from_str_radix(procfs::read(&pers_path).step(step)?.trim(), 16)

@@ -236,31 +236,60 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
 pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
     let mut out: Vec<MapEntry> = Vec::new();
     for line in text.lines() {
-        let first = line.split(' ').next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            out.push(parse_map_header(path, line)?);
-        } else if let Some((key @ ("Anonymous" | "Swap"), v)) = line.split_once(':') {
-            let last = out
-                .last_mut()
-                .ok_or_else(|| bad(path, "smaps field before any mapping"))?;
-            let kb = v
-                .trim()
-                .strip_suffix(" kB")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad(path, format!("bad {key} line {line:?}")))?;
-            if key == "Swap" {
-                last.swap_kb = Some(kb);
-            } else {
-                last.anon_kb = Some(kb);
-            }
-        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let last = out
-                .last_mut()
-                .ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
-            last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
-        }
+        smaps_line(path, line, &mut out)?;
     }
     Ok(out)
+}
+
+/// Reads and parses `/proc/PID/smaps` line by line: the file runs to about
+/// 1.5 KiB per mapping, so a process with thousands of mappings would
+/// otherwise cost megabytes of text held at once.
+pub fn read_smaps(path: &str) -> Result<Vec<MapEntry>, ProcError> {
+    use std::io::BufRead;
+    let io_err = |err| ProcError::Io {
+        path: path.to_string(),
+        err,
+    };
+    let f = std::fs::File::open(path).map_err(io_err)?;
+    let mut rd = io::BufReader::with_capacity(4096, f);
+    let mut out: Vec<MapEntry> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if rd.read_line(&mut line).map_err(io_err)? == 0 {
+            return Ok(out);
+        }
+        smaps_line(path, line.trim_end_matches('\n'), &mut out)?;
+    }
+}
+
+/// One line of smaps: a mapping's header starts an entry, the fields that
+/// follow fill it in.
+fn smaps_line(path: &str, line: &str, out: &mut Vec<MapEntry>) -> Result<(), ProcError> {
+    let first = line.split(' ').next().unwrap_or("");
+    if first.contains('-') && !first.ends_with(':') {
+        out.push(parse_map_header(path, line)?);
+    } else if let Some((key @ ("Anonymous" | "Swap"), v)) = line.split_once(':') {
+        let last = out
+            .last_mut()
+            .ok_or_else(|| bad(path, "smaps field before any mapping"))?;
+        let kb = v
+            .trim()
+            .strip_suffix(" kB")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| bad(path, format!("bad {key} line {line:?}")))?;
+        if key == "Swap" {
+            last.swap_kb = Some(kb);
+        } else {
+            last.anon_kb = Some(kb);
+        }
+    } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+        let last = out
+            .last_mut()
+            .ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
+        last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+    }
+    Ok(())
 }
 
 /// `/proc/PID/fdinfo/N`: position, open flags (octal) and mount id.
@@ -588,6 +617,20 @@ VmFlags: rd wr sh mr mw me ms gd
         assert!(m[2].shared && m[2].has_flag("gd"));
         assert_eq!(m[2].offset, 0x1000);
         assert!(parse_smaps("smaps", "zzzz-1000 rw-p 0 0:0 0\n").is_err());
+
+        // Streamed from a file, line by line, the same entries come out,
+        // and bad lines are refused the same way.
+        let dir = std::env::temp_dir().join(format!("torpor-smaps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("smaps");
+        std::fs::write(&file, t).expect("write sample");
+        let path = file.to_str().expect("utf-8 temp path");
+        assert_eq!(read_smaps(path).expect("valid"), m);
+        std::fs::write(&file, "Anonymous: 4 kB\n").expect("write sample");
+        let err = read_smaps(path).expect_err("field before mapping");
+        assert!(err.to_string().contains("smaps field before any mapping"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        assert!(matches!(read_smaps(path), Err(ProcError::Io { .. })));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
 use crate::engine::{Cause, EngineError, StepExt};
-use crate::image::{ImageReader, Kind};
+use crate::image::{Codec, ImageReader, Kind};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -1657,14 +1657,21 @@ fn rebuild_all<R: Read>(
                 cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
-                let info = rec.decode_pages_into(&mut buf).step(rstep)?;
                 let rb = cur
                     .as_ref()
                     .ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                // Raw pages go to the task straight from the record: no copy.
+                let p = rec.pages().step(rstep)?;
+                let (vaddr, data) = if p.codec == Codec::Raw {
+                    (p.vaddr, p.data)
+                } else {
+                    let info = rec.decode_pages_into(&mut buf).step(rstep)?;
+                    (info.vaddr, &buf[..info.len])
+                };
                 rb.mem
-                    .write(RemotePtr::<u8>::new(info.vaddr), &buf[..info.len])
+                    .write(RemotePtr::<u8>::new(vaddr), data)
                     .step(|| format!("write memory {}", rb.p.pid))?;
-                stats.page_bytes += info.len as u64;
+                stats.page_bytes += data.len() as u64;
             }
             _ => {}
         }

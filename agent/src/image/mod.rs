@@ -567,7 +567,7 @@ impl<W: Write> ImageWriter<W> {
         }
         let mut packed = std::mem::take(&mut self.packed);
         packed.resize(lz4_flex::block::get_maximum_output_size(run.len()), 0);
-        let res = match compress(run, &mut packed) {
+        let res = match compress(run, &mut packed, self.page_size as usize) {
             Some(k) => self.pages_frame(
                 PagesHead {
                     vaddr,
@@ -644,15 +644,22 @@ fn is_zero(page: &[u8]) -> bool {
 /// Compresses `run` into `out` and returns the compressed length, or `None`
 /// when LZ4 would not make it smaller (the batch is then stored raw).
 ///
-/// No sampling first: LZ4 skips ahead ever faster when it finds no matches,
-/// so a batch of noise costs about as much as copying it (`make bench-image`
-/// measures it), and a sample could misjudge a batch that is noise only at
-/// its start.
-fn compress(run: &[u8], out: &mut [u8]) -> Option<usize> {
-    match lz4_flex::block::compress_into(run, out) {
-        Ok(k) if k < run.len() => Some(k),
+/// The first page is tried alone first: a batch whose first page LZ4 cannot
+/// shrink is stored raw at once. Noise (random, encrypted or already
+/// compressed data) then costs one page of LZ4 per batch instead of the whole
+/// batch, which keeps a dump of it close to a plain write of the same bytes
+/// (`make bench` and `make bench-image` measure both). A batch that is noise
+/// only at its start is stored raw too: it costs image bytes, never
+/// correctness.
+fn compress(run: &[u8], out: &mut [u8], page: usize) -> Option<usize> {
+    let shrinks = |data: &[u8], out: &mut [u8]| match lz4_flex::block::compress_into(data, out) {
+        Ok(k) if k < data.len() => Some(k),
         _ => None,
+    };
+    if run.len() > page {
+        shrinks(&run[..page], out)?;
     }
+    shrinks(run, out)
 }
 
 /// One record read from an image: its kind and its payload, borrowed from the

@@ -375,6 +375,36 @@ fn page_codecs_are_chosen_per_batch() {
 }
 
 #[test]
+fn a_batch_is_judged_by_its_first_page() {
+    let h = header();
+    let ps = h.page_size as usize;
+    let text = |len: usize| -> Vec<u8> { (0..len).map(|i| b"abcdefgh"[(i + i / 512) % 8]).collect() };
+    // Noise first, text after: stored raw without compressing the rest.
+    let mut noisy_head = noise(ps, 5);
+    noisy_head.extend(text(3 * ps));
+    // Text first, noise after: the whole batch is tried, and LZ4 wins.
+    let mut text_head = text(3 * ps);
+    text_head.extend(noise(ps, 6));
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.pages(0, &noisy_head).expect("pages");
+    w.pages(0x10_0000, &text_head).expect("pages");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let mut buf = vec![0u8; h.batch_pages() as usize * ps];
+    let mut seen = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        let info = rec.decode_pages_into(&mut buf).expect("decode");
+        let want = if info.vaddr == 0 { &noisy_head } else { &text_head };
+        assert_eq!(&buf[..info.len], &want[..], "pages at {:#x}", info.vaddr);
+        seen.push((info.vaddr, info.pages, info.codec, info.stored_bytes));
+    }
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], (0, 4, Codec::Raw, 4 * ps));
+    assert_eq!((seen[1].0, seen[1].1, seen[1].2), (0x10_0000, 4, Codec::Lz4));
+    assert!(seen[1].3 < 2 * ps, "text and one noise page in {} bytes", seen[1].3);
+}
+
+#[test]
 fn large_runs_split_into_batches() {
     let h = header();
     let ps = h.page_size as usize;
