@@ -20,7 +20,7 @@ pub struct RestoreArgs {
 }
 
 pub fn run(a: &RestoreArgs) -> Result<i32, String> {
-    let opts = RestoreOptions { tty: a.tty.clone() };
+    let opts = RestoreOptions { tty: a.tty.clone(), ..RestoreOptions::default() };
     let stats = match (&a.image, &a.store) {
         (Some(img), _) => restore_file(img, &opts),
         (None, Some(store)) => restore_store(store, &opts),

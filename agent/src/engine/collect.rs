@@ -342,6 +342,9 @@ pub struct FileTable {
     pipe_index: BTreeMap<u64, u32>,
     /// Which ends of each pipe the tree holds: (read, write).
     pipe_ends: BTreeMap<u32, (bool, bool, i32, i32)>,
+    /// Inode of the tree's end of its connection to `torpor daemon`, which
+    /// is recorded as [`FileKind::TorporConn`] rather than refused.
+    pub torpor_conn: Option<u64>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -422,6 +425,11 @@ impl FileTable {
                 e.0 = true;
             }
             return Ok(FileKind::Pipe { pipe, write });
+        }
+        if let Some(ino) = self.torpor_conn {
+            if link == format!("socket:[{ino}]") {
+                return Ok(FileKind::TorporConn);
+            }
         }
         if !link.starts_with('/') {
             let what = if link.starts_with("socket:") {

@@ -57,8 +57,20 @@ pub fn dump_frozen<W: Write>(
     out: W,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
+    dump_frozen_with(root, None, out, commit)
+}
+
+/// [`dump_frozen`] for a tree talking to `torpor daemon`: the socket with
+/// inode `torpor_conn` is recorded as the tree's connection to the daemon.
+pub fn dump_frozen_with<W: Write>(
+    root: i32,
+    torpor_conn: Option<u64>,
+    out: W,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<(DumpStats, Frozen), EngineError> {
     let frozen = Frozen::freeze(root)?;
     let mut table = FileTable::default();
+    table.torpor_conn = torpor_conn;
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {
         let ppid = if pid == root { 0 } else { frozen.parent.get(&pid).copied().unwrap_or(0) };

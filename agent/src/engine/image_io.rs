@@ -273,6 +273,7 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
                 end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
             },
+            FileKind::TorporConn => FdKind::TorporConn { flags: of.flags },
         };
         w.record(
             Kind::Fd,
@@ -459,6 +460,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             FdKind::Unlinked { path, flags, offset, bytes } => {
                                 (flags, FileKind::Unlinked { path: path_of(&path), pos: offset, data: bytes })
                             }
+                            FdKind::TorporConn { flags } => (flags, FileKind::TorporConn),
                             FdKind::Fifo { path, .. } => {
                                 return Err(malformed(format!("named FIFO {} is not supported", path_of(&path))));
                             }

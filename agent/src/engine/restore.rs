@@ -40,6 +40,10 @@ use crate::engine::{Cause, EngineError, StepExt};
 pub struct RestoreOptions {
     /// A terminal to use in place of one that no longer exists.
     pub tty: Option<PathBuf>,
+    /// A socket connected to `torpor daemon`, which becomes the tree's
+    /// connection to the daemon (`FileKind::TorporConn`). The caller keeps
+    /// its own descriptor to ask the daemon for `Resumed` afterwards.
+    pub torpor_conn: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -159,6 +163,14 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             FileKind::Pipe { pipe, .. } => {
                 if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
+                }
+            }
+            FileKind::TorporConn => {
+                if opts.torpor_conn.is_none() {
+                    return Err(refused(
+                        step,
+                        "the image holds a connection to torpor daemon; restore it with `torpor boot` or `torpor run`, which reconnect it".into(),
+                    ));
                 }
             }
         }
@@ -364,6 +376,12 @@ fn open_object(
                 return Err(last_os().into());
             }
             Ok(fd)
+        }
+        FileKind::TorporConn => {
+            let conn = opts
+                .torpor_conn
+                .ok_or_else(|| Cause::Refused("no connection to torpor daemon to give the tree".into()))?;
+            crate::engine::torpor_conn::dup_for_tree(conn, f.flags).map_err(Cause::from)
         }
     }
 }

@@ -198,6 +198,9 @@ pub enum FileKind {
     Unlinked { path: String, pos: u64, data: Vec<u8> },
     /// One end of a pipe: index into `TreeState::pipes`.
     Pipe { pipe: u32, write: bool },
+    /// The application's connection to `torpor daemon`: reconnected to the
+    /// daemon's socket at restore (see `engine::torpor_conn`).
+    TorporConn,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -427,6 +427,12 @@ pub enum FdKind {
         offset: u64,
         bytes: Vec<u8>,
     },
+    /// The task's connection to `torpor daemon` (a SOCK_SEQPACKET UNIX
+    /// socket): connected afresh to the daemon's socket at restore, where it
+    /// receives `Resumed`.
+    TorporConn {
+        flags: u32,
+    },
 }
 
 /// The largest unlinked file stored by content (it travels in its fd
