@@ -20,7 +20,10 @@ int main(int argc, char **argv) {
 "#;
 
 fn numbers(path: &std::path::Path) -> Vec<u64> {
-    lines(path).iter().map(|l| l.parse().expect("a number per line")).collect()
+    lines(path)
+        .iter()
+        .map(|l| l.parse().expect("a number per line"))
+        .collect()
 }
 
 #[test]
@@ -48,17 +51,35 @@ fn counter_continues_after_restore_with_same_pid() {
         .expect("fd dir")
         .filter_map(|e| {
             let e = e.ok()?;
-            Some((e.file_name().to_str()?.parse().ok()?, std::fs::read_link(e.path()).ok()?))
+            Some((
+                e.file_name().to_str()?.parse().ok()?,
+                std::fs::read_link(e.path()).ok()?,
+            ))
         })
         .collect();
     fds.sort();
     let null = std::path::PathBuf::from("/dev/null");
-    assert_eq!(fds, vec![(0, null.clone()), (1, out.clone()), (2, null)], "exactly the original fds");
+    assert_eq!(
+        fds,
+        vec![(0, null.clone()), (1, out.clone()), (2, null)],
+        "exactly the original fds"
+    );
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/1")).expect("fdinfo");
-    let pos: u64 = info.lines().find_map(|l| l.strip_prefix("pos:")).expect("pos").trim().parse().expect("number");
+    let pos: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("pos:"))
+        .expect("pos")
+        .trim()
+        .parse()
+        .expect("number");
     let len = std::fs::metadata(&out).expect("out").len();
-    assert!(pos == len || pos + 4 >= len, "stdout offset {pos} continues at the end of {len} bytes");
-    wait_for("five more numbers", || numbers(&out).len() as u64 >= last + 6);
+    assert!(
+        pos == len || pos + 4 >= len,
+        "stdout offset {pos} continues at the end of {len} bytes"
+    );
+    wait_for("five more numbers", || {
+        numbers(&out).len() as u64 >= last + 6
+    });
     kill_and_reap(pid);
 
     let all = numbers(&out);
@@ -90,7 +111,9 @@ fn restored_counter_dumps_and_restores_again() {
     assert_eq!(reap(pid), libc::SIGKILL);
     restore(&img2);
     let n2 = numbers(&out).len() as u64;
-    wait_for("more numbers again", || numbers(&out).len() as u64 >= n2 + 3);
+    wait_for("more numbers again", || {
+        numbers(&out).len() as u64 >= n2 + 3
+    });
     kill_and_reap(pid);
     let all = numbers(&out);
     let want: Vec<u64> = (0..all.len() as u64).collect();
@@ -113,17 +136,34 @@ fn leave_running_keeps_the_counter_and_restore_refuses_its_pid() {
     let n = numbers(&out).len();
     wait_for("the counter to go on", || numbers(&out).len() >= n + 3);
 
-    let before: Vec<String> = std::fs::read_dir("/proc").expect("proc").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect();
+    let before: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
     let i = img.to_string_lossy().into_owned();
     let o = torpor(&["restore", "--image", &i]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("torpor: error: validate: "), "{err}");
-    assert!(err.contains(&format!("pid {pid}")) && err.contains("in use"), "{err}");
-    let after: Vec<String> = std::fs::read_dir("/proc").expect("proc").filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.bytes().all(|b| b.is_ascii_digit())).collect();
-    let new: Vec<&String> = after.iter().filter(|p| !before.contains(p)).filter(|p| {
-        std::fs::read_link(format!("/proc/{p}/exe")).map(|e| e == bin).unwrap_or(false)
-    }).collect();
+    assert!(
+        err.contains(&format!("pid {pid}")) && err.contains("in use"),
+        "{err}"
+    );
+    let after: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    let new: Vec<&String> = after
+        .iter()
+        .filter(|p| !before.contains(p))
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .map(|e| e == bin)
+                .unwrap_or(false)
+        })
+        .collect();
     assert!(new.is_empty(), "nothing left behind: {new:?}");
     kill_and_reap(pid);
     let all = numbers(&out);

@@ -156,8 +156,13 @@ int main(int argc, char **argv) {
 /// start, arguments and environment bounds.
 fn mm_fields(pid: i32) -> Vec<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let f: Vec<&str> = s[s.rfind(')').expect("comm") + 2..].split_whitespace().collect();
-    [26, 27, 28, 45, 46, 47, 48, 49, 50, 51].iter().map(|n| f[n - 3].parse().expect("number")).collect()
+    let f: Vec<&str> = s[s.rfind(')').expect("comm") + 2..]
+        .split_whitespace()
+        .collect();
+    [26, 27, 28, 45, 46, 47, 48, 49, 50, 51]
+        .iter()
+        .map(|n| f[n - 3].parse().expect("number"))
+        .collect()
 }
 
 #[test]
@@ -166,13 +171,19 @@ fn every_memory_kind_comes_back_byte_exact() {
     let dir = scratch("memory");
     let bin = compile(&dir, "memory", MEMORY, &[]);
     let data = dir.join("data.bin");
-    let content: Vec<u8> = (0..4 * 4096u32).map(|i| ((i * 7 + i / 4096) % 251) as u8).collect();
+    let content: Vec<u8> = (0..4 * 4096u32)
+        .map(|i| ((i * 7 + i / 4096) % 251) as u8)
+        .collect();
     std::fs::write(&data, &content).expect("data file");
     let shared = dir.join("shared.bin");
     std::fs::write(&shared, vec![0u8; 2 * 4096]).expect("shared file");
     let out = dir.join("out.txt");
     let img = dir.join("memory.img");
-    let pid = spawn(&bin, &[data.to_str().expect("utf8"), shared.to_str().expect("utf8")], Some(&out));
+    let pid = spawn(
+        &bin,
+        &[data.to_str().expect("utf8"), shared.to_str().expect("utf8")],
+        Some(&out),
+    );
     let mut reaper = Reaper::default();
     reaper.add(pid);
     wait_for("ready", || lines(&out).contains(&"ready".to_string()));
@@ -188,10 +199,23 @@ fn every_memory_kind_comes_back_byte_exact() {
     assert!(size > 63 << 20 && size < 66 << 20, "image size {size}");
 
     restore(&img);
-    assert_eq!(mm_fields(pid), mm_before, "code, data, brk, stack, args and env bounds");
-    assert_eq!(std::fs::read(format!("/proc/{pid}/auxv")).expect("auxv"), auxv);
-    assert_eq!(std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline"), cmdline);
-    assert_eq!(std::fs::read(format!("/proc/{pid}/environ")).expect("environ"), environ);
+    assert_eq!(
+        mm_fields(pid),
+        mm_before,
+        "code, data, brk, stack, args and env bounds"
+    );
+    assert_eq!(
+        std::fs::read(format!("/proc/{pid}/auxv")).expect("auxv"),
+        auxv
+    );
+    assert_eq!(
+        std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline"),
+        cmdline
+    );
+    assert_eq!(
+        std::fs::read(format!("/proc/{pid}/environ")).expect("environ"),
+        environ
+    );
     // SAFETY: kill with plain integers.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     wait_for("the verdict", || lines(&out).len() >= 2);
@@ -199,8 +223,16 @@ fn every_memory_kind_comes_back_byte_exact() {
     assert_eq!(lines(&out), vec!["ready".to_string(), "PASS".to_string()]);
     let after = std::fs::read(&shared).expect("shared file");
     assert_eq!(&after[100..112], b"hello-shared");
-    assert_eq!(&after[200..221], b"written-after-restore", "the shared mapping is the file");
-    assert_eq!(std::fs::read(&data).expect("data"), content, "private writes never reach the file");
+    assert_eq!(
+        &after[200..221],
+        b"written-after-restore",
+        "the shared mapping is the file"
+    );
+    assert_eq!(
+        std::fs::read(&data).expect("data"),
+        content,
+        "private writes never reach the file"
+    );
 }
 
 const SHARED: &str = r#"
@@ -247,7 +279,11 @@ fn shared_memory_between_processes_stays_shared() {
     let mut reaper = Reaper::default();
     reaper.add(root);
     wait_for("a few handshakes", || lines(&out).len() >= 5);
-    let child: i32 = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).expect("children").trim().parse().expect("one child");
+    let child: i32 = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+        .expect("children")
+        .trim()
+        .parse()
+        .expect("one child");
     reaper.add(child);
     // Twice: the second dump sees the object as the memfd the first
     // restore made.
@@ -257,16 +293,21 @@ fn shared_memory_between_processes_stays_shared() {
         assert_eq!(reap(child), libc::SIGKILL);
         let n = lines(&out).len();
         restore(&img);
-        wait_for("handshakes through the restored mapping", || lines(&out).len() >= n + 20);
+        wait_for("handshakes through the restored mapping", || {
+            lines(&out).len() >= n + 20
+        });
     }
     kill_and_reap(root);
     kill_and_reap(child);
     let l = lines(&out);
-    let seq: Vec<u64> = l.iter().map(|x| {
-        let (v, ok) = x.split_once(' ').expect("two fields");
-        assert_eq!(ok, "ok", "object contents intact");
-        v.parse().expect("number")
-    }).collect();
+    let seq: Vec<u64> = l
+        .iter()
+        .map(|x| {
+            let (v, ok) = x.split_once(' ').expect("two fields");
+            assert_eq!(ok, "ok", "object contents intact");
+            v.parse().expect("number")
+        })
+        .collect();
     let want: Vec<u64> = (1..=seq.len() as u64).collect();
     assert_eq!(seq, want, "every count handed over once, in order");
 }
@@ -315,10 +356,15 @@ fn sparse_reservation_comes_back() {
     let pid = spawn(&bin, &[], Some(&out));
     let mut reaper = Reaper::default();
     reaper.add(pid);
-    wait_for("ready", || lines(&out).iter().any(|l| l.starts_with("ready")));
+    wait_for("ready", || {
+        lines(&out).iter().any(|l| l.starts_with("ready"))
+    });
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
-    assert!(std::fs::metadata(&img).expect("image").len() < 4 << 20, "only the touched megabyte is stored");
+    assert!(
+        std::fs::metadata(&img).expect("image").len() < 4 << 20,
+        "only the touched megabyte is stored"
+    );
     restore(&img);
     // SAFETY: kill with plain integers.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);

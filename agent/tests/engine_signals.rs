@@ -194,7 +194,10 @@ fn credentials_come_back() {
     assert_eq!(id_lines(pid), before);
     wait_for("the count to go on", || lines(&out).len() >= n + 3);
     kill_and_reap(pid);
-    let all: Vec<u64> = lines(&out).iter().map(|l| l.parse().expect("number")).collect();
+    let all: Vec<u64> = lines(&out)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
 }
@@ -247,7 +250,9 @@ fn signal_right_after_restore_interrupts_the_restored_syscall() {
         .spawn()
         .expect("run torpor");
     wait_for("the task to be released", || {
-        let restored = std::fs::read_link(format!("/proc/{pid}/exe")).map(|e| e == bin).unwrap_or(false);
+        let restored = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|e| e == bin)
+            .unwrap_or(false);
         let released = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map(|s| s.lines().any(|l| l == "TracerPid:\t0"))
             .unwrap_or(false);
@@ -259,4 +264,61 @@ fn signal_right_after_restore_interrupts_the_restored_syscall() {
     wait_for("the read to end", || lines(&out).len() >= 2);
     assert_eq!(reap(pid), 0);
     assert_eq!(lines(&out)[1], format!("read -1 {} handled 1", libc::EINTR));
+}
+
+const CAPS: &str = r#"
+#define _GNU_SOURCE
+#include <linux/capability.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0);
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    syscall(SYS_capget, &h, d);
+    d[0].effective &= ~(1u << CAP_SYS_ADMIN);
+    d[0].inheritable |= 1u << CAP_NET_BIND_SERVICE;
+    if (syscall(SYS_capset, &h, d)) { printf("capset failed\n"); return 1; }
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0);
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+fn cap_lines(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Capability sets (inheritable, permitted, effective, bounding, ambient)
+/// and no_new_privs come back as they were.
+#[test]
+fn capabilities_come_back() {
+    become_subreaper();
+    let dir = scratch("caps");
+    let bin = compile(&dir, "caps", CAPS, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("caps.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let before = cap_lines(pid);
+    assert!(before.contains(&"NoNewPrivs:\t1".to_string()), "{before:?}");
+    assert!(before.iter().any(|l| l.starts_with("CapAmb:") && l != "CapAmb:\t0000000000000000"), "{before:?}");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert_eq!(cap_lines(pid), before);
+    kill_and_reap(pid);
 }

@@ -51,7 +51,12 @@ fn parse(path: &std::path::Path) -> Vec<(u32, u64, i32, bool)> {
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             assert_eq!(f.len(), 4, "bad line {l:?}");
-            (f[0].parse().expect("idx"), f[1].parse().expect("seq"), f[2].parse().expect("tid"), f[3] == "ok")
+            (
+                f[0].parse().expect("idx"),
+                f[1].parse().expect("seq"),
+                f[2].parse().expect("tid"),
+                f[3] == "ok",
+            )
         })
         .collect()
 }
@@ -75,25 +80,47 @@ fn five_threads_keep_tids_tls_and_sequences() {
     let pid = spawn(&bin, &[], Some(&out));
     let mut reaper = Reaper::default();
     reaper.add(pid);
-    wait_for("every worker to print", || parse(&out).iter().filter(|l| l.1 >= 2).count() >= 4);
+    wait_for("every worker to print", || {
+        parse(&out).iter().filter(|l| l.1 >= 2).count() >= 4
+    });
     let before_tids = tids(pid);
     assert_eq!(before_tids.len(), 5);
 
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
     let before = parse(&out);
-    let max_before: Vec<u64> = (1..=4).map(|i| before.iter().filter(|l| l.0 == i).map(|l| l.1).max().expect("seq")).collect();
+    let max_before: Vec<u64> = (1..=4)
+        .map(|i| {
+            before
+                .iter()
+                .filter(|l| l.0 == i)
+                .map(|l| l.1)
+                .max()
+                .expect("seq")
+        })
+        .collect();
 
     restore(&img);
     assert_eq!(tids(pid), before_tids, "same thread ids");
     wait_for("every worker to advance", || {
         let now = parse(&out);
-        (1..=4u32).all(|i| now.iter().filter(|l| l.0 == i).map(|l| l.1).max().unwrap_or(0) >= max_before[i as usize - 1] + 5)
+        (1..=4u32).all(|i| {
+            now.iter()
+                .filter(|l| l.0 == i)
+                .map(|l| l.1)
+                .max()
+                .unwrap_or(0)
+                >= max_before[i as usize - 1] + 5
+        })
     });
     kill_and_reap(pid);
 
     let all = parse(&out);
-    assert!(all.iter().all(|l| l.3), "every TLS check passed: {:?}", all.iter().find(|l| !l.3));
+    assert!(
+        all.iter().all(|l| l.3),
+        "every TLS check passed: {:?}",
+        all.iter().find(|l| !l.3)
+    );
     for i in 1..=4u32 {
         let seq: Vec<u64> = all.iter().filter(|l| l.0 == i).map(|l| l.1).collect();
         let want: Vec<u64> = (0..seq.len() as u64).collect();

@@ -4,7 +4,7 @@
 //! PTRACE_GETVFPREGS and TLS through PTRACE_GET_THREAD_AREA / `set_tls`.
 //! Neither libc nor nix define these for musl ARM, so they are defined here.
 
-use super::{Bits, ptrace_err, restart_kind, RegsError, Restart};
+use super::{ptrace_err, restart_kind, Bits, RegsError, Restart};
 
 pub const ARCH: &str = "arm";
 /// `svc #0` then the Linux ARM breakpoint `0xe7f001f0` (little endian).
@@ -122,7 +122,10 @@ impl Regs {
     }
     pub fn from_bytes(b: &[u8]) -> Result<Self, RegsError> {
         if b.len() != REGS_SIZE {
-            return Err(RegsError::BadSize { got: b.len(), want: REGS_SIZE });
+            return Err(RegsError::BadSize {
+                got: b.len(),
+                want: REGS_SIZE,
+            });
         }
         let mut w = [0u32; 18];
         for (i, c) in b.chunks_exact(4).enumerate() {
@@ -130,7 +133,11 @@ impl Regs {
         }
         let mut r = [0u32; 16];
         r.copy_from_slice(&w[..16]);
-        Ok(Self { r, cpsr: w[16], orig_r0: w[17] })
+        Ok(Self {
+            r,
+            cpsr: w[16],
+            orig_r0: w[17],
+        })
     }
 }
 
@@ -157,9 +164,7 @@ pub fn set_regs(tid: i32, r: &Regs) -> Result<(), RegsError> {
 pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
     let mut buf = vec![0u8; VFP_SIZE];
     // SAFETY: PTRACE_GETVFPREGS writes exactly VFP_SIZE bytes into `buf`.
-    let rc = unsafe {
-        libc::ptrace(req(PTRACE_GETVFPREGS) as _, tid, 0usize, buf.as_mut_ptr())
-    };
+    let rc = unsafe { libc::ptrace(req(PTRACE_GETVFPREGS) as _, tid, 0usize, buf.as_mut_ptr()) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_GETVFPREGS", tid));
     }
@@ -168,12 +173,13 @@ pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
 
 pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), RegsError> {
     if data.len() != VFP_SIZE {
-        return Err(RegsError::BadSize { got: data.len(), want: VFP_SIZE });
+        return Err(RegsError::BadSize {
+            got: data.len(),
+            want: VFP_SIZE,
+        });
     }
     // SAFETY: PTRACE_SETVFPREGS reads exactly VFP_SIZE bytes from `data`.
-    let rc = unsafe {
-        libc::ptrace(req(PTRACE_SETVFPREGS) as _, tid, 0usize, data.as_ptr())
-    };
+    let rc = unsafe { libc::ptrace(req(PTRACE_SETVFPREGS) as _, tid, 0usize, data.as_ptr()) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_SETVFPREGS", tid));
     }
@@ -184,9 +190,7 @@ pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), RegsError> {
 pub fn get_tls(tid: i32, _regs: &Regs) -> Result<u64, RegsError> {
     let mut tls: u32 = 0;
     // SAFETY: PTRACE_GET_THREAD_AREA on ARM stores one word at `data`.
-    let rc = unsafe {
-        libc::ptrace(req(PTRACE_GET_THREAD_AREA) as _, tid, 0usize, &raw mut tls)
-    };
+    let rc = unsafe { libc::ptrace(req(PTRACE_GET_THREAD_AREA) as _, tid, 0usize, &raw mut tls) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_GET_THREAD_AREA", tid));
     }
@@ -202,7 +206,14 @@ pub fn tls_restore_syscall(tls: u64) -> Option<(i64, [u64; 6])> {
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
     (
         nr::MMAP,
-        [addr, len, u64::from(prot.bits()), u64::from(flags.bits()), u64::from(fd.bits()), off / 4096],
+        [
+            addr,
+            len,
+            u64::from(prot.bits()),
+            u64::from(flags.bits()),
+            u64::from(fd.bits()),
+            off / 4096,
+        ],
     )
 }
 
@@ -232,6 +243,7 @@ pub mod nr {
     pub const TIMER_CREATE: i64 = 257;
     pub const TIMER_SETTIME: i64 = 258;
     pub const TIMER_GETTIME: i64 = 259;
+    pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

@@ -94,7 +94,11 @@ pub enum RegsError {
     #[error("task {0} is gone")]
     TaskDied(i32),
     #[error("{op} on task {tid}: {err}")]
-    Os { op: &'static str, tid: i32, err: std::io::Error },
+    Os {
+        op: &'static str,
+        tid: i32,
+        err: std::io::Error,
+    },
     #[error("register image of {got} bytes, this architecture needs {want}")]
     BadSize { got: usize, want: usize },
 }

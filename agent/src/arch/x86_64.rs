@@ -2,7 +2,7 @@
 //! r8 r9; result in rax), `int3`, FPU/AVX state through the XSTATE regset,
 //! TLS in the fs_base register.
 
-use super::{Bits, ptrace_err, restart_kind, RegsError, Restart};
+use super::{ptrace_err, restart_kind, Bits, RegsError, Restart};
 
 pub const ARCH: &str = "x86_64";
 /// `syscall; int3`, padded with `int3` to a whole word for PTRACE_POKEDATA.
@@ -132,16 +132,42 @@ impl Regs {
     }
     pub fn to_bytes(&self) -> Vec<u8> {
         let words: [u64; 27] = [
-            self.r15, self.r14, self.r13, self.r12, self.rbp, self.rbx, self.r11, self.r10,
-            self.r9, self.r8, self.rax, self.rcx, self.rdx, self.rsi, self.rdi, self.orig_rax,
-            self.rip, self.cs, self.eflags, self.rsp, self.ss, self.fs_base, self.gs_base,
-            self.ds, self.es, self.fs, self.gs,
+            self.r15,
+            self.r14,
+            self.r13,
+            self.r12,
+            self.rbp,
+            self.rbx,
+            self.r11,
+            self.r10,
+            self.r9,
+            self.r8,
+            self.rax,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.orig_rax,
+            self.rip,
+            self.cs,
+            self.eflags,
+            self.rsp,
+            self.ss,
+            self.fs_base,
+            self.gs_base,
+            self.ds,
+            self.es,
+            self.fs,
+            self.gs,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
     pub fn from_bytes(b: &[u8]) -> Result<Self, RegsError> {
         if b.len() != REGS_SIZE {
-            return Err(RegsError::BadSize { got: b.len(), want: REGS_SIZE });
+            return Err(RegsError::BadSize {
+                got: b.len(),
+                want: REGS_SIZE,
+            });
         }
         let mut w = [0u64; 27];
         for (i, c) in b.chunks_exact(8).enumerate() {
@@ -150,10 +176,32 @@ impl Regs {
             w[i] = u64::from_le_bytes(a);
         }
         Ok(Self {
-            r15: w[0], r14: w[1], r13: w[2], r12: w[3], rbp: w[4], rbx: w[5], r11: w[6],
-            r10: w[7], r9: w[8], r8: w[9], rax: w[10], rcx: w[11], rdx: w[12], rsi: w[13],
-            rdi: w[14], orig_rax: w[15], rip: w[16], cs: w[17], eflags: w[18], rsp: w[19],
-            ss: w[20], fs_base: w[21], gs_base: w[22], ds: w[23], es: w[24], fs: w[25],
+            r15: w[0],
+            r14: w[1],
+            r13: w[2],
+            r12: w[3],
+            rbp: w[4],
+            rbx: w[5],
+            r11: w[6],
+            r10: w[7],
+            r9: w[8],
+            r8: w[9],
+            rax: w[10],
+            rcx: w[11],
+            rdx: w[12],
+            rsi: w[13],
+            rdi: w[14],
+            orig_rax: w[15],
+            rip: w[16],
+            cs: w[17],
+            eflags: w[18],
+            rsp: w[19],
+            ss: w[20],
+            fs_base: w[21],
+            gs_base: w[22],
+            ds: w[23],
+            es: w[24],
+            fs: w[25],
             gs: w[26],
         })
     }
@@ -163,9 +211,7 @@ pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     let mut r = Regs::default();
     // SAFETY: PTRACE_GETREGS writes one user_regs_struct into `r`, which is
     // #[repr(C)] with the kernel's layout.
-    let rc = unsafe {
-        libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &raw mut r)
-    };
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &raw mut r) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_GETREGS", tid));
     }
@@ -185,12 +231,13 @@ pub fn set_regs(tid: i32, r: &Regs) -> Result<(), RegsError> {
 /// kernel reports it.
 pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
     let mut buf = vec![0u8; XSTATE_MAX];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: the kernel writes at most iov_len bytes into `buf` and updates
     // iov_len to the size written.
-    let rc = unsafe {
-        libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &raw mut iov)
-    };
+    let rc = unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, NT_X86_XSTATE, &raw mut iov) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_GETREGSET(NT_X86_XSTATE)", tid));
     }
@@ -200,11 +247,12 @@ pub fn get_fpregs(tid: i32) -> Result<Vec<u8>, RegsError> {
 
 pub fn set_fpregs(tid: i32, data: &[u8]) -> Result<(), RegsError> {
     let mut copy = data.to_vec();
-    let mut iov = libc::iovec { iov_base: copy.as_mut_ptr().cast(), iov_len: copy.len() };
-    // SAFETY: the kernel reads iov_len bytes from `copy`.
-    let rc = unsafe {
-        libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &raw mut iov)
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr().cast(),
+        iov_len: copy.len(),
     };
+    // SAFETY: the kernel reads iov_len bytes from `copy`.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &raw mut iov) };
     if rc < 0 {
         return Err(ptrace_err("PTRACE_SETREGSET(NT_X86_XSTATE)", tid));
     }
@@ -225,7 +273,14 @@ pub fn tls_restore_syscall(_tls: u64) -> Option<(i64, [u64; 6])> {
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
     (
         nr::MMAP,
-        [addr, len, u64::from(prot.bits()), u64::from(flags.bits()), i64::from(fd).bits(), off],
+        [
+            addr,
+            len,
+            u64::from(prot.bits()),
+            u64::from(flags.bits()),
+            i64::from(fd).bits(),
+            off,
+        ],
     )
 }
 
@@ -255,6 +310,7 @@ pub mod nr {
     pub const TIMER_CREATE: i64 = 222;
     pub const TIMER_SETTIME: i64 = 223;
     pub const TIMER_GETTIME: i64 = 224;
+    pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
 }

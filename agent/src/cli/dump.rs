@@ -23,7 +23,11 @@ pub struct DumpArgs {
 }
 
 pub fn run(a: &DumpArgs) -> Result<i32, String> {
-    let after = if a.leave_running { After::LeaveRunning } else { After::Kill };
+    let after = if a.leave_running {
+        After::LeaveRunning
+    } else {
+        After::Kill
+    };
     let (stats, dest) = match (&a.image, &a.store) {
         (Some(img), _) => (dump_to_file(a.pid, img, after), img),
         (None, Some(store)) => (dump_to_store(a.pid, store, after), store),

@@ -40,25 +40,35 @@ fn sword(v: isize) -> i64 {
 }
 
 /// Reads everything but memory contents and open files of one process.
-pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessState, Vec<MapEntry>), EngineError> {
+pub fn collect_process(
+    pid: i32,
+    ppid: i32,
+    tids: &[i32],
+) -> Result<(ProcessState, Vec<MapEntry>), EngineError> {
     let step = || format!("collect {pid}");
     let stat_path = format!("/proc/{pid}/stat");
     let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
     let status_path = format!("/proc/{pid}/status");
-    let status = procfs::parse_status(&status_path, &procfs::read(&status_path).step(step)?).step(step)?;
+    let status =
+        procfs::parse_status(&status_path, &procfs::read(&status_path).step(step)?).step(step)?;
     let smaps_path = format!("/proc/{pid}/smaps");
-    let maps = procfs::parse_smaps(&smaps_path, &procfs::read(&smaps_path).step(step)?).step(step)?;
+    let maps =
+        procfs::parse_smaps(&smaps_path, &procfs::read(&smaps_path).step(step)?).step(step)?;
     let auxv = std::fs::read(format!("/proc/{pid}/auxv")).step(step)?;
     let pers_path = format!("/proc/{pid}/personality");
     let personality = u32::from_str_radix(procfs::read(&pers_path).step(step)?.trim(), 16)
         .map_err(|_| Cause::Refused(format!("{pers_path}: not hex")))
         .step(step)?;
     let limits_path = format!("/proc/{pid}/limits");
-    let rlimits = procfs::parse_limits(&limits_path, &procfs::read(&limits_path).step(step)?).step(step)?;
+    let rlimits =
+        procfs::parse_limits(&limits_path, &procfs::read(&limits_path).step(step)?).step(step)?;
     if rlimits.len() != RLIMIT_NLIMITS as usize {
         return Err(EngineError {
             step: step(),
-            cause: Cause::Refused(format!("{limits_path} lists {} limits, not {RLIMIT_NLIMITS}", rlimits.len())),
+            cause: Cause::Refused(format!(
+                "{limits_path} lists {} limits, not {RLIMIT_NLIMITS}",
+                rlimits.len()
+            )),
         });
     }
 
@@ -75,6 +85,7 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
         ppid,
         pgid: stat.pgid,
         sid: stat.sid,
+        ctty: if stat.sid == pid { stat.tty_nr } else { 0 },
         vmas,
         auxv,
         exe: procfs::readlink(&format!("/proc/{pid}/exe")).step(step)?,
@@ -83,7 +94,13 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
         umask: status.umask,
         personality,
         rlimits,
-        creds: Creds { uids: status.uids, gids: status.gids, groups: status.groups },
+        creds: Creds {
+            uids: status.uids,
+            gids: status.gids,
+            groups: status.groups,
+            caps: status.caps,
+            no_new_privs: status.no_new_privs,
+        },
         mm: MmFields {
             start_code: stat.start_code,
             end_code: stat.end_code,
@@ -112,7 +129,10 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
         regs.for_image();
         let comm_path = format!("/proc/{pid}/task/{tid}/comm");
-        let comm = procfs::read(&comm_path).step(tstep)?.trim_end_matches('\n').to_string();
+        let comm = procfs::read(&comm_path)
+            .step(tstep)?
+            .trim_end_matches('\n')
+            .to_string();
         p.threads.push(ThreadState {
             tid,
             comm,
@@ -121,12 +141,23 @@ pub fn collect_process(pid: i32, ppid: i32, tids: &[i32]) -> Result<(ProcessStat
             tls,
             sigmask: ptrace::get_sigmask(tid).step(tstep)?,
             pending: ptrace::peek_siginfo(tid, false).step(tstep)?,
-            rseq: ptrace::rseq_config(tid).step(tstep)?.map(|(addr, len, sig)| Rseq { addr, len, sig }),
+            rseq: ptrace::rseq_config(tid)
+                .step(tstep)?
+                .map(|(addr, len, sig)| Rseq { addr, len, sig }),
             ..Default::default()
         });
     }
     run_parasite(&mut p).step(|| format!("parasite {pid}"))?;
     Ok((p, maps))
+}
+
+/// A zombie: who it was (for its parent, group and session) and how it
+/// ended.
+pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, EngineError> {
+    let step = || format!("collect {pid}");
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
+    Ok(ProcessState { pid, ppid, pgid: stat.pgid, sid: stat.sid, zombie: Some(status), ..Default::default() })
 }
 
 fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
@@ -149,7 +180,10 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
                     shared: true,
                     grows_down: m.has_flag("gd"),
                     noreserve: m.has_flag("nr"),
-                    backing: Backing::Shm { id: m.inode, offset: m.offset },
+                    backing: Backing::Shm {
+                        id: m.inode,
+                        offset: m.offset,
+                    },
                     name: m.name.clone(),
                 });
             }
@@ -205,7 +239,18 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     let base = main.syscall("mmap", mmap_nr, a)?;
     let result = (|| -> Result<(), Cause> {
         mem.write(RemotePtr::<u8>::new(base), torpor_parasite::parasite())?;
-        main.syscall("mprotect", nr::MPROTECT, [base, 4096, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0])?;
+        main.syscall(
+            "mprotect",
+            nr::MPROTECT,
+            [
+                base,
+                4096,
+                (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
         let args_at = RemotePtr::<ParasiteArgs>::new(base + PARASITE_ARGS_OFFSET as u64);
         let stack = base + size - 64;
         for (i, t) in p.threads.iter_mut().enumerate() {
@@ -237,7 +282,12 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
                         for (k, w) in s.mask.iter().enumerate() {
                             mask |= word(*w) << (k * usize::BITS as usize);
                         }
-                        SigAction { handler: word(s.handler), flags: word(s.flags), restorer: word(s.restorer), mask }
+                        SigAction {
+                            handler: word(s.handler),
+                            flags: word(s.flags),
+                            restorer: word(s.restorer),
+                            mask,
+                        }
                     })
                     .collect();
                 p.itimers = out
@@ -255,7 +305,11 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         }
         Ok(())
     })();
-    let timers = if result.is_ok() { read_timers(pid, &mut main, &mem, base + PARASITE_ARGS_OFFSET as u64) } else { Ok(Vec::new()) };
+    let timers = if result.is_ok() {
+        read_timers(pid, &mut main, &mem, base + PARASITE_ARGS_OFFSET as u64)
+    } else {
+        Ok(Vec::new())
+    };
     let unmapped = main.syscall("munmap", nr::MUNMAP, [base, size, 0, 0, 0, 0]);
     p.posix_timers = timers?;
     result?;
@@ -266,12 +320,21 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
 
 /// POSIX timers: their settings from /proc, their time left from
 /// timer_gettime run in the task (into `scratch`, a page of the parasite's).
-fn read_timers(pid: i32, r: &mut Remote<'_>, mem: &Mem, scratch: u64) -> Result<Vec<PosixTimer>, Cause> {
+fn read_timers(
+    pid: i32,
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    scratch: u64,
+) -> Result<Vec<PosixTimer>, Cause> {
     let path = format!("/proc/{pid}/timers");
     let entries = procfs::parse_timers(&path, &procfs::read(&path)?)?;
     let mut out = Vec::new();
     for e in entries {
-        r.syscall("timer_gettime", nr::TIMER_GETTIME, [u64::from(e.id.bits()), scratch, 0, 0, 0, 0])?;
+        r.syscall(
+            "timer_gettime",
+            nr::TIMER_GETTIME,
+            [u64::from(e.id.bits()), scratch, 0, 0, 0, 0],
+        )?;
         // struct itimerspec: interval then value, each {sec, nsec} in longs.
         let mut w = [0isize; 4];
         for (i, v) in w.iter_mut().enumerate() {
@@ -304,7 +367,11 @@ fn read_args(mem: &Mem, at: RemotePtr<ParasiteArgs>) -> Result<ParasiteArgs, Cau
 fn check_results(tid: i32, a: &ParasiteArgs) -> Result<(), Cause> {
     let fail = |name: &'static str, r: isize| -> Cause {
         let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);
-        Cause::Remote(RemoteError::Syscall { tid, name, err: std::io::Error::from_raw_os_error(errno) })
+        Cause::Remote(RemoteError::Syscall {
+            tid,
+            name,
+            err: std::io::Error::from_raw_os_error(errno),
+        })
     };
     for sig in 1..=NSIG {
         if sig == 9 || sig == 19 {
@@ -378,7 +445,8 @@ impl FileTable {
         for fd in procfs::fds(pid).step(step)? {
             let link = procfs::readlink(&format!("/proc/{pid}/fd/{fd}")).step(step)?;
             let info_path = format!("/proc/{pid}/fdinfo/{fd}");
-            let info = procfs::parse_fdinfo(&info_path, &procfs::read(&info_path).step(step)?).step(step)?;
+            let info = procfs::parse_fdinfo(&info_path, &procfs::read(&info_path).step(step)?)
+                .step(step)?;
             let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
             // Same description as one already seen?
@@ -398,33 +466,57 @@ impl FileTable {
                     self.files.len() - 1
                 }
             };
-            out.push(Fd { fd, file: u32::try_from(id).unwrap_or(u32::MAX), cloexec });
+            out.push(Fd {
+                fd,
+                file: u32::try_from(id).unwrap_or(u32::MAX),
+                cloexec,
+            });
         }
         Ok(out)
     }
 
-    fn kind_of(&mut self, pid: i32, fd: i32, link: &str, flags: u32, pos: u64) -> Result<FileKind, Cause> {
-        let unsupported = |what: &str| Cause::Unsupported(format!("fd {fd} of process {pid} is {what} ({link})"));
-        if let Some(ino) = link.strip_prefix("pipe:[").and_then(|s| s.strip_suffix(']')) {
-            let ino: u64 = ino.parse().map_err(|_| unsupported("a pipe with an unreadable inode"))?;
+    fn kind_of(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        link: &str,
+        flags: u32,
+        pos: u64,
+    ) -> Result<FileKind, Cause> {
+        let unsupported =
+            |what: &str| Cause::Unsupported(format!("fd {fd} of process {pid} is {what} ({link})"));
+        if let Some(ino) = link
+            .strip_prefix("pipe:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            let ino: u64 = ino
+                .parse()
+                .map_err(|_| unsupported("a pipe with an unreadable inode"))?;
             let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
-            let pipe = match self.pipe_index.get(&ino) {
-                Some(&i) => i,
-                None => {
-                    let st = read_pipe(pid, fd, ino)?;
-                    self.pipes.push(st);
-                    let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
-                    self.pipe_index.insert(ino, i);
-                    i
-                }
-            };
-            let e = self.pipe_ends.entry(pipe).or_insert((false, false, pid, fd));
+            let pipe = self.pipe_of(pid, fd, ino)?;
+            let e = self
+                .pipe_ends
+                .entry(pipe)
+                .or_insert((false, false, pid, fd));
             if write {
                 e.1 = true;
             } else {
                 e.0 = true;
             }
-            return Ok(FileKind::Pipe { pipe, write });
+            return Ok(FileKind::Pipe { pipe, write, fifo: None });
+        }
+        if let Some(kind) = link.strip_prefix("anon_inode:[").and_then(|k| k.strip_suffix(']')) {
+            if matches!(kind, "eventfd" | "signalfd" | "timerfd" | "eventpoll") {
+                let path = format!("/proc/{pid}/fdinfo/{fd}");
+                return Ok(match procfs::parse_anon_fdinfo(&path, kind, &procfs::read(&path)?)? {
+                    procfs::AnonInfo::EventFd { count, semaphore } => FileKind::EventFd { count, semaphore },
+                    procfs::AnonInfo::SignalFd { mask } => FileKind::SignalFd { mask },
+                    procfs::AnonInfo::TimerFd { clock, value, interval, ticks } => {
+                        FileKind::TimerFd { clock, value, interval, ticks }
+                    }
+                    procfs::AnonInfo::Epoll { targets } => FileKind::Epoll { targets },
+                });
+            }
         }
         if let Some(ino) = self.torpor_conn {
             if link == format!("socket:[{ino}]") {
@@ -454,7 +546,11 @@ impl FileTable {
                 )));
             }
             let data = std::fs::read(format!("/proc/{pid}/fd/{fd}"))?;
-            return Ok(FileKind::Unlinked { path: path.to_string(), pos, data });
+            return Ok(FileKind::Unlinked {
+                path: path.to_string(),
+                pos,
+                data,
+            });
         }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
@@ -466,16 +562,40 @@ impl FileTable {
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec(),
             };
-            Ok(FileKind::Path { path: link.to_string(), pos, dir: ft.is_dir(), identity })
+            Ok(FileKind::Path {
+                path: link.to_string(),
+                pos,
+                dir: ft.is_dir(),
+                identity,
+            })
         } else if ft.is_char_device() {
             let rdev = md.rdev();
             let major = u64::from(libc::major(rdev));
-            Ok(FileKind::Device { path: link.to_string(), rdev, tty: is_tty_major(major) })
+            Ok(FileKind::Device {
+                path: link.to_string(),
+                rdev,
+                tty: is_tty_major(major),
+            })
         } else if ft.is_fifo() {
-            Err(unsupported("a named FIFO"))
+            let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
+            let pipe = self.pipe_of(pid, fd, md.ino())?;
+            Ok(FileKind::Pipe { pipe, write, fifo: Some(link.to_string()) })
         } else {
             Err(unsupported("a block device or socket file"))
         }
+    }
+
+    /// The index of the pipe with this inode, reading its unread bytes the
+    /// first time it is seen.
+    fn pipe_of(&mut self, pid: i32, fd: i32, ino: u64) -> Result<u32, Cause> {
+        if let Some(&i) = self.pipe_index.get(&ino) {
+            return Ok(i);
+        }
+        let st = read_pipe(pid, fd, ino)?;
+        self.pipes.push(st);
+        let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
+        self.pipe_index.insert(ino, i);
+        Ok(i)
     }
 
     /// Refuses pipes whose other end is held outside the tree: their data
@@ -488,7 +608,12 @@ impl FileTable {
                 continue;
             }
             let step = || format!("files {pid}");
-            let outside = if *r { has_writers(*pid, *fd) } else { has_readers(*pid, *fd) }.step(step)?;
+            let outside = if *r {
+                has_writers(*pid, *fd)
+            } else {
+                has_readers(*pid, *fd)
+            }
+            .step(step)?;
             if outside {
                 let ino = self.pipes[*pipe as usize].inode;
                 return Err(EngineError {
@@ -520,7 +645,11 @@ fn open_proc_fd(pid: i32, fd: i32, flags: i32) -> Result<Result<OwnedFd, std::io
 /// whose read end is `fd` of `pid`: without writers a pipe polls as hung up.
 fn has_writers(pid: i32, fd: i32) -> Result<bool, Cause> {
     let rd = open_proc_fd(pid, fd, libc::O_RDONLY | libc::O_NONBLOCK)??;
-    let mut p = libc::pollfd { fd: rd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: rd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one pollfd, no wait.
     if unsafe { libc::poll(&raw mut p, 1, 0) } < 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -544,7 +673,12 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
     let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}"))
         .map_err(|_| Cause::Refused("fd path with NUL".into()))?;
     // SAFETY: open with a valid C string; the result is checked.
-    let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let raw = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     if raw < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
@@ -570,7 +704,14 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
         let want = usize::try_from(avail).unwrap_or(0);
         // SAFETY: tee between two pipe fds we hold.
-        let n = unsafe { libc::tee(src.as_raw_fd(), pw.as_raw_fd(), want, libc::SPLICE_F_NONBLOCK) };
+        let n = unsafe {
+            libc::tee(
+                src.as_raw_fd(),
+                pw.as_raw_fd(),
+                want,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
         if n < 0 {
             return Err(std::io::Error::last_os_error().into());
         }
@@ -578,12 +719,22 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         let mut got = 0;
         while got < data.len() {
             // SAFETY: reading into the unfilled part of `data`.
-            let k = unsafe { libc::read(pr.as_raw_fd(), data[got..].as_mut_ptr().cast(), data.len() - got) };
+            let k = unsafe {
+                libc::read(
+                    pr.as_raw_fd(),
+                    data[got..].as_mut_ptr().cast(),
+                    data.len() - got,
+                )
+            };
             if k <= 0 {
                 return Err(std::io::Error::last_os_error().into());
             }
             got += k.bits();
         }
     }
-    Ok(PipeState { inode, size: size.bits(), data })
+    Ok(PipeState {
+        inode,
+        size: size.bits(),
+        data,
+    })
 }

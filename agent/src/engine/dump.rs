@@ -7,11 +7,11 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use crate::engine::collect::{self, FileTable};
 use crate::engine::freeze::Frozen;
 use crate::engine::image_io;
-use crate::image::{Header, ImageWriter};
 use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::{page_size, Cause, EngineError, StepExt};
+use crate::image::{Header, ImageWriter};
 
 /// Bytes read from a task per process_vm_readv.
 const READ_BATCH: usize = 1024 * 1024;
@@ -73,7 +73,15 @@ pub fn dump_frozen_with<W: Write>(
     table.torpor_conn = torpor_conn;
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {
-        let ppid = if pid == root { 0 } else { frozen.parent.get(&pid).copied().unwrap_or(0) };
+        let ppid = if pid == root {
+            0
+        } else {
+            frozen.parent.get(&pid).copied().unwrap_or(0)
+        };
+        if let Some(&status) = frozen.zombies.get(&pid) {
+            procs.push((collect::collect_zombie(pid, ppid, status)?, Vec::new()));
+            continue;
+        }
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
@@ -92,11 +100,39 @@ pub fn dump_frozen_with<W: Write>(
         image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)?;
+        if p.zombie.is_some() {
+            continue;
+        }
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done).map_err(|e| {
+            // A task killed from outside shows up as short reads of its
+            // files: say what happened.
+            if task_gone(p.pid) && e.step.starts_with("memory") {
+                EngineError { step: e.step, cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)) }
+            } else {
+                e
+            }
+        })?;
     }
     let (out, _summary) = w.finish().step(wstep)?;
     commit(out)?;
     Ok((stats, frozen))
+}
+
+fn gone_or(pid: i32, e: std::io::Error) -> Cause {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Cause::Ptrace(ptrace::PtraceError::TaskDied(pid))
+    } else {
+        Cause::Io(e)
+    }
+}
+
+/// The task has exited (or is exiting): no longer there, a zombie, or dead.
+fn task_gone(pid: i32) -> bool {
+    let path = format!("/proc/{pid}/stat");
+    match crate::engine::procfs::read(&path).and_then(|t| crate::engine::procfs::parse_stat(&path, &t)) {
+        Ok(s) => s.state == 'Z' || s.state == 'X',
+        Err(_) => true,
+    }
 }
 
 /// Which pages of a mapping hold state no file can give back.
@@ -110,7 +146,9 @@ fn wanted(v: &Vma, entry: u64) -> bool {
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
         // Private file pages count only once written (copied on write).
-        Backing::File { .. } => (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0,
+        Backing::File { .. } => {
+            (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0
+        }
     }
 }
 
@@ -131,14 +169,18 @@ fn dump_memory<W: Write>(
     let mut total = 0u64;
     let batch_pages = (buf.len() / psz) as u64;
     let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
-    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| !collect::is_fixed_kernel_mapping(&m.name))) {
+    for (v, m) in p.vmas.iter().zip(
+        maps.iter()
+            .filter(|m| !collect::is_fixed_kernel_mapping(&m.name)),
+    ) {
         debug_assert_eq!(v.start, m.start);
         if matches!(v.backing, Backing::Special(_)) {
             continue;
         }
         // Nothing anonymous and nothing swapped: no page to store (a large
         // reservation costs no pagemap reading).
-        if !matches!(v.backing, Backing::Shm { .. }) && m.anon_kb == Some(0) && m.swap_kb == Some(0) {
+        if !matches!(v.backing, Backing::Shm { .. }) && m.anon_kb == Some(0) && m.swap_kb == Some(0)
+        {
             continue;
         }
         // A shared object is stored once, by the first process mapping it.
@@ -152,13 +194,23 @@ fn dump_memory<W: Write>(
             let n = ((v.end - addr) / ps).min(batch_pages);
             let nbytes = usize::try_from(n * 8).unwrap_or(0);
             pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
-            pagemap.read_exact(&mut pm[..nbytes]).step(step)?;
+            // The address space ends early only when the task died.
+            pagemap.read_exact(&mut pm[..nbytes]).map_err(|e| gone_or(pid, e)).step(step)?;
             // Runs of wanted pages inside this batch.
             let mut i = 0u64;
             while i < n {
                 let e = |k: u64| {
                     let o = usize::try_from(k * 8).unwrap_or(0);
-                    u64::from_le_bytes([pm[o], pm[o + 1], pm[o + 2], pm[o + 3], pm[o + 4], pm[o + 5], pm[o + 6], pm[o + 7]])
+                    u64::from_le_bytes([
+                        pm[o],
+                        pm[o + 1],
+                        pm[o + 2],
+                        pm[o + 3],
+                        pm[o + 4],
+                        pm[o + 5],
+                        pm[o + 6],
+                        pm[o + 7],
+                    ])
                 };
                 if !wanted(v, e(i)) {
                     i += 1;
@@ -171,7 +223,8 @@ fn dump_memory<W: Write>(
                 let run_addr = addr + i * ps;
                 let len = usize::try_from((j - i) * ps).unwrap_or(0);
                 read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
-                total += write_nonzero(w, run_addr, &buf[..len], psz).step(|| "write image".to_string())?;
+                total += write_nonzero(w, run_addr, &buf[..len], psz)
+                    .step(|| "write image".to_string())?;
                 i = j;
             }
             addr += n * ps;
@@ -190,12 +243,20 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
     }
     // Unreadable protections (guard pages, PROT_NONE with contents): the
     // tracer's /proc/PID/mem access ignores them.
-    mem.read(RemotePtr::<u8>::new(addr), buf)?;
+    mem.read(RemotePtr::<u8>::new(addr), buf).map_err(|e| match e {
+        ptrace::PtraceError::Os { err, .. } => gone_or(pid, err),
+        other => Cause::Ptrace(other),
+    })?;
     Ok(())
 }
 
 /// Writes the non-zero pages of `data` as page records; returns the bytes.
-fn write_nonzero<W: Write>(w: &mut ImageWriter<W>, addr: u64, data: &[u8], psz: usize) -> Result<u64, Cause> {
+fn write_nonzero<W: Write>(
+    w: &mut ImageWriter<W>,
+    addr: u64,
+    data: &[u8],
+    psz: usize,
+) -> Result<u64, Cause> {
     let mut total = 0u64;
     let mut start: Option<usize> = None;
     let pages = data.len() / psz;
@@ -216,7 +277,11 @@ fn write_nonzero<W: Write>(w: &mut ImageWriter<W>, addr: u64, data: &[u8], psz: 
 
 /// Dumps into a file: written beside it and renamed into place only when
 /// complete and synced, so a failed dump leaves no partial image.
-pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+pub fn dump_to_file(
+    root: i32,
+    path: &std::path::Path,
+    after: After,
+) -> Result<DumpStats, EngineError> {
     let wstep = || "write image".to_string();
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
@@ -239,7 +304,11 @@ pub fn dump_to_file(root: i32, path: &std::path::Path, after: After) -> Result<D
 /// Dumps into the newest slot of an A/B store (a partition or a file, created
 /// if missing); the slot becomes the newest image only once written, read
 /// back and verified, and only then is the tree killed.
-pub fn dump_to_store(root: i32, path: &std::path::Path, after: After) -> Result<DumpStats, EngineError> {
+pub fn dump_to_store(
+    root: i32,
+    path: &std::path::Path,
+    after: After,
+) -> Result<DumpStats, EngineError> {
     let sstep = || "store".to_string();
     let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
     let w = store.writer().step(sstep)?;

@@ -21,7 +21,10 @@ impl FreezeFailure {
     /// A vanished task is transient unless it is the root.
     fn of(error: EngineError, not_root: bool) -> Self {
         let died = matches!(error.cause, Cause::Ptrace(PtraceError::TaskDied(_)));
-        FreezeFailure { transient: died && not_root, error }
+        FreezeFailure {
+            transient: died && not_root,
+            error,
+        }
     }
 }
 
@@ -42,6 +45,8 @@ pub struct Frozen {
     pub parent: BTreeMap<i32, i32>,
     /// Threads of each process, main thread first.
     pub threads: BTreeMap<i32, Vec<i32>>,
+    /// Zombies of the tree and their wait status: never seized.
+    pub zombies: BTreeMap<i32, i32>,
     /// Every seized tid, to be detached.
     seized: Vec<i32>,
     killed: bool,
@@ -84,6 +89,7 @@ impl Frozen {
             pids: Vec::new(),
             parent: BTreeMap::new(),
             threads: BTreeMap::new(),
+            zombies: BTreeMap::new(),
             seized: Vec::new(),
             killed: false,
         };
@@ -101,6 +107,26 @@ impl Frozen {
                     .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
                     .step(step)
                     .map_err(|e| FreezeFailure::of(e, pid != root))?;
+                if stat.state == 'Z' && pid != root {
+                    // An exited child its frozen parent has not reaped: it
+                    // comes back as a zombie with the same status, unless
+                    // only its leader exited and other threads run on.
+                    let tids = procfs::threads(pid).unwrap_or_default();
+                    if tids.iter().all(|t| *t == pid) {
+                        f.zombies.insert(pid, stat.exit_code);
+                        f.threads.insert(pid, Vec::new());
+                        continue;
+                    }
+                    return Err(FreezeFailure {
+                        transient: false,
+                        error: EngineError {
+                            step: step(),
+                            cause: Cause::Unsupported(format!(
+                                "process {pid}: its main thread exited while other threads run"
+                            )),
+                        },
+                    });
+                }
                 if stat.state == 'Z' || stat.state == 'X' {
                     return Err(FreezeFailure {
                         transient: pid != root,
@@ -133,7 +159,10 @@ impl Frozen {
                 tids.retain(|t| *t != pid);
                 tids.insert(0, pid);
                 f.threads.insert(pid, tids);
-                for c in procfs::children(pid).step(step).map_err(|e| FreezeFailure::of(e, true))? {
+                for c in procfs::children(pid)
+                    .step(step)
+                    .map_err(|e| FreezeFailure::of(e, true))?
+                {
                     f.parent.insert(c, pid);
                     order.push(c);
                 }
@@ -166,7 +195,12 @@ impl Frozen {
         // Leaders last: a traced group leader's exit is reported only after
         // its other threads have been reaped.
         let leaders: Vec<i32> = self.pids.clone();
-        let mut order: Vec<i32> = self.seized.iter().copied().filter(|t| !leaders.contains(t)).collect();
+        let mut order: Vec<i32> = self
+            .seized
+            .iter()
+            .copied()
+            .filter(|t| !leaders.contains(t))
+            .collect();
         order.extend(self.seized.iter().copied().filter(|t| leaders.contains(t)));
         for &tid in &order {
             // Wait for the exit report the tracer gets, so the tasks are

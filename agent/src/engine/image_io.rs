@@ -12,16 +12,16 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::arch::Bits;
-use crate::image::records::{
-    AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
-    PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig,
-    SigInfo, Task, Thread, Vma as RVma, VmaKind,
-};
-use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
     PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
+use crate::image::records::{
+    AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
+    PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
+    Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread, Vma as RVma, VmaKind,
+};
+use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 
 /// Everything in an image except page contents.
 #[derive(Debug, Default)]
@@ -38,11 +38,19 @@ fn path_of(p: &RawPath) -> String {
 }
 
 fn mtime_ns(id: &FileIdentity) -> i64 {
-    id.mtime_sec.saturating_mul(1_000_000_000).saturating_add(id.mtime_nsec)
+    id.mtime_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(id.mtime_nsec)
 }
 
 fn file_id(path: &str, id: &FileIdentity) -> FileId {
-    FileId { path: path.into(), dev: id.dev, inode: id.inode, size: id.size, mtime_ns: mtime_ns(id) }
+    FileId {
+        path: path.into(),
+        dev: id.dev,
+        inode: id.inode,
+        size: id.size,
+        mtime_ns: mtime_ns(id),
+    }
 }
 
 fn identity_of(f: &FileId) -> FileIdentity {
@@ -57,12 +65,26 @@ fn identity_of(f: &FileId) -> FileIdentity {
 
 fn siginfo(raw: &[u8]) -> SigInfo {
     let word = |o: usize| i32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-    SigInfo { signo: word(0), errno: word(4), code: word(8), raw: raw.to_vec() }
+    SigInfo {
+        signo: word(0),
+        errno: word(4),
+        code: word(8),
+        raw: raw.to_vec(),
+    }
 }
 
 fn itimer_ns(t: &Itimer) -> ITimer {
-    let ns = |s: i64, us: i64| u64::try_from(s.saturating_mul(1_000_000_000).saturating_add(us.saturating_mul(1000))).unwrap_or(0);
-    ITimer { interval_ns: ns(t.interval_sec, t.interval_usec), value_ns: ns(t.value_sec, t.value_usec) }
+    let ns = |s: i64, us: i64| {
+        u64::try_from(
+            s.saturating_mul(1_000_000_000)
+                .saturating_add(us.saturating_mul(1000)),
+        )
+        .unwrap_or(0)
+    };
+    ITimer {
+        interval_ns: ns(t.interval_sec, t.interval_usec),
+        value_ns: ns(t.value_sec, t.value_usec),
+    }
 }
 
 fn itimer_of(t: &ITimer) -> Itimer {
@@ -73,7 +95,12 @@ fn itimer_of(t: &ITimer) -> Itimer {
     };
     let (is, iu) = split(t.interval_ns);
     let (vs, vu) = split(t.value_ns);
-    Itimer { interval_sec: is, interval_usec: iu, value_sec: vs, value_usec: vu }
+    Itimer {
+        interval_sec: is,
+        interval_usec: iu,
+        value_sec: vs,
+        value_usec: vu,
+    }
 }
 
 fn ts_ns((s, ns): (i64, i64)) -> u64 {
@@ -81,7 +108,10 @@ fn ts_ns((s, ns): (i64, i64)) -> u64 {
 }
 
 fn ns_ts(ns: u64) -> (i64, i64) {
-    (i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX), i64::try_from(ns % 1_000_000_000).unwrap_or(0))
+    (
+        i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
+        i64::try_from(ns % 1_000_000_000).unwrap_or(0),
+    )
 }
 
 /// `/proc/PID/auxv` as native words, widened.
@@ -98,7 +128,10 @@ fn auxv_words(raw: &[u8]) -> Vec<u64> {
 
 fn auxv_bytes(words: &[u64]) -> Vec<u8> {
     let w = core::mem::size_of::<usize>();
-    words.iter().flat_map(|v| v.to_le_bytes()[..w].to_vec()).collect()
+    words
+        .iter()
+        .flat_map(|v| v.to_le_bytes()[..w].to_vec())
+        .collect()
 }
 
 fn vma_kind(v: &Vma) -> VmaKind {
@@ -121,21 +154,39 @@ fn vma_kind(v: &Vma) -> VmaKind {
 
 /// Writes the non-memory records of the tree; pages follow per process
 /// through [`write_process`].
-pub fn write_pipes<W: Write>(w: &mut ImageWriter<W>, pipes: &[PipeState]) -> Result<(), ImageError> {
+pub fn write_pipes<W: Write>(
+    w: &mut ImageWriter<W>,
+    pipes: &[PipeState],
+) -> Result<(), ImageError> {
     for (i, p) in pipes.iter().enumerate() {
-        w.record(Kind::PipeData, &PipeData { id: i as u64, capacity: p.size, bytes: p.data.clone() })?;
+        w.record(
+            Kind::PipeData,
+            &PipeData {
+                id: i as u64,
+                capacity: p.size,
+                bytes: p.data.clone(),
+            },
+        )?;
     }
     Ok(())
 }
 
 /// Writes one process's Task, MmFields, Thread, Vma and Fd records.
-pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: &[OpenFile]) -> Result<(), ImageError> {
+pub fn write_process<W: Write>(
+    w: &mut ImageWriter<W>,
+    p: &ProcessState,
+    files: &[OpenFile],
+) -> Result<(), ImageError> {
     let task = Task {
         pid: p.pid,
         ppid: p.ppid,
         pgid: p.pgid,
         sid: p.sid,
-        comm: p.threads.first().map(|t| t.comm.clone()).unwrap_or_default(),
+        comm: p
+            .threads
+            .first()
+            .map(|t| t.comm.clone())
+            .unwrap_or_default(),
         creds: RCreds {
             uid: p.creds.uids[0],
             euid: p.creds.uids[1],
@@ -146,7 +197,13 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             sgid: p.creds.gids[2],
             fsgid: p.creds.gids[3],
             groups: p.creds.groups.clone(),
-            ..Default::default()
+            cap_inheritable: p.creds.caps[0],
+            cap_permitted: p.creds.caps[1],
+            cap_effective: p.creds.caps[2],
+            cap_bounding: p.creds.caps[3],
+            cap_ambient: p.creds.caps[4],
+            securebits: 0,
+            no_new_privs: p.creds.no_new_privs,
         },
         umask: p.umask,
         cwd: p.cwd.as_str().into(),
@@ -156,7 +213,11 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             .rlimits
             .iter()
             .enumerate()
-            .map(|(i, (cur, max))| Rlimit { resource: u32::try_from(i).unwrap_or(u32::MAX), cur: *cur, max: *max })
+            .map(|(i, (cur, max))| Rlimit {
+                resource: u32::try_from(i).unwrap_or(u32::MAX),
+                cur: *cur,
+                max: *max,
+            })
             .collect(),
         sigactions: p
             .sigactions
@@ -192,8 +253,13 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
                 value_ns: ts_ns(t.left),
             })
             .collect(),
+        exit_status: p.zombie,
+        ctty: p.ctty,
     };
     w.record(Kind::Task, &task)?;
+    if p.zombie.is_some() {
+        return Ok(());
+    }
     let m = &p.mm;
     w.record(
         Kind::MmFields,
@@ -217,20 +283,39 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             Kind::Thread,
             &Thread {
                 tid: t.tid,
-                regs: RRegs { arch: Arch::host(), gpr: t.regs.clone(), fpu: t.fpregs.clone() },
+                regs: RRegs {
+                    arch: Arch::host(),
+                    gpr: t.regs.clone(),
+                    fpu: t.fpregs.clone(),
+                },
                 tls: t.tls,
                 sigmask: t.sigmask,
-                altstack: RAlt { sp: t.altstack.sp, flags: t.altstack.flags.bits(), size: t.altstack.size },
+                altstack: RAlt {
+                    sp: t.altstack.sp,
+                    flags: t.altstack.flags.bits(),
+                    size: t.altstack.size,
+                },
                 pending: t.pending.iter().map(|r| siginfo(r)).collect(),
                 tid_address: t.tid_address,
-                robust_list: RobustList { head: t.robust_head, len: t.robust_len },
+                robust_list: RobustList {
+                    head: t.robust_head,
+                    len: t.robust_len,
+                },
                 comm: t.comm.clone(),
-                rseq: t.rseq.map(|r| RRseq { addr: r.addr, len: r.len, sig: r.sig }),
+                rseq: t.rseq.map(|r| RRseq {
+                    addr: r.addr,
+                    len: r.len,
+                    sig: r.sig,
+                }),
             },
         )?;
     }
     for v in &p.vmas {
-        let mut flags = if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        let mut flags = if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
         if v.grows_down {
             flags |= libc::MAP_GROWSDOWN;
         }
@@ -238,9 +323,19 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
             flags |= libc::MAP_NORESERVE;
         }
         let (offset, file) = match &v.backing {
-            Backing::File { path, offset, identity } => (*offset, Some(file_id(path, identity))),
+            Backing::File {
+                path,
+                offset,
+                identity,
+            } => (*offset, Some(file_id(path, identity))),
             // The object's inode names it; no path.
-            Backing::Shm { id, offset } => (*offset, Some(FileId { inode: *id, ..Default::default() })),
+            Backing::Shm { id, offset } => (
+                *offset,
+                Some(FileId {
+                    inode: *id,
+                    ..Default::default()
+                }),
+            ),
             _ => (0, None),
         };
         w.record(
@@ -259,16 +354,71 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
     for f in &p.fds {
         let of = &files[f.file as usize];
         let kind = match &of.kind {
-            FileKind::Path { path, dir: true, .. } => FdKind::Directory { path: path.as_str().into(), flags: of.flags },
-            FileKind::Path { path, pos, identity, .. } => {
-                FdKind::Regular { file: file_id(path, identity), flags: of.flags, offset: *pos }
-            }
-            FileKind::Device { path, rdev, tty: true } => FdKind::Tty { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
-            FileKind::Device { path, rdev, tty: false } => FdKind::Device { path: path.as_str().into(), rdev: *rdev, flags: of.flags },
-            FileKind::Unlinked { path, pos, data } => {
-                FdKind::Unlinked { path: path.as_str().into(), flags: of.flags, offset: *pos, bytes: data.clone() }
-            }
-            FileKind::Pipe { pipe, write } => FdKind::Pipe {
+            FileKind::Path {
+                path, dir: true, ..
+            } => FdKind::Directory {
+                path: path.as_str().into(),
+                flags: of.flags,
+            },
+            FileKind::Path {
+                path,
+                pos,
+                identity,
+                ..
+            } => FdKind::Regular {
+                file: file_id(path, identity),
+                flags: of.flags,
+                offset: *pos,
+            },
+            FileKind::Device {
+                path,
+                rdev,
+                tty: true,
+            } => FdKind::Tty {
+                path: path.as_str().into(),
+                rdev: *rdev,
+                flags: of.flags,
+            },
+            FileKind::Device {
+                path,
+                rdev,
+                tty: false,
+            } => FdKind::Device {
+                path: path.as_str().into(),
+                rdev: *rdev,
+                flags: of.flags,
+            },
+            FileKind::EventFd { count, semaphore } => FdKind::EventFd {
+                count: *count,
+                semaphore: *semaphore,
+                flags: of.flags,
+            },
+            FileKind::SignalFd { mask } => FdKind::SignalFd { mask: *mask, flags: of.flags },
+            FileKind::TimerFd { clock, value, interval, ticks } => FdKind::TimerFd {
+                clock: *clock,
+                value_ns: ts_ns(*value),
+                interval_ns: ts_ns(*interval),
+                ticks: *ticks,
+                flags: of.flags,
+            },
+            FileKind::Epoll { targets } => FdKind::Epoll { targets: targets.clone(), flags: of.flags },
+            FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
+                path: path.as_str().into(),
+                flags: of.flags,
+                offset: *pos,
+                bytes: data.clone(),
+            },
+            FileKind::Pipe { pipe, write, fifo: None } => FdKind::Pipe {
+                id: u64::from(*pipe),
+                end: if *write {
+                    PipeEnd::Write
+                } else {
+                    PipeEnd::Read
+                },
+                flags: of.flags,
+            },
+            FileKind::Pipe { pipe, write, fifo: Some(path) } => FdKind::Fifo {
+                path: path.as_str().into(),
                 id: u64::from(*pipe),
                 end: if *write { PipeEnd::Write } else { PipeEnd::Read },
                 flags: of.flags,
@@ -277,7 +427,12 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
         };
         w.record(
             Kind::Fd,
-            &RFd { fd: f.fd, fd_flags: u32::from(f.cloexec), ofd: u64::from(f.file), kind },
+            &RFd {
+                fd: f.fd,
+                fd_flags: u32::from(f.cloexec),
+                ofd: u64::from(f.file),
+                kind,
+            },
         )?;
     }
     Ok(())
@@ -285,7 +440,10 @@ pub fn write_process<W: Write>(w: &mut ImageWriter<W>, p: &ProcessState, files: 
 
 /// A record out of place or naming something absent.
 fn malformed(what: String) -> ImageError {
-    ImageError::Host { what: "image contents", source: std::io::Error::new(std::io::ErrorKind::InvalidData, what) }
+    ImageError::Host {
+        what: "image contents",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    }
 }
 
 /// Reads every record (checking every CRC and the trailer) and returns the
@@ -321,7 +479,12 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     if !(1..=64).contains(&i) {
                         return Err(malformed(format!("sigaction for signal {}", s.signo)));
                     }
-                    sigactions[i - 1] = SigAction { handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask };
+                    sigactions[i - 1] = SigAction {
+                        handler: s.handler,
+                        flags: s.flags,
+                        restorer: s.restorer,
+                        mask: s.mask,
+                    };
                 }
                 st.processes.push(ProcessState {
                     pid: t.pid,
@@ -330,13 +493,19 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     sid: t.sid,
                     sigactions,
                     shared_pending: t.pending.iter().map(|s| s.raw.clone()).collect(),
-                    itimers: vec![itimer_of(&t.itimers.real), itimer_of(&t.itimers.virt), itimer_of(&t.itimers.prof)],
+                    itimers: vec![
+                        itimer_of(&t.itimers.real),
+                        itimer_of(&t.itimers.virt),
+                        itimer_of(&t.itimers.prof),
+                    ],
                     exe: path_of(&t.exe),
                     cwd: path_of(&t.cwd),
                     root: path_of(&t.root),
                     umask: t.umask,
                     personality: t.personality,
                     rlimits: rl,
+                    zombie: t.exit_status,
+                    ctty: t.ctty,
                     posix_timers: t
                         .posix_timers
                         .iter()
@@ -355,12 +524,21 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                         uids: [t.creds.uid, t.creds.euid, t.creds.suid, t.creds.fsuid],
                         gids: [t.creds.gid, t.creds.egid, t.creds.sgid, t.creds.fsgid],
                         groups: t.creds.groups.clone(),
+                        caps: [
+                            t.creds.cap_inheritable,
+                            t.creds.cap_permitted,
+                            t.creds.cap_effective,
+                            t.creds.cap_bounding,
+                            t.creds.cap_ambient,
+                        ],
+                        no_new_privs: t.creds.no_new_privs,
                     },
                     ..Default::default()
                 });
             }
             Kind::MmFields | Kind::Thread | Kind::Vma | Kind::Fd | Kind::Pages => {
-                let p = cur.ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
+                let p = cur
+                    .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
                 match rec.kind() {
                     Kind::MmFields => {
                         let m: RMm = rec.decode()?;
@@ -382,7 +560,10 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     Kind::Thread => {
                         let t: Thread = rec.decode()?;
                         if t.regs.arch != Arch::host() {
-                            return Err(malformed(format!("thread {} has {} registers", t.tid, t.regs.arch)));
+                            return Err(malformed(format!(
+                                "thread {} has {} registers",
+                                t.tid, t.regs.arch
+                            )));
                         }
                         p.threads.push(ThreadState {
                             tid: t.tid,
@@ -392,11 +573,19 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             tls: t.tls,
                             sigmask: t.sigmask,
                             pending: t.pending.into_iter().map(|s| s.raw).collect(),
-                            altstack: AltStack { sp: t.altstack.sp, flags: t.altstack.flags.bits(), size: t.altstack.size },
+                            altstack: AltStack {
+                                sp: t.altstack.sp,
+                                flags: t.altstack.flags.bits(),
+                                size: t.altstack.size,
+                            },
                             tid_address: t.tid_address,
                             robust_head: t.robust_list.head,
                             robust_len: t.robust_list.len,
-                            rseq: t.rseq.map(|r| Rseq { addr: r.addr, len: r.len, sig: r.sig }),
+                            rseq: t.rseq.map(|r| Rseq {
+                                addr: r.addr,
+                                len: r.len,
+                                sig: r.sig,
+                            }),
                         });
                     }
                     Kind::Vma => {
@@ -410,19 +599,42 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             VmaKind::VvarVclock => "[vvar_vclock]".to_string(),
                             VmaKind::Sigpage => "[sigpage]".to_string(),
                             VmaKind::Vectors => "[vectors]".to_string(),
-                            _ => v.file.as_ref().map(|f| path_of(&f.path)).unwrap_or_default(),
+                            _ => v
+                                .file
+                                .as_ref()
+                                .map(|f| path_of(&f.path))
+                                .unwrap_or_default(),
                         };
                         let backing = match v.kind {
-                            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Sigpage | VmaKind::Vectors => {
-                                Backing::Special(name.clone())
-                            }
+                            VmaKind::Vdso
+                            | VmaKind::Vvar
+                            | VmaKind::VvarVclock
+                            | VmaKind::Sigpage
+                            | VmaKind::Vectors => Backing::Special(name.clone()),
                             VmaKind::PrivateFile | VmaKind::SharedFile => {
-                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("file mapping at {:#x} names no file", v.start)))?;
-                                Backing::File { path: path_of(&f.path), offset: v.offset, identity: identity_of(f) }
+                                let f = v.file.as_ref().ok_or_else(|| {
+                                    malformed(format!(
+                                        "file mapping at {:#x} names no file",
+                                        v.start
+                                    ))
+                                })?;
+                                Backing::File {
+                                    path: path_of(&f.path),
+                                    offset: v.offset,
+                                    identity: identity_of(f),
+                                }
                             }
                             VmaKind::SharedAnon => {
-                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("shared memory at {:#x} names no object", v.start)))?;
-                                Backing::Shm { id: f.inode, offset: v.offset }
+                                let f = v.file.as_ref().ok_or_else(|| {
+                                    malformed(format!(
+                                        "shared memory at {:#x} names no object",
+                                        v.start
+                                    ))
+                                })?;
+                                Backing::Shm {
+                                    id: f.inode,
+                                    offset: v.offset,
+                                }
                             }
                             VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
                         };
@@ -443,26 +655,84 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     Kind::Fd => {
                         let f: RFd = rec.decode()?;
                         let (flags, kind) = match f.kind {
-                            FdKind::Regular { file, flags, offset } => (
+                            FdKind::Regular {
+                                file,
                                 flags,
-                                FileKind::Path { path: path_of(&file.path), pos: offset, dir: false, identity: identity_of(&file) },
+                                offset,
+                            } => (
+                                flags,
+                                FileKind::Path {
+                                    path: path_of(&file.path),
+                                    pos: offset,
+                                    dir: false,
+                                    identity: identity_of(&file),
+                                },
                             ),
                             FdKind::Directory { path, flags } => (
                                 flags,
-                                FileKind::Path { path: path_of(&path), pos: 0, dir: true, identity: FileIdentity::default() },
+                                FileKind::Path {
+                                    path: path_of(&path),
+                                    pos: 0,
+                                    dir: true,
+                                    identity: FileIdentity::default(),
+                                },
                             ),
-                            FdKind::Device { path, rdev, flags } => (flags, FileKind::Device { path: path_of(&path), rdev, tty: false }),
-                            FdKind::Tty { path, rdev, flags } => (flags, FileKind::Device { path: path_of(&path), rdev, tty: true }),
+                            FdKind::Device { path, rdev, flags } => (
+                                flags,
+                                FileKind::Device {
+                                    path: path_of(&path),
+                                    rdev,
+                                    tty: false,
+                                },
+                            ),
+                            FdKind::Tty { path, rdev, flags } => (
+                                flags,
+                                FileKind::Device {
+                                    path: path_of(&path),
+                                    rdev,
+                                    tty: true,
+                                },
+                            ),
                             FdKind::Pipe { id, end, flags } => {
-                                let pipe = u32::try_from(id).map_err(|_| malformed(format!("pipe id {id}")))?;
-                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write })
+                                let pipe = u32::try_from(id)
+                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
+                                (
+                                    flags,
+                                    FileKind::Pipe {
+                                        pipe,
+                                        write: end == PipeEnd::Write,
+                                        fifo: None,
+                                    },
+                                )
                             }
-                            FdKind::Unlinked { path, flags, offset, bytes } => {
-                                (flags, FileKind::Unlinked { path: path_of(&path), pos: offset, data: bytes })
+                            FdKind::EventFd { count, semaphore, flags } => {
+                                (flags, FileKind::EventFd { count, semaphore })
                             }
                             FdKind::TorporConn { flags } => (flags, FileKind::TorporConn),
-                            FdKind::Fifo { path, .. } => {
-                                return Err(malformed(format!("named FIFO {} is not supported", path_of(&path))));
+                            FdKind::SignalFd { mask, flags } => (flags, FileKind::SignalFd { mask }),
+                            FdKind::TimerFd { clock, value_ns, interval_ns, ticks, flags } => (
+                                flags,
+                                FileKind::TimerFd { clock, value: ns_ts(value_ns), interval: ns_ts(interval_ns), ticks },
+                            ),
+                            FdKind::Epoll { targets, flags } => (flags, FileKind::Epoll { targets }),
+                            FdKind::Unlinked {
+                                path,
+                                flags,
+                                offset,
+                                bytes,
+                            } => (
+                                flags,
+                                FileKind::Unlinked {
+                                    path: path_of(&path),
+                                    pos: offset,
+                                    data: bytes,
+                                },
+                            ),
+                            FdKind::Fifo { path, id, end, flags } => {
+                                let pipe = u32::try_from(id)
+                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
+                                let fifo = Some(path_of(&path));
+                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write, fifo })
                             }
                         };
                         let idx = match ofds.get(&f.ofd) {
@@ -474,7 +744,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 i
                             }
                         };
-                        p.fds.push(Fd { fd: f.fd, file: idx, cloexec: f.fd_flags & 1 != 0 });
+                        p.fds.push(Fd {
+                            fd: f.fd,
+                            file: idx,
+                            cloexec: f.fd_flags & 1 != 0,
+                        });
                     }
                     _ => {
                         let pg = rec.pages()?;
@@ -488,13 +762,21 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     // Pipes by id; every pipe an fd names must have its data record.
     let max = pipes.keys().next_back().map_or(0, |k| k + 1);
     for id in 0..max {
-        let (size, data) = pipes.remove(&id).ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
-        st.pipes.push(PipeState { inode: id, size, data });
+        let (size, data) = pipes
+            .remove(&id)
+            .ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
+        st.pipes.push(PipeState {
+            inode: id,
+            size,
+            data,
+        });
     }
     for f in &st.files {
         if let FileKind::Pipe { pipe, .. } = f.kind {
             if pipe as usize >= st.pipes.len() {
-                return Err(malformed(format!("an fd names pipe {pipe}, which has no data record")));
+                return Err(malformed(format!(
+                    "an fd names pipe {pipe}, which has no data record"
+                )));
             }
         }
     }

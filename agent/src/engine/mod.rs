@@ -73,6 +73,9 @@ pub trait StepExt<T> {
 
 impl<T, E: Into<Cause>> StepExt<T> for Result<T, E> {
     fn step(self, step: impl FnOnce() -> String) -> Result<T, EngineError> {
-        self.map_err(|e| EngineError { step: step(), cause: e.into() })
+        self.map_err(|e| EngineError {
+            step: step(),
+            cause: e.into(),
+        })
     }
 }

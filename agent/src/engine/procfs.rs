@@ -13,11 +13,17 @@ pub enum ProcError {
 }
 
 pub fn read(path: &str) -> Result<String, ProcError> {
-    std::fs::read_to_string(path).map_err(|err| ProcError::Io { path: path.to_string(), err })
+    std::fs::read_to_string(path).map_err(|err| ProcError::Io {
+        path: path.to_string(),
+        err,
+    })
 }
 
 fn bad(path: &str, what: impl Into<String>) -> ProcError {
-    ProcError::Malformed { path: path.to_string(), what: what.into() }
+    ProcError::Malformed {
+        path: path.to_string(),
+        what: what.into(),
+    }
 }
 
 /// Fields of `/proc/PID/stat` the engine uses.
@@ -27,6 +33,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// Field 7: the controlling terminal's device number, 0 for none.
+    pub tty_nr: u64,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -37,27 +45,39 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// Field 52: the wait status of an exited task (a zombie's exit code),
+    /// 0 while it runs; absent on old kernels.
+    pub exit_code: i32,
 }
 
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
     // comm may hold spaces and parentheses: fields start after the last ')'.
-    let close = text.rfind(')').ok_or_else(|| bad(path, "no ')' after comm"))?;
+    let close = text
+        .rfind(')')
+        .ok_or_else(|| bad(path, "no ')' after comm"))?;
     let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
     // f[0] is field 3 (state); field N is f[N - 3].
     let get = |n: usize| -> Result<&str, ProcError> {
-        f.get(n - 3).copied().ok_or_else(|| bad(path, format!("missing field {n}")))
+        f.get(n - 3)
+            .copied()
+            .ok_or_else(|| bad(path, format!("missing field {n}")))
     };
     let num = |n: usize| -> Result<u64, ProcError> {
-        get(n)?.parse::<u64>().map_err(|_| bad(path, format!("field {n} is not a number")))
+        get(n)?
+            .parse::<u64>()
+            .map_err(|_| bad(path, format!("field {n} is not a number")))
     };
     let int = |n: usize| -> Result<i32, ProcError> {
-        get(n)?.parse::<i32>().map_err(|_| bad(path, format!("field {n} is not a number")))
+        get(n)?
+            .parse::<i32>()
+            .map_err(|_| bad(path, format!("field {n} is not a number")))
     };
     Ok(Stat {
         state: get(3)?.chars().next().unwrap_or('?'),
         ppid: int(4)?,
         pgid: int(5)?,
         sid: int(6)?,
+        tty_nr: num(7)?,
         start_code: num(26)?,
         end_code: num(27)?,
         start_stack: num(28)?,
@@ -68,6 +88,7 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         arg_end: num(49)?,
         env_start: num(50)?,
         env_end: num(51)?,
+        exit_code: get(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -82,35 +103,57 @@ pub struct Status {
     pub sig_blocked: u64,
     pub sig_pending: u64,
     pub shd_pending: u64,
+    /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
     let mut s = Status::default();
     let mut seen_uid = false;
     for line in text.lines() {
-        let Some((key, val)) = line.split_once(':') else { continue };
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
         let val = val.trim();
         let ids = |v: &str| -> Result<[u32; 4], ProcError> {
-            let n: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let n: Vec<u32> = v
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if n.len() != 4 {
                 return Err(bad(path, format!("{key} needs 4 ids")));
             }
             Ok([n[0], n[1], n[2], n[3]])
         };
-        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("{key} is not hex")));
+        let hex = |v: &str| {
+            u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("{key} is not hex")))
+        };
         match key {
             "Uid" => {
                 s.uids = ids(val)?;
                 seen_uid = true;
             }
             "Gid" => s.gids = ids(val)?,
-            "Groups" => s.groups = val.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+            "Groups" => {
+                s.groups = val
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            }
             "Umask" => {
-                s.umask = u32::from_str_radix(val, 8).map_err(|_| bad(path, "Umask is not octal"))?;
+                s.umask =
+                    u32::from_str_radix(val, 8).map_err(|_| bad(path, "Umask is not octal"))?;
             }
             "SigBlk" => s.sig_blocked = hex(val)?,
             "SigPnd" => s.sig_pending = hex(val)?,
             "ShdPnd" => s.shd_pending = hex(val)?,
+            "CapInh" => s.caps[0] = hex(val)?,
+            "CapPrm" => s.caps[1] = hex(val)?,
+            "CapEff" => s.caps[2] = hex(val)?,
+            "CapBnd" => s.caps[3] = hex(val)?,
+            "CapAmb" => s.caps[4] = hex(val)?,
+            "NoNewPrivs" => s.no_new_privs = val == "1",
             _ => {}
         }
     }
@@ -158,9 +201,13 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
     let dev = it.next().unwrap_or("");
     let inode = it.next().unwrap_or("");
     let name = it.next().unwrap_or("").trim_start().to_string();
-    let (a, b) = range.split_once('-').ok_or_else(|| bad(path, format!("bad range in {line:?}")))?;
+    let (a, b) = range
+        .split_once('-')
+        .ok_or_else(|| bad(path, format!("bad range in {line:?}")))?;
     let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
-    let (maj, min) = dev.split_once(':').ok_or_else(|| bad(path, format!("bad dev in {line:?}")))?;
+    let (maj, min) = dev
+        .split_once(':')
+        .ok_or_else(|| bad(path, format!("bad dev in {line:?}")))?;
     let p = perms.as_bytes();
     if p.len() != 4 {
         return Err(bad(path, format!("bad perms in {line:?}")));
@@ -175,7 +222,9 @@ fn parse_map_header(path: &str, line: &str) -> Result<MapEntry, ProcError> {
         offset: hex(offset)?,
         dev_major: u32::from_str_radix(maj, 16).map_err(|_| bad(path, "bad dev major"))?,
         dev_minor: u32::from_str_radix(min, 16).map_err(|_| bad(path, "bad dev minor"))?,
-        inode: inode.parse().map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
+        inode: inode
+            .parse()
+            .map_err(|_| bad(path, format!("bad inode in {line:?}")))?,
         name,
         vm_flags: Vec::new(),
         anon_kb: None,
@@ -191,7 +240,9 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
         if first.contains('-') && !first.ends_with(':') {
             out.push(parse_map_header(path, line)?);
         } else if let Some((key @ ("Anonymous" | "Swap"), v)) = line.split_once(':') {
-            let last = out.last_mut().ok_or_else(|| bad(path, "smaps field before any mapping"))?;
+            let last = out
+                .last_mut()
+                .ok_or_else(|| bad(path, "smaps field before any mapping"))?;
             let kb = v
                 .trim()
                 .strip_suffix(" kB")
@@ -203,7 +254,9 @@ pub fn parse_smaps(path: &str, text: &str) -> Result<Vec<MapEntry>, ProcError> {
                 last.anon_kb = Some(kb);
             }
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
-            let last = out.last_mut().ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
+            let last = out
+                .last_mut()
+                .ok_or_else(|| bad(path, "VmFlags before any mapping"))?;
             last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
         }
     }
@@ -222,7 +275,9 @@ pub fn parse_fdinfo(path: &str, text: &str) -> Result<FdInfo, ProcError> {
     let mut fi = FdInfo::default();
     let mut seen = false;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         match k {
             "pos" => fi.pos = v.parse().map_err(|_| bad(path, "bad pos"))?,
@@ -257,30 +312,47 @@ pub struct TimerEntry {
 pub fn parse_timers(path: &str, text: &str) -> Result<Vec<TimerEntry>, ProcError> {
     let mut out: Vec<TimerEntry> = Vec::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
-        let num = |x: &str| x.parse::<i32>().map_err(|_| bad(path, format!("bad number in {line:?}")));
+        let num = |x: &str| {
+            x.parse::<i32>()
+                .map_err(|_| bad(path, format!("bad number in {line:?}")))
+        };
         if k == "ID" {
-            out.push(TimerEntry { id: num(v)?, ..Default::default() });
+            out.push(TimerEntry {
+                id: num(v)?,
+                ..Default::default()
+            });
             continue;
         }
-        let t = out.last_mut().ok_or_else(|| bad(path, format!("{k} before any ID")))?;
+        let t = out
+            .last_mut()
+            .ok_or_else(|| bad(path, format!("{k} before any ID")))?;
         match k {
             "signal" => {
-                let (sig, val) = v.split_once('/').ok_or_else(|| bad(path, format!("bad signal in {line:?}")))?;
+                let (sig, val) = v
+                    .split_once('/')
+                    .ok_or_else(|| bad(path, format!("bad signal in {line:?}")))?;
                 t.signo = num(sig)?;
                 let val = val.trim_start_matches("0x");
-                t.value = u64::from_str_radix(val, 16).map_err(|_| bad(path, format!("bad value in {line:?}")))?;
+                t.value = u64::from_str_radix(val, 16)
+                    .map_err(|_| bad(path, format!("bad value in {line:?}")))?;
             }
             "notify" => {
-                let (kind, who) = v.split_once('/').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                let (kind, who) = v
+                    .split_once('/')
+                    .ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
                 let base = match kind {
                     "signal" => 0,
                     "none" => 1,
                     "thread" => 2,
                     _ => return Err(bad(path, format!("unknown notify {kind:?}"))),
                 };
-                let (scope, id) = who.split_once('.').ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
+                let (scope, id) = who
+                    .split_once('.')
+                    .ok_or_else(|| bad(path, format!("bad notify in {line:?}")))?;
                 t.notify = base | if scope == "tid" { 4 } else { 0 };
                 t.target = num(id)?;
             }
@@ -298,12 +370,16 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         // The name column is 26 characters wide and may contain spaces.
-        let rest = line.get(26..).ok_or_else(|| bad(path, format!("short line {line:?}")))?;
+        let rest = line
+            .get(26..)
+            .ok_or_else(|| bad(path, format!("short line {line:?}")))?;
         let mut f = rest.split_whitespace();
         let mut val = || -> Result<u64, ProcError> {
             match f.next() {
                 Some("unlimited") => Ok(u64::MAX),
-                Some(v) => v.parse().map_err(|_| bad(path, format!("bad limit in {line:?}"))),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| bad(path, format!("bad limit in {line:?}"))),
                 None => Err(bad(path, format!("missing limit in {line:?}"))),
             }
         };
@@ -315,6 +391,62 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
         return Err(bad(path, "no limits"));
     }
     Ok(out)
+}
+
+/// The kind-specific part of `/proc/PID/fdinfo/N` for the anonymous-inode
+/// files torpor recreates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnonInfo {
+    EventFd { count: u64, semaphore: bool },
+    SignalFd { mask: u64 },
+    /// Times as (seconds, nanoseconds); `value` is the time left.
+    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
+    /// Watched fds: (fd, events, data).
+    Epoll { targets: Vec<(i32, u32, u64)> },
+}
+
+fn pair(path: &str, v: &str) -> Result<(i64, i64), ProcError> {
+    let inner = v.trim().trim_start_matches('(').trim_end_matches(')');
+    let (a, b) = inner.split_once(',').ok_or_else(|| bad(path, format!("bad time {v:?}")))?;
+    let n = |x: &str| x.trim().parse::<i64>().map_err(|_| bad(path, format!("bad time {v:?}")));
+    Ok((n(a)?, n(b)?))
+}
+
+/// Parses the fdinfo of an `anon_inode:[eventfd|signalfd|timerfd|eventpoll]`.
+pub fn parse_anon_fdinfo(path: &str, kind: &str, text: &str) -> Result<AnonInfo, ProcError> {
+    let field = |name: &str| -> Option<&str> {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::trim))
+    };
+    let need = |name: &str| field(name).ok_or_else(|| bad(path, format!("no {name} line")));
+    let hex = |v: &str| u64::from_str_radix(v.trim(), 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
+    match kind {
+        "eventfd" => Ok(AnonInfo::EventFd {
+            count: hex(need("eventfd-count")?)?,
+            semaphore: field("eventfd-semaphore") == Some("1"),
+        }),
+        "signalfd" => Ok(AnonInfo::SignalFd { mask: hex(need("sigmask")?)? }),
+        "timerfd" => Ok(AnonInfo::TimerFd {
+            clock: need("clockid")?.parse().map_err(|_| bad(path, "bad clockid"))?,
+            value: pair(path, need("it_value")?)?,
+            interval: pair(path, need("it_interval")?)?,
+            ticks: need("ticks")?.parse().map_err(|_| bad(path, "bad ticks"))?,
+        }),
+        "eventpoll" => {
+            let mut targets = Vec::new();
+            for l in text.lines().filter(|l| l.starts_with("tfd:")) {
+                // tfd: %8d events: %8x data: %16llx  pos:... ino:... sdev:...
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = |k: &str| f.iter().position(|x| *x == k).and_then(|i| f.get(i + 1)).copied();
+                let tfd = at("tfd:").and_then(|v| v.parse().ok()).ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let ev = at("events:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let data = at("data:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let events = u32::from_str_radix(ev, 16).map_err(|_| bad(path, format!("bad events in {l:?}")))?;
+                targets.push((tfd, events, hex(data)?));
+            }
+            Ok(AnonInfo::Epoll { targets })
+        }
+        other => Err(bad(path, format!("no parser for anon_inode:[{other}]"))),
+    }
 }
 
 /// pagemap entry bits.
@@ -342,7 +474,10 @@ pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
 /// Thread ids of `pid`, sorted.
 pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
     let path = format!("/proc/{pid}/task");
-    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
     let mut out: Vec<i32> = rd
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
@@ -354,7 +489,10 @@ pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
 /// Open fd numbers of `pid`, sorted.
 pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
     let path = format!("/proc/{pid}/fd");
-    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io { path: path.clone(), err })?;
+    let rd = std::fs::read_dir(&path).map_err(|err| ProcError::Io {
+        path: path.clone(),
+        err,
+    })?;
     let mut out: Vec<i32> = rd
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
@@ -366,20 +504,24 @@ pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
 pub fn readlink(path: &str) -> Result<String, ProcError> {
     std::fs::read_link(path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|err| ProcError::Io { path: path.to_string(), err })
+        .map_err(|err| ProcError::Io {
+            path: path.to_string(),
+            err,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 0\n";
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 768\n";
 
     #[test]
     fn stat_fields_after_odd_comm() {
         let s = parse_stat("stat", STAT).expect("valid");
         assert_eq!(s.state, 'S');
         assert_eq!((s.ppid, s.pgid, s.sid), (1, 4242, 4242));
+        assert_eq!(s.tty_nr, 34816);
         assert_eq!(s.start_code, 94_000_000_000_000);
         assert_eq!(s.end_code, 94_000_000_004_000);
         assert_eq!(s.start_stack, 140_730_000_000_000);
@@ -390,6 +532,7 @@ mod tests {
         assert_eq!(s.arg_end, 140_730_000_001_020);
         assert_eq!(s.env_start, 140_730_000_001_020);
         assert_eq!(s.env_end, 140_730_000_001_100);
+        assert_eq!(s.exit_code, 768);
     }
 
     #[test]
@@ -400,7 +543,7 @@ mod tests {
 
     #[test]
     fn status_ids_umask_masks() {
-        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\n";
+        let t = "Name:\tx\nUmask:\t0027\nState:\tS\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t6\t7\t8\nGroups:\t4 24 27 \nSigPnd:\t0000000000000100\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000010002\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffdfff\nCapBnd:\t000001fffeffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let s = parse_status("status", t).expect("valid");
         assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
         assert_eq!(s.gids, [5, 6, 7, 8]);
@@ -409,6 +552,8 @@ mod tests {
         assert_eq!(s.sig_pending, 0x100);
         assert_eq!(s.shd_pending, 0x4000);
         assert_eq!(s.sig_blocked, 0x10002);
+        assert_eq!(s.caps, [0, 0x1ff_feff_ffff, 0x1ff_feff_dfff, 0x1ff_feff_ffff, 0]);
+        assert!(s.no_new_privs);
         assert!(parse_status("status", "Name: x\n").is_err());
     }
 
@@ -431,7 +576,10 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(m[0].start, 0x55d0_c0a0_0000);
         assert_eq!(m[0].end, 0x55d0_c0a0_1000);
         assert!(m[0].read && !m[0].write && !m[0].exec && !m[0].shared);
-        assert_eq!((m[0].dev_major, m[0].dev_minor, m[0].inode), (0xfe, 0, 325_843));
+        assert_eq!(
+            (m[0].dev_major, m[0].dev_minor, m[0].inode),
+            (0xfe, 0, 325_843)
+        );
         assert_eq!(m[0].name, "/usr/bin/my prog");
         assert_eq!(m[1].name, "[heap]");
         assert!(m[1].has_flag("ac"));
@@ -444,7 +592,11 @@ VmFlags: rd wr sh mr mw me ms gd
 
     #[test]
     fn fdinfo_pos_and_octal_flags() {
-        let f = parse_fdinfo("fdinfo", "pos:\t1234\nflags:\t02102001\nmnt_id:\t27\nino:\t5\n").expect("valid");
+        let f = parse_fdinfo(
+            "fdinfo",
+            "pos:\t1234\nflags:\t02102001\nmnt_id:\t27\nino:\t5\n",
+        )
+        .expect("valid");
         assert_eq!(f.pos, 1234);
         assert_eq!(f.flags, 0o2_102_001);
         assert_eq!(f.mnt_id, 27);
@@ -458,8 +610,33 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(v, vec![(u64::MAX, u64::MAX), (1024, u64::MAX), (512, 1024)]);
         assert!(parse_limits("limits", "Limit   x\nMax cpu\n").is_err());
         let pid = i32::try_from(std::process::id()).expect("pid");
-        let live = parse_limits("limits", &read(&format!("/proc/{pid}/limits")).expect("limits")).expect("parse");
+        let live = parse_limits(
+            "limits",
+            &read(&format!("/proc/{pid}/limits")).expect("limits"),
+        )
+        .expect("parse");
         assert_eq!(live.len(), 16);
+    }
+
+    #[test]
+    fn anon_inode_fdinfo() {
+        let ev = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:                5\neventfd-id: 6\neventfd-semaphore: 1\n";
+        assert_eq!(parse_anon_fdinfo("f", "eventfd", ev).expect("ev"), AnonInfo::EventFd { count: 5, semaphore: true });
+        let sf = "pos:\t0\nflags:\t02\nsigmask:\t0000000000000200\n";
+        assert_eq!(parse_anon_fdinfo("f", "signalfd", sf).expect("sf"), AnonInfo::SignalFd { mask: 0x200 });
+        let tf = "clockid: 1\nticks: 0\nsettime flags: 00\nit_value: (99, 980730296)\nit_interval: (1, 0)\n";
+        assert_eq!(
+            parse_anon_fdinfo("f", "timerfd", tf).expect("tf"),
+            AnonInfo::TimerFd { clock: 1, value: (99, 980_730_296), interval: (1, 0), ticks: 0 }
+        );
+        let ep = "pos:\t0\nflags:\t02\ntfd:        5 events:       19 data:                7  pos:0 ino:40e sdev:f\ntfd:       12 events:        1 data:     7f0000001234  pos:0 ino:1 sdev:f\n";
+        assert_eq!(
+            parse_anon_fdinfo("f", "eventpoll", ep).expect("ep"),
+            AnonInfo::Epoll { targets: vec![(5, 0x19, 7), (12, 1, 0x7f00_0000_1234)] }
+        );
+        assert!(parse_anon_fdinfo("f", "eventfd", "pos: 0\n").is_err());
+        assert!(parse_anon_fdinfo("f", "timerfd", "clockid: 1\nit_value: 99\nit_interval: (1, 0)\n").is_err());
+        assert!(parse_anon_fdinfo("f", "inotify", "").is_err());
     }
 
     #[test]
@@ -469,8 +646,22 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(
             v,
             vec![
-                TimerEntry { id: 0, signo: 35, value: 0xfeed, notify: 0, target: 4242, clock: 1 },
-                TimerEntry { id: 3, signo: 14, value: 0, notify: 4, target: 4250, clock: 0 },
+                TimerEntry {
+                    id: 0,
+                    signo: 35,
+                    value: 0xfeed,
+                    notify: 0,
+                    target: 4242,
+                    clock: 1
+                },
+                TimerEntry {
+                    id: 3,
+                    signo: 14,
+                    value: 0,
+                    notify: 4,
+                    target: 4250,
+                    clock: 0
+                },
             ]
         );
         assert!(parse_timers("timers", "signal: 1/0\n").is_err());
@@ -480,9 +671,14 @@ VmFlags: rd wr sh mr mw me ms gd
     #[test]
     fn live_self() {
         let pid = i32::try_from(std::process::id()).expect("pid fits");
-        let s = parse_stat("stat", &read(&format!("/proc/{pid}/stat")).expect("stat")).expect("parse");
+        let s =
+            parse_stat("stat", &read(&format!("/proc/{pid}/stat")).expect("stat")).expect("parse");
         assert!(s.start_code > 0 && s.arg_start < s.arg_end);
-        let m = parse_smaps("smaps", &read(&format!("/proc/{pid}/smaps")).expect("smaps")).expect("parse");
+        let m = parse_smaps(
+            "smaps",
+            &read(&format!("/proc/{pid}/smaps")).expect("smaps"),
+        )
+        .expect("parse");
         assert!(m.iter().any(|e| e.name == "[stack]" && e.has_flag("gd")));
         assert!(threads(pid).expect("threads").contains(&pid));
     }

@@ -15,7 +15,11 @@ pub enum PtraceError {
     #[error("task {0} is gone")]
     TaskDied(i32),
     #[error("{op} on task {tid}: {err}")]
-    Os { op: &'static str, tid: i32, err: io::Error },
+    Os {
+        op: &'static str,
+        tid: i32,
+        err: io::Error,
+    },
     #[error("task {tid} stopped unexpectedly: {what}")]
     Unexpected { tid: i32, what: String },
 }
@@ -25,9 +29,10 @@ impl From<RegsError> for PtraceError {
         match e {
             RegsError::TaskDied(t) => PtraceError::TaskDied(t),
             RegsError::Os { op, tid, err } => PtraceError::Os { op, tid, err },
-            other @ RegsError::BadSize { .. } => {
-                PtraceError::Unexpected { tid: 0, what: other.to_string() }
-            }
+            other @ RegsError::BadSize { .. } => PtraceError::Unexpected {
+                tid: 0,
+                what: other.to_string(),
+            },
         }
     }
 }
@@ -57,7 +62,10 @@ impl<T> Copy for RemotePtr<T> {}
 
 impl<T> RemotePtr<T> {
     pub fn new(addr: u64) -> Self {
-        Self { addr, _t: PhantomData }
+        Self {
+            addr,
+            _t: PhantomData,
+        }
     }
     pub fn addr(self) -> u64 {
         self.addr
@@ -147,7 +155,11 @@ pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
             if err.raw_os_error() == Some(libc::ECHILD) {
                 return Err(PtraceError::TaskDied(tid));
             }
-            return Err(PtraceError::Os { op: "waitpid", tid, err });
+            return Err(PtraceError::Os {
+                op: "waitpid",
+                tid,
+                err,
+            });
         }
         break;
     }
@@ -270,25 +282,39 @@ impl Mem {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|err| match err.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ESRCH) => PtraceError::TaskDied(pid),
-                _ => PtraceError::Os { op: "open /proc/PID/mem", tid: pid, err },
+                _ => PtraceError::Os {
+                    op: "open /proc/PID/mem",
+                    tid: pid,
+                    err,
+                },
             })?;
         Ok(Self { pid, file })
     }
 
     pub fn read<T>(&self, at: RemotePtr<T>, buf: &mut [u8]) -> Result<(), PtraceError> {
-        self.file.read_exact_at(buf, at.addr()).map_err(|err| PtraceError::Os {
-            op: "read /proc/PID/mem",
-            tid: self.pid,
-            err: io::Error::new(err.kind(), format!("{} bytes at {:#x}: {err}", buf.len(), at.addr())),
-        })
+        self.file
+            .read_exact_at(buf, at.addr())
+            .map_err(|err| PtraceError::Os {
+                op: "read /proc/PID/mem",
+                tid: self.pid,
+                err: io::Error::new(
+                    err.kind(),
+                    format!("{} bytes at {:#x}: {err}", buf.len(), at.addr()),
+                ),
+            })
     }
 
     pub fn write<T>(&self, at: RemotePtr<T>, buf: &[u8]) -> Result<(), PtraceError> {
-        self.file.write_all_at(buf, at.addr()).map_err(|err| PtraceError::Os {
-            op: "write /proc/PID/mem",
-            tid: self.pid,
-            err: io::Error::new(err.kind(), format!("{} bytes at {:#x}: {err}", buf.len(), at.addr())),
-        })
+        self.file
+            .write_all_at(buf, at.addr())
+            .map_err(|err| PtraceError::Os {
+                op: "write /proc/PID/mem",
+                tid: self.pid,
+                err: io::Error::new(
+                    err.kind(),
+                    format!("{} bytes at {:#x}: {err}", buf.len(), at.addr()),
+                ),
+            })
     }
 
     /// Writes a plain-data value.
@@ -317,8 +343,14 @@ impl Mem {
 /// Reads `buf.len()` bytes at `addr` of `pid` with one process_vm_readv.
 /// Returns the number of bytes read (short at an unreadable page).
 pub fn vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: crate::arch::native(addr) as *mut libc::c_void, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: crate::arch::native(addr) as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: one local iovec over `buf`, one remote iovec; the kernel writes
     // at most buf.len() bytes into `buf`.
     let n = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };

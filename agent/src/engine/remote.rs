@@ -14,7 +14,11 @@ pub enum RemoteError {
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
     #[error("remote {name} in task {tid} failed: {err}")]
-    Syscall { tid: i32, name: &'static str, err: std::io::Error },
+    Syscall {
+        tid: i32,
+        name: &'static str,
+        err: std::io::Error,
+    },
     #[error("task {tid} stopped with signal {sig} at {pc:#x} while running injected code")]
     Fault { tid: i32, sig: i32, pc: u64 },
 }
@@ -61,7 +65,14 @@ impl<'m> Remote<'m> {
             let _ = ptrace::set_sigmask(tid, saved_mask);
             return Err(e.into());
         }
-        Ok(Self { tid, mem, saved, saved_mask, site: Site::Patched(pc, orig), restored: false })
+        Ok(Self {
+            tid,
+            mem,
+            saved,
+            saved_mask,
+            site: Site::Patched(pc, orig),
+            restored: false,
+        })
     }
 
     /// Borrows the task to run syscalls at a trampoline already in place.
@@ -69,7 +80,14 @@ impl<'m> Remote<'m> {
         let saved = arch::get_regs(tid)?;
         let saved_mask = ptrace::get_sigmask(tid)?;
         ptrace::set_sigmask(tid, u64::MAX)?;
-        Ok(Self { tid, mem, saved, saved_mask, site: Site::Trampoline(trampoline), restored: false })
+        Ok(Self {
+            tid,
+            mem,
+            saved,
+            saved_mask,
+            site: Site::Trampoline(trampoline),
+            restored: false,
+        })
     }
 
     pub fn tid(&self) -> i32 {
@@ -112,14 +130,21 @@ impl<'m> Remote<'m> {
                 Stop::Signal(libc::SIGTRAP) => break,
                 // A clone made by the injected clone3, or a stop request:
                 // both only pause the syscall on its way.
-                Stop::Event(_, ptrace::PTRACE_EVENT_CLONE) | Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => {
+                Stop::Event(_, ptrace::PTRACE_EVENT_CLONE)
+                | Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => {
                     ptrace::cont(self.tid, 0)?;
                 }
                 Stop::Event(sig, _) | Stop::Signal(sig) => {
                     let pc = arch::get_regs(self.tid).map(|r| r.pc()).unwrap_or(0);
-                    return Err(RemoteError::Fault { tid: self.tid, sig, pc });
+                    return Err(RemoteError::Fault {
+                        tid: self.tid,
+                        sig,
+                        pc,
+                    });
                 }
-                Stop::Exited(_) | Stop::Killed(_) => return Err(PtraceError::TaskDied(self.tid).into()),
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(PtraceError::TaskDied(self.tid).into())
+                }
             }
         }
         Ok(arch::get_regs(self.tid)?)
@@ -135,7 +160,12 @@ impl<'m> Remote<'m> {
     }
 
     /// Runs one syscall; a negative result becomes an error naming it.
-    pub fn syscall(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64, RemoteError> {
+    pub fn syscall(
+        &mut self,
+        name: &'static str,
+        nr: i64,
+        args: [u64; 6],
+    ) -> Result<u64, RemoteError> {
         let r = self.syscall_raw(nr, args)?;
         if (-4095..0).contains(&r) {
             let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);

@@ -29,12 +29,12 @@ use torpor_parasite::KSigaction;
 use crate::arch::{self, nr, Regs};
 use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
 use crate::engine::image_io::{self, ImageState};
-use crate::image::{ImageReader, Kind};
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
 use crate::engine::remote::Remote;
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
 use crate::engine::{Cause, EngineError, StepExt};
+use crate::image::{ImageReader, Kind};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -54,7 +54,10 @@ pub struct RestoreStats {
 }
 
 fn refused(step: &str, why: String) -> EngineError {
-    EngineError { step: step.to_string(), cause: Cause::Refused(why) }
+    EngineError {
+        step: step.to_string(),
+        cause: Cause::Refused(why),
+    }
 }
 
 fn last_os() -> std::io::Error {
@@ -81,7 +84,10 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
     let newest = || -> Result<_, EngineError> {
         match store.newest().step(|| "store".to_string())? {
             Some((_, r)) => Ok(BufReader::new(r)),
-            None => Err(refused("store", format!("{} holds no valid image", path.display()))),
+            None => Err(refused(
+                "store",
+                format!("{} holds no valid image", path.display()),
+            )),
         }
     };
     let state = image_io::read_state(newest()?).step(vstep)?;
@@ -96,34 +102,73 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         return Err(refused(step, "the image holds no process".into()));
     }
     for p in &st.processes {
+        if p.zombie.is_some() {
+            if p.ppid == 0 {
+                return Err(refused(step, format!("the root {} of the image is a zombie", p.pid)));
+            }
+            if Path::new(&format!("/proc/{}", p.pid)).exists() {
+                return Err(refused(step, format!("pid {} (a zombie in the image) is in use by another task", p.pid)));
+            }
+            continue;
+        }
         for t in &p.threads {
             if Path::new(&format!("/proc/{}", t.tid)).exists() {
                 return Err(refused(
                     step,
-                    format!("pid {} (of process {}) is in use by another task", t.tid, p.pid),
+                    format!(
+                        "pid {} (of process {}) is in use by another task",
+                        t.tid, p.pid
+                    ),
                 ));
             }
             Regs::from_bytes(&t.regs).step(|| step.to_string())?;
         }
         if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-            return Err(refused(step, format!("process {} has no main thread record", p.pid)));
+            return Err(refused(
+                step,
+                format!("process {} has no main thread record", p.pid),
+            ));
         }
         if p.root != "/" {
-            return Err(refused(step, format!("process {} ran in a changed root ({})", p.pid, p.root)));
+            return Err(refused(
+                step,
+                format!("process {} ran in a changed root ({})", p.pid, p.root),
+            ));
         }
         if p.ppid != 0 && !st.processes.iter().any(|q| q.pid == p.ppid) {
-            return Err(refused(step, format!("parent {} of process {} is not in the image", p.ppid, p.pid)));
+            return Err(refused(
+                step,
+                format!("parent {} of process {} is not in the image", p.ppid, p.pid),
+            ));
+        }
+        if !Path::new(&p.cwd).is_dir() {
+            return Err(refused(
+                step,
+                format!("working directory {} of process {} is gone", p.cwd, p.pid),
+            ));
         }
         if !Path::new(&p.exe).exists() {
-            return Err(refused(step, format!("executable {} of process {} is gone", p.exe, p.pid)));
+            return Err(refused(
+                step,
+                format!("executable {} of process {} is gone", p.exe, p.pid),
+            ));
         }
         for v in &p.vmas {
             if let Backing::File { path, identity, .. } = &v.backing {
                 let md = std::fs::metadata(path).map_err(|e| {
-                    refused(step, format!("mapped file {path} of process {}: {e}", p.pid))
+                    refused(
+                        step,
+                        format!("mapped file {path} of process {}: {e}", p.pid),
+                    )
                 })?;
                 let now = (md.dev(), md.ino(), md.size(), md.mtime(), md.mtime_nsec());
-                let then = (identity.dev, identity.inode, identity.size, identity.mtime_sec, identity.mtime_nsec);
+                let then = (
+                    identity.dev,
+                    identity.inode,
+                    identity.size,
+                    identity.mtime_sec,
+                    identity.mtime_nsec,
+                );
                 if now != then {
                     return Err(refused(
                         step,
@@ -134,12 +179,16 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         }
         for f in &p.fds {
             if st.files.get(f.file as usize).is_none() {
-                return Err(refused(step, format!("fd {} of process {} names no file", f.fd, p.pid)));
+                return Err(refused(
+                    step,
+                    format!("fd {} of process {} names no file", f.fd, p.pid),
+                ));
             }
         }
     }
     for f in &st.files {
         match &f.kind {
+            FileKind::EventFd { .. } | FileKind::SignalFd { .. } | FileKind::TimerFd { .. } | FileKind::Epoll { .. } => {}
             FileKind::Path { path, .. } => {
                 if !Path::new(path).exists() {
                     return Err(refused(step, format!("open file {path} is gone")));
@@ -147,7 +196,11 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
             FileKind::Device { path, tty, .. } => {
                 if !(Path::new(path).exists() || (*tty && opts.tty.is_some())) {
-                    let hint = if *tty { "; give --tty PATH to use another terminal" } else { "" };
+                    let hint = if *tty {
+                        "; give --tty PATH to use another terminal"
+                    } else {
+                        ""
+                    };
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
@@ -156,13 +209,23 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 if !dir.is_dir() {
                     return Err(refused(
                         step,
-                        format!("directory {} of unlinked file {path} is gone", dir.display()),
+                        format!(
+                            "directory {} of unlinked file {path} is gone",
+                            dir.display()
+                        ),
                     ));
                 }
             }
-            FileKind::Pipe { pipe, .. } => {
+            FileKind::Pipe { pipe, fifo, .. } => {
                 if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
+                }
+                if let Some(path) = fifo {
+                    use std::os::unix::fs::FileTypeExt;
+                    let is_fifo = std::fs::metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false);
+                    if !is_fifo {
+                        return Err(refused(step, format!("FIFO {path} is gone")));
+                    }
                 }
             }
             FileKind::TorporConn => {
@@ -227,9 +290,18 @@ fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
 
 fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, EngineError> {
     let step = || "open files".to_string();
-    let max_target = st.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(2);
+    let max_target = st
+        .processes
+        .iter()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
     let high = max_target.max(64) + 1;
-    let mut objs = Objects { fds: Vec::new(), shm: BTreeMap::new(), high };
+    let mut objs = Objects {
+        fds: Vec::new(),
+        shm: BTreeMap::new(),
+        high,
+    };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
         if let Backing::Shm { id, offset } = v.backing {
@@ -258,9 +330,25 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
     for (i, pipe) in st.pipes.iter().enumerate() {
+        let id = u32::try_from(i).unwrap_or(u32::MAX);
+        let fifo = st.files.iter().find_map(|f| match &f.kind {
+            FileKind::Pipe { pipe, fifo: Some(path), .. } if *pipe == id => Some(path.clone()),
+            _ => None,
+        });
         let mut p = [0i32; 2];
+        if let Some(path) = &fifo {
+            // A named FIFO: opened read-write, it is reader and writer for
+            // the reopenings below, which therefore never block.
+            let c = cstr(path).step(step)?;
+            // SAFETY: open with a valid C string; the result is checked.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            if fd < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("opening FIFO {path}: {e}"))).step(step);
+            }
+            p = [fd, fd];
         // SAFETY: pipe2 writes two fds.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        } else if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
             return Err(last_os()).step(step);
         }
         // At least the default, and room for the data whatever the image says.
@@ -272,15 +360,27 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         let mut off = 0;
         while off < pipe.data.len() {
             // SAFETY: writing from our buffer into our pipe, which has room.
-            let n = unsafe { libc::write(p[1], pipe.data[off..].as_ptr().cast(), pipe.data.len() - off) };
+            let n = unsafe {
+                libc::write(
+                    p[1],
+                    pipe.data[off..].as_ptr().cast(),
+                    pipe.data.len() - off,
+                )
+            };
             if n <= 0 {
                 return Err(last_os()).step(step);
             }
             off += n.bits();
         }
-        let r = move_high(p[0], high).step(step)?;
-        let w = move_high(p[1], high).step(step)?;
-        pipe_ends.insert(u32::try_from(i).unwrap_or(u32::MAX), (r, w, false, false));
+        if fifo.is_some() {
+            let rw = move_high(p[0], high).step(step)?;
+            // Every description of a FIFO is a reopening (used: true).
+            pipe_ends.insert(id, (rw, rw, true, true));
+        } else {
+            let r = move_high(p[0], high).step(step)?;
+            let w = move_high(p[1], high).step(step)?;
+            pipe_ends.insert(id, (r, w, false, false));
+        }
     }
     for f in &st.files {
         let fd = open_object(f, &mut pipe_ends, opts).step(step)?;
@@ -291,7 +391,9 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         // SAFETY: the spare pipe ends torpor kept; descriptions hold dups.
         unsafe {
             libc::close(*r);
-            libc::close(*w);
+            if w != r {
+                libc::close(*w);
+            }
         }
     }
     Ok(objs)
@@ -302,7 +404,8 @@ fn open_object(
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
     opts: &RestoreOptions,
 ) -> Result<i32, Cause> {
-    let open_flags = (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+    let open_flags =
+        (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
     let open = |path: &str, flags: i32| -> Result<i32, Cause> {
         let c = cstr(path)?;
         // SAFETY: open with a valid C string.
@@ -313,7 +416,63 @@ fn open_object(
         }
         Ok(fd)
     };
+    let nonblock = f.flags.bits() & libc::O_NONBLOCK;
+    let made = |fd: i32, what: &str| -> Result<i32, Cause> {
+        if fd < 0 {
+            let e = last_os();
+            return Err(std::io::Error::new(e.kind(), format!("creating {what}: {e}")).into());
+        }
+        Ok(fd)
+    };
     match &f.kind {
+        FileKind::EventFd { count, semaphore } => {
+            let sem = if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
+            // SAFETY: eventfd with integer arguments.
+            let fd = made(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | nonblock | sem) }, "eventfd")?;
+            if *count > 0 {
+                let b = count.to_ne_bytes();
+                // SAFETY: writing 8 bytes from a local buffer adds `count`.
+                if unsafe { libc::write(fd, b.as_ptr().cast(), 8) } != 8 {
+                    return Err(last_os().into());
+                }
+            }
+            Ok(fd)
+        }
+        FileKind::SignalFd { mask } => {
+            // SAFETY: a zeroed sigset_t is a valid empty set to fill.
+            let mut set: libc::sigset_t = unsafe { core::mem::zeroed() };
+            for sig in 1..=64 {
+                if mask & (1u64 << (sig - 1)) != 0 {
+                    // SAFETY: adding a signal number to a local set.
+                    unsafe { libc::sigaddset(&raw mut set, sig) };
+                }
+            }
+            // SAFETY: signalfd on a local set.
+            made(unsafe { libc::signalfd(-1, &raw const set, libc::SFD_CLOEXEC | nonblock) }, "signalfd")
+        }
+        FileKind::TimerFd { clock, value, interval, ticks } => {
+            // SAFETY: timerfd_create with integer arguments.
+            let fd = made(unsafe { libc::timerfd_create(*clock, libc::TFD_CLOEXEC | nonblock) }, "timerfd")?;
+            // An expired timer (periodic, or with unread expirations) shows
+            // no time left: it expires again at once.
+            let value = if *value == (0, 0) && (*interval != (0, 0) || *ticks > 0) { &(0, 1) } else { value };
+            if *value != (0, 0) {
+                let ts = |(s, ns): (i64, i64)| libc::timespec {
+                    tv_sec: libc::time_t::try_from(s).unwrap_or(libc::time_t::MAX),
+                    tv_nsec: arch::native_signed(ns) as libc::c_long,
+                };
+                let its = libc::itimerspec { it_interval: ts(*interval), it_value: ts(*value) };
+                // SAFETY: arming our timerfd from a local struct.
+                if unsafe { libc::timerfd_settime(fd, 0, &raw const its, std::ptr::null_mut()) } < 0 {
+                    return Err(last_os().into());
+                }
+            }
+            Ok(fd)
+        }
+        // Its watches are added by the task holding it, whose fd numbers
+        // they name.
+        // SAFETY: epoll_create1 with a flag.
+        FileKind::Epoll { .. } => made(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) }, "epoll"),
         FileKind::Path { path, pos, .. } => {
             let fd = open(path, open_flags)?;
             let off = libc::off_t::try_from(*pos).unwrap_or(0);
@@ -325,7 +484,9 @@ fn open_object(
                 let e = last_os();
                 // SAFETY: closing our fd on the error path.
                 unsafe { libc::close(fd) };
-                return Err(std::io::Error::new(e.kind(), format!("seeking {path} to {pos}: {e}")).into());
+                return Err(
+                    std::io::Error::new(e.kind(), format!("seeking {path} to {pos}: {e}")).into(),
+                );
             }
             Ok(fd)
         }
@@ -348,17 +509,24 @@ fn open_object(
         }
         FileKind::Device { path, tty, .. } => {
             let p = if *tty && !Path::new(path).exists() {
-                opts.tty.as_ref().map(|t| t.to_string_lossy().into_owned()).unwrap_or_else(|| path.clone())
+                opts.tty
+                    .as_ref()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.clone())
             } else {
                 path.clone()
             };
             open(&p, open_flags | libc::O_NOCTTY)
         }
-        FileKind::Pipe { pipe, write } => {
+        FileKind::Pipe { pipe, write, .. } => {
             let e = pipes
                 .get_mut(pipe)
                 .ok_or_else(|| Cause::Refused(format!("pipe {pipe} missing from the image")))?;
-            let (src, used) = if *write { (e.1, &mut e.3) } else { (e.0, &mut e.2) };
+            let (src, used) = if *write {
+                (e.1, &mut e.3)
+            } else {
+                (e.0, &mut e.2)
+            };
             let fd = if *used {
                 open(&format!("/proc/self/fd/{src}"), open_flags)?
             } else {
@@ -393,17 +561,31 @@ fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let cdir = cstr(&dir.to_string_lossy())?;
     // SAFETY: open with a valid C string; the result is checked.
-    let mut fd = unsafe { libc::open(cdir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600) };
+    let mut fd = unsafe {
+        libc::open(
+            cdir.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
     if fd < 0 {
         let name = format!("{}/.torpor-unlinked-{}", dir.display(), std::process::id());
         let cname = cstr(&name)?;
         // SAFETY: as above; the name is removed right away.
         fd = unsafe {
-            libc::open(cname.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
+            libc::open(
+                cname.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
         };
         if fd < 0 {
             let e = last_os();
-            return Err(std::io::Error::new(e.kind(), format!("recreating unlinked {path} in {}: {e}", dir.display())).into());
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("recreating unlinked {path} in {}: {e}", dir.display()),
+            )
+            .into());
         }
         // SAFETY: unlinking the name just created.
         unsafe { libc::unlink(cname.as_ptr()) };
@@ -451,7 +633,13 @@ fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
     // copy of this single-threaded process and returns 0 here.
     // SAFETY: a plain syscall on integers or live C strings.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &raw const args, core::mem::size_of::<CloneArgs>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            core::mem::size_of::<CloneArgs>(),
+        )
+    };
     if r < 0 {
         let e = last_os();
         let why = if e.raw_os_error() == Some(libc::EEXIST) {
@@ -485,10 +673,35 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
     report(report_fd, &format!("{} ok", p.pid));
     // SAFETY: closing the report pipe; nothing else refers to it.
     unsafe { libc::close(report_fd) };
+    if let Some(status) = p.zombie {
+        exit_as(status);
+    }
     loop {
         // SAFETY: pause has no memory effects; the tracer interrupts it.
         unsafe { libc::pause() };
     }
+}
+
+/// Ends a recreated zombie with its recorded wait status: killed by the
+/// same signal (without a core file), or exited with the same code.
+fn exit_as(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on integers and on local structs; the
+        // signal's default action ends the process.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: leaving the forked child without running torpor's exit path.
+    unsafe { libc::_exit((status >> 8) & 0xff) }
 }
 
 fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
@@ -524,7 +737,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         // SAFETY: see above.
         let now = unsafe { libc::getsid(0) };
         if now != p.sid {
-            return Err(format!("cannot join session {} (it is in session {now})", p.sid));
+            return Err(format!(
+                "cannot join session {} (it is in session {now})",
+                p.sid
+            ));
         }
     }
     if p.pgid == p.pid && p.sid != p.pid {
@@ -540,6 +756,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
     }
     fork_children(false)?;
+    if p.zombie.is_some() {
+        // Nothing more: it only has to exit, once it has reported.
+        return Ok(());
+    }
     // Descriptors at their numbers.
     let mut targets: Vec<i32> = Vec::new();
     for f in &p.fds {
@@ -554,6 +774,22 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
         targets.push(f.fd);
     }
+    // epoll watches, by the first task holding the instance (they name
+    // that task's fds).
+    for f in &p.fds {
+        let FileKind::Epoll { targets: watches } = &st.files[f.file as usize].kind else { continue };
+        let first = st.processes.iter().find(|q| q.fds.iter().any(|g| g.file == f.file)).map(|q| q.pid);
+        if first != Some(p.pid) || p.fds.iter().any(|g| g.file == f.file && g.fd < f.fd) {
+            continue;
+        }
+        for &(tfd, events, data) in watches {
+            let mut ev = libc::epoll_event { events, u64: data };
+            // SAFETY: epoll_ctl on fds of this task with a local event.
+            if unsafe { libc::epoll_ctl(f.fd, libc::EPOLL_CTL_ADD, tfd, &raw mut ev) } < 0 {
+                return Err(format!("epoll fd {} watching fd {tfd}: {}", f.fd, last_os()));
+            }
+        }
+    }
     targets.push(report_fd);
     targets.sort_unstable();
     let mut next: u32 = 0;
@@ -567,6 +803,19 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     }
     // SAFETY: a plain syscall on integers or live C strings.
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    // A session leader takes its controlling terminal back from the fd
+    // that opens it (the original device or its --tty substitute).
+    if p.ctty != 0 && p.sid == p.pid {
+        let holder = p.fds.iter().find(|f| {
+            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.ctty)
+        });
+        if let Some(f) = holder {
+            // SAFETY: ioctl on an fd of this task, integer argument.
+            if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!("taking fd {} as controlling terminal: {}", f.fd, last_os()));
+            }
+        }
+    }
     let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
     // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
@@ -579,9 +828,14 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         return Err(format!("personality {:#x}: {}", p.personality, last_os()));
     }
     for (res, (cur, max)) in p.rlimits.iter().enumerate() {
-        let lim = libc::rlimit { rlim_cur: *cur, rlim_max: *max };
+        let lim = libc::rlimit {
+            rlim_cur: *cur,
+            rlim_max: *max,
+        };
         // SAFETY: a plain syscall on integers or live C strings.
-        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) } < 0 {
+        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) }
+            < 0
+        {
             return Err(format!("setrlimit {res}: {}", last_os()));
         }
     }
@@ -610,7 +864,10 @@ impl Drop for Created {
             .copied()
             .filter(|pid| {
                 let path = format!("/proc/{pid}/stat");
-                let ppid = procfs::read(&path).ok().and_then(|t| procfs::parse_stat(&path, &t).ok()).map(|s| s.ppid);
+                let ppid = procfs::read(&path)
+                    .ok()
+                    .and_then(|t| procfs::parse_stat(&path, &t).ok())
+                    .map(|s| s.ppid);
                 ppid.is_some_and(|pp| pp == me || self.pids.contains(&pp))
             })
             .collect();
@@ -619,8 +876,18 @@ impl Drop for Created {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // Leaders last: a traced leader's exit waits for its threads.
-        let mut order: Vec<i32> = self.traced.iter().copied().filter(|t| !self.pids.contains(t)).collect();
-        order.extend(self.traced.iter().copied().filter(|t| self.pids.contains(t)));
+        let mut order: Vec<i32> = self
+            .traced
+            .iter()
+            .copied()
+            .filter(|t| !self.pids.contains(t))
+            .collect();
+        order.extend(
+            self.traced
+                .iter()
+                .copied()
+                .filter(|t| self.pids.contains(t)),
+        );
         for &tid in &order {
             while let Ok(s) = ptrace::wait(tid) {
                 if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
@@ -644,7 +911,11 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(last_os()).step(step);
     }
-    let report_w = move_high(rp[1], objs.high + i32::try_from(objs.fds.len()).unwrap_or(0)).step(step)?;
+    let report_w = move_high(
+        rp[1],
+        objs.high + i32::try_from(objs.fds.len()).unwrap_or(0),
+    )
+    .step(step)?;
     let root = &st.processes[0];
     let r = fork_with_pid(root.pid);
     match r {
@@ -670,7 +941,10 @@ fn create_tasks(st: &ImageState, objs: &Objects, created: &mut Created) -> Resul
     while ok < st.processes.len() {
         let n = rd.read(&mut buf).step(step)?;
         if n == 0 {
-            return Err(refused("create tasks", format!("tasks ended before reporting ready: {text}")));
+            return Err(refused(
+                "create tasks",
+                format!("tasks ended before reporting ready: {text}"),
+            ));
         }
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         while let Some(nl) = text.find('\n') {
@@ -736,36 +1010,64 @@ fn write_data<T: Copy>(mem: &Mem, tramp: u64, off: u64, v: &T) -> Result<u64, Ca
 fn write_bytes(mem: &Mem, tramp: u64, off: u64, b: &[u8]) -> Result<u64, Cause> {
     let at = tramp + DATA + off;
     if off + b.len() as u64 > TRAMP_SIZE - DATA {
-        return Err(Cause::Refused(format!("{} bytes do not fit the trampoline data area", b.len())));
+        return Err(Cause::Refused(format!(
+            "{} bytes do not fit the trampoline data area",
+            b.len()
+        )));
     }
     mem.write(RemotePtr::<u8>::new(at), b)?;
     Ok(at)
 }
 
-fn remote_open(r: &mut Remote<'_>, mem: &Mem, tramp: u64, path: &str, flags: i32) -> Result<u64, Cause> {
+fn remote_open(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    path: &str,
+    flags: i32,
+) -> Result<u64, Cause> {
     let mut b = path.as_bytes().to_vec();
     b.push(0);
     let at = write_bytes(mem, tramp, 0, &b)?;
-    let fd = r.syscall_raw(nr::OPENAT, [(-100i64).bits(), at, u64::from((flags | libc::O_CLOEXEC).bits()), 0, 0, 0])?;
+    let fd = r.syscall_raw(
+        nr::OPENAT,
+        [
+            (-100i64).bits(),
+            at,
+            u64::from((flags | libc::O_CLOEXEC).bits()),
+            0,
+            0,
+            0,
+        ],
+    )?;
     if fd < 0 {
         let errno = i32::try_from(-fd).unwrap_or(libc::EINVAL);
         return Err(Cause::Io(std::io::Error::new(
             std::io::Error::from_raw_os_error(errno).kind(),
-            format!("opening {path} in process {}: {}", r.tid(), std::io::Error::from_raw_os_error(errno)),
+            format!(
+                "opening {path} in process {}: {}",
+                r.tid(),
+                std::io::Error::from_raw_os_error(errno)
+            ),
         )));
     }
     Ok(fd.bits())
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
-fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, u64)>) -> Result<Rebuild<'a>, Cause> {
+fn map_process<'a>(
+    p: &'a ProcessState,
+    high_fd: i32,
+    shm: &BTreeMap<u64, (u64, u64)>,
+) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
     let current = procfs::parse_smaps(&maps_path, &procfs::read(&maps_path)?)?;
     let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
     busy.extend(current.iter().map(|m| (m.start, m.end)));
-    let tramp = hole(&mut busy, TRAMP_SIZE).ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
+    let tramp = hole(&mut busy, TRAMP_SIZE)
+        .ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
     {
         let mut r = Remote::at_pc(pid, &mem)?;
         let (n, a) = arch::mmap_args(
@@ -778,7 +1080,9 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         );
         let got = r.syscall("mmap (trampoline)", n, a)?;
         if got != tramp {
-            return Err(Cause::Refused(format!("trampoline landed at {got:#x}, not {tramp:#x}")));
+            return Err(Cause::Refused(format!(
+                "trampoline landed at {got:#x}, not {tramp:#x}"
+            )));
         }
         r.finish()?;
     }
@@ -790,12 +1094,26 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         // write into memory about to disappear.
         if let Some((addr, len, sig)) = inherited_rseq {
             const RSEQ_FLAG_UNREGISTER: u64 = 1;
-            r.syscall("rseq (unregister)", nr::RSEQ, [addr, u64::from(len), RSEQ_FLAG_UNREGISTER, u64::from(sig), 0, 0])?;
+            r.syscall(
+                "rseq (unregister)",
+                nr::RSEQ,
+                [
+                    addr,
+                    u64::from(len),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(sig),
+                    0,
+                    0,
+                ],
+            )?;
         }
         // Unmap torpor's image in the child, keeping the kernel's specials.
         let in_shm = |a: u64| shm.values().any(|&(s, len)| a >= s && a < s + len);
         for m in &current {
-            if SPECIAL_MAPPINGS.contains(&m.name.as_str()) || is_fixed_kernel_mapping(&m.name) || in_shm(m.start) {
+            if SPECIAL_MAPPINGS.contains(&m.name.as_str())
+                || is_fixed_kernel_mapping(&m.name)
+                || in_shm(m.start)
+            {
                 continue;
             }
             r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
@@ -803,14 +1121,22 @@ fn map_process<'a>(p: &'a ProcessState, high_fd: i32, shm: &BTreeMap<u64, (u64, 
         move_specials(r, p, &current, tramp, shm)?;
         // What is left of the shared objects this task does not map.
         for &(addr, size) in shm.values() {
-            r.syscall("munmap (shared memory)", nr::MUNMAP, [addr, size, 0, 0, 0, 0])?;
+            r.syscall(
+                "munmap (shared memory)",
+                nr::MUNMAP,
+                [addr, size, 0, 0, 0, 0],
+            )?;
         }
         for v in &p.vmas {
             map_vma(r, &rb.mem, tramp, v)?;
         }
         // torpor's descriptors above the task's own: the report pipe may
         // still be open if the task was stopped right after reporting.
-        r.syscall("close_range", nr::CLOSE_RANGE, [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0])?;
+        r.syscall(
+            "close_range",
+            nr::CLOSE_RANGE,
+            [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0],
+        )?;
         Ok(())
     })?;
     Ok(rb)
@@ -828,14 +1154,20 @@ fn move_specials(
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (from, size, to)
     for v in &p.vmas {
         if let Backing::Shm { id, offset } = v.backing {
-            let &(addr, _) = shm.get(&id).ok_or_else(|| Cause::Refused(format!("shared memory object {id} was not created")))?;
+            let &(addr, _) = shm.get(&id).ok_or_else(|| {
+                Cause::Refused(format!("shared memory object {id} was not created"))
+            })?;
             moves.push((addr + offset, v.end - v.start, v.start));
         }
     }
     for v in &p.vmas {
-        let Backing::Special(name) = &v.backing else { continue };
+        let Backing::Special(name) = &v.backing else {
+            continue;
+        };
         let cur = current.iter().find(|m| &m.name == name).ok_or_else(|| {
-            Cause::Refused(format!("this kernel provides no {name}, which the image needs"))
+            Cause::Refused(format!(
+                "this kernel provides no {name}, which the image needs"
+            ))
         })?;
         if cur.end - cur.start != v.end - v.start {
             return Err(Cause::Refused(format!(
@@ -848,9 +1180,16 @@ fn move_specials(
     }
     for m in current {
         if SPECIAL_MAPPINGS.contains(&m.name.as_str())
-            && !p.vmas.iter().any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
+            && !p
+                .vmas
+                .iter()
+                .any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
         {
-            r.syscall("munmap (special)", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+            r.syscall(
+                "munmap (special)",
+                nr::MUNMAP,
+                [m.start, m.end - m.start, 0, 0, 0, 0],
+            )?;
         }
     }
     // First out of the way (sources and targets may overlap), then home.
@@ -858,16 +1197,25 @@ fn move_specials(
     busy.extend(moves.iter().map(|(f, s, _)| (*f, *f + *s)));
     busy.push((tramp, tramp + TRAMP_SIZE));
     let total: u64 = moves.iter().map(|m| m.1).sum();
-    let mut tmp = hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
+    let mut tmp =
+        hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
     let mut staged = Vec::new();
     for (from, size, to) in moves {
-        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, tmp, 0])?;
+        r.syscall(
+            "mremap (special)",
+            nr::MREMAP,
+            [from, size, size, flags, tmp, 0],
+        )?;
         staged.push((tmp, size, to));
         tmp += size;
     }
     for (from, size, to) in staged {
-        r.syscall("mremap (special)", nr::MREMAP, [from, size, size, flags, to, 0])?;
+        r.syscall(
+            "mremap (special)",
+            nr::MREMAP,
+            [from, size, size, flags, to, 0],
+        )?;
     }
     Ok(())
 }
@@ -896,8 +1244,23 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
         Backing::Shm { .. } => Ok(()),
         Backing::File { path, offset, .. } => {
             let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
-            let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
-            let flags = fixed | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let fd = remote_open(
+                r,
+                mem,
+                tramp,
+                path,
+                if writable_shared {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                },
+            )?;
+            let flags = fixed
+                | if v.shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                };
             let fd_i = i32::try_from(fd).unwrap_or(-1);
             let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, fd_i, *offset);
             let res = r.syscall("mmap (file)", n, a);
@@ -940,8 +1303,14 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     let tramp = rb.tramp;
     with_remote(mem, pid, tramp, |r| {
         for v in &p.vmas {
-            if matches!(v.backing, Backing::Shm { .. }) && v.prot != libc::PROT_READ | libc::PROT_WRITE {
-                r.syscall("mprotect", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0])?;
+            if matches!(v.backing, Backing::Shm { .. })
+                && v.prot != libc::PROT_READ | libc::PROT_WRITE
+            {
+                r.syscall(
+                    "mprotect",
+                    nr::MPROTECT,
+                    [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0],
+                )?;
             }
         }
         let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
@@ -964,7 +1333,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             exe_fd: u32::try_from(exe_fd).unwrap_or(u32::MAX),
         };
         let map_at = write_data(mem, tramp, 0, &map)?;
-        let res = r.syscall("prctl(PR_SET_MM_MAP)", nr::PRCTL, [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0]);
+        let res = r.syscall(
+            "prctl(PR_SET_MM_MAP)",
+            nr::PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0],
+        );
         r.syscall("close", nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0])?;
         res?;
         for (i, sa) in p.sigactions.iter().enumerate() {
@@ -1002,20 +1375,33 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
         for t in p.threads.iter().skip(1) {
             let tid_at = write_data(mem, tramp, 256, &t.tid)?;
             let args = CloneArgs {
-                flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND
-                    | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64,
+                flags: (libc::CLONE_VM
+                    | libc::CLONE_FS
+                    | libc::CLONE_FILES
+                    | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD
+                    | libc::CLONE_SYSVSEM) as u64,
                 set_tid: tid_at,
                 set_tid_size: 1,
                 ..Default::default()
             };
             let at = write_data(mem, tramp, 0, &args)?;
-            let got = r.syscall("clone3 (thread)", nr::CLONE3, [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0])?;
+            let got = r.syscall(
+                "clone3 (thread)",
+                nr::CLONE3,
+                [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0],
+            )?;
             if got != u64::from(t.tid.bits()) {
-                return Err(Cause::Refused(format!("thread {} came back as {got}", t.tid)));
+                return Err(Cause::Refused(format!(
+                    "thread {} came back as {got}",
+                    t.tid
+                )));
             }
             created.traced.push(t.tid);
             match ptrace::wait(t.tid)? {
-                Stop::Exited(_) | Stop::Killed(_) => return Err(ptrace::PtraceError::TaskDied(t.tid).into()),
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(ptrace::PtraceError::TaskDied(t.tid).into())
+                }
                 _ => {}
             }
         }
@@ -1024,7 +1410,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
         for info in &p.shared_pending {
             let sig = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
             let at = write_bytes(mem, tramp, 0, info)?;
-            r.syscall("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0])?;
+            r.syscall(
+                "rt_sigqueueinfo",
+                nr::RT_SIGQUEUEINFO,
+                [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0],
+            )?;
         }
         Ok(())
     })?;
@@ -1034,7 +1424,11 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
     // The trampoline goes last, through a syscall patched at the main
     // thread's final pc (the trampoline cannot unmap itself and trap).
     let mut r = Remote::at_pc(pid, mem)?;
-    r.syscall("munmap (trampoline)", nr::MUNMAP, [tramp, TRAMP_SIZE, 0, 0, 0, 0])?;
+    r.syscall(
+        "munmap (trampoline)",
+        nr::MUNMAP,
+        [tramp, TRAMP_SIZE, 0, 0, 0, 0],
+    )?;
     r.finish()?;
     Ok(p.threads.len())
 }
@@ -1043,11 +1437,20 @@ const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
 /// POSIX timers with their ids: timer_create takes the id from its output
 /// argument while PR_TIMER_CREATE_RESTORE_IDS is on.
-fn restore_timers(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -> Result<(), Cause> {
+fn restore_timers(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    p: &ProcessState,
+) -> Result<(), Cause> {
     if p.posix_timers.is_empty() {
         return Ok(());
     }
-    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+        nr::PRCTL,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    )?;
     let word = core::mem::size_of::<usize>();
     let created = (|| -> Result<(), Cause> {
         for t in &p.posix_timers {
@@ -1067,18 +1470,99 @@ fn restore_timers(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -
             )?;
             let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
             if got != t.id {
-                return Err(Cause::Refused(format!("POSIX timer {} came back as {got}", t.id)));
+                return Err(Cause::Refused(format!(
+                    "POSIX timer {} came back as {got}",
+                    t.id
+                )));
             }
             if t.left != (0, 0) {
                 let its = [t.interval.0, t.interval.1, t.left.0, t.left.1].map(arch::native_signed);
                 let its_at = write_data(mem, tramp, 256, &its)?;
-                r.syscall("timer_settime", nr::TIMER_SETTIME, [u64::from(t.id.bits()), 0, its_at, 0, 0, 0])?;
+                r.syscall(
+                    "timer_settime",
+                    nr::TIMER_SETTIME,
+                    [u64::from(t.id.bits()), 0, its_at, 0, 0, 0],
+                )?;
             }
         }
         Ok(())
     })();
-    r.syscall("prctl(PR_TIMER_CREATE_RESTORE_IDS)", nr::PRCTL, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+        nr::PRCTL,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    )?;
     created
+}
+
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `capset` of this thread, through the trampoline's data area.
+fn capset(r: &mut Remote<'_>, mem: &Mem, tramp: u64, inh: u64, prm: u64, eff: u64) -> Result<(), Cause> {
+    // Header {version, pid 0}, then two {effective, permitted, inheritable}
+    // blocks: low and high 32 bits.
+    let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
+    let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
+    let words: [u32; 8] = [CAPABILITY_VERSION_3, 0, lo(eff), lo(prm), lo(inh), hi(eff), hi(prm), hi(inh)];
+    let at = write_data(mem, tramp, 0, &words)?;
+    r.syscall("capset", nr::CAPSET, [at, at + 8, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// User and group ids, groups and capabilities of one thread, from the
+/// root-owned state every restored task starts with: the bounding set is
+/// narrowed while still privileged, permitted capabilities are kept across
+/// the uid change, then the exact sets, ambient ones and no_new_privs.
+fn restore_creds(r: &mut Remote<'_>, mem: &Mem, tramp: u64, c: &crate::engine::state::Creds) -> Result<(), Cause> {
+    let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
+    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?.trim().parse().unwrap_or(40);
+    let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
+    let caps_change = c.caps != me.caps;
+    if caps_change {
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
+                r.syscall("prctl(PR_CAPBSET_DROP)", nr::PRCTL, [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0])?;
+            }
+        }
+        // Inheritable first, while every permitted capability is there.
+        capset(r, mem, tramp, c.caps[0], me.caps[1], me.caps[2])?;
+    }
+    if ids_change {
+        if caps_change {
+            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0])?;
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let at = write_bytes(mem, tramp, 0, &groups)?;
+        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+        let [g0, g1, g2, _] = c.gids.map(u64::from);
+        r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
+        let [u0, u1, u2, _] = c.uids.map(u64::from);
+        r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
+        if caps_change {
+            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0])?;
+        }
+    }
+    if caps_change {
+        capset(r, mem, tramp, c.caps[0], c.caps[1], c.caps[2])?;
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[4] & (1u64 << cap) != 0 {
+                r.syscall(
+                    "prctl(PR_CAP_AMBIENT_RAISE)",
+                    nr::PRCTL,
+                    [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, u64::from(cap), 0, 0, 0],
+                )?;
+            }
+        }
+    }
+    if c.no_new_privs && !me.no_new_privs {
+        r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0])?;
+    }
+    Ok(())
 }
 
 fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Result<(), Cause> {
@@ -1091,10 +1575,22 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     name.truncate(15);
     name.push(0);
     let at = write_bytes(mem, tramp, 0, &name)?;
-    r.syscall("prctl(PR_SET_NAME)", nr::PRCTL, [PR_SET_NAME, at, 0, 0, 0, 0])?;
-    r.syscall("set_tid_address", nr::SET_TID_ADDRESS, [t.tid_address, 0, 0, 0, 0, 0])?;
+    r.syscall(
+        "prctl(PR_SET_NAME)",
+        nr::PRCTL,
+        [PR_SET_NAME, at, 0, 0, 0, 0],
+    )?;
+    r.syscall(
+        "set_tid_address",
+        nr::SET_TID_ADDRESS,
+        [t.tid_address, 0, 0, 0, 0, 0],
+    )?;
     if t.robust_head != 0 {
-        r.syscall("set_robust_list", nr::SET_ROBUST_LIST, [t.robust_head, t.robust_len, 0, 0, 0, 0])?;
+        r.syscall(
+            "set_robust_list",
+            nr::SET_ROBUST_LIST,
+            [t.robust_head, t.robust_len, 0, 0, 0, 0],
+        )?;
     }
     // Always set: a disabled stack must also replace the one inherited
     // from torpor.
@@ -1107,7 +1603,11 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
     let at = write_data(mem, tramp, 0, &ss)?;
     r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;
     if let Some(rs) = t.rseq {
-        r.syscall("rseq", nr::RSEQ, [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0])?;
+        r.syscall(
+            "rseq",
+            nr::RSEQ,
+            [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0],
+        )?;
     }
     if let Some((n, a)) = arch::tls_restore_syscall(t.tls) {
         r.syscall("set_tls", n, a)?;
@@ -1118,17 +1618,17 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
         r.syscall(
             "rt_tgsigqueueinfo",
             nr::RT_TGSIGQUEUEINFO,
-            [u64::from(p.pid.bits()), u64::from(t.tid.bits()), u64::from(sig.bits()), at, 0, 0],
+            [
+                u64::from(p.pid.bits()),
+                u64::from(t.tid.bits()),
+                u64::from(sig.bits()),
+                at,
+                0,
+                0,
+            ],
         )?;
     }
-    let c = &p.creds;
-    if !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4] {
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let at = write_bytes(mem, tramp, 0, &groups)?;
-        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
-        r.syscall("setresgid", nr::SETRESGID, [u64::from(c.gids[0]), u64::from(c.gids[1]), u64::from(c.gids[2]), 0, 0, 0])?;
-        r.syscall("setresuid", nr::SETRESUID, [u64::from(c.uids[0]), u64::from(c.uids[1]), u64::from(c.uids[2]), 0, 0, 0])?;
-    }
+    restore_creds(&mut r, mem, tramp, &p.creds)?;
     arch::set_fpregs(t.tid, &t.fpregs)?;
     let mut regs = Regs::from_bytes(&t.regs)?;
     regs.for_resume();
@@ -1153,7 +1653,10 @@ fn rebuild_all<R: Read>(
     let mut stats = RestoreStats::default();
     let mut cur: Option<Rebuild<'_>> = None;
     let mut idx = 0usize;
-    let finish = |rb: Rebuild<'_>, created: &mut Created, stats: &mut RestoreStats| -> Result<(), EngineError> {
+    let finish = |rb: Rebuild<'_>,
+                  created: &mut Created,
+                  stats: &mut RestoreStats|
+     -> Result<(), EngineError> {
         let pid = rb.p.pid;
         stats.threads += finish_process(&rb, created).step(|| format!("rebuild {pid}"))?;
         stats.processes += 1;
@@ -1167,13 +1670,22 @@ fn rebuild_all<R: Read>(
                 if let Some(rb) = cur.take() {
                     finish(rb, created, &mut stats)?;
                 }
-                let p = st.processes.get(idx).ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
+                let p = st
+                    .processes
+                    .get(idx)
+                    .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
                 idx += 1;
+                if p.zombie.is_some() {
+                    stats.processes += 1;
+                    continue;
+                }
                 cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
                 let info = rec.decode_pages_into(&mut buf).step(rstep)?;
-                let rb = cur.as_ref().ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                let rb = cur
+                    .as_ref()
+                    .ok_or_else(|| refused("read image", "pages before any task".into()))?;
                 rb.mem
                     .write(RemotePtr::<u8>::new(info.vaddr), &buf[..info.len])
                     .step(|| format!("write memory {}", rb.p.pid))?;
@@ -1189,7 +1701,11 @@ fn rebuild_all<R: Read>(
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
-pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Result<RestoreStats, EngineError> {
+pub fn restore<R: Read>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    image: R,
+) -> Result<RestoreStats, EngineError> {
     // Orphans of a task that failed come to torpor, to be killed with the
     // rest; once torpor exits, the restored root moves on to the next
     // subreaper or init as usual.
@@ -1203,7 +1719,7 @@ pub fn restore<R: Read>(st: &ImageState, opts: &RestoreOptions, image: R) -> Res
     let high_fd = objs.high;
     let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
-    for p in &st.processes {
+    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
         ptrace::seize(p.pid, 0).step(step)?;
         created.traced.push(p.pid);
         ptrace::interrupt(p.pid).step(step)?;

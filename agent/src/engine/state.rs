@@ -42,6 +42,11 @@ pub struct ProcessState {
     pub rlimits: Vec<(u64, u64)>,
     pub creds: Creds,
     pub posix_timers: Vec<PosixTimer>,
+    /// Wait status of a process that has exited and is not yet reaped; it
+    /// has no threads, memory or files.
+    pub zombie: Option<i32>,
+    /// Controlling terminal of a session leader (device number), 0 if none.
+    pub ctty: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +133,9 @@ pub struct Creds {
     pub uids: [u32; 4],
     pub gids: [u32; 4],
     pub groups: Vec<u32>,
+    /// Inheritable, permitted, effective, bounding, ambient.
+    pub caps: [u64; 5],
+    pub no_new_privs: bool,
 }
 
 /// What backs a mapping.
@@ -140,7 +148,11 @@ pub enum Backing {
     /// the tree; `offset` is where this mapping starts in it.
     Shm { id: u64, offset: u64 },
     /// A file mapped at `offset`; the identity refuses a changed file.
-    File { path: String, offset: u64, identity: FileIdentity },
+    File {
+        path: String,
+        offset: u64,
+        identity: FileIdentity,
+    },
     /// A kernel-provided mapping moved into place, never copied: `[vdso]`,
     /// `[vvar]`, `[vvar_vclock]`, `[sigpage]`.
     Special(String),
@@ -191,13 +203,29 @@ pub struct OpenFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
     /// A regular file or directory, reopened by path at `pos`.
-    Path { path: String, pos: u64, dir: bool, identity: FileIdentity },
+    Path {
+        path: String,
+        pos: u64,
+        dir: bool,
+        identity: FileIdentity,
+    },
     /// A character device (`/dev/null`, a tty...), reopened by path.
     Device { path: String, rdev: u64, tty: bool },
+    EventFd { count: u64, semaphore: bool },
+    SignalFd { mask: u64 },
+    /// (seconds, nanoseconds) left and interval; expirations not yet read.
+    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
+    /// Watched (fd, events, data), fd numbers of the first task holding it.
+    Epoll { targets: Vec<(i32, u32, u64)> },
     /// A regular file unlinked while open, by content.
-    Unlinked { path: String, pos: u64, data: Vec<u8> },
-    /// One end of a pipe: index into `TreeState::pipes`.
-    Pipe { pipe: u32, write: bool },
+    Unlinked {
+        path: String,
+        pos: u64,
+        data: Vec<u8>,
+    },
+    /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
+    /// path of a named FIFO (whose other end may be opened by anyone).
+    Pipe { pipe: u32, write: bool, fifo: Option<String> },
     /// The application's connection to `torpor daemon`: reconnected to the
     /// daemon's socket at restore (see `engine::torpor_conn`).
     TorporConn,

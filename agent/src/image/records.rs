@@ -256,6 +256,12 @@ pub struct Task {
     pub personality: u32,
     /// POSIX timers (`timer_create`), by id.
     pub posix_timers: Vec<PosixTimer>,
+    /// For a process that has exited and awaits its parent's wait (a
+    /// zombie): its wait status. Such a task has no other records.
+    pub exit_status: Option<i32>,
+    /// Device number of the controlling terminal a session leader holds
+    /// (0 for none); the restored leader takes the terminal its fds open.
+    pub ctty: u64,
 }
 
 /// One POSIX timer: how it notifies and when it fires next.
@@ -417,6 +423,32 @@ pub enum FdKind {
     Tty {
         path: RawPath,
         rdev: u64,
+        flags: u32,
+    },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// A signalfd and the signals it reads.
+    SignalFd {
+        mask: u64,
+        flags: u32,
+    },
+    /// A timerfd: its clock, time left, interval, and whether expirations
+    /// were waiting to be read (they come back as one).
+    TimerFd {
+        clock: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+        flags: u32,
+    },
+    /// An epoll instance and what it watches: (fd, events, data) in the
+    /// task that holds it.
+    Epoll {
+        targets: Vec<(i32, u32, u64)>,
         flags: u32,
     },
     /// A regular file unlinked while open: kept by content, recreated

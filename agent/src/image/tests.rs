@@ -74,6 +74,8 @@ fn task() -> Task {
         },
         personality: 0x0080_0000,
         posix_timers: vec![],
+        exit_status: None,
+        ctty: 0,
     }
 }
 

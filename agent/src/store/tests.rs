@@ -624,6 +624,7 @@ fn image_writer_streams_into_a_slot() {
         Kind::PipeData,
         &PipeData {
             id: 2,
+            capacity: 65536,
             bytes: vec![9; 10],
         },
     )
@@ -642,6 +643,7 @@ fn image_writer_streams_into_a_slot() {
             Kind::PipeData,
             &PipeData {
                 id: 2,
+                capacity: 65536,
                 bytes: vec![9; 10],
             },
         )

@@ -78,7 +78,10 @@ pub fn spawn(bin: &Path, args: &[&str], out: Option<&Path>) -> i32 {
         None => Stdio::null(),
     };
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(Stdio::null());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::null());
     // SAFETY: between fork and exec only close_range, which is
     // async-signal-safe.
     unsafe {
@@ -92,14 +95,20 @@ pub fn spawn(bin: &Path, args: &[&str], out: Option<&Path>) -> i32 {
 }
 
 pub fn torpor(args: &[&str]) -> Output {
-    Command::new(TORPOR).args(args).output().expect("run torpor")
+    Command::new(TORPOR)
+        .args(args)
+        .output()
+        .expect("run torpor")
 }
 
 /// Waits (up to 10 s) for `cond`.
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -111,7 +120,11 @@ pub fn reap(pid: i32) -> i32 {
     // SAFETY: waitpid writes the status word.
     let r = unsafe { libc::waitpid(pid, &raw mut st, 0) };
     assert_eq!(r, pid, "waitpid {pid}");
-    if libc::WIFSIGNALED(st) { libc::WTERMSIG(st) } else { 0 }
+    if libc::WIFSIGNALED(st) {
+        libc::WTERMSIG(st)
+    } else {
+        0
+    }
 }
 
 pub fn alive(pid: i32) -> bool {
@@ -123,7 +136,11 @@ pub fn alive(pid: i32) -> bool {
 }
 
 pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs `torpor dump --pid P --image IMG`, asserting success.
@@ -136,12 +153,29 @@ pub fn dump(pid: i32, img: &Path, extra: &[&str]) {
     args.push(&i);
     args.extend_from_slice(extra);
     let o = torpor(&args);
-    assert!(o.status.success(), "dump failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Runs `torpor restore --image IMG`, asserting success.
 pub fn restore(img: &Path) {
     let i = img.to_string_lossy().into_owned();
     let o = torpor(&["restore", "--image", &i]);
-    assert!(o.status.success(), "restore failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `pid` is alive and runs `bin` (a freed pid may already be someone
+/// else's).
+pub fn runs(pid: i32, bin: &Path) -> bool {
+    alive(pid)
+        && std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|e| e == bin)
+            .unwrap_or(false)
 }

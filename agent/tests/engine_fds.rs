@@ -1,0 +1,180 @@
+//! eventfd, signalfd, timerfd and epoll come back at their fd numbers with
+//! their state: the counter, the signal set, the timer running, and the
+//! watches with their data.
+
+mod engine_util;
+use engine_util::*;
+
+const FDS: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+static int fails;
+#define CHECK(c) do { if (!(c)) { printf("FAIL %s\n", #c); fails++; } } while (0)
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int ev = eventfd(5, EFD_SEMAPHORE | EFD_NONBLOCK);
+    sigset_t m;
+    sigemptyset(&m);
+    sigaddset(&m, SIGUSR1);
+    sigaddset(&m, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &m, NULL);
+    int sf = signalfd(-1, &m, 0);
+    int tf = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    struct itimerspec its = { { 0, 30000000 }, { 0, 30000000 } };
+    timerfd_settime(tf, 0, &its, NULL);
+    int ep = epoll_create1(0);
+    struct epoll_event a = { .events = EPOLLIN, .data.u64 = 0xabcdef0123ULL };
+    epoll_ctl(ep, EPOLL_CTL_ADD, ev, &a);
+    struct epoll_event b = { .events = EPOLLIN | EPOLLET, .data.u64 = 77 };
+    epoll_ctl(ep, EPOLL_CTL_ADD, sf, &b);
+    printf("fds %d %d %d %d\n", ev, sf, tf, ep);
+    /* Wait for SIGUSR2 through the signalfd: the go. */
+    struct signalfd_siginfo si;
+    for (;;) {
+        CHECK(read(sf, &si, sizeof si) == sizeof si);
+        if (si.ssi_signo == SIGUSR2) break;
+        printf("got %u\n", si.ssi_signo);
+    }
+    uint64_t v = 0;
+    CHECK(read(ev, &v, 8) == 8 && v == 1);
+    int left = 0;
+    while (read(ev, &v, 8) == 8) left++;
+    CHECK(left == 4);
+    usleep(100000);
+    CHECK(read(tf, &v, 8) == 8 && v >= 1);
+    struct itimerspec q;
+    timerfd_gettime(tf, &q);
+    CHECK(q.it_interval.tv_sec == 0 && q.it_interval.tv_nsec == 30000000);
+    uint64_t one = 1;
+    write(ev, &one, 8);
+    struct epoll_event out[4];
+    int n = epoll_wait(ep, out, 4, 1000);
+    CHECK(n == 1 && out[0].data.u64 == 0xabcdef0123ULL);
+    kill(getpid(), SIGUSR1);
+    n = epoll_wait(ep, out, 4, 1000);
+    int saw_sf = 0;
+    for (int i = 0; i < n; i++) saw_sf |= out[i].data.u64 == 77;
+    CHECK(saw_sf);
+    printf(fails ? "DONE\n" : "PASS\n");
+    return 0;
+}
+"#;
+
+fn fd_targets(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let l = std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+            Some((e.file_name().to_str()?.parse().ok()?, l))
+        })
+        .filter(|(fd, _)| *fd > 2)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn event_signal_timer_and_epoll_fds_come_back() {
+    become_subreaper();
+    let dir = scratch("fds");
+    let bin = compile(&dir, "fds", FDS, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("fds.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("fds", || !lines(&out).is_empty());
+    // A signal queued before the dump reaches the signalfd after restore.
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the first signal", || lines(&out).len() >= 2);
+    let before = fd_targets(pid);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert_eq!(fd_targets(pid), before);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 3);
+    assert_eq!(reap(pid), 0);
+    let l = lines(&out);
+    assert_eq!(l[1], format!("got {}", libc::SIGUSR1));
+    assert_eq!(l[2..].to_vec(), vec!["PASS".to_string()], "{l:?}");
+}
+
+const FIFO: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static int fails;
+#define CHECK(c) do { if (!(c)) { printf("FAIL %s\n", #c); fails++; } } while (0)
+int main(int argc, char **argv) {
+    (void)argc;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    signal(SIGUSR1, on_usr1);
+    mkfifo(argv[1], 0600);
+    int rw = open(argv[1], O_RDWR);
+    int rd = open(argv[1], O_RDONLY | O_NONBLOCK);
+    int wr = open(argv[1], O_WRONLY);
+    write(wr, "queued bytes", 12);
+    printf("ready %d %d %d\n", rw, rd, wr);
+    while (!go) pause();
+    char b[64] = { 0 };
+    CHECK(read(rd, b, sizeof b) == 12 && memcmp(b, "queued bytes", 12) == 0);
+    CHECK(read(rd, b, sizeof b) < 0);
+    struct stat a, p;
+    fstat(rd, &a);
+    stat(argv[1], &p);
+    CHECK(S_ISFIFO(a.st_mode) && a.st_ino == p.st_ino);
+    CHECK((fcntl(rd, F_GETFL) & (O_ACCMODE | O_NONBLOCK)) == (O_RDONLY | O_NONBLOCK));
+    CHECK((fcntl(wr, F_GETFL) & O_ACCMODE) == O_WRONLY);
+    /* Someone outside opens the FIFO by its name and writes. */
+    int other = open(argv[1], O_WRONLY | O_NONBLOCK);
+    CHECK(other >= 0 && write(other, "x", 1) == 1);
+    CHECK(read(rd, b, 1) == 1 && b[0] == 'x');
+    printf(fails ? "DONE\n" : "PASS\n");
+    return 0;
+}
+"#;
+
+/// A named FIFO held by the task comes back with its unread bytes, its
+/// descriptions' modes, and still reachable by name.
+#[test]
+fn named_fifo_comes_back() {
+    become_subreaper();
+    let dir = scratch("fifo");
+    let bin = compile(&dir, "fifo", FIFO, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("fifo.img");
+    let path = dir.join("the.fifo");
+    let pid = spawn(&bin, &[path.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    let before = fd_targets(pid);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert_eq!(fd_targets(pid), before);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}
