@@ -32,8 +32,14 @@ impl StoreEngine {
         StoreEngine { path, frozen: None }
     }
 
+    /// A partition must exist; a store file is created on first use.
+    fn is_device(&self) -> bool {
+        self.path.starts_with("/dev")
+    }
+
     fn open(&self) -> Result<Store, EngineError> {
-        Store::open_or_create(&self.path).map_err(|e| EngineError::Store(e.to_string()))
+        if self.is_device() { Store::open(&self.path) } else { Store::open_or_create(&self.path) }
+            .map_err(|e| EngineError::Store(e.to_string()))
     }
 
     /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
@@ -108,7 +114,7 @@ impl Engine for StoreEngine {
     fn status(&mut self) -> StoreSummary {
         let unavailable = StoreSummary { state: StoreState::Unavailable, generation: 0, image_bytes: 0 };
         let Ok(store) = Store::open(&self.path) else {
-            return if self.path.exists() {
+            return if self.path.exists() || self.is_device() {
                 unavailable
             } else {
                 StoreSummary { state: StoreState::Empty, generation: 0, image_bytes: 0 }
