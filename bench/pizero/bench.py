@@ -97,6 +97,16 @@ class Outcome:
         self.message = message
 
 
+def print_times(b):
+    """torpor's dump and restore times per app, as the guest measured them."""
+    times = {}
+    for m in b.matching(r"TORPOR-TIME (\S+) (dump|restore) (\d+)"):
+        times.setdefault(m.group(1), {})[m.group(2)] = int(m.group(3)) / 1000
+    for app, t in times.items():
+        parts = [f"{k} {v:.2f} s" for k, v in t.items()]
+        print(f"guest time (emulated, -icount) {app}: {', '.join(parts)}")
+
+
 class Bench:
     def __init__(self, opts):
         self.opts = opts
@@ -122,6 +132,9 @@ class Bench:
         size = os.path.getsize(torpor_bin)
         print(f"torpor      {build.TORPOR_ARM}: {size} bytes ({size / 1024:.0f} KiB), static ARMv6")
         apps = build.apps(REPO, BENCH_DIR, os.path.join(self.work, "apps"), build_log)
+        every_app = dict(apps)
+        if self.opts.store_app not in every_app:
+            raise build.BuildError(f"unknown store-cut app {self.opts.store_app}; known: {', '.join(every_app)}")
         if self.opts.apps:
             wanted = self.opts.apps.split(",")
             unknown = [a for a in wanted if a not in apps]
@@ -130,12 +143,12 @@ class Bench:
             apps = {a: apps[a] for a in wanted}
         self.apps = list(apps)
         print(f"apps        {' '.join(self.apps)}")
-        tools = {"gpio-poke": build.cross_compile(
-            [os.path.join(BENCH_DIR, "tools", "gpio-poke.c")],
-            os.path.join(self.work, "tools", "gpio-poke")),
-            "sleepy-counter": build.cross_compile(
+        tools = {name: build.cross_compile(
+            [os.path.join(BENCH_DIR, "tools", f"{name}.c")],
+            os.path.join(self.work, "tools", name)) for name in ("gpio-poke", "subreaper")}
+        tools["sleepy-counter"] = build.cross_compile(
             [os.path.join(REPO, "examples", "sleepy-counter.c")],
-            os.path.join(self.work, "tools", "sleepy-counter"))}
+            os.path.join(self.work, "tools", "sleepy-counter"))
 
         self.sd, layout, dump = build.sd_card(REPO, self.assets, CMDLINE, self.work, build_log)
         store_part = layout.number("torpor")
@@ -148,6 +161,7 @@ class Bench:
         conf = {
             "BENCH_APPS": " ".join(self.apps),
             "BENCH_PROTOCOL": self.opts.protocol,
+            "BENCH_STORE_APP": self.opts.store_app,
             "BENCH_STORE": f"/dev/mmcblk0p{store_part}",
             "BENCH_STORE_SECTORS": str(store_bytes // build.SECTOR),
             "BENCH_DATA": f"/dev/mmcblk0p{layout.number('rootfs')}",
@@ -161,7 +175,7 @@ class Bench:
             "BENCH_SLEEP_AT": str(self.opts.sleep_at),
             "BENCH_END_AT": str(self.opts.end_at),
         }
-        initrd = build.initramfs(self.assets, torpor_bin, apps, tools, BENCH_DIR, conf, self.work)
+        initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work)
         self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, CMDLINE)
         print(f"initramfs   {os.path.relpath(initrd, REPO)}: {os.path.getsize(initrd) // 1024} KiB")
         print(f"prepared in {time.monotonic() - t0:.1f} s")
@@ -219,7 +233,9 @@ class Bench:
                 for line in details.get(app, []):
                     print(f"{'':<{width}}  | {line}")
             self.record(f"test {app}", verdict, message)
-        print(f"boot to shell: {b.boot_seconds:.2f} s wall clock, {b.guest_uptime:.2f} s guest uptime\n")
+        print(f"boot to shell: {b.boot_seconds:.2f} s wall clock, {b.guest_uptime:.2f} s guest uptime")
+        print_times(b)
+        print()
 
     # ---- gpio-cut: the power line ------------------------------------------
 
@@ -257,7 +273,8 @@ class Bench:
 
     def run_power_cycle(self):
         """Per app: checkpoint, cut power at the power-line write, boot, restore."""
-        for app in self.apps:
+        apps = [a for a in self.opts.power_cycle_apps.split(",") if a in self.apps]
+        for app in apps:
             section = f"power-cycle {app}"
             with self.boot("suspend", self.power, f"bench.app={app}") as b:
                 m = b.wait_for(r"TORPOR-(SUSPENDED|RESULT|SKIP|BENCH-END)", 60 + self.opts.torpor_timeout,
@@ -272,6 +289,7 @@ class Bench:
                     self.record(section, "FAIL", " | ".join([results[app][1]] + details.get(app, [])))
                     continue
                 cut = b.wait_power_cut(30)
+            print_times(b)
             if cut is None:
                 self.record(section, "FAIL", f"{app} was checkpointed but {self.power.describe()} "
                             "did not cut power")
@@ -280,6 +298,7 @@ class Bench:
                 b.wait_for(r"TORPOR-BENCH-END mode=resume", 60 + 2 * self.opts.torpor_timeout,
                            f"{app} to resume")
                 results, details = collect_results([line for _, line in b.lines], [app])
+            print_times(b)
             verdict, message = results[app]
             if verdict != "PASS":
                 message = " | ".join([message] + details.get(app, []))
@@ -508,6 +527,10 @@ def main(argv):
     p.add_argument("--apps", help="comma-separated subset of the test apps to run")
     p.add_argument("--protocol", choices=["auto", "control"], default="auto",
                    help="control: run apps without checkpointing even when torpor can dump")
+    p.add_argument("--power-cycle-apps", default="counter,memory,threads,tree",
+                   help="comma-separated apps for power-cycle (two boots each), among those selected")
+    p.add_argument("--store-app", default="counter",
+                   help="the app whose images store-cut writes (any app, selected or not)")
     p.add_argument("--power-line", type=int, default=17, help="GPIO (bank 0) that cuts power")
     p.add_argument("--power-active-low", action="store_true", help="the power line cuts when driven low")
     p.add_argument("--cuts", type=int, default=4, help="power cuts inside store writes (store-cut)")

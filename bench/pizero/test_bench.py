@@ -185,7 +185,8 @@ def status(*slots, rc=0):
 def scripted_bench(script, cuts=2, apps=()):
     """A Bench whose boots replay `script`; returns it and the list of boots made."""
     opts = argparse.Namespace(work="/nonexistent", power_line=17, power_active_low=False,
-                              cuts=cuts, seed=7, torpor_timeout=10)
+                              cuts=cuts, seed=7, torpor_timeout=10,
+                              power_cycle_apps="counter,memory,threads,tree")
     b = bench.Bench(opts)
     b.apps = list(apps)
     boots = iter(script)
@@ -214,6 +215,17 @@ class PowerCycleTest(unittest.TestCase):
         self.assertEqual([(o.section, o.verdict, o.message) for o in b.outcomes], [
             ("power-cycle counter", "PASS", "power-cycle"),
             ("power-cycle memory", "FAIL", "FAIL memory: byte 8 is 0x00, expected 0x5a | READY memory")])
+
+    def test_only_the_power_cycle_apps_are_cycled(self):
+        script = [["TORPOR-SUSPENDED counter pid=140"],
+                  ["TORPOR-TIME counter restore 1250", "TORPOR-RESULT counter PASS power-cycle",
+                   "TORPOR-BENCH-END mode=resume rc=0"]]
+        b, made = scripted_bench(script, apps=["fpu", "counter"])
+        out = io.StringIO()
+        with redirect_stdout(out):
+            b.run_power_cycle()
+        self.assertEqual([m[:2] for m in made], [("suspend", "bench.app=counter"), ("resume", "bench.app=counter")])
+        self.assertIn("counter: restore 1.25 s", out.getvalue())
 
     def test_failed_dump_is_reported_without_a_resume_boot(self):
         script = [["TORPOR-RESULT counter FAIL torpor dump --pid 140 exited with 1",

@@ -141,6 +141,18 @@ impl Regs {
     }
 }
 
+/// Where `Remote::at_pc` writes `svc; trap`: word aligned (A32 code; a
+/// Thumb pc may be 2-aligned) and never the pc itself. A task stopped in a
+/// restartable syscall already has its pc rewound to the `svc` and r0 reset
+/// (arch/arm/kernel/signal.c decides the restart before the stop); if it is
+/// resumed with the pc still at that `svc`, the kernel restarts the *old*
+/// syscall in place with the injected arguments. Eight bytes below the pc,
+/// or above it at the start of a page, stay inside the same page.
+pub fn patch_site(pc: u64) -> u64 {
+    let pc = pc & !3;
+    if pc & 0xfff >= 8 { pc - 8 } else { pc + 8 }
+}
+
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     let mut r = Regs::default();
     // SAFETY: PTRACE_GETREGS writes 18 words into `r` (#[repr(C)], 72 bytes).
@@ -242,6 +254,7 @@ pub mod nr {
     pub const RSEQ: i64 = 398;
     pub const TIMER_CREATE: i64 = 257;
     pub const TIMER_SETTIME: i64 = 258;
+    pub const TIMER_DELETE: i64 = 261;
     pub const TIMER_GETTIME: i64 = 259;
     pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;

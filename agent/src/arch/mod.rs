@@ -12,6 +12,7 @@
 //!   `clear_syscall`, `for_image` (how a stopped syscall is saved) and
 //!   `for_resume` (how it is resumed)
 //! - `get_regs/set_regs`, `get_fpregs/set_fpregs`, `get_tls`
+//! - `patch_site(pc)`: where a borrowed task gets `syscall; trap` written
 //! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
 //!   pointer, when registers alone do not carry it
 //! - `nr`: the syscall numbers the engine injects, and `mmap_args`

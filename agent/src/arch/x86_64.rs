@@ -207,6 +207,13 @@ impl Regs {
     }
 }
 
+/// Where `Remote::at_pc` writes `syscall; trap`: the pc itself. x86_64
+/// decides a syscall restart after the stop, from orig_rax, which
+/// `prepare_syscall` clears.
+pub fn patch_site(pc: u64) -> u64 {
+    pc
+}
+
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     let mut r = Regs::default();
     // SAFETY: PTRACE_GETREGS writes one user_regs_struct into `r`, which is
@@ -309,6 +316,7 @@ pub mod nr {
     pub const RSEQ: i64 = 334;
     pub const TIMER_CREATE: i64 = 222;
     pub const TIMER_SETTIME: i64 = 223;
+    pub const TIMER_DELETE: i64 = 226;
     pub const TIMER_GETTIME: i64 = 224;
     pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;

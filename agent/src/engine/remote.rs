@@ -54,9 +54,9 @@ impl<'m> Remote<'m> {
     /// `syscall; trap` until the guard is dropped.
     pub fn at_pc(tid: i32, mem: &'m Mem) -> Result<Self, RemoteError> {
         let saved = arch::get_regs(tid)?;
-        // Word aligned, as A32 code must be (a Thumb pc may be 2-aligned);
-        // the bytes are put back, so where exactly does not matter.
-        let pc = saved.pc() & !3;
+        // Where the architecture wants the borrowed bytes (see
+        // `arch::patch_site`); they are put back when the guard ends.
+        let pc = arch::patch_site(saved.pc());
         let mut orig = [0u8; 8];
         mem.read(RemotePtr::<u8>::new(pc), &mut orig)?;
         let saved_mask = ptrace::get_sigmask(tid)?;

@@ -31,7 +31,7 @@ use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
 use crate::engine::image_io::{self, ImageState};
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
-use crate::engine::remote::Remote;
+use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
 use crate::engine::{Cause, EngineError, StepExt};
 use crate::image::{ImageReader, Kind};
@@ -1271,7 +1271,9 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
     }
 }
 
-/// The kernel's `struct prctl_mm_map` (104 bytes on every architecture).
+/// The kernel's `struct prctl_mm_map`: `auxv` is a native pointer (`__u64 *`),
+/// so on 32-bit ARM the fields after it move up by four bytes; padding makes
+/// it 104 bytes on both architectures.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct PrctlMmMap {
@@ -1286,7 +1288,7 @@ struct PrctlMmMap {
     arg_end: u64,
     env_start: u64,
     env_end: u64,
-    auxv: u64,
+    auxv: usize,
     auxv_size: u32,
     exe_fd: u32,
 }
@@ -1328,7 +1330,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             arg_end: m.arg_end,
             env_start: m.env_start,
             env_end: m.env_end,
-            auxv: auxv_at,
+            auxv: arch::native(auxv_at),
             auxv_size: u32::try_from(p.auxv.len()).unwrap_or(0),
             exe_fd: u32::try_from(exe_fd).unwrap_or(u32::MAX),
         };
@@ -1434,6 +1436,8 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
 }
 
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+/// Timers created and deleted at most to reach a wanted id in order.
+const MAX_TIMER_ID_SKIP: u32 = 1 << 16;
 
 /// POSIX timers with their ids: timer_create takes the id from its output
 /// argument while PR_TIMER_CREATE_RESTORE_IDS is on.
@@ -1446,14 +1450,23 @@ fn restore_timers(
     if p.posix_timers.is_empty() {
         return Ok(());
     }
-    r.syscall(
+    let by_prctl = match r.syscall(
         "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
         nr::PRCTL,
         [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
-    )?;
+    ) {
+        Ok(_) => true,
+        // Kernels before the request (6.1 on the Pi Zero) hand out ids in
+        // order from 0 in a new process and never reuse one: create timers
+        // in id order, deleting the ones that land below the wanted id.
+        Err(RemoteError::Syscall { err, .. }) if err.raw_os_error() == Some(libc::EINVAL) => false,
+        Err(e) => return Err(e.into()),
+    };
     let word = core::mem::size_of::<usize>();
+    let mut order: Vec<_> = p.posix_timers.iter().collect();
+    order.sort_by_key(|t| t.id);
     let created = (|| -> Result<(), Cause> {
-        for t in &p.posix_timers {
+        for t in order {
             // struct sigevent: value (a native word), signo, notify, tid;
             // 64 bytes in all.
             let mut sev = vec![0u8; 64];
@@ -1463,17 +1476,29 @@ fn restore_timers(
             sev[word + 8..word + 12].copy_from_slice(&t.tid.to_le_bytes());
             let sev_at = write_bytes(mem, tramp, 0, &sev)?;
             let id_at = write_data(mem, tramp, 128, &t.id)?;
-            r.syscall(
-                "timer_create",
-                nr::TIMER_CREATE,
-                [u64::from(t.clock.bits()), sev_at, id_at, 0, 0, 0],
-            )?;
-            let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
-            if got != t.id {
-                return Err(Cause::Refused(format!(
-                    "POSIX timer {} came back as {got}",
-                    t.id
-                )));
+            let mut skipped = 0u32;
+            loop {
+                r.syscall(
+                    "timer_create",
+                    nr::TIMER_CREATE,
+                    [u64::from(t.clock.bits()), sev_at, id_at, 0, 0, 0],
+                )?;
+                let got: i32 = mem.read_value(RemotePtr::<i32>::new(id_at))?;
+                if got == t.id {
+                    break;
+                }
+                if by_prctl || got > t.id || skipped >= MAX_TIMER_ID_SKIP {
+                    return Err(Cause::Refused(format!(
+                        "POSIX timer {} came back as {got}",
+                        t.id
+                    )));
+                }
+                r.syscall(
+                    "timer_delete",
+                    nr::TIMER_DELETE,
+                    [u64::from(got.bits()), 0, 0, 0, 0, 0],
+                )?;
+                skipped += 1;
             }
             if t.left != (0, 0) {
                 let its = [t.interval.0, t.interval.1, t.left.0, t.left.1].map(arch::native_signed);
@@ -1487,11 +1512,13 @@ fn restore_timers(
         }
         Ok(())
     })();
-    r.syscall(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-        nr::PRCTL,
-        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
-    )?;
+    if by_prctl {
+        r.syscall(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            nr::PRCTL,
+            [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+        )?;
+    }
     created
 }
 

@@ -29,6 +29,7 @@
 #   TORPOR-GPIO-DECOY-DONE line=<n> / TORPOR-GPIO-ARMED line=<n> value=<v>
 #   TORPOR-GPIO-SURVIVED
 #   TORPOR-SUSPENDED <app> pid=<n>
+#   TORPOR-TIME <app> dump|restore <ms>   (guest time: emulated, -icount)
 #   TORPOR-SKIP <job> <reason>
 #   TORPOR-ERROR <message>
 
@@ -41,6 +42,12 @@ TORPOR=/usr/bin/torpor
 WORK=/data/bench
 
 info() { echo "TORPOR-INFO $*"; }
+
+# Guest uptime in ms (the guest clock follows QEMU's -icount: emulated time).
+uptime_ms() {
+    read -r up _ </proc/uptime
+    echo "${up%.*}${up#*.}0"
+}
 error() { echo "TORPOR-ERROR $*"; }
 
 # Wait until a line of FILE matches the extended regex, at most SECONDS.
@@ -147,8 +154,10 @@ app_ready() {
 
 # Checkpoint the app into the store; torpor ends the tree after a good dump.
 dump_app() {
+    t0=$(uptime_ms)
     timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
     rc=$?
+    echo "TORPOR-TIME $1 dump $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
         result "$1" FAIL "torpor dump --pid $pid exited with $rc"
         details "$1" "$W/dump.out"
@@ -168,8 +177,10 @@ dump_app() {
 
 # Bring the app back from the store with `torpor $2 --store` (restore or boot).
 restore_app() {
+    t0=$(uptime_ms)
     timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" "$2" --store "$BENCH_STORE" >"$W/restore.out" 2>&1
     rc=$?
+    echo "TORPOR-TIME $1 restore $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
         result "$1" FAIL "torpor $2 --store $BENCH_STORE exited with $rc"
         details "$1" "$W/restore.out"
@@ -184,20 +195,22 @@ restore_app() {
     return 0
 }
 
-# Create W/go and report the app's own verdict. $1 = app, $2 = protocol.
+# Create W/go and report the app's own verdict. $1 = app, $2 = how it got
+# there (the protocol, or what the dump did); `control` also reaps the app.
+# (Shell variables are global: $how must not reuse job_test's $protocol.)
 go_and_verdict() {
-    app=$1 protocol=$2
+    app=$1 how=$2
     : >"$W/go"
     if ! wait_for_line "$W/app.log" '^(PASS|FAIL)( |$)' "$BENCH_VERIFY_TIMEOUT"; then
         result "$app" FAIL "no PASS or FAIL within ${BENCH_VERIFY_TIMEOUT}s after go"
         details "$app" "$W/app.log"
-        [ "$protocol" = control ] && stop_app
+        [ "$how" = control ] && stop_app
         return
     fi
     verdict=$(grep -E '^(PASS|FAIL)( |$)' "$W/app.log" | head -n 1)
     case "$verdict" in
         "PASS $app")
-            result "$app" PASS "$protocol"
+            result "$app" PASS "$how"
             ;;
         PASS*)
             result "$app" FAIL "app reported '$verdict', expected 'PASS $app'"
@@ -208,7 +221,7 @@ go_and_verdict() {
             [ -f "$W/restore.out" ] && details "$app" "$W/restore.out"
             ;;
     esac
-    if [ "$protocol" = control ]; then
+    if [ "$how" = control ]; then
         wait "$pid"
         rc=$?
         if [ "$rc" -ne 0 ] && [ "$verdict" = "PASS $app" ]; then
@@ -217,10 +230,60 @@ go_and_verdict() {
     fi
 }
 
+# badfd holds an fd torpor must refuse (tests/apps/README.md): the dump has
+# to fail with a reason naming fd 7 and leave the app running, which then
+# verifies that nothing of it was touched.
+run_refused() {
+    app=$1
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        result "$app" FAIL "torpor dump --pid $pid succeeded; it must refuse fd 7"
+    elif [ "$rc" -ne 1 ] || ! grep -q "fd 7" "$W/dump.out"; then
+        result "$app" FAIL "torpor dump --pid $pid exited with $rc, expected a refusal naming fd 7"
+    elif pid_gone "$pid"; then
+        result "$app" FAIL "pid $pid is gone after a refused dump"
+    else
+        go_and_verdict "$app" "dump refused: $(head -n 1 "$W/dump.out")"
+        return
+    fi
+    details "$app" "$W/dump.out"
+    details "$app" "$W/app.log"
+    stop_app
+}
+
+# exiter exits by itself soon after READY: a dump either fails cleanly (an
+# error from torpor, the app finishing on its own) or catches it, and then
+# the restored app finishes the same way.
+run_exiter() {
+    app=$1
+    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        wait_pid_gone "$pid" 10 || { result "$app" FAIL "pid $pid still running after a successful dump"; stop_app; return; }
+        wait "$pid" 2>/dev/null
+        restore_app "$app" restore || return
+        go_and_verdict "$app" checkpoint
+    elif [ "$rc" -eq 1 ] && grep -q "^torpor: error: " "$W/dump.out"; then
+        go_and_verdict "$app" "dump failed cleanly: $(head -n 1 "$W/dump.out")"
+        wait "$pid" 2>/dev/null
+    else
+        result "$app" FAIL "torpor dump --pid $pid exited with $rc without an error message"
+        details "$app" "$W/dump.out"
+        stop_app
+    fi
+}
+
 # One app through the whole protocol. $1 = app, $2 = checkpoint|control.
 run_app() {
     start_app "$1"
     app_ready "$1" || return
+    if [ "$2" = checkpoint ]; then
+        case "$1" in
+            badfd) run_refused "$1"; return ;;
+            exiter) run_exiter "$1"; return ;;
+        esac
+    fi
     if [ "$2" = checkpoint ]; then
         dump_app "$1" || return
         restore_app "$1" restore || return
@@ -233,6 +296,9 @@ run_app() {
 job_suspend() {
     store_ready suspend || return 0
     app=$BENCH_APP
+    # Far above the pids the resume boot uses before its restore, as an app
+    # started long after boot would be (a restore refuses a pid in use).
+    echo 1999 >/proc/sys/kernel/ns_last_pid
     start_app "$app"
     app_ready "$app" || return 0
     echo "$pid" >"$W/pid"
@@ -298,10 +364,10 @@ store_status() {
     echo "TORPOR-STATUS-END rc=$rc"
 }
 
-# Write one image of the first app into the store; the window markers tell
-# the host when the store is being written.
+# Write one image of $BENCH_STORE_APP into the store; the window markers
+# tell the host when the store is being written.
 store_write() {
-    app=${BENCH_APPS%% *}
+    app=$BENCH_STORE_APP
     start_app "$app"
     if ! wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
         error "$app printed no READY within ${BENCH_READY_TIMEOUT}s"
@@ -411,6 +477,8 @@ job_hibernate() {
     "$TORPOR" store clear --store "$BENCH_STORE" || { error "torpor store clear failed"; return 1; }
     write_config 2
     start_torpor_daemon || return 1
+    # Above the pids the next boot uses before its restore (see job_suspend).
+    echo 1999 >/proc/sys/kernel/ns_last_pid
     (cd "$HIB" && exec "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT" </dev/null >/dev/console 2>&1) &
     pid=$!
     echo "$pid" >"$HIB/pid"
@@ -501,6 +569,7 @@ job_attempts_seed() {
     mkdir -p "$A"
     cp "/bench/apps/$app" "$A/$app"
     W=$A
+    echo 1999 >/proc/sys/kernel/ns_last_pid
     (cd "$A" && exec "$A/$app" </dev/null >app.log 2>&1) &
     pid=$!
     app_ready "$app" || return 0
