@@ -214,3 +214,69 @@ fn task_killed_mid_dump_fails_cleanly() {
     assert!(err.contains("is gone") || err.contains("No such process"), "{err}");
     assert!(!img.exists() && !dir.join("big.img.part").exists(), "no image left behind");
 }
+
+const PAIR: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/resource.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    struct rlimit rl = { 4096, 8192 };
+    setrlimit(RLIMIT_NOFILE, &rl);
+    pid_t c = fork();
+    if (c == 0) {
+        for (;;) pause();
+    }
+    printf("%d\n", c);
+    for (;;) pause();
+}
+"#;
+
+/// A failure after tasks exist (here a limit torpor may not raise) kills
+/// every task created and names the process and the step.
+#[test]
+fn failure_after_creation_leaves_nothing_behind() {
+    use std::os::unix::process::CommandExt;
+    become_subreaper();
+    let dir = scratch("fail-late");
+    let bin = compile(&dir, "pair", PAIR, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("pair.img");
+    let root = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(root);
+    wait_for("child pid", || !lines(&out).is_empty());
+    let child: i32 = lines(&out)[0].parse().expect("pid");
+    reaper.add(child);
+    dump(root, &img, &[]);
+    assert_eq!(reap(root), libc::SIGKILL);
+    assert_eq!(reap(child), libc::SIGKILL);
+
+    let mut cmd = std::process::Command::new(TORPOR);
+    cmd.args(["restore", "--image", img.to_str().expect("utf8")]);
+    // SAFETY: setrlimit between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let rl = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 2048,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const rl);
+            Ok(())
+        });
+    }
+    let o = cmd.output().expect("run torpor");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("torpor: error: create tasks: process "),
+        "{err}"
+    );
+    assert!(
+        err.contains("setrlimit 7: Operation not permitted"),
+        "{err}"
+    );
+    // By program, not by pid alone: other tests here churn through pids.
+    assert!(!runs(root, &bin), "root {root} left behind");
+    assert!(!runs(child, &bin), "child {child} left behind");
+}

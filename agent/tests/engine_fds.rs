@@ -178,3 +178,89 @@ fn named_fifo_comes_back() {
     assert_eq!(reap(pid), 0);
     assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
 }
+
+const ECHO: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    char b[128];
+    for (;;) {
+        ssize_t n = read(3, b, sizeof b - 1);
+        if (n <= 0) return 3;
+        b[n] = 0;
+        char r[160];
+        int m = snprintf(r, sizeof r, "echo %s", b);
+        write(3, r, m);
+    }
+}
+"#;
+
+/// A socket kept outside the image (`--external-fd`) is replaced at restore
+/// by the descriptor handed over with `--inherit-fd`, at the same number.
+#[test]
+fn external_fd_is_replaced_by_an_inherited_one() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    become_subreaper();
+    let dir = scratch("external");
+    let bin = compile(&dir, "echo", ECHO, &[]);
+    let img = dir.join("echo.img");
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    let braw = b.as_raw_fd();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 and close_range between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(braw, 3);
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    #[allow(clippy::zombie_processes)] // reaped by pid below
+    let child = cmd.spawn().expect("spawn");
+    drop(b);
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    let mut buf = [0u8; 64];
+    a.write_all(b"one").expect("send");
+    let n = a.read(&mut buf).expect("reply");
+    assert_eq!(&buf[..n], b"echo one");
+
+    let spec = format!("{pid}:3=conn");
+    dump(pid, &img, &["--external-fd", &spec]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+
+    let i = img.to_string_lossy().into_owned();
+    let o = torpor(&["restore", "--image", &i]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        "torpor: error: validate: external fd \"conn\" needs a descriptor: give --inherit-fd conn=FD"
+    );
+
+    let (mut c, d) = UnixStream::pair().expect("socketpair");
+    let draw = d.as_raw_fd();
+    let mut r = std::process::Command::new(TORPOR);
+    r.args(["restore", "--image", &i, "--inherit-fd", "conn=7"]);
+    // SAFETY: dup2 between fork and exec.
+    unsafe {
+        r.pre_exec(move || {
+            libc::dup2(draw, 7);
+            Ok(())
+        });
+    }
+    let o = r.output().expect("torpor");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(d);
+    c.write_all(b"two").expect("send");
+    let n = c.read(&mut buf).expect("reply");
+    assert_eq!(&buf[..n], b"echo two");
+    kill_and_reap(pid);
+}

@@ -200,7 +200,7 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
         None
     };
     let tty = places.tty.exists().then(|| places.tty.clone());
-    let opts = RestoreOptions { tty, torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd) };
+    let opts = RestoreOptions { tty, torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd), ..RestoreOptions::default() };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
     let stats = restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;

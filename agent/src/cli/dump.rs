@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::engine::dump::{dump_to_file, dump_to_store, After};
+use crate::engine::dump::{dump_to_file, dump_to_store, After, DumpOptions};
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
@@ -20,17 +20,32 @@ pub struct DumpArgs {
     /// Keep the tree running after a good dump (default: kill it).
     #[arg(long)]
     pub leave_running: bool,
+    /// Leave fd FD of process PID out of the image as external fd KEY (a
+    /// socket to a supervisor, say); the restore needs `--inherit-fd KEY=N`.
+    #[arg(long, value_name = "PID:FD=KEY", value_parser = parse_external)]
+    pub external_fd: Vec<(i32, i32, String)>,
+}
+
+fn parse_external(s: &str) -> Result<(i32, i32, String), String> {
+    let bad = || format!("{s:?} is not PID:FD=KEY");
+    let (pidfd, key) = s.split_once('=').ok_or_else(bad)?;
+    let (pid, fd) = pidfd.split_once(':').ok_or_else(bad)?;
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok((pid.parse().map_err(|_| bad())?, fd.parse().map_err(|_| bad())?, key.to_string()))
 }
 
 pub fn run(a: &DumpArgs) -> Result<i32, String> {
+    let opts = DumpOptions { external: a.external_fd.clone() };
     let after = if a.leave_running {
         After::LeaveRunning
     } else {
         After::Kill
     };
     let (stats, dest) = match (&a.image, &a.store) {
-        (Some(img), _) => (dump_to_file(a.pid, img, after), img),
-        (None, Some(store)) => (dump_to_store(a.pid, store, after), store),
+        (Some(img), _) => (dump_to_file(a.pid, img, after, &opts), img),
+        (None, Some(store)) => (dump_to_store(a.pid, store, after, &opts), store),
         (None, None) => return Err("give --image FILE or --store PATH".to_string()),
     };
     let stats = stats.map_err(|e| e.to_string())?;

@@ -17,10 +17,23 @@ pub struct RestoreArgs {
     /// Terminal to use in place of one that no longer exists.
     #[arg(long)]
     pub tty: Option<PathBuf>,
+    /// Put this process's descriptor N in place of the image's external fd
+    /// KEY (see `dump --external-fd`).
+    #[arg(long, value_name = "KEY=N", value_parser = parse_inherit)]
+    pub inherit_fd: Vec<(String, i32)>,
+}
+
+fn parse_inherit(s: &str) -> Result<(String, i32), String> {
+    let bad = || format!("{s:?} is not KEY=N");
+    let (key, fd) = s.rsplit_once('=').ok_or_else(bad)?;
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok((key.to_string(), fd.parse().map_err(|_| bad())?))
 }
 
 pub fn run(a: &RestoreArgs) -> Result<i32, String> {
-    let opts = RestoreOptions { tty: a.tty.clone(), ..RestoreOptions::default() };
+    let opts = RestoreOptions { tty: a.tty.clone(), inherit: a.inherit_fd.clone(), ..RestoreOptions::default() };
     let stats = match (&a.image, &a.store) {
         (Some(img), _) => restore_file(img, &opts),
         (None, Some(store)) => restore_store(store, &opts),

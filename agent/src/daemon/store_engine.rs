@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use crate::daemon::{log, Engine, EngineError, Pid, Stored};
-use crate::engine::dump::dump_frozen_with;
+use crate::engine::dump::{dump_frozen_with, DumpOptions};
 use crate::engine::freeze::Frozen;
 use crate::engine::torpor_conn;
 use crate::protocol::{StoreState, StoreSummary};
@@ -52,7 +52,7 @@ impl StoreEngine {
         let mut store = self.open()?;
         let writer = store.writer().map_err(|e| EngineError::Store(e.to_string()))?;
         let mut committed: Option<SlotInfo> = None;
-        let result = dump_frozen_with(pid.as_raw(), Some(conn), BufWriter::new(writer), |bw| {
+        let result = dump_frozen_with(pid.as_raw(), Some(conn), BufWriter::new(writer), &DumpOptions::default(), |bw| {
             let step = || "store".to_string();
             let w = bw.into_inner().map_err(|e| crate::engine::EngineError {
                 step: step(),

@@ -412,6 +412,8 @@ pub struct FileTable {
     /// Inode of the tree's end of its connection to `torpor daemon`, which
     /// is recorded as [`FileKind::TorporConn`] rather than refused.
     pub torpor_conn: Option<u64>,
+    /// (pid, fd, key) kept outside the image.
+    pub external: Vec<(i32, i32, String)>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -449,6 +451,13 @@ impl FileTable {
                 .step(step)?;
             let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
+            if let Some((_, _, key)) = self.external.iter().find(|(p, f, _)| *p == pid && *f == fd) {
+                self.files.push(OpenFile { flags, kind: FileKind::External { key: key.clone() } });
+                self.owner.push((pid, fd, format!("external:{key}")));
+                let file = u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX);
+                out.push(Fd { fd, file, cloexec });
+                continue;
+            }
             // Same description as one already seen?
             let mut found = None;
             for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {

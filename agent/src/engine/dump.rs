@@ -23,6 +23,15 @@ pub enum After {
     LeaveRunning,
 }
 
+/// What a dump should know beyond the tree.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// Descriptors that stay outside the image, (pid, fd, key): whatever
+    /// they are (a socket to a supervisor, say), the restore is handed a
+    /// descriptor for each key to put in their place.
+    pub external: Vec<(i32, i32, String)>,
+}
+
 /// Figures of a finished dump.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DumpStats {
@@ -39,9 +48,10 @@ pub fn dump<W: Write>(
     root: i32,
     out: W,
     after: After,
+    opts: &DumpOptions,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<DumpStats, EngineError> {
-    let (stats, mut frozen) = dump_frozen(root, out, commit)?;
+    let (stats, mut frozen) = dump_frozen(root, out, opts, commit)?;
     match after {
         After::Kill => frozen.kill(),
         After::LeaveRunning => frozen.release(),
@@ -55,9 +65,10 @@ pub fn dump<W: Write>(
 pub fn dump_frozen<W: Write>(
     root: i32,
     out: W,
+    opts: &DumpOptions,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
-    dump_frozen_with(root, None, out, commit)
+    dump_frozen_with(root, None, out, opts, commit)
 }
 
 /// [`dump_frozen`] for a tree talking to `torpor daemon`: the socket with
@@ -66,11 +77,13 @@ pub fn dump_frozen_with<W: Write>(
     root: i32,
     torpor_conn: Option<u64>,
     out: W,
+    opts: &DumpOptions,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
     let frozen = Frozen::freeze(root)?;
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
+    table.external.clone_from(&opts.external);
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {
         let ppid = if pid == root {
@@ -281,6 +294,7 @@ pub fn dump_to_file(
     root: i32,
     path: &std::path::Path,
     after: After,
+    opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
     let wstep = || "write image".to_string();
     let mut tmp = path.as_os_str().to_owned();
@@ -289,7 +303,7 @@ pub fn dump_to_file(
     let f = File::create(&tmp)
         .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", tmp.display())))
         .step(wstep)?;
-    let res = dump(root, BufWriter::new(f), after, |bw| {
+    let res = dump(root, BufWriter::new(f), after, opts, |bw| {
         let f = bw.into_inner().map_err(|e| e.into_error()).step(wstep)?;
         f.sync_all().step(wstep)?;
         std::fs::rename(&tmp, path).step(wstep)?;
@@ -308,11 +322,12 @@ pub fn dump_to_store(
     root: i32,
     path: &std::path::Path,
     after: After,
+    opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
     let sstep = || "store".to_string();
     let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
     let w = store.writer().step(sstep)?;
-    dump(root, BufWriter::new(w), after, |bw| {
+    dump(root, BufWriter::new(w), after, opts, |bw| {
         let w = bw.into_inner().map_err(|e| e.into_error()).step(sstep)?;
         w.commit().step(sstep)?;
         Ok(())

@@ -402,6 +402,7 @@ pub fn write_process<W: Write>(
                 flags: of.flags,
             },
             FileKind::Epoll { targets } => FdKind::Epoll { targets: targets.clone(), flags: of.flags },
+            FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
@@ -715,6 +716,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 FileKind::TimerFd { clock, value: ns_ts(value_ns), interval: ns_ts(interval_ns), ticks },
                             ),
                             FdKind::Epoll { targets, flags } => (flags, FileKind::Epoll { targets }),
+                            FdKind::External { key, flags } => (flags, FileKind::External { key }),
                             FdKind::Unlinked {
                                 path,
                                 flags,

@@ -44,6 +44,8 @@ pub struct RestoreOptions {
     /// connection to the daemon (`FileKind::TorporConn`). The caller keeps
     /// its own descriptor to ask the daemon for `Resumed` afterwards.
     pub torpor_conn: Option<i32>,
+    /// Descriptors (of this process) for the image's external fds, by key.
+    pub inherit: Vec<(String, i32)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -189,6 +191,11 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     for f in &st.files {
         match &f.kind {
             FileKind::EventFd { .. } | FileKind::SignalFd { .. } | FileKind::TimerFd { .. } | FileKind::Epoll { .. } => {}
+            FileKind::External { key } => {
+                if !opts.inherit.iter().any(|(k, _)| k == key) {
+                    return Err(refused(step, format!("external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD")));
+                }
+            }
             FileKind::Path { path, .. } => {
                 if !Path::new(path).exists() {
                     return Err(refused(step, format!("open file {path} is gone")));
@@ -425,6 +432,15 @@ fn open_object(
         Ok(fd)
     };
     match &f.kind {
+        FileKind::External { key } => {
+            let &(_, given) = opts
+                .inherit
+                .iter()
+                .find(|(k, _)| k == key)
+                .ok_or_else(|| Cause::Refused(format!("no descriptor for external fd {key:?}")))?;
+            // SAFETY: duplicating a descriptor the caller handed over.
+            made(unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) }, &format!("external fd {key:?}"))
+        }
         FileKind::EventFd { count, semaphore } => {
             let sem = if *semaphore { libc::EFD_SEMAPHORE } else { 0 };
             // SAFETY: eventfd with integer arguments.

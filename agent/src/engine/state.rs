@@ -217,6 +217,8 @@ pub enum FileKind {
     TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
     /// Watched (fd, events, data), fd numbers of the first task holding it.
     Epoll { targets: Vec<(i32, u32, u64)> },
+    /// Not in the image: the restore is handed a descriptor for `key`.
+    External { key: String },
     /// A regular file unlinked while open, by content.
     Unlinked {
         path: String,

@@ -451,6 +451,12 @@ pub enum FdKind {
         targets: Vec<(i32, u32, u64)>,
         flags: u32,
     },
+    /// A descriptor kept outside the image (a connection to a supervisor,
+    /// say): the restore is handed one for `key` to put in its place.
+    External {
+        key: String,
+        flags: u32,
+    },
     /// A regular file unlinked while open: kept by content, recreated
     /// without a name.
     Unlinked {
