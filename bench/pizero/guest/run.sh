@@ -531,7 +531,7 @@ job_corrupt() {
     store_ready corrupt-image || return 0
     "$TORPOR" store clear --store "$BENCH_STORE" || return 1
     write_config 2
-    app=${BENCH_APPS%% *}
+    app=counter
     start_app "$app"
     app_ready "$app" || return 0
     dump_app "$app" || return 0
@@ -564,7 +564,7 @@ job_corrupt() {
 job_attempts_seed() {
     store_ready restore-attempts || return 0
     "$TORPOR" store clear --store "$BENCH_STORE" || return 1
-    app=${BENCH_APPS%% *}
+    app=counter
     A=$WORK/attempts
     rm -rf "$A"
     mkdir -p "$A"
@@ -582,7 +582,7 @@ job_attempts_seed() {
 
 # Boots 2 and 3: the boot hook tries, fails, and at the last attempt gives up.
 job_attempts_boot() {
-    app=${BENCH_APPS%% *}
+    app=counter
     write_config 2
     "$TORPOR" boot --config /etc/torpor.toml >/tmp/boot.out 2>&1
     rc=$?
