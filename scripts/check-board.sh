@@ -447,13 +447,25 @@ EOF
 
 # ---------------------------------------------------------------------------
 # A fake torpor that logs each call; `daemon` runs until SIGTERM (or, with
-# FAKE_IGNORE_TERM, until SIGKILL); `boot` exits with FAKE_BOOT_STATUS.
+# FAKE_IGNORE_TERM, until SIGKILL); `boot` waits (up to 5 s) for a daemon
+# to have started, as the real one waits for its socket, then exits with
+# FAKE_BOOT_STATUS.
 write_fake_torpor() {
 	cat > "$1" <<'EOF'
 #!/bin/sh
+case "$1" in
+boot)
+	i=0
+	while ! grep -q '^daemon' "$FAKE_LOG" 2>/dev/null && [ "$i" -lt 50 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "$*" >> "$FAKE_LOG"
+	exit "${FAKE_BOOT_STATUS:-0}"
+	;;
+esac
 echo "$*" >> "$FAKE_LOG"
 case "$1" in
-boot) exit "${FAKE_BOOT_STATUS:-0}" ;;
 daemon)
 	if [ -n "${FAKE_IGNORE_TERM:-}" ]; then
 		trap '' TERM
