@@ -56,6 +56,13 @@ pizero-test: deps
 	python3 -m unittest discover -s bench/pizero -p 'test_*.py'
 	python3 bench/pizero/bench.py all
 
+# The emulated Pi Zero tells the story on this terminal: sleepy-counter
+# counts, asks torpor daemon to hibernate it, the daemon stores it and drives
+# the power line, the harness cuts the power, the board boots again, and
+# `torpor boot` brings the counter back where it stopped.
+demo: deps
+	python3 bench/pizero/bench.py demo
+
 # Image codec throughput (random and compressible pages) and encoder memory,
 # as ratios to a memcpy of the same 64 MiB measured in the same run.
 .PHONY: bench-image fuzz-image

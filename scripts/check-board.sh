@@ -447,13 +447,25 @@ EOF
 
 # ---------------------------------------------------------------------------
 # A fake torpor that logs each call; `daemon` runs until SIGTERM (or, with
-# FAKE_IGNORE_TERM, until SIGKILL); `boot` exits with FAKE_BOOT_STATUS.
+# FAKE_IGNORE_TERM, until SIGKILL); `boot` waits (up to 5 s) for a daemon
+# to have started, as the real one waits for its socket, then exits with
+# FAKE_BOOT_STATUS.
 write_fake_torpor() {
 	cat > "$1" <<'EOF'
 #!/bin/sh
+case "$1" in
+boot)
+	i=0
+	while ! grep -q '^daemon' "$FAKE_LOG" 2>/dev/null && [ "$i" -lt 50 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	echo "$*" >> "$FAKE_LOG"
+	exit "${FAKE_BOOT_STATUS:-0}"
+	;;
+esac
 echo "$*" >> "$FAKE_LOG"
 case "$1" in
-boot) exit "${FAKE_BOOT_STATUS:-0}" ;;
 daemon)
 	if [ -n "${FAKE_IGNORE_TERM:-}" ]; then
 		trap '' TERM
@@ -497,14 +509,14 @@ check_init_with() {
 	run_init "$sh" start
 	pid="$(pidfile_pid)"
 	expect_eq "$tag start: exit 0" "0" "$init_rc"
-	expect_eq "$tag start: messages" "Restoring hibernated application: OK"$'\n'"Starting torpor daemon: OK" "$init_out"
+	expect_eq "$tag start: messages" "Starting torpor daemon: OK"$'\n'"Restoring hibernated application: OK" "$init_out"
 	sleep 0.3
-	expect_eq "$tag start: torpor boot, then torpor daemon" "boot --config $cfg;daemon --config $cfg;" "$(calls)"
+	expect_eq "$tag start: torpor daemon, then torpor boot" "daemon --config $cfg;boot --config $cfg;" "$(calls)"
 	expect_true "$tag start: daemon runs with the PID in the PID file" alive "$pid"
 
 	run_init "$sh" start
 	expect_eq "$tag start while running: exit 0, nothing run" \
-		"0|torpor daemon already running (PID $pid)|boot --config $cfg;daemon --config $cfg;" "$init_rc|$init_out|$(calls)"
+		"0|torpor daemon already running (PID $pid)|daemon --config $cfg;boot --config $cfg;" "$init_rc|$init_out|$(calls)"
 
 	run_init "$sh" restart
 	pid2="$(pidfile_pid)"
@@ -512,7 +524,7 @@ check_init_with() {
 	expect_eq "$tag restart: messages" "Stopping torpor daemon: OK"$'\n'"Starting torpor daemon: OK" "$init_out"
 	sleep 0.3
 	expect_eq "$tag restart: daemon stopped by TERM and started again, no boot" \
-		"boot --config $cfg;daemon --config $cfg;daemon got TERM;daemon --config $cfg;" "$(calls)"
+		"daemon --config $cfg;boot --config $cfg;daemon got TERM;daemon --config $cfg;" "$(calls)"
 	if ! alive "$pid" && alive "$pid2" && [ "$pid" != "$pid2" ]; then
 		pass "$tag restart: old daemon gone, new one runs"
 	else
@@ -542,11 +554,11 @@ check_init_with() {
 	expect_eq "$tag stop with a stale PID file: exit 0, file removed" \
 		"0|torpor daemon not running|no" "$init_rc|$init_out|$([ -e "$WORK/run/torpor.pid" ] && echo yes || echo no)"
 
-	# A failed restore: reported, and the daemon starts regardless.
+	# A failed restore: reported, and the daemon runs regardless.
 	: > "$WORK/log"
 	BOOT_STATUS=3 run_init "$sh" start
 	expect_eq "$tag start after a failed restore: exit 0, failure reported" \
-		"0|Restoring hibernated application: FAIL (torpor boot exited with 3; cold start)"$'\n'"Starting torpor daemon: OK" \
+		"0|Starting torpor daemon: OK"$'\n'"Restoring hibernated application: FAIL (torpor boot exited with 3; cold start)" \
 		"$init_rc|$init_out"
 	run_init "$sh" stop
 
@@ -603,7 +615,7 @@ check_systemd() {
 		fail "systemd-analyze verify" "$out"
 	fi
 	local unit="$BOARD/torpor.service"
-	expect_eq "ExecStartPre runs torpor boot, failure tolerated" "ExecStartPre=-/usr/bin/torpor boot --config /etc/torpor.toml" "$(grep '^ExecStartPre=' "$unit")"
+	expect_eq "ExecStartPost runs torpor boot once the daemon started, failure tolerated" "ExecStartPost=-/usr/bin/torpor boot --config /etc/torpor.toml" "$(grep '^ExecStartPost=' "$unit")"
 	expect_eq "ExecStart runs the daemon" "ExecStart=/usr/bin/torpor daemon --config /etc/torpor.toml" "$(grep '^ExecStart=' "$unit")"
 	expect_eq "early ordering" "DefaultDependencies=no|After=local-fs.target" "$(grep '^DefaultDependencies=' "$unit")|$(grep '^After=' "$unit")"
 	expect_eq "restored applications survive a stop" "KillMode=process" "$(grep '^KillMode=' "$unit")"

@@ -188,7 +188,7 @@ fn hibernate_command_against_the_daemon_binary() {
     let out = torpor(&["hibernate", "--socket", d.socket(), "--checkpoint", "--pid", &me.to_string()]);
     assert_eq!(
         text(&out.stderr),
-        format!("torpor: error: Unsupported: pid {me}: this torpor build has no checkpoint engine\n")
+        format!("torpor: error: StoreFailed: pid {me}: image store failed: cannot open store /dev/mmcblk0p3: No such file or directory (os error 2)\n")
     );
     assert_eq!(out.status.code(), Some(1));
 

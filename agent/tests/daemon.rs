@@ -259,9 +259,9 @@ fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
         bad_input(s, &[1], ErrorKind::Malformed),
         "message of 1 bytes is shorter than the 2-byte version header"
     );
-    // Wrong variant tags: request 3, target 2, option 2.
+    // Wrong variant tags: request 4, target 2, option 2.
     let unknown = "an unknown variant tag, or a string longer than its bound (protocol 1.0, this side speaks 1.0)";
-    assert_eq!(bad_input(s, &[1, 0, 3], ErrorKind::Malformed), unknown);
+    assert_eq!(bad_input(s, &[1, 0, 4], ErrorKind::Malformed), unknown);
     assert_eq!(bad_input(s, &[1, 0, 1, 2], ErrorKind::Malformed), unknown);
     assert_eq!(
         bad_input(s, &[1, 0, 0, 0, 2], ErrorKind::Malformed),

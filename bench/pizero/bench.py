@@ -146,6 +146,9 @@ class Bench:
         tools = {name: build.cross_compile(
             [os.path.join(BENCH_DIR, "tools", f"{name}.c")],
             os.path.join(self.work, "tools", name)) for name in ("gpio-poke", "subreaper")}
+        tools["sleepy-counter"] = build.cross_compile(
+            [os.path.join(REPO, "examples", "sleepy-counter.c")],
+            os.path.join(self.work, "tools", "sleepy-counter"))
 
         self.sd, layout, dump = build.sd_card(REPO, self.assets, CMDLINE, self.work, build_log)
         store_part = layout.number("torpor")
@@ -169,6 +172,8 @@ class Bench:
             "BENCH_READY_TIMEOUT": "30",
             "BENCH_VERIFY_TIMEOUT": "60",
             "BENCH_TORPOR_TIMEOUT": str(self.opts.torpor_timeout),
+            "BENCH_SLEEP_AT": str(self.opts.sleep_at),
+            "BENCH_END_AT": str(self.opts.end_at),
         }
         initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work)
         self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, CMDLINE)
@@ -372,6 +377,133 @@ class Bench:
         self.record(section, "PASS", f"{self.opts.cuts} power cuts inside store writes (seed "
                     f"{self.opts.seed}); the newest image before each cut survived")
 
+    # ---- hibernate: the app asks, the daemon cuts, torpor boot resumes ---------
+
+    def _tap(self, b):
+        """With --show, print the console lines of the story as they come."""
+        if not self.opts.show:
+            return
+        story = re.compile(r"^(counter \d+|connected to|checkpointed|hibernating|resumed|memory verified|"
+                           r"PASS|FAIL|hibernate refused|daemon error|torpor\[\d+\]: |TORPOR-RESULT)")
+        serial = b._serial
+
+        def tap(line):
+            out = serial(line)
+            if story.search(line):
+                print(f"  [{b.elapsed():6.2f} s] {line}", flush=True)
+            return out
+        b._serial = tap
+
+    def _results(self, lines, tags):
+        results, details = collect_results(lines, tags)
+        for tag in tags:
+            verdict, message = results[tag]
+            if verdict != "PASS":
+                message = " | ".join([message] + details.get(tag, []))
+            self.record(tag, verdict, message)
+
+    def run_hibernate(self):
+        """sleepy-counter asks to hibernate over the socket; the daemon stores
+        it and drives the power line; the host cuts; torpor boot restores it."""
+        section = "hibernate"
+        if self.opts.show:
+            print("\nboot 1: torpor daemon starts, sleepy-counter counts and asks to hibernate at "
+                  f"{self.opts.sleep_at}")
+        with self.boot("hibernate", self.power) as b:
+            self._tap(b)
+            m = b.wait_for(r"TORPOR-(HIBERNATE-APP|RESULT|SKIP|ERROR)", 120, "sleepy-counter to start")
+            if m.group(1) == "SKIP":
+                self.record(section, "SKIP", b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1))
+                return
+            if m.group(1) != "HIBERNATE-APP":
+                b.run_for(1)
+                self._results([line for _, line in b.lines], [section])
+                return
+            cut = b.wait_power_cut(60 + self.opts.torpor_timeout)
+            stored = b.matching(r"hibernating pid \d+ for uid \d+: image generation (\d+) \((\d+) bytes\) stored")
+            counted = b.matching(r"^counter (\d+)$")
+        if cut is None:
+            self._results([line for _, line in b.lines] + [f"TORPOR-RESULT {section} FAIL the power line "
+                          f"({self.power.describe()}) was never driven"], [section])
+            return
+        last = counted[-1].group(1) if counted else "?"
+        print(f"power cut at the {self.power.describe()} write, {cut[0]:.2f} s after power-on; "
+              f"image {stored[0].group(1) + ' (' + stored[0].group(2) + ' bytes)' if stored else '?'}; "
+              f"the counter stood at {last}")
+        if self.opts.show:
+            print("\nboot 2: torpor daemon, then torpor boot restores sleepy-counter")
+        with self.boot("wake") as b:
+            self._tap(b)
+            b.wait_for(r"TORPOR-BENCH-END mode=wake", 120 + 2 * self.opts.torpor_timeout, "sleepy-counter to resume")
+            lines = [line for _, line in b.lines]
+        resumed = [l for l in lines if l.startswith("resumed on fd ")]
+        first = next((l for l in lines if re.match(r"^counter \d+$", l)), None)
+        problems = []
+        if not resumed:
+            problems.append("no Resumed received")
+        if first != f"counter {int(self.opts.sleep_at) + 1}":
+            problems.append(f"the restored counter went on with {first!r}, not counter {int(self.opts.sleep_at) + 1}")
+        if f"memory verified: 1048576 bytes and counter {self.opts.sleep_at}" not in lines:
+            problems.append("no memory verification")
+        if "PASS sleepy-counter" not in lines:
+            problems.append("no PASS")
+        if problems:
+            tail = [l for l in lines if not l.startswith("TORPOR-INFO")][-12:]
+            self.record(section, "FAIL", "; ".join(problems) + " | " + " | ".join(tail))
+            return
+        self.record(section, "PASS", f"{resumed[0]}; counted on from {first.split()[1]} with memory verified")
+
+    def run_corrupt_image(self):
+        with self.boot("corrupt") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=corrupt", 120 + 2 * self.opts.torpor_timeout, "the corrupt-image run")
+            if b.matching(r"TORPOR-SKIP"):
+                self.record("corrupt-image", "SKIP", b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1))
+                return
+            self._results([line for _, line in b.lines], ["corrupt-image"])
+
+    def run_restore_attempts(self):
+        section = "restore-attempts"
+        with self.boot("attempts-seed") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=attempts-seed", 60 + self.opts.torpor_timeout, "the image to be seeded")
+            if not b.matching(r"TORPOR-ATTEMPTS-SEEDED"):
+                self._results([line for _, line in b.lines] + [f"TORPOR-RESULT {section} FAIL no image seeded"],
+                              [section])
+                return
+        seen = []
+        for attempt in (1, 2, 3):
+            with self.boot("attempts-boot") as b:
+                b.wait_for(r"TORPOR-BENCH-END mode=attempts-boot", 60 + 2 * self.opts.torpor_timeout,
+                           f"boot {attempt} of the image that cannot be restored")
+                lines = [line for _, line in b.lines]
+            text = "\n".join(lines)
+            if attempt == 1:
+                ok = re.search(r"failed \(attempt 1 of 2\): validate: mapped file \S+ changed", text) \
+                    and "giving up" not in text
+            elif attempt == 2:
+                ok = "failed (attempt 2 of 2)" in text and "giving up, marked consumed" in text
+            else:
+                ok = "was already restored" in text and "restoring image" not in text
+            seen.append(next((l for l in lines if "cold start:" in l), "(no cold start line)"))
+            if not ok:
+                self.record(section, "FAIL", f"boot {attempt}: " + " | ".join(
+                    l for l in lines if "torpor[" in l or l.startswith("TORPOR-RESULT")))
+                return
+            if attempt == 2:
+                results, details = collect_results(lines, [section])
+                if results[section][0] != "PASS":
+                    self.record(section, "FAIL", " | ".join([results[section][1]] + details.get(section, [])))
+                    return
+        self.record(section, "PASS", "two failed boots, then consumed and cold-started; a third boot left it alone: "
+                    + " / ".join(s.split("cold start: ", 1)[-1] for s in seen[1:]))
+
+    def run_unauthorized(self):
+        with self.boot("unauthorized") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=unauthorized", 120, "the unauthorized request")
+            if b.matching(r"TORPOR-SKIP"):
+                self.record("unauthorized", "SKIP", b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1))
+                return
+            self._results([line for _, line in b.lines], ["unauthorized"])
+
     # ---- summary -------------------------------------------------------------
 
     def summary(self):
@@ -386,7 +518,8 @@ class Bench:
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "shell"])
+    p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "hibernate", "corrupt-image",
+                            "restore-attempts", "unauthorized", "demo", "shell"])
     p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
                    help="downloaded and unpacked Debian packages (kept between runs)")
     p.add_argument("--work", default=os.path.join(REPO, "build", "pizero"),
@@ -407,6 +540,9 @@ def main(argv):
     p.add_argument("--seed", type=int, default=None, help="random seed for the cut moments")
     p.add_argument("--boot-timeout", type=int, default=60, help="seconds from QEMU start to /init")
     p.add_argument("--torpor-timeout", type=int, default=120, help="seconds allowed per torpor command")
+    p.add_argument("--sleep-at", type=int, default=5, help="the counter value at which sleepy-counter hibernates")
+    p.add_argument("--end-at", type=int, default=10, help="the counter value at which sleepy-counter ends")
+    p.add_argument("--show", action="store_true", help="print the hibernation story from the console as it happens")
     opts = p.parse_args(argv)
     if opts.seed is None:
         opts.seed = random.SystemRandom().randrange(1 << 32)
@@ -417,9 +553,14 @@ def main(argv):
         bench.prepare()
         if opts.mode == "shell":
             return board.interactive(bench.kernel, bench.sd, "bench.mode=shell")
+        if opts.mode == "demo":
+            opts.show = True
         for mode, step in (("test", bench.run_test), ("gpio-cut", bench.run_gpio_cut),
-                           ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut)):
-            if opts.mode in ("all", mode):
+                           ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut),
+                           ("hibernate", bench.run_hibernate), ("corrupt-image", bench.run_corrupt_image),
+                           ("restore-attempts", bench.run_restore_attempts),
+                           ("unauthorized", bench.run_unauthorized)):
+            if opts.mode in ("all", mode) or (opts.mode == "demo" and mode == "hibernate"):
                 try:
                     step()
                 except board.BoardError as e:

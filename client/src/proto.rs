@@ -69,6 +69,11 @@ pub enum Request {
     Checkpoint { target: Target },
     /// Report the daemon's version and the store's state.
     Status,
+    /// From `torpor boot` / `torpor run` (root only), on the connection it
+    /// just gave a restored tree: the tree rooted at `pid` runs again; reply
+    /// `resumed` on this connection (which the tree now reads) and treat the
+    /// connection as that tree's from now on.
+    Restored { pid: u32, resumed: Resumed },
 }
 
 /// Which clock measured the time spent asleep.

@@ -9,6 +9,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::config::{self, Config};
 use crate::daemon::log;
+use crate::daemon::store_engine::StoreEngine;
 use crate::daemon::{Daemon, Engine, Listener, NoEngine, Settings};
 
 #[derive(Debug, Args)]
@@ -19,6 +20,9 @@ pub struct DaemonArgs {
     /// Listen here instead of at socket.path of the configuration.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Keep images in this store (a partition or a file) instead of store.device.
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
     /// Check the configuration, print the settings in effect, and exit.
     #[arg(long, conflicts_with = "cut_power")]
     pub check_config: bool,
@@ -37,6 +41,9 @@ fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
     c.resolve()?;
     if let Some(s) = &args.socket {
         c.socket.path = s.clone();
+    }
+    if let Some(s) = &args.store {
+        c.store.device = s.clone();
     }
     Ok(c)
 }
@@ -79,9 +86,14 @@ access.allow_users = [{}]
     )
 }
 
-/// `torpor daemon` with the engine of this build.
+/// `torpor daemon` with the checkpoint engine and the configured store
+/// (`--store` overrides `store.device`).
 pub fn run(args: DaemonArgs) -> i32 {
-    run_with(args, NoEngine)
+    match load(&args) {
+        Ok(c) => run_with(args, StoreEngine::new(c.store.device)),
+        // run_with reports the configuration error.
+        Err(_) => run_with(args, NoEngine),
+    }
 }
 
 /// `torpor daemon` driving `engine`.

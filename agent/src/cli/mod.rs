@@ -1,11 +1,13 @@
 //! Command-line front end: one module per subcommand, each returning a
 //! process exit code or an error whose message tells the user what to do.
 
+pub mod boot;
 pub mod check;
 pub mod daemon;
 pub mod dump;
 pub mod hibernate;
 pub mod restore;
+pub mod run;
 pub mod show;
 pub mod store;
 
@@ -37,6 +39,10 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Ask the daemon to hibernate a process tree (or checkpoint it, or report status).
     Hibernate(hibernate::HibernateArgs),
+    /// At boot: restore the newest image of the store, or cold-start (the boot hook).
+    Boot(boot::BootArgs),
+    /// Start an application, restored from its image when the store holds one.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +87,8 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check => Ok(check::run()),
         Command::Daemon(args) => Ok(daemon::run(args)),
         Command::Hibernate(args) => Ok(hibernate::run(args)),
+        Command::Boot(args) => Ok(boot::run(&args)),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -33,7 +33,7 @@ fn parse_inherit(s: &str) -> Result<(String, i32), String> {
 }
 
 pub fn run(a: &RestoreArgs) -> Result<i32, String> {
-    let opts = RestoreOptions { tty: a.tty.clone(), inherit: a.inherit_fd.clone() };
+    let opts = RestoreOptions { tty: a.tty.clone(), inherit: a.inherit_fd.clone(), ..RestoreOptions::default() };
     let stats = match (&a.image, &a.store) {
         (Some(img), _) => restore_file(img, &opts),
         (None, Some(store)) => restore_store(store, &opts),

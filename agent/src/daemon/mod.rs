@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod listen;
+pub mod store_engine;
 pub(crate) mod log;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -96,6 +97,10 @@ pub trait Engine {
 
     /// A summary of the store for `Status`.
     fn status(&mut self) -> StoreSummary;
+
+    /// The power came back without a reboot after `hibernate` (a simulated
+    /// supply): the tree rooted at `pid` runs again.
+    fn power_returned(&mut self, _pid: Pid) {}
 }
 
 /// The engine of a daemon that has no checkpoint engine to drive: it
@@ -169,6 +174,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Hibernate { .. } => "Hibernate",
         Request::Checkpoint { .. } => "Checkpoint",
         Request::Status => "Status",
+        Request::Restored { .. } => "Restored",
     }
 }
 
@@ -337,7 +343,32 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 };
                 self.hibernate(peer, pid, conn, wake_after_s)
             }
+            Request::Restored { pid, resumed } => self.restored(peer, conn, pid, resumed),
         }
+    }
+
+    /// `torpor boot` gave this connection to a restored tree: it now belongs
+    /// to the tree's root, which reads the `Resumed` reply.
+    fn restored(&mut self, peer: Peer, conn: RawFd, pid: u32, resumed: Resumed) -> Reply {
+        let what = "Restored";
+        if peer.uid != 0 {
+            return self.refuse(peer, what, ErrorKind::Unauthorized, "only root restores trees");
+        }
+        let (uid, gid) = match auth::process_uids(pid) {
+            Ok(Some(uids)) => (uids[0], process_gid(pid).unwrap_or(0)),
+            Ok(None) => return self.refuse(peer, what, ErrorKind::NoSuchProcess, &format!("pid {pid} does not exist")),
+            Err(e) => return self.refuse(peer, what, ErrorKind::NoSuchProcess, &format!("pid {pid}: {e}")),
+        };
+        if let Some(c) = self.conns.iter_mut().find(|c| c.fd.as_raw_fd() == conn) {
+            c.peer = Peer { pid, uid, gid };
+        }
+        let slept = resumed.slept_for_ms.map_or_else(|| "an unknown time".to_string(), |ms| format!("{ms} ms"));
+        log::info!(
+            "pid {pid} (uid {uid}) restored from image generation {} after {slept} ({} clock); sending Resumed",
+            resumed.generation,
+            resumed.clock
+        );
+        Reply::Resumed(resumed)
     }
 
     fn hibernate(&mut self, peer: Peer, pid: Pid, conn: RawFd, wake: Option<u32>) -> Reply {
@@ -379,6 +410,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         match self.power.cut() {
             Ok(slept_for_ms) => {
                 self.power.release();
+                self.engine.power_returned(pid);
                 log::info!("power is back after {slept_for_ms} ms without a reboot; pid {pid} resumes");
                 Reply::Resumed(Resumed {
                     slept_for_ms: Some(slept_for_ms),
@@ -426,4 +458,11 @@ fn send(fd: BorrowedFd<'_>, reply: &Reply) -> bool {
             false
         }
     }
+}
+
+/// The real gid of a process, from /proc/PID/status.
+fn process_gid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Gid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -408,6 +408,9 @@ pub struct FileTable {
     pipe_index: BTreeMap<u64, u32>,
     /// Which ends of each pipe the tree holds: (read, write).
     pipe_ends: BTreeMap<u32, (bool, bool, i32, i32)>,
+    /// Inode of the tree's end of its connection to `torpor daemon`, which
+    /// is recorded as [`FileKind::TorporConn`] rather than refused.
+    pub torpor_conn: Option<u64>,
     /// (pid, fd, key) kept outside the image.
     pub external: Vec<(i32, i32, String)>,
 }
@@ -509,6 +512,13 @@ impl FileTable {
                 e.0 = true;
             }
             return Ok(FileKind::Pipe { pipe, write, fifo: None });
+        }
+        // The connection to the daemon is checked first: it is a UNIX socket
+        // too, but one that is reconnected rather than rebuilt.
+        if let Some(ino) = self.torpor_conn {
+            if link == format!("socket:[{ino}]") {
+                return Ok(FileKind::TorporConn);
+            }
         }
         if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
             return Ok(FileKind::Anon(a));

@@ -70,8 +70,21 @@ pub fn dump_frozen<W: Write>(
     opts: &DumpOptions,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
+    dump_frozen_with(root, None, out, opts, commit)
+}
+
+/// [`dump_frozen`] for a tree talking to `torpor daemon`: the socket with
+/// inode `torpor_conn` is recorded as the tree's connection to the daemon.
+pub fn dump_frozen_with<W: Write>(
+    root: i32,
+    torpor_conn: Option<u64>,
+    out: W,
+    opts: &DumpOptions,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<(DumpStats, Frozen), EngineError> {
     let frozen = Frozen::freeze(root)?;
     let mut table = FileTable::default();
+    table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for &pid in &frozen.pids {

@@ -415,6 +415,7 @@ pub fn write_process<W: Write>(
                 flags: of.flags,
             },
             FileKind::Anon(a) => a.record(of.flags),
+            FileKind::TorporConn => FdKind::TorporConn { flags: of.flags },
         };
         w.record(
             Kind::Fd,
@@ -699,6 +700,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     },
                                 )
                             }
+                            FdKind::TorporConn { flags } => (flags, FileKind::TorporConn),
                             FdKind::External { key, flags } => (flags, FileKind::External { key }),
                             FdKind::Unlinked {
                                 path,

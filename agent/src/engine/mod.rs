@@ -19,6 +19,7 @@ pub mod ptrace;
 pub mod remote;
 pub mod restore;
 pub mod state;
+pub mod torpor_conn;
 
 use crate::engine::procfs::ProcError;
 use crate::engine::ptrace::PtraceError;

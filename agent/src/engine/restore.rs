@@ -40,6 +40,10 @@ use crate::image::{Codec, ImageReader, Kind};
 pub struct RestoreOptions {
     /// A terminal to use in place of one that no longer exists.
     pub tty: Option<PathBuf>,
+    /// A socket connected to `torpor daemon`, which becomes the tree's
+    /// connection to the daemon (`FileKind::TorporConn`). The caller keeps
+    /// its own descriptor to ask the daemon for `Resumed` afterwards.
+    pub torpor_conn: Option<i32>,
     /// Descriptors (of this process) for the image's external fds, by key.
     pub inherit: Vec<(String, i32)>,
 }
@@ -234,6 +238,14 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 }
             }
             FileKind::Anon(_) => {}
+            FileKind::TorporConn => {
+                if opts.torpor_conn.is_none() {
+                    return Err(refused(
+                        step,
+                        "the image holds a connection to torpor daemon; restore it with `torpor boot` or `torpor run`, which reconnect it".into(),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -504,6 +516,12 @@ fn open_object(
             Ok(fd)
         }
         FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending),
+        FileKind::TorporConn => {
+            let conn = opts
+                .torpor_conn
+                .ok_or_else(|| Cause::Refused("no connection to torpor daemon to give the tree".into()))?;
+            crate::engine::torpor_conn::dup_for_tree(conn, f.flags).map_err(Cause::from)
+        }
     }
 }
 

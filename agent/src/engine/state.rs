@@ -229,6 +229,9 @@ pub enum FileKind {
     /// eventfd, timerfd, signalfd, epoll, inotify, memfd, sockets
     /// (`engine::files`).
     Anon(AnonFile),
+    /// The application's connection to `torpor daemon`: reconnected to the
+    /// daemon's socket at restore (see `engine::torpor_conn`).
+    TorporConn,
 }
 
 pub use crate::engine::files::AnonFile;

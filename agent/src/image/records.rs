@@ -486,6 +486,12 @@ pub enum FdKind {
     Inet { flags: u32, state: InetSocket },
     /// A memfd, by name, contents and seals.
     Memfd { flags: u32, state: Memfd },
+    /// The task's connection to `torpor daemon` (a SOCK_SEQPACKET UNIX
+    /// socket): connected afresh to the daemon's socket at restore, where it
+    /// receives `Resumed`.
+    TorporConn {
+        flags: u32,
+    },
 }
 
 /// A memfd (`memfd_create`): name, contents, seals and file offset.

@@ -12,6 +12,13 @@
 #   store-cut    report the store, then write a new image (the host cuts
 #                power somewhere inside the write)
 #   store-check  report the store
+#   hibernate    torpor daemon and sleepy-counter, which asks to hibernate;
+#                the daemon drives the power line (the host cuts power)
+#   wake         daemon, then `torpor boot`: the app resumes and verifies
+#   corrupt      an image with flipped bytes: `torpor boot` cold-starts
+#   attempts-seed  an image whose executable then changes on the SD card
+#   attempts-boot  `torpor boot` fails; at the last attempt it gives up
+#   unauthorized a uid not in allow_users asks; refused, the app runs on
 #
 # Result lines, all read by bench/pizero/bench.py:
 #   TORPOR-INFO <key> <value>
@@ -403,6 +410,218 @@ job_store_check() {
     store_status
 }
 
+# ---- hibernation through torpor daemon ---------------------------------
+# The app asks the daemon itself (examples/sleepy-counter.c), the daemon
+# dumps it frozen into the store and drives the power line; at the next
+# power-on the daemon starts first and `torpor boot` restores the app,
+# which receives Resumed on its old connection.
+
+SLEEPY=/bench/tools/sleepy-counter
+HIB=$WORK/hibernate
+
+# /etc/torpor.toml for the bench: the store partition, the bench's power
+# line, restore.attempts = $1.
+write_config() {
+    active_low=false
+    [ "$BENCH_POWER_ACTIVE" = 0 ] && active_low=true
+    mkdir -p /etc
+    cat >/etc/torpor.toml <<EOF
+[socket]
+path = "/run/torpor.sock"
+owner = "root"
+group = "root"
+mode = "0666"
+
+[store]
+device = "$BENCH_STORE"
+
+[power]
+chip = "gpiochip0"
+line = $BENCH_POWER_LINE
+active_low = $active_low
+hold_ms = 100
+timeout_ms = 5000
+
+[restore]
+attempts = $1
+tty = "/dev/console"
+
+[access]
+allow_users = []
+EOF
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >/etc/passwd
+    printf 'root:x:0:\n' >/etc/group
+}
+
+# The daemon as the init hook starts it: first, logging on the console.
+start_torpor_daemon() {
+    "$TORPOR" daemon --config /etc/torpor.toml </dev/null 2>&1 &
+    daemon_pid=$!
+    ticks=100
+    while [ ! -S /run/torpor.sock ] && [ "$ticks" -gt 0 ]; do
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    if [ ! -S /run/torpor.sock ]; then
+        error "torpor daemon (pid $daemon_pid) did not create /run/torpor.sock"
+        return 1
+    fi
+    info daemon "pid $daemon_pid on /run/torpor.sock"
+}
+
+# Boot 1: the app counts on the console and asks to hibernate at
+# $BENCH_SLEEP_AT; the daemon cuts the power (the host kills the board).
+job_hibernate() {
+    store_ready hibernate || return 0
+    mkdir -p "$HIB"
+    "$TORPOR" store clear --store "$BENCH_STORE" || { error "torpor store clear failed"; return 1; }
+    write_config 2
+    start_torpor_daemon || return 1
+    # Above the pids the next boot uses before its restore (see job_suspend).
+    echo 1999 >/proc/sys/kernel/ns_last_pid
+    (cd "$HIB" && exec "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT" </dev/null >/dev/console 2>&1) &
+    pid=$!
+    echo "$pid" >"$HIB/pid"
+    sync
+    echo "TORPOR-HIBERNATE-APP pid=$pid"
+    # Frozen by the daemon, the app shows state t (tracing stop), which
+    # pid_gone reads as gone: wait for its exit instead.
+    wait "$pid"
+    rc=$?
+    sleep 2
+    result hibernate FAIL "sleepy-counter (pid $pid) exited with $rc without the power being cut"
+}
+
+# Boot 2: the init hook's order: daemon, then `torpor boot`; the restored
+# app prints what it received and verifies itself on the console.
+job_wake() {
+    pid=$(cat "$HIB/pid" 2>/dev/null)
+    write_config 2
+    start_torpor_daemon || return 1
+    "$TORPOR" boot --config /etc/torpor.toml 2>&1
+    info boot-rc "$?"
+    if pid_gone "$pid"; then
+        result hibernate FAIL "pid $pid does not run after torpor boot"
+        return 0
+    fi
+    echo "TORPOR-RESTORED pid=$pid"
+    wait_pid_gone "$pid" 120 || result hibernate FAIL "pid $pid still runs 120 s after the restore"
+    store_status
+}
+
+# Cold start through `torpor run`: $1 app, $2 result tag, $3 command, $4 why.
+cold_start() {
+    app=$1 tag=$2
+    C=$WORK/$app-cold
+    rm -rf "$C"
+    mkdir -p "$C"
+    (cd "$C" && exec "$TORPOR" run --name "$app" --config /etc/torpor.toml --pidfile "$C/pid" \
+        -- "$3" </dev/null >app.log 2>&1) &
+    if wait_for_line "$C/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT"; then
+        result "$tag" PASS "$4; $app cold-started by torpor run as pid $(cat "$C/pid")"
+    else
+        result "$tag" FAIL "the cold start of $app printed no READY"
+        details "$tag" "$C/app.log"
+    fi
+    kill -KILL "$(cat "$C/pid" 2>/dev/null)" 2>/dev/null
+}
+
+# One boot: an image whose bytes were flipped must give a cold start.
+job_corrupt() {
+    store_ready corrupt-image || return 0
+    "$TORPOR" store clear --store "$BENCH_STORE" || return 1
+    write_config 2
+    app=counter
+    start_app "$app"
+    app_ready "$app" || return 0
+    dump_app "$app" || return 0
+    bytes=$(($(cat "/sys/class/block/${BENCH_STORE#/dev/}/size") * 512))
+    slot=$((bytes / 2 / 4096 * 4096))
+    # Both slots' image areas, 64 bytes in: whichever holds the image.
+    for base in 0 "$slot"; do
+        printf 'CORRUPTED-BY-THE-BENCH' | dd of="$BENCH_STORE" bs=1 seek=$((base + 4096 + 64)) 2>/dev/null
+    done
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    "$TORPOR" boot --config /etc/torpor.toml >"$W/boot.out" 2>&1
+    rc=$?
+    cat "$W/boot.out"
+    line=$(grep -E 'cold start: image generation [0-9]+ in slot [AB] is corrupt' "$W/boot.out")
+    if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
+        result corrupt-image FAIL "torpor boot (exit $rc) did not report the corrupt image"
+        details corrupt-image "$W/boot.out"
+        return 0
+    fi
+    if ! pid_gone "$pid"; then
+        result corrupt-image FAIL "pid $pid runs after a corrupt image"
+        return 0
+    fi
+    cold_start "$app" corrupt-image "/bench/apps/$app" "${line#*: }"
+}
+
+# Boot 1 of 3: an image of an app whose executable then changes on the SD
+# card, so every restore of it is refused.
+job_attempts_seed() {
+    store_ready restore-attempts || return 0
+    "$TORPOR" store clear --store "$BENCH_STORE" || return 1
+    app=counter
+    A=$WORK/attempts
+    rm -rf "$A"
+    mkdir -p "$A"
+    cp "/bench/apps/$app" "$A/$app"
+    W=$A
+    echo 1999 >/proc/sys/kernel/ns_last_pid
+    (cd "$A" && exec "$A/$app" </dev/null >app.log 2>&1) &
+    pid=$!
+    app_ready "$app" || return 0
+    dump_app "$app" || return 0
+    echo "changed after the dump" >>"$A/$app"
+    sync
+    echo "TORPOR-ATTEMPTS-SEEDED app=$app pid=$pid"
+}
+
+# Boots 2 and 3: the boot hook tries, fails, and at the last attempt gives up.
+job_attempts_boot() {
+    app=counter
+    write_config 2
+    "$TORPOR" boot --config /etc/torpor.toml >/tmp/boot.out 2>&1
+    rc=$?
+    cat /tmp/boot.out
+    info boot-rc "$rc"
+    store_status
+    line=$(grep -E 'giving up' /tmp/boot.out)
+    if [ -n "$line" ]; then
+        cold_start "$app" restore-attempts "$WORK/attempts/$app" "${line#*: }"
+    fi
+}
+
+# One boot: a user not in access.allow_users asks to hibernate; the daemon
+# refuses and the app runs on.
+job_unauthorized() {
+    store_ready unauthorized || return 0
+    "$TORPOR" store clear --store "$BENCH_STORE" || return 1
+    write_config 2
+    start_torpor_daemon || return 1
+    U=$WORK/unauthorized
+    rm -rf "$U"
+    mkdir -p "$U"
+    (cd "$U" && SLEEPY_UID=1000 exec "$SLEEPY" /run/torpor.sock 3 8 </dev/null >app.log 2>&1) &
+    if ! wait_for_line "$U/app.log" '^(PASS|FAIL)' 60; then
+        result unauthorized FAIL "no verdict from sleepy-counter within 60 s"
+        details unauthorized "$U/app.log"
+        return 0
+    fi
+    cat "$U/app.log"
+    if grep -q '^daemon error (kind 0): ' "$U/app.log" && grep -q '^hibernate refused; running on' "$U/app.log" \
+        && grep -q '^counter 8$' "$U/app.log" && grep -q '^PASS sleepy-counter (not hibernated)' "$U/app.log"; then
+        result unauthorized PASS "$(grep '^daemon error' "$U/app.log"); the app counted on to 8"
+    else
+        result unauthorized FAIL "unexpected output"
+        details unauthorized "$U/app.log"
+    fi
+    store_status
+}
+
 wait_for_store || exit 1
 mount_data || exit 1
 mkdir -p "$WORK"
@@ -415,5 +634,11 @@ case "$1" in
     store-seed) job_store_seed ;;
     store-cut) job_store_cut ;;
     store-check) job_store_check ;;
+    hibernate) job_hibernate ;;
+    wake) job_wake ;;
+    corrupt) job_corrupt ;;
+    attempts-seed) job_attempts_seed ;;
+    attempts-boot) job_attempts_boot ;;
+    unauthorized) job_unauthorized ;;
     *) error "unknown bench mode '$1'"; exit 2 ;;
 esac

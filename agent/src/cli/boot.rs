@@ -1,0 +1,294 @@
+//! `torpor boot`: the boot step. Restore the newest image of the store, or
+//! let the board cold-start its applications.
+//!
+//! ```text
+//!  store → newest slot (highest generation)
+//!     empty / consumed          → cold start
+//!     does not verify           → consumed, cold start ("corrupt")
+//!     attempts ≥ restore.attempts → consumed, cold start ("gave up")
+//!     begin_restore (restoring, attempts + 1, synced)
+//!     decode → validate → connect to the daemon (if the tree had a
+//!     connection) → rebuild → consumed → `Restored` to the daemon
+//!     failure                   → stays restoring (the next boot retries)
+//!                                 or, at the last attempt, consumed
+//! ```
+//!
+//! The slot is marked `restoring` before anything is created, so a restore
+//! that crashes the board counts as an attempt too: a bad image can never
+//! make the board boot-loop.
+
+use std::io::BufReader;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{self, Config};
+use crate::daemon::log;
+use crate::engine::image_io::{self, ImageState};
+use crate::engine::restore::{self, RestoreOptions};
+use crate::engine::state::FileKind;
+use crate::engine::torpor_conn;
+use crate::image::{Header, ImageReader};
+use crate::protocol::{self, packet, Clock, Request, Resumed};
+use crate::store::{Slot, State, Store};
+
+/// How long `torpor boot` waits for the daemon's socket to appear.
+pub const DAEMON_WAIT: Duration = Duration::from_secs(10);
+/// A wall clock before this (2020-01-01) was never set: the board has no
+/// battery-backed clock and restarted from the epoch.
+const CLOCK_FLOOR_NS: u64 = 1_577_836_800 * 1_000_000_000;
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty).
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// The store to restore from instead of store.device.
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// The daemon's socket instead of socket.path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Where boot and run find things.
+#[derive(Debug, Clone)]
+pub struct Places {
+    pub store: PathBuf,
+    pub socket: PathBuf,
+    pub attempts: u32,
+    pub tty: PathBuf,
+}
+
+impl Places {
+    pub fn load(config: &Path, store: Option<&Path>, socket: Option<&Path>) -> Result<Places, String> {
+        let c = Config::load_or_default(config).map_err(|e| e.to_string())?;
+        Ok(Places::from_config(&c, store, socket))
+    }
+
+    fn from_config(c: &Config, store: Option<&Path>, socket: Option<&Path>) -> Places {
+        Places {
+            store: store.map_or_else(|| c.store.device.clone(), Path::to_path_buf),
+            socket: socket.map_or_else(|| c.socket.path.clone(), Path::to_path_buf),
+            attempts: c.restore.attempts,
+            tty: c.restore.tty.clone(),
+        }
+    }
+}
+
+/// What the boot step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The tree rooted at `pid` runs again.
+    Restored { pid: i32, generation: u64 },
+    /// Nothing restored; the reason was logged.
+    ColdStart(String),
+}
+
+/// Why a restore attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("store {path}: {source}")]
+    Store { path: PathBuf, source: crate::store::StoreError },
+    #[error("image generation {generation} in slot {slot}: {what}")]
+    Image { generation: u64, slot: Slot, what: String },
+}
+
+/// The newest slot with a header, and whether it verifies.
+fn newest_slot(store: &Store) -> Option<crate::store::SlotStatus> {
+    store.status().into_iter().filter(|s| s.info.is_some()).max_by_key(|s| s.info.map_or(0, |i| i.generation))
+}
+
+/// The root task's name (comm) in an image, to match `torpor run --name`.
+pub fn image_name(st: &ImageState) -> Option<&str> {
+    st.processes.first().and_then(|p| p.threads.first()).map(|t| t.comm.as_str())
+}
+
+/// Restores the newest image of the store at `places.store`, if any is
+/// restorable and (with `name`) belongs to that application.
+pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
+    let serr = |source| BootError::Store { path: places.store.clone(), source };
+    if !places.store.exists() {
+        return Ok(cold(format!("no store at {}", places.store.display())));
+    }
+    let mut store = Store::open(&places.store).map_err(serr)?;
+    let Some(top) = newest_slot(&store) else {
+        return Ok(cold(format!("store {} holds no image", places.store.display())));
+    };
+    let Some(info) = top.info else {
+        return Ok(cold(format!("store {} holds no image", places.store.display())));
+    };
+    let (slot, generation) = (info.slot, info.generation);
+    match info.state {
+        State::Empty => return Ok(cold(format!("store {} holds no image", places.store.display()))),
+        State::Consumed => {
+            return Ok(cold(format!("image generation {generation} in slot {slot} was already restored")))
+        }
+        State::Valid | State::Restoring => {}
+    }
+    if !top.verified {
+        let why = top.problem.unwrap_or_else(|| "it does not verify".into());
+        store.mark(slot, State::Consumed).map_err(serr)?;
+        return Ok(cold(format!("image generation {generation} in slot {slot} is corrupt: {why}; marked consumed")));
+    }
+    let (_, reader) = store.image(slot).map_err(serr)?;
+    let state = image_io::read_state(BufReader::new(reader)).map_err(|e| image_err(generation, slot, e))?;
+    if let Some(want) = name {
+        let have = image_name(&state).unwrap_or("");
+        if !same_name(want, have) {
+            return Ok(cold(format!(
+                "image generation {generation} in slot {slot} is of {have:?}, not {want:?}; left for its own application"
+            )));
+        }
+    }
+    if info.attempts >= places.attempts {
+        store.mark(slot, State::Consumed).map_err(serr)?;
+        return Ok(cold(format!(
+            "image generation {generation} in slot {slot} failed to restore {} time(s) (restore.attempts = {}); giving up, marked consumed",
+            info.attempts, places.attempts
+        )));
+    }
+    let attempt = store.begin_restore(slot).map_err(serr)?;
+    log::info!(
+        "restoring image generation {generation} from slot {slot} (attempt {attempt} of {})",
+        places.attempts
+    );
+    match restore_slot(&store, slot, generation, &state, places) {
+        Ok(pid) => {
+            store.mark(slot, State::Consumed).map_err(serr)?;
+            Ok(Outcome::Restored { pid, generation })
+        }
+        Err(why) => {
+            let last = attempt >= places.attempts;
+            if last {
+                store.mark(slot, State::Consumed).map_err(serr)?;
+            }
+            Ok(cold(format!(
+                "restoring image generation {generation} from slot {slot} failed (attempt {attempt} of {}): {why}{}",
+                places.attempts,
+                if last { "; giving up, marked consumed" } else { "" }
+            )))
+        }
+    }
+}
+
+fn cold(why: String) -> Outcome {
+    log::warning!("cold start: {why}");
+    Outcome::ColdStart(why)
+}
+
+fn image_err(generation: u64, slot: Slot, e: impl std::fmt::Display) -> BootError {
+    BootError::Image { generation, slot, what: e.to_string() }
+}
+
+/// comm is at most 15 bytes: a longer name matches its prefix.
+fn same_name(want: &str, have: &str) -> bool {
+    let w = want.as_bytes();
+    want == have || (w.len() > 15 && have.len() == 15 && &w[..15] == have.as_bytes())
+}
+
+/// One restore attempt; the root's pid on success.
+fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, places: &Places) -> Result<i32, String> {
+    let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
+    let header = ImageReader::new(BufReader::new(reader)).map_err(|e| e.to_string())?.header().clone();
+    let needs_conn = state.files.iter().any(|f| f.kind == FileKind::TorporConn);
+    let conn: Option<OwnedFd> = if needs_conn {
+        Some(torpor_conn::connect(&places.socket, DAEMON_WAIT).map_err(|e| format!("reconnecting the application: {e}"))?)
+    } else {
+        None
+    };
+    let tty = places.tty.exists().then(|| places.tty.clone());
+    let opts = RestoreOptions { tty, torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd), ..RestoreOptions::default() };
+    restore::validate(state, &opts).map_err(|e| e.to_string())?;
+    let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
+    let stats = restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
+    let pid = state.processes.first().map_or(0, |p| p.pid);
+    log::info!(
+        "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
+        stats.processes,
+        stats.threads,
+        stats.page_bytes
+    );
+    if let Some(conn) = conn {
+        let resumed = resumed_now(&header, generation);
+        let pid_u = u32::try_from(pid).unwrap_or(0);
+        // Not read here: the reply is the application's.
+        if let Err(e) = send_restored(&conn, pid_u, resumed) {
+            log::error!("telling the daemon that pid {pid} resumed failed: {e}");
+        }
+    }
+    Ok(pid)
+}
+
+fn send_restored(conn: &OwnedFd, pid: u32, resumed: Resumed) -> std::io::Result<()> {
+    let (buf, len) =
+        protocol::encode_request(&Request::Restored { pid, resumed }).map_err(std::io::Error::other)?;
+    packet::send_packet(conn.as_fd(), &buf[..len], false)
+}
+
+/// `Resumed` for an image made at `header.created_ns`: the wall clock
+/// measures the sleep only when it was set both then and now and did not
+/// go backwards; otherwise the time is unknown rather than wrong.
+pub fn resumed_now(header: &Header, generation: u64) -> Resumed {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    slept(header.created_ns, now, generation)
+}
+
+fn slept(created_ns: u64, now_ns: u64, generation: u64) -> Resumed {
+    if created_ns >= CLOCK_FLOOR_NS && now_ns >= created_ns {
+        Resumed { slept_for_ms: Some((now_ns - created_ns) / 1_000_000), clock: Clock::Wall, generation }
+    } else {
+        Resumed { slept_for_ms: None, clock: Clock::Unknown, generation }
+    }
+}
+
+/// `torpor boot`: exit 0 whether restored or cold-started (the board boots
+/// on either way); 1 only when the store cannot be read.
+pub fn run(args: &BootArgs) -> i32 {
+    let places = match Places::load(&args.config, args.store.as_deref(), args.socket.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("cold start: {e}");
+            return 1;
+        }
+    };
+    match boot(&places, None) {
+        Ok(Outcome::Restored { pid, generation }) => {
+            log::info!("boot: image generation {generation} restored, pid {pid} runs");
+            0
+        }
+        Ok(Outcome::ColdStart(_)) => 0,
+        Err(e) => {
+            log::error!("cold start: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wall_clock_counts_only_when_it_was_set() {
+        let t = CLOCK_FLOOR_NS + 5_000_000_000;
+        assert_eq!(slept(t, t + 2_500_000_000, 4), Resumed { slept_for_ms: Some(2500), clock: Clock::Wall, generation: 4 });
+        // A clock that went backwards (reset to the epoch at boot).
+        assert_eq!(slept(t, 3_000_000_000, 4), Resumed { slept_for_ms: None, clock: Clock::Unknown, generation: 4 });
+        // Both times near the epoch: never set, any difference is meaningless.
+        assert_eq!(slept(1_000_000_000, 9_000_000_000, 2).clock, Clock::Unknown);
+    }
+
+    #[test]
+    fn long_names_match_their_comm_prefix() {
+        assert!(same_name("counter", "counter"));
+        assert!(same_name("a-very-long-application", "a-very-long-app"));
+        assert!(!same_name("counter", "counter2"));
+        assert!(!same_name("short", "shor"));
+    }
+}

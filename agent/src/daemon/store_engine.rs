@@ -1,0 +1,152 @@
+//! The daemon's engine: the checkpoint engine writing into the A/B store.
+//!
+//! Hibernate dumps the caller's tree into the store's free slot (written,
+//! synced, read back and verified by the store's commit) with the caller's
+//! connection recorded as such, and keeps the tree frozen: the power is cut
+//! next, and a tree that ran on after its image was taken would diverge
+//! from it. Abandon marks that image consumed, so no boot restores a copy
+//! of a tree that never stopped, and lets the tree go.
+
+use std::io::BufWriter;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use crate::daemon::{log, Engine, EngineError, Pid, Stored};
+use crate::engine::dump::{dump_frozen_with, DumpOptions};
+use crate::engine::freeze::Frozen;
+use crate::engine::torpor_conn;
+use crate::protocol::{StoreState, StoreSummary};
+use crate::store::{self, SlotInfo, Store};
+
+/// Checkpoints into the store at `path` (a partition, or a file created on
+/// first use).
+#[derive(Debug)]
+pub struct StoreEngine {
+    path: PathBuf,
+    /// The tree kept frozen after a hibernate dump, by root pid.
+    frozen: Option<(Pid, Frozen)>,
+}
+
+impl StoreEngine {
+    pub fn new(path: PathBuf) -> Self {
+        StoreEngine { path, frozen: None }
+    }
+
+    /// A partition must exist; a store file is created on first use.
+    fn is_device(&self) -> bool {
+        self.path.starts_with("/dev")
+    }
+
+    fn open(&self) -> Result<Store, EngineError> {
+        if self.is_device() { Store::open(&self.path) } else { Store::open_or_create(&self.path) }
+            .map_err(|e| EngineError::Store(e.to_string()))
+    }
+
+    /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
+    fn dump(&mut self, pid: Pid, conn_fd: RawFd) -> Result<(Stored, Frozen), EngineError> {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(EngineError::NoSuchProcess(pid));
+        }
+        let conn = torpor_conn::peer_inode(conn_fd)
+            .map_err(|e| EngineError::Dump(format!("cannot find the caller's end of its connection: {e}")))?;
+        let mut store = self.open()?;
+        let writer = store.writer().map_err(|e| EngineError::Store(e.to_string()))?;
+        let mut committed: Option<SlotInfo> = None;
+        let result = dump_frozen_with(pid.as_raw(), Some(conn), BufWriter::new(writer), &DumpOptions::default(), |bw| {
+            let step = || "store".to_string();
+            let w = bw.into_inner().map_err(|e| crate::engine::EngineError {
+                step: step(),
+                cause: crate::engine::Cause::Io(e.into_error()),
+            })?;
+            let info = w.commit().map_err(|e| crate::engine::EngineError { step: step(), cause: e.into() })?;
+            committed = Some(info);
+            Ok(())
+        });
+        let (_, frozen) = result.map_err(|e| {
+            if e.step == "store" || e.step == "write image" {
+                EngineError::Store(e.to_string())
+            } else {
+                EngineError::Dump(e.to_string())
+            }
+        })?;
+        let info = committed.ok_or_else(|| EngineError::Store("the image was never committed".into()))?;
+        Ok((Stored { generation: info.generation, image_bytes: info.len }, frozen))
+    }
+}
+
+impl Engine for StoreEngine {
+    fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, _wake: Option<u32>) -> Result<Stored, EngineError> {
+        if let Some((held, _)) = &self.frozen {
+            return Err(EngineError::Busy(format!("tree {held} is already being hibernated")));
+        }
+        let (stored, frozen) = self.dump(pid, conn_fd)?;
+        self.frozen = Some((pid, frozen));
+        Ok(stored)
+    }
+
+    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError> {
+        let result = (|| {
+            let mut store = self.open()?;
+            let slot = store::Slot::BOTH
+                .into_iter()
+                .find(|s| store.info(*s).is_some_and(|i| i.generation == generation))
+                .ok_or_else(|| EngineError::Store(format!("no slot holds image generation {generation}")))?;
+            store.mark(slot, store::State::Consumed).map_err(|e| EngineError::Store(e.to_string()))?;
+            log::info!("image generation {generation} in slot {slot} marked consumed");
+            Ok(())
+        })();
+        // The tree runs on whatever became of its image.
+        if let Some((held, mut frozen)) = self.frozen.take() {
+            if held != pid {
+                log::warning!("abandon for pid {pid} releases tree {held}");
+            }
+            frozen.release();
+        }
+        result
+    }
+
+    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError> {
+        let (stored, mut frozen) = self.dump(pid, conn_fd)?;
+        frozen.release();
+        Ok(stored)
+    }
+
+    fn status(&mut self) -> StoreSummary {
+        let unavailable = StoreSummary { state: StoreState::Unavailable, generation: 0, image_bytes: 0 };
+        let Ok(store) = Store::open(&self.path) else {
+            return if self.path.exists() || self.is_device() {
+                unavailable
+            } else {
+                StoreSummary { state: StoreState::Empty, generation: 0, image_bytes: 0 }
+            };
+        };
+        match store.newest() {
+            Ok(Some((info, _))) => summary(&info),
+            Ok(None) => {
+                // The highest generation says why nothing is restorable.
+                let top = store::Slot::BOTH.into_iter().filter_map(|s| store.info(s)).max_by_key(|i| i.generation);
+                match top {
+                    Some(i) if i.state == store::State::Consumed => summary(&i),
+                    _ => StoreSummary { state: StoreState::Empty, generation: 0, image_bytes: 0 },
+                }
+            }
+            Err(_) => unavailable,
+        }
+    }
+
+    fn power_returned(&mut self, _pid: Pid) {
+        if let Some((_, mut frozen)) = self.frozen.take() {
+            frozen.release();
+        }
+    }
+}
+
+fn summary(i: &SlotInfo) -> StoreSummary {
+    let state = match i.state {
+        store::State::Empty => StoreState::Empty,
+        store::State::Valid => StoreState::Valid,
+        store::State::Restoring => StoreState::Restoring,
+        store::State::Consumed => StoreState::Consumed,
+    };
+    StoreSummary { state, generation: i.generation, image_bytes: i.len }
+}
