@@ -539,7 +539,10 @@ def main(argv):
     p.add_argument("--cuts", type=int, default=4, help="power cuts inside store writes (store-cut)")
     p.add_argument("--seed", type=int, default=None, help="random seed for the cut moments")
     p.add_argument("--boot-timeout", type=int, default=60, help="seconds from QEMU start to /init")
-    p.add_argument("--torpor-timeout", type=int, default=120, help="seconds allowed per torpor command")
+    # A hang guard, not a performance bound: writing and reading back the
+    # 64 MiB memory app's image on the emulated SD card takes 40-150 s of
+    # guest time, depending on the host's load.
+    p.add_argument("--torpor-timeout", type=int, default=240, help="seconds allowed per torpor command")
     p.add_argument("--sleep-at", type=int, default=5, help="the counter value at which sleepy-counter hibernates")
     p.add_argument("--end-at", type=int, default=10, help="the counter value at which sleepy-counter ends")
     p.add_argument("--show", action="store_true", help="print the hibernation story from the console as it happens")
