@@ -447,6 +447,15 @@ class Bench:
             problems.append("no memory verification")
         if "PASS sleepy-counter" not in lines:
             problems.append("no PASS")
+        # The restore came from the board's init hook, which stops cleanly.
+        if "TORPOR-INIT-HOOK start rc=0" not in lines:
+            problems.append("S01torpor start did not succeed")
+        # torpor boot's own log lines may interleave with the hook's message.
+        if not any("Restoring hibernated application:" in l for l in lines) or \
+                any("FAIL (torpor boot exited" in l for l in lines):
+            problems.append("S01torpor did not report the restore as OK")
+        if "TORPOR-INIT-HOOK stop rc=0 daemon=gone" not in lines:
+            problems.append("S01torpor stop did not stop the daemon")
         if problems:
             tail = [l for l in lines if not l.startswith("TORPOR-INFO")][-12:]
             self.record(section, "FAIL", "; ".join(problems) + " | " + " | ".join(tail))

@@ -250,8 +250,12 @@ def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
     """The gzip'd newc cpio the kernel unpacks as /; returns its path."""
     stage = os.path.join(work, "initramfs")
     shutil.rmtree(stage, ignore_errors=True)
-    for d in ("bin", "usr/bin", "bench/apps", "bench/tools", "dev", "proc", "sys", "run", "tmp"):
+    for d in ("bin", "usr/bin", "bench/apps", "bench/tools", "dev", "proc", "sys", "run", "tmp",
+              "etc/init.d", "var/run"):
         os.makedirs(os.path.join(stage, d))
+    # The board's own init hook, as BusyBox init runs it on the Pi Zero.
+    board_dir = os.path.join(bench_dir, "..", "..", "board", "raspberrypi0")
+    shutil.copy(os.path.join(board_dir, "S01torpor"), os.path.join(stage, "etc", "init.d", "S01torpor"))
     shutil.copy(assets.busybox, os.path.join(stage, "bin", "busybox"))
     shutil.copy(os.path.join(bench_dir, "guest", "init"), os.path.join(stage, "init"))
     shutil.copy(os.path.join(bench_dir, "guest", "run.sh"), os.path.join(stage, "bench", "run.sh"))
@@ -268,7 +272,7 @@ def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
     with open(os.path.join(stage, "bench", "bench.conf"), "w", encoding="utf-8") as f:
         for key, value in conf.items():
             f.write(f"{key}='{value}'\n")
-    for path in ("init", "bin/busybox", "bench/run.sh", "usr/bin/torpor"):
+    for path in ("init", "bin/busybox", "bench/run.sh", "usr/bin/torpor", "etc/init.d/S01torpor"):
         os.chmod(os.path.join(stage, path), 0o755)
 
     names = []

@@ -478,6 +478,25 @@ start_torpor_daemon() {
     info daemon "pid $daemon_pid on /run/torpor.sock"
 }
 
+# The board's init hook (board/raspberrypi0/S01torpor) as BusyBox init runs
+# it at power-on: the daemon, then `torpor boot`.
+start_init_hook() {
+    /etc/init.d/S01torpor start
+    rc=$?
+    echo "TORPOR-INIT-HOOK start rc=$rc"
+    ticks=100
+    while [ ! -S /run/torpor.sock ] && [ "$ticks" -gt 0 ]; do
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    if [ "$rc" -ne 0 ] || [ ! -S /run/torpor.sock ]; then
+        error "S01torpor start (exit $rc) left no daemon on /run/torpor.sock"
+        return 1
+    fi
+    daemon_pid=$(cat /var/run/torpor.pid)
+    info daemon "pid $daemon_pid on /run/torpor.sock, started by S01torpor"
+}
+
 # Boot 1: the app counts on the console and asks to hibernate at
 # $BENCH_SLEEP_AT; the daemon cuts the power (the host kills the board).
 job_hibernate() {
@@ -485,7 +504,7 @@ job_hibernate() {
     mkdir -p "$HIB"
     "$TORPOR" store clear --store "$BENCH_STORE" || { error "torpor store clear failed"; return 1; }
     write_config 2
-    start_torpor_daemon || return 1
+    start_init_hook || return 1
     # Above the pids the next boot uses before its restore (see job_suspend).
     echo 1999 >/proc/sys/kernel/ns_last_pid
     (cd "$HIB" && exec "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT" </dev/null >/dev/console 2>&1) &
@@ -506,9 +525,7 @@ job_hibernate() {
 job_wake() {
     pid=$(cat "$HIB/pid" 2>/dev/null)
     write_config 2
-    start_torpor_daemon || return 1
-    "$TORPOR" boot --config /etc/torpor.toml 2>&1
-    info boot-rc "$?"
+    start_init_hook || return 1
     if pid_gone "$pid"; then
         result hibernate FAIL "pid $pid does not run after torpor boot"
         return 0
@@ -516,6 +533,11 @@ job_wake() {
     echo "TORPOR-RESTORED pid=$pid"
     wait_pid_gone "$pid" 120 || result hibernate FAIL "pid $pid still runs 120 s after the restore"
     store_status
+    /etc/init.d/S01torpor stop
+    rc=$?
+    state=gone
+    kill -0 "$daemon_pid" 2>/dev/null && state=alive
+    echo "TORPOR-INIT-HOOK stop rc=$rc daemon=$state"
 }
 
 # Cold start through `torpor run`: $1 app, $2 result tag, $3 command, $4 why.
