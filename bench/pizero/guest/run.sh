@@ -134,7 +134,9 @@ start_app() {
     mkdir -p "$W"
     # `>` opens app.log with O_TRUNC: a restored app writes on at its own
     # offset, exactly as a file opened by a user would behave.
-    (cd "$W" && exec "/bench/apps/$1" </dev/null >app.log 2>&1) &
+    # $APP_ARGS: the app's arguments for this run (unquoted: a word list).
+    # shellcheck disable=SC2086
+    (cd "$W" && exec "/bench/apps/$1" $APP_ARGS </dev/null >app.log 2>&1) &
     pid=$!
 }
 
@@ -230,7 +232,7 @@ go_and_verdict() {
     fi
 }
 
-# badfd holds an fd torpor must refuse (tests/apps/README.md): the dump has
+# badfd and breadth_refuse hold an fd torpor must refuse (tests/apps/README.md): the dump has
 # to fail with a reason naming fd 7 and leave the app running, which then
 # verifies that nothing of it was touched.
 run_refused() {
@@ -285,11 +287,15 @@ run_exiter() {
 
 # One app through the whole protocol. $1 = app, $2 = checkpoint|control.
 run_app() {
+    APP_ARGS=
+    # breadth_inet's checkpoint run expects its TCP connection to come back
+    # reset, as after a network drop (tests/apps/README.md).
+    [ "$1" = breadth_inet ] && [ "$2" = checkpoint ] && APP_ARGS=1
     start_app "$1"
     app_ready "$1" || return
     if [ "$2" = checkpoint ]; then
         case "$1" in
-            badfd) run_refused "$1"; return ;;
+            badfd | breadth_refuse) run_refused "$1"; return ;;
             exiter) run_exiter "$1"; return ;;
         esac
     fi
