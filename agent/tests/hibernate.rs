@@ -132,7 +132,15 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
     // Checkpoint: the tree keeps running and the image verifies.
     let t = wait_for(&log, "hibernating at counter 5", 20);
     assert!(t.contains("checkpointed: generation 1,"), "{t}");
-    // Hibernate: the supply cut the power (killed the frozen tree).
+    // Hibernate: the supply cut the power (killed the frozen tree). The app
+    // is reaped only after the cut: until then the daemon thread, its tracer
+    // in this same process, is waiting for its stops, and a wait from this
+    // thread could take one of them.
+    let start = Instant::now();
+    while *supply.cuts.lock().unwrap() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the power was never cut");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = app.wait().unwrap();
     assert_eq!(*supply.cuts.lock().unwrap(), 1);
     assert!(!status.success(), "the app ran to the end instead of being cut:\n{t}");
