@@ -141,6 +141,14 @@ class Bench:
             if unknown:
                 raise build.BuildError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(apps)}")
             apps = {a: apps[a] for a in wanted}
+        else:
+            # The breadth apps (event fds, sockets, shared memory, locks,
+            # stopped tasks) pass on x86_64 but have not yet passed on the
+            # emulated Pi Zero: they run here only when named with --apps.
+            pending = sorted(a for a in apps if a.startswith("breadth_"))
+            if pending:
+                print(f"not run     {' '.join(pending)} (not yet verified on ARM; name them with --apps)")
+            apps = {a: b for a, b in apps.items() if a not in pending}
         self.apps = list(apps)
         print(f"apps        {' '.join(self.apps)}")
         tools = {name: build.cross_compile(
