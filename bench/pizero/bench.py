@@ -142,10 +142,10 @@ class Bench:
                 raise build.BuildError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(apps)}")
             apps = {a: apps[a] for a in wanted}
         else:
-            # The breadth apps (event fds, sockets, shared memory, locks,
-            # stopped tasks) pass on x86_64 but have not yet passed on the
-            # emulated Pi Zero: they run here only when named with --apps.
-            pending = sorted(a for a in apps if a.startswith("breadth_"))
+            # These pass on x86_64 but not yet on the emulated Pi Zero (a
+            # checkpoint run there does not finish): they run here only when
+            # named with --apps.
+            pending = sorted(a for a in apps if a in ARM_PENDING)
             if pending:
                 print(f"not run     {' '.join(pending)} (not yet verified on ARM; name them with --apps)")
             apps = {a: b for a, b in apps.items() if a not in pending}
@@ -531,6 +531,10 @@ class Bench:
         print(f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} passed or skipped, "
               f"{len(failed)} failed, {self.boots} boots")
         return 1 if failed else 0
+
+
+# Test apps not yet passing on the emulated Pi Zero.
+ARM_PENDING = {"breadth_unix", "breadth_inet", "breadth_shm"}
 
 
 def main(argv):
