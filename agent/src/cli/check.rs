@@ -221,23 +221,6 @@ fn seize_and_interrupt(pid: libc::pid_t) -> Result<(), String> {
     Ok(())
 }
 
-/// The clone3 argument block (struct clone_args, version 2 with set_tid).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// Create a child with a chosen free PID, the way restore does.
 fn probe_clone3_set_tid() -> Result<(), String> {
     let last: i64 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
@@ -256,27 +239,14 @@ fn probe_clone3_set_tid() -> Result<(), String> {
             continue;
         }
         let tid: libc::pid_t = libc::pid_t::try_from(candidate).map_err(|e| e.to_string())?;
-        let args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            set_tid: &tid as *const libc::pid_t as u64,
-            set_tid_size: 1,
-            ..CloneArgs::default()
-        };
-        // SAFETY: clone3 without CLONE_VM behaves like fork; the child only
-        // calls _exit. `args` and `tid` outlive the call.
-        let r = unsafe {
-            libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+        let r = match crate::engine::restore::fork_with_pid(tid) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.to_string()),
         };
         if r == 0 {
             // SAFETY: async-signal-safe exit of the forked child.
             unsafe { libc::_exit(0) };
-        }
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                continue;
-            }
-            return Err(errno_text(&e));
         }
         let child = libc::pid_t::try_from(r).map_err(|e| e.to_string())?;
         let mut status = 0;

@@ -592,8 +592,8 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-/// fork(2) with a chosen pid.
-fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
+/// fork(2) with a chosen pid: 0 in the child, the pid in the parent.
+pub(crate) fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     let tid: libc::pid_t = pid;
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
