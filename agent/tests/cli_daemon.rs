@@ -50,6 +50,8 @@ rtc.device = none
 restore.attempts = 3
 restore.tty = /dev/console
 access.allow_users = [root, 1000]
+log.target = stderr
+log.socket = /dev/log
 ",
             file.display()
         )
@@ -67,6 +69,8 @@ fn bad_config_stops_the_daemon_with_the_key_and_file() {
         ("[socket]\nmode = \"0999\"\n", "`socket.mode` = \"0999\": not an octal mode"),
         ("[restore]\nattempts = 0\n", "`restore.attempts` = 0: must be at least 1"),
         ("[power]\ngpio = 3\n", "unknown key `power.gpio`"),
+        ("[log]\ntarget = \"file\"\n", "`log.target` = \"file\": must be \"stderr\" or \"syslog\""),
+        ("[log]\nsocket = \"dev/log\"\n", "`log.socket`"),
         (
             "[access]\nallow_users = [\"no-such-user-torpor\"]\n",
             "`access.allow_users`: no user named `no-such-user-torpor`",
@@ -103,10 +107,17 @@ impl Daemon {
     /// The daemon binary with this build's engine, a GPIO chip that does not
     /// exist and no RTC.
     fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, "")
+    }
+
+    /// As `start`, with more configuration text appended.
+    fn start_with(tag: &str, more_config: &str) -> Daemon {
         let dir = temp_dir(tag);
         let file = dir.join("torpor.toml");
         let socket = dir.join("torpor.sock");
-        std::fs::write(&file, "[power]\nchip = \"/nonexistent/gpiochip\"\n[rtc]\ndevice = \"none\"\n").unwrap();
+        let config = format!("[power]\nchip = \"/nonexistent/gpiochip\"\n[rtc]\ndevice = \"none\"\n{more_config}")
+            .replace("DIR", dir.to_str().unwrap());
+        std::fs::write(&file, config).unwrap();
         let child = Command::new(BIN)
             .args(["daemon", "--config", file.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
             .stderr(Stdio::piped())
@@ -218,6 +229,49 @@ fn hibernate_command_against_the_daemon_binary() {
         refusals[0].split("from pid ").nth(1).unwrap().split(' ').next().unwrap()
     )), "{log}");
     assert!(lines.last().unwrap().ends_with("info: stopping"), "{log}");
+}
+
+#[test]
+fn the_daemon_logs_to_syslog_when_configured() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = temp_dir("syslogd");
+    let log_socket = dir.join("log");
+    // Stands in for syslogd: bound before the daemon starts, as at boot.
+    let syslogd = UnixDatagram::bind(&log_socket).unwrap();
+    syslogd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let d = Daemon::start_with("syslog", &format!("[log]\ntarget = \"syslog\"\nsocket = \"{}\"\n", log_socket.display()));
+    let pid = d.child.as_ref().unwrap().id();
+    let me = std::process::id();
+    let out = torpor(&["hibernate", "--socket", d.socket(), "--wake-after", "60", "--pid", &me.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let socket = d.socket.clone();
+    let (code, stderr) = d.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(stderr, "", "every line went to syslog");
+
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < 3 {
+        let n = syslogd.recv(&mut buf).expect("a syslog message within 10 s");
+        got.push(text(&buf[..n]));
+    }
+    assert_eq!(got[0], format!("<30>torpor[{pid}]: serving {}", socket.display()));
+    let client = got[1].split("from pid ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    assert_eq!(
+        got[1],
+        format!("<28>torpor[{pid}]: refused Hibernate from pid {client} uid 0: Unsupported: wake_after_s needs an RTC wake alarm, and rtc.device is \"none\"")
+    );
+    assert_eq!(got[2], format!("<30>torpor[{pid}]: stopping"));
+
+    // --log overrides the file.
+    let file = dir.join("torpor.toml");
+    std::fs::write(&file, "[log]\ntarget = \"syslog\"\nsocket = \"/run/syslog.sock\"\n").unwrap();
+    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap(), "--log", "stderr"]);
+    assert!(text(&out.stdout).ends_with("log.target = stderr\nlog.socket = /run/syslog.sock\n"), "{}", text(&out.stdout));
+    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap()]);
+    assert!(text(&out.stdout).ends_with("log.target = syslog\nlog.socket = /run/syslog.sock\n"), "{}", text(&out.stdout));
+    assert_eq!(torpor(&["daemon", "--log", "file"]).status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

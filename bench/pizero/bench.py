@@ -464,6 +464,13 @@ class Bench:
             problems.append("S01torpor did not report the restore as OK")
         if "TORPOR-INIT-HOOK stop rc=0 daemon=gone" not in lines:
             problems.append("S01torpor stop did not stop the daemon")
+        # The daemon runs detached (stderr on /dev/null): its log is syslog's.
+        syslog = [l[len("TORPOR-SYSLOG "):] for l in lines if l.startswith("TORPOR-SYSLOG ")]
+        for want in (r"torpor\[\d+\]: serving /run/torpor\.sock$",
+                     r"torpor\[\d+\]: pid \d+ \(uid 0\) restored from image generation 1 after an unknown time",
+                     r"torpor\[\d+\]: stopping$"):
+            if not any(re.search(r"daemon\.info " + want, l) for l in syslog):
+                problems.append(f"no syslog line matching {want!r} (syslog: {syslog[-4:]})")
         if problems:
             tail = [l for l in lines if not l.startswith("TORPOR-INFO")][-12:]
             self.record(section, "FAIL", "; ".join(problems) + " | " + " | ".join(tail))

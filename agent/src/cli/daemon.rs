@@ -7,7 +7,7 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, LogTarget};
 use crate::daemon::log;
 use crate::daemon::store_engine::StoreEngine;
 use crate::daemon::{Daemon, Engine, Listener, NoEngine, Settings};
@@ -23,6 +23,9 @@ pub struct DaemonArgs {
     /// Keep images in this store (a partition or a file) instead of store.device.
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
+    /// Log to stderr or to syslog instead of log.target of the configuration.
+    #[arg(long, value_name = "TARGET", value_parser = ["stderr", "syslog"])]
+    pub log: Option<String>,
     /// Check the configuration, print the settings in effect, and exit.
     #[arg(long, conflicts_with = "cut_power")]
     pub check_config: bool,
@@ -44,6 +47,11 @@ fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
     }
     if let Some(s) = &args.store {
         c.store.device = s.clone();
+    }
+    match args.log.as_deref() {
+        Some("stderr") => c.log.target = LogTarget::Stderr,
+        Some("syslog") => c.log.target = LogTarget::Syslog,
+        _ => {}
     }
     Ok(c)
 }
@@ -68,6 +76,8 @@ rtc.device = {rtc}
 restore.attempts = {}
 restore.tty = {}
 access.allow_users = [{}]
+log.target = {}
+log.socket = {}
 ",
         c.origin.display(),
         c.socket.path.display(),
@@ -82,7 +92,9 @@ access.allow_users = [{}]
         c.power.timeout_ms,
         c.restore.attempts,
         c.restore.tty.display(),
-        users.join(", ")
+        users.join(", "),
+        c.log.target,
+        c.log.socket.display()
     )
 }
 
@@ -110,6 +122,9 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
         // A closed stdout (`| head`) is not worth a panic.
         let _ = std::io::stdout().lock().write_all(settings_text(&config).as_bytes());
         return 0;
+    }
+    if config.log.target == LogTarget::Syslog {
+        log::set_sink(log::Sink::Syslog(log::Syslog::new(&config.log.socket, std::path::Path::new(log::KMSG))));
     }
     if args.cut_power {
         return match cut_power(&config, args.wake_after) {

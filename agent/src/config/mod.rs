@@ -26,6 +26,7 @@ pub mod defaults {
     pub const RTC_DEVICE: &str = "/sys/class/rtc/rtc0/wakealarm";
     pub const RESTORE_ATTEMPTS: u32 = 3;
     pub const RESTORE_TTY: &str = "/dev/console";
+    pub const LOG_SOCKET: &str = "/dev/log";
 }
 
 /// The largest GPIO line offset accepted (`power.line`).
@@ -108,6 +109,30 @@ pub struct AccessConfig {
     pub allow_users: Vec<Id>,
 }
 
+/// Where the daemon's log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    Syslog,
+}
+
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogTarget::Stderr => "stderr",
+            LogTarget::Syslog => "syslog",
+        })
+    }
+}
+
+/// `[log]`: where the daemon logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub target: LogTarget,
+    /// The syslog daemon's datagram socket.
+    pub socket: PathBuf,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -119,6 +144,7 @@ pub struct Config {
     pub rtc: RtcConfig,
     pub restore: RestoreConfig,
     pub access: AccessConfig,
+    pub log: LogConfig,
 }
 
 /// Why the configuration was refused.
@@ -159,6 +185,7 @@ impl Default for Config {
             rtc: RtcConfig { wakealarm: Some(PathBuf::from(defaults::RTC_DEVICE)) },
             restore: RestoreConfig { attempts: defaults::RESTORE_ATTEMPTS, tty: PathBuf::from(defaults::RESTORE_TTY) },
             access: AccessConfig::default(),
+            log: LogConfig { target: LogTarget::Stderr, socket: PathBuf::from(defaults::LOG_SOCKET) },
         }
     }
 }
@@ -308,7 +335,7 @@ impl Config {
             file: file.to_owned(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        const SECTIONS: [&str; 6] = ["socket", "store", "power", "rtc", "restore", "access"];
+        const SECTIONS: [&str; 7] = ["socket", "store", "power", "rtc", "restore", "access", "log"];
         if let Some(key) = root.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
             return Err(ConfigError::UnknownKey {
                 file: file.to_owned(),
@@ -401,6 +428,20 @@ impl Config {
                 c.access.allow_users = items.iter().map(|v| s.id("allow_users", v)).collect::<Result<_, _>>()?;
             }
             Some(other) => return Err(s.wrong("allow_users", "an array of user names or uids", other)),
+        }
+
+        let s = Section::new(file, &root, "log", &["target", "socket"])?;
+        match s.string("target")? {
+            None => {}
+            Some("stderr") => c.log.target = LogTarget::Stderr,
+            Some("syslog") => c.log.target = LogTarget::Syslog,
+            Some(t) => return Err(s.invalid("target", format!("{t:?}"), "must be \"stderr\" or \"syslog\"")),
+        }
+        if let Some(p) = s.absolute_path("socket")? {
+            if p.as_os_str().len() > 107 {
+                return Err(s.invalid("socket", p.display(), "longer than the 107 bytes a UNIX socket path may have"));
+            }
+            c.log.socket = p;
         }
         Ok(c)
     }

@@ -27,7 +27,7 @@ fn empty_file_gives_the_documented_defaults() {
     assert_eq!(c.restore, RestoreConfig { attempts: 3, tty: PathBuf::from("/dev/console") });
     assert!(c.access.allow_users.is_empty());
     // Empty sections change nothing either.
-    assert_eq!(parse("[socket]\n[store]\n[power]\n[rtc]\n[restore]\n[access]\n").unwrap(), Config::default());
+    assert_eq!(parse("[socket]\n[store]\n[power]\n[rtc]\n[restore]\n[access]\n[log]\n").unwrap(), Config::default());
 }
 
 #[test]
@@ -59,6 +59,10 @@ tty = "/dev/ttyAMA0"
 
 [access]
 allow_users = ["pi", 1000]
+
+[log]
+target = "syslog"
+socket = "/run/systemd/journal/dev-log"
 "#,
     )
     .unwrap();
@@ -83,6 +87,7 @@ allow_users = ["pi", 1000]
             rtc: RtcConfig { wakealarm: Some(PathBuf::from("/sys/class/rtc/rtc1/wakealarm")) },
             restore: RestoreConfig { attempts: 5, tty: PathBuf::from("/dev/ttyAMA0") },
             access: AccessConfig { allow_users: vec![Id::Name("pi".into()), Id::Num(1000)] },
+            log: LogConfig { target: LogTarget::Syslog, socket: PathBuf::from("/run/systemd/journal/dev-log") },
         }
     );
     assert_eq!(parse("[rtc]\ndevice = \"none\"\n").unwrap().rtc.wakealarm, None);
@@ -96,11 +101,11 @@ fn unknown_keys_are_named_with_their_section() {
     );
     assert_eq!(
         err("[powr]\nline = 26\n"),
-        "/etc/torpor.toml: unknown key `powr` (known here: socket, store, power, rtc, restore, access)"
+        "/etc/torpor.toml: unknown key `powr` (known here: socket, store, power, rtc, restore, access, log)"
     );
     assert_eq!(
         err("verbose = true\n"),
-        "/etc/torpor.toml: unknown key `verbose` (known here: socket, store, power, rtc, restore, access)"
+        "/etc/torpor.toml: unknown key `verbose` (known here: socket, store, power, rtc, restore, access, log)"
     );
 }
 

@@ -439,7 +439,7 @@ SLEEPY=/bench/tools/sleepy-counter
 HIB=$WORK/hibernate
 
 # /etc/torpor.toml for the bench: the store partition, the bench's power
-# line, restore.attempts = $1.
+# line, restore.attempts = $1, log.target = $2 (stderr if not given).
 write_config() {
     active_low=false
     [ "$BENCH_POWER_ACTIVE" = 0 ] && active_low=true
@@ -467,6 +467,9 @@ tty = "/dev/console"
 
 [access]
 allow_users = []
+
+[log]
+target = "${2:-stderr}"
 EOF
     printf 'root:x:0:0:root:/root:/bin/sh\n' >/etc/passwd
     printf 'root:x:0:\n' >/etc/group
@@ -486,6 +489,18 @@ start_torpor_daemon() {
         return 1
     fi
     info daemon "pid $daemon_pid on /run/torpor.sock"
+}
+
+# BusyBox syslogd as a Buildroot board starts it before S01torpor (S01syslogd).
+start_syslogd() {
+    rm -f /tmp/messages
+    syslogd -O /tmp/messages
+    ticks=50
+    while [ ! -S /dev/log ] && [ "$ticks" -gt 0 ]; do
+        sleep 0.1
+        ticks=$((ticks - 1))
+    done
+    [ -S /dev/log ] || error "syslogd did not create /dev/log"
 }
 
 # The board's init hook (board/raspberrypi0/S01torpor) as BusyBox init runs
@@ -513,7 +528,8 @@ job_hibernate() {
     store_ready hibernate || return 0
     mkdir -p "$HIB"
     "$TORPOR" store clear --store "$BENCH_STORE" || { error "torpor store clear failed"; return 1; }
-    write_config 2
+    write_config 2 syslog
+    start_syslogd
     start_init_hook || return 1
     # Above the pids the next boot uses before its restore (see job_suspend).
     echo 1999 >/proc/sys/kernel/ns_last_pid
@@ -534,7 +550,8 @@ job_hibernate() {
 # app prints what it received and verifies itself on the console.
 job_wake() {
     pid=$(cat "$HIB/pid" 2>/dev/null)
-    write_config 2
+    write_config 2 syslog
+    start_syslogd
     start_init_hook || return 1
     if pid_gone "$pid"; then
         result hibernate FAIL "pid $pid does not run after torpor boot"
@@ -548,6 +565,8 @@ job_wake() {
     state=gone
     kill -0 "$daemon_pid" 2>/dev/null && state=alive
     echo "TORPOR-INIT-HOOK stop rc=$rc daemon=$state"
+    # What the daemon, detached by the init hook, told syslog.
+    sed 's/^/TORPOR-SYSLOG /' /tmp/messages
 }
 
 # Cold start through `torpor run`: $1 app, $2 result tag, $3 command, $4 why.
