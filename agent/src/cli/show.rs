@@ -162,6 +162,9 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         Kind::Fd => to_json(rec.decode::<Fd>(), image_err, json_err)?,
         Kind::MmFields => to_json(rec.decode::<MmFields>(), image_err, json_err)?,
         Kind::PipeData => to_json(rec.decode::<PipeData>(), image_err, json_err)?,
+        Kind::ExternalPipe => {
+            to_json(rec.decode::<crate::image::records::ExternalPipe>(), image_err, json_err)?
+        }
         Kind::TmpfsFile => {
             let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })

@@ -14,8 +14,8 @@ use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{
-    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
-    PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
+    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
+    PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::engine::{Cause, EngineError, StepExt};
 
@@ -598,11 +598,11 @@ impl FileTable {
         Ok(i)
     }
 
-    /// Refuses pipes whose other end is held outside the tree: their data
-    /// flow could not be reconnected. An end closed everywhere is fine (a
-    /// reader then sees EOF after the data, a writer EPIPE), and so it is
-    /// after a restore.
-    pub fn check_pipes(&self) -> Result<(), EngineError> {
+    /// Marks the pipes whose other end a process outside the tree holds:
+    /// the restore substitutes that end. An end closed everywhere needs
+    /// nothing: a reader sees EOF after the data, a writer EPIPE, before the
+    /// dump and after the restore alike. (Named FIFOs are reopened by name.)
+    pub fn mark_external_pipes(&mut self) -> Result<(), EngineError> {
         for (pipe, (r, w, pid, fd)) in &self.pipe_ends {
             if *r && *w {
                 continue;
@@ -614,16 +614,10 @@ impl FileTable {
                 has_readers(*pid, *fd)
             }
             .step(step)?;
-            if outside {
-                let ino = self.pipes[*pipe as usize].inode;
-                return Err(EngineError {
-                    step: step(),
-                    cause: Cause::Unsupported(format!(
-                        "fd {fd} of process {pid} is a pipe (pipe:[{ino}]) whose {} end is outside the dumped tree",
-                        if *r { "write" } else { "read" }
-                    )),
-                });
+            if !outside {
+                continue;
             }
+            self.pipes[*pipe as usize].outside = Some(if *r { OutsideEnd::Write } else { OutsideEnd::Read });
         }
         Ok(())
     }
@@ -736,5 +730,6 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         inode,
         size: size.bits(),
         data,
+        outside: None,
     })
 }

@@ -104,7 +104,7 @@ pub fn dump_frozen_with<W: Write>(
         p.stopped = frozen.stopped.contains(&pid);
         procs.push((p, maps));
     }
-    table.check_pipes()?;
+    table.mark_external_pipes()?;
     crate::engine::files::check_peers(&mut table.files)?;
 
     let wstep = || "write image".to_string();

@@ -13,12 +13,12 @@ use std::io::{Read, Write};
 
 use crate::arch::Bits;
 use crate::engine::state::{
-    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, PipeState,
-    PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
+    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
+    PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::image::records::{
     AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
-    PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
+    ExternalPipe, PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
     Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread, Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
@@ -169,6 +169,13 @@ pub fn write_pipes<W: Write>(
                 bytes: p.data.clone(),
             },
         )?;
+        if let Some(end) = p.outside {
+            let outside = match end {
+                OutsideEnd::Read => PipeEnd::Read,
+                OutsideEnd::Write => PipeEnd::Write,
+            };
+            w.record(Kind::ExternalPipe, &ExternalPipe { id: i as u64, inode: p.inode, outside })?;
+        }
     }
     Ok(())
 }
@@ -445,10 +452,19 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut st = ImageState::default();
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
+    let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
             Kind::TmpfsFile => st.tmpfs_files.push(rec.decode()?),
+            Kind::ExternalPipe => {
+                let e: ExternalPipe = rec.decode()?;
+                let end = match e.outside {
+                    PipeEnd::Read => OutsideEnd::Read,
+                    PipeEnd::Write => OutsideEnd::Write,
+                };
+                external.insert(e.id, (e.inode, end));
+            }
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
                 pipes.insert(d.id, (d.capacity, d.bytes));
@@ -757,11 +773,14 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         let (size, data) = pipes
             .remove(&id)
             .ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
-        st.pipes.push(PipeState {
-            inode: id,
-            size,
-            data,
-        });
+        let (inode, outside) = match external.remove(&id) {
+            Some((inode, end)) => (inode, Some(end)),
+            None => (id, None),
+        };
+        st.pipes.push(PipeState { inode, size, data, outside });
+    }
+    if let Some(id) = external.keys().next() {
+        return Err(malformed(format!("an external-pipe record names pipe {id}, which has no data record")));
     }
     for f in &st.files {
         if let FileKind::Pipe { pipe, .. } = f.kind {

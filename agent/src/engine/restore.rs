@@ -32,7 +32,7 @@ use crate::engine::image_io::{self, ImageState};
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem, RemotePtr, Stop};
 use crate::engine::remote::{Remote, RemoteError};
-use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState, Vma};
+use crate::engine::state::{Backing, FileKind, OpenFile, OutsideEnd, ProcessState, Vma};
 use crate::engine::{Cause, EngineError, StepExt};
 use crate::image::{Codec, ImageReader, Kind};
 
@@ -341,6 +341,31 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
     for (i, pipe) in st.pipes.iter().enumerate() {
         let id = u32::try_from(i).unwrap_or(u32::MAX);
+        if let Some(outside) = pipe.outside {
+            let key = format!("pipe:[{}]", pipe.inode);
+            if let Some(&(_, given)) = opts.inherit.iter().find(|(k, _)| *k == key) {
+                // The caller's descriptor stands in for the pipe, used as it
+                // is: its own data is what the tree reads next.
+                // SAFETY: duplicating a descriptor the caller handed over.
+                let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
+                if fd < 0 {
+                    let e = last_os();
+                    return Err(std::io::Error::new(e.kind(), format!("taking --inherit-fd {key}={given}: {e}")))
+                        .step(step);
+                }
+                let fd = move_high(fd, high).step(step)?;
+                pipe_ends.insert(id, (fd, fd, false, false));
+                continue;
+            }
+            let what = match outside {
+                OutsideEnd::Read => "its reader was outside the tree: writes to it now fail with EPIPE".to_string(),
+                OutsideEnd::Write => format!(
+                    "its writer was outside the tree: the tree reads the {} bytes left, then end of file",
+                    pipe.data.len()
+                ),
+            };
+            eprintln!("torpor: {key}: {what} (give --inherit-fd {key}=FD to connect it)");
+        }
         let fifo = st.files.iter().find_map(|f| match &f.kind {
             FileKind::Pipe { pipe, fifo: Some(path), .. } if *pipe == id => Some(path.clone()),
             _ => None,
@@ -367,14 +392,17 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
         if unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, size) } < 0 {
             return Err(last_os()).step(step);
         }
+        // Bytes written by the tree for a reader outside went with that
+        // reader; bytes from a writer outside are the tree's to read.
+        let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) { &[] } else { &pipe.data };
         let mut off = 0;
-        while off < pipe.data.len() {
+        while off < data.len() {
             // SAFETY: writing from our buffer into our pipe, which has room.
             let n = unsafe {
                 libc::write(
                     p[1],
-                    pipe.data[off..].as_ptr().cast(),
-                    pipe.data.len() - off,
+                    data[off..].as_ptr().cast(),
+                    data.len() - off,
                 )
             };
             if n <= 0 {

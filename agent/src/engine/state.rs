@@ -243,4 +243,13 @@ pub struct PipeState {
     pub size: u32,
     /// Bytes written and not yet read.
     pub data: Vec<u8>,
+    /// The end a process outside the tree holds, if any.
+    pub outside: Option<OutsideEnd>,
+}
+
+/// The end of a pipe held outside the dumped tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutsideEnd {
+    Read,
+    Write,
 }

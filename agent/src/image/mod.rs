@@ -1002,6 +1002,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::Pages => "a pages record",
         Kind::Trailer => "the trailer",
         Kind::TmpfsFile => "a tmpfs-file record",
+        Kind::ExternalPipe => "an external-pipe record",
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Kind {
     Trailer = 9,
     /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
     TmpfsFile = 10,
+    /// A pipe whose other end a process outside the tree holds.
+    ExternalPipe = 11,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -50,7 +52,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -61,6 +63,7 @@ impl Kind {
         Kind::Pages,
         Kind::Trailer,
         Kind::TmpfsFile,
+        Kind::ExternalPipe,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -76,7 +79,9 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile | Kind::ExternalPipe => {
+                STATE_LIMIT
+            }
         }
     }
 
@@ -93,6 +98,7 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Trailer => "trailer",
             Kind::TmpfsFile => "tmpfs-file",
+            Kind::ExternalPipe => "external-pipe",
         }
     }
 }
@@ -737,6 +743,17 @@ pub struct Trailer {
     pub bytes: u64,
     /// CRC32 of those bytes.
     pub crc: u32,
+}
+
+/// A pipe of the tree (`PipeData` id) whose other end, `outside`, a process
+/// outside the tree holds: the restore substitutes that end (see
+/// docs/objects.md, "Pipes and FIFOs").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalPipe {
+    pub id: u64,
+    /// The pipe's inode at the dump: `--inherit-fd pipe:[INODE]=N` names it.
+    pub inode: u64,
+    pub outside: PipeEnd,
 }
 
 /// The most file bytes one `TmpfsFile` record carries.

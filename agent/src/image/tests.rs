@@ -236,8 +236,13 @@ fn full_image() -> (Vec<u8>, ImageSummary) {
         },
     )
     .expect("pipe");
+    w.record(Kind::ExternalPipe, &external_pipe()).expect("external pipe");
     w.pages(0x40_0000, &memory(ps)).expect("pages");
     w.finish().expect("finish")
+}
+
+fn external_pipe() -> ExternalPipe {
+    ExternalPipe { id: 7, inode: 920_428, outside: PipeEnd::Read }
 }
 
 /// A small image for the exhaustive corruption tests: header, one state
@@ -324,6 +329,7 @@ fn every_record_kind_round_trips() {
                 memory_back.extend_from_slice(&buf[..info.len]);
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
+            Kind::ExternalPipe => assert_eq!(rec.decode::<ExternalPipe>().expect("external pipe"), external_pipe()),
             Kind::TmpfsFile => panic!("no tmpfs-file record was written"),
         }
     }
@@ -333,7 +339,7 @@ fn every_record_kind_round_trips() {
     assert_eq!(summary.pages, 6);
     // Header, 12 state records, pages: 2 zero, 2 compressible, 1 noise,
     // 1 zero → 3 page records, trailer.
-    assert_eq!(summary.records, 1 + 11 + 3 + 1);
+    assert_eq!(summary.records, 1 + 12 + 3 + 1);
     assert_eq!(kinds.iter().filter(|k| **k == Kind::Pages).count(), 3);
     // Another call after the trailer stays at the end.
     assert!(r.next_record().expect("end").is_none());
