@@ -150,6 +150,37 @@ fn breadth_shm_posix_shm_survives_a_power_cycle() {
     check_log("breadth_shm", &log);
 }
 
+app_tests!(breadth_segments, "breadth_segments",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["big", "offset", "sparse", "sealed", "future", "shared", "mapped", "private",
+                "sysv", "sysv-id", "sysv-shared", "removed", "rdonly"]);
+
+/// A power cycle empties the IPC namespace: segment 1 of breadth_segments
+/// (key 0x5452PPPP, still attached at the dump, so it survives the kill)
+/// is removed between dump and restore, and the restore must recreate it
+/// from the image with its id, key, size, mode and contents, attached
+/// again in both processes and shared between them.
+#[test]
+fn breadth_segments_sysv_survives_a_power_cycle() {
+    if !torpor_can_dump() {
+        return;
+    }
+    let log = must(harness::checkpoint_run_between("breadth_segments", &[], 2, &|pid, _| {
+        let key = 0x5452_0000 | (pid & 0xffff);
+        // SAFETY: shmget and shmctl take integers; IPC_RMID no buffer.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        if id < 0 {
+            return Err(format!("segment key {key:#x}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
+            return Err(format!("removing segment {id}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }));
+    check_log("breadth_segments", &log);
+}
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync"]);

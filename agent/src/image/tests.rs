@@ -324,7 +324,9 @@ fn every_record_kind_round_trips() {
                 memory_back.extend_from_slice(&buf[..info.len]);
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
-            Kind::TmpfsFile => panic!("no tmpfs-file record was written"),
+            Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData => {
+                panic!("no {} record was written", rec.kind())
+            }
         }
     }
     assert_eq!(fds_back, fds());
