@@ -464,3 +464,42 @@ fn into_raw(f: OwnedFd) -> i32 {
     use std::os::fd::IntoRawFd;
     f.into_raw_fd()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::Backing;
+
+    const SMAPS: &str = "\
+7f062f5ac000-7f062f6ac000 rw-p 00002000 00:01 3097                       /memfd:hello (deleted)
+VmFlags: rd wr mr mw me ac
+7f062f6ac000-7f062f7ac000 r--s 00000000 00:01 3098                       /memfd:sealed (deleted)
+VmFlags: rd sh mr me ms
+50100000-50104000 r--s 00000000 00:01 0                          /SYSV545233bc (deleted)
+VmFlags: rd mr me ms
+50000000-50004000 rw-s 00001000 00:01 32772                      /SYSV545233bc (deleted)
+VmFlags: rd wr sh mr mw me ms
+7f062f992000-7f062f996000 rw-s 00000000 00:01 77                 /SYSVnothex (deleted)
+VmFlags: rd wr sh mr mw me ms
+7f062f996000-7f062f99a000 rw-s 00000000 08:01 78                 /memfd:x
+VmFlags: rd wr sh mr mw me ms
+";
+
+    #[test]
+    fn mappings_of_memfds_and_segments() {
+        let maps = procfs::parse_smaps("smaps", SMAPS).expect("smaps");
+        let got: Vec<Option<Backing>> = maps.iter().map(mapped_object).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(Backing::Memfd { id: 3097, offset: 0x2000, may_write: true }),
+                Some(Backing::Memfd { id: 3098, offset: 0, may_write: false }),
+                // Segment 0 has inode 0; SHM_RDONLY leaves no `mw`.
+                Some(Backing::Sysv { shmid: 0, offset: 0, read_only: true }),
+                Some(Backing::Sysv { shmid: 32772, offset: 0x1000, read_only: false }),
+                None,
+                None,
+            ]
+        );
+    }
+}
