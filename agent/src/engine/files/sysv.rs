@@ -127,6 +127,13 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
     Ok(())
 }
 
+const SHMID_BUF: usize = 256;
+const _: () = assert!(core::mem::size_of::<libc::shmid_ds>() <= SHMID_BUF);
+
+/// Room for a shmid_ds of any layout.
+#[repr(C, align(8))]
+struct ShmidBuf([u8; SHMID_BUF]);
+
 /// What a restore does with a segment of the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plan {
@@ -211,20 +218,24 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     }
     let mut r = Restored { seg: seg.clone(), created: true, at: None };
     if id != seg.shmid {
+        // Dropping `r` removes the segment with the wrong id.
         r.seg.shmid = id;
         return Err(std::io::Error::other(format!("{what}: the kernel gave id {id}")));
     }
-    // SAFETY: shmid_ds is plain integers; all-zero is valid.
-    let mut ds: libc::shmid_ds = unsafe { core::mem::zeroed() };
-    // SAFETY: IPC_STAT writes one shmid_ds.
-    if unsafe { libc::shmctl(id, libc::IPC_STAT, &raw mut ds) } < 0 {
-        return Err(os(what)(super::last_os()));
+    // IPC_SET reads only the owner and mode, at the start of shmid_ds in
+    // every layout; the buffer is larger than any libc's struct (musl 1.2
+    // on 32-bit ARM appends 64-bit times the libc crate's layout lacks).
+    let mut buf = ShmidBuf([0; SHMID_BUF]);
+    let ds = (&raw mut buf).cast::<libc::shmid_ds>();
+    // SAFETY: `ds` points to SHMID_BUF zeroed, aligned bytes, more than a
+    // shmid_ds; zero is a valid value of each field.
+    unsafe {
+        (*ds).shm_perm.uid = seg.uid;
+        (*ds).shm_perm.gid = seg.gid;
+        (*ds).shm_perm.mode = (seg.mode & 0o777).try_into().unwrap_or(0o600);
     }
-    ds.shm_perm.uid = seg.uid;
-    ds.shm_perm.gid = seg.gid;
-    ds.shm_perm.mode = (seg.mode & 0o777).try_into().unwrap_or(0o600);
-    // SAFETY: IPC_SET reads one shmid_ds.
-    if unsafe { libc::shmctl(id, libc::IPC_SET, &raw mut ds) } < 0 {
+    // SAFETY: IPC_SET reads one shmid_ds from the buffer.
+    if unsafe { libc::shmctl(id, libc::IPC_SET, ds) } < 0 {
         return Err(os(format!("{what}: setting its owner"))(super::last_os()));
     }
     Ok(r)
