@@ -152,7 +152,7 @@ fn breadth_shm_posix_shm_survives_a_power_cycle() {
 
 app_tests!(breadth_segments, "breadth_segments",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["big", "offset", "sparse", "sealed", "future", "shared", "mapped", "private",
+    negatives: ["big", "offset", "sparse", "sealed", "future", "shared", "description", "mapped", "private",
                 "sysv", "sysv-id", "sysv-shared", "removed", "rdonly"]);
 
 /// A power cycle empties the IPC namespace: segment 1 of breadth_segments

@@ -11,6 +11,7 @@
  *   fd 13  memfd "torpor-future", 4096 bytes, mapped shared read-write,
  *          then sealed FUTURE_WRITE
  *   fd 14  memfd "torpor-shared", 3 pages mapped shared by P and C
+ *   fd 16  a second description of it (reopened read-only), offset 100
  *   ---    memfd "torpor-mapped", 2 pages mapped shared by P and C, no fd
  *   fd 15  memfd "torpor-private", 4 pages mapped MAP_PRIVATE by P, pages
  *          1 and 3 overwritten (copied on write)
@@ -28,7 +29,8 @@
  * C reports its first failure through the shared memfd.
  *
  * Usage: breadth_segments [--selftest-fail=big|offset|sparse|sealed|future|
- *        shared|mapped|private|sysv|sysv-id|sysv-shared|removed|rdonly]
+ *        shared|description|mapped|private|sysv|sysv-id|sysv-shared|removed|
+ *        rdonly]
  */
 #include "common.h"
 
@@ -178,6 +180,9 @@ static void setup_memfds(void)
         die("shared size");
     shared_map = map_fd(14, SHARED_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, "mmap shared");
     fill_pattern(shared_map + 2 * PAGE, PAGE, SHARED_SEED);
+    at(open("/proc/self/fd/14", O_RDONLY), 16, "reopening the shared memfd");
+    if (lseek(16, 100, SEEK_SET) != 100)
+        die("offset of fd 16");
 
     int m = make_memfd("torpor-mapped", 0);
     if (m < 0 || ftruncate(m, MAPPED_SIZE) != 0)
@@ -341,6 +346,11 @@ static void perturbations(void)
             _exit(3);
         memcpy(shared_map, copy, SHARED_SIZE);
     }
+    if (perturb("description")) {
+        at(make_memfd("torpor-shared", 0), 16, "memfd shared again");
+        if (ftruncate(16, SHARED_SIZE) != 0 || lseek(16, 100, SEEK_SET) != 100)
+            _exit(3);
+    }
     if (perturb("mapped"))
         mapped_map[100] ^= 1;
     if (perturb("private"))
@@ -446,6 +456,18 @@ static void check_memfds(void)
     check_link(14, "/memfd:torpor-shared (deleted)");
     check_pattern("shared memfd mapping", shared_map + 2 * PAGE, PAGE, SHARED_SEED);
     check_fd_pattern("fd 14 contents", 14, PAGE, 2 * PAGE, SHARED_SEED);
+    /* fd 16: its own description (offset, read-only) of the same memfd. */
+    check_link(16, "/memfd:torpor-shared (deleted)");
+    struct stat s14, s16;
+    if (fstat(14, &s14) != 0 || fstat(16, &s16) != 0 || s14.st_ino != s16.st_ino)
+        fail("fd 16: expected the memfd of fd 14 (inode %lu), got inode %lu", (unsigned long)s14.st_ino,
+             (unsigned long)s16.st_ino);
+    off = lseek(16, 0, SEEK_CUR);
+    if (off != 100)
+        fail("fd 16 offset: expected 100, got %lld", (long long)off);
+    if ((fcntl(16, F_GETFL) & O_ACCMODE) != O_RDONLY)
+        fail("fd 16: expected O_RDONLY, got flags %#x", fcntl(16, F_GETFL));
+    check_fd_pattern("fd 16 contents", 16, PAGE, 2 * PAGE, SHARED_SEED);
     check_maps_name(mapped_map, "/memfd:torpor-mapped (deleted)");
     check_pattern("fd-less memfd mapping", mapped_map + 8, MAPPED_SIZE - 8, MAPPED_SEED);
 
