@@ -831,3 +831,55 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     }
     Ok(st)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::records::{MemfdObject, SysvShm};
+    use crate::image::Header;
+
+    /// Writes one record into a test image.
+    type Put<'a> = &'a dyn Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError>;
+
+    fn image(records: &[Put<'_>]) -> Vec<u8> {
+        let header = Header::for_host().expect("header");
+        let mut w = ImageWriter::new(Vec::new(), &header).expect("writer");
+        for write in records {
+            write(&mut w).expect("record");
+        }
+        w.finish().expect("finish").0
+    }
+
+    fn memfd(w: &mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
+        w.record(Kind::MemfdObject, &MemfdObject { id: 5, name: "m".into(), size: 100, ..Default::default() })
+    }
+
+    fn data(object: ObjectRef, offset: u64, len: usize) -> impl Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
+        move |w| w.record(Kind::ObjectData, &ObjectData { object, offset, bytes: vec![1; len] })
+    }
+
+    #[test]
+    fn objects_are_read_and_their_contents_checked() {
+        let sysv = |w: &mut ImageWriter<Vec<u8>>| {
+            w.record(Kind::SysvShm, &SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() })
+        };
+        let good = image(&[
+            &memfd,
+            &data(ObjectRef::Memfd(5), 90, 10),
+            &sysv,
+            &data(ObjectRef::Sysv(7), 0, 4096),
+        ]);
+        let st = read_state(&good[..]).expect("state");
+        assert_eq!(st.memfds.len(), 1);
+        assert_eq!(st.memfds[0].size, 100);
+        assert_eq!(st.sysv, vec![SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() }]);
+
+        let past_end = image(&[&memfd, &data(ObjectRef::Memfd(5), 90, 11)]);
+        let e = read_state(&past_end[..]).expect_err("overflow refused").to_string();
+        assert!(e.contains("11 bytes at 90 overflow"), "{e}");
+
+        let unknown = image(&[&memfd, &data(ObjectRef::Sysv(7), 0, 1)]);
+        let e = read_state(&unknown[..]).expect_err("unknown object refused").to_string();
+        assert!(e.contains("before its record"), "{e}");
+    }
+}
