@@ -512,6 +512,10 @@ static void check_segments(void)
         fail("segment 2: expected %d bytes marked for removal, got %lu bytes mode 0%o", SEG2_SIZE,
              (unsigned long)ds.shm_segsz, (unsigned)ds.shm_perm.mode);
     check_errno("segment 2: shmget by its old key after removal", shmget(key2, 0, 0) < 0, ENOENT);
+    /* The maps name keeps the key it was created with. */
+    char name[32];
+    snprintf(name, sizeof name, "/SYSV%08x (deleted)", (unsigned)key2);
+    check_maps_name(SEG2_P, name);
     check_pattern("segment 2", SEG2_P, SEG2_SIZE, SEG2_SEED);
 }
 

@@ -833,6 +833,9 @@ pub struct SysvShm {
     pub cpid: i32,
     /// Marked for removal (`IPC_RMID` while attached, `SHM_DEST`).
     pub removed: bool,
+    /// The key the segment was created with, which its maps name shows
+    /// (`/SYSV<key>`) even once removal made its key `IPC_PRIVATE`.
+    pub created_key: i32,
 }
 
 /// Which object an [`ObjectData`] record fills.

@@ -44,6 +44,12 @@ pub(super) fn mapping(m: &MapEntry) -> Option<Backing> {
     Some(Backing::Sysv { shmid: i32::try_from(m.inode).ok()?, offset: m.offset, read_only: !m.has_flag("mw") })
 }
 
+/// The key in a maps name `/SYSV<key> (deleted)` (0 if unreadable).
+fn created_key(name: &str) -> i32 {
+    let hex = name.strip_prefix("/SYSV").and_then(|s| s.strip_suffix(" (deleted)")).unwrap_or("");
+    u32::from_str_radix(hex, 16).map_or(0, |k| i32::from_ne_bytes(k.to_ne_bytes()))
+}
+
 /// One line of /proc/sysvipc/shm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Row {
@@ -91,11 +97,13 @@ fn rows() -> Result<Vec<Row>, String> {
 /// Stores every segment the tree has attached: its record, then its
 /// contents, read through one of its attachments.
 pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -> Result<(), Cause> {
-    let mut sources: BTreeMap<i32, String> = BTreeMap::new();
+    let mut sources: BTreeMap<i32, (String, i32)> = BTreeMap::new();
     for p in procs {
         for v in &p.vmas {
             if let Backing::Sysv { shmid, .. } = v.backing {
-                sources.entry(shmid).or_insert_with(|| format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end));
+                sources.entry(shmid).or_insert_with(|| {
+                    (format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end), created_key(&v.name))
+                });
             }
         }
     }
@@ -103,7 +111,7 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
         return Ok(());
     }
     let table = rows().map_err(Cause::Unsupported)?;
-    for (shmid, source) in sources {
+    for (shmid, (source, created_key)) in sources {
         let refuse = |what: String| Cause::Unsupported(format!("SysV shared memory segment {shmid}: {what}"));
         let row = table.iter().find(|r| r.shmid == shmid).ok_or_else(|| refuse(format!("not in {SHM_TABLE}")))?;
         let seg = SysvShm {
@@ -117,6 +125,7 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
             cgid: row.cgid,
             cpid: row.cpid,
             removed: row.perms & SHM_DEST != 0,
+            created_key,
         };
         w.record(Kind::SysvShm, &seg)?;
         // The attachment opens as the segment's shmem file, which reads
@@ -208,8 +217,16 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     std::fs::write(SHM_NEXT_ID, seg.shmid.to_string()).map_err(os(format!("{what}: {SHM_NEXT_ID}")))?;
     let size = usize::try_from(seg.size).map_err(|_| std::io::Error::other(format!("{what}: {} bytes do not fit here", seg.size)))?;
     let mode = i32::try_from(seg.mode & 0o777).unwrap_or(0o600);
+    // A segment marked for removal is made with the key it was created
+    // with, for its maps name, when no other segment holds that key; the
+    // removal at the end makes its key private again.
+    let key = if seg.removed && seg.created_key != libc::IPC_PRIVATE && !table.iter().any(|r| r.key == seg.created_key) {
+        seg.created_key
+    } else {
+        seg.key
+    };
     // SAFETY: shmget takes integers.
-    let id = unsafe { libc::shmget(seg.key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) };
+    let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) };
     if id < 0 {
         let e = super::last_os();
         // The id is no longer wanted by anyone.
@@ -375,6 +392,14 @@ mod tests {
 
     fn seg(shmid: i32, key: i32, size: u64, cpid: i32) -> SysvShm {
         SysvShm { shmid, key, size, cpid, ..Default::default() }
+    }
+
+    #[test]
+    fn keys_of_maps_names() {
+        assert_eq!(created_key("/SYSV545233bc (deleted)"), 0x5452_33bc);
+        assert_eq!(created_key("/SYSVffffffff (deleted)"), -1);
+        assert_eq!(created_key("/SYSV00000000 (deleted)"), 0);
+        assert_eq!(created_key("/SYSVnothex! (deleted)"), 0);
     }
 
     #[test]
