@@ -19,6 +19,8 @@
  *          0640: P attaches it at 0x50000000, C at 0x50100000 SHM_RDONLY
  *   SysV segment key 0x5453PPPP, 8192 bytes: P at 0x50200000, C at
  *          0x50300000, then removed (IPC_RMID) while attached
+ *   (segments go where the kernel chooses when it refuses those addresses,
+ *   as qemu-user does; after go they must be where they were)
  *
  * After go both check contents byte-exactly, then behaviour: a write
  * through fd 14 shows in C's mapping and C's write in the mapping shows
@@ -59,10 +61,12 @@
 #define PRIV_SIZE (4 * PAGE)
 #define SEG1_SIZE (3 * PAGE + 100)
 #define SEG2_SIZE (2 * PAGE)
-#define SEG1_P ((void *)0x50000000UL)
-#define SEG1_C ((void *)0x50100000UL)
-#define SEG2_P ((void *)0x50200000UL)
-#define SEG2_C ((void *)0x50300000UL)
+/* Where the segments are attached; the kernel chooses when it refuses
+ * these (qemu-user refuses any fixed address). */
+#define SEG1_P_AT ((void *)0x50000000UL)
+#define SEG1_C_AT ((void *)0x50100000UL)
+#define SEG2_P_AT ((void *)0x50200000UL)
+#define SEG2_C_AT ((void *)0x50300000UL)
 #define WAIT_MS 5000
 
 enum { BIG_SEED = 0xb16, SPARSE_SEED = 0x5a5e, SEALED_SEED = 0x5ea1, FUTURE_SEED = 0xf07e, SHARED_SEED = 0x5a4e,
@@ -73,6 +77,7 @@ enum { T_FD = 0x11110001, T_MAP = 0x22220002, T_NOFD = 0x33330003, T_NOFD_SEEN =
        T_SEG1 = 0x55550005, T_SEG2 = 0x66660006 };
 
 static uint8_t *sealed_map, *future_map, *shared_map, *mapped_map, *priv_map;
+static uint8_t *seg1_p, *seg1_c, *seg2_p, *seg2_c;
 static int seg1 = -1, seg2 = -1, extra_seg = -1;
 static key_t key1, key2;
 static pid_t child;
@@ -199,10 +204,14 @@ static void setup_memfds(void)
     fill_pattern(priv_map + 3 * PAGE, PAGE, PRIV2_SEED + 1);
 }
 
-static void attach_at(int id, void *addr, int flags, const char *what)
+static uint8_t *attach_at(int id, void *addr, int flags, const char *what)
 {
-    if (shmat(id, addr, flags) != addr)
+    void *p = shmat(id, addr, flags);
+    if (p == (void *)-1)
+        p = shmat(id, NULL, flags);
+    if (p == (void *)-1)
         die(what);
+    return p;
 }
 
 /* Waits until word i of map reads want; 0 after WAIT_MS. */
@@ -240,25 +249,24 @@ static void check_maps_name(const void *addr, const char *want)
 /* C: checks its views, answers P, reports through the shared memfd. */
 static void child_main(int ready_fd)
 {
-    attach_at(seg1, SEG1_C, SHM_RDONLY, "child attaching segment 1 read-only");
-    attach_at(seg2, SEG2_C, 0, "child attaching segment 2");
+    seg1_c = attach_at(seg1, SEG1_C_AT, SHM_RDONLY, "child attaching segment 1 read-only");
+    seg2_c = attach_at(seg2, SEG2_C_AT, 0, "child attaching segment 2");
     char one = 1;
     if (write(ready_fd, &one, 1) != 1)
         die("child ready");
     close(ready_fd);
     wait_go();
     if (perturb("rdonly")) {
-        if (shmdt(SEG1_C) != 0)
+        if (shmdt(seg1_c) != 0 || shmat(seg1, seg1_c, 0) != seg1_c)
             _exit(3);
-        attach_at(seg1, SEG1_C, 0, "child re-attaching segment 1");
     }
-    check_pattern("C: segment 1", SEG1_C, SEG1_SIZE, SEG1_SEED);
-    check_pattern("C: segment 2", SEG2_C, SEG2_SIZE, SEG2_SEED);
+    check_pattern("C: segment 1", seg1_c, SEG1_SIZE, SEG1_SEED);
+    check_pattern("C: segment 2", seg2_c, SEG2_SIZE, SEG2_SEED);
     check_pattern("C: shared memfd", shared_map + 2 * PAGE, PAGE, SHARED_SEED);
     check_pattern("C: fd-less memfd", mapped_map + 8, MAPPED_SIZE - 8, MAPPED_SEED);
-    check_maps_name(SEG1_C, "/SYSV");
+    check_maps_name(seg1_c, "/SYSV");
     check_maps_name(mapped_map, "/memfd:torpor-mapped (deleted)");
-    if (mprotect(SEG1_C, PAGE, PROT_READ | PROT_WRITE) == 0 || errno != EACCES)
+    if (mprotect(seg1_c, PAGE, PROT_READ | PROT_WRITE) == 0 || errno != EACCES)
         fail("C: segment 1 attached SHM_RDONLY: mprotect writable should fail with EACCES, got %s",
              strerror(errno));
     if (!await_word(shared_map, 0, T_FD))
@@ -267,9 +275,9 @@ static void child_main(int ready_fd)
     if (!await_word(mapped_map, 0, T_NOFD))
         fail("C: P's write to the fd-less memfd never showed (got %#x)", WORD(mapped_map, 0));
     WORD(shared_map, 2) = T_NOFD_SEEN;
-    if (!await_word(SEG1_C, 0, T_SEG1))
-        fail("C: P's write to segment 1 never showed (got %#x)", WORD(SEG1_C, 0));
-    WORD(SEG2_C, 0) = T_SEG2;
+    if (!await_word(seg1_c, 0, T_SEG1))
+        fail("C: P's write to segment 1 never showed (got %#x)", WORD(seg1_c, 0));
+    WORD(seg2_c, 0) = T_SEG2;
     if (failure_count)
         memcpy(shared_map + PAGE, first_failure, strlen(first_failure) + 1);
     _exit(failure_count ? 1 : 0);
@@ -300,10 +308,10 @@ static void setup_segments(void)
     if (read(ready_pipe[0], &b, 1) != 1)
         die("child setup");
     close(ready_pipe[0]);
-    attach_at(seg1, SEG1_P, 0, "attaching segment 1");
-    attach_at(seg2, SEG2_P, 0, "attaching segment 2");
-    fill_pattern(SEG1_P, SEG1_SIZE, SEG1_SEED);
-    fill_pattern(SEG2_P, SEG2_SIZE, SEG2_SEED);
+    seg1_p = attach_at(seg1, SEG1_P_AT, 0, "attaching segment 1");
+    seg2_p = attach_at(seg2, SEG2_P_AT, 0, "attaching segment 2");
+    fill_pattern(seg1_p, SEG1_SIZE, SEG1_SEED);
+    fill_pattern(seg2_p, SEG2_SIZE, SEG2_SEED);
     /* Both attached: removed now, it lives until the last detach. */
     if (shmctl(seg2, IPC_RMID, NULL) != 0)
         die("removing segment 2");
@@ -356,16 +364,16 @@ static void perturbations(void)
     if (perturb("private"))
         WORD(priv_map, 0) = WORD(priv_map, 0);
     if (perturb("sysv"))
-        ((uint8_t *)SEG1_P)[200] ^= 1;
+        seg1_p[200] ^= 1;
     if (perturb("sysv-id"))
         shmctl(seg1, IPC_RMID, NULL);
     if (perturb("sysv-shared")) {
         static uint8_t copy[SEG1_SIZE];
-        memcpy(copy, SEG1_P, SEG1_SIZE);
-        if (shmdt(SEG1_P) != 0 ||
-            mmap(SEG1_P, SEG1_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != SEG1_P)
+        memcpy(copy, seg1_p, SEG1_SIZE);
+        if (shmdt(seg1_p) != 0 ||
+            mmap(seg1_p, SEG1_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != seg1_p)
             _exit(3);
-        memcpy(SEG1_P, copy, SEG1_SIZE);
+        memcpy(seg1_p, copy, SEG1_SIZE);
     }
     if (perturb("removed"))
         extra_seg = shmget(key2, PAGE, IPC_CREAT | 0600);
@@ -503,8 +511,8 @@ static void check_segments(void)
              (ds.shm_perm.mode & SHM_DEST))
         fail("segment 1: expected %d bytes mode 0640 uid %d not removed, got %lu bytes mode 0%o uid %d", SEG1_SIZE,
              (int)getuid(), (unsigned long)ds.shm_segsz, (unsigned)ds.shm_perm.mode, (int)ds.shm_perm.uid);
-    check_pattern("segment 1", SEG1_P, SEG1_SIZE, SEG1_SEED);
-    check_maps_name(SEG1_P, "/SYSV");
+    check_pattern("segment 1", seg1_p, SEG1_SIZE, SEG1_SEED);
+    check_maps_name(seg1_p, "/SYSV");
 
     if (shmctl(seg2, IPC_STAT, &ds) != 0)
         fail("segment 2 IPC_STAT by id %d: %s", seg2, strerror(errno));
@@ -515,8 +523,8 @@ static void check_segments(void)
     /* The maps name keeps the key it was created with. */
     char name[32];
     snprintf(name, sizeof name, "/SYSV%08x (deleted)", (unsigned)key2);
-    check_maps_name(SEG2_P, name);
-    check_pattern("segment 2", SEG2_P, SEG2_SIZE, SEG2_SEED);
+    check_maps_name(seg2_p, name);
+    check_pattern("segment 2", seg2_p, SEG2_SIZE, SEG2_SEED);
 }
 
 static void exchange(void)
@@ -531,9 +539,9 @@ static void exchange(void)
     WORD(mapped_map, 0) = T_NOFD;
     if (!await_word(shared_map, 2, T_NOFD_SEEN))
         fail("C never saw P's write to the fd-less memfd");
-    WORD(SEG1_P, 0) = T_SEG1;
-    if (!await_word(SEG2_P, 0, T_SEG2))
-        fail("C's write to segment 2 never showed in P's attachment (got %#x)", WORD(SEG2_P, 0));
+    WORD(seg1_p, 0) = T_SEG1;
+    if (!await_word(seg2_p, 0, T_SEG2))
+        fail("C's write to segment 2 never showed in P's attachment (got %#x)", WORD(seg2_p, 0));
 }
 
 int main(int argc, char **argv)
