@@ -150,6 +150,77 @@ fn breadth_shm_posix_shm_survives_a_power_cycle() {
     check_log("breadth_shm", &log);
 }
 
+app_tests!(breadth_segments, "breadth_segments",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["big", "offset", "sparse", "sealed", "future", "shared", "description", "mapped", "private",
+                "sysv", "sysv-id", "sysv-shared", "removed", "rdonly"]);
+
+/// A power cycle empties the IPC namespace: segment 1 of breadth_segments
+/// (key 0x5452PPPP, still attached at the dump, so it survives the kill)
+/// is removed between dump and restore, and the restore must recreate it
+/// from the image with its id, key, size, mode and contents, attached
+/// again in both processes and shared between them.
+#[test]
+fn breadth_segments_sysv_survives_a_power_cycle() {
+    if !torpor_can_dump() {
+        return;
+    }
+    let log = must(harness::checkpoint_run_between("breadth_segments", &[], 2, &|pid, _| {
+        let key = 0x5452_0000 | (pid & 0xffff);
+        // SAFETY: shmget and shmctl take integers; IPC_RMID no buffer.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        if id < 0 {
+            return Err(format!("segment key {key:#x}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
+            return Err(format!("removing segment {id}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }));
+    check_log("breadth_segments", &log);
+}
+
+/// Between dump and restore another segment takes the key of segment 1
+/// of breadth_segments: the restore must refuse, naming the key and the
+/// segment holding it, before anything is created.
+#[test]
+fn breadth_segments_restore_refuses_a_taken_key() {
+    if !torpor_can_dump() {
+        return;
+    }
+    let intruder = std::cell::Cell::new(-1);
+    let key_of = |pid: i32| 0x5452_0000 | (pid & 0xffff);
+    let result = harness::checkpoint_run_between("breadth_segments", &[], 1, &|pid, _| {
+        let key = key_of(pid);
+        // SAFETY: shmget and shmctl take integers; IPC_RMID no buffer.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        // SAFETY: as above.
+        if id < 0 || unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
+            return Err(format!("removing segment key {key:#x}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        let other = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+        if other < 0 {
+            return Err(format!("creating another segment with key {key:#x}: {}", std::io::Error::last_os_error()));
+        }
+        intruder.set(other);
+        Ok(())
+    });
+    let other = intruder.get();
+    if other >= 0 {
+        // SAFETY: as above.
+        unsafe { libc::shmctl(other, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+    let err = match result {
+        Ok(log) => panic!("the restore should have been refused, the app ran on:\n{log}"),
+        Err(e) => e,
+    };
+    assert!(other >= 0, "{err}");
+    let want = format!("is now held by segment {other} (4096 bytes); remove it (ipcrm -m {other})");
+    assert!(err.contains("restore failed") && err.contains(&want), "expected a refusal containing {want:?}, got:\n{err}");
+}
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync"]);

@@ -264,4 +264,5 @@ pub mod nr {
     pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const SHMAT: i64 = 305;
 }

@@ -321,4 +321,5 @@ pub mod nr {
     pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const SHMAT: i64 = 30;
 }

@@ -64,6 +64,7 @@ pub fn probes() -> Vec<Probe> {
         p("clone3-set_tid", "clone3 with set_tid: restore with the original PIDs", Need::Required, probe_clone3_set_tid()),
         p("pidfd_getfd", "pidfd_open + pidfd_getfd: copy a task's file", Need::Optional, probe_pidfd_getfd()),
         p("time-namespace", "time namespaces: continuous monotonic clocks after restore", Need::Optional, probe_path("/proc/self/ns/time")),
+        p("sysv-shm-ids", "/proc/sys/kernel/shm_next_id: SysV segments recreated with their ids", Need::Optional, probe_path("/proc/sys/kernel/shm_next_id")),
         p("gpio-cdev", "/dev/gpiochip0: the power GPIO", Need::Optional, probe_path("/dev/gpiochip0")),
     ]
 }

@@ -169,6 +169,16 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
             let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })
         }
+        Kind::MemfdObject => to_json(rec.decode::<crate::image::records::MemfdObject>(), image_err, json_err)?,
+        Kind::SysvShm => to_json(rec.decode::<crate::image::records::SysvShm>(), image_err, json_err)?,
+        Kind::ObjectData => {
+            let d = rec.decode::<crate::image::records::ObjectData>().map_err(image_err)?;
+            let object = match d.object {
+                crate::image::records::ObjectRef::Memfd(id) => json!({ "memfd": id }),
+                crate::image::records::ObjectRef::Sysv(id) => json!({ "sysv": id }),
+            };
+            json!({ "object": object, "offset": d.offset, "bytes": d.bytes.len() })
+        }
         // The reader handles these itself and never returns them.
         Kind::Header | Kind::Trailer => Value::Null,
     };

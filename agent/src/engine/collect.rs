@@ -165,6 +165,9 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
         | (if m.exec { libc::PROT_EXEC } else { 0 });
     let backing = if SPECIAL_MAPPINGS.contains(&m.name.as_str()) {
         Backing::Special(m.name.clone())
+    } else if let Some(b) = crate::engine::files::mapped_object(m) {
+        // Before the inode test: SysV segment 0 has inode 0.
+        b
     } else if m.inode == 0 {
         // Private anonymous, [heap], [stack].
         Backing::Anon

@@ -112,6 +112,7 @@ pub fn dump_frozen_with<W: Write>(
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
+    crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files).step(wstep)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();
@@ -164,8 +165,11 @@ fn wanted(v: &Vma, entry: u64) -> bool {
         Backing::Shm { .. } => true,
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
+        // Memfds and SysV segments are stored as objects, once.
+        Backing::Memfd { .. } | Backing::Sysv { .. } if v.shared => false,
+        Backing::Sysv { .. } => false,
         // Private file pages count only once written (copied on write).
-        Backing::File { .. } => {
+        Backing::File { .. } | Backing::Memfd { .. } => {
             (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0
         }
     }

@@ -4,6 +4,9 @@
 //! ```text
 //!  Header
 //!  PipeData*                    every pipe's unread bytes, by pipe id
+//!  TmpfsFile*                   shared tmpfs files, by chunk
+//!  (MemfdObject | SysvShm) ObjectData*    each memfd and SysV segment,
+//!                               then its contents
 //!  Task MmFields Thread* Vma* Fd* Pages*     per process, parents first
 //!  Trailer
 //! ```
@@ -18,7 +21,7 @@ use crate::engine::state::{
 };
 use crate::image::records::{
     AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
-    ExternalPipe, PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
+    ExternalPipe, ObjectData, ObjectRef, PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
     Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread, Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
@@ -31,6 +34,10 @@ pub struct ImageState {
     pub processes: Vec<ProcessState>,
     /// Contents of tmpfs files the tree maps shared, by chunk.
     pub tmpfs_files: Vec<crate::image::records::TmpfsFile>,
+    /// Memfds the tree holds or maps (their contents stream at restore).
+    pub memfds: Vec<crate::image::records::MemfdObject>,
+    /// SysV shared memory segments the tree has attached.
+    pub sysv: Vec<crate::image::records::SysvShm>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
 }
@@ -151,6 +158,8 @@ fn vma_kind(v: &Vma) -> VmaKind {
         Backing::Anon => VmaKind::Anon,
         Backing::File { .. } if v.shared => VmaKind::SharedFile,
         Backing::File { .. } => VmaKind::PrivateFile,
+        Backing::Memfd { may_write, .. } => VmaKind::Memfd { may_write: *may_write },
+        Backing::Sysv { read_only, .. } => VmaKind::SysvShm { read_only: *read_only },
     }
 }
 
@@ -347,6 +356,15 @@ pub fn write_process<W: Write>(
                     ..Default::default()
                 }),
             ),
+            // The object's id names it; the path is for humans.
+            Backing::Memfd { id, offset, .. } => (
+                *offset,
+                Some(FileId { path: v.name.as_str().into(), inode: *id, ..Default::default() }),
+            ),
+            Backing::Sysv { shmid, offset, .. } => (
+                *offset,
+                Some(FileId { path: v.name.as_str().into(), inode: u64::from(shmid.unsigned_abs()), ..Default::default() }),
+            ),
             _ => (0, None),
         };
         w.record(
@@ -464,6 +482,21 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     PipeEnd::Write => OutsideEnd::Write,
                 };
                 external.insert(e.id, (e.inode, end));
+            }
+            Kind::MemfdObject => st.memfds.push(rec.decode()?),
+            Kind::SysvShm => st.sysv.push(rec.decode()?),
+            // Contents stream into the objects during the restore; here
+            // only where they go is checked.
+            Kind::ObjectData => {
+                let d: ObjectData = rec.decode()?;
+                let size = match d.object {
+                    ObjectRef::Memfd(id) => st.memfds.iter().find(|o| o.id == id).map(|o| o.size),
+                    ObjectRef::Sysv(id) => st.sysv.iter().find(|o| o.shmid == id).map(|o| o.size),
+                }
+                .ok_or_else(|| malformed(format!("contents of {:?} before its record", d.object)))?;
+                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > size) {
+                    return Err(malformed(format!("{} bytes at {} overflow {:?} of {size} bytes", d.bytes.len(), d.offset, d.object)));
+                }
             }
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
@@ -648,6 +681,15 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 }
                             }
                             VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
+                            VmaKind::Memfd { may_write } => {
+                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("memfd mapping at {:#x} names no memfd", v.start)))?;
+                                Backing::Memfd { id: f.inode, offset: v.offset, may_write }
+                            }
+                            VmaKind::SysvShm { read_only } => {
+                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("SysV mapping at {:#x} names no segment", v.start)))?;
+                                let shmid = i32::try_from(f.inode).map_err(|_| malformed(format!("SysV segment id {}", f.inode)))?;
+                                Backing::Sysv { shmid, offset: v.offset, read_only }
+                            }
                         };
                         if v.start >= v.end {
                             return Err(malformed(format!("empty mapping at {:#x}", v.start)));
@@ -782,7 +824,22 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     if let Some(id) = external.keys().next() {
         return Err(malformed(format!("an external-pipe record names pipe {id}, which has no data record")));
     }
+    for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
+        let known = match v.backing {
+            Backing::Memfd { id, .. } => st.memfds.iter().any(|o| o.id == id),
+            Backing::Sysv { shmid, .. } => st.sysv.iter().any(|o| o.shmid == shmid),
+            _ => true,
+        };
+        if !known {
+            return Err(malformed(format!("the mapping at {:#x} names an object the image does not hold", v.start)));
+        }
+    }
     for f in &st.files {
+        if let FileKind::Anon(crate::engine::files::AnonFile::MemfdFile(r)) = &f.kind {
+            if !st.memfds.iter().any(|o| o.id == r.id) {
+                return Err(malformed(format!("an fd names memfd {}, which has no record", r.id)));
+            }
+        }
         if let FileKind::Pipe { pipe, .. } = f.kind {
             if pipe as usize >= st.pipes.len() {
                 return Err(malformed(format!(
@@ -792,4 +849,56 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         }
     }
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::records::{MemfdObject, SysvShm};
+    use crate::image::Header;
+
+    /// Writes one record into a test image.
+    type Put<'a> = &'a dyn Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError>;
+
+    fn image(records: &[Put<'_>]) -> Vec<u8> {
+        let header = Header::for_host().expect("header");
+        let mut w = ImageWriter::new(Vec::new(), &header).expect("writer");
+        for write in records {
+            write(&mut w).expect("record");
+        }
+        w.finish().expect("finish").0
+    }
+
+    fn memfd(w: &mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
+        w.record(Kind::MemfdObject, &MemfdObject { id: 5, name: "m".into(), size: 100, ..Default::default() })
+    }
+
+    fn data(object: ObjectRef, offset: u64, len: usize) -> impl Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
+        move |w| w.record(Kind::ObjectData, &ObjectData { object, offset, bytes: vec![1; len] })
+    }
+
+    #[test]
+    fn objects_are_read_and_their_contents_checked() {
+        let sysv = |w: &mut ImageWriter<Vec<u8>>| {
+            w.record(Kind::SysvShm, &SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() })
+        };
+        let good = image(&[
+            &memfd,
+            &data(ObjectRef::Memfd(5), 90, 10),
+            &sysv,
+            &data(ObjectRef::Sysv(7), 0, 4096),
+        ]);
+        let st = read_state(&good[..]).expect("state");
+        assert_eq!(st.memfds.len(), 1);
+        assert_eq!(st.memfds[0].size, 100);
+        assert_eq!(st.sysv, vec![SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() }]);
+
+        let past_end = image(&[&memfd, &data(ObjectRef::Memfd(5), 90, 11)]);
+        let e = read_state(&past_end[..]).expect_err("overflow refused").to_string();
+        assert!(e.contains("11 bytes at 90 overflow"), "{e}");
+
+        let unknown = image(&[&memfd, &data(ObjectRef::Sysv(7), 0, 1)]);
+        let e = read_state(&unknown[..]).expect_err("unknown object refused").to_string();
+        assert!(e.contains("before its record"), "{e}");
+    }
 }

@@ -248,6 +248,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
         }
     }
+    crate::engine::files::Segments::check(st).map_err(|e| refused(step, e))?;
     Ok(())
 }
 
@@ -265,6 +266,8 @@ struct Objects {
     /// address and moves the parts it maps into place, so the object stays
     /// one object, as the kernel's own shared anonymous memory.
     shm: BTreeMap<u64, (u64, u64)>,
+    /// Memfds and SysV segments.
+    segs: crate::engine::files::Segments,
     high: i32,
 }
 
@@ -310,6 +313,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     let mut objs = Objects {
         fds: Vec::new(),
         shm: BTreeMap::new(),
+        segs: crate::engine::files::Segments::create(st, high).step(step)?,
         high,
     };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
@@ -422,7 +426,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     }
     let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
-        let fd = open_object(f, &mut pipe_ends, &mut pending, opts).step(step)?;
+        let fd = open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -443,6 +447,7 @@ fn open_object(
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
     pending: &mut crate::engine::files::Pending,
     opts: &RestoreOptions,
+    segs: &crate::engine::files::Segments,
 ) -> Result<i32, Cause> {
     let open_flags =
         (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
@@ -543,7 +548,7 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending),
+        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending, segs),
         FileKind::TorporConn => {
             let conn = opts
                 .torpor_conn
@@ -774,6 +779,8 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         targets.push(f.fd);
     }
     targets.push(report_fd);
+    // The memfds, for the tracer to map them (closed after).
+    targets.extend(objs.segs.fds());
     targets.sort_unstable();
     let mut next: u32 = 0;
     for &t in &targets {
@@ -1044,6 +1051,7 @@ fn map_process<'a>(
     p: &'a ProcessState,
     high_fd: i32,
     shm: &BTreeMap<u64, (u64, u64)>,
+    segs: &crate::engine::files::Segments,
 ) -> Result<Rebuild<'a>, Cause> {
     let pid = p.pid;
     let mem = Mem::open(pid)?;
@@ -1112,8 +1120,9 @@ fn map_process<'a>(
                 [addr, size, 0, 0, 0, 0],
             )?;
         }
+        segs.attach_sysv(r, p)?;
         for v in &p.vmas {
-            map_vma(r, &rb.mem, tramp, v)?;
+            map_vma(r, &rb.mem, tramp, v, segs)?;
         }
         // torpor's descriptors above the task's own: the report pipe may
         // still be open if the task was stopped right after reporting.
@@ -1205,7 +1214,7 @@ fn move_specials(
     Ok(())
 }
 
-fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cause> {
+fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, segs: &crate::engine::files::Segments) -> Result<(), Cause> {
     let len = v.end - v.start;
     let fixed = libc::MAP_FIXED_NOREPLACE;
     match &v.backing {
@@ -1225,35 +1234,40 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma) -> Result<(), Cau
             r.syscall("mmap (anonymous)", n, a)?;
             Ok(())
         }
-        // Moved into place with the specials.
-        Backing::Shm { .. } => Ok(()),
+        // Moved into place with the specials; attached before.
+        Backing::Shm { .. } | Backing::Sysv { .. } => Ok(()),
         Backing::File { path, offset, .. } => {
             let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
-            let fd = remote_open(
-                r,
-                mem,
-                tramp,
-                path,
-                if writable_shared {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                },
-            )?;
-            let flags = fixed
-                | if v.shared {
-                    libc::MAP_SHARED
-                } else {
-                    libc::MAP_PRIVATE
-                };
-            let fd_i = i32::try_from(fd).unwrap_or(-1);
-            let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, fd_i, *offset);
-            let res = r.syscall("mmap (file)", n, a);
-            r.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-            res.map_err(|e| Cause::Refused(format!("mapping {path} at {:#x}: {e}", v.start)))?;
-            Ok(())
+            map_from(r, mem, tramp, v, path, *offset, writable_shared)
+        }
+        // A shared memfd mapping that could not become writable (of a
+        // write-sealed memfd, say) is made from a read-only fd, which keeps
+        // it so and lets the seal be added after.
+        Backing::Memfd { id, offset, may_write } => {
+            map_from(r, mem, tramp, v, &segs.memfd_path(*id)?, *offset, v.shared && *may_write)
         }
     }
+}
+
+/// Maps `v` from the file at `path` (opened in the task, read-write when
+/// the mapping is shared and may write).
+fn map_from(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    v: &Vma,
+    path: &str,
+    offset: u64,
+    writable_shared: bool,
+) -> Result<(), Cause> {
+    let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
+    let flags = libc::MAP_FIXED_NOREPLACE | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let fd_i = i32::try_from(fd).unwrap_or(-1);
+    let (n, a) = arch::mmap_args(v.start, v.end - v.start, v.prot, flags, fd_i, offset);
+    let res = r.syscall("mmap (file)", n, a);
+    r.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    res.map_err(|e| Cause::Refused(format!("mapping {} ({path}) at {:#x}: {e}", v.name, v.start)))?;
+    Ok(())
 }
 
 /// The kernel's `struct prctl_mm_map`: `auxv` is a native pointer (`__u64 *`),
@@ -1666,6 +1680,7 @@ fn rebuild_all<R: Read>(
     created: &mut Created,
     high_fd: i32,
     shm: &BTreeMap<u64, (u64, u64)>,
+    segs: &mut crate::engine::files::Segments,
 ) -> Result<RestoreStats, EngineError> {
     let rstep = || "read image".to_string();
     let mut rd = ImageReader::new(image).step(rstep)?;
@@ -1700,7 +1715,7 @@ fn rebuild_all<R: Read>(
                     stats.processes += 1;
                     continue;
                 }
-                cur = Some(map_process(p, high_fd, shm).step(|| format!("map memory {}", p.pid))?);
+                cur = Some(map_process(p, high_fd, shm, segs).step(|| format!("map memory {}", p.pid))?);
             }
             Kind::Pages => {
                 let rb = cur
@@ -1718,6 +1733,10 @@ fn rebuild_all<R: Read>(
                     .write(RemotePtr::<u8>::new(vaddr), data)
                     .step(|| format!("write memory {}", rb.p.pid))?;
                 stats.page_bytes += data.len() as u64;
+            }
+            Kind::ObjectData => {
+                let d = rec.decode().step(rstep)?;
+                segs.fill(&d).step(|| "fill memfds and SysV segments".to_string())?;
             }
             _ => {}
         }
@@ -1742,7 +1761,7 @@ pub fn restore<R: Read>(
         return Err(last_os()).step(|| "restore".to_string());
     }
     crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
-    let objs = open_objects(st, opts)?;
+    let mut objs = open_objects(st, opts)?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     let high_fd = objs.high;
@@ -1762,7 +1781,9 @@ pub fn restore<R: Read>(
             }
         }
     }
-    let stats = rebuild_all(st, image, &mut created, high_fd, &shm)?;
+    let stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
+    // Seals and removals once every task has its mappings.
+    objs.segs.finish().step(|| "seal memfds and remove SysV segments".to_string())?;
     drop(objs);
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.

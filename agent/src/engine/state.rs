@@ -160,6 +160,12 @@ pub enum Backing {
     /// A kernel-provided mapping moved into place, never copied: `[vdso]`,
     /// `[vvar]`, `[vvar_vclock]`, `[sigpage]`.
     Special(String),
+    /// A memfd (`crate::image::records::MemfdObject`, by inode) mapped at
+    /// `offset`, shared or private; `may_write`: VmFlags `mw`.
+    Memfd { id: u64, offset: u64, may_write: bool },
+    /// A SysV shared memory segment attached at `start - offset`;
+    /// `read_only`: attached with `SHM_RDONLY`.
+    Sysv { shmid: i32, offset: u64, read_only: bool },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1002,6 +1002,9 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::Pages => "a pages record",
         Kind::Trailer => "the trailer",
         Kind::TmpfsFile => "a tmpfs-file record",
+        Kind::MemfdObject => "a memfd record",
+        Kind::SysvShm => "a sysv-shm record",
+        Kind::ObjectData => "an object-data record",
         Kind::ExternalPipe => "an external-pipe record",
     }
 }

@@ -32,8 +32,15 @@ pub enum Kind {
     Trailer = 9,
     /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
     TmpfsFile = 10,
+    /// A memfd the tree holds or maps: name, size, seals (contents follow
+    /// as `object-data`).
+    MemfdObject = 11,
+    /// A SysV shared memory segment the tree has attached.
+    SysvShm = 12,
+    /// A piece of the contents of a memfd or SysV segment.
+    ObjectData = 13,
     /// A pipe whose other end a process outside the tree holds.
-    ExternalPipe = 11,
+    ExternalPipe = 14,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -52,7 +59,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -63,6 +70,9 @@ impl Kind {
         Kind::Pages,
         Kind::Trailer,
         Kind::TmpfsFile,
+        Kind::MemfdObject,
+        Kind::SysvShm,
+        Kind::ObjectData,
         Kind::ExternalPipe,
     ];
 
@@ -79,9 +89,8 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile | Kind::ExternalPipe => {
-                STATE_LIMIT
-            }
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
+            Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
         }
     }
 
@@ -98,6 +107,9 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Trailer => "trailer",
             Kind::TmpfsFile => "tmpfs-file",
+            Kind::MemfdObject => "memfd",
+            Kind::SysvShm => "sysv-shm",
+            Kind::ObjectData => "object-data",
             Kind::ExternalPipe => "external-pipe",
         }
     }
@@ -388,6 +400,14 @@ pub enum VmaKind {
     VvarVclock,
     Sigpage,
     Vectors,
+    /// A mapping of a memfd (`MAP_SHARED` or `MAP_PRIVATE` in `flags`),
+    /// named by `file.inode`; `may_write`: the mapping may become writable
+    /// (`VmFlags` `mw`), which a shared mapping of a write-sealed memfd
+    /// never may.
+    Memfd { may_write: bool },
+    /// A SysV shared memory attachment; `file.inode` is the shmid.
+    /// `read_only`: attached with `SHM_RDONLY`.
+    SysvShm { read_only: bool },
 }
 
 /// The identity of a file a restore depends on; a restore refuses a file
@@ -498,9 +518,22 @@ pub enum FdKind {
     TorporConn {
         flags: u32,
     },
+    /// A memfd stored as a [`MemfdObject`] (by id): one object whatever
+    /// the number of fds, descriptions and mappings that refer to it.
+    MemfdFile { flags: u32, state: MemfdRef },
 }
 
-/// A memfd (`memfd_create`): name, contents, seals and file offset.
+/// An open file description of a memfd: the object and the offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemfdRef {
+    /// The [`MemfdObject`] id.
+    pub id: u64,
+    pub offset: u64,
+}
+
+/// A memfd (`memfd_create`) with its contents inline, as images of
+/// torpor before `memfd` records hold them: name, contents, seals and file
+/// offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Memfd {
     /// The name given to memfd_create (without the `memfd:` prefix).
@@ -771,6 +804,69 @@ pub struct TmpfsFile {
     /// The file's size.
     pub size: u64,
     /// Where `bytes` go in the file.
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The most bytes one `ObjectData` record carries.
+pub const OBJECT_CHUNK: usize = 48 * 1024;
+
+/// A memfd held or mapped by the tree; its contents follow as
+/// [`ObjectData`] records (holes and all-zero chunks left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemfdObject {
+    /// The memfd's inode at the dump: fds and mappings name it.
+    pub id: u64,
+    /// The name given to memfd_create (without the `memfd:` prefix).
+    pub name: RawPath,
+    pub size: u64,
+    /// `F_GET_SEALS`; `F_SEAL_SEAL` alone for a memfd made without
+    /// `MFD_ALLOW_SEALING`.
+    pub seals: u32,
+    /// Permission bits and owner of the inode.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A SysV shared memory segment attached by the tree (`/proc/sysvipc/shm`);
+/// its contents follow as [`ObjectData`] records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvShm {
+    pub shmid: i32,
+    /// `IPC_PRIVATE` (0) for a segment marked for removal.
+    pub key: i32,
+    pub size: u64,
+    /// Permission bits (`0o777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    /// The creator's pid: with the id, key and size, what tells the
+    /// segment from another one with the same id on the same boot.
+    pub cpid: i32,
+    /// Marked for removal (`IPC_RMID` while attached, `SHM_DEST`).
+    pub removed: bool,
+    /// The key the segment was created with, which its maps name shows
+    /// (`/SYSV<key>`) even once removal made its key `IPC_PRIVATE`.
+    pub created_key: i32,
+}
+
+/// Which object an [`ObjectData`] record fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectRef {
+    /// A [`MemfdObject`], by id.
+    Memfd(u64),
+    /// A [`SysvShm`], by shmid.
+    Sysv(i32),
+}
+
+/// Bytes of a memfd or SysV segment at `offset`; what no record covers
+/// reads as zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectData {
+    pub object: ObjectRef,
     pub offset: u64,
     pub bytes: Vec<u8>,
 }

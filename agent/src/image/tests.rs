@@ -330,7 +330,9 @@ fn every_record_kind_round_trips() {
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
             Kind::ExternalPipe => assert_eq!(rec.decode::<ExternalPipe>().expect("external pipe"), external_pipe()),
-            Kind::TmpfsFile => panic!("no tmpfs-file record was written"),
+            Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData => {
+                panic!("no {} record was written", rec.kind())
+            }
         }
     }
     assert_eq!(fds_back, fds());

@@ -1,91 +1,183 @@
-//! memfd: recreated with memfd_create under the same name, its contents
-//! written back, its size and offset set and its seals added last (a seal
-//! against writing would refuse the contents).
+//! memfd: one object per inode, whatever the number of fds, open file
+//! descriptions and mappings (shared or private, in any process of the
+//! tree) that refer to it, a mapping whose fd was closed included.
+//!
+//! A dump stores each object once (`memfd` record: name, size, seals, mode,
+//! owner) with its contents in `object-data` chunks, holes and all-zero
+//! chunks left out; fds refer to it by id with their own offset and flags.
+//! A restore creates the memfd in torpor before forking (every task
+//! inherits it), fills it, reopens it for each description and maps it
+//! in each task; the seals come last, once every mapping exists, since a
+//! seal against writing refuses the contents and, for F_SEAL_WRITE, any
+//! writable shared mapping.
 #![allow(unsafe_code)]
 
-use std::os::fd::AsRawFd;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
-use super::{dup_from, into_raw, last_os, owned};
-use crate::image::records::{Memfd, RawPath};
+use super::{into_raw, last_os, owned};
+use crate::engine::procfs::MapEntry;
+use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState};
+use crate::engine::Cause;
+use crate::image::records::{Kind, Memfd, MemfdObject, MemfdRef, ObjectRef, RawPath};
+use crate::image::ImageWriter;
 
-/// The largest memfd kept (its contents travel in its fd record).
-pub const MEMFD_LIMIT: u64 = crate::image::records::UNLINKED_LIMIT;
+/// `HUGETLBFS_MAGIC` from linux/magic.h: a memfd made with MFD_HUGETLB.
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
-/// The memfd name in a /proc link `/memfd:NAME (deleted)`.
+/// The memfd name in a /proc link or maps name `/memfd:NAME (deleted)`.
 pub(super) fn name_of(link: &str) -> Option<&str> {
     link.strip_prefix("/memfd:").and_then(|s| s.strip_suffix(" (deleted)"))
 }
 
-pub(super) fn collect(pid: i32, fd: i32, name: &str, pos: u64) -> Result<Memfd, String> {
-    let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
-    // SAFETY: fcntl on our duplicate.
-    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
-        return Err(format!("F_GET_SEALS: {}", last_os()));
-    }
-    let size = std::fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| e.to_string())?.len();
-    if size > MEMFD_LIMIT {
-        return Err(format!("{size} bytes (torpor keeps memfds up to {MEMFD_LIMIT} bytes)"));
-    }
-    let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
-    let mut got = 0;
-    while got < bytes.len() {
-        let off = libc::off_t::try_from(got).unwrap_or(0);
-        // SAFETY: pread into the unfilled part of `bytes`; the offset of the
-        // shared description is left alone.
-        let n = unsafe { libc::pread(f.as_raw_fd(), bytes[got..].as_mut_ptr().cast(), bytes.len() - got, off) };
-        if n <= 0 {
-            return Err(format!("reading the contents: {}", last_os()));
-        }
-        got += n.unsigned_abs();
-    }
-    while bytes.last() == Some(&0) {
-        bytes.pop();
-    }
-    Ok(Memfd { name: RawPath::from(name), size, bytes, seals: seals.unsigned_abs(), offset: pos })
+/// The description behind fd `fd` of `pid`: its memfd (by inode) and
+/// offset.
+pub(super) fn collect(pid: i32, fd: i32, pos: u64) -> Result<MemfdRef, String> {
+    let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|e| e.to_string())?;
+    Ok(MemfdRef { id: md.ino(), offset: pos })
 }
 
-pub(super) fn open(s: &Memfd, flags: u32) -> Result<i32, std::io::Error> {
-    let name = std::ffi::CString::new(s.name.as_bytes().to_vec()).map_err(|_| std::io::Error::other("memfd name with NUL"))?;
+/// A mapping of a memfd, shared or private.
+pub(super) fn mapping(m: &MapEntry) -> Option<Backing> {
+    name_of(&m.name)?;
+    Some(Backing::Memfd { id: m.inode, offset: m.offset, may_write: m.has_flag("mw") })
+}
+
+/// Where torpor can open each memfd of the tree: an fd of a process, or
+/// a mapping (`map_files`) when no fd refers to it.
+fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for p in procs {
+        for f in &p.fds {
+            if let Some(OpenFile { kind: FileKind::Anon(super::AnonFile::MemfdFile(r)), .. }) = files.get(f.file as usize) {
+                out.entry(r.id).or_insert_with(|| format!("/proc/{}/fd/{}", p.pid, f.fd));
+            }
+        }
+    }
+    for p in procs {
+        for v in &p.vmas {
+            if let Backing::Memfd { id, .. } = v.backing {
+                out.entry(id).or_insert_with(|| format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end));
+            }
+        }
+    }
+    out
+}
+
+/// Stores every memfd of the tree: its record, then its contents.
+pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState], files: &[OpenFile]) -> Result<(), Cause> {
+    for (id, source) in sources(procs, files) {
+        let refuse = |what: String| Cause::Unsupported(format!("memfd {source}: {what}"));
+        let link = std::fs::read_link(&source).map_err(|e| refuse(e.to_string()))?;
+        let link = link.to_string_lossy();
+        let name = name_of(&link).ok_or_else(|| refuse(format!("{link} is not a memfd")))?;
+        let f = std::fs::File::open(&source).map_err(|e| refuse(format!("opening it: {e}")))?;
+        let md = f.metadata()?;
+        if md.ino() != id {
+            return Err(refuse(format!("inode {} changed to {}", id, md.ino())));
+        }
+        if super::fs_magic(f.as_raw_fd())? == HUGETLBFS_MAGIC {
+            return Err(refuse("a hugetlb memfd, which torpor cannot restore".into()));
+        }
+        // SAFETY: fcntl on our own fd.
+        let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(refuse(format!("F_GET_SEALS: {}", last_os())));
+        }
+        let obj = MemfdObject {
+            id,
+            name: RawPath::from(name),
+            size: md.size(),
+            seals: seals.unsigned_abs(),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        };
+        w.record(Kind::MemfdObject, &obj)?;
+        super::write_contents(w, &f, md.size(), ObjectRef::Memfd(id)).map_err(|e| refuse(format!("reading its contents: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Creates the memfd of `o`, empty at its size, with its mode and owner;
+/// its contents and seals come later.
+pub(super) fn create(o: &MemfdObject) -> Result<OwnedFd, std::io::Error> {
+    let name = std::ffi::CString::new(o.name.as_bytes().to_vec()).map_err(|_| std::io::Error::other("memfd name with NUL"))?;
     let mut mfd_flags = libc::MFD_CLOEXEC;
     // A memfd made without MFD_ALLOW_SEALING shows F_SEAL_SEAL alone.
-    if s.seals != libc::F_SEAL_SEAL.unsigned_abs() {
+    if o.seals != libc::F_SEAL_SEAL.unsigned_abs() {
         mfd_flags |= libc::MFD_ALLOW_SEALING;
     }
     // SAFETY: memfd_create with a valid C string.
     let f = owned(libc::c_long::from(unsafe { libc::memfd_create(name.as_ptr(), mfd_flags) }))?;
-    let fd = f.as_raw_fd();
-    let mut off = 0;
-    while off < s.bytes.len() {
-        // SAFETY: writing from our buffer.
-        let n = unsafe { libc::write(fd, s.bytes[off..].as_ptr().cast(), s.bytes.len() - off) };
-        if n <= 0 {
-            return Err(last_os());
-        }
-        off += n.unsigned_abs();
-    }
-    let size = libc::off_t::try_from(s.size).map_err(|_| std::io::Error::other("memfd size"))?;
+    let size = libc::off_t::try_from(o.size).map_err(|_| std::io::Error::other(format!("memfd size {} too large here", o.size)))?;
     // SAFETY: integer arguments on our fd.
-    if unsafe { libc::ftruncate(fd, size) } < 0 {
+    if unsafe { libc::ftruncate(f.as_raw_fd(), size) } < 0 {
         return Err(last_os());
     }
-    let pos = libc::off_t::try_from(s.offset).unwrap_or(0);
     // SAFETY: integer arguments on our fd.
-    if unsafe { libc::lseek(fd, pos, libc::SEEK_SET) } < 0 {
+    if unsafe { libc::fchmod(f.as_raw_fd(), o.mode as libc::mode_t) } < 0 {
         return Err(last_os());
     }
-    let status = i32::try_from(flags).unwrap_or(0) & (libc::O_NONBLOCK | libc::O_APPEND);
+    std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))?;
+    Ok(f)
+}
+
+/// A new open file description of the memfd `obj` (an fd of torpor) with
+/// the saved status flags and offset.
+pub(super) fn reopen(obj: i32, r: &MemfdRef, flags: u32) -> Result<i32, std::io::Error> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{obj}")).map_err(|_| std::io::Error::other("fd path"))?;
+    let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_LARGEFILE;
+    let oflags = (i32::try_from(flags).unwrap_or(0) & keep) | libc::O_CLOEXEC;
+    // SAFETY: open with a valid C string.
+    let f = owned(libc::c_long::from(unsafe { libc::open(path.as_ptr(), oflags) }))?;
+    let pos = libc::off_t::try_from(r.offset).map_err(|_| std::io::Error::other(format!("offset {} too large here", r.offset)))?;
     // SAFETY: integer arguments on our fd.
-    if status != 0 && unsafe { libc::fcntl(fd, libc::F_SETFL, status) } < 0 {
+    if unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_SET) } < 0 {
         return Err(last_os());
-    }
-    // Without MFD_ALLOW_SEALING a memfd starts sealed with F_SEAL_SEAL only.
-    if mfd_flags & libc::MFD_ALLOW_SEALING != 0 && s.seals != 0 {
-        let seals = i32::try_from(s.seals).unwrap_or(0);
-        // SAFETY: integer arguments on our fd.
-        if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(last_os());
-        }
     }
     Ok(into_raw(f))
+}
+
+/// Adds the saved seals, once every mapping exists.
+pub(super) fn seal(fd: i32, o: &MemfdObject) -> Result<(), std::io::Error> {
+    // Without MFD_ALLOW_SEALING the memfd already has F_SEAL_SEAL alone.
+    if o.seals == 0 || o.seals == libc::F_SEAL_SEAL.unsigned_abs() {
+        return Ok(());
+    }
+    let seals = i32::try_from(o.seals).map_err(|_| std::io::Error::other("seals"))?;
+    // SAFETY: integer arguments on our fd.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(last_os());
+    }
+    Ok(())
+}
+
+/// A memfd of an image written before memfds became objects: contents
+/// inline, one memfd per description.
+pub(super) fn open_inline(s: &Memfd, flags: u32) -> Result<i32, std::io::Error> {
+    let obj = MemfdObject {
+        id: 0,
+        name: s.name.clone(),
+        size: s.size,
+        seals: s.seals,
+        mode: 0o777,
+        // SAFETY: getuid/getgid have no memory effects.
+        uid: unsafe { libc::getuid() },
+        // SAFETY: as above.
+        gid: unsafe { libc::getgid() },
+    };
+    let f = create(&obj)?;
+    super::pwrite_all(f.as_raw_fd(), &s.bytes, 0)?;
+    let fd = reopen(f.as_raw_fd(), &MemfdRef { id: 0, offset: s.offset }, flags)?;
+    // The description is what the task gets: it keeps the memfd alive.
+    drop(f);
+    if let Err(e) = seal(fd, &obj) {
+        // SAFETY: closing our fd on the error path.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    Ok(fd)
 }

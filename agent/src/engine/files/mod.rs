@@ -14,17 +14,22 @@ mod locks;
 mod memfd;
 mod signalfd;
 mod sock;
+mod sysv;
 mod timerfd;
 mod tmpfs;
 mod unix;
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
-use crate::image::records::{Epoll, EventFd, FdKind, Inotify, SignalFd, TimerFd, UnixSocket, InetSocket, Memfd};
+use crate::image::records::{
+    Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData, ObjectRef, SignalFd, TimerFd,
+    UnixSocket, OBJECT_CHUNK,
+};
 
 pub use unix::Pending;
 
@@ -38,7 +43,10 @@ pub enum AnonFile {
     Inotify(Inotify),
     Unix(UnixSocket),
     Inet(InetSocket),
+    /// A memfd with its contents inline (images of an older torpor).
     Memfd(Memfd),
+    /// A description of a memfd object (`engine::files::memfd`).
+    MemfdFile(MemfdRef),
 }
 
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
@@ -51,11 +59,11 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
         "anon_inode:[eventpoll]" => "eventpoll",
         "anon_inode:inotify" => "inotify",
         _ => {
-            if let Some(name) = memfd::name_of(link) {
+            if memfd::name_of(link).is_some() {
                 let info = procfs::parse_fdinfo(&format!("/proc/{pid}/fdinfo/{fd}"), &procfs::read(&format!("/proc/{pid}/fdinfo/{fd}"))?)?;
-                let m = memfd::collect(pid, fd, name, info.pos)
+                let m = memfd::collect(pid, fd, info.pos)
                     .map_err(|e| Cause::Unsupported(format!("fd {fd} of process {pid} is a memfd ({link}): {e}")))?;
-                return Ok(Some(AnonFile::Memfd(m)));
+                return Ok(Some(AnonFile::MemfdFile(m)));
             }
             return collect_socket(pid, fd, link);
         }
@@ -117,8 +125,9 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
 }
 
 /// Creates the object again in torpor; `flags` are its saved status flags;
-/// `pending` holds pair ends between the opening of two peers.
-pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Cause> {
+/// `pending` holds pair ends between the opening of two peers; memfds are
+/// reopened from `segs`.
+pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending, segs: &Segments) -> Result<i32, Cause> {
     let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
     let r = match a {
         AnonFile::EventFd(s) => eventfd::open(s, nonblock),
@@ -128,7 +137,11 @@ pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Caus
         AnonFile::Inotify(s) => inotify::open(s, nonblock),
         AnonFile::Unix(s) => unix::open(s, nonblock, pending),
         AnonFile::Inet(s) => inet::open(s, nonblock),
-        AnonFile::Memfd(s) => memfd::open(s, flags),
+        AnonFile::Memfd(s) => memfd::open_inline(s, flags),
+        AnonFile::MemfdFile(r) => match segs.memfds.get(&r.id) {
+            Some((fd, _)) => memfd::reopen(*fd, r, flags),
+            None => return Err(Cause::Refused(format!("memfd {} is not in the image", r.id))),
+        },
     };
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
 }
@@ -143,7 +156,7 @@ impl AnonFile {
             AnonFile::Inotify(_) => "an inotify instance",
             AnonFile::Unix(_) => "a UNIX socket",
             AnonFile::Inet(_) => "a TCP or UDP socket",
-            AnonFile::Memfd(_) => "a memfd",
+            AnonFile::Memfd(_) | AnonFile::MemfdFile(_) => "a memfd",
         }
     }
 
@@ -158,6 +171,7 @@ impl AnonFile {
             AnonFile::Unix(state) => FdKind::Unix { flags, state },
             AnonFile::Inet(state) => FdKind::Inet { flags, state },
             AnonFile::Memfd(state) => FdKind::Memfd { flags, state },
+            AnonFile::MemfdFile(state) => FdKind::MemfdFile { flags, state },
         }
     }
 
@@ -173,6 +187,7 @@ impl AnonFile {
             FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
             FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
             FdKind::Memfd { flags, state } => (flags, AnonFile::Memfd(state)),
+            FdKind::MemfdFile { flags, state } => (flags, AnonFile::MemfdFile(state)),
             _ => return None,
         })
     }
@@ -227,6 +242,188 @@ pub fn recreate_tmpfs_files(st: &crate::engine::image_io::ImageState) -> Result<
     tmpfs::recreate(st)
 }
 
+/// The backing of a mapping of a memfd or a SysV segment; `None` for any
+/// other mapping.
+pub fn mapped_object(m: &crate::engine::procfs::MapEntry) -> Option<crate::engine::state::Backing> {
+    memfd::mapping(m).or_else(|| sysv::mapping(m))
+}
+
+/// Stores the memfds and SysV segments the processes hold or map, before
+/// any process: a restore creates them before forking.
+pub fn write_objects<'a, W: std::io::Write>(
+    w: &mut crate::image::ImageWriter<W>,
+    procs: impl Iterator<Item = &'a ProcessState>,
+    files: &[OpenFile],
+) -> Result<(), Cause> {
+    let procs: Vec<&ProcessState> = procs.collect();
+    memfd::write(w, &procs, files)?;
+    sysv::write(w, &procs)
+}
+
+/// Streams the contents of a memfd or SysV segment (`f` reads it) as
+/// `object-data` records: only data ranges (`SEEK_DATA`), and of those only
+/// chunks that are not all zeros, so a sparse object costs nothing.
+fn write_contents<W: std::io::Write>(
+    w: &mut crate::image::ImageWriter<W>,
+    f: &std::fs::File,
+    size: u64,
+    object: ObjectRef,
+) -> Result<(), Cause> {
+    use std::os::unix::fs::FileExt;
+    let seek = |at: u64, whence: i32| -> Result<Option<u64>, std::io::Error> {
+        let Ok(off) = libc::off_t::try_from(at) else { return Ok(None) };
+        // SAFETY: lseek on our own fd, integer arguments.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 {
+            let e = last_os();
+            // ENXIO: no data at or after `at`.
+            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+        }
+        Ok(u64::try_from(r).ok())
+    };
+    let mut buf = vec![0u8; OBJECT_CHUNK];
+    let mut at = 0u64;
+    while at < size {
+        let Some(start) = seek(at, libc::SEEK_DATA)? else { break };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        // Chunks aligned to the chunk size, whatever the data ranges.
+        let mut pos = start;
+        while pos < end {
+            let room = OBJECT_CHUNK as u64 - pos % OBJECT_CHUNK as u64;
+            let n = usize::try_from(room.min(end - pos)).unwrap_or(OBJECT_CHUNK);
+            f.read_exact_at(&mut buf[..n], pos)?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                w.record(crate::image::Kind::ObjectData, &ObjectData { object, offset: pos, bytes: buf[..n].to_vec() })?;
+            }
+            pos += n as u64;
+        }
+        at = end.max(start + 1);
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` at `off` of `fd`.
+fn pwrite_all(fd: i32, bytes: &[u8], off: u64) -> Result<(), std::io::Error> {
+    let mut done = 0;
+    while done < bytes.len() {
+        let at = libc::off_t::try_from(off + done as u64).map_err(|_| std::io::Error::other(format!("offset {off} too large here")))?;
+        // SAFETY: writing from our buffer into our fd.
+        let n = unsafe { libc::pwrite(fd, bytes[done..].as_ptr().cast(), bytes.len() - done, at) };
+        if n <= 0 {
+            return Err(last_os());
+        }
+        done += n.unsigned_abs();
+    }
+    Ok(())
+}
+
+/// The file system magic of the file behind `fd` (`fstatfs`).
+fn fs_magic(fd: i32) -> Result<u64, std::io::Error> {
+    // SAFETY: statfs is plain integers; all-zero is valid.
+    let mut s: libc::statfs = unsafe { core::mem::zeroed() };
+    // SAFETY: fstatfs writes one struct.
+    if unsafe { libc::fstatfs(fd, &raw mut s) } < 0 {
+        return Err(last_os());
+    }
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    let magic = s.f_type as u64;
+    Ok(magic)
+}
+
+/// The memfds and SysV segments of an image during a restore: created
+/// before the tasks are forked (they inherit the memfds), filled from the
+/// image's `object-data` records, mapped by each task, sealed or marked
+/// for removal once every task has mapped them.
+#[derive(Debug, Default)]
+pub struct Segments {
+    /// torpor's fd of each memfd, by id.
+    memfds: BTreeMap<u64, (i32, MemfdObject)>,
+    sysv: BTreeMap<i32, sysv::Restored>,
+}
+
+impl Segments {
+    /// Refuses, before anything is created, segments that cannot come back
+    /// (their id or key is another segment's now).
+    pub fn check(st: &crate::engine::image_io::ImageState) -> Result<(), String> {
+        sysv::check(st)
+    }
+
+    /// Creates the image's memfds (fds at or above `high`) and SysV segments.
+    pub fn create(st: &crate::engine::image_io::ImageState, high: i32) -> Result<Segments, Cause> {
+        let mut segs = Segments::default();
+        for o in &st.memfds {
+            let f = memfd::create(o).map_err(|e| Cause::Refused(format!("recreating memfd {}: {e}", o.name)))?;
+            // SAFETY: fcntl on our own fd; the duplicate is ours.
+            let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, high) };
+            if fd < 0 {
+                return Err(last_os().into());
+            }
+            segs.memfds.insert(o.id, (fd, o.clone()));
+        }
+        for s in &st.sysv {
+            let r = sysv::prepare(s).map_err(|e| Cause::Refused(e.to_string()))?;
+            segs.sysv.insert(s.shmid, r);
+        }
+        Ok(segs)
+    }
+
+    /// torpor's fds of the memfds, which each task keeps until its
+    /// mappings are made.
+    pub fn fds(&self) -> Vec<i32> {
+        self.memfds.values().map(|(fd, _)| *fd).collect()
+    }
+
+    /// Where a task opens memfd `id` to map it: torpor's fd, inherited.
+    pub fn memfd_path(&self, id: u64) -> Result<String, Cause> {
+        let (fd, _) = self.memfds.get(&id).ok_or_else(|| Cause::Refused(format!("memfd {id} is not in the image")))?;
+        Ok(format!("/proc/self/fd/{fd}"))
+    }
+
+    /// Writes one `object-data` record into its object.
+    pub fn fill(&mut self, d: &ObjectData) -> Result<(), Cause> {
+        match d.object {
+            ObjectRef::Memfd(id) => {
+                let (fd, o) = self.memfds.get(&id).ok_or_else(|| Cause::Refused(format!("contents of memfd {id}, which is not in the image")))?;
+                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > o.size) {
+                    return Err(Cause::Refused(format!("{} bytes at {} overflow memfd {} of {} bytes", d.bytes.len(), d.offset, o.name, o.size)));
+                }
+                pwrite_all(*fd, &d.bytes, d.offset).map_err(|e| Cause::Refused(format!("filling memfd {}: {e}", o.name)))
+            }
+            ObjectRef::Sysv(id) => {
+                let s = self.sysv.get_mut(&id).ok_or_else(|| Cause::Refused(format!("contents of SysV segment {id}, which is not in the image")))?;
+                s.fill(d.offset, &d.bytes).map_err(|e| Cause::Refused(e.to_string()))
+            }
+        }
+    }
+
+    /// In a task being rebuilt: attaches its SysV segments in place.
+    pub fn attach_sysv(&self, r: &mut crate::engine::remote::Remote<'_>, p: &ProcessState) -> Result<(), Cause> {
+        let sizes: BTreeMap<i32, u64> = self.sysv.values().map(|s| (s.shmid(), s.size())).collect();
+        sysv::attach(r, p, &sizes)
+    }
+
+    /// Once every task has its mappings: memfds get their seals, segments
+    /// marked for removal are removed, torpor lets go of all of them.
+    pub fn finish(&mut self) -> Result<(), Cause> {
+        for (fd, o) in self.memfds.values() {
+            memfd::seal(*fd, o).map_err(|e| Cause::Refused(format!("sealing memfd {} with {:#x}: {e}", o.name, o.seals)))?;
+        }
+        for s in self.sysv.values_mut() {
+            s.finish().map_err(|e| Cause::Refused(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Segments {
+    fn drop(&mut self) {
+        for (fd, _) in self.memfds.values() {
+            // SAFETY: closing the fds this struct opened.
+            unsafe { libc::close(*fd) };
+        }
+    }
+}
+
 /// The value of a `key:` line of an fdinfo text.
 fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
     info.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
@@ -266,4 +463,43 @@ fn dup_from(pid: i32, fd: i32) -> Result<OwnedFd, std::io::Error> {
 fn into_raw(f: OwnedFd) -> i32 {
     use std::os::fd::IntoRawFd;
     f.into_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::Backing;
+
+    const SMAPS: &str = "\
+7f062f5ac000-7f062f6ac000 rw-p 00002000 00:01 3097                       /memfd:hello (deleted)
+VmFlags: rd wr mr mw me ac
+7f062f6ac000-7f062f7ac000 r--s 00000000 00:01 3098                       /memfd:sealed (deleted)
+VmFlags: rd sh mr me ms
+50100000-50104000 r--s 00000000 00:01 0                          /SYSV545233bc (deleted)
+VmFlags: rd mr me ms
+50000000-50004000 rw-s 00001000 00:01 32772                      /SYSV545233bc (deleted)
+VmFlags: rd wr sh mr mw me ms
+7f062f992000-7f062f996000 rw-s 00000000 00:01 77                 /SYSVnothex (deleted)
+VmFlags: rd wr sh mr mw me ms
+7f062f996000-7f062f99a000 rw-s 00000000 08:01 78                 /memfd:x
+VmFlags: rd wr sh mr mw me ms
+";
+
+    #[test]
+    fn mappings_of_memfds_and_segments() {
+        let maps = procfs::parse_smaps("smaps", SMAPS).expect("smaps");
+        let got: Vec<Option<Backing>> = maps.iter().map(mapped_object).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(Backing::Memfd { id: 3097, offset: 0x2000, may_write: true }),
+                Some(Backing::Memfd { id: 3098, offset: 0, may_write: false }),
+                // Segment 0 has inode 0; SHM_RDONLY leaves no `mw`.
+                Some(Backing::Sysv { shmid: 0, offset: 0, read_only: true }),
+                Some(Backing::Sysv { shmid: 32772, offset: 0x1000, read_only: false }),
+                None,
+                None,
+            ]
+        );
+    }
 }
