@@ -8,6 +8,9 @@
  *   13  /dev/null O_WRONLY;  14  /dev/zero O_RDONLY
  *   15  the work directory, O_RDONLY|O_DIRECTORY
  *   16  gone.bin  O_RDWR, unlinked, 3000 bytes, offset 100
+ *   21  big.bin   O_RDWR, unlinked, 1 MiB of data, a 512 KiB hole, 40000
+ *                 bytes of data; offset 777777
+ *   22  big.bin   O_RDONLY|O_NONBLOCK, a second description of it, offset 5
  *   1,2 app.log shared by stdout and stderr, not O_APPEND
  *
  * After go: exactly the same set of fds is open (checked by finish(), as for
@@ -16,10 +19,12 @@
  * /dev/zero) are unchanged; reads continue at the offsets and return the
  * right bytes; a write through fd 10 lands at its offset and moves fd 20's
  * offset too; appending appends; /dev/zero reads zeros; the directory fd
- * resolves data.bin; the unlinked file still has no name and all its bytes;
+ * resolves data.bin; the unlinked files still have no name and all their
+ * bytes (the hole reads as zeros), and fds 21 and 22 are one file again: a
+ * write through one is read through the other;
  * stdout's offset is the end of app.log.
  *
- * Usage: files [--selftest-fail=offset|flags|cloexec|fdnum|append|content|unlinked|dup|stdout]
+ * Usage: files [--selftest-fail=offset|flags|cloexec|fdnum|append|content|unlinked|bigunlinked|dup|stdout]
  */
 #include "common.h"
 
@@ -28,6 +33,10 @@
 
 #define DATA_LEN 8192
 #define GONE_LEN 3000
+#define BIG_HEAD (1024 * 1024)
+#define BIG_HOLE (512 * 1024)
+#define BIG_TAIL 40000
+#define BIG_LEN (BIG_HEAD + BIG_HOLE + BIG_TAIL)
 
 struct fdstate {
     int fd;
@@ -39,7 +48,7 @@ struct fdstate {
     dev_t rdev;
 };
 
-static const int tracked[] = { 1, 2, 10, 11, 12, 13, 14, 15, 16, 20 };
+static const int tracked[] = { 1, 2, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22 };
 #define NTRACKED (int)(sizeof tracked / sizeof tracked[0])
 static struct fdstate before[NTRACKED];
 
@@ -124,6 +133,21 @@ int main(int argc, char **argv)
     lseek(16, 100, SEEK_SET);
     unlink("gone.bin");
 
+    put_at(open("big.bin", O_RDWR | O_CREAT | O_TRUNC, 0600), 21, "big.bin");
+    uint8_t *big = malloc(BIG_HEAD);
+    fill_pattern(big, BIG_HEAD, 43);
+    write_all(21, big, BIG_HEAD);
+    fill_pattern(big, BIG_TAIL, 44);
+    if (pwrite(21, big, BIG_TAIL, BIG_HEAD + BIG_HOLE) != BIG_TAIL) {
+        say("FAIL files: writing the tail of big.bin: %s\n", strerror(errno));
+        return 1;
+    }
+    free(big);
+    lseek(21, 777777, SEEK_SET);
+    put_at(open("big.bin", O_RDONLY | O_NONBLOCK), 22, "big.bin");
+    lseek(22, 5, SEEK_SET);
+    unlink("big.bin");
+
     ready(); /* before capturing, so stdout's offset includes the READY line */
     for (int i = 0; i < NTRACKED; i++)
         before[i] = capture(tracked[i]);
@@ -152,6 +176,10 @@ int main(int argc, char **argv)
         uint8_t b = (uint8_t)(pattern_byte(42, 2999) ^ 1);
         (void)pwrite(16, &b, 1, 2999);
     }
+    if (perturb("bigunlinked")) {
+        uint8_t b = (uint8_t)(pattern_byte(44, BIG_TAIL - 1) ^ 1);
+        (void)pwrite(21, &b, 1, BIG_LEN - 1);
+    }
     if (perturb("dup")) {
         close(20);
         int fd = open("data.bin", O_RDWR | O_CLOEXEC);
@@ -176,8 +204,8 @@ int main(int argc, char **argv)
             fail("fd %d F_GETFL: expected %#o, got %#o", fd, b.flflags, a.flflags);
         if (a.offset != b.offset)
             fail("fd %d offset: expected %lld, got %lld", fd, (long long)b.offset, (long long)a.offset);
-        /* The unlinked file is recreated from its contents: its inode may change. */
-        if (fd != 16 && (a.dev != b.dev || a.ino != b.ino))
+        /* The unlinked files are recreated from their contents: their inodes may change. */
+        if (fd != 16 && fd != 21 && fd != 22 && (a.dev != b.dev || a.ino != b.ino))
             fail("fd %d identity: expected dev %#llx inode %llu, got dev %#llx inode %llu", fd,
                  (unsigned long long)b.dev, (unsigned long long)b.ino, (unsigned long long)a.dev,
                  (unsigned long long)a.ino);
@@ -257,6 +285,32 @@ int main(int argc, char **argv)
     else
         check_pattern("unlinked gone.bin", gone, GONE_LEN, 42);
     free(gone);
+
+    struct stat big_st, big2_st;
+    if (fstat(21, &big_st) != 0 || big_st.st_nlink != 0 || big_st.st_size != BIG_LEN)
+        fail("unlinked big.bin: expected 0 links and %d bytes, got %lu links and %lld bytes", BIG_LEN,
+             (unsigned long)big_st.st_nlink, (long long)big_st.st_size);
+    else if (fstat(22, &big2_st) != 0 || big2_st.st_ino != big_st.st_ino || big2_st.st_dev != big_st.st_dev)
+        fail("unlinked big.bin: fds 21 and 22 are not one file (inodes %llu and %llu)",
+             (unsigned long long)big_st.st_ino, (unsigned long long)big2_st.st_ino);
+    else {
+        uint8_t *b = malloc(BIG_LEN);
+        if (pread(22, b, BIG_LEN, 0) != BIG_LEN)
+            fail("unlinked big.bin: short read through fd 22");
+        else if (check_pattern("unlinked big.bin, first MiB", b, BIG_HEAD, 43) &&
+                 check_pattern("unlinked big.bin, after the hole", b + BIG_HEAD + BIG_HOLE, BIG_TAIL, 44)) {
+            for (size_t i = BIG_HEAD; i < BIG_HEAD + BIG_HOLE; i++)
+                if (b[i] != 0) {
+                    fail("unlinked big.bin: byte %zu of the hole is 0x%02x, not 0", i, b[i]);
+                    break;
+                }
+        }
+        free(b);
+        uint8_t mark[4] = { 0xde, 0xad, 0xbe, 0xef }, back[4] = { 0 };
+        if (pwrite(21, mark, 4, BIG_HEAD + 10) != 4 || pread(22, back, 4, BIG_HEAD + 10) != 4 ||
+            memcmp(mark, back, 4) != 0)
+            fail("unlinked big.bin: a write through fd 21 is not read through fd 22");
+    }
 
     struct stat out;
     fstat(1, &out);

@@ -176,6 +176,7 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
             let object = match d.object {
                 crate::image::records::ObjectRef::Memfd(id) => json!({ "memfd": id }),
                 crate::image::records::ObjectRef::Sysv(id) => json!({ "sysv": id }),
+                crate::image::records::ObjectRef::Unlinked(inode) => json!({ "unlinked": inode }),
             };
             json!({ "object": object, "offset": d.offset, "bytes": d.bytes.len() })
         }

@@ -541,19 +541,9 @@ impl FileTable {
             if !md.file_type().is_file() {
                 return Err(unsupported("a deleted file that is not a regular file"));
             }
-            let limit = crate::image::records::UNLINKED_LIMIT;
-            if md.len() > limit {
-                return Err(unsupported(&format!(
-                    "an unlinked file of {} bytes (torpor keeps unlinked files up to {limit} bytes)",
-                    md.len()
-                )));
-            }
-            let data = std::fs::read(format!("/proc/{pid}/fd/{fd}"))?;
-            return Ok(FileKind::Unlinked {
-                path: path.to_string(),
-                pos,
-                data,
-            });
+            // The contents are streamed into the image later, while the
+            // tree is still frozen (files::write_objects).
+            return Ok(FileKind::UnlinkedFile { path: path.to_string(), pos, size: md.len(), inode: md.ino() });
         }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;

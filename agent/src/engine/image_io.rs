@@ -418,6 +418,13 @@ pub fn write_process<W: Write>(
                 flags: of.flags,
             },
             FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
+            FileKind::UnlinkedFile { path, pos, size, inode } => FdKind::UnlinkedFile {
+                path: path.as_str().into(),
+                flags: of.flags,
+                offset: *pos,
+                size: *size,
+                inode: *inode,
+            },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
@@ -471,6 +478,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
+    let mut unlinked_ends: Vec<(u64, Option<u64>)> = Vec::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
@@ -489,12 +497,18 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
             // only where they go is checked.
             Kind::ObjectData => {
                 let d: ObjectData = rec.decode()?;
+                let end = d.offset.checked_add(d.bytes.len() as u64);
                 let size = match d.object {
                     ObjectRef::Memfd(id) => st.memfds.iter().find(|o| o.id == id).map(|o| o.size),
                     ObjectRef::Sysv(id) => st.sysv.iter().find(|o| o.shmid == id).map(|o| o.size),
+                    // Its fd records come later: checked at the end.
+                    ObjectRef::Unlinked(inode) => {
+                        unlinked_ends.push((inode, end));
+                        continue;
+                    }
                 }
                 .ok_or_else(|| malformed(format!("contents of {:?} before its record", d.object)))?;
-                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > size) {
+                if end.is_none_or(|e| e > size) {
                     return Err(malformed(format!("{} bytes at {} overflow {:?} of {size} bytes", d.bytes.len(), d.offset, d.object)));
                 }
             }
@@ -773,6 +787,10 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     data: bytes,
                                 },
                             ),
+                            FdKind::UnlinkedFile { path, flags, offset, size, inode } => (
+                                flags,
+                                FileKind::UnlinkedFile { path: path_of(&path), pos: offset, size, inode },
+                            ),
                             FdKind::Fifo { path, id, end, flags } => {
                                 let pipe = u32::try_from(id)
                                     .map_err(|_| malformed(format!("pipe id {id}")))?;
@@ -823,6 +841,18 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     }
     if let Some(id) = external.keys().next() {
         return Err(malformed(format!("an external-pipe record names pipe {id}, which has no data record")));
+    }
+    for (inode, end) in unlinked_ends {
+        let size = st.files.iter().find_map(|f| match f.kind {
+            FileKind::UnlinkedFile { inode: i, size, .. } if i == inode => Some(size),
+            _ => None,
+        });
+        let Some(size) = size else {
+            return Err(malformed(format!("contents of unlinked file {inode}, which no fd holds")));
+        };
+        if end.is_none_or(|e| e > size) {
+            return Err(malformed(format!("contents of unlinked file {inode} overflow its {size} bytes")));
+        }
     }
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
         let known = match v.backing {

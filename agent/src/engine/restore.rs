@@ -213,7 +213,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
-            FileKind::Unlinked { path, .. } => {
+            FileKind::Unlinked { path, .. } | FileKind::UnlinkedFile { path, .. } => {
                 let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
                 if !dir.is_dir() {
                     return Err(refused(
@@ -493,6 +493,20 @@ fn open_object(
             }
             Ok(fd)
         }
+        FileKind::UnlinkedFile { inode, pos, .. } => {
+            // The file made (and filled) once per inode; each description
+            // is a reopening with its own flags and offset.
+            let fd = open(&segs.unlinked_path(*inode)?, open_flags)?;
+            let off = libc::off_t::try_from(*pos).unwrap_or(0);
+            // SAFETY: lseek on the fd just opened.
+            if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
+                let e = last_os();
+                // SAFETY: closing our fd on the error path.
+                unsafe { libc::close(fd) };
+                return Err(e.into());
+            }
+            Ok(fd)
+        }
         FileKind::Unlinked { path, pos, data } => {
             let tmp = create_unlinked(path, data)?;
             // Reopened with the original flags; the file keeps no name.
@@ -561,7 +575,7 @@ fn open_object(
 /// A nameless regular file holding `data`, in the directory the unlinked
 /// file lived in (so on the same file system): O_TMPFILE, or a temporary
 /// name removed at once where the file system lacks O_TMPFILE.
-fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
+pub(crate) fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let cdir = cstr(&dir.to_string_lossy())?;
     // SAFETY: open with a valid C string; the result is checked.

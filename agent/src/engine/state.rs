@@ -223,12 +223,17 @@ pub enum FileKind {
     Device { path: String, rdev: u64, tty: bool },
     /// Not in the image: the restore is handed a descriptor for `key`.
     External { key: String },
-    /// A regular file unlinked while open, by content.
+    /// A regular file unlinked while open, by content (images whose fd
+    /// records carry the contents).
     Unlinked {
         path: String,
         pos: u64,
         data: Vec<u8>,
     },
+    /// A regular file unlinked while open: its contents are `object-data`
+    /// records of `inode` (the inode at the dump), shared by every
+    /// description of that inode.
+    UnlinkedFile { path: String, pos: u64, size: u64, inode: u64 },
     /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
     /// path of a named FIFO (whose other end may be opened by anyone).
     Pipe { pipe: u32, write: bool, fifo: Option<String> },

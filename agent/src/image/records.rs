@@ -521,6 +521,11 @@ pub enum FdKind {
     /// A memfd stored as a [`MemfdObject`] (by id): one object whatever
     /// the number of fds, descriptions and mappings that refer to it.
     MemfdFile { flags: u32, state: MemfdRef },
+    /// A regular file unlinked while open, of any size: its contents are
+    /// the `object-data` records of `ObjectRef::Unlinked(inode)`, written
+    /// before the first task; descriptions with the same inode share one
+    /// recreated file.
+    UnlinkedFile { path: RawPath, flags: u32, offset: u64, size: u64, inode: u64 },
 }
 
 /// An open file description of a memfd: the object and the offset.
@@ -680,10 +685,6 @@ pub struct InotifyWatch {
 pub struct Inotify {
     pub watches: Vec<InotifyWatch>,
 }
-
-/// The largest unlinked file stored by content (it travels in its fd
-/// record, below the state record limit).
-pub const UNLINKED_LIMIT: u64 = STATE_LIMIT as u64 - 1024;
 
 /// One open file descriptor of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -860,6 +861,8 @@ pub enum ObjectRef {
     Memfd(u64),
     /// A [`SysvShm`], by shmid.
     Sysv(i32),
+    /// An unlinked file ([`FdKind::UnlinkedFile`]), by its inode at the dump.
+    Unlinked(u64),
 }
 
 /// Bytes of a memfd or SysV segment at `offset`; what no record covers

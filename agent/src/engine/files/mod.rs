@@ -257,7 +257,33 @@ pub fn write_objects<'a, W: std::io::Write>(
 ) -> Result<(), Cause> {
     let procs: Vec<&ProcessState> = procs.collect();
     memfd::write(w, &procs, files)?;
-    sysv::write(w, &procs)
+    sysv::write(w, &procs)?;
+    write_unlinked(w, &procs, files)
+}
+
+/// Streams the contents of each unlinked file the processes hold open,
+/// once per inode, read through the first fd that refers to it.
+fn write_unlinked<W: std::io::Write>(
+    w: &mut crate::image::ImageWriter<W>,
+    procs: &[&ProcessState],
+    files: &[OpenFile],
+) -> Result<(), Cause> {
+    let mut done = std::collections::BTreeSet::new();
+    for p in procs {
+        for fd in &p.fds {
+            let Some(crate::engine::state::FileKind::UnlinkedFile { size, inode, .. }) =
+                files.get(fd.file as usize).map(|f| &f.kind)
+            else {
+                continue;
+            };
+            if !done.insert(*inode) {
+                continue;
+            }
+            let f = std::fs::File::open(format!("/proc/{}/fd/{}", p.pid, fd.fd))?;
+            write_contents(w, &f, *size, ObjectRef::Unlinked(*inode))?;
+        }
+    }
+    Ok(())
 }
 
 /// Streams the contents of a memfd or SysV segment (`f` reads it) as
@@ -339,6 +365,9 @@ pub struct Segments {
     /// torpor's fd of each memfd, by id.
     memfds: BTreeMap<u64, (i32, MemfdObject)>,
     sysv: BTreeMap<i32, sysv::Restored>,
+    /// torpor's fd of each recreated unlinked file, by inode at the dump,
+    /// with its size.
+    unlinked: BTreeMap<u64, (i32, u64)>,
 }
 
 impl Segments {
@@ -364,6 +393,29 @@ impl Segments {
             let r = sysv::prepare(s).map_err(|e| Cause::Refused(e.to_string()))?;
             segs.sysv.insert(s.shmid, r);
         }
+        for f in &st.files {
+            let crate::engine::state::FileKind::UnlinkedFile { path, size, inode, .. } = &f.kind else { continue };
+            if segs.unlinked.contains_key(inode) {
+                continue;
+            }
+            let tmp = crate::engine::restore::create_unlinked(path, &[])?;
+            // SAFETY: fcntl on our own fd; the duplicate is ours.
+            let fd = unsafe { libc::fcntl(tmp, libc::F_DUPFD_CLOEXEC, high) };
+            let dup_error = last_os();
+            // SAFETY: closing the creation fd; `fd` holds the file if valid.
+            unsafe { libc::close(tmp) };
+            if fd < 0 {
+                return Err(dup_error.into());
+            }
+            segs.unlinked.insert(*inode, (fd, *size));
+            let len = libc::off_t::try_from(*size)
+                .map_err(|_| Cause::Refused(format!("unlinked {path} of {size} bytes is too large here")))?;
+            // SAFETY: ftruncate on our own fd: the size, holes included.
+            if unsafe { libc::ftruncate(fd, len) } < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("sizing unlinked {path} to {size} bytes: {e}")).into());
+            }
+        }
         Ok(segs)
     }
 
@@ -379,6 +431,13 @@ impl Segments {
         Ok(format!("/proc/self/fd/{fd}"))
     }
 
+    /// Where a description of unlinked file `inode` is reopened.
+    pub fn unlinked_path(&self, inode: u64) -> Result<String, Cause> {
+        let (fd, _) =
+            self.unlinked.get(&inode).ok_or_else(|| Cause::Refused(format!("unlinked file {inode} is not in the image")))?;
+        Ok(format!("/proc/self/fd/{fd}"))
+    }
+
     /// Writes one `object-data` record into its object.
     pub fn fill(&mut self, d: &ObjectData) -> Result<(), Cause> {
         match d.object {
@@ -388,6 +447,20 @@ impl Segments {
                     return Err(Cause::Refused(format!("{} bytes at {} overflow memfd {} of {} bytes", d.bytes.len(), d.offset, o.name, o.size)));
                 }
                 pwrite_all(*fd, &d.bytes, d.offset).map_err(|e| Cause::Refused(format!("filling memfd {}: {e}", o.name)))
+            }
+            ObjectRef::Unlinked(inode) => {
+                let (fd, size) = self
+                    .unlinked
+                    .get(&inode)
+                    .ok_or_else(|| Cause::Refused(format!("contents of unlinked file {inode}, which is not in the image")))?;
+                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > *size) {
+                    return Err(Cause::Refused(format!(
+                        "{} bytes at {} overflow unlinked file {inode} of {size} bytes",
+                        d.bytes.len(),
+                        d.offset
+                    )));
+                }
+                pwrite_all(*fd, &d.bytes, d.offset).map_err(|e| Cause::Refused(format!("filling unlinked file {inode}: {e}")))
             }
             ObjectRef::Sysv(id) => {
                 let s = self.sysv.get_mut(&id).ok_or_else(|| Cause::Refused(format!("contents of SysV segment {id}, which is not in the image")))?;
@@ -417,7 +490,7 @@ impl Segments {
 
 impl Drop for Segments {
     fn drop(&mut self) {
-        for (fd, _) in self.memfds.values() {
+        for fd in self.memfds.values().map(|(fd, _)| fd).chain(self.unlinked.values().map(|(fd, _)| fd)) {
             // SAFETY: closing the fds this struct opened.
             unsafe { libc::close(*fd) };
         }
