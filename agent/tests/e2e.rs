@@ -107,7 +107,7 @@ app_tests!(tree, "tree",
 
 app_tests!(files, "files",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["offset", "flags", "cloexec", "fdnum", "append", "content", "unlinked", "bigunlinked", "dup", "stdout"]);
+    negatives: ["offset", "flags", "cloexec", "fdnum", "append", "content", "unlinked", "bigunlinked", "cow", "solo", "dup", "stdout"]);
 
 // The checkpoint run sleeps longer so that both cycles catch the sleeper mid-sleep.
 app_tests!(blocking, "blocking",

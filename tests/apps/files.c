@@ -11,6 +11,10 @@
  *   21  big.bin   O_RDWR, unlinked, 1 MiB of data, a 512 KiB hole, 40000
  *                 bytes of data; offset 777777
  *   22  big.bin   O_RDONLY|O_NONBLOCK, a second description of it, offset 5
+ *
+ * Mappings of unlinked files: the first 64 KiB of big.bin MAP_SHARED; its
+ * tail (after the hole) MAP_PRIVATE with one byte written (a copied page);
+ * solo.bin (20000 bytes) MAP_SHARED, its fd closed, then unlinked.
  *   1,2 app.log shared by stdout and stderr, not O_APPEND
  *
  * After go: exactly the same set of fds is open (checked by finish(), as for
@@ -21,13 +25,17 @@
  * offset too; appending appends; /dev/zero reads zeros; the directory fd
  * resolves data.bin; the unlinked files still have no name and all their
  * bytes (the hole reads as zeros), and fds 21 and 22 are one file again: a
- * write through one is read through the other;
+ * write through one is read through the other; the shared mapping of big.bin
+ * is that file too (a write through the mapping is read through fd 22, a
+ * write through fd 21 seen in the mapping), the private one keeps its
+ * written byte and the file does not, solo.bin's mapping holds its bytes;
  * stdout's offset is the end of app.log.
  *
- * Usage: files [--selftest-fail=offset|flags|cloexec|fdnum|append|content|unlinked|bigunlinked|dup|stdout]
+ * Usage: files [--selftest-fail=offset|flags|cloexec|fdnum|append|content|unlinked|bigunlinked|cow|solo|dup|stdout]
  */
 #include "common.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
@@ -37,6 +45,13 @@
 #define BIG_HOLE (512 * 1024)
 #define BIG_TAIL 40000
 #define BIG_LEN (BIG_HEAD + BIG_HOLE + BIG_TAIL)
+#define SHARED_LEN (64 * 1024)
+#define PRIV_LEN 40960
+#define PRIV_AT 100
+#define SOLO_LEN 20000
+#define SOLO_MAP 20480
+
+static uint8_t *shared_map, *priv_map, *solo_map;
 
 struct fdstate {
     int fd;
@@ -146,7 +161,24 @@ int main(int argc, char **argv)
     lseek(21, 777777, SEEK_SET);
     put_at(open("big.bin", O_RDONLY | O_NONBLOCK), 22, "big.bin");
     lseek(22, 5, SEEK_SET);
+    shared_map = mmap(NULL, SHARED_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, 21, 0);
+    priv_map = mmap(NULL, PRIV_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE, 21, BIG_HEAD + BIG_HOLE);
+    if (shared_map == MAP_FAILED || priv_map == MAP_FAILED) {
+        say("FAIL files: mapping big.bin: %s\n", strerror(errno));
+        return 1;
+    }
+    priv_map[PRIV_AT] = (uint8_t)~pattern_byte(44, PRIV_AT);
     unlink("big.bin");
+
+    make_file("solo.bin", SOLO_LEN, 45);
+    int solo = open("solo.bin", O_RDWR | O_CLOEXEC);
+    solo_map = mmap(NULL, SOLO_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, solo, 0);
+    if (solo < 0 || solo_map == MAP_FAILED) {
+        say("FAIL files: mapping solo.bin: %s\n", strerror(errno));
+        return 1;
+    }
+    close(solo);
+    unlink("solo.bin");
 
     ready(); /* before capturing, so stdout's offset includes the READY line */
     for (int i = 0; i < NTRACKED; i++)
@@ -180,6 +212,10 @@ int main(int argc, char **argv)
         uint8_t b = (uint8_t)(pattern_byte(44, BIG_TAIL - 1) ^ 1);
         (void)pwrite(21, &b, 1, BIG_LEN - 1);
     }
+    if (perturb("cow"))
+        priv_map[PRIV_AT] = pattern_byte(44, PRIV_AT);
+    if (perturb("solo"))
+        solo_map[SOLO_LEN - 1] ^= 1;
     if (perturb("dup")) {
         close(20);
         int fd = open("data.bin", O_RDWR | O_CLOEXEC);
@@ -310,6 +346,37 @@ int main(int argc, char **argv)
         if (pwrite(21, mark, 4, BIG_HEAD + 10) != 4 || pread(22, back, 4, BIG_HEAD + 10) != 4 ||
             memcmp(mark, back, 4) != 0)
             fail("unlinked big.bin: a write through fd 21 is not read through fd 22");
+
+        if (check_pattern("shared mapping of unlinked big.bin", shared_map, SHARED_LEN, 43)) {
+            uint8_t v = 0, w = 0x5a;
+            shared_map[7] = 0xa5;
+            if (pread(22, &v, 1, 7) != 1 || v != 0xa5)
+                fail("shared mapping of unlinked big.bin: a write through it reads back 0x%02x through fd 22", v);
+            if (pwrite(21, &w, 1, 100) != 1 || shared_map[100] != 0x5a)
+                fail("shared mapping of unlinked big.bin: a write through fd 21 shows 0x%02x in it", shared_map[100]);
+        }
+        uint8_t file_at = 0;
+        if (priv_map[PRIV_AT] != (uint8_t)~pattern_byte(44, PRIV_AT))
+            fail("private mapping of unlinked big.bin: written byte is 0x%02x, not 0x%02x", priv_map[PRIV_AT],
+                 (uint8_t)~pattern_byte(44, PRIV_AT));
+        else if (pread(22, &file_at, 1, BIG_HEAD + BIG_HOLE + PRIV_AT) != 1 || file_at != pattern_byte(44, PRIV_AT))
+            fail("private mapping of unlinked big.bin: its write reached the file (0x%02x)", file_at);
+        else {
+            for (size_t i = 0; i < PRIV_LEN; i++) {
+                uint8_t want = i == PRIV_AT ? (uint8_t)~pattern_byte(44, i) : i < BIG_TAIL ? pattern_byte(44, i) : 0;
+                if (priv_map[i] != want) {
+                    fail("private mapping of unlinked big.bin: byte %zu is 0x%02x, not 0x%02x", i, priv_map[i], want);
+                    break;
+                }
+            }
+        }
+    }
+    if (check_pattern("shared mapping of unlinked solo.bin", solo_map, SOLO_LEN, 45)) {
+        for (size_t i = SOLO_LEN; i < SOLO_MAP; i++)
+            if (solo_map[i] != 0) {
+                fail("shared mapping of unlinked solo.bin: byte %zu past the end is 0x%02x", i, solo_map[i]);
+                break;
+            }
     }
 
     struct stat out;

@@ -171,6 +171,7 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         }
         Kind::MemfdObject => to_json(rec.decode::<crate::image::records::MemfdObject>(), image_err, json_err)?,
         Kind::SysvShm => to_json(rec.decode::<crate::image::records::SysvShm>(), image_err, json_err)?,
+        Kind::UnlinkedObject => to_json(rec.decode::<crate::image::records::UnlinkedObject>(), image_err, json_err)?,
         Kind::ObjectData => {
             let d = rec.decode::<crate::image::records::ObjectData>().map_err(image_err)?;
             let object = match d.object {

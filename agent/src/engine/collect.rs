@@ -189,10 +189,26 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
                     name: m.name.clone(),
                 });
             }
-            return Err(Cause::Unsupported(format!(
-                "mapping {:#x}-{:#x} of deleted file {}",
-                m.start, m.end, m.name
-            )));
+            // A regular file unlinked while mapped: kept by content, as
+            // an unlinked-file object (files::write_objects).
+            let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+            let md = std::fs::metadata(&link)?;
+            if !md.file_type().is_file() || md.ino() != m.inode {
+                return Err(Cause::Unsupported(format!(
+                    "mapping {:#x}-{:#x} of deleted file {}, which is not a regular file",
+                    m.start, m.end, m.name
+                )));
+            }
+            return Ok(Vma {
+                start: m.start,
+                end: m.end,
+                prot,
+                shared: m.shared,
+                grows_down: m.has_flag("gd"),
+                noreserve: m.has_flag("nr"),
+                backing: Backing::Unlinked { inode: m.inode, offset: m.offset, may_write: m.has_flag("mw") },
+                name: m.name.clone(),
+            });
         }
         // The mapped file as this process sees it (its root, its mounts).
         let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
@@ -537,13 +553,13 @@ impl FileTable {
             return Err(unsupported(what));
         }
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
-        if let Some(path) = link.strip_suffix(" (deleted)") {
+        if link.ends_with(" (deleted)") {
             if !md.file_type().is_file() {
                 return Err(unsupported("a deleted file that is not a regular file"));
             }
             // The contents are streamed into the image later, while the
             // tree is still frozen (files::write_objects).
-            return Ok(FileKind::UnlinkedFile { path: path.to_string(), pos, size: md.len(), inode: md.ino() });
+            return Ok(FileKind::UnlinkedFile { pos, inode: md.ino() });
         }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;

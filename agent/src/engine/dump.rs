@@ -166,10 +166,10 @@ fn wanted(v: &Vma, entry: u64) -> bool {
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
         // Memfds and SysV segments are stored as objects, once.
-        Backing::Memfd { .. } | Backing::Sysv { .. } if v.shared => false,
+        Backing::Memfd { .. } | Backing::Sysv { .. } | Backing::Unlinked { .. } if v.shared => false,
         Backing::Sysv { .. } => false,
         // Private file pages count only once written (copied on write).
-        Backing::File { .. } | Backing::Memfd { .. } => {
+        Backing::File { .. } | Backing::Memfd { .. } | Backing::Unlinked { .. } => {
             (entry & PM_PRESENT != 0 && entry & PM_FILE == 0) || entry & PM_SWAP != 0
         }
     }

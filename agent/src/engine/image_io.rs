@@ -38,6 +38,8 @@ pub struct ImageState {
     pub memfds: Vec<crate::image::records::MemfdObject>,
     /// SysV shared memory segments the tree has attached.
     pub sysv: Vec<crate::image::records::SysvShm>,
+    /// Regular files unlinked while held open or mapped.
+    pub unlinked: Vec<crate::image::records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
 }
@@ -160,6 +162,7 @@ fn vma_kind(v: &Vma) -> VmaKind {
         Backing::File { .. } => VmaKind::PrivateFile,
         Backing::Memfd { may_write, .. } => VmaKind::Memfd { may_write: *may_write },
         Backing::Sysv { read_only, .. } => VmaKind::SysvShm { read_only: *read_only },
+        Backing::Unlinked { may_write, .. } => VmaKind::Unlinked { may_write: *may_write },
     }
 }
 
@@ -365,6 +368,9 @@ pub fn write_process<W: Write>(
                 *offset,
                 Some(FileId { path: v.name.as_str().into(), inode: u64::from(shmid.unsigned_abs()), ..Default::default() }),
             ),
+            Backing::Unlinked { inode, offset, .. } => {
+                (*offset, Some(FileId { path: v.name.as_str().into(), inode: *inode, ..Default::default() }))
+            }
             _ => (0, None),
         };
         w.record(
@@ -418,13 +424,9 @@ pub fn write_process<W: Write>(
                 flags: of.flags,
             },
             FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
-            FileKind::UnlinkedFile { path, pos, size, inode } => FdKind::UnlinkedFile {
-                path: path.as_str().into(),
-                flags: of.flags,
-                offset: *pos,
-                size: *size,
-                inode: *inode,
-            },
+            FileKind::UnlinkedFile { pos, inode } => {
+                FdKind::UnlinkedFile { flags: of.flags, offset: *pos, inode: *inode }
+            }
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
@@ -478,7 +480,6 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
-    let mut unlinked_ends: Vec<(u64, Option<u64>)> = Vec::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
@@ -493,6 +494,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
             }
             Kind::MemfdObject => st.memfds.push(rec.decode()?),
             Kind::SysvShm => st.sysv.push(rec.decode()?),
+            Kind::UnlinkedObject => st.unlinked.push(rec.decode()?),
             // Contents stream into the objects during the restore; here
             // only where they go is checked.
             Kind::ObjectData => {
@@ -501,11 +503,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 let size = match d.object {
                     ObjectRef::Memfd(id) => st.memfds.iter().find(|o| o.id == id).map(|o| o.size),
                     ObjectRef::Sysv(id) => st.sysv.iter().find(|o| o.shmid == id).map(|o| o.size),
-                    // Its fd records come later: checked at the end.
-                    ObjectRef::Unlinked(inode) => {
-                        unlinked_ends.push((inode, end));
-                        continue;
-                    }
+                    ObjectRef::Unlinked(inode) => st.unlinked.iter().find(|o| o.inode == inode).map(|o| o.size),
                 }
                 .ok_or_else(|| malformed(format!("contents of {:?} before its record", d.object)))?;
                 if end.is_none_or(|e| e > size) {
@@ -704,6 +702,10 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 let shmid = i32::try_from(f.inode).map_err(|_| malformed(format!("SysV segment id {}", f.inode)))?;
                                 Backing::Sysv { shmid, offset: v.offset, read_only }
                             }
+                            VmaKind::Unlinked { may_write } => {
+                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("mapping at {:#x} names no unlinked file", v.start)))?;
+                                Backing::Unlinked { inode: f.inode, offset: v.offset, may_write }
+                            }
                         };
                         if v.start >= v.end {
                             return Err(malformed(format!("empty mapping at {:#x}", v.start)));
@@ -787,10 +789,9 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     data: bytes,
                                 },
                             ),
-                            FdKind::UnlinkedFile { path, flags, offset, size, inode } => (
-                                flags,
-                                FileKind::UnlinkedFile { path: path_of(&path), pos: offset, size, inode },
-                            ),
+                            FdKind::UnlinkedFile { flags, offset, inode } => {
+                                (flags, FileKind::UnlinkedFile { pos: offset, inode })
+                            }
                             FdKind::Fifo { path, id, end, flags } => {
                                 let pipe = u32::try_from(id)
                                     .map_err(|_| malformed(format!("pipe id {id}")))?;
@@ -842,22 +843,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     if let Some(id) = external.keys().next() {
         return Err(malformed(format!("an external-pipe record names pipe {id}, which has no data record")));
     }
-    for (inode, end) in unlinked_ends {
-        let size = st.files.iter().find_map(|f| match f.kind {
-            FileKind::UnlinkedFile { inode: i, size, .. } if i == inode => Some(size),
-            _ => None,
-        });
-        let Some(size) = size else {
-            return Err(malformed(format!("contents of unlinked file {inode}, which no fd holds")));
-        };
-        if end.is_none_or(|e| e > size) {
-            return Err(malformed(format!("contents of unlinked file {inode} overflow its {size} bytes")));
-        }
-    }
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
         let known = match v.backing {
             Backing::Memfd { id, .. } => st.memfds.iter().any(|o| o.id == id),
             Backing::Sysv { shmid, .. } => st.sysv.iter().any(|o| o.shmid == shmid),
+            Backing::Unlinked { inode, .. } => st.unlinked.iter().any(|o| o.inode == inode),
             _ => true,
         };
         if !known {
@@ -868,6 +858,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         if let FileKind::Anon(crate::engine::files::AnonFile::MemfdFile(r)) = &f.kind {
             if !st.memfds.iter().any(|o| o.id == r.id) {
                 return Err(malformed(format!("an fd names memfd {}, which has no record", r.id)));
+            }
+        }
+        if let FileKind::UnlinkedFile { inode, .. } = f.kind {
+            if !st.unlinked.iter().any(|o| o.inode == inode) {
+                return Err(malformed(format!("an fd names unlinked file {inode}, which has no record")));
             }
         }
         if let FileKind::Pipe { pipe, .. } = f.kind {

@@ -191,6 +191,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
         }
     }
+    for o in &st.unlinked {
+        unlinked_dir_exists(&String::from_utf8_lossy(o.path.as_bytes())).map_err(|why| refused(step, why))?;
+    }
     for f in &st.files {
         match &f.kind {
             FileKind::External { key } => {
@@ -213,18 +216,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
-            FileKind::Unlinked { path, .. } | FileKind::UnlinkedFile { path, .. } => {
-                let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-                if !dir.is_dir() {
-                    return Err(refused(
-                        step,
-                        format!(
-                            "directory {} of unlinked file {path} is gone",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
+            FileKind::Unlinked { path, .. } => unlinked_dir_exists(path).map_err(|why| refused(step, why))?,
+            // Checked with the image's unlinked-file objects above.
+            FileKind::UnlinkedFile { .. } => {}
             FileKind::Pipe { pipe, fifo, .. } => {
                 if st.pipes.get(*pipe as usize).is_none() {
                     return Err(refused(step, format!("pipe {pipe} missing from the image")));
@@ -575,6 +569,16 @@ fn open_object(
 /// A nameless regular file holding `data`, in the directory the unlinked
 /// file lived in (so on the same file system): O_TMPFILE, or a temporary
 /// name removed at once where the file system lacks O_TMPFILE.
+/// An unlinked file is recreated in the directory it lived in.
+fn unlinked_dir_exists(path: &str) -> Result<(), String> {
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("directory {} of unlinked file {path} is gone", dir.display()))
+    }
+}
+
 pub(crate) fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let cdir = cstr(&dir.to_string_lossy())?;
@@ -1259,6 +1263,9 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, segs: &crate::eng
         // it so and lets the seal be added after.
         Backing::Memfd { id, offset, may_write } => {
             map_from(r, mem, tramp, v, &segs.memfd_path(*id)?, *offset, v.shared && *may_write)
+        }
+        Backing::Unlinked { inode, offset, may_write } => {
+            map_from(r, mem, tramp, v, &segs.unlinked_path(*inode)?, *offset, v.shared && *may_write)
         }
     }
 }

@@ -166,6 +166,10 @@ pub enum Backing {
     /// A SysV shared memory segment attached at `start - offset`;
     /// `read_only`: attached with `SHM_RDONLY`.
     Sysv { shmid: i32, offset: u64, read_only: bool },
+    /// A regular file unlinked while mapped (the image's unlinked-file
+    /// object `inode`) at `offset`, shared or private; `may_write`: VmFlags
+    /// `mw`.
+    Unlinked { inode: u64, offset: u64, may_write: bool },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,10 +234,10 @@ pub enum FileKind {
         pos: u64,
         data: Vec<u8>,
     },
-    /// A regular file unlinked while open: its contents are `object-data`
-    /// records of `inode` (the inode at the dump), shared by every
-    /// description of that inode.
-    UnlinkedFile { path: String, pos: u64, size: u64, inode: u64 },
+    /// A regular file unlinked while open: the image's unlinked-file object
+    /// `inode` (the inode at the dump), shared by every description and
+    /// mapping of that inode.
+    UnlinkedFile { pos: u64, inode: u64 },
     /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
     /// path of a named FIFO (whose other end may be opened by anyone).
     Pipe { pipe: u32, write: bool, fifo: Option<String> },

@@ -1006,6 +1006,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::SysvShm => "a sysv-shm record",
         Kind::ObjectData => "an object-data record",
         Kind::ExternalPipe => "an external-pipe record",
+        Kind::UnlinkedObject => "an unlinked-file record",
     }
 }
 

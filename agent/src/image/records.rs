@@ -41,6 +41,9 @@ pub enum Kind {
     ObjectData = 13,
     /// A pipe whose other end a process outside the tree holds.
     ExternalPipe = 14,
+    /// A regular file unlinked while the tree holds or maps it (contents
+    /// follow as `object-data`).
+    UnlinkedObject = 15,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -59,7 +62,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -74,6 +77,7 @@ impl Kind {
         Kind::SysvShm,
         Kind::ObjectData,
         Kind::ExternalPipe,
+        Kind::UnlinkedObject,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -91,6 +95,7 @@ impl Kind {
             Kind::PipeData => PIPE_DATA_LIMIT,
             Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
             Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
+            Kind::UnlinkedObject => STATE_LIMIT,
         }
     }
 
@@ -111,6 +116,7 @@ impl Kind {
             Kind::SysvShm => "sysv-shm",
             Kind::ObjectData => "object-data",
             Kind::ExternalPipe => "external-pipe",
+            Kind::UnlinkedObject => "unlinked-file",
         }
     }
 }
@@ -408,6 +414,9 @@ pub enum VmaKind {
     /// A SysV shared memory attachment; `file.inode` is the shmid.
     /// `read_only`: attached with `SHM_RDONLY`.
     SysvShm { read_only: bool },
+    /// A mapping of a regular file unlinked while mapped, named by
+    /// `file.inode` (an [`UnlinkedObject`]); `may_write`: VmFlags `mw`.
+    Unlinked { may_write: bool },
 }
 
 /// The identity of a file a restore depends on; a restore refuses a file
@@ -521,11 +530,10 @@ pub enum FdKind {
     /// A memfd stored as a [`MemfdObject`] (by id): one object whatever
     /// the number of fds, descriptions and mappings that refer to it.
     MemfdFile { flags: u32, state: MemfdRef },
-    /// A regular file unlinked while open, of any size: its contents are
-    /// the `object-data` records of `ObjectRef::Unlinked(inode)`, written
-    /// before the first task; descriptions with the same inode share one
-    /// recreated file.
-    UnlinkedFile { path: RawPath, flags: u32, offset: u64, size: u64, inode: u64 },
+    /// A regular file unlinked while open, of any size: the
+    /// [`UnlinkedObject`] `inode`, written before the first task;
+    /// descriptions and mappings of one inode share the recreated file.
+    UnlinkedFile { flags: u32, offset: u64, inode: u64 },
 }
 
 /// An open file description of a memfd: the object and the offset.
@@ -830,6 +838,21 @@ pub struct MemfdObject {
     pub gid: u32,
 }
 
+/// A regular file unlinked while the tree holds it open or maps it; its
+/// contents follow as [`ObjectData`] records of `ObjectRef::Unlinked`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlinkedObject {
+    /// The inode at the dump: fds and mappings name it.
+    pub inode: u64,
+    /// Where it lived: it is recreated, nameless, in that directory.
+    pub path: RawPath,
+    pub size: u64,
+    /// Permission bits and owner of the inode.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A SysV shared memory segment attached by the tree (`/proc/sysvipc/shm`);
 /// its contents follow as [`ObjectData`] records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -861,7 +884,7 @@ pub enum ObjectRef {
     Memfd(u64),
     /// A [`SysvShm`], by shmid.
     Sysv(i32),
-    /// An unlinked file ([`FdKind::UnlinkedFile`]), by its inode at the dump.
+    /// An [`UnlinkedObject`], by its inode at the dump.
     Unlinked(u64),
 }
 

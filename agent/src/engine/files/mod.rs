@@ -28,7 +28,7 @@ use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
 use crate::image::records::{
     Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData, ObjectRef, SignalFd, TimerFd,
-    UnixSocket, OBJECT_CHUNK,
+    UnixSocket, UnlinkedObject, OBJECT_CHUNK,
 };
 
 pub use unix::Pending;
@@ -261,27 +261,51 @@ pub fn write_objects<'a, W: std::io::Write>(
     write_unlinked(w, &procs, files)
 }
 
-/// Streams the contents of each unlinked file the processes hold open,
-/// once per inode, read through the first fd that refers to it.
+/// Stores each regular file the processes hold open or map after it was
+/// unlinked, once per inode: an `unlinked-file` record, then its contents,
+/// read through the first fd (or mapping) that reaches it.
 fn write_unlinked<W: std::io::Write>(
     w: &mut crate::image::ImageWriter<W>,
     procs: &[&ProcessState],
     files: &[OpenFile],
 ) -> Result<(), Cause> {
-    let mut done = std::collections::BTreeSet::new();
+    use crate::engine::state::{Backing, FileKind};
+    use std::os::unix::fs::MetadataExt;
+    let mut sources: Vec<(u64, String)> = Vec::new();
     for p in procs {
         for fd in &p.fds {
-            let Some(crate::engine::state::FileKind::UnlinkedFile { size, inode, .. }) =
-                files.get(fd.file as usize).map(|f| &f.kind)
-            else {
-                continue;
-            };
-            if !done.insert(*inode) {
-                continue;
+            if let Some(FileKind::UnlinkedFile { inode, .. }) = files.get(fd.file as usize).map(|f| &f.kind) {
+                sources.push((*inode, format!("/proc/{}/fd/{}", p.pid, fd.fd)));
             }
-            let f = std::fs::File::open(format!("/proc/{}/fd/{}", p.pid, fd.fd))?;
-            write_contents(w, &f, *size, ObjectRef::Unlinked(*inode))?;
         }
+    }
+    for p in procs {
+        for v in &p.vmas {
+            if let Backing::Unlinked { inode, .. } = v.backing {
+                sources.push((inode, format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end)));
+            }
+        }
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for (inode, source) in sources {
+        if !done.insert(inode) {
+            continue;
+        }
+        let link = std::fs::read_link(&source)?;
+        let link = link.to_string_lossy();
+        let path = link.strip_suffix(" (deleted)").unwrap_or(&link);
+        let f = std::fs::File::open(&source)?;
+        let md = f.metadata()?;
+        let object = UnlinkedObject {
+            inode,
+            path: path.into(),
+            size: md.len(),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        };
+        w.record(crate::image::Kind::UnlinkedObject, &object)?;
+        write_contents(w, &f, object.size, ObjectRef::Unlinked(inode))?;
     }
     Ok(())
 }
@@ -393,12 +417,9 @@ impl Segments {
             let r = sysv::prepare(s).map_err(|e| Cause::Refused(e.to_string()))?;
             segs.sysv.insert(s.shmid, r);
         }
-        for f in &st.files {
-            let crate::engine::state::FileKind::UnlinkedFile { path, size, inode, .. } = &f.kind else { continue };
-            if segs.unlinked.contains_key(inode) {
-                continue;
-            }
-            let tmp = crate::engine::restore::create_unlinked(path, &[])?;
+        for o in &st.unlinked {
+            let (path, size, inode) = (String::from_utf8_lossy(o.path.as_bytes()), &o.size, &o.inode);
+            let tmp = crate::engine::restore::create_unlinked(&path, &[])?;
             // SAFETY: fcntl on our own fd; the duplicate is ours.
             let fd = unsafe { libc::fcntl(tmp, libc::F_DUPFD_CLOEXEC, high) };
             let dup_error = last_os();
@@ -415,14 +436,20 @@ impl Segments {
                 let e = last_os();
                 return Err(std::io::Error::new(e.kind(), format!("sizing unlinked {path} to {size} bytes: {e}")).into());
             }
+            // Owner first: chown clears set-id bits.
+            // SAFETY: fchown and fchmod on our own fd, integer arguments.
+            if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0 || unsafe { libc::fchmod(fd, o.mode) } < 0 {
+                let e = last_os();
+                return Err(std::io::Error::new(e.kind(), format!("giving unlinked {path} its owner and mode: {e}")).into());
+            }
         }
         Ok(segs)
     }
 
-    /// torpor's fds of the memfds, which each task keeps until its
-    /// mappings are made.
+    /// torpor's fds of the memfds and unlinked files, which each task
+    /// keeps until its mappings are made.
     pub fn fds(&self) -> Vec<i32> {
-        self.memfds.values().map(|(fd, _)| *fd).collect()
+        self.memfds.values().map(|(fd, _)| *fd).chain(self.unlinked.values().map(|(fd, _)| *fd)).collect()
     }
 
     /// Where a task opens memfd `id` to map it: torpor's fd, inherited.
