@@ -83,6 +83,10 @@ pub fn dump_frozen_with<W: Write>(
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
     let frozen = Frozen::freeze(root)?;
+    // Root first: the tree's namespace is the root's.
+    let mut live = vec![root];
+    live.extend(frozen.pids.iter().copied().filter(|p| *p != root && !frozen.zombies.contains_key(p)));
+    let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
@@ -106,10 +110,12 @@ pub fn dump_frozen_with<W: Write>(
     }
     table.check_pipes()?;
     crate::engine::files::check_peers(&mut table.files)?;
+    crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
     let wstep = || "write image".to_string();
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
+    w.record(crate::image::Kind::Clocks, &clocks.record).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     let mut stats = DumpStats::default();

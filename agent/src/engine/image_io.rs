@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  Header
+//!  Clocks                       the tree's clocks at the freeze (format 1.1)
 //!  PipeData*                    every pipe's unread bytes, by pipe id
 //!  Task MmFields Thread* Vma* Fd* Pages*     per process, parents first
 //!  Trailer
@@ -33,6 +34,8 @@ pub struct ImageState {
     pub tmpfs_files: Vec<crate::image::records::TmpfsFile>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
+    /// The tree's clocks at the freeze; `None` in images of format 1.0.
+    pub clocks: Option<crate::image::records::Clocks>,
 }
 
 fn path_of(p: &RawPath) -> String {
@@ -449,6 +452,12 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         let cur = st.processes.last_mut();
         match rec.kind() {
             Kind::TmpfsFile => st.tmpfs_files.push(rec.decode()?),
+            Kind::Clocks => {
+                if st.clocks.is_some() {
+                    return Err(malformed("a second clocks record".into()));
+                }
+                st.clocks = Some(rec.decode()?);
+            }
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;
                 pipes.insert(d.id, (d.capacity, d.bytes));

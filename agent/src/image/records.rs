@@ -32,6 +32,8 @@ pub enum Kind {
     Trailer = 9,
     /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
     TmpfsFile = 10,
+    /// The tree's clocks at the freeze and its time namespace.
+    Clocks = 11,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -50,7 +52,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -61,6 +63,7 @@ impl Kind {
         Kind::Pages,
         Kind::Trailer,
         Kind::TmpfsFile,
+        Kind::Clocks,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -76,7 +79,7 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile | Kind::Clocks => STATE_LIMIT,
         }
     }
 
@@ -93,6 +96,7 @@ impl Kind {
             Kind::Pages => "pages",
             Kind::Trailer => "trailer",
             Kind::TmpfsFile => "tmpfs-file",
+            Kind::Clocks => "clocks",
         }
     }
 }
@@ -756,4 +760,29 @@ pub struct TmpfsFile {
     /// Where `bytes` go in the file.
     pub offset: u64,
     pub bytes: Vec<u8>,
+}
+
+/// The tree's clocks at the freeze, as the tree read them: the host's clock
+/// plus the offsets of the time namespace the tree was in. A restore with a
+/// time namespace continues `CLOCK_MONOTONIC` from here (the time asleep
+/// does not count, as across a suspend) and `CLOCK_BOOTTIME` from here plus
+/// the wall-clock time asleep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clocks {
+    /// `CLOCK_MONOTONIC` of the tree, in ns.
+    pub monotonic_ns: u64,
+    /// `CLOCK_BOOTTIME` of the tree, in ns.
+    pub boottime_ns: u64,
+    /// `CLOCK_REALTIME` (never namespaced), in ns since the epoch; negative
+    /// before 1970.
+    pub realtime_ns: i64,
+    /// The offsets of the tree's time namespace (`/proc/PID/timens_offsets`)
+    /// over the host's clocks, in ns; 0 in the root namespace.
+    pub monotonic_offset_ns: i64,
+    pub boottime_offset_ns: i64,
+    /// The tree had a time namespace of its own (a torpor-made one, after
+    /// an earlier restore), not the host's.
+    pub own_namespace: bool,
+    /// The kernel had time namespaces (`CONFIG_TIME_NS`).
+    pub kernel_timens: bool,
 }

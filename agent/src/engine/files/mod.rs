@@ -117,12 +117,19 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
 }
 
 /// Creates the object again in torpor; `flags` are its saved status flags;
-/// `pending` holds pair ends between the opening of two peers.
-pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending) -> Result<i32, Cause> {
+/// `pending` holds pair ends between the opening of two peers; `shift` is
+/// how far the tree's clocks are ahead of torpor's when the tree gets a
+/// time namespace.
+pub fn open(
+    a: &AnonFile,
+    flags: u32,
+    pending: &mut Pending,
+    shift: Option<crate::engine::clocks::Offsets>,
+) -> Result<i32, Cause> {
     let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
     let r = match a {
         AnonFile::EventFd(s) => eventfd::open(s, nonblock),
-        AnonFile::TimerFd(s) => timerfd::open(s, nonblock),
+        AnonFile::TimerFd(s) => timerfd::open(s, nonblock, shift),
         AnonFile::SignalFd(s) => signalfd::open(s, nonblock),
         AnonFile::Epoll(_) => epoll::open(),
         AnonFile::Inotify(s) => inotify::open(s, nonblock),

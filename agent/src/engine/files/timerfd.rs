@@ -1,9 +1,13 @@
 //! timerfd: clock, interval, time left and unread expirations. A relative
 //! timer fires after the time it had left, counted from the restore; an
-//! absolute `CLOCK_REALTIME` timer keeps its wall-clock deadline.
+//! absolute `CLOCK_REALTIME` timer keeps its wall-clock deadline, and so
+//! does an absolute `CLOCK_MONOTONIC`/`CLOCK_BOOTTIME` one when the tree
+//! gets a time namespace continuing its clocks. torpor creates the timer
+//! outside that namespace, so the deadline is moved into torpor's view.
 #![allow(unsafe_code)]
 
 use super::{field, into_raw, last_os, owned};
+use crate::engine::clocks::Offsets;
 use crate::image::records::TimerFd;
 
 const NS: u64 = 1_000_000_000;
@@ -50,7 +54,9 @@ pub(super) fn collect(info: &str) -> Result<TimerFd, String> {
     Ok(TimerFd { clock, settime_flags, interval_ns, value_ns, deadline_ns, ticks })
 }
 
-pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
+/// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
+/// gets a time namespace; `None` when it reads the host's clocks.
+pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Result<i32, std::io::Error> {
     let mut flags = libc::TFD_CLOEXEC;
     if nonblock {
         flags |= libc::TFD_NONBLOCK;
@@ -64,7 +70,14 @@ pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
         // An interval timer due at the freeze is due at once, not disarmed.
         let left = s.value_ns.max(1);
         let (value, set_flags) = if abs {
-            let at = if is_wall_clock(s.clock) { s.deadline_ns } else { now_ns(s.clock)? + left };
+            let at = match shift.and_then(|o| o.for_clock(s.clock)) {
+                _ if is_wall_clock(s.clock) => s.deadline_ns,
+                // The deadline in the tree's namespace, in torpor's view.
+                Some(ahead) if s.deadline_ns > 0 => {
+                    u64::try_from((i128::from(s.deadline_ns) - i128::from(ahead)).max(1)).unwrap_or(u64::MAX)
+                }
+                _ => now_ns(s.clock)? + left,
+            };
             (at, s.settime_flags)
         } else {
             (left, s.settime_flags & !(libc::TFD_TIMER_ABSTIME as u32))
