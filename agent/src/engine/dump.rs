@@ -83,10 +83,6 @@ pub fn dump_frozen_with<W: Write>(
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
     let frozen = Frozen::freeze(root)?;
-    // Root first: the tree's namespace is the root's.
-    let mut live = vec![root];
-    live.extend(frozen.pids.iter().copied().filter(|p| *p != root && !frozen.zombies.contains_key(p)));
-    let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
@@ -110,6 +106,12 @@ pub fn dump_frozen_with<W: Write>(
     }
     table.check_pipes()?;
     crate::engine::files::check_peers(&mut table.files)?;
+    // The clocks last: every time left on a timer was read before them, so
+    // a restore continuing from them never fires a timer early.
+    // Root first: the tree's namespace is the root's.
+    let mut live = vec![root];
+    live.extend(frozen.pids.iter().copied().filter(|p| *p != root && !frozen.zombies.contains_key(p)));
+    let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
     crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
     let wstep = || "write image".to_string();
