@@ -14,7 +14,8 @@
  *     does not count), the boottime clock by the wall-clock time (so by at
  *     least GAP_MS); /proc/self/timens_offsets changed; every timer fires
  *     at its deadline on the namespace's clock, never before, less than
- *     LATE_MS after.
+ *     LATE_MS after; the absolute one has its deadline minus the
+ *     namespace's clock left, to within a millisecond.
  *   - the same boot, host clocks (no checkpoint, --no-timens, or a kernel
  *     without time namespaces): monotonic and boottime advanced with the
  *     wall clock, by at least GAP_MS; the timers fire at least GAP_MS late
@@ -41,6 +42,8 @@
 #define POSIX_VALUE 0x7c1
 /* Wall and monotonic clocks drift apart by NTP slewing only: 500 ppm at most. */
 #define SLEW_NS MS(20)
+/* torpor reads a deadline to within 0.1 ms of the clock (timerfd.rs). */
+#define EXACT_NS MS(1)
 /* Two samples taken together differ by scheduling only. */
 #define TOGETHER_NS MS(100)
 
@@ -297,6 +300,20 @@ static void verify(void)
                  (long long)(now.boot / 1000000), (long long)(up / 1000000));
         break;
     }
+    }
+
+    /* In a namespace the absolute deadline is the app's own, to the ns:
+     * what is left is exactly the deadline minus the namespace's clock. */
+    if (m == TIMENS) {
+        struct itimerspec cur;
+        int64_t before = vdso_ns(CLOCK_MONOTONIC);
+        timerfd_gettime(11, &cur);
+        int64_t after = vdso_ns(CLOCK_MONOTONIC), left = ts_ns(cur.it_value);
+        if (left > 0 && (left > abs_deadline - before + EXACT_NS || left < abs_deadline - after - EXACT_NS))
+            fail("absolute timerfd: %lld ns left, expected %lld to %lld (deadline %lld on the namespace's clock)",
+                 (long long)left, (long long)(abs_deadline - after - EXACT_NS),
+                 (long long)(abs_deadline - before + EXACT_NS),
+                 (long long)abs_deadline);
     }
 
     int64_t go_at = now.mono;

@@ -65,7 +65,7 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
     let bad = |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
     Ok(Some(match kind {
         "eventfd" => AnonFile::EventFd(eventfd::collect(pid, fd, &info).map_err(|e| bad(&e))?),
-        "timerfd" => AnonFile::TimerFd(timerfd::collect(&info).map_err(|e| bad(&e))?),
+        "timerfd" => AnonFile::TimerFd(timerfd::collect_from(&path).map_err(|e| bad(&e))?),
         "signalfd" => AnonFile::SignalFd(signalfd::collect(&info).map_err(|e| bad(&e))?),
         "eventpoll" => AnonFile::Epoll(epoll::collect(pid, fd, &info).map_err(|e| bad(&e))?),
         _ => AnonFile::Inotify(inotify::collect(pid, &info).map_err(|e| bad(&e))?),
