@@ -347,7 +347,7 @@ fn every_record_kind_round_trips() {
     assert_eq!(memory_back, memory(ps));
     assert_eq!(r.summary(), Some(summary));
     assert_eq!(summary.pages, 6);
-    // Header, 13 state records, pages: 2 zero, 2 compressible, 1 noise,
+    // Header, 12 state records (clocks first), pages: 2 zero, 2 compressible, 1 noise,
     // 1 zero → 3 page records, trailer.
     assert_eq!(summary.records, 1 + 12 + 3 + 1);
     assert_eq!(kinds.first(), Some(&Kind::Clocks));
@@ -563,7 +563,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 2.0 is not supported (this torpor reads format 1.0)"
+        "image format 2.0 is not supported (this torpor reads format 1.1)"
     );
 
     let mut h = header();
