@@ -3,9 +3,12 @@
 //! from outside through a syscall trampoline, and let the tree go.
 //!
 //! ```text
-//!  torpor ── clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
+//!  torpor ── unshare(CLONE_NEWTIME), offsets (`clocks`: the tree's own
+//!    │       time namespace, where the kernel has them); open the objects
+//!    ├─ clone3(set_tid=root) ──────▶ root: setsid/setpgid, clone3 its
 //!    │                                children (each does the same), fds,
 //!    │                                cwd, umask, rlimits, "ready", pause()
+//!    ├─ setns back to torpor's own time namespace
 //!    ├─ seize + interrupt every task
 //!    ├─ per task: trampoline in a hole → unmap torpor's image → move
 //!    │  vdso/vvar → mmap every VMA → pages via /proc/PID/mem → mprotect →
