@@ -65,11 +65,21 @@ static int64_t vdso_ns(clockid_t c)
     return ts_ns(ts);
 }
 
+/* The kernel's 64-bit timespec: 32-bit ARM reads it with clock_gettime64,
+ * 64-bit machines with clock_gettime. */
+struct k_timespec64 {
+    int64_t sec, nsec;
+};
+
 static int64_t sys_ns(clockid_t c)
 {
-    struct timespec ts;
+    struct k_timespec64 ts = { 0, 0 };
+#ifdef SYS_clock_gettime64
+    syscall(SYS_clock_gettime64, c, &ts);
+#else
     syscall(SYS_clock_gettime, c, &ts);
-    return ts_ns(ts);
+#endif
+    return ts.sec * 1000000000 + ts.nsec;
 }
 
 struct sample {
