@@ -27,6 +27,7 @@ use clap::Args;
 use crate::config::{self, Config};
 use crate::daemon::log;
 use crate::engine::image_io::{self, ImageState};
+use crate::engine::clocks::ClockMode;
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::state::FileKind;
 use crate::engine::torpor_conn;
@@ -219,8 +220,10 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
         stats.threads,
         stats.page_bytes
     );
-    if let Some(c) = &stats.clocks {
-        log::info!("{c}");
+    match &stats.clocks {
+        Some(c @ ClockMode::Host(_)) => log::warning!("{c}"),
+        Some(c) => log::info!("{c}"),
+        None => {}
     }
     if let Some(conn) = conn {
         let resumed = resumed_now(&header, generation);
