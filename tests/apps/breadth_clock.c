@@ -23,7 +23,8 @@
  *   - another boot (a power cycle without time namespaces): the clocks are
  *     the new boot's (boottime agrees with /proc/uptime, monotonic is not
  *     ahead of it); the timers fire within the time they had left.
- * In every case the vDSO and the syscall agree (vDSO ≤ syscall ≤ vDSO).
+ * In every case the vDSO and the syscall agree (vDSO ≤ syscall ≤ vDSO), in
+ * the main thread and in a second one, which is in the same namespace.
  * It prints "MODE timens|host|power-cycle" before its verdict.
  *
  * Usage: breadth_clock [GAP_MS [LATE_MS]] [--selftest-fail=monotonic|
@@ -31,6 +32,7 @@
  */
 #include "common.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -107,11 +109,12 @@ static void check_vdso_agrees(clockid_t c, const char *name, int64_t skew)
              (long long)s);
 }
 
-/* The inode of /proc/self/ns/time, or 0 on a kernel without time namespaces. */
+/* The inode of the calling thread's time namespace, or 0 on a kernel
+ * without time namespaces. */
 static uint64_t time_ns_inode(void)
 {
     struct stat st;
-    if (stat("/proc/self/ns/time", &st) != 0)
+    if (stat("/proc/thread-self/ns/time", &st) != 0)
         return 0;
     return (uint64_t)st.st_ino;
 }
@@ -157,6 +160,44 @@ static void arm(int fd, int flags, int64_t value)
     }
 }
 
+/* A second thread, blocked in read until go: restored with clone3 and
+ * CLONE_VM, it must be in the process's time namespace and read the same
+ * clocks through the vDSO and the syscall. */
+static int wake[2];
+static pthread_t helper;
+static uint64_t helper_ns;
+
+static void *helper_main(void *arg)
+{
+    (void)arg;
+    char c;
+    while (read(wake[0], &c, 1) < 0 && errno == EINTR)
+        ;
+    helper_ns = time_ns_inode();
+    check_vdso_agrees(CLOCK_MONOTONIC, "CLOCK_MONOTONIC in the second thread", 0);
+    check_vdso_agrees(CLOCK_BOOTTIME, "CLOCK_BOOTTIME in the second thread", 0);
+    return NULL;
+}
+
+static void start_helper(void)
+{
+    if (pipe(wake) != 0 || pthread_create(&helper, NULL, helper_main, NULL) != 0) {
+        say("FAIL breadth_clock: starting the second thread: %s\n", strerror(errno));
+        _exit(3);
+    }
+}
+
+static void run_helper(uint64_t ns_now)
+{
+    if (write(wake[1], "g", 1) != 1 || pthread_join(helper, NULL) != 0) {
+        fail("second thread: could not wake and join it");
+        return;
+    }
+    if (helper_ns != ns_now)
+        fail("second thread: time namespace %llu, the process's is %llu", (unsigned long long)helper_ns,
+             (unsigned long long)ns_now);
+}
+
 static struct sample at_ready;
 static uint64_t ns_at_ready;
 static char boot_at_ready[64], offsets_at_ready[256];
@@ -199,6 +240,7 @@ static void setup(void)
     }
     posix_hi = vdso_ns(CLOCK_MONOTONIC) + MS(POSIX_MS);
 
+    start_helper();
     ns_at_ready = time_ns_inode();
     boot_id(boot_at_ready, sizeof boot_at_ready);
     if (read_text("/proc/self/timens_offsets", offsets_at_ready, sizeof offsets_at_ready) < 0)
@@ -276,6 +318,7 @@ static void verify(void)
 
     check_vdso_agrees(CLOCK_MONOTONIC, "CLOCK_MONOTONIC", perturb("vdso") ? MS(1000) : 0);
     check_vdso_agrees(CLOCK_BOOTTIME, "CLOCK_BOOTTIME", 0);
+    run_helper(ns_now);
 
     struct sample now = sample_now();
     int64_t dm = now.mono - at_ready.mono, db = now.boot - at_ready.boot, dr = now.real - at_ready.real;
