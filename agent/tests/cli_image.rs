@@ -110,6 +110,44 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The clocks record of a tree restored once before (in a time namespace
+/// of its own) comes out with every field.
+#[test]
+fn show_prints_the_clocks_record() {
+    let dir = scratch("show-clocks");
+    let path = dir.join("app.img");
+    let h = Header::for_host().expect("header");
+    let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    let clocks = torpor::image::records::Clocks {
+        monotonic_ns: 12_345_678_901,
+        boottime_ns: 23_456_789_012,
+        realtime_ns: 1_795_766_589_204_626_816,
+        monotonic_offset_ns: -2_016_103_297,
+        boottime_offset_ns: 8,
+        own_namespace: true,
+        kernel_timens: true,
+    };
+    w.record(Kind::Clocks, &clocks).expect("clocks");
+    write_file(&path, &w.finish().expect("finish").0);
+    let v = json(&torpor(&["show", path.to_str().expect("utf-8")]));
+    assert_eq!(v["header"]["version"]["minor"], 1);
+    let r = &v["records"][0];
+    assert_eq!(r["kind"], "clocks");
+    assert_eq!(
+        r["value"],
+        serde_json::json!({
+            "monotonic_ns": 12_345_678_901u64,
+            "boottime_ns": 23_456_789_012u64,
+            "realtime_ns": 1_795_766_589_204_626_816i64,
+            "monotonic_offset_ns": -2_016_103_297i64,
+            "boottime_offset_ns": 8,
+            "own_namespace": true,
+            "kernel_timens": true,
+        })
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn show_prints_every_record_as_json() {
     let dir = scratch("show");

@@ -229,6 +229,138 @@ app_tests!(breadth_stopped, "breadth_stopped",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["stopped", "status"]);
 
+app_tests!(breadth_clock, "breadth_clock",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["monotonic", "boottime", "vdso", "timerfd", "abstime", "posix"]);
+
+/// breadth_clock across dumps with the tree kept asleep between dump and
+/// restore: in a time namespace (the default where the kernel has them)
+/// its monotonic clock skips the sleep, and with `--no-timens` it does not.
+mod breadth_clock_asleep {
+    use super::*;
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Each cycle keeps the tree dumped this long before the restore.
+    const ASLEEP: Duration = Duration::from_millis(1000);
+
+    fn kernel_has_timens() -> bool {
+        if Path::new("/proc/self/ns/time").exists() {
+            true
+        } else {
+            eprintln!("skipping: this kernel has no time namespaces");
+            false
+        }
+    }
+
+    fn time_ns(pid: &str) -> Result<String, String> {
+        std::fs::read_link(format!("/proc/{pid}/ns/time"))
+            .map(|l| l.to_string_lossy().into_owned())
+            .map_err(|e| format!("reading /proc/{pid}/ns/time: {e}"))
+    }
+
+    /// `/proc/PID/timens_offsets` as (monotonic, boottime) in ns.
+    fn offsets(pid: i32) -> Result<(i128, i128), String> {
+        let path = format!("/proc/{pid}/timens_offsets");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+        let mut got = (None, None);
+        for line in text.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let [name, sec, nsec] = w[..] else {
+                return Err(format!("{path}: unexpected line {line:?}"));
+            };
+            let v = sec.parse::<i128>().map_err(|e| format!("{path}: {line:?}: {e}"))? * 1_000_000_000
+                + nsec.parse::<i128>().map_err(|e| format!("{path}: {line:?}: {e}"))?;
+            match name {
+                "monotonic" => got.0 = Some(v),
+                "boottime" => got.1 = Some(v),
+                _ => return Err(format!("{path}: unexpected line {line:?}")),
+            }
+        }
+        match got {
+            (Some(m), Some(b)) => Ok((m, b)),
+            _ => Err(format!("{path}: expected monotonic and boottime lines, got {text:?}")),
+        }
+    }
+
+    fn ms(d: Duration) -> i128 {
+        i128::try_from(d.as_millis()).unwrap_or(i128::MAX)
+    }
+
+    /// Two cycles, each asleep a second: the second dumps a tree already in
+    /// a torpor-made namespace, whose clocks must go on from its own view.
+    #[test]
+    fn monotonic_skips_the_sleep_in_a_time_namespace() {
+        if !torpor_can_dump() || !kernel_has_timens() {
+            return;
+        }
+        let host = must(time_ns("self"));
+        let asleep_total = 2 * ms(ASLEEP);
+        let dumped_for = Mutex::new(Duration::ZERO);
+        let log = must(harness::checkpoint_run_with(
+            "breadth_clock",
+            &[&asleep_total.to_string()],
+            2,
+            &[],
+            &|_, _| {
+                std::thread::sleep(ASLEEP);
+                Ok(())
+            },
+            &|pid, _, cycle| {
+                for task in harness::process_tree(pid) {
+                    let ns = time_ns(&task.to_string())?;
+                    if ns == host {
+                        return Err(format!("restored process {task} is in the host's time namespace {ns}"));
+                    }
+                }
+                let mut total = dumped_for.lock().unwrap_or_else(|e| e.into_inner());
+                *total += cycle.dumped_for;
+                // The monotonic clock stood still from the freeze to the
+                // restore: behind the host by the time asleep so far, which
+                // is at least the sleeps and at most the dump-to-restore
+                // spans. The boottime clock counted it: with the host.
+                let (mono, boot) = offsets(pid)?;
+                let (lo, hi) = (-ms(*total) * 1_000_000, -i128::from(cycle.number) * ms(ASLEEP) * 1_000_000);
+                if mono < lo || mono > hi {
+                    return Err(format!("monotonic offset: expected {lo} to {hi} ns, got {mono} ns"));
+                }
+                if boot.abs() > 100_000_000 {
+                    return Err(format!("boottime offset: expected within 100 ms of 0, got {boot} ns"));
+                }
+                Ok(())
+            },
+        ));
+        assert!(log.lines().any(|l| l == "MODE timens"), "breadth_clock did not see a time namespace:\n{log}");
+    }
+
+    /// `--no-timens`: the host's clocks, which ran on while the tree slept.
+    #[test]
+    fn no_timens_keeps_the_host_clocks() {
+        if !torpor_can_dump() {
+            return;
+        }
+        let host = if Path::new("/proc/self/ns/time").exists() { Some(must(time_ns("self"))) } else { None };
+        let log = must(harness::checkpoint_run_with(
+            "breadth_clock",
+            &[&ms(ASLEEP).to_string()],
+            1,
+            &["--no-timens"],
+            &|_, _| {
+                std::thread::sleep(ASLEEP);
+                Ok(())
+            },
+            &|pid, _, _| match &host {
+                Some(host) if time_ns(&pid.to_string())? != *host => {
+                    Err(format!("restored process {pid} is not in the host's time namespace {host}"))
+                }
+                _ => Ok(()),
+            },
+        ));
+        assert!(log.lines().any(|l| l == "MODE host"), "breadth_clock did not see the host's clocks:\n{log}");
+    }
+}
+
 /// rustapp's rseq check must catch a thread whose rseq area is no longer
 /// registered (glibc then reads a stale CPU number). It pins threads to two
 /// CPUs, so it needs two.

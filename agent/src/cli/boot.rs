@@ -27,6 +27,7 @@ use clap::Args;
 use crate::config::{self, Config};
 use crate::daemon::log;
 use crate::engine::image_io::{self, ImageState};
+use crate::engine::clocks::ClockMode;
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::state::FileKind;
 use crate::engine::torpor_conn;
@@ -60,6 +61,8 @@ pub struct Places {
     pub socket: PathBuf,
     pub attempts: u32,
     pub tty: PathBuf,
+    /// `restore.timens`: a time namespace continuing the app's clocks.
+    pub timens: bool,
 }
 
 impl Places {
@@ -74,6 +77,7 @@ impl Places {
             socket: socket.map_or_else(|| c.socket.path.clone(), Path::to_path_buf),
             attempts: c.restore.attempts,
             tty: c.restore.tty.clone(),
+            timens: c.restore.timens,
         }
     }
 }
@@ -200,7 +204,12 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
         None
     };
     let tty = places.tty.exists().then(|| places.tty.clone());
-    let opts = RestoreOptions { tty, torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd), ..RestoreOptions::default() };
+    let opts = RestoreOptions {
+        tty,
+        torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd),
+        host_clocks: !places.timens,
+        ..RestoreOptions::default()
+    };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
     let stats = restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
@@ -211,6 +220,11 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
         stats.threads,
         stats.page_bytes
     );
+    match &stats.clocks {
+        Some(c @ ClockMode::Host(_)) => log::warning!("{c}"),
+        Some(c) => log::info!("{c}"),
+        None => {}
+    }
     if let Some(conn) = conn {
         let resumed = resumed_now(&header, generation);
         let pid_u = u32::try_from(pid).unwrap_or(0);

@@ -33,7 +33,8 @@ pub enum Command {
     Check,
     /// Checkpoint a process tree (every descendant, every thread) into an image.
     Dump(dump::DumpArgs),
-    /// Recreate a process tree from an image with its original pids.
+    /// Recreate a process tree from an image with its original pids, in a time
+    /// namespace continuing its monotonic clocks where the kernel has them.
     Restore(restore::RestoreArgs),
     /// Serve hibernate and checkpoint requests on the UNIX socket.
     Daemon(daemon::DaemonArgs),

@@ -21,6 +21,12 @@ pub struct RestoreArgs {
     /// KEY (see `dump --external-fd`).
     #[arg(long, value_name = "KEY=N", value_parser = parse_inherit)]
     pub inherit_fd: Vec<(String, i32)>,
+    /// Let the tree read the host's CLOCK_MONOTONIC and CLOCK_BOOTTIME. By
+    /// default, where the kernel has time namespaces, the tree gets its own:
+    /// its monotonic clock continues from the dump (the time asleep does not
+    /// count) and its boottime clock also counts the time asleep.
+    #[arg(long)]
+    pub no_timens: bool,
 }
 
 fn parse_inherit(s: &str) -> Result<(String, i32), String> {
@@ -33,7 +39,12 @@ fn parse_inherit(s: &str) -> Result<(String, i32), String> {
 }
 
 pub fn run(a: &RestoreArgs) -> Result<i32, String> {
-    let opts = RestoreOptions { tty: a.tty.clone(), inherit: a.inherit_fd.clone(), ..RestoreOptions::default() };
+    let opts = RestoreOptions {
+        tty: a.tty.clone(),
+        inherit: a.inherit_fd.clone(),
+        host_clocks: a.no_timens,
+        ..RestoreOptions::default()
+    };
     let stats = match (&a.image, &a.store) {
         (Some(img), _) => restore_file(img, &opts),
         (None, Some(store)) => restore_store(store, &opts),
@@ -44,5 +55,8 @@ pub fn run(a: &RestoreArgs) -> Result<i32, String> {
         "torpor: restored {} process(es), {} thread(s), {} bytes of memory",
         stats.processes, stats.threads, stats.page_bytes
     );
+    if let Some(c) = &stats.clocks {
+        eprintln!("torpor: {c}");
+    }
     Ok(0)
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::ShowArgs;
-use crate::image::records::{Fd, Kind, MmFields, PipeData, Task, Thread, Vma};
+use crate::image::records::{Clocks, Fd, Kind, MmFields, PipeData, Task, Thread, Vma};
 use crate::image::{self, ImageError, ImageReader, Record};
 use crate::store::{Store, StoreError};
 
@@ -165,6 +165,7 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         Kind::ExternalPipe => {
             to_json(rec.decode::<crate::image::records::ExternalPipe>(), image_err, json_err)?
         }
+        Kind::Clocks => to_json(rec.decode::<Clocks>(), image_err, json_err)?,
         Kind::TmpfsFile => {
             let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })

@@ -100,6 +100,9 @@ pub struct RestoreConfig {
     pub attempts: u32,
     /// The terminal given to a restored app whose terminal is gone.
     pub tty: PathBuf,
+    /// Restore apps in a time namespace continuing their monotonic clocks,
+    /// where the kernel has time namespaces (`false`: the host's clocks).
+    pub timens: bool,
 }
 
 /// `[access]`: who besides root may ask.
@@ -183,7 +186,7 @@ impl Default for Config {
                 timeout_ms: defaults::POWER_TIMEOUT_MS,
             },
             rtc: RtcConfig { wakealarm: Some(PathBuf::from(defaults::RTC_DEVICE)) },
-            restore: RestoreConfig { attempts: defaults::RESTORE_ATTEMPTS, tty: PathBuf::from(defaults::RESTORE_TTY) },
+            restore: RestoreConfig { attempts: defaults::RESTORE_ATTEMPTS, tty: PathBuf::from(defaults::RESTORE_TTY), timens: true },
             access: AccessConfig::default(),
             log: LogConfig { target: LogTarget::Stderr, socket: PathBuf::from(defaults::LOG_SOCKET) },
         }
@@ -410,7 +413,7 @@ impl Config {
             Some(p) => return Err(s.invalid("device", format!("{p:?}"), "must be an absolute path or \"none\"")),
         }
 
-        let s = Section::new(file, &root, "restore", &["attempts", "tty"])?;
+        let s = Section::new(file, &root, "restore", &["attempts", "tty", "timens"])?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
             return Err(s.invalid("attempts", 0, "must be at least 1: with 0 an image would never be restored"));
         }
@@ -419,6 +422,9 @@ impl Config {
         }
         if let Some(p) = s.absolute_path("tty")? {
             c.restore.tty = p;
+        }
+        if let Some(b) = s.boolean("timens")? {
+            c.restore.timens = b;
         }
 
         let s = Section::new(file, &root, "access", &["allow_users"])?;

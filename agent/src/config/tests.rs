@@ -24,7 +24,7 @@ fn empty_file_gives_the_documented_defaults() {
         PowerConfig { chip: "gpiochip0".into(), line: 26, active_low: false, hold_ms: 100, timeout_ms: 3000 }
     );
     assert_eq!(c.rtc.wakealarm, Some(PathBuf::from("/sys/class/rtc/rtc0/wakealarm")));
-    assert_eq!(c.restore, RestoreConfig { attempts: 3, tty: PathBuf::from("/dev/console") });
+    assert_eq!(c.restore, RestoreConfig { attempts: 3, tty: PathBuf::from("/dev/console"), timens: true });
     assert!(c.access.allow_users.is_empty());
     // Empty sections change nothing either.
     assert_eq!(parse("[socket]\n[store]\n[power]\n[rtc]\n[restore]\n[access]\n[log]\n").unwrap(), Config::default());
@@ -55,6 +55,7 @@ device = "/sys/class/rtc/rtc1/wakealarm"
 
 [restore]
 attempts = 5
+timens = false
 tty = "/dev/ttyAMA0"
 
 [access]
@@ -85,7 +86,7 @@ socket = "/run/systemd/journal/dev-log"
                 timeout_ms: 10_000
             },
             rtc: RtcConfig { wakealarm: Some(PathBuf::from("/sys/class/rtc/rtc1/wakealarm")) },
-            restore: RestoreConfig { attempts: 5, tty: PathBuf::from("/dev/ttyAMA0") },
+            restore: RestoreConfig { attempts: 5, tty: PathBuf::from("/dev/ttyAMA0"), timens: false },
             access: AccessConfig { allow_users: vec![Id::Name("pi".into()), Id::Num(1000)] },
             log: LogConfig { target: LogTarget::Syslog, socket: PathBuf::from("/run/systemd/journal/dev-log") },
         }

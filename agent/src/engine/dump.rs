@@ -106,10 +106,18 @@ pub fn dump_frozen_with<W: Write>(
     }
     table.mark_external_pipes()?;
     crate::engine::files::check_peers(&mut table.files)?;
+    // The clocks last: every time left on a timer was read before them, so
+    // a restore continuing from them never fires a timer early.
+    // Root first: the tree's namespace is the root's.
+    let mut live = vec![root];
+    live.extend(frozen.pids.iter().copied().filter(|p| *p != root && !frozen.zombies.contains_key(p)));
+    let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
+    crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
     let wstep = || "write image".to_string();
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
+    w.record(crate::image::Kind::Clocks, &clocks.record).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files).step(wstep)?;

@@ -3,10 +3,13 @@
 //!
 //! ```text
 //!  Header
-//!  PipeData*                    every pipe's unread bytes, by pipe id
+//!  Clocks                       the tree's clocks at the freeze (format 1.1)
+//!  (PipeData ExternalPipe?)*    every pipe's unread bytes, by pipe id,
+//!                               and which end is outside the tree
 //!  TmpfsFile*                   shared tmpfs files, by chunk
-//!  (MemfdObject | SysvShm) ObjectData*    each memfd and SysV segment,
-//!                               then its contents
+//!  (MemfdObject | SysvShm | UnlinkedObject) ObjectData*
+//!                               each memfd, SysV segment and unlinked
+//!                               file, then its contents
 //!  Task MmFields Thread* Vma* Fd* Pages*     per process, parents first
 //!  Trailer
 //! ```
@@ -42,6 +45,8 @@ pub struct ImageState {
     pub unlinked: Vec<crate::image::records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
+    /// The tree's clocks at the freeze; `None` in images of format 1.0.
+    pub clocks: Option<crate::image::records::Clocks>,
 }
 
 fn path_of(p: &RawPath) -> String {
@@ -509,6 +514,12 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 if end.is_none_or(|e| e > size) {
                     return Err(malformed(format!("{} bytes at {} overflow {:?} of {size} bytes", d.bytes.len(), d.offset, d.object)));
                 }
+            }
+            Kind::Clocks => {
+                if st.clocks.is_some() {
+                    return Err(malformed("a second clocks record".into()));
+                }
+                st.clocks = Some(rec.decode()?);
             }
             Kind::PipeData => {
                 let d: PipeData = rec.decode()?;

@@ -6,9 +6,11 @@
 //! `image_io` into the image) → release or kill. Flow of a restore:
 //! `image_io` reads and checks the whole image, `restore` validates it,
 //! forks the tasks with their pids, rebuilds each address space through
-//! remote syscalls (`remote`, `ptrace`), and lets the tree go. `procfs`
+//! remote syscalls (`remote`, `ptrace`), and lets the tree go; `clocks`
+//! keeps the tree's monotonic clocks continuous across both. `procfs`
 //! parses /proc; `state` is the plain data in between.
 
+pub mod clocks;
 pub mod collect;
 pub mod dump;
 pub mod files;

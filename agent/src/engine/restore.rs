@@ -3,9 +3,12 @@
 //! from outside through a syscall trampoline, and let the tree go.
 //!
 //! ```text
-//!  torpor ── clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
+//!  torpor ── unshare(CLONE_NEWTIME), offsets (`clocks`: the tree's own
+//!    │       time namespace, where the kernel has them); open the objects
+//!    ├─ clone3(set_tid=root) ──────▶ root: setsid/setpgid, clone3 its
 //!    │                                children (each does the same), fds,
 //!    │                                cwd, umask, rlimits, "ready", pause()
+//!    ├─ setns back to torpor's own time namespace
 //!    ├─ seize + interrupt every task
 //!    ├─ per task: trampoline in a hole → unmap torpor's image → move
 //!    │  vdso/vvar → mmap every VMA → pages via /proc/PID/mem → mprotect →
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 use torpor_parasite::KSigaction;
 
 use crate::arch::{self, nr, Regs};
+use crate::engine::clocks::{ClockMode, Offsets};
 use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
 use crate::engine::image_io::{self, ImageState};
 use crate::engine::procfs;
@@ -46,13 +50,19 @@ pub struct RestoreOptions {
     pub torpor_conn: Option<i32>,
     /// Descriptors (of this process) for the image's external fds, by key.
     pub inherit: Vec<(String, i32)>,
+    /// Leave the tree on the host's clocks (`--no-timens`) instead of a
+    /// time namespace continuing the clocks of the dump.
+    pub host_clocks: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreStats {
     pub processes: usize,
     pub threads: usize,
     pub page_bytes: u64,
+    /// The clocks the tree reads: its own time namespace, or the host's
+    /// and why.
+    pub clocks: Option<ClockMode>,
 }
 
 fn refused(step: &str, why: String) -> EngineError {
@@ -295,7 +305,9 @@ fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
     Ok(n)
 }
 
-fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, EngineError> {
+/// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
+/// gets a time namespace.
+fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) -> Result<Objects, EngineError> {
     let step = || "open files".to_string();
     let max_target = st
         .processes
@@ -420,7 +432,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions) -> Result<Objects, Engin
     }
     let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
-        let fd = open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs).step(step)?;
+        let fd = open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs, shift).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -442,6 +454,7 @@ fn open_object(
     pending: &mut crate::engine::files::Pending,
     opts: &RestoreOptions,
     segs: &crate::engine::files::Segments,
+    shift: Option<Offsets>,
 ) -> Result<i32, Cause> {
     let open_flags =
         (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
@@ -556,7 +569,7 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending, segs),
+        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending, segs, shift),
         FileKind::TorporConn => {
             let conn = opts
                 .torpor_conn
@@ -1782,9 +1795,16 @@ pub fn restore<R: Read>(
         return Err(last_os()).step(|| "restore".to_string());
     }
     crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
-    let mut objs = open_objects(st, opts)?;
+    // The namespace first: timerfd deadlines are set in its view.
+    let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
+        .step(|| "time namespace".to_string())?;
+    let mut objs = open_objects(st, opts, timens.as_ref().map(|t| t.tree_over_torpor))?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
+    // The whole tree is in the namespace: torpor takes its own back.
+    if let Some(t) = timens.as_mut() {
+        t.leave().step(|| "time namespace".to_string())?;
+    }
     let high_fd = objs.high;
     let shm = objs.shm.clone();
     let step = || "seize tasks".to_string();
@@ -1802,9 +1822,10 @@ pub fn restore<R: Read>(
             }
         }
     }
-    let stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
+    let mut stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(|| "seal memfds and remove SysV segments".to_string())?;
+    stats.clocks = Some(clocks);
     drop(objs);
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.

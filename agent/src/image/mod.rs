@@ -10,8 +10,10 @@
 //!  |          |      | arch, page size, kernel release,        |          |
 //!  |          |      | boot id, host, creation time, version   |          |
 //!  +----------+------+-----------------------------------------+----------+
+//!  | len      | 11   | clocks: the tree's clocks at the freeze  | crc      |
+//!  +----------+------+-----------------------------------------+----------+
 //!  | len      | 2..7 | task / thread / vma / fd / mm /         | crc      |
-//!  |          |      | pipe-data                               |          |
+//!  |          | 10   | pipe-data / tmpfs-file                  |          |
 //!  +----------+------+-----------------------------------------+----------+
 //!  | len      | 8    | pages: vaddr, pages, codec, data        | crc      |
 //!  +----------+------+-----------------------------------------+----------+
@@ -58,7 +60,8 @@ pub use records::{Codec, Kind, Pages, PagesHead, Trailer, PAGE_BATCH_BYTES};
 pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes.
-pub const FORMAT: FormatVersion = FormatVersion { major: 1, minor: 0 };
+/// Minor 1 added the clocks record.
+pub const FORMAT: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;
@@ -1007,6 +1010,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::ObjectData => "an object-data record",
         Kind::ExternalPipe => "an external-pipe record",
         Kind::UnlinkedObject => "an unlinked-file record",
+        Kind::Clocks => "the clocks record",
     }
 }
 

@@ -44,6 +44,8 @@ pub enum Kind {
     /// A regular file unlinked while the tree holds or maps it (contents
     /// follow as `object-data`).
     UnlinkedObject = 15,
+    /// The tree's clocks at the freeze and its time namespace.
+    Clocks = 16,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -62,7 +64,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -78,6 +80,7 @@ impl Kind {
         Kind::ObjectData,
         Kind::ExternalPipe,
         Kind::UnlinkedObject,
+        Kind::Clocks,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -95,7 +98,7 @@ impl Kind {
             Kind::PipeData => PIPE_DATA_LIMIT,
             Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
             Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
-            Kind::UnlinkedObject => STATE_LIMIT,
+            Kind::UnlinkedObject | Kind::Clocks => STATE_LIMIT,
         }
     }
 
@@ -117,6 +120,7 @@ impl Kind {
             Kind::ObjectData => "object-data",
             Kind::ExternalPipe => "external-pipe",
             Kind::UnlinkedObject => "unlinked-file",
+            Kind::Clocks => "clocks",
         }
     }
 }
@@ -895,4 +899,29 @@ pub struct ObjectData {
     pub object: ObjectRef,
     pub offset: u64,
     pub bytes: Vec<u8>,
+}
+
+/// The tree's clocks at the freeze, as the tree read them: the host's clock
+/// plus the offsets of the time namespace the tree was in. A restore with a
+/// time namespace continues `CLOCK_MONOTONIC` from here (the time asleep
+/// does not count, as across a suspend) and `CLOCK_BOOTTIME` from here plus
+/// the wall-clock time asleep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clocks {
+    /// `CLOCK_MONOTONIC` of the tree, in ns.
+    pub monotonic_ns: u64,
+    /// `CLOCK_BOOTTIME` of the tree, in ns.
+    pub boottime_ns: u64,
+    /// `CLOCK_REALTIME` (never namespaced), in ns since the epoch; negative
+    /// before 1970.
+    pub realtime_ns: i64,
+    /// The offsets of the tree's time namespace (`/proc/PID/timens_offsets`)
+    /// over the host's clocks, in ns; 0 in the root namespace.
+    pub monotonic_offset_ns: i64,
+    pub boottime_offset_ns: i64,
+    /// The tree had a time namespace of its own (a torpor-made one, after
+    /// an earlier restore), not the host's.
+    pub own_namespace: bool,
+    /// The kernel had time namespaces (`CONFIG_TIME_NS`).
+    pub kernel_timens: bool,
 }

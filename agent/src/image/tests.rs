@@ -216,10 +216,25 @@ fn memory(ps: usize) -> Vec<u8> {
     m
 }
 
+/// A tree restored once before: in a torpor-made time namespace whose
+/// clocks run behind the host's, before 1970 on nothing.
+fn clocks() -> Clocks {
+    Clocks {
+        monotonic_ns: 5_000_000_123,
+        boottime_ns: 9_000_000_456,
+        realtime_ns: 1_700_000_000_123_456_789,
+        monotonic_offset_ns: -3_600_000_000_007,
+        boottime_offset_ns: -3_500_000_000_009,
+        own_namespace: true,
+        kernel_timens: true,
+    }
+}
+
 fn full_image() -> (Vec<u8>, ImageSummary) {
     let h = header();
     let ps = h.page_size as usize;
     let mut w = ImageWriter::new(Vec::new(), &h).expect("writer");
+    w.record(Kind::Clocks, &clocks()).expect("clocks");
     w.record(Kind::Task, &task()).expect("task");
     w.record(Kind::Thread, &thread()).expect("thread");
     w.record(Kind::Vma, &vma()).expect("vma");
@@ -333,15 +348,17 @@ fn every_record_kind_round_trips() {
             Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::UnlinkedObject => {
                 panic!("no {} record was written", rec.kind())
             }
+            Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
         }
     }
     assert_eq!(fds_back, fds());
     assert_eq!(memory_back, memory(ps));
     assert_eq!(r.summary(), Some(summary));
     assert_eq!(summary.pages, 6);
-    // Header, 12 state records, pages: 2 zero, 2 compressible, 1 noise,
+    // Header, 13 state records (clocks first), pages: 2 zero, 2 compressible, 1 noise,
     // 1 zero → 3 page records, trailer.
-    assert_eq!(summary.records, 1 + 12 + 3 + 1);
+    assert_eq!(summary.records, 1 + 13 + 3 + 1);
+    assert_eq!(kinds.first(), Some(&Kind::Clocks));
     assert_eq!(kinds.iter().filter(|k| **k == Kind::Pages).count(), 3);
     // Another call after the trailer stays at the end.
     assert!(r.next_record().expect("end").is_none());
@@ -554,7 +571,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 2.0 is not supported (this torpor reads format 1.0)"
+        "image format 2.0 is not supported (this torpor reads format 1.1)"
     );
 
     let mut h = header();

@@ -575,10 +575,12 @@ fn dump(pid: i32, image: &Path, w: &Workdir, label: &str) -> Result<TorporRun, S
     )
 }
 
-/// `torpor restore --image IMAGE`.
-fn restore(image: &Path, w: &Workdir, label: &str) -> Result<TorporRun, String> {
+/// `torpor restore --image IMAGE EXTRA...`.
+fn restore(image: &Path, extra: &[&str], w: &Workdir, label: &str) -> Result<TorporRun, String> {
     let image = image.to_string_lossy();
-    torpor(&["restore", "--image", &image], w, label, TORPOR_TIMEOUT)
+    let mut args = vec!["restore", "--image", &image];
+    args.extend_from_slice(extra);
+    torpor(&args, w, label, TORPOR_TIMEOUT)
 }
 
 /// Control run, no checkpoint: start → READY → go → PASS, exit 0. Returns
@@ -753,6 +755,28 @@ pub fn checkpoint_run_between(
     cycles: u32,
     between: &dyn Fn(i32, &Workdir) -> Result<(), String>,
 ) -> Result<String, String> {
+    checkpoint_run_with(name, args, cycles, &[], between, &|_, _, _| Ok(()))
+}
+
+/// What a cycle of [`checkpoint_run_with`] measured: the cycle number, and
+/// the wall-clock time from the start of the dump to the end of the restore.
+#[derive(Debug, Clone, Copy)]
+pub struct Cycle {
+    pub number: u32,
+    pub dumped_for: Duration,
+}
+
+/// [`checkpoint_run_between`] with `restore_args` added to every `torpor
+/// restore`, and `after(pid, workdir, cycle)` run once each restored tree
+/// is back, before the next cycle or go.
+pub fn checkpoint_run_with(
+    name: &str,
+    args: &[&str],
+    cycles: u32,
+    restore_args: &[&str],
+    between: &dyn Fn(i32, &Workdir) -> Result<(), String>,
+    after: &dyn Fn(i32, &Workdir, Cycle) -> Result<(), String>,
+) -> Result<String, String> {
     run_app(
         &format!("checkpoint-{name}"),
         name,
@@ -763,6 +787,7 @@ pub fn checkpoint_run_between(
                 let tree = process_tree(pid);
                 reaper.track(&tree);
                 let image = w.path().join(format!("img{cycle}"));
+                let started = Instant::now();
                 let dumped = dump(pid, &image, w, &format!("dump{cycle}"))?;
                 if !dumped.success {
                     return Err(format!(
@@ -775,7 +800,8 @@ pub fn checkpoint_run_between(
                     format!("{name}, cycle {cycle}: {e}\n  after {}", dumped.describe())
                 })?;
                 between(pid, w).map_err(|e| format!("{name}, cycle {cycle}, between dump and restore: {e}"))?;
-                let restored = restore(&image, w, &format!("restore{cycle}"))?;
+                let restored = restore(&image, restore_args, w, &format!("restore{cycle}"))?;
+                let dumped_for = started.elapsed();
                 if !restored.success {
                     return Err(format!(
                         "{name}, cycle {cycle}: restore failed: {}\n{}",
@@ -788,6 +814,9 @@ pub fn checkpoint_run_between(
                         "{name}, cycle {cycle}: {e}\n  after {}",
                         restored.describe()
                     )
+                })?;
+                after(pid, w, Cycle { number: cycle, dumped_for }).map_err(|e| {
+                    format!("{name}, cycle {cycle}, after the restore: {e}\n  after {}", restored.describe())
                 })?;
             }
             let ended = go_and_wait(pid, name, w)?;
@@ -875,7 +904,7 @@ pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
         }
         expect_tree_gone(name, &tree, w)
             .map_err(|e| format!("{e}\n  after {}", dumped.describe()))?;
-        let restored = restore(&image, w, "restore")?;
+        let restored = restore(&image, &[], w, "restore")?;
         if !restored.success {
             return Err(format!(
                 "{name}: restore failed: {}\n{}",

@@ -73,7 +73,7 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
     let bad = |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
     Ok(Some(match kind {
         "eventfd" => AnonFile::EventFd(eventfd::collect(pid, fd, &info).map_err(|e| bad(&e))?),
-        "timerfd" => AnonFile::TimerFd(timerfd::collect(&info).map_err(|e| bad(&e))?),
+        "timerfd" => AnonFile::TimerFd(timerfd::collect_from(&path).map_err(|e| bad(&e))?),
         "signalfd" => AnonFile::SignalFd(signalfd::collect(&info).map_err(|e| bad(&e))?),
         "eventpoll" => AnonFile::Epoll(epoll::collect(pid, fd, &info).map_err(|e| bad(&e))?),
         _ => AnonFile::Inotify(inotify::collect(pid, &info).map_err(|e| bad(&e))?),
@@ -126,12 +126,19 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
 
 /// Creates the object again in torpor; `flags` are its saved status flags;
 /// `pending` holds pair ends between the opening of two peers; memfds are
-/// reopened from `segs`.
-pub fn open(a: &AnonFile, flags: u32, pending: &mut Pending, segs: &Segments) -> Result<i32, Cause> {
+/// reopened from `segs`; `shift` is how far the tree's clocks are ahead of
+/// torpor's when the tree gets a time namespace.
+pub fn open(
+    a: &AnonFile,
+    flags: u32,
+    pending: &mut Pending,
+    segs: &Segments,
+    shift: Option<crate::engine::clocks::Offsets>,
+) -> Result<i32, Cause> {
     let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
     let r = match a {
         AnonFile::EventFd(s) => eventfd::open(s, nonblock),
-        AnonFile::TimerFd(s) => timerfd::open(s, nonblock),
+        AnonFile::TimerFd(s) => timerfd::open(s, nonblock, shift),
         AnonFile::SignalFd(s) => signalfd::open(s, nonblock),
         AnonFile::Epoll(_) => epoll::open(),
         AnonFile::Inotify(s) => inotify::open(s, nonblock),

@@ -1,9 +1,13 @@
 //! timerfd: clock, interval, time left and unread expirations. A relative
 //! timer fires after the time it had left, counted from the restore; an
-//! absolute `CLOCK_REALTIME` timer keeps its wall-clock deadline.
+//! absolute `CLOCK_REALTIME` timer keeps its wall-clock deadline, and so
+//! does an absolute `CLOCK_MONOTONIC`/`CLOCK_BOOTTIME` one when the tree
+//! gets a time namespace continuing its clocks. torpor creates the timer
+//! outside that namespace, so the deadline is moved into torpor's view.
 #![allow(unsafe_code)]
 
 use super::{field, into_raw, last_os, owned};
+use crate::engine::clocks::Offsets;
 use crate::image::records::TimerFd;
 
 const NS: u64 = 1_000_000_000;
@@ -39,18 +43,46 @@ fn is_wall_clock(clock: i32) -> bool {
     clock == libc::CLOCK_REALTIME || clock == libc::CLOCK_REALTIME_ALARM
 }
 
-pub(super) fn collect(info: &str) -> Result<TimerFd, String> {
+/// The fdinfo reading whose clock readings around it are this close is
+/// taken at once; a preempted one is read again, a few times at most.
+const READ_WINDOW_NS: u64 = 100_000;
+const READ_TRIES: u32 = 8;
+
+/// Reads the timerfd's fdinfo at `path`: the deadline is the time left
+/// plus the clock read halfway through the reading, bracketed closely so
+/// that a restore can give back the absolute deadline within microseconds.
+pub(super) fn collect_from(path: &str) -> Result<TimerFd, String> {
+    let read = || std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"));
+    let first = read()?;
+    let clock: i32 = field(&first, "clockid").and_then(|v| v.parse().ok()).ok_or("no readable clockid")?;
+    let now = || now_ns(clock).map_err(|e| format!("clock {clock}: {e}"));
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = now()?;
+        let info = read()?;
+        let after = now()?;
+        if after - before <= READ_WINDOW_NS || tries >= READ_TRIES {
+            return collect(&info, before + (after - before) / 2);
+        }
+    }
+}
+
+/// Parses a timerfd's fdinfo read at `now` on its clock.
+pub(super) fn collect(info: &str, now: u64) -> Result<TimerFd, String> {
     let clock: i32 = field(info, "clockid").and_then(|v| v.parse().ok()).ok_or("no readable clockid")?;
     let ticks: u64 = field(info, "ticks").and_then(|v| v.parse().ok()).ok_or("no readable ticks")?;
     let settime_flags =
         field(info, "settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or("no readable settime flags")?;
     let value_ns = field(info, "it_value").and_then(pair_ns).ok_or("no readable it_value")?;
     let interval_ns = field(info, "it_interval").and_then(pair_ns).ok_or("no readable it_interval")?;
-    let deadline_ns = if value_ns > 0 { now_ns(clock).map_err(|e| format!("clock {clock}: {e}"))? + value_ns } else { 0 };
+    let deadline_ns = if value_ns > 0 { now + value_ns } else { 0 };
     Ok(TimerFd { clock, settime_flags, interval_ns, value_ns, deadline_ns, ticks })
 }
 
-pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
+/// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
+/// gets a time namespace; `None` when it reads the host's clocks.
+pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Result<i32, std::io::Error> {
     let mut flags = libc::TFD_CLOEXEC;
     if nonblock {
         flags |= libc::TFD_NONBLOCK;
@@ -64,7 +96,14 @@ pub(super) fn open(s: &TimerFd, nonblock: bool) -> Result<i32, std::io::Error> {
         // An interval timer due at the freeze is due at once, not disarmed.
         let left = s.value_ns.max(1);
         let (value, set_flags) = if abs {
-            let at = if is_wall_clock(s.clock) { s.deadline_ns } else { now_ns(s.clock)? + left };
+            let at = match shift.and_then(|o| o.for_clock(s.clock)) {
+                _ if is_wall_clock(s.clock) => s.deadline_ns,
+                // The deadline in the tree's namespace, in torpor's view.
+                Some(ahead) if s.deadline_ns > 0 => {
+                    u64::try_from((i128::from(s.deadline_ns) - i128::from(ahead)).max(1)).unwrap_or(u64::MAX)
+                }
+                _ => now_ns(s.clock)? + left,
+            };
             (at, s.settime_flags)
         } else {
             (left, s.settime_flags & !(libc::TFD_TIMER_ABSTIME as u32))
@@ -93,11 +132,11 @@ mod tests {
 
     #[test]
     fn fdinfo_text() {
-        let t = collect("clockid: 0\nticks: 2\nsettime flags: 01\nit_value: (2, 951542206)\nit_interval: (1, 0)\n").expect("valid");
+        let t = collect("clockid: 0\nticks: 2\nsettime flags: 01\nit_value: (2, 951542206)\nit_interval: (1, 0)\n", 7).expect("valid");
         assert_eq!((t.clock, t.ticks, t.settime_flags), (0, 2, 1));
         assert_eq!((t.value_ns, t.interval_ns), (2_951_542_206, 1_000_000_000));
-        assert!(t.deadline_ns > t.value_ns);
-        assert!(collect("clockid: 1\nticks: 0\n").is_err());
+        assert_eq!(t.deadline_ns, 2_951_542_213);
+        assert!(collect("clockid: 1\nticks: 0\n", 7).is_err());
         assert_eq!(pair_ns("(1, x)"), None);
     }
 }
