@@ -223,7 +223,7 @@ fn breadth_segments_restore_refuses_a_taken_key() {
 
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["flock", "ofd", "posix", "range", "sync"]);
+    negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);
 
 app_tests!(breadth_stopped, "breadth_stopped",
     args: [], checkpoint_args: [], negative_args: [],

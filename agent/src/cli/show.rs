@@ -166,6 +166,7 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
             to_json(rec.decode::<crate::image::records::ExternalPipe>(), image_err, json_err)?
         }
         Kind::Clocks => to_json(rec.decode::<Clocks>(), image_err, json_err)?,
+        Kind::FileSigIo => to_json(rec.decode::<crate::image::records::FileSigIo>(), image_err, json_err)?,
         Kind::TmpfsFile => {
             let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })

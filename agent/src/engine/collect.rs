@@ -465,12 +465,12 @@ impl FileTable {
         for fd in procfs::fds(pid).step(step)? {
             let link = procfs::readlink(&format!("/proc/{pid}/fd/{fd}")).step(step)?;
             let info_path = format!("/proc/{pid}/fdinfo/{fd}");
-            let info = procfs::parse_fdinfo(&info_path, &procfs::read(&info_path).step(step)?)
-                .step(step)?;
+            let info_text = procfs::read(&info_path).step(step)?;
+            let info = procfs::parse_fdinfo(&info_path, &info_text).step(step)?;
             let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
             if let Some((_, _, key)) = self.external.iter().find(|(p, f, _)| *p == pid && *f == fd) {
-                self.files.push(OpenFile { flags, kind: FileKind::External { key: key.clone() } });
+                self.files.push(OpenFile { flags, kind: FileKind::External { key: key.clone() }, sigio: None });
                 self.owner.push((pid, fd, format!("external:{key}")));
                 let file = u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX);
                 out.push(Fd { fd, file, cloexec });
@@ -488,7 +488,14 @@ impl FileTable {
                 Some(i) => i,
                 None => {
                     let kind = self.kind_of(pid, fd, &link, flags, info.pos).step(step)?;
-                    self.files.push(OpenFile { flags, kind });
+                    // Owner and signal matter with O_ASYNC or a lease.
+                    let leased = info_text.lines().any(|l| l.starts_with("lock:") && l.contains(" LEASE "));
+                    let sigio = if flags & crate::engine::files::O_ASYNC != 0 || leased {
+                        Some(crate::engine::files::collect_sigio(pid, fd).map_err(Cause::Refused).step(step)?)
+                    } else {
+                        None
+                    };
+                    self.files.push(OpenFile { flags, kind, sigio });
                     self.owner.push((pid, fd, link));
                     self.files.len() - 1
                 }

@@ -465,6 +465,9 @@ pub fn write_process<W: Write>(
                 kind,
             },
         )?;
+        if let Some(sigio) = of.sigio {
+            w.record(Kind::FileSigIo, &crate::image::records::FileSigIo { ofd: u64::from(f.file), sigio })?;
+        }
     }
     Ok(())
 }
@@ -514,6 +517,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 if end.is_none_or(|e| e > size) {
                     return Err(malformed(format!("{} bytes at {} overflow {:?} of {size} bytes", d.bytes.len(), d.offset, d.object)));
                 }
+            }
+            Kind::FileSigIo => {
+                let r: crate::image::records::FileSigIo = rec.decode()?;
+                let i = ofds.get(&r.ofd).ok_or_else(|| malformed(format!("a file-sigio record names description {}, which no fd has", r.ofd)))?;
+                st.files[*i as usize].sigio = Some(r.sigio);
             }
             Kind::Clocks => {
                 if st.clocks.is_some() {
@@ -818,7 +826,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                         let idx = match ofds.get(&f.ofd) {
                             Some(&i) => i,
                             None => {
-                                st.files.push(OpenFile { flags, kind });
+                                st.files.push(OpenFile { flags, kind, sigio: None });
                                 let i = u32::try_from(st.files.len() - 1).unwrap_or(u32::MAX);
                                 ofds.insert(f.ofd, i);
                                 i

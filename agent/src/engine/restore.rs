@@ -456,8 +456,9 @@ fn open_object(
     segs: &crate::engine::files::Segments,
     shift: Option<Offsets>,
 ) -> Result<i32, Cause> {
+    // O_ASYNC is set later by the task itself (files::arm_sigio).
     let open_flags =
-        (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC;
+        (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC)) | libc::O_CLOEXEC;
     let open = |path: &str, flags: i32| -> Result<i32, Cause> {
         let c = cstr(path)?;
         // SAFETY: open with a valid C string.
@@ -569,7 +570,9 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Anon(a) => crate::engine::files::open(a, f.flags, pending, segs, shift),
+        FileKind::Anon(a) => {
+            crate::engine::files::open(a, f.flags & !crate::engine::files::O_ASYNC, pending, segs, shift)
+        }
         FileKind::TorporConn => {
             let conn = opts
                 .torpor_conn
@@ -826,6 +829,19 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
     crate::engine::files::register_epolls(p, &st.files)?;
     crate::engine::files::take_locks(p)?;
+    // Signal-driven I/O, armed through the fd with the lowest number in the
+    // first process holding the description: the fd the kernel reports.
+    let mut fds: Vec<&crate::engine::state::Fd> = p.fds.iter().collect();
+    fds.sort_by_key(|f| f.fd);
+    let mut armed = std::collections::BTreeSet::new();
+    for f in fds {
+        let of = &st.files[f.file as usize];
+        let Some(s) = &of.sigio else { continue };
+        let first = st.processes.iter().find(|q| q.fds.iter().any(|g| g.file == f.file)).map(|q| q.pid);
+        if first == Some(p.pid) && armed.insert(f.file) {
+            crate::engine::files::arm_sigio(f.fd, of.flags, s)?;
+        }
+    }
     // A session leader takes its controlling terminal back from the fd
     // that opens it (the original device or its --tty substitute).
     if p.ctty != 0 && p.sid == p.pid {
@@ -1826,6 +1842,13 @@ pub fn restore<R: Read>(
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(|| "seal memfds and remove SysV segments".to_string())?;
     stats.clocks = Some(clocks);
+    // Owners of signal-driven I/O may be any process or thread of the tree:
+    // set now that all exist.
+    for (i, f) in st.files.iter().enumerate() {
+        if let (Some(s), Some(&fd)) = (&f.sigio, objs.fds.get(i)) {
+            crate::engine::files::set_sigio_owner(fd, s).map_err(Cause::Refused).step(|| "signal-driven I/O".to_string())?;
+        }
+    }
     drop(objs);
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.

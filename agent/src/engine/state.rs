@@ -212,6 +212,8 @@ pub struct OpenFile {
     /// open(2) flags without O_CLOEXEC (which belongs to the fd).
     pub flags: u32,
     pub kind: FileKind,
+    /// Owner and signal, for a description with `O_ASYNC` or a lease.
+    pub sigio: Option<crate::image::records::SigIo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

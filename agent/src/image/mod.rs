@@ -1011,6 +1011,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::ExternalPipe => "an external-pipe record",
         Kind::UnlinkedObject => "an unlinked-file record",
         Kind::Clocks => "the clocks record",
+        Kind::FileSigIo => "a file-sigio record",
     }
 }
 

@@ -46,6 +46,8 @@ pub enum Kind {
     UnlinkedObject = 15,
     /// The tree's clocks at the freeze and its time namespace.
     Clocks = 16,
+    /// Signal-driven I/O of an open file description: owner and signal.
+    FileSigIo = 17,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -64,7 +66,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -81,6 +83,7 @@ impl Kind {
         Kind::ExternalPipe,
         Kind::UnlinkedObject,
         Kind::Clocks,
+        Kind::FileSigIo,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -98,7 +101,7 @@ impl Kind {
             Kind::PipeData => PIPE_DATA_LIMIT,
             Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
             Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
-            Kind::UnlinkedObject | Kind::Clocks => STATE_LIMIT,
+            Kind::UnlinkedObject | Kind::Clocks | Kind::FileSigIo => STATE_LIMIT,
         }
     }
 
@@ -121,6 +124,7 @@ impl Kind {
             Kind::ExternalPipe => "external-pipe",
             Kind::UnlinkedObject => "unlinked-file",
             Kind::Clocks => "clocks",
+            Kind::FileSigIo => "file-sigio",
         }
     }
 }
@@ -310,6 +314,29 @@ pub enum LockKind {
     Ofd,
     /// `F_SETLK`: a byte range owned by the process.
     Posix,
+    /// `F_SETLEASE`: a read or write lease on the whole file, owned by the
+    /// open file description.
+    Lease,
+}
+
+/// Who gets the signal of signal-driven I/O (`O_ASYNC`) or of a lease
+/// break, and which signal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigIo {
+    /// `F_OWNER_TID` (0), `F_OWNER_PID` (1) or `F_OWNER_PGRP` (2).
+    pub owner_kind: i32,
+    /// 0: no owner.
+    pub owner_pid: i32,
+    /// `F_GETSIG`: 0 means `SIGIO`.
+    pub signal: i32,
+}
+
+/// The [`SigIo`] of open file description `ofd` (as the [`Fd`] records
+/// name it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSigIo {
+    pub ofd: u64,
+    pub sigio: SigIo,
 }
 
 /// One file lock held through fd `fd`.

@@ -1,9 +1,11 @@
-//! File locks: `flock`, OFD and POSIX record locks, read from the `lock:`
-//! lines of each fd's fdinfo and taken again by the restored process once
-//! its fds are in place (the first two belong to the open file description,
-//! which the fd shares; POSIX locks to the process, which is the one taking
-//! them). A lock another process took meanwhile makes the restore fail
-//! naming the fd and the range.
+//! File locks: `flock`, OFD and POSIX record locks and leases, read from
+//! the `lock:` lines of each fd's fdinfo and taken again by the restored
+//! process once its fds are in place (flock and OFD locks and leases belong
+//! to the open file description, which the fd shares; POSIX locks to the
+//! process, which is the one taking them). A lock another process took
+//! meanwhile makes the restore fail naming the fd and the range; a lease
+//! fails likewise while another process holds the file open in a way the
+//! lease excludes.
 #![allow(unsafe_code)]
 
 use crate::engine::procfs;
@@ -22,10 +24,15 @@ fn parse(fd: i32, line: &str) -> Result<Option<FileLock>, String> {
         "FLOCK" => LockKind::Flock,
         "OFDLCK" => LockKind::Ofd,
         "POSIX" => LockKind::Posix,
+        "LEASE" => LockKind::Lease,
         other => return Err(format!("fd {fd} holds a {other} lock, which torpor cannot take again")),
     };
-    if *w.get(2).ok_or_else(bad)? != "ADVISORY" {
-        return Err(format!("fd {fd} holds a mandatory lock"));
+    match (kind, *w.get(2).ok_or_else(bad)?) {
+        (LockKind::Lease, "ACTIVE") => {}
+        // Another process waits for the holder to give the lease up.
+        (LockKind::Lease, state) => return Err(format!("fd {fd} holds a lease being broken ({state})")),
+        (_, "ADVISORY") => {}
+        _ => return Err(format!("fd {fd} holds a mandatory lock")),
     }
     let write = match *w.get(3).ok_or_else(bad)? {
         "WRITE" => true,
@@ -71,6 +78,19 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
         };
         format!("taking the {what} lock on fd {} (bytes {range}) again: {}", l.fd, std::io::Error::last_os_error())
     };
+    if l.kind == LockKind::Lease {
+        let kind = if l.write { libc::F_WRLCK } else { libc::F_RDLCK };
+        // SAFETY: fcntl with integer arguments on an fd of this task.
+        if unsafe { libc::fcntl(l.fd, libc::F_SETLEASE, kind) } < 0 {
+            return Err(format!(
+                "taking the {} lease on fd {} again: {}",
+                if l.write { "write" } else { "read" },
+                l.fd,
+                std::io::Error::last_os_error()
+            ));
+        }
+        return Ok(());
+    }
     if l.kind == LockKind::Flock {
         let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
         // SAFETY: flock on an fd of this task.
@@ -109,7 +129,12 @@ mod tests {
         let l = parse(5, "\t3: OFDLCK ADVISORY  WRITE -1 fd:01:77 0 99").expect("valid").expect("a lock");
         assert_eq!(l.kind, LockKind::Ofd);
         assert_eq!(parse(5, "\t3: -> POSIX  ADVISORY  WRITE 7 fd:01:77 0 99").expect("valid"), None);
-        assert!(parse(6, "\t4: LEASE  ACTIVE    READ 7 fd:01:77 0 EOF").is_err());
+        let l = parse(6, "\t4: LEASE  ACTIVE    READ 7 fd:01:77 0 EOF").expect("valid").expect("a lease");
+        assert_eq!(l, FileLock { fd: 6, kind: LockKind::Lease, write: false, start: 0, end: None });
+        assert_eq!(
+            parse(6, "\t4: LEASE  BREAKING  READ 7 fd:01:77 0 EOF"),
+            Err("fd 6 holds a lease being broken (BREAKING)".to_string())
+        );
         assert!(parse(6, "\t4: POSIX  MANDATORY WRITE 7 fd:01:77 0 EOF").is_err());
     }
 }

@@ -13,6 +13,7 @@ mod inotify;
 mod locks;
 mod memfd;
 mod signalfd;
+mod sigio;
 mod sock;
 mod sysv;
 mod timerfd;
@@ -225,6 +226,13 @@ pub fn collect_locks(pid: i32, fds: &[crate::engine::state::Fd]) -> Result<Vec<c
 
 /// In a restored task whose fds are at their numbers: takes its file locks
 /// again.
+/// The owner and signal of fd `fd` of `pid` (signal-driven I/O, leases).
+pub fn collect_sigio(pid: i32, fd: i32) -> Result<crate::image::records::SigIo, String> {
+    sigio::collect(pid, fd)
+}
+
+pub use sigio::{arm as arm_sigio, set_owner as set_sigio_owner, O_ASYNC};
+
 pub fn take_locks(p: &ProcessState) -> Result<(), String> {
     p.locks.iter().try_for_each(locks::take)
 }
