@@ -171,26 +171,13 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
     } else if m.inode == 0 {
         // Private anonymous, [heap], [stack].
         Backing::Anon
-    } else {
-        if m.name.ends_with(" (deleted)") {
+    } else if m.name.ends_with(" (deleted)") {
+        if m.shared && m.name.starts_with("/dev/zero") {
             // Shared anonymous memory shows as the deleted /dev/zero.
-            if m.shared && m.name.starts_with("/dev/zero") {
-                return Ok(Vma {
-                    start: m.start,
-                    end: m.end,
-                    prot,
-                    shared: true,
-                    grows_down: m.has_flag("gd"),
-                    noreserve: m.has_flag("nr"),
-                    backing: Backing::Shm {
-                        id: m.inode,
-                        offset: m.offset,
-                    },
-                    name: m.name.clone(),
-                });
-            }
-            // A regular file unlinked while mapped: kept by content, as
-            // an unlinked-file object (files::write_objects).
+            Backing::Shm { id: m.inode, offset: m.offset }
+        } else {
+            // A regular file unlinked while mapped: kept by content, as an
+            // unlinked-file object (files::write_objects).
             let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
             let md = std::fs::metadata(&link)?;
             if !md.file_type().is_file() || md.ino() != m.inode {
@@ -199,17 +186,9 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
                     m.start, m.end, m.name
                 )));
             }
-            return Ok(Vma {
-                start: m.start,
-                end: m.end,
-                prot,
-                shared: m.shared,
-                grows_down: m.has_flag("gd"),
-                noreserve: m.has_flag("nr"),
-                backing: Backing::Unlinked { inode: m.inode, offset: m.offset, may_write: m.has_flag("mw") },
-                name: m.name.clone(),
-            });
+            Backing::Unlinked { inode: m.inode, offset: m.offset, may_write: m.has_flag("mw") }
         }
+    } else {
         // The mapped file as this process sees it (its root, its mounts).
         let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
         let md = std::fs::metadata(&link).or_else(|_| std::fs::metadata(&m.name))?;

@@ -504,16 +504,7 @@ fn open_object(
         FileKind::UnlinkedFile { inode, pos, .. } => {
             // The file made (and filled) once per inode; each description
             // is a reopening with its own flags and offset.
-            let fd = open(&segs.unlinked_path(*inode)?, open_flags)?;
-            let off = libc::off_t::try_from(*pos).unwrap_or(0);
-            // SAFETY: lseek on the fd just opened.
-            if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
-                let e = last_os();
-                // SAFETY: closing our fd on the error path.
-                unsafe { libc::close(fd) };
-                return Err(e.into());
-            }
-            Ok(fd)
+            seek_new(open(&segs.unlinked_path(*inode)?, open_flags)?, *pos)
         }
         FileKind::Unlinked { path, pos, data } => {
             let tmp = create_unlinked(path, data)?;
@@ -521,16 +512,7 @@ fn open_object(
             let fd = open(&format!("/proc/self/fd/{tmp}"), open_flags);
             // SAFETY: closing the creation fd; `fd` holds the file.
             unsafe { libc::close(tmp) };
-            let fd = fd?;
-            let off = libc::off_t::try_from(*pos).unwrap_or(0);
-            // SAFETY: lseek on the fd just opened.
-            if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
-                let e = last_os();
-                // SAFETY: closing our fd on the error path.
-                unsafe { libc::close(fd) };
-                return Err(e.into());
-            }
-            Ok(fd)
+            seek_new(fd?, *pos)
         }
         FileKind::Device { path, tty, .. } => {
             let p = if *tty && !Path::new(path).exists() {
@@ -585,6 +567,19 @@ fn open_object(
 /// A nameless regular file holding `data`, in the directory the unlinked
 /// file lived in (so on the same file system): O_TMPFILE, or a temporary
 /// name removed at once where the file system lacks O_TMPFILE.
+/// Moves the fd just opened to `pos`; closes it if that fails.
+fn seek_new(fd: i32, pos: u64) -> Result<i32, Cause> {
+    let off = libc::off_t::try_from(pos).unwrap_or(0);
+    // SAFETY: lseek on an fd of ours.
+    if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
+        let e = last_os();
+        // SAFETY: closing our fd on the error path.
+        unsafe { libc::close(fd) };
+        return Err(e.into());
+    }
+    Ok(fd)
+}
+
 /// An unlinked file is recreated in the directory it lived in.
 fn unlinked_dir_exists(path: &str) -> Result<(), String> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
