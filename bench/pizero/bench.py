@@ -141,14 +141,6 @@ class Bench:
             if unknown:
                 raise build.BuildError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(apps)}")
             apps = {a: apps[a] for a in wanted}
-        else:
-            # These pass on x86_64 but not yet on the emulated Pi Zero (a
-            # checkpoint run there does not finish): they run here only when
-            # named with --apps.
-            pending = sorted(a for a in apps if a in ARM_PENDING)
-            if pending:
-                print(f"not run     {' '.join(pending)} (not yet verified on ARM; name them with --apps)")
-            apps = {a: b for a, b in apps.items() if a not in pending}
         self.apps = list(apps)
         print(f"apps        {' '.join(self.apps)}")
         tools = {name: build.cross_compile(
@@ -531,10 +523,6 @@ class Bench:
         print(f"{len(self.outcomes) - len(failed)} of {len(self.outcomes)} passed or skipped, "
               f"{len(failed)} failed, {self.boots} boots")
         return 1 if failed else 0
-
-
-# Test apps not yet passing on the emulated Pi Zero.
-ARM_PENDING = {"breadth_unix", "breadth_inet", "breadth_shm"}
 
 
 def main(argv):
