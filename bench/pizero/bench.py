@@ -141,14 +141,6 @@ class Bench:
             if unknown:
                 raise build.BuildError(f"unknown app(s) {', '.join(unknown)}; known: {', '.join(apps)}")
             apps = {a: apps[a] for a in wanted}
-        else:
-            # These pass on x86_64 but not yet on the emulated Pi Zero (a
-            # checkpoint run there does not finish): they run here only when
-            # named with --apps.
-            pending = sorted(a for a in apps if a in ARM_PENDING)
-            if pending:
-                print(f"not run     {' '.join(pending)} (not yet verified on ARM; name them with --apps)")
-            apps = {a: b for a, b in apps.items() if a not in pending}
         self.apps = list(apps)
         print(f"apps        {' '.join(self.apps)}")
         tools = {name: build.cross_compile(
@@ -540,10 +532,6 @@ class Bench:
         return 1 if failed else 0
 
 
-# Test apps not yet passing on the emulated Pi Zero.
-ARM_PENDING = {"breadth_unix", "breadth_inet", "breadth_shm"}
-
-
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "hibernate", "corrupt-image",
@@ -555,12 +543,9 @@ def main(argv):
     p.add_argument("--apps", help="comma-separated subset of the test apps to run")
     p.add_argument("--protocol", choices=["auto", "control"], default="auto",
                    help="control: run apps without checkpointing even when torpor can dump")
-    # The 64 MiB memory app is checkpointed in the test job. Across a power
-    # cycle its restore has failed intermittently (a remote mremap of a moved
-    # mapping returned EINVAL), so it runs only when asked for with
-    # `--power-cycle-apps ...,memory`; put it last: every dump first verifies
-    # the store's newest image.
-    p.add_argument("--power-cycle-apps", default="counter,threads,tree",
+    # The 64 MiB memory app goes last: every dump first verifies the store's
+    # newest image, which is then the largest.
+    p.add_argument("--power-cycle-apps", default="counter,threads,tree,memory",
                    help="comma-separated apps for power-cycle (two boots each, in this order), "
                    "among those selected")
     p.add_argument("--store-app", default="counter",

@@ -11,6 +11,11 @@ pub const ARCH: &str = "arm";
 pub const SYSCALL_TRAP: &[u8] = &[0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7];
 /// Length of the syscall instruction the restart rule rewinds over.
 pub const SYSCALL_INSN_LEN: u64 = 4;
+/// The kernel's SHMLBA: where the data cache aliases (VIPT aliasing, as on
+/// ARMv6 cores that report it), a shared mapping may only be placed where
+/// `address - file offset` is a multiple of this; `mmap` and `mremap` to a
+/// fixed address elsewhere fail with EINVAL.
+pub const SHMLBA: u64 = 4 * 4096;
 
 const PTRACE_GETREGS: u32 = 12;
 const PTRACE_SETREGS: u32 = 13;

@@ -5,7 +5,8 @@
 //! Exactly one module is selected here; every caller uses `crate::arch::*`
 //! and never writes `cfg(target_arch)`. Each module provides the same set:
 //!
-//! - `ARCH: &str`, `SYSCALL_TRAP: &[u8]` (syscall then trap, word padded)
+//! - `ARCH: &str`, `SYSCALL_TRAP: &[u8]` (syscall then trap, word padded),
+//!   `SHMLBA` (the alignment of shared mappings relative to their offset)
 //! - `Regs` (`#[repr(C)]`, the kernel's user register struct) with
 //!   `pc/set_pc/sp/set_sp`, `syscall_result`, `prepare_syscall`,
 //!   `prepare_parasite`, `fix_syscall_restart`, `to_bytes/from_bytes`,

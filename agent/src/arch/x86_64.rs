@@ -9,6 +9,8 @@ pub const ARCH: &str = "x86_64";
 pub const SYSCALL_TRAP: &[u8] = &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
 /// Length of the syscall instruction the restart rule rewinds over.
 pub const SYSCALL_INSN_LEN: u64 = 2;
+/// The kernel's SHMLBA: a shared mapping may sit at any page.
+pub const SHMLBA: u64 = 4096;
 
 const NT_X86_XSTATE: usize = 0x202;
 /// Large enough for any XSAVE layout including AMX tiles.

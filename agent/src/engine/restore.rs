@@ -1154,14 +1154,6 @@ fn map_process<'a>(
             r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
         }
         move_specials(r, p, &current, tramp, shm)?;
-        // What is left of the shared objects this task does not map.
-        for &(addr, size) in shm.values() {
-            r.syscall(
-                "munmap (shared memory)",
-                nr::MUNMAP,
-                [addr, size, 0, 0, 0, 0],
-            )?;
-        }
         segs.attach_sysv(r, p)?;
         for v in &p.vmas {
             map_vma(r, &rb.mem, tramp, v, segs)?;
@@ -1228,32 +1220,63 @@ fn move_specials(
             )?;
         }
     }
-    // First out of the way (sources and targets may overlap), then home.
+    // First out of the way (sources and targets may overlap), then what is
+    // left of the shared objects is unmapped — a target may lie inside an
+    // object's old range — and then everything goes home.
     let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
     busy.extend(moves.iter().map(|(f, s, _)| (*f, *f + *s)));
+    busy.extend(shm.values().map(|&(addr, size)| (addr, addr + size)));
     busy.push((tramp, tramp + TRAMP_SIZE));
-    let total: u64 = moves.iter().map(|m| m.1).sum();
-    let mut tmp =
-        hole(&mut busy, total).ok_or_else(|| Cause::Refused("no room to move vdso".into()))?;
+    let slots = staging(&mut busy, &moves)
+        .ok_or_else(|| Cause::Refused("no room to move the special mappings".into()))?;
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    let mut staged = Vec::new();
-    for (from, size, to) in moves {
-        r.syscall(
-            "mremap (special)",
-            nr::MREMAP,
-            [from, size, size, flags, tmp, 0],
-        )?;
-        staged.push((tmp, size, to));
-        tmp += size;
+    let mv = |r: &mut Remote<'_>, name: &'static str, from: u64, size: u64, to: u64| {
+        let args = [from, size, size, flags, to, 0];
+        r.syscall(name, nr::MREMAP, args)
+            .map(drop)
+            .map_err(|e| match e {
+                RemoteError::Syscall { .. } => Cause::Refused(format!(
+                    "{e} moving {size:#x} bytes from {from:#x} to {to:#x}"
+                )),
+                e => Cause::from(e),
+            })
+    };
+    for (&(from, size, _), &tmp) in moves.iter().zip(&slots) {
+        mv(r, "mremap (special, out of the way)", from, size, tmp)?;
     }
-    for (from, size, to) in staged {
+    // What is left of the shared objects: the parts this task does not map.
+    for &(addr, size) in shm.values() {
         r.syscall(
-            "mremap (special)",
-            nr::MREMAP,
-            [from, size, size, flags, to, 0],
+            "munmap (shared memory)",
+            nr::MUNMAP,
+            [addr, size, 0, 0, 0, 0],
         )?;
+    }
+    for (&(_, size, to), &tmp) in moves.iter().zip(&slots) {
+        mv(r, "mremap (special, into place)", tmp, size, to)?;
     }
     Ok(())
+}
+
+/// Where each of `moves` (from, size, to) waits between leaving its old
+/// address and reaching `to`: one hole of `busy` holding them all, each at
+/// an address congruent to its `to` modulo `SHMLBA`. A shared mapping on a
+/// CPU whose data cache aliases may only move to its own cache colour (any
+/// other address is EINVAL), and the colour of `to` is right: the kernel
+/// placed the mapping there at the dump.
+fn staging(busy: &mut [(u64, u64)], moves: &[(u64, u64, u64)]) -> Option<Vec<u64>> {
+    let align = arch::SHMLBA;
+    let span = moves
+        .iter()
+        .try_fold(0u64, |acc, m| acc.checked_add(m.1)?.checked_add(align))?;
+    let mut at = hole(busy, span)?;
+    let mut slots = Vec::with_capacity(moves.len());
+    for &(_, size, to) in moves {
+        let slot = at + (to.wrapping_sub(at) & (align - 1));
+        slots.push(slot);
+        at = slot + size;
+    }
+    Some(slots)
 }
 
 fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, segs: &crate::engine::files::Segments) -> Result<(), Cause> {
@@ -1858,4 +1881,49 @@ pub fn restore<R: Read>(
     }
     created.done = true;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_slots_keep_the_cache_colour_and_stay_clear() {
+        let align = arch::SHMLBA;
+        // A shared object piece whose home is one page past a colour
+        // boundary, a one-page special, and a hole that starts off-colour.
+        let moves = [
+            (0x7000_0000, 0x10000, 0x4000_1000 + 3 * 4096),
+            (0x7100_0000, 0x1000, 0x4100_0000),
+            (0x7200_0000, 0x2000, 0x4200_0000 + 4096),
+        ];
+        let mut busy = vec![
+            (0x0000_1000, 0x0100_3000),
+            (0x7000_0000, 0x7001_0000),
+            (0x7100_0000, 0x7100_1000),
+        ];
+        let fixed = busy.clone();
+        let slots = staging(&mut busy, &moves).expect("room");
+        let mut end = 0;
+        for (&(_, size, to), &slot) in moves.iter().zip(&slots) {
+            assert_eq!(slot % align, to % align, "slot {slot:#x} for {to:#x}");
+            assert_eq!(slot % 4096, 0);
+            assert!(slot >= end, "slots overlap");
+            end = slot + size;
+            for &(s, e) in &fixed {
+                assert!(
+                    slot + size <= s || slot >= e,
+                    "slot {slot:#x} overlaps {s:#x}-{e:#x}"
+                );
+            }
+        }
+        assert!(slots[0] >= 0x0100_3000);
+    }
+
+    #[test]
+    fn hole_skips_busy_ranges() {
+        let mut busy = vec![(0x0100_0000, 0x0100_4000), (0x0100_5000, 0x0100_6000)];
+        assert_eq!(hole(&mut busy, 0x1000), Some(0x0100_4000));
+        assert_eq!(hole(&mut busy, 0x2000), Some(0x0100_6000));
+    }
 }

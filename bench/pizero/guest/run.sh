@@ -50,14 +50,21 @@ uptime_ms() {
 }
 error() { echo "TORPOR-ERROR $*"; }
 
-# Wait until a line of FILE matches the extended regex, at most SECONDS.
+# Wait until a line of FILE matches the extended regex, at most SECONDS;
+# with a PID, give up as soon as that process is gone (returns 2): an app
+# that died before printing the line will never print it.
+# The bound is guest time: a loop of ticks would stretch with every grep.
 wait_for_line() {
-    file=$1 regex=$2 ticks=$(($3 * 10))
-    while [ "$ticks" -gt 0 ]; do
+    file=$1 regex=$2 deadline=$(($(uptime_ms) + $3 * 1000)) who=$4
+    while [ "$(uptime_ms)" -lt "$deadline" ]; do
         grep -Eq "$regex" "$file" 2>/dev/null && return 0
+        if [ -n "$who" ] && pid_gone "$who"; then
+            grep -Eq "$regex" "$file" 2>/dev/null && return 0
+            return 2
+        fi
         sleep 0.1
-        ticks=$((ticks - 1))
     done
+    grep -Eq "$regex" "$file" 2>/dev/null && return 0
     return 1
 }
 
@@ -131,6 +138,70 @@ mount_data() {
 
 has_command() { "$TORPOR" "$@" --help >/dev/null 2>&1; }
 
+# Where the kernel holds each thread of process $2 (for $1's details): its
+# state, wait channel, syscall, and kernel stack where the kernel shows it.
+thread_view() {
+    tag=$1 p=$2 what=$3
+    for t in /proc/"$p"/task/*; do
+        [ -d "$t" ] || continue
+        echo "TORPOR-DETAIL $tag $what $p thread ${t##*/}: $(sed -n 's/^State:[[:space:]]*//p' "$t/status" 2>/dev/null)" \
+            "wchan=$(cat "$t/wchan" 2>/dev/null) syscall=$(cat "$t/syscall" 2>/dev/null)"
+        if [ -r "$t/stack" ]; then
+            while IFS= read -r l; do echo "TORPOR-DETAIL $tag   $l"; done <"$t/stack"
+        fi
+    done
+}
+
+# Process $1 and its descendants.
+tree_pids() {
+    echo "$1"
+    # shellcheck disable=SC2013 # the file is a list of words (pids)
+    for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        tree_pids "$c"
+    done
+}
+
+# torpor ARGS... for app $1, output in file $2, at most $BENCH_TORPOR_TIMEOUT
+# seconds. A hang becomes a failure with the guest's view — the processes,
+# where torpor and the app wait, torpor's output so far — before torpor is
+# killed; the exit status is then 124, as timeout(1) gives.
+torpor_bounded() {
+    tag=$1 out=$2
+    shift 2
+    rm -f "$out.hung"
+    "$TORPOR" "$@" >"$out" 2>&1 &
+    tp=$!
+    (
+        trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+        sleep "$BENCH_TORPOR_TIMEOUT" &
+        sp=$!
+        wait "$sp"
+        : >"$out.hung"
+        echo "TORPOR-DETAIL $tag torpor $* still running after ${BENCH_TORPOR_TIMEOUT}s; the guest sees:"
+        # User processes only: kernel threads show as [name].
+        # shellcheck disable=SC2009 # every process, not one name
+        ps -o pid,ppid,stat,args 2>/dev/null | grep -v ' \[[^]]*\]$' | while IFS= read -r l; do
+            echo "TORPOR-DETAIL $tag   $l"
+        done
+        thread_view "$tag" "$tp" torpor
+        if [ -n "$pid" ]; then
+            for a in $(tree_pids "$pid"); do thread_view "$tag" "$a" app; done
+        fi
+        while IFS= read -r l; do echo "TORPOR-DETAIL $tag torpor: $l"; done <"$out"
+        kill -KILL "$tp" 2>/dev/null
+    ) &
+    wd=$!
+    wait "$tp"
+    rc=$?
+    kill "$wd" 2>/dev/null
+    wait "$wd" 2>/dev/null
+    if [ -e "$out.hung" ]; then
+        rm -f "$out.hung"
+        rc=124
+    fi
+    return "$rc"
+}
+
 # Start APP in a fresh working directory; sets $pid and $W.
 start_app() {
     W=$WORK/$1
@@ -151,8 +222,12 @@ stop_app() {
 
 # Wait for the app's READY; on failure report it and stop the app.
 app_ready() {
-    wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT" && return 0
-    result "$1" FAIL "no READY within ${BENCH_READY_TIMEOUT}s"
+    wait_for_line "$W/app.log" '^READY( |$)' "$BENCH_READY_TIMEOUT" "$pid"
+    case $? in
+        0) return 0 ;;
+        2) result "$1" FAIL "exited before READY" ;;
+        *) result "$1" FAIL "no READY within ${BENCH_READY_TIMEOUT}s" ;;
+    esac
     details "$1" "$W/app.log"
     stop_app
     return 1
@@ -161,7 +236,7 @@ app_ready() {
 # Checkpoint the app into the store; torpor ends the tree after a good dump.
 dump_app() {
     t0=$(uptime_ms)
-    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    torpor_bounded "$1" "$W/dump.out" dump --pid "$pid" --store "$BENCH_STORE"
     rc=$?
     echo "TORPOR-TIME $1 dump $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
@@ -184,7 +259,7 @@ dump_app() {
 # Bring the app back from the store with `torpor $2 --store` (restore or boot).
 restore_app() {
     t0=$(uptime_ms)
-    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" "$2" --store "$BENCH_STORE" >"$W/restore.out" 2>&1
+    torpor_bounded "$1" "$W/restore.out" "$2" --store "$BENCH_STORE"
     rc=$?
     echo "TORPOR-TIME $1 restore $(($(uptime_ms) - t0))"
     if [ "$rc" -ne 0 ]; then
@@ -207,8 +282,14 @@ restore_app() {
 go_and_verdict() {
     app=$1 how=$2
     : >"$W/go"
-    if ! wait_for_line "$W/app.log" '^(PASS|FAIL)( |$)' "$BENCH_VERIFY_TIMEOUT"; then
-        result "$app" FAIL "no PASS or FAIL within ${BENCH_VERIFY_TIMEOUT}s after go"
+    wait_for_line "$W/app.log" '^(PASS|FAIL)( |$)' "$BENCH_VERIFY_TIMEOUT" "$pid"
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        if [ "$rc" -eq 2 ]; then
+            result "$app" FAIL "pid $pid ended without PASS or FAIL after go"
+        else
+            result "$app" FAIL "no PASS or FAIL within ${BENCH_VERIFY_TIMEOUT}s after go"
+        fi
         details "$app" "$W/app.log"
         [ "$how" = control ] && stop_app
         return
@@ -241,7 +322,7 @@ go_and_verdict() {
 # verifies that nothing of it was touched.
 run_refused() {
     app=$1
-    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    torpor_bounded "$app" "$W/dump.out" dump --pid "$pid" --store "$BENCH_STORE"
     rc=$?
     if [ "$rc" -eq 0 ]; then
         result "$app" FAIL "torpor dump --pid $pid succeeded; it must refuse fd 7"
@@ -263,14 +344,14 @@ run_refused() {
 # the restored app finishes the same way.
 run_exiter() {
     app=$1
-    timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" dump --pid "$pid" --store "$BENCH_STORE" >"$W/dump.out" 2>&1
+    torpor_bounded "$app" "$W/dump.out" dump --pid "$pid" --store "$BENCH_STORE"
     rc=$?
     if [ "$rc" -eq 0 ]; then
         wait_pid_gone "$pid" 10 || { result "$app" FAIL "pid $pid still running after a successful dump"; stop_app; return; }
         wait "$pid" 2>/dev/null
         # No check that it runs: the restored app may finish at once.
         t0=$(uptime_ms)
-        timeout "$BENCH_TORPOR_TIMEOUT" "$TORPOR" restore --store "$BENCH_STORE" >"$W/restore.out" 2>&1
+        torpor_bounded "$app" "$W/restore.out" restore --store "$BENCH_STORE"
         rc=$?
         echo "TORPOR-TIME $app restore $(($(uptime_ms) - t0))"
         if [ "$rc" -ne 0 ]; then
