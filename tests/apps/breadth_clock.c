@@ -136,21 +136,6 @@ static int64_t uptime_ns(void)
     return (int64_t)sec * 1000000000 + (int64_t)cs * 10000000;
 }
 
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0) {
-        say("FAIL breadth_clock: %s: %s\n", what, strerror(errno));
-        _exit(3);
-    }
-    if (fd != want) {
-        if (dup2(fd, want) != want) {
-            say("FAIL breadth_clock: dup2 %s: %s\n", what, strerror(errno));
-            _exit(3);
-        }
-        close(fd);
-    }
-}
-
 static void arm(int fd, int flags, int64_t value)
 {
     struct itimerspec its = { { 0, 0 }, ns_ts(value) };
@@ -214,12 +199,12 @@ static void setup(void)
     sigaddset(&set, SIGRTMIN + 2);
     sigprocmask(SIG_BLOCK, &set, NULL);
 
-    at(timerfd_create(CLOCK_MONOTONIC, 0), 10, "timerfd 10");
+    fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 10, "timerfd 10");
     rel_lo = vdso_ns(CLOCK_MONOTONIC) + MS(REL_MS);
     arm(10, 0, MS(REL_MS));
     rel_hi = vdso_ns(CLOCK_MONOTONIC) + MS(REL_MS);
 
-    at(timerfd_create(CLOCK_MONOTONIC, 0), 11, "timerfd 11");
+    fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 11, "timerfd 11");
     abs_deadline = vdso_ns(CLOCK_MONOTONIC) + MS(ABS_MS);
     arm(11, TFD_TIMER_ABSTIME, abs_deadline);
 

@@ -60,21 +60,6 @@ static int64_t now_ns(clockid_t c)
     return ts_ns(ts);
 }
 
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0) {
-        say("FAIL breadth_events: %s: %s\n", what, strerror(errno));
-        _exit(3);
-    }
-    if (fd != want) {
-        if (dup2(fd, want) != want) {
-            say("FAIL breadth_events: dup2 %s: %s\n", what, strerror(errno));
-            _exit(3);
-        }
-        close(fd);
-    }
-}
-
 static void arm(int fd, int flags, int64_t value, int64_t interval)
 {
     struct itimerspec its = { ns_ts(interval), ns_ts(value) };
@@ -113,20 +98,20 @@ static char sigmask_at_ready[32];
 
 static void setup(void)
 {
-    at(eventfd(7, EFD_SEMAPHORE | EFD_NONBLOCK), 10, "eventfd 10");
-    at(eventfd(0, 0), 11, "eventfd 11");
+    fd_at(eventfd(7, EFD_SEMAPHORE | EFD_NONBLOCK), 10, "eventfd 10");
+    fd_at(eventfd(0, 0), 11, "eventfd 11");
     uint64_t big = BIG_COUNT;
     if (write(11, &big, 8) != 8)
         _exit(3);
 
-    at(timerfd_create(CLOCK_MONOTONIC, 0), 12, "timerfd 12");
+    fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 12, "timerfd 12");
     arm(12, 0, MS(60000), 0);
-    at(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 13, "timerfd 13");
+    fd_at(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 13, "timerfd 13");
     arm(13, 0, MS(50), MS(50));
-    at(timerfd_create(CLOCK_REALTIME, 0), 14, "timerfd 14");
+    fd_at(timerfd_create(CLOCK_REALTIME, 0), 14, "timerfd 14");
     rt_deadline = now_ns(CLOCK_REALTIME) + (int64_t)RT_AHEAD_S * 1000000000;
     arm(14, TFD_TIMER_ABSTIME, rt_deadline, 0);
-    at(timerfd_create(CLOCK_MONOTONIC, 0), 15, "timerfd 15");
+    fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 15, "timerfd 15");
     arm(15, 0, MS(5), 0);
     sleep_ns(MS(30));
 
@@ -135,7 +120,7 @@ static void setup(void)
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGRTMIN + 1);
     sigprocmask(SIG_BLOCK, &set, NULL);
-    at(signalfd(-1, &set, SFD_NONBLOCK), 16, "signalfd 16");
+    fd_at(signalfd(-1, &set, SFD_NONBLOCK), 16, "signalfd 16");
     fdinfo_field(16, "sigmask", sigmask_at_ready, sizeof sigmask_at_ready);
     kill(getpid(), SIGUSR1);
     union sigval v;
@@ -147,9 +132,9 @@ static void setup(void)
     int p[2];
     if (pipe(p) != 0)
         _exit(3);
-    at(p[0], 18, "pipe read end");
-    at(p[1], 19, "pipe write end");
-    at(epoll_create1(0), 17, "epoll 17");
+    fd_at(p[0], 18, "pipe read end");
+    fd_at(p[1], 19, "pipe write end");
+    fd_at(epoll_create1(0), 17, "epoll 17");
     struct { int fd; uint32_t ev; uint64_t data; } reg[] = {
         { 10, EPOLLIN, 0xa10 }, { 11, EPOLLIN | EPOLLET, 0xb11 }, { 15, EPOLLIN, 0xd15 }, { 18, EPOLLIN, 0xc18 },
     };
@@ -161,7 +146,7 @@ static void setup(void)
 
     mkdir("sub", 0755);
     mkdir("sub2", 0755);
-    at(inotify_init1(0), 20, "inotify 20");
+    fd_at(inotify_init1(0), 20, "inotify 20");
     if (inotify_add_watch(20, ".", IN_CREATE | IN_DELETE) != 1 || inotify_add_watch(20, "sub", IN_CREATE) != 2 ||
         inotify_rm_watch(20, 2) != 0 || inotify_add_watch(20, "sub2", IN_CLOSE_WRITE) != 3) {
         say("FAIL breadth_events: inotify watches 1-3: %s\n", strerror(errno));
@@ -181,7 +166,7 @@ static void perturbations(void)
             _exit(3);
     }
     if (perturb("semaphore")) {
-        at(eventfd(7, EFD_NONBLOCK), 10, "eventfd 10 again");
+        fd_at(eventfd(7, EFD_NONBLOCK), 10, "eventfd 10 again");
         struct epoll_event e = { .events = EPOLLIN, .data.u64 = 0xa10 };
         epoll_ctl(17, EPOLL_CTL_ADD, 10, &e);
     }

@@ -34,23 +34,6 @@ static struct sockaddr_in listen_addr, udp_addr, udp_client_addr;
 static int rcvbuf12, sndbuf12;
 static long rcvtimeo12, sndtimeo12;
 
-static void die(const char *what)
-{
-    say("FAIL breadth_inet: setup: %s: %s\n", what, strerror(errno));
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
-}
-
 static void loopback(struct sockaddr_in *a)
 {
     memset(a, 0, sizeof *a);
@@ -62,7 +45,7 @@ static void local_of(int fd, struct sockaddr_in *a)
 {
     socklen_t l = sizeof *a;
     if (getsockname(fd, (struct sockaddr *)a, &l) != 0)
-        die("getsockname");
+        setup_failed("getsockname");
 }
 
 static int getint(int fd, int level, int opt)
@@ -89,15 +72,15 @@ static void setup(void)
     loopback(&a);
     if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 7) != 0)
-        die("listener");
-    at(l, 10, "10");
+        setup_failed("listener");
+    fd_at(l, 10, "10");
     local_of(10, &listen_addr);
 
     int c = socket(AF_INET, SOCK_STREAM, 0);
     if (c < 0 || connect(c, (struct sockaddr *)&listen_addr, sizeof listen_addr) != 0)
-        die("connect");
-    at(c, 12, "12");
-    at(accept(10, NULL, NULL), 13, "accept");
+        setup_failed("connect");
+    fd_at(c, 12, "12");
+    fd_at(accept(10, NULL, NULL), 13, "accept");
     setsockopt(12, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(12, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     struct timeval rt = { 1, 500000 }, st = { 2, 500000 };
@@ -111,23 +94,23 @@ static void setup(void)
     rcvbuf12 = getint(12, SOL_SOCKET, SO_RCVBUF);
     sndbuf12 = getint(12, SOL_SOCKET, SO_SNDBUF);
     if (send(12, "unread", 6, 0) != 6)
-        die("send");
+        setup_failed("send");
 
     int u = socket(AF_INET, SOCK_DGRAM, 0);
     loopback(&a);
     if (u < 0 || bind(u, (struct sockaddr *)&a, sizeof a) != 0)
-        die("udp bind");
-    at(u, 14, "14");
+        setup_failed("udp bind");
+    fd_at(u, 14, "14");
     local_of(14, &udp_addr);
     int q = socket(AF_INET, SOCK_DGRAM, 0);
     if (q < 0 || sendto(q, "q1", 2, 0, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 2 ||
         sendto(q, "qq2", 3, 0, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 3)
-        die("udp queue");
+        setup_failed("udp queue");
     close(q);
     int v = socket(AF_INET, SOCK_DGRAM, 0);
     if (v < 0 || connect(v, (struct sockaddr *)&udp_addr, sizeof udp_addr) != 0)
-        die("udp connect");
-    at(v, 15, "15");
+        setup_failed("udp connect");
+    fd_at(v, 15, "15");
     local_of(15, &udp_client_addr);
 }
 
@@ -136,32 +119,32 @@ static void perturbations(void)
     int zero = 0;
     char b[16];
     if (perturb("listener"))
-        at(socket(AF_INET, SOCK_STREAM, 0), 10, "10 again");
+        fd_at(socket(AF_INET, SOCK_STREAM, 0), 10, "10 again");
     if (perturb("port")) {
         int l = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a;
         loopback(&a);
         if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 7) != 0)
-            die("port");
-        at(l, 10, "10 again");
+            setup_failed("port");
+        fd_at(l, 10, "10 again");
     }
     if (perturb("reset") && !app_arg(0, 0))
-        at(socket(AF_INET, SOCK_STREAM, 0), 13, "13 again");
+        fd_at(socket(AF_INET, SOCK_STREAM, 0), 13, "13 again");
     else if (selftest_what && strcmp(selftest_what, "reset") == 0) {
         int c = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = listen_addr;
         if (connect(c, (struct sockaddr *)&a, sizeof a) != 0)
-            die("reset");
-        at(c, 12, "12 again");
+            setup_failed("reset");
+        fd_at(c, 12, "12 again");
     }
     if (perturb("options"))
         setsockopt(12, IPPROTO_TCP, TCP_NODELAY, &zero, sizeof zero);
     if (perturb("udp"))
-        at(socket(AF_INET, SOCK_DGRAM, 0), 14, "14 again");
+        fd_at(socket(AF_INET, SOCK_DGRAM, 0), 14, "14 again");
     if (perturb("queue") && recv(14, b, sizeof b, 0) <= 0)
         _exit(3);
     if (perturb("peer"))
-        at(socket(AF_INET, SOCK_DGRAM, 0), 15, "15 again");
+        fd_at(socket(AF_INET, SOCK_DGRAM, 0), 15, "15 again");
 }
 
 static void check_local(int fd, const struct sockaddr_in *want)

@@ -31,23 +31,6 @@
 #define LEASE_SIG (SIGRTMIN + 2)
 #define IO_SIG (SIGRTMIN + 3)
 
-static void die(const char *what)
-{
-    say("FAIL breadth_locks: setup: %s: %s\n", what, strerror(errno));
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
-}
-
 static int lock(int fd, int cmd, short type, off_t start, off_t len)
 {
     struct flock fl;
@@ -61,16 +44,16 @@ static int lock(int fd, int cmd, short type, off_t start, off_t len)
 
 static void setup(void)
 {
-    at(open("flocked", O_RDWR | O_CREAT, 0644), 10, "flocked");
+    fd_at(open("flocked", O_RDWR | O_CREAT, 0644), 10, "flocked");
     if (flock(10, LOCK_EX) != 0)
-        die("flock");
-    at(open("ofd", O_RDWR | O_CREAT, 0644), 11, "ofd");
+        setup_failed("flock");
+    fd_at(open("ofd", O_RDWR | O_CREAT, 0644), 11, "ofd");
     if (lock(11, F_OFD_SETLK, F_WRLCK, 0, 100) != 0)
-        die("ofd lock");
-    at(open("posix", O_RDWR | O_CREAT, 0644), 12, "posix");
+        setup_failed("ofd lock");
+    fd_at(open("posix", O_RDWR | O_CREAT, 0644), 12, "posix");
     if (lock(12, F_SETLK, F_RDLCK, 10, 10) != 0 || lock(12, F_SETLK, F_WRLCK, 100, 0) != 0)
-        die("posix lock");
-    at(open("synced", O_WRONLY | O_CREAT | O_SYNC, 0644), 13, "synced");
+        setup_failed("posix lock");
+    fd_at(open("synced", O_WRONLY | O_CREAT | O_SYNC, 0644), 13, "synced");
 
     /* Queued, not delivered: read with sigtimedwait after go. */
     sigset_t m;
@@ -78,19 +61,19 @@ static void setup(void)
     sigaddset(&m, LEASE_SIG);
     sigaddset(&m, IO_SIG);
     if (sigprocmask(SIG_BLOCK, &m, NULL) != 0)
-        die("sigprocmask");
+        setup_failed("sigprocmask");
     close(open("leased", O_RDWR | O_CREAT, 0644));
-    at(open("leased", O_RDONLY), 14, "leased");
+    fd_at(open("leased", O_RDONLY), 14, "leased");
     if (fcntl(14, F_SETSIG, LEASE_SIG) != 0 || fcntl(14, F_SETLEASE, F_RDLCK) != 0)
-        die("lease");
+        setup_failed("lease");
     int p[2];
     if (pipe(p) != 0)
-        die("pipe");
-    at(p[0], 15, "pipe read end");
-    at(p[1], 16, "pipe write end");
+        setup_failed("pipe");
+    fd_at(p[0], 15, "pipe read end");
+    fd_at(p[1], 16, "pipe write end");
     if (fcntl(15, F_SETOWN, getpid()) != 0 || fcntl(15, F_SETSIG, IO_SIG) != 0 ||
         fcntl(15, F_SETFL, O_ASYNC | O_NONBLOCK) != 0)
-        die("O_ASYNC");
+        setup_failed("O_ASYNC");
 }
 
 /* Waits up to 5 s for `sig`; its si_fd and si_band in *info. */
@@ -114,7 +97,7 @@ static void perturbations(void)
     if (perturb("range"))
         lock(12, F_SETLK, F_UNLCK, 100, 50);
     if (perturb("sync"))
-        at(open("synced", O_WRONLY), 13, "synced again");
+        fd_at(open("synced", O_WRONLY), 13, "synced again");
     if (perturb("lease"))
         fcntl(14, F_SETLEASE, F_UNLCK);
     if (perturb("async"))

@@ -49,23 +49,6 @@ static const char *kind = "packet";
 static ino_t bad_ino;
 static uint8_t *mem;
 
-static void die(const char *what)
-{
-    say("FAIL breadth_refuse: setup: %s: %s\n", what, strerror(errno));
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
-}
-
 static socklen_t listen_addr(struct sockaddr_un *a)
 {
     memset(a, 0, sizeof *a);
@@ -77,23 +60,23 @@ static socklen_t listen_addr(struct sockaddr_un *a)
 static void setup(void)
 {
     if (strcmp(kind, "packet") == 0) {
-        at(socket(AF_PACKET, SOCK_DGRAM, 0), BAD_FD, "packet socket");
+        fd_at(socket(AF_PACKET, SOCK_DGRAM, 0), BAD_FD, "packet socket");
     } else if (strcmp(kind, "perf") == 0) {
         struct perf_attr attr;
         memset(&attr, 0, sizeof attr);
         attr.type = PERF_TYPE_SOFTWARE;
         attr.size = sizeof attr;
         attr.config = PERF_COUNT_SW_TASK_CLOCK;
-        at((int)syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0), BAD_FD, "perf_event_open");
+        fd_at((int)syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0), BAD_FD, "perf_event_open");
     } else if (strcmp(kind, "scm") == 0) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
-            die("socketpair");
-        at(sv[0], BAD_FD, "pair end");
-        at(sv[1], 8, "pair end");
+            setup_failed("socketpair");
+        fd_at(sv[0], BAD_FD, "pair end");
+        fd_at(sv[1], 8, "pair end");
         int f = open("passed", O_RDWR | O_CREAT | O_TRUNC, 0644);
         if (f < 0 || write(f, "inflight", 8) != 8)
-            die("passed file");
+            setup_failed("passed file");
         char c = 'm';
         struct iovec iov = { &c, 1 };
         union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
@@ -104,30 +87,30 @@ static void setup(void)
         h->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(h), &f, sizeof f);
         if (sendmsg(8, &m, 0) != 1)
-            die("sendmsg");
+            setup_failed("sendmsg");
         close(f);
     } else if (strcmp(kind, "backlog") == 0) {
         struct sockaddr_un a;
         socklen_t len = listen_addr(&a);
         int l = socket(AF_UNIX, SOCK_STREAM, 0);
         if (l < 0 || bind(l, (struct sockaddr *)&a, len) != 0 || listen(l, 4) != 0)
-            die("listener");
-        at(l, BAD_FD, "listener");
+            setup_failed("listener");
+        fd_at(l, BAD_FD, "listener");
         int c = socket(AF_UNIX, SOCK_STREAM, 0);
         if (c < 0 || connect(c, (struct sockaddr *)&a, len) != 0)
-            die("connect");
-        at(c, 8, "client");
+            setup_failed("connect");
+        fd_at(c, 8, "client");
     } else {
         say("FAIL breadth_refuse: unknown kind '%s'\n", kind);
         _exit(2);
     }
     struct stat st;
     if (fstat(BAD_FD, &st) != 0)
-        die("fstat");
+        setup_failed("fstat");
     bad_ino = st.st_ino;
     mem = mmap(NULL, MEM_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
-        die("mmap");
+        setup_failed("mmap");
     fill_pattern(mem, MEM_LEN, 0x7e7e);
 }
 
@@ -189,7 +172,7 @@ int main(int argc, char **argv)
     ready();
     wait_go();
     if (perturb("fd"))
-        at(socket(AF_UNIX, SOCK_DGRAM, 0), BAD_FD, "replacement");
+        fd_at(socket(AF_UNIX, SOCK_DGRAM, 0), BAD_FD, "replacement");
     if (perturb("memory"))
         mem[MEM_LEN / 2] ^= 1;
     struct stat st;

@@ -96,26 +96,12 @@ static void cleanup(void)
         shmctl(extra_seg, IPC_RMID, NULL);
 }
 
-static void die(const char *what)
+/* What a failed setup leaves behind: the segments and the child. */
+static void setup_leftovers(void)
 {
-    say("FAIL breadth_segments: setup: %s: %s\n", what, strerror(errno));
-    if (getpid() == app_pid) {
-        cleanup();
-        if (child > 0)
-            kill(child, SIGKILL);
-    }
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
+    cleanup();
+    if (child > 0)
+        kill(child, SIGKILL);
 }
 
 static int make_memfd(const char *name, unsigned flags)
@@ -132,7 +118,7 @@ static void fill_fd(int fd, size_t size, uint64_t seed, off_t where)
         for (size_t i = 0; i < n; i++)
             buf[i] = pattern_byte(seed, done + i);
         if (pwrite(fd, buf, n, where + (off_t)done) != (ssize_t)n)
-            die("fill");
+            setup_failed("fill");
         done += n;
     }
 }
@@ -141,63 +127,63 @@ static void *map_fd(int fd, size_t len, int prot, int flags, const char *what)
 {
     void *p = mmap(NULL, len, prot, flags, fd, 0);
     if (p == MAP_FAILED)
-        die(what);
+        setup_failed(what);
     return p;
 }
 
 static void setup_memfds(void)
 {
-    at(make_memfd("torpor-big", 0), 10, "memfd big");
+    fd_at(make_memfd("torpor-big", 0), 10, "memfd big");
     if (ftruncate(10, BIG_SIZE) != 0)
-        die("big size");
+        setup_failed("big size");
     fill_fd(10, BIG_SIZE, BIG_SEED, 0);
     if (lseek(10, BIG_OFFSET, SEEK_SET) != BIG_OFFSET)
-        die("big offset");
+        setup_failed("big offset");
 
-    at(make_memfd("torpor-sparse", 0), 11, "memfd sparse");
+    fd_at(make_memfd("torpor-sparse", 0), 11, "memfd sparse");
     if (ftruncate(11, SPARSE_SIZE) != 0)
-        die("sparse size");
+        setup_failed("sparse size");
     fill_fd(11, PAGE, SPARSE_SEED, SPARSE_AT);
 
-    at(make_memfd("torpor-sealed", MFD_ALLOW_SEALING), 12, "memfd sealed");
+    fd_at(make_memfd("torpor-sealed", MFD_ALLOW_SEALING), 12, "memfd sealed");
     if (ftruncate(12, SEALED_SIZE) != 0)
-        die("sealed size");
+        setup_failed("sealed size");
     fill_fd(12, SEALED_SIZE, SEALED_SEED, 0);
     if (fcntl(12, F_ADD_SEALS, SEALED_SEALS) != 0)
-        die("sealing");
+        setup_failed("sealing");
     /* A read-only description maps a write-sealed memfd shared on every kernel. */
     int ro = open("/proc/self/fd/12", O_RDONLY | O_CLOEXEC);
     if (ro < 0)
-        die("reopening sealed read-only");
+        setup_failed("reopening sealed read-only");
     sealed_map = map_fd(ro, SEALED_SIZE, PROT_READ, MAP_SHARED, "mmap sealed");
     close(ro);
 
-    at(make_memfd("torpor-future", MFD_ALLOW_SEALING), 13, "memfd future");
+    fd_at(make_memfd("torpor-future", MFD_ALLOW_SEALING), 13, "memfd future");
     if (ftruncate(13, PAGE) != 0)
-        die("future size");
+        setup_failed("future size");
     future_map = map_fd(13, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, "mmap future");
     fill_pattern(future_map, PAGE, FUTURE_SEED);
     if (fcntl(13, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0)
-        die("sealing future");
+        setup_failed("sealing future");
 
-    at(make_memfd("torpor-shared", 0), 14, "memfd shared");
+    fd_at(make_memfd("torpor-shared", 0), 14, "memfd shared");
     if (ftruncate(14, SHARED_SIZE) != 0)
-        die("shared size");
+        setup_failed("shared size");
     shared_map = map_fd(14, SHARED_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, "mmap shared");
     fill_pattern(shared_map + 2 * PAGE, PAGE, SHARED_SEED);
-    at(open("/proc/self/fd/14", O_RDONLY), 16, "reopening the shared memfd");
+    fd_at(open("/proc/self/fd/14", O_RDONLY), 16, "reopening the shared memfd");
     if (lseek(16, 100, SEEK_SET) != 100)
-        die("offset of fd 16");
+        setup_failed("offset of fd 16");
 
     int m = make_memfd("torpor-mapped", 0);
     if (m < 0 || ftruncate(m, MAPPED_SIZE) != 0)
-        die("memfd mapped");
+        setup_failed("memfd mapped");
     mapped_map = map_fd(m, MAPPED_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, "mmap mapped");
     close(m);
 
-    at(make_memfd("torpor-private", 0), 15, "memfd private");
+    fd_at(make_memfd("torpor-private", 0), 15, "memfd private");
     if (ftruncate(15, PRIV_SIZE) != 0)
-        die("private size");
+        setup_failed("private size");
     fill_fd(15, PRIV_SIZE, PRIV_SEED, 0);
     priv_map = map_fd(15, PRIV_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, "mmap private");
     fill_pattern(priv_map + PAGE, PAGE, PRIV2_SEED);
@@ -210,7 +196,7 @@ static uint8_t *attach_at(int id, void *addr, int flags, const char *what)
     if (p == (void *)-1)
         p = shmat(id, NULL, flags);
     if (p == (void *)-1)
-        die(what);
+        setup_failed(what);
     return p;
 }
 
@@ -253,7 +239,7 @@ static void child_main(int ready_fd)
     seg2_c = attach_at(seg2, SEG2_C_AT, 0, "child attaching segment 2");
     char one = 1;
     if (write(ready_fd, &one, 1) != 1)
-        die("child ready");
+        setup_failed("child ready");
     close(ready_fd);
     wait_go();
     if (perturb("rdonly")) {
@@ -289,16 +275,16 @@ static void setup_segments(void)
     key2 = (key_t)(0x54530000 | (getpid() & 0xffff));
     seg1 = shmget(key1, SEG1_SIZE, IPC_CREAT | IPC_EXCL | 0640);
     if (seg1 < 0)
-        die("shmget segment 1");
+        setup_failed("shmget segment 1");
     seg2 = shmget(key2, SEG2_SIZE, IPC_CREAT | IPC_EXCL | 0600);
     if (seg2 < 0)
-        die("shmget segment 2");
+        setup_failed("shmget segment 2");
     int ready_pipe[2];
     if (pipe(ready_pipe) != 0)
-        die("pipe");
+        setup_failed("pipe");
     child = fork();
     if (child < 0)
-        die("fork");
+        setup_failed("fork");
     if (child == 0) {
         close(ready_pipe[0]);
         child_main(ready_pipe[1]);
@@ -306,7 +292,7 @@ static void setup_segments(void)
     close(ready_pipe[1]);
     char b;
     if (read(ready_pipe[0], &b, 1) != 1)
-        die("child setup");
+        setup_failed("child setup");
     close(ready_pipe[0]);
     seg1_p = attach_at(seg1, SEG1_P_AT, 0, "attaching segment 1");
     seg2_p = attach_at(seg2, SEG2_P_AT, 0, "attaching segment 2");
@@ -314,7 +300,7 @@ static void setup_segments(void)
     fill_pattern(seg2_p, SEG2_SIZE, SEG2_SEED);
     /* Both attached: removed now, it lives until the last detach. */
     if (shmctl(seg2, IPC_RMID, NULL) != 0)
-        die("removing segment 2");
+        setup_failed("removing segment 2");
     /* The fd-less memfd's exchange word is its first; its pattern starts after. */
     fill_pattern(mapped_map + 8, MAPPED_SIZE - 8, MAPPED_SEED);
 }
@@ -339,7 +325,7 @@ static void perturbations(void)
     if (perturb("sparse") && pwrite(11, "s", 1, 0) != 1)
         _exit(3);
     if (perturb("sealed")) {
-        at(make_memfd("torpor-sealed", MFD_ALLOW_SEALING), 12, "memfd sealed again");
+        fd_at(make_memfd("torpor-sealed", MFD_ALLOW_SEALING), 12, "memfd sealed again");
         if (ftruncate(12, SEALED_SIZE) != 0)
             _exit(3);
         fill_fd(12, SEALED_SIZE, SEALED_SEED, 0);
@@ -355,7 +341,7 @@ static void perturbations(void)
         memcpy(shared_map, copy, SHARED_SIZE);
     }
     if (perturb("description")) {
-        at(make_memfd("torpor-shared", 0), 16, "memfd shared again");
+        fd_at(make_memfd("torpor-shared", 0), 16, "memfd shared again");
         if (ftruncate(16, SHARED_SIZE) != 0 || lseek(16, 100, SEEK_SET) != 100)
             _exit(3);
     }
@@ -547,6 +533,7 @@ static void exchange(void)
 int main(int argc, char **argv)
 {
     app_init("breadth_segments", argc, argv);
+    setup_cleanup = setup_leftovers;
     setup_memfds();
     setup_segments();
     ready();

@@ -30,23 +30,6 @@
 static char shm_name[64];
 static uint8_t *shm;
 
-static void die(const char *what)
-{
-    say("FAIL breadth_shm: setup: %s: %s\n", what, strerror(errno));
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
-}
-
 static int make_memfd(const char *name, unsigned flags)
 {
     return (int)syscall(SYS_memfd_create, name, flags);
@@ -54,22 +37,22 @@ static int make_memfd(const char *name, unsigned flags)
 
 static void setup(void)
 {
-    at(make_memfd("torpor-breadth", MFD_ALLOW_SEALING), 10, "memfd 10");
+    fd_at(make_memfd("torpor-breadth", MFD_ALLOW_SEALING), 10, "memfd 10");
     static uint8_t buf[FILLED];
     fill_pattern(buf, sizeof buf, SEED);
     if (ftruncate(10, SIZE) != 0 || pwrite(10, buf, sizeof buf, 0) != (ssize_t)sizeof buf)
-        die("fill");
+        setup_failed("fill");
     if (lseek(10, 777, SEEK_SET) != 777 || fcntl(10, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
-        die("seal");
-    at(make_memfd("plain", 0), 11, "memfd 11");
+        setup_failed("seal");
+    fd_at(make_memfd("plain", 0), 11, "memfd 11");
 
     snprintf(shm_name, sizeof shm_name, "/torpor-breadth-%d", (int)getpid());
     int s = shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL, 0640);
     if (s < 0 || fchmod(s, 0640) != 0 || ftruncate(s, SHM_LEN) != 0)
-        die("shm_open");
+        setup_failed("shm_open");
     shm = mmap(NULL, SHM_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
     if (shm == MAP_FAILED)
-        die("mmap shm");
+        setup_failed("mmap shm");
     close(s);
     fill_pattern(shm, SHM_LEN, SHM_SEED);
 }
@@ -83,9 +66,9 @@ static void perturbations(void)
     if (perturb("offset"))
         lseek(10, 778, SEEK_SET);
     if (perturb("name"))
-        at(make_memfd("other", 0), 11, "memfd 11 again");
+        fd_at(make_memfd("other", 0), 11, "memfd 11 again");
     if (perturb("size"))
-        at(make_memfd("torpor-breadth", MFD_ALLOW_SEALING), 10, "memfd 10 again");
+        fd_at(make_memfd("torpor-breadth", MFD_ALLOW_SEALING), 10, "memfd 10 again");
     if (perturb("posix-shm"))
         shm[100] ^= 1;
     if (perturb("posix-shared")) {

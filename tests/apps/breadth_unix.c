@@ -30,23 +30,6 @@ static char listen_path[512], dgram_path[512];
 static char abstract_name[64];
 static int rcvbuf_at_ready;
 
-static void die(const char *what)
-{
-    say("FAIL breadth_unix: setup: %s: %s\n", what, strerror(errno));
-    _exit(3);
-}
-
-static void at(int fd, int want, const char *what)
-{
-    if (fd < 0)
-        die(what);
-    if (fd != want) {
-        if (dup2(fd, want) != want)
-            die(what);
-        close(fd);
-    }
-}
-
 static socklen_t addr_of(struct sockaddr_un *a, const char *name, int abstract)
 {
     memset(a, 0, sizeof *a);
@@ -63,7 +46,7 @@ static socklen_t addr_of(struct sockaddr_un *a, const char *name, int abstract)
 static void send_str(int fd, const char *s)
 {
     if (send(fd, s, strlen(s), MSG_NOSIGNAL) != (ssize_t)strlen(s))
-        die("send");
+        setup_failed("send");
 }
 
 static int listener(const char *name, int abstract, int want)
@@ -72,8 +55,8 @@ static int listener(const char *name, int abstract, int want)
     socklen_t len = addr_of(&a, name, abstract);
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     if (s < 0 || bind(s, (struct sockaddr *)&a, len) != 0 || listen(s, 5) != 0)
-        die("listener");
-    at(s, want, "listener");
+        setup_failed("listener");
+    fd_at(s, want, "listener");
     return want;
 }
 
@@ -91,25 +74,25 @@ static void setup(void)
 {
     char cwd[400];
     if (!getcwd(cwd, sizeof cwd))
-        die("getcwd");
+        setup_failed("getcwd");
     snprintf(listen_path, sizeof listen_path, "%s/listen.sock", cwd);
     snprintf(dgram_path, sizeof dgram_path, "%s/dgram.sock", cwd);
     snprintf(abstract_name, sizeof abstract_name, "torpor-breadth-%d", (int)getpid());
 
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
-        die("stream pair");
-    at(sv[0], 10, "10");
-    at(sv[1], 11, "11");
+        setup_failed("stream pair");
+    fd_at(sv[0], 10, "10");
+    fd_at(sv[1], 11, "11");
     send_str(10, "hello ");
     send_str(10, "world");
     send_str(11, "back");
     fcntl(10, F_SETFL, O_NONBLOCK);
 
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0)
-        die("dgram pair");
-    at(sv[0], 12, "12");
-    at(sv[1], 13, "13");
+        setup_failed("dgram pair");
+    fd_at(sv[0], 12, "12");
+    fd_at(sv[1], 13, "13");
     send_str(12, "d1");
     send_str(12, "dd2");
     send_str(12, "ddd3");
@@ -117,9 +100,9 @@ static void setup(void)
     setsockopt(13, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
 
     if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) != 0)
-        die("seqpacket pair");
-    at(sv[0], 14, "14");
-    at(sv[1], 15, "15");
+        setup_failed("seqpacket pair");
+    fd_at(sv[0], 14, "14");
+    fd_at(sv[1], 15, "15");
     send_str(14, "s1");
     send_str(14, "s22");
     shutdown(15, SHUT_WR);
@@ -129,8 +112,8 @@ static void setup(void)
     setsockopt(16, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
     socklen_t l = sizeof rcvbuf_at_ready;
     getsockopt(16, SOL_SOCKET, SO_RCVBUF, &rcvbuf_at_ready, &l);
-    at(connect_to(listen_path, 0, SOCK_STREAM), 17, "client 17");
-    at(accept(16, NULL, NULL), 18, "accepted 18");
+    fd_at(connect_to(listen_path, 0, SOCK_STREAM), 17, "client 17");
+    fd_at(accept(16, NULL, NULL), 18, "accepted 18");
     send_str(17, "c2s");
     send_str(18, "s2c");
 
@@ -140,13 +123,13 @@ static void setup(void)
     socklen_t len = addr_of(&a, dgram_path, 0);
     int d = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (d < 0 || bind(d, (struct sockaddr *)&a, len) != 0)
-        die("bound dgram");
-    at(d, 20, "20");
+        setup_failed("bound dgram");
+    fd_at(d, 20, "20");
     int u = socket(AF_UNIX, SOCK_DGRAM, 0);
     if (sendto(u, "u1", 2, 0, (struct sockaddr *)&a, len) != 2 || sendto(u, "u22", 3, 0, (struct sockaddr *)&a, len) != 3)
-        die("sendto 20");
+        setup_failed("sendto 20");
     close(u);
-    at(connect_to(dgram_path, 0, SOCK_DGRAM), 22, "22");
+    fd_at(connect_to(dgram_path, 0, SOCK_DGRAM), 22, "22");
 }
 
 static void perturbations(void)
@@ -159,11 +142,11 @@ static void perturbations(void)
     if (perturb("seqpacket"))
         send_str(14, "extra");
     if (perturb("listener"))
-        at(socket(AF_UNIX, SOCK_STREAM, 0), 16, "16 again");
+        fd_at(socket(AF_UNIX, SOCK_STREAM, 0), 16, "16 again");
     if (perturb("accepted") && recv(18, b, 1, 0) != 1)
         _exit(3);
     if (perturb("abstract"))
-        at(socket(AF_UNIX, SOCK_STREAM, 0), 19, "19 again");
+        fd_at(socket(AF_UNIX, SOCK_STREAM, 0), 19, "19 again");
     if (perturb("bound") && recv(20, b, sizeof b, 0) <= 0)
         _exit(3);
     if (perturb("rcvbuf")) {

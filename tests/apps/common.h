@@ -189,6 +189,31 @@ static inline void record_fds(void)
     fds_recorded = 1;
 }
 
+/* Called by setup_failed() before it exits, in the app's own process (to
+ * remove what the app created outside itself, say). */
+static void (*setup_cleanup)(void);
+
+/* The app could not set itself up: not a verdict on torpor (exit 3). */
+static inline void setup_failed(const char *what)
+{
+    say("FAIL %s: setup: %s: %s\n", app_name, what, strerror(errno));
+    if (setup_cleanup && getpid() == app_pid)
+        setup_cleanup();
+    _exit(3);
+}
+
+/* Puts a freshly opened fd at number `want`. */
+static inline void fd_at(int fd, int want, const char *what)
+{
+    if (fd < 0)
+        setup_failed(what);
+    if (fd != want) {
+        if (dup2(fd, want) != want)
+            setup_failed(what);
+        close(fd);
+    }
+}
+
 static inline void ready(void)
 {
     record_fds();

@@ -51,6 +51,12 @@
 #define SOLO_LEN 20000
 #define SOLO_MAP 20480
 
+/* The byte written into the private mapping of big.bin. */
+static uint8_t cow_byte(void)
+{
+    return (uint8_t)(pattern_byte(44, PRIV_AT) ^ 0xff);
+}
+
 static uint8_t *shared_map, *priv_map, *solo_map;
 
 struct fdstate {
@@ -167,7 +173,7 @@ int main(int argc, char **argv)
         say("FAIL files: mapping big.bin: %s\n", strerror(errno));
         return 1;
     }
-    priv_map[PRIV_AT] = (uint8_t)~pattern_byte(44, PRIV_AT);
+    priv_map[PRIV_AT] = cow_byte();
     unlink("big.bin");
 
     make_file("solo.bin", SOLO_LEN, 45);
@@ -356,14 +362,14 @@ int main(int argc, char **argv)
                 fail("shared mapping of unlinked big.bin: a write through fd 21 shows 0x%02x in it", shared_map[100]);
         }
         uint8_t file_at = 0;
-        if (priv_map[PRIV_AT] != (uint8_t)~pattern_byte(44, PRIV_AT))
+        if (priv_map[PRIV_AT] != cow_byte())
             fail("private mapping of unlinked big.bin: written byte is 0x%02x, not 0x%02x", priv_map[PRIV_AT],
-                 (uint8_t)~pattern_byte(44, PRIV_AT));
+                 cow_byte());
         else if (pread(22, &file_at, 1, BIG_HEAD + BIG_HOLE + PRIV_AT) != 1 || file_at != pattern_byte(44, PRIV_AT))
             fail("private mapping of unlinked big.bin: its write reached the file (0x%02x)", file_at);
         else {
             for (size_t i = 0; i < PRIV_LEN; i++) {
-                uint8_t want = i == PRIV_AT ? (uint8_t)~pattern_byte(44, i) : i < BIG_TAIL ? pattern_byte(44, i) : 0;
+                uint8_t want = i == PRIV_AT ? cow_byte() : i < BIG_TAIL ? pattern_byte(44, i) : 0;
                 if (priv_map[i] != want) {
                     fail("private mapping of unlinked big.bin: byte %zu is 0x%02x, not 0x%02x", i, priv_map[i], want);
                     break;
