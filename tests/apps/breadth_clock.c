@@ -37,7 +37,6 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 
-#define MS(x) ((int64_t)(x) * 1000000)
 #define REL_MS 3000
 #define ABS_MS 3500
 #define POSIX_MS 3200
@@ -48,24 +47,6 @@
 #define EXACT_NS MS(1)
 /* Two samples taken together differ by scheduling only. */
 #define TOGETHER_NS MS(100)
-
-static int64_t ts_ns(struct timespec ts)
-{
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static struct timespec ns_ts(int64_t ns)
-{
-    struct timespec ts = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
-    return ts;
-}
-
-static int64_t vdso_ns(clockid_t c)
-{
-    struct timespec ts;
-    clock_gettime(c, &ts);
-    return ts_ns(ts);
-}
 
 /* The kernel's 64-bit timespec: 32-bit ARM reads it with clock_gettime64,
  * 64-bit machines with clock_gettime. */
@@ -92,18 +73,18 @@ struct sample {
 static struct sample sample_now(void)
 {
     struct sample s;
-    s.mono = vdso_ns(CLOCK_MONOTONIC);
-    s.boot = vdso_ns(CLOCK_BOOTTIME);
+    s.mono = clock_ns(CLOCK_MONOTONIC);
+    s.boot = clock_ns(CLOCK_BOOTTIME);
     s.mono_sys = sys_ns(CLOCK_MONOTONIC);
     s.boot_sys = sys_ns(CLOCK_BOOTTIME);
-    s.real = vdso_ns(CLOCK_REALTIME);
+    s.real = clock_ns(CLOCK_REALTIME);
     return s;
 }
 
 /* vDSO, syscall, vDSO: the syscall's reading lies between the two others. */
 static void check_vdso_agrees(clockid_t c, const char *name, int64_t skew)
 {
-    int64_t a = vdso_ns(c), s = sys_ns(c) + skew, b = vdso_ns(c);
+    int64_t a = clock_ns(c), s = sys_ns(c) + skew, b = clock_ns(c);
     if (!(a <= s && s <= b))
         fail("%s: the vDSO read %lld and %lld around the syscall's %lld", name, (long long)a, (long long)b,
              (long long)s);
@@ -200,12 +181,12 @@ static void setup(void)
     sigprocmask(SIG_BLOCK, &set, NULL);
 
     fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 10, "timerfd 10");
-    rel_lo = vdso_ns(CLOCK_MONOTONIC) + MS(REL_MS);
+    rel_lo = clock_ns(CLOCK_MONOTONIC) + MS(REL_MS);
     arm(10, 0, MS(REL_MS));
-    rel_hi = vdso_ns(CLOCK_MONOTONIC) + MS(REL_MS);
+    rel_hi = clock_ns(CLOCK_MONOTONIC) + MS(REL_MS);
 
     fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 11, "timerfd 11");
-    abs_deadline = vdso_ns(CLOCK_MONOTONIC) + MS(ABS_MS);
+    abs_deadline = clock_ns(CLOCK_MONOTONIC) + MS(ABS_MS);
     arm(11, TFD_TIMER_ABSTIME, abs_deadline);
 
     struct sigevent sev;
@@ -218,12 +199,12 @@ static void setup(void)
         _exit(3);
     }
     struct itimerspec its = { { 0, 0 }, ns_ts(MS(POSIX_MS)) };
-    posix_lo = vdso_ns(CLOCK_MONOTONIC) + MS(POSIX_MS);
+    posix_lo = clock_ns(CLOCK_MONOTONIC) + MS(POSIX_MS);
     if (timer_settime(posix_timer, 0, &its, NULL) != 0) {
         say("FAIL breadth_clock: timer_settime: %s\n", strerror(errno));
         _exit(3);
     }
-    posix_hi = vdso_ns(CLOCK_MONOTONIC) + MS(POSIX_MS);
+    posix_hi = clock_ns(CLOCK_MONOTONIC) + MS(POSIX_MS);
 
     start_helper();
     ns_at_ready = time_ns_inode();
@@ -344,9 +325,9 @@ static void verify(void)
      * what is left is exactly the deadline minus the namespace's clock. */
     if (m == TIMENS) {
         struct itimerspec cur;
-        int64_t before = vdso_ns(CLOCK_MONOTONIC);
+        int64_t before = clock_ns(CLOCK_MONOTONIC);
         timerfd_gettime(11, &cur);
-        int64_t after = vdso_ns(CLOCK_MONOTONIC), left = ts_ns(cur.it_value);
+        int64_t after = clock_ns(CLOCK_MONOTONIC), left = ts_ns(cur.it_value);
         if (left > 0 && (left > abs_deadline - before + EXACT_NS || left < abs_deadline - after - EXACT_NS))
             fail("absolute timerfd: %lld ns left, expected %lld to %lld (deadline %lld on the namespace's clock)",
                  (long long)left, (long long)(abs_deadline - after - EXACT_NS),
@@ -358,7 +339,7 @@ static void verify(void)
     uint64_t ticks;
     if (read(10, &ticks, sizeof ticks) != sizeof ticks || ticks != 1)
         fail("timerfd 10: read %llu expirations, expected 1", (unsigned long long)ticks);
-    check_fired("relative timerfd", m, vdso_ns(CLOCK_MONOTONIC), rel_lo, rel_hi, go_at, MS(REL_MS));
+    check_fired("relative timerfd", m, clock_ns(CLOCK_MONOTONIC), rel_lo, rel_hi, go_at, MS(REL_MS));
 
     siginfo_t si;
     sigset_t set;
@@ -367,12 +348,12 @@ static void verify(void)
     if (sigwaitinfo(&set, &si) != SIGRTMIN + 2 || si.si_code != SI_TIMER || si.si_value.sival_int != POSIX_VALUE)
         fail("POSIX timer: expected SIGRTMIN+2 from SI_TIMER with value 0x%x, got signal %d code %d value 0x%x",
              POSIX_VALUE, si.si_signo, si.si_code, si.si_value.sival_int);
-    check_fired("POSIX timer", m, vdso_ns(CLOCK_MONOTONIC), posix_lo, posix_hi, go_at, MS(POSIX_MS));
+    check_fired("POSIX timer", m, clock_ns(CLOCK_MONOTONIC), posix_lo, posix_hi, go_at, MS(POSIX_MS));
 
     ticks = 0;
     if (read(11, &ticks, sizeof ticks) != sizeof ticks || ticks != 1)
         fail("timerfd 11: read %llu expirations, expected 1", (unsigned long long)ticks);
-    check_fired("absolute timerfd", m, vdso_ns(CLOCK_MONOTONIC), abs_deadline, abs_deadline, go_at, MS(ABS_MS));
+    check_fired("absolute timerfd", m, clock_ns(CLOCK_MONOTONIC), abs_deadline, abs_deadline, go_at, MS(ABS_MS));
 }
 
 int main(int argc, char **argv)

@@ -38,27 +38,8 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 
-#define MS(x) ((int64_t)(x) * 1000000)
 #define BIG_COUNT 0x100000005ULL
 #define RT_AHEAD_S 90
-
-static int64_t ts_ns(struct timespec ts)
-{
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static struct timespec ns_ts(int64_t ns)
-{
-    struct timespec ts = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
-    return ts;
-}
-
-static int64_t now_ns(clockid_t c)
-{
-    struct timespec ts;
-    clock_gettime(c, &ts);
-    return ts_ns(ts);
-}
 
 static void arm(int fd, int flags, int64_t value, int64_t interval)
 {
@@ -109,7 +90,7 @@ static void setup(void)
     fd_at(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 13, "timerfd 13");
     arm(13, 0, MS(50), MS(50));
     fd_at(timerfd_create(CLOCK_REALTIME, 0), 14, "timerfd 14");
-    rt_deadline = now_ns(CLOCK_REALTIME) + (int64_t)RT_AHEAD_S * 1000000000;
+    rt_deadline = clock_ns(CLOCK_REALTIME) + (int64_t)RT_AHEAD_S * 1000000000;
     arm(14, TFD_TIMER_ABSTIME, rt_deadline, 0);
     fd_at(timerfd_create(CLOCK_MONOTONIC, 0), 15, "timerfd 15");
     arm(15, 0, MS(5), 0);
@@ -279,7 +260,7 @@ static void check_timerfds(void)
     /* The realtime one kept its wall-clock deadline. */
     struct itimerspec its;
     timerfd_gettime(14, &its);
-    int64_t off = now_ns(CLOCK_REALTIME) + ts_ns(its.it_value) - rt_deadline;
+    int64_t off = clock_ns(CLOCK_REALTIME) + ts_ns(its.it_value) - rt_deadline;
     if (off < -MS(20) || off > MS(20))
         fail("timerfd 14 deadline: expected %lld, got %lld off", (long long)rt_deadline, (long long)off);
     char fl[16];

@@ -365,16 +365,6 @@ static void perturbations(void)
         extra_seg = shmget(key2, PAGE, IPC_CREAT | 0600);
 }
 
-static void check_link(int fd, const char *want)
-{
-    char path[32], got[256] = "";
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, got, sizeof got - 1);
-    got[n > 0 ? n : 0] = '\0';
-    if (strcmp(got, want) != 0)
-        fail("fd %d: expected %s, got %s", fd, want, got);
-}
-
 static void check_size(int fd, long long want)
 {
     struct stat st;

@@ -100,16 +100,6 @@ static void check_posix_shm(void)
     shm_unlink(shm_name);
 }
 
-static void check_link(int fd, const char *want)
-{
-    char path[32], got[256] = "";
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, got, sizeof got - 1);
-    got[n > 0 ? n : 0] = '\0';
-    if (strcmp(got, want) != 0)
-        fail("fd %d: expected %s, got %s", fd, want, got);
-}
-
 int main(int argc, char **argv)
 {
     app_init("breadth_shm", argc, argv);

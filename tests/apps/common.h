@@ -189,6 +189,38 @@ static inline void record_fds(void)
     fds_recorded = 1;
 }
 
+#define MS(x) ((int64_t)(x) * 1000000)
+
+static inline int64_t ts_ns(struct timespec ts)
+{
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline struct timespec ns_ts(int64_t ns)
+{
+    struct timespec ts = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
+    return ts;
+}
+
+/* Clock `c` in ns, read through the vDSO where it has one. */
+static inline int64_t clock_ns(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return ts_ns(ts);
+}
+
+/* Fails unless /proc/self/fd/FD links to `want`. */
+static inline void check_link(int fd, const char *want)
+{
+    char path[32], got[256] = "";
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, got, sizeof got - 1);
+    got[n > 0 ? n : 0] = '\0';
+    if (strcmp(got, want) != 0)
+        fail("fd %d: expected %s, got %s", fd, want, got);
+}
+
 /* Called by setup_failed() before it exits, in the app's own process (to
  * remove what the app created outside itself, say). */
 static void (*setup_cleanup)(void);

@@ -17,7 +17,6 @@
 #include <signal.h>
 #include <sys/time.h>
 
-#define MS(x) ((int64_t)(x) * 1000000)
 /*
  * The kernel arms a CPU-time itimer one tick late (set_cpu_itimer adds
  * TICK_NSEC, at most 10 ms with HZ >= 100), and a restore arms it again: the
@@ -47,11 +46,6 @@ static void on_posix(int sig, siginfo_t *si, void *uc)
 static int64_t tv_ns(struct timeval tv)
 {
     return (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
-}
-
-static int64_t ts_ns(struct timespec ts)
-{
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static void check_itimer(const char *name, int which, int64_t interval_ns, int64_t value_max_ns)
