@@ -221,6 +221,11 @@ fn breadth_segments_restore_refuses_a_taken_key() {
     assert!(err.contains("restore failed") && err.contains(&want), "expected a refusal containing {want:?}, got:\n{err}");
 }
 
+// Restored, the pipes to the peer outside the tree come back cut.
+app_tests!(breadth_pipes, "breadth_pipes",
+    args: [], checkpoint_args: ["1"], negative_args: [],
+    negatives: ["data", "size", "inner", "closed"]);
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);
