@@ -458,8 +458,9 @@ class Bench:
             problems.append("S01torpor stop did not stop the daemon")
         # The daemon runs detached (stderr on /dev/null): its log is syslog's.
         syslog = [l[len("TORPOR-SYSLOG "):] for l in lines if l.startswith("TORPOR-SYSLOG ")]
+        generation = re.search(r"image generation (\d+)", resumed[0]).group(1) if resumed else "?"
         for want in (r"torpor\[\d+\]: serving /run/torpor\.sock$",
-                     r"torpor\[\d+\]: pid \d+ \(uid 0\) restored from image generation 1 after an unknown time",
+                     rf"torpor\[\d+\]: pid \d+ \(uid 0\) restored from image generation {generation} after an unknown time",
                      r"torpor\[\d+\]: stopping$"):
             if not any(re.search(r"daemon\.info " + want, l) for l in syslog):
                 problems.append(f"no syslog line matching {want!r} (syslog: {syslog[-4:]})")
