@@ -179,6 +179,40 @@ fn named_fifo_comes_back() {
     assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
 }
 
+/// A FIFO that a process outside the tree keeps open (on the same boot)
+/// still holds the bytes the tree left in it: the restore uses it as it is
+/// and does not write the saved bytes a second time.
+#[test]
+fn named_fifo_held_outside_keeps_its_live_bytes() {
+    use std::os::unix::fs::OpenOptionsExt;
+    become_subreaper();
+    let dir = scratch("fifo-outside");
+    let bin = compile(&dir, "fifo", FIFO, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("fifo.img");
+    let path = dir.join("the.fifo");
+    let pid = spawn(&bin, &[path.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    // Read-write: a reader and a writer that outlive the tree.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .expect("open the FIFO");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+    drop(holder);
+}
+
 const ECHO: &str = r#"
 #include <stdio.h>
 #include <string.h>

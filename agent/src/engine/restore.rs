@@ -381,15 +381,34 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
             _ => None,
         });
         let mut p = [0i32; 2];
+        // A FIFO someone outside the tree still holds (on the same boot) is
+        // the one the tree left: its bytes are the live ones.
+        let mut live_fifo = false;
         if let Some(path) = &fifo {
+            let c = cstr(path).step(step)?;
+            // Opening for writing without blocking succeeds only if a
+            // reader exists: one outside the tree, which may have read the
+            // bytes saved at the dump.
+            // SAFETY: open with a valid C string; the result is checked.
+            let probe = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            if probe >= 0 {
+                live_fifo = true;
+                // SAFETY: closing the probe just opened.
+                unsafe { libc::close(probe) };
+            }
             // A named FIFO: opened read-write, it is reader and writer for
             // the reopenings below, which therefore never block.
-            let c = cstr(path).step(step)?;
             // SAFETY: open with a valid C string; the result is checked.
             let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
             if fd < 0 {
                 let e = last_os();
                 return Err(std::io::Error::new(e.kind(), format!("opening FIFO {path}: {e}"))).step(step);
+            }
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            if unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut queued) } == 0 && queued > 0 {
+                // A writer outside kept it, and the bytes, alive.
+                live_fifo = true;
             }
             p = [fd, fd];
         // SAFETY: pipe2 writes two fds.
@@ -404,7 +423,7 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
         }
         // Bytes written by the tree for a reader outside went with that
         // reader; bytes from a writer outside are the tree's to read.
-        let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) { &[] } else { &pipe.data };
+        let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) || live_fifo { &[] } else { &pipe.data };
         let mut off = 0;
         while off < data.len() {
             // SAFETY: writing from our buffer into our pipe, which has room.
