@@ -20,6 +20,26 @@ int main(void) {
 }
 "#;
 
+const WITH_SECCOMP: &str = r#"
+#include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+int main(void) {
+    struct sock_filter allow[] = { BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW) };
+    struct sock_fprog prog = { 1, allow };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
 const COUNTER: &str = r#"
 #include <stdio.h>
 #include <unistd.h>
@@ -75,6 +95,42 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
         .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
+}
+
+/// A sandboxed app is refused, not restored without its sandbox.
+#[test]
+fn seccomp_filter_is_a_clear_error_and_the_tree_runs_on() {
+    become_subreaper();
+    let dir = scratch("fail-seccomp");
+    let bin = compile(&dir, "seccomp", WITH_SECCOMP, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("seccomp.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    // torpor, a child of this test, runs under the filters this test does
+    // (none, outside a container); the app under one more.
+    let own: u32 = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+        .map_or(0, |v| v.trim().parse().expect("a count"));
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or(""),
+        format!(
+            "torpor: error: collect thread {pid}: thread {pid} of process {pid} runs under {} seccomp filter(s) (torpor under {own}), which torpor cannot restore: the restored app would run without its sandbox",
+            own + 1
+        ),
+    );
+    assert!(!img.exists(), "no image left behind");
+    let n = lines(&out).len();
+    wait_for("the program to go on", || lines(&out).len() >= n + 5);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.lines().any(|l| l == "TracerPid:\t0"), "detached");
+    kill_and_reap(pid);
 }
 
 fn socket_inode(pid: i32) -> String {

@@ -122,8 +122,10 @@ pub fn collect_process(
         });
     }
     p.shared_pending = ptrace::peek_siginfo(pid, true).step(step)?;
+    let own = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status").step(step)?).step(step)?;
     for &tid in tids {
         let tstep = || format!("collect thread {tid}");
+        check_seccomp(pid, tid, &own).step(tstep)?;
         let mut regs = arch::get_regs(tid).step(tstep)?;
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
         regs.for_image();
@@ -148,6 +150,29 @@ pub fn collect_process(
     }
     run_parasite(&mut p).step(|| format!("parasite {pid}"))?;
     Ok((p, maps))
+}
+
+/// Refuses a thread under seccomp beyond what torpor itself runs under
+/// (a container's filters, which the restored tree inherits from torpor):
+/// torpor does not restore filters, and a restore without them would lift
+/// the app's sandbox.
+fn check_seccomp(pid: i32, tid: i32, own: &procfs::Status) -> Result<(), Cause> {
+    let path = format!("/proc/{pid}/task/{tid}/status");
+    let s = procfs::parse_status(&path, &procfs::read(&path)?)?;
+    let (mode, n) = (s.seccomp, s.seccomp_filters);
+    if mode == 1 {
+        return Err(Cause::Unsupported(format!(
+            "thread {tid} of process {pid} runs in strict seccomp mode, which torpor cannot restore"
+        )));
+    }
+    if mode == 2 && (own.seccomp != 2 || n > own.seccomp_filters) {
+        return Err(Cause::Unsupported(format!(
+            "thread {tid} of process {pid} runs under {n} seccomp filter(s) (torpor under {}), which torpor \
+             cannot restore: the restored app would run without its sandbox",
+            own.seccomp_filters
+        )));
+    }
+    Ok(())
 }
 
 /// A zombie: who it was (for its parent, group and session) and how it

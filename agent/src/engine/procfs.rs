@@ -106,6 +106,10 @@ pub struct Status {
     /// CapInh, CapPrm, CapEff, CapBnd, CapAmb.
     pub caps: [u64; 5],
     pub no_new_privs: bool,
+    /// `Seccomp`: 0 none, 1 strict, 2 filters.
+    pub seccomp: u32,
+    /// `Seccomp_filters`: how many filters the task runs under.
+    pub seccomp_filters: u32,
 }
 
 pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
@@ -154,6 +158,10 @@ pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
             "CapBnd" => s.caps[3] = hex(val)?,
             "CapAmb" => s.caps[4] = hex(val)?,
             "NoNewPrivs" => s.no_new_privs = val == "1",
+            "Seccomp" => s.seccomp = val.parse().map_err(|_| bad(path, "Seccomp is not a number"))?,
+            "Seccomp_filters" => {
+                s.seccomp_filters = val.parse().map_err(|_| bad(path, "Seccomp_filters is not a number"))?;
+            }
             _ => {}
         }
     }
