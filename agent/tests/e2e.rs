@@ -226,6 +226,10 @@ app_tests!(breadth_pipes, "breadth_pipes",
     args: [], checkpoint_args: ["1"], negative_args: [],
     negatives: ["data", "size", "inner", "closed"]);
 
+app_tests!(breadth_seccomp, "breadth_seccomp",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["count", "order"]);
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);

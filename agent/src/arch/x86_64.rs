@@ -324,4 +324,5 @@ pub mod nr {
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 30;
+    pub const SECCOMP: i64 = 317;
 }

@@ -167,6 +167,10 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         }
         Kind::Clocks => to_json(rec.decode::<Clocks>(), image_err, json_err)?,
         Kind::FileSigIo => to_json(rec.decode::<crate::image::records::FileSigIo>(), image_err, json_err)?,
+        Kind::SeccompFilter => {
+            let f = rec.decode::<crate::image::records::SeccompFilter>().map_err(image_err)?;
+            json!({ "flags": f.flags, "instructions": f.program.len() / 8 })
+        }
         Kind::TmpfsFile => {
             let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })

@@ -13,6 +13,7 @@ use crate::arch::{self, nr};
 use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
+use crate::image::records::SeccompFilter;
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
@@ -125,7 +126,14 @@ pub fn collect_process(
     let own = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status").step(step)?).step(step)?;
     for &tid in tids {
         let tstep = || format!("collect thread {tid}");
-        check_seccomp(pid, tid, &own).step(tstep)?;
+        let filters = seccomp_filters(pid, tid, &own).step(tstep)?;
+        if tid != pid && filters != p.seccomp {
+            return Err(Cause::Unsupported(format!(
+                "thread {tid} of process {pid} runs under other seccomp filters than thread {pid}, which torpor cannot restore"
+            )))
+            .step(tstep);
+        }
+        p.seccomp = filters;
         let mut regs = arch::get_regs(tid).step(tstep)?;
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
         regs.for_image();
@@ -152,27 +160,35 @@ pub fn collect_process(
     Ok((p, maps))
 }
 
-/// Refuses a thread under seccomp beyond what torpor itself runs under
-/// (a container's filters, which the restored tree inherits from torpor):
-/// torpor does not restore filters, and a restore without them would lift
-/// the app's sandbox.
-fn check_seccomp(pid: i32, tid: i32, own: &procfs::Status) -> Result<(), Cause> {
+/// The seccomp filters a thread runs under beyond torpor's own (a
+/// container's filters, which the restored tree inherits from torpor
+/// again), oldest first. Strict mode cannot be restored, nor filters that
+/// hand their decisions to a supervisor (`NEW_LISTENER`).
+fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<SeccompFilter>, Cause> {
+    const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 8;
     let path = format!("/proc/{pid}/task/{tid}/status");
     let s = procfs::parse_status(&path, &procfs::read(&path)?)?;
-    let (mode, n) = (s.seccomp, s.seccomp_filters);
-    if mode == 1 {
+    if s.seccomp == 1 {
         return Err(Cause::Unsupported(format!(
             "thread {tid} of process {pid} runs in strict seccomp mode, which torpor cannot restore"
         )));
     }
-    if mode == 2 && (own.seccomp != 2 || n > own.seccomp_filters) {
-        return Err(Cause::Unsupported(format!(
-            "thread {tid} of process {pid} runs under {n} seccomp filter(s) (torpor under {}), which torpor \
-             cannot restore: the restored app would run without its sandbox",
-            own.seccomp_filters
-        )));
+    let inherited = if own.seccomp == 2 { own.seccomp_filters } else { 0 };
+    if s.seccomp != 2 || s.seccomp_filters <= inherited {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let mut out = Vec::new();
+    for index in 0..u64::from(s.seccomp_filters - inherited) {
+        let Some((flags, program)) = ptrace::seccomp_filter(tid, index)? else { break };
+        if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0 {
+            return Err(Cause::Unsupported(format!(
+                "thread {tid} of process {pid} has a seccomp filter that notifies a supervisor, which torpor cannot restore"
+            )));
+        }
+        out.push(SeccompFilter { flags, program });
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// A zombie: who it was (for its parent, group and session) and how it

@@ -55,7 +55,14 @@ pub struct Frozen {
 }
 
 fn seize_one(tid: i32) -> Result<(), PtraceError> {
-    ptrace::seize(tid, 0)?;
+    // The parasite's syscalls must not meet the task's seccomp filters.
+    // Where the option is refused (torpor itself under seccomp) they may,
+    // and a refused syscall fails the dump cleanly.
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    let filtered = status.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
+    if !(filtered && ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).is_ok()) {
+        ptrace::seize(tid, 0)?;
+    }
     ptrace::interrupt(tid)?;
     loop {
         match ptrace::wait(tid)? {

@@ -469,6 +469,9 @@ pub fn write_process<W: Write>(
             w.record(Kind::FileSigIo, &crate::image::records::FileSigIo { ofd: u64::from(f.file), sigio })?;
         }
     }
+    for f in &p.seccomp {
+        w.record(Kind::SeccompFilter, f)?;
+    }
     Ok(())
 }
 
@@ -611,7 +614,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     ..Default::default()
                 });
             }
-            Kind::MmFields | Kind::Thread | Kind::Vma | Kind::Fd | Kind::Pages => {
+            Kind::MmFields | Kind::Thread | Kind::Vma | Kind::Fd | Kind::SeccompFilter | Kind::Pages => {
                 let p = cur
                     .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
                 match rec.kind() {
@@ -663,6 +666,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             }),
                         });
                     }
+                    Kind::SeccompFilter => p.seccomp.push(rec.decode()?),
                     Kind::Vma => {
                         let v: RVma = rec.decode()?;
                         let shared = v.flags & libc::MAP_SHARED.bits() != 0;

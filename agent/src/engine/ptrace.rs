@@ -92,6 +92,10 @@ const PTRACE_CONT: u32 = 7;
 const PTRACE_DETACH: u32 = 17;
 const PTRACE_SETOPTIONS: u32 = 0x4200;
 pub const PTRACE_O_TRACECLONE: u32 = 8;
+/// The tracee's seccomp filters do not apply while it is traced with this.
+pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
+const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
 pub const PTRACE_EVENT_CLONE: i32 = 3;
 pub const PTRACE_EVENT_STOP: i32 = 128;
 const PEEKSIGINFO_SHARED: u32 = 1;
@@ -101,6 +105,30 @@ pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
         return Err(os("PTRACE_SEIZE", tid));
     }
     Ok(())
+}
+
+/// Seccomp filter `index` of `tid` (0: the newest): its flags and its
+/// program as `struct sock_filter` bytes; `None` past the oldest.
+pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, PtraceError> {
+    let idx = usize::try_from(index).unwrap_or(usize::MAX);
+    let n = ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, 0);
+    if n < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(os("PTRACE_SECCOMP_GET_FILTER", tid));
+    }
+    // struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
+    let mut program = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
+    if ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, program.as_mut_ptr() as usize) != n {
+        return Err(os("PTRACE_SECCOMP_GET_FILTER", tid));
+    }
+    // struct seccomp_metadata { u64 filter_off; u64 flags; }
+    let mut meta = [index, 0u64];
+    if ptrace_raw(PTRACE_SECCOMP_GET_METADATA, tid, 16, meta.as_mut_ptr() as usize) < 0 {
+        return Err(os("PTRACE_SECCOMP_GET_METADATA", tid));
+    }
+    Ok(Some((meta[1], program)))
 }
 
 pub fn set_options(tid: i32, options: u32) -> Result<(), PtraceError> {

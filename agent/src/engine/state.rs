@@ -44,6 +44,9 @@ pub struct ProcessState {
     pub posix_timers: Vec<PosixTimer>,
     /// File locks held through this process's fds (`engine::files::locks`).
     pub locks: Vec<crate::image::records::FileLock>,
+    /// Seccomp filters beyond torpor's own, oldest first (every thread
+    /// runs under the same ones).
+    pub seccomp: Vec<crate::image::records::SeccompFilter>,
     /// Stopped by a signal (SIGSTOP...) at the dump: stopped again after.
     pub stopped: bool,
     /// Wait status of a process that has exited and is not yet reaped; it

@@ -1012,6 +1012,7 @@ fn record_what(kind: Kind) -> &'static str {
         Kind::UnlinkedObject => "an unlinked-file record",
         Kind::Clocks => "the clocks record",
         Kind::FileSigIo => "a file-sigio record",
+        Kind::SeccompFilter => "a seccomp-filter record",
     }
 }
 

@@ -48,6 +48,8 @@ pub enum Kind {
     Clocks = 16,
     /// Signal-driven I/O of an open file description: owner and signal.
     FileSigIo = 17,
+    /// One seccomp filter of the process before it (oldest first).
+    SeccompFilter = 18,
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -66,7 +68,7 @@ pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
 
 impl Kind {
     /// Every kind, in numeric order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Header,
         Kind::Task,
         Kind::Thread,
@@ -84,6 +86,7 @@ impl Kind {
         Kind::UnlinkedObject,
         Kind::Clocks,
         Kind::FileSigIo,
+        Kind::SeccompFilter,
     ];
 
     /// The kind a frame's kind byte names, if this torpor knows it.
@@ -102,6 +105,7 @@ impl Kind {
             Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
             Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
             Kind::UnlinkedObject | Kind::Clocks | Kind::FileSigIo => STATE_LIMIT,
+            Kind::SeccompFilter => STATE_LIMIT,
         }
     }
 
@@ -125,6 +129,7 @@ impl Kind {
             Kind::UnlinkedObject => "unlinked-file",
             Kind::Clocks => "clocks",
             Kind::FileSigIo => "file-sigio",
+            Kind::SeccompFilter => "seccomp-filter",
         }
     }
 }
@@ -337,6 +342,16 @@ pub struct SigIo {
 pub struct FileSigIo {
     pub ofd: u64,
     pub sigio: SigIo,
+}
+
+/// A seccomp filter (`SECCOMP_SET_MODE_FILTER`) every thread of a process
+/// runs under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// `SECCOMP_FILTER_FLAG_LOG`, `SECCOMP_FILTER_FLAG_SPEC_ALLOW`.
+    pub flags: u64,
+    /// The `struct sock_filter` array, 8 bytes per instruction.
+    pub program: Vec<u8>,
 }
 
 /// One file lock held through fd `fd`.

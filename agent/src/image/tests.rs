@@ -345,7 +345,7 @@ fn every_record_kind_round_trips() {
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
             Kind::ExternalPipe => assert_eq!(rec.decode::<ExternalPipe>().expect("external pipe"), external_pipe()),
-            Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::UnlinkedObject | Kind::FileSigIo => {
+            Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::UnlinkedObject | Kind::FileSigIo | Kind::SeccompFilter => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),

@@ -1,0 +1,117 @@
+/*
+ * breadth_seccomp: a sandboxed app keeps its seccomp filters, in order, in
+ * every thread.
+ *
+ * Before READY (no_new_privs set): filter 1 makes uname fail with errno 77
+ * and getppid with 78; filter 2, newer, makes getppid fail with 79 (for
+ * the same action the newest filter's value wins) and getitimer with 82
+ * (which torpor's parasite calls during the dump: the filters must not
+ * apply to it), then a second thread starts and waits.
+ *
+ * After go, in both threads: uname fails with 77, getppid with 79,
+ * getitimer with 82, getpid works; /proc/self/status shows Seccomp 2 and as many filters as before;
+ * no_new_privs is still set.
+ *
+ * Usage: breadth_seccomp [--selftest-fail=count|order]
+ */
+#include "common.h"
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/time.h>
+#include <sys/utsname.h>
+
+/* Fails `nr` with `err`, allows the rest. */
+static void deny(int nr, int err, int nr2, int err2)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr2, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err2),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { (unsigned short)(sizeof f / sizeof f[0]), f };
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        setup_failed("PR_SET_SECCOMP");
+}
+
+static int status_field(const char *key)
+{
+    char text[4096] = "";
+    read_text("/proc/self/status", text, sizeof text);
+    char *at = strstr(text, key);
+    return at ? atoi(at + strlen(key)) : -1;
+}
+
+static int filters_at_ready;
+static volatile int thread_go;
+static volatile int thread_done;
+
+/* The checks, in whichever thread calls them. */
+static void check(const char *who)
+{
+    struct utsname u;
+    errno = 0;
+    if (uname(&u) != -1 || errno != 77)
+        fail("%s: uname: expected errno 77, got %d", who, errno);
+    errno = 0;
+    if (syscall(SYS_getppid) != -1 || errno != 79)
+        fail("%s: getppid: expected errno 79 (the newest filter), got %d", who, errno);
+    struct itimerval it;
+    errno = 0;
+    if (syscall(SYS_getitimer, ITIMER_REAL, &it) != -1 || errno != 82)
+        fail("%s: getitimer: expected errno 82, got %d", who, errno);
+    if (syscall(SYS_getpid) != app_pid)
+        fail("%s: getpid is not allowed", who);
+}
+
+static void *second(void *arg)
+{
+    (void)arg;
+    while (!thread_go) {
+        struct timespec ts = { 0, POLL_NS };
+        nanosleep(&ts, NULL);
+    }
+    check("second thread");
+    thread_done = 1;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    app_init("breadth_seccomp", argc, argv);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        setup_failed("PR_SET_NO_NEW_PRIVS");
+    deny(SYS_uname, 77, SYS_getppid, 78);
+    deny(SYS_getppid, 79, SYS_getitimer, 82);
+    pthread_t t;
+    if (pthread_create(&t, NULL, second, NULL) != 0)
+        setup_failed("pthread_create");
+    filters_at_ready = status_field("Seccomp_filters:");
+
+    ready();
+    wait_go();
+
+    if (perturb("count"))
+        deny(SYS_getpgrp, 80, SYS_getpgrp, 80);
+    if (perturb("order"))
+        deny(SYS_getppid, 81, SYS_getppid, 81);
+
+    check("main thread");
+    thread_go = 1;
+    pthread_join(t, NULL);
+    if (!thread_done)
+        fail("the second thread did not finish its checks");
+    if (status_field("Seccomp:") != 2)
+        fail("Seccomp: expected 2, got %d", status_field("Seccomp:"));
+    if (status_field("Seccomp_filters:") != filters_at_ready)
+        fail("Seccomp_filters: expected %d, got %d", filters_at_ready, status_field("Seccomp_filters:"));
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)
+        fail("no_new_privs: expected 1");
+    return finish();
+}
