@@ -16,19 +16,43 @@
  */
 #include "common.h"
 
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/time.h>
 #include <sys/utsname.h>
 
-/* Fails `nr` with `err`, allows the rest. */
+/* From linux/filter.h and linux/seccomp.h (a stable ABI), which the
+ * ARMv6 musl toolchain does not ship. */
+struct sock_filter {
+    uint16_t code;
+    uint8_t jt, jf;
+    uint32_t k;
+};
+struct sock_fprog {
+    unsigned short len;
+    struct sock_filter *filter;
+};
+#define BPF_STMT(code, k) { (uint16_t)(code), 0, 0, (k) }
+#define BPF_JUMP(code, k, jt, jf) { (uint16_t)(code), (jt), (jf), (k) }
+#define BPF_LD 0x00
+#define BPF_W 0x00
+#define BPF_ABS 0x20
+#define BPF_JMP 0x05
+#define BPF_JEQ 0x10
+#define BPF_K 0x00
+#define BPF_RET 0x06
+#define SECCOMP_MODE_FILTER 2
+#define SECCOMP_RET_ERRNO 0x00050000U
+#define SECCOMP_RET_ALLOW 0x7fff0000U
+/* struct seccomp_data starts with the syscall number. */
+#define SECCOMP_DATA_NR 0
+
+/* Fails `nr` with `err` and `nr2` with `err2`, allows the rest. */
 static void deny(int nr, int err, int nr2, int err2)
 {
     struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr2, 0, 1),
