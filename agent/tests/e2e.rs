@@ -230,6 +230,16 @@ app_tests!(breadth_seccomp, "breadth_seccomp",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["count", "order"]);
 
+/// One cycle alone: two cycles would hide filters installed in reverse
+/// order (reversed twice).
+#[test]
+fn breadth_seccomp_one_cycle_keeps_the_filter_order() {
+    if !torpor_can_dump() {
+        return;
+    }
+    must(harness::checkpoint_run("breadth_seccomp", &[], 1));
+}
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);

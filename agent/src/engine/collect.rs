@@ -178,7 +178,8 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for index in 0..u64::from(s.seccomp_filters - inherited) {
+    // Index 0 is the oldest filter: the inherited ones come first.
+    for index in u64::from(inherited)..u64::from(s.seccomp_filters) {
         let Some((flags, program)) = ptrace::seccomp_filter(tid, index)? else { break };
         if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0 {
             return Err(Cause::Unsupported(format!(
@@ -187,7 +188,6 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
         }
         out.push(SeccompFilter { flags, program });
     }
-    out.reverse();
     Ok(out)
 }
 

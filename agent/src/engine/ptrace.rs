@@ -107,8 +107,8 @@ pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
     Ok(())
 }
 
-/// Seccomp filter `index` of `tid` (0: the newest): its flags and its
-/// program as `struct sock_filter` bytes; `None` past the oldest.
+/// Seccomp filter `index` of `tid` (0: the oldest): its flags and its
+/// program as `struct sock_filter` bytes; `None` past the newest.
 pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, PtraceError> {
     let idx = usize::try_from(index).unwrap_or(usize::MAX);
     let n = ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, 0);
