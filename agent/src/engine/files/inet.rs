@@ -19,26 +19,9 @@ const TCP_LISTEN: u8 = 10;
 const TCPI_STATE: usize = 0;
 const TCPI_SACKED: usize = 28;
 
+/// The socket's address, or its peer's; empty when it has no peer.
 fn name(f: &OwnedFd, peer: bool) -> Result<Vec<u8>, std::io::Error> {
-    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
-    let mut a: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-    let mut len = socklen::<libc::sockaddr_storage>();
-    let p = (&raw mut a).cast::<libc::sockaddr>();
-    // SAFETY: get*name writes at most `len` bytes into `a`.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(f.as_raw_fd(), p, &raw mut len)
-        } else {
-            libc::getsockname(f.as_raw_fd(), p, &raw mut len)
-        }
-    };
-    if r < 0 {
-        let e = last_os();
-        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(Vec::new()) } else { Err(e) };
-    }
-    // SAFETY: `a` is `len` (at most its size) initialised bytes.
-    let bytes = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), (len as usize).min(core::mem::size_of_val(&a))) };
-    Ok(bytes.to_vec())
+    Ok(super::sock::sock_name(f, peer)?.unwrap_or_default())
 }
 
 /// The port of a raw sockaddr_in/sockaddr_in6 (same offset in both).

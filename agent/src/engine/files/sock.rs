@@ -121,10 +121,35 @@ pub(super) fn sockaddr_un(name: &[u8]) -> Result<(libc::sockaddr_un, libc::sockl
     Ok((a, libc::socklen_t::try_from(len).unwrap_or(0)))
 }
 
-/// The name bytes of a `sockaddr_un` of `len` bytes (no trailing NUL).
-pub(super) fn un_name(a: &libc::sockaddr_un, len: libc::socklen_t) -> Vec<u8> {
-    let n = (len as usize).saturating_sub(core::mem::size_of::<libc::sa_family_t>()).min(a.sun_path.len());
-    let mut v: Vec<u8> = a.sun_path[..n].iter().map(|c| u8::from_ne_bytes(c.to_ne_bytes())).collect();
+/// The raw address of the socket (`getsockname`) or of its peer
+/// (`getpeername`), as many bytes as the kernel reports; `None` when it
+/// has no peer.
+pub(super) fn sock_name(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    let mut a: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = socklen::<libc::sockaddr_storage>();
+    let p = (&raw mut a).cast::<libc::sockaddr>();
+    // SAFETY: get*name writes at most `len` bytes into `a`.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(f.as_raw_fd(), p, &raw mut len)
+        } else {
+            libc::getsockname(f.as_raw_fd(), p, &raw mut len)
+        }
+    };
+    if r < 0 {
+        let e = last_os();
+        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(None) } else { Err(e) };
+    }
+    // SAFETY: `a` is `len` (at most its size) initialised bytes.
+    let bytes = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), (len as usize).min(core::mem::size_of_val(&a))) };
+    Ok(Some(bytes.to_vec()))
+}
+
+/// The name bytes (no trailing NUL) of a raw `sockaddr_un` as
+/// [`sock_name`] returns it.
+pub(super) fn un_name(raw: &[u8]) -> Vec<u8> {
+    let mut v: Vec<u8> = raw.get(core::mem::size_of::<libc::sa_family_t>()..).unwrap_or_default().to_vec();
     if v.first() != Some(&0) {
         while v.last() == Some(&0) {
             v.pop();
@@ -141,7 +166,9 @@ mod tests {
     fn unix_names_round_trip() {
         for name in [&b"/run/app.sock"[..], b"\0abstract-name", b"rel"] {
             let (a, len) = sockaddr_un(name).expect("fits");
-            assert_eq!(un_name(&a, len), name.to_vec());
+            // SAFETY: `a` is `len` (at most its size) initialised bytes.
+            let raw = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), len as usize) };
+            assert_eq!(un_name(raw), name.to_vec());
         }
         assert!(sockaddr_un(&[b'x'; 200]).is_err());
     }

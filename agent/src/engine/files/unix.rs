@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::sock::{apply_opts, collect_opts, get_int, set_int, sockaddr_un, un_name};
+use super::sock::{apply_opts, collect_opts, get_int, set_int, sock_name, sockaddr_un, un_name};
 use super::{dup_from, into_raw, last_os, owned};
 use crate::image::records::{RawPath, UnixSocket};
 
@@ -174,23 +174,7 @@ pub(super) fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Re
 
 /// The socket's name, or its peer's; `None` when it has no peer.
 fn name_of(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
-    // SAFETY: sockaddr_un is plain integers; all-zero is valid.
-    let mut a: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    let mut len = super::sock::socklen::<libc::sockaddr_un>();
-    let p = (&raw mut a).cast::<libc::sockaddr>();
-    // SAFETY: get*name writes at most `len` bytes into `a`.
-    let r = unsafe {
-        if peer {
-            libc::getpeername(f.as_raw_fd(), p, &raw mut len)
-        } else {
-            libc::getsockname(f.as_raw_fd(), p, &raw mut len)
-        }
-    };
-    if r < 0 {
-        let e = last_os();
-        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(None) } else { Err(e) };
-    }
-    Ok(Some(un_name(&a, len)))
+    Ok(sock_name(f, peer)?.map(|raw| un_name(&raw)))
 }
 
 pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, String> {
