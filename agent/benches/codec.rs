@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use torpor::image::{Arch, Header, ImageReader, ImageWriter, Kind, FORMAT, MAGIC};
+use torpor::image::{Header, ImageReader, ImageWriter, Kind};
 
 /// Counts live heap bytes and their peak.
 struct Counting;
@@ -91,17 +91,7 @@ fn heapish(len: usize) -> Vec<u8> {
 }
 
 fn header() -> Header {
-    Header {
-        magic: MAGIC,
-        version: FORMAT,
-        arch: Arch::host(),
-        page_size: 4096,
-        kernel_release: String::new(),
-        boot_id: String::new(),
-        host_name: String::new(),
-        created_ns: 0,
-        torpor_version: torpor::VERSION.into(),
-    }
+    Header::blank()
 }
 
 fn best<T>(mut f: impl FnMut() -> T) -> (Duration, T) {

@@ -10,8 +10,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use torpor::image::records::{Fd, Kind, MmFields, PipeData, Task, Thread, Trailer, Vma};
-use torpor::image::{self, Arch, Header, ImageWriter, FORMAT, MAGIC};
+use torpor::image::records::{
+    Clocks, ExternalPipe, Fd, FileSigIo, Kind, MemfdObject, MmFields, ObjectData, PipeData, SeccompFilter, SysvShm,
+    Task, Thread, TmpfsFile, Trailer, UnlinkedObject, Vma,
+};
+use torpor::image::{self, Header, ImageWriter};
 
 fn read_all(data: &[u8]) {
     let Ok(mut reader) = image::ImageReader::inspect(data) else {
@@ -27,6 +30,15 @@ fn read_all(data: &[u8]) {
                 Kind::Fd => drop(rec.decode::<Fd>()),
                 Kind::MmFields => drop(rec.decode::<MmFields>()),
                 Kind::PipeData => drop(rec.decode::<PipeData>()),
+                Kind::TmpfsFile => drop(rec.decode::<TmpfsFile>()),
+                Kind::MemfdObject => drop(rec.decode::<MemfdObject>()),
+                Kind::SysvShm => drop(rec.decode::<SysvShm>()),
+                Kind::ObjectData => drop(rec.decode::<ObjectData>()),
+                Kind::ExternalPipe => drop(rec.decode::<ExternalPipe>()),
+                Kind::UnlinkedObject => drop(rec.decode::<UnlinkedObject>()),
+                Kind::Clocks => drop(rec.decode::<Clocks>()),
+                Kind::FileSigIo => drop(rec.decode::<FileSigIo>()),
+                Kind::SeccompFilter => drop(rec.decode::<SeccompFilter>()),
                 Kind::Pages => drop(rec.decode_pages_into(&mut pages)),
                 Kind::Header | Kind::Trailer => panic!("reader returned a {}", rec.kind()),
             },
@@ -54,17 +66,7 @@ fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 /// Input as frames: [kind][len: u8][payload]..., behind a valid header and
 /// ahead of a valid trailer.
 fn reframed(data: &[u8]) -> Vec<u8> {
-    let header = Header {
-        magic: MAGIC,
-        version: FORMAT,
-        arch: Arch::host(),
-        page_size: 4096,
-        kernel_release: String::new(),
-        boot_id: String::new(),
-        host_name: String::new(),
-        created_ns: 0,
-        torpor_version: String::new(),
-    };
+    let header = Header::blank();
     // The writer puts the header first; the frames after it are made here.
     let mut bytes = Vec::new();
     drop(ImageWriter::new(&mut bytes, &header).expect("a valid header"));

@@ -605,31 +605,16 @@ fn file_store_round_trip() {
 fn image_writer_streams_into_a_slot() {
     // As a dump does: the encoder writes straight into the slot.
     let mut store = Store::with_device(Fake::new(device_with(&[image(1)]))).expect("open");
-    let h = Header {
-        magic: MAGIC,
-        version: FORMAT,
-        arch: Arch::host(),
-        page_size: 4096,
-        kernel_release: String::new(),
-        boot_id: String::new(),
-        host_name: String::new(),
-        created_ns: 7,
-        torpor_version: crate::VERSION.into(),
-    };
+    let h = Header::blank();
     let pages: Vec<u8> = (0..4096 * 5)
         .map(|i| u8::try_from(i % 253).unwrap_or(0))
         .collect();
+    fn fill<W: std::io::Write>(w: &mut ImageWriter<W>, pages: &[u8]) {
+        w.record(Kind::PipeData, &PipeData { id: 2, capacity: 65536, bytes: vec![9; 10] }).expect("pipe");
+        w.pages(0x2000_0000, pages).expect("pages");
+    }
     let mut w = ImageWriter::new(store.writer().expect("slot"), &h).expect("writer");
-    w.record(
-        Kind::PipeData,
-        &PipeData {
-            id: 2,
-            capacity: 65536,
-            bytes: vec![9; 10],
-        },
-    )
-    .expect("pipe");
-    w.pages(0x2000_0000, &pages).expect("pages");
+    fill(&mut w, &pages);
     let (slot, summary) = w.finish().expect("finish");
     let info = slot.commit().expect("commit");
     assert_eq!(
@@ -638,17 +623,7 @@ fn image_writer_streams_into_a_slot() {
     );
 
     let mut expect = ImageWriter::new(Vec::new(), &h).expect("writer");
-    expect
-        .record(
-            Kind::PipeData,
-            &PipeData {
-                id: 2,
-                capacity: 65536,
-                bytes: vec![9; 10],
-            },
-        )
-        .expect("pipe");
-    expect.pages(0x2000_0000, &pages).expect("pages");
+    fill(&mut expect, &pages);
     let (expect, _) = expect.finish().expect("finish");
     let store = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
     assert_eq!(newest_bytes(&store).map(|(_, b)| b), Some(expect));
