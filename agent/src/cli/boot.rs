@@ -43,7 +43,14 @@ const CLOCK_FLOOR_NS: u64 = 1_577_836_800 * 1_000_000_000;
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
-    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty).
+    #[command(flatten)]
+    pub places: PlaceArgs,
+}
+
+/// Where `torpor boot` and `torpor run` find the store and the daemon.
+#[derive(Debug, Args)]
+pub struct PlaceArgs {
+    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// The store to restore from instead of store.device.
@@ -52,6 +59,12 @@ pub struct BootArgs {
     /// The daemon's socket instead of socket.path.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+}
+
+impl PlaceArgs {
+    pub fn load(&self) -> Result<Places, String> {
+        Places::load(&self.config, self.store.as_deref(), self.socket.as_deref())
+    }
 }
 
 /// Where boot and run find things.
@@ -264,7 +277,7 @@ fn slept(created_ns: u64, now_ns: u64, generation: u64) -> Resumed {
 /// `torpor boot`: exit 0 whether restored or cold-started (the board boots
 /// on either way); 1 only when the store cannot be read.
 pub fn run(args: &BootArgs) -> i32 {
-    let places = match Places::load(&args.config, args.store.as_deref(), args.socket.as_deref()) {
+    let places = match args.places.load() {
         Ok(p) => p,
         Err(e) => {
             log::error!("cold start: {e}");

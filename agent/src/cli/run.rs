@@ -11,8 +11,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::boot::{self, Outcome, Places};
-use crate::config;
+use crate::cli::boot::{self, Outcome, PlaceArgs};
 use crate::daemon::log;
 
 #[derive(Debug, Args)]
@@ -21,15 +20,8 @@ pub struct RunArgs {
     /// process has this name (its comm, at most 15 bytes compared).
     #[arg(long)]
     pub name: String,
-    /// Configuration file (store.device, socket.path, restore.attempts).
-    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
-    pub config: PathBuf,
-    /// The store instead of store.device.
-    #[arg(long, value_name = "PATH")]
-    pub store: Option<PathBuf>,
-    /// The daemon's socket instead of socket.path.
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub places: PlaceArgs,
     /// Write the application's pid here.
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
@@ -39,7 +31,7 @@ pub struct RunArgs {
 }
 
 pub fn run(a: &RunArgs) -> Result<i32, String> {
-    let places = Places::load(&a.config, a.store.as_deref(), a.socket.as_deref())?;
+    let places = a.places.load()?;
     let outcome = match boot::boot(&places, Some(&a.name)) {
         Ok(o) => o,
         // An unreadable store must not keep the application from starting.
