@@ -194,12 +194,7 @@ fn credentials_come_back() {
     assert_eq!(id_lines(pid), before);
     wait_for("the count to go on", || lines(&out).len() >= n + 3);
     kill_and_reap(pid);
-    let all: Vec<u64> = lines(&out)
-        .iter()
-        .map(|l| l.parse().expect("number"))
-        .collect();
-    let want: Vec<u64> = (0..all.len() as u64).collect();
-    assert_eq!(all, want);
+    assert_counted_from_zero(&out);
 }
 
 const INTERRUPTED: &str = r#"

@@ -143,6 +143,14 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The numbers a counting program wrote into `out`, one per line: they
+/// must run from 0 without a gap or a repeat.
+pub fn assert_counted_from_zero(out: &Path) {
+    let all: Vec<u64> = lines(out).iter().map(|l| l.parse().expect("number")).collect();
+    let want: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, want);
+}
+
 /// Runs `torpor dump --pid P --image IMG`, asserting success.
 pub fn dump(pid: i32, img: &Path, extra: &[&str]) {
     let mut args = vec!["dump", "--pid"];
