@@ -83,13 +83,15 @@ impl Syslog {
     }
 
     fn connect(&mut self) -> std::io::Result<&UnixDatagram> {
-        if self.socket.is_none() {
-            let s = UnixDatagram::unbound()?;
-            s.connect(&self.socket_path)?;
-            self.socket = Some(s);
-        }
-        // Set just above.
-        Ok(self.socket.as_ref().unwrap_or_else(|| unreachable!()))
+        let s = match self.socket.take() {
+            Some(s) => s,
+            None => {
+                let s = UnixDatagram::unbound()?;
+                s.connect(&self.socket_path)?;
+                s
+            }
+        };
+        Ok(self.socket.insert(s))
     }
 
     fn send_to_syslog(&mut self, message: &str) -> std::io::Result<()> {
