@@ -23,6 +23,7 @@ packages=(
     rsync                      # Buildroot's copy of a local package site (exclusion checks)
     python3-kconfiglib         # parses the Buildroot external tree's Config.in
     systemd                    # systemd-analyze verify for the board's unit
+    linux-libc-dev             # kernel headers for the host test programs (linux/seccomp.h, linux/netlink.h)
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx armel; then
