@@ -4,7 +4,10 @@ use std::process::Command;
 
 #[test]
 fn check_reports_every_feature_on_one_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_torpor")).arg("check").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_torpor"))
+        .arg("check")
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let names = [
         "ptrace-seize",
@@ -21,10 +24,17 @@ fn check_reports_every_feature_on_one_line() {
         "gpio-cdev",
     ];
     for name in names {
-        let lines: Vec<&str> = text.lines().filter(|l| l.split_whitespace().nth(1) == Some(name)).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(name))
+            .collect();
         assert_eq!(lines.len(), 1, "expected one line for {name} in:\n{text}");
         let state = lines[0].split_whitespace().next().unwrap();
-        assert!(["present", "MISSING", "absent"].contains(&state), "bad state in {:?}", lines[0]);
+        assert!(
+            ["present", "MISSING", "absent"].contains(&state),
+            "bad state in {:?}",
+            lines[0]
+        );
     }
     // The test machine is a root x86_64 host: every required feature must be there,
     // and the exit status must agree with the summary line.

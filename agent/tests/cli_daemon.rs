@@ -30,7 +30,12 @@ fn check_config_prints_every_setting() {
         "[socket]\nmode = \"0660\"\ngroup = \"root\"\n[power]\nline = 17\nactive_low = true\n[rtc]\ndevice = \"none\"\n[access]\nallow_users = [\"root\", 1000]\n",
     )
     .unwrap();
-    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap()]);
+    let out = torpor(&[
+        "daemon",
+        "--check-config",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(text(&out.stderr), "");
     assert_eq!(
         text(&out.stdout),
@@ -65,11 +70,23 @@ fn bad_config_stops_the_daemon_with_the_key_and_file() {
     let dir = temp_dir("badconf");
     let file = dir.join("torpor.toml");
     for (body, why) in [
-        ("[power]\nline = 99\n", "`power.line` = 99: must be between 0 and 63"),
-        ("[socket]\nmode = \"0999\"\n", "`socket.mode` = \"0999\": not an octal mode"),
-        ("[restore]\nattempts = 0\n", "`restore.attempts` = 0: must be at least 1"),
+        (
+            "[power]\nline = 99\n",
+            "`power.line` = 99: must be between 0 and 63",
+        ),
+        (
+            "[socket]\nmode = \"0999\"\n",
+            "`socket.mode` = \"0999\": not an octal mode",
+        ),
+        (
+            "[restore]\nattempts = 0\n",
+            "`restore.attempts` = 0: must be at least 1",
+        ),
         ("[power]\ngpio = 3\n", "unknown key `power.gpio`"),
-        ("[log]\ntarget = \"file\"\n", "`log.target` = \"file\": must be \"stderr\" or \"syslog\""),
+        (
+            "[log]\ntarget = \"file\"\n",
+            "`log.target` = \"file\": must be \"stderr\" or \"syslog\"",
+        ),
         ("[log]\nsocket = \"dev/log\"\n", "`log.socket`"),
         (
             "[access]\nallow_users = [\"no-such-user-torpor\"]\n",
@@ -85,14 +102,23 @@ fn bad_config_stops_the_daemon_with_the_key_and_file() {
             let prefix = "torpor[";
             assert!(err.starts_with(prefix), "{err}");
             let after_pid = err.split_once("]: ").map(|(_, rest)| rest).unwrap();
-            assert!(after_pid.starts_with(&format!("error: {}: {why}", file.display())), "{err}");
+            assert!(
+                after_pid.starts_with(&format!("error: {}: {why}", file.display())),
+                "{err}"
+            );
             assert_eq!(err.lines().count(), 1, "{err}");
             assert_eq!(out.status.code(), Some(1));
         }
     }
-    let out = torpor(&["daemon", "--check-config", "--config", "/nonexistent/torpor.toml"]);
-    assert!(text(&out.stderr)
-        .ends_with("]: error: /nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)\n"));
+    let out = torpor(&[
+        "daemon",
+        "--check-config",
+        "--config",
+        "/nonexistent/torpor.toml",
+    ]);
+    assert!(text(&out.stderr).ends_with(
+        "]: error: /nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)\n"
+    ));
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -115,11 +141,19 @@ impl Daemon {
         let dir = temp_dir(tag);
         let file = dir.join("torpor.toml");
         let socket = dir.join("torpor.sock");
-        let config = format!("[power]\nchip = \"/nonexistent/gpiochip\"\n[rtc]\ndevice = \"none\"\n{more_config}")
-            .replace("DIR", dir.to_str().unwrap());
+        let config = format!(
+            "[power]\nchip = \"/nonexistent/gpiochip\"\n[rtc]\ndevice = \"none\"\n{more_config}"
+        )
+        .replace("DIR", dir.to_str().unwrap());
         std::fs::write(&file, config).unwrap();
         let child = Command::new(BIN)
-            .args(["daemon", "--config", file.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+            .args([
+                "daemon",
+                "--config",
+                file.to_str().unwrap(),
+                "--socket",
+                socket.to_str().unwrap(),
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -133,7 +167,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(ready, "the daemon does not listen on {}", socket.display());
-        Daemon { child: Some(child), socket, dir }
+        Daemon {
+            child: Some(child),
+            socket,
+            dir,
+        }
     }
 
     fn socket(&self) -> &str {
@@ -189,14 +227,29 @@ fn hibernate_command_against_the_daemon_binary() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(out.status.code(), Some(1));
 
-    let out = torpor(&["hibernate", "--socket", d.socket(), "--wake-after", "60", "--pid", &me.to_string()]);
+    let out = torpor(&[
+        "hibernate",
+        "--socket",
+        d.socket(),
+        "--wake-after",
+        "60",
+        "--pid",
+        &me.to_string(),
+    ]);
     assert_eq!(
         text(&out.stderr),
         "torpor: error: Unsupported: wake_after_s needs an RTC wake alarm, and rtc.device is \"none\"\n"
     );
     assert_eq!(out.status.code(), Some(1));
 
-    let out = torpor(&["hibernate", "--socket", d.socket(), "--checkpoint", "--pid", &me.to_string()]);
+    let out = torpor(&[
+        "hibernate",
+        "--socket",
+        d.socket(),
+        "--checkpoint",
+        "--pid",
+        &me.to_string(),
+    ]);
     assert_eq!(
         text(&out.stderr),
         format!("torpor: error: StoreFailed: pid {me}: image store failed: cannot open store /dev/mmcblk0p3: No such file or directory (os error 2)\n")
@@ -205,9 +258,10 @@ fn hibernate_command_against_the_daemon_binary() {
 
     // A second daemon on the same socket refuses to start.
     let out = torpor(&["daemon", "--socket", d.socket()]);
-    assert!(
-        text(&out.stderr).ends_with(&format!("]: error: another torpor daemon is already serving {}\n", d.socket()))
-    );
+    assert!(text(&out.stderr).ends_with(&format!(
+        "]: error: another torpor daemon is already serving {}\n",
+        d.socket()
+    )));
     assert_eq!(out.status.code(), Some(1));
 
     let socket = d.socket.clone();
@@ -218,11 +272,25 @@ fn hibernate_command_against_the_daemon_binary() {
     let lines: Vec<&str> = log.lines().collect();
     for l in &lines {
         let (head, rest) = l.split_once("]: ").unwrap();
-        assert!(head.starts_with("torpor[") && head[7..].parse::<u32>().is_ok(), "{l}");
-        assert!(["info: ", "warning: ", "error: "].iter().any(|p| rest.starts_with(p)), "{l}");
+        assert!(
+            head.starts_with("torpor[") && head[7..].parse::<u32>().is_ok(),
+            "{l}"
+        );
+        assert!(
+            ["info: ", "warning: ", "error: "]
+                .iter()
+                .any(|p| rest.starts_with(p)),
+            "{l}"
+        );
     }
-    assert!(lines[0].ends_with(&format!("info: serving {}", socket.display())), "{log}");
-    let refusals: Vec<&&str> = lines.iter().filter(|l| l.contains("warning: refused")).collect();
+    assert!(
+        lines[0].ends_with(&format!("info: serving {}", socket.display())),
+        "{log}"
+    );
+    let refusals: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("warning: refused"))
+        .collect();
     assert_eq!(refusals.len(), 3, "{log}");
     assert!(refusals[0].ends_with(&format!(
         "warning: refused Hibernate from pid {} uid 0: PowerFailed: pid {me} not hibernated: cannot request /nonexistent/gpiochip line 26 as the power output: No such file or directory (os error 2)",
@@ -238,11 +306,27 @@ fn the_daemon_logs_to_syslog_when_configured() {
     let log_socket = dir.join("log");
     // Stands in for syslogd: bound before the daemon starts, as at boot.
     let syslogd = UnixDatagram::bind(&log_socket).unwrap();
-    syslogd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let d = Daemon::start_with("syslog", &format!("[log]\ntarget = \"syslog\"\nsocket = \"{}\"\n", log_socket.display()));
+    syslogd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let d = Daemon::start_with(
+        "syslog",
+        &format!(
+            "[log]\ntarget = \"syslog\"\nsocket = \"{}\"\n",
+            log_socket.display()
+        ),
+    );
     let pid = d.child.as_ref().unwrap().id();
     let me = std::process::id();
-    let out = torpor(&["hibernate", "--socket", d.socket(), "--wake-after", "60", "--pid", &me.to_string()]);
+    let out = torpor(&[
+        "hibernate",
+        "--socket",
+        d.socket(),
+        "--wake-after",
+        "60",
+        "--pid",
+        &me.to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let socket = d.socket.clone();
     let (code, stderr) = d.stop();
@@ -252,11 +336,23 @@ fn the_daemon_logs_to_syslog_when_configured() {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     while got.len() < 3 {
-        let n = syslogd.recv(&mut buf).expect("a syslog message within 10 s");
+        let n = syslogd
+            .recv(&mut buf)
+            .expect("a syslog message within 10 s");
         got.push(text(&buf[..n]));
     }
-    assert_eq!(got[0], format!("<30>torpor[{pid}]: serving {}", socket.display()));
-    let client = got[1].split("from pid ").nth(1).unwrap().split(' ').next().unwrap().to_string();
+    assert_eq!(
+        got[0],
+        format!("<30>torpor[{pid}]: serving {}", socket.display())
+    );
+    let client = got[1]
+        .split("from pid ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(
         got[1],
         format!("<28>torpor[{pid}]: refused Hibernate from pid {client} uid 0: Unsupported: wake_after_s needs an RTC wake alarm, and rtc.device is \"none\"")
@@ -265,18 +361,47 @@ fn the_daemon_logs_to_syslog_when_configured() {
 
     // --log overrides the file.
     let file = dir.join("torpor.toml");
-    std::fs::write(&file, "[log]\ntarget = \"syslog\"\nsocket = \"/run/syslog.sock\"\n").unwrap();
-    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap(), "--log", "stderr"]);
-    assert!(text(&out.stdout).ends_with("log.target = stderr\nlog.socket = /run/syslog.sock\n"), "{}", text(&out.stdout));
-    let out = torpor(&["daemon", "--check-config", "--config", file.to_str().unwrap()]);
-    assert!(text(&out.stdout).ends_with("log.target = syslog\nlog.socket = /run/syslog.sock\n"), "{}", text(&out.stdout));
+    std::fs::write(
+        &file,
+        "[log]\ntarget = \"syslog\"\nsocket = \"/run/syslog.sock\"\n",
+    )
+    .unwrap();
+    let out = torpor(&[
+        "daemon",
+        "--check-config",
+        "--config",
+        file.to_str().unwrap(),
+        "--log",
+        "stderr",
+    ]);
+    assert!(
+        text(&out.stdout).ends_with("log.target = stderr\nlog.socket = /run/syslog.sock\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = torpor(&[
+        "daemon",
+        "--check-config",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stdout).ends_with("log.target = syslog\nlog.socket = /run/syslog.sock\n"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(torpor(&["daemon", "--log", "file"]).status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn hibernate_command_without_a_daemon() {
-    let out = torpor(&["hibernate", "--socket", "/nonexistent/torpor.sock", "--status"]);
+    let out = torpor(&[
+        "hibernate",
+        "--socket",
+        "/nonexistent/torpor.sock",
+        "--status",
+    ]);
     assert_eq!(
         text(&out.stderr),
         "torpor: error: cannot connect to the torpor daemon at /nonexistent/torpor.sock: No such file or directory (os error 2)\n"
@@ -288,8 +413,19 @@ fn hibernate_command_without_a_daemon() {
 fn cut_power_reports_a_missing_gpio() {
     let dir = temp_dir("cut");
     let file = dir.join("torpor.toml");
-    std::fs::write(&file, "[power]\nchip = \"/nonexistent/gpiochip\"\nline = 5\n").unwrap();
-    let out = torpor(&["daemon", "--config", file.to_str().unwrap(), "--cut-power", "--wake-after", "30"]);
+    std::fs::write(
+        &file,
+        "[power]\nchip = \"/nonexistent/gpiochip\"\nline = 5\n",
+    )
+    .unwrap();
+    let out = torpor(&[
+        "daemon",
+        "--config",
+        file.to_str().unwrap(),
+        "--cut-power",
+        "--wake-after",
+        "30",
+    ]);
     let err = text(&out.stderr);
     assert!(
         err.ends_with("]: error: cannot request /nonexistent/gpiochip line 5 as the power output: No such file or directory (os error 2)\n"),
@@ -298,7 +434,15 @@ fn cut_power_reports_a_missing_gpio() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(out.status.code(), Some(1));
     // --wake-after needs --cut-power, and at least 1 second.
-    assert_eq!(torpor(&["daemon", "--wake-after", "30"]).status.code(), Some(2));
-    assert_eq!(torpor(&["daemon", "--cut-power", "--wake-after", "0"]).status.code(), Some(2));
+    assert_eq!(
+        torpor(&["daemon", "--wake-after", "30"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        torpor(&["daemon", "--cut-power", "--wake-after", "0"])
+            .status
+            .code(),
+        Some(2)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::*;
 use torpor::protocol::{
-    self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, Target, MAX_MESSAGE,
+    self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status,
+    Target, MAX_MESSAGE,
 };
 use torpor_client::{Client, ClientError};
 
@@ -44,7 +45,12 @@ struct Sleeper(std::process::Child);
 
 impl Sleeper {
     fn new() -> Self {
-        Sleeper(std::process::Command::new("sleep").arg("30").spawn().unwrap())
+        Sleeper(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        )
     }
     fn pid(&self) -> u32 {
         self.0.id()
@@ -61,7 +67,13 @@ impl Drop for Sleeper {
     }
 }
 
-fn default_daemon(tag: &str) -> (Running<FakeEngine, SimulatedSupply>, FakeEngine, SimulatedSupply) {
+fn default_daemon(
+    tag: &str,
+) -> (
+    Running<FakeEngine, SimulatedSupply>,
+    FakeEngine,
+    SimulatedSupply,
+) {
     let engine = FakeEngine::new(EngineOutcome::Store(STORED));
     let supply = SimulatedSupply::new();
     let d = start(tag, vec![], engine.clone(), supply.clone());
@@ -78,13 +90,35 @@ fn status_reports_version_store_and_alarm() {
 #[test]
 fn hibernate_caller_returns_resumed_after_the_simulated_cut() {
     let (d, engine, supply) = default_daemon("hib");
-    let request = encode(&Request::Hibernate { target: Target::Caller, wake_after_s: Some(60) });
+    let request = encode(&Request::Hibernate {
+        target: Target::Caller,
+        wake_after_s: Some(60),
+    });
     let (child, reply) = in_child(&d.socket, &request, false);
-    assert_eq!(reply, Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }));
-    assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: child, wake: Some(60), conn_peer_pid: child }]);
+    assert_eq!(
+        reply,
+        Reply::Resumed(Resumed {
+            slept_for_ms: Some(12_345),
+            clock: Clock::Wall,
+            generation: 7
+        })
+    );
+    assert_eq!(
+        engine.calls(),
+        vec![EngineCall::Hibernate {
+            pid: child,
+            wake: Some(60),
+            conn_peer_pid: child
+        }]
+    );
     assert_eq!(
         supply.calls(),
-        vec![SupplyCall::Prepare, SupplyCall::ArmWake(60), SupplyCall::Cut, SupplyCall::Release]
+        vec![
+            SupplyCall::Prepare,
+            SupplyCall::ArmWake(60),
+            SupplyCall::Cut,
+            SupplyCall::Release
+        ]
     );
 }
 
@@ -94,9 +128,26 @@ fn hibernate_named_target_through_the_client_library() {
     let target = Sleeper::new();
     let mut c = Client::connect(&d.socket).unwrap();
     let r = c.hibernate_target(Target::Pid(target.pid()), None).unwrap();
-    assert_eq!(r, Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 });
-    assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: target.raw(), wake: None, conn_peer_pid: me() }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::Cut, SupplyCall::Release]);
+    assert_eq!(
+        r,
+        Resumed {
+            slept_for_ms: Some(12_345),
+            clock: Clock::Wall,
+            generation: 7
+        }
+    );
+    assert_eq!(
+        engine.calls(),
+        vec![EngineCall::Hibernate {
+            pid: target.raw(),
+            wake: None,
+            conn_peer_pid: me()
+        }]
+    );
+    assert_eq!(
+        supply.calls(),
+        vec![SupplyCall::Prepare, SupplyCall::Cut, SupplyCall::Release]
+    );
     // The same connection keeps working after the resume.
     assert_eq!(c.status().unwrap().store, SUMMARY);
 }
@@ -105,14 +156,47 @@ fn hibernate_named_target_through_the_client_library() {
 fn checkpoint_named_pid_returns_the_stored_image() {
     let (d, engine, supply) = default_daemon("ckpt");
     let target = Sleeper::new();
-    let got = Client::connect(&d.socket).unwrap().checkpoint_target(Target::Pid(target.pid())).unwrap();
-    assert_eq!(got, Checkpointed { generation: 7, image_bytes: 1_234_567 });
-    assert_eq!(engine.calls(), vec![EngineCall::Checkpoint { pid: target.raw(), conn_peer_pid: me() }]);
+    let got = Client::connect(&d.socket)
+        .unwrap()
+        .checkpoint_target(Target::Pid(target.pid()))
+        .unwrap();
+    assert_eq!(
+        got,
+        Checkpointed {
+            generation: 7,
+            image_bytes: 1_234_567
+        }
+    );
+    assert_eq!(
+        engine.calls(),
+        vec![EngineCall::Checkpoint {
+            pid: target.raw(),
+            conn_peer_pid: me()
+        }]
+    );
     assert!(supply.calls().is_empty());
     // Checkpoint of the caller: the pid comes from SO_PEERCRED.
-    let (child, reply) = in_child(&d.socket, &encode(&Request::Checkpoint { target: Target::Caller }), false);
-    assert_eq!(reply, Reply::Checkpointed(Checkpointed { generation: 7, image_bytes: 1_234_567 }));
-    assert_eq!(engine.calls()[1], EngineCall::Checkpoint { pid: child, conn_peer_pid: child });
+    let (child, reply) = in_child(
+        &d.socket,
+        &encode(&Request::Checkpoint {
+            target: Target::Caller,
+        }),
+        false,
+    );
+    assert_eq!(
+        reply,
+        Reply::Checkpointed(Checkpointed {
+            generation: 7,
+            image_bytes: 1_234_567
+        })
+    );
+    assert_eq!(
+        engine.calls()[1],
+        EngineCall::Checkpoint {
+            pid: child,
+            conn_peer_pid: child
+        }
+    );
 }
 
 #[test]
@@ -121,18 +205,34 @@ fn engine_failure_is_reported_and_the_line_released() {
     let supply = SimulatedSupply::new();
     let d = start("dumpfail", vec![], engine.clone(), supply.clone());
     let target = Sleeper::new();
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(target.pid()), None).unwrap_err();
-    let ClientError::Daemon(e) = e else { panic!("{e}") };
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(target.pid()), None)
+        .unwrap_err();
+    let ClientError::Daemon(e) = e else {
+        panic!("{e}")
+    };
     assert_eq!(e.kind, ErrorKind::DumpFailed);
     assert_eq!(
         e.message.as_str(),
-        format!("pid {} not hibernated: checkpoint failed: pid 4242 is a zombie", target.pid())
+        format!(
+            "pid {} not hibernated: checkpoint failed: pid 4242 is a zombie",
+            target.pid()
+        )
     );
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::Release]);
+    assert_eq!(
+        supply.calls(),
+        vec![SupplyCall::Prepare, SupplyCall::Release]
+    );
 
-    let engine = FakeEngine::new(EngineOutcome::StoreFails("/dev/mmcblk0p3: read-back CRC mismatch".into()));
+    let engine = FakeEngine::new(EngineOutcome::StoreFails(
+        "/dev/mmcblk0p3: read-back CRC mismatch".into(),
+    ));
     let d2 = start("storefail", vec![], engine.clone(), SimulatedSupply::new());
-    let e = Client::connect(&d2.socket).unwrap().checkpoint_target(Target::Pid(target.pid())).unwrap_err();
+    let e = Client::connect(&d2.socket)
+        .unwrap()
+        .checkpoint_target(Target::Pid(target.pid()))
+        .unwrap_err();
     assert_eq!(e.daemon_kind(), Some(ErrorKind::StoreFailed));
     assert_eq!(
         e.to_string(),
@@ -150,8 +250,13 @@ fn missing_gpio_refuses_before_the_engine_runs() {
     supply.prepare_fails = true;
     let d = start("nogpio", vec![], engine.clone(), supply.clone());
     let target = Sleeper::new();
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(target.pid()), None).unwrap_err();
-    let ClientError::Daemon(e) = e else { panic!("{e}") };
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(target.pid()), None)
+        .unwrap_err();
+    let ClientError::Daemon(e) = e else {
+        panic!("{e}")
+    };
     assert_eq!(e.kind, ErrorKind::PowerFailed);
     assert_eq!(
         e.message.as_str(),
@@ -170,7 +275,10 @@ fn failed_cut_abandons_the_image_and_clears_the_alarm() {
     supply.cut_fails = true;
     let d = start("cutfail", vec![], engine.clone(), supply.clone());
     let target = Sleeper::new();
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(target.pid()), Some(5)).unwrap_err();
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(target.pid()), Some(5))
+        .unwrap_err();
     assert_eq!(e.daemon_kind(), Some(ErrorKind::PowerFailed));
     assert!(
         e.to_string().ends_with(
@@ -181,13 +289,26 @@ fn failed_cut_abandons_the_image_and_clears_the_alarm() {
     assert_eq!(
         engine.calls(),
         vec![
-            EngineCall::Hibernate { pid: target.raw(), wake: Some(5), conn_peer_pid: me() },
-            EngineCall::Abandon { pid: target.raw(), generation: 7 },
+            EngineCall::Hibernate {
+                pid: target.raw(),
+                wake: Some(5),
+                conn_peer_pid: me()
+            },
+            EngineCall::Abandon {
+                pid: target.raw(),
+                generation: 7
+            },
         ]
     );
     assert_eq!(
         supply.calls(),
-        vec![SupplyCall::Prepare, SupplyCall::ArmWake(5), SupplyCall::Cut, SupplyCall::DisarmWake, SupplyCall::Release]
+        vec![
+            SupplyCall::Prepare,
+            SupplyCall::ArmWake(5),
+            SupplyCall::Cut,
+            SupplyCall::DisarmWake,
+            SupplyCall::Release
+        ]
     );
 }
 
@@ -198,10 +319,16 @@ fn wake_requests_the_daemon_cannot_honour_are_refused() {
     supply.wake = false;
     let d = start("nowake", vec![], engine.clone(), supply.clone());
     let target = Sleeper::new();
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(target.pid()), Some(60)).unwrap_err();
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(target.pid()), Some(60))
+        .unwrap_err();
     assert_eq!(e.daemon_kind(), Some(ErrorKind::Unsupported));
     assert!(e.to_string().contains("rtc.device is \"none\""), "{e}");
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(target.pid()), Some(0)).unwrap_err();
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(target.pid()), Some(0))
+        .unwrap_err();
     assert_eq!(e.daemon_kind(), Some(ErrorKind::Malformed));
     assert!(engine.calls().is_empty());
     assert!(supply.calls().is_empty());
@@ -211,16 +338,40 @@ fn wake_requests_the_daemon_cannot_honour_are_refused() {
 fn absent_and_special_targets_are_refused() {
     let (d, engine, _) = default_daemon("absent");
     // PIDs above pid_max never exist.
-    let reply =
-        raw_exchange(&d.socket, &encode(&Request::Hibernate { target: Target::Pid(0x3fff_ffff), wake_after_s: None }));
-    assert_eq!(expect_error(reply, ErrorKind::NoSuchProcess), "cannot hibernate pid 1073741823: no such process");
-    let reply = raw_exchange(&d.socket, &encode(&Request::Checkpoint { target: Target::Pid(0) }));
-    assert_eq!(expect_error(reply, ErrorKind::NoSuchProcess), "pid 0 names no process");
+    let reply = raw_exchange(
+        &d.socket,
+        &encode(&Request::Hibernate {
+            target: Target::Pid(0x3fff_ffff),
+            wake_after_s: None,
+        }),
+    );
+    assert_eq!(
+        expect_error(reply, ErrorKind::NoSuchProcess),
+        "cannot hibernate pid 1073741823: no such process"
+    );
+    let reply = raw_exchange(
+        &d.socket,
+        &encode(&Request::Checkpoint {
+            target: Target::Pid(0),
+        }),
+    );
+    assert_eq!(
+        expect_error(reply, ErrorKind::NoSuchProcess),
+        "pid 0 names no process"
+    );
     // The daemon runs in this process: it will not checkpoint itself.
-    let reply = raw_exchange(&d.socket, &encode(&Request::Checkpoint { target: Target::Caller }));
+    let reply = raw_exchange(
+        &d.socket,
+        &encode(&Request::Checkpoint {
+            target: Target::Caller,
+        }),
+    );
     assert_eq!(
         expect_error(reply, ErrorKind::Unsupported),
-        format!("pid {} is the torpor daemon itself, which cannot checkpoint itself", me())
+        format!(
+            "pid {} is the torpor daemon itself, which cannot checkpoint itself",
+            me()
+        )
     );
     assert!(engine.calls().is_empty());
 }
@@ -248,12 +399,18 @@ fn bad_input(socket: &Path, bytes: &[u8], kind: ErrorKind) -> String {
 fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
     let (d, engine, supply) = default_daemon("malformed");
     let s = &d.socket;
-    let full = encode(&Request::Hibernate { target: Target::Pid(300), wake_after_s: Some(70_000) });
+    let full = encode(&Request::Hibernate {
+        target: Target::Pid(300),
+        wake_after_s: Some(70_000),
+    });
     assert_eq!(full, [1, 0, 0, 1, 0xac, 0x02, 1, 0xf0, 0xa2, 0x04]);
     // Truncated at every length past the version header.
     for cut in 2..full.len() {
         let m = bad_input(s, &full[..cut], ErrorKind::Malformed);
-        assert_eq!(m, "the message ends in the middle of a field (protocol 1.0, this side speaks 1.0)", "cut at {cut}");
+        assert_eq!(
+            m, "the message ends in the middle of a field (protocol 1.0, this side speaks 1.0)",
+            "cut at {cut}"
+        );
     }
     assert_eq!(
         bad_input(s, &[1], ErrorKind::Malformed),
@@ -267,7 +424,10 @@ fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
         bad_input(s, &[1, 0, 0, 0, 2], ErrorKind::Malformed),
         "an option tag is neither 0 nor 1 (protocol 1.0, this side speaks 1.0)"
     );
-    assert_eq!(bad_input(s, &[1, 0, 2, 0], ErrorKind::Malformed), "1 unexpected byte(s) after the end of the message");
+    assert_eq!(
+        bad_input(s, &[1, 0, 2, 0], ErrorKind::Malformed),
+        "1 unexpected byte(s) after the end of the message"
+    );
     // A varint longer than a u32 allows.
     assert_eq!(
         bad_input(s, &[1, 0, 1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], ErrorKind::Malformed),
@@ -289,9 +449,22 @@ fn malformed_input_gets_malformed_and_the_daemon_keeps_serving() {
         }
         let reply = raw_exchange(s, &msg);
         match protocol::decode_request(&msg, msg.len()) {
-            Err(e) => assert_eq!(reply, Reply::Error(ErrorReply::new(e.kind(), &e.to_string())), "{msg:02x?}"),
+            Err(e) => assert_eq!(
+                reply,
+                Reply::Error(ErrorReply::new(e.kind(), &e.to_string())),
+                "{msg:02x?}"
+            ),
             Ok(_) => {
-                assert!(!matches!(reply, Reply::Error(ErrorReply { kind: ErrorKind::Malformed, .. })), "{msg:02x?}")
+                assert!(
+                    !matches!(
+                        reply,
+                        Reply::Error(ErrorReply {
+                            kind: ErrorKind::Malformed,
+                            ..
+                        })
+                    ),
+                    "{msg:02x?}"
+                )
             }
         }
     }
@@ -304,13 +477,22 @@ fn oversized_and_unknown_version_input() {
     let s = &d.socket;
     let mut big = encode(&Request::Status);
     big.resize(600, 0);
-    assert_eq!(bad_input(s, &big, ErrorKind::Oversized), "message of 600 bytes exceeds the 512-byte limit");
+    assert_eq!(
+        bad_input(s, &big, ErrorKind::Oversized),
+        "message of 600 bytes exceeds the 512-byte limit"
+    );
     let mut just = encode(&Request::Status);
     just.resize(MAX_MESSAGE + 1, 0);
-    assert_eq!(bad_input(s, &just, ErrorKind::Oversized), "message of 513 bytes exceeds the 512-byte limit");
+    assert_eq!(
+        bad_input(s, &just, ErrorKind::Oversized),
+        "message of 513 bytes exceeds the 512-byte limit"
+    );
     // 512 bytes is not oversized, only trailing garbage.
     just.truncate(MAX_MESSAGE);
-    assert_eq!(bad_input(s, &just, ErrorKind::Malformed), "509 unexpected byte(s) after the end of the message");
+    assert_eq!(
+        bad_input(s, &just, ErrorKind::Malformed),
+        "509 unexpected byte(s) after the end of the message"
+    );
     assert_eq!(
         bad_input(s, &[2, 0, 2], ErrorKind::UnsupportedVersion),
         "protocol version 2.0 is not supported: this side speaks 1.0"
@@ -335,7 +517,10 @@ fn connections_beyond_the_limit_get_busy() {
     for _ in 0..torpor::daemon::MAX_CLIENTS {
         let fd = packet::connect(&d.socket).unwrap();
         // A round trip makes sure the daemon has accepted this one.
-        assert!(matches!(exchange_on(fd.as_fd(), &encode(&Request::Status)), Reply::Status(_)));
+        assert!(matches!(
+            exchange_on(fd.as_fd(), &encode(&Request::Status)),
+            Reply::Status(_)
+        ));
         held.push(fd);
     }
     let extra = packet::connect(&d.socket).unwrap();
@@ -366,14 +551,23 @@ fn connections_beyond_the_limit_get_busy() {
 fn a_live_daemon_is_not_replaced_and_a_stale_socket_is() {
     let (d, _, _) = default_daemon("live");
     let e = torpor::daemon::Listener::bind(&d.socket, 0, 0, 0o600).unwrap_err();
-    assert_eq!(e.to_string(), format!("another torpor daemon is already serving {}", d.socket.display()));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "another torpor daemon is already serving {}",
+            d.socket.display()
+        )
+    );
     let dir = temp_dir("stale");
     let path = dir.join("s.sock");
     // A socket file nobody listens on: bound, then its fd closed.
     let fd = packet::seqpacket_socket().unwrap();
     let (addr, len) = packet::socket_address(&path).unwrap();
     // SAFETY: addr is a valid sockaddr_un of len bytes.
-    assert_eq!(unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) }, 0);
+    assert_eq!(
+        unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) },
+        0
+    );
     drop(fd);
     let l = torpor::daemon::Listener::bind(&path, 0, 0, 0o640).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -381,10 +575,19 @@ fn a_live_daemon_is_not_replaced_and_a_stale_socket_is() {
     assert_eq!(md.permissions().mode() & 0o7777, 0o640);
     assert_eq!((md.uid(), md.gid()), (0, 0));
     drop(l);
-    assert!(!path.exists(), "the socket file is removed with the listener");
+    assert!(
+        !path.exists(),
+        "the socket file is removed with the listener"
+    );
     std::fs::write(&path, b"x").unwrap();
     let e = torpor::daemon::Listener::bind(&path, 0, 0, 0o600).unwrap_err();
-    assert_eq!(e.to_string(), format!("{} exists and is not a socket; refusing to replace it", path.display()));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        )
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -425,7 +628,8 @@ fn in_child(socket: &Path, request: &[u8], nobody: bool) -> (i32, Reply) {
                 libc::_exit(12);
             }
             let mut buf = [0u8; 512];
-            let Ok(n) = usize::try_from(libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)) else {
+            let Ok(n) = usize::try_from(libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))
+            else {
                 libc::_exit(13);
             };
             libc::write(w, buf.as_ptr().cast(), n);
@@ -439,7 +643,10 @@ fn in_child(socket: &Path, request: &[u8], nobody: bool) -> (i32, Reply) {
     let mut status = 0;
     // SAFETY: reaping our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed: status {status:#x}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed: status {status:#x}"
+    );
     (pid, protocol::decode_reply(&out, out.len()).unwrap())
 }
 
@@ -449,20 +656,35 @@ fn users_not_allowed_are_refused_and_the_engine_never_sees_them() {
     // The target: a root-owned process other than the daemon.
     let sleeper = Sleeper::new();
     let root_pid = sleeper.pid();
-    let (_, reply) =
-        as_nobody(&d.socket, &encode(&Request::Hibernate { target: Target::Pid(root_pid), wake_after_s: None }));
+    let (_, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Hibernate {
+            target: Target::Pid(root_pid),
+            wake_after_s: None,
+        }),
+    );
     assert_eq!(
         expect_error(reply, ErrorKind::Unauthorized),
         format!("uid 65534 may not hibernate pid {root_pid}: only root and the users in access.allow_users may")
     );
     // Its own process, but not listed in allow_users.
-    let (child_pid, reply) =
-        as_nobody(&d.socket, &encode(&Request::Hibernate { target: Target::Caller, wake_after_s: None }));
+    let (child_pid, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Hibernate {
+            target: Target::Caller,
+            wake_after_s: None,
+        }),
+    );
     assert_eq!(
         expect_error(reply, ErrorKind::Unauthorized),
         format!("uid 65534 may not hibernate pid {child_pid}: only root and the users in access.allow_users may")
     );
-    let (_, reply) = as_nobody(&d.socket, &encode(&Request::Checkpoint { target: Target::Caller }));
+    let (_, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Checkpoint {
+            target: Target::Caller,
+        }),
+    );
     expect_error(reply, ErrorKind::Unauthorized);
     // Status is open to anyone who can connect.
     let (_, reply) = as_nobody(&d.socket, &encode(&Request::Status));
@@ -479,13 +701,23 @@ fn allowed_users_may_hibernate_only_their_own_processes() {
     let d = start("allowed", vec![65534], engine.clone(), supply.clone());
     let sleeper = Sleeper::new();
     let root_pid = sleeper.pid();
-    let (_, reply) =
-        as_nobody(&d.socket, &encode(&Request::Hibernate { target: Target::Pid(root_pid), wake_after_s: Some(9) }));
+    let (_, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Hibernate {
+            target: Target::Pid(root_pid),
+            wake_after_s: Some(9),
+        }),
+    );
     assert_eq!(
         expect_error(reply, ErrorKind::Unauthorized),
         format!("uid 65534 may not hibernate pid {root_pid}: the process belongs to uid 0 (effective 0, saved 0)")
     );
-    let (_, reply) = as_nobody(&d.socket, &encode(&Request::Checkpoint { target: Target::Pid(root_pid) }));
+    let (_, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Checkpoint {
+            target: Target::Pid(root_pid),
+        }),
+    );
     assert_eq!(
         expect_error(reply, ErrorKind::Unauthorized),
         format!("uid 65534 may not checkpoint pid {root_pid}: the process belongs to uid 0 (effective 0, saved 0)")
@@ -495,11 +727,38 @@ fn allowed_users_may_hibernate_only_their_own_processes() {
     assert!(supply.calls().is_empty());
 
     // Its own process tree passes to the engine, with the caller's pid from SO_PEERCRED.
-    let (child_pid, reply) =
-        as_nobody(&d.socket, &encode(&Request::Hibernate { target: Target::Caller, wake_after_s: Some(9) }));
-    assert_eq!(reply, Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }));
-    assert_eq!(engine.calls(), vec![EngineCall::Hibernate { pid: child_pid, wake: Some(9), conn_peer_pid: child_pid }]);
-    assert_eq!(supply.calls(), vec![SupplyCall::Prepare, SupplyCall::ArmWake(9), SupplyCall::Cut, SupplyCall::Release]);
+    let (child_pid, reply) = as_nobody(
+        &d.socket,
+        &encode(&Request::Hibernate {
+            target: Target::Caller,
+            wake_after_s: Some(9),
+        }),
+    );
+    assert_eq!(
+        reply,
+        Reply::Resumed(Resumed {
+            slept_for_ms: Some(12_345),
+            clock: Clock::Wall,
+            generation: 7
+        })
+    );
+    assert_eq!(
+        engine.calls(),
+        vec![EngineCall::Hibernate {
+            pid: child_pid,
+            wake: Some(9),
+            conn_peer_pid: child_pid
+        }]
+    );
+    assert_eq!(
+        supply.calls(),
+        vec![
+            SupplyCall::Prepare,
+            SupplyCall::ArmWake(9),
+            SupplyCall::Cut,
+            SupplyCall::Release
+        ]
+    );
 }
 
 #[test]
@@ -526,11 +785,18 @@ fn client_library_hibernates_and_checkpoints_its_own_process() {
         let code = (|| {
             let mut c = Client::connect(&path).ok()?;
             let r = c.hibernate(Some(30)).ok()?;
-            if r != (Resumed { slept_for_ms: Some(12_345), clock: Clock::Wall, generation: 7 }) {
+            if r != (Resumed {
+                slept_for_ms: Some(12_345),
+                clock: Clock::Wall,
+                generation: 7,
+            }) {
                 return Some(2);
             }
             let k = c.checkpoint().ok()?;
-            if k != (Checkpointed { generation: 7, image_bytes: 1_234_567 }) {
+            if k != (Checkpointed {
+                generation: 7,
+                image_bytes: 1_234_567,
+            }) {
                 return Some(3);
             }
             Some(0)
@@ -547,12 +813,24 @@ fn client_library_hibernates_and_checkpoints_its_own_process() {
     assert_eq!(
         engine.calls(),
         vec![
-            EngineCall::Hibernate { pid, wake: Some(30), conn_peer_pid: pid },
-            EngineCall::Checkpoint { pid, conn_peer_pid: pid },
+            EngineCall::Hibernate {
+                pid,
+                wake: Some(30),
+                conn_peer_pid: pid
+            },
+            EngineCall::Checkpoint {
+                pid,
+                conn_peer_pid: pid
+            },
         ]
     );
     assert_eq!(
         supply.calls(),
-        vec![SupplyCall::Prepare, SupplyCall::ArmWake(30), SupplyCall::Cut, SupplyCall::Release]
+        vec![
+            SupplyCall::Prepare,
+            SupplyCall::ArmWake(30),
+            SupplyCall::Cut,
+            SupplyCall::Release
+        ]
     );
 }

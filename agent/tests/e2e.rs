@@ -143,10 +143,15 @@ fn breadth_shm_posix_shm_survives_a_power_cycle() {
     if !torpor_can_dump() {
         return;
     }
-    let log = must(harness::checkpoint_run_between("breadth_shm", &[], 2, &|pid, _| {
-        let path = format!("/dev/shm/torpor-breadth-{pid}");
-        std::fs::remove_file(&path).map_err(|e| format!("removing {path}: {e}"))
-    }));
+    let log = must(harness::checkpoint_run_between(
+        "breadth_shm",
+        &[],
+        2,
+        &|pid, _| {
+            let path = format!("/dev/shm/torpor-breadth-{pid}");
+            std::fs::remove_file(&path).map_err(|e| format!("removing {path}: {e}"))
+        },
+    ));
     check_log("breadth_shm", &log);
 }
 
@@ -165,19 +170,30 @@ fn breadth_segments_sysv_survives_a_power_cycle() {
     if !torpor_can_dump() {
         return;
     }
-    let log = must(harness::checkpoint_run_between("breadth_segments", &[], 2, &|pid, _| {
-        let key = 0x5452_0000 | (pid & 0xffff);
-        // SAFETY: shmget and shmctl take integers; IPC_RMID no buffer.
-        let id = unsafe { libc::shmget(key, 0, 0) };
-        if id < 0 {
-            return Err(format!("segment key {key:#x}: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: as above.
-        if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
-            return Err(format!("removing segment {id}: {}", std::io::Error::last_os_error()));
-        }
-        Ok(())
-    }));
+    let log = must(harness::checkpoint_run_between(
+        "breadth_segments",
+        &[],
+        2,
+        &|pid, _| {
+            let key = 0x5452_0000 | (pid & 0xffff);
+            // SAFETY: shmget and shmctl take integers; IPC_RMID no buffer.
+            let id = unsafe { libc::shmget(key, 0, 0) };
+            if id < 0 {
+                return Err(format!(
+                    "segment key {key:#x}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: as above.
+            if unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
+                return Err(format!(
+                    "removing segment {id}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        },
+    ));
     check_log("breadth_segments", &log);
 }
 
@@ -197,12 +213,18 @@ fn breadth_segments_restore_refuses_a_taken_key() {
         let id = unsafe { libc::shmget(key, 0, 0) };
         // SAFETY: as above.
         if id < 0 || unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) } != 0 {
-            return Err(format!("removing segment key {key:#x}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "removing segment key {key:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: as above.
         let other = unsafe { libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
         if other < 0 {
-            return Err(format!("creating another segment with key {key:#x}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "creating another segment with key {key:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         intruder.set(other);
         Ok(())
@@ -218,7 +240,10 @@ fn breadth_segments_restore_refuses_a_taken_key() {
     };
     assert!(other >= 0, "{err}");
     let want = format!("is now held by segment {other} (4096 bytes); remove it (ipcrm -m {other})");
-    assert!(err.contains("restore failed") && err.contains(&want), "expected a refusal containing {want:?}, got:\n{err}");
+    assert!(
+        err.contains("restore failed") && err.contains(&want),
+        "expected a refusal containing {want:?}, got:\n{err}"
+    );
 }
 
 // Restored, the pipes to the peer outside the tree come back cut.
@@ -289,8 +314,13 @@ mod breadth_clock_asleep {
             let [name, sec, nsec] = w[..] else {
                 return Err(format!("{path}: unexpected line {line:?}"));
             };
-            let v = sec.parse::<i128>().map_err(|e| format!("{path}: {line:?}: {e}"))? * 1_000_000_000
-                + nsec.parse::<i128>().map_err(|e| format!("{path}: {line:?}: {e}"))?;
+            let v = sec
+                .parse::<i128>()
+                .map_err(|e| format!("{path}: {line:?}: {e}"))?
+                * 1_000_000_000
+                + nsec
+                    .parse::<i128>()
+                    .map_err(|e| format!("{path}: {line:?}: {e}"))?;
             match name {
                 "monotonic" => got.0 = Some(v),
                 "boottime" => got.1 = Some(v),
@@ -299,7 +329,9 @@ mod breadth_clock_asleep {
         }
         match got {
             (Some(m), Some(b)) => Ok((m, b)),
-            _ => Err(format!("{path}: expected monotonic and boottime lines, got {text:?}")),
+            _ => Err(format!(
+                "{path}: expected monotonic and boottime lines, got {text:?}"
+            )),
         }
     }
 
@@ -330,7 +362,9 @@ mod breadth_clock_asleep {
                 for task in harness::process_tree(pid) {
                     let ns = time_ns(&task.to_string())?;
                     if ns == host {
-                        return Err(format!("restored process {task} is in the host's time namespace {ns}"));
+                        return Err(format!(
+                            "restored process {task} is in the host's time namespace {ns}"
+                        ));
                     }
                 }
                 let mut total = dumped_for.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,17 +374,27 @@ mod breadth_clock_asleep {
                 // is at least the sleeps and at most the dump-to-restore
                 // spans. The boottime clock counted it: with the host.
                 let (mono, boot) = offsets(pid)?;
-                let (lo, hi) = (-ms(*total) * 1_000_000, -i128::from(cycle.number) * ms(ASLEEP) * 1_000_000);
+                let (lo, hi) = (
+                    -ms(*total) * 1_000_000,
+                    -i128::from(cycle.number) * ms(ASLEEP) * 1_000_000,
+                );
                 if mono < lo || mono > hi {
-                    return Err(format!("monotonic offset: expected {lo} to {hi} ns, got {mono} ns"));
+                    return Err(format!(
+                        "monotonic offset: expected {lo} to {hi} ns, got {mono} ns"
+                    ));
                 }
                 if boot.abs() > 100_000_000 {
-                    return Err(format!("boottime offset: expected within 100 ms of 0, got {boot} ns"));
+                    return Err(format!(
+                        "boottime offset: expected within 100 ms of 0, got {boot} ns"
+                    ));
                 }
                 Ok(())
             },
         ));
-        assert!(log.lines().any(|l| l == "MODE timens"), "breadth_clock did not see a time namespace:\n{log}");
+        assert!(
+            log.lines().any(|l| l == "MODE timens"),
+            "breadth_clock did not see a time namespace:\n{log}"
+        );
     }
 
     /// `--no-timens`: the host's clocks, which ran on while the tree slept.
@@ -359,7 +403,11 @@ mod breadth_clock_asleep {
         if !torpor_can_dump() {
             return;
         }
-        let host = if Path::new("/proc/self/ns/time").exists() { Some(must(time_ns("self"))) } else { None };
+        let host = if Path::new("/proc/self/ns/time").exists() {
+            Some(must(time_ns("self")))
+        } else {
+            None
+        };
         let log = must(harness::checkpoint_run_with(
             "breadth_clock",
             &[&ms(ASLEEP).to_string()],
@@ -370,13 +418,16 @@ mod breadth_clock_asleep {
                 Ok(())
             },
             &|pid, _, _| match &host {
-                Some(host) if time_ns(&pid.to_string())? != *host => {
-                    Err(format!("restored process {pid} is not in the host's time namespace {host}"))
-                }
+                Some(host) if time_ns(&pid.to_string())? != *host => Err(format!(
+                    "restored process {pid} is not in the host's time namespace {host}"
+                )),
                 _ => Ok(()),
             },
         ));
-        assert!(log.lines().any(|l| l == "MODE host"), "breadth_clock did not see the host's clocks:\n{log}");
+        assert!(
+            log.lines().any(|l| l == "MODE host"),
+            "breadth_clock did not see the host's clocks:\n{log}"
+        );
     }
 }
 
@@ -452,14 +503,23 @@ mod breadth_refuse {
 
     #[test]
     fn control() {
-        for kind in ["--kind=packet", "--kind=perf", "--kind=scm", "--kind=backlog"] {
+        for kind in [
+            "--kind=packet",
+            "--kind=perf",
+            "--kind=scm",
+            "--kind=backlog",
+        ] {
             must(harness::control_run("breadth_refuse", &[kind]));
         }
     }
 
     #[test]
     fn negative() {
-        must(harness::negative_runs("breadth_refuse", &[], &["fd", "memory"]));
+        must(harness::negative_runs(
+            "breadth_refuse",
+            &[],
+            &["fd", "memory"],
+        ));
     }
 
     fn refused(kind: &str, why: &str) {

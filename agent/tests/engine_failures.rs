@@ -110,7 +110,13 @@ fn strict_seccomp_is_a_clear_error_and_the_tree_runs_on() {
     let mut reaper = Reaper::default();
     reaper.add(pid);
     wait_for("output", || lines(&out).len() >= 3);
-    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")]);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or(""),
@@ -243,20 +249,39 @@ fn task_killed_mid_dump_fails_cleanly() {
     reaper.add(pid);
     wait_for("ready", || !lines(&out).is_empty());
     let child = std::process::Command::new(TORPOR)
-        .args(["dump", "--pid", &pid.to_string(), "--image", img.to_str().expect("utf8")])
+        .args([
+            "dump",
+            "--pid",
+            &pid.to_string(),
+            "--image",
+            img.to_str().expect("utf8"),
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run torpor");
     // Once the image has started to fill, the task goes.
-    wait_for("the dump to start writing", || std::fs::metadata(dir.join("big.img.part")).map(|m| m.len() > 1 << 20).unwrap_or(false));
+    wait_for("the dump to start writing", || {
+        std::fs::metadata(dir.join("big.img.part"))
+            .map(|m| m.len() > 1 << 20)
+            .unwrap_or(false)
+    });
     // SAFETY: kill with plain integers.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let o = child.wait_with_output().expect("torpor");
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with(&format!("torpor: error: memory {pid}: ")), "{err}");
-    assert!(err.contains("is gone") || err.contains("No such process"), "{err}");
-    assert!(!img.exists() && !dir.join("big.img.part").exists(), "no image left behind");
+    assert!(
+        err.starts_with(&format!("torpor: error: memory {pid}: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("is gone") || err.contains("No such process"),
+        "{err}"
+    );
+    assert!(
+        !img.exists() && !dir.join("big.img.part").exists(),
+        "no image left behind"
+    );
 }
 
 const PAIR: &str = r#"

@@ -74,7 +74,10 @@ fn fd_targets(pid: i32) -> Vec<(i32, String)> {
         .expect("fd dir")
         .filter_map(|e| {
             let e = e.ok()?;
-            let l = std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+            let l = std::fs::read_link(e.path())
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
             Some((e.file_name().to_str()?.parse().ok()?, l))
         })
         .filter(|(fd, _)| *fd > 2)

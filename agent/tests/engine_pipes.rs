@@ -54,7 +54,10 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 fn link(pid: i32, fd: i32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link").to_string_lossy().into_owned()
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .expect("fd link")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn log_of(path: &Path) -> String {
@@ -98,7 +101,10 @@ fn pipes_to_outside_the_tree_are_cut_or_handed_over() {
     wait_for("the app's log", || log_of(&log) == "ready\n");
     let stdin_key = link(pid, 0);
     let stdout_key = link(pid, 1);
-    assert!(stdin_key.starts_with("pipe:[") && stdout_key.starts_with("pipe:["), "{stdin_key} {stdout_key}");
+    assert!(
+        stdin_key.starts_with("pipe:[") && stdout_key.starts_with("pipe:["),
+        "{stdin_key} {stdout_key}"
+    );
 
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
@@ -107,7 +113,12 @@ fn pipes_to_outside_the_tree_are_cut_or_handed_over() {
     let inode = |key: &str| key["pipe:[".len()..key.len() - 1].to_string();
     for (key, outside) in [(&stdin_key, "Write"), (&stdout_key, "Read")] {
         let want = format!("\"inode\": {}, \"outside\": \"{outside}\"", inode(key));
-        assert!(shown.replace(['\n', ' '], "").contains(&want.replace(' ', "")), "no {want} in {shown}");
+        assert!(
+            shown
+                .replace(['\n', ' '], "")
+                .contains(&want.replace(' ', "")),
+            "no {want} in {shown}"
+        );
     }
 
     // No substitutes: the outside ends are gone.
@@ -134,8 +145,12 @@ fn pipes_to_outside_the_tree_are_cut_or_handed_over() {
     let (d_r, d_w) = pipe();
     let (cr, dw) = (c_r.as_raw_fd(), d_w.as_raw_fd());
     let mut r = Command::new(TORPOR);
-    r.args(["restore", "--image", &i])
-        .args(["--inherit-fd", &format!("{stdin_key}=70"), "--inherit-fd", &format!("{stdout_key}=71")]);
+    r.args(["restore", "--image", &i]).args([
+        "--inherit-fd",
+        &format!("{stdin_key}=70"),
+        "--inherit-fd",
+        &format!("{stdout_key}=71"),
+    ]);
     // SAFETY: dup2 between fork and exec, to numbers this test never holds
     // (dup2 onto the fd itself would keep its close-on-exec flag).
     unsafe {
@@ -152,7 +167,9 @@ fn pipes_to_outside_the_tree_are_cut_or_handed_over() {
     drop((c_r, d_w));
     let fd_inode = |fd: &OwnedFd| {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("stat").ino()
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("stat")
+            .ino()
     };
     assert_eq!(link(pid, 0), format!("pipe:[{}]", fd_inode(&c_w)));
     assert_eq!(link(pid, 1), format!("pipe:[{}]", fd_inode(&d_r)));
@@ -164,7 +181,9 @@ fn pipes_to_outside_the_tree_are_cut_or_handed_over() {
     assert_eq!(reap(pid), 0);
     assert_eq!(log_of(&log), "ready\nin=after eof=1\nwrite=ok\n");
     let mut from_app = String::new();
-    std::fs::File::from(d_r).read_to_string(&mut from_app).expect("stdout");
+    std::fs::File::from(d_r)
+        .read_to_string(&mut from_app)
+        .expect("stdout");
     // The bytes the old reader left unread went with it.
     assert_eq!(from_app, "reply\n");
 }

@@ -310,7 +310,12 @@ fn capabilities_come_back() {
     wait_for("output", || lines(&out).len() >= 3);
     let before = cap_lines(pid);
     assert!(before.contains(&"NoNewPrivs:\t1".to_string()), "{before:?}");
-    assert!(before.iter().any(|l| l.starts_with("CapAmb:") && l != "CapAmb:\t0000000000000000"), "{before:?}");
+    assert!(
+        before
+            .iter()
+            .any(|l| l.starts_with("CapAmb:") && l != "CapAmb:\t0000000000000000"),
+        "{before:?}"
+    );
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
     restore(&img);
@@ -387,7 +392,9 @@ fn expired_periodic_alarm_keeps_ticking() {
     let pid = spawn(&bin, &[go.to_str().expect("utf-8 path")], Some(&out));
     let mut reaper = Reaper::default();
     reaper.add(pid);
-    wait_for("ready", || lines(&out).first().is_some_and(|l| l.starts_with("ready")));
+    wait_for("ready", || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
+    });
     assert_eq!(lines(&out)[0], "ready 0 0", "the timer reads as expired");
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);

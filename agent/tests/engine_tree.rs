@@ -293,12 +293,17 @@ fn unreaped_children_come_back_as_zombies() {
     let mut reaper = Reaper::default();
     reaper.add(root);
     wait_for("pids", || !lines(&out).is_empty());
-    let pids: Vec<i32> = lines(&out)[0].split(' ').map(|x| x.parse().expect("pid")).collect();
+    let pids: Vec<i32> = lines(&out)[0]
+        .split(' ')
+        .map(|x| x.parse().expect("pid"))
+        .collect();
     let state = |p: i32| {
         let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         s.rfind(')').and_then(|i| s[i + 2..].chars().next())
     };
-    wait_for("two zombies", || pids.iter().all(|p| state(*p) == Some('Z')));
+    wait_for("two zombies", || {
+        pids.iter().all(|p| state(*p) == Some('Z'))
+    });
     dump(root, &img, &[]);
     assert_eq!(reap(root), libc::SIGKILL);
     // The zombies went with their parent (reaped by this subreaper).
@@ -316,6 +321,9 @@ fn unreaped_children_come_back_as_zombies() {
     assert_eq!(reap(root), 0);
     assert_eq!(
         lines(&out)[1..].to_vec(),
-        vec!["a 1 exited 1 code 7".to_string(), format!("b 1 signaled 1 sig {}", libc::SIGTERM)]
+        vec![
+            "a 1 exited 1 code 7".to_string(),
+            format!("b 1 signaled 1 sig {}", libc::SIGTERM)
+        ]
     );
 }

@@ -6,8 +6,8 @@ mod engine_util;
 use engine_util::*;
 
 use std::io::Read;
-use std::sync::Mutex;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Mutex;
 
 const COUNTER: &str = r#"
 #include <stdio.h>
@@ -133,7 +133,12 @@ int main(void) {
 
 fn tty_nr(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    s[s.rfind(')').expect("comm") + 2..].split(' ').nth(4).expect("tty_nr").parse().expect("number")
+    s[s.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .nth(4)
+        .expect("tty_nr")
+        .parse()
+        .expect("number")
 }
 
 /// A session leader with a controlling terminal takes the substitute
@@ -156,16 +161,32 @@ fn session_leader_gets_its_controlling_terminal_back() {
         nums(&seen).len() >= 3
     });
     let rdev = std::fs::metadata(&slave).expect("slave").rdev();
-    assert_eq!(tty_nr(pid), rdev, "the terminal is its controlling terminal");
+    assert_eq!(
+        tty_nr(pid),
+        rdev,
+        "the terminal is its controlling terminal"
+    );
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
     drop(master);
-    wait_for("the terminal to disappear", || !std::path::Path::new(&slave).exists());
+    wait_for("the terminal to disappear", || {
+        !std::path::Path::new(&slave).exists()
+    });
     let (mut master2, slave2) = pty();
-    let o = torpor(&["restore", "--image", img.to_str().expect("utf8"), "--tty", &slave2]);
+    let o = torpor(&[
+        "restore",
+        "--image",
+        img.to_str().expect("utf8"),
+        "--tty",
+        &slave2,
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rdev2 = std::fs::metadata(&slave2).expect("slave2").rdev();
-    assert_eq!(tty_nr(pid), rdev2, "the substitute is its controlling terminal");
+    assert_eq!(
+        tty_nr(pid),
+        rdev2,
+        "the substitute is its controlling terminal"
+    );
     let mut more = String::new();
     wait_for("output on the new terminal", || {
         more.push_str(&drain(&mut master2));

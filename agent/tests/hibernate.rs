@@ -43,7 +43,11 @@ impl PowerDown for CuttingSupply {
         *self.cuts.lock().unwrap() += 1;
         let pid = self.victim.load(Ordering::SeqCst);
         // SAFETY: kill has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "the frozen app is gone before the cut");
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGKILL) },
+            0,
+            "the frozen app is gone before the cut"
+        );
         Ok(0)
     }
     fn release(&mut self) {}
@@ -52,8 +56,17 @@ impl PowerDown for CuttingSupply {
 fn sleepy_counter(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sleepy-counter.c");
     let bin = dir.join("sleepy-counter");
-    let out = Command::new("cc").args(["-O2", "-Wall", "-o"]).arg(&bin).arg(&src).output().expect("cc runs");
-    assert!(out.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     bin
 }
 
@@ -93,7 +106,11 @@ fn wait_for(log: &Path, what: &str, secs: u64) -> String {
         if text.contains(what) || text.contains("FAIL") {
             return text;
         }
-        assert!(start.elapsed() < Duration::from_secs(secs), "no {what:?} in {}:\n{text}", log.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "no {what:?} in {}:\n{text}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -103,7 +120,11 @@ fn torpor(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A configuration file with every default.
@@ -123,7 +144,12 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
     let store = dir.join("store.img");
     let bin = sleepy_counter(&dir);
     let supply = CuttingSupply::default();
-    let daemon = start("hibernate-daemon", vec![], StoreEngine::new(store.clone()), supply.clone());
+    let daemon = start(
+        "hibernate-daemon",
+        vec![],
+        StoreEngine::new(store.clone()),
+        supply.clone(),
+    );
     let log = dir.join("app.log");
     let mut app = spawn_app(&bin, &daemon.socket, &log, &["checkpoint"]);
     let pid = i32::try_from(app.id()).unwrap();
@@ -138,17 +164,34 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
     // thread could take one of them.
     let start = Instant::now();
     while *supply.cuts.lock().unwrap() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(120), "the power was never cut");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the power was never cut"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = app.wait().unwrap();
     assert_eq!(*supply.cuts.lock().unwrap(), 1);
-    assert!(!status.success(), "the app ran to the end instead of being cut:\n{t}");
+    assert!(
+        !status.success(),
+        "the app ran to the end instead of being cut:\n{t}"
+    );
     let before = std::fs::read_to_string(&log).unwrap();
     assert!(!before.contains("resumed"), "{before}");
-    assert!(!before.contains("counter 6"), "the app ran on after its image was taken:\n{before}");
-    let st = text(&torpor(&["store", "status", "--store", store.to_str().unwrap()]));
-    assert!(st.contains("valid generation 2") && st.contains("verified yes"), "{st}");
+    assert!(
+        !before.contains("counter 6"),
+        "the app ran on after its image was taken:\n{before}"
+    );
+    let st = text(&torpor(&[
+        "store",
+        "status",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(
+        st.contains("valid generation 2") && st.contains("verified yes"),
+        "{st}"
+    );
 
     // Power is back: the boot step restores the app and reconnects it.
     let boot = torpor(&[
@@ -161,16 +204,31 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
         daemon.socket.to_str().unwrap(),
     ]);
     assert!(boot.status.success(), "{}", text(&boot));
-    assert!(text(&boot).contains("restoring image generation 2 from slot B (attempt 1 of 3)"), "{}", text(&boot));
+    assert!(
+        text(&boot).contains("restoring image generation 2 from slot B (attempt 1 of 3)"),
+        "{}",
+        text(&boot)
+    );
     let t = wait_for(&log, "PASS sleepy-counter", 20);
     let fd_line = t.lines().find(|l| l.starts_with("connected to")).unwrap();
     let fd = fd_line.rsplit(' ').next().unwrap();
     assert!(t.contains(&format!("resumed on fd {fd}: slept ")), "{t}");
     assert!(t.contains("image generation 2\n"), "{t}");
-    assert!(t.contains("memory verified: 1048576 bytes and counter 5"), "{t}");
-    assert!(t.contains("counter 6\n") && t.contains("counter 10\n"), "{t}");
+    assert!(
+        t.contains("memory verified: 1048576 bytes and counter 5"),
+        "{t}"
+    );
+    assert!(
+        t.contains("counter 6\n") && t.contains("counter 10\n"),
+        "{t}"
+    );
     assert!(!t.contains("FAIL"), "{t}");
-    let st = text(&torpor(&["store", "status", "--store", store.to_str().unwrap()]));
+    let st = text(&torpor(&[
+        "store",
+        "status",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
     assert!(st.contains("slot B: consumed generation 2"), "{st}");
     let start = Instant::now();
     while alive(pid) && start.elapsed() < Duration::from_secs(5) {
@@ -187,31 +245,67 @@ fn hibernate_refused_by_a_missing_store_leaves_the_app_running() {
     std::fs::create_dir(&store).unwrap();
     let bin = sleepy_counter(&dir);
     let supply = CuttingSupply::default();
-    let daemon = start("hibernate-refused-daemon", vec![], StoreEngine::new(store), supply.clone());
+    let daemon = start(
+        "hibernate-refused-daemon",
+        vec![],
+        StoreEngine::new(store),
+        supply.clone(),
+    );
     let log = dir.join("app.log");
     let mut app = spawn_app(&bin, &daemon.socket, &log, &[]);
     let t = wait_for(&log, "PASS sleepy-counter", 20);
-    assert!(t.contains("daemon error (kind 8): pid ") && t.contains("not hibernated"), "{t}");
-    assert!(t.contains("image store failed: cannot open store") && t.contains("Is a directory"), "{t}");
+    assert!(
+        t.contains("daemon error (kind 8): pid ") && t.contains("not hibernated"),
+        "{t}"
+    );
+    assert!(
+        t.contains("image store failed: cannot open store") && t.contains("Is a directory"),
+        "{t}"
+    );
     assert_eq!(*supply.cuts.lock().unwrap(), 0);
     // It ran on after the refusal (it got the error, so it was not frozen).
-    assert!(t.contains("hibernate refused; running on\ncounter 6\n"), "{t}");
-    assert!(t.contains("counter 10\nPASS sleepy-counter (not hibernated)"), "{t}");
+    assert!(
+        t.contains("hibernate refused; running on\ncounter 6\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("counter 10\nPASS sleepy-counter (not hibernated)"),
+        "{t}"
+    );
     assert_eq!(app.wait().unwrap().code(), Some(0));
     drop(daemon);
 }
 
 /// A long-running process dumped into `store`, left running.
 fn dumped_sleeper(store: &Path) -> Child {
-    let child = clean("sleep").arg("1000").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let child = clean("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let o = torpor(&["dump", "--pid", &child.id().to_string(), "--store", store.to_str().unwrap(), "--leave-running"]);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &child.id().to_string(),
+        "--store",
+        store.to_str().unwrap(),
+        "--leave-running",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     child
 }
 
 fn boot_with(config: &Path, store: &Path) -> String {
-    let o = torpor(&["boot", "--config", config.to_str().unwrap(), "--store", store.to_str().unwrap()]);
+    let o = torpor(&[
+        "boot",
+        "--config",
+        config.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     text(&o)
 }
@@ -226,7 +320,11 @@ fn a_corrupt_image_is_a_cold_start_and_is_never_tried_again() {
     // Flip bytes in the middle of slot A's image area.
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&store).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&store)
+            .unwrap();
         let mut b = [0u8; 16];
         f.read_exact_at(&mut b, 4096 + 200).unwrap();
         for x in &mut b {
@@ -237,12 +335,23 @@ fn a_corrupt_image_is_a_cold_start_and_is_never_tried_again() {
     let config = dir.join("torpor.toml");
     std::fs::write(&config, "[restore]\nattempts = 2\n").unwrap();
     let out = boot_with(&config, &store);
-    assert!(out.contains("cold start: image generation 1 in slot A is corrupt: "), "{out}");
+    assert!(
+        out.contains("cold start: image generation 1 in slot A is corrupt: "),
+        "{out}"
+    );
     assert!(out.contains("marked consumed"), "{out}");
-    let st = text(&torpor(&["store", "status", "--store", store.to_str().unwrap()]));
+    let st = text(&torpor(&[
+        "store",
+        "status",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
     assert!(st.contains("slot A: consumed generation 1"), "{st}");
     let out = boot_with(&config, &store);
-    assert!(out.contains("cold start: image generation 1 in slot A was already restored"), "{out}");
+    assert!(
+        out.contains("cold start: image generation 1 in slot A was already restored"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -255,17 +364,47 @@ fn a_restore_failing_every_time_gives_up_after_the_configured_attempts() {
     let config = dir.join("torpor.toml");
     std::fs::write(&config, "[restore]\nattempts = 2\n").unwrap();
     let out = boot_with(&config, &store);
-    assert!(out.contains("restoring image generation 1 from slot A (attempt 1 of 2)"), "{out}");
-    assert!(out.contains(&format!("failed (attempt 1 of 2): validate: pid {pid} (of process {pid}) is in use")), "{out}");
+    assert!(
+        out.contains("restoring image generation 1 from slot A (attempt 1 of 2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "failed (attempt 1 of 2): validate: pid {pid} (of process {pid}) is in use"
+        )),
+        "{out}"
+    );
     assert!(!out.contains("giving up"), "{out}");
-    let st = text(&torpor(&["store", "status", "--store", store.to_str().unwrap()]));
-    assert!(st.contains("slot A: restoring generation 1") && st.contains("attempts 1"), "{st}");
+    let st = text(&torpor(&[
+        "store",
+        "status",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(
+        st.contains("slot A: restoring generation 1") && st.contains("attempts 1"),
+        "{st}"
+    );
     let out = boot_with(&config, &store);
-    assert!(out.contains("failed (attempt 2 of 2)") && out.contains("giving up, marked consumed"), "{out}");
-    let st = text(&torpor(&["store", "status", "--store", store.to_str().unwrap()]));
-    assert!(st.contains("slot A: consumed generation 1") && st.contains("attempts 2"), "{st}");
+    assert!(
+        out.contains("failed (attempt 2 of 2)") && out.contains("giving up, marked consumed"),
+        "{out}"
+    );
+    let st = text(&torpor(&[
+        "store",
+        "status",
+        "--store",
+        store.to_str().unwrap(),
+    ]));
+    assert!(
+        st.contains("slot A: consumed generation 1") && st.contains("attempts 2"),
+        "{st}"
+    );
     let out = boot_with(&config, &store);
-    assert!(out.contains("cold start: image generation 1 in slot A was already restored"), "{out}");
+    assert!(
+        out.contains("cold start: image generation 1 in slot A was already restored"),
+        "{out}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -313,6 +452,9 @@ fn run_execs_the_command_when_no_image_is_its_own() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let pid = std::fs::read_to_string(&pidfile).unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("started as {pid}"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("started as {pid}")
+    );
     assert!(text(&o).contains("cold start: no store at"), "{}", text(&o));
 }

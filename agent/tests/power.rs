@@ -14,14 +14,30 @@ use torpor_client::Client;
 const RTC_NOW: u64 = 1_700_000_000;
 
 fn settings(active_low: bool) -> PowerConfig {
-    PowerConfig { chip: "gpiochip0".into(), line: 26, active_low, hold_ms: 100, timeout_ms: 3000 }
+    PowerConfig {
+        chip: "gpiochip0".into(),
+        line: 26,
+        active_low,
+        hold_ms: 100,
+        timeout_ms: 3000,
+    }
 }
 
 fn power(active_low: bool, rtc: bool) -> (Power<FakeLine, FakeAlarm, FakeSystem>, Log) {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
-    let line = FakeLine { log: log.clone(), fail_request: false };
+    let line = FakeLine {
+        log: log.clone(),
+        fail_request: false,
+    };
     let alarm = rtc.then(|| {
-        ("/sys/class/rtc/rtc0/wakealarm".to_string(), FakeAlarm { log: log.clone(), now: RTC_NOW, fail_write: false })
+        (
+            "/sys/class/rtc/rtc0/wakealarm".to_string(),
+            FakeAlarm {
+                log: log.clone(),
+                now: RTC_NOW,
+                fail_write: false,
+            },
+        )
     });
     let system = FakeSystem { log: log.clone() };
     (Power::new(settings(active_low), line, alarm, system), log)
@@ -36,11 +52,22 @@ fn full_sequence_active_high_with_wake_alarm() {
     let (mut p, log) = power(false, true);
     assert!(p.wake_available());
     p.prepare().unwrap();
-    assert_eq!(take(&log), vec![Device::Request { chip: "gpiochip0".into(), line: 26, high: false }]);
+    assert_eq!(
+        take(&log),
+        vec![Device::Request {
+            chip: "gpiochip0".into(),
+            line: 26,
+            high: false
+        }]
+    );
     assert_eq!(p.arm_wake(3600).unwrap(), RTC_NOW + 3600);
     assert_eq!(
         take(&log),
-        vec![Device::AlarmWrite("0".into()), Device::RtcNow, Device::AlarmWrite("1700003600".into())]
+        vec![
+            Device::AlarmWrite("0".into()),
+            Device::RtcNow,
+            Device::AlarmWrite("1700003600".into())
+        ]
     );
     let e = p.cut().unwrap_err();
     assert_eq!(
@@ -67,24 +94,47 @@ fn active_low_inverts_both_levels() {
     p.prepare().unwrap();
     p.cut().unwrap_err();
     let got = take(&log);
-    assert_eq!(got[0], Device::Request { chip: "gpiochip0".into(), line: 26, high: true });
+    assert_eq!(
+        got[0],
+        Device::Request {
+            chip: "gpiochip0".into(),
+            line: 26,
+            high: true
+        }
+    );
     assert_eq!(got[3], Device::Set { high: false });
 }
 
 #[test]
 fn refusals_name_the_device() {
     let (mut p, log) = power(false, false);
-    assert_eq!(p.arm_wake(5).unwrap_err().to_string(), "no RTC wake alarm is configured (rtc.device = \"none\")");
-    assert_eq!(p.cut().unwrap_err().to_string(), "the power line was not requested before the cut");
-    assert!(take(&log).is_empty(), "nothing is touched before the line is requested");
+    assert_eq!(
+        p.arm_wake(5).unwrap_err().to_string(),
+        "no RTC wake alarm is configured (rtc.device = \"none\")"
+    );
+    assert_eq!(
+        p.cut().unwrap_err().to_string(),
+        "the power line was not requested before the cut"
+    );
+    assert!(
+        take(&log).is_empty(),
+        "nothing is touched before the line is requested"
+    );
 
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let mut p = Power::new(
         settings(false),
-        FakeLine { log: log.clone(), fail_request: true },
+        FakeLine {
+            log: log.clone(),
+            fail_request: true,
+        },
         Some((
             "/sys/class/rtc/rtc0/wakealarm".to_string(),
-            FakeAlarm { log: log.clone(), now: RTC_NOW, fail_write: true },
+            FakeAlarm {
+                log: log.clone(),
+                now: RTC_NOW,
+                fail_write: true,
+            },
         )),
         FakeSystem { log: log.clone() },
     );
@@ -106,16 +156,26 @@ fn daemon_drives_the_exact_device_sequence() {
     let (p, log) = power(false, true);
     let engine = FakeEngine::new(EngineOutcome::Store(STORED));
     let d = start("powerseq", vec![], engine.clone(), p);
-    let mut target = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut target = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let pid = target.id();
-    let e = Client::connect(&d.socket).unwrap().hibernate_target(Target::Pid(pid), Some(60)).unwrap_err();
+    let e = Client::connect(&d.socket)
+        .unwrap()
+        .hibernate_target(Target::Pid(pid), Some(60))
+        .unwrap_err();
     target.kill().unwrap();
     target.wait().unwrap();
     assert_eq!(e.daemon_kind(), Some(ErrorKind::PowerFailed));
     assert_eq!(
         take(&log),
         vec![
-            Device::Request { chip: "gpiochip0".into(), line: 26, high: false },
+            Device::Request {
+                chip: "gpiochip0".into(),
+                line: 26,
+                high: false
+            },
             Device::AlarmWrite("0".into()),
             Device::RtcNow,
             Device::AlarmWrite("1700000060".into()),
@@ -130,7 +190,10 @@ fn daemon_drives_the_exact_device_sequence() {
         ]
     );
     let pid = i32::try_from(pid).unwrap();
-    assert_eq!(engine.calls()[1], EngineCall::Abandon { pid, generation: 7 });
+    assert_eq!(
+        engine.calls()[1],
+        EngineCall::Abandon { pid, generation: 7 }
+    );
 }
 
 /// The real sysfs alarm against a stand-in directory. `wakealarm` is a
@@ -164,7 +227,10 @@ fn sysfs_alarm_writes_zero_then_the_rtc_epoch() {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let mut p = Power::new(
         settings(false),
-        FakeLine { log: log.clone(), fail_request: false },
+        FakeLine {
+            log: log.clone(),
+            fail_request: false,
+        },
         Some((alarm.display().to_string(), SysfsAlarm::new(alarm.clone()))),
         FakeSystem { log },
     );

@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use proto::{
-    Checkpointed, Clock, DecodeError, EncodeError, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
-    StoreSummary, Target, Version, MAX_MESSAGE, VERSION,
+    Checkpointed, Clock, DecodeError, EncodeError, ErrorKind, ErrorReply, Reply, Request, Resumed,
+    Status, StoreState, StoreSummary, Target, Version, MAX_MESSAGE, VERSION,
 };
 
 /// Where the daemon listens unless its configuration says otherwise.
@@ -45,7 +45,10 @@ pub enum ClientError {
     #[error("the torpor daemon refused: {0}")]
     Daemon(Box<ErrorReply>),
     #[error("the torpor daemon answered {got} to a {asked} request")]
-    Unexpected { asked: &'static str, got: &'static str },
+    Unexpected {
+        asked: &'static str,
+        got: &'static str,
+    },
 }
 
 impl ClientError {
@@ -77,7 +80,10 @@ impl Client {
     /// Connects to the daemon listening at `path` (usually [`DEFAULT_SOCKET`]).
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
-        let fd = packet::connect(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let fd = packet::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Client { fd })
     }
 
@@ -91,7 +97,8 @@ impl Client {
         let (buf, len) = proto::encode_request(request)?;
         packet::send_packet(self.fd.as_fd(), &buf[..len], false).map_err(ClientError::Send)?;
         let mut reply = [0u8; MAX_MESSAGE];
-        let n = packet::recv_packet(self.fd.as_fd(), &mut reply, false).map_err(ClientError::Receive)?;
+        let n = packet::recv_packet(self.fd.as_fd(), &mut reply, false)
+            .map_err(ClientError::Receive)?;
         if n == 0 {
             return Err(ClientError::Closed);
         }
@@ -106,11 +113,21 @@ impl Client {
 
     /// Hibernates `target` (see [`Client::hibernate`]). When the target is
     /// another process, the reply arrives after the restore all the same.
-    pub fn hibernate_target(&mut self, target: Target, wake_after_s: Option<u32>) -> Result<Resumed, ClientError> {
-        match self.request(&Request::Hibernate { target, wake_after_s })? {
+    pub fn hibernate_target(
+        &mut self,
+        target: Target,
+        wake_after_s: Option<u32>,
+    ) -> Result<Resumed, ClientError> {
+        match self.request(&Request::Hibernate {
+            target,
+            wake_after_s,
+        })? {
             Reply::Resumed(r) => Ok(r),
             Reply::Error(e) => Err(ClientError::Daemon(Box::new(e))),
-            other => Err(ClientError::Unexpected { asked: "Hibernate", got: reply_name(&other) }),
+            other => Err(ClientError::Unexpected {
+                asked: "Hibernate",
+                got: reply_name(&other),
+            }),
         }
     }
 
@@ -124,7 +141,10 @@ impl Client {
         match self.request(&Request::Checkpoint { target })? {
             Reply::Checkpointed(c) => Ok(c),
             Reply::Error(e) => Err(ClientError::Daemon(Box::new(e))),
-            other => Err(ClientError::Unexpected { asked: "Checkpoint", got: reply_name(&other) }),
+            other => Err(ClientError::Unexpected {
+                asked: "Checkpoint",
+                got: reply_name(&other),
+            }),
         }
     }
 
@@ -133,7 +153,10 @@ impl Client {
         match self.request(&Request::Status)? {
             Reply::Status(s) => Ok(s),
             Reply::Error(e) => Err(ClientError::Daemon(Box::new(e))),
-            other => Err(ClientError::Unexpected { asked: "Status", got: reply_name(&other) }),
+            other => Err(ClientError::Unexpected {
+                asked: "Status",
+                got: reply_name(&other),
+            }),
         }
     }
 }

@@ -22,14 +22,19 @@ pub fn socket_address(path: &Path) -> io::Result<(libc::sockaddr_un, libc::sockl
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("socket path {} must be 1 to {} bytes without NUL", path.display(), addr.sun_path.len() - 1),
+            format!(
+                "socket path {} must be 1 to {} bytes without NUL",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
         ));
     }
     for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = libc::c_char::from_ne_bytes([src]);
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    let len = libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len =
+        libc::socklen_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     Ok((addr, len))
 }
 
@@ -51,7 +56,13 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     let fd = seqpacket_socket()?;
     loop {
         // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-        let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len) };
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
         if r == 0 {
             return Ok(fd);
         }
@@ -83,7 +94,11 @@ pub fn send_packet(fd: BorrowedFd<'_>, bytes: &[u8], nonblocking: bool) -> io::R
 /// Receives one packet into `buf`. Returns the packet's real length, which
 /// is larger than `MAX_MESSAGE` when the packet did not fit (`MSG_TRUNC`
 /// makes the kernel report it), and 0 when the peer closed the connection.
-pub fn recv_packet(fd: BorrowedFd<'_>, buf: &mut [u8; MAX_MESSAGE], nonblocking: bool) -> io::Result<usize> {
+pub fn recv_packet(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8; MAX_MESSAGE],
+    nonblocking: bool,
+) -> io::Result<usize> {
     let flags = libc::MSG_TRUNC | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
     loop {
         // SAFETY: `buf` is a live, writable buffer of MAX_MESSAGE bytes; with

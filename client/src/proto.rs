@@ -64,7 +64,10 @@ pub enum Request {
     /// Checkpoint the target tree, cut the power, and reply `Resumed` once
     /// power is back and the tree is restored. With `wake_after_s`, the RTC
     /// wakes the board that many seconds after the request.
-    Hibernate { target: Target, wake_after_s: Option<u32> },
+    Hibernate {
+        target: Target,
+        wake_after_s: Option<u32>,
+    },
     /// Write an image of the target tree and let it keep running.
     Checkpoint { target: Target },
     /// Report the daemon's version and the store's state.
@@ -207,7 +210,10 @@ impl ErrorReply {
     /// An error reply whose message is `text`, cut at a character boundary
     /// if it does not fit.
     pub fn new(kind: ErrorKind, text: &str) -> Self {
-        ErrorReply { kind, message: bounded_text(text) }
+        ErrorReply {
+            kind,
+            message: bounded_text(text),
+        }
     }
 }
 
@@ -250,7 +256,11 @@ pub enum DecodeError {
     #[error("protocol version {theirs} is not supported: this side speaks {ours}")]
     UnsupportedVersion { theirs: Version, ours: Version },
     #[error("{what} (protocol {theirs}, this side speaks {ours})")]
-    Malformed { what: &'static str, theirs: Version, ours: Version },
+    Malformed {
+        what: &'static str,
+        theirs: Version,
+        ours: Version,
+    },
     #[error("{extra} unexpected byte(s) after the end of the message")]
     TrailingBytes { extra: usize },
 }
@@ -261,9 +271,9 @@ impl DecodeError {
         match self {
             DecodeError::Oversized { .. } => ErrorKind::Oversized,
             DecodeError::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
-            DecodeError::NoVersion { .. } | DecodeError::Malformed { .. } | DecodeError::TrailingBytes { .. } => {
-                ErrorKind::Malformed
-            }
+            DecodeError::NoVersion { .. }
+            | DecodeError::Malformed { .. }
+            | DecodeError::TrailingBytes { .. } => ErrorKind::Malformed,
         }
     }
 }
@@ -307,13 +317,17 @@ pub fn decode<'a, T: Deserialize<'a>>(packet: &'a [u8], received: usize) -> Resu
     };
     let theirs = Version { major, minor };
     if major != VERSION.major {
-        return Err(DecodeError::UnsupportedVersion { theirs, ours: VERSION });
+        return Err(DecodeError::UnsupportedVersion {
+            theirs,
+            ours: VERSION,
+        });
     }
-    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
-        what: postcard_cause(&e),
-        theirs,
-        ours: VERSION,
-    })?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::Malformed {
+            what: postcard_cause(&e),
+            theirs,
+            ours: VERSION,
+        })?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes { extra: rest.len() });
     }

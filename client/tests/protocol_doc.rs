@@ -3,8 +3,8 @@
 
 use torpor_client::proto::{self, bounded_text};
 use torpor_client::{
-    Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState, StoreSummary, Target,
-    Version,
+    Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
+    StoreSummary, Target, Version,
 };
 
 const DOC: &str = include_str!("../../docs/protocol.md");
@@ -12,30 +12,88 @@ const DOC: &str = include_str!("../../docs/protocol.md");
 fn requests() -> Vec<(&'static str, Request)> {
     vec![
         ("status", Request::Status),
-        ("hibernate-caller", Request::Hibernate { target: Target::Caller, wake_after_s: None }),
-        ("hibernate-caller-wake", Request::Hibernate { target: Target::Caller, wake_after_s: Some(3600) }),
-        ("hibernate-pid-wake", Request::Hibernate { target: Target::Pid(1234), wake_after_s: Some(60) }),
-        ("checkpoint-caller", Request::Checkpoint { target: Target::Caller }),
-        ("checkpoint-pid", Request::Checkpoint { target: Target::Pid(300) }),
+        (
+            "hibernate-caller",
+            Request::Hibernate {
+                target: Target::Caller,
+                wake_after_s: None,
+            },
+        ),
+        (
+            "hibernate-caller-wake",
+            Request::Hibernate {
+                target: Target::Caller,
+                wake_after_s: Some(3600),
+            },
+        ),
+        (
+            "hibernate-pid-wake",
+            Request::Hibernate {
+                target: Target::Pid(1234),
+                wake_after_s: Some(60),
+            },
+        ),
+        (
+            "checkpoint-caller",
+            Request::Checkpoint {
+                target: Target::Caller,
+            },
+        ),
+        (
+            "checkpoint-pid",
+            Request::Checkpoint {
+                target: Target::Pid(300),
+            },
+        ),
     ]
 }
 
 fn replies() -> Vec<(&'static str, Reply)> {
     vec![
-        ("resumed-rtc", Reply::Resumed(Resumed { slept_for_ms: Some(12345), clock: Clock::Rtc, generation: 7 })),
-        ("resumed-unknown", Reply::Resumed(Resumed { slept_for_ms: None, clock: Clock::Unknown, generation: 3 })),
-        ("checkpointed", Reply::Checkpointed(Checkpointed { generation: 8, image_bytes: 1_048_576 })),
+        (
+            "resumed-rtc",
+            Reply::Resumed(Resumed {
+                slept_for_ms: Some(12345),
+                clock: Clock::Rtc,
+                generation: 7,
+            }),
+        ),
+        (
+            "resumed-unknown",
+            Reply::Resumed(Resumed {
+                slept_for_ms: None,
+                clock: Clock::Unknown,
+                generation: 3,
+            }),
+        ),
+        (
+            "checkpointed",
+            Reply::Checkpointed(Checkpointed {
+                generation: 8,
+                image_bytes: 1_048_576,
+            }),
+        ),
         (
             "status-reply",
             Reply::Status(Status {
                 daemon_version: bounded_text("0.1.0"),
                 protocol: Version { major: 1, minor: 0 },
-                store: StoreSummary { state: StoreState::Valid, generation: 8, image_bytes: 1_048_576 },
+                store: StoreSummary {
+                    state: StoreState::Valid,
+                    generation: 8,
+                    image_bytes: 1_048_576,
+                },
                 wake_alarm: true,
             }),
         ),
-        ("error-unauthorized", Reply::Error(ErrorReply::new(ErrorKind::Unauthorized, "uid 1000"))),
-        ("error-busy", Reply::Error(ErrorReply::new(ErrorKind::Busy, "busy"))),
+        (
+            "error-unauthorized",
+            Reply::Error(ErrorReply::new(ErrorKind::Unauthorized, "uid 1000")),
+        ),
+        (
+            "error-busy",
+            Reply::Error(ErrorReply::new(ErrorKind::Busy, "busy")),
+        ),
     ]
 }
 
@@ -49,7 +107,11 @@ fn documented() -> Vec<(String, Vec<u8>)> {
             continue;
         }
         let hex = cells[3].trim_matches('`');
-        let Ok(bytes) = hex.split(' ').map(|h| u8::from_str_radix(h, 16)).collect::<Result<Vec<u8>, _>>() else {
+        let Ok(bytes) = hex
+            .split(' ')
+            .map(|h| u8::from_str_radix(h, 16))
+            .collect::<Result<Vec<u8>, _>>()
+        else {
             continue;
         };
         rows.push((cells[1].trim_matches('`').to_string(), bytes));
@@ -62,17 +124,31 @@ fn every_documented_example_matches_the_encoder() {
     let doc = documented();
     let mut checked = 0;
     for (name, request) in requests() {
-        let (_, want) = doc.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} not documented"));
+        let (_, want) = doc
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} not documented"));
         let (buf, len) = proto::encode_request(&request).unwrap();
         assert_eq!(&buf[..len], want.as_slice(), "{name}");
-        assert_eq!(proto::decode_request(want, want.len()).unwrap(), request, "{name}");
+        assert_eq!(
+            proto::decode_request(want, want.len()).unwrap(),
+            request,
+            "{name}"
+        );
         checked += 1;
     }
     for (name, reply) in replies() {
-        let (_, want) = doc.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} not documented"));
+        let (_, want) = doc
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} not documented"));
         let (buf, len) = proto::encode_reply(&reply).unwrap();
         assert_eq!(&buf[..len], want.as_slice(), "{name}");
-        assert_eq!(proto::decode_reply(want, want.len()).unwrap(), reply, "{name}");
+        assert_eq!(
+            proto::decode_reply(want, want.len()).unwrap(),
+            reply,
+            "{name}"
+        );
         checked += 1;
     }
     // No documented example goes unchecked.
@@ -97,21 +173,37 @@ fn documented_tags_match_the_types() {
     for (tag, kind) in kinds.iter().enumerate() {
         let (buf, len) = proto::encode_reply(&Reply::Error(ErrorReply::new(*kind, ""))).unwrap();
         assert_eq!(&buf[..len], &[1, 0, 3, u8::try_from(tag).unwrap(), 0]);
-        assert!(DOC.contains(&format!("| {tag} | `{kind:?}` |")), "{kind:?} is not documented with tag {tag}");
+        assert!(
+            DOC.contains(&format!("| {tag} | `{kind:?}` |")),
+            "{kind:?} is not documented with tag {tag}"
+        );
     }
     for (tag, clock) in [Clock::Rtc, Clock::Wall, Clock::Unknown].iter().enumerate() {
-        let r = Reply::Resumed(Resumed { slept_for_ms: None, clock: *clock, generation: 0 });
+        let r = Reply::Resumed(Resumed {
+            slept_for_ms: None,
+            clock: *clock,
+            generation: 0,
+        });
         let (buf, _) = proto::encode_reply(&r).unwrap();
         assert_eq!(buf[4], u8::try_from(tag).unwrap());
         assert!(DOC.contains(&format!("{clock:?} ({tag})")), "{clock:?}");
     }
-    let states =
-        [StoreState::Unavailable, StoreState::Empty, StoreState::Valid, StoreState::Restoring, StoreState::Consumed];
+    let states = [
+        StoreState::Unavailable,
+        StoreState::Empty,
+        StoreState::Valid,
+        StoreState::Restoring,
+        StoreState::Consumed,
+    ];
     for (tag, state) in states.iter().enumerate() {
         let r = Reply::Status(Status {
             daemon_version: bounded_text(""),
             protocol: Version { major: 1, minor: 0 },
-            store: StoreSummary { state: *state, generation: 0, image_bytes: 0 },
+            store: StoreSummary {
+                state: *state,
+                generation: 0,
+                image_bytes: 0,
+            },
             wake_alarm: false,
         });
         let (buf, _) = proto::encode_reply(&r).unwrap();

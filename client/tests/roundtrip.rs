@@ -3,8 +3,8 @@
 
 use torpor_client::proto::{self, bounded_text, DecodeError, ERROR_TEXT, VERSION_TEXT};
 use torpor_client::{
-    Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState, StoreSummary, Target,
-    Version, MAX_MESSAGE, VERSION,
+    Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
+    StoreSummary, Target, Version, MAX_MESSAGE, VERSION,
 };
 
 fn all_requests() -> Vec<Request> {
@@ -12,7 +12,10 @@ fn all_requests() -> Vec<Request> {
     for target in [Target::Caller, Target::Pid(1), Target::Pid(u32::MAX)] {
         out.push(Request::Checkpoint { target });
         for wake in [None, Some(0), Some(1), Some(u32::MAX)] {
-            out.push(Request::Hibernate { target, wake_after_s: wake });
+            out.push(Request::Hibernate {
+                target,
+                wake_after_s: wake,
+            });
         }
     }
     out
@@ -22,17 +25,35 @@ fn all_replies() -> Vec<Reply> {
     let mut out = Vec::new();
     for clock in [Clock::Rtc, Clock::Wall, Clock::Unknown] {
         for slept in [None, Some(0), Some(u64::MAX)] {
-            out.push(Reply::Resumed(Resumed { slept_for_ms: slept, clock, generation: u64::MAX }));
+            out.push(Reply::Resumed(Resumed {
+                slept_for_ms: slept,
+                clock,
+                generation: u64::MAX,
+            }));
         }
     }
-    out.push(Reply::Checkpointed(Checkpointed { generation: 0, image_bytes: u64::MAX }));
-    for state in
-        [StoreState::Unavailable, StoreState::Empty, StoreState::Valid, StoreState::Restoring, StoreState::Consumed]
-    {
+    out.push(Reply::Checkpointed(Checkpointed {
+        generation: 0,
+        image_bytes: u64::MAX,
+    }));
+    for state in [
+        StoreState::Unavailable,
+        StoreState::Empty,
+        StoreState::Valid,
+        StoreState::Restoring,
+        StoreState::Consumed,
+    ] {
         out.push(Reply::Status(Status {
             daemon_version: bounded_text(&"9".repeat(VERSION_TEXT)),
-            protocol: Version { major: 255, minor: 255 },
-            store: StoreSummary { state, generation: u64::MAX, image_bytes: u64::MAX },
+            protocol: Version {
+                major: 255,
+                minor: 255,
+            },
+            store: StoreSummary {
+                state,
+                generation: u64::MAX,
+                image_bytes: u64::MAX,
+            },
             wake_alarm: true,
         }));
     }
@@ -90,20 +111,50 @@ fn long_texts_are_cut_at_a_character_boundary() {
 #[test]
 fn bad_packets_are_refused_with_their_kind() {
     let big = [1u8; MAX_MESSAGE];
-    assert_eq!(proto::decode_request(&big, 513), Err(DecodeError::Oversized { len: 513 }));
-    assert_eq!(proto::decode_request(&big, 513).unwrap_err().kind(), ErrorKind::Oversized);
-    assert_eq!(proto::decode_request(&[], 0), Err(DecodeError::NoVersion { len: 0 }));
-    assert_eq!(proto::decode_request(&[1], 1).unwrap_err().kind(), ErrorKind::Malformed);
+    assert_eq!(
+        proto::decode_request(&big, 513),
+        Err(DecodeError::Oversized { len: 513 })
+    );
+    assert_eq!(
+        proto::decode_request(&big, 513).unwrap_err().kind(),
+        ErrorKind::Oversized
+    );
+    assert_eq!(
+        proto::decode_request(&[], 0),
+        Err(DecodeError::NoVersion { len: 0 })
+    );
+    assert_eq!(
+        proto::decode_request(&[1], 1).unwrap_err().kind(),
+        ErrorKind::Malformed
+    );
     let e = proto::decode_request(&[3, 1, 2], 3).unwrap_err();
-    assert_eq!(e, DecodeError::UnsupportedVersion { theirs: Version { major: 3, minor: 1 }, ours: VERSION });
+    assert_eq!(
+        e,
+        DecodeError::UnsupportedVersion {
+            theirs: Version { major: 3, minor: 1 },
+            ours: VERSION
+        }
+    );
     assert_eq!(e.kind(), ErrorKind::UnsupportedVersion);
-    assert_eq!(e.to_string(), "protocol version 3.1 is not supported: this side speaks 1.0");
-    assert_eq!(proto::decode_request(&[1, 0, 2, 2], 4), Err(DecodeError::TrailingBytes { extra: 1 }));
+    assert_eq!(
+        e.to_string(),
+        "protocol version 3.1 is not supported: this side speaks 1.0"
+    );
+    assert_eq!(
+        proto::decode_request(&[1, 0, 2, 2], 4),
+        Err(DecodeError::TrailingBytes { extra: 1 })
+    );
     let e = proto::decode_request(&[1, 0, 0, 1], 4).unwrap_err();
-    assert_eq!(e.to_string(), "the message ends in the middle of a field (protocol 1.0, this side speaks 1.0)");
+    assert_eq!(
+        e.to_string(),
+        "the message ends in the middle of a field (protocol 1.0, this side speaks 1.0)"
+    );
     // A string that is not UTF-8 in a reply.
     let e = proto::decode_reply(&[1, 0, 3, 0, 2, 0xc3, 0x28], 7).unwrap_err();
-    assert_eq!(e.to_string(), "a string is not valid UTF-8 (protocol 1.0, this side speaks 1.0)");
+    assert_eq!(
+        e.to_string(),
+        "a string is not valid UTF-8 (protocol 1.0, this side speaks 1.0)"
+    );
     // A message text longer than its bound.
     let mut long = vec![1u8, 0, 3, 0, 0x91, 0x03];
     long.extend(std::iter::repeat_n(b'x', 401));
@@ -112,7 +163,9 @@ fn bad_packets_are_refused_with_their_kind() {
     // A boolean other than 0 or 1.
     let status = [1u8, 0, 2, 0, 1, 0, 2, 8, 0, 7];
     assert_eq!(
-        proto::decode_reply(&status, status.len()).unwrap_err().to_string(),
+        proto::decode_reply(&status, status.len())
+            .unwrap_err()
+            .to_string(),
         "a boolean is neither 0 nor 1 (protocol 1.0, this side speaks 1.0)"
     );
 }

@@ -26,8 +26,8 @@ use clap::Args;
 
 use crate::config::{self, Config};
 use crate::daemon::log;
-use crate::engine::image_io::{self, ImageState};
 use crate::engine::clocks::ClockMode;
+use crate::engine::image_io::{self, ImageState};
 use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::state::FileKind;
 use crate::engine::torpor_conn;
@@ -79,7 +79,11 @@ pub struct Places {
 }
 
 impl Places {
-    pub fn load(config: &Path, store: Option<&Path>, socket: Option<&Path>) -> Result<Places, String> {
+    pub fn load(
+        config: &Path,
+        store: Option<&Path>,
+        socket: Option<&Path>,
+    ) -> Result<Places, String> {
         let c = Config::load_or_default(config).map_err(|e| e.to_string())?;
         Ok(Places::from_config(&c, store, socket))
     }
@@ -108,50 +112,83 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("store {path}: {source}")]
-    Store { path: PathBuf, source: crate::store::StoreError },
+    Store {
+        path: PathBuf,
+        source: crate::store::StoreError,
+    },
     #[error("image generation {generation} in slot {slot}: {what}")]
-    Image { generation: u64, slot: Slot, what: String },
+    Image {
+        generation: u64,
+        slot: Slot,
+        what: String,
+    },
 }
 
 /// The newest slot with a header, and whether it verifies.
 fn newest_slot(store: &Store) -> Option<crate::store::SlotStatus> {
-    store.status().into_iter().filter(|s| s.info.is_some()).max_by_key(|s| s.info.map_or(0, |i| i.generation))
+    store
+        .status()
+        .into_iter()
+        .filter(|s| s.info.is_some())
+        .max_by_key(|s| s.info.map_or(0, |i| i.generation))
 }
 
 /// The root task's name (comm) in an image, to match `torpor run --name`.
 pub fn image_name(st: &ImageState) -> Option<&str> {
-    st.processes.first().and_then(|p| p.threads.first()).map(|t| t.comm.as_str())
+    st.processes
+        .first()
+        .and_then(|p| p.threads.first())
+        .map(|t| t.comm.as_str())
 }
 
 /// Restores the newest image of the store at `places.store`, if any is
 /// restorable and (with `name`) belongs to that application.
 pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
-    let serr = |source| BootError::Store { path: places.store.clone(), source };
+    let serr = |source| BootError::Store {
+        path: places.store.clone(),
+        source,
+    };
     if !places.store.exists() {
         return Ok(cold(format!("no store at {}", places.store.display())));
     }
     let mut store = Store::open(&places.store).map_err(serr)?;
     let Some(top) = newest_slot(&store) else {
-        return Ok(cold(format!("store {} holds no image", places.store.display())));
+        return Ok(cold(format!(
+            "store {} holds no image",
+            places.store.display()
+        )));
     };
     let Some(info) = top.info else {
-        return Ok(cold(format!("store {} holds no image", places.store.display())));
+        return Ok(cold(format!(
+            "store {} holds no image",
+            places.store.display()
+        )));
     };
     let (slot, generation) = (info.slot, info.generation);
     match info.state {
-        State::Empty => return Ok(cold(format!("store {} holds no image", places.store.display()))),
+        State::Empty => {
+            return Ok(cold(format!(
+                "store {} holds no image",
+                places.store.display()
+            )))
+        }
         State::Consumed => {
-            return Ok(cold(format!("image generation {generation} in slot {slot} was already restored")))
+            return Ok(cold(format!(
+                "image generation {generation} in slot {slot} was already restored"
+            )))
         }
         State::Valid | State::Restoring => {}
     }
     if !top.verified {
         let why = top.problem.unwrap_or_else(|| "it does not verify".into());
         store.mark(slot, State::Consumed).map_err(serr)?;
-        return Ok(cold(format!("image generation {generation} in slot {slot} is corrupt: {why}; marked consumed")));
+        return Ok(cold(format!(
+            "image generation {generation} in slot {slot} is corrupt: {why}; marked consumed"
+        )));
     }
     let (_, reader) = store.image(slot).map_err(serr)?;
-    let state = image_io::read_state(BufReader::new(reader)).map_err(|e| image_err(generation, slot, e))?;
+    let state =
+        image_io::read_state(BufReader::new(reader)).map_err(|e| image_err(generation, slot, e))?;
     if let Some(want) = name {
         let have = image_name(&state).unwrap_or("");
         if !same_name(want, have) {
@@ -197,7 +234,11 @@ fn cold(why: String) -> Outcome {
 }
 
 fn image_err(generation: u64, slot: Slot, e: impl std::fmt::Display) -> BootError {
-    BootError::Image { generation, slot, what: e.to_string() }
+    BootError::Image {
+        generation,
+        slot,
+        what: e.to_string(),
+    }
 }
 
 /// comm is at most 15 bytes: a longer name matches its prefix.
@@ -207,12 +248,24 @@ fn same_name(want: &str, have: &str) -> bool {
 }
 
 /// One restore attempt; the root's pid on success.
-fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, places: &Places) -> Result<i32, String> {
+fn restore_slot(
+    store: &Store,
+    slot: Slot,
+    generation: u64,
+    state: &ImageState,
+    places: &Places,
+) -> Result<i32, String> {
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
-    let header = ImageReader::new(BufReader::new(reader)).map_err(|e| e.to_string())?.header().clone();
+    let header = ImageReader::new(BufReader::new(reader))
+        .map_err(|e| e.to_string())?
+        .header()
+        .clone();
     let needs_conn = state.files.iter().any(|f| f.kind == FileKind::TorporConn);
     let conn: Option<OwnedFd> = if needs_conn {
-        Some(torpor_conn::connect(&places.socket, DAEMON_WAIT).map_err(|e| format!("reconnecting the application: {e}"))?)
+        Some(
+            torpor_conn::connect(&places.socket, DAEMON_WAIT)
+                .map_err(|e| format!("reconnecting the application: {e}"))?,
+        )
     } else {
         None
     };
@@ -225,7 +278,8 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
     };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
-    let stats = restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
+    let stats =
+        restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
     let pid = state.processes.first().map_or(0, |p| p.pid);
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
@@ -250,8 +304,8 @@ fn restore_slot(store: &Store, slot: Slot, generation: u64, state: &ImageState, 
 }
 
 fn send_restored(conn: &OwnedFd, pid: u32, resumed: Resumed) -> std::io::Result<()> {
-    let (buf, len) =
-        protocol::encode_request(&Request::Restored { pid, resumed }).map_err(std::io::Error::other)?;
+    let (buf, len) = protocol::encode_request(&Request::Restored { pid, resumed })
+        .map_err(std::io::Error::other)?;
     packet::send_packet(conn.as_fd(), &buf[..len], false)
 }
 
@@ -268,9 +322,17 @@ pub fn resumed_now(header: &Header, generation: u64) -> Resumed {
 
 fn slept(created_ns: u64, now_ns: u64, generation: u64) -> Resumed {
     if created_ns >= CLOCK_FLOOR_NS && now_ns >= created_ns {
-        Resumed { slept_for_ms: Some((now_ns - created_ns) / 1_000_000), clock: Clock::Wall, generation }
+        Resumed {
+            slept_for_ms: Some((now_ns - created_ns) / 1_000_000),
+            clock: Clock::Wall,
+            generation,
+        }
     } else {
-        Resumed { slept_for_ms: None, clock: Clock::Unknown, generation }
+        Resumed {
+            slept_for_ms: None,
+            clock: Clock::Unknown,
+            generation,
+        }
     }
 }
 
@@ -304,9 +366,23 @@ mod tests {
     #[test]
     fn the_wall_clock_counts_only_when_it_was_set() {
         let t = CLOCK_FLOOR_NS + 5_000_000_000;
-        assert_eq!(slept(t, t + 2_500_000_000, 4), Resumed { slept_for_ms: Some(2500), clock: Clock::Wall, generation: 4 });
+        assert_eq!(
+            slept(t, t + 2_500_000_000, 4),
+            Resumed {
+                slept_for_ms: Some(2500),
+                clock: Clock::Wall,
+                generation: 4
+            }
+        );
         // A clock that went backwards (reset to the epoch at boot).
-        assert_eq!(slept(t, 3_000_000_000, 4), Resumed { slept_for_ms: None, clock: Clock::Unknown, generation: 4 });
+        assert_eq!(
+            slept(t, 3_000_000_000, 4),
+            Resumed {
+                slept_for_ms: None,
+                clock: Clock::Unknown,
+                generation: 4
+            }
+        );
         // Both times near the epoch: never set, any difference is meaningless.
         assert_eq!(slept(1_000_000_000, 9_000_000_000, 2).clock, Clock::Unknown);
     }

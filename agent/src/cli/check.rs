@@ -31,7 +31,11 @@ impl fmt::Display for Probe {
                 write!(f, "MISSING  {:<22} {}: {why}", self.name, self.what)
             }
             (Err(why), Need::Optional) => {
-                write!(f, "absent   {:<22} {} (optional): {why}", self.name, self.what)
+                write!(
+                    f,
+                    "absent   {:<22} {} (optional): {why}",
+                    self.name, self.what
+                )
             }
         }
     }
@@ -40,7 +44,9 @@ impl fmt::Display for Probe {
 fn errno_text(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => "not implemented by this kernel (ENOSYS)".into(),
-        Some(libc::EPERM) => "not permitted (EPERM): run as root or with CAP_CHECKPOINT_RESTORE".into(),
+        Some(libc::EPERM) => {
+            "not permitted (EPERM): run as root or with CAP_CHECKPOINT_RESTORE".into()
+        }
         Some(libc::EINVAL) => "rejected (EINVAL): the kernel lacks this option".into(),
         _ => e.to_string(),
     }
@@ -52,25 +58,92 @@ fn last_err() -> String {
 
 /// Runs every probe, in the order the engine uses the features.
 pub fn probes() -> Vec<Probe> {
-    let p = |name, what, need, result| Probe { name, what, need, result };
+    let p = |name, what, need, result| Probe {
+        name,
+        what,
+        need,
+        result,
+    };
     vec![
-        p("ptrace-seize", "PTRACE_SEIZE + PTRACE_INTERRUPT of a child", Need::Required, probe_ptrace_seize()),
-        p("process_vm_readv", "bulk reads of another address space", Need::Required, probe_process_vm_readv()),
-        p("proc-pagemap", "/proc/PID/pagemap", Need::Required, probe_pagemap()),
-        p("proc-map_files", "/proc/PID/map_files", Need::Required, probe_map_files()),
-        p("pr_set_mm_map", "prctl(PR_SET_MM, PR_SET_MM_MAP) (CONFIG_CHECKPOINT_RESTORE)", Need::Required, probe_pr_set_mm_map()),
-        p("pr_get_tid_address", "prctl(PR_GET_TID_ADDRESS) (CONFIG_CHECKPOINT_RESTORE)", Need::Required, probe_get_tid_address()),
-        p("kcmp", "kcmp(2) to compare files of two tasks (CONFIG_KCMP)", Need::Required, probe_kcmp()),
-        p("clone3-set_tid", "clone3 with set_tid: restore with the original PIDs", Need::Required, probe_clone3_set_tid()),
-        p("pidfd_getfd", "pidfd_open + pidfd_getfd: copy a task's file", Need::Optional, probe_pidfd_getfd()),
-        p("time-namespace", "time namespaces: continuous monotonic clocks after restore", Need::Optional, probe_path("/proc/self/ns/time")),
-        p("sysv-shm-ids", "/proc/sys/kernel/shm_next_id: SysV segments recreated with their ids", Need::Optional, probe_path("/proc/sys/kernel/shm_next_id")),
-        p("gpio-cdev", "/dev/gpiochip0: the power GPIO", Need::Optional, probe_path("/dev/gpiochip0")),
+        p(
+            "ptrace-seize",
+            "PTRACE_SEIZE + PTRACE_INTERRUPT of a child",
+            Need::Required,
+            probe_ptrace_seize(),
+        ),
+        p(
+            "process_vm_readv",
+            "bulk reads of another address space",
+            Need::Required,
+            probe_process_vm_readv(),
+        ),
+        p(
+            "proc-pagemap",
+            "/proc/PID/pagemap",
+            Need::Required,
+            probe_pagemap(),
+        ),
+        p(
+            "proc-map_files",
+            "/proc/PID/map_files",
+            Need::Required,
+            probe_map_files(),
+        ),
+        p(
+            "pr_set_mm_map",
+            "prctl(PR_SET_MM, PR_SET_MM_MAP) (CONFIG_CHECKPOINT_RESTORE)",
+            Need::Required,
+            probe_pr_set_mm_map(),
+        ),
+        p(
+            "pr_get_tid_address",
+            "prctl(PR_GET_TID_ADDRESS) (CONFIG_CHECKPOINT_RESTORE)",
+            Need::Required,
+            probe_get_tid_address(),
+        ),
+        p(
+            "kcmp",
+            "kcmp(2) to compare files of two tasks (CONFIG_KCMP)",
+            Need::Required,
+            probe_kcmp(),
+        ),
+        p(
+            "clone3-set_tid",
+            "clone3 with set_tid: restore with the original PIDs",
+            Need::Required,
+            probe_clone3_set_tid(),
+        ),
+        p(
+            "pidfd_getfd",
+            "pidfd_open + pidfd_getfd: copy a task's file",
+            Need::Optional,
+            probe_pidfd_getfd(),
+        ),
+        p(
+            "time-namespace",
+            "time namespaces: continuous monotonic clocks after restore",
+            Need::Optional,
+            probe_path("/proc/self/ns/time"),
+        ),
+        p(
+            "sysv-shm-ids",
+            "/proc/sys/kernel/shm_next_id: SysV segments recreated with their ids",
+            Need::Optional,
+            probe_path("/proc/sys/kernel/shm_next_id"),
+        ),
+        p(
+            "gpio-cdev",
+            "/dev/gpiochip0: the power GPIO",
+            Need::Optional,
+            probe_path("/dev/gpiochip0"),
+        ),
     ]
 }
 
 fn probe_path(path: &str) -> Result<(), String> {
-    std::fs::metadata(path).map(|_| ()).map_err(|e| format!("{path}: {}", errno_text(&e)))
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| format!("{path}: {}", errno_text(&e)))
 }
 
 fn probe_pagemap() -> Result<(), String> {
@@ -86,14 +159,22 @@ fn probe_map_files() -> Result<(), String> {
         .next()
         .ok_or("the directory is empty")?
         .map_err(|e| errno_text(&e))?;
-    std::fs::read_link(first.path()).map(|_| ()).map_err(|e| errno_text(&e))
+    std::fs::read_link(first.path())
+        .map(|_| ())
+        .map_err(|e| errno_text(&e))
 }
 
 fn probe_process_vm_readv() -> Result<(), String> {
     let source = [0x5au8, 0xa5, 0x3c, 0xc3];
     let mut dest = [0u8; 4];
-    let local = libc::iovec { iov_base: dest.as_mut_ptr().cast(), iov_len: dest.len() };
-    let remote = libc::iovec { iov_base: source.as_ptr().cast_mut().cast(), iov_len: source.len() };
+    let local = libc::iovec {
+        iov_base: dest.as_mut_ptr().cast(),
+        iov_len: dest.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: source.as_ptr().cast_mut().cast(),
+        iov_len: source.len(),
+    };
     // SAFETY: both iovecs describe live buffers of this process of the given
     // lengths; the kernel writes only into `dest`.
     let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
@@ -110,7 +191,13 @@ fn probe_pr_set_mm_map() -> Result<(), String> {
     let mut size: libc::c_uint = 0;
     // SAFETY: PR_SET_MM_MAP_SIZE only writes one unsigned int to the pointer.
     let r = unsafe {
-        libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE, &mut size as *mut libc::c_uint, 0, 0)
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_MAP_SIZE,
+            &mut size as *mut libc::c_uint,
+            0,
+            0,
+        )
     };
     if r < 0 {
         return Err(last_err());
@@ -138,7 +225,14 @@ fn probe_kcmp() -> Result<(), String> {
     // closed, which is EBADF and still proves the call exists.
     let r = unsafe {
         let me = libc::c_long::from(libc::getpid());
-        libc::syscall(libc::SYS_kcmp, me, me, KCMP_FILE, 0 as libc::c_long, 0 as libc::c_long)
+        libc::syscall(
+            libc::SYS_kcmp,
+            me,
+            me,
+            KCMP_FILE,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
     };
     if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EBADF) {
         return Err(last_err());
@@ -149,7 +243,13 @@ fn probe_kcmp() -> Result<(), String> {
 fn probe_pidfd_getfd() -> Result<(), String> {
     // SAFETY: pidfd_open on our own pid creates a new fd owned here and
     // closed below.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(libc::getpid()), 0 as libc::c_long) };
+    let pidfd = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            libc::c_long::from(libc::getpid()),
+            0 as libc::c_long,
+        )
+    };
     if pidfd < 0 {
         return Err(format!("pidfd_open: {}", last_err()));
     }
@@ -165,7 +265,11 @@ fn probe_pidfd_getfd() -> Result<(), String> {
             0 as libc::c_long,
         )
     };
-    let result = if copied < 0 { Err(format!("pidfd_getfd: {}", last_err())) } else { Ok(()) };
+    let result = if copied < 0 {
+        Err(format!("pidfd_getfd: {}", last_err()))
+    } else {
+        Ok(())
+    };
     // SAFETY: both fds were created above and are closed exactly once.
     unsafe {
         if copied >= 0 {
@@ -217,7 +321,9 @@ fn seize_and_interrupt(pid: libc::pid_t) -> Result<(), String> {
         return Err(format!("waitpid: {}", last_err()));
     }
     if !libc::WIFSTOPPED(status) || (status >> 16) != libc::PTRACE_EVENT_STOP {
-        return Err(format!("expected a PTRACE_EVENT_STOP, got wait status {status:#x}"));
+        return Err(format!(
+            "expected a PTRACE_EVENT_STOP, got wait status {status:#x}"
+        ));
     }
     Ok(())
 }

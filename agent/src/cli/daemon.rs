@@ -58,8 +58,17 @@ fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
 
 /// The settings in effect, one `section.key = value` per line.
 fn settings_text(c: &Config) -> String {
-    let users: Vec<String> = c.access.allow_users.iter().map(ToString::to_string).collect();
-    let rtc = c.rtc.wakealarm.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string());
+    let users: Vec<String> = c
+        .access
+        .allow_users
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let rtc = c
+        .rtc
+        .wakealarm
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |p| p.display().to_string());
     format!(
         "{}: configuration is valid
 socket.path = {}
@@ -120,11 +129,16 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
     if args.check_config {
         use std::io::Write;
         // A closed stdout (`| head`) is not worth a panic.
-        let _ = std::io::stdout().lock().write_all(settings_text(&config).as_bytes());
+        let _ = std::io::stdout()
+            .lock()
+            .write_all(settings_text(&config).as_bytes());
         return 0;
     }
     if config.log.target == LogTarget::Syslog {
-        log::set_sink(log::Sink::Syslog(log::Syslog::new(&config.log.socket, std::path::Path::new(log::KMSG))));
+        log::set_sink(log::Sink::Syslog(log::Syslog::new(
+            &config.log.socket,
+            std::path::Path::new(log::KMSG),
+        )));
     }
     if args.cut_power {
         return match cut_power(&config, args.wake_after) {
@@ -157,7 +171,11 @@ fn cut_power(config: &Config, wake_after: Option<u32>) -> Result<(), crate::powe
         "cutting the power: {} line {} goes {}",
         config.power.chip,
         config.power.line,
-        if config.power.active_low { "low" } else { "high" }
+        if config.power.active_low {
+            "low"
+        } else {
+            "high"
+        }
     );
     let result = power.cut().map(|_| ());
     if wake_after.is_some() {
@@ -178,10 +196,12 @@ fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);
-    mask.thread_block().map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
-    let signals =
-        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("cannot create a signalfd: {e}"))?;
-    let listener = Listener::bind(&config.socket.path, uid, gid, config.socket.mode).map_err(|e| e.to_string())?;
+    mask.thread_block()
+        .map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("cannot create a signalfd: {e}"))?;
+    let listener = Listener::bind(&config.socket.path, uid, gid, config.socket.mode)
+        .map_err(|e| e.to_string())?;
     let power = crate::power::from_config(config);
     let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power);
     daemon.run(signals.as_fd()).map_err(|e| e.to_string())

@@ -33,11 +33,17 @@ fn parse_external(s: &str) -> Result<(i32, i32, String), String> {
     if key.is_empty() {
         return Err(bad());
     }
-    Ok((pid.parse().map_err(|_| bad())?, fd.parse().map_err(|_| bad())?, key.to_string()))
+    Ok((
+        pid.parse().map_err(|_| bad())?,
+        fd.parse().map_err(|_| bad())?,
+        key.to_string(),
+    ))
 }
 
 pub fn run(a: &DumpArgs) -> Result<i32, String> {
-    let opts = DumpOptions { external: a.external_fd.clone() };
+    let opts = DumpOptions {
+        external: a.external_fd.clone(),
+    };
     let after = if a.leave_running {
         After::LeaveRunning
     } else {

@@ -42,13 +42,20 @@ pub fn describe(reply: &Reply) -> (String, bool) {
                     r.clock,
                     r.generation
                 ),
-                None => format!("resumed (time asleep unknown), image generation {}", r.generation),
+                None => format!(
+                    "resumed (time asleep unknown), image generation {}",
+                    r.generation
+                ),
             };
             (text, true)
         }
-        Reply::Checkpointed(c) => {
-            (format!("checkpointed: image generation {}, {} bytes", c.generation, c.image_bytes), true)
-        }
+        Reply::Checkpointed(c) => (
+            format!(
+                "checkpointed: image generation {}, {} bytes",
+                c.generation, c.image_bytes
+            ),
+            true,
+        ),
         Reply::Status(s) => {
             let text = format!(
                 "daemon {} (protocol {})\nstore: {}, generation {}, {} bytes\nwake alarm: {}",
@@ -57,7 +64,11 @@ pub fn describe(reply: &Reply) -> (String, bool) {
                 s.store.state,
                 s.store.generation,
                 s.store.image_bytes,
-                if s.wake_alarm { "available" } else { "not configured" }
+                if s.wake_alarm {
+                    "available"
+                } else {
+                    "not configured"
+                }
             );
             (text, true)
         }
@@ -73,7 +84,10 @@ pub fn run(args: HibernateArgs) -> i32 {
     } else if args.checkpoint {
         Request::Checkpoint { target }
     } else {
-        Request::Hibernate { target, wake_after_s: args.wake_after }
+        Request::Hibernate {
+            target,
+            wake_after_s: args.wake_after,
+        }
     };
     let reply = torpor_client::Client::connect(&args.socket).and_then(|mut c| c.request(&request));
     match reply {
@@ -101,25 +115,71 @@ mod tests {
 
     #[test]
     fn every_reply_is_described() {
-        let r = Reply::Resumed(Resumed { slept_for_ms: Some(12_345), clock: Clock::Rtc, generation: 4 });
-        assert_eq!(describe(&r), ("resumed after 12.3 s (rtc clock), image generation 4".to_string(), true));
-        let r = Reply::Resumed(Resumed { slept_for_ms: Some(999), clock: Clock::Wall, generation: 5 });
-        assert_eq!(describe(&r).0, "resumed after 0.9 s (wall clock), image generation 5");
-        let r = Reply::Resumed(Resumed { slept_for_ms: None, clock: Clock::Unknown, generation: 6 });
-        assert_eq!(describe(&r).0, "resumed (time asleep unknown), image generation 6");
-        let r = Reply::Checkpointed(Checkpointed { generation: 2, image_bytes: 4096 });
-        assert_eq!(describe(&r), ("checkpointed: image generation 2, 4096 bytes".to_string(), true));
+        let r = Reply::Resumed(Resumed {
+            slept_for_ms: Some(12_345),
+            clock: Clock::Rtc,
+            generation: 4,
+        });
+        assert_eq!(
+            describe(&r),
+            (
+                "resumed after 12.3 s (rtc clock), image generation 4".to_string(),
+                true
+            )
+        );
+        let r = Reply::Resumed(Resumed {
+            slept_for_ms: Some(999),
+            clock: Clock::Wall,
+            generation: 5,
+        });
+        assert_eq!(
+            describe(&r).0,
+            "resumed after 0.9 s (wall clock), image generation 5"
+        );
+        let r = Reply::Resumed(Resumed {
+            slept_for_ms: None,
+            clock: Clock::Unknown,
+            generation: 6,
+        });
+        assert_eq!(
+            describe(&r).0,
+            "resumed (time asleep unknown), image generation 6"
+        );
+        let r = Reply::Checkpointed(Checkpointed {
+            generation: 2,
+            image_bytes: 4096,
+        });
+        assert_eq!(
+            describe(&r),
+            (
+                "checkpointed: image generation 2, 4096 bytes".to_string(),
+                true
+            )
+        );
         let r = Reply::Status(Status {
             daemon_version: bounded_text("0.1.0"),
             protocol: VERSION,
-            store: StoreSummary { state: StoreState::Valid, generation: 3, image_bytes: 8192 },
+            store: StoreSummary {
+                state: StoreState::Valid,
+                generation: 3,
+                image_bytes: 8192,
+            },
             wake_alarm: true,
         });
         assert_eq!(
             describe(&r).0,
             "daemon 0.1.0 (protocol 1.0)\nstore: valid, generation 3, 8192 bytes\nwake alarm: available"
         );
-        let r = Reply::Error(ErrorReply::new(ErrorKind::Busy, "the daemon already serves 32 connections"));
-        assert_eq!(describe(&r), ("Busy: the daemon already serves 32 connections".to_string(), false));
+        let r = Reply::Error(ErrorReply::new(
+            ErrorKind::Busy,
+            "the daemon already serves 32 connections",
+        ));
+        assert_eq!(
+            describe(&r),
+            (
+                "Busy: the daemon already serves 32 connections".to_string(),
+                false
+            )
+        );
     }
 }

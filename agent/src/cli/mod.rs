@@ -84,7 +84,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Dump(a) => dump::run(&a),
         Command::Restore(a) => restore::run(&a),
         Command::Show(args) => show::run(&args).map(|()| 0).map_err(|e| e.to_string()),
-        Command::Store(args) => store::run(&args.action).map(|()| 0).map_err(|e| e.to_string()),
+        Command::Store(args) => store::run(&args.action)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
         Command::Check => Ok(check::run()),
         Command::Daemon(args) => Ok(daemon::run(args)),
         Command::Hibernate(args) => Ok(hibernate::run(args)),

@@ -41,7 +41,10 @@ pub fn run(a: &RunArgs) -> Result<i32, String> {
         }
     };
     if let Outcome::Restored { pid, generation } = outcome {
-        log::info!("{}: restored from image generation {generation} as pid {pid}", a.name);
+        log::info!(
+            "{}: restored from image generation {generation} as pid {pid}",
+            a.name
+        );
         announce(a, pid)?;
         return Ok(0);
     }
@@ -54,7 +57,8 @@ pub fn run(a: &RunArgs) -> Result<i32, String> {
 /// PID file and systemd notification for the application's pid.
 fn announce(a: &RunArgs, pid: i32) -> Result<(), String> {
     if let Some(path) = &a.pidfile {
-        std::fs::write(path, format!("{pid}\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, format!("{pid}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if let Err(e) = sd_notify(&format!("MAINPID={pid}\nREADY=1\n")) {
         log::warning!("telling systemd the main pid failed: {e}");
@@ -66,16 +70,24 @@ fn announce(a: &RunArgs, pid: i32) -> Result<(), String> {
 /// the abstract namespace); nothing when not run by systemd.
 pub fn sd_notify(state: &str) -> std::io::Result<()> {
     use nix::sys::socket::{sendto, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
     let bytes = path.as_encoded_bytes();
     let addr = match bytes.strip_prefix(b"@") {
         Some(name) => UnixAddr::new_abstract(name),
         None => UnixAddr::new(std::path::Path::new(&path)),
     }
     .map_err(std::io::Error::from)?;
-    let fd = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(std::io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
     use std::os::fd::AsRawFd;
-    sendto(fd.as_raw_fd(), state.as_bytes(), &addr, MsgFlags::empty()).map_err(std::io::Error::from)?;
+    sendto(fd.as_raw_fd(), state.as_bytes(), &addr, MsgFlags::empty())
+        .map_err(std::io::Error::from)?;
     Ok(())
 }

@@ -162,24 +162,48 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         Kind::Fd => to_json(rec.decode::<Fd>(), image_err, json_err)?,
         Kind::MmFields => to_json(rec.decode::<MmFields>(), image_err, json_err)?,
         Kind::PipeData => to_json(rec.decode::<PipeData>(), image_err, json_err)?,
-        Kind::ExternalPipe => {
-            to_json(rec.decode::<crate::image::records::ExternalPipe>(), image_err, json_err)?
-        }
+        Kind::ExternalPipe => to_json(
+            rec.decode::<crate::image::records::ExternalPipe>(),
+            image_err,
+            json_err,
+        )?,
         Kind::Clocks => to_json(rec.decode::<Clocks>(), image_err, json_err)?,
-        Kind::FileSigIo => to_json(rec.decode::<crate::image::records::FileSigIo>(), image_err, json_err)?,
+        Kind::FileSigIo => to_json(
+            rec.decode::<crate::image::records::FileSigIo>(),
+            image_err,
+            json_err,
+        )?,
         Kind::SeccompFilter => {
-            let f = rec.decode::<crate::image::records::SeccompFilter>().map_err(image_err)?;
+            let f = rec
+                .decode::<crate::image::records::SeccompFilter>()
+                .map_err(image_err)?;
             json!({ "flags": f.flags, "instructions": f.program.len() / 8 })
         }
         Kind::TmpfsFile => {
-            let f = rec.decode::<crate::image::records::TmpfsFile>().map_err(image_err)?;
+            let f = rec
+                .decode::<crate::image::records::TmpfsFile>()
+                .map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })
         }
-        Kind::MemfdObject => to_json(rec.decode::<crate::image::records::MemfdObject>(), image_err, json_err)?,
-        Kind::SysvShm => to_json(rec.decode::<crate::image::records::SysvShm>(), image_err, json_err)?,
-        Kind::UnlinkedObject => to_json(rec.decode::<crate::image::records::UnlinkedObject>(), image_err, json_err)?,
+        Kind::MemfdObject => to_json(
+            rec.decode::<crate::image::records::MemfdObject>(),
+            image_err,
+            json_err,
+        )?,
+        Kind::SysvShm => to_json(
+            rec.decode::<crate::image::records::SysvShm>(),
+            image_err,
+            json_err,
+        )?,
+        Kind::UnlinkedObject => to_json(
+            rec.decode::<crate::image::records::UnlinkedObject>(),
+            image_err,
+            json_err,
+        )?,
         Kind::ObjectData => {
-            let d = rec.decode::<crate::image::records::ObjectData>().map_err(image_err)?;
+            let d = rec
+                .decode::<crate::image::records::ObjectData>()
+                .map_err(image_err)?;
             let object = match d.object {
                 crate::image::records::ObjectRef::Memfd(id) => json!({ "memfd": id }),
                 crate::image::records::ObjectRef::Sysv(id) => json!({ "sysv": id }),

@@ -154,17 +154,39 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", file.display())]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not valid TOML: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     #[error("{}: unknown key `{key}` (known here: {known})", file.display())]
-    UnknownKey { file: PathBuf, key: String, known: String },
+    UnknownKey {
+        file: PathBuf,
+        key: String,
+        known: String,
+    },
     #[error("{}: `{key}` must be {expected}, found {found}", file.display())]
-    WrongType { file: PathBuf, key: String, expected: &'static str, found: &'static str },
+    WrongType {
+        file: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("{}: `{key}` = {value}: {why}", file.display())]
-    Invalid { file: PathBuf, key: String, value: String, why: String },
+    Invalid {
+        file: PathBuf,
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error("{}: `{key}`: no {what} named `{name}` on this system", file.display())]
-    UnknownId { file: PathBuf, key: String, what: &'static str, name: String },
+    UnknownId {
+        file: PathBuf,
+        key: String,
+        what: &'static str,
+        name: String,
+    },
 }
 
 impl Default for Config {
@@ -177,7 +199,9 @@ impl Default for Config {
                 group: Id::Num(0),
                 mode: defaults::SOCKET_MODE,
             },
-            store: StoreConfig { device: PathBuf::from(defaults::STORE_DEVICE) },
+            store: StoreConfig {
+                device: PathBuf::from(defaults::STORE_DEVICE),
+            },
             power: PowerConfig {
                 chip: defaults::POWER_CHIP.to_string(),
                 line: defaults::POWER_LINE,
@@ -185,10 +209,19 @@ impl Default for Config {
                 hold_ms: defaults::POWER_HOLD_MS,
                 timeout_ms: defaults::POWER_TIMEOUT_MS,
             },
-            rtc: RtcConfig { wakealarm: Some(PathBuf::from(defaults::RTC_DEVICE)) },
-            restore: RestoreConfig { attempts: defaults::RESTORE_ATTEMPTS, tty: PathBuf::from(defaults::RESTORE_TTY), timens: true },
+            rtc: RtcConfig {
+                wakealarm: Some(PathBuf::from(defaults::RTC_DEVICE)),
+            },
+            restore: RestoreConfig {
+                attempts: defaults::RESTORE_ATTEMPTS,
+                tty: PathBuf::from(defaults::RESTORE_TTY),
+                timens: true,
+            },
             access: AccessConfig::default(),
-            log: LogConfig { target: LogTarget::Stderr, socket: PathBuf::from(defaults::LOG_SOCKET) },
+            log: LogConfig {
+                target: LogTarget::Stderr,
+                socket: PathBuf::from(defaults::LOG_SOCKET),
+            },
         }
     }
 }
@@ -213,7 +246,12 @@ struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
-    fn new(file: &'a Path, root: &'a Table, name: &'a str, known: &[&str]) -> Result<Self, ConfigError> {
+    fn new(
+        file: &'a Path,
+        root: &'a Table,
+        name: &'a str,
+        known: &[&str],
+    ) -> Result<Self, ConfigError> {
         let table = match root.get(name) {
             None => None,
             Some(Value::Table(t)) => Some(t),
@@ -243,10 +281,20 @@ impl<'a> Section<'a> {
     }
 
     fn wrong(&self, key: &str, expected: &'static str, found: &Value) -> ConfigError {
-        ConfigError::WrongType { file: self.file.to_owned(), key: self.key(key), expected, found: type_name(found) }
+        ConfigError::WrongType {
+            file: self.file.to_owned(),
+            key: self.key(key),
+            expected,
+            found: type_name(found),
+        }
     }
 
-    fn invalid(&self, key: &str, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
+    fn invalid(
+        &self,
+        key: &str,
+        value: impl std::fmt::Display,
+        why: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_owned(),
             key: self.key(key),
@@ -318,8 +366,10 @@ fn parse_mode(text: &str) -> Option<u32> {
 impl Config {
     /// Reads and checks the configuration file at `file`.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
         Config::parse(&text, file)
     }
 
@@ -334,11 +384,15 @@ impl Config {
 
     /// Parses configuration text; `file` names the origin in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let root: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            file: file.to_owned(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        const SECTIONS: [&str; 7] = ["socket", "store", "power", "rtc", "restore", "access", "log"];
+        let root: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                file: file.to_owned(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+        const SECTIONS: [&str; 7] = [
+            "socket", "store", "power", "rtc", "restore", "access", "log",
+        ];
         if let Some(key) = root.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
             return Err(ConfigError::UnknownKey {
                 file: file.to_owned(),
@@ -346,13 +400,20 @@ impl Config {
                 known: SECTIONS.join(", "),
             });
         }
-        let mut c = Config { origin: file.to_owned(), ..Config::default() };
+        let mut c = Config {
+            origin: file.to_owned(),
+            ..Config::default()
+        };
 
         let s = Section::new(file, &root, "socket", &["path", "owner", "group", "mode"])?;
         if let Some(p) = s.absolute_path("path")? {
             // sockaddr_un holds 108 bytes including the terminating NUL.
             if p.as_os_str().len() > 107 {
-                return Err(s.invalid("path", p.display(), "longer than the 107 bytes a UNIX socket path may have"));
+                return Err(s.invalid(
+                    "path",
+                    p.display(),
+                    "longer than the 107 bytes a UNIX socket path may have",
+                ));
             }
             c.socket.path = p;
         }
@@ -380,7 +441,12 @@ impl Config {
             c.store.device = p;
         }
 
-        let s = Section::new(file, &root, "power", &["chip", "line", "active_low", "hold_ms", "timeout_ms"])?;
+        let s = Section::new(
+            file,
+            &root,
+            "power",
+            &["chip", "line", "active_low", "hold_ms", "timeout_ms"],
+        )?;
         if let Some(chip) = s.string("chip")? {
             let ok = !chip.is_empty() && (chip.starts_with('/') || !chip.contains('/'));
             if !ok {
@@ -409,13 +475,25 @@ impl Config {
         match s.string("device")? {
             None => {}
             Some("none") => c.rtc.wakealarm = None,
-            Some(p) if p.starts_with('/') && !p.contains('\0') => c.rtc.wakealarm = Some(PathBuf::from(p)),
-            Some(p) => return Err(s.invalid("device", format!("{p:?}"), "must be an absolute path or \"none\"")),
+            Some(p) if p.starts_with('/') && !p.contains('\0') => {
+                c.rtc.wakealarm = Some(PathBuf::from(p))
+            }
+            Some(p) => {
+                return Err(s.invalid(
+                    "device",
+                    format!("{p:?}"),
+                    "must be an absolute path or \"none\"",
+                ))
+            }
         }
 
         let s = Section::new(file, &root, "restore", &["attempts", "tty", "timens"])?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
-            return Err(s.invalid("attempts", 0, "must be at least 1: with 0 an image would never be restored"));
+            return Err(s.invalid(
+                "attempts",
+                0,
+                "must be at least 1: with 0 an image would never be restored",
+            ));
         }
         if let Some(v) = s.integer("attempts", 1, MAX_ATTEMPTS)? {
             c.restore.attempts = v;
@@ -431,9 +509,14 @@ impl Config {
         match s.get("allow_users") {
             None => {}
             Some(Value::Array(items)) => {
-                c.access.allow_users = items.iter().map(|v| s.id("allow_users", v)).collect::<Result<_, _>>()?;
+                c.access.allow_users = items
+                    .iter()
+                    .map(|v| s.id("allow_users", v))
+                    .collect::<Result<_, _>>()?;
             }
-            Some(other) => return Err(s.wrong("allow_users", "an array of user names or uids", other)),
+            Some(other) => {
+                return Err(s.wrong("allow_users", "an array of user names or uids", other))
+            }
         }
 
         let s = Section::new(file, &root, "log", &["target", "socket"])?;
@@ -441,11 +524,21 @@ impl Config {
             None => {}
             Some("stderr") => c.log.target = LogTarget::Stderr,
             Some("syslog") => c.log.target = LogTarget::Syslog,
-            Some(t) => return Err(s.invalid("target", format!("{t:?}"), "must be \"stderr\" or \"syslog\"")),
+            Some(t) => {
+                return Err(s.invalid(
+                    "target",
+                    format!("{t:?}"),
+                    "must be \"stderr\" or \"syslog\"",
+                ))
+            }
         }
         if let Some(p) = s.absolute_path("socket")? {
             if p.as_os_str().len() > 107 {
-                return Err(s.invalid("socket", p.display(), "longer than the 107 bytes a UNIX socket path may have"));
+                return Err(s.invalid(
+                    "socket",
+                    p.display(),
+                    "longer than the 107 bytes a UNIX socket path may have",
+                ));
             }
             c.log.socket = p;
         }
@@ -453,7 +546,12 @@ impl Config {
     }
 
     fn unknown_id(&self, key: &str, what: &'static str, name: &str) -> ConfigError {
-        ConfigError::UnknownId { file: self.origin.clone(), key: key.to_string(), what, name: name.to_string() }
+        ConfigError::UnknownId {
+            file: self.origin.clone(),
+            key: key.to_string(),
+            what,
+            name: name.to_string(),
+        }
     }
 
     fn lookup_user(&self, key: &str, id: &Id) -> Result<u32, ConfigError> {
@@ -484,7 +582,11 @@ impl Config {
 
     /// The uids of `access.allow_users` (names looked up in the user database).
     pub fn allowed_uids(&self) -> Result<Vec<u32>, ConfigError> {
-        self.access.allow_users.iter().map(|id| self.lookup_user("access.allow_users", id)).collect()
+        self.access
+            .allow_users
+            .iter()
+            .map(|id| self.lookup_user("access.allow_users", id))
+            .collect()
     }
 
     /// Checks everything that needs the running system: user and group names.

@@ -17,17 +17,43 @@ fn empty_file_gives_the_documented_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c, Config::default());
     assert_eq!(c.socket.path, PathBuf::from("/run/torpor.sock"));
-    assert_eq!((c.socket.owner.clone(), c.socket.group.clone(), c.socket.mode), (Id::Num(0), Id::Num(0), 0o600));
+    assert_eq!(
+        (
+            c.socket.owner.clone(),
+            c.socket.group.clone(),
+            c.socket.mode
+        ),
+        (Id::Num(0), Id::Num(0), 0o600)
+    );
     assert_eq!(c.store.device, PathBuf::from("/dev/mmcblk0p3"));
     assert_eq!(
         c.power,
-        PowerConfig { chip: "gpiochip0".into(), line: 26, active_low: false, hold_ms: 100, timeout_ms: 3000 }
+        PowerConfig {
+            chip: "gpiochip0".into(),
+            line: 26,
+            active_low: false,
+            hold_ms: 100,
+            timeout_ms: 3000
+        }
     );
-    assert_eq!(c.rtc.wakealarm, Some(PathBuf::from("/sys/class/rtc/rtc0/wakealarm")));
-    assert_eq!(c.restore, RestoreConfig { attempts: 3, tty: PathBuf::from("/dev/console"), timens: true });
+    assert_eq!(
+        c.rtc.wakealarm,
+        Some(PathBuf::from("/sys/class/rtc/rtc0/wakealarm"))
+    );
+    assert_eq!(
+        c.restore,
+        RestoreConfig {
+            attempts: 3,
+            tty: PathBuf::from("/dev/console"),
+            timens: true
+        }
+    );
     assert!(c.access.allow_users.is_empty());
     // Empty sections change nothing either.
-    assert_eq!(parse("[socket]\n[store]\n[power]\n[rtc]\n[restore]\n[access]\n[log]\n").unwrap(), Config::default());
+    assert_eq!(
+        parse("[socket]\n[store]\n[power]\n[rtc]\n[restore]\n[access]\n[log]\n").unwrap(),
+        Config::default()
+    );
 }
 
 #[test]
@@ -77,7 +103,9 @@ socket = "/run/systemd/journal/dev-log"
                 group: Id::Num(20),
                 mode: 0o660,
             },
-            store: StoreConfig { device: PathBuf::from("/dev/mmcblk0p4") },
+            store: StoreConfig {
+                device: PathBuf::from("/dev/mmcblk0p4")
+            },
             power: PowerConfig {
                 chip: "/dev/gpiochip1".into(),
                 line: 63,
@@ -85,13 +113,27 @@ socket = "/run/systemd/journal/dev-log"
                 hold_ms: 250,
                 timeout_ms: 10_000
             },
-            rtc: RtcConfig { wakealarm: Some(PathBuf::from("/sys/class/rtc/rtc1/wakealarm")) },
-            restore: RestoreConfig { attempts: 5, tty: PathBuf::from("/dev/ttyAMA0"), timens: false },
-            access: AccessConfig { allow_users: vec![Id::Name("pi".into()), Id::Num(1000)] },
-            log: LogConfig { target: LogTarget::Syslog, socket: PathBuf::from("/run/systemd/journal/dev-log") },
+            rtc: RtcConfig {
+                wakealarm: Some(PathBuf::from("/sys/class/rtc/rtc1/wakealarm"))
+            },
+            restore: RestoreConfig {
+                attempts: 5,
+                tty: PathBuf::from("/dev/ttyAMA0"),
+                timens: false
+            },
+            access: AccessConfig {
+                allow_users: vec![Id::Name("pi".into()), Id::Num(1000)]
+            },
+            log: LogConfig {
+                target: LogTarget::Syslog,
+                socket: PathBuf::from("/run/systemd/journal/dev-log")
+            },
         }
     );
-    assert_eq!(parse("[rtc]\ndevice = \"none\"\n").unwrap().rtc.wakealarm, None);
+    assert_eq!(
+        parse("[rtc]\ndevice = \"none\"\n").unwrap().rtc.wakealarm,
+        None
+    );
 }
 
 #[test]
@@ -112,7 +154,10 @@ fn unknown_keys_are_named_with_their_section() {
 
 #[test]
 fn wrong_types_are_named() {
-    assert_eq!(err("[power]\nline = \"26\"\n"), "/etc/torpor.toml: `power.line` must be an integer, found a string");
+    assert_eq!(
+        err("[power]\nline = \"26\"\n"),
+        "/etc/torpor.toml: `power.line` must be an integer, found a string"
+    );
     assert_eq!(
         err("[power]\nactive_low = 1\n"),
         "/etc/torpor.toml: `power.active_low` must be a boolean (true or false), found an integer"
@@ -121,7 +166,10 @@ fn wrong_types_are_named() {
         err("[socket]\nmode = 0o660\n"),
         "/etc/torpor.toml: `socket.mode` must be an octal string such as \"0660\", found an integer"
     );
-    assert_eq!(err("power = 3\n"), "/etc/torpor.toml: `power` must be a table ([section]), found an integer");
+    assert_eq!(
+        err("power = 3\n"),
+        "/etc/torpor.toml: `power` must be a table ([section]), found an integer"
+    );
     assert_eq!(
         err("[access]\nallow_users = \"pi\"\n"),
         "/etc/torpor.toml: `access.allow_users` must be an array of user names or uids, found a string"
@@ -130,13 +178,22 @@ fn wrong_types_are_named() {
         err("[access]\nallow_users = [1.5]\n"),
         "/etc/torpor.toml: `access.allow_users` must be a name (string) or a numeric id (integer), found a float"
     );
-    assert_eq!(err("[store]\ndevice = 3\n"), "/etc/torpor.toml: `store.device` must be a string, found an integer");
+    assert_eq!(
+        err("[store]\ndevice = 3\n"),
+        "/etc/torpor.toml: `store.device` must be a string, found an integer"
+    );
 }
 
 #[test]
 fn out_of_range_values_are_named() {
-    assert_eq!(err("[power]\nline = 64\n"), "/etc/torpor.toml: `power.line` = 64: must be between 0 and 63");
-    assert_eq!(err("[power]\nline = -1\n"), "/etc/torpor.toml: `power.line` = -1: must be between 0 and 63");
+    assert_eq!(
+        err("[power]\nline = 64\n"),
+        "/etc/torpor.toml: `power.line` = 64: must be between 0 and 63"
+    );
+    assert_eq!(
+        err("[power]\nline = -1\n"),
+        "/etc/torpor.toml: `power.line` = -1: must be between 0 and 63"
+    );
     assert_eq!(
         err("[power]\ntimeout_ms = 600001\n"),
         "/etc/torpor.toml: `power.timeout_ms` = 600001: must be between 0 and 600000"
@@ -153,14 +210,18 @@ fn out_of_range_values_are_named() {
         err("[restore]\nattempts = 256\n"),
         "/etc/torpor.toml: `restore.attempts` = 256: must be between 1 and 255"
     );
-    let not_octal = "not an octal mode: expected up to four octal digits, at most \"0777\", such as \"0660\"";
+    let not_octal =
+        "not an octal mode: expected up to four octal digits, at most \"0777\", such as \"0660\"";
     for bad in ["0698", "rw-rw----", "", "01777", "07777"] {
         assert_eq!(
             err(&format!("[socket]\nmode = \"{bad}\"\n")),
             format!("/etc/torpor.toml: `socket.mode` = {bad:?}: {not_octal}")
         );
     }
-    assert_eq!(parse("[socket]\nmode = \"666\"\n").unwrap().socket.mode, 0o666);
+    assert_eq!(
+        parse("[socket]\nmode = \"666\"\n").unwrap().socket.mode,
+        0o666
+    );
     assert_eq!(
         err("[socket]\npath = \"run/torpor.sock\"\n"),
         "/etc/torpor.toml: `socket.path` = \"run/torpor.sock\": must be an absolute path"
@@ -196,7 +257,10 @@ fn syntax_errors_name_the_file_and_line() {
 
 #[test]
 fn names_are_resolved_against_the_user_database() {
-    let c = parse("[socket]\nowner = \"root\"\ngroup = \"root\"\n[access]\nallow_users = [\"root\", 65534]\n").unwrap();
+    let c = parse(
+        "[socket]\nowner = \"root\"\ngroup = \"root\"\n[access]\nallow_users = [\"root\", 65534]\n",
+    )
+    .unwrap();
     assert_eq!(c.socket_owner().unwrap(), 0);
     assert_eq!(c.socket_group().unwrap(), 0);
     assert_eq!(c.allowed_uids().unwrap(), vec![0, 65534]);
@@ -215,6 +279,9 @@ fn names_are_resolved_against_the_user_database() {
 #[test]
 fn a_missing_file_is_an_error_unless_it_is_the_default_path() {
     let e = Config::load(Path::new("/nonexistent/torpor.toml")).unwrap_err();
-    assert_eq!(e.to_string(), "/nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)");
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)"
+    );
     assert!(Config::load_or_default(Path::new("/nonexistent/torpor.toml")).is_err());
 }

@@ -22,11 +22,15 @@ pub struct Peer {
 impl Peer {
     /// The credentials the kernel recorded when the peer connected.
     pub fn of(conn: impl AsFd) -> io::Result<Peer> {
-        let c =
-            nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials).map_err(io::Error::from)?;
-        let pid =
-            u32::try_from(c.pid()).map_err(|_| io::Error::other(format!("peer pid {} is not a process", c.pid())))?;
-        Ok(Peer { pid, uid: c.uid(), gid: c.gid() })
+        let c = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
+        let pid = u32::try_from(c.pid())
+            .map_err(|_| io::Error::other(format!("peer pid {} is not a process", c.pid())))?;
+        Ok(Peer {
+            pid,
+            uid: c.uid(),
+            gid: c.gid(),
+        })
     }
 }
 
@@ -42,7 +46,10 @@ pub struct Refusal {
 pub fn process_uids(pid: u32) -> io::Result<Option<[u32; 3]>> {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(text) => parse_status_uids(&text).map(Some).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/status has no valid Uid line"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/status has no valid Uid line"),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -88,9 +95,17 @@ pub fn authorize(
     }
     let uids = match uids_of(pid) {
         Ok(Some(uids)) => uids,
-        Ok(None) => return refuse(ErrorKind::NoSuchProcess, format!("cannot {verb} pid {pid}: no such process")),
+        Ok(None) => {
+            return refuse(
+                ErrorKind::NoSuchProcess,
+                format!("cannot {verb} pid {pid}: no such process"),
+            )
+        }
         Err(e) => {
-            return refuse(ErrorKind::Internal, format!("cannot {verb} pid {pid}: reading its owner failed: {e}"))
+            return refuse(
+                ErrorKind::Internal,
+                format!("cannot {verb} pid {pid}: reading its owner failed: {e}"),
+            )
         }
     };
     if peer.uid == 0 {

@@ -22,7 +22,11 @@ pub enum BindError {
     #[error("cannot remove the stale socket {}: {source}", path.display())]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot {step} socket {}: {source}", path.display())]
-    Socket { step: &'static str, path: PathBuf, source: io::Error },
+    Socket {
+        step: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A bound, listening socket; its file is removed when it is dropped.
@@ -35,15 +39,31 @@ pub struct Listener {
 impl Listener {
     /// Listens at `path`, owned by `uid`:`gid` with permission bits `mode`.
     pub fn bind(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<Listener, BindError> {
-        let fail = |step, source| BindError::Socket { step, path: path.to_owned(), source };
+        let fail = |step, source| BindError::Socket {
+            step,
+            path: path.to_owned(),
+            source,
+        };
         match std::fs::symlink_metadata(path) {
             Ok(md) if md.file_type().is_socket() => match packet::connect(path) {
-                Ok(_) => return Err(BindError::AlreadyServing { path: path.to_owned() }),
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-                    .map_err(|source| BindError::RemoveStale { path: path.to_owned(), source })?,
+                Ok(_) => {
+                    return Err(BindError::AlreadyServing {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    std::fs::remove_file(path).map_err(|source| BindError::RemoveStale {
+                        path: path.to_owned(),
+                        source,
+                    })?
+                }
                 Err(e) => return Err(fail("probe the existing", e)),
             },
-            Ok(_) => return Err(BindError::NotASocket { path: path.to_owned() }),
+            Ok(_) => {
+                return Err(BindError::NotASocket {
+                    path: path.to_owned(),
+                })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(fail("inspect", e)),
         }
@@ -55,13 +75,24 @@ impl Listener {
         nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| fail("configure", e.into()))?;
         // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast::<libc::sockaddr>(), len) } < 0 {
+        if unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast::<libc::sockaddr>(),
+                len,
+            )
+        } < 0
+        {
             return Err(fail("bind", io::Error::last_os_error()));
         }
         // From here on the file is ours: remove it if a later step fails.
-        let listener = Listener { fd, path: path.to_owned() };
+        let listener = Listener {
+            fd,
+            path: path.to_owned(),
+        };
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| fail("chown", e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail("chmod", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail("chmod", e))?;
         set_nonblocking(listener.fd.as_fd()).map_err(|e| fail("configure", e))?;
         // SAFETY: listen() takes no pointers.
         if unsafe { libc::listen(listener.fd.as_raw_fd(), BACKLOG) } < 0 {
@@ -83,7 +114,11 @@ impl Listener {
         ) {
             // SAFETY: accept4 returned a new fd that nothing else owns.
             Ok(fd) => Ok(Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })),
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::ECONNABORTED | nix::errno::Errno::EINTR) => Ok(None),
+            Err(
+                nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::ECONNABORTED
+                | nix::errno::Errno::EINTR,
+            ) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -92,7 +127,11 @@ impl Listener {
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(io::Error::from)?;
     Ok(())
 }
 

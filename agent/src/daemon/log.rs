@@ -51,7 +51,12 @@ pub const KMSG: &str = "/dev/kmsg";
 
 /// Formats one stderr log line (without writing it).
 pub fn line(level: Level, args: std::fmt::Arguments<'_>) -> String {
-    format!("torpor[{}]: {}: {}\n", std::process::id(), level.name(), args)
+    format!(
+        "torpor[{}]: {}: {}\n",
+        std::process::id(),
+        level.name(),
+        args
+    )
 }
 
 /// Formats one syslog message, as sent to the syslog socket or the kernel log.
@@ -79,7 +84,11 @@ pub struct Syslog {
 
 impl Syslog {
     pub fn new(socket_path: &Path, kmsg_path: &Path) -> Syslog {
-        Syslog { socket_path: socket_path.to_owned(), kmsg_path: kmsg_path.to_owned(), socket: None }
+        Syslog {
+            socket_path: socket_path.to_owned(),
+            kmsg_path: kmsg_path.to_owned(),
+            socket: None,
+        }
     }
 
     fn connect(&mut self) -> std::io::Result<&UnixDatagram> {
@@ -126,7 +135,9 @@ static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 
 /// Sends every later log line of this process to `sink`.
 pub fn set_sink(sink: Sink) {
-    *SINK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = sink;
+    *SINK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = sink;
 }
 
 fn write_stderr(text: &str) {
@@ -136,7 +147,9 @@ fn write_stderr(text: &str) {
 
 /// Writes one log line to the current sink.
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
-    let mut sink = SINK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut sink = SINK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match &mut *sink {
         Sink::Stderr => write_stderr(&line(level, args)),
         Sink::Syslog(s) => s.write(level, args),
@@ -174,9 +187,18 @@ mod tests {
     #[test]
     fn syslog_messages_carry_facility_daemon_and_the_severity() {
         let pid = std::process::id();
-        assert_eq!(syslog_message(Level::Info, format_args!("serving {}", "/run/torpor.sock")), format!("<30>torpor[{pid}]: serving /run/torpor.sock"));
-        assert_eq!(syslog_message(Level::Warning, format_args!("w")), format!("<28>torpor[{pid}]: w"));
-        assert_eq!(syslog_message(Level::Error, format_args!("e")), format!("<27>torpor[{pid}]: e"));
+        assert_eq!(
+            syslog_message(Level::Info, format_args!("serving {}", "/run/torpor.sock")),
+            format!("<30>torpor[{pid}]: serving /run/torpor.sock")
+        );
+        assert_eq!(
+            syslog_message(Level::Warning, format_args!("w")),
+            format!("<28>torpor[{pid}]: w")
+        );
+        assert_eq!(
+            syslog_message(Level::Error, format_args!("e")),
+            format!("<27>torpor[{pid}]: e")
+        );
     }
 
     #[test]
@@ -198,7 +220,11 @@ mod tests {
         let server = UnixDatagram::bind(&socket).unwrap();
         sink.write(Level::Error, format_args!("two"));
         assert_eq!(received(&server), format!("<27>torpor[{pid}]: two"));
-        assert_eq!(std::fs::read(&kmsg).unwrap(), b"", "nothing went to the kernel log");
+        assert_eq!(
+            std::fs::read(&kmsg).unwrap(),
+            b"",
+            "nothing went to the kernel log"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -213,7 +239,10 @@ mod tests {
         sink.write(Level::Warning, format_args!("no syslogd"));
         // A kmsg write appends; the stand-in file is opened without O_APPEND,
         // so each write lands at offset 0: check one at a time.
-        assert_eq!(std::fs::read_to_string(&kmsg).unwrap(), format!("<28>torpor[{pid}]: no syslogd\n"));
+        assert_eq!(
+            std::fs::read_to_string(&kmsg).unwrap(),
+            format!("<28>torpor[{pid}]: no syslogd\n")
+        );
 
         // syslogd comes up: lines go there again.
         let server = UnixDatagram::bind(&socket).unwrap();

@@ -22,8 +22,8 @@
 
 pub mod auth;
 pub mod listen;
-pub mod store_engine;
 pub(crate) mod log;
+pub mod store_engine;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -35,8 +35,8 @@ pub use nix::unistd::Pid;
 
 use crate::power::{PowerDown, PowerError};
 use crate::protocol::{
-    self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status, StoreState,
-    StoreSummary, Target, MAX_MESSAGE,
+    self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status,
+    StoreState, StoreSummary, Target, MAX_MESSAGE,
 };
 
 /// The most connections served at once; more are refused with `Busy`.
@@ -85,7 +85,12 @@ pub trait Engine {
     /// image must bring the caller's end back as a live socket at the same
     /// fd number, which then receives `Resumed`. On `Ok` the tree stays
     /// frozen, because the power is cut next; on `Err` it runs on unharmed.
-    fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, wake: Option<u32>) -> Result<Stored, EngineError>;
+    fn hibernate(
+        &mut self,
+        pid: Pid,
+        conn_fd: RawFd,
+        wake: Option<u32>,
+    ) -> Result<Stored, EngineError>;
 
     /// The power could not be cut after `hibernate` returned `generation`:
     /// invalidate that image (so the next boot does not restore a second
@@ -111,16 +116,24 @@ pub struct NoEngine;
 
 impl Engine for NoEngine {
     fn hibernate(&mut self, _: Pid, _: RawFd, _: Option<u32>) -> Result<Stored, EngineError> {
-        Err(EngineError::Unsupported("this torpor build has no checkpoint engine".into()))
+        Err(EngineError::Unsupported(
+            "this torpor build has no checkpoint engine".into(),
+        ))
     }
     fn abandon(&mut self, _: Pid, _: u64) -> Result<(), EngineError> {
         Ok(())
     }
     fn checkpoint(&mut self, _: Pid, _: RawFd) -> Result<Stored, EngineError> {
-        Err(EngineError::Unsupported("this torpor build has no checkpoint engine".into()))
+        Err(EngineError::Unsupported(
+            "this torpor build has no checkpoint engine".into(),
+        ))
     }
     fn status(&mut self) -> StoreSummary {
-        StoreSummary { state: StoreState::Unavailable, generation: 0, image_bytes: 0 }
+        StoreSummary {
+            state: StoreState::Unavailable,
+            generation: 0,
+            image_bytes: 0,
+        }
     }
 }
 
@@ -161,7 +174,10 @@ pub struct Daemon<E, P> {
 
 impl<E, P> std::fmt::Debug for Daemon<E, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("listener", &self.listener).field("clients", &self.conns.len()).finish()
+        f.debug_struct("Daemon")
+            .field("listener", &self.listener)
+            .field("clients", &self.conns.len())
+            .finish()
     }
 }
 
@@ -180,7 +196,14 @@ fn request_name(r: &Request) -> &'static str {
 
 impl<E: Engine, P: PowerDown> Daemon<E, P> {
     pub fn new(listener: Listener, settings: Settings, engine: E, power: P) -> Self {
-        Daemon { listener, conns: heapless::Vec::new(), settings, engine, power, own_pid: std::process::id() }
+        Daemon {
+            listener,
+            conns: heapless::Vec::new(),
+            settings,
+            engine,
+            power,
+            own_pid: std::process::id(),
+        }
     }
 
     pub fn engine(&self) -> &E {
@@ -256,7 +279,11 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             };
             if self.conns.is_full() {
                 let why = format!("the daemon already serves {MAX_CLIENTS} connections");
-                log::warning!("refused connection from pid {} uid {}: {why}", peer.pid, peer.uid);
+                log::warning!(
+                    "refused connection from pid {} uid {}: {why}",
+                    peer.pid,
+                    peer.uid
+                );
                 send(fd.as_fd(), &error_reply(ErrorKind::Busy, &why));
                 // A request already queued would turn the close into a reset
                 // that hides the reply: discard it first.
@@ -278,14 +305,22 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return After::Keep,
             Err(e) => {
-                log::warning!("dropped connection from pid {} uid {}: {e}", peer.pid, peer.uid);
+                log::warning!(
+                    "dropped connection from pid {} uid {}: {e}",
+                    peer.pid,
+                    peer.uid
+                );
                 return After::Close;
             }
         };
         let reply = match protocol::decode_request(&buf, n) {
             Ok(request) => self.serve(peer, raw, request),
             Err(e) => {
-                log::warning!("refused a message from pid {} uid {}: {e}", peer.pid, peer.uid);
+                log::warning!(
+                    "refused a message from pid {} uid {}: {e}",
+                    peer.pid,
+                    peer.uid
+                );
                 error_reply(e.kind(), &e.to_string())
             }
         };
@@ -297,14 +332,27 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
     }
 
     fn refuse(&self, peer: Peer, what: &str, kind: ErrorKind, why: &str) -> Reply {
-        log::warning!("refused {what} from pid {} uid {}: {kind}: {why}", peer.pid, peer.uid);
+        log::warning!(
+            "refused {what} from pid {} uid {}: {kind}: {why}",
+            peer.pid,
+            peer.uid
+        );
         error_reply(kind, why)
     }
 
     fn authorize(&self, peer: Peer, target: Target, verb: &str) -> Result<Pid, Refusal> {
-        let pid = auth::authorize(peer, target, verb, &self.settings.allowed_uids, self.own_pid, auth::process_uids)?;
-        let pid = i32::try_from(pid)
-            .map_err(|_| Refusal { kind: ErrorKind::NoSuchProcess, message: format!("pid {pid} is out of range") })?;
+        let pid = auth::authorize(
+            peer,
+            target,
+            verb,
+            &self.settings.allowed_uids,
+            self.own_pid,
+            auth::process_uids,
+        )?;
+        let pid = i32::try_from(pid).map_err(|_| Refusal {
+            kind: ErrorKind::NoSuchProcess,
+            message: format!("pid {pid} is out of range"),
+        })?;
         Ok(Pid::from_raw(pid))
     }
 
@@ -331,12 +379,18 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                             s.generation,
                             s.image_bytes
                         );
-                        Reply::Checkpointed(Checkpointed { generation: s.generation, image_bytes: s.image_bytes })
+                        Reply::Checkpointed(Checkpointed {
+                            generation: s.generation,
+                            image_bytes: s.image_bytes,
+                        })
                     }
                     Err(e) => self.refuse(peer, what, e.kind(), &format!("pid {pid}: {e}")),
                 }
             }
-            Request::Hibernate { target, wake_after_s } => {
+            Request::Hibernate {
+                target,
+                wake_after_s,
+            } => {
                 let pid = match self.authorize(peer, target, "hibernate") {
                     Ok(pid) => pid,
                     Err(r) => return self.refuse(peer, what, r.kind, &r.message),
@@ -352,17 +406,38 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
     fn restored(&mut self, peer: Peer, conn: RawFd, pid: u32, resumed: Resumed) -> Reply {
         let what = "Restored";
         if peer.uid != 0 {
-            return self.refuse(peer, what, ErrorKind::Unauthorized, "only root restores trees");
+            return self.refuse(
+                peer,
+                what,
+                ErrorKind::Unauthorized,
+                "only root restores trees",
+            );
         }
         let (uid, gid) = match auth::process_uids(pid) {
             Ok(Some(uids)) => (uids[0], process_gid(pid).unwrap_or(0)),
-            Ok(None) => return self.refuse(peer, what, ErrorKind::NoSuchProcess, &format!("pid {pid} does not exist")),
-            Err(e) => return self.refuse(peer, what, ErrorKind::NoSuchProcess, &format!("pid {pid}: {e}")),
+            Ok(None) => {
+                return self.refuse(
+                    peer,
+                    what,
+                    ErrorKind::NoSuchProcess,
+                    &format!("pid {pid} does not exist"),
+                )
+            }
+            Err(e) => {
+                return self.refuse(
+                    peer,
+                    what,
+                    ErrorKind::NoSuchProcess,
+                    &format!("pid {pid}: {e}"),
+                )
+            }
         };
         if let Some(c) = self.conns.iter_mut().find(|c| c.fd.as_raw_fd() == conn) {
             c.peer = Peer { pid, uid, gid };
         }
-        let slept = resumed.slept_for_ms.map_or_else(|| "an unknown time".to_string(), |ms| format!("{ms} ms"));
+        let slept = resumed
+            .slept_for_ms
+            .map_or_else(|| "an unknown time".to_string(), |ms| format!("{ms} ms"));
         log::info!(
             "pid {pid} (uid {uid}) restored from image generation {} after {slept} ({} clock); sending Resumed",
             resumed.generation,
@@ -374,7 +449,12 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
     fn hibernate(&mut self, peer: Peer, pid: Pid, conn: RawFd, wake: Option<u32>) -> Reply {
         let what = "Hibernate";
         if wake == Some(0) {
-            return self.refuse(peer, what, ErrorKind::Malformed, "wake_after_s must be at least 1 second");
+            return self.refuse(
+                peer,
+                what,
+                ErrorKind::Malformed,
+                "wake_after_s must be at least 1 second",
+            );
         }
         if wake.is_some() && !self.power.wake_available() {
             return self.refuse(
@@ -385,13 +465,23 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             );
         }
         if let Err(e) = self.power.prepare() {
-            return self.refuse(peer, what, ErrorKind::PowerFailed, &format!("pid {pid} not hibernated: {e}"));
+            return self.refuse(
+                peer,
+                what,
+                ErrorKind::PowerFailed,
+                &format!("pid {pid} not hibernated: {e}"),
+            );
         }
         let stored = match self.engine.hibernate(pid, conn, wake) {
             Ok(s) => s,
             Err(e) => {
                 self.power.release();
-                return self.refuse(peer, what, e.kind(), &format!("pid {pid} not hibernated: {e}"));
+                return self.refuse(
+                    peer,
+                    what,
+                    e.kind(),
+                    &format!("pid {pid} not hibernated: {e}"),
+                );
             }
         };
         log::info!(
@@ -411,7 +501,9 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             Ok(slept_for_ms) => {
                 self.power.release();
                 self.engine.power_returned(pid);
-                log::info!("power is back after {slept_for_ms} ms without a reboot; pid {pid} resumes");
+                log::info!(
+                    "power is back after {slept_for_ms} ms without a reboot; pid {pid} resumes"
+                );
                 Reply::Resumed(Resumed {
                     slept_for_ms: Some(slept_for_ms),
                     clock: Clock::Wall,
@@ -434,8 +526,14 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         self.power.release();
         let mut why = format!("pid {pid} not hibernated: {e}");
         if let Err(abandon) = self.engine.abandon(pid, stored.generation) {
-            log::error!("could not abandon image generation {}: {abandon}", stored.generation);
-            why.push_str(&format!("; abandoning image generation {} failed too: {abandon}", stored.generation));
+            log::error!(
+                "could not abandon image generation {}: {abandon}",
+                stored.generation
+            );
+            why.push_str(&format!(
+                "; abandoning image generation {} failed too: {abandon}",
+                stored.generation
+            ));
         }
         self.refuse(peer, "Hibernate", ErrorKind::PowerFailed, &why)
     }

@@ -38,8 +38,12 @@ impl StoreEngine {
     }
 
     fn open(&self) -> Result<Store, EngineError> {
-        if self.is_device() { Store::open(&self.path) } else { Store::open_or_create(&self.path) }
-            .map_err(|e| EngineError::Store(e.to_string()))
+        if self.is_device() {
+            Store::open(&self.path)
+        } else {
+            Store::open_or_create(&self.path)
+        }
+        .map_err(|e| EngineError::Store(e.to_string()))
     }
 
     /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
@@ -47,21 +51,35 @@ impl StoreEngine {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(EngineError::NoSuchProcess(pid));
         }
-        let conn = torpor_conn::peer_inode(conn_fd)
-            .map_err(|e| EngineError::Dump(format!("cannot find the caller's end of its connection: {e}")))?;
+        let conn = torpor_conn::peer_inode(conn_fd).map_err(|e| {
+            EngineError::Dump(format!(
+                "cannot find the caller's end of its connection: {e}"
+            ))
+        })?;
         let mut store = self.open()?;
-        let writer = store.writer().map_err(|e| EngineError::Store(e.to_string()))?;
+        let writer = store
+            .writer()
+            .map_err(|e| EngineError::Store(e.to_string()))?;
         let mut committed: Option<SlotInfo> = None;
-        let result = dump_frozen_with(pid.as_raw(), Some(conn), BufWriter::new(writer), &DumpOptions::default(), |bw| {
-            let step = || "store".to_string();
-            let w = bw.into_inner().map_err(|e| crate::engine::EngineError {
-                step: step(),
-                cause: crate::engine::Cause::Io(e.into_error()),
-            })?;
-            let info = w.commit().map_err(|e| crate::engine::EngineError { step: step(), cause: e.into() })?;
-            committed = Some(info);
-            Ok(())
-        });
+        let result = dump_frozen_with(
+            pid.as_raw(),
+            Some(conn),
+            BufWriter::new(writer),
+            &DumpOptions::default(),
+            |bw| {
+                let step = || "store".to_string();
+                let w = bw.into_inner().map_err(|e| crate::engine::EngineError {
+                    step: step(),
+                    cause: crate::engine::Cause::Io(e.into_error()),
+                })?;
+                let info = w.commit().map_err(|e| crate::engine::EngineError {
+                    step: step(),
+                    cause: e.into(),
+                })?;
+                committed = Some(info);
+                Ok(())
+            },
+        );
         let (_, frozen) = result.map_err(|e| {
             if e.step == "store" || e.step == "write image" {
                 EngineError::Store(e.to_string())
@@ -69,15 +87,29 @@ impl StoreEngine {
                 EngineError::Dump(e.to_string())
             }
         })?;
-        let info = committed.ok_or_else(|| EngineError::Store("the image was never committed".into()))?;
-        Ok((Stored { generation: info.generation, image_bytes: info.len }, frozen))
+        let info =
+            committed.ok_or_else(|| EngineError::Store("the image was never committed".into()))?;
+        Ok((
+            Stored {
+                generation: info.generation,
+                image_bytes: info.len,
+            },
+            frozen,
+        ))
     }
 }
 
 impl Engine for StoreEngine {
-    fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, _wake: Option<u32>) -> Result<Stored, EngineError> {
+    fn hibernate(
+        &mut self,
+        pid: Pid,
+        conn_fd: RawFd,
+        _wake: Option<u32>,
+    ) -> Result<Stored, EngineError> {
         if let Some((held, _)) = &self.frozen {
-            return Err(EngineError::Busy(format!("tree {held} is already being hibernated")));
+            return Err(EngineError::Busy(format!(
+                "tree {held} is already being hibernated"
+            )));
         }
         let (stored, frozen) = self.dump(pid, conn_fd)?;
         self.frozen = Some((pid, frozen));
@@ -90,8 +122,12 @@ impl Engine for StoreEngine {
             let slot = store::Slot::BOTH
                 .into_iter()
                 .find(|s| store.info(*s).is_some_and(|i| i.generation == generation))
-                .ok_or_else(|| EngineError::Store(format!("no slot holds image generation {generation}")))?;
-            store.mark(slot, store::State::Consumed).map_err(|e| EngineError::Store(e.to_string()))?;
+                .ok_or_else(|| {
+                    EngineError::Store(format!("no slot holds image generation {generation}"))
+                })?;
+            store
+                .mark(slot, store::State::Consumed)
+                .map_err(|e| EngineError::Store(e.to_string()))?;
             log::info!("image generation {generation} in slot {slot} marked consumed");
             Ok(())
         })();
@@ -112,22 +148,37 @@ impl Engine for StoreEngine {
     }
 
     fn status(&mut self) -> StoreSummary {
-        let unavailable = StoreSummary { state: StoreState::Unavailable, generation: 0, image_bytes: 0 };
+        let unavailable = StoreSummary {
+            state: StoreState::Unavailable,
+            generation: 0,
+            image_bytes: 0,
+        };
         let Ok(store) = Store::open(&self.path) else {
             return if self.path.exists() || self.is_device() {
                 unavailable
             } else {
-                StoreSummary { state: StoreState::Empty, generation: 0, image_bytes: 0 }
+                StoreSummary {
+                    state: StoreState::Empty,
+                    generation: 0,
+                    image_bytes: 0,
+                }
             };
         };
         match store.newest() {
             Ok(Some((info, _))) => summary(&info),
             Ok(None) => {
                 // The highest generation says why nothing is restorable.
-                let top = store::Slot::BOTH.into_iter().filter_map(|s| store.info(s)).max_by_key(|i| i.generation);
+                let top = store::Slot::BOTH
+                    .into_iter()
+                    .filter_map(|s| store.info(s))
+                    .max_by_key(|i| i.generation);
                 match top {
                     Some(i) if i.state == store::State::Consumed => summary(&i),
-                    _ => StoreSummary { state: StoreState::Empty, generation: 0, image_bytes: 0 },
+                    _ => StoreSummary {
+                        state: StoreState::Empty,
+                        generation: 0,
+                        image_bytes: 0,
+                    },
                 }
             }
             Err(_) => unavailable,
@@ -148,5 +199,9 @@ fn summary(i: &SlotInfo) -> StoreSummary {
         store::State::Restoring => StoreState::Restoring,
         store::State::Consumed => StoreState::Consumed,
     };
-    StoreSummary { state, generation: i.generation, image_bytes: i.len }
+    StoreSummary {
+        state,
+        generation: i.generation,
+        image_bytes: i.len,
+    }
 }

@@ -68,7 +68,8 @@ pub fn parse_offsets(path: &str, text: &str) -> Result<Offsets, Cause> {
     let mut o = Offsets::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut w = line.split_whitespace();
-        let (Some(name), Some(sec), Some(nsec), None) = (w.next(), w.next(), w.next(), w.next()) else {
+        let (Some(name), Some(sec), Some(nsec), None) = (w.next(), w.next(), w.next(), w.next())
+        else {
             return Err(bad(line));
         };
         let sec: i64 = sec.parse().map_err(|_| bad(line))?;
@@ -120,7 +121,10 @@ fn ns_id(who: &str, name: &str) -> Result<(u64, u64), Cause> {
 
 /// `clock_gettime(clock)` in ns.
 pub fn now_ns(clock: i32) -> Result<i128, Cause> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec.
     if unsafe { libc::clock_gettime(clock, &raw mut ts) } < 0 {
         return Err(std::io::Error::last_os_error().into());
@@ -205,7 +209,12 @@ pub fn to_tree_view(files: &mut [OpenFile], shift: Offsets) {
 /// The offsets over the host that continue `c` now: `CLOCK_MONOTONIC` where
 /// it stood at the dump, `CLOCK_BOOTTIME` where it stood plus the time the
 /// wall clock moved forward since (nothing if it moved back).
-pub fn continuing(c: &Clocks, host_monotonic_ns: i128, host_boottime_ns: i128, realtime_ns: i128) -> Offsets {
+pub fn continuing(
+    c: &Clocks,
+    host_monotonic_ns: i128,
+    host_boottime_ns: i128,
+    realtime_ns: i128,
+) -> Offsets {
     let asleep = (realtime_ns - i128::from(c.realtime_ns)).max(0);
     Offsets {
         monotonic_ns: clamp_i64(i128::from(c.monotonic_ns) - host_monotonic_ns),
@@ -265,7 +274,10 @@ fn single_threaded() -> Result<bool, Cause> {
 /// tree reads the host's clocks: `host_clocks` asked for, no clocks record
 /// (an image of format 1.0), no time namespaces in the kernel, not
 /// permitted. Other failures are errors.
-pub fn prepare(c: Option<&Clocks>, host_clocks: bool) -> Result<(Option<ChildTimeNs>, ClockMode), Cause> {
+pub fn prepare(
+    c: Option<&Clocks>,
+    host_clocks: bool,
+) -> Result<(Option<ChildTimeNs>, ClockMode), Cause> {
     let host = |why: &str| Ok((None, ClockMode::Host(why.to_string())));
     let Some(c) = c else {
         return host("the image holds no clocks record (format 1.0)");
@@ -291,7 +303,12 @@ pub fn prepare(c: Option<&Clocks>, host_clocks: bool) -> Result<(Option<ChildTim
         }
         return Err(std::io::Error::new(e.kind(), format!("unshare(CLONE_NEWTIME): {e}")).into());
     }
-    let mut ns = ChildTimeNs { own, offsets: Offsets::default(), tree_over_torpor: Offsets::default(), left: false };
+    let mut ns = ChildTimeNs {
+        own,
+        offsets: Offsets::default(),
+        tree_over_torpor: Offsets::default(),
+        left: false,
+    };
     let host_mono = now_ns(libc::CLOCK_MONOTONIC)? - i128::from(mine.monotonic_ns);
     let host_boot = now_ns(libc::CLOCK_BOOTTIME)? - i128::from(mine.boottime_ns);
     let offsets = continuing(c, host_mono, host_boot, now_ns(libc::CLOCK_REALTIME)?);
@@ -307,7 +324,10 @@ pub fn prepare(c: Option<&Clocks>, host_clocks: bool) -> Result<(Option<ChildTim
         }
         return Err(std::io::Error::new(
             e.kind(),
-            format!("writing {:?} to /proc/self/timens_offsets: {e}", text.trim_end()),
+            format!(
+                "writing {:?} to /proc/self/timens_offsets: {e}",
+                text.trim_end()
+            ),
         )
         .into());
     }
@@ -326,7 +346,11 @@ impl ChildTimeNs {
         // SAFETY: setns on a namespace fd this struct owns.
         if unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWTIME) } < 0 {
             let e = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(e.kind(), format!("returning to torpor's time namespace: {e}")).into());
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("returning to torpor's time namespace: {e}"),
+            )
+            .into());
         }
         self.left = true;
         Ok(())
@@ -346,10 +370,23 @@ mod tests {
 
     #[test]
     fn offsets_read_and_write_the_kernel_format() {
-        let o = parse_offsets("t", "monotonic           -5    250000000\nboottime            3         7\n").expect("valid");
-        assert_eq!(o, Offsets { monotonic_ns: -4_750_000_000, boottime_ns: 3_000_000_007 });
+        let o = parse_offsets(
+            "t",
+            "monotonic           -5    250000000\nboottime            3         7\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            o,
+            Offsets {
+                monotonic_ns: -4_750_000_000,
+                boottime_ns: 3_000_000_007
+            }
+        );
         assert_eq!(format_offsets(o), "monotonic -5 250000000\nboottime 3 7\n");
-        assert_eq!(parse_offsets("t", &format_offsets(o)).expect("round trip"), o);
+        assert_eq!(
+            parse_offsets("t", &format_offsets(o)).expect("round trip"),
+            o
+        );
         assert!(parse_offsets("t", "monotonic 1 1000000000\n").is_err());
         assert!(parse_offsets("t", "realtime 1 0\n").is_err());
         assert!(parse_offsets("t", "monotonic 1\n").is_err());
@@ -366,15 +403,30 @@ mod tests {
         };
         // Ten seconds asleep, host clocks after a reboot near 3 s and 4 s.
         let o = continuing(&c, 3_000_000_000, 4_000_000_000, 1_700_000_010_000_000_000);
-        assert_eq!(o, Offsets { monotonic_ns: 47_000_000_000, boottime_ns: 66_000_000_000 });
+        assert_eq!(
+            o,
+            Offsets {
+                monotonic_ns: 47_000_000_000,
+                boottime_ns: 66_000_000_000
+            }
+        );
         // The wall clock went back (an RTC-less board): no sleep counted.
         let o = continuing(&c, 3_000_000_000, 4_000_000_000, 5_000_000_000);
-        assert_eq!(o, Offsets { monotonic_ns: 47_000_000_000, boottime_ns: 56_000_000_000 });
+        assert_eq!(
+            o,
+            Offsets {
+                monotonic_ns: 47_000_000_000,
+                boottime_ns: 56_000_000_000
+            }
+        );
     }
 
     #[test]
     fn only_monotonic_and_boottime_timers_move() {
-        let o = Offsets { monotonic_ns: -7, boottime_ns: 9 };
+        let o = Offsets {
+            monotonic_ns: -7,
+            boottime_ns: 9,
+        };
         assert_eq!(o.for_clock(libc::CLOCK_MONOTONIC), Some(-7));
         assert_eq!(o.for_clock(libc::CLOCK_BOOTTIME), Some(9));
         assert_eq!(o.for_clock(CLOCK_BOOTTIME_ALARM), Some(9));

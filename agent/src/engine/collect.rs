@@ -13,12 +13,12 @@ use crate::arch::{self, nr};
 use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
-use crate::image::records::SeccompFilter;
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::engine::{Cause, EngineError, StepExt};
+use crate::image::records::SeccompFilter;
 
 const RLIMIT_NLIMITS: u32 = 16;
 
@@ -123,7 +123,11 @@ pub fn collect_process(
         });
     }
     p.shared_pending = ptrace::peek_siginfo(pid, true).step(step)?;
-    let own = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status").step(step)?).step(step)?;
+    let own = procfs::parse_status(
+        "/proc/self/status",
+        &procfs::read("/proc/self/status").step(step)?,
+    )
+    .step(step)?;
     for &tid in tids {
         let tstep = || format!("collect thread {tid}");
         let filters = seccomp_filters(pid, tid, &own).step(tstep)?;
@@ -173,14 +177,20 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
             "thread {tid} of process {pid} runs in strict seccomp mode, which torpor cannot restore"
         )));
     }
-    let inherited = if own.seccomp == 2 { own.seccomp_filters } else { 0 };
+    let inherited = if own.seccomp == 2 {
+        own.seccomp_filters
+    } else {
+        0
+    };
     if s.seccomp != 2 || s.seccomp_filters <= inherited {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     // Index 0 is the oldest filter: the inherited ones come first.
     for index in u64::from(inherited)..u64::from(s.seccomp_filters) {
-        let Some((flags, program)) = ptrace::seccomp_filter(tid, index)? else { break };
+        let Some((flags, program)) = ptrace::seccomp_filter(tid, index)? else {
+            break;
+        };
         if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0 {
             return Err(Cause::Unsupported(format!(
                 "thread {tid} of process {pid} has a seccomp filter that notifies a supervisor, which torpor cannot restore"
@@ -197,7 +207,14 @@ pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, 
     let step = || format!("collect {pid}");
     let stat_path = format!("/proc/{pid}/stat");
     let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
-    Ok(ProcessState { pid, ppid, pgid: stat.pgid, sid: stat.sid, zombie: Some(status), ..Default::default() })
+    Ok(ProcessState {
+        pid,
+        ppid,
+        pgid: stat.pgid,
+        sid: stat.sid,
+        zombie: Some(status),
+        ..Default::default()
+    })
 }
 
 fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
@@ -215,7 +232,10 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
     } else if m.name.ends_with(" (deleted)") {
         if m.shared && m.name.starts_with("/dev/zero") {
             // Shared anonymous memory shows as the deleted /dev/zero.
-            Backing::Shm { id: m.inode, offset: m.offset }
+            Backing::Shm {
+                id: m.inode,
+                offset: m.offset,
+            }
         } else {
             // A regular file unlinked while mapped: kept by content, as an
             // unlinked-file object (files::write_objects).
@@ -227,7 +247,11 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
                     m.start, m.end, m.name
                 )));
             }
-            Backing::Unlinked { inode: m.inode, offset: m.offset, may_write: m.has_flag("mw") }
+            Backing::Unlinked {
+                inode: m.inode,
+                offset: m.offset,
+                may_write: m.has_flag("mw"),
+            }
         }
     } else {
         // The mapped file as this process sees it (its root, its mounts).
@@ -489,8 +513,13 @@ impl FileTable {
             let info = procfs::parse_fdinfo(&info_path, &info_text).step(step)?;
             let cloexec = info.flags & (libc::O_CLOEXEC as u32) != 0;
             let flags = info.flags & !(libc::O_CLOEXEC as u32);
-            if let Some((_, _, key)) = self.external.iter().find(|(p, f, _)| *p == pid && *f == fd) {
-                self.files.push(OpenFile { flags, kind: FileKind::External { key: key.clone() }, sigio: None });
+            if let Some((_, _, key)) = self.external.iter().find(|(p, f, _)| *p == pid && *f == fd)
+            {
+                self.files.push(OpenFile {
+                    flags,
+                    kind: FileKind::External { key: key.clone() },
+                    sigio: None,
+                });
                 self.owner.push((pid, fd, format!("external:{key}")));
                 let file = u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX);
                 out.push(Fd { fd, file, cloexec });
@@ -509,9 +538,15 @@ impl FileTable {
                 None => {
                     let kind = self.kind_of(pid, fd, &link, flags, info.pos).step(step)?;
                     // Owner and signal matter with O_ASYNC or a lease.
-                    let leased = info_text.lines().any(|l| l.starts_with("lock:") && l.contains(" LEASE "));
+                    let leased = info_text
+                        .lines()
+                        .any(|l| l.starts_with("lock:") && l.contains(" LEASE "));
                     let sigio = if flags & crate::engine::files::O_ASYNC != 0 || leased {
-                        Some(crate::engine::files::collect_sigio(pid, fd).map_err(Cause::Refused).step(step)?)
+                        Some(
+                            crate::engine::files::collect_sigio(pid, fd)
+                                .map_err(Cause::Refused)
+                                .step(step)?,
+                        )
                     } else {
                         None
                     };
@@ -557,7 +592,11 @@ impl FileTable {
             } else {
                 e.0 = true;
             }
-            return Ok(FileKind::Pipe { pipe, write, fifo: None });
+            return Ok(FileKind::Pipe {
+                pipe,
+                write,
+                fifo: None,
+            });
         }
         // The connection to the daemon is checked first: it is a UNIX socket
         // too, but one that is reconnected rather than rebuilt.
@@ -586,7 +625,10 @@ impl FileTable {
             }
             // The contents are streamed into the image later, while the
             // tree is still frozen (files::write_objects).
-            return Ok(FileKind::UnlinkedFile { pos, inode: md.ino() });
+            return Ok(FileKind::UnlinkedFile {
+                pos,
+                inode: md.ino(),
+            });
         }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
@@ -615,7 +657,11 @@ impl FileTable {
         } else if ft.is_fifo() {
             let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
             let pipe = self.pipe_of(pid, fd, md.ino())?;
-            Ok(FileKind::Pipe { pipe, write, fifo: Some(link.to_string()) })
+            Ok(FileKind::Pipe {
+                pipe,
+                write,
+                fifo: Some(link.to_string()),
+            })
         } else {
             Err(unsupported("a block device or socket file"))
         }
@@ -653,7 +699,11 @@ impl FileTable {
             if !outside {
                 continue;
             }
-            self.pipes[*pipe as usize].outside = Some(if *r { OutsideEnd::Write } else { OutsideEnd::Read });
+            self.pipes[*pipe as usize].outside = Some(if *r {
+                OutsideEnd::Write
+            } else {
+                OutsideEnd::Read
+            });
         }
         Ok(())
     }

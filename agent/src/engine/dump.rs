@@ -110,17 +110,25 @@ pub fn dump_frozen_with<W: Write>(
     // a restore continuing from them never fires a timer early.
     // Root first: the tree's namespace is the root's.
     let mut live = vec![root];
-    live.extend(frozen.pids.iter().copied().filter(|p| *p != root && !frozen.zombies.contains_key(p)));
+    live.extend(
+        frozen
+            .pids
+            .iter()
+            .copied()
+            .filter(|p| *p != root && !frozen.zombies.contains_key(p)),
+    );
     let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
     crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
     let wstep = || "write image".to_string();
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
-    w.record(crate::image::Kind::Clocks, &clocks.record).step(wstep)?;
+    w.record(crate::image::Kind::Clocks, &clocks.record)
+        .step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
-    crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files).step(wstep)?;
+    crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)
+        .step(wstep)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();
@@ -135,7 +143,10 @@ pub fn dump_frozen_with<W: Write>(
             // A task killed from outside shows up as short reads of its
             // files: say what happened.
             if task_gone(p.pid) && e.step.starts_with("memory") {
-                EngineError { step: e.step, cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)) }
+                EngineError {
+                    step: e.step,
+                    cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)),
+                }
             } else {
                 e
             }
@@ -157,7 +168,9 @@ fn gone_or(pid: i32, e: std::io::Error) -> Cause {
 /// The task has exited (or is exiting): no longer there, a zombie, or dead.
 fn task_gone(pid: i32) -> bool {
     let path = format!("/proc/{pid}/stat");
-    match crate::engine::procfs::read(&path).and_then(|t| crate::engine::procfs::parse_stat(&path, &t)) {
+    match crate::engine::procfs::read(&path)
+        .and_then(|t| crate::engine::procfs::parse_stat(&path, &t))
+    {
         Ok(s) => s.state == 'Z' || s.state == 'X',
         Err(_) => true,
     }
@@ -174,7 +187,9 @@ fn wanted(v: &Vma, entry: u64) -> bool {
         // Shared file pages live in the file itself.
         Backing::File { .. } if v.shared => false,
         // Memfds and SysV segments are stored as objects, once.
-        Backing::Memfd { .. } | Backing::Sysv { .. } | Backing::Unlinked { .. } if v.shared => false,
+        Backing::Memfd { .. } | Backing::Sysv { .. } | Backing::Unlinked { .. } if v.shared => {
+            false
+        }
         Backing::Sysv { .. } => false,
         // Private file pages count only once written (copied on write).
         Backing::File { .. } | Backing::Memfd { .. } | Backing::Unlinked { .. } => {
@@ -226,7 +241,10 @@ fn dump_memory<W: Write>(
             let nbytes = usize::try_from(n * 8).unwrap_or(0);
             pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
             // The address space ends early only when the task died.
-            pagemap.read_exact(&mut pm[..nbytes]).map_err(|e| gone_or(pid, e)).step(step)?;
+            pagemap
+                .read_exact(&mut pm[..nbytes])
+                .map_err(|e| gone_or(pid, e))
+                .step(step)?;
             // Runs of wanted pages inside this batch.
             let mut i = 0u64;
             while i < n {
@@ -274,10 +292,11 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
     }
     // Unreadable protections (guard pages, PROT_NONE with contents): the
     // tracer's /proc/PID/mem access ignores them.
-    mem.read(RemotePtr::<u8>::new(addr), buf).map_err(|e| match e {
-        ptrace::PtraceError::Os { err, .. } => gone_or(pid, err),
-        other => Cause::Ptrace(other),
-    })?;
+    mem.read(RemotePtr::<u8>::new(addr), buf)
+        .map_err(|e| match e {
+            ptrace::PtraceError::Os { err, .. } => gone_or(pid, err),
+            other => Cause::Ptrace(other),
+        })?;
     Ok(())
 }
 

@@ -59,7 +59,9 @@ fn seize_one(tid: i32) -> Result<(), PtraceError> {
     // Where the option is refused (torpor itself under seccomp) they may,
     // and a refused syscall fails the dump cleanly.
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
-    let filtered = status.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
+    let filtered = status
+        .lines()
+        .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
     if !(filtered && ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).is_ok()) {
         ptrace::seize(tid, 0)?;
     }

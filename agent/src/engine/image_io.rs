@@ -23,9 +23,10 @@ use crate::engine::state::{
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::image::records::{
-    AltStack as RAlt, Creds as RCreds, Fd as RFd, FdKind, FileId, ITimer, ITimers, MmFields as RMm,
-    ExternalPipe, ObjectData, ObjectRef, PipeData, PipeEnd, PosixTimer as RTimer, RawPath, Regs as RRegs, Rlimit, RobustList,
-    Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread, Vma as RVma, VmaKind,
+    AltStack as RAlt, Creds as RCreds, ExternalPipe, Fd as RFd, FdKind, FileId, ITimer, ITimers,
+    MmFields as RMm, ObjectData, ObjectRef, PipeData, PipeEnd, PosixTimer as RTimer, RawPath,
+    Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread,
+    Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 
@@ -165,9 +166,15 @@ fn vma_kind(v: &Vma) -> VmaKind {
         Backing::Anon => VmaKind::Anon,
         Backing::File { .. } if v.shared => VmaKind::SharedFile,
         Backing::File { .. } => VmaKind::PrivateFile,
-        Backing::Memfd { may_write, .. } => VmaKind::Memfd { may_write: *may_write },
-        Backing::Sysv { read_only, .. } => VmaKind::SysvShm { read_only: *read_only },
-        Backing::Unlinked { may_write, .. } => VmaKind::Unlinked { may_write: *may_write },
+        Backing::Memfd { may_write, .. } => VmaKind::Memfd {
+            may_write: *may_write,
+        },
+        Backing::Sysv { read_only, .. } => VmaKind::SysvShm {
+            read_only: *read_only,
+        },
+        Backing::Unlinked { may_write, .. } => VmaKind::Unlinked {
+            may_write: *may_write,
+        },
     }
 }
 
@@ -191,7 +198,14 @@ pub fn write_pipes<W: Write>(
                 OutsideEnd::Read => PipeEnd::Read,
                 OutsideEnd::Write => PipeEnd::Write,
             };
-            w.record(Kind::ExternalPipe, &ExternalPipe { id: i as u64, inode: p.inode, outside })?;
+            w.record(
+                Kind::ExternalPipe,
+                &ExternalPipe {
+                    id: i as u64,
+                    inode: p.inode,
+                    outside,
+                },
+            )?;
         }
     }
     Ok(())
@@ -367,15 +381,28 @@ pub fn write_process<W: Write>(
             // The object's id names it; the path is for humans.
             Backing::Memfd { id, offset, .. } => (
                 *offset,
-                Some(FileId { path: v.name.as_str().into(), inode: *id, ..Default::default() }),
+                Some(FileId {
+                    path: v.name.as_str().into(),
+                    inode: *id,
+                    ..Default::default()
+                }),
             ),
             Backing::Sysv { shmid, offset, .. } => (
                 *offset,
-                Some(FileId { path: v.name.as_str().into(), inode: u64::from(shmid.unsigned_abs()), ..Default::default() }),
+                Some(FileId {
+                    path: v.name.as_str().into(),
+                    inode: u64::from(shmid.unsigned_abs()),
+                    ..Default::default()
+                }),
             ),
-            Backing::Unlinked { inode, offset, .. } => {
-                (*offset, Some(FileId { path: v.name.as_str().into(), inode: *inode, ..Default::default() }))
-            }
+            Backing::Unlinked { inode, offset, .. } => (
+                *offset,
+                Some(FileId {
+                    path: v.name.as_str().into(),
+                    inode: *inode,
+                    ..Default::default()
+                }),
+            ),
             _ => (0, None),
         };
         w.record(
@@ -428,17 +455,26 @@ pub fn write_process<W: Write>(
                 rdev: *rdev,
                 flags: of.flags,
             },
-            FileKind::External { key } => FdKind::External { key: key.clone(), flags: of.flags },
-            FileKind::UnlinkedFile { pos, inode } => {
-                FdKind::UnlinkedFile { flags: of.flags, offset: *pos, inode: *inode }
-            }
+            FileKind::External { key } => FdKind::External {
+                key: key.clone(),
+                flags: of.flags,
+            },
+            FileKind::UnlinkedFile { pos, inode } => FdKind::UnlinkedFile {
+                flags: of.flags,
+                offset: *pos,
+                inode: *inode,
+            },
             FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
                 path: path.as_str().into(),
                 flags: of.flags,
                 offset: *pos,
                 bytes: data.clone(),
             },
-            FileKind::Pipe { pipe, write, fifo: None } => FdKind::Pipe {
+            FileKind::Pipe {
+                pipe,
+                write,
+                fifo: None,
+            } => FdKind::Pipe {
                 id: u64::from(*pipe),
                 end: if *write {
                     PipeEnd::Write
@@ -447,10 +483,18 @@ pub fn write_process<W: Write>(
                 },
                 flags: of.flags,
             },
-            FileKind::Pipe { pipe, write, fifo: Some(path) } => FdKind::Fifo {
+            FileKind::Pipe {
+                pipe,
+                write,
+                fifo: Some(path),
+            } => FdKind::Fifo {
                 path: path.as_str().into(),
                 id: u64::from(*pipe),
-                end: if *write { PipeEnd::Write } else { PipeEnd::Read },
+                end: if *write {
+                    PipeEnd::Write
+                } else {
+                    PipeEnd::Read
+                },
                 flags: of.flags,
             },
             FileKind::Anon(a) => a.record(of.flags),
@@ -466,7 +510,13 @@ pub fn write_process<W: Write>(
             },
         )?;
         if let Some(sigio) = of.sigio {
-            w.record(Kind::FileSigIo, &crate::image::records::FileSigIo { ofd: u64::from(f.file), sigio })?;
+            w.record(
+                Kind::FileSigIo,
+                &crate::image::records::FileSigIo {
+                    ofd: u64::from(f.file),
+                    sigio,
+                },
+            )?;
         }
     }
     for f in &p.seccomp {
@@ -514,16 +564,32 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 let size = match d.object {
                     ObjectRef::Memfd(id) => st.memfds.iter().find(|o| o.id == id).map(|o| o.size),
                     ObjectRef::Sysv(id) => st.sysv.iter().find(|o| o.shmid == id).map(|o| o.size),
-                    ObjectRef::Unlinked(inode) => st.unlinked.iter().find(|o| o.inode == inode).map(|o| o.size),
+                    ObjectRef::Unlinked(inode) => st
+                        .unlinked
+                        .iter()
+                        .find(|o| o.inode == inode)
+                        .map(|o| o.size),
                 }
-                .ok_or_else(|| malformed(format!("contents of {:?} before its record", d.object)))?;
+                .ok_or_else(|| {
+                    malformed(format!("contents of {:?} before its record", d.object))
+                })?;
                 if end.is_none_or(|e| e > size) {
-                    return Err(malformed(format!("{} bytes at {} overflow {:?} of {size} bytes", d.bytes.len(), d.offset, d.object)));
+                    return Err(malformed(format!(
+                        "{} bytes at {} overflow {:?} of {size} bytes",
+                        d.bytes.len(),
+                        d.offset,
+                        d.object
+                    )));
                 }
             }
             Kind::FileSigIo => {
                 let r: crate::image::records::FileSigIo = rec.decode()?;
-                let i = ofds.get(&r.ofd).ok_or_else(|| malformed(format!("a file-sigio record names description {}, which no fd has", r.ofd)))?;
+                let i = ofds.get(&r.ofd).ok_or_else(|| {
+                    malformed(format!(
+                        "a file-sigio record names description {}, which no fd has",
+                        r.ofd
+                    ))
+                })?;
                 st.files[*i as usize].sigio = Some(r.sigio);
             }
             Kind::Clocks => {
@@ -614,7 +680,12 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     ..Default::default()
                 });
             }
-            Kind::MmFields | Kind::Thread | Kind::Vma | Kind::Fd | Kind::SeccompFilter | Kind::Pages => {
+            Kind::MmFields
+            | Kind::Thread
+            | Kind::Vma
+            | Kind::Fd
+            | Kind::SeccompFilter
+            | Kind::Pages => {
                 let p = cur
                     .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
                 match rec.kind() {
@@ -717,17 +788,46 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             }
                             VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
                             VmaKind::Memfd { may_write } => {
-                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("memfd mapping at {:#x} names no memfd", v.start)))?;
-                                Backing::Memfd { id: f.inode, offset: v.offset, may_write }
+                                let f = v.file.as_ref().ok_or_else(|| {
+                                    malformed(format!(
+                                        "memfd mapping at {:#x} names no memfd",
+                                        v.start
+                                    ))
+                                })?;
+                                Backing::Memfd {
+                                    id: f.inode,
+                                    offset: v.offset,
+                                    may_write,
+                                }
                             }
                             VmaKind::SysvShm { read_only } => {
-                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("SysV mapping at {:#x} names no segment", v.start)))?;
-                                let shmid = i32::try_from(f.inode).map_err(|_| malformed(format!("SysV segment id {}", f.inode)))?;
-                                Backing::Sysv { shmid, offset: v.offset, read_only }
+                                let f = v.file.as_ref().ok_or_else(|| {
+                                    malformed(format!(
+                                        "SysV mapping at {:#x} names no segment",
+                                        v.start
+                                    ))
+                                })?;
+                                let shmid = i32::try_from(f.inode).map_err(|_| {
+                                    malformed(format!("SysV segment id {}", f.inode))
+                                })?;
+                                Backing::Sysv {
+                                    shmid,
+                                    offset: v.offset,
+                                    read_only,
+                                }
                             }
                             VmaKind::Unlinked { may_write } => {
-                                let f = v.file.as_ref().ok_or_else(|| malformed(format!("mapping at {:#x} names no unlinked file", v.start)))?;
-                                Backing::Unlinked { inode: f.inode, offset: v.offset, may_write }
+                                let f = v.file.as_ref().ok_or_else(|| {
+                                    malformed(format!(
+                                        "mapping at {:#x} names no unlinked file",
+                                        v.start
+                                    ))
+                                })?;
+                                Backing::Unlinked {
+                                    inode: f.inode,
+                                    offset: v.offset,
+                                    may_write,
+                                }
                             }
                         };
                         if v.start >= v.end {
@@ -812,25 +912,46 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     data: bytes,
                                 },
                             ),
-                            FdKind::UnlinkedFile { flags, offset, inode } => {
-                                (flags, FileKind::UnlinkedFile { pos: offset, inode })
-                            }
-                            FdKind::Fifo { path, id, end, flags } => {
+                            FdKind::UnlinkedFile {
+                                flags,
+                                offset,
+                                inode,
+                            } => (flags, FileKind::UnlinkedFile { pos: offset, inode }),
+                            FdKind::Fifo {
+                                path,
+                                id,
+                                end,
+                                flags,
+                            } => {
                                 let pipe = u32::try_from(id)
                                     .map_err(|_| malformed(format!("pipe id {id}")))?;
                                 let fifo = Some(path_of(&path));
-                                (flags, FileKind::Pipe { pipe, write: end == PipeEnd::Write, fifo })
+                                (
+                                    flags,
+                                    FileKind::Pipe {
+                                        pipe,
+                                        write: end == PipeEnd::Write,
+                                        fifo,
+                                    },
+                                )
                             }
                             other => {
-                                let (flags, a) = crate::engine::files::AnonFile::from_record(&other)
-                                    .ok_or_else(|| malformed(format!("fd {} has an unknown kind", f.fd)))?;
+                                let (flags, a) =
+                                    crate::engine::files::AnonFile::from_record(&other)
+                                        .ok_or_else(|| {
+                                            malformed(format!("fd {} has an unknown kind", f.fd))
+                                        })?;
                                 (flags, FileKind::Anon(a))
                             }
                         };
                         let idx = match ofds.get(&f.ofd) {
                             Some(&i) => i,
                             None => {
-                                st.files.push(OpenFile { flags, kind, sigio: None });
+                                st.files.push(OpenFile {
+                                    flags,
+                                    kind,
+                                    sigio: None,
+                                });
                                 let i = u32::try_from(st.files.len() - 1).unwrap_or(u32::MAX);
                                 ofds.insert(f.ofd, i);
                                 i
@@ -861,10 +982,17 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
             Some((inode, end)) => (inode, Some(end)),
             None => (id, None),
         };
-        st.pipes.push(PipeState { inode, size, data, outside });
+        st.pipes.push(PipeState {
+            inode,
+            size,
+            data,
+            outside,
+        });
     }
     if let Some(id) = external.keys().next() {
-        return Err(malformed(format!("an external-pipe record names pipe {id}, which has no data record")));
+        return Err(malformed(format!(
+            "an external-pipe record names pipe {id}, which has no data record"
+        )));
     }
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
         let known = match v.backing {
@@ -874,18 +1002,26 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
             _ => true,
         };
         if !known {
-            return Err(malformed(format!("the mapping at {:#x} names an object the image does not hold", v.start)));
+            return Err(malformed(format!(
+                "the mapping at {:#x} names an object the image does not hold",
+                v.start
+            )));
         }
     }
     for f in &st.files {
         if let FileKind::Anon(crate::engine::files::AnonFile::MemfdFile(r)) = &f.kind {
             if !st.memfds.iter().any(|o| o.id == r.id) {
-                return Err(malformed(format!("an fd names memfd {}, which has no record", r.id)));
+                return Err(malformed(format!(
+                    "an fd names memfd {}, which has no record",
+                    r.id
+                )));
             }
         }
         if let FileKind::UnlinkedFile { inode, .. } = f.kind {
             if !st.unlinked.iter().any(|o| o.inode == inode) {
-                return Err(malformed(format!("an fd names unlinked file {inode}, which has no record")));
+                return Err(malformed(format!(
+                    "an fd names unlinked file {inode}, which has no record"
+                )));
             }
         }
         if let FileKind::Pipe { pipe, .. } = f.kind {
@@ -918,17 +1054,47 @@ mod tests {
     }
 
     fn memfd(w: &mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
-        w.record(Kind::MemfdObject, &MemfdObject { id: 5, name: "m".into(), size: 100, ..Default::default() })
+        w.record(
+            Kind::MemfdObject,
+            &MemfdObject {
+                id: 5,
+                name: "m".into(),
+                size: 100,
+                ..Default::default()
+            },
+        )
     }
 
-    fn data(object: ObjectRef, offset: u64, len: usize) -> impl Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
-        move |w| w.record(Kind::ObjectData, &ObjectData { object, offset, bytes: vec![1; len] })
+    fn data(
+        object: ObjectRef,
+        offset: u64,
+        len: usize,
+    ) -> impl Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
+        move |w| {
+            w.record(
+                Kind::ObjectData,
+                &ObjectData {
+                    object,
+                    offset,
+                    bytes: vec![1; len],
+                },
+            )
+        }
     }
 
     #[test]
     fn objects_are_read_and_their_contents_checked() {
         let sysv = |w: &mut ImageWriter<Vec<u8>>| {
-            w.record(Kind::SysvShm, &SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() })
+            w.record(
+                Kind::SysvShm,
+                &SysvShm {
+                    shmid: 7,
+                    key: 9,
+                    size: 4096,
+                    removed: true,
+                    ..Default::default()
+                },
+            )
         };
         let good = image(&[
             &memfd,
@@ -939,14 +1105,27 @@ mod tests {
         let st = read_state(&good[..]).expect("state");
         assert_eq!(st.memfds.len(), 1);
         assert_eq!(st.memfds[0].size, 100);
-        assert_eq!(st.sysv, vec![SysvShm { shmid: 7, key: 9, size: 4096, removed: true, ..Default::default() }]);
+        assert_eq!(
+            st.sysv,
+            vec![SysvShm {
+                shmid: 7,
+                key: 9,
+                size: 4096,
+                removed: true,
+                ..Default::default()
+            }]
+        );
 
         let past_end = image(&[&memfd, &data(ObjectRef::Memfd(5), 90, 11)]);
-        let e = read_state(&past_end[..]).expect_err("overflow refused").to_string();
+        let e = read_state(&past_end[..])
+            .expect_err("overflow refused")
+            .to_string();
         assert!(e.contains("11 bytes at 90 overflow"), "{e}");
 
         let unknown = image(&[&memfd, &data(ObjectRef::Sysv(7), 0, 1)]);
-        let e = read_state(&unknown[..]).expect_err("unknown object refused").to_string();
+        let e = read_state(&unknown[..])
+            .expect_err("unknown object refused")
+            .to_string();
         assert!(e.contains("before its record"), "{e}");
     }
 }

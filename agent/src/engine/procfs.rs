@@ -158,9 +158,15 @@ pub fn parse_status(path: &str, text: &str) -> Result<Status, ProcError> {
             "CapBnd" => s.caps[3] = hex(val)?,
             "CapAmb" => s.caps[4] = hex(val)?,
             "NoNewPrivs" => s.no_new_privs = val == "1",
-            "Seccomp" => s.seccomp = val.parse().map_err(|_| bad(path, "Seccomp is not a number"))?,
+            "Seccomp" => {
+                s.seccomp = val
+                    .parse()
+                    .map_err(|_| bad(path, "Seccomp is not a number"))?
+            }
             "Seccomp_filters" => {
-                s.seccomp_filters = val.parse().map_err(|_| bad(path, "Seccomp_filters is not a number"))?;
+                s.seccomp_filters = val
+                    .parse()
+                    .map_err(|_| bad(path, "Seccomp_filters is not a number"))?;
             }
             _ => {}
         }
@@ -434,36 +440,64 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
 /// files torpor recreates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnonInfo {
-    EventFd { count: u64, semaphore: bool },
-    SignalFd { mask: u64 },
+    EventFd {
+        count: u64,
+        semaphore: bool,
+    },
+    SignalFd {
+        mask: u64,
+    },
     /// Times as (seconds, nanoseconds); `value` is the time left.
-    TimerFd { clock: i32, value: (i64, i64), interval: (i64, i64), ticks: u64 },
+    TimerFd {
+        clock: i32,
+        value: (i64, i64),
+        interval: (i64, i64),
+        ticks: u64,
+    },
     /// Watched fds: (fd, events, data).
-    Epoll { targets: Vec<(i32, u32, u64)> },
+    Epoll {
+        targets: Vec<(i32, u32, u64)>,
+    },
 }
 
 fn pair(path: &str, v: &str) -> Result<(i64, i64), ProcError> {
     let inner = v.trim().trim_start_matches('(').trim_end_matches(')');
-    let (a, b) = inner.split_once(',').ok_or_else(|| bad(path, format!("bad time {v:?}")))?;
-    let n = |x: &str| x.trim().parse::<i64>().map_err(|_| bad(path, format!("bad time {v:?}")));
+    let (a, b) = inner
+        .split_once(',')
+        .ok_or_else(|| bad(path, format!("bad time {v:?}")))?;
+    let n = |x: &str| {
+        x.trim()
+            .parse::<i64>()
+            .map_err(|_| bad(path, format!("bad time {v:?}")))
+    };
     Ok((n(a)?, n(b)?))
 }
 
 /// Parses the fdinfo of an `anon_inode:[eventfd|signalfd|timerfd|eventpoll]`.
 pub fn parse_anon_fdinfo(path: &str, kind: &str, text: &str) -> Result<AnonInfo, ProcError> {
     let field = |name: &str| -> Option<&str> {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::trim))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(str::trim)
+        })
     };
     let need = |name: &str| field(name).ok_or_else(|| bad(path, format!("no {name} line")));
-    let hex = |v: &str| u64::from_str_radix(v.trim(), 16).map_err(|_| bad(path, format!("bad hex {v:?}")));
+    let hex = |v: &str| {
+        u64::from_str_radix(v.trim(), 16).map_err(|_| bad(path, format!("bad hex {v:?}")))
+    };
     match kind {
         "eventfd" => Ok(AnonInfo::EventFd {
             count: hex(need("eventfd-count")?)?,
             semaphore: field("eventfd-semaphore") == Some("1"),
         }),
-        "signalfd" => Ok(AnonInfo::SignalFd { mask: hex(need("sigmask")?)? }),
+        "signalfd" => Ok(AnonInfo::SignalFd {
+            mask: hex(need("sigmask")?)?,
+        }),
         "timerfd" => Ok(AnonInfo::TimerFd {
-            clock: need("clockid")?.parse().map_err(|_| bad(path, "bad clockid"))?,
+            clock: need("clockid")?
+                .parse()
+                .map_err(|_| bad(path, "bad clockid"))?,
             value: pair(path, need("it_value")?)?,
             interval: pair(path, need("it_interval")?)?,
             ticks: need("ticks")?.parse().map_err(|_| bad(path, "bad ticks"))?,
@@ -473,11 +507,19 @@ pub fn parse_anon_fdinfo(path: &str, kind: &str, text: &str) -> Result<AnonInfo,
             for l in text.lines().filter(|l| l.starts_with("tfd:")) {
                 // tfd: %8d events: %8x data: %16llx  pos:... ino:... sdev:...
                 let f: Vec<&str> = l.split_whitespace().collect();
-                let at = |k: &str| f.iter().position(|x| *x == k).and_then(|i| f.get(i + 1)).copied();
-                let tfd = at("tfd:").and_then(|v| v.parse().ok()).ok_or_else(|| bad(path, format!("bad {l:?}")))?;
+                let at = |k: &str| {
+                    f.iter()
+                        .position(|x| *x == k)
+                        .and_then(|i| f.get(i + 1))
+                        .copied()
+                };
+                let tfd = at("tfd:")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| bad(path, format!("bad {l:?}")))?;
                 let ev = at("events:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
                 let data = at("data:").ok_or_else(|| bad(path, format!("bad {l:?}")))?;
-                let events = u32::from_str_radix(ev, 16).map_err(|_| bad(path, format!("bad events in {l:?}")))?;
+                let events = u32::from_str_radix(ev, 16)
+                    .map_err(|_| bad(path, format!("bad events in {l:?}")))?;
                 targets.push((tfd, events, hex(data)?));
             }
             Ok(AnonInfo::Epoll { targets })
@@ -589,7 +631,10 @@ mod tests {
         assert_eq!(s.sig_pending, 0x100);
         assert_eq!(s.shd_pending, 0x4000);
         assert_eq!(s.sig_blocked, 0x10002);
-        assert_eq!(s.caps, [0, 0x1ff_feff_ffff, 0x1ff_feff_dfff, 0x1ff_feff_ffff, 0]);
+        assert_eq!(
+            s.caps,
+            [0, 0x1ff_feff_ffff, 0x1ff_feff_dfff, 0x1ff_feff_ffff, 0]
+        );
         assert!(s.no_new_privs);
         assert!(parse_status("status", "Name: x\n").is_err());
     }
@@ -636,7 +681,10 @@ VmFlags: rd wr sh mr mw me ms gd
         assert_eq!(read_smaps(path).expect("valid"), m);
         std::fs::write(&file, "Anonymous: 4 kB\n").expect("write sample");
         let err = read_smaps(path).expect_err("field before mapping");
-        assert!(err.to_string().contains("smaps field before any mapping"), "{err}");
+        assert!(
+            err.to_string().contains("smaps field before any mapping"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).expect("clean up");
         assert!(matches!(read_smaps(path), Err(ProcError::Io { .. })));
     }
@@ -672,21 +720,42 @@ VmFlags: rd wr sh mr mw me ms gd
     #[test]
     fn anon_inode_fdinfo() {
         let ev = "pos:\t0\nflags:\t04002\nmnt_id:\t17\nino:\t1038\neventfd-count:                5\neventfd-id: 6\neventfd-semaphore: 1\n";
-        assert_eq!(parse_anon_fdinfo("f", "eventfd", ev).expect("ev"), AnonInfo::EventFd { count: 5, semaphore: true });
+        assert_eq!(
+            parse_anon_fdinfo("f", "eventfd", ev).expect("ev"),
+            AnonInfo::EventFd {
+                count: 5,
+                semaphore: true
+            }
+        );
         let sf = "pos:\t0\nflags:\t02\nsigmask:\t0000000000000200\n";
-        assert_eq!(parse_anon_fdinfo("f", "signalfd", sf).expect("sf"), AnonInfo::SignalFd { mask: 0x200 });
+        assert_eq!(
+            parse_anon_fdinfo("f", "signalfd", sf).expect("sf"),
+            AnonInfo::SignalFd { mask: 0x200 }
+        );
         let tf = "clockid: 1\nticks: 0\nsettime flags: 00\nit_value: (99, 980730296)\nit_interval: (1, 0)\n";
         assert_eq!(
             parse_anon_fdinfo("f", "timerfd", tf).expect("tf"),
-            AnonInfo::TimerFd { clock: 1, value: (99, 980_730_296), interval: (1, 0), ticks: 0 }
+            AnonInfo::TimerFd {
+                clock: 1,
+                value: (99, 980_730_296),
+                interval: (1, 0),
+                ticks: 0
+            }
         );
         let ep = "pos:\t0\nflags:\t02\ntfd:        5 events:       19 data:                7  pos:0 ino:40e sdev:f\ntfd:       12 events:        1 data:     7f0000001234  pos:0 ino:1 sdev:f\n";
         assert_eq!(
             parse_anon_fdinfo("f", "eventpoll", ep).expect("ep"),
-            AnonInfo::Epoll { targets: vec![(5, 0x19, 7), (12, 1, 0x7f00_0000_1234)] }
+            AnonInfo::Epoll {
+                targets: vec![(5, 0x19, 7), (12, 1, 0x7f00_0000_1234)]
+            }
         );
         assert!(parse_anon_fdinfo("f", "eventfd", "pos: 0\n").is_err());
-        assert!(parse_anon_fdinfo("f", "timerfd", "clockid: 1\nit_value: 99\nit_interval: (1, 0)\n").is_err());
+        assert!(parse_anon_fdinfo(
+            "f",
+            "timerfd",
+            "clockid: 1\nit_value: 99\nit_interval: (1, 0)\n"
+        )
+        .is_err());
         assert!(parse_anon_fdinfo("f", "inotify", "").is_err());
     }
 

@@ -120,12 +120,24 @@ pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, Pt
     }
     // struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
     let mut program = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
-    if ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, program.as_mut_ptr() as usize) != n {
+    if ptrace_raw(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        idx,
+        program.as_mut_ptr() as usize,
+    ) != n
+    {
         return Err(os("PTRACE_SECCOMP_GET_FILTER", tid));
     }
     // struct seccomp_metadata { u64 filter_off; u64 flags; }
     let mut meta = [index, 0u64];
-    if ptrace_raw(PTRACE_SECCOMP_GET_METADATA, tid, 16, meta.as_mut_ptr() as usize) < 0 {
+    if ptrace_raw(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        16,
+        meta.as_mut_ptr() as usize,
+    ) < 0
+    {
         return Err(os("PTRACE_SECCOMP_GET_METADATA", tid));
     }
     Ok(Some((meta[1], program)))

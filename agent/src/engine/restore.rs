@@ -116,10 +116,19 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     for p in &st.processes {
         if p.zombie.is_some() {
             if p.ppid == 0 {
-                return Err(refused(step, format!("the root {} of the image is a zombie", p.pid)));
+                return Err(refused(
+                    step,
+                    format!("the root {} of the image is a zombie", p.pid),
+                ));
             }
             if Path::new(&format!("/proc/{}", p.pid)).exists() {
-                return Err(refused(step, format!("pid {} (a zombie in the image) is in use by another task", p.pid)));
+                return Err(refused(
+                    step,
+                    format!(
+                        "pid {} (a zombie in the image) is in use by another task",
+                        p.pid
+                    ),
+                ));
             }
             continue;
         }
@@ -202,13 +211,19 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
         }
     }
     for o in &st.unlinked {
-        unlinked_dir_exists(&String::from_utf8_lossy(o.path.as_bytes())).map_err(|why| refused(step, why))?;
+        unlinked_dir_exists(&String::from_utf8_lossy(o.path.as_bytes()))
+            .map_err(|why| refused(step, why))?;
     }
     for f in &st.files {
         match &f.kind {
             FileKind::External { key } => {
                 if !opts.inherit.iter().any(|(k, _)| k == key) {
-                    return Err(refused(step, format!("external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD")));
+                    return Err(refused(
+                        step,
+                        format!(
+                            "external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD"
+                        ),
+                    ));
                 }
             }
             FileKind::Path { path, .. } => {
@@ -226,7 +241,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     return Err(refused(step, format!("device {path} is gone{hint}")));
                 }
             }
-            FileKind::Unlinked { path, .. } => unlinked_dir_exists(path).map_err(|why| refused(step, why))?,
+            FileKind::Unlinked { path, .. } => {
+                unlinked_dir_exists(path).map_err(|why| refused(step, why))?
+            }
             // Checked with the image's unlinked-file objects above.
             FileKind::UnlinkedFile { .. } => {}
             FileKind::Pipe { pipe, fifo, .. } => {
@@ -235,7 +252,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 }
                 if let Some(path) = fifo {
                     use std::os::unix::fs::FileTypeExt;
-                    let is_fifo = std::fs::metadata(path).map(|m| m.file_type().is_fifo()).unwrap_or(false);
+                    let is_fifo = std::fs::metadata(path)
+                        .map(|m| m.file_type().is_fifo())
+                        .unwrap_or(false);
                     if !is_fifo {
                         return Err(refused(step, format!("FIFO {path} is gone")));
                     }
@@ -307,7 +326,11 @@ fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
 
 /// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
 /// gets a time namespace.
-fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) -> Result<Objects, EngineError> {
+fn open_objects(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    shift: Option<Offsets>,
+) -> Result<Objects, EngineError> {
     let step = || "open files".to_string();
     let max_target = st
         .processes
@@ -360,8 +383,11 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
                 let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
                 if fd < 0 {
                     let e = last_os();
-                    return Err(std::io::Error::new(e.kind(), format!("taking --inherit-fd {key}={given}: {e}")))
-                        .step(step);
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("taking --inherit-fd {key}={given}: {e}"),
+                    ))
+                    .step(step);
                 }
                 let fd = move_high(fd, high).step(step)?;
                 pipe_ends.insert(id, (fd, fd, false, false));
@@ -377,7 +403,11 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
             eprintln!("torpor: {key}: {what} (give --inherit-fd {key}=FD to connect it)");
         }
         let fifo = st.files.iter().find_map(|f| match &f.kind {
-            FileKind::Pipe { pipe, fifo: Some(path), .. } if *pipe == id => Some(path.clone()),
+            FileKind::Pipe {
+                pipe,
+                fifo: Some(path),
+                ..
+            } if *pipe == id => Some(path.clone()),
             _ => None,
         });
         let mut p = [0i32; 2];
@@ -390,7 +420,12 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
             // reader exists: one outside the tree, which may have read the
             // bytes saved at the dump.
             // SAFETY: open with a valid C string; the result is checked.
-            let probe = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            let probe = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
             if probe >= 0 {
                 live_fifo = true;
                 // SAFETY: closing the probe just opened.
@@ -399,10 +434,19 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
             // A named FIFO: opened read-write, it is reader and writer for
             // the reopenings below, which therefore never block.
             // SAFETY: open with a valid C string; the result is checked.
-            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                )
+            };
             if fd < 0 {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("opening FIFO {path}: {e}"))).step(step);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("opening FIFO {path}: {e}"),
+                ))
+                .step(step);
             }
             let mut queued: libc::c_int = 0;
             // SAFETY: FIONREAD writes one int.
@@ -423,17 +467,15 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
         }
         // Bytes written by the tree for a reader outside went with that
         // reader; bytes from a writer outside are the tree's to read.
-        let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) || live_fifo { &[] } else { &pipe.data };
+        let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) || live_fifo {
+            &[]
+        } else {
+            &pipe.data
+        };
         let mut off = 0;
         while off < data.len() {
             // SAFETY: writing from our buffer into our pipe, which has room.
-            let n = unsafe {
-                libc::write(
-                    p[1],
-                    data[off..].as_ptr().cast(),
-                    data.len() - off,
-                )
-            };
+            let n = unsafe { libc::write(p[1], data[off..].as_ptr().cast(), data.len() - off) };
             if n <= 0 {
                 return Err(last_os()).step(step);
             }
@@ -451,7 +493,8 @@ fn open_objects(st: &ImageState, opts: &RestoreOptions, shift: Option<Offsets>) 
     }
     let mut pending = crate::engine::files::Pending::default();
     for f in &st.files {
-        let fd = open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs, shift).step(step)?;
+        let fd =
+            open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs, shift).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -476,8 +519,9 @@ fn open_object(
     shift: Option<Offsets>,
 ) -> Result<i32, Cause> {
     // O_ASYNC is set later by the task itself (files::arm_sigio).
-    let open_flags =
-        (f.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC)) | libc::O_CLOEXEC;
+    let open_flags = (f.flags.bits()
+        & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC))
+        | libc::O_CLOEXEC;
     let open = |path: &str, flags: i32| -> Result<i32, Cause> {
         let c = cstr(path)?;
         // SAFETY: open with a valid C string.
@@ -490,16 +534,19 @@ fn open_object(
     };
     match &f.kind {
         FileKind::External { key } => {
-            let &(_, given) = opts
-                .inherit
-                .iter()
-                .find(|(k, _)| k == key)
-                .ok_or_else(|| Cause::Refused(format!("no descriptor for external fd {key:?}")))?;
+            let &(_, given) =
+                opts.inherit.iter().find(|(k, _)| k == key).ok_or_else(|| {
+                    Cause::Refused(format!("no descriptor for external fd {key:?}"))
+                })?;
             // SAFETY: duplicating a descriptor the caller handed over.
             let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
             if fd < 0 {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("creating external fd {key:?}: {e}")).into());
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("creating external fd {key:?}: {e}"),
+                )
+                .into());
             }
             Ok(fd)
         }
@@ -571,13 +618,17 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Anon(a) => {
-            crate::engine::files::open(a, f.flags & !crate::engine::files::O_ASYNC, pending, segs, shift)
-        }
+        FileKind::Anon(a) => crate::engine::files::open(
+            a,
+            f.flags & !crate::engine::files::O_ASYNC,
+            pending,
+            segs,
+            shift,
+        ),
         FileKind::TorporConn => {
-            let conn = opts
-                .torpor_conn
-                .ok_or_else(|| Cause::Refused("no connection to torpor daemon to give the tree".into()))?;
+            let conn = opts.torpor_conn.ok_or_else(|| {
+                Cause::Refused("no connection to torpor daemon to give the tree".into())
+            })?;
             crate::engine::torpor_conn::dup_for_tree(conn, f.flags).map_err(Cause::from)
         }
     }
@@ -605,7 +656,10 @@ fn unlinked_dir_exists(path: &str) -> Result<(), String> {
     if dir.is_dir() {
         Ok(())
     } else {
-        Err(format!("directory {} of unlinked file {path} is gone", dir.display()))
+        Err(format!(
+            "directory {} of unlinked file {path} is gone",
+            dir.display()
+        ))
     }
 }
 
@@ -739,7 +793,10 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
 fn exit_as(status: i32) -> ! {
     let sig = status & 0x7f;
     if sig != 0 {
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: plain syscalls on integers and on local structs; the
         // signal's default action ends the process.
         unsafe {
@@ -851,7 +908,11 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     for f in fds {
         let of = &st.files[f.file as usize];
         let Some(s) = &of.sigio else { continue };
-        let first = st.processes.iter().find(|q| q.fds.iter().any(|g| g.file == f.file)).map(|q| q.pid);
+        let first = st
+            .processes
+            .iter()
+            .find(|q| q.fds.iter().any(|g| g.file == f.file))
+            .map(|q| q.pid);
         if first == Some(p.pid) && armed.insert(f.file) {
             crate::engine::files::arm_sigio(f.fd, of.flags, s)?;
         }
@@ -865,7 +926,11 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         if let Some(f) = holder {
             // SAFETY: ioctl on an fd of this task, integer argument.
             if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
-                return Err(format!("taking fd {} as controlling terminal: {}", f.fd, last_os()));
+                return Err(format!(
+                    "taking fd {} as controlling terminal: {}",
+                    f.fd,
+                    last_os()
+                ));
             }
         }
     }
@@ -1298,7 +1363,13 @@ fn staging(busy: &mut [(u64, u64)], moves: &[(u64, u64, u64)]) -> Option<Vec<u64
     Some(slots)
 }
 
-fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, segs: &crate::engine::files::Segments) -> Result<(), Cause> {
+fn map_vma(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    v: &Vma,
+    segs: &crate::engine::files::Segments,
+) -> Result<(), Cause> {
     let len = v.end - v.start;
     let fixed = libc::MAP_FIXED_NOREPLACE;
     match &v.backing {
@@ -1327,12 +1398,32 @@ fn map_vma(r: &mut Remote<'_>, mem: &Mem, tramp: u64, v: &Vma, segs: &crate::eng
         // A shared memfd mapping that could not become writable (of a
         // write-sealed memfd, say) is made from a read-only fd, which keeps
         // it so and lets the seal be added after.
-        Backing::Memfd { id, offset, may_write } => {
-            map_from(r, mem, tramp, v, &segs.memfd_path(*id)?, *offset, v.shared && *may_write)
-        }
-        Backing::Unlinked { inode, offset, may_write } => {
-            map_from(r, mem, tramp, v, &segs.unlinked_path(*inode)?, *offset, v.shared && *may_write)
-        }
+        Backing::Memfd {
+            id,
+            offset,
+            may_write,
+        } => map_from(
+            r,
+            mem,
+            tramp,
+            v,
+            &segs.memfd_path(*id)?,
+            *offset,
+            v.shared && *may_write,
+        ),
+        Backing::Unlinked {
+            inode,
+            offset,
+            may_write,
+        } => map_from(
+            r,
+            mem,
+            tramp,
+            v,
+            &segs.unlinked_path(*inode)?,
+            *offset,
+            v.shared && *may_write,
+        ),
     }
 }
 
@@ -1347,13 +1438,33 @@ fn map_from(
     offset: u64,
     writable_shared: bool,
 ) -> Result<(), Cause> {
-    let fd = remote_open(r, mem, tramp, path, if writable_shared { libc::O_RDWR } else { libc::O_RDONLY })?;
-    let flags = libc::MAP_FIXED_NOREPLACE | if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+    let fd = remote_open(
+        r,
+        mem,
+        tramp,
+        path,
+        if writable_shared {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        },
+    )?;
+    let flags = libc::MAP_FIXED_NOREPLACE
+        | if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
     let fd_i = i32::try_from(fd).unwrap_or(-1);
     let (n, a) = arch::mmap_args(v.start, v.end - v.start, v.prot, flags, fd_i, offset);
     let res = r.syscall("mmap (file)", n, a);
     r.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    res.map_err(|e| Cause::Refused(format!("mapping {} ({path}) at {:#x}: {e}", v.name, v.start)))?;
+    res.map_err(|e| {
+        Cause::Refused(format!(
+            "mapping {} ({path}) at {:#x}: {e}",
+            v.name, v.start
+        ))
+    })?;
     Ok(())
 }
 
@@ -1534,7 +1645,12 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
 /// (`SECCOMP_FILTER_FLAG_TSYNC`). They apply to the task's own syscalls
 /// once torpor detaches: until then `PTRACE_O_SUSPEND_SECCOMP` keeps them
 /// from the syscalls torpor still injects.
-fn install_seccomp(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) -> Result<(), Cause> {
+fn install_seccomp(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    p: &ProcessState,
+) -> Result<(), Cause> {
     const SECCOMP_SET_MODE_FILTER: u64 = 1;
     const SECCOMP_FILTER_FLAG_TSYNC: u64 = 1;
     if p.seccomp.is_empty() {
@@ -1543,14 +1659,25 @@ fn install_seccomp(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) 
     for t in &p.threads {
         let options = ptrace::PTRACE_O_TRACECLONE | ptrace::PTRACE_O_SUSPEND_SECCOMP;
         ptrace::set_options(t.tid, options).map_err(|e| {
-            Cause::Refused(format!("restoring the seccomp filters of process {} needs PTRACE_O_SUSPEND_SECCOMP: {e}", p.pid))
+            Cause::Refused(format!(
+                "restoring the seccomp filters of process {} needs PTRACE_O_SUSPEND_SECCOMP: {e}",
+                p.pid
+            ))
         })?;
     }
     let word = core::mem::size_of::<usize>();
     for (i, f) in p.seccomp.iter().enumerate() {
         let len = f.program.len() as u64;
-        let insns = u16::try_from(len / 8).map_err(|_| Cause::Refused(format!("seccomp filter {i}: {len} bytes")))?;
-        let (n, a) = arch::mmap_args(0, len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+        let insns = u16::try_from(len / 8)
+            .map_err(|_| Cause::Refused(format!("seccomp filter {i}: {len} bytes")))?;
+        let (n, a) = arch::mmap_args(
+            0,
+            len.max(1),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         let at = r.syscall("mmap (seccomp filter)", n, a)?;
         mem.write(RemotePtr::<u8>::new(at), &f.program)?;
         // struct sock_fprog: u16 len, then a native pointer.
@@ -1561,12 +1688,25 @@ fn install_seccomp(r: &mut Remote<'_>, mem: &Mem, tramp: u64, p: &ProcessState) 
         let res = r.syscall(
             "seccomp(SECCOMP_SET_MODE_FILTER)",
             nr::SECCOMP,
-            [SECCOMP_SET_MODE_FILTER, f.flags | SECCOMP_FILTER_FLAG_TSYNC, fprog_at, 0, 0, 0],
+            [
+                SECCOMP_SET_MODE_FILTER,
+                f.flags | SECCOMP_FILTER_FLAG_TSYNC,
+                fprog_at,
+                0,
+                0,
+                0,
+            ],
         );
-        r.syscall("munmap (seccomp filter)", nr::MUNMAP, [at, len.max(1), 0, 0, 0, 0])?;
+        r.syscall(
+            "munmap (seccomp filter)",
+            nr::MUNMAP,
+            [at, len.max(1), 0, 0, 0, 0],
+        )?;
         if let Ok(tid) = &res {
             if *tid != 0 {
-                return Err(Cause::Refused(format!("seccomp filter {i}: thread {tid} could not take it")));
+                return Err(Cause::Refused(format!(
+                    "seccomp filter {i}: thread {tid} could not take it"
+                )));
             }
         }
         res?;
@@ -1670,12 +1810,28 @@ const PR_CAP_AMBIENT_RAISE: u64 = 2;
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// `capset` of this thread, through the trampoline's data area.
-fn capset(r: &mut Remote<'_>, mem: &Mem, tramp: u64, inh: u64, prm: u64, eff: u64) -> Result<(), Cause> {
+fn capset(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    inh: u64,
+    prm: u64,
+    eff: u64,
+) -> Result<(), Cause> {
     // Header {version, pid 0}, then two {effective, permitted, inheritable}
     // blocks: low and high 32 bits.
     let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
     let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
-    let words: [u32; 8] = [CAPABILITY_VERSION_3, 0, lo(eff), lo(prm), lo(inh), hi(eff), hi(prm), hi(inh)];
+    let words: [u32; 8] = [
+        CAPABILITY_VERSION_3,
+        0,
+        lo(eff),
+        lo(prm),
+        lo(inh),
+        hi(eff),
+        hi(prm),
+        hi(inh),
+    ];
     let at = write_data(mem, tramp, 0, &words)?;
     r.syscall("capset", nr::CAPSET, [at, at + 8, 0, 0, 0, 0])?;
     Ok(())
@@ -1685,15 +1841,27 @@ fn capset(r: &mut Remote<'_>, mem: &Mem, tramp: u64, inh: u64, prm: u64, eff: u6
 /// root-owned state every restored task starts with: the bounding set is
 /// narrowed while still privileged, permitted capabilities are kept across
 /// the uid change, then the exact sets, ambient ones and no_new_privs.
-fn restore_creds(r: &mut Remote<'_>, mem: &Mem, tramp: u64, c: &crate::engine::state::Creds) -> Result<(), Cause> {
+fn restore_creds(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    c: &crate::engine::state::Creds,
+) -> Result<(), Cause> {
     let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
-    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?.trim().parse().unwrap_or(40);
+    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .unwrap_or(40);
     let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
     let caps_change = c.caps != me.caps;
     if caps_change {
         for cap in 0..=last_cap.min(63) {
             if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
-                r.syscall("prctl(PR_CAPBSET_DROP)", nr::PRCTL, [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0])?;
+                r.syscall(
+                    "prctl(PR_CAPBSET_DROP)",
+                    nr::PRCTL,
+                    [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0],
+                )?;
             }
         }
         // Inheritable first, while every permitted capability is there.
@@ -1701,17 +1869,29 @@ fn restore_creds(r: &mut Remote<'_>, mem: &Mem, tramp: u64, c: &crate::engine::s
     }
     if ids_change {
         if caps_change {
-            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0])?;
+            r.syscall(
+                "prctl(PR_SET_KEEPCAPS)",
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0],
+            )?;
         }
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let at = write_bytes(mem, tramp, 0, &groups)?;
-        r.syscall("setgroups", nr::SETGROUPS, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+        r.syscall(
+            "setgroups",
+            nr::SETGROUPS,
+            [c.groups.len() as u64, at, 0, 0, 0, 0],
+        )?;
         let [g0, g1, g2, _] = c.gids.map(u64::from);
         r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
         let [u0, u1, u2, _] = c.uids.map(u64::from);
         r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
         if caps_change {
-            r.syscall("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0])?;
+            r.syscall(
+                "prctl(PR_SET_KEEPCAPS)",
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
+            )?;
         }
     }
     if caps_change {
@@ -1721,13 +1901,24 @@ fn restore_creds(r: &mut Remote<'_>, mem: &Mem, tramp: u64, c: &crate::engine::s
                 r.syscall(
                     "prctl(PR_CAP_AMBIENT_RAISE)",
                     nr::PRCTL,
-                    [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, u64::from(cap), 0, 0, 0],
+                    [
+                        PR_CAP_AMBIENT,
+                        PR_CAP_AMBIENT_RAISE,
+                        u64::from(cap),
+                        0,
+                        0,
+                        0,
+                    ],
                 )?;
             }
         }
     }
     if c.no_new_privs && !me.no_new_privs {
-        r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0])?;
+        r.syscall(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            nr::PRCTL,
+            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }
@@ -1847,7 +2038,9 @@ fn rebuild_all<R: Read>(
                     stats.processes += 1;
                     continue;
                 }
-                cur = Some(map_process(p, high_fd, shm, segs).step(|| format!("map memory {}", p.pid))?);
+                cur = Some(
+                    map_process(p, high_fd, shm, segs).step(|| format!("map memory {}", p.pid))?,
+                );
             }
             Kind::Pages => {
                 let rb = cur
@@ -1868,7 +2061,8 @@ fn rebuild_all<R: Read>(
             }
             Kind::ObjectData => {
                 let d = rec.decode().step(rstep)?;
-                segs.fill(&d).step(|| "fill memfds and SysV segments".to_string())?;
+                segs.fill(&d)
+                    .step(|| "fill memfds and SysV segments".to_string())?;
             }
             _ => {}
         }
@@ -1922,19 +2116,27 @@ pub fn restore<R: Read>(
     }
     let mut stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
     // Seals and removals once every task has its mappings.
-    objs.segs.finish().step(|| "seal memfds and remove SysV segments".to_string())?;
+    objs.segs
+        .finish()
+        .step(|| "seal memfds and remove SysV segments".to_string())?;
     stats.clocks = Some(clocks);
     // Owners of signal-driven I/O may be any process or thread of the tree:
     // set now that all exist.
     for (i, f) in st.files.iter().enumerate() {
         if let (Some(s), Some(&fd)) = (&f.sigio, objs.fds.get(i)) {
-            crate::engine::files::set_sigio_owner(fd, s).map_err(Cause::Refused).step(|| "signal-driven I/O".to_string())?;
+            crate::engine::files::set_sigio_owner(fd, s)
+                .map_err(Cause::Refused)
+                .step(|| "signal-driven I/O".to_string())?;
         }
     }
     drop(objs);
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.
-    for p in st.processes.iter().filter(|p| p.stopped && p.zombie.is_none()) {
+    for p in st
+        .processes
+        .iter()
+        .filter(|p| p.stopped && p.zombie.is_none())
+    {
         // SAFETY: kill takes integers; the task is ours and traced.
         if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
             return Err(last_os()).step(|| format!("stopping process {} again", p.pid));

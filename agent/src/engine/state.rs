@@ -165,14 +165,26 @@ pub enum Backing {
     Special(String),
     /// A memfd (`crate::image::records::MemfdObject`, by inode) mapped at
     /// `offset`, shared or private; `may_write`: VmFlags `mw`.
-    Memfd { id: u64, offset: u64, may_write: bool },
+    Memfd {
+        id: u64,
+        offset: u64,
+        may_write: bool,
+    },
     /// A SysV shared memory segment attached at `start - offset`;
     /// `read_only`: attached with `SHM_RDONLY`.
-    Sysv { shmid: i32, offset: u64, read_only: bool },
+    Sysv {
+        shmid: i32,
+        offset: u64,
+        read_only: bool,
+    },
     /// A regular file unlinked while mapped (the image's unlinked-file
     /// object `inode`) at `offset`, shared or private; `may_write`: VmFlags
     /// `mw`.
-    Unlinked { inode: u64, offset: u64, may_write: bool },
+    Unlinked {
+        inode: u64,
+        offset: u64,
+        may_write: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,7 +257,11 @@ pub enum FileKind {
     UnlinkedFile { pos: u64, inode: u64 },
     /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
     /// path of a named FIFO (whose other end may be opened by anyone).
-    Pipe { pipe: u32, write: bool, fifo: Option<String> },
+    Pipe {
+        pipe: u32,
+        write: bool,
+        fifo: Option<String>,
+    },
     /// eventfd, timerfd, signalfd, epoll, inotify, memfd, sockets
     /// (`engine::files`).
     Anon(AnonFile),

@@ -53,7 +53,10 @@ pub fn inode(fd: RawFd) -> Result<u64, PeerError> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into `st`, which lives across the call.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(PeerError::Stat { fd, source: io::Error::last_os_error() });
+        return Err(PeerError::Stat {
+            fd,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(st.st_ino as u64)
 }
@@ -61,9 +64,16 @@ pub fn inode(fd: RawFd) -> Result<u64, PeerError> {
 /// Inode of the other end of the connected UNIX socket `fd`.
 pub fn peer_inode(fd: RawFd) -> Result<u64, PeerError> {
     let ino = inode(fd)?;
-    let ino32 = u32::try_from(ino).map_err(|_| PeerError::Malformed("socket inode beyond 32 bits"))?;
+    let ino32 =
+        u32::try_from(ino).map_err(|_| PeerError::Malformed("socket inode beyond 32 bits"))?;
     // SAFETY: socket with constant arguments; the result is checked.
-    let nl = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let nl = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
     if nl < 0 {
         return Err(PeerError::Diag(io::Error::last_os_error()));
     }
@@ -102,8 +112,14 @@ fn parse_peer(msg: &[u8], ino: u64) -> Result<u64, PeerError> {
     }
     let len = (u32_at(0) as usize).min(msg.len());
     if u16_at(4) == NLMSG_ERROR {
-        let errno = if len >= NLMSG_HDR + 4 { i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]]) } else { 0 };
-        return Err(PeerError::Diag(io::Error::from_raw_os_error(errno.saturating_neg())));
+        let errno = if len >= NLMSG_HDR + 4 {
+            i32::from_ne_bytes([msg[16], msg[17], msg[18], msg[19]])
+        } else {
+            0
+        };
+        return Err(PeerError::Diag(io::Error::from_raw_os_error(
+            errno.saturating_neg(),
+        )));
     }
     if len < NLMSG_HDR + DIAG_MSG {
         return Err(PeerError::Malformed("short unix_diag_msg"));
@@ -129,11 +145,18 @@ pub fn connect(path: &Path, wait: Duration) -> io::Result<OwnedFd> {
     let addr = UnixAddr::new(path).map_err(io::Error::from)?;
     let start = Instant::now();
     loop {
-        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(io::Error::from)?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
         match nix::sys::socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) => return Ok(fd),
-            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED) if start.elapsed() < wait => {
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED)
+                if start.elapsed() < wait =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
@@ -171,7 +194,10 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_refused() {
-        assert!(matches!(parse_peer(&[0; 4], 1), Err(PeerError::Malformed(_))));
+        assert!(matches!(
+            parse_peer(&[0; 4], 1),
+            Err(PeerError::Malformed(_))
+        ));
         let mut m = vec![0u8; 40];
         m[0..4].copy_from_slice(&40u32.to_ne_bytes());
         m[4..6].copy_from_slice(&20u16.to_ne_bytes());

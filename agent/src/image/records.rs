@@ -102,8 +102,12 @@ impl Kind {
             Kind::Trailer => TRAILER_LIMIT,
             Kind::Pages => PAGES_LIMIT,
             Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => STATE_LIMIT,
-            Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => STATE_LIMIT,
+            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => {
+                STATE_LIMIT
+            }
+            Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => {
+                STATE_LIMIT
+            }
             Kind::UnlinkedObject | Kind::Clocks | Kind::FileSigIo => STATE_LIMIT,
             Kind::SeccompFilter => STATE_LIMIT,
         }
@@ -456,13 +460,19 @@ pub enum VmaKind {
     /// named by `file.inode`; `may_write`: the mapping may become writable
     /// (`VmFlags` `mw`), which a shared mapping of a write-sealed memfd
     /// never may.
-    Memfd { may_write: bool },
+    Memfd {
+        may_write: bool,
+    },
     /// A SysV shared memory attachment; `file.inode` is the shmid.
     /// `read_only`: attached with `SHM_RDONLY`.
-    SysvShm { read_only: bool },
+    SysvShm {
+        read_only: bool,
+    },
     /// A mapping of a regular file unlinked while mapped, named by
     /// `file.inode` (an [`UnlinkedObject`]); `may_write`: VmFlags `mw`.
-    Unlinked { may_write: bool },
+    Unlinked {
+        may_write: bool,
+    },
 }
 
 /// The identity of a file a restore depends on; a restore refuses a file
@@ -552,21 +562,45 @@ pub enum FdKind {
         bytes: Vec<u8>,
     },
     /// An eventfd (`flags` holds `O_NONBLOCK`).
-    EventFd { flags: u32, state: EventFd },
+    EventFd {
+        flags: u32,
+        state: EventFd,
+    },
     /// A timerfd, re-armed with the time it had left.
-    TimerFd { flags: u32, state: TimerFd },
+    TimerFd {
+        flags: u32,
+        state: TimerFd,
+    },
     /// A signalfd; the signals it reads are the task's pending signals.
-    SignalFd { flags: u32, state: SignalFd },
+    SignalFd {
+        flags: u32,
+        state: SignalFd,
+    },
     /// An epoll instance with its registered fds.
-    Epoll { flags: u32, state: Epoll },
+    Epoll {
+        flags: u32,
+        state: Epoll,
+    },
     /// An inotify instance with its watches (re-added by path).
-    Inotify { flags: u32, state: Inotify },
+    Inotify {
+        flags: u32,
+        state: Inotify,
+    },
     /// A UNIX domain socket.
-    Unix { flags: u32, state: UnixSocket },
+    Unix {
+        flags: u32,
+        state: UnixSocket,
+    },
     /// A TCP or UDP socket (IPv4 or IPv6).
-    Inet { flags: u32, state: InetSocket },
+    Inet {
+        flags: u32,
+        state: InetSocket,
+    },
     /// A memfd, by name, contents and seals.
-    Memfd { flags: u32, state: Memfd },
+    Memfd {
+        flags: u32,
+        state: Memfd,
+    },
     /// The task's connection to `torpor daemon` (a SOCK_SEQPACKET UNIX
     /// socket): connected afresh to the daemon's socket at restore, where it
     /// receives `Resumed`.
@@ -575,11 +609,18 @@ pub enum FdKind {
     },
     /// A memfd stored as a [`MemfdObject`] (by id): one object whatever
     /// the number of fds, descriptions and mappings that refer to it.
-    MemfdFile { flags: u32, state: MemfdRef },
+    MemfdFile {
+        flags: u32,
+        state: MemfdRef,
+    },
     /// A regular file unlinked while open, of any size: the
     /// [`UnlinkedObject`] `inode`, written before the first task;
     /// descriptions and mappings of one inode share the recreated file.
-    UnlinkedFile { flags: u32, offset: u64, inode: u64 },
+    UnlinkedFile {
+        flags: u32,
+        offset: u64,
+        inode: u64,
+    },
 }
 
 /// An open file description of a memfd: the object and the offset.

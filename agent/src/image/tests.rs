@@ -251,13 +251,18 @@ fn full_image() -> (Vec<u8>, ImageSummary) {
         },
     )
     .expect("pipe");
-    w.record(Kind::ExternalPipe, &external_pipe()).expect("external pipe");
+    w.record(Kind::ExternalPipe, &external_pipe())
+        .expect("external pipe");
     w.pages(0x40_0000, &memory(ps)).expect("pages");
     w.finish().expect("finish")
 }
 
 fn external_pipe() -> ExternalPipe {
-    ExternalPipe { id: 7, inode: 920_428, outside: PipeEnd::Read }
+    ExternalPipe {
+        id: 7,
+        inode: 920_428,
+        outside: PipeEnd::Read,
+    }
 }
 
 /// A small image for the exhaustive corruption tests: header, one state
@@ -344,8 +349,17 @@ fn every_record_kind_round_trips() {
                 memory_back.extend_from_slice(&buf[..info.len]);
             }
             Kind::Header | Kind::Trailer => panic!("{} returned as a record", rec.kind()),
-            Kind::ExternalPipe => assert_eq!(rec.decode::<ExternalPipe>().expect("external pipe"), external_pipe()),
-            Kind::TmpfsFile | Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::UnlinkedObject | Kind::FileSigIo | Kind::SeccompFilter => {
+            Kind::ExternalPipe => assert_eq!(
+                rec.decode::<ExternalPipe>().expect("external pipe"),
+                external_pipe()
+            ),
+            Kind::TmpfsFile
+            | Kind::MemfdObject
+            | Kind::SysvShm
+            | Kind::ObjectData
+            | Kind::UnlinkedObject
+            | Kind::FileSigIo
+            | Kind::SeccompFilter => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -403,7 +417,8 @@ fn page_codecs_are_chosen_per_batch() {
 fn a_batch_is_judged_by_its_first_page() {
     let h = header();
     let ps = h.page_size as usize;
-    let text = |len: usize| -> Vec<u8> { (0..len).map(|i| b"abcdefgh"[(i + i / 512) % 8]).collect() };
+    let text =
+        |len: usize| -> Vec<u8> { (0..len).map(|i| b"abcdefgh"[(i + i / 512) % 8]).collect() };
     // Noise first, text after: stored raw without compressing the rest.
     let mut noisy_head = noise(ps, 5);
     noisy_head.extend(text(3 * ps));
@@ -419,14 +434,25 @@ fn a_batch_is_judged_by_its_first_page() {
     let mut seen = Vec::new();
     while let Some(rec) = r.next_record().expect("record") {
         let info = rec.decode_pages_into(&mut buf).expect("decode");
-        let want = if info.vaddr == 0 { &noisy_head } else { &text_head };
+        let want = if info.vaddr == 0 {
+            &noisy_head
+        } else {
+            &text_head
+        };
         assert_eq!(&buf[..info.len], &want[..], "pages at {:#x}", info.vaddr);
         seen.push((info.vaddr, info.pages, info.codec, info.stored_bytes));
     }
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0], (0, 4, Codec::Raw, 4 * ps));
-    assert_eq!((seen[1].0, seen[1].1, seen[1].2), (0x10_0000, 4, Codec::Lz4));
-    assert!(seen[1].3 < 2 * ps, "text and one noise page in {} bytes", seen[1].3);
+    assert_eq!(
+        (seen[1].0, seen[1].1, seen[1].2),
+        (0x10_0000, 4, Codec::Lz4)
+    );
+    assert!(
+        seen[1].3 < 2 * ps,
+        "text and one noise page in {} bytes",
+        seen[1].3
+    );
 }
 
 #[test]

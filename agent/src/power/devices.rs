@@ -22,7 +22,9 @@ pub struct CdevLine {
 
 impl std::fmt::Debug for CdevLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CdevLine").field("requested", &self.pin.is_some()).finish()
+        f.debug_struct("CdevLine")
+            .field("requested", &self.pin.is_some())
+            .finish()
     }
 }
 
@@ -32,7 +34,11 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 
 impl PowerLine for CdevLine {
     fn request(&mut self, chip: &str, line: u32, high: bool) -> io::Result<()> {
-        let path = if chip.starts_with('/') { PathBuf::from(chip) } else { PathBuf::from("/dev").join(chip) };
+        let path = if chip.starts_with('/') {
+            PathBuf::from(chip)
+        } else {
+            PathBuf::from("/dev").join(chip)
+        };
         let mut chip = Chip::new(&path).map_err(other)?;
         let handle = chip
             .get_line(line)
@@ -43,7 +49,10 @@ impl PowerLine for CdevLine {
     }
 
     fn set(&mut self, high: bool) -> io::Result<()> {
-        let pin = self.pin.as_mut().ok_or_else(|| other("the line is not requested"))?;
+        let pin = self
+            .pin
+            .as_mut()
+            .ok_or_else(|| other("the line is not requested"))?;
         if high {
             pin.set_high().map_err(other)
         } else {
@@ -74,9 +83,12 @@ impl WakeAlarm for SysfsAlarm {
         let since = self.path.with_file_name("since_epoch");
         let text = std::fs::read_to_string(&since)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", since.display())))?;
-        text.trim()
-            .parse()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {text:?}: {e}", since.display())))
+        text.trim().parse().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {text:?}: {e}", since.display()),
+            )
+        })
     }
 
     fn write(&mut self, value: &str) -> io::Result<()> {

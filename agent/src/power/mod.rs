@@ -52,21 +52,39 @@ pub trait System {
 #[derive(Debug, thiserror::Error)]
 pub enum PowerError {
     #[error("cannot request {chip} line {line} as the power output: {source}")]
-    Request { chip: String, line: u32, source: io::Error },
+    Request {
+        chip: String,
+        line: u32,
+        source: io::Error,
+    },
     #[error("cannot drive {chip} line {line} {level}: {source}")]
-    Drive { chip: String, line: u32, level: &'static str, source: io::Error },
+    Drive {
+        chip: String,
+        line: u32,
+        level: &'static str,
+        source: io::Error,
+    },
     #[error("no RTC wake alarm is configured (rtc.device = \"none\")")]
     NoAlarm,
     #[error("cannot read the RTC time for the wake alarm {path}: {source}")]
     RtcTime { path: String, source: io::Error },
     #[error("cannot write {value:?} to the wake alarm {path}: {source}")]
-    AlarmWrite { path: String, value: String, source: io::Error },
+    AlarmWrite {
+        path: String,
+        value: String,
+        source: io::Error,
+    },
     #[error("the wake time RTC {now} s + {after} s overflows")]
     AlarmOverflow { now: u64, after: u32 },
     #[error(
         "still running {timeout_ms} ms after {chip} line {line} went active, and reboot(POWER_OFF) failed: {source}"
     )]
-    StillAlive { chip: String, line: u32, timeout_ms: u32, source: io::Error },
+    StillAlive {
+        chip: String,
+        line: u32,
+        timeout_ms: u32,
+        source: io::Error,
+    },
     #[error("the power line was not requested before the cut")]
     NotPrepared,
 }
@@ -110,7 +128,14 @@ impl<L: PowerLine, W: WakeAlarm, S: System> Power<L, W, S> {
             Some((p, a)) => (Some(p), Some(a)),
             None => (None, None),
         };
-        Power { settings, alarm_path, line, alarm, system, prepared: false }
+        Power {
+            settings,
+            alarm_path,
+            line,
+            alarm,
+            system,
+            prepared: false,
+        }
     }
 
     /// The physical level that cuts the power.
@@ -129,7 +154,11 @@ impl<L: PowerLine, W: WakeAlarm, S: System> Power<L, W, S> {
     fn alarm_write(&mut self, value: &str) -> Result<(), PowerError> {
         let path = self.alarm_path.clone().unwrap_or_default();
         let alarm = self.alarm.as_mut().ok_or(PowerError::NoAlarm)?;
-        alarm.write(value).map_err(|source| PowerError::AlarmWrite { path, value: value.to_string(), source })
+        alarm.write(value).map_err(|source| PowerError::AlarmWrite {
+            path,
+            value: value.to_string(),
+            source,
+        })
     }
 
     /// Access to the devices (tests inspect their fakes through this).
@@ -146,7 +175,9 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
     fn prepare(&mut self) -> Result<(), PowerError> {
         let inactive = !self.active_level();
         let (chip, line) = (self.settings.chip.clone(), self.settings.line);
-        self.line.request(&chip, line, inactive).map_err(|source| PowerError::Request { chip, line, source })?;
+        self.line
+            .request(&chip, line, inactive)
+            .map_err(|source| PowerError::Request { chip, line, source })?;
         self.prepared = true;
         Ok(())
     }
@@ -166,7 +197,12 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
             .ok_or(PowerError::NoAlarm)?
             .now()
             .map_err(|source| PowerError::RtcTime { path, source })?;
-        let at = now.checked_add(u64::from(after_s)).ok_or(PowerError::AlarmOverflow { now, after: after_s })?;
+        let at = now
+            .checked_add(u64::from(after_s))
+            .ok_or(PowerError::AlarmOverflow {
+                now,
+                after: after_s,
+            })?;
         self.alarm_write(&at.to_string())?;
         Ok(at)
     }
@@ -196,7 +232,12 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
         self.system.sleep_ms(self.settings.timeout_ms);
         self.system.sync();
         let source = self.system.power_off();
-        Err(PowerError::StillAlive { chip, line, timeout_ms: self.settings.timeout_ms, source })
+        Err(PowerError::StillAlive {
+            chip,
+            line,
+            timeout_ms: self.settings.timeout_ms,
+            source,
+        })
     }
 
     fn release(&mut self) {
@@ -208,7 +249,18 @@ impl<L: PowerLine, W: WakeAlarm, S: System> PowerDown for Power<L, W, S> {
 }
 
 /// The real devices for `config`.
-pub fn from_config(config: &Config) -> Power<devices::CdevLine, devices::SysfsAlarm, devices::LinuxSystem> {
-    let alarm = config.rtc.wakealarm.as_ref().map(|p| (p.display().to_string(), devices::SysfsAlarm::new(p.clone())));
-    Power::new(config.power.clone(), devices::CdevLine::default(), alarm, devices::LinuxSystem)
+pub fn from_config(
+    config: &Config,
+) -> Power<devices::CdevLine, devices::SysfsAlarm, devices::LinuxSystem> {
+    let alarm = config
+        .rtc
+        .wakealarm
+        .as_ref()
+        .map(|p| (p.display().to_string(), devices::SysfsAlarm::new(p.clone())));
+    Power::new(
+        config.power.clone(),
+        devices::CdevLine::default(),
+        alarm,
+        devices::LinuxSystem,
+    )
 }

@@ -24,15 +24,28 @@ mod tests {
 
     #[test]
     fn sixty_four_bit_fields_round_trip_on_this_target() {
-        let r = Reply::Resumed(Resumed { slept_for_ms: Some(u64::MAX), clock: Clock::Rtc, generation: u64::MAX - 1 });
+        let r = Reply::Resumed(Resumed {
+            slept_for_ms: Some(u64::MAX),
+            clock: Clock::Rtc,
+            generation: u64::MAX - 1,
+        });
         let (buf, len) = encode_reply(&r).unwrap();
         // 01 00 | 00 Resumed | 01 Some | 10-byte varint | 00 Rtc | 10-byte varint
         assert_eq!(len, 2 + 1 + 1 + 10 + 1 + 10);
-        assert_eq!(&buf[4..14], &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(
+            &buf[4..14],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
         assert_eq!(decode_reply(&buf, len).unwrap(), r);
-        let c = Reply::Checkpointed(Checkpointed { generation: 1 << 40, image_bytes: 4_294_967_296 });
+        let c = Reply::Checkpointed(Checkpointed {
+            generation: 1 << 40,
+            image_bytes: 4_294_967_296,
+        });
         let (buf, len) = encode_reply(&c).unwrap();
-        assert_eq!(&buf[..len], &[1, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert_eq!(
+            &buf[..len],
+            &[1, 0, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 0x80, 0x80, 0x80, 0x80, 0x10]
+        );
         assert_eq!(decode_reply(&buf, len).unwrap(), c);
     }
 
@@ -46,7 +59,11 @@ mod tests {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let r = Resumed { slept_for_ms: Some(86_400_000), clock: Clock::Rtc, generation: 12 };
+        let r = Resumed {
+            slept_for_ms: Some(86_400_000),
+            clock: Clock::Rtc,
+            generation: 12,
+        };
         send_resumed(ours.as_fd(), r).unwrap();
         let mut buf = [0u8; MAX_MESSAGE];
         let n = packet::recv_packet(theirs.as_fd(), &mut buf, true).unwrap();
@@ -58,15 +75,23 @@ mod tests {
     fn requests_round_trip_on_this_target() {
         for r in [
             Request::Status,
-            Request::Checkpoint { target: Target::Pid(u32::MAX) },
-            Request::Hibernate { target: Target::Caller, wake_after_s: Some(u32::MAX) },
+            Request::Checkpoint {
+                target: Target::Pid(u32::MAX),
+            },
+            Request::Hibernate {
+                target: Target::Caller,
+                wake_after_s: Some(u32::MAX),
+            },
         ] {
             let (buf, len) = encode_request(&r).unwrap();
             assert_eq!(decode_request(&buf, len).unwrap(), r);
         }
         assert_eq!(
             decode_request(&[1, 0, 0, 0, 1, 0x90, 0x1c], 7).unwrap(),
-            Request::Hibernate { target: Target::Caller, wake_after_s: Some(3600) }
+            Request::Hibernate {
+                target: Target::Caller,
+                wake_after_s: Some(3600)
+            }
         );
     }
 }

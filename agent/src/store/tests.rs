@@ -610,7 +610,15 @@ fn image_writer_streams_into_a_slot() {
         .map(|i| u8::try_from(i % 253).unwrap_or(0))
         .collect();
     fn fill<W: std::io::Write>(w: &mut ImageWriter<W>, pages: &[u8]) {
-        w.record(Kind::PipeData, &PipeData { id: 2, capacity: 65536, bytes: vec![9; 10] }).expect("pipe");
+        w.record(
+            Kind::PipeData,
+            &PipeData {
+                id: 2,
+                capacity: 65536,
+                bytes: vec![9; 10],
+            },
+        )
+        .expect("pipe");
         w.pages(0x2000_0000, pages).expect("pages");
     }
     let mut w = ImageWriter::new(store.writer().expect("slot"), &h).expect("writer");

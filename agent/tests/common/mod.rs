@@ -15,8 +15,11 @@ use torpor::protocol::{packet, Reply, StoreState, StoreSummary, MAX_MESSAGE};
 /// A fresh directory under /tmp that any user may enter.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir =
-        PathBuf::from(format!("/tmp/torpor-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir = PathBuf::from(format!(
+        "/tmp/torpor-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -59,12 +62,22 @@ pub struct FakeEngine {
     pub outcome: EngineOutcome,
 }
 
-pub const STORED: Stored = Stored { generation: 7, image_bytes: 1_234_567 };
-pub const SUMMARY: StoreSummary = StoreSummary { state: StoreState::Valid, generation: 6, image_bytes: 987_654 };
+pub const STORED: Stored = Stored {
+    generation: 7,
+    image_bytes: 1_234_567,
+};
+pub const SUMMARY: StoreSummary = StoreSummary {
+    state: StoreState::Valid,
+    generation: 6,
+    image_bytes: 987_654,
+};
 
 impl FakeEngine {
     pub fn new(outcome: EngineOutcome) -> Self {
-        FakeEngine { calls: Arc::default(), outcome }
+        FakeEngine {
+            calls: Arc::default(),
+            outcome,
+        }
     }
     pub fn calls(&self) -> Vec<EngineCall> {
         self.calls.lock().unwrap().clone()
@@ -81,11 +94,18 @@ impl FakeEngine {
 fn peer_pid(fd: RawFd) -> i32 {
     // SAFETY: the daemon keeps the connection open for the duration of the call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials).unwrap().pid()
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)
+        .unwrap()
+        .pid()
 }
 
 impl Engine for FakeEngine {
-    fn hibernate(&mut self, pid: Pid, conn_fd: RawFd, wake: Option<u32>) -> Result<Stored, EngineError> {
+    fn hibernate(
+        &mut self,
+        pid: Pid,
+        conn_fd: RawFd,
+        wake: Option<u32>,
+    ) -> Result<Stored, EngineError> {
         self.calls.lock().unwrap().push(EngineCall::Hibernate {
             pid: pid.as_raw(),
             wake,
@@ -94,11 +114,17 @@ impl Engine for FakeEngine {
         self.result()
     }
     fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError> {
-        self.calls.lock().unwrap().push(EngineCall::Abandon { pid: pid.as_raw(), generation });
+        self.calls.lock().unwrap().push(EngineCall::Abandon {
+            pid: pid.as_raw(),
+            generation,
+        });
         Ok(())
     }
     fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError> {
-        self.calls.lock().unwrap().push(EngineCall::Checkpoint { pid: pid.as_raw(), conn_peer_pid: peer_pid(conn_fd) });
+        self.calls.lock().unwrap().push(EngineCall::Checkpoint {
+            pid: pid.as_raw(),
+            conn_peer_pid: peer_pid(conn_fd),
+        });
         self.result()
     }
     fn status(&mut self) -> StoreSummary {
@@ -129,7 +155,13 @@ pub struct SimulatedSupply {
 
 impl SimulatedSupply {
     pub fn new() -> Self {
-        SimulatedSupply { calls: Arc::default(), wake: true, prepare_fails: false, cut_fails: false, slept_ms: 12_345 }
+        SimulatedSupply {
+            calls: Arc::default(),
+            wake: true,
+            prepare_fails: false,
+            cut_fails: false,
+            slept_ms: 12_345,
+        }
     }
     pub fn calls(&self) -> Vec<SupplyCall> {
         self.calls.lock().unwrap().clone()
@@ -152,7 +184,10 @@ impl PowerDown for SimulatedSupply {
         Ok(())
     }
     fn arm_wake(&mut self, after_s: u32) -> Result<u64, PowerError> {
-        self.calls.lock().unwrap().push(SupplyCall::ArmWake(after_s));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(SupplyCall::ArmWake(after_s));
         Ok(1_700_000_000 + u64::from(after_s))
     }
     fn disarm_wake(&mut self) -> Result<(), PowerError> {
@@ -198,7 +233,11 @@ pub struct FakeLine {
 }
 impl PowerLine for FakeLine {
     fn request(&mut self, chip: &str, line: u32, high: bool) -> io::Result<()> {
-        self.log.lock().unwrap().push(Device::Request { chip: chip.into(), line, high });
+        self.log.lock().unwrap().push(Device::Request {
+            chip: chip.into(),
+            line,
+            high,
+        });
         if self.fail_request {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
@@ -225,7 +264,10 @@ impl WakeAlarm for FakeAlarm {
         Ok(self.now)
     }
     fn write(&mut self, value: &str) -> io::Result<()> {
-        self.log.lock().unwrap().push(Device::AlarmWrite(value.into()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(Device::AlarmWrite(value.into()));
         if self.fail_write {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
@@ -281,7 +323,12 @@ pub fn start<E: Engine + Send + 'static, P: PowerDown + Send + 'static>(
         daemon.run(stop_r.as_fd()).unwrap();
         daemon
     });
-    Running { socket, dir, stop: Some(stop_w), thread: Some(thread) }
+    Running {
+        socket,
+        dir,
+        stop: Some(stop_w),
+        thread: Some(thread),
+    }
 }
 
 impl<E: Engine + Send + 'static, P: PowerDown + Send + 'static> Running<E, P> {

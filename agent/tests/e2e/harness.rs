@@ -799,7 +799,8 @@ pub fn checkpoint_run_with(
                 expect_tree_gone(name, &tree, w).map_err(|e| {
                     format!("{name}, cycle {cycle}: {e}\n  after {}", dumped.describe())
                 })?;
-                between(pid, w).map_err(|e| format!("{name}, cycle {cycle}, between dump and restore: {e}"))?;
+                between(pid, w)
+                    .map_err(|e| format!("{name}, cycle {cycle}, between dump and restore: {e}"))?;
                 let restored = restore(&image, restore_args, w, &format!("restore{cycle}"))?;
                 let dumped_for = started.elapsed();
                 if !restored.success {
@@ -815,8 +816,19 @@ pub fn checkpoint_run_with(
                         restored.describe()
                     )
                 })?;
-                after(pid, w, Cycle { number: cycle, dumped_for }).map_err(|e| {
-                    format!("{name}, cycle {cycle}, after the restore: {e}\n  after {}", restored.describe())
+                after(
+                    pid,
+                    w,
+                    Cycle {
+                        number: cycle,
+                        dumped_for,
+                    },
+                )
+                .map_err(|e| {
+                    format!(
+                        "{name}, cycle {cycle}, after the restore: {e}\n  after {}",
+                        restored.describe()
+                    )
                 })?;
             }
             let ended = go_and_wait(pid, name, w)?;

@@ -146,7 +146,10 @@ pub fn lines(path: &Path) -> Vec<String> {
 /// The numbers a counting program wrote into `out`, one per line: they
 /// must run from 0 without a gap or a repeat.
 pub fn assert_counted_from_zero(out: &Path) {
-    let all: Vec<u64> = lines(out).iter().map(|l| l.parse().expect("number")).collect();
+    let all: Vec<u64> = lines(out)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
     let want: Vec<u64> = (0..all.len() as u64).collect();
     assert_eq!(all, want);
 }

@@ -59,7 +59,11 @@ pub(super) fn collect(pid: i32, fd: i32, info: &str) -> Result<Epoll, String> {
             )
         };
         if r != 0 {
-            let why = if r < 0 { last_os().to_string() } else { "fd now names another file".into() };
+            let why = if r < 0 {
+                last_os().to_string()
+            } else {
+                "fd now names another file".into()
+            };
             return Err(format!(
                 "registered target fd {} is no longer that fd of process {pid} ({why}); torpor cannot register it again",
                 t.fd
@@ -67,23 +71,35 @@ pub(super) fn collect(pid: i32, fd: i32, info: &str) -> Result<Epoll, String> {
         }
         targets.push(t);
     }
-    Ok(Epoll { owner: pid, targets })
+    Ok(Epoll {
+        owner: pid,
+        targets,
+    })
 }
 
 pub(super) fn open() -> Result<i32, std::io::Error> {
     // SAFETY: epoll_create1 takes an integer.
-    owned(libc::c_long::from(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })).map(into_raw)
+    owned(libc::c_long::from(unsafe {
+        libc::epoll_create1(libc::EPOLL_CLOEXEC)
+    }))
+    .map(into_raw)
 }
 
 /// Registers the targets again; `epfd` and every target fd are at their
 /// numbers in the calling process.
 pub(super) fn register(epfd: i32, e: &Epoll) -> Result<(), std::io::Error> {
     for t in &e.targets {
-        let mut ev = libc::epoll_event { events: t.events, u64: t.data };
+        let mut ev = libc::epoll_event {
+            events: t.events,
+            u64: t.data,
+        };
         // SAFETY: epoll_ctl reads one epoll_event.
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, t.fd, &raw mut ev) } < 0 {
             let err = last_os();
-            return Err(std::io::Error::new(err.kind(), format!("adding target fd {}: {err}", t.fd)));
+            return Err(std::io::Error::new(
+                err.kind(),
+                format!("adding target fd {}: {err}", t.fd),
+            ));
         }
     }
     Ok(())
@@ -95,8 +111,18 @@ mod tests {
 
     #[test]
     fn target_line() {
-        let t = parse_target("tfd:        3 events: 80000019 data:             1234  pos:0 ino:40e sdev:10").expect("valid");
-        assert_eq!(t, EpollTarget { fd: 3, events: 0x8000_0019, data: 0x1234 });
+        let t = parse_target(
+            "tfd:        3 events: 80000019 data:             1234  pos:0 ino:40e sdev:10",
+        )
+        .expect("valid");
+        assert_eq!(
+            t,
+            EpollTarget {
+                fd: 3,
+                events: 0x8000_0019,
+                data: 0x1234
+            }
+        );
         assert_eq!(parse_target("tfd: x events: 1 data: 2"), None);
         assert_eq!(parse_target("tfd: 3 data: 1 events: 2"), None);
     }

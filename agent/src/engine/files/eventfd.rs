@@ -7,11 +7,15 @@ use super::{dup_from, field, hex_u64, into_raw, owned};
 use crate::image::records::EventFd;
 
 pub(super) fn collect(pid: i32, fd: i32, info: &str) -> Result<EventFd, String> {
-    let count = field(info, "eventfd-count").and_then(hex_u64).ok_or("no readable eventfd-count")?;
+    let count = field(info, "eventfd-count")
+        .and_then(hex_u64)
+        .ok_or("no readable eventfd-count")?;
     let semaphore = match field(info, "eventfd-semaphore") {
         Some(v) => v == "1",
         // Kernels before 6.5 do not show the mode: ask the object itself.
-        None => probe_semaphore(pid, fd, count).map_err(|e| format!("probing EFD_SEMAPHORE: {e}"))?,
+        None => {
+            probe_semaphore(pid, fd, count).map_err(|e| format!("probing EFD_SEMAPHORE: {e}"))?
+        }
     };
     Ok(EventFd { count, semaphore })
 }

@@ -26,7 +26,8 @@ fn name(f: &OwnedFd, peer: bool) -> Result<Vec<u8>, std::io::Error> {
 
 /// The port of a raw sockaddr_in/sockaddr_in6 (same offset in both).
 fn port(addr: &[u8]) -> u16 {
-    addr.get(2..4).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
+    addr.get(2..4)
+        .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]))
 }
 
 pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, String> {
@@ -35,22 +36,45 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
     let protocol = get_int(&f, libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(io)?;
     let tcp = protocol == libc::IPPROTO_TCP;
-    if !(tcp && sock_type == libc::SOCK_STREAM || protocol == libc::IPPROTO_UDP && sock_type == libc::SOCK_DGRAM) {
-        return Err(format!("protocol {protocol} (type {sock_type}) is neither TCP nor UDP"));
+    if !(tcp && sock_type == libc::SOCK_STREAM
+        || protocol == libc::IPPROTO_UDP && sock_type == libc::SOCK_DGRAM)
+    {
+        return Err(format!(
+            "protocol {protocol} (type {sock_type}) is neither TCP nor UDP"
+        ));
     }
     let (mut tcp_state, mut backlog) = (0u8, 0u32);
     if tcp {
         let mut info = [0u8; 104];
         let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
         // SAFETY: getsockopt writes at most `len` bytes into `info`.
-        if unsafe { libc::getsockopt(f.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &raw mut len) } < 0 {
+        if unsafe {
+            libc::getsockopt(
+                f.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        } < 0
+        {
             return Err(format!("TCP_INFO: {}", last_os()));
         }
         tcp_state = info[TCPI_STATE];
-        backlog = u32::from_ne_bytes([info[TCPI_SACKED], info[TCPI_SACKED + 1], info[TCPI_SACKED + 2], info[TCPI_SACKED + 3]]);
+        backlog = u32::from_ne_bytes([
+            info[TCPI_SACKED],
+            info[TCPI_SACKED + 1],
+            info[TCPI_SACKED + 2],
+            info[TCPI_SACKED + 3],
+        ]);
     }
-    let v6only = family == libc::AF_INET6 && get_int(&f, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map_err(io)? != 0;
-    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+    let v6only = family == libc::AF_INET6
+        && get_int(&f, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map_err(io)? != 0;
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
     // SAFETY: one pollfd, no wait; poll reads the state without changing it.
     unsafe { libc::poll(&raw mut p, 1, 0) };
     const TCP_CLOSE: u8 = 7;
@@ -59,7 +83,11 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     if port(&local) == 0 {
         local.clear();
     }
-    let queue = if tcp { Vec::new() } else { super::unix::peek_queue(&f, 0, false, false)? };
+    let queue = if tcp {
+        Vec::new()
+    } else {
+        super::unix::peek_queue(&f, 0, false, false)?
+    };
     let peer = name(&f, true).map_err(io)?;
     if !queue.is_empty() && !peer.is_empty() {
         return Err(format!(
@@ -92,7 +120,10 @@ fn bind(fd: i32, s: &InetSocket) -> Result<(), std::io::Error> {
         return Ok(());
     }
     let e = last_os();
-    if e.raw_os_error() != Some(libc::EADDRINUSE) || s.opts.reuseaddr || s.sock_type != libc::SOCK_STREAM {
+    if e.raw_os_error() != Some(libc::EADDRINUSE)
+        || s.opts.reuseaddr
+        || s.sock_type != libc::SOCK_STREAM
+    {
         return Err(e);
     }
     // Connections of the dumped tree linger in TIME_WAIT on the port;
@@ -116,9 +147,22 @@ fn requeue(s: &InetSocket) -> Result<(), std::io::Error> {
     let len = libc::socklen_t::try_from(s.local.len()).unwrap_or(0);
     for m in &s.queue {
         // SAFETY: sendto reads our buffer and the saved address.
-        let n = unsafe { libc::sendto(tmp.as_raw_fd(), m.as_ptr().cast(), m.len(), 0, s.local.as_ptr().cast(), len) };
+        let n = unsafe {
+            libc::sendto(
+                tmp.as_raw_fd(),
+                m.as_ptr().cast(),
+                m.len(),
+                0,
+                s.local.as_ptr().cast(),
+                len,
+            )
+        };
         if n < 0 || n.unsigned_abs() != m.len() {
-            return Err(std::io::Error::other(format!("re-queueing a datagram of {} bytes: {}", m.len(), last_os())));
+            return Err(std::io::Error::other(format!(
+                "re-queueing a datagram of {} bytes: {}",
+                m.len(),
+                last_os()
+            )));
         }
     }
     Ok(())
@@ -126,7 +170,9 @@ fn requeue(s: &InetSocket) -> Result<(), std::io::Error> {
 
 fn new_socket(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     // SAFETY: socket takes integers only.
-    owned(libc::c_long::from(unsafe { libc::socket(s.family, s.sock_type | libc::SOCK_CLOEXEC, s.protocol) }))
+    owned(libc::c_long::from(unsafe {
+        libc::socket(s.family, s.sock_type | libc::SOCK_CLOEXEC, s.protocol)
+    }))
 }
 
 /// A TCP socket whose connection its peer reset: connected over loopback
@@ -146,7 +192,9 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     };
     let len = libc::socklen_t::try_from(len).unwrap_or(0);
     // SAFETY: bind/listen on our socket with a local address buffer.
-    if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0 || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0 {
+    if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0
+        || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0
+    {
         return Err(last_os());
     }
     let bound = name(&lst, false)?;
@@ -157,10 +205,24 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
         return Err(last_os());
     }
     // SAFETY: accept with no address wanted.
-    let a = owned(libc::c_long::from(unsafe { libc::accept(lst.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) }))?;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let a = owned(libc::c_long::from(unsafe {
+        libc::accept(lst.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut())
+    }))?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt reads one linger.
-    if unsafe { libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const linger).cast(), socklen::<libc::linger>()) } < 0 {
+    if unsafe {
+        libc::setsockopt(
+            a.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            socklen::<libc::linger>(),
+        )
+    } < 0
+    {
         return Err(last_os());
     }
     drop(a);
@@ -179,7 +241,11 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
 
 /// Whether a read would report an error or EOF now (the reset arrived).
 fn pending_error(f: &OwnedFd) -> bool {
-    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one pollfd, no wait.
     let n = unsafe { libc::poll(&raw mut p, 1, 0) };
     n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) != 0
@@ -206,7 +272,9 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
             set_int(f.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
         }
         if !s.local.is_empty() {
-            bind(f.as_raw_fd(), s).map_err(|e| std::io::Error::new(e.kind(), format!("binding port {}: {e}", port(&s.local))))?;
+            bind(f.as_raw_fd(), s).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("binding port {}: {e}", port(&s.local)))
+            })?;
         }
         if s.listening {
             let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
@@ -219,7 +287,10 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
             // SAFETY: connect reads `len` bytes of the saved address.
             if unsafe { libc::connect(f.as_raw_fd(), s.peer.as_ptr().cast(), len) } < 0 {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("connecting to port {}: {e}", port(&s.peer))));
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("connecting to port {}: {e}", port(&s.peer)),
+                ));
             }
         }
         if !s.queue.is_empty() {

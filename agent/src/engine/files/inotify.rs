@@ -26,7 +26,14 @@ struct Mark {
 
 fn parse_mark(line: &str) -> Option<Mark> {
     let rest = line.strip_prefix("inotify ")?;
-    let mut m = Mark { wd: 0, ino: 0, sdev: 0, mask: 0, handle_type: 0, handle: Vec::new() };
+    let mut m = Mark {
+        wd: 0,
+        ino: 0,
+        sdev: 0,
+        mask: 0,
+        handle_type: 0,
+        handle: Vec::new(),
+    };
     for kv in rest.split_whitespace() {
         let (k, v) = kv.split_once(':')?;
         match k {
@@ -39,7 +46,10 @@ fn parse_mark(line: &str) -> Option<Mark> {
                 if v.len() % 2 != 0 {
                     return None;
                 }
-                m.handle = (0..v.len()).step_by(2).map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok()).collect::<Option<_>>()?;
+                m.handle = (0..v.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())
+                    .collect::<Option<_>>()?;
             }
             _ => {}
         }
@@ -75,8 +85,13 @@ fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
     let c = std::ffi::CString::new(mount.clone()).map_err(|_| "mount path with NUL".to_string())?;
     // SAFETY: open with a valid C string. (open_by_handle_at refuses an
     // O_PATH mount fd.)
-    let mfd = owned(libc::c_long::from(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) }))
-        .map_err(|e| format!("{mount}: {e}"))?;
+    let mfd = owned(libc::c_long::from(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    }))
+    .map_err(|e| format!("{mount}: {e}"))?;
     // struct file_handle: handle_bytes (u32), handle_type (int), bytes.
     let mut fh = Vec::with_capacity(8 + m.handle.len());
     fh.extend_from_slice(&u32::try_from(m.handle.len()).unwrap_or(0).to_ne_bytes());
@@ -94,10 +109,16 @@ fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
         },
     )
     .map_err(|e| format!("watched inode {:#x}: open_by_handle_at: {e}", m.ino))?;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|e| e.to_string())?;
-    let md = std::fs::metadata(&link).map_err(|e| format!("watched inode {:#x} at {}: {e}", m.ino, link.display()))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    let md = std::fs::metadata(&link)
+        .map_err(|e| format!("watched inode {:#x} at {}: {e}", m.ino, link.display()))?;
     if md.ino() != m.ino {
-        return Err(format!("watched inode {:#x} has no reachable path (found {})", m.ino, link.display()));
+        return Err(format!(
+            "watched inode {:#x} has no reachable path (found {})",
+            m.ino,
+            link.display()
+        ));
     }
     Ok(RawPath(link.as_os_str().as_bytes().to_vec()))
 }
@@ -107,7 +128,11 @@ pub(super) fn collect(pid: i32, info: &str) -> Result<Inotify, String> {
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {
         let m = parse_mark(line).ok_or_else(|| format!("unreadable line {line:?}"))?;
         let path = path_of(pid, &m).map_err(|e| format!("watch {}: {e}", m.wd))?;
-        watches.push(InotifyWatch { wd: m.wd, mask: m.mask, path });
+        watches.push(InotifyWatch {
+            wd: m.wd,
+            mask: m.mask,
+            path,
+        });
     }
     watches.sort_by_key(|w| w.wd);
     Ok(Inotify { watches })
@@ -125,7 +150,9 @@ fn add(fd: i32, path: &std::ffi::CStr, mask: u32) -> Result<i32, std::io::Error>
 pub(super) fn open(s: &Inotify, nonblock: bool) -> Result<i32, std::io::Error> {
     // Non-blocking while torpor drains the events of skipped wds.
     // SAFETY: inotify_init1 takes an integer.
-    let f = owned(libc::c_long::from(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) }))?;
+    let f = owned(libc::c_long::from(unsafe {
+        libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK)
+    }))?;
     let fd = f.as_raw_fd();
     let mut skipped = false;
     for w in &s.watches {
@@ -133,7 +160,8 @@ pub(super) fn open(s: &Inotify, nonblock: bool) -> Result<i32, std::io::Error> {
             .map_err(|_| std::io::Error::other(format!("watch {}: path with NUL", w.wd)))?;
         let mut tries = 0;
         loop {
-            let wd = add(fd, &c, w.mask).map_err(|e| std::io::Error::new(e.kind(), format!("watching {}: {e}", w.path)))?;
+            let wd = add(fd, &c, w.mask)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("watching {}: {e}", w.path)))?;
             if wd >= w.wd || tries >= WD_SKIP_LIMIT {
                 break;
             }
@@ -168,7 +196,10 @@ mod tests {
             "inotify wd:1f ino:3c4a7 sdev:fe00000 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:a7c4030000000000",
         )
         .expect("valid");
-        assert_eq!((m.wd, m.ino, m.sdev, m.mask, m.handle_type), (0x1f, 0x3c4a7, 0xfe0_0000, 0x300, 1));
+        assert_eq!(
+            (m.wd, m.ino, m.sdev, m.mask, m.handle_type),
+            (0x1f, 0x3c4a7, 0xfe0_0000, 0x300, 1)
+        );
         assert_eq!(m.handle, vec![0xa7, 0xc4, 0x03, 0, 0, 0, 0, 0]);
         assert!(parse_mark("inotify wd:1 f_handle:abc").is_none());
         assert!(parse_mark("fanotify wd:1").is_none());

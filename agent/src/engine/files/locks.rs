@@ -25,12 +25,18 @@ fn parse(fd: i32, line: &str) -> Result<Option<FileLock>, String> {
         "OFDLCK" => LockKind::Ofd,
         "POSIX" => LockKind::Posix,
         "LEASE" => LockKind::Lease,
-        other => return Err(format!("fd {fd} holds a {other} lock, which torpor cannot take again")),
+        other => {
+            return Err(format!(
+                "fd {fd} holds a {other} lock, which torpor cannot take again"
+            ))
+        }
     };
     match (kind, *w.get(2).ok_or_else(bad)?) {
         (LockKind::Lease, "ACTIVE") => {}
         // Another process waits for the holder to give the lease up.
-        (LockKind::Lease, state) => return Err(format!("fd {fd} holds a lease being broken ({state})")),
+        (LockKind::Lease, state) => {
+            return Err(format!("fd {fd} holds a lease being broken ({state})"))
+        }
         (_, "ADVISORY") => {}
         _ => return Err(format!("fd {fd} holds a mandatory lock")),
     }
@@ -44,7 +50,13 @@ fn parse(fd: i32, line: &str) -> Result<Option<FileLock>, String> {
         "EOF" => None,
         s => Some(s.parse().map_err(|_| bad())?),
     };
-    Ok(Some(FileLock { fd, kind, write, start, end }))
+    Ok(Some(FileLock {
+        fd,
+        kind,
+        write,
+        start,
+        end,
+    }))
 }
 
 pub(super) fn collect(pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, String> {
@@ -53,13 +65,18 @@ pub(super) fn collect(pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, String> {
         let path = format!("/proc/{pid}/fdinfo/{}", f.fd);
         let info = procfs::read(&path).map_err(|e| e.to_string())?;
         for line in info.lines() {
-            let Some(rest) = line.strip_prefix("lock:") else { continue };
+            let Some(rest) = line.strip_prefix("lock:") else {
+                continue;
+            };
             if let Some(l) = parse(f.fd, rest)? {
                 // A lock shows under every fd of its description: keep one.
                 let dup = out.iter().any(|o| {
-                    o.kind == l.kind && o.write == l.write && o.start == l.start && o.end == l.end && o.fd != l.fd && {
-                        fds.iter().find(|x| x.fd == o.fd).map(|x| x.file) == Some(f.file)
-                    }
+                    o.kind == l.kind
+                        && o.write == l.write
+                        && o.start == l.start
+                        && o.end == l.end
+                        && o.fd != l.fd
+                        && { fds.iter().find(|x| x.fd == o.fd).map(|x| x.file) == Some(f.file) }
                 });
                 if !dup {
                     out.push(l);
@@ -76,10 +93,18 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
             Some(e) => format!("{}-{e}", l.start),
             None => format!("{}-EOF", l.start),
         };
-        format!("taking the {what} lock on fd {} (bytes {range}) again: {}", l.fd, std::io::Error::last_os_error())
+        format!(
+            "taking the {what} lock on fd {} (bytes {range}) again: {}",
+            l.fd,
+            std::io::Error::last_os_error()
+        )
     };
     if l.kind == LockKind::Lease {
-        let kind = if l.write { libc::F_WRLCK } else { libc::F_RDLCK };
+        let kind = if l.write {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        };
         // SAFETY: fcntl with integer arguments on an fd of this task.
         if unsafe { libc::fcntl(l.fd, libc::F_SETLEASE, kind) } < 0 {
             return Err(format!(
@@ -92,7 +117,11 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
         return Ok(());
     }
     if l.kind == LockKind::Flock {
-        let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+        let op = if l.write {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        } | libc::LOCK_NB;
         // SAFETY: flock on an fd of this task.
         if unsafe { libc::flock(l.fd, op) } < 0 {
             return Err(err("flock"));
@@ -101,14 +130,23 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
     }
     // SAFETY: flock is plain integers; all-zero is valid.
     let mut fl: libc::flock = unsafe { core::mem::zeroed() };
-    fl.l_type = libc::c_short::try_from(if l.write { libc::F_WRLCK } else { libc::F_RDLCK }).unwrap_or(0);
+    fl.l_type = libc::c_short::try_from(if l.write {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    })
+    .unwrap_or(0);
     fl.l_whence = libc::c_short::try_from(libc::SEEK_SET).unwrap_or(0);
     fl.l_start = libc::off_t::try_from(l.start).map_err(|_| err("range"))?;
     fl.l_len = match l.end {
         Some(e) => libc::off_t::try_from(e - l.start + 1).map_err(|_| err("range"))?,
         None => 0,
     };
-    let (cmd, what) = if l.kind == LockKind::Ofd { (libc::F_OFD_SETLK, "OFD") } else { (libc::F_SETLK, "POSIX") };
+    let (cmd, what) = if l.kind == LockKind::Ofd {
+        (libc::F_OFD_SETLK, "OFD")
+    } else {
+        (libc::F_SETLK, "POSIX")
+    };
     // SAFETY: fcntl reads one struct flock.
     if unsafe { libc::fcntl(l.fd, cmd, &raw const fl) } < 0 {
         return Err(err(what));
@@ -122,15 +160,53 @@ mod tests {
 
     #[test]
     fn lock_lines() {
-        let l = parse(3, "\t1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF").expect("valid").expect("a lock");
-        assert_eq!(l, FileLock { fd: 3, kind: LockKind::Flock, write: true, start: 0, end: None });
-        let l = parse(4, "\t2: POSIX  ADVISORY  READ 99 fd:01:77 10 19").expect("valid").expect("a lock");
-        assert_eq!(l, FileLock { fd: 4, kind: LockKind::Posix, write: false, start: 10, end: Some(19) });
-        let l = parse(5, "\t3: OFDLCK ADVISORY  WRITE -1 fd:01:77 0 99").expect("valid").expect("a lock");
+        let l = parse(3, "\t1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF")
+            .expect("valid")
+            .expect("a lock");
+        assert_eq!(
+            l,
+            FileLock {
+                fd: 3,
+                kind: LockKind::Flock,
+                write: true,
+                start: 0,
+                end: None
+            }
+        );
+        let l = parse(4, "\t2: POSIX  ADVISORY  READ 99 fd:01:77 10 19")
+            .expect("valid")
+            .expect("a lock");
+        assert_eq!(
+            l,
+            FileLock {
+                fd: 4,
+                kind: LockKind::Posix,
+                write: false,
+                start: 10,
+                end: Some(19)
+            }
+        );
+        let l = parse(5, "\t3: OFDLCK ADVISORY  WRITE -1 fd:01:77 0 99")
+            .expect("valid")
+            .expect("a lock");
         assert_eq!(l.kind, LockKind::Ofd);
-        assert_eq!(parse(5, "\t3: -> POSIX  ADVISORY  WRITE 7 fd:01:77 0 99").expect("valid"), None);
-        let l = parse(6, "\t4: LEASE  ACTIVE    READ 7 fd:01:77 0 EOF").expect("valid").expect("a lease");
-        assert_eq!(l, FileLock { fd: 6, kind: LockKind::Lease, write: false, start: 0, end: None });
+        assert_eq!(
+            parse(5, "\t3: -> POSIX  ADVISORY  WRITE 7 fd:01:77 0 99").expect("valid"),
+            None
+        );
+        let l = parse(6, "\t4: LEASE  ACTIVE    READ 7 fd:01:77 0 EOF")
+            .expect("valid")
+            .expect("a lease");
+        assert_eq!(
+            l,
+            FileLock {
+                fd: 6,
+                kind: LockKind::Lease,
+                write: false,
+                start: 0,
+                end: None
+            }
+        );
         assert_eq!(
             parse(6, "\t4: LEASE  BREAKING  READ 7 fd:01:77 0 EOF"),
             Err("fd 6 holds a lease being broken (BREAKING)".to_string())

@@ -29,20 +29,28 @@ const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
 /// The memfd name in a /proc link or maps name `/memfd:NAME (deleted)`.
 pub(super) fn name_of(link: &str) -> Option<&str> {
-    link.strip_prefix("/memfd:").and_then(|s| s.strip_suffix(" (deleted)"))
+    link.strip_prefix("/memfd:")
+        .and_then(|s| s.strip_suffix(" (deleted)"))
 }
 
 /// The description behind fd `fd` of `pid`: its memfd (by inode) and
 /// offset.
 pub(super) fn collect(pid: i32, fd: i32, pos: u64) -> Result<MemfdRef, String> {
     let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|e| e.to_string())?;
-    Ok(MemfdRef { id: md.ino(), offset: pos })
+    Ok(MemfdRef {
+        id: md.ino(),
+        offset: pos,
+    })
 }
 
 /// A mapping of a memfd, shared or private.
 pub(super) fn mapping(m: &MapEntry) -> Option<Backing> {
     name_of(&m.name)?;
-    Some(Backing::Memfd { id: m.inode, offset: m.offset, may_write: m.has_flag("mw") })
+    Some(Backing::Memfd {
+        id: m.inode,
+        offset: m.offset,
+        may_write: m.has_flag("mw"),
+    })
 }
 
 /// Where torpor can open each memfd of the tree: an fd of a process, or
@@ -51,15 +59,22 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
     let mut out = BTreeMap::new();
     for p in procs {
         for f in &p.fds {
-            if let Some(OpenFile { kind: FileKind::Anon(super::AnonFile::MemfdFile(r)), .. }) = files.get(f.file as usize) {
-                out.entry(r.id).or_insert_with(|| format!("/proc/{}/fd/{}", p.pid, f.fd));
+            if let Some(OpenFile {
+                kind: FileKind::Anon(super::AnonFile::MemfdFile(r)),
+                ..
+            }) = files.get(f.file as usize)
+            {
+                out.entry(r.id)
+                    .or_insert_with(|| format!("/proc/{}/fd/{}", p.pid, f.fd));
             }
         }
     }
     for p in procs {
         for v in &p.vmas {
             if let Backing::Memfd { id, .. } = v.backing {
-                out.entry(id).or_insert_with(|| format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end));
+                out.entry(id).or_insert_with(|| {
+                    format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end)
+                });
             }
         }
     }
@@ -67,7 +82,11 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
 }
 
 /// Stores every memfd of the tree: its record, then its contents.
-pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState], files: &[OpenFile]) -> Result<(), Cause> {
+pub(super) fn write<W: Write>(
+    w: &mut ImageWriter<W>,
+    procs: &[&ProcessState],
+    files: &[OpenFile],
+) -> Result<(), Cause> {
     for (id, source) in sources(procs, files) {
         let refuse = |what: String| Cause::Unsupported(format!("memfd {source}: {what}"));
         let link = std::fs::read_link(&source).map_err(|e| refuse(e.to_string()))?;
@@ -79,7 +98,9 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState], f
             return Err(refuse(format!("inode {} changed to {}", id, md.ino())));
         }
         if super::fs_magic(f.as_raw_fd())? == HUGETLBFS_MAGIC {
-            return Err(refuse("a hugetlb memfd, which torpor cannot restore".into()));
+            return Err(refuse(
+                "a hugetlb memfd, which torpor cannot restore".into(),
+            ));
         }
         // SAFETY: fcntl on our own fd.
         let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
@@ -96,7 +117,8 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState], f
             gid: md.gid(),
         };
         w.record(Kind::MemfdObject, &obj)?;
-        super::write_contents(w, &f, md.size(), ObjectRef::Memfd(id)).map_err(|e| refuse(format!("reading its contents: {e}")))?;
+        super::write_contents(w, &f, md.size(), ObjectRef::Memfd(id))
+            .map_err(|e| refuse(format!("reading its contents: {e}")))?;
     }
     Ok(())
 }
@@ -104,15 +126,19 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState], f
 /// Creates the memfd of `o`, empty at its size, with its mode and owner;
 /// its contents and seals come later.
 pub(super) fn create(o: &MemfdObject) -> Result<OwnedFd, std::io::Error> {
-    let name = std::ffi::CString::new(o.name.as_bytes().to_vec()).map_err(|_| std::io::Error::other("memfd name with NUL"))?;
+    let name = std::ffi::CString::new(o.name.as_bytes().to_vec())
+        .map_err(|_| std::io::Error::other("memfd name with NUL"))?;
     let mut mfd_flags = libc::MFD_CLOEXEC;
     // A memfd made without MFD_ALLOW_SEALING shows F_SEAL_SEAL alone.
     if o.seals != libc::F_SEAL_SEAL.unsigned_abs() {
         mfd_flags |= libc::MFD_ALLOW_SEALING;
     }
     // SAFETY: memfd_create with a valid C string.
-    let f = owned(libc::c_long::from(unsafe { libc::memfd_create(name.as_ptr(), mfd_flags) }))?;
-    let size = libc::off_t::try_from(o.size).map_err(|_| std::io::Error::other(format!("memfd size {} too large here", o.size)))?;
+    let f = owned(libc::c_long::from(unsafe {
+        libc::memfd_create(name.as_ptr(), mfd_flags)
+    }))?;
+    let size = libc::off_t::try_from(o.size)
+        .map_err(|_| std::io::Error::other(format!("memfd size {} too large here", o.size)))?;
     // SAFETY: integer arguments on our fd.
     if unsafe { libc::ftruncate(f.as_raw_fd(), size) } < 0 {
         return Err(last_os());
@@ -128,12 +154,16 @@ pub(super) fn create(o: &MemfdObject) -> Result<OwnedFd, std::io::Error> {
 /// A new open file description of the memfd `obj` (an fd of torpor) with
 /// the saved status flags and offset.
 pub(super) fn reopen(obj: i32, r: &MemfdRef, flags: u32) -> Result<i32, std::io::Error> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{obj}")).map_err(|_| std::io::Error::other("fd path"))?;
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{obj}"))
+        .map_err(|_| std::io::Error::other("fd path"))?;
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_LARGEFILE;
     let oflags = (i32::try_from(flags).unwrap_or(0) & keep) | libc::O_CLOEXEC;
     // SAFETY: open with a valid C string.
-    let f = owned(libc::c_long::from(unsafe { libc::open(path.as_ptr(), oflags) }))?;
-    let pos = libc::off_t::try_from(r.offset).map_err(|_| std::io::Error::other(format!("offset {} too large here", r.offset)))?;
+    let f = owned(libc::c_long::from(unsafe {
+        libc::open(path.as_ptr(), oflags)
+    }))?;
+    let pos = libc::off_t::try_from(r.offset)
+        .map_err(|_| std::io::Error::other(format!("offset {} too large here", r.offset)))?;
     // SAFETY: integer arguments on our fd.
     if unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_SET) } < 0 {
         return Err(last_os());
@@ -171,7 +201,14 @@ pub(super) fn open_inline(s: &Memfd, flags: u32) -> Result<i32, std::io::Error> 
     };
     let f = create(&obj)?;
     super::pwrite_all(f.as_raw_fd(), &s.bytes, 0)?;
-    let fd = reopen(f.as_raw_fd(), &MemfdRef { id: 0, offset: s.offset }, flags)?;
+    let fd = reopen(
+        f.as_raw_fd(),
+        &MemfdRef {
+            id: 0,
+            offset: s.offset,
+        },
+        flags,
+    )?;
     // The description is what the task gets: it keeps the memfd alive.
     drop(f);
     if let Err(e) = seal(fd, &obj) {

@@ -12,8 +12,8 @@ mod inet;
 mod inotify;
 mod locks;
 mod memfd;
-mod signalfd;
 mod sigio;
+mod signalfd;
 mod sock;
 mod sysv;
 mod timerfd;
@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause};
 use crate::image::records::{
-    Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData, ObjectRef, SignalFd, TimerFd,
-    UnixSocket, UnlinkedObject, OBJECT_CHUNK,
+    Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData,
+    ObjectRef, SignalFd, TimerFd, UnixSocket, UnlinkedObject, OBJECT_CHUNK,
 };
 
 pub use unix::Pending;
@@ -61,9 +61,13 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
         "anon_inode:inotify" => "inotify",
         _ => {
             if memfd::name_of(link).is_some() {
-                let info = procfs::parse_fdinfo(&format!("/proc/{pid}/fdinfo/{fd}"), &procfs::read(&format!("/proc/{pid}/fdinfo/{fd}"))?)?;
-                let m = memfd::collect(pid, fd, info.pos)
-                    .map_err(|e| Cause::Unsupported(format!("fd {fd} of process {pid} is a memfd ({link}): {e}")))?;
+                let info = procfs::parse_fdinfo(
+                    &format!("/proc/{pid}/fdinfo/{fd}"),
+                    &procfs::read(&format!("/proc/{pid}/fdinfo/{fd}"))?,
+                )?;
+                let m = memfd::collect(pid, fd, info.pos).map_err(|e| {
+                    Cause::Unsupported(format!("fd {fd} of process {pid} is a memfd ({link}): {e}"))
+                })?;
                 return Ok(Some(AnonFile::MemfdFile(m)));
             }
             return collect_socket(pid, fd, link);
@@ -71,7 +75,8 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
     };
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let info = procfs::read(&path)?;
-    let bad = |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
+    let bad =
+        |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
     Ok(Some(match kind {
         "eventfd" => AnonFile::EventFd(eventfd::collect(pid, fd, &info).map_err(|e| bad(&e))?),
         "timerfd" => AnonFile::TimerFd(timerfd::collect_from(&path).map_err(|e| bad(&e))?),
@@ -84,21 +89,35 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause>
 /// A socket of a family torpor knows; `None` for other files, and for
 /// other families (refused by the caller, which names the fd).
 fn collect_socket(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
-    let Some(inode) = link.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')).and_then(|s| s.parse().ok()) else {
+    let Some(inode) = link
+        .strip_prefix("socket:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+    else {
         return Ok(None);
     };
     let refuse = |e: String| Cause::Unsupported(format!("fd {fd} of process {pid} ({link}): {e}"));
     let f = dup_from(pid, fd).map_err(|e| refuse(format!("duplicating the fd: {e}")))?;
-    let domain = sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| refuse(e.to_string()))?;
+    let domain =
+        sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| refuse(e.to_string()))?;
     drop(f);
     match domain {
-        libc::AF_UNIX => Ok(Some(AnonFile::Unix(unix::collect(pid, fd, inode).map_err(|e| refuse(format!("a UNIX socket: {e}")))?))),
-        libc::AF_INET | libc::AF_INET6 => Ok(Some(AnonFile::Inet(
-            inet::collect(pid, fd, domain).map_err(|e| refuse(format!("an internet socket: {e}")))?,
+        libc::AF_UNIX => Ok(Some(AnonFile::Unix(
+            unix::collect(pid, fd, inode).map_err(|e| refuse(format!("a UNIX socket: {e}")))?,
         ))),
-        libc::AF_NETLINK => Err(refuse("a netlink socket, which torpor cannot restore".into())),
-        libc::AF_PACKET => Err(refuse("a packet socket, which torpor cannot restore".into())),
-        other => Err(refuse(format!("a socket of address family {other}, which torpor cannot restore"))),
+        libc::AF_INET | libc::AF_INET6 => Ok(Some(AnonFile::Inet(
+            inet::collect(pid, fd, domain)
+                .map_err(|e| refuse(format!("an internet socket: {e}")))?,
+        ))),
+        libc::AF_NETLINK => Err(refuse(
+            "a netlink socket, which torpor cannot restore".into(),
+        )),
+        libc::AF_PACKET => Err(refuse(
+            "a packet socket, which torpor cannot restore".into(),
+        )),
+        other => Err(refuse(format!(
+            "a socket of address family {other}, which torpor cannot restore"
+        ))),
     }
 }
 
@@ -118,7 +137,10 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
         if let FileKind::Anon(AnonFile::Unix(s)) = &mut f.kind {
             unix::check_peer(s, &socks).map_err(|e| crate::engine::EngineError {
                 step: "files".into(),
-                cause: Cause::Unsupported(format!("UNIX socket socket:[{}] {}: {e}", s.inode, s.name)),
+                cause: Cause::Unsupported(format!(
+                    "UNIX socket socket:[{}] {}: {e}",
+                    s.inode, s.name
+                )),
             })?;
         }
     }
@@ -148,7 +170,12 @@ pub fn open(
         AnonFile::Memfd(s) => memfd::open_inline(s, flags),
         AnonFile::MemfdFile(r) => match segs.memfds.get(&r.id) {
             Some((fd, _)) => memfd::reopen(*fd, r, flags),
-            None => return Err(Cause::Refused(format!("memfd {} is not in the image", r.id))),
+            None => {
+                return Err(Cause::Refused(format!(
+                    "memfd {} is not in the image",
+                    r.id
+                )))
+            }
         },
     };
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
@@ -206,7 +233,11 @@ impl AnonFile {
 pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), String> {
     let mut done = Vec::new();
     for f in &p.fds {
-        let Some(OpenFile { kind: FileKind::Anon(AnonFile::Epoll(e)), .. }) = files.get(f.file as usize) else {
+        let Some(OpenFile {
+            kind: FileKind::Anon(AnonFile::Epoll(e)),
+            ..
+        }) = files.get(f.file as usize)
+        else {
             continue;
         };
         if e.owner != p.pid || done.contains(&f.file) {
@@ -219,9 +250,14 @@ pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), Strin
 }
 
 /// The file locks held through the fds of `pid`.
-pub fn collect_locks(pid: i32, fds: &[crate::engine::state::Fd]) -> Result<Vec<crate::image::records::FileLock>, crate::engine::EngineError> {
-    locks::collect(pid, fds)
-        .map_err(|e| crate::engine::EngineError { step: format!("files {pid}"), cause: Cause::Unsupported(e) })
+pub fn collect_locks(
+    pid: i32,
+    fds: &[crate::engine::state::Fd],
+) -> Result<Vec<crate::image::records::FileLock>, crate::engine::EngineError> {
+    locks::collect(pid, fds).map_err(|e| crate::engine::EngineError {
+        step: format!("files {pid}"),
+        cause: Cause::Unsupported(e),
+    })
 }
 
 /// In a restored task whose fds are at their numbers: takes its file locks
@@ -289,7 +325,9 @@ fn write_unlinked<W: std::io::Write>(
     let mut sources: Vec<(u64, String)> = Vec::new();
     for p in procs {
         for fd in &p.fds {
-            if let Some(FileKind::UnlinkedFile { inode, .. }) = files.get(fd.file as usize).map(|f| &f.kind) {
+            if let Some(FileKind::UnlinkedFile { inode, .. }) =
+                files.get(fd.file as usize).map(|f| &f.kind)
+            {
                 sources.push((*inode, format!("/proc/{}/fd/{}", p.pid, fd.fd)));
             }
         }
@@ -297,7 +335,10 @@ fn write_unlinked<W: std::io::Write>(
     for p in procs {
         for v in &p.vmas {
             if let Backing::Unlinked { inode, .. } = v.backing {
-                sources.push((inode, format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end)));
+                sources.push((
+                    inode,
+                    format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end),
+                ));
             }
         }
     }
@@ -336,20 +377,28 @@ fn write_contents<W: std::io::Write>(
 ) -> Result<(), Cause> {
     use std::os::unix::fs::FileExt;
     let seek = |at: u64, whence: i32| -> Result<Option<u64>, std::io::Error> {
-        let Ok(off) = libc::off_t::try_from(at) else { return Ok(None) };
+        let Ok(off) = libc::off_t::try_from(at) else {
+            return Ok(None);
+        };
         // SAFETY: lseek on our own fd, integer arguments.
         let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
         if r < 0 {
             let e = last_os();
             // ENXIO: no data at or after `at`.
-            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         Ok(u64::try_from(r).ok())
     };
     let mut buf = vec![0u8; OBJECT_CHUNK];
     let mut at = 0u64;
     while at < size {
-        let Some(start) = seek(at, libc::SEEK_DATA)? else { break };
+        let Some(start) = seek(at, libc::SEEK_DATA)? else {
+            break;
+        };
         let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
         // Chunks aligned to the chunk size, whatever the data ranges.
         let mut pos = start;
@@ -358,7 +407,14 @@ fn write_contents<W: std::io::Write>(
             let n = usize::try_from(room.min(end - pos)).unwrap_or(OBJECT_CHUNK);
             f.read_exact_at(&mut buf[..n], pos)?;
             if buf[..n].iter().any(|b| *b != 0) {
-                w.record(crate::image::Kind::ObjectData, &ObjectData { object, offset: pos, bytes: buf[..n].to_vec() })?;
+                w.record(
+                    crate::image::Kind::ObjectData,
+                    &ObjectData {
+                        object,
+                        offset: pos,
+                        bytes: buf[..n].to_vec(),
+                    },
+                )?;
             }
             pos += n as u64;
         }
@@ -371,7 +427,8 @@ fn write_contents<W: std::io::Write>(
 fn pwrite_all(fd: i32, bytes: &[u8], off: u64) -> Result<(), std::io::Error> {
     let mut done = 0;
     while done < bytes.len() {
-        let at = libc::off_t::try_from(off + done as u64).map_err(|_| std::io::Error::other(format!("offset {off} too large here")))?;
+        let at = libc::off_t::try_from(off + done as u64)
+            .map_err(|_| std::io::Error::other(format!("offset {off} too large here")))?;
         // SAFETY: writing from our buffer into our fd.
         let n = unsafe { libc::pwrite(fd, bytes[done..].as_ptr().cast(), bytes.len() - done, at) };
         if n <= 0 {
@@ -420,7 +477,8 @@ impl Segments {
     pub fn create(st: &crate::engine::image_io::ImageState, high: i32) -> Result<Segments, Cause> {
         let mut segs = Segments::default();
         for o in &st.memfds {
-            let f = memfd::create(o).map_err(|e| Cause::Refused(format!("recreating memfd {}: {e}", o.name)))?;
+            let f = memfd::create(o)
+                .map_err(|e| Cause::Refused(format!("recreating memfd {}: {e}", o.name)))?;
             // SAFETY: fcntl on our own fd; the duplicate is ours.
             let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, high) };
             if fd < 0 {
@@ -433,7 +491,11 @@ impl Segments {
             segs.sysv.insert(s.shmid, r);
         }
         for o in &st.unlinked {
-            let (path, size, inode) = (String::from_utf8_lossy(o.path.as_bytes()), &o.size, &o.inode);
+            let (path, size, inode) = (
+                String::from_utf8_lossy(o.path.as_bytes()),
+                &o.size,
+                &o.inode,
+            );
             let tmp = crate::engine::restore::create_unlinked(&path, &[])?;
             // SAFETY: fcntl on our own fd; the duplicate is ours.
             let fd = unsafe { libc::fcntl(tmp, libc::F_DUPFD_CLOEXEC, high) };
@@ -444,18 +506,29 @@ impl Segments {
                 return Err(dup_error.into());
             }
             segs.unlinked.insert(*inode, (fd, *size));
-            let len = libc::off_t::try_from(*size)
-                .map_err(|_| Cause::Refused(format!("unlinked {path} of {size} bytes is too large here")))?;
+            let len = libc::off_t::try_from(*size).map_err(|_| {
+                Cause::Refused(format!("unlinked {path} of {size} bytes is too large here"))
+            })?;
             // SAFETY: ftruncate on our own fd: the size, holes included.
             if unsafe { libc::ftruncate(fd, len) } < 0 {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("sizing unlinked {path} to {size} bytes: {e}")).into());
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("sizing unlinked {path} to {size} bytes: {e}"),
+                )
+                .into());
             }
             // Owner first: chown clears set-id bits.
             // SAFETY: fchown and fchmod on our own fd, integer arguments.
-            if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0 || unsafe { libc::fchmod(fd, o.mode) } < 0 {
+            if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
+                || unsafe { libc::fchmod(fd, o.mode) } < 0
+            {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("giving unlinked {path} its owner and mode: {e}")).into());
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("giving unlinked {path} its owner and mode: {e}"),
+                )
+                .into());
             }
         }
         Ok(segs)
@@ -464,19 +537,28 @@ impl Segments {
     /// torpor's fds of the memfds and unlinked files, which each task
     /// keeps until its mappings are made.
     pub fn fds(&self) -> Vec<i32> {
-        self.memfds.values().map(|(fd, _)| *fd).chain(self.unlinked.values().map(|(fd, _)| *fd)).collect()
+        self.memfds
+            .values()
+            .map(|(fd, _)| *fd)
+            .chain(self.unlinked.values().map(|(fd, _)| *fd))
+            .collect()
     }
 
     /// Where a task opens memfd `id` to map it: torpor's fd, inherited.
     pub fn memfd_path(&self, id: u64) -> Result<String, Cause> {
-        let (fd, _) = self.memfds.get(&id).ok_or_else(|| Cause::Refused(format!("memfd {id} is not in the image")))?;
+        let (fd, _) = self
+            .memfds
+            .get(&id)
+            .ok_or_else(|| Cause::Refused(format!("memfd {id} is not in the image")))?;
         Ok(format!("/proc/self/fd/{fd}"))
     }
 
     /// Where a description of unlinked file `inode` is reopened.
     pub fn unlinked_path(&self, inode: u64) -> Result<String, Cause> {
-        let (fd, _) =
-            self.unlinked.get(&inode).ok_or_else(|| Cause::Refused(format!("unlinked file {inode} is not in the image")))?;
+        let (fd, _) = self
+            .unlinked
+            .get(&inode)
+            .ok_or_else(|| Cause::Refused(format!("unlinked file {inode} is not in the image")))?;
         Ok(format!("/proc/self/fd/{fd}"))
     }
 
@@ -484,35 +566,61 @@ impl Segments {
     pub fn fill(&mut self, d: &ObjectData) -> Result<(), Cause> {
         match d.object {
             ObjectRef::Memfd(id) => {
-                let (fd, o) = self.memfds.get(&id).ok_or_else(|| Cause::Refused(format!("contents of memfd {id}, which is not in the image")))?;
-                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > o.size) {
-                    return Err(Cause::Refused(format!("{} bytes at {} overflow memfd {} of {} bytes", d.bytes.len(), d.offset, o.name, o.size)));
+                let (fd, o) = self.memfds.get(&id).ok_or_else(|| {
+                    Cause::Refused(format!("contents of memfd {id}, which is not in the image"))
+                })?;
+                if d.offset
+                    .checked_add(d.bytes.len() as u64)
+                    .is_none_or(|e| e > o.size)
+                {
+                    return Err(Cause::Refused(format!(
+                        "{} bytes at {} overflow memfd {} of {} bytes",
+                        d.bytes.len(),
+                        d.offset,
+                        o.name,
+                        o.size
+                    )));
                 }
-                pwrite_all(*fd, &d.bytes, d.offset).map_err(|e| Cause::Refused(format!("filling memfd {}: {e}", o.name)))
+                pwrite_all(*fd, &d.bytes, d.offset)
+                    .map_err(|e| Cause::Refused(format!("filling memfd {}: {e}", o.name)))
             }
             ObjectRef::Unlinked(inode) => {
-                let (fd, size) = self
-                    .unlinked
-                    .get(&inode)
-                    .ok_or_else(|| Cause::Refused(format!("contents of unlinked file {inode}, which is not in the image")))?;
-                if d.offset.checked_add(d.bytes.len() as u64).is_none_or(|e| e > *size) {
+                let (fd, size) = self.unlinked.get(&inode).ok_or_else(|| {
+                    Cause::Refused(format!(
+                        "contents of unlinked file {inode}, which is not in the image"
+                    ))
+                })?;
+                if d.offset
+                    .checked_add(d.bytes.len() as u64)
+                    .is_none_or(|e| e > *size)
+                {
                     return Err(Cause::Refused(format!(
                         "{} bytes at {} overflow unlinked file {inode} of {size} bytes",
                         d.bytes.len(),
                         d.offset
                     )));
                 }
-                pwrite_all(*fd, &d.bytes, d.offset).map_err(|e| Cause::Refused(format!("filling unlinked file {inode}: {e}")))
+                pwrite_all(*fd, &d.bytes, d.offset)
+                    .map_err(|e| Cause::Refused(format!("filling unlinked file {inode}: {e}")))
             }
             ObjectRef::Sysv(id) => {
-                let s = self.sysv.get_mut(&id).ok_or_else(|| Cause::Refused(format!("contents of SysV segment {id}, which is not in the image")))?;
-                s.fill(d.offset, &d.bytes).map_err(|e| Cause::Refused(e.to_string()))
+                let s = self.sysv.get_mut(&id).ok_or_else(|| {
+                    Cause::Refused(format!(
+                        "contents of SysV segment {id}, which is not in the image"
+                    ))
+                })?;
+                s.fill(d.offset, &d.bytes)
+                    .map_err(|e| Cause::Refused(e.to_string()))
             }
         }
     }
 
     /// In a task being rebuilt: attaches its SysV segments in place.
-    pub fn attach_sysv(&self, r: &mut crate::engine::remote::Remote<'_>, p: &ProcessState) -> Result<(), Cause> {
+    pub fn attach_sysv(
+        &self,
+        r: &mut crate::engine::remote::Remote<'_>,
+        p: &ProcessState,
+    ) -> Result<(), Cause> {
         let sizes: BTreeMap<i32, u64> = self.sysv.values().map(|s| (s.shmid(), s.size())).collect();
         sysv::attach(r, p, &sizes)
     }
@@ -521,7 +629,9 @@ impl Segments {
     /// marked for removal are removed, torpor lets go of all of them.
     pub fn finish(&mut self) -> Result<(), Cause> {
         for (fd, o) in self.memfds.values() {
-            memfd::seal(*fd, o).map_err(|e| Cause::Refused(format!("sealing memfd {} with {:#x}: {e}", o.name, o.seals)))?;
+            memfd::seal(*fd, o).map_err(|e| {
+                Cause::Refused(format!("sealing memfd {} with {:#x}: {e}", o.name, o.seals))
+            })?;
         }
         for s in self.sysv.values_mut() {
             s.finish().map_err(|e| Cause::Refused(e.to_string()))?;
@@ -532,7 +642,12 @@ impl Segments {
 
 impl Drop for Segments {
     fn drop(&mut self) {
-        for fd in self.memfds.values().map(|(fd, _)| fd).chain(self.unlinked.values().map(|(fd, _)| fd)) {
+        for fd in self
+            .memfds
+            .values()
+            .map(|(fd, _)| fd)
+            .chain(self.unlinked.values().map(|(fd, _)| fd))
+        {
             // SAFETY: closing the fds this struct opened.
             unsafe { libc::close(*fd) };
         }
@@ -541,7 +656,11 @@ impl Drop for Segments {
 
 /// The value of a `key:` line of an fdinfo text.
 fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
+    info.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 fn hex_u64(s: &str) -> Option<u64> {
@@ -566,11 +685,22 @@ fn owned(r: libc::c_long) -> Result<OwnedFd, std::io::Error> {
 /// open file description.
 fn dup_from(pid: i32, fd: i32) -> Result<OwnedFd, std::io::Error> {
     // SAFETY: pidfd_open takes integers only.
-    let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, libc::c_long::from(pid), 0 as libc::c_long) })?;
+    let pidfd = owned(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            libc::c_long::from(pid),
+            0 as libc::c_long,
+        )
+    })?;
     use std::os::fd::AsRawFd;
     // SAFETY: pidfd_getfd takes integers only.
     owned(unsafe {
-        libc::syscall(libc::SYS_pidfd_getfd, libc::c_long::from(pidfd.as_raw_fd()), libc::c_long::from(fd), 0 as libc::c_long)
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            libc::c_long::from(pidfd.as_raw_fd()),
+            libc::c_long::from(fd),
+            0 as libc::c_long,
+        )
     })
 }
 
@@ -607,11 +737,27 @@ VmFlags: rd wr sh mr mw me ms
         assert_eq!(
             got,
             vec![
-                Some(Backing::Memfd { id: 3097, offset: 0x2000, may_write: true }),
-                Some(Backing::Memfd { id: 3098, offset: 0, may_write: false }),
+                Some(Backing::Memfd {
+                    id: 3097,
+                    offset: 0x2000,
+                    may_write: true
+                }),
+                Some(Backing::Memfd {
+                    id: 3098,
+                    offset: 0,
+                    may_write: false
+                }),
                 // Segment 0 has inode 0; SHM_RDONLY leaves no `mw`.
-                Some(Backing::Sysv { shmid: 0, offset: 0, read_only: true }),
-                Some(Backing::Sysv { shmid: 32772, offset: 0x1000, read_only: false }),
+                Some(Backing::Sysv {
+                    shmid: 0,
+                    offset: 0,
+                    read_only: true
+                }),
+                Some(Backing::Sysv {
+                    shmid: 32772,
+                    offset: 0x1000,
+                    read_only: false
+                }),
                 None,
                 None,
             ]

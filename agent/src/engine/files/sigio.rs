@@ -38,14 +38,24 @@ pub(super) fn collect(pid: i32, fd: i32) -> Result<SigIo, String> {
     let mut owner = OwnerEx::default();
     // SAFETY: F_GETOWN_EX writes one struct f_owner_ex.
     if unsafe { libc::fcntl(dup.as_raw_fd(), F_GETOWN_EX, &raw mut owner) } < 0 {
-        return Err(format!("fd {fd}: F_GETOWN_EX: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "fd {fd}: F_GETOWN_EX: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: fcntl with integer arguments on our own fd.
     let signal = unsafe { libc::fcntl(dup.as_raw_fd(), F_GETSIG) };
     if signal < 0 {
-        return Err(format!("fd {fd}: F_GETSIG: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "fd {fd}: F_GETSIG: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    Ok(SigIo { owner_kind: owner.kind, owner_pid: owner.pid, signal })
+    Ok(SigIo {
+        owner_kind: owner.kind,
+        owner_pid: owner.pid,
+        signal,
+    })
 }
 
 /// In the restored process, on its own fd: the signal, then `O_ASYNC` if
@@ -53,14 +63,21 @@ pub(super) fn collect(pid: i32, fd: i32) -> Result<SigIo, String> {
 pub fn arm(fd: i32, flags: u32, s: &SigIo) -> Result<(), String> {
     // SAFETY: fcntl with integer arguments on an fd of this process.
     if unsafe { libc::fcntl(fd, F_SETSIG, s.signal) } < 0 {
-        return Err(format!("F_SETSIG {} on fd {fd}: {}", s.signal, std::io::Error::last_os_error()));
+        return Err(format!(
+            "F_SETSIG {} on fd {fd}: {}",
+            s.signal,
+            std::io::Error::last_os_error()
+        ));
     }
     if flags & O_ASYNC != 0 {
         // SAFETY: as above.
         let now = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         // SAFETY: as above; the flag changes, so the kernel arms the notice.
         if now < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, now | libc::O_ASYNC) } < 0 {
-            return Err(format!("O_ASYNC on fd {fd}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "O_ASYNC on fd {fd}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -71,7 +88,10 @@ pub fn set_owner(fd: i32, s: &SigIo) -> Result<(), String> {
     if s.owner_pid == 0 {
         return Ok(());
     }
-    let owner = OwnerEx { kind: s.owner_kind, pid: s.owner_pid };
+    let owner = OwnerEx {
+        kind: s.owner_kind,
+        pid: s.owner_pid,
+    };
     // SAFETY: F_SETOWN_EX reads one struct f_owner_ex.
     if unsafe { libc::fcntl(fd, F_SETOWN_EX, &raw const owner) } < 0 {
         return Err(format!(

@@ -6,7 +6,9 @@ use super::{field, hex_u64, into_raw, owned};
 use crate::image::records::SignalFd;
 
 pub(super) fn collect(info: &str) -> Result<SignalFd, String> {
-    let mask = field(info, "sigmask").and_then(hex_u64).ok_or("no readable sigmask")?;
+    let mask = field(info, "sigmask")
+        .and_then(hex_u64)
+        .ok_or("no readable sigmask")?;
     Ok(SignalFd { mask })
 }
 

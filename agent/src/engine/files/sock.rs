@@ -16,7 +16,16 @@ pub(super) fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32, std::io
     let mut v: libc::c_int = 0;
     let mut len = socklen::<libc::c_int>();
     // SAFETY: getsockopt writes at most `len` bytes into `v`.
-    if unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (&raw mut v).cast(), &raw mut len) } < 0 {
+    if unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    } < 0
+    {
         return Err(last_os());
     }
     Ok(v)
@@ -24,17 +33,38 @@ pub(super) fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32, std::io
 
 pub(super) fn set_int(fd: i32, level: i32, opt: i32, v: i32) -> Result<(), std::io::Error> {
     // SAFETY: setsockopt reads one int.
-    if unsafe { libc::setsockopt(fd, level, opt, (&raw const v).cast(), socklen::<libc::c_int>()) } < 0 {
+    if unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&raw const v).cast(),
+            socklen::<libc::c_int>(),
+        )
+    } < 0
+    {
         return Err(last_os());
     }
     Ok(())
 }
 
 fn get_timeo(fd: &OwnedFd, opt: i32) -> Result<u64, std::io::Error> {
-    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
     let mut len = socklen::<libc::timeval>();
     // SAFETY: getsockopt writes at most `len` bytes into `tv`.
-    if unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&raw mut tv).cast(), &raw mut len) } < 0 {
+    if unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&raw mut tv).cast(),
+            &raw mut len,
+        )
+    } < 0
+    {
         return Err(last_os());
     }
     Ok(u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0))
@@ -46,7 +76,16 @@ fn set_timeo(fd: i32, opt: i32, us: u64) -> Result<(), std::io::Error> {
         tv_usec: libc::suseconds_t::try_from(us % 1_000_000).unwrap_or(0),
     };
     // SAFETY: setsockopt reads one timeval.
-    if unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const tv).cast(), socklen::<libc::timeval>()) } < 0 {
+    if unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const tv).cast(),
+            socklen::<libc::timeval>(),
+        )
+    } < 0
+    {
         return Err(last_os());
     }
     Ok(())
@@ -96,7 +135,9 @@ pub(super) fn apply_opts(fd: i32, o: &SockOpts, tcp: bool) -> Result<(), std::io
         // A borrowed view for get_int; the fd stays the caller's.
         // SAFETY: `fd` is open for the duration of this call; ManuallyDrop
         // keeps it from being closed.
-        core::mem::ManuallyDrop::new(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        core::mem::ManuallyDrop::new(unsafe {
+            <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        })
     };
     for (opt, want) in [(libc::SO_RCVBUF, o.rcvbuf), (libc::SO_SNDBUF, o.sndbuf)] {
         if want > 0 && get_int(&own, sol, opt)? != want {
@@ -107,17 +148,24 @@ pub(super) fn apply_opts(fd: i32, o: &SockOpts, tcp: bool) -> Result<(), std::io
 }
 
 /// A `sockaddr_un` for a path or an abstract name (`\0`-led).
-pub(super) fn sockaddr_un(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t), std::io::Error> {
+pub(super) fn sockaddr_un(
+    name: &[u8],
+) -> Result<(libc::sockaddr_un, libc::socklen_t), std::io::Error> {
     // SAFETY: sockaddr_un is plain integers; all-zero is valid.
     let mut a: libc::sockaddr_un = unsafe { core::mem::zeroed() };
     a.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
     if name.len() >= a.sun_path.len() {
-        return Err(std::io::Error::other(format!("socket name of {} bytes is too long", name.len())));
+        return Err(std::io::Error::other(format!(
+            "socket name of {} bytes is too long",
+            name.len()
+        )));
     }
     for (d, s) in a.sun_path.iter_mut().zip(name) {
         *d = libc::c_char::from_ne_bytes([*s]);
     }
-    let len = core::mem::size_of::<libc::sa_family_t>() + name.len() + usize::from(name.first() != Some(&0));
+    let len = core::mem::size_of::<libc::sa_family_t>()
+        + name.len()
+        + usize::from(name.first() != Some(&0));
     Ok((a, libc::socklen_t::try_from(len).unwrap_or(0)))
 }
 
@@ -139,17 +187,29 @@ pub(super) fn sock_name(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std:
     };
     if r < 0 {
         let e = last_os();
-        return if e.raw_os_error() == Some(libc::ENOTCONN) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENOTCONN) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     // SAFETY: `a` is `len` (at most its size) initialised bytes.
-    let bytes = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), (len as usize).min(core::mem::size_of_val(&a))) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (&raw const a).cast::<u8>(),
+            (len as usize).min(core::mem::size_of_val(&a)),
+        )
+    };
     Ok(Some(bytes.to_vec()))
 }
 
 /// The name bytes (no trailing NUL) of a raw `sockaddr_un` as
 /// [`sock_name`] returns it.
 pub(super) fn un_name(raw: &[u8]) -> Vec<u8> {
-    let mut v: Vec<u8> = raw.get(core::mem::size_of::<libc::sa_family_t>()..).unwrap_or_default().to_vec();
+    let mut v: Vec<u8> = raw
+        .get(core::mem::size_of::<libc::sa_family_t>()..)
+        .unwrap_or_default()
+        .to_vec();
     if v.first() != Some(&0) {
         while v.last() == Some(&0) {
             v.pop();
@@ -167,7 +227,8 @@ mod tests {
         for name in [&b"/run/app.sock"[..], b"\0abstract-name", b"rel"] {
             let (a, len) = sockaddr_un(name).expect("fits");
             // SAFETY: `a` is `len` (at most its size) initialised bytes.
-            let raw = unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), len as usize) };
+            let raw =
+                unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), len as usize) };
             assert_eq!(un_name(raw), name.to_vec());
         }
         assert!(sockaddr_un(&[b'x'; 200]).is_err());

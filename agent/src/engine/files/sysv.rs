@@ -41,12 +41,19 @@ pub(super) fn mapping(m: &MapEntry) -> Option<Backing> {
         return None;
     }
     // SHM_RDONLY leaves the mapping without VM_MAYWRITE.
-    Some(Backing::Sysv { shmid: i32::try_from(m.inode).ok()?, offset: m.offset, read_only: !m.has_flag("mw") })
+    Some(Backing::Sysv {
+        shmid: i32::try_from(m.inode).ok()?,
+        offset: m.offset,
+        read_only: !m.has_flag("mw"),
+    })
 }
 
 /// The key in a maps name `/SYSV<key> (deleted)` (0 if unreadable).
 fn created_key(name: &str) -> i32 {
-    let hex = name.strip_prefix("/SYSV").and_then(|s| s.strip_suffix(" (deleted)")).unwrap_or("");
+    let hex = name
+        .strip_prefix("/SYSV")
+        .and_then(|s| s.strip_suffix(" (deleted)"))
+        .unwrap_or("");
     u32::from_str_radix(hex, 16).map_or(0, |k| i32::from_ne_bytes(k.to_ne_bytes()))
 }
 
@@ -96,13 +103,19 @@ fn rows() -> Result<Vec<Row>, String> {
 
 /// Stores every segment the tree has attached: its record, then its
 /// contents, read through one of its attachments.
-pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -> Result<(), Cause> {
+pub(super) fn write<W: Write>(
+    w: &mut ImageWriter<W>,
+    procs: &[&ProcessState],
+) -> Result<(), Cause> {
     let mut sources: BTreeMap<i32, (String, i32)> = BTreeMap::new();
     for p in procs {
         for v in &p.vmas {
             if let Backing::Sysv { shmid, .. } = v.backing {
                 sources.entry(shmid).or_insert_with(|| {
-                    (format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end), created_key(&v.name))
+                    (
+                        format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end),
+                        created_key(&v.name),
+                    )
                 });
             }
         }
@@ -112,8 +125,13 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
     }
     let table = rows().map_err(Cause::Unsupported)?;
     for (shmid, (source, created_key)) in sources {
-        let refuse = |what: String| Cause::Unsupported(format!("SysV shared memory segment {shmid}: {what}"));
-        let row = table.iter().find(|r| r.shmid == shmid).ok_or_else(|| refuse(format!("not in {SHM_TABLE}")))?;
+        let refuse = |what: String| {
+            Cause::Unsupported(format!("SysV shared memory segment {shmid}: {what}"))
+        };
+        let row = table
+            .iter()
+            .find(|r| r.shmid == shmid)
+            .ok_or_else(|| refuse(format!("not in {SHM_TABLE}")))?;
         let seg = SysvShm {
             shmid,
             key: row.key,
@@ -130,8 +148,10 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
         w.record(Kind::SysvShm, &seg)?;
         // The attachment opens as the segment's shmem file, which reads
         // and tells holes from data.
-        let f = std::fs::File::open(&source).map_err(|e| refuse(format!("opening {source}: {e}")))?;
-        super::write_contents(w, &f, row.size, ObjectRef::Sysv(shmid)).map_err(|e| refuse(format!("reading its contents: {e}")))?;
+        let f =
+            std::fs::File::open(&source).map_err(|e| refuse(format!("opening {source}: {e}")))?;
+        super::write_contents(w, &f, row.size, ObjectRef::Sysv(shmid))
+            .map_err(|e| refuse(format!("reading its contents: {e}")))?;
     }
     Ok(())
 }
@@ -155,7 +175,10 @@ enum Plan {
 /// The plan for `seg` given the segments that exist now, or why the
 /// restore must refuse.
 fn plan(seg: &SysvShm, table: &[Row]) -> Result<Plan, String> {
-    let name = format!("SysV shared memory segment {} (key {:#x}, {} bytes)", seg.shmid, seg.key, seg.size);
+    let name = format!(
+        "SysV shared memory segment {} (key {:#x}, {} bytes)",
+        seg.shmid, seg.key, seg.size
+    );
     if let Some(r) = table.iter().find(|r| r.shmid == seg.shmid) {
         if r.key == seg.key && r.size == seg.size && r.cpid == seg.cpid {
             return Ok(Plan::Reuse);
@@ -211,16 +234,26 @@ fn os(what: String) -> impl FnOnce(std::io::Error) -> std::io::Error {
 pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     let table = rows().map_err(std::io::Error::other)?;
     if plan(seg, &table).map_err(std::io::Error::other)? == Plan::Reuse {
-        return Ok(Restored { seg: seg.clone(), created: false, at: None });
+        return Ok(Restored {
+            seg: seg.clone(),
+            created: false,
+            at: None,
+        });
     }
     let what = format!("recreating SysV segment {} (key {:#x})", seg.shmid, seg.key);
-    std::fs::write(SHM_NEXT_ID, seg.shmid.to_string()).map_err(os(format!("{what}: {SHM_NEXT_ID}")))?;
-    let size = usize::try_from(seg.size).map_err(|_| std::io::Error::other(format!("{what}: {} bytes do not fit here", seg.size)))?;
+    std::fs::write(SHM_NEXT_ID, seg.shmid.to_string())
+        .map_err(os(format!("{what}: {SHM_NEXT_ID}")))?;
+    let size = usize::try_from(seg.size).map_err(|_| {
+        std::io::Error::other(format!("{what}: {} bytes do not fit here", seg.size))
+    })?;
     let mode = i32::try_from(seg.mode & 0o777).unwrap_or(0o600);
     // A segment marked for removal is made with the key it was created
     // with, for its maps name, when no other segment holds that key; the
     // removal at the end makes its key private again.
-    let key = if seg.removed && seg.created_key != libc::IPC_PRIVATE && !table.iter().any(|r| r.key == seg.created_key) {
+    let key = if seg.removed
+        && seg.created_key != libc::IPC_PRIVATE
+        && !table.iter().any(|r| r.key == seg.created_key)
+    {
         seg.created_key
     } else {
         seg.key
@@ -233,11 +266,17 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
         let _ = std::fs::write(SHM_NEXT_ID, "-1");
         return Err(os(what)(e));
     }
-    let mut r = Restored { seg: seg.clone(), created: true, at: None };
+    let mut r = Restored {
+        seg: seg.clone(),
+        created: true,
+        at: None,
+    };
     if id != seg.shmid {
         // Dropping `r` removes the segment with the wrong id.
         r.seg.shmid = id;
-        return Err(std::io::Error::other(format!("{what}: the kernel gave id {id}")));
+        return Err(std::io::Error::other(format!(
+            "{what}: the kernel gave id {id}"
+        )));
     }
     // IPC_SET reads only the owner and mode, at the start of shmid_ds in
     // every layout; the buffer is larger than any libc's struct (musl 1.2
@@ -273,7 +312,9 @@ impl Restored {
         if !self.created {
             return Ok(());
         }
-        let end = offset.checked_add(bytes.len() as u64).filter(|e| *e <= self.seg.size);
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|e| *e <= self.seg.size);
         let (Some(_), Ok(off)) = (end, usize::try_from(offset)) else {
             return Err(std::io::Error::other(format!(
                 "{} bytes at {offset} overflow SysV segment {} of {} bytes",
@@ -288,7 +329,9 @@ impl Restored {
                 // SAFETY: shmat lets the kernel choose the address.
                 let p = unsafe { libc::shmat(self.seg.shmid, std::ptr::null(), 0) };
                 if p as isize == -1 {
-                    return Err(os(format!("attaching SysV segment {}", self.seg.shmid))(super::last_os()));
+                    return Err(os(format!("attaching SysV segment {}", self.seg.shmid))(
+                        super::last_os(),
+                    ));
                 }
                 self.at = Some(p as usize);
                 p as usize
@@ -296,7 +339,9 @@ impl Restored {
         };
         // SAFETY: [off, off + len) lies inside the attachment (checked
         // above); nothing else in torpor refers to it.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (base + off) as *mut u8, bytes.len()) };
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (base + off) as *mut u8, bytes.len())
+        };
         Ok(())
     }
 
@@ -316,7 +361,10 @@ impl Restored {
         if self.seg.removed {
             // SAFETY: IPC_RMID takes no buffer.
             if unsafe { libc::shmctl(self.seg.shmid, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
-                return Err(os(format!("marking SysV segment {} for removal", self.seg.shmid))(super::last_os()));
+                return Err(os(format!(
+                    "marking SysV segment {} for removal",
+                    self.seg.shmid
+                ))(super::last_os()));
             }
         }
         Ok(())
@@ -336,20 +384,37 @@ impl Drop for Restored {
 /// In a task being rebuilt: attaches each of its segments at its address
 /// with its flags, then trims and protects the attachment to the mappings
 /// the task had (parts may have been unmapped or mprotected).
-pub(super) fn attach(r: &mut Remote<'_>, p: &ProcessState, sizes: &BTreeMap<i32, u64>) -> Result<(), Cause> {
+pub(super) fn attach(
+    r: &mut Remote<'_>,
+    p: &ProcessState,
+    sizes: &BTreeMap<i32, u64>,
+) -> Result<(), Cause> {
     let ps = crate::engine::page_size();
     let mut groups: BTreeMap<(u64, i32), Vec<&Vma>> = BTreeMap::new();
     for v in &p.vmas {
         if let Backing::Sysv { shmid, offset, .. } = v.backing {
-            groups.entry((v.start.wrapping_sub(offset), shmid)).or_default().push(v);
+            groups
+                .entry((v.start.wrapping_sub(offset), shmid))
+                .or_default()
+                .push(v);
         }
     }
     for ((base, shmid), vmas) in groups {
-        let size = *sizes
-            .get(&shmid)
-            .ok_or_else(|| Cause::Refused(format!("SysV segment {shmid} at {base:#x} is not in the image")))?;
+        let size = *sizes.get(&shmid).ok_or_else(|| {
+            Cause::Refused(format!(
+                "SysV segment {shmid} at {base:#x} is not in the image"
+            ))
+        })?;
         let len = size.div_ceil(ps) * ps;
-        let read_only = vmas.iter().all(|v| matches!(v.backing, Backing::Sysv { read_only: true, .. }));
+        let read_only = vmas.iter().all(|v| {
+            matches!(
+                v.backing,
+                Backing::Sysv {
+                    read_only: true,
+                    ..
+                }
+            )
+        });
         let exec = vmas.iter().any(|v| v.prot & libc::PROT_EXEC != 0);
         let mut flags = if read_only { libc::SHM_RDONLY } else { 0 };
         let mut prot = libc::PROT_READ | if read_only { 0 } else { libc::PROT_WRITE };
@@ -357,12 +422,21 @@ pub(super) fn attach(r: &mut Remote<'_>, p: &ProcessState, sizes: &BTreeMap<i32,
             flags |= SHM_EXEC;
             prot |= libc::PROT_EXEC;
         }
-        let id = u64::try_from(shmid).map_err(|_| Cause::Refused(format!("SysV segment id {shmid}")))?;
+        let id =
+            u64::try_from(shmid).map_err(|_| Cause::Refused(format!("SysV segment id {shmid}")))?;
         let got = r
-            .syscall("shmat", nr::SHMAT, [id, base, u64::from(flags.unsigned_abs()), 0, 0, 0])
-            .map_err(|e| Cause::Refused(format!("attaching SysV segment {shmid} at {base:#x}: {e}")))?;
+            .syscall(
+                "shmat",
+                nr::SHMAT,
+                [id, base, u64::from(flags.unsigned_abs()), 0, 0, 0],
+            )
+            .map_err(|e| {
+                Cause::Refused(format!("attaching SysV segment {shmid} at {base:#x}: {e}"))
+            })?;
         if got != base {
-            return Err(Cause::Refused(format!("SysV segment {shmid} attached at {got:#x}, not {base:#x}")));
+            return Err(Cause::Refused(format!(
+                "SysV segment {shmid} attached at {got:#x}, not {base:#x}"
+            )));
         }
         let mut at = base;
         for v in vmas {
@@ -370,12 +444,27 @@ pub(super) fn attach(r: &mut Remote<'_>, p: &ProcessState, sizes: &BTreeMap<i32,
                 r.syscall("munmap (SysV)", nr::MUNMAP, [at, v.start - at, 0, 0, 0, 0])?;
             }
             if v.prot != prot {
-                r.syscall("mprotect (SysV)", nr::MPROTECT, [v.start, v.end - v.start, u64::from(v.prot.unsigned_abs()), 0, 0, 0])?;
+                r.syscall(
+                    "mprotect (SysV)",
+                    nr::MPROTECT,
+                    [
+                        v.start,
+                        v.end - v.start,
+                        u64::from(v.prot.unsigned_abs()),
+                        0,
+                        0,
+                        0,
+                    ],
+                )?;
             }
             at = v.end;
         }
         if at < base + len {
-            r.syscall("munmap (SysV)", nr::MUNMAP, [at, base + len - at, 0, 0, 0, 0])?;
+            r.syscall(
+                "munmap (SysV)",
+                nr::MUNMAP,
+                [at, base + len - at, 0, 0, 0, 0],
+            )?;
         }
     }
     Ok(())
@@ -391,7 +480,13 @@ mod tests {
 ";
 
     fn seg(shmid: i32, key: i32, size: u64, cpid: i32) -> SysvShm {
-        SysvShm { shmid, key, size, cpid, ..Default::default() }
+        SysvShm {
+            shmid,
+            key,
+            size,
+            cpid,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -407,7 +502,17 @@ mod tests {
         let rows = parse_rows(TABLE).expect("rows");
         assert_eq!(
             rows[0],
-            Row { key: 1_414_660_096, shmid: 32, perms: 0o1640, size: 12293, cpid: 1398, uid: 1000, gid: 100, cuid: 0, cgid: 0 }
+            Row {
+                key: 1_414_660_096,
+                shmid: 32,
+                perms: 0o1640,
+                size: 12293,
+                cpid: 1398,
+                uid: 1000,
+                gid: 100,
+                cuid: 0,
+                cgid: 0
+            }
         );
         assert_eq!(rows[1].shmid, 1);
         assert!(parse_rows("header\n1 2 3\n").is_err());
@@ -416,14 +521,20 @@ mod tests {
     #[test]
     fn plans() {
         let rows = parse_rows(TABLE).expect("rows");
-        assert_eq!(plan(&seg(32, 1_414_660_096, 12293, 1398), &rows), Ok(Plan::Reuse));
+        assert_eq!(
+            plan(&seg(32, 1_414_660_096, 12293, 1398), &rows),
+            Ok(Plan::Reuse)
+        );
         assert_eq!(plan(&seg(33, 5, 12293, 1398), &rows), Ok(Plan::Create));
         // Same id, another creator: another segment.
         let e = plan(&seg(32, 1_414_660_096, 12293, 1400), &rows).expect_err("refused");
         assert!(e.contains("segment 32") && e.contains("ipcrm -m 32"), "{e}");
         // The key is taken by another id.
         let e = plan(&seg(40, 1_414_660_096, 12293, 1398), &rows).expect_err("refused");
-        assert!(e.contains("key 0x54520000") && e.contains("held by segment 32"), "{e}");
+        assert!(
+            e.contains("key 0x54520000") && e.contains("held by segment 32"),
+            "{e}"
+        );
         // A private key is never taken.
         assert_eq!(plan(&seg(41, 0, 4096, 5), &rows), Ok(Plan::Create));
     }

@@ -23,7 +23,10 @@ fn pair_ns(s: &str) -> Option<u64> {
 }
 
 fn now_ns(clock: i32) -> Result<u64, std::io::Error> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec.
     if unsafe { libc::clock_gettime(clock, &raw mut ts) } < 0 {
         return Err(last_os());
@@ -54,7 +57,9 @@ const READ_TRIES: u32 = 8;
 pub(super) fn collect_from(path: &str) -> Result<TimerFd, String> {
     let read = || std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"));
     let first = read()?;
-    let clock: i32 = field(&first, "clockid").and_then(|v| v.parse().ok()).ok_or("no readable clockid")?;
+    let clock: i32 = field(&first, "clockid")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no readable clockid")?;
     let now = || now_ns(clock).map_err(|e| format!("clock {clock}: {e}"));
     let mut tries = 0;
     loop {
@@ -70,25 +75,47 @@ pub(super) fn collect_from(path: &str) -> Result<TimerFd, String> {
 
 /// Parses a timerfd's fdinfo read at `now` on its clock.
 pub(super) fn collect(info: &str, now: u64) -> Result<TimerFd, String> {
-    let clock: i32 = field(info, "clockid").and_then(|v| v.parse().ok()).ok_or("no readable clockid")?;
-    let ticks: u64 = field(info, "ticks").and_then(|v| v.parse().ok()).ok_or("no readable ticks")?;
-    let settime_flags =
-        field(info, "settime flags").and_then(|v| u32::from_str_radix(v, 8).ok()).ok_or("no readable settime flags")?;
-    let value_ns = field(info, "it_value").and_then(pair_ns).ok_or("no readable it_value")?;
-    let interval_ns = field(info, "it_interval").and_then(pair_ns).ok_or("no readable it_interval")?;
+    let clock: i32 = field(info, "clockid")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no readable clockid")?;
+    let ticks: u64 = field(info, "ticks")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no readable ticks")?;
+    let settime_flags = field(info, "settime flags")
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .ok_or("no readable settime flags")?;
+    let value_ns = field(info, "it_value")
+        .and_then(pair_ns)
+        .ok_or("no readable it_value")?;
+    let interval_ns = field(info, "it_interval")
+        .and_then(pair_ns)
+        .ok_or("no readable it_interval")?;
     let deadline_ns = if value_ns > 0 { now + value_ns } else { 0 };
-    Ok(TimerFd { clock, settime_flags, interval_ns, value_ns, deadline_ns, ticks })
+    Ok(TimerFd {
+        clock,
+        settime_flags,
+        interval_ns,
+        value_ns,
+        deadline_ns,
+        ticks,
+    })
 }
 
 /// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
 /// gets a time namespace; `None` when it reads the host's clocks.
-pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Result<i32, std::io::Error> {
+pub(super) fn open(
+    s: &TimerFd,
+    nonblock: bool,
+    shift: Option<Offsets>,
+) -> Result<i32, std::io::Error> {
     let mut flags = libc::TFD_CLOEXEC;
     if nonblock {
         flags |= libc::TFD_NONBLOCK;
     }
     // SAFETY: timerfd_create takes integers only.
-    let f = owned(libc::c_long::from(unsafe { libc::timerfd_create(s.clock, flags) }))?;
+    let f = owned(libc::c_long::from(unsafe {
+        libc::timerfd_create(s.clock, flags)
+    }))?;
     use std::os::fd::AsRawFd;
     let armed = s.value_ns > 0 || s.interval_ns > 0;
     if armed {
@@ -100,7 +127,8 @@ pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Resul
                 _ if is_wall_clock(s.clock) => s.deadline_ns,
                 // The deadline in the tree's namespace, in torpor's view.
                 Some(ahead) if s.deadline_ns > 0 => {
-                    u64::try_from((i128::from(s.deadline_ns) - i128::from(ahead)).max(1)).unwrap_or(u64::MAX)
+                    u64::try_from((i128::from(s.deadline_ns) - i128::from(ahead)).max(1))
+                        .unwrap_or(u64::MAX)
                 }
                 _ => now_ns(s.clock)? + left,
             };
@@ -108,10 +136,21 @@ pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Resul
         } else {
             (left, s.settime_flags & !(libc::TFD_TIMER_ABSTIME as u32))
         };
-        let its = libc::itimerspec { it_interval: timespec(s.interval_ns), it_value: timespec(value) };
+        let its = libc::itimerspec {
+            it_interval: timespec(s.interval_ns),
+            it_value: timespec(value),
+        };
         let set_flags = libc::c_int::try_from(set_flags).unwrap_or(0);
         // SAFETY: timerfd_settime reads one itimerspec; no old value.
-        if unsafe { libc::timerfd_settime(f.as_raw_fd(), set_flags, &raw const its, std::ptr::null_mut()) } < 0 {
+        if unsafe {
+            libc::timerfd_settime(
+                f.as_raw_fd(),
+                set_flags,
+                &raw const its,
+                std::ptr::null_mut(),
+            )
+        } < 0
+        {
             return Err(last_os());
         }
     }
@@ -120,7 +159,10 @@ pub(super) fn open(s: &TimerFd, nonblock: bool, shift: Option<Offsets>) -> Resul
         // SAFETY: TFD_IOC_SET_TICKS reads one u64.
         if unsafe { libc::ioctl(f.as_raw_fd(), TFD_IOC_SET_TICKS, &raw const ticks) } < 0 {
             let e = last_os();
-            return Err(std::io::Error::new(e.kind(), format!("restoring {ticks} unread expirations: {e}")));
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("restoring {ticks} unread expirations: {e}"),
+            ));
         }
     }
     Ok(into_raw(f))

@@ -20,7 +20,9 @@ use crate::image::ImageWriter;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 fn on_tmpfs(path: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(path) else { return false };
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
     // SAFETY: statfs is plain integers; all-zero is valid.
     let mut s: libc::statfs = unsafe { core::mem::zeroed() };
     // SAFETY: statfs with a valid C string writes one struct.
@@ -32,17 +34,23 @@ fn on_tmpfs(path: &str) -> bool {
     magic == TMPFS_MAGIC
 }
 
-pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -> Result<(), Cause> {
+pub(super) fn write<W: Write>(
+    w: &mut ImageWriter<W>,
+    procs: &[&ProcessState],
+) -> Result<(), Cause> {
     let mut done = BTreeSet::new();
     for p in procs {
         for v in &p.vmas {
-            let Backing::File { path, .. } = &v.backing else { continue };
+            let Backing::File { path, .. } = &v.backing else {
+                continue;
+            };
             if !v.shared || done.contains(path) || !on_tmpfs(path) {
                 continue;
             }
             done.insert(path.clone());
-            let mut f = std::fs::File::open(path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("shared tmpfs file {path}: {e}")))?;
+            let mut f = std::fs::File::open(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("shared tmpfs file {path}: {e}"))
+            })?;
             let md = f.metadata()?;
             let mut offset = 0u64;
             let mut buf = vec![0u8; TMPFS_CHUNK];
@@ -74,7 +82,11 @@ pub(super) fn write<W: Write>(w: &mut ImageWriter<W>, procs: &[&ProcessState]) -
 /// Whether the restore will recreate `path` from the image (it is missing
 /// and the image holds its contents).
 pub fn to_recreate(st: &ImageState, path: &str) -> bool {
-    !std::path::Path::new(path).exists() && st.tmpfs_files.iter().any(|f| f.path.as_bytes() == path.as_bytes())
+    !std::path::Path::new(path).exists()
+        && st
+            .tmpfs_files
+            .iter()
+            .any(|f| f.path.as_bytes() == path.as_bytes())
 }
 
 pub fn recreate(st: &ImageState) -> Result<(), Cause> {

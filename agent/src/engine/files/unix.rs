@@ -43,7 +43,11 @@ struct Diag {
 fn diag(inode: u64) -> Result<Diag, String> {
     // SAFETY: socket takes integers only.
     let nl = owned(libc::c_long::from(unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
     }))
     .map_err(|e| format!("sock_diag socket: {e}"))?;
     let ino = u32::try_from(inode).map_err(|_| format!("socket inode {inode} beyond 32 bits"))?;
@@ -51,7 +55,11 @@ fn diag(inode: u64) -> Result<Diag, String> {
     let mut req = Vec::with_capacity(40);
     req.extend_from_slice(&40u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&u16::try_from(libc::NLM_F_REQUEST).unwrap_or(1).to_ne_bytes());
+    req.extend_from_slice(
+        &u16::try_from(libc::NLM_F_REQUEST)
+            .unwrap_or(1)
+            .to_ne_bytes(),
+    );
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&[u8::try_from(libc::AF_UNIX).unwrap_or(1), 0, 0, 0]);
@@ -70,15 +78,23 @@ fn diag(inode: u64) -> Result<Diag, String> {
     let n = usize::try_from(n).map_err(|_| format!("sock_diag reply: {}", last_os()))?;
     let msg = &buf[..n];
     let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
-    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    };
     let ty = u16_at(msg, 4).ok_or("short sock_diag reply")?;
     if i32::from(ty) == libc::NLMSG_ERROR {
         let err = u32_at(msg, 16).map_or(0, crate::arch::Bits::bits);
         let why = std::io::Error::from_raw_os_error(-err);
-        return Err(format!("sock_diag of socket:[{inode}]: {why} (is the kernel's unix_diag available?)"));
+        return Err(format!(
+            "sock_diag of socket:[{inode}]: {why} (is the kernel's unix_diag available?)"
+        ));
     }
     let total = (u32_at(msg, 0).ok_or("short sock_diag reply")? as usize).min(n);
-    let mut d = Diag { state: *msg.get(18).ok_or("short sock_diag reply")?, ..Diag::default() };
+    let mut d = Diag {
+        state: *msg.get(18).ok_or("short sock_diag reply")?,
+        ..Diag::default()
+    };
     // rtattrs after nlmsghdr (16) + unix_diag_msg (16).
     let mut o = 32;
     while o + 4 <= total {
@@ -102,15 +118,24 @@ fn diag(inode: u64) -> Result<Diag, String> {
 }
 
 /// Every message waiting in the socket's receive queue, left in place.
-pub(super) fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Result<Vec<Vec<u8>>, String> {
+pub(super) fn peek_queue(
+    f: &OwnedFd,
+    inode: u64,
+    stream: bool,
+    eof: bool,
+) -> Result<Vec<Vec<u8>>, String> {
     let fd = f.as_raw_fd();
-    let old_off = get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let old_off =
+        get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let result = loop {
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         let mut cbuf = [0u64; 16];
         // SAFETY: msghdr is plain data; all-zero is valid.
         let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
@@ -142,7 +167,13 @@ pub(super) fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Re
             if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
                 // SAFETY: the data of an SCM_RIGHTS message is fds torpor now
                 // holds; CMSG_LEN only computes.
-                let (data, len, head) = unsafe { (libc::CMSG_DATA(c).cast::<i32>(), (*c).cmsg_len, libc::CMSG_LEN(0)) };
+                let (data, len, head) = unsafe {
+                    (
+                        libc::CMSG_DATA(c).cast::<i32>(),
+                        (*c).cmsg_len,
+                        libc::CMSG_LEN(0),
+                    )
+                };
                 #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
                 let count = (len as usize).saturating_sub(head as usize) / 4;
                 for i in 0..count {
@@ -163,12 +194,15 @@ pub(super) fn peek_queue(f: &OwnedFd, inode: u64, stream: bool, eof: bool) -> Re
         let n = n.unsigned_abs();
         total += n;
         if total > QUEUE_LIMIT {
-            break Err(format!("{total} bytes or more are queued (torpor keeps up to {QUEUE_LIMIT})"));
+            break Err(format!(
+                "{total} bytes or more are queued (torpor keeps up to {QUEUE_LIMIT})"
+            ));
         }
         out.push(buf[..n].to_vec());
     };
     // The peek offset is socket state: put it back as the app had it.
-    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off)
+        .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     result.map(|()| out)
 }
 
@@ -204,7 +238,12 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, Strin
         }
         Vec::new()
     } else {
-        peek_queue(&f, inode, sock_type == libc::SOCK_STREAM, d.shutdown & 1 != 0)?
+        peek_queue(
+            &f,
+            inode,
+            sock_type == libc::SOCK_STREAM,
+            d.shutdown & 1 != 0,
+        )?
     };
     if listening && d.waiting > 0 {
         return Err(format!(
@@ -240,9 +279,20 @@ pub struct Pending {
 fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
     for m in queue {
         // SAFETY: sending our buffer.
-        let n = unsafe { libc::send(fd, m.as_ptr().cast(), m.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            libc::send(
+                fd,
+                m.as_ptr().cast(),
+                m.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
         if n < 0 || n.unsigned_abs() != m.len() {
-            return Err(std::io::Error::other(format!("re-queueing {} bytes: {}", m.len(), last_os())));
+            return Err(std::io::Error::other(format!(
+                "re-queueing {} bytes: {}",
+                m.len(),
+                last_os()
+            )));
         }
     }
     Ok(())
@@ -262,7 +312,9 @@ fn shut(fd: i32, bits: u8, peer_bits: u8) {
 
 fn new_socket(s: &UnixSocket) -> Result<OwnedFd, std::io::Error> {
     // SAFETY: socket takes integers only.
-    owned(libc::c_long::from(unsafe { libc::socket(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0) }))
+    owned(libc::c_long::from(unsafe {
+        libc::socket(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0)
+    }))
 }
 
 fn bind(fd: i32, s: &UnixSocket) -> Result<(), std::io::Error> {
@@ -281,12 +333,19 @@ fn bind(fd: i32, s: &UnixSocket) -> Result<(), std::io::Error> {
     // SAFETY: bind reads `len` bytes of `a`.
     if unsafe { libc::bind(fd, (&raw const a).cast(), len) } < 0 {
         let e = last_os();
-        return Err(std::io::Error::new(e.kind(), format!("binding {}: {e}", s.bind_path)));
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("binding {}: {e}", s.bind_path),
+        ));
     }
     Ok(())
 }
 
-pub(super) fn open(s: &UnixSocket, nonblock: bool, pending: &mut Pending) -> Result<i32, std::io::Error> {
+pub(super) fn open(
+    s: &UnixSocket,
+    nonblock: bool,
+    pending: &mut Pending,
+) -> Result<i32, std::io::Error> {
     let f = if s.peer != 0 || (s.connected && s.peer_name.as_bytes().is_empty()) {
         // A pair: both ends in the tree, or the peer closed.
         if let Some((mine, first, first_shut)) = pending.ends.remove(&s.inode) {
@@ -297,13 +356,26 @@ pub(super) fn open(s: &UnixSocket, nonblock: bool, pending: &mut Pending) -> Res
         } else {
             let mut p = [0i32; 2];
             // SAFETY: socketpair writes two fds.
-            if unsafe { libc::socketpair(libc::AF_UNIX, s.sock_type | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) } < 0 {
+            if unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    s.sock_type | libc::SOCK_CLOEXEC,
+                    0,
+                    p.as_mut_ptr(),
+                )
+            } < 0
+            {
                 return Err(last_os());
             }
-            let (a, b) = (owned(libc::c_long::from(p[0]))?, owned(libc::c_long::from(p[1]))?);
+            let (a, b) = (
+                owned(libc::c_long::from(p[0]))?,
+                owned(libc::c_long::from(p[1]))?,
+            );
             send_all(b.as_raw_fd(), &s.queue)?;
             // SAFETY: duplicating our own fd.
-            let a2 = owned(libc::c_long::from(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) }))?;
+            let a2 = owned(libc::c_long::from(unsafe {
+                libc::fcntl(a.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)
+            }))?;
             if s.peer != 0 {
                 pending.ends.insert(s.peer, (b, a2, s.shutdown));
             } else {
@@ -329,12 +401,17 @@ pub(super) fn open(s: &UnixSocket, nonblock: bool, pending: &mut Pending) -> Res
             // SAFETY: connect reads `len` bytes of `a`.
             if unsafe { libc::connect(f.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
                 let e = last_os();
-                return Err(std::io::Error::new(e.kind(), format!("connecting to {}: {e}", s.peer_name)));
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("connecting to {}: {e}", s.peer_name),
+                ));
             }
         }
         if !s.queue.is_empty() {
             if s.sock_type == libc::SOCK_STREAM || s.bind_path.as_bytes().is_empty() {
-                return Err(std::io::Error::other("queued data on a socket with no peer to send it"));
+                return Err(std::io::Error::other(
+                    "queued data on a socket with no peer to send it",
+                ));
             }
             let tmp = new_socket(s)?;
             let (a, len) = sockaddr_un(s.bind_path.as_bytes())?;
@@ -373,7 +450,13 @@ pub(super) fn check_peer(s: &mut UnixSocket, socks: &[(u64, u64)]) -> Result<(),
         return Ok(());
     }
     if s.peer_name.as_bytes().is_empty() {
-        return Err(format!("its peer socket:[{}] is outside the dumped tree", s.peer));
+        return Err(format!(
+            "its peer socket:[{}] is outside the dumped tree",
+            s.peer
+        ));
     }
-    Err(format!("it is connected to {} (socket:[{}]) outside the dumped tree", s.peer_name, s.peer))
+    Err(format!(
+        "it is connected to {} (socket:[{}]) outside the dumped tree",
+        s.peer_name, s.peer
+    ))
 }
