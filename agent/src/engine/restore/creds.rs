@@ -1,0 +1,132 @@
+//! Credentials of one thread, set last of everything a thread gets: ids,
+//! groups, capabilities (bounding, inheritable, permitted, effective,
+//! ambient) and no_new_privs.
+
+use crate::arch::nr;
+use crate::engine::procfs;
+use crate::engine::ptrace::Mem;
+use crate::engine::remote::Remote;
+use crate::engine::Cause;
+
+use super::trampoline::Scratch;
+
+const PR_SET_KEEPCAPS: u64 = 8;
+const PR_CAPBSET_DROP: u64 = 24;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_CAP_AMBIENT: u64 = 47;
+const PR_CAP_AMBIENT_RAISE: u64 = 2;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `capset` of this thread, through the trampoline's data area.
+fn capset(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    inh: u64,
+    prm: u64,
+    eff: u64,
+) -> Result<(), Cause> {
+    // Header {version, pid 0}, then two {effective, permitted, inheritable}
+    // blocks: low and high 32 bits.
+    let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
+    let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
+    let words: [u32; 8] = [
+        CAPABILITY_VERSION_3,
+        0,
+        lo(eff),
+        lo(prm),
+        lo(inh),
+        hi(eff),
+        hi(prm),
+        hi(inh),
+    ];
+    let at = Scratch::at(mem, tramp).value(&words)?;
+    r.syscall("capset", nr::CAPSET, [at, at + 8, 0, 0, 0, 0])?;
+    Ok(())
+}
+
+/// User and group ids, groups and capabilities of one thread, from the
+/// root-owned state every restored task starts with: the bounding set is
+/// narrowed while still privileged, permitted capabilities are kept across
+/// the uid change, then the exact sets, ambient ones and no_new_privs.
+pub(super) fn restore_creds(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    tramp: u64,
+    c: &crate::engine::state::Creds,
+) -> Result<(), Cause> {
+    let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
+    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .unwrap_or(40);
+    let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
+    let caps_change = c.caps != me.caps;
+    if caps_change {
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
+                r.syscall(
+                    "prctl(PR_CAPBSET_DROP)",
+                    nr::PRCTL,
+                    [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0],
+                )?;
+            }
+        }
+        // Inheritable first, while every permitted capability is there.
+        capset(r, mem, tramp, c.caps[0], me.caps[1], me.caps[2])?;
+    }
+    if ids_change {
+        if caps_change {
+            r.syscall(
+                "prctl(PR_SET_KEEPCAPS)",
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0],
+            )?;
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let at = Scratch::at(mem, tramp).bytes(&groups)?;
+        r.syscall(
+            "setgroups",
+            nr::SETGROUPS,
+            [c.groups.len() as u64, at, 0, 0, 0, 0],
+        )?;
+        let [g0, g1, g2, _] = c.gids.map(u64::from);
+        r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
+        let [u0, u1, u2, _] = c.uids.map(u64::from);
+        r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
+        if caps_change {
+            r.syscall(
+                "prctl(PR_SET_KEEPCAPS)",
+                nr::PRCTL,
+                [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
+            )?;
+        }
+    }
+    if caps_change {
+        capset(r, mem, tramp, c.caps[0], c.caps[1], c.caps[2])?;
+        for cap in 0..=last_cap.min(63) {
+            if c.caps[4] & (1u64 << cap) != 0 {
+                r.syscall(
+                    "prctl(PR_CAP_AMBIENT_RAISE)",
+                    nr::PRCTL,
+                    [
+                        PR_CAP_AMBIENT,
+                        PR_CAP_AMBIENT_RAISE,
+                        u64::from(cap),
+                        0,
+                        0,
+                        0,
+                    ],
+                )?;
+            }
+        }
+    }
+    if c.no_new_privs && !me.no_new_privs {
+        r.syscall(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            nr::PRCTL,
+            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Restore: validate the image, fork the tree with its original pids, let
+//! each task set up what it can itself, then rebuild every address space
+//! from outside through a syscall trampoline, and let the tree go.
+//!
+//! One module per step, in the order the data flows:
+//!
+//! ```text
+//!  validate    the whole image against this system; nothing created yet
+//!  objects     torpor opens every file description, shared memory object,
+//!     │        memfd and SysV segment the tree holds (`clocks`: the tree's
+//!     │        own time namespace first, where the kernel has them)
+//!  tasks       clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
+//!     │          children (each does the same), fds, cwd, umask, rlimits,
+//!     │          "ready", pause(); then every task is seized
+//!  pages       the image again, record by record; per task:
+//!     ├ memory     trampoline in a hole → unmap torpor's image → move
+//!     │            vdso/vvar/sigpage and shared objects → mmap every VMA
+//!     ├            pages written straight from the records
+//!     └ process    mprotect → PR_SET_MM_MAP → sigactions, itimers →
+//!        │         threads (clone3 set_tid) → timers → shared signals →
+//!        │         seccomp
+//!        ├ thread  per thread: name, tid address, robust list, altstack,
+//!        │         rseq, TLS, pending signals, creds (`creds`), FPU,
+//!        │         registers
+//!        └         trampoline unmapped
+//!  (here)      seals, signal-driven I/O owners, stopped tasks stopped
+//!              again; detach everything; torpor exits and the root is
+//!              re-parented
+//! ```
+//!
+//! Remote syscalls take their arguments from the trampoline's scratch
+//! area (`trampoline::Scratch`). Any failure kills every task created
+//! (`tasks::Created`) and names the step.
+#![allow(unsafe_code)]
+
+mod creds;
+mod memory;
+mod objects;
+mod pages;
+mod process;
+mod seccomp;
+mod tasks;
+mod thread;
+mod timers;
+mod trampoline;
+mod validate;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::engine::clocks::ClockMode;
+use crate::engine::image_io::{self, ImageState};
+use crate::engine::ptrace::{self, Stop};
+use crate::engine::{Cause, EngineError, StepExt};
+
+pub(crate) use objects::create_unlinked;
+pub(crate) use tasks::fork_with_pid;
+pub use validate::validate;
+
+use objects::open_objects;
+use pages::rebuild_all;
+use tasks::{create_tasks, Created};
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// A terminal to use in place of one that no longer exists.
+    pub tty: Option<PathBuf>,
+    /// A socket connected to `torpor daemon`, which becomes the tree's
+    /// connection to the daemon (`FileKind::TorporConn`). The caller keeps
+    /// its own descriptor to ask the daemon for `Resumed` afterwards.
+    pub torpor_conn: Option<i32>,
+    /// Descriptors (of this process) for the image's external fds, by key.
+    pub inherit: Vec<(String, i32)>,
+    /// Leave the tree on the host's clocks (`--no-timens`) instead of a
+    /// time namespace continuing the clocks of the dump.
+    pub host_clocks: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreStats {
+    pub processes: usize,
+    pub threads: usize,
+    pub page_bytes: u64,
+    /// The clocks the tree reads: its own time namespace, or the host's
+    /// and why.
+    pub clocks: Option<ClockMode>,
+}
+
+fn refused(step: &str, why: String) -> EngineError {
+    EngineError {
+        step: step.to_string(),
+        cause: Cause::Refused(why),
+    }
+}
+
+fn last_os() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Restores the image in `path`. Returns once the restored tree runs.
+pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
+    let vstep = || "validate".to_string();
+    let open = || {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
+    };
+    let state = image_io::read_state(open().step(vstep)?).step(vstep)?;
+    validate(&state, opts)?;
+    restore(&state, opts, open().step(vstep)?)
+}
+
+/// Restores the newest valid image of the store at `path`.
+pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
+    let vstep = || "validate".to_string();
+    let store = crate::store::Store::open(path).step(|| "store".to_string())?;
+    let newest = || -> Result<_, EngineError> {
+        match store.newest().step(|| "store".to_string())? {
+            Some((_, r)) => Ok(BufReader::new(r)),
+            None => Err(refused(
+                "store",
+                format!("{} holds no valid image", path.display()),
+            )),
+        }
+    };
+    let state = image_io::read_state(newest()?).step(vstep)?;
+    validate(&state, opts)?;
+    restore(&state, opts, newest()?)
+}
+
+/// Recreates the tree described by `st`, reading pages from `image`.
+pub fn restore<R: Read>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    image: R,
+) -> Result<RestoreStats, EngineError> {
+    // Orphans of a task that failed come to torpor, to be killed with the
+    // rest; once torpor exits, the restored root moves on to the next
+    // subreaper or init as usual.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(last_os()).step(|| "restore".to_string());
+    }
+    crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
+    // The namespace first: timerfd deadlines are set in its view.
+    let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
+        .step(|| "time namespace".to_string())?;
+    let mut objs = open_objects(st, opts, timens.as_ref().map(|t| t.tree_over_torpor))?;
+    let mut created = Created::default();
+    create_tasks(st, &objs, &mut created)?;
+    // The whole tree is in the namespace: torpor takes its own back.
+    if let Some(t) = timens.as_mut() {
+        t.leave().step(|| "time namespace".to_string())?;
+    }
+    let high_fd = objs.high;
+    let shm = objs.shm.clone();
+    let step = || "seize tasks".to_string();
+    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
+        ptrace::seize(p.pid, 0).step(step)?;
+        created.traced.push(p.pid);
+        ptrace::interrupt(p.pid).step(step)?;
+        loop {
+            match ptrace::wait(p.pid).step(step)? {
+                Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => break,
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(ptrace::PtraceError::TaskDied(p.pid)).step(step);
+                }
+                Stop::Signal(_) | Stop::Event(..) => ptrace::cont(p.pid, 0).step(step)?,
+            }
+        }
+    }
+    let mut stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
+    // Seals and removals once every task has its mappings.
+    objs.segs
+        .finish()
+        .step(|| "seal memfds and remove SysV segments".to_string())?;
+    stats.clocks = Some(clocks);
+    // Owners of signal-driven I/O may be any process or thread of the tree:
+    // set now that all exist.
+    for (i, f) in st.files.iter().enumerate() {
+        if let (Some(s), Some(&fd)) = (&f.sigio, objs.fds.get(i)) {
+            crate::engine::files::set_sigio_owner(fd, s)
+                .map_err(Cause::Refused)
+                .step(|| "signal-driven I/O".to_string())?;
+        }
+    }
+    drop(objs);
+    // A process stopped at the dump gets SIGSTOP while still traced: it
+    // stops again on release, before running any code of its own.
+    for p in st
+        .processes
+        .iter()
+        .filter(|p| p.stopped && p.zombie.is_none())
+    {
+        // SAFETY: kill takes integers; the task is ours and traced.
+        if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
+            return Err(last_os()).step(|| format!("stopping process {} again", p.pid));
+        }
+    }
+    for &tid in &created.traced {
+        ptrace::detach(tid).step(|| "detach".to_string())?;
+    }
+    created.done = true;
+    Ok(stats)
+}

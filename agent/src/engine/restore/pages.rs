@@ -1,0 +1,96 @@
+//! The image's second pass: records stream in order, each task record
+//! starting that task's address space (`memory`), its page records written
+//! straight into the task, object data filling memfds and SysV segments,
+//! and the next task record (or the end) finishing the task before
+//! (`process`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::engine::image_io::ImageState;
+use crate::engine::ptrace::RemotePtr;
+use crate::engine::{EngineError, StepExt};
+use crate::image::{Codec, ImageReader, Kind};
+
+use super::memory::{map_process, Rebuild};
+use super::process::finish_process;
+use super::tasks::Created;
+use super::{refused, RestoreStats};
+
+/// Streams the page records of the image into the tasks, rebuilding each
+/// task's mappings when its record comes.
+pub(super) fn rebuild_all<R: Read>(
+    st: &ImageState,
+    image: R,
+    created: &mut Created,
+    high_fd: i32,
+    shm: &BTreeMap<u64, (u64, u64)>,
+    segs: &mut crate::engine::files::Segments,
+) -> Result<RestoreStats, EngineError> {
+    let rstep = || "read image".to_string();
+    let mut rd = ImageReader::new(image).step(rstep)?;
+    let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
+    let mut buf = vec![0u8; batch];
+    let mut stats = RestoreStats::default();
+    let mut cur: Option<Rebuild<'_>> = None;
+    let mut idx = 0usize;
+    let finish = |rb: Rebuild<'_>,
+                  created: &mut Created,
+                  stats: &mut RestoreStats|
+     -> Result<(), EngineError> {
+        let pid = rb.p.pid;
+        stats.threads += finish_process(&rb, created).step(|| format!("rebuild {pid}"))?;
+        stats.processes += 1;
+        Ok(())
+    };
+    loop {
+        let rec = rd.next_record().step(rstep)?;
+        let Some(rec) = rec else { break };
+        match rec.kind() {
+            Kind::Task => {
+                if let Some(rb) = cur.take() {
+                    finish(rb, created, &mut stats)?;
+                }
+                let p = st
+                    .processes
+                    .get(idx)
+                    .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
+                idx += 1;
+                if p.zombie.is_some() {
+                    stats.processes += 1;
+                    continue;
+                }
+                cur = Some(
+                    map_process(p, high_fd, shm, segs).step(|| format!("map memory {}", p.pid))?,
+                );
+            }
+            Kind::Pages => {
+                let rb = cur
+                    .as_ref()
+                    .ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                // Raw pages go to the task straight from the record: no copy.
+                let p = rec.pages().step(rstep)?;
+                let (vaddr, data) = if p.codec == Codec::Raw {
+                    (p.vaddr, p.data)
+                } else {
+                    let info = rec.decode_pages_into(&mut buf).step(rstep)?;
+                    (info.vaddr, &buf[..info.len])
+                };
+                rb.mem
+                    .write(RemotePtr::<u8>::new(vaddr), data)
+                    .step(|| format!("write memory {}", rb.p.pid))?;
+                stats.page_bytes += data.len() as u64;
+            }
+            Kind::ObjectData => {
+                let d = rec.decode().step(rstep)?;
+                segs.fill(&d)
+                    .step(|| "fill memfds and SysV segments".to_string())?;
+            }
+            _ => {}
+        }
+    }
+    if let Some(rb) = cur.take() {
+        finish(rb, created, &mut stats)?;
+    }
+    Ok(stats)
+}

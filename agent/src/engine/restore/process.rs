@@ -1,0 +1,190 @@
+//! The address space of one task, second half, once its pages are in:
+//! protections of the shared objects, the mm fields (`PR_SET_MM_MAP`),
+//! signal dispositions and interval timers, the threads (`clone3` with
+//! their tids), POSIX timers, signals queued for the process and seccomp
+//! filters; then each thread (`thread`), and the trampoline goes.
+
+use torpor_parasite::KSigaction;
+
+use crate::arch::{self, nr, Bits};
+use crate::engine::ptrace::{self, Stop};
+use crate::engine::state::Backing;
+use crate::engine::Cause;
+
+use super::memory::Rebuild;
+use super::seccomp::install_seccomp;
+use super::tasks::{CloneArgs, Created};
+use super::thread::restore_thread;
+use super::timers::{restore_timers, ITIMER_REAL};
+use super::trampoline::{self, remote_open, with_remote, Scratch};
+
+/// The kernel's `struct prctl_mm_map`: `auxv` is a native pointer (`__u64 *`),
+/// so on 32-bit ARM the fields after it move up by four bytes; padding makes
+/// it 104 bytes on both architectures.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: usize,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+/// Step two: protections, mm fields, signals, threads, registers.
+pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Cause> {
+    let p = rb.p;
+    let pid = p.pid;
+    let mem = &rb.mem;
+    let tramp = rb.tramp;
+    with_remote(mem, pid, tramp, |r| {
+        for v in &p.vmas {
+            if matches!(v.backing, Backing::Shm { .. })
+                && v.prot != libc::PROT_READ | libc::PROT_WRITE
+            {
+                r.syscall(
+                    "mprotect",
+                    nr::MPROTECT,
+                    [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0],
+                )?;
+            }
+        }
+        let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
+        let mut s = Scratch::at(mem, tramp);
+        let auxv_at = s.bytes(&p.auxv)?;
+        let m = &p.mm;
+        let map = PrctlMmMap {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+            auxv: arch::native(auxv_at),
+            auxv_size: u32::try_from(p.auxv.len()).map_err(|_| {
+                Cause::Refused(format!("auxv of process {pid}: {} bytes", p.auxv.len()))
+            })?,
+            exe_fd: u32::try_from(exe_fd)
+                .map_err(|_| Cause::Refused(format!("exe fd {exe_fd} in process {pid}")))?,
+        };
+        let map_at = s.value(&map)?;
+        let res = r.syscall(
+            "prctl(PR_SET_MM_MAP)",
+            nr::PRCTL,
+            [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0],
+        );
+        r.syscall("close", nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0])?;
+        res?;
+        for (i, sa) in p.sigactions.iter().enumerate() {
+            let sig = i as u64 + 1;
+            if sig == 9 || sig == 19 {
+                continue;
+            }
+            let mut k = KSigaction {
+                handler: arch::native(sa.handler),
+                flags: arch::native(sa.flags),
+                restorer: arch::native(sa.restorer),
+                ..Default::default()
+            };
+            for (j, w) in k.mask.iter_mut().enumerate() {
+                *w = arch::native(sa.mask >> (j * usize::BITS as usize));
+            }
+            let at = Scratch::at(mem, tramp).value(&k)?;
+            r.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
+        }
+        for (which, t) in p.itimers.iter().enumerate() {
+            let mut value_usec = t.value_usec;
+            if t.value_sec == 0 && t.value_usec == 0 {
+                if which != ITIMER_REAL || (t.interval_sec == 0 && t.interval_usec == 0) {
+                    continue;
+                }
+                // An expired periodic ITIMER_REAL reads as 0 left until its
+                // SIGALRM (pending, restored with the other signals) is
+                // dequeued, which re-arms it. Expiring it at once recreates
+                // exactly that; setting 0 would disarm it for good.
+                value_usec = 1;
+            }
+            let v = torpor_parasite::KItimerval {
+                interval_sec: arch::native_signed(t.interval_sec),
+                interval_usec: arch::native_signed(t.interval_usec),
+                value_sec: arch::native_signed(t.value_sec),
+                value_usec: arch::native_signed(value_usec),
+            };
+            let at = Scratch::at(mem, tramp).value(&v)?;
+            r.syscall("setitimer", nr::SETITIMER, [which as u64, at, 0, 0, 0, 0])?;
+        }
+        // Threads, created from the main thread with their tids.
+        ptrace::set_options(pid, ptrace::PTRACE_O_TRACECLONE)?;
+        for t in p.threads.iter().skip(1) {
+            let mut s = Scratch::at(mem, tramp);
+            let tid_at = s.value(&t.tid)?;
+            let args = CloneArgs {
+                flags: (libc::CLONE_VM
+                    | libc::CLONE_FS
+                    | libc::CLONE_FILES
+                    | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD
+                    | libc::CLONE_SYSVSEM) as u64,
+                set_tid: tid_at,
+                set_tid_size: 1,
+                ..Default::default()
+            };
+            let at = s.value(&args)?;
+            let got = r.syscall(
+                "clone3 (thread)",
+                nr::CLONE3,
+                [at, core::mem::size_of::<CloneArgs>() as u64, 0, 0, 0, 0],
+            )?;
+            if got != u64::from(t.tid.bits()) {
+                return Err(Cause::Refused(format!(
+                    "thread {} came back as {got}",
+                    t.tid
+                )));
+            }
+            created.traced.push(t.tid);
+            match ptrace::wait(t.tid)? {
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(ptrace::PtraceError::TaskDied(t.tid).into())
+                }
+                _ => {}
+            }
+        }
+        // After the threads: a timer may notify one of them.
+        restore_timers(r, mem, tramp, p)?;
+        for info in &p.shared_pending {
+            let sig = super::thread::siginfo_signo(info)?;
+            let at = Scratch::at(mem, tramp).bytes(info)?;
+            r.syscall(
+                "rt_sigqueueinfo",
+                nr::RT_SIGQUEUEINFO,
+                [u64::from(pid.bits()), u64::from(sig.bits()), at, 0, 0, 0],
+            )?;
+        }
+        install_seccomp(r, mem, tramp, p)?;
+        Ok(())
+    })?;
+    for t in p.threads.iter() {
+        restore_thread(rb, t)?;
+    }
+    // The trampoline goes last.
+    trampoline::remove(pid, mem, tramp)?;
+    Ok(p.threads.len())
+}

@@ -1,0 +1,390 @@
+//! The tasks: forked top-down with their original pids (`clone3` with
+//! `set_tid`), each by its restored parent so parentage, sessions and
+//! process groups come back. Each new task sets up what it can itself (fds
+//! at their numbers, cwd, umask, rlimits, session and group), reports
+//! "ready" and waits to be seized. [`Created`] kills them all unless the
+//! restore completes.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io::Read;
+
+use crate::arch::Bits;
+use crate::engine::image_io::ImageState;
+use crate::engine::procfs;
+use crate::engine::ptrace::{self, Stop};
+use crate::engine::state::FileKind;
+use crate::engine::{EngineError, StepExt};
+
+use super::objects::{cstr, move_high, Objects};
+use super::{last_os, refused};
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct CloneArgs {
+    pub(super) flags: u64,
+    pub(super) pidfd: u64,
+    pub(super) child_tid: u64,
+    pub(super) parent_tid: u64,
+    pub(super) exit_signal: u64,
+    pub(super) stack: u64,
+    pub(super) stack_size: u64,
+    pub(super) tls: u64,
+    pub(super) set_tid: u64,
+    pub(super) set_tid_size: u64,
+    pub(super) cgroup: u64,
+}
+
+/// fork(2) with a chosen pid: 0 in the child, the pid in the parent.
+pub(crate) fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
+    let tid: libc::pid_t = pid;
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: (&raw const tid) as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
+    // copy of this single-threaded process and returns 0 here.
+    // SAFETY: a plain syscall on integers or live C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            core::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        let e = last_os();
+        let why = if e.raw_os_error() == Some(libc::EEXIST) {
+            format!("pid {pid} is already in use")
+        } else {
+            format!("clone3 with pid {pid}: {e}")
+        };
+        return Err(std::io::Error::new(e.kind(), why));
+    }
+    Ok(i32::try_from(r).unwrap_or(-1))
+}
+
+/// Writes one report line to torpor (atomic: shorter than PIPE_BUF).
+fn report(fd: i32, line: &str) {
+    let mut b = line.as_bytes().to_vec();
+    b.truncate(500);
+    b.push(b'\n');
+    // SAFETY: writing our buffer to the report pipe.
+    unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+}
+
+/// Runs in each new task (a copy of torpor): recreate children, session,
+/// group and fds, report, and wait to be taken over by the tracer.
+fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
+    let p = &st.processes[idx];
+    if let Err(e) = task_setup(st, idx, objs, report_fd) {
+        report(report_fd, &format!("{} err {e}", p.pid));
+        // SAFETY: leaving the forked child without running torpor's exit path.
+        unsafe { libc::_exit(1) };
+    }
+    report(report_fd, &format!("{} ok", p.pid));
+    // SAFETY: closing the report pipe; nothing else refers to it.
+    unsafe { libc::close(report_fd) };
+    if let Some(status) = p.zombie {
+        exit_as(status);
+    }
+    loop {
+        // SAFETY: pause has no memory effects; the tracer interrupts it.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Ends a recreated zombie with its recorded wait status: killed by the
+/// same signal (without a core file), or exited with the same code.
+fn exit_as(status: i32) -> ! {
+    let sig = status & 0x7f;
+    if sig != 0 {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on integers and on local structs; the
+        // signal's default action ends the process.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&raw mut set);
+            libc::sigaddset(&raw mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    // SAFETY: leaving the forked child without running torpor's exit path.
+    unsafe { libc::_exit((status >> 8) & 0xff) }
+}
+
+fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Result<(), String> {
+    let p = &st.processes[idx];
+    let fork_children = |early: bool| -> Result<(), String> {
+        for (ci, c) in st.processes.iter().enumerate() {
+            if c.ppid != p.pid || ci == idx {
+                continue;
+            }
+            // A child still in the session this task had before its setsid
+            // must be forked before it.
+            let keeps_old_session = c.sid != p.sid && c.sid != c.pid;
+            if keeps_old_session != early {
+                continue;
+            }
+            match fork_with_pid(c.pid) {
+                Ok(0) => task_main(st, ci, objs, report_fd),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    };
+    fork_children(true)?;
+    // SAFETY (all libc calls below): plain syscalls on integers or on C
+    // strings that live across the call.
+    if p.sid == p.pid {
+        // SAFETY: see above.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(format!("setsid: {}", last_os()));
+        }
+    } else if idx != 0 {
+        // SAFETY: see above.
+        let now = unsafe { libc::getsid(0) };
+        if now != p.sid {
+            return Err(format!(
+                "cannot join session {} (it is in session {now})",
+                p.sid
+            ));
+        }
+    }
+    if p.pgid == p.pid && p.sid != p.pid {
+        // SAFETY: see above.
+        if unsafe { libc::setpgid(0, 0) } < 0 {
+            return Err(format!("setpgid: {}", last_os()));
+        }
+    // SAFETY: see above.
+    } else if idx != 0 && p.sid != p.pid && p.pgid != unsafe { libc::getpgid(0) } {
+        // SAFETY: see above.
+        if unsafe { libc::setpgid(0, p.pgid) } < 0 {
+            return Err(format!("joining process group {}: {}", p.pgid, last_os()));
+        }
+    }
+    fork_children(false)?;
+    if p.zombie.is_some() {
+        // Nothing more: it only has to exit, once it has reported.
+        return Ok(());
+    }
+    // Descriptors at their numbers.
+    let mut targets: Vec<i32> = Vec::new();
+    for f in &p.fds {
+        let src = objs.fds[f.file as usize];
+        // SAFETY: a plain syscall on integers or live C strings.
+        if unsafe { libc::dup2(src, f.fd) } < 0 {
+            return Err(format!("dup2 to fd {}: {}", f.fd, last_os()));
+        }
+        // SAFETY: a plain syscall on integers or live C strings.
+        if f.cloexec && unsafe { libc::fcntl(f.fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(format!("FD_CLOEXEC on fd {}: {}", f.fd, last_os()));
+        }
+        targets.push(f.fd);
+    }
+    targets.push(report_fd);
+    // The memfds, for the tracer to map them (closed after).
+    targets.extend(objs.segs.fds());
+    targets.sort_unstable();
+    let mut next: u32 = 0;
+    for &t in &targets {
+        let t = t.bits();
+        if t > next {
+            // SAFETY: a plain syscall on integers or live C strings.
+            unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) };
+        }
+        next = t + 1;
+    }
+    // SAFETY: a plain syscall on integers or live C strings.
+    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    crate::engine::files::register_epolls(p, &st.files)?;
+    crate::engine::files::take_locks(p)?;
+    // Signal-driven I/O, armed through the fd with the lowest number in the
+    // first process holding the description: the fd the kernel reports.
+    let mut fds: Vec<&crate::engine::state::Fd> = p.fds.iter().collect();
+    fds.sort_by_key(|f| f.fd);
+    let mut armed = std::collections::BTreeSet::new();
+    for f in fds {
+        let of = &st.files[f.file as usize];
+        let Some(s) = &of.sigio else { continue };
+        let first = st
+            .processes
+            .iter()
+            .find(|q| q.fds.iter().any(|g| g.file == f.file))
+            .map(|q| q.pid);
+        if first == Some(p.pid) && armed.insert(f.file) {
+            crate::engine::files::arm_sigio(f.fd, of.flags, s)?;
+        }
+    }
+    // A session leader takes its controlling terminal back from the fd
+    // that opens it (the original device or its --tty substitute).
+    if p.ctty != 0 && p.sid == p.pid {
+        let holder = p.fds.iter().find(|f| {
+            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.ctty)
+        });
+        if let Some(f) = holder {
+            // SAFETY: ioctl on an fd of this task, integer argument.
+            if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!(
+                    "taking fd {} as controlling terminal: {}",
+                    f.fd,
+                    last_os()
+                ));
+            }
+        }
+    }
+    let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
+    // SAFETY: a plain syscall on integers or live C strings.
+    if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+        return Err(format!("chdir {}: {}", p.cwd, last_os()));
+    }
+    // SAFETY: a plain syscall on integers or live C strings.
+    unsafe { libc::umask(p.umask as libc::mode_t) };
+    // SAFETY: a plain syscall on integers or live C strings.
+    if unsafe { libc::personality(libc::c_ulong::from(p.personality)) } < 0 {
+        return Err(format!("personality {:#x}: {}", p.personality, last_os()));
+    }
+    for (res, (cur, max)) in p.rlimits.iter().enumerate() {
+        let lim = libc::rlimit {
+            rlim_cur: *cur,
+            rlim_max: *max,
+        };
+        // SAFETY: a plain syscall on integers or live C strings.
+        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) }
+            < 0
+        {
+            return Err(format!("setrlimit {res}: {}", last_os()));
+        }
+    }
+    Ok(())
+}
+
+/// Tasks created so far; killed unless the restore completes.
+#[derive(Debug, Default)]
+pub(super) struct Created {
+    pub(super) pids: Vec<i32>,
+    pub(super) traced: Vec<i32>,
+    pub(super) done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Only tasks that are really ours: a pid that could not be created
+        // may belong to someone else.
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let ours: Vec<i32> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|pid| {
+                let path = format!("/proc/{pid}/stat");
+                let ppid = procfs::read(&path)
+                    .ok()
+                    .and_then(|t| procfs::parse_stat(&path, &t).ok())
+                    .map(|s| s.ppid);
+                ppid.is_some_and(|pp| pp == me || self.pids.contains(&pp))
+            })
+            .collect();
+        for &pid in &ours {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // Leaders last: a traced leader's exit waits for its threads.
+        let mut order: Vec<i32> = self
+            .traced
+            .iter()
+            .copied()
+            .filter(|t| !self.pids.contains(t))
+            .collect();
+        order.extend(
+            self.traced
+                .iter()
+                .copied()
+                .filter(|t| self.pids.contains(t)),
+        );
+        for &tid in &order {
+            while let Ok(s) = ptrace::wait(tid) {
+                if matches!(s, Stop::Exited(_) | Stop::Killed(_)) {
+                    break;
+                }
+            }
+        }
+        // Reap the root (torpor's child) and anything else that is ours.
+        for &pid in &self.pids {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status word.
+            unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL | libc::WNOHANG) };
+        }
+    }
+}
+
+pub(super) fn create_tasks(
+    st: &ImageState,
+    objs: &Objects,
+    created: &mut Created,
+) -> Result<(), EngineError> {
+    let step = || "create tasks".to_string();
+    let mut rp = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(last_os()).step(step);
+    }
+    let report_w = move_high(
+        rp[1],
+        objs.high + i32::try_from(objs.fds.len()).unwrap_or(0),
+    )
+    .step(step)?;
+    let root = &st.processes[0];
+    let r = fork_with_pid(root.pid);
+    match r {
+        Ok(0) => task_main(st, 0, objs, report_w),
+        Ok(_) => {}
+        Err(e) => {
+            // SAFETY: closing our report pipe.
+            unsafe {
+                libc::close(rp[0]);
+                libc::close(report_w);
+            }
+            return Err(e).step(step);
+        }
+    }
+    created.pids = st.processes.iter().map(|p| p.pid).collect();
+    // SAFETY: torpor keeps only the read end.
+    unsafe { libc::close(report_w) };
+    // SAFETY: rp[0] is ours; File takes ownership.
+    let mut rd = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(rp[0]) };
+    let mut text = String::new();
+    let mut ok = 0;
+    let mut buf = [0u8; 512];
+    while ok < st.processes.len() {
+        let n = rd.read(&mut buf).step(step)?;
+        if n == 0 {
+            return Err(refused(
+                "create tasks",
+                format!("tasks ended before reporting ready: {text}"),
+            ));
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(nl) = text.find('\n') {
+            let line: String = text.drain(..=nl).collect();
+            let line = line.trim_end();
+            if let Some((pid, msg)) = line.split_once(" err ") {
+                return Err(refused("create tasks", format!("process {pid}: {msg}")));
+            }
+            ok += 1;
+        }
+    }
+    Ok(())
+}
