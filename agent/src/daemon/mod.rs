@@ -51,7 +51,7 @@ pub struct Stored {
 
 /// Why the engine could not checkpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum CheckpointError {
     #[error("process {0} does not exist")]
     NoSuchProcess(Pid),
     #[error("checkpoint failed: {0}")]
@@ -64,15 +64,15 @@ pub enum EngineError {
     Unsupported(String),
 }
 
-impl EngineError {
+impl CheckpointError {
     /// The error kind the client is told.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::NoSuchProcess(_) => ErrorKind::NoSuchProcess,
-            EngineError::Dump(_) => ErrorKind::DumpFailed,
-            EngineError::Store(_) => ErrorKind::StoreFailed,
-            EngineError::Busy(_) => ErrorKind::Busy,
-            EngineError::Unsupported(_) => ErrorKind::Unsupported,
+            CheckpointError::NoSuchProcess(_) => ErrorKind::NoSuchProcess,
+            CheckpointError::Dump(_) => ErrorKind::DumpFailed,
+            CheckpointError::Store(_) => ErrorKind::StoreFailed,
+            CheckpointError::Busy(_) => ErrorKind::Busy,
+            CheckpointError::Unsupported(_) => ErrorKind::Unsupported,
         }
     }
 }
@@ -90,15 +90,15 @@ pub trait Engine {
         pid: Pid,
         conn_fd: RawFd,
         wake: Option<u32>,
-    ) -> Result<Stored, EngineError>;
+    ) -> Result<Stored, CheckpointError>;
 
     /// The power could not be cut after `hibernate` returned `generation`:
     /// invalidate that image (so the next boot does not restore a second
     /// copy of a tree that is still running) and let the tree run again.
-    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError>;
+    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), CheckpointError>;
 
     /// Checkpoints the tree rooted at `pid` and lets it keep running.
-    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError>;
+    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, CheckpointError>;
 
     /// A summary of the store for `Status`.
     fn status(&mut self) -> StoreSummary;
@@ -115,16 +115,16 @@ pub trait Engine {
 pub struct NoEngine;
 
 impl Engine for NoEngine {
-    fn hibernate(&mut self, _: Pid, _: RawFd, _: Option<u32>) -> Result<Stored, EngineError> {
-        Err(EngineError::Unsupported(
+    fn hibernate(&mut self, _: Pid, _: RawFd, _: Option<u32>) -> Result<Stored, CheckpointError> {
+        Err(CheckpointError::Unsupported(
             "this torpor build has no checkpoint engine".into(),
         ))
     }
-    fn abandon(&mut self, _: Pid, _: u64) -> Result<(), EngineError> {
+    fn abandon(&mut self, _: Pid, _: u64) -> Result<(), CheckpointError> {
         Ok(())
     }
-    fn checkpoint(&mut self, _: Pid, _: RawFd) -> Result<Stored, EngineError> {
-        Err(EngineError::Unsupported(
+    fn checkpoint(&mut self, _: Pid, _: RawFd) -> Result<Stored, CheckpointError> {
+        Err(CheckpointError::Unsupported(
             "this torpor build has no checkpoint engine".into(),
         ))
     }

@@ -11,10 +11,11 @@ use std::io::BufWriter;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use crate::daemon::{log, Engine, EngineError, Pid, Stored};
+use crate::daemon::{log, CheckpointError, Engine, Pid, Stored};
 use crate::engine::dump::{dump_frozen_with, DumpOptions};
 use crate::engine::freeze::Frozen;
 use crate::engine::torpor_conn;
+use crate::engine::{self, Step, StepExt};
 use crate::protocol::{StoreState, StoreSummary};
 use crate::store::{self, SlotInfo, Store};
 
@@ -37,29 +38,29 @@ impl StoreEngine {
         self.path.starts_with("/dev")
     }
 
-    fn open(&self) -> Result<Store, EngineError> {
+    fn open(&self) -> Result<Store, CheckpointError> {
         if self.is_device() {
             Store::open(&self.path)
         } else {
             Store::open_or_create(&self.path)
         }
-        .map_err(|e| EngineError::Store(e.to_string()))
+        .map_err(|e| CheckpointError::Store(e.to_string()))
     }
 
     /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
-    fn dump(&mut self, pid: Pid, conn_fd: RawFd) -> Result<(Stored, Frozen), EngineError> {
+    fn dump(&mut self, pid: Pid, conn_fd: RawFd) -> Result<(Stored, Frozen), CheckpointError> {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            return Err(EngineError::NoSuchProcess(pid));
+            return Err(CheckpointError::NoSuchProcess(pid));
         }
         let conn = torpor_conn::peer_inode(conn_fd).map_err(|e| {
-            EngineError::Dump(format!(
+            CheckpointError::Dump(format!(
                 "cannot find the caller's end of its connection: {e}"
             ))
         })?;
         let mut store = self.open()?;
         let writer = store
             .writer()
-            .map_err(|e| EngineError::Store(e.to_string()))?;
+            .map_err(|e| CheckpointError::Store(e.to_string()))?;
         let mut committed: Option<SlotInfo> = None;
         let result = dump_frozen_with(
             pid.as_raw(),
@@ -67,28 +68,23 @@ impl StoreEngine {
             BufWriter::new(writer),
             &DumpOptions::default(),
             |bw| {
-                let step = || "store".to_string();
-                let w = bw.into_inner().map_err(|e| crate::engine::EngineError {
-                    step: step(),
-                    cause: crate::engine::Cause::Io(e.into_error()),
-                })?;
-                let info = w.commit().map_err(|e| crate::engine::EngineError {
-                    step: step(),
-                    cause: e.into(),
-                })?;
+                let w = bw
+                    .into_inner()
+                    .map_err(|e| engine::EngineError::new(Step::Store, e.into_error()))?;
+                let info = w.commit().step(Step::Store)?;
                 committed = Some(info);
                 Ok(())
             },
         );
         let (_, frozen) = result.map_err(|e| {
-            if e.step == "store" || e.step == "write image" {
-                EngineError::Store(e.to_string())
+            if matches!(e.step, Step::Store | Step::WriteImage) {
+                CheckpointError::Store(e.to_string())
             } else {
-                EngineError::Dump(e.to_string())
+                CheckpointError::Dump(e.to_string())
             }
         })?;
-        let info =
-            committed.ok_or_else(|| EngineError::Store("the image was never committed".into()))?;
+        let info = committed
+            .ok_or_else(|| CheckpointError::Store("the image was never committed".into()))?;
         Ok((
             Stored {
                 generation: info.generation,
@@ -105,9 +101,9 @@ impl Engine for StoreEngine {
         pid: Pid,
         conn_fd: RawFd,
         _wake: Option<u32>,
-    ) -> Result<Stored, EngineError> {
+    ) -> Result<Stored, CheckpointError> {
         if let Some((held, _)) = &self.frozen {
-            return Err(EngineError::Busy(format!(
+            return Err(CheckpointError::Busy(format!(
                 "tree {held} is already being hibernated"
             )));
         }
@@ -116,18 +112,18 @@ impl Engine for StoreEngine {
         Ok(stored)
     }
 
-    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError> {
+    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), CheckpointError> {
         let result = (|| {
             let mut store = self.open()?;
             let slot = store::Slot::BOTH
                 .into_iter()
                 .find(|s| store.info(*s).is_some_and(|i| i.generation == generation))
                 .ok_or_else(|| {
-                    EngineError::Store(format!("no slot holds image generation {generation}"))
+                    CheckpointError::Store(format!("no slot holds image generation {generation}"))
                 })?;
             store
                 .mark(slot, store::State::Consumed)
-                .map_err(|e| EngineError::Store(e.to_string()))?;
+                .map_err(|e| CheckpointError::Store(e.to_string()))?;
             log::info!("image generation {generation} in slot {slot} marked consumed");
             Ok(())
         })();
@@ -141,7 +137,7 @@ impl Engine for StoreEngine {
         result
     }
 
-    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError> {
+    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, CheckpointError> {
         let (stored, mut frozen) = self.dump(pid, conn_fd)?;
         frozen.release();
         Ok(stored)

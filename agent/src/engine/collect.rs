@@ -17,7 +17,7 @@ use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
-use crate::engine::{Cause, EngineError, StepExt};
+use crate::engine::{Cause, EngineError, Step, StepExt};
 use crate::image::records::SeccompFilter;
 
 const RLIMIT_NLIMITS: u32 = 16;
@@ -46,7 +46,7 @@ pub fn collect_process(
     ppid: i32,
     tids: &[i32],
 ) -> Result<(ProcessState, Vec<MapEntry>), EngineError> {
-    let step = || format!("collect {pid}");
+    let step = Step::Collect(pid);
     let stat_path = format!("/proc/{pid}/stat");
     let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
     let status_path = format!("/proc/{pid}/status");
@@ -64,7 +64,7 @@ pub fn collect_process(
         procfs::parse_limits(&limits_path, &procfs::read(&limits_path).step(step)?).step(step)?;
     if rlimits.len() != RLIMIT_NLIMITS as usize {
         return Err(EngineError {
-            step: step(),
+            step,
             cause: Cause::Refused(format!(
                 "{limits_path} lists {} limits, not {RLIMIT_NLIMITS}",
                 rlimits.len()
@@ -118,7 +118,7 @@ pub fn collect_process(
     };
     if p.exe.ends_with(" (deleted)") {
         return Err(EngineError {
-            step: step(),
+            step,
             cause: Cause::Unsupported(format!("executable {} was deleted", p.exe)),
         });
     }
@@ -129,7 +129,7 @@ pub fn collect_process(
     )
     .step(step)?;
     for &tid in tids {
-        let tstep = || format!("collect thread {tid}");
+        let tstep = Step::CollectThread(tid);
         let filters = seccomp_filters(pid, tid, &own).step(tstep)?;
         if tid != pid && filters != p.seccomp {
             return Err(Cause::Unsupported(format!(
@@ -160,7 +160,7 @@ pub fn collect_process(
             ..Default::default()
         });
     }
-    run_parasite(&mut p).step(|| format!("parasite {pid}"))?;
+    run_parasite(&mut p).step(Step::Parasite(pid))?;
     Ok((p, maps))
 }
 
@@ -204,7 +204,7 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
 /// A zombie: who it was (for its parent, group and session) and how it
 /// ended.
 pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, EngineError> {
-    let step = || format!("collect {pid}");
+    let step = Step::Collect(pid);
     let stat_path = format!("/proc/{pid}/stat");
     let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
     Ok(ProcessState {
@@ -504,7 +504,7 @@ fn is_tty_major(major: u64) -> bool {
 
 impl FileTable {
     pub fn collect(&mut self, pid: i32) -> Result<Vec<Fd>, EngineError> {
-        let step = || format!("files {pid}");
+        let step = Step::Files(pid);
         let mut out = Vec::new();
         for fd in procfs::fds(pid).step(step)? {
             let link = procfs::readlink(&format!("/proc/{pid}/fd/{fd}")).step(step)?;
@@ -689,7 +689,7 @@ impl FileTable {
             if *r && *w {
                 continue;
             }
-            let step = || format!("files {pid}");
+            let step = Step::Files(*pid);
             let outside = if *r {
                 has_writers(*pid, *fd)
             } else {

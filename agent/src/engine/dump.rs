@@ -10,7 +10,7 @@ use crate::engine::image_io;
 use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::state::{Backing, ProcessState, Vma};
-use crate::engine::{page_size, Cause, EngineError, StepExt};
+use crate::engine::{page_size, Cause, EngineError, Step, StepExt};
 use crate::image::{Header, ImageWriter};
 
 /// Bytes read from a task per process_vm_readv: four image batches, large
@@ -117,10 +117,10 @@ pub fn dump_frozen_with<W: Write>(
             .copied()
             .filter(|p| *p != root && !frozen.zombies.contains_key(p)),
     );
-    let clocks = crate::engine::clocks::collect(&live).step(|| "clocks".to_string())?;
+    let clocks = crate::engine::clocks::collect(&live).step(Step::Clocks)?;
     crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
-    let wstep = || "write image".to_string();
+    let wstep = Step::WriteImage;
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
     w.record(crate::image::Kind::Clocks, &clocks.record)
@@ -142,7 +142,7 @@ pub fn dump_frozen_with<W: Write>(
         stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done).map_err(|e| {
             // A task killed from outside shows up as short reads of its
             // files: say what happened.
-            if task_gone(p.pid) && e.step.starts_with("memory") {
+            if task_gone(p.pid) && matches!(e.step, Step::Memory(_)) {
                 EngineError {
                     step: e.step,
                     cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)),
@@ -207,7 +207,7 @@ fn dump_memory<W: Write>(
     shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
 ) -> Result<u64, EngineError> {
     let pid = p.pid;
-    let step = || format!("memory {pid}");
+    let step = Step::Memory(pid);
     let ps = page_size();
     let psz = usize::try_from(ps).unwrap_or(4096);
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap")).step(step)?;
@@ -272,8 +272,7 @@ fn dump_memory<W: Write>(
                 let run_addr = addr + i * ps;
                 let len = usize::try_from((j - i) * ps).unwrap_or(0);
                 read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
-                total += write_nonzero(w, run_addr, &buf[..len], psz)
-                    .step(|| "write image".to_string())?;
+                total += write_nonzero(w, run_addr, &buf[..len], psz).step(Step::WriteImage)?;
                 i = j;
             }
             addr += n * ps;
@@ -333,7 +332,7 @@ pub fn dump_to_file(
     after: After,
     opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
-    let wstep = || "write image".to_string();
+    let wstep = Step::WriteImage;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
@@ -361,7 +360,7 @@ pub fn dump_to_store(
     after: After,
     opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
-    let sstep = || "store".to_string();
+    let sstep = Step::Store;
     let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
     let w = store.writer().step(sstep)?;
     dump(root, BufWriter::new(w), after, opts, |bw| {

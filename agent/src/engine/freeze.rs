@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, PtraceError, Stop};
-use crate::engine::{Cause, EngineError, StepExt};
+use crate::engine::{Cause, EngineError, Step, StepExt};
 
 /// A failed freeze, and whether trying again may succeed.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ impl Frozen {
             seized: Vec::new(),
             killed: false,
         };
-        let step = || "freeze".to_string();
+        let step = Step::Freeze;
         loop {
             let mut new = 0;
             let mut order = vec![root];
@@ -136,7 +136,7 @@ impl Frozen {
                     return Err(FreezeFailure {
                         transient: false,
                         error: EngineError {
-                            step: step(),
+                            step,
                             cause: Cause::Unsupported(format!(
                                 "process {pid}: its main thread exited while other threads run"
                             )),
@@ -147,7 +147,7 @@ impl Frozen {
                     return Err(FreezeFailure {
                         transient: pid != root,
                         error: EngineError {
-                            step: step(),
+                            step,
                             cause: Cause::Unsupported(format!(
                                 "process {pid} has exited and is not yet reaped (zombie)"
                             )),

@@ -61,23 +61,125 @@ impl From<crate::arch::RegsError> for Cause {
     }
 }
 
+/// The step of a dump or a restore that failed. Callers match on it; its
+/// text is what the user reads before the cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    // Dump, in order.
+    /// Seizing and interrupting every thread of the tree.
+    Freeze,
+    /// Reading a process's state from /proc and ptrace.
+    Collect(i32),
+    /// Reading one thread's registers, signals and filters.
+    CollectThread(i32),
+    /// Running the parasite in a process.
+    Parasite(i32),
+    /// A process's descriptors.
+    Files(i32),
+    /// The tree's open file descriptions as a whole (peers, sharing).
+    FileTable,
+    /// The tree's clocks.
+    Clocks,
+    /// A process's memory pages.
+    Memory(i32),
+    /// Encoding the image.
+    WriteImage,
+    /// The A/B store: opening, writing, committing.
+    Store,
+    // Restore, in order.
+    /// Checking the image against this system before creating anything.
+    Validate,
+    /// Reading the image's records.
+    ReadImage,
+    /// Becoming the restored tree's subreaper.
+    Restore,
+    /// Files on tmpfs recreated before anything opens them.
+    RecreateTmpfsFiles,
+    /// The tree's own time namespace.
+    TimeNamespace,
+    /// Opening every file description and object of the tree.
+    OpenFiles,
+    /// Forking the tasks with their pids.
+    CreateTasks,
+    /// Seizing the created tasks.
+    SeizeTasks,
+    /// Mapping a process's memory.
+    MapMemory(i32),
+    /// Writing a process's pages.
+    WriteMemory(i32),
+    /// Filling memfds and SysV segments.
+    FillObjects,
+    /// A process's mm fields, signals, threads and registers.
+    Rebuild(i32),
+    /// Sealing memfds and removing SysV segments marked for removal.
+    FinishObjects,
+    /// Owners of signal-driven I/O.
+    SignalDrivenIo,
+    /// Stopping a process that was stopped at the dump.
+    StopAgain(i32),
+    /// Letting the tree go.
+    Detach,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Freeze => f.write_str("freeze"),
+            Step::Collect(pid) => write!(f, "collect {pid}"),
+            Step::CollectThread(tid) => write!(f, "collect thread {tid}"),
+            Step::Parasite(pid) => write!(f, "parasite {pid}"),
+            Step::Files(pid) => write!(f, "files {pid}"),
+            Step::FileTable => f.write_str("files"),
+            Step::Clocks => f.write_str("clocks"),
+            Step::Memory(pid) => write!(f, "memory {pid}"),
+            Step::WriteImage => f.write_str("write image"),
+            Step::Store => f.write_str("store"),
+            Step::Validate => f.write_str("validate"),
+            Step::ReadImage => f.write_str("read image"),
+            Step::Restore => f.write_str("restore"),
+            Step::RecreateTmpfsFiles => f.write_str("recreate tmpfs files"),
+            Step::TimeNamespace => f.write_str("time namespace"),
+            Step::OpenFiles => f.write_str("open files"),
+            Step::CreateTasks => f.write_str("create tasks"),
+            Step::SeizeTasks => f.write_str("seize tasks"),
+            Step::MapMemory(pid) => write!(f, "map memory {pid}"),
+            Step::WriteMemory(pid) => write!(f, "write memory {pid}"),
+            Step::FillObjects => f.write_str("fill memfds and SysV segments"),
+            Step::Rebuild(pid) => write!(f, "rebuild {pid}"),
+            Step::FinishObjects => f.write_str("seal memfds and remove SysV segments"),
+            Step::SignalDrivenIo => f.write_str("signal-driven I/O"),
+            Step::StopAgain(pid) => write!(f, "stopping process {pid} again"),
+            Step::Detach => f.write_str("detach"),
+        }
+    }
+}
+
 /// A failed step: `<step>: <cause>`.
 #[derive(Debug, thiserror::Error)]
 #[error("{step}: {cause}")]
 pub struct EngineError {
-    pub step: String,
+    pub step: Step,
     pub cause: Cause,
 }
 
-/// Attaches a step name to any error convertible into a [`Cause`].
+impl EngineError {
+    pub fn new(step: Step, cause: impl Into<Cause>) -> Self {
+        Self {
+            step,
+            cause: cause.into(),
+        }
+    }
+}
+
+/// Attaches a step to any error convertible into a [`Cause`].
 pub trait StepExt<T> {
-    fn step(self, step: impl FnOnce() -> String) -> Result<T, EngineError>;
+    fn step(self, step: Step) -> Result<T, EngineError>;
 }
 
 impl<T, E: Into<Cause>> StepExt<T> for Result<T, E> {
-    fn step(self, step: impl FnOnce() -> String) -> Result<T, EngineError> {
+    fn step(self, step: Step) -> Result<T, EngineError> {
         self.map_err(|e| EngineError {
-            step: step(),
+            step,
             cause: e.into(),
         })
     }

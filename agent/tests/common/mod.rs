@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use torpor::daemon::{Daemon, Engine, EngineError, Listener, Pid, Settings, Stored};
+use torpor::daemon::{CheckpointError, Daemon, Engine, Listener, Pid, Settings, Stored};
 use torpor::power::{PowerDown, PowerError, PowerLine, System, WakeAlarm};
 use torpor::protocol::{packet, Reply, StoreState, StoreSummary, MAX_MESSAGE};
 
@@ -82,11 +82,11 @@ impl FakeEngine {
     pub fn calls(&self) -> Vec<EngineCall> {
         self.calls.lock().unwrap().clone()
     }
-    fn result(&self) -> Result<Stored, EngineError> {
+    fn result(&self) -> Result<Stored, CheckpointError> {
         match &self.outcome {
             EngineOutcome::Store(s) => Ok(*s),
-            EngineOutcome::DumpFails(m) => Err(EngineError::Dump(m.clone())),
-            EngineOutcome::StoreFails(m) => Err(EngineError::Store(m.clone())),
+            EngineOutcome::DumpFails(m) => Err(CheckpointError::Dump(m.clone())),
+            EngineOutcome::StoreFails(m) => Err(CheckpointError::Store(m.clone())),
         }
     }
 }
@@ -105,7 +105,7 @@ impl Engine for FakeEngine {
         pid: Pid,
         conn_fd: RawFd,
         wake: Option<u32>,
-    ) -> Result<Stored, EngineError> {
+    ) -> Result<Stored, CheckpointError> {
         self.calls.lock().unwrap().push(EngineCall::Hibernate {
             pid: pid.as_raw(),
             wake,
@@ -113,14 +113,14 @@ impl Engine for FakeEngine {
         });
         self.result()
     }
-    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), EngineError> {
+    fn abandon(&mut self, pid: Pid, generation: u64) -> Result<(), CheckpointError> {
         self.calls.lock().unwrap().push(EngineCall::Abandon {
             pid: pid.as_raw(),
             generation,
         });
         Ok(())
     }
-    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, EngineError> {
+    fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, CheckpointError> {
         self.calls.lock().unwrap().push(EngineCall::Checkpoint {
             pid: pid.as_raw(),
             conn_peer_pid: peer_pid(conn_fd),

@@ -26,7 +26,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::state::{FileKind, OpenFile, ProcessState};
-use crate::engine::{procfs, Cause};
+use crate::engine::{procfs, Cause, Step};
 use crate::image::records::{
     Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData,
     ObjectRef, SignalFd, TimerFd, UnixSocket, UnlinkedObject, OBJECT_CHUNK,
@@ -136,7 +136,7 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
     for f in files.iter_mut() {
         if let FileKind::Anon(AnonFile::Unix(s)) = &mut f.kind {
             unix::check_peer(s, &socks).map_err(|e| crate::engine::EngineError {
-                step: "files".into(),
+                step: Step::FileTable,
                 cause: Cause::Unsupported(format!(
                     "UNIX socket socket:[{}] {}: {e}",
                     s.inode, s.name
@@ -255,7 +255,7 @@ pub fn collect_locks(
     fds: &[crate::engine::state::Fd],
 ) -> Result<Vec<crate::image::records::FileLock>, crate::engine::EngineError> {
     locks::collect(pid, fds).map_err(|e| crate::engine::EngineError {
-        step: format!("files {pid}"),
+        step: Step::Files(pid),
         cause: Cause::Unsupported(e),
     })
 }

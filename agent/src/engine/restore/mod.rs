@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use crate::engine::clocks::ClockMode;
 use crate::engine::image_io::{self, ImageState};
 use crate::engine::ptrace::{self, Stop};
-use crate::engine::{Cause, EngineError, StepExt};
+use crate::engine::{Cause, EngineError, Step, StepExt};
 
 pub(crate) use objects::create_unlinked;
 pub(crate) use tasks::fork_with_pid;
@@ -87,11 +87,8 @@ pub struct RestoreStats {
     pub clocks: Option<ClockMode>,
 }
 
-fn refused(step: &str, why: String) -> EngineError {
-    EngineError {
-        step: step.to_string(),
-        cause: Cause::Refused(why),
-    }
+fn refused(step: Step, why: String) -> EngineError {
+    EngineError::new(step, Cause::Refused(why))
 }
 
 fn last_os() -> std::io::Error {
@@ -100,7 +97,7 @@ fn last_os() -> std::io::Error {
 
 /// Restores the image in `path`. Returns once the restored tree runs.
 pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
-    let vstep = || "validate".to_string();
+    let vstep = Step::Validate;
     let open = || {
         File::open(path)
             .map(BufReader::new)
@@ -113,13 +110,13 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
 
 /// Restores the newest valid image of the store at `path`.
 pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
-    let vstep = || "validate".to_string();
-    let store = crate::store::Store::open(path).step(|| "store".to_string())?;
+    let vstep = Step::Validate;
+    let store = crate::store::Store::open(path).step(Step::Store)?;
     let newest = || -> Result<_, EngineError> {
-        match store.newest().step(|| "store".to_string())? {
+        match store.newest().step(Step::Store)? {
             Some((_, r)) => Ok(BufReader::new(r)),
             None => Err(refused(
-                "store",
+                Step::Store,
                 format!("{} holds no valid image", path.display()),
             )),
         }
@@ -140,22 +137,22 @@ pub fn restore<R: Read>(
     // subreaper or init as usual.
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(last_os()).step(|| "restore".to_string());
+        return Err(last_os()).step(Step::Restore);
     }
-    crate::engine::files::recreate_tmpfs_files(st).step(|| "recreate tmpfs files".to_string())?;
+    crate::engine::files::recreate_tmpfs_files(st).step(Step::RecreateTmpfsFiles)?;
     // The namespace first: timerfd deadlines are set in its view.
     let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
-        .step(|| "time namespace".to_string())?;
+        .step(Step::TimeNamespace)?;
     let mut objs = open_objects(st, opts, timens.as_ref().map(|t| t.tree_over_torpor))?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     // The whole tree is in the namespace: torpor takes its own back.
     if let Some(t) = timens.as_mut() {
-        t.leave().step(|| "time namespace".to_string())?;
+        t.leave().step(Step::TimeNamespace)?;
     }
     let high_fd = objs.high;
     let shm = objs.shm.clone();
-    let step = || "seize tasks".to_string();
+    let step = Step::SeizeTasks;
     for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
         ptrace::seize(p.pid, 0).step(step)?;
         created.traced.push(p.pid);
@@ -172,9 +169,7 @@ pub fn restore<R: Read>(
     }
     let mut stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
     // Seals and removals once every task has its mappings.
-    objs.segs
-        .finish()
-        .step(|| "seal memfds and remove SysV segments".to_string())?;
+    objs.segs.finish().step(Step::FinishObjects)?;
     stats.clocks = Some(clocks);
     // Owners of signal-driven I/O may be any process or thread of the tree:
     // set now that all exist.
@@ -182,7 +177,7 @@ pub fn restore<R: Read>(
         if let (Some(s), Some(&fd)) = (&f.sigio, objs.fds.get(i)) {
             crate::engine::files::set_sigio_owner(fd, s)
                 .map_err(Cause::Refused)
-                .step(|| "signal-driven I/O".to_string())?;
+                .step(Step::SignalDrivenIo)?;
         }
     }
     drop(objs);
@@ -195,11 +190,11 @@ pub fn restore<R: Read>(
     {
         // SAFETY: kill takes integers; the task is ours and traced.
         if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
-            return Err(last_os()).step(|| format!("stopping process {} again", p.pid));
+            return Err(last_os()).step(Step::StopAgain(p.pid));
         }
     }
     for &tid in &created.traced {
-        ptrace::detach(tid).step(|| "detach".to_string())?;
+        ptrace::detach(tid).step(Step::Detach)?;
     }
     created.done = true;
     Ok(stats)

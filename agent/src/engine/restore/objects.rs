@@ -14,7 +14,7 @@ use crate::arch::{self, Bits};
 use crate::engine::clocks::Offsets;
 use crate::engine::image_io::ImageState;
 use crate::engine::state::{Backing, FileKind, OpenFile, OutsideEnd};
-use crate::engine::{Cause, EngineError, StepExt};
+use crate::engine::{Cause, EngineError, Step, StepExt};
 
 use super::{last_os, RestoreOptions};
 
@@ -71,7 +71,7 @@ pub(super) fn open_objects(
     opts: &RestoreOptions,
     shift: Option<Offsets>,
 ) -> Result<Objects, EngineError> {
-    let step = || "open files".to_string();
+    let step = Step::OpenFiles;
     let max_target = st
         .processes
         .iter()

@@ -9,7 +9,7 @@ use std::io::Read;
 
 use crate::engine::image_io::ImageState;
 use crate::engine::ptrace::RemotePtr;
-use crate::engine::{EngineError, StepExt};
+use crate::engine::{EngineError, Step, StepExt};
 use crate::image::{Codec, ImageReader, Kind};
 
 use super::memory::{map_process, Rebuild};
@@ -27,7 +27,7 @@ pub(super) fn rebuild_all<R: Read>(
     shm: &BTreeMap<u64, (u64, u64)>,
     segs: &mut crate::engine::files::Segments,
 ) -> Result<RestoreStats, EngineError> {
-    let rstep = || "read image".to_string();
+    let rstep = Step::ReadImage;
     let mut rd = ImageReader::new(image).step(rstep)?;
     let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
     let mut buf = vec![0u8; batch];
@@ -39,7 +39,7 @@ pub(super) fn rebuild_all<R: Read>(
                   stats: &mut RestoreStats|
      -> Result<(), EngineError> {
         let pid = rb.p.pid;
-        stats.threads += finish_process(&rb, created).step(|| format!("rebuild {pid}"))?;
+        stats.threads += finish_process(&rb, created).step(Step::Rebuild(pid))?;
         stats.processes += 1;
         Ok(())
     };
@@ -51,23 +51,20 @@ pub(super) fn rebuild_all<R: Read>(
                 if let Some(rb) = cur.take() {
                     finish(rb, created, &mut stats)?;
                 }
-                let p = st
-                    .processes
-                    .get(idx)
-                    .ok_or_else(|| refused("read image", "image changed while restoring".into()))?;
+                let p = st.processes.get(idx).ok_or_else(|| {
+                    refused(Step::ReadImage, "image changed while restoring".into())
+                })?;
                 idx += 1;
                 if p.zombie.is_some() {
                     stats.processes += 1;
                     continue;
                 }
-                cur = Some(
-                    map_process(p, high_fd, shm, segs).step(|| format!("map memory {}", p.pid))?,
-                );
+                cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.pid))?);
             }
             Kind::Pages => {
                 let rb = cur
                     .as_ref()
-                    .ok_or_else(|| refused("read image", "pages before any task".into()))?;
+                    .ok_or_else(|| refused(Step::ReadImage, "pages before any task".into()))?;
                 // Raw pages go to the task straight from the record: no copy.
                 let p = rec.pages().step(rstep)?;
                 let (vaddr, data) = if p.codec == Codec::Raw {
@@ -78,13 +75,12 @@ pub(super) fn rebuild_all<R: Read>(
                 };
                 rb.mem
                     .write(RemotePtr::<u8>::new(vaddr), data)
-                    .step(|| format!("write memory {}", rb.p.pid))?;
+                    .step(Step::WriteMemory(rb.p.pid))?;
                 stats.page_bytes += data.len() as u64;
             }
             Kind::ObjectData => {
                 let d = rec.decode().step(rstep)?;
-                segs.fill(&d)
-                    .step(|| "fill memfds and SysV segments".to_string())?;
+                segs.fill(&d).step(Step::FillObjects)?;
             }
             _ => {}
         }

@@ -14,7 +14,7 @@ use crate::engine::image_io::ImageState;
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::FileKind;
-use crate::engine::{EngineError, StepExt};
+use crate::engine::{EngineError, Step, StepExt};
 
 use super::objects::{cstr, move_high, Objects};
 use super::{last_os, refused};
@@ -335,7 +335,7 @@ pub(super) fn create_tasks(
     objs: &Objects,
     created: &mut Created,
 ) -> Result<(), EngineError> {
-    let step = || "create tasks".to_string();
+    let step = Step::CreateTasks;
     let mut rp = [0i32; 2];
     // SAFETY: pipe2 writes two fds.
     if unsafe { libc::pipe2(rp.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -372,7 +372,7 @@ pub(super) fn create_tasks(
         let n = rd.read(&mut buf).step(step)?;
         if n == 0 {
             return Err(refused(
-                "create tasks",
+                Step::CreateTasks,
                 format!("tasks ended before reporting ready: {text}"),
             ));
         }
@@ -381,7 +381,7 @@ pub(super) fn create_tasks(
             let line: String = text.drain(..=nl).collect();
             let line = line.trim_end();
             if let Some((pid, msg)) = line.split_once(" err ") {
-                return Err(refused("create tasks", format!("process {pid}: {msg}")));
+                return Err(refused(Step::CreateTasks, format!("process {pid}: {msg}")));
             }
             ok += 1;
         }

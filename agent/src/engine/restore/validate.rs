@@ -10,13 +10,13 @@ use std::path::Path;
 use crate::arch::Regs;
 use crate::engine::image_io::ImageState;
 use crate::engine::state::{Backing, FileKind};
-use crate::engine::{EngineError, StepExt};
+use crate::engine::{EngineError, Step, StepExt};
 
 use super::objects::unlinked_dir_exists;
 use super::{refused, RestoreOptions};
 
 pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
-    let step = "validate";
+    let step = Step::Validate;
     if st.processes.is_empty() {
         return Err(refused(step, "the image holds no process".into()));
     }
@@ -49,7 +49,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     ),
                 ));
             }
-            Regs::from_bytes(&t.regs).step(|| step.to_string())?;
+            Regs::from_bytes(&t.regs).step(step)?;
         }
         if p.threads.first().map(|t| t.tid) != Some(p.pid) {
             return Err(refused(
