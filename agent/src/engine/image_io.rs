@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::arch::Bits;
+pub use crate::engine::state::ImageState;
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
@@ -29,26 +30,6 @@ use crate::image::records::{
     Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
-
-/// Everything in an image except page contents.
-#[derive(Debug, Default)]
-pub struct ImageState {
-    pub files: Vec<OpenFile>,
-    pub pipes: Vec<PipeState>,
-    pub processes: Vec<ProcessState>,
-    /// Contents of tmpfs files the tree maps shared, by chunk.
-    pub tmpfs_files: Vec<crate::image::records::TmpfsFile>,
-    /// Memfds the tree holds or maps (their contents stream at restore).
-    pub memfds: Vec<crate::image::records::MemfdObject>,
-    /// SysV shared memory segments the tree has attached.
-    pub sysv: Vec<crate::image::records::SysvShm>,
-    /// Regular files unlinked while held open or mapped.
-    pub unlinked: Vec<crate::image::records::UnlinkedObject>,
-    /// Pages the image holds (zero runs included).
-    pub pages: u64,
-    /// The tree's clocks at the freeze; `None` in images of format 1.0.
-    pub clocks: Option<crate::image::records::Clocks>,
-}
 
 fn path_of(p: &RawPath) -> String {
     String::from_utf8_lossy(p.as_bytes()).into_owned()
@@ -937,7 +918,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                             }
                             other => {
                                 let (flags, a) =
-                                    crate::engine::files::AnonFile::from_record(&other)
+                                    crate::engine::state::AnonFile::from_record(&other)
                                         .ok_or_else(|| {
                                             malformed(format!("fd {} has an unknown kind", f.fd))
                                         })?;
@@ -1009,7 +990,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         }
     }
     for f in &st.files {
-        if let FileKind::Anon(crate::engine::files::AnonFile::MemfdFile(r)) = &f.kind {
+        if let FileKind::Anon(crate::engine::state::AnonFile::MemfdFile(r)) = &f.kind {
             if !st.memfds.iter().any(|o| o.id == r.id) {
                 return Err(malformed(format!(
                     "an fd names memfd {}, which has no record",

@@ -4,15 +4,29 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The whole tree except memory pages, which stream separately.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeState {
-    /// Processes in creation order: every parent before its children.
-    pub processes: Vec<ProcessState>,
-    /// Open file descriptions shared by the tree (an fd refers to one by id).
+use crate::image::records::{
+    self, Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdRef, SignalFd, TimerFd,
+    UnixSocket,
+};
+
+/// Everything in an image except page contents.
+#[derive(Debug, Default)]
+pub struct ImageState {
     pub files: Vec<OpenFile>,
-    /// Pipes with an end in the tree, with their unread bytes.
     pub pipes: Vec<PipeState>,
+    pub processes: Vec<ProcessState>,
+    /// Contents of tmpfs files the tree maps shared, by chunk.
+    pub tmpfs_files: Vec<records::TmpfsFile>,
+    /// Memfds the tree holds or maps (their contents stream at restore).
+    pub memfds: Vec<records::MemfdObject>,
+    /// SysV shared memory segments the tree has attached.
+    pub sysv: Vec<records::SysvShm>,
+    /// Regular files unlinked while held open or mapped.
+    pub unlinked: Vec<records::UnlinkedObject>,
+    /// Pages the image holds (zero runs included).
+    pub pages: u64,
+    /// The tree's clocks at the freeze; `None` in images of format 1.0.
+    pub clocks: Option<records::Clocks>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +229,7 @@ pub struct Vma {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fd {
     pub fd: i32,
-    /// Index into `TreeState::files`.
+    /// Index into `ImageState::files`.
     pub file: u32,
     pub cloexec: bool,
 }
@@ -255,7 +269,7 @@ pub enum FileKind {
     /// `inode` (the inode at the dump), shared by every description and
     /// mapping of that inode.
     UnlinkedFile { pos: u64, inode: u64 },
-    /// One end of a pipe: index into `TreeState::pipes`; `fifo` is the
+    /// One end of a pipe: index into `ImageState::pipes`; `fifo` is the
     /// path of a named FIFO (whose other end may be opened by anyone).
     Pipe {
         pipe: u32,
@@ -270,7 +284,68 @@ pub enum FileKind {
     TorporConn,
 }
 
-pub use crate::engine::files::AnonFile;
+/// An anonymous-inode file torpor knows how to recreate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnonFile {
+    EventFd(EventFd),
+    TimerFd(TimerFd),
+    SignalFd(SignalFd),
+    Epoll(Epoll),
+    Inotify(Inotify),
+    Unix(UnixSocket),
+    Inet(InetSocket),
+    /// A memfd with its contents inline (images of an older torpor).
+    Memfd(Memfd),
+    /// A description of a memfd object (`engine::files::memfd`).
+    MemfdFile(MemfdRef),
+}
+
+impl AnonFile {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnonFile::EventFd(_) => "an eventfd",
+            AnonFile::TimerFd(_) => "a timerfd",
+            AnonFile::SignalFd(_) => "a signalfd",
+            AnonFile::Epoll(_) => "an epoll instance",
+            AnonFile::Inotify(_) => "an inotify instance",
+            AnonFile::Unix(_) => "a UNIX socket",
+            AnonFile::Inet(_) => "a TCP or UDP socket",
+            AnonFile::Memfd(_) | AnonFile::MemfdFile(_) => "a memfd",
+        }
+    }
+
+    /// The image record of this file with its status flags.
+    pub fn record(&self, flags: u32) -> FdKind {
+        match self.clone() {
+            AnonFile::EventFd(state) => FdKind::EventFd { flags, state },
+            AnonFile::TimerFd(state) => FdKind::TimerFd { flags, state },
+            AnonFile::SignalFd(state) => FdKind::SignalFd { flags, state },
+            AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
+            AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
+            AnonFile::Unix(state) => FdKind::Unix { flags, state },
+            AnonFile::Inet(state) => FdKind::Inet { flags, state },
+            AnonFile::Memfd(state) => FdKind::Memfd { flags, state },
+            AnonFile::MemfdFile(state) => FdKind::MemfdFile { flags, state },
+        }
+    }
+
+    /// The file an image record describes, with its status flags, when the
+    /// record is one of these kinds.
+    pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
+        Some(match k.clone() {
+            FdKind::EventFd { flags, state } => (flags, AnonFile::EventFd(state)),
+            FdKind::TimerFd { flags, state } => (flags, AnonFile::TimerFd(state)),
+            FdKind::SignalFd { flags, state } => (flags, AnonFile::SignalFd(state)),
+            FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
+            FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
+            FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
+            FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
+            FdKind::Memfd { flags, state } => (flags, AnonFile::Memfd(state)),
+            FdKind::MemfdFile { flags, state } => (flags, AnonFile::MemfdFile(state)),
+            _ => return None,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeState {

@@ -19,36 +19,17 @@ mod sysv;
 mod timerfd;
 mod tmpfs;
 mod unix;
+mod unlinked;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use serde::{Deserialize, Serialize};
-
-use crate::engine::state::{FileKind, OpenFile, ProcessState};
+use crate::engine::state::{AnonFile, FileKind, ImageState, OpenFile, ProcessState};
 use crate::engine::{procfs, Cause, Step};
-use crate::image::records::{
-    Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdObject, MemfdRef, ObjectData,
-    ObjectRef, SignalFd, TimerFd, UnixSocket, UnlinkedObject, OBJECT_CHUNK,
-};
+use crate::image::records::{MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK};
 
 pub use unix::Pending;
-
-/// An anonymous-inode file torpor knows how to recreate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AnonFile {
-    EventFd(EventFd),
-    TimerFd(TimerFd),
-    SignalFd(SignalFd),
-    Epoll(Epoll),
-    Inotify(Inotify),
-    Unix(UnixSocket),
-    Inet(InetSocket),
-    /// A memfd with its contents inline (images of an older torpor).
-    Memfd(Memfd),
-    /// A description of a memfd object (`engine::files::memfd`).
-    MemfdFile(MemfdRef),
-}
+pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
 /// the kinds above; `None` for any other file.
@@ -181,53 +162,6 @@ pub fn open(
     r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
 }
 
-impl AnonFile {
-    pub fn name(&self) -> &'static str {
-        match self {
-            AnonFile::EventFd(_) => "an eventfd",
-            AnonFile::TimerFd(_) => "a timerfd",
-            AnonFile::SignalFd(_) => "a signalfd",
-            AnonFile::Epoll(_) => "an epoll instance",
-            AnonFile::Inotify(_) => "an inotify instance",
-            AnonFile::Unix(_) => "a UNIX socket",
-            AnonFile::Inet(_) => "a TCP or UDP socket",
-            AnonFile::Memfd(_) | AnonFile::MemfdFile(_) => "a memfd",
-        }
-    }
-
-    /// The image record of this file with its status flags.
-    pub fn record(&self, flags: u32) -> FdKind {
-        match self.clone() {
-            AnonFile::EventFd(state) => FdKind::EventFd { flags, state },
-            AnonFile::TimerFd(state) => FdKind::TimerFd { flags, state },
-            AnonFile::SignalFd(state) => FdKind::SignalFd { flags, state },
-            AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
-            AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
-            AnonFile::Unix(state) => FdKind::Unix { flags, state },
-            AnonFile::Inet(state) => FdKind::Inet { flags, state },
-            AnonFile::Memfd(state) => FdKind::Memfd { flags, state },
-            AnonFile::MemfdFile(state) => FdKind::MemfdFile { flags, state },
-        }
-    }
-
-    /// The file an image record describes, with its status flags, when the
-    /// record is one of these kinds.
-    pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
-        Some(match k.clone() {
-            FdKind::EventFd { flags, state } => (flags, AnonFile::EventFd(state)),
-            FdKind::TimerFd { flags, state } => (flags, AnonFile::TimerFd(state)),
-            FdKind::SignalFd { flags, state } => (flags, AnonFile::SignalFd(state)),
-            FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
-            FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
-            FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
-            FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
-            FdKind::Memfd { flags, state } => (flags, AnonFile::Memfd(state)),
-            FdKind::MemfdFile { flags, state } => (flags, AnonFile::MemfdFile(state)),
-            _ => return None,
-        })
-    }
-}
-
 /// In a restored task whose fds are at their numbers: registers again the
 /// targets of every epoll instance this process held them for.
 pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), String> {
@@ -284,12 +218,12 @@ pub fn write_tmpfs_files<'a, W: std::io::Write>(
 
 /// Whether a restore recreates the mapped file `path` (missing, and kept in
 /// the image): its identity then cannot be checked.
-pub fn tmpfs_file_to_recreate(st: &crate::engine::image_io::ImageState, path: &str) -> bool {
+pub fn tmpfs_file_to_recreate(st: &ImageState, path: &str) -> bool {
     tmpfs::to_recreate(st, path)
 }
 
 /// Recreates the missing tmpfs files the image holds.
-pub fn recreate_tmpfs_files(st: &crate::engine::image_io::ImageState) -> Result<(), Cause> {
+pub fn recreate_tmpfs_files(st: &ImageState) -> Result<(), Cause> {
     tmpfs::recreate(st)
 }
 
@@ -469,12 +403,12 @@ pub struct Segments {
 impl Segments {
     /// Refuses, before anything is created, segments that cannot come back
     /// (their id or key is another segment's now).
-    pub fn check(st: &crate::engine::image_io::ImageState) -> Result<(), String> {
+    pub fn check(st: &ImageState) -> Result<(), String> {
         sysv::check(st)
     }
 
     /// Creates the image's memfds (fds at or above `high`) and SysV segments.
-    pub fn create(st: &crate::engine::image_io::ImageState, high: i32) -> Result<Segments, Cause> {
+    pub fn create(st: &ImageState, high: i32) -> Result<Segments, Cause> {
         let mut segs = Segments::default();
         for o in &st.memfds {
             let f = memfd::create(o)
@@ -496,7 +430,7 @@ impl Segments {
                 &o.size,
                 &o.inode,
             );
-            let tmp = crate::engine::restore::create_unlinked(&path, &[])?;
+            let tmp = unlinked::create_unlinked(&path, &[])?;
             // SAFETY: fcntl on our own fd; the duplicate is ours.
             let fd = unsafe { libc::fcntl(tmp, libc::F_DUPFD_CLOEXEC, high) };
             let dup_error = last_os();

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::arch::nr;
-use crate::engine::image_io::ImageState;
 use crate::engine::procfs::MapEntry;
 use crate::engine::remote::Remote;
+use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::Cause;
 use crate::image::records::{Kind, ObjectRef, SysvShm};

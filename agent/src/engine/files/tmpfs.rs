@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-use crate::engine::image_io::ImageState;
+use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, ProcessState};
 use crate::engine::Cause;
 use crate::image::records::{Kind, RawPath, TmpfsFile, TMPFS_CHUNK};

@@ -50,11 +50,11 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::engine::clocks::ClockMode;
-use crate::engine::image_io::{self, ImageState};
+use crate::engine::image_io;
 use crate::engine::ptrace::{self, Stop};
+use crate::engine::state::ImageState;
 use crate::engine::{Cause, EngineError, Step, StepExt};
 
-pub(crate) use objects::create_unlinked;
 pub(crate) use tasks::fork_with_pid;
 pub use validate::validate;
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::arch::{self, Bits};
 use crate::engine::clocks::Offsets;
-use crate::engine::image_io::ImageState;
+use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, FileKind, OpenFile, OutsideEnd};
 use crate::engine::{Cause, EngineError, Step, StepExt};
 
@@ -313,7 +313,7 @@ fn open_object(
             seek_new(open(&segs.unlinked_path(*inode)?, open_flags)?, *pos)
         }
         FileKind::Unlinked { path, pos, data } => {
-            let tmp = create_unlinked(path, data)?;
+            let tmp = crate::engine::files::create_unlinked(path, data)?;
             // Reopened with the original flags; the file keeps no name.
             let fd = open(&format!("/proc/self/fd/{tmp}"), open_flags);
             // SAFETY: closing the creation fd; `fd` holds the file.
@@ -386,67 +386,6 @@ fn seek_new(fd: i32, pos: u64) -> Result<i32, Cause> {
         // SAFETY: closing our fd on the error path.
         unsafe { libc::close(fd) };
         return Err(e.into());
-    }
-    Ok(fd)
-}
-
-/// An unlinked file is recreated in the directory it lived in.
-pub(super) fn unlinked_dir_exists(path: &str) -> Result<(), String> {
-    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(format!(
-            "directory {} of unlinked file {path} is gone",
-            dir.display()
-        ))
-    }
-}
-
-pub(crate) fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
-    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-    let cdir = cstr(&dir.to_string_lossy())?;
-    // SAFETY: open with a valid C string; the result is checked.
-    let mut fd = unsafe {
-        libc::open(
-            cdir.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        let name = format!("{}/.torpor-unlinked-{}", dir.display(), std::process::id());
-        let cname = cstr(&name)?;
-        // SAFETY: as above; the name is removed right away.
-        fd = unsafe {
-            libc::open(
-                cname.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            let e = last_os();
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("recreating unlinked {path} in {}: {e}", dir.display()),
-            )
-            .into());
-        }
-        // SAFETY: unlinking the name just created.
-        unsafe { libc::unlink(cname.as_ptr()) };
-    }
-    let mut off = 0;
-    while off < data.len() {
-        // SAFETY: writing from our buffer into our fd.
-        let n = unsafe { libc::write(fd, data[off..].as_ptr().cast(), data.len() - off) };
-        if n <= 0 {
-            let e = last_os();
-            // SAFETY: closing our fd on the error path.
-            unsafe { libc::close(fd) };
-            return Err(e.into());
-        }
-        off += n.bits();
     }
     Ok(fd)
 }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use crate::engine::image_io::ImageState;
 use crate::engine::ptrace::RemotePtr;
+use crate::engine::state::ImageState;
 use crate::engine::{EngineError, Step, StepExt};
 use crate::image::{Codec, ImageReader, Kind};
 

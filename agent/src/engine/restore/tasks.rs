@@ -10,10 +10,10 @@ use std::fs::File;
 use std::io::Read;
 
 use crate::arch::Bits;
-use crate::engine::image_io::ImageState;
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::FileKind;
+use crate::engine::state::ImageState;
 use crate::engine::{EngineError, Step, StepExt};
 
 use super::objects::{cstr, move_high, Objects};

@@ -8,12 +8,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::arch::Regs;
-use crate::engine::image_io::ImageState;
+use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, FileKind};
 use crate::engine::{EngineError, Step, StepExt};
 
-use super::objects::unlinked_dir_exists;
 use super::{refused, RestoreOptions};
+use crate::engine::files::unlinked_dir_exists;
 
 pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
     let step = Step::Validate;
