@@ -4,11 +4,41 @@
 //! Flow of a dump: `freeze` (seize every thread) → `collect` (registers,
 //! /proc, parasite, files) → `dump` (stream state and pages through
 //! `image_io` into the image) → release or kill. Flow of a restore:
-//! `image_io` reads and checks the whole image, `restore` validates it,
-//! forks the tasks with their pids, rebuilds each address space through
-//! remote syscalls (`remote`, `ptrace`), and lets the tree go; `clocks`
-//! keeps the tree's monotonic clocks continuous across both. `procfs`
-//! parses /proc; `state` is the plain data in between.
+//! `image_io` reads and checks the whole image into an [`ImageState`],
+//! `restore` validates it, forks the tasks with their pids, rebuilds each
+//! address space through remote syscalls (`remote`, `ptrace`), and lets the
+//! tree go (`restore` draws its steps); `clocks` keeps the tree's monotonic
+//! clocks continuous across both. `procfs` parses /proc.
+//!
+//! `state` is the data in between and a leaf: it depends on the image
+//! records and nothing else of the engine, and every other module of the
+//! engine depends on it, never the reverse. A failure is an [`EngineError`]:
+//! the [`Step`] that failed and its [`Cause`].
+//!
+//! # Adding a kind of file descriptor
+//!
+//! Anonymous-inode files and sockets are kinds of
+//! [`AnonFile`](state::AnonFile). A new kind `Foo` takes:
+//!
+//! 1. Its image record: a `Foo` struct in `image::records` and a variant
+//!    `FdKind::Foo { flags, state: Foo }` (a new `FdKind` variant is a new
+//!    format minor version: see `image` for the rule).
+//! 2. One module, `engine/files/foo.rs` (and its `mod foo;` line in
+//!    `engine/files/mod.rs`), implementing
+//!    [`AnonKind`](files::AnonKind) for `Foo`: its `NAME` for messages, the
+//!    `CLAIM` saying which descriptors are its own (a `/proc` link, or a
+//!    socket family), `collect` from outside the frozen task, and `open`,
+//!    which creates the object again in torpor before the tasks are forked.
+//! 3. One registry line, `Foo(crate::image::records::Foo),` in
+//!    `engine::state::anon_registry`.
+//!
+//! The registry makes the `AnonFile` variant, its record conversions, the
+//! dispatch of `collect` by claim and of `open`, and the kind's name in
+//! refusals. Validation needs nothing more unless the kind refers to other
+//! objects of the image; a fix-up once every task exists (as epoll targets
+//! have, `files::register_epolls`) is called from `restore`.
+
+pub use state::ImageState;
 
 pub mod clocks;
 pub mod collect;

@@ -4,10 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::records::{
-    self, Epoll, EventFd, FdKind, InetSocket, Inotify, Memfd, MemfdRef, SignalFd, TimerFd,
-    UnixSocket,
-};
+use crate::image::records::{self, FdKind};
 
 /// Everything in an image except page contents.
 #[derive(Debug, Default)]
@@ -284,68 +281,60 @@ pub enum FileKind {
     TorporConn,
 }
 
-/// An anonymous-inode file torpor knows how to recreate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AnonFile {
-    EventFd(EventFd),
-    TimerFd(TimerFd),
-    SignalFd(SignalFd),
-    Epoll(Epoll),
-    Inotify(Inotify),
-    Unix(UnixSocket),
-    Inet(InetSocket),
-    /// A memfd with its contents inline (images of an older torpor).
-    Memfd(Memfd),
-    /// A description of a memfd object (`engine::files::memfd`).
-    MemfdFile(MemfdRef),
-}
-
-impl AnonFile {
-    pub fn name(&self) -> &'static str {
-        match self {
-            AnonFile::EventFd(_) => "an eventfd",
-            AnonFile::TimerFd(_) => "a timerfd",
-            AnonFile::SignalFd(_) => "a signalfd",
-            AnonFile::Epoll(_) => "an epoll instance",
-            AnonFile::Inotify(_) => "an inotify instance",
-            AnonFile::Unix(_) => "a UNIX socket",
-            AnonFile::Inet(_) => "a TCP or UDP socket",
-            AnonFile::Memfd(_) | AnonFile::MemfdFile(_) => "a memfd",
+/// The registry of anonymous-inode file kinds (eventfd, timerfd, sockets,
+/// memfds...): one line each, `Variant(record type)`, where `Variant` is
+/// also the name of its [`FdKind`] record variant. [`AnonFile`] and its
+/// record conversions are made from it here, and `engine::files` makes the
+/// dispatch to each kind's [`AnonKind`](crate::engine::files::AnonKind)
+/// implementation from it: a new kind is one module of `engine::files`
+/// and one line here.
+macro_rules! anon_registry {
+    ($then:ident) => {
+        $then! {
+            EventFd(crate::image::records::EventFd),
+            TimerFd(crate::image::records::TimerFd),
+            SignalFd(crate::image::records::SignalFd),
+            Epoll(crate::image::records::Epoll),
+            Inotify(crate::image::records::Inotify),
+            Unix(crate::image::records::UnixSocket),
+            Inet(crate::image::records::InetSocket),
+            // A memfd with its contents inline (images of an older torpor).
+            Memfd(crate::image::records::Memfd),
+            // A description of a memfd object (`engine::files::memfd`).
+            MemfdFile(crate::image::records::MemfdRef),
         }
-    }
-
-    /// The image record of this file with its status flags.
-    pub fn record(&self, flags: u32) -> FdKind {
-        match self.clone() {
-            AnonFile::EventFd(state) => FdKind::EventFd { flags, state },
-            AnonFile::TimerFd(state) => FdKind::TimerFd { flags, state },
-            AnonFile::SignalFd(state) => FdKind::SignalFd { flags, state },
-            AnonFile::Epoll(state) => FdKind::Epoll { flags, state },
-            AnonFile::Inotify(state) => FdKind::Inotify { flags, state },
-            AnonFile::Unix(state) => FdKind::Unix { flags, state },
-            AnonFile::Inet(state) => FdKind::Inet { flags, state },
-            AnonFile::Memfd(state) => FdKind::Memfd { flags, state },
-            AnonFile::MemfdFile(state) => FdKind::MemfdFile { flags, state },
-        }
-    }
-
-    /// The file an image record describes, with its status flags, when the
-    /// record is one of these kinds.
-    pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
-        Some(match k.clone() {
-            FdKind::EventFd { flags, state } => (flags, AnonFile::EventFd(state)),
-            FdKind::TimerFd { flags, state } => (flags, AnonFile::TimerFd(state)),
-            FdKind::SignalFd { flags, state } => (flags, AnonFile::SignalFd(state)),
-            FdKind::Epoll { flags, state } => (flags, AnonFile::Epoll(state)),
-            FdKind::Inotify { flags, state } => (flags, AnonFile::Inotify(state)),
-            FdKind::Unix { flags, state } => (flags, AnonFile::Unix(state)),
-            FdKind::Inet { flags, state } => (flags, AnonFile::Inet(state)),
-            FdKind::Memfd { flags, state } => (flags, AnonFile::Memfd(state)),
-            FdKind::MemfdFile { flags, state } => (flags, AnonFile::MemfdFile(state)),
-            _ => return None,
-        })
-    }
+    };
 }
+pub(crate) use anon_registry;
+
+macro_rules! define_anon_file {
+    ($($(#[$doc:meta])* $variant:ident($record:ty),)*) => {
+        /// An anonymous-inode file torpor knows how to recreate.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum AnonFile {
+            $($variant($record),)*
+        }
+
+        impl AnonFile {
+            /// The image record of this file with its status flags.
+            pub fn record(&self, flags: u32) -> FdKind {
+                match self.clone() {
+                    $(AnonFile::$variant(state) => FdKind::$variant { flags, state },)*
+                }
+            }
+
+            /// The file an image record describes, with its status flags,
+            /// when the record is one of these kinds.
+            pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
+                Some(match k.clone() {
+                    $(FdKind::$variant { flags, state } => (flags, AnonFile::$variant(state)),)*
+                    _ => return None,
+                })
+            }
+        }
+    };
+}
+anon_registry!(define_anon_file);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeState {

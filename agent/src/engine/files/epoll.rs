@@ -105,6 +105,22 @@ pub(super) fn register(epfd: i32, e: &Epoll) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+impl super::AnonKind for Epoll {
+    const NAME: &'static str = "an epoll instance";
+    const CLAIM: super::Claim = super::Claim::Link("anon_inode:[eventpoll]");
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let (path, info) = p.fdinfo()?;
+        collect(p.pid, p.fd, &info).map_err(|e| p.bad_fdinfo(&path, &e))
+    }
+
+    /// An empty instance: its targets are registered by the task that
+    /// held them once its fds are at their numbers (`register_epolls`).
+    fn open(&self, _cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

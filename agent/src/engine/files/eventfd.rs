@@ -73,3 +73,17 @@ pub(super) fn open(s: &EventFd, nonblock: bool) -> Result<i32, std::io::Error> {
     }
     Ok(into_raw(f))
 }
+
+impl super::AnonKind for EventFd {
+    const NAME: &'static str = "an eventfd";
+    const CLAIM: super::Claim = super::Claim::Link("anon_inode:[eventfd]");
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let (path, info) = p.fdinfo()?;
+        collect(p.pid, p.fd, &info).map_err(|e| p.bad_fdinfo(&path, &e))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open(self, cx.nonblock())?)
+    }
+}

@@ -308,3 +308,17 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
     }
     Ok(into_raw(f))
 }
+
+impl super::AnonKind for InetSocket {
+    const NAME: &'static str = "a TCP or UDP socket";
+    const CLAIM: super::Claim = super::Claim::Socket(&[libc::AF_INET, libc::AF_INET6]);
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let family = p.socket.map_or(libc::AF_UNSPEC, |(_, family)| family);
+        collect(p.pid, p.fd, family).map_err(|e| p.unsupported(format!("an internet socket: {e}")))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open(self, cx.nonblock())?)
+    }
+}

@@ -186,6 +186,20 @@ pub(super) fn open(s: &Inotify, nonblock: bool) -> Result<i32, std::io::Error> {
     Ok(into_raw(f))
 }
 
+impl super::AnonKind for Inotify {
+    const NAME: &'static str = "an inotify instance";
+    const CLAIM: super::Claim = super::Claim::Link("anon_inode:inotify");
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let (path, info) = p.fdinfo()?;
+        collect(p.pid, &info).map_err(|e| p.bad_fdinfo(&path, &e))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open(self, cx.nonblock())?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

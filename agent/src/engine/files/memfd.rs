@@ -218,3 +218,44 @@ pub(super) fn open_inline(s: &Memfd, flags: u32) -> Result<i32, std::io::Error> 
     }
     Ok(fd)
 }
+
+impl super::AnonKind for MemfdRef {
+    const NAME: &'static str = "a memfd";
+    const CLAIM: super::Claim = super::Claim::Memfd;
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let (path, info) = p.fdinfo()?;
+        let info = crate::engine::procfs::parse_fdinfo(&path, &info)?;
+        collect(p.pid, p.fd, info.pos).map_err(|e| {
+            crate::engine::Cause::Unsupported(format!(
+                "fd {} of process {} is a memfd ({}): {e}",
+                p.fd, p.pid, p.link
+            ))
+        })
+    }
+
+    /// A new description of the memfd object created from the image.
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        match cx.segs.memfds.get(&self.id) {
+            Some((fd, _)) => Ok(reopen(*fd, self, cx.flags)?),
+            None => Err(crate::engine::Cause::Refused(format!(
+                "memfd {} is not in the image",
+                self.id
+            ))),
+        }
+    }
+}
+
+impl super::AnonKind for Memfd {
+    const NAME: &'static str = "a memfd";
+    /// Only images of an older torpor hold memfds with inline contents.
+    const CLAIM: super::Claim = super::Claim::Nothing;
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        Err(p.unsupported("inline memfds are only read from old images"))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open_inline(self, cx.flags)?)
+    }
+}

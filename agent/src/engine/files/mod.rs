@@ -1,9 +1,15 @@
-//! Descriptors on anonymous kernel objects: eventfd, timerfd, signalfd,
-//! epoll and inotify. Each kind has its own module with a `collect` (from
-//! fdinfo and, where fdinfo is silent, from a duplicate of the fd) and an
-//! `open` that creates the object again in torpor before the tasks are
-//! forked; epoll targets are registered by the task that held them, once
-//! its fds are at their numbers (`register_epolls`).
+//! Descriptors on anonymous kernel objects (eventfd, timerfd, signalfd,
+//! epoll, inotify, UNIX and internet sockets, memfds), and the objects
+//! behind files and mappings (memfd and unlinked-file contents, SysV
+//! segments, file locks, signal-driven I/O, tmpfs files).
+//!
+//! Each anonymous-inode kind is one module implementing [`AnonKind`] on its
+//! image record type: `collect` (from fdinfo and, where fdinfo is silent,
+//! from a duplicate of the fd) and `open`, which creates the object again
+//! in torpor before the tasks are forked. Fix-ups once the tree exists
+//! (epoll targets registered by the task that held them, `register_epolls`;
+//! owners of signal-driven I/O, `set_sigio_owner`) follow. See
+//! `engine` for how to add a kind.
 #![allow(unsafe_code)]
 
 mod epoll;
@@ -31,72 +37,164 @@ use crate::image::records::{MemfdObject, ObjectData, ObjectRef, UnlinkedObject, 
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
-/// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
-/// the kinds above; `None` for any other file.
-pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
-    let kind = match link {
-        "anon_inode:[eventfd]" => "eventfd",
-        "anon_inode:[timerfd]" => "timerfd",
-        "anon_inode:[signalfd]" => "signalfd",
-        "anon_inode:[eventpoll]" => "eventpoll",
-        "anon_inode:inotify" => "inotify",
-        _ => {
-            if memfd::name_of(link).is_some() {
-                let info = procfs::parse_fdinfo(
-                    &format!("/proc/{pid}/fdinfo/{fd}"),
-                    &procfs::read(&format!("/proc/{pid}/fdinfo/{fd}"))?,
-                )?;
-                let m = memfd::collect(pid, fd, info.pos).map_err(|e| {
-                    Cause::Unsupported(format!("fd {fd} of process {pid} is a memfd ({link}): {e}"))
-                })?;
-                return Ok(Some(AnonFile::MemfdFile(m)));
-            }
-            return collect_socket(pid, fd, link);
-        }
-    };
-    let path = format!("/proc/{pid}/fdinfo/{fd}");
-    let info = procfs::read(&path)?;
-    let bad =
-        |what: &str| Cause::Refused(format!("fd {fd} of process {pid} ({link}): {path}: {what}"));
-    Ok(Some(match kind {
-        "eventfd" => AnonFile::EventFd(eventfd::collect(pid, fd, &info).map_err(|e| bad(&e))?),
-        "timerfd" => AnonFile::TimerFd(timerfd::collect_from(&path).map_err(|e| bad(&e))?),
-        "signalfd" => AnonFile::SignalFd(signalfd::collect(&info).map_err(|e| bad(&e))?),
-        "eventpoll" => AnonFile::Epoll(epoll::collect(pid, fd, &info).map_err(|e| bad(&e))?),
-        _ => AnonFile::Inotify(inotify::collect(pid, &info).map_err(|e| bad(&e))?),
-    }))
+/// The life of one kind of anonymous-inode file, from dump to restore. Each
+/// kind implements it in its own module on its image record type and has
+/// one line in the registry (`engine::state::anon_registry`); the
+/// dispatch below is made from that registry.
+pub trait AnonKind: Sized {
+    /// What the kind is called in messages: "an eventfd".
+    const NAME: &'static str;
+    /// Which descriptors are of this kind.
+    const CLAIM: Claim;
+    /// The state of the descriptor `p` names, from outside the task.
+    fn collect(p: &Probe<'_>) -> Result<Self, Cause>;
+    /// Creates the object again in torpor before the tasks are forked.
+    /// An `io::Error` is reported as "recreating NAME: ...".
+    fn open(&self, cx: &mut OpenCx<'_>) -> Result<i32, Cause>;
 }
 
-/// A socket of a family torpor knows; `None` for other files, and for
-/// other families (refused by the caller, which names the fd).
-fn collect_socket(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
-    let Some(inode) = link
+/// Which descriptors a kind takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim {
+    /// Those whose /proc link reads exactly this.
+    Link(&'static str),
+    /// Memfds (`/memfd:NAME (deleted)`).
+    Memfd,
+    /// Sockets of these address families.
+    Socket(&'static [i32]),
+    /// None: a kind that only old images hold.
+    Nothing,
+}
+
+/// A descriptor of a frozen task, as a kind's `collect` sees it.
+#[derive(Debug)]
+pub struct Probe<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// Its /proc link.
+    pub link: &'a str,
+    /// Inode and address family, for a socket.
+    pub socket: Option<(u64, i32)>,
+}
+
+impl Probe<'_> {
+    /// `/proc/PID/fdinfo/FD` and its contents.
+    pub fn fdinfo(&self) -> Result<(String, String), Cause> {
+        let path = format!("/proc/{}/fdinfo/{}", self.pid, self.fd);
+        let info = procfs::read(&path)?;
+        Ok((path, info))
+    }
+
+    /// The refusal of a descriptor whose fdinfo at `path` did not say what
+    /// torpor needs.
+    pub fn bad_fdinfo(&self, path: &str, what: &str) -> Cause {
+        Cause::Refused(format!(
+            "fd {} of process {} ({}): {path}: {what}",
+            self.fd, self.pid, self.link
+        ))
+    }
+
+    /// The refusal of a descriptor torpor could not read.
+    pub fn unsupported(&self, what: impl std::fmt::Display) -> Cause {
+        Cause::Unsupported(format!(
+            "fd {} of process {} ({}): {what}",
+            self.fd, self.pid, self.link
+        ))
+    }
+}
+
+/// What a kind's `open` may use.
+#[derive(Debug)]
+pub struct OpenCx<'a> {
+    /// The description's saved status flags.
+    pub flags: u32,
+    /// Pair ends between the opening of two peers.
+    pub pending: &'a mut Pending,
+    /// Memfds and SysV segments, already created.
+    pub segs: &'a Segments,
+    /// How far the tree's clocks are ahead of torpor's when the tree gets
+    /// a time namespace.
+    pub shift: Option<crate::engine::clocks::Offsets>,
+}
+
+impl OpenCx<'_> {
+    pub fn nonblock(&self) -> bool {
+        self.flags & (libc::O_NONBLOCK as u32) != 0
+    }
+}
+
+macro_rules! define_anon_dispatch {
+    ($($variant:ident($record:ty),)*) => {
+        impl AnonFile {
+            /// What the kind is called in messages: "an eventfd".
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(AnonFile::$variant(_) => <$record as AnonKind>::NAME,)*
+                }
+            }
+        }
+
+        /// The kind that claims the descriptor `p` names, collected; `None`
+        /// when no kind does.
+        fn collect_claimed(p: &Probe<'_>) -> Result<Option<AnonFile>, Cause> {
+            $(
+                if claims(<$record as AnonKind>::CLAIM, p) {
+                    return <$record as AnonKind>::collect(p).map(|s| Some(AnonFile::$variant(s)));
+                }
+            )*
+            Ok(None)
+        }
+
+        fn open_kind(a: &AnonFile, cx: &mut OpenCx<'_>) -> Result<i32, Cause> {
+            match a {
+                $(AnonFile::$variant(s) => s.open(cx),)*
+            }
+        }
+    };
+}
+crate::engine::state::anon_registry!(define_anon_dispatch);
+
+fn claims(claim: Claim, p: &Probe<'_>) -> bool {
+    match claim {
+        Claim::Link(l) => p.link == l,
+        Claim::Memfd => memfd::name_of(p.link).is_some(),
+        Claim::Socket(families) => p.socket.is_some_and(|(_, f)| families.contains(&f)),
+        Claim::Nothing => false,
+    }
+}
+
+/// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
+/// the kinds of the registry; `None` for any other file. Sockets of other
+/// families are refused, naming the fd.
+pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
+    let mut p = Probe {
+        pid,
+        fd,
+        link,
+        socket: None,
+    };
+    if let Some(inode) = link
         .strip_prefix("socket:[")
         .and_then(|s| s.strip_suffix(']'))
         .and_then(|s| s.parse().ok())
-    else {
-        return Ok(None);
-    };
-    let refuse = |e: String| Cause::Unsupported(format!("fd {fd} of process {pid} ({link}): {e}"));
-    let f = dup_from(pid, fd).map_err(|e| refuse(format!("duplicating the fd: {e}")))?;
-    let domain =
-        sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| refuse(e.to_string()))?;
-    drop(f);
-    match domain {
-        libc::AF_UNIX => Ok(Some(AnonFile::Unix(
-            unix::collect(pid, fd, inode).map_err(|e| refuse(format!("a UNIX socket: {e}")))?,
-        ))),
-        libc::AF_INET | libc::AF_INET6 => Ok(Some(AnonFile::Inet(
-            inet::collect(pid, fd, domain)
-                .map_err(|e| refuse(format!("an internet socket: {e}")))?,
-        ))),
-        libc::AF_NETLINK => Err(refuse(
-            "a netlink socket, which torpor cannot restore".into(),
-        )),
-        libc::AF_PACKET => Err(refuse(
-            "a packet socket, which torpor cannot restore".into(),
-        )),
-        other => Err(refuse(format!(
+    {
+        let f = dup_from(pid, fd).map_err(|e| p.unsupported(format!("duplicating the fd: {e}")))?;
+        let domain =
+            sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| p.unsupported(e))?;
+        p.socket = Some((inode, domain));
+    }
+    if let Some(a) = collect_claimed(&p)? {
+        return Ok(Some(a));
+    }
+    match p.socket {
+        None => Ok(None),
+        Some((_, libc::AF_NETLINK)) => {
+            Err(p.unsupported("a netlink socket, which torpor cannot restore"))
+        }
+        Some((_, libc::AF_PACKET)) => {
+            Err(p.unsupported("a packet socket, which torpor cannot restore"))
+        }
+        Some((_, other)) => Err(p.unsupported(format!(
             "a socket of address family {other}, which torpor cannot restore"
         ))),
     }
@@ -139,27 +237,16 @@ pub fn open(
     segs: &Segments,
     shift: Option<crate::engine::clocks::Offsets>,
 ) -> Result<i32, Cause> {
-    let nonblock = flags & (libc::O_NONBLOCK as u32) != 0;
-    let r = match a {
-        AnonFile::EventFd(s) => eventfd::open(s, nonblock),
-        AnonFile::TimerFd(s) => timerfd::open(s, nonblock, shift),
-        AnonFile::SignalFd(s) => signalfd::open(s, nonblock),
-        AnonFile::Epoll(_) => epoll::open(),
-        AnonFile::Inotify(s) => inotify::open(s, nonblock),
-        AnonFile::Unix(s) => unix::open(s, nonblock, pending),
-        AnonFile::Inet(s) => inet::open(s, nonblock),
-        AnonFile::Memfd(s) => memfd::open_inline(s, flags),
-        AnonFile::MemfdFile(r) => match segs.memfds.get(&r.id) {
-            Some((fd, _)) => memfd::reopen(*fd, r, flags),
-            None => {
-                return Err(Cause::Refused(format!(
-                    "memfd {} is not in the image",
-                    r.id
-                )))
-            }
-        },
+    let mut cx = OpenCx {
+        flags,
+        pending,
+        segs,
+        shift,
     };
-    r.map_err(|e| Cause::Refused(format!("recreating {}: {e}", a.name())))
+    open_kind(a, &mut cx).map_err(|e| match e {
+        Cause::Io(e) => Cause::Refused(format!("recreating {}: {e}", a.name())),
+        e => e,
+    })
 }
 
 /// In a restored task whose fds are at their numbers: registers again the

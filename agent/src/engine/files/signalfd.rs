@@ -31,3 +31,17 @@ pub(super) fn open(s: &SignalFd, nonblock: bool) -> Result<i32, std::io::Error> 
     })
     .map(into_raw)
 }
+
+impl super::AnonKind for SignalFd {
+    const NAME: &'static str = "a signalfd";
+    const CLAIM: super::Claim = super::Claim::Link("anon_inode:[signalfd]");
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let (path, info) = p.fdinfo()?;
+        collect(&info).map_err(|e| p.bad_fdinfo(&path, &e))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open(self, cx.nonblock())?)
+    }
+}

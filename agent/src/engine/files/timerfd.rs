@@ -168,6 +168,20 @@ pub(super) fn open(
     Ok(into_raw(f))
 }
 
+impl super::AnonKind for TimerFd {
+    const NAME: &'static str = "a timerfd";
+    const CLAIM: super::Claim = super::Claim::Link("anon_inode:[timerfd]");
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let path = format!("/proc/{}/fdinfo/{}", p.pid, p.fd);
+        collect_from(&path).map_err(|e| p.bad_fdinfo(&path, &e))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        Ok(open(self, cx.nonblock(), cx.shift)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -460,3 +460,18 @@ pub(super) fn check_peer(s: &mut UnixSocket, socks: &[(u64, u64)]) -> Result<(),
         s.peer_name, s.peer
     ))
 }
+
+impl super::AnonKind for UnixSocket {
+    const NAME: &'static str = "a UNIX socket";
+    const CLAIM: super::Claim = super::Claim::Socket(&[libc::AF_UNIX]);
+
+    fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
+        let inode = p.socket.map_or(0, |(inode, _)| inode);
+        collect(p.pid, p.fd, inode).map_err(|e| p.unsupported(format!("a UNIX socket: {e}")))
+    }
+
+    fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        let nonblock = cx.nonblock();
+        Ok(open(self, nonblock, cx.pending)?)
+    }
+}
