@@ -563,8 +563,8 @@ fn a_live_daemon_is_not_replaced_and_a_stale_socket_is() {
     // A socket file nobody listens on: bound, then its fd closed.
     let fd = packet::seqpacket_socket().unwrap();
     let (addr, len) = packet::socket_address(&path).unwrap();
-    // SAFETY: addr is a valid sockaddr_un of len bytes.
     assert_eq!(
+        // SAFETY: addr is a valid sockaddr_un of len bytes.
         unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) },
         0
     );

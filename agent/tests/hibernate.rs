@@ -42,8 +42,8 @@ impl PowerDown for CuttingSupply {
     fn cut(&mut self) -> Result<u64, PowerError> {
         *self.cuts.lock().unwrap() += 1;
         let pid = self.victim.load(Ordering::SeqCst);
-        // SAFETY: kill has no memory effects.
         assert_eq!(
+            // SAFETY: kill has no memory effects.
             unsafe { libc::kill(pid, libc::SIGKILL) },
             0,
             "the frozen app is gone before the cut"
