@@ -12,6 +12,7 @@
 #![no_std]
 #![allow(unsafe_code)]
 
+use bytemuck::{Pod, Zeroable};
 use core::mem::{offset_of, size_of};
 
 /// Number of signals whose disposition the parasite reads (1..=64).
@@ -21,7 +22,7 @@ pub const NSIG: usize = 64;
 /// (not libc's): native words, then the 64-bit mask as native words so that
 /// 32-bit ARM has no alignment padding before it.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KSigaction {
     pub handler: usize,
     pub flags: usize,
@@ -29,18 +30,21 @@ pub struct KSigaction {
     pub mask: [usize; 8 / size_of::<usize>()],
 }
 
-/// `stack_t` (sigaltstack): pointer, int flags, size.
+/// `stack_t` (sigaltstack): pointer, int flags, size. On 64-bit targets the
+/// int is followed by four bytes of padding, spelled out as `_pad` so that
+/// every byte of the struct is a field (the tracer copies it as bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KStack {
     pub sp: usize,
     pub flags: i32,
+    pub _pad: [u8; size_of::<usize>() - size_of::<i32>()],
     pub size: usize,
 }
 
 /// `struct itimerval`: interval then value, each `{sec, usec}` in native longs.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KItimerval {
     pub interval_sec: isize,
     pub interval_usec: isize,
@@ -75,7 +79,7 @@ pub mod slot {
 ///  2768           1640         (end)            the parasite's stack lies above, same mapping
 /// ```
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct ParasiteArgs {
     pub sigactions: [KSigaction; NSIG],
     pub sig_results: [isize; NSIG],
@@ -121,6 +125,7 @@ const _: () = {
     assert!(OFF_SIG_RESULTS == NSIG * SIGACTION_SIZE);
     assert!(OFF_ALTSTACK == OFF_SIG_RESULTS + NSIG * WORD);
     assert!(size_of::<KStack>() == 3 * WORD);
+    assert!(offset_of!(KStack, size) == 2 * WORD);
     assert!(OFF_ITIMERS == OFF_ALTSTACK + 3 * WORD);
     assert!(ITIMER_SIZE == 4 * WORD);
     assert!(OFF_TID_ADDRESS == OFF_ITIMERS + 3 * ITIMER_SIZE);

@@ -325,7 +325,7 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
                 r.run_parasite(base, args_at.addr(), stack)?;
                 r.finish()?;
             }
-            let out: ParasiteArgs = read_args(&mem, args_at)?;
+            let out: ParasiteArgs = mem.read_value(args_at)?;
             check_results(t.tid, &out)?;
             t.altstack = AltStack {
                 sp: word(out.altstack.sp),
@@ -414,15 +414,6 @@ fn read_timers(
             left: (sword(w[2]), sword(w[3])),
         });
     }
-    Ok(out)
-}
-
-fn read_args(mem: &Mem, at: RemotePtr<ParasiteArgs>) -> Result<ParasiteArgs, Cause> {
-    let mut out = ParasiteArgs::default();
-    let size = core::mem::size_of::<ParasiteArgs>();
-    // SAFETY: ParasiteArgs is #[repr(C)] plain integers; any bytes are valid.
-    let bytes = unsafe { core::slice::from_raw_parts_mut((&raw mut out).cast::<u8>(), size) };
-    mem.read(at, bytes)?;
     Ok(out)
 }
 

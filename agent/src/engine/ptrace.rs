@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 use crate::arch::Bits;
+use bytemuck::{AnyBitPattern, NoUninit};
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
@@ -357,26 +358,16 @@ impl Mem {
             })
     }
 
-    /// Writes a plain-data value.
-    pub fn write_value<T: Copy>(&self, at: RemotePtr<T>, v: &T) -> Result<(), PtraceError> {
-        // SAFETY: T is Copy plain data; viewing its bytes is sound.
-        let bytes = unsafe {
-            core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>())
-        };
-        self.write(at, bytes)
+    /// Writes a plain-data value: its bytes exactly, none of them padding.
+    pub fn write_value<T: NoUninit>(&self, at: RemotePtr<T>, v: &T) -> Result<(), PtraceError> {
+        self.write(at, bytemuck::bytes_of(v))
     }
 
-    /// Reads a plain-data value. Callers use only #[repr(C)] integer structs,
-    /// for which every bit pattern is valid.
-    pub fn read_value<T: Copy + Default>(&self, at: RemotePtr<T>) -> Result<T, PtraceError> {
-        let mut v = T::default();
-        // SAFETY: T is plain integer data (see above); its bytes may be
-        // overwritten with any pattern.
-        let bytes = unsafe {
-            core::slice::from_raw_parts_mut((&raw mut v).cast::<u8>(), core::mem::size_of::<T>())
-        };
-        self.read(at, bytes)?;
-        Ok(v)
+    /// Reads a plain-data value, for which any bytes the task holds are valid.
+    pub fn read_value<T: AnyBitPattern>(&self, at: RemotePtr<T>) -> Result<T, PtraceError> {
+        let mut bytes = vec![0u8; core::mem::size_of::<T>()];
+        self.read(at, &mut bytes)?;
+        Ok(bytemuck::pod_read_unaligned(&bytes))
     }
 }
 

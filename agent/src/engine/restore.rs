@@ -712,7 +712,7 @@ pub(crate) fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
 }
 
 #[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, bytemuck::NoUninit)]
 struct CloneArgs {
     flags: u64,
     pidfd: u64,
@@ -1119,7 +1119,7 @@ fn with_remote<T>(
     Ok(v)
 }
 
-fn write_data<T: Copy>(mem: &Mem, tramp: u64, off: u64, v: &T) -> Result<u64, Cause> {
+fn write_data<T: bytemuck::NoUninit>(mem: &Mem, tramp: u64, off: u64, v: &T) -> Result<u64, Cause> {
     let at = tramp + DATA + off;
     mem.write_value(RemotePtr::<T>::new(at), v)?;
     Ok(at)
@@ -1472,7 +1472,7 @@ fn map_from(
 /// so on 32-bit ARM the fields after it move up by four bytes; padding makes
 /// it 104 bytes on both architectures.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::NoUninit)]
 struct PrctlMmMap {
     start_code: u64,
     end_code: u64,
@@ -1488,6 +1488,7 @@ struct PrctlMmMap {
     auxv: usize,
     auxv_size: u32,
     exe_fd: u32,
+    _pad: [u8; 8 - core::mem::size_of::<usize>()],
 }
 const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
 
@@ -1530,6 +1531,7 @@ fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Caus
             auxv: arch::native(auxv_at),
             auxv_size: u32::try_from(p.auxv.len()).unwrap_or(0),
             exe_fd: u32::try_from(exe_fd).unwrap_or(u32::MAX),
+            ..Default::default()
         };
         let map_at = write_data(mem, tramp, 0, &map)?;
         let res = r.syscall(
@@ -1957,6 +1959,7 @@ fn restore_thread(rb: &Rebuild<'_>, t: &crate::engine::state::ThreadState) -> Re
         sp: arch::native(t.altstack.sp),
         flags: t.altstack.flags & SS_DISABLE,
         size: arch::native(t.altstack.size),
+        ..Default::default()
     };
     let at = write_data(mem, tramp, 0, &ss)?;
     r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;
