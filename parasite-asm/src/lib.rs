@@ -384,27 +384,39 @@ mod export {
         static torpor_parasite_end: u8;
     }
 
-    fn span(start: *const u8, end: *const u8) -> &'static [u8] {
+    /// The bytes from `start` up to `end`.
+    ///
+    /// # Safety
+    ///
+    /// `start` and `end` must be the start and end symbols of one blob
+    /// emitted above, `start` first: bytes that are never written and live
+    /// as long as the program.
+    unsafe fn span(start: *const u8, end: *const u8) -> &'static [u8] {
         let len = (end as usize) - (start as usize);
-        // SAFETY: both symbols delimit one blob in .rodata emitted by the
-        // global_asm! above; the bytes are immutable for the program's life.
+        // SAFETY: the caller gives the two ends of one immutable blob.
         unsafe { core::slice::from_raw_parts(start, len) }
     }
 
     /// `syscall; trap` for this architecture.
     pub fn trampoline() -> &'static [u8] {
-        span(
-            &raw const torpor_trampoline_start,
-            &raw const torpor_trampoline_end,
-        )
+        // SAFETY: the trampoline's own start and end symbols, in .rodata.
+        unsafe {
+            span(
+                &raw const torpor_trampoline_start,
+                &raw const torpor_trampoline_end,
+            )
+        }
     }
 
     /// The collecting parasite for this architecture.
     pub fn parasite() -> &'static [u8] {
-        span(
-            &raw const torpor_parasite_start,
-            &raw const torpor_parasite_end,
-        )
+        // SAFETY: the parasite's own start and end symbols, in .rodata.
+        unsafe {
+            span(
+                &raw const torpor_parasite_start,
+                &raw const torpor_parasite_end,
+            )
+        }
     }
 }
 
