@@ -10,7 +10,7 @@
 //! to the assembler as `const` operands, so the code and the Rust view cannot
 //! drift apart, and the layout drawn below is checked by `const` asserts.
 #![no_std]
-#![allow(unsafe_code)]
+#![deny(unsafe_code)]
 
 use bytemuck::{Pod, Zeroable};
 use core::mem::{offset_of, size_of};
@@ -149,7 +149,11 @@ pub const PARASITE_ARGS_OFFSET: usize = 4096;
 /// Size of the parasite mapping (code page + argument/stack page).
 pub const PARASITE_MAP_SIZE: usize = 8192;
 
+/// The x86_64 blobs. Unsafe code: `global_asm!` counts as unsafe, since
+/// the assembler output is not checked by Rust; here it only emits bytes
+/// into `.rodata` that torpor never runs.
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 mod blobs {
     // Trampoline: `syscall; int3`.
     // Parasite: entered with r12 = &ParasiteArgs and rsp inside the argument
@@ -247,7 +251,11 @@ mod blobs {
     );
 }
 
+/// The arm blobs. Unsafe code: `global_asm!` counts as unsafe, since
+/// the assembler output is not checked by Rust; here it only emits bytes
+/// into `.rodata` that torpor never runs.
 #[cfg(target_arch = "arm")]
+#[allow(unsafe_code)]
 mod blobs {
     // ARM (A32, ARMv6: no movw/movt, no Thumb-2, no barriers).
     // Trampoline: `svc #0; udf` (0xe7f001f0, the Linux ARM breakpoint).
@@ -375,7 +383,11 @@ mod blobs {
     const _: () = assert!(super::OFF_ROBUST_LEN == super::OFF_ROBUST_HEAD + 4);
 }
 
+/// The blobs as byte slices. Unsafe code: the slices are made from the
+/// start and end symbols that the assembly above defines, which Rust sees
+/// only as extern statics.
 #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+#[allow(unsafe_code)]
 mod export {
     unsafe extern "C" {
         static torpor_trampoline_start: u8;

@@ -1,5 +1,8 @@
 //! Collecting the state of a frozen process: from outside (registers,
 //! /proc, ptrace requests) and from inside (the parasite).
+//!
+//! Unsafe code: the pipe and tty probes of a frozen task (open, tee, ioctl,
+//! pipe2, poll) call libc directly and take ownership of the fds they make.
 #![allow(unsafe_code)]
 
 use crate::arch::Bits;

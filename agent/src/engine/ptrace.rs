@@ -1,5 +1,8 @@
 //! ptrace and remote memory, wrapped so that every failure names the task
 //! and the request, and a vanished task is its own error (`TaskDied`).
+//!
+//! Unsafe code: this is where ptrace requests, waitpid and process_vm_readv
+//! reach libc, with pointers to the buffers each request fills.
 #![allow(unsafe_code)]
 
 use crate::arch::Bits;

@@ -5,6 +5,9 @@
 //! it comes back as a connection reset by its peer, so the app's next read
 //! fails with ECONNRESET and its next write with EPIPE, as after a network
 //! drop. Options set again: `sock::apply_opts`.
+//!
+//! Unsafe code: sockets are created, bound, connected and polled through libc,
+//! with pointers to the address and option buffers of this module.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -4,6 +4,9 @@
 //! `open` that creates the object again in torpor before the tasks are
 //! forked; epoll targets are registered by the task that held them, once
 //! its fds are at their numbers (`register_epolls`).
+//!
+//! Unsafe code: the helpers every file kind shares (pidfd_getfd, lseek,
+//! pwrite, fstatfs, taking ownership of a syscall's fd) call libc directly.
 #![allow(unsafe_code)]
 
 mod epoll;

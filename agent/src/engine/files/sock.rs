@@ -1,5 +1,8 @@
 //! What every socket kind shares: options read through a duplicate of the
 //! fd and set again on the new socket, and socket addresses.
+//!
+//! Unsafe code: socket options and names are read and set with
+//! get/setsockopt and get*name through libc, with pointers to our buffers.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
