@@ -3,6 +3,7 @@
 //! The data flow reads top-down: request → freeze → collect → encode → store
 //! → power on the way down; boot → store → decode → rebuild → resume on the
 //! way up. Each module is one step of that flow.
+#![deny(unsafe_code)]
 
 pub mod arch;
 pub mod cli;

@@ -11,6 +11,7 @@
 //! `hibernate` blocks across the power cut, like `fork()` returning twice:
 //! the process that reads the reply is the restored one, and its connection
 //! to the daemon is a live socket at the same file descriptor.
+#![deny(unsafe_code)]
 
 pub mod packet;
 pub mod proto;

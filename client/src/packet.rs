@@ -2,6 +2,7 @@
 //!
 //! std has no sequenced-packet sockets, so this module talks to the kernel
 //! directly; it is the only place in the crate with unsafe code.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -48,6 +49,43 @@ pub fn seqpacket_socket() -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds the socket `fd` to the file name `path`.
+pub fn bind(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let (addr, len) = socket_address(path)?;
+    // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes; the
+    // kernel only reads it.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Accepts one connection waiting on the listening socket `fd`, as a new
+/// non-blocking, close-on-exec socket.
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address and length: the kernel writes no peer address.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
 /// Connects a new SOCK_SEQPACKET socket to the listener at `path`.

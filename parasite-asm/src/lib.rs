@@ -10,8 +10,9 @@
 //! to the assembler as `const` operands, so the code and the Rust view cannot
 //! drift apart, and the layout drawn below is checked by `const` asserts.
 #![no_std]
-#![allow(unsafe_code)]
+#![deny(unsafe_code)]
 
+use bytemuck::{Pod, Zeroable};
 use core::mem::{offset_of, size_of};
 
 /// Number of signals whose disposition the parasite reads (1..=64).
@@ -21,7 +22,7 @@ pub const NSIG: usize = 64;
 /// (not libc's): native words, then the 64-bit mask as native words so that
 /// 32-bit ARM has no alignment padding before it.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KSigaction {
     pub handler: usize,
     pub flags: usize,
@@ -29,18 +30,21 @@ pub struct KSigaction {
     pub mask: [usize; 8 / size_of::<usize>()],
 }
 
-/// `stack_t` (sigaltstack): pointer, int flags, size.
+/// `stack_t` (sigaltstack): pointer, int flags, size. On 64-bit targets the
+/// int is followed by four bytes of padding, spelled out as `_pad` so that
+/// every byte of the struct is a field (the tracer copies it as bytes).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KStack {
     pub sp: usize,
     pub flags: i32,
+    pub _pad: [u8; size_of::<usize>() - size_of::<i32>()],
     pub size: usize,
 }
 
 /// `struct itimerval`: interval then value, each `{sec, usec}` in native longs.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct KItimerval {
     pub interval_sec: isize,
     pub interval_usec: isize,
@@ -75,7 +79,7 @@ pub mod slot {
 ///  2768           1640         (end)            the parasite's stack lies above, same mapping
 /// ```
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct ParasiteArgs {
     pub sigactions: [KSigaction; NSIG],
     pub sig_results: [isize; NSIG],
@@ -121,6 +125,7 @@ const _: () = {
     assert!(OFF_SIG_RESULTS == NSIG * SIGACTION_SIZE);
     assert!(OFF_ALTSTACK == OFF_SIG_RESULTS + NSIG * WORD);
     assert!(size_of::<KStack>() == 3 * WORD);
+    assert!(offset_of!(KStack, size) == 2 * WORD);
     assert!(OFF_ITIMERS == OFF_ALTSTACK + 3 * WORD);
     assert!(ITIMER_SIZE == 4 * WORD);
     assert!(OFF_TID_ADDRESS == OFF_ITIMERS + 3 * ITIMER_SIZE);
@@ -144,7 +149,11 @@ pub const PARASITE_ARGS_OFFSET: usize = 4096;
 /// Size of the parasite mapping (code page + argument/stack page).
 pub const PARASITE_MAP_SIZE: usize = 8192;
 
+/// The x86_64 blobs. Unsafe code: `global_asm!` counts as unsafe, since
+/// the assembler output is not checked by Rust; here it only emits bytes
+/// into `.rodata` that torpor never runs.
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
 mod blobs {
     // Trampoline: `syscall; int3`.
     // Parasite: entered with r12 = &ParasiteArgs and rsp inside the argument
@@ -242,7 +251,11 @@ mod blobs {
     );
 }
 
+/// The arm blobs. Unsafe code: `global_asm!` counts as unsafe, since
+/// the assembler output is not checked by Rust; here it only emits bytes
+/// into `.rodata` that torpor never runs.
 #[cfg(target_arch = "arm")]
+#[allow(unsafe_code)]
 mod blobs {
     // ARM (A32, ARMv6: no movw/movt, no Thumb-2, no barriers).
     // Trampoline: `svc #0; udf` (0xe7f001f0, the Linux ARM breakpoint).
@@ -370,7 +383,11 @@ mod blobs {
     const _: () = assert!(super::OFF_ROBUST_LEN == super::OFF_ROBUST_HEAD + 4);
 }
 
+/// The blobs as byte slices. Unsafe code: the slices are made from the
+/// start and end symbols that the assembly above defines, which Rust sees
+/// only as extern statics.
 #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+#[allow(unsafe_code)]
 mod export {
     unsafe extern "C" {
         static torpor_trampoline_start: u8;
@@ -379,27 +396,39 @@ mod export {
         static torpor_parasite_end: u8;
     }
 
-    fn span(start: *const u8, end: *const u8) -> &'static [u8] {
+    /// The bytes from `start` up to `end`.
+    ///
+    /// # Safety
+    ///
+    /// `start` and `end` must be the start and end symbols of one blob
+    /// emitted above, `start` first: bytes that are never written and live
+    /// as long as the program.
+    unsafe fn span(start: *const u8, end: *const u8) -> &'static [u8] {
         let len = (end as usize) - (start as usize);
-        // SAFETY: both symbols delimit one blob in .rodata emitted by the
-        // global_asm! above; the bytes are immutable for the program's life.
+        // SAFETY: the caller gives the two ends of one immutable blob.
         unsafe { core::slice::from_raw_parts(start, len) }
     }
 
     /// `syscall; trap` for this architecture.
     pub fn trampoline() -> &'static [u8] {
-        span(
-            &raw const torpor_trampoline_start,
-            &raw const torpor_trampoline_end,
-        )
+        // SAFETY: the trampoline's own start and end symbols, in .rodata.
+        unsafe {
+            span(
+                &raw const torpor_trampoline_start,
+                &raw const torpor_trampoline_end,
+            )
+        }
     }
 
     /// The collecting parasite for this architecture.
     pub fn parasite() -> &'static [u8] {
-        span(
-            &raw const torpor_parasite_start,
-            &raw const torpor_parasite_end,
-        )
+        // SAFETY: the parasite's own start and end symbols, in .rodata.
+        unsafe {
+            span(
+                &raw const torpor_parasite_start,
+                &raw const torpor_parasite_end,
+            )
+        }
     }
 }
 

@@ -3,6 +3,10 @@
 //! Linux undefined-instruction breakpoint as trap, VFP through
 //! PTRACE_GETVFPREGS and TLS through PTRACE_GET_THREAD_AREA / `set_tls`.
 //! Neither libc nor nix define these for musl ARM, so they are defined here.
+//!
+//! Unsafe code: the register, VFP and TLS requests hand the kernel pointers to
+//! our buffers through `libc::ptrace`, which nix does not wrap for ARM.
+#![allow(unsafe_code)]
 
 use super::{ptrace_err, restart_kind, Bits, RegsError, Restart};
 

@@ -17,7 +17,6 @@
 //! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
 //!   pointer, when registers alone do not carry it
 //! - `nr`: the syscall numbers the engine injects, and `mmap_args`
-#![allow(unsafe_code)]
 
 #[cfg(target_arch = "arm")]
 mod arm;

@@ -1,6 +1,10 @@
 //! x86_64: `user_regs_struct`, the `syscall` ABI (nr in rax; rdi rsi rdx r10
 //! r8 r9; result in rax), `int3`, FPU/AVX state through the XSTATE regset,
 //! TLS in the fs_base register.
+//!
+//! Unsafe code: the register and XSTATE requests hand the kernel pointers to
+//! our buffers through `libc::ptrace`.
+#![allow(unsafe_code)]
 
 use super::{ptrace_err, restart_kind, Bits, RegsError, Restart};
 

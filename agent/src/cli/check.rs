@@ -3,6 +3,10 @@
 //! Each probe exercises the real interface on this process or on a throwaway
 //! child, so a feature that is compiled in but forbidden (seccomp, missing
 //! capability, qemu-user) is reported as missing with the reason.
+//!
+//! Unsafe code: each probe calls the raw interface it checks (ptrace, prctl,
+//! kcmp, pidfd_getfd, process_vm_readv, fork) through libc.
+#![allow(unsafe_code)]
 
 use std::fmt;
 use std::io;

@@ -3,7 +3,7 @@
 //! dead daemon is replaced; a live daemon on the same path is left alone.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -68,23 +68,13 @@ impl Listener {
             Err(e) => return Err(fail("inspect", e)),
         }
         let fd = packet::seqpacket_socket().map_err(|e| fail("create", e))?;
-        let (addr, len) = packet::socket_address(path).map_err(|e| fail("name", e))?;
+        packet::socket_address(path).map_err(|e| fail("name", e))?;
         // The file is born owner-only (Linux gives it the socket inode's
         // mode, masked by the umask), so nobody connects before it has its
         // configured owner and mode.
         nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .map_err(|e| fail("configure", e.into()))?;
-        // SAFETY: `addr` is an initialised sockaddr_un of `len` bytes.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast::<libc::sockaddr>(),
-                len,
-            )
-        } < 0
-        {
-            return Err(fail("bind", io::Error::last_os_error()));
-        }
+        packet::bind(fd.as_fd(), path).map_err(|e| fail("bind", e))?;
         // From here on the file is ours: remove it if a later step fails.
         let listener = Listener {
             fd,
@@ -94,10 +84,9 @@ impl Listener {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| fail("chmod", e))?;
         set_nonblocking(listener.fd.as_fd()).map_err(|e| fail("configure", e))?;
-        // SAFETY: listen() takes no pointers.
-        if unsafe { libc::listen(listener.fd.as_raw_fd(), BACKLOG) } < 0 {
-            return Err(fail("listen on", io::Error::last_os_error()));
-        }
+        let backlog =
+            nix::sys::socket::Backlog::new(BACKLOG).map_err(|e| fail("listen on", e.into()))?;
+        nix::sys::socket::listen(&listener.fd, backlog).map_err(|e| fail("listen on", e.into()))?;
         Ok(listener)
     }
 
@@ -108,18 +97,17 @@ impl Listener {
     /// Accepts one waiting connection, non-blocking and close-on-exec;
     /// `None` when none waits.
     pub fn accept(&self) -> io::Result<Option<OwnedFd>> {
-        match nix::sys::socket::accept4(
-            self.fd.as_raw_fd(),
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
-        ) {
-            // SAFETY: accept4 returned a new fd that nothing else owns.
-            Ok(fd) => Ok(Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })),
-            Err(
-                nix::errno::Errno::EAGAIN
-                | nix::errno::Errno::ECONNABORTED
-                | nix::errno::Errno::EINTR,
-            ) => Ok(None),
-            Err(e) => Err(e.into()),
+        match packet::accept(self.fd.as_fd()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::ECONNABORTED | libc::EINTR)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 }

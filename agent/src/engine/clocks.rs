@@ -18,11 +18,9 @@
 //! tasks are in the namespace both ways, so their threads (`clone3` with
 //! `CLONE_VM`) are allowed, and their `[vvar]` is faulted in afresh with the
 //! namespace's page, so clocks read through the vDSO agree with the syscall.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -119,17 +117,16 @@ fn ns_id(who: &str, name: &str) -> Result<(u64, u64), Cause> {
     Ok((md.dev(), md.ino()))
 }
 
+/// `CLONE_NEWTIME`, which nix has no name for, as clone flags.
+fn new_time() -> nix::sched::CloneFlags {
+    nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)
+}
+
 /// `clock_gettime(clock)` in ns.
 pub fn now_ns(clock: i32) -> Result<i128, Cause> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    if unsafe { libc::clock_gettime(clock, &raw mut ts) } < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(i128::from(ts.tv_sec) * NS + i128::from(ts.tv_nsec))
+    let ts = nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))
+        .map_err(std::io::Error::from)?;
+    Ok(i128::from(ts.tv_sec()) * NS + i128::from(ts.tv_nsec()))
 }
 
 fn clamp_u64(v: i128) -> u64 {
@@ -294,10 +291,9 @@ pub fn prepare(
     let own = File::open("/proc/self/ns/time")
         .map_err(|e| std::io::Error::new(e.kind(), format!("opening /proc/self/ns/time: {e}")))?;
     let mine = offsets_of("self")?;
-    // SAFETY: unshare takes an integer; it changes only the namespace of
-    // torpor's future children.
-    if unsafe { libc::unshare(libc::CLONE_NEWTIME) } < 0 {
-        let e = std::io::Error::last_os_error();
+    // This changes only the namespace of torpor's future children.
+    if let Err(e) = nix::sched::unshare(new_time()) {
+        let e = std::io::Error::from(e);
         if e.raw_os_error() == Some(libc::EPERM) {
             return host("creating a time namespace is not permitted (needs CAP_SYS_ADMIN)");
         }
@@ -343,9 +339,8 @@ impl ChildTimeNs {
         if self.left {
             return Ok(());
         }
-        // SAFETY: setns on a namespace fd this struct owns.
-        if unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWTIME) } < 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = nix::sched::setns(&self.own, new_time()) {
+            let e = std::io::Error::from(e);
             return Err(std::io::Error::new(
                 e.kind(),
                 format!("returning to torpor's time namespace: {e}"),

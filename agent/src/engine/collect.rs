@@ -1,5 +1,8 @@
 //! Collecting the state of a frozen process: from outside (registers,
 //! /proc, ptrace requests) and from inside (the parasite).
+//!
+//! Unsafe code: the pipe and tty probes of a frozen task (open, tee, ioctl,
+//! pipe2, poll) call libc directly and take ownership of the fds they make.
 #![allow(unsafe_code)]
 
 use crate::arch::Bits;
@@ -325,7 +328,7 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
                 r.run_parasite(base, args_at.addr(), stack)?;
                 r.finish()?;
             }
-            let out: ParasiteArgs = read_args(&mem, args_at)?;
+            let out: ParasiteArgs = mem.read_value(args_at)?;
             check_results(t.tid, &out)?;
             t.altstack = AltStack {
                 sp: word(out.altstack.sp),
@@ -414,15 +417,6 @@ fn read_timers(
             left: (sword(w[2]), sword(w[3])),
         });
     }
-    Ok(out)
-}
-
-fn read_args(mem: &Mem, at: RemotePtr<ParasiteArgs>) -> Result<ParasiteArgs, Cause> {
-    let mut out = ParasiteArgs::default();
-    let size = core::mem::size_of::<ParasiteArgs>();
-    // SAFETY: ParasiteArgs is #[repr(C)] plain integers; any bytes are valid.
-    let bytes = unsafe { core::slice::from_raw_parts_mut((&raw mut out).cast::<u8>(), size) };
-    mem.read(at, bytes)?;
     Ok(out)
 }
 

@@ -205,8 +205,10 @@ impl Frozen {
     /// Kills every process of the tree and waits until each is gone.
     pub fn kill(&mut self) {
         for &pid in &self.pids {
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         // Leaders last: a traced group leader's exit is reported only after
         // its other threads have been reaped.

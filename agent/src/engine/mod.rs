@@ -59,9 +59,11 @@ use crate::engine::remote::RemoteError;
 
 /// The system page size.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(v).unwrap_or(4096)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(4096)
 }
 
 /// Why a step of a dump or a restore failed.

@@ -1,8 +1,12 @@
 //! ptrace and remote memory, wrapped so that every failure names the task
 //! and the request, and a vanished task is its own error (`TaskDied`).
+//!
+//! Unsafe code: this is where ptrace requests, waitpid and process_vm_readv
+//! reach libc, with pointers to the buffers each request fills.
 #![allow(unsafe_code)]
 
 use crate::arch::Bits;
+use bytemuck::{AnyBitPattern, NoUninit};
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
@@ -76,9 +80,16 @@ impl<T> RemotePtr<T> {
     }
 }
 
-fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {
-    // SAFETY: callers pass requests whose addr/data are plain integers or
-    // pointers to live buffers of the size the request needs.
+/// One ptrace request; a negative return sets errno.
+///
+/// # Safety
+///
+/// `addr` and `data` must be what `req` expects: plain integers where it
+/// takes integers, and where it reads or writes through either of them, the
+/// address of memory of ours that is live, valid for that access and at
+/// least as large as the request uses, for the duration of the call.
+unsafe fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {
+    // SAFETY: the caller upholds the contract above.
     unsafe { libc::ptrace(req as _, tid, addr, data) }
 }
 
@@ -101,7 +112,8 @@ pub const PTRACE_EVENT_STOP: i32 = 128;
 const PEEKSIGINFO_SHARED: u32 = 1;
 
 pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_SEIZE, tid, 0, options as usize) < 0 {
+    // SAFETY: PTRACE_SEIZE takes integers only.
+    if unsafe { ptrace_raw(PTRACE_SEIZE, tid, 0, options as usize) } < 0 {
         return Err(os("PTRACE_SEIZE", tid));
     }
     Ok(())
@@ -111,7 +123,8 @@ pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
 /// program as `struct sock_filter` bytes; `None` past the newest.
 pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, PtraceError> {
     let idx = usize::try_from(index).unwrap_or(usize::MAX);
-    let n = ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, 0);
+    // SAFETY: with a null buffer PTRACE_SECCOMP_GET_FILTER only counts.
+    let n = unsafe { ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, 0) };
     if n < 0 {
         if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
             return Ok(None);
@@ -120,23 +133,30 @@ pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, Pt
     }
     // struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
     let mut program = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
-    if ptrace_raw(
-        PTRACE_SECCOMP_GET_FILTER,
-        tid,
-        idx,
-        program.as_mut_ptr() as usize,
-    ) != n
+    // SAFETY: `program` holds the `n` eight-byte instructions the kernel
+    // writes; n is what it reported a moment ago and a filter never grows.
+    if unsafe {
+        ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            idx,
+            program.as_mut_ptr() as usize,
+        )
+    } != n
     {
         return Err(os("PTRACE_SECCOMP_GET_FILTER", tid));
     }
     // struct seccomp_metadata { u64 filter_off; u64 flags; }
     let mut meta = [index, 0u64];
-    if ptrace_raw(
-        PTRACE_SECCOMP_GET_METADATA,
-        tid,
-        16,
-        meta.as_mut_ptr() as usize,
-    ) < 0
+    // SAFETY: `meta` is the 16 bytes given as the size, read and written.
+    if unsafe {
+        ptrace_raw(
+            PTRACE_SECCOMP_GET_METADATA,
+            tid,
+            16,
+            meta.as_mut_ptr() as usize,
+        )
+    } < 0
     {
         return Err(os("PTRACE_SECCOMP_GET_METADATA", tid));
     }
@@ -144,28 +164,32 @@ pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, Pt
 }
 
 pub fn set_options(tid: i32, options: u32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_SETOPTIONS, tid, 0, options as usize) < 0 {
+    // SAFETY: PTRACE_SETOPTIONS takes integers only.
+    if unsafe { ptrace_raw(PTRACE_SETOPTIONS, tid, 0, options as usize) } < 0 {
         return Err(os("PTRACE_SETOPTIONS", tid));
     }
     Ok(())
 }
 
 pub fn interrupt(tid: i32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_INTERRUPT, tid, 0, 0) < 0 {
+    // SAFETY: PTRACE_INTERRUPT takes no pointers.
+    if unsafe { ptrace_raw(PTRACE_INTERRUPT, tid, 0, 0) } < 0 {
         return Err(os("PTRACE_INTERRUPT", tid));
     }
     Ok(())
 }
 
 pub fn cont(tid: i32, sig: i32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_CONT, tid, 0, sig.bits() as usize) < 0 {
+    // SAFETY: PTRACE_CONT takes a signal number, no pointers.
+    if unsafe { ptrace_raw(PTRACE_CONT, tid, 0, sig.bits() as usize) } < 0 {
         return Err(os("PTRACE_CONT", tid));
     }
     Ok(())
 }
 
 pub fn detach(tid: i32) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_DETACH, tid, 0, 0) < 0 {
+    // SAFETY: PTRACE_DETACH with a zero signal takes no pointers.
+    if unsafe { ptrace_raw(PTRACE_DETACH, tid, 0, 0) } < 0 {
         return Err(os("PTRACE_DETACH", tid));
     }
     Ok(())
@@ -220,14 +244,16 @@ pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
 
 pub fn get_sigmask(tid: i32) -> Result<u64, PtraceError> {
     let mut mask: u64 = 0;
-    if ptrace_raw(PTRACE_GETSIGMASK, tid, 8, (&raw mut mask) as usize) < 0 {
+    // SAFETY: the kernel writes the 8 bytes given as the size into `mask`.
+    if unsafe { ptrace_raw(PTRACE_GETSIGMASK, tid, 8, (&raw mut mask) as usize) } < 0 {
         return Err(os("PTRACE_GETSIGMASK", tid));
     }
     Ok(mask)
 }
 
 pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), PtraceError> {
-    if ptrace_raw(PTRACE_SETSIGMASK, tid, 8, (&raw const mask) as usize) < 0 {
+    // SAFETY: the kernel reads the 8 bytes given as the size from `mask`.
+    if unsafe { ptrace_raw(PTRACE_SETSIGMASK, tid, 8, (&raw const mask) as usize) } < 0 {
         return Err(os("PTRACE_SETSIGMASK", tid));
     }
     Ok(())
@@ -253,12 +279,17 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, PtraceError>
             flags: if shared { PEEKSIGINFO_SHARED } else { 0 },
             nr: 32,
         };
-        let n = ptrace_raw(
-            PTRACE_PEEKSIGINFO,
-            tid,
-            (&raw const args) as usize,
-            buf.as_mut_ptr() as usize,
-        );
+        // SAFETY: the kernel reads one `Args` (its struct
+        // ptrace_peeksiginfo_args) and writes at most `nr` (32) siginfo
+        // records of SIGINFO_SIZE bytes, which is the size of `buf`.
+        let n = unsafe {
+            ptrace_raw(
+                PTRACE_PEEKSIGINFO,
+                tid,
+                (&raw const args) as usize,
+                buf.as_mut_ptr() as usize,
+            )
+        };
         if n < 0 {
             return Err(os("PTRACE_PEEKSIGINFO", tid));
         }
@@ -284,12 +315,15 @@ pub fn rseq_config(tid: i32) -> Result<Option<(u64, u32, u32)>, PtraceError> {
         pad: u32,
     }
     let mut c = Conf::default();
-    let n = ptrace_raw(
-        PTRACE_GET_RSEQ_CONFIGURATION,
-        tid,
-        core::mem::size_of::<Conf>(),
-        (&raw mut c) as usize,
-    );
+    // SAFETY: the kernel writes at most the size given, that of `c`.
+    let n = unsafe {
+        ptrace_raw(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            core::mem::size_of::<Conf>(),
+            (&raw mut c) as usize,
+        )
+    };
     if n < 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EIO) || err.raw_os_error() == Some(libc::EINVAL) {
@@ -357,26 +391,16 @@ impl Mem {
             })
     }
 
-    /// Writes a plain-data value.
-    pub fn write_value<T: Copy>(&self, at: RemotePtr<T>, v: &T) -> Result<(), PtraceError> {
-        // SAFETY: T is Copy plain data; viewing its bytes is sound.
-        let bytes = unsafe {
-            core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>())
-        };
-        self.write(at, bytes)
+    /// Writes a plain-data value: its bytes exactly, none of them padding.
+    pub fn write_value<T: NoUninit>(&self, at: RemotePtr<T>, v: &T) -> Result<(), PtraceError> {
+        self.write(at, bytemuck::bytes_of(v))
     }
 
-    /// Reads a plain-data value. Callers use only #[repr(C)] integer structs,
-    /// for which every bit pattern is valid.
-    pub fn read_value<T: Copy + Default>(&self, at: RemotePtr<T>) -> Result<T, PtraceError> {
-        let mut v = T::default();
-        // SAFETY: T is plain integer data (see above); its bytes may be
-        // overwritten with any pattern.
-        let bytes = unsafe {
-            core::slice::from_raw_parts_mut((&raw mut v).cast::<u8>(), core::mem::size_of::<T>())
-        };
-        self.read(at, bytes)?;
-        Ok(v)
+    /// Reads a plain-data value, for which any bytes the task holds are valid.
+    pub fn read_value<T: AnyBitPattern>(&self, at: RemotePtr<T>) -> Result<T, PtraceError> {
+        let mut bytes = vec![0u8; core::mem::size_of::<T>()];
+        self.read(at, &mut bytes)?;
+        Ok(bytemuck::pod_read_unaligned(&bytes))
     }
 }
 

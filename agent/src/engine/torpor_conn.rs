@@ -18,6 +18,9 @@
 //!     unix_diag_msg: family u8, type u8, state u8, pad u8, ino u32, cookie [u32; 2]
 //!     rtattr:        len u16, type u16, payload, padded to 4
 //! ```
+//!
+//! Unsafe code: the sock_diag netlink socket and the fd checks call libc
+//! directly, with pointers to our buffers, and take ownership of the new fd.
 #![allow(unsafe_code)]
 
 use std::io;

@@ -112,13 +112,10 @@ impl System for LinuxSystem {
     }
 
     fn power_off(&mut self) -> io::Error {
-        // SAFETY: reboot(2) takes no pointers with this command; on success
-        // it does not return.
-        let r = unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_POWER_OFF) };
-        if r < 0 {
-            io::Error::last_os_error()
-        } else {
-            other("reboot(POWER_OFF) returned")
+        // On success reboot(2) does not return.
+        match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+            Err(e) => e.into(),
+            Ok(never) => match never {},
         }
     }
 }

@@ -2,6 +2,9 @@
 //! created empty; the process that held the targets registers them again
 //! under the same fd numbers once its fds are in place, and the kernel then
 //! finds the ready ones ready, as before.
+//!
+//! Unsafe code: epoll_create1, epoll_ctl and kcmp are called through libc with
+//! pointers to our structs, and the new fd is taken into an `OwnedFd`.
 #![allow(unsafe_code)]
 
 use super::{hex_u64, into_raw, last_os, owned};

@@ -1,4 +1,7 @@
 //! eventfd: the counter and `EFD_SEMAPHORE`.
+//!
+//! Unsafe code: the eventfd is created, read and written through libc, with
+//! pointers to our counter.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};

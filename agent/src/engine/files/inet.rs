@@ -5,6 +5,9 @@
 //! it comes back as a connection reset by its peer, so the app's next read
 //! fails with ECONNRESET and its next write with EPIPE, as after a network
 //! drop. Options set again: `sock::apply_opts`.
+//!
+//! Unsafe code: sockets are created, bound, connected and polled through libc,
+//! with pointers to the address and option buffers of this module.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -193,7 +196,7 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     let len = libc::socklen_t::try_from(len).unwrap_or(0);
     // SAFETY: bind/listen on our socket with a local address buffer.
     if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0
-        // SAFETY: as above.
+        // SAFETY: listen on our own socket, integer arguments.
         || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0
     {
         return Err(last_os());

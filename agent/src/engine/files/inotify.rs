@@ -3,6 +3,9 @@
 //! the same device) to learn its path. A restore adds the watches again in
 //! wd order, skipping wd numbers until each matches where the kernel allows
 //! (it allocates them cyclically). Events queued at the dump are not kept.
+//!
+//! Unsafe code: inotify instances and watches are made and read through libc,
+//! with C strings and buffers of ours.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -6,6 +6,9 @@
 //! meanwhile makes the restore fail naming the fd and the range; a lease
 //! fails likewise while another process holds the file open in a way the
 //! lease excludes.
+//!
+//! Unsafe code: the locks are taken with `fcntl` and `flock` through libc, with
+//! pointers to our `struct flock`.
 #![allow(unsafe_code)]
 
 use crate::engine::procfs;

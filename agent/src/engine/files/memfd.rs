@@ -10,6 +10,9 @@
 //! in each task; the seals come last, once every mapping exists, since a
 //! seal against writing refuses the contents and, for F_SEAL_WRITE, any
 //! writable shared mapping.
+//!
+//! Unsafe code: memfd_create, open and the fcntl/ftruncate/fchmod calls go
+//! through libc with C strings of ours, and their fds become `OwnedFd`s.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;

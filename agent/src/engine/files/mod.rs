@@ -10,6 +10,9 @@
 //! (epoll targets registered by the task that held them, `register_epolls`;
 //! owners of signal-driven I/O, `set_sigio_owner`) follow. See
 //! `engine` for how to add a kind.
+//!
+//! Unsafe code: the helpers every file kind shares (pidfd_getfd, lseek,
+//! pwrite, fstatfs, taking ownership of a syscall's fd) call libc directly.
 #![allow(unsafe_code)]
 
 mod epoll;
@@ -542,7 +545,7 @@ impl Segments {
             // Owner first: chown clears set-id bits.
             // SAFETY: fchown and fchmod on our own fd, integer arguments.
             if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
-                // SAFETY: as above.
+                // SAFETY: fchmod on our own fd, integer arguments.
                 || unsafe { libc::fchmod(fd, o.mode) } < 0
             {
                 let e = last_os();

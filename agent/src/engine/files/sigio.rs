@@ -9,6 +9,9 @@
 //! it and the restored process sets it through its own fd: the kernel
 //! reports that fd number in `si_fd`. The owner is set by torpor once every
 //! process and thread of the tree exists, since it may name any of them.
+//!
+//! Unsafe code: `F_GETOWN_EX`/`F_SETOWN_EX` and the signal are read and set
+//! with `fcntl` through libc, with a pointer to our `struct f_owner_ex`.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;

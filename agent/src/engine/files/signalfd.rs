@@ -1,5 +1,8 @@
 //! signalfd: the accepted signals. What it reads are the task's pending
 //! signals, which the task's own state brings back.
+//!
+//! Unsafe code: signalfd4 is called through libc with a pointer to the 64-bit
+//! mask, which neither std nor nix takes as a raw word.
 #![allow(unsafe_code)]
 
 use super::{field, hex_u64, into_raw, owned};

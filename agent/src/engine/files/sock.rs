@@ -1,5 +1,8 @@
 //! What every socket kind shares: options read through a duplicate of the
 //! fd and set again on the new socket, and socket addresses.
+//!
+//! Unsafe code: socket options and names are read and set with
+//! get/setsockopt and get*name through libc, with pointers to our buffers.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -173,10 +176,14 @@ pub(super) fn sockaddr_un(
 /// (`getpeername`), as many bytes as the kernel reports; `None` when it
 /// has no peer.
 pub(super) fn sock_name(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
-    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
-    let mut a: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    // As large and as aligned as a `sockaddr_storage`, and plain bytes to
+    // the kernel, which writes the address into it.
+    let mut a = [0u64; 16];
+    const _: () = assert!(
+        core::mem::size_of::<[u64; 16]>() == core::mem::size_of::<libc::sockaddr_storage>()
+    );
     let mut len = socklen::<libc::sockaddr_storage>();
-    let p = (&raw mut a).cast::<libc::sockaddr>();
+    let p = a.as_mut_ptr().cast::<libc::sockaddr>();
     // SAFETY: get*name writes at most `len` bytes into `a`.
     let r = unsafe {
         if peer {
@@ -193,14 +200,9 @@ pub(super) fn sock_name(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std:
             Err(e)
         };
     }
-    // SAFETY: `a` is `len` (at most its size) initialised bytes.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (&raw const a).cast::<u8>(),
-            (len as usize).min(core::mem::size_of_val(&a)),
-        )
-    };
-    Ok(Some(bytes.to_vec()))
+    let bytes = bytemuck::bytes_of(&a);
+    let len = usize::try_from(len).unwrap_or(bytes.len()).min(bytes.len());
+    Ok(Some(bytes[..len].to_vec()))
 }
 
 /// The name bytes (no trailing NUL) of a raw `sockaddr_un` as
@@ -226,10 +228,10 @@ mod tests {
     fn unix_names_round_trip() {
         for name in [&b"/run/app.sock"[..], b"\0abstract-name", b"rel"] {
             let (a, len) = sockaddr_un(name).expect("fits");
-            // SAFETY: `a` is `len` (at most its size) initialised bytes.
-            let raw =
-                unsafe { core::slice::from_raw_parts((&raw const a).cast::<u8>(), len as usize) };
-            assert_eq!(un_name(raw), name.to_vec());
+            let mut raw = a.sun_family.to_ne_bytes().to_vec();
+            raw.extend(a.sun_path.iter().map(|c| c.to_ne_bytes()[0]));
+            raw.truncate(len as usize);
+            assert_eq!(un_name(&raw), name.to_vec());
         }
         assert!(sockaddr_un(&[b'x'; 200]).is_err());
     }

@@ -12,6 +12,9 @@
 //! and a segment marked for removal is removed once all are attached.
 //! Segments the tree created but has not attached are no part of any
 //! process and are not saved.
+//!
+//! Unsafe code: SysV segments are made, attached and copied into through libc
+//! (shmget, shmat, shmctl, shmdt), and the copy writes through the attachment.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;

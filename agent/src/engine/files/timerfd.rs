@@ -4,6 +4,9 @@
 //! does an absolute `CLOCK_MONOTONIC`/`CLOCK_BOOTTIME` one when the tree
 //! gets a time namespace continuing its clocks. torpor creates the timer
 //! outside that namespace, so the deadline is moved into torpor's view.
+//!
+//! Unsafe code: timerfd_create, timerfd_settime and the ioctl that sets the
+//! tick count go through libc with pointers to our structs.
 #![allow(unsafe_code)]
 
 use super::{field, into_raw, last_os, owned};

@@ -4,7 +4,6 @@
 //! file's contents, and a restore recreates the file, with its mode and
 //! owner, when it is missing. A file still there is used as it is (it holds
 //! the live contents), after the usual identity check.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -20,18 +19,11 @@ use crate::image::ImageWriter;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 fn on_tmpfs(path: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: statfs is plain integers; all-zero is valid.
-    let mut s: libc::statfs = unsafe { core::mem::zeroed() };
-    // SAFETY: statfs with a valid C string writes one struct.
-    if unsafe { libc::statfs(c.as_ptr(), &raw mut s) } < 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
-    let magic = s.f_type as u64;
-    magic == TMPFS_MAGIC
+    nix::sys::statfs::statfs(path).is_ok_and(|s| {
+        #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+        let magic = s.filesystem_type().0 as u64;
+        magic == TMPFS_MAGIC
+    })
 }
 
 pub(super) fn write<W: Write>(

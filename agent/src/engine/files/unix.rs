@@ -6,6 +6,9 @@
 //! queue; listeners and bound datagram sockets are bound again (a stale
 //! socket file of the same path removed first) and a datagram socket's
 //! queue is sent to it from an unnamed socket.
+//!
+//! Unsafe code: UNIX sockets are made, bound, connected and peeked through
+//! libc, walking the control messages the kernel writes (fds in flight).
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;

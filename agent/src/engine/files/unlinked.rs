@@ -1,5 +1,8 @@
 //! Regular files unlinked while open or mapped: recreated without a name
 //! in the directory they lived in.
+//!
+//! Unsafe code: `open` with `O_TMPFILE`, `unlink` and `write` on the new
+//! descriptor through libc.
 #![allow(unsafe_code)]
 
 use std::path::Path;

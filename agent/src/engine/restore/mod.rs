@@ -31,7 +31,6 @@
 //! Remote syscalls take their arguments from the trampoline's scratch
 //! area (`trampoline::Scratch`). Any failure kills every task created
 //! (`tasks::Created`) and names the step.
-#![allow(unsafe_code)]
 
 mod creds;
 mod memory;
@@ -135,10 +134,9 @@ pub fn restore<R: Read>(
     // Orphans of a task that failed come to torpor, to be killed with the
     // rest; once torpor exits, the restored root moves on to the next
     // subreaper or init as usual.
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(last_os()).step(Step::Restore);
-    }
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(std::io::Error::from)
+        .step(Step::Restore)?;
     crate::engine::files::recreate_tmpfs_files(st).step(Step::RecreateTmpfsFiles)?;
     // The namespace first: timerfd deadlines are set in its view.
     let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
@@ -188,10 +186,10 @@ pub fn restore<R: Read>(
         .iter()
         .filter(|p| p.stopped && p.zombie.is_none())
     {
-        // SAFETY: kill takes integers; the task is ours and traced.
-        if unsafe { libc::kill(p.pid, libc::SIGSTOP) } < 0 {
-            return Err(last_os()).step(Step::StopAgain(p.pid));
-        }
+        // The task is ours and traced.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::SIGSTOP)
+            .map_err(std::io::Error::from)
+            .step(Step::StopAgain(p.pid))?;
     }
     for &tid in &created.traced {
         ptrace::detach(tid).step(Step::Detach)?;

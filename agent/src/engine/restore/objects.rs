@@ -5,6 +5,10 @@
 //! connection to the daemon, inherited descriptors), each shared anonymous
 //! memory object, memfds and SysV segments. Tasks inherit them through the
 //! fork and take theirs at their numbers.
+//!
+//! Unsafe code: descriptors are opened, duplicated above the tree's own
+//! numbers and closed with libc calls, and shared memory objects are
+//! mapped in torpor with `mmap`.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;

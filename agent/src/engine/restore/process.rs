@@ -22,7 +22,7 @@ use super::trampoline::{self, remote_open, with_remote, Scratch};
 /// so on 32-bit ARM the fields after it move up by four bytes; padding makes
 /// it 104 bytes on both architectures.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::NoUninit)]
 struct PrctlMmMap {
     start_code: u64,
     end_code: u64,
@@ -38,6 +38,7 @@ struct PrctlMmMap {
     auxv: usize,
     auxv_size: u32,
     exe_fd: u32,
+    _pad: [u8; 8 - core::mem::size_of::<usize>()],
 }
 const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
 
@@ -84,6 +85,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
             })?,
             exe_fd: u32::try_from(exe_fd)
                 .map_err(|_| Cause::Refused(format!("exe fd {exe_fd} in process {pid}")))?,
+            ..Default::default()
         };
         let map_at = s.value(&map)?;
         let res = r.syscall(

@@ -4,6 +4,10 @@
 //! at their numbers, cwd, umask, rlimits, session and group), reports
 //! "ready" and waits to be seized. [`Created`] kills them all unless the
 //! restore completes.
+//!
+//! Unsafe code: `clone3` with `set_tid` has no safe wrapper, and the child
+//! sets itself up with raw syscalls (dup2, setsid, setpgid, rlimits) before
+//! it stops.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -20,7 +24,7 @@ use super::objects::{cstr, move_high, Objects};
 use super::{last_os, refused};
 
 #[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, bytemuck::NoUninit)]
 pub(super) struct CloneArgs {
     pub(super) flags: u64,
     pub(super) pidfd: u64,

@@ -61,6 +61,7 @@ pub(super) fn restore_thread(
         sp: arch::native(t.altstack.sp),
         flags: t.altstack.flags & SS_DISABLE,
         size: arch::native(t.altstack.size),
+        ..Default::default()
     };
     let at = Scratch::at(mem, tramp).value(&ss)?;
     r.syscall("sigaltstack", nr::SIGALTSTACK, [at, 0, 0, 0, 0, 0])?;

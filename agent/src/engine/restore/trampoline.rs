@@ -108,7 +108,7 @@ impl<'m> Scratch<'m> {
     }
 
     /// Copies the plain-data value `v` into the area.
-    pub(super) fn value<T: Copy>(&mut self, v: &T) -> Result<u64, Cause> {
+    pub(super) fn value<T: bytemuck::NoUninit>(&mut self, v: &T) -> Result<u64, Cause> {
         let at = self.reserve(core::mem::size_of::<T>() as u64)?;
         self.mem.write_value(RemotePtr::<T>::new(at), v)?;
         Ok(at)
