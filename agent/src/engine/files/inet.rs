@@ -193,6 +193,7 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     let len = libc::socklen_t::try_from(len).unwrap_or(0);
     // SAFETY: bind/listen on our socket with a local address buffer.
     if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0
+        // SAFETY: as above.
         || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0
     {
         return Err(last_os());

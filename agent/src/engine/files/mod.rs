@@ -521,6 +521,7 @@ impl Segments {
             // Owner first: chown clears set-id bits.
             // SAFETY: fchown and fchmod on our own fd, integer arguments.
             if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
+                // SAFETY: as above.
                 || unsafe { libc::fchmod(fd, o.mode) } < 0
             {
                 let e = last_os();
