@@ -54,7 +54,9 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use records::{Codec, Kind, Pages, PagesHead, Trailer, PAGE_BATCH_BYTES};
+pub use records::{
+    Codec, Kind, KindVisitor, Pages, PagesHead, RecordType, StateRecord, Trailer, PAGE_BATCH_BYTES,
+};
 
 /// The first 8 bytes of every header payload.
 pub const MAGIC: [u8; 8] = *b"TORPORIM";
@@ -142,6 +144,12 @@ pub enum ImageError {
     BufferTooSmall { needed: usize, got: usize },
     #[error("this is a {kind} record, not a pages record")]
     NotPages { kind: Kind },
+    #[error("the {kind} record at offset {offset} cannot be read as a {wanted} record")]
+    WrongKind {
+        offset: u64,
+        kind: Kind,
+        wanted: Kind,
+    },
     #[error("cannot read {what}: {source}")]
     Host {
         what: &'static str,
@@ -484,12 +492,19 @@ impl<W: Write> ImageWriter<W> {
         Ok(me)
     }
 
-    /// Appends a state record (task, thread, VMA, fd, mm, pipe data).
+    /// Appends a state record under its type's kind.
+    pub fn write<T: StateRecord>(&mut self, value: &T) -> Result<()> {
+        self.encode(T::KIND, value)
+    }
+
+    /// Appends `value` under `kind`, whatever its type: for tests and tools
+    /// that craft images, where [`write`](Self::write) cannot name the
+    /// payload. The kinds the writer frames itself are refused.
     pub fn record<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
-        match kind {
-            Kind::Header | Kind::Trailer | Kind::Pages => Err(ImageError::ReservedKind { kind }),
-            _ => self.encode(kind, value),
+        if kind.by_writer() {
+            return Err(ImageError::ReservedKind { kind });
         }
+        self.encode(kind, value)
     }
 
     fn encode<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
@@ -718,8 +733,15 @@ impl<'a> Record<'a> {
         self.payload
     }
 
-    /// Decodes the payload as `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    /// Decodes the payload as `T`, which must be this record's kind.
+    pub fn decode<T: RecordType + DeserializeOwned>(&self) -> Result<T> {
+        if self.kind != T::KIND {
+            return Err(ImageError::WrongKind {
+                offset: self.offset,
+                kind: self.kind,
+                wanted: T::KIND,
+            });
+        }
         postcard::from_bytes(self.payload).map_err(|source| ImageError::Decode {
             offset: self.offset,
             kind: self.kind,
@@ -939,7 +961,7 @@ impl<R: Read> ImageReader<R> {
         }
         let n = len as usize;
         self.buf.resize(n + 4, 0);
-        self.input.take_unhashed(&mut self.buf, record_what(kind))?;
+        self.input.take_unhashed(&mut self.buf, kind.what())?;
         let frame = check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
         // Each byte is hashed once: the frame's CRC state joins the stream's.
         self.input.crc.combine(&frame);
@@ -1006,29 +1028,6 @@ impl<R: Read> ImageReader<R> {
     /// Gives back the underlying reader.
     pub fn into_inner(self) -> R {
         self.input.inner
-    }
-}
-
-fn record_what(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Header => "the header record",
-        Kind::Task => "a task record",
-        Kind::Thread => "a thread record",
-        Kind::Vma => "a vma record",
-        Kind::Fd => "an fd record",
-        Kind::MmFields => "an mm record",
-        Kind::PipeData => "a pipe-data record",
-        Kind::Pages => "a pages record",
-        Kind::Trailer => "the trailer",
-        Kind::TmpfsFile => "a tmpfs-file record",
-        Kind::MemfdObject => "a memfd record",
-        Kind::SysvShm => "a sysv-shm record",
-        Kind::ObjectData => "an object-data record",
-        Kind::ExternalPipe => "an external-pipe record",
-        Kind::UnlinkedObject => "an unlinked-file record",
-        Kind::Clocks => "the clocks record",
-        Kind::FileSigIo => "a file-sigio record",
-        Kind::SeccompFilter => "a seccomp-filter record",
     }
 }
 
