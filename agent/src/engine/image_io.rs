@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  Header
-//!  Clocks                       the tree's clocks at the freeze (format 1.1)
+//!  Clocks                       the tree's clocks at the freeze
 //!  (PipeData ExternalPipe?)*    every pipe's unread bytes, by pipe id,
 //!                               and which end is outside the tree
 //!  TmpfsFile*                   shared tmpfs files, by chunk
@@ -46,7 +46,8 @@ pub struct ImageState {
     pub unlinked: Vec<crate::image::records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
-    /// The tree's clocks at the freeze; `None` in images of format 1.0.
+    /// The tree's clocks at the freeze; `None` if the image has no clocks
+    /// record.
     pub clocks: Option<crate::image::records::Clocks>,
 }
 

@@ -37,12 +37,46 @@
 //!   a buffer is sized for it, so memory use is bounded by the largest record
 //!   whatever the image size. Both CRCs are computed by adapters while bytes
 //!   flow, never in a second pass.
-//! * Format versions: a different major version is refused; a newer minor
-//!   version is read as long as every record kind in it is known.
+//! * The kinds, their bytes, names, payload types and limits are declared
+//!   once, in the registry of [`records`].
 //!
 //! A `Pages` record's payload is `vaddr, pages, codec` followed by the data as
 //! a postcard byte string: the page bytes (`Raw`), one LZ4 block of them
 //! (`Lz4`), or nothing (`Zero`, all pages zero).
+//!
+//! # Versions
+//!
+//! The header's `major.minor` ([`FORMAT`] when written) says how to read
+//! the records after it. Postcard writes a struct's fields by position,
+//! with no names or tags, and an enum's variants by index, so a payload
+//! means something only to a reader whose types have the same shape:
+//!
+//! * A change to the fields of an existing record type or of any type it
+//!   holds (fields reordered, retyped, added or removed), removing,
+//!   inserting or reordering enum variants, renumbering a kind, or changing
+//!   the framing (length, kind byte, CRCs, trailer) is a **major** bump.
+//! * A new record kind, appended to the registry with the next free byte,
+//!   is a **minor** bump; so is a variant appended at the end of an enum.
+//!   Nothing else is.
+//! * The reader reads every minor of its own major. Any other major is
+//!   refused as soon as the header's version is decoded, before anything
+//!   else, with an error naming the image's version and the one this
+//!   torpor reads ([`ImageError::UnsupportedVersion`]).
+//! * A record of a kind byte the reader does not know is never skipped: it
+//!   is refused ([`ImageError::UnknownKind`]), since a restore that left it
+//!   out would not be the tree that was dumped. A record using an enum
+//!   variant the reader does not know fails to decode
+//!   ([`ImageError::Decode`]). An image of a newer minor is therefore read
+//!   when it holds only kinds and variants this reader knows (a new kind is
+//!   written only when the tree needs it), and refused otherwise.
+//! * Every version the reader accepts has a checked-in image,
+//!   `agent/tests/images/format-MAJOR.MINOR.img`, with a test
+//!   (`agent/tests/image_format.rs`) asserting the decoded value of every
+//!   record in it; a bump adds the new version's image.
+//!
+//! Format 2.0 starts this rule: record types changed field order while the
+//! format stayed 1.1, so a 1.x image could decode into wrong values and is
+//! refused instead.
 
 pub mod records;
 #[cfg(test)]
@@ -61,9 +95,9 @@ pub use records::{
 /// The first 8 bytes of every header payload.
 pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
-/// The format this torpor writes.
-/// Minor 1 added the clocks record.
-pub const FORMAT: FormatVersion = FormatVersion { major: 1, minor: 1 };
+/// The format this torpor writes, and the major version it reads (see
+/// "Versions" above).
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 0 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

@@ -68,7 +68,8 @@ macro_rules! registry {
         /// One record kind: the byte after the length in every frame.
         ///
         /// The numbers are part of the format: never renumber, only append
-        /// (see the versioning rule in [`crate::image`]).
+        /// with the next free byte, as a minor version (see "Versions" in
+        /// [`crate::image`]). A reader refuses a kind it does not know.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[repr(u8)]
         pub enum Kind {
@@ -141,7 +142,7 @@ macro_rules! registry {
 
 // The registry: one line per kind. Adding a kind is a payload struct and a
 // line here, appended with the next free byte (and a minor version; see
-// `crate::image`). `writer` kinds are framed by the image writer itself,
+// "Versions" in `crate::image`). `writer` kinds are framed by the image writer itself,
 // `state` kinds are appended with `ImageWriter::write`.
 registry! {
     //                byte  name              payload          limit            when cut short             by
