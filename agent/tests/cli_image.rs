@@ -130,7 +130,7 @@ fn show_prints_the_clocks_record() {
     w.record(Kind::Clocks, &clocks).expect("clocks");
     write_file(&path, &w.finish().expect("finish").0);
     let v = json(&torpor(&["show", path.to_str().expect("utf-8")]));
-    assert_eq!(v["header"]["version"]["minor"], 1);
+    assert_eq!(v["header"]["version"]["minor"], 0);
     let r = &v["records"][0];
     assert_eq!(r["kind"], "clocks");
     assert_eq!(
@@ -158,7 +158,7 @@ fn show_prints_every_record_as_json() {
 
     let h = &v["header"];
     assert_eq!(h["magic"], "TORPORIM");
-    assert_eq!(h["version"]["major"], 1);
+    assert_eq!(h["version"]["major"], 2);
     assert_eq!(h["page_size"], u64::from(host_page_size()));
     assert_eq!(h["torpor_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(

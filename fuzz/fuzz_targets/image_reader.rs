@@ -10,11 +10,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use torpor::image::records::{
-    Clocks, ExternalPipe, Fd, FileSigIo, Kind, MemfdObject, MmFields, ObjectData, PipeData, SeccompFilter, SysvShm,
-    Task, Thread, TmpfsFile, Trailer, UnlinkedObject, Vma,
-};
-use torpor::image::{self, Header, ImageWriter};
+use torpor::image::records::{Kind, KindVisitor, StateRecord, Trailer};
+use torpor::image::{self, Header, ImageWriter, Record};
+
+/// Decodes a record as its kind's payload type, whatever the kind.
+struct Decode<'r, 'a>(&'r Record<'a>);
+
+impl KindVisitor for Decode<'_, '_> {
+    type Output = ();
+
+    fn visit<T: StateRecord>(self) {
+        drop(self.0.decode::<T>());
+    }
+}
 
 fn read_all(data: &[u8]) {
     let Ok(mut reader) = image::ImageReader::inspect(data) else {
@@ -24,23 +32,12 @@ fn read_all(data: &[u8]) {
     loop {
         match reader.next_record() {
             Ok(Some(rec)) => match rec.kind() {
-                Kind::Task => drop(rec.decode::<Task>()),
-                Kind::Thread => drop(rec.decode::<Thread>()),
-                Kind::Vma => drop(rec.decode::<Vma>()),
-                Kind::Fd => drop(rec.decode::<Fd>()),
-                Kind::MmFields => drop(rec.decode::<MmFields>()),
-                Kind::PipeData => drop(rec.decode::<PipeData>()),
-                Kind::TmpfsFile => drop(rec.decode::<TmpfsFile>()),
-                Kind::MemfdObject => drop(rec.decode::<MemfdObject>()),
-                Kind::SysvShm => drop(rec.decode::<SysvShm>()),
-                Kind::ObjectData => drop(rec.decode::<ObjectData>()),
-                Kind::ExternalPipe => drop(rec.decode::<ExternalPipe>()),
-                Kind::UnlinkedObject => drop(rec.decode::<UnlinkedObject>()),
-                Kind::Clocks => drop(rec.decode::<Clocks>()),
-                Kind::FileSigIo => drop(rec.decode::<FileSigIo>()),
-                Kind::SeccompFilter => drop(rec.decode::<SeccompFilter>()),
                 Kind::Pages => drop(rec.decode_pages_into(&mut pages)),
-                Kind::Header | Kind::Trailer => panic!("reader returned a {}", rec.kind()),
+                kind => {
+                    if kind.visit(Decode(&rec)).is_none() {
+                        panic!("reader returned a {kind}");
+                    }
+                }
             },
             Ok(None) => {
                 assert!(reader.summary().is_some());

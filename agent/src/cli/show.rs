@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use super::ShowArgs;
-use crate::image::records::{Clocks, Fd, Kind, MmFields, PipeData, Task, Thread, Vma};
+use crate::image::records::{
+    Kind, KindVisitor, ObjectData, ObjectRef, SeccompFilter, StateRecord, TmpfsFile,
+};
 use crate::image::{self, ImageError, ImageReader, Record};
 use crate::store::{Store, StoreError};
 
@@ -142,7 +144,6 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
         path: PathBuf::new(),
         source,
     };
-    let json_err = |source| ShowError::Json { offset, source };
     let mut obj = Map::new();
     obj.insert("kind".into(), json!(rec.kind().name()));
     obj.insert("offset".into(), json!(offset));
@@ -156,63 +157,27 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
                 "stored_bytes": p.data.len(),
             })
         }
-        Kind::Task => to_json(rec.decode::<Task>(), image_err, json_err)?,
-        Kind::Thread => to_json(rec.decode::<Thread>(), image_err, json_err)?,
-        Kind::Vma => to_json(rec.decode::<Vma>(), image_err, json_err)?,
-        Kind::Fd => to_json(rec.decode::<Fd>(), image_err, json_err)?,
-        Kind::MmFields => to_json(rec.decode::<MmFields>(), image_err, json_err)?,
-        Kind::PipeData => to_json(rec.decode::<PipeData>(), image_err, json_err)?,
-        Kind::ExternalPipe => to_json(
-            rec.decode::<crate::image::records::ExternalPipe>(),
-            image_err,
-            json_err,
-        )?,
-        Kind::Clocks => to_json(rec.decode::<Clocks>(), image_err, json_err)?,
-        Kind::FileSigIo => to_json(
-            rec.decode::<crate::image::records::FileSigIo>(),
-            image_err,
-            json_err,
-        )?,
+        // Bulk data is summarised by its size.
         Kind::SeccompFilter => {
-            let f = rec
-                .decode::<crate::image::records::SeccompFilter>()
-                .map_err(image_err)?;
+            let f = rec.decode::<SeccompFilter>().map_err(image_err)?;
             json!({ "flags": f.flags, "instructions": f.program.len() / 8 })
         }
         Kind::TmpfsFile => {
-            let f = rec
-                .decode::<crate::image::records::TmpfsFile>()
-                .map_err(image_err)?;
+            let f = rec.decode::<TmpfsFile>().map_err(image_err)?;
             json!({ "path": f.path.to_string(), "mode": f.mode, "size": f.size, "offset": f.offset, "bytes": f.bytes.len() })
         }
-        Kind::MemfdObject => to_json(
-            rec.decode::<crate::image::records::MemfdObject>(),
-            image_err,
-            json_err,
-        )?,
-        Kind::SysvShm => to_json(
-            rec.decode::<crate::image::records::SysvShm>(),
-            image_err,
-            json_err,
-        )?,
-        Kind::UnlinkedObject => to_json(
-            rec.decode::<crate::image::records::UnlinkedObject>(),
-            image_err,
-            json_err,
-        )?,
         Kind::ObjectData => {
-            let d = rec
-                .decode::<crate::image::records::ObjectData>()
-                .map_err(image_err)?;
+            let d = rec.decode::<ObjectData>().map_err(image_err)?;
             let object = match d.object {
-                crate::image::records::ObjectRef::Memfd(id) => json!({ "memfd": id }),
-                crate::image::records::ObjectRef::Sysv(id) => json!({ "sysv": id }),
-                crate::image::records::ObjectRef::Unlinked(inode) => json!({ "unlinked": inode }),
+                ObjectRef::Memfd(id) => json!({ "memfd": id }),
+                ObjectRef::Sysv(id) => json!({ "sysv": id }),
+                ObjectRef::Unlinked(inode) => json!({ "unlinked": inode }),
             };
             json!({ "object": object, "offset": d.offset, "bytes": d.bytes.len() })
         }
-        // The reader handles these itself and never returns them.
-        Kind::Header | Kind::Trailer => Value::Null,
+        // Every other state record as it decodes; the reader handles the
+        // header and the trailer itself and never returns them.
+        kind => kind.visit(AsJson(rec)).transpose()?.unwrap_or(Value::Null),
     };
     // Page summaries sit beside kind and offset; a state record's fields go
     // under "value", where they cannot clash with those two (a VMA and an fd
@@ -227,10 +192,18 @@ pub fn record_json(rec: &Record<'_>) -> Result<Value, ShowError> {
     Ok(Value::Object(obj))
 }
 
-fn to_json<T: serde::Serialize>(
-    decoded: Result<T, ImageError>,
-    image_err: impl Fn(ImageError) -> ShowError,
-    json_err: impl Fn(serde_json::Error) -> ShowError,
-) -> Result<Value, ShowError> {
-    serde_json::to_value(decoded.map_err(image_err)?).map_err(json_err)
+/// Decodes a record as its kind's payload type and converts it to JSON.
+struct AsJson<'r, 'a>(&'r Record<'a>);
+
+impl KindVisitor for AsJson<'_, '_> {
+    type Output = Result<Value, ShowError>;
+
+    fn visit<T: StateRecord>(self) -> Self::Output {
+        let offset = self.0.offset();
+        let decoded = self.0.decode::<T>().map_err(|source| ShowError::Image {
+            path: PathBuf::new(),
+            source,
+        })?;
+        serde_json::to_value(decoded).map_err(|source| ShowError::Json { offset, source })
+    }
 }

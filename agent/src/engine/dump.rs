@@ -123,8 +123,7 @@ pub fn dump_frozen_with<W: Write>(
     let wstep = Step::WriteImage;
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
-    w.record(crate::image::Kind::Clocks, &clocks.record)
-        .step(wstep)?;
+    w.write(&clocks.record).step(wstep)?;
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  Header
-//!  Clocks                       the tree's clocks at the freeze (format 1.1)
+//!  Clocks                       the tree's clocks at the freeze
 //!  (PipeData ExternalPipe?)*    every pipe's unread bytes, by pipe id,
 //!                               and which end is outside the tree
 //!  TmpfsFile*                   shared tmpfs files, by chunk
@@ -166,27 +166,21 @@ pub fn write_pipes<W: Write>(
     pipes: &[PipeState],
 ) -> Result<(), ImageError> {
     for (i, p) in pipes.iter().enumerate() {
-        w.record(
-            Kind::PipeData,
-            &PipeData {
-                id: i as u64,
-                capacity: p.size,
-                bytes: p.data.clone(),
-            },
-        )?;
+        w.write(&PipeData {
+            id: i as u64,
+            capacity: p.size,
+            bytes: p.data.clone(),
+        })?;
         if let Some(end) = p.outside {
             let outside = match end {
                 OutsideEnd::Read => PipeEnd::Read,
                 OutsideEnd::Write => PipeEnd::Write,
             };
-            w.record(
-                Kind::ExternalPipe,
-                &ExternalPipe {
-                    id: i as u64,
-                    inode: p.inode,
-                    outside,
-                },
-            )?;
+            w.write(&ExternalPipe {
+                id: i as u64,
+                inode: p.inode,
+                outside,
+            })?;
         }
     }
     Ok(())
@@ -279,59 +273,53 @@ pub fn write_process<W: Write>(
         locks: p.locks.clone(),
         stopped: p.stopped,
     };
-    w.record(Kind::Task, &task)?;
+    w.write(&task)?;
     if p.zombie.is_some() {
         return Ok(());
     }
     let m = &p.mm;
-    w.record(
-        Kind::MmFields,
-        &RMm {
-            start_code: m.start_code,
-            end_code: m.end_code,
-            start_data: m.start_data,
-            end_data: m.end_data,
-            start_brk: m.start_brk,
-            brk: m.brk,
-            start_stack: m.start_stack,
-            arg_start: m.arg_start,
-            arg_end: m.arg_end,
-            env_start: m.env_start,
-            env_end: m.env_end,
-            auxv: auxv_words(&p.auxv),
-        },
-    )?;
+    w.write(&RMm {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv: auxv_words(&p.auxv),
+    })?;
     for t in &p.threads {
-        w.record(
-            Kind::Thread,
-            &Thread {
-                tid: t.tid,
-                regs: RRegs {
-                    arch: Arch::host(),
-                    gpr: t.regs.clone(),
-                    fpu: t.fpregs.clone(),
-                },
-                tls: t.tls,
-                sigmask: t.sigmask,
-                altstack: RAlt {
-                    sp: t.altstack.sp,
-                    flags: t.altstack.flags.bits(),
-                    size: t.altstack.size,
-                },
-                pending: t.pending.iter().map(|r| siginfo(r)).collect(),
-                tid_address: t.tid_address,
-                robust_list: RobustList {
-                    head: t.robust_head,
-                    len: t.robust_len,
-                },
-                comm: t.comm.clone(),
-                rseq: t.rseq.map(|r| RRseq {
-                    addr: r.addr,
-                    len: r.len,
-                    sig: r.sig,
-                }),
+        w.write(&Thread {
+            tid: t.tid,
+            regs: RRegs {
+                arch: Arch::host(),
+                gpr: t.regs.clone(),
+                fpu: t.fpregs.clone(),
             },
-        )?;
+            tls: t.tls,
+            sigmask: t.sigmask,
+            altstack: RAlt {
+                sp: t.altstack.sp,
+                flags: t.altstack.flags.bits(),
+                size: t.altstack.size,
+            },
+            pending: t.pending.iter().map(|r| siginfo(r)).collect(),
+            tid_address: t.tid_address,
+            robust_list: RobustList {
+                head: t.robust_head,
+                len: t.robust_len,
+            },
+            comm: t.comm.clone(),
+            rseq: t.rseq.map(|r| RRseq {
+                addr: r.addr,
+                len: r.len,
+                sig: r.sig,
+            }),
+        })?;
     }
     for v in &p.vmas {
         let mut flags = if v.shared {
@@ -386,18 +374,15 @@ pub fn write_process<W: Write>(
             ),
             _ => (0, None),
         };
-        w.record(
-            Kind::Vma,
-            &RVma {
-                start: v.start,
-                end: v.end,
-                prot: v.prot.bits(),
-                flags: flags.bits(),
-                offset,
-                kind: vma_kind(v),
-                file,
-            },
-        )?;
+        w.write(&RVma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot.bits(),
+            flags: flags.bits(),
+            offset,
+            kind: vma_kind(v),
+            file,
+        })?;
     }
     for f in &p.fds {
         let of = &files[f.file as usize];
@@ -481,27 +466,21 @@ pub fn write_process<W: Write>(
             FileKind::Anon(a) => a.record(of.flags),
             FileKind::TorporConn => FdKind::TorporConn { flags: of.flags },
         };
-        w.record(
-            Kind::Fd,
-            &RFd {
-                fd: f.fd,
-                fd_flags: u32::from(f.cloexec),
-                ofd: u64::from(f.file),
-                kind,
-            },
-        )?;
+        w.write(&RFd {
+            fd: f.fd,
+            fd_flags: u32::from(f.cloexec),
+            ofd: u64::from(f.file),
+            kind,
+        })?;
         if let Some(sigio) = of.sigio {
-            w.record(
-                Kind::FileSigIo,
-                &crate::image::records::FileSigIo {
-                    ofd: u64::from(f.file),
-                    sigio,
-                },
-            )?;
+            w.write(&crate::image::records::FileSigIo {
+                ofd: u64::from(f.file),
+                sigio,
+            })?;
         }
     }
     for f in &p.seccomp {
-        w.record(Kind::SeccompFilter, f)?;
+        w.write(f)?;
     }
     Ok(())
 }
@@ -1035,15 +1014,12 @@ mod tests {
     }
 
     fn memfd(w: &mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
-        w.record(
-            Kind::MemfdObject,
-            &MemfdObject {
-                id: 5,
-                name: "m".into(),
-                size: 100,
-                ..Default::default()
-            },
-        )
+        w.write(&MemfdObject {
+            id: 5,
+            name: "m".into(),
+            size: 100,
+            ..Default::default()
+        })
     }
 
     fn data(
@@ -1052,30 +1028,24 @@ mod tests {
         len: usize,
     ) -> impl Fn(&mut ImageWriter<Vec<u8>>) -> Result<(), ImageError> {
         move |w| {
-            w.record(
-                Kind::ObjectData,
-                &ObjectData {
-                    object,
-                    offset,
-                    bytes: vec![1; len],
-                },
-            )
+            w.write(&ObjectData {
+                object,
+                offset,
+                bytes: vec![1; len],
+            })
         }
     }
 
     #[test]
     fn objects_are_read_and_their_contents_checked() {
         let sysv = |w: &mut ImageWriter<Vec<u8>>| {
-            w.record(
-                Kind::SysvShm,
-                &SysvShm {
-                    shmid: 7,
-                    key: 9,
-                    size: 4096,
-                    removed: true,
-                    ..Default::default()
-                },
-            )
+            w.write(&SysvShm {
+                shmid: 7,
+                key: 9,
+                size: 4096,
+                removed: true,
+                ..Default::default()
+            })
         };
         let good = image(&[
             &memfd,

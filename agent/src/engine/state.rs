@@ -22,7 +22,8 @@ pub struct ImageState {
     pub unlinked: Vec<records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
-    /// The tree's clocks at the freeze; `None` in images of format 1.0.
+    /// The tree's clocks at the freeze; `None` if the image has no clocks
+    /// record.
     pub clocks: Option<records::Clocks>,
 }
 

@@ -37,12 +37,46 @@
 //!   a buffer is sized for it, so memory use is bounded by the largest record
 //!   whatever the image size. Both CRCs are computed by adapters while bytes
 //!   flow, never in a second pass.
-//! * Format versions: a different major version is refused; a newer minor
-//!   version is read as long as every record kind in it is known.
+//! * The kinds, their bytes, names, payload types and limits are declared
+//!   once, in the registry of [`records`].
 //!
 //! A `Pages` record's payload is `vaddr, pages, codec` followed by the data as
 //! a postcard byte string: the page bytes (`Raw`), one LZ4 block of them
 //! (`Lz4`), or nothing (`Zero`, all pages zero).
+//!
+//! # Versions
+//!
+//! The header's `major.minor` ([`FORMAT`] when written) says how to read
+//! the records after it. Postcard writes a struct's fields by position,
+//! with no names or tags, and an enum's variants by index, so a payload
+//! means something only to a reader whose types have the same shape:
+//!
+//! * A change to the fields of an existing record type or of any type it
+//!   holds (fields reordered, retyped, added or removed), removing,
+//!   inserting or reordering enum variants, renumbering a kind, or changing
+//!   the framing (length, kind byte, CRCs, trailer) is a **major** bump.
+//! * A new record kind, appended to the registry with the next free byte,
+//!   is a **minor** bump; so is a variant appended at the end of an enum.
+//!   Nothing else is.
+//! * The reader reads every minor of its own major. Any other major is
+//!   refused as soon as the header's version is decoded, before anything
+//!   else, with an error naming the image's version and the one this
+//!   torpor reads ([`ImageError::UnsupportedVersion`]).
+//! * A record of a kind byte the reader does not know is never skipped: it
+//!   is refused ([`ImageError::UnknownKind`]), since a restore that left it
+//!   out would not be the tree that was dumped. A record using an enum
+//!   variant the reader does not know fails to decode
+//!   ([`ImageError::Decode`]). An image of a newer minor is therefore read
+//!   when it holds only kinds and variants this reader knows (a new kind is
+//!   written only when the tree needs it), and refused otherwise.
+//! * Every version the reader accepts has a checked-in image,
+//!   `agent/tests/images/format-MAJOR.MINOR.img`, with a test
+//!   (`agent/tests/image_format.rs`) asserting the decoded value of every
+//!   record in it; a bump adds the new version's image.
+//!
+//! Format 2.0 starts this rule: record types changed field order while the
+//! format stayed 1.1, so a 1.x image could decode into wrong values and is
+//! refused instead.
 
 pub mod records;
 #[cfg(test)]
@@ -54,14 +88,16 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use records::{Codec, Kind, Pages, PagesHead, Trailer, PAGE_BATCH_BYTES};
+pub use records::{
+    Codec, Kind, KindVisitor, Pages, PagesHead, RecordType, StateRecord, Trailer, PAGE_BATCH_BYTES,
+};
 
 /// The first 8 bytes of every header payload.
 pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
-/// The format this torpor writes.
-/// Minor 1 added the clocks record.
-pub const FORMAT: FormatVersion = FormatVersion { major: 1, minor: 1 };
+/// The format this torpor writes, and the major version it reads (see
+/// "Versions" above).
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 0 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;
@@ -142,6 +178,12 @@ pub enum ImageError {
     BufferTooSmall { needed: usize, got: usize },
     #[error("this is a {kind} record, not a pages record")]
     NotPages { kind: Kind },
+    #[error("the {kind} record at offset {offset} cannot be read as a {wanted} record")]
+    WrongKind {
+        offset: u64,
+        kind: Kind,
+        wanted: Kind,
+    },
     #[error("cannot read {what}: {source}")]
     Host {
         what: &'static str,
@@ -484,12 +526,19 @@ impl<W: Write> ImageWriter<W> {
         Ok(me)
     }
 
-    /// Appends a state record (task, thread, VMA, fd, mm, pipe data).
+    /// Appends a state record under its type's kind.
+    pub fn write<T: StateRecord>(&mut self, value: &T) -> Result<()> {
+        self.encode(T::KIND, value)
+    }
+
+    /// Appends `value` under `kind`, whatever its type: for tests and tools
+    /// that craft images, where [`write`](Self::write) cannot name the
+    /// payload. The kinds the writer frames itself are refused.
     pub fn record<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
-        match kind {
-            Kind::Header | Kind::Trailer | Kind::Pages => Err(ImageError::ReservedKind { kind }),
-            _ => self.encode(kind, value),
+        if kind.by_writer() {
+            return Err(ImageError::ReservedKind { kind });
         }
+        self.encode(kind, value)
     }
 
     fn encode<T: Serialize>(&mut self, kind: Kind, value: &T) -> Result<()> {
@@ -718,8 +767,15 @@ impl<'a> Record<'a> {
         self.payload
     }
 
-    /// Decodes the payload as `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    /// Decodes the payload as `T`, which must be this record's kind.
+    pub fn decode<T: RecordType + DeserializeOwned>(&self) -> Result<T> {
+        if self.kind != T::KIND {
+            return Err(ImageError::WrongKind {
+                offset: self.offset,
+                kind: self.kind,
+                wanted: T::KIND,
+            });
+        }
         postcard::from_bytes(self.payload).map_err(|source| ImageError::Decode {
             offset: self.offset,
             kind: self.kind,
@@ -939,7 +995,7 @@ impl<R: Read> ImageReader<R> {
         }
         let n = len as usize;
         self.buf.resize(n + 4, 0);
-        self.input.take_unhashed(&mut self.buf, record_what(kind))?;
+        self.input.take_unhashed(&mut self.buf, kind.what())?;
         let frame = check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
         // Each byte is hashed once: the frame's CRC state joins the stream's.
         self.input.crc.combine(&frame);
@@ -1006,29 +1062,6 @@ impl<R: Read> ImageReader<R> {
     /// Gives back the underlying reader.
     pub fn into_inner(self) -> R {
         self.input.inner
-    }
-}
-
-fn record_what(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Header => "the header record",
-        Kind::Task => "a task record",
-        Kind::Thread => "a thread record",
-        Kind::Vma => "a vma record",
-        Kind::Fd => "an fd record",
-        Kind::MmFields => "an mm record",
-        Kind::PipeData => "a pipe-data record",
-        Kind::Pages => "a pages record",
-        Kind::Trailer => "the trailer",
-        Kind::TmpfsFile => "a tmpfs-file record",
-        Kind::MemfdObject => "a memfd record",
-        Kind::SysvShm => "a sysv-shm record",
-        Kind::ObjectData => "an object-data record",
-        Kind::ExternalPipe => "an external-pipe record",
-        Kind::UnlinkedObject => "an unlinked-file record",
-        Kind::Clocks => "the clocks record",
-        Kind::FileSigIo => "a file-sigio record",
-        Kind::SeccompFilter => "a seccomp-filter record",
     }
 }
 

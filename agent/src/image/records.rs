@@ -1,5 +1,10 @@
 //! The typed records of an image: plain serde data, one struct per kind.
 //!
+//! Every kind is declared once, in the `registry!` table: its byte, its
+//! name, its payload type, its length limit. [`Kind`] and its methods and
+//! the [`RecordType`] impls all come from that table, so a payload type can
+//! only be written and read under its own kind.
+//!
 //! Records that describe a task follow the order of the stream: a [`Task`]
 //! record opens a task, and every [`Thread`], [`Vma`], [`Fd`], [`MmFields`]
 //! and `Pages` record after it belongs to that task until the next `Task`.
@@ -11,45 +16,165 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// One record kind: the byte after the length in every frame.
+/// A record payload: the type written and read under one kind.
 ///
-/// The numbers are part of the format: never renumber, only append. A new
-/// kind that an older reader must be able to skip needs a new minor version
-/// *and* a reader that knows the kind (an unknown kind is refused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[repr(u8)]
-pub enum Kind {
-    Header = 1,
-    Task = 2,
-    Thread = 3,
-    Vma = 4,
-    Fd = 5,
-    MmFields = 6,
-    PipeData = 7,
-    Pages = 8,
-    Trailer = 9,
+/// The registry table below implements it for the payload of every kind, so
+/// a type names its kind once: [`ImageWriter::write`](super::ImageWriter::write)
+/// takes the kind from it and [`Record::decode`](super::Record::decode)
+/// refuses a record of another kind.
+pub trait RecordType {
+    const KIND: Kind;
+}
+
+/// The payload of a state kind: one that
+/// [`ImageWriter::write`](super::ImageWriter::write) appends, as opposed to
+/// the header, pages and trailer the writer frames itself.
+pub trait StateRecord: RecordType + Serialize + DeserializeOwned + fmt::Debug {}
+
+/// Something done with the payload type of a kind known only at run time,
+/// from a frame's kind byte: `torpor show` prints it, the fuzzer decodes it.
+pub trait KindVisitor {
+    type Output;
+    fn visit<T: StateRecord>(self) -> Self::Output;
+}
+
+/// Declares every record kind from one table: the [`Kind`] enum with each
+/// kind's byte, name, limit and description, the [`RecordType`] of its
+/// payload and, for state kinds, [`StateRecord`] and [`Kind::visit`].
+macro_rules! registry {
+    (@state state, $ty:ty) => {
+        impl StateRecord for $ty {}
+    };
+    (@state writer, $ty:ty) => {};
+    (@by_writer state) => {
+        false
+    };
+    (@by_writer writer) => {
+        true
+    };
+    (@visit state, $ty:ty, $v:ident) => {
+        Some($v.visit::<$ty>())
+    };
+    (@visit writer, $ty:ty, $v:ident) => {
+        None
+    };
+    ($(
+        $(#[$doc:meta])*
+        $kind:ident = $byte:literal, $name:literal, $ty:ty, $limit:expr, $what:literal, $role:ident;
+    )*) => {
+        /// One record kind: the byte after the length in every frame.
+        ///
+        /// The numbers are part of the format: never renumber, only append
+        /// with the next free byte, as a minor version (see "Versions" in
+        /// [`crate::image`]). A reader refuses a kind it does not know.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[repr(u8)]
+        pub enum Kind {
+            $($(#[$doc])* $kind = $byte,)*
+        }
+
+        impl Kind {
+            /// How many kinds this torpor knows.
+            pub const COUNT: usize = [$($byte),*].len();
+
+            /// Every kind, in numeric order.
+            pub const ALL: [Kind; Kind::COUNT] = [$(Kind::$kind),*];
+
+            /// The kind a frame's kind byte names, if this torpor knows it.
+            pub const fn from_byte(b: u8) -> Option<Kind> {
+                match b {
+                    $($byte => Some(Kind::$kind),)*
+                    _ => None,
+                }
+            }
+
+            /// The largest payload a record of this kind may have; checked
+            /// before anything is allocated for it, on writing and on reading.
+            pub const fn limit(self) -> u32 {
+                match self {
+                    $(Kind::$kind => $limit,)*
+                }
+            }
+
+            /// The name `torpor show` and error messages use.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $name,)*
+                }
+            }
+
+            /// The record as a truncation error names it.
+            pub const fn what(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $what,)*
+                }
+            }
+
+            /// Whether the image writer frames records of this kind itself
+            /// (header, pages, trailer) rather than taking them from
+            /// [`ImageWriter::write`](super::ImageWriter::write).
+            pub const fn by_writer(self) -> bool {
+                match self {
+                    $(Kind::$kind => registry!(@by_writer $role),)*
+                }
+            }
+
+            /// Runs `v` with the payload type of this kind; `None` for the
+            /// kinds the writer frames itself.
+            pub fn visit<V: KindVisitor>(self, v: V) -> Option<V::Output> {
+                match self {
+                    $(Kind::$kind => registry!(@visit $role, $ty, v),)*
+                }
+            }
+        }
+
+        $(
+            impl RecordType for $ty {
+                const KIND: Kind = Kind::$kind;
+            }
+            registry!(@state $role, $ty);
+        )*
+    };
+}
+
+// The registry: one line per kind. Adding a kind is a payload struct and a
+// line here, appended with the next free byte (and a minor version; see
+// "Versions" in `crate::image`). `writer` kinds are framed by the image writer itself,
+// `state` kinds are appended with `ImageWriter::write`.
+registry! {
+    //                byte  name              payload          limit            when cut short             by
+    Header          =  1,  "header",         super::Header,   HEADER_LIMIT,    "the header record",       writer;
+    Task            =  2,  "task",           Task,            STATE_LIMIT,     "a task record",           state;
+    Thread          =  3,  "thread",         Thread,          STATE_LIMIT,     "a thread record",         state;
+    Vma             =  4,  "vma",            Vma,             STATE_LIMIT,     "a vma record",            state;
+    Fd              =  5,  "fd",             Fd,              STATE_LIMIT,     "an fd record",            state;
+    MmFields        =  6,  "mm",             MmFields,        STATE_LIMIT,     "an mm record",            state;
+    PipeData        =  7,  "pipe-data",      PipeData,        PIPE_DATA_LIMIT, "a pipe-data record",      state;
+    Pages           =  8,  "pages",          Pages<'_>,       PAGES_LIMIT,     "a pages record",          writer;
+    Trailer         =  9,  "trailer",        Trailer,         TRAILER_LIMIT,   "the trailer",             writer;
     /// Contents of a file on tmpfs that the tree maps shared (POSIX shm).
-    TmpfsFile = 10,
+    TmpfsFile       = 10,  "tmpfs-file",     TmpfsFile,       STATE_LIMIT,     "a tmpfs-file record",     state;
     /// A memfd the tree holds or maps: name, size, seals (contents follow
     /// as `object-data`).
-    MemfdObject = 11,
+    MemfdObject     = 11,  "memfd",          MemfdObject,     STATE_LIMIT,     "a memfd record",          state;
     /// A SysV shared memory segment the tree has attached.
-    SysvShm = 12,
+    SysvShm         = 12,  "sysv-shm",       SysvShm,         STATE_LIMIT,     "a sysv-shm record",       state;
     /// A piece of the contents of a memfd or SysV segment.
-    ObjectData = 13,
+    ObjectData      = 13,  "object-data",    ObjectData,      STATE_LIMIT,     "an object-data record",   state;
     /// A pipe whose other end a process outside the tree holds.
-    ExternalPipe = 14,
+    ExternalPipe    = 14,  "external-pipe",  ExternalPipe,    STATE_LIMIT,     "an external-pipe record", state;
     /// A regular file unlinked while the tree holds or maps it (contents
     /// follow as `object-data`).
-    UnlinkedObject = 15,
+    UnlinkedObject  = 15,  "unlinked-file",  UnlinkedObject,  STATE_LIMIT,     "an unlinked-file record", state;
     /// The tree's clocks at the freeze and its time namespace.
-    Clocks = 16,
+    Clocks          = 16,  "clocks",         Clocks,          STATE_LIMIT,     "the clocks record",       state;
     /// Signal-driven I/O of an open file description: owner and signal.
-    FileSigIo = 17,
+    FileSigIo       = 17,  "file-sigio",     FileSigIo,       STATE_LIMIT,     "a file-sigio record",     state;
     /// One seccomp filter of the process before it (oldest first).
-    SeccompFilter = 18,
+    SeccompFilter   = 18,  "seccomp-filter", SeccompFilter,   STATE_LIMIT,     "a seccomp-filter record", state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -65,78 +190,6 @@ pub const PAGE_BATCH_BYTES: u32 = 64 * 1024;
 /// The largest `Pages` payload: a batch that did not compress, plus its head
 /// (vaddr, count, codec, data length; at most 22 bytes as postcard varints).
 pub const PAGES_LIMIT: u32 = PAGE_BATCH_BYTES + 64;
-
-impl Kind {
-    /// Every kind, in numeric order.
-    pub const ALL: [Kind; 18] = [
-        Kind::Header,
-        Kind::Task,
-        Kind::Thread,
-        Kind::Vma,
-        Kind::Fd,
-        Kind::MmFields,
-        Kind::PipeData,
-        Kind::Pages,
-        Kind::Trailer,
-        Kind::TmpfsFile,
-        Kind::MemfdObject,
-        Kind::SysvShm,
-        Kind::ObjectData,
-        Kind::ExternalPipe,
-        Kind::UnlinkedObject,
-        Kind::Clocks,
-        Kind::FileSigIo,
-        Kind::SeccompFilter,
-    ];
-
-    /// The kind a frame's kind byte names, if this torpor knows it.
-    pub fn from_byte(b: u8) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| *k as u8 == b)
-    }
-
-    /// The largest payload a record of this kind may have; checked before
-    /// anything is allocated for it, on writing and on reading.
-    pub fn limit(self) -> u32 {
-        match self {
-            Kind::Header => HEADER_LIMIT,
-            Kind::Trailer => TRAILER_LIMIT,
-            Kind::Pages => PAGES_LIMIT,
-            Kind::PipeData => PIPE_DATA_LIMIT,
-            Kind::Task | Kind::Thread | Kind::Vma | Kind::Fd | Kind::MmFields | Kind::TmpfsFile => {
-                STATE_LIMIT
-            }
-            Kind::MemfdObject | Kind::SysvShm | Kind::ObjectData | Kind::ExternalPipe => {
-                STATE_LIMIT
-            }
-            Kind::UnlinkedObject | Kind::Clocks | Kind::FileSigIo => STATE_LIMIT,
-            Kind::SeccompFilter => STATE_LIMIT,
-        }
-    }
-
-    /// The name `torpor show` and error messages use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Header => "header",
-            Kind::Task => "task",
-            Kind::Thread => "thread",
-            Kind::Vma => "vma",
-            Kind::Fd => "fd",
-            Kind::MmFields => "mm",
-            Kind::PipeData => "pipe-data",
-            Kind::Pages => "pages",
-            Kind::Trailer => "trailer",
-            Kind::TmpfsFile => "tmpfs-file",
-            Kind::MemfdObject => "memfd",
-            Kind::SysvShm => "sysv-shm",
-            Kind::ObjectData => "object-data",
-            Kind::ExternalPipe => "external-pipe",
-            Kind::UnlinkedObject => "unlinked-file",
-            Kind::Clocks => "clocks",
-            Kind::FileSigIo => "file-sigio",
-            Kind::SeccompFilter => "seccomp-filter",
-        }
-    }
-}
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

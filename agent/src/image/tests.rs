@@ -597,7 +597,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 2.0 is not supported (this torpor reads format 1.1)"
+        "image format 3.0 is not supported (this torpor reads format 2.0)"
     );
 
     let mut h = header();
@@ -961,4 +961,84 @@ fn write_errors_carry_the_offset() {
     let e = ImageWriter::new(Full(20), &header()).unwrap_err();
     assert!(matches!(e, ImageError::Io { .. }), "{e:?}");
     assert!(e.to_string().contains("device full"), "{e}");
+}
+
+#[test]
+fn the_registry_gives_each_kind_one_byte_name_and_type() {
+    let mut names = std::collections::HashSet::new();
+    for (i, k) in Kind::ALL.into_iter().enumerate() {
+        // Numbered from 1 without gaps, so a new kind takes the next byte.
+        assert_eq!(k as usize, i + 1, "{k}");
+        assert_eq!(Kind::from_byte(k as u8), Some(k));
+        assert!(names.insert(k.name()), "{k} named twice");
+        assert!(k.what().ends_with(if k == Kind::Trailer {
+            "trailer"
+        } else {
+            "record"
+        }));
+        assert!(k.limit() >= TRAILER_LIMIT, "{k}");
+    }
+    assert_eq!(Kind::from_byte(0), None);
+    let next = u8::try_from(Kind::COUNT + 1).expect("room for more kinds");
+    assert_eq!(Kind::from_byte(next), None);
+    let framed: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.by_writer()).collect();
+    assert_eq!(framed, [Kind::Header, Kind::Pages, Kind::Trailer]);
+    assert_eq!(<Header as RecordType>::KIND, Kind::Header);
+    assert_eq!(Pages::KIND, Kind::Pages);
+    assert_eq!(Trailer::KIND, Kind::Trailer);
+    assert_eq!(Task::KIND, Kind::Task);
+    assert_eq!(SeccompFilter::KIND, Kind::SeccompFilter);
+}
+
+#[test]
+fn a_record_is_written_and_read_only_under_its_own_kind() {
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    w.write(&clocks()).expect("clocks");
+    w.write(&mm()).expect("mm");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let rec = r.next_record().expect("read").expect("clocks");
+    assert_eq!(rec.kind(), Kind::Clocks);
+    assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks());
+    let e = rec.decode::<MmFields>().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ImageError::WrongKind {
+                kind: Kind::Clocks,
+                wanted: Kind::MmFields,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the clocks record at offset {} cannot be read as a mm record",
+            rec.offset()
+        )
+    );
+    let rec = r.next_record().expect("read").expect("mm");
+    assert_eq!(rec.kind(), Kind::MmFields);
+    assert_eq!(rec.decode::<MmFields>().expect("mm"), mm());
+}
+
+#[test]
+fn a_state_kind_is_visited_with_its_payload_type() {
+    struct Named;
+    impl KindVisitor for Named {
+        type Output = Kind;
+        fn visit<T: StateRecord>(self) -> Kind {
+            T::KIND
+        }
+    }
+    for k in Kind::ALL {
+        let visited = k.visit(Named);
+        if k.by_writer() {
+            assert_eq!(visited, None, "{k}");
+        } else {
+            assert_eq!(visited, Some(k));
+        }
+    }
 }

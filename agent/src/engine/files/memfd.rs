@@ -24,7 +24,7 @@ use super::{into_raw, last_os, owned};
 use crate::engine::procfs::MapEntry;
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState};
 use crate::engine::Cause;
-use crate::image::records::{Kind, Memfd, MemfdObject, MemfdRef, ObjectRef, RawPath};
+use crate::image::records::{Memfd, MemfdObject, MemfdRef, ObjectRef, RawPath};
 use crate::image::ImageWriter;
 
 /// `HUGETLBFS_MAGIC` from linux/magic.h: a memfd made with MFD_HUGETLB.
@@ -119,7 +119,7 @@ pub(super) fn write<W: Write>(
             uid: md.uid(),
             gid: md.gid(),
         };
-        w.record(Kind::MemfdObject, &obj)?;
+        w.write(&obj)?;
         super::write_contents(w, &f, md.size(), ObjectRef::Memfd(id))
             .map_err(|e| refuse(format!("reading its contents: {e}")))?;
     }

@@ -384,7 +384,7 @@ fn write_unlinked<W: std::io::Write>(
             uid: md.uid(),
             gid: md.gid(),
         };
-        w.record(crate::image::Kind::UnlinkedObject, &object)?;
+        w.write(&object)?;
         write_contents(w, &f, object.size, ObjectRef::Unlinked(inode))?;
     }
     Ok(())
@@ -431,14 +431,11 @@ fn write_contents<W: std::io::Write>(
             let n = usize::try_from(room.min(end - pos)).unwrap_or(OBJECT_CHUNK);
             f.read_exact_at(&mut buf[..n], pos)?;
             if buf[..n].iter().any(|b| *b != 0) {
-                w.record(
-                    crate::image::Kind::ObjectData,
-                    &ObjectData {
-                        object,
-                        offset: pos,
-                        bytes: buf[..n].to_vec(),
-                    },
-                )?;
+                w.write(&ObjectData {
+                    object,
+                    offset: pos,
+                    bytes: buf[..n].to_vec(),
+                })?;
             }
             pos += n as u64;
         }

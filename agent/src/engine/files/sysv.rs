@@ -26,7 +26,7 @@ use crate::engine::remote::Remote;
 use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::Cause;
-use crate::image::records::{Kind, ObjectRef, SysvShm};
+use crate::image::records::{ObjectRef, SysvShm};
 use crate::image::ImageWriter;
 
 const SHM_NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
@@ -148,7 +148,7 @@ pub(super) fn write<W: Write>(
             removed: row.perms & SHM_DEST != 0,
             created_key,
         };
-        w.record(Kind::SysvShm, &seg)?;
+        w.write(&seg)?;
         // The attachment opens as the segment's shmem file, which reads
         // and tells holes from data.
         let f =

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, ProcessState};
 use crate::engine::Cause;
-use crate::image::records::{Kind, RawPath, TmpfsFile, TMPFS_CHUNK};
+use crate::image::records::{RawPath, TmpfsFile, TMPFS_CHUNK};
 use crate::image::ImageWriter;
 
 /// `TMPFS_MAGIC` from linux/magic.h.
@@ -59,7 +59,7 @@ pub(super) fn write<W: Write>(
                 };
                 // An empty file still gets its one record.
                 if n > 0 || offset == 0 {
-                    w.record(Kind::TmpfsFile, &rec)?;
+                    w.write(&rec)?;
                 }
                 if n == 0 {
                     break;
