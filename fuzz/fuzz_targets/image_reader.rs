@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use torpor::image::records::{
-    Clocks, ExternalPipe, Fd, FileSigIo, Kind, MemfdObject, MmFields, ObjectData, PipeData, SeccompFilter, SysvShm,
-    Task, Thread, TmpfsFile, Trailer, UnlinkedObject, Vma,
+    Clocks, ExternalPipe, Fd, FileSigIo, Kind, MemfdObject, MmFields, ObjectData, PipeData,
+    SeccompFilter, SysvShm, Task, Thread, TmpfsFile, Trailer, UnlinkedObject, Vma,
 };
 use torpor::image::{self, Header, ImageWriter};
 
