@@ -564,10 +564,8 @@ fn a_live_daemon_is_not_replaced_and_a_stale_socket_is() {
     let fd = packet::seqpacket_socket().unwrap();
     let (addr, len) = packet::socket_address(&path).unwrap();
     // SAFETY: addr is a valid sockaddr_un of len bytes.
-    assert_eq!(
-        unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) },
-        0
-    );
+    let bound = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+    assert_eq!(bound, 0);
     drop(fd);
     let l = torpor::daemon::Listener::bind(&path, 0, 0, 0o640).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -43,11 +43,8 @@ impl PowerDown for CuttingSupply {
         *self.cuts.lock().unwrap() += 1;
         let pid = self.victim.load(Ordering::SeqCst);
         // SAFETY: kill has no memory effects.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGKILL) },
-            0,
-            "the frozen app is gone before the cut"
-        );
+        let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(killed, 0, "the frozen app is gone before the cut");
         Ok(0)
     }
     fn release(&mut self) {}

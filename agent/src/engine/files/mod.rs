@@ -519,8 +519,9 @@ impl Segments {
                 .into());
             }
             // Owner first: chown clears set-id bits.
-            // SAFETY: fchown and fchmod on our own fd, integer arguments.
+            // SAFETY: fchown on our own fd, integer arguments.
             if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
+                // SAFETY: fchmod on our own fd, integer arguments.
                 || unsafe { libc::fchmod(fd, o.mode) } < 0
             {
                 let e = last_os();
