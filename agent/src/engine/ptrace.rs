@@ -76,6 +76,7 @@ impl<T> RemotePtr<T> {
     }
 }
 
+#[allow(clippy::cast_possible_wrap)] // the request is c_uint in glibc, c_int in musl
 fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {
     // SAFETY: callers pass requests whose addr/data are plain integers or
     // pointers to live buffers of the size the request needs.

@@ -29,7 +29,12 @@ fn on_tmpfs(path: &str) -> bool {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut s) } < 0 {
         return false;
     }
-    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    // f_type is i64 in glibc's x86_64 statfs, u32 in musl's ARM one.
+    #[allow(
+        clippy::unnecessary_cast,
+        clippy::cast_sign_loss,
+        clippy::cast_lossless
+    )]
     let magic = s.f_type as u64;
     magic == TMPFS_MAGIC
 }
