@@ -11,7 +11,8 @@
 #   make arm          the stripped static ARMv6 binary: $(ARM_BIN)
 #   make demo         the emulated Pi Zero hibernate/resume demo
 #   make bench        benchmarks: bench-image (codec), bench-engine (dump/restore)
-#   make fuzz-image   libFuzzer on the image reader (nightly, cargo-fuzz)
+#   make fuzz-image   libFuzzer on the image reader (nightly, cargo-fuzz);
+#                     make fuzz is the same
 
 ARM_TARGET   := arm-unknown-linux-musleabi
 ARM_UNWIND   := $(CURDIR)/target/armv6-libunwind
@@ -87,12 +88,13 @@ demo: deps
 
 # Image codec throughput (random and compressible pages) and encoder memory,
 # as ratios to a memcpy of the same 64 MiB measured in the same run.
-.PHONY: bench-image fuzz-image
+.PHONY: bench-image fuzz fuzz-image
 bench-image:
 	cargo bench -p torpor --bench codec
 
 # Ten minutes of libFuzzer on the image reader (needs nightly and cargo-fuzz).
 FUZZ_TIME ?= 600
+fuzz: fuzz-image
 fuzz-image:
 	mkdir -p fuzz/corpus/image_reader
 	cargo +nightly fuzz run image_reader fuzz/corpus/image_reader fuzz/seeds/image_reader -- \
