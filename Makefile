@@ -1,10 +1,18 @@
 # torpor: the build, test and bench entry points.
 #
-#   make deps       install every tool and package a fresh machine lacks
-#   make test       the whole test suite (host, ARMv6 under qemu-arm, Pi Zero bench)
-#   make arm        the stripped static ARMv6 binary: $(ARM_BIN)
-#   make demo       the emulated Pi Zero hibernate/resume demo
-#   make bench      benchmarks (image codec, dump/restore)
+#   make deps         install every tool and package a fresh machine lacks
+#   make test         the whole test suite: lint, host, ARMv6 under qemu-arm,
+#                     the board files, the emulated Pi Zero bench
+#   make lint         rustfmt and clippy -D warnings, for the host and for ARMv6
+#   make test-host    cargo test --workspace
+#   make test-arm     the library's unit tests for ARMv6 under qemu-arm
+#   make check-board  the Buildroot external tree and Pi Zero board files
+#   make pizero-test  the emulated Pi Zero bench
+#   make arm          the stripped static ARMv6 binary: $(ARM_BIN)
+#   make demo         the emulated Pi Zero hibernate/resume demo
+#   make bench        benchmarks: bench-image (codec), bench-engine (dump/restore)
+#   make fuzz-image   libFuzzer on the image reader (nightly, cargo-fuzz);
+#                     make fuzz is the same
 
 ARM_TARGET   := arm-unknown-linux-musleabi
 ARM_UNWIND   := $(CURDIR)/target/armv6-libunwind
@@ -14,7 +22,7 @@ ARM_ENV      := RUSTC_BOOTSTRAP=1 \
 ARM_CARGO    := $(ARM_ENV) cargo
 BUILD_STD    := -Z build-std=std,panic_abort --target $(ARM_TARGET)
 
-.PHONY: deps test test-host test-arm arm demo bench fuzz lint
+.PHONY: deps test test-host test-arm arm demo bench lint
 
 deps:
 	bash scripts/install-deps.sh
@@ -28,6 +36,20 @@ arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) build --release $(BUILD_STD) -p torpor --bin torpor
 	@file $(ARM_BIN)
 
+# Every Rust crate in the tree is formatted, the fuzz target and the Rust test
+# app included (neither is a workspace member), and clippy has nothing to say
+# about any target of the workspace, built for the host or for ARMv6: code
+# under cfg(target_arch = "arm") and the 32-bit libc types are only seen
+# there. The ARMv6 check keeps its own target directory, as test-arm does,
+# so the std it builds never sits beside another build's std (see test-arm).
+RUST_CRATES  := Cargo.toml fuzz/Cargo.toml tests/apps/rust/Cargo.toml
+
+lint: $(ARM_UNWIND)/libunwind.a
+	for m in $(RUST_CRATES); do cargo fmt --all --check --manifest-path $$m || exit 1; done
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(ARM_CARGO) clippy $(BUILD_STD) --target-dir target/arm-lint \
+		--workspace --all-targets -- -D warnings
+
 test-host:
 	cargo test --workspace
 
@@ -38,7 +60,8 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release --config 'profile.release.panic="unwind"' \
 		--target-dir target/arm-test $(BUILD_STD) -p torpor --lib
 
-test: deps test-host test-arm check-board pizero-test
+# Cheap checks first: formatting and clippy fail in a minute.
+test: deps lint test-host test-arm check-board pizero-test
 
 # Buildroot external tree and Pi Zero board files: shellcheck, the SD card
 # layout through post-image.sh/genimage, Kconfig, torpor.mk, the init hook
@@ -65,12 +88,13 @@ demo: deps
 
 # Image codec throughput (random and compressible pages) and encoder memory,
 # as ratios to a memcpy of the same 64 MiB measured in the same run.
-.PHONY: bench-image fuzz-image
+.PHONY: bench-image fuzz fuzz-image
 bench-image:
 	cargo bench -p torpor --bench codec
 
 # Ten minutes of libFuzzer on the image reader (needs nightly and cargo-fuzz).
 FUZZ_TIME ?= 600
+fuzz: fuzz-image
 fuzz-image:
 	mkdir -p fuzz/corpus/image_reader
 	cargo +nightly fuzz run image_reader fuzz/corpus/image_reader fuzz/seeds/image_reader -- \

@@ -277,6 +277,8 @@ fn probe_pidfd_getfd() -> Result<(), String> {
     // SAFETY: both fds were created above and are closed exactly once.
     unsafe {
         if copied >= 0 {
+            // c_long is c_int on 32-bit ARM.
+            #[allow(irrefutable_let_patterns)]
             if let Ok(fd) = libc::c_int::try_from(copied) {
                 libc::close(fd);
             }

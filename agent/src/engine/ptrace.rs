@@ -88,6 +88,7 @@ impl<T> RemotePtr<T> {
 /// takes integers, and where it reads or writes through either of them, the
 /// address of memory of ours that is live, valid for that access and at
 /// least as large as the request uses, for the duration of the call.
+#[allow(clippy::cast_possible_wrap)] // the request is c_uint in glibc, c_int in musl
 unsafe fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {
     // SAFETY: the caller upholds the contract above.
     unsafe { libc::ptrace(req as _, tid, addr, data) }

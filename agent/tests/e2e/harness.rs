@@ -520,15 +520,27 @@ pub fn torpor(
     })
 }
 
-/// True when this torpor has a `dump` subcommand; the checkpoint tests skip until it does.
-pub fn has_dump_command() -> bool {
-    Command::new(torpor_bin())
-        .args(["dump", "--help"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Ok when this torpor has every one of `commands`; otherwise an error
+/// naming the binary and the first command it lacks. A checkpoint run
+/// without them cannot test anything, and a refused dump would look like
+/// the refusal it expects.
+pub fn require_commands(commands: &[&str]) -> Result<(), String> {
+    let bin = torpor_bin();
+    for command in commands {
+        let out = Command::new(bin)
+            .args([command, "--help"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run `{bin} {command} --help`: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{bin} has no `{command}` command: `torpor {command} --help` ended: {}\n  stderr: {}",
+                out.status,
+                indent_or_empty(&String::from_utf8_lossy(&out.stderr))
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------- runs
@@ -777,6 +789,7 @@ pub fn checkpoint_run_with(
     between: &dyn Fn(i32, &Workdir) -> Result<(), String>,
     after: &dyn Fn(i32, &Workdir, Cycle) -> Result<(), String>,
 ) -> Result<String, String> {
+    require_commands(&["dump", "restore"])?;
     run_app(
         &format!("checkpoint-{name}"),
         name,
@@ -842,6 +855,7 @@ pub fn checkpoint_run_with(
 /// fails with a reason on stderr, the app is left running and untraced, and
 /// after go it passes. Returns the reason.
 pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
+    require_commands(&["dump"])?;
     run_app(&format!("refused-{name}"), name, args, |pid, w, _| {
         wait_ready_running(pid, name, w)?;
         let dumped = dump(pid, &w.path().join("img"), w, "dump")?;
@@ -885,6 +899,7 @@ pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
 /// tree is gone; the restored app finishes: PASS, exit 0). Never a hang,
 /// never a leftover. Returns which of the two happened.
 pub fn exiting_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
+    require_commands(&["dump", "restore"])?;
     run_app(&format!("exiting-{name}"), name, args, |pid, w, reaper| {
         if let Some(ended) = wait_ready(pid, name, w)? {
             expect_pass(name, ended, w)?;

@@ -194,7 +194,7 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
         16
     };
     let len = libc::socklen_t::try_from(len).unwrap_or(0);
-    // SAFETY: bind/listen on our socket with a local address buffer.
+    // SAFETY: bind on our socket with a local address buffer of `len` bytes.
     if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0
         // SAFETY: listen on our own socket, integer arguments.
         || unsafe { libc::listen(lst.as_raw_fd(), 1) } < 0

@@ -468,7 +468,12 @@ fn fs_magic(fd: i32) -> Result<u64, std::io::Error> {
     if unsafe { libc::fstatfs(fd, &raw mut s) } < 0 {
         return Err(last_os());
     }
-    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    // f_type is i64 in glibc's x86_64 statfs, u32 in musl's ARM one.
+    #[allow(
+        clippy::unnecessary_cast,
+        clippy::cast_sign_loss,
+        clippy::cast_lossless
+    )]
     let magic = s.f_type as u64;
     Ok(magic)
 }
@@ -540,7 +545,7 @@ impl Segments {
                 .into());
             }
             // Owner first: chown clears set-id bits.
-            // SAFETY: fchown and fchmod on our own fd, integer arguments.
+            // SAFETY: fchown on our own fd, integer arguments.
             if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
                 // SAFETY: fchmod on our own fd, integer arguments.
                 || unsafe { libc::fchmod(fd, o.mode) } < 0
@@ -694,6 +699,7 @@ fn last_os() -> std::io::Error {
 }
 
 /// Takes ownership of a syscall's fd result.
+#[allow(clippy::useless_conversion)] // c_long is i32 on 32-bit ARM
 fn owned(r: libc::c_long) -> Result<OwnedFd, std::io::Error> {
     if r < 0 {
         return Err(last_os());

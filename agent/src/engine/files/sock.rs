@@ -74,6 +74,9 @@ fn get_timeo(fd: &OwnedFd, opt: i32) -> Result<u64, std::io::Error> {
 }
 
 fn set_timeo(fd: i32, opt: i32, us: u64) -> Result<(), std::io::Error> {
+    // libc deprecates time_t on musl ahead of its 64-bit change; the field
+    // has that type whichever it is.
+    #[allow(deprecated)]
     let tv = libc::timeval {
         tv_sec: libc::time_t::try_from(us / 1_000_000).unwrap_or(libc::time_t::MAX),
         tv_usec: libc::suseconds_t::try_from(us % 1_000_000).unwrap_or(0),

@@ -288,6 +288,8 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     let ds = (&raw mut buf).cast::<libc::shmid_ds>();
     // SAFETY: `ds` points to SHMID_BUF zeroed, aligned bytes, more than a
     // shmid_ds; zero is a valid value of each field.
+    // The mode is u16 in glibc's ipc_perm, mode_t (u32) in musl's.
+    #[allow(clippy::useless_conversion)]
     unsafe {
         (*ds).shm_perm.uid = seg.uid;
         (*ds).shm_perm.gid = seg.gid;

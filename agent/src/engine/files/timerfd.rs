@@ -37,6 +37,9 @@ fn now_ns(clock: i32) -> Result<u64, std::io::Error> {
     Ok(u64::try_from(ts.tv_sec).unwrap_or(0) * NS + u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
+// libc deprecates time_t on musl ahead of its 64-bit change; the field has
+// that type whichever it is.
+#[allow(deprecated)]
 fn timespec(ns: u64) -> libc::timespec {
     libc::timespec {
         tv_sec: libc::time_t::try_from(ns / NS).unwrap_or(libc::time_t::MAX),

@@ -20,7 +20,12 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 fn on_tmpfs(path: &str) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| {
-        #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+        // f_type is i64 in glibc's x86_64 statfs, u32 in musl's ARM one.
+        #[allow(
+            clippy::unnecessary_cast,
+            clippy::cast_sign_loss,
+            clippy::cast_lossless
+        )]
         let magic = s.filesystem_type().0 as u64;
         magic == TMPFS_MAGIC
     })

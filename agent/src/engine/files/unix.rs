@@ -145,7 +145,10 @@ pub(super) fn peek_queue(
         m.msg_iov = &raw mut iov;
         m.msg_iovlen = 1;
         m.msg_control = cbuf.as_mut_ptr().cast();
-        m.msg_controllen = core::mem::size_of_val(&cbuf) as _;
+        // size_t in glibc's msghdr, socklen_t in musl's; 128 fits either.
+        #[allow(clippy::cast_possible_truncation)]
+        let controllen = core::mem::size_of_val(&cbuf) as _;
+        m.msg_controllen = controllen;
         // SAFETY: recvmsg fills our iovec and control buffer.
         let n = unsafe { libc::recvmsg(fd, &raw mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
         if n < 0 {

@@ -40,6 +40,7 @@ pub(super) struct CloneArgs {
 }
 
 /// fork(2) with a chosen pid: 0 in the child, the pid in the parent.
+#[allow(clippy::useless_conversion)] // c_long is i32 on 32-bit ARM
 pub(crate) fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
     let tid: libc::pid_t = pid;
     let args = CloneArgs {
@@ -262,10 +263,11 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             rlim_cur: *cur,
             rlim_max: *max,
         };
+        let which = res
+            .try_into()
+            .map_err(|_| format!("rlimit resource {res} out of range"))?;
         // SAFETY: a plain syscall on integers or live C strings.
-        if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) }
-            < 0
-        {
+        if unsafe { libc::setrlimit(which, &raw const lim) } < 0 {
             return Err(format!("setrlimit {res}: {}", last_os()));
         }
     }
