@@ -293,15 +293,15 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     let mem = Mem::open(pid)?;
     let mut main = Remote::at_pc(pid, &mem)?;
     let size = PARASITE_MAP_SIZE as u64;
-    let (mmap_nr, a) = arch::mmap_args(
+    let base = main.mmap(
+        "mmap",
         0,
         size,
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
         -1,
         0,
-    );
-    let base = main.syscall("mmap", mmap_nr, a)?;
+    )?;
     let result = (|| -> Result<(), Cause> {
         mem.write(RemotePtr::<u8>::new(base), torpor_parasite::parasite())?;
         main.syscall(
@@ -375,7 +375,7 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     } else {
         Ok(Vec::new())
     };
-    let unmapped = main.syscall("munmap", nr::MUNMAP, [base, size, 0, 0, 0, 0]);
+    let unmapped = main.munmap("munmap", base, size);
     p.posix_timers = timers?;
     result?;
     unmapped?;

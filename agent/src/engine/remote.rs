@@ -180,6 +180,60 @@ impl<'m> Remote<'m> {
         Ok(r.bits() & usize::MAX as u64)
     }
 
+    /// `mmap` in the task; `what` names the mapping in errors. Returns the
+    /// address the kernel chose (with `MAP_FIXED*`, the one asked for).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap(
+        &mut self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: i32,
+        offset: u64,
+    ) -> Result<u64, RemoteError> {
+        let (n, a) = arch::mmap_args(addr, len, prot, flags, fd, offset);
+        self.syscall(what, n, a)
+    }
+
+    /// `munmap` of `[addr, addr + len)` in the task.
+    pub fn munmap(&mut self, what: &'static str, addr: u64, len: u64) -> Result<(), RemoteError> {
+        self.syscall(what, arch::nr::MUNMAP, [addr, len, 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `mprotect` of `[addr, addr + len)` in the task.
+    pub fn mprotect(
+        &mut self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+        prot: i32,
+    ) -> Result<(), RemoteError> {
+        let prot = u64::from(prot.bits());
+        self.syscall(what, arch::nr::MPROTECT, [addr, len, prot, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// Closes the task's descriptor `fd`.
+    pub fn close(&mut self, fd: u64) -> Result<(), RemoteError> {
+        self.syscall("close", arch::nr::CLOSE, [fd, 0, 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `prctl(option, arg2, arg3, 0, 0)` in the task; `what` names the
+    /// request in errors.
+    pub fn prctl(
+        &mut self,
+        what: &'static str,
+        option: u64,
+        arg2: u64,
+        arg3: u64,
+    ) -> Result<u64, RemoteError> {
+        self.syscall(what, arch::nr::PRCTL, [option, arg2, arg3, 0, 0, 0])
+    }
+
     /// Runs the parasite at `entry` with its argument area at `args` and the
     /// stack pointer at `stack`, until it traps.
     pub fn run_parasite(&mut self, entry: u64, args: u64, stack: u64) -> Result<(), RemoteError> {

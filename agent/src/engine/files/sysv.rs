@@ -446,7 +446,7 @@ pub(super) fn attach(
         let mut at = base;
         for v in vmas {
             if v.start > at {
-                r.syscall("munmap (SysV)", nr::MUNMAP, [at, v.start - at, 0, 0, 0, 0])?;
+                r.munmap("munmap (SysV)", at, v.start - at)?;
             }
             if v.prot != prot {
                 r.syscall(
@@ -465,11 +465,7 @@ pub(super) fn attach(
             at = v.end;
         }
         if at < base + len {
-            r.syscall(
-                "munmap (SysV)",
-                nr::MUNMAP,
-                [at, base + len - at, 0, 0, 0, 0],
-            )?;
+            r.munmap("munmap (SysV)", at, base + len - at)?;
         }
     }
     Ok(())

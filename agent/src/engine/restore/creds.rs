@@ -65,11 +65,7 @@ pub(super) fn restore_creds(
     if caps_change {
         for cap in 0..=last_cap.min(63) {
             if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
-                r.syscall(
-                    "prctl(PR_CAPBSET_DROP)",
-                    nr::PRCTL,
-                    [PR_CAPBSET_DROP, u64::from(cap), 0, 0, 0, 0],
-                )?;
+                r.prctl("prctl(PR_CAPBSET_DROP)", PR_CAPBSET_DROP, u64::from(cap), 0)?;
             }
         }
         // Inheritable first, while every permitted capability is there.
@@ -77,11 +73,7 @@ pub(super) fn restore_creds(
     }
     if ids_change {
         if caps_change {
-            r.syscall(
-                "prctl(PR_SET_KEEPCAPS)",
-                nr::PRCTL,
-                [PR_SET_KEEPCAPS, 1, 0, 0, 0, 0],
-            )?;
+            r.prctl("prctl(PR_SET_KEEPCAPS)", PR_SET_KEEPCAPS, 1, 0)?;
         }
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let at = Scratch::at(mem, tramp).bytes(&groups)?;
@@ -95,38 +87,24 @@ pub(super) fn restore_creds(
         let [u0, u1, u2, _] = c.uids.map(u64::from);
         r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
         if caps_change {
-            r.syscall(
-                "prctl(PR_SET_KEEPCAPS)",
-                nr::PRCTL,
-                [PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
-            )?;
+            r.prctl("prctl(PR_SET_KEEPCAPS)", PR_SET_KEEPCAPS, 0, 0)?;
         }
     }
     if caps_change {
         capset(r, mem, tramp, c.caps[0], c.caps[1], c.caps[2])?;
         for cap in 0..=last_cap.min(63) {
             if c.caps[4] & (1u64 << cap) != 0 {
-                r.syscall(
+                r.prctl(
                     "prctl(PR_CAP_AMBIENT_RAISE)",
-                    nr::PRCTL,
-                    [
-                        PR_CAP_AMBIENT,
-                        PR_CAP_AMBIENT_RAISE,
-                        u64::from(cap),
-                        0,
-                        0,
-                        0,
-                    ],
+                    PR_CAP_AMBIENT,
+                    PR_CAP_AMBIENT_RAISE,
+                    u64::from(cap),
                 )?;
             }
         }
     }
     if c.no_new_privs && !me.no_new_privs {
-        r.syscall(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            nr::PRCTL,
-            [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
-        )?;
+        r.prctl("prctl(PR_SET_NO_NEW_PRIVS)", PR_SET_NO_NEW_PRIVS, 1, 0)?;
     }
     Ok(())
 }

@@ -70,7 +70,7 @@ pub(super) fn map_process<'a>(
             {
                 continue;
             }
-            r.syscall("munmap", nr::MUNMAP, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+            r.munmap("munmap", m.start, m.end - m.start)?;
         }
         move_specials(r, p, &current, tramp, shm)?;
         segs.attach_sysv(r, p)?;
@@ -132,11 +132,7 @@ fn move_specials(
                 .iter()
                 .any(|v| matches!(&v.backing, Backing::Special(n) if *n == m.name))
         {
-            r.syscall(
-                "munmap (special)",
-                nr::MUNMAP,
-                [m.start, m.end - m.start, 0, 0, 0, 0],
-            )?;
+            r.munmap("munmap (special)", m.start, m.end - m.start)?;
         }
     }
     // First out of the way (sources and targets may overlap), then what is
@@ -165,11 +161,7 @@ fn move_specials(
     }
     // What is left of the shared objects: the parts this task does not map.
     for &(addr, size) in shm.values() {
-        r.syscall(
-            "munmap (shared memory)",
-            nr::MUNMAP,
-            [addr, size, 0, 0, 0, 0],
-        )?;
+        r.munmap("munmap (shared memory)", addr, size)?;
     }
     for (&(_, size, to), &tmp) in moves.iter().zip(&slots) {
         mv(r, "mremap (special, into place)", tmp, size, to)?;
@@ -220,8 +212,7 @@ fn map_vma(
             if v.noreserve {
                 flags |= libc::MAP_NORESERVE;
             }
-            let (n, a) = arch::mmap_args(v.start, len, v.prot, flags, -1, 0);
-            r.syscall("mmap (anonymous)", n, a)?;
+            r.mmap("mmap (anonymous)", v.start, len, v.prot, flags, -1, 0)?;
             Ok(())
         }
         // Moved into place with the specials; attached before.
@@ -291,9 +282,16 @@ fn map_from(
             libc::MAP_PRIVATE
         };
     let fd_i = i32::try_from(fd).unwrap_or(-1);
-    let (n, a) = arch::mmap_args(v.start, v.end - v.start, v.prot, flags, fd_i, offset);
-    let res = r.syscall("mmap (file)", n, a);
-    r.syscall("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    let res = r.mmap(
+        "mmap (file)",
+        v.start,
+        v.end - v.start,
+        v.prot,
+        flags,
+        fd_i,
+        offset,
+    );
+    r.close(fd)?;
     res.map_err(|e| {
         Cause::Refused(format!(
             "mapping {} ({path}) at {:#x}: {e}",

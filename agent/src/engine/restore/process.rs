@@ -56,11 +56,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
             if matches!(v.backing, Backing::Shm { .. })
                 && v.prot != libc::PROT_READ | libc::PROT_WRITE
             {
-                r.syscall(
-                    "mprotect",
-                    nr::MPROTECT,
-                    [v.start, v.end - v.start, u64::from(v.prot.bits()), 0, 0, 0],
-                )?;
+                r.mprotect("mprotect", v.start, v.end - v.start, v.prot)?;
             }
         }
         let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
@@ -93,7 +89,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
             nr::PRCTL,
             [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0],
         );
-        r.syscall("close", nr::CLOSE, [exe_fd, 0, 0, 0, 0, 0])?;
+        r.close(exe_fd)?;
         res?;
         for (i, sa) in p.sigactions.iter().enumerate() {
             let sig = i as u64 + 1;

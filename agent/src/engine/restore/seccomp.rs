@@ -1,7 +1,7 @@
 //! Seccomp filters, installed last in a process so that they never judge
 //! torpor's own remote syscalls.
 
-use crate::arch::{self, nr};
+use crate::arch::nr;
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::Remote;
 use crate::engine::state::ProcessState;
@@ -38,15 +38,15 @@ pub(super) fn install_seccomp(
         let len = f.program.len() as u64;
         let insns = u16::try_from(len / 8)
             .map_err(|_| Cause::Refused(format!("seccomp filter {i}: {len} bytes")))?;
-        let (n, a) = arch::mmap_args(
+        let at = r.mmap(
+            "mmap (seccomp filter)",
             0,
             len.max(1),
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
-        );
-        let at = r.syscall("mmap (seccomp filter)", n, a)?;
+        )?;
         mem.write(RemotePtr::<u8>::new(at), &f.program)?;
         // struct sock_fprog: u16 len, then a native pointer.
         let mut fprog = vec![0u8; 2 * word];
@@ -65,11 +65,7 @@ pub(super) fn install_seccomp(
                 0,
             ],
         );
-        r.syscall(
-            "munmap (seccomp filter)",
-            nr::MUNMAP,
-            [at, len.max(1), 0, 0, 0, 0],
-        )?;
+        r.munmap("munmap (seccomp filter)", at, len.max(1))?;
         if let Ok(tid) = &res {
             if *tid != 0 {
                 return Err(Cause::Refused(format!(

@@ -37,11 +37,7 @@ pub(super) fn restore_thread(
     const PR_SET_NAME: u64 = 15;
     let name = t.comm.as_bytes();
     let at = Scratch::at(mem, tramp).c_string(&name[..name.len().min(15)])?;
-    r.syscall(
-        "prctl(PR_SET_NAME)",
-        nr::PRCTL,
-        [PR_SET_NAME, at, 0, 0, 0, 0],
-    )?;
+    r.prctl("prctl(PR_SET_NAME)", PR_SET_NAME, at, 0)?;
     r.syscall(
         "set_tid_address",
         nr::SET_TID_ADDRESS,

@@ -24,10 +24,11 @@ pub(super) fn restore_timers(
     if p.posix_timers.is_empty() {
         return Ok(());
     }
-    let by_prctl = match r.syscall(
+    let by_prctl = match r.prctl(
         "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-        nr::PRCTL,
-        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+        PR_TIMER_CREATE_RESTORE_IDS,
+        1,
+        0,
     ) {
         Ok(_) => true,
         // Kernels before the request (6.1 on the Pi Zero) hand out ids in
@@ -88,10 +89,11 @@ pub(super) fn restore_timers(
         Ok(())
     })();
     if by_prctl {
-        r.syscall(
+        r.prctl(
             "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-            nr::PRCTL,
-            [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+            PR_TIMER_CREATE_RESTORE_IDS,
+            0,
+            0,
         )?;
     }
     created

@@ -151,11 +151,7 @@ pub(super) fn remote_open(
 /// final pc (the trampoline cannot unmap itself and trap).
 pub(super) fn remove(pid: i32, mem: &Mem, tramp: u64) -> Result<(), Cause> {
     let mut r = Remote::at_pc(pid, mem)?;
-    r.syscall(
-        "munmap (trampoline)",
-        nr::MUNMAP,
-        [tramp, TRAMP_SIZE, 0, 0, 0, 0],
-    )?;
+    r.munmap("munmap (trampoline)", tramp, TRAMP_SIZE)?;
     r.finish()?;
     Ok(())
 }
@@ -164,15 +160,15 @@ pub(super) fn remove(pid: i32, mem: &Mem, tramp: u64) -> Result<(), Cause> {
 /// code.
 pub(super) fn place(pid: i32, mem: &Mem, tramp: u64) -> Result<(), Cause> {
     let mut r = Remote::at_pc(pid, mem)?;
-    let (n, a) = arch::mmap_args(
+    let got = r.mmap(
+        "mmap (trampoline)",
         tramp,
         TRAMP_SIZE,
         libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
         -1,
         0,
-    );
-    let got = r.syscall("mmap (trampoline)", n, a)?;
+    )?;
     if got != tramp {
         return Err(Cause::Refused(format!(
             "trampoline landed at {got:#x}, not {tramp:#x}"
