@@ -46,8 +46,20 @@ pub struct ImageState {
     pub unlinked: Vec<crate::image::records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
+    /// Where each page record goes, in image order.
+    pub page_runs: Vec<PageRun>,
+    /// The image's page size (the header's, which is this host's).
+    pub page_size: u64,
     /// The tree's clocks at the freeze; `None` in images of format 1.0.
     pub clocks: Option<crate::image::records::Clocks>,
+}
+
+/// One page record: `pages` pages at `vaddr` of `processes[process]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub process: usize,
+    pub vaddr: u64,
+    pub pages: u32,
 }
 
 fn path_of(p: &RawPath) -> String {
@@ -537,7 +549,10 @@ fn malformed(what: String) -> ImageError {
 /// state without page contents.
 pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut rd = ImageReader::new(r)?;
-    let mut st = ImageState::default();
+    let mut st = ImageState {
+        page_size: u64::from(rd.header().page_size),
+        ..ImageState::default()
+    };
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
@@ -966,6 +981,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     _ => {
                         let pg = rec.pages()?;
                         st.pages += u64::from(pg.pages);
+                        st.page_runs.push(PageRun {
+                            process: st.processes.len() - 1,
+                            vaddr: pg.vaddr,
+                            pages: pg.pages,
+                        });
                     }
                 }
             }
@@ -973,11 +993,10 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         }
     }
     // Pipes by id; every pipe an fd names must have its data record.
-    let max = pipes.keys().next_back().map_or(0, |k| k + 1);
-    for id in 0..max {
-        let (size, data) = pipes
-            .remove(&id)
-            .ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
+    for (id, (found, (size, data))) in (0u64..).zip(std::mem::take(&mut pipes)) {
+        if found != id {
+            return Err(malformed(format!("pipe {id} has no data record")));
+        }
         let (inode, outside) = match external.remove(&id) {
             Some((inode, end)) => (inode, Some(end)),
             None => (id, None),
