@@ -28,6 +28,8 @@ const PTRACE_GETVFPREGS: u32 = 27;
 const PTRACE_SETVFPREGS: u32 = 28;
 /// 32 double registers plus fpscr.
 const VFP_SIZE: usize = 32 * 8 + 4;
+/// Sizes of FPU state `set_fpregs` takes: exactly the VFP registers.
+pub const FPREGS_SIZES: core::ops::RangeInclusive<usize> = VFP_SIZE..=VFP_SIZE;
 /// ARM private syscall that sets the TLS register.
 const ARM_SET_TLS: i64 = 0xf_0005;
 /// The Thumb bit of cpsr; the trampoline is A32 code.

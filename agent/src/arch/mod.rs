@@ -12,7 +12,8 @@
 //!   `prepare_parasite`, `fix_syscall_restart`, `to_bytes/from_bytes`,
 //!   `clear_syscall`, `for_image` (how a stopped syscall is saved) and
 //!   `for_resume` (how it is resumed)
-//! - `get_regs/set_regs`, `get_fpregs/set_fpregs`, `get_tls`
+//! - `get_regs/set_regs`, `get_fpregs/set_fpregs` (`FPREGS_SIZES`: the
+//!   lengths of FPU state it takes), `get_tls`
 //! - `patch_site(pc)`: where a borrowed task gets `syscall; trap` written
 //! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
 //!   pointer, when registers alone do not carry it

@@ -19,6 +19,9 @@ pub const SHMLBA: u64 = 4096;
 const NT_X86_XSTATE: usize = 0x202;
 /// Large enough for any XSAVE layout including AMX tiles.
 const XSTATE_MAX: usize = 16 * 1024;
+/// Sizes of FPU state `set_fpregs` takes: from the legacy area with the
+/// XSAVE header (512 + 64 bytes) up to `XSTATE_MAX`.
+pub const FPREGS_SIZES: core::ops::RangeInclusive<usize> = 576..=XSTATE_MAX;
 
 /// The kernel's `struct user_regs_struct`.
 #[repr(C)]

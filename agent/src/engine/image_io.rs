@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::arch::Bits;
-pub use crate::engine::state::ImageState;
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
+pub use crate::engine::state::{ImageState, PageRun};
 use crate::image::records::{
     AltStack as RAlt, Creds as RCreds, ExternalPipe, Fd as RFd, FdKind, FileId, ITimer, ITimers,
     MmFields as RMm, ObjectData, ObjectRef, PipeData, PipeEnd, PosixTimer as RTimer, RawPath,
@@ -497,7 +497,10 @@ fn malformed(what: String) -> ImageError {
 /// state without page contents.
 pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     let mut rd = ImageReader::new(r)?;
-    let mut st = ImageState::default();
+    let mut st = ImageState {
+        page_size: u64::from(rd.header().page_size),
+        ..ImageState::default()
+    };
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
@@ -926,6 +929,11 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     _ => {
                         let pg = rec.pages()?;
                         st.pages += u64::from(pg.pages);
+                        st.page_runs.push(PageRun {
+                            process: st.processes.len() - 1,
+                            vaddr: pg.vaddr,
+                            pages: pg.pages,
+                        });
                     }
                 }
             }
@@ -933,11 +941,10 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         }
     }
     // Pipes by id; every pipe an fd names must have its data record.
-    let max = pipes.keys().next_back().map_or(0, |k| k + 1);
-    for id in 0..max {
-        let (size, data) = pipes
-            .remove(&id)
-            .ok_or_else(|| malformed(format!("pipe {id} has no data record")))?;
+    for (id, (found, (size, data))) in (0u64..).zip(std::mem::take(&mut pipes)) {
+        if found != id {
+            return Err(malformed(format!("pipe {id} has no data record")));
+        }
         let (inode, outside) = match external.remove(&id) {
             Some((inode, end)) => (inode, Some(end)),
             None => (id, None),

@@ -22,9 +22,21 @@ pub struct ImageState {
     pub unlinked: Vec<records::UnlinkedObject>,
     /// Pages the image holds (zero runs included).
     pub pages: u64,
+    /// Where each page record goes, in image order.
+    pub page_runs: Vec<PageRun>,
+    /// The image's page size (the header's, which is this host's).
+    pub page_size: u64,
     /// The tree's clocks at the freeze; `None` if the image has no clocks
     /// record.
     pub clocks: Option<records::Clocks>,
+}
+
+/// One page record: `pages` pages at `vaddr` of `processes[process]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub process: usize,
+    pub vaddr: u64,
+    pub pages: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

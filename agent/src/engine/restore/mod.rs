@@ -36,6 +36,7 @@ mod creds;
 mod memory;
 mod objects;
 mod pages;
+pub mod plan;
 mod process;
 mod seccomp;
 mod tasks;

@@ -2,7 +2,12 @@
 //! starting that task's address space (`memory`), its page records written
 //! straight into the task, object data filling memfds and SysV segments,
 //! and the next task record (or the end) finishing the task before
-//! (`process`).
+//! (`process`). The image is read again here, so each record is checked
+//! again as it comes: a task record must be the process the first pass
+//! read, a page record must fall inside a mapping of its task that takes
+//! pages (`plan::page_target`), object data inside its object
+//! (`Segments::fill`). Any refusal kills the tree built so far
+//! (`Created`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -10,6 +15,7 @@ use std::io::Read;
 use crate::engine::ptrace::RemotePtr;
 use crate::engine::state::ImageState;
 use crate::engine::{EngineError, Step, StepExt};
+use crate::image::records::Task;
 use crate::image::{Codec, ImageReader, Kind};
 
 use super::memory::{map_process, Rebuild};
@@ -51,9 +57,14 @@ pub(super) fn rebuild_all<R: Read>(
                 if let Some(rb) = cur.take() {
                     finish(rb, created, &mut stats)?;
                 }
-                let p = st.processes.get(idx).ok_or_else(|| {
-                    refused(Step::ReadImage, "image changed while restoring".into())
-                })?;
+                let t: Task = rec.decode().step(rstep)?;
+                let p = st
+                    .processes
+                    .get(idx)
+                    .filter(|p| p.pid == t.pid)
+                    .ok_or_else(|| {
+                        refused(Step::ReadImage, "image changed while restoring".into())
+                    })?;
                 idx += 1;
                 if p.zombie.is_some() {
                     stats.processes += 1;
@@ -73,6 +84,8 @@ pub(super) fn rebuild_all<R: Read>(
                     let info = rec.decode_pages_into(&mut buf).step(rstep)?;
                     (info.vaddr, &buf[..info.len])
                 };
+                super::plan::page_target(rb.p, vaddr, data.len() as u64)
+                    .map_err(|why| refused(Step::WriteMemory(rb.p.pid), why))?;
                 rb.mem
                     .write(RemotePtr::<u8>::new(vaddr), data)
                     .step(Step::WriteMemory(rb.p.pid))?;

@@ -1,25 +1,22 @@
 //! Everything a restore depends on, checked before anything is created:
-//! pids free, registers readable, parents present, working directories,
-//! executables and mapped files unchanged, every fd naming a file, the
-//! files, devices, FIFOs and external descriptors there, memfds and SysV
-//! segments creatable.
+//! first the image's own structure (`plan`), then against this system:
+//! pids free, working directories, executables and mapped files
+//! unchanged, the files, devices, FIFOs and external descriptors there,
+//! memfds and SysV segments creatable.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::arch::Regs;
 use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, FileKind};
-use crate::engine::{EngineError, Step, StepExt};
+use crate::engine::{EngineError, Step};
 
 use super::{refused, RestoreOptions};
 use crate::engine::files::unlinked_dir_exists;
 
 pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
     let step = Step::Validate;
-    if st.processes.is_empty() {
-        return Err(refused(step, "the image holds no process".into()));
-    }
+    super::plan::check_structure(st)?;
     for p in &st.processes {
         if p.zombie.is_some() {
             if p.ppid == 0 {
@@ -49,24 +46,11 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     ),
                 ));
             }
-            Regs::from_bytes(&t.regs).step(step)?;
-        }
-        if p.threads.first().map(|t| t.tid) != Some(p.pid) {
-            return Err(refused(
-                step,
-                format!("process {} has no main thread record", p.pid),
-            ));
         }
         if p.root != "/" {
             return Err(refused(
                 step,
                 format!("process {} ran in a changed root ({})", p.pid, p.root),
-            ));
-        }
-        if p.ppid != 0 && !st.processes.iter().any(|q| q.pid == p.ppid) {
-            return Err(refused(
-                step,
-                format!("parent {} of process {} is not in the image", p.ppid, p.pid),
             ));
         }
         if !Path::new(&p.cwd).is_dir() {
@@ -108,14 +92,6 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 }
             }
         }
-        for f in &p.fds {
-            if st.files.get(f.file as usize).is_none() {
-                return Err(refused(
-                    step,
-                    format!("fd {} of process {} names no file", f.fd, p.pid),
-                ));
-            }
-        }
     }
     for o in &st.unlinked {
         unlinked_dir_exists(&String::from_utf8_lossy(o.path.as_bytes()))
@@ -153,10 +129,8 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             }
             // Checked with the image's unlinked-file objects above.
             FileKind::UnlinkedFile { .. } => {}
-            FileKind::Pipe { pipe, fifo, .. } => {
-                if st.pipes.get(*pipe as usize).is_none() {
-                    return Err(refused(step, format!("pipe {pipe} missing from the image")));
-                }
+            // The pipe itself was checked with the image's structure.
+            FileKind::Pipe { fifo, .. } => {
                 if let Some(path) = fifo {
                     use std::os::unix::fs::FileTypeExt;
                     let is_fifo = std::fs::metadata(path)

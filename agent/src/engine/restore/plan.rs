@@ -1,0 +1,1151 @@
+//! The image's structure, checked before anything else: every index,
+//! count, length, range and sum the restore later uses as it is, taken
+//! from the decoded state alone (no /proc, no files, no syscalls), so that
+//! a damaged or hostile image is refused with the record and the value
+//! that is wrong instead of reaching an index, a subtraction or a syscall.
+//!
+//! What depends on this system (pids free, files unchanged) is
+//! `validate`'s, which calls [`check_structure`] first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::state::{Backing, FileKind, ProcessState, ThreadState, Vma};
+use crate::engine::state::{ImageState, PageRun};
+use crate::engine::{EngineError, Step};
+
+use super::refused;
+
+/// Signals 1..=64: one disposition each.
+pub const MAX_SIGNALS: usize = 64;
+const MAX_SIGNO: i32 = 64;
+/// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`.
+pub const MAX_ITIMERS: usize = 3;
+/// `RLIMIT_NLIMITS`.
+pub const MAX_RLIMITS: usize = 16;
+/// `SI_MAX_SIZE`: the kernel's siginfo.
+pub const MAX_SIGINFO: usize = 128;
+/// `TASK_COMM_LEN` without its NUL.
+pub const MAX_COMM: usize = 15;
+/// Descriptor numbers below the kernel's default `fs.nr_open`.
+pub const MAX_FD: i32 = 1 << 20;
+/// A classic BPF program's length is a `u16` count of 8-byte instructions.
+pub const MAX_SECCOMP_INSNS: u64 = u16::MAX as u64;
+/// A pipe's capacity when the image asks for less.
+const MIN_PIPE_CAPACITY: u32 = 65536;
+
+/// What the checks found the image to hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Processes, zombies included.
+    pub processes: usize,
+    /// Threads of the live processes.
+    pub threads: usize,
+    /// Each shared anonymous memory object by id: the size its mappings
+    /// need (the largest offset plus length).
+    pub shm: BTreeMap<u64, u64>,
+    /// Pages the page records write.
+    pub pages: u64,
+}
+
+fn bad(why: String) -> EngineError {
+    refused(Step::Validate, why)
+}
+
+/// Whether `end` (exclusive) is an address of this architecture.
+fn fits_native(end: u64) -> bool {
+    end == 0 || usize::try_from(end - 1).is_ok()
+}
+
+/// Checks the structure of `st`; see the module documentation.
+pub fn check_structure(st: &ImageState) -> Result<Plan, EngineError> {
+    if st.processes.is_empty() {
+        return Err(bad("the image holds no process".into()));
+    }
+    let ps = st.page_size;
+    if !ps.is_power_of_two() || ps < 4096 {
+        return Err(bad(format!("page size {ps}")));
+    }
+    let mut plan = Plan {
+        processes: st.processes.len(),
+        ..Plan::default()
+    };
+    // Every pid and tid, once.
+    let mut ids: BTreeSet<i32> = BTreeSet::new();
+    for (i, p) in st.processes.iter().enumerate() {
+        check_lineage(st, i, p, &mut ids)?;
+        if p.zombie.is_none() {
+            check_threads(p, &mut ids)?;
+            plan.threads += p.threads.len();
+        }
+        check_process(p)?;
+        check_vmas(st, p, &mut plan.shm)?;
+        check_fds(st, p)?;
+    }
+    check_files(st)?;
+    check_objects(st)?;
+    for run in &st.page_runs {
+        check_page_run(st, run)?;
+        plan.pages += u64::from(run.pages);
+    }
+    if plan.pages != st.pages {
+        return Err(bad(format!(
+            "the image counts {} pages, its page records hold {}",
+            st.pages, plan.pages
+        )));
+    }
+    Ok(plan)
+}
+
+/// Pids, parents (earlier in the list: parents come first, the root
+/// alone without one), sessions and groups.
+fn check_lineage(
+    st: &ImageState,
+    i: usize,
+    p: &ProcessState,
+    ids: &mut BTreeSet<i32>,
+) -> Result<(), EngineError> {
+    let pid = p.pid;
+    if pid <= 0 {
+        return Err(bad(format!("process {pid}: pid is not positive")));
+    }
+    if !ids.insert(pid) {
+        return Err(bad(format!("pid {pid} appears twice in the image")));
+    }
+    if i == 0 {
+        if p.ppid != 0 {
+            return Err(bad(format!(
+                "the first process {pid} has parent {}: the root comes first",
+                p.ppid
+            )));
+        }
+    } else if !st.processes[..i].iter().any(|q| q.pid == p.ppid) {
+        let why = if st.processes.iter().any(|q| q.pid == p.ppid) {
+            "comes after it"
+        } else {
+            "is not in the image"
+        };
+        return Err(bad(format!("parent {} of process {pid} {why}", p.ppid)));
+    }
+    if p.pgid < 0 {
+        return Err(bad(format!("process {pid} has process group {}", p.pgid)));
+    }
+    if p.sid < 0 {
+        return Err(bad(format!("process {pid} has session {}", p.sid)));
+    }
+    Ok(())
+}
+
+fn check_threads(p: &ProcessState, ids: &mut BTreeSet<i32>) -> Result<(), EngineError> {
+    let pid = p.pid;
+    if p.threads.first().map(|t| t.tid) != Some(pid) {
+        return Err(bad(format!("process {pid} has no main thread record")));
+    }
+    for (k, t) in p.threads.iter().enumerate() {
+        let tid = t.tid;
+        if tid <= 0 {
+            return Err(bad(format!(
+                "thread {tid} of process {pid}: tid is not positive"
+            )));
+        }
+        if k > 0 && !ids.insert(tid) {
+            return Err(bad(format!(
+                "thread {tid} of process {pid}: tid {tid} appears twice in the image"
+            )));
+        }
+        check_thread(pid, t)?;
+    }
+    Ok(())
+}
+
+fn check_thread(pid: i32, t: &ThreadState) -> Result<(), EngineError> {
+    let tid = t.tid;
+    let what = |why: String| bad(format!("thread {tid} of process {pid}: {why}"));
+    crate::arch::Regs::from_bytes(&t.regs).map_err(|e| what(e.to_string()))?;
+    let sizes = crate::arch::FPREGS_SIZES;
+    if !sizes.contains(&t.fpregs.len()) {
+        return Err(what(format!(
+            "FPU state of {} bytes, this architecture takes {} to {}",
+            t.fpregs.len(),
+            sizes.start(),
+            sizes.end()
+        )));
+    }
+    if t.comm.len() > MAX_COMM || t.comm.contains('\0') {
+        return Err(what(format!(
+            "name {:?} is not at most {MAX_COMM} bytes without NUL",
+            t.comm
+        )));
+    }
+    for info in &t.pending {
+        siginfo(info).map_err(what)?;
+    }
+    Ok(())
+}
+
+/// A raw siginfo: at least its signal number, at most the kernel's size,
+/// for signal 1..=64.
+fn siginfo(info: &[u8]) -> Result<(), String> {
+    if info.len() > MAX_SIGINFO {
+        return Err(format!("a pending siginfo of {} bytes", info.len()));
+    }
+    super::thread::siginfo_signo(info)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn check_process(p: &ProcessState) -> Result<(), EngineError> {
+    let pid = p.pid;
+    let what = |why: String| bad(format!("process {pid}: {why}"));
+    if p.sigactions.len() > MAX_SIGNALS {
+        return Err(what(format!(
+            "{} signal dispositions, at most {MAX_SIGNALS}",
+            p.sigactions.len()
+        )));
+    }
+    for info in &p.shared_pending {
+        siginfo(info).map_err(what)?;
+    }
+    if p.itimers.len() > MAX_ITIMERS {
+        return Err(what(format!(
+            "{} interval timers, at most {MAX_ITIMERS}",
+            p.itimers.len()
+        )));
+    }
+    for (i, t) in p.itimers.iter().enumerate() {
+        let ok = |s: i64, us: i64| s >= 0 && (0..1_000_000).contains(&us);
+        if !ok(t.value_sec, t.value_usec) || !ok(t.interval_sec, t.interval_usec) {
+            return Err(what(format!(
+                "interval timer {i} of {}s {}us every {}s {}us",
+                t.value_sec, t.value_usec, t.interval_sec, t.interval_usec
+            )));
+        }
+    }
+    if p.rlimits.len() > MAX_RLIMITS {
+        return Err(what(format!(
+            "{} resource limits, at most {MAX_RLIMITS}",
+            p.rlimits.len()
+        )));
+    }
+    for (i, (cur, max)) in p.rlimits.iter().enumerate() {
+        if cur > max {
+            return Err(what(format!(
+                "resource limit {i} has soft limit {cur} above hard limit {max}"
+            )));
+        }
+    }
+    let word = core::mem::size_of::<usize>();
+    if p.auxv.len() % word != 0 {
+        return Err(what(format!(
+            "auxv of {} bytes is not a whole number of {word}-byte words",
+            p.auxv.len()
+        )));
+    }
+    for (i, f) in p.seccomp.iter().enumerate() {
+        let len = f.program.len() as u64;
+        if len == 0 || len % 8 != 0 {
+            return Err(what(format!(
+                "seccomp filter {i} of {len} bytes is not a whole number of 8-byte instructions"
+            )));
+        }
+        if len / 8 > MAX_SECCOMP_INSNS {
+            return Err(what(format!(
+                "seccomp filter {i} of {} instructions, at most {MAX_SECCOMP_INSNS}",
+                len / 8
+            )));
+        }
+    }
+    let mut timers = BTreeSet::new();
+    for t in &p.posix_timers {
+        if t.id < 0 || !timers.insert(t.id) {
+            return Err(what(format!(
+                "POSIX timer id {} is negative or repeated",
+                t.id
+            )));
+        }
+        if !(0..=MAX_SIGNO).contains(&t.signo) {
+            return Err(what(format!(
+                "POSIX timer {} notifies with signal {}",
+                t.id, t.signo
+            )));
+        }
+    }
+    for l in &p.locks {
+        if !p.fds.iter().any(|f| f.fd == l.fd) {
+            return Err(what(format!(
+                "a file lock on fd {}, which it does not hold",
+                l.fd
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Page aligned, ordered, within the address space, offsets aligned and
+/// without overflow, and the objects they name in the image.
+fn check_vmas(
+    st: &ImageState,
+    p: &ProcessState,
+    shm: &mut BTreeMap<u64, u64>,
+) -> Result<(), EngineError> {
+    let pid = p.pid;
+    let ps = st.page_size;
+    let mut prev_end = 0u64;
+    for v in &p.vmas {
+        let what = |why: String| {
+            bad(format!(
+                "process {pid}: mapping {:#x}-{:#x}: {why}",
+                v.start, v.end
+            ))
+        };
+        if v.start >= v.end {
+            return Err(what("empty or reversed".into()));
+        }
+        if v.start % ps != 0 || v.end % ps != 0 {
+            return Err(what(format!("not aligned to pages of {ps} bytes")));
+        }
+        if !fits_native(v.end) {
+            return Err(what("beyond this architecture's address space".into()));
+        }
+        if v.start < prev_end {
+            return Err(what(format!(
+                "starts below {prev_end:#x}, where the one before ends"
+            )));
+        }
+        prev_end = v.end;
+        if v.prot & !(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) != 0 {
+            return Err(what(format!("protection {:#x}", v.prot)));
+        }
+        let len = v.end - v.start;
+        let offset = match &v.backing {
+            Backing::Anon | Backing::Special(_) => None,
+            Backing::Shm { offset, .. }
+            | Backing::File { offset, .. }
+            | Backing::Memfd { offset, .. }
+            | Backing::Sysv { offset, .. }
+            | Backing::Unlinked { offset, .. } => Some(*offset),
+        };
+        let Some(offset) = offset else { continue };
+        let reach = offset
+            .checked_add(len)
+            .filter(|&e| offset % ps == 0 && fits_native(e))
+            .ok_or_else(|| what(format!("offset {offset:#x} is unaligned or out of range")))?;
+        match &v.backing {
+            Backing::Shm { id, .. } => {
+                let size = shm.entry(*id).or_insert(0);
+                *size = (*size).max(reach);
+            }
+            Backing::Memfd { id, .. } if !st.memfds.iter().any(|o| o.id == *id) => {
+                return Err(what(format!("memfd {id} is not in the image")));
+            }
+            Backing::Unlinked { inode, .. } if !st.unlinked.iter().any(|o| o.inode == *inode) => {
+                return Err(what(format!("unlinked file {inode} is not in the image")));
+            }
+            Backing::Sysv { shmid, .. } => {
+                let seg = st
+                    .sysv
+                    .iter()
+                    .find(|o| o.shmid == *shmid)
+                    .ok_or_else(|| what(format!("SysV segment {shmid} is not in the image")))?;
+                let pages = seg.size.div_ceil(ps).saturating_mul(ps);
+                if reach > pages {
+                    return Err(what(format!(
+                        "reaches {reach:#x} into SysV segment {shmid} of {} bytes",
+                        seg.size
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_fds(st: &ImageState, p: &ProcessState) -> Result<(), EngineError> {
+    let pid = p.pid;
+    let mut seen = BTreeSet::new();
+    for f in &p.fds {
+        if !(0..MAX_FD).contains(&f.fd) {
+            return Err(bad(format!("process {pid}: fd {} is out of range", f.fd)));
+        }
+        if !seen.insert(f.fd) {
+            return Err(bad(format!("process {pid} holds fd {} twice", f.fd)));
+        }
+        if st.files.get(f.file as usize).is_none() {
+            return Err(bad(format!("fd {} of process {pid} names no file", f.fd)));
+        }
+    }
+    Ok(())
+}
+
+/// What each open file description names: pipes, memfds, unlinked files,
+/// the targets of epoll instances.
+fn check_files(st: &ImageState) -> Result<(), EngineError> {
+    use crate::engine::state::AnonFile;
+    for (i, f) in st.files.iter().enumerate() {
+        let what = |why: String| bad(format!("open file {i}: {why}"));
+        match &f.kind {
+            FileKind::Pipe { pipe, .. } if st.pipes.get(*pipe as usize).is_none() => {
+                return Err(what(format!("pipe {pipe} missing from the image")));
+            }
+            FileKind::UnlinkedFile { inode, .. }
+                if !st.unlinked.iter().any(|o| o.inode == *inode) =>
+            {
+                return Err(what(format!("unlinked file {inode} is not in the image")));
+            }
+            FileKind::Anon(AnonFile::MemfdFile(r)) if !st.memfds.iter().any(|o| o.id == r.id) => {
+                return Err(what(format!("memfd {} is not in the image", r.id)));
+            }
+            FileKind::Anon(AnonFile::Epoll(e)) => {
+                let holds = |q: &&ProcessState| q.fds.iter().any(|g| g.file as usize == i);
+                let Some(owner) = st.processes.iter().filter(holds).find(|q| q.pid == e.owner)
+                else {
+                    return Err(what(format!(
+                        "epoll instance of process {}, which does not hold it",
+                        e.owner
+                    )));
+                };
+                for t in &e.targets {
+                    if !owner.fds.iter().any(|g| g.fd == t.fd) {
+                        return Err(what(format!(
+                            "epoll instance registers fd {} of process {}, which it does not hold",
+                            t.fd, e.owner
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, pipe) in st.pipes.iter().enumerate() {
+        let cap = pipe.size.max(MIN_PIPE_CAPACITY);
+        if i32::try_from(cap).is_err() {
+            return Err(bad(format!("pipe {i} has a capacity of {cap} bytes")));
+        }
+        if pipe.data.len() as u64 > u64::from(cap) {
+            return Err(bad(format!(
+                "pipe {i} holds {} bytes, more than its capacity of {cap}",
+                pipe.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Memfds, SysV segments and unlinked files once each; tmpfs file chunks
+/// inside their files.
+fn check_objects(st: &ImageState) -> Result<(), EngineError> {
+    let mut ids = BTreeSet::new();
+    for o in &st.memfds {
+        if !ids.insert(o.id) {
+            return Err(bad(format!("memfd {} appears twice in the image", o.id)));
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for o in &st.sysv {
+        if o.shmid < 0 || !ids.insert(o.shmid) {
+            return Err(bad(format!(
+                "SysV segment {} is negative or appears twice in the image",
+                o.shmid
+            )));
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for o in &st.unlinked {
+        if !ids.insert(o.inode) {
+            return Err(bad(format!(
+                "unlinked file {} appears twice in the image",
+                o.inode
+            )));
+        }
+    }
+    for c in &st.tmpfs_files {
+        let path = c.path.to_string();
+        if !path.starts_with('/') {
+            return Err(bad(format!("tmpfs file {path:?} is not an absolute path")));
+        }
+        if c.offset
+            .checked_add(c.bytes.len() as u64)
+            .is_none_or(|e| e > c.size)
+        {
+            return Err(bad(format!(
+                "tmpfs file {path}: {} bytes at {} overflow its {} bytes",
+                c.bytes.len(),
+                c.offset,
+                c.size
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_page_run(st: &ImageState, run: &PageRun) -> Result<(), EngineError> {
+    let p = st.processes.get(run.process).ok_or_else(|| {
+        bad(format!(
+            "page record at {:#x} belongs to process number {}, which the image does not hold",
+            run.vaddr, run.process
+        ))
+    })?;
+    let len = u64::from(run.pages)
+        .checked_mul(st.page_size)
+        .ok_or_else(|| bad(format!("page record of {} pages", run.pages)))?;
+    page_target(p, run.vaddr, len).map_err(bad)?;
+    Ok(())
+}
+
+/// Whether `len` bytes of pages at `vaddr` lie inside one mapping of `p`
+/// that takes pages from the image: the mappings the dump stores pages of
+/// (anonymous memory, shared anonymous objects, private copies of files).
+pub(super) fn page_target(p: &ProcessState, vaddr: u64, len: u64) -> Result<&Vma, String> {
+    let pid = p.pid;
+    if p.zombie.is_some() {
+        return Err(format!(
+            "process {pid} is a zombie, yet has pages at {vaddr:#x}"
+        ));
+    }
+    let end = vaddr
+        .checked_add(len)
+        .ok_or_else(|| format!("process {pid}: {len} bytes of pages at {vaddr:#x} overflow"))?;
+    let v = p
+        .vmas
+        .iter()
+        .find(|v| v.start <= vaddr && end <= v.end)
+        .ok_or_else(|| {
+            format!("process {pid}: pages {vaddr:#x}-{end:#x} lie outside its mappings")
+        })?;
+    let takes = match v.backing {
+        Backing::Anon | Backing::Shm { .. } => true,
+        Backing::Special(_) | Backing::Sysv { .. } => false,
+        Backing::File { .. } | Backing::Memfd { .. } | Backing::Unlinked { .. } => !v.shared,
+    };
+    if !takes {
+        return Err(format!(
+            "process {pid}: pages {vaddr:#x}-{end:#x} fall in mapping {:#x}-{:#x} ({}), which takes no pages",
+            v.start, v.end, v.name
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::{Fd, Itimer, OpenFile, PipeState, SigAction};
+    use crate::image::records::{Epoll, EpollTarget, SeccompFilter, SysvShm, TmpfsFile};
+
+    fn thread(tid: i32) -> ThreadState {
+        ThreadState {
+            tid,
+            comm: "app".into(),
+            regs: crate::arch::Regs::default().to_bytes(),
+            fpregs: vec![0; *crate::arch::FPREGS_SIZES.start()],
+            pending: vec![vec![10, 0, 0, 0]],
+            ..ThreadState::default()
+        }
+    }
+
+    fn anon(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: libc::PROT_READ | libc::PROT_WRITE,
+            shared: false,
+            grows_down: false,
+            noreserve: false,
+            backing: Backing::Anon,
+            name: String::new(),
+        }
+    }
+
+    fn process(pid: i32, ppid: i32) -> ProcessState {
+        ProcessState {
+            pid,
+            ppid,
+            pgid: 100,
+            sid: 100,
+            threads: vec![thread(pid)],
+            vmas: vec![anon(0x10000, 0x20000)],
+            fds: vec![Fd {
+                fd: 0,
+                file: 0,
+                cloexec: false,
+            }],
+            sigactions: vec![SigAction::default(); 64],
+            itimers: vec![Itimer::default(); 3],
+            rlimits: vec![(1024, 4096); 16],
+            auxv: vec![0; 4 * core::mem::size_of::<usize>()],
+            ..ProcessState::default()
+        }
+    }
+
+    /// A root with two threads and a child, a pipe both hold, two pages.
+    fn valid() -> ImageState {
+        let mut root = process(100, 0);
+        root.threads.push(thread(102));
+        root.seccomp.push(SeccompFilter {
+            flags: 0,
+            program: vec![0; 16],
+        });
+        ImageState {
+            files: vec![OpenFile {
+                flags: 0,
+                kind: FileKind::Pipe {
+                    pipe: 0,
+                    write: false,
+                    fifo: None,
+                },
+                sigio: None,
+            }],
+            pipes: vec![PipeState {
+                inode: 7,
+                size: 65536,
+                data: b"unread".to_vec(),
+                outside: None,
+            }],
+            processes: vec![root, process(101, 100)],
+            pages: 2,
+            page_runs: vec![PageRun {
+                process: 1,
+                vaddr: 0x1e000,
+                pages: 2,
+            }],
+            page_size: 4096,
+            ..ImageState::default()
+        }
+    }
+
+    fn refusal(st: &ImageState) -> String {
+        check_structure(st).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_valid_image_passes() {
+        let plan = check_structure(&valid()).expect("valid");
+        assert_eq!(plan.processes, 2);
+        assert_eq!(plan.threads, 3);
+        assert_eq!(plan.pages, 2);
+    }
+
+    #[test]
+    fn the_tree_and_its_ids() {
+        let mut st = valid();
+        st.processes.clear();
+        assert_eq!(refusal(&st), "validate: the image holds no process");
+
+        let mut st = valid();
+        st.processes[1].pid = -5;
+        assert_eq!(refusal(&st), "validate: process -5: pid is not positive");
+
+        let mut st = valid();
+        st.processes[1].pid = 100;
+        assert_eq!(refusal(&st), "validate: pid 100 appears twice in the image");
+
+        let mut st = valid();
+        st.processes[1].threads[0].tid = 102;
+        st.processes[1].pid = 102;
+        assert_eq!(refusal(&st), "validate: pid 102 appears twice in the image");
+
+        let mut st = valid();
+        st.processes[1].threads.push(thread(102));
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 102 of process 101: tid 102 appears twice in the image"
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].tid = 0;
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 0 of process 100: tid is not positive"
+        );
+
+        let mut st = valid();
+        st.processes[0].ppid = 1;
+        assert_eq!(
+            refusal(&st),
+            "validate: the first process 100 has parent 1: the root comes first"
+        );
+
+        let mut st = valid();
+        st.processes[1].ppid = 7;
+        assert_eq!(
+            refusal(&st),
+            "validate: parent 7 of process 101 is not in the image"
+        );
+
+        let mut st = valid();
+        st.processes[1].ppid = 101;
+        assert_eq!(
+            refusal(&st),
+            "validate: parent 101 of process 101 comes after it"
+        );
+
+        let mut st = valid();
+        st.processes[1].sid = -1;
+        assert_eq!(refusal(&st), "validate: process 101 has session -1");
+
+        let mut st = valid();
+        st.processes[1].pgid = -2;
+        assert_eq!(refusal(&st), "validate: process 101 has process group -2");
+
+        let mut st = valid();
+        st.processes[1].threads[0].tid = 103;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101 has no main thread record"
+        );
+
+        let mut st = valid();
+        st.page_size = 1000;
+        assert_eq!(refusal(&st), "validate: page size 1000");
+    }
+
+    #[test]
+    fn threads() {
+        let regs = crate::arch::Regs::default().to_bytes().len();
+        let fp = crate::arch::FPREGS_SIZES;
+        let mut st = valid();
+        st.processes[0].threads[1].regs.pop();
+        assert_eq!(
+            refusal(&st),
+            format!(
+                "validate: thread 102 of process 100: register image of {} bytes, this architecture needs {regs}",
+                regs - 1
+            )
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].fpregs = vec![0; fp.end() + 1];
+        assert_eq!(
+            refusal(&st),
+            format!(
+                "validate: thread 102 of process 100: FPU state of {} bytes, this architecture takes {} to {}",
+                fp.end() + 1,
+                fp.start(),
+                fp.end()
+            )
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].comm = "a-name-of-16-byt".into();
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 102 of process 100: name \"a-name-of-16-byt\" is not at most 15 bytes without NUL"
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].pending = vec![vec![10, 0]];
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 102 of process 100: a pending siginfo of 2 bytes"
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].pending = vec![vec![65, 0, 0, 0]];
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 102 of process 100: a pending siginfo for signal 65"
+        );
+
+        let mut st = valid();
+        st.processes[0].threads[1].pending = vec![vec![10; MAX_SIGINFO + 1]];
+        assert_eq!(
+            refusal(&st),
+            "validate: thread 102 of process 100: a pending siginfo of 129 bytes"
+        );
+    }
+
+    #[test]
+    fn process_counts_and_lengths() {
+        let word = core::mem::size_of::<usize>();
+        let mut st = valid();
+        st.processes[1].sigactions.push(SigAction::default());
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: 65 signal dispositions, at most 64"
+        );
+
+        let mut st = valid();
+        st.processes[1].shared_pending = vec![vec![0, 0, 0, 0]];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: a pending siginfo for signal 0"
+        );
+
+        let mut st = valid();
+        st.processes[1].itimers.push(Itimer::default());
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: 4 interval timers, at most 3"
+        );
+
+        let mut st = valid();
+        st.processes[1].itimers[2].value_usec = 1_000_000;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: interval timer 2 of 0s 1000000us every 0s 0us"
+        );
+
+        let mut st = valid();
+        st.processes[1].rlimits.push((0, 0));
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: 17 resource limits, at most 16"
+        );
+
+        let mut st = valid();
+        st.processes[1].rlimits[3] = (5, 4);
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: resource limit 3 has soft limit 5 above hard limit 4"
+        );
+
+        let mut st = valid();
+        st.processes[1].auxv.push(0);
+        assert_eq!(
+            refusal(&st),
+            format!(
+                "validate: process 101: auxv of {} bytes is not a whole number of {word}-byte words",
+                4 * word + 1
+            )
+        );
+
+        let mut st = valid();
+        st.processes[0].seccomp[0].program.push(0);
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: seccomp filter 0 of 17 bytes is not a whole number of 8-byte instructions"
+        );
+
+        let mut st = valid();
+        st.processes[0].seccomp[0].program = Vec::new();
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: seccomp filter 0 of 0 bytes is not a whole number of 8-byte instructions"
+        );
+
+        let mut st = valid();
+        st.processes[0].seccomp[0].program = vec![0; 8 * (usize::from(u16::MAX) + 1)];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: seccomp filter 0 of 65536 instructions, at most 65535"
+        );
+
+        let mut st = valid();
+        let timer = crate::engine::state::PosixTimer {
+            id: 3,
+            signo: 14,
+            ..Default::default()
+        };
+        st.processes[1].posix_timers = vec![timer, timer];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: POSIX timer id 3 is negative or repeated"
+        );
+        st.processes[1].posix_timers =
+            vec![crate::engine::state::PosixTimer { signo: 65, ..timer }];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: POSIX timer 3 notifies with signal 65"
+        );
+
+        let mut st = valid();
+        st.processes[1].locks = vec![crate::image::records::FileLock {
+            fd: 4,
+            ..Default::default()
+        }];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: a file lock on fd 4, which it does not hold"
+        );
+    }
+
+    #[test]
+    fn mappings() {
+        let mut st = valid();
+        st.processes[1].vmas[0].end = 0x10000;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x10000: empty or reversed"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].end = 0x20001;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20001: not aligned to pages of 4096 bytes"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas.push(anon(0x1f000, 0x30000));
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x1f000-0x30000: starts below 0x20000, where the one before ends"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].prot = 0x10;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: protection 0x10"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Shm {
+            id: 9,
+            offset: u64::MAX - 0x1fff,
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: offset 0xffffffffffffe000 is unaligned or out of range"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Shm { id: 9, offset: 1 };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: offset 0x1 is unaligned or out of range"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Shm {
+            id: 9,
+            offset: 0x3000,
+        };
+        assert_eq!(check_structure(&st).expect("valid").shm[&9], 0x13000);
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Memfd {
+            id: 3,
+            offset: 0,
+            may_write: true,
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: memfd 3 is not in the image"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Unlinked {
+            inode: 4,
+            offset: 0,
+            may_write: true,
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: unlinked file 4 is not in the image"
+        );
+
+        let mut st = valid();
+        st.page_runs.clear();
+        st.pages = 0;
+        st.processes[1].vmas[0].backing = Backing::Sysv {
+            shmid: 5,
+            offset: 0x1000,
+            read_only: false,
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: SysV segment 5 is not in the image"
+        );
+        st.sysv.push(SysvShm {
+            shmid: 5,
+            size: 0x10000,
+            ..Default::default()
+        });
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: mapping 0x10000-0x20000: reaches 0x11000 into SysV segment 5 of 65536 bytes"
+        );
+        st.sysv[0].size = 0x10001;
+        check_structure(&st).expect("within the segment's pages");
+    }
+
+    #[test]
+    fn descriptors_and_files() {
+        let mut st = valid();
+        st.processes[1].fds[0].fd = -1;
+        assert_eq!(refusal(&st), "validate: process 101: fd -1 is out of range");
+
+        let mut st = valid();
+        st.processes[1].fds[0].fd = MAX_FD;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: fd 1048576 is out of range"
+        );
+
+        let mut st = valid();
+        let dup = st.processes[1].fds[0];
+        st.processes[1].fds.push(dup);
+        assert_eq!(refusal(&st), "validate: process 101 holds fd 0 twice");
+
+        let mut st = valid();
+        st.processes[1].fds[0].file = 1;
+        assert_eq!(refusal(&st), "validate: fd 0 of process 101 names no file");
+
+        let mut st = valid();
+        st.files[0].kind = FileKind::Pipe {
+            pipe: 1,
+            write: true,
+            fifo: None,
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: open file 0: pipe 1 missing from the image"
+        );
+
+        let mut st = valid();
+        st.files[0].kind = FileKind::UnlinkedFile { pos: 0, inode: 8 };
+        assert_eq!(
+            refusal(&st),
+            "validate: open file 0: unlinked file 8 is not in the image"
+        );
+
+        let mut st = valid();
+        st.files[0].kind = FileKind::Anon(crate::engine::state::AnonFile::MemfdFile(
+            crate::image::records::MemfdRef { id: 6, offset: 0 },
+        ));
+        assert_eq!(
+            refusal(&st),
+            "validate: open file 0: memfd 6 is not in the image"
+        );
+
+        let epoll = |owner: i32, fd: i32| {
+            FileKind::Anon(crate::engine::state::AnonFile::Epoll(Epoll {
+                owner,
+                targets: vec![EpollTarget {
+                    fd,
+                    events: 1,
+                    data: 0,
+                }],
+            }))
+        };
+        let mut st = valid();
+        st.files[0].kind = epoll(101, 0);
+        check_structure(&st).expect("an epoll watching itself");
+        st.files[0].kind = epoll(101, 3);
+        assert_eq!(
+            refusal(&st),
+            "validate: open file 0: epoll instance registers fd 3 of process 101, which it does not hold"
+        );
+        st.files[0].kind = epoll(55, 0);
+        assert_eq!(
+            refusal(&st),
+            "validate: open file 0: epoll instance of process 55, which does not hold it"
+        );
+
+        let mut st = valid();
+        st.pipes[0].data = vec![1; 65537];
+        assert_eq!(
+            refusal(&st),
+            "validate: pipe 0 holds 65537 bytes, more than its capacity of 65536"
+        );
+        st.pipes[0].size = 1 << 31;
+        assert_eq!(
+            refusal(&st),
+            "validate: pipe 0 has a capacity of 2147483648 bytes"
+        );
+    }
+
+    #[test]
+    fn objects() {
+        let mut st = valid();
+        st.memfds = vec![Default::default(), Default::default()];
+        assert_eq!(refusal(&st), "validate: memfd 0 appears twice in the image");
+
+        let mut st = valid();
+        st.sysv = vec![SysvShm {
+            shmid: -1,
+            ..Default::default()
+        }];
+        assert_eq!(
+            refusal(&st),
+            "validate: SysV segment -1 is negative or appears twice in the image"
+        );
+
+        let mut st = valid();
+        st.unlinked = vec![Default::default(), Default::default()];
+        assert_eq!(
+            refusal(&st),
+            "validate: unlinked file 0 appears twice in the image"
+        );
+
+        let mut st = valid();
+        st.tmpfs_files = vec![TmpfsFile {
+            path: "/dev/shm/x".into(),
+            size: 10,
+            offset: 5,
+            bytes: vec![1; 6],
+            ..Default::default()
+        }];
+        assert_eq!(
+            refusal(&st),
+            "validate: tmpfs file /dev/shm/x: 6 bytes at 5 overflow its 10 bytes"
+        );
+        st.tmpfs_files[0].path = "dev/shm/x".into();
+        assert_eq!(
+            refusal(&st),
+            "validate: tmpfs file \"dev/shm/x\" is not an absolute path"
+        );
+    }
+
+    #[test]
+    fn pages() {
+        let mut st = valid();
+        st.pages = 3;
+        assert_eq!(
+            refusal(&st),
+            "validate: the image counts 3 pages, its page records hold 2"
+        );
+
+        let mut st = valid();
+        st.page_runs[0].process = 2;
+        assert_eq!(
+            refusal(&st),
+            "validate: page record at 0x1e000 belongs to process number 2, which the image does not hold"
+        );
+
+        let mut st = valid();
+        st.page_runs[0].vaddr = 0x1f000;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: pages 0x1f000-0x21000 lie outside its mappings"
+        );
+
+        let mut st = valid();
+        st.page_runs[0].vaddr = u64::MAX - 0xfff;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: 8192 bytes of pages at 0xfffffffffffff000 overflow"
+        );
+
+        let mut st = valid();
+        st.processes[1].zombie = Some(0);
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101 is a zombie, yet has pages at 0x1e000"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].backing = Backing::Special("[vdso]".into());
+        st.processes[1].vmas[0].name = "[vdso]".into();
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: pages 0x1e000-0x20000 fall in mapping 0x10000-0x20000 ([vdso]), which takes no pages"
+        );
+
+        let mut st = valid();
+        st.processes[1].vmas[0].shared = true;
+        st.processes[1].vmas[0].name = "/etc/passwd".into();
+        st.processes[1].vmas[0].backing = Backing::File {
+            path: "/etc/passwd".into(),
+            offset: 0,
+            identity: Default::default(),
+        };
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: pages 0x1e000-0x20000 fall in mapping 0x10000-0x20000 (/etc/passwd), which takes no pages"
+        );
+        st.processes[1].vmas[0].shared = false;
+        check_structure(&st).expect("a private copy of a file takes pages");
+    }
+}
