@@ -12,6 +12,7 @@
 
 pub mod clocks;
 pub mod collect;
+pub mod conv;
 pub mod dump;
 pub mod files;
 pub mod freeze;
@@ -31,6 +32,7 @@ use crate::engine::remote::RemoteError;
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    // _SC_PAGESIZE cannot fail on Linux; 4096 is every target's page size.
     u64::try_from(v).unwrap_or(4096)
 }
 

@@ -168,6 +168,7 @@ impl<'m> Remote<'m> {
     ) -> Result<u64, RemoteError> {
         let r = self.syscall_raw(nr, args)?;
         if (-4095..0).contains(&r) {
+            // -r is in 1..=4095 here.
             let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);
             return Err(RemoteError::Syscall {
                 tid: self.tid,

@@ -57,11 +57,13 @@ fn diag(inode: u64) -> Result<Diag, String> {
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(
         &u16::try_from(libc::NLM_F_REQUEST)
+            // NLM_F_REQUEST is 1.
             .unwrap_or(1)
             .to_ne_bytes(),
     );
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
+    // AF_UNIX is 1.
     req.extend_from_slice(&[u8::try_from(libc::AF_UNIX).unwrap_or(1), 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&ino.to_ne_bytes());
@@ -391,6 +393,8 @@ pub(super) fn open(
             bind(f.as_raw_fd(), s)?;
         }
         if s.listening {
+            // listen(2) caps the backlog at net.core.somaxconn: any larger
+            // one means the same.
             let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
             // SAFETY: listen takes integers.
             if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {
