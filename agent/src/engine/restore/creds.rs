@@ -28,6 +28,7 @@ fn capset(
 ) -> Result<(), Cause> {
     // Header {version, pid 0}, then two {effective, permitted, inheritable}
     // blocks: low and high 32 bits.
+    // Masked and shifted to 32 bits: both fit.
     let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
     let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
     let words: [u32; 8] = [

@@ -14,7 +14,7 @@ use crate::engine::image_io::ImageState;
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::FileKind;
-use crate::engine::{EngineError, Step, StepExt};
+use crate::engine::{conv, EngineError, Step, StepExt};
 
 use super::objects::{cstr, move_high, Objects};
 use super::{last_os, refused};
@@ -63,7 +63,11 @@ pub(crate) fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
         };
         return Err(std::io::Error::new(e.kind(), why));
     }
-    Ok(i32::try_from(r).unwrap_or(-1))
+    Ok(conv::fit(
+        r,
+        "pid_t",
+        format_args!("clone3 result for pid {pid}"),
+    )?)
 }
 
 /// Writes one report line to torpor (atomic: shorter than PIPE_BUF).
@@ -258,6 +262,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             rlim_cur: *cur,
             rlim_max: *max,
         };
+        // `res` indexes the fixed table of RLIM_NLIMITS entries: fits.
         // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::setrlimit(u32::try_from(res).unwrap_or(u32::MAX) as _, &raw const lim) }
             < 0
@@ -283,6 +288,7 @@ impl Drop for Created {
         }
         // Only tasks that are really ours: a pid that could not be created
         // may belong to someone else.
+        // Pids are below PID_MAX_LIMIT (2^22): fits.
         let me = i32::try_from(std::process::id()).unwrap_or(0);
         let ours: Vec<i32> = self
             .pids
@@ -343,7 +349,7 @@ pub(super) fn create_tasks(
     }
     let report_w = move_high(
         rp[1],
-        objs.high + i32::try_from(objs.fds.len()).unwrap_or(0),
+        objs.high + conv::fit::<i32, _>(objs.fds.len(), "int", "descriptor count").step(step)?,
     )
     .step(step)?;
     let root = &st.processes[0];
