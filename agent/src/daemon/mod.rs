@@ -414,7 +414,18 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             );
         }
         let (uid, gid) = match auth::process_uids(pid) {
-            Ok(Some(uids)) => (uids[0], process_gid(pid).unwrap_or(0)),
+            // Not root's group for a gid that cannot be read.
+            Ok(Some(uids)) => match process_gid(pid) {
+                Some(gid) => (uids[0], gid),
+                None => {
+                    return self.refuse(
+                        peer,
+                        what,
+                        ErrorKind::NoSuchProcess,
+                        &format!("pid {pid}: no readable Gid in /proc/{pid}/status"),
+                    )
+                }
+            },
             Ok(None) => {
                 return self.refuse(
                     peer,

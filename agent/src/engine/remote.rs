@@ -62,6 +62,8 @@ impl<'m> Remote<'m> {
         let saved_mask = ptrace::get_sigmask(tid)?;
         ptrace::set_sigmask(tid, u64::MAX)?;
         if let Err(e) = mem.write(RemotePtr::<u8>::new(pc), arch::SYSCALL_TRAP) {
+            // The write's error is the one to report; the mask is put back
+            // as far as the task still allows.
             let _ = ptrace::set_sigmask(tid, saved_mask);
             return Err(e.into());
         }

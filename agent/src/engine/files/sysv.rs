@@ -263,7 +263,8 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) };
     if id < 0 {
         let e = super::last_os();
-        // The id is no longer wanted by anyone.
+        // The id is no longer wanted by anyone. Unchecked: the shmget error
+        // is the one to report, and every segment writes its own id first.
         let _ = std::fs::write(SHM_NEXT_ID, "-1");
         return Err(os(what)(e));
     }

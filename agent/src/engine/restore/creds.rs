@@ -57,10 +57,14 @@ pub(super) fn restore_creds(
     c: &crate::engine::state::Creds,
 ) -> Result<(), Cause> {
     let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
-    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?
+    let cap_text = procfs::read("/proc/sys/kernel/cap_last_cap")?;
+    let last_cap: u32 = cap_text
         .trim()
         .parse()
-        .unwrap_or(40);
+        .map_err(|_| procfs::ProcError::Malformed {
+            path: "/proc/sys/kernel/cap_last_cap".into(),
+            what: format!("{:?} is not a capability number", cap_text.trim()),
+        })?;
     let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
     let caps_change = c.caps != me.caps;
     if caps_change {

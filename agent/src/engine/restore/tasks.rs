@@ -75,6 +75,8 @@ fn report(fd: i32, line: &str) {
     let mut b = line.as_bytes().to_vec();
     b.truncate(500);
     b.push(b'\n');
+    // Unchecked: a line that does not arrive is read by torpor as the
+    // tasks ending before reporting ready, which fails the restore.
     // SAFETY: writing our buffer to the report pipe.
     unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
 }
@@ -203,13 +205,18 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     for &t in &targets {
         let t = t.bits();
         if t > next {
+            // Left open, torpor's own descriptors would reach the tree.
             // SAFETY: a plain syscall on integers or live C strings.
-            unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) };
+            if unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) } < 0 {
+                return Err(format!("close_range {next}..={}: {}", t - 1, last_os()));
+            }
         }
         next = t + 1;
     }
     // SAFETY: a plain syscall on integers or live C strings.
-    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    if unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) } < 0 {
+        return Err(format!("close_range {next}..: {}", last_os()));
+    }
     crate::engine::files::register_epolls(p, &st.files)?;
     crate::engine::files::take_locks(p)?;
     // Signal-driven I/O, armed through the fd with the lowest number in the
