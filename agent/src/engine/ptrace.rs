@@ -70,10 +70,6 @@ impl<T> RemotePtr<T> {
     pub fn addr(self) -> u64 {
         self.addr
     }
-    /// The address `bytes` further on, typed as `U`.
-    pub fn byte_add<U>(self, bytes: u64) -> RemotePtr<U> {
-        RemotePtr::new(self.addr + bytes)
-    }
 }
 
 fn ptrace_raw(req: u32, tid: i32, addr: usize, data: usize) -> libc::c_long {

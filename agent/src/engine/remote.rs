@@ -96,26 +96,11 @@ impl<'m> Remote<'m> {
         self.tid
     }
 
-    /// The registers the task had when borrowed.
-    pub fn saved_regs(&self) -> &Regs {
-        &self.saved
-    }
-
     /// Registers and signal mask to install when the guard ends, instead of
     /// the ones saved (used by restore to leave the task in its final state).
     pub fn replace_saved(&mut self, regs: Regs, mask: u64) {
         self.saved = regs;
         self.saved_mask = mask;
-    }
-
-    /// Moves the guard to a trampoline (after one was mapped through the
-    /// patched pc), writing the patched bytes back now.
-    pub fn switch_to_trampoline(&mut self, trampoline: u64) -> Result<(), RemoteError> {
-        if let Site::Patched(pc, orig) = self.site {
-            self.mem.write(RemotePtr::<u8>::new(pc), &orig)?;
-        }
-        self.site = Site::Trampoline(trampoline);
-        Ok(())
     }
 
     fn site_pc(&self) -> u64 {
