@@ -1166,4 +1166,32 @@ mod tests {
             .to_string();
         assert!(e.contains("before its record"), "{e}");
     }
+
+    #[test]
+    fn a_negative_timer_from_the_kernel_is_refused_not_disarmed() {
+        let t = Itimer {
+            interval_sec: 0,
+            interval_usec: 0,
+            value_sec: -1,
+            value_usec: 0,
+        };
+        let e = itimer_ns(&t).expect_err("negative timer").to_string();
+        assert!(
+            e.contains("interval timer nanoseconds -1000000000 does not fit u64"),
+            "{e}"
+        );
+        let ok = Itimer {
+            value_sec: 2,
+            value_usec: 5,
+            ..t
+        };
+        assert_eq!(itimer_ns(&ok).expect("fits").value_ns, 2_000_005_000);
+        let e = ts_ns((0, -1))
+            .expect_err("negative posix timer")
+            .to_string();
+        assert!(
+            e.contains("posix timer nanoseconds -1 does not fit u64"),
+            "{e}"
+        );
+    }
 }

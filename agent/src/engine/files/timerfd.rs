@@ -182,6 +182,32 @@ pub(super) fn open(
 mod tests {
     use super::*;
 
+    // The timespec fields are i64 here and i32 on 32-bit ARM.
+    #[allow(clippy::useless_conversion)]
+    #[test]
+    fn timer_seconds_beyond_time_t_are_refused() {
+        let r = timespec(u64::MAX);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if core::mem::size_of_val(&zero.tv_sec) == 4 {
+            let e = r.expect_err("beyond a 32-bit time_t").to_string();
+            assert_eq!(e, "timer seconds 18446744073 does not fit time_t");
+        } else {
+            let t = r.expect("fits a 64-bit time_t");
+            assert_eq!(
+                (i64::from(t.tv_sec), i64::from(t.tv_nsec)),
+                (18_446_744_073, 709_551_615)
+            );
+        }
+        let t = timespec(1_500_000_000).expect("small");
+        assert_eq!(
+            (i64::from(t.tv_sec), i64::from(t.tv_nsec)),
+            (1, 500_000_000)
+        );
+    }
+
     #[test]
     fn fdinfo_text() {
         let t = collect("clockid: 0\nticks: 2\nsettime flags: 01\nit_value: (2, 951542206)\nit_interval: (1, 0)\n", 7).expect("valid");
