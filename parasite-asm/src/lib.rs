@@ -390,7 +390,9 @@ mod blobs {
 #[allow(unsafe_code)]
 mod export {
     unsafe extern "C" {
+        #[cfg(test)]
         static torpor_trampoline_start: u8;
+        #[cfg(test)]
         static torpor_trampoline_end: u8;
         static torpor_parasite_start: u8;
         static torpor_parasite_end: u8;
@@ -409,7 +411,9 @@ mod export {
         unsafe { core::slice::from_raw_parts(start, len) }
     }
 
-    /// `syscall; trap` for this architecture.
+    /// `syscall; trap` for this architecture (the agent patches its own
+    /// `arch::SYSCALL_TRAP`; this blob is checked against it in tests).
+    #[cfg(test)]
     pub fn trampoline() -> &'static [u8] {
         // SAFETY: the trampoline's own start and end symbols, in .rodata.
         unsafe {
@@ -433,7 +437,9 @@ mod export {
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
-pub use export::{parasite, trampoline};
+pub use export::parasite;
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "arm")))]
+pub use export::trampoline;
 
 #[cfg(test)]
 mod tests {

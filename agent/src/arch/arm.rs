@@ -254,11 +254,8 @@ pub mod nr {
     pub const MMAP: i64 = 192;
     pub const MPROTECT: i64 = 125;
     pub const MUNMAP: i64 = 91;
-    pub const BRK: i64 = 45;
     pub const RT_SIGACTION: i64 = 174;
     pub const MREMAP: i64 = 163;
-    pub const PAUSE: i64 = 29;
-    pub const GETPID: i64 = 20;
     pub const SETITIMER: i64 = 104;
     pub const SETGROUPS: i64 = 206;
     pub const SETRESUID: i64 = 208;

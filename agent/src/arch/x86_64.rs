@@ -305,11 +305,8 @@ pub mod nr {
     pub const MMAP: i64 = 9;
     pub const MPROTECT: i64 = 10;
     pub const MUNMAP: i64 = 11;
-    pub const BRK: i64 = 12;
     pub const RT_SIGACTION: i64 = 13;
     pub const MREMAP: i64 = 25;
-    pub const PAUSE: i64 = 34;
-    pub const GETPID: i64 = 39;
     pub const SETITIMER: i64 = 38;
     pub const SETGROUPS: i64 = 116;
     pub const SETRESUID: i64 = 117;

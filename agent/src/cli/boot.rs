@@ -295,6 +295,7 @@ fn restore_slot(
     }
     if let Some(conn) = conn {
         let resumed = resumed_now(&header, generation);
+        // The restore just created a task with this pid: positive.
         let pid_u = u32::try_from(pid).unwrap_or(0);
         // Not read here: the reply is the application's.
         if let Err(e) = send_restored(&conn, pid_u, resumed) {
@@ -316,6 +317,7 @@ fn send_restored(conn: &OwnedFd, pid: u32, resumed: Resumed) -> std::io::Result<
 pub fn resumed_now(header: &Header, generation: u64) -> Resumed {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
+        // 64-bit nanoseconds last until 2554.
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0);
     slept(header.created_ns, now, generation)

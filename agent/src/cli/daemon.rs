@@ -10,7 +10,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::config::{self, Config, LogTarget};
 use crate::daemon::log;
 use crate::daemon::store_engine::StoreEngine;
-use crate::daemon::{Daemon, Engine, Listener, NoEngine, Settings};
+use crate::daemon::{Daemon, Engine, Listener, Settings};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -112,8 +112,10 @@ log.socket = {}
 pub fn run(args: DaemonArgs) -> i32 {
     match load(&args) {
         Ok(c) => run_with(args, StoreEngine::new(c.store.device)),
-        // run_with reports the configuration error.
-        Err(_) => run_with(args, NoEngine),
+        Err(e) => {
+            log::error!("{e}");
+            1
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub fn run(a: &RunArgs) -> Result<i32, String> {
         announce(a, pid)?;
         return Ok(0);
     }
+    // Pids are below PID_MAX_LIMIT (2^22): fits.
     announce(a, i32::try_from(std::process::id()).unwrap_or(0))?;
     let (cmd, args) = a.command.split_first().ok_or("give the command after --")?;
     let e = std::process::Command::new(cmd).args(args).exec();

@@ -36,7 +36,7 @@ pub use nix::unistd::Pid;
 use crate::power::{PowerDown, PowerError};
 use crate::protocol::{
     self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status,
-    StoreState, StoreSummary, Target, MAX_MESSAGE,
+    StoreSummary, Target, MAX_MESSAGE,
 };
 
 /// The most connections served at once; more are refused with `Busy`.
@@ -106,35 +106,6 @@ pub trait Engine {
     /// The power came back without a reboot after `hibernate` (a simulated
     /// supply): the tree rooted at `pid` runs again.
     fn power_returned(&mut self, _pid: Pid) {}
-}
-
-/// The engine of a daemon that has no checkpoint engine to drive: it
-/// refuses hibernate and checkpoint with a reason, and still lets the
-/// daemon answer `Status` and check configuration and permissions.
-#[derive(Debug, Default)]
-pub struct NoEngine;
-
-impl Engine for NoEngine {
-    fn hibernate(&mut self, _: Pid, _: RawFd, _: Option<u32>) -> Result<Stored, CheckpointError> {
-        Err(CheckpointError::Unsupported(
-            "this torpor build has no checkpoint engine".into(),
-        ))
-    }
-    fn abandon(&mut self, _: Pid, _: u64) -> Result<(), CheckpointError> {
-        Ok(())
-    }
-    fn checkpoint(&mut self, _: Pid, _: RawFd) -> Result<Stored, CheckpointError> {
-        Err(CheckpointError::Unsupported(
-            "this torpor build has no checkpoint engine".into(),
-        ))
-    }
-    fn status(&mut self) -> StoreSummary {
-        StoreSummary {
-            state: StoreState::Unavailable,
-            generation: 0,
-            image_bytes: 0,
-        }
-    }
 }
 
 /// What the daemon needs to know beyond its devices.
@@ -414,7 +385,18 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             );
         }
         let (uid, gid) = match auth::process_uids(pid) {
-            Ok(Some(uids)) => (uids[0], process_gid(pid).unwrap_or(0)),
+            // Not root's group for a gid that cannot be read.
+            Ok(Some(uids)) => match process_gid(pid) {
+                Some(gid) => (uids[0], gid),
+                None => {
+                    return self.refuse(
+                        peer,
+                        what,
+                        ErrorKind::NoSuchProcess,
+                        &format!("pid {pid}: no readable Gid in /proc/{pid}/status"),
+                    )
+                }
+            },
             Ok(None) => {
                 return self.refuse(
                     peer,

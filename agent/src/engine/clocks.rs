@@ -129,10 +129,15 @@ pub fn now_ns(clock: i32) -> Result<i128, Cause> {
     Ok(i128::from(ts.tv_sec()) * NS + i128::from(ts.tv_nsec()))
 }
 
+/// Clock sums saturate rather than fail: a clock reading, a shift and a
+/// deadline each fit 64 bits, so only a sum at the ends of the range clamps,
+/// and a clamped deadline or offset still lies in the far future or past
+/// (the kernel refuses a time namespace offset beyond its own range).
 fn clamp_u64(v: i128) -> u64 {
     u64::try_from(v.max(0)).unwrap_or(u64::MAX)
 }
 
+/// See [`clamp_u64`].
 fn clamp_i64(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }

@@ -20,7 +20,7 @@ use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
-use crate::engine::{Cause, EngineError, Step, StepExt};
+use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 use crate::image::records::SeccompFilter;
 
 const RLIMIT_NLIMITS: u32 = 16;
@@ -422,7 +422,14 @@ fn read_timers(
 
 fn check_results(tid: i32, a: &ParasiteArgs) -> Result<(), Cause> {
     let fail = |name: &'static str, r: isize| -> Cause {
-        let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);
+        // The result word is the target's memory: only -4095..-1 is an errno.
+        let Some(errno) = r
+            .checked_neg()
+            .and_then(|e| i32::try_from(e).ok())
+            .filter(|e| (1..4096).contains(e))
+        else {
+            return Cause::Refused(format!("{name} returned {r}, not an errno"));
+        };
         Cause::Remote(RemoteError::Syscall {
             tid,
             name,
@@ -515,7 +522,7 @@ impl FileTable {
                     sigio: None,
                 });
                 self.owner.push((pid, fd, format!("external:{key}")));
-                let file = u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX);
+                let file = conv::fit(self.files.len() - 1, "u32", "open file index").step(step)?;
                 out.push(Fd { fd, file, cloexec });
                 continue;
             }
@@ -551,7 +558,7 @@ impl FileTable {
             };
             out.push(Fd {
                 fd,
-                file: u32::try_from(id).unwrap_or(u32::MAX),
+                file: conv::fit(id, "u32", "open file index").step(step)?,
                 cloexec,
             });
         }
@@ -669,7 +676,7 @@ impl FileTable {
         }
         let st = read_pipe(pid, fd, ino)?;
         self.pipes.push(st);
-        let i = u32::try_from(self.pipes.len() - 1).unwrap_or(u32::MAX);
+        let i = conv::fit(self.pipes.len() - 1, "u32", "pipe index")?;
         self.pipe_index.insert(ino, i);
         Ok(i)
     }
@@ -774,9 +781,13 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         }
         // SAFETY: both fds are fresh and ours.
         let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        // A smaller copy would hold fewer bytes than the pipe: tee would
+        // come up short.
         // SAFETY: fcntl on an fd we own.
-        unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-        let want = usize::try_from(avail).unwrap_or(0);
+        if unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < size {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let want: usize = conv::fit(avail, "usize", "unread pipe bytes")?;
         // SAFETY: tee between two pipe fds we hold.
         let n = unsafe {
             libc::tee(
@@ -788,6 +799,13 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         };
         if n < 0 {
             return Err(std::io::Error::last_os_error().into());
+        }
+        // tee copies from the head of the pipe without consuming it: another
+        // call would copy the same bytes again, so a short copy is an error.
+        if n.bits() != want {
+            return Err(Cause::Refused(format!(
+                "pipe {inode}: tee copied {n} of its {want} unread bytes"
+            )));
         }
         data.resize(n.bits(), 0);
         let mut got = 0;

@@ -208,11 +208,13 @@ fn dump_memory<W: Write>(
     let pid = p.pid;
     let step = Step::Memory(pid);
     let ps = page_size();
+    // The page size of this system fits a native word.
     let psz = usize::try_from(ps).unwrap_or(4096);
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap")).step(step)?;
     let mem = Mem::open(pid).step(step)?;
     let mut total = 0u64;
     let batch_pages = (buf.len() / psz) as u64;
+    // `batch_pages` came from a usize just above.
     let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
     for (v, m) in p.vmas.iter().zip(
         maps.iter()
@@ -237,6 +239,7 @@ fn dump_memory<W: Write>(
         let mut addr = v.start;
         while addr < v.end {
             let n = ((v.end - addr) / ps).min(batch_pages);
+            // n <= batch_pages: the bytes fit `pm`, a usize-sized buffer.
             let nbytes = usize::try_from(n * 8).unwrap_or(0);
             pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
             // The address space ends early only when the task died.
@@ -248,6 +251,7 @@ fn dump_memory<W: Write>(
             let mut i = 0u64;
             while i < n {
                 let e = |k: u64| {
+                    // k < n: inside `pm`.
                     let o = usize::try_from(k * 8).unwrap_or(0);
                     u64::from_le_bytes([
                         pm[o],
@@ -269,6 +273,7 @@ fn dump_memory<W: Write>(
                     j += 1;
                 }
                 let run_addr = addr + i * ps;
+                // j - i <= batch_pages: the run fits `buf`.
                 let len = usize::try_from((j - i) * ps).unwrap_or(0);
                 read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
                 total += write_nonzero(w, run_addr, &buf[..len], psz).step(Step::WriteImage)?;

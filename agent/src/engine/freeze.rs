@@ -58,7 +58,23 @@ fn seize_one(tid: i32) -> Result<(), PtraceError> {
     // The parasite's syscalls must not meet the task's seccomp filters.
     // Where the option is refused (torpor itself under seccomp) they may,
     // and a refused syscall fails the dump cleanly.
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
+    // Unread, the task would be seized with its filters active.
+    let status = match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(s) => s,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Err(PtraceError::TaskDied(tid));
+        }
+        Err(err) => {
+            return Err(PtraceError::Os {
+                op: "reading /proc/PID/status",
+                tid,
+                err,
+            })
+        }
+    };
     let filtered = status
         .lines()
         .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
@@ -127,7 +143,11 @@ impl Frozen {
                     // An exited child its frozen parent has not reaped: it
                     // comes back as a zombie with the same status, unless
                     // only its leader exited and other threads run on.
-                    let tids = procfs::threads(pid).unwrap_or_default();
+                    // Unread, no thread list would pass for a lone leader.
+                    let tids = procfs::threads(pid)
+                        .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
+                        .step(step)
+                        .map_err(|e| FreezeFailure::of(e, pid != root))?;
                     if tids.iter().all(|t| *t == pid) {
                         f.zombies.insert(pid, stat.exit_code);
                         f.threads.insert(pid, Vec::new());

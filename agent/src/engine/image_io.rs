@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use crate::arch::Bits;
+use crate::engine::conv;
 use crate::engine::state::{
     AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
@@ -71,22 +72,29 @@ fn siginfo(raw: &[u8]) -> SigInfo {
     }
 }
 
-fn itimer_ns(t: &Itimer) -> ITimer {
+fn itimer_ns(t: &Itimer) -> Result<ITimer, ImageError> {
     let ns = |s: i64, us: i64| {
-        u64::try_from(
+        conv::fit(
             s.saturating_mul(1_000_000_000)
                 .saturating_add(us.saturating_mul(1000)),
+            "u64",
+            "interval timer nanoseconds",
         )
-        .unwrap_or(0)
+        .map_err(|e| ImageError::Host {
+            what: "a timer the kernel reported",
+            source: e.into(),
+        })
     };
-    ITimer {
-        interval_ns: ns(t.interval_sec, t.interval_usec),
-        value_ns: ns(t.value_sec, t.value_usec),
-    }
+    Ok(ITimer {
+        interval_ns: ns(t.interval_sec, t.interval_usec)?,
+        value_ns: ns(t.value_sec, t.value_usec)?,
+    })
 }
 
 fn itimer_of(t: &ITimer) -> Itimer {
     let split = |ns: u64| {
+        // u64::MAX / 10^9 and anything below 10^6 fit i64: no fallback is
+        // ever taken.
         let s = i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX);
         let us = i64::try_from(ns % 1_000_000_000 / 1000).unwrap_or(0);
         (s, us)
@@ -101,11 +109,21 @@ fn itimer_of(t: &ITimer) -> Itimer {
     }
 }
 
-fn ts_ns((s, ns): (i64, i64)) -> u64 {
-    u64::try_from(s.saturating_mul(1_000_000_000).saturating_add(ns)).unwrap_or(0)
+fn ts_ns((s, ns): (i64, i64)) -> Result<u64, ImageError> {
+    conv::fit(
+        s.saturating_mul(1_000_000_000).saturating_add(ns),
+        "u64",
+        "posix timer nanoseconds",
+    )
+    .map_err(|e| ImageError::Host {
+        what: "a timer the kernel reported",
+        source: e.into(),
+    })
 }
 
 fn ns_ts(ns: u64) -> (i64, i64) {
+    // u64::MAX / 10^9 and anything below 10^9 fit i64: no fallback is ever
+    // taken.
     (
         i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
         i64::try_from(ns % 1_000_000_000).unwrap_or(0),
@@ -229,6 +247,7 @@ pub fn write_process<W: Write>(
             .iter()
             .enumerate()
             .map(|(i, (cur, max))| Rlimit {
+                // An index into the fixed table of RLIM_NLIMITS entries.
                 resource: u32::try_from(i).unwrap_or(u32::MAX),
                 cur: *cur,
                 max: *max,
@@ -239,6 +258,7 @@ pub fn write_process<W: Write>(
             .iter()
             .enumerate()
             .map(|(i, s)| RSig {
+                // An index into the fixed table of the 64 signals.
                 signo: u32::try_from(i + 1).unwrap_or(0),
                 handler: s.handler,
                 flags: s.flags,
@@ -249,25 +269,42 @@ pub fn write_process<W: Write>(
         sigmask: p.threads.first().map(|t| t.sigmask).unwrap_or(0),
         pending: p.shared_pending.iter().map(|r| siginfo(r)).collect(),
         itimers: ITimers {
-            real: p.itimers.first().map(itimer_ns).unwrap_or_default(),
-            virt: p.itimers.get(1).map(itimer_ns).unwrap_or_default(),
-            prof: p.itimers.get(2).map(itimer_ns).unwrap_or_default(),
+            real: p
+                .itimers
+                .first()
+                .map(itimer_ns)
+                .transpose()?
+                .unwrap_or_default(),
+            virt: p
+                .itimers
+                .get(1)
+                .map(itimer_ns)
+                .transpose()?
+                .unwrap_or_default(),
+            prof: p
+                .itimers
+                .get(2)
+                .map(itimer_ns)
+                .transpose()?
+                .unwrap_or_default(),
         },
         personality: p.personality,
         posix_timers: p
             .posix_timers
             .iter()
-            .map(|t| RTimer {
-                id: t.id,
-                clock: t.clock,
-                notify: t.notify,
-                tid: t.tid,
-                signo: t.signo,
-                value: t.value,
-                interval_ns: ts_ns(t.interval),
-                value_ns: ts_ns(t.left),
+            .map(|t| {
+                Ok(RTimer {
+                    id: t.id,
+                    clock: t.clock,
+                    notify: t.notify,
+                    tid: t.tid,
+                    signo: t.signo,
+                    value: t.value,
+                    interval_ns: ts_ns(t.interval)?,
+                    value_ns: ts_ns(t.left)?,
+                })
             })
-            .collect(),
+            .collect::<Result<_, ImageError>>()?,
         exit_status: p.zombie,
         ctty: p.ctty,
         locks: p.locks.clone(),
@@ -915,7 +952,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                     kind,
                                     sigio: None,
                                 });
-                                let i = u32::try_from(st.files.len() - 1).unwrap_or(u32::MAX);
+                                let i = conv::fit(st.files.len() - 1, "u32", "open file index")
+                                    .map_err(|e| malformed(e.to_string()))?;
                                 ofds.insert(f.ofd, i);
                                 i
                             }
@@ -1085,5 +1123,33 @@ mod tests {
             .expect_err("unknown object refused")
             .to_string();
         assert!(e.contains("before its record"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_timer_from_the_kernel_is_refused_not_disarmed() {
+        let t = Itimer {
+            interval_sec: 0,
+            interval_usec: 0,
+            value_sec: -1,
+            value_usec: 0,
+        };
+        let e = itimer_ns(&t).expect_err("negative timer").to_string();
+        assert!(
+            e.contains("interval timer nanoseconds -1000000000 does not fit u64"),
+            "{e}"
+        );
+        let ok = Itimer {
+            value_sec: 2,
+            value_usec: 5,
+            ..t
+        };
+        assert_eq!(itimer_ns(&ok).expect("fits").value_ns, 2_000_005_000);
+        let e = ts_ns((0, -1))
+            .expect_err("negative posix timer")
+            .to_string();
+        assert!(
+            e.contains("posix timer nanoseconds -1 does not fit u64"),
+            "{e}"
+        );
     }
 }

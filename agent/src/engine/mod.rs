@@ -42,6 +42,7 @@ pub use state::ImageState;
 
 pub mod clocks;
 pub mod collect;
+pub mod conv;
 pub mod dump;
 pub mod files;
 pub mod freeze;

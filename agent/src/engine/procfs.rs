@@ -438,6 +438,7 @@ pub fn parse_limits(path: &str, text: &str) -> Result<Vec<(u64, u64)>, ProcError
 
 /// The kind-specific part of `/proc/PID/fdinfo/N` for the anonymous-inode
 /// files torpor recreates.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnonInfo {
     EventFd {
@@ -460,6 +461,7 @@ pub enum AnonInfo {
     },
 }
 
+#[cfg(test)]
 fn pair(path: &str, v: &str) -> Result<(i64, i64), ProcError> {
     let inner = v.trim().trim_start_matches('(').trim_end_matches(')');
     let (a, b) = inner
@@ -474,6 +476,7 @@ fn pair(path: &str, v: &str) -> Result<(i64, i64), ProcError> {
 }
 
 /// Parses the fdinfo of an `anon_inode:[eventfd|signalfd|timerfd|eventpoll]`.
+#[cfg(test)]
 pub fn parse_anon_fdinfo(path: &str, kind: &str, text: &str) -> Result<AnonInfo, ProcError> {
     let field = |name: &str| -> Option<&str> {
         text.lines().find_map(|l| {

@@ -74,10 +74,6 @@ impl<T> RemotePtr<T> {
     pub fn addr(self) -> u64 {
         self.addr
     }
-    /// The address `bytes` further on, typed as `U`.
-    pub fn byte_add<U>(self, bytes: u64) -> RemotePtr<U> {
-        RemotePtr::new(self.addr + bytes)
-    }
 }
 
 /// One ptrace request; a negative return sets errno.
@@ -123,6 +119,7 @@ pub fn seize(tid: i32, options: u32) -> Result<(), PtraceError> {
 /// Seccomp filter `index` of `tid` (0: the oldest): its flags and its
 /// program as `struct sock_filter` bytes; `None` past the newest.
 pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, PtraceError> {
+    // Past usize::MAX there is no filter either: the kernel answers ENOENT.
     let idx = usize::try_from(index).unwrap_or(usize::MAX);
     // SAFETY: with a null buffer PTRACE_SECCOMP_GET_FILTER only counts.
     let n = unsafe { ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, idx, 0) };
@@ -133,6 +130,7 @@ pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<(u64, Vec<u8>)>, Pt
         return Err(os("PTRACE_SECCOMP_GET_FILTER", tid));
     }
     // struct sock_filter: u16 code, u8 jt, u8 jf, u32 k.
+    // n >= 0 here, at most BPF_MAXINSNS (4096) instructions.
     let mut program = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
     // SAFETY: `program` holds the `n` eight-byte instructions the kernel
     // writes; n is what it reported a moment ago and a filter never grows.
@@ -297,6 +295,7 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>, PtraceError>
         if n == 0 {
             return Ok(out);
         }
+        // n > 0 here, and `take` bounds it by the buffer.
         let n = usize::try_from(n).unwrap_or(0);
         for c in buf.chunks_exact(SIGINFO_SIZE).take(n) {
             out.push(c.to_vec());

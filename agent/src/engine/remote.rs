@@ -62,6 +62,8 @@ impl<'m> Remote<'m> {
         let saved_mask = ptrace::get_sigmask(tid)?;
         ptrace::set_sigmask(tid, u64::MAX)?;
         if let Err(e) = mem.write(RemotePtr::<u8>::new(pc), arch::SYSCALL_TRAP) {
+            // The write's error is the one to report; the mask is put back
+            // as far as the task still allows.
             let _ = ptrace::set_sigmask(tid, saved_mask);
             return Err(e.into());
         }
@@ -94,26 +96,11 @@ impl<'m> Remote<'m> {
         self.tid
     }
 
-    /// The registers the task had when borrowed.
-    pub fn saved_regs(&self) -> &Regs {
-        &self.saved
-    }
-
     /// Registers and signal mask to install when the guard ends, instead of
     /// the ones saved (used by restore to leave the task in its final state).
     pub fn replace_saved(&mut self, regs: Regs, mask: u64) {
         self.saved = regs;
         self.saved_mask = mask;
-    }
-
-    /// Moves the guard to a trampoline (after one was mapped through the
-    /// patched pc), writing the patched bytes back now.
-    pub fn switch_to_trampoline(&mut self, trampoline: u64) -> Result<(), RemoteError> {
-        if let Site::Patched(pc, orig) = self.site {
-            self.mem.write(RemotePtr::<u8>::new(pc), &orig)?;
-        }
-        self.site = Site::Trampoline(trampoline);
-        Ok(())
     }
 
     fn site_pc(&self) -> u64 {
@@ -168,6 +155,7 @@ impl<'m> Remote<'m> {
     ) -> Result<u64, RemoteError> {
         let r = self.syscall_raw(nr, args)?;
         if (-4095..0).contains(&r) {
+            // -r is in 1..=4095 here.
             let errno = i32::try_from(-r).unwrap_or(libc::EINVAL);
             return Err(RemoteError::Syscall {
                 tid: self.tid,

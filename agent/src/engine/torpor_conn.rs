@@ -23,6 +23,7 @@
 //! directly, with pointers to our buffers, and take ownership of the new fd.
 #![allow(unsafe_code)]
 
+use crate::arch::Bits;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -84,12 +85,14 @@ pub fn peer_inode(fd: RawFd) -> Result<u64, PeerError> {
     let nl = unsafe { OwnedFd::from_raw_fd(nl) };
 
     let mut req = [0u8; NLMSG_HDR + DIAG_REQ];
+    // A fixed-size request of a few dozen bytes.
     let total = u32::try_from(req.len()).unwrap_or(0);
     req[0..4].copy_from_slice(&total.to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     req[8..12].copy_from_slice(&1u32.to_ne_bytes());
     let body = &mut req[NLMSG_HDR..];
+    // AF_UNIX is 1.
     body[0] = u8::try_from(libc::AF_UNIX).unwrap_or(1);
     body[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
     body[8..12].copy_from_slice(&ino32.to_ne_bytes());
@@ -180,7 +183,7 @@ pub fn dup_for_tree(conn: RawFd, flags: u32) -> io::Result<RawFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    let status = i32::try_from(flags).unwrap_or(0) & libc::O_NONBLOCK;
+    let status = flags.bits() & libc::O_NONBLOCK;
     // SAFETY: setting status flags on the fd just duplicated.
     if unsafe { libc::fcntl(fd, libc::F_SETFL, status) } < 0 {
         let e = io::Error::last_os_error();

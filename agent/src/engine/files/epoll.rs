@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 use super::{hex_u64, into_raw, last_os, owned};
+use crate::engine::conv;
 use crate::image::records::{Epoll, EpollTarget};
 
 /// `KCMP_EPOLL_TFD`: is this file the target registered in that epoll?
@@ -46,9 +47,9 @@ pub(super) fn collect(pid: i32, fd: i32, info: &str) -> Result<Epoll, String> {
         // still name the same file in this process to be registered again.
         let toff = targets.iter().filter(|o| o.fd == t.fd).count();
         let slot = KcmpEpollSlot {
-            efd: u32::try_from(fd).unwrap_or(u32::MAX),
-            tfd: u32::try_from(t.fd).unwrap_or(u32::MAX),
-            toff: u32::try_from(toff).unwrap_or(u32::MAX),
+            efd: conv::fit(fd, "u32", "epoll fd").map_err(|e| e.to_string())?,
+            tfd: conv::fit(t.fd, "u32", "epoll target fd").map_err(|e| e.to_string())?,
+            toff: conv::fit(toff, "u32", "epoll target position").map_err(|e| e.to_string())?,
         };
         // SAFETY: kcmp reads one kcmp_epoll_slot.
         let r = unsafe {

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::sock::{apply_opts, collect_opts, get_int, set_int, socklen};
 use super::{dup_from, into_raw, last_os, owned};
+use crate::engine::conv;
 use crate::image::records::InetSocket;
 
 const TCP_LISTEN: u8 = 10;
@@ -49,6 +50,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     let (mut tcp_state, mut backlog) = (0u8, 0u32);
     if tcp {
         let mut info = [0u8; 104];
+        // 104 bytes.
         let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
         // SAFETY: getsockopt writes at most `len` bytes into `info`.
         if unsafe {
@@ -116,7 +118,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
 }
 
 fn bind(fd: i32, s: &InetSocket) -> Result<(), std::io::Error> {
-    let len = libc::socklen_t::try_from(s.local.len()).unwrap_or(0);
+    let len: libc::socklen_t = conv::fit(s.local.len(), "socklen_t", "local address length")?;
     // SAFETY: bind reads `len` bytes of the saved address.
     let r = unsafe { libc::bind(fd, s.local.as_ptr().cast(), len) };
     if r == 0 {
@@ -147,7 +149,7 @@ fn bind(fd: i32, s: &InetSocket) -> Result<(), std::io::Error> {
 /// are refused at the dump as undeliverable).
 fn requeue(s: &InetSocket) -> Result<(), std::io::Error> {
     let tmp = new_socket(s)?;
-    let len = libc::socklen_t::try_from(s.local.len()).unwrap_or(0);
+    let len: libc::socklen_t = conv::fit(s.local.len(), "socklen_t", "local address length")?;
     for m in &s.queue {
         // SAFETY: sendto reads our buffer and the saved address.
         let n = unsafe {
@@ -185,14 +187,17 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     // Loopback of the family, port 0: the kernel picks one.
     let mut addr = [0u8; 28];
     let len = if s.family == libc::AF_INET6 {
+        // AF_INET6 is 10.
         addr[..2].copy_from_slice(&u16::try_from(libc::AF_INET6).unwrap_or(10).to_ne_bytes());
         addr[23] = 1; // ::1
         28
     } else {
+        // AF_INET is 2.
         addr[..2].copy_from_slice(&u16::try_from(libc::AF_INET).unwrap_or(2).to_ne_bytes());
         addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
         16
     };
+    // 16 or 28.
     let len = libc::socklen_t::try_from(len).unwrap_or(0);
     // SAFETY: bind on our socket with a local address buffer of `len` bytes.
     if unsafe { libc::bind(lst.as_raw_fd(), addr.as_ptr().cast(), len) } < 0
@@ -203,7 +208,7 @@ fn reset_connection(s: &InetSocket) -> Result<OwnedFd, std::io::Error> {
     }
     let bound = name(&lst, false)?;
     let c = new_socket(s)?;
-    let blen = libc::socklen_t::try_from(bound.len()).unwrap_or(0);
+    let blen: libc::socklen_t = conv::fit(bound.len(), "socklen_t", "bound address length")?;
     // SAFETY: connect reads `blen` bytes of `bound`.
     if unsafe { libc::connect(c.as_raw_fd(), bound.as_ptr().cast(), blen) } < 0 {
         return Err(last_os());
@@ -281,13 +286,15 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
             })?;
         }
         if s.listening {
+            // listen(2) caps the backlog at net.core.somaxconn: any larger
+            // one means the same.
             let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
             // SAFETY: listen takes integers.
             if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {
                 return Err(last_os());
             }
         } else if !s.peer.is_empty() {
-            let len = libc::socklen_t::try_from(s.peer.len()).unwrap_or(0);
+            let len: libc::socklen_t = conv::fit(s.peer.len(), "socklen_t", "peer address length")?;
             // SAFETY: connect reads `len` bytes of the saved address.
             if unsafe { libc::connect(f.as_raw_fd(), s.peer.as_ptr().cast(), len) } < 0 {
                 let e = last_os();

@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 use super::{hex_u64, into_raw, last_os, owned};
+use crate::engine::conv;
 use crate::image::records::{Inotify, InotifyWatch, RawPath};
 
 /// Gives up matching a wd number after this many skipped numbers.
@@ -97,7 +98,9 @@ fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
     .map_err(|e| format!("{mount}: {e}"))?;
     // struct file_handle: handle_bytes (u32), handle_type (int), bytes.
     let mut fh = Vec::with_capacity(8 + m.handle.len());
-    fh.extend_from_slice(&u32::try_from(m.handle.len()).unwrap_or(0).to_ne_bytes());
+    let handle_bytes: u32 =
+        conv::fit(m.handle.len(), "u32", "file handle length").map_err(|e| e.to_string())?;
+    fh.extend_from_slice(&handle_bytes.to_ne_bytes());
     fh.extend_from_slice(&m.handle_type.to_ne_bytes());
     fh.extend_from_slice(&m.handle);
     let f: OwnedFd = owned(

@@ -138,7 +138,9 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
     } else {
         libc::F_RDLCK
     })
+    // F_RDLCK and F_WRLCK are 0 and 1.
     .unwrap_or(0);
+    // SEEK_SET is 0.
     fl.l_whence = libc::c_short::try_from(libc::SEEK_SET).unwrap_or(0);
     fl.l_start = libc::off_t::try_from(l.start).map_err(|_| err("range"))?;
     fl.l_len = match l.end {

@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::{into_raw, last_os, owned};
+use crate::arch::Bits;
 use crate::engine::procfs::MapEntry;
 use crate::engine::state::{Backing, FileKind, OpenFile, ProcessState};
 use crate::engine::Cause;
@@ -160,7 +161,7 @@ pub(super) fn reopen(obj: i32, r: &MemfdRef, flags: u32) -> Result<i32, std::io:
     let path = std::ffi::CString::new(format!("/proc/self/fd/{obj}"))
         .map_err(|_| std::io::Error::other("fd path"))?;
     let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_LARGEFILE;
-    let oflags = (i32::try_from(flags).unwrap_or(0) & keep) | libc::O_CLOEXEC;
+    let oflags = (flags.bits() & keep) | libc::O_CLOEXEC;
     // SAFETY: open with a valid C string.
     let f = owned(libc::c_long::from(unsafe {
         libc::open(path.as_ptr(), oflags)

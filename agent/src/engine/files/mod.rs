@@ -428,6 +428,7 @@ fn write_contents<W: std::io::Write>(
         let mut pos = start;
         while pos < end {
             let room = OBJECT_CHUNK as u64 - pos % OBJECT_CHUNK as u64;
+            // At most `room`, itself at most OBJECT_CHUNK: fits.
             let n = usize::try_from(room.min(end - pos)).unwrap_or(OBJECT_CHUNK);
             f.read_exact_at(&mut buf[..n], pos)?;
             if buf[..n].iter().any(|b| *b != 0) {

@@ -8,10 +8,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::last_os;
+use crate::engine::conv;
 use crate::image::records::SockOpts;
 
 /// The size of `T` as a socket length argument.
 pub(super) fn socklen<T>() -> libc::socklen_t {
+    // Only socket option and address types, all far below 4 GiB.
     libc::socklen_t::try_from(core::mem::size_of::<T>()).unwrap_or(0)
 }
 
@@ -70,7 +72,19 @@ fn get_timeo(fd: &OwnedFd, opt: i32) -> Result<u64, std::io::Error> {
     {
         return Err(last_os());
     }
-    Ok(u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0))
+    let sec: u64 = conv::fit(
+        tv.tv_sec,
+        "u64",
+        format_args!("socket option {opt} seconds"),
+    )?;
+    let usec: u64 = conv::fit(
+        tv.tv_usec,
+        "u64",
+        format_args!("socket option {opt} microseconds"),
+    )?;
+    sec.checked_mul(1_000_000)
+        .and_then(|v| v.checked_add(usec))
+        .ok_or_else(|| std::io::Error::other(format!("socket option {opt}: timeout overflows")))
 }
 
 fn set_timeo(fd: i32, opt: i32, us: u64) -> Result<(), std::io::Error> {
@@ -78,7 +92,12 @@ fn set_timeo(fd: i32, opt: i32, us: u64) -> Result<(), std::io::Error> {
     // has that type whichever it is.
     #[allow(deprecated)]
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(us / 1_000_000).unwrap_or(libc::time_t::MAX),
+        tv_sec: conv::fit(
+            us / 1_000_000,
+            "time_t",
+            format_args!("socket option {opt} seconds"),
+        )?,
+        // Below 10^6: fits.
         tv_usec: libc::suseconds_t::try_from(us % 1_000_000).unwrap_or(0),
     };
     // SAFETY: setsockopt reads one timeval.
@@ -159,6 +178,7 @@ pub(super) fn sockaddr_un(
 ) -> Result<(libc::sockaddr_un, libc::socklen_t), std::io::Error> {
     // SAFETY: sockaddr_un is plain integers; all-zero is valid.
     let mut a: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    // AF_UNIX is 1.
     a.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or(1);
     if name.len() >= a.sun_path.len() {
         return Err(std::io::Error::other(format!(
@@ -172,6 +192,7 @@ pub(super) fn sockaddr_un(
     let len = core::mem::size_of::<libc::sa_family_t>()
         + name.len()
         + usize::from(name.first() != Some(&0));
+    // At most the size of sockaddr_un: the name was checked above.
     Ok((a, libc::socklen_t::try_from(len).unwrap_or(0)))
 }
 

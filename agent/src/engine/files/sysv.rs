@@ -249,6 +249,7 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     let size = usize::try_from(seg.size).map_err(|_| {
         std::io::Error::other(format!("{what}: {} bytes do not fit here", seg.size))
     })?;
+    // Masked to nine bits: fits.
     let mode = i32::try_from(seg.mode & 0o777).unwrap_or(0o600);
     // A segment marked for removal is made with the key it was created
     // with, for its maps name, when no other segment holds that key; the
@@ -265,7 +266,8 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     let id = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) };
     if id < 0 {
         let e = super::last_os();
-        // The id is no longer wanted by anyone.
+        // The id is no longer wanted by anyone. Unchecked: the shmget error
+        // is the one to report, and every segment writes its own id first.
         let _ = std::fs::write(SHM_NEXT_ID, "-1");
         return Err(os(what)(e));
     }
@@ -293,6 +295,7 @@ pub(super) fn prepare(seg: &SysvShm) -> Result<Restored, std::io::Error> {
     unsafe {
         (*ds).shm_perm.uid = seg.uid;
         (*ds).shm_perm.gid = seg.gid;
+        // Masked to nine bits: fits.
         (*ds).shm_perm.mode = (seg.mode & 0o777).try_into().unwrap_or(0o600);
     }
     // SAFETY: IPC_SET reads one shmid_ds from the buffer.

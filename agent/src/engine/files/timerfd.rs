@@ -10,7 +10,9 @@
 #![allow(unsafe_code)]
 
 use super::{field, into_raw, last_os, owned};
+use crate::arch::Bits;
 use crate::engine::clocks::Offsets;
+use crate::engine::conv;
 use crate::image::records::TimerFd;
 
 const NS: u64 = 1_000_000_000;
@@ -34,17 +36,22 @@ fn now_ns(clock: i32) -> Result<u64, std::io::Error> {
     if unsafe { libc::clock_gettime(clock, &raw mut ts) } < 0 {
         return Err(last_os());
     }
-    Ok(u64::try_from(ts.tv_sec).unwrap_or(0) * NS + u64::try_from(ts.tv_nsec).unwrap_or(0))
+    let sec: u64 = conv::fit(ts.tv_sec, "u64", format_args!("clock {clock} seconds"))?;
+    let nsec: u64 = conv::fit(ts.tv_nsec, "u64", format_args!("clock {clock} nanoseconds"))?;
+    sec.checked_mul(NS)
+        .and_then(|v| v.checked_add(nsec))
+        .ok_or_else(|| std::io::Error::other(format!("clock {clock}: {sec} s overflow 64-bit ns")))
 }
 
 // libc deprecates time_t on musl ahead of its 64-bit change; the field has
 // that type whichever it is.
 #[allow(deprecated)]
-fn timespec(ns: u64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: libc::time_t::try_from(ns / NS).unwrap_or(libc::time_t::MAX),
+fn timespec(ns: u64) -> Result<libc::timespec, std::io::Error> {
+    Ok(libc::timespec {
+        tv_sec: conv::fit(ns / NS, "time_t", "timer seconds")?,
+        // Below 10^9: fits.
         tv_nsec: libc::c_long::try_from(ns % NS).unwrap_or(0),
-    }
+    })
 }
 
 /// Clocks whose absolute values mean the same after a power cycle.
@@ -133,20 +140,23 @@ pub(super) fn open(
                 _ if is_wall_clock(s.clock) => s.deadline_ns,
                 // The deadline in the tree's namespace, in torpor's view.
                 Some(ahead) if s.deadline_ns > 0 => {
+                    // Beyond u64::MAX ns a deadline is never due, as at
+                    // u64::MAX itself.
                     u64::try_from((i128::from(s.deadline_ns) - i128::from(ahead)).max(1))
                         .unwrap_or(u64::MAX)
                 }
-                _ => now_ns(s.clock)? + left,
+                // Past u64::MAX ns a timer is never due, as at u64::MAX.
+                _ => now_ns(s.clock)?.saturating_add(left),
             };
             (at, s.settime_flags)
         } else {
             (left, s.settime_flags & !(libc::TFD_TIMER_ABSTIME as u32))
         };
         let its = libc::itimerspec {
-            it_interval: timespec(s.interval_ns),
-            it_value: timespec(value),
+            it_interval: timespec(s.interval_ns)?,
+            it_value: timespec(value)?,
         };
-        let set_flags = libc::c_int::try_from(set_flags).unwrap_or(0);
+        let set_flags = set_flags.bits();
         // SAFETY: timerfd_settime reads one itimerspec; no old value.
         if unsafe {
             libc::timerfd_settime(
@@ -191,6 +201,32 @@ impl super::AnonKind for TimerFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The timespec fields are i64 here and i32 on 32-bit ARM.
+    #[allow(clippy::useless_conversion)]
+    #[test]
+    fn timer_seconds_beyond_time_t_are_refused() {
+        let r = timespec(u64::MAX);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if core::mem::size_of_val(&zero.tv_sec) == 4 {
+            let e = r.expect_err("beyond a 32-bit time_t").to_string();
+            assert_eq!(e, "timer seconds 18446744073 does not fit time_t");
+        } else {
+            let t = r.expect("fits a 64-bit time_t");
+            assert_eq!(
+                (i64::from(t.tv_sec), i64::from(t.tv_nsec)),
+                (18_446_744_073, 709_551_615)
+            );
+        }
+        let t = timespec(1_500_000_000).expect("small");
+        assert_eq!(
+            (i64::from(t.tv_sec), i64::from(t.tv_nsec)),
+            (1, 500_000_000)
+        );
+    }
 
     #[test]
     fn fdinfo_text() {

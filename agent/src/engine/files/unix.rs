@@ -60,11 +60,13 @@ fn diag(inode: u64) -> Result<Diag, String> {
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req.extend_from_slice(
         &u16::try_from(libc::NLM_F_REQUEST)
+            // NLM_F_REQUEST is 1.
             .unwrap_or(1)
             .to_ne_bytes(),
     );
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
+    // AF_UNIX is 1.
     req.extend_from_slice(&[u8::try_from(libc::AF_UNIX).unwrap_or(1), 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&ino.to_ne_bytes());
@@ -87,8 +89,8 @@ fn diag(inode: u64) -> Result<Diag, String> {
     };
     let ty = u16_at(msg, 4).ok_or("short sock_diag reply")?;
     if i32::from(ty) == libc::NLMSG_ERROR {
-        let err = u32_at(msg, 16).map_or(0, crate::arch::Bits::bits);
-        let why = std::io::Error::from_raw_os_error(-err);
+        let err = u32_at(msg, 16).ok_or("short sock_diag error reply")?;
+        let why = std::io::Error::from_raw_os_error(crate::arch::Bits::bits(err).saturating_neg());
         return Err(format!(
             "sock_diag of socket:[{inode}]: {why} (is the kernel's unix_diag available?)"
         ));
@@ -99,20 +101,22 @@ fn diag(inode: u64) -> Result<Diag, String> {
         ..Diag::default()
     };
     // rtattrs after nlmsghdr (16) + unix_diag_msg (16).
+    const SHORT_ATTR: &str = "short sock_diag attribute";
     let mut o = 32;
     while o + 4 <= total {
+        // o + 4 <= total <= the reply's length: both are there.
         let len = usize::from(u16_at(msg, o).unwrap_or(0));
         let at = u16_at(msg, o + 2).unwrap_or(0);
         if len < 4 {
             break;
         }
         match at {
-            UNIX_DIAG_PEER => d.peer = u64::from(u32_at(msg, o + 4).unwrap_or(0)),
+            UNIX_DIAG_PEER => d.peer = u64::from(u32_at(msg, o + 4).ok_or(SHORT_ATTR)?),
             UNIX_DIAG_RQLEN => {
-                d.waiting = u32_at(msg, o + 4).unwrap_or(0);
-                d.backlog = u32_at(msg, o + 8).unwrap_or(0);
+                d.waiting = u32_at(msg, o + 4).ok_or(SHORT_ATTR)?;
+                d.backlog = u32_at(msg, o + 8).ok_or(SHORT_ATTR)?;
             }
-            UNIX_DIAG_SHUTDOWN => d.shutdown = msg.get(o + 4).copied().unwrap_or(0),
+            UNIX_DIAG_SHUTDOWN => d.shutdown = *msg.get(o + 4).ok_or(SHORT_ATTR)?,
             _ => {}
         }
         o += (len + 3) & !3;
@@ -304,16 +308,17 @@ fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-fn shut(fd: i32, bits: u8, peer_bits: u8) {
+fn shut(fd: i32, bits: u8, peer_bits: u8) -> Result<(), std::io::Error> {
     // A receive side shut only by the peer's send shutdown follows from it.
-    if bits & 2 != 0 {
-        // SAFETY: shutdown takes integers.
-        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    // SAFETY: shutdown takes integers.
+    if bits & 2 != 0 && unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(last_os());
     }
-    if bits & 1 != 0 && peer_bits & 2 == 0 {
-        // SAFETY: shutdown takes integers.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    // SAFETY: shutdown takes integers.
+    if bits & 1 != 0 && peer_bits & 2 == 0 && unsafe { libc::shutdown(fd, libc::SHUT_RD) } < 0 {
+        return Err(last_os());
     }
+    Ok(())
 }
 
 fn new_socket(s: &UnixSocket) -> Result<OwnedFd, std::io::Error> {
@@ -356,8 +361,8 @@ pub(super) fn open(
         // A pair: both ends in the tree, or the peer closed.
         if let Some((mine, first, first_shut)) = pending.ends.remove(&s.inode) {
             send_all(first.as_raw_fd(), &s.queue)?;
-            shut(first.as_raw_fd(), first_shut, s.shutdown);
-            shut(mine.as_raw_fd(), s.shutdown, first_shut);
+            shut(first.as_raw_fd(), first_shut, s.shutdown)?;
+            shut(mine.as_raw_fd(), s.shutdown, first_shut)?;
             mine
         } else {
             let mut p = [0i32; 2];
@@ -386,7 +391,7 @@ pub(super) fn open(
                 pending.ends.insert(s.peer, (b, a2, s.shutdown));
             } else {
                 // The peer is gone: its end closes, as it had.
-                shut(a.as_raw_fd(), s.shutdown, 2);
+                shut(a.as_raw_fd(), s.shutdown, 2)?;
                 drop((b, a2));
             }
             a
@@ -397,6 +402,8 @@ pub(super) fn open(
             bind(f.as_raw_fd(), s)?;
         }
         if s.listening {
+            // listen(2) caps the backlog at net.core.somaxconn: any larger
+            // one means the same.
             let backlog = i32::try_from(s.backlog).unwrap_or(i32::MAX);
             // SAFETY: listen takes integers.
             if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {

@@ -62,8 +62,14 @@ pub fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
             )
             .into());
         }
+        // Left linked, the file would be visible where it was not.
         // SAFETY: unlinking the name just created.
-        unsafe { libc::unlink(cname.as_ptr()) };
+        if unsafe { libc::unlink(cname.as_ptr()) } < 0 {
+            let e = last_os();
+            // SAFETY: closing our fd on the error path.
+            unsafe { libc::close(fd) };
+            return Err(std::io::Error::new(e.kind(), format!("unlinking {name}: {e}")).into());
+        }
     }
     let mut off = 0;
     while off < data.len() {

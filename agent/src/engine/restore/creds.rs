@@ -28,6 +28,7 @@ fn capset(
 ) -> Result<(), Cause> {
     // Header {version, pid 0}, then two {effective, permitted, inheritable}
     // blocks: low and high 32 bits.
+    // Masked and shifted to 32 bits: both fit.
     let lo = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
     let hi = |v: u64| u32::try_from(v >> 32).unwrap_or(0);
     let words: [u32; 8] = [
@@ -56,10 +57,14 @@ pub(super) fn restore_creds(
     c: &crate::engine::state::Creds,
 ) -> Result<(), Cause> {
     let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
-    let last_cap: u32 = procfs::read("/proc/sys/kernel/cap_last_cap")?
+    let cap_text = procfs::read("/proc/sys/kernel/cap_last_cap")?;
+    let last_cap: u32 = cap_text
         .trim()
         .parse()
-        .unwrap_or(40);
+        .map_err(|_| procfs::ProcError::Malformed {
+            path: "/proc/sys/kernel/cap_last_cap".into(),
+            what: format!("{:?} is not a capability number", cap_text.trim()),
+        })?;
     let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
     let caps_change = c.caps != me.caps;
     if caps_change {

@@ -13,7 +13,7 @@ use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{Backing, ProcessState, Vma};
-use crate::engine::Cause;
+use crate::engine::{conv, Cause};
 
 use super::trampoline::{self, hole, remote_open, with_remote, TRAMP_SIZE};
 
@@ -281,7 +281,7 @@ fn map_from(
         } else {
             libc::MAP_PRIVATE
         };
-    let fd_i = i32::try_from(fd).unwrap_or(-1);
+    let fd_i: i32 = conv::fit(fd, "int", format_args!("descriptor of {path} in the task"))?;
     let res = r.mmap(
         "mmap (file)",
         v.start,

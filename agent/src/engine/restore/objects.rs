@@ -18,7 +18,7 @@ use crate::arch::{self, Bits};
 use crate::engine::clocks::Offsets;
 use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, FileKind, OpenFile, OutsideEnd};
-use crate::engine::{Cause, EngineError, Step, StepExt};
+use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 
 use super::{last_os, RestoreOptions};
 
@@ -117,7 +117,7 @@ pub(super) fn open_objects(
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
     for (i, pipe) in st.pipes.iter().enumerate() {
-        let id = u32::try_from(i).unwrap_or(u32::MAX);
+        let id: u32 = conv::fit(i, "u32", "pipe index").step(step)?;
         if let Some(outside) = pipe.outside {
             let key = format!("pipe:[{}]", pipe.inode);
             if let Some(&(_, given)) = opts.inherit.iter().find(|(k, _)| *k == key) {
@@ -204,7 +204,12 @@ pub(super) fn open_objects(
             return Err(last_os()).step(step);
         }
         // At least the default, and room for the data whatever the image says.
-        let size = libc::c_int::try_from(pipe.size.max(65536)).unwrap_or(65536);
+        let size: libc::c_int = conv::fit(
+            pipe.size.max(65536),
+            "int",
+            format_args!("size of pipe {i}"),
+        )
+        .step(step)?;
         // SAFETY: fcntl on our own pipe.
         if unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, size) } < 0 {
             return Err(last_os()).step(step);
@@ -295,8 +300,8 @@ fn open_object(
             Ok(fd)
         }
         FileKind::Path { path, pos, .. } => {
+            let off: libc::off_t = conv::fit(*pos, "off_t", format_args!("file offset of {path}"))?;
             let fd = open(path, open_flags)?;
-            let off = libc::off_t::try_from(*pos).unwrap_or(0);
             // SAFETY: lseek on the fd just opened. Directories may refuse
             // arbitrary positions; their position is a cookie.
             // SAFETY: a plain syscall on integers or live C strings.
@@ -383,7 +388,14 @@ fn open_object(
 /// name removed at once where the file system lacks O_TMPFILE.
 /// Moves the fd just opened to `pos`; closes it if that fails.
 fn seek_new(fd: i32, pos: u64) -> Result<i32, Cause> {
-    let off = libc::off_t::try_from(pos).unwrap_or(0);
+    let off: libc::off_t = match conv::fit(pos, "off_t", "file offset") {
+        Ok(off) => off,
+        Err(e) => {
+            // SAFETY: closing our fd on the error path.
+            unsafe { libc::close(fd) };
+            return Err(e.into());
+        }
+    };
     // SAFETY: lseek on an fd of ours.
     if unsafe { libc::lseek(fd, off, libc::SEEK_SET) } < 0 {
         let e = last_os();

@@ -18,7 +18,7 @@ use crate::engine::procfs;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::FileKind;
 use crate::engine::state::ImageState;
-use crate::engine::{EngineError, Step, StepExt};
+use crate::engine::{conv, EngineError, Step, StepExt};
 
 use super::objects::{cstr, move_high, Objects};
 use super::{last_os, refused};
@@ -68,7 +68,11 @@ pub(crate) fn fork_with_pid(pid: i32) -> Result<i32, std::io::Error> {
         };
         return Err(std::io::Error::new(e.kind(), why));
     }
-    Ok(i32::try_from(r).unwrap_or(-1))
+    Ok(conv::fit(
+        r,
+        "pid_t",
+        format_args!("clone3 result for pid {pid}"),
+    )?)
 }
 
 /// Writes one report line to torpor (atomic: shorter than PIPE_BUF).
@@ -76,6 +80,8 @@ fn report(fd: i32, line: &str) {
     let mut b = line.as_bytes().to_vec();
     b.truncate(500);
     b.push(b'\n');
+    // Unchecked: a line that does not arrive is read by torpor as the
+    // tasks ending before reporting ready, which fails the restore.
     // SAFETY: writing our buffer to the report pipe.
     unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
 }
@@ -204,13 +210,18 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     for &t in &targets {
         let t = t.bits();
         if t > next {
+            // Left open, torpor's own descriptors would reach the tree.
             // SAFETY: a plain syscall on integers or live C strings.
-            unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) };
+            if unsafe { libc::syscall(libc::SYS_close_range, next, t - 1, 0) } < 0 {
+                return Err(format!("close_range {next}..={}: {}", t - 1, last_os()));
+            }
         }
         next = t + 1;
     }
     // SAFETY: a plain syscall on integers or live C strings.
-    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
+    if unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) } < 0 {
+        return Err(format!("close_range {next}..: {}", last_os()));
+    }
     crate::engine::files::register_epolls(p, &st.files)?;
     crate::engine::files::take_locks(p)?;
     // Signal-driven I/O, armed through the fd with the lowest number in the
@@ -289,6 +300,7 @@ impl Drop for Created {
         }
         // Only tasks that are really ours: a pid that could not be created
         // may belong to someone else.
+        // Pids are below PID_MAX_LIMIT (2^22): fits.
         let me = i32::try_from(std::process::id()).unwrap_or(0);
         let ours: Vec<i32> = self
             .pids
@@ -349,7 +361,7 @@ pub(super) fn create_tasks(
     }
     let report_w = move_high(
         rp[1],
-        objs.high + i32::try_from(objs.fds.len()).unwrap_or(0),
+        objs.high + conv::fit::<i32, _>(objs.fds.len(), "int", "descriptor count").step(step)?,
     )
     .step(step)?;
     let root = &st.processes[0];

@@ -137,7 +137,17 @@ pub(super) fn remote_open(
         ],
     )?;
     if fd < 0 {
-        let errno = i32::try_from(-fd).unwrap_or(libc::EINVAL);
+        // The result register is the task's: only -4095..-1 is an errno.
+        let Some(errno) = fd
+            .checked_neg()
+            .and_then(|e| i32::try_from(e).ok())
+            .filter(|e| (1..4096).contains(e))
+        else {
+            return Err(Cause::Refused(format!(
+                "openat of {path} in process {} returned {fd}",
+                r.tid()
+            )));
+        };
         let err = std::io::Error::from_raw_os_error(errno);
         return Err(Cause::Io(std::io::Error::new(
             err.kind(),
