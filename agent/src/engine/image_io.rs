@@ -1082,6 +1082,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_id_past_the_last_pipe_is_refused() {
+        let pipe = |id: u64| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&PipeData {
+                    id,
+                    capacity: 4096,
+                    bytes: vec![7; 3],
+                })
+            }
+        };
+        let e = read_state(&image(&[&pipe(u64::MAX)])[..])
+            .expect_err("a lone pipe with the largest id")
+            .to_string();
+        assert!(e.contains("pipe 0 has no data record"), "{e}");
+        let st = read_state(&image(&[&pipe(0)])[..]).expect("pipe 0");
+        assert_eq!(st.pipes.len(), 1);
+        assert_eq!(st.pipes[0].data, vec![7; 3]);
+        assert_eq!(st.pipes[0].size, 4096);
+    }
+
+    #[test]
     fn objects_are_read_and_their_contents_checked() {
         let sysv = |w: &mut ImageWriter<Vec<u8>>| {
             w.write(&SysvShm {

@@ -291,6 +291,7 @@ struct HeaderPrefix {
 /// The host's page size.
 pub fn host_page_size() -> u32 {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        // Linux page sizes are at most 64 KiB: the fallback is never taken.
         Ok(Some(n)) => u32::try_from(n).unwrap_or(MIN_PAGE_SIZE),
         _ => MIN_PAGE_SIZE,
     }
@@ -327,6 +328,8 @@ impl Header {
         })?;
         let created_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
+            // Informational only (shown by `torpor show`): saturates in the
+            // year 2554, and a clock before 1970 reads as 0.
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         Ok(Header {
@@ -613,6 +616,7 @@ impl<W: Write> ImageWriter<W> {
                 pages.next();
                 n += 1;
             }
+            // Within `data`, whose length is a usize: fits.
             let start = usize::try_from(addr - vaddr).unwrap_or(usize::MAX);
             let run = &data[start..start + n * ps];
             self.batch(addr, n, zero, run)?;
@@ -622,6 +626,7 @@ impl<W: Write> ImageWriter<W> {
     }
 
     fn batch(&mut self, vaddr: u64, n: usize, zero: bool, run: &[u8]) -> Result<()> {
+        // At most `batch_pages`, a u32: fits.
         let count = u32::try_from(n).unwrap_or(u32::MAX);
         if zero {
             return self.pages_frame(

@@ -35,6 +35,8 @@ pub(super) fn rebuild_all<R: Read>(
 ) -> Result<RestoreStats, EngineError> {
     let rstep = Step::ReadImage;
     let mut rd = ImageReader::new(image).step(rstep)?;
+    // At most max(PAGE_BATCH_BYTES, page_size) bytes: a u32 value, which
+    // fits usize on every target.
     let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
     let mut buf = vec![0u8; batch];
     let mut stats = RestoreStats::default();
