@@ -9,6 +9,10 @@
 #   make check-board  the Buildroot external tree and Pi Zero board files
 #   make pizero-test  the emulated Pi Zero bench
 #   make arm          the stripped static ARMv6 binary: $(ARM_BIN)
+#   make deb          Debian packages: armhf (Raspberry Pi OS) and the host's,
+#                     in $(DEB_DIR)
+#   make test-deb     install, use, remove and purge the host package; check
+#                     the armhf one (lintian, --version under qemu-arm)
 #   make demo         the emulated Pi Zero hibernate/resume demo
 #   make bench        benchmarks: bench-image (codec), bench-engine (dump/restore)
 #   make fuzz-image   libFuzzer on the image reader (nightly, cargo-fuzz);
@@ -61,7 +65,26 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 		--target-dir target/arm-test $(BUILD_STD) -p torpor --lib
 
 # Cheap checks first: formatting and clippy fail in a minute.
-test: deps lint test-host test-arm check-board pizero-test
+test: deps lint test-host test-arm check-board test-deb pizero-test
+
+# Debian packages built with dpkg-deb (scripts/deb.sh, packaging/debian):
+# the static ARMv6 binary as armhf, for Raspberry Pi OS on every Pi Zero,
+# and a release build for the host's architecture.
+DEB_DIR       := target/deb
+HOST_DEB_ARCH := $(shell dpkg --print-architecture)
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n1)
+
+.PHONY: deb test-deb
+deb: arm
+	cargo build --release -p torpor --bin torpor
+	bash scripts/deb.sh armhf $(ARM_BIN) $(DEB_DIR)
+	bash scripts/deb.sh $(HOST_DEB_ARCH) target/release/torpor $(DEB_DIR)
+
+# As root: dpkg -i on this machine, a checkpoint through the installed
+# daemon, dpkg -r and -P.
+test-deb: deb
+	bash scripts/test-deb.sh $(DEB_DIR)/torpor_$(VERSION)_$(HOST_DEB_ARCH).deb \
+		$(DEB_DIR)/torpor_$(VERSION)_armhf.deb
 
 # Buildroot external tree and Pi Zero board files: shellcheck, the SD card
 # layout through post-image.sh/genimage, Kconfig, torpor.mk, the init hook

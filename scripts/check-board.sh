@@ -2,7 +2,8 @@
 # Checks of the Buildroot external tree (buildroot/) and the Pi Zero board
 # files (board/raspberrypi0/) that run without Buildroot and its downloads:
 #
-#   lint        shellcheck on every shell script in board/, buildroot/, scripts/
+#   lint        shellcheck on every shell script in board/, buildroot/, scripts/,
+#               packaging/
 #   image       post-image.sh on stand-in firmware, kernel and root file
 #               system; the SD card's partition table and contents
 #   kconfig     the external tree's Config.in parsed by kconfiglib, the
@@ -63,7 +64,7 @@ check_lint() {
 		*.sh) scripts+=("$f") ;;
 		*) head -n 1 "$f" | grep -qE '^#!(/usr/bin/env )?/?(usr/)?(bin/)?(ba)?sh' && scripts+=("$f") ;;
 		esac
-	done < <(find "$ROOT/board" "$ROOT/buildroot" "$ROOT/scripts" -type f | sort)
+	done < <(find "$ROOT/board" "$ROOT/buildroot" "$ROOT/scripts" "$ROOT/packaging" -type f | sort)
 	for f in "${scripts[@]}"; do
 		local out
 		if out="$(shellcheck -x "$f" 2>&1)"; then

@@ -24,6 +24,8 @@ packages=(
     python3-kconfiglib         # parses the Buildroot external tree's Config.in
     systemd                    # systemd-analyze verify for the board's unit
     linux-libc-dev             # kernel headers for the host test programs (linux/seccomp.h, linux/netlink.h)
+    lintian                    # checks the Debian packages (make test-deb)
+    file                       # tells the built binaries' architecture and linking
 )
 
 if ! dpkg --print-foreign-architectures | grep -qx armel; then
