@@ -331,3 +331,24 @@ fn store_status_show_and_clear() {
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// `torpor show IMAGE | head`: the reader leaves before the output ends,
+/// and torpor ends quietly with status 0, not with a broken-pipe error.
+#[test]
+fn show_into_a_closed_pipe_ends_quietly() {
+    let dir = scratch("show-closed-pipe");
+    let path = dir.join("app.img");
+    write_file(&path, &sample());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_torpor"))
+        .args(["show", path.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run torpor show");
+    // The read end closes before torpor writes: its first write fails
+    // with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("torpor show ends");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -44,12 +44,22 @@ pub enum ShowError {
 pub fn run(args: &ShowArgs) -> Result<(), ShowError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    match (&args.store, &args.image) {
-        (Some(store), _) => show_store(store, &mut out)?,
-        (None, Some(path)) => show_file(path, &mut out)?,
+    let shown = match (&args.store, &args.image) {
+        (Some(store), _) => show_store(store, &mut out),
+        (None, Some(path)) => show_file(path, &mut out),
         (None, None) => return Err(ShowError::NoInput),
     }
-    out.flush().map_err(ShowError::Output)
+    .and_then(|()| out.flush().map_err(ShowError::Output));
+    quiet_when_the_reader_left(shown)
+}
+
+/// `torpor show IMAGE | head` ends quietly: a reader that closed the pipe
+/// has what it wanted, which is no error.
+fn quiet_when_the_reader_left(shown: Result<(), ShowError>) -> Result<(), ShowError> {
+    match shown {
+        Err(ShowError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 fn show_file(path: &Path, out: &mut impl Write) -> Result<(), ShowError> {
