@@ -7,10 +7,10 @@ use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::config::{self, Config, LogTarget};
+use crate::config::{self, Config, ConnLimits, LogTarget};
 use crate::daemon::log;
 use crate::daemon::store_engine::StoreEngine;
-use crate::daemon::{Daemon, Engine, Listener, Settings};
+use crate::daemon::{Daemon, Engine, Limits, Listener, Settings};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -39,8 +39,8 @@ pub struct DaemonArgs {
 }
 
 /// Loads and fully checks the configuration, including user and group names.
-fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
-    let mut c = Config::load_or_default(&args.config)?;
+fn load(args: &DaemonArgs) -> Result<(Config, ConnLimits), config::ConfigError> {
+    let (mut c, limits) = Config::load_or_default_with_limits(&args.config)?;
     c.resolve()?;
     if let Some(s) = &args.socket {
         c.socket.path = s.clone();
@@ -53,11 +53,11 @@ fn load(args: &DaemonArgs) -> Result<Config, config::ConfigError> {
         Some("syslog") => c.log.target = LogTarget::Syslog,
         _ => {}
     }
-    Ok(c)
+    Ok((c, limits))
 }
 
 /// The settings in effect, one `section.key = value` per line.
-fn settings_text(c: &Config) -> String {
+fn settings_text(c: &Config, l: &ConnLimits) -> String {
     let users: Vec<String> = c
         .access
         .allow_users
@@ -69,6 +69,18 @@ fn settings_text(c: &Config) -> String {
         .wakealarm
         .as_ref()
         .map_or_else(|| "none".to_string(), |p| p.display().to_string());
+    // The connection limits show only when set, so the usual listing stays
+    // as it was before they existed.
+    let mut limits = String::new();
+    if l.idle_timeout_s != config::defaults::IDLE_TIMEOUT_S {
+        limits.push_str(&format!("access.idle_timeout_s = {}\n", l.idle_timeout_s));
+    }
+    if l.connections_per_user != config::defaults::CONNECTIONS_PER_USER {
+        limits.push_str(&format!(
+            "access.connections_per_user = {}\n",
+            l.connections_per_user
+        ));
+    }
     format!(
         "{}: configuration is valid
 socket.path = {}
@@ -85,7 +97,7 @@ rtc.device = {rtc}
 restore.attempts = {}
 restore.tty = {}
 access.allow_users = [{}]
-log.target = {}
+{limits}log.target = {}
 log.socket = {}
 ",
         c.origin.display(),
@@ -111,7 +123,7 @@ log.socket = {}
 /// (`--store` overrides `store.device`).
 pub fn run(args: DaemonArgs) -> i32 {
     match load(&args) {
-        Ok(c) => run_with(args, StoreEngine::new(c.store.device)),
+        Ok((c, _)) => run_with(args, StoreEngine::new(c.store.device)),
         Err(e) => {
             log::error!("{e}");
             1
@@ -121,7 +133,7 @@ pub fn run(args: DaemonArgs) -> i32 {
 
 /// `torpor daemon` driving `engine`.
 pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
-    let config = match load(&args) {
+    let (config, limits) = match load(&args) {
         Ok(c) => c,
         Err(e) => {
             log::error!("{e}");
@@ -133,7 +145,7 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
         // A closed stdout (`| head`) is not worth a panic.
         let _ = std::io::stdout()
             .lock()
-            .write_all(settings_text(&config).as_bytes());
+            .write_all(settings_text(&config, &limits).as_bytes());
         return 0;
     }
     if config.log.target == LogTarget::Syslog {
@@ -151,7 +163,7 @@ pub fn run_with<E: Engine>(args: DaemonArgs, engine: E) -> i32 {
             }
         };
     }
-    match serve(&config, engine) {
+    match serve(&config, &limits, engine) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -189,7 +201,7 @@ fn cut_power(config: &Config, wake_after: Option<u32>) -> Result<(), crate::powe
     result
 }
 
-fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
+fn serve<E: Engine>(config: &Config, limits: &ConnLimits, engine: E) -> Result<(), String> {
     let uid = config.socket_owner().map_err(|e| e.to_string())?;
     let gid = config.socket_group().map_err(|e| e.to_string())?;
     let allowed_uids = config.allowed_uids().map_err(|e| e.to_string())?;
@@ -205,6 +217,16 @@ fn serve<E: Engine>(config: &Config, engine: E) -> Result<(), String> {
     let listener = Listener::bind(&config.socket.path, uid, gid, config.socket.mode)
         .map_err(|e| e.to_string())?;
     let power = crate::power::from_config(config);
-    let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power);
+    let limits = Limits {
+        idle_timeout: std::time::Duration::from_secs(limits.idle_timeout_s.into()),
+        per_user: crate::engine::conv::fit(
+            limits.connections_per_user,
+            "usize",
+            "access.connections_per_user",
+        )
+        .map_err(|e| e.to_string())?,
+    };
+    let mut daemon =
+        Daemon::new(listener, Settings { allowed_uids }, engine, power).with_limits(limits);
     daemon.run(signals.as_fd()).map_err(|e| e.to_string())
 }

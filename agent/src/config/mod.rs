@@ -27,6 +27,10 @@ pub mod defaults {
     pub const RESTORE_ATTEMPTS: u32 = 3;
     pub const RESTORE_TTY: &str = "/dev/console";
     pub const LOG_SOCKET: &str = "/dev/log";
+    /// Seconds a connection has to send a request until one is granted.
+    pub const IDLE_TIMEOUT_S: u32 = 10;
+    /// Connections one user other than root may hold.
+    pub const CONNECTIONS_PER_USER: u32 = 4;
 }
 
 /// The largest GPIO line offset accepted (`power.line`).
@@ -37,6 +41,10 @@ pub const MAX_HOLD_MS: u32 = 60_000;
 pub const MAX_TIMEOUT_MS: u32 = 600_000;
 /// The largest `restore.attempts`.
 pub const MAX_ATTEMPTS: u32 = 255;
+/// The largest `access.idle_timeout_s`: an hour.
+pub const MAX_IDLE_TIMEOUT_S: u32 = 3600;
+/// The largest `access.connections_per_user`: every connection not kept for root.
+pub const MAX_CONNECTIONS_PER_USER: u32 = 28;
 
 /// A user or group, by name or by numeric id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +118,26 @@ pub struct RestoreConfig {
 pub struct AccessConfig {
     /// Users allowed to hibernate and checkpoint processes they own.
     pub allow_users: Vec<Id>,
+}
+
+/// The connection limits of `[access]`, parsed with the rest of the file
+/// ([`Config::parse_with_limits`]) and kept beside [`Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Seconds a connection has to send a request, from connecting and from
+    /// each reply, until it has been granted one.
+    pub idle_timeout_s: u32,
+    /// Connections one user other than root may hold at once.
+    pub connections_per_user: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            idle_timeout_s: defaults::IDLE_TIMEOUT_S,
+            connections_per_user: defaults::CONNECTIONS_PER_USER,
+        }
+    }
 }
 
 /// Where the daemon's log lines go.
@@ -376,14 +404,28 @@ impl Config {
     /// Reads `file`, or returns the defaults when `file` is the default path
     /// and does not exist (a board that needs no changes needs no file).
     pub fn load_or_default(file: &Path) -> Result<Config, ConfigError> {
+        Ok(Config::load_or_default_with_limits(file)?.0)
+    }
+
+    /// [`Config::load_or_default`] with the connection limits.
+    pub fn load_or_default_with_limits(file: &Path) -> Result<(Config, ConnLimits), ConfigError> {
         if file == Path::new(DEFAULT_PATH) && !file.exists() {
-            return Ok(Config::default());
+            return Ok((Config::default(), ConnLimits::default()));
         }
-        Config::load(file)
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse_with_limits(&text, file)
     }
 
     /// Parses configuration text; `file` names the origin in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Ok(Config::parse_with_limits(text, file)?.0)
+    }
+
+    /// [`Config::parse`] with the connection limits.
+    pub fn parse_with_limits(text: &str, file: &Path) -> Result<(Config, ConnLimits), ConfigError> {
         let root: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
@@ -404,6 +446,7 @@ impl Config {
             origin: file.to_owned(),
             ..Config::default()
         };
+        let mut limits = ConnLimits::default();
 
         let s = Section::new(file, &root, "socket", &["path", "owner", "group", "mode"])?;
         if let Some(p) = s.absolute_path("path")? {
@@ -505,7 +548,12 @@ impl Config {
             c.restore.timens = b;
         }
 
-        let s = Section::new(file, &root, "access", &["allow_users"])?;
+        let s = Section::new(
+            file,
+            &root,
+            "access",
+            &["allow_users", "idle_timeout_s", "connections_per_user"],
+        )?;
         match s.get("allow_users") {
             None => {}
             Some(Value::Array(items)) => {
@@ -517,6 +565,12 @@ impl Config {
             Some(other) => {
                 return Err(s.wrong("allow_users", "an array of user names or uids", other))
             }
+        }
+        if let Some(v) = s.integer("idle_timeout_s", 1, MAX_IDLE_TIMEOUT_S)? {
+            limits.idle_timeout_s = v;
+        }
+        if let Some(v) = s.integer("connections_per_user", 1, MAX_CONNECTIONS_PER_USER)? {
+            limits.connections_per_user = v;
         }
 
         let s = Section::new(file, &root, "log", &["target", "socket"])?;
@@ -542,7 +596,7 @@ impl Config {
             }
             c.log.socket = p;
         }
-        Ok(c)
+        Ok((c, limits))
     }
 
     fn unknown_id(&self, key: &str, what: &'static str, name: &str) -> ConfigError {

@@ -285,3 +285,42 @@ fn a_missing_file_is_an_error_unless_it_is_the_default_path() {
     );
     assert!(Config::load_or_default(Path::new("/nonexistent/torpor.toml")).is_err());
 }
+
+#[test]
+fn connection_limits_have_defaults_ranges_and_their_keys() {
+    let limits = |text: &str| Config::parse_with_limits(text, Path::new(FILE)).map(|(_, l)| l);
+    assert_eq!(
+        limits("").unwrap(),
+        ConnLimits {
+            idle_timeout_s: 10,
+            connections_per_user: 4
+        }
+    );
+    assert_eq!(
+        limits("[access]\nidle_timeout_s = 60\nconnections_per_user = 28\n").unwrap(),
+        ConnLimits {
+            idle_timeout_s: 60,
+            connections_per_user: 28
+        }
+    );
+    assert_eq!(
+        err("[access]\nidle_timeout_s = 0\n"),
+        "/etc/torpor.toml: `access.idle_timeout_s` = 0: must be between 1 and 3600"
+    );
+    assert_eq!(
+        err("[access]\nconnections_per_user = 29\n"),
+        "/etc/torpor.toml: `access.connections_per_user` = 29: must be between 1 and 28"
+    );
+    assert_eq!(
+        err("[access]\nidle = 3\n"),
+        "/etc/torpor.toml: unknown key `access.idle` (known here: allow_users, idle_timeout_s, connections_per_user)"
+    );
+    // The limits leave the rest of the configuration as it was.
+    assert_eq!(
+        parse("[access]\nidle_timeout_s = 60\n").unwrap(),
+        Config {
+            origin: PathBuf::from(FILE),
+            ..Config::default()
+        }
+    );
+}

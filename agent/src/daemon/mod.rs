@@ -8,6 +8,17 @@
 //! buffer. Malformed input gets an error reply and never disturbs the
 //! other clients.
 //!
+//! Nobody can take the daemon from root ([`Limits`]): a user other than
+//! root holds at most `access.connections_per_user` connections, and the
+//! last [`ROOT_RESERVED`] are root's alone. A connection must send a
+//! request within `access.idle_timeout_s` of connecting and of each reply
+//! until it has been granted one (an authorized `Hibernate` or
+//! `Checkpoint`, or root's `Restored`); from then on it may stay idle as
+//! long as it likes, because an application keeps its connection across
+//! hibernations. A refused connection is told `Busy` and kept, up to
+//! [`PARKED`] of them for at most [`PARK_TIME`], until its request arrives,
+//! so that the client reads the reply instead of a broken pipe.
+//!
 //! Hibernate, in order (any failure before the cut: an error reply, and the
 //! app runs on):
 //!
@@ -26,6 +37,7 @@ pub(crate) mod log;
 pub mod store_engine;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
@@ -41,6 +53,40 @@ use crate::protocol::{
 
 /// The most connections served at once; more are refused with `Busy`.
 pub const MAX_CLIENTS: usize = 32;
+
+/// Connections only root may open: users other than root together hold at
+/// most `MAX_CLIENTS - ROOT_RESERVED`.
+pub const ROOT_RESERVED: usize = 4;
+
+/// Refused connections kept until their request arrives, so that they read
+/// their `Busy` reply; beyond this many the oldest is closed.
+pub const PARKED: usize = 8;
+
+/// The longest a refused connection is kept.
+pub const PARK_TIME: Duration = Duration::from_secs(2);
+
+/// How often the daemon looks for tasks a given-up freeze left seized.
+const LINGER_POLL: Duration = Duration::from_millis(200);
+
+/// Connection limits (`[access]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection not yet granted a request is closed when no request
+    /// arrives within this long of connecting or of its last reply.
+    pub idle_timeout: Duration,
+    /// Connections one user other than root may hold at once.
+    pub per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: Duration::from_secs(crate::config::defaults::IDLE_TIMEOUT_S.into()),
+            per_user: usize::try_from(crate::config::defaults::CONNECTIONS_PER_USER)
+                .unwrap_or(MAX_CLIENTS),
+        }
+    }
+}
 
 /// An image the engine wrote and verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +171,15 @@ pub enum DaemonError {
 struct Conn {
     fd: OwnedFd,
     peer: Peer,
+    /// When the connection is closed unless a request arrives; `None` once
+    /// it has been granted a request.
+    deadline: Option<Instant>,
+}
+
+/// A refused connection, told `Busy`, waiting for its request.
+struct Parked {
+    fd: OwnedFd,
+    until: Instant,
 }
 
 /// What to do with a connection after serving it.
@@ -137,7 +192,11 @@ enum After {
 pub struct Daemon<E, P> {
     listener: Listener,
     conns: heapless::Vec<Conn, MAX_CLIENTS>,
+    parked: heapless::Vec<Parked, PARKED>,
     settings: Settings,
+    limits: Limits,
+    /// The request being served was authorized (or was root's `Restored`).
+    granted: bool,
     engine: E,
     power: P,
     own_pid: u32,
@@ -170,11 +229,21 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         Daemon {
             listener,
             conns: heapless::Vec::new(),
+            parked: heapless::Vec::new(),
             settings,
+            limits: Limits::default(),
+            granted: false,
             engine,
             power,
             own_pid: std::process::id(),
         }
+    }
+
+    /// The same daemon with other connection limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn engine(&self) -> &E {
@@ -188,22 +257,28 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
     /// Serves clients until `stop` becomes readable (a signalfd, a pipe).
     pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), DaemonError> {
         log::info!("serving {}", self.listener.path().display());
+        const SLOTS: usize = MAX_CLIENTS + PARKED + 2;
         loop {
+            let lingering = crate::engine::freeze::release_lingering() > 0;
+            let timeout = self.poll_timeout(lingering);
             let ready = {
-                let mut fds: heapless::Vec<PollFd<'_>, { MAX_CLIENTS + 2 }> = heapless::Vec::new();
+                let mut fds: heapless::Vec<PollFd<'_>, SLOTS> = heapless::Vec::new();
                 let events = PollFlags::POLLIN;
-                // Capacity is MAX_CLIENTS + 2 and conns holds at most MAX_CLIENTS.
+                // Capacity is SLOTS: conns holds at most MAX_CLIENTS, parked PARKED.
                 let _ = fds.push(PollFd::new(stop, events));
                 let _ = fds.push(PollFd::new(self.listener.as_fd(), events));
                 for c in &self.conns {
                     let _ = fds.push(PollFd::new(c.fd.as_fd(), events));
                 }
-                match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                for p in &self.parked {
+                    let _ = fds.push(PollFd::new(p.fd.as_fd(), events));
+                }
+                match nix::poll::poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(DaemonError::Poll(e.into())),
                 }
-                let mut ready = [false; MAX_CLIENTS + 2];
+                let mut ready = [false; SLOTS];
                 for (r, fd) in ready.iter_mut().zip(&fds) {
                     *r = fd.revents().is_some_and(|e| !e.is_empty());
                 }
@@ -213,18 +288,93 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 log::info!("stopping");
                 return Ok(());
             }
+            let now = Instant::now();
+            // Parked connections: a request (or a hang-up) arrived, or time is up.
+            let first_parked = self.conns.len() + 2;
+            for i in (0..self.parked.len()).rev() {
+                if ready[first_parked + i] {
+                    let mut discard = [0u8; MAX_MESSAGE];
+                    let _ = packet::recv_packet(self.parked[i].fd.as_fd(), &mut discard, true);
+                    self.parked.swap_remove(i);
+                } else if self.parked[i].until <= now {
+                    self.parked.swap_remove(i);
+                }
+            }
             // Connections first, newest last; indexes shift on removal, so walk backwards.
             for i in (0..self.conns.len()).rev() {
                 if ready[i + 2] {
                     if let After::Close = self.serve_conn(i) {
                         self.conns.swap_remove(i);
                     }
+                } else if self.conns[i].deadline.is_some_and(|d| d <= now) {
+                    let peer = self.conns[i].peer;
+                    log::warning!(
+                        "closed a connection from pid {} uid {}: no request within {} s",
+                        peer.pid,
+                        peer.uid,
+                        self.limits.idle_timeout.as_secs_f32()
+                    );
+                    self.conns.swap_remove(i);
                 }
             }
             if ready[1] {
                 self.accept();
             }
         }
+    }
+
+    /// How long `poll` may wait: until the nearest deadline of a connection
+    /// or a parked refusal, or [`LINGER_POLL`] while a freeze left tasks
+    /// seized.
+    fn poll_timeout(&self, lingering: bool) -> PollTimeout {
+        let now = Instant::now();
+        let nearest = self
+            .conns
+            .iter()
+            .filter_map(|c| c.deadline)
+            .chain(self.parked.iter().map(|p| p.until))
+            .min()
+            .map(|d| d.saturating_duration_since(now));
+        let wait = match (nearest, lingering) {
+            (Some(d), true) => Some(d.min(LINGER_POLL)),
+            (Some(d), false) => Some(d),
+            (None, true) => Some(LINGER_POLL),
+            (None, false) => None,
+        };
+        match wait {
+            None => PollTimeout::NONE,
+            // Rounded up, so a deadline is past when poll returns.
+            Some(d) => {
+                let ms = d.as_millis().saturating_add(1);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        }
+    }
+
+    /// Why a connection from `peer` cannot be taken now, if it cannot.
+    fn refusal(&self, peer: Peer) -> Option<String> {
+        if self.conns.is_full() {
+            return Some(format!(
+                "the daemon already serves {MAX_CLIENTS} connections"
+            ));
+        }
+        if peer.uid == 0 {
+            return None;
+        }
+        let open = MAX_CLIENTS - ROOT_RESERVED;
+        if self.conns.iter().filter(|c| c.peer.uid != 0).count() >= open {
+            return Some(format!(
+                "the daemon already serves {open} connections of users other than root; the other {ROOT_RESERVED} are kept for root"
+            ));
+        }
+        let own = self.conns.iter().filter(|c| c.peer.uid == peer.uid).count();
+        if own >= self.limits.per_user {
+            return Some(format!(
+                "uid {} already holds {own} connections, the most access.connections_per_user allows",
+                peer.uid
+            ));
+        }
+        None
     }
 
     /// Accepts every waiting connection. A failing accept (out of file
@@ -248,23 +398,40 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                     continue;
                 }
             };
-            if self.conns.is_full() {
-                let why = format!("the daemon already serves {MAX_CLIENTS} connections");
+            if let Some(why) = self.refusal(peer) {
                 log::warning!(
                     "refused connection from pid {} uid {}: {why}",
                     peer.pid,
                     peer.uid
                 );
-                send(fd.as_fd(), &error_reply(ErrorKind::Busy, &why));
-                // A request already queued would turn the close into a reset
-                // that hides the reply: discard it first.
-                let mut discard = [0u8; MAX_MESSAGE];
-                let _ = packet::recv_packet(fd.as_fd(), &mut discard, true);
+                if send(fd.as_fd(), &error_reply(ErrorKind::Busy, &why)) {
+                    self.park(fd);
+                }
                 continue;
             }
-            // Cannot fail: checked for room above.
-            let _ = self.conns.push(Conn { fd, peer });
+            let deadline = Some(Instant::now() + self.limits.idle_timeout);
+            // Cannot fail: `refusal` checked for room.
+            let _ = self.conns.push(Conn { fd, peer, deadline });
         }
+    }
+
+    /// Keeps a refused connection until its request arrives: closed before
+    /// the client has sent it, the connection would fail the client's send
+    /// with a broken pipe instead of letting it read `Busy`.
+    fn park(&mut self, fd: OwnedFd) {
+        let mut discard = [0u8; MAX_MESSAGE];
+        match packet::recv_packet(fd.as_fd(), &mut discard, true) {
+            // The request (or a hang-up) is already there: nothing to wait for.
+            Ok(_) => return,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return,
+            Err(_) => {}
+        }
+        if self.parked.is_full() {
+            self.parked.remove(0);
+        }
+        let until = Instant::now() + PARK_TIME.min(self.limits.idle_timeout);
+        // Cannot fail: room was made above.
+        let _ = self.parked.push(Parked { fd, until });
     }
 
     /// Reads one packet from connection `i` and answers it.
@@ -284,6 +451,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 return After::Close;
             }
         };
+        self.granted = false;
         let reply = match protocol::decode_request(&buf, n) {
             Ok(request) => self.serve(peer, raw, request),
             Err(e) => {
@@ -295,11 +463,17 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 error_reply(e.kind(), &e.to_string())
             }
         };
-        if send(self.conns[i].fd.as_fd(), &reply) {
-            After::Keep
-        } else {
-            After::Close
+        if !send(self.conns[i].fd.as_fd(), &reply) {
+            return After::Close;
         }
+        // Serving adds and removes no connection: `i` is still this one.
+        let c = &mut self.conns[i];
+        if self.granted {
+            c.deadline = None;
+        } else if c.deadline.is_some() {
+            c.deadline = Some(Instant::now() + self.limits.idle_timeout);
+        }
+        After::Keep
     }
 
     fn refuse(&self, peer: Peer, what: &str, kind: ErrorKind, why: &str) -> Reply {
@@ -342,6 +516,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                     Ok(pid) => pid,
                     Err(r) => return self.refuse(peer, what, r.kind, &r.message),
                 };
+                self.granted = true;
                 match self.engine.checkpoint(pid, conn) {
                     Ok(s) => {
                         log::info!(
@@ -366,6 +541,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                     Ok(pid) => pid,
                     Err(r) => return self.refuse(peer, what, r.kind, &r.message),
                 };
+                self.granted = true;
                 self.hibernate(peer, pid, conn, wake_after_s)
             }
             Request::Restored { pid, resumed } => self.restored(peer, conn, pid, resumed),
@@ -417,6 +593,9 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         if let Some(c) = self.conns.iter_mut().find(|c| c.fd.as_raw_fd() == conn) {
             c.peer = Peer { pid, uid, gid };
         }
+        // The connection now belongs to the restored tree, which holds it
+        // for as long as it likes.
+        self.granted = true;
         let slept = resumed
             .slept_for_ms
             .map_or_else(|| "an unknown time".to_string(), |ms| format!("{ms} ms"));

@@ -55,7 +55,7 @@ pub fn dump<W: Write>(
 ) -> Result<DumpStats, EngineError> {
     let (stats, mut frozen) = dump_frozen(root, out, opts, commit)?;
     match after {
-        After::Kill => frozen.kill(),
+        After::Kill => frozen.kill()?,
         After::LeaveRunning => frozen.release(),
     }
     Ok(stats)

@@ -3,12 +3,154 @@
 //! appears. The [`Frozen`] tree detaches everything when dropped, so any
 //! failure after this point leaves the tree running unharmed (an interrupted
 //! syscall restarts).
+//!
+//! Nothing here waits without a bound. Two kinds of trees are refused
+//! before any of their tasks is seized:
+//!
+//! - A task waiting in `vfork()` for its child to exec or exit sleeps
+//!   uninterruptibly (state `D`) and would never report the interrupt's
+//!   stop. It is seen in `/proc/PID/task/TID/syscall`: `vfork`, `clone`
+//!   with `CLONE_VFORK`, or `clone3`, blocked in state `D`.
+//! - A process in another pid namespace than torpor's, or whose children
+//!   go into one (`pid_for_children`): a restore recreates every pid in
+//!   torpor's namespace, so such a tree would come back with other pids
+//!   than it sees, and killing a namespace's init after a dump waits for
+//!   the whole namespace.
+//!
+//! A task that enters such a wait between the check and the interrupt is
+//! given up after [`STOP_TIMEOUT`]: it stays seized until it stops, and
+//! [`release_lingering`] lets it go then. Killing a dumped tree waits at
+//! most [`KILL_TIMEOUT`].
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, PtraceError, Stop};
 use crate::engine::{Cause, EngineError, Step, StepExt};
+
+/// How long a seized task may take to stop after `PTRACE_INTERRUPT`.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the tasks of a dumped tree may take to exit after `SIGKILL`.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tasks seized by a freeze that gave up on them before they stopped: a
+/// running tracee cannot be detached, so each is let go at its first stop.
+static LINGERING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn lingering() -> std::sync::MutexGuard<'static, Vec<i32>> {
+    LINGERING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Detaches the tasks a freeze gave up on that have stopped since (a
+/// signal they stopped for is delivered first); returns how many are still
+/// waited for. A long-running tracer (the daemon) calls it now and then;
+/// a short one lets its exit detach them.
+pub fn release_lingering() -> usize {
+    let mut list = lingering();
+    list.retain(|&tid| match ptrace::try_wait(tid) {
+        Ok(None) => true,
+        Ok(Some(Stop::Event(_, ptrace::PTRACE_EVENT_STOP))) => ptrace::detach(tid).is_err(),
+        // A signal stop before the interrupt's: deliver it and wait on.
+        Ok(Some(Stop::Signal(sig) | Stop::Event(sig, _))) => ptrace::cont(tid, sig).is_ok(),
+        Ok(Some(Stop::Exited(_) | Stop::Killed(_))) | Err(_) => false,
+    });
+    list.len()
+}
+
+/// The syscall numbers that create a task, as /proc/PID/syscall shows them.
+#[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+const SYS_VFORK: Option<libc::c_long> = Some(libc::SYS_vfork);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "arm")))]
+const SYS_VFORK: Option<libc::c_long> = None;
+
+/// `tid` of `pid` sleeps in `vfork()` (or a `clone` with `CLONE_VFORK`)
+/// until its child execs or exits.
+fn in_vfork(pid: i32, tid: i32) -> bool {
+    let task = format!("/proc/{pid}/task/{tid}");
+    let path = format!("{task}/stat");
+    let asleep = procfs::read(&path)
+        .ok()
+        .and_then(|t| procfs::parse_stat(&path, &t).ok())
+        .is_some_and(|s| s.state == 'D');
+    if !asleep {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("{task}/syscall")) else {
+        return false;
+    };
+    let mut fields = text.split_whitespace();
+    let Some(Ok(nr)) = fields.next().map(str::parse::<libc::c_long>) else {
+        return false;
+    };
+    let flags = fields
+        .next()
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    let vfork_flag = u64::try_from(libc::CLONE_VFORK).unwrap_or(0);
+    SYS_VFORK == Some(nr)
+        || (nr == libc::SYS_clone && flags & vfork_flag != 0)
+        || nr == libc::SYS_clone3
+}
+
+fn vfork_refusal(pid: i32, tid: i32) -> Cause {
+    let who = if pid == tid {
+        format!("process {pid}")
+    } else {
+        format!("process {pid}: thread {tid}")
+    };
+    Cause::Unsupported(format!(
+        "{who} is waiting in vfork() for its child to exec or exit; a vfork in progress cannot be checkpointed"
+    ))
+}
+
+fn ns_link(pid: &str, which: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{which}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Refuses a process that is not in torpor's pid namespace, or whose
+/// children would not be.
+fn check_pid_namespace(pid: i32) -> Result<(), Cause> {
+    let Some(own) = ns_link("self", "pid") else {
+        // Without namespace links there is one pid namespace.
+        return Ok(());
+    };
+    let p = pid.to_string();
+    let why = format!(
+        "torpor restores every pid in its own pid namespace {own}, so this tree cannot be checkpointed"
+    );
+    match ns_link(&p, "pid") {
+        Some(ns) if ns != own => {
+            // The innermost pid is the last on the NSpid line.
+            let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .and_then(|l| l.split_whitespace().last().map(str::to_owned))
+                });
+            let what = if inner.as_deref() == Some("1") {
+                format!("process {pid} is the init (pid 1) of pid namespace {ns}")
+            } else {
+                format!("process {pid} is in pid namespace {ns}")
+            };
+            return Err(Cause::Unsupported(format!("{what}; {why}")));
+        }
+        _ => {}
+    }
+    match ns_link(&p, "pid_for_children") {
+        Some(ns) if ns != own => Err(Cause::Unsupported(format!(
+            "process {pid} has unshared pid namespace {ns} for its children; {why}"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// A failed freeze, and whether trying again may succeed.
 #[derive(Debug)]
@@ -37,6 +179,15 @@ fn root_alive(root: i32) -> bool {
         .is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
+/// The state letter of a task, for messages (`?` when unreadable).
+fn task_state(pid: i32, tid: i32) -> char {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    procfs::read(&path)
+        .ok()
+        .and_then(|t| procfs::parse_stat(&path, &t).ok())
+        .map_or('?', |s| s.state)
+}
+
 #[derive(Debug)]
 pub struct Frozen {
     /// Processes, every parent before its children.
@@ -54,7 +205,7 @@ pub struct Frozen {
     killed: bool,
 }
 
-fn seize_one(tid: i32) -> Result<(), PtraceError> {
+fn seize_one(tid: i32) -> Result<Seized, PtraceError> {
     // The parasite's syscalls must not meet the task's seccomp filters.
     // Where the option is refused (torpor itself under seccomp) they may,
     // and a refused syscall fails the dump cleanly.
@@ -82,15 +233,32 @@ fn seize_one(tid: i32) -> Result<(), PtraceError> {
         ptrace::seize(tid, 0)?;
     }
     ptrace::interrupt(tid)?;
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(100);
     loop {
-        match ptrace::wait(tid)? {
-            Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => return Ok(()),
+        match ptrace::try_wait(tid)? {
+            Some(Stop::Event(_, ptrace::PTRACE_EVENT_STOP)) => return Ok(Seized::Stopped),
             // A signal arrived before the interrupt: let the task take it as
             // it would have, then it stops for the pending interrupt.
-            Stop::Signal(sig) | Stop::Event(sig, _) => ptrace::cont(tid, sig)?,
-            Stop::Exited(_) | Stop::Killed(_) => return Err(PtraceError::TaskDied(tid)),
+            Some(Stop::Signal(sig) | Stop::Event(sig, _)) => ptrace::cont(tid, sig)?,
+            Some(Stop::Exited(_) | Stop::Killed(_)) => return Err(PtraceError::TaskDied(tid)),
+            None if start.elapsed() >= STOP_TIMEOUT => {
+                lingering().push(tid);
+                return Ok(Seized::Running);
+            }
+            None => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
         }
     }
+}
+
+/// How a seize ended.
+enum Seized {
+    Stopped,
+    /// No stop within [`STOP_TIMEOUT`]: the task is left to [`release_lingering`].
+    Running,
 }
 
 impl Frozen {
@@ -174,19 +342,41 @@ impl Frozen {
                         },
                     });
                 }
+                let refuse = |cause| FreezeFailure {
+                    transient: false,
+                    error: EngineError { step, cause },
+                };
+                if !f.threads.contains_key(&pid) {
+                    check_pid_namespace(pid).map_err(refuse)?;
+                }
                 let tids = procfs::threads(pid)
                     .map_err(|_| Cause::Ptrace(PtraceError::TaskDied(pid)))
                     .step(step)
                     .map_err(|e| FreezeFailure::of(e, pid != root))?;
                 for &tid in &tids {
                     if !f.seized.contains(&tid) {
-                        seize_one(tid).step(step).map_err(|e| {
+                        if in_vfork(pid, tid) {
+                            return Err(refuse(vfork_refusal(pid, tid)));
+                        }
+                        let seized = seize_one(tid).step(step).map_err(|e| {
                             // An exiting task refuses PTRACE_SEIZE (EPERM).
                             let exiting = tid != root && !root_alive(tid);
                             let mut f = FreezeFailure::of(e, tid != root);
                             f.transient |= exiting;
                             f
                         })?;
+                        if let Seized::Running = seized {
+                            let cause = if in_vfork(pid, tid) {
+                                vfork_refusal(pid, tid)
+                            } else {
+                                Cause::Unsupported(format!(
+                                    "task {tid} of process {pid} did not stop within {} s of PTRACE_INTERRUPT (state {})",
+                                    STOP_TIMEOUT.as_secs(),
+                                    task_state(pid, tid)
+                                ))
+                            };
+                            return Err(refuse(cause));
+                        }
                         f.seized.push(tid);
                         new += 1;
                     }
@@ -222,36 +412,51 @@ impl Frozen {
         self.seized.clear();
     }
 
-    /// Kills every process of the tree and waits until each is gone.
-    pub fn kill(&mut self) {
+    /// Kills every process of the tree and waits, at most [`KILL_TIMEOUT`],
+    /// until each is gone. A task still there then is named in the error;
+    /// the tree has been sent `SIGKILL` either way.
+    pub fn kill(&mut self) -> Result<(), EngineError> {
         for &pid in &self.pids {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        // Leaders last: a traced group leader's exit is reported only after
-        // its other threads have been reaped.
-        let leaders: Vec<i32> = self.pids.clone();
-        let mut order: Vec<i32> = self
-            .seized
-            .iter()
-            .copied()
-            .filter(|t| !leaders.contains(t))
-            .collect();
-        order.extend(self.seized.iter().copied().filter(|t| leaders.contains(t)));
-        for &tid in &order {
-            // Wait for the exit report the tracer gets, so the tasks are
-            // dead when the dump returns.
-            loop {
-                match ptrace::wait(tid) {
-                    Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        self.seized.clear();
         self.killed = true;
+        // Wait for the exit report the tracer gets, so the tasks are dead
+        // when the dump returns. Every task is asked each round: a traced
+        // group leader's exit is reported only after its other threads'.
+        let mut left = std::mem::take(&mut self.seized);
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(100);
+        loop {
+            left.retain(|&tid| {
+                !matches!(
+                    ptrace::try_wait(tid),
+                    Ok(Some(Stop::Exited(_) | Stop::Killed(_))) | Err(_)
+                )
+            });
+            let Some(&tid) = left.first() else {
+                return Ok(());
+            };
+            if start.elapsed() >= KILL_TIMEOUT {
+                let pid = self
+                    .threads
+                    .iter()
+                    .find(|(_, t)| t.contains(&tid))
+                    .map_or(tid, |(p, _)| *p);
+                return Err(EngineError {
+                    step: Step::Kill,
+                    cause: Cause::Unsupported(format!(
+                        "task {tid} of process {pid} did not exit within {} s of SIGKILL (state {})",
+                        KILL_TIMEOUT.as_secs(),
+                        task_state(pid, tid)
+                    )),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 }
 

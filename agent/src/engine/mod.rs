@@ -119,6 +119,8 @@ pub enum Step {
     WriteImage,
     /// The A/B store: opening, writing, committing.
     Store,
+    /// Killing the dumped tree.
+    Kill,
     // Restore, in order.
     /// Checking the image against this system before creating anything.
     Validate,
@@ -167,6 +169,7 @@ impl std::fmt::Display for Step {
             Step::Memory(pid) => write!(f, "memory {pid}"),
             Step::WriteImage => f.write_str("write image"),
             Step::Store => f.write_str("store"),
+            Step::Kill => f.write_str("kill"),
             Step::Validate => f.write_str("validate"),
             Step::ReadImage => f.write_str("read image"),
             Step::Restore => f.write_str("restore"),

@@ -206,10 +206,23 @@ pub enum Stop {
 }
 
 pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
+    // Without WNOHANG waitpid reports a state change or fails.
+    wait_flags(tid, 0).map(|s| s.unwrap_or(Stop::Exited(0)))
+}
+
+/// Like [`wait`], but `None` at once when `tid` has not changed state.
+pub fn try_wait(tid: i32) -> Result<Option<Stop>, PtraceError> {
+    wait_flags(tid, libc::WNOHANG)
+}
+
+fn wait_flags(tid: i32, flags: i32) -> Result<Option<Stop>, PtraceError> {
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes the status word into `status`.
-        let rc = unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL) };
+        let rc = unsafe { libc::waitpid(tid, &raw mut status, libc::__WALL | flags) };
+        if rc == 0 {
+            return Ok(None);
+        }
         if rc < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
@@ -227,17 +240,17 @@ pub fn wait(tid: i32) -> Result<Stop, PtraceError> {
         break;
     }
     if libc::WIFEXITED(status) {
-        return Ok(Stop::Exited(libc::WEXITSTATUS(status)));
+        return Ok(Some(Stop::Exited(libc::WEXITSTATUS(status))));
     }
     if libc::WIFSIGNALED(status) {
-        return Ok(Stop::Killed(libc::WTERMSIG(status)));
+        return Ok(Some(Stop::Killed(libc::WTERMSIG(status))));
     }
     let sig = libc::WSTOPSIG(status);
     let event = status >> 16;
     if event != 0 {
-        Ok(Stop::Event(sig, event))
+        Ok(Some(Stop::Event(sig, event)))
     } else {
-        Ok(Stop::Signal(sig))
+        Ok(Some(Stop::Signal(sig)))
     }
 }
 
