@@ -104,7 +104,8 @@ socket = "/run/systemd/journal/dev-log"
                 mode: 0o660,
             },
             store: StoreConfig {
-                device: PathBuf::from("/dev/mmcblk0p4")
+                device: PathBuf::from("/dev/mmcblk0p4"),
+                allow_group_read: false,
             },
             power: PowerConfig {
                 chip: "/dev/gpiochip1".into(),
@@ -284,4 +285,23 @@ fn a_missing_file_is_an_error_unless_it_is_the_default_path() {
         "/nonexistent/torpor.toml: cannot read: No such file or directory (os error 2)"
     );
     assert!(Config::load_or_default(Path::new("/nonexistent/torpor.toml")).is_err());
+}
+
+#[test]
+fn store_allow_group_read_is_a_boolean_off_by_default() {
+    assert!(!parse("").unwrap().store.allow_group_read);
+    assert!(
+        parse("[store]\nallow_group_read = true\n")
+            .unwrap()
+            .store
+            .allow_group_read
+    );
+    assert_eq!(
+        err("[store]\nallow_group_read = \"yes\"\n"),
+        "/etc/torpor.toml: `store.allow_group_read` must be a boolean (true or false), found a string"
+    );
+    assert_eq!(
+        err("[store]\nallow_group = true\n"),
+        "/etc/torpor.toml: unknown key `store.allow_group` (known here: device, allow_group_read)"
+    );
 }
