@@ -345,7 +345,7 @@ impl Store<FileDevice> {
     /// Opens the store on `dev`, refusing a device that holds neither a
     /// store nor zeros where the slot headers go.
     fn checked(dev: FileDevice, path: &Path) -> Result<Self, StoreError> {
-        if dev.len() >= MIN_STORE_SIZE && file::content(&dev)? == file::Content::Foreign {
+        if file::content(&dev)? == file::Content::Foreign {
             return Err(StoreError::Foreign {
                 path: path.to_path_buf(),
             });
