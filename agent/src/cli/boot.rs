@@ -86,6 +86,7 @@ impl Places {
         socket: Option<&Path>,
     ) -> Result<Places, String> {
         let c = Config::load_or_default(config).map_err(|e| e.to_string())?;
+        crate::store::allow_group_read(c.store.allow_group_read);
         Ok(Places::from_config(&c, store, socket))
     }
 

@@ -42,6 +42,7 @@ pub struct DaemonArgs {
 fn load(args: &DaemonArgs) -> Result<(Config, ConnLimits), config::ConfigError> {
     let (mut c, limits) = Config::load_or_default_with_limits(&args.config)?;
     c.resolve()?;
+    crate::store::allow_group_read(c.store.allow_group_read);
     if let Some(s) = &args.socket {
         c.socket.path = s.clone();
     }

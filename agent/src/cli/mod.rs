@@ -76,6 +76,17 @@ pub enum StoreAction {
         #[arg(long)]
         store: PathBuf,
     },
+    /// Make PATH an empty store: a new file (mode 0600), an empty file, an
+    /// all-zero partition, or one holding something else (erased). A valid
+    /// store is only erased with --force.
+    Init {
+        /// The store: a raw partition or a regular file.
+        #[arg(long)]
+        store: PathBuf,
+        /// Erase a store that already holds images.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.

@@ -83,7 +83,7 @@ fn show_file(path: &Path, out: &mut impl Write) -> Result<(), ShowError> {
 }
 
 fn show_store(path: &Path, out: &mut impl Write) -> Result<(), ShowError> {
-    let store = Store::open(path)?;
+    let store = Store::open_read_only(path)?;
     let Some((info, reader)) = store.newest()? else {
         return Err(ShowError::NoImage {
             path: path.to_path_buf(),

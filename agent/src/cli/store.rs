@@ -1,4 +1,5 @@
-//! `torpor store status|clear`: inspect or empty the A/B image store.
+//! `torpor store status|clear|init`: inspect, empty or create the A/B image
+//! store.
 
 use std::io::{self, Write};
 
@@ -18,7 +19,7 @@ pub fn run(action: &StoreAction) -> Result<(), StoreCmdError> {
     let mut out = io::stdout().lock();
     match action {
         StoreAction::Status { store } => {
-            let store = Store::open(store)?;
+            let store = Store::open_read_only(store)?;
             for s in store.status() {
                 writeln!(out, "{s}").map_err(StoreCmdError::Output)?;
             }
@@ -28,6 +29,16 @@ pub fn run(action: &StoreAction) -> Result<(), StoreCmdError> {
             store.clear()?;
             writeln!(out, "store {}: both slots empty", path.display())
                 .map_err(StoreCmdError::Output)?;
+        }
+        StoreAction::Init { store: path, force } => {
+            let store = Store::init(path, *force)?;
+            writeln!(
+                out,
+                "store {}: two empty slots of {} bytes of image each",
+                path.display(),
+                store.capacity()
+            )
+            .map_err(StoreCmdError::Output)?;
         }
     }
     Ok(())

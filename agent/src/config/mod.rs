@@ -76,6 +76,9 @@ pub struct SocketConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     pub device: PathBuf,
+    /// The store's group may read it (mode 0640); by default torpor refuses
+    /// a store anyone but its owner can read.
+    pub allow_group_read: bool,
 }
 
 /// `[power]`: the GPIO that cuts the board's power.
@@ -229,6 +232,7 @@ impl Default for Config {
             },
             store: StoreConfig {
                 device: PathBuf::from(defaults::STORE_DEVICE),
+                allow_group_read: false,
             },
             power: PowerConfig {
                 chip: defaults::POWER_CHIP.to_string(),
@@ -479,9 +483,12 @@ impl Config {
             })?;
         }
 
-        let s = Section::new(file, &root, "store", &["device"])?;
+        let s = Section::new(file, &root, "store", &["device", "allow_group_read"])?;
         if let Some(p) = s.absolute_path("device")? {
             c.store.device = p;
+        }
+        if let Some(b) = s.boolean("allow_group_read")? {
+            c.store.allow_group_read = b;
         }
 
         let s = Section::new(

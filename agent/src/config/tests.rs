@@ -104,7 +104,8 @@ socket = "/run/systemd/journal/dev-log"
                 mode: 0o660,
             },
             store: StoreConfig {
-                device: PathBuf::from("/dev/mmcblk0p4")
+                device: PathBuf::from("/dev/mmcblk0p4"),
+                allow_group_read: false,
             },
             power: PowerConfig {
                 chip: "/dev/gpiochip1".into(),
@@ -322,5 +323,24 @@ fn connection_limits_have_defaults_ranges_and_their_keys() {
             origin: PathBuf::from(FILE),
             ..Config::default()
         }
+    );
+}
+
+#[test]
+fn store_allow_group_read_is_a_boolean_off_by_default() {
+    assert!(!parse("").unwrap().store.allow_group_read);
+    assert!(
+        parse("[store]\nallow_group_read = true\n")
+            .unwrap()
+            .store
+            .allow_group_read
+    );
+    assert_eq!(
+        err("[store]\nallow_group_read = \"yes\"\n"),
+        "/etc/torpor.toml: `store.allow_group_read` must be a boolean (true or false), found a string"
+    );
+    assert_eq!(
+        err("[store]\nallow_group = true\n"),
+        "/etc/torpor.toml: unknown key `store.allow_group` (known here: device, allow_group_read)"
     );
 }

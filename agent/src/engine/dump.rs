@@ -328,8 +328,10 @@ fn write_nonzero<W: Write>(
     Ok(total)
 }
 
-/// Dumps into a file: written beside it and renamed into place only when
-/// complete and synced, so a failed dump leaves no partial image.
+/// Dumps into a file: written beside it (`PATH.part`, created anew with mode
+/// 0600, never through a symbolic link) and renamed into place only when
+/// complete and synced, so a failed dump leaves no partial image and an
+/// image already at `path` stays as it was.
 pub fn dump_to_file(
     root: i32,
     path: &std::path::Path,
@@ -340,9 +342,7 @@ pub fn dump_to_file(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
-    let f = File::create(&tmp)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", tmp.display())))
-        .step(wstep)?;
+    let f = create_private(&tmp).step(wstep)?;
     let res = dump(root, BufWriter::new(f), after, opts, |bw| {
         let f = bw.into_inner().map_err(|e| e.into_error()).step(wstep)?;
         f.sync_all().step(wstep)?;
@@ -350,9 +350,36 @@ pub fn dump_to_file(
         Ok(())
     });
     if res.is_err() {
+        // Ours: created exclusively above. A failure to remove it leaves a
+        // 0600 file that only blocks the next dump to the same path, which
+        // then names it.
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Creates `path` for an image: it must not exist yet (a file or a symbolic
+/// link someone left there is refused, never followed or overwritten), and
+/// only its owner may read it.
+fn create_private(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "creating {}: it already exists (left by a dump that did not finish, or put there by someone else); torpor neither follows nor overwrites it: remove it and dump again",
+                    path.display()
+                )
+            } else {
+                format!("creating {}: {e}", path.display())
+            };
+            std::io::Error::new(e.kind(), why)
+        })
 }
 
 /// Dumps into the newest slot of an A/B store (a partition or a file, created

@@ -39,17 +39,18 @@
 //! skipped.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::image::{self, ImageError};
 
+mod file;
 #[cfg(test)]
 mod tests;
+
+pub use file::{allow_group_read, FileDevice, LOCK_WAIT};
 
 /// The sector size the header layout assumes.
 pub const SECTOR: u64 = 512;
@@ -81,56 +82,11 @@ pub trait Device {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> io::Result<()>;
-}
-
-/// A block device or regular file.
-#[derive(Debug)]
-pub struct FileDevice {
-    file: File,
-    len: u64,
-}
-
-impl FileDevice {
-    /// Opens an existing block device or regular file for reading and
-    /// writing. A block device's size comes from seeking to its end (the
-    /// kernel answers with the device size, as BLKGETSIZE64 would).
-    pub fn open(path: &Path) -> Result<FileDevice, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
-        let ft = meta.file_type();
-        let len = if ft.is_block_device() {
-            file.seek(SeekFrom::End(0)).map_err(open_err)?
-        } else if ft.is_file() {
-            meta.len()
-        } else {
-            return Err(StoreError::NotAStore {
-                path: path.to_path_buf(),
-            });
-        };
-        Ok(FileDevice { file, len })
-    }
-}
-
-impl Device for FileDevice {
-    fn len(&self) -> u64 {
-        self.len
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_all()
+    /// Gives back the space of `len` bytes from `offset` whose contents no
+    /// longer matter (an image that was never committed). Where the device
+    /// cannot, the bytes simply stay.
+    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -141,6 +97,28 @@ pub enum StoreError {
     Open { path: PathBuf, source: io::Error },
     #[error("{path} is neither a block device nor a regular file")]
     NotAStore { path: PathBuf },
+    #[error("store {path} has mode {mode:04o} and owner uid {uid}: {why}")]
+    Exposed {
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        why: String,
+    },
+    #[error(
+        "store {path} is in use by another torpor: gave up after waiting {waited:?} for its lock"
+    )]
+    Locked {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
+    #[error("cannot lock store {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("{path} holds something other than a torpor store; to turn it into an empty store (erasing what it holds), run `torpor store init --store {path}`")]
+    Foreign { path: PathBuf },
+    #[error(
+        "{path} already holds a torpor store; `torpor store init --force --store {path}` erases it"
+    )]
+    HoldsStore { path: PathBuf },
     #[error("store is {len} bytes; it needs at least {min}")]
     TooSmall { len: u64, min: u64 },
     #[error("cannot {what} slot {slot} at device offset {offset}: {source}")]
@@ -321,40 +299,58 @@ pub struct Store<D: Device = FileDevice> {
 }
 
 impl Store<FileDevice> {
-    /// Opens the store on a partition or an existing regular file.
+    /// Opens the store on a partition or an existing regular file, for
+    /// reading and writing, holding its lock exclusively until dropped.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Store::with_device(FileDevice::open(path)?)
+        Store::checked(FileDevice::open(path)?, path)
     }
 
-    /// Creates (or grows) a regular file of `size` bytes and opens it as a
-    /// store. The file is sparse; unused slots cost nothing.
+    /// Opens the store for reading only (a read-only medium will do),
+    /// sharing its lock with other readers until dropped.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Store::checked(FileDevice::open_read_only(path)?, path)
+    }
+
+    /// Opens the store at `path`, creating a regular file of `size` bytes,
+    /// mode 0600, when nothing is there, or giving that size to an existing
+    /// empty regular file. The file is sparse; unused slots cost nothing.
     pub fn create(path: &Path, size: u64) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(open_err)?;
-        if file.metadata().map_err(open_err)?.len() < size {
-            file.set_len(size).map_err(open_err)?;
-        }
-        drop(file);
-        Store::open(path)
+        Store::checked(FileDevice::create(path, size)?, path)
     }
 
-    /// Opens a store, creating a regular file of [`DEFAULT_FILE_SIZE`] when
-    /// `path` does not exist or is an empty regular file.
+    /// [`create`](Self::create) with a file of [`DEFAULT_FILE_SIZE`].
     pub fn open_or_create(path: &Path) -> Result<Self, StoreError> {
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_file() && m.len() == 0 => Store::create(path, DEFAULT_FILE_SIZE),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Store::create(path, DEFAULT_FILE_SIZE),
-            _ => Store::open(path),
+        Store::create(path, DEFAULT_FILE_SIZE)
+    }
+
+    /// Makes `path` an empty store: a new regular file, an empty one, an
+    /// all-zero partition, or anything that holds no store. A store is only
+    /// erased with `force`.
+    pub fn init(path: &Path, force: bool) -> Result<Self, StoreError> {
+        let mut dev = FileDevice::for_init(path, DEFAULT_FILE_SIZE)?;
+        match file::content(&dev)? {
+            file::Content::Store if !force => {
+                return Err(StoreError::HoldsStore {
+                    path: path.to_path_buf(),
+                })
+            }
+            _ => {}
         }
+        file::erase_headers(&mut dev)?;
+        let mut store = Store::with_device(dev)?;
+        store.clear()?;
+        Ok(store)
+    }
+
+    /// Opens the store on `dev`, refusing a device that holds neither a
+    /// store nor zeros where the slot headers go.
+    fn checked(dev: FileDevice, path: &Path) -> Result<Self, StoreError> {
+        if file::content(&dev)? == file::Content::Foreign {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+            });
+        }
+        Store::with_device(dev)
     }
 }
 
@@ -681,6 +677,7 @@ impl<D: Device> Store<D> {
             buf: Vec::with_capacity(WRITE_CHUNK),
             crc: crc32fast::Hasher::new(),
             overflow: false,
+            committed: false,
         })
     }
 }
@@ -805,6 +802,21 @@ pub struct SlotWriter<'a, D: Device> {
     buf: Vec<u8>,
     crc: crc32fast::Hasher,
     overflow: bool,
+    committed: bool,
+}
+
+impl<D: Device> Drop for SlotWriter<'_, D> {
+    /// An image never committed gives its space back: its slot's header
+    /// says empty, so the bytes are of no use to anyone.
+    fn drop(&mut self) {
+        if self.committed || self.pos == 0 {
+            return;
+        }
+        let start = self.store.base(self.slot) + IMAGE_OFFSET;
+        let len = self.pos.div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+        // Nothing depends on it: a device that cannot keeps the bytes.
+        let _ = self.store.dev.discard(start, len);
+    }
 }
 
 impl<D: Device> SlotWriter<'_, D> {
@@ -855,6 +867,7 @@ impl<D: Device> SlotWriter<'_, D> {
         };
         self.store.check_image(&info)?;
         self.store.store_header(info)?;
+        self.committed = true;
         Ok(info)
     }
 }

@@ -636,3 +636,262 @@ fn image_writer_streams_into_a_slot() {
     let store = Store::with_device(Fake::new(store.into_device().durable)).expect("reopen");
     assert_eq!(newest_bytes(&store).map(|(_, b)| b), Some(expect));
 }
+
+/// A scratch directory of its own for one test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("torpor-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn a_new_store_file_is_private() {
+    let dir = scratch("private");
+    let path = dir.join("store.bin");
+    drop(Store::create(&path, 1 << 20).expect("create"));
+    assert_eq!(mode_of(&path), 0o600);
+    drop(Store::open_or_create(&dir.join("default.bin")).expect("create"));
+    assert_eq!(mode_of(&dir.join("default.bin")), 0o600);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn a_store_others_can_read_is_refused() {
+    let dir = scratch("exposed");
+    let path = dir.join("store.bin");
+    let p = path.display().to_string();
+    {
+        let mut store = Store::create(&path, 1 << 20).expect("create");
+        commit(&mut store, &image(1)).expect("commit");
+    }
+    let before = std::fs::read(&path).expect("read");
+    // As torpor used to create it.
+    chmod(&path, 0o644);
+    for e in [
+        Store::open(&path).unwrap_err(),
+        Store::open_read_only(&path).unwrap_err(),
+        Store::open_or_create(&path).unwrap_err(),
+    ] {
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "store {p} has mode 0644 and owner uid 0: every user could read the images in it or change them (chmod o-rw {p})"
+            )
+        );
+    }
+    chmod(&path, 0o640);
+    let e = Store::open(&path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "store {p} has mode 0640 and owner uid 0: its group could read the images in it (chmod g-r {p}, or set store.allow_group_read = true)"
+        )
+    );
+    file::check_exposure(&path, true, None).expect("store.allow_group_read = true");
+    chmod(&path, 0o660);
+    let e = file::check_exposure(&path, true, None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "store {p} has mode 0660 and owner uid 0: its group could change the images in it (chmod g-w {p})"
+        )
+    );
+    chmod(&path, 0o600);
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(4321)), None).expect("chown");
+    let e = Store::open(&path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "store {p} has mode 0600 and owner uid 4321: user 4321 could read the images in it and change them (chown root {p})"
+        )
+    );
+    nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).expect("chown");
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+    assert_eq!(
+        newest_bytes(&Store::open_read_only(&path).expect("open")).map(|(_, b)| b),
+        Some(image(1))
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn a_file_holding_something_else_is_refused_until_initialised() {
+    let dir = scratch("foreign");
+    let path = dir.join("notes.txt");
+    let p = path.display().to_string();
+    let text: Vec<u8> = b"my notes\n".repeat(4000);
+    std::fs::write(&path, &text).expect("write");
+    chmod(&path, 0o600);
+    let refused = format!(
+        "{p} holds something other than a torpor store; to turn it into an empty store (erasing what it holds), run `torpor store init --store {p}`"
+    );
+    assert_eq!(
+        Store::open_or_create(&path).unwrap_err().to_string(),
+        refused
+    );
+    assert_eq!(Store::open(&path).unwrap_err().to_string(), refused);
+    assert_eq!(
+        Store::open_read_only(&path).unwrap_err().to_string(),
+        refused
+    );
+    assert_eq!(std::fs::read(&path).expect("read"), text);
+
+    let store = Store::init(&path, false).expect("init");
+    assert_eq!(
+        store.status().map(|s| s.to_string()),
+        [
+            "slot A: empty generation 0 length 0 crc 0x00000000 attempts 0 verified no",
+            "slot B: empty generation 0 length 0 crc 0x00000000 attempts 0 verified no",
+        ]
+    );
+    drop(store);
+    let mut store = Store::open(&path).expect("a store now");
+    commit(&mut store, &image(2)).expect("commit");
+    drop(store);
+    assert_eq!(
+        Store::init(&path, false).unwrap_err().to_string(),
+        format!(
+            "{p} already holds a torpor store; `torpor store init --force --store {p}` erases it"
+        )
+    );
+    assert!(newest_bytes(&Store::open(&path).expect("open")).is_some());
+    let store = Store::init(&path, true).expect("init --force");
+    assert!(newest_bytes(&store).is_none());
+    drop(store);
+
+    // A partition never written reads as zeros: it is an empty store.
+    let zeros = dir.join("zeros.bin");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).expect("write");
+    chmod(&zeros, 0o600);
+    let mut store = Store::open(&zeros).expect("all zeros is empty");
+    commit(&mut store, &image(3)).expect("commit");
+    // A world-readable file is made private by init.
+    let loose = dir.join("loose.bin");
+    std::fs::write(&loose, b"x").expect("write");
+    chmod(&loose, 0o644);
+    drop(Store::init(&loose, false).expect("init"));
+    assert_eq!(mode_of(&loose), 0o600);
+    assert_eq!(
+        std::fs::metadata(&loose).expect("stat").len(),
+        DEFAULT_FILE_SIZE
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn writers_exclude_everyone_and_readers_share() {
+    let dir = scratch("lock");
+    let path = dir.join("store.bin");
+    let p = path.display().to_string();
+    drop(Store::create(&path, 1 << 20).expect("create"));
+    let wait = std::time::Duration::from_millis(100);
+    let locked =
+        format!("store {p} is in use by another torpor: gave up after waiting 100ms for its lock");
+    let writer = Store::open(&path).expect("writer");
+    assert_eq!(
+        file::open_waiting(&path, true, wait)
+            .unwrap_err()
+            .to_string(),
+        locked
+    );
+    assert_eq!(
+        file::open_waiting(&path, false, wait)
+            .unwrap_err()
+            .to_string(),
+        locked
+    );
+    drop(writer);
+    let r1 = Store::open_read_only(&path).expect("reader 1");
+    let r2 = Store::open_read_only(&path).expect("reader 2");
+    assert_eq!(
+        file::open_waiting(&path, true, wait)
+            .unwrap_err()
+            .to_string(),
+        locked
+    );
+    drop((r1, r2));
+    drop(file::open_waiting(&path, true, wait).expect("free again"));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn concurrent_writers_commit_in_turn() {
+    let dir = scratch("concurrent");
+    let path = dir.join("store.bin");
+    for round in 0..20u64 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = [1u8, 2]
+            .into_iter()
+            .map(|n| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // The first one creates the file; the other waits for
+                    // its lock and then finds it sized.
+                    let mut store = Store::open_or_create(&path).expect("open");
+                    let mut w = store.writer().expect("writer");
+                    w.write_all(&image(n)).expect("write");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    w.commit().expect("commit")
+                })
+            })
+            .collect();
+        let mut gens: Vec<u64> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread").generation)
+            .collect();
+        gens.sort_unstable();
+        assert_eq!(gens, [2 * round + 1, 2 * round + 2], "round {round}");
+        let store = Store::open_read_only(&path).expect("open");
+        let (info, _) = newest_bytes(&store).expect("an image");
+        assert_eq!(info.generation, 2 * round + 2);
+        assert!(store.status().iter().all(|s| s.verified), "round {round}");
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn an_abandoned_write_keeps_the_previous_image_and_gives_its_space_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch("abandoned");
+    let path = dir.join("store.bin");
+    {
+        let mut store = Store::create(&path, 4 << 20).expect("create");
+        commit(&mut store, &image(1)).expect("commit");
+    }
+    let used = |p: &Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    let before = used(&path);
+    {
+        let mut store = Store::open(&path).expect("open");
+        let mut w = store.writer().expect("writer");
+        w.write_all(&vec![0x5a; 1 << 20]).expect("write");
+        w.flush().expect("flush");
+        drop(w);
+    }
+    let after = used(&path);
+    // The emptied slot's header may take a block of its own; the megabyte
+    // of image does not stay.
+    assert!(after <= before + 8192, "{before} -> {after} bytes used");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 4 << 20);
+    let store = Store::open(&path).expect("open");
+    assert_eq!(
+        newest_bytes(&store).map(|(i, b)| (i.slot, i.generation, b)),
+        Some((Slot::A, 1, image(1)))
+    );
+    assert_eq!(
+        store.status()[1].to_string(),
+        "slot B: empty generation 0 length 0 crc 0x00000000 attempts 0 verified no"
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

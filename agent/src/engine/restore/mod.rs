@@ -111,7 +111,7 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
 /// Restores the newest valid image of the store at `path`.
 pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
-    let store = crate::store::Store::open(path).step(Step::Store)?;
+    let store = crate::store::Store::open_read_only(path).step(Step::Store)?;
     let newest = || -> Result<_, EngineError> {
         match store.newest().step(Step::Store)? {
             Some((_, r)) => Ok(BufReader::new(r)),
