@@ -41,6 +41,7 @@ fn read_image(v: FormatVersion) -> Vec<u8> {
 }
 
 const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
+const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -510,6 +511,71 @@ fn format_2_0() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// Format 2.1: the records of 2.0 and the two kinds 2.1 adds, the
+/// identity and owner of the paths a restore opens (`file-owner`) and the
+/// user the checkpoint was taken for (`requested-by`).
+fn format_2_1() -> (Vec<u8>, Vec<Expect>) {
+    let (img20, expect20) = format_2_0();
+    let mut f = Fixture::new(&fixed_header(V2_1));
+    f.put(RequestedBy {
+        uid: 4001,
+        gid: 4002,
+        groups: vec![4003, 4004],
+    });
+    // The 2.0 records again, in order, with the new kinds among them.
+    let mut r = ImageReader::inspect(&img20[..]).expect("2.0 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut i = 0;
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+        if rec.kind() == Kind::Fd && i == 0 {
+            f.put(FileOwner {
+                path: "/var/log/sensor.log".into(),
+                dev: 0x0806,
+                inode: 131_075,
+                mode: 0o100_640,
+                uid: 2004,
+                gid: 3004,
+            });
+            f.put(FileOwner {
+                path: RawPath(b"/var/lib/logger/fifo\xfe".to_vec()),
+                dev: 0x0807,
+                inode: 131_076,
+                mode: 0o010_620,
+                uid: 2005,
+                gid: 3005,
+            });
+            i += 1;
+        }
+    }
+    assert_eq!(
+        f.expect.len(),
+        expect20.len() + 3,
+        "every 2.0 record copied"
+    );
+    f.finish()
+}
+
+/// Writes a decoded record again, as a fixture record.
+struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
+
+impl KindVisitor for Again<'_, '_, '_> {
+    type Output = ();
+
+    fn visit<T: StateRecord>(self) {
+        let v: T = self.0.decode().expect("decode");
+        self.1.w.write(&v).expect("record");
+        self.1.expect.push(Expect::State(T::KIND, format!("{v:?}")));
+    }
+}
+
 /// An image of format 1.1: a header of that version and one record, as
 /// torpor 1.x wrote them (the 1.x framing is the same).
 fn format_1_1() -> Vec<u8> {
@@ -618,6 +684,73 @@ fn format_2_0_image_spot_values() {
 }
 
 #[test]
+fn format_2_1_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_1);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_1));
+    let (_, expect) = format_2_1();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.1 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 34);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The values of the kinds 2.1 adds, spelled out.
+#[test]
+fn format_2_1_image_spot_values() {
+    let img = read_image(V2_1);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 1 });
+    let mut owners = Vec::new();
+    let mut asked = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        match rec.kind() {
+            Kind::FileOwner => owners.push(rec.decode::<FileOwner>().expect("file-owner")),
+            Kind::RequestedBy => asked.push(rec.decode::<RequestedBy>().expect("requested-by")),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        asked,
+        [RequestedBy {
+            uid: 4001,
+            gid: 4002,
+            groups: vec![4003, 4004]
+        }]
+    );
+    assert_eq!(owners.len(), 2);
+    assert_eq!(owners[0].path, RawPath(b"/var/log/sensor.log".to_vec()));
+    assert_eq!(
+        (owners[0].dev, owners[0].inode, owners[0].mode),
+        (0x0806, 131_075, 0o100_640)
+    );
+    assert_eq!((owners[0].uid, owners[0].gid), (2004, 3004));
+    assert_eq!(
+        owners[1].path,
+        RawPath(b"/var/lib/logger/fifo\xfe".to_vec())
+    );
+    assert_eq!(
+        (owners[1].dev, owners[1].inode, owners[1].mode),
+        (0x0807, 131_076, 0o010_620)
+    );
+    assert_eq!((owners[1].uid, owners[1].gid), (2005, 3005));
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_1_image() {
+    assert!(
+        format_2_1().0 == read_image(V2_1),
+        "the writer's 2.1 image differs from tests/images/format-2.1.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
+#[test]
 fn the_writer_still_makes_the_checked_in_2_0_image() {
     assert!(
         format_2_0().0 == read_image(V2_0),
@@ -630,7 +763,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_0,
+        FORMAT, V2_1,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -659,11 +792,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.0)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.1)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_0),
+            if found == V1_1 && supported == V2_1),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -688,8 +821,9 @@ fn write_checked_in_images() {
         std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     };
     std::fs::create_dir_all(images_dir()).expect("images dir");
-    let (full, _) = format_2_0();
-    write(image_path(V2_0), &full);
+    write(image_path(V2_0), &format_2_0().0);
+    let (full, _) = format_2_1();
+    write(image_path(V2_1), &full);
     write(image_path(V1_1), &format_1_1());
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
     std::fs::create_dir_all(&seeds).expect("seeds dir");

@@ -43,6 +43,7 @@ fn parse_external(s: &str) -> Result<(i32, i32, String), String> {
 pub fn run(a: &DumpArgs) -> Result<i32, String> {
     let opts = DumpOptions {
         external: a.external_fd.clone(),
+        ..DumpOptions::default()
     };
     let after = if a.leave_running {
         After::LeaveRunning

@@ -494,6 +494,7 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             self.own_pid,
             auth::process_uids,
         )?;
+        auth::check_tree(peer, pid, verb)?;
         let pid = i32::try_from(pid).map_err(|_| Refusal {
             kind: ErrorKind::NoSuchProcess,
             message: format!("pid {pid} is out of range"),

@@ -21,7 +21,7 @@ use crate::engine::state::{
     PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
 };
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
-use crate::image::records::SeccompFilter;
+use crate::image::records::{FileOwner, SeccompFilter};
 
 const RLIMIT_NLIMITS: u32 = 16;
 
@@ -202,6 +202,75 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
         out.push(SeccompFilter { flags, program });
     }
     Ok(out)
+}
+
+/// Records what each path `p` holds open, maps or works in is (its
+/// identity, type and owner, read through /proc from the file the task
+/// has, not by path), and the directories an unlinked or tmpfs file would
+/// be recreated in: a restore opens each only if it is still that file.
+pub fn file_owners(p: &mut ProcessState, files: &[OpenFile]) -> Result<(), EngineError> {
+    use crate::engine::files::owner::record_of;
+    let step = Step::Files(p.pid);
+    let pid = p.pid;
+    let mut out: Vec<FileOwner> = Vec::new();
+    let add = |path: &str, via: &str, out: &mut Vec<FileOwner>| -> Result<(), EngineError> {
+        if out.iter().any(|o| o.path.as_bytes() == path.as_bytes()) {
+            return Ok(());
+        }
+        let md = std::fs::metadata(via)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{via} ({path}): {e}")))
+            .step(step)?;
+        out.push(record_of(path, &md));
+        Ok(())
+    };
+    let parent = |path: &str| -> String {
+        std::path::Path::new(path)
+            .parent()
+            .map_or_else(|| "/".to_string(), |d| d.to_string_lossy().into_owned())
+    };
+    add(&p.cwd, &format!("/proc/{pid}/cwd"), &mut out)?;
+    for fd in &p.fds {
+        let via = format!("/proc/{pid}/fd/{}", fd.fd);
+        match files.get(fd.file as usize).map(|f| &f.kind) {
+            Some(
+                FileKind::Path { path, .. }
+                | FileKind::Device { path, .. }
+                | FileKind::Pipe {
+                    fifo: Some(path), ..
+                },
+            ) => add(path, &via, &mut out)?,
+            Some(FileKind::UnlinkedFile { .. } | FileKind::Unlinked { .. }) => {
+                let link = procfs::readlink(&via).step(step)?;
+                let path = link.strip_suffix(" (deleted)").unwrap_or(&link);
+                let dir = parent(path);
+                add(&dir, &dir, &mut out)?;
+            }
+            _ => {}
+        }
+    }
+    for v in &p.vmas {
+        match &v.backing {
+            Backing::File { path, .. } => {
+                add(
+                    path,
+                    &format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end),
+                    &mut out,
+                )?;
+                if v.shared {
+                    let dir = parent(path);
+                    add(&dir, &dir, &mut out)?;
+                }
+            }
+            Backing::Unlinked { .. } => {
+                let path = v.name.strip_suffix(" (deleted)").unwrap_or(&v.name);
+                let dir = parent(path);
+                add(&dir, &dir, &mut out)?;
+            }
+            _ => {}
+        }
+    }
+    p.owners = out;
+    Ok(())
 }
 
 /// A zombie: who it was (for its parent, group and session) and how it

@@ -32,6 +32,10 @@ pub struct DumpOptions {
     /// they are (a socket to a supervisor, say), the restore is handed a
     /// descriptor for each key to put in their place.
     pub external: Vec<(i32, i32, String)>,
+    /// The user other than root the checkpoint is taken for: recorded in
+    /// the image, whose restore then acts with no more than that user's
+    /// rights.
+    pub requested_by: Option<crate::image::records::RequestedBy>,
 }
 
 /// Figures of a finished dump.
@@ -100,6 +104,7 @@ pub fn dump_frozen_with<W: Write>(
         let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
+        collect::file_owners(&mut p, &table.files)?;
         p.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
         p.stopped = frozen.stopped.contains(&pid);
         procs.push((p, maps));
@@ -124,6 +129,9 @@ pub fn dump_frozen_with<W: Write>(
     let header = Header::for_host().step(wstep)?;
     let mut w = ImageWriter::new(out, &header).step(wstep)?;
     w.write(&clocks.record).step(wstep)?;
+    if let Some(r) = &opts.requested_by {
+        w.write(r).step(wstep)?;
+    }
     image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
     crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
     crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)

@@ -519,6 +519,9 @@ pub fn write_process<W: Write>(
     for f in &p.seccomp {
         w.write(f)?;
     }
+    for o in &p.owners {
+        w.write(o)?;
+    }
     Ok(())
 }
 
@@ -591,6 +594,26 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     ))
                 })?;
                 st.files[*i as usize].sigio = Some(r.sigio);
+            }
+            Kind::FileOwner => {
+                let o: crate::image::records::FileOwner = rec.decode()?;
+                let path = path_of(&o.path);
+                match st.owners.get(&path) {
+                    Some(had) if *had != o => {
+                        return Err(malformed(format!(
+                            "two file-owner records of {path} disagree"
+                        )));
+                    }
+                    _ => {
+                        st.owners.insert(path, o);
+                    }
+                }
+            }
+            Kind::RequestedBy => {
+                if st.requested_by.is_some() {
+                    return Err(malformed("a second requested-by record".into()));
+                }
+                st.requested_by = Some(rec.decode()?);
             }
             Kind::Clocks => {
                 if st.clocks.is_some() {

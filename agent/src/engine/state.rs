@@ -29,6 +29,11 @@ pub struct ImageState {
     /// The tree's clocks at the freeze; `None` if the image has no clocks
     /// record.
     pub clocks: Option<records::Clocks>,
+    /// What each path the restore opens by name was at the dump, by path
+    /// (`file-owner` records; none in images older than format 2.1).
+    pub owners: std::collections::BTreeMap<String, records::FileOwner>,
+    /// The user the checkpoint was taken for, when not root.
+    pub requested_by: Option<records::RequestedBy>,
 }
 
 /// One page record: `pages` pages at `vaddr` of `processes[process]`.
@@ -78,6 +83,9 @@ pub struct ProcessState {
     pub zombie: Option<i32>,
     /// Controlling terminal of a session leader (device number), 0 if none.
     pub ctty: u64,
+    /// What the paths this process held, mapped or worked in were at the
+    /// dump (written as `file-owner` records).
+    pub owners: Vec<crate::image::records::FileOwner>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,6 +175,10 @@ registry! {
     FileSigIo       = 17,  "file-sigio",     FileSigIo,       STATE_LIMIT,     "a file-sigio record",     state;
     /// One seccomp filter of the process before it (oldest first).
     SeccompFilter   = 18,  "seccomp-filter", SeccompFilter,   STATE_LIMIT,     "a seccomp-filter record", state;
+    /// The identity and owner of a path a restore opens by name.
+    FileOwner       = 19,  "file-owner",     FileOwner,       STATE_LIMIT,     "a file-owner record",     state;
+    /// The user a checkpoint was taken for, when not root.
+    RequestedBy     = 20,  "requested-by",   RequestedBy,     STATE_LIMIT,     "a requested-by record",   state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -991,6 +995,33 @@ pub struct UnlinkedObject {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// What a path the tree held open, mapped or worked in was at the dump:
+/// a restore opens it only if it is still that inode, of that type and
+/// owner, reached without a symbolic link. One per path (open files,
+/// directories, FIFOs, devices, mapped files, working directories, the
+/// directories unlinked and tmpfs files are recreated in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub path: RawPath,
+    pub dev: u64,
+    pub inode: u64,
+    /// `st_mode`: the file type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The user who asked `torpor daemon` for the checkpoint, when not root: a
+/// restore acts with at most this user's rights, and refuses tasks with
+/// other ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestedBy {
+    pub uid: u32,
+    pub gid: u32,
+    /// The user's supplementary groups when it asked.
+    pub groups: Vec<u32>,
 }
 
 /// A SysV shared memory segment attached by the tree (`/proc/sysvipc/shm`);

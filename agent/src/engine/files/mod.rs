@@ -21,6 +21,7 @@ mod inet;
 mod inotify;
 mod locks;
 mod memfd;
+pub mod owner;
 mod sigio;
 mod signalfd;
 mod sock;
@@ -312,10 +313,19 @@ pub fn tmpfs_file_to_recreate(st: &ImageState, path: &str) -> bool {
     tmpfs::to_recreate(st, path)
 }
 
-/// Recreates the missing tmpfs files the image holds.
-pub fn recreate_tmpfs_files(st: &ImageState) -> Result<(), Cause> {
+/// Recreates the missing tmpfs files the image holds; dropping the result
+/// before [`TmpfsMade::keep`] removes them.
+pub fn recreate_tmpfs_files(st: &ImageState) -> Result<TmpfsMade, Cause> {
     tmpfs::recreate(st)
 }
+
+/// Refuses, before anything is created, tmpfs files the restore would make
+/// where it should not (see `tmpfs`).
+pub fn check_tmpfs_files(st: &ImageState) -> Result<(), String> {
+    tmpfs::check(st)
+}
+
+pub use tmpfs::Made as TmpfsMade;
 
 /// The backing of a mapping of a memfd or a SysV segment; `None` for any
 /// other mapping.
@@ -523,7 +533,10 @@ impl Segments {
                 &o.size,
                 &o.inode,
             );
-            let tmp = unlinked::create_unlinked(&path, &[])?;
+            let who = unlinked_holder(st, *inode).ok_or_else(|| {
+                Cause::Refused(format!("unlinked file {path}: no process holds or maps it"))
+            })?;
+            let tmp = unlinked::create_unlinked(&path, &[], &who)?;
             // SAFETY: fcntl on our own fd; the duplicate is ours.
             let fd = unsafe { libc::fcntl(tmp, libc::F_DUPFD_CLOEXEC, high) };
             let dup_error = last_os();
@@ -545,12 +558,15 @@ impl Segments {
                 )
                 .into());
             }
-            // Owner first: chown clears set-id bits.
-            // SAFETY: fchown on our own fd, integer arguments.
-            if unsafe { libc::fchown(fd, o.uid, o.gid) } < 0
+            // Owner first: chown clears set-id bits. With the holder's
+            // rights: a file another user owned cannot be made.
+            let given = owner::as_user(&who, || {
+                // SAFETY: fchown on our own fd, integer arguments.
+                let chown = unsafe { libc::fchown(fd, o.uid, o.gid) };
                 // SAFETY: fchmod on our own fd, integer arguments.
-                || unsafe { libc::fchmod(fd, o.mode) } < 0
-            {
+                chown == 0 && unsafe { libc::fchmod(fd, o.mode) } == 0
+            })?;
+            if !given {
                 let e = last_os();
                 return Err(std::io::Error::new(
                     e.kind(),
@@ -680,6 +696,24 @@ impl Drop for Segments {
             unsafe { libc::close(*fd) };
         }
     }
+}
+
+/// Whose rights recreate unlinked file `inode`: the first process holding
+/// or mapping it.
+pub fn unlinked_holder(st: &ImageState, inode: u64) -> Option<owner::Acting> {
+    use crate::engine::state::Backing;
+    st.processes
+        .iter()
+        .find(|p| {
+            p.fds.iter().any(|f| {
+                matches!(st.files.get(f.file as usize).map(|o| &o.kind),
+                    Some(FileKind::UnlinkedFile { inode: i, .. }) if *i == inode)
+            }) || p
+                .vmas
+                .iter()
+                .any(|v| matches!(v.backing, Backing::Unlinked { inode: i, .. } if i == inode))
+        })
+        .map(owner::Acting::of)
 }
 
 /// The value of a `key:` line of an fdinfo text.

@@ -1,5 +1,5 @@
 //! Regular files unlinked while open or mapped: recreated without a name
-//! in the directory they lived in.
+//! in the directory they lived in, by the task that held them.
 //!
 //! Unsafe code: `open` with `O_TMPFILE`, `unlink` and `write` on the new
 //! descriptor through libc.
@@ -7,8 +7,12 @@
 
 use std::path::Path;
 
+use std::os::fd::{IntoRawFd, OwnedFd};
+
 use crate::arch::Bits;
 use crate::engine::Cause;
+
+use super::owner::{self, as_user, open_no_symlinks, Acting};
 
 use super::last_os;
 
@@ -16,7 +20,8 @@ fn cstr(s: &str) -> Result<std::ffi::CString, Cause> {
     std::ffi::CString::new(s).map_err(|_| Cause::Refused(format!("path {s:?} holds a NUL byte")))
 }
 
-/// An unlinked file is recreated in the directory it lived in.
+/// An unlinked file is recreated in the directory it lived in (older
+/// images, which record no owner for it).
 pub fn unlinked_dir_exists(path: &str) -> Result<(), String> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     if dir.is_dir() {
@@ -31,46 +36,45 @@ pub fn unlinked_dir_exists(path: &str) -> Result<(), String> {
 
 /// Creates an unnamed regular file holding `data` in the directory of
 /// `path` (`O_TMPFILE`, or a name removed at once where the file system
-/// has no `O_TMPFILE`).
-pub fn create_unlinked(path: &str, data: &[u8]) -> Result<i32, Cause> {
+/// has no `O_TMPFILE`), as `who` and through no symbolic link.
+pub fn create_unlinked(path: &str, data: &[u8], who: &Acting) -> Result<i32, Cause> {
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
-    let cdir = cstr(&dir.to_string_lossy())?;
-    // SAFETY: open with a valid C string; the result is checked.
-    let mut fd = unsafe {
-        libc::open(
-            cdir.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    if fd < 0 {
-        let name = format!("{}/.torpor-unlinked-{}", dir.display(), std::process::id());
-        let cname = cstr(&name)?;
-        // SAFETY: as above; the name is removed right away.
-        fd = unsafe {
-            libc::open(
-                cname.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            let e = last_os();
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("recreating unlinked {path} in {}: {e}", dir.display()),
-            )
-            .into());
+    let dir_s = dir.to_string_lossy();
+    let made = as_user(who, || -> Result<OwnedFd, Cause> {
+        match open_no_symlinks(&dir_s, libc::O_TMPFILE | libc::O_RDWR, 0o600) {
+            Ok(fd) => Ok(fd),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let name = format!("{dir_s}/.torpor-unlinked-{}", std::process::id());
+                let fd =
+                    open_no_symlinks(&name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600)
+                        .map_err(|e| {
+                            Cause::Refused(owner::open_error(
+                                &format!("directory {dir_s} of unlinked file"),
+                                path,
+                                who,
+                                &e,
+                            ))
+                        })?;
+                // Left linked, the file would be visible where it was not.
+                let cname = cstr(&name)?;
+                // SAFETY: unlinking the name just created.
+                if unsafe { libc::unlink(cname.as_ptr()) } < 0 {
+                    let e = last_os();
+                    return Err(
+                        std::io::Error::new(e.kind(), format!("unlinking {name}: {e}")).into(),
+                    );
+                }
+                Ok(fd)
+            }
+            Err(e) => Err(Cause::Refused(owner::open_error(
+                &format!("directory {dir_s} of unlinked file"),
+                path,
+                who,
+                &e,
+            ))),
         }
-        // Left linked, the file would be visible where it was not.
-        // SAFETY: unlinking the name just created.
-        if unsafe { libc::unlink(cname.as_ptr()) } < 0 {
-            let e = last_os();
-            // SAFETY: closing our fd on the error path.
-            unsafe { libc::close(fd) };
-            return Err(std::io::Error::new(e.kind(), format!("unlinking {name}: {e}")).into());
-        }
-    }
+    })??;
+    let fd = made.into_raw_fd();
     let mut off = 0;
     while off < data.len() {
         // SAFETY: writing from our buffer into our fd.

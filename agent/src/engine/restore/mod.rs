@@ -30,7 +30,14 @@
 //!
 //! Remote syscalls take their arguments from the trampoline's scratch
 //! area (`trampoline::Scratch`). Any failure kills every task created
-//! (`tasks::Created`) and names the step.
+//! (`tasks::Created`), removes the tmpfs files recreated
+//! (`files::TmpfsMade`) and names the step; unlinked files are recreated
+//! without a name and leave nothing.
+//!
+//! Every file opened or created by name is opened as the task that held
+//! it (its fsuid, fsgid and groups at the dump, never root's), through no
+//! symbolic link, and only if it is the file the dump recorded
+//! (`files::owner`); `validate` checks all of them first.
 
 mod creds;
 mod memory;
@@ -138,7 +145,8 @@ pub fn restore<R: Read>(
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(std::io::Error::from)
         .step(Step::Restore)?;
-    crate::engine::files::recreate_tmpfs_files(st).step(Step::RecreateTmpfsFiles)?;
+    // Removed again if anything below fails.
+    let made = crate::engine::files::recreate_tmpfs_files(st).step(Step::RecreateTmpfsFiles)?;
     // The namespace first: timerfd deadlines are set in its view.
     let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
         .step(Step::TimeNamespace)?;
@@ -196,5 +204,6 @@ pub fn restore<R: Read>(
         ptrace::detach(tid).step(Step::Detach)?;
     }
     created.done = true;
+    made.keep();
     Ok(stats)
 }

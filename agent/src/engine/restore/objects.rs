@@ -16,9 +16,13 @@ use std::path::Path;
 
 use crate::arch::{self, Bits};
 use crate::engine::clocks::Offsets;
+use crate::engine::files::owner::{self, Acting};
 use crate::engine::state::ImageState;
 use crate::engine::state::{Backing, FileKind, OpenFile, OutsideEnd};
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
+use crate::image::records::FileOwner;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::MetadataExt;
 
 use super::{last_os, RestoreOptions};
 
@@ -116,6 +120,7 @@ pub(super) fn open_objects(
     // Each pipe is created once; its first read/write descriptions use the
     // two ends, further ones reopen the pipe through /proc/self/fd.
     let mut pipe_ends: BTreeMap<u32, (i32, i32, bool, bool)> = BTreeMap::new();
+    let root_asked = st.requested_by.as_ref().is_none_or(|r| r.uid == 0);
     for (i, pipe) in st.pipes.iter().enumerate() {
         let id: u32 = conv::fit(i, "u32", "pipe index").step(step)?;
         if let Some(outside) = pipe.outside {
@@ -146,52 +151,50 @@ pub(super) fn open_objects(
             };
             eprintln!("torpor: {key}: {what} (give --inherit-fd {key}=FD to connect it)");
         }
-        let fifo = st.files.iter().find_map(|f| match &f.kind {
-            FileKind::Pipe {
-                pipe,
-                fifo: Some(path),
-                ..
-            } if *pipe == id => Some(path.clone()),
-            _ => None,
-        });
+        let fifo_holders = super::validate::holders(st);
+        let fifo = st
+            .files
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| match &f.kind {
+                FileKind::Pipe {
+                    pipe,
+                    fifo: Some(path),
+                    ..
+                } if *pipe == id => Some((
+                    path.clone(),
+                    fifo_holders
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map_or_else(Acting::root, Acting::of),
+                )),
+                _ => None,
+            });
         let mut p = [0i32; 2];
         // A FIFO someone outside the tree still holds (on the same boot) is
         // the one the tree left: its bytes are the live ones.
         let mut live_fifo = false;
-        if let Some(path) = &fifo {
-            let c = cstr(path).step(step)?;
+        if let Some((path, who)) = &fifo {
+            // A named FIFO: opened read-write, it is reader and writer for
+            // the reopenings below, which therefore never block. As the
+            // task that held it, through no symbolic link, and only the
+            // FIFO of the dump.
+            let cx = Opening {
+                who,
+                owners: &st.owners,
+                root_asked,
+            };
             // Opening for writing without blocking succeeds only if a
             // reader exists: one outside the tree, which may have read the
             // bytes saved at the dump.
-            // SAFETY: open with a valid C string; the result is checked.
-            let probe = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                )
-            };
-            if probe >= 0 {
+            if let Ok(probe) = owner::open_as(who, path, libc::O_WRONLY | libc::O_NONBLOCK, 0) {
                 live_fifo = true;
-                // SAFETY: closing the probe just opened.
-                unsafe { libc::close(probe) };
+                drop(probe);
             }
-            // A named FIFO: opened read-write, it is reader and writer for
-            // the reopenings below, which therefore never block.
-            // SAFETY: open with a valid C string; the result is checked.
-            let fd = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                let e = last_os();
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("opening FIFO {path}: {e}"),
-                ))
-                .step(step);
-            }
+            let fd = cx
+                .open("FIFO", path, libc::O_RDWR | libc::O_NONBLOCK)
+                .step(step)?;
             let mut queued: libc::c_int = 0;
             // SAFETY: FIONREAD writes one int.
             if unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut queued) } == 0 && queued > 0 {
@@ -241,9 +244,28 @@ pub(super) fn open_objects(
         }
     }
     let mut pending = crate::engine::files::Pending::default();
-    for f in &st.files {
-        let fd =
-            open_object(f, &mut pipe_ends, &mut pending, opts, &objs.segs, shift).step(step)?;
+    let holders = super::validate::holders(st);
+    for (i, f) in st.files.iter().enumerate() {
+        let who = holders
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or_else(Acting::root, Acting::of);
+        let cx = Opening {
+            who: &who,
+            owners: &st.owners,
+            root_asked,
+        };
+        let fd = open_object(
+            f,
+            &cx,
+            &mut pipe_ends,
+            &mut pending,
+            opts,
+            &objs.segs,
+            shift,
+        )
+        .step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
@@ -259,8 +281,51 @@ pub(super) fn open_objects(
     Ok(objs)
 }
 
+/// Whose rights open a description's path, and what the dump recorded of
+/// each path.
+struct Opening<'a> {
+    who: &'a Acting,
+    owners: &'a BTreeMap<String, FileOwner>,
+    /// Root asked for the image: a file its holder opened before giving
+    /// up rights may be opened with torpor's, if it is the dump's.
+    root_asked: bool,
+}
+
+impl Opening<'_> {
+    /// Opens `path` as the holder through no symbolic link, and refuses a
+    /// file other than the dump's (checked on the fd opened, so a path
+    /// changed after `validate` reaches nothing else).
+    fn open(&self, what: &str, path: &str, flags: i32) -> Result<i32, Cause> {
+        let flags = flags & !libc::O_CLOEXEC;
+        let fd = match owner::open_as(self.who, path, flags, 0) {
+            Ok(fd) => fd,
+            Err(e) if owner::denied(&e) && self.root_asked && self.owners.contains_key(path) => {
+                owner::open_as(&Acting::root(), path, flags, 0)
+                    .map_err(|e| Cause::Refused(owner::open_error(what, path, self.who, &e)))?
+            }
+            Err(e) => return Err(Cause::Refused(owner::open_error(what, path, self.who, &e))),
+        };
+        if let Some(rec) = self.owners.get(path) {
+            let md = owner::metadata(&fd)?;
+            let mut rec = rec.clone();
+            if what == "device" {
+                (rec.dev, rec.inode, rec.uid, rec.gid) = (md.dev(), md.ino(), md.uid(), md.gid());
+            }
+            let changes = owner::changes(&md, &rec);
+            if !changes.is_empty() {
+                return Err(Cause::Refused(format!(
+                    "{what} {path} changed since the dump: {}",
+                    changes.join("; ")
+                )));
+            }
+        }
+        Ok(fd.into_raw_fd())
+    }
+}
+
 fn open_object(
     f: &OpenFile,
+    cx: &Opening<'_>,
     pipes: &mut BTreeMap<u32, (i32, i32, bool, bool)>,
     pending: &mut crate::engine::files::Pending,
     opts: &RestoreOptions,
@@ -299,9 +364,10 @@ fn open_object(
             }
             Ok(fd)
         }
-        FileKind::Path { path, pos, .. } => {
+        FileKind::Path { path, pos, dir, .. } => {
             let off: libc::off_t = conv::fit(*pos, "off_t", format_args!("file offset of {path}"))?;
-            let fd = open(path, open_flags)?;
+            let what = if *dir { "open directory" } else { "open file" };
+            let fd = cx.open(what, path, open_flags)?;
             // SAFETY: lseek on the fd just opened. Directories may refuse
             // arbitrary positions; their position is a cookie.
             // SAFETY: a plain syscall on integers or live C strings.
@@ -322,7 +388,7 @@ fn open_object(
             seek_new(open(&segs.unlinked_path(*inode)?, open_flags)?, *pos)
         }
         FileKind::Unlinked { path, pos, data } => {
-            let tmp = crate::engine::files::create_unlinked(path, data)?;
+            let tmp = crate::engine::files::create_unlinked(path, data, cx.who)?;
             // Reopened with the original flags; the file keeps no name.
             let fd = open(&format!("/proc/self/fd/{tmp}"), open_flags);
             // SAFETY: closing the creation fd; `fd` holds the file.
@@ -330,15 +396,13 @@ fn open_object(
             seek_new(fd?, *pos)
         }
         FileKind::Device { path, tty, .. } => {
-            let p = if *tty && !Path::new(path).exists() {
-                opts.tty
-                    .as_ref()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.clone())
-            } else {
-                path.clone()
-            };
-            open(&p, open_flags | libc::O_NOCTTY)
+            match (tty, &opts.tty) {
+                // The terminal the operator gave in place of one gone.
+                (true, Some(t)) if std::fs::symlink_metadata(path).is_err() => {
+                    open(&t.to_string_lossy(), open_flags | libc::O_NOCTTY)
+                }
+                _ => cx.open("device", path, open_flags | libc::O_NOCTTY),
+            }
         }
         FileKind::Pipe { pipe, write, .. } => {
             let e = pipes

@@ -1,0 +1,279 @@
+//! A restore acts with the rights of the tasks it restores, never root's:
+//! a path swapped for a symbolic link after the dump, a directory swapped
+//! the same way, and crafted images are refused before anything is made,
+//! and nothing a failed restore made stays.
+#![allow(unsafe_code)]
+
+mod engine_util;
+use engine_util::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use torpor::image::records::{RequestedBy, TmpfsFile};
+use torpor::image::{ImageReader, ImageWriter, Kind, KindVisitor, Record, StateRecord};
+
+/// The user the tree runs as.
+const USER: u32 = 65534;
+
+/// Opens argv[1] read-write (or, with a second argument, opens it and
+/// unlinks it), then counts.
+const HOLDER: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDWR);
+    if (fd < 0) return 2;
+    if (argc > 2 && unlink(argv[1]) != 0) return 3;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// Starts `bin args` as uid and gid `USER` with no groups, stdout into
+/// `out`, every other fd closed.
+#[allow(clippy::zombie_processes)] // reaped by pid with waitpid
+fn spawn_as_user(bin: &Path, args: &[&str], out: &Path) -> i32 {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(out).expect("output")))
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(USER) != 0
+                || libc::setuid(USER) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn as the user");
+    i32::try_from(child.id()).expect("pid fits")
+}
+
+/// A scratch directory the user may enter, with `home`, a directory the
+/// user owns, in it.
+fn user_scratch(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch(name);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = dir.join("home");
+    std::fs::create_dir(&home).expect("home");
+    std::os::unix::fs::chown(&home, Some(USER), Some(USER)).expect("chown");
+    (dir, home)
+}
+
+fn restore_err(img: &Path) -> String {
+    let o = torpor(&["restore", "--image", img.to_str().expect("utf8")]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn an_open_file_swapped_for_a_symlink_is_refused() {
+    become_subreaper();
+    let (dir, home) = user_scratch("owner-symlink");
+    let bin = compile(&dir, "holder", HOLDER, &[]);
+    let note = home.join("note.txt");
+    std::fs::write(&note, b"mine\n").expect("note");
+    std::os::unix::fs::chown(&note, Some(USER), Some(USER)).expect("chown");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, b"root only\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[note.to_str().expect("utf8")], &out);
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("holder.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    // The user swaps its file for a link to root's (the file kept under
+    // another name, so its inode is not reused below).
+    std::fs::hard_link(&note, home.join("kept")).expect("link");
+    std::fs::remove_file(&note).expect("remove");
+    std::os::unix::fs::symlink(&secret, &note).expect("symlink");
+    assert_eq!(
+        restore_err(&img),
+        format!(
+            "torpor: error: validate: open file {} is reached through a symbolic link now, which a restore never follows",
+            note.display()
+        )
+    );
+    assert!(!runs(pid, &bin));
+    assert_eq!(std::fs::read(&secret).expect("secret"), b"root only\n");
+    // The same file put back as another one the user owns: not the dump's.
+    std::fs::remove_file(&note).expect("remove");
+    std::fs::write(&note, b"other\n").expect("note");
+    std::os::unix::fs::chown(&note, Some(USER), Some(USER)).expect("chown");
+    let err = restore_err(&img);
+    assert!(
+        err.starts_with(&format!(
+            "torpor: error: validate: open file {} changed since the dump: inode ",
+            note.display()
+        )),
+        "{err}"
+    );
+    assert!(!runs(pid, &bin));
+}
+
+#[test]
+fn the_directory_of_an_unlinked_file_swapped_for_a_symlink_is_refused() {
+    become_subreaper();
+    let (dir, home) = user_scratch("owner-unlinked");
+    let bin = compile(&dir, "holder", HOLDER, &[]);
+    let sub = home.join("sub");
+    std::fs::create_dir(&sub).expect("sub");
+    std::os::unix::fs::chown(&sub, Some(USER), Some(USER)).expect("chown");
+    let file = sub.join("gone.txt");
+    std::fs::write(&file, b"unlinked bytes\n").expect("file");
+    std::os::unix::fs::chown(&file, Some(USER), Some(USER)).expect("chown");
+    let rootdir = dir.join("rootdir");
+    std::fs::create_dir(&rootdir).expect("rootdir");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[file.to_str().expect("utf8"), "unlink"], &out);
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("holder.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    std::fs::rename(&sub, home.join("sub.old")).expect("rename");
+    std::os::unix::fs::symlink(&rootdir, &sub).expect("symlink");
+    assert_eq!(
+        restore_err(&img),
+        format!(
+            "torpor: error: validate: directory {} is reached through a symbolic link now, which a restore never follows (unlinked file {} is recreated there)",
+            sub.display(),
+            file.display()
+        )
+    );
+    assert!(!runs(pid, &bin));
+    assert_eq!(std::fs::read_dir(&rootdir).expect("rootdir").count(), 0);
+    // A root-owned directory in its place: the user may not create there.
+    std::fs::remove_file(&sub).expect("unlink");
+    std::fs::create_dir(&sub).expect("root's sub");
+    assert_eq!(
+        restore_err(&img),
+        format!(
+            "torpor: error: validate: directory {} changed since the dump: owner 0:0, the dump's was {USER}:{USER} (unlinked file {} is recreated there)",
+            sub.display(),
+            file.display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(&sub).expect("sub").count(), 0);
+}
+
+/// Writes every record of an image again, and `extra` right after the
+/// first record of kind `after`.
+struct Again<'r, 'a, W: std::io::Write>(&'r Record<'a>, &'r mut ImageWriter<W>);
+
+impl<W: std::io::Write> KindVisitor for Again<'_, '_, W> {
+    type Output = ();
+
+    fn visit<T: StateRecord>(self) {
+        let v: T = self.0.decode().expect("decode");
+        self.1.write(&v).expect("record");
+    }
+}
+
+fn rewrite(img: &[u8], after: Kind, extra: &dyn Fn(&mut ImageWriter<Vec<u8>>)) -> Vec<u8> {
+    let mut r = ImageReader::new(img).expect("image");
+    let mut w = ImageWriter::new(Vec::new(), r.header()).expect("writer");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut done = false;
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            w.pages(info.vaddr, &buf[..info.len]).expect("pages");
+        } else {
+            rec.kind().visit(Again(&rec, &mut w)).expect("state");
+        }
+        if rec.kind() == after && !done {
+            extra(&mut w);
+            done = true;
+        }
+    }
+    w.finish().expect("finish").0
+}
+
+#[test]
+fn a_crafted_image_cannot_make_root_create_a_file() {
+    become_subreaper();
+    let dir = scratch("owner-crafted");
+    let bin = compile(&dir, "holder", HOLDER, &[]);
+    let target = dir.join("data");
+    std::fs::write(&target, b"x").expect("file");
+    let out = dir.join("out.txt");
+    let pid = spawn(&bin, &[target.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("holder.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let bytes = std::fs::read(&img).expect("image");
+
+    // Contents of a "tmpfs file" anywhere: no process maps it.
+    let evil = dir.join("evil");
+    let path = evil.to_str().expect("utf8").to_string();
+    let crafted = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&TmpfsFile {
+            path: path.as_str().into(),
+            mode: 0o104_755,
+            uid: 0,
+            gid: 0,
+            size: 5,
+            offset: 0,
+            bytes: b"evil\n".to_vec(),
+        })
+        .expect("tmpfs-file");
+    });
+    let cimg = dir.join("crafted.img");
+    std::fs::write(&cimg, &crafted).expect("write");
+    assert_eq!(
+        restore_err(&cimg),
+        format!(
+            "torpor: error: validate: the image holds the contents of tmpfs file {path}, which no process maps shared"
+        )
+    );
+    assert!(!evil.exists());
+    assert!(!runs(pid, &bin));
+
+    // Taken for a user, holding root's tasks.
+    let crafted = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    std::fs::write(&cimg, &crafted).expect("write");
+    assert_eq!(
+        restore_err(&cimg),
+        format!(
+            "torpor: error: validate: the image was taken for uid {USER}, but process {pid} has uids 0, 0, 0, 0 (real, effective, saved, fs)"
+        )
+    );
+    assert!(!runs(pid, &bin));
+}
