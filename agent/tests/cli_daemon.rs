@@ -446,3 +446,84 @@ fn cut_power_reports_a_missing_gpio() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The records of the newest image in `store` whose kind is `kind`, as
+/// `torpor show` prints them.
+fn shown_records(store: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["show", "--store", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// An image the daemon writes names the user who asked for it: the boot
+/// restore then acts on files with no more than that user's rights.
+#[test]
+fn a_checkpoint_records_who_asked() {
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start_with(
+        "requester",
+        "[socket]\nmode = \"0666\"\n[store]\ndevice = \"DIR/store\"\n[access]\nallow_users = [65534]\n",
+    );
+    let store = d.dir.join("store");
+    let checkpoint = |pid: u32, uid: Option<u32>| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "hibernate",
+            "--socket",
+            d.socket(),
+            "--checkpoint",
+            "--pid",
+            &pid.to_string(),
+        ]);
+        if let Some(uid) = uid {
+            c.uid(uid).gid(uid);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    };
+
+    // Root, for a process of its own.
+    let mut app = Command::new("sleep").arg("1000").spawn().unwrap();
+    checkpoint(app.id(), None);
+    let got = shown_records(&store, "requested-by");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let groups: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    assert_eq!(got[0]["value"]["uid"], 0);
+    assert_eq!(got[0]["value"]["gid"], 0);
+    assert_eq!(got[0]["value"]["groups"], serde_json::json!(groups));
+    app.kill().unwrap();
+    app.wait().unwrap();
+
+    // An allowed user, for its own process.
+    let mut app = Command::new("sleep")
+        .arg("1000")
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    checkpoint(app.id(), Some(65534));
+    let got = shown_records(&store, "requested-by");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["value"]["uid"], 65534);
+    assert_eq!(got[0]["value"]["gid"], 65534);
+    assert_eq!(got[0]["value"]["groups"], serde_json::json!([]));
+    app.kill().unwrap();
+    app.wait().unwrap();
+}

@@ -58,6 +58,24 @@ pub fn process_uids(pid: u32) -> io::Result<Option<[u32; 3]>> {
     }
 }
 
+/// The supplementary groups of `pid` from `/proc/PID/status`.
+pub fn process_groups(pid: u32) -> io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_groups(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/status has no valid Groups line"),
+        )
+    })
+}
+
+/// The `Groups:` line of a `/proc/PID/status` text (empty when it lists
+/// none); `None` when it is missing or not numbers.
+pub fn parse_status_groups(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    line.split_whitespace().map(|g| g.parse().ok()).collect()
+}
+
 /// Parses the `Uid:` line of a `/proc/PID/status` text: real, effective, saved.
 pub fn parse_status_uids(status: &str) -> Option<[u32; 3]> {
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
@@ -265,6 +283,15 @@ pub fn check_tree(peer: Peer, pid: u32, verb: &str) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_come_from_the_status_groups_line() {
+        let status = "Name:\tapp\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \n";
+        assert_eq!(parse_status_groups(status), Some(vec![4, 27, 1000]));
+        assert_eq!(parse_status_groups("Groups:\t\n"), Some(vec![]));
+        assert_eq!(parse_status_groups("Groups:\t4 x\n"), None);
+        assert_eq!(parse_status_groups("Uid:\t0\t0\t0\t0\n"), None);
+    }
 
     const STATUS: &str = "Name:\tx\nUid:\t1000\t1000\t0\t1000\nGid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n";
 

@@ -45,6 +45,7 @@ pub use auth::{Peer, Refusal};
 pub use listen::{BindError, Listener};
 pub use nix::unistd::Pid;
 
+use crate::image::records::RequestedBy;
 use crate::power::{PowerDown, PowerError};
 use crate::protocol::{
     self, packet, Checkpointed, Clock, ErrorKind, ErrorReply, Reply, Request, Resumed, Status,
@@ -148,6 +149,11 @@ pub trait Engine {
 
     /// A summary of the store for `Status`.
     fn status(&mut self) -> StoreSummary;
+
+    /// Who asks for the next `hibernate` or `checkpoint`: the image records
+    /// it, and a restore then acts on files with no more than that user's
+    /// rights (`docs/security.md`).
+    fn requested_by(&mut self, _who: RequestedBy) {}
 
     /// The power came back without a reboot after `hibernate` (a simulated
     /// supply): the tree rooted at `pid` runs again.
@@ -502,6 +508,23 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         Ok(Pid::from_raw(pid))
     }
 
+    /// The user behind `peer`, as its image records it: uid and gid from
+    /// the kernel, supplementary groups from the peer's `/proc` entry.
+    fn requester(&self, peer: Peer) -> Result<RequestedBy, Refusal> {
+        let groups = auth::process_groups(peer.pid).map_err(|e| Refusal {
+            kind: ErrorKind::NoSuchProcess,
+            message: format!(
+                "cannot read the groups of pid {} (uid {}): {e}",
+                peer.pid, peer.uid
+            ),
+        })?;
+        Ok(RequestedBy {
+            uid: peer.uid,
+            gid: peer.gid,
+            groups,
+        })
+    }
+
     /// Answers one decoded request.
     fn serve(&mut self, peer: Peer, conn: RawFd, request: Request) -> Reply {
         let what = request_name(&request);
@@ -518,6 +541,10 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                     Err(r) => return self.refuse(peer, what, r.kind, &r.message),
                 };
                 self.granted = true;
+                match self.requester(peer) {
+                    Ok(who) => self.engine.requested_by(who),
+                    Err(r) => return self.refuse(peer, what, r.kind, &r.message),
+                }
                 match self.engine.checkpoint(pid, conn) {
                     Ok(s) => {
                         log::info!(
@@ -633,6 +660,10 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                 ErrorKind::PowerFailed,
                 &format!("pid {pid} not hibernated: {e}"),
             );
+        }
+        match self.requester(peer) {
+            Ok(who) => self.engine.requested_by(who),
+            Err(r) => return self.refuse(peer, what, r.kind, &r.message),
         }
         let stored = match self.engine.hibernate(pid, conn, wake) {
             Ok(s) => s,

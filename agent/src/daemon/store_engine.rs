@@ -16,6 +16,7 @@ use crate::engine::dump::{dump_frozen_with, DumpOptions};
 use crate::engine::freeze::Frozen;
 use crate::engine::torpor_conn;
 use crate::engine::{self, Step, StepExt};
+use crate::image::records::RequestedBy;
 use crate::protocol::{StoreState, StoreSummary};
 use crate::store::{self, SlotInfo, Store};
 
@@ -26,11 +27,18 @@ pub struct StoreEngine {
     path: PathBuf,
     /// The tree kept frozen after a hibernate dump, by root pid.
     frozen: Option<(Pid, Frozen)>,
+    /// Who asks for the next dump (`Engine::requested_by`), recorded in
+    /// its image.
+    requester: Option<RequestedBy>,
 }
 
 impl StoreEngine {
     pub fn new(path: PathBuf) -> Self {
-        StoreEngine { path, frozen: None }
+        StoreEngine {
+            path,
+            frozen: None,
+            requester: None,
+        }
     }
 
     /// A partition must exist; a store file is created on first use.
@@ -66,7 +74,10 @@ impl StoreEngine {
             pid.as_raw(),
             Some(conn),
             BufWriter::new(writer),
-            &DumpOptions::default(),
+            &DumpOptions {
+                requested_by: self.requester.take(),
+                ..DumpOptions::default()
+            },
             |bw| {
                 let w = bw
                     .into_inner()
@@ -137,6 +148,10 @@ impl Engine for StoreEngine {
         result
     }
 
+    fn requested_by(&mut self, who: RequestedBy) {
+        self.requester = Some(who);
+    }
+
     fn checkpoint(&mut self, pid: Pid, conn_fd: RawFd) -> Result<Stored, CheckpointError> {
         let (stored, mut frozen) = self.dump(pid, conn_fd)?;
         frozen.release();
@@ -149,7 +164,9 @@ impl Engine for StoreEngine {
             generation: 0,
             image_bytes: 0,
         };
-        let Ok(store) = Store::open(&self.path) else {
+        // Read-only, under the shared lock: a status never waits for a
+        // dump's exclusive lock to be given up.
+        let Ok(store) = Store::open_read_only(&self.path) else {
             return if self.path.exists() || self.is_device() {
                 unavailable
             } else {
