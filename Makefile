@@ -2,7 +2,8 @@
 #
 #   make deps         install every tool and package a fresh machine lacks
 #   make test         the whole test suite: lint, host, ARMv6 under qemu-arm,
-#                     the board files, the emulated Pi Zero bench
+#                     AArch64 under qemu-aarch64, the board files, the
+#                     emulated Pi Zero bench
 #   make lint         rustfmt and clippy -D warnings, for the host, ARMv6 and AArch64
 #   make test-host    cargo test --workspace
 #   make test-arm     the library's unit tests for ARMv6 under qemu-arm
