@@ -2,13 +2,16 @@
 #
 #   make deps         install every tool and package a fresh machine lacks
 #   make test         the whole test suite: lint, host, ARMv6 under qemu-arm,
-#                     the board files, the emulated Pi Zero bench
-#   make lint         rustfmt and clippy -D warnings, for the host and for ARMv6
+#                     AArch64 under qemu-aarch64, the board files, the
+#                     packages, the emulated Pi Zero bench
+#   make lint         rustfmt and clippy -D warnings, for the host, ARMv6 and AArch64
 #   make test-host    cargo test --workspace
 #   make test-arm     the library's unit tests for ARMv6 under qemu-arm
+#   make test-arm64   the unit tests for AArch64 under qemu-aarch64
 #   make check-board  the Buildroot external tree and Pi Zero board files
 #   make pizero-test  the emulated Pi Zero bench
 #   make arm          the stripped static ARMv6 binary: $(ARM_BIN)
+#   make arm64        the stripped static AArch64 binary: $(ARM64_BIN)
 #   make deb          Debian packages: armhf (Raspberry Pi OS) and the host's,
 #                     in $(DEB_DIR)
 #   make test-deb     install, use, remove and purge the host package; check
@@ -26,7 +29,17 @@ ARM_ENV      := RUSTC_BOOTSTRAP=1 \
 ARM_CARGO    := $(ARM_ENV) cargo
 BUILD_STD    := -Z build-std=std,panic_abort --target $(ARM_TARGET)
 
-.PHONY: deps test test-host test-arm arm demo bench lint
+# AArch64 (Pi Zero 2 W): the same recipe with Debian's gcc-aarch64-linux-gnu
+# and musl-dev:arm64 (linker aarch64-linux-musl-gcc, see .cargo/config.toml).
+ARM64_TARGET := aarch64-unknown-linux-musl
+ARM64_UNWIND := $(CURDIR)/target/aarch64-libunwind
+ARM64_BIN    := target/$(ARM64_TARGET)/release/torpor
+ARM64_CARGO  := RUSTC_BOOTSTRAP=1 \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=no -L $(ARM64_UNWIND)" \
+	cargo
+BUILD_STD64  := -Z build-std=std,panic_abort --target $(ARM64_TARGET)
+
+.PHONY: deps test test-host test-arm test-arm64 arm arm64 demo bench lint
 
 deps:
 	bash scripts/install-deps.sh
@@ -40,18 +53,34 @@ arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) build --release $(BUILD_STD) -p torpor --bin torpor
 	@file $(ARM_BIN)
 
+# Debian's aarch64 libgcc_eh calls glibc's _dl_find_object, which musl lacks:
+# the archive is libgcc_eh plus scripts/dl-find-object.c, which provides it.
+$(ARM64_UNWIND)/libunwind.a: scripts/dl-find-object.c
+	mkdir -p $(ARM64_UNWIND)
+	aarch64-linux-musl-gcc -O2 -Wall -Werror -c $< -o $(ARM64_UNWIND)/dl-find-object.o
+	cp "$$(aarch64-linux-gnu-gcc -print-file-name=libgcc_eh.a)" $@.tmp
+	aarch64-linux-gnu-ar rcs $@.tmp $(ARM64_UNWIND)/dl-find-object.o
+	mv $@.tmp $@
+
+arm64: $(ARM64_UNWIND)/libunwind.a
+	$(ARM64_CARGO) build --release $(BUILD_STD64) -p torpor --bin torpor
+	@file $(ARM64_BIN)
+
 # Every Rust crate in the tree is formatted, the fuzz target and the Rust test
 # app included (neither is a workspace member), and clippy has nothing to say
-# about any target of the workspace, built for the host or for ARMv6: code
-# under cfg(target_arch = "arm") and the 32-bit libc types are only seen
-# there. The ARMv6 check keeps its own target directory, as test-arm does,
-# so the std it builds never sits beside another build's std (see test-arm).
+# about any target of the workspace, built for the host, for ARMv6 or for
+# AArch64: code under cfg(target_arch = "arm") and the 32-bit libc types, or
+# the AArch64 ptrace requests and parasite, are only seen there. Each cross
+# check keeps its own target directory, as the cross tests do, so the std it
+# builds never sits beside another build's std (see test-arm).
 RUST_CRATES  := Cargo.toml fuzz/Cargo.toml tests/apps/rust/Cargo.toml
 
-lint: $(ARM_UNWIND)/libunwind.a
+lint: $(ARM_UNWIND)/libunwind.a $(ARM64_UNWIND)/libunwind.a
 	for m in $(RUST_CRATES); do cargo fmt --all --check --manifest-path $$m || exit 1; done
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(ARM_CARGO) clippy $(BUILD_STD) --target-dir target/arm-lint \
+		--workspace --all-targets -- -D warnings
+	$(ARM64_CARGO) clippy $(BUILD_STD64) --target-dir target/arm64-lint \
 		--workspace --all-targets -- -D warnings
 
 test-host:
@@ -64,8 +93,14 @@ test-arm: $(ARM_UNWIND)/libunwind.a
 	$(ARM_CARGO) test --release --config 'profile.release.panic="unwind"' \
 		--target-dir target/arm-test $(BUILD_STD) -p torpor --lib
 
+# As test-arm, for AArch64 under qemu-aarch64, with the parasite blobs' own
+# tests (the AArch64 blob is only assembled for this target).
+test-arm64: $(ARM64_UNWIND)/libunwind.a
+	$(ARM64_CARGO) test --release --config 'profile.release.panic="unwind"' \
+		--target-dir target/arm64-test $(BUILD_STD64) -p torpor -p torpor-parasite --lib
+
 # Cheap checks first: formatting and clippy fail in a minute.
-test: deps lint test-host test-arm check-board test-deb pizero-test
+test: deps lint test-host test-arm test-arm64 check-board test-deb pizero-test
 
 # Debian packages built with dpkg-deb (scripts/deb.sh, packaging/debian):
 # the static ARMv6 binary as armhf, for Raspberry Pi OS on every Pi Zero,

@@ -10,7 +10,9 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 packages=(
     gcc-arm-linux-gnueabi      # ARMv6 cross compiler (armel, soft-float ABI)
     musl-dev:armel             # musl libc for arm-unknown-linux-musleabi
-    qemu-user-static           # runs ARMv6 unit tests (cargo runner)
+    gcc-aarch64-linux-gnu      # AArch64 cross compiler (Pi Zero 2 W and other 64-bit Pis)
+    musl-dev:arm64             # musl libc for aarch64-unknown-linux-musl
+    qemu-user-static           # runs ARMv6 and AArch64 unit tests (cargo runner)
     qemu-system-arm            # the emulated Pi Zero (-M raspi0)
     device-tree-compiler       # fdtput, to adjust the Pi Zero device tree
     cpio                       # initramfs
@@ -28,9 +30,11 @@ packages=(
     file                       # tells the built binaries' architecture and linking
 )
 
-if ! dpkg --print-foreign-architectures | grep -qx armel; then
-    dpkg --add-architecture armel
-fi
+for a in armel arm64; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$a"; then
+        dpkg --add-architecture "$a"
+    fi
+done
 
 for p in "${packages[@]}"; do
     have "$p" || need_apt+=("$p")

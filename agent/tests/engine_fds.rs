@@ -227,6 +227,24 @@ int main(void) {
 
 /// A socket kept outside the image (`--external-fd`) is replaced at restore
 /// by the descriptor handed over with `--inherit-fd`, at the same number.
+/// Puts `fd` at `at` in a child between fork and exec, kept across the
+/// exec: when the socket already sits at `at`, dup2 would do nothing and
+/// leave its close-on-exec flag set.
+///
+/// # Safety
+///
+/// Only between fork and exec, on descriptors of this process.
+unsafe fn fd_at(fd: i32, at: i32) {
+    if fd == at {
+        // SAFETY: fcntl on our own descriptor, integer arguments.
+        unsafe { libc::fcntl(at, libc::F_SETFD, 0) };
+    } else {
+        // SAFETY: dup2 of our own descriptor; the new one has no
+        // close-on-exec flag.
+        unsafe { libc::dup2(fd, at) };
+    }
+}
+
 #[test]
 fn external_fd_is_replaced_by_an_inherited_one() {
     use std::io::{Read, Write};
@@ -246,7 +264,7 @@ fn external_fd_is_replaced_by_an_inherited_one() {
     // SAFETY: dup2 and close_range between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            libc::dup2(braw, 3);
+            fd_at(braw, 3);
             libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
             Ok(())
         });
@@ -281,7 +299,7 @@ fn external_fd_is_replaced_by_an_inherited_one() {
     // SAFETY: dup2 between fork and exec.
     unsafe {
         r.pre_exec(move || {
-            libc::dup2(draw, 7);
+            fd_at(draw, 7);
             Ok(())
         });
     }

@@ -64,10 +64,11 @@ pub mod slot {
     pub const COUNT: usize = 8;
 }
 
-/// The parasite's argument area, written back by the parasite.
+/// The parasite's argument area, written back by the parasite. The 64-bit
+/// column is x86_64 and aarch64 alike (both LP64).
 ///
 /// ```text
-///  x86_64 offset  arm offset
+///  64-bit offset  arm offset
 ///  0              0            sigactions[64]   KSigaction (32 / 20 bytes each)
 ///  2048           1280         sig_results[64]  isize: rt_sigaction return values
 ///  2560           1536         altstack         KStack (24 / 12)
@@ -383,10 +384,122 @@ mod blobs {
     const _: () = assert!(super::OFF_ROBUST_LEN == super::OFF_ROBUST_HEAD + 4);
 }
 
+/// The aarch64 blobs. Unsafe code: `global_asm!` counts as unsafe, since
+/// the assembler output is not checked by Rust; here it only emits bytes
+/// into `.rodata` that torpor never runs.
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+mod blobs {
+    // A64. Trampoline: `svc #0; brk #0`.
+    // Parasite: entered with x19 = &ParasiteArgs and sp inside the argument
+    // page; the kernel preserves every register but x0 across svc; x8 holds
+    // the syscall number. Offsets are immediates (below 4096, so they fit
+    // `add` and scaled `str` forms); no literal pool, no relocations.
+    core::arch::global_asm!(
+        ".pushsection .rodata.torpor_blobs,\"a\"",
+        ".balign 4",
+        ".globl torpor_trampoline_start",
+        ".globl torpor_trampoline_end",
+        "torpor_trampoline_start:",
+        "svc #0",
+        "brk #0",
+        "torpor_trampoline_end:",
+        ".globl torpor_parasite_start",
+        ".globl torpor_parasite_end",
+        "torpor_parasite_start:",
+        // for sig in 1..=64 (skipping SIGKILL 9, SIGSTOP 19):
+        //   sig_results[sig-1] = rt_sigaction(sig, NULL, &sigactions[sig-1], 8)
+        "mov x20, #1",
+        "add x21, x19, #{sig_results}",
+        "mov x22, #{sa_size}",
+        "2:",
+        "cmp x20, #9",
+        "b.eq 3f",
+        "cmp x20, #19",
+        "b.eq 3f",
+        "sub x23, x20, #1",
+        "mov x0, x20",
+        "mov x1, #0",
+        "madd x2, x23, x22, x19",
+        "mov x3, #8",
+        "mov x8, #134",
+        "svc #0",
+        "str x0, [x21, x23, lsl #3]",
+        "3:",
+        "add x20, x20, #1",
+        "cmp x20, #65",
+        "b.ne 2b",
+        // sigaltstack(NULL, &altstack)
+        "mov x0, #0",
+        "add x1, x19, #{altstack}",
+        "mov x8, #132",
+        "svc #0",
+        "str x0, [x19, #{results} + 8 * {s_altstack}]",
+        // getitimer(which, &itimers[which]) for REAL, VIRTUAL, PROF
+        "mov x20, #0",
+        "add x21, x19, #{itimers}",
+        "add x22, x19, #{results} + 8 * {s_itimer}",
+        "mov x23, #{it_size}",
+        "4:",
+        "mov x0, x20",
+        "madd x1, x20, x23, x21",
+        "mov x8, #102",
+        "svc #0",
+        "str x0, [x22, x20, lsl #3]",
+        "add x20, x20, #1",
+        "cmp x20, #3",
+        "b.ne 4b",
+        // prctl(PR_GET_TID_ADDRESS, &tid_address, 0, 0, 0)
+        "mov x0, #40",
+        "add x1, x19, #{tid_address}",
+        "mov x2, #0",
+        "mov x3, #0",
+        "mov x4, #0",
+        "mov x8, #167",
+        "svc #0",
+        "str x0, [x19, #{results} + 8 * {s_tid}]",
+        // get_robust_list(0, &robust_head, &robust_len)
+        "mov x0, #0",
+        "add x1, x19, #{robust_head}",
+        "add x2, x19, #{robust_len}",
+        "mov x8, #100",
+        "svc #0",
+        "str x0, [x19, #{results} + 8 * {s_robust}]",
+        // brk(0): the current program break
+        "mov x0, #0",
+        "mov x8, #214",
+        "svc #0",
+        "str x0, [x19, #{results} + 8 * {s_brk}]",
+        "brk #0",
+        "torpor_parasite_end:",
+        ".popsection",
+        sa_size = const super::SIGACTION_SIZE,
+        it_size = const super::ITIMER_SIZE,
+        sig_results = const super::OFF_SIG_RESULTS,
+        altstack = const super::OFF_ALTSTACK,
+        itimers = const super::OFF_ITIMERS,
+        tid_address = const super::OFF_TID_ADDRESS,
+        robust_head = const super::OFF_ROBUST_HEAD,
+        robust_len = const super::OFF_ROBUST_LEN,
+        results = const super::OFF_RESULTS,
+        s_altstack = const super::slot::SIGALTSTACK,
+        s_itimer = const super::slot::ITIMER_REAL,
+        s_tid = const super::slot::TID_ADDRESS,
+        s_robust = const super::slot::ROBUST_LIST,
+        s_brk = const super::slot::BRK,
+    );
+    // Every offset is an `add` immediate (12 bits) and a scaled `str` offset
+    // (a multiple of 8).
+    const _: () = {
+        assert!(super::OFF_RESULTS + 8 * super::slot::COUNT < 4096);
+        assert!(super::OFF_SIG_RESULTS % 8 == 0 && super::OFF_RESULTS % 8 == 0);
+    };
+}
+
 /// The blobs as byte slices. Unsafe code: the slices are made from the
 /// start and end symbols that the assembly above defines, which Rust sees
 /// only as extern statics.
-#[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64"))]
 #[allow(unsafe_code)]
 mod export {
     unsafe extern "C" {
@@ -436,14 +549,41 @@ mod export {
     }
 }
 
-#[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64"))]
 pub use export::parasite;
-#[cfg(all(test, any(target_arch = "x86_64", target_arch = "arm")))]
+#[cfg(all(
+    test,
+    any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64")
+))]
 pub use export::trampoline;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The offsets drawn on [`ParasiteArgs`], for the word size under test:
+    /// the 64-bit column on x86_64 and aarch64, the arm column on arm.
+    #[test]
+    fn layout_matches_the_drawing() {
+        let got = [
+            OFF_SIGACTIONS,
+            OFF_SIG_RESULTS,
+            OFF_ALTSTACK,
+            OFF_ITIMERS,
+            OFF_TID_ADDRESS,
+            OFF_ROBUST_HEAD,
+            OFF_ROBUST_LEN,
+            OFF_RESULTS,
+            size_of::<ParasiteArgs>(),
+        ];
+        let want = if WORD == 8 {
+            [0, 2048, 2560, 2584, 2680, 2688, 2696, 2704, 2768]
+        } else {
+            [0, 1280, 1536, 1548, 1596, 1600, 1604, 1608, 1640]
+        };
+        assert_eq!(got, want);
+        assert_eq!(SIGACTION_SIZE, if WORD == 8 { 32 } else { 20 });
+    }
 
     #[test]
     fn blobs_end_in_a_trap() {
@@ -459,6 +599,12 @@ mod tests {
         #[cfg(target_arch = "arm")]
         {
             assert_eq!(t, &[0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7]);
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert_eq!(t, &[0x01, 0x00, 0x00, 0xd4, 0x00, 0x00, 0x20, 0xd4]);
+            assert_eq!(p.len() % 4, 0, "whole A64 instructions");
+            assert_eq!(p[p.len() - 4..], [0x00, 0x00, 0x20, 0xd4], "ends in brk #0");
         }
     }
 }

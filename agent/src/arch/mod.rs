@@ -7,7 +7,8 @@
 //!
 //! - `ARCH: &str`, `SYSCALL_TRAP: &[u8]` (syscall then trap, word padded),
 //!   `SHMLBA` (the alignment of shared mappings relative to their offset)
-//! - `Regs` (`#[repr(C)]`, the kernel's user register struct) with
+//! - `Regs` (`#[repr(C)]`, the kernel's user register struct; on aarch64
+//!   with the TLS and syscall state arm64 reports in separate regsets) with
 //!   `pc/set_pc/sp/set_sp`, `syscall_result`, `prepare_syscall`,
 //!   `prepare_parasite`, `fix_syscall_restart`, `to_bytes/from_bytes`,
 //!   `clear_syscall`, `for_image` (how a stopped syscall is saved) and
@@ -28,6 +29,13 @@ pub use arm::*;
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
+
+// The AArch64 register layout and restart rule are plain code, unit tested on
+// every host; its ptrace requests exist only on aarch64.
+#[cfg(any(target_arch = "aarch64", test))]
+pub mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::*;
 
 /// Same-width reinterpretation between signed and unsigned integers (the
 /// kernel ABI passes both through the same registers).
@@ -103,6 +111,10 @@ pub enum RegsError {
     },
     #[error("register image of {got} bytes, this architecture needs {want}")]
     BadSize { got: usize, want: usize },
+    #[error(
+        "task {tid} runs 32-bit ARM (AArch32) code; this torpor checkpoints 64-bit tasks only"
+    )]
+    Foreign { tid: i32 },
 }
 
 pub(crate) fn ptrace_err(op: &'static str, tid: i32) -> RegsError {

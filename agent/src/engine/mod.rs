@@ -90,7 +90,11 @@ pub enum Cause {
 
 impl From<crate::arch::RegsError> for Cause {
     fn from(e: crate::arch::RegsError) -> Self {
-        Cause::Ptrace(e.into())
+        match e {
+            // Not a failure of the task or of ptrace: a task torpor cannot take.
+            e @ crate::arch::RegsError::Foreign { .. } => Cause::Unsupported(e.to_string()),
+            e => Cause::Ptrace(e.into()),
+        }
     }
 }
 

@@ -791,11 +791,12 @@ VmFlags: rd wr sh mr mw me ms gd
         assert!(parse_timers("timers", "ID: 1\nnotify: weird/pid.1\n").is_err());
     }
 
-    // The ARMv6 unit tests run under qemu-user, whose /proc/self/stat is
-    // qemu's own rendering with fewer fields than the kernel's; the real ARM
-    // kernel's /proc is exercised by every dump on the emulated Pi Zero bench.
+    // The ARMv6 and AArch64 unit tests run under qemu-user, whose
+    // /proc/self/stat is qemu's own rendering with fewer fields than the
+    // kernel's; the real ARM kernel's /proc is exercised by every dump on the
+    // emulated Pi Zero bench.
     #[test]
-    #[cfg(not(target_arch = "arm"))]
+    #[cfg(not(any(target_arch = "arm", target_arch = "aarch64")))]
     fn live_self() {
         let pid = i32::try_from(std::process::id()).expect("pid fits");
         let s =

@@ -37,6 +37,10 @@ impl From<RegsError> for PtraceError {
                 tid: 0,
                 what: other.to_string(),
             },
+            other @ RegsError::Foreign { tid } => PtraceError::Unexpected {
+                tid,
+                what: other.to_string(),
+            },
         }
     }
 }

@@ -641,6 +641,54 @@ fn wrong_architecture_is_refused() {
 }
 
 #[test]
+fn every_other_architecture_is_refused_naming_both() {
+    for arch in [Arch::X86_64, Arch::Arm, Arch::Aarch64] {
+        if arch == Arch::host() {
+            continue;
+        }
+        let mut h = header();
+        h.arch = arch;
+        let e = ImageReader::new(&header_image(&h)[..]).unwrap_err();
+        assert!(
+            matches!(e, ImageError::WrongArch { image, host } if image == arch && host == Arch::host()),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(arch.name()) && msg.contains(Arch::host().name()),
+            "{msg}"
+        );
+    }
+}
+
+/// The architecture's position in the header bytes is fixed by the format:
+/// aarch64 is the third variant, there since format 2.0.
+#[test]
+fn architectures_encode_as_their_format_variants() {
+    for (arch, byte) in [(Arch::X86_64, 0u8), (Arch::Arm, 1), (Arch::Aarch64, 2)] {
+        assert_eq!(postcard::to_allocvec(&arch).expect("encode"), [byte]);
+        let back: Arch = postcard::from_bytes(&[byte]).expect("decode");
+        assert_eq!(back, arch);
+    }
+}
+
+#[test]
+fn larger_page_images_are_refused_on_this_host() {
+    for ps in [16384u32, 65536] {
+        if ps == host_page_size() {
+            continue;
+        }
+        let mut h = header();
+        h.page_size = ps;
+        let e = ImageReader::new(&header_image(&h)[..]).unwrap_err();
+        assert!(
+            matches!(e, ImageError::WrongPageSize { image, host } if image == ps && host == host_page_size()),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
 fn wrong_page_size_is_refused() {
     let mut h = header();
     h.page_size = if host_page_size() == 16384 {
