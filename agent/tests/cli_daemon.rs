@@ -527,3 +527,69 @@ fn a_checkpoint_records_who_asked() {
     app.kill().unwrap();
     app.wait().unwrap();
 }
+
+/// An allowed user's tree with a set-user-ID-root child: the child's
+/// memory is not the user's to read, so the checkpoint is refused, naming
+/// the child and its ids, and nothing is stored.
+#[test]
+fn a_tree_with_a_setuid_child_is_refused_for_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start_with(
+        "setuid-child",
+        "[socket]\nmode = \"0666\"\n[store]\ndevice = \"DIR/store\"\n[access]\nallow_users = [65534]\n",
+    );
+    let suid = d.dir.join("suid-sleep");
+    std::fs::copy("/bin/sleep", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut app = Command::new("sh")
+        .args(["-c", &format!("{} 1000 & exec sleep 1000", suid.display())])
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let root = app.id();
+    // The child, once it runs the set-user-ID program.
+    let mut child = None;
+    for _ in 0..500 {
+        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+            .unwrap_or_default();
+        child = kids.split_whitespace().next().and_then(|c| {
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).ok()?;
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+                .then(|| c.to_string())
+        });
+        if child.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let child = child.expect("the set-user-ID child runs");
+    let out = Command::new(BIN)
+        .args([
+            "hibernate",
+            "--socket",
+            d.socket(),
+            "--checkpoint",
+            "--pid",
+            &root.to_string(),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let _ = Command::new("kill").args(["-9", &child]).status();
+    app.kill().unwrap();
+    app.wait().unwrap();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "torpor: error: Unauthorized: uid 65534 may not checkpoint pid {root}: process {child} in its tree has uids 65534, 0, 0, 0 (real, effective, saved, fs)\n"
+        )
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Nothing was dumped: the store was never even created.
+    assert!(!d.dir.join("store").exists(), "an image was stored");
+}
