@@ -66,6 +66,21 @@ pub(crate) use tasks::fork_with_pid;
 pub use validate::validate;
 
 use objects::open_objects;
+
+/// Clears the parent-death signal of the stopped, complete task `pid`,
+/// through a syscall at its own pc.
+fn survive_parent(pid: i32) -> Result<(), Cause> {
+    let mem = crate::engine::ptrace::Mem::open(pid)?;
+    let mut r = crate::engine::remote::Remote::at_pc(pid, &mem)?;
+    r.prctl(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::PR_SET_PDEATHSIG as u64,
+        0,
+        0,
+    )?;
+    r.finish()?;
+    Ok(())
+}
 use pages::rebuild_all;
 use tasks::{create_tasks, Created};
 
@@ -188,6 +203,11 @@ pub fn restore<R: Read>(
         }
     }
     drop(objs);
+    // Every task is complete: none dies with its parent any longer (set
+    // while the tree was being built, `tasks::task_main`).
+    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
+        survive_parent(p.pid).step(Step::Detach)?;
+    }
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.
     for p in st

@@ -88,8 +88,20 @@ fn report(fd: i32, line: &str) {
 
 /// Runs in each new task (a copy of torpor): recreate children, session,
 /// group and fds, report, and wait to be taken over by the tracer.
-fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> ! {
+fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32, parent: i32) -> ! {
     let p = &st.processes[idx];
+    // Until the whole tree is rebuilt, a task dies with its parent: torpor
+    // killed in the middle of a restore leaves no half-built process
+    // behind, and neither does a task whose parent died. The restore
+    // clears this again just before it lets the tree go.
+    // SAFETY: prctl and getppid take and return integers.
+    let orphaned = unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 || libc::getppid() != parent
+    };
+    if orphaned {
+        // SAFETY: leaving the forked child without running torpor's exit path.
+        unsafe { libc::_exit(1) };
+    }
     if let Err(e) = task_setup(st, idx, objs, report_fd) {
         report(report_fd, &format!("{} err {e}", p.pid));
         // SAFETY: leaving the forked child without running torpor's exit path.
@@ -146,7 +158,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
                 continue;
             }
             match fork_with_pid(c.pid) {
-                Ok(0) => task_main(st, ci, objs, report_fd),
+                Ok(0) => task_main(st, ci, objs, report_fd, p.pid),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -365,9 +377,11 @@ pub(super) fn create_tasks(
     )
     .step(step)?;
     let root = &st.processes[0];
+    // SAFETY: getpid has no memory effects.
+    let torpor = unsafe { libc::getpid() };
     let r = fork_with_pid(root.pid);
     match r {
-        Ok(0) => task_main(st, 0, objs, report_w),
+        Ok(0) => task_main(st, 0, objs, report_w, torpor),
         Ok(_) => {}
         Err(e) => {
             // SAFETY: closing our report pipe.
