@@ -13,7 +13,7 @@
 //! bump the version, add the new version's fixture and rewrite the files:
 //!
 //! ```text
-//! cargo test -p torpor --test image_format -- --ignored write_checked_in_images
+//! TORPOR_WRITE_IMAGES=1 cargo test -p torpor --test image_format
 //! ```
 //!
 //! which also rewrites the fuzzer's seeds (`fuzz/seeds/image_reader/`).
@@ -813,24 +813,38 @@ fn format_1_1_image_is_refused_naming_both_versions() {
     assert!(stderr.contains(message), "{stderr}");
 }
 
-/// Rewrites the checked-in images and the fuzzer's seeds from the fixtures.
+/// The checked-in images and the fuzzer's seeds are what the fixtures make.
+/// After a deliberate format change, `TORPOR_WRITE_IMAGES=1 cargo test -p
+/// torpor --test image_format` rewrites them first.
 #[test]
-#[ignore = "rewrites tests/images and fuzz/seeds; run after a deliberate format change"]
-fn write_checked_in_images() {
-    let write = |path: PathBuf, bytes: &[u8]| {
-        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    };
-    std::fs::create_dir_all(images_dir()).expect("images dir");
-    write(image_path(V2_0), &format_2_0().0);
-    let (full, _) = format_2_1();
-    write(image_path(V2_1), &full);
-    write(image_path(V1_1), &format_1_1());
+fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    std::fs::create_dir_all(&seeds).expect("seeds dir");
+    let (full, _) = format_2_1();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
         .0;
-    write(seeds.join("empty"), &empty);
-    write(seeds.join("full"), &full);
+    let files = [
+        (image_path(V2_0), format_2_0().0),
+        (image_path(V2_1), full.clone()),
+        (image_path(V1_1), format_1_1()),
+        (seeds.join("empty"), empty),
+        (seeds.join("full"), full),
+    ];
+    if std::env::var_os("TORPOR_WRITE_IMAGES").is_some() {
+        std::fs::create_dir_all(images_dir()).expect("images dir");
+        std::fs::create_dir_all(&seeds).expect("seeds dir");
+        for (path, bytes) in &files {
+            std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+    for (path, bytes) in &files {
+        let on_disk = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            on_disk == *bytes,
+            "{} differs from its fixture; after a deliberate format change run \
+             TORPOR_WRITE_IMAGES=1 cargo test -p torpor --test image_format",
+            path.display()
+        );
+    }
 }
