@@ -235,12 +235,7 @@ impl Regs {
 /// Eight bytes below the pc, or above it at the start of a page, stay inside
 /// the same page.
 pub fn patch_site(pc: u64) -> u64 {
-    let pc = pc & !3;
-    if pc & 0xfff >= 8 {
-        pc - 8
-    } else {
-        pc + 8
-    }
+    super::beside_pc(pc)
 }
 
 /// The first argument of the syscall a stopped task is in, from the text of
@@ -264,17 +259,7 @@ pub fn tls_restore_syscall(_tls: u64) -> Option<(i64, [u64; 6])> {
 
 /// Arguments of an `mmap` call with a byte offset.
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
-    (
-        nr::MMAP,
-        [
-            addr,
-            len,
-            u64::from(prot.bits()),
-            u64::from(flags.bits()),
-            i64::from(fd).bits(),
-            off,
-        ],
-    )
+    super::mmap_byte_offset(nr::MMAP, addr, len, prot, flags, fd, off)
 }
 
 /// The syscall numbers the engine injects (asm-generic table; arm64 has no

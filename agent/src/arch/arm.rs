@@ -165,12 +165,7 @@ impl Regs {
 /// syscall in place with the injected arguments. Eight bytes below the pc,
 /// or above it at the start of a page, stay inside the same page.
 pub fn patch_site(pc: u64) -> u64 {
-    let pc = pc & !3;
-    if pc & 0xfff >= 8 {
-        pc - 8
-    } else {
-        pc + 8
-    }
+    super::beside_pc(pc)
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {

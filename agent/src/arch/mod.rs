@@ -37,6 +37,44 @@ pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::*;
 
+/// The patch site of the ARM architectures: word aligned and eight bytes
+/// away from the pc, below it or, at the start of a page, above it, so the
+/// injected `svc; trap` stays in the pc's page and never sits on the pc
+/// itself (each module's `patch_site` says why that matters there).
+#[cfg(any(target_arch = "arm", target_arch = "aarch64", test))]
+fn beside_pc(pc: u64) -> u64 {
+    let pc = pc & !3;
+    if pc & 0xfff >= 8 {
+        pc - 8
+    } else {
+        pc + 8
+    }
+}
+
+/// `mmap` arguments where the offset is in bytes (every 64-bit ABI).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", test))]
+fn mmap_byte_offset(
+    mmap_nr: i64,
+    addr: u64,
+    len: u64,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: u64,
+) -> (i64, [u64; 6]) {
+    (
+        mmap_nr,
+        [
+            addr,
+            len,
+            u64::from(prot.bits()),
+            u64::from(flags.bits()),
+            i64::from(fd).bits(),
+            off,
+        ],
+    )
+}
+
 /// Same-width reinterpretation between signed and unsigned integers (the
 /// kernel ABI passes both through the same registers).
 pub trait Bits {

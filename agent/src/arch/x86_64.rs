@@ -287,17 +287,7 @@ pub fn tls_restore_syscall(_tls: u64) -> Option<(i64, [u64; 6])> {
 
 /// Arguments of an `mmap` call with a byte offset.
 pub fn mmap_args(addr: u64, len: u64, prot: i32, flags: i32, fd: i32, off: u64) -> (i64, [u64; 6]) {
-    (
-        nr::MMAP,
-        [
-            addr,
-            len,
-            u64::from(prot.bits()),
-            u64::from(flags.bits()),
-            i64::from(fd).bits(),
-            off,
-        ],
-    )
+    super::mmap_byte_offset(nr::MMAP, addr, len, prot, flags, fd, off)
 }
 
 /// The syscall numbers the engine injects.
