@@ -282,7 +282,7 @@ fn restore_slot(
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
     let stats =
         restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
-    let pid = state.processes.first().map_or(0, |p| p.pid);
+    let pid = state.processes.first().map_or(0, |p| p.task.pid);
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
         stats.processes,

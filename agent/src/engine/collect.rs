@@ -17,11 +17,14 @@ use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{
-    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
-    PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
+    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeState, ProcessState, Vma,
 };
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
-use crate::image::records::{FileOwner, SeccompFilter};
+use crate::image::records::{
+    AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, PosixTimer, Regs, Rlimit, RobustList,
+    Rseq, SeccompFilter, SigAction, SigInfo, Task, Thread,
+};
+use crate::image::Arch;
 
 const RLIMIT_NLIMITS: u32 = 16;
 
@@ -41,6 +44,30 @@ fn word(v: usize) -> u64 {
 
 fn sword(v: isize) -> i64 {
     v as i64
+}
+
+const POSIX_NS: &str = "posix timer nanoseconds";
+
+/// An interval timer's seconds and microseconds, in nanoseconds.
+fn itimer_ns(sec: i64, usec: i64) -> Result<u64, Cause> {
+    let nsec = usec
+        .checked_mul(1000)
+        .ok_or_else(|| Cause::Refused(format!("an interval timer of {sec}s {usec}us")))?;
+    ns("interval timer nanoseconds", sec, nsec)
+}
+
+/// A time the kernel reported as seconds and nanoseconds, in nanoseconds;
+/// a negative or overlong one is refused, never taken as zero.
+fn ns(what: &'static str, sec: i64, nsec: i64) -> Result<u64, Cause> {
+    let total = sec
+        .checked_mul(1_000_000_000)
+        .and_then(|v| v.checked_add(nsec));
+    match total {
+        Some(t) => Ok(conv::fit(t, "u64", what)?),
+        None => Err(Cause::Refused(format!(
+            "a timer of {sec}s {nsec}ns does not fit 64-bit nanoseconds"
+        ))),
+    }
 }
 
 /// Reads everything but memory contents and open files of one process.
@@ -83,26 +110,51 @@ pub fn collect_process(
         vmas.push(vma_of(pid, m).step(step)?);
     }
 
+    let exe = procfs::readlink_raw(&format!("/proc/{pid}/exe")).step(step)?;
+    if exe.as_bytes().ends_with(b" (deleted)") {
+        return Err(EngineError {
+            step,
+            cause: Cause::Unsupported(format!("executable {exe} was deleted")),
+        });
+    }
+    let [uid, euid, suid, fsuid] = status.uids;
+    let [gid, egid, sgid, fsgid] = status.gids;
+    let [cap_inheritable, cap_permitted, cap_effective, cap_bounding, cap_ambient] = status.caps;
     let mut p = ProcessState {
-        pid,
-        ppid,
-        pgid: stat.pgid,
-        sid: stat.sid,
-        ctty: if stat.sid == pid { stat.tty_nr } else { 0 },
-        vmas,
-        auxv,
-        exe: procfs::readlink(&format!("/proc/{pid}/exe")).step(step)?,
-        cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).step(step)?,
-        root: procfs::readlink(&format!("/proc/{pid}/root")).step(step)?,
-        umask: status.umask,
-        personality,
-        rlimits,
-        creds: Creds {
-            uids: status.uids,
-            gids: status.gids,
-            groups: status.groups,
-            caps: status.caps,
-            no_new_privs: status.no_new_privs,
+        task: Task {
+            pid,
+            ppid,
+            pgid: stat.pgid,
+            sid: stat.sid,
+            ctty: if stat.sid == pid { stat.tty_nr } else { 0 },
+            exe,
+            cwd: procfs::readlink_raw(&format!("/proc/{pid}/cwd")).step(step)?,
+            root: procfs::readlink_raw(&format!("/proc/{pid}/root")).step(step)?,
+            umask: status.umask,
+            personality,
+            rlimits: (0..)
+                .zip(rlimits)
+                .map(|(resource, (cur, max))| Rlimit { resource, cur, max })
+                .collect(),
+            creds: Creds {
+                uid,
+                euid,
+                suid,
+                fsuid,
+                gid,
+                egid,
+                sgid,
+                fsgid,
+                groups: status.groups,
+                cap_inheritable,
+                cap_permitted,
+                cap_effective,
+                cap_bounding,
+                cap_ambient,
+                securebits: 0,
+                no_new_privs: status.no_new_privs,
+            },
+            ..Default::default()
         },
         mm: MmFields {
             start_code: stat.start_code,
@@ -116,16 +168,12 @@ pub fn collect_process(
             arg_end: stat.arg_end,
             env_start: stat.env_start,
             env_end: stat.env_end,
+            auxv: auxv_words(&auxv).step(step)?,
         },
+        vmas,
         ..Default::default()
     };
-    if p.exe.ends_with(" (deleted)") {
-        return Err(EngineError {
-            step,
-            cause: Cause::Unsupported(format!("executable {} was deleted", p.exe)),
-        });
-    }
-    p.shared_pending = ptrace::peek_siginfo(pid, true).step(step)?;
+    p.task.pending = siginfos(ptrace::peek_siginfo(pid, true).step(step)?);
     let own = procfs::parse_status(
         "/proc/self/status",
         &procfs::read("/proc/self/status").step(step)?,
@@ -149,22 +197,56 @@ pub fn collect_process(
             .step(tstep)?
             .trim_end_matches('\n')
             .to_string();
-        p.threads.push(ThreadState {
+        p.threads.push(Thread {
             tid,
             comm,
-            regs: regs.to_bytes(),
-            fpregs: arch::get_fpregs(tid).step(tstep)?,
+            regs: Regs {
+                arch: Arch::host(),
+                gpr: regs.to_bytes(),
+                fpu: arch::get_fpregs(tid).step(tstep)?,
+            },
             tls,
             sigmask: ptrace::get_sigmask(tid).step(tstep)?,
-            pending: ptrace::peek_siginfo(tid, false).step(tstep)?,
+            pending: siginfos(ptrace::peek_siginfo(tid, false).step(tstep)?),
             rseq: ptrace::rseq_config(tid)
                 .step(tstep)?
                 .map(|(addr, len, sig)| Rseq { addr, len, sig }),
-            ..Default::default()
+            altstack: AltStack::default(),
+            tid_address: 0,
+            robust_list: RobustList::default(),
         });
     }
     run_parasite(&mut p).step(Step::Parasite(pid))?;
+    // The task record carries the first thread's name and blocked mask.
+    if let Some(t) = p.threads.first() {
+        p.task.comm = t.comm.clone();
+        p.task.sigmask = t.sigmask;
+    }
     Ok((p, maps))
+}
+
+fn siginfos(raw: Vec<Vec<u8>>) -> Vec<SigInfo> {
+    raw.into_iter().map(SigInfo::from_raw).collect()
+}
+
+/// `/proc/PID/auxv` (native words) as image words, whole (type, value)
+/// pairs only.
+fn auxv_words(raw: &[u8]) -> Result<Vec<u64>, Cause> {
+    let w = core::mem::size_of::<usize>();
+    if raw.len() % (2 * w) != 0 {
+        return Err(Cause::Refused(format!(
+            "auxv of {} bytes is not a whole number of {w}-byte (type, value) pairs",
+            raw.len()
+        )));
+    }
+    Ok(raw
+        .chunks_exact(w)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..w].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect())
 }
 
 /// The seccomp filters a thread runs under beyond torpor's own (a
@@ -210,8 +292,8 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
 /// be recreated in: a restore opens each only if it is still that file.
 pub fn file_owners(p: &mut ProcessState, files: &[OpenFile]) -> Result<(), EngineError> {
     use crate::engine::files::owner::record_of;
-    let step = Step::Files(p.pid);
-    let pid = p.pid;
+    let step = Step::Files(p.task.pid);
+    let pid = p.task.pid;
     let mut out: Vec<FileOwner> = Vec::new();
     let add = |path: &str, via: &str, out: &mut Vec<FileOwner>| -> Result<(), EngineError> {
         if out.iter().any(|o| o.path.as_bytes() == path.as_bytes()) {
@@ -228,7 +310,11 @@ pub fn file_owners(p: &mut ProcessState, files: &[OpenFile]) -> Result<(), Engin
             .parent()
             .map_or_else(|| "/".to_string(), |d| d.to_string_lossy().into_owned())
     };
-    add(&p.cwd, &format!("/proc/{pid}/cwd"), &mut out)?;
+    add(
+        &p.task.cwd.to_string(),
+        &format!("/proc/{pid}/cwd"),
+        &mut out,
+    )?;
     for fd in &p.fds {
         let via = format!("/proc/{pid}/fd/{}", fd.fd);
         match files.get(fd.file as usize).map(|f| &f.kind) {
@@ -280,11 +366,14 @@ pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, 
     let stat_path = format!("/proc/{pid}/stat");
     let stat = procfs::parse_stat(&stat_path, &procfs::read(&stat_path).step(step)?).step(step)?;
     Ok(ProcessState {
-        pid,
-        ppid,
-        pgid: stat.pgid,
-        sid: stat.sid,
-        zombie: Some(status),
+        task: Task {
+            pid,
+            ppid,
+            pgid: stat.pgid,
+            sid: stat.sid,
+            exit_status: Some(status),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
@@ -358,7 +447,7 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
 
 /// Maps the parasite into the process, runs it in every thread, unmaps it.
 fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let mem = Mem::open(pid)?;
     let mut main = Remote::at_pc(pid, &mem)?;
     let size = PARASITE_MAP_SIZE as u64;
@@ -401,22 +490,24 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
             check_results(t.tid, &out)?;
             t.altstack = AltStack {
                 sp: word(out.altstack.sp),
-                flags: out.altstack.flags,
+                flags: out.altstack.flags.bits(),
                 size: word(out.altstack.size),
             };
             t.tid_address = word(out.tid_address);
-            t.robust_head = word(out.robust_head);
-            t.robust_len = word(out.robust_len);
+            t.robust_list = RobustList {
+                head: word(out.robust_head),
+                len: word(out.robust_len),
+            };
             if i == 0 {
-                p.sigactions = out
-                    .sigactions
-                    .iter()
-                    .map(|s| {
+                p.task.sigactions = (1..)
+                    .zip(out.sigactions.iter())
+                    .map(|(signo, s)| {
                         let mut mask = 0u64;
                         for (k, w) in s.mask.iter().enumerate() {
                             mask |= word(*w) << (k * usize::BITS as usize);
                         }
                         SigAction {
+                            signo,
                             handler: word(s.handler),
                             flags: word(s.flags),
                             restorer: word(s.restorer),
@@ -424,16 +515,17 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
                         }
                     })
                     .collect();
-                p.itimers = out
-                    .itimers
-                    .iter()
-                    .map(|t| Itimer {
-                        interval_sec: sword(t.interval_sec),
-                        interval_usec: sword(t.interval_usec),
-                        value_sec: sword(t.value_sec),
-                        value_usec: sword(t.value_usec),
+                let [real, virt, prof] = out.itimers.map(|t| {
+                    Ok::<_, Cause>(ITimer {
+                        interval_ns: itimer_ns(sword(t.interval_sec), sword(t.interval_usec))?,
+                        value_ns: itimer_ns(sword(t.value_sec), sword(t.value_usec))?,
                     })
-                    .collect();
+                });
+                p.task.itimers = ITimers {
+                    real: real?,
+                    virt: virt?,
+                    prof: prof?,
+                };
                 p.mm.brk = out.results[slot::BRK].bits() as u64;
             }
         }
@@ -445,7 +537,7 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         Ok(Vec::new())
     };
     let unmapped = main.munmap("munmap", base, size);
-    p.posix_timers = timers?;
+    p.task.posix_timers = timers?;
     result?;
     unmapped?;
     main.finish()?;
@@ -482,8 +574,8 @@ fn read_timers(
             tid: e.target,
             signo: e.signo,
             value: e.value,
-            interval: (sword(w[0]), sword(w[1])),
-            left: (sword(w[2]), sword(w[3])),
+            interval_ns: ns(POSIX_NS, sword(w[0]), sword(w[1]))?,
+            value_ns: ns(POSIX_NS, sword(w[2]), sword(w[3]))?,
         });
     }
     Ok(out)
@@ -899,4 +991,26 @@ fn read_pipe(pid: i32, fd: i32, inode: u64) -> Result<PipeState, Cause> {
         data,
         outside: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_negative_timer_from_the_kernel_is_refused_not_disarmed() {
+        let e = itimer_ns(-1, 0).expect_err("negative timer").to_string();
+        assert!(
+            e.contains("interval timer nanoseconds -1000000000 does not fit u64"),
+            "{e}"
+        );
+        assert_eq!(itimer_ns(2, 5).expect("fits"), 2_000_005_000);
+        let e = ns(POSIX_NS, 0, -1)
+            .expect_err("negative posix timer")
+            .to_string();
+        assert!(
+            e.contains("posix timer nanoseconds -1 does not fit u64"),
+            "{e}"
+        );
+    }
 }

@@ -105,8 +105,8 @@ pub fn dump_frozen_with<W: Write>(
         let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
         p.fds = table.collect(pid)?;
         collect::file_owners(&mut p, &table.files)?;
-        p.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
-        p.stopped = frozen.stopped.contains(&pid);
+        p.task.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
+        p.task.stopped = frozen.stopped.contains(&pid);
         procs.push((p, maps));
     }
     table.mark_external_pipes()?;
@@ -143,16 +143,16 @@ pub fn dump_frozen_with<W: Write>(
         image_io::write_process(&mut w, p, &table.files).step(wstep)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
-        if p.zombie.is_some() {
+        if p.task.exit_status.is_some() {
             continue;
         }
         stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done).map_err(|e| {
             // A task killed from outside shows up as short reads of its
             // files: say what happened.
-            if task_gone(p.pid) && matches!(e.step, Step::Memory(_)) {
+            if task_gone(p.task.pid) && matches!(e.step, Step::Memory(_)) {
                 EngineError {
                     step: e.step,
-                    cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.pid)),
+                    cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.task.pid)),
                 }
             } else {
                 e
@@ -213,7 +213,7 @@ fn dump_memory<W: Write>(
     buf: &mut [u8],
     shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
 ) -> Result<u64, EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let step = Step::Memory(pid);
     let ps = page_size();
     // The page size of this system fits a native word.

@@ -20,15 +20,12 @@ use std::io::{Read, Write};
 use crate::arch::Bits;
 use crate::engine::conv;
 use crate::engine::state::{
-    AltStack, Backing, Creds, Fd, FileIdentity, FileKind, Itimer, MmFields, OpenFile, OutsideEnd,
-    PipeState, PosixTimer, ProcessState, Rseq, SigAction, ThreadState, Vma,
+    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeState, ProcessState, Vma,
 };
 pub use crate::engine::state::{ImageState, PageRun};
 use crate::image::records::{
-    AltStack as RAlt, Creds as RCreds, ExternalPipe, Fd as RFd, FdKind, FileId, ITimer, ITimers,
-    MmFields as RMm, ObjectData, ObjectRef, PipeData, PipeEnd, PosixTimer as RTimer, RawPath,
-    Regs as RRegs, Rlimit, RobustList, Rseq as RRseq, SigAction as RSig, SigInfo, Task, Thread,
-    Vma as RVma, VmaKind,
+    ExternalPipe, Fd as RFd, FdKind, FileId, ObjectData, ObjectRef, PipeData, PipeEnd, RawPath,
+    Thread, Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 
@@ -60,94 +57,6 @@ fn identity_of(f: &FileId) -> FileIdentity {
         mtime_sec: f.mtime_ns.div_euclid(1_000_000_000),
         mtime_nsec: f.mtime_ns.rem_euclid(1_000_000_000),
     }
-}
-
-fn siginfo(raw: &[u8]) -> SigInfo {
-    let word = |o: usize| i32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-    SigInfo {
-        signo: word(0),
-        errno: word(4),
-        code: word(8),
-        raw: raw.to_vec(),
-    }
-}
-
-fn itimer_ns(t: &Itimer) -> Result<ITimer, ImageError> {
-    let ns = |s: i64, us: i64| {
-        conv::fit(
-            s.saturating_mul(1_000_000_000)
-                .saturating_add(us.saturating_mul(1000)),
-            "u64",
-            "interval timer nanoseconds",
-        )
-        .map_err(|e| ImageError::Host {
-            what: "a timer the kernel reported",
-            source: e.into(),
-        })
-    };
-    Ok(ITimer {
-        interval_ns: ns(t.interval_sec, t.interval_usec)?,
-        value_ns: ns(t.value_sec, t.value_usec)?,
-    })
-}
-
-fn itimer_of(t: &ITimer) -> Itimer {
-    let split = |ns: u64| {
-        // u64::MAX / 10^9 and anything below 10^6 fit i64: no fallback is
-        // ever taken.
-        let s = i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX);
-        let us = i64::try_from(ns % 1_000_000_000 / 1000).unwrap_or(0);
-        (s, us)
-    };
-    let (is, iu) = split(t.interval_ns);
-    let (vs, vu) = split(t.value_ns);
-    Itimer {
-        interval_sec: is,
-        interval_usec: iu,
-        value_sec: vs,
-        value_usec: vu,
-    }
-}
-
-fn ts_ns((s, ns): (i64, i64)) -> Result<u64, ImageError> {
-    conv::fit(
-        s.saturating_mul(1_000_000_000).saturating_add(ns),
-        "u64",
-        "posix timer nanoseconds",
-    )
-    .map_err(|e| ImageError::Host {
-        what: "a timer the kernel reported",
-        source: e.into(),
-    })
-}
-
-fn ns_ts(ns: u64) -> (i64, i64) {
-    // u64::MAX / 10^9 and anything below 10^9 fit i64: no fallback is ever
-    // taken.
-    (
-        i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
-        i64::try_from(ns % 1_000_000_000).unwrap_or(0),
-    )
-}
-
-/// `/proc/PID/auxv` as native words, widened.
-fn auxv_words(raw: &[u8]) -> Vec<u64> {
-    let w = core::mem::size_of::<usize>();
-    raw.chunks_exact(w)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..w].copy_from_slice(c);
-            u64::from_le_bytes(b)
-        })
-        .collect()
-}
-
-fn auxv_bytes(words: &[u64]) -> Vec<u8> {
-    let w = core::mem::size_of::<usize>();
-    words
-        .iter()
-        .flat_map(|v| v.to_le_bytes()[..w].to_vec())
-        .collect()
 }
 
 fn vma_kind(v: &Vma) -> VmaKind {
@@ -210,153 +119,13 @@ pub fn write_process<W: Write>(
     p: &ProcessState,
     files: &[OpenFile],
 ) -> Result<(), ImageError> {
-    let task = Task {
-        pid: p.pid,
-        ppid: p.ppid,
-        pgid: p.pgid,
-        sid: p.sid,
-        comm: p
-            .threads
-            .first()
-            .map(|t| t.comm.clone())
-            .unwrap_or_default(),
-        creds: RCreds {
-            uid: p.creds.uids[0],
-            euid: p.creds.uids[1],
-            suid: p.creds.uids[2],
-            fsuid: p.creds.uids[3],
-            gid: p.creds.gids[0],
-            egid: p.creds.gids[1],
-            sgid: p.creds.gids[2],
-            fsgid: p.creds.gids[3],
-            groups: p.creds.groups.clone(),
-            cap_inheritable: p.creds.caps[0],
-            cap_permitted: p.creds.caps[1],
-            cap_effective: p.creds.caps[2],
-            cap_bounding: p.creds.caps[3],
-            cap_ambient: p.creds.caps[4],
-            securebits: 0,
-            no_new_privs: p.creds.no_new_privs,
-        },
-        umask: p.umask,
-        cwd: p.cwd.as_str().into(),
-        root: p.root.as_str().into(),
-        exe: p.exe.as_str().into(),
-        rlimits: p
-            .rlimits
-            .iter()
-            .enumerate()
-            .map(|(i, (cur, max))| Rlimit {
-                // An index into the fixed table of RLIM_NLIMITS entries.
-                resource: u32::try_from(i).unwrap_or(u32::MAX),
-                cur: *cur,
-                max: *max,
-            })
-            .collect(),
-        sigactions: p
-            .sigactions
-            .iter()
-            .enumerate()
-            .map(|(i, s)| RSig {
-                // An index into the fixed table of the 64 signals.
-                signo: u32::try_from(i + 1).unwrap_or(0),
-                handler: s.handler,
-                flags: s.flags,
-                restorer: s.restorer,
-                mask: s.mask,
-            })
-            .collect(),
-        sigmask: p.threads.first().map(|t| t.sigmask).unwrap_or(0),
-        pending: p.shared_pending.iter().map(|r| siginfo(r)).collect(),
-        itimers: ITimers {
-            real: p
-                .itimers
-                .first()
-                .map(itimer_ns)
-                .transpose()?
-                .unwrap_or_default(),
-            virt: p
-                .itimers
-                .get(1)
-                .map(itimer_ns)
-                .transpose()?
-                .unwrap_or_default(),
-            prof: p
-                .itimers
-                .get(2)
-                .map(itimer_ns)
-                .transpose()?
-                .unwrap_or_default(),
-        },
-        personality: p.personality,
-        posix_timers: p
-            .posix_timers
-            .iter()
-            .map(|t| {
-                Ok(RTimer {
-                    id: t.id,
-                    clock: t.clock,
-                    notify: t.notify,
-                    tid: t.tid,
-                    signo: t.signo,
-                    value: t.value,
-                    interval_ns: ts_ns(t.interval)?,
-                    value_ns: ts_ns(t.left)?,
-                })
-            })
-            .collect::<Result<_, ImageError>>()?,
-        exit_status: p.zombie,
-        ctty: p.ctty,
-        locks: p.locks.clone(),
-        stopped: p.stopped,
-    };
-    w.write(&task)?;
-    if p.zombie.is_some() {
+    w.write(&p.task)?;
+    if p.task.exit_status.is_some() {
         return Ok(());
     }
-    let m = &p.mm;
-    w.write(&RMm {
-        start_code: m.start_code,
-        end_code: m.end_code,
-        start_data: m.start_data,
-        end_data: m.end_data,
-        start_brk: m.start_brk,
-        brk: m.brk,
-        start_stack: m.start_stack,
-        arg_start: m.arg_start,
-        arg_end: m.arg_end,
-        env_start: m.env_start,
-        env_end: m.env_end,
-        auxv: auxv_words(&p.auxv),
-    })?;
+    w.write(&p.mm)?;
     for t in &p.threads {
-        w.write(&Thread {
-            tid: t.tid,
-            regs: RRegs {
-                arch: Arch::host(),
-                gpr: t.regs.clone(),
-                fpu: t.fpregs.clone(),
-            },
-            tls: t.tls,
-            sigmask: t.sigmask,
-            altstack: RAlt {
-                sp: t.altstack.sp,
-                flags: t.altstack.flags.bits(),
-                size: t.altstack.size,
-            },
-            pending: t.pending.iter().map(|r| siginfo(r)).collect(),
-            tid_address: t.tid_address,
-            robust_list: RobustList {
-                head: t.robust_head,
-                len: t.robust_len,
-            },
-            comm: t.comm.clone(),
-            rseq: t.rseq.map(|r| RRseq {
-                addr: r.addr,
-                len: r.len,
-                sig: r.sig,
-            }),
-        })?;
+        w.write(t)?;
     }
     for v in &p.vmas {
         let mut flags = if v.shared {
@@ -626,80 +395,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 pipes.insert(d.id, (d.capacity, d.bytes));
             }
             Kind::Task => {
-                let t: Task = rec.decode()?;
-                let mut rl: Vec<(u64, u64)> = Vec::new();
-                for l in &t.rlimits {
-                    let i = l.resource as usize;
-                    if i >= 64 {
-                        return Err(malformed(format!("rlimit {} out of range", l.resource)));
-                    }
-                    if rl.len() <= i {
-                        rl.resize(i + 1, (u64::MAX, u64::MAX));
-                    }
-                    rl[i] = (l.cur, l.max);
-                }
-                let mut sigactions = vec![SigAction::default(); 64];
-                for s in &t.sigactions {
-                    let i = s.signo as usize;
-                    if !(1..=64).contains(&i) {
-                        return Err(malformed(format!("sigaction for signal {}", s.signo)));
-                    }
-                    sigactions[i - 1] = SigAction {
-                        handler: s.handler,
-                        flags: s.flags,
-                        restorer: s.restorer,
-                        mask: s.mask,
-                    };
-                }
                 st.processes.push(ProcessState {
-                    pid: t.pid,
-                    ppid: t.ppid,
-                    pgid: t.pgid,
-                    sid: t.sid,
-                    sigactions,
-                    shared_pending: t.pending.iter().map(|s| s.raw.clone()).collect(),
-                    itimers: vec![
-                        itimer_of(&t.itimers.real),
-                        itimer_of(&t.itimers.virt),
-                        itimer_of(&t.itimers.prof),
-                    ],
-                    exe: path_of(&t.exe),
-                    cwd: path_of(&t.cwd),
-                    root: path_of(&t.root),
-                    umask: t.umask,
-                    personality: t.personality,
-                    rlimits: rl,
-                    zombie: t.exit_status,
-                    ctty: t.ctty,
-                    locks: t.locks.clone(),
-                    stopped: t.stopped,
-                    posix_timers: t
-                        .posix_timers
-                        .iter()
-                        .map(|x| PosixTimer {
-                            id: x.id,
-                            clock: x.clock,
-                            notify: x.notify,
-                            tid: x.tid,
-                            signo: x.signo,
-                            value: x.value,
-                            interval: ns_ts(x.interval_ns),
-                            left: ns_ts(x.value_ns),
-                        })
-                        .collect(),
-                    creds: Creds {
-                        uids: [t.creds.uid, t.creds.euid, t.creds.suid, t.creds.fsuid],
-                        gids: [t.creds.gid, t.creds.egid, t.creds.sgid, t.creds.fsgid],
-                        groups: t.creds.groups.clone(),
-                        caps: [
-                            t.creds.cap_inheritable,
-                            t.creds.cap_permitted,
-                            t.creds.cap_effective,
-                            t.creds.cap_bounding,
-                            t.creds.cap_ambient,
-                        ],
-                        no_new_privs: t.creds.no_new_privs,
-                    },
+                    task: rec.decode()?,
                     ..Default::default()
                 });
             }
@@ -712,23 +409,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 let p = cur
                     .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
                 match rec.kind() {
-                    Kind::MmFields => {
-                        let m: RMm = rec.decode()?;
-                        p.mm = MmFields {
-                            start_code: m.start_code,
-                            end_code: m.end_code,
-                            start_data: m.start_data,
-                            end_data: m.end_data,
-                            start_brk: m.start_brk,
-                            brk: m.brk,
-                            start_stack: m.start_stack,
-                            arg_start: m.arg_start,
-                            arg_end: m.arg_end,
-                            env_start: m.env_start,
-                            env_end: m.env_end,
-                        };
-                        p.auxv = auxv_bytes(&m.auxv);
-                    }
+                    Kind::MmFields => p.mm = rec.decode()?,
                     Kind::Thread => {
                         let t: Thread = rec.decode()?;
                         if t.regs.arch != Arch::host() {
@@ -737,28 +418,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 t.tid, t.regs.arch
                             )));
                         }
-                        p.threads.push(ThreadState {
-                            tid: t.tid,
-                            comm: t.comm,
-                            regs: t.regs.gpr,
-                            fpregs: t.regs.fpu,
-                            tls: t.tls,
-                            sigmask: t.sigmask,
-                            pending: t.pending.into_iter().map(|s| s.raw).collect(),
-                            altstack: AltStack {
-                                sp: t.altstack.sp,
-                                flags: t.altstack.flags.bits(),
-                                size: t.altstack.size,
-                            },
-                            tid_address: t.tid_address,
-                            robust_head: t.robust_list.head,
-                            robust_len: t.robust_list.len,
-                            rseq: t.rseq.map(|r| Rseq {
-                                addr: r.addr,
-                                len: r.len,
-                                sig: r.sig,
-                            }),
-                        });
+                        p.threads.push(t);
                     }
                     Kind::SeccompFilter => p.seccomp.push(rec.decode()?),
                     Kind::Vma => {
@@ -1167,33 +827,5 @@ mod tests {
             .expect_err("unknown object refused")
             .to_string();
         assert!(e.contains("before its record"), "{e}");
-    }
-
-    #[test]
-    fn a_negative_timer_from_the_kernel_is_refused_not_disarmed() {
-        let t = Itimer {
-            interval_sec: 0,
-            interval_usec: 0,
-            value_sec: -1,
-            value_usec: 0,
-        };
-        let e = itimer_ns(&t).expect_err("negative timer").to_string();
-        assert!(
-            e.contains("interval timer nanoseconds -1000000000 does not fit u64"),
-            "{e}"
-        );
-        let ok = Itimer {
-            value_sec: 2,
-            value_usec: 5,
-            ..t
-        };
-        assert_eq!(itimer_ns(&ok).expect("fits").value_ns, 2_000_005_000);
-        let e = ts_ns((0, -1))
-            .expect_err("negative posix timer")
-            .to_string();
-        assert!(
-            e.contains("posix timer nanoseconds -1 does not fit u64"),
-            "{e}"
-        );
     }
 }

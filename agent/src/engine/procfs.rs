@@ -583,6 +583,16 @@ pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
     Ok(out)
 }
 
+/// The target of a /proc link as the kernel gave it, bytes and all.
+pub fn readlink_raw(path: &str) -> Result<crate::image::records::RawPath, ProcError> {
+    std::fs::read_link(path)
+        .map(|p| crate::image::records::RawPath::from(p.as_path()))
+        .map_err(|err| ProcError::Io {
+            path: path.to_string(),
+            err,
+        })
+}
+
 pub fn readlink(path: &str) -> Result<String, ProcError> {
     std::fs::read_link(path)
         .map(|p| p.to_string_lossy().into_owned())

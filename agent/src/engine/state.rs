@@ -44,137 +44,27 @@ pub struct PageRun {
     pub pages: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One process of the tree: the image records that describe it (its
+/// [`records::Task`], [`records::MmFields`], one [`records::Thread`] per
+/// thread, seccomp filters and file owners) with its mappings and fds in
+/// the engine's typed form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessState {
-    pub pid: i32,
-    /// Parent's pid; 0 for the root of the tree.
-    pub ppid: i32,
-    pub pgid: i32,
-    pub sid: i32,
-    pub threads: Vec<ThreadState>,
+    /// Ids, credentials, paths, limits, signal dispositions, timers and
+    /// locks; `task.comm` and `task.sigmask` are those of the first thread.
+    /// A task with an `exit_status` is a zombie: it has nothing else.
+    pub task: records::Task,
+    /// The mm fields PR_SET_MM_MAP restores, with the auxiliary vector.
+    pub mm: records::MmFields,
+    pub threads: Vec<records::Thread>,
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
-    /// Dispositions of signals 1..=64 (index = signal - 1).
-    pub sigactions: Vec<SigAction>,
-    /// Signals queued for the whole thread group, as raw siginfo.
-    pub shared_pending: Vec<Vec<u8>>,
-    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF.
-    pub itimers: Vec<Itimer>,
-    pub mm: MmFields,
-    pub auxv: Vec<u8>,
-    pub exe: String,
-    pub cwd: String,
-    pub root: String,
-    pub umask: u32,
-    pub personality: u32,
-    /// (soft, hard) for each resource 0..RLIMIT_NLIMITS.
-    pub rlimits: Vec<(u64, u64)>,
-    pub creds: Creds,
-    pub posix_timers: Vec<PosixTimer>,
-    /// File locks held through this process's fds (`engine::files::locks`).
-    pub locks: Vec<crate::image::records::FileLock>,
     /// Seccomp filters beyond torpor's own, oldest first (every thread
     /// runs under the same ones).
-    pub seccomp: Vec<crate::image::records::SeccompFilter>,
-    /// Stopped by a signal (SIGSTOP...) at the dump: stopped again after.
-    pub stopped: bool,
-    /// Wait status of a process that has exited and is not yet reaped; it
-    /// has no threads, memory or files.
-    pub zombie: Option<i32>,
-    /// Controlling terminal of a session leader (device number), 0 if none.
-    pub ctty: u64,
+    pub seccomp: Vec<records::SeccompFilter>,
     /// What the paths this process held, mapped or worked in were at the
-    /// dump (written as `file-owner` records).
-    pub owners: Vec<crate::image::records::FileOwner>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PosixTimer {
-    pub id: i32,
-    pub clock: i32,
-    pub notify: i32,
-    pub tid: i32,
-    pub signo: i32,
-    pub value: u64,
-    pub interval: (i64, i64),
-    /// (seconds, nanoseconds) left; zero when disarmed.
-    pub left: (i64, i64),
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ThreadState {
-    pub tid: i32,
-    /// The thread's name (comm).
-    pub comm: String,
-    /// The architecture's general register file (arch::Regs::to_bytes).
-    pub regs: Vec<u8>,
-    /// FPU/vector state as the architecture's regset returns it.
-    pub fpregs: Vec<u8>,
-    pub tls: u64,
-    pub sigmask: u64,
-    /// Signals queued for this thread only, as raw siginfo.
-    pub pending: Vec<Vec<u8>>,
-    pub altstack: AltStack,
-    pub tid_address: u64,
-    pub robust_head: u64,
-    pub robust_len: u64,
-    pub rseq: Option<Rseq>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AltStack {
-    pub sp: u64,
-    pub flags: i32,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rseq {
-    pub addr: u64,
-    pub len: u32,
-    pub sig: u32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SigAction {
-    pub handler: u64,
-    pub flags: u64,
-    pub restorer: u64,
-    pub mask: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Itimer {
-    pub interval_sec: i64,
-    pub interval_usec: i64,
-    pub value_sec: i64,
-    pub value_usec: i64,
-}
-
-/// The mm fields PR_SET_MM_MAP restores.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmFields {
-    pub start_code: u64,
-    pub end_code: u64,
-    pub start_data: u64,
-    pub end_data: u64,
-    pub start_brk: u64,
-    pub brk: u64,
-    pub start_stack: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Creds {
-    pub uids: [u32; 4],
-    pub gids: [u32; 4],
-    pub groups: Vec<u32>,
-    /// Inheritable, permitted, effective, bounding, ambient.
-    pub caps: [u64; 5],
-    pub no_new_privs: bool,
+    /// dump.
+    pub owners: Vec<records::FileOwner>,
 }
 
 /// What backs a mapping.

@@ -211,6 +211,12 @@ impl RawPath {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The path as the file system takes it (any bytes but NUL).
+    pub fn as_path(&self) -> &std::path::Path {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::Path::new(std::ffi::OsStr::from_bytes(&self.0))
+    }
 }
 
 impl From<&str> for RawPath {
@@ -289,6 +295,30 @@ pub struct Creds {
     pub no_new_privs: bool,
 }
 
+impl Creds {
+    /// Real, effective, saved and file-system uid.
+    pub fn uids(&self) -> [u32; 4] {
+        [self.uid, self.euid, self.suid, self.fsuid]
+    }
+
+    /// Real, effective, saved and file-system gid.
+    pub fn gids(&self) -> [u32; 4] {
+        [self.gid, self.egid, self.sgid, self.fsgid]
+    }
+
+    /// Inheritable, permitted, effective, bounding and ambient sets, the
+    /// order of `/proc/PID/status`.
+    pub fn caps(&self) -> [u64; 5] {
+        [
+            self.cap_inheritable,
+            self.cap_permitted,
+            self.cap_effective,
+            self.cap_bounding,
+            self.cap_ambient,
+        ]
+    }
+}
+
 /// One resource limit (`RLIMIT_*` number, soft and hard value;
 /// `u64::MAX` is `RLIM_INFINITY`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +347,24 @@ pub struct SigInfo {
     pub errno: i32,
     pub code: i32,
     pub raw: Vec<u8>,
+}
+
+impl SigInfo {
+    /// A siginfo as the kernel gave it, its leading fields decoded (zero
+    /// where `raw` is too short to hold them).
+    pub fn from_raw(raw: Vec<u8>) -> SigInfo {
+        let word = |o: usize| {
+            raw.get(o..o + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, i32::from_le_bytes)
+        };
+        SigInfo {
+            signo: word(0),
+            errno: word(4),
+            code: word(8),
+            raw,
+        }
+    }
 }
 
 /// One interval timer (`ITIMER_REAL`, `_VIRTUAL` or `_PROF`), in nanoseconds.

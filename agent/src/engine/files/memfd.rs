@@ -69,7 +69,7 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
             }) = files.get(f.file as usize)
             {
                 out.entry(r.id)
-                    .or_insert_with(|| format!("/proc/{}/fd/{}", p.pid, f.fd));
+                    .or_insert_with(|| format!("/proc/{}/fd/{}", p.task.pid, f.fd));
             }
         }
     }
@@ -77,7 +77,7 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
         for v in &p.vmas {
             if let Backing::Memfd { id, .. } = v.backing {
                 out.entry(id).or_insert_with(|| {
-                    format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end)
+                    format!("/proc/{}/map_files/{:x}-{:x}", p.task.pid, v.start, v.end)
                 });
             }
         }

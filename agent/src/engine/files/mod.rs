@@ -265,7 +265,7 @@ pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), Strin
         else {
             continue;
         };
-        if e.owner != p.pid || done.contains(&f.file) {
+        if e.owner != p.task.pid || done.contains(&f.file) {
             continue;
         }
         done.push(f.file);
@@ -295,7 +295,7 @@ pub fn collect_sigio(pid: i32, fd: i32) -> Result<crate::image::records::SigIo, 
 pub use sigio::{arm as arm_sigio, set_owner as set_sigio_owner, O_ASYNC};
 
 pub fn take_locks(p: &ProcessState) -> Result<(), String> {
-    p.locks.iter().try_for_each(locks::take)
+    p.task.locks.iter().try_for_each(locks::take)
 }
 
 /// Stores the contents of the tmpfs files the processes map shared.
@@ -362,7 +362,7 @@ fn write_unlinked<W: std::io::Write>(
             if let Some(FileKind::UnlinkedFile { inode, .. }) =
                 files.get(fd.file as usize).map(|f| &f.kind)
             {
-                sources.push((*inode, format!("/proc/{}/fd/{}", p.pid, fd.fd)));
+                sources.push((*inode, format!("/proc/{}/fd/{}", p.task.pid, fd.fd)));
             }
         }
     }
@@ -371,7 +371,7 @@ fn write_unlinked<W: std::io::Write>(
             if let Backing::Unlinked { inode, .. } = v.backing {
                 sources.push((
                     inode,
-                    format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end),
+                    format!("/proc/{}/map_files/{:x}-{:x}", p.task.pid, v.start, v.end),
                 ));
             }
         }

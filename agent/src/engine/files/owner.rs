@@ -41,9 +41,9 @@ impl Acting {
     /// The fs uid, fs gid and groups of `p` as dumped.
     pub fn of(p: &ProcessState) -> Acting {
         Acting {
-            uid: p.creds.uids[3],
-            gid: p.creds.gids[3],
-            groups: p.creds.groups.clone(),
+            uid: p.task.creds.fsuid,
+            gid: p.task.creds.fsgid,
+            groups: p.task.creds.groups.clone(),
         }
     }
 

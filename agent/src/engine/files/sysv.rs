@@ -116,7 +116,7 @@ pub(super) fn write<W: Write>(
             if let Backing::Sysv { shmid, .. } = v.backing {
                 sources.entry(shmid).or_insert_with(|| {
                     (
-                        format!("/proc/{}/map_files/{:x}-{:x}", p.pid, v.start, v.end),
+                        format!("/proc/{}/map_files/{:x}-{:x}", p.task.pid, v.start, v.end),
                         created_key(&v.name),
                     )
                 });

@@ -54,7 +54,7 @@ pub(super) fn restore_creds(
     r: &mut Remote<'_>,
     mem: &Mem,
     tramp: u64,
-    c: &crate::engine::state::Creds,
+    c: &crate::image::records::Creds,
 ) -> Result<(), Cause> {
     let me = procfs::parse_status("/proc/self/status", &procfs::read("/proc/self/status")?)?;
     let cap_text = procfs::read("/proc/sys/kernel/cap_last_cap")?;
@@ -65,16 +65,17 @@ pub(super) fn restore_creds(
             path: "/proc/sys/kernel/cap_last_cap".into(),
             what: format!("{:?} is not a capability number", cap_text.trim()),
         })?;
-    let ids_change = !c.groups.is_empty() || c.uids != [0; 4] || c.gids != [0; 4];
-    let caps_change = c.caps != me.caps;
+    let (uids, gids, caps) = (c.uids(), c.gids(), c.caps());
+    let ids_change = !c.groups.is_empty() || uids != [0; 4] || gids != [0; 4];
+    let caps_change = caps != me.caps;
     if caps_change {
         for cap in 0..=last_cap.min(63) {
-            if c.caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
+            if caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
                 r.prctl("prctl(PR_CAPBSET_DROP)", PR_CAPBSET_DROP, u64::from(cap), 0)?;
             }
         }
         // Inheritable first, while every permitted capability is there.
-        capset(r, mem, tramp, c.caps[0], me.caps[1], me.caps[2])?;
+        capset(r, mem, tramp, caps[0], me.caps[1], me.caps[2])?;
     }
     if ids_change {
         if caps_change {
@@ -87,18 +88,18 @@ pub(super) fn restore_creds(
             nr::SETGROUPS,
             [c.groups.len() as u64, at, 0, 0, 0, 0],
         )?;
-        let [g0, g1, g2, _] = c.gids.map(u64::from);
+        let [g0, g1, g2, _] = gids.map(u64::from);
         r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
-        let [u0, u1, u2, _] = c.uids.map(u64::from);
+        let [u0, u1, u2, _] = uids.map(u64::from);
         r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
         if caps_change {
             r.prctl("prctl(PR_SET_KEEPCAPS)", PR_SET_KEEPCAPS, 0, 0)?;
         }
     }
     if caps_change {
-        capset(r, mem, tramp, c.caps[0], c.caps[1], c.caps[2])?;
+        capset(r, mem, tramp, caps[0], caps[1], caps[2])?;
         for cap in 0..=last_cap.min(63) {
-            if c.caps[4] & (1u64 << cap) != 0 {
+            if caps[4] & (1u64 << cap) != 0 {
                 r.prctl(
                     "prctl(PR_CAP_AMBIENT_RAISE)",
                     PR_CAP_AMBIENT,

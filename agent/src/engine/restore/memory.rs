@@ -32,7 +32,7 @@ pub(super) fn map_process<'a>(
     shm: &BTreeMap<u64, (u64, u64)>,
     segs: &crate::engine::files::Segments,
 ) -> Result<Rebuild<'a>, Cause> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
     let current = procfs::parse_smaps(&maps_path, &procfs::read(&maps_path)?)?;
@@ -268,7 +268,7 @@ fn map_from(
         r,
         mem,
         tramp,
-        path,
+        path.as_bytes(),
         if writable_shared {
             libc::O_RDWR
         } else {

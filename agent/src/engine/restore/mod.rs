@@ -175,17 +175,17 @@ pub fn restore<R: Read>(
     let high_fd = objs.high;
     let shm = objs.shm.clone();
     let step = Step::SeizeTasks;
-    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
-        ptrace::seize(p.pid, 0).step(step)?;
-        created.traced.push(p.pid);
-        ptrace::interrupt(p.pid).step(step)?;
+    for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
+        ptrace::seize(p.task.pid, 0).step(step)?;
+        created.traced.push(p.task.pid);
+        ptrace::interrupt(p.task.pid).step(step)?;
         loop {
-            match ptrace::wait(p.pid).step(step)? {
+            match ptrace::wait(p.task.pid).step(step)? {
                 Stop::Event(_, ptrace::PTRACE_EVENT_STOP) => break,
                 Stop::Exited(_) | Stop::Killed(_) => {
-                    return Err(ptrace::PtraceError::TaskDied(p.pid)).step(step);
+                    return Err(ptrace::PtraceError::TaskDied(p.task.pid)).step(step);
                 }
-                Stop::Signal(_) | Stop::Event(..) => ptrace::cont(p.pid, 0).step(step)?,
+                Stop::Signal(_) | Stop::Event(..) => ptrace::cont(p.task.pid, 0).step(step)?,
             }
         }
     }
@@ -205,20 +205,23 @@ pub fn restore<R: Read>(
     drop(objs);
     // Every task is complete: none dies with its parent any longer (set
     // while the tree was being built, `tasks::task_main`).
-    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
-        survive_parent(p.pid).step(Step::Detach)?;
+    for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
+        survive_parent(p.task.pid).step(Step::Detach)?;
     }
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.
     for p in st
         .processes
         .iter()
-        .filter(|p| p.stopped && p.zombie.is_none())
+        .filter(|p| p.task.stopped && p.task.exit_status.is_none())
     {
         // The task is ours and traced.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::SIGSTOP)
-            .map_err(std::io::Error::from)
-            .step(Step::StopAgain(p.pid))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.task.pid),
+            nix::sys::signal::SIGSTOP,
+        )
+        .map_err(std::io::Error::from)
+        .step(Step::StopAgain(p.task.pid))?;
     }
     for &tid in &created.traced {
         ptrace::detach(tid).step(Step::Detach)?;

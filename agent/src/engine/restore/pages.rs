@@ -46,7 +46,7 @@ pub(super) fn rebuild_all<R: Read>(
                   created: &mut Created,
                   stats: &mut RestoreStats|
      -> Result<(), EngineError> {
-        let pid = rb.p.pid;
+        let pid = rb.p.task.pid;
         stats.threads += finish_process(&rb, created).step(Step::Rebuild(pid))?;
         stats.processes += 1;
         Ok(())
@@ -63,16 +63,16 @@ pub(super) fn rebuild_all<R: Read>(
                 let p = st
                     .processes
                     .get(idx)
-                    .filter(|p| p.pid == t.pid)
+                    .filter(|p| p.task.pid == t.pid)
                     .ok_or_else(|| {
                         refused(Step::ReadImage, "image changed while restoring".into())
                     })?;
                 idx += 1;
-                if p.zombie.is_some() {
+                if p.task.exit_status.is_some() {
                     stats.processes += 1;
                     continue;
                 }
-                cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.pid))?);
+                cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.task.pid))?);
             }
             Kind::Pages => {
                 let rb = cur
@@ -87,10 +87,10 @@ pub(super) fn rebuild_all<R: Read>(
                     (info.vaddr, &buf[..info.len])
                 };
                 super::plan::page_target(rb.p, vaddr, data.len() as u64)
-                    .map_err(|why| refused(Step::WriteMemory(rb.p.pid), why))?;
+                    .map_err(|why| refused(Step::WriteMemory(rb.p.task.pid), why))?;
                 rb.mem
                     .write(RemotePtr::<u8>::new(vaddr), data)
-                    .step(Step::WriteMemory(rb.p.pid))?;
+                    .step(Step::WriteMemory(rb.p.task.pid))?;
                 stats.page_bytes += data.len() as u64;
             }
             Kind::ObjectData => {

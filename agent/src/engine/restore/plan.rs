@@ -9,17 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::state::{Backing, FileKind, ProcessState, ThreadState, Vma};
+use crate::engine::state::{Backing, FileKind, ProcessState, Vma};
 use crate::engine::state::{ImageState, PageRun};
 use crate::engine::{EngineError, Step};
+use crate::image::records::Thread;
 
 use super::refused;
 
 /// Signals 1..=64: one disposition each.
 pub const MAX_SIGNALS: usize = 64;
-const MAX_SIGNO: i32 = 64;
-/// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`.
-pub const MAX_ITIMERS: usize = 3;
+const MAX_SIGNO: i64 = 64;
 /// `RLIMIT_NLIMITS`.
 pub const MAX_RLIMITS: usize = 16;
 /// `SI_MAX_SIZE`: the kernel's siginfo.
@@ -73,7 +72,7 @@ pub fn check_structure(st: &ImageState) -> Result<Plan, EngineError> {
     let mut ids: BTreeSet<i32> = BTreeSet::new();
     for (i, p) in st.processes.iter().enumerate() {
         check_lineage(st, i, p, &mut ids)?;
-        if p.zombie.is_none() {
+        if p.task.exit_status.is_none() {
             check_threads(p, &mut ids)?;
             plan.threads += p.threads.len();
         }
@@ -104,7 +103,7 @@ fn check_lineage(
     p: &ProcessState,
     ids: &mut BTreeSet<i32>,
 ) -> Result<(), EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     if pid <= 0 {
         return Err(bad(format!("process {pid}: pid is not positive")));
     }
@@ -112,31 +111,37 @@ fn check_lineage(
         return Err(bad(format!("pid {pid} appears twice in the image")));
     }
     if i == 0 {
-        if p.ppid != 0 {
+        if p.task.ppid != 0 {
             return Err(bad(format!(
                 "the first process {pid} has parent {}: the root comes first",
-                p.ppid
+                p.task.ppid
             )));
         }
-    } else if !st.processes[..i].iter().any(|q| q.pid == p.ppid) {
-        let why = if st.processes.iter().any(|q| q.pid == p.ppid) {
+    } else if !st.processes[..i].iter().any(|q| q.task.pid == p.task.ppid) {
+        let why = if st.processes.iter().any(|q| q.task.pid == p.task.ppid) {
             "comes after it"
         } else {
             "is not in the image"
         };
-        return Err(bad(format!("parent {} of process {pid} {why}", p.ppid)));
+        return Err(bad(format!(
+            "parent {} of process {pid} {why}",
+            p.task.ppid
+        )));
     }
-    if p.pgid < 0 {
-        return Err(bad(format!("process {pid} has process group {}", p.pgid)));
+    if p.task.pgid < 0 {
+        return Err(bad(format!(
+            "process {pid} has process group {}",
+            p.task.pgid
+        )));
     }
-    if p.sid < 0 {
-        return Err(bad(format!("process {pid} has session {}", p.sid)));
+    if p.task.sid < 0 {
+        return Err(bad(format!("process {pid} has session {}", p.task.sid)));
     }
     Ok(())
 }
 
 fn check_threads(p: &ProcessState, ids: &mut BTreeSet<i32>) -> Result<(), EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     if p.threads.first().map(|t| t.tid) != Some(pid) {
         return Err(bad(format!("process {pid} has no main thread record")));
     }
@@ -157,15 +162,15 @@ fn check_threads(p: &ProcessState, ids: &mut BTreeSet<i32>) -> Result<(), Engine
     Ok(())
 }
 
-fn check_thread(pid: i32, t: &ThreadState) -> Result<(), EngineError> {
+fn check_thread(pid: i32, t: &Thread) -> Result<(), EngineError> {
     let tid = t.tid;
     let what = |why: String| bad(format!("thread {tid} of process {pid}: {why}"));
-    crate::arch::Regs::from_bytes(&t.regs).map_err(|e| what(e.to_string()))?;
+    crate::arch::Regs::from_bytes(&t.regs.gpr).map_err(|e| what(e.to_string()))?;
     let sizes = crate::arch::FPREGS_SIZES;
-    if !sizes.contains(&t.fpregs.len()) {
+    if !sizes.contains(&t.regs.fpu.len()) {
         return Err(what(format!(
             "FPU state of {} bytes, this architecture takes {} to {}",
-            t.fpregs.len(),
+            t.regs.fpu.len(),
             sizes.start(),
             sizes.end()
         )));
@@ -177,7 +182,7 @@ fn check_thread(pid: i32, t: &ThreadState) -> Result<(), EngineError> {
         )));
     }
     for info in &t.pending {
-        siginfo(info).map_err(what)?;
+        siginfo(&info.raw).map_err(what)?;
     }
     Ok(())
 }
@@ -194,50 +199,66 @@ fn siginfo(info: &[u8]) -> Result<(), String> {
 }
 
 fn check_process(p: &ProcessState) -> Result<(), EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let what = |why: String| bad(format!("process {pid}: {why}"));
-    if p.sigactions.len() > MAX_SIGNALS {
+    if p.task.sigactions.len() > MAX_SIGNALS {
         return Err(what(format!(
             "{} signal dispositions, at most {MAX_SIGNALS}",
-            p.sigactions.len()
+            p.task.sigactions.len()
         )));
     }
-    for info in &p.shared_pending {
-        siginfo(info).map_err(what)?;
-    }
-    if p.itimers.len() > MAX_ITIMERS {
-        return Err(what(format!(
-            "{} interval timers, at most {MAX_ITIMERS}",
-            p.itimers.len()
-        )));
-    }
-    for (i, t) in p.itimers.iter().enumerate() {
-        let ok = |s: i64, us: i64| s >= 0 && (0..1_000_000).contains(&us);
-        if !ok(t.value_sec, t.value_usec) || !ok(t.interval_sec, t.interval_usec) {
+    let mut signals = BTreeSet::new();
+    for sa in &p.task.sigactions {
+        if !(1..=MAX_SIGNO).contains(&i64::from(sa.signo)) || !signals.insert(sa.signo) {
             return Err(what(format!(
-                "interval timer {i} of {}s {}us every {}s {}us",
-                t.value_sec, t.value_usec, t.interval_sec, t.interval_usec
+                "a disposition for signal {}, which is out of range or repeated",
+                sa.signo
             )));
         }
     }
-    if p.rlimits.len() > MAX_RLIMITS {
+    for info in &p.task.pending {
+        siginfo(&info.raw).map_err(what)?;
+    }
+    let t = &p.task.itimers;
+    for (i, t) in [t.real, t.virt, t.prof].iter().enumerate() {
+        let secs = |ns: u64| isize::try_from(ns / 1_000_000_000).is_ok();
+        if !secs(t.value_ns) || !secs(t.interval_ns) {
+            return Err(what(format!(
+                "interval timer {i} of {}ns every {}ns does not fit this architecture's timeval",
+                t.value_ns, t.interval_ns
+            )));
+        }
+    }
+    if p.task.rlimits.len() > MAX_RLIMITS {
         return Err(what(format!(
             "{} resource limits, at most {MAX_RLIMITS}",
-            p.rlimits.len()
+            p.task.rlimits.len()
         )));
     }
-    for (i, (cur, max)) in p.rlimits.iter().enumerate() {
-        if cur > max {
+    let mut resources = BTreeSet::new();
+    for l in &p.task.rlimits {
+        if l.resource as usize >= MAX_RLIMITS || !resources.insert(l.resource) {
             return Err(what(format!(
-                "resource limit {i} has soft limit {cur} above hard limit {max}"
+                "resource limit {} is out of range or repeated",
+                l.resource
+            )));
+        }
+        if l.cur > l.max {
+            return Err(what(format!(
+                "resource limit {} has soft limit {} above hard limit {}",
+                l.resource, l.cur, l.max
             )));
         }
     }
-    let word = core::mem::size_of::<usize>();
-    if p.auxv.len() % word != 0 {
+    if p.mm.auxv.len() % 2 != 0 {
         return Err(what(format!(
-            "auxv of {} bytes is not a whole number of {word}-byte words",
-            p.auxv.len()
+            "auxv of {} words is not a whole number of (type, value) pairs",
+            p.mm.auxv.len()
+        )));
+    }
+    if let Some(w) = p.mm.auxv.iter().find(|w| usize::try_from(**w).is_err()) {
+        return Err(what(format!(
+            "auxv word {w:#x} does not fit this architecture's word"
         )));
     }
     for (i, f) in p.seccomp.iter().enumerate() {
@@ -255,21 +276,21 @@ fn check_process(p: &ProcessState) -> Result<(), EngineError> {
         }
     }
     let mut timers = BTreeSet::new();
-    for t in &p.posix_timers {
+    for t in &p.task.posix_timers {
         if t.id < 0 || !timers.insert(t.id) {
             return Err(what(format!(
                 "POSIX timer id {} is negative or repeated",
                 t.id
             )));
         }
-        if !(0..=MAX_SIGNO).contains(&t.signo) {
+        if !(0..=MAX_SIGNO).contains(&i64::from(t.signo)) {
             return Err(what(format!(
                 "POSIX timer {} notifies with signal {}",
                 t.id, t.signo
             )));
         }
     }
-    for l in &p.locks {
+    for l in &p.task.locks {
         if !p.fds.iter().any(|f| f.fd == l.fd) {
             return Err(what(format!(
                 "a file lock on fd {}, which it does not hold",
@@ -287,7 +308,7 @@ fn check_vmas(
     p: &ProcessState,
     shm: &mut BTreeMap<u64, u64>,
 ) -> Result<(), EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let ps = st.page_size;
     let mut prev_end = 0u64;
     for v in &p.vmas {
@@ -361,7 +382,7 @@ fn check_vmas(
 }
 
 fn check_fds(st: &ImageState, p: &ProcessState) -> Result<(), EngineError> {
-    let pid = p.pid;
+    let pid = p.task.pid;
     let mut seen = BTreeSet::new();
     for f in &p.fds {
         if !(0..MAX_FD).contains(&f.fd) {
@@ -397,7 +418,11 @@ fn check_files(st: &ImageState) -> Result<(), EngineError> {
             }
             FileKind::Anon(AnonFile::Epoll(e)) => {
                 let holds = |q: &&ProcessState| q.fds.iter().any(|g| g.file as usize == i);
-                let Some(owner) = st.processes.iter().filter(holds).find(|q| q.pid == e.owner)
+                let Some(owner) = st
+                    .processes
+                    .iter()
+                    .filter(holds)
+                    .find(|q| q.task.pid == e.owner)
                 else {
                     return Err(what(format!(
                         "epoll instance of process {}, which does not hold it",
@@ -496,8 +521,8 @@ fn check_page_run(st: &ImageState, run: &PageRun) -> Result<(), EngineError> {
 /// that takes pages from the image: the mappings the dump stores pages of
 /// (anonymous memory, shared anonymous objects, private copies of files).
 pub(super) fn page_target(p: &ProcessState, vaddr: u64, len: u64) -> Result<&Vma, String> {
-    let pid = p.pid;
-    if p.zombie.is_some() {
+    let pid = p.task.pid;
+    if p.task.exit_status.is_some() {
         return Err(format!(
             "process {pid} is a zombie, yet has pages at {vaddr:#x}"
         ));
@@ -529,17 +554,29 @@ pub(super) fn page_target(p: &ProcessState, vaddr: u64, len: u64) -> Result<&Vma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::{Fd, Itimer, OpenFile, PipeState, SigAction};
-    use crate::image::records::{Epoll, EpollTarget, SeccompFilter, SysvShm, TmpfsFile};
+    use crate::engine::state::{Fd, OpenFile, PipeState};
+    use crate::image::records::{
+        Epoll, EpollTarget, MmFields, PosixTimer, Regs, Rlimit, SeccompFilter, SigAction, SigInfo,
+        SysvShm, Task, TmpfsFile,
+    };
+    use crate::image::Arch;
 
-    fn thread(tid: i32) -> ThreadState {
-        ThreadState {
+    fn thread(tid: i32) -> Thread {
+        Thread {
             tid,
             comm: "app".into(),
-            regs: crate::arch::Regs::default().to_bytes(),
-            fpregs: vec![0; *crate::arch::FPREGS_SIZES.start()],
-            pending: vec![vec![10, 0, 0, 0]],
-            ..ThreadState::default()
+            regs: Regs {
+                arch: Arch::host(),
+                gpr: crate::arch::Regs::default().to_bytes(),
+                fpu: vec![0; *crate::arch::FPREGS_SIZES.start()],
+            },
+            tls: 0,
+            sigmask: 0,
+            altstack: Default::default(),
+            pending: vec![SigInfo::from_raw(vec![10, 0, 0, 0])],
+            tid_address: 0,
+            robust_list: Default::default(),
+            rseq: None,
         }
     }
 
@@ -558,10 +595,30 @@ mod tests {
 
     fn process(pid: i32, ppid: i32) -> ProcessState {
         ProcessState {
-            pid,
-            ppid,
-            pgid: 100,
-            sid: 100,
+            task: Task {
+                pid,
+                ppid,
+                pgid: 100,
+                sid: 100,
+                sigactions: (1..=64)
+                    .map(|signo| SigAction {
+                        signo,
+                        ..Default::default()
+                    })
+                    .collect(),
+                rlimits: (0..16)
+                    .map(|resource| Rlimit {
+                        resource,
+                        cur: 1024,
+                        max: 4096,
+                    })
+                    .collect(),
+                ..Task::default()
+            },
+            mm: MmFields {
+                auxv: vec![0; 4],
+                ..MmFields::default()
+            },
             threads: vec![thread(pid)],
             vmas: vec![anon(0x10000, 0x20000)],
             fds: vec![Fd {
@@ -569,10 +626,6 @@ mod tests {
                 file: 0,
                 cloexec: false,
             }],
-            sigactions: vec![SigAction::default(); 64],
-            itimers: vec![Itimer::default(); 3],
-            rlimits: vec![(1024, 4096); 16],
-            auxv: vec![0; 4 * core::mem::size_of::<usize>()],
             ..ProcessState::default()
         }
     }
@@ -632,16 +685,16 @@ mod tests {
         assert_eq!(refusal(&st), "validate: the image holds no process");
 
         let mut st = valid();
-        st.processes[1].pid = -5;
+        st.processes[1].task.pid = -5;
         assert_eq!(refusal(&st), "validate: process -5: pid is not positive");
 
         let mut st = valid();
-        st.processes[1].pid = 100;
+        st.processes[1].task.pid = 100;
         assert_eq!(refusal(&st), "validate: pid 100 appears twice in the image");
 
         let mut st = valid();
         st.processes[1].threads[0].tid = 102;
-        st.processes[1].pid = 102;
+        st.processes[1].task.pid = 102;
         assert_eq!(refusal(&st), "validate: pid 102 appears twice in the image");
 
         let mut st = valid();
@@ -659,32 +712,32 @@ mod tests {
         );
 
         let mut st = valid();
-        st.processes[0].ppid = 1;
+        st.processes[0].task.ppid = 1;
         assert_eq!(
             refusal(&st),
             "validate: the first process 100 has parent 1: the root comes first"
         );
 
         let mut st = valid();
-        st.processes[1].ppid = 7;
+        st.processes[1].task.ppid = 7;
         assert_eq!(
             refusal(&st),
             "validate: parent 7 of process 101 is not in the image"
         );
 
         let mut st = valid();
-        st.processes[1].ppid = 101;
+        st.processes[1].task.ppid = 101;
         assert_eq!(
             refusal(&st),
             "validate: parent 101 of process 101 comes after it"
         );
 
         let mut st = valid();
-        st.processes[1].sid = -1;
+        st.processes[1].task.sid = -1;
         assert_eq!(refusal(&st), "validate: process 101 has session -1");
 
         let mut st = valid();
-        st.processes[1].pgid = -2;
+        st.processes[1].task.pgid = -2;
         assert_eq!(refusal(&st), "validate: process 101 has process group -2");
 
         let mut st = valid();
@@ -704,7 +757,7 @@ mod tests {
         let regs = crate::arch::Regs::default().to_bytes().len();
         let fp = crate::arch::FPREGS_SIZES;
         let mut st = valid();
-        st.processes[0].threads[1].regs.pop();
+        st.processes[0].threads[1].regs.gpr.pop();
         assert_eq!(
             refusal(&st),
             format!(
@@ -714,7 +767,7 @@ mod tests {
         );
 
         let mut st = valid();
-        st.processes[0].threads[1].fpregs = vec![0; fp.end() + 1];
+        st.processes[0].threads[1].regs.fpu = vec![0; fp.end() + 1];
         assert_eq!(
             refusal(&st),
             format!(
@@ -733,21 +786,21 @@ mod tests {
         );
 
         let mut st = valid();
-        st.processes[0].threads[1].pending = vec![vec![10, 0]];
+        st.processes[0].threads[1].pending = vec![SigInfo::from_raw(vec![10, 0])];
         assert_eq!(
             refusal(&st),
             "validate: thread 102 of process 100: a pending siginfo of 2 bytes"
         );
 
         let mut st = valid();
-        st.processes[0].threads[1].pending = vec![vec![65, 0, 0, 0]];
+        st.processes[0].threads[1].pending = vec![SigInfo::from_raw(vec![65, 0, 0, 0])];
         assert_eq!(
             refusal(&st),
             "validate: thread 102 of process 100: a pending siginfo for signal 65"
         );
 
         let mut st = valid();
-        st.processes[0].threads[1].pending = vec![vec![10; MAX_SIGINFO + 1]];
+        st.processes[0].threads[1].pending = vec![SigInfo::from_raw(vec![10; MAX_SIGINFO + 1])];
         assert_eq!(
             refusal(&st),
             "validate: thread 102 of process 100: a pending siginfo of 129 bytes"
@@ -756,57 +809,64 @@ mod tests {
 
     #[test]
     fn process_counts_and_lengths() {
-        let word = core::mem::size_of::<usize>();
         let mut st = valid();
-        st.processes[1].sigactions.push(SigAction::default());
+        st.processes[1].task.sigactions.push(SigAction::default());
         assert_eq!(
             refusal(&st),
             "validate: process 101: 65 signal dispositions, at most 64"
         );
 
         let mut st = valid();
-        st.processes[1].shared_pending = vec![vec![0, 0, 0, 0]];
+        st.processes[1].task.sigactions[5].signo = 5;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: a disposition for signal 5, which is out of range or repeated"
+        );
+        st.processes[1].task.sigactions[5].signo = 65;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: a disposition for signal 65, which is out of range or repeated"
+        );
+
+        let mut st = valid();
+        st.processes[1].task.pending = vec![SigInfo::from_raw(vec![0, 0, 0, 0])];
         assert_eq!(
             refusal(&st),
             "validate: process 101: a pending siginfo for signal 0"
         );
 
         let mut st = valid();
-        st.processes[1].itimers.push(Itimer::default());
-        assert_eq!(
-            refusal(&st),
-            "validate: process 101: 4 interval timers, at most 3"
-        );
-
-        let mut st = valid();
-        st.processes[1].itimers[2].value_usec = 1_000_000;
-        assert_eq!(
-            refusal(&st),
-            "validate: process 101: interval timer 2 of 0s 1000000us every 0s 0us"
-        );
-
-        let mut st = valid();
-        st.processes[1].rlimits.push((0, 0));
+        st.processes[1].task.rlimits.push(Rlimit::default());
         assert_eq!(
             refusal(&st),
             "validate: process 101: 17 resource limits, at most 16"
         );
 
         let mut st = valid();
-        st.processes[1].rlimits[3] = (5, 4);
+        st.processes[1].task.rlimits[3].cur = 5;
+        st.processes[1].task.rlimits[3].max = 4;
         assert_eq!(
             refusal(&st),
             "validate: process 101: resource limit 3 has soft limit 5 above hard limit 4"
         );
 
         let mut st = valid();
-        st.processes[1].auxv.push(0);
+        st.processes[1].task.rlimits[3].resource = 16;
         assert_eq!(
             refusal(&st),
-            format!(
-                "validate: process 101: auxv of {} bytes is not a whole number of {word}-byte words",
-                4 * word + 1
-            )
+            "validate: process 101: resource limit 16 is out of range or repeated"
+        );
+        st.processes[1].task.rlimits[3].resource = 2;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: resource limit 2 is out of range or repeated"
+        );
+
+        let mut st = valid();
+        st.processes[1].mm.auxv.push(0);
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: auxv of 5 words is not a whole number of (type, value) pairs"
         );
 
         let mut st = valid();
@@ -831,25 +891,24 @@ mod tests {
         );
 
         let mut st = valid();
-        let timer = crate::engine::state::PosixTimer {
+        let timer = PosixTimer {
             id: 3,
             signo: 14,
             ..Default::default()
         };
-        st.processes[1].posix_timers = vec![timer, timer];
+        st.processes[1].task.posix_timers = vec![timer, timer];
         assert_eq!(
             refusal(&st),
             "validate: process 101: POSIX timer id 3 is negative or repeated"
         );
-        st.processes[1].posix_timers =
-            vec![crate::engine::state::PosixTimer { signo: 65, ..timer }];
+        st.processes[1].task.posix_timers = vec![PosixTimer { signo: 65, ..timer }];
         assert_eq!(
             refusal(&st),
             "validate: process 101: POSIX timer 3 notifies with signal 65"
         );
 
         let mut st = valid();
-        st.processes[1].locks = vec![crate::image::records::FileLock {
+        st.processes[1].task.locks = vec![crate::image::records::FileLock {
             fd: 4,
             ..Default::default()
         }];
@@ -1119,7 +1178,7 @@ mod tests {
         );
 
         let mut st = valid();
-        st.processes[1].zombie = Some(0);
+        st.processes[1].task.exit_status = Some(0);
         assert_eq!(
             refusal(&st),
             "validate: process 101 is a zombie, yet has pages at 0x1e000"
@@ -1147,5 +1206,24 @@ mod tests {
         );
         st.processes[1].vmas[0].shared = false;
         check_structure(&st).expect("a private copy of a file takes pages");
+    }
+
+    /// A 32-bit task's timeval holds seconds in 32 bits: a longer timer
+    /// cannot be set, and is refused before anything is created.
+    #[cfg(target_pointer_width = "32")]
+    #[test]
+    fn timers_beyond_a_32_bit_timeval() {
+        let mut st = valid();
+        st.processes[1].task.itimers.prof.value_ns = u64::MAX;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: interval timer 2 of 18446744073709551615ns every 0ns does not fit this architecture's timeval"
+        );
+        let mut st = valid();
+        st.processes[1].mm.auxv[1] = u64::MAX;
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: auxv word 0xffffffffffffffff does not fit this architecture's word"
+        );
     }
 }

@@ -48,7 +48,7 @@ const PR_SET_MM_MAP: u64 = 14;
 /// Step two: protections, mm fields, signals, threads, registers.
 pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Cause> {
     let p = rb.p;
-    let pid = p.pid;
+    let pid = p.task.pid;
     let mem = &rb.mem;
     let tramp = rb.tramp;
     with_remote(mem, pid, tramp, |r| {
@@ -59,9 +59,10 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 r.mprotect("mprotect", v.start, v.end - v.start, v.prot)?;
             }
         }
-        let exe_fd = remote_open(r, mem, tramp, &p.exe, libc::O_RDONLY)?;
+        let exe_fd = remote_open(r, mem, tramp, p.task.exe.as_bytes(), libc::O_RDONLY)?;
         let mut s = Scratch::at(mem, tramp);
-        let auxv_at = s.bytes(&p.auxv)?;
+        let auxv = auxv_bytes(&p.mm.auxv)?;
+        let auxv_at = s.bytes(&auxv)?;
         let m = &p.mm;
         let map = PrctlMmMap {
             start_code: m.start_code,
@@ -76,8 +77,8 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
             env_start: m.env_start,
             env_end: m.env_end,
             auxv: arch::native(auxv_at),
-            auxv_size: u32::try_from(p.auxv.len()).map_err(|_| {
-                Cause::Refused(format!("auxv of process {pid}: {} bytes", p.auxv.len()))
+            auxv_size: u32::try_from(auxv.len()).map_err(|_| {
+                Cause::Refused(format!("auxv of process {pid}: {} bytes", auxv.len()))
             })?,
             exe_fd: u32::try_from(exe_fd)
                 .map_err(|_| Cause::Refused(format!("exe fd {exe_fd} in process {pid}")))?,
@@ -91,11 +92,19 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
         );
         r.close(exe_fd)?;
         res?;
-        for (i, sa) in p.sigactions.iter().enumerate() {
-            let sig = i as u64 + 1;
+        // Every signal's: one the image does not name gets the default,
+        // not the disposition inherited from torpor.
+        for sig in 1..=64u32 {
             if sig == 9 || sig == 19 {
                 continue;
             }
+            let sa = p
+                .task
+                .sigactions
+                .iter()
+                .find(|s| s.signo == sig)
+                .copied()
+                .unwrap_or_default();
             let mut k = KSigaction {
                 handler: arch::native(sa.handler),
                 flags: arch::native(sa.flags),
@@ -106,25 +115,32 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 *w = arch::native(sa.mask >> (j * usize::BITS as usize));
             }
             let at = Scratch::at(mem, tramp).value(&k)?;
-            r.syscall("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
+            r.syscall(
+                "rt_sigaction",
+                nr::RT_SIGACTION,
+                [u64::from(sig), at, 0, 8, 0, 0],
+            )?;
         }
-        for (which, t) in p.itimers.iter().enumerate() {
-            let mut value_usec = t.value_usec;
-            if t.value_sec == 0 && t.value_usec == 0 {
-                if which != ITIMER_REAL || (t.interval_sec == 0 && t.interval_usec == 0) {
+        let t = &p.task.itimers;
+        for (which, t) in [t.real, t.virt, t.prof].iter().enumerate() {
+            let mut value_ns = t.value_ns;
+            if value_ns == 0 {
+                if which != ITIMER_REAL || t.interval_ns == 0 {
                     continue;
                 }
                 // An expired periodic ITIMER_REAL reads as 0 left until its
                 // SIGALRM (pending, restored with the other signals) is
                 // dequeued, which re-arms it. Expiring it at once recreates
                 // exactly that; setting 0 would disarm it for good.
-                value_usec = 1;
+                value_ns = 1000;
             }
+            let (interval_sec, interval_usec) = timeval(t.interval_ns)?;
+            let (value_sec, value_usec) = timeval(value_ns)?;
             let v = torpor_parasite::KItimerval {
-                interval_sec: arch::native_signed(t.interval_sec),
-                interval_usec: arch::native_signed(t.interval_usec),
-                value_sec: arch::native_signed(t.value_sec),
-                value_usec: arch::native_signed(value_usec),
+                interval_sec,
+                interval_usec,
+                value_sec,
+                value_usec,
             };
             let at = Scratch::at(mem, tramp).value(&v)?;
             r.syscall("setitimer", nr::SETITIMER, [which as u64, at, 0, 0, 0, 0])?;
@@ -167,9 +183,9 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
         }
         // After the threads: a timer may notify one of them.
         restore_timers(r, mem, tramp, p)?;
-        for info in &p.shared_pending {
-            let sig = super::thread::siginfo_signo(info)?;
-            let at = Scratch::at(mem, tramp).bytes(info)?;
+        for info in &p.task.pending {
+            let sig = super::thread::siginfo_signo(&info.raw)?;
+            let at = Scratch::at(mem, tramp).bytes(&info.raw)?;
             r.syscall(
                 "rt_sigqueueinfo",
                 nr::RT_SIGQUEUEINFO,
@@ -185,4 +201,29 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
     // The trampoline goes last.
     trampoline::remove(pid, mem, tramp)?;
     Ok(p.threads.len())
+}
+
+/// Nanoseconds as a native `timeval` (seconds, microseconds).
+fn timeval(ns: u64) -> Result<(isize, isize), Cause> {
+    let fit = |v: u64| {
+        isize::try_from(v).map_err(|_| {
+            Cause::Refused(format!(
+                "a timer of {ns}ns does not fit this architecture's timeval"
+            ))
+        })
+    };
+    Ok((fit(ns / 1_000_000_000)?, fit(ns % 1_000_000_000 / 1000)?))
+}
+
+/// Image auxv words as the native words PR_SET_MM_MAP takes.
+fn auxv_bytes(words: &[u64]) -> Result<Vec<u8>, Cause> {
+    let w = core::mem::size_of::<usize>();
+    let mut out = Vec::with_capacity(words.len() * w);
+    for &v in words {
+        let n = usize::try_from(v).map_err(|_| {
+            Cause::Refused(format!("auxv word {v:#x} does not fit this architecture"))
+        })?;
+        out.extend_from_slice(&n.to_ne_bytes());
+    }
+    Ok(out)
 }

@@ -29,7 +29,7 @@ pub(super) fn install_seccomp(
         ptrace::set_options(t.tid, options).map_err(|e| {
             Cause::Refused(format!(
                 "restoring the seccomp filters of process {} needs PTRACE_O_SUSPEND_SECCOMP: {e}",
-                p.pid
+                p.task.pid
             ))
         })?;
     }

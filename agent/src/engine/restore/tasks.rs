@@ -20,7 +20,7 @@ use crate::engine::state::FileKind;
 use crate::engine::state::ImageState;
 use crate::engine::{conv, EngineError, Step, StepExt};
 
-use super::objects::{cstr, move_high, Objects};
+use super::objects::{move_high, Objects};
 use super::{last_os, refused};
 
 #[repr(C)]
@@ -103,14 +103,14 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32, parent
         unsafe { libc::_exit(1) };
     }
     if let Err(e) = task_setup(st, idx, objs, report_fd) {
-        report(report_fd, &format!("{} err {e}", p.pid));
+        report(report_fd, &format!("{} err {e}", p.task.pid));
         // SAFETY: leaving the forked child without running torpor's exit path.
         unsafe { libc::_exit(1) };
     }
-    report(report_fd, &format!("{} ok", p.pid));
+    report(report_fd, &format!("{} ok", p.task.pid));
     // SAFETY: closing the report pipe; nothing else refers to it.
     unsafe { libc::close(report_fd) };
-    if let Some(status) = p.zombie {
+    if let Some(status) = p.task.exit_status {
         exit_as(status);
     }
     loop {
@@ -148,17 +148,17 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     let p = &st.processes[idx];
     let fork_children = |early: bool| -> Result<(), String> {
         for (ci, c) in st.processes.iter().enumerate() {
-            if c.ppid != p.pid || ci == idx {
+            if c.task.ppid != p.task.pid || ci == idx {
                 continue;
             }
             // A child still in the session this task had before its setsid
             // must be forked before it.
-            let keeps_old_session = c.sid != p.sid && c.sid != c.pid;
+            let keeps_old_session = c.task.sid != p.task.sid && c.task.sid != c.task.pid;
             if keeps_old_session != early {
                 continue;
             }
-            match fork_with_pid(c.pid) {
-                Ok(0) => task_main(st, ci, objs, report_fd, p.pid),
+            match fork_with_pid(c.task.pid) {
+                Ok(0) => task_main(st, ci, objs, report_fd, p.task.pid),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -168,7 +168,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     fork_children(true)?;
     // SAFETY (all libc calls below): plain syscalls on integers or on C
     // strings that live across the call.
-    if p.sid == p.pid {
+    if p.task.sid == p.task.pid {
         // SAFETY: see above.
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", last_os()));
@@ -176,27 +176,31 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     } else if idx != 0 {
         // SAFETY: see above.
         let now = unsafe { libc::getsid(0) };
-        if now != p.sid {
+        if now != p.task.sid {
             return Err(format!(
                 "cannot join session {} (it is in session {now})",
-                p.sid
+                p.task.sid
             ));
         }
     }
-    if p.pgid == p.pid && p.sid != p.pid {
+    if p.task.pgid == p.task.pid && p.task.sid != p.task.pid {
         // SAFETY: see above.
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(format!("setpgid: {}", last_os()));
         }
     // SAFETY: see above.
-    } else if idx != 0 && p.sid != p.pid && p.pgid != unsafe { libc::getpgid(0) } {
+    } else if idx != 0 && p.task.sid != p.task.pid && p.task.pgid != unsafe { libc::getpgid(0) } {
         // SAFETY: see above.
-        if unsafe { libc::setpgid(0, p.pgid) } < 0 {
-            return Err(format!("joining process group {}: {}", p.pgid, last_os()));
+        if unsafe { libc::setpgid(0, p.task.pgid) } < 0 {
+            return Err(format!(
+                "joining process group {}: {}",
+                p.task.pgid,
+                last_os()
+            ));
         }
     }
     fork_children(false)?;
-    if p.zombie.is_some() {
+    if p.task.exit_status.is_some() {
         // Nothing more: it only has to exit, once it has reported.
         return Ok(());
     }
@@ -248,16 +252,16 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             .processes
             .iter()
             .find(|q| q.fds.iter().any(|g| g.file == f.file))
-            .map(|q| q.pid);
-        if first == Some(p.pid) && armed.insert(f.file) {
+            .map(|q| q.task.pid);
+        if first == Some(p.task.pid) && armed.insert(f.file) {
             crate::engine::files::arm_sigio(f.fd, of.flags, s)?;
         }
     }
     // A session leader takes its controlling terminal back from the fd
     // that opens it (the original device or its --tty substitute).
-    if p.ctty != 0 && p.sid == p.pid {
+    if p.task.ctty != 0 && p.task.sid == p.task.pid {
         let holder = p.fds.iter().find(|f| {
-            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.ctty)
+            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.task.ctty)
         });
         if let Some(f) = holder {
             // SAFETY: ioctl on an fd of this task, integer argument.
@@ -270,22 +274,30 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             }
         }
     }
-    let cwd = cstr(&p.cwd).map_err(|e| e.to_string())?;
+    let cwd = std::ffi::CString::new(p.task.cwd.as_bytes())
+        .map_err(|_| format!("cwd {:?} holds a NUL byte", p.task.cwd))?;
     // SAFETY: a plain syscall on integers or live C strings.
     if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
-        return Err(format!("chdir {}: {}", p.cwd, last_os()));
+        return Err(format!("chdir {}: {}", p.task.cwd, last_os()));
     }
     // SAFETY: a plain syscall on integers or live C strings.
-    unsafe { libc::umask(p.umask as libc::mode_t) };
+    unsafe { libc::umask(p.task.umask as libc::mode_t) };
     // SAFETY: a plain syscall on integers or live C strings.
-    if unsafe { libc::personality(libc::c_ulong::from(p.personality)) } < 0 {
-        return Err(format!("personality {:#x}: {}", p.personality, last_os()));
+    if unsafe { libc::personality(libc::c_ulong::from(p.task.personality)) } < 0 {
+        return Err(format!(
+            "personality {:#x}: {}",
+            p.task.personality,
+            last_os()
+        ));
     }
-    for (res, (cur, max)) in p.rlimits.iter().enumerate() {
+    for l in &p.task.rlimits {
+        let res = l.resource;
         let lim = libc::rlimit {
-            rlim_cur: *cur,
-            rlim_max: *max,
+            rlim_cur: l.cur,
+            rlim_max: l.max,
         };
+        // The resource argument is a u32 with glibc and a c_int with musl.
+        #[allow(clippy::useless_conversion)]
         let which = res
             .try_into()
             .map_err(|_| format!("rlimit resource {res} out of range"))?;
@@ -379,7 +391,7 @@ pub(super) fn create_tasks(
     let root = &st.processes[0];
     // SAFETY: getpid has no memory effects.
     let torpor = unsafe { libc::getpid() };
-    let r = fork_with_pid(root.pid);
+    let r = fork_with_pid(root.task.pid);
     match r {
         Ok(0) => task_main(st, 0, objs, report_w, torpor),
         Ok(_) => {}
@@ -392,7 +404,7 @@ pub(super) fn create_tasks(
             return Err(e).step(step);
         }
     }
-    created.pids = st.processes.iter().map(|p| p.pid).collect();
+    created.pids = st.processes.iter().map(|p| p.task.pid).collect();
     // SAFETY: torpor keeps only the read end.
     unsafe { libc::close(report_w) };
     // SAFETY: rp[0] is ours; File takes ownership.

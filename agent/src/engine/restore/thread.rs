@@ -28,7 +28,7 @@ pub(super) fn siginfo_signo(info: &[u8]) -> Result<i32, Cause> {
 
 pub(super) fn restore_thread(
     rb: &Rebuild<'_>,
-    t: &crate::engine::state::ThreadState,
+    t: &crate::image::records::Thread,
 ) -> Result<(), Cause> {
     let p = rb.p;
     let mem = &rb.mem;
@@ -43,11 +43,11 @@ pub(super) fn restore_thread(
         nr::SET_TID_ADDRESS,
         [t.tid_address, 0, 0, 0, 0, 0],
     )?;
-    if t.robust_head != 0 {
+    if t.robust_list.head != 0 {
         r.syscall(
             "set_robust_list",
             nr::SET_ROBUST_LIST,
-            [t.robust_head, t.robust_len, 0, 0, 0, 0],
+            [t.robust_list.head, t.robust_list.len, 0, 0, 0, 0],
         )?;
     }
     // Always set: a disabled stack must also replace the one inherited
@@ -55,7 +55,11 @@ pub(super) fn restore_thread(
     const SS_DISABLE: i32 = 2;
     let ss = torpor_parasite::KStack {
         sp: arch::native(t.altstack.sp),
-        flags: t.altstack.flags & SS_DISABLE,
+        flags: if t.altstack.flags & SS_DISABLE.bits() != 0 {
+            SS_DISABLE
+        } else {
+            0
+        },
         size: arch::native(t.altstack.size),
         ..Default::default()
     };
@@ -72,13 +76,13 @@ pub(super) fn restore_thread(
         r.syscall("set_tls", n, a)?;
     }
     for info in &t.pending {
-        let sig = siginfo_signo(info)?;
-        let at = Scratch::at(mem, tramp).bytes(info)?;
+        let sig = siginfo_signo(&info.raw)?;
+        let at = Scratch::at(mem, tramp).bytes(&info.raw)?;
         r.syscall(
             "rt_tgsigqueueinfo",
             nr::RT_TGSIGQUEUEINFO,
             [
-                u64::from(p.pid.bits()),
+                u64::from(p.task.pid.bits()),
                 u64::from(t.tid.bits()),
                 u64::from(sig.bits()),
                 at,
@@ -87,9 +91,9 @@ pub(super) fn restore_thread(
             ],
         )?;
     }
-    restore_creds(&mut r, mem, tramp, &p.creds)?;
-    arch::set_fpregs(t.tid, &t.fpregs)?;
-    let mut regs = Regs::from_bytes(&t.regs)?;
+    restore_creds(&mut r, mem, tramp, &p.task.creds)?;
+    arch::set_fpregs(t.tid, &t.regs.fpu)?;
+    let mut regs = Regs::from_bytes(&t.regs.gpr)?;
     regs.for_resume();
     r.replace_saved(regs, t.sigmask);
     r.finish()?;

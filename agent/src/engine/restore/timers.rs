@@ -1,6 +1,6 @@
 //! POSIX timers with their ids, armed as they were.
 
-use crate::arch::{self, nr, Bits};
+use crate::arch::{nr, Bits};
 use crate::engine::ptrace::{Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::ProcessState;
@@ -21,7 +21,7 @@ pub(super) fn restore_timers(
     tramp: u64,
     p: &ProcessState,
 ) -> Result<(), Cause> {
-    if p.posix_timers.is_empty() {
+    if p.task.posix_timers.is_empty() {
         return Ok(());
     }
     let by_prctl = match r.prctl(
@@ -38,7 +38,7 @@ pub(super) fn restore_timers(
         Err(e) => return Err(e.into()),
     };
     let word = core::mem::size_of::<usize>();
-    let mut order: Vec<_> = p.posix_timers.iter().collect();
+    let mut order: Vec<_> = p.task.posix_timers.iter().collect();
     order.sort_by_key(|t| t.id);
     let created = (|| -> Result<(), Cause> {
         for t in order {
@@ -76,8 +76,8 @@ pub(super) fn restore_timers(
                 )?;
                 skipped += 1;
             }
-            if t.left != (0, 0) {
-                let its = [t.interval.0, t.interval.1, t.left.0, t.left.1].map(arch::native_signed);
+            if t.value_ns != 0 {
+                let its = [timespec(t.interval_ns)?, timespec(t.value_ns)?];
                 let its_at = s.value(&its)?;
                 r.syscall(
                     "timer_settime",
@@ -97,4 +97,16 @@ pub(super) fn restore_timers(
         )?;
     }
     created
+}
+
+/// Nanoseconds as a native `timespec` (seconds, nanoseconds).
+fn timespec(ns: u64) -> Result<[isize; 2], Cause> {
+    let fit = |v: u64| {
+        isize::try_from(v).map_err(|_| {
+            Cause::Refused(format!(
+                "a timer of {ns}ns does not fit this architecture's timespec"
+            ))
+        })
+    };
+    Ok([fit(ns / 1_000_000_000)?, fit(ns % 1_000_000_000)?])
 }

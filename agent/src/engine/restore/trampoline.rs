@@ -121,10 +121,11 @@ pub(super) fn remote_open(
     r: &mut Remote<'_>,
     mem: &Mem,
     tramp: u64,
-    path: &str,
+    path: &[u8],
     flags: i32,
 ) -> Result<u64, Cause> {
-    let at = Scratch::at(mem, tramp).c_string(path.as_bytes())?;
+    let at = Scratch::at(mem, tramp).c_string(path)?;
+    let path = String::from_utf8_lossy(path);
     let fd = r.syscall_raw(
         nr::OPENAT,
         [

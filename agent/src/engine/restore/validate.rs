@@ -46,16 +46,16 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
     if r.uid == 0 {
         return Ok(());
     }
-    for p in st.processes.iter().filter(|p| p.zombie.is_none()) {
-        let c = &p.creds;
-        let pid = p.pid;
+    for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
+        let c = &p.task.creds;
+        let pid = p.task.pid;
         let asked = r.uid;
-        if c.uids.iter().any(|&u| u != r.uid) {
-            let [real, eff, saved, fs] = c.uids;
+        if c.uids().iter().any(|&u| u != r.uid) {
+            let [real, eff, saved, fs] = c.uids();
             return Err(format!("the image was taken for uid {asked}, but process {pid} has uids {real}, {eff}, {saved}, {fs} (real, effective, saved, fs)"));
         }
-        if c.gids.iter().any(|&g| g != r.gid) {
-            let [real, eff, saved, fs] = c.gids;
+        if c.gids().iter().any(|&g| g != r.gid) {
+            let [real, eff, saved, fs] = c.gids();
             return Err(format!("the image was taken for uid {asked} (gid {}), but process {pid} has gids {real}, {eff}, {saved}, {fs} (real, effective, saved, fs)", r.gid));
         }
         if let Some(g) = c.groups.iter().find(|g| !r.groups.contains(g)) {
@@ -63,10 +63,10 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
                 "the image was taken for uid {asked}, but process {pid} is in group {g}, which the user was not"
             ));
         }
-        if c.caps[1] != 0 || c.caps[2] != 0 || c.caps[4] != 0 {
+        if c.caps()[1] != 0 || c.caps()[2] != 0 || c.caps()[4] != 0 {
             return Err(format!(
                 "the image was taken for uid {asked}, but process {pid} has capabilities (permitted {:#x}, effective {:#x}, ambient {:#x})",
-                c.caps[1], c.caps[2], c.caps[4]
+                c.caps()[1], c.caps()[2], c.caps()[4]
             ));
         }
     }
@@ -163,19 +163,19 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     check_requester(st).map_err(|why| refused(step, why))?;
     let holders = holders(st);
     for p in &st.processes {
-        if p.zombie.is_some() {
-            if p.ppid == 0 {
+        if p.task.exit_status.is_some() {
+            if p.task.ppid == 0 {
                 return Err(refused(
                     step,
-                    format!("the root {} of the image is a zombie", p.pid),
+                    format!("the root {} of the image is a zombie", p.task.pid),
                 ));
             }
-            if Path::new(&format!("/proc/{}", p.pid)).exists() {
+            if Path::new(&format!("/proc/{}", p.task.pid)).exists() {
                 return Err(refused(
                     step,
                     format!(
                         "pid {} (a zombie in the image) is in use by another task",
-                        p.pid
+                        p.task.pid
                     ),
                 ));
             }
@@ -187,33 +187,48 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                     step,
                     format!(
                         "pid {} (of process {}) is in use by another task",
-                        t.tid, p.pid
+                        t.tid, p.task.pid
                     ),
                 ));
             }
         }
-        if p.root != "/" {
+        if p.task.root.as_bytes() != b"/" {
             return Err(refused(
                 step,
-                format!("process {} ran in a changed root ({})", p.pid, p.root),
+                format!(
+                    "process {} ran in a changed root ({})",
+                    p.task.pid, p.task.root
+                ),
             ));
         }
         let who = Acting::of(p);
         let gone = || {
             refused(
                 step,
-                format!("working directory {} of process {} is gone", p.cwd, p.pid),
+                format!(
+                    "working directory {} of process {} is gone",
+                    p.task.cwd, p.task.pid
+                ),
             )
         };
-        match check_path(st, "working directory", &p.cwd, &who, Same::Inode) {
+        match check_path(
+            st,
+            "working directory",
+            &p.task.cwd.to_string(),
+            &who,
+            Same::Inode,
+        ) {
             Ok(md) if md.is_dir() => {}
             Ok(_) | Err(Check::Gone) => return Err(gone()),
             Err(Check::Refused(why)) => return Err(refused(step, why)),
         }
-        if !Path::new(&p.exe).exists() {
+        if !p.task.exe.as_path().exists() {
             return Err(refused(
                 step,
-                format!("executable {} of process {} is gone", p.exe, p.pid),
+                format!(
+                    "executable {} of process {} is gone",
+                    p.task.exe, p.task.pid
+                ),
             ));
         }
         for v in &p.vmas {
@@ -227,7 +242,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
                         return Err(refused(
                             step,
-                            format!("mapped file {path} of process {}: {e}", p.pid),
+                            format!("mapped file {path} of process {}: {e}", p.task.pid),
                         ));
                     }
                     Err(Check::Refused(why)) => return Err(refused(step, why)),
