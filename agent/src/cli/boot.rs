@@ -262,7 +262,10 @@ fn restore_slot(
         .map_err(|e| e.to_string())?
         .header()
         .clone();
-    let needs_conn = state.files.iter().any(|f| f.kind == FileKind::TorporConn);
+    let needs_conn = state
+        .files
+        .iter()
+        .any(|f| f.kind == FileKind::TorporConn(crate::engine::state::TorporConnFile));
     let conn: Option<OwnedFd> = if needs_conn {
         Some(
             torpor_conn::connect(&places.socket, DAEMON_WAIT)

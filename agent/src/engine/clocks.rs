@@ -200,7 +200,7 @@ pub fn collect(pids: &[i32]) -> Result<AtFreeze, Cause> {
 /// `deadline_ns`) into the tree's view of their clock.
 pub fn to_tree_view(files: &mut [OpenFile], shift: Offsets) {
     for f in files {
-        if let FileKind::Anon(crate::engine::state::AnonFile::TimerFd(t)) = &mut f.kind {
+        if let FileKind::TimerFd(t) = &mut f.kind {
             if let (Some(s), true) = (shift.for_clock(t.clock), t.deadline_ns > 0) {
                 t.deadline_ns = clamp_u64(i128::from(t.deadline_ns) + i128::from(s));
             }

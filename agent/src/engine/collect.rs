@@ -17,7 +17,8 @@ use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{
-    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeState, ProcessState, Vma,
+    Backing, DeviceFile, ExternalFile, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PathFile,
+    PipeFile, PipeState, ProcessState, TorporConnFile, UnlinkedData, UnlinkedRef, Vma,
 };
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 use crate::image::records::{
@@ -319,13 +320,16 @@ pub fn file_owners(p: &mut ProcessState, files: &[OpenFile]) -> Result<(), Engin
         let via = format!("/proc/{pid}/fd/{}", fd.fd);
         match files.get(fd.file as usize).map(|f| &f.kind) {
             Some(
-                FileKind::Path { path, .. }
-                | FileKind::Device { path, .. }
-                | FileKind::Pipe {
+                FileKind::Path(PathFile { path, .. })
+                | FileKind::Device(DeviceFile { path, .. })
+                | FileKind::Pipe(PipeFile {
                     fifo: Some(path), ..
-                },
+                }),
             ) => add(path, &via, &mut out)?,
-            Some(FileKind::UnlinkedFile { .. } | FileKind::Unlinked { .. }) => {
+            Some(
+                FileKind::UnlinkedFile(UnlinkedRef { .. })
+                | FileKind::Unlinked(UnlinkedData { .. }),
+            ) => {
                 let link = procfs::readlink(&via).step(step)?;
                 let path = link.strip_suffix(" (deleted)").unwrap_or(&link);
                 let dir = parent(path);
@@ -634,7 +638,7 @@ pub struct FileTable {
     /// Which ends of each pipe the tree holds: (read, write).
     pipe_ends: BTreeMap<u32, (bool, bool, i32, i32)>,
     /// Inode of the tree's end of its connection to `torpor daemon`, which
-    /// is recorded as [`FileKind::TorporConn`] rather than refused.
+    /// is recorded as [`FileKind::TorporConn(TorporConnFile)`] rather than refused.
     pub torpor_conn: Option<u64>,
     /// (pid, fd, key) kept outside the image.
     pub external: Vec<(i32, i32, String)>,
@@ -679,7 +683,7 @@ impl FileTable {
             {
                 self.files.push(OpenFile {
                     flags,
-                    kind: FileKind::External { key: key.clone() },
+                    kind: FileKind::External(ExternalFile { key: key.clone() }),
                     sigio: None,
                 });
                 self.owner.push((pid, fd, format!("external:{key}")));
@@ -754,21 +758,21 @@ impl FileTable {
             } else {
                 e.0 = true;
             }
-            return Ok(FileKind::Pipe {
+            return Ok(FileKind::Pipe(PipeFile {
                 pipe,
                 write,
                 fifo: None,
-            });
+            }));
         }
         // The connection to the daemon is checked first: it is a UNIX socket
         // too, but one that is reconnected rather than rebuilt.
         if let Some(ino) = self.torpor_conn {
             if link == format!("socket:[{ino}]") {
-                return Ok(FileKind::TorporConn);
+                return Ok(FileKind::TorporConn(TorporConnFile));
             }
         }
         if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
-            return Ok(FileKind::Anon(a));
+            return Ok(a);
         }
         if !link.starts_with('/') {
             let what = if link.starts_with("socket:") {
@@ -787,10 +791,10 @@ impl FileTable {
             }
             // The contents are streamed into the image later, while the
             // tree is still frozen (files::write_objects).
-            return Ok(FileKind::UnlinkedFile {
+            return Ok(FileKind::UnlinkedFile(UnlinkedRef {
                 pos,
                 inode: md.ino(),
-            });
+            }));
         }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
@@ -802,28 +806,28 @@ impl FileTable {
                 mtime_sec: md.mtime(),
                 mtime_nsec: md.mtime_nsec(),
             };
-            Ok(FileKind::Path {
+            Ok(FileKind::Path(PathFile {
                 path: link.to_string(),
                 pos,
                 dir: ft.is_dir(),
                 identity,
-            })
+            }))
         } else if ft.is_char_device() {
             let rdev = md.rdev();
             let major = u64::from(libc::major(rdev));
-            Ok(FileKind::Device {
+            Ok(FileKind::Device(DeviceFile {
                 path: link.to_string(),
                 rdev,
                 tty: is_tty_major(major),
-            })
+            }))
         } else if ft.is_fifo() {
             let write = flags & (libc::O_ACCMODE as u32) == libc::O_WRONLY as u32;
             let pipe = self.pipe_of(pid, fd, md.ino())?;
-            Ok(FileKind::Pipe {
+            Ok(FileKind::Pipe(PipeFile {
                 pipe,
                 write,
                 fifo: Some(link.to_string()),
-            })
+            }))
         } else {
             Err(unsupported("a block device or socket file"))
         }

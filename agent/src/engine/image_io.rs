@@ -20,43 +20,18 @@ use std::io::{Read, Write};
 use crate::arch::Bits;
 use crate::engine::conv;
 use crate::engine::state::{
-    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeState, ProcessState, Vma,
+    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeFile, PipeState, ProcessState,
+    UnlinkedRef, Vma,
 };
 pub use crate::engine::state::{ImageState, PageRun};
 use crate::image::records::{
-    ExternalPipe, Fd as RFd, FdKind, FileId, ObjectData, ObjectRef, PipeData, PipeEnd, RawPath,
-    Thread, Vma as RVma, VmaKind,
+    ExternalPipe, Fd as RFd, FileId, ObjectData, ObjectRef, PipeData, PipeEnd, RawPath, Thread,
+    Vma as RVma, VmaKind,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 
 fn path_of(p: &RawPath) -> String {
     String::from_utf8_lossy(p.as_bytes()).into_owned()
-}
-
-fn mtime_ns(id: &FileIdentity) -> i64 {
-    id.mtime_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(id.mtime_nsec)
-}
-
-fn file_id(path: &str, id: &FileIdentity) -> FileId {
-    FileId {
-        path: path.into(),
-        dev: id.dev,
-        inode: id.inode,
-        size: id.size,
-        mtime_ns: mtime_ns(id),
-    }
-}
-
-fn identity_of(f: &FileId) -> FileIdentity {
-    FileIdentity {
-        dev: f.dev,
-        inode: f.inode,
-        size: f.size,
-        mtime_sec: f.mtime_ns.div_euclid(1_000_000_000),
-        mtime_nsec: f.mtime_ns.rem_euclid(1_000_000_000),
-    }
 }
 
 fn vma_kind(v: &Vma) -> VmaKind {
@@ -144,7 +119,7 @@ pub fn write_process<W: Write>(
                 path,
                 offset,
                 identity,
-            } => (*offset, Some(file_id(path, identity))),
+            } => (*offset, Some(identity.file_id(path))),
             // The object's inode names it; no path.
             Backing::Shm { id, offset } => (
                 *offset,
@@ -192,86 +167,7 @@ pub fn write_process<W: Write>(
     }
     for f in &p.fds {
         let of = &files[f.file as usize];
-        let kind = match &of.kind {
-            FileKind::Path {
-                path, dir: true, ..
-            } => FdKind::Directory {
-                path: path.as_str().into(),
-                flags: of.flags,
-            },
-            FileKind::Path {
-                path,
-                pos,
-                identity,
-                ..
-            } => FdKind::Regular {
-                file: file_id(path, identity),
-                flags: of.flags,
-                offset: *pos,
-            },
-            FileKind::Device {
-                path,
-                rdev,
-                tty: true,
-            } => FdKind::Tty {
-                path: path.as_str().into(),
-                rdev: *rdev,
-                flags: of.flags,
-            },
-            FileKind::Device {
-                path,
-                rdev,
-                tty: false,
-            } => FdKind::Device {
-                path: path.as_str().into(),
-                rdev: *rdev,
-                flags: of.flags,
-            },
-            FileKind::External { key } => FdKind::External {
-                key: key.clone(),
-                flags: of.flags,
-            },
-            FileKind::UnlinkedFile { pos, inode } => FdKind::UnlinkedFile {
-                flags: of.flags,
-                offset: *pos,
-                inode: *inode,
-            },
-            FileKind::Unlinked { path, pos, data } => FdKind::Unlinked {
-                path: path.as_str().into(),
-                flags: of.flags,
-                offset: *pos,
-                bytes: data.clone(),
-            },
-            FileKind::Pipe {
-                pipe,
-                write,
-                fifo: None,
-            } => FdKind::Pipe {
-                id: u64::from(*pipe),
-                end: if *write {
-                    PipeEnd::Write
-                } else {
-                    PipeEnd::Read
-                },
-                flags: of.flags,
-            },
-            FileKind::Pipe {
-                pipe,
-                write,
-                fifo: Some(path),
-            } => FdKind::Fifo {
-                path: path.as_str().into(),
-                id: u64::from(*pipe),
-                end: if *write {
-                    PipeEnd::Write
-                } else {
-                    PipeEnd::Read
-                },
-                flags: of.flags,
-            },
-            FileKind::Anon(a) => a.record(of.flags),
-            FileKind::TorporConn => FdKind::TorporConn { flags: of.flags },
-        };
+        let kind = of.kind.record(of.flags);
         w.write(&RFd {
             fd: f.fd,
             fd_flags: u32::from(f.cloexec),
@@ -454,7 +350,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                                 Backing::File {
                                     path: path_of(&f.path),
                                     offset: v.offset,
-                                    identity: identity_of(f),
+                                    identity: FileIdentity::of(f),
                                 }
                             }
                             VmaKind::SharedAnon => {
@@ -529,104 +425,8 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     }
                     Kind::Fd => {
                         let f: RFd = rec.decode()?;
-                        let (flags, kind) = match f.kind {
-                            FdKind::Regular {
-                                file,
-                                flags,
-                                offset,
-                            } => (
-                                flags,
-                                FileKind::Path {
-                                    path: path_of(&file.path),
-                                    pos: offset,
-                                    dir: false,
-                                    identity: identity_of(&file),
-                                },
-                            ),
-                            FdKind::Directory { path, flags } => (
-                                flags,
-                                FileKind::Path {
-                                    path: path_of(&path),
-                                    pos: 0,
-                                    dir: true,
-                                    identity: FileIdentity::default(),
-                                },
-                            ),
-                            FdKind::Device { path, rdev, flags } => (
-                                flags,
-                                FileKind::Device {
-                                    path: path_of(&path),
-                                    rdev,
-                                    tty: false,
-                                },
-                            ),
-                            FdKind::Tty { path, rdev, flags } => (
-                                flags,
-                                FileKind::Device {
-                                    path: path_of(&path),
-                                    rdev,
-                                    tty: true,
-                                },
-                            ),
-                            FdKind::Pipe { id, end, flags } => {
-                                let pipe = u32::try_from(id)
-                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
-                                (
-                                    flags,
-                                    FileKind::Pipe {
-                                        pipe,
-                                        write: end == PipeEnd::Write,
-                                        fifo: None,
-                                    },
-                                )
-                            }
-                            FdKind::TorporConn { flags } => (flags, FileKind::TorporConn),
-                            FdKind::External { key, flags } => (flags, FileKind::External { key }),
-                            FdKind::Unlinked {
-                                path,
-                                flags,
-                                offset,
-                                bytes,
-                            } => (
-                                flags,
-                                FileKind::Unlinked {
-                                    path: path_of(&path),
-                                    pos: offset,
-                                    data: bytes,
-                                },
-                            ),
-                            FdKind::UnlinkedFile {
-                                flags,
-                                offset,
-                                inode,
-                            } => (flags, FileKind::UnlinkedFile { pos: offset, inode }),
-                            FdKind::Fifo {
-                                path,
-                                id,
-                                end,
-                                flags,
-                            } => {
-                                let pipe = u32::try_from(id)
-                                    .map_err(|_| malformed(format!("pipe id {id}")))?;
-                                let fifo = Some(path_of(&path));
-                                (
-                                    flags,
-                                    FileKind::Pipe {
-                                        pipe,
-                                        write: end == PipeEnd::Write,
-                                        fifo,
-                                    },
-                                )
-                            }
-                            other => {
-                                let (flags, a) =
-                                    crate::engine::state::AnonFile::from_record(&other)
-                                        .ok_or_else(|| {
-                                            malformed(format!("fd {} has an unknown kind", f.fd))
-                                        })?;
-                                (flags, FileKind::Anon(a))
-                            }
-                        };
+                        let (flags, kind) = FileKind::from_record(&f.kind)
+                            .map_err(|why| malformed(format!("fd {}: {why}", f.fd)))?;
                         let idx = match ofds.get(&f.ofd) {
                             Some(&i) => i,
                             None => {
@@ -697,7 +497,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
         }
     }
     for f in &st.files {
-        if let FileKind::Anon(crate::engine::state::AnonFile::MemfdFile(r)) = &f.kind {
+        if let FileKind::MemfdFile(r) = &f.kind {
             if !st.memfds.iter().any(|o| o.id == r.id) {
                 return Err(malformed(format!(
                     "an fd names memfd {}, which has no record",
@@ -705,14 +505,15 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 )));
             }
         }
-        if let FileKind::UnlinkedFile { inode, .. } = f.kind {
+        if let FileKind::UnlinkedFile(UnlinkedRef { inode, .. }) = f.kind {
             if !st.unlinked.iter().any(|o| o.inode == inode) {
                 return Err(malformed(format!(
                     "an fd names unlinked file {inode}, which has no record"
                 )));
             }
         }
-        if let FileKind::Pipe { pipe, .. } = f.kind {
+        if let FileKind::Pipe(PipeFile { pipe, .. }) = &f.kind {
+            let pipe = *pipe;
             if pipe as usize >= st.pipes.len() {
                 return Err(malformed(format!(
                     "an fd names pipe {pipe}, which has no data record"

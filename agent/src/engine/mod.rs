@@ -17,8 +17,14 @@
 //!
 //! # Adding a kind of file descriptor
 //!
-//! Anonymous-inode files and sockets are kinds of
-//! [`AnonFile`](state::AnonFile). A new kind `Foo` takes:
+//! Every kind of open file description is a variant of
+//! [`FileKind`](state::FileKind), made from the registry
+//! `engine::state::file_registry`, which also makes the dispatch of every
+//! step of its life in `engine::files`: collect, the image record, the
+//! checks against this system before a restore creates anything, the
+//! reopening, and its name in refusals.
+//!
+//! An anonymous-inode file or a socket `Foo` (the common case) takes:
 //!
 //! 1. Its image record: a `Foo` struct in `image::records` and a variant
 //!    `FdKind::Foo { flags, state: Foo }` (a new `FdKind` variant is a new
@@ -29,14 +35,20 @@
 //!    `CLAIM` saying which descriptors are its own (a `/proc` link, or a
 //!    socket family), `collect` from outside the frozen task, and `open`,
 //!    which creates the object again in torpor before the tasks are forked.
-//! 3. One registry line, `Foo(crate::image::records::Foo),` in
-//!    `engine::state::anon_registry`.
+//! 3. One registry line, `Foo(crate::image::records::Foo),` under `anon` in
+//!    `engine::state::file_registry`.
 //!
-//! The registry makes the `AnonFile` variant, its record conversions, the
-//! dispatch of `collect` by claim and of `open`, and the kind's name in
-//! refusals. Validation needs nothing more unless the kind refers to other
-//! objects of the image; a fix-up once every task exists (as epoll targets
-//! have, `files::register_epolls`) is called from `restore`.
+//! A kind reached by path or handed in (as files, devices, pipes, external
+//! descriptors and the daemon connection are) has a state type in
+//! `engine::state`, implements [`FsKind`](files::FsKind) in its module
+//! (its record and the records it reads, `check`, `open`), has its line
+//! under `fs` in the registry, and is recognised by the file table of
+//! `collect` from the file's type.
+//!
+//! Structure checks need nothing more unless the kind refers to other
+//! objects of the image (`restore::plan`); a fix-up once every task exists
+//! (as epoll targets have, `files::register_epolls`) is called from
+//! `restore`.
 
 pub use state::ImageState;
 

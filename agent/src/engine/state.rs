@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::records::{self, FdKind};
+use crate::image::records;
 
 /// Everything in an image except page contents.
 #[derive(Debug, Default)]
@@ -118,6 +118,33 @@ pub struct FileIdentity {
     pub mtime_nsec: i64,
 }
 
+impl FileIdentity {
+    /// The image's form of the identity of the file at `path`.
+    pub fn file_id(&self, path: &str) -> records::FileId {
+        records::FileId {
+            path: path.into(),
+            dev: self.dev,
+            inode: self.inode,
+            size: self.size,
+            mtime_ns: self
+                .mtime_sec
+                .saturating_mul(1_000_000_000)
+                .saturating_add(self.mtime_nsec),
+        }
+    }
+
+    /// The identity an image's file id records.
+    pub fn of(f: &records::FileId) -> FileIdentity {
+        FileIdentity {
+            dev: f.dev,
+            inode: f.inode,
+            size: f.size,
+            mtime_sec: f.mtime_ns.div_euclid(1_000_000_000),
+            mtime_nsec: f.mtime_ns.rem_euclid(1_000_000_000),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vma {
     pub start: u64,
@@ -153,99 +180,114 @@ pub struct OpenFile {
     pub sigio: Option<crate::image::records::SigIo>,
 }
 
+/// A regular file or directory, reopened by path at `pos`
+/// (`engine::files::path`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileKind {
-    /// A regular file or directory, reopened by path at `pos`.
-    Path {
-        path: String,
-        pos: u64,
-        dir: bool,
-        identity: FileIdentity,
-    },
-    /// A character device (`/dev/null`, a tty...), reopened by path.
-    Device { path: String, rdev: u64, tty: bool },
-    /// Not in the image: the restore is handed a descriptor for `key`.
-    External { key: String },
-    /// A regular file unlinked while open, by content (images whose fd
-    /// records carry the contents).
-    Unlinked {
-        path: String,
-        pos: u64,
-        data: Vec<u8>,
-    },
-    /// A regular file unlinked while open: the image's unlinked-file object
-    /// `inode` (the inode at the dump), shared by every description and
-    /// mapping of that inode.
-    UnlinkedFile { pos: u64, inode: u64 },
-    /// One end of a pipe: index into `ImageState::pipes`; `fifo` is the
-    /// path of a named FIFO (whose other end may be opened by anyone).
-    Pipe {
-        pipe: u32,
-        write: bool,
-        fifo: Option<String>,
-    },
-    /// eventfd, timerfd, signalfd, epoll, inotify, memfd, sockets
-    /// (`engine::files`).
-    Anon(AnonFile),
-    /// The application's connection to `torpor daemon`: reconnected to the
-    /// daemon's socket at restore (see `engine::torpor_conn`).
-    TorporConn,
+pub struct PathFile {
+    pub path: String,
+    pub pos: u64,
+    pub dir: bool,
+    pub identity: FileIdentity,
 }
 
-/// The registry of anonymous-inode file kinds (eventfd, timerfd, sockets,
-/// memfds...): one line each, `Variant(record type)`, where `Variant` is
-/// also the name of its [`FdKind`] record variant. [`AnonFile`] and its
-/// record conversions are made from it here, and `engine::files` makes the
-/// dispatch to each kind's [`AnonKind`](crate::engine::files::AnonKind)
-/// implementation from it: a new kind is one module of `engine::files`
-/// and one line here.
-macro_rules! anon_registry {
+/// A character device (`/dev/null`, a tty...), reopened by path
+/// (`engine::files::device`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFile {
+    pub path: String,
+    pub rdev: u64,
+    pub tty: bool,
+}
+
+/// One end of a pipe: index into `ImageState::pipes`; `fifo` is the path
+/// of a named FIFO, whose other end anyone may open
+/// (`engine::files::pipe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeFile {
+    pub pipe: u32,
+    pub write: bool,
+    pub fifo: Option<String>,
+}
+
+/// Not in the image: the restore is handed a descriptor for `key`
+/// (`engine::files::external`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalFile {
+    pub key: String,
+}
+
+/// A regular file unlinked while open, by content, as images whose fd
+/// records carry the contents hold it (`engine::files::unlinked`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlinkedData {
+    pub path: String,
+    pub pos: u64,
+    pub data: Vec<u8>,
+}
+
+/// A regular file unlinked while open: the image's unlinked-file object
+/// `inode` (the inode at the dump), shared by every description and
+/// mapping of that inode (`engine::files::unlinked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlinkedRef {
+    pub pos: u64,
+    pub inode: u64,
+}
+
+/// The application's connection to `torpor daemon`: reconnected to the
+/// daemon's socket at restore (`engine::torpor_conn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorporConnFile;
+
+/// The registry of file kinds: one line each, `Variant(state type)`.
+/// [`FileKind`] is made from it here, and `engine::files` makes from it
+/// the dispatch to each kind's `FileOps` implementation (its record, its
+/// checks against this system, its reopening). The kinds under `anon` are
+/// anonymous-inode files whose state type is their image record and whose
+/// `FdKind` variant has the same name; they implement
+/// `engine::files::AnonKind` too, which collects them. A new kind is one
+/// module of `engine::files` and one line here.
+macro_rules! file_registry {
     ($then:ident) => {
         $then! {
-            EventFd(crate::image::records::EventFd),
-            TimerFd(crate::image::records::TimerFd),
-            SignalFd(crate::image::records::SignalFd),
-            Epoll(crate::image::records::Epoll),
-            Inotify(crate::image::records::Inotify),
-            Unix(crate::image::records::UnixSocket),
-            Inet(crate::image::records::InetSocket),
-            // A memfd with its contents inline (images of an older torpor).
-            Memfd(crate::image::records::Memfd),
-            // A description of a memfd object (`engine::files::memfd`).
-            MemfdFile(crate::image::records::MemfdRef),
+            fs {
+                Path(crate::engine::state::PathFile),
+                Device(crate::engine::state::DeviceFile),
+                Pipe(crate::engine::state::PipeFile),
+                External(crate::engine::state::ExternalFile),
+                Unlinked(crate::engine::state::UnlinkedData),
+                UnlinkedFile(crate::engine::state::UnlinkedRef),
+                TorporConn(crate::engine::state::TorporConnFile),
+            }
+            anon {
+                EventFd(crate::image::records::EventFd),
+                TimerFd(crate::image::records::TimerFd),
+                SignalFd(crate::image::records::SignalFd),
+                Epoll(crate::image::records::Epoll),
+                Inotify(crate::image::records::Inotify),
+                Unix(crate::image::records::UnixSocket),
+                Inet(crate::image::records::InetSocket),
+                // A memfd with its contents inline (images of an older torpor).
+                Memfd(crate::image::records::Memfd),
+                // A description of a memfd object (`engine::files::memfd`).
+                MemfdFile(crate::image::records::MemfdRef),
+            }
         }
     };
 }
-pub(crate) use anon_registry;
+pub(crate) use file_registry;
 
-macro_rules! define_anon_file {
-    ($($(#[$doc:meta])* $variant:ident($record:ty),)*) => {
-        /// An anonymous-inode file torpor knows how to recreate.
+macro_rules! define_file_kind {
+    (fs { $($fs:ident($fst:ty),)* } anon { $($anon:ident($ant:ty),)* }) => {
+        /// What an open file description is, by kind.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum AnonFile {
-            $($variant($record),)*
-        }
-
-        impl AnonFile {
-            /// The image record of this file with its status flags.
-            pub fn record(&self, flags: u32) -> FdKind {
-                match self.clone() {
-                    $(AnonFile::$variant(state) => FdKind::$variant { flags, state },)*
-                }
-            }
-
-            /// The file an image record describes, with its status flags,
-            /// when the record is one of these kinds.
-            pub fn from_record(k: &FdKind) -> Option<(u32, AnonFile)> {
-                Some(match k.clone() {
-                    $(FdKind::$variant { flags, state } => (flags, AnonFile::$variant(state)),)*
-                    _ => return None,
-                })
-            }
+        pub enum FileKind {
+            $($fs($fst),)*
+            $($anon($ant),)*
         }
     };
 }
-anon_registry!(define_anon_file);
+file_registry!(define_file_kind);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeState {

@@ -194,6 +194,38 @@ pub fn dup_for_tree(conn: RawFd, flags: u32) -> io::Result<RawFd> {
     Ok(fd)
 }
 
+impl crate::engine::files::FsKind for crate::engine::state::TorporConnFile {
+    const NAME: &'static str = "the connection to torpor daemon";
+
+    fn record(&self, flags: u32) -> crate::image::records::FdKind {
+        crate::image::records::FdKind::TorporConn { flags }
+    }
+
+    fn from_record(k: &crate::image::records::FdKind) -> Option<Result<(u32, Self), String>> {
+        match k {
+            crate::image::records::FdKind::TorporConn { flags } => {
+                Some(Ok((*flags, crate::engine::state::TorporConnFile)))
+            }
+            _ => None,
+        }
+    }
+
+    fn check(&self, cx: &crate::engine::files::CheckCx<'_>) -> Result<(), String> {
+        if cx.torpor_conn {
+            Ok(())
+        } else {
+            Err("the image holds a connection to torpor daemon; restore it with `torpor boot` or `torpor run`, which reconnect it".into())
+        }
+    }
+
+    fn open(&self, cx: &mut crate::engine::files::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
+        let conn = cx.torpor_conn.ok_or_else(|| {
+            crate::engine::Cause::Refused("no connection to torpor daemon to give the tree".into())
+        })?;
+        dup_for_tree(conn, cx.flags).map_err(crate::engine::Cause::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

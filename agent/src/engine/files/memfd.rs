@@ -64,7 +64,7 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
     for p in procs {
         for f in &p.fds {
             if let Some(OpenFile {
-                kind: FileKind::Anon(super::AnonFile::MemfdFile(r)),
+                kind: FileKind::MemfdFile(r),
                 ..
             }) = files.get(f.file as usize)
             {

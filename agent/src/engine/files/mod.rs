@@ -1,27 +1,39 @@
-//! Descriptors on anonymous kernel objects (eventfd, timerfd, signalfd,
-//! epoll, inotify, UNIX and internet sockets, memfds), and the objects
-//! behind files and mappings (memfd and unlinked-file contents, SysV
-//! segments, file locks, signal-driven I/O, tmpfs files).
+//! Every kind of file description (files and directories by path,
+//! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
+//! files, the connection to the daemon, and the anonymous kernel objects:
+//! eventfd, timerfd, signalfd, epoll, inotify, UNIX and internet sockets,
+//! memfds), and the objects behind files and mappings (memfd and
+//! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
+//! tmpfs files).
 //!
-//! Each anonymous-inode kind is one module implementing [`AnonKind`] on its
-//! image record type: `collect` (from fdinfo and, where fdinfo is silent,
-//! from a duplicate of the fd) and `open`, which creates the object again
-//! in torpor before the tasks are forked. Fix-ups once the tree exists
-//! (epoll targets registered by the task that held them, `register_epolls`;
-//! owners of signal-driven I/O, `set_sigio_owner`) follow. See
-//! `engine` for how to add a kind.
+//! Each kind is one module and one line of the registry
+//! (`engine::state::file_registry`). Anonymous-inode kinds implement
+//! [`AnonKind`] on their image record type: `collect` (from fdinfo and,
+//! where fdinfo is silent, from a duplicate of the fd) and `open`, which
+//! creates the object again in torpor before the tasks are forked. The
+//! kinds reached by path implement [`FsKind`] on their state type (the file
+//! table of `engine::collect` classifies them by the file's type): their
+//! image record, their `check` against this system before anything is
+//! created, and `open`. Fix-ups once the tree exists (epoll targets
+//! registered by the task that held them, `register_epolls`; owners of
+//! signal-driven I/O, `set_sigio_owner`) follow. See `engine` for how to
+//! add a kind.
 //!
 //! Unsafe code: the helpers every file kind shares (pidfd_getfd, lseek,
 //! pwrite, fstatfs, taking ownership of a syscall's fd) call libc directly.
 #![allow(unsafe_code)]
 
+mod device;
 mod epoll;
 mod eventfd;
+mod external;
 mod inet;
 mod inotify;
 mod locks;
 mod memfd;
 pub mod owner;
+mod path;
+pub mod pipe;
 mod sigio;
 mod signalfd;
 mod sock;
@@ -34,16 +46,18 @@ mod unlinked;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::engine::state::{AnonFile, FileKind, ImageState, OpenFile, ProcessState};
+use crate::engine::state::{FileKind, ImageState, OpenFile, ProcessState, UnlinkedRef};
 use crate::engine::{procfs, Cause, Step};
-use crate::image::records::{MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK};
+use crate::image::records::{
+    FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
+};
 
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
 /// The life of one kind of anonymous-inode file, from dump to restore. Each
 /// kind implements it in its own module on its image record type and has
-/// one line in the registry (`engine::state::anon_registry`); the
+/// one line in the registry (`engine::state::file_registry`); the
 /// dispatch below is made from that registry.
 pub trait AnonKind: Sized {
     /// What the kind is called in messages: "an eventfd".
@@ -55,6 +69,41 @@ pub trait AnonKind: Sized {
     /// Creates the object again in torpor before the tasks are forked.
     /// An `io::Error` is reported as "recreating NAME: ...".
     fn open(&self, cx: &mut OpenCx<'_>) -> Result<i32, Cause>;
+}
+
+/// The life of one kind of file reached by path or handed in (a file, a
+/// device, a pipe end...): its record, its checks before a restore
+/// creates anything, its reopening. Each kind implements it in its own
+/// module on its state type and has one line in the registry
+/// (`engine::state::file_registry`).
+pub trait FsKind: Sized {
+    /// What the kind is called in messages: "an open file".
+    const NAME: &'static str;
+    /// The image record of this description with its status flags.
+    fn record(&self, flags: u32) -> FdKind;
+    /// The description a record describes with its status flags, when the
+    /// record is of this kind; an error names a value out of range.
+    fn from_record(k: &FdKind) -> Option<Result<(u32, Self), String>>;
+    /// Refuses what this system cannot give the description (a path gone
+    /// or changed, a descriptor the caller did not hand in), before the
+    /// restore creates anything.
+    fn check(&self, cx: &CheckCx<'_>) -> Result<(), String>;
+    /// Opens the description again in torpor before the tasks are forked.
+    fn open(&self, cx: &mut OpenCx<'_>) -> Result<i32, Cause>;
+}
+
+/// What a kind's `check` may use.
+#[derive(Debug)]
+pub struct CheckCx<'a> {
+    pub st: &'a ImageState,
+    /// The rights of the first task that holds the description.
+    pub who: &'a owner::Acting,
+    /// Descriptors the caller hands in, by key.
+    pub inherit: &'a [(String, i32)],
+    /// A terminal given in place of one gone.
+    pub tty: Option<&'a std::path::Path>,
+    /// Whether the caller gives a connection to the daemon.
+    pub torpor_conn: bool,
 }
 
 /// Which descriptors a kind takes.
@@ -119,44 +168,138 @@ pub struct OpenCx<'a> {
     /// How far the tree's clocks are ahead of torpor's when the tree gets
     /// a time namespace.
     pub shift: Option<crate::engine::clocks::Offsets>,
+    /// Whose rights open a path, and what the dump recorded of it.
+    pub opening: &'a owner::Opening<'a>,
+    /// The tree's pipes, already created.
+    pub pipes: &'a mut pipe::PipeEnds,
+    /// Descriptors the caller hands in, by key.
+    pub inherit: &'a [(String, i32)],
+    /// A terminal given in place of one gone.
+    pub tty: Option<&'a std::path::Path>,
+    /// The connection to the daemon the caller gives the tree.
+    pub torpor_conn: Option<i32>,
 }
 
 impl OpenCx<'_> {
     pub fn nonblock(&self) -> bool {
         self.flags & (libc::O_NONBLOCK as u32) != 0
     }
+
+    /// The flags a description is reopened with by path: its status flags
+    /// without the creation flags (the file exists) or `O_ASYNC` (set later
+    /// by the task itself, `arm_sigio`).
+    pub fn open_flags(&self) -> i32 {
+        use crate::arch::Bits;
+        (self.flags.bits() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC))
+            | libc::O_CLOEXEC
+    }
 }
 
-macro_rules! define_anon_dispatch {
-    ($($variant:ident($record:ty),)*) => {
-        impl AnonFile {
+/// Moves `fd` to the lowest free number at or above `high` (closing the
+/// old one), out of the way of the numbers the tree takes.
+pub fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
+    // SAFETY: fcntl on an fd we own; the old one is closed after.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high) };
+    let err = last_os();
+    // SAFETY: closing the fd just duplicated.
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return Err(err.into());
+    }
+    Ok(n)
+}
+
+/// Opens `path` with torpor's own rights: a path torpor made itself
+/// (`/proc/self/fd/N`, an object's file) or one the operator named.
+pub fn open_own(path: &str, flags: i32) -> Result<i32, Cause> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| Cause::Refused(format!("path {path:?} holds a NUL byte")))?;
+    // SAFETY: open with a valid C string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        let e = last_os();
+        return Err(std::io::Error::new(e.kind(), format!("opening {path}: {e}")).into());
+    }
+    Ok(fd)
+}
+
+macro_rules! define_dispatch {
+    (fs { $($fs:ident($fst:ty),)* } anon { $($anon:ident($ant:ty),)* }) => {
+        impl FileKind {
             /// What the kind is called in messages: "an eventfd".
             pub fn name(&self) -> &'static str {
                 match self {
-                    $(AnonFile::$variant(_) => <$record as AnonKind>::NAME,)*
+                    $(FileKind::$fs(_) => <$fst as FsKind>::NAME,)*
+                    $(FileKind::$anon(_) => <$ant as AnonKind>::NAME,)*
+                }
+            }
+
+            /// The image record of a description of this kind with its
+            /// status flags.
+            pub fn record(&self, flags: u32) -> FdKind {
+                match self {
+                    $(FileKind::$fs(s) => s.record(flags),)*
+                    $(FileKind::$anon(state) => FdKind::$anon { flags, state: state.clone() },)*
+                }
+            }
+
+            /// The description an image record describes, with its status
+            /// flags.
+            pub fn from_record(k: &FdKind) -> Result<(u32, FileKind), String> {
+                match k {
+                    $(FdKind::$anon { flags, state } => {
+                        return Ok((*flags, FileKind::$anon(state.clone())))
+                    })*
+                    _ => {}
+                }
+                $(
+                    if let Some(r) = <$fst as FsKind>::from_record(k) {
+                        return r.map(|(flags, s)| (flags, FileKind::$fs(s)));
+                    }
+                )*
+                Err("a kind of file this torpor does not know".into())
+            }
+
+            /// Refuses what this system cannot give the description, before
+            /// the restore creates anything.
+            pub fn check(&self, cx: &CheckCx<'_>) -> Result<(), String> {
+                match self {
+                    $(FileKind::$fs(s) => s.check(cx),)*
+                    // Anonymous objects are made from the image alone.
+                    _ => Ok(()),
+                }
+            }
+
+            /// Opens the description again in torpor before the tasks are
+            /// forked. An I/O error of an anonymous kind is reported as
+            /// "recreating NAME: ...".
+            pub fn open(&self, cx: &mut OpenCx<'_>) -> Result<i32, Cause> {
+                match self {
+                    $(FileKind::$fs(s) => s.open(cx),)*
+                    $(FileKind::$anon(s) => s.open(cx).map_err(|e| match e {
+                        Cause::Io(e) => Cause::Refused(format!(
+                            "recreating {}: {e}",
+                            <$ant as AnonKind>::NAME
+                        )),
+                        e => e,
+                    }),)*
                 }
             }
         }
 
-        /// The kind that claims the descriptor `p` names, collected; `None`
-        /// when no kind does.
-        fn collect_claimed(p: &Probe<'_>) -> Result<Option<AnonFile>, Cause> {
+        /// The anonymous kind that claims the descriptor `p` names,
+        /// collected; `None` when no kind does.
+        fn collect_claimed(p: &Probe<'_>) -> Result<Option<FileKind>, Cause> {
             $(
-                if claims(<$record as AnonKind>::CLAIM, p) {
-                    return <$record as AnonKind>::collect(p).map(|s| Some(AnonFile::$variant(s)));
+                if claims(<$ant as AnonKind>::CLAIM, p) {
+                    return <$ant as AnonKind>::collect(p).map(|s| Some(FileKind::$anon(s)));
                 }
             )*
             Ok(None)
         }
-
-        fn open_kind(a: &AnonFile, cx: &mut OpenCx<'_>) -> Result<i32, Cause> {
-            match a {
-                $(AnonFile::$variant(s) => s.open(cx),)*
-            }
-        }
     };
 }
-crate::engine::state::anon_registry!(define_anon_dispatch);
+crate::engine::state::file_registry!(define_dispatch);
 
 fn claims(claim: Claim, p: &Probe<'_>) -> bool {
     match claim {
@@ -170,7 +313,7 @@ fn claims(claim: Claim, p: &Probe<'_>) -> bool {
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
 /// the kinds of the registry; `None` for any other file. Sockets of other
 /// families are refused, naming the fd.
-pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<AnonFile>, Cause> {
+pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<FileKind>, Cause> {
     let mut p = Probe {
         pid,
         fd,
@@ -212,12 +355,12 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
     let socks: Vec<(u64, u64)> = files
         .iter()
         .filter_map(|f| match &f.kind {
-            FileKind::Anon(AnonFile::Unix(s)) => Some((s.inode, s.peer)),
+            FileKind::Unix(s) => Some((s.inode, s.peer)),
             _ => None,
         })
         .collect();
     for f in files.iter_mut() {
-        if let FileKind::Anon(AnonFile::Unix(s)) = &mut f.kind {
+        if let FileKind::Unix(s) = &mut f.kind {
             unix::check_peer(s, &socks).map_err(|e| crate::engine::EngineError {
                 step: Step::FileTable,
                 cause: Cause::Unsupported(format!(
@@ -230,36 +373,13 @@ pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineEr
     Ok(())
 }
 
-/// Creates the object again in torpor; `flags` are its saved status flags;
-/// `pending` holds pair ends between the opening of two peers; memfds are
-/// reopened from `segs`; `shift` is how far the tree's clocks are ahead of
-/// torpor's when the tree gets a time namespace.
-pub fn open(
-    a: &AnonFile,
-    flags: u32,
-    pending: &mut Pending,
-    segs: &Segments,
-    shift: Option<crate::engine::clocks::Offsets>,
-) -> Result<i32, Cause> {
-    let mut cx = OpenCx {
-        flags,
-        pending,
-        segs,
-        shift,
-    };
-    open_kind(a, &mut cx).map_err(|e| match e {
-        Cause::Io(e) => Cause::Refused(format!("recreating {}: {e}", a.name())),
-        e => e,
-    })
-}
-
 /// In a restored task whose fds are at their numbers: registers again the
 /// targets of every epoll instance this process held them for.
 pub fn register_epolls(p: &ProcessState, files: &[OpenFile]) -> Result<(), String> {
     let mut done = Vec::new();
     for f in &p.fds {
         let Some(OpenFile {
-            kind: FileKind::Anon(AnonFile::Epoll(e)),
+            kind: FileKind::Epoll(e),
             ..
         }) = files.get(f.file as usize)
         else {
@@ -359,7 +479,7 @@ fn write_unlinked<W: std::io::Write>(
     let mut sources: Vec<(u64, String)> = Vec::new();
     for p in procs {
         for fd in &p.fds {
-            if let Some(FileKind::UnlinkedFile { inode, .. }) =
+            if let Some(FileKind::UnlinkedFile(UnlinkedRef { inode, .. })) =
                 files.get(fd.file as usize).map(|f| &f.kind)
             {
                 sources.push((*inode, format!("/proc/{}/fd/{}", p.task.pid, fd.fd)));
@@ -707,7 +827,7 @@ pub fn unlinked_holder(st: &ImageState, inode: u64) -> Option<owner::Acting> {
         .find(|p| {
             p.fds.iter().any(|f| {
                 matches!(st.files.get(f.file as usize).map(|o| &o.kind),
-                    Some(FileKind::UnlinkedFile { inode: i, .. }) if *i == inode)
+                    Some(FileKind::UnlinkedFile(UnlinkedRef { inode: i, .. })) if *i == inode)
             }) || p
                 .vmas
                 .iter()

@@ -22,11 +22,15 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use crate::engine::state::ProcessState;
+use crate::engine::state::{ImageState, ProcessState};
+use crate::engine::Cause;
 use crate::image::records::FileOwner;
+
+use super::unlinked_dir_exists;
 
 /// Whose rights a restore uses to open a file: the fs ids and groups of
 /// the task that held it at the dump.
@@ -366,4 +370,145 @@ mod tests {
         assert_eq!(c.len(), 3, "{c:?}");
         assert_eq!(c[1], "a directory, the dump's was a FIFO");
     }
+}
+
+/// Whether a file its holder may no longer open by name (it opened it
+/// before giving up rights) may be opened with torpor's own: only in an
+/// image root asked for, and only a path whose identity the image records.
+pub fn may_open_as_root(st: &ImageState, path: &str) -> bool {
+    st.requested_by.as_ref().is_none_or(|r| r.uid == 0) && st.owners.contains_key(path)
+}
+
+/// Why a path cannot be used.
+#[derive(Debug)]
+pub enum Check {
+    /// It does not exist: the caller says so in its own words.
+    Gone,
+    Refused(String),
+}
+
+/// How much of the dump's record must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Same {
+    /// The inode (device and inode number), type and owner.
+    Inode,
+    /// The type and owner: a directory something is created in, which may
+    /// be another inode after a reboot (tmpfs).
+    Owner,
+    /// The type only: a device (a terminal's owner is whoever uses it).
+    Type,
+}
+
+/// Opens `path` as `who` through no symbolic link (`O_PATH`) and compares
+/// it with the dump's record of it, when the image has one.
+pub fn check_path(
+    st: &ImageState,
+    what: &str,
+    path: &str,
+    who: &Acting,
+    same: Same,
+) -> Result<std::fs::Metadata, Check> {
+    let fd = match open_as(who, path, libc::O_PATH, 0) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(Check::Gone),
+        // A file opened before the task gave up rights (as root, say): the
+        // restore may open it with torpor's own when root asked for the
+        // image and the file is the dump's, compared below.
+        Err(e) if denied(&e) && may_open_as_root(st, path) => {
+            open_as(&Acting::root(), path, libc::O_PATH, 0)
+                .map_err(|e| Check::Refused(open_error(what, path, who, &e)))?
+        }
+        Err(e) => return Err(Check::Refused(open_error(what, path, who, &e))),
+    };
+    let md = metadata(&fd).map_err(|e| Check::Refused(format!("{what} {path}: {e}")))?;
+    let Some(rec) = st.owners.get(path) else {
+        return Ok(md);
+    };
+    let mut rec = rec.clone();
+    match same {
+        Same::Inode => {}
+        Same::Owner => (rec.dev, rec.inode) = (md.dev(), md.ino()),
+        Same::Type => {
+            (rec.dev, rec.inode, rec.uid, rec.gid) = (md.dev(), md.ino(), md.uid(), md.gid());
+        }
+    }
+    let changes = changes(&md, &rec);
+    if changes.is_empty() {
+        Ok(md)
+    } else {
+        Err(Check::Refused(format!(
+            "{what} {path} changed since the dump: {}",
+            changes.join("; ")
+        )))
+    }
+}
+
+/// The directory an unlinked file is recreated in: there, reached through
+/// no symbolic link by the task that held the file, and what it was.
+pub fn check_unlinked_dir(st: &ImageState, path: &str, who: &Acting) -> Result<(), String> {
+    let dir = Path::new(path)
+        .parent()
+        .map_or_else(|| "/".to_string(), |d| d.to_string_lossy().into_owned());
+    match check_path(st, "directory", &dir, who, Same::Owner) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) | Err(Check::Gone) => unlinked_dir_exists(path),
+        Err(Check::Refused(why)) => Err(format!("{why} (unlinked file {path} is recreated there)")),
+    }
+}
+
+/// Whose rights open a description's path, and what the dump recorded of
+/// each path.
+#[derive(Debug)]
+pub struct Opening<'a> {
+    pub who: &'a Acting,
+    pub owners: &'a std::collections::BTreeMap<String, FileOwner>,
+    /// Root asked for the image: a file its holder opened before giving
+    /// up rights may be opened with torpor's, if it is the dump's.
+    pub root_asked: bool,
+}
+
+impl Opening<'_> {
+    /// Opens `path` as the holder through no symbolic link, and refuses a
+    /// file other than the dump's (checked on the fd opened, so a path
+    /// changed after `validate` reaches nothing else).
+    pub fn open(&self, what: &str, path: &str, flags: i32) -> Result<i32, Cause> {
+        let flags = flags & !libc::O_CLOEXEC;
+        let fd = match open_as(self.who, path, flags, 0) {
+            Ok(fd) => fd,
+            Err(e) if denied(&e) && self.root_asked && self.owners.contains_key(path) => {
+                open_as(&Acting::root(), path, flags, 0)
+                    .map_err(|e| Cause::Refused(open_error(what, path, self.who, &e)))?
+            }
+            Err(e) => return Err(Cause::Refused(open_error(what, path, self.who, &e))),
+        };
+        if let Some(rec) = self.owners.get(path) {
+            let md = metadata(&fd)?;
+            let mut rec = rec.clone();
+            if what == "device" {
+                (rec.dev, rec.inode, rec.uid, rec.gid) = (md.dev(), md.ino(), md.uid(), md.gid());
+            }
+            let changes = changes(&md, &rec);
+            if !changes.is_empty() {
+                return Err(Cause::Refused(format!(
+                    "{what} {path} changed since the dump: {}",
+                    changes.join("; ")
+                )));
+            }
+        }
+        Ok(fd.into_raw_fd())
+    }
+}
+
+/// The process whose rights open each file description of the image (by
+/// index): the first that holds it.
+pub fn holders(st: &ImageState) -> Vec<Option<&ProcessState>> {
+    let mut out = vec![None; st.files.len()];
+    for p in &st.processes {
+        for f in &p.fds {
+            if let Some(slot @ None) = out.get_mut(f.file as usize) {
+                *slot = Some(p);
+            }
+        }
+    }
+    out
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::engine::state::{Backing, FileKind, ProcessState, Vma};
+use crate::engine::state::{Backing, FileKind, PipeFile, ProcessState, UnlinkedRef, Vma};
 use crate::engine::state::{ImageState, PageRun};
 use crate::engine::{EngineError, Step};
 use crate::image::records::Thread;
@@ -401,22 +401,21 @@ fn check_fds(st: &ImageState, p: &ProcessState) -> Result<(), EngineError> {
 /// What each open file description names: pipes, memfds, unlinked files,
 /// the targets of epoll instances.
 fn check_files(st: &ImageState) -> Result<(), EngineError> {
-    use crate::engine::state::AnonFile;
     for (i, f) in st.files.iter().enumerate() {
         let what = |why: String| bad(format!("open file {i}: {why}"));
         match &f.kind {
-            FileKind::Pipe { pipe, .. } if st.pipes.get(*pipe as usize).is_none() => {
+            FileKind::Pipe(PipeFile { pipe, .. }) if st.pipes.get(*pipe as usize).is_none() => {
                 return Err(what(format!("pipe {pipe} missing from the image")));
             }
-            FileKind::UnlinkedFile { inode, .. }
+            FileKind::UnlinkedFile(UnlinkedRef { inode, .. })
                 if !st.unlinked.iter().any(|o| o.inode == *inode) =>
             {
                 return Err(what(format!("unlinked file {inode} is not in the image")));
             }
-            FileKind::Anon(AnonFile::MemfdFile(r)) if !st.memfds.iter().any(|o| o.id == r.id) => {
+            FileKind::MemfdFile(r) if !st.memfds.iter().any(|o| o.id == r.id) => {
                 return Err(what(format!("memfd {} is not in the image", r.id)));
             }
-            FileKind::Anon(AnonFile::Epoll(e)) => {
+            FileKind::Epoll(e) => {
                 let holds = |q: &&ProcessState| q.fds.iter().any(|g| g.file as usize == i);
                 let Some(owner) = st
                     .processes
@@ -641,11 +640,11 @@ mod tests {
         ImageState {
             files: vec![OpenFile {
                 flags: 0,
-                kind: FileKind::Pipe {
+                kind: FileKind::Pipe(PipeFile {
                     pipe: 0,
                     write: false,
                     fifo: None,
-                },
+                }),
                 sigio: None,
             }],
             pipes: vec![PipeState {
@@ -1042,41 +1041,40 @@ mod tests {
         assert_eq!(refusal(&st), "validate: fd 0 of process 101 names no file");
 
         let mut st = valid();
-        st.files[0].kind = FileKind::Pipe {
+        st.files[0].kind = FileKind::Pipe(PipeFile {
             pipe: 1,
             write: true,
             fifo: None,
-        };
+        });
         assert_eq!(
             refusal(&st),
             "validate: open file 0: pipe 1 missing from the image"
         );
 
         let mut st = valid();
-        st.files[0].kind = FileKind::UnlinkedFile { pos: 0, inode: 8 };
+        st.files[0].kind = FileKind::UnlinkedFile(UnlinkedRef { pos: 0, inode: 8 });
         assert_eq!(
             refusal(&st),
             "validate: open file 0: unlinked file 8 is not in the image"
         );
 
         let mut st = valid();
-        st.files[0].kind = FileKind::Anon(crate::engine::state::AnonFile::MemfdFile(
-            crate::image::records::MemfdRef { id: 6, offset: 0 },
-        ));
+        st.files[0].kind =
+            FileKind::MemfdFile(crate::image::records::MemfdRef { id: 6, offset: 0 });
         assert_eq!(
             refusal(&st),
             "validate: open file 0: memfd 6 is not in the image"
         );
 
         let epoll = |owner: i32, fd: i32| {
-            FileKind::Anon(crate::engine::state::AnonFile::Epoll(Epoll {
+            FileKind::Epoll(Epoll {
                 owner,
                 targets: vec![EpollTarget {
                     fd,
                     events: 1,
                     data: 0,
                 }],
-            }))
+            })
         };
         let mut st = valid();
         st.files[0].kind = epoll(101, 0);

@@ -20,8 +20,9 @@ use crate::engine::state::FileKind;
 use crate::engine::state::ImageState;
 use crate::engine::{conv, EngineError, Step, StepExt};
 
-use super::objects::{move_high, Objects};
+use super::objects::Objects;
 use super::{last_os, refused};
+use crate::engine::files::move_high;
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, bytemuck::NoUninit)]
@@ -261,7 +262,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     // that opens it (the original device or its --tty substitute).
     if p.task.ctty != 0 && p.task.sid == p.task.pid {
         let holder = p.fds.iter().find(|f| {
-            matches!(st.files[f.file as usize].kind, FileKind::Device { rdev, tty: true, .. } if rdev == p.task.ctty)
+            matches!(st.files[f.file as usize].kind, FileKind::Device(crate::engine::state::DeviceFile { rdev, tty: true, .. }) if rdev == p.task.ctty)
         });
         if let Some(f) = holder {
             // SAFETY: ioctl on an fd of this task, integer argument.

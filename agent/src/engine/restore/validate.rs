@@ -14,27 +14,12 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::engine::files::owner::{self, Acting};
-use crate::engine::state::ImageState;
-use crate::engine::state::{Backing, FileKind, ProcessState};
+use crate::engine::files::owner::{check_path, check_unlinked_dir, holders, Acting, Check, Same};
+use crate::engine::files::CheckCx;
+use crate::engine::state::{Backing, ImageState};
 use crate::engine::{EngineError, Step};
 
 use super::{refused, RestoreOptions};
-use crate::engine::files::unlinked_dir_exists;
-
-/// The process whose rights open each file description of the image (by
-/// index): the first that holds it.
-pub(super) fn holders(st: &ImageState) -> Vec<Option<&ProcessState>> {
-    let mut out = vec![None; st.files.len()];
-    for p in &st.processes {
-        for f in &p.fds {
-            if let Some(slot @ None) = out.get_mut(f.file as usize) {
-                *slot = Some(p);
-            }
-        }
-    }
-    out
-}
 
 /// An image taken for a user other than root holds only tasks of that
 /// user, without capabilities or groups the user did not have: a restore
@@ -71,90 +56,6 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Whether a file its holder may no longer open by name (it opened it
-/// before giving up rights) may be opened with torpor's own: only in an
-/// image root asked for, and only a path whose identity the image records.
-pub(super) fn may_open_as_root(st: &ImageState, path: &str) -> bool {
-    st.requested_by.as_ref().is_none_or(|r| r.uid == 0) && st.owners.contains_key(path)
-}
-
-/// Why a path cannot be used.
-#[derive(Debug)]
-enum Check {
-    /// It does not exist: the caller says so in its own words.
-    Gone,
-    Refused(String),
-}
-
-/// How much of the dump's record must match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Same {
-    /// The inode (device and inode number), type and owner.
-    Inode,
-    /// The type and owner: a directory something is created in, which may
-    /// be another inode after a reboot (tmpfs).
-    Owner,
-    /// The type only: a device (a terminal's owner is whoever uses it).
-    Type,
-}
-
-/// Opens `path` as `who` through no symbolic link (`O_PATH`) and compares
-/// it with the dump's record of it, when the image has one.
-fn check_path(
-    st: &ImageState,
-    what: &str,
-    path: &str,
-    who: &Acting,
-    same: Same,
-) -> Result<std::fs::Metadata, Check> {
-    let fd = match owner::open_as(who, path, libc::O_PATH, 0) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(Check::Gone),
-        // A file opened before the task gave up rights (as root, say): the
-        // restore may open it with torpor's own when root asked for the
-        // image and the file is the dump's, compared below.
-        Err(e) if owner::denied(&e) && may_open_as_root(st, path) => {
-            owner::open_as(&Acting::root(), path, libc::O_PATH, 0)
-                .map_err(|e| Check::Refused(owner::open_error(what, path, who, &e)))?
-        }
-        Err(e) => return Err(Check::Refused(owner::open_error(what, path, who, &e))),
-    };
-    let md = owner::metadata(&fd).map_err(|e| Check::Refused(format!("{what} {path}: {e}")))?;
-    let Some(rec) = st.owners.get(path) else {
-        return Ok(md);
-    };
-    let mut rec = rec.clone();
-    match same {
-        Same::Inode => {}
-        Same::Owner => (rec.dev, rec.inode) = (md.dev(), md.ino()),
-        Same::Type => {
-            (rec.dev, rec.inode, rec.uid, rec.gid) = (md.dev(), md.ino(), md.uid(), md.gid());
-        }
-    }
-    let changes = owner::changes(&md, &rec);
-    if changes.is_empty() {
-        Ok(md)
-    } else {
-        Err(Check::Refused(format!(
-            "{what} {path} changed since the dump: {}",
-            changes.join("; ")
-        )))
-    }
-}
-
-/// The directory an unlinked file is recreated in: there, reached through
-/// no symbolic link by the task that held the file, and what it was.
-fn check_unlinked_dir(st: &ImageState, path: &str, who: &Acting) -> Result<(), String> {
-    let dir = Path::new(path)
-        .parent()
-        .map_or_else(|| "/".to_string(), |d| d.to_string_lossy().into_owned());
-    match check_path(st, "directory", &dir, who, Same::Owner) {
-        Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) | Err(Check::Gone) => unlinked_dir_exists(path),
-        Err(Check::Refused(why)) => Err(format!("{why} (unlinked file {path} is recreated there)")),
-    }
 }
 
 pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineError> {
@@ -281,102 +182,14 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
             .copied()
             .flatten()
             .map_or_else(Acting::root, Acting::of);
-        match &f.kind {
-            FileKind::External { key } => {
-                if !opts.inherit.iter().any(|(k, _)| k == key) {
-                    return Err(refused(
-                        step,
-                        format!(
-                            "external fd {key:?} needs a descriptor: give --inherit-fd {key}=FD"
-                        ),
-                    ));
-                }
-            }
-            FileKind::Path {
-                path,
-                dir,
-                identity,
-                ..
-            } => {
-                let what = if *dir { "open directory" } else { "open file" };
-                match check_path(st, what, path, &who, Same::Inode) {
-                    Ok(md) => {
-                        // Images without file-owner records: the inode of
-                        // the fd record at least.
-                        let then = (identity.dev, identity.inode);
-                        if !st.owners.contains_key(path)
-                            && !*dir
-                            && then != (0, 0)
-                            && (md.dev(), md.ino()) != then
-                        {
-                            return Err(refused(
-                                step,
-                                format!("{what} {path} changed since the dump: inode {} on device {:#x}, the dump's was inode {} on device {:#x}", md.ino(), md.dev(), then.1, then.0),
-                            ));
-                        }
-                    }
-                    Err(Check::Gone) => {
-                        return Err(refused(step, format!("open file {path} is gone")))
-                    }
-                    Err(Check::Refused(why)) => return Err(refused(step, why)),
-                }
-            }
-            FileKind::Device { path, tty, .. } => {
-                let exists = match check_path(st, "device", path, &who, Same::Type) {
-                    Ok(md) => {
-                        use std::os::unix::fs::FileTypeExt;
-                        let t = md.file_type();
-                        if !(t.is_char_device() || t.is_block_device()) {
-                            return Err(refused(
-                                step,
-                                format!(
-                                    "device {path} changed since the dump: {}, the dump's was a device",
-                                    owner::type_name(md.mode())
-                                ),
-                            ));
-                        }
-                        true
-                    }
-                    Err(Check::Gone) => false,
-                    Err(Check::Refused(why)) => return Err(refused(step, why)),
-                };
-                if !(exists || (*tty && opts.tty.is_some())) {
-                    let hint = if *tty {
-                        "; give --tty PATH to use another terminal"
-                    } else {
-                        ""
-                    };
-                    return Err(refused(step, format!("device {path} is gone{hint}")));
-                }
-            }
-            FileKind::Unlinked { path, .. } => {
-                check_unlinked_dir(st, path, &who).map_err(|why| refused(step, why))?
-            }
-            // Checked with the image's unlinked-file objects above.
-            FileKind::UnlinkedFile { .. } => {}
-            // The pipe itself was checked with the image's structure.
-            FileKind::Pipe { fifo, .. } => {
-                if let Some(path) = fifo {
-                    use std::os::unix::fs::FileTypeExt;
-                    match check_path(st, "FIFO", path, &who, Same::Inode) {
-                        Ok(md) if md.file_type().is_fifo() => {}
-                        Ok(_) | Err(Check::Gone) => {
-                            return Err(refused(step, format!("FIFO {path} is gone")))
-                        }
-                        Err(Check::Refused(why)) => return Err(refused(step, why)),
-                    }
-                }
-            }
-            FileKind::Anon(_) => {}
-            FileKind::TorporConn => {
-                if opts.torpor_conn.is_none() {
-                    return Err(refused(
-                        step,
-                        "the image holds a connection to torpor daemon; restore it with `torpor boot` or `torpor run`, which reconnect it".into(),
-                    ));
-                }
-            }
-        }
+        let cx = CheckCx {
+            st,
+            who: &who,
+            inherit: &opts.inherit,
+            tty: opts.tty.as_deref(),
+            torpor_conn: opts.torpor_conn.is_some(),
+        };
+        f.kind.check(&cx).map_err(|why| refused(step, why))?;
     }
     crate::engine::files::Segments::check(st).map_err(|e| refused(step, e))?;
     Ok(())
