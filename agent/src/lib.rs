@@ -5,6 +5,7 @@
 //! way up. Each module is one step of that flow.
 #![deny(unsafe_code)]
 
+pub mod apps;
 pub mod arch;
 pub mod cli;
 pub mod config;

@@ -42,6 +42,7 @@ fn read_image(v: FormatVersion) -> Vec<u8> {
 
 const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
 const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
+const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -563,6 +564,39 @@ fn format_2_1() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// Format 2.2: the records of 2.1 and the kind 2.2 adds, the trees of an
+/// image of several (`tree`: root and application name), first.
+fn format_2_2() -> (Vec<u8>, Vec<Expect>) {
+    let (img21, expect21) = format_2_1();
+    let mut f = Fixture::new(&fixed_header(V2_2));
+    f.put(Tree {
+        root: 412,
+        name: "sensor-logger".into(),
+    });
+    f.put(Tree {
+        root: 9_413,
+        name: "mqtt bridge \u{e9}".into(),
+    });
+    let mut r = ImageReader::inspect(&img21[..]).expect("2.1 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(
+        f.expect.len(),
+        expect21.len() + 2,
+        "every 2.1 record copied"
+    );
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -699,6 +733,67 @@ fn format_2_1_image_reads_back_every_record_exactly() {
     assert_eq!(s.bytes, img.len() as u64);
 }
 
+#[test]
+fn format_2_2_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_2);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_2));
+    let (_, expect) = format_2_2();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.2 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 36);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The values of the kind 2.2 adds, spelled out.
+#[test]
+fn format_2_2_image_spot_values() {
+    let img = read_image(V2_2);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 2 });
+    let mut trees = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Tree {
+            trees.push(rec.decode::<Tree>().expect("tree"));
+        }
+    }
+    assert_eq!(
+        trees,
+        [
+            Tree {
+                root: 412,
+                name: "sensor-logger".into()
+            },
+            Tree {
+                root: 9_413,
+                name: "mqtt bridge \u{e9}".into()
+            }
+        ]
+    );
+    // The record's bytes: the root as a zigzag varint, the name as a
+    // length and its UTF-8.
+    let (kind, payload) = (21u8, [0x8a, 0x93, 0x01, 14]);
+    let at = img
+        .windows(5)
+        .position(|w| w[0] == kind && w[1..] == payload)
+        .expect("the second tree record's kind and payload");
+    assert_eq!(&img[at + 5..at + 19], "mqtt bridge \u{e9}".as_bytes());
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_2_image() {
+    assert!(
+        format_2_2().0 == read_image(V2_2),
+        "the writer's 2.2 image differs from tests/images/format-2.2.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
 /// The values of the kinds 2.1 adds, spelled out.
 #[test]
 fn format_2_1_image_spot_values() {
@@ -763,7 +858,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_1,
+        FORMAT, V2_2,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -792,11 +887,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.1)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.2)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_1),
+            if found == V1_1 && supported == V2_2),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -819,14 +914,15 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_1();
+    let (full, _) = format_2_2();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
         .0;
     let files = [
         (image_path(V2_0), format_2_0().0),
-        (image_path(V2_1), full.clone()),
+        (image_path(V2_1), format_2_1().0),
+        (image_path(V2_2), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

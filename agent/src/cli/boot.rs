@@ -191,7 +191,15 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
     let (_, reader) = store.image(slot).map_err(serr)?;
     let state =
         image_io::read_state(BufReader::new(reader)).map_err(|e| image_err(generation, slot, e))?;
-    if let Some(want) = name {
+    if let Some(want) = name.filter(|_| !state.trees.is_empty()) {
+        if !state.trees.iter().any(|t| t.name == want) {
+            let names: Vec<&str> = state.trees.iter().map(|t| t.name.as_str()).collect();
+            return Ok(cold(format!(
+                "image generation {generation} in slot {slot} holds {}, not {want:?}; left for its own applications",
+                names.join(", ")
+            )));
+        }
+    } else if let Some(want) = name {
         let have = image_name(&state).unwrap_or("");
         if !same_name(want, have) {
             return Ok(cold(format!(
@@ -214,9 +222,27 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
     match restore_slot(&store, slot, generation, &state, places) {
         Ok(pid) => {
             store.mark(slot, State::Consumed).map_err(serr)?;
+            // Each application of the image, for its own `torpor run` line.
+            let dir = &crate::apps::dir_for(&places.socket);
+            let mut pid = pid;
+            for t in &state.trees {
+                log::info!("{}: restored as pid {}", t.name, t.root);
+                if name == Some(t.name.as_str()) {
+                    pid = t.root;
+                } else if let Err(e) =
+                    crate::apps::record(dir, &t.name, t.root, crate::apps::Origin::Restored)
+                {
+                    log::warning!("{}: noting pid {} failed: {e}", t.name, t.root);
+                }
+            }
             Ok(Outcome::Restored { pid, generation })
         }
         Err(why) => {
+            // One line per application: each cold-starts by its own
+            // `torpor run` line.
+            for t in &state.trees {
+                log::warning!("{}: not restored, it starts afresh: {why}", t.name);
+            }
             let last = attempt >= places.attempts;
             if last {
                 store.mark(slot, State::Consumed).map_err(serr)?;

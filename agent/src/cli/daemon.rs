@@ -227,7 +227,11 @@ fn serve<E: Engine>(config: &Config, limits: &ConnLimits, engine: E) -> Result<(
         )
         .map_err(|e| e.to_string())?,
     };
-    let mut daemon =
-        Daemon::new(listener, Settings { allowed_uids }, engine, power).with_limits(limits);
+    let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power)
+        .with_limits(limits)
+        .with_apps(
+            config.apps.clone(),
+            crate::apps::dir_for(&config.socket.path),
+        );
     daemon.run(signals.as_fd()).map_err(|e| e.to_string())
 }

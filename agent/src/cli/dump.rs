@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::engine::dump::{dump_to_file, dump_to_store, After, DumpOptions};
+use crate::engine::dump::{dump_many_to_file, dump_many_to_store, After, DumpOptions};
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// Root of the tree to dump; all descendants and threads are included.
-    #[arg(long)]
-    pub pid: i32,
+    /// Root of a tree to dump; all descendants and threads are included.
+    /// Given several times, every tree is frozen first and all go into one
+    /// image, which `torpor restore` brings back together.
+    #[arg(long, required = true, num_args = 1)]
+    pub pid: Vec<i32>,
     /// Image file to write.
     #[arg(long, conflicts_with = "store", required_unless_present = "store")]
     pub image: Option<PathBuf>,
@@ -51,11 +53,15 @@ pub fn run(a: &DumpArgs) -> Result<i32, String> {
         After::Kill
     };
     let (stats, dest) = match (&a.image, &a.store) {
-        (Some(img), _) => (dump_to_file(a.pid, img, after, &opts), img),
-        (None, Some(store)) => (dump_to_store(a.pid, store, after, &opts), store),
+        (Some(img), _) => (dump_many_to_file(&a.pid, img, after, &opts), img),
+        (None, Some(store)) => (dump_many_to_store(&a.pid, store, after, &opts), store),
         (None, None) => return Err("give --image FILE or --store PATH".to_string()),
     };
-    let stats = stats.map_err(|e| e.to_string())?;
+    let stats = stats.map_err(|e| match e.root {
+        // Which tree, when there are several.
+        Some(root) if a.pid.len() > 1 => format!("tree of process {root}: {}", e.error),
+        _ => e.error.to_string(),
+    })?;
     eprintln!(
         "torpor: dumped {} process(es), {} thread(s), {} bytes of memory into {}",
         stats.processes,

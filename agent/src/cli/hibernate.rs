@@ -25,9 +25,50 @@ pub struct HibernateArgs {
     /// Write an image and let the target keep running, instead of hibernating.
     #[arg(long, conflicts_with = "wake_after")]
     pub checkpoint: bool,
-    /// Print the daemon's status instead.
+    /// Print the daemon's status instead, and the managed applications
+    /// (`[[app]]` and `torpor run --name`) with whether each would be
+    /// hibernated.
     #[arg(long, conflicts_with_all = ["pid", "wake_after", "checkpoint"])]
     pub status: bool,
+    /// Hibernate every managed application at once, into one image.
+    #[arg(long, conflicts_with_all = ["pid", "checkpoint", "status"])]
+    pub all: bool,
+    /// Configuration file (its `[[app]]` entries).
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// The managed applications: what `[[app]]` in `config` lists and the
+/// registry beside `socket` holds.
+fn managed(args: &HibernateArgs) -> Result<Vec<crate::apps::App>, String> {
+    let c = crate::config::Config::load_or_default(&args.config).map_err(|e| e.to_string())?;
+    Ok(crate::apps::managed(
+        &c.apps,
+        &crate::apps::dir_for(&args.socket),
+    ))
+}
+
+/// `--status`'s lines about the managed applications; none when there
+/// are none.
+pub fn describe_apps(apps: &[crate::apps::App]) -> String {
+    let (roots, left) = crate::apps::plan(apps);
+    let mut text = String::new();
+    for a in apps {
+        if let Some((pid, _)) = roots.iter().find(|(_, n)| *n == a.name) {
+            text.push_str(&format!(
+                "app {}: pid {pid}, included
+",
+                a.name
+            ));
+        } else if let Some((_, why)) = left.iter().find(|(n, _)| *n == a.name) {
+            text.push_str(&format!(
+                "app {}: left out: {why}
+",
+                a.name
+            ));
+        }
+    }
+    text
 }
 
 /// The text printed for a reply, and whether it reports success.
@@ -78,7 +119,29 @@ pub fn describe(reply: &Reply) -> (String, bool) {
 
 /// Runs `torpor hibernate`; exit status 0 when the daemon did what was asked.
 pub fn run(args: HibernateArgs) -> i32 {
-    let target = Target::Pid(args.pid.unwrap_or_else(std::os::unix::process::parent_id));
+    let mut pid = args.pid.unwrap_or_else(std::os::unix::process::parent_id);
+    let apps = if args.status || args.all {
+        match managed(&args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("torpor: error: {e}");
+                return 1;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    if args.all {
+        // A request about any managed application hibernates them all.
+        match crate::apps::plan(&apps).0.first() {
+            Some((root, _)) => pid = u32::try_from(*root).unwrap_or(0),
+            None => {
+                eprintln!("torpor: error: no managed application runs: nothing to hibernate");
+                return 1;
+            }
+        }
+    }
+    let target = Target::Pid(pid);
     let request = if args.status {
         Request::Status
     } else if args.checkpoint {
@@ -95,6 +158,9 @@ pub fn run(args: HibernateArgs) -> i32 {
             let (text, ok) = describe(&reply);
             if ok {
                 println!("{text}");
+                if args.status {
+                    print!("{}", describe_apps(&apps));
+                }
                 0
             } else {
                 eprintln!("torpor: error: {text}");

@@ -81,9 +81,14 @@ pub enum StoreAction {
     /// store is only erased with --force.
     Init {
         /// The store: a raw partition or a regular file.
-        #[arg(long)]
-        store: PathBuf,
-        /// Erase a store that already holds images.
+        #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+        store: Option<PathBuf>,
+        /// A partition to prepare as the store: it must exist, and one that
+        /// holds a filesystem (ext2/3/4, FAT, btrfs, XFS, swap) is refused.
+        #[arg(long, value_name = "DEV")]
+        device: Option<PathBuf>,
+        /// Erase a store that already holds images, or (with --device) a
+        /// filesystem.
         #[arg(long)]
         force: bool,
     },

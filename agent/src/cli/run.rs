@@ -32,6 +32,18 @@ pub struct RunArgs {
 
 pub fn run(a: &RunArgs) -> Result<i32, String> {
     let places = a.places.load()?;
+    let dir = &crate::apps::dir_for(&places.socket);
+    // `torpor boot` already brought this application back with the others
+    // of its image: adopt it.
+    if let Some((pid, crate::apps::Origin::Restored)) = crate::apps::lookup(dir, &a.name) {
+        if crate::apps::alive(pid) {
+            log::info!("{}: restored at boot as pid {pid}", a.name);
+            // Adopted once: a later run of this line starts it afresh.
+            note(dir, &a.name, pid);
+            announce(a, pid)?;
+            return Ok(0);
+        }
+    }
     let outcome = match boot::boot(&places, Some(&a.name)) {
         Ok(o) => o,
         // An unreadable store must not keep the application from starting.
@@ -45,14 +57,24 @@ pub fn run(a: &RunArgs) -> Result<i32, String> {
             "{}: restored from image generation {generation} as pid {pid}",
             a.name
         );
+        note(dir, &a.name, pid);
         announce(a, pid)?;
         return Ok(0);
     }
     // Pids are below PID_MAX_LIMIT (2^22): fits.
-    announce(a, i32::try_from(std::process::id()).unwrap_or(0))?;
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    note(dir, &a.name, me);
+    announce(a, me)?;
     let (cmd, args) = a.command.split_first().ok_or("give the command after --")?;
     let e = std::process::Command::new(cmd).args(args).exec();
     Err(format!("cannot run {cmd}: {e}"))
+}
+
+/// Tells the daemon (through the registry) that `name` runs as `pid`.
+fn note(dir: &std::path::Path, name: &str, pid: i32) {
+    if let Err(e) = crate::apps::record(dir, name, pid, crate::apps::Origin::Started) {
+        log::warning!("{name}: noting pid {pid} in {} failed: {e}", dir.display());
+    }
 }
 
 /// PID file and systemd notification for the application's pid.

@@ -13,6 +13,8 @@ pub enum StoreCmdError {
     Store(#[from] StoreError),
     #[error("cannot write the output: {0}")]
     Output(io::Error),
+    #[error("give --store PATH or --device DEV")]
+    NoStore,
 }
 
 pub fn run(action: &StoreAction) -> Result<(), StoreCmdError> {
@@ -30,8 +32,16 @@ pub fn run(action: &StoreAction) -> Result<(), StoreCmdError> {
             writeln!(out, "store {}: both slots empty", path.display())
                 .map_err(StoreCmdError::Output)?;
         }
-        StoreAction::Init { store: path, force } => {
-            let store = Store::init(path, *force)?;
+        StoreAction::Init {
+            store,
+            device,
+            force,
+        } => {
+            let (store, path) = match (store, device) {
+                (_, Some(dev)) => (Store::init_device(dev, *force)?, dev),
+                (Some(path), None) => (Store::init(path, *force)?, path),
+                (None, None) => return Err(StoreCmdError::NoStore),
+            };
             writeln!(
                 out,
                 "store {}: two empty slots of {} bytes of image each",

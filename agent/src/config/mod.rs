@@ -167,6 +167,17 @@ pub struct LogConfig {
     pub socket: PathBuf,
 }
 
+/// One `[[app]]`: an application the daemon manages, hibernated with every
+/// other managed application in one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    /// The name `torpor run --name` gives it (letters, digits, `.`, `_`,
+    /// `-`; at most [`crate::apps::MAX_NAME`] bytes).
+    pub name: String,
+    /// Where its pid is found when it is not started by `torpor run`.
+    pub pidfile: Option<PathBuf>,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -179,6 +190,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     pub access: AccessConfig,
     pub log: LogConfig,
+    /// `[[app]]`: the managed applications, in file order.
+    pub apps: Vec<AppConfig>,
 }
 
 /// Why the configuration was refused.
@@ -254,6 +267,7 @@ impl Default for Config {
                 target: LogTarget::Stderr,
                 socket: PathBuf::from(defaults::LOG_SOCKET),
             },
+            apps: Vec::new(),
         }
     }
 }
@@ -387,6 +401,44 @@ impl<'a> Section<'a> {
     }
 }
 
+/// `[[app]]` entries: each a table with `name` and an optional `pidfile`;
+/// names are unique.
+fn parse_apps(file: &Path, root: &Table) -> Result<Vec<AppConfig>, ConfigError> {
+    let items = match root.get("app") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                file: file.to_owned(),
+                key: "app".into(),
+                expected: "an array of tables ([[app]])",
+                found: type_name(other),
+            })
+        }
+    };
+    let mut apps: Vec<AppConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut one = Table::new();
+        one.insert(format!("app[{i}]"), item.clone());
+        let key = format!("app[{i}]");
+        let s = Section::new(file, &one, &key, &["name", "pidfile"])?;
+        let name = s
+            .string("name")?
+            .ok_or_else(|| s.invalid("name", "(missing)", "every [[app]] needs a name"))?;
+        if let Err(why) = crate::apps::check_name(name) {
+            return Err(s.invalid("name", format!("{name:?}"), why));
+        }
+        if apps.iter().any(|a| a.name == name) {
+            return Err(s.invalid("name", format!("{name:?}"), "another [[app]] has this name"));
+        }
+        apps.push(AppConfig {
+            name: name.to_string(),
+            pidfile: s.absolute_path("pidfile")?,
+        });
+    }
+    Ok(apps)
+}
+
 /// Parses an octal permission string such as "0660".
 fn parse_mode(text: &str) -> Option<u32> {
     if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
@@ -436,8 +488,8 @@ impl Config {
                 file: file.to_owned(),
                 message: e.to_string().trim_end().to_string(),
             })?;
-        const SECTIONS: [&str; 7] = [
-            "socket", "store", "power", "rtc", "restore", "access", "log",
+        const SECTIONS: [&str; 8] = [
+            "socket", "store", "power", "rtc", "restore", "access", "log", "app",
         ];
         if let Some(key) = root.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
             return Err(ConfigError::UnknownKey {
@@ -603,6 +655,7 @@ impl Config {
             }
             c.log.socket = p;
         }
+        c.apps = parse_apps(file, &root)?;
         Ok((c, limits))
     }
 

@@ -129,6 +129,7 @@ socket = "/run/systemd/journal/dev-log"
                 target: LogTarget::Syslog,
                 socket: PathBuf::from("/run/systemd/journal/dev-log")
             },
+            apps: Vec::new(),
         }
     );
     assert_eq!(
@@ -145,11 +146,11 @@ fn unknown_keys_are_named_with_their_section() {
     );
     assert_eq!(
         err("[powr]\nline = 26\n"),
-        "/etc/torpor.toml: unknown key `powr` (known here: socket, store, power, rtc, restore, access, log)"
+        "/etc/torpor.toml: unknown key `powr` (known here: socket, store, power, rtc, restore, access, log, app)"
     );
     assert_eq!(
         err("verbose = true\n"),
-        "/etc/torpor.toml: unknown key `verbose` (known here: socket, store, power, rtc, restore, access, log)"
+        "/etc/torpor.toml: unknown key `verbose` (known here: socket, store, power, rtc, restore, access, log, app)"
     );
 }
 
@@ -342,5 +343,47 @@ fn store_allow_group_read_is_a_boolean_off_by_default() {
     assert_eq!(
         err("[store]\nallow_group = true\n"),
         "/etc/torpor.toml: unknown key `store.allow_group` (known here: device, allow_group_read)"
+    );
+}
+
+#[test]
+fn managed_apps_are_listed_with_unique_names() {
+    let c = Config::parse(
+        "[[app]]\nname = \"logger\"\npidfile = \"/run/logger.pid\"\n\n[[app]]\nname = \"mqtt-bridge\"\n",
+        Path::new("/etc/torpor.toml"),
+    )
+    .expect("two apps");
+    assert_eq!(
+        c.apps,
+        [
+            AppConfig {
+                name: "logger".into(),
+                pidfile: Some(PathBuf::from("/run/logger.pid")),
+            },
+            AppConfig {
+                name: "mqtt-bridge".into(),
+                pidfile: None,
+            },
+        ]
+    );
+    assert_eq!(
+        err("[[app]]\nname = \"a\"\n[[app]]\nname = \"a\"\n"),
+        "/etc/torpor.toml: `app[1].name` = \"a\": another [[app]] has this name"
+    );
+    assert_eq!(
+        err("[[app]]\npidfile = \"/run/x.pid\"\n"),
+        "/etc/torpor.toml: `app[0].name` = (missing): every [[app]] needs a name"
+    );
+    assert_eq!(
+        err("[[app]]\nname = \"../etc\"\n"),
+        "/etc/torpor.toml: `app[0].name` = \"../etc\": only letters, digits, '.', '_' and '-', not starting with '.'"
+    );
+    assert_eq!(
+        err("[[app]]\nname = \"x\"\ncmd = 1\n"),
+        "/etc/torpor.toml: unknown key `app[0].cmd` (known here: name, pidfile)"
+    );
+    assert_eq!(
+        err("app = 3\n"),
+        "/etc/torpor.toml: `app` must be an array of tables ([[app]]), found an integer"
     );
 }

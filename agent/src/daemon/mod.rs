@@ -158,6 +158,25 @@ pub trait Engine {
     /// The power came back without a reboot after `hibernate` (a simulated
     /// supply): the tree rooted at `pid` runs again.
     fn power_returned(&mut self, _pid: Pid) {}
+
+    /// [`hibernate`](Engine::hibernate) for every managed application at
+    /// once, into one image: `trees` are the roots and application names,
+    /// `pid` the one whose tree holds the caller. If any tree cannot be
+    /// dumped, every tree runs on and the error names that application.
+    fn hibernate_all(
+        &mut self,
+        trees: &[(Pid, String)],
+        pid: Pid,
+        conn_fd: RawFd,
+        wake: Option<u32>,
+    ) -> Result<Stored, CheckpointError> {
+        match trees {
+            [(only, _)] if *only == pid => self.hibernate(pid, conn_fd, wake),
+            _ => Err(CheckpointError::Unsupported(
+                "this engine hibernates one tree at a time".into(),
+            )),
+        }
+    }
 }
 
 /// What the daemon needs to know beyond its devices.
@@ -206,6 +225,10 @@ pub struct Daemon<E, P> {
     engine: E,
     power: P,
     own_pid: u32,
+    /// The managed applications (`[[app]]`) and the registry directory
+    /// `torpor run` writes: a request from inside one of their trees
+    /// hibernates them all.
+    apps: Option<(Vec<crate::config::AppConfig>, std::path::PathBuf)>,
 }
 
 impl<E, P> std::fmt::Debug for Daemon<E, P> {
@@ -242,7 +265,48 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             engine,
             power,
             own_pid: std::process::id(),
+            apps: None,
         }
+    }
+
+    /// The same daemon, managing the applications of `apps` and of the
+    /// registry in `dir` (see `crate::apps`).
+    #[must_use]
+    pub fn with_apps(
+        mut self,
+        apps: Vec<crate::config::AppConfig>,
+        dir: std::path::PathBuf,
+    ) -> Self {
+        self.apps = Some((apps, dir));
+        self
+    }
+
+    /// Every running managed application, when `pid` is inside one of
+    /// their trees; each must be one the caller may hibernate.
+    fn managed_trees(&self, peer: Peer, pid: Pid) -> Result<Option<Vec<(Pid, String)>>, Refusal> {
+        let Some((config, dir)) = &self.apps else {
+            return Ok(None);
+        };
+        let apps = crate::apps::managed(config, dir);
+        if crate::apps::owner_of(&apps, pid.as_raw()).is_none() {
+            return Ok(None);
+        }
+        let (roots, left) = crate::apps::plan(&apps);
+        for (name, why) in &left {
+            log::info!("hibernate: app {name} is left out: {why}");
+        }
+        let mut trees = Vec::new();
+        for (root, name) in roots {
+            let r = u32::try_from(root).unwrap_or(0);
+            let p = self
+                .authorize(peer, Target::Pid(r), "hibernate")
+                .map_err(|e| Refusal {
+                    kind: e.kind,
+                    message: format!("app {name} (pid {root}): {}", e.message),
+                })?;
+            trees.push((p, name));
+        }
+        Ok(Some(trees))
     }
 
     /// The same daemon with other connection limits.
@@ -569,8 +633,12 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
                     Ok(pid) => pid,
                     Err(r) => return self.refuse(peer, what, r.kind, &r.message),
                 };
+                let trees = match self.managed_trees(peer, pid) {
+                    Ok(t) => t,
+                    Err(r) => return self.refuse(peer, what, r.kind, &r.message),
+                };
                 self.granted = true;
-                self.hibernate(peer, pid, conn, wake_after_s)
+                self.hibernate(peer, pid, trees.as_deref(), conn, wake_after_s)
             }
             Request::Restored { pid, resumed } => self.restored(peer, conn, pid, resumed),
         }
@@ -635,7 +703,14 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
         Reply::Resumed(resumed)
     }
 
-    fn hibernate(&mut self, peer: Peer, pid: Pid, conn: RawFd, wake: Option<u32>) -> Reply {
+    fn hibernate(
+        &mut self,
+        peer: Peer,
+        pid: Pid,
+        trees: Option<&[(Pid, String)]>,
+        conn: RawFd,
+        wake: Option<u32>,
+    ) -> Reply {
         let what = "Hibernate";
         if wake == Some(0) {
             return self.refuse(
@@ -665,16 +740,24 @@ impl<E: Engine, P: PowerDown> Daemon<E, P> {
             Ok(who) => self.engine.requested_by(who),
             Err(r) => return self.refuse(peer, what, r.kind, &r.message),
         }
-        let stored = match self.engine.hibernate(pid, conn, wake) {
+        let result = match trees {
+            Some(t) => {
+                let names: Vec<&str> = t.iter().map(|(_, n)| n.as_str()).collect();
+                log::info!("hibernating every managed app: {}", names.join(", "));
+                self.engine.hibernate_all(t, pid, conn, wake)
+            }
+            None => self.engine.hibernate(pid, conn, wake),
+        };
+        let stored = match result {
             Ok(s) => s,
             Err(e) => {
                 self.power.release();
-                return self.refuse(
-                    peer,
-                    what,
-                    e.kind(),
-                    &format!("pid {pid} not hibernated: {e}"),
-                );
+                let whom = if trees.is_some() {
+                    "no app hibernated".to_string()
+                } else {
+                    format!("pid {pid} not hibernated")
+                };
+                return self.refuse(peer, what, e.kind(), &format!("{whom}: {e}"));
             }
         };
         log::info!(

@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use crate::daemon::{log, CheckpointError, Engine, Pid, Stored};
-use crate::engine::dump::{dump_frozen_with, DumpOptions};
+use crate::engine::dump::{dump_frozen_with, dump_trees, DumpOptions, Trees};
 use crate::engine::freeze::Frozen;
 use crate::engine::torpor_conn;
 use crate::engine::{self, Step, StepExt};
@@ -27,6 +27,9 @@ pub struct StoreEngine {
     path: PathBuf,
     /// The tree kept frozen after a hibernate dump, by root pid.
     frozen: Option<(Pid, Frozen)>,
+    /// The trees of every managed application, kept frozen after a
+    /// hibernate of them all.
+    frozen_all: Option<Trees>,
     /// Who asks for the next dump (`Engine::requested_by`), recorded in
     /// its image.
     requester: Option<RequestedBy>,
@@ -37,6 +40,7 @@ impl StoreEngine {
         StoreEngine {
             path,
             frozen: None,
+            frozen_all: None,
             requester: None,
         }
     }
@@ -53,6 +57,66 @@ impl StoreEngine {
             Store::open_or_create(&self.path)
         }
         .map_err(|e| CheckpointError::Store(e.to_string()))
+    }
+
+    /// Dumps every tree of `trees` into one image of the store, the
+    /// caller's connection recorded as such; the trees stay frozen on `Ok`.
+    fn dump_all(
+        &mut self,
+        trees: &[(Pid, String)],
+        conn_fd: RawFd,
+    ) -> Result<(Stored, Trees), CheckpointError> {
+        let conn = torpor_conn::peer_inode(conn_fd).map_err(|e| {
+            CheckpointError::Dump(format!(
+                "cannot find the caller's end of its connection: {e}"
+            ))
+        })?;
+        let mut store = self.open()?;
+        let writer = store
+            .writer()
+            .map_err(|e| CheckpointError::Store(e.to_string()))?;
+        let mut committed: Option<SlotInfo> = None;
+        let roots: Vec<i32> = trees.iter().map(|(p, _)| p.as_raw()).collect();
+        let result = dump_trees(
+            &roots,
+            Some(conn),
+            BufWriter::new(writer),
+            &DumpOptions {
+                requested_by: self.requester.take(),
+                names: trees.iter().map(|(p, n)| (p.as_raw(), n.clone())).collect(),
+                ..DumpOptions::default()
+            },
+            |bw| {
+                let w = bw
+                    .into_inner()
+                    .map_err(|e| engine::EngineError::new(Step::Store, e.into_error()))?;
+                let info = w.commit().step(Step::Store)?;
+                committed = Some(info);
+                Ok(())
+            },
+        );
+        let (_, frozen) = result.map_err(|e| {
+            let name = e
+                .root
+                .and_then(|r| trees.iter().find(|(p, _)| p.as_raw() == r))
+                .map(|(p, n)| format!("app {n} (pid {p}): "))
+                .unwrap_or_default();
+            let text = format!("{name}{}", e.error);
+            if matches!(e.error.step, Step::Store | Step::WriteImage) {
+                CheckpointError::Store(text)
+            } else {
+                CheckpointError::Dump(text)
+            }
+        })?;
+        let info = committed
+            .ok_or_else(|| CheckpointError::Store("the image was never committed".into()))?;
+        Ok((
+            Stored {
+                generation: info.generation,
+                image_bytes: info.len,
+            },
+            frozen,
+        ))
     }
 
     /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
@@ -138,7 +202,10 @@ impl Engine for StoreEngine {
             log::info!("image generation {generation} in slot {slot} marked consumed");
             Ok(())
         })();
-        // The tree runs on whatever became of its image.
+        // The trees run on whatever became of their image.
+        if let Some(mut all) = self.frozen_all.take() {
+            all.release();
+        }
         if let Some((held, mut frozen)) = self.frozen.take() {
             if held != pid {
                 log::warning!("abandon for pid {pid} releases tree {held}");
@@ -146,6 +213,23 @@ impl Engine for StoreEngine {
             frozen.release();
         }
         result
+    }
+
+    fn hibernate_all(
+        &mut self,
+        trees: &[(Pid, String)],
+        _pid: Pid,
+        conn_fd: RawFd,
+        _wake: Option<u32>,
+    ) -> Result<Stored, CheckpointError> {
+        if self.frozen.is_some() || self.frozen_all.is_some() {
+            return Err(CheckpointError::Busy(
+                "a hibernation is already under way".into(),
+            ));
+        }
+        let (stored, frozen) = self.dump_all(trees, conn_fd)?;
+        self.frozen_all = Some(frozen);
+        Ok(stored)
     }
 
     fn requested_by(&mut self, who: RequestedBy) {
@@ -199,6 +283,9 @@ impl Engine for StoreEngine {
     }
 
     fn power_returned(&mut self, _pid: Pid) {
+        if let Some(mut all) = self.frozen_all.take() {
+            all.release();
+        }
         if let Some((_, mut frozen)) = self.frozen.take() {
             frozen.release();
         }

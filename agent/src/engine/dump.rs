@@ -36,6 +36,9 @@ pub struct DumpOptions {
     /// the image, whose restore then acts with no more than that user's
     /// rights.
     pub requested_by: Option<crate::image::records::RequestedBy>,
+    /// Application names of the trees, by root pid: written as `tree`
+    /// records, which `torpor boot` and `torpor run --name` go by.
+    pub names: Vec<(i32, String)>,
 }
 
 /// Figures of a finished dump.
@@ -86,82 +89,293 @@ pub fn dump_frozen_with<W: Write>(
     opts: &DumpOptions,
     commit: impl FnOnce(W) -> Result<(), EngineError>,
 ) -> Result<(DumpStats, Frozen), EngineError> {
-    let frozen = Frozen::freeze(root)?;
+    let (stats, mut trees) =
+        dump_trees(&[root], torpor_conn, out, opts, commit).map_err(|e| e.error)?;
+    let frozen = trees.0.pop().ok_or_else(|| {
+        EngineError::new(Step::Freeze, Cause::Refused("no tree was frozen".into()))
+    })?;
+    Ok((stats, frozen))
+}
+
+/// A failed dump of several trees: the error, and the root of the tree it
+/// belongs to when it is one tree's (a descriptor of a kind torpor
+/// refuses, a task that died...), so the caller can name that tree.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct TreeError {
+    pub root: Option<i32>,
+    pub error: EngineError,
+}
+
+/// Several trees, all frozen; released when dropped (or through
+/// [`Trees::release`]), killed through [`Trees::kill`].
+#[derive(Debug, Default)]
+pub struct Trees(pub Vec<Frozen>);
+
+impl Trees {
+    /// Lets every tree run on.
+    pub fn release(&mut self) {
+        for f in &mut self.0 {
+            f.release();
+        }
+    }
+
+    /// Kills every tree; the first tree that would not die is the error.
+    pub fn kill(&mut self) -> Result<(), EngineError> {
+        let mut first = Ok(());
+        for f in &mut self.0 {
+            if let Err(e) = f.kill() {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+/// Like [`dump`], for several trees at once into one image: every tree is
+/// frozen before any is collected, so the image holds them all at one
+/// instant, each with its own root (its parent left out, as a single
+/// tree's). The roots must be distinct and no root may lie inside another
+/// root's tree.
+pub fn dump_many<W: Write>(
+    roots: &[i32],
+    out: W,
+    after: After,
+    opts: &DumpOptions,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<DumpStats, TreeError> {
+    let (stats, mut trees) = dump_trees(roots, None, out, opts, commit)?;
+    match after {
+        After::Kill => trees
+            .kill()
+            .map_err(|error| TreeError { root: None, error })?,
+        After::LeaveRunning => trees.release(),
+    }
+    Ok(stats)
+}
+
+/// Freezes the trees of `roots`, one after the other; any failure releases
+/// those already frozen.
+fn freeze_trees(roots: &[i32]) -> Result<Trees, TreeError> {
+    let mut trees = Trees::default();
+    if roots.is_empty() {
+        return Err(TreeError {
+            root: None,
+            error: EngineError::new(Step::Freeze, Cause::Refused("no process to dump".into())),
+        });
+    }
+    // A root below another root, seen before anything is seized (seizing
+    // a task twice fails with a less useful EPERM).
+    for &root in roots {
+        if let Some(above) = ancestor_among(root, roots) {
+            return Err(TreeError {
+                root: Some(root),
+                error: EngineError::new(
+                    Step::Freeze,
+                    Cause::Refused(format!(
+                        "process {root} is in the tree of process {above}: give each tree once, by its root"
+                    )),
+                ),
+            });
+        }
+    }
+    for &root in roots {
+        if let Some(other) = trees.0.iter().find(|f| f.pids.contains(&root)) {
+            let owner = other.pids.first().copied().unwrap_or(0);
+            let why = if owner == root {
+                format!("process {root} is given twice")
+            } else {
+                format!("process {root} is in the tree of process {owner}: give each tree once, by its root")
+            };
+            return Err(TreeError {
+                root: Some(root),
+                error: EngineError::new(Step::Freeze, Cause::Refused(why)),
+            });
+        }
+        let f = Frozen::freeze(root).map_err(|error| TreeError {
+            root: Some(root),
+            error,
+        })?;
+        // A later root that was the ancestor of an earlier one.
+        if let Some(earlier) = trees
+            .0
+            .iter()
+            .find_map(|t| t.pids.first().copied().filter(|r| f.pids.contains(r)))
+        {
+            return Err(TreeError {
+                root: Some(root),
+                error: EngineError::new(
+                    Step::Freeze,
+                    Cause::Refused(format!(
+                        "process {earlier} is in the tree of process {root}: give each tree once, by its root"
+                    )),
+                ),
+            });
+        }
+        trees.0.push(f);
+    }
+    Ok(trees)
+}
+
+/// The nearest ancestor of `pid` that is one of `roots` (itself excluded).
+fn ancestor_among(pid: i32, roots: &[i32]) -> Option<i32> {
+    let mut cur = pid;
+    // Bounded: a parent chain longer than this is a /proc race.
+    for _ in 0..4096 {
+        let path = format!("/proc/{cur}/stat");
+        let ppid = crate::engine::procfs::read(&path)
+            .and_then(|t| crate::engine::procfs::parse_stat(&path, &t))
+            .ok()?
+            .ppid;
+        if ppid <= 1 {
+            return None;
+        }
+        if roots.contains(&ppid) && ppid != pid {
+            return Some(ppid);
+        }
+        cur = ppid;
+    }
+    None
+}
+
+/// The dump of [`dump_many`], the trees left frozen for the caller.
+pub fn dump_trees<W: Write>(
+    roots: &[i32],
+    torpor_conn: Option<u64>,
+    out: W,
+    opts: &DumpOptions,
+    commit: impl FnOnce(W) -> Result<(), EngineError>,
+) -> Result<(DumpStats, Trees), TreeError> {
+    let trees = freeze_trees(roots)?;
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
-    let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
-    for &pid in &frozen.pids {
-        let ppid = if pid == root {
-            0
-        } else {
-            frozen.parent.get(&pid).copied().unwrap_or(0)
-        };
-        if let Some(&status) = frozen.zombies.get(&pid) {
-            procs.push((collect::collect_zombie(pid, ppid, status)?, Vec::new()));
-            continue;
+    // Which tree each process belongs to, to name it in an error.
+    let root_of = |pid: i32| {
+        trees
+            .0
+            .iter()
+            .find(|f| f.pids.contains(&pid))
+            .and_then(|f| f.pids.first().copied())
+    };
+    let in_tree = |pid: i32| {
+        move |error: EngineError| TreeError {
+            root: root_of(pid),
+            error,
         }
-        let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
-        let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
-        p.fds = table.collect(pid)?;
-        collect::file_owners(&mut p, &table.files)?;
-        p.task.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
-        p.task.stopped = frozen.stopped.contains(&pid);
-        procs.push((p, maps));
+    };
+    let whole = |error: EngineError| TreeError { root: None, error };
+    let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
+    for frozen in &trees.0 {
+        let root = frozen.pids.first().copied().unwrap_or(0);
+        for &pid in &frozen.pids {
+            let ppid = if pid == root {
+                0
+            } else {
+                frozen.parent.get(&pid).copied().unwrap_or(0)
+            };
+            if let Some(&status) = frozen.zombies.get(&pid) {
+                procs.push((
+                    collect::collect_zombie(pid, ppid, status).map_err(in_tree(pid))?,
+                    Vec::new(),
+                ));
+                continue;
+            }
+            let tids = frozen.threads.get(&pid).cloned().unwrap_or_default();
+            let mut one = || -> Result<(ProcessState, Vec<MapEntry>), EngineError> {
+                let (mut p, maps) = collect::collect_process(pid, ppid, &tids)?;
+                p.fds = table.collect(pid)?;
+                collect::file_owners(&mut p, &table.files)?;
+                p.task.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
+                p.task.stopped = frozen.stopped.contains(&pid);
+                Ok((p, maps))
+            };
+            procs.push(one().map_err(in_tree(pid))?);
+        }
     }
-    table.mark_external_pipes()?;
-    crate::engine::files::check_peers(&mut table.files)?;
+    table.mark_external_pipes().map_err(whole)?;
+    crate::engine::files::check_peers(&mut table.files).map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
-    // Root first: the tree's namespace is the root's.
-    let mut live = vec![root];
-    live.extend(
-        frozen
-            .pids
-            .iter()
-            .copied()
-            .filter(|p| *p != root && !frozen.zombies.contains_key(p)),
-    );
-    let clocks = crate::engine::clocks::collect(&live).step(Step::Clocks)?;
+    // Roots first: the trees' namespace is the first root's.
+    let mut live: Vec<i32> = trees
+        .0
+        .iter()
+        .filter_map(|f| f.pids.first().copied())
+        .collect();
+    for f in &trees.0 {
+        live.extend(
+            f.pids
+                .iter()
+                .copied()
+                .filter(|p| Some(*p) != f.pids.first().copied() && !f.zombies.contains_key(p)),
+        );
+    }
+    let clocks = crate::engine::clocks::collect(&live)
+        .step(Step::Clocks)
+        .map_err(whole)?;
     crate::engine::clocks::to_tree_view(&mut table.files, clocks.tree_over_torpor);
 
     let wstep = Step::WriteImage;
-    let header = Header::for_host().step(wstep)?;
-    let mut w = ImageWriter::new(out, &header).step(wstep)?;
-    w.write(&clocks.record).step(wstep)?;
-    if let Some(r) = &opts.requested_by {
-        w.write(r).step(wstep)?;
-    }
-    image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
-    crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p)).step(wstep)?;
-    crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)
-        .step(wstep)?;
+    let write_head = || -> Result<ImageWriter<W>, EngineError> {
+        let header = Header::for_host().step(wstep)?;
+        let mut w = ImageWriter::new(out, &header).step(wstep)?;
+        w.write(&clocks.record).step(wstep)?;
+        if let Some(r) = &opts.requested_by {
+            w.write(r).step(wstep)?;
+        }
+        for f in &trees.0 {
+            let Some(root) = f.pids.first().copied() else {
+                continue;
+            };
+            if let Some((_, name)) = opts.names.iter().find(|(pid, _)| *pid == root) {
+                let t = crate::image::records::Tree {
+                    root,
+                    name: name.clone(),
+                };
+                w.write(&t).step(wstep)?;
+            }
+        }
+        image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
+        crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p))
+            .step(wstep)?;
+        crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)
+            .step(wstep)?;
+        Ok(w)
+    };
+    let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();
     for (p, maps) in &procs {
-        image_io::write_process(&mut w, p, &table.files).step(wstep)?;
+        image_io::write_process(&mut w, p, &table.files)
+            .step(wstep)
+            .map_err(whole)?;
         stats.processes += 1;
         stats.threads += p.threads.len();
         if p.task.exit_status.is_some() {
             continue;
         }
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done).map_err(|e| {
-            // A task killed from outside shows up as short reads of its
-            // files: say what happened.
-            if task_gone(p.task.pid) && matches!(e.step, Step::Memory(_)) {
-                EngineError {
-                    step: e.step,
-                    cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.task.pid)),
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)
+            .map_err(|e| {
+                // A task killed from outside shows up as short reads of its
+                // files: say what happened.
+                if task_gone(p.task.pid) && matches!(e.step, Step::Memory(_)) {
+                    EngineError {
+                        step: e.step,
+                        cause: Cause::Ptrace(ptrace::PtraceError::TaskDied(p.task.pid)),
+                    }
+                } else {
+                    e
                 }
-            } else {
-                e
-            }
-        })?;
+            })
+            .map_err(in_tree(p.task.pid))?;
     }
-    let (out, _summary) = w.finish().step(wstep)?;
-    commit(out)?;
-    Ok((stats, frozen))
+    let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
+    commit(out).map_err(whole)?;
+    Ok((stats, trees))
 }
 
 fn gone_or(pid: i32, e: std::io::Error) -> Cause {
@@ -346,12 +560,24 @@ pub fn dump_to_file(
     after: After,
     opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
+    dump_many_to_file(&[root], path, after, opts).map_err(|e| e.error)
+}
+
+/// [`dump_to_file`] for several trees in one image ([`dump_many`]).
+pub fn dump_many_to_file(
+    roots: &[i32],
+    path: &std::path::Path,
+    after: After,
+    opts: &DumpOptions,
+) -> Result<DumpStats, TreeError> {
     let wstep = Step::WriteImage;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
-    let f = create_private(&tmp).step(wstep)?;
-    let res = dump(root, BufWriter::new(f), after, opts, |bw| {
+    let f = create_private(&tmp)
+        .step(wstep)
+        .map_err(|error| TreeError { root: None, error })?;
+    let res = dump_many(roots, BufWriter::new(f), after, opts, |bw| {
         let f = bw.into_inner().map_err(|e| e.into_error()).step(wstep)?;
         f.sync_all().step(wstep)?;
         std::fs::rename(&tmp, path).step(wstep)?;
@@ -399,10 +625,23 @@ pub fn dump_to_store(
     after: After,
     opts: &DumpOptions,
 ) -> Result<DumpStats, EngineError> {
+    dump_many_to_store(&[root], path, after, opts).map_err(|e| e.error)
+}
+
+/// [`dump_to_store`] for several trees in one image ([`dump_many`]).
+pub fn dump_many_to_store(
+    roots: &[i32],
+    path: &std::path::Path,
+    after: After,
+    opts: &DumpOptions,
+) -> Result<DumpStats, TreeError> {
     let sstep = Step::Store;
-    let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
-    let w = store.writer().step(sstep)?;
-    dump(root, BufWriter::new(w), after, opts, |bw| {
+    let whole = |error| TreeError { root: None, error };
+    let mut store = crate::store::Store::open_or_create(path)
+        .step(sstep)
+        .map_err(whole)?;
+    let w = store.writer().step(sstep).map_err(whole)?;
+    dump_many(roots, BufWriter::new(w), after, opts, |bw| {
         let w = bw.into_inner().map_err(|e| e.into_error()).step(sstep)?;
         w.commit().step(sstep)?;
         Ok(())

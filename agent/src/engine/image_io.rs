@@ -280,6 +280,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                 }
                 st.requested_by = Some(rec.decode()?);
             }
+            Kind::Tree => st.trees.push(rec.decode()?),
             Kind::Clocks => {
                 if st.clocks.is_some() {
                     return Err(malformed("a second clocks record".into()));

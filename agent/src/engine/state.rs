@@ -34,6 +34,9 @@ pub struct ImageState {
     pub owners: std::collections::BTreeMap<String, records::FileOwner>,
     /// The user the checkpoint was taken for, when not root.
     pub requested_by: Option<records::RequestedBy>,
+    /// The trees' roots and application names (`tree` records; none in
+    /// images older than format 2.2 or of one unnamed tree).
+    pub trees: Vec<records::Tree>,
 }
 
 /// One page record: `pages` pages at `vaddr` of `processes[process]`.

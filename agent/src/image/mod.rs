@@ -74,6 +74,10 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.2 adds the `tree` kind: an image may hold several trees, each
+//! with its root and application name (a 2.1 reader refuses such an image
+//! for the kind it does not know).
+//!
 //! Format 2.0 starts this rule: record types changed field order while the
 //! format stayed 1.1, so a 1.x image could decode into wrong values and is
 //! refused instead.
@@ -97,7 +101,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 1 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 2 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

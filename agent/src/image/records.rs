@@ -179,6 +179,9 @@ registry! {
     FileOwner       = 19,  "file-owner",     FileOwner,       STATE_LIMIT,     "a file-owner record",     state;
     /// The user a checkpoint was taken for, when not root.
     RequestedBy     = 20,  "requested-by",   RequestedBy,     STATE_LIMIT,     "a requested-by record",   state;
+    /// One tree of the image and the application it is (an image of
+    /// several trees, or of a named application).
+    Tree            = 21,  "tree",           Tree,            STATE_LIMIT,     "a tree record",           state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -1070,6 +1073,15 @@ pub struct RequestedBy {
     pub gid: u32,
     /// The user's supplementary groups when it asked.
     pub groups: Vec<u32>,
+}
+
+/// A tree of the image: the pid of its root (a process whose parent is
+/// outside the image) and the application's name, as `torpor run --name`
+/// and `[[app]]` give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub root: i32,
+    pub name: String,
 }
 
 /// A SysV shared memory segment attached by the tree (`/proc/sysvipc/shm`);

@@ -47,6 +47,7 @@ use serde::Serialize;
 use crate::image::{self, ImageError};
 
 mod file;
+pub mod signature;
 #[cfg(test)]
 mod tests;
 
@@ -119,6 +120,10 @@ pub enum StoreError {
         "{path} already holds a torpor store; `torpor store init --force --store {path}` erases it"
     )]
     HoldsStore { path: PathBuf },
+    #[error("{path} holds {what}; `torpor store init --force --device {path}` erases it")]
+    HoldsFilesystem { path: PathBuf, what: &'static str },
+    #[error("device {path}: {source}")]
+    Device { path: PathBuf, source: io::Error },
     #[error("store is {len} bytes; it needs at least {min}")]
     TooSmall { len: u64, min: u64 },
     #[error("cannot {what} slot {slot} at device offset {offset}: {source}")]
@@ -340,6 +345,33 @@ impl Store<FileDevice> {
         let mut store = Store::with_device(dev)?;
         store.clear()?;
         Ok(store)
+    }
+
+    /// [`init`](Self::init) for a partition (`--device`): it must exist
+    /// already, and one that holds a filesystem (ext2/3/4, FAT, btrfs, XFS,
+    /// swap: [`signature`]) is only erased with `force`.
+    pub fn init_device(path: &Path, force: bool) -> Result<Self, StoreError> {
+        let derr = |source| StoreError::Device {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(derr)?;
+        if let Some(what) = signature::filesystem(&mut f).map_err(derr)? {
+            if !force {
+                return Err(StoreError::HoldsFilesystem {
+                    path: path.to_path_buf(),
+                    what,
+                });
+            }
+            // Erased, so neither this check nor blkid sees it again.
+            signature::wipe(&mut f).map_err(derr)?;
+        }
+        drop(f);
+        Store::init(path, force)
     }
 
     /// Opens the store on `dev`, refusing a device that holds neither a

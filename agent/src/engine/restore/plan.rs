@@ -80,6 +80,7 @@ pub fn check_structure(st: &ImageState) -> Result<Plan, EngineError> {
         check_vmas(st, p, &mut plan.shm)?;
         check_fds(st, p)?;
     }
+    check_trees(st)?;
     check_files(st)?;
     check_objects(st)?;
     for run in &st.page_runs {
@@ -95,8 +96,9 @@ pub fn check_structure(st: &ImageState) -> Result<Plan, EngineError> {
     Ok(plan)
 }
 
-/// Pids, parents (earlier in the list: parents come first, the root
-/// alone without one), sessions and groups.
+/// Pids, parents (earlier in the list: parents come first; the roots,
+/// the first process and the first of each further tree, have none),
+/// sessions and groups.
 fn check_lineage(
     st: &ImageState,
     i: usize,
@@ -117,7 +119,7 @@ fn check_lineage(
                 p.task.ppid
             )));
         }
-    } else if !st.processes[..i].iter().any(|q| q.task.pid == p.task.ppid) {
+    } else if p.task.ppid != 0 && !st.processes[..i].iter().any(|q| q.task.pid == p.task.ppid) {
         let why = if st.processes.iter().any(|q| q.task.pid == p.task.ppid) {
             "comes after it"
         } else {
@@ -136,6 +138,41 @@ fn check_lineage(
     }
     if p.task.sid < 0 {
         return Err(bad(format!("process {pid} has session {}", p.task.sid)));
+    }
+    Ok(())
+}
+
+/// The longest application name a `tree` record may carry.
+pub const MAX_APP_NAME: usize = 64;
+
+/// Each `tree` record names a root of the image once, with a name that is
+/// printable, not empty, and no other tree's.
+fn check_trees(st: &ImageState) -> Result<(), EngineError> {
+    let mut roots = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for t in &st.trees {
+        let root = t.root;
+        if !st
+            .processes
+            .iter()
+            .any(|p| p.task.pid == root && p.task.ppid == 0)
+        {
+            return Err(bad(format!(
+                "a tree record names process {root}, which is no root of the image"
+            )));
+        }
+        if !roots.insert(root) {
+            return Err(bad(format!("two tree records name process {root}")));
+        }
+        let n = &t.name;
+        if n.is_empty() || n.len() > MAX_APP_NAME || n.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "the tree of process {root} is named {n:?}: not 1 to {MAX_APP_NAME} printable bytes"
+            )));
+        }
+        if !names.insert(n.as_str()) {
+            return Err(bad(format!("two trees are named {n:?}")));
+        }
     }
     Ok(())
 }
@@ -675,6 +712,54 @@ mod tests {
         assert_eq!(plan.processes, 2);
         assert_eq!(plan.threads, 3);
         assert_eq!(plan.pages, 2);
+    }
+
+    #[test]
+    fn several_trees_each_have_a_root() {
+        let mut st = valid();
+        st.processes.push(process(200, 0));
+        st.processes.push(process(201, 200));
+        let plan = check_structure(&st).expect("two trees");
+        assert_eq!(plan.processes, 4);
+        // A second tree's child still needs its parent before it.
+        st.processes.swap(2, 3);
+        assert_eq!(
+            refusal(&st),
+            "validate: parent 200 of process 201 comes after it"
+        );
+    }
+
+    #[test]
+    fn tree_records_name_roots_once() {
+        use crate::image::records::Tree;
+        let tree = |root: i32, name: &str| Tree {
+            root,
+            name: name.into(),
+        };
+        let mut st = valid();
+        st.processes.push(process(200, 0));
+        st.trees = vec![tree(100, "logger"), tree(200, "mqtt-bridge")];
+        check_structure(&st).expect("two named trees");
+
+        st.trees[1].root = 101;
+        assert_eq!(
+            refusal(&st),
+            "validate: a tree record names process 101, which is no root of the image"
+        );
+        st.trees[1].root = 100;
+        assert_eq!(refusal(&st), "validate: two tree records name process 100");
+        st.trees[1] = tree(200, "logger");
+        assert_eq!(refusal(&st), "validate: two trees are named \"logger\"");
+        st.trees[1] = tree(200, "a\nb");
+        assert_eq!(
+            refusal(&st),
+            "validate: the tree of process 200 is named \"a\\nb\": not 1 to 64 printable bytes"
+        );
+        st.trees[1] = tree(200, "");
+        assert_eq!(
+            refusal(&st),
+            "validate: the tree of process 200 is named \"\": not 1 to 64 printable bytes"
+        );
     }
 
     #[test]

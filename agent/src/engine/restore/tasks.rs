@@ -174,7 +174,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", last_os()));
         }
-    } else if idx != 0 {
+    } else if p.task.ppid != 0 {
         // SAFETY: see above.
         let now = unsafe { libc::getsid(0) };
         if now != p.task.sid {
@@ -190,7 +190,10 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             return Err(format!("setpgid: {}", last_os()));
         }
     // SAFETY: see above.
-    } else if idx != 0 && p.task.sid != p.task.pid && p.task.pgid != unsafe { libc::getpgid(0) } {
+    } else if p.task.ppid != 0
+        && p.task.sid != p.task.pid
+        && p.task.pgid != unsafe { libc::getpgid(0) }
+    {
         // SAFETY: see above.
         if unsafe { libc::setpgid(0, p.task.pgid) } < 0 {
             return Err(format!(
@@ -389,23 +392,29 @@ pub(super) fn create_tasks(
         objs.high + conv::fit::<i32, _>(objs.fds.len(), "int", "descriptor count").step(step)?,
     )
     .step(step)?;
-    let root = &st.processes[0];
     // SAFETY: getpid has no memory effects.
     let torpor = unsafe { libc::getpid() };
-    let r = fork_with_pid(root.task.pid);
-    match r {
-        Ok(0) => task_main(st, 0, objs, report_w, torpor),
-        Ok(_) => {}
-        Err(e) => {
-            // SAFETY: closing our report pipe.
-            unsafe {
-                libc::close(rp[0]);
-                libc::close(report_w);
-            }
-            return Err(e).step(step);
+    // Every root is torpor's child (an image of several trees has several);
+    // each forks its own descendants.
+    for (idx, root) in st.processes.iter().enumerate() {
+        if root.task.ppid != 0 {
+            continue;
         }
+        match fork_with_pid(root.task.pid) {
+            Ok(0) => task_main(st, idx, objs, report_w, torpor),
+            Ok(_) => {}
+            Err(e) => {
+                // SAFETY: closing our report pipe.
+                unsafe {
+                    libc::close(rp[0]);
+                    libc::close(report_w);
+                }
+                return Err(e).step(step);
+            }
+        }
+        // The trees forked so far are killed if a later root cannot be.
+        created.pids = st.processes.iter().map(|p| p.task.pid).collect();
     }
-    created.pids = st.processes.iter().map(|p| p.task.pid).collect();
     // SAFETY: torpor keeps only the read end.
     unsafe { libc::close(report_w) };
     // SAFETY: rp[0] is ours; File takes ownership.
