@@ -189,11 +189,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(format!("setpgid: {}", last_os()));
         }
-    // SAFETY: see above.
-    } else if p.task.ppid != 0
-        && p.task.sid != p.task.pid
-        && p.task.pgid != unsafe { libc::getpgid(0) }
-    {
+    } else if p.task.ppid != 0 && p.task.sid != p.task.pid && p.task.pgid != own_pgid() {
         // SAFETY: see above.
         if unsafe { libc::setpgid(0, p.task.pgid) } < 0 {
             return Err(format!(
@@ -311,6 +307,12 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         }
     }
     Ok(())
+}
+
+/// The calling task's process group.
+fn own_pgid() -> i32 {
+    // SAFETY: getpgid(0) takes an integer and has no memory effects.
+    unsafe { libc::getpgid(0) }
 }
 
 /// Tasks created so far; killed unless the restore completes.
