@@ -17,13 +17,13 @@ use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::state::{
-    Backing, DeviceFile, ExternalFile, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PathFile,
-    PipeFile, PipeState, ProcessState, TorporConnFile, UnlinkedData, UnlinkedRef, Vma,
+    Backing, DeviceFile, ExternalFile, Fd, FileIdentity, FileKind, OpenFile, PathFile, PipeFile,
+    PipeState, ProcessState, TorporConnFile, UnlinkedData, UnlinkedRef, Vma,
 };
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 use crate::image::records::{
-    AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, PosixTimer, Regs, Rlimit, RobustList,
-    Rseq, SeccompFilter, SigAction, SigInfo, Task, Thread,
+    AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, PipeEnd, PosixTimer, Regs, Rlimit,
+    RobustList, Rseq, SeccompFilter, SigAction, SigInfo, Task, Thread,
 };
 use crate::image::Arch;
 
@@ -865,11 +865,8 @@ impl FileTable {
             if !outside {
                 continue;
             }
-            self.pipes[*pipe as usize].outside = Some(if *r {
-                OutsideEnd::Write
-            } else {
-                OutsideEnd::Read
-            });
+            self.pipes[*pipe as usize].outside =
+                Some(if *r { PipeEnd::Write } else { PipeEnd::Read });
         }
         Ok(())
     }

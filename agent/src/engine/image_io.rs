@@ -17,48 +17,18 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-use crate::arch::Bits;
 use crate::engine::conv;
 use crate::engine::state::{
-    Backing, Fd, FileIdentity, FileKind, OpenFile, OutsideEnd, PipeFile, PipeState, ProcessState,
-    UnlinkedRef, Vma,
+    Backing, Fd, FileKind, OpenFile, PipeFile, PipeState, ProcessState, UnlinkedRef, Vma,
 };
 pub use crate::engine::state::{ImageState, PageRun};
 use crate::image::records::{
-    ExternalPipe, Fd as RFd, FileId, ObjectData, ObjectRef, PipeData, PipeEnd, RawPath, Thread,
-    Vma as RVma, VmaKind,
+    ExternalPipe, Fd as RFd, ObjectData, ObjectRef, PipeData, PipeEnd, RawPath, Thread, Vma as RVma,
 };
 use crate::image::{Arch, ImageError, ImageReader, ImageWriter, Kind};
 
 fn path_of(p: &RawPath) -> String {
     String::from_utf8_lossy(p.as_bytes()).into_owned()
-}
-
-fn vma_kind(v: &Vma) -> VmaKind {
-    match &v.backing {
-        Backing::Special(n) => match n.as_str() {
-            "[vdso]" => VmaKind::Vdso,
-            "[vvar]" => VmaKind::Vvar,
-            "[vvar_vclock]" => VmaKind::VvarVclock,
-            "[sigpage]" => VmaKind::Sigpage,
-            _ => VmaKind::Vectors,
-        },
-        Backing::Shm { .. } => VmaKind::SharedAnon,
-        Backing::Anon if v.name == "[stack]" => VmaKind::Stack,
-        Backing::Anon if v.name == "[heap]" => VmaKind::Heap,
-        Backing::Anon => VmaKind::Anon,
-        Backing::File { .. } if v.shared => VmaKind::SharedFile,
-        Backing::File { .. } => VmaKind::PrivateFile,
-        Backing::Memfd { may_write, .. } => VmaKind::Memfd {
-            may_write: *may_write,
-        },
-        Backing::Sysv { read_only, .. } => VmaKind::SysvShm {
-            read_only: *read_only,
-        },
-        Backing::Unlinked { may_write, .. } => VmaKind::Unlinked {
-            may_write: *may_write,
-        },
-    }
 }
 
 /// Writes the non-memory records of the tree; pages follow per process
@@ -73,11 +43,7 @@ pub fn write_pipes<W: Write>(
             capacity: p.size,
             bytes: p.data.clone(),
         })?;
-        if let Some(end) = p.outside {
-            let outside = match end {
-                OutsideEnd::Read => PipeEnd::Read,
-                OutsideEnd::Write => PipeEnd::Write,
-            };
+        if let Some(outside) = p.outside {
             w.write(&ExternalPipe {
                 id: i as u64,
                 inode: p.inode,
@@ -103,67 +69,7 @@ pub fn write_process<W: Write>(
         w.write(t)?;
     }
     for v in &p.vmas {
-        let mut flags = if v.shared {
-            libc::MAP_SHARED
-        } else {
-            libc::MAP_PRIVATE
-        };
-        if v.grows_down {
-            flags |= libc::MAP_GROWSDOWN;
-        }
-        if v.noreserve {
-            flags |= libc::MAP_NORESERVE;
-        }
-        let (offset, file) = match &v.backing {
-            Backing::File {
-                path,
-                offset,
-                identity,
-            } => (*offset, Some(identity.file_id(path))),
-            // The object's inode names it; no path.
-            Backing::Shm { id, offset } => (
-                *offset,
-                Some(FileId {
-                    inode: *id,
-                    ..Default::default()
-                }),
-            ),
-            // The object's id names it; the path is for humans.
-            Backing::Memfd { id, offset, .. } => (
-                *offset,
-                Some(FileId {
-                    path: v.name.as_str().into(),
-                    inode: *id,
-                    ..Default::default()
-                }),
-            ),
-            Backing::Sysv { shmid, offset, .. } => (
-                *offset,
-                Some(FileId {
-                    path: v.name.as_str().into(),
-                    inode: u64::from(shmid.unsigned_abs()),
-                    ..Default::default()
-                }),
-            ),
-            Backing::Unlinked { inode, offset, .. } => (
-                *offset,
-                Some(FileId {
-                    path: v.name.as_str().into(),
-                    inode: *inode,
-                    ..Default::default()
-                }),
-            ),
-            _ => (0, None),
-        };
-        w.write(&RVma {
-            start: v.start,
-            end: v.end,
-            prot: v.prot.bits(),
-            flags: flags.bits(),
-            offset,
-            kind: vma_kind(v),
-            file,
-        })?;
+        w.write(&v.record())?;
     }
     for f in &p.fds {
         let of = &files[f.file as usize];
@@ -208,17 +114,14 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
     };
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
-    let mut external: BTreeMap<u64, (u64, OutsideEnd)> = BTreeMap::new();
+    let mut external: BTreeMap<u64, (u64, PipeEnd)> = BTreeMap::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
             Kind::TmpfsFile => st.tmpfs_files.push(rec.decode()?),
             Kind::ExternalPipe => {
                 let e: ExternalPipe = rec.decode()?;
-                let end = match e.outside {
-                    PipeEnd::Read => OutsideEnd::Read,
-                    PipeEnd::Write => OutsideEnd::Write,
-                };
+                let end = e.outside;
                 external.insert(e.id, (e.inode, end));
             }
             Kind::MemfdObject => st.memfds.push(rec.decode()?),
@@ -320,109 +223,7 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
                     Kind::SeccompFilter => p.seccomp.push(rec.decode()?),
                     Kind::Vma => {
                         let v: RVma = rec.decode()?;
-                        let shared = v.flags & libc::MAP_SHARED.bits() != 0;
-                        let name = match v.kind {
-                            VmaKind::Stack => "[stack]".to_string(),
-                            VmaKind::Heap => "[heap]".to_string(),
-                            VmaKind::Vdso => "[vdso]".to_string(),
-                            VmaKind::Vvar => "[vvar]".to_string(),
-                            VmaKind::VvarVclock => "[vvar_vclock]".to_string(),
-                            VmaKind::Sigpage => "[sigpage]".to_string(),
-                            VmaKind::Vectors => "[vectors]".to_string(),
-                            _ => v
-                                .file
-                                .as_ref()
-                                .map(|f| path_of(&f.path))
-                                .unwrap_or_default(),
-                        };
-                        let backing = match v.kind {
-                            VmaKind::Vdso
-                            | VmaKind::Vvar
-                            | VmaKind::VvarVclock
-                            | VmaKind::Sigpage
-                            | VmaKind::Vectors => Backing::Special(name.clone()),
-                            VmaKind::PrivateFile | VmaKind::SharedFile => {
-                                let f = v.file.as_ref().ok_or_else(|| {
-                                    malformed(format!(
-                                        "file mapping at {:#x} names no file",
-                                        v.start
-                                    ))
-                                })?;
-                                Backing::File {
-                                    path: path_of(&f.path),
-                                    offset: v.offset,
-                                    identity: FileIdentity::of(f),
-                                }
-                            }
-                            VmaKind::SharedAnon => {
-                                let f = v.file.as_ref().ok_or_else(|| {
-                                    malformed(format!(
-                                        "shared memory at {:#x} names no object",
-                                        v.start
-                                    ))
-                                })?;
-                                Backing::Shm {
-                                    id: f.inode,
-                                    offset: v.offset,
-                                }
-                            }
-                            VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
-                            VmaKind::Memfd { may_write } => {
-                                let f = v.file.as_ref().ok_or_else(|| {
-                                    malformed(format!(
-                                        "memfd mapping at {:#x} names no memfd",
-                                        v.start
-                                    ))
-                                })?;
-                                Backing::Memfd {
-                                    id: f.inode,
-                                    offset: v.offset,
-                                    may_write,
-                                }
-                            }
-                            VmaKind::SysvShm { read_only } => {
-                                let f = v.file.as_ref().ok_or_else(|| {
-                                    malformed(format!(
-                                        "SysV mapping at {:#x} names no segment",
-                                        v.start
-                                    ))
-                                })?;
-                                let shmid = i32::try_from(f.inode).map_err(|_| {
-                                    malformed(format!("SysV segment id {}", f.inode))
-                                })?;
-                                Backing::Sysv {
-                                    shmid,
-                                    offset: v.offset,
-                                    read_only,
-                                }
-                            }
-                            VmaKind::Unlinked { may_write } => {
-                                let f = v.file.as_ref().ok_or_else(|| {
-                                    malformed(format!(
-                                        "mapping at {:#x} names no unlinked file",
-                                        v.start
-                                    ))
-                                })?;
-                                Backing::Unlinked {
-                                    inode: f.inode,
-                                    offset: v.offset,
-                                    may_write,
-                                }
-                            }
-                        };
-                        if v.start >= v.end {
-                            return Err(malformed(format!("empty mapping at {:#x}", v.start)));
-                        }
-                        p.vmas.push(Vma {
-                            start: v.start,
-                            end: v.end,
-                            prot: v.prot.bits(),
-                            shared,
-                            grows_down: v.flags & libc::MAP_GROWSDOWN.bits() != 0,
-                            noreserve: v.flags & libc::MAP_NORESERVE.bits() != 0,
-                            backing,
-                            name,
-                        });
+                        p.vmas.push(Vma::from_record(v).map_err(malformed)?);
                     }
                     Kind::Fd => {
                         let f: RFd = rec.decode()?;

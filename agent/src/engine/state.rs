@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::records;
+use crate::arch::Bits;
+use crate::image::records::{self, FileId, VmaKind};
 
 /// Everything in an image except page contents.
 #[derive(Debug, Default)]
@@ -163,6 +164,195 @@ pub struct Vma {
     pub name: String,
 }
 
+impl Vma {
+    /// The image record of this mapping.
+    pub fn record(&self) -> records::Vma {
+        let mut flags = if self.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        if self.grows_down {
+            flags |= libc::MAP_GROWSDOWN;
+        }
+        if self.noreserve {
+            flags |= libc::MAP_NORESERVE;
+        }
+        let (offset, file) = match &self.backing {
+            Backing::File {
+                path,
+                offset,
+                identity,
+            } => (*offset, Some(identity.file_id(path))),
+            // The object's inode names it; no path.
+            Backing::Shm { id, offset } => (
+                *offset,
+                Some(FileId {
+                    inode: *id,
+                    ..Default::default()
+                }),
+            ),
+            // The object's id names it; the path is for humans.
+            Backing::Memfd { id, offset, .. } => (
+                *offset,
+                Some(FileId {
+                    path: self.name.as_str().into(),
+                    inode: *id,
+                    ..Default::default()
+                }),
+            ),
+            Backing::Sysv { shmid, offset, .. } => (
+                *offset,
+                Some(FileId {
+                    path: self.name.as_str().into(),
+                    inode: u64::from(shmid.unsigned_abs()),
+                    ..Default::default()
+                }),
+            ),
+            Backing::Unlinked { inode, offset, .. } => (
+                *offset,
+                Some(FileId {
+                    path: self.name.as_str().into(),
+                    inode: *inode,
+                    ..Default::default()
+                }),
+            ),
+            _ => (0, None),
+        };
+        records::Vma {
+            start: self.start,
+            end: self.end,
+            prot: self.prot.bits(),
+            flags: flags.bits(),
+            offset,
+            kind: self.kind(),
+            file,
+        }
+    }
+
+    fn kind(&self) -> records::VmaKind {
+        match &self.backing {
+            Backing::Special(n) => match n.as_str() {
+                "[vdso]" => VmaKind::Vdso,
+                "[vvar]" => VmaKind::Vvar,
+                "[vvar_vclock]" => VmaKind::VvarVclock,
+                "[sigpage]" => VmaKind::Sigpage,
+                _ => VmaKind::Vectors,
+            },
+            Backing::Shm { .. } => VmaKind::SharedAnon,
+            Backing::Anon if self.name == "[stack]" => VmaKind::Stack,
+            Backing::Anon if self.name == "[heap]" => VmaKind::Heap,
+            Backing::Anon => VmaKind::Anon,
+            Backing::File { .. } if self.shared => VmaKind::SharedFile,
+            Backing::File { .. } => VmaKind::PrivateFile,
+            Backing::Memfd { may_write, .. } => VmaKind::Memfd {
+                may_write: *may_write,
+            },
+            Backing::Sysv { read_only, .. } => VmaKind::SysvShm {
+                read_only: *read_only,
+            },
+            Backing::Unlinked { may_write, .. } => VmaKind::Unlinked {
+                may_write: *may_write,
+            },
+        }
+    }
+
+    /// The mapping an image record describes; an error says what the
+    /// record lacks.
+    pub fn from_record(v: records::Vma) -> Result<Vma, String> {
+        let shared = v.flags & libc::MAP_SHARED.bits() != 0;
+        let name = match v.kind {
+            VmaKind::Stack => "[stack]".to_string(),
+            VmaKind::Heap => "[heap]".to_string(),
+            VmaKind::Vdso => "[vdso]".to_string(),
+            VmaKind::Vvar => "[vvar]".to_string(),
+            VmaKind::VvarVclock => "[vvar_vclock]".to_string(),
+            VmaKind::Sigpage => "[sigpage]".to_string(),
+            VmaKind::Vectors => "[vectors]".to_string(),
+            _ => v
+                .file
+                .as_ref()
+                .map(|f| f.path.to_string())
+                .unwrap_or_default(),
+        };
+        let backing =
+            match v.kind {
+                VmaKind::Vdso
+                | VmaKind::Vvar
+                | VmaKind::VvarVclock
+                | VmaKind::Sigpage
+                | VmaKind::Vectors => Backing::Special(name.clone()),
+                VmaKind::PrivateFile | VmaKind::SharedFile => {
+                    let f = v
+                        .file
+                        .as_ref()
+                        .ok_or_else(|| format!("file mapping at {:#x} names no file", v.start))?;
+                    Backing::File {
+                        path: f.path.to_string(),
+                        offset: v.offset,
+                        identity: FileIdentity::of(f),
+                    }
+                }
+                VmaKind::SharedAnon => {
+                    let f = v.file.as_ref().ok_or_else(|| {
+                        format!("shared memory at {:#x} names no object", v.start)
+                    })?;
+                    Backing::Shm {
+                        id: f.inode,
+                        offset: v.offset,
+                    }
+                }
+                VmaKind::Anon | VmaKind::Stack | VmaKind::Heap => Backing::Anon,
+                VmaKind::Memfd { may_write } => {
+                    let f = v
+                        .file
+                        .as_ref()
+                        .ok_or_else(|| format!("memfd mapping at {:#x} names no memfd", v.start))?;
+                    Backing::Memfd {
+                        id: f.inode,
+                        offset: v.offset,
+                        may_write,
+                    }
+                }
+                VmaKind::SysvShm { read_only } => {
+                    let f = v.file.as_ref().ok_or_else(|| {
+                        format!("SysV mapping at {:#x} names no segment", v.start)
+                    })?;
+                    let shmid = i32::try_from(f.inode)
+                        .map_err(|_| format!("SysV segment id {}", f.inode))?;
+                    Backing::Sysv {
+                        shmid,
+                        offset: v.offset,
+                        read_only,
+                    }
+                }
+                VmaKind::Unlinked { may_write } => {
+                    let f = v.file.as_ref().ok_or_else(|| {
+                        format!("mapping at {:#x} names no unlinked file", v.start)
+                    })?;
+                    Backing::Unlinked {
+                        inode: f.inode,
+                        offset: v.offset,
+                        may_write,
+                    }
+                }
+            };
+        if v.start >= v.end {
+            return Err(format!("empty mapping at {:#x}", v.start));
+        }
+        Ok(Vma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot.bits(),
+            shared,
+            grows_down: v.flags & libc::MAP_GROWSDOWN.bits() != 0,
+            noreserve: v.flags & libc::MAP_NORESERVE.bits() != 0,
+            backing,
+            name,
+        })
+    }
+}
+
 /// One descriptor of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fd {
@@ -300,12 +490,5 @@ pub struct PipeState {
     /// Bytes written and not yet read.
     pub data: Vec<u8>,
     /// The end a process outside the tree holds, if any.
-    pub outside: Option<OutsideEnd>,
-}
-
-/// The end of a pipe held outside the dumped tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OutsideEnd {
-    Read,
-    Write,
+    pub outside: Option<records::PipeEnd>,
 }

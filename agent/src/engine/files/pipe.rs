@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::arch::Bits;
-use crate::engine::state::{FileKind, ImageState, OutsideEnd, PipeFile};
+use crate::engine::state::{FileKind, ImageState, PipeFile};
 use crate::engine::{conv, Cause};
 use crate::image::records::{FdKind, PipeEnd};
 
@@ -71,8 +71,8 @@ impl PipeEnds {
                     continue;
                 }
                 let what = match outside {
-                    OutsideEnd::Read => "its reader was outside the tree: writes to it now fail with EPIPE".to_string(),
-                    OutsideEnd::Write => format!(
+                    PipeEnd::Read => "its reader was outside the tree: writes to it now fail with EPIPE".to_string(),
+                    PipeEnd::Write => format!(
                         "its writer was outside the tree: the tree reads the {} bytes left, then end of file",
                         pipe.data.len()
                     ),
@@ -144,7 +144,7 @@ impl PipeEnds {
             }
             // Bytes written by the tree for a reader outside went with that
             // reader; bytes from a writer outside are the tree's to read.
-            let data: &[u8] = if pipe.outside == Some(OutsideEnd::Read) || live_fifo {
+            let data: &[u8] = if pipe.outside == Some(PipeEnd::Read) || live_fifo {
                 &[]
             } else {
                 &pipe.data
