@@ -277,3 +277,83 @@ fn a_crafted_image_cannot_make_root_create_a_file() {
     );
     assert!(!runs(pid, &bin));
 }
+
+/// Maps argv[1] read-only and private, then counts.
+const MAPPER: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) return 2;
+    char *m = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) return 3;
+    close(fd);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu %c\n", i, m[0]);
+        usleep(20000);
+    }
+}
+"#;
+
+#[test]
+fn a_mapped_file_is_opened_with_the_users_rights_not_roots() {
+    become_subreaper();
+    let (dir, _home) = user_scratch("owner-mapped");
+    let bin = compile(&dir, "mapper", MAPPER, &[]);
+    // Root's file, readable by everyone at the dump.
+    let shared = dir.join("shared.dat");
+    std::fs::write(&shared, b"s").expect("file");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[shared.to_str().expect("utf8")], &out);
+    // Its output is its own: a restore for the user reopens it.
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("mapper.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    // The image as the daemon writes it for the user who asked.
+    let bytes = std::fs::read(&img).expect("image");
+    let asked = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let uimg = dir.join("user.img");
+    std::fs::write(&uimg, &asked).expect("write");
+    // Root takes the user's access away: same inode, same owner.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(
+        restore_err(&uimg),
+        format!(
+            "torpor: error: open files: mapped file {}: uid {USER} (its owner at the dump) may not open it: Permission denied (os error 13)",
+            shared.display()
+        )
+    );
+    assert!(!runs(pid, &bin));
+    // Given back, the same image restores and the mapping reads the file.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let o = torpor(&["restore", "--image", uimg.to_str().expect("utf8")]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    reaper.add(pid);
+    let before = lines(&out).len();
+    wait_for("counting again", || lines(&out).len() >= before + 3);
+    let last = lines(&out).last().cloned().expect("a line");
+    assert!(last.ends_with(" s"), "{last}");
+    // SAFETY: signalling the restored task.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(reap(pid), libc::SIGKILL);
+}

@@ -27,6 +27,7 @@ mod device;
 mod epoll;
 mod eventfd;
 mod external;
+mod held;
 mod inet;
 mod inotify;
 mod locks;
@@ -621,6 +622,8 @@ pub struct Segments {
     /// torpor's fd of each recreated unlinked file, by inode at the dump,
     /// with its size.
     unlinked: BTreeMap<u64, (i32, u64)>,
+    /// The files each task maps, executes and works in.
+    held: held::Held,
 }
 
 impl Segments {
@@ -630,8 +633,10 @@ impl Segments {
         sysv::check(st)
     }
 
-    /// Creates the image's memfds (fds at or above `high`) and SysV segments.
-    pub fn create(st: &ImageState, high: i32) -> Result<Segments, Cause> {
+    /// Creates the image's memfds (fds at or above `high`) and SysV
+    /// segments, and opens the files the tasks map, execute and work in
+    /// (`made`: the tmpfs files the restore recreated).
+    pub fn create(st: &ImageState, high: i32, made: &[String]) -> Result<Segments, Cause> {
         let mut segs = Segments::default();
         for o in &st.memfds {
             let f = memfd::create(o)
@@ -695,6 +700,7 @@ impl Segments {
                 .into());
             }
         }
+        segs.held = held::Held::open(st, high, made)?;
         Ok(segs)
     }
 
@@ -705,7 +711,13 @@ impl Segments {
             .values()
             .map(|(fd, _)| *fd)
             .chain(self.unlinked.values().map(|(fd, _)| *fd))
+            .chain(self.held.fds())
             .collect()
+    }
+
+    /// The files each task maps, executes and works in, opened as it.
+    pub fn held(&self) -> &held::Held {
+        &self.held
     }
 
     /// Where a task opens memfd `id` to map it: torpor's fd, inherited.

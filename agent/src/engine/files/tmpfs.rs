@@ -142,9 +142,16 @@ pub fn check(st: &ImageState) -> Result<(), String> {
 pub struct Made {
     /// Each file's directory (held open) and name in it.
     files: Vec<(OwnedFd, CString)>,
+    /// Each file's path.
+    paths: Vec<String>,
 }
 
 impl Made {
+    /// The paths of the files made.
+    pub fn paths(&self) -> &[String] {
+        &self.paths
+    }
+
     /// The restore finished: the files stay.
     pub fn keep(mut self) {
         self.files.clear();
@@ -211,6 +218,7 @@ pub fn recreate(st: &ImageState) -> Result<Made, Cause> {
             })?;
             let (d, f) = f;
             made.files.push((d, cname));
+            made.paths.push(path.clone());
             let f = std::fs::File::from(f);
             f.set_len(c.size)?;
             // The mode past the umask, the owner as it was (the task's own

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::arch::{self, nr, Bits};
+use crate::arch::{self, nr};
 use crate::engine::collect::{is_fixed_kernel_mapping, SPECIAL_MAPPINGS};
+use crate::engine::files::owner::Acting;
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Mem};
 use crate::engine::remote::{Remote, RemoteError};
@@ -23,6 +24,11 @@ pub(super) struct Rebuild<'a> {
     pub(super) p: &'a ProcessState,
     pub(super) mem: Mem,
     pub(super) tramp: u64,
+    /// The task's inherited descriptor of its executable (`files::held`).
+    pub(super) exe_fd: i32,
+    /// torpor's descriptors in the task start here; closed once the
+    /// executable is set.
+    pub(super) high_fd: i32,
 }
 
 /// Step one of a task's rebuild: trampoline, unmap, specials, mappings.
@@ -41,7 +47,13 @@ pub(super) fn map_process<'a>(
     let tramp = hole(&mut busy, TRAMP_SIZE)
         .ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
     trampoline::place(pid, &mem, tramp)?;
-    let rb = Rebuild { p, mem, tramp };
+    let rb = Rebuild {
+        p,
+        mem,
+        tramp,
+        exe_fd: segs.held().exe(pid)?,
+        high_fd,
+    };
     let inherited_rseq = ptrace::rseq_config(pid)?;
     with_remote(&rb.mem, pid, tramp, |r| {
         // The task inherited torpor's rseq registration; the kernel would
@@ -74,16 +86,10 @@ pub(super) fn map_process<'a>(
         }
         move_specials(r, p, &current, tramp, shm)?;
         segs.attach_sysv(r, p)?;
+        let who = Acting::of(p);
         for v in &p.vmas {
-            map_vma(r, &rb.mem, tramp, v, segs)?;
+            map_vma(r, &rb.mem, tramp, v, segs, &who)?;
         }
-        // torpor's descriptors above the task's own: the report pipe may
-        // still be open if the task was stopped right after reporting.
-        r.syscall(
-            "close_range",
-            nr::CLOSE_RANGE,
-            [u64::from(high_fd.bits()), u64::from(u32::MAX), 0, 0, 0, 0],
-        )?;
         Ok(())
     })?;
     Ok(rb)
@@ -196,6 +202,7 @@ fn map_vma(
     tramp: u64,
     v: &Vma,
     segs: &crate::engine::files::Segments,
+    who: &Acting,
 ) -> Result<(), Cause> {
     let len = v.end - v.start;
     let fixed = libc::MAP_FIXED_NOREPLACE;
@@ -217,9 +224,12 @@ fn map_vma(
         }
         // Moved into place with the specials; attached before.
         Backing::Shm { .. } | Backing::Sysv { .. } => Ok(()),
+        // From the descriptor torpor opened as the task and the task
+        // inherited (`files::held`).
         Backing::File { path, offset, .. } => {
-            let writable_shared = v.shared && v.prot & libc::PROT_WRITE != 0;
-            map_from(r, mem, tramp, v, path, *offset, writable_shared)
+            let rw = v.shared && v.prot & libc::PROT_WRITE != 0;
+            let fd = segs.held().mapped(path, rw, who)?;
+            map_fd(r, v, fd, path, *offset)
         }
         // A shared memfd mapping that could not become writable (of a
         // write-sealed memfd, say) is made from a read-only fd, which keeps
@@ -253,8 +263,8 @@ fn map_vma(
     }
 }
 
-/// Maps `v` from the file at `path` (opened in the task, read-write when
-/// the mapping is shared and may write).
+/// Maps `v` from torpor's object at `path` (`/proc/self/fd/N`, reopened
+/// in the task, read-write when the mapping is shared and may write).
 fn map_from(
     r: &mut Remote<'_>,
     mem: &Mem,
@@ -275,24 +285,30 @@ fn map_from(
             libc::O_RDONLY
         },
     )?;
+    let fd_i: i32 = conv::fit(fd, "int", format_args!("descriptor of {path} in the task"))?;
+    let res = map_fd(r, v, fd_i, path, offset);
+    r.close(fd)?;
+    res
+}
+
+/// Maps `v` from the task's descriptor `fd` of the file at `path`.
+fn map_fd(r: &mut Remote<'_>, v: &Vma, fd: i32, path: &str, offset: u64) -> Result<(), Cause> {
     let flags = libc::MAP_FIXED_NOREPLACE
         | if v.shared {
             libc::MAP_SHARED
         } else {
             libc::MAP_PRIVATE
         };
-    let fd_i: i32 = conv::fit(fd, "int", format_args!("descriptor of {path} in the task"))?;
-    let res = r.mmap(
+    r.mmap(
         "mmap (file)",
         v.start,
         v.end - v.start,
         v.prot,
         flags,
-        fd_i,
+        fd,
         offset,
-    );
-    r.close(fd)?;
-    res.map_err(|e| {
+    )
+    .map_err(|e| {
         Cause::Refused(format!(
             "mapping {} ({path}) at {:#x}: {e}",
             v.name, v.start

@@ -165,7 +165,12 @@ pub fn restore<R: Read>(
     // The namespace first: timerfd deadlines are set in its view.
     let (mut timens, clocks) = crate::engine::clocks::prepare(st.clocks.as_ref(), opts.host_clocks)
         .step(Step::TimeNamespace)?;
-    let mut objs = open_objects(st, opts, timens.as_ref().map(|t| t.tree_over_torpor))?;
+    let mut objs = open_objects(
+        st,
+        opts,
+        timens.as_ref().map(|t| t.tree_over_torpor),
+        made.paths(),
+    )?;
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     // The whole tree is in the namespace: torpor takes its own back.

@@ -54,11 +54,12 @@ impl Drop for Objects {
 }
 
 /// `shift`: how far the tree's clocks are ahead of torpor's, when the tree
-/// gets a time namespace.
+/// gets a time namespace; `made`: the tmpfs files the restore recreated.
 pub(super) fn open_objects(
     st: &ImageState,
     opts: &RestoreOptions,
     shift: Option<Offsets>,
+    made: &[String],
 ) -> Result<Objects, EngineError> {
     let step = Step::OpenFiles;
     let max_target = st
@@ -71,7 +72,7 @@ pub(super) fn open_objects(
     let mut objs = Objects {
         fds: Vec::new(),
         shm: BTreeMap::new(),
-        segs: crate::engine::files::Segments::create(st, high).step(step)?,
+        segs: crate::engine::files::Segments::create(st, high, made).step(step)?,
         high,
     };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();

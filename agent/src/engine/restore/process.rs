@@ -16,7 +16,7 @@ use super::seccomp::install_seccomp;
 use super::tasks::{CloneArgs, Created};
 use super::thread::restore_thread;
 use super::timers::{restore_timers, ITIMER_REAL};
-use super::trampoline::{self, remote_open, with_remote, Scratch};
+use super::trampoline::{self, with_remote, Scratch};
 
 /// The kernel's `struct prctl_mm_map`: `auxv` is a native pointer (`__u64 *`),
 /// so on 32-bit ARM the fields after it move up by four bytes; padding makes
@@ -59,7 +59,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 r.mprotect("mprotect", v.start, v.end - v.start, v.prot)?;
             }
         }
-        let exe_fd = remote_open(r, mem, tramp, p.task.exe.as_bytes(), libc::O_RDONLY)?;
+        let exe_fd = rb.exe_fd;
         let mut s = Scratch::at(mem, tramp);
         let auxv = auxv_bytes(&p.mm.auxv)?;
         let auxv_at = s.bytes(&auxv)?;
@@ -90,8 +90,22 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
             nr::PRCTL,
             [PR_SET_MM, PR_SET_MM_MAP, map_at, 104, 0, 0],
         );
-        r.close(exe_fd)?;
         res?;
+        // torpor's descriptors above the task's own (the executable's, the
+        // mapped files', the report pipe if the task was stopped right after
+        // reporting).
+        r.syscall(
+            "close_range",
+            nr::CLOSE_RANGE,
+            [
+                u64::from(rb.high_fd.bits()),
+                u64::from(u32::MAX),
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
         // Every signal's: one the image does not name gets the default,
         // not the disposition inherited from torpor.
         for sig in 1..=64u32 {

@@ -274,10 +274,14 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             }
         }
     }
-    let cwd = std::ffi::CString::new(p.task.cwd.as_bytes())
-        .map_err(|_| format!("cwd {:?} holds a NUL byte", p.task.cwd))?;
-    // SAFETY: a plain syscall on integers or live C strings.
-    if unsafe { libc::chdir(cwd.as_ptr()) } < 0 {
+    // The directory torpor opened as this task (`files::held`).
+    let cwd = objs
+        .segs
+        .held()
+        .cwd(p.task.pid)
+        .ok_or_else(|| format!("working directory {} was not opened", p.task.cwd))?;
+    // SAFETY: a plain syscall on an inherited descriptor.
+    if unsafe { libc::fchdir(cwd) } < 0 {
         return Err(format!("chdir {}: {}", p.task.cwd, last_os()));
     }
     // SAFETY: a plain syscall on integers or live C strings.
