@@ -1,14 +1,11 @@
 //! Descriptors kept outside the image: the restore is handed one for each
 //! key (`--inherit-fd KEY=FD`) and gives the tree a duplicate.
-//!
-//! Unsafe code: `fcntl(F_DUPFD_CLOEXEC)` on the descriptor handed in.
-#![allow(unsafe_code)]
 
 use crate::engine::state::ExternalFile;
 use crate::engine::Cause;
 use crate::image::records::FdKind;
 
-use super::{last_os, CheckCx, FsKind, OpenCx};
+use super::{dup_given, CheckCx, FsKind, OpenCx};
 
 impl FsKind for ExternalFile {
     const NAME: &'static str = "an external descriptor";
@@ -47,16 +44,6 @@ impl FsKind for ExternalFile {
             .iter()
             .find(|(k, _)| k == key)
             .ok_or_else(|| Cause::Refused(format!("no descriptor for external fd {key:?}")))?;
-        // SAFETY: duplicating a descriptor the caller handed over.
-        let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            let e = last_os();
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("creating external fd {key:?}: {e}"),
-            )
-            .into());
-        }
-        Ok(fd)
+        dup_given(given, format_args!("creating external fd {key:?}"))
     }
 }

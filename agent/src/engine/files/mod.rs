@@ -210,6 +210,18 @@ pub fn move_high(fd: i32, high: i32) -> Result<i32, Cause> {
     Ok(n)
 }
 
+/// A duplicate of `given`, a descriptor the caller handed in (`what` it
+/// stands for, in the error).
+pub fn dup_given(given: i32, what: std::fmt::Arguments<'_>) -> Result<i32, Cause> {
+    // SAFETY: duplicating a descriptor the caller handed over.
+    let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = last_os();
+        return Err(std::io::Error::new(e.kind(), format!("{what}: {e}")).into());
+    }
+    Ok(fd)
+}
+
 /// Opens `path` with torpor's own rights: a path torpor made itself
 /// (`/proc/self/fd/N`, an object's file) or one the operator named.
 pub fn open_own(path: &str, flags: i32) -> Result<i32, Cause> {

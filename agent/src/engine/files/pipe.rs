@@ -15,7 +15,7 @@ use crate::engine::{conv, Cause};
 use crate::image::records::{FdKind, PipeEnd};
 
 use super::owner::{self, check_path, Acting, Check, Same};
-use super::{last_os, move_high, open_own, CheckCx, FsKind, OpenCx};
+use super::{dup_given, last_os, move_high, open_own, CheckCx, FsKind, OpenCx};
 
 /// The tree's pipes, by index: (read end, write end, read end used, write
 /// end used), all in torpor above the tree's descriptor numbers. The first
@@ -56,16 +56,7 @@ impl PipeEnds {
                 if let Some(&(_, given)) = inherit.iter().find(|(k, _)| *k == key) {
                     // The caller's descriptor stands in for the pipe, used as it
                     // is: its own data is what the tree reads next.
-                    // SAFETY: duplicating a descriptor the caller handed over.
-                    let fd = unsafe { libc::fcntl(given, libc::F_DUPFD_CLOEXEC, 0) };
-                    if fd < 0 {
-                        let e = last_os();
-                        return Err(std::io::Error::new(
-                            e.kind(),
-                            format!("taking --inherit-fd {key}={given}: {e}"),
-                        )
-                        .into());
-                    }
+                    let fd = dup_given(given, format_args!("taking --inherit-fd {key}={given}"))?;
                     let fd = move_high(fd, high)?;
                     ends.0.insert(id, (fd, fd, false, false));
                     continue;
