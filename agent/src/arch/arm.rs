@@ -353,8 +353,8 @@ mod tests {
     #[test]
     fn sigframe_holds_what_rt_sigreturn_reads() {
         let mut r = Regs::default();
-        for (i, x) in r.r.iter_mut().enumerate() {
-            *x = 0x100 + i as u32;
+        for (x, v) in r.r.iter_mut().zip(0x100u32..) {
+            *x = v;
         }
         r.r[13] = 0xbeff_f004;
         r.cpsr = 0x6000_0010;
