@@ -121,6 +121,94 @@ fn a_planted_part_link_is_refused_and_its_target_untouched() {
 }
 
 #[test]
+fn a_part_left_by_a_killed_dump_is_written_again() {
+    let dir = scratch("stale-part");
+    let image = dir.join("app.img");
+    let part = dir.join("app.img.part");
+    // What a dump killed while writing leaves: a 0600 file of root's,
+    // locked by nobody, holding the start of an image.
+    std::fs::write(&part, vec![0xa5u8; 100_000]).expect("write");
+    chmod(&part, 0o600);
+    let mut app = Sleeper::new();
+    let out = dump_image(&app.pid(), &image);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!part.exists());
+    assert_eq!(mode(&image), 0o600);
+    let img = std::fs::read(&image).expect("read");
+    assert!(!img.starts_with(&[0xa5; 16]), "written from its start");
+    let out = torpor(&["show", image.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(app.alive());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn a_part_another_dump_is_writing_is_refused() {
+    let dir = scratch("live-part");
+    let image = dir.join("app.img");
+    let part = dir.join("app.img.part");
+    std::fs::write(&part, b"being written").expect("write");
+    chmod(&part, 0o600);
+    // The lock a dump holds while it writes.
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(&part).expect("open"),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .expect("flock");
+    let mut app = Sleeper::new();
+    let out = dump_image(&app.pid(), &image);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "torpor: error: write image: creating {}: another dump is writing it; dump again once it has finished\n",
+            part.display()
+        )
+    );
+    assert_eq!(std::fs::read(&part).expect("read"), b"being written");
+    assert!(!image.exists());
+    drop(held);
+    assert!(app.alive());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn a_part_that_is_not_a_dumps_is_left_alone() {
+    let dir = scratch("foreign-part");
+    let image = dir.join("app.img");
+    let part = dir.join("app.img.part");
+    let refused = format!(
+        "torpor: error: write image: creating {}: it already exists (left by a dump that did not finish, or put there by someone else); torpor neither follows nor overwrites it: remove it and dump again\n",
+        part.display()
+    );
+    let mut app = Sleeper::new();
+    // Readable by others: not created by a dump.
+    std::fs::write(&part, b"someone's").expect("write");
+    chmod(&part, 0o644);
+    let out = dump_image(&app.pid(), &image);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), refused);
+    assert_eq!(std::fs::read(&part).expect("read"), b"someone's");
+    // Another name of a file elsewhere.
+    chmod(&part, 0o600);
+    let other = dir.join("other");
+    std::fs::hard_link(&part, &other).expect("link");
+    let out = dump_image(&app.pid(), &image);
+    assert_eq!(stderr(&out), refused);
+    assert_eq!(std::fs::read(&other).expect("read"), b"someone's");
+    // Another user's.
+    std::fs::remove_file(&other).expect("unlink");
+    std::os::unix::fs::chown(&part, Some(65534), None).expect("chown");
+    let out = dump_image(&app.pid(), &image);
+    assert_eq!(stderr(&out), refused);
+    assert_eq!(std::fs::read(&part).expect("read"), b"someone's");
+    assert_eq!(std::fs::metadata(&part).expect("stat").uid(), 65534);
+    assert!(!image.exists());
+    assert!(app.alive());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
 fn images_and_stores_are_private() {
     let dir = scratch("private");
     let image = dir.join("app.img");

@@ -157,9 +157,13 @@ pub const PARASITE_MAP_SIZE: usize = 8192;
 #[allow(unsafe_code)]
 mod blobs {
     // Trampoline: `syscall; int3`.
-    // Parasite: entered with r12 = &ParasiteArgs and rsp inside the argument
-    // page; uses only r12-r15 (which syscall preserves) plus the syscall
-    // argument registers; ends in int3 so the tracer regains control.
+    // Parasite: entered with r12 = &ParasiteArgs, r14 = the stack pointer
+    // of a signal frame holding the task's own context, and rsp inside the
+    // argument page; uses only r12-r15 (which syscall preserves) plus the
+    // syscall argument registers. The tracer steps it from syscall to
+    // syscall and takes it back at the exit of its final getpid; a task
+    // whose tracer died goes on into rt_sigreturn and returns to its own
+    // context. The int3 after it is never reached.
     core::arch::global_asm!(
         ".pushsection .rodata.torpor_blobs,\"a\"",
         ".globl torpor_trampoline_start",
@@ -232,6 +236,15 @@ mod blobs {
         "xor edi, edi",
         "syscall",
         "mov [r12 + {results} + 8 * {s_brk}], rax",
+        // getpid: the tracer takes the task back at this syscall's exit.
+        "mov eax, 39",
+        "syscall",
+        ".globl torpor_parasite_done",
+        "torpor_parasite_done:",
+        // Reached only without a tracer: back to the task's own context.
+        "mov rsp, r14",
+        "mov eax, 15",
+        "syscall",
         "int3",
         "torpor_parasite_end:",
         ".popsection",
@@ -260,9 +273,11 @@ mod blobs {
 mod blobs {
     // ARM (A32, ARMv6: no movw/movt, no Thumb-2, no barriers).
     // Trampoline: `svc #0; udf` (0xe7f001f0, the Linux ARM breakpoint).
-    // Parasite: entered with r4 = &ParasiteArgs and sp inside the argument
-    // page; r4-r6 are preserved by the kernel across svc; r7 holds the
-    // syscall number (EABI). Constants too wide for an immediate come from
+    // Parasite: entered with r4 = &ParasiteArgs, r8 = the stack pointer of
+    // the signal frame for its final rt_sigreturn (as on x86_64: reached
+    // only when the tracer died), and sp inside the argument page; r4-r8
+    // are preserved by the kernel across svc; r7 holds the syscall number
+    // (EABI). Constants too wide for an immediate come from
     // the literal pool at the end (pc-relative: still position independent).
     core::arch::global_asm!(
         ".pushsection .rodata.torpor_blobs,\"a\"",
@@ -356,6 +371,15 @@ mod blobs {
         "ldr r6, 15f",
         "add r6, r6, r4",
         "str r0, [r6, #{s_brk} * 4]",
+        // getpid: the tracer takes the task back at this syscall's exit.
+        "mov r7, #20",
+        "svc #0",
+        ".globl torpor_parasite_done",
+        "torpor_parasite_done:",
+        // Reached only without a tracer: back to the task's own context.
+        "mov sp, r8",
+        "mov r7, #173",
+        "svc #0",
         ".word 0xe7f001f0",
         "10: .word {sig_results}",
         "11: .word {altstack}",
@@ -391,9 +415,11 @@ mod blobs {
 #[allow(unsafe_code)]
 mod blobs {
     // A64. Trampoline: `svc #0; brk #0`.
-    // Parasite: entered with x19 = &ParasiteArgs and sp inside the argument
-    // page; the kernel preserves every register but x0 across svc; x8 holds
-    // the syscall number. Offsets are immediates (below 4096, so they fit
+    // Parasite: entered with x19 = &ParasiteArgs, x24 = the stack pointer
+    // of the signal frame for its final rt_sigreturn (as on x86_64: reached
+    // only when the tracer died), and sp inside the argument page; the
+    // kernel preserves every register but x0 across svc; x8 holds the
+    // syscall number. Offsets are immediates (below 4096, so they fit
     // `add` and scaled `str` forms); no literal pool, no relocations.
     core::arch::global_asm!(
         ".pushsection .rodata.torpor_blobs,\"a\"",
@@ -470,6 +496,15 @@ mod blobs {
         "mov x8, #214",
         "svc #0",
         "str x0, [x19, #{results} + 8 * {s_brk}]",
+        // getpid: the tracer takes the task back at this syscall's exit.
+        "mov x8, #172",
+        "svc #0",
+        ".globl torpor_parasite_done",
+        "torpor_parasite_done:",
+        // Reached only without a tracer: back to the task's own context.
+        "mov sp, x24",
+        "mov x8, #139",
+        "svc #0",
         "brk #0",
         "torpor_parasite_end:",
         ".popsection",
@@ -508,6 +543,7 @@ mod export {
         #[cfg(test)]
         static torpor_trampoline_end: u8;
         static torpor_parasite_start: u8;
+        static torpor_parasite_done: u8;
         static torpor_parasite_end: u8;
     }
 
@@ -537,6 +573,12 @@ mod export {
         }
     }
 
+    /// Offset in the parasite of the instruction after its final getpid:
+    /// where a tracer stepping it finds it at that syscall's exit.
+    pub fn parasite_done() -> usize {
+        (&raw const torpor_parasite_done as usize) - (&raw const torpor_parasite_start as usize)
+    }
+
     /// The collecting parasite for this architecture.
     pub fn parasite() -> &'static [u8] {
         // SAFETY: the parasite's own start and end symbols, in .rodata.
@@ -549,13 +591,13 @@ mod export {
     }
 }
 
-#[cfg(any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64"))]
-pub use export::parasite;
 #[cfg(all(
     test,
     any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64")
 ))]
 pub use export::trampoline;
+#[cfg(any(target_arch = "x86_64", target_arch = "arm", target_arch = "aarch64"))]
+pub use export::{parasite, parasite_done};
 
 #[cfg(test)]
 mod tests {
@@ -583,6 +625,42 @@ mod tests {
         };
         assert_eq!(got, want);
         assert_eq!(SIGACTION_SIZE, if WORD == 8 { 32 } else { 20 });
+    }
+
+    /// The tracer takes the parasite back after a syscall instruction, and
+    /// without a tracer the parasite goes on into rt_sigreturn.
+    #[test]
+    fn the_parasite_is_done_after_a_syscall_then_returns() {
+        let p = parasite();
+        let d = parasite_done();
+        assert!(d > 16 && d < p.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(p[d - 7..d], [0xb8, 39, 0, 0, 0, 0x0f, 0x05], "getpid");
+            // mov rsp, r14; mov eax, 15; syscall
+            assert_eq!(p[d..d + 3], [0x4c, 0x89, 0xf4]);
+            assert_eq!(p[d + 3..d + 10], [0xb8, 15, 0, 0, 0, 0x0f, 0x05]);
+        }
+        #[cfg(target_arch = "arm")]
+        {
+            let w = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            assert_eq!([w(d - 8), w(d - 4)], [0xe3a0_7014, 0xef00_0000], "getpid");
+            assert_eq!(
+                [w(d), w(d + 4), w(d + 8)],
+                [0xe1a0_d008, 0xe3a0_70ad, 0xef00_0000],
+                "mov sp, r8; mov r7, #173; svc #0"
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let w = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            assert_eq!([w(d - 8), w(d - 4)], [0xd280_1588, 0xd400_0001], "getpid");
+            assert_eq!(
+                [w(d), w(d + 4), w(d + 8)],
+                [0x9100_031f, 0xd280_1168, 0xd400_0001],
+                "mov sp, x24; mov x8, #139; svc #0"
+            );
+        }
     }
 
     #[test]

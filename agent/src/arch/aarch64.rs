@@ -56,6 +56,12 @@ pub const ARCH: &str = "aarch64";
 pub const SYSCALL_TRAP: &[u8] = &[0x01, 0x00, 0x00, 0xd4, 0x00, 0x00, 0x20, 0xd4];
 /// Length of the syscall instruction the restart rule rewinds over.
 pub const SYSCALL_INSN_LEN: u64 = 4;
+/// `svc #0; mov x8, #139 (rt_sigreturn); svc #0`, padded with `brk #0`.
+pub const SYSCALL_SIGRETURN: &[u8; super::SITE_LEN] = &[
+    0x01, 0x00, 0x00, 0xd4, 0x68, 0x11, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4, 0x00, 0x00, 0x20, 0xd4,
+];
+/// The kernel-made mapping with spare bytes for [`SYSCALL_SIGRETURN`].
+pub const SPARE_MAPPING: &str = "[vdso]";
 /// The kernel's SHMLBA for native tasks: the page size (arm64 caches do not
 /// alias), so any page-aligned address is allowed.
 pub const SHMLBA: u64 = 4096;
@@ -158,6 +164,11 @@ impl Regs {
         self.user.sp = stack;
         self.clear_syscall();
     }
+    /// Where the parasite finds the stack pointer for its final
+    /// `rt_sigreturn`: x24, which it leaves alone.
+    pub fn set_parasite_frame(&mut self, sp: u64) {
+        self.user.regs[24] = sp;
+    }
     pub fn clear_syscall(&mut self) {
         self.syscallno = NO_SYSCALL;
     }
@@ -236,6 +247,61 @@ impl Regs {
 /// the same page.
 pub fn patch_site(pc: u64) -> u64 {
     super::beside_pc(pc)
+}
+
+/// Where [`SYSCALL_SIGRETURN`] may go in the task's vDSO `image`: past
+/// the end of its ELF file.
+pub fn spare_slot(image: &[u8]) -> Option<usize> {
+    super::elf64_tail_slot(image, SYSCALL_SIGRETURN)
+}
+
+/// `struct rt_sigframe`: siginfo (128) then the ucontext (4560).
+const RT_SIGFRAME_SIZE: usize = 128 + 4560;
+/// Offsets in the frame: the ucontext, its `uc_sigmask`, and the
+/// sigcontext (`uc_mcontext`, 16-byte aligned) with its `__reserved` area.
+const UC: usize = 128;
+const UC_SIGMASK: usize = UC + 40;
+const MCONTEXT: usize = UC + 176;
+const RESERVED: usize = MCONTEXT + 288;
+const FPSIMD_MAGIC: u32 = 0x4650_8001;
+/// `sizeof(struct fpsimd_context)`: header, fpsr, fpcr, 32 vector registers.
+const FPSIMD_CONTEXT_SIZE: u32 = 16 + 32 * 16;
+
+/// The frame `rt_sigreturn` reads (arch/arm64/kernel/signal.c), 16-byte
+/// aligned below `regs.sp`:
+///
+/// ```text
+///  sp           siginfo (128, unused)
+///  sp + 128     ucontext: flags, link, stack (24), sigmask (8), padding
+///  sp + 304     sigcontext: fault_address, x0-x30, sp, pc, pstate
+///  sp + 592     fpsimd_context (FPSIMD_MAGIC, 528 bytes), then an empty
+///               record that ends the list
+/// ```
+///
+/// An SVE or SME state beyond the FP/SIMD registers is not carried.
+pub fn sigframe(regs: &Regs, fpregs: &[u8], mask: u64) -> super::SigFrame {
+    let addr = regs.user.sp.wrapping_sub(RT_SIGFRAME_SIZE as u64) & !15;
+    let mut b = vec![0u8; RT_SIGFRAME_SIZE];
+    super::put32(&mut b, UC + 24, super::SS_KEEP);
+    super::put64(&mut b, UC_SIGMASK, mask);
+    for (i, v) in regs.user.regs.iter().enumerate() {
+        super::put64(&mut b, MCONTEXT + 8 + 8 * i, *v);
+    }
+    super::put64(&mut b, MCONTEXT + 256, regs.user.sp);
+    super::put64(&mut b, MCONTEXT + 264, regs.user.pc);
+    super::put64(&mut b, MCONTEXT + 272, regs.user.pstate);
+    super::put32(&mut b, RESERVED, FPSIMD_MAGIC);
+    super::put32(&mut b, RESERVED + 4, FPSIMD_CONTEXT_SIZE);
+    // user_fpsimd_state: v0-v31, then fpsr and fpcr.
+    if fpregs.len() >= 32 * 16 + 8 {
+        b[RESERVED + 8..RESERVED + 16].copy_from_slice(&fpregs[512..520]);
+        b[RESERVED + 16..RESERVED + 16 + 512].copy_from_slice(&fpregs[..512]);
+    }
+    super::SigFrame {
+        addr,
+        bytes: b,
+        sp: addr,
+    }
 }
 
 /// The first argument of the syscall a stopped task is in, from the text of
@@ -461,6 +527,47 @@ mod tests {
         r.tls = 0x7f00_0000_1000;
         r.orig_x0 = 3;
         r
+    }
+
+    #[test]
+    fn sigframe_holds_what_rt_sigreturn_reads() {
+        let r = nonzero_regs();
+        let mut fp = vec![0u8; FPSIMD_SIZE];
+        fp[..16].copy_from_slice(&[0x11; 16]); // v0
+        fp[496..512].copy_from_slice(&[0x22; 16]); // v31
+        fp[512..516].copy_from_slice(&0x0800_0010u32.to_le_bytes()); // fpsr
+        fp[516..520].copy_from_slice(&0x0300_0000u32.to_le_bytes()); // fpcr
+        let f = sigframe(&r, &fp, 0x8000_0000_0000_4002);
+        // 16-byte aligned, below the stack pointer.
+        assert_eq!(f.addr, (0x7fff_fff0 - 4688) & !15);
+        assert_eq!(f.sp, f.addr);
+        assert_eq!(f.bytes.len(), 4688);
+        let w = |i: usize| u64::from_le_bytes(f.bytes[i..i + 8].try_into().expect("8 bytes"));
+        let h = |i: usize| u32::from_le_bytes(f.bytes[i..i + 4].try_into().expect("4 bytes"));
+        assert_eq!(h(128 + 24), 3, "uc_stack.ss_flags that sigaltstack refuses");
+        assert_eq!(w(128 + 40), 0x8000_0000_0000_4002, "uc_sigmask");
+        assert_eq!(w(304), 0, "fault_address");
+        assert_eq!(w(304 + 8), 0x1000, "x0");
+        assert_eq!(w(304 + 8 + 30 * 8), 0x101e, "x30");
+        assert_eq!(w(304 + 256), 0x7fff_fff0, "sp");
+        assert_eq!(w(304 + 264), 0x40_1234, "pc");
+        assert_eq!(w(304 + 272), 0x6000_0000, "pstate");
+        assert_eq!(h(592), 0x4650_8001, "FPSIMD_MAGIC");
+        assert_eq!(h(596), 528);
+        assert_eq!(h(600), 0x0800_0010, "fpsr");
+        assert_eq!(h(604), 0x0300_0000, "fpcr");
+        assert_eq!(f.bytes[608..624], [0x11; 16], "v0");
+        assert_eq!(f.bytes[608 + 496..608 + 512], [0x22; 16], "v31");
+        assert_eq!(w(592 + 528), 0, "the record that ends the list");
+    }
+
+    #[test]
+    fn the_site_is_svc_then_rt_sigreturn() {
+        let w = |i: usize| u32::from_le_bytes(SYSCALL_SIGRETURN[i..i + 4].try_into().expect("4"));
+        assert_eq!(w(0), 0xd400_0001, "svc #0");
+        assert_eq!(w(4), 0xd280_1168, "movz x8, #139");
+        assert_eq!(w(8), 0xd400_0001, "svc #0");
+        assert_eq!(w(12), 0xd420_0000, "brk #0");
     }
 
     #[test]

@@ -15,6 +15,16 @@ pub const ARCH: &str = "arm";
 pub const SYSCALL_TRAP: &[u8] = &[0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7];
 /// Length of the syscall instruction the restart rule rewinds over.
 pub const SYSCALL_INSN_LEN: u64 = 4;
+/// `svc #0; mov r7, #173 (rt_sigreturn); svc #0`, padded with the trap.
+pub const SYSCALL_SIGRETURN: &[u8; super::SITE_LEN] = &[
+    0x00, 0x00, 0x00, 0xef, 0xad, 0x70, 0xa0, 0xe3, 0x00, 0x00, 0x00, 0xef, 0xf0, 0x01, 0xf0, 0xe7,
+];
+/// The kernel-made mapping with spare bytes for [`SYSCALL_SIGRETURN`]: the
+/// signal page, whose sigreturn code sits at a random offset among
+/// undefined instructions (arch/arm/kernel/process.c).
+pub const SPARE_MAPPING: &str = "[sigpage]";
+/// The undefined instruction the kernel fills `[sigpage]` with.
+const SIGPAGE_POISON: u32 = 0xe7fd_def1;
 /// The kernel's SHMLBA: where the data cache aliases (VIPT aliasing, as on
 /// ARMv6 cores that report it), a shared mapping may only be placed where
 /// `address - file offset` is a multiple of this; `mmap` and `mremap` to a
@@ -99,6 +109,11 @@ impl Regs {
         self.cpsr &= !CPSR_T;
         self.clear_syscall();
     }
+    /// Where the parasite finds the stack pointer for its final
+    /// `rt_sigreturn`: r8, which it leaves alone.
+    pub fn set_parasite_frame(&mut self, sp: u64) {
+        self.r[8] = lo(sp);
+    }
     pub fn clear_syscall(&mut self) {
         self.orig_r0 = u32::MAX;
     }
@@ -166,6 +181,62 @@ impl Regs {
 /// or above it at the start of a page, stay inside the same page.
 pub fn patch_site(pc: u64) -> u64 {
     super::beside_pc(pc)
+}
+
+/// Where [`SYSCALL_SIGRETURN`] may go in the task's signal page `image`:
+/// the first aligned slot that holds only the poison instruction (or that
+/// code already).
+pub fn spare_slot(image: &[u8]) -> Option<usize> {
+    let poison = SIGPAGE_POISON.to_le_bytes();
+    image
+        .chunks_exact(super::SITE_LEN)
+        .position(|s| s.chunks_exact(4).all(|w| w == poison) || s == SYSCALL_SIGRETURN)
+        .map(|i| i * super::SITE_LEN)
+}
+
+/// Offsets in the frame `rt_sigreturn` reads (arch/arm/kernel/signal.c):
+/// siginfo (128), then the ucontext: flags, link, stack (12), sigcontext
+/// (21 words from trap_no; r0 is its fourth), sigmask (8), padding, and
+/// `uc_regspace`, where the VFP record goes.
+const UC: usize = 128;
+const MCONTEXT_R0: usize = UC + 20 + 12;
+const UC_SIGMASK: usize = UC + 104;
+const REGSPACE: usize = UC + 232;
+const VFP_MAGIC: u32 = 0x5646_5001;
+/// `sizeof(struct vfp_sigframe)`: magic, size, `user_vfp` (padded to 264),
+/// `user_vfp_exc`, padded to 8.
+const VFP_FRAME_SIZE: u32 = 288;
+/// FPEXC.EN: the kernel turns it on anyway.
+const FPEXC_EN: u32 = 1 << 30;
+/// Bytes written: siginfo, the 744-byte ucontext and the return code words.
+const RT_SIGFRAME_SIZE: usize = UC + 744 + 16;
+
+/// The frame `rt_sigreturn` reads, 8-byte aligned below `regs.sp`:
+///
+/// ```text
+///  sp          siginfo (128, unused)
+///  sp + 148    sigcontext: trap_no, error_code, oldmask, r0-r15, cpsr
+///  sp + 232    uc_sigmask
+///  sp + 360    vfp_sigframe: VFP_MAGIC, size, d0-d31, fpscr, fpexc
+/// ```
+pub fn sigframe(regs: &Regs, fpregs: &[u8], mask: u64) -> super::SigFrame {
+    let addr = regs.sp().wrapping_sub(RT_SIGFRAME_SIZE as u64) & !7 & 0xffff_ffff;
+    let mut b = vec![0u8; RT_SIGFRAME_SIZE];
+    super::put32(&mut b, UC + 12, super::SS_KEEP);
+    for (i, v) in regs.r.iter().chain([regs.cpsr].iter()).enumerate() {
+        super::put32(&mut b, MCONTEXT_R0 + 4 * i, *v);
+    }
+    b[UC_SIGMASK..UC_SIGMASK + 8].copy_from_slice(&mask.to_le_bytes());
+    super::put32(&mut b, REGSPACE, VFP_MAGIC);
+    super::put32(&mut b, REGSPACE + 4, VFP_FRAME_SIZE);
+    let n = fpregs.len().min(VFP_SIZE);
+    b[REGSPACE + 8..REGSPACE + 8 + n].copy_from_slice(&fpregs[..n]);
+    super::put32(&mut b, REGSPACE + 272, FPEXC_EN);
+    super::SigFrame {
+        addr,
+        bytes: b,
+        sp: addr,
+    }
 }
 
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
@@ -273,4 +344,54 @@ pub mod nr {
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 305;
     pub const SECCOMP: i64 = 383;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigframe_holds_what_rt_sigreturn_reads() {
+        let mut r = Regs::default();
+        for (x, v) in r.r.iter_mut().zip(0x100u32..) {
+            *x = v;
+        }
+        r.r[13] = 0xbeff_f004;
+        r.cpsr = 0x6000_0010;
+        let mut fp = vec![0u8; VFP_SIZE];
+        fp[..8].copy_from_slice(&[0x11; 8]); // d0
+        fp[256..260].copy_from_slice(&0x0300_0000u32.to_le_bytes()); // fpscr
+        let f = sigframe(&r, &fp, 0x8000_0000_0000_4002);
+        assert_eq!(f.addr, (0xbeff_f004 - 888) & !7);
+        assert_eq!(f.sp, f.addr);
+        let h = |i: usize| u32::from_le_bytes(f.bytes[i..i + 4].try_into().expect("4 bytes"));
+        assert_eq!(h(128 + 12), 3, "uc_stack.ss_flags that sigaltstack refuses");
+        assert_eq!(h(160), 0x100, "r0");
+        assert_eq!(h(160 + 12 * 4), 0x10c, "ip");
+        assert_eq!(h(160 + 13 * 4), 0xbeff_f004, "sp");
+        assert_eq!(h(160 + 15 * 4), 0x10f, "pc");
+        assert_eq!(h(160 + 16 * 4), 0x6000_0010, "cpsr");
+        assert_eq!(h(232), 0x4002, "uc_sigmask, low word");
+        assert_eq!(h(236), 0x8000_0000, "uc_sigmask, high word");
+        assert_eq!(h(360), 0x5646_5001, "VFP_MAGIC");
+        assert_eq!(h(364), 288, "VFP_STORAGE_SIZE");
+        assert_eq!(f.bytes[368..376], [0x11; 8], "d0");
+        assert_eq!(h(368 + 256), 0x0300_0000, "fpscr");
+        assert_eq!(h(360 + 272), 1 << 30, "fpexc: enabled");
+    }
+
+    #[test]
+    fn the_signal_page_slot_is_poison() {
+        let mut page = vec![0u8; 4096];
+        for w in page.chunks_exact_mut(4) {
+            w.copy_from_slice(&SIGPAGE_POISON.to_le_bytes());
+        }
+        page[0x200..0x210].fill(0);
+        assert_eq!(spare_slot(&page), Some(0));
+        page[8..12].fill(0);
+        assert_eq!(spare_slot(&page), Some(16));
+        page[16..32].copy_from_slice(SYSCALL_SIGRETURN);
+        assert_eq!(spare_slot(&page), Some(16));
+        assert_eq!(spare_slot(&[0u8; 64]), None);
+    }
 }

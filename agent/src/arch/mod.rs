@@ -19,6 +19,11 @@
 //! - `tls_restore_syscall(tls)`: the remote syscall that installs a TLS
 //!   pointer, when registers alone do not carry it
 //! - `nr`: the syscall numbers the engine injects, and `mmap_args`
+//! - `SYSCALL_SIGRETURN` (syscall, then `rt_sigreturn`, padded to
+//!   [`SITE_LEN`]), `SPARE_MAPPING` and `spare_slot`: where in a kernel-made
+//!   mapping those bytes may go, `sigframe`: the signal frame that
+//!   `rt_sigreturn` turns back into a task's registers, mask and FPU state,
+//!   and `Regs::set_parasite_frame` (see `engine::remote`)
 
 #[cfg(target_arch = "arm")]
 mod arm;
@@ -49,6 +54,95 @@ fn beside_pc(pc: u64) -> u64 {
     } else {
         pc + 8
     }
+}
+
+/// Bytes of the injected `syscall; rt_sigreturn` with its padding.
+pub const SITE_LEN: usize = 16;
+
+/// A signal frame to write at `addr`: `rt_sigreturn` with the stack
+/// pointer at `sp` installs the registers, signal mask and FPU state it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigFrame {
+    pub addr: u64,
+    pub bytes: Vec<u8>,
+    pub sp: u64,
+}
+
+/// Little-endian stores into a frame under construction.
+#[cfg(any(
+    target_arch = "arm",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    test
+))]
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", test))]
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// `sigaltstack` flags no kernel accepts (neither 0, SS_ONSTACK nor
+/// SS_DISABLE): `rt_sigreturn` passes the frame's `uc_stack` to
+/// `sigaltstack` and ignores its failure, so the task's alternate stack is
+/// left as it is.
+#[cfg(any(
+    target_arch = "arm",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    test
+))]
+const SS_KEEP: u32 = 3;
+
+/// The last [`SITE_LEN`] bytes of a vDSO image when no part of its ELF
+/// file (headers, sections, section table) reaches them, and they hold
+/// nothing (zeros) or `code` already: the offset of that slot. Nothing
+/// calls or jumps there, so code written there runs only when torpor sends
+/// a task there.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", test))]
+fn elf64_tail_slot(image: &[u8], code: &[u8]) -> Option<usize> {
+    let u16_at = |at: usize| -> Option<u64> {
+        Some(u64::from(u16::from_le_bytes(
+            image.get(at..at + 2)?.try_into().ok()?,
+        )))
+    };
+    let u32_at = |at: usize| -> Option<u64> {
+        Some(u64::from(u32::from_le_bytes(
+            image.get(at..at + 4)?.try_into().ok()?,
+        )))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(image.get(at..at + 8)?.try_into().ok()?))
+    };
+    // ELF64, little endian.
+    if image.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (phoff, shoff) = (u64_at(0x20)?, u64_at(0x28)?);
+    let (phentsize, phnum) = (u16_at(0x36)?, u16_at(0x38)?);
+    let (shentsize, shnum) = (u16_at(0x3a)?, u16_at(0x3c)?);
+    let mut end = (phoff + phentsize * phnum).max(shoff + shentsize * shnum);
+    for i in 0..phnum {
+        let ph = usize::try_from(phoff + i * phentsize).ok()?;
+        // p_offset + p_filesz
+        end = end.max(u64_at(ph + 8)?.checked_add(u64_at(ph + 32)?)?);
+    }
+    const SHT_NOBITS: u64 = 8;
+    for i in 0..shnum {
+        let sh = usize::try_from(shoff + i * shentsize).ok()?;
+        if u32_at(sh + 4)? != SHT_NOBITS {
+            // sh_offset + sh_size
+            end = end.max(u64_at(sh + 24)?.checked_add(u64_at(sh + 32)?)?);
+        }
+    }
+    let at = image.len().checked_sub(SITE_LEN)? & !(SITE_LEN - 1);
+    if (at as u64) < end {
+        return None;
+    }
+    let slot = &image[at..at + SITE_LEN];
+    (slot.iter().all(|b| *b == 0) || slot == code).then_some(at)
 }
 
 /// `mmap` arguments where the offset is in bytes (every 64-bit ABI).
@@ -167,6 +261,40 @@ pub(crate) fn ptrace_err(op: &'static str, tid: i32) -> RegsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ELF64 image of `len` bytes whose one section ends at `end`.
+    fn elf(len: usize, end: u64) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        // No program headers; one 64-byte section header at 0x100.
+        put64(&mut b, 0x28, 0x100);
+        b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        b[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes());
+        put32(&mut b, 0x100 + 4, 1); // SHT_PROGBITS
+        put64(&mut b, 0x100 + 24, 0x200);
+        put64(&mut b, 0x100 + 32, end - 0x200);
+        b
+    }
+
+    #[test]
+    fn the_vdso_slot_is_past_the_elf_file() {
+        let code = [0xaa; SITE_LEN];
+        assert_eq!(elf64_tail_slot(&elf(8192, 0x1a60), &code), Some(8192 - 16));
+        // Contents up to the last 16 bytes: no room.
+        assert_eq!(elf64_tail_slot(&elf(8192, 8192 - 8), &code), None);
+        // The slot already holds the code (a dump that did not finish).
+        let mut img = elf(8192, 0x1a60);
+        img[8176..].copy_from_slice(&code);
+        assert_eq!(elf64_tail_slot(&img, &code), Some(8176));
+        // Anything else there is left alone.
+        img[8180] = 1;
+        assert_eq!(elf64_tail_slot(&img, &code), None);
+        // Not an ELF64 image.
+        let mut img = elf(8192, 0x1a60);
+        img[4] = 1;
+        assert_eq!(elf64_tail_slot(&img, &code), None);
+        assert_eq!(elf64_tail_slot(&[0u8; 8], &code), None);
+    }
 
     #[test]
     fn restart_codes() {

@@ -13,6 +13,12 @@ pub const ARCH: &str = "x86_64";
 pub const SYSCALL_TRAP: &[u8] = &[0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
 /// Length of the syscall instruction the restart rule rewinds over.
 pub const SYSCALL_INSN_LEN: u64 = 2;
+/// `syscall; mov eax, 15 (rt_sigreturn); syscall`, padded with `int3`.
+pub const SYSCALL_SIGRETURN: &[u8; super::SITE_LEN] = &[
+    0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
+];
+/// The kernel-made mapping with spare bytes for [`SYSCALL_SIGRETURN`].
+pub const SPARE_MAPPING: &str = "[vdso]";
 /// The kernel's SHMLBA: a shared mapping may sit at any page.
 pub const SHMLBA: u64 = 4096;
 
@@ -104,6 +110,11 @@ impl Regs {
         self.r12 = args;
         self.rsp = stack;
         self.clear_syscall();
+    }
+    /// Where the parasite finds the stack pointer for its final
+    /// `rt_sigreturn`: r14, which it leaves alone.
+    pub fn set_parasite_frame(&mut self, sp: u64) {
+        self.r14 = sp;
     }
     /// Forgets that the task was in a syscall, so resuming it does not run
     /// the kernel's restart logic a second time.
@@ -223,6 +234,95 @@ pub fn patch_site(pc: u64) -> u64 {
     pc
 }
 
+/// Where [`SYSCALL_SIGRETURN`] may go in the task's vDSO `image`: past
+/// the end of its ELF file.
+pub fn spare_slot(image: &[u8]) -> Option<usize> {
+    super::elf64_tail_slot(image, SYSCALL_SIGRETURN)
+}
+
+/// The frame `rt_sigreturn` reads (arch/x86/kernel/signal_64.c), placed
+/// below the red zone under `regs.rsp`, as the kernel places a signal's:
+///
+/// ```text
+///  addr        pretcode (8, unused)     <- sp - 8
+///  addr + 8    ucontext (304): flags, link, stack, sigcontext (256), mask
+///  addr + 312  siginfo (128, unused)
+///  fp          XSAVE area as PTRACE_GETREGSET gave it, 64-byte aligned,
+///              then FP_XSTATE_MAGIC2
+/// ```
+///
+/// The software bytes of the XSAVE area say how much of it is valid; with
+/// less than a legacy area and an XSAVE header (no XSAVE on the CPU) they
+/// are zero and only the legacy area is restored.
+pub fn sigframe(regs: &Regs, fpregs: &[u8], mask: u64) -> super::SigFrame {
+    const RED_ZONE: u64 = 128;
+    const FRAME: u64 = 8 + 304 + 128;
+    const UC_FP_XSTATE: u64 = 1;
+    const UC_SIGCONTEXT_SS: u64 = 2;
+    const UC_STRICT_RESTORE_SS: u64 = 4;
+    const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+    const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+    let fp_len = fpregs.len();
+    let xsave = fp_len >= *FPREGS_SIZES.start();
+    let fp_at = regs.rsp.wrapping_sub(RED_ZONE + fp_len as u64 + 4) & !63;
+    let addr = fp_at.wrapping_sub(FRAME) & !15;
+    // fp_at - addr is below FRAME + 16.
+    let fp_off = usize::try_from(fp_at - addr).unwrap_or(0);
+    let mut b = vec![0u8; fp_off + fp_len + 4];
+    let uc = 8;
+    let flags = UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS | if xsave { UC_FP_XSTATE } else { 0 };
+    super::put64(&mut b, uc, flags);
+    super::put32(&mut b, uc + 24, super::SS_KEEP);
+    let sc = uc + 40;
+    let gprs = [
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rdi,
+        regs.rsi,
+        regs.rbp,
+        regs.rbx,
+        regs.rdx,
+        regs.rax,
+        regs.rcx,
+        regs.rsp,
+        regs.rip,
+        regs.eflags,
+    ];
+    for (i, v) in gprs.iter().enumerate() {
+        super::put64(&mut b, sc + 8 * i, *v);
+    }
+    // cs, gs, fs, ss: 16-bit selectors.
+    let sel = |v: u64| (v & 0xffff) as u16;
+    for (i, v) in [regs.cs, regs.gs, regs.fs, regs.ss].iter().enumerate() {
+        b[sc + 144 + 2 * i..sc + 146 + 2 * i].copy_from_slice(&sel(*v).to_le_bytes());
+    }
+    super::put64(&mut b, sc + 184, fp_at);
+    super::put64(&mut b, uc + 296, mask);
+    b[fp_off..fp_off + fp_len].copy_from_slice(fpregs);
+    // The software bytes in the legacy area's reserved tail (offset 464).
+    let sw = fp_off + 464;
+    if xsave {
+        let len = u32::try_from(fp_len).unwrap_or(u32::MAX);
+        super::put32(&mut b, sw, FP_XSTATE_MAGIC1);
+        super::put32(&mut b, sw + 4, len.saturating_add(4));
+        super::put32(&mut b, sw + 16, len);
+        super::put32(&mut b, fp_off + fp_len, FP_XSTATE_MAGIC2);
+    } else if b.len() >= sw + 48 {
+        b[sw..sw + 48].fill(0);
+    }
+    super::SigFrame {
+        addr,
+        bytes: b,
+        sp: addr + 8,
+    }
+}
+
 pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     let mut r = Regs::default();
     // SAFETY: PTRACE_GETREGS writes one user_regs_struct into `r`, which is
@@ -319,4 +419,74 @@ pub mod nr {
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigframe_holds_what_rt_sigreturn_reads() {
+        let r = Regs {
+            r8: 8,
+            r15: 15,
+            rdi: 0xd1,
+            rax: 0xa,
+            rsp: 0x7ffd_0000_1008,
+            rip: 0x40_1000,
+            eflags: 0x246,
+            cs: 0x33,
+            ss: 0x2b,
+            ..Default::default()
+        };
+        let mut fp = vec![0u8; 832];
+        fp[..2].copy_from_slice(&0x037fu16.to_le_bytes()); // fcw
+        fp[472..480].copy_from_slice(&7u64.to_le_bytes()); // xfeatures
+        let f = sigframe(&r, &fp, 0x1_0000);
+        let w = |i: usize| u64::from_le_bytes(f.bytes[i..i + 8].try_into().expect("8 bytes"));
+        let h = |i: usize| u32::from_le_bytes(f.bytes[i..i + 4].try_into().expect("4 bytes"));
+        // The XSAVE area below the red zone, 64-byte aligned; the frame
+        // below it; rt_sigreturn finds it at sp - 8.
+        let fp_at = (0x7ffd_0000_1008 - 128 - 836) & !63;
+        assert_eq!(f.addr, (fp_at - 440) & !15);
+        assert_eq!(f.sp, f.addr + 8);
+        let fp_off = usize::try_from(fp_at - f.addr).expect("small");
+        assert_eq!(f.bytes.len(), fp_off + 836);
+        assert_eq!(
+            w(8),
+            7,
+            "uc_flags: FP_XSTATE, SIGCONTEXT_SS, STRICT_RESTORE_SS"
+        );
+        assert_eq!(h(8 + 24), 3, "uc_stack.ss_flags that sigaltstack refuses");
+        let sc = 48;
+        assert_eq!(w(sc), 8, "r8");
+        assert_eq!(w(sc + 56), 15, "r15");
+        assert_eq!(w(sc + 64), 0xd1, "rdi");
+        assert_eq!(w(sc + 104), 0xa, "rax");
+        assert_eq!(w(sc + 120), 0x7ffd_0000_1008, "rsp");
+        assert_eq!(w(sc + 128), 0x40_1000, "rip");
+        assert_eq!(w(sc + 136), 0x246, "eflags");
+        assert_eq!(f.bytes[sc + 144..sc + 146], [0x33, 0], "cs");
+        assert_eq!(f.bytes[sc + 150..sc + 152], [0x2b, 0], "ss");
+        assert_eq!(w(sc + 184), fp_at, "fpstate");
+        assert_eq!(w(8 + 296), 0x1_0000, "uc_sigmask");
+        assert_eq!(
+            f.bytes[fp_off..fp_off + 2],
+            [0x7f, 0x03],
+            "the XSAVE area as read"
+        );
+        assert_eq!(h(fp_off + 464), 0x4650_5853, "FP_XSTATE_MAGIC1");
+        assert_eq!(h(fp_off + 468), 836, "extended_size");
+        assert_eq!(w(fp_off + 472), 7, "xfeatures as the kernel reported them");
+        assert_eq!(h(fp_off + 480), 832, "xstate_size");
+        assert_eq!(h(fp_off + 832), 0x4650_5845, "FP_XSTATE_MAGIC2");
+    }
+
+    #[test]
+    fn the_site_is_syscall_then_rt_sigreturn() {
+        assert_eq!(SYSCALL_SIGRETURN[..2], [0x0f, 0x05], "syscall");
+        assert_eq!(SYSCALL_SIGRETURN[2..7], [0xb8, 15, 0, 0, 0], "mov eax, 15");
+        assert_eq!(SYSCALL_SIGRETURN[7..9], [0x0f, 0x05], "syscall");
+        assert!(SYSCALL_SIGRETURN[9..].iter().all(|b| *b == 0xcc));
+    }
 }

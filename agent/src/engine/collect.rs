@@ -15,7 +15,7 @@ use torpor_parasite::{slot, ParasiteArgs, NSIG, PARASITE_ARGS_OFFSET, PARASITE_M
 use crate::arch::{self, nr};
 use crate::engine::procfs::{self, MapEntry};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
-use crate::engine::remote::{Remote, RemoteError};
+use crate::engine::remote::{InjectSite, Remote, RemoteError};
 use crate::engine::state::{
     Backing, DeviceFile, ExternalFile, Fd, FileIdentity, FileKind, OpenFile, PathFile, PipeFile,
     PipeState, ProcessState, TorporConnFile, UnlinkedData, UnlinkedRef, Vma,
@@ -450,10 +450,21 @@ fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
 }
 
 /// Maps the parasite into the process, runs it in every thread, unmaps it.
+///
+/// Each thread is borrowed so that it returns into its own context by
+/// itself if torpor dies meanwhile (`remote` says how); a process without
+/// spare bytes for that in its vDSO or signal page is borrowed at its pc
+/// as a restore borrows its tasks, which such a death does not survive.
 fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     let pid = p.task.pid;
     let mem = Mem::open(pid)?;
-    let mut main = Remote::at_pc(pid, &mem)?;
+    let site = InjectSite::find(pid, &mem)?;
+    let borrow = |tid: i32, trampoline: u64| match &site {
+        Some(s) => Remote::returning(tid, &mem, s),
+        None if tid == pid => Remote::at_pc(tid, &mem),
+        None => Remote::at(tid, &mem, trampoline),
+    };
+    let mut main = borrow(pid, 0)?;
     let size = PARASITE_MAP_SIZE as u64;
     let base = main.mmap(
         "mmap",
@@ -480,14 +491,15 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         )?;
         let args_at = RemotePtr::<ParasiteArgs>::new(base + PARASITE_ARGS_OFFSET as u64);
         let stack = base + size - 64;
+        let done = torpor_parasite::parasite_done() as u64;
         for (i, t) in p.threads.iter_mut().enumerate() {
             mem.write_value(args_at, &ParasiteArgs::default())?;
             if i == 0 {
                 // The main thread is already borrowed by `main`.
-                main.run_parasite(base, args_at.addr(), stack)?;
+                main.run_parasite(base, args_at.addr(), stack, done)?;
             } else {
-                let mut r = Remote::at(t.tid, &mem, base)?;
-                r.run_parasite(base, args_at.addr(), stack)?;
+                let mut r = borrow(t.tid, base)?;
+                r.run_parasite(base, args_at.addr(), stack, done)?;
                 r.finish()?;
             }
             let out: ParasiteArgs = mem.read_value(args_at)?;
@@ -545,6 +557,9 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     result?;
     unmapped?;
     main.finish()?;
+    if let Some(s) = site {
+        s.finish()?;
+    }
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 
+use nix::fcntl::{Flock, FlockArg};
+
 use crate::engine::collect::{self, FileTable};
 use crate::engine::freeze::Frozen;
 use crate::engine::image_io;
@@ -551,9 +553,10 @@ fn write_nonzero<W: Write>(
 }
 
 /// Dumps into a file: written beside it (`PATH.part`, created anew with mode
-/// 0600, never through a symbolic link) and renamed into place only when
-/// complete and synced, so a failed dump leaves no partial image and an
-/// image already at `path` stays as it was.
+/// 0600, never through a symbolic link, and locked while written) and
+/// renamed into place only when complete and synced, so a failed dump
+/// leaves no partial image and an image already at `path` stays as it was.
+/// A `.part` that a killed dump left is written again (see [`stale_part`]).
 pub fn dump_to_file(
     root: i32,
     path: &std::path::Path,
@@ -574,7 +577,7 @@ pub fn dump_many_to_file(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
-    let f = create_private(&tmp)
+    let (f, _lock) = open_part(&tmp)
         .step(wstep)
         .map_err(|error| TreeError { root: None, error })?;
     let res = dump_many(roots, BufWriter::new(f), after, opts, |bw| {
@@ -590,6 +593,63 @@ pub fn dump_many_to_file(
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// The `.part` file to write, locked (`flock`) for as long as the lock
+/// lives, so that another dump to the same path knows it is in use.
+fn open_part(path: &std::path::Path) -> std::io::Result<(File, Flock<File>)> {
+    let lock = |f: &File| {
+        Flock::lock(f.try_clone()?, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "creating {}: another dump is writing it; dump again once it has finished",
+                        path.display()
+                    ),
+                )
+            } else {
+                std::io::Error::other(format!("locking {}: {e}", path.display()))
+            }
+        })
+    };
+    match create_private(path) {
+        Ok(f) => {
+            let l = lock(&f)?;
+            Ok((f, l))
+        }
+        Err(refusal) if refusal.kind() == std::io::ErrorKind::AlreadyExists => {
+            let Some(f) = stale_part(path) else {
+                return Err(refusal);
+            };
+            let l = lock(&f)?;
+            // Locked: no dump writes it, and nobody else may have it.
+            f.set_len(0)?;
+            Ok((f, l))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `.part` at `path` when it is what a killed dump of this user leaves:
+/// a regular file (not a symbolic link, which is never followed), owned by
+/// this user, mode 0600, with no other name. It is then written again
+/// through the descriptor checked, never reopened by its name; anything
+/// else there is left alone and refused.
+fn stale_part(path: &std::path::Path) -> Option<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    let ours = m.file_type().is_file()
+        && m.uid() == nix::unistd::geteuid().as_raw()
+        && m.mode() & 0o7777 == 0o600
+        && m.nlink() == 1;
+    ours.then_some(f)
 }
 
 /// Creates `path` for an image: it must not exist yet (a file or a symbolic

@@ -229,8 +229,11 @@ fn seize_one(tid: i32) -> Result<Seized, PtraceError> {
     let filtered = status
         .lines()
         .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
-    if !(filtered && ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).is_ok()) {
-        ptrace::seize(tid, 0)?;
+    // Syscall stops are told apart from a SIGTRAP: injected code is
+    // stepped from syscall to syscall (see `remote`).
+    let base = ptrace::PTRACE_O_TRACESYSGOOD;
+    if !(filtered && ptrace::seize(tid, base | ptrace::PTRACE_O_SUSPEND_SECCOMP).is_ok()) {
+        ptrace::seize(tid, base)?;
     }
     ptrace::interrupt(tid)?;
     let start = Instant::now();

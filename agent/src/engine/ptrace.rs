@@ -101,9 +101,16 @@ const PTRACE_GETSIGMASK: u32 = 0x420a;
 const PTRACE_SETSIGMASK: u32 = 0x420b;
 const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 const PTRACE_CONT: u32 = 7;
+const PTRACE_SYSCALL: u32 = 24;
+const PTRACE_GET_SYSCALL_INFO: u32 = 0x420e;
 const PTRACE_DETACH: u32 = 17;
 const PTRACE_SETOPTIONS: u32 = 0x4200;
 pub const PTRACE_O_TRACECLONE: u32 = 8;
+/// Syscall stops report `SIGTRAP | 0x80` ([`SYSCALL_STOP`]), told apart
+/// from a real SIGTRAP.
+pub const PTRACE_O_TRACESYSGOOD: u32 = 1;
+/// The stop signal of a syscall-entry or syscall-exit stop.
+pub const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// The tracee's seccomp filters do not apply while it is traced with this.
 pub const PTRACE_O_SUSPEND_SECCOMP: u32 = 1 << 21;
 const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
@@ -188,6 +195,56 @@ pub fn cont(tid: i32, sig: i32) -> Result<(), PtraceError> {
         return Err(os("PTRACE_CONT", tid));
     }
     Ok(())
+}
+
+/// Resumes a stopped task until its next syscall entry or exit (or any
+/// other stop).
+pub fn syscall(tid: i32) -> Result<(), PtraceError> {
+    // SAFETY: PTRACE_SYSCALL with a zero signal takes no pointers.
+    if unsafe { ptrace_raw(PTRACE_SYSCALL, tid, 0, 0) } < 0 {
+        return Err(os("PTRACE_SYSCALL", tid));
+    }
+    Ok(())
+}
+
+/// Where a task in a syscall stop is, from `PTRACE_GET_SYSCALL_INFO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallStop {
+    /// Entering syscall `nr`; `pc` is the address after its instruction.
+    Entry { nr: u64, pc: u64 },
+    /// Leaving a syscall with `rval`; `pc` is where user code resumes.
+    Exit { rval: i64, pc: u64 },
+    /// Not a syscall stop.
+    Other,
+}
+
+/// The syscall stop `tid` is in (needs [`PTRACE_O_TRACESYSGOOD`]).
+pub fn syscall_info(tid: i32) -> Result<SyscallStop, PtraceError> {
+    // struct ptrace_syscall_info: u8 op, 3 pad, u32 arch, u64 pc, u64 sp,
+    // then the entry (u64 nr, u64 args[6]) or exit (s64 rval, u8 is_error)
+    // data; the same on every architecture (explicit 64-bit fields).
+    let mut info = [0u64; 11];
+    // SAFETY: the kernel writes at most the size given, that of `info`.
+    let n = unsafe {
+        ptrace_raw(
+            PTRACE_GET_SYSCALL_INFO,
+            tid,
+            core::mem::size_of_val(&info),
+            info.as_mut_ptr() as usize,
+        )
+    };
+    if n < 0 {
+        return Err(os("PTRACE_GET_SYSCALL_INFO", tid));
+    }
+    let pc = info[1];
+    Ok(match info[0] & 0xff {
+        1 => SyscallStop::Entry { nr: info[3], pc },
+        2 => SyscallStop::Exit {
+            rval: info[3].bits(),
+            pc,
+        },
+        _ => SyscallStop::Other,
+    })
 }
 
 pub fn detach(tid: i32) -> Result<(), PtraceError> {
