@@ -49,7 +49,10 @@ def build(work):
 
 
 def measured(bindir, cmd):
-    """Runs cmd under measure: (seconds, peak KiB)."""
+    """Runs cmd under measure: (seconds, peak KiB). The dirty pages of
+    whatever ran before are written back first, so no measurement pays for
+    another's writeback."""
+    os.sync()
     r = subprocess.run([os.path.join(bindir, "measure")] + cmd,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = [l for l in r.stderr.splitlines() if l.startswith("measure: ")]

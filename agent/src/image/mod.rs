@@ -83,7 +83,7 @@ pub mod records;
 mod tests;
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -881,6 +881,52 @@ pub struct ImageReader<R: Read> {
     /// Reused for every payload: sized by the largest record read.
     buf: Vec<u8>,
     summary: Option<ImageSummary>,
+    /// Steps over a `Pages` record's payload and CRC unread, when set
+    /// ([`skipping_pages`](ImageReader::skipping_pages)).
+    skip: Option<SkipFn<R>>,
+}
+
+/// Moves a reader forward by some bytes; false when the input ends first.
+type SkipFn<R> = fn(&mut R, u64) -> io::Result<bool>;
+
+/// Seeks `n` bytes forward, then reads the last of them: a seek alone goes
+/// past the end of a file without a word, and a truncated image must be
+/// refused as one.
+fn seek_over<R: Read + Seek>(r: &mut R, n: u64) -> io::Result<bool> {
+    let Some(before) = n.checked_sub(1) else {
+        return Ok(true);
+    };
+    let by = i64::try_from(before)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "skip too long"))?;
+    r.seek(SeekFrom::Current(by))?;
+    let mut last = [0u8; 1];
+    loop {
+        match r.read(&mut last) {
+            Ok(k) => return Ok(k == 1),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl<R: Read + Seek> ImageReader<R> {
+    /// Makes this reader step over the payload of every `Pages` record
+    /// without reading it: [`next_record`](Self::next_record) then returns
+    /// the other records only. For a first pass over a tree's state before
+    /// a restore that streams the pages in a second pass, so that the page
+    /// data is read from storage once.
+    ///
+    /// What such a pass does not check, because it never sees the bytes,
+    /// the second pass (a reader without this mode) must: each page
+    /// record's CRC, its contents, and the trailer's page count and
+    /// whole-image CRC. Every other record, the framing of every record
+    /// (kinds, length limits, truncation) and the trailer's record and byte
+    /// counts are checked as always.
+    #[must_use]
+    pub fn skipping_pages(mut self) -> Self {
+        self.skip = Some(seek_over::<R>);
+        self
+    }
 }
 
 impl<R: Read> ImageReader<R> {
@@ -959,6 +1005,7 @@ impl<R: Read> ImageReader<R> {
             pages: 0,
             buf,
             summary: None,
+            skip: None,
         })
     }
 
@@ -972,36 +1019,59 @@ impl<R: Read> ImageReader<R> {
         if self.summary.is_some() {
             return Ok(None);
         }
-        let offset = self.input.bytes;
-        // The CRC of everything before this record: the trailer's subject.
-        let crc_before = self.input.crc.clone().finalize();
-        let mut head = [0u8; 5];
-        if let Err(e) = self.input.take_unhashed(&mut head, "a record frame") {
-            return Err(match e {
-                ImageError::Truncated { offset: o, .. } if o == offset => ImageError::Truncated {
-                    offset,
-                    what: "the image (no trailer)",
-                },
-                e => e,
-            });
-        }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let kind = Kind::from_byte(head[4]).ok_or(ImageError::UnknownKind {
-            offset,
-            kind: head[4],
-        })?;
-        if len > kind.limit() {
-            return Err(ImageError::RecordTooLarge {
+        // Page records a first pass steps over are only counted: the loop
+        // goes on to the next frame.
+        let (offset, crc_before, len, kind, kind_byte) = loop {
+            let offset = self.input.bytes;
+            // The CRC of everything before this record: the trailer's subject.
+            let crc_before = self.input.crc.clone().finalize();
+            let mut head = [0u8; 5];
+            if let Err(e) = self.input.take_unhashed(&mut head, "a record frame") {
+                return Err(match e {
+                    ImageError::Truncated { offset: o, .. } if o == offset => {
+                        ImageError::Truncated {
+                            offset,
+                            what: "the image (no trailer)",
+                        }
+                    }
+                    e => e,
+                });
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let kind = Kind::from_byte(head[4]).ok_or(ImageError::UnknownKind {
                 offset,
-                kind,
-                len: u64::from(len),
-                limit: kind.limit(),
-            });
-        }
+                kind: head[4],
+            })?;
+            if len > kind.limit() {
+                return Err(ImageError::RecordTooLarge {
+                    offset,
+                    kind,
+                    len: u64::from(len),
+                    limit: kind.limit(),
+                });
+            }
+            let (Kind::Pages, Some(skip)) = (kind, self.skip) else {
+                break (offset, crc_before, len, kind, head[4]);
+            };
+            let data = self.input.bytes;
+            let rest = u64::from(len) + 4;
+            let whole = skip(&mut self.input.inner, rest).map_err(|source| ImageError::Io {
+                offset: data,
+                source,
+            })?;
+            if !whole {
+                return Err(ImageError::Truncated {
+                    offset: data,
+                    what: kind.what(),
+                });
+            }
+            self.input.bytes += rest;
+            self.records += 1;
+        };
         let n = len as usize;
         self.buf.resize(n + 4, 0);
         self.input.take_unhashed(&mut self.buf, kind.what())?;
-        let frame = check_crc(offset, len, head[4], &self.buf[..n], &self.buf[n..])?;
+        let frame = check_crc(offset, len, kind_byte, &self.buf[..n], &self.buf[n..])?;
         // Each byte is hashed once: the frame's CRC state joins the stream's.
         self.input.crc.combine(&frame);
         self.input.crc.update(&self.buf[n..]);
@@ -1027,7 +1097,13 @@ impl<R: Read> ImageReader<R> {
                     ("bytes", t.bytes, offset),
                     ("crc", u64::from(t.crc), u64::from(crc_before)),
                 ];
+                // Without the page records' bytes, neither the page count
+                // nor the CRC of the whole is known: the second pass's.
+                let skipped = self.skip.is_some();
                 for (field, stored, actual) in expect {
+                    if skipped && (field == "pages" || field == "crc") {
+                        continue;
+                    }
                     if stored != actual {
                         return Err(ImageError::TrailerMismatch {
                             field,

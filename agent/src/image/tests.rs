@@ -1092,3 +1092,112 @@ fn a_state_kind_is_visited_with_its_payload_type() {
         }
     }
 }
+
+/// The kinds of the records a reader returns, to the end.
+fn kinds_read<R: Read>(mut rd: ImageReader<R>) -> Result<(Vec<Kind>, ImageSummary)> {
+    let mut kinds = vec![];
+    while let Some(rec) = rd.next_record()? {
+        kinds.push(rec.kind());
+    }
+    let summary = rd.summary().expect("a summary after the trailer");
+    Ok((kinds, summary))
+}
+
+/// Offsets and kinds of the frames of a well-formed image.
+fn frames(img: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut at = 0;
+    let mut out = vec![];
+    while at < img.len() {
+        let len = u32::from_le_bytes([img[at], img[at + 1], img[at + 2], img[at + 3]]) as usize;
+        out.push((at, img[at + 4], len));
+        at += len + 9;
+    }
+    out
+}
+
+#[test]
+fn a_first_pass_steps_over_the_page_records() {
+    let (img, summary) = full_image();
+    let all = kinds_read(ImageReader::new(std::io::Cursor::new(&img)).expect("reader"))
+        .expect("read")
+        .0;
+    let pages = all.iter().filter(|k| **k == Kind::Pages).count();
+    assert_eq!(pages, 3, "a zero, an LZ4 and a raw batch");
+    let first = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .skipping_pages();
+    let (kinds, seen) = kinds_read(first).expect("first pass");
+    let others: Vec<Kind> = all.into_iter().filter(|k| *k != Kind::Pages).collect();
+    assert_eq!(kinds, others);
+    assert_eq!(seen.records, summary.records);
+    assert_eq!(seen.bytes, summary.bytes);
+
+    // Page bytes are not its to check; every other byte is.
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    let (at, _, len) = page_frames[2];
+    let mut bad = img.clone();
+    bad[at + 5 + len - 1] ^= 1;
+    let skipping = |b: &[u8]| {
+        kinds_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .skipping_pages(),
+        )
+    };
+    assert!(skipping(&bad).is_ok());
+    assert!(matches!(
+        verify(&bad[..]),
+        Err(ImageError::Crc { offset, kind: KindByte(8), .. }) if offset == at as u64
+    ));
+    let (vma_at, _, _) = frames(&img)
+        .into_iter()
+        .find(|f| f.1 == Kind::Vma as u8)
+        .expect("a vma record");
+    let mut bad = img.clone();
+    bad[vma_at + 6] ^= 1;
+    assert!(matches!(
+        skipping(&bad),
+        Err(ImageError::Crc { offset, kind: KindByte(4), .. }) if offset == vma_at as u64
+    ));
+    // The trailer's record and byte counts still hold it to the image.
+    let (t_at, _, _) = *frames(&img).last().expect("trailer");
+    let mut cut = img[..page_frames[0].0].to_vec();
+    cut.extend_from_slice(&img[page_frames[1].0..]);
+    assert!(matches!(
+        skipping(&cut),
+        Err(ImageError::TrailerMismatch { field: "records", stored, actual })
+            if stored == summary.records - 1 && actual == summary.records - 2
+    ));
+    assert!(t_at > page_frames[2].0);
+}
+
+#[test]
+fn a_first_pass_reports_every_cut_as_truncation() {
+    let img = small_image();
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    for cut in 0..img.len() {
+        let rd = ImageReader::new(std::io::Cursor::new(img[..cut].to_vec()))
+            .map(ImageReader::skipping_pages)
+            .and_then(kinds_read);
+        // Inside a page record's payload or CRC: the payload's start is
+        // named, since its bytes are never read.
+        let in_pages = page_frames
+            .iter()
+            .find(|(at, _, len)| cut >= at + 5 && cut < at + 9 + len);
+        match (rd, in_pages) {
+            (Err(ImageError::Truncated { offset, what }), Some((at, _, _))) => {
+                assert_eq!((offset, what), ((at + 5) as u64, "a pages record"));
+            }
+            (Err(ImageError::Truncated { offset, .. }), None) => {
+                assert_eq!(offset, cut as u64);
+            }
+            (other, _) => panic!("cut at {cut} of {} gave {other:?}", img.len()),
+        }
+    }
+}

@@ -5,17 +5,21 @@
 //! One module per step, in the order the data flows:
 //!
 //! ```text
-//!  validate    the whole image against this system; nothing created yet
+//!  validate    the image's state against this system, every record but
+//!     │        the pages checked (`restore_file` steps over those);
+//!     │        nothing created yet
 //!  objects     torpor opens every file description, shared memory object,
 //!     │        memfd and SysV segment the tree holds (`clocks`: the tree's
 //!     │        own time namespace first, where the kernel has them)
 //!  tasks       clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
 //!     │          children (each does the same), fds, cwd, umask, rlimits,
 //!     │          "ready", pause(); then every task is seized
-//!  pages       the image again, record by record; per task:
+//!  pages       the image again, record by record, the pages read and
+//!     │        checked once, here (a damaged one kills the tree, none of
+//!     │        which has run); per task:
 //!     ├ memory     trampoline in a hole → unmap torpor's image → move
 //!     │            vdso/vvar/sigpage and shared objects → mmap every VMA
-//!     ├            pages written straight from the records
+//!     ├            pages copied straight from the records into place
 //!     └ process    mprotect → PR_SET_MM_MAP → sigactions, itimers →
 //!        │         threads (clone3 set_tid) → timers → shared signals →
 //!        │         seccomp
@@ -61,6 +65,7 @@ use crate::engine::image_io;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::ImageState;
 use crate::engine::{Cause, EngineError, Step, StepExt};
+use crate::image::ImageReader;
 
 pub(crate) use tasks::fork_with_pid;
 pub use validate::validate;
@@ -125,7 +130,12 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
             .map(BufReader::new)
             .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
     };
-    let state = image_io::read_state(open().step(vstep)?).step(vstep)?;
+    // The state first, stepping over the pages: they are read once, as
+    // `restore` streams them into the tasks.
+    let first = ImageReader::new(open().step(vstep)?)
+        .step(vstep)?
+        .skipping_pages();
+    let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
     restore(&state, opts, open().step(vstep)?)
 }
