@@ -44,6 +44,7 @@ pub use state::ImageState;
 pub mod clocks;
 pub mod collect;
 pub mod conv;
+pub mod direct_file;
 pub mod dump;
 pub mod files;
 pub mod freeze;
