@@ -517,6 +517,7 @@ impl<D: Device> Store<D> {
         let start = self.base(slot) + IMAGE_OFFSET;
         SlotReader {
             dev: &self.dev,
+            start,
             pos: start,
             end: start + len,
         }
@@ -758,13 +759,38 @@ fn encode_header(info: &SlotInfo, seq: u64, slot_size: u64) -> [u8; SECTOR_BYTES
 #[derive(Debug)]
 pub struct SlotReader<'a, D: Device> {
     dev: &'a D,
+    start: u64,
     pos: u64,
     end: u64,
 }
 
+/// Positions are the image's own (0 at its first byte); a position past its
+/// end reads nothing, as in a file.
+impl<D: Device> io::Seek for SlotReader<'_, D> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let here = self.pos - self.start;
+        let len = self.end - self.start;
+        // `pos` never goes below `start`: `here` is its offset.
+        let new = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::Current(d) => here.checked_add_signed(d),
+            io::SeekFrom::End(d) => len.checked_add_signed(d),
+        };
+        let new = new.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the image's start")
+        })?;
+        // Past the end is allowed and reads nothing: what lies beyond
+        // belongs to no image.
+        self.pos = self.start.checked_add(new).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek past the device's end")
+        })?;
+        Ok(new)
+    }
+}
+
 impl<D: Device> Read for SlotReader<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.end - self.pos;
+        let left = self.end.saturating_sub(self.pos);
         let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         if n == 0 {
             return Ok(0);

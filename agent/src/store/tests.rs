@@ -895,3 +895,38 @@ fn an_abandoned_write_keeps_the_previous_image_and_gives_its_space_back() {
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn a_slot_reader_seeks_within_its_image() {
+    use std::io::{Seek, SeekFrom};
+    let mut store = Store::with_device(Fake::blank(DEV_LEN)).expect("open");
+    let first = image(1);
+    commit(&mut store, &first).expect("commit");
+    let img = image(2);
+    commit(&mut store, &img).expect("commit");
+    let (info, mut r) = store.newest().expect("newest").expect("an image");
+    assert_eq!(info.len, img.len() as u64);
+    let mut b = [0u8; 7];
+    assert_eq!(r.seek(SeekFrom::Start(100)).expect("seek"), 100);
+    r.read_exact(&mut b).expect("read");
+    assert_eq!(b[..], img[100..107]);
+    assert_eq!(r.seek(SeekFrom::Current(-7)).expect("seek"), 100);
+    r.read_exact(&mut b).expect("read");
+    assert_eq!(b[..], img[100..107]);
+    let end = img.len() as u64;
+    assert_eq!(r.seek(SeekFrom::End(-3)).expect("seek"), end - 3);
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).expect("read");
+    assert_eq!(rest[..], img[img.len() - 3..]);
+    // Past the end: nothing to read, and back again.
+    assert_eq!(r.seek(SeekFrom::Current(10)).expect("seek"), end + 10);
+    assert_eq!(r.read(&mut b).expect("read"), 0);
+    assert_eq!(r.seek(SeekFrom::Current(-12)).expect("seek"), end - 2);
+    assert_eq!(r.read(&mut b).expect("read"), 2);
+    assert_eq!(b[..2], img[img.len() - 2..]);
+    let e = r
+        .seek(SeekFrom::Current(-i64::try_from(end).expect("small") - 1))
+        .expect_err("before the start");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(e.to_string(), "seek before the image's start");
+}

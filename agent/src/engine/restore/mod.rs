@@ -144,18 +144,22 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
 pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
     let store = crate::store::Store::open_read_only(path).step(Step::Store)?;
-    let newest = || -> Result<_, EngineError> {
-        match store.newest().step(Step::Store)? {
-            Some((_, r)) => Ok(BufReader::new(r)),
-            None => Err(refused(
-                Step::Store,
-                format!("{} holds no valid image", path.display()),
-            )),
-        }
+    // Verified once, here; then the state stepping over the pages, which
+    // `restore` reads into place.
+    let Some((info, _)) = store.newest().step(Step::Store)? else {
+        return Err(refused(
+            Step::Store,
+            format!("{} holds no valid image", path.display()),
+        ));
     };
-    let state = image_io::read_state(newest()?).step(vstep)?;
+    let open = || -> Result<_, EngineError> {
+        let (_, r) = store.image(info.slot).step(Step::Store)?;
+        Ok(BufReader::new(r))
+    };
+    let first = ImageReader::new(open()?).step(vstep)?.skipping_pages();
+    let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
-    restore(&state, opts, newest()?)
+    restore(&state, opts, open()?)
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
