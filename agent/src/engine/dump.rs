@@ -2,7 +2,7 @@
 //! release or kill the tree.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 
 use crate::engine::collect::{self, FileTable};
 use crate::engine::direct_file::DirectFile;
@@ -376,9 +376,9 @@ pub fn dump_to_store(
 ) -> Result<DumpStats, EngineError> {
     let sstep = Step::Store;
     let mut store = crate::store::Store::open_or_create(path).step(sstep)?;
+    // The slot writer buffers, and lends its buffer to the page records.
     let w = store.writer().step(sstep)?;
-    dump(root, BufWriter::new(w), after, opts, |bw| {
-        let w = bw.into_inner().map_err(|e| e.into_error()).step(sstep)?;
+    dump(root, w, after, opts, |w| {
         w.commit().step(sstep)?;
         Ok(())
     })
