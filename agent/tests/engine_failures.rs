@@ -349,3 +349,59 @@ fn failure_after_creation_leaves_nothing_behind() {
     assert!(!runs(root, &bin), "root {root} left behind");
     assert!(!runs(child, &bin), "child {child} left behind");
 }
+
+/// The frames of an image: (offset, kind byte, payload length).
+fn frames(img: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut at = 0;
+    let mut out = vec![];
+    while at + 5 <= img.len() {
+        let len = u32::from_le_bytes([img[at], img[at + 1], img[at + 2], img[at + 3]]) as usize;
+        out.push((at, img[at + 4], len));
+        at += len + 9;
+    }
+    out
+}
+
+#[test]
+fn a_damaged_page_record_kills_the_tree_before_any_of_it_runs() {
+    become_subreaper();
+    let dir = scratch("fail-damaged-pages");
+    let bin = compile(&dir, "counter", COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("good.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let good = std::fs::read(&img).expect("image");
+    // Kind 8: pages. The last one's last data byte: read only as its task
+    // is rebuilt, once every task exists.
+    let (at, _, len) = *frames(&good)
+        .iter()
+        .rfind(|f| f.1 == 8)
+        .expect("a pages record");
+    let mut bad = good.clone();
+    bad[at + 5 + len - 1] ^= 0x01;
+    let bad_img = dir.join("bad.img");
+    std::fs::write(&bad_img, &bad).expect("write");
+    let before = lines(&out).len();
+    let o = torpor(&["restore", "--image", bad_img.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "torpor: error: validate: CRC mismatch in the pages record at offset {at}: "
+        )),
+        "{err}"
+    );
+    assert!(!runs(pid, &bin), "the tree was killed");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(lines(&out).len(), before, "the counter never ran again");
+
+    // The image itself restores.
+    restore(&img);
+    wait_for("the restored counter", || lines(&out).len() > before);
+    kill_and_reap(pid);
+}

@@ -189,8 +189,12 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         )));
     }
     let (_, reader) = store.image(slot).map_err(serr)?;
-    let state =
-        image_io::read_state(BufReader::new(reader)).map_err(|e| image_err(generation, slot, e))?;
+    // The store has verified the whole image: the state is read stepping
+    // over the pages, which the restore reads once more, into place.
+    let state = crate::image::ImageReader::new(BufReader::new(reader))
+        .map(crate::image::ImageReader::skipping_pages)
+        .and_then(image_io::read_state_from)
+        .map_err(|e| image_err(generation, slot, e))?;
     if let Some(want) = name.filter(|_| !state.trees.is_empty()) {
         if !state.trees.iter().any(|t| t.name == want) {
             let names: Vec<&str> = state.trees.iter().map(|t| t.name.as_str()).collect();

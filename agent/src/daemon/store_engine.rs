@@ -7,7 +7,6 @@
 //! from it. Abandon marks that image consumed, so no boot restores a copy
 //! of a tree that never stopped, and lets the tree go.
 
-use std::io::BufWriter;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
@@ -15,7 +14,7 @@ use crate::daemon::{log, CheckpointError, Engine, Pid, Stored};
 use crate::engine::dump::{dump_frozen_with, dump_trees, DumpOptions, Trees};
 use crate::engine::freeze::Frozen;
 use crate::engine::torpor_conn;
-use crate::engine::{self, Step, StepExt};
+use crate::engine::{Step, StepExt};
 use crate::image::records::RequestedBy;
 use crate::protocol::{StoreState, StoreSummary};
 use crate::store::{self, SlotInfo, Store};
@@ -80,16 +79,14 @@ impl StoreEngine {
         let result = dump_trees(
             &roots,
             Some(conn),
-            BufWriter::new(writer),
+            // The slot writer buffers, and lends its buffer to the pages.
+            writer,
             &DumpOptions {
                 requested_by: self.requester.take(),
                 names: trees.iter().map(|(p, n)| (p.as_raw(), n.clone())).collect(),
                 ..DumpOptions::default()
             },
-            |bw| {
-                let w = bw
-                    .into_inner()
-                    .map_err(|e| engine::EngineError::new(Step::Store, e.into_error()))?;
+            |w| {
                 let info = w.commit().step(Step::Store)?;
                 committed = Some(info);
                 Ok(())
@@ -137,15 +134,13 @@ impl StoreEngine {
         let result = dump_frozen_with(
             pid.as_raw(),
             Some(conn),
-            BufWriter::new(writer),
+            // The slot writer buffers, and lends its buffer to the pages.
+            writer,
             &DumpOptions {
                 requested_by: self.requester.take(),
                 ..DumpOptions::default()
             },
-            |bw| {
-                let w = bw
-                    .into_inner()
-                    .map_err(|e| engine::EngineError::new(Step::Store, e.into_error()))?;
+            |w| {
                 let info = w.commit().step(Step::Store)?;
                 committed = Some(info);
                 Ok(())

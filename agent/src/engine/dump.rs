@@ -2,23 +2,22 @@
 //! release or kill the tree.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::engine::collect::{self, FileTable};
+use crate::engine::direct_file::DirectFile;
 use crate::engine::freeze::Frozen;
 use crate::engine::image_io;
 use crate::engine::procfs::{MapEntry, PM_FILE, PM_PRESENT, PM_SWAP};
 use crate::engine::ptrace::{self, Mem, RemotePtr};
 use crate::engine::state::{Backing, ProcessState, Vma};
 use crate::engine::{page_size, Cause, EngineError, Step, StepExt};
-use crate::image::{Header, ImageWriter};
+use crate::image::{Header, ImageSink, ImageWriter, PagesFromError};
 
-/// Bytes read from a task per process_vm_readv: four image batches, large
-/// enough that the syscall cost vanishes, small enough to stay out of the
-/// peak RSS (`make bench` measures both).
-const READ_BATCH: usize = 256 * 1024;
+/// Pages whose pagemap entries are read at once (8 bytes each).
+const PAGEMAP_BATCH: usize = 512;
 
 /// What happens to the tree after a good dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +54,7 @@ pub struct DumpStats {
 /// writer to `commit` (which makes the image durable) while the tree is still
 /// frozen; only after `commit` succeeds is the tree killed or released. On
 /// any error the tree is detached and keeps running.
-pub fn dump<W: Write>(
+pub fn dump<W: ImageSink>(
     root: i32,
     out: W,
     after: After,
@@ -73,7 +72,7 @@ pub fn dump<W: Write>(
 /// Like [`dump`], but the tree stays frozen after a good dump (hibernation
 /// cuts the power next): the caller kills or releases it through the
 /// returned [`Frozen`], which releases it if simply dropped.
-pub fn dump_frozen<W: Write>(
+pub fn dump_frozen<W: ImageSink>(
     root: i32,
     out: W,
     opts: &DumpOptions,
@@ -84,7 +83,7 @@ pub fn dump_frozen<W: Write>(
 
 /// [`dump_frozen`] for a tree talking to `torpor daemon`: the socket with
 /// inode `torpor_conn` is recorded as the tree's connection to the daemon.
-pub fn dump_frozen_with<W: Write>(
+pub fn dump_frozen_with<W: ImageSink>(
     root: i32,
     torpor_conn: Option<u64>,
     out: W,
@@ -141,7 +140,7 @@ impl Trees {
 /// instant, each with its own root (its parent left out, as a single
 /// tree's). The roots must be distinct and no root may lie inside another
 /// root's tree.
-pub fn dump_many<W: Write>(
+pub fn dump_many<W: ImageSink>(
     roots: &[i32],
     out: W,
     after: After,
@@ -243,7 +242,7 @@ fn ancestor_among(pid: i32, roots: &[i32]) -> Option<i32> {
 }
 
 /// The dump of [`dump_many`], the trees left frozen for the caller.
-pub fn dump_trees<W: Write>(
+pub fn dump_trees<W: ImageSink>(
     roots: &[i32],
     torpor_conn: Option<u64>,
     out: W,
@@ -349,7 +348,6 @@ pub fn dump_trees<W: Write>(
     };
     let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
-    let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();
     for (p, maps) in &procs {
         image_io::write_process(&mut w, p, &table.files)
@@ -360,7 +358,7 @@ pub fn dump_trees<W: Write>(
         if p.task.exit_status.is_some() {
             continue;
         }
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut shm_done)
             .map_err(|e| {
                 // A task killed from outside shows up as short reads of its
                 // files: say what happened.
@@ -422,24 +420,24 @@ fn wanted(v: &Vma, entry: u64) -> bool {
 }
 
 /// Streams the stored pages of one process; returns the bytes written.
-fn dump_memory<W: Write>(
+/// Each run of wanted pages is read with process_vm_readv straight into
+/// the image's outgoing buffer where the sink lends it
+/// ([`ImageWriter::nonzero_pages_from`]).
+fn dump_memory<W: ImageSink>(
     p: &ProcessState,
     maps: &[MapEntry],
     w: &mut ImageWriter<W>,
-    buf: &mut [u8],
     shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
 ) -> Result<u64, EngineError> {
     let pid = p.task.pid;
     let step = Step::Memory(pid);
     let ps = page_size();
-    // The page size of this system fits a native word.
-    let psz = usize::try_from(ps).unwrap_or(4096);
     let mut pagemap = File::open(format!("/proc/{pid}/pagemap")).step(step)?;
     let mem = Mem::open(pid).step(step)?;
     let mut total = 0u64;
-    let batch_pages = (buf.len() / psz) as u64;
-    // `batch_pages` came from a usize just above.
-    let mut pm = vec![0u8; usize::try_from(batch_pages).unwrap_or(256) * 8];
+    let batch = u64::from(w.batch_pages());
+    let mut pm = vec![0u8; 8 * PAGEMAP_BATCH];
+    let pm_batch = PAGEMAP_BATCH as u64;
     for (v, m) in p.vmas.iter().zip(
         maps.iter()
             .filter(|m| !collect::is_fixed_kernel_mapping(&m.name)),
@@ -462,8 +460,8 @@ fn dump_memory<W: Write>(
         }
         let mut addr = v.start;
         while addr < v.end {
-            let n = ((v.end - addr) / ps).min(batch_pages);
-            // n <= batch_pages: the bytes fit `pm`, a usize-sized buffer.
+            let n = ((v.end - addr) / ps).min(pm_batch);
+            // n <= PAGEMAP_BATCH: the bytes fit `pm`.
             let nbytes = usize::try_from(n * 8).unwrap_or(0);
             pagemap.seek(SeekFrom::Start(addr / ps * 8)).step(step)?;
             // The address space ends early only when the task died.
@@ -471,36 +469,37 @@ fn dump_memory<W: Write>(
                 .read_exact(&mut pm[..nbytes])
                 .map_err(|e| gone_or(pid, e))
                 .step(step)?;
-            // Runs of wanted pages inside this batch.
+            let e = |k: u64| {
+                // k < n: inside `pm`.
+                let o = usize::try_from(k * 8).unwrap_or(0);
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&pm[o..o + 8]);
+                u64::from_le_bytes(word)
+            };
+            // Runs of wanted pages inside this batch, a record's worth at
+            // a time.
             let mut i = 0u64;
             while i < n {
-                let e = |k: u64| {
-                    // k < n: inside `pm`.
-                    let o = usize::try_from(k * 8).unwrap_or(0);
-                    u64::from_le_bytes([
-                        pm[o],
-                        pm[o + 1],
-                        pm[o + 2],
-                        pm[o + 3],
-                        pm[o + 4],
-                        pm[o + 5],
-                        pm[o + 6],
-                        pm[o + 7],
-                    ])
-                };
                 if !wanted(v, e(i)) {
                     i += 1;
                     continue;
                 }
-                let mut j = i;
-                while j < n && wanted(v, e(j)) {
+                let mut j = i + 1;
+                while j < n && j - i < batch && wanted(v, e(j)) {
                     j += 1;
                 }
                 let run_addr = addr + i * ps;
-                // j - i <= batch_pages: the run fits `buf`.
-                let len = usize::try_from((j - i) * ps).unwrap_or(0);
-                read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
-                total += write_nonzero(w, run_addr, &buf[..len], psz).step(Step::WriteImage)?;
+                // j - i <= batch_pages, a u32.
+                let count = u32::try_from(j - i).unwrap_or(u32::MAX);
+                let read = |buf: &mut [u8]| read_run(pid, &mem, m.read, run_addr, buf);
+                total += w
+                    .nonzero_pages_from(run_addr, count, read)
+                    .map_err(|e| match e {
+                        PagesFromError::Read(c) => EngineError::new(step, c),
+                        PagesFromError::Image(e) => {
+                            EngineError::new(Step::WriteImage, Cause::Image(e))
+                        }
+                    })?;
                 i = j;
             }
             addr += n * ps;
@@ -525,31 +524,6 @@ fn read_run(pid: i32, mem: &Mem, readable: bool, addr: u64, buf: &mut [u8]) -> R
             other => Cause::Ptrace(other),
         })?;
     Ok(())
-}
-
-/// Writes the non-zero pages of `data` as page records; returns the bytes.
-fn write_nonzero<W: Write>(
-    w: &mut ImageWriter<W>,
-    addr: u64,
-    data: &[u8],
-    psz: usize,
-) -> Result<u64, Cause> {
-    let mut total = 0u64;
-    let mut start: Option<usize> = None;
-    let pages = data.len() / psz;
-    for k in 0..=pages {
-        let zero = k == pages || data[k * psz..(k + 1) * psz].iter().all(|b| *b == 0);
-        match (zero, start) {
-            (false, None) => start = Some(k),
-            (true, Some(s)) => {
-                w.pages(addr + (s * psz) as u64, &data[s * psz..k * psz])?;
-                total += ((k - s) * psz) as u64;
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    Ok(total)
 }
 
 /// Dumps into a file: written beside it (`PATH.part`, created anew with mode
@@ -580,8 +554,11 @@ pub fn dump_many_to_file(
     let (f, _lock) = open_part(&tmp)
         .step(wstep)
         .map_err(|error| TreeError { root: None, error })?;
-    let res = dump_many(roots, BufWriter::new(f), after, opts, |bw| {
-        let f = bw.into_inner().map_err(|e| e.into_error()).step(wstep)?;
+    let out = DirectFile::new(f)
+        .step(wstep)
+        .map_err(|error| TreeError { root: None, error })?;
+    let res = dump_many(roots, out, after, opts, |out| {
+        let f = out.finish().step(wstep)?;
         f.sync_all().step(wstep)?;
         std::fs::rename(&tmp, path).step(wstep)?;
         Ok(())
@@ -700,9 +677,9 @@ pub fn dump_many_to_store(
     let mut store = crate::store::Store::open_or_create(path)
         .step(sstep)
         .map_err(whole)?;
+    // The slot writer buffers, and lends its buffer to the page records.
     let w = store.writer().step(sstep).map_err(whole)?;
-    dump_many(roots, BufWriter::new(w), after, opts, |bw| {
-        let w = bw.into_inner().map_err(|e| e.into_error()).step(sstep)?;
+    dump_many(roots, w, after, opts, |w| {
         w.commit().step(sstep)?;
         Ok(())
     })

@@ -107,7 +107,13 @@ fn malformed(what: String) -> ImageError {
 /// Reads every record (checking every CRC and the trailer) and returns the
 /// state without page contents.
 pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
-    let mut rd = ImageReader::new(r)?;
+    read_state_from(ImageReader::new(r)?)
+}
+
+/// [`read_state`] through a reader already opened, which may step over the
+/// page records ([`ImageReader::skipping_pages`]): the state then holds no
+/// page runs, and the pages are checked as a restore streams them.
+pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, ImageError> {
     let mut st = ImageState {
         page_size: u64::from(rd.header().page_size),
         ..ImageState::default()

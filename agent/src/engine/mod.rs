@@ -4,7 +4,8 @@
 //! Flow of a dump: `freeze` (seize every thread) → `collect` (registers,
 //! /proc, parasite, files) → `dump` (stream state and pages through
 //! `image_io` into the image) → release or kill. Flow of a restore:
-//! `image_io` reads and checks the whole image into an [`ImageState`],
+//! `image_io` reads and checks the image's state into an [`ImageState`]
+//! (stepping over the pages, which the restore checks as it streams them),
 //! `restore` validates it, forks the tasks with their pids, rebuilds each
 //! address space through remote syscalls (`remote`, `ptrace`), and lets the
 //! tree go (`restore` draws its steps); `clocks` keeps the tree's monotonic
@@ -55,6 +56,7 @@ pub use state::ImageState;
 pub mod clocks;
 pub mod collect;
 pub mod conv;
+pub mod direct_file;
 pub mod dump;
 pub mod files;
 pub mod freeze;
@@ -138,7 +140,9 @@ pub enum Step {
     /// Killing the dumped tree.
     Kill,
     // Restore, in order.
-    /// Checking the image against this system before creating anything.
+    /// Checking the image against this system before creating anything;
+    /// also a page record found damaged as it streams in, which kills
+    /// what was created before any of it ran.
     Validate,
     /// Reading the image's records.
     ReadImage,

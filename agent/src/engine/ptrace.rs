@@ -478,6 +478,28 @@ impl Mem {
     }
 }
 
+/// Writes `buf` into task `pid` at `addr` with one process_vm_writev: one
+/// copy, straight into the task's pages. Only into mappings the task may
+/// write itself (the protections apply, unlike `/proc/PID/mem`); returns
+/// the bytes written, fewer when a page refused.
+pub fn vm_write(pid: i32, addr: u64, buf: &[u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: crate::arch::native(addr) as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one local iovec over `buf`, which the kernel only reads, and
+    // one remote iovec in the other task.
+    let n = unsafe { libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.bits())
+}
+
 /// Reads `buf.len()` bytes at `addr` of `pid` with one process_vm_readv.
 /// Returns the number of bytes read (short at an unreadable page).
 pub fn vm_read(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<usize> {

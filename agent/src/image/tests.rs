@@ -1093,3 +1093,251 @@ fn a_state_kind_is_visited_with_its_payload_type() {
         }
     }
 }
+
+/// The kinds of the records a reader returns, to the end.
+fn kinds_read<R: Read>(mut rd: ImageReader<R>) -> Result<(Vec<Kind>, ImageSummary)> {
+    let mut kinds = vec![];
+    while let Some(rec) = rd.next_record()? {
+        kinds.push(rec.kind());
+    }
+    let summary = rd.summary().expect("a summary after the trailer");
+    Ok((kinds, summary))
+}
+
+/// Offsets and kinds of the frames of a well-formed image.
+fn frames(img: &[u8]) -> Vec<(usize, u8, usize)> {
+    let mut at = 0;
+    let mut out = vec![];
+    while at < img.len() {
+        let len = u32::from_le_bytes([img[at], img[at + 1], img[at + 2], img[at + 3]]) as usize;
+        out.push((at, img[at + 4], len));
+        at += len + 9;
+    }
+    out
+}
+
+#[test]
+fn a_first_pass_steps_over_the_page_records() {
+    let (img, summary) = full_image();
+    let all = kinds_read(ImageReader::new(std::io::Cursor::new(&img)).expect("reader"))
+        .expect("read")
+        .0;
+    let pages = all.iter().filter(|k| **k == Kind::Pages).count();
+    assert_eq!(pages, 3, "a zero, an LZ4 and a raw batch");
+    let first = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .skipping_pages();
+    let (kinds, seen) = kinds_read(first).expect("first pass");
+    let others: Vec<Kind> = all.into_iter().filter(|k| *k != Kind::Pages).collect();
+    assert_eq!(kinds, others);
+    assert_eq!(seen.records, summary.records);
+    assert_eq!(seen.bytes, summary.bytes);
+
+    // Page bytes are not its to check; every other byte is.
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    let (at, _, len) = page_frames[2];
+    let mut bad = img.clone();
+    bad[at + 5 + len - 1] ^= 1;
+    let skipping = |b: &[u8]| {
+        kinds_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .skipping_pages(),
+        )
+    };
+    assert!(skipping(&bad).is_ok());
+    assert!(matches!(
+        verify(&bad[..]),
+        Err(ImageError::Crc { offset, kind: KindByte(8), .. }) if offset == at as u64
+    ));
+    let (vma_at, _, _) = frames(&img)
+        .into_iter()
+        .find(|f| f.1 == Kind::Vma as u8)
+        .expect("a vma record");
+    let mut bad = img.clone();
+    bad[vma_at + 6] ^= 1;
+    assert!(matches!(
+        skipping(&bad),
+        Err(ImageError::Crc { offset, kind: KindByte(4), .. }) if offset == vma_at as u64
+    ));
+    // The trailer's record and byte counts still hold it to the image.
+    let (t_at, _, _) = *frames(&img).last().expect("trailer");
+    let mut cut = img[..page_frames[0].0].to_vec();
+    cut.extend_from_slice(&img[page_frames[1].0..]);
+    assert!(matches!(
+        skipping(&cut),
+        Err(ImageError::TrailerMismatch { field: "records", stored, actual })
+            if stored == summary.records - 1 && actual == summary.records - 2
+    ));
+    assert!(t_at > page_frames[2].0);
+}
+
+#[test]
+fn a_first_pass_reports_every_cut_as_truncation() {
+    let img = small_image();
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    for cut in 0..img.len() {
+        let rd = ImageReader::new(std::io::Cursor::new(img[..cut].to_vec()))
+            .map(ImageReader::skipping_pages)
+            .and_then(kinds_read);
+        // Inside a page record's payload or CRC: the payload's start is
+        // named, since its bytes are never read.
+        let in_pages = page_frames
+            .iter()
+            .find(|(at, _, len)| cut >= at + 5 && cut < at + 9 + len);
+        match (rd, in_pages) {
+            (Err(ImageError::Truncated { offset, what }), Some((at, _, _))) => {
+                assert_eq!((offset, what), ((at + 5) as u64, "a pages record"));
+            }
+            (Err(ImageError::Truncated { offset, .. }), None) => {
+                assert_eq!(offset, cut as u64);
+            }
+            (other, _) => panic!("cut at {cut} of {} gave {other:?}", img.len()),
+        }
+    }
+}
+
+/// A sink that lends room from a buffer of its own, as an image file
+/// written in chunks does.
+#[derive(Default)]
+struct Lender {
+    out: Vec<u8>,
+    room: Vec<u8>,
+    lent: usize,
+}
+
+impl Write for Lender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ImageSink for Lender {
+    fn room(&mut self, n: usize) -> std::io::Result<Option<&mut [u8]>> {
+        // Stale bytes, which the writer must overwrite or leave unused.
+        self.room = vec![0xa5; n + 3];
+        self.lent += 1;
+        Ok(Some(&mut self.room))
+    }
+    fn commit_room(&mut self, n: usize) -> std::io::Result<()> {
+        self.out.extend_from_slice(&self.room[..n]);
+        Ok(())
+    }
+}
+
+/// Batches of every sort: noise, noise with a zero page inside, a zero
+/// batch, a compressible one, a single page.
+fn batches(ps: usize) -> Vec<(u64, Vec<u8>)> {
+    let batch = (PAGE_BATCH_BYTES as usize / ps).max(1);
+    let mut holed = noise(batch * ps, 5);
+    holed[ps..2 * ps].fill(0);
+    let mut tailed = noise(3 * ps, 6);
+    tailed[2 * ps..].fill(0);
+    vec![
+        (0x10_0000, noise(batch * ps, 4)),
+        (0x20_0000, holed),
+        (0x30_0000, vec![0; batch * ps]),
+        (0x40_0000, memory(ps)[2 * ps..4 * ps].to_vec()),
+        (0x50_0000, noise(ps, 7)),
+        (0x60_0000, tailed),
+    ]
+}
+
+fn written_from<S: ImageSink>(sink: S) -> (S, Vec<u64>) {
+    let h = header();
+    let ps = h.page_size as usize;
+    let mut w = ImageWriter::new(sink, &h).expect("writer");
+    let mut stored = vec![];
+    for (vaddr, data) in batches(ps) {
+        let pages = u32::try_from(data.len() / ps).expect("pages");
+        let n = w
+            .nonzero_pages_from(vaddr, pages, |buf: &mut [u8]| {
+                buf.copy_from_slice(&data);
+                Ok::<(), ()>(())
+            })
+            .expect("pages");
+        stored.push(n);
+    }
+    (w.finish().expect("finish").0, stored)
+}
+
+#[test]
+fn pages_read_in_place_make_the_same_image_as_pages_copied() {
+    let ps = header().page_size as usize;
+    let (plain, stored) = written_from(Vec::new());
+    let (lender, stored_lent) = written_from(Lender::default());
+    assert_eq!(stored, stored_lent);
+    assert_eq!(lender.lent, batches(ps).len(), "room asked for every batch");
+    assert!(lender.out == plain, "the images differ");
+    let b = (PAGE_BATCH_BYTES as usize / ps).max(1) * ps;
+    let expect: Vec<u64> = [b, b - ps, 0, 2 * ps, ps, 2 * ps]
+        .iter()
+        .map(|n| *n as u64)
+        .collect();
+    assert_eq!(stored, expect, "zero pages are left out");
+    // Read back: every non-zero page at its address, no zero page stored.
+    let mut rd = ImageReader::new(&plain[..]).expect("reader");
+    let mut got: Vec<(u64, Codec, Vec<u8>)> = vec![];
+    let mut buf = vec![0u8; PAGE_BATCH_BYTES as usize];
+    while let Some(rec) = rd.next_record().expect("record") {
+        let info = rec.decode_pages_into(&mut buf).expect("pages");
+        got.push((info.vaddr, info.codec, buf[..info.len].to_vec()));
+    }
+    let all = batches(ps);
+    let want: Vec<(u64, Codec, Vec<u8>)> = vec![
+        (all[0].0, Codec::Raw, all[0].1.clone()),
+        (all[1].0, Codec::Raw, all[1].1[..ps].to_vec()),
+        (
+            all[1].0 + 2 * ps as u64,
+            Codec::Raw,
+            all[1].1[2 * ps..].to_vec(),
+        ),
+        (all[3].0, Codec::Lz4, all[3].1.clone()),
+        (all[4].0, Codec::Raw, all[4].1.clone()),
+        (all[5].0, Codec::Raw, all[5].1[..2 * ps].to_vec()),
+    ];
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.0, g.1), (w.0, w.1));
+        assert!(g.2 == w.2, "pages at {:#x} differ", g.0);
+    }
+}
+
+#[test]
+fn a_failed_read_in_place_leaves_no_record() {
+    let h = header();
+    let ps = h.page_size as usize;
+    let mut w = ImageWriter::new(Lender::default(), &h).expect("writer");
+    let res = w.nonzero_pages_from(0x1000, 2, |buf: &mut [u8]| {
+        buf[..ps].fill(1);
+        Err("gone")
+    });
+    assert!(matches!(res, Err(PagesFromError::Read("gone"))));
+    let too_many = w.batch_pages() + 1;
+    let res = w.nonzero_pages_from(0x1000, too_many, |_: &mut [u8]| Ok::<(), ()>(()));
+    assert!(matches!(
+        res,
+        Err(PagesFromError::Image(ImageError::Malformed { .. }))
+    ));
+    let res = w.nonzero_pages_from(0x1001, 1, |_: &mut [u8]| Ok::<(), ()>(()));
+    assert!(matches!(
+        res,
+        Err(PagesFromError::Image(ImageError::Unaligned {
+            vaddr: 0x1001,
+            ..
+        }))
+    ));
+    let (sink, summary) = w.finish().expect("finish");
+    assert_eq!((summary.records, summary.pages), (2, 0));
+    assert_eq!(verify(&sink.out[..]).expect("valid").records, 2);
+}

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::image::{self, ImageError};
+use crate::image::{self, ImageError, ImageSink};
 
 mod file;
 pub mod signature;
@@ -69,8 +69,10 @@ pub const DEFAULT_FILE_SIZE: u64 = 256 * 1024 * 1024;
 const MAGIC: [u8; 8] = *b"TORPORSL";
 const LAYOUT_VERSION: u32 = 1;
 const CRC_AT: usize = 508;
-/// Image bytes written to the device per call.
-const WRITE_CHUNK: usize = 64 * 1024;
+/// Image bytes written to the device per call: room for a few page records,
+/// so that a dump reads pages straight into the slot writer's buffer
+/// (`ImageSink`).
+const WRITE_CHUNK: usize = 256 * 1024;
 
 /// A store device: a partition, a file, or a fake in tests.
 #[allow(clippy::len_without_is_empty)] // a store is never empty: it is refused when small
@@ -549,6 +551,7 @@ impl<D: Device> Store<D> {
         let start = self.base(slot) + IMAGE_OFFSET;
         SlotReader {
             dev: &self.dev,
+            start,
             pos: start,
             end: start + len,
         }
@@ -706,7 +709,8 @@ impl<D: Device> Store<D> {
             slot,
             generation,
             pos: 0,
-            buf: Vec::with_capacity(WRITE_CHUNK),
+            buf: vec![0; WRITE_CHUNK],
+            fill: 0,
             crc: crc32fast::Hasher::new(),
             overflow: false,
             committed: false,
@@ -790,13 +794,38 @@ fn encode_header(info: &SlotInfo, seq: u64, slot_size: u64) -> [u8; SECTOR_BYTES
 #[derive(Debug)]
 pub struct SlotReader<'a, D: Device> {
     dev: &'a D,
+    start: u64,
     pos: u64,
     end: u64,
 }
 
+/// Positions are the image's own (0 at its first byte); a position past its
+/// end reads nothing, as in a file.
+impl<D: Device> io::Seek for SlotReader<'_, D> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let here = self.pos - self.start;
+        let len = self.end - self.start;
+        // `pos` never goes below `start`: `here` is its offset.
+        let new = match to {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::Current(d) => here.checked_add_signed(d),
+            io::SeekFrom::End(d) => len.checked_add_signed(d),
+        };
+        let new = new.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the image's start")
+        })?;
+        // Past the end is allowed and reads nothing: what lies beyond
+        // belongs to no image.
+        self.pos = self.start.checked_add(new).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek past the device's end")
+        })?;
+        Ok(new)
+    }
+}
+
 impl<D: Device> Read for SlotReader<'_, D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.end - self.pos;
+        let left = self.end.saturating_sub(self.pos);
         let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
         if n == 0 {
             return Ok(0);
@@ -831,7 +860,9 @@ pub struct SlotWriter<'a, D: Device> {
     generation: u64,
     /// Image bytes accepted so far.
     pos: u64,
+    /// `WRITE_CHUNK` bytes, the first `fill` of them not yet on the device.
     buf: Vec<u8>,
+    fill: usize,
     crc: crc32fast::Hasher,
     overflow: bool,
     committed: bool,
@@ -858,13 +889,29 @@ impl<D: Device> SlotWriter<'_, D> {
     }
 
     fn flush_buf(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.fill == 0 {
             return Ok(());
         }
-        let start = self.pos - self.buf.len() as u64;
+        let start = self.pos - self.fill as u64;
         let offset = self.store.base(self.slot) + IMAGE_OFFSET + start;
-        self.store.dev.write_at(&self.buf, offset)?;
-        self.buf.clear();
+        self.store.dev.write_at(&self.buf[..self.fill], offset)?;
+        self.fill = 0;
+        Ok(())
+    }
+
+    /// Refuses `n` more bytes than the slot holds, once and for good.
+    fn check_room(&mut self, n: usize) -> io::Result<()> {
+        let room = self.store.capacity() - self.pos;
+        if n as u64 > room {
+            self.overflow = true;
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "image exceeds the slot capacity of {} bytes",
+                    self.store.capacity()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -906,22 +953,13 @@ impl<D: Device> SlotWriter<'_, D> {
 
 impl<D: Device> Write for SlotWriter<'_, D> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.store.capacity() - self.pos;
-        if data.len() as u64 > room {
-            self.overflow = true;
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "image exceeds the slot capacity of {} bytes",
-                    self.store.capacity()
-                ),
-            ));
-        }
-        let n = data.len().min(WRITE_CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
+        self.check_room(data.len())?;
+        let n = data.len().min(WRITE_CHUNK - self.fill);
+        self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
         self.crc.update(&data[..n]);
+        self.fill += n;
         self.pos += n as u64;
-        if self.buf.len() == WRITE_CHUNK {
+        if self.fill == WRITE_CHUNK {
             self.flush_buf()?;
         }
         Ok(n)
@@ -930,5 +968,37 @@ impl<D: Device> Write for SlotWriter<'_, D> {
     fn flush(&mut self) -> io::Result<()> {
         // Durability is commit's job; this only hands the bytes to the device.
         self.flush_buf()
+    }
+}
+
+/// Room is lent in the write buffer: a dump reads page runs straight into
+/// it (`ImageWriter::nonzero_pages_from`).
+impl<D: Device> ImageSink for SlotWriter<'_, D> {
+    fn room(&mut self, n: usize) -> io::Result<Option<&mut [u8]>> {
+        if n > WRITE_CHUNK {
+            return Ok(None);
+        }
+        self.check_room(n)?;
+        if WRITE_CHUNK - self.fill < n {
+            self.flush_buf()?;
+        }
+        Ok(Some(&mut self.buf[self.fill..]))
+    }
+
+    fn commit_room(&mut self, n: usize) -> io::Result<()> {
+        if n > WRITE_CHUNK - self.fill {
+            return Err(io::Error::other(format!(
+                "{n} bytes committed, {} lent",
+                WRITE_CHUNK - self.fill
+            )));
+        }
+        self.check_room(n)?;
+        self.crc.update(&self.buf[self.fill..self.fill + n]);
+        self.fill += n;
+        self.pos += n as u64;
+        if self.fill == WRITE_CHUNK {
+            self.flush_buf()?;
+        }
+        Ok(())
     }
 }

@@ -5,17 +5,21 @@
 //! One module per step, in the order the data flows:
 //!
 //! ```text
-//!  validate    the whole image against this system; nothing created yet
+//!  validate    the image's state against this system, every record but
+//!     │        the pages checked (`restore_file` steps over those);
+//!     │        nothing created yet
 //!  objects     torpor opens every file description, shared memory object,
 //!     │        memfd and SysV segment the tree holds (`clocks`: the tree's
 //!     │        own time namespace first, where the kernel has them)
 //!  tasks       clone3(set_tid=root) ──▶ root: setsid/setpgid, clone3 its
 //!     │          children (each does the same), fds, cwd, umask, rlimits,
 //!     │          "ready", pause(); then every task is seized
-//!  pages       the image again, record by record; per task:
+//!  pages       the image again, record by record, the pages read and
+//!     │        checked once, here (a damaged one kills the tree, none of
+//!     │        which has run); per task:
 //!     ├ memory     trampoline in a hole → unmap torpor's image → move
 //!     │            vdso/vvar/sigpage and shared objects → mmap every VMA
-//!     ├            pages written straight from the records
+//!     ├            pages copied straight from the records into place
 //!     └ process    mprotect → PR_SET_MM_MAP → sigactions, itimers →
 //!        │         threads (clone3 set_tid) → timers → shared signals →
 //!        │         seccomp
@@ -61,6 +65,7 @@ use crate::engine::image_io;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::ImageState;
 use crate::engine::{Cause, EngineError, Step, StepExt};
+use crate::image::ImageReader;
 
 pub(crate) use tasks::fork_with_pid;
 pub use validate::validate;
@@ -125,7 +130,12 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
             .map(BufReader::new)
             .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
     };
-    let state = image_io::read_state(open().step(vstep)?).step(vstep)?;
+    // The state first, stepping over the pages: they are read once, as
+    // `restore` streams them into the tasks.
+    let first = ImageReader::new(open().step(vstep)?)
+        .step(vstep)?
+        .skipping_pages();
+    let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
     restore(&state, opts, open().step(vstep)?)
 }
@@ -134,18 +144,22 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
 pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
     let store = crate::store::Store::open_read_only(path).step(Step::Store)?;
-    let newest = || -> Result<_, EngineError> {
-        match store.newest().step(Step::Store)? {
-            Some((_, r)) => Ok(BufReader::new(r)),
-            None => Err(refused(
-                Step::Store,
-                format!("{} holds no valid image", path.display()),
-            )),
-        }
+    // Verified once, here; then the state stepping over the pages, which
+    // `restore` reads into place.
+    let Some((info, _)) = store.newest().step(Step::Store)? else {
+        return Err(refused(
+            Step::Store,
+            format!("{} holds no valid image", path.display()),
+        ));
     };
-    let state = image_io::read_state(newest()?).step(vstep)?;
+    let open = || -> Result<_, EngineError> {
+        let (_, r) = store.image(info.slot).step(Step::Store)?;
+        Ok(BufReader::new(r))
+    };
+    let first = ImageReader::new(open()?).step(vstep)?.skipping_pages();
+    let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
-    restore(&state, opts, newest()?)
+    restore(&state, opts, open()?)
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
