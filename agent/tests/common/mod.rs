@@ -314,11 +314,26 @@ pub fn start<E: Engine + Send + 'static, P: PowerDown + Send + 'static>(
     engine: E,
     power: P,
 ) -> Running<E, P> {
+    start_with(tag, allowed_uids, engine, power, |d, _| d)
+}
+
+/// [`start`], the daemon first passed through `setup` with its socket's
+/// path (to manage applications, say).
+pub fn start_with<E: Engine + Send + 'static, P: PowerDown + Send + 'static>(
+    tag: &str,
+    allowed_uids: Vec<u32>,
+    engine: E,
+    power: P,
+    setup: impl FnOnce(Daemon<E, P>, &Path) -> Daemon<E, P>,
+) -> Running<E, P> {
     let dir = temp_dir(tag);
     let socket = dir.join("torpor.sock");
     let listener = Listener::bind(&socket, 0, 0, 0o666).unwrap();
     let (stop_r, stop_w) = pipe();
-    let mut daemon = Daemon::new(listener, Settings { allowed_uids }, engine, power);
+    let mut daemon = setup(
+        Daemon::new(listener, Settings { allowed_uids }, engine, power),
+        &socket,
+    );
     let thread = std::thread::spawn(move || {
         daemon.run(stop_r.as_fd()).unwrap();
         daemon
