@@ -42,6 +42,7 @@ pub(super) fn rebuild_all<R: Read>(
     let mut stats = RestoreStats::default();
     let mut cur: Option<Rebuild<'_>> = None;
     let mut idx = 0usize;
+    let mut passing_over = false;
     let finish = |rb: Rebuild<'_>,
                   created: &mut Created,
                   stats: &mut RestoreStats|
@@ -60,6 +61,11 @@ pub(super) fn rebuild_all<R: Read>(
                     finish(rb, created, &mut stats)?;
                 }
                 let t: Task = rec.decode().step(rstep)?;
+                // Another tree of the image, restored on its own.
+                passing_over = crate::engine::trees::passed_over_task(st, t.pid);
+                if passing_over {
+                    continue;
+                }
                 let p = st
                     .processes
                     .get(idx)
@@ -74,6 +80,7 @@ pub(super) fn rebuild_all<R: Read>(
                 }
                 cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.task.pid))?);
             }
+            Kind::Pages if passing_over => {}
             Kind::Pages => {
                 let rb = cur
                     .as_ref()
@@ -94,8 +101,10 @@ pub(super) fn rebuild_all<R: Read>(
                 stats.page_bytes += data.len() as u64;
             }
             Kind::ObjectData => {
-                let d = rec.decode().step(rstep)?;
-                segs.fill(&d).step(Step::FillObjects)?;
+                let d: crate::image::records::ObjectData = rec.decode().step(rstep)?;
+                if !crate::engine::trees::passed_over_object(st, &d.object) {
+                    segs.fill(&d).step(Step::FillObjects)?;
+                }
             }
             _ => {}
         }
