@@ -494,3 +494,118 @@ fn a_refused_tree_names_its_app_and_hibernate_all_then_takes_the_others() {
     b.go("counter", "counter");
     drop(daemon);
 }
+
+#[test]
+fn a_tree_that_cannot_come_back_cold_starts_while_the_others_run_on() {
+    let dir = temp_dir("managed-apart");
+    let counter = compile(&dir, "tests/apps/counter.c", "counter");
+    // The second counter's own copy, changed after the hibernation.
+    let other = dir.join("counter-copy");
+    std::fs::copy(&counter, &other).unwrap();
+    let store = dir.join("apart-store.img");
+    let supply = CuttingSupply::default();
+    let daemon = start_with(
+        "managed-apart-daemon",
+        vec![],
+        StoreEngine::new(store),
+        supply.clone(),
+        |d, socket| d.with_apps(vec![], torpor::apps::dir_for(socket)),
+    );
+    let b = board("apart", &dir, &daemon.socket);
+    let registry = torpor::apps::dir_for(&daemon.socket);
+    let (c, o) = (counter.to_str().unwrap(), other.to_str().unwrap());
+    let mut a = b.run("counter-a", &[c, "100"]);
+    let mut z = b.run("counter-b", &[o, "100"]);
+    let (pa, pz) = (pid_of(&a), pid_of(&z));
+    b.wait_for("counter-a", "count 2\n", 20);
+    b.wait_for("counter-b", "count 2\n", 20);
+    supply.victims.lock().unwrap().extend([pa, pz]);
+    let h = b.hibernate("--all");
+    assert!(h.status.success(), "{}", text(&h));
+    assert!(!a.wait().unwrap().success());
+    assert!(!z.wait().unwrap().success());
+    let before = last_count(&b.log("counter-a"));
+    std::fs::remove_dir_all(&registry).unwrap();
+    let identity = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        format!(
+            "({}, {}, {}, {}, {})",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec()
+        )
+    };
+    let then = identity(&other);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap();
+        f.write_all(b"changed after the hibernation").unwrap();
+    }
+    let changed = format!(
+        "validate: mapped file {o} changed since the dump (dev, inode, size, mtime {}, image has {then})",
+        identity(&other)
+    );
+
+    let boot = b.boot();
+    let out = text(&boot);
+    assert!(boot.status.success(), "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |x| x.1))
+        .collect();
+    let whole = lines
+        .iter()
+        .find(|l| l.contains("with every tree at once failed"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        *whole,
+        format!(
+            "warning: restoring image generation 1 with every tree at once failed: {changed}; restoring each tree on its own"
+        )
+    );
+    assert!(
+        lines.contains(&format!("info: counter-a: restored as pid {pa}").as_str()),
+        "{out}"
+    );
+    assert!(
+        lines.contains(
+            &format!("warning: counter-b: not restored, it starts afresh: {changed}").as_str()
+        ),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("restored as pid {pz}")), "{out}");
+    assert!(!Path::new(&format!("/proc/{pz}")).exists(), "{out}");
+    let st = text(&b.torpor(&["store", "status", "--store", b.store.to_str().unwrap()]));
+    assert!(st.contains("slot A: consumed generation 1"), "{st}");
+
+    // Its own line adopts counter-a; counter-b's starts it afresh.
+    let adopt = b.run_again("counter-a", &[c, "100"]);
+    assert!(
+        text(&adopt).contains(&format!("counter-a: restored at boot as pid {pa}\n")),
+        "{}",
+        text(&adopt)
+    );
+    let mut fresh = b.run("counter-b", &[o, "100"]);
+    b.wait_for("counter-b", "READY counter\ncount 0\n", 20);
+    let err = std::fs::read_to_string(b.work("counter-b").join("run.err")).unwrap();
+    assert!(
+        err.contains("cold start: image generation 1 in slot A was already restored"),
+        "{err}"
+    );
+    assert_ne!(pid_of(&fresh), pz);
+    let t = b.wait_for("counter-a", &format!("count {}\n", before + 1), 20);
+    assert!(
+        t.contains(&format!("count {before}\ncount {}\n", before + 1)),
+        "{t}"
+    );
+    b.go("counter-a", "counter");
+    b.go("counter-b", "counter");
+    assert_eq!(fresh.wait().unwrap().code(), Some(0));
+    drop(daemon);
+}

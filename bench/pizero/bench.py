@@ -384,13 +384,13 @@ class Bench:
         if not self.opts.show:
             return
         story = re.compile(r"^(counter \d+|connected to|checkpointed|hibernating|resumed|memory verified|"
-                           r"PASS|FAIL|hibernate refused|daemon error|torpor\[\d+\]: |TORPOR-RESULT)")
+                           r"PASS|FAIL|hibernate refused|daemon error|torpor\[\d+\]: |TORPOR-RESULT|TORPOR-STORY )")
         serial = b._serial
 
         def tap(line):
             out = serial(line)
             if story.search(line):
-                print(f"  [{b.elapsed():6.2f} s] {line}", flush=True)
+                print(f"  [{b.elapsed():6.2f} s] {line.removeprefix('TORPOR-STORY ')}", flush=True)
             return out
         b._serial = tap
 
@@ -403,25 +403,32 @@ class Bench:
             self.record(tag, verdict, message)
 
     def run_hibernate(self):
-        """sleepy-counter asks to hibernate over the socket; the daemon stores
-        it and drives the power line; the host cuts; torpor boot restores it."""
+        """Managed apps: two counters (one with a child) and one holding a
+        netlink socket, whose refusal keeps the power on; then sleepy-counter
+        asks to hibernate over the socket, the daemon stores every managed
+        tree in one image and drives the power line; the host cuts; torpor
+        boot restores them all."""
         section = "hibernate"
         if self.opts.show:
-            print("\nboot 1: torpor daemon starts, sleepy-counter counts and asks to hibernate at "
-                  f"{self.opts.sleep_at}")
+            print("\nboot 1: torpor daemon starts; managed apps counter-a, counter-b (with a child) and netlink "
+                  "(a netlink socket) run; torpor hibernate --all is refused; then sleepy-counter counts and "
+                  f"asks to hibernate at {self.opts.sleep_at}")
         with self.boot("hibernate", self.power) as b:
             self._tap(b)
-            m = b.wait_for(r"TORPOR-(HIBERNATE-APP|RESULT|SKIP|ERROR)", 120, "sleepy-counter to start")
+            m = b.wait_for(r"TORPOR-(HIBERNATE-APP|RESULT \S+ FAIL|SKIP|ERROR)", 120 + self.opts.torpor_timeout,
+                           "the refused hibernation and sleepy-counter to start")
             if m.group(1) == "SKIP":
                 self.record(section, "SKIP", b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1))
                 return
             if m.group(1) != "HIBERNATE-APP":
                 b.run_for(1)
-                self._results([line for _, line in b.lines], [section])
+                self._results([line for _, line in b.lines], ["hibernate-refused", section])
                 return
             cut = b.wait_power_cut(60 + self.opts.torpor_timeout)
             stored = b.matching(r"hibernating pid \d+ for uid \d+: image generation (\d+) \((\d+) bytes\) stored")
             counted = b.matching(r"^counter (\d+)$")
+        print_times(b)
+        self._results([line for _, line in b.lines], ["hibernate-refused"])
         if cut is None:
             self._results([line for _, line in b.lines] + [f"TORPOR-RESULT {section} FAIL the power line "
                           f"({self.power.describe()}) was never driven"], [section])
@@ -431,11 +438,13 @@ class Bench:
               f"image {stored[0].group(1) + ' (' + stored[0].group(2) + ' bytes)' if stored else '?'}; "
               f"the counter stood at {last}")
         if self.opts.show:
-            print("\nboot 2: torpor daemon, then torpor boot restores sleepy-counter")
+            print("\nboot 2: torpor daemon, then torpor boot restores every managed app")
         with self.boot("wake") as b:
             self._tap(b)
             b.wait_for(r"TORPOR-BENCH-END mode=wake", 120 + 2 * self.opts.torpor_timeout, "sleepy-counter to resume")
             lines = [line for _, line in b.lines]
+            print(f"wake boot: {b.elapsed():.2f} s from power-on to its end")
+        self._results(lines, ["multi-app"])
         resumed = [l for l in lines if l.startswith("resumed on fd ")]
         first = next((l for l in lines if re.match(r"^counter \d+$", l)), None)
         problems = []

@@ -223,41 +223,101 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         "restoring image generation {generation} from slot {slot} (attempt {attempt} of {})",
         places.attempts
     );
-    match restore_slot(&store, slot, generation, &state, places) {
+    let dir = &crate::apps::dir_for(&places.socket);
+    let failed = match restore_slot(&store, slot, generation, &state, places) {
         Ok(pid) => {
             store.mark(slot, State::Consumed).map_err(serr)?;
-            // Each application of the image, for its own `torpor run` line.
-            let dir = &crate::apps::dir_for(&places.socket);
-            let mut pid = pid;
-            for t in &state.trees {
-                log::info!("{}: restored as pid {}", t.name, t.root);
-                if name == Some(t.name.as_str()) {
-                    pid = t.root;
-                } else if let Err(e) =
-                    crate::apps::record(dir, &t.name, t.root, crate::apps::Origin::Restored)
-                {
-                    log::warning!("{}: noting pid {} failed: {e}", t.name, t.root);
-                }
-            }
-            Ok(Outcome::Restored { pid, generation })
+            let pid = note_restored(dir, &state, name).unwrap_or(pid);
+            return Ok(Outcome::Restored { pid, generation });
         }
-        Err(why) => {
-            // One line per application: each cold-starts by its own
-            // `torpor run` line.
-            for t in &state.trees {
-                log::warning!("{}: not restored, it starts afresh: {why}", t.name);
+        Err(why) => why,
+    };
+    // Several trees that failed together may come back one by one: each
+    // that fails is killed (the engine removes what it created) and is
+    // cold-started by its own `torpor run` line.
+    let mut why = failed;
+    if state.trees.len() > 1 {
+        match crate::engine::trees::split(&state) {
+            Ok(parts) => {
+                log::warning!(
+                    "restoring image generation {generation} with every tree at once failed: {why}; restoring each tree on its own"
+                );
+                let mut restored: Option<i32> = None;
+                for part in &parts {
+                    let t = &part.trees[0];
+                    match restore_slot(&store, slot, generation, part, places) {
+                        Ok(_) => {
+                            let pid = note_restored(dir, part, name).unwrap_or(t.root);
+                            if restored.is_none() || name == Some(t.name.as_str()) {
+                                restored = Some(pid);
+                            }
+                        }
+                        Err(e) => log::warning!("{}: not restored, it starts afresh: {e}", t.name),
+                    }
+                }
+                if let Some(pid) = restored {
+                    store.mark(slot, State::Consumed).map_err(serr)?;
+                    // `torpor run --name` of a tree that failed cold-starts.
+                    if name.is_some_and(|n| {
+                        !parts.iter().any(|p| p.trees[0].name == n && alive_root(p))
+                    }) {
+                        return Ok(cold(format!(
+                            "{} of image generation {generation} in slot {slot} was not restored",
+                            name.unwrap_or_default()
+                        )));
+                    }
+                    return Ok(Outcome::Restored { pid, generation });
+                }
+                why.push_str("; no tree came back on its own either");
             }
-            let last = attempt >= places.attempts;
-            if last {
-                store.mark(slot, State::Consumed).map_err(serr)?;
+            Err(apart) => {
+                // One line per application: each cold-starts by its own
+                // `torpor run` line.
+                for t in &state.trees {
+                    log::warning!("{}: not restored, it starts afresh: {why}", t.name);
+                }
+                why.push_str(&format!("; the trees cannot come back apart: {apart}"));
             }
-            Ok(cold(format!(
-                "restoring image generation {generation} from slot {slot} failed (attempt {attempt} of {}): {why}{}",
-                places.attempts,
-                if last { "; giving up, marked consumed" } else { "" }
-            )))
+        }
+    } else {
+        for t in &state.trees {
+            log::warning!("{}: not restored, it starts afresh: {why}", t.name);
         }
     }
+    let last = attempt >= places.attempts;
+    if last {
+        store.mark(slot, State::Consumed).map_err(serr)?;
+    }
+    Ok(cold(format!(
+        "restoring image generation {generation} from slot {slot} failed (attempt {attempt} of {}): {why}{}",
+        places.attempts,
+        if last { "; giving up, marked consumed" } else { "" }
+    )))
+}
+
+/// Whether the root of the part's tree runs.
+fn alive_root(part: &ImageState) -> bool {
+    part.trees
+        .first()
+        .is_some_and(|t| crate::apps::alive(t.root))
+}
+
+/// Logs each application `st` brought back and notes it in the registry
+/// `dir` for its own `torpor run` line; the root of `name`'s tree, when
+/// it is one of them.
+fn note_restored(dir: &Path, st: &ImageState, name: Option<&str>) -> Option<i32> {
+    let mut mine = None;
+    for t in &st.trees {
+        log::info!("{}: restored as pid {}", t.name, t.root);
+        if name == Some(t.name.as_str()) {
+            mine = Some(t.root);
+        } else if let Err(e) =
+            crate::apps::record(dir, &t.name, t.root, crate::apps::Origin::Restored)
+        {
+            log::warning!("{}: noting pid {} failed: {e}", t.name, t.root);
+        }
+    }
+    mine
 }
 
 fn cold(why: String) -> Outcome {
@@ -316,6 +376,7 @@ fn restore_slot(
     let stats =
         restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
     let pid = state.processes.first().map_or(0, |p| p.task.pid);
+    let conn_root = conn_holder(state).unwrap_or(pid);
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
         stats.processes,
@@ -330,13 +391,34 @@ fn restore_slot(
     if let Some(conn) = conn {
         let resumed = resumed_now(&header, generation);
         // The restore just created a task with this pid: positive.
-        let pid_u = u32::try_from(pid).unwrap_or(0);
+        let pid_u = u32::try_from(conn_root).unwrap_or(0);
         // Not read here: the reply is the application's.
         if let Err(e) = send_restored(&conn, pid_u, resumed) {
-            log::error!("telling the daemon that pid {pid} resumed failed: {e}");
+            log::error!("telling the daemon that pid {conn_root} resumed failed: {e}");
         }
     }
     Ok(pid)
+}
+
+/// The root of the tree whose processes hold the connection to the
+/// daemon: the application that asked, which is told `Resumed`.
+fn conn_holder(st: &ImageState) -> Option<i32> {
+    let holder = st.processes.iter().find(|p| {
+        p.fds.iter().any(|fd| {
+            st.files
+                .get(fd.file as usize)
+                .is_some_and(|f| matches!(f.kind, FileKind::TorporConn(_)))
+        })
+    })?;
+    let mut cur = holder;
+    // Parents come first in an image: the chain ends within its length.
+    for _ in 0..st.processes.len() {
+        if cur.task.ppid == 0 {
+            return Some(cur.task.pid);
+        }
+        cur = st.processes.iter().find(|p| p.task.pid == cur.task.ppid)?;
+    }
+    None
 }
 
 fn send_restored(conn: &OwnedFd, pid: u32, resumed: Resumed) -> std::io::Result<()> {

@@ -67,6 +67,7 @@ pub mod remote;
 pub mod restore;
 pub mod state;
 pub mod torpor_conn;
+pub mod trees;
 
 use crate::engine::procfs::ProcError;
 use crate::engine::ptrace::PtraceError;

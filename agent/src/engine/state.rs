@@ -38,6 +38,17 @@ pub struct ImageState {
     /// The trees' roots and application names (`tree` records; none in
     /// images older than format 2.2 or of one unnamed tree).
     pub trees: Vec<records::Tree>,
+    /// For one tree of a several-tree image restored on its own
+    /// (`engine::trees`): what belongs to the image's other trees, whose
+    /// records the restore passes over.
+    pub others: Option<Others>,
+}
+
+/// The processes and objects of the trees a part leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Others {
+    pub pids: std::collections::BTreeSet<i32>,
+    pub objects: Vec<records::ObjectRef>,
 }
 
 /// One page record: `pages` pages at `vaddr` of `processes[process]`.

@@ -12,9 +12,14 @@
 #   store-cut    report the store, then write a new image (the host cuts
 #                power somewhere inside the write)
 #   store-check  report the store
-#   hibernate    torpor daemon and sleepy-counter, which asks to hibernate;
-#                the daemon drives the power line (the host cuts power)
-#   wake         daemon, then `torpor boot`: the app resumes and verifies
+#   hibernate    torpor daemon, two managed counters (one with a child) and
+#                a managed app holding a netlink socket: `torpor hibernate
+#                --all` is refused naming it, all run on; then the managed
+#                sleepy-counter asks to hibernate, every managed tree goes
+#                into one image, the daemon drives the power line (the host
+#                cuts power)
+#   wake         daemon, then `torpor boot`: every app resumes where it was,
+#                its `torpor run` line adopts it, each verifies itself
 #   corrupt      an image with flipped bytes: `torpor boot` cold-starts
 #   attempts-seed  an image whose executable then changes on the SD card
 #   attempts-boot  `torpor boot` fails; at the last attempt it gives up
@@ -31,6 +36,7 @@
 #   TORPOR-SUSPENDED <app> pid=<n>
 #   TORPOR-TIME <app> dump|restore <ms>   (guest time: emulated, -icount)
 #   TORPOR-SKIP <job> <reason>
+#   TORPOR-STORY <what happened>          (printed by `make demo`)
 #   TORPOR-ERROR <message>
 
 # shellcheck source=/dev/null
@@ -608,8 +614,118 @@ start_init_hook() {
     info daemon "pid $daemon_pid on /run/torpor.sock, started by S01torpor"
 }
 
-# Boot 1: the app counts on the console and asks to hibernate at
-# $BENCH_SLEEP_AT; the daemon cuts the power (the host kills the board).
+# ---- managed applications: `torpor run --name` lines, as init scripts
+# after S01torpor start them. Each app's work directory is $WORK/NAME on the
+# SD card: its output in app.log, torpor's own lines in run.err.
+
+COUNTER_MS=200
+
+# torpor run --name $1 -- $2...; sets $pid.
+start_managed() {
+    name=$1
+    shift
+    M=$WORK/$name
+    rm -rf "$M"
+    mkdir -p "$M"
+    (cd "$M" && exec "$TORPOR" run --name "$name" --config /etc/torpor.toml --pidfile "$M/pid" \
+        -- "$@" </dev/null >app.log 2>run.err) &
+    pid=$!
+    echo "$pid" >"$M/root.pid"
+}
+
+# The same line at the next boot: it must adopt the restored tree ($2).
+adopt_managed() {
+    name=$1 want=$2
+    shift 2
+    M=$WORK/$name
+    mkdir -p "$M"
+    (cd "$M" && "$TORPOR" run --name "$name" --config /etc/torpor.toml --pidfile "$M/pid" \
+        -- "$@" </dev/null >>run.err 2>&1)
+    rc=$?
+    got=$(cat "$M/pid" 2>/dev/null)
+    if [ "$rc" -ne 0 ] || [ "$got" != "$want" ] || ! grep -q "^torpor\[[0-9]*\]: info: $name: restored at boot as pid $want\$" "$M/run.err"; then
+        problems="$problems; torpor run --name $name (exit $rc) did not adopt pid $want (PID file: '$got')"
+        details multi-app "$M/run.err"
+        return 1
+    fi
+}
+
+# The last `count N` of counter $1's log.
+last_count() {
+    sed -n 's/^count \([0-9]*\)$/\1/p' "$WORK/$1/app.log" | tail -n 1
+}
+
+# Waits for counter $1 to print count $2.
+count_reaches() {
+    wait_for_line "$WORK/$1/app.log" "^count $2\$" 20
+}
+
+# The managed apps of the hibernation: two counters, the second under a
+# shell that waits for it (a tree with a child), in $WORK/counter-a and
+# $WORK/counter-b.
+start_counters() {
+    start_managed counter-a /bench/apps/counter "$COUNTER_MS"
+    start_managed counter-b /bin/sh -c "/bench/apps/counter $COUNTER_MS & echo \$! >child.pid; wait"
+    for c in counter-a counter-b; do
+        if ! count_reaches "$c" 2; then
+            error "managed $c did not count to 2"
+            details hibernate-refused "$WORK/$c/app.log"
+            details hibernate-refused "$WORK/$c/run.err"
+            return 1
+        fi
+    done
+}
+
+# A managed app holding a netlink socket (badfd): `torpor hibernate --all`
+# must be refused naming it, the power stays on, every app runs on and
+# badfd verifies it was left untouched.
+hibernate_refused() {
+    start_managed netlink /bench/apps/badfd
+    pn=$pid
+    if ! wait_for_line "$WORK/netlink/app.log" '^READY badfd$' "$BENCH_READY_TIMEOUT" "$pn"; then
+        result hibernate-refused FAIL "the managed badfd printed no READY"
+        details hibernate-refused "$WORK/netlink/app.log"
+        return 1
+    fi
+    echo "TORPOR-STORY apps: counter-a pid $(cat "$WORK/counter-a/root.pid"), counter-b pid" \
+        "$(cat "$WORK/counter-b/root.pid") (child $(cat "$WORK/counter-b/child.pid")), netlink pid $pn (holds a netlink socket)"
+    "$TORPOR" hibernate --status --config /etc/torpor.toml >/tmp/status.out 2>&1
+    sed 's/^/TORPOR-STORY hibernate --status: /' /tmp/status.out
+    a=$(last_count counter-a) b=$(last_count counter-b)
+    t0=$(uptime_ms)
+    torpor_bounded hibernate-refused /tmp/refused.out hibernate --all --config /etc/torpor.toml
+    rc=$?
+    echo "TORPOR-TIME hibernate-refused dump $(($(uptime_ms) - t0))"
+    line=$(grep '^torpor: error: ' /tmp/refused.out | head -n 1)
+    echo "TORPOR-STORY torpor hibernate --all: exit $rc: $line"
+    problems=
+    [ "$rc" -eq 1 ] || problems="$problems; exit $rc, not 1"
+    case "$line" in
+        "torpor: error: DumpFailed: no app hibernated: checkpoint failed: app netlink (pid $pn): files $pn: fd 7 "*"a netlink socket, which torpor cannot restore") ;;
+        *) problems="$problems; the error does not name app netlink (pid $pn) and fd 7" ;;
+    esac
+    count_reaches counter-a $((a + 2)) || problems="$problems; counter-a stopped at $(last_count counter-a)"
+    count_reaches counter-b $((b + 2)) || problems="$problems; counter-b stopped at $(last_count counter-b)"
+    W=$WORK/netlink pid=$pn
+    : >"$W/go"
+    wait_for_line "$W/app.log" '^(PASS|FAIL)' "$BENCH_VERIFY_TIMEOUT" "$pn"
+    verdict=$(grep -E '^(PASS|FAIL)' "$W/app.log" | head -n 1)
+    [ "$verdict" = "PASS badfd" ] || problems="$problems; badfd after the refusal: '$verdict'"
+    wait "$pn" 2>/dev/null
+    if [ -n "$problems" ]; then
+        result hibernate-refused FAIL "${problems#; }"
+        details hibernate-refused /tmp/refused.out
+        return 1
+    fi
+    result hibernate-refused PASS "$line; no power cut; counter-a counted on from $a to" \
+        "$(last_count counter-a), counter-b from $b to $(last_count counter-b), badfd verified itself"
+}
+
+# Boot 1: two managed counters run; a managed app holding a netlink socket
+# makes `torpor hibernate --all` fail and ends; then the managed
+# sleepy-counter counts on the console and asks to hibernate at
+# $BENCH_SLEEP_AT: every managed tree goes into one image and the daemon
+# cuts the power (the host kills the board).
 job_hibernate() {
     store_ready hibernate || return 0
     mkdir -p "$HIB"
@@ -619,7 +735,10 @@ job_hibernate() {
     start_init_hook || return 1
     # Above the pids the next boot uses before its restore (see job_suspend).
     echo 1999 >/proc/sys/kernel/ns_last_pid
-    (cd "$HIB" && exec "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT" </dev/null >/dev/console 2>&1) &
+    start_counters || return 1
+    hibernate_refused || return 1
+    (cd "$HIB" && exec "$TORPOR" run --name sleepy --config /etc/torpor.toml -- \
+        "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT" </dev/null >/dev/console 2>&1) &
     pid=$!
     echo "$pid" >"$HIB/pid"
     sync
@@ -632,10 +751,49 @@ job_hibernate() {
     result hibernate FAIL "sleepy-counter (pid $pid) exited with $rc without the power being cut"
 }
 
+# Boot 2, after `torpor boot` restored every tree: each app's `torpor run`
+# line adopts its pid, the counters go on from the count they stood at
+# ($1, $2), the child still runs under counter-b's shell, and each counter
+# verifies its whole log.
+wake_counters() {
+    before_a=$1 before_b=$2
+    problems=
+    pa=$(cat "$WORK/counter-a/root.pid") pb=$(cat "$WORK/counter-b/root.pid") pc=$(cat "$WORK/counter-b/child.pid")
+    adopt_managed counter-a "$pa" /bench/apps/counter "$COUNTER_MS"
+    adopt_managed counter-b "$pb" /bin/sh -c "/bench/apps/counter $COUNTER_MS & echo \$! >child.pid; wait"
+    adopt_managed sleepy "$pid" "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT"
+    kids=$(cat "/proc/$pb/task/$pb/children" 2>/dev/null)
+    [ "$kids" = "$pc " ] || problems="$problems; counter-b (pid $pb) has children '$kids', not $pc"
+    for c in counter-a:"$before_a" counter-b:"$before_b"; do
+        name=${c%%:*} n=${c#*:}
+        count_reaches "$name" $((n + 1)) || problems="$problems; $name did not go on from count $n"
+        next=$(sed -n "/^count $n\$/{n;p;}" "$WORK/$name/app.log")
+        [ "$next" = "count $((n + 1))" ] || problems="$problems; after count $n $name printed '$next'"
+        echo "TORPOR-STORY $name: count $n before the power cut, then $next"
+    done
+    for name in counter-a counter-b; do
+        W=$WORK/$name
+        : >"$W/go"
+        wait_for_line "$W/app.log" '^(PASS|FAIL)' "$BENCH_VERIFY_TIMEOUT"
+        verdict=$(grep -E '^(PASS|FAIL)' "$W/app.log" | head -n 1)
+        [ "$verdict" = "PASS counter" ] || problems="$problems; $name: '$verdict'"
+    done
+    if [ -n "$problems" ]; then
+        result multi-app FAIL "${problems#; }"
+        details multi-app "$WORK/counter-a/app.log"
+        details multi-app "$WORK/counter-b/app.log"
+        return
+    fi
+    result multi-app PASS "counter-a pid $pa went on from count $before_a, counter-b pid $pb from count" \
+        "$before_b with its child $pc, sleepy pid $pid resumed; each adopted by its torpor run line and verified"
+}
+
 # Boot 2: the init hook's order: daemon, then `torpor boot`; the restored
 # app prints what it received and verifies itself on the console.
 job_wake() {
     pid=$(cat "$HIB/pid" 2>/dev/null)
+    # Where the counters stood at the cut: what reached the SD card.
+    before_a=$(last_count counter-a) before_b=$(last_count counter-b)
     write_config 2 syslog
     start_syslogd
     start_init_hook || return 1
@@ -644,6 +802,7 @@ job_wake() {
         return 0
     fi
     echo "TORPOR-RESTORED pid=$pid"
+    wake_counters "$before_a" "$before_b"
     wait_pid_gone "$pid" 120 || result hibernate FAIL "pid $pid still runs 120 s after the restore"
     store_status
     /etc/init.d/S01torpor stop

@@ -49,6 +49,7 @@ pub(super) fn rebuild_all<R: Read>(
     // The zombie whose task record came last: pages of it are refused.
     let mut zombie: Option<&ProcessState> = None;
     let mut idx = 0usize;
+    let mut passing_over = false;
     let finish = |rb: Rebuild<'_>,
                   created: &mut Created,
                   stats: &mut RestoreStats|
@@ -67,6 +68,11 @@ pub(super) fn rebuild_all<R: Read>(
                     finish(rb, created, &mut stats)?;
                 }
                 let t: Task = rec.decode().step(rstep)?;
+                // Another tree of the image, restored on its own.
+                passing_over = crate::engine::trees::passed_over_task(st, t.pid);
+                if passing_over {
+                    continue;
+                }
                 let p = st
                     .processes
                     .get(idx)
@@ -83,6 +89,7 @@ pub(super) fn rebuild_all<R: Read>(
                 }
                 cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.task.pid))?);
             }
+            Kind::Pages if passing_over => {}
             Kind::Pages => {
                 let p = rec.pages().step(rstep)?;
                 let Some(rb) = cur.as_ref() else {
@@ -110,8 +117,10 @@ pub(super) fn rebuild_all<R: Read>(
                 stats.page_bytes += data.len() as u64;
             }
             Kind::ObjectData => {
-                let d = rec.decode().step(rstep)?;
-                segs.fill(&d).step(Step::FillObjects)?;
+                let d: crate::image::records::ObjectData = rec.decode().step(rstep)?;
+                if !crate::engine::trees::passed_over_object(st, &d.object) {
+                    segs.fill(&d).step(Step::FillObjects)?;
+                }
             }
             _ => {}
         }

@@ -588,7 +588,7 @@ pub(super) fn page_target(p: &ProcessState, vaddr: u64, len: u64) -> Result<&Vma
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::state::{Fd, OpenFile, PipeState};
     use crate::image::records::{
@@ -597,7 +597,7 @@ mod tests {
     };
     use crate::image::Arch;
 
-    fn thread(tid: i32) -> Thread {
+    pub(crate) fn thread(tid: i32) -> Thread {
         Thread {
             tid,
             comm: "app".into(),
@@ -629,7 +629,9 @@ mod tests {
         }
     }
 
-    fn process(pid: i32, ppid: i32) -> ProcessState {
+    /// A process with one thread, fd 0 on the image's first file and
+    /// anonymous memory at 0x10000..0x20000.
+    pub(crate) fn process(pid: i32, ppid: i32) -> ProcessState {
         ProcessState {
             task: Task {
                 pid,
