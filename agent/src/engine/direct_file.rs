@@ -26,9 +26,13 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use crate::image::ImageSink;
 
 /// Bytes per write: large enough that each write is one large request to
-/// the device, small enough for the two of them to stay a small part of
+/// the device, small enough for all `CHUNKS` of them to stay a small part of
 /// torpor's memory (`make bench-engine` reports its peak).
 pub const CHUNK: usize = 1 << 19;
+
+/// Chunks in turn: the dump may run this many chunks minus one ahead of
+/// the device.
+const CHUNKS: usize = 2;
 
 /// What `O_DIRECT` requires of a buffer's address and of every length and
 /// offset: the logical block size, at most a page on every device torpor
@@ -121,8 +125,8 @@ pub struct DirectFile {
     /// The chunk being filled.
     cur: Chunk,
     fill: usize,
-    /// The second chunk before its first turn.
-    spare: Option<Chunk>,
+    /// The chunks before their first turn.
+    spare: Vec<Chunk>,
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Chunk>,
     writer: Option<JoinHandle<io::Result<File>>>,
@@ -142,16 +146,16 @@ impl DirectFile {
     pub fn new(file: File) -> io::Result<DirectFile> {
         // A file system without O_DIRECT refuses the flag: buffered then.
         let direct = set_direct(&file, true).is_ok();
-        // One job waiting while one is written: two chunks in all.
-        let (jobs, rx) = mpsc::sync_channel::<Job>(1);
-        let (done_tx, done) = mpsc::sync_channel::<Chunk>(2);
+        // Every chunk but the one being filled may be waiting or written.
+        let (jobs, rx) = mpsc::sync_channel::<Job>(CHUNKS - 1);
+        let (done_tx, done) = mpsc::sync_channel::<Chunk>(CHUNKS);
         let writer = std::thread::Builder::new()
             .name("torpor-image".into())
             .spawn(move || write_jobs(file, direct, rx, done_tx))?;
         Ok(DirectFile {
             cur: Chunk::new(),
             fill: 0,
-            spare: Some(Chunk::new()),
+            spare: (1..CHUNKS).map(|_| Chunk::new()).collect(),
             jobs: Some(jobs),
             done,
             writer: Some(writer),
@@ -171,7 +175,7 @@ impl DirectFile {
     /// Hands the first `len` bytes of the current chunk to the writer and
     /// takes a free chunk, into which the bytes after them move.
     fn hand_over(&mut self, len: usize, tail: bool) -> io::Result<()> {
-        let mut next = match self.spare.take() {
+        let mut next = match self.spare.pop() {
             Some(c) => c,
             None if tail => Chunk {
                 bytes: Vec::new(),
