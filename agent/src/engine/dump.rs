@@ -39,6 +39,8 @@ pub struct DumpOptions {
     /// Application names of the trees, by root pid: written as `tree`
     /// records, which `torpor boot` and `torpor run --name` go by.
     pub names: Vec<(i32, String)>,
+    /// Told of the pages as they are read.
+    pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
 }
 
 /// Figures of a finished dump.
@@ -349,6 +351,18 @@ pub fn dump_trees<W: Write>(
     let mut stats = DumpStats::default();
     let mut buf = vec![0u8; READ_BATCH];
     let mut shm_done = std::collections::BTreeSet::new();
+    let progress = opts.progress.as_deref();
+    if let Some(pr) = progress {
+        let kb = |m: &MapEntry| m.anon_kb.unwrap_or(0) + m.swap_kb.unwrap_or(0);
+        pr.expect(
+            procs
+                .iter()
+                .flat_map(|(_, m)| m.iter())
+                .map(kb)
+                .sum::<u64>()
+                * 1024,
+        );
+    }
     for (p, maps) in &procs {
         image_io::write_process(&mut w, p, &table.files)
             .step(wstep)
@@ -358,7 +372,7 @@ pub fn dump_trees<W: Write>(
         if p.task.exit_status.is_some() {
             continue;
         }
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done)
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut buf, &mut shm_done, progress)
             .map_err(|e| {
                 // A task killed from outside shows up as short reads of its
                 // files: say what happened.
@@ -426,6 +440,7 @@ fn dump_memory<W: Write>(
     w: &mut ImageWriter<W>,
     buf: &mut [u8],
     shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
+    progress: Option<&dyn crate::engine::Progress>,
 ) -> Result<u64, EngineError> {
     let pid = p.task.pid;
     let step = Step::Memory(pid);
@@ -499,6 +514,7 @@ fn dump_memory<W: Write>(
                 let len = usize::try_from((j - i) * ps).unwrap_or(0);
                 read_run(pid, &mem, m.read, run_addr, &mut buf[..len]).step(step)?;
                 total += write_nonzero(w, run_addr, &buf[..len], psz).step(Step::WriteImage)?;
+                progress.inspect(|pr| pr.advance(len as u64));
                 i = j;
             }
             addr += n * ps;

@@ -32,7 +32,9 @@ pub(super) fn rebuild_all<R: Read>(
     high_fd: i32,
     shm: &BTreeMap<u64, (u64, u64)>,
     segs: &mut crate::engine::files::Segments,
+    progress: Option<&dyn crate::engine::Progress>,
 ) -> Result<RestoreStats, EngineError> {
+    progress.inspect(|pr| pr.expect(st.pages.saturating_mul(st.page_size)));
     let rstep = Step::ReadImage;
     let mut rd = ImageReader::new(image).step(rstep)?;
     // At most max(PAGE_BATCH_BYTES, page_size) bytes: a u32 value, which
@@ -99,6 +101,7 @@ pub(super) fn rebuild_all<R: Read>(
                     .write(RemotePtr::<u8>::new(vaddr), data)
                     .step(Step::WriteMemory(rb.p.task.pid))?;
                 stats.page_bytes += data.len() as u64;
+                progress.inspect(|pr| pr.advance(data.len() as u64));
             }
             Kind::ObjectData => {
                 let d: crate::image::records::ObjectData = rec.decode().step(rstep)?;
