@@ -507,6 +507,39 @@ mod tests {
     }
 
     #[test]
+    fn resumed_goes_to_the_tree_holding_the_connection() {
+        use crate::engine::restore::plan::tests::process;
+        use crate::engine::state::{OpenFile, TorporConnFile};
+        let conn = OpenFile {
+            flags: 0,
+            kind: FileKind::TorporConn(TorporConnFile),
+            sigio: None,
+        };
+        let other = OpenFile {
+            kind: FileKind::Device(crate::engine::state::DeviceFile {
+                path: "/dev/null".into(),
+                rdev: 0x103,
+                tty: false,
+            }),
+            ..conn.clone()
+        };
+        // Trees 10 and 20; the connection is held by 21, a child of 20.
+        let mut holder = process(21, 20);
+        holder.fds[0].file = 1;
+        let st = ImageState {
+            files: vec![other, conn],
+            processes: vec![process(10, 0), process(20, 0), holder],
+            ..ImageState::default()
+        };
+        assert_eq!(conn_holder(&st), Some(20));
+        let st = ImageState {
+            processes: vec![process(10, 0)],
+            ..st
+        };
+        assert_eq!(conn_holder(&st), None);
+    }
+
+    #[test]
     fn long_names_match_their_comm_prefix() {
         assert!(same_name("counter", "counter"));
         assert!(same_name("a-very-long-application", "a-very-long-app"));

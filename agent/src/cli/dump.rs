@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::cli::progress::{self, Bar};
 use crate::engine::dump::{dump_many_to_file, dump_many_to_store, After, DumpOptions};
 
 #[derive(Debug, Args)]
@@ -26,6 +27,9 @@ pub struct DumpArgs {
     /// socket to a supervisor, say); the restore needs `--inherit-fd KEY=N`.
     #[arg(long, value_name = "PID:FD=KEY", value_parser = parse_external)]
     pub external_fd: Vec<(i32, i32, String)>,
+    /// Print nothing on success: no progress line, no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 fn parse_external(s: &str) -> Result<(i32, i32, String), String> {
@@ -43,8 +47,10 @@ fn parse_external(s: &str) -> Result<(i32, i32, String), String> {
 }
 
 pub fn run(a: &DumpArgs) -> Result<i32, String> {
+    let bar = Bar::on_terminal("dumping", a.quiet);
     let opts = DumpOptions {
         external: a.external_fd.clone(),
+        progress: progress::hook(bar.as_ref()),
         ..DumpOptions::default()
     };
     let after = if a.leave_running {
@@ -57,11 +63,17 @@ pub fn run(a: &DumpArgs) -> Result<i32, String> {
         (None, Some(store)) => (dump_many_to_store(&a.pid, store, after, &opts), store),
         (None, None) => return Err("give --image FILE or --store PATH".to_string()),
     };
+    if let Some(b) = &bar {
+        b.finish();
+    }
     let stats = stats.map_err(|e| match e.root {
         // Which tree, when there are several.
         Some(root) if a.pid.len() > 1 => format!("tree of process {root}: {}", e.error),
         _ => e.error.to_string(),
     })?;
+    if a.quiet {
+        return Ok(0);
+    }
     eprintln!(
         "torpor: dumped {} process(es), {} thread(s), {} bytes of memory into {}",
         stats.processes,

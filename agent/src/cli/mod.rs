@@ -6,6 +6,7 @@ pub mod check;
 pub mod daemon;
 pub mod dump;
 pub mod hibernate;
+pub mod progress;
 pub mod restore;
 pub mod run;
 pub mod show;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::cli::progress::{self, Bar};
 use crate::engine::restore::{restore_file, restore_store, RestoreOptions};
 
 #[derive(Debug, Args)]
@@ -27,6 +28,9 @@ pub struct RestoreArgs {
     /// count) and its boottime clock also counts the time asleep.
     #[arg(long)]
     pub no_timens: bool,
+    /// Print nothing on success: no progress line, no summary.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 fn parse_inherit(s: &str) -> Result<(String, i32), String> {
@@ -39,18 +43,26 @@ fn parse_inherit(s: &str) -> Result<(String, i32), String> {
 }
 
 pub fn run(a: &RestoreArgs) -> Result<i32, String> {
+    let bar = Bar::on_terminal("restoring", a.quiet);
     let opts = RestoreOptions {
         tty: a.tty.clone(),
         inherit: a.inherit_fd.clone(),
         host_clocks: a.no_timens,
+        progress: progress::hook(bar.as_ref()),
         ..RestoreOptions::default()
     };
     let stats = match (&a.image, &a.store) {
         (Some(img), _) => restore_file(img, &opts),
         (None, Some(store)) => restore_store(store, &opts),
         (None, None) => return Err("give --image FILE or --store PATH".to_string()),
+    };
+    if let Some(b) = &bar {
+        b.finish();
     }
-    .map_err(|e| e.to_string())?;
+    let stats = stats.map_err(|e| e.to_string())?;
+    if a.quiet {
+        return Ok(0);
+    }
     eprintln!(
         "torpor: restored {} process(es), {} thread(s), {} bytes of memory",
         stats.processes, stats.threads, stats.page_bytes

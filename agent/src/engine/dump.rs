@@ -40,6 +40,8 @@ pub struct DumpOptions {
     /// Application names of the trees, by root pid: written as `tree`
     /// records, which `torpor boot` and `torpor run --name` go by.
     pub names: Vec<(i32, String)>,
+    /// Told of the pages as they are read.
+    pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
 }
 
 /// Figures of a finished dump.
@@ -349,6 +351,18 @@ pub fn dump_trees<W: ImageSink>(
     let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
     let mut shm_done = std::collections::BTreeSet::new();
+    let progress = opts.progress.as_deref();
+    if let Some(pr) = progress {
+        let kb = |m: &MapEntry| m.anon_kb.unwrap_or(0) + m.swap_kb.unwrap_or(0);
+        pr.expect(
+            procs
+                .iter()
+                .flat_map(|(_, m)| m.iter())
+                .map(kb)
+                .sum::<u64>()
+                * 1024,
+        );
+    }
     for (p, maps) in &procs {
         image_io::write_process(&mut w, p, &table.files)
             .step(wstep)
@@ -358,7 +372,7 @@ pub fn dump_trees<W: ImageSink>(
         if p.task.exit_status.is_some() {
             continue;
         }
-        stats.page_bytes += dump_memory(p, maps, &mut w, &mut shm_done)
+        stats.page_bytes += dump_memory(p, maps, &mut w, &mut shm_done, progress)
             .map_err(|e| {
                 // A task killed from outside shows up as short reads of its
                 // files: say what happened.
@@ -428,6 +442,7 @@ fn dump_memory<W: ImageSink>(
     maps: &[MapEntry],
     w: &mut ImageWriter<W>,
     shm_done: &mut std::collections::BTreeSet<(u64, u64, u64)>,
+    progress: Option<&dyn crate::engine::Progress>,
 ) -> Result<u64, EngineError> {
     let pid = p.task.pid;
     let step = Step::Memory(pid);
@@ -500,6 +515,7 @@ fn dump_memory<W: ImageSink>(
                             EngineError::new(Step::WriteImage, Cause::Image(e))
                         }
                     })?;
+                progress.inspect(|pr| pr.advance((j - i) * ps));
                 i = j;
             }
             addr += n * ps;

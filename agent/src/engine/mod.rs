@@ -82,6 +82,18 @@ pub fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
+/// Told how the pages of a dump or a restore stream, from inside the page
+/// loops: what a progress display on a terminal shows.
+pub trait Progress: std::fmt::Debug + Send + Sync {
+    /// The bytes of pages the operation expects to move: for a restore
+    /// those the image holds, for a dump an estimate (the tree's anonymous
+    /// and swapped memory).
+    fn expect(&self, bytes: u64);
+    /// `bytes` more of pages read from the tree (dump) or written into it
+    /// (restore).
+    fn advance(&self, bytes: u64);
+}
+
 /// Why a step of a dump or a restore failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {

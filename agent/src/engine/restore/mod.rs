@@ -102,6 +102,8 @@ pub struct RestoreOptions {
     /// Leave the tree on the host's clocks (`--no-timens`) instead of a
     /// time namespace continuing the clocks of the dump.
     pub host_clocks: bool,
+    /// Told of the pages as they are written into the tree.
+    pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,7 +210,15 @@ pub fn restore<R: Read>(
             }
         }
     }
-    let mut stats = rebuild_all(st, image, &mut created, high_fd, &shm, &mut objs.segs)?;
+    let mut stats = rebuild_all(
+        st,
+        image,
+        &mut created,
+        high_fd,
+        &shm,
+        &mut objs.segs,
+        opts.progress.as_deref(),
+    )?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(Step::FinishObjects)?;
     stats.clocks = Some(clocks);

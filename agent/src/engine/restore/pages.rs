@@ -35,7 +35,9 @@ pub(super) fn rebuild_all<R: Read>(
     high_fd: i32,
     shm: &BTreeMap<u64, (u64, u64)>,
     segs: &mut crate::engine::files::Segments,
+    progress: Option<&dyn crate::engine::Progress>,
 ) -> Result<RestoreStats, EngineError> {
+    progress.inspect(|pr| pr.expect(st.pages.saturating_mul(st.page_size)));
     // The image's own faults are the validation's: the first pass stepped
     // over these bytes.
     let rstep = Step::Validate;
@@ -115,6 +117,7 @@ pub(super) fn rebuild_all<R: Read>(
                 put_pages(rb.p.task.pid, &rb.mem, writable, vaddr, data)
                     .step(Step::WriteMemory(rb.p.task.pid))?;
                 stats.page_bytes += data.len() as u64;
+                progress.inspect(|pr| pr.advance(data.len() as u64));
             }
             Kind::ObjectData => {
                 let d: crate::image::records::ObjectData = rec.decode().step(rstep)?;
