@@ -28,6 +28,7 @@ packages=(
     linux-libc-dev             # kernel headers for the host test programs (linux/seccomp.h, linux/netlink.h)
     lintian                    # checks the Debian packages (make test-deb)
     file                       # tells the built binaries' architecture and linking
+    python3                    # with its sqlite3 module: the SQLite WAL writer of engine_locks
 )
 
 for a in armel arm64; do

@@ -419,6 +419,22 @@ pub fn take_locks(p: &ProcessState) -> Result<(), String> {
     p.task.locks.iter().try_for_each(locks::take)
 }
 
+/// The POSIX locks of `p`, each with the record a remote `fcntl` takes it
+/// with in the restored process once torpor closed its last descriptor
+/// there (`locks` says why not before).
+pub fn posix_locks(
+    p: &ProcessState,
+) -> Result<Vec<(&crate::image::records::FileLock, KFlock)>, String> {
+    p.task
+        .locks
+        .iter()
+        .filter(|l| l.kind == crate::image::records::LockKind::Posix)
+        .map(|l| Ok((l, locks::posix_record(l)?)))
+        .collect()
+}
+
+pub use locks::{failed as lock_failed, KFlock};
+
 /// Stores the contents of the tmpfs files the processes map shared.
 pub fn write_tmpfs_files<'a, W: std::io::Write>(
     w: &mut crate::image::ImageWriter<W>,
