@@ -29,6 +29,8 @@ packages=(
     lintian                    # checks the Debian packages (make test-deb)
     file                       # tells the built binaries' architecture and linking
     python3                    # with its sqlite3 module: the SQLite WAL writer of engine_locks
+    tmux                       # the terminal multiplexer of engine_pty (pty pairs in the tree)
+    bash                       # the shell of engine_pty's tmux pane
 )
 
 for a in armel arm64; do

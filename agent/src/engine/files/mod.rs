@@ -2,7 +2,7 @@
 //! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
 //! files, the connection to the daemon, and the anonymous kernel objects:
 //! eventfd, timerfd, signalfd, epoll, inotify, UNIX and internet sockets,
-//! memfds), and the objects behind files and mappings (memfd and
+//! memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
 //! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
 //! tmpfs files).
 //!
@@ -35,6 +35,7 @@ mod memfd;
 pub mod owner;
 mod path;
 pub mod pipe;
+mod pty;
 mod sigio;
 mod signalfd;
 mod sock;
@@ -53,6 +54,7 @@ use crate::image::records::{
     FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
 };
 
+pub use pty::{link as link_ptys, Ptys};
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
@@ -116,6 +118,10 @@ pub enum Claim {
     Memfd,
     /// Sockets of these address families.
     Socket(&'static [i32]),
+    /// Pseudo-terminal masters (`/dev/ptmx`, `/dev/pts/ptmx`).
+    PtyMaster,
+    /// Pseudo-terminal slaves (`/dev/pts/N`).
+    PtySlave,
     /// None: a kind that only old images hold.
     Nothing,
 }
@@ -179,6 +185,8 @@ pub struct OpenCx<'a> {
     pub tty: Option<&'a std::path::Path>,
     /// The connection to the daemon the caller gives the tree.
     pub torpor_conn: Option<i32>,
+    /// The pseudo-terminal pairs made so far.
+    pub ptys: &'a mut Ptys,
 }
 
 impl OpenCx<'_> {
@@ -307,6 +315,8 @@ fn claims(claim: Claim, p: &Probe<'_>) -> bool {
         Claim::Link(l) => p.link == l,
         Claim::Memfd => memfd::name_of(p.link).is_some(),
         Claim::Socket(families) => p.socket.is_some_and(|(_, f)| families.contains(&f)),
+        Claim::PtyMaster => pty::is_master(p.link),
+        Claim::PtySlave => pty::slave_index(p.link).is_some(),
         Claim::Nothing => false,
     }
 }
