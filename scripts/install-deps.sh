@@ -28,6 +28,9 @@ packages=(
     linux-libc-dev             # kernel headers for the host test programs (linux/seccomp.h, linux/netlink.h)
     lintian                    # checks the Debian packages (make test-deb)
     file                       # tells the built binaries' architecture and linking
+    python3                    # with its sqlite3 module: the SQLite WAL writer of engine_locks
+    tmux                       # the terminal multiplexer of engine_pty (pty pairs in the tree)
+    bash                       # the shell of engine_pty's tmux pane
 )
 
 for a in armel arm64; do

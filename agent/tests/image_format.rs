@@ -43,6 +43,7 @@ fn read_image(v: FormatVersion) -> Vec<u8> {
 const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
 const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
 const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
+const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -597,6 +598,74 @@ fn format_2_2() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The pseudo-terminal pair 2.3 adds: the master's and the slave's fds.
+fn pty_fds() -> [Fd; 2] {
+    [
+        Fd {
+            fd: 10,
+            fd_flags: 1,
+            ofd: 19,
+            kind: FdKind::PtyMaster {
+                flags: 0o4002,
+                state: PtyMaster {
+                    index: 7,
+                    termios: Termios {
+                        iflag: 0o2406,
+                        oflag: 0o5,
+                        cflag: 0o277,
+                        lflag: 0o105073,
+                        line: 2,
+                        cc: (1..=19).collect(),
+                    },
+                    winsize: [33, 91, 640, 480],
+                    packet: true,
+                    locked: false,
+                    output: b"n=41\r\n".to_vec(),
+                    slave_uid: 2006,
+                    slave_gid: 5,
+                    slave_mode: 0o620,
+                },
+            },
+        },
+        Fd {
+            fd: 11,
+            fd_flags: 0,
+            ofd: 20,
+            kind: FdKind::PtySlave {
+                flags: 0o2,
+                state: PtySlave {
+                    index: 7,
+                    rdev: 0x8807,
+                },
+            },
+        },
+    ]
+}
+
+/// Format 2.3: the records of 2.2, then the fds of a pseudo-terminal pair
+/// (the `FdKind` variants 2.3 appends).
+fn format_2_3() -> (Vec<u8>, Vec<Expect>) {
+    let (img22, expect22) = format_2_2();
+    let mut f = Fixture::new(&fixed_header(V2_3));
+    let mut r = ImageReader::inspect(&img22[..]).expect("2.2 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect22.len(), "every 2.2 record copied");
+    for fd in pty_fds() {
+        f.put(fd);
+    }
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -749,6 +818,65 @@ fn format_2_2_image_reads_back_every_record_exactly() {
     assert_eq!(s.bytes, img.len() as u64);
 }
 
+#[test]
+fn format_2_3_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_3);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_3));
+    let (_, expect) = format_2_3();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.3 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 38);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The values of the variants 2.3 adds, spelled out, and the bytes of the
+/// slave's record.
+#[test]
+fn format_2_3_image_spot_values() {
+    let img = read_image(V2_3);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 3 });
+    let mut ptys = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::PtyMaster { .. } | FdKind::PtySlave { .. }) {
+                ptys.push(fd);
+            }
+        }
+    }
+    assert_eq!(ptys, pty_fds());
+    let FdKind::PtyMaster { state: m, .. } = &ptys[0].kind else {
+        panic!("a master first")
+    };
+    assert_eq!((m.index, m.winsize), (7, [33, 91, 640, 480]));
+    assert_eq!(m.termios.cc.len(), 19);
+    assert_eq!(m.output, b"n=41\r\n");
+    // The slave's fd record: fd 11 (zigzag 22), fd_flags 0, ofd 20, the
+    // variant's index 20 (the 21st), flags 0o2, index 7, rdev 0x8807
+    // (varint 0x87 0x90 0x02).
+    let payload = [22u8, 0, 20, 20, 2, 7, 0x87, 0x90, 0x02];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the slave's record bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_3_image() {
+    assert!(
+        format_2_3().0 == read_image(V2_3),
+        "the writer's 2.3 image differs from tests/images/format-2.3.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
 /// The values of the kind 2.2 adds, spelled out.
 #[test]
 fn format_2_2_image_spot_values() {
@@ -858,7 +986,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_2,
+        FORMAT, V2_3,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -887,11 +1015,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.2)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.3)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_2),
+            if found == V1_1 && supported == V2_3),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -914,7 +1042,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_2();
+    let (full, _) = format_2_3();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -922,7 +1050,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
     let files = [
         (image_path(V2_0), format_2_0().0),
         (image_path(V2_1), format_2_1().0),
-        (image_path(V2_2), full.clone()),
+        (image_path(V2_2), format_2_2().0),
+        (image_path(V2_3), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

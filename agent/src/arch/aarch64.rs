@@ -358,6 +358,10 @@ pub mod nr {
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 196;
     pub const SECCOMP: i64 = 277;
+    /// fcntl; `struct flock` has 64-bit offsets.
+    pub const FCNTL: i64 = 25;
+    /// F_SETLK for the 64-bit record lock of `FCNTL`.
+    pub const F_SETLK64: u64 = 6;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -717,6 +721,7 @@ mod tests {
     #[test]
     fn syscall_numbers_are_the_generic_table() {
         let table = [
+            (nr::FCNTL, 25),
             (nr::OPENAT, 56),
             (nr::CLOSE, 57),
             (nr::CAPSET, 91),

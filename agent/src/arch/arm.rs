@@ -344,6 +344,10 @@ pub mod nr {
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 305;
     pub const SECCOMP: i64 = 383;
+    /// fcntl64, whose record locks take `struct flock64`.
+    pub const FCNTL: i64 = 221;
+    /// F_SETLK for the 64-bit record lock of `FCNTL`.
+    pub const F_SETLK64: u64 = 13;
 }
 
 #[cfg(test)]

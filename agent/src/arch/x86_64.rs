@@ -419,6 +419,10 @@ pub mod nr {
     pub const CLOSE_RANGE: i64 = 436;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
+    /// fcntl; `struct flock` has 64-bit offsets.
+    pub const FCNTL: i64 = 72;
+    /// F_SETLK for the 64-bit record lock of `FCNTL`.
+    pub const F_SETLK64: u64 = 6;
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@
 //! Structure checks need nothing more unless the kind refers to other
 //! objects of the image (`restore::plan`); a fix-up once every task exists
 //! (as epoll targets have, `files::register_epolls`) is called from
-//! `restore`.
+//! `restore`. A kind whose descriptions pair up across the tree (a
+//! pseudo-terminal slave and its master, `files::link_ptys`) is settled in
+//! `dump` once the whole file table is known, beside `files::check_peers`.
 
 pub use state::ImageState;
 

@@ -475,6 +475,9 @@ macro_rules! file_registry {
                 Memfd(crate::image::records::Memfd),
                 // A description of a memfd object (`engine::files::memfd`).
                 MemfdFile(crate::image::records::MemfdRef),
+                // A pseudo-terminal pair (`engine::files::pty`).
+                PtyMaster(crate::image::records::PtyMaster),
+                PtySlave(crate::image::records::PtySlave),
             }
         }
     };

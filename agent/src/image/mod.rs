@@ -74,6 +74,10 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.3 appends the `PtyMaster` and `PtySlave` variants to `FdKind`:
+//! pseudo-terminal pairs the tree holds both ends of (a 2.2 reader fails to
+//! decode an image holding one).
+//!
 //! Format 2.2 adds the `tree` kind: an image may hold several trees, each
 //! with its root and application name (a 2.1 reader refuses such an image
 //! for the kind it does not know).
@@ -101,7 +105,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 2 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 3 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

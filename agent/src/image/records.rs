@@ -729,6 +729,62 @@ pub enum FdKind {
         offset: u64,
         inode: u64,
     },
+    /// The master of a pseudo-terminal pair (`/dev/ptmx`), with the state
+    /// of the pair (format 2.3).
+    PtyMaster {
+        flags: u32,
+        state: PtyMaster,
+    },
+    /// A pseudo-terminal slave (`/dev/pts/N`) whose master the tree holds:
+    /// reopened from that master (format 2.3).
+    PtySlave {
+        flags: u32,
+        state: PtySlave,
+    },
+}
+
+/// A pseudo-terminal pair, as its master sees it: the slave's index in its
+/// devpts instance, the line settings, and what is queued for the master.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyMaster {
+    /// `TIOCGPTN`: the N of `/dev/pts/N`.
+    pub index: u32,
+    pub termios: Termios,
+    /// `TIOCGWINSZ`: rows, columns, x and y pixels.
+    pub winsize: [u16; 4],
+    /// `TIOCGPKT`: packet mode.
+    pub packet: bool,
+    /// `TIOCGPTLCK`: the slave cannot be opened.
+    pub locked: bool,
+    /// Bytes the slave side wrote that the master has not read yet, as the
+    /// master reads them (after output processing).
+    pub output: Vec<u8>,
+    /// Owner, group and mode of `/dev/pts/N`.
+    pub slave_uid: u32,
+    pub slave_gid: u32,
+    pub slave_mode: u32,
+}
+
+/// The line settings of a terminal (`struct termios` without the speeds,
+/// which `cflag` holds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termios {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    /// The control characters, `NCCS` of them.
+    pub cc: Vec<u8>,
+}
+
+/// A pseudo-terminal slave of a pair the tree holds the master of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySlave {
+    /// The N of `/dev/pts/N`, its master's `TIOCGPTN`.
+    pub index: u32,
+    /// The device number, which a session's controlling terminal names.
+    pub rdev: u64,
 }
 
 /// An open file description of a memfd: the object and the offset.

@@ -1,11 +1,15 @@
 //! File locks: `flock`, OFD and POSIX record locks and leases, read from
-//! the `lock:` lines of each fd's fdinfo and taken again by the restored
-//! process once its fds are in place (flock and OFD locks and leases belong
-//! to the open file description, which the fd shares; POSIX locks to the
-//! process, which is the one taking them). A lock another process took
-//! meanwhile makes the restore fail naming the fd and the range; a lease
-//! fails likewise while another process holds the file open in a way the
-//! lease excludes.
+//! the `lock:` lines of each fd's fdinfo and taken again once the restored
+//! process's fds are in place. flock and OFD locks and leases belong to the
+//! open file description, which the fd shares: the process takes them
+//! itself before it stops. POSIX locks belong to the process and go with
+//! any close of a descriptor of their file, and torpor's own descriptors of
+//! the files the process maps (a SQLite `-shm` is locked and mapped shared)
+//! are closed in it during the rebuild: torpor takes the POSIX locks in the
+//! process with remote `fcntl` calls ([`posix_record`]) once the last of
+//! those is closed. A lock another process took meanwhile makes the restore
+//! fail naming the fd and the range; a lease fails likewise while another
+//! process holds the file open in a way the lease excludes.
 //!
 //! Unsafe code: the locks are taken with `fcntl` and `flock` through libc, with
 //! pointers to our `struct flock`.
@@ -90,18 +94,71 @@ pub(super) fn collect(pid: i32, fds: &[Fd]) -> Result<Vec<FileLock>, String> {
     Ok(out)
 }
 
-pub(super) fn take(l: &FileLock) -> Result<(), String> {
-    let err = |what: &str| {
-        let range = match l.end {
-            Some(e) => format!("{}-{e}", l.start),
-            None => format!("{}-EOF", l.start),
-        };
+/// The bytes `l` covers, as messages show them.
+fn range(l: &FileLock) -> String {
+    match l.end {
+        Some(end) => format!("{}-{end}", l.start),
+        None => format!("{}-EOF", l.start),
+    }
+}
+
+/// How a failure to take `l` again reads.
+pub fn failed(l: &FileLock, what: &str, e: &std::io::Error) -> String {
+    format!(
+        "taking the {what} lock on fd {} (bytes {}) again: {e}",
+        l.fd,
+        range(l)
+    )
+}
+
+/// The kernel's record lock with 64-bit offsets, as `nr::FCNTL` with
+/// `nr::F_SETLK64` reads it: `struct flock` of the 64-bit ABIs, `struct
+/// flock64` of 32-bit ARM EABI (whose 64-bit members are 8-byte aligned).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::NoUninit)]
+pub struct KFlock {
+    pub l_type: i16,
+    pub l_whence: i16,
+    pub _pad: u32,
+    pub l_start: i64,
+    pub l_len: i64,
+    pub l_pid: i32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<KFlock>() == 32);
+const _: () = assert!(core::mem::offset_of!(KFlock, l_start) == 8);
+
+/// The POSIX lock `l` as the record `fcntl` takes in the restored process.
+pub(super) fn posix_record(l: &FileLock) -> Result<KFlock, String> {
+    let bad = || {
         format!(
-            "taking the {what} lock on fd {} (bytes {range}) again: {}",
+            "the POSIX lock on fd {} covers bytes {}, which no lock can",
             l.fd,
-            std::io::Error::last_os_error()
+            range(l)
         )
     };
+    let l_start = i64::try_from(l.start).map_err(|_| bad())?;
+    let l_len = match l.end {
+        Some(e) if e >= l.start => i64::try_from(e - l.start + 1).map_err(|_| bad())?,
+        Some(_) => return Err(bad()),
+        // To the end of the file, however far it grows.
+        None => 0,
+    };
+    Ok(KFlock {
+        // F_RDLCK and F_WRLCK are 0 and 1 everywhere.
+        l_type: i16::from(l.write),
+        // SEEK_SET.
+        l_whence: 0,
+        l_start,
+        l_len,
+        ..KFlock::default()
+    })
+}
+
+/// In the restored process, before it stops: its flock and OFD locks and
+/// its leases (its POSIX locks come later, see the module doc).
+pub(super) fn take(l: &FileLock) -> Result<(), String> {
+    let err = |what: &str| failed(l, what, &std::io::Error::last_os_error());
     if l.kind == LockKind::Lease {
         let kind = if l.write {
             libc::F_WRLCK
@@ -131,6 +188,9 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
         }
         return Ok(());
     }
+    if l.kind == LockKind::Posix {
+        return Ok(());
+    }
     // SAFETY: flock is plain integers; all-zero is valid.
     let mut fl: libc::flock = unsafe { core::mem::zeroed() };
     fl.l_type = libc::c_short::try_from(if l.write {
@@ -147,14 +207,9 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
         Some(e) => libc::off_t::try_from(e - l.start + 1).map_err(|_| err("range"))?,
         None => 0,
     };
-    let (cmd, what) = if l.kind == LockKind::Ofd {
-        (libc::F_OFD_SETLK, "OFD")
-    } else {
-        (libc::F_SETLK, "POSIX")
-    };
     // SAFETY: fcntl reads one struct flock.
-    if unsafe { libc::fcntl(l.fd, cmd, &raw const fl) } < 0 {
-        return Err(err(what));
+    if unsafe { libc::fcntl(l.fd, libc::F_OFD_SETLK, &raw const fl) } < 0 {
+        return Err(err("OFD"));
     }
     Ok(())
 }
@@ -162,6 +217,55 @@ pub(super) fn take(l: &FileLock) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posix_records() {
+        let l = |start, end, write| FileLock {
+            fd: 5,
+            kind: LockKind::Posix,
+            write,
+            start,
+            end,
+        };
+        assert_eq!(
+            posix_record(&l(128, Some(128), false)),
+            Ok(KFlock {
+                l_type: 0,
+                l_start: 128,
+                l_len: 1,
+                ..KFlock::default()
+            })
+        );
+        assert_eq!(
+            posix_record(&l(4096, None, true)),
+            Ok(KFlock {
+                l_type: 1,
+                l_start: 4096,
+                l_len: 0,
+                ..KFlock::default()
+            })
+        );
+        assert_eq!(
+            posix_record(&l(10, Some(9), true)),
+            Err("the POSIX lock on fd 5 covers bytes 10-9, which no lock can".to_string())
+        );
+        assert_eq!(
+            posix_record(&l(1 << 63, None, true)),
+            Err(format!(
+                "the POSIX lock on fd 5 covers bytes {}-EOF, which no lock can",
+                1u64 << 63
+            ))
+        );
+        assert_eq!(
+            failed(
+                &l(0, None, true),
+                "POSIX",
+                &std::io::Error::from_raw_os_error(libc::EAGAIN)
+            ),
+            "taking the POSIX lock on fd 5 (bytes 0-EOF) again: \
+             Resource temporarily unavailable (os error 11)"
+        );
+    }
 
     #[test]
     fn lock_lines() {

@@ -2,7 +2,7 @@
 //! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
 //! files, the connection to the daemon, and the anonymous kernel objects:
 //! eventfd, timerfd, signalfd, epoll, inotify, UNIX and internet sockets,
-//! memfds), and the objects behind files and mappings (memfd and
+//! memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
 //! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
 //! tmpfs files).
 //!
@@ -35,6 +35,7 @@ mod memfd;
 pub mod owner;
 mod path;
 pub mod pipe;
+mod pty;
 mod sigio;
 mod signalfd;
 mod sock;
@@ -53,6 +54,7 @@ use crate::image::records::{
     FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
 };
 
+pub use pty::{link as link_ptys, Ptys};
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
@@ -116,6 +118,10 @@ pub enum Claim {
     Memfd,
     /// Sockets of these address families.
     Socket(&'static [i32]),
+    /// Pseudo-terminal masters (`/dev/ptmx`, `/dev/pts/ptmx`).
+    PtyMaster,
+    /// Pseudo-terminal slaves (`/dev/pts/N`).
+    PtySlave,
     /// None: a kind that only old images hold.
     Nothing,
 }
@@ -179,6 +185,8 @@ pub struct OpenCx<'a> {
     pub tty: Option<&'a std::path::Path>,
     /// The connection to the daemon the caller gives the tree.
     pub torpor_conn: Option<i32>,
+    /// The pseudo-terminal pairs made so far.
+    pub ptys: &'a mut Ptys,
 }
 
 impl OpenCx<'_> {
@@ -319,6 +327,8 @@ fn claims(claim: Claim, p: &Probe<'_>) -> bool {
         Claim::Link(l) => p.link == l,
         Claim::Memfd => memfd::name_of(p.link).is_some(),
         Claim::Socket(families) => p.socket.is_some_and(|(_, f)| families.contains(&f)),
+        Claim::PtyMaster => pty::is_master(p.link),
+        Claim::PtySlave => pty::slave_index(p.link).is_some(),
         Claim::Nothing => false,
     }
 }
@@ -430,6 +440,22 @@ pub use sigio::{arm as arm_sigio, set_owner as set_sigio_owner, O_ASYNC};
 pub fn take_locks(p: &ProcessState) -> Result<(), String> {
     p.task.locks.iter().try_for_each(locks::take)
 }
+
+/// The POSIX locks of `p`, each with the record a remote `fcntl` takes it
+/// with in the restored process once torpor closed its last descriptor
+/// there (`locks` says why not before).
+pub fn posix_locks(
+    p: &ProcessState,
+) -> Result<Vec<(&crate::image::records::FileLock, KFlock)>, String> {
+    p.task
+        .locks
+        .iter()
+        .filter(|l| l.kind == crate::image::records::LockKind::Posix)
+        .map(|l| Ok((l, locks::posix_record(l)?)))
+        .collect()
+}
+
+pub use locks::{failed as lock_failed, KFlock};
 
 /// Stores the contents of the tmpfs files the processes map shared.
 pub fn write_tmpfs_files<'a, W: std::io::Write>(

@@ -102,6 +102,7 @@ pub(super) fn open_objects(
     let mut pipes = PipeEnds::create(st, &opts.inherit, high).step(step)?;
     let root_asked = st.requested_by.as_ref().is_none_or(|r| r.uid == 0);
     let mut pending = crate::engine::files::Pending::default();
+    let mut ptys = crate::engine::files::Ptys::default();
     let holders = owner::holders(st);
     for (i, f) in st.files.iter().enumerate() {
         let who = holders
@@ -125,6 +126,7 @@ pub(super) fn open_objects(
             inherit: &opts.inherit,
             tty: opts.tty.as_deref(),
             torpor_conn: opts.torpor_conn,
+            ptys: &mut ptys,
         };
         let fd = f.kind.open(&mut cx).step(step)?;
         let fd = move_high(fd, high).step(step)?;
@@ -132,5 +134,6 @@ pub(super) fn open_objects(
     }
     // The spare pipe ends close with `pipes`: the descriptions hold dups.
     drop(pipes);
+    ptys.finish().step(step)?;
     Ok(objs)
 }

@@ -452,6 +452,27 @@ fn check_files(st: &ImageState) -> Result<(), EngineError> {
             FileKind::MemfdFile(r) if !st.memfds.iter().any(|o| o.id == r.id) => {
                 return Err(what(format!("memfd {} is not in the image", r.id)));
             }
+            FileKind::PtySlave(s)
+                if !st
+                    .files
+                    .iter()
+                    .any(|g| matches!(&g.kind, FileKind::PtyMaster(m) if m.index == s.index)) =>
+            {
+                return Err(what(format!(
+                    "pseudo-terminal slave /dev/pts/{} without its master",
+                    s.index
+                )));
+            }
+            FileKind::PtyMaster(m)
+                if st.files[..i]
+                    .iter()
+                    .any(|g| matches!(&g.kind, FileKind::PtyMaster(o) if o.index == m.index)) =>
+            {
+                return Err(what(format!(
+                    "a second pseudo-terminal master of /dev/pts/{}",
+                    m.index
+                )));
+            }
             FileKind::Epoll(e) => {
                 let holds = |q: &&ProcessState| q.fds.iter().any(|g| g.file as usize == i);
                 let Some(owner) = st

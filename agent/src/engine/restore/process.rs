@@ -106,6 +106,20 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 0,
             ],
         )?;
+        // The POSIX locks, now that nothing closes a descriptor in the task
+        // any more: a close of any descriptor of a file ends them.
+        for (l, fl) in crate::engine::files::posix_locks(p).map_err(Cause::Refused)? {
+            let at = Scratch::at(mem, tramp).value(&fl)?;
+            let fd = u64::from(l.fd.bits());
+            let rc = r.syscall_raw(nr::FCNTL, [fd, nr::F_SETLK64, at, 0, 0, 0])?;
+            if rc < 0 {
+                let errno = i32::try_from(-rc).unwrap_or(libc::EINVAL);
+                let e = std::io::Error::from_raw_os_error(errno);
+                return Err(Cause::Refused(crate::engine::files::lock_failed(
+                    l, "POSIX", &e,
+                )));
+            }
+        }
         // Every signal's: one the image does not name gets the default,
         // not the disposition inherited from torpor.
         for sig in 1..=64u32 {

@@ -260,9 +260,17 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
     // A session leader takes its controlling terminal back from the fd
     // that opens it (the original device or its --tty substitute).
     if p.task.ctty != 0 && p.task.sid == p.task.pid {
-        let holder = p.fds.iter().find(|f| {
-            matches!(st.files[f.file as usize].kind, FileKind::Device(crate::engine::state::DeviceFile { rdev, tty: true, .. }) if rdev == p.task.ctty)
-        });
+        let holder = p
+            .fds
+            .iter()
+            .find(|f| match &st.files[f.file as usize].kind {
+                FileKind::Device(crate::engine::state::DeviceFile {
+                    rdev, tty: true, ..
+                }) => *rdev == p.task.ctty,
+                // The slave of a pair made again at its index: the same number.
+                FileKind::PtySlave(s) => s.rdev == p.task.ctty,
+                _ => false,
+            });
         if let Some(f) = holder {
             // SAFETY: ioctl on an fd of this task, integer argument.
             if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
