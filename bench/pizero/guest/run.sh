@@ -768,6 +768,11 @@ job_unauthorized() {
     store_status
 }
 
+# The SD card's host driver, where the kernel has it as a module (the Pi
+# Zero 2 W's arm64 kernel): the card and its partitions appear once it runs.
+for module in $BENCH_CARD_MODULES; do
+    insmod "/lib/modules/$module" || { error "insmod $module failed"; exit 1; }
+done
 wait_for_store || exit 1
 case "$1" in
     store-seed | store-cut | store-check)
