@@ -14,10 +14,13 @@
   store-cut  write a good image into the store, then cut power at random
              moments while newer images are written; after every cut the
              store must still hold the previous image intact
+  compat     (zero2w) the ARMv6 torpor checkpoints an ARMv6 app on the
+             64-bit kernel; each torpor refuses a task of the other width
   shell      boot to a shell on this terminal
-  all        every job above and below (the default); on zero2w the
-             representative set: test, gpio-cut, power-cycle (one app),
-             hibernate
+  all        every job (the default; hibernate, corrupt-image,
+             restore-attempts and unauthorized are in README.md); on zero2w
+             the representative set: test, gpio-cut, power-cycle (one app),
+             hibernate, compat
 
 Exits 0 when nothing failed. Logs of every boot are in WORK/logs/.
 """
@@ -182,7 +185,18 @@ class Bench:
             "BENCH_SLEEP_AT": str(self.opts.sleep_at),
             "BENCH_END_AT": str(self.opts.end_at),
         }
-        initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work, pf)
+        extra = []
+        if pf.compat32:
+            # The ARMv6 torpor and counter, for the compat job.
+            torpor32 = build.torpor(REPO, build_log, profiles.ZERO)
+            counter32 = build.cross_compile(
+                [os.path.join(REPO, "tests", "apps", "counter.c")],
+                os.path.join(self.work, "apps32", "counter"),
+                [os.path.join(REPO, "tests", "apps", "common.h")], profiles.ZERO)
+            extra = [(torpor32, "usr/bin/torpor32"), (counter32, "bench/apps32/counter")]
+            print(f"compat      {profiles.ZERO.torpor_bin} as /usr/bin/torpor32, ARMv6 counter")
+        initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work, pf,
+                                 extra)
         self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, pf.cmdline)
         print(f"initramfs   {os.path.relpath(initrd, REPO)}: {os.path.getsize(initrd) // 1024} KiB")
         print(f"prepared in {time.monotonic() - t0:.1f} s")
@@ -521,6 +535,22 @@ class Bench:
         self.record(section, "PASS", "two failed boots, then consumed and cold-started; a third boot left it alone: "
                     + " / ".join(s.split("cold start: ", 1)[-1] for s in seen[1:]))
 
+    def run_compat(self):
+        """A 64-bit kernel with a 32-bit userland: the ARMv6 torpor checkpoints
+        a 32-bit app; each torpor refuses a task of the other width."""
+        tags = ["compat-32", "compat-32-on-64", "compat-64-on-32"]
+        if not self.profile.compat32:
+            self.record("compat", "SKIP", f"the {self.profile.name} board runs a 32-bit kernel")
+            return
+        with self.boot("compat") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=compat", 120 + 4 * self.opts.torpor_timeout, "the compat run")
+            skip = b.matching(r"TORPOR-SKIP \S+ (.*)")
+            if skip:
+                self.record("compat", "SKIP", skip[0].group(1))
+                return
+            self._results([line for _, line in b.lines], tags)
+        print_times(b)
+
     def run_unauthorized(self):
         with self.boot("unauthorized") as b:
             b.wait_for(r"TORPOR-BENCH-END mode=unauthorized", 120, "the unauthorized request")
@@ -544,7 +574,7 @@ class Bench:
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "hibernate", "corrupt-image",
-                            "restore-attempts", "unauthorized", "demo", "shell"])
+                            "restore-attempts", "unauthorized", "compat", "demo", "shell"])
     p.add_argument("--board", choices=sorted(profiles.BOARDS), default="zero",
                    help="the emulated board: zero (ARMv6, raspi0) or zero2w (AArch64, raspi3b)")
     p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
@@ -591,7 +621,7 @@ def main(argv):
                            ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut),
                            ("hibernate", bench.run_hibernate), ("corrupt-image", bench.run_corrupt_image),
                            ("restore-attempts", bench.run_restore_attempts),
-                           ("unauthorized", bench.run_unauthorized)):
+                           ("unauthorized", bench.run_unauthorized), ("compat", bench.run_compat)):
             if (opts.mode == "all" and (profile.all_jobs is None or mode in profile.all_jobs)) \
                     or opts.mode == mode \
                     or (opts.mode == "demo" and mode == "hibernate"):

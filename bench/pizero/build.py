@@ -251,8 +251,12 @@ def kernel_modules(module_root, wanted):
     return [paths[name] for name in order]
 
 
-def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work, profile=profiles.ZERO):
-    """The gzip'd newc cpio the kernel unpacks as /; returns its path."""
+def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work, profile=profiles.ZERO,
+              extra=()):
+    """The gzip'd newc cpio the kernel unpacks as /; returns its path.
+
+    `extra` is more executables, (path on the host, path in the initramfs).
+    """
     stage = os.path.join(work, "initramfs")
     shutil.rmtree(stage, ignore_errors=True)
     for d in ("bin", "usr/bin", "bench/apps", "bench/tools", "dev", "proc", "sys", "run", "tmp",
@@ -269,6 +273,10 @@ def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work, profil
         shutil.copy(path, os.path.join(stage, "bench", "apps", name))
     for name, path in tools.items():
         shutil.copy(path, os.path.join(stage, "bench", "tools", name))
+    for src, dest in extra:
+        os.makedirs(os.path.dirname(os.path.join(stage, dest)), exist_ok=True)
+        shutil.copy(src, os.path.join(stage, dest))
+        os.chmod(os.path.join(stage, dest), 0o755)
     # The card's driver first (its modules load before the store is looked
     # for), then what the rootfs and torpor need.
     card = kernel_modules(assets.modules, profile.card_modules)

@@ -67,6 +67,8 @@ ZERO = Profile(
     # in the power cycles: every dump first verifies the store's newest
     # image, which is then the largest.
     all_jobs=None,
+    # A 32-bit torpor and app beside the native ones (64-bit kernels only).
+    compat32=False,
     power_cycle_apps="counter,threads,tree,memory",
 )
 
@@ -106,9 +108,12 @@ ZERO2W = Profile(
     # A representative set, so that both boards fit the CI's time: every
     # app checkpointed and restored, the power line, one power cycle (the
     # threaded app: registers and TLS of several threads), and hibernation
-    # through the daemon. The store's crash safety and the boot hook's
+    # through the daemon, and a 32-bit torpor on the 64-bit kernel. The store's crash safety and the boot hook's
     # policies are architecture-independent code; they run on the Pi Zero.
-    all_jobs=("test", "gpio-cut", "power-cycle", "hibernate"),
+    all_jobs=("test", "gpio-cut", "power-cycle", "hibernate", "compat"),
+    # The arm64 kernel runs 32-bit tasks (COMPAT): Raspberry Pi OS 32-bit on
+    # a Zero 2 W. The ARMv6 torpor and counter go into the initramfs too.
+    compat32=True,
     power_cycle_apps="threads",
 )
 

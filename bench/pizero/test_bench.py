@@ -321,7 +321,7 @@ class BoardProfileTest(unittest.TestCase):
         self.assertEqual(bench.Bench(opts).work, os.path.join(bench.REPO, "build", "pizero"))
 
     def test_zero2w_runs_a_representative_set(self):
-        self.assertEqual(profiles.ZERO2W.all_jobs, ("test", "gpio-cut", "power-cycle", "hibernate"))
+        self.assertEqual(profiles.ZERO2W.all_jobs, ("test", "gpio-cut", "power-cycle", "hibernate", "compat"))
         self.assertIsNone(profiles.ZERO.all_jobs, "every job runs on the Pi Zero")
 
 
