@@ -9,7 +9,7 @@
 #   make test-arm     the library's unit tests for ARMv6 under qemu-arm
 #   make test-arm64   the unit tests for AArch64 under qemu-aarch64
 #   make check-board  the Buildroot external tree and Pi Zero board files
-#   make pizero-test  the emulated Pi Zero bench
+#   make pizero-test  the emulated Pi Zero bench, then the Pi Zero 2 W's
 #   make arm          the stripped static ARMv6 binary: $(ARM_BIN)
 #   make arm64        the stripped static AArch64 binary: $(ARM64_BIN)
 #   make deb          Debian packages: armhf (Raspberry Pi OS) and the host's,
@@ -131,11 +131,17 @@ check-board:
 
 # The emulated Pi Zero bench: Debian's rpi kernel on qemu-system-arm -M raspi0,
 # torpor and the test apps in an initramfs, the SD card from the board layout.
-# Downloads are cached in build/cache; see bench/pizero/README.md.
+# Then the Pi Zero 2 W's: Debian's arm64 kernel on qemu-system-aarch64 -M
+# raspi3b, the AArch64 torpor and apps, a representative set of the jobs.
+# Both boards run even when the first fails. Downloads are cached in
+# build/cache; see bench/pizero/README.md.
 .PHONY: pizero-test
 pizero-test: deps
 	python3 -m unittest discover -s bench/pizero -p 'test_*.py'
-	python3 bench/pizero/bench.py all
+	rc=0; \
+	python3 bench/pizero/bench.py all || rc=1; \
+	python3 bench/pizero/bench.py --board zero2w all || rc=1; \
+	exit $$rc
 
 # The emulated Pi Zero tells the story on this terminal: sleepy-counter
 # counts, asks torpor daemon to hibernate it, the daemon stores it and drives

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks of the Buildroot external tree (buildroot/) and the Pi Zero board
-# files (board/raspberrypi0/) that run without Buildroot and its downloads:
+# files (board/raspberrypi0/, and board/raspberrypizero2w/ for the 64-bit
+# Zero 2 W) that run without Buildroot and its downloads:
 #
 #   lint        shellcheck on every shell script in board/, buildroot/, scripts/,
 #               packaging/
@@ -15,6 +16,8 @@
 #   init        S01torpor under BusyBox ash and dash against a fake torpor
 #   systemd     torpor.service through systemd-analyze verify
 #   kernel      linux-torpor.fragment against Debian's Pi Zero kernel config
+#   zero2w      the Zero 2 W: its SD card through post-image.sh, config.txt
+#               and cmdline.txt, its fragment against Debian's arm64 kernel
 #
 # Usage: scripts/check-board.sh [SECTION...]   (default: all of them)
 # Exits non-zero if any check fails.
@@ -22,6 +25,7 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BOARD="$ROOT/board/raspberrypi0"
+BOARD2W="$ROOT/board/raspberrypizero2w"
 EXT="$ROOT/buildroot"
 CACHE="$ROOT/build/cache"
 PY=/usr/bin/python3   # Debian's, where python3-kconfiglib lives
@@ -77,18 +81,27 @@ check_lint() {
 }
 
 # ---------------------------------------------------------------------------
+# The board check_image builds an SD card for: its directory, the boot
+# partition's size, the kernel and device trees Buildroot leaves for it.
+IMG_BOARD="$BOARD"
+IMG_BOOT_MB=32
+IMG_KERNEL=zImage
+IMG_KERNEL_BYTES=5000000
+IMG_DTBS=(bcm2708-rpi-zero.dtb bcm2708-rpi-zero-w.dtb)
+
 # Stand-in for what Buildroot leaves in output/images before post-image.sh.
 make_binaries() {
-	local bin="$1"
+	local bin="$1" dtb
 	mkdir -p "$bin/rpi-firmware/overlays" "$WORK/rootsrc/etc"
-	cp "$BOARD/config.txt" "$BOARD/cmdline.txt" "$bin/rpi-firmware/"
+	cp "$IMG_BOARD/config.txt" "$IMG_BOARD/cmdline.txt" "$bin/rpi-firmware/"
 	head -c 52116 /dev/urandom > "$bin/rpi-firmware/bootcode.bin"
 	head -c 2975744 /dev/urandom > "$bin/rpi-firmware/start.elf"
 	head -c 7265 /dev/urandom > "$bin/rpi-firmware/fixup.dat"
 	head -c 1525 /dev/urandom > "$bin/rpi-firmware/overlays/gpio-poweroff.dtbo"
-	head -c 30000 /dev/urandom > "$bin/bcm2708-rpi-zero.dtb"
-	head -c 31000 /dev/urandom > "$bin/bcm2708-rpi-zero-w.dtb"
-	head -c 5000000 /dev/urandom > "$bin/zImage"
+	for dtb in "${IMG_DTBS[@]}"; do
+		head -c 30000 /dev/urandom > "$bin/$dtb"
+	done
+	head -c "$IMG_KERNEL_BYTES" /dev/urandom > "$bin/$IMG_KERNEL"
 	echo "torpor root" > "$WORK/rootsrc/etc/issue"
 	mkfs.ext4 -q -F -L rootfs -d "$WORK/rootsrc" "$bin/rootfs.ext4" 16M >/dev/null
 }
@@ -107,18 +120,18 @@ EOF
 }
 
 check_image() {
-	section "image (post-image.sh, genimage, sfdisk)"
-	local bin="$WORK/images" out
+	section "image (${IMG_BOARD#"$ROOT"/}: post-image.sh, genimage, sfdisk)"
+	local bin="$WORK/images-${IMG_BOARD##*/}" out
 	make_binaries "$bin"
-	if ! out="$(BINARIES_DIR="$bin" BUILD_DIR="$WORK/build" bash "$BOARD/post-image.sh" 2>&1)"; then
+	if ! out="$(BINARIES_DIR="$bin" BUILD_DIR="$WORK/build" bash "$IMG_BOARD/post-image.sh" 2>&1)"; then
 		fail "post-image.sh on stand-in inputs" "$out"
 		return
 	fi
 	pass "post-image.sh on stand-in inputs"
 
 	local img="$bin/sdcard.img" torpor_bytes boot_bytes rootfs_bytes
-	torpor_bytes="$(configured_size "$BOARD/genimage.cfg.in" torpor)" || { fail "torpor size in genimage.cfg.in"; return; }
-	boot_bytes=$((32 << 20))
+	torpor_bytes="$(configured_size "$IMG_BOARD/genimage.cfg.in" torpor)" || { fail "torpor size in genimage.cfg.in"; return; }
+	boot_bytes=$((IMG_BOOT_MB << 20))
 	rootfs_bytes="$(stat -c %s "$bin/rootfs.ext4")"
 	# Exact table: c (FAT32 LBA, bootable) / 83 (ext4) / da (raw store),
 	# sizes as configured, the torpor store third (/dev/mmcblk0p3).
@@ -154,12 +167,12 @@ for p in t["partitions"]:
 	else
 		fail "partition 2 is rootfs.ext4"
 	fi
-	local p1_start f vfat="$WORK/p1.vfat" got="$WORK/boot"
+	local p1_start f vfat="$bin.p1.vfat" got="$bin.boot"
 	p1_start="$(awk 'NR == 1 {print $4}' <<< "$table")"
 	dd if="$img" of="$vfat" bs=512 skip="$p1_start" count=$((boot_bytes / 512)) status=none
 	mkdir -p "$got"
 	mcopy -s -n -i "$vfat" ::/ "$got/" 2>/dev/null
-	local want=(bcm2708-rpi-zero.dtb bcm2708-rpi-zero-w.dtb zImage bootcode.bin start.elf fixup.dat config.txt cmdline.txt overlays/gpio-poweroff.dtbo)
+	local want=("${IMG_DTBS[@]}" "$IMG_KERNEL" bootcode.bin start.elf fixup.dat config.txt cmdline.txt overlays/gpio-poweroff.dtbo)
 	local listing expected_listing
 	listing="$(cd "$got" && find . -type f | sed 's|^\./||' | sort | tr '\n' ' ')"
 	expected_listing="$(printf '%s\n' "${want[@]}" | sort | tr '\n' ' ')"
@@ -180,16 +193,17 @@ for p in t["partitions"]:
 	# Refusals: a template without the placeholder, a missing kernel.
 	local bad_board="$WORK/badboard"
 	mkdir -p "$bad_board"
-	cp "$BOARD/post-image.sh" "$bad_board/"
-	grep -v '#BOOT_FILES#' "$BOARD/genimage.cfg.in" > "$bad_board/genimage.cfg.in"
+	cp "$IMG_BOARD/post-image.sh" "$bad_board/"
+	grep -v '#BOOT_FILES#' "$IMG_BOARD/genimage.cfg.in" > "$bad_board/genimage.cfg.in"
 	out="$(BINARIES_DIR="$bin" BUILD_DIR="$WORK/build" bash "$bad_board/post-image.sh" 2>&1)"
 	expect_eq "template without #BOOT_FILES# is refused (exit 1)" "1" "$?"
 	expect_eq "refusal names the template" "post-image: no #BOOT_FILES# line in $bad_board/genimage.cfg.in" "$out"
-	mv "$bin/zImage" "$bin/zImage.away"
-	out="$(BINARIES_DIR="$bin" BUILD_DIR="$WORK/build" bash "$BOARD/post-image.sh" 2>&1)"
+	rm -rf "$bad_board"
+	mv "$bin/$IMG_KERNEL" "$bin/$IMG_KERNEL.away"
+	out="$(BINARIES_DIR="$bin" BUILD_DIR="$WORK/build" bash "$IMG_BOARD/post-image.sh" 2>&1)"
 	expect_eq "missing kernel is refused (exit 1)" "1" "$?"
-	expect_eq "refusal names the kernel" "post-image: kernel 'zImage' named by config.txt is not in $bin" "$out"
-	mv "$bin/zImage.away" "$bin/zImage"
+	expect_eq "refusal names the kernel" "post-image: kernel '$IMG_KERNEL' named by config.txt is not in $bin" "$out"
+	mv "$bin/$IMG_KERNEL.away" "$bin/$IMG_KERNEL"
 }
 
 # ---------------------------------------------------------------------------
@@ -269,13 +283,26 @@ EOF
 	fi
 	expect_eq "external.desc names the tree TORPOR" "name: TORPOR" "$(grep '^name:' "$EXT/external.desc")"
 	local cmd
+	# The Pi Zero defconfigs share their scripts; the Zero 2 W's are links
+	# to the same scripts, from its own directory (post-image.sh takes
+	# genimage.cfg.in from there).
 	for cmd in BR2_ROOTFS_POST_BUILD_SCRIPT BR2_ROOTFS_POST_IMAGE_SCRIPT; do
-		local scripts
-		scripts="$(grep -h "^$cmd=" "$EXT"/configs/*_defconfig | sort -u | sed 's/.*EXTERNAL_TORPOR_PATH)//; s/"$//')"
-		if [ -n "$scripts" ] && [ -x "$EXT$scripts" ]; then
-			pass "$cmd is one executable script in both defconfigs"
+		local scripts resolved
+		scripts="$(grep -h "^$cmd=" "$EXT"/configs/torpor_raspberrypi0*_defconfig | sort -u | sed 's/.*EXTERNAL_TORPOR_PATH)//; s/"$//')"
+		if [ -n "$scripts" ] && [ "$(wc -l <<< "$scripts")" -eq 1 ] && [ -x "$EXT$scripts" ]; then
+			pass "$cmd is one executable script in both Pi Zero defconfigs"
 		else
-			fail "$cmd is one executable script in both defconfigs" "$scripts"
+			fail "$cmd is one executable script in both Pi Zero defconfigs" "$scripts"
+		fi
+		local script2w
+		script2w="$(grep -h "^$cmd=" "$EXT/configs/torpor_raspberrypizero2w_defconfig" | sed 's/.*EXTERNAL_TORPOR_PATH)//; s/"$//')"
+		resolved="$(readlink -f "$EXT$script2w")"
+		if [ -x "$EXT$script2w" ] && [ "$resolved" == "$(readlink -f "$EXT$scripts")" ] &&
+			[ "$(dirname "$(realpath -s "$EXT$script2w")")" == "$BOARD2W" ]; then
+			pass "$cmd of the Zero 2 W is board/raspberrypizero2w/$(basename "$script2w"), the Pi Zero's script"
+		else
+			fail "$cmd of the Zero 2 W is board/raspberrypizero2w/$(basename "$script2w"), the Pi Zero's script" \
+				"$script2w -> $resolved"
 		fi
 	done
 }
@@ -682,7 +709,89 @@ check_kernel() {
 }
 
 # ---------------------------------------------------------------------------
-all=(lint image kconfig package postbuild config init systemd kernel)
+# Debian's arm64 kernel config: from the bench's cache (build/cache/arm64),
+# else downloaded there.
+debian_arm64_config() {
+	local cache="$CACHE/arm64/debs" debs deb
+	debs=("$cache"/linux-image-*-arm64_*_arm64.deb)
+	if [ ! -e "${debs[0]}" ]; then
+		local pkg
+		pkg="$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')"
+		[ -n "$pkg" ] || return 1
+		mkdir -p "$cache"
+		(cd "$cache" && apt-get download -o APT::Sandbox::User=root "$pkg" >/dev/null 2>&1) || return 1
+		debs=("$cache"/linux-image-*-arm64_*_arm64.deb)
+		[ -e "${debs[0]}" ] || return 1
+	fi
+	deb="$(printf '%s\n' "${debs[@]}" | sort -V | tail -n 1)"
+	mkdir -p "$WORK/kernel64"
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$WORK/kernel64" --wildcards './boot/config-*' || return 1
+	ls "$WORK"/kernel64/boot/config-*
+}
+
+check_zero2w() {
+	IMG_BOARD="$BOARD2W"
+	IMG_BOOT_MB=64
+	IMG_KERNEL=Image
+	IMG_KERNEL_BYTES=26000000
+	IMG_DTBS=(bcm2710-rpi-zero-2-w.dtb)
+	check_image
+
+	section "zero2w (config.txt, cmdline.txt, defconfig, kernel fragment)"
+	local b="$BOARD2W" def="$EXT/configs/torpor_raspberrypizero2w_defconfig"
+	expect_eq "config.txt starts the cores in AArch64 mode" "arm_64bit=1" "$(grep '^arm_64bit=' "$b/config.txt")"
+	expect_eq "config.txt names the arm64 kernel" "kernel=Image" "$(grep '^kernel=' "$b/config.txt")"
+	expect_eq "config.txt takes the PL011 back from Bluetooth for ttyAMA0" "dtoverlay=miniuart-bt" \
+		"$(grep '^dtoverlay=' "$b/config.txt")"
+	expect_eq "config.txt names the same power line for gpio-poweroff" "#dtoverlay=gpio-poweroff,gpiopin=26" \
+		"$(grep 'gpio-poweroff' "$b/config.txt" | grep -v '^# ')"
+	expect_eq "cmdline.txt: root on partition 2, serial console on ttyAMA0" "root=/dev/mmcblk0p2 console=ttyAMA0,115200" \
+		"$(tr ' ' '\n' < "$b/cmdline.txt" | grep -E '^(root=|console=ttyAMA0)' | paste -sd ' ')"
+	# torpor.toml is the package's, shared by every board: the store must be
+	# the same partition here.
+	local store parts
+	store="$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["store"]["device"])' "$BOARD/torpor.toml")"
+	parts="$(grep -E '^\s*partition\s+\w+' "$b/genimage.cfg.in" | awk '{print $2}' | paste -sd ' ')"
+	expect_eq "partitions boot rootfs torpor, the store is torpor.toml's $store" "boot rootfs torpor|/dev/mmcblk0p3" \
+		"$parts|$store"
+	expect_eq "defconfig: AArch64, Cortex-A53" "BR2_aarch64=y BR2_cortex_a53=y" \
+		"$(grep -E '^BR2_(aarch64|cortex_a53)=' "$def" | paste -sd ' ')"
+	expect_eq "defconfig: the device tree the stand-in image carries" \
+		"BR2_LINUX_KERNEL_INTREE_DTS_NAME=\"broadcom/${IMG_DTBS[0]%.dtb}\"" "$(grep '^BR2_LINUX_KERNEL_INTREE_DTS_NAME=' "$def")"
+	expect_eq "defconfig: both fragments, the Pi Zero's first" \
+		"board/raspberrypi0/linux-torpor.fragment board/raspberrypizero2w/linux-torpor.fragment" \
+		"$(grep '^BR2_LINUX_KERNEL_CONFIG_FRAGMENT_FILES=' "$def" | grep -o 'board/[a-z0-9]*/linux-torpor.fragment' | paste -sd ' ')"
+	expect_eq "defconfig: the same pinned kernel tarball as the Pi Zero" \
+		"$(grep '^BR2_LINUX_KERNEL_CUSTOM_TARBALL_LOCATION=' "$EXT/configs/torpor_raspberrypi0_defconfig")" \
+		"$(grep '^BR2_LINUX_KERNEL_CUSTOM_TARBALL_LOCATION=' "$def")"
+
+	local config
+	if ! config="$(debian_arm64_config)"; then
+		fail "Debian's linux-image-*-arm64:arm64 in build/cache/arm64 (or downloadable)"
+		return
+	fi
+	pass "Debian arm64 kernel config: $(basename "$config")"
+	local opt value debian differs=() absent=()
+	while IFS='=' read -r opt value; do
+		debian="$(grep -E "^($opt=|# $opt is not set)" "$config")"
+		if [ -z "$debian" ]; then
+			absent+=("$opt")
+		elif [ "$debian" != "$opt=$value" ]; then
+			differs+=("$opt: fragment $value, Debian ${debian#"$opt"=}")
+		fi
+	done < <(grep -E '^CONFIG_[A-Z0-9_]+=' "$b/linux-torpor.fragment")
+	expect_eq "every Zero 2 W fragment option is known to Debian's arm64 kernel" "" "${absent[*]}"
+	# Debian builds the sdhost driver as a module (the bench loads it);
+	# everything else is as the fragment wants.
+	expect_eq "Debian differs only in the sdhost driver (a module there)" "CONFIG_MMC_BCM2835: fragment y, Debian m" \
+		"${differs[*]}"
+	expect_eq "Debian's arm64 kernel: 4 KiB pages, COMPAT, CHECKPOINT_RESTORE" \
+		"CONFIG_ARM64_4K_PAGES=y CONFIG_CHECKPOINT_RESTORE=y CONFIG_COMPAT=y" \
+		"$(grep -E '^CONFIG_(ARM64_4K_PAGES|COMPAT|CHECKPOINT_RESTORE)=' "$config" | sort | paste -sd ' ')"
+}
+
+# ---------------------------------------------------------------------------
+all=(lint image kconfig package postbuild config init systemd kernel zero2w)
 sections=("$@")
 [ ${#sections[@]} -gt 0 ] || sections=("${all[@]}")
 for s in "${sections[@]}"; do

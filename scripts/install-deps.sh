@@ -13,7 +13,7 @@ packages=(
     gcc-aarch64-linux-gnu      # AArch64 cross compiler (Pi Zero 2 W and other 64-bit Pis)
     musl-dev:arm64             # musl libc for aarch64-unknown-linux-musl
     qemu-user-static           # runs ARMv6 and AArch64 unit tests (cargo runner)
-    qemu-system-arm            # the emulated Pi Zero (-M raspi0)
+    qemu-system-arm            # the emulated Pi Zero (-M raspi0) and, as qemu-system-aarch64, the Zero 2 W (-M raspi3b)
     device-tree-compiler       # fdtput, to adjust the Pi Zero device tree
     cpio                       # initramfs
     fdisk                      # sfdisk, to check partition tables

@@ -1,5 +1,7 @@
-"""The Debian armel packages the emulated Pi Zero runs: the Raspberry Pi 1 /
-Zero kernel (`linux-image-6.1.0-N-rpi`) and a static BusyBox.
+"""The Debian packages an emulated board runs (profiles.py): for the Pi Zero
+the armel Raspberry Pi 1 / Zero kernel (`linux-image-6.1.0-N-rpi`), for the
+Pi Zero 2 W the arm64 kernel (`linux-image-6.1.0-N-arm64`), and a static
+BusyBox of the same architecture.
 
 Both are fetched once with `apt-get download` into the cache directory and
 unpacked there with `dpkg -x`; later runs reuse them. When apt cannot answer
@@ -11,9 +13,11 @@ import os
 import re
 import subprocess
 
-KERNEL_META = "linux-image-rpi:armel"
-KERNEL_NAME = re.compile(r"^linux-image-6\.1\.0-(\d+)-rpi:armel$")
-BUSYBOX = "busybox-static:armel"
+import profiles
+
+KERNEL_META = profiles.ZERO.kernel_meta
+KERNEL_NAME = profiles.ZERO.kernel_name
+BUSYBOX = profiles.ZERO.busybox
 
 
 class AssetError(Exception):
@@ -35,29 +39,29 @@ def _candidate(package):
     return None if m is None or m.group(1) == "(none)" else m.group(1)
 
 
-def _ensure_lists():
-    if _candidate(BUSYBOX) is None or _candidate(KERNEL_META) is None:
-        # The armel indexes are missing (fresh machine or cleaned lists).
+def _ensure_lists(profile):
+    if _candidate(profile.busybox) is None or _candidate(profile.kernel_meta) is None:
+        # The foreign indexes are missing (fresh machine or cleaned lists).
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
-    for package in (BUSYBOX, KERNEL_META):
+    for package in (profile.busybox, profile.kernel_meta):
         if _candidate(package) is None:
-            raise AssetError(
-                f"apt knows no {package}; run scripts/install-deps.sh (it adds the armel architecture)")
+            raise AssetError(f"apt knows no {package}; run scripts/install-deps.sh "
+                             f"(it adds the {profile.deb_arch} architecture)")
 
 
-def _kernel_package():
-    """The versioned kernel package the `linux-image-rpi` metapackage points at."""
-    out = _run(["apt-cache", "depends", KERNEL_META])
+def _kernel_package(profile):
+    """The versioned kernel package the kernel metapackage points at."""
+    out = _run(["apt-cache", "depends", profile.kernel_meta])
     for m in re.finditer(r"Depends:\s*(\S+)", out):
         name = m.group(1)
-        if not name.endswith(":armel"):
-            name += ":armel"
-        if KERNEL_NAME.match(name):
+        if not name.endswith(f":{profile.deb_arch}"):
+            name += f":{profile.deb_arch}"
+        if profile.kernel_name.match(name):
             return name
-    raise AssetError(f"{KERNEL_META} depends on no linux-image-6.1.0-*-rpi package:\n{out}")
+    raise AssetError(f"{profile.kernel_meta} depends on no {profile.kernel_glob} package:\n{out}")
 
 
-def _fetch(package, version, cache):
+def _fetch(package, version, cache, arch="armel"):
     """Download and unpack `package` at `version` into the cache; returns the tree."""
     base = package.split(":")[0]
     tree = os.path.join(cache, f"{base}_{version}")
@@ -66,7 +70,7 @@ def _fetch(package, version, cache):
         return tree
     debs = os.path.join(cache, "debs")
     os.makedirs(debs, exist_ok=True)
-    pattern = os.path.join(debs, f"{base}_*{version.split(':')[-1]}_armel.deb")
+    pattern = os.path.join(debs, f"{base}_*{version.split(':')[-1]}_{arch}.deb")
     found = glob.glob(pattern)
     if not found:
         # Root downloads as root; the sandbox user could not write the cache.
@@ -90,16 +94,16 @@ def _cached(cache, base):
 class Assets:
     """Paths of the unpacked kernel, device tree and BusyBox."""
 
-    def __init__(self, kernel_tree, busybox_tree):
+    def __init__(self, kernel_tree, busybox_tree, profile=profiles.ZERO):
         vmlinuz = sorted(glob.glob(os.path.join(kernel_tree, "boot", "vmlinuz-*")))
         if not vmlinuz:
             raise AssetError(f"no boot/vmlinuz-* in {kernel_tree}")
         self.kernel = vmlinuz[-1]
         self.release = os.path.basename(self.kernel)[len("vmlinuz-"):]
         dtbs = glob.glob(os.path.join(kernel_tree, "usr", "lib", f"linux-image-{self.release}",
-                                      "bcm2835-rpi-zero.dtb"))
+                                      profile.dtb))
         if not dtbs:
-            raise AssetError(f"no bcm2835-rpi-zero.dtb for {self.release} in {kernel_tree}")
+            raise AssetError(f"no {profile.dtb} for {self.release} in {kernel_tree}")
         self.dtb = dtbs[0]
         self.modules = os.path.join(kernel_tree, "lib", "modules", self.release)
         if not os.path.isdir(self.modules):
@@ -109,17 +113,21 @@ class Assets:
             raise AssetError(f"no bin/busybox in {busybox_tree}")
 
 
-def fetch(cache, offline_ok=True):
-    """Returns the Assets, fetching the packages on first use."""
+def fetch(cache, offline_ok=True, profile=profiles.ZERO):
+    """Returns the Assets of the board, fetching the packages on first use."""
+    arch = profile.deb_arch
+    if arch != "armel":
+        # Each other architecture has its own directory: package names repeat.
+        cache = os.path.join(cache, arch)
     os.makedirs(cache, exist_ok=True)
     try:
-        _ensure_lists()
-        kernel = _kernel_package()
-        kernel_tree = _fetch(kernel, _candidate(kernel), cache)
-        busybox_tree = _fetch(BUSYBOX, _candidate(BUSYBOX), cache)
+        _ensure_lists(profile)
+        kernel = _kernel_package(profile)
+        kernel_tree = _fetch(kernel, _candidate(kernel), cache, arch)
+        busybox_tree = _fetch(profile.busybox, _candidate(profile.busybox), cache, arch)
     except (AssetError, subprocess.TimeoutExpired) as e:
-        kernel_tree = _cached(cache, "linux-image-6.1.0-*-rpi")
+        kernel_tree = _cached(cache, profile.kernel_glob)
         busybox_tree = _cached(cache, "busybox-static")
         if not offline_ok or kernel_tree is None or busybox_tree is None:
-            raise AssetError(f"cannot fetch the Pi Zero kernel and BusyBox: {e}") from e
-    return Assets(kernel_tree, busybox_tree)
+            raise AssetError(f"cannot fetch the {profile.title} kernel and BusyBox: {e}") from e
+    return Assets(kernel_tree, busybox_tree, profile)

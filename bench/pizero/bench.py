@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The emulated Pi Zero bench: torpor on QEMU's raspi0 machine.
+"""The emulated Pi Zero bench: torpor on QEMU's raspi0 machine, or with
+`--board zero2w` on the Pi Zero 2 W's (AArch64, QEMU's raspi3b).
 
-    python3 bench/pizero/bench.py [all|test|gpio-cut|store-cut|shell] [options]
+    python3 bench/pizero/bench.py [--board zero|zero2w] [all|test|gpio-cut|store-cut|shell] [options]
 
   test       boot, run every test app through the checkpoint protocol (the
              control protocol while torpor has no `dump`), print PASS/FAIL
@@ -13,8 +14,13 @@
   store-cut  write a good image into the store, then cut power at random
              moments while newer images are written; after every cut the
              store must still hold the previous image intact
+  compat     (zero2w) the ARMv6 torpor checkpoints an ARMv6 app on the
+             64-bit kernel; each torpor refuses a task of the other width
   shell      boot to a shell on this terminal
-  all        test, gpio-cut, power-cycle and store-cut (the default)
+  all        every job (the default; hibernate, corrupt-image,
+             restore-attempts and unauthorized are in README.md); on zero2w
+             the representative set: test, gpio-cut, power-cycle (one app),
+             hibernate, compat
 
 Exits 0 when nothing failed. Logs of every boot are in WORK/logs/.
 """
@@ -29,10 +35,11 @@ import time
 import assets as assets_mod
 import board
 import build
+import profiles
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(BENCH_DIR))
-CMDLINE = "console=ttyAMA0 initcall_blacklist=bcm2835_power_driver_init rdinit=/init quiet"
+CMDLINE = profiles.ZERO.cmdline
 
 
 def collect_results(lines, apps):
@@ -110,11 +117,12 @@ def print_times(b):
 class Bench:
     def __init__(self, opts):
         self.opts = opts
-        self.work = os.path.abspath(opts.work)
+        self.profile = profiles.BOARDS[getattr(opts, "board", None) or "zero"]
+        self.work = os.path.abspath(opts.work or os.path.join(REPO, self.profile.work))
         self.logs = os.path.join(self.work, "logs")
         self.boots = 0
         self.outcomes = []
-        self.power = board.PowerLine(opts.power_line, not opts.power_active_low)
+        self.power = board.PowerLine(opts.power_line, not opts.power_active_low, self.profile)
         decoy = opts.power_line + 1 if opts.power_line < 31 else opts.power_line - 1
         self.decoy_line = decoy
 
@@ -126,12 +134,14 @@ class Bench:
             os.remove(os.path.join(self.logs, name))
         build_log = os.path.join(self.logs, "build.log")
         t0 = time.monotonic()
-        self.assets = assets_mod.fetch(os.path.abspath(self.opts.cache))
+        pf = self.profile
+        print(f"board       {pf.title}")
+        self.assets = assets_mod.fetch(os.path.abspath(self.opts.cache), profile=pf)
         print(f"kernel      {self.assets.release} ({os.path.relpath(self.assets.kernel, REPO)})")
-        torpor_bin = build.torpor(REPO, build_log)
+        torpor_bin = build.torpor(REPO, build_log, pf)
         size = os.path.getsize(torpor_bin)
-        print(f"torpor      {build.TORPOR_ARM}: {size} bytes ({size / 1024:.0f} KiB), static ARMv6")
-        apps = build.apps(REPO, BENCH_DIR, os.path.join(self.work, "apps"), build_log)
+        print(f"torpor      {pf.torpor_bin}: {size} bytes ({size / 1024:.0f} KiB), {pf.torpor_desc}")
+        apps = build.apps(REPO, BENCH_DIR, os.path.join(self.work, "apps"), build_log, pf)
         every_app = dict(apps)
         if self.opts.store_app not in every_app:
             raise build.BuildError(f"unknown store-cut app {self.opts.store_app}; known: {', '.join(every_app)}")
@@ -145,12 +155,12 @@ class Bench:
         print(f"apps        {' '.join(self.apps)}")
         tools = {name: build.cross_compile(
             [os.path.join(BENCH_DIR, "tools", f"{name}.c")],
-            os.path.join(self.work, "tools", name)) for name in ("gpio-poke", "subreaper")}
+            os.path.join(self.work, "tools", name), profile=pf) for name in ("gpio-poke", "subreaper")}
         tools["sleepy-counter"] = build.cross_compile(
             [os.path.join(REPO, "examples", "sleepy-counter.c")],
-            os.path.join(self.work, "tools", "sleepy-counter"))
+            os.path.join(self.work, "tools", "sleepy-counter"), profile=pf)
 
-        self.sd, layout, dump = build.sd_card(REPO, self.assets, CMDLINE, self.work, build_log)
+        self.sd, layout, dump = build.sd_card(REPO, self.assets, pf.cmdline, self.work, build_log, pf)
         store_part = layout.number("torpor")
         store_bytes = layout.size("torpor")
         print(f"sd card     {os.path.relpath(self.sd, REPO)}: {os.path.getsize(self.sd) >> 20} MiB, "
@@ -175,8 +185,19 @@ class Bench:
             "BENCH_SLEEP_AT": str(self.opts.sleep_at),
             "BENCH_END_AT": str(self.opts.end_at),
         }
-        initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work)
-        self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, CMDLINE)
+        extra = []
+        if pf.compat32:
+            # The ARMv6 torpor and counter, for the compat job.
+            torpor32 = build.torpor(REPO, build_log, profiles.ZERO)
+            counter32 = build.cross_compile(
+                [os.path.join(REPO, "tests", "apps", "counter.c")],
+                os.path.join(self.work, "apps32", "counter"),
+                [os.path.join(REPO, "tests", "apps", "common.h")], profiles.ZERO)
+            extra = [(torpor32, "usr/bin/torpor32"), (counter32, "bench/apps32/counter")]
+            print(f"compat      {profiles.ZERO.torpor_bin} as /usr/bin/torpor32, ARMv6 counter")
+        initrd = build.initramfs(self.assets, torpor_bin, every_app, tools, BENCH_DIR, conf, self.work, pf,
+                                 extra)
+        self.kernel = board.Kernel(self.assets.kernel, self.assets.dtb, initrd, pf.cmdline)
         print(f"initramfs   {os.path.relpath(initrd, REPO)}: {os.path.getsize(initrd) // 1024} KiB")
         print(f"prepared in {time.monotonic() - t0:.1f} s")
 
@@ -191,7 +212,8 @@ class Bench:
         for attempt in (1, 2):
             self.boots += 1
             log = os.path.join(self.logs, f"{self.boots:02d}-{mode}.log")
-            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode} {extra}".strip(), log, power_line)
+            b = board.Boot(self.kernel, self.sd, f"bench.mode={mode} {extra}".strip(), log, power_line,
+                           self.profile)
             try:
                 m = b.wait_for(r"TORPOR-BENCH-INIT uptime=([\d.]+)", self.opts.boot_timeout,
                                f"/init on the serial console (boot {self.boots}, {mode})")
@@ -522,6 +544,22 @@ class Bench:
         self.record(section, "PASS", "two failed boots, then consumed and cold-started; a third boot left it alone: "
                     + " / ".join(s.split("cold start: ", 1)[-1] for s in seen[1:]))
 
+    def run_compat(self):
+        """A 64-bit kernel with a 32-bit userland: the ARMv6 torpor checkpoints
+        a 32-bit app; each torpor refuses a task of the other width."""
+        tags = ["compat-32", "compat-32-on-64", "compat-64-on-32"]
+        if not self.profile.compat32:
+            self.record("compat", "SKIP", f"the {self.profile.name} board runs a 32-bit kernel")
+            return
+        with self.boot("compat") as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=compat", 120 + 4 * self.opts.torpor_timeout, "the compat run")
+            skip = b.matching(r"TORPOR-SKIP \S+ (.*)")
+            if skip:
+                self.record("compat", "SKIP", skip[0].group(1))
+                return
+            self._results([line for _, line in b.lines], tags)
+        print_times(b)
+
     def run_unauthorized(self):
         with self.boot("unauthorized") as b:
             b.wait_for(r"TORPOR-BENCH-END mode=unauthorized", 120, "the unauthorized request")
@@ -545,19 +583,20 @@ class Bench:
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "hibernate", "corrupt-image",
-                            "restore-attempts", "unauthorized", "demo", "shell"])
+                            "restore-attempts", "unauthorized", "compat", "demo", "shell"])
+    p.add_argument("--board", choices=sorted(profiles.BOARDS), default="zero",
+                   help="the emulated board: zero (ARMv6, raspi0) or zero2w (AArch64, raspi3b)")
     p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
                    help="downloaded and unpacked Debian packages (kept between runs)")
-    p.add_argument("--work", default=os.path.join(REPO, "build", "pizero"),
-                   help="initramfs, SD image and logs (rebuilt every run)")
+    p.add_argument("--work", default=None,
+                   help="initramfs, SD image and logs (rebuilt every run; default build/pizero, "
+                   "build/pizero2w for zero2w)")
     p.add_argument("--apps", help="comma-separated subset of the test apps to run")
     p.add_argument("--protocol", choices=["auto", "control"], default="auto",
                    help="control: run apps without checkpointing even when torpor can dump")
-    # The 64 MiB memory app goes last: every dump first verifies the store's
-    # newest image, which is then the largest.
-    p.add_argument("--power-cycle-apps", default="counter,threads,tree,memory",
+    p.add_argument("--power-cycle-apps", default=None,
                    help="comma-separated apps for power-cycle (two boots each, in this order), "
-                   "among those selected")
+                   "among those selected (default counter,threads,tree,memory; threads on zero2w)")
     p.add_argument("--store-app", default="counter",
                    help="the app whose images store-cut writes (any app, selected or not)")
     p.add_argument("--power-line", type=int, default=17, help="GPIO (bank 0) that cuts power")
@@ -575,21 +614,26 @@ def main(argv):
     opts = p.parse_args(argv)
     if opts.seed is None:
         opts.seed = random.SystemRandom().randrange(1 << 32)
+    profile = profiles.BOARDS[opts.board]
+    if opts.power_cycle_apps is None:
+        opts.power_cycle_apps = profile.power_cycle_apps
 
     bench = Bench(opts)
     t0 = time.monotonic()
     try:
         bench.prepare()
         if opts.mode == "shell":
-            return board.interactive(bench.kernel, bench.sd, "bench.mode=shell")
+            return board.interactive(bench.kernel, bench.sd, "bench.mode=shell", bench.profile)
         if opts.mode == "demo":
             opts.show = True
         for mode, step in (("test", bench.run_test), ("gpio-cut", bench.run_gpio_cut),
                            ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut),
                            ("hibernate", bench.run_hibernate), ("corrupt-image", bench.run_corrupt_image),
                            ("restore-attempts", bench.run_restore_attempts),
-                           ("unauthorized", bench.run_unauthorized)):
-            if opts.mode in ("all", mode) or (opts.mode == "demo" and mode == "hibernate"):
+                           ("unauthorized", bench.run_unauthorized), ("compat", bench.run_compat)):
+            if (opts.mode == "all" and (profile.all_jobs is None or mode in profile.all_jobs)) \
+                    or opts.mode == mode \
+                    or (opts.mode == "demo" and mode == "hibernate"):
                 try:
                     step()
                 except board.BoardError as e:

@@ -1,5 +1,6 @@
-"""One power-on of the emulated Pi Zero: QEMU's raspi0 machine, its serial
-console read line by line, and the power switch (killing QEMU).
+"""One power-on of an emulated board (profiles.py): QEMU's raspi0 or raspi3b
+machine, its serial console read line by line, and the power switch
+(killing QEMU).
 
 Every wait is bounded. A boot that stops talking is a failure, never a hang.
 """
@@ -14,9 +15,11 @@ import subprocess
 import tempfile
 import time
 
-# BCM2835 GPIO output registers as the ARM sees them (bus 0x7e2000xx).
-GPSET0 = 0x2020001C
-GPCLR0 = 0x20200028
+import profiles
+
+# BCM2835 GPIO output registers as the Pi Zero's ARM sees them (bus 0x7e2000xx).
+GPSET0 = profiles.ZERO.gpset0
+GPCLR0 = profiles.ZERO.gpclr0
 
 # `-trace memory_region_ops_write` prints one line per MMIO write, e.g.
 #   memory_region_ops_write cpu 0 mr 0x... addr 0x2020001c value 0x20000 size 4 name 'bcm2835_gpio'
@@ -30,15 +33,17 @@ class BoardError(Exception):
 class PowerLine:
     """The GPIO line whose active level cuts the board's power."""
 
-    def __init__(self, line, active_high=True):
+    def __init__(self, line, active_high=True, profile=profiles.ZERO):
         if not 0 <= line < 32:
             raise ValueError(f"power line {line} is not in GPIO bank 0 (0..31)")
         self.line = line
         self.active_high = active_high
+        self.gpset0 = profile.gpset0
+        self.gpclr0 = profile.gpclr0
 
     @property
     def register(self):
-        return GPSET0 if self.active_high else GPCLR0
+        return self.gpset0 if self.active_high else self.gpclr0
 
     def cuts_power(self, addr, value):
         return addr == self.register and value & (1 << self.line) != 0
@@ -61,26 +66,23 @@ class Kernel:
 class Boot:
     """A running QEMU. Use as a context manager: leaving it always kills QEMU."""
 
-    def __init__(self, kernel, sd_image, append, log_path, power_line=None):
+    def __init__(self, kernel, sd_image, append, log_path, power_line=None, profile=profiles.ZERO):
         self.log_path = log_path
+        self.gpio_out = (profile.gpset0, profile.gpclr0)
         self.power_line = power_line
         self.power_cut = None  # (seconds since start, addr, value) once cut
         self.lines = []  # (seconds since start, serial line)
         self._buf = {"out": b"", "err": b""}
         self._eof = set()
         args = [
-            "qemu-system-arm", "-M", "raspi0",
+            *profile.qemu,
             "-kernel", kernel.kernel, "-dtb", kernel.dtb, "-initrd", kernel.initrd,
             "-append", f"{kernel.cmdline} {append}".strip(),
             "-drive", f"file={sd_image},if=sd,format=raw",
             "-serial", "stdio", "-display", "none", "-monitor", "none",
             "-no-reboot",
-            # Guest time follows executed instructions, not the host clock.
-            # Linux arms the BCM2835 system timer at "now + 15 us"; if the host
-            # stalls QEMU longer than that in between (a loaded machine, a
-            # trace write), the compare value is already past and the guest
-            # waits forever. With icount a host stall cannot move guest time.
-            "-icount", "shift=auto",
+            # Guest time follows executed instructions (profiles.py says why).
+            *profile.qemu_time,
         ]
         self._qmp_dir = None
         if power_line is not None:
@@ -207,7 +209,7 @@ class Boot:
                 self._log.write(f"{self.elapsed():8.3f} [qemu] {line}\n")
             return
         addr, value = int(m.group(1), 16), int(m.group(2), 16)
-        if addr not in (GPSET0, GPCLR0):
+        if addr not in self.gpio_out:
             return
         self._log.write(f"{self.elapsed():8.3f} [gpio] {line}\n")
         if self.power_line is not None and self.power_cut is None \
@@ -264,13 +266,13 @@ class Boot:
         return [m for m in (regex.search(line) for _, line in self.lines) if m]
 
 
-def interactive(kernel, sd_image, append):
+def interactive(kernel, sd_image, append, profile=profiles.ZERO):
     """Boot with the console on this terminal (for a developer); returns QEMU's exit code."""
     args = [
-        "qemu-system-arm", "-M", "raspi0",
+        *profile.qemu,
         "-kernel", kernel.kernel, "-dtb", kernel.dtb, "-initrd", kernel.initrd,
         "-append", f"{kernel.cmdline} {append}".strip(),
         "-drive", f"file={sd_image},if=sd,format=raw", "-nographic", "-no-reboot",
-        "-icount", "shift=auto",
+        *profile.qemu_time,
     ]
     return subprocess.call(args)

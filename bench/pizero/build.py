@@ -1,7 +1,8 @@
-"""What the emulated Pi Zero boots, rebuilt on every run: the static ARMv6
-torpor, the test apps, the initramfs and the SD card image.
+"""What the emulated board boots, rebuilt on every run: the static torpor of
+its architecture (profiles.py), the test apps, the initramfs and the SD card
+image.
 
-The SD card comes from the board's own layout, board/raspberrypi0/genimage.cfg.in,
+The SD card comes from the board's own layout, e.g. board/raspberrypi0/genimage.cfg.in,
 with #BOOT_FILES# filled in exactly as Buildroot's post-image step does, so
 the bench tests the partition table a real board gets.
 """
@@ -13,10 +14,11 @@ import shutil
 import stat
 import subprocess
 
-ARM_CFLAGS = ["-static", "-march=armv6", "-mfpu=vfp", "-mfloat-abi=softfp", "-Os",
-              "-Wall", "-Wextra", "-Werror"]
-ARM_CC = "arm-linux-musleabi-gcc"
-TORPOR_ARM = "target/arm-unknown-linux-musleabi/release/torpor"
+import profiles
+
+ARM_CFLAGS = profiles.ZERO.cflags
+ARM_CC = profiles.ZERO.cc
+TORPOR_ARM = profiles.ZERO.torpor_bin
 SECTOR = 512
 
 
@@ -44,20 +46,21 @@ def _newer(target, sources):
     return all(os.path.getmtime(s) <= t for s in sources)
 
 
-def torpor(repo, log):
-    """`make arm` at the repository root; returns the static ARMv6 binary."""
-    run(["make", "--no-print-directory", "arm"], cwd=repo, log=log, timeout=1800)
-    path = os.path.join(repo, TORPOR_ARM)
+def torpor(repo, log, profile=profiles.ZERO):
+    """`make arm` (or the board's target) at the repository root; returns the static binary."""
+    target = profile.make_torpor
+    run(["make", "--no-print-directory", target], cwd=repo, log=log, timeout=1800)
+    path = os.path.join(repo, profile.torpor_bin)
     if not os.path.exists(path):
-        raise BuildError(f"make arm succeeded but left no {path}")
+        raise BuildError(f"make {target} succeeded but left no {path}")
     return path
 
 
-def cross_compile(sources, out, headers=()):
-    """One static ARMv6 program, rebuilt only when a source is newer."""
+def cross_compile(sources, out, headers=(), profile=profiles.ZERO):
+    """One static program for the board, rebuilt only when a source is newer."""
     if not _newer(out, list(sources) + list(headers)):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        run([ARM_CC, *ARM_CFLAGS, "-o", out, *sources])
+        run([profile.cc, *profile.cflags, "-o", out, *sources])
     return out
 
 
@@ -72,10 +75,11 @@ def _executables(directory):
     return found
 
 
-def apps(repo, bench_dir, out_dir, log):
-    """Every test app, name -> static ARMv6 binary.
+def apps(repo, bench_dir, out_dir, log, profile=profiles.ZERO):
+    """Every test app, name -> static binary for the board.
 
-    The project's apps come from `make -C tests/apps arm OUT=DIR` (every
+    The project's apps come from `make -C tests/apps arm OUT=DIR` (`arm64`
+    on the Pi Zero 2 W; every
     executable left in DIR is an app); the bench's own small apps in
     bench/pizero/apps/*.c are always added.
     """
@@ -84,7 +88,7 @@ def apps(repo, bench_dir, out_dir, log):
     if os.path.exists(os.path.join(project, "Makefile")):
         project_out = os.path.join(out_dir, "project")
         os.makedirs(project_out, exist_ok=True)
-        run(["make", "--no-print-directory", "-C", project, "arm", f"OUT={project_out}"],
+        run(["make", "--no-print-directory", "-C", project, profile.make_apps, f"OUT={project_out}"],
             log=log, timeout=1200)
         found.update(_executables(project_out))
     own_src = os.path.join(bench_dir, "apps")
@@ -96,7 +100,7 @@ def apps(repo, bench_dir, out_dir, log):
         if name in found:
             raise BuildError(f"test app {name} exists both in tests/apps and in bench/pizero/apps")
         found[name] = cross_compile([os.path.join(own_src, source)],
-                                    os.path.join(out_dir, "bench", name), headers)
+                                    os.path.join(out_dir, "bench", name), headers, profile)
     return found
 
 
@@ -143,9 +147,9 @@ def _mbr_partitions(image):
     return dump, parts
 
 
-def sd_card(repo, assets, cmdline, work, log):
+def sd_card(repo, assets, cmdline, work, log, profile=profiles.ZERO):
     """Builds the SD image from the board layout; returns (path, layout, sfdisk dump)."""
-    cfg_in = os.path.join(repo, "board", "raspberrypi0", "genimage.cfg.in")
+    cfg_in = os.path.join(repo, profile.board_dir, "genimage.cfg.in")
     with open(cfg_in, encoding="utf-8") as f:
         cfg_text = f.read()
     layout = Layout(cfg_text)
@@ -157,9 +161,10 @@ def sd_card(repo, assets, cmdline, work, log):
         os.makedirs(d)
 
     # The boot partition: what the firmware would load on a real board.
-    boot_files = ["kernel.img", "bcm2835-rpi-zero.dtb", "cmdline.txt"]
-    shutil.copy(assets.kernel, os.path.join(inputs, "kernel.img"))
-    shutil.copy(assets.dtb, os.path.join(inputs, "bcm2835-rpi-zero.dtb"))
+    dtb = os.path.basename(assets.dtb)
+    boot_files = [profile.boot_kernel, dtb, "cmdline.txt"]
+    shutil.copy(assets.kernel, os.path.join(inputs, profile.boot_kernel))
+    shutil.copy(assets.dtb, os.path.join(inputs, dtb))
     with open(os.path.join(inputs, "cmdline.txt"), "w", encoding="utf-8") as f:
         f.write(cmdline + "\n")
 
@@ -167,9 +172,9 @@ def sd_card(repo, assets, cmdline, work, log):
     tree = os.path.join(gen, "rootfs-tree")
     os.makedirs(os.path.join(tree, "etc"))
     with open(os.path.join(tree, "etc", "hostname"), "w", encoding="utf-8") as f:
-        f.write("torpor-pizero\n")
+        f.write(f"{profile.hostname}\n")
     with open(os.path.join(tree, "etc", "issue"), "w", encoding="utf-8") as f:
-        f.write("torpor emulated Pi Zero\n")
+        f.write(f"torpor emulated {profile.title}\n")
     run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", tree,
          os.path.join(inputs, "rootfs.ext4"), "8M"], log=log)
 
@@ -246,14 +251,18 @@ def kernel_modules(module_root, wanted):
     return [paths[name] for name in order]
 
 
-def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
-    """The gzip'd newc cpio the kernel unpacks as /; returns its path."""
+def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work, profile=profiles.ZERO,
+              extra=()):
+    """The gzip'd newc cpio the kernel unpacks as /; returns its path.
+
+    `extra` is more executables, (path on the host, path in the initramfs).
+    """
     stage = os.path.join(work, "initramfs")
     shutil.rmtree(stage, ignore_errors=True)
     for d in ("bin", "usr/bin", "bench/apps", "bench/tools", "dev", "proc", "sys", "run", "tmp",
               "etc/init.d", "var/run"):
         os.makedirs(os.path.join(stage, d))
-    # The board's own init hook, as BusyBox init runs it on the Pi Zero.
+    # The init hook as the torpor package installs it on every board.
     board_dir = os.path.join(bench_dir, "..", "..", "board", "raspberrypi0")
     shutil.copy(os.path.join(board_dir, "S01torpor"), os.path.join(stage, "etc", "init.d", "S01torpor"))
     shutil.copy(assets.busybox, os.path.join(stage, "bin", "busybox"))
@@ -264,11 +273,19 @@ def initramfs(assets, torpor_bin, app_bins, tools, bench_dir, conf, work):
         shutil.copy(path, os.path.join(stage, "bench", "apps", name))
     for name, path in tools.items():
         shutil.copy(path, os.path.join(stage, "bench", "tools", name))
-    modules = kernel_modules(assets.modules, DATA_MODULES)
+    for src, dest in extra:
+        os.makedirs(os.path.dirname(os.path.join(stage, dest)), exist_ok=True)
+        shutil.copy(src, os.path.join(stage, dest))
+        os.chmod(os.path.join(stage, dest), 0o755)
+    # The card's driver first (its modules load before the store is looked
+    # for), then what the rootfs and torpor need.
+    card = kernel_modules(assets.modules, profile.card_modules)
+    modules = [p for p in kernel_modules(assets.modules, DATA_MODULES) if p not in card]
     os.makedirs(os.path.join(stage, "lib", "modules"))
-    for path in modules:
+    for path in card + modules:
         shutil.copy(path, os.path.join(stage, "lib", "modules", os.path.basename(path)))
-    conf = dict(conf, BENCH_MODULES=" ".join(os.path.basename(p) for p in modules))
+    conf = dict(conf, BENCH_MODULES=" ".join(os.path.basename(p) for p in modules),
+                BENCH_CARD_MODULES=" ".join(os.path.basename(p) for p in card))
     with open(os.path.join(stage, "bench", "bench.conf"), "w", encoding="utf-8") as f:
         for key, value in conf.items():
             f.write(f"{key}='{value}'\n")

@@ -14,6 +14,7 @@ from contextlib import redirect_stdout
 import bench
 import board
 import build
+import profiles
 
 TRACE_SET17 = ("memory_region_ops_write cpu 0 mr 0x7f0e30f793d0 addr 0x2020001c "
                "value 0x20000 size 4 name 'bcm2835_gpio'")
@@ -282,6 +283,46 @@ class StoreCutTest(unittest.TestCase):
         outcomes, _ = self.run_store_cut(script, cuts=3)
         self.assertEqual([o.verdict for o in outcomes], ["FAIL"])
         self.assertIn("seeding dump into the store failed", outcomes[0].message)
+
+
+class BoardProfileTest(unittest.TestCase):
+    def test_zero2w_power_line_is_the_bcm2837_register(self):
+        line = board.PowerLine(17, profile=profiles.ZERO2W)
+        self.assertEqual(line.register, 0x3F20001C)
+        self.assertTrue(line.cuts_power(0x3F20001C, 1 << 17))
+        self.assertFalse(line.cuts_power(board.GPSET0, 1 << 17))
+        self.assertEqual(line.describe(), "GPIO17 active-high (GPSET0 0x3f20001c)")
+        low = board.PowerLine(4, active_high=False, profile=profiles.ZERO2W)
+        self.assertTrue(low.cuts_power(0x3F200028, 1 << 4))
+
+    def test_zero_keeps_the_bcm2835_registers(self):
+        self.assertEqual((profiles.ZERO.gpset0, profiles.ZERO.gpclr0), (0x2020001C, 0x20200028))
+        self.assertEqual((board.GPSET0, board.GPCLR0), (0x2020001C, 0x20200028))
+
+    def test_zero2w_layout_has_the_store_and_a_larger_boot(self):
+        with open(os.path.join(bench.REPO, "board", "raspberrypizero2w", "genimage.cfg.in")) as f:
+            layout = build.Layout(f.read())
+        self.assertEqual([p[0] for p in layout.partitions], ["boot", "rootfs", "torpor"])
+        self.assertEqual(layout.number("torpor"), 3)
+        self.assertEqual(layout.size("torpor"), 1040 << 20)
+        self.assertEqual(layout.partitions[layout.number("torpor") - 1][1], 0xDA)
+
+    def test_kernel_package_names(self):
+        self.assertTrue(profiles.ZERO2W.kernel_name.match("linux-image-6.1.0-57-arm64:arm64"))
+        self.assertFalse(profiles.ZERO2W.kernel_name.match("linux-image-6.1.0-57-rpi:armel"))
+        self.assertTrue(profiles.ZERO.kernel_name.match("linux-image-6.1.0-57-rpi:armel"))
+
+    def test_board_option_picks_work_dir_and_power_registers(self):
+        opts = argparse.Namespace(work=None, board="zero2w", power_line=17, power_active_low=False)
+        b = bench.Bench(opts)
+        self.assertEqual(b.work, os.path.join(bench.REPO, "build", "pizero2w"))
+        self.assertEqual(b.power.register, 0x3F20001C)
+        opts = argparse.Namespace(work=None, power_line=17, power_active_low=False)
+        self.assertEqual(bench.Bench(opts).work, os.path.join(bench.REPO, "build", "pizero"))
+
+    def test_zero2w_runs_a_representative_set(self):
+        self.assertEqual(profiles.ZERO2W.all_jobs, ("test", "gpio-cut", "power-cycle", "hibernate", "compat"))
+        self.assertIsNone(profiles.ZERO.all_jobs, "every job runs on the Pi Zero")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
  * x86_64: xmm0-15 (and the upper halves of ymm0-15 when the CPU has AVX),
  * the eight x87 stack registers, MXCSR and the x87 control word.
  * ARM: d0-d15 (d0-d31 when the VFP has 32 double registers) and FPSCR.
+ * AArch64: the 128-bit v0-v31 and FPCR.
  *
  * One hand-written routine loads the registers, writes "READY fpu" itself (so
  * the values are certainly live before the harness can act), then polls for
@@ -16,11 +17,11 @@
  */
 #include "common.h"
 
-#define F_WIDE 1     /* x86: AVX present; ARM: d16-d31 present */
+#define F_WIDE 1     /* x86: AVX present; ARM: d16-d31 present; AArch64: always */
 #define F_VEC 2      /* perturb a vector/VFP register after go */
 #define F_X87 4      /* perturb an x87 register (x86) */
 #define F_CTL 8      /* perturb MXCSR / FPSCR */
-#define F_WIDE_VEC 16 /* perturb a ymm upper half / d20 */
+#define F_WIDE_VEC 16 /* perturb a ymm upper half / d20 / v20 */
 
 #if defined(__x86_64__)
 
@@ -340,6 +341,135 @@ static void compare(const struct fpu_regs *in, const struct fpu_regs *out, int w
     uint32_t ctl = 0x07f79f00;
     if ((in->fpscr & ctl) != (out->fpscr & ctl))
         fail("fpscr control bits: expected %#x, got %#x", in->fpscr & ctl, out->fpscr & ctl);
+}
+
+#elif defined(__aarch64__)
+
+struct fpu_regs {
+    uint8_t v[32][16]; /*   0 */
+    uint32_t fpcr; /* 512 */
+    uint32_t fpsr; /* 516 */
+};
+_Static_assert(__builtin_offsetof(struct fpu_regs, fpcr) == 512, "fpcr offset");
+
+void fpu_hold(const struct fpu_regs *in, struct fpu_regs *out, long flags);
+
+#define V_LOAD4(a, b, c, d) "ld1 {v" #a ".16b, v" #b ".16b, v" #c ".16b, v" #d ".16b}, [x9], #64\n"
+#define V_STORE4(a, b, c, d) "st1 {v" #a ".16b, v" #b ".16b, v" #c ".16b, v" #d ".16b}, [x9], #64\n"
+#define V_ALL(m) m(0, 1, 2, 3) m(4, 5, 6, 7) m(8, 9, 10, 11) m(12, 13, 14, 15) \
+    m(16, 17, 18, 19) m(20, 21, 22, 23) m(24, 25, 26, 27) m(28, 29, 30, 31)
+
+__asm__(
+    ".text\n"
+    ".globl fpu_hold\n"
+    ".type fpu_hold, %function\n"
+    ".balign 4\n"
+    "fpu_hold:\n"
+    "stp x29, x30, [sp, #-16]!\n"
+    "stp d8, d9, [sp, #-16]!\n"
+    "stp d10, d11, [sp, #-16]!\n"
+    "stp d12, d13, [sp, #-16]!\n"
+    "stp d14, d15, [sp, #-16]!\n"
+    "stp x19, x20, [sp, #-16]!\n"
+    "stp x21, x22, [sp, #-16]!\n"
+    "mov x19, x0\n"
+    "mov x20, x1\n"
+    "mov x21, x2\n"
+    "mrs x22, fpcr\n"
+    "mov x9, x19\n"
+    V_ALL(V_LOAD4)
+    "ldr w10, [x19, #512]\n"
+    "msr fpcr, x10\n"
+    /* write(1, "READY fpu\n", 10); syscalls keep v0-v31 */
+    "mov x0, #1\n"
+    "adr x1, fpu_ready_msg\n"
+    "mov x2, #10\n"
+    "mov x8, #64\n"
+    "svc #0\n"
+    "2:\n"
+    /* nanosleep(&20ms, NULL) */
+    "adr x0, fpu_poll_ts\n"
+    "mov x1, #0\n"
+    "mov x8, #101\n"
+    "svc #0\n"
+    /* faccessat(AT_FDCWD, "go", F_OK, 0) */
+    "mov x0, #-100\n"
+    "adr x1, fpu_go_path\n"
+    "mov x2, #0\n"
+    "mov x3, #0\n"
+    "mov x8, #48\n"
+    "svc #0\n"
+    "cbnz x0, 2b\n"
+    "tst x21, #2\n"
+    "b.eq 3f\n"
+    "not v5.16b, v5.16b\n"
+    "3:\n"
+    "tst x21, #8\n"
+    "b.eq 4f\n"
+    "mrs x10, fpcr\n"
+    "eor x10, x10, #0x00c00000\n"
+    "msr fpcr, x10\n"
+    "4:\n"
+    "tst x21, #16\n"
+    "b.eq 5f\n"
+    "not v20.16b, v20.16b\n"
+    "5:\n"
+    "mov x9, x20\n"
+    V_ALL(V_STORE4)
+    "mrs x10, fpcr\n"
+    "str w10, [x20, #512]\n"
+    "mrs x10, fpsr\n"
+    "str w10, [x20, #516]\n"
+    "msr fpcr, x22\n"
+    "ldp x21, x22, [sp], #16\n"
+    "ldp x19, x20, [sp], #16\n"
+    "ldp d14, d15, [sp], #16\n"
+    "ldp d12, d13, [sp], #16\n"
+    "ldp d10, d11, [sp], #16\n"
+    "ldp d8, d9, [sp], #16\n"
+    "ldp x29, x30, [sp], #16\n"
+    "ret\n"
+    ".balign 8\n"
+    "fpu_poll_ts: .quad 0, 20000000\n"
+    "fpu_ready_msg: .ascii \"READY fpu\\n\"\n"
+    "fpu_go_path: .asciz \"go\"\n"
+    ".balign 4\n"
+    ".size fpu_hold, .-fpu_hold\n");
+
+/* All 32 vector registers exist on every AArch64 CPU. */
+static int wide_available(void)
+{
+    return 1;
+}
+
+static void fill_in(struct fpu_regs *in)
+{
+    memset(in, 0, sizeof *in);
+    for (int i = 0; i < 32; i++) {
+        uint64_t lo = mix64(0xf0 + (uint64_t)i), hi = mix64(0x1f0 + (uint64_t)i);
+        memcpy(in->v[i], &lo, 8);
+        memcpy(in->v[i] + 8, &hi, 8);
+    }
+    in->fpcr = 0x03c00000; /* default NaN, flush-to-zero, round toward zero */
+}
+
+static void compare(const struct fpu_regs *in, const struct fpu_regs *out, int wide)
+{
+    (void)wide;
+    for (int i = 0; i < 32; i++)
+        if (memcmp(in->v[i], out->v[i], 16) != 0) {
+            uint64_t al, ah, bl, bh;
+            memcpy(&al, in->v[i], 8);
+            memcpy(&ah, in->v[i] + 8, 8);
+            memcpy(&bl, out->v[i], 8);
+            memcpy(&bh, out->v[i] + 8, 8);
+            fail("v%d: expected %016llx:%016llx, got %016llx:%016llx", i, (unsigned long long)ah,
+                 (unsigned long long)al, (unsigned long long)bh, (unsigned long long)bl);
+        }
+    /* AHP, DN, FZ and RMode: the bits this CPU implements and the app sets. */
+    uint32_t ctl = 0x07c00000;
+    if ((in->fpcr & ctl) != (out->fpcr & ctl))
+        fail("fpcr control bits: expected %#x, got %#x", in->fpcr & ctl, out->fpcr & ctl);
 }
 
 #else

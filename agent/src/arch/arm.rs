@@ -8,7 +8,7 @@
 //! our buffers through `libc::ptrace`, which nix does not wrap for ARM.
 #![allow(unsafe_code)]
 
-use super::{ptrace_err, restart_kind, Bits, RegsError, Restart};
+use super::{aarch32_user, ptrace_err, restart_kind, Bits, RegsError, Restart};
 
 pub const ARCH: &str = "arm";
 /// `svc #0` then the Linux ARM breakpoint `0xe7f001f0` (little endian).
@@ -246,6 +246,7 @@ pub fn get_regs(tid: i32) -> Result<Regs, RegsError> {
     if rc < 0 {
         return Err(ptrace_err("PTRACE_GETREGS", tid));
     }
+    aarch32_user(tid, r.cpsr)?;
     Ok(r)
 }
 

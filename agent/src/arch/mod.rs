@@ -247,6 +247,34 @@ pub enum RegsError {
         "task {tid} runs 32-bit ARM (AArch32) code; this torpor checkpoints 64-bit tasks only"
     )]
     Foreign { tid: i32 },
+    #[error(
+        "task {tid} runs 64-bit ARM (AArch64) code; this 32-bit ARM torpor checkpoints \
+         32-bit tasks only (use the aarch64 torpor)"
+    )]
+    Wide { tid: i32 },
+}
+
+/// The mode field of an ARM cpsr, and the value every 32-bit user task has.
+#[cfg(any(target_arch = "arm", test))]
+const CPSR_MODE: u32 = 0x1f;
+#[cfg(any(target_arch = "arm", test))]
+const CPSR_MODE_USR: u32 = 0x10;
+
+/// Whether the cpsr a 32-bit tracer read belongs to a 32-bit user task.
+///
+/// A 32-bit ARM task always runs in user mode (0x10). On an arm64 kernel a
+/// 32-bit tracer may seize a 64-bit task too, and the kernel then hands it
+/// that task's registers squeezed into the 32-bit layout, without an error:
+/// the "cpsr" is the AArch64 PSTATE, whose mode field is EL0t (0). Such
+/// registers are meaningless, and code written at their pc would land in
+/// the wrong place; the task is refused instead.
+#[cfg(any(target_arch = "arm", test))]
+fn aarch32_user(tid: i32, cpsr: u32) -> Result<(), RegsError> {
+    if cpsr & CPSR_MODE == CPSR_MODE_USR {
+        Ok(())
+    } else {
+        Err(RegsError::Wide { tid })
+    }
 }
 
 pub(crate) fn ptrace_err(op: &'static str, tid: i32) -> RegsError {
@@ -294,6 +322,23 @@ mod tests {
         img[4] = 1;
         assert_eq!(elf64_tail_slot(&img, &code), None);
         assert_eq!(elf64_tail_slot(&[0u8; 8], &code), None);
+    }
+
+    #[test]
+    fn a_64_bit_task_seen_by_a_32_bit_tracer_is_refused() {
+        // User mode, with flags and the Thumb bit: a 32-bit task.
+        assert!(aarch32_user(7, 0x6000_0010).is_ok());
+        assert!(aarch32_user(7, 0x0000_0030).is_ok());
+        // The PSTATE of an AArch64 task at EL0 (mode EL0t, nRW clear).
+        let e = aarch32_user(4242, 0x6000_0000).expect_err("EL0t is not AArch32 user mode");
+        assert!(matches!(e, RegsError::Wide { tid: 4242 }));
+        assert_eq!(
+            e.to_string(),
+            "task 4242 runs 64-bit ARM (AArch64) code; this 32-bit ARM torpor checkpoints \
+             32-bit tasks only (use the aarch64 torpor)"
+        );
+        // Any other mode is no user task either.
+        assert!(aarch32_user(1, 0x13).is_err());
     }
 
     #[test]

@@ -121,7 +121,9 @@ impl From<crate::arch::RegsError> for Cause {
     fn from(e: crate::arch::RegsError) -> Self {
         match e {
             // Not a failure of the task or of ptrace: a task torpor cannot take.
-            e @ crate::arch::RegsError::Foreign { .. } => Cause::Unsupported(e.to_string()),
+            e @ (crate::arch::RegsError::Foreign { .. } | crate::arch::RegsError::Wide { .. }) => {
+                Cause::Unsupported(e.to_string())
+            }
             e => Cause::Ptrace(e.into()),
         }
     }

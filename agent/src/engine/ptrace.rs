@@ -37,10 +37,12 @@ impl From<RegsError> for PtraceError {
                 tid: 0,
                 what: other.to_string(),
             },
-            other @ RegsError::Foreign { tid } => PtraceError::Unexpected {
-                tid,
-                what: other.to_string(),
-            },
+            other @ (RegsError::Foreign { tid } | RegsError::Wide { tid }) => {
+                PtraceError::Unexpected {
+                    tid,
+                    what: other.to_string(),
+                }
+            }
         }
     }
 }

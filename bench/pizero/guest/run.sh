@@ -24,6 +24,8 @@
 #   attempts-seed  an image whose executable then changes on the SD card
 #   attempts-boot  `torpor boot` fails; at the last attempt it gives up
 #   unauthorized a uid not in allow_users asks; refused, the app runs on
+#   compat       (64-bit kernels) the 32-bit torpor checkpoints a 32-bit app;
+#                each torpor refuses a task of the other width
 #
 # Result lines, all read by bench/pizero/bench.py:
 #   TORPOR-INFO <key> <value>
@@ -900,6 +902,75 @@ job_attempts_boot() {
     fi
 }
 
+# ---- 32-bit userland on a 64-bit kernel --------------------------------
+# The ARMv6 torpor (/usr/bin/torpor32) and the ARMv6 counter
+# (/bench/apps32/counter) beside the native ones, on the arm64 kernel.
+
+# $1 tag, $2 torpor, $3 app binary, $4 regex the refusal must match.
+compat_refused() {
+    tag=$1
+    W=$WORK/$tag
+    rm -rf "$W"
+    mkdir -p "$W"
+    (cd "$W" && exec "$3" </dev/null >app.log 2>&1) &
+    pid=$!
+    app_ready "$tag" || return 0
+    TORPOR=$2
+    torpor_bounded "$tag" "$W/dump.out" dump --pid "$pid" --store "$BENCH_STORE"
+    rc=$?
+    TORPOR=/usr/bin/torpor
+    if [ "$rc" -ne 1 ] || ! grep -Eq "$4" "$W/dump.out"; then
+        result "$tag" FAIL "$2 dump --pid $pid exited with $rc, expected a refusal matching '$4'"
+        details "$tag" "$W/dump.out"
+        stop_app
+    elif pid_gone "$pid"; then
+        result "$tag" FAIL "pid $pid is gone after a refused dump"
+        details "$tag" "$W/dump.out"
+    else
+        : >"$W/go"
+        if wait_for_line "$W/app.log" '^PASS counter' "$BENCH_VERIFY_TIMEOUT" "$pid"; then
+            result "$tag" PASS "$(grep -E '^torpor: error: ' "$W/dump.out" | head -n 1)"
+        else
+            result "$tag" FAIL "the app did not run on after the refusal"
+            details "$tag" "$W/app.log"
+            stop_app
+        fi
+    fi
+}
+
+job_compat() {
+    if [ ! -x /usr/bin/torpor32 ]; then
+        echo "TORPOR-SKIP compat this board has no 32-bit torpor"
+        return 0
+    fi
+    info torpor32-version "$(/usr/bin/torpor32 --version 2>&1)"
+    # The 32-bit torpor checkpoints and restores a 32-bit app, as on a
+    # Zero 2 W running Raspberry Pi OS 32-bit on its 64-bit kernel.
+    app=counter
+    W=$WORK/compat-32
+    rm -rf "$W"
+    mkdir -p "$W"
+    (cd "$W" && exec /bench/apps32/counter </dev/null >app.log 2>&1) &
+    pid=$!
+    if app_ready compat-32; then
+        TORPOR=/usr/bin/torpor32
+        if dump_app compat-32 && restore_app compat-32 restore; then
+            : >"$W/go"
+            if wait_for_line "$W/app.log" '^PASS counter' "$BENCH_VERIFY_TIMEOUT" "$pid"; then
+                result compat-32 PASS "32-bit torpor: 32-bit counter checkpointed and restored"
+            else
+                result compat-32 FAIL "no PASS counter after the restore"
+                details compat-32 "$W/app.log"
+            fi
+        fi
+        TORPOR=/usr/bin/torpor
+    fi
+    compat_refused compat-32-on-64 /usr/bin/torpor32 /bench/apps/counter \
+        'task [0-9]+ runs 64-bit ARM \(AArch64\) code'
+    compat_refused compat-64-on-32 /usr/bin/torpor /bench/apps32/counter \
+        'task [0-9]+ runs 32-bit ARM \(AArch32\) code'
+}
+
 # One boot: a user not in access.allow_users asks to hibernate; the daemon
 # refuses and the app runs on.
 job_unauthorized() {
@@ -927,6 +998,11 @@ job_unauthorized() {
     store_status
 }
 
+# The SD card's host driver, where the kernel has it as a module (the Pi
+# Zero 2 W's arm64 kernel): the card and its partitions appear once it runs.
+for module in $BENCH_CARD_MODULES; do
+    insmod "/lib/modules/$module" || { error "insmod $module failed"; exit 1; }
+done
 wait_for_store || exit 1
 case "$1" in
     store-seed | store-cut | store-check)
@@ -954,5 +1030,6 @@ case "$1" in
     attempts-seed) job_attempts_seed ;;
     attempts-boot) job_attempts_boot ;;
     unauthorized) job_unauthorized ;;
+    compat) job_compat ;;
     *) error "unknown bench mode '$1'"; exit 2 ;;
 esac

@@ -42,6 +42,58 @@ struct PrctlMmMap {
 }
 const _: () = assert!(core::mem::size_of::<PrctlMmMap>() == 104);
 
+/// `struct prctl_mm_map` as the running kernel reads it. The kernel copies
+/// it in its own layout, also from a 32-bit task under a 64-bit kernel
+/// (compat): there `auxv` takes eight bytes, and the 32-bit layout would put
+/// `auxv_size` in the pointer's upper half. `kernel_word` is 4 or 8.
+fn mm_map_bytes(map: &PrctlMmMap, kernel_word: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(104);
+    for v in [
+        map.start_code,
+        map.end_code,
+        map.start_data,
+        map.end_data,
+        map.start_brk,
+        map.brk,
+        map.start_stack,
+        map.arg_start,
+        map.arg_end,
+        map.env_start,
+        map.env_end,
+    ] {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    // usize is at most 64 bits wide on every target.
+    let auxv = u64::try_from(map.auxv).unwrap_or(u64::MAX);
+    if kernel_word == 8 {
+        out.extend_from_slice(&auxv.to_ne_bytes());
+    } else {
+        // A 32-bit kernel, a 32-bit task: its addresses fit 32 bits.
+        out.extend_from_slice(&u32::try_from(auxv).unwrap_or(u32::MAX).to_ne_bytes());
+    }
+    out.extend_from_slice(&map.auxv_size.to_ne_bytes());
+    out.extend_from_slice(&map.exe_fd.to_ne_bytes());
+    out.resize(104, 0);
+    out
+}
+
+/// The running kernel's word size in bytes, from `uname`'s machine. A
+/// 64-bit ARM kernel says `aarch64` to 32-bit tasks too, or `armv8l` under
+/// the PER_LINUX32 personality (`linux32`); a 32-bit ARM kernel says
+/// `armv6l` or `armv7l`, also on an ARMv8 CPU.
+fn kernel_word_for(machine: &str) -> usize {
+    if cfg!(target_pointer_width = "64") || machine == "aarch64" || machine == "armv8l" {
+        8
+    } else {
+        4
+    }
+}
+
+fn kernel_word() -> Result<usize, Cause> {
+    let uts = nix::sys::utsname::uname().map_err(|e| Cause::Io(e.into()))?;
+    Ok(kernel_word_for(&uts.machine().to_string_lossy()))
+}
+
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 
@@ -84,7 +136,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 .map_err(|_| Cause::Refused(format!("exe fd {exe_fd} in process {pid}")))?,
             ..Default::default()
         };
-        let map_at = s.value(&map)?;
+        let map_at = s.bytes(&mm_map_bytes(&map, kernel_word()?))?;
         let res = r.syscall(
             "prctl(PR_SET_MM_MAP)",
             nr::PRCTL,
@@ -254,4 +306,84 @@ fn auxv_bytes(words: &[u64]) -> Result<Vec<u8>, Cause> {
         out.extend_from_slice(&n.to_ne_bytes());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PrctlMmMap {
+        PrctlMmMap {
+            start_code: 0x1_0000,
+            end_code: 0x2_0000,
+            start_data: 0x3_0000,
+            end_data: 0x4_0000,
+            start_brk: 0x5_0000,
+            brk: 0x6_0000,
+            start_stack: 0x7_0000,
+            arg_start: 0x8_0000,
+            arg_end: 0x9_0000,
+            env_start: 0xa_0000,
+            env_end: 0xb_0000,
+            auxv: 0xbeef_0000,
+            auxv_size: 0x130,
+            exe_fd: 9,
+            ..Default::default()
+        }
+    }
+
+    fn word32(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    #[test]
+    fn a_64_bit_kernel_reads_an_eight_byte_auxv_pointer() {
+        let b = mm_map_bytes(&sample(), 8);
+        assert_eq!(b.len(), 104);
+        assert_eq!(
+            u64::from_ne_bytes(b[88..96].try_into().expect("8 bytes")),
+            0xbeef_0000
+        );
+        assert_eq!(word32(&b, 96), 0x130, "auxv_size after the 8-byte pointer");
+        assert_eq!(word32(&b, 100), 9, "exe_fd");
+        assert_eq!(
+            u64::from_ne_bytes(b[80..88].try_into().expect("8 bytes")),
+            0xb_0000,
+            "env_end"
+        );
+    }
+
+    #[test]
+    fn a_32_bit_kernel_reads_a_four_byte_auxv_pointer() {
+        let b = mm_map_bytes(&sample(), 4);
+        assert_eq!(b.len(), 104);
+        assert_eq!(word32(&b, 88), 0xbeef_0000);
+        assert_eq!(word32(&b, 92), 0x130, "auxv_size right after the pointer");
+        assert_eq!(word32(&b, 96), 9, "exe_fd");
+        assert_eq!(&b[100..], &[0, 0, 0, 0], "padding");
+    }
+
+    #[test]
+    fn the_native_layout_is_the_kernel_layout_of_a_native_torpor() {
+        // A torpor as wide as its kernel writes the struct as the compiler
+        // lays it out.
+        let word = core::mem::size_of::<usize>();
+        assert_eq!(
+            mm_map_bytes(&sample(), word),
+            bytemuck::bytes_of(&sample()).to_vec()
+        );
+    }
+
+    #[test]
+    fn the_kernel_word_comes_from_the_machine_name() {
+        assert_eq!(kernel_word_for("aarch64"), 8);
+        assert_eq!(kernel_word_for("armv8l"), 8);
+        let narrow = if cfg!(target_pointer_width = "64") {
+            8
+        } else {
+            4
+        };
+        assert_eq!(kernel_word_for("armv6l"), narrow);
+        assert_eq!(kernel_word_for("armv7l"), narrow);
+    }
 }

@@ -1,0 +1,1 @@
+../raspberrypi0/post-image.sh
