@@ -65,11 +65,7 @@ impl StoreEngine {
         trees: &[(Pid, String)],
         conn_fd: RawFd,
     ) -> Result<(Stored, Trees), CheckpointError> {
-        let conn = torpor_conn::peer_inode(conn_fd).map_err(|e| {
-            CheckpointError::Dump(format!(
-                "cannot find the caller's end of its connection: {e}"
-            ))
-        })?;
+        let conn = caller_conn(conn_fd)?;
         let mut store = self.open()?;
         let writer = store
             .writer()
@@ -98,22 +94,9 @@ impl StoreEngine {
                 .and_then(|r| trees.iter().find(|(p, _)| p.as_raw() == r))
                 .map(|(p, n)| format!("app {n} (pid {p}): "))
                 .unwrap_or_default();
-            let text = format!("{name}{}", e.error);
-            if matches!(e.error.step, Step::Store | Step::WriteImage) {
-                CheckpointError::Store(text)
-            } else {
-                CheckpointError::Dump(text)
-            }
+            failed(e.error.step, format!("{name}{}", e.error))
         })?;
-        let info = committed
-            .ok_or_else(|| CheckpointError::Store("the image was never committed".into()))?;
-        Ok((
-            Stored {
-                generation: info.generation,
-                image_bytes: info.len,
-            },
-            frozen,
-        ))
+        Ok((stored(committed)?, frozen))
     }
 
     /// Dumps the tree of `pid` into the store; the tree is frozen on `Ok`.
@@ -121,11 +104,7 @@ impl StoreEngine {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(CheckpointError::NoSuchProcess(pid));
         }
-        let conn = torpor_conn::peer_inode(conn_fd).map_err(|e| {
-            CheckpointError::Dump(format!(
-                "cannot find the caller's end of its connection: {e}"
-            ))
-        })?;
+        let conn = caller_conn(conn_fd)?;
         let mut store = self.open()?;
         let writer = store
             .writer()
@@ -146,23 +125,38 @@ impl StoreEngine {
                 Ok(())
             },
         );
-        let (_, frozen) = result.map_err(|e| {
-            if matches!(e.step, Step::Store | Step::WriteImage) {
-                CheckpointError::Store(e.to_string())
-            } else {
-                CheckpointError::Dump(e.to_string())
-            }
-        })?;
-        let info = committed
-            .ok_or_else(|| CheckpointError::Store("the image was never committed".into()))?;
-        Ok((
-            Stored {
-                generation: info.generation,
-                image_bytes: info.len,
-            },
-            frozen,
-        ))
+        let (_, frozen) = result.map_err(|e| failed(e.step, e.to_string()))?;
+        Ok((stored(committed)?, frozen))
     }
+}
+
+/// The inode of the caller's end of its connection to the daemon.
+fn caller_conn(conn_fd: RawFd) -> Result<u64, CheckpointError> {
+    torpor_conn::peer_inode(conn_fd).map_err(|e| {
+        CheckpointError::Dump(format!(
+            "cannot find the caller's end of its connection: {e}"
+        ))
+    })
+}
+
+/// A failed dump, as a store failure when the store or the image writing
+/// failed, a dump failure otherwise.
+fn failed(step: Step, text: String) -> CheckpointError {
+    if matches!(step, Step::Store | Step::WriteImage) {
+        CheckpointError::Store(text)
+    } else {
+        CheckpointError::Dump(text)
+    }
+}
+
+/// What a dump stored: the slot the store committed.
+fn stored(committed: Option<SlotInfo>) -> Result<Stored, CheckpointError> {
+    let info =
+        committed.ok_or_else(|| CheckpointError::Store("the image was never committed".into()))?;
+    Ok(Stored {
+        generation: info.generation,
+        image_bytes: info.len,
+    })
 }
 
 impl Engine for StoreEngine {
