@@ -609,7 +609,9 @@ def main(argv):
     # guest time, depending on the host's load.
     p.add_argument("--torpor-timeout", type=int, default=240, help="seconds allowed per torpor command")
     p.add_argument("--sleep-at", type=int, default=5, help="the counter value at which sleepy-counter hibernates")
-    p.add_argument("--end-at", type=int, default=10, help="the counter value at which sleepy-counter ends")
+    # Ten ticks a second: after the wake the restored counter runs 3.5 s,
+    # time for every managed app's `torpor run` line to adopt it first.
+    p.add_argument("--end-at", type=int, default=40, help="the counter value at which sleepy-counter ends")
     p.add_argument("--show", action="store_true", help="print the hibernation story from the console as it happens")
     opts = p.parse_args(argv)
     if opts.seed is None:

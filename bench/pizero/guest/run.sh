@@ -761,9 +761,11 @@ wake_counters() {
     before_a=$1 before_b=$2
     problems=
     pa=$(cat "$WORK/counter-a/root.pid") pb=$(cat "$WORK/counter-b/root.pid") pc=$(cat "$WORK/counter-b/child.pid")
+    # sleepy-counter first: it counts on to $BENCH_END_AT and ends, and a
+    # line run after its end would start it afresh.
+    adopt_managed sleepy "$pid" "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT"
     adopt_managed counter-a "$pa" /bench/apps/counter "$COUNTER_MS"
     adopt_managed counter-b "$pb" /bin/sh -c "/bench/apps/counter $COUNTER_MS & echo \$! >child.pid; wait"
-    adopt_managed sleepy "$pid" "$SLEEPY" /run/torpor.sock "$BENCH_SLEEP_AT" "$BENCH_END_AT"
     kids=$(cat "/proc/$pb/task/$pb/children" 2>/dev/null)
     [ "$kids" = "$pc " ] || problems="$problems; counter-b (pid $pb) has children '$kids', not $pc"
     for c in counter-a:"$before_a" counter-b:"$before_b"; do
