@@ -9,6 +9,7 @@
 mod engine_util;
 use engine_util::*;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -31,11 +32,19 @@ struct Tmux {
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> String {
-        let o = Command::new("tmux")
-            .args(["-S", &self.sock, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .expect("run tmux");
+        let mut c = Command::new("tmux");
+        c.args(["-S", &self.sock, "-f", "/dev/null"]).args(args);
+        // The server starts from the first command: none of this test's
+        // descriptors may reach it.
+        // SAFETY: between fork and exec only close_range, which is
+        // async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let o = c.output().expect("run tmux");
         assert!(
             o.status.success(),
             "tmux {args:?}: {}",
@@ -81,7 +90,9 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     let tmux = Tmux {
         sock: dir.join("sock").to_string_lossy().into_owned(),
     };
-    let shell = format!("bash {}", pane.display());
+    // A shell with job control runs the counting script as its foreground
+    // job, in a process group of its own.
+    let shell = format!("bash -c 'set -m; bash {}; exit 3'", pane.display());
     tmux.cmd(&["new-session", "-d", "-x", "91", "-y", "33", &shell]);
     let server: i32 = tmux
         .cmd(&["display", "-p", "#{pid}"])
@@ -111,17 +122,36 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     };
     assert_eq!(size(&tty), "33 91");
     let fields = terminal_fields(pane_pid);
-    // The pane's shell leads its session on the pane's terminal.
+    let job: i32 = std::fs::read_to_string(format!("/proc/{pane_pid}/task/{pane_pid}/children"))
+        .expect("children")
+        .trim()
+        .parse()
+        .expect("one job");
+    reaper.add(job);
+    // The pane's shell leads its session on the pane's terminal; its job
+    // is the foreground group.
     assert_eq!(
         fields,
         format!(
-            "{pane_pid} {} {pane_pid}",
+            "{pane_pid} {} {job}",
             136 << 8 | tty[9..].parse::<i32>().expect("N")
         )
     );
+    assert_eq!(terminal_fields(job), fields);
+    // The clients of the commands above gone from the server: it holds
+    // its listener and its own pipe only.
+    wait_for("the server without clients", || {
+        let links: Vec<String> = std::fs::read_dir(format!("/proc/{server}/fd"))
+            .expect("fds")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        let count = |p: &str| links.iter().filter(|l| l.starts_with(p)).count();
+        count("socket:") == 1 && count("pipe:") == 2
+    });
 
     dump(server, &img, &[]);
-    for p in [server, pane_pid] {
+    for p in [server, pane_pid, job] {
         wait_for("the dumped tree gone", || {
             // SAFETY: waitpid with WNOHANG on a child of this process.
             unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
@@ -135,6 +165,7 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
         pane_pid.to_string()
     );
     assert_eq!(terminal_fields(pane_pid), fields);
+    assert_eq!(terminal_fields(job), fields);
     assert_eq!(size(&tty), "33 91");
     let now = tmux.counted().len();
     wait_for("the pane counting on", || tmux.counted().len() >= now + 10);
@@ -146,7 +177,8 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     );
 
     // A client types into the pane: through the master, the line
-    // discipline and the pane's read.
+    // discipline and the read of the foreground job (a background one
+    // would be stopped by SIGTTIN).
     tmux.cmd(&["send-keys", "hello", "Enter"]);
     wait_for("the pane reading the typed line", || {
         tmux.cmd(&["capture-pane", "-p", "-S", "-"])

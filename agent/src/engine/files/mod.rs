@@ -54,7 +54,7 @@ use crate::image::records::{
     FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
 };
 
-pub use pty::{link as link_ptys, Ptys};
+pub use pty::{link as link_ptys, set_foreground, Ptys};
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
