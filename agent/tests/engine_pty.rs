@@ -9,6 +9,7 @@
 mod engine_util;
 use engine_util::*;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -374,4 +375,69 @@ fn pty_with_input_its_slave_has_not_read_is_refused_and_runs_on() {
         lines(&out).len() > n + 5
     });
     assert!(runs(pid, &bin));
+}
+
+const MASTER_ONLY: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int a = posix_openpt(O_RDWR | O_NOCTTY);
+    if (a != 3 || grantpt(a) || unlockpt(a)) return 2;
+    printf("%s\n", ptsname(a));
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+#[test]
+fn pty_whose_slave_is_open_outside_the_tree_is_refused_and_runs_on() {
+    use std::os::fd::AsRawFd;
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    let dir = scratch("pty-outside");
+    let bin = compile(&dir, "master", MASTER_ONLY, &[]);
+    let out = dir.join("out");
+    let img = dir.join("outside.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("counting", || lines(&out).len() > 3);
+    let slave = lines(&out)[0].clone();
+    // This process, outside the tree, holds the slave.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&slave)
+        .expect("open the slave");
+    let i = img.to_string_lossy().into_owned();
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", &i]);
+    assert!(
+        !o.status.success(),
+        "dumped a pair whose slave is held outside"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "files: the pseudo-terminal {slave}, whose master the tree holds, is also open in \
+         process {} outside the tree (fd {}), which would be left without it",
+        std::process::id(),
+        held.as_raw_fd()
+    );
+    assert!(err.contains(&want), "{err}");
+    let n = lines(&out).len();
+    wait_for("counting on after the refusal", || {
+        lines(&out).len() > n + 5
+    });
+    assert!(runs(pid, &bin));
+    // Once it is closed, the same tree dumps.
+    drop(held);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    reaper.0.clear();
 }

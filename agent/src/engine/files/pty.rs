@@ -414,6 +414,65 @@ pub fn link(files: &mut [OpenFile]) {
     }
 }
 
+/// Refuses a pair whose master the tree holds while a process outside it
+/// holds the slave: that process would be left with no master.
+pub fn outside_holders(files: &[OpenFile], tree: &[i32]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let slaves: Vec<(u32, u64, u64)> = files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FileKind::PtyMaster(m) => {
+                let md = std::fs::metadata(format!("/dev/pts/{}", m.index)).ok()?;
+                Some((m.index, md.dev(), md.rdev()))
+            }
+            _ => None,
+        })
+        .collect();
+    if slaves.is_empty() {
+        return Ok(());
+    }
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if tree.contains(&pid) || u32::try_from(pid) == Ok(me) {
+            continue;
+        }
+        // A process gone meanwhile, or one torpor may not look into,
+        // holds nothing here.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(index) = link.to_str().and_then(slave_index) else {
+                continue;
+            };
+            let Some(&(_, dev, rdev)) = slaves.iter().find(|s| s.0 == index) else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if md.dev() == dev && md.rdev() == rdev {
+                return Err(format!(
+                    "the pseudo-terminal /dev/pts/{index}, whose master the tree holds, is \
+                     also open in process {pid} outside the tree (fd {}), which would be \
+                     left without it",
+                    fd.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The pseudo-terminal pairs a restore makes, by slave index.
 #[derive(Debug, Default)]
 pub struct Ptys {
