@@ -441,3 +441,51 @@ fn pty_whose_slave_is_open_outside_the_tree_is_refused_and_runs_on() {
     assert_eq!(reap(pid), libc::SIGKILL);
     reaper.0.clear();
 }
+
+/// A slave whose master is outside the tree stays a terminal reopened by
+/// path, whose identity the image records like any path's.
+#[test]
+fn slave_of_a_master_outside_the_tree_is_a_terminal_with_its_identity() {
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    let dir = scratch("pty-outside-master");
+    let bin = compile(&dir, "master", MASTER_ONLY, &[]);
+    let img = dir.join("slave.img");
+    // The master here, the slave as the program's stdout.
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on the fd just opened.
+    let (master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m))
+            .to_string_lossy()
+            .into_owned();
+        (m, name)
+    };
+    let pid = spawn(&bin, &[], Some(Path::new(&slave)));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("the program on the terminal", || {
+        std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|l| l == Path::new(&slave))
+    });
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    reaper.0.clear();
+    let o = torpor(&["show", &img.to_string_lossy()]);
+    assert!(o.status.success());
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let tty = shown
+        .lines()
+        .find(|l| l.contains(r#""kind":"fd""#) && l.contains(r#""fd":1,"#))
+        .expect("fd 1");
+    assert!(tty.contains(r#""Tty":{"flags":"#), "{tty}");
+    assert!(tty.contains(&format!(r#""path":"{slave}""#)), "{tty}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(r#""kind":"file-owner""#)
+                && l.contains(&format!(r#""path":"{slave}""#))),
+        "no identity of {slave}"
+    );
+    // SAFETY: closing our own master.
+    unsafe { libc::close(master) };
+}
