@@ -9,6 +9,8 @@
 mod engine_util;
 use engine_util::*;
 
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -31,11 +33,19 @@ struct Tmux {
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> String {
-        let o = Command::new("tmux")
-            .args(["-S", &self.sock, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .expect("run tmux");
+        let mut c = Command::new("tmux");
+        c.args(["-S", &self.sock, "-f", "/dev/null"]).args(args);
+        // The server starts from the first command: none of this test's
+        // descriptors may reach it.
+        // SAFETY: between fork and exec only close_range, which is
+        // async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let o = c.output().expect("run tmux");
         assert!(
             o.status.success(),
             "tmux {args:?}: {}",
@@ -81,7 +91,9 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     let tmux = Tmux {
         sock: dir.join("sock").to_string_lossy().into_owned(),
     };
-    let shell = format!("bash {}", pane.display());
+    // A shell with job control runs the counting script as its foreground
+    // job, in a process group of its own.
+    let shell = format!("bash -c 'set -m; bash {}; exit 3'", pane.display());
     tmux.cmd(&["new-session", "-d", "-x", "91", "-y", "33", &shell]);
     let server: i32 = tmux
         .cmd(&["display", "-p", "#{pid}"])
@@ -111,17 +123,36 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     };
     assert_eq!(size(&tty), "33 91");
     let fields = terminal_fields(pane_pid);
-    // The pane's shell leads its session on the pane's terminal.
+    let job: i32 = std::fs::read_to_string(format!("/proc/{pane_pid}/task/{pane_pid}/children"))
+        .expect("children")
+        .trim()
+        .parse()
+        .expect("one job");
+    reaper.add(job);
+    // The pane's shell leads its session on the pane's terminal; its job
+    // is the foreground group.
     assert_eq!(
         fields,
         format!(
-            "{pane_pid} {} {pane_pid}",
+            "{pane_pid} {} {job}",
             136 << 8 | tty[9..].parse::<i32>().expect("N")
         )
     );
+    assert_eq!(terminal_fields(job), fields);
+    // The clients of the commands above gone from the server: it holds
+    // its listener and its own pipe only.
+    wait_for("the server without clients", || {
+        let links: Vec<String> = std::fs::read_dir(format!("/proc/{server}/fd"))
+            .expect("fds")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect();
+        let count = |p: &str| links.iter().filter(|l| l.starts_with(p)).count();
+        count("socket:") == 1 && count("pipe:") == 2
+    });
 
     dump(server, &img, &[]);
-    for p in [server, pane_pid] {
+    for p in [server, pane_pid, job] {
         wait_for("the dumped tree gone", || {
             // SAFETY: waitpid with WNOHANG on a child of this process.
             unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
@@ -135,6 +166,7 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
         pane_pid.to_string()
     );
     assert_eq!(terminal_fields(pane_pid), fields);
+    assert_eq!(terminal_fields(job), fields);
     assert_eq!(size(&tty), "33 91");
     let now = tmux.counted().len();
     wait_for("the pane counting on", || tmux.counted().len() >= now + 10);
@@ -146,7 +178,8 @@ fn tmux_server_and_its_pane_come_back_on_the_same_terminal() {
     );
 
     // A client types into the pane: through the master, the line
-    // discipline and the pane's read.
+    // discipline and the read of the foreground job (a background one
+    // would be stopped by SIGTTIN).
     tmux.cmd(&["send-keys", "hello", "Enter"]);
     wait_for("the pane reading the typed line", || {
         tmux.cmd(&["capture-pane", "-p", "-S", "-"])
@@ -342,4 +375,117 @@ fn pty_with_input_its_slave_has_not_read_is_refused_and_runs_on() {
         lines(&out).len() > n + 5
     });
     assert!(runs(pid, &bin));
+}
+
+const MASTER_ONLY: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int a = posix_openpt(O_RDWR | O_NOCTTY);
+    if (a != 3 || grantpt(a) || unlockpt(a)) return 2;
+    printf("%s\n", ptsname(a));
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+#[test]
+fn pty_whose_slave_is_open_outside_the_tree_is_refused_and_runs_on() {
+    use std::os::fd::AsRawFd;
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    let dir = scratch("pty-outside");
+    let bin = compile(&dir, "master", MASTER_ONLY, &[]);
+    let out = dir.join("out");
+    let img = dir.join("outside.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("counting", || lines(&out).len() > 3);
+    let slave = lines(&out)[0].clone();
+    // This process, outside the tree, holds the slave.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&slave)
+        .expect("open the slave");
+    let i = img.to_string_lossy().into_owned();
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", &i]);
+    assert!(
+        !o.status.success(),
+        "dumped a pair whose slave is held outside"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "files: the pseudo-terminal {slave}, whose master the tree holds, is also open in \
+         process {} outside the tree (fd {}), which would be left without it",
+        std::process::id(),
+        held.as_raw_fd()
+    );
+    assert!(err.contains(&want), "{err}");
+    let n = lines(&out).len();
+    wait_for("counting on after the refusal", || {
+        lines(&out).len() > n + 5
+    });
+    assert!(runs(pid, &bin));
+    // Once it is closed, the same tree dumps.
+    drop(held);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    reaper.0.clear();
+}
+
+/// A slave whose master is outside the tree stays a terminal reopened by
+/// path, whose identity the image records like any path's.
+#[test]
+fn slave_of_a_master_outside_the_tree_is_a_terminal_with_its_identity() {
+    let _ptys = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    become_subreaper();
+    let dir = scratch("pty-outside-master");
+    let bin = compile(&dir, "master", MASTER_ONLY, &[]);
+    let img = dir.join("slave.img");
+    // The master here, the slave as the program's stdout.
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on the fd just opened.
+    let (master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0 && libc::grantpt(m) == 0 && libc::unlockpt(m) == 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m))
+            .to_string_lossy()
+            .into_owned();
+        (m, name)
+    };
+    let pid = spawn(&bin, &[], Some(Path::new(&slave)));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("the program on the terminal", || {
+        std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|l| l == Path::new(&slave))
+    });
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    reaper.0.clear();
+    let o = torpor(&["show", &img.to_string_lossy()]);
+    assert!(o.status.success());
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let tty = shown
+        .lines()
+        .find(|l| l.contains(r#""kind":"fd""#) && l.contains(r#""fd":1,"#))
+        .expect("fd 1");
+    assert!(tty.contains(r#""Tty":{"flags":"#), "{tty}");
+    assert!(tty.contains(&format!(r#""path":"{slave}""#)), "{tty}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(r#""kind":"file-owner""#)
+                && l.contains(&format!(r#""path":"{slave}""#))),
+        "no identity of {slave}"
+    );
+    // SAFETY: closing our own master.
+    unsafe { libc::close(master) };
 }

@@ -624,6 +624,7 @@ fn pty_fds() -> [Fd; 2] {
                     slave_uid: 2006,
                     slave_gid: 5,
                     slave_mode: 0o620,
+                    foreground: 9_413,
                 },
             },
         },

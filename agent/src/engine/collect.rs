@@ -326,6 +326,9 @@ pub fn file_owners(p: &mut ProcessState, files: &[OpenFile]) -> Result<(), Engin
                     fifo: Some(path), ..
                 }),
             ) => add(path, &via, &mut out)?,
+            // Reopened by path when its master turns out to be outside
+            // the tree (`files::link_ptys`).
+            Some(FileKind::PtySlave(s)) => add(&format!("/dev/pts/{}", s.index), &via, &mut out)?,
             Some(
                 FileKind::UnlinkedFile(UnlinkedRef { .. })
                 | FileKind::Unlinked(UnlinkedData { .. }),

@@ -301,6 +301,12 @@ pub fn dump_trees<W: ImageSink>(
     table.mark_external_pipes().map_err(whole)?;
     crate::engine::files::check_peers(&mut table.files).map_err(whole)?;
     crate::engine::files::link_ptys(&mut table.files);
+    let tree_pids: Vec<i32> = trees
+        .0
+        .iter()
+        .flat_map(|f| f.pids.iter().copied())
+        .collect();
+    crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
     // Roots first: the trees' namespace is the first root's.

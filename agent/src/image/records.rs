@@ -763,6 +763,9 @@ pub struct PtyMaster {
     pub slave_uid: u32,
     pub slave_gid: u32,
     pub slave_mode: u32,
+    /// `TIOCGPGRP`: the foreground process group of the slave's session,
+    /// 0 when the slave is no session's controlling terminal.
+    pub foreground: i32,
 }
 
 /// The line settings of a terminal (`struct termios` without the speeds,

@@ -54,7 +54,19 @@ use crate::image::records::{
     FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
 };
 
-pub use pty::{link as link_ptys, Ptys};
+pub use pty::{link as link_ptys, set_foreground, Ptys};
+
+/// Refuses a pseudo-terminal pair whose master the tree holds and whose
+/// slave a process outside the tree holds.
+pub fn check_pty_holders(
+    files: &[OpenFile],
+    tree: &[i32],
+) -> Result<(), crate::engine::EngineError> {
+    pty::outside_holders(files, tree).map_err(|e| crate::engine::EngineError {
+        step: Step::FileTable,
+        cause: Cause::Unsupported(e),
+    })
+}
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 

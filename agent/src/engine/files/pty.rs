@@ -179,6 +179,8 @@ fn collect(p: &Probe<'_>) -> Result<PtyMaster, String> {
     }
     let packet = ioctl_int(fd, libc::TIOCGPKT).map_err(e("TIOCGPKT"))? != 0;
     let locked = ioctl_int(fd, libc::TIOCGPTLCK).map_err(e("TIOCGPTLCK"))? != 0;
+    // A master answers for its slave, whoever's terminal that is.
+    let foreground = ioctl_int(fd, libc::TIOCGPGRP).map_err(e("TIOCGPGRP"))?;
     let queued = ioctl_int(fd, libc::FIONREAD).map_err(e("FIONREAD"))?;
     let queued = usize::try_from(queued).unwrap_or(0);
     // A locked pair has no slave to look through: nothing can have been
@@ -247,6 +249,7 @@ fn collect(p: &Probe<'_>) -> Result<PtyMaster, String> {
         slave_uid: md.uid(),
         slave_gid: md.gid(),
         slave_mode: md.mode() & 0o7777,
+        foreground,
     })
 }
 
@@ -310,6 +313,38 @@ impl AnonKind for PtyMaster {
         set_status(dup.as_raw_fd(), flags)?;
         Ok(into_raw(dup))
     }
+}
+
+/// In a restored process of the foreground group, whose session has the
+/// slave as its terminal: the group becomes the foreground again, through
+/// the master (which answers for its slave), with SIGTTOU blocked since
+/// the group is still a background one.
+pub fn set_foreground(master: i32, m: &PtyMaster) -> Result<(), String> {
+    if m.foreground <= 0 {
+        return Ok(());
+    }
+    let pgrp: libc::pid_t = m.foreground;
+    // SAFETY: sigset_t is plain data; the calls fill and read our sets.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        let mut ttou: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&raw mut ttou);
+        libc::sigaddset(&raw mut ttou, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &raw const ttou, &raw mut old);
+    }
+    // SAFETY: TIOCSPGRP reads one pid_t.
+    let rc = unsafe { libc::ioctl(master, libc::TIOCSPGRP, &raw const pgrp) };
+    let err = last_os();
+    // SAFETY: restores the mask read above.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &raw const old, std::ptr::null_mut()) };
+    if rc < 0 {
+        return Err(format!(
+            "making process group {pgrp} the foreground of /dev/pts/{}: {err}",
+            m.index
+        ));
+    }
+    Ok(())
 }
 
 /// The status flags the description had (`O_NONBLOCK`, `O_APPEND`...).
@@ -377,6 +412,65 @@ pub fn link(files: &mut [OpenFile]) {
             }
         }
     }
+}
+
+/// Refuses a pair whose master the tree holds while a process outside it
+/// holds the slave: that process would be left with no master.
+pub fn outside_holders(files: &[OpenFile], tree: &[i32]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let slaves: Vec<(u32, u64, u64)> = files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FileKind::PtyMaster(m) => {
+                let md = std::fs::metadata(format!("/dev/pts/{}", m.index)).ok()?;
+                Some((m.index, md.dev(), md.rdev()))
+            }
+            _ => None,
+        })
+        .collect();
+    if slaves.is_empty() {
+        return Ok(());
+    }
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if tree.contains(&pid) || u32::try_from(pid) == Ok(me) {
+            continue;
+        }
+        // A process gone meanwhile, or one torpor may not look into,
+        // holds nothing here.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(index) = link.to_str().and_then(slave_index) else {
+                continue;
+            };
+            let Some(&(_, dev, rdev)) = slaves.iter().find(|s| s.0 == index) else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if md.dev() == dev && md.rdev() == rdev {
+                return Err(format!(
+                    "the pseudo-terminal /dev/pts/{index}, whose master the tree holds, is \
+                     also open in process {pid} outside the tree (fd {}), which would be \
+                     left without it",
+                    fd.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The pseudo-terminal pairs a restore makes, by slave index.

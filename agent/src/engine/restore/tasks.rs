@@ -17,7 +17,7 @@ use crate::arch::Bits;
 use crate::engine::procfs;
 use crate::engine::ptrace::{self, Stop};
 use crate::engine::state::FileKind;
-use crate::engine::state::ImageState;
+use crate::engine::state::{ImageState, ProcessState};
 use crate::engine::{conv, EngineError, Step, StepExt};
 
 use super::objects::Objects;
@@ -174,6 +174,7 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         if unsafe { libc::setsid() } < 0 {
             return Err(format!("setsid: {}", last_os()));
         }
+        take_terminal(st, p, objs)?;
     } else if p.task.ppid != 0 {
         // SAFETY: see above.
         let now = unsafe { libc::getsid(0) };
@@ -199,6 +200,9 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             ));
         }
     }
+    // The foreground group of its terminal, once this process is in it
+    // (and before its children, which may join it, are forked).
+    set_foreground(st, p, objs)?;
     fork_children(false)?;
     if p.task.exit_status.is_some() {
         // Nothing more: it only has to exit, once it has reported.
@@ -257,31 +261,6 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
             crate::engine::files::arm_sigio(f.fd, of.flags, s)?;
         }
     }
-    // A session leader takes its controlling terminal back from the fd
-    // that opens it (the original device or its --tty substitute).
-    if p.task.ctty != 0 && p.task.sid == p.task.pid {
-        let holder = p
-            .fds
-            .iter()
-            .find(|f| match &st.files[f.file as usize].kind {
-                FileKind::Device(crate::engine::state::DeviceFile {
-                    rdev, tty: true, ..
-                }) => *rdev == p.task.ctty,
-                // The slave of a pair made again at its index: the same number.
-                FileKind::PtySlave(s) => s.rdev == p.task.ctty,
-                _ => false,
-            });
-        if let Some(f) = holder {
-            // SAFETY: ioctl on an fd of this task, integer argument.
-            if unsafe { libc::ioctl(f.fd, libc::TIOCSCTTY, 0) } < 0 {
-                return Err(format!(
-                    "taking fd {} as controlling terminal: {}",
-                    f.fd,
-                    last_os()
-                ));
-            }
-        }
-    }
     // The directory torpor opened as this task (`files::held`).
     let cwd = objs
         .segs
@@ -316,6 +295,65 @@ fn task_setup(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32) -> Re
         // SAFETY: a plain syscall on integers or live C strings.
         if unsafe { libc::setrlimit(which, &raw const lim) } < 0 {
             return Err(format!("setrlimit {res}: {}", last_os()));
+        }
+    }
+    Ok(())
+}
+
+/// A session leader takes its controlling terminal back from the
+/// description of the fd that opens it (the original device or its --tty
+/// substitute), through torpor's inherited descriptor of it, before it
+/// forks the children of its session: they inherit the terminal.
+fn take_terminal(st: &ImageState, p: &ProcessState, objs: &Objects) -> Result<(), String> {
+    if p.task.ctty == 0 {
+        return Ok(());
+    }
+    let holder = p
+        .fds
+        .iter()
+        .find(|f| match &st.files[f.file as usize].kind {
+            FileKind::Device(crate::engine::state::DeviceFile {
+                rdev, tty: true, ..
+            }) => *rdev == p.task.ctty,
+            // The slave of a pair made again at its index: the same number.
+            FileKind::PtySlave(s) => s.rdev == p.task.ctty,
+            _ => false,
+        });
+    let Some(f) = holder else { return Ok(()) };
+    let fd = objs.fds[f.file as usize];
+    // SAFETY: ioctl on an inherited fd of this task, integer argument.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(format!(
+            "taking fd {} as controlling terminal: {}",
+            f.fd,
+            last_os()
+        ));
+    }
+    Ok(())
+}
+
+/// A process of the foreground group of a pseudo-terminal of the tree
+/// (its session's terminal, which it inherited) makes its group the
+/// foreground again, through torpor's inherited master: the group exists
+/// once this process is in it.
+fn set_foreground(st: &ImageState, p: &ProcessState, objs: &Objects) -> Result<(), String> {
+    for (i, f) in st.files.iter().enumerate() {
+        let FileKind::PtyMaster(m) = &f.kind else {
+            continue;
+        };
+        if m.foreground != p.task.pgid || m.foreground == p.task.sid {
+            continue;
+        }
+        // The pair must be this session's terminal: the leader's ctty.
+        let ours = st.processes.iter().any(|q| {
+            q.task.pid == p.task.sid
+                && q.fds.iter().any(|g| {
+                    matches!(&st.files[g.file as usize].kind,
+                        FileKind::PtySlave(s) if s.index == m.index && s.rdev == q.task.ctty)
+                })
+        });
+        if ours {
+            crate::engine::files::set_foreground(objs.fds[i], m)?;
         }
     }
     Ok(())
