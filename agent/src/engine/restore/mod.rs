@@ -87,7 +87,7 @@ fn survive_parent(pid: i32) -> Result<(), Cause> {
     Ok(())
 }
 use pages::rebuild_all;
-use tasks::{create_tasks, Created};
+use tasks::{create_tasks, Created, Subreaper};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -187,6 +187,8 @@ pub fn restore<R: Read>(
         timens.as_ref().map(|t| t.tree_over_torpor),
         made.paths(),
     )?;
+    // Dropped after `created`: the tasks it kills are reaped as torpor's.
+    let _reaper = Subreaper::take();
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     // The whole tree is in the namespace: torpor takes its own back.
