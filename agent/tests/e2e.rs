@@ -244,6 +244,10 @@ app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);
 
+app_tests!(breadth_pty, "breadth_pty",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queued", "winsize", "termios", "packet", "lock", "child"]);
+
 app_tests!(breadth_stopped, "breadth_stopped",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["stopped", "status"]);
