@@ -84,6 +84,55 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const SYMLINK_PATH_FD: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2 || open(argv[1], O_PATH | O_NOFOLLOW) != 3)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// An `O_PATH` descriptor of a symbolic link itself is named as such.
+#[test]
+fn a_path_fd_on_a_symlink_is_refused_by_its_kind() {
+    become_subreaper();
+    let dir = scratch("fail-symlink-fd");
+    let bin = compile(&dir, "linkfd", SYMLINK_PATH_FD, &[]);
+    let link = dir.join("link");
+    std::os::unix::fs::symlink("/etc/hostname", &link).expect("symlink");
+    let out = dir.join("out.txt");
+    let img = dir.join("linkfd.img");
+    let pid = spawn(&bin, &[link.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} is an O_PATH descriptor of a symbolic link itself ({})",
+            link.display()
+        ),
+    );
+    counts_on_untouched(pid, &out, &img);
+}
+
 /// After a refused dump: no image, the program untraced and counting on
 /// without a gap.
 fn counts_on_untouched(pid: i32, out: &std::path::Path, img: &std::path::Path) {

@@ -846,8 +846,14 @@ impl FileTable {
                 write,
                 fifo: Some(link.to_string()),
             }))
+        } else if ft.is_symlink() {
+            Err(unsupported(
+                "an O_PATH descriptor of a symbolic link itself",
+            ))
+        } else if ft.is_block_device() {
+            Err(unsupported("a block device"))
         } else {
-            Err(unsupported("a block device or socket file"))
+            Err(unsupported("a socket file opened by path"))
         }
     }
 
