@@ -133,6 +133,57 @@ fn a_path_fd_on_a_symlink_is_refused_by_its_kind() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const LEADER_EXITS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *count(void *arg) {
+    (void)arg;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+    return NULL;
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, count, NULL);
+    pthread_exit(NULL);
+}
+"#;
+
+/// A process whose main thread has exited (`pthread_exit`) while another
+/// runs on is named for that, not taken for an exited process.
+#[test]
+fn a_process_whose_main_thread_exited_is_refused_by_that_name() {
+    become_subreaper();
+    let dir = scratch("fail-leader-exited");
+    let bin = compile(&dir, "leader", LEADER_EXITS, &["-pthread"]);
+    let out = dir.join("out.txt");
+    let img = dir.join("leader.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        format!(
+            "torpor: error: freeze: process {pid}: its main thread exited while other threads run"
+        ),
+    );
+    counts_on_untouched(pid, &out, &img);
+}
+
 /// After a refused dump: no image, the program untraced and counting on
 /// without a gap.
 fn counts_on_untouched(pid: i32, out: &std::path::Path, img: &std::path::Path) {

@@ -335,13 +335,18 @@ impl Frozen {
                     });
                 }
                 if stat.state == 'Z' || stat.state == 'X' {
+                    // The root's leader may have exited alone too.
+                    let alone = procfs::threads(pid).is_ok_and(|t| t.iter().any(|&t| t != pid));
+                    let why = if alone {
+                        format!("process {pid}: its main thread exited while other threads run")
+                    } else {
+                        format!("process {pid} has exited and is not yet reaped (zombie)")
+                    };
                     return Err(FreezeFailure {
-                        transient: pid != root,
+                        transient: pid != root && !alone,
                         error: EngineError {
                             step,
-                            cause: Cause::Unsupported(format!(
-                                "process {pid} has exited and is not yet reaped (zombie)"
-                            )),
+                            cause: Cause::Unsupported(why),
                         },
                     });
                 }
