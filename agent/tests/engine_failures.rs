@@ -184,6 +184,86 @@ fn a_process_whose_main_thread_exited_is_refused_by_that_name() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const SHARES_WITH_CHILD: &str = r#"
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static char stack[65536] __attribute__((aligned(16)));
+static int child(void *arg) {
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+int main(int argc, char **argv) {
+    int flags = SIGCHLD;
+    if (argc > 1 && strcmp(argv[1], "vm") == 0)
+        flags |= CLONE_VM;
+    else if (argc > 1 && strcmp(argv[1], "files") == 0)
+        flags |= CLONE_FILES;
+    else if (argc > 1 && strcmp(argv[1], "fs") == 0)
+        flags |= CLONE_FS;
+    if (clone(child, stack + sizeof stack, flags, NULL) < 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A child made by `clone` sharing its parent's memory, descriptor table
+/// or file system context is refused, naming both and what they share;
+/// one made like `fork` is not.
+#[test]
+fn processes_sharing_tables_are_refused_by_what_they_share() {
+    become_subreaper();
+    let dir = scratch("fail-shared-tables");
+    let bin = compile(&dir, "shares", SHARES_WITH_CHILD, &[]);
+    for (how, what) in [
+        ("vm", "one address space (CLONE_VM without CLONE_THREAD)"),
+        ("files", "one file descriptor table (CLONE_FILES)"),
+        ("fs", "one working directory, root and umask (CLONE_FS)"),
+        ("none", ""),
+    ] {
+        let out = dir.join(format!("out-{how}.txt"));
+        let img = dir.join(format!("shares-{how}.img"));
+        let pid = spawn(&bin, &[how], Some(&out));
+        let mut reaper = Reaper::default();
+        reaper.add(pid);
+        wait_for("output", || lines(&out).len() >= 3);
+        let kids =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
+        let child: i32 = kids.trim().parse().expect("one child");
+        reaper.add(child);
+        let o = torpor(&[
+            "dump",
+            "--pid",
+            &pid.to_string(),
+            "--image",
+            img.to_str().expect("utf8"),
+            "--leave-running",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if what.is_empty() {
+            assert_eq!(o.status.code(), Some(0), "{err}");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{how}: {err}");
+        assert_eq!(
+            err.lines().next().unwrap_or(""),
+            format!(
+                "torpor: error: collect {child}: processes {pid} and {child} share {what}, which a restore would split"
+            ),
+        );
+        counts_on_untouched(pid, &out, &img);
+    }
+}
+
 /// After a refused dump: no image, the program untraced and counting on
 /// without a gap.
 fn counts_on_untouched(pid: i32, out: &std::path::Path, img: &std::path::Path) {

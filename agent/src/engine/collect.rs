@@ -681,6 +681,57 @@ fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std:
     Ok(r == 0)
 }
 
+/// What two processes of the trees may share that a restore would split:
+/// (kcmp type, what is shared, how it came to be).
+const SHARED: [(libc::c_long, &str, &str); 3] = [
+    (1, "one address space", "CLONE_VM without CLONE_THREAD"),
+    (2, "one file descriptor table", "CLONE_FILES"),
+    (3, "one working directory, root and umask", "CLONE_FS"),
+];
+
+/// Refuses processes that share their memory, descriptor table or file
+/// system context with another process (made with `clone` and those flags,
+/// not `fork`): each comes back with its own, and a change one of them
+/// makes would no longer be seen by the other. Each pair is compared once
+/// (`kcmp`), among the live processes of every tree dumped together.
+pub fn check_shared_tables(pids: &[i32]) -> Result<(), EngineError> {
+    for (i, &a) in pids.iter().enumerate() {
+        for &b in &pids[i + 1..] {
+            for (kind, what, how) in SHARED {
+                // SAFETY: kcmp takes only integers.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_kcmp,
+                        libc::c_long::from(a),
+                        libc::c_long::from(b),
+                        kind,
+                        0 as libc::c_long,
+                        0 as libc::c_long,
+                    )
+                };
+                if r < 0 {
+                    return Err(EngineError::new(
+                        Step::Collect(b),
+                        Cause::Io(std::io::Error::other(format!(
+                            "kcmp of processes {a} and {b}: {}",
+                            std::io::Error::last_os_error()
+                        ))),
+                    ));
+                }
+                if r == 0 {
+                    return Err(EngineError::new(
+                        Step::Collect(b),
+                        Cause::Unsupported(format!(
+                            "processes {a} and {b} share {what} ({how}), which a restore would split"
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn is_tty_major(major: u64) -> bool {
     // 4: tty/ttyS, 5: tty/console/ptmx, 136-143: pts
     major == 4 || major == 5 || (136..=143).contains(&major)

@@ -270,6 +270,20 @@ pub fn dump_trees<W: ImageSink>(
         }
     };
     let whole = |error: EngineError| TreeError { root: None, error };
+    let alive: Vec<i32> = trees
+        .0
+        .iter()
+        .flat_map(|f| {
+            f.pids
+                .iter()
+                .copied()
+                .filter(|p| !f.zombies.contains_key(p))
+        })
+        .collect();
+    collect::check_shared_tables(&alive).map_err(|e| match e.step {
+        Step::Collect(pid) => in_tree(pid)(e),
+        _ => whole(e),
+    })?;
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for frozen in &trees.0 {
         let root = frozen.pids.first().copied().unwrap_or(0);
