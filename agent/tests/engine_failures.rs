@@ -108,29 +108,18 @@ fn a_path_fd_on_a_symlink_is_refused_by_its_kind() {
     let bin = compile(&dir, "linkfd", SYMLINK_PATH_FD, &[]);
     let link = dir.join("link");
     std::os::unix::fs::symlink("/etc/hostname", &link).expect("symlink");
-    let out = dir.join("out.txt");
-    let img = dir.join("linkfd.img");
-    let pid = spawn(&bin, &[link.to_str().expect("utf8")], Some(&out));
-    let mut reaper = Reaper::default();
-    reaper.add(pid);
-    wait_for("output", || lines(&out).len() >= 3);
-    let o = torpor(&[
-        "dump",
-        "--pid",
-        &pid.to_string(),
-        "--image",
-        img.to_str().expect("utf8"),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.lines().next().unwrap_or(""),
-        format!(
+    refused_dump(
+        &dir,
+        &bin,
+        &[link.to_str().expect("utf8")],
+        "linkfd",
+        |pid, _| {
+            format!(
             "torpor: error: files {pid}: fd 3 of process {pid} is an O_PATH descriptor of a symbolic link itself ({})",
             link.display()
-        ),
+        )
+        },
     );
-    counts_on_untouched(pid, &out, &img);
 }
 
 const LEADER_EXITS: &str = r#"
@@ -160,28 +149,11 @@ fn a_process_whose_main_thread_exited_is_refused_by_that_name() {
     become_subreaper();
     let dir = scratch("fail-leader-exited");
     let bin = compile(&dir, "leader", LEADER_EXITS, &["-pthread"]);
-    let out = dir.join("out.txt");
-    let img = dir.join("leader.img");
-    let pid = spawn(&bin, &[], Some(&out));
-    let mut reaper = Reaper::default();
-    reaper.add(pid);
-    wait_for("output", || lines(&out).len() >= 3);
-    let o = torpor(&[
-        "dump",
-        "--pid",
-        &pid.to_string(),
-        "--image",
-        img.to_str().expect("utf8"),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        err.lines().next().unwrap_or(""),
+    refused_dump(&dir, &bin, &[], "leader", |pid, _| {
         format!(
             "torpor: error: freeze: process {pid}: its main thread exited while other threads run"
-        ),
-    );
-    counts_on_untouched(pid, &out, &img);
+        )
+    });
 }
 
 const SHARES_WITH_CHILD: &str = r#"
@@ -228,40 +200,78 @@ fn processes_sharing_tables_are_refused_by_what_they_share() {
         ("vm", "one address space (CLONE_VM without CLONE_THREAD)"),
         ("files", "one file descriptor table (CLONE_FILES)"),
         ("fs", "one working directory, root and umask (CLONE_FS)"),
-        ("none", ""),
     ] {
-        let out = dir.join(format!("out-{how}.txt"));
-        let img = dir.join(format!("shares-{how}.img"));
-        let pid = spawn(&bin, &[how], Some(&out));
-        let mut reaper = Reaper::default();
-        reaper.add(pid);
-        wait_for("output", || lines(&out).len() >= 3);
-        let kids =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
-        let child: i32 = kids.trim().parse().expect("one child");
-        reaper.add(child);
-        let o = torpor(&[
-            "dump",
-            "--pid",
-            &pid.to_string(),
-            "--image",
-            img.to_str().expect("utf8"),
-            "--leave-running",
-        ]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        if what.is_empty() {
-            assert_eq!(o.status.code(), Some(0), "{err}");
-            continue;
-        }
-        assert_eq!(o.status.code(), Some(1), "{how}: {err}");
-        assert_eq!(
-            err.lines().next().unwrap_or(""),
+        refused_dump(&dir, &bin, &[how], how, |pid, child| {
+            let child = child.expect("one child");
             format!(
                 "torpor: error: collect {child}: processes {pid} and {child} share {what}, which a restore would split"
-            ),
-        );
-        counts_on_untouched(pid, &out, &img);
+            )
+        });
     }
+    // Made like fork: dumped.
+    let out = dir.join("out-none.txt");
+    let pid = spawn(&bin, &["none"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
+    reaper.add(kids.trim().parse().expect("one child"));
+    let img = dir.join("none.img");
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+        "--leave-running",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A counting program started with `args` in `dir`, once it has printed
+/// three lines: a dump of it (with `extra` options) fails with exit 1;
+/// its first line is `expect(pid, its child if it made one)`, and the
+/// program counts on untouched.
+fn refused_dump(
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    args: &[&str],
+    tag: &str,
+    expect: impl FnOnce(i32, Option<i32>) -> String,
+) {
+    let out = dir.join(format!("out-{tag}.txt"));
+    let img = dir.join(format!("{tag}.img"));
+    let pid = spawn(bin, args, Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|k| k.trim().parse().ok());
+    if let Some(c) = child {
+        reaper.add(c);
+    }
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{tag}: {err}");
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        expect(pid, child),
+        "{tag}"
+    );
+    counts_on_untouched(pid, &out, &img);
 }
 
 /// After a refused dump: no image, the program untraced and counting on
