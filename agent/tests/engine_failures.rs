@@ -234,6 +234,50 @@ fn processes_sharing_tables_are_refused_by_what_they_share() {
     );
 }
 
+const PIDFD_OF: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    pid_t target = getppid();
+    if (argc > 1 && strcmp(argv[1], "reaped") == 0) {
+        target = fork();
+        if (target == 0)
+            _exit(0);
+    }
+    if (syscall(SYS_pidfd_open, target, 0) != 3)
+        return 2;
+    waitpid(target, NULL, 0);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A pidfd of a process outside the tree, or of one reaped, is refused.
+#[test]
+fn pidfds_of_processes_torpor_cannot_give_again_are_refused() {
+    become_subreaper();
+    let dir = scratch("fail-pidfd");
+    let bin = compile(&dir, "pidfdof", PIDFD_OF, &[]);
+    let me = std::process::id();
+    refused_dump(&dir, &bin, &["outside"], "outside", |pid, _| {
+        format!(
+            "torpor: error: files: fd 3 of process {pid} is a pidfd of process {me}, which is not in the tree: torpor cannot give it again"
+        )
+    });
+    refused_dump(&dir, &bin, &["reaped"], "reaped", |pid, _| {
+        format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} (anon_inode:[pidfd]): a pidfd of a process that has ended and was reaped, which torpor cannot restore"
+        )
+    });
+}
+
 /// A counting program started with `args` in `dir`, once it has printed
 /// three lines: a dump of it (with `extra` options) fails with exit 1;
 /// its first line is `expect(pid, its child if it made one)`, and the

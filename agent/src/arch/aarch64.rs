@@ -356,6 +356,8 @@ pub mod nr {
     pub const CAPSET: i64 = 91;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const DUP3: i64 = 24;
     pub const SHMAT: i64 = 196;
     pub const SECCOMP: i64 = 277;
     /// fcntl; `struct flock` has 64-bit offsets.

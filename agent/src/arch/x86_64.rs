@@ -417,6 +417,8 @@ pub mod nr {
     pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const DUP3: i64 = 292;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
     /// fcntl; `struct flock` has 64-bit offsets.

@@ -478,6 +478,8 @@ macro_rules! file_registry {
                 // A pseudo-terminal pair (`engine::files::pty`).
                 PtyMaster(crate::image::records::PtyMaster),
                 PtySlave(crate::image::records::PtySlave),
+                // A pidfd of a process of the tree (`engine::files::pidfd`).
+                Pidfd(crate::image::records::Pidfd),
             }
         }
     };

@@ -741,6 +741,19 @@ pub enum FdKind {
         flags: u32,
         state: PtySlave,
     },
+    /// A pidfd of a process of the tree, opened again by its holder once
+    /// every task exists (format 2.4).
+    Pidfd {
+        flags: u32,
+        state: Pidfd,
+    },
+}
+
+/// A pidfd: the process it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pidfd {
+    /// The process's pid (fdinfo `Pid:`), a process of the tree.
+    pub pid: i32,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

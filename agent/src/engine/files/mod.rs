@@ -34,6 +34,7 @@ mod locks;
 mod memfd;
 pub mod owner;
 mod path;
+mod pidfd;
 pub mod pipe;
 mod pty;
 mod sigio;
@@ -55,6 +56,19 @@ use crate::image::records::{
 };
 
 pub use pty::{link as link_ptys, set_foreground, Ptys};
+
+pub use pidfd::{late_pidfds, outside as pidfds_outside, LatePidfd};
+
+/// Refuses a pidfd of a process outside the trees dumped.
+pub fn check_pidfds<'a>(
+    files: &[OpenFile],
+    processes: impl IntoIterator<Item = &'a crate::engine::state::ProcessState> + Clone,
+) -> Result<(), crate::engine::EngineError> {
+    pidfd::outside(files, processes).map_err(|e| crate::engine::EngineError {
+        step: Step::FileTable,
+        cause: crate::engine::Cause::Unsupported(e),
+    })
+}
 
 /// Refuses a pseudo-terminal pair whose master the tree holds and whose
 /// slave a process outside the tree holds.

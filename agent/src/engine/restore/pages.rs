@@ -57,7 +57,7 @@ pub(super) fn rebuild_all<R: Read>(
                   stats: &mut RestoreStats|
      -> Result<(), EngineError> {
         let pid = rb.p.task.pid;
-        stats.threads += finish_process(&rb, created).step(Step::Rebuild(pid))?;
+        stats.threads += finish_process(&rb, &st.files, created).step(Step::Rebuild(pid))?;
         stats.processes += 1;
         Ok(())
     };

@@ -8,7 +8,7 @@ use torpor_parasite::KSigaction;
 
 use crate::arch::{self, nr, Bits};
 use crate::engine::ptrace::{self, Stop};
-use crate::engine::state::Backing;
+use crate::engine::state::{Backing, OpenFile};
 use crate::engine::Cause;
 
 use super::memory::Rebuild;
@@ -98,7 +98,11 @@ const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 
 /// Step two: protections, mm fields, signals, threads, registers.
-pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Cause> {
+pub(super) fn finish_process(
+    rb: &Rebuild<'_>,
+    files: &[OpenFile],
+    created: &mut Created,
+) -> Result<usize, Cause> {
     let p = rb.p;
     let pid = p.task.pid;
     let mem = &rb.mem;
@@ -158,6 +162,29 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 0,
             ],
         )?;
+        // Its pidfds, now that every task of the tree exists: each opened
+        // by the process itself and put in its placeholder's place.
+        for l in crate::engine::files::late_pidfds(p, files) {
+            let pidfd = r.syscall(
+                "pidfd_open",
+                nr::PIDFD_OPEN,
+                [
+                    u64::from(l.pid.unsigned_abs()),
+                    u64::from(l.flags),
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            let cloexec = if l.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            r.syscall(
+                "dup3",
+                nr::DUP3,
+                [pidfd, u64::from(l.fd.unsigned_abs()), cloexec, 0, 0, 0],
+            )?;
+            r.syscall("close", nr::CLOSE, [pidfd, 0, 0, 0, 0, 0])?;
+        }
         // The POSIX locks, now that nothing closes a descriptor in the task
         // any more: a close of any descriptor of a file ends them.
         for (l, fl) in crate::engine::files::posix_locks(p).map_err(Cause::Refused)? {
