@@ -252,6 +252,10 @@ app_tests!(breadth_pidfd, "breadth_pidfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["child", "zombie", "flags", "fdnum", "cloexec"]);
 
+app_tests!(breadth_procfd, "breadth_procfd",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["offset", "target", "fdnum", "cloexec"]);
+
 app_tests!(breadth_stopped, "breadth_stopped",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["stopped", "status"]);

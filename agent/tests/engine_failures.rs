@@ -278,6 +278,37 @@ fn pidfds_of_processes_torpor_cannot_give_again_are_refused() {
     });
 }
 
+const OPENS_ARG: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2 || open(argv[1], O_RDONLY) != 3)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A file of `/proc` of a process outside the tree is refused: the
+/// restore could not open it again.
+#[test]
+fn a_proc_file_of_a_process_outside_the_tree_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-proc-outside");
+    let bin = compile(&dir, "opensarg", OPENS_ARG, &[]);
+    let me = std::process::id();
+    let status = format!("/proc/{me}/status");
+    refused_dump(&dir, &bin, &[&status], "proc-outside", |pid, _| {
+        format!(
+            "torpor: error: files: fd 3 of process {pid} is a file of /proc of process {me}, which is not in the tree: torpor cannot give it again"
+        )
+    });
+}
+
 /// A counting program started with `args` in `dir`, once it has printed
 /// three lines: a dump of it (with `extra` options) fails with exit 1;
 /// its first line is `expect(pid, its child if it made one)`, and the

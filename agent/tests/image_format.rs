@@ -668,21 +668,37 @@ fn format_2_3() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
-/// The pidfd 2.4 adds: process 9413's handle on its child 9417.
-fn pidfd_fd() -> Fd {
-    Fd {
-        fd: 12,
-        fd_flags: 1,
-        ofd: 21,
-        kind: FdKind::Pidfd {
-            flags: 0o4002,
-            state: Pidfd { pid: 9_417 },
+/// The fds 2.4 adds: process 9413's pidfd of its child 9417, and its
+/// child's `/proc/9417/status`, read 37 bytes in.
+fn late_fds() -> [Fd; 2] {
+    [
+        Fd {
+            fd: 12,
+            fd_flags: 1,
+            ofd: 21,
+            kind: FdKind::Pidfd {
+                flags: 0o4002,
+                state: Pidfd { pid: 9_417 },
+            },
         },
-    }
+        Fd {
+            fd: 13,
+            fd_flags: 0,
+            ofd: 22,
+            kind: FdKind::ProcFile {
+                flags: 0o100000,
+                state: ProcFile {
+                    pid: 9_417,
+                    path: RawPath::from("status"),
+                    offset: 37,
+                },
+            },
+        },
+    ]
 }
 
-/// Format 2.4: the records of 2.3, then a pidfd (the `FdKind` variant 2.4
-/// appends).
+/// Format 2.4: the records of 2.3, then a pidfd and a file of /proc (the
+/// `FdKind` variants 2.4 appends).
 fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     let (img23, expect23) = format_2_3();
     let mut f = Fixture::new(&fixed_header(V2_4));
@@ -699,7 +715,9 @@ fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
         }
     }
     assert_eq!(f.expect.len(), expect23.len(), "every 2.3 record copied");
-    f.put(pidfd_fd());
+    for fd in late_fds() {
+        f.put(fd);
+    }
     f.finish()
 }
 
@@ -882,34 +900,44 @@ fn format_2_4_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.4 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 39);
+    assert_eq!(s.records, 40);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
 
-/// The pidfd 2.4 adds, and the bytes of its record.
+/// The fds 2.4 adds, and the bytes of their records.
 #[test]
 fn format_2_4_image_spot_values() {
     let img = read_image(V2_4);
     let mut r = ImageReader::inspect(&img[..]).expect("image opens");
     assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
-    let mut pidfds = Vec::new();
+    let mut late = Vec::new();
     while let Some(rec) = r.next_record().expect("record") {
         if rec.kind() == Kind::Fd {
             let fd = rec.decode::<Fd>().expect("fd");
-            if matches!(fd.kind, FdKind::Pidfd { .. }) {
-                pidfds.push(fd);
+            if matches!(fd.kind, FdKind::Pidfd { .. } | FdKind::ProcFile { .. }) {
+                late.push(fd);
             }
         }
     }
-    assert_eq!(pidfds, [pidfd_fd()]);
-    // fd 12 (zigzag 24), fd_flags 1, ofd 21, the variant's index 21 (the
-    // 22nd), flags 0o4002 (varint 0x82 0x10), pid 9417 (zigzag 18834,
-    // varint 0x92 0x93 0x01).
-    let payload = [24u8, 1, 21, 21, 0x82, 0x10, 0x92, 0x93, 0x01];
+    assert_eq!(late, late_fds());
+    // The pidfd: fd 12 (zigzag 24), fd_flags 1, ofd 21, the variant's index
+    // 21 (the 22nd), flags 0o4002 (varint 0x82 0x10), pid 9417 (zigzag
+    // 18834, varint 0x92 0x93 0x01).
+    let pidfd = [24u8, 1, 21, 21, 0x82, 0x10, 0x92, 0x93, 0x01];
     assert!(
-        img.windows(payload.len()).any(|w| w == payload),
+        img.windows(pidfd.len()).any(|w| w == pidfd),
         "the pidfd's record bytes"
+    );
+    // The /proc file: fd 13 (26), fd_flags 0, ofd 22, variant 22, flags
+    // 0o100000 (varint 0x80 0x80 0x02), pid 9417, the path's length 6 and
+    // bytes, offset 37.
+    let mut proc_file = vec![26u8, 0, 22, 22, 0x80, 0x80, 0x02, 0x92, 0x93, 0x01, 6];
+    proc_file.extend_from_slice(b"status");
+    proc_file.push(37);
+    assert!(
+        img.windows(proc_file.len()).any(|w| w == proc_file),
+        "the /proc file's record bytes"
     );
 }
 

@@ -853,6 +853,9 @@ impl FileTable {
             };
             return Err(unsupported(what));
         }
+        if let Some(pf) = crate::engine::files::proc_file(pid, fd, link, pos)? {
+            return Ok(FileKind::ProcFile(pf));
+        }
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
         if link.ends_with(" (deleted)") {
             if !md.file_type().is_file() {

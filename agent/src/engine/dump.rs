@@ -321,8 +321,7 @@ pub fn dump_trees<W: ImageSink>(
         .flat_map(|f| f.pids.iter().copied())
         .collect();
     crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
-    crate::engine::files::check_pidfds(&table.files, procs.iter().map(|(p, _)| p))
-        .map_err(whole)?;
+    crate::engine::files::check_late(&table.files, procs.iter().map(|(p, _)| p)).map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
     // Roots first: the trees' namespace is the first root's.

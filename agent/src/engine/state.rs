@@ -462,6 +462,9 @@ macro_rules! file_registry {
                 Unlinked(crate::engine::state::UnlinkedData),
                 UnlinkedFile(crate::engine::state::UnlinkedRef),
                 TorporConn(crate::engine::state::TorporConnFile),
+                // A file of /proc/PID of a process of the tree
+                // (`engine::files::late`).
+                ProcFile(crate::image::records::ProcFile),
             }
             anon {
                 EventFd(crate::image::records::EventFd),

@@ -747,6 +747,23 @@ pub enum FdKind {
         flags: u32,
         state: Pidfd,
     },
+    /// A file or directory of `/proc/PID/` of a process of the tree,
+    /// opened again by its holder once every task exists (format 2.4).
+    ProcFile {
+        flags: u32,
+        state: ProcFile,
+    },
+}
+
+/// A file or directory below `/proc/PID/` of a process of the tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcFile {
+    /// The process whose directory it is in.
+    pub pid: i32,
+    /// The path below `/proc/PID/`; empty for that directory itself.
+    pub path: RawPath,
+    /// The file position.
+    pub offset: u64,
 }
 
 /// A pidfd: the process it names.

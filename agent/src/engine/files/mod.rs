@@ -30,11 +30,11 @@ mod external;
 mod held;
 mod inet;
 mod inotify;
+mod late;
 mod locks;
 mod memfd;
 pub mod owner;
 mod path;
-mod pidfd;
 pub mod pipe;
 mod pty;
 mod sigio;
@@ -57,14 +57,15 @@ use crate::image::records::{
 
 pub use pty::{link as link_ptys, set_foreground, Ptys};
 
-pub use pidfd::{late_pidfds, outside as pidfds_outside, LatePidfd};
+pub use late::{late_files, outside as late_outside, proc_file, Late, LateKind};
 
-/// Refuses a pidfd of a process outside the trees dumped.
-pub fn check_pidfds<'a>(
+/// Refuses a pidfd or a `/proc` file of a process outside the trees
+/// dumped.
+pub fn check_late<'a>(
     files: &[OpenFile],
     processes: impl IntoIterator<Item = &'a crate::engine::state::ProcessState> + Clone,
 ) -> Result<(), crate::engine::EngineError> {
-    pidfd::outside(files, processes).map_err(|e| crate::engine::EngineError {
+    late::outside(files, processes).map_err(|e| crate::engine::EngineError {
         step: Step::FileTable,
         cause: crate::engine::Cause::Unsupported(e),
     })

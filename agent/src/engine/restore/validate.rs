@@ -62,7 +62,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     let step = Step::Validate;
     super::plan::check_structure(st)?;
     check_requester(st).map_err(|why| refused(step, why))?;
-    crate::engine::files::pidfds_outside(&st.files, &st.processes)
+    crate::engine::files::late_outside(&st.files, &st.processes)
         .map_err(|why| refused(step, why))?;
     let holders = holders(st);
     for p in &st.processes {
