@@ -478,6 +478,9 @@ macro_rules! file_registry {
                 // A pseudo-terminal pair (`engine::files::pty`).
                 PtyMaster(crate::image::records::PtyMaster),
                 PtySlave(crate::image::records::PtySlave),
+                // An established TCP connection kept in repair mode
+                // (`engine::files::tcp`).
+                TcpConnection(crate::image::records::TcpConnection),
             }
         }
     };

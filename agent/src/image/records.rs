@@ -741,6 +741,45 @@ pub enum FdKind {
         flags: u32,
         state: PtySlave,
     },
+    /// An established TCP connection taken in repair mode, kept with its
+    /// sequence numbers, queues, options and window (format 2.4; written
+    /// only when the dump is asked to keep established connections).
+    TcpConnection {
+        flags: u32,
+        state: TcpConnection,
+    },
+}
+
+/// An established TCP connection as TCP repair mode reads it. The
+/// connection is the same on both ends after the restore: the peer goes on
+/// from the byte it last acknowledged and sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    /// Family, addresses and options, as for any TCP socket.
+    pub socket: InetSocket,
+    /// `TCP_QUEUE_SEQ` of the send queue: the sequence number after the
+    /// last byte the app wrote.
+    pub snd_seq: u32,
+    /// `TCP_QUEUE_SEQ` of the receive queue: the next sequence number
+    /// expected from the peer.
+    pub rcv_seq: u32,
+    /// Bytes written and not acknowledged by the peer, oldest first; its
+    /// last `unsent` bytes were never sent.
+    pub send_queue: Vec<u8>,
+    pub unsent: u32,
+    /// Bytes received and not read by the app.
+    pub recv_queue: Vec<u8>,
+    /// `TCP_MAXSEG`.
+    pub mss: u32,
+    /// `tcpi_options` of `TCP_INFO`: timestamps (1), SACK (2), window
+    /// scaling (4).
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// `TCP_TIMESTAMP`: the connection's timestamp clock.
+    pub timestamp: u32,
+    /// `TCP_REPAIR_WINDOW`: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

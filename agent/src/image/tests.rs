@@ -600,7 +600,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 3.0 is not supported (this torpor reads format 2.3)"
+        "image format 3.0 is not supported (this torpor reads format 2.4)"
     );
 
     let mut h = header();
