@@ -36,6 +36,12 @@ static unsigned char out_byte(unsigned long i) { return (unsigned char)(i * 7 + 
 static unsigned char in_byte(unsigned long i) { return (unsigned char)(i * 13 + (i >> 9) + 5); }
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
+/* Queues larger than one image record, of a size known in advance. */
+static void bufs(int s) {
+    int b = 131072;
+    setsockopt(s, SOL_SOCKET, SO_SNDBUF, &b, sizeof b);
+    setsockopt(s, SOL_SOCKET, SO_RCVBUF, &b, sizeof b);
+}
 
 int main(int argc, char **argv) {
     if (argc != 5) return 2;
@@ -53,8 +59,7 @@ int main(int argc, char **argv) {
         a.sin_port = htons(port);
         inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
         s = socket(AF_INET, SOCK_STREAM, 0);
-        int sb = 4096;
-        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+        bufs(s);
         if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 3; }
     } else {
         struct sockaddr_in6 a = {0};
@@ -62,8 +67,7 @@ int main(int argc, char **argv) {
         a.sin6_port = htons(port);
         inet_pton(AF_INET6, fam[0] == '6' ? "::1" : "::ffff:127.0.0.1", &a.sin6_addr);
         s = socket(AF_INET6, SOCK_STREAM, 0);
-        int sb = 4096;
-        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &sb, sizeof sb);
+        bufs(s);
         if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 3; }
     }
     if (fam[0] == 'h') {
@@ -146,7 +150,7 @@ const TOTAL_OUT: u64 = 8 << 20;
 const TOTAL_IN: u64 = 1 << 20;
 /// The test's bytes the program has not read at the dump, and those sent
 /// while it is gone.
-const BEFORE: u64 = 3000;
+const BEFORE: u64 = 100_000;
 const DURING: u64 = 2000;
 
 /// A listener on loopback of `v6` or IPv4 with a small receive buffer, so
@@ -196,27 +200,38 @@ fn write_in(s: &mut TcpStream, from: u64, to: u64) {
     s.write_all(&bytes).expect("the test's stream");
 }
 
-/// The JSON of the image's one kept connection.
-fn kept_connection(img: &std::path::Path) -> serde_json::Value {
+/// The image's one kept connection (its fd record's state, as JSON) and
+/// its queues put together from the `tcp-queue` records, with the number
+/// of records each took: (send, receive).
+fn kept_connection(img: &std::path::Path) -> (serde_json::Value, [(Vec<u8>, usize); 2]) {
     let o = torpor(&["show", &img.to_string_lossy()]);
     assert!(o.status.success(), "show");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    let mut found = Vec::new();
-    fn walk(v: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let Some(c) = m.get("TcpConnection") {
-                    found.push(c.clone());
-                }
-                m.values().for_each(|x| walk(x, found));
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, found)),
-            _ => {}
-        }
+    let records = v["records"].as_array().expect("records");
+    let conns: Vec<&serde_json::Value> = records
+        .iter()
+        .filter_map(|r| r["value"]["kind"].get("TcpConnection"))
+        .collect();
+    assert_eq!(conns.len(), 1, "one kept connection");
+    let mut queues = [(Vec::new(), 0), (Vec::new(), 0)];
+    for r in records.iter().filter(|r| r["kind"] == "tcp-queue") {
+        let q = &r["value"];
+        let (bytes, n) = &mut queues[usize::from(q["send"] != true)];
+        assert_eq!(
+            q["offset"].as_u64(),
+            Some(bytes.len() as u64),
+            "pieces in order"
+        );
+        bytes.extend(
+            q["bytes"]
+                .as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| u8::try_from(b.as_u64().expect("byte")).expect("a byte")),
+        );
+        *n += 1;
     }
-    walk(&v, &mut found);
-    assert_eq!(found.len(), 1, "one kept connection in {v}");
-    found.remove(0)
+    (conns[0]["state"].clone(), queues)
 }
 
 fn stream_goes_on(kind: &str) {
@@ -253,26 +268,23 @@ fn stream_goes_on(kind: &str) {
         libc::SIGKILL,
         "the program is killed after the dump"
     );
-    let c = kept_connection(&img);
-    let st = &c["state"];
+    let (st, [(sendq, send_records), (recvq, recv_records)]) = kept_connection(&img);
+    // The test's bytes, all unread, in three records (48 KiB each).
+    assert_eq!(st["recv_len"].as_u64(), Some(BEFORE));
+    assert_eq!(recvq, (0..BEFORE).map(in_byte).collect::<Vec<u8>>());
+    assert_eq!(recv_records, 3);
+    // The end of what the program wrote waits in its send queue, more than
+    // one record holds, some of it never sent: its first byte is the byte
+    // after what the test can read before the restore.
+    let n = sendq.len() as u64;
+    assert_eq!(st["send_len"].as_u64(), Some(n));
+    assert!(n > 48 * 1024 && send_records >= 2, "{n} bytes queued");
+    let unsent = st["unsent"].as_u64().expect("unsent");
+    assert!(unsent > 0 && unsent <= n, "{unsent} of {n} never sent");
     assert_eq!(
-        st["recv_queue"].as_array().expect("recv").len() as u64,
-        BEFORE
+        sendq,
+        (queued - n..queued).map(out_byte).collect::<Vec<u8>>()
     );
-    let sendq = st["send_queue"].as_array().expect("send").len() as u64;
-    assert!(
-        sendq > 0,
-        "bytes wait in the send queue: {}",
-        serde_json::json!({"unsent": st["unsent"], "snd_seq": st["snd_seq"], "window": st["window"], "queued": queued})
-    );
-    assert!(
-        st["unsent"].as_u64().expect("unsent") > 0,
-        "some never sent"
-    );
-    // The send queue is the end of what the program wrote: its first byte
-    // is the byte after what the test can read before the restore.
-    let first = u8::try_from(st["send_queue"][0].as_u64().expect("byte")).expect("a byte");
-    assert_eq!(first, out_byte(queued - sendq));
     let lock = which_nft();
     let table = table_name(app_addr, s.local_addr().expect("addr"));
     if lock {

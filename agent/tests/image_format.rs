@@ -669,7 +669,8 @@ fn format_2_3() -> (Vec<u8>, Vec<Expect>) {
 }
 
 /// The kept TCP connection 2.4 adds: an IPv4 connection with bytes in
-/// both queues, the last three of its send queue never sent.
+/// both queues (in the `tcp-queue` records of [`tcp_queues`]), the last
+/// three of its send queue never sent.
 fn tcp_fd() -> Fd {
     let mut local = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
     local.resize(16, 0);
@@ -704,22 +705,50 @@ fn tcp_fd() -> Fd {
                 },
                 snd_seq: 0xfedc_ba98,
                 rcv_seq: 0x0123_4567,
-                send_queue: b"sent, unacked".to_vec(),
+                send_len: 13,
                 unsent: 3,
-                recv_queue: b"unread".to_vec(),
+                recv_len: 6,
                 mss: 65_483,
                 options: 7,
                 snd_wscale: 7,
                 rcv_wscale: 9,
                 timestamp: 0x5eed_0001,
                 window: [0x0123_4560, 512, 65_535, 1_024, 0x0123_4500],
+                send_queue: Vec::new(),
+                recv_queue: Vec::new(),
             },
         },
     }
 }
 
+/// The queues of [`tcp_fd`]'s connection, as the records after its fd
+/// carry them: the send queue in two pieces, then the receive queue.
+fn tcp_queues() -> [TcpQueue; 3] {
+    [
+        TcpQueue {
+            ofd: 21,
+            send: true,
+            offset: 0,
+            bytes: b"sent, ".to_vec(),
+        },
+        TcpQueue {
+            ofd: 21,
+            send: true,
+            offset: 6,
+            bytes: b"unacked".to_vec(),
+        },
+        TcpQueue {
+            ofd: 21,
+            send: false,
+            offset: 0,
+            bytes: b"unread".to_vec(),
+        },
+    ]
+}
+
 /// Format 2.4: the records of 2.3, then the fd of a kept TCP connection
-/// (the `FdKind` variant 2.4 appends).
+/// (the `FdKind` variant 2.4 appends) and its queues (the `tcp-queue` kind
+/// 2.4 adds).
 fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     let (img23, expect23) = format_2_3();
     let mut f = Fixture::new(&fixed_header(V2_4));
@@ -737,6 +766,9 @@ fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     }
     assert_eq!(f.expect.len(), expect23.len(), "every 2.3 record copied");
     f.put(tcp_fd());
+    for q in tcp_queues() {
+        f.put(q);
+    }
     f.finish()
 }
 
@@ -952,7 +984,7 @@ fn format_2_4_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.4 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 39);
+    assert_eq!(s.records, 42);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -964,6 +996,7 @@ fn format_2_4_image_spot_values() {
     let mut r = ImageReader::inspect(&img[..]).expect("image opens");
     assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
     let mut tcp = Vec::new();
+    let mut queues = Vec::new();
     while let Some(rec) = r.next_record().expect("record") {
         if rec.kind() == Kind::Fd {
             let fd = rec.decode::<Fd>().expect("fd");
@@ -971,17 +1004,17 @@ fn format_2_4_image_spot_values() {
                 tcp.push(fd);
             }
         }
+        if rec.kind() == Kind::TcpQueue {
+            queues.push(rec.decode::<TcpQueue>().expect("tcp-queue"));
+        }
     }
     assert_eq!(tcp, [tcp_fd()]);
+    assert_eq!(queues, tcp_queues());
     let FdKind::TcpConnection { state: c, .. } = &tcp[0].kind else {
         panic!("a kept connection")
     };
     assert_eq!((c.snd_seq, c.rcv_seq), (0xfedc_ba98, 0x0123_4567));
-    assert_eq!(
-        (c.send_queue.as_slice(), c.unsent),
-        (&b"sent, unacked"[..], 3)
-    );
-    assert_eq!(c.recv_queue, b"unread");
+    assert_eq!((c.send_len, c.unsent, c.recv_len), (13, 3, 6));
     assert_eq!(
         (c.mss, c.options, c.snd_wscale, c.rcv_wscale),
         (65_483, 7, 7, 9)

@@ -364,6 +364,7 @@ pub fn dump_trees<W: ImageSink>(
     let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
     let mut shm_done = std::collections::BTreeSet::new();
+    let mut queued = std::collections::BTreeSet::new();
     let progress = opts.progress.as_deref();
     if let Some(pr) = progress {
         let kb = |m: &MapEntry| m.anon_kb.unwrap_or(0) + m.swap_kb.unwrap_or(0);
@@ -377,7 +378,7 @@ pub fn dump_trees<W: ImageSink>(
         );
     }
     for (p, maps) in &procs {
-        image_io::write_process(&mut w, p, &table.files)
+        image_io::write_process(&mut w, p, &table.files, &mut queued)
             .step(wstep)
             .map_err(whole)?;
         stats.processes += 1;

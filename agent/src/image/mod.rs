@@ -75,8 +75,9 @@
 //!   record in it; a bump adds the new version's image.
 //!
 //! Format 2.4 appends the `TcpConnection` variant to `FdKind`: an
-//! established TCP connection kept through TCP repair mode (a 2.3 reader
-//! fails to decode an image holding one).
+//! established TCP connection kept through TCP repair mode, and the
+//! `tcp-queue` kind with its queued bytes (a 2.3 reader fails to decode an
+//! image holding one).
 //!
 //! Format 2.3 appends the `PtyMaster` and `PtySlave` variants to `FdKind`:
 //! pseudo-terminal pairs the tree holds both ends of (a 2.2 reader fails to

@@ -182,6 +182,9 @@ registry! {
     /// One tree of the image and the application it is (an image of
     /// several trees, or of a named application).
     Tree            = 21,  "tree",           Tree,            STATE_LIMIT,     "a tree record",           state;
+    /// A piece of a queue of a kept TCP connection, after the connection's
+    /// first fd record.
+    TcpQueue        = 22,  "tcp-queue",      TcpQueue,        STATE_LIMIT,     "a tcp-queue record",      state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -763,12 +766,12 @@ pub struct TcpConnection {
     /// `TCP_QUEUE_SEQ` of the receive queue: the next sequence number
     /// expected from the peer.
     pub rcv_seq: u32,
-    /// Bytes written and not acknowledged by the peer, oldest first; its
-    /// last `unsent` bytes were never sent.
-    pub send_queue: Vec<u8>,
+    /// Bytes written and not acknowledged by the peer; the last `unsent`
+    /// of them were never sent.
+    pub send_len: u32,
     pub unsent: u32,
     /// Bytes received and not read by the app.
-    pub recv_queue: Vec<u8>,
+    pub recv_len: u32,
     /// `TCP_MAXSEG`.
     pub mss: u32,
     /// `tcpi_options` of `TCP_INFO`: timestamps (1), SACK (2), window
@@ -780,6 +783,24 @@ pub struct TcpConnection {
     pub timestamp: u32,
     /// `TCP_REPAIR_WINDOW`: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
     pub window: [u32; 5],
+    /// The send queue's bytes, oldest first, and the receive queue's: not
+    /// in this record but in the `tcp-queue` records that follow it.
+    #[serde(skip)]
+    pub send_queue: Vec<u8>,
+    #[serde(skip)]
+    pub recv_queue: Vec<u8>,
+}
+
+/// Bytes of a queue of the kept TCP connection held by the open file
+/// description `ofd` (as its fd records name it), from `offset`; the
+/// pieces of each queue come in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpQueue {
+    pub ofd: u64,
+    /// The send queue, else the receive queue.
+    pub send: bool,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -55,9 +55,8 @@ const MAX_WSCALE: u8 = 14;
 const SIOCINQ: libc::Ioctl = libc::FIONREAD;
 const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
 const SIOCOUTQNSD: libc::Ioctl = 0x894B;
-/// The most queued bytes a connection's fd record holds (a record is at
-/// most 64 KiB): a connection with more in its queues is refused.
-const MAX_QUEUES: usize = 48 << 10;
+/// More queued bytes than any socket buffer holds: refused.
+const MAX_QUEUES: usize = 256 << 20;
 
 const TCP_ESTABLISHED: u8 = 1;
 
@@ -402,8 +401,8 @@ pub(super) fn collect(
     let unsent = ioctl_int(f, SIOCOUTQNSD).map_err(io("SIOCOUTQNSD"))?;
     if inq + outq > MAX_QUEUES {
         return Err(format!(
-            "its queues hold {inq} unread and {outq} unacknowledged bytes, more than the {} KiB torpor keeps for a connection",
-            MAX_QUEUES >> 10
+            "its queues hold {inq} unread and {outq} unacknowledged bytes, more than the {} MiB torpor keeps for a connection",
+            MAX_QUEUES >> 20
         ));
     }
     if unsent > outq {
@@ -435,15 +434,17 @@ pub(super) fn collect(
         socket: base,
         snd_seq,
         rcv_seq,
-        send_queue,
+        send_len: conv::fit(send_queue.len(), "u32", "send queue").map_err(|e| e.to_string())?,
         unsent: conv::fit(unsent, "u32", "unsent bytes").map_err(|e| e.to_string())?,
-        recv_queue,
+        recv_len: conv::fit(recv_queue.len(), "u32", "receive queue").map_err(|e| e.to_string())?,
         mss,
         options: options & (TCPI_OPT_TIMESTAMPS | TCPI_OPT_SACK | TCPI_OPT_WSCALE),
         snd_wscale,
         rcv_wscale,
         timestamp,
         window,
+        send_queue,
+        recv_queue,
     })
 }
 
