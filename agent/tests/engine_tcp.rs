@@ -4,8 +4,10 @@
 //! send in its send queue, is dumped and killed; the test writes to it
 //! while it is gone (the network lock holds the packets off); after the
 //! restore both streams go on byte-exact, with no loss, no repeat and no
-//! reset. A half-closed connection is refused naming the fd, the program
-//! running on.
+//! reset; a restore without the flag is refused naming the connection. A
+//! dump that leaves the program running lifts the lock and repair mode,
+//! and the connection goes on. A half-closed connection is refused naming
+//! the fd, the program running on.
 
 mod engine_util;
 use engine_util::*;
@@ -234,9 +236,11 @@ fn kept_connection(img: &std::path::Path) -> (serde_json::Value, [(Vec<u8>, usiz
     (conns[0]["state"].clone(), queues)
 }
 
-fn stream_goes_on(kind: &str) {
+/// `leave`: the dump leaves the program running (`--leave-running`), and
+/// the connection goes on without a restore.
+fn stream_goes_on(kind: &str, leave: bool) {
     become_subreaper();
-    let dir = scratch(&format!("tcp-{kind}"));
+    let dir = scratch(&format!("tcp-{kind}{}", if leave { "-leave" } else { "" }));
     let bin = compile(&dir, "tcpapp", APP, &[]);
     let lst = listener(kind == "6");
     let port = lst.local_addr().expect("addr").port();
@@ -262,12 +266,17 @@ fn stream_goes_on(kind: &str) {
     // Acknowledged, unread in the program's receive queue.
     std::thread::sleep(Duration::from_millis(200));
     let img = dir.join("img");
-    dump(pid, &img, &["--tcp-established"]);
-    assert_eq!(
-        reap(pid),
-        libc::SIGKILL,
-        "the program is killed after the dump"
-    );
+    if leave {
+        dump(pid, &img, &["--tcp-established", "--leave-running"]);
+        assert!(runs(pid, &bin), "the program runs on");
+    } else {
+        dump(pid, &img, &["--tcp-established"]);
+        assert_eq!(
+            reap(pid),
+            libc::SIGKILL,
+            "the program is killed after the dump"
+        );
+    }
     let (st, [(sendq, send_records), (recvq, recv_records)]) = kept_connection(&img);
     // The test's bytes, all unread, in three records (48 KiB each).
     assert_eq!(st["recv_len"].as_u64(), Some(BEFORE));
@@ -289,12 +298,50 @@ fn stream_goes_on(kind: &str) {
     let table = table_name(app_addr, s.local_addr().expect("addr"));
     if lock {
         let t = nft_tables().unwrap_or_default();
-        assert!(t.contains(&table), "the lock's table {table} is there: {t}");
+        // Lifted with repair mode when the program runs on.
+        assert_eq!(t.contains(&table), !leave, "the lock's table {table}: {t}");
     }
-    // While the program is gone: the test writes on, unanswered.
+    // While the program is gone (or not reading): the test writes on.
     write_in(&mut s, BEFORE, BEFORE + DURING);
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.take_error().expect("SO_ERROR").is_none(), "no reset");
+    if !leave {
+        restore_kept(&img, app_addr, s.local_addr().expect("addr"));
+    }
+    if lock {
+        let t = nft_tables().unwrap_or_default();
+        assert!(!t.contains(&table), "the lock is lifted: {t}");
+    }
+    assert!(runs(pid, &bin));
+    // SAFETY: signalling the program.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    finish_stream(s, app_addr, queued);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(
+        lines(&out),
+        vec![format!("ready {queued}"), "done".to_string()]
+    );
+    reaper.0.clear();
+}
+
+/// Restores the image, which a restore without `--tcp-established`
+/// refuses naming the connection, the lock staying.
+fn restore_kept(img: &std::path::Path, app: std::net::SocketAddr, peer: std::net::SocketAddr) {
+    let o = torpor(&["restore", "--image", &img.to_string_lossy()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "the image keeps established TCP connections ({} -> {}): restore with --tcp-established",
+            mapped_v4(app),
+            mapped_v4(peer)
+        )),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if which_nft() {
+        let table = table_name(app, peer);
+        assert!(nft_tables().unwrap_or_default().contains(&table));
+    }
     let o = torpor(&[
         "restore",
         "--image",
@@ -306,13 +353,22 @@ fn stream_goes_on(kind: &str) {
         "restore failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    if lock {
-        let t = nft_tables().unwrap_or_default();
-        assert!(!t.contains(&table), "the lock is lifted: {t}");
+}
+
+/// A v4-mapped address as the wire carries it.
+fn mapped_v4(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a {
+        std::net::SocketAddr::V6(v) => v.ip().to_ipv4_mapped().map_or(a, |v4| {
+            std::net::SocketAddr::new(std::net::IpAddr::V4(v4), v.port())
+        }),
+        std::net::SocketAddr::V4(_) => a,
     }
-    assert!(runs(pid, &bin));
-    // SAFETY: signalling the restored program.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+}
+
+/// The rest of both streams once the program goes on: the test reads all
+/// of the program's, byte-exact, while writing the rest of its own, then
+/// the program's verdict on what it read.
+fn finish_stream(mut s: TcpStream, app_addr: std::net::SocketAddr, queued: u64) {
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let mut w = s.try_clone().expect("clone");
@@ -336,13 +392,6 @@ fn stream_goes_on(kind: &str) {
     // The program still sees the test's address as its peer, and the test
     // its port.
     assert_eq!(s.peer_addr().expect("peer"), app_addr);
-    drop(s);
-    assert_eq!(reap(pid), 0);
-    assert_eq!(
-        lines(&out),
-        vec![format!("ready {queued}"), "done".to_string()]
-    );
-    reaper.0.clear();
 }
 
 /// The lock's table of the program's connection: `torpor_`, then its
@@ -371,17 +420,22 @@ fn which_nft() -> bool {
 
 #[test]
 fn ipv4_connection_goes_on_after_restore() {
-    stream_goes_on("4");
+    stream_goes_on("4", false);
 }
 
 #[test]
 fn ipv6_connection_goes_on_after_restore() {
-    stream_goes_on("6");
+    stream_goes_on("6", false);
 }
 
 #[test]
 fn v4_mapped_connection_goes_on_after_restore() {
-    stream_goes_on("m");
+    stream_goes_on("m", false);
+}
+
+#[test]
+fn connection_goes_on_after_a_dump_that_leaves_it_running() {
+    stream_goes_on("4", true);
 }
 
 #[test]
