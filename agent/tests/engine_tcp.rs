@@ -296,6 +296,7 @@ fn stream_goes_on(kind: &str, leave: bool) {
     );
     let lock = which_nft();
     let table = table_name(app_addr, s.local_addr().expect("addr"));
+    let _unlock = Unlock(table.clone());
     if lock {
         let t = nft_tables().unwrap_or_default();
         // Lifted with repair mode when the program runs on.
@@ -410,6 +411,21 @@ fn table_name(app: std::net::SocketAddr, peer: std::net::SocketAddr) -> String {
         }
     }
     n
+}
+
+/// Deletes the lock's table when dropped, so a test that fails half-way
+/// leaves no rule dropping packets on the host.
+struct Unlock(String);
+
+impl Drop for Unlock {
+    fn drop(&mut self) {
+        if which_nft() {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &self.0])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn which_nft() -> bool {
