@@ -697,8 +697,87 @@ fn late_fds() -> [Fd; 2] {
     ]
 }
 
-/// Format 2.4: the records of 2.3, then a pidfd and a file of /proc (the
-/// `FdKind` variants 2.4 appends).
+/// The kept TCP connection 2.4 adds: an IPv4 connection with bytes in
+/// both queues (in the `tcp-queue` records of [`tcp_queues`]), the last
+/// three of its send queue never sent.
+fn tcp_fd() -> Fd {
+    let mut local = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+    local.resize(16, 0);
+    let mut peer = vec![2u8, 0, 0xc3, 0x51, 127, 0, 0, 1];
+    peer.resize(16, 0);
+    Fd {
+        fd: 14,
+        fd_flags: 1,
+        ofd: 23,
+        kind: FdKind::TcpConnection {
+            flags: 0o4002,
+            state: TcpConnection {
+                socket: InetSocket {
+                    family: 2,
+                    sock_type: 1,
+                    protocol: 6,
+                    local,
+                    peer,
+                    listening: false,
+                    backlog: 0,
+                    tcp_state: 1,
+                    v6only: false,
+                    opts: SockOpts {
+                        rcvbuf: 131_072,
+                        sndbuf: 16_384,
+                        nodelay: true,
+                        ..SockOpts::default()
+                    },
+                    dropped: false,
+                    error_pending: false,
+                    queue: Vec::new(),
+                },
+                snd_seq: 0xfedc_ba98,
+                rcv_seq: 0x0123_4567,
+                send_len: 13,
+                unsent: 3,
+                recv_len: 6,
+                mss: 65_483,
+                options: 7,
+                snd_wscale: 7,
+                rcv_wscale: 9,
+                timestamp: 0x5eed_0001,
+                window: [0x0123_4560, 512, 65_535, 1_024, 0x0123_4500],
+                send_queue: Vec::new(),
+                recv_queue: Vec::new(),
+            },
+        },
+    }
+}
+
+/// The queues of [`tcp_fd`]'s connection, as the records after its fd
+/// carry them: the send queue in two pieces, then the receive queue.
+fn tcp_queues() -> [TcpQueue; 3] {
+    [
+        TcpQueue {
+            ofd: 23,
+            send: true,
+            offset: 0,
+            bytes: b"sent, ".to_vec(),
+        },
+        TcpQueue {
+            ofd: 23,
+            send: true,
+            offset: 6,
+            bytes: b"unacked".to_vec(),
+        },
+        TcpQueue {
+            ofd: 23,
+            send: false,
+            offset: 0,
+            bytes: b"unread".to_vec(),
+        },
+    ]
+}
+
+/// Format 2.4: the records of 2.3, then a pidfd and a file of /proc, the
+/// fd of a kept TCP connection (the `FdKind` variants 2.4 appends) and its
+/// queues (the `tcp-queue` kind 2.4 adds).
 fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     let (img23, expect23) = format_2_3();
     let mut f = Fixture::new(&fixed_header(V2_4));
@@ -717,6 +796,10 @@ fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     assert_eq!(f.expect.len(), expect23.len(), "every 2.3 record copied");
     for fd in late_fds() {
         f.put(fd);
+    }
+    f.put(tcp_fd());
+    for q in tcp_queues() {
+        f.put(q);
     }
     f.finish()
 }
@@ -889,25 +972,9 @@ fn format_2_3_image_reads_back_every_record_exactly() {
     assert_eq!(s.bytes, img.len() as u64);
 }
 
+/// The late fds 2.4 adds, and the bytes of their records.
 #[test]
-fn format_2_4_image_reads_back_every_record_exactly() {
-    let img = read_image(V2_4);
-    let (header, got) = read_back(&img);
-    assert_eq!(header, fixed_header(V2_4));
-    let (_, expect) = format_2_4();
-    assert_eq!(got.len(), expect.len(), "record count");
-    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
-        assert_eq!(g, e, "record {i} of the 2.4 image");
-    }
-    let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 40);
-    assert_eq!(s.pages, 6);
-    assert_eq!(s.bytes, img.len() as u64);
-}
-
-/// The fds 2.4 adds, and the bytes of their records.
-#[test]
-fn format_2_4_image_spot_values() {
+fn format_2_4_late_fds_spot_values() {
     let img = read_image(V2_4);
     let mut r = ImageReader::inspect(&img[..]).expect("image opens");
     assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
@@ -941,16 +1008,6 @@ fn format_2_4_image_spot_values() {
     );
 }
 
-#[test]
-fn the_writer_still_makes_the_checked_in_2_4_image() {
-    assert!(
-        format_2_4().0 == read_image(V2_4),
-        "the writer's 2.4 image differs from tests/images/format-2.4.img: a \
-         record type changed shape (a new major version, see the module doc) \
-         or the fixture changed (rewrite the files, see the module doc)"
-    );
-}
-
 /// The values of the variants 2.3 adds, spelled out, and the bytes of the
 /// slave's record.
 #[test]
@@ -981,6 +1038,73 @@ fn format_2_3_image_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the slave's record bytes"
+    );
+}
+
+#[test]
+fn format_2_4_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_4);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_4));
+    let (_, expect) = format_2_4();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.4 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 44);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The kept TCP connection 2.4 adds, spelled out.
+#[test]
+fn format_2_4_tcp_spot_values() {
+    let img = read_image(V2_4);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
+    let mut tcp = Vec::new();
+    let mut queues = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::TcpConnection { .. }) {
+                tcp.push(fd);
+            }
+        }
+        if rec.kind() == Kind::TcpQueue {
+            queues.push(rec.decode::<TcpQueue>().expect("tcp-queue"));
+        }
+    }
+    assert_eq!(tcp, [tcp_fd()]);
+    assert_eq!(queues, tcp_queues());
+    let FdKind::TcpConnection { state: c, .. } = &tcp[0].kind else {
+        panic!("a kept connection")
+    };
+    assert_eq!((c.snd_seq, c.rcv_seq), (0xfedc_ba98, 0x0123_4567));
+    assert_eq!((c.send_len, c.unsent, c.recv_len), (13, 3, 6));
+    assert_eq!(
+        (c.mss, c.options, c.snd_wscale, c.rcv_wscale),
+        (65_483, 7, 7, 9)
+    );
+    assert_eq!(c.socket.local[2..8], [0x1f, 0x90, 127, 0, 0, 1]);
+    // The fd record starts: fd 14 (zigzag 28), fd_flags 1, ofd 23, the
+    // variant's index 23 (the 24th), flags 0o4002 (varint 0x82 0x10),
+    // family 2 (zigzag 4), type 1 (2), protocol 6 (12).
+    let payload = [28u8, 1, 23, 23, 0x82, 0x10, 4, 2, 12];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the connection's record bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_4_image() {
+    assert!(
+        format_2_4().0 == read_image(V2_4),
+        "the writer's 2.4 image differs from tests/images/format-2.4.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
     );
 }
 

@@ -51,7 +51,8 @@ pub struct BootArgs {
 /// Where `torpor boot` and `torpor run` find the store and the daemon.
 #[derive(Debug, Args)]
 pub struct PlaceArgs {
-    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens).
+    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens,
+    /// restore.tcp_established).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// The store to restore from instead of store.device.
@@ -77,6 +78,8 @@ pub struct Places {
     pub tty: PathBuf,
     /// `restore.timens`: a time namespace continuing the app's clocks.
     pub timens: bool,
+    /// `restore.tcp_established`: established TCP connections come back.
+    pub tcp_established: bool,
 }
 
 impl Places {
@@ -97,6 +100,7 @@ impl Places {
             attempts: c.restore.attempts,
             tty: c.restore.tty.clone(),
             timens: c.restore.timens,
+            tcp_established: c.restore.tcp_established,
         }
     }
 }
@@ -369,6 +373,7 @@ fn restore_slot(
         tty,
         torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd),
         host_clocks: !places.timens,
+        tcp_established: places.tcp_established,
         ..RestoreOptions::default()
     };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;

@@ -28,6 +28,10 @@ pub struct RestoreArgs {
     /// count) and its boottime clock also counts the time asleep.
     #[arg(long)]
     pub no_timens: bool,
+    /// Bring back the established TCP connections the image keeps (see
+    /// `dump --tcp-established`); such an image is refused without it.
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Print nothing on success: no progress line, no summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -48,6 +52,7 @@ pub fn run(a: &RestoreArgs) -> Result<i32, String> {
         tty: a.tty.clone(),
         inherit: a.inherit_fd.clone(),
         host_clocks: a.no_timens,
+        tcp_established: a.tcp_established,
         progress: progress::hook(bar.as_ref()),
         ..RestoreOptions::default()
     };

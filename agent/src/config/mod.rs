@@ -114,6 +114,10 @@ pub struct RestoreConfig {
     /// Restore apps in a time namespace continuing their monotonic clocks,
     /// where the kernel has time namespaces (`false`: the host's clocks).
     pub timens: bool,
+    /// Keep established TCP connections through TCP repair mode, in the
+    /// daemon's dumps and the boot hook's restores (`false`: they come
+    /// back reset).
+    pub tcp_established: bool,
 }
 
 /// `[access]`: who besides root may ask.
@@ -261,6 +265,7 @@ impl Default for Config {
                 attempts: defaults::RESTORE_ATTEMPTS,
                 tty: PathBuf::from(defaults::RESTORE_TTY),
                 timens: true,
+                tcp_established: false,
             },
             access: AccessConfig::default(),
             log: LogConfig {
@@ -589,7 +594,12 @@ impl Config {
             }
         }
 
-        let s = Section::new(file, &root, "restore", &["attempts", "tty", "timens"])?;
+        let s = Section::new(
+            file,
+            &root,
+            "restore",
+            &["attempts", "tty", "timens", "tcp_established"],
+        )?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
             return Err(s.invalid(
                 "attempts",
@@ -605,6 +615,9 @@ impl Config {
         }
         if let Some(b) = s.boolean("timens")? {
             c.restore.timens = b;
+        }
+        if let Some(b) = s.boolean("tcp_established")? {
+            c.restore.tcp_established = b;
         }
 
         let s = Section::new(

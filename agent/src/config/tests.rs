@@ -45,7 +45,8 @@ fn empty_file_gives_the_documented_defaults() {
         RestoreConfig {
             attempts: 3,
             tty: PathBuf::from("/dev/console"),
-            timens: true
+            timens: true,
+            tcp_established: false
         }
     );
     assert!(c.access.allow_users.is_empty());
@@ -83,6 +84,7 @@ device = "/sys/class/rtc/rtc1/wakealarm"
 attempts = 5
 timens = false
 tty = "/dev/ttyAMA0"
+tcp_established = true
 
 [access]
 allow_users = ["pi", 1000]
@@ -120,7 +122,8 @@ socket = "/run/systemd/journal/dev-log"
             restore: RestoreConfig {
                 attempts: 5,
                 tty: PathBuf::from("/dev/ttyAMA0"),
-                timens: false
+                timens: false,
+                tcp_established: true
             },
             access: AccessConfig {
                 allow_users: vec![Id::Name("pi".into()), Id::Num(1000)]

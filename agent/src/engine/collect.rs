@@ -660,6 +660,9 @@ pub struct FileTable {
     pub torpor_conn: Option<u64>,
     /// (pid, fd, key) kept outside the image.
     pub external: Vec<(i32, i32, String)>,
+    /// Established TCP connections are kept in repair mode (and put here)
+    /// rather than brought back reset.
+    pub tcp: Option<crate::engine::files::TcpRepairing>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -840,7 +843,7 @@ impl FileTable {
                 return Ok(FileKind::TorporConn(TorporConnFile));
             }
         }
-        if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
+        if let Some(a) = crate::engine::files::collect(pid, fd, link, self.tcp.as_ref())? {
             return Ok(a);
         }
         if !link.starts_with('/') {

@@ -42,6 +42,9 @@ pub struct DumpOptions {
     pub names: Vec<(i32, String)>,
     /// Told of the pages as they are read.
     pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
+    /// Keep established TCP connections through TCP repair mode
+    /// (`--tcp-established`); otherwise they come back reset.
+    pub tcp_established: bool,
 }
 
 /// Figures of a finished dump.
@@ -255,6 +258,9 @@ pub fn dump_trees<W: ImageSink>(
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
+    if opts.tcp_established {
+        table.tcp = Some(crate::engine::files::TcpRepairing::default());
+    }
     // Which tree each process belongs to, to name it in an error.
     let root_of = |pid: i32| {
         trees
@@ -373,6 +379,7 @@ pub fn dump_trees<W: ImageSink>(
     let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
     let mut shm_done = std::collections::BTreeSet::new();
+    let mut queued = std::collections::BTreeSet::new();
     let progress = opts.progress.as_deref();
     if let Some(pr) = progress {
         let kb = |m: &MapEntry| m.anon_kb.unwrap_or(0) + m.swap_kb.unwrap_or(0);
@@ -386,7 +393,7 @@ pub fn dump_trees<W: ImageSink>(
         );
     }
     for (p, maps) in &procs {
-        image_io::write_process(&mut w, p, &table.files)
+        image_io::write_process(&mut w, p, &table.files, &mut queued)
             .step(wstep)
             .map_err(whole)?;
         stats.processes += 1;
@@ -411,6 +418,12 @@ pub fn dump_trees<W: ImageSink>(
     }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;
+    let mut trees = trees;
+    // The connections stay in repair mode while the trees are frozen;
+    // killing the trees keeps them so, releasing them ends it.
+    if let (Some(first), Some(tcp)) = (trees.0.first_mut(), table.tcp.take()) {
+        first.tcp = Some(tcp);
+    }
     Ok((stats, trees))
 }
 

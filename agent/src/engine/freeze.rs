@@ -203,6 +203,9 @@ pub struct Frozen {
     /// Every seized tid, to be detached.
     seized: Vec<i32>,
     killed: bool,
+    /// TCP connections of the dump in repair mode: kept so when the tree
+    /// is killed, taken out of it before the tree is released.
+    pub tcp: Option<crate::engine::files::TcpRepairing>,
 }
 
 fn seize_one(tid: i32) -> Result<Seized, PtraceError> {
@@ -291,6 +294,7 @@ impl Frozen {
             stopped: std::collections::BTreeSet::new(),
             seized: Vec::new(),
             killed: false,
+            tcp: None,
         };
         let step = Step::Freeze;
         loop {
@@ -414,6 +418,8 @@ impl Frozen {
 
     /// Detaches every thread; the tree continues.
     pub fn release(&mut self) {
+        // Out of repair mode before any task can use the sockets again.
+        drop(self.tcp.take());
         for &tid in self.seized.iter().rev() {
             let _ = ptrace::detach(tid);
         }
@@ -431,6 +437,10 @@ impl Frozen {
             );
         }
         self.killed = true;
+        // The connections close in repair mode: their peers see nothing.
+        if let Some(t) = self.tcp.take() {
+            t.keep();
+        }
         // Wait for the exit report the tracer gets, so the tasks are dead
         // when the dump returns. Every task is asked each round: a traced
         // group leader's exit is reported only after its other threads'.

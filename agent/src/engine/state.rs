@@ -481,8 +481,11 @@ macro_rules! file_registry {
                 // A pseudo-terminal pair (`engine::files::pty`).
                 PtyMaster(crate::image::records::PtyMaster),
                 PtySlave(crate::image::records::PtySlave),
-                // A pidfd of a process of the tree (`engine::files::pidfd`).
+                // A pidfd of a process of the tree (`engine::files::late`).
                 Pidfd(crate::image::records::Pidfd),
+                // An established TCP connection kept in repair mode
+                // (`engine::files::tcp`).
+                TcpConnection(crate::image::records::TcpConnection),
             }
         }
     };

@@ -74,8 +74,11 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.4 appends the `Pidfd` variant to `FdKind`: a pidfd of a
-//! process of the tree (a 2.3 reader fails to decode an image holding one).
+//! Format 2.4 appends the `Pidfd`, `ProcFile` and `TcpConnection`
+//! variants to `FdKind` (a pidfd and a file of `/proc` of a process of the
+//! tree; an established TCP connection kept through TCP repair mode) and the
+//! `tcp-queue` kind with a kept connection's queued bytes (a 2.3 reader
+//! fails to decode an image holding one).
 //!
 //! Format 2.3 appends the `PtyMaster` and `PtySlave` variants to `FdKind`:
 //! pseudo-terminal pairs the tree holds both ends of (a 2.2 reader fails to

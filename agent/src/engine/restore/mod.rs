@@ -104,6 +104,9 @@ pub struct RestoreOptions {
     pub host_clocks: bool,
     /// Told of the pages as they are written into the tree.
     pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
+    /// Bring back the established TCP connections an image keeps
+    /// (`--tcp-established`); such an image is refused without it.
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -223,6 +226,8 @@ pub fn restore<R: Read>(
     )?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(Step::FinishObjects)?;
+    // Connections leave repair mode once every task holds them.
+    objs.tcp.finish().step(Step::OpenFiles)?;
     stats.clocks = Some(clocks);
     // Owners of signal-driven I/O may be any process or thread of the tree:
     // set now that all exist.
