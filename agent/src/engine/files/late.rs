@@ -30,7 +30,7 @@ use crate::image::records::{FdKind, Pidfd, ProcFile, RawPath};
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 
 /// `statfs` `f_type` of procfs.
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
 /// The placeholder that keeps a descriptor's number until [`late_files`]
 /// puts the object there.
@@ -129,8 +129,9 @@ pub fn proc_file(pid: i32, fd: i32, link: &str, pos: u64) -> Result<Option<ProcF
     }
     // SAFETY: statfs returned 0 and filled the buffer.
     let sf = unsafe { sf.assume_init() };
-    #[allow(clippy::useless_conversion)]
-    if i64::from(sf.f_type) != PROC_SUPER_MAGIC {
+    // f_type is signed or unsigned, 32 or 64 bits, by libc and target.
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss, clippy::cast_lossless)]
+    if sf.f_type as u64 != PROC_SUPER_MAGIC {
         return Ok(None);
     }
     check_proc_path(below.as_bytes())
