@@ -130,7 +130,11 @@ pub fn proc_file(pid: i32, fd: i32, link: &str, pos: u64) -> Result<Option<ProcF
     // SAFETY: statfs returned 0 and filled the buffer.
     let sf = unsafe { sf.assume_init() };
     // f_type is signed or unsigned, 32 or 64 bits, by libc and target.
-    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss, clippy::cast_lossless)]
+    #[allow(
+        clippy::unnecessary_cast,
+        clippy::cast_sign_loss,
+        clippy::cast_lossless
+    )]
     if sf.f_type as u64 != PROC_SUPER_MAGIC {
         return Ok(None);
     }
