@@ -23,9 +23,9 @@ const TCP_LISTEN: u8 = 10;
 const TCPI_STATE: usize = 0;
 const TCPI_SACKED: usize = 28;
 
-/// The TCP state of a TCP socket (`tcpi_state`).
-pub(super) fn tcp_state(f: &OwnedFd) -> Result<u8, String> {
-    let mut info = [0u8; 8];
+/// The first `N` bytes of the socket's `struct tcp_info`.
+fn tcp_info<const N: usize>(f: &OwnedFd) -> Result<[u8; N], String> {
+    let mut info = [0u8; N];
     let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
     // SAFETY: getsockopt writes at most `len` bytes into `info`.
     if unsafe {
@@ -40,7 +40,12 @@ pub(super) fn tcp_state(f: &OwnedFd) -> Result<u8, String> {
     {
         return Err(format!("TCP_INFO: {}", last_os()));
     }
-    Ok(info[TCPI_STATE])
+    Ok(info)
+}
+
+/// The TCP state of a TCP socket (`tcpi_state`).
+pub(super) fn tcp_state(f: &OwnedFd) -> Result<u8, String> {
+    Ok(tcp_info::<8>(f)?[TCPI_STATE])
 }
 
 /// The socket's address, or its peer's; empty when it has no peer.
@@ -69,22 +74,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     }
     let (mut tcp_state, mut backlog) = (0u8, 0u32);
     if tcp {
-        let mut info = [0u8; 104];
-        // 104 bytes.
-        let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
-        // SAFETY: getsockopt writes at most `len` bytes into `info`.
-        if unsafe {
-            libc::getsockopt(
-                f.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &raw mut len,
-            )
-        } < 0
-        {
-            return Err(format!("TCP_INFO: {}", last_os()));
-        }
+        let info = tcp_info::<104>(&f)?;
         tcp_state = info[TCPI_STATE];
         backlog = u32::from_ne_bytes([
             info[TCPI_SACKED],
