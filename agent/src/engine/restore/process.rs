@@ -111,6 +111,7 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 r.mprotect("mprotect", v.start, v.end - v.start, v.prot)?;
             }
         }
+        super::attrs::set_process_attrs(r, mem, tramp, p)?;
         let exe_fd = rb.exe_fd;
         let mut s = Scratch::at(mem, tramp);
         let auxv = auxv_bytes(&p.mm.auxv)?;
@@ -278,6 +279,10 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
     for t in p.threads.iter() {
         restore_thread(rb, t)?;
     }
+    // After every thread's credentials, which reset the dumpable flag.
+    with_remote(mem, pid, tramp, |r| {
+        super::attrs::set_final_attrs(r, mem, tramp, p)
+    })?;
     // The trampoline goes last.
     trampoline::remove(pid, mem, tramp)?;
     Ok(p.threads.len())
