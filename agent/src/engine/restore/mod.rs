@@ -20,16 +20,17 @@
 //!     ├ memory     trampoline in a hole → unmap torpor's image → move
 //!     │            vdso/vvar/sigpage and shared objects → mmap every VMA
 //!     ├            pages copied straight from the records into place
-//!     └ process    mprotect → PR_SET_MM_MAP → sigactions, itimers →
+//!     └ process    mprotect → madvise, subreaper, THP, login uid
+//!        │         (`attrs`) → PR_SET_MM_MAP → sigactions, itimers →
 //!        │         threads (clone3 set_tid) → timers → shared signals →
 //!        │         seccomp
 //!        ├ thread  per thread: name, tid address, robust list, altstack,
-//!        │         rseq, TLS, pending signals, creds (`creds`), FPU,
-//!        │         registers
-//!        └         trampoline unmapped
-//!  (here)      seals, signal-driven I/O owners, stopped tasks stopped
-//!              again; detach everything; torpor exits and the root is
-//!              re-parented
+//!        │         rseq, TLS, pending signals, nice and policy, creds
+//!        │         (`creds`), FPU, registers
+//!        └         oom_score_adj, dumpable; trampoline unmapped
+//!  (here)      seals, signal-driven I/O owners, parent-death signals,
+//!              stopped tasks stopped again; detach everything; torpor
+//!              exits and the root is re-parented
 //! ```
 //!
 //! Remote syscalls take their arguments from the trampoline's scratch

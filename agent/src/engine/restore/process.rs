@@ -1,8 +1,10 @@
 //! The address space of one task, second half, once its pages are in:
-//! protections of the shared objects, the mm fields (`PR_SET_MM_MAP`),
-//! signal dispositions and interval timers, the threads (`clone3` with
-//! their tids), POSIX timers, signals queued for the process and seccomp
-//! filters; then each thread (`thread`), and the trampoline goes.
+//! protections of the shared objects, `madvise` flags and process
+//! attributes (`attrs`), the mm fields (`PR_SET_MM_MAP`), signal
+//! dispositions and interval timers, the threads (`clone3` with their
+//! tids), POSIX timers, signals queued for the process and seccomp
+//! filters; then each thread (`thread`), the attributes its credentials
+//! reset, and the trampoline goes.
 
 use torpor_parasite::KSigaction;
 

@@ -1,8 +1,7 @@
 //! One thread's own state, in its own context: name, tid address, robust
-//! list, alternate stack, rseq, TLS, pending signals, scheduling,
-//! credentials, then
-//! FPU and general registers with the signal mask, which take effect when
-//! the tree is released.
+//! list, alternate stack, rseq, TLS, pending signals, nice value and
+//! scheduling policy, credentials, then FPU and general registers with the
+//! signal mask, which take effect when the tree is released.
 
 use crate::arch::{self, nr, Bits, Regs};
 use crate::engine::remote::Remote;
