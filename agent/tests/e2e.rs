@@ -240,6 +240,11 @@ fn breadth_seccomp_one_cycle_keeps_the_filter_order() {
     must(harness::checkpoint_run("breadth_seccomp", &[], 1));
 }
 
+app_tests!(breadth_attrs, "breadth_attrs",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["policy", "nice", "name", "subreaper", "oom", "personality", "vmflags",
+        "wipe", "pdeathsig", "dumpable", "thp", "child-oom"]);
+
 app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);

@@ -670,3 +670,110 @@ fn a_damaged_page_record_kills_the_tree_before_any_of_it_runs() {
     wait_for("the restored counter", || lines(&out).len() > before);
     kill_and_reap(pid);
 }
+
+const NICE_COUNTER: &str = r#"
+#include <stdio.h>
+#include <sys/resource.h>
+#include <unistd.h>
+int main(void) {
+    if (setpriority(PRIO_PROCESS, 0, -5) != 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A dump taken for a user refuses a task attribute the user could not
+/// set (here a negative nice value, which needs CAP_SYS_NICE), since the
+/// restore sets it with torpor's rights; the tree runs on.
+#[test]
+fn a_users_dump_refuses_a_nice_value_the_user_could_not_set() {
+    become_subreaper();
+    let dir = scratch("fail-nice");
+    let bin = compile(&dir, "nice", NICE_COUNTER, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("nice.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let opts = torpor::engine::dump::DumpOptions {
+        requested_by: Some(torpor::image::records::RequestedBy {
+            uid: 1000,
+            gid: 1000,
+            groups: Vec::new(),
+        }),
+        ..Default::default()
+    };
+    let err =
+        torpor::engine::dump::dump_to_file(pid, &img, torpor::engine::dump::After::Kill, &opts)
+            .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "collect {pid}: thread {pid} of process {pid} has nice value -5, which uid 1000 may not set without CAP_SYS_NICE"
+        )
+    );
+    counts_on_untouched(pid, &out, &img);
+}
+
+const KEEPCAPS_THREAD: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+static void *keep(void *arg) {
+    (void)arg;
+    prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0);
+    for (;;)
+        pause();
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, keep, NULL);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// Securebits are restored per process: threads that differ (here one
+/// with SECBIT_KEEP_CAPS) are refused, naming the thread; the tree runs on.
+#[test]
+fn threads_with_other_securebits_are_refused_and_the_tree_runs_on() {
+    become_subreaper();
+    let dir = scratch("fail-securebits");
+    let bin = compile(&dir, "keepcaps", KEEPCAPS_THREAD, &["-pthread"]);
+    let out = dir.join("out.txt");
+    let img = dir.join("keepcaps.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| t != pid)
+        .expect("a second thread");
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().next().unwrap_or("").ends_with(&format!(
+            ": thread {tid} of process {pid} has securebits 0x10, its main thread 0x0, which torpor cannot restore"
+        )),
+        "{err}"
+    );
+    counts_on_untouched(pid, &out, &img);
+}

@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use torpor::image::records::{RequestedBy, TmpfsFile};
+use torpor::image::records::{RequestedBy, TaskAttrs, ThreadAttrs, TmpfsFile};
 use torpor::image::{ImageReader, ImageWriter, Kind, KindVisitor, Record, StateRecord};
 
 /// The user the tree runs as.
@@ -356,4 +356,92 @@ fn a_mapped_file_is_opened_with_the_users_rights_not_roots() {
     // SAFETY: signalling the restored task.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(reap(pid), libc::SIGKILL);
+}
+
+/// A user's image holding scheduling or an oom_score_adj the user could not
+/// set (they need CAP_SYS_NICE and CAP_SYS_RESOURCE) is refused in validate,
+/// since the restore sets them with root's rights.
+#[test]
+fn a_users_image_cannot_make_root_raise_its_priority() {
+    become_subreaper();
+    let (dir, _home) = user_scratch("owner-attrs");
+    let bin = compile(&dir, "mapper", MAPPER, &[]);
+    let shared = dir.join("shared.dat");
+    std::fs::write(&shared, b"s").expect("file");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[shared.to_str().expect("utf8")], &out);
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("attrs.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let bytes = std::fs::read(&img).expect("image");
+    let asked = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let cimg = dir.join("crafted.img");
+    let cases = [
+        (
+            ThreadAttrs {
+                tid: pid,
+                policy: 1,
+                rt_priority: 99,
+                ..ThreadAttrs::default()
+            },
+            0,
+            format!("thread {pid} of process {pid} runs under real-time policy SCHED_FIFO (priority 99), which uid {USER} may not set without CAP_SYS_NICE"),
+        ),
+        (
+            ThreadAttrs {
+                tid: pid,
+                nice: -20,
+                ..ThreadAttrs::default()
+            },
+            0,
+            format!("thread {pid} of process {pid} has nice value -20, which uid {USER} may not set without CAP_SYS_NICE"),
+        ),
+        (
+            ThreadAttrs {
+                tid: pid,
+                ..ThreadAttrs::default()
+            },
+            -1000,
+            format!("process {pid} has oom_score_adj -1000, which uid {USER} may not set without CAP_SYS_RESOURCE"),
+        ),
+    ];
+    for (t, oom, why) in cases {
+        let crafted = rewrite(&asked, Kind::Task, &|w| {
+            w.write(&TaskAttrs {
+                oom_score_adj: oom,
+                threads: vec![t],
+                ..TaskAttrs::default()
+            })
+            .expect("task-attrs");
+        });
+        std::fs::write(&cimg, &crafted).expect("write");
+        assert_eq!(
+            restore_err(&cimg),
+            format!("torpor: error: validate: {why}")
+        );
+        assert!(!runs(pid, &bin));
+    }
+    // The same image without them restores.
+    let uimg = dir.join("user.img");
+    std::fs::write(&uimg, &asked).expect("write");
+    let o = torpor(&["restore", "--image", uimg.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    reaper.add(pid);
+    let n = lines(&out).len();
+    wait_for("the restored program to count", || {
+        lines(&out).len() >= n + 3
+    });
+    kill_and_reap(pid);
 }

@@ -45,6 +45,7 @@ const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
 const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
 const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
+const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -804,6 +805,75 @@ fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The task attributes 2.5 adds: every field set, two threads, three
+/// advised mappings.
+fn task_attrs() -> TaskAttrs {
+    TaskAttrs {
+        child_subreaper: true,
+        dumpable: 0,
+        thp_disable: true,
+        oom_score_adj: 317,
+        loginuid: 2_006,
+        threads: vec![
+            ThreadAttrs {
+                tid: 9_413,
+                policy: 3,
+                reset_on_fork: true,
+                rt_priority: 0,
+                nice: 7,
+                pdeathsig: 15,
+            },
+            ThreadAttrs {
+                tid: 9_415,
+                policy: 2,
+                reset_on_fork: false,
+                rt_priority: 42,
+                nice: -6,
+                pdeathsig: 0,
+            },
+        ],
+        advice: vec![
+            VmaAdvice {
+                start: 0x7f00_0000_0000,
+                end: 0x7f00_0000_4000,
+                flags: VmaAdvice::DONTFORK | VmaAdvice::WIPEONFORK,
+            },
+            VmaAdvice {
+                start: 0x7f00_0001_0000,
+                end: 0x7f00_0001_1000,
+                flags: VmaAdvice::DONTDUMP,
+            },
+            VmaAdvice {
+                start: 0x7f00_0020_0000,
+                end: 0x7f00_0060_0000,
+                flags: VmaAdvice::HUGEPAGE | VmaAdvice::MERGEABLE,
+            },
+        ],
+    }
+}
+
+/// Format 2.5: the records of 2.4, then the `task-attrs` of the last task
+/// (the kind 2.5 adds).
+fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
+    let (img24, expect24) = format_2_4();
+    let mut f = Fixture::new(&fixed_header(V2_5));
+    let mut r = ImageReader::inspect(&img24[..]).expect("2.4 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect24.len(), "every 2.4 record copied");
+    f.put(task_attrs());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1099,6 +1169,66 @@ fn format_2_4_tcp_spot_values() {
 }
 
 #[test]
+fn format_2_5_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_5);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_5));
+    let (_, expect) = format_2_5();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.5 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 45);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The values of the record 2.5 adds, spelled out, and its first bytes.
+#[test]
+fn format_2_5_image_spot_values() {
+    let img = read_image(V2_5);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 5 });
+    let mut attrs = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::TaskAttrs {
+            attrs.push(rec.decode::<TaskAttrs>().expect("task-attrs"));
+        }
+    }
+    assert_eq!(attrs, [task_attrs()]);
+    let a = &attrs[0];
+    assert_eq!((a.dumpable, a.oom_score_adj, a.loginuid), (0, 317, 2_006));
+    assert_eq!(a.threads[1].policy, 2);
+    assert_eq!(a.threads[1].rt_priority, 42);
+    assert_eq!(a.threads[1].nice, -6);
+    assert_eq!(a.advice[2].flags, 40);
+    // subreaper 1, dumpable 0, thp 1, oom 317 (zigzag 634: 0xfa 0x04),
+    // loginuid 2006 (0xd6 0x0f), two threads, tid 9413 (zigzag 18826:
+    // 0x8a 0x93 0x01), policy 3, reset 1, priority 0, nice 7 (zigzag 14),
+    // signal 15 (zigzag 30).
+    let payload = [
+        1u8, 0, 1, 0xfa, 0x04, 0xd6, 0x0f, 2, 0x8a, 0x93, 0x01, 3, 1, 0, 14, 30,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the task-attrs record's bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_5_image() {
+    assert!(
+        format_2_5().0 == read_image(V2_5),
+        "the writer's 2.5 image differs from tests/images/format-2.5.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
+/// The values of the variants 2.3 adds, spelled out, and the bytes of the
+/// slave's record.
+#[test]
 fn the_writer_still_makes_the_checked_in_2_4_image() {
     assert!(
         format_2_4().0 == read_image(V2_4),
@@ -1227,7 +1357,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_4,
+        FORMAT, V2_5,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1256,11 +1386,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.4)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.5)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_4),
+            if found == V1_1 && supported == V2_5),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1283,7 +1413,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_4();
+    let (full, _) = format_2_5();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1293,7 +1423,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_1), format_2_1().0),
         (image_path(V2_2), format_2_2().0),
         (image_path(V2_3), format_2_3().0),
-        (image_path(V2_4), full.clone()),
+        (image_path(V2_4), format_2_4().0),
+        (image_path(V2_5), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

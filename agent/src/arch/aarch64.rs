@@ -346,6 +346,10 @@ pub mod nr {
     pub const SET_TID_ADDRESS: i64 = 96;
     pub const OPENAT: i64 = 56;
     pub const CLOSE: i64 = 57;
+    pub const WRITE: i64 = 64;
+    pub const MADVISE: i64 = 233;
+    pub const SETPRIORITY: i64 = 140;
+    pub const SCHED_SETSCHEDULER: i64 = 119;
     pub const SET_ROBUST_LIST: i64 = 99;
     pub const RT_TGSIGQUEUEINFO: i64 = 240;
     pub const RSEQ: i64 = 293;
@@ -728,6 +732,10 @@ mod tests {
             (nr::FCNTL, 25),
             (nr::OPENAT, 56),
             (nr::CLOSE, 57),
+            (nr::WRITE, 64),
+            (nr::SCHED_SETSCHEDULER, 119),
+            (nr::SETPRIORITY, 140),
+            (nr::MADVISE, 233),
             (nr::CAPSET, 91),
             (nr::SET_TID_ADDRESS, 96),
             (nr::SET_ROBUST_LIST, 99),

@@ -333,6 +333,10 @@ pub mod nr {
     pub const SET_TID_ADDRESS: i64 = 256;
     pub const OPENAT: i64 = 322;
     pub const CLOSE: i64 = 6;
+    pub const WRITE: i64 = 4;
+    pub const MADVISE: i64 = 220;
+    pub const SETPRIORITY: i64 = 97;
+    pub const SCHED_SETSCHEDULER: i64 = 156;
     pub const SET_ROBUST_LIST: i64 = 338;
     pub const RT_TGSIGQUEUEINFO: i64 = 363;
     pub const RSEQ: i64 = 398;
@@ -358,6 +362,18 @@ pub mod nr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_attribute_syscalls_are_the_kernels() {
+        for (got, want) in [
+            (nr::WRITE, libc::SYS_write),
+            (nr::MADVISE, libc::SYS_madvise),
+            (nr::SETPRIORITY, libc::SYS_setpriority),
+            (nr::SCHED_SETSCHEDULER, libc::SYS_sched_setscheduler),
+        ] {
+            assert_eq!(got, i64::from(want));
+        }
+    }
 
     #[test]
     fn sigframe_holds_what_rt_sigreturn_reads() {

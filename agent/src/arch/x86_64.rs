@@ -407,6 +407,10 @@ pub mod nr {
     pub const SET_TID_ADDRESS: i64 = 218;
     pub const OPENAT: i64 = 257;
     pub const CLOSE: i64 = 3;
+    pub const WRITE: i64 = 1;
+    pub const MADVISE: i64 = 28;
+    pub const SETPRIORITY: i64 = 141;
+    pub const SCHED_SETSCHEDULER: i64 = 144;
     pub const SET_ROBUST_LIST: i64 = 273;
     pub const RT_TGSIGQUEUEINFO: i64 = 297;
     pub const RSEQ: i64 = 334;
@@ -432,6 +436,18 @@ pub mod nr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_attribute_syscalls_are_the_kernels() {
+        for (got, want) in [
+            (nr::WRITE, libc::SYS_write),
+            (nr::MADVISE, libc::SYS_madvise),
+            (nr::SETPRIORITY, libc::SYS_setpriority),
+            (nr::SCHED_SETSCHEDULER, libc::SYS_sched_setscheduler),
+        ] {
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn sigframe_holds_what_rt_sigreturn_reads() {

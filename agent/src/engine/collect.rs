@@ -23,7 +23,8 @@ use crate::engine::state::{
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 use crate::image::records::{
     AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, PipeEnd, PosixTimer, Regs, Rlimit,
-    RobustList, Rseq, SeccompFilter, SigAction, SigInfo, Task, Thread,
+    RobustList, Rseq, SeccompFilter, SigAction, SigInfo, Task, TaskAttrs, Thread, ThreadAttrs,
+    VmaAdvice,
 };
 use crate::image::Arch;
 
@@ -110,6 +111,23 @@ pub fn collect_process(
         }
         vmas.push(vma_of(pid, m).step(step)?);
     }
+    let mut attrs = TaskAttrs {
+        oom_score_adj: read_oom_score_adj(pid).step(step)?,
+        loginuid: read_loginuid(pid).step(step)?,
+        advice: maps
+            .iter()
+            .filter(|m| {
+                !is_fixed_kernel_mapping(&m.name) && !SPECIAL_MAPPINGS.contains(&m.name.as_str())
+            })
+            .filter_map(advice_of)
+            .collect(),
+        ..TaskAttrs::default()
+    };
+    for &tid in tids {
+        attrs
+            .threads
+            .push(thread_sched(pid, tid).step(Step::CollectThread(tid))?);
+    }
 
     let exe = procfs::readlink_raw(&format!("/proc/{pid}/exe")).step(step)?;
     if exe.as_bytes().ends_with(b" (deleted)") {
@@ -172,6 +190,7 @@ pub fn collect_process(
             auxv: auxv_words(&auxv).step(step)?,
         },
         vmas,
+        attrs,
         ..Default::default()
     };
     p.task.pending = siginfos(ptrace::peek_siginfo(pid, true).step(step)?);
@@ -218,12 +237,97 @@ pub fn collect_process(
         });
     }
     run_parasite(&mut p).step(Step::Parasite(pid))?;
+    // Only the threads that differ from a new thread are kept.
+    p.attrs.threads.retain(|t| {
+        *t != ThreadAttrs {
+            tid: t.tid,
+            ..ThreadAttrs::default()
+        }
+    });
     // The task record carries the first thread's name and blocked mask.
     if let Some(t) = p.threads.first() {
         p.task.comm = t.comm.clone();
         p.task.sigmask = t.sigmask;
     }
     Ok((p, maps))
+}
+
+/// `/proc/PID/oom_score_adj`, checked to be in the kernel's range.
+pub(crate) fn read_oom_score_adj(pid: i32) -> Result<i32, Cause> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    let text = procfs::read(&path)?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|v| (-1000..=1000).contains(v))
+        .ok_or_else(|| Cause::Refused(format!("{path}: {:?} is not -1000..=1000", text.trim())))
+}
+
+/// `/proc/PID/loginuid`, or unset (`u32::MAX`) on a kernel without audit
+/// support, which has no such file.
+pub fn read_loginuid(pid: i32) -> Result<u32, Cause> {
+    let path = format!("/proc/{pid}/loginuid");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(u32::MAX),
+        Err(e) => {
+            return Err(Cause::Io(std::io::Error::new(
+                e.kind(),
+                format!("{path}: {e}"),
+            )))
+        }
+    };
+    text.trim()
+        .parse::<u32>()
+        .map_err(|_| Cause::Refused(format!("{path}: {:?} is not a uid", text.trim())))
+}
+
+/// The `madvise` flags of one mapping, if it has any.
+fn advice_of(m: &MapEntry) -> Option<VmaAdvice> {
+    let flags = VmaAdvice::TABLE
+        .iter()
+        .filter(|(_, name, _)| m.vm_flags.iter().any(|f| f == name))
+        .fold(0, |acc, (bit, _, _)| acc | bit);
+    (flags != 0).then_some(VmaAdvice {
+        start: m.start,
+        end: m.end,
+        flags,
+    })
+}
+
+const SCHED_RESET_ON_FORK: libc::c_long = 0x4000_0000;
+
+/// A thread's policy, real-time priority and nice value (its `stat`) and
+/// whether its children start with the default policy
+/// (`sched_getscheduler`); the parent-death signal is read in the task.
+pub(crate) fn thread_sched(pid: i32, tid: i32) -> Result<ThreadAttrs, Cause> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let stat = procfs::parse_stat(&path, &procfs::read(&path)?)?;
+    // SAFETY: sched_getscheduler takes a tid and returns an int; no memory
+    // is passed.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, tid) };
+    if policy < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Cause::Io(std::io::Error::new(
+            e.kind(),
+            format!("sched_getscheduler of thread {tid}: {e}"),
+        )));
+    }
+    let reset_on_fork = policy & SCHED_RESET_ON_FORK != 0;
+    if !matches!(stat.policy, 0 | 1 | 2 | 3 | 5) {
+        return Err(Cause::Unsupported(format!(
+            "thread {tid} of process {pid} runs under scheduling policy {} (SCHED_DEADLINE or unknown), which torpor cannot restore",
+            stat.policy
+        )));
+    }
+    Ok(ThreadAttrs {
+        tid,
+        policy: stat.policy,
+        reset_on_fork,
+        rt_priority: stat.rt_priority,
+        nice: stat.nice,
+        pdeathsig: 0,
+    })
 }
 
 fn siginfos(raw: Vec<Vec<u8>>) -> Vec<SigInfo> {
@@ -494,16 +598,32 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         )?;
         let args_at = RemotePtr::<ParasiteArgs>::new(base + PARASITE_ARGS_OFFSET as u64);
         let stack = base + size - 64;
+        // Above the parasite's stack: a word the prctl calls below write.
+        let word_at = base + size - 32;
         let done = torpor_parasite::parasite_done() as u64;
         for (i, t) in p.threads.iter_mut().enumerate() {
             mem.write_value(args_at, &ParasiteArgs::default())?;
-            if i == 0 {
+            let pdeathsig = if i == 0 {
                 // The main thread is already borrowed by `main`.
                 main.run_parasite(base, args_at.addr(), stack, done)?;
+                p.task.creds.securebits = read_securebits(&mut main)?;
+                read_pdeathsig(&mut main, &mem, word_at)?
             } else {
                 let mut r = borrow(t.tid, base)?;
                 r.run_parasite(base, args_at.addr(), stack, done)?;
+                let sig = read_pdeathsig(&mut r, &mem, word_at)?;
+                let bits = read_securebits(&mut r)?;
                 r.finish()?;
+                if bits != p.task.creds.securebits {
+                    return Err(Cause::Unsupported(format!(
+                        "thread {} of process {pid} has securebits {bits:#x}, its main thread {:#x}, which torpor cannot restore",
+                        t.tid, p.task.creds.securebits
+                    )));
+                }
+                sig
+            };
+            if let Some(a) = p.attrs.threads.iter_mut().find(|a| a.tid == t.tid) {
+                a.pdeathsig = pdeathsig;
             }
             let out: ParasiteArgs = mem.read_value(args_at)?;
             check_results(t.tid, &out)?;
@@ -550,6 +670,8 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
         }
         Ok(())
     })();
+    let result =
+        result.and_then(|()| read_process_prctls(&mut main, &mem, base + size - 32, &mut p.attrs));
     let timers = if result.is_ok() {
         read_timers(pid, &mut main, &mem, base + PARASITE_ARGS_OFFSET as u64)
     } else {
@@ -565,6 +687,73 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     }
     Ok(())
 }
+
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_GET_SECUREBITS: u64 = 27;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_THP_DISABLE: u64 = 42;
+
+/// The parent-death signal of the borrowed thread, through the int at
+/// `word_at` (task memory).
+fn read_pdeathsig(r: &mut Remote<'_>, mem: &Mem, word_at: u64) -> Result<i32, Cause> {
+    mem.write_value(RemotePtr::<i32>::new(word_at), &0)?;
+    r.prctl("prctl(PR_GET_PDEATHSIG)", PR_GET_PDEATHSIG, word_at, 0)?;
+    let sig: i32 = mem.read_value(RemotePtr::<i32>::new(word_at))?;
+    if !(0..=64).contains(&sig) {
+        return Err(Cause::Refused(format!("a parent-death signal {sig}")));
+    }
+    Ok(sig)
+}
+
+/// What prctl alone tells of a process, asked in its main thread:
+/// child subreaper, dumpable, THP disabled.
+fn read_process_prctls(
+    r: &mut Remote<'_>,
+    mem: &Mem,
+    word_at: u64,
+    attrs: &mut TaskAttrs,
+) -> Result<(), Cause> {
+    mem.write_value(RemotePtr::<i32>::new(word_at), &0)?;
+    r.prctl(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        PR_GET_CHILD_SUBREAPER,
+        word_at,
+        0,
+    )?;
+    let subreaper: i32 = mem.read_value(RemotePtr::<i32>::new(word_at))?;
+    attrs.child_subreaper = subreaper != 0;
+    let dumpable = r.prctl("prctl(PR_GET_DUMPABLE)", PR_GET_DUMPABLE, 0, 0)?;
+    attrs.dumpable = u32::try_from(dumpable)
+        .ok()
+        .filter(|d| *d <= 2)
+        .ok_or_else(|| Cause::Refused(format!("PR_GET_DUMPABLE returned {dumpable}")))?;
+    let thp = r.prctl("prctl(PR_GET_THP_DISABLE)", PR_GET_THP_DISABLE, 0, 0)?;
+    attrs.thp_disable = match thp {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(Cause::Unsupported(format!(
+                "PR_GET_THP_DISABLE says {thp:#x}, a setting torpor cannot restore"
+            )))
+        }
+    };
+    Ok(())
+}
+
+/// The securebits of the borrowed thread.
+fn read_securebits(r: &mut Remote<'_>) -> Result<u32, Cause> {
+    let bits = r.prctl("prctl(PR_GET_SECUREBITS)", PR_GET_SECUREBITS, 0, 0)?;
+    u32::try_from(bits)
+        .ok()
+        .filter(|b| b & !SECUREBITS_ALL == 0)
+        .ok_or_else(|| Cause::Refused(format!("PR_GET_SECUREBITS returned {bits:#x}")))
+}
+
+/// Every securebit and its lock (`linux/securebits.h`): NOROOT,
+/// NO_SETUID_FIXUP, KEEP_CAPS, NO_CAP_AMBIENT_RAISE, EXEC_RESTRICT_FILE,
+/// EXEC_DENY_INTERACTIVE.
+pub const SECUREBITS_ALL: u32 = 0xfff;
 
 /// POSIX timers: their settings from /proc, their time left from
 /// timer_gettime run in the task (into `scratch`, a page of the parasite's).

@@ -313,6 +313,12 @@ pub fn dump_trees<W: ImageSink>(
                 collect::file_owners(&mut p, &table.files)?;
                 p.task.locks = crate::engine::files::collect_locks(pid, &p.fds)?;
                 p.task.stopped = frozen.stopped.contains(&pid);
+                // A user's image holds only what the user could set again.
+                if let Some(r) = opts.requested_by.as_ref().filter(|r| r.uid != 0) {
+                    crate::engine::restore::attrs::owner_may_set(&p, r.uid)
+                        .map_err(Cause::Unsupported)
+                        .step(Step::Collect(pid))?;
+                }
                 Ok((p, maps))
             };
             procs.push(one().map_err(in_tree(pid))?);

@@ -107,6 +107,11 @@ pub fn write_process<W: Write>(
     for f in &p.seccomp {
         w.write(f)?;
     }
+    // Only when it says something: an image of a tree with none stays
+    // readable by a torpor that predates the kind.
+    if p.attrs != crate::image::records::TaskAttrs::default() {
+        w.write(&p.attrs)?;
+    }
     for o in &p.owners {
         w.write(o)?;
     }
@@ -138,6 +143,7 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
     let mut ofds: BTreeMap<u64, u32> = BTreeMap::new();
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, PipeEnd)> = BTreeMap::new();
+    let mut seen_attrs = std::collections::BTreeSet::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
@@ -258,6 +264,7 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
             | Kind::Vma
             | Kind::Fd
             | Kind::SeccompFilter
+            | Kind::TaskAttrs
             | Kind::Pages => {
                 let p = cur
                     .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
@@ -274,6 +281,16 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
                         p.threads.push(t);
                     }
                     Kind::SeccompFilter => p.seccomp.push(rec.decode()?),
+                    Kind::TaskAttrs => {
+                        if seen_attrs.contains(&p.task.pid) {
+                            return Err(malformed(format!(
+                                "a second task-attrs record for process {}",
+                                p.task.pid
+                            )));
+                        }
+                        seen_attrs.insert(p.task.pid);
+                        p.attrs = rec.decode()?;
+                    }
                     Kind::Vma => {
                         let v: RVma = rec.decode()?;
                         p.vmas.push(Vma::from_record(v).map_err(malformed)?);
@@ -431,6 +448,66 @@ mod tests {
                 bytes: vec![1; len],
             })
         }
+    }
+
+    #[test]
+    fn task_attrs_are_written_only_when_they_say_something() {
+        use crate::engine::restore::plan::tests::process;
+        use crate::image::records::{Kind, TaskAttrs, ThreadAttrs};
+        let write = |p: &ProcessState| {
+            let header = Header::for_host().expect("header");
+            let mut w = ImageWriter::new(Vec::new(), &header).expect("writer");
+            write_process(
+                &mut w,
+                p,
+                &[OpenFile {
+                    flags: 0,
+                    kind: FileKind::Device(crate::engine::state::DeviceFile {
+                        path: "/dev/null".into(),
+                        rdev: 0x103,
+                        tty: false,
+                    }),
+                    sigio: None,
+                }],
+                &mut std::collections::BTreeSet::new(),
+            )
+            .expect("process");
+            w.finish().expect("finish").0
+        };
+        let kinds = |img: &[u8]| {
+            let mut r = crate::image::ImageReader::new(img).expect("reader");
+            let mut k = Vec::new();
+            while let Some(rec) = r.next_record().expect("record") {
+                k.push(rec.kind());
+            }
+            k
+        };
+        let mut p = process(100, 0);
+        let plain = write(&p);
+        assert!(!kinds(&plain).contains(&Kind::TaskAttrs));
+        assert_eq!(
+            read_state(&plain[..]).expect("state").processes[0].attrs,
+            TaskAttrs::default()
+        );
+        p.attrs.oom_score_adj = 345;
+        p.attrs.threads.push(ThreadAttrs {
+            tid: 100,
+            policy: 3,
+            nice: 9,
+            ..ThreadAttrs::default()
+        });
+        let img = write(&p);
+        assert_eq!(
+            kinds(&img)
+                .iter()
+                .filter(|k| **k == Kind::TaskAttrs)
+                .count(),
+            1
+        );
+        assert_eq!(
+            read_state(&img[..]).expect("state").processes[0].attrs,
+            p.attrs
+        );
     }
 
     #[test]

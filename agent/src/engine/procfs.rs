@@ -48,6 +48,12 @@ pub struct Stat {
     /// Field 52: the wait status of an exited task (a zombie's exit code),
     /// 0 while it runs; absent on old kernels.
     pub exit_code: i32,
+    /// Field 19: -20..=19.
+    pub nice: i32,
+    /// Field 40: the real-time priority, 0 outside `SCHED_FIFO`/`RR`.
+    pub rt_priority: u32,
+    /// Field 41: the scheduling policy, without `SCHED_RESET_ON_FORK`.
+    pub policy: u32,
 }
 
 pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
@@ -89,6 +95,13 @@ pub fn parse_stat(path: &str, text: &str) -> Result<Stat, ProcError> {
         env_start: num(50)?,
         env_end: num(51)?,
         exit_code: get(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        nice: int(19)?,
+        rt_priority: int(40)?
+            .try_into()
+            .map_err(|_| bad(path, "field 40 is negative"))?,
+        policy: int(41)?
+            .try_into()
+            .map_err(|_| bad(path, "field 41 is negative"))?,
     })
 }
 
@@ -606,7 +619,7 @@ pub fn readlink(path: &str) -> Result<String, ProcError> {
 mod tests {
     use super::*;
 
-    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 20 0 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 768\n";
+    const STAT: &str = "4242 (my (odd) prog) S 1 4242 4242 34816 4242 4194304 100 0 0 0 1 2 0 0 15 -5 1 0 12345 2252800 200 18446744073709551615 94000000000000 94000000004000 140730000000000 0 0 0 0 0 0 0 0 0 17 1 7 1 0 0 0 94000000010000 94000000010600 94000001000000 140730000001000 140730000001020 140730000001020 140730000001100 768\n";
 
     #[test]
     fn stat_fields_after_odd_comm() {
@@ -625,6 +638,7 @@ mod tests {
         assert_eq!(s.env_start, 140_730_000_001_020);
         assert_eq!(s.env_end, 140_730_000_001_100);
         assert_eq!(s.exit_code, 768);
+        assert_eq!((s.nice, s.rt_priority, s.policy), (-5, 7, 1));
     }
 
     #[test]

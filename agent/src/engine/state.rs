@@ -77,6 +77,9 @@ pub struct ProcessState {
     /// Seccomp filters beyond torpor's own, oldest first (every thread
     /// runs under the same ones).
     pub seccomp: Vec<records::SeccompFilter>,
+    /// Scheduling, prctl attributes, `oom_score_adj` and `madvise` flags
+    /// (the `task-attrs` record; the default when the image has none).
+    pub attrs: records::TaskAttrs,
     /// What the paths this process held, mapped or worked in were at the
     /// dump.
     pub owners: Vec<records::FileOwner>,

@@ -74,6 +74,13 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.5 adds the `task-attrs` kind: scheduling, nice values and
+//! parent-death signals of threads, child subreaper, dumpable, THP
+//! disabled, `oom_score_adj` and the `madvise` flags of mappings, written
+//! for a process only when one of them differs from a new process's (a 2.4
+//! reader refuses an image holding one for the kind it does not know).
+//! Its securebits, in the `Creds` every format has, are filled from 2.5 on.
+//!
 //! Format 2.4 appends the `Pidfd`, `ProcFile` and `TcpConnection`
 //! variants to `FdKind` (a pidfd and a file of `/proc` of a process of the
 //! tree; an established TCP connection kept through TCP repair mode) and the
@@ -111,7 +118,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 4 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 5 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

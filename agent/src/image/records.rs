@@ -185,6 +185,10 @@ registry! {
     /// A piece of a queue of a kept TCP connection, after the connection's
     /// first fd record.
     TcpQueue        = 22,  "tcp-queue",      TcpQueue,        STATE_LIMIT,     "a tcp-queue record",      state;
+    /// Scheduling, prctl attributes, `oom_score_adj` and `madvise` flags of
+    /// the process before it, written when any differs from a new
+    /// process's.
+    TaskAttrs       = 23,  "task-attrs",     TaskAttrs,       STATE_LIMIT,     "a task-attrs record",     state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -422,6 +426,96 @@ pub struct Task {
     pub locks: Vec<FileLock>,
     /// Stopped by a signal at the dump; the restore stops it again.
     pub stopped: bool,
+}
+
+/// What the kernel keeps of a process besides its ids, limits and signals:
+/// prctl attributes, `oom_score_adj`, each thread's scheduling and the
+/// `madvise` flags of its mappings. An image without this record (older
+/// than format 2.5, or of a process with nothing to say) means
+/// [`TaskAttrs::default`]: what a new process has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAttrs {
+    /// `PR_SET_CHILD_SUBREAPER`.
+    pub child_subreaper: bool,
+    /// `PR_GET_DUMPABLE`: 0, 1 or 2 (`SUID_DUMP_ROOT`, set only by the
+    /// kernel).
+    pub dumpable: u32,
+    /// `PR_SET_THP_DISABLE`.
+    pub thp_disable: bool,
+    /// `/proc/PID/oom_score_adj`, -1000..=1000.
+    pub oom_score_adj: i32,
+    /// `/proc/PID/loginuid` (the audit login uid); `u32::MAX` when unset or
+    /// when the kernel has no audit support.
+    pub loginuid: u32,
+    /// One entry per thread whose attributes differ from a new thread's.
+    pub threads: Vec<ThreadAttrs>,
+    /// The mappings with `madvise` flags, one entry per mapping.
+    pub advice: Vec<VmaAdvice>,
+}
+
+impl Default for TaskAttrs {
+    fn default() -> Self {
+        TaskAttrs {
+            child_subreaper: false,
+            dumpable: 1,
+            thp_disable: false,
+            oom_score_adj: 0,
+            loginuid: u32::MAX,
+            threads: Vec::new(),
+            advice: Vec::new(),
+        }
+    }
+}
+
+/// One thread's scheduling and parent-death signal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadAttrs {
+    pub tid: i32,
+    /// `SCHED_OTHER` (0), `FIFO` (1), `RR` (2), `BATCH` (3) or `IDLE` (5).
+    pub policy: u32,
+    /// `SCHED_RESET_ON_FORK`.
+    pub reset_on_fork: bool,
+    /// The real-time priority (1..=99 under `FIFO` and `RR`, else 0).
+    pub rt_priority: u32,
+    /// -20..=19.
+    pub nice: i32,
+    /// `PR_SET_PDEATHSIG`: 0 for none.
+    pub pdeathsig: i32,
+}
+
+/// `madvise` flags of one mapping, as `smaps` `VmFlags` show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaAdvice {
+    pub start: u64,
+    pub end: u64,
+    /// [`VmaAdvice::DONTFORK`] and the other bits.
+    pub flags: u32,
+}
+
+impl VmaAdvice {
+    /// `dc`: `MADV_DONTFORK`.
+    pub const DONTFORK: u32 = 1;
+    /// `dd`: `MADV_DONTDUMP`.
+    pub const DONTDUMP: u32 = 2;
+    /// `wf`: `MADV_WIPEONFORK`.
+    pub const WIPEONFORK: u32 = 4;
+    /// `hg`: `MADV_HUGEPAGE`.
+    pub const HUGEPAGE: u32 = 8;
+    /// `nh`: `MADV_NOHUGEPAGE`.
+    pub const NOHUGEPAGE: u32 = 16;
+    /// `mg`: `MADV_MERGEABLE`.
+    pub const MERGEABLE: u32 = 32;
+    /// Every bit above.
+    pub const ALL: u32 = 63;
+    /// Each bit, its `VmFlags` name and the `madvise` advice that sets it.
+    pub const TABLE: [(u32, &'static str, i32); 6] = [
+        (Self::DONTFORK, "dc", 10),
+        (Self::DONTDUMP, "dd", 16),
+        (Self::WIPEONFORK, "wf", 18),
+        (Self::HUGEPAGE, "hg", 14),
+        (Self::NOHUGEPAGE, "nh", 15),
+        (Self::MERGEABLE, "mg", 12),
+    ];
 }
 
 /// Who owns a file lock, which decides how it is taken again.

@@ -1,6 +1,6 @@
 //! Credentials of one thread, set last of everything a thread gets: ids,
 //! groups, capabilities (bounding, inheritable, permitted, effective,
-//! ambient) and no_new_privs.
+//! ambient), securebits and no_new_privs.
 
 use crate::arch::nr;
 use crate::engine::procfs;
@@ -68,6 +68,10 @@ pub(super) fn restore_creds(
     let (uids, gids, caps) = (c.uids(), c.gids(), c.caps());
     let ids_change = !c.groups.is_empty() || uids != [0; 4] || gids != [0; 4];
     let caps_change = caps != me.caps;
+    let sb = c.securebits;
+    // Permitted capabilities survive the uid change when anything is set
+    // with them afterwards.
+    let keep = ids_change && (caps_change || sb != 0);
     if caps_change {
         for cap in 0..=last_cap.min(63) {
             if caps[3] & (1u64 << cap) == 0 && me.caps[3] & (1u64 << cap) != 0 {
@@ -78,7 +82,7 @@ pub(super) fn restore_creds(
         capset(r, mem, tramp, caps[0], me.caps[1], me.caps[2])?;
     }
     if ids_change {
-        if caps_change {
+        if keep {
             r.prctl("prctl(PR_SET_KEEPCAPS)", PR_SET_KEEPCAPS, 1, 0)?;
         }
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
@@ -92,12 +96,11 @@ pub(super) fn restore_creds(
         r.syscall("setresgid", nr::SETRESGID, [g0, g1, g2, 0, 0, 0])?;
         let [u0, u1, u2, _] = uids.map(u64::from);
         r.syscall("setresuid", nr::SETRESUID, [u0, u1, u2, 0, 0, 0])?;
-        if caps_change {
+        if keep {
             r.prctl("prctl(PR_SET_KEEPCAPS)", PR_SET_KEEPCAPS, 0, 0)?;
         }
     }
-    if caps_change {
-        capset(r, mem, tramp, caps[0], caps[1], caps[2])?;
+    let raise_ambient = |r: &mut Remote<'_>| -> Result<(), Cause> {
         for cap in 0..=last_cap.min(63) {
             if caps[4] & (1u64 << cap) != 0 {
                 r.prctl(
@@ -107,6 +110,24 @@ pub(super) fn restore_creds(
                     u64::from(cap),
                 )?;
             }
+        }
+        Ok(())
+    };
+    if sb != 0 {
+        // Securebits need CAP_SETPCAP in the effective set, which a uid
+        // change cleared; ambient capabilities are raised before them,
+        // since SECBIT_NO_CAP_AMBIENT_RAISE forbids it after.
+        let inh = if caps_change { caps[0] } else { me.caps[0] };
+        capset(r, mem, tramp, inh, me.caps[1], me.caps[1])?;
+        if caps_change {
+            raise_ambient(r)?;
+        }
+        super::attrs::set_securebits(r, sb)?;
+    }
+    if caps_change {
+        capset(r, mem, tramp, caps[0], caps[1], caps[2])?;
+        if sb == 0 {
+            raise_ambient(r)?;
         }
     }
     if c.no_new_privs && !me.no_new_privs {

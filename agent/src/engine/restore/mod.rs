@@ -20,16 +20,17 @@
 //!     ├ memory     trampoline in a hole → unmap torpor's image → move
 //!     │            vdso/vvar/sigpage and shared objects → mmap every VMA
 //!     ├            pages copied straight from the records into place
-//!     └ process    mprotect → PR_SET_MM_MAP → sigactions, itimers →
+//!     └ process    mprotect → madvise, subreaper, THP, login uid
+//!        │         (`attrs`) → PR_SET_MM_MAP → sigactions, itimers →
 //!        │         threads (clone3 set_tid) → timers → shared signals →
 //!        │         seccomp
 //!        ├ thread  per thread: name, tid address, robust list, altstack,
-//!        │         rseq, TLS, pending signals, creds (`creds`), FPU,
-//!        │         registers
-//!        └         trampoline unmapped
-//!  (here)      seals, signal-driven I/O owners, stopped tasks stopped
-//!              again; detach everything; torpor exits and the root is
-//!              re-parented
+//!        │         rseq, TLS, pending signals, nice and policy, creds
+//!        │         (`creds`), FPU, registers
+//!        └         oom_score_adj, dumpable; trampoline unmapped
+//!  (here)      seals, signal-driven I/O owners, parent-death signals,
+//!              stopped tasks stopped again; detach everything; torpor
+//!              exits and the root is re-parented
 //! ```
 //!
 //! Remote syscalls take their arguments from the trampoline's scratch
@@ -43,6 +44,7 @@
 //! symbolic link, and only if it is the file the dump recorded
 //! (`files::owner`); `validate` checks all of them first.
 
+pub mod attrs;
 mod creds;
 mod memory;
 mod objects;
@@ -72,18 +74,22 @@ pub use validate::validate;
 
 use objects::open_objects;
 
-/// Clears the parent-death signal of the stopped, complete task `pid`,
-/// through a syscall at its own pc.
-fn survive_parent(pid: i32) -> Result<(), Cause> {
-    let mem = crate::engine::ptrace::Mem::open(pid)?;
-    let mut r = crate::engine::remote::Remote::at_pc(pid, &mem)?;
-    r.prctl(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::PR_SET_PDEATHSIG as u64,
-        0,
-        0,
-    )?;
-    r.finish()?;
+/// Sets the parent-death signal of every thread of the stopped, complete
+/// process `p` to its image's (clearing the one its main thread was given
+/// while the tree was built). The root's is cleared: its parent is torpor,
+/// which exits as soon as the tree runs, not the parent it had.
+fn set_parent_death(p: &crate::engine::state::ProcessState, root: bool) -> Result<(), Cause> {
+    for (i, t) in p.threads.iter().enumerate() {
+        let sig = if root {
+            0
+        } else {
+            attrs::thread_attrs(p, t.tid).pdeathsig
+        };
+        // Other threads start without one.
+        if i == 0 || sig != 0 {
+            attrs::set_pdeathsig(t.tid, sig)?;
+        }
+    }
     Ok(())
 }
 use pages::rebuild_all;
@@ -240,9 +246,13 @@ pub fn restore<R: Read>(
     }
     drop(objs);
     // Every task is complete: none dies with its parent any longer (set
-    // while the tree was being built, `tasks::task_main`).
+    // while the tree was being built, `tasks::task_main`); each gets the
+    // parent-death signal it had, now that its parent is final and its
+    // credentials (whose change clears it) are set.
+    let pids: std::collections::BTreeSet<i32> = st.processes.iter().map(|p| p.task.pid).collect();
     for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
-        survive_parent(p.task.pid).step(Step::Detach)?;
+        let root = !pids.contains(&p.task.ppid);
+        set_parent_death(p, root).step(Step::Detach)?;
     }
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.

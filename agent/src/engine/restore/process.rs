@@ -1,8 +1,10 @@
 //! The address space of one task, second half, once its pages are in:
-//! protections of the shared objects, the mm fields (`PR_SET_MM_MAP`),
-//! signal dispositions and interval timers, the threads (`clone3` with
-//! their tids), POSIX timers, signals queued for the process and seccomp
-//! filters; then each thread (`thread`), and the trampoline goes.
+//! protections of the shared objects, `madvise` flags and process
+//! attributes (`attrs`), the mm fields (`PR_SET_MM_MAP`), signal
+//! dispositions and interval timers, the threads (`clone3` with their
+//! tids), POSIX timers, signals queued for the process and seccomp
+//! filters; then each thread (`thread`), the attributes its credentials
+//! reset, and the trampoline goes.
 
 use torpor_parasite::KSigaction;
 
@@ -130,6 +132,7 @@ pub(super) fn finish_process(
                 r.mprotect("mprotect", v.start, v.end - v.start, v.prot)?;
             }
         }
+        super::attrs::set_process_attrs(r, mem, tramp, p)?;
         let exe_fd = rb.exe_fd;
         let mut s = Scratch::at(mem, tramp);
         let auxv = auxv_bytes(&p.mm.auxv)?;
@@ -357,6 +360,10 @@ pub(super) fn finish_process(
     for t in p.threads.iter() {
         restore_thread(rb, t)?;
     }
+    // After every thread's credentials, which reset the dumpable flag.
+    with_remote(mem, pid, tramp, |r| {
+        super::attrs::set_final_attrs(r, mem, tramp, p)
+    })?;
     // The trampoline goes last.
     trampoline::remove(pid, mem, tramp)?;
     Ok(p.threads.len())

@@ -1,7 +1,7 @@
 //! One thread's own state, in its own context: name, tid address, robust
-//! list, alternate stack, rseq, TLS, pending signals, credentials, then
-//! FPU and general registers with the signal mask, which take effect when
-//! the tree is released.
+//! list, alternate stack, rseq, TLS, pending signals, nice value and
+//! scheduling policy, credentials, then FPU and general registers with the
+//! signal mask, which take effect when the tree is released.
 
 use crate::arch::{self, nr, Bits, Regs};
 use crate::engine::remote::Remote;
@@ -91,6 +91,14 @@ pub(super) fn restore_thread(
             ],
         )?;
     }
+    // With torpor's rights still: see `attrs::owner_may_set`.
+    super::attrs::set_sched(
+        &mut r,
+        mem,
+        tramp,
+        p.task.pid,
+        &super::attrs::thread_attrs(p, t.tid),
+    )?;
     restore_creds(&mut r, mem, tramp, &p.task.creds)?;
     arch::set_fpregs(t.tid, &t.regs.fpu)?;
     let mut regs = Regs::from_bytes(&t.regs.gpr)?;

@@ -48,6 +48,7 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
                 "the image was taken for uid {asked}, but process {pid} is in group {g}, which the user was not"
             ));
         }
+        super::attrs::owner_may_set(p, asked)?;
         if c.caps()[1] != 0 || c.caps()[2] != 0 || c.caps()[4] != 0 {
             return Err(format!(
                 "the image was taken for uid {asked}, but process {pid} has capabilities (permitted {:#x}, effective {:#x}, ambient {:#x})",
@@ -77,6 +78,9 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
                 ),
             ));
         }
+    }
+    for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
+        super::attrs::check(p).map_err(|why| refused(step, why))?;
     }
     let holders = holders(st);
     for p in &st.processes {
