@@ -261,6 +261,10 @@ app_tests!(breadth_rights, "breadth_rights",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["queue", "offset", "child", "pipe"]);
 
+app_tests!(breadth_sockopts, "breadth_sockopts",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["broadcast", "keepidle", "peek", "lite"]);
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);

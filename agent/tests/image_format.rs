@@ -862,8 +862,28 @@ fn unix_rights() -> UnixRights {
     }
 }
 
-/// Format 2.5: the records of 2.4, then the `task-attrs` of the last task
-/// and a `unix-rights` record (the kinds 2.5 adds).
+/// Socket options 2.5 adds, of the UNIX socket at description 14: its
+/// peek offset and a one-instruction filter.
+fn sock_extra() -> SockExtra {
+    SockExtra {
+        ofd: 14,
+        opts: vec![
+            RawSockOpt {
+                level: 1,
+                opt: 42,
+                value: 2i32.to_le_bytes().to_vec(),
+            },
+            RawSockOpt {
+                level: 1,
+                opt: 26,
+                value: vec![6, 0, 0, 0, 0, 0, 0, 0],
+            },
+        ],
+    }
+}
+
+/// Format 2.5: the records of 2.4, then the `task-attrs` of the last task,
+/// a `unix-rights` and a `sock-opts` record (the kinds 2.5 adds).
 fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     let (img24, expect24) = format_2_4();
     let mut f = Fixture::new(&fixed_header(V2_5));
@@ -882,6 +902,7 @@ fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     assert_eq!(f.expect.len(), expect24.len(), "every 2.4 record copied");
     f.put(task_attrs());
     f.put(unix_rights());
+    f.put(sock_extra());
     f.finish()
 }
 
@@ -1190,7 +1211,7 @@ fn format_2_5_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.5 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 46);
+    assert_eq!(s.records, 47);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1245,6 +1266,30 @@ fn format_2_5_unix_rights_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the unix-rights record's bytes"
+    );
+}
+
+/// The socket options 2.5 adds, and the bytes of their record.
+#[test]
+fn format_2_5_sock_opts_spot_values() {
+    let img = read_image(V2_5);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut extra = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::SockExtra {
+            extra.push(rec.decode::<SockExtra>().expect("sock-opts"));
+        }
+    }
+    assert_eq!(extra, [sock_extra()]);
+    // The kind byte 25, ofd 14, two options: level 1 (zigzag 2), name 42
+    // (zigzag 84), 4 bytes of 2; level 1, name 26 (zigzag 52), the 8 bytes
+    // of `ret #0`.
+    let payload = [
+        25u8, 14, 2, 2, 84, 4, 2, 0, 0, 0, 2, 52, 8, 6, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the sock-opts record's bytes"
     );
 }
 

@@ -857,6 +857,8 @@ pub struct FileTable {
     inflight: crate::engine::files::InFlight,
     /// Descriptors in flight, until every fd of the trees is known.
     passing: Vec<Passing>,
+    /// Socket options beyond an fd record's, by open file index.
+    pub sock_opts: BTreeMap<u32, Vec<crate::image::records::RawSockOpt>>,
 }
 
 /// The descriptors message `message` of the queue of the socket first seen
@@ -997,6 +999,21 @@ impl FileTable {
                     self.owner.push((pid, fd, link));
                     let id = self.files.len() - 1;
                     let socket = conv::fit(id, "u32", "open file index").step(step)?;
+                    if matches!(
+                        self.files[id].kind,
+                        FileKind::Unix(_) | FileKind::Inet(_) | FileKind::TcpConnection(_)
+                    ) {
+                        let opts = crate::engine::files::socket_options(pid, fd)
+                            .map_err(|e| {
+                                Cause::Unsupported(format!(
+                                    "fd {fd} of process {pid} is a socket whose options torpor cannot keep: {e}"
+                                ))
+                            })
+                            .step(step)?;
+                        if !opts.is_empty() {
+                            self.sock_opts.insert(socket, opts);
+                        }
+                    }
                     for (message, fds) in self.inflight.take() {
                         self.passing.push(Passing {
                             socket,

@@ -427,6 +427,14 @@ pub fn dump_trees<W: ImageSink>(
     for r in &rights {
         w.write(r).step(wstep).map_err(whole)?;
     }
+    for (&file, opts) in &table.sock_opts {
+        w.write(&crate::image::records::SockExtra {
+            ofd: u64::from(file),
+            opts: opts.clone(),
+        })
+        .step(wstep)
+        .map_err(whole)?;
+    }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;
     let mut trees = trees;

@@ -294,6 +294,34 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
                     files,
                 });
             }
+            Kind::SockExtra => {
+                let r: crate::image::records::SockExtra = rec.decode()?;
+                let i = ofds
+                    .get(&r.ofd)
+                    .copied()
+                    .filter(|&i| {
+                        st.files.get(i as usize).is_some_and(|f| {
+                            matches!(
+                                f.kind,
+                                FileKind::Unix(_) | FileKind::Inet(_) | FileKind::TcpConnection(_)
+                            )
+                        })
+                    })
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "a sock-opts record names description {}, which is no socket before it",
+                            r.ofd
+                        ))
+                    })?;
+                crate::engine::files::sockopt::check(&r.opts)
+                    .map_err(|why| malformed(format!("description {}: {why}", r.ofd)))?;
+                if st.sock_opts.insert(i, r.opts).is_some() {
+                    return Err(malformed(format!(
+                        "two sock-opts records for description {}",
+                        r.ofd
+                    )));
+                }
+            }
             Kind::Clocks => {
                 if st.clocks.is_some() {
                     return Err(malformed("a second clocks record".into()));
@@ -562,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn descriptors_in_flight_name_queued_messages_and_held_descriptions() {
+    fn records_after_the_processes_name_sockets_and_descriptions_they_hold() {
         use crate::image::records::{FdKind, Task, UnixRights, UnixSocket};
         let task = |w: &mut ImageWriter<Vec<u8>>| {
             w.write(&Task {
@@ -653,6 +681,38 @@ mod tests {
             e.contains("two unix-rights records for message 0 of description 3"),
             "{e}"
         );
+
+        // Socket options: of a socket, known, once.
+        let sock_opts = |ofd: u64, opt: i32| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&crate::image::records::SockExtra {
+                    ofd,
+                    opts: vec![crate::image::records::RawSockOpt {
+                        level: libc::SOL_SOCKET,
+                        opt,
+                        value: 1i32.to_ne_bytes().to_vec(),
+                    }],
+                })
+            }
+        };
+        let st = read_state(&image(&[&task, &socket, &null, &sock_opts(3, 6)])[..])
+            .expect("SO_BROADCAST of the socket");
+        assert_eq!(st.sock_opts.get(&0).map(Vec::len), Some(1));
+        let e = refused(&sock_opts(4, 6));
+        assert!(
+            e.contains("a sock-opts record names description 4, which is no socket before it"),
+            "{e}"
+        );
+        let e = refused(&sock_opts(3, 2));
+        assert!(
+            e.contains("description 3: socket option 2 of level 1 is not one torpor keeps"),
+            "{e}"
+        );
+        let e =
+            read_state(&image(&[&task, &socket, &null, &sock_opts(3, 6), &sock_opts(3, 5)])[..])
+                .expect_err("two records for one socket")
+                .to_string();
+        assert!(e.contains("two sock-opts records for description 3"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct ImageState {
     /// Descriptors in flight in the queues of the tree's UNIX sockets
     /// (`unix-rights` records; none in images older than format 2.5).
     pub rights: Vec<Rights>,
+    /// Socket options beyond an fd record's, by index into `files`
+    /// (`sock-opts` records; none in images older than format 2.5).
+    pub sock_opts: std::collections::BTreeMap<u32, Vec<records::RawSockOpt>>,
 }
 
 /// The most descriptors one message passes (the kernel's `SCM_MAX_FD`).

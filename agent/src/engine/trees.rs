@@ -307,6 +307,12 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
                 files: r.files.iter().map(|&f| renumber(&files, f)).collect(),
             })
             .collect(),
+        sock_opts: st
+            .sock_opts
+            .iter()
+            .filter(|(&f, _)| c.holds(&Shared::File(f), part))
+            .map(|(&f, o)| (renumber(&files, f), o.clone()))
+            .collect(),
     }
 }
 

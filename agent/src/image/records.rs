@@ -192,6 +192,9 @@ registry! {
     /// File descriptors in flight in a queued message of a UNIX socket,
     /// after every process.
     UnixRights      = 24,  "unix-rights",    UnixRights,      STATE_LIMIT,     "a unix-rights record",    state;
+    /// Socket options of a socket that differ from a new socket's, beyond
+    /// its fd record's, after every process.
+    SockExtra       = 25,  "sock-opts",      SockExtra,       STATE_LIMIT,     "a sock-opts record",      state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -930,6 +933,24 @@ pub struct TcpQueue {
     pub bytes: Vec<u8>,
 }
 
+/// One socket option as `getsockopt` returned it: level, name and value
+/// bytes (a classic BPF filter as its instructions, 8 bytes each).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawSockOpt {
+    pub level: i32,
+    pub opt: i32,
+    pub value: Vec<u8>,
+}
+
+/// The options of the socket held by the open file description `ofd` that
+/// differ from those of a new socket of its kind, beyond the [`SockOpts`]
+/// of its fd record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockExtra {
+    pub ofd: u64,
+    pub opts: Vec<RawSockOpt>,
+}
+
 /// The file descriptors a queued message of a UNIX socket carries
 /// (`SCM_RIGHTS`): the message is `queue[message]` of the socket held by the
 /// open file description `ofd`, and `files` are the descriptions it passes,
@@ -1018,7 +1039,7 @@ pub struct Memfd {
 pub struct InetSocket {
     /// `AF_INET` or `AF_INET6`.
     pub family: i32,
-    /// `SOCK_STREAM` or `SOCK_DGRAM`.
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_RAW`.
     pub sock_type: i32,
     pub protocol: i32,
     /// `getsockname` as raw `sockaddr_in`/`sockaddr_in6` bytes; empty if unbound.
@@ -1036,7 +1057,8 @@ pub struct InetSocket {
     pub dropped: bool,
     /// The connection's error (ECONNRESET) was not yet read by the app.
     pub error_pending: bool,
-    /// UDP: datagrams waiting to be read, in order (their senders are not kept).
+    /// UDP and UDP-Lite: datagrams waiting to be read, in order (their
+    /// senders are not kept).
     pub queue: Vec<Vec<u8>>,
 }
 

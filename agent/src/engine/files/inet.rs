@@ -1,5 +1,6 @@
-//! TCP and UDP sockets. Listeners are bound again on their address and port
-//! and listen with their backlog; UDP sockets are bound again and, when
+//! Internet sockets: TCP, UDP, UDP-Lite, ping (ICMP echo) and raw.
+//! Listeners are bound again on their address and port and listen with
+//! their backlog; datagram and raw sockets are bound again and, when
 //! connected, connected again. An established TCP connection, unless the
 //! dump keeps it in repair mode (`tcp`, `--tcp-established`), comes back as
 //! a connection reset by its peer, so the app's next read fails with
@@ -65,13 +66,25 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
     let protocol = get_int(&f, libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(io)?;
     let tcp = protocol == libc::IPPROTO_TCP;
-    if !(tcp && sock_type == libc::SOCK_STREAM
-        || protocol == libc::IPPROTO_UDP && sock_type == libc::SOCK_DGRAM)
-    {
-        return Err(format!(
-            "protocol {protocol} (type {sock_type}) is neither TCP nor UDP"
-        ));
-    }
+    let icmp = if family == libc::AF_INET6 {
+        libc::IPPROTO_ICMPV6
+    } else {
+        libc::IPPROTO_ICMP
+    };
+    // Datagrams queued on a ping or raw socket came from the network and
+    // cannot be queued again from a local socket.
+    let (requeued, what) = match (sock_type, protocol) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => (true, "TCP"),
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => (true, "UDP"),
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => (true, "UDP-Lite"),
+        (libc::SOCK_DGRAM, p) if p == icmp => (false, "ping"),
+        (libc::SOCK_RAW, _) => (false, "raw"),
+        _ => {
+            return Err(format!(
+                "protocol {protocol} (type {sock_type}) is none of TCP, UDP, UDP-Lite, ping or raw"
+            ));
+        }
+    };
     let (mut tcp_state, mut backlog) = (0u8, 0u32);
     if tcp {
         let info = tcp_info::<104>(&f)?;
@@ -100,9 +113,15 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     }
     let queue = if tcp {
         Vec::new()
-    } else {
+    } else if requeued {
         // UDP passes no descriptors.
         super::unix::peek_queue(&f, false, false)?.messages
+    } else if p.revents & libc::POLLIN != 0 {
+        return Err(format!(
+            "datagrams wait on a {what} socket; torpor cannot queue them again"
+        ));
+    } else {
+        Vec::new()
     };
     let peer = name(&f, true).map_err(io)?;
     if !queue.is_empty() && !peer.is_empty() {
@@ -271,10 +290,15 @@ fn pending_error(f: &OwnedFd) -> bool {
     n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) != 0
 }
 
-pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error> {
+pub(super) fn open(
+    s: &InetSocket,
+    nonblock: bool,
+    extra: &[crate::image::records::RawSockOpt],
+) -> Result<i32, std::io::Error> {
     let tcp = s.protocol == libc::IPPROTO_TCP;
     let f = if tcp && !s.listening && (!s.peer.is_empty() || s.dropped) {
         let c = reset_connection(s)?;
+        super::sockopt::apply(c.as_raw_fd(), extra)?;
         if s.dropped && !s.error_pending {
             // The app had already read the reset; only EOF and EPIPE remain.
             get_int(&c, libc::SOL_SOCKET, libc::SO_ERROR)?;
@@ -282,6 +306,9 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
         c
     } else {
         let f = new_socket(s)?;
+        // Before the bind, which IP_FREEBIND, IP_TRANSPARENT or
+        // SO_BINDTODEVICE may change.
+        super::sockopt::apply(f.as_raw_fd(), extra)?;
         if s.v6only {
             set_int(f.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
         }
@@ -331,7 +358,7 @@ pub(super) fn open(s: &InetSocket, nonblock: bool) -> Result<i32, std::io::Error
 }
 
 impl super::AnonKind for InetSocket {
-    const NAME: &'static str = "a TCP or UDP socket";
+    const NAME: &'static str = "an internet socket";
     const CLAIM: super::Claim = super::Claim::Socket(&[libc::AF_INET, libc::AF_INET6]);
 
     fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
@@ -340,6 +367,6 @@ impl super::AnonKind for InetSocket {
     }
 
     fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
-        Ok(open(self, cx.nonblock())?)
+        Ok(open(self, cx.nonblock(), cx.sock_opts)?)
     }
 }

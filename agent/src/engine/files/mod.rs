@@ -40,6 +40,7 @@ mod pty;
 mod sigio;
 mod signalfd;
 mod sock;
+pub mod sockopt;
 mod sysv;
 mod tcp;
 mod timerfd;
@@ -233,6 +234,8 @@ pub struct OpenCx<'a> {
     pub file: u32,
     /// The descriptors in flight in the tree's UNIX sockets.
     pub rights: &'a [crate::engine::state::Rights],
+    /// A socket's options beyond its record's, set before it is bound.
+    pub sock_opts: &'a [crate::image::records::RawSockOpt],
 }
 
 impl OpenCx<'_> {
@@ -436,6 +439,13 @@ pub fn collect(
             "a socket of address family {other}, which torpor cannot restore"
         ))),
     }
+}
+
+/// The options of socket `fd` of `pid` that differ from a new socket's of
+/// its kind (`sockopt`).
+pub fn socket_options(pid: i32, fd: i32) -> Result<Vec<crate::image::records::RawSockOpt>, String> {
+    let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
+    sockopt::collect(&f)
 }
 
 /// Refuses sockets whose peer is outside the tree, once every fd of the

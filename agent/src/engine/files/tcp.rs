@@ -709,7 +709,8 @@ impl super::AnonKind for TcpConnection {
             // connection comes back reset, as without repair.
             None => {
                 let _ = Lock::lift_for(&self.socket);
-                return Ok(super::inet::open(&self.socket, cx.nonblock())?);
+                // Its options are set by the caller, as for a kept one.
+                return Ok(super::inet::open(&self.socket, cx.nonblock(), &[])?);
             }
         };
         if cx.nonblock() {

@@ -522,6 +522,7 @@ pub(super) fn open(
     nonblock: bool,
     pending: &mut Pending,
     rights: BTreeMap<u32, Vec<u32>>,
+    extra: &[crate::image::records::RawSockOpt],
 ) -> Result<i32, std::io::Error> {
     let passes = !rights.is_empty();
     let mut rights = Some(rights);
@@ -543,6 +544,7 @@ pub(super) fn open(
     let f = if s.peer != 0 || (s.connected && s.peer_name.as_bytes().is_empty()) {
         // A pair: both ends in the tree, or the peer closed.
         if let Some((mine, first, first_shut, first_later)) = pending.ends.remove(&s.inode) {
+            super::sockopt::apply(mine.as_raw_fd(), extra)?;
             fill(pending, &first)?;
             if passes || first_later {
                 // A shutdown would refuse the sends that wait.
@@ -579,6 +581,7 @@ pub(super) fn open(
                 owned(libc::c_long::from(p[0]))?,
                 owned(libc::c_long::from(p[1]))?,
             );
+            super::sockopt::apply(a.as_raw_fd(), extra)?;
             fill(pending, &b)?;
             let a2 = dup(&a)?;
             if s.peer != 0 {
@@ -593,6 +596,7 @@ pub(super) fn open(
         }
     } else {
         let f = new_socket(s)?;
+        super::sockopt::apply(f.as_raw_fd(), extra)?;
         if !s.bind_path.as_bytes().is_empty() {
             bind(f.as_raw_fd(), s)?;
         }
@@ -696,6 +700,6 @@ impl super::AnonKind for UnixSocket {
             .filter(|r| r.socket == cx.file)
             .map(|r| (r.message, r.files.clone()))
             .collect();
-        Ok(open(self, nonblock, cx.pending, rights)?)
+        Ok(open(self, nonblock, cx.pending, rights, cx.sock_opts)?)
     }
 }

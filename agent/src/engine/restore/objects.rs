@@ -134,8 +134,16 @@ pub(super) fn open_objects(
             tcp: &mut tcp,
             file: crate::engine::conv::fit(i, "u32", "open file index").step(step)?,
             rights: &st.rights,
+            sock_opts: st
+                .sock_opts
+                .get(&crate::engine::conv::fit(i, "u32", "open file index").step(step)?)
+                .map_or(&[][..], Vec::as_slice),
         };
         let fd = f.kind.open(&mut cx).step(step)?;
+        if let crate::engine::state::FileKind::TcpConnection(_) = &f.kind {
+            // Its socket is made in repair mode, options after.
+            crate::engine::files::sockopt::apply(fd, cx.sock_opts).step(step)?;
+        }
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }

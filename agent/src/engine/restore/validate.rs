@@ -56,6 +56,71 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
             ));
         }
     }
+    user_sockets(st, r.uid, r.gid)
+}
+
+/// The sockets of a user's image hold nothing the user could not have made:
+/// a raw socket or an option that needs a capability is refused (the user's
+/// processes have none), a ping socket needs the user's group in
+/// `net.ipv4.ping_group_range`, a congestion control the user picks must be
+/// one `net.ipv4.tcp_allowed_congestion_control` allows.
+fn user_sockets(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
+    use crate::engine::files::sockopt;
+    use crate::engine::state::FileKind;
+    for (i, f) in st.files.iter().enumerate() {
+        let sock = match &f.kind {
+            FileKind::Inet(s) => s,
+            FileKind::TcpConnection(c) => &c.socket,
+            _ => continue,
+        };
+        if sock.sock_type == libc::SOCK_RAW {
+            return Err(format!(
+                "the image holds a raw socket (protocol {}), which uid {uid} may not make without CAP_NET_RAW",
+                sock.protocol
+            ));
+        }
+        if sock.sock_type == libc::SOCK_DGRAM
+            && matches!(sock.protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6)
+        {
+            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
+                .map_err(|e| format!("reading net.ipv4.ping_group_range: {e}"))?;
+            let mut it = range.split_whitespace().map(str::parse::<u32>);
+            let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {
+                return Err(format!("net.ipv4.ping_group_range reads {range:?}"));
+            };
+            if !(lo..=hi).contains(&gid) {
+                return Err(format!(
+                    "the image holds a ping socket, which uid {uid} (gid {gid}) may not make: net.ipv4.ping_group_range is {lo} {hi}"
+                ));
+            }
+        }
+        let Some(opts) = u32::try_from(i).ok().and_then(|i| st.sock_opts.get(&i)) else {
+            continue;
+        };
+        for o in opts {
+            if let Some(cap) = sockopt::needs_capability(o) {
+                return Err(format!(
+                    "a socket of the image has {} set, which uid {uid} may not set without {cap}",
+                    sockopt::name(o.level, o.opt)
+                ));
+            }
+            if (o.level, o.opt) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
+                let algo = o.value.split(|&b| b == 0).next().unwrap_or_default();
+                let algo = String::from_utf8_lossy(algo);
+                let allowed =
+                    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+                        .map_err(|e| {
+                            format!("reading net.ipv4.tcp_allowed_congestion_control: {e}")
+                        })?;
+                if !allowed.split_whitespace().any(|a| a == algo) {
+                    return Err(format!(
+                        "a socket of the image uses TCP congestion control {algo}, which uid {uid} may not choose: net.ipv4.tcp_allowed_congestion_control is {}",
+                        allowed.trim()
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -213,4 +278,85 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     }
     crate::engine::files::Segments::check(st).map_err(|e| refused(step, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state::{FileKind, OpenFile};
+    use crate::image::records::{InetSocket, RawSockOpt};
+
+    fn with_socket(sock_type: i32, protocol: i32, opts: Vec<RawSockOpt>) -> ImageState {
+        let mut st = ImageState {
+            files: vec![OpenFile {
+                flags: 2,
+                kind: FileKind::Inet(InetSocket {
+                    family: libc::AF_INET,
+                    sock_type,
+                    protocol,
+                    ..InetSocket::default()
+                }),
+                sigio: None,
+            }],
+            ..ImageState::default()
+        };
+        if !opts.is_empty() {
+            st.sock_opts.insert(0, opts);
+        }
+        st
+    }
+
+    fn opt(level: i32, opt: i32, value: &[u8]) -> RawSockOpt {
+        RawSockOpt {
+            level,
+            opt,
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_users_sockets_hold_only_what_the_user_could_make() {
+        let udp = (libc::SOCK_DGRAM, libc::IPPROTO_UDP);
+        assert_eq!(
+            user_sockets(&with_socket(libc::SOCK_RAW, 1, vec![]), 1000, 1000),
+            Err("the image holds a raw socket (protocol 1), which uid 1000 may not make without CAP_NET_RAW".into())
+        );
+        let broadcast = opt(libc::SOL_SOCKET, libc::SO_BROADCAST, &1i32.to_ne_bytes());
+        assert_eq!(
+            user_sockets(
+                &with_socket(udp.0, udp.1, vec![broadcast.clone()]),
+                1000,
+                1000
+            ),
+            Ok(())
+        );
+        let mark = opt(libc::SOL_SOCKET, libc::SO_MARK, &7i32.to_ne_bytes());
+        assert_eq!(
+            user_sockets(&with_socket(udp.0, udp.1, vec![broadcast, mark]), 1000, 1000),
+            Err("a socket of the image has SO_MARK set, which uid 1000 may not set without CAP_NET_ADMIN".into())
+        );
+        let tcp = (libc::SOCK_STREAM, libc::IPPROTO_TCP);
+        let algo = opt(
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            b"nonesuch\0\0\0\0\0\0\0\0",
+        );
+        let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+            .expect("allowed congestion controls");
+        assert_eq!(
+            user_sockets(&with_socket(tcp.0, tcp.1, vec![algo]), 1000, 1000),
+            Err(format!(
+                "a socket of the image uses TCP congestion control nonesuch, which uid 1000 may not choose: net.ipv4.tcp_allowed_congestion_control is {}",
+                allowed.trim()
+            ))
+        );
+        let first = allowed.split_whitespace().next().expect("one allowed");
+        let mut name = first.as_bytes().to_vec();
+        name.resize(16, 0);
+        let algo = opt(libc::IPPROTO_TCP, libc::TCP_CONGESTION, &name);
+        assert_eq!(
+            user_sockets(&with_socket(tcp.0, tcp.1, vec![algo]), 1000, 1000),
+            Ok(())
+        );
+    }
 }

@@ -1,0 +1,441 @@
+//! Socket options beyond the common few of [`SockOpts`]: every option of
+//! [`KEPT`] whose value differs from a new socket's of the same domain,
+//! type and protocol is kept as its raw bytes (`sock-opts` records), and
+//! set again on the new socket before it is bound or connected (so
+//! `IP_FREEBIND`, `IP_TRANSPARENT` and `SO_BINDTODEVICE` act on the bind
+//! as they did). The kernel says which options a socket has: one that
+//! `getsockopt` refuses on either socket is not one of its kind's, and a
+//! differing value that a new socket refuses was derived by the kernel
+//! (see [`collect`]).
+//!
+//! Options whose value changes by itself (`TCP_QUICKACK`,
+//! `TCP_WINDOW_CLAMP`, `TCP_MAXSEG` of a connection, `SO_INCOMING_CPU`)
+//! are not kept; neither are multicast memberships, which no `getsockopt`
+//! reads back.
+//!
+//! Unsafe code: options are read and set through libc with pointers to
+//! this module's buffers.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::last_os;
+use crate::image::records::RawSockOpt;
+
+const SOL_SOCKET: i32 = libc::SOL_SOCKET;
+const SOL_IP: i32 = libc::IPPROTO_IP;
+const SOL_IPV6: i32 = libc::IPPROTO_IPV6;
+const SOL_TCP: i32 = libc::IPPROTO_TCP;
+const SOL_UDP: i32 = libc::IPPROTO_UDP;
+const SOL_UDPLITE: i32 = 136;
+const SOL_RAW: i32 = 255;
+
+/// `SO_ATTACH_FILTER`, read back as `SO_GET_FILTER`: a classic BPF
+/// program, kept as its instructions (8 bytes each).
+pub const SO_FILTER: i32 = 26;
+
+/// The options kept, in the order they are set again: the filter before
+/// its lock, `IP_TOS` before `SO_PRIORITY` (setting the first sets the
+/// second).
+pub const KEPT: &[(i32, i32, &str)] = &[
+    (SOL_IP, 1, "IP_TOS"),
+    (SOL_IP, 2, "IP_TTL"),
+    (SOL_IP, 3, "IP_HDRINCL"),
+    (SOL_IP, 6, "IP_RECVOPTS"),
+    (SOL_IP, 8, "IP_PKTINFO"),
+    (SOL_IP, 10, "IP_MTU_DISCOVER"),
+    (SOL_IP, 11, "IP_RECVERR"),
+    (SOL_IP, 12, "IP_RECVTTL"),
+    (SOL_IP, 13, "IP_RECVTOS"),
+    (SOL_IP, 15, "IP_FREEBIND"),
+    (SOL_IP, 19, "IP_TRANSPARENT"),
+    (SOL_IP, 20, "IP_RECVORIGDSTADDR"),
+    (SOL_IP, 24, "IP_BIND_ADDRESS_NO_PORT"),
+    (SOL_IP, 33, "IP_MULTICAST_TTL"),
+    (SOL_IP, 34, "IP_MULTICAST_LOOP"),
+    (SOL_IP, 49, "IP_MULTICAST_ALL"),
+    (SOL_IPV6, 16, "IPV6_UNICAST_HOPS"),
+    (SOL_IPV6, 18, "IPV6_MULTICAST_HOPS"),
+    (SOL_IPV6, 19, "IPV6_MULTICAST_LOOP"),
+    (SOL_IPV6, 23, "IPV6_MTU_DISCOVER"),
+    (SOL_IPV6, 25, "IPV6_RECVERR"),
+    (SOL_IPV6, 49, "IPV6_RECVPKTINFO"),
+    (SOL_IPV6, 51, "IPV6_RECVHOPLIMIT"),
+    (SOL_IPV6, 66, "IPV6_RECVTCLASS"),
+    (SOL_IPV6, 67, "IPV6_TCLASS"),
+    (SOL_IPV6, 74, "IPV6_RECVORIGDSTADDR"),
+    (SOL_IPV6, 75, "IPV6_TRANSPARENT"),
+    (SOL_IPV6, 78, "IPV6_FREEBIND"),
+    (SOL_SOCKET, 1, "SO_DEBUG"),
+    (SOL_SOCKET, 5, "SO_DONTROUTE"),
+    (SOL_SOCKET, 6, "SO_BROADCAST"),
+    (SOL_SOCKET, 10, "SO_OOBINLINE"),
+    (SOL_SOCKET, 11, "SO_NO_CHECK"),
+    (SOL_SOCKET, 12, "SO_PRIORITY"),
+    (SOL_SOCKET, 13, "SO_LINGER"),
+    (SOL_SOCKET, 18, "SO_RCVLOWAT"),
+    (SOL_SOCKET, 25, "SO_BINDTODEVICE"),
+    (SOL_SOCKET, 29, "SO_TIMESTAMP"),
+    (SOL_SOCKET, 34, "SO_PASSSEC"),
+    (SOL_SOCKET, 35, "SO_TIMESTAMPNS"),
+    (SOL_SOCKET, 36, "SO_MARK"),
+    (SOL_SOCKET, 40, "SO_RXQ_OVFL"),
+    (SOL_SOCKET, 42, "SO_PEEK_OFF"),
+    (SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE"),
+    (SOL_SOCKET, 46, "SO_BUSY_POLL"),
+    (SOL_SOCKET, 60, "SO_ZEROCOPY"),
+    (SOL_SOCKET, SO_FILTER, "SO_ATTACH_FILTER"),
+    (SOL_SOCKET, 44, "SO_LOCK_FILTER"),
+    (SOL_TCP, 3, "TCP_CORK"),
+    (SOL_TCP, 4, "TCP_KEEPIDLE"),
+    (SOL_TCP, 5, "TCP_KEEPINTVL"),
+    (SOL_TCP, 6, "TCP_KEEPCNT"),
+    (SOL_TCP, 7, "TCP_SYNCNT"),
+    (SOL_TCP, 8, "TCP_LINGER2"),
+    (SOL_TCP, 9, "TCP_DEFER_ACCEPT"),
+    (SOL_TCP, 13, "TCP_CONGESTION"),
+    (SOL_TCP, 16, "TCP_THIN_LINEAR_TIMEOUTS"),
+    (SOL_TCP, 18, "TCP_USER_TIMEOUT"),
+    (SOL_TCP, 23, "TCP_FASTOPEN"),
+    (SOL_TCP, 25, "TCP_NOTSENT_LOWAT"),
+    (SOL_TCP, 30, "TCP_FASTOPEN_CONNECT"),
+    (SOL_TCP, 36, "TCP_INQ"),
+    (SOL_UDP, 1, "UDP_CORK"),
+    (SOL_UDP, 101, "UDP_NO_CHECK6_TX"),
+    (SOL_UDP, 102, "UDP_NO_CHECK6_RX"),
+    (SOL_UDP, 103, "UDP_SEGMENT"),
+    (SOL_UDP, 104, "UDP_GRO"),
+    (SOL_UDPLITE, 10, "UDPLITE_SEND_CSCOV"),
+    (SOL_UDPLITE, 11, "UDPLITE_RECV_CSCOV"),
+    (SOL_RAW, 1, "ICMP_FILTER"),
+];
+
+/// The name of a kept option, for messages.
+pub fn name(level: i32, opt: i32) -> String {
+    KEPT.iter()
+        .find(|(l, o, _)| *l == level && *o == opt)
+        .map_or_else(
+            || format!("option {opt} of level {level}"),
+            |(_, _, n)| (*n).to_string(),
+        )
+}
+
+/// The most bytes an option's value may hold (a filter's program aside).
+const VALUE_LIMIT: usize = 64;
+/// The most instructions of a classic BPF program (`BPF_MAXINSNS`).
+const FILTER_LIMIT: usize = 4096;
+
+/// An option's raw value, or `None` when this socket has no such option.
+fn get(f: &OwnedFd, level: i32, opt: i32) -> Result<Option<Vec<u8>>, String> {
+    if level == SOL_SOCKET && opt == SO_FILTER {
+        return get_filter(f).map(Some);
+    }
+    let mut buf = [0u8; VALUE_LIMIT];
+    let mut len = libc::socklen_t::try_from(buf.len()).unwrap_or(0);
+    // SAFETY: getsockopt writes at most `len` bytes into `buf`.
+    let r = unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            level,
+            opt,
+            buf.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        return Ok(None);
+    }
+    let n = usize::try_from(len).unwrap_or(usize::MAX).min(buf.len());
+    Ok(Some(buf[..n].to_vec()))
+}
+
+/// The instructions of the socket's classic BPF filter (none: empty).
+fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
+    // With a length of 0 the kernel answers the program's length, in
+    // instructions.
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: a length of 0: nothing is written through the pointer.
+    let r = unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            SOL_SOCKET,
+            SO_FILTER,
+            std::ptr::null_mut(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        let e = last_os();
+        return Err(if e.raw_os_error() == Some(libc::EACCES) {
+            "its filter is an eBPF program (SO_ATTACH_BPF), which torpor cannot read".into()
+        } else {
+            format!("SO_GET_FILTER: {e}")
+        });
+    }
+    let count = usize::try_from(len).unwrap_or(usize::MAX);
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if count > FILTER_LIMIT {
+        return Err(format!("its filter has {count} instructions"));
+    }
+    let mut prog = vec![0u8; count * 8];
+    // SAFETY: the kernel writes `len` instructions of 8 bytes: `prog`'s size.
+    let r = unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            SOL_SOCKET,
+            SO_FILTER,
+            prog.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        return Err(format!("SO_GET_FILTER: {}", last_os()));
+    }
+    if usize::try_from(len).ok() != Some(count) {
+        return Err("its filter changed while it was read".into());
+    }
+    Ok(prog)
+}
+
+/// The socket's options that differ from a new socket's of its kind.
+pub fn collect(f: &OwnedFd) -> Result<Vec<RawSockOpt>, String> {
+    let int = |opt| super::sock::get_int(f, SOL_SOCKET, opt).map_err(|e| e.to_string());
+    let (domain, ty, protocol) = (
+        int(libc::SO_DOMAIN)?,
+        int(libc::SO_TYPE)?,
+        int(libc::SO_PROTOCOL)?,
+    );
+    // SAFETY: socket takes integers only.
+    let fresh = super::owned(libc::c_long::from(unsafe {
+        libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol)
+    }))
+    .map_err(|e| format!("making a socket of its kind to compare its options with: {e}"))?;
+    // The new socket takes each kept option as the restore will set it, in
+    // the same order: an option another one set along (IP_TOS sets
+    // SO_PRIORITY) then reads the same on both, and a value the kernel
+    // derived rather than the app set (IP_MULTICAST_TTL of an accepted
+    // connection: the TTL of its first packet) is one no socket takes.
+    let mut out = Vec::new();
+    for &(level, opt, _) in KEPT {
+        let (Some(value), Some(base)) = (get(f, level, opt)?, get(&fresh, level, opt)?) else {
+            continue;
+        };
+        if value != base {
+            let o = RawSockOpt { level, opt, value };
+            if set(fresh.as_raw_fd(), &o).is_ok() {
+                out.push(o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sets one option.
+fn set(fd: i32, o: &RawSockOpt) -> Result<(), std::io::Error> {
+    let r = if o.level == SOL_SOCKET && o.opt == SO_FILTER {
+        let len = u16::try_from(o.value.len() / 8)
+            .map_err(|_| std::io::Error::other("a filter of more than 65535 instructions"))?;
+        let prog = libc::sock_fprog {
+            len,
+            filter: o.value.as_ptr().cast_mut().cast(),
+        };
+        // SAFETY: setsockopt reads one sock_fprog, whose program of `len`
+        // instructions is `o.value` (a multiple of 8 bytes: read from the
+        // kernel, or checked when the image was read).
+        unsafe {
+            libc::setsockopt(
+                fd,
+                o.level,
+                o.opt,
+                (&raw const prog).cast(),
+                super::sock::socklen::<libc::sock_fprog>(),
+            )
+        }
+    } else {
+        let len = libc::socklen_t::try_from(o.value.len()).unwrap_or(0);
+        // SAFETY: setsockopt reads `len` bytes of the saved value.
+        unsafe { libc::setsockopt(fd, o.level, o.opt, o.value.as_ptr().cast(), len) }
+    };
+    if r < 0 {
+        return Err(last_os());
+    }
+    Ok(())
+}
+
+/// Sets the kept options on a new socket, in [`KEPT`]'s order.
+pub fn apply(fd: i32, opts: &[RawSockOpt]) -> Result<(), std::io::Error> {
+    for &(level, opt, what) in KEPT {
+        let Some(o) = opts.iter().find(|o| o.level == level && o.opt == opt) else {
+            continue;
+        };
+        set(fd, o).map_err(|e| std::io::Error::new(e.kind(), format!("setting {what}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Checks options read from an image: each one torpor keeps, of a size it
+/// may hold.
+pub fn check(opts: &[RawSockOpt]) -> Result<(), String> {
+    for o in opts {
+        if !KEPT.iter().any(|(l, n, _)| *l == o.level && *n == o.opt) {
+            return Err(format!(
+                "socket option {} of level {} is not one torpor keeps",
+                o.opt, o.level
+            ));
+        }
+        let filter = o.level == SOL_SOCKET && o.opt == SO_FILTER;
+        let ok = if filter {
+            o.value.len() % 8 == 0 && o.value.len() <= FILTER_LIMIT * 8
+        } else {
+            o.value.len() <= VALUE_LIMIT
+        };
+        if !ok {
+            return Err(format!(
+                "{} of {} bytes",
+                name(o.level, o.opt),
+                o.value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a user may not have an option set by the restore (which runs as
+/// root): the capability it needs, or `None`.
+pub fn needs_capability(o: &RawSockOpt) -> Option<&'static str> {
+    let int = || {
+        o.value
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_ne_bytes)
+    };
+    match (o.level, o.opt) {
+        (SOL_SOCKET, 1 | 36 | 46) | (SOL_IP, 19) | (SOL_IPV6, 75) => Some("CAP_NET_ADMIN"),
+        // Priorities 0 to 6 are anyone's.
+        (SOL_SOCKET, 12) if !int().is_some_and(|p| (0..=6).contains(&p)) => Some("CAP_NET_ADMIN"),
+        (SOL_IP, 3) | (SOL_RAW, 1) => Some("CAP_NET_RAW"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(level: i32, opt: i32, value: &[u8]) -> RawSockOpt {
+        RawSockOpt {
+            level,
+            opt,
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn options_from_an_image_are_known_and_bounded() {
+        assert_eq!(check(&[opt(SOL_SOCKET, 6, &1i32.to_ne_bytes())]), Ok(()));
+        assert_eq!(
+            check(&[opt(SOL_SOCKET, 2, &[1, 0, 0, 0])]),
+            Err("socket option 2 of level 1 is not one torpor keeps".into())
+        );
+        assert_eq!(
+            check(&[opt(SOL_TCP, 13, &[b'x'; 65])]),
+            Err("TCP_CONGESTION of 65 bytes".into())
+        );
+        assert_eq!(check(&[opt(SOL_SOCKET, SO_FILTER, &[0; 16])]), Ok(()));
+        assert_eq!(
+            check(&[opt(SOL_SOCKET, SO_FILTER, &[0; 12])]),
+            Err("SO_ATTACH_FILTER of 12 bytes".into())
+        );
+        assert_eq!(
+            check(&[opt(SOL_SOCKET, SO_FILTER, &vec![0; 8 * 4097])]),
+            Err("SO_ATTACH_FILTER of 32776 bytes".into())
+        );
+    }
+
+    #[test]
+    fn the_options_a_user_could_not_set_are_named() {
+        let int = |v: i32| v.to_ne_bytes();
+        assert_eq!(
+            needs_capability(&opt(SOL_SOCKET, 36, &int(7))),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            needs_capability(&opt(SOL_IP, 19, &int(1))),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(needs_capability(&opt(SOL_SOCKET, 12, &int(6))), None);
+        assert_eq!(
+            needs_capability(&opt(SOL_SOCKET, 12, &int(7))),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            needs_capability(&opt(SOL_SOCKET, 12, &[1])),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            needs_capability(&opt(SOL_RAW, 1, &int(-1))),
+            Some("CAP_NET_RAW")
+        );
+        assert_eq!(needs_capability(&opt(SOL_SOCKET, 6, &int(1))), None);
+        assert_eq!(needs_capability(&opt(SOL_TCP, 4, &int(77))), None);
+    }
+
+    #[test]
+    fn what_the_kernel_derived_for_an_accepted_connection_is_not_kept() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        let a = OwnedFd::from(a);
+        let mut mc_ttl = [0u8; 4];
+        let mut len = libc::socklen_t::try_from(mc_ttl.len()).expect("len");
+        // SAFETY: getsockopt writes at most `len` bytes into `mc_ttl`.
+        let r = unsafe {
+            libc::getsockopt(
+                a.as_raw_fd(),
+                SOL_IP,
+                libc::IP_MULTICAST_TTL,
+                mc_ttl.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        // The TTL of the connection's first packet, which no new socket has.
+        assert_ne!(i32::from_ne_bytes(mc_ttl), 1);
+        assert_eq!(collect(&a), Ok(Vec::new()));
+        drop(c);
+    }
+
+    #[test]
+    fn options_set_differ_from_a_new_sockets_and_come_back() {
+        // SAFETY: socket takes integers only.
+        let udp = super::super::owned(libc::c_long::from(unsafe {
+            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+        }))
+        .expect("socket");
+        assert_eq!(
+            collect(&udp),
+            Ok(Vec::new()),
+            "a new socket has nothing to keep"
+        );
+        let fd = udp.as_raw_fd();
+        super::super::sock::set_int(fd, SOL_SOCKET, libc::SO_BROADCAST, 1).expect("broadcast");
+        super::super::sock::set_int(fd, SOL_IP, libc::IP_TTL, 9).expect("ttl");
+        let kept = collect(&udp).expect("collect");
+        assert_eq!(
+            kept,
+            [
+                opt(SOL_IP, libc::IP_TTL, &9i32.to_ne_bytes()),
+                opt(SOL_SOCKET, libc::SO_BROADCAST, &1i32.to_ne_bytes()),
+            ]
+        );
+        // SAFETY: as above.
+        let again = super::super::owned(libc::c_long::from(unsafe {
+            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+        }))
+        .expect("socket");
+        apply(again.as_raw_fd(), &kept).expect("apply");
+        assert_eq!(collect(&again), Ok(kept));
+    }
+}
