@@ -80,6 +80,9 @@
 //! for a process only when one of them differs from a new process's (a 2.4
 //! reader refuses an image holding one for the kind it does not know).
 //! Its securebits, in the `Creds` every format has, are filled from 2.5 on.
+//! It also appends the `TcpClosing` variant to `FdKind`: a TCP connection
+//! kept half-closed or closing (a 2.4 reader fails to decode an image
+//! holding one, rather than bring it back established).
 //!
 //! Format 2.4 appends the `Pidfd`, `ProcFile` and `TcpConnection`
 //! variants to `FdKind` (a pidfd and a file of `/proc` of a process of the

@@ -298,6 +298,11 @@ macro_rules! define_dispatch {
             /// The image record of a description of this kind with its
             /// status flags.
             pub fn record(&self, flags: u32) -> FdKind {
+                if let FileKind::TcpConnection(c) = self {
+                    if c.socket.tcp_state != tcp::ESTABLISHED {
+                        return FdKind::TcpClosing { flags, state: c.clone() };
+                    }
+                }
                 match self {
                     $(FileKind::$fs(s) => s.record(flags),)*
                     $(FileKind::$anon(state) => FdKind::$anon { flags, state: state.clone() },)*
@@ -307,6 +312,25 @@ macro_rules! define_dispatch {
             /// The description an image record describes, with its status
             /// flags.
             pub fn from_record(k: &FdKind) -> Result<(u32, FileKind), String> {
+                // Each kept TCP state has its variant: an established
+                // connection the one older readers know.
+                match k {
+                    FdKind::TcpConnection { state, .. }
+                        if state.socket.tcp_state != tcp::ESTABLISHED =>
+                    {
+                        return Err(tcp::bad_state(state, "an established connection"));
+                    }
+                    FdKind::TcpClosing { state, .. }
+                        if state.socket.tcp_state == tcp::ESTABLISHED
+                            || !tcp::kept_state(state.socket.tcp_state) =>
+                    {
+                        return Err(tcp::bad_state(state, "a half-closed or closing connection"));
+                    }
+                    FdKind::TcpClosing { flags, state } => {
+                        return Ok((*flags, FileKind::TcpConnection(state.clone())));
+                    }
+                    _ => {}
+                }
                 match k {
                     $(FdKind::$anon { flags, state } => {
                         return Ok((*flags, FileKind::$anon(state.clone())))
