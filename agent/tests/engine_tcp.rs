@@ -7,10 +7,11 @@
 //! reset; a restore without the flag is refused naming the connection. A
 //! dump that leaves the program running lifts the lock and repair mode,
 //! and the connection goes on. Half-closed and closing connections
-//! (CLOSE_WAIT, FIN_WAIT2, FIN_WAIT1 and LAST_ACK with bytes never sent)
-//! come back in their state, each end going on to a normal close with
-//! every byte exact. A connection still in its handshake is refused naming
-//! the fd and the state, the program running on.
+//! (CLOSE_WAIT and FIN_WAIT2 over IPv4 and IPv6, FIN_WAIT1 and LAST_ACK
+//! with bytes never sent, CLOSING) come back in their state, each end
+//! going on to a normal close with every byte exact. A connection still in
+//! its handshake, and CLOSING with bytes never sent, are refused naming
+//! the fd, the program running on.
 
 mod engine_util;
 use engine_util::*;
@@ -554,6 +555,15 @@ int main(int argc, char **argv) {
     setsockopt(s, SOL_SOCKET, SO_SNDBUF, &b, sizeof b);
     if (connect(s, a, alen)) { perror("connect"); return 3; }
     int cw = !strcmp(mode, "cw"), fw1 = !strcmp(mode, "fw1"), fw2 = !strcmp(mode, "fw2"), la = !strcmp(mode, "la");
+    int cl = !strcmp(mode, "cl");
+    if (cl) {
+        /* The test holds this end's packets off, then says go: the FIN
+           sent here is lost, the test's crosses it. */
+        while (!go) pause();
+        go = 0;
+        shutdown(s, SHUT_WR);
+        wait_state(s, TCP_CLOSING);
+    }
     unsigned long got = 0, out = 0;
     if ((cw || la) && read_all(s, &got)) { printf("bad bytes before the dump\n"); return 4; }
     static unsigned char buf[65536];
@@ -595,7 +605,7 @@ int main(int argc, char **argv) {
         got = 0;
         int bad = read_all(s, &got);
         printf("got %lu %s\n", got, bad ? "BAD" : "OK");
-    } else if (la) {
+    } else if (la || cl) {
         printf("closed %d\n", wait_state(s, TCP_CLOSE));
     }
     printf("done\n");
@@ -623,6 +633,7 @@ const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
 const CLOSE_WAIT: u8 = 8;
 const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
 
 /// `tcpi_state` of the test's end.
 fn tcp_state(s: &TcpStream) -> u8 {
@@ -678,7 +689,7 @@ struct Closing {
 fn closing(
     (mode, v6): (&str, bool),
     count: u64,
-    before: impl FnOnce(&mut TcpStream),
+    before: impl FnOnce(&mut TcpStream, i32) -> Option<Unlock>,
     state: u8,
     peer_state: u8,
 ) -> Closing {
@@ -697,7 +708,7 @@ fn closing(
     );
     reaper.add(pid);
     let (mut s, app_addr) = lst.accept().expect("accept");
-    before(&mut s);
+    let block = before(&mut s, pid);
     wait_for("ready", || {
         lines(&out).first().is_some_and(|l| l.starts_with("ready "))
     });
@@ -723,6 +734,8 @@ fn closing(
     let unlock = Unlock(table.clone());
     dump(pid, &img, &["--tcp-established"]);
     assert_eq!(reap(pid), libc::SIGKILL, "killed after the dump");
+    // The dump's lock holds the packets off from now on.
+    drop(block);
     let (st, [(sendq, _), (recvq, _)]) = kept_as(&img, "TcpClosing");
     assert_eq!(st["socket"]["tcp_state"].as_u64(), Some(u64::from(state)));
     assert_eq!(st["send_len"].as_u64(), Some(sendq.len() as u64));
@@ -796,9 +809,10 @@ fn close_wait(v6: bool) {
     let c = closing(
         ("cw", v6),
         3000,
-        |s| {
+        |s, _| {
             s.write_all(&peer_bytes(1000)).expect("write");
             s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            None
         },
         CLOSE_WAIT,
         FIN_WAIT2,
@@ -826,9 +840,10 @@ fn fin_wait2(v6: bool) {
     let c = closing(
         ("fw2", v6),
         0,
-        |s| {
+        |s, _| {
             let mut b = [0u8; 1];
             assert_eq!(s.read(&mut b).expect("read"), 0, "the program's FIN");
+            None
         },
         FIN_WAIT2,
         CLOSE_WAIT,
@@ -846,7 +861,7 @@ fn fin_wait2(v6: bool) {
 /// reads the test's bytes to EOF.
 #[test]
 fn fin_wait1_connection_with_unsent_bytes_goes_on_after_restore() {
-    let c = closing(("fw1", false), 0, |_| {}, FIN_WAIT1, ESTABLISHED);
+    let c = closing(("fw1", false), 0, |_, _| None, FIN_WAIT1, ESTABLISHED);
     assert!(c.written > 0);
     let mut s = c.s.try_clone().expect("clone");
     read_app_to_eof(&mut s, c.written);
@@ -866,7 +881,10 @@ fn last_ack_connection_goes_on_after_restore() {
     let c = closing(
         ("la", false),
         0,
-        |s| s.shutdown(std::net::Shutdown::Write).expect("shutdown"),
+        |s, _| {
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            None
+        },
         LAST_ACK,
         FIN_WAIT2,
     );
@@ -875,6 +893,101 @@ fn last_ack_connection_goes_on_after_restore() {
     let mut s = c.s.try_clone().expect("clone");
     read_app_to_eof(&mut s, c.written);
     c.ends_with(&["closed 7", "done"]);
+}
+
+/// CLOSING: the program's FIN is lost on the way (a table of the test's
+/// drops the program's packets), the test's FIN crosses it, so neither is
+/// acknowledged. Restored, the program's FIN goes out again, the test
+/// acknowledges it and both ends close.
+#[test]
+fn closing_connection_goes_on_after_restore() {
+    if !which_nft() {
+        eprintln!("no nft: the test cannot lose the program's FIN");
+        return;
+    }
+    let c = closing(
+        ("cl", false),
+        0,
+        |s, pid| {
+            let app = s.peer_addr().expect("peer").port();
+            let me = s.local_addr().expect("addr").port();
+            let table = format!("tcptest_closing_{app}");
+            let script = format!(
+                "table inet {table} {{ chain out {{ type filter hook output priority -150; policy accept; tcp sport {app} tcp dport {me} drop\n}}\n}}\n"
+            );
+            let mut nft = std::process::Command::new("nft")
+                .args(["-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            nft.stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())
+                .expect("script");
+            assert!(nft.wait().expect("nft").success(), "the test's table");
+            let block = Unlock(table);
+            // SAFETY: signalling the program.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+            std::thread::sleep(Duration::from_millis(200));
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            Some(block)
+        },
+        CLOSING,
+        FIN_WAIT1,
+    );
+    assert_eq!((c.read, c.written), (0, 0));
+    let mut s = c.s.try_clone().expect("clone");
+    read_app_to_eof(&mut s, 0);
+    c.ends_with(&["closed 7", "done"]);
+}
+
+/// CLOSING with the program's FIN behind bytes never sent (the test does
+/// not read, then sends its own FIN) is refused naming the fd, the program
+/// running on and no lock left.
+#[test]
+fn closing_connection_with_unsent_bytes_is_refused_naming_the_fd() {
+    become_subreaper();
+    let dir = scratch("tcp-closing-unsent");
+    let bin = compile(&dir, "closingapp", CLOSING_APP, &[]);
+    let lst = listener(false);
+    let port = lst.local_addr().expect("addr").port();
+    let out = dir.join("out");
+    let mut reaper = Reaper::default();
+    let pid = spawn(&bin, &["fw1", &port.to_string(), "0", "4"], Some(&out));
+    reaper.add(pid);
+    let (s, app_addr) = lst.accept().expect("accept");
+    wait_for("ready", || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready "))
+    });
+    assert!(
+        lines(&out)[0].ends_with(" 4"),
+        "FIN_WAIT1: {:?}",
+        lines(&out)
+    );
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    std::thread::sleep(Duration::from_millis(200));
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        &dir.join("img").to_string_lossy(),
+        "--tcp-established",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("fd 3 of process {pid}"))
+            && err.contains("a TCP connection in state CLOSING with ")
+            && err.contains(" bytes never sent before its FIN, which torpor cannot keep"),
+        "{err}"
+    );
+    assert!(runs(pid, &bin), "the program runs on");
+    if which_nft() {
+        let table = table_name(app_addr, s.local_addr().expect("addr"));
+        assert!(!nft_tables().unwrap_or_default().contains(&table));
+    }
 }
 
 /// A connection whose handshake has not completed (SYN_SENT: the
