@@ -257,6 +257,10 @@ app_tests!(breadth_pidfd, "breadth_pidfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["child", "zombie", "flags", "fdnum", "cloexec"]);
 
+app_tests!(breadth_rights, "breadth_rights",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queue", "offset", "child", "pipe"]);
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);

@@ -234,6 +234,65 @@ fn processes_sharing_tables_are_refused_by_what_they_share() {
     );
 }
 
+const PASSES_PIDFD: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    pid_t c = fork();
+    if (c == 0) {
+        for (;;)
+            pause();
+    }
+    int p = (int)syscall(434, c, 0);
+    int sv[2];
+    if (p < 0 || dup2(p, 7) != 7 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 ||
+        dup2(sv[0], 8) != 8 || dup2(sv[1], 9) != 9)
+        return 2;
+    close(p);
+    close(sv[0]);
+    close(sv[1]);
+    char b = 'p';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    int seven = 7;
+    memcpy(CMSG_DATA(h), &seven, sizeof seven);
+    if (sendmsg(9, &m, 0) != 1)
+        return 3;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A pidfd in flight, although the tree holds it, is refused naming the
+/// socket's fd and the message: it is opened only once the tree exists,
+/// after the queues are filled.
+#[test]
+fn a_pidfd_in_flight_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-pidfd-in-flight");
+    let bin = compile(&dir, "passes", PASSES_PIDFD, &[]);
+    refused_dump(&dir, &bin, &[], "pidfd", |pid, _| {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/7")).expect("fd 7");
+        format!(
+            "torpor: error: files {pid}: fd 8 of process {pid} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message 0 passes {}, a pidfd or file of /proc, which torpor does not keep in flight",
+            link.display()
+        )
+    });
+}
+
 const PIDFD_OF: &str = r#"
 #define _GNU_SOURCE
 #include <stdio.h>

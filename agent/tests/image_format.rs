@@ -909,9 +909,20 @@ fn closing_queues() -> [TcpQueue; 1] {
     }]
 }
 
+/// Descriptors in flight 2.5 adds: the second queued message ("two") of
+/// the UNIX socket at description 14 passes descriptions 15 and 14.
+fn unix_rights() -> UnixRights {
+    UnixRights {
+        ofd: 14,
+        message: 1,
+        files: vec![15, 14],
+    }
+}
+
 /// Format 2.5: the records of 2.4, then the `task-attrs` of the last task
-/// (the kind 2.5 adds) and the fd of a connection kept half-closed (the
-/// `FdKind` variant 2.5 appends) with its queue.
+/// (a kind 2.5 adds), the fd of a connection kept half-closed (the `FdKind`
+/// variant 2.5 appends) with its queue, and a `unix-rights` record (the
+/// other kind 2.5 adds).
 fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     let (img24, expect24) = format_2_4();
     let mut f = Fixture::new(&fixed_header(V2_5));
@@ -933,6 +944,7 @@ fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     for q in closing_queues() {
         f.put(q);
     }
+    f.put(unix_rights());
     f.finish()
 }
 
@@ -1241,7 +1253,7 @@ fn format_2_5_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.5 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 47);
+    assert_eq!(s.records, 48);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1326,6 +1338,27 @@ fn format_2_5_closing_tcp_spot_values() {
     assert!(
         img.windows(state.len()).any(|w| w == state),
         "the connection's addresses and state"
+    );
+}
+
+/// The descriptors in flight 2.5 adds, and the bytes of their record.
+#[test]
+fn format_2_5_unix_rights_spot_values() {
+    let img = read_image(V2_5);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut rights = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::UnixRights {
+            rights.push(rec.decode::<UnixRights>().expect("unix-rights"));
+        }
+    }
+    assert_eq!(rights, [unix_rights()]);
+    assert_eq!(rights[0].files, [15, 14]);
+    // The kind byte 24, then ofd 14, message 1, two files: 15 and 14.
+    let payload = [24u8, 14, 1, 2, 15, 14];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-rights record's bytes"
     );
 }
 

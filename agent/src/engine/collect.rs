@@ -852,6 +852,22 @@ pub struct FileTable {
     /// Established TCP connections are kept in repair mode (and put here)
     /// rather than brought back reset.
     pub tcp: Option<crate::engine::files::TcpRepairing>,
+    /// Where the socket being collected leaves the descriptors in flight in
+    /// its queue.
+    inflight: crate::engine::files::InFlight,
+    /// Descriptors in flight, until every fd of the trees is known.
+    passing: Vec<Passing>,
+}
+
+/// The descriptors message `message` of the queue of the socket first seen
+/// as fd `fd` of `pid` (open file `socket`) passes, held by torpor.
+#[derive(Debug)]
+struct Passing {
+    socket: u32,
+    pid: i32,
+    fd: i32,
+    message: u32,
+    fds: Vec<OwnedFd>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -979,13 +995,79 @@ impl FileTable {
                     };
                     self.files.push(OpenFile { flags, kind, sigio });
                     self.owner.push((pid, fd, link));
-                    self.files.len() - 1
+                    let id = self.files.len() - 1;
+                    let socket = conv::fit(id, "u32", "open file index").step(step)?;
+                    for (message, fds) in self.inflight.take() {
+                        self.passing.push(Passing {
+                            socket,
+                            pid,
+                            fd,
+                            message,
+                            fds,
+                        });
+                    }
+                    id
                 }
             };
             out.push(Fd {
                 fd,
                 file: conv::fit(id, "u32", "open file index").step(step)?,
                 cloexec,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The descriptors in flight in the trees' UNIX sockets, once every fd
+    /// of the trees is known: each must be a description some process of
+    /// the trees holds (compared with `kcmp`), which the restore passes
+    /// again. One held only by the queue is refused, naming the socket's fd.
+    pub fn rights(&mut self) -> Result<Vec<crate::image::records::UnixRights>, EngineError> {
+        let mut out = Vec::new();
+        for p in std::mem::take(&mut self.passing) {
+            let step = Step::Files(p.pid);
+            let me: i32 = conv::fit(std::process::id(), "i32", "torpor's pid").step(step)?;
+            let mut files = Vec::new();
+            for f in &p.fds {
+                let mine = f.as_raw_fd();
+                let link = procfs::readlink(&format!("/proc/self/fd/{mine}")).step(step)?;
+                let mut found = None;
+                for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
+                    if *olink == link && kcmp_same_file(me, mine, *opid, *ofd).step(step)? {
+                        found = Some(i);
+                        break;
+                    }
+                }
+                let Some(i) = found else {
+                    return Err(EngineError::new(
+                        step,
+                        Cause::Unsupported(format!(
+                            "fd {} of process {} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message {} passes {link}, which no process of the tree holds; torpor keeps a descriptor in flight only when the tree holds it too",
+                            p.fd, p.pid, p.message
+                        )),
+                    ));
+                };
+                if matches!(
+                    self.files[i].kind,
+                    FileKind::Pidfd(_) | FileKind::ProcFile(_)
+                ) {
+                    // Those are opened by their holder once the tree exists,
+                    // after the queues are filled.
+                    return Err(EngineError::new(
+                        step,
+                        Cause::Unsupported(format!(
+                            "fd {} of process {} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message {} passes {link}, a pidfd or file of /proc, which torpor does not keep in flight",
+                            p.fd, p.pid, p.message
+                        )),
+                    ));
+                }
+                let i: u32 = conv::fit(i, "u32", "open file index").step(step)?;
+                files.push(u64::from(i));
+            }
+            out.push(crate::image::records::UnixRights {
+                ofd: u64::from(p.socket),
+                message: p.message,
+                files,
             });
         }
         Ok(out)
@@ -1032,7 +1114,9 @@ impl FileTable {
                 return Ok(FileKind::TorporConn(TorporConnFile));
             }
         }
-        if let Some(a) = crate::engine::files::collect(pid, fd, link, self.tcp.as_ref())? {
+        if let Some(a) =
+            crate::engine::files::collect(pid, fd, link, self.tcp.as_ref(), Some(&self.inflight))?
+        {
             return Ok(a);
         }
         if !link.starts_with('/') {

@@ -334,6 +334,7 @@ pub fn dump_trees<W: ImageSink>(
         .collect();
     crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
     crate::engine::files::check_late(&table.files, procs.iter().map(|(p, _)| p)).map_err(whole)?;
+    let rights = table.rights().map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
     // Roots first: the trees' namespace is the first root's.
@@ -421,6 +422,10 @@ pub fn dump_trees<W: ImageSink>(
                 }
             })
             .map_err(in_tree(p.task.pid))?;
+    }
+    // After every fd record, whose descriptions they name.
+    for r in &rights {
+        w.write(r).step(wstep).map_err(whole)?;
     }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;

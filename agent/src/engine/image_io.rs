@@ -243,6 +243,57 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
                 }
                 queue.extend_from_slice(&q.bytes);
             }
+            Kind::UnixRights => {
+                let r: crate::image::records::UnixRights = rec.decode()?;
+                let socket = ofds
+                    .get(&r.ofd)
+                    .copied()
+                    .filter(|&i| {
+                        st.files.get(i as usize).is_some_and(|f| match &f.kind {
+                            FileKind::Unix(u) => (r.message as usize) < u.queue.len(),
+                            _ => false,
+                        })
+                    })
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "a unix-rights record names message {} of description {}, which is no queued message of a UNIX socket before it",
+                            r.message, r.ofd
+                        ))
+                    })?;
+                if r.files.is_empty() || r.files.len() > crate::engine::state::RIGHTS_LIMIT {
+                    return Err(malformed(format!(
+                        "a unix-rights record passes {} descriptors (1 to {} are possible)",
+                        r.files.len(),
+                        crate::engine::state::RIGHTS_LIMIT
+                    )));
+                }
+                let files = r
+                    .files
+                    .iter()
+                    .map(|o| {
+                        ofds.get(o).copied().ok_or_else(|| {
+                            malformed(format!(
+                                "a unix-rights record passes description {o}, which no fd has"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                if st
+                    .rights
+                    .iter()
+                    .any(|x| x.socket == socket && x.message == r.message)
+                {
+                    return Err(malformed(format!(
+                        "two unix-rights records for message {} of description {}",
+                        r.message, r.ofd
+                    )));
+                }
+                st.rights.push(crate::engine::state::Rights {
+                    socket,
+                    message: r.message,
+                    files,
+                });
+            }
             Kind::Clocks => {
                 if st.clocks.is_some() {
                     return Err(malformed("a second clocks record".into()));
@@ -507,6 +558,100 @@ mod tests {
         assert_eq!(
             read_state(&img[..]).expect("state").processes[0].attrs,
             p.attrs
+        );
+    }
+
+    #[test]
+    fn descriptors_in_flight_name_queued_messages_and_held_descriptions() {
+        use crate::image::records::{FdKind, Task, UnixRights, UnixSocket};
+        let task = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&Task {
+                pid: 40,
+                ..Default::default()
+            })
+        };
+        let socket = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&RFd {
+                fd: 5,
+                fd_flags: 0,
+                ofd: 3,
+                kind: FdKind::Unix {
+                    flags: 2,
+                    state: UnixSocket {
+                        sock_type: libc::SOCK_STREAM,
+                        queue: vec![b"a".to_vec(), b"bc".to_vec()],
+                        ..Default::default()
+                    },
+                },
+            })
+        };
+        let null = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&RFd {
+                fd: 6,
+                fd_flags: 0,
+                ofd: 4,
+                kind: FdKind::Device {
+                    path: "/dev/null".into(),
+                    rdev: 0x103,
+                    flags: 2,
+                },
+            })
+        };
+        let rights = |ofd: u64, message: u32, files: Vec<u64>| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&UnixRights {
+                    ofd,
+                    message,
+                    files: files.clone(),
+                })
+            }
+        };
+        let st = read_state(&image(&[&task, &socket, &null, &rights(3, 1, vec![4, 3])])[..])
+            .expect("a message passing both descriptions");
+        assert_eq!(
+            st.rights,
+            [crate::engine::state::Rights {
+                socket: 0,
+                message: 1,
+                files: vec![1, 0],
+            }]
+        );
+        let refused = |r: Put<'_>| {
+            read_state(&image(&[&task, &socket, &null, r])[..])
+                .expect_err("a bad unix-rights record")
+                .to_string()
+        };
+        let e = refused(&rights(3, 2, vec![4]));
+        assert!(
+            e.contains("names message 2 of description 3, which is no queued message of a UNIX socket before it"),
+            "{e}"
+        );
+        let e = refused(&rights(4, 0, vec![4]));
+        assert!(
+            e.contains("names message 0 of description 4, which is no queued message"),
+            "{e}"
+        );
+        let e = refused(&rights(3, 0, vec![9]));
+        assert!(e.contains("passes description 9, which no fd has"), "{e}");
+        let e = refused(&rights(3, 0, Vec::new()));
+        assert!(
+            e.contains("passes 0 descriptors (1 to 253 are possible)"),
+            "{e}"
+        );
+        let e = read_state(
+            &image(&[
+                &task,
+                &socket,
+                &null,
+                &rights(3, 0, vec![4]),
+                &rights(3, 0, vec![3]),
+            ])[..],
+        )
+        .expect_err("two records for one message")
+        .to_string();
+        assert!(
+            e.contains("two unix-rights records for message 0 of description 3"),
+            "{e}"
         );
     }
 

@@ -42,6 +42,21 @@ pub struct ImageState {
     /// (`engine::trees`): what belongs to the image's other trees, whose
     /// records the restore passes over.
     pub others: Option<Others>,
+    /// Descriptors in flight in the queues of the tree's UNIX sockets
+    /// (`unix-rights` records; none in images older than format 2.5).
+    pub rights: Vec<Rights>,
+}
+
+/// The most descriptors one message passes (the kernel's `SCM_MAX_FD`).
+pub const RIGHTS_LIMIT: usize = 253;
+
+/// The descriptors message `message` of the queue of UNIX socket `socket`
+/// passes: indices into [`ImageState::files`], in the message's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rights {
+    pub socket: u32,
+    pub message: u32,
+    pub files: Vec<u32>,
 }
 
 /// The processes and objects of the trees a part leaves out.

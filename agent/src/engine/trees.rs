@@ -165,6 +165,14 @@ pub fn split(st: &ImageState) -> Result<Vec<ImageState>, String> {
             }
         }
     }
+    // A descriptor in flight goes with the socket whose queue holds it.
+    for r in &st.rights {
+        if let Some(&part) = c.owner.get(&Shared::File(r.socket)) {
+            for &f in &r.files {
+                c.claim(Shared::File(f), part)?;
+            }
+        }
+    }
     Ok((0..st.trees.len())
         .map(|part| part_of(st, &tree, &c, part))
         .collect())
@@ -289,6 +297,16 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
         requested_by: st.requested_by.clone(),
         trees: vec![st.trees[part].clone()],
         others: Some(others),
+        rights: st
+            .rights
+            .iter()
+            .filter(|r| c.holds(&Shared::File(r.socket), part))
+            .map(|r| crate::engine::state::Rights {
+                socket: renumber(&files, r.socket),
+                message: r.message,
+                files: r.files.iter().map(|&f| renumber(&files, f)).collect(),
+            })
+            .collect(),
     }
 }
 

@@ -189,6 +189,9 @@ registry! {
     /// the process before it, written when any differs from a new
     /// process's.
     TaskAttrs       = 23,  "task-attrs",     TaskAttrs,       STATE_LIMIT,     "a task-attrs record",     state;
+    /// File descriptors in flight in a queued message of a UNIX socket,
+    /// after every process.
+    UnixRights      = 24,  "unix-rights",    UnixRights,      STATE_LIMIT,     "a unix-rights record",    state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -935,6 +938,18 @@ pub struct TcpQueue {
     pub send: bool,
     pub offset: u64,
     pub bytes: Vec<u8>,
+}
+
+/// The file descriptors a queued message of a UNIX socket carries
+/// (`SCM_RIGHTS`): the message is `queue[message]` of the socket held by the
+/// open file description `ofd`, and `files` are the descriptions it passes,
+/// in the message's order, each one the tree holds too (as its fd records
+/// name them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixRights {
+    pub ofd: u64,
+    pub message: u32,
+    pub files: Vec<u64>,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -101,7 +101,8 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     let queue = if tcp {
         Vec::new()
     } else {
-        super::unix::peek_queue(&f, 0, false, false)?
+        // UDP passes no descriptors.
+        super::unix::peek_queue(&f, false, false)?.messages
     };
     let peer = name(&f, true).map_err(io)?;
     if !queue.is_empty() && !peer.is_empty() {

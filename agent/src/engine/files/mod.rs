@@ -84,7 +84,7 @@ pub fn check_pty_holders(
     })
 }
 pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
-pub use unix::Pending;
+pub use unix::{InFlight, Pending};
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
 /// The life of one kind of anonymous-inode file, from dump to restore. Each
@@ -173,6 +173,8 @@ pub struct Probe<'a> {
     /// A TCP socket with (or on its way to or from) a connection, which
     /// repair mode keeps.
     pub repair: bool,
+    /// Where a UNIX socket leaves the descriptors in flight in its queue.
+    pub inflight: Option<&'a unix::InFlight>,
 }
 
 impl Probe<'_> {
@@ -227,6 +229,10 @@ pub struct OpenCx<'a> {
     pub ptys: &'a mut Ptys,
     /// TCP connections in repair mode until the tree is complete.
     pub tcp: &'a mut tcp::Restored,
+    /// The description being opened: its index in the image's files.
+    pub file: u32,
+    /// The descriptors in flight in the tree's UNIX sockets.
+    pub rights: &'a [crate::engine::state::Rights],
 }
 
 impl OpenCx<'_> {
@@ -408,6 +414,7 @@ pub fn collect(
     fd: i32,
     link: &str,
     tcp: Option<&tcp::Repairing>,
+    inflight: Option<&unix::InFlight>,
 ) -> Result<Option<FileKind>, Cause> {
     let mut p = Probe {
         pid,
@@ -416,6 +423,7 @@ pub fn collect(
         socket: None,
         tcp,
         repair: false,
+        inflight,
     };
     if let Some(inode) = link
         .strip_prefix("socket:[")

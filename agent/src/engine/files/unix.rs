@@ -124,18 +124,48 @@ fn diag(inode: u64) -> Result<Diag, String> {
     Ok(d)
 }
 
-/// Every message waiting in the socket's receive queue, left in place.
-pub(super) fn peek_queue(
-    f: &OwnedFd,
-    inode: u64,
-    stream: bool,
-    eof: bool,
-) -> Result<Vec<Vec<u8>>, String> {
+/// The messages waiting in a socket's receive queue, left in place, and the
+/// descriptors some of them carry.
+#[derive(Debug, Default)]
+pub struct Queue {
+    pub messages: Vec<Vec<u8>>,
+    /// (message index, the descriptors it passes, now held by torpor).
+    pub rights: Passed,
+}
+
+/// The fds of an `SCM_RIGHTS` control message, owned from here on.
+///
+/// # Safety
+/// `c` must be a control message header the kernel wrote into a buffer that
+/// is still alive, of level `SOL_SOCKET` and type `SCM_RIGHTS`.
+unsafe fn take_rights(c: *const libc::cmsghdr) -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller's header; CMSG_LEN only computes.
+    let (data, len, head) = unsafe {
+        (
+            libc::CMSG_DATA(c).cast::<i32>(),
+            (*c).cmsg_len,
+            libc::CMSG_LEN(0),
+        )
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+    let count = (len as usize).saturating_sub(head as usize) / 4;
+    (0..count)
+        // SAFETY: the message's data holds `count` fds, just installed in
+        // torpor and owned by nothing else; read unaligned as the buffer
+        // promises no alignment.
+        .map(|i| unsafe { OwnedFd::from_raw_fd(data.add(i).read_unaligned()) })
+        .collect()
+}
+
+/// Every message waiting in the socket's receive queue, left in place, and
+/// the descriptors in flight with them (`SCM_RIGHTS`).
+pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, String> {
     let fd = f.as_raw_fd();
     let old_off =
         get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
-    let mut out = Vec::new();
+    let mut out = Queue::default();
     let mut total = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     let result = loop {
@@ -143,18 +173,25 @@ pub(super) fn peek_queue(
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        let mut cbuf = [0u64; 16];
+        // Room for the kernel's SCM_MAX_FD (253) fds of one message.
+        let mut cbuf = [0u64; 136];
         // SAFETY: msghdr is plain data; all-zero is valid.
         let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
         m.msg_iov = &raw mut iov;
         m.msg_iovlen = 1;
         m.msg_control = cbuf.as_mut_ptr().cast();
-        // size_t in glibc's msghdr, socklen_t in musl's; 128 fits either.
+        // size_t in glibc's msghdr, socklen_t in musl's; 1088 fits either.
         #[allow(clippy::cast_possible_truncation)]
         let controllen = core::mem::size_of_val(&cbuf) as _;
         m.msg_controllen = controllen;
         // SAFETY: recvmsg fills our iovec and control buffer.
-        let n = unsafe { libc::recvmsg(fd, &raw mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recvmsg(
+                fd,
+                &raw mut m,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if n < 0 {
             let e = last_os();
             if e.raw_os_error() == Some(libc::EAGAIN) {
@@ -166,37 +203,24 @@ pub(super) fn peek_queue(
             // At EOF after a shutdown a read returns 0 for ever.
             break Ok(());
         }
-        if out.len() >= MESSAGE_LIMIT {
+        if out.messages.len() >= MESSAGE_LIMIT {
             break Err(format!("more than {MESSAGE_LIMIT} messages are queued"));
         }
+        let mut passed = Vec::new();
         // SAFETY: walking the control messages the kernel just wrote.
         let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const m) };
         while !c.is_null() {
             // SAFETY: `c` points into `cbuf`, as CMSG_FIRSTHDR/NXTHDR guarantee.
             let (level, ty) = unsafe { ((*c).cmsg_level, (*c).cmsg_type) };
             if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
-                // SAFETY: the data of an SCM_RIGHTS message is fds torpor now
-                // holds; CMSG_LEN only computes.
-                let (data, len, head) = unsafe {
-                    (
-                        libc::CMSG_DATA(c).cast::<i32>(),
-                        (*c).cmsg_len,
-                        libc::CMSG_LEN(0),
-                    )
-                };
-                #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
-                let count = (len as usize).saturating_sub(head as usize) / 4;
-                for i in 0..count {
-                    // SAFETY: closing the fds the peek gave us.
-                    unsafe { libc::close(*data.add(i)) };
-                }
-                break;
+                // SAFETY: an SCM_RIGHTS header the kernel wrote into `cbuf`.
+                passed.extend(unsafe { take_rights(c) });
             }
             // SAFETY: as above.
             c = unsafe { libc::CMSG_NXTHDR(&raw const m, c) };
         }
-        if !c.is_null() {
-            break Err(format!("socket:[{inode}] has file descriptors in flight (SCM_RIGHTS), which torpor does not keep"));
+        if m.msg_flags & libc::MSG_CTRUNC != 0 {
+            break Err("a queued message passes more descriptors than torpor reads".into());
         }
         if m.msg_flags & libc::MSG_TRUNC != 0 {
             break Err("a queued message is larger than 256 KiB".into());
@@ -208,7 +232,12 @@ pub(super) fn peek_queue(
                 "{total} bytes or more are queued (torpor keeps up to {QUEUE_LIMIT})"
             ));
         }
-        out.push(buf[..n].to_vec());
+        if !passed.is_empty() {
+            // Bounded by MESSAGE_LIMIT above.
+            #[allow(clippy::cast_possible_truncation)]
+            out.rights.push((out.messages.len() as u32, passed));
+        }
+        out.messages.push(buf[..n].to_vec());
     };
     // The peek offset is socket state: put it back as the app had it.
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off)
@@ -221,7 +250,22 @@ fn name_of(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
     Ok(sock_name(f, peer)?.map(|raw| un_name(&raw)))
 }
 
-pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, String> {
+/// (message index, the descriptors it passes, held by torpor).
+pub type Passed = Vec<(u32, Vec<OwnedFd>)>;
+
+/// The descriptors in flight in the queue of the socket collected last,
+/// until the file table knows which description that socket is.
+#[derive(Debug, Default)]
+pub struct InFlight(std::cell::RefCell<Passed>);
+
+impl InFlight {
+    /// (message index, descriptors) of the socket collected last.
+    pub fn take(&self) -> Passed {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<(UnixSocket, Passed), String> {
     let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
     let io = |e: std::io::Error| e.to_string();
     let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
@@ -246,14 +290,9 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, Strin
         if d.peer != 0 {
             return Err("listener with a peer".into());
         }
-        Vec::new()
+        Queue::default()
     } else {
-        peek_queue(
-            &f,
-            inode,
-            sock_type == libc::SOCK_STREAM,
-            d.shutdown & 1 != 0,
-        )?
+        peek_queue(&f, sock_type == libc::SOCK_STREAM, d.shutdown & 1 != 0)?
     };
     if listening && d.waiting > 0 {
         return Err(format!(
@@ -262,7 +301,7 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, Strin
             d.waiting
         ));
     }
-    Ok(UnixSocket {
+    let socket = UnixSocket {
         sock_type,
         inode,
         peer: d.peer,
@@ -273,17 +312,143 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<UnixSocket, Strin
         bind_path: RawPath(bind_path),
         peer_name: RawPath(peer_name),
         shutdown: d.shutdown,
-        queue,
+        queue: queue.messages,
         opts: collect_opts(&f, false).map_err(io)?,
-    })
+    };
+    Ok((socket, queue.rights))
 }
 
 /// One end of a pair created for the first of two peers, kept until the
 /// second is opened: (this end in torpor, a duplicate of the first peer's
-/// end, the first peer's shutdown bits).
+/// end, the first peer's shutdown bits, whether the first peer's queue
+/// waits for [`Pending::pass`]).
+///
+/// A queue with descriptors in flight is sent once every description of
+/// the tree is open, with the pair's shutdowns after it.
 #[derive(Debug, Default)]
 pub struct Pending {
-    ends: BTreeMap<u64, (OwnedFd, OwnedFd, u8)>,
+    ends: BTreeMap<u64, (OwnedFd, OwnedFd, u8, bool)>,
+    later: Vec<Later>,
+}
+
+/// What waits until every description of the tree is open.
+#[derive(Debug)]
+enum Later {
+    /// Send `queue` through `fd`, message `i` passing the descriptions
+    /// `rights[i]` names (indices into the restored files).
+    Send {
+        fd: OwnedFd,
+        queue: Vec<Vec<u8>>,
+        rights: BTreeMap<u32, Vec<u32>>,
+    },
+    Shut {
+        fd: OwnedFd,
+        bits: u8,
+        peer_bits: u8,
+    },
+}
+
+impl Pending {
+    /// Sends the queues that pass descriptors, then the shutdowns that
+    /// waited for them; `fds[i]` is torpor's descriptor of restored file i.
+    pub fn pass(&mut self, fds: &[i32]) -> Result<(), std::io::Error> {
+        for l in std::mem::take(&mut self.later) {
+            match l {
+                Later::Send { fd, queue, rights } => {
+                    for (i, m) in (0u32..).zip(&queue) {
+                        let passed = rights
+                            .get(&i)
+                            .map(|files| {
+                                files
+                                    .iter()
+                                    .map(|&f| {
+                                        fds.get(f as usize).copied().ok_or_else(|| {
+                                            std::io::Error::other(format!(
+                                                "a queued message passes file {f}, which the restore did not open"
+                                            ))
+                                        })
+                                    })
+                                    .collect::<Result<Vec<i32>, _>>()
+                            })
+                            .transpose()?
+                            .unwrap_or_default();
+                        send_one(fd.as_raw_fd(), m, &passed)?;
+                    }
+                }
+                Later::Shut {
+                    fd,
+                    bits,
+                    peer_bits,
+                } => shut(fd.as_raw_fd(), bits, peer_bits)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends one message, passing `fds` with it when there are any.
+fn send_one(fd: i32, m: &[u8], fds: &[i32]) -> Result<(), std::io::Error> {
+    if fds.is_empty() {
+        return send_all(fd, std::slice::from_ref(&m.to_vec()));
+    }
+    let mut iov = libc::iovec {
+        iov_base: m.as_ptr().cast_mut().cast(),
+        iov_len: m.len(),
+    };
+    let mut cbuf = [0u64; 136];
+    let bytes = core::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes.
+    let space = unsafe { libc::CMSG_SPACE(u32::try_from(bytes).map_err(std::io::Error::other)?) };
+    if space as usize > core::mem::size_of_val(&cbuf) {
+        return Err(std::io::Error::other(format!(
+            "a queued message passes {} descriptors",
+            fds.len()
+        )));
+    }
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // size_t in glibc's msghdr, socklen_t in musl's; at most 1088.
+    #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+    {
+        msg.msg_controllen = space as _;
+    }
+    // SAFETY: the control buffer has room for one header of `space` bytes
+    // (checked above); its data is written unaligned, byte for byte.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+        {
+            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+        }
+        let data = libc::CMSG_DATA(c);
+        for (i, f) in fds.iter().enumerate() {
+            data.add(i * 4).cast::<i32>().write_unaligned(*f);
+        }
+    }
+    // SAFETY: sendmsg reads our iovec and control buffer.
+    let n = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 || n.unsigned_abs() != m.len() {
+        return Err(std::io::Error::other(format!(
+            "re-queueing {} bytes with {} descriptors: {}",
+            m.len(),
+            fds.len(),
+            last_os()
+        )));
+    }
+    Ok(())
+}
+
+/// A duplicate of a descriptor of torpor's, close-on-exec.
+fn dup(f: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: duplicating our own fd.
+    owned(libc::c_long::from(unsafe {
+        libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)
+    }))
 }
 
 fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
@@ -356,13 +521,45 @@ pub(super) fn open(
     s: &UnixSocket,
     nonblock: bool,
     pending: &mut Pending,
+    rights: BTreeMap<u32, Vec<u32>>,
 ) -> Result<i32, std::io::Error> {
+    let passes = !rights.is_empty();
+    let mut rights = Some(rights);
+    // Sends this socket's queue through `to`: now, or once every
+    // description is open when it passes some.
+    let mut fill = |pending: &mut Pending, to: &OwnedFd| -> Result<(), std::io::Error> {
+        match rights.take() {
+            Some(r) if !r.is_empty() => {
+                pending.later.push(Later::Send {
+                    fd: dup(to)?,
+                    queue: s.queue.clone(),
+                    rights: r,
+                });
+                Ok(())
+            }
+            _ => send_all(to.as_raw_fd(), &s.queue),
+        }
+    };
     let f = if s.peer != 0 || (s.connected && s.peer_name.as_bytes().is_empty()) {
         // A pair: both ends in the tree, or the peer closed.
-        if let Some((mine, first, first_shut)) = pending.ends.remove(&s.inode) {
-            send_all(first.as_raw_fd(), &s.queue)?;
-            shut(first.as_raw_fd(), first_shut, s.shutdown)?;
-            shut(mine.as_raw_fd(), s.shutdown, first_shut)?;
+        if let Some((mine, first, first_shut, first_later)) = pending.ends.remove(&s.inode) {
+            fill(pending, &first)?;
+            if passes || first_later {
+                // A shutdown would refuse the sends that wait.
+                pending.later.push(Later::Shut {
+                    fd: dup(&first)?,
+                    bits: first_shut,
+                    peer_bits: s.shutdown,
+                });
+                pending.later.push(Later::Shut {
+                    fd: dup(&mine)?,
+                    bits: s.shutdown,
+                    peer_bits: first_shut,
+                });
+            } else {
+                shut(first.as_raw_fd(), first_shut, s.shutdown)?;
+                shut(mine.as_raw_fd(), s.shutdown, first_shut)?;
+            }
             mine
         } else {
             let mut p = [0i32; 2];
@@ -382,15 +579,13 @@ pub(super) fn open(
                 owned(libc::c_long::from(p[0]))?,
                 owned(libc::c_long::from(p[1]))?,
             );
-            send_all(b.as_raw_fd(), &s.queue)?;
-            // SAFETY: duplicating our own fd.
-            let a2 = owned(libc::c_long::from(unsafe {
-                libc::fcntl(a.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)
-            }))?;
+            fill(pending, &b)?;
+            let a2 = dup(&a)?;
             if s.peer != 0 {
-                pending.ends.insert(s.peer, (b, a2, s.shutdown));
+                pending.ends.insert(s.peer, (b, a2, s.shutdown, passes));
             } else {
-                // The peer is gone: its end closes, as it had.
+                // The peer is gone: its end closes, as it had (after the
+                // queue that waits, which holds a duplicate of it).
                 shut(a.as_raw_fd(), s.shutdown, 2)?;
                 drop((b, a2));
             }
@@ -432,7 +627,7 @@ pub(super) fn open(
             if unsafe { libc::connect(tmp.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
                 return Err(last_os());
             }
-            send_all(tmp.as_raw_fd(), &s.queue)?;
+            fill(pending, &tmp)?;
         }
         f
     };
@@ -480,11 +675,27 @@ impl super::AnonKind for UnixSocket {
 
     fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
         let inode = p.socket.map_or(0, |(inode, _)| inode);
-        collect(p.pid, p.fd, inode).map_err(|e| p.unsupported(format!("a UNIX socket: {e}")))
+        let (socket, rights) = collect(p.pid, p.fd, inode)
+            .map_err(|e| p.unsupported(format!("a UNIX socket: {e}")))?;
+        if !rights.is_empty() {
+            let Some(inflight) = p.inflight else {
+                return Err(p.unsupported(format!(
+                    "a UNIX socket: socket:[{inode}] has file descriptors in flight (SCM_RIGHTS), which torpor keeps only in a dump of its tree"
+                )));
+            };
+            *inflight.0.borrow_mut() = rights;
+        }
+        Ok(socket)
     }
 
     fn open(&self, cx: &mut super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
         let nonblock = cx.nonblock();
-        Ok(open(self, nonblock, cx.pending)?)
+        let rights = cx
+            .rights
+            .iter()
+            .filter(|r| r.socket == cx.file)
+            .map(|r| (r.message, r.files.clone()))
+            .collect();
+        Ok(open(self, nonblock, cx.pending, rights)?)
     }
 }

@@ -132,11 +132,15 @@ pub(super) fn open_objects(
             torpor_conn: opts.torpor_conn,
             ptys: &mut ptys,
             tcp: &mut tcp,
+            file: crate::engine::conv::fit(i, "u32", "open file index").step(step)?,
+            rights: &st.rights,
         };
         let fd = f.kind.open(&mut cx).step(step)?;
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
+    // Every description is open: the queues that pass some are filled.
+    pending.pass(&objs.fds).step(step)?;
     // The spare pipe ends close with `pipes`: the descriptions hold dups.
     drop(pipes);
     ptys.finish().step(step)?;
