@@ -852,6 +852,63 @@ fn task_attrs() -> TaskAttrs {
     }
 }
 
+/// The half-closed TCP connection 2.5 adds: an IPv4 connection in
+/// CLOSE_WAIT (8) whose peer's FIN came after two bytes the app has not
+/// read (in the `tcp-queue` record of [`closing_queues`]).
+fn closing_fd() -> Fd {
+    let mut local = vec![2u8, 0, 0x1f, 0x91, 127, 0, 0, 1];
+    local.resize(16, 0);
+    let mut peer = vec![2u8, 0, 0xc3, 0x52, 127, 0, 0, 1];
+    peer.resize(16, 0);
+    Fd {
+        fd: 15,
+        fd_flags: 1,
+        ofd: 24,
+        kind: FdKind::TcpClosing {
+            flags: 0o2,
+            state: TcpConnection {
+                socket: InetSocket {
+                    family: 2,
+                    sock_type: 1,
+                    protocol: 6,
+                    local,
+                    peer,
+                    listening: false,
+                    backlog: 0,
+                    tcp_state: 8,
+                    v6only: false,
+                    opts: SockOpts::default(),
+                    dropped: false,
+                    error_pending: false,
+                    queue: Vec::new(),
+                },
+                snd_seq: 0x0000_1000,
+                rcv_seq: 0x8000_0003,
+                send_len: 0,
+                unsent: 0,
+                recv_len: 2,
+                mss: 1_460,
+                options: 2,
+                snd_wscale: 0,
+                rcv_wscale: 0,
+                timestamp: 0,
+                window: [0x8000_0003, 4_096, 8_192, 2_048, 0x8000_0003],
+                send_queue: Vec::new(),
+                recv_queue: Vec::new(),
+            },
+        },
+    }
+}
+
+fn closing_queues() -> [TcpQueue; 1] {
+    [TcpQueue {
+        ofd: 24,
+        send: false,
+        offset: 0,
+        bytes: b"ok".to_vec(),
+    }]
+}
+
 /// Descriptors in flight 2.5 adds: the second queued message ("two") of
 /// the UNIX socket at description 14 passes descriptions 15 and 14.
 fn unix_rights() -> UnixRights {
@@ -882,8 +939,10 @@ fn sock_extra() -> SockExtra {
     }
 }
 
-/// Format 2.5: the records of 2.4, then the `task-attrs` of the last task,
-/// a `unix-rights` and a `sock-opts` record (the kinds 2.5 adds).
+/// Format 2.5: the records of 2.4, then the `task-attrs` of the last task
+/// (a kind 2.5 adds), the fd of a connection kept half-closed (the `FdKind`
+/// variant 2.5 appends) with its queue, and a `unix-rights` and a
+/// `sock-opts` record (the other kinds 2.5 adds).
 fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     let (img24, expect24) = format_2_4();
     let mut f = Fixture::new(&fixed_header(V2_5));
@@ -901,6 +960,10 @@ fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     }
     assert_eq!(f.expect.len(), expect24.len(), "every 2.4 record copied");
     f.put(task_attrs());
+    f.put(closing_fd());
+    for q in closing_queues() {
+        f.put(q);
+    }
     f.put(unix_rights());
     f.put(sock_extra());
     f.finish()
@@ -1211,7 +1274,7 @@ fn format_2_5_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.5 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 47);
+    assert_eq!(s.records, 49);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1245,6 +1308,57 @@ fn format_2_5_image_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the task-attrs record's bytes"
+    );
+}
+
+/// The half-closed connection 2.5 adds, spelled out.
+#[test]
+fn format_2_5_closing_tcp_spot_values() {
+    let img = read_image(V2_5);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 5 });
+    let mut tcp = Vec::new();
+    let mut queues = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::TcpClosing { .. }) {
+                tcp.push(fd);
+            }
+        }
+        if rec.kind() == Kind::TcpQueue {
+            let q = rec.decode::<TcpQueue>().expect("tcp-queue");
+            if q.ofd == 24 {
+                queues.push(q);
+            }
+        }
+    }
+    assert_eq!(tcp, [closing_fd()]);
+    assert_eq!(queues, closing_queues());
+    let FdKind::TcpClosing { state: c, .. } = &tcp[0].kind else {
+        panic!("a half-closed connection")
+    };
+    assert_eq!(c.socket.tcp_state, 8);
+    assert_eq!((c.snd_seq, c.rcv_seq), (0x1000, 0x8000_0003));
+    assert_eq!((c.send_len, c.unsent, c.recv_len), (0, 0, 2));
+    // The fd record starts: fd 15 (zigzag 30), fd_flags 1, ofd 24, the
+    // variant's index 24 (the 25th), flags 0o2, family 2 (zigzag 4), type
+    // 1 (2), protocol 6 (12).
+    let payload = [30u8, 1, 24, 24, 2, 4, 2, 12];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the connection's record bytes"
+    );
+    // ... and its state byte 8 after the local and peer addresses (16
+    // bytes each, with their lengths), not listening, backlog 0.
+    let mut state = vec![16u8, 2, 0, 0x1f, 0x91, 127, 0, 0, 1];
+    state.extend_from_slice(&[0; 8]);
+    state.extend_from_slice(&[16, 2, 0, 0xc3, 0x52, 127, 0, 0, 1]);
+    state.extend_from_slice(&[0; 8]);
+    state.extend_from_slice(&[0, 0, 8]);
+    assert!(
+        img.windows(state.len()).any(|w| w == state),
+        "the connection's addresses and state"
     );
 }
 
@@ -1303,8 +1417,6 @@ fn the_writer_still_makes_the_checked_in_2_5_image() {
     );
 }
 
-/// The values of the variants 2.3 adds, spelled out, and the bytes of the
-/// slave's record.
 #[test]
 fn the_writer_still_makes_the_checked_in_2_4_image() {
     assert!(

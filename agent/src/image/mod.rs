@@ -74,7 +74,7 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.5 adds two kinds. `task-attrs`: scheduling, nice values and
+//! Format 2.5 adds three kinds. `task-attrs`: scheduling, nice values and
 //! parent-death signals of threads, child subreaper, dumpable, THP
 //! disabled, `oom_score_adj` and the `madvise` flags of mappings, written
 //! for a process only when one of them differs from a new process's (a 2.4
@@ -82,6 +82,10 @@
 //! Its securebits, in the `Creds` every format has, are filled from 2.5 on.
 //! `unix-rights`: the descriptors a queued message of a UNIX socket passes
 //! (`SCM_RIGHTS`), written after every process when a queue holds some.
+//! `sock-opts`: the options of a socket that differ from a new socket's,
+//! beyond its fd record's, written after every process. It also appends the `TcpClosing` variant to `FdKind`: a TCP connection
+//! kept half-closed or closing (a 2.4 reader fails to decode an image
+//! holding one, rather than bring it back established).
 //!
 //! Format 2.4 appends the `Pidfd`, `ProcFile` and `TcpConnection`
 //! variants to `FdKind` (a pidfd and a file of `/proc` of a process of the

@@ -863,6 +863,16 @@ pub enum FdKind {
         flags: u32,
         state: TcpConnection,
     },
+    /// A TCP connection half-closed or closing (`CLOSE_WAIT`, `FIN_WAIT1`,
+    /// `FIN_WAIT2`, `LAST_ACK`, `CLOSING`, its `socket.tcp_state`), kept
+    /// like an established one; the FINs sent and received are counted in
+    /// its sequence numbers, not in its queues (format 2.5). A reader that
+    /// does not know the variant refuses it rather than bring it back
+    /// established.
+    TcpClosing {
+        flags: u32,
+        state: TcpConnection,
+    },
 }
 
 /// A file or directory below `/proc/PID/` of a process of the tree.

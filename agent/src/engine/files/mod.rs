@@ -307,6 +307,11 @@ macro_rules! define_dispatch {
             /// The image record of a description of this kind with its
             /// status flags.
             pub fn record(&self, flags: u32) -> FdKind {
+                if let FileKind::TcpConnection(c) = self {
+                    if c.socket.tcp_state != tcp::ESTABLISHED {
+                        return FdKind::TcpClosing { flags, state: c.clone() };
+                    }
+                }
                 match self {
                     $(FileKind::$fs(s) => s.record(flags),)*
                     $(FileKind::$anon(state) => FdKind::$anon { flags, state: state.clone() },)*
@@ -316,6 +321,25 @@ macro_rules! define_dispatch {
             /// The description an image record describes, with its status
             /// flags.
             pub fn from_record(k: &FdKind) -> Result<(u32, FileKind), String> {
+                // Each kept TCP state has its variant: an established
+                // connection the one older readers know.
+                match k {
+                    FdKind::TcpConnection { state, .. }
+                        if state.socket.tcp_state != tcp::ESTABLISHED =>
+                    {
+                        return Err(tcp::bad_state(state, "an established connection"));
+                    }
+                    FdKind::TcpClosing { state, .. }
+                        if state.socket.tcp_state == tcp::ESTABLISHED
+                            || !tcp::kept_state(state.socket.tcp_state) =>
+                    {
+                        return Err(tcp::bad_state(state, "a half-closed or closing connection"));
+                    }
+                    FdKind::TcpClosing { flags, state } => {
+                        return Ok((*flags, FileKind::TcpConnection(state.clone())));
+                    }
+                    _ => {}
+                }
                 match k {
                     $(FdKind::$anon { flags, state } => {
                         return Ok((*flags, FileKind::$anon(state.clone())))
@@ -1040,6 +1064,65 @@ VmFlags: rd wr sh mr mw me ms
 7f062f996000-7f062f99a000 rw-s 00000000 08:01 78                 /memfd:x
 VmFlags: rd wr sh mr mw me ms
 ";
+
+    fn connection(state: u8) -> crate::image::records::TcpConnection {
+        let mut local = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+        local.resize(16, 0);
+        let mut peer = vec![2u8, 0, 0xc3, 0x51, 127, 0, 0, 1];
+        peer.resize(16, 0);
+        let mut c = crate::image::records::TcpConnection::default();
+        c.socket.family = libc::AF_INET;
+        c.socket.local = local;
+        c.socket.peer = peer;
+        c.socket.tcp_state = state;
+        c
+    }
+
+    /// An established connection keeps the variant older readers know;
+    /// every other kept state takes `TcpClosing`, and each variant is
+    /// refused holding the other's states.
+    #[test]
+    fn kept_tcp_states_and_their_variants() {
+        let est = FileKind::TcpConnection(connection(1));
+        assert!(matches!(
+            est.record(2),
+            FdKind::TcpConnection { flags: 2, .. }
+        ));
+        for state in [4u8, 5, 8, 9, 11] {
+            let k = FileKind::TcpConnection(connection(state));
+            let r = k.record(0o4002);
+            let FdKind::TcpClosing { flags, state: c } = &r else {
+                panic!("state {state}: {r:?}")
+            };
+            assert_eq!((*flags, c.socket.tcp_state), (0o4002, state));
+            assert_eq!(FileKind::from_record(&r), Ok((0o4002, k)));
+        }
+        let e = FileKind::from_record(&FdKind::TcpConnection {
+            flags: 0,
+            state: connection(8),
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "a kept TCP connection 127.0.0.1:8080 -> 127.0.0.1:50001 recorded as an established connection in state CLOSE_WAIT"
+        );
+        for (state, name) in [
+            (1u8, "ESTABLISHED"),
+            (2, "SYN_SENT"),
+            (6, "TIME_WAIT"),
+            (10, "LISTEN"),
+        ] {
+            let e = FileKind::from_record(&FdKind::TcpClosing {
+                flags: 0,
+                state: connection(state),
+            })
+            .unwrap_err();
+            assert_eq!(
+                e,
+                format!("a kept TCP connection 127.0.0.1:8080 -> 127.0.0.1:50001 recorded as a half-closed or closing connection in state {name}")
+            );
+        }
+    }
 
     #[test]
     fn mappings_of_memfds_and_segments() {

@@ -20,8 +20,19 @@
 //! off, the never-sent bytes are written as the app's, and the lock is
 //! lifted. The peer then goes on with the same connection.
 //!
-//! Unsafe code: socket options, ioctls, `recv`/`send`, `bind` and
-//! `connect` through libc with pointers to this module's buffers.
+//! Half-closed and closing connections (`CLOSE_WAIT`, `FIN_WAIT1`,
+//! `FIN_WAIT2`, `LAST_ACK`, `CLOSING`) are kept too: the FIN of each side
+//! that sent one is a sequence number beyond its queue's bytes. They are
+//! made established in repair mode, then brought to their state as the
+//! kernel got there ([`close_as_saved`]): the app's FIN by a shutdown in
+//! repair mode, which sends nothing, and what the peer had sent (its FIN,
+//! its acknowledgement of the app's) as segments from the peer's address
+//! handed to the socket through a raw socket (`inject`). Connections still
+//! in their handshake are refused.
+//!
+//! Unsafe code: socket options, ioctls, `recv`/`send`, `bind`, `connect`,
+//! `shutdown` and a raw socket's `sendto` through libc with pointers to
+//! this module's buffers.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -59,6 +70,64 @@ const SIOCOUTQNSD: libc::Ioctl = 0x894B;
 const MAX_QUEUES: usize = 256 << 20;
 
 const TCP_ESTABLISHED: u8 = 1;
+pub(super) const ESTABLISHED: u8 = TCP_ESTABLISHED;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+
+/// Whether a connection in `state` is one torpor keeps: established, or
+/// half-closed or closing with both ends still holding a socket.
+pub(super) fn kept_state(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+/// Whether the app had shut its sending side down: its FIN is the last
+/// sequence number of the send queue.
+fn fin_sent(state: u8) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+    )
+}
+
+/// Whether the peer's FIN had come: it is the last sequence number taken
+/// in, after the bytes the app has not read.
+fn fin_received(state: u8) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
+
+/// Why a connection in `state` is not kept, for the dump's refusal.
+fn not_kept(state: u8) -> String {
+    let why = match state {
+        2 | 3 => "its handshake is not complete, so there is no connection to keep yet",
+        6 => "the connection is over and only the kernel still holds it",
+        _ => "torpor does not know the state",
+    };
+    format!(
+        "a TCP connection in state {}, which torpor does not keep ({why}); it keeps ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, FIN_WAIT2, LAST_ACK and CLOSING",
+        state_name(state)
+    )
+}
+
+/// The refusal of a kept connection's record whose state its variant
+/// does not hold.
+pub(super) fn bad_state(c: &TcpConnection, variant: &str) -> String {
+    format!(
+        "a kept TCP connection {} recorded as {variant} in state {}",
+        endpoints(&c.socket),
+        state_name(c.socket.tcp_state)
+    )
+}
 
 /// The kernel's names of the TCP states, for refusals.
 fn state_name(state: u8) -> &'static str {
@@ -200,7 +269,7 @@ impl Lock {
              delete table inet {table}\n\
              table inet {table} {{\n\
              chain in {{ type filter hook input priority -150; policy accept;\n\
-             {ip} saddr {p} {ip} daddr {l} tcp sport {pp} tcp dport {lp} drop\n}}\n\
+             meta mark != {INJECT_MARK:#x} {ip} saddr {p} {ip} daddr {l} tcp sport {pp} tcp dport {lp} drop\n}}\n\
              chain out {{ type filter hook output priority -150; policy accept;\n\
              {ip} saddr {l} {ip} daddr {p} tcp sport {lp} tcp dport {pp} drop\n}}\n\
              }}\n"
@@ -350,11 +419,9 @@ pub(super) fn collect(
     base: InetSocket,
     hold: &Repairing,
 ) -> Result<TcpConnection, String> {
-    if base.tcp_state != TCP_ESTABLISHED {
-        return Err(format!(
-            "a TCP connection in state {}, which torpor keeps only when ESTABLISHED",
-            state_name(base.tcp_state)
-        ));
+    let state = base.tcp_state;
+    if !kept_state(state) {
+        return Err(not_kept(state));
     }
     let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
     let mut p = libc::pollfd {
@@ -364,8 +431,13 @@ pub(super) fn collect(
     };
     // SAFETY: one pollfd, no wait.
     unsafe { libc::poll(&raw mut p, 1, 0) };
-    if p.revents & libc::POLLRDHUP != 0 {
-        return Err("an established TCP connection whose receiving side is shut down, which torpor cannot keep".into());
+    // After the peer's FIN the receiving side is shut down by the kernel;
+    // before it, only the app's shutdown(SHUT_RD) does that.
+    if p.revents & libc::POLLRDHUP != 0 && !fin_received(state) {
+        return Err(format!(
+            "a TCP connection in state {} whose receiving side the app shut down, which torpor cannot keep",
+            state_name(state)
+        ));
     }
     if p.revents & libc::POLLERR != 0 {
         return Err("a TCP connection with an error pending, which torpor cannot keep".into());
@@ -388,17 +460,33 @@ pub(super) fn collect(
         return Err("the socket in repair mode was lost".into());
     };
     let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-    // In repair mode the state cannot move on: read it again.
-    let (state, ..) = info(f).map_err(io("TCP_INFO"))?;
-    if state != TCP_ESTABLISHED {
+    // The lock holds the peer's packets off: the state cannot move on now.
+    // Read it again.
+    let (now, ..) = info(f).map_err(io("TCP_INFO"))?;
+    if now != state {
         return Err(format!(
-            "a TCP connection that went to state {} during the dump",
-            state_name(state)
+            "a TCP connection that went from state {} to {} during the dump",
+            state_name(state),
+            state_name(now)
         ));
     }
+    // SIOCINQ leaves a FIN that came out; SIOCOUTQ and SIOCOUTQNSD count
+    // the app's FIN while the peer has not acknowledged it, or while it
+    // was never sent: the queues' bytes are the counts without it.
     let inq = ioctl_int(f, SIOCINQ).map_err(io("SIOCINQ"))?;
-    let outq = ioctl_int(f, SIOCOUTQ).map_err(io("SIOCOUTQ"))?;
-    let unsent = ioctl_int(f, SIOCOUTQNSD).map_err(io("SIOCOUTQNSD"))?;
+    let mut outq = ioctl_int(f, SIOCOUTQ).map_err(io("SIOCOUTQ"))?;
+    let mut unsent = ioctl_int(f, SIOCOUTQNSD).map_err(io("SIOCOUTQNSD"))?;
+    if fin_sent(state) && state != TCP_FIN_WAIT2 {
+        outq = outq
+            .checked_sub(1)
+            .ok_or_else(|| format!("in state {} its send queue holds no FIN", state_name(state)))?;
+        unsent = unsent.saturating_sub(1);
+        if state == TCP_CLOSING && unsent > 0 {
+            return Err(format!(
+                "a TCP connection in state CLOSING with {unsent} bytes never sent before its FIN, which torpor cannot keep"
+            ));
+        }
+    }
     if inq + outq > MAX_QUEUES {
         return Err(format!(
             "its queues hold {inq} unread and {outq} unacknowledged bytes, more than the {} MiB torpor keeps for a connection",
@@ -453,14 +541,26 @@ pub(super) fn collect(
 /// unseen by their peers, and their locks stay.
 #[derive(Debug, Default)]
 pub struct Restored {
-    socks: Vec<(OwnedFd, Vec<u8>, InetSocket)>,
+    socks: Vec<Pending>,
+}
+
+/// A restored connection waiting for [`Restored::finish`].
+#[derive(Debug)]
+struct Pending {
+    f: OwnedFd,
+    /// The bytes the app wrote that were never sent.
+    unsent: Vec<u8>,
+    /// The app's FIN, to send after them.
+    shut: bool,
+    s: InetSocket,
 }
 
 impl Restored {
     /// Turns repair mode off, writes the bytes the app had written and the
-    /// kernel never sent, and lifts each connection's lock.
+    /// kernel never sent (and the app's FIN after them), and lifts each
+    /// connection's lock.
     pub fn finish(&mut self) -> Result<(), Cause> {
-        for (f, unsent, s) in self.socks.drain(..) {
+        for Pending { f, unsent, shut, s } in self.socks.drain(..) {
             set_int(f.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR, 0)?;
             // The sent part fills the send buffer as it did at the dump:
             // the buffer grows for the never-sent part, which the app had
@@ -504,6 +604,14 @@ impl Restored {
                     libc::SO_SNDBUFFORCE,
                     sndbuf / 2,
                 )?;
+            }
+            // SAFETY: shutdown on our socket, integer arguments.
+            if shut && unsafe { libc::shutdown(f.as_raw_fd(), libc::SHUT_WR) } < 0 {
+                return Err(Cause::Refused(format!(
+                    "shutting down the sending side of the TCP connection {}: {}",
+                    endpoints(&s),
+                    last_os()
+                )));
             }
             Lock::lift_for(&s).map_err(Cause::Refused)?;
         }
@@ -608,13 +716,27 @@ fn open_repaired(c: &TcpConnection, restored: &mut Restored) -> Result<Option<Ow
     }
     // Buffer sizes first: the queues are accounted against them.
     apply_opts(fd, &s.opts, true).map_err(|e| what(e, "socket options"))?;
+    let state = s.tcp_state;
+    if !kept_state(state) || state == TCP_CLOSING && unsent > 0 {
+        return Err(Cause::Refused(format!(
+            "the TCP connection {} -> {} is in state {} with {unsent} bytes never sent, which torpor does not keep",
+            endpoint(l, lp),
+            endpoint(p, pp),
+            state_name(state)
+        )));
+    }
     let sent = c.send_queue.len() - unsent;
     let inq = c.recv_queue.len();
-    // The sequence numbers where the queues start.
+    // The sequence numbers where the queues start: before the bytes
+    // queued, and before the FIN of each side that sent one.
     let snd_start = c
         .snd_seq
+        .wrapping_sub(u32::from(fin_sent(state)))
         .wrapping_sub(u32::try_from(c.send_queue.len()).unwrap_or(0));
-    let rcv_start = c.rcv_seq.wrapping_sub(u32::try_from(inq).unwrap_or(0));
+    let rcv_start = c
+        .rcv_seq
+        .wrapping_sub(u32::from(fin_received(state)))
+        .wrapping_sub(u32::try_from(inq).unwrap_or(0));
     set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         .and_then(|()| {
             set_int(
@@ -676,16 +798,208 @@ fn open_repaired(c: &TcpConnection, restored: &mut Restored) -> Result<Option<Ow
     fill(fd, TCP_RECV_QUEUE, &c.recv_queue, "receive queue")
         .map_err(|e| what(e, "receive queue"))?;
     set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, 0).map_err(|e| what(e, "TCP_REPAIR_QUEUE"))?;
+    close_as_saved(&f, c, snd_start).map_err(|e| what(e, "closing as it was"))?;
+    // The window last: the FINs and acknowledgements above moved it.
     let mut w = Vec::with_capacity(20);
     for v in c.window {
         w.extend_from_slice(&v.to_ne_bytes());
     }
     set_buf(fd, TCP_REPAIR_WINDOW, &w).map_err(|e| what(e, "TCP_REPAIR_WINDOW"))?;
     let keep = f.try_clone().map_err(|e| what(e, "dup"))?;
-    restored
-        .socks
-        .push((keep, c.send_queue[sent..].to_vec(), s.clone()));
+    restored.socks.push(Pending {
+        f: keep,
+        unsent: c.send_queue[sent..].to_vec(),
+        // The app's FIN follows the bytes never sent: it goes after them.
+        shut: fin_sent(state) && unsent > 0,
+        s: s.clone(),
+    });
     Ok(Some(f))
+}
+
+/// Brings a connection made again as established, in repair mode, to
+/// its saved state: the app's FIN is queued as sent (repair mode sends
+/// nothing), the peer's FIN and its acknowledgement of the app's FIN are
+/// handed to the socket as segments from the peer (`inject`), in the order
+/// the saved state says they came. `snd_start` is the peer's last
+/// acknowledgement. A FIN that must follow bytes never sent is left for
+/// [`Restored::finish`].
+fn close_as_saved(f: &OwnedFd, c: &TcpConnection, snd_start: u32) -> Result<(), std::io::Error> {
+    let state = c.socket.tcp_state;
+    if state == TCP_ESTABLISHED {
+        return Ok(());
+    }
+    let shut_now = fin_sent(state) && c.unsent == 0;
+    // Both FINs crossed: the app's went first, the peer's did not
+    // acknowledge it.
+    if shut_now && state == TCP_CLOSING {
+        shut_in_repair(f, TCP_FIN_WAIT1)?;
+    }
+    if fin_received(state) {
+        inject(c, TH_FIN | TH_ACK, c.rcv_seq.wrapping_sub(1), snd_start)?;
+        let to = if state == TCP_CLOSING {
+            TCP_CLOSING
+        } else {
+            TCP_CLOSE_WAIT
+        };
+        wait_state(f, to, "the peer's FIN")?;
+    }
+    if shut_now && state != TCP_CLOSING {
+        let to = if fin_received(state) {
+            TCP_LAST_ACK
+        } else {
+            TCP_FIN_WAIT1
+        };
+        shut_in_repair(f, to)?;
+    }
+    if state == TCP_FIN_WAIT2 {
+        // The peer had acknowledged the app's FIN.
+        inject(c, TH_ACK, c.rcv_seq, c.snd_seq)?;
+        wait_state(f, TCP_FIN_WAIT2, "the acknowledgement of the app's FIN")?;
+    }
+    Ok(())
+}
+
+/// The app's shutdown(SHUT_WR), in repair mode with the send queue
+/// chosen: the FIN is queued as sent, and nothing goes out.
+fn shut_in_repair(f: &OwnedFd, to: u8) -> Result<(), std::io::Error> {
+    let fd = f.as_raw_fd();
+    set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    // SAFETY: shutdown on our socket, integer arguments.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(last_os());
+    }
+    set_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, 0)?;
+    wait_state(f, to, "the app's FIN")
+}
+
+/// Waits for the socket to reach `to` after `what`, which loopback
+/// delivers at once; an error naming both states if it does not.
+fn wait_state(f: &OwnedFd, to: u8, what: &str) -> Result<(), std::io::Error> {
+    let mut now = 0;
+    for _ in 0..1000 {
+        now = info(f)?.0;
+        if now == to {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Err(std::io::Error::other(format!(
+        "after {what} the socket is in state {}, not {}",
+        state_name(now),
+        state_name(to)
+    )))
+}
+
+const TH_FIN: u8 = 0x01;
+const TH_ACK: u8 = 0x10;
+/// The packet mark of the segments torpor hands a restored socket as
+/// from its peer: the network lock lets them in.
+const INJECT_MARK: u32 = 0x746f_7270;
+
+/// The one's complement sum of `data` as 16-bit words, folded.
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for pair in data.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+        sum = sum.wrapping_add(hi | lo);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// A TCP segment with no data from the connection's peer to its local
+/// end (`flags`, `seq`, `ack`, and the window the peer last gave), sent
+/// through a raw socket to the local address, where the kernel takes it
+/// as the peer's. This is how a FIN or acknowledgement the socket had
+/// received is given back to it: repair mode has no option for them.
+fn inject(c: &TcpConnection, flags: u8, seq: u32, ack: u32) -> Result<(), std::io::Error> {
+    let (l, lp, p, pp) =
+        tuple(&c.socket).ok_or_else(|| std::io::Error::other("no internet addresses"))?;
+    let scaled = if c.options & TCPI_OPT_WSCALE != 0 {
+        c.window[1] >> c.snd_wscale.min(MAX_WSCALE)
+    } else {
+        c.window[1]
+    };
+    let window = u16::try_from(scaled).unwrap_or(u16::MAX);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&pp.to_be_bytes());
+    tcp[2..4].copy_from_slice(&lp.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4; // 20 bytes of header, no options
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&window.to_be_bytes());
+    // The pseudo-header: addresses, protocol and length.
+    let (src, dst): (Vec<u8>, Vec<u8>) = match (p, l) {
+        (IpAddr::V4(p), IpAddr::V4(l)) => (p.octets().to_vec(), l.octets().to_vec()),
+        (IpAddr::V6(p), IpAddr::V6(l)) => (p.octets().to_vec(), l.octets().to_vec()),
+        _ => return Err(std::io::Error::other("addresses of two families")),
+    };
+    let mut sum = csum_add(0, &src);
+    sum = csum_add(sum, &dst);
+    sum = csum_add(sum, &[0, 6, 0, 20]);
+    sum = csum_add(sum, &tcp);
+    let check = !u16::try_from(sum).unwrap_or(u16::MAX);
+    tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    let (family, mut packet) = if l.is_ipv4() {
+        // Version 4, 5 words of header, 40 bytes, don't fragment, TTL 64,
+        // TCP; the kernel fills the checksum and id in.
+        let mut h = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        (libc::AF_INET, h)
+    } else {
+        // Version 6, 20 bytes of payload, next header TCP, 64 hops.
+        let mut h = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        h.extend_from_slice(&src);
+        h.extend_from_slice(&dst);
+        (libc::AF_INET6, h)
+    };
+    packet.extend_from_slice(&tcp);
+    // SAFETY: socket takes integers only. IPPROTO_RAW: the header is ours.
+    let raw = owned(libc::c_long::from(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    }))?;
+    set_int(
+        raw.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        i32::from_ne_bytes(INJECT_MARK.to_ne_bytes()),
+    )?;
+    // The destination: the local address (its scope with it, for IPv6).
+    let mut to = [0u8; 28];
+    let to_len = if family == libc::AF_INET {
+        to[..2].copy_from_slice(&u16::try_from(libc::AF_INET).unwrap_or(2).to_ne_bytes());
+        to[4..8].copy_from_slice(&dst);
+        16
+    } else {
+        let n = c.socket.local.len().min(28);
+        to[..n].copy_from_slice(&c.socket.local[..n]);
+        to[2..4].fill(0);
+        28
+    };
+    let to_len = libc::socklen_t::try_from(to_len).unwrap_or(0);
+    // SAFETY: sendto reads our packet and `to_len` bytes of `to`.
+    let n = unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            to.as_ptr().cast(),
+            to_len,
+        )
+    };
+    if n < 0 {
+        return Err(last_os());
+    }
+    Ok(())
 }
 
 impl super::AnonKind for TcpConnection {
