@@ -149,6 +149,17 @@ fn get(f: &OwnedFd, level: i32, opt: i32) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(buf[..n].to_vec()))
 }
 
+/// Why `SO_GET_FILTER` failed: the kernel answers `EACCES` for a filter it
+/// has no classic program of.
+fn filter_error() -> String {
+    let e = last_os();
+    if e.raw_os_error() == Some(libc::EACCES) {
+        "its filter is an eBPF program (SO_ATTACH_BPF), which torpor cannot read".into()
+    } else {
+        format!("SO_GET_FILTER: {e}")
+    }
+}
+
 /// The instructions of the socket's classic BPF filter (none: empty).
 fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
     // With a length of 0 the kernel answers the program's length, in
@@ -165,12 +176,7 @@ fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
         )
     };
     if r < 0 {
-        let e = last_os();
-        return Err(if e.raw_os_error() == Some(libc::EACCES) {
-            "its filter is an eBPF program (SO_ATTACH_BPF), which torpor cannot read".into()
-        } else {
-            format!("SO_GET_FILTER: {e}")
-        });
+        return Err(filter_error());
     }
     let count = usize::try_from(len).unwrap_or(usize::MAX);
     if count == 0 {
@@ -191,7 +197,7 @@ fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
         )
     };
     if r < 0 {
-        return Err(format!("SO_GET_FILTER: {}", last_os()));
+        return Err(filter_error());
     }
     if usize::try_from(len).ok() != Some(count) {
         return Err("its filter changed while it was read".into());
