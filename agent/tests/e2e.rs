@@ -7,6 +7,8 @@
 //!   can fail.
 //! - `checkpoint`: start → READY → `torpor dump` (the tree is killed) →
 //!   `torpor restore` → the same again → go → `PASS`, exit 0.
+//! - `lazy`: the checkpoint run with `torpor restore --lazy`, which must
+//!   say it served pages lazily (not fall back to an eager restore).
 //!
 //! A `torpor` binary without the `dump` and `restore` commands fails every
 //! checkpoint test with a message naming the command it lacks.
@@ -47,6 +49,21 @@ macro_rules! app_tests {
             #[test]
             fn checkpoint() {
                 let log = must(harness::checkpoint_run($app, &[$($carg),*], 2));
+                check_log($app, &log);
+            }
+
+            /// The same checkpoint run, each restore lazy: the app runs
+            /// while its pages arrive, and checks every byte as before.
+            #[test]
+            fn lazy() {
+                let log = must(harness::checkpoint_run_with(
+                    $app,
+                    &[$($carg),*],
+                    2,
+                    &["--lazy"],
+                    &|_, _| Ok(()),
+                    &|_, _, _| Ok(()),
+                ));
                 check_log($app, &log);
             }
         }

@@ -356,6 +356,7 @@ pub mod nr {
     pub const CAPSET: i64 = 91;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const USERFAULTFD: i64 = 282;
     pub const SHMAT: i64 = 196;
     pub const SECCOMP: i64 = 277;
     /// fcntl; `struct flock` has 64-bit offsets.

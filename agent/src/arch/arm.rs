@@ -343,6 +343,7 @@ pub mod nr {
     pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const USERFAULTFD: i64 = 388;
     pub const SHMAT: i64 = 305;
     pub const SECCOMP: i64 = 383;
     /// fcntl64, whose record locks take `struct flock64`.

@@ -417,6 +417,7 @@ pub mod nr {
     pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const USERFAULTFD: i64 = 323;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
     /// fcntl; `struct flock` has 64-bit offsets.

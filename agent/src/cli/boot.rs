@@ -51,7 +51,7 @@ pub struct BootArgs {
 /// Where `torpor boot` and `torpor run` find the store and the daemon.
 #[derive(Debug, Args)]
 pub struct PlaceArgs {
-    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens).
+    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens, restore.lazy).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// The store to restore from instead of store.device.
@@ -77,6 +77,8 @@ pub struct Places {
     pub tty: PathBuf,
     /// `restore.timens`: a time namespace continuing the app's clocks.
     pub timens: bool,
+    /// `restore.lazy`: pages arrive after the app runs.
+    pub lazy: bool,
 }
 
 impl Places {
@@ -97,6 +99,7 @@ impl Places {
             attempts: c.restore.attempts,
             tty: c.restore.tty.clone(),
             timens: c.restore.timens,
+            lazy: c.restore.lazy,
         }
     }
 }
@@ -365,18 +368,47 @@ fn restore_slot(
         None
     };
     let tty = places.tty.exists().then(|| places.tty.clone());
+    let pid = state.processes.first().map_or(0, |p| p.task.pid);
+    let conn_root = conn_holder(state).unwrap_or(pid);
+    // A lazy restore's app runs before the restore returns: it hears it
+    // resumed as soon as it runs.
+    let told = std::sync::Arc::new(TellResumed {
+        conn: match &conn {
+            Some(c) => Some(
+                c.try_clone()
+                    .map_err(|e| format!("the connection to the daemon: {e}"))?,
+            ),
+            None => None,
+        },
+        pid: u32::try_from(conn_root).unwrap_or(0),
+        header: header.clone(),
+        generation,
+        sent: std::sync::atomic::AtomicBool::new(false),
+    });
     let opts = RestoreOptions {
         tty,
         torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd),
         host_clocks: !places.timens,
+        lazy: places.lazy,
+        progress: places
+            .lazy
+            .then(|| told.clone() as std::sync::Arc<dyn crate::engine::Progress>),
         ..RestoreOptions::default()
     };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;
-    let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
-    let stats =
-        restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
-    let pid = state.processes.first().map_or(0, |p| p.task.pid);
-    let conn_root = conn_holder(state).unwrap_or(pid);
+    let reader = || store.image(slot).map(|(_, r)| r).map_err(|e| e.to_string());
+    let stats = if places.lazy {
+        restore::restore_lazy(
+            state,
+            &opts,
+            BufReader::new(reader()?),
+            reader()?,
+            reader()?,
+        )
+    } else {
+        restore::restore(state, &opts, BufReader::new(reader()?))
+    }
+    .map_err(|e| e.to_string())?;
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
         stats.processes,
@@ -388,16 +420,55 @@ fn restore_slot(
         Some(c) => log::info!("{c}"),
         None => {}
     }
-    if let Some(conn) = conn {
-        let resumed = resumed_now(&header, generation);
-        // The restore just created a task with this pid: positive.
-        let pid_u = u32::try_from(conn_root).unwrap_or(0);
+    if let Some(l) = &stats.lazy {
+        log::info!(
+            "lazily: {} bytes on {} fault(s), {} bytes in the background",
+            l.fault_bytes,
+            l.faults,
+            l.background_bytes
+        );
+    }
+    told.tell();
+    drop(conn);
+    Ok(pid)
+}
+
+/// Tells the daemon that the app holding the connection resumed, once:
+/// when a lazy restore's tree starts to run, else after the restore.
+#[derive(Debug)]
+struct TellResumed {
+    conn: Option<OwnedFd>,
+    /// The restore just created a task with this pid: positive.
+    pid: u32,
+    /// The image's: how long it slept is measured when told.
+    header: Header,
+    generation: u64,
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl TellResumed {
+    fn tell(&self) {
+        let Some(conn) = &self.conn else { return };
+        if self.sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // Not read here: the reply is the application's.
-        if let Err(e) = send_restored(&conn, pid_u, resumed) {
-            log::error!("telling the daemon that pid {conn_root} resumed failed: {e}");
+        let resumed = resumed_now(&self.header, self.generation);
+        if let Err(e) = send_restored(conn, self.pid, resumed) {
+            log::error!(
+                "telling the daemon that pid {} resumed failed: {e}",
+                self.pid
+            );
         }
     }
-    Ok(pid)
+}
+
+impl crate::engine::Progress for TellResumed {
+    fn expect(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn running(&self) {
+        self.tell();
+    }
 }
 
 /// The root of the tree whose processes hold the connection to the

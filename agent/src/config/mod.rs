@@ -114,6 +114,9 @@ pub struct RestoreConfig {
     /// Restore apps in a time namespace continuing their monotonic clocks,
     /// where the kernel has time namespaces (`false`: the host's clocks).
     pub timens: bool,
+    /// Let restored apps run before their private anonymous pages are in:
+    /// they arrive through userfaultfd on first touch and in the background.
+    pub lazy: bool,
 }
 
 /// `[access]`: who besides root may ask.
@@ -261,6 +264,7 @@ impl Default for Config {
                 attempts: defaults::RESTORE_ATTEMPTS,
                 tty: PathBuf::from(defaults::RESTORE_TTY),
                 timens: true,
+                lazy: false,
             },
             access: AccessConfig::default(),
             log: LogConfig {
@@ -589,7 +593,12 @@ impl Config {
             }
         }
 
-        let s = Section::new(file, &root, "restore", &["attempts", "tty", "timens"])?;
+        let s = Section::new(
+            file,
+            &root,
+            "restore",
+            &["attempts", "tty", "timens", "lazy"],
+        )?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
             return Err(s.invalid(
                 "attempts",
@@ -605,6 +614,9 @@ impl Config {
         }
         if let Some(b) = s.boolean("timens")? {
             c.restore.timens = b;
+        }
+        if let Some(b) = s.boolean("lazy")? {
+            c.restore.lazy = b;
         }
 
         let s = Section::new(

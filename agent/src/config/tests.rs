@@ -45,7 +45,8 @@ fn empty_file_gives_the_documented_defaults() {
         RestoreConfig {
             attempts: 3,
             tty: PathBuf::from("/dev/console"),
-            timens: true
+            timens: true,
+            lazy: false
         }
     );
     assert!(c.access.allow_users.is_empty());
@@ -82,6 +83,7 @@ device = "/sys/class/rtc/rtc1/wakealarm"
 [restore]
 attempts = 5
 timens = false
+lazy = true
 tty = "/dev/ttyAMA0"
 
 [access]
@@ -120,7 +122,8 @@ socket = "/run/systemd/journal/dev-log"
             restore: RestoreConfig {
                 attempts: 5,
                 tty: PathBuf::from("/dev/ttyAMA0"),
-                timens: false
+                timens: false,
+                lazy: true
             },
             access: AccessConfig {
                 allow_users: vec![Id::Name("pi".into()), Id::Num(1000)]

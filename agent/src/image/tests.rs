@@ -1341,3 +1341,75 @@ fn a_failed_read_in_place_leaves_no_record() {
     assert_eq!((summary.records, summary.pages), (2, 0));
     assert_eq!(verify(&sink.out[..]).expect("valid").records, 2);
 }
+
+#[test]
+fn a_deferring_pass_gives_each_page_record_s_place_and_reads_it_later() {
+    let (img, summary) = full_image();
+    let ps = header().page_size;
+    let mut rd = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .deferring_pages();
+    let mut refs = vec![];
+    while let Some(rec) = rd.next_record().expect("deferring pass") {
+        if rec.kind() == Kind::Pages {
+            refs.push(rec.page_ref().expect("a deferred page record"));
+        } else {
+            assert_eq!(rec.page_ref(), None);
+        }
+    }
+    // The page count is known from the heads: the trailer's is checked.
+    assert_eq!(rd.summary().expect("summary").pages, summary.pages);
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    assert_eq!(refs.len(), 3);
+    let mem = memory(ps as usize);
+    let mut src = std::io::Cursor::new(img.clone());
+    let mut scratch = vec![];
+    let mut out = vec![0u8; PAGE_BATCH_BYTES as usize];
+    let mut got = vec![0u8; mem.len()];
+    // Read back in any order, the records give the memory written.
+    for (r, f) in refs.iter().zip(&page_frames).rev() {
+        assert_eq!((r.offset, r.len as usize), (f.0 as u64, f.2));
+        let info = read_pages_at(&mut src, r, ps, &mut scratch, &mut out).expect("read at");
+        assert_eq!((info.vaddr, info.pages), (r.vaddr, r.pages));
+        let at = usize::try_from(r.vaddr - 0x40_0000).expect("offset");
+        got[at..at + info.len].copy_from_slice(&out[..info.len]);
+    }
+    assert_eq!(got, mem);
+
+    // A flipped data byte is the record's CRC error, at its offset.
+    let (at, _, len) = page_frames[2];
+    let mut bad = img.clone();
+    bad[at + 5 + len - 1] ^= 1;
+    let mut src = std::io::Cursor::new(bad);
+    assert!(matches!(
+        read_pages_at(&mut src, &refs[2], ps, &mut scratch, &mut out),
+        Err(ImageError::Crc { offset, kind: KindByte(8), .. }) if offset == at as u64
+    ));
+    // Cut short: truncation.
+    let mut src = std::io::Cursor::new(img[..at + 5 + len / 2].to_vec());
+    assert!(matches!(
+        read_pages_at(&mut src, &refs[2], ps, &mut scratch, &mut out),
+        Err(ImageError::Truncated { .. })
+    ));
+    // A place that is not the record it was: refused before its payload.
+    let moved = PageRef {
+        offset: page_frames[1].0 as u64,
+        ..refs[2]
+    };
+    let mut src = std::io::Cursor::new(img.clone());
+    assert!(matches!(
+        read_pages_at(&mut src, &moved, ps, &mut scratch, &mut out),
+        Err(ImageError::Malformed { .. })
+    ));
+    let elsewhere = PageRef {
+        vaddr: refs[2].vaddr + u64::from(ps),
+        ..refs[2]
+    };
+    assert!(matches!(
+        read_pages_at(&mut src, &elsewhere, ps, &mut scratch, &mut out),
+        Err(ImageError::Malformed { .. })
+    ));
+}

@@ -823,6 +823,17 @@ pub fn checkpoint_run_with(
                         w.log_tail()
                     ));
                 }
+                // A lazy restore says what it served lazily; one that fell
+                // back to an eager restore would prove nothing.
+                if restore_args.contains(&"--lazy")
+                    && (!restored.stderr.contains("torpor: lazily: ")
+                        || restored.stderr.contains("unavailable"))
+                {
+                    return Err(format!(
+                        "{name}, cycle {cycle}: the restore was not lazy: {}",
+                        restored.describe()
+                    ));
+                }
                 expect_tree_back(name, &tree, w).map_err(|e| {
                     format!(
                         "{name}, cycle {cycle}: {e}\n  after {}",

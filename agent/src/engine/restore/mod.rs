@@ -38,12 +38,17 @@
 //! (`files::TmpfsMade`) and names the step; unlinked files are recreated
 //! without a name and leave nothing.
 //!
+//! A lazy restore (`lazy`) lets the tree run before its private
+//! anonymous pages are in: they come through userfaultfd, on first touch
+//! and in the background, while `restore_lazy` keeps serving.
+//!
 //! Every file opened or created by name is opened as the task that held
 //! it (its fsuid, fsgid and groups at the dump, never root's), through no
 //! symbolic link, and only if it is the file the dump recorded
 //! (`files::owner`); `validate` checks all of them first.
 
 mod creds;
+pub mod lazy;
 mod memory;
 mod objects;
 mod pages;
@@ -57,7 +62,7 @@ mod trampoline;
 mod validate;
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::engine::clocks::ClockMode;
@@ -86,7 +91,7 @@ fn survive_parent(pid: i32) -> Result<(), Cause> {
     r.finish()?;
     Ok(())
 }
-use pages::rebuild_all;
+use pages::{rebuild_all, LazyPass};
 use tasks::{create_tasks, Created};
 
 #[derive(Debug, Clone, Default)]
@@ -104,6 +109,14 @@ pub struct RestoreOptions {
     pub host_clocks: bool,
     /// Told of the pages as they are written into the tree.
     pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
+    /// Let the tree run before its private anonymous pages are in: they
+    /// arrive through userfaultfd on first touch and in the background
+    /// (`restore_lazy`). Where userfaultfd cannot serve, the restore is
+    /// eager, with one log line.
+    pub lazy: bool,
+    /// Whether userfaultfd can serve a lazy restore here, and why not;
+    /// `None` asks the kernel (`lazy::probe`).
+    pub userfaultfd: Option<fn() -> Result<(), String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,6 +127,10 @@ pub struct RestoreStats {
     /// The clocks the tree reads: its own time namespace, or the host's
     /// and why.
     pub clocks: Option<ClockMode>,
+    /// A lazy restore: what came after the tree ran.
+    pub lazy: Option<lazy::LazyStats>,
+    /// Why a lazy restore (or part of it) was eager after all.
+    pub eager_because: Option<String>,
 }
 
 fn refused(step: Step, why: String) -> EngineError {
@@ -139,6 +156,10 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
         .skipping_pages();
     let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
+    if opts.lazy {
+        let raw = || File::open(path).step(vstep);
+        return restore_lazy(&state, opts, open().step(vstep)?, raw()?, raw()?);
+    }
     restore(&state, opts, open().step(vstep)?)
 }
 
@@ -161,7 +182,98 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
     let first = ImageReader::new(open()?).step(vstep)?.skipping_pages();
     let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
+    if opts.lazy {
+        let raw = || -> Result<_, EngineError> { Ok(store.image(info.slot).step(Step::Store)?.1) };
+        return restore_lazy(&state, opts, open()?, raw()?, raw()?);
+    }
     restore(&state, opts, open()?)
+}
+
+/// [`restore`], lazily: returns once every page is in, the tree having
+/// run since its registers, mappings and files were in place. `image` is
+/// read in order as by `restore`, its page records stepped over; `fetch`
+/// and `serve` are two more readers of the same image, for page records
+/// read on their own during the restore and after it. Falls back to
+/// [`restore`] with one log line where userfaultfd cannot serve. A page
+/// record found damaged after the tree ran kills the tree.
+pub fn restore_lazy<R, F, S>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    image: R,
+    mut fetch: F,
+    serve: S,
+) -> Result<RestoreStats, EngineError>
+where
+    R: Read + Seek,
+    F: Read + Seek,
+    S: Read + Seek + Send,
+{
+    if let Err(why) = opts.userfaultfd.unwrap_or(lazy::probe)() {
+        crate::daemon::log::warning!("lazy restore unavailable ({why}): restoring eagerly");
+        let mut stats = restore(st, opts, image)?;
+        stats.eager_because = Some(why);
+        return Ok(stats);
+    }
+    let rd = ImageReader::new(image)
+        .step(Step::Validate)?
+        .deferring_pages();
+    let (handle, inbox) = lazy::channel().step(Step::Restore)?;
+    let progress = opts.progress.as_deref();
+    std::thread::scope(|sc| {
+        // Started when the first task hands over its pages: torpor has
+        // left the tree's time namespace by then, which a process of
+        // several threads could not.
+        let mut server = None;
+        let mut pending = Some((serve, inbox));
+        let mut start = || {
+            if let Some((serve, inbox)) = pending.take() {
+                server = Some(sc.spawn(move || lazy::serve(serve, st.page_size, inbox, progress)));
+            }
+        };
+        let mut pass = LazyPass {
+            fetch: &mut fetch,
+            scratch: Vec::new(),
+            server: &handle,
+            start: &mut start,
+            current: None,
+            fell_back: None,
+        };
+        let res = restore_with(st, opts, rd, Some(&mut pass));
+        let fell_back = pass.fell_back.take();
+        drop(pass);
+        let mut stats = match res {
+            Ok(s) => s,
+            Err(e) => {
+                // The tree is gone (`Created`): the server may close.
+                handle.send(lazy::Msg::Abort);
+                if let Some(h) = server {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        };
+        stats.eager_because = fell_back;
+        let Some(server) = server else {
+            // No process took its pages lazily.
+            return Ok(stats);
+        };
+        progress.inspect(|p| p.running());
+        let roots = st
+            .processes
+            .iter()
+            .filter(|p| p.task.exit_status.is_none())
+            .map(|p| p.task.pid)
+            .collect();
+        handle.send(lazy::Msg::Run(roots));
+        match server.join() {
+            Ok(Ok(l)) => {
+                stats.lazy = Some(l);
+                Ok(stats)
+            }
+            Ok(Err(cause)) => Err(EngineError::new(Step::LazyPages, cause)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
@@ -169,6 +281,16 @@ pub fn restore<R: Read>(
     st: &ImageState,
     opts: &RestoreOptions,
     image: R,
+) -> Result<RestoreStats, EngineError> {
+    let rd = ImageReader::new(image).step(Step::Validate)?;
+    restore_with(st, opts, rd, None)
+}
+
+fn restore_with<R: Read>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    rd: ImageReader<R>,
+    lazy: Option<&mut LazyPass<'_>>,
 ) -> Result<RestoreStats, EngineError> {
     // Orphans of a task that failed come to torpor, to be killed with the
     // rest; once torpor exits, the restored root moves on to the next
@@ -212,12 +334,13 @@ pub fn restore<R: Read>(
     }
     let mut stats = rebuild_all(
         st,
-        image,
+        rd,
         &mut created,
         high_fd,
         &shm,
         &mut objs.segs,
         opts.progress.as_deref(),
+        lazy,
     )?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(Step::FinishObjects)?;
