@@ -583,13 +583,25 @@ impl<S: Read + Seek> Server<'_, S> {
             return Ok(Fill::Gone);
         };
         let ps = u32::try_from(self.page_size).unwrap_or(u32::MAX);
-        read_pages_at(
+        let info = read_pages_at(
             &mut self.src,
             &piece.rec,
             ps,
             &mut self.scratch,
             &mut self.buf,
         )?;
+        // The kernel reads `len` bytes from the buffer: they must be the
+        // record's.
+        if piece
+            .skip
+            .checked_add(piece.len)
+            .is_none_or(|end| end > info.len as u64)
+        {
+            return Err(Cause::Refused(format!(
+                "{} bytes at {} of a record of {} bytes at {at:#x}",
+                piece.len, piece.skip, info.len
+            )));
+        }
         let fd = self.procs[i].d.uffd.as_raw_fd();
         let mut done = 0u64;
         while done < piece.len {
