@@ -12,6 +12,12 @@ copies it into as much fresh anonymous memory as the process held; both find
 the image in the page cache (the dump writes it around the cache, so it is
 read once, untimed, before them). Every figure is the median of --reps
 warm runs. A benchmark, not a test: it prints, it asserts nothing.
+
+For the data cases also restore-to-responsive, eager and lazy
+(`restore --lazy`) in the same run: the time from starting `torpor
+restore` until the restored process, let go by torpor, answers SIGUSR1
+(its handler appends a byte to a file), and the lazy restore's time until
+torpor exits with every page in.
 """
 
 import argparse
@@ -117,6 +123,48 @@ def start(case, bindir, cwd, data_file):
     return p
 
 
+def let_go(pid, exe):
+    """pid runs exe and no tracer holds it: torpor has let it go."""
+    try:
+        if os.readlink(f"/proc/{pid}/exe") != exe:
+            return False
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return line.split()[1] == "0"
+    except OSError:
+        return False
+    return False
+
+
+def responsive(torpor, image, pid, cwd, exe, lazy):
+    """(seconds until the restored pid answered SIGUSR1, seconds until
+    torpor exited) of one `torpor restore`, lazy or not."""
+    answer = os.path.join(cwd, "answer")
+    before = os.path.getsize(answer)
+    cmd = [torpor, "restore", "--image", image, "-q"] + (["--lazy"] if lazy else [])
+    os.sync()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: let_go(pid, exe) or p.poll() is not None, f"pid {pid} to be let go")
+    if not let_go(pid, exe):
+        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.read().strip()}")
+    os.kill(pid, signal.SIGUSR1)
+    end = time.monotonic() + 60
+    while os.path.getsize(answer) == before:
+        if time.monotonic() > end:
+            raise BenchError(f"pid {pid} did not answer SIGUSR1")
+        time.sleep(0.0002)
+    answered = time.monotonic() - t0
+    err = p.communicate()[1]
+    done = time.monotonic() - t0
+    if p.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip()}")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), f"restored pid {pid} to go")
+    return answered, done
+
+
 def run_case(case, torpor, bindir, work, reps):
     name = case["name"]
     cwd = os.path.join(work, name)
@@ -129,6 +177,7 @@ def run_case(case, torpor, bindir, work, reps):
     # Each run measures torpor and its bounds back to back, so a load that
     # comes and goes on a shared machine weighs on both sides of a ratio.
     dumps, restores, dds, fills = [], [], [], []
+    eager_resp, lazy_resp = [], []
     img_bytes = 0
     for rep in range(reps):
         for f in (image, dd_out):
@@ -154,6 +203,10 @@ def run_case(case, torpor, bindir, work, reps):
         wait_for(lambda: gone(p.pid), f"restored pid {p.pid} to go")
         fills.append(measured(bindir, [os.path.join(bindir, "fillmem"), image,
                                        str(case["mib"] * MIB if data else img_bytes)]))
+        if data:
+            hold = os.path.join(bindir, "hold")
+            eager_resp.append(responsive(torpor, image, p.pid, cwd, hold, False))
+            lazy_resp.append(responsive(torpor, image, p.pid, cwd, hold, True))
     med = lambda xs: statistics.median(x[0] for x in xs)
     ratio = lambda xs, ys: statistics.median(x[0] / y[0] for x, y in zip(xs, ys))
     row = {
@@ -164,6 +217,10 @@ def run_case(case, torpor, bindir, work, reps):
         "dd": med(dds), "dump_ratio": ratio(dumps, dds),
         "restore": med(restores), "restore_rss": max(x[1] for x in restores),
         "fill": med(fills), "restore_ratio": ratio(restores, fills),
+        "eager_resp": med(eager_resp) if eager_resp else None,
+        "lazy_resp": med(lazy_resp) if lazy_resp else None,
+        "resp_ratio": ratio(lazy_resp, eager_resp) if lazy_resp else None,
+        "lazy_done": statistics.median(x[1] for x in lazy_resp) if lazy_resp else None,
     }
     for f in (dd_out, data):
         if f and os.path.exists(f):
@@ -175,7 +232,8 @@ def run_case(case, torpor, bindir, work, reps):
 
 def table(rows):
     head = ["case", "image MiB", "img/data", "dump s", "dd s", "dump/dd", "dump RSS MiB",
-            "restore s", "fillmem s", "rest/fill", "restore RSS MiB"]
+            "restore s", "fillmem s", "rest/fill", "restore RSS MiB",
+            "resp eager ms", "resp lazy ms", "lazy/eager", "lazy done s"]
     lines = []
     for r in rows:
         lines.append([
@@ -186,6 +244,10 @@ def table(rows):
             f"{r['dump_rss'] / 1024:.2f}",
             f"{r['restore']:.3f}", f"{r['fill']:.3f}", f"{r['restore_ratio']:.2f}",
             f"{r['restore_rss'] / 1024:.2f}",
+            f"{r['eager_resp'] * 1000:.1f}" if r["eager_resp"] is not None else "-",
+            f"{r['lazy_resp'] * 1000:.1f}" if r["lazy_resp"] is not None else "-",
+            f"{r['resp_ratio']:.3f}" if r["resp_ratio"] is not None else "-",
+            f"{r['lazy_done']:.3f}" if r["lazy_done"] is not None else "-",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
