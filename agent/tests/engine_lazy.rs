@@ -288,3 +288,59 @@ fn without_userfaultfd_a_lazy_restore_is_eager_and_says_so_once() {
     assert_eq!(reap(pid), 0);
     assert_eq!(lines(&out)[1..], ["PASS".to_string()]);
 }
+
+/// While torpor still serves a lazy restore (held here with SIGSTOP, its
+/// pages missing), a dump of the tree is refused: pagemap would show the
+/// missing pages as absent and the image would lose them. Once torpor goes
+/// on, every page comes in and the program is exact.
+#[test]
+fn a_tree_still_being_restored_lazily_is_not_dumped() {
+    use std::io::BufRead;
+    become_subreaper();
+    let dir = scratch("lazy-dump");
+    let bin = compile(&dir, "lazy", LAZY, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("lazy.img");
+    let (pid, _) = start(&dir, &bin, &out);
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let mut t = Command::new(TORPOR)
+        .args(["restore", "--image", img.to_str().expect("utf8"), "--lazy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run torpor");
+    let tpid = i32::try_from(t.id()).expect("pid");
+    let mut err = std::io::BufReader::new(t.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(err.read_line(&mut line).expect("stderr"), 0, "{seen}");
+        seen.push_str(&line);
+        if line.contains("the tree runs; its pages arrive lazily") {
+            break;
+        }
+    }
+    // SAFETY: kill has no memory effects; tpid is our child.
+    assert_eq!(unsafe { libc::kill(tpid, libc::SIGSTOP) }, 0);
+    let img2 = dir.join("again.img");
+    let i2 = img2.to_string_lossy().into_owned();
+    let o = torpor(&["dump", "--pid", &pid.to_string(), "--image", &i2]);
+    let why = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "dumped mid-restore: {why}");
+    assert!(
+        why.contains(&format!("of process {pid} is registered with userfaultfd")),
+        "{why}"
+    );
+    assert!(alive(pid), "the refused dump left the tree running");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(tpid, libc::SIGCONT) }, 0);
+    std::io::Read::read_to_string(&mut err, &mut seen).expect("stderr");
+    assert!(t.wait().expect("torpor").success(), "{seen}");
+    std::fs::write(dir.join("go"), b"").expect("go");
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..], ["PASS".to_string()]);
+}
