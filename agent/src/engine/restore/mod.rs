@@ -141,26 +141,31 @@ fn last_os() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// A reader for a pass that steps over the page records: each step is a
+/// seek, which drops what is buffered, so a small buffer copies less.
+fn stepping<R: Read>(r: R) -> BufReader<R> {
+    BufReader::with_capacity(512, r)
+}
+
 /// Restores the image in `path`. Returns once the restored tree runs.
 pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
-    let open = || {
+    let raw = || {
         File::open(path)
-            .map(BufReader::new)
             .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
+            .step(vstep)
     };
     // The state first, stepping over the pages: they are read once, as
     // `restore` streams them into the tasks.
-    let first = ImageReader::new(open().step(vstep)?)
+    let first = ImageReader::new(stepping(raw()?))
         .step(vstep)?
         .skipping_pages();
     let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
     if opts.lazy {
-        let raw = || File::open(path).step(vstep);
-        return restore_lazy(&state, opts, open().step(vstep)?, raw()?, raw()?);
+        return restore_lazy(&state, opts, stepping(raw()?), raw()?, raw()?);
     }
-    restore(&state, opts, open().step(vstep)?)
+    restore(&state, opts, BufReader::new(raw()?))
 }
 
 /// Restores the newest valid image of the store at `path`.
@@ -175,18 +180,16 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
             format!("{} holds no valid image", path.display()),
         ));
     };
-    let open = || -> Result<_, EngineError> {
-        let (_, r) = store.image(info.slot).step(Step::Store)?;
-        Ok(BufReader::new(r))
-    };
-    let first = ImageReader::new(open()?).step(vstep)?.skipping_pages();
+    let raw = || -> Result<_, EngineError> { Ok(store.image(info.slot).step(Step::Store)?.1) };
+    let first = ImageReader::new(stepping(raw()?))
+        .step(vstep)?
+        .skipping_pages();
     let state = image_io::read_state_from(first).step(vstep)?;
     validate(&state, opts)?;
     if opts.lazy {
-        let raw = || -> Result<_, EngineError> { Ok(store.image(info.slot).step(Step::Store)?.1) };
-        return restore_lazy(&state, opts, open()?, raw()?, raw()?);
+        return restore_lazy(&state, opts, stepping(raw()?), raw()?, raw()?);
     }
-    restore(&state, opts, open()?)
+    restore(&state, opts, BufReader::new(raw()?))
 }
 
 /// [`restore`], lazily: returns once every page is in, the tree having
