@@ -17,7 +17,7 @@ For the data cases also restore-to-responsive, eager and lazy
 (`restore --lazy`) in the same run: the time from starting `torpor
 restore` until the restored process, let go by torpor, answers SIGUSR1
 (its handler appends a byte to a file), and the lazy restore's time until
-torpor exits with every page in.
+torpor exits with every page in and its peak RSS.
 """
 
 import argparse
@@ -137,12 +137,14 @@ def let_go(pid, exe):
     return False
 
 
-def responsive(torpor, image, pid, cwd, exe, lazy):
+def responsive(bindir, torpor, image, pid, cwd, exe, lazy):
     """(seconds until the restored pid answered SIGUSR1, seconds until
-    torpor exited) of one `torpor restore`, lazy or not."""
+    torpor exited, torpor's peak KiB) of one `torpor restore`, lazy or
+    not."""
     answer = os.path.join(cwd, "answer")
     before = os.path.getsize(answer)
-    cmd = [torpor, "restore", "--image", image, "-q"] + (["--lazy"] if lazy else [])
+    cmd = [os.path.join(bindir, "measure"), torpor, "restore", "--image", image, "-q"]
+    cmd += ["--lazy"] if lazy else []
     os.sync()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -158,11 +160,12 @@ def responsive(torpor, image, pid, cwd, exe, lazy):
     answered = time.monotonic() - t0
     err = p.communicate()[1]
     done = time.monotonic() - t0
-    if p.returncode != 0:
+    line = [l for l in err.splitlines() if l.startswith("measure: ")]
+    if p.returncode != 0 or not line:
         raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip()}")
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: gone(pid), f"restored pid {pid} to go")
-    return answered, done
+    return answered, done, int(line[-1].split()[2])
 
 
 def run_case(case, torpor, bindir, work, reps):
@@ -205,8 +208,8 @@ def run_case(case, torpor, bindir, work, reps):
                                        str(case["mib"] * MIB if data else img_bytes)]))
         if data:
             hold = os.path.join(bindir, "hold")
-            eager_resp.append(responsive(torpor, image, p.pid, cwd, hold, False))
-            lazy_resp.append(responsive(torpor, image, p.pid, cwd, hold, True))
+            eager_resp.append(responsive(bindir, torpor, image, p.pid, cwd, hold, False))
+            lazy_resp.append(responsive(bindir, torpor, image, p.pid, cwd, hold, True))
     med = lambda xs: statistics.median(x[0] for x in xs)
     ratio = lambda xs, ys: statistics.median(x[0] / y[0] for x, y in zip(xs, ys))
     row = {
@@ -221,6 +224,7 @@ def run_case(case, torpor, bindir, work, reps):
         "lazy_resp": med(lazy_resp) if lazy_resp else None,
         "resp_ratio": ratio(lazy_resp, eager_resp) if lazy_resp else None,
         "lazy_done": statistics.median(x[1] for x in lazy_resp) if lazy_resp else None,
+        "lazy_rss": max(x[2] for x in lazy_resp) if lazy_resp else None,
     }
     for f in (dd_out, data):
         if f and os.path.exists(f):
@@ -233,7 +237,7 @@ def run_case(case, torpor, bindir, work, reps):
 def table(rows):
     head = ["case", "image MiB", "img/data", "dump s", "dd s", "dump/dd", "dump RSS MiB",
             "restore s", "fillmem s", "rest/fill", "restore RSS MiB",
-            "resp eager ms", "resp lazy ms", "lazy/eager", "lazy done s"]
+            "resp eager ms", "resp lazy ms", "lazy/eager", "lazy done s", "lazy RSS MiB"]
     lines = []
     for r in rows:
         lines.append([
@@ -248,6 +252,7 @@ def table(rows):
             f"{r['lazy_resp'] * 1000:.1f}" if r["lazy_resp"] is not None else "-",
             f"{r['resp_ratio']:.3f}" if r["resp_ratio"] is not None else "-",
             f"{r['lazy_done']:.3f}" if r["lazy_done"] is not None else "-",
+            f"{r['lazy_rss'] / 1024:.2f}" if r["lazy_rss"] is not None else "-",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
