@@ -151,9 +151,14 @@ pub(super) fn rebuild_all<R: Read>(
             Kind::Pages if passing_over => {}
             Kind::Pages => {
                 let deferred = rec.page_ref();
-                let first = match deferred {
-                    Some(at) => at.vaddr,
-                    None => rec.pages().step(rstep)?.vaddr,
+                let eager = match deferred {
+                    Some(_) => None,
+                    None => Some(rec.pages().step(rstep)?),
+                };
+                let first = match (deferred, eager) {
+                    (Some(at), _) => at.vaddr,
+                    (None, Some(p)) => p.vaddr,
+                    (None, None) => 0,
                 };
                 let Some(rb) = cur.as_ref() else {
                     let why = match zombie {
@@ -192,7 +197,10 @@ pub(super) fn rebuild_all<R: Read>(
                     progress.inspect(|pr| pr.advance(data.len() as u64));
                     continue;
                 }
-                let p = rec.pages().step(rstep)?;
+                let p = match eager {
+                    Some(p) => p,
+                    None => rec.pages().step(rstep)?,
+                };
                 // Raw pages go to the task straight from the record.
                 let (vaddr, data) = if p.codec == Codec::Raw {
                     (p.vaddr, p.data)
