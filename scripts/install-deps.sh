@@ -31,6 +31,7 @@ packages=(
     python3                    # with its sqlite3 module: the SQLite WAL writer of engine_locks
     tmux                       # the terminal multiplexer of engine_pty (pty pairs in the tree)
     bash                       # the shell of engine_pty's tmux pane
+    nftables                   # nft: the network lock of kept TCP connections (engine_tcp)
 )
 
 for a in armel arm64; do

@@ -261,6 +261,18 @@ app_tests!(breadth_locks, "breadth_locks",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["flock", "ofd", "posix", "range", "sync", "lease", "async", "sigio"]);
 
+app_tests!(breadth_pty, "breadth_pty",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queued", "winsize", "termios", "packet", "lock", "child"]);
+
+app_tests!(breadth_pidfd, "breadth_pidfd",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["child", "zombie", "flags", "fdnum", "cloexec"]);
+
+app_tests!(breadth_procfd, "breadth_procfd",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["offset", "target", "fdnum", "cloexec"]);
+
 app_tests!(breadth_stopped, "breadth_stopped",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["stopped", "status"]);

@@ -84,6 +84,271 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const SYMLINK_PATH_FD: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2 || open(argv[1], O_PATH | O_NOFOLLOW) != 3)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// An `O_PATH` descriptor of a symbolic link itself is named as such.
+#[test]
+fn a_path_fd_on_a_symlink_is_refused_by_its_kind() {
+    become_subreaper();
+    let dir = scratch("fail-symlink-fd");
+    let bin = compile(&dir, "linkfd", SYMLINK_PATH_FD, &[]);
+    let link = dir.join("link");
+    std::os::unix::fs::symlink("/etc/hostname", &link).expect("symlink");
+    refused_dump(
+        &dir,
+        &bin,
+        &[link.to_str().expect("utf8")],
+        "linkfd",
+        |pid, _| {
+            format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} is an O_PATH descriptor of a symbolic link itself ({})",
+            link.display()
+        )
+        },
+    );
+}
+
+const LEADER_EXITS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *count(void *arg) {
+    (void)arg;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+    return NULL;
+}
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, NULL, count, NULL);
+    pthread_exit(NULL);
+}
+"#;
+
+/// A process whose main thread has exited (`pthread_exit`) while another
+/// runs on is named for that, not taken for an exited process.
+#[test]
+fn a_process_whose_main_thread_exited_is_refused_by_that_name() {
+    become_subreaper();
+    let dir = scratch("fail-leader-exited");
+    let bin = compile(&dir, "leader", LEADER_EXITS, &["-pthread"]);
+    refused_dump(&dir, &bin, &[], "leader", |pid, _| {
+        format!(
+            "torpor: error: freeze: process {pid}: its main thread exited while other threads run"
+        )
+    });
+}
+
+const SHARES_WITH_CHILD: &str = r#"
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static char stack[65536] __attribute__((aligned(16)));
+static int child(void *arg) {
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+int main(int argc, char **argv) {
+    int flags = SIGCHLD;
+    if (argc > 1 && strcmp(argv[1], "vm") == 0)
+        flags |= CLONE_VM;
+    else if (argc > 1 && strcmp(argv[1], "files") == 0)
+        flags |= CLONE_FILES;
+    else if (argc > 1 && strcmp(argv[1], "fs") == 0)
+        flags |= CLONE_FS;
+    if (clone(child, stack + sizeof stack, flags, NULL) < 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A child made by `clone` sharing its parent's memory, descriptor table
+/// or file system context is refused, naming both and what they share;
+/// one made like `fork` is not.
+#[test]
+fn processes_sharing_tables_are_refused_by_what_they_share() {
+    become_subreaper();
+    let dir = scratch("fail-shared-tables");
+    let bin = compile(&dir, "shares", SHARES_WITH_CHILD, &[]);
+    for (how, what) in [
+        ("vm", "one address space (CLONE_VM without CLONE_THREAD)"),
+        ("files", "one file descriptor table (CLONE_FILES)"),
+        ("fs", "one working directory, root and umask (CLONE_FS)"),
+    ] {
+        refused_dump(&dir, &bin, &[how], how, |pid, child| {
+            let child = child.expect("one child");
+            format!(
+                "torpor: error: collect {child}: processes {pid} and {child} share {what}, which a restore would split"
+            )
+        });
+    }
+    // Made like fork: dumped.
+    let out = dir.join("out-none.txt");
+    let pid = spawn(&bin, &["none"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
+    reaper.add(kids.trim().parse().expect("one child"));
+    let img = dir.join("none.img");
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+        "--leave-running",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+const PIDFD_OF: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    pid_t target = getppid();
+    if (argc > 1 && strcmp(argv[1], "reaped") == 0) {
+        target = fork();
+        if (target == 0)
+            _exit(0);
+    }
+    if (syscall(SYS_pidfd_open, target, 0) != 3)
+        return 2;
+    waitpid(target, NULL, 0);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A pidfd of a process outside the tree, or of one reaped, is refused.
+#[test]
+fn pidfds_of_processes_torpor_cannot_give_again_are_refused() {
+    become_subreaper();
+    let dir = scratch("fail-pidfd");
+    let bin = compile(&dir, "pidfdof", PIDFD_OF, &[]);
+    let me = std::process::id();
+    refused_dump(&dir, &bin, &["outside"], "outside", |pid, _| {
+        format!(
+            "torpor: error: files: fd 3 of process {pid} is a pidfd of process {me}, which is not in the tree: torpor cannot give it again"
+        )
+    });
+    refused_dump(&dir, &bin, &["reaped"], "reaped", |pid, _| {
+        format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} (anon_inode:[pidfd]): a pidfd of a process that has ended and was reaped, which torpor cannot restore"
+        )
+    });
+}
+
+const OPENS_ARG: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2 || open(argv[1], O_RDONLY) != 3)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A file of `/proc` of a process outside the tree is refused: the
+/// restore could not open it again.
+#[test]
+fn a_proc_file_of_a_process_outside_the_tree_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-proc-outside");
+    let bin = compile(&dir, "opensarg", OPENS_ARG, &[]);
+    let me = std::process::id();
+    let status = format!("/proc/{me}/status");
+    refused_dump(&dir, &bin, &[&status], "proc-outside", |pid, _| {
+        format!(
+            "torpor: error: files: fd 3 of process {pid} is a file of /proc of process {me}, which is not in the tree: torpor cannot give it again"
+        )
+    });
+}
+
+/// A counting program started with `args` in `dir`, once it has printed
+/// three lines: a dump of it (with `extra` options) fails with exit 1;
+/// its first line is `expect(pid, its child if it made one)`, and the
+/// program counts on untouched.
+fn refused_dump(
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    args: &[&str],
+    tag: &str,
+    expect: impl FnOnce(i32, Option<i32>) -> String,
+) {
+    let out = dir.join(format!("out-{tag}.txt"));
+    let img = dir.join(format!("{tag}.img"));
+    let pid = spawn(bin, args, Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|k| k.trim().parse().ok());
+    if let Some(c) = child {
+        reaper.add(c);
+    }
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{tag}: {err}");
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        expect(pid, child),
+        "{tag}"
+    );
+    counts_on_untouched(pid, &out, &img);
+}
+
 /// After a refused dump: no image, the program untraced and counting on
 /// without a gap.
 fn counts_on_untouched(pid: i32, out: &std::path::Path, img: &std::path::Path) {

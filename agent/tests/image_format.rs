@@ -44,6 +44,7 @@ const V2_0: FormatVersion = FormatVersion { major: 2, minor: 0 };
 const V2_1: FormatVersion = FormatVersion { major: 2, minor: 1 };
 const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
 const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
+const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -667,6 +668,142 @@ fn format_2_3() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The fds 2.4 adds: process 9413's pidfd of its child 9417, and its
+/// child's `/proc/9417/status`, read 37 bytes in.
+fn late_fds() -> [Fd; 2] {
+    [
+        Fd {
+            fd: 12,
+            fd_flags: 1,
+            ofd: 21,
+            kind: FdKind::Pidfd {
+                flags: 0o4002,
+                state: Pidfd { pid: 9_417 },
+            },
+        },
+        Fd {
+            fd: 13,
+            fd_flags: 0,
+            ofd: 22,
+            kind: FdKind::ProcFile {
+                flags: 0o100000,
+                state: ProcFile {
+                    pid: 9_417,
+                    path: RawPath::from("status"),
+                    offset: 37,
+                },
+            },
+        },
+    ]
+}
+
+/// The kept TCP connection 2.4 adds: an IPv4 connection with bytes in
+/// both queues (in the `tcp-queue` records of [`tcp_queues`]), the last
+/// three of its send queue never sent.
+fn tcp_fd() -> Fd {
+    let mut local = vec![2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+    local.resize(16, 0);
+    let mut peer = vec![2u8, 0, 0xc3, 0x51, 127, 0, 0, 1];
+    peer.resize(16, 0);
+    Fd {
+        fd: 14,
+        fd_flags: 1,
+        ofd: 23,
+        kind: FdKind::TcpConnection {
+            flags: 0o4002,
+            state: TcpConnection {
+                socket: InetSocket {
+                    family: 2,
+                    sock_type: 1,
+                    protocol: 6,
+                    local,
+                    peer,
+                    listening: false,
+                    backlog: 0,
+                    tcp_state: 1,
+                    v6only: false,
+                    opts: SockOpts {
+                        rcvbuf: 131_072,
+                        sndbuf: 16_384,
+                        nodelay: true,
+                        ..SockOpts::default()
+                    },
+                    dropped: false,
+                    error_pending: false,
+                    queue: Vec::new(),
+                },
+                snd_seq: 0xfedc_ba98,
+                rcv_seq: 0x0123_4567,
+                send_len: 13,
+                unsent: 3,
+                recv_len: 6,
+                mss: 65_483,
+                options: 7,
+                snd_wscale: 7,
+                rcv_wscale: 9,
+                timestamp: 0x5eed_0001,
+                window: [0x0123_4560, 512, 65_535, 1_024, 0x0123_4500],
+                send_queue: Vec::new(),
+                recv_queue: Vec::new(),
+            },
+        },
+    }
+}
+
+/// The queues of [`tcp_fd`]'s connection, as the records after its fd
+/// carry them: the send queue in two pieces, then the receive queue.
+fn tcp_queues() -> [TcpQueue; 3] {
+    [
+        TcpQueue {
+            ofd: 23,
+            send: true,
+            offset: 0,
+            bytes: b"sent, ".to_vec(),
+        },
+        TcpQueue {
+            ofd: 23,
+            send: true,
+            offset: 6,
+            bytes: b"unacked".to_vec(),
+        },
+        TcpQueue {
+            ofd: 23,
+            send: false,
+            offset: 0,
+            bytes: b"unread".to_vec(),
+        },
+    ]
+}
+
+/// Format 2.4: the records of 2.3, then a pidfd and a file of /proc, the
+/// fd of a kept TCP connection (the `FdKind` variants 2.4 appends) and its
+/// queues (the `tcp-queue` kind 2.4 adds).
+fn format_2_4() -> (Vec<u8>, Vec<Expect>) {
+    let (img23, expect23) = format_2_3();
+    let mut f = Fixture::new(&fixed_header(V2_4));
+    let mut r = ImageReader::inspect(&img23[..]).expect("2.3 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect23.len(), "every 2.3 record copied");
+    for fd in late_fds() {
+        f.put(fd);
+    }
+    f.put(tcp_fd());
+    for q in tcp_queues() {
+        f.put(q);
+    }
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -835,6 +972,42 @@ fn format_2_3_image_reads_back_every_record_exactly() {
     assert_eq!(s.bytes, img.len() as u64);
 }
 
+/// The late fds 2.4 adds, and the bytes of their records.
+#[test]
+fn format_2_4_late_fds_spot_values() {
+    let img = read_image(V2_4);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
+    let mut late = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::Pidfd { .. } | FdKind::ProcFile { .. }) {
+                late.push(fd);
+            }
+        }
+    }
+    assert_eq!(late, late_fds());
+    // The pidfd: fd 12 (zigzag 24), fd_flags 1, ofd 21, the variant's index
+    // 21 (the 22nd), flags 0o4002 (varint 0x82 0x10), pid 9417 (zigzag
+    // 18834, varint 0x92 0x93 0x01).
+    let pidfd = [24u8, 1, 21, 21, 0x82, 0x10, 0x92, 0x93, 0x01];
+    assert!(
+        img.windows(pidfd.len()).any(|w| w == pidfd),
+        "the pidfd's record bytes"
+    );
+    // The /proc file: fd 13 (26), fd_flags 0, ofd 22, variant 22, flags
+    // 0o100000 (varint 0x80 0x80 0x02), pid 9417, the path's length 6 and
+    // bytes, offset 37.
+    let mut proc_file = vec![26u8, 0, 22, 22, 0x80, 0x80, 0x02, 0x92, 0x93, 0x01, 6];
+    proc_file.extend_from_slice(b"status");
+    proc_file.push(37);
+    assert!(
+        img.windows(proc_file.len()).any(|w| w == proc_file),
+        "the /proc file's record bytes"
+    );
+}
+
 /// The values of the variants 2.3 adds, spelled out, and the bytes of the
 /// slave's record.
 #[test]
@@ -865,6 +1038,73 @@ fn format_2_3_image_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the slave's record bytes"
+    );
+}
+
+#[test]
+fn format_2_4_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_4);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_4));
+    let (_, expect) = format_2_4();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.4 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 44);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The kept TCP connection 2.4 adds, spelled out.
+#[test]
+fn format_2_4_tcp_spot_values() {
+    let img = read_image(V2_4);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 4 });
+    let mut tcp = Vec::new();
+    let mut queues = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::TcpConnection { .. }) {
+                tcp.push(fd);
+            }
+        }
+        if rec.kind() == Kind::TcpQueue {
+            queues.push(rec.decode::<TcpQueue>().expect("tcp-queue"));
+        }
+    }
+    assert_eq!(tcp, [tcp_fd()]);
+    assert_eq!(queues, tcp_queues());
+    let FdKind::TcpConnection { state: c, .. } = &tcp[0].kind else {
+        panic!("a kept connection")
+    };
+    assert_eq!((c.snd_seq, c.rcv_seq), (0xfedc_ba98, 0x0123_4567));
+    assert_eq!((c.send_len, c.unsent, c.recv_len), (13, 3, 6));
+    assert_eq!(
+        (c.mss, c.options, c.snd_wscale, c.rcv_wscale),
+        (65_483, 7, 7, 9)
+    );
+    assert_eq!(c.socket.local[2..8], [0x1f, 0x90, 127, 0, 0, 1]);
+    // The fd record starts: fd 14 (zigzag 28), fd_flags 1, ofd 23, the
+    // variant's index 23 (the 24th), flags 0o4002 (varint 0x82 0x10),
+    // family 2 (zigzag 4), type 1 (2), protocol 6 (12).
+    let payload = [28u8, 1, 23, 23, 0x82, 0x10, 4, 2, 12];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the connection's record bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_4_image() {
+    assert!(
+        format_2_4().0 == read_image(V2_4),
+        "the writer's 2.4 image differs from tests/images/format-2.4.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
     );
 }
 
@@ -987,7 +1227,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_3,
+        FORMAT, V2_4,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1016,11 +1256,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.3)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.4)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_3),
+            if found == V1_1 && supported == V2_4),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1043,7 +1283,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_3();
+    let (full, _) = format_2_4();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1052,7 +1292,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_0), format_2_0().0),
         (image_path(V2_1), format_2_1().0),
         (image_path(V2_2), format_2_2().0),
-        (image_path(V2_3), full.clone()),
+        (image_path(V2_3), format_2_3().0),
+        (image_path(V2_4), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

@@ -609,3 +609,107 @@ fn a_tree_that_cannot_come_back_cold_starts_while_the_others_run_on() {
     assert_eq!(fresh.wait().unwrap().code(), Some(0));
     drop(daemon);
 }
+
+/// A tree whose restore fails once its tasks exist (here a file limit
+/// above what `torpor boot` may raise) is killed whole, pid by pid, and
+/// cold-started by its own line, while the tree restored beside it runs on.
+#[test]
+fn a_tree_failing_after_its_tasks_exist_is_killed_and_the_others_run_on() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("managed-late");
+    let counter = compile(&dir, "tests/apps/counter.c", "counter");
+    let store = dir.join("late-store.img");
+    let supply = CuttingSupply::default();
+    let daemon = start_with(
+        "managed-late-daemon",
+        vec![],
+        StoreEngine::new(store),
+        supply.clone(),
+        |d, socket| d.with_apps(vec![], torpor::apps::dir_for(socket)),
+    );
+    let b = board("late", &dir, &daemon.socket);
+    let registry = torpor::apps::dir_for(&daemon.socket);
+    let c = counter.to_str().unwrap();
+    // counter-a's file limit is one the boot may keep; counter-b's hard
+    // limit is above the boot's own.
+    let a_line = ["/bin/sh", "-c", "ulimit -n 1024 && exec \"$0\" 100", c];
+    let b_line = ["/bin/sh", "-c", "ulimit -n 4096 && exec \"$0\" 100", c];
+    let mut a = b.run("counter-a", &a_line);
+    let mut z = b.run("counter-b", &b_line);
+    let (pa, pz) = (pid_of(&a), pid_of(&z));
+    b.wait_for("counter-a", "count 2\n", 20);
+    b.wait_for("counter-b", "count 2\n", 20);
+    supply.victims.lock().unwrap().extend([pa, pz]);
+    let h = b.hibernate("--all");
+    assert!(h.status.success(), "{}", text(&h));
+    assert!(!a.wait().unwrap().success());
+    assert!(!z.wait().unwrap().success());
+    let before = last_count(&b.log("counter-a"));
+    std::fs::remove_dir_all(&registry).unwrap();
+
+    let mut cmd = clean(TORPOR);
+    cmd.arg("boot").args(b.places());
+    // SAFETY: setrlimit between fork and exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let rl = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 2048,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const rl);
+            Ok(())
+        });
+    }
+    let boot = cmd.output().unwrap();
+    let out = text(&boot);
+    assert!(boot.status.success(), "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |x| x.1))
+        .collect();
+    let failed = format!("create tasks: process {pz}: setrlimit 7: Operation not permitted");
+    let whole = lines
+        .iter()
+        .find(|l| l.contains("with every tree at once failed"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        whole.starts_with("warning: restoring image generation 1 with every tree at once failed: create tasks: process "),
+        "{out}"
+    );
+    assert!(whole.ends_with("; restoring each tree on its own"), "{out}");
+    assert!(
+        lines.contains(&format!("info: counter-a: restored as pid {pa}").as_str()),
+        "{out}"
+    );
+    let lost = lines
+        .iter()
+        .find(|l| l.starts_with("warning: counter-b: not restored, it starts afresh: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(lost.contains(&failed), "{out}");
+    assert!(!out.contains(&format!("restored as pid {pz}")), "{out}");
+    // Created, then killed: nothing of counter-b's tree is left.
+    assert!(
+        !Path::new(&format!("/proc/{pz}")).exists(),
+        "{out}{:?}",
+        std::fs::read_to_string(format!("/proc/{pz}/stat"))
+    );
+
+    let adopt = b.run_again("counter-a", &a_line);
+    assert!(
+        text(&adopt).contains(&format!("counter-a: restored at boot as pid {pa}\n")),
+        "{}",
+        text(&adopt)
+    );
+    let mut fresh = b.run("counter-b", &b_line);
+    b.wait_for("counter-b", "READY counter\ncount 0\n", 20);
+    assert_ne!(pid_of(&fresh), pz);
+    let t = b.wait_for("counter-a", &format!("count {}\n", before + 1), 20);
+    assert!(
+        t.contains(&format!("count {before}\ncount {}\n", before + 1)),
+        "{t}"
+    );
+    b.go("counter-a", "counter");
+    b.go("counter-b", "counter");
+    assert_eq!(fresh.wait().unwrap().code(), Some(0));
+    drop(daemon);
+}

@@ -357,6 +357,10 @@ pub mod nr {
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
     pub const USERFAULTFD: i64 = 282;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const OPENAT2: i64 = 437;
+    pub const LSEEK: i64 = 62;
+    pub const DUP3: i64 = 24;
     pub const SHMAT: i64 = 196;
     pub const SECCOMP: i64 = 277;
     /// fcntl; `struct flock` has 64-bit offsets.

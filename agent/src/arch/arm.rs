@@ -344,6 +344,10 @@ pub mod nr {
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
     pub const USERFAULTFD: i64 = 388;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const OPENAT2: i64 = 437;
+    pub const LSEEK: i64 = 19;
+    pub const DUP3: i64 = 358;
     pub const SHMAT: i64 = 305;
     pub const SECCOMP: i64 = 383;
     /// fcntl64, whose record locks take `struct flock64`.

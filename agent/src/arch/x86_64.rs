@@ -418,6 +418,10 @@ pub mod nr {
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
     pub const USERFAULTFD: i64 = 323;
+    pub const PIDFD_OPEN: i64 = 434;
+    pub const OPENAT2: i64 = 437;
+    pub const LSEEK: i64 = 8;
+    pub const DUP3: i64 = 292;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
     /// fcntl; `struct flock` has 64-bit offsets.

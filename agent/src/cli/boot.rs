@@ -51,7 +51,8 @@ pub struct BootArgs {
 /// Where `torpor boot` and `torpor run` find the store and the daemon.
 #[derive(Debug, Args)]
 pub struct PlaceArgs {
-    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens, restore.lazy).
+    /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens,
+    /// restore.lazy, restore.tcp_established).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// The store to restore from instead of store.device.
@@ -79,6 +80,8 @@ pub struct Places {
     pub timens: bool,
     /// `restore.lazy`: pages arrive after the app runs.
     pub lazy: bool,
+    /// `restore.tcp_established`: established TCP connections come back.
+    pub tcp_established: bool,
 }
 
 impl Places {
@@ -100,6 +103,7 @@ impl Places {
             tty: c.restore.tty.clone(),
             timens: c.restore.timens,
             lazy: c.restore.lazy,
+            tcp_established: c.restore.tcp_established,
         }
     }
 }
@@ -393,6 +397,7 @@ fn restore_slot(
         progress: places
             .lazy
             .then(|| told.clone() as std::sync::Arc<dyn crate::engine::Progress>),
+        tcp_established: places.tcp_established,
         ..RestoreOptions::default()
     };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;

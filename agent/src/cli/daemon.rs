@@ -73,6 +73,9 @@ fn settings_text(c: &Config, l: &ConnLimits) -> String {
     // The connection limits show only when set, so the usual listing stays
     // as it was before they existed.
     let mut limits = String::new();
+    if c.restore.tcp_established {
+        limits.push_str("restore.tcp_established = true\n");
+    }
     if l.idle_timeout_s != config::defaults::IDLE_TIMEOUT_S {
         limits.push_str(&format!("access.idle_timeout_s = {}\n", l.idle_timeout_s));
     }
@@ -124,7 +127,10 @@ log.socket = {}
 /// (`--store` overrides `store.device`).
 pub fn run(args: DaemonArgs) -> i32 {
     match load(&args) {
-        Ok((c, _)) => run_with(args, StoreEngine::new(c.store.device)),
+        Ok((c, _)) => run_with(
+            args,
+            StoreEngine::new(c.store.device).tcp_established(c.restore.tcp_established),
+        ),
         Err(e) => {
             log::error!("{e}");
             1

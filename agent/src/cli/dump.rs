@@ -27,6 +27,12 @@ pub struct DumpArgs {
     /// socket to a supervisor, say); the restore needs `--inherit-fd KEY=N`.
     #[arg(long, value_name = "PID:FD=KEY", value_parser = parse_external)]
     pub external_fd: Vec<(i32, i32, String)>,
+    /// Keep established TCP connections: each is taken in TCP repair mode
+    /// (sequence numbers, queues, options, window) and its packets are
+    /// held off with an nftables table until the restore, so the peer goes
+    /// on with the same connection. Without it they come back reset.
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Print nothing on success: no progress line, no summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -51,6 +57,7 @@ pub fn run(a: &DumpArgs) -> Result<i32, String> {
     let opts = DumpOptions {
         external: a.external_fd.clone(),
         progress: progress::hook(bar.as_ref()),
+        tcp_established: a.tcp_established,
         ..DumpOptions::default()
     };
     let after = if a.leave_running {

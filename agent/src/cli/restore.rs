@@ -36,6 +36,10 @@ pub struct RestoreArgs {
     /// killed.
     #[arg(long)]
     pub lazy: bool,
+    /// Bring back the established TCP connections the image keeps (see
+    /// `dump --tcp-established`); such an image is refused without it.
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Print nothing on success: no progress line, no summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -83,6 +87,7 @@ pub fn run(a: &RestoreArgs) -> Result<i32, String> {
             progress::hook(bar.as_ref())
         },
         lazy: a.lazy,
+        tcp_established: a.tcp_established,
         ..RestoreOptions::default()
     };
     let stats = match (&a.image, &a.store) {

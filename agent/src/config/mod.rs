@@ -117,6 +117,10 @@ pub struct RestoreConfig {
     /// Let restored apps run before their private anonymous pages are in:
     /// they arrive through userfaultfd on first touch and in the background.
     pub lazy: bool,
+    /// Keep established TCP connections through TCP repair mode, in the
+    /// daemon's dumps and the boot hook's restores (`false`: they come
+    /// back reset).
+    pub tcp_established: bool,
 }
 
 /// `[access]`: who besides root may ask.
@@ -265,6 +269,7 @@ impl Default for Config {
                 tty: PathBuf::from(defaults::RESTORE_TTY),
                 timens: true,
                 lazy: false,
+                tcp_established: false,
             },
             access: AccessConfig::default(),
             log: LogConfig {
@@ -597,7 +602,7 @@ impl Config {
             file,
             &root,
             "restore",
-            &["attempts", "tty", "timens", "lazy"],
+            &["attempts", "tty", "timens", "lazy", "tcp_established"],
         )?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
             return Err(s.invalid(
@@ -617,6 +622,9 @@ impl Config {
         }
         if let Some(b) = s.boolean("lazy")? {
             c.restore.lazy = b;
+        }
+        if let Some(b) = s.boolean("tcp_established")? {
+            c.restore.tcp_established = b;
         }
 
         let s = Section::new(

@@ -46,7 +46,8 @@ fn empty_file_gives_the_documented_defaults() {
             attempts: 3,
             tty: PathBuf::from("/dev/console"),
             timens: true,
-            lazy: false
+            lazy: false,
+            tcp_established: false
         }
     );
     assert!(c.access.allow_users.is_empty());
@@ -85,6 +86,7 @@ attempts = 5
 timens = false
 lazy = true
 tty = "/dev/ttyAMA0"
+tcp_established = true
 
 [access]
 allow_users = ["pi", 1000]
@@ -123,7 +125,8 @@ socket = "/run/systemd/journal/dev-log"
                 attempts: 5,
                 tty: PathBuf::from("/dev/ttyAMA0"),
                 timens: false,
-                lazy: true
+                lazy: true,
+                tcp_established: true
             },
             access: AccessConfig {
                 allow_users: vec![Id::Name("pi".into()), Id::Num(1000)]

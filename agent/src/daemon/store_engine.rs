@@ -32,6 +32,8 @@ pub struct StoreEngine {
     /// Who asks for the next dump (`Engine::requested_by`), recorded in
     /// its image.
     requester: Option<RequestedBy>,
+    /// Keep established TCP connections (`restore.tcp_established`).
+    tcp_established: bool,
 }
 
 impl StoreEngine {
@@ -41,7 +43,15 @@ impl StoreEngine {
             frozen: None,
             frozen_all: None,
             requester: None,
+            tcp_established: false,
         }
+    }
+
+    /// Dumps keep established TCP connections through repair mode.
+    #[must_use]
+    pub fn tcp_established(mut self, keep: bool) -> Self {
+        self.tcp_established = keep;
+        self
     }
 
     /// A partition must exist; a store file is created on first use.
@@ -80,6 +90,7 @@ impl StoreEngine {
             &DumpOptions {
                 requested_by: self.requester.take(),
                 names: trees.iter().map(|(p, n)| (p.as_raw(), n.clone())).collect(),
+                tcp_established: self.tcp_established,
                 ..DumpOptions::default()
             },
             |w| {
@@ -117,6 +128,7 @@ impl StoreEngine {
             writer,
             &DumpOptions {
                 requested_by: self.requester.take(),
+                tcp_established: self.tcp_established,
                 ..DumpOptions::default()
             },
             |w| {

@@ -671,6 +671,9 @@ pub struct FileTable {
     pub torpor_conn: Option<u64>,
     /// (pid, fd, key) kept outside the image.
     pub external: Vec<(i32, i32, String)>,
+    /// Established TCP connections are kept in repair mode (and put here)
+    /// rather than brought back reset.
+    pub tcp: Option<crate::engine::files::TcpRepairing>,
 }
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
@@ -690,6 +693,57 @@ fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std:
         return Err(std::io::Error::last_os_error());
     }
     Ok(r == 0)
+}
+
+/// What two processes of the trees may share that a restore would split:
+/// (kcmp type, what is shared, how it came to be).
+const SHARED: [(libc::c_long, &str, &str); 3] = [
+    (1, "one address space", "CLONE_VM without CLONE_THREAD"),
+    (2, "one file descriptor table", "CLONE_FILES"),
+    (3, "one working directory, root and umask", "CLONE_FS"),
+];
+
+/// Refuses processes that share their memory, descriptor table or file
+/// system context with another process (made with `clone` and those flags,
+/// not `fork`): each comes back with its own, and a change one of them
+/// makes would no longer be seen by the other. Each pair is compared once
+/// (`kcmp`), among the live processes of every tree dumped together.
+pub fn check_shared_tables(pids: &[i32]) -> Result<(), EngineError> {
+    for (i, &a) in pids.iter().enumerate() {
+        for &b in &pids[i + 1..] {
+            for (kind, what, how) in SHARED {
+                // SAFETY: kcmp takes only integers.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_kcmp,
+                        libc::c_long::from(a),
+                        libc::c_long::from(b),
+                        kind,
+                        0 as libc::c_long,
+                        0 as libc::c_long,
+                    )
+                };
+                if r < 0 {
+                    return Err(EngineError::new(
+                        Step::Collect(b),
+                        Cause::Io(std::io::Error::other(format!(
+                            "kcmp of processes {a} and {b}: {}",
+                            std::io::Error::last_os_error()
+                        ))),
+                    ));
+                }
+                if r == 0 {
+                    return Err(EngineError::new(
+                        Step::Collect(b),
+                        Cause::Unsupported(format!(
+                            "processes {a} and {b} share {what} ({how}), which a restore would split"
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_tty_major(major: u64) -> bool {
@@ -800,7 +854,7 @@ impl FileTable {
                 return Ok(FileKind::TorporConn(TorporConnFile));
             }
         }
-        if let Some(a) = crate::engine::files::collect(pid, fd, link)? {
+        if let Some(a) = crate::engine::files::collect(pid, fd, link, self.tcp.as_ref())? {
             return Ok(a);
         }
         if !link.starts_with('/') {
@@ -812,6 +866,9 @@ impl FileTable {
                 "a kind of file torpor cannot restore"
             };
             return Err(unsupported(what));
+        }
+        if let Some(pf) = crate::engine::files::proc_file(pid, fd, link, pos)? {
+            return Ok(FileKind::ProcFile(pf));
         }
         let md = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
         if link.ends_with(" (deleted)") {
@@ -857,8 +914,14 @@ impl FileTable {
                 write,
                 fifo: Some(link.to_string()),
             }))
+        } else if ft.is_symlink() {
+            Err(unsupported(
+                "an O_PATH descriptor of a symbolic link itself",
+            ))
+        } else if ft.is_block_device() {
+            Err(unsupported("a block device"))
         } else {
-            Err(unsupported("a block device or socket file"))
+            Err(unsupported("a socket file opened by path"))
         }
     }
 

@@ -42,6 +42,9 @@ pub struct DumpOptions {
     pub names: Vec<(i32, String)>,
     /// Told of the pages as they are read.
     pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
+    /// Keep established TCP connections through TCP repair mode
+    /// (`--tcp-established`); otherwise they come back reset.
+    pub tcp_established: bool,
 }
 
 /// Figures of a finished dump.
@@ -255,6 +258,9 @@ pub fn dump_trees<W: ImageSink>(
     let mut table = FileTable::default();
     table.torpor_conn = torpor_conn;
     table.external.clone_from(&opts.external);
+    if opts.tcp_established {
+        table.tcp = Some(crate::engine::files::TcpRepairing::default());
+    }
     // Which tree each process belongs to, to name it in an error.
     let root_of = |pid: i32| {
         trees
@@ -270,6 +276,20 @@ pub fn dump_trees<W: ImageSink>(
         }
     };
     let whole = |error: EngineError| TreeError { root: None, error };
+    let alive: Vec<i32> = trees
+        .0
+        .iter()
+        .flat_map(|f| {
+            f.pids
+                .iter()
+                .copied()
+                .filter(|p| !f.zombies.contains_key(p))
+        })
+        .collect();
+    collect::check_shared_tables(&alive).map_err(|e| match e.step {
+        Step::Collect(pid) => in_tree(pid)(e),
+        _ => whole(e),
+    })?;
     let mut procs: Vec<(ProcessState, Vec<MapEntry>)> = Vec::new();
     for frozen in &trees.0 {
         let root = frozen.pids.first().copied().unwrap_or(0);
@@ -307,6 +327,7 @@ pub fn dump_trees<W: ImageSink>(
         .flat_map(|f| f.pids.iter().copied())
         .collect();
     crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
+    crate::engine::files::check_late(&table.files, procs.iter().map(|(p, _)| p)).map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
     // Roots first: the trees' namespace is the first root's.
@@ -358,6 +379,7 @@ pub fn dump_trees<W: ImageSink>(
     let mut w = write_head().map_err(whole)?;
     let mut stats = DumpStats::default();
     let mut shm_done = std::collections::BTreeSet::new();
+    let mut queued = std::collections::BTreeSet::new();
     let progress = opts.progress.as_deref();
     if let Some(pr) = progress {
         let kb = |m: &MapEntry| m.anon_kb.unwrap_or(0) + m.swap_kb.unwrap_or(0);
@@ -371,7 +393,7 @@ pub fn dump_trees<W: ImageSink>(
         );
     }
     for (p, maps) in &procs {
-        image_io::write_process(&mut w, p, &table.files)
+        image_io::write_process(&mut w, p, &table.files, &mut queued)
             .step(wstep)
             .map_err(whole)?;
         stats.processes += 1;
@@ -396,6 +418,12 @@ pub fn dump_trees<W: ImageSink>(
     }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;
+    let mut trees = trees;
+    // The connections stay in repair mode while the trees are frozen;
+    // killing the trees keeps them so, releasing them ends it.
+    if let (Some(first), Some(tcp)) = (trees.0.first_mut(), table.tcp.take()) {
+        first.tcp = Some(tcp);
+    }
     Ok((stats, trees))
 }
 

@@ -203,6 +203,9 @@ pub struct Frozen {
     /// Every seized tid, to be detached.
     seized: Vec<i32>,
     killed: bool,
+    /// TCP connections of the dump in repair mode: kept so when the tree
+    /// is killed, taken out of it before the tree is released.
+    pub tcp: Option<crate::engine::files::TcpRepairing>,
 }
 
 fn seize_one(tid: i32) -> Result<Seized, PtraceError> {
@@ -291,6 +294,7 @@ impl Frozen {
             stopped: std::collections::BTreeSet::new(),
             seized: Vec::new(),
             killed: false,
+            tcp: None,
         };
         let step = Step::Freeze;
         loop {
@@ -335,13 +339,18 @@ impl Frozen {
                     });
                 }
                 if stat.state == 'Z' || stat.state == 'X' {
+                    // The root's leader may have exited alone too.
+                    let alone = procfs::threads(pid).is_ok_and(|t| t.iter().any(|&t| t != pid));
+                    let why = if alone {
+                        format!("process {pid}: its main thread exited while other threads run")
+                    } else {
+                        format!("process {pid} has exited and is not yet reaped (zombie)")
+                    };
                     return Err(FreezeFailure {
-                        transient: pid != root,
+                        transient: pid != root && !alone,
                         error: EngineError {
                             step,
-                            cause: Cause::Unsupported(format!(
-                                "process {pid} has exited and is not yet reaped (zombie)"
-                            )),
+                            cause: Cause::Unsupported(why),
                         },
                     });
                 }
@@ -409,6 +418,8 @@ impl Frozen {
 
     /// Detaches every thread; the tree continues.
     pub fn release(&mut self) {
+        // Out of repair mode before any task can use the sockets again.
+        drop(self.tcp.take());
         for &tid in self.seized.iter().rev() {
             let _ = ptrace::detach(tid);
         }
@@ -426,6 +437,10 @@ impl Frozen {
             );
         }
         self.killed = true;
+        // The connections close in repair mode: their peers see nothing.
+        if let Some(t) = self.tcp.take() {
+            t.keep();
+        }
         // Wait for the exit report the tracer gets, so the tasks are dead
         // when the dump returns. Every task is asked each round: a traced
         // group leader's exit is reported only after its other threads'.

@@ -10,7 +10,9 @@
 //!  (MemfdObject | SysvShm | UnlinkedObject) ObjectData*
 //!                               each memfd, SysV segment and unlinked
 //!                               file, then its contents
-//!  Task MmFields Thread* Vma* Fd* Pages*     per process, parents first
+//!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Pages*
+//!                               per process, parents first; a kept TCP
+//!                               connection's queues after its first fd
 //!  Trailer
 //! ```
 
@@ -59,6 +61,7 @@ pub fn write_process<W: Write>(
     w: &mut ImageWriter<W>,
     p: &ProcessState,
     files: &[OpenFile],
+    queued: &mut std::collections::BTreeSet<u32>,
 ) -> Result<(), ImageError> {
     w.write(&p.task)?;
     if p.task.exit_status.is_some() {
@@ -80,6 +83,20 @@ pub fn write_process<W: Write>(
             ofd: u64::from(f.file),
             kind,
         })?;
+        if let FileKind::TcpConnection(c) = &of.kind {
+            if queued.insert(f.file) {
+                for (send, q) in [(true, &c.send_queue), (false, &c.recv_queue)] {
+                    for (i, piece) in q.chunks(crate::image::records::OBJECT_CHUNK).enumerate() {
+                        w.write(&crate::image::records::TcpQueue {
+                            ofd: u64::from(f.file),
+                            send,
+                            offset: (i * crate::image::records::OBJECT_CHUNK) as u64,
+                            bytes: piece.to_vec(),
+                        })?;
+                    }
+                }
+            }
+        }
         if let Some(sigio) = of.sigio {
             w.write(&crate::image::records::FileSigIo {
                 ofd: u64::from(f.file),
@@ -190,6 +207,36 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
                 st.requested_by = Some(rec.decode()?);
             }
             Kind::Tree => st.trees.push(rec.decode()?),
+            Kind::TcpQueue => {
+                let q: crate::image::records::TcpQueue = rec.decode()?;
+                let c = ofds
+                    .get(&q.ofd)
+                    .and_then(|&i| st.files.get_mut(i as usize))
+                    .and_then(|f| match &mut f.kind {
+                        FileKind::TcpConnection(c) => Some(c),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "a tcp-queue record names description {}, which is no kept TCP connection before it",
+                            q.ofd
+                        ))
+                    })?;
+                let (queue, len) = if q.send {
+                    (&mut c.send_queue, c.send_len)
+                } else {
+                    (&mut c.recv_queue, c.recv_len)
+                };
+                if q.offset != queue.len() as u64 || queue.len() + q.bytes.len() > len as usize {
+                    return Err(malformed(format!(
+                        "{} queued bytes at {} of a queue of {len} bytes holding {} so far",
+                        q.bytes.len(),
+                        q.offset,
+                        queue.len()
+                    )));
+                }
+                queue.extend_from_slice(&q.bytes);
+            }
             Kind::Clocks => {
                 if st.clocks.is_some() {
                     return Err(malformed("a second clocks record".into()));
@@ -305,6 +352,19 @@ pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, Im
         }
     }
     for f in &st.files {
+        if let FileKind::TcpConnection(c) = &f.kind {
+            if c.send_queue.len() != c.send_len as usize
+                || c.recv_queue.len() != c.recv_len as usize
+            {
+                return Err(malformed(format!(
+                    "a kept TCP connection's queues hold {} of {} and {} of {} bytes",
+                    c.send_queue.len(),
+                    c.send_len,
+                    c.recv_queue.len(),
+                    c.recv_len
+                )));
+            }
+        }
         if let FileKind::MemfdFile(r) = &f.kind {
             if !st.memfds.iter().any(|o| o.id == r.id) {
                 return Err(malformed(format!(

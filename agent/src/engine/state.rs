@@ -462,6 +462,9 @@ macro_rules! file_registry {
                 Unlinked(crate::engine::state::UnlinkedData),
                 UnlinkedFile(crate::engine::state::UnlinkedRef),
                 TorporConn(crate::engine::state::TorporConnFile),
+                // A file of /proc/PID of a process of the tree
+                // (`engine::files::late`).
+                ProcFile(crate::image::records::ProcFile),
             }
             anon {
                 EventFd(crate::image::records::EventFd),
@@ -478,6 +481,11 @@ macro_rules! file_registry {
                 // A pseudo-terminal pair (`engine::files::pty`).
                 PtyMaster(crate::image::records::PtyMaster),
                 PtySlave(crate::image::records::PtySlave),
+                // A pidfd of a process of the tree (`engine::files::late`).
+                Pidfd(crate::image::records::Pidfd),
+                // An established TCP connection kept in repair mode
+                // (`engine::files::tcp`).
+                TcpConnection(crate::image::records::TcpConnection),
             }
         }
     };

@@ -74,6 +74,12 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.4 appends the `Pidfd`, `ProcFile` and `TcpConnection`
+//! variants to `FdKind` (a pidfd and a file of `/proc` of a process of the
+//! tree; an established TCP connection kept through TCP repair mode) and the
+//! `tcp-queue` kind with a kept connection's queued bytes (a 2.3 reader
+//! fails to decode an image holding one).
+//!
 //! Format 2.3 appends the `PtyMaster` and `PtySlave` variants to `FdKind`:
 //! pseudo-terminal pairs the tree holds both ends of (a 2.2 reader fails to
 //! decode an image holding one).
@@ -105,7 +111,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 3 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 4 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

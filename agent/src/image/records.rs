@@ -182,6 +182,9 @@ registry! {
     /// One tree of the image and the application it is (an image of
     /// several trees, or of a named application).
     Tree            = 21,  "tree",           Tree,            STATE_LIMIT,     "a tree record",           state;
+    /// A piece of a queue of a kept TCP connection, after the connection's
+    /// first fd record.
+    TcpQueue        = 22,  "tcp-queue",      TcpQueue,        STATE_LIMIT,     "a tcp-queue record",      state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -741,6 +744,93 @@ pub enum FdKind {
         flags: u32,
         state: PtySlave,
     },
+    /// A pidfd of a process of the tree, opened again by its holder once
+    /// every task exists (format 2.4).
+    Pidfd {
+        flags: u32,
+        state: Pidfd,
+    },
+    /// A file or directory of `/proc/PID/` of a process of the tree,
+    /// opened again by its holder once every task exists (format 2.4).
+    ProcFile {
+        flags: u32,
+        state: ProcFile,
+    },
+    /// An established TCP connection taken in repair mode, kept with its
+    /// sequence numbers, queues, options and window (format 2.4; written
+    /// only when the dump is asked to keep established connections).
+    TcpConnection {
+        flags: u32,
+        state: TcpConnection,
+    },
+}
+
+/// A file or directory below `/proc/PID/` of a process of the tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcFile {
+    /// The process whose directory it is in.
+    pub pid: i32,
+    /// The path below `/proc/PID/`; empty for that directory itself.
+    pub path: RawPath,
+    /// The file position.
+    pub offset: u64,
+}
+
+/// A pidfd: the process it names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pidfd {
+    /// The process's pid (fdinfo `Pid:`), a process of the tree.
+    pub pid: i32,
+}
+
+/// An established TCP connection as TCP repair mode reads it. The
+/// connection is the same on both ends after the restore: the peer goes on
+/// from the byte it last acknowledged and sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnection {
+    /// Family, addresses and options, as for any TCP socket.
+    pub socket: InetSocket,
+    /// `TCP_QUEUE_SEQ` of the send queue: the sequence number after the
+    /// last byte the app wrote.
+    pub snd_seq: u32,
+    /// `TCP_QUEUE_SEQ` of the receive queue: the next sequence number
+    /// expected from the peer.
+    pub rcv_seq: u32,
+    /// Bytes written and not acknowledged by the peer; the last `unsent`
+    /// of them were never sent.
+    pub send_len: u32,
+    pub unsent: u32,
+    /// Bytes received and not read by the app.
+    pub recv_len: u32,
+    /// `TCP_MAXSEG`.
+    pub mss: u32,
+    /// `tcpi_options` of `TCP_INFO`: timestamps (1), SACK (2), window
+    /// scaling (4).
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// `TCP_TIMESTAMP`: the connection's timestamp clock.
+    pub timestamp: u32,
+    /// `TCP_REPAIR_WINDOW`: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// The send queue's bytes, oldest first, and the receive queue's: not
+    /// in this record but in the `tcp-queue` records that follow it.
+    #[serde(skip)]
+    pub send_queue: Vec<u8>,
+    #[serde(skip)]
+    pub recv_queue: Vec<u8>,
+}
+
+/// Bytes of a queue of the kept TCP connection held by the open file
+/// description `ofd` (as its fd records name it), from `offset`; the
+/// pieces of each queue come in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpQueue {
+    pub ofd: u64,
+    /// The send queue, else the receive queue.
+    pub send: bool,
+    pub offset: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

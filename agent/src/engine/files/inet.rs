@@ -1,10 +1,10 @@
 //! TCP and UDP sockets. Listeners are bound again on their address and port
 //! and listen with their backlog; UDP sockets are bound again and, when
-//! connected, connected again. An established TCP connection cannot follow
-//! the tree (its peer's state is elsewhere, and gone after a power cycle):
-//! it comes back as a connection reset by its peer, so the app's next read
-//! fails with ECONNRESET and its next write with EPIPE, as after a network
-//! drop. Options set again: `sock::apply_opts`.
+//! connected, connected again. An established TCP connection, unless the
+//! dump keeps it in repair mode (`tcp`, `--tcp-established`), comes back as
+//! a connection reset by its peer, so the app's next read fails with
+//! ECONNRESET and its next write with EPIPE, as after a network drop.
+//! Options set again: `sock::apply_opts`.
 //!
 //! Unsafe code: sockets are created, bound, connected and polled through libc,
 //! with pointers to the address and option buffers of this module.
@@ -22,6 +22,31 @@ const TCP_LISTEN: u8 = 10;
 /// limit (`tcpi_sacked`).
 const TCPI_STATE: usize = 0;
 const TCPI_SACKED: usize = 28;
+
+/// The first `N` bytes of the socket's `struct tcp_info`.
+fn tcp_info<const N: usize>(f: &OwnedFd) -> Result<[u8; N], String> {
+    let mut info = [0u8; N];
+    let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    if unsafe {
+        libc::getsockopt(
+            f.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    } < 0
+    {
+        return Err(format!("TCP_INFO: {}", last_os()));
+    }
+    Ok(info)
+}
+
+/// The TCP state of a TCP socket (`tcpi_state`).
+pub(super) fn tcp_state(f: &OwnedFd) -> Result<u8, String> {
+    Ok(tcp_info::<8>(f)?[TCPI_STATE])
+}
 
 /// The socket's address, or its peer's; empty when it has no peer.
 fn name(f: &OwnedFd, peer: bool) -> Result<Vec<u8>, std::io::Error> {
@@ -49,22 +74,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
     }
     let (mut tcp_state, mut backlog) = (0u8, 0u32);
     if tcp {
-        let mut info = [0u8; 104];
-        // 104 bytes.
-        let mut len = libc::socklen_t::try_from(info.len()).unwrap_or(0);
-        // SAFETY: getsockopt writes at most `len` bytes into `info`.
-        if unsafe {
-            libc::getsockopt(
-                f.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                info.as_mut_ptr().cast(),
-                &raw mut len,
-            )
-        } < 0
-        {
-            return Err(format!("TCP_INFO: {}", last_os()));
-        }
+        let info = tcp_info::<104>(&f)?;
         tcp_state = info[TCPI_STATE];
         backlog = u32::from_ne_bytes([
             info[TCPI_SACKED],

@@ -30,6 +30,7 @@ mod external;
 mod held;
 mod inet;
 mod inotify;
+mod late;
 mod locks;
 mod memfd;
 pub mod owner;
@@ -40,6 +41,7 @@ mod sigio;
 mod signalfd;
 mod sock;
 mod sysv;
+mod tcp;
 mod timerfd;
 mod tmpfs;
 mod unix;
@@ -56,6 +58,20 @@ use crate::image::records::{
 
 pub use pty::{link as link_ptys, set_foreground, Ptys};
 
+pub use late::{late_files, outside as late_outside, proc_file, Late, LateKind};
+
+/// Refuses a pidfd or a `/proc` file of a process outside the trees
+/// dumped.
+pub fn check_late<'a>(
+    files: &[OpenFile],
+    processes: impl IntoIterator<Item = &'a crate::engine::state::ProcessState> + Clone,
+) -> Result<(), crate::engine::EngineError> {
+    late::outside(files, processes).map_err(|e| crate::engine::EngineError {
+        step: Step::FileTable,
+        cause: crate::engine::Cause::Unsupported(e),
+    })
+}
+
 /// Refuses a pseudo-terminal pair whose master the tree holds and whose
 /// slave a process outside the tree holds.
 pub fn check_pty_holders(
@@ -67,6 +83,7 @@ pub fn check_pty_holders(
         cause: Cause::Unsupported(e),
     })
 }
+pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
 pub use unix::Pending;
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
@@ -134,6 +151,9 @@ pub enum Claim {
     PtyMaster,
     /// Pseudo-terminal slaves (`/dev/pts/N`).
     PtySlave,
+    /// TCP sockets with a connection, when the dump keeps them
+    /// (`Probe::repair`); the `Socket` claim leaves them.
+    TcpRepair,
     /// None: a kind that only old images hold.
     Nothing,
 }
@@ -147,6 +167,12 @@ pub struct Probe<'a> {
     pub link: &'a str,
     /// Inode and address family, for a socket.
     pub socket: Option<(u64, i32)>,
+    /// Where connections kept in repair mode go, when the dump keeps
+    /// established TCP connections.
+    pub tcp: Option<&'a tcp::Repairing>,
+    /// A TCP socket with (or on its way to or from) a connection, which
+    /// repair mode keeps.
+    pub repair: bool,
 }
 
 impl Probe<'_> {
@@ -199,6 +225,8 @@ pub struct OpenCx<'a> {
     pub torpor_conn: Option<i32>,
     /// The pseudo-terminal pairs made so far.
     pub ptys: &'a mut Ptys,
+    /// TCP connections in repair mode until the tree is complete.
+    pub tcp: &'a mut tcp::Restored,
 }
 
 impl OpenCx<'_> {
@@ -338,7 +366,10 @@ fn claims(claim: Claim, p: &Probe<'_>) -> bool {
     match claim {
         Claim::Link(l) => p.link == l,
         Claim::Memfd => memfd::name_of(p.link).is_some(),
-        Claim::Socket(families) => p.socket.is_some_and(|(_, f)| families.contains(&f)),
+        Claim::Socket(families) => {
+            !p.repair && p.socket.is_some_and(|(_, f)| families.contains(&f))
+        }
+        Claim::TcpRepair => p.repair,
         Claim::PtyMaster => pty::is_master(p.link),
         Claim::PtySlave => pty::slave_index(p.link).is_some(),
         Claim::Nothing => false,
@@ -348,12 +379,19 @@ fn claims(claim: Claim, p: &Probe<'_>) -> bool {
 /// The state of fd `fd` of `pid` when `link` (its /proc link) names one of
 /// the kinds of the registry; `None` for any other file. Sockets of other
 /// families are refused, naming the fd.
-pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<FileKind>, Cause> {
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    tcp: Option<&tcp::Repairing>,
+) -> Result<Option<FileKind>, Cause> {
     let mut p = Probe {
         pid,
         fd,
         link,
         socket: None,
+        tcp,
+        repair: false,
     };
     if let Some(inode) = link
         .strip_prefix("socket:[")
@@ -364,6 +402,16 @@ pub fn collect(pid: i32, fd: i32, link: &str) -> Result<Option<FileKind>, Cause>
         let domain =
             sock::get_int(&f, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| p.unsupported(e))?;
         p.socket = Some((inode, domain));
+        if tcp.is_some() && (domain == libc::AF_INET || domain == libc::AF_INET6) {
+            let proto = sock::get_int(&f, libc::SOL_SOCKET, libc::SO_PROTOCOL)
+                .map_err(|e| p.unsupported(e))?;
+            let ty =
+                sock::get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| p.unsupported(e))?;
+            if proto == libc::IPPROTO_TCP && ty == libc::SOCK_STREAM {
+                let state = inet::tcp_state(&f).map_err(|e| p.unsupported(e))?;
+                p.repair = tcp::takes(state);
+            }
+        }
     }
     if let Some(a) = collect_claimed(&p)? {
         return Ok(Some(a));

@@ -92,7 +92,7 @@ fn survive_parent(pid: i32) -> Result<(), Cause> {
     Ok(())
 }
 use pages::{rebuild_all, LazyPass};
-use tasks::{create_tasks, Created};
+use tasks::{create_tasks, Created, Subreaper};
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -117,6 +117,9 @@ pub struct RestoreOptions {
     /// Whether userfaultfd can serve a lazy restore here, and why not;
     /// `None` asks the kernel (`lazy::probe`).
     pub userfaultfd: Option<fn() -> Result<(), String>>,
+    /// Bring back the established TCP connections an image keeps
+    /// (`--tcp-established`); such an image is refused without it.
+    pub tcp_established: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -312,6 +315,8 @@ fn restore_with<R: Read>(
         timens.as_ref().map(|t| t.tree_over_torpor),
         made.paths(),
     )?;
+    // Dropped after `created`: the tasks it kills are reaped as torpor's.
+    let _reaper = Subreaper::take();
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
     // The whole tree is in the namespace: torpor takes its own back.
@@ -347,6 +352,8 @@ fn restore_with<R: Read>(
     )?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(Step::FinishObjects)?;
+    // Connections leave repair mode once every task holds them.
+    objs.tcp.finish().step(Step::OpenFiles)?;
     stats.clocks = Some(clocks);
     // Owners of signal-driven I/O may be any process or thread of the tree:
     // set now that all exist.

@@ -37,6 +37,8 @@ pub(super) struct Objects {
     /// Memfds and SysV segments.
     pub(super) segs: crate::engine::files::Segments,
     pub(super) high: i32,
+    /// TCP connections in repair mode until the tree is complete.
+    pub(super) tcp: crate::engine::files::TcpRestored,
 }
 
 impl Drop for Objects {
@@ -74,6 +76,7 @@ pub(super) fn open_objects(
         shm: BTreeMap::new(),
         segs: crate::engine::files::Segments::create(st, high, made).step(step)?,
         high,
+        tcp: crate::engine::files::TcpRestored::default(),
     };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
@@ -103,6 +106,7 @@ pub(super) fn open_objects(
     let root_asked = st.requested_by.as_ref().is_none_or(|r| r.uid == 0);
     let mut pending = crate::engine::files::Pending::default();
     let mut ptys = crate::engine::files::Ptys::default();
+    let mut tcp = crate::engine::files::TcpRestored::default();
     let holders = owner::holders(st);
     for (i, f) in st.files.iter().enumerate() {
         let who = holders
@@ -127,6 +131,7 @@ pub(super) fn open_objects(
             tty: opts.tty.as_deref(),
             torpor_conn: opts.torpor_conn,
             ptys: &mut ptys,
+            tcp: &mut tcp,
         };
         let fd = f.kind.open(&mut cx).step(step)?;
         let fd = move_high(fd, high).step(step)?;
@@ -135,5 +140,6 @@ pub(super) fn open_objects(
     // The spare pipe ends close with `pipes`: the descriptions hold dups.
     drop(pipes);
     ptys.finish().step(step)?;
+    objs.tcp = tcp;
     Ok(objs)
 }

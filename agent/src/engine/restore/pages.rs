@@ -101,7 +101,7 @@ pub(super) fn rebuild_all<R: Read>(
                 l.server.send(lazy::Msg::Add(d));
             }
         }
-        stats.threads += finish_process(&rb, created).step(Step::Rebuild(pid))?;
+        stats.threads += finish_process(&rb, &st.files, created).step(Step::Rebuild(pid))?;
         stats.processes += 1;
         Ok(())
     };

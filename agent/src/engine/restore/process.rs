@@ -7,8 +7,9 @@
 use torpor_parasite::KSigaction;
 
 use crate::arch::{self, nr, Bits};
+use crate::engine::files::LateKind;
 use crate::engine::ptrace::{self, Stop};
-use crate::engine::state::Backing;
+use crate::engine::state::{Backing, OpenFile};
 use crate::engine::Cause;
 
 use super::memory::Rebuild;
@@ -95,10 +96,28 @@ fn kernel_word() -> Result<usize, Cause> {
 }
 
 const PR_SET_MM: u64 = 35;
+
+/// `struct open_how` of openat2.
+#[derive(Debug, Clone, Copy, bytemuck::NoUninit)]
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// Flags a reopening of a `/proc` file leaves out: it creates and
+/// truncates nothing.
+const PROC_OPEN_DROPPED: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) as u32;
 const PR_SET_MM_MAP: u64 = 14;
 
 /// Step two: protections, mm fields, signals, threads, registers.
-pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<usize, Cause> {
+pub(super) fn finish_process(
+    rb: &Rebuild<'_>,
+    files: &[OpenFile],
+    created: &mut Created,
+) -> Result<usize, Cause> {
     let p = rb.p;
     let pid = p.task.pid;
     let mem = &rb.mem;
@@ -260,6 +279,66 @@ pub(super) fn finish_process(rb: &Rebuild<'_>, created: &mut Created) -> Result<
                 }
                 _ => {}
             }
+        }
+        // Its pidfds and files of /proc, now that every process of the tree
+        // and its own threads exist: each opened by the process itself and
+        // put in its placeholder's place.
+        for l in crate::engine::files::late_files(p, files) {
+            let opened = match &l.kind {
+                LateKind::Pidfd { pid } => r.syscall(
+                    "pidfd_open",
+                    nr::PIDFD_OPEN,
+                    [
+                        u64::from(pid.unsigned_abs()),
+                        u64::from(l.flags),
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                )?,
+                LateKind::Proc { pid, path, offset } => {
+                    let mut s = Scratch::at(mem, tramp);
+                    let mut name = format!("/proc/{pid}").into_bytes();
+                    if !path.is_empty() {
+                        name.push(b'/');
+                        name.extend_from_slice(path);
+                    }
+                    name.push(0);
+                    let name_at = s.bytes(&name)?;
+                    let how = OpenHow {
+                        flags: u64::from(l.flags & !PROC_OPEN_DROPPED),
+                        mode: 0,
+                        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                    };
+                    let how_at = s.value(&how)?;
+                    // AT_FDCWD (-100) as the register holds it.
+                    let at_fdcwd = u64::from_ne_bytes(i64::from(libc::AT_FDCWD).to_ne_bytes());
+                    let fd = r.syscall(
+                        "openat2",
+                        nr::OPENAT2,
+                        [at_fdcwd, name_at, how_at, 24, 0, 0],
+                    )?;
+                    if *offset > 0 {
+                        // lseek's offset is a word: 32 bits on ARM.
+                        if *offset > i32::MAX as u64 {
+                            return Err(Cause::Refused(format!(
+                                "fd {} of process {pid}: offset {offset} in /proc/{pid}",
+                                l.fd
+                            )));
+                        }
+                        r.syscall("lseek", nr::LSEEK, [fd, *offset, 0, 0, 0, 0])?;
+                    }
+                    fd
+                }
+            };
+            let cloexec = if l.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            r.syscall(
+                "dup3",
+                nr::DUP3,
+                [opened, u64::from(l.fd.unsigned_abs()), cloexec, 0, 0, 0],
+            )?;
+            r.syscall("close", nr::CLOSE, [opened, 0, 0, 0, 0, 0])?;
         }
         // After the threads: a timer may notify one of them.
         restore_timers(r, mem, tramp, p)?;

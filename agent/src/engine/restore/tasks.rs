@@ -419,11 +419,57 @@ impl Drop for Created {
                 }
             }
         }
-        // Reap the root (torpor's child) and anything else that is ours.
-        for &pid in &self.pids {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status word.
-            unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL | libc::WNOHANG) };
+        // Reap every one, so that its pid is free again when this returns
+        // (a restore of the trees one by one follows a failed restore of
+        // all): the roots are torpor's children, and their descendants
+        // come to torpor, the subreaper (`Subreaper`), as their parents die.
+        let mut left = ours;
+        let start = std::time::Instant::now();
+        while !left.is_empty() && start.elapsed() < REAP_LIMIT {
+            left.retain(|&pid| {
+                let mut status = 0;
+                // SAFETY: waitpid writes the status word.
+                let r =
+                    unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL | libc::WNOHANG) };
+                r == 0 || (r < 0 && std::path::Path::new(&format!("/proc/{pid}")).exists())
+            });
+            if !left.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// How long a failed restore waits for the tasks it killed to be gone: a
+/// task in an uninterruptible sleep dies only when that ends.
+const REAP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// torpor is a child subreaper while it restores, so that the tasks of a
+/// tree it has to kill come to it as their parents die, and it can reap
+/// them all; the setting it had before comes back after.
+#[derive(Debug)]
+pub(super) struct Subreaper {
+    was: bool,
+}
+
+impl Subreaper {
+    pub(super) fn take() -> Self {
+        let mut was: libc::c_int = 0;
+        // SAFETY: PR_GET_CHILD_SUBREAPER writes one int at the pointer.
+        unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &raw mut was) };
+        if was == 0 {
+            // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+        }
+        Self { was: was != 0 }
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        if !self.was {
+            // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0 as libc::c_ulong) };
         }
     }
 }

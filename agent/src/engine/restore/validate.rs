@@ -62,6 +62,22 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     let step = Step::Validate;
     super::plan::check_structure(st)?;
     check_requester(st).map_err(|why| refused(step, why))?;
+    crate::engine::files::late_outside(&st.files, &st.processes)
+        .map_err(|why| refused(step, why))?;
+    if !opts.tcp_established {
+        if let Some(c) = st.files.iter().find_map(|f| match &f.kind {
+            crate::engine::state::FileKind::TcpConnection(c) => Some(c),
+            _ => None,
+        }) {
+            return Err(refused(
+                step,
+                format!(
+                    "the image keeps established TCP connections ({}): restore with --tcp-established (restore.tcp_established in the configuration)",
+                    crate::engine::files::tcp_endpoints(&c.socket)
+                ),
+            ));
+        }
+    }
     let holders = holders(st);
     for p in &st.processes {
         if p.task.exit_status.is_some() {
