@@ -197,11 +197,20 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
     }
     let (_, reader) = store.image(slot).map_err(serr)?;
     // The store has verified the whole image: the state is read stepping
-    // over the pages, which the restore reads once more, into place.
-    let state = crate::image::ImageReader::new(BufReader::new(reader))
-        .map(crate::image::ImageReader::skipping_pages)
-        .and_then(image_io::read_state_from)
-        .map_err(|e| image_err(generation, slot, e))?;
+    // over the pages, which the restore reads once more, into place; a
+    // lazy restore keeps their places, to step over them without a read.
+    let first = crate::image::ImageReader::new(BufReader::new(reader));
+    let (state, index) = if places.lazy {
+        first
+            .map(crate::image::ImageReader::indexing_pages)
+            .and_then(image_io::read_state_indexed)
+    } else {
+        first
+            .map(crate::image::ImageReader::skipping_pages)
+            .and_then(image_io::read_state_from)
+            .map(|st| (st, Vec::new()))
+    }
+    .map_err(|e| image_err(generation, slot, e))?;
     if let Some(want) = name.filter(|_| !state.trees.is_empty()) {
         if !state.trees.iter().any(|t| t.name == want) {
             let names: Vec<&str> = state.trees.iter().map(|t| t.name.as_str()).collect();
@@ -231,7 +240,7 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         places.attempts
     );
     let dir = &crate::apps::dir_for(&places.socket);
-    let failed = match restore_slot(&store, slot, generation, &state, places) {
+    let failed = match restore_slot(&store, slot, generation, &state, &index, places) {
         Ok(pid) => {
             store.mark(slot, State::Consumed).map_err(serr)?;
             let pid = note_restored(dir, &state, name).unwrap_or(pid);
@@ -252,7 +261,7 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
                 let mut restored: Option<i32> = None;
                 for part in &parts {
                     let t = &part.trees[0];
-                    match restore_slot(&store, slot, generation, part, places) {
+                    match restore_slot(&store, slot, generation, part, &index, places) {
                         Ok(_) => {
                             let pid = note_restored(dir, part, name).unwrap_or(t.root);
                             if restored.is_none() || name == Some(t.name.as_str()) {
@@ -352,6 +361,7 @@ fn restore_slot(
     slot: Slot,
     generation: u64,
     state: &ImageState,
+    index: &[crate::image::PageRef],
     places: &Places,
 ) -> Result<i32, String> {
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
@@ -405,6 +415,7 @@ fn restore_slot(
     let stats = if places.lazy {
         restore::restore_lazy(
             state,
+            index.to_vec(),
             &opts,
             BufReader::new(reader()?),
             reader()?,

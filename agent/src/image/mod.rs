@@ -1125,6 +1125,16 @@ pub struct ImageReader<R: Read> {
     /// returned as a [`PageRef`]
     /// ([`deferring_pages`](ImageReader::deferring_pages)).
     heads: bool,
+    /// With `skip`: the place of each page record stepped over, kept
+    /// ([`indexing_pages`](ImageReader::indexing_pages)).
+    index: Option<Vec<PageRef>>,
+    /// With `heads`: page records a first pass found, in image order,
+    /// returned from here without a read
+    /// ([`knowing_pages`](ImageReader::knowing_pages)); `known_at` is the
+    /// next, `owed` the bytes of them not yet stepped over in the input.
+    known: Vec<PageRef>,
+    known_at: usize,
+    owed: u64,
 }
 
 /// The most bytes a `Pages` record's head takes: vaddr and page count as
@@ -1184,6 +1194,61 @@ impl<R: Read + Seek> ImageReader<R> {
         self.skip = Some(seek_over::<R>);
         self.heads = true;
         self
+    }
+
+    /// Like [`skipping_pages`](Self::skipping_pages), but the place of
+    /// every page record stepped over is kept, its head checked as in
+    /// [`deferring_pages`](Self::deferring_pages) (and the trailer's page
+    /// count with them): [`take_page_index`](Self::take_page_index) gives
+    /// them, for a second pass to step over them without a read.
+    #[must_use]
+    pub fn indexing_pages(mut self) -> Self {
+        self.skip = Some(seek_over::<R>);
+        self.index = Some(Vec::new());
+        self
+    }
+
+    /// [`deferring_pages`](Self::deferring_pages), given the page records
+    /// an [`indexing_pages`](Self::indexing_pages) pass over the same image
+    /// found: a record at the place of the next of them is returned from
+    /// `index` without reading its frame, and a run of them is stepped
+    /// over with one seek (and a read of its last byte, so that a cut image
+    /// is still refused). Nothing of `index` is trusted beyond the place to
+    /// look: a record read there later is checked in full
+    /// ([`read_pages_at`]), and a frame read after a run must be whole.
+    #[must_use]
+    pub fn knowing_pages(mut self, index: Vec<PageRef>) -> Self {
+        self = self.deferring_pages();
+        self.known = index;
+        self.known_at = 0;
+        self
+    }
+}
+
+impl<R: Read> ImageReader<R> {
+    /// The places of the page records an
+    /// [`indexing_pages`](Self::indexing_pages) pass stepped over, in
+    /// image order (empty in any other mode).
+    pub fn take_page_index(&mut self) -> Vec<PageRef> {
+        self.index.take().unwrap_or_default()
+    }
+
+    /// Steps the input over the known page records returned so far.
+    fn pay_owed(&mut self) -> Result<()> {
+        let owed = std::mem::take(&mut self.owed);
+        let Some(skip) = self.skip.filter(|_| owed > 0) else {
+            return Ok(());
+        };
+        let at = self.input.bytes - owed;
+        let whole = skip(&mut self.input.inner, owed)
+            .map_err(|source| ImageError::Io { offset: at, source })?;
+        if !whole {
+            return Err(ImageError::Truncated {
+                offset: at,
+                what: Kind::Pages.what(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1319,6 +1384,10 @@ impl<R: Read> ImageReader<R> {
             summary: None,
             skip: None,
             heads: false,
+            index: None,
+            known: Vec::new(),
+            known_at: 0,
+            owed: 0,
         })
     }
 
@@ -1336,6 +1405,27 @@ impl<R: Read> ImageReader<R> {
         // goes on to the next frame.
         let (offset, crc_before, len, kind, kind_byte) = loop {
             let offset = self.input.bytes;
+            if let Some(&at) = self.known.get(self.known_at) {
+                if at.offset == offset {
+                    self.known_at += 1;
+                    // Frame head, payload and CRC.
+                    let frame = 9 + u64::from(at.len);
+                    self.owed += frame;
+                    self.input.bytes += frame;
+                    self.records += 1;
+                    self.pages += u64::from(at.pages);
+                    return Ok(Some(Record {
+                        kind: Kind::Pages,
+                        offset,
+                        page_size: self.header.page_size,
+                        payload: &[],
+                        deferred: Some(at),
+                    }));
+                }
+            }
+            if self.owed > 0 {
+                self.pay_owed()?;
+            }
             // The CRC of everything before this record: the trailer's subject.
             let crc_before = self.input.crc.clone().finalize();
             let mut head = [0u8; 5];
@@ -1369,7 +1459,7 @@ impl<R: Read> ImageReader<R> {
             let data = self.input.bytes;
             let mut rest = u64::from(len) + 4;
             let mut deferred = None;
-            if self.heads {
+            if self.heads || self.index.is_some() {
                 let k = (len as usize).min(PAGES_HEAD_MAX);
                 self.buf.resize(k, 0);
                 self.input.take_unhashed(&mut self.buf, kind.what())?;
@@ -1415,6 +1505,10 @@ impl<R: Read> ImageReader<R> {
             self.records += 1;
             if let Some(d) = deferred {
                 self.pages += u64::from(d.pages);
+                if let Some(index) = self.index.as_mut() {
+                    index.push(d);
+                    continue;
+                }
                 let k = self.buf.len();
                 return Ok(Some(Record {
                     kind,
@@ -1459,7 +1553,8 @@ impl<R: Read> ImageReader<R> {
                 // nor the CRC of the whole is known: the second pass's.
                 let skipped = self.skip.is_some();
                 for (field, stored, actual) in expect {
-                    if skipped && (field == "crc" || field == "pages" && !self.heads) {
+                    let counted = self.heads || self.index.is_some();
+                    if skipped && (field == "crc" || field == "pages" && !counted) {
                         continue;
                     }
                     if stored != actual {

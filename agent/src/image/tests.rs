@@ -1414,3 +1414,95 @@ fn a_deferring_pass_gives_each_page_record_s_place_and_reads_it_later() {
         Err(ImageError::Malformed { .. })
     ));
 }
+
+/// A record's kind and, for a page record, its place.
+type Seen = (Kind, Option<PageRef>);
+
+/// Every record of a pass, with the place of each page record.
+fn records_read<R: Read>(mut rd: ImageReader<R>) -> Result<(Vec<Seen>, ImageSummary)> {
+    let mut seen = vec![];
+    while let Some(rec) = rd.next_record()? {
+        seen.push((rec.kind(), rec.page_ref()));
+    }
+    Ok((seen, rd.summary().expect("a summary after the trailer")))
+}
+
+#[test]
+fn an_indexing_pass_lets_the_second_step_over_page_records_unread() {
+    let (img, summary) = full_image();
+    let deferring = |b: &[u8]| {
+        records_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .deferring_pages(),
+        )
+    };
+    let (want, want_summary) = deferring(&img).expect("deferring pass");
+    let refs: Vec<PageRef> = want.iter().filter_map(|r| r.1).collect();
+    assert_eq!(refs.len(), 3);
+
+    // The first pass: the other records only, the page count known.
+    let mut first = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .indexing_pages();
+    let mut kinds = vec![];
+    while let Some(rec) = first.next_record().expect("indexing pass") {
+        assert_eq!(rec.page_ref(), None);
+        kinds.push(rec.kind());
+    }
+    let others: Vec<Kind> = want
+        .iter()
+        .map(|r| r.0)
+        .filter(|k| *k != Kind::Pages)
+        .collect();
+    assert_eq!(kinds, others);
+    assert_eq!(first.summary().expect("summary").pages, summary.pages);
+    let index = first.take_page_index();
+    assert_eq!(index, refs);
+    assert!(first.take_page_index().is_empty());
+
+    // The second pass gives the same records and places, and never reads
+    // a page frame: with each frame's kind byte spoilt, a deferring pass
+    // fails and the knowing one does not.
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    let mut spoilt = img.clone();
+    for (at, _, _) in &page_frames {
+        spoilt[at + 4] = 0xEE;
+    }
+    assert!(matches!(
+        deferring(&spoilt),
+        Err(ImageError::UnknownKind { kind: 0xEE, .. })
+    ));
+    let knowing = |b: &[u8], index: Vec<PageRef>| {
+        records_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .knowing_pages(index),
+        )
+    };
+    let (got, got_summary) = knowing(&spoilt, index.clone()).expect("knowing pass");
+    assert_eq!(got, want);
+    assert_eq!(got_summary, want_summary);
+
+    // A cut in the last run of page records is still refused, at the
+    // run's first record.
+    let (last, _, len) = page_frames[2];
+    let cut = &img[..last + 5 + len / 2];
+    assert!(matches!(
+        knowing(cut, index.clone()),
+        Err(ImageError::Truncated { offset, .. }) if offset == page_frames[0].0 as u64
+    ));
+    // An index that names no record of this image is stepped past: the
+    // page records are read one by one, as without one.
+    let stale: Vec<PageRef> = index
+        .iter()
+        .map(|r| PageRef {
+            offset: r.offset + 1,
+            ..*r
+        })
+        .collect();
+    assert_eq!(knowing(&img, stale).expect("stale index").0, want);
+}

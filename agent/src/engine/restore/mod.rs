@@ -150,6 +150,46 @@ fn stepping<R: Read>(r: R) -> BufReader<R> {
     BufReader::with_capacity(512, r)
 }
 
+/// A file read at a position of its own (pread): a seek is no syscall, so
+/// stepping over a page record costs one read, of the next frame.
+#[derive(Debug)]
+struct Positioned {
+    file: File,
+    pos: u64,
+}
+
+impl Positioned {
+    fn new(file: File) -> Self {
+        Self { file, pos: 0 }
+    }
+}
+
+impl Read for Positioned {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Positioned {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let (base, by) = match to {
+            std::io::SeekFrom::Start(n) => (0, i128::from(n)),
+            std::io::SeekFrom::Current(n) => (self.pos, i128::from(n)),
+            std::io::SeekFrom::End(n) => (self.file.metadata()?.len(), i128::from(n)),
+        };
+        let new = u64::try_from(i128::from(base) + by).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the image",
+            )
+        })?;
+        self.pos = new;
+        Ok(new)
+    }
+}
+
 /// Restores the image in `path`. Returns once the restored tree runs.
 pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
@@ -159,15 +199,17 @@ pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, 
             .step(vstep)
     };
     // The state first, stepping over the pages: they are read once, as
-    // `restore` streams them into the tasks.
-    let first = ImageReader::new(stepping(raw()?))
-        .step(vstep)?
-        .skipping_pages();
-    let state = image_io::read_state_from(first).step(vstep)?;
-    validate(&state, opts)?;
+    // `restore` streams them into the tasks. A lazy restore keeps their
+    // places, so that its second pass need not step over them again.
+    let first = ImageReader::new(stepping(Positioned::new(raw()?))).step(vstep)?;
     if opts.lazy {
-        return restore_lazy(&state, opts, stepping(raw()?), raw()?, raw()?);
+        let (state, index) = image_io::read_state_indexed(first.indexing_pages()).step(vstep)?;
+        validate(&state, opts)?;
+        let image = stepping(Positioned::new(raw()?));
+        return restore_lazy(&state, index, opts, image, raw()?, raw()?);
     }
+    let state = image_io::read_state_from(first.skipping_pages()).step(vstep)?;
+    validate(&state, opts)?;
     restore(&state, opts, BufReader::new(raw()?))
 }
 
@@ -184,26 +226,30 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
         ));
     };
     let raw = || -> Result<_, EngineError> { Ok(store.image(info.slot).step(Step::Store)?.1) };
-    let first = ImageReader::new(stepping(raw()?))
-        .step(vstep)?
-        .skipping_pages();
-    let state = image_io::read_state_from(first).step(vstep)?;
-    validate(&state, opts)?;
+    let first = ImageReader::new(stepping(raw()?)).step(vstep)?;
     if opts.lazy {
-        return restore_lazy(&state, opts, stepping(raw()?), raw()?, raw()?);
+        let (state, index) = image_io::read_state_indexed(first.indexing_pages()).step(vstep)?;
+        validate(&state, opts)?;
+        return restore_lazy(&state, index, opts, stepping(raw()?), raw()?, raw()?);
     }
+    let state = image_io::read_state_from(first.skipping_pages()).step(vstep)?;
+    validate(&state, opts)?;
     restore(&state, opts, BufReader::new(raw()?))
 }
 
 /// [`restore`], lazily: returns once every page is in, the tree having
 /// run since its registers, mappings and files were in place. `image` is
-/// read in order as by `restore`, its page records stepped over; `fetch`
+/// read in order as by `restore`, its page records stepped over: those
+/// `index` holds (from a first pass in
+/// [`indexing_pages`](ImageReader::indexing_pages) mode, in image order)
+/// without a read, any others one by one; `fetch`
 /// and `serve` are two more readers of the same image, for page records
 /// read on their own during the restore and after it. Falls back to
 /// [`restore`] with one log line where userfaultfd cannot serve. A page
 /// record found damaged after the tree ran kills the tree.
 pub fn restore_lazy<R, F, S>(
     st: &ImageState,
+    index: Vec<crate::image::PageRef>,
     opts: &RestoreOptions,
     image: R,
     mut fetch: F,
@@ -222,7 +268,7 @@ where
     }
     let rd = ImageReader::new(image)
         .step(Step::Validate)?
-        .deferring_pages();
+        .knowing_pages(index);
     let (handle, inbox) = lazy::channel().step(Step::Restore)?;
     let progress = opts.progress.as_deref();
     std::thread::scope(|sc| {

@@ -13,9 +13,12 @@
 //! validation, whichever pass found it.
 //!
 //! In a lazy restore (`lazy`) this pass reads no page data of lazy
-//! mappings: it notes where their records lie, and the others are read
-//! on their own, CRC-checked, as they come; the trailer's page count is
-//! checked, the whole-image CRC is not (each record's is, when read).
+//! mappings: it notes where their records lie, which the first pass
+//! found (`ImageReader::knowing_pages`: a run of page records is one seek,
+//! not a read of each frame), and the others are read on their own,
+//! CRC-checked, as they come; the trailer's page count is checked, the
+//! whole-image CRC is not (each record's is, when read: a place the first
+//! pass gave that no longer holds that page record is refused then).
 
 use std::collections::BTreeMap;
 use std::io::Read;
