@@ -37,17 +37,20 @@ macro_rules! app_tests {
 
             #[test]
             fn control() {
+                let _one = harness::one_at_a_time($app);
                 let log = must(harness::control_run($app, &[$($arg),*]));
                 check_log($app, &log);
             }
 
             #[test]
             fn negative() {
+                let _one = harness::one_at_a_time($app);
                 must(harness::negative_runs($app, &[$($narg),*], &[$($what),+]));
             }
 
             #[test]
             fn checkpoint() {
+                let _one = harness::one_at_a_time($app);
                 let log = must(harness::checkpoint_run($app, &[$($carg),*], 2));
                 check_log($app, &log);
             }
@@ -56,6 +59,7 @@ macro_rules! app_tests {
             /// while its pages arrive, and checks every byte as before.
             #[test]
             fn lazy() {
+                let _one = harness::one_at_a_time($app);
                 let log = must(harness::checkpoint_run_with(
                     $app,
                     &[$($carg),*],
