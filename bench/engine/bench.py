@@ -77,12 +77,12 @@ def warm(path):
             pass
 
 
-def wait_for(pred, what, timeout=60.0):
+def wait_for(pred, what, timeout=60.0, every=0.01):
     end = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > end:
             raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 def gone(pid):
@@ -148,7 +148,10 @@ def responsive(bindir, torpor, image, pid, cwd, exe, lazy):
     os.sync()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: let_go(pid, exe) or p.poll() is not None, f"pid {pid} to be let go")
+    # Looked for as often as the answer: a coarser poll would add up to
+    # its period to a restore-to-responsive time of some milliseconds.
+    wait_for(lambda: let_go(pid, exe) or p.poll() is not None, f"pid {pid} to be let go",
+             every=0.0002)
     if not let_go(pid, exe):
         raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.read().strip()}")
     os.kill(pid, signal.SIGUSR1)
