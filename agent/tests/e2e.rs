@@ -7,6 +7,8 @@
 //!   can fail.
 //! - `checkpoint`: start → READY → `torpor dump` (the tree is killed) →
 //!   `torpor restore` → the same again → go → `PASS`, exit 0.
+//! - `lazy`: the checkpoint run with `torpor restore --lazy`, which must
+//!   say it served pages lazily (not fall back to an eager restore).
 //!
 //! A `torpor` binary without the `dump` and `restore` commands fails every
 //! checkpoint test with a message naming the command it lacks.
@@ -35,18 +37,37 @@ macro_rules! app_tests {
 
             #[test]
             fn control() {
+                let _one = harness::one_at_a_time($app);
                 let log = must(harness::control_run($app, &[$($arg),*]));
                 check_log($app, &log);
             }
 
             #[test]
             fn negative() {
+                let _one = harness::one_at_a_time($app);
                 must(harness::negative_runs($app, &[$($narg),*], &[$($what),+]));
             }
 
             #[test]
             fn checkpoint() {
+                let _one = harness::one_at_a_time($app);
                 let log = must(harness::checkpoint_run($app, &[$($carg),*], 2));
+                check_log($app, &log);
+            }
+
+            /// The same checkpoint run, each restore lazy: the app runs
+            /// while its pages arrive, and checks every byte as before.
+            #[test]
+            fn lazy() {
+                let _one = harness::one_at_a_time($app);
+                let log = must(harness::checkpoint_run_with(
+                    $app,
+                    &[$($carg),*],
+                    2,
+                    &["--lazy"],
+                    &|_, _| Ok(()),
+                    &|_, _, _| Ok(()),
+                ));
                 check_log($app, &log);
             }
         }

@@ -78,6 +78,12 @@ int main(void) {
     CHECK(q.sa_handler == SIG_IGN);
     sigaction(SIGTERM, NULL, &q);
     CHECK(q.sa_handler == SIG_DFL);
+    /* torpor itself catches these (its runtime's stack overflow check):
+       the default comes back, not the disposition a task inherits. */
+    sigaction(SIGSEGV, NULL, &q);
+    CHECK(q.sa_handler == SIG_DFL && q.sa_flags == 0);
+    sigaction(SIGBUS, NULL, &q);
+    CHECK(q.sa_handler == SIG_DFL && q.sa_flags == 0);
     sigset_t cur, pend;
     sigprocmask(SIG_BLOCK, NULL, &cur);
     CHECK(sigismember(&cur, SIGUSR2) && sigismember(&cur, SIGRTMIN + 5) && !sigismember(&cur, SIGUSR1));

@@ -247,10 +247,15 @@ fn kept_as(img: &std::path::Path, variant: &str) -> (serde_json::Value, [(Vec<u8
 }
 
 /// `leave`: the dump leaves the program running (`--leave-running`), and
-/// the connection goes on without a restore.
-fn stream_goes_on(kind: &str, leave: bool) {
+/// the connection goes on without a restore. `lazy`: the restore is
+/// `--lazy`, the program running while its pages arrive.
+fn stream_goes_on(kind: &str, leave: bool, lazy: bool) {
     become_subreaper();
-    let dir = scratch(&format!("tcp-{kind}{}", if leave { "-leave" } else { "" }));
+    let dir = scratch(&format!(
+        "tcp-{kind}{}{}",
+        if leave { "-leave" } else { "" },
+        if lazy { "-lazy" } else { "" }
+    ));
     let bin = compile(&dir, "tcpapp", APP, &[]);
     let lst = listener(kind == "6");
     let port = lst.local_addr().expect("addr").port();
@@ -317,7 +322,7 @@ fn stream_goes_on(kind: &str, leave: bool) {
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.take_error().expect("SO_ERROR").is_none(), "no reset");
     if !leave {
-        restore_kept(&img, app_addr, s.local_addr().expect("addr"));
+        restore_kept(&img, app_addr, s.local_addr().expect("addr"), lazy);
     }
     if lock {
         let t = nft_tables().unwrap_or_default();
@@ -336,8 +341,14 @@ fn stream_goes_on(kind: &str, leave: bool) {
 }
 
 /// Restores the image, which a restore without `--tcp-established`
-/// refuses naming the connection, the lock staying.
-fn restore_kept(img: &std::path::Path, app: std::net::SocketAddr, peer: std::net::SocketAddr) {
+/// refuses naming the connection, the lock staying; `lazy`: the restore
+/// is `--lazy`, and must say it served pages lazily.
+fn restore_kept(
+    img: &std::path::Path,
+    app: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    lazy: bool,
+) {
     let o = torpor(&["restore", "--image", &img.to_string_lossy()]);
     assert!(!o.status.success());
     assert!(
@@ -353,17 +364,20 @@ fn restore_kept(img: &std::path::Path, app: std::net::SocketAddr, peer: std::net
         let table = table_name(app, peer);
         assert!(nft_tables().unwrap_or_default().contains(&table));
     }
-    let o = torpor(&[
-        "restore",
-        "--image",
-        &img.to_string_lossy(),
-        "--tcp-established",
-    ]);
-    assert!(
-        o.status.success(),
-        "restore failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let img = img.to_string_lossy();
+    let mut args = vec!["restore", "--image", &img, "--tcp-established"];
+    if lazy {
+        args.push("--lazy");
+    }
+    let o = torpor(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "restore failed: {err}");
+    if lazy {
+        assert!(
+            err.contains("torpor: lazily: ") && !err.contains("unavailable"),
+            "the restore was not lazy: {err}"
+        );
+    }
 }
 
 /// A v4-mapped address as the wire carries it.
@@ -446,22 +460,29 @@ fn which_nft() -> bool {
 
 #[test]
 fn ipv4_connection_goes_on_after_restore() {
-    stream_goes_on("4", false);
+    stream_goes_on("4", false, false);
 }
 
 #[test]
 fn ipv6_connection_goes_on_after_restore() {
-    stream_goes_on("6", false);
+    stream_goes_on("6", false, false);
 }
 
 #[test]
 fn v4_mapped_connection_goes_on_after_restore() {
-    stream_goes_on("m", false);
+    stream_goes_on("m", false, false);
+}
+
+/// A lazy restore: the connection leaves repair mode before the program
+/// runs, while its pages are still missing.
+#[test]
+fn ipv4_connection_goes_on_after_a_lazy_restore() {
+    stream_goes_on("4", false, true);
 }
 
 #[test]
 fn connection_goes_on_after_a_dump_that_leaves_it_running() {
-    stream_goes_on("4", true);
+    stream_goes_on("4", true, false);
 }
 
 /// The program of the half-closed and closing connections: connects to
@@ -752,7 +773,7 @@ fn closing(
         peer_state,
         "the test's state while it is gone"
     );
-    restore_kept(&img, app_addr, s.local_addr().expect("addr"));
+    restore_kept(&img, app_addr, s.local_addr().expect("addr"), false);
     if which_nft() {
         let t = nft_tables().unwrap_or_default();
         assert!(!t.contains(&table), "the lock is lifted: {t}");

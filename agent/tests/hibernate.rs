@@ -137,7 +137,18 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
-    let dir = temp_dir("hibernate");
+    hibernate_then_boot("hibernate", "");
+}
+
+/// The same with `[restore] lazy = true`: the app runs, hears it resumed
+/// and checks its memory while its pages arrive.
+#[test]
+fn a_lazy_boot_resumes_the_app_on_its_fd() {
+    hibernate_then_boot("hibernate-lazy", "[restore]\nlazy = true\n");
+}
+
+fn hibernate_then_boot(name: &str, config: &str) {
+    let dir = temp_dir(name);
     let store = dir.join("store.img");
     let bin = sleepy_counter(&dir);
     let supply = CuttingSupply::default();
@@ -191,10 +202,12 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
     );
 
     // Power is back: the boot step restores the app and reconnects it.
+    let conf = empty_config(&dir);
+    std::fs::write(&conf, config).unwrap();
     let boot = torpor(&[
         "boot",
         "--config",
-        empty_config(&dir).to_str().unwrap(),
+        conf.to_str().unwrap(),
         "--store",
         store.to_str().unwrap(),
         "--socket",
@@ -203,6 +216,12 @@ fn checkpoint_then_hibernate_then_boot_resumes_the_app_on_its_fd() {
     assert!(boot.status.success(), "{}", text(&boot));
     assert!(
         text(&boot).contains("restoring image generation 2 from slot B (attempt 1 of 3)"),
+        "{}",
+        text(&boot)
+    );
+    assert_eq!(
+        text(&boot).contains("info: lazily: "),
+        !config.is_empty(),
         "{}",
         text(&boot)
     );

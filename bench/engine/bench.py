@@ -12,6 +12,12 @@ copies it into as much fresh anonymous memory as the process held; both find
 the image in the page cache (the dump writes it around the cache, so it is
 read once, untimed, before them). Every figure is the median of --reps
 warm runs. A benchmark, not a test: it prints, it asserts nothing.
+
+For the data cases also restore-to-responsive, eager and lazy
+(`restore --lazy`) in the same run: the time from starting `torpor
+restore` until the restored process, let go by torpor, answers SIGUSR1
+(its handler appends a byte to a file), and the lazy restore's time until
+torpor exits with every page in and its peak RSS.
 """
 
 import argparse
@@ -71,12 +77,12 @@ def warm(path):
             pass
 
 
-def wait_for(pred, what, timeout=60.0):
+def wait_for(pred, what, timeout=60.0, every=0.01):
     end = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > end:
             raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 def gone(pid):
@@ -117,6 +123,54 @@ def start(case, bindir, cwd, data_file):
     return p
 
 
+def let_go(pid, exe):
+    """pid runs exe and no tracer holds it: torpor has let it go."""
+    try:
+        if os.readlink(f"/proc/{pid}/exe") != exe:
+            return False
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return line.split()[1] == "0"
+    except OSError:
+        return False
+    return False
+
+
+def responsive(bindir, torpor, image, pid, cwd, exe, lazy):
+    """(seconds until the restored pid answered SIGUSR1, seconds until
+    torpor exited, torpor's peak KiB) of one `torpor restore`, lazy or
+    not."""
+    answer = os.path.join(cwd, "answer")
+    before = os.path.getsize(answer)
+    cmd = [os.path.join(bindir, "measure"), torpor, "restore", "--image", image, "-q"]
+    cmd += ["--lazy"] if lazy else []
+    os.sync()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Looked for as often as the answer: a coarser poll would add up to
+    # its period to a restore-to-responsive time of some milliseconds.
+    wait_for(lambda: let_go(pid, exe) or p.poll() is not None, f"pid {pid} to be let go",
+             every=0.0002)
+    if not let_go(pid, exe):
+        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.read().strip()}")
+    os.kill(pid, signal.SIGUSR1)
+    end = time.monotonic() + 60
+    while os.path.getsize(answer) == before:
+        if time.monotonic() > end:
+            raise BenchError(f"pid {pid} did not answer SIGUSR1")
+        time.sleep(0.0002)
+    answered = time.monotonic() - t0
+    err = p.communicate()[1]
+    done = time.monotonic() - t0
+    line = [l for l in err.splitlines() if l.startswith("measure: ")]
+    if p.returncode != 0 or not line:
+        raise BenchError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip()}")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), f"restored pid {pid} to go")
+    return answered, done, int(line[-1].split()[2])
+
+
 def run_case(case, torpor, bindir, work, reps):
     name = case["name"]
     cwd = os.path.join(work, name)
@@ -129,6 +183,7 @@ def run_case(case, torpor, bindir, work, reps):
     # Each run measures torpor and its bounds back to back, so a load that
     # comes and goes on a shared machine weighs on both sides of a ratio.
     dumps, restores, dds, fills = [], [], [], []
+    eager_resp, lazy_resp = [], []
     img_bytes = 0
     for rep in range(reps):
         for f in (image, dd_out):
@@ -154,6 +209,10 @@ def run_case(case, torpor, bindir, work, reps):
         wait_for(lambda: gone(p.pid), f"restored pid {p.pid} to go")
         fills.append(measured(bindir, [os.path.join(bindir, "fillmem"), image,
                                        str(case["mib"] * MIB if data else img_bytes)]))
+        if data:
+            hold = os.path.join(bindir, "hold")
+            eager_resp.append(responsive(bindir, torpor, image, p.pid, cwd, hold, False))
+            lazy_resp.append(responsive(bindir, torpor, image, p.pid, cwd, hold, True))
     med = lambda xs: statistics.median(x[0] for x in xs)
     ratio = lambda xs, ys: statistics.median(x[0] / y[0] for x, y in zip(xs, ys))
     row = {
@@ -164,6 +223,11 @@ def run_case(case, torpor, bindir, work, reps):
         "dd": med(dds), "dump_ratio": ratio(dumps, dds),
         "restore": med(restores), "restore_rss": max(x[1] for x in restores),
         "fill": med(fills), "restore_ratio": ratio(restores, fills),
+        "eager_resp": med(eager_resp) if eager_resp else None,
+        "lazy_resp": med(lazy_resp) if lazy_resp else None,
+        "resp_ratio": ratio(lazy_resp, eager_resp) if lazy_resp else None,
+        "lazy_done": statistics.median(x[1] for x in lazy_resp) if lazy_resp else None,
+        "lazy_rss": max(x[2] for x in lazy_resp) if lazy_resp else None,
     }
     for f in (dd_out, data):
         if f and os.path.exists(f):
@@ -175,7 +239,8 @@ def run_case(case, torpor, bindir, work, reps):
 
 def table(rows):
     head = ["case", "image MiB", "img/data", "dump s", "dd s", "dump/dd", "dump RSS MiB",
-            "restore s", "fillmem s", "rest/fill", "restore RSS MiB"]
+            "restore s", "fillmem s", "rest/fill", "restore RSS MiB",
+            "resp eager ms", "resp lazy ms", "lazy/eager", "lazy done s", "lazy RSS MiB"]
     lines = []
     for r in rows:
         lines.append([
@@ -186,6 +251,11 @@ def table(rows):
             f"{r['dump_rss'] / 1024:.2f}",
             f"{r['restore']:.3f}", f"{r['fill']:.3f}", f"{r['restore_ratio']:.2f}",
             f"{r['restore_rss'] / 1024:.2f}",
+            f"{r['eager_resp'] * 1000:.1f}" if r["eager_resp"] is not None else "-",
+            f"{r['lazy_resp'] * 1000:.1f}" if r["lazy_resp"] is not None else "-",
+            f"{r['resp_ratio']:.3f}" if r["resp_ratio"] is not None else "-",
+            f"{r['lazy_done']:.3f}" if r["lazy_done"] is not None else "-",
+            f"{r['lazy_rss'] / 1024:.2f}" if r["lazy_rss"] is not None else "-",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)

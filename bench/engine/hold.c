@@ -7,9 +7,12 @@
  * looks like, 64-byte records (a counter, a pointer-like word, small flags
  * and a short name) with zero padding and every eighth page left zero.
  * The bytes also go to DATA_FILE (the dd baseline writes the same bytes).
- * READY_FILE is created once the memory is filled.
+ * READY_FILE is created once the memory is filled. Each SIGUSR1 appends a
+ * byte to `answer` in the working directory: a restored hold answering
+ * it is responsive.
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +59,16 @@ static void fill_heap(unsigned char *p, size_t n)
     }
 }
 
+static int answer_fd = -1;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    char c = '!';
+    if (write(answer_fd, &c, 1) < 0)
+        _exit(3);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -83,6 +96,16 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    answer_fd = open("answer", O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (answer_fd < 0) {
+        perror("answer");
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
     int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || close(fd) < 0) {
         perror(argv[3]);

@@ -30,12 +30,32 @@
 #include "common.h"
 
 #include <arpa/inet.h>
-#include <linux/filter.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+
+/* Classic BPF, as <linux/filter.h> has it (the ARM toolchains carry no
+ * kernel headers). */
+struct sock_filter {
+    unsigned short code;
+    unsigned char jt, jf;
+    unsigned int k;
+};
+struct sock_fprog {
+    unsigned short len;
+    struct sock_filter *filter;
+};
+#define BPF_RET 0x06
+#define BPF_K 0x00
+#define BPF_STMT(code, k) { (unsigned short)(code), 0, 0, k }
+#ifndef SO_ATTACH_FILTER
+#define SO_ATTACH_FILTER 26
+#endif
+#ifndef SO_GET_FILTER
+#define SO_GET_FILTER SO_ATTACH_FILTER
+#endif
 
 #ifndef IPPROTO_UDPLITE
 #define IPPROTO_UDPLITE 136

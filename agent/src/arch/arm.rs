@@ -347,6 +347,7 @@ pub mod nr {
     pub const CAPSET: i64 = 185;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const USERFAULTFD: i64 = 388;
     pub const PIDFD_OPEN: i64 = 434;
     pub const OPENAT2: i64 = 437;
     pub const LSEEK: i64 = 19;

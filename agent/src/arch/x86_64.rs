@@ -421,6 +421,7 @@ pub mod nr {
     pub const CAPSET: i64 = 126;
     pub const CLONE3: i64 = 435;
     pub const CLOSE_RANGE: i64 = 436;
+    pub const USERFAULTFD: i64 = 323;
     pub const PIDFD_OPEN: i64 = 434;
     pub const OPENAT2: i64 = 437;
     pub const LSEEK: i64 = 8;

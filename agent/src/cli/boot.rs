@@ -52,7 +52,7 @@ pub struct BootArgs {
 #[derive(Debug, Args)]
 pub struct PlaceArgs {
     /// Configuration file (store.device, socket.path, restore.attempts, restore.tty, restore.timens,
-    /// restore.tcp_established).
+    /// restore.lazy, restore.tcp_established).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
     /// The store to restore from instead of store.device.
@@ -78,6 +78,8 @@ pub struct Places {
     pub tty: PathBuf,
     /// `restore.timens`: a time namespace continuing the app's clocks.
     pub timens: bool,
+    /// `restore.lazy`: pages arrive after the app runs.
+    pub lazy: bool,
     /// `restore.tcp_established`: established TCP connections come back.
     pub tcp_established: bool,
 }
@@ -100,6 +102,7 @@ impl Places {
             attempts: c.restore.attempts,
             tty: c.restore.tty.clone(),
             timens: c.restore.timens,
+            lazy: c.restore.lazy,
             tcp_established: c.restore.tcp_established,
         }
     }
@@ -194,11 +197,20 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
     }
     let (_, reader) = store.image(slot).map_err(serr)?;
     // The store has verified the whole image: the state is read stepping
-    // over the pages, which the restore reads once more, into place.
-    let state = crate::image::ImageReader::new(BufReader::new(reader))
-        .map(crate::image::ImageReader::skipping_pages)
-        .and_then(image_io::read_state_from)
-        .map_err(|e| image_err(generation, slot, e))?;
+    // over the pages, which the restore reads once more, into place; a
+    // lazy restore keeps their places, to step over them without a read.
+    let first = crate::image::ImageReader::new(BufReader::new(reader));
+    let (state, index) = if places.lazy {
+        first
+            .map(crate::image::ImageReader::indexing_pages)
+            .and_then(image_io::read_state_indexed)
+    } else {
+        first
+            .map(crate::image::ImageReader::skipping_pages)
+            .and_then(image_io::read_state_from)
+            .map(|st| (st, Vec::new()))
+    }
+    .map_err(|e| image_err(generation, slot, e))?;
     if let Some(want) = name.filter(|_| !state.trees.is_empty()) {
         if !state.trees.iter().any(|t| t.name == want) {
             let names: Vec<&str> = state.trees.iter().map(|t| t.name.as_str()).collect();
@@ -228,7 +240,7 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         places.attempts
     );
     let dir = &crate::apps::dir_for(&places.socket);
-    let failed = match restore_slot(&store, slot, generation, &state, places) {
+    let failed = match restore_slot(&store, slot, generation, &state, &index, places) {
         Ok(pid) => {
             store.mark(slot, State::Consumed).map_err(serr)?;
             let pid = note_restored(dir, &state, name).unwrap_or(pid);
@@ -249,7 +261,7 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
                 let mut restored: Option<i32> = None;
                 for part in &parts {
                     let t = &part.trees[0];
-                    match restore_slot(&store, slot, generation, part, places) {
+                    match restore_slot(&store, slot, generation, part, &index, places) {
                         Ok(_) => {
                             let pid = note_restored(dir, part, name).unwrap_or(t.root);
                             if restored.is_none() || name == Some(t.name.as_str()) {
@@ -349,6 +361,7 @@ fn restore_slot(
     slot: Slot,
     generation: u64,
     state: &ImageState,
+    index: &[crate::image::PageRef],
     places: &Places,
 ) -> Result<i32, String> {
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
@@ -369,19 +382,49 @@ fn restore_slot(
         None
     };
     let tty = places.tty.exists().then(|| places.tty.clone());
+    let pid = state.processes.first().map_or(0, |p| p.task.pid);
+    let conn_root = conn_holder(state).unwrap_or(pid);
+    // A lazy restore's app runs before the restore returns: it hears it
+    // resumed as soon as it runs.
+    let told = std::sync::Arc::new(TellResumed {
+        conn: match &conn {
+            Some(c) => Some(
+                c.try_clone()
+                    .map_err(|e| format!("the connection to the daemon: {e}"))?,
+            ),
+            None => None,
+        },
+        pid: u32::try_from(conn_root).unwrap_or(0),
+        header: header.clone(),
+        generation,
+        sent: std::sync::atomic::AtomicBool::new(false),
+    });
     let opts = RestoreOptions {
         tty,
         torpor_conn: conn.as_ref().map(AsRawFd::as_raw_fd),
         host_clocks: !places.timens,
+        lazy: places.lazy,
+        progress: places
+            .lazy
+            .then(|| told.clone() as std::sync::Arc<dyn crate::engine::Progress>),
         tcp_established: places.tcp_established,
         ..RestoreOptions::default()
     };
     restore::validate(state, &opts).map_err(|e| e.to_string())?;
-    let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
-    let stats =
-        restore::restore(state, &opts, BufReader::new(reader)).map_err(|e| e.to_string())?;
-    let pid = state.processes.first().map_or(0, |p| p.task.pid);
-    let conn_root = conn_holder(state).unwrap_or(pid);
+    let reader = || store.image(slot).map(|(_, r)| r).map_err(|e| e.to_string());
+    let stats = if places.lazy {
+        restore::restore_lazy(
+            state,
+            index.to_vec(),
+            &opts,
+            BufReader::new(reader()?),
+            reader()?,
+            reader()?,
+        )
+    } else {
+        restore::restore(state, &opts, BufReader::new(reader()?))
+    }
+    .map_err(|e| e.to_string())?;
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
         stats.processes,
@@ -393,16 +436,55 @@ fn restore_slot(
         Some(c) => log::info!("{c}"),
         None => {}
     }
-    if let Some(conn) = conn {
-        let resumed = resumed_now(&header, generation);
-        // The restore just created a task with this pid: positive.
-        let pid_u = u32::try_from(conn_root).unwrap_or(0);
+    if let Some(l) = &stats.lazy {
+        log::info!(
+            "lazily: {} bytes on {} fault(s), {} bytes in the background",
+            l.fault_bytes,
+            l.faults,
+            l.background_bytes
+        );
+    }
+    told.tell();
+    drop(conn);
+    Ok(pid)
+}
+
+/// Tells the daemon that the app holding the connection resumed, once:
+/// when a lazy restore's tree starts to run, else after the restore.
+#[derive(Debug)]
+struct TellResumed {
+    conn: Option<OwnedFd>,
+    /// The restore just created a task with this pid: positive.
+    pid: u32,
+    /// The image's: how long it slept is measured when told.
+    header: Header,
+    generation: u64,
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl TellResumed {
+    fn tell(&self) {
+        let Some(conn) = &self.conn else { return };
+        if self.sent.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // Not read here: the reply is the application's.
-        if let Err(e) = send_restored(&conn, pid_u, resumed) {
-            log::error!("telling the daemon that pid {conn_root} resumed failed: {e}");
+        let resumed = resumed_now(&self.header, self.generation);
+        if let Err(e) = send_restored(conn, self.pid, resumed) {
+            log::error!(
+                "telling the daemon that pid {} resumed failed: {e}",
+                self.pid
+            );
         }
     }
-    Ok(pid)
+}
+
+impl crate::engine::Progress for TellResumed {
+    fn expect(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn running(&self) {
+        self.tell();
+    }
 }
 
 /// The root of the tree whose processes hold the connection to the

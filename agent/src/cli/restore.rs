@@ -28,6 +28,14 @@ pub struct RestoreArgs {
     /// count) and its boottime clock also counts the time asleep.
     #[arg(long)]
     pub no_timens: bool,
+    /// Let the tree run as soon as its registers, mappings and files are
+    /// in place: its private anonymous pages arrive on first touch
+    /// (userfaultfd) and in the background, and torpor exits once all are
+    /// in. Where userfaultfd is unavailable the restore is eager, with one
+    /// log line. If the image turns out damaged meanwhile, the tree is
+    /// killed.
+    #[arg(long)]
+    pub lazy: bool,
     /// Bring back the established TCP connections the image keeps (see
     /// `dump --tcp-established`); such an image is refused without it.
     #[arg(long)]
@@ -35,6 +43,27 @@ pub struct RestoreArgs {
     /// Print nothing on success: no progress line, no summary.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// Says when a lazy restore's tree starts to run, passing the pages on to
+/// the progress line if there is one.
+#[derive(Debug)]
+struct Running(Option<std::sync::Arc<dyn crate::engine::Progress>>);
+
+impl crate::engine::Progress for Running {
+    fn expect(&self, bytes: u64) {
+        if let Some(p) = &self.0 {
+            p.expect(bytes);
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(p) = &self.0 {
+            p.advance(bytes);
+        }
+    }
+    fn running(&self) {
+        eprintln!("torpor: the tree runs; its pages arrive lazily");
+    }
 }
 
 fn parse_inherit(s: &str) -> Result<(String, i32), String> {
@@ -52,8 +81,13 @@ pub fn run(a: &RestoreArgs) -> Result<i32, String> {
         tty: a.tty.clone(),
         inherit: a.inherit_fd.clone(),
         host_clocks: a.no_timens,
+        progress: if a.lazy && !a.quiet {
+            Some(std::sync::Arc::new(Running(progress::hook(bar.as_ref()))))
+        } else {
+            progress::hook(bar.as_ref())
+        },
+        lazy: a.lazy,
         tcp_established: a.tcp_established,
-        progress: progress::hook(bar.as_ref()),
         ..RestoreOptions::default()
     };
     let stats = match (&a.image, &a.store) {
@@ -74,6 +108,12 @@ pub fn run(a: &RestoreArgs) -> Result<i32, String> {
     );
     if let Some(c) = &stats.clocks {
         eprintln!("torpor: {c}");
+    }
+    if let Some(l) = &stats.lazy {
+        eprintln!(
+            "torpor: lazily: {} process(es), {} bytes on {} fault(s), {} bytes in the background, {} zero page(s)",
+            l.processes, l.fault_bytes, l.faults, l.background_bytes, l.zero_pages
+        );
     }
     Ok(0)
 }

@@ -114,6 +114,9 @@ pub struct RestoreConfig {
     /// Restore apps in a time namespace continuing their monotonic clocks,
     /// where the kernel has time namespaces (`false`: the host's clocks).
     pub timens: bool,
+    /// Let restored apps run before their private anonymous pages are in:
+    /// they arrive through userfaultfd on first touch and in the background.
+    pub lazy: bool,
     /// Keep established TCP connections through TCP repair mode, in the
     /// daemon's dumps and the boot hook's restores (`false`: they come
     /// back reset).
@@ -265,6 +268,7 @@ impl Default for Config {
                 attempts: defaults::RESTORE_ATTEMPTS,
                 tty: PathBuf::from(defaults::RESTORE_TTY),
                 timens: true,
+                lazy: false,
                 tcp_established: false,
             },
             access: AccessConfig::default(),
@@ -598,7 +602,7 @@ impl Config {
             file,
             &root,
             "restore",
-            &["attempts", "tty", "timens", "tcp_established"],
+            &["attempts", "tty", "timens", "lazy", "tcp_established"],
         )?;
         if let Some(Value::Integer(0)) = s.get("attempts") {
             return Err(s.invalid(
@@ -615,6 +619,9 @@ impl Config {
         }
         if let Some(b) = s.boolean("timens")? {
             c.restore.timens = b;
+        }
+        if let Some(b) = s.boolean("lazy")? {
+            c.restore.lazy = b;
         }
         if let Some(b) = s.boolean("tcp_established")? {
             c.restore.tcp_established = b;

@@ -46,6 +46,7 @@ fn empty_file_gives_the_documented_defaults() {
             attempts: 3,
             tty: PathBuf::from("/dev/console"),
             timens: true,
+            lazy: false,
             tcp_established: false
         }
     );
@@ -83,6 +84,7 @@ device = "/sys/class/rtc/rtc1/wakealarm"
 [restore]
 attempts = 5
 timens = false
+lazy = true
 tty = "/dev/ttyAMA0"
 tcp_established = true
 
@@ -123,6 +125,7 @@ socket = "/run/systemd/journal/dev-log"
                 attempts: 5,
                 tty: PathBuf::from("/dev/ttyAMA0"),
                 timens: false,
+                lazy: true,
                 tcp_established: true
             },
             access: AccessConfig {

@@ -489,7 +489,23 @@ pub fn collect_zombie(pid: i32, ppid: i32, status: i32) -> Result<ProcessState, 
     })
 }
 
+/// The refusal of a mapping registered with userfaultfd for missing pages.
+pub(crate) fn userfaultfd_refusal(pid: i32, m: &MapEntry) -> Cause {
+    Cause::Refused(format!(
+        "mapping {:#x}-{:#x} ({}) of process {pid} is registered with userfaultfd, \
+         so its missing pages are not known (a lazy restore still bringing them in?): \
+         try again once it is done",
+        m.start, m.end, m.name
+    ))
+}
+
 fn vma_of(pid: i32, m: &MapEntry) -> Result<Vma, Cause> {
+    // A page missing from a range registered with userfaultfd is not a
+    // zero page: a lazy restore may still be bringing it in, and pagemap
+    // would make the image lose it.
+    if m.has_flag("um") {
+        return Err(userfaultfd_refusal(pid, m));
+    }
     let prot = (if m.read { libc::PROT_READ } else { 0 })
         | (if m.write { libc::PROT_WRITE } else { 0 })
         | (if m.exec { libc::PROT_EXEC } else { 0 });

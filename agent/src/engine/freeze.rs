@@ -97,6 +97,17 @@ fn in_vfork(pid: i32, tid: i32) -> bool {
         || nr == libc::SYS_clone3
 }
 
+/// Why a task that did not stop may be unable to: a syscall of it waits
+/// for a page of a range registered with userfaultfd (a lazy restore not
+/// done), which no signal interrupts. Then the refusal of such a range,
+/// as the collection would give it.
+fn missing_pages(pid: i32) -> Option<Cause> {
+    let path = format!("/proc/{pid}/smaps");
+    let maps = procfs::parse_smaps(&path, &procfs::read(&path).ok()?).ok()?;
+    let m = maps.iter().find(|m| m.has_flag("um"))?;
+    Some(crate::engine::collect::userfaultfd_refusal(pid, m))
+}
+
 fn vfork_refusal(pid: i32, tid: i32) -> Cause {
     let who = if pid == tid {
         format!("process {pid}")
@@ -380,6 +391,8 @@ impl Frozen {
                         if let Seized::Running = seized {
                             let cause = if in_vfork(pid, tid) {
                                 vfork_refusal(pid, tid)
+                            } else if let Some(c) = missing_pages(pid) {
+                                c
                             } else {
                                 Cause::Unsupported(format!(
                                     "task {tid} of process {pid} did not stop within {} s of PTRACE_INTERRUPT (state {})",

@@ -136,6 +136,20 @@ pub fn read_state<R: Read>(r: R) -> Result<ImageState, ImageError> {
 /// page records ([`ImageReader::skipping_pages`]): the state then holds no
 /// page runs, and the pages are checked as a restore streams them.
 pub fn read_state_from<R: Read>(mut rd: ImageReader<R>) -> Result<ImageState, ImageError> {
+    read_state_in(&mut rd)
+}
+
+/// [`read_state_from`] through a reader in
+/// [`indexing_pages`](ImageReader::indexing_pages) mode: the state, and
+/// the places of the page records it stepped over, in image order.
+pub fn read_state_indexed<R: Read>(
+    mut rd: ImageReader<R>,
+) -> Result<(ImageState, Vec<crate::image::PageRef>), ImageError> {
+    let st = read_state_in(&mut rd)?;
+    Ok((st, rd.take_page_index()))
+}
+
+fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageError> {
     let mut st = ImageState {
         page_size: u64::from(rd.header().page_size),
         ..ImageState::default()

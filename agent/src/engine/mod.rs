@@ -94,6 +94,9 @@ pub trait Progress: std::fmt::Debug + Send + Sync {
     /// `bytes` more of pages read from the tree (dump) or written into it
     /// (restore).
     fn advance(&self, bytes: u64);
+    /// A lazy restore's tree runs: what follows are pages arriving on
+    /// first touch and in the background.
+    fn running(&self) {}
 }
 
 /// Why a step of a dump or a restore failed.
@@ -191,6 +194,9 @@ pub enum Step {
     StopAgain(i32),
     /// Letting the tree go.
     Detach,
+    /// Pages of a lazy restore arriving while the tree runs: a damaged
+    /// image here kills the tree.
+    LazyPages,
 }
 
 impl std::fmt::Display for Step {
@@ -223,6 +229,7 @@ impl std::fmt::Display for Step {
             Step::SignalDrivenIo => f.write_str("signal-driven I/O"),
             Step::StopAgain(pid) => write!(f, "stopping process {pid} again"),
             Step::Detach => f.write_str("detach"),
+            Step::LazyPages => f.write_str("lazy pages"),
         }
     }
 }

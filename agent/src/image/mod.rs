@@ -972,6 +972,21 @@ pub struct Record<'a> {
     offset: u64,
     page_size: u32,
     payload: &'a [u8],
+    /// A `Pages` record whose data a deferring reader stepped over.
+    deferred: Option<PageRef>,
+}
+
+/// Where a `Pages` record lies in an image and what its head says, for
+/// reading it later on its own ([`read_pages_at`]). Nothing in it is
+/// trusted until that read has checked the record's CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRef {
+    /// Offset of the record's frame.
+    pub offset: u64,
+    /// Its payload length, as the frame gave it.
+    pub len: u32,
+    pub vaddr: u64,
+    pub pages: u32,
 }
 
 /// What [`Record::decode_pages_into`] produced.
@@ -999,6 +1014,12 @@ impl<'a> Record<'a> {
     /// The raw postcard payload.
     pub fn payload(&self) -> &'a [u8] {
         self.payload
+    }
+
+    /// The place of a `Pages` record whose data a reader in
+    /// [`deferring_pages`](ImageReader::deferring_pages) mode stepped over.
+    pub fn page_ref(&self) -> Option<PageRef> {
+        self.deferred
     }
 
     /// Decodes the payload as `T`, which must be this record's kind.
@@ -1113,7 +1134,25 @@ pub struct ImageReader<R: Read> {
     /// Steps over a `Pages` record's payload and CRC unread, when set
     /// ([`skipping_pages`](ImageReader::skipping_pages)).
     skip: Option<SkipFn<R>>,
+    /// With `skip`: the head of each page record is read and the record
+    /// returned as a [`PageRef`]
+    /// ([`deferring_pages`](ImageReader::deferring_pages)).
+    heads: bool,
+    /// With `skip`: the place of each page record stepped over, kept
+    /// ([`indexing_pages`](ImageReader::indexing_pages)).
+    index: Option<Vec<PageRef>>,
+    /// With `heads`: page records a first pass found, in image order,
+    /// returned from here without a read
+    /// ([`knowing_pages`](ImageReader::knowing_pages)); `known_at` is the
+    /// next, `owed` the bytes of them not yet stepped over in the input.
+    known: Vec<PageRef>,
+    known_at: usize,
+    owed: u64,
 }
+
+/// The most bytes a `Pages` record's head takes: vaddr and page count as
+/// postcard varints (10 and 5 bytes at most) and the codec (1).
+const PAGES_HEAD_MAX: usize = 16;
 
 /// Moves a reader forward by some bytes; false when the input ends first.
 type SkipFn<R> = fn(&mut R, u64) -> io::Result<bool>;
@@ -1156,6 +1195,128 @@ impl<R: Read + Seek> ImageReader<R> {
         self.skip = Some(seek_over::<R>);
         self
     }
+
+    /// Like [`skipping_pages`](Self::skipping_pages), but every `Pages`
+    /// record is returned, holding only its head: its place, address and
+    /// page count ([`Record::page_ref`]), for [`read_pages_at`] to read it
+    /// later. The head's page count and alignment are checked as for any
+    /// page record, and the trailer's page count with them; each record's
+    /// CRC is checked when it is read, and the whole-image CRC not at all.
+    #[must_use]
+    pub fn deferring_pages(mut self) -> Self {
+        self.skip = Some(seek_over::<R>);
+        self.heads = true;
+        self
+    }
+
+    /// Like [`skipping_pages`](Self::skipping_pages), but the place of
+    /// every page record stepped over is kept, its head checked as in
+    /// [`deferring_pages`](Self::deferring_pages) (and the trailer's page
+    /// count with them): [`take_page_index`](Self::take_page_index) gives
+    /// them, for a second pass to step over them without a read.
+    #[must_use]
+    pub fn indexing_pages(mut self) -> Self {
+        self.skip = Some(seek_over::<R>);
+        self.index = Some(Vec::new());
+        self
+    }
+
+    /// [`deferring_pages`](Self::deferring_pages), given the page records
+    /// an [`indexing_pages`](Self::indexing_pages) pass over the same image
+    /// found: a record at the place of the next of them is returned from
+    /// `index` without reading its frame, and a run of them is stepped
+    /// over with one seek (and a read of its last byte, so that a cut image
+    /// is still refused). Nothing of `index` is trusted beyond the place to
+    /// look: a record read there later is checked in full
+    /// ([`read_pages_at`]), and a frame read after a run must be whole.
+    #[must_use]
+    pub fn knowing_pages(mut self, index: Vec<PageRef>) -> Self {
+        self = self.deferring_pages();
+        self.known = index;
+        self.known_at = 0;
+        self
+    }
+}
+
+impl<R: Read> ImageReader<R> {
+    /// The places of the page records an
+    /// [`indexing_pages`](Self::indexing_pages) pass stepped over, in
+    /// image order (empty in any other mode).
+    pub fn take_page_index(&mut self) -> Vec<PageRef> {
+        self.index.take().unwrap_or_default()
+    }
+
+    /// Steps the input over the known page records returned so far.
+    fn pay_owed(&mut self) -> Result<()> {
+        let owed = std::mem::take(&mut self.owed);
+        let Some(skip) = self.skip.filter(|_| owed > 0) else {
+            return Ok(());
+        };
+        let at = self.input.bytes - owed;
+        let whole = skip(&mut self.input.inner, owed)
+            .map_err(|source| ImageError::Io { offset: at, source })?;
+        if !whole {
+            return Err(ImageError::Truncated {
+                offset: at,
+                what: Kind::Pages.what(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads the `Pages` record `at` on its own, checks its frame, CRC, data
+/// and that it is still the record `at` names, and decodes its pages into
+/// `out` (which must hold `pages * page_size` bytes); `scratch` holds the
+/// frame. Memory use is one record.
+pub fn read_pages_at<R: Read + Seek + ?Sized>(
+    r: &mut R,
+    at: &PageRef,
+    page_size: u32,
+    scratch: &mut Vec<u8>,
+    out: &mut [u8],
+) -> Result<PagesInfo> {
+    let offset = at.offset;
+    let io_err = |source| ImageError::Io { offset, source };
+    r.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    let mut input = CrcReader {
+        inner: r,
+        crc: crc32fast::Hasher::new(),
+        bytes: offset,
+    };
+    let mut head = [0u8; 5];
+    input.take_unhashed(&mut head, "a record frame")?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if head[4] != Kind::Pages as u8 || len != at.len || len > Kind::Pages.limit() {
+        return Err(ImageError::Malformed {
+            offset,
+            kind: Kind::Pages,
+            reason: format!(
+                "the frame reads kind {} and {len} bytes now, was a pages record of {} bytes",
+                KindByte(head[4]),
+                at.len
+            ),
+        });
+    }
+    let n = len as usize;
+    scratch.resize(n + 4, 0);
+    input.take_unhashed(scratch, Kind::Pages.what())?;
+    check_crc(offset, len, head[4], &scratch[..n], &scratch[n..])?;
+    let record = Record {
+        kind: Kind::Pages,
+        offset,
+        page_size,
+        payload: &scratch[..n],
+        deferred: None,
+    };
+    let info = record.decode_pages_into(out)?;
+    if info.vaddr != at.vaddr || info.pages != at.pages {
+        return Err(record.malformed(format!(
+            "holds {} pages at {:#x} now, {} at {:#x} before",
+            info.pages, info.vaddr, at.pages, at.vaddr
+        )));
+    }
+    Ok(info)
 }
 
 impl<R: Read> ImageReader<R> {
@@ -1235,6 +1396,11 @@ impl<R: Read> ImageReader<R> {
             buf,
             summary: None,
             skip: None,
+            heads: false,
+            index: None,
+            known: Vec::new(),
+            known_at: 0,
+            owed: 0,
         })
     }
 
@@ -1252,6 +1418,27 @@ impl<R: Read> ImageReader<R> {
         // goes on to the next frame.
         let (offset, crc_before, len, kind, kind_byte) = loop {
             let offset = self.input.bytes;
+            if let Some(&at) = self.known.get(self.known_at) {
+                if at.offset == offset {
+                    self.known_at += 1;
+                    // Frame head, payload and CRC.
+                    let frame = 9 + u64::from(at.len);
+                    self.owed += frame;
+                    self.input.bytes += frame;
+                    self.records += 1;
+                    self.pages += u64::from(at.pages);
+                    return Ok(Some(Record {
+                        kind: Kind::Pages,
+                        offset,
+                        page_size: self.header.page_size,
+                        payload: &[],
+                        deferred: Some(at),
+                    }));
+                }
+            }
+            if self.owed > 0 {
+                self.pay_owed()?;
+            }
             // The CRC of everything before this record: the trailer's subject.
             let crc_before = self.input.crc.clone().finalize();
             let mut head = [0u8; 5];
@@ -1283,7 +1470,40 @@ impl<R: Read> ImageReader<R> {
                 break (offset, crc_before, len, kind, head[4]);
             };
             let data = self.input.bytes;
-            let rest = u64::from(len) + 4;
+            let mut rest = u64::from(len) + 4;
+            let mut deferred = None;
+            if self.heads || self.index.is_some() {
+                let k = (len as usize).min(PAGES_HEAD_MAX);
+                self.buf.resize(k, 0);
+                self.input.take_unhashed(&mut self.buf, kind.what())?;
+                let (h, _): (PagesHead, _) =
+                    postcard::take_from_bytes(&self.buf).map_err(|source| ImageError::Decode {
+                        offset,
+                        kind,
+                        source,
+                    })?;
+                let rec = Record {
+                    kind,
+                    offset,
+                    page_size: self.header.page_size,
+                    payload: &[],
+                    deferred: None,
+                };
+                let limit = (PAGE_BATCH_BYTES / self.header.page_size).max(1);
+                if h.pages == 0 || h.pages > limit {
+                    return Err(rec.malformed(format!("{} pages, expected 1 to {limit}", h.pages)));
+                }
+                if h.vaddr % u64::from(self.header.page_size) != 0 {
+                    return Err(rec.malformed(format!("vaddr {:#x} is not page aligned", h.vaddr)));
+                }
+                rest -= k as u64;
+                deferred = Some(PageRef {
+                    offset,
+                    len,
+                    vaddr: h.vaddr,
+                    pages: h.pages,
+                });
+            }
             let whole = skip(&mut self.input.inner, rest).map_err(|source| ImageError::Io {
                 offset: data,
                 source,
@@ -1296,6 +1516,21 @@ impl<R: Read> ImageReader<R> {
             }
             self.input.bytes += rest;
             self.records += 1;
+            if let Some(d) = deferred {
+                self.pages += u64::from(d.pages);
+                if let Some(index) = self.index.as_mut() {
+                    index.push(d);
+                    continue;
+                }
+                let k = self.buf.len();
+                return Ok(Some(Record {
+                    kind,
+                    offset,
+                    page_size: self.header.page_size,
+                    payload: &self.buf[..k],
+                    deferred,
+                }));
+            }
         };
         let n = len as usize;
         self.buf.resize(n + 4, 0);
@@ -1310,6 +1545,7 @@ impl<R: Read> ImageReader<R> {
             offset,
             page_size: self.header.page_size,
             payload: &self.buf[..n],
+            deferred: None,
         };
         match kind {
             Kind::Header => Err(ImageError::Malformed {
@@ -1330,7 +1566,8 @@ impl<R: Read> ImageReader<R> {
                 // nor the CRC of the whole is known: the second pass's.
                 let skipped = self.skip.is_some();
                 for (field, stored, actual) in expect {
-                    if skipped && (field == "pages" || field == "crc") {
+                    let counted = self.heads || self.index.is_some();
+                    if skipped && (field == "crc" || field == "pages" && !counted) {
                         continue;
                     }
                     if stored != actual {

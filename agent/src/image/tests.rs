@@ -1345,3 +1345,167 @@ fn a_failed_read_in_place_leaves_no_record() {
     assert_eq!((summary.records, summary.pages), (2, 0));
     assert_eq!(verify(&sink.out[..]).expect("valid").records, 2);
 }
+
+#[test]
+fn a_deferring_pass_gives_each_page_record_s_place_and_reads_it_later() {
+    let (img, summary) = full_image();
+    let ps = header().page_size;
+    let mut rd = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .deferring_pages();
+    let mut refs = vec![];
+    while let Some(rec) = rd.next_record().expect("deferring pass") {
+        if rec.kind() == Kind::Pages {
+            refs.push(rec.page_ref().expect("a deferred page record"));
+        } else {
+            assert_eq!(rec.page_ref(), None);
+        }
+    }
+    // The page count is known from the heads: the trailer's is checked.
+    assert_eq!(rd.summary().expect("summary").pages, summary.pages);
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    assert_eq!(refs.len(), 3);
+    let mem = memory(ps as usize);
+    let mut src = std::io::Cursor::new(img.clone());
+    let mut scratch = vec![];
+    let mut out = vec![0u8; PAGE_BATCH_BYTES as usize];
+    let mut got = vec![0u8; mem.len()];
+    // Read back in any order, the records give the memory written.
+    for (r, f) in refs.iter().zip(&page_frames).rev() {
+        assert_eq!((r.offset, r.len as usize), (f.0 as u64, f.2));
+        let info = read_pages_at(&mut src, r, ps, &mut scratch, &mut out).expect("read at");
+        assert_eq!((info.vaddr, info.pages), (r.vaddr, r.pages));
+        let at = usize::try_from(r.vaddr - 0x40_0000).expect("offset");
+        got[at..at + info.len].copy_from_slice(&out[..info.len]);
+    }
+    assert_eq!(got, mem);
+
+    // A flipped data byte is the record's CRC error, at its offset.
+    let (at, _, len) = page_frames[2];
+    let mut bad = img.clone();
+    bad[at + 5 + len - 1] ^= 1;
+    let mut src = std::io::Cursor::new(bad);
+    assert!(matches!(
+        read_pages_at(&mut src, &refs[2], ps, &mut scratch, &mut out),
+        Err(ImageError::Crc { offset, kind: KindByte(8), .. }) if offset == at as u64
+    ));
+    // Cut short: truncation.
+    let mut src = std::io::Cursor::new(img[..at + 5 + len / 2].to_vec());
+    assert!(matches!(
+        read_pages_at(&mut src, &refs[2], ps, &mut scratch, &mut out),
+        Err(ImageError::Truncated { .. })
+    ));
+    // A place that is not the record it was: refused before its payload.
+    let moved = PageRef {
+        offset: page_frames[1].0 as u64,
+        ..refs[2]
+    };
+    let mut src = std::io::Cursor::new(img.clone());
+    assert!(matches!(
+        read_pages_at(&mut src, &moved, ps, &mut scratch, &mut out),
+        Err(ImageError::Malformed { .. })
+    ));
+    let elsewhere = PageRef {
+        vaddr: refs[2].vaddr + u64::from(ps),
+        ..refs[2]
+    };
+    assert!(matches!(
+        read_pages_at(&mut src, &elsewhere, ps, &mut scratch, &mut out),
+        Err(ImageError::Malformed { .. })
+    ));
+}
+
+/// A record's kind and, for a page record, its place.
+type Seen = (Kind, Option<PageRef>);
+
+/// Every record of a pass, with the place of each page record.
+fn records_read<R: Read>(mut rd: ImageReader<R>) -> Result<(Vec<Seen>, ImageSummary)> {
+    let mut seen = vec![];
+    while let Some(rec) = rd.next_record()? {
+        seen.push((rec.kind(), rec.page_ref()));
+    }
+    Ok((seen, rd.summary().expect("a summary after the trailer")))
+}
+
+#[test]
+fn an_indexing_pass_lets_the_second_step_over_page_records_unread() {
+    let (img, summary) = full_image();
+    let deferring = |b: &[u8]| {
+        records_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .deferring_pages(),
+        )
+    };
+    let (want, want_summary) = deferring(&img).expect("deferring pass");
+    let refs: Vec<PageRef> = want.iter().filter_map(|r| r.1).collect();
+    assert_eq!(refs.len(), 3);
+
+    // The first pass: the other records only, the page count known.
+    let mut first = ImageReader::new(std::io::Cursor::new(&img))
+        .expect("reader")
+        .indexing_pages();
+    let mut kinds = vec![];
+    while let Some(rec) = first.next_record().expect("indexing pass") {
+        assert_eq!(rec.page_ref(), None);
+        kinds.push(rec.kind());
+    }
+    let others: Vec<Kind> = want
+        .iter()
+        .map(|r| r.0)
+        .filter(|k| *k != Kind::Pages)
+        .collect();
+    assert_eq!(kinds, others);
+    assert_eq!(first.summary().expect("summary").pages, summary.pages);
+    let index = first.take_page_index();
+    assert_eq!(index, refs);
+    assert!(first.take_page_index().is_empty());
+
+    // The second pass gives the same records and places, and never reads
+    // a page frame: with each frame's kind byte spoilt, a deferring pass
+    // fails and the knowing one does not.
+    let page_frames: Vec<(usize, u8, usize)> = frames(&img)
+        .into_iter()
+        .filter(|f| f.1 == Kind::Pages as u8)
+        .collect();
+    let mut spoilt = img.clone();
+    for (at, _, _) in &page_frames {
+        spoilt[at + 4] = 0xEE;
+    }
+    assert!(matches!(
+        deferring(&spoilt),
+        Err(ImageError::UnknownKind { kind: 0xEE, .. })
+    ));
+    let knowing = |b: &[u8], index: Vec<PageRef>| {
+        records_read(
+            ImageReader::new(std::io::Cursor::new(b.to_vec()))
+                .expect("reader")
+                .knowing_pages(index),
+        )
+    };
+    let (got, got_summary) = knowing(&spoilt, index.clone()).expect("knowing pass");
+    assert_eq!(got, want);
+    assert_eq!(got_summary, want_summary);
+
+    // A cut in the last run of page records is still refused, at the
+    // run's first record.
+    let (last, _, len) = page_frames[2];
+    let cut = &img[..last + 5 + len / 2];
+    assert!(matches!(
+        knowing(cut, index.clone()),
+        Err(ImageError::Truncated { offset, .. }) if offset == page_frames[0].0 as u64
+    ));
+    // An index that names no record of this image is stepped past: the
+    // page records are read one by one, as without one.
+    let stale: Vec<PageRef> = index
+        .iter()
+        .map(|r| PageRef {
+            offset: r.offset + 1,
+            ..*r
+        })
+        .collect();
+    assert_eq!(knowing(&img, stale).expect("stale index").0, want);
+}

@@ -778,6 +778,17 @@ pub struct Cycle {
     pub dumped_for: Duration,
 }
 
+/// Held by each test of an app with pseudo-terminals, so that they run one
+/// at a time: a restore needs the pts numbers its dump saw, which a pair
+/// of another run of the app (its control, its lazy variant) may hold.
+pub fn one_at_a_time(app: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    static PTYS: Mutex<()> = Mutex::new(());
+    app.contains("pty").then(|| {
+        PTYS.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    })
+}
+
 /// [`checkpoint_run_between`] with `restore_args` added to every `torpor
 /// restore`, and `after(pid, workdir, cycle)` run once each restored tree
 /// is back, before the next cycle or go.
@@ -821,6 +832,17 @@ pub fn checkpoint_run_with(
                         "{name}, cycle {cycle}: restore failed: {}\n{}",
                         restored.describe(),
                         w.log_tail()
+                    ));
+                }
+                // A lazy restore says what it served lazily; one that fell
+                // back to an eager restore would prove nothing.
+                if restore_args.contains(&"--lazy")
+                    && (!restored.stderr.contains("torpor: lazily: ")
+                        || restored.stderr.contains("unavailable"))
+                {
+                    return Err(format!(
+                        "{name}, cycle {cycle}: the restore was not lazy: {}",
+                        restored.describe()
                     ));
                 }
                 expect_tree_back(name, &tree, w).map_err(|e| {

@@ -1018,7 +1018,7 @@ fn owned(r: libc::c_long) -> Result<OwnedFd, std::io::Error> {
 
 /// A duplicate of fd `fd` of `pid` in torpor (pidfd_getfd), sharing its
 /// open file description.
-fn dup_from(pid: i32, fd: i32) -> Result<OwnedFd, std::io::Error> {
+pub(crate) fn dup_from(pid: i32, fd: i32) -> Result<OwnedFd, std::io::Error> {
     // SAFETY: pidfd_open takes integers only.
     let pidfd = owned(unsafe {
         libc::syscall(

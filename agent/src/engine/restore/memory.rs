@@ -75,14 +75,17 @@ pub(super) fn map_process<'a>(
         }
         // Unmap torpor's image in the child, keeping the kernel's specials.
         let in_shm = |a: u64| shm.values().any(|&(s, len)| a >= s && a < s + len);
-        for m in &current {
-            if SPECIAL_MAPPINGS.contains(&m.name.as_str())
-                || is_fixed_kernel_mapping(&m.name)
-                || in_shm(m.start)
-            {
-                continue;
-            }
-            r.munmap("munmap", m.start, m.end - m.start)?;
+        let maps: Vec<(u64, u64, bool)> = current
+            .iter()
+            .map(|m| {
+                let keep = SPECIAL_MAPPINGS.contains(&m.name.as_str())
+                    || is_fixed_kernel_mapping(&m.name)
+                    || in_shm(m.start);
+                (m.start, m.end, keep)
+            })
+            .collect();
+        for (start, end) in unmap_spans(maps, (tramp, tramp + TRAMP_SIZE)) {
+            r.munmap("munmap", start, end - start)?;
         }
         move_specials(r, p, &current, tramp, shm)?;
         segs.attach_sysv(r, p)?;
@@ -93,6 +96,29 @@ pub(super) fn map_process<'a>(
         Ok(())
     })?;
     Ok(rb)
+}
+
+/// The ranges that unmap every mapping of `maps` (start, end, kept) not
+/// kept, in as few calls as can be: a range spans consecutive mappings
+/// and the holes between them (munmap passes over a hole), stopping at a
+/// kept mapping and short of `tramp`, mapped after `maps` was read.
+fn unmap_spans(mut maps: Vec<(u64, u64, bool)>, tramp: (u64, u64)) -> Vec<(u64, u64)> {
+    maps.sort_unstable();
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let mut open = false;
+    for (start, end, keep) in maps {
+        if keep {
+            open = false;
+            continue;
+        }
+        match spans.last_mut() {
+            // The hole up to this mapping holds no trampoline.
+            Some(last) if open && (tramp.1 <= last.1 || tramp.0 >= start) => last.1 = end,
+            _ => spans.push((start, end)),
+        }
+        open = true;
+    }
+    spans
 }
 
 /// Moves the kernel's special mappings and the parts of shared memory
@@ -320,6 +346,33 @@ fn map_fd(r: &mut Remote<'_>, v: &Vma, fd: i32, path: &str, offset: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torpor_s_mappings_go_in_few_munmaps_sparing_kept_ones_and_the_trampoline() {
+        let maps = vec![
+            // Out of order, as nothing promises otherwise.
+            (0x5000, 0x6000, false),
+            (0x1000, 0x2000, false),
+            (0x3000, 0x4000, false),
+            // The vdso, kept: a span ends before it.
+            (0x8000, 0x9000, true),
+            (0xa000, 0xb000, false),
+            // The trampoline lies in the hole 0xc000..0x20000.
+            (0x20000, 0x21000, false),
+            (0x22000, 0x23000, false),
+            (0xffff_f000, 0x1_0000_0000, true),
+        ];
+        assert_eq!(
+            unmap_spans(maps.clone(), (0x10000, 0x14000)),
+            vec![(0x1000, 0x6000), (0xa000, 0xb000), (0x20000, 0x23000)]
+        );
+        // A trampoline elsewhere splits nothing.
+        assert_eq!(
+            unmap_spans(maps, (0x4000_0000, 0x4000_4000)),
+            vec![(0x1000, 0x6000), (0xa000, 0x23000)]
+        );
+        assert!(unmap_spans(vec![(0x1000, 0x2000, true)], (0, 0x1000)).is_empty());
+    }
 
     #[test]
     fn staging_slots_keep_the_cache_colour_and_stay_clear() {

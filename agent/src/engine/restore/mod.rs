@@ -39,6 +39,10 @@
 //! (`files::TmpfsMade`) and names the step; unlinked files are recreated
 //! without a name and leave nothing.
 //!
+//! A lazy restore (`lazy`) lets the tree run before its private
+//! anonymous pages are in: they come through userfaultfd, on first touch
+//! and in the background, while `restore_lazy` keeps serving.
+//!
 //! Every file opened or created by name is opened as the task that held
 //! it (its fsuid, fsgid and groups at the dump, never root's), through no
 //! symbolic link, and only if it is the file the dump recorded
@@ -46,6 +50,7 @@
 
 pub mod attrs;
 mod creds;
+pub mod lazy;
 mod memory;
 mod objects;
 mod pages;
@@ -59,7 +64,7 @@ mod trampoline;
 mod validate;
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::engine::clocks::ClockMode;
@@ -92,7 +97,7 @@ fn set_parent_death(p: &crate::engine::state::ProcessState, root: bool) -> Resul
     }
     Ok(())
 }
-use pages::rebuild_all;
+use pages::{rebuild_all, LazyPass};
 use tasks::{create_tasks, Created, Subreaper};
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +115,14 @@ pub struct RestoreOptions {
     pub host_clocks: bool,
     /// Told of the pages as they are written into the tree.
     pub progress: Option<std::sync::Arc<dyn crate::engine::Progress>>,
+    /// Let the tree run before its private anonymous pages are in: they
+    /// arrive through userfaultfd on first touch and in the background
+    /// (`restore_lazy`). Where userfaultfd cannot serve, the restore is
+    /// eager, with one log line.
+    pub lazy: bool,
+    /// Whether userfaultfd can serve a lazy restore here, and why not;
+    /// `None` asks the kernel (`lazy::probe`).
+    pub userfaultfd: Option<fn() -> Result<(), String>>,
     /// Bring back the established TCP connections an image keeps
     /// (`--tcp-established`); such an image is refused without it.
     pub tcp_established: bool,
@@ -123,6 +136,10 @@ pub struct RestoreStats {
     /// The clocks the tree reads: its own time namespace, or the host's
     /// and why.
     pub clocks: Option<ClockMode>,
+    /// A lazy restore: what came after the tree ran.
+    pub lazy: Option<lazy::LazyStats>,
+    /// Why a lazy restore (or part of it) was eager after all.
+    pub eager_because: Option<String>,
 }
 
 fn refused(step: Step, why: String) -> EngineError {
@@ -133,22 +150,73 @@ fn last_os() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// A reader for a pass that steps over the page records: each step is a
+/// seek, which drops what is buffered, so a small buffer copies less.
+fn stepping<R: Read>(r: R) -> BufReader<R> {
+    BufReader::with_capacity(512, r)
+}
+
+/// A file read at a position of its own (pread): a seek is no syscall, so
+/// stepping over a page record costs one read, of the next frame.
+#[derive(Debug)]
+struct Positioned {
+    file: File,
+    pos: u64,
+}
+
+impl Positioned {
+    fn new(file: File) -> Self {
+        Self { file, pos: 0 }
+    }
+}
+
+impl Read for Positioned {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Positioned {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let (base, by) = match to {
+            std::io::SeekFrom::Start(n) => (0, i128::from(n)),
+            std::io::SeekFrom::Current(n) => (self.pos, i128::from(n)),
+            std::io::SeekFrom::End(n) => (self.file.metadata()?.len(), i128::from(n)),
+        };
+        let new = u64::try_from(i128::from(base) + by).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the image",
+            )
+        })?;
+        self.pos = new;
+        Ok(new)
+    }
+}
+
 /// Restores the image in `path`. Returns once the restored tree runs.
 pub fn restore_file(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats, EngineError> {
     let vstep = Step::Validate;
-    let open = || {
+    let raw = || {
         File::open(path)
-            .map(BufReader::new)
             .map_err(|e| std::io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
+            .step(vstep)
     };
     // The state first, stepping over the pages: they are read once, as
-    // `restore` streams them into the tasks.
-    let first = ImageReader::new(open().step(vstep)?)
-        .step(vstep)?
-        .skipping_pages();
-    let state = image_io::read_state_from(first).step(vstep)?;
+    // `restore` streams them into the tasks. A lazy restore keeps their
+    // places, so that its second pass need not step over them again.
+    let first = ImageReader::new(stepping(Positioned::new(raw()?))).step(vstep)?;
+    if opts.lazy {
+        let (state, index) = image_io::read_state_indexed(first.indexing_pages()).step(vstep)?;
+        validate(&state, opts)?;
+        let image = stepping(Positioned::new(raw()?));
+        return restore_lazy(&state, index, opts, image, raw()?, raw()?);
+    }
+    let state = image_io::read_state_from(first.skipping_pages()).step(vstep)?;
     validate(&state, opts)?;
-    restore(&state, opts, open().step(vstep)?)
+    restore(&state, opts, BufReader::new(raw()?))
 }
 
 /// Restores the newest valid image of the store at `path`.
@@ -163,14 +231,107 @@ pub fn restore_store(path: &Path, opts: &RestoreOptions) -> Result<RestoreStats,
             format!("{} holds no valid image", path.display()),
         ));
     };
-    let open = || -> Result<_, EngineError> {
-        let (_, r) = store.image(info.slot).step(Step::Store)?;
-        Ok(BufReader::new(r))
-    };
-    let first = ImageReader::new(open()?).step(vstep)?.skipping_pages();
-    let state = image_io::read_state_from(first).step(vstep)?;
+    let raw = || -> Result<_, EngineError> { Ok(store.image(info.slot).step(Step::Store)?.1) };
+    let first = ImageReader::new(stepping(raw()?)).step(vstep)?;
+    if opts.lazy {
+        let (state, index) = image_io::read_state_indexed(first.indexing_pages()).step(vstep)?;
+        validate(&state, opts)?;
+        return restore_lazy(&state, index, opts, stepping(raw()?), raw()?, raw()?);
+    }
+    let state = image_io::read_state_from(first.skipping_pages()).step(vstep)?;
     validate(&state, opts)?;
-    restore(&state, opts, open()?)
+    restore(&state, opts, BufReader::new(raw()?))
+}
+
+/// [`restore`], lazily: returns once every page is in, the tree having
+/// run since its registers, mappings and files were in place. `image` is
+/// read in order as by `restore`, its page records stepped over: those
+/// `index` holds (from a first pass in
+/// [`indexing_pages`](ImageReader::indexing_pages) mode, in image order)
+/// without a read, any others one by one; `fetch`
+/// and `serve` are two more readers of the same image, for page records
+/// read on their own during the restore and after it. Falls back to
+/// [`restore`] with one log line where userfaultfd cannot serve. A page
+/// record found damaged after the tree ran kills the tree.
+pub fn restore_lazy<R, F, S>(
+    st: &ImageState,
+    index: Vec<crate::image::PageRef>,
+    opts: &RestoreOptions,
+    image: R,
+    mut fetch: F,
+    serve: S,
+) -> Result<RestoreStats, EngineError>
+where
+    R: Read + Seek,
+    F: Read + Seek,
+    S: Read + Seek + Send,
+{
+    if let Err(why) = opts.userfaultfd.unwrap_or(lazy::probe)() {
+        crate::daemon::log::warning!("lazy restore unavailable ({why}): restoring eagerly");
+        let mut stats = restore(st, opts, image)?;
+        stats.eager_because = Some(why);
+        return Ok(stats);
+    }
+    let rd = ImageReader::new(image)
+        .step(Step::Validate)?
+        .knowing_pages(index);
+    let (handle, inbox) = lazy::channel().step(Step::Restore)?;
+    let progress = opts.progress.as_deref();
+    std::thread::scope(|sc| {
+        // Started when the first task hands over its pages: torpor has
+        // left the tree's time namespace by then, which a process of
+        // several threads could not.
+        let mut server = None;
+        let mut pending = Some((serve, inbox));
+        let mut start = || {
+            if let Some((serve, inbox)) = pending.take() {
+                server = Some(sc.spawn(move || lazy::serve(serve, st.page_size, inbox, progress)));
+            }
+        };
+        let mut pass = LazyPass {
+            fetch: &mut fetch,
+            scratch: Vec::new(),
+            server: &handle,
+            start: &mut start,
+            current: None,
+            fell_back: None,
+        };
+        let res = restore_with(st, opts, rd, Some(&mut pass));
+        let fell_back = pass.fell_back.take();
+        drop(pass);
+        let mut stats = match res {
+            Ok(s) => s,
+            Err(e) => {
+                // The tree is gone (`Created`): the server may close.
+                handle.send(lazy::Msg::Abort);
+                if let Some(h) = server {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        };
+        stats.eager_because = fell_back;
+        let Some(server) = server else {
+            // No process took its pages lazily.
+            return Ok(stats);
+        };
+        progress.inspect(|p| p.running());
+        let roots = st
+            .processes
+            .iter()
+            .filter(|p| p.task.exit_status.is_none())
+            .map(|p| p.task.pid)
+            .collect();
+        handle.send(lazy::Msg::Run(roots));
+        match server.join() {
+            Ok(Ok(l)) => {
+                stats.lazy = Some(l);
+                Ok(stats)
+            }
+            Ok(Err(cause)) => Err(EngineError::new(Step::LazyPages, cause)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Recreates the tree described by `st`, reading pages from `image`.
@@ -178,6 +339,16 @@ pub fn restore<R: Read>(
     st: &ImageState,
     opts: &RestoreOptions,
     image: R,
+) -> Result<RestoreStats, EngineError> {
+    let rd = ImageReader::new(image).step(Step::Validate)?;
+    restore_with(st, opts, rd, None)
+}
+
+fn restore_with<R: Read>(
+    st: &ImageState,
+    opts: &RestoreOptions,
+    rd: ImageReader<R>,
+    lazy: Option<&mut LazyPass<'_>>,
 ) -> Result<RestoreStats, EngineError> {
     // Orphans of a task that failed come to torpor, to be killed with the
     // rest; once torpor exits, the restored root moves on to the next
@@ -223,12 +394,13 @@ pub fn restore<R: Read>(
     }
     let mut stats = rebuild_all(
         st,
-        image,
+        rd,
         &mut created,
         high_fd,
         &shm,
         &mut objs.segs,
         opts.progress.as_deref(),
+        lazy,
     )?;
     // Seals and removals once every task has its mappings.
     objs.segs.finish().step(Step::FinishObjects)?;

@@ -11,6 +11,14 @@
 //! none of it has run, since the tasks run only once this pass is over
 //! and every task is complete. A damaged image is reported as a failed
 //! validation, whichever pass found it.
+//!
+//! In a lazy restore (`lazy`) this pass reads no page data of lazy
+//! mappings: it notes where their records lie, which the first pass
+//! found (`ImageReader::knowing_pages`: a run of page records is one seek,
+//! not a read of each frame), and the others are read on their own,
+//! CRC-checked, as they come; the trailer's page count is checked, the
+//! whole-image CRC is not (each record's is, when read: a place the first
+//! pass gave that no longer holds that page record is refused then).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -21,27 +29,57 @@ use crate::engine::{EngineError, Step, StepExt};
 use crate::image::records::Task;
 use crate::image::{Codec, ImageReader, Kind};
 
+use super::lazy;
 use super::memory::{map_process, Rebuild};
 use super::process::finish_process;
 use super::tasks::Created;
 use super::{refused, RestoreStats};
 
+/// A lazy restore's part in the second pass: the reader defers every
+/// page record (`ImageReader::deferring_pages`); those of lazy mappings
+/// of a task with a userfaultfd go to the server, the others are read
+/// from `fetch` and written as always.
+pub(super) struct LazyPass<'a> {
+    pub(super) fetch: &'a mut dyn ReadSeek,
+    pub(super) scratch: Vec<u8>,
+    pub(super) server: &'a lazy::Handle,
+    /// Starts the server, once.
+    pub(super) start: &'a mut dyn FnMut(),
+    /// The task being rebuilt, when its pages come lazily.
+    pub(super) current: Option<lazy::Deferral>,
+    /// Why some process's pages came eagerly after all.
+    pub(super) fell_back: Option<String>,
+}
+
+impl std::fmt::Debug for LazyPass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyPass")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A source of page records read at any offset.
+pub(super) trait ReadSeek: Read + std::io::Seek {}
+impl<T: Read + std::io::Seek> ReadSeek for T {}
+
 /// Streams the page records of the image into the tasks, rebuilding each
 /// task's mappings when its record comes.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn rebuild_all<R: Read>(
     st: &ImageState,
-    image: R,
+    mut rd: ImageReader<R>,
     created: &mut Created,
     high_fd: i32,
     shm: &BTreeMap<u64, (u64, u64)>,
     segs: &mut crate::engine::files::Segments,
     progress: Option<&dyn crate::engine::Progress>,
+    mut lazy: Option<&mut LazyPass<'_>>,
 ) -> Result<RestoreStats, EngineError> {
     progress.inspect(|pr| pr.expect(st.pages.saturating_mul(st.page_size)));
     // The image's own faults are the validation's: the first pass stepped
     // over these bytes.
     let rstep = Step::Validate;
-    let mut rd = ImageReader::new(image).step(rstep)?;
     // At most max(PAGE_BATCH_BYTES, page_size) bytes: a u32 value, which
     // fits usize on every target.
     let batch = rd.header().batch_pages() as usize * rd.header().page_size as usize;
@@ -54,9 +92,18 @@ pub(super) fn rebuild_all<R: Read>(
     let mut passing_over = false;
     let finish = |rb: Rebuild<'_>,
                   created: &mut Created,
-                  stats: &mut RestoreStats|
+                  stats: &mut RestoreStats,
+                  lazy: Option<&mut LazyPass<'_>>|
      -> Result<(), EngineError> {
         let pid = rb.p.task.pid;
+        // Faults from here on are the server's: a remote syscall may touch
+        // a lazy page.
+        if let Some(l) = lazy {
+            if let Some(d) = l.current.take() {
+                (l.start)();
+                l.server.send(lazy::Msg::Add(d));
+            }
+        }
         stats.threads += finish_process(&rb, &st.files, created).step(Step::Rebuild(pid))?;
         stats.processes += 1;
         Ok(())
@@ -67,7 +114,7 @@ pub(super) fn rebuild_all<R: Read>(
         match rec.kind() {
             Kind::Task => {
                 if let Some(rb) = cur.take() {
-                    finish(rb, created, &mut stats)?;
+                    finish(rb, created, &mut stats, lazy.as_deref_mut())?;
                 }
                 let t: Task = rec.decode().step(rstep)?;
                 // Another tree of the image, restored on its own.
@@ -89,20 +136,73 @@ pub(super) fn rebuild_all<R: Read>(
                     stats.processes += 1;
                     continue;
                 }
-                cur = Some(map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.task.pid))?);
+                let rb = map_process(p, high_fd, shm, segs).step(Step::MapMemory(p.task.pid))?;
+                if let Some(l) = lazy.as_deref_mut() {
+                    match lazy::attach(&rb, st.page_size).step(Step::MapMemory(p.task.pid))? {
+                        Ok(d) => l.current = Some(d),
+                        Err(why) => {
+                            crate::daemon::log::warning!(
+                                "lazy restore unavailable ({why}): process {} restored eagerly",
+                                p.task.pid
+                            );
+                            l.fell_back.get_or_insert(why);
+                        }
+                    }
+                }
+                cur = Some(rb);
             }
             Kind::Pages if passing_over => {}
             Kind::Pages => {
-                let p = rec.pages().step(rstep)?;
+                let deferred = rec.page_ref();
+                let eager = match deferred {
+                    Some(_) => None,
+                    None => Some(rec.pages().step(rstep)?),
+                };
+                let first = match (deferred, eager) {
+                    (Some(at), _) => at.vaddr,
+                    (None, Some(p)) => p.vaddr,
+                    (None, None) => 0,
+                };
                 let Some(rb) = cur.as_ref() else {
                     let why = match zombie {
-                        Some(z) => super::plan::page_target(z, p.vaddr, 0).err(),
+                        Some(z) => super::plan::page_target(z, first, 0).err(),
                         None => None,
                     };
                     return Err(refused(
                         Step::ReadImage,
                         why.unwrap_or_else(|| "pages before any task".into()),
                     ));
+                };
+                if let Some(at) = deferred {
+                    let pid = rb.p.task.pid;
+                    let len = u64::from(at.pages) * st.page_size;
+                    let v = super::plan::page_target(rb.p, at.vaddr, len)
+                        .map_err(|why| refused(Step::WriteMemory(pid), why))?;
+                    let Some(l) = lazy.as_deref_mut() else {
+                        return Err(refused(
+                            rstep,
+                            "a deferred page record outside a lazy restore".into(),
+                        ));
+                    };
+                    if let (Some(d), true) = (l.current.as_mut(), lazy::lazy_vma(v)) {
+                        stats.page_bytes += d.defer(at);
+                        continue;
+                    }
+                    let ps = u32::try_from(st.page_size).unwrap_or(u32::MAX);
+                    let info =
+                        crate::image::read_pages_at(l.fetch, &at, ps, &mut l.scratch, &mut buf)
+                            .step(rstep)?;
+                    let data = &buf[..info.len];
+                    let writable = v.prot & libc::PROT_WRITE != 0;
+                    put_pages(pid, &rb.mem, writable, at.vaddr, data)
+                        .step(Step::WriteMemory(pid))?;
+                    stats.page_bytes += data.len() as u64;
+                    progress.inspect(|pr| pr.advance(data.len() as u64));
+                    continue;
+                }
+                let p = match eager {
+                    Some(p) => p,
+                    None => rec.pages().step(rstep)?,
                 };
                 // Raw pages go to the task straight from the record.
                 let (vaddr, data) = if p.codec == Codec::Raw {
@@ -129,7 +229,7 @@ pub(super) fn rebuild_all<R: Read>(
         }
     }
     if let Some(rb) = cur.take() {
-        finish(rb, created, &mut stats)?;
+        finish(rb, created, &mut stats, lazy)?;
     }
     Ok(stats)
 }

@@ -195,7 +195,9 @@ pub(super) fn finish_process(
             }
         }
         // Every signal's: one the image does not name gets the default,
-        // not the disposition inherited from torpor.
+        // not the disposition inherited from torpor. A disposition the task
+        // already has, inherited, is not set again: most are the default
+        // in both, and each setting is a remote syscall.
         for sig in 1..=64u32 {
             if sig == 9 || sig == 19 {
                 continue;
@@ -215,6 +217,13 @@ pub(super) fn finish_process(
             };
             for (j, w) in k.mask.iter_mut().enumerate() {
                 *w = arch::native(sa.mask >> (j * usize::BITS as usize));
+            }
+            if u8::try_from(sig)
+                .ok()
+                .and_then(super::tasks::inherited_sigaction)
+                == Some(k)
+            {
+                continue;
             }
             let at = Scratch::at(mem, tramp).value(&k)?;
             r.syscall(

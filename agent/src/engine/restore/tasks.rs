@@ -7,7 +7,8 @@
 //!
 //! Unsafe code: `clone3` with `set_tid` has no safe wrapper, and the child
 //! sets itself up with raw syscalls (dup2, setsid, setpgid, rlimits) before
-//! it stops.
+//! it stops; torpor reads its own signal dispositions, which every task
+//! inherits, with a raw `rt_sigaction`.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -118,6 +119,30 @@ fn task_main(st: &ImageState, idx: usize, objs: &Objects, report_fd: i32, parent
         // SAFETY: pause has no memory effects; the tracer interrupts it.
         unsafe { libc::pause() };
     }
+}
+
+/// The disposition of signal `sig` a live task has until the restore sets
+/// one: torpor's own, which each task inherits through the forks that make
+/// it (a task changes none before it is seized; only a zombie does, in
+/// `exit_as`, and its dispositions are never set). `None` if it cannot be
+/// read. The kernel's `struct sigaction` is [`KSigaction`] on every target.
+pub(super) fn inherited_sigaction(sig: u8) -> Option<torpor_parasite::KSigaction> {
+    let mut old = torpor_parasite::KSigaction::default();
+    // The kernel's sigset_t: 64 signals, `KSigaction::mask`.
+    let size: libc::c_long = 8;
+    // SAFETY: rt_sigaction with no new action only writes the current one,
+    // a kernel `struct sigaction` (`KSigaction`), into `old`; `size` is its
+    // mask's size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::c_long::from(sig),
+            std::ptr::null::<torpor_parasite::KSigaction>(),
+            &raw mut old,
+            size,
+        )
+    };
+    (rc == 0).then_some(old)
 }
 
 /// Ends a recreated zombie with its recorded wait status: killed by the
