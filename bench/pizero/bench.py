@@ -297,34 +297,66 @@ class Bench:
         """Per app: checkpoint, cut power at the power-line write, boot, restore."""
         apps = [a for a in self.opts.power_cycle_apps.split(",") if a in self.apps]
         for app in apps:
-            section = f"power-cycle {app}"
-            with self.boot("suspend", self.power, f"bench.app={app}") as b:
-                m = b.wait_for(r"TORPOR-(SUSPENDED|RESULT|SKIP|BENCH-END)", 60 + self.opts.torpor_timeout,
-                               f"{app} to be checkpointed")
-                if m.group(1) == "SKIP":
-                    reason = b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1)
-                    self.record("power-cycle", "SKIP", reason)
-                    return
-                if m.group(1) != "SUSPENDED":
-                    b.run_for(1)
-                    results, details = collect_results([line for _, line in b.lines], [app])
-                    self.record(section, "FAIL", " | ".join([results[app][1]] + details.get(app, [])))
-                    continue
-                cut = b.wait_power_cut(30)
-            print_times(b)
-            if cut is None:
-                self.record(section, "FAIL", f"{app} was checkpointed but {self.power.describe()} "
-                            "did not cut power")
-                continue
-            with self.boot("resume", extra=f"bench.app={app}") as b:
-                b.wait_for(r"TORPOR-BENCH-END mode=resume", 60 + 2 * self.opts.torpor_timeout,
-                           f"{app} to resume")
+            if self._cycle(app, f"power-cycle {app}") == "SKIP":
+                return
+
+    def _cycle(self, app, section, resume=""):
+        """One power cycle of `app`: the suspend boot, the cut, the resume boot
+        (with `resume` on its command line). Records the verdict under
+        `section`; returns it with the resume boot's lines ("SKIP": none)."""
+        with self.boot("suspend", self.power, f"bench.app={app}") as b:
+            m = b.wait_for(r"TORPOR-(SUSPENDED|RESULT|SKIP|BENCH-END)", 60 + self.opts.torpor_timeout,
+                           f"{app} to be checkpointed")
+            if m.group(1) == "SKIP":
+                reason = b.matching(r"TORPOR-SKIP \S+ (.*)")[0].group(1)
+                self.record("power-cycle", "SKIP", reason)
+                return "SKIP"
+            if m.group(1) != "SUSPENDED":
+                b.run_for(1)
                 results, details = collect_results([line for _, line in b.lines], [app])
-            print_times(b)
-            verdict, message = results[app]
-            if verdict != "PASS":
-                message = " | ".join([message] + details.get(app, []))
-            self.record(section, verdict, message)
+                self.record(section, "FAIL", " | ".join([results[app][1]] + details.get(app, [])))
+                return "FAIL"
+            cut = b.wait_power_cut(30)
+        print_times(b)
+        if cut is None:
+            self.record(section, "FAIL", f"{app} was checkpointed but {self.power.describe()} "
+                        "did not cut power")
+            return "FAIL"
+        with self.boot("resume", extra=f"bench.app={app} {resume}".strip()) as b:
+            b.wait_for(r"TORPOR-BENCH-END mode=resume", 60 + 2 * self.opts.torpor_timeout,
+                       f"{app} to resume")
+            results, details = collect_results([line for _, line in b.lines], [app])
+        print_times(b)
+        verdict, message = results[app]
+        if verdict != "PASS":
+            message = " | ".join([message] + details.get(app, []))
+        self.record(section, verdict, message)
+        self.resumed = [line for _, line in b.lines]
+        return verdict
+
+    # ---- lazy-cycle: power-on to a running app, eager and lazy -----------
+
+    def run_lazy_cycle(self):
+        """The lazy-app's power cycle twice, its restore eager then lazy: the
+        guest's uptime (emulated time from power-on) when the app runs, when
+        torpor returns and when the app has checked all its memory."""
+        app = self.opts.lazy_app
+        times = {}
+        for how, flag in (("eager", 0), ("lazy", 1)):
+            if self._cycle(app, f"lazy-cycle {app} {how}", f"bench.lazy={flag}") != "PASS":
+                return
+            for line in self.resumed:
+                m = re.search(rf"TORPOR-LAZY-TIME {re.escape(app)} {how} (\w+) (\d+)", line)
+                if m:
+                    times[(how, m.group(1))] = int(m.group(2)) / 1000
+        print(f"lazy-cycle {app} (guest uptime from power-on, emulated time):")
+        print(f"  {'':10} {'eager s':>9} {'lazy s':>9} {'lazy/eager':>11}")
+        for what in ("running", "restored", "verified"):
+            e, z = times.get(("eager", what)), times.get(("lazy", what))
+            if e is None or z is None:
+                self.record(f"lazy-cycle {app}", "FAIL", f"no {what} time from the guest")
+                return
+            print(f"  {what:10} {e:9.2f} {z:9.2f} {z / e:11.3f}")
 
     # ---- store-cut: power cuts while the store is written --------------------
 
@@ -583,7 +615,7 @@ class Bench:
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", default="all", choices=["all", "test", "gpio-cut", "power-cycle", "store-cut", "hibernate", "corrupt-image",
-                            "restore-attempts", "unauthorized", "compat", "demo", "shell"])
+                            "restore-attempts", "unauthorized", "compat", "lazy-cycle", "demo", "shell"])
     p.add_argument("--board", choices=sorted(profiles.BOARDS), default="zero",
                    help="the emulated board: zero (ARMv6, raspi0) or zero2w (AArch64, raspi3b)")
     p.add_argument("--cache", default=os.path.join(REPO, "build", "cache"),
@@ -597,6 +629,8 @@ def main(argv):
     p.add_argument("--power-cycle-apps", default=None,
                    help="comma-separated apps for power-cycle (two boots each, in this order), "
                    "among those selected (default counter,threads,tree,memory; threads on zero2w)")
+    p.add_argument("--lazy-app", default="memory",
+                   help="the app whose power-on to running lazy-cycle measures, eager and lazy")
     p.add_argument("--store-app", default="counter",
                    help="the app whose images store-cut writes (any app, selected or not)")
     p.add_argument("--power-line", type=int, default=17, help="GPIO (bank 0) that cuts power")
@@ -632,8 +666,11 @@ def main(argv):
                            ("power-cycle", bench.run_power_cycle), ("store-cut", bench.run_store_cut),
                            ("hibernate", bench.run_hibernate), ("corrupt-image", bench.run_corrupt_image),
                            ("restore-attempts", bench.run_restore_attempts),
-                           ("unauthorized", bench.run_unauthorized), ("compat", bench.run_compat)):
-            if (opts.mode == "all" and (profile.all_jobs is None or mode in profile.all_jobs)) \
+                           ("unauthorized", bench.run_unauthorized), ("compat", bench.run_compat),
+                           ("lazy-cycle", bench.run_lazy_cycle)):
+            # lazy-cycle is a measurement, run on its own.
+            if (opts.mode == "all" and mode != "lazy-cycle"
+                    and (profile.all_jobs is None or mode in profile.all_jobs)) \
                     or opts.mode == mode \
                     or (opts.mode == "demo" and mode == "hibernate"):
                 try:

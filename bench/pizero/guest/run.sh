@@ -434,9 +434,53 @@ job_resume() {
         return 0
     fi
     if has_command boot; then command=boot; else command=restore; fi
+    if [ -n "$BENCH_LAZY" ]; then
+        resume_timed "$app" "$command"
+        return 0
+    fi
     info resume-command "torpor $command --store $BENCH_STORE"
     restore_app "$app" "$command" || return 0
     go_and_verdict "$app" "power-cycle"
+}
+
+# A process torpor has let go: it exists, is not traced and not stopped.
+let_go() {
+    status=$(cat "/proc/$1/status" 2>/dev/null) || return 1
+    case "$status" in
+        *"TracerPid:	0"*) ;;
+        *) return 1 ;;
+    esac
+    state=$(echo "$status" | sed -n 's/^State:[[:space:]]*\([A-Za-z]\).*/\1/p')
+    [ -n "$state" ] && [ "$state" != t ] && [ "$state" != T ] && [ "$state" != Z ]
+}
+
+# The resume of the lazy-cycle bench: the restore, eager (BENCH_LAZY=0) or
+# lazy (BENCH_LAZY=1, `[restore] lazy = true`), with the guest's uptime
+# (from power-on) when the app is let go to run, when torpor returns, and
+# when the app has checked all its memory. ($timed: go_and_verdict sets
+# $how.)
+resume_timed() {
+    app=$1 command=$2
+    if [ "$BENCH_LAZY" = 1 ]; then
+        write_config 2 stderr "lazy = true"
+        timed=lazy
+    else
+        write_config 2 stderr
+        timed=eager
+    fi
+    info resume-command "torpor $command --store $BENCH_STORE ($timed)"
+    (
+        while ! let_go "$pid"; do
+            sleep 0.002
+        done
+        echo "TORPOR-LAZY-TIME $app $timed running $(uptime_ms)"
+    ) &
+    watcher=$!
+    restore_app "$app" "$command" || { kill "$watcher" 2>/dev/null; return 0; }
+    echo "TORPOR-LAZY-TIME $app $timed restored $(uptime_ms)"
+    wait "$watcher"
+    go_and_verdict "$app" "power-cycle $timed"
+    echo "TORPOR-LAZY-TIME $app $timed verified $(uptime_ms)"
 }
 
 job_test() {
@@ -533,7 +577,8 @@ SLEEPY=/bench/tools/sleepy-counter
 HIB=$WORK/hibernate
 
 # /etc/torpor.toml for the bench: the store partition, the bench's power
-# line, restore.attempts = $1, log.target = $2 (stderr if not given).
+# line, restore.attempts = $1, log.target = $2 (stderr if not given), and a
+# line $3 more in [restore].
 write_config() {
     active_low=false
     [ "$BENCH_POWER_ACTIVE" = 0 ] && active_low=true
@@ -558,6 +603,7 @@ timeout_ms = 5000
 [restore]
 attempts = $1
 tty = "/dev/console"
+$3
 
 [access]
 allow_users = []

@@ -128,7 +128,7 @@ const FILTER_LIMIT: usize = 4096;
 /// An option's raw value, or `None` when this socket has no such option.
 fn get(f: &OwnedFd, level: i32, opt: i32) -> Result<Option<Vec<u8>>, String> {
     if level == SOL_SOCKET && opt == SO_FILTER {
-        return get_filter(f).map(Some);
+        return get_filter(f);
     }
     let mut buf = [0u8; VALUE_LIMIT];
     let mut len = libc::socklen_t::try_from(buf.len()).unwrap_or(0);
@@ -160,27 +160,32 @@ fn filter_error() -> String {
     }
 }
 
-/// The instructions of the socket's classic BPF filter (none: empty).
-fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
+/// The instructions of the socket's classic BPF filter (none: empty), or
+/// `None` where `SO_GET_FILTER` is not known (an emulator's syscall layer).
+fn get_filter(f: &OwnedFd) -> Result<Option<Vec<u8>>, String> {
     // With a length of 0 the kernel answers the program's length, in
     // instructions.
     let mut len: libc::socklen_t = 0;
-    // SAFETY: a length of 0: nothing is written through the pointer.
+    let mut none = [0u8; 8];
+    // SAFETY: a length of 0: nothing is written into `none`.
     let r = unsafe {
         libc::getsockopt(
             f.as_raw_fd(),
             SOL_SOCKET,
             SO_FILTER,
-            std::ptr::null_mut(),
+            none.as_mut_ptr().cast(),
             &raw mut len,
         )
     };
     if r < 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOPROTOOPT) {
+            return Ok(None);
+        }
         return Err(filter_error());
     }
     let count = usize::try_from(len).unwrap_or(usize::MAX);
     if count == 0 {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     if count > FILTER_LIMIT {
         return Err(format!("its filter has {count} instructions"));
@@ -202,7 +207,7 @@ fn get_filter(f: &OwnedFd) -> Result<Vec<u8>, String> {
     if usize::try_from(len).ok() != Some(count) {
         return Err("its filter changed while it was read".into());
     }
-    Ok(prog)
+    Ok(Some(prog))
 }
 
 /// The socket's options that differ from a new socket's of its kind.
