@@ -196,23 +196,23 @@ impl<W: std::io::Write> KindVisitor for Again<'_, '_, W> {
     }
 }
 
-/// The image without its records of kind `drop`.
-fn without(img: &[u8], drop: Kind) -> Vec<u8> {
-    let mut r = ImageReader::new(img).expect("image");
-    let mut w = ImageWriter::new(Vec::new(), r.header()).expect("writer");
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Some(rec) = r.next_record().expect("record") {
-        if rec.kind() == Kind::Pages {
-            let info = rec.decode_pages_into(&mut buf).expect("pages");
-            w.pages(info.vaddr, &buf[..info.len]).expect("pages");
-        } else if rec.kind() != drop {
-            rec.kind().visit(Again(&rec, &mut w)).expect("state");
-        }
-    }
-    w.finish().expect("finish").0
+fn rewrite(img: &[u8], after: Kind, extra: &dyn Fn(&mut ImageWriter<Vec<u8>>)) -> Vec<u8> {
+    copy(img, None, after, extra)
 }
 
-fn rewrite(img: &[u8], after: Kind, extra: &dyn Fn(&mut ImageWriter<Vec<u8>>)) -> Vec<u8> {
+/// The image without its records of kind `drop`.
+fn without(img: &[u8], drop: Kind) -> Vec<u8> {
+    copy(img, Some(drop), Kind::Header, &|_| {})
+}
+
+/// The image's records again, less those of kind `drop`, with `extra`
+/// written after the first record of kind `after`.
+fn copy(
+    img: &[u8],
+    drop: Option<Kind>,
+    after: Kind,
+    extra: &dyn Fn(&mut ImageWriter<Vec<u8>>),
+) -> Vec<u8> {
     let mut r = ImageReader::new(img).expect("image");
     let mut w = ImageWriter::new(Vec::new(), r.header()).expect("writer");
     let mut buf = vec![0u8; 64 * 1024];
@@ -221,7 +221,7 @@ fn rewrite(img: &[u8], after: Kind, extra: &dyn Fn(&mut ImageWriter<Vec<u8>>)) -
         if rec.kind() == Kind::Pages {
             let info = rec.decode_pages_into(&mut buf).expect("pages");
             w.pages(info.vaddr, &buf[..info.len]).expect("pages");
-        } else {
+        } else if Some(rec.kind()) != drop {
             rec.kind().visit(Again(&rec, &mut w)).expect("state");
         }
         if rec.kind() == after && !done {

@@ -987,14 +987,7 @@ impl FileTable {
                 continue;
             }
             // Same description as one already seen?
-            let mut found = None;
-            for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
-                if *olink == link && kcmp_same_file(*opid, *ofd, pid, fd).step(step)? {
-                    found = Some(i);
-                    break;
-                }
-            }
-            let id = match found {
+            let id = match self.seen(pid, fd, &link).step(step)? {
                 Some(i) => i,
                 None => {
                     let kind = self.kind_of(pid, fd, &link, flags, info.pos).step(step)?;
@@ -1051,6 +1044,18 @@ impl FileTable {
         Ok(out)
     }
 
+    /// The open file already collected that fd `fd` of `pid`, whose /proc
+    /// link is `link`, is a descriptor of (same link, and the same
+    /// description by `kcmp`).
+    fn seen(&self, pid: i32, fd: i32, link: &str) -> Result<Option<usize>, std::io::Error> {
+        for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
+            if olink == link && kcmp_same_file(*opid, *ofd, pid, fd)? {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
     /// The descriptors in flight in the trees' UNIX sockets, once every fd
     /// of the trees is known: each must be a description some process of
     /// the trees holds (compared with `kcmp`), which the restore passes
@@ -1064,14 +1069,7 @@ impl FileTable {
             for f in &p.fds {
                 let mine = f.as_raw_fd();
                 let link = procfs::readlink(&format!("/proc/self/fd/{mine}")).step(step)?;
-                let mut found = None;
-                for (i, (opid, ofd, olink)) in self.owner.iter().enumerate() {
-                    if *olink == link && kcmp_same_file(me, mine, *opid, *ofd).step(step)? {
-                        found = Some(i);
-                        break;
-                    }
-                }
-                let Some(i) = found else {
+                let Some(i) = self.seen(me, mine, &link).step(step)? else {
                     return Err(EngineError::new(
                         step,
                         Cause::Unsupported(format!(

@@ -389,7 +389,23 @@ impl Pending {
 /// Sends one message, passing `fds` with it when there are any.
 fn send_one(fd: i32, m: &[u8], fds: &[i32]) -> Result<(), std::io::Error> {
     if fds.is_empty() {
-        return send_all(fd, std::slice::from_ref(&m.to_vec()));
+        // SAFETY: sending our buffer.
+        let n = unsafe {
+            libc::send(
+                fd,
+                m.as_ptr().cast(),
+                m.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 || n.unsigned_abs() != m.len() {
+            return Err(std::io::Error::other(format!(
+                "re-queueing {} bytes: {}",
+                m.len(),
+                last_os()
+            )));
+        }
+        return Ok(());
     }
     let mut iov = libc::iovec {
         iov_base: m.as_ptr().cast_mut().cast(),
@@ -452,25 +468,7 @@ fn dup(f: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
 }
 
 fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
-    for m in queue {
-        // SAFETY: sending our buffer.
-        let n = unsafe {
-            libc::send(
-                fd,
-                m.as_ptr().cast(),
-                m.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 || n.unsigned_abs() != m.len() {
-            return Err(std::io::Error::other(format!(
-                "re-queueing {} bytes: {}",
-                m.len(),
-                last_os()
-            )));
-        }
-    }
-    Ok(())
+    queue.iter().try_for_each(|m| send_one(fd, m, &[]))
 }
 
 fn shut(fd: i32, bits: u8, peer_bits: u8) -> Result<(), std::io::Error> {

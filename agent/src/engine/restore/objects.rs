@@ -119,6 +119,7 @@ pub(super) fn open_objects(
             owners: &st.owners,
             root_asked,
         };
+        let file: u32 = crate::engine::conv::fit(i, "u32", "open file index").step(step)?;
         let mut cx = OpenCx {
             // O_ASYNC is set later by the task itself (files::arm_sigio).
             flags: f.flags & !crate::engine::files::O_ASYNC,
@@ -132,12 +133,9 @@ pub(super) fn open_objects(
             torpor_conn: opts.torpor_conn,
             ptys: &mut ptys,
             tcp: &mut tcp,
-            file: crate::engine::conv::fit(i, "u32", "open file index").step(step)?,
+            file,
             rights: &st.rights,
-            sock_opts: st
-                .sock_opts
-                .get(&crate::engine::conv::fit(i, "u32", "open file index").step(step)?)
-                .map_or(&[][..], Vec::as_slice),
+            sock_opts: st.sock_opts.get(&file).map_or(&[][..], Vec::as_slice),
         };
         let fd = f.kind.open(&mut cx).step(step)?;
         if let crate::engine::state::FileKind::TcpConnection(_) = &f.kind {
