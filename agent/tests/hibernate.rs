@@ -370,6 +370,91 @@ fn a_corrupt_image_is_a_cold_start_and_is_never_tried_again() {
     );
 }
 
+/// Where slot A's page records lie in `store`: (offset in the store file
+/// of the record's payload, payload length).
+fn slot_a_page_records(store: &Path) -> Vec<(u64, u64)> {
+    use torpor::store::{Slot, Store};
+    let st = Store::open_read_only(store).unwrap();
+    let (_, reader) = st.image(Slot::A).unwrap();
+    let rd = torpor::image::ImageReader::new(std::io::BufReader::new(reader))
+        .unwrap()
+        .indexing_pages();
+    let (_, index) = torpor::engine::image_io::read_state_indexed(rd).unwrap();
+    // The image starts a sector pair (4096 bytes) into the slot; a frame is
+    // its length (4 bytes) and kind (1) before the payload.
+    index
+        .iter()
+        .map(|r| (4096 + r.offset + 5, u64::from(r.len)))
+        .collect()
+}
+
+/// Boot reads the image once: a page record damaged on the card is found
+/// as the restore reads it, before any task of the tree has run (eager), or
+/// while the tree runs and before it can touch a page of it (lazy). Either
+/// way nothing of the tree is left, the boot cold-starts naming the record,
+/// and the image is never tried again.
+#[test]
+fn a_damaged_page_record_is_a_cold_start_eager_or_lazy() {
+    for (how, config) in [("eager", ""), ("lazy", "lazy = true\n")] {
+        let dir = temp_dir(&format!("boot-damaged-pages-{how}"));
+        let store = dir.join("store.img");
+        let mut child = dumped_sleeper(&store);
+        let pid = child.id();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let records = slot_a_page_records(&store);
+        // The last: the stack, a lazy mapping, fetched last.
+        let &(at, len) = records.last().expect("the sleeper has pages");
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&store)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at + len / 2).unwrap();
+            b[0] ^= 0x01;
+            f.write_all_at(&b, at + len / 2).unwrap();
+        }
+        let cfg = dir.join("torpor.toml");
+        std::fs::write(&cfg, format!("[restore]\nattempts = 2\n{config}")).unwrap();
+        let out = boot_with(&cfg, &store);
+        assert!(
+            out.contains(&format!(
+                "cold start: image generation 1 in slot A is corrupt: {}",
+                if how == "lazy" { "lazy pages: " } else { "" }
+            )),
+            "{how}: {out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "CRC mismatch in the pages record at offset {}",
+                at - 4096 - 5
+            )),
+            "{how}: {out}"
+        );
+        assert!(out.contains("; marked consumed"), "{how}: {out}");
+        assert!(!out.contains("restored as pid"), "{how}: {out}");
+        // The pid the tree had is free again: no task of it is left.
+        let end = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{how}: pid {pid} is still there"
+        );
+        let st = text(&torpor(&[
+            "store",
+            "status",
+            "--store",
+            store.to_str().unwrap(),
+        ]));
+        assert!(st.contains("slot A: consumed generation 1"), "{how}: {st}");
+    }
+}
+
 #[test]
 fn a_restore_failing_every_time_gives_up_after_the_configured_attempts() {
     let dir = temp_dir("boot-attempts");

@@ -4,12 +4,15 @@
 //! ```text
 //!  store → newest slot (highest generation)
 //!     empty / consumed          → cold start
-//!     does not verify           → consumed, cold start ("corrupt")
+//!     state records (pages stepped over, read once by the restore)
+//!       damaged                 → consumed, cold start ("corrupt")
 //!     attempts ≥ restore.attempts → consumed, cold start ("gave up")
 //!     begin_restore (restoring, attempts + 1, synced)
-//!     decode → validate → connect to the daemon (if the tree had a
-//!     connection) → rebuild → consumed → `Restored` to the daemon
-//!     failure                   → stays restoring (the next boot retries)
+//!     validate → connect to the daemon (if the tree had a connection)
+//!     → rebuild, the pages checked as they go in → consumed →
+//!     `Restored` to the daemon
+//!     a damaged page record     → consumed, cold start ("corrupt")
+//!     other failure             → stays restoring (the next boot retries)
 //!                                 or, at the last attempt, consumed
 //! ```
 //!
@@ -32,7 +35,7 @@ use crate::engine::restore::{self, RestoreOptions};
 use crate::engine::state::FileKind;
 use crate::engine::state::ImageState;
 use crate::engine::torpor_conn;
-use crate::image::{Header, ImageReader};
+use crate::image::{Header, ImageError, ImageReader};
 use crate::protocol::{self, packet, Clock, Request, Resumed};
 use crate::store::{Slot, State, Store};
 
@@ -133,13 +136,14 @@ pub enum BootError {
     },
 }
 
-/// The newest slot with a header, and whether it verifies.
-fn newest_slot(store: &Store) -> Option<crate::store::SlotStatus> {
-    store
-        .status()
+/// The slot whose intact header has the highest generation. Its image is
+/// not read here: the restore reads it once, checking every record on the
+/// way (see [`boot`]).
+fn newest_slot(store: &Store) -> Option<crate::store::SlotInfo> {
+    Slot::BOTH
         .into_iter()
-        .filter(|s| s.info.is_some())
-        .max_by_key(|s| s.info.map_or(0, |i| i.generation))
+        .filter_map(|s| store.info(s))
+        .max_by_key(|i| i.generation)
 }
 
 /// The root task's name (comm) in an image, to match `torpor run --name`.
@@ -161,13 +165,7 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         return Ok(cold(format!("no store at {}", places.store.display())));
     }
     let mut store = Store::open(&places.store).map_err(serr)?;
-    let Some(top) = newest_slot(&store) else {
-        return Ok(cold(format!(
-            "store {} holds no image",
-            places.store.display()
-        )));
-    };
-    let Some(info) = top.info else {
+    let Some(info) = newest_slot(&store) else {
         return Ok(cold(format!(
             "store {} holds no image",
             places.store.display()
@@ -188,19 +186,21 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
         }
         State::Valid | State::Restoring => {}
     }
-    if !top.verified {
-        let why = top.problem.unwrap_or_else(|| "it does not verify".into());
+    let corrupt = |store: &mut Store, why: &dyn std::fmt::Display| {
         store.mark(slot, State::Consumed).map_err(serr)?;
-        return Ok(cold(format!(
+        Ok(cold(format!(
             "image generation {generation} in slot {slot} is corrupt: {why}; marked consumed"
-        )));
-    }
+        )))
+    };
     let (_, reader) = store.image(slot).map_err(serr)?;
-    // The store has verified the whole image: the state is read stepping
-    // over the pages, which the restore reads once more, into place; a
-    // lazy restore keeps their places, to step over them without a read.
+    // The image is read once. This first pass reads its state, each record
+    // checked against its CRC, stepping over the pages; the restore reads
+    // those into place, checking each page record and the whole image's
+    // CRC before any task runs (a lazy restore, each page record before a
+    // byte of it enters the tree). A lazy restore keeps their places, to
+    // step over them without a read.
     let first = crate::image::ImageReader::new(BufReader::new(reader));
-    let (state, index) = if places.lazy {
+    let read = if places.lazy {
         first
             .map(crate::image::ImageReader::indexing_pages)
             .and_then(image_io::read_state_indexed)
@@ -209,8 +209,15 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
             .map(crate::image::ImageReader::skipping_pages)
             .and_then(image_io::read_state_from)
             .map(|st| (st, Vec::new()))
-    }
-    .map_err(|e| image_err(generation, slot, e))?;
+    };
+    let (state, index) = match read {
+        Ok(x) => x,
+        // An image no torpor of this format can read is as lost.
+        Err(e) if e.is_damage() || matches!(e, ImageError::UnsupportedVersion { .. }) => {
+            return corrupt(&mut store, &e)
+        }
+        Err(e) => return Err(image_err(generation, slot, e)),
+    };
     if let Some(want) = name.filter(|_| !state.trees.is_empty()) {
         if !state.trees.iter().any(|t| t.name == want) {
             let names: Vec<&str> = state.trees.iter().map(|t| t.name.as_str()).collect();
@@ -246,7 +253,14 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
             let pid = note_restored(dir, &state, name).unwrap_or(pid);
             return Ok(Outcome::Restored { pid, generation });
         }
-        Err(why) => why,
+        // Damaged bytes stay damaged: no other attempt, no tree alone.
+        Err(Failed { why, damaged: true }) => {
+            for t in &state.trees {
+                log::warning!("{}: not restored, it starts afresh: {why}", t.name);
+            }
+            return corrupt(&mut store, &why);
+        }
+        Err(Failed { why, .. }) => why,
     };
     // Several trees that failed together may come back one by one: each
     // that fails is killed (the engine removes what it created) and is
@@ -261,7 +275,9 @@ pub fn boot(places: &Places, name: Option<&str>) -> Result<Outcome, BootError> {
                 let mut restored: Option<i32> = None;
                 for part in &parts {
                     let t = &part.trees[0];
-                    match restore_slot(&store, slot, generation, part, &index, places) {
+                    match restore_slot(&store, slot, generation, part, &index, places)
+                        .map_err(|f| f.why)
+                    {
                         Ok(_) => {
                             let pid = note_restored(dir, part, name).unwrap_or(t.root);
                             if restored.is_none() || name == Some(t.name.as_str()) {
@@ -355,6 +371,34 @@ fn same_name(want: &str, have: &str) -> bool {
     want == have || (w.len() > 15 && have.len() == 15 && &w[..15] == have.as_bytes())
 }
 
+/// Why one restore attempt failed.
+#[derive(Debug)]
+struct Failed {
+    why: String,
+    /// The image's bytes are damaged (a record failed its CRC or does not
+    /// decode): found while the restore read them, before any task ran.
+    damaged: bool,
+}
+
+impl From<String> for Failed {
+    fn from(why: String) -> Failed {
+        Failed {
+            why,
+            damaged: false,
+        }
+    }
+}
+
+impl From<crate::engine::EngineError> for Failed {
+    fn from(e: crate::engine::EngineError) -> Failed {
+        let damaged = matches!(&e.cause, crate::engine::Cause::Image(i) if i.is_damage());
+        Failed {
+            why: e.to_string(),
+            damaged,
+        }
+    }
+}
+
 /// One restore attempt; the root's pid on success.
 fn restore_slot(
     store: &Store,
@@ -363,7 +407,7 @@ fn restore_slot(
     state: &ImageState,
     index: &[crate::image::PageRef],
     places: &Places,
-) -> Result<i32, String> {
+) -> Result<i32, Failed> {
     let (_, reader) = store.image(slot).map_err(|e| e.to_string())?;
     let header = ImageReader::new(BufReader::new(reader))
         .map_err(|e| e.to_string())?
@@ -410,7 +454,7 @@ fn restore_slot(
         tcp_established: places.tcp_established,
         ..RestoreOptions::default()
     };
-    restore::validate(state, &opts).map_err(|e| e.to_string())?;
+    restore::validate(state, &opts)?;
     let reader = || store.image(slot).map(|(_, r)| r).map_err(|e| e.to_string());
     let stats = if places.lazy {
         restore::restore_lazy(
@@ -423,8 +467,7 @@ fn restore_slot(
         )
     } else {
         restore::restore(state, &opts, BufReader::new(reader()?))
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     log::info!(
         "restored {} process(es), {} thread(s), {} bytes of memory; root pid {pid}",
         stats.processes,

@@ -220,6 +220,39 @@ pub enum ImageError {
     Io { offset: u64, source: io::Error },
 }
 
+impl ImageError {
+    /// The image's bytes are damaged: a record fails its CRC, is cut short
+    /// or does not decode. Not an image of another machine or another
+    /// torpor, a caller's misuse, or a read the device failed.
+    pub fn is_damage(&self) -> bool {
+        use ImageError as E;
+        match self {
+            E::BadMagic { .. }
+            | E::BadPageSize(_)
+            | E::Crc { .. }
+            | E::Truncated { .. }
+            | E::RecordTooLarge { .. }
+            | E::UnknownKind { .. }
+            | E::Decode { .. }
+            | E::Malformed { .. }
+            | E::TrailerMismatch { .. }
+            | E::TrailingData { .. }
+            | E::AddressOverflow { .. }
+            | E::Unaligned { .. }
+            | E::WrongKind { .. } => true,
+            E::UnsupportedVersion { .. }
+            | E::WrongArch { .. }
+            | E::WrongPageSize { .. }
+            | E::Encode { .. }
+            | E::ReservedKind { .. }
+            | E::BufferTooSmall { .. }
+            | E::NotPages { .. }
+            | E::Host { .. }
+            | E::Io { .. } => false,
+        }
+    }
+}
+
 /// A kind byte as found in a frame; shown by name when known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindByte(pub u8);
