@@ -443,8 +443,11 @@ job_resume() {
     go_and_verdict "$app" "power-cycle"
 }
 
-# A process torpor has let go: it exists, is not traced and not stopped.
+# A process torpor has let go: it runs the executable $2 (a task the
+# restore has forked but not yet rebuilt runs torpor's), is not traced and
+# not stopped.
 let_go() {
+    [ "$(readlink "/proc/$1/exe" 2>/dev/null)" = "$2" ] || return 1
     status=$(cat "/proc/$1/status" 2>/dev/null) || return 1
     case "$status" in
         *"TracerPid:	0"*) ;;
@@ -470,7 +473,7 @@ resume_timed() {
     fi
     info resume-command "torpor $command --store $BENCH_STORE ($timed)"
     (
-        while ! let_go "$pid"; do
+        while ! let_go "$pid" "/bench/apps/$app"; do
             sleep 0.002
         done
         echo "TORPOR-LAZY-TIME $app $timed running $(uptime_ms)"
