@@ -282,6 +282,10 @@ app_tests!(breadth_rights, "breadth_rights",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["queue", "offset", "child", "pipe"]);
 
+app_tests!(breadth_flight, "breadth_flight",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queue", "nested", "data"]);
+
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);
@@ -554,8 +558,11 @@ mod breadth_refuse {
     }
 
     #[test]
-    fn descriptor_in_flight_is_refused() {
-        refused("--kind=scm", "file descriptors in flight");
+    fn pidfd_in_flight_is_refused() {
+        refused(
+            "--kind=scm",
+            "file descriptors in flight (SCM_RIGHTS): message 0 passes anon_inode:[pidfd], a pidfd or file of /proc, which torpor does not keep in flight",
+        );
     }
 
     #[test]

@@ -293,6 +293,142 @@ fn a_pidfd_in_flight_is_refused() {
     });
 }
 
+const NESTED_FLIGHT: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static int pass(int via, int fd) {
+    char b = 'n';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    return sendmsg(via, &m, 0) == 1 ? 0 : -1;
+}
+/* argv[1]: how many sockets nest in flight in fd 8's queue; argv[2]: where
+ * their inodes go, outermost first. */
+int main(int argc, char **argv) {
+    int depth = argc > 1 ? atoi(argv[1]) : 1;
+    FILE *out = fopen(argc > 2 ? argv[2] : "/dev/null", "w");
+    int sv[2];
+    if (!out || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 || dup2(sv[0], 8) != 8 ||
+        dup2(sv[1], 9) != 9)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    int r[8], w[8];
+    for (int i = 0; i < depth; i++) {
+        int p[2];
+        struct stat st;
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, p) != 0 || fstat(p[0], &st) != 0)
+            return 2;
+        r[i] = p[0];
+        w[i] = p[1];
+        fprintf(out, "%lu\n", (unsigned long)st.st_ino);
+    }
+    fclose(out);
+    /* The innermost socket's queue passes /dev/null. */
+    int null = open("/dev/null", 0);
+    if (pass(w[depth - 1], null) != 0)
+        return 3;
+    close(null);
+    for (int i = depth - 1; i > 0; i--) {
+        if (pass(w[i - 1], r[i]) != 0)
+            return 3;
+        close(r[i]);
+        close(w[i]);
+    }
+    if (pass(9, r[0]) != 0)
+        return 3;
+    close(r[0]);
+    close(w[0]);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// Sockets in flight with descriptors in their queue nest three deep at
+/// most: one four deep is refused, naming it and the sockets it is in
+/// flight in, and the program counts on untouched.
+#[test]
+fn sockets_in_flight_deeper_than_three_are_refused() {
+    become_subreaper();
+    let dir = scratch("fail-nested-flight");
+    let bin = compile(&dir, "nested", NESTED_FLIGHT, &[]);
+    let inodes = dir.join("inodes");
+    let path = inodes.to_str().expect("utf8");
+    refused_dump(&dir, &bin, &["5", path], "nested", |pid, _| {
+        let ino: Vec<String> = std::fs::read_to_string(&inodes)
+            .expect("inodes")
+            .lines()
+            .map(str::to_string)
+            .collect();
+        format!(
+            "torpor: error: files {pid}: socket:[{}] (in flight in message 0 of socket:[{}] (in flight in message 0 of socket:[{}] (in flight in message 0 of fd 8 of process {pid}))) is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message 0 passes socket:[{}], a UNIX socket in flight 4 deep with file descriptors in flight in its own queue; torpor keeps such sockets 3 deep at most",
+            ino[2], ino[1], ino[0], ino[3]
+        )
+    });
+}
+
+/// Three sockets nested in flight, the innermost passing /dev/null, are
+/// kept: the image holds each as a `flight-file` and what each queue passes.
+#[test]
+fn sockets_in_flight_three_deep_are_kept() {
+    become_subreaper();
+    let dir = scratch("nested-flight-kept");
+    let bin = compile(&dir, "nested", NESTED_FLIGHT, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("kept.img");
+    let pid = spawn(&bin, &["3"], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let o = torpor(&[
+        "dump",
+        "--pid",
+        &pid.to_string(),
+        "--image",
+        img.to_str().expect("utf8"),
+        "--leave-running",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let shown = torpor(&["show", img.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let flight: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"flight-file\""))
+        .collect();
+    assert_eq!(flight.len(), 4, "{text}");
+    assert_eq!(
+        flight.iter().filter(|l| l.contains("\"Unix\"")).count(),
+        3,
+        "{text}"
+    );
+    assert!(flight[3].contains("/dev/null"), "{text}");
+    let rights = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"unix-rights\""))
+        .count();
+    assert_eq!(rights, 4, "{text}");
+}
+
 const PIDFD_OF: &str = r#"
 #define _GNU_SOURCE
 #include <stdio.h>

@@ -46,6 +46,7 @@ const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
 const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
+const V2_6: FormatVersion = FormatVersion { major: 2, minor: 6 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -969,6 +970,43 @@ fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The description in flight 2.6 adds: an eventfd (count 5, semaphore,
+/// `O_RDWR|O_NONBLOCK`) that only a queued message holds, as description 30.
+fn flight_file() -> FlightFile {
+    FlightFile {
+        ofd: 30,
+        kind: FdKind::EventFd {
+            flags: 0o4002,
+            state: EventFd {
+                count: 5,
+                semaphore: true,
+            },
+        },
+    }
+}
+
+/// Format 2.6: the records of 2.5, then a `flight-file` record (the kind
+/// 2.6 adds).
+fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
+    let (img25, expect25) = format_2_5();
+    let mut f = Fixture::new(&fixed_header(V2_6));
+    let mut r = ImageReader::inspect(&img25[..]).expect("2.5 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect25.len(), "every 2.5 record copied");
+    f.put(flight_file());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1279,6 +1317,58 @@ fn format_2_5_image_reads_back_every_record_exactly() {
     assert_eq!(s.bytes, img.len() as u64);
 }
 
+#[test]
+fn format_2_6_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_6);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_6));
+    let (_, expect) = format_2_6();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.6 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 50);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The description in flight 2.6 adds, and the bytes of its record.
+#[test]
+fn format_2_6_flight_file_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 6 });
+    let mut flight = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::FlightFile {
+            flight.push(rec.decode::<FlightFile>().expect("flight-file"));
+        }
+    }
+    assert_eq!(flight, [flight_file()]);
+    let FdKind::EventFd { flags, state } = &flight[0].kind else {
+        panic!("an eventfd")
+    };
+    assert_eq!((*flags, state.count, state.semaphore), (0o4002, 5, true));
+    // The kind byte 28, then ofd 30, the `FdKind` variant's index 8
+    // (`EventFd`), flags 0o4002 (2050: 0x82 0x10), count 5, semaphore.
+    let payload = [28u8, 30, 8, 0x82, 0x10, 5, 1];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the flight-file record's bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_6_image() {
+    assert!(
+        format_2_6().0 == read_image(V2_6),
+        "the writer's 2.6 image differs from tests/images/format-2.6.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
 /// The values of the record 2.5 adds, spelled out, and its first bytes.
 #[test]
 fn format_2_5_image_spot_values() {
@@ -1546,7 +1636,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_5,
+        FORMAT, V2_6,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1575,11 +1665,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.5)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.6)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_5),
+            if found == V1_1 && supported == V2_6),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1602,7 +1692,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_5();
+    let (full, _) = format_2_6();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1613,7 +1703,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_2), format_2_2().0),
         (image_path(V2_3), format_2_3().0),
         (image_path(V2_4), format_2_4().0),
-        (image_path(V2_5), full.clone()),
+        (image_path(V2_5), format_2_5().0),
+        (image_path(V2_6), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

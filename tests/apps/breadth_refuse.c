@@ -5,13 +5,13 @@
  *
  *   packet   (default) an AF_PACKET socket
  *   perf     a perf_event counter (software task clock) on ourselves
- *   scm      a UNIX socketpair end (fd 7, peer fd 8) with a file descriptor
- *            in flight (SCM_RIGHTS)
+ *   scm      a UNIX socketpair end (fd 7, peer fd 8) with a pidfd of the
+ *            app in flight (SCM_RIGHTS), which the app no longer holds
  *   backlog  a UNIX listener with a connection not yet accepted (client fd 8)
  *
  * After go: fd 7 is the same object (same inode) and still works: the packet
  * socket reports its type, the counter counts, the descriptor in flight
- * arrives and reads back, the waiting connection is accepted and carries a
+ * arrives and names the app, the waiting connection is accepted and carries a
  * byte; a memory pattern is intact.
  *
  * Usage: breadth_refuse [--kind=packet|perf|scm|backlog] [--selftest-fail=fd|memory]
@@ -74,9 +74,9 @@ static void setup(void)
             setup_failed("socketpair");
         fd_at(sv[0], BAD_FD, "pair end");
         fd_at(sv[1], 8, "pair end");
-        int f = open("passed", O_RDWR | O_CREAT | O_TRUNC, 0644);
-        if (f < 0 || write(f, "inflight", 8) != 8)
-            setup_failed("passed file");
+        int f = (int)syscall(SYS_pidfd_open, getpid(), 0);
+        if (f < 0)
+            setup_failed("pidfd_open");
         char c = 'm';
         struct iovec iov = { &c, 1 };
         union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
@@ -142,9 +142,11 @@ static void check_works(void)
             fail("scm: expected the message with its descriptor");
         } else {
             memcpy(&f, CMSG_DATA(h), sizeof f);
-            char b[9] = "";
-            if (pread(f, b, 8, 0) != 8 || memcmp(b, "inflight", 8) != 0)
-                fail("scm: the descriptor in flight reads \"%s\"", b);
+            char path[40], info[1024] = "", want[32];
+            snprintf(path, sizeof path, "/proc/self/fdinfo/%d", f);
+            snprintf(want, sizeof want, "\nPid:\t%d\n", (int)getpid());
+            if (read_text(path, info, sizeof info) <= 0 || !strstr(info, want))
+                fail("scm: the pidfd in flight names another process: %s", info);
             close(f);
         }
     } else {

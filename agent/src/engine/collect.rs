@@ -873,20 +873,33 @@ pub struct FileTable {
     inflight: crate::engine::files::InFlight,
     /// Descriptors in flight, until every fd of the trees is known.
     passing: Vec<Passing>,
+    /// The descriptions only a queued message holds: (open file index,
+    /// torpor's copy), kept open until the image is written.
+    pub flight: Vec<(u32, OwnedFd)>,
     /// Socket options beyond an fd record's, by open file index.
     pub sock_opts: BTreeMap<u32, Vec<crate::image::records::RawSockOpt>>,
 }
 
 /// The descriptors message `message` of the queue of the socket first seen
-/// as fd `fd` of `pid` (open file `socket`) passes, held by torpor.
+/// in `pid` (open file `socket`) passes, held by torpor.
 #[derive(Debug)]
 struct Passing {
     socket: u32,
     pid: i32,
-    fd: i32,
     message: u32,
     fds: Vec<OwnedFd>,
+    /// How deep the socket is in flight itself: 0 for one a process holds.
+    depth: u8,
+    /// The socket, as refusals name it: "fd 7 of process 812".
+    who: String,
 }
+
+/// How deep sockets with descriptors in their queue may nest in flight: a
+/// socket a process holds passes a socket (1) whose queue passes one (2)
+/// whose queue passes one (3) whose queue passes descriptors, none of them
+/// a socket with more.
+#[allow(clippy::cast_possible_truncation)]
+pub const FLIGHT_DEPTH: u8 = crate::engine::state::RIGHTS_DEPTH as u8;
 
 fn kcmp_same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool, std::io::Error> {
     const KCMP_FILE: libc::c_long = 0;
@@ -1027,9 +1040,10 @@ impl FileTable {
                         self.passing.push(Passing {
                             socket,
                             pid,
-                            fd,
                             message,
                             fds,
+                            depth: 0,
+                            who: format!("fd {fd} of process {pid}"),
                         });
                     }
                     id
@@ -1057,51 +1071,137 @@ impl FileTable {
     }
 
     /// The descriptors in flight in the trees' UNIX sockets, once every fd
-    /// of the trees is known: each must be a description some process of
-    /// the trees holds (compared with `kcmp`), which the restore passes
-    /// again. One held only by the queue is refused, naming the socket's fd.
+    /// of the trees is known: each is matched to a description some process
+    /// of the trees holds (compared with `kcmp`), or else collected from
+    /// torpor's copy as a description only the queue holds (of a kind
+    /// `image_io::kept_in_flight` names; a socket in flight with
+    /// descriptors in its own queue, [`FLIGHT_DEPTH`] deep at most). The
+    /// restore passes each again. A pidfd or file of /proc in flight is
+    /// refused, naming the socket's fd.
     pub fn rights(&mut self) -> Result<Vec<crate::image::records::UnixRights>, EngineError> {
         let mut out = Vec::new();
-        for p in std::mem::take(&mut self.passing) {
-            let step = Step::Files(p.pid);
+        // Sockets in flight add theirs at the end, after their own message.
+        let mut next = 0;
+        while next < self.passing.len() {
+            let p = &mut self.passing[next];
+            next += 1;
+            let (pid, socket, message, depth) = (p.pid, p.socket, p.message, p.depth);
+            let who = p.who.clone();
+            let fds = std::mem::take(&mut p.fds);
+            let step = Step::Files(pid);
             let me: i32 = conv::fit(std::process::id(), "i32", "torpor's pid").step(step)?;
+            let refuse = |link: &str, why: &str| {
+                EngineError::new(
+                    step,
+                    Cause::Unsupported(format!(
+                        "{who} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message {message} passes {link}, {why}"
+                    )),
+                )
+            };
             let mut files = Vec::new();
-            for f in &p.fds {
-                let mine = f.as_raw_fd();
+            for fd in fds {
+                let mine = fd.as_raw_fd();
                 let link = procfs::readlink(&format!("/proc/self/fd/{mine}")).step(step)?;
-                let Some(i) = self.seen(me, mine, &link).step(step)? else {
-                    return Err(EngineError::new(
-                        step,
-                        Cause::Unsupported(format!(
-                            "fd {} of process {} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message {} passes {link}, which no process of the tree holds; torpor keeps a descriptor in flight only when the tree holds it too",
-                            p.fd, p.pid, p.message
-                        )),
-                    ));
-                };
-                if matches!(
-                    self.files[i].kind,
-                    FileKind::Pidfd(_) | FileKind::ProcFile(_)
-                ) {
+                let late =
+                    |kind: &FileKind| matches!(kind, FileKind::Pidfd(_) | FileKind::ProcFile(_));
+                let i = match self.seen(me, mine, &link).step(step)? {
                     // Those are opened by their holder once the tree exists,
                     // after the queues are filled.
-                    return Err(EngineError::new(
-                        step,
-                        Cause::Unsupported(format!(
-                            "fd {} of process {} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message {} passes {link}, a pidfd or file of /proc, which torpor does not keep in flight",
-                            p.fd, p.pid, p.message
-                        )),
-                    ));
-                }
+                    Some(i) if late(&self.files[i].kind) => {
+                        return Err(refuse(
+                            &link,
+                            "a pidfd or file of /proc, which torpor does not keep in flight",
+                        ));
+                    }
+                    Some(i) => i,
+                    None if link == "anon_inode:[pidfd]" || link.starts_with("/proc/") => {
+                        return Err(refuse(
+                            &link,
+                            "a pidfd or file of /proc, which torpor does not keep in flight",
+                        ));
+                    }
+                    None => self
+                        .in_flight((me, pid), fd, &link, depth, &who, message)
+                        .map_err(|why| refuse(&link, &why))?,
+                };
                 let i: u32 = conv::fit(i, "u32", "open file index").step(step)?;
                 files.push(u64::from(i));
             }
             out.push(crate::image::records::UnixRights {
-                ofd: u64::from(p.socket),
-                message: p.message,
+                ofd: u64::from(socket),
+                message,
                 files,
             });
         }
+        self.passing.clear();
         Ok(out)
+    }
+
+    /// Collects the description torpor's copy `fd` (with /proc link `link`)
+    /// is, which only message `message` of a socket `depth` deep in flight
+    /// (`who`, first seen in process `pid`) holds: its index in the table. The error says why it is not
+    /// kept.
+    fn in_flight(
+        &mut self,
+        (me, pid): (i32, i32),
+        fd: OwnedFd,
+        link: &str,
+        depth: u8,
+        who: &str,
+        message: u32,
+    ) -> Result<usize, String> {
+        let raw = fd.as_raw_fd();
+        let info_path = format!("/proc/self/fdinfo/{raw}");
+        let info_text = procfs::read(&info_path).map_err(|e| e.to_string())?;
+        let info = procfs::parse_fdinfo(&info_path, &info_text).map_err(|e| e.to_string())?;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let kind = self.kind_of(me, raw, link, flags, info.pos).map_err(|e| {
+            format!("which no process of the tree holds and torpor cannot keep: {e}")
+        })?;
+        let nested = self.inflight.take();
+        if !crate::engine::image_io::kept_in_flight(&kind) {
+            return Err(format!(
+                "{}, which no process of the tree holds; torpor keeps such a file in flight only when the tree holds it too",
+                kind.name()
+            ));
+        }
+        if !nested.is_empty() && depth >= FLIGHT_DEPTH {
+            return Err(format!(
+                "a UNIX socket in flight {} deep with file descriptors in flight in its own queue; torpor keeps such sockets {FLIGHT_DEPTH} deep at most",
+                depth + 1
+            ));
+        }
+        let id = self.files.len();
+        let file: u32 = conv::fit(id, "u32", "open file index").map_err(|e| e.to_string())?;
+        if matches!(kind, FileKind::Unix(_)) {
+            let opts = crate::engine::files::socket_options(me, raw)
+                .map_err(|e| format!("a socket whose options torpor cannot keep: {e}"))?;
+            if !opts.is_empty() {
+                self.sock_opts.insert(file, opts);
+            }
+        }
+        let inode = match &kind {
+            FileKind::Unix(u) => u.inode,
+            _ => 0,
+        };
+        self.files.push(OpenFile {
+            flags,
+            kind,
+            sigio: None,
+        });
+        self.owner.push((me, raw, link.to_string()));
+        for (m, fds) in nested {
+            self.passing.push(Passing {
+                socket: file,
+                pid,
+                message: m,
+                fds,
+                depth: depth + 1,
+                who: format!("socket:[{inode}] (in flight in message {message} of {who})"),
+            });
+        }
+        self.flight.push((file, fd));
+        Ok(id)
     }
 
     fn kind_of(

@@ -324,6 +324,8 @@ pub fn dump_trees<W: ImageSink>(
             procs.push(one().map_err(in_tree(pid))?);
         }
     }
+    // The descriptions in flight first: the checks below see them too.
+    let rights = table.rights().map_err(whole)?;
     table.mark_external_pipes().map_err(whole)?;
     crate::engine::files::check_peers(&mut table.files).map_err(whole)?;
     crate::engine::files::link_ptys(&mut table.files);
@@ -334,7 +336,6 @@ pub fn dump_trees<W: ImageSink>(
         .collect();
     crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
     crate::engine::files::check_late(&table.files, procs.iter().map(|(p, _)| p)).map_err(whole)?;
-    let rights = table.rights().map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
     // Roots first: the trees' namespace is the first root's.
@@ -379,8 +380,18 @@ pub fn dump_trees<W: ImageSink>(
         image_io::write_pipes(&mut w, &table.pipes).step(wstep)?;
         crate::engine::files::write_tmpfs_files(&mut w, procs.iter().map(|(p, _)| p))
             .step(wstep)?;
-        crate::engine::files::write_objects(&mut w, procs.iter().map(|(p, _)| p), &table.files)
-            .step(wstep)?;
+        let flight: Vec<(u32, i32)> = table
+            .flight
+            .iter()
+            .map(|(f, fd)| (*f, std::os::fd::AsRawFd::as_raw_fd(fd)))
+            .collect();
+        crate::engine::files::write_objects(
+            &mut w,
+            procs.iter().map(|(p, _)| p),
+            &table.files,
+            &flight,
+        )
+        .step(wstep)?;
         Ok(w)
     };
     let mut w = write_head().map_err(whole)?;
@@ -423,7 +434,28 @@ pub fn dump_trees<W: ImageSink>(
             })
             .map_err(in_tree(p.task.pid))?;
     }
-    // After every fd record, whose descriptions they name.
+    // After every fd record, whose descriptions they name: the
+    // descriptions only a queue holds, then what each message passes.
+    for (file, fd) in &table.flight {
+        let of = &table.files[*file as usize];
+        if let Some(path) = crate::engine::files::flight_path(&of.kind) {
+            let md = std::fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(fd)
+            ))
+            .step(wstep)
+            .map_err(whole)?;
+            w.write(&crate::engine::files::owner::record_of(path, &md))
+                .step(wstep)
+                .map_err(whole)?;
+        }
+        w.write(&crate::image::records::FlightFile {
+            ofd: u64::from(*file),
+            kind: of.kind.record(of.flags),
+        })
+        .step(wstep)
+        .map_err(whole)?;
+    }
     for r in &rights {
         w.write(r).step(wstep).map_err(whole)?;
     }

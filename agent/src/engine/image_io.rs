@@ -158,6 +158,8 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
     let mut pipes: BTreeMap<u64, (u32, Vec<u8>)> = BTreeMap::new();
     let mut external: BTreeMap<u64, (u64, PipeEnd)> = BTreeMap::new();
     let mut seen_attrs = std::collections::BTreeSet::new();
+    // (description, file index) of each description in flight.
+    let mut flight: Vec<(u64, u32)> = Vec::new();
     while let Some(rec) = rd.next_record()? {
         let cur = st.processes.last_mut();
         match rec.kind() {
@@ -256,6 +258,33 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                     )));
                 }
                 queue.extend_from_slice(&q.bytes);
+            }
+            Kind::FlightFile => {
+                let r: crate::image::records::FlightFile = rec.decode()?;
+                let (flags, kind) = FileKind::from_record(&r.kind)
+                    .map_err(|why| malformed(format!("description {} in flight: {why}", r.ofd)))?;
+                if !kept_in_flight(&kind) {
+                    return Err(malformed(format!(
+                        "description {} in flight is {}, which torpor does not keep in flight",
+                        r.ofd,
+                        kind.name()
+                    )));
+                }
+                if ofds.contains_key(&r.ofd) {
+                    return Err(malformed(format!(
+                        "a flight-file record names description {}, which another record has",
+                        r.ofd
+                    )));
+                }
+                st.files.push(OpenFile {
+                    flags,
+                    kind,
+                    sigio: None,
+                });
+                let i = conv::fit(st.files.len() - 1, "u32", "open file index")
+                    .map_err(|e| malformed(e.to_string()))?;
+                ofds.insert(r.ofd, i);
+                flight.push((r.ofd, i));
             }
             Kind::UnixRights => {
                 let r: crate::image::records::UnixRights = rec.decode()?;
@@ -393,6 +422,12 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                         let (flags, kind) = FileKind::from_record(&f.kind)
                             .map_err(|why| malformed(format!("fd {}: {why}", f.fd)))?;
                         let idx = match ofds.get(&f.ofd) {
+                            Some(&i) if flight.iter().any(|&(_, x)| x == i) => {
+                                return Err(malformed(format!(
+                                    "fd {} names description {}, which is in flight",
+                                    f.fd, f.ofd
+                                )));
+                            }
                             Some(&i) => i,
                             None => {
                                 st.files.push(OpenFile {
@@ -424,6 +459,14 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                 }
             }
             Kind::Header | Kind::Trailer => {}
+        }
+    }
+    // A description in flight is passed by a queued message.
+    for (ofd, i) in flight {
+        if !st.rights.iter().any(|r| r.files.contains(&i)) {
+            return Err(malformed(format!(
+                "description {ofd} in flight is passed by no queued message"
+            )));
         }
     }
     // Pipes by id; every pipe an fd names must have its data record.
@@ -500,6 +543,23 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
         }
     }
     Ok(st)
+}
+
+/// Whether torpor keeps a description of this kind when only a queued
+/// message holds it: one reopened by path, or made from the image alone
+/// before the tasks exist.
+pub fn kept_in_flight(kind: &FileKind) -> bool {
+    matches!(
+        kind,
+        FileKind::Path(_)
+            | FileKind::Device(_)
+            | FileKind::Pipe(_)
+            | FileKind::MemfdFile(_)
+            | FileKind::EventFd(_)
+            | FileKind::TimerFd(_)
+            | FileKind::SignalFd(_)
+            | FileKind::Unix(_)
+    )
 }
 
 #[cfg(test)]
@@ -727,6 +787,125 @@ mod tests {
                 .expect_err("two records for one socket")
                 .to_string();
         assert!(e.contains("two sock-opts records for description 3"), "{e}");
+    }
+
+    #[test]
+    fn descriptions_in_flight_are_passed_and_of_a_kept_kind() {
+        use crate::image::records::{EventFd, FdKind, FlightFile, Task, UnixRights, UnixSocket};
+        let task = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&Task {
+                pid: 40,
+                ..Default::default()
+            })
+        };
+        let socket = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&RFd {
+                fd: 5,
+                fd_flags: 0,
+                ofd: 3,
+                kind: FdKind::Unix {
+                    flags: 2,
+                    state: UnixSocket {
+                        sock_type: libc::SOCK_STREAM,
+                        queue: vec![b"a".to_vec()],
+                        ..Default::default()
+                    },
+                },
+            })
+        };
+        let flight = |ofd: u64, kind: FdKind| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&FlightFile {
+                    ofd,
+                    kind: kind.clone(),
+                })
+            }
+        };
+        let eventfd = FdKind::EventFd {
+            flags: 2,
+            state: EventFd {
+                count: 7,
+                semaphore: false,
+            },
+        };
+        let rights = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&UnixRights {
+                ofd: 3,
+                message: 0,
+                files: vec![9],
+            })
+        };
+        let st = read_state(&image(&[&task, &socket, &flight(9, eventfd.clone()), &rights])[..])
+            .expect("an eventfd in flight");
+        assert_eq!(st.files.len(), 2);
+        assert_eq!(
+            st.files[1].kind,
+            FileKind::EventFd(EventFd {
+                count: 7,
+                semaphore: false
+            })
+        );
+        assert_eq!(
+            st.rights,
+            [crate::engine::state::Rights {
+                socket: 0,
+                message: 0,
+                files: vec![1],
+            }]
+        );
+        assert!(st.processes[0].fds.iter().all(|f| f.file != 1));
+        let e = read_state(&image(&[&task, &socket, &flight(9, eventfd.clone())])[..])
+            .expect_err("passed by nothing")
+            .to_string();
+        assert!(
+            e.contains("description 9 in flight is passed by no queued message"),
+            "{e}"
+        );
+        let e = read_state(
+            &image(&[
+                &task,
+                &socket,
+                &flight(
+                    9,
+                    FdKind::Epoll {
+                        flags: 2,
+                        state: crate::image::records::Epoll::default(),
+                    },
+                ),
+                &rights,
+            ])[..],
+        )
+        .expect_err("an epoll instance in flight")
+        .to_string();
+        assert!(
+            e.contains("description 9 in flight is an epoll instance, which torpor does not keep in flight"),
+            "{e}"
+        );
+        let e = read_state(&image(&[&task, &socket, &flight(3, eventfd.clone()), &rights])[..])
+            .expect_err("a description an fd has")
+            .to_string();
+        assert!(
+            e.contains("a flight-file record names description 3, which another record has"),
+            "{e}"
+        );
+        let again = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&RFd {
+                fd: 6,
+                fd_flags: 0,
+                ofd: 9,
+                kind: FdKind::EventFd {
+                    flags: 2,
+                    state: EventFd::default(),
+                },
+            })
+        };
+        let e = read_state(&image(&[&task, &socket, &flight(9, eventfd), &again, &rights])[..])
+            .expect_err("an fd of a description in flight")
+            .to_string();
+        assert!(
+            e.contains("fd 6 names description 9, which is in flight"),
+            "{e}"
+        );
     }
 
     #[test]

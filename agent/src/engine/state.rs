@@ -53,6 +53,11 @@ pub struct ImageState {
 /// The most descriptors one message passes (the kernel's `SCM_MAX_FD`).
 pub const RIGHTS_LIMIT: usize = 253;
 
+/// How deep sockets with descriptors in their queue nest in flight in an
+/// image: a socket a process holds passes one (1) whose queue passes one
+/// (2) whose queue passes one (3) whose queue passes descriptors.
+pub const RIGHTS_DEPTH: usize = 3;
+
 /// The descriptors message `message` of the queue of UNIX socket `socket`
 /// passes: indices into [`ImageState::files`], in the message's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

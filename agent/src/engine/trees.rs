@@ -165,11 +165,21 @@ pub fn split(st: &ImageState) -> Result<Vec<ImageState>, String> {
             }
         }
     }
-    // A descriptor in flight goes with the socket whose queue holds it.
-    for r in &st.rights {
-        if let Some(&part) = c.owner.get(&Shared::File(r.socket)) {
-            for &f in &r.files {
-                c.claim(Shared::File(f), part)?;
+    // A descriptor in flight goes with the socket whose queue holds it, and
+    // the object behind it with it (one round per level of sockets in
+    // flight).
+    for _ in 0..=crate::engine::state::RIGHTS_DEPTH {
+        for r in &st.rights {
+            if let Some(&part) = c.owner.get(&Shared::File(r.socket)) {
+                for &f in &r.files {
+                    c.claim(Shared::File(f), part)?;
+                    match st.files.get(f as usize).map(|f| &f.kind) {
+                        Some(FileKind::Pipe(pf)) => c.claim(Shared::Pipe(pf.pipe), part)?,
+                        Some(FileKind::MemfdFile(m)) => c.claim(Shared::Memfd(m.id), part)?,
+                        Some(FileKind::Unix(u)) => c.claim(Shared::Socket(u.inode), part)?,
+                        _ => {}
+                    }
+                }
             }
         }
     }

@@ -195,7 +195,15 @@ registry! {
     /// Socket options of a socket that differ from a new socket's, beyond
     /// its fd record's, after every process.
     SockExtra       = 25,  "sock-opts",      SockExtra,       STATE_LIMIT,     "a sock-opts record",      state;
+    // 26 and 27 are reserved (`RESERVED_KINDS`).
+    /// A file description only a queued message of a UNIX socket holds
+    /// (in flight, its sender's copy closed), after every process.
+    FlightFile      = 28,  "flight-file",    FlightFile,      STATE_LIMIT,     "a flight-file record",    state;
 }
+
+/// Kind bytes no kind of this torpor takes, kept for kinds another torpor
+/// numbers there: the registry skips them, and they are never reused.
+pub const RESERVED_KINDS: [u8; 2] = [26, 27];
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
 pub const STATE_LIMIT: u32 = 64 * 1024;
@@ -971,6 +979,16 @@ pub struct UnixRights {
     pub ofd: u64,
     pub message: u32,
     pub files: Vec<u64>,
+}
+
+/// A file description that no process holds, only a queued message of a
+/// UNIX socket (the sender closed its copy after sending it): `ofd` is
+/// its description, as `unix-rights` records name it, and `kind` what it is
+/// with its status flags, as an fd record would hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlightFile {
+    pub ofd: u64,
+    pub kind: FdKind,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -59,7 +59,11 @@ pub(super) fn mapping(m: &MapEntry) -> Option<Backing> {
 
 /// Where torpor can open each memfd of the tree: an fd of a process, or
 /// a mapping (`map_files`) when no fd refers to it.
-fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String> {
+fn sources(
+    procs: &[&ProcessState],
+    files: &[OpenFile],
+    flight: &[(u32, i32)],
+) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
     for p in procs {
         for f in &p.fds {
@@ -71,6 +75,17 @@ fn sources(procs: &[&ProcessState], files: &[OpenFile]) -> BTreeMap<u64, String>
                 out.entry(r.id)
                     .or_insert_with(|| format!("/proc/{}/fd/{}", p.task.pid, f.fd));
             }
+        }
+    }
+    // One only a queued message holds: torpor's copy.
+    for (file, fd) in flight {
+        if let Some(OpenFile {
+            kind: FileKind::MemfdFile(r),
+            ..
+        }) = files.get(*file as usize)
+        {
+            out.entry(r.id)
+                .or_insert_with(|| format!("/proc/self/fd/{fd}"));
         }
     }
     for p in procs {
@@ -90,8 +105,9 @@ pub(super) fn write<W: Write>(
     w: &mut ImageWriter<W>,
     procs: &[&ProcessState],
     files: &[OpenFile],
+    flight: &[(u32, i32)],
 ) -> Result<(), Cause> {
-    for (id, source) in sources(procs, files) {
+    for (id, source) in sources(procs, files, flight) {
         let refuse = |what: String| Cause::Unsupported(format!("memfd {source}: {what}"));
         let link = std::fs::read_link(&source).map_err(|e| refuse(e.to_string()))?;
         let link = link.to_string_lossy();

@@ -51,7 +51,7 @@ mod unlinked;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::engine::state::{FileKind, ImageState, OpenFile, ProcessState, UnlinkedRef};
+use crate::engine::state::{self, FileKind, ImageState, OpenFile, ProcessState, UnlinkedRef};
 use crate::engine::{procfs, Cause, Step};
 use crate::image::records::{
     FdKind, MemfdObject, ObjectData, ObjectRef, UnlinkedObject, OBJECT_CHUNK,
@@ -472,6 +472,19 @@ pub fn socket_options(pid: i32, fd: i32) -> Result<Vec<crate::image::records::Ra
     sockopt::collect(&f)
 }
 
+/// The path a description in flight is reopened by, whose identity the
+/// image records (`file-owner`).
+pub fn flight_path(kind: &FileKind) -> Option<&str> {
+    match kind {
+        FileKind::Path(state::PathFile { path, .. })
+        | FileKind::Device(state::DeviceFile { path, .. })
+        | FileKind::Pipe(state::PipeFile {
+            fifo: Some(path), ..
+        }) => Some(path),
+        _ => None,
+    }
+}
+
 /// Refuses sockets whose peer is outside the tree, once every fd of the
 /// tree is known.
 pub fn check_peers(files: &mut [OpenFile]) -> Result<(), crate::engine::EngineError> {
@@ -596,13 +609,16 @@ pub fn mapped_object(m: &crate::engine::procfs::MapEntry) -> Option<crate::engin
 
 /// Stores the memfds and SysV segments the processes hold or map, before
 /// any process: a restore creates them before forking.
+/// `flight`: (open file index, torpor's descriptor) of the descriptions
+/// only a queued message holds.
 pub fn write_objects<'a, W: std::io::Write>(
     w: &mut crate::image::ImageWriter<W>,
     procs: impl Iterator<Item = &'a ProcessState>,
     files: &[OpenFile],
+    flight: &[(u32, i32)],
 ) -> Result<(), Cause> {
     let procs: Vec<&ProcessState> = procs.collect();
-    memfd::write(w, &procs, files)?;
+    memfd::write(w, &procs, files, flight)?;
     sysv::write(w, &procs)?;
     write_unlinked(w, &procs, files)
 }

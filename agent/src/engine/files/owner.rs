@@ -500,13 +500,28 @@ impl Opening<'_> {
 }
 
 /// The process whose rights open each file description of the image (by
-/// index): the first that holds it.
+/// index): the first that holds it; for a description only a queued
+/// message holds, the holder of the socket whose queue passes it (of the
+/// socket a process holds, through sockets in flight).
 pub fn holders(st: &ImageState) -> Vec<Option<&ProcessState>> {
     let mut out = vec![None; st.files.len()];
     for p in &st.processes {
         for f in &p.fds {
             if let Some(slot @ None) = out.get_mut(f.file as usize) {
                 *slot = Some(p);
+            }
+        }
+    }
+    // One round per level of sockets in flight.
+    for _ in 0..=crate::engine::state::RIGHTS_DEPTH {
+        for r in &st.rights {
+            let Some(holder) = out.get(r.socket as usize).copied().flatten() else {
+                continue;
+            };
+            for &f in &r.files {
+                if let Some(slot @ None) = out.get_mut(f as usize) {
+                    *slot = Some(holder);
+                }
             }
         }
     }

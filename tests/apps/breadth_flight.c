@@ -1,0 +1,254 @@
+/*
+ * breadth_flight: file descriptors in flight in a UNIX socket (SCM_RIGHTS)
+ * that no process holds any more: the sender closed its copies after
+ * sending them.
+ *
+ * Before READY, fds 10/11 are a stream socketpair; 11 has sent 10:
+ *   "a"  passing the regular file "flight" (O_RDWR|O_APPEND, holding
+ *        "flight-file-data", offset 7), the read end of a pipe holding
+ *        "piped" whose write end is closed, and a memfd "flight" holding
+ *        "memfd-data" (offset 2)
+ *   "b"  passing an eventfd (count 42, EFD_NONBLOCK) and a UNIX stream
+ *        socket whose own queue holds "inner" passing the regular file
+ *        "inner" ("inner-file", offset 3), its peer closed
+ * and every one of those descriptors is closed in the app.
+ *
+ * After go: both messages come back in order with their bytes and
+ * descriptors; each descriptor reads as sent: the file's flags, offset and
+ * contents, the pipe's bytes then end of file, the memfd's offset and
+ * contents, the eventfd's count and flags, the socket's message with its
+ * file (offset, contents) then end of file; the fds of the app are exactly
+ * those above.
+ *
+ * Usage: breadth_flight [--selftest-fail=queue|nested|data]
+ */
+#include "common.h"
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+static void send_with(int sock, const char *bytes, const int *fds, int n)
+{
+    struct iovec iov = { (void *)bytes, strlen(bytes) };
+    union { struct cmsghdr h; char b[CMSG_SPACE(4 * sizeof(int))]; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+    m.msg_control = u.b;
+    m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(h), fds, n * sizeof(int));
+    if (sendmsg(sock, &m, 0) != (ssize_t)iov.iov_len)
+        setup_failed("sendmsg");
+}
+
+/* Receives one message: its bytes (NUL-ended) and up to 4 fds; returns the
+ * number of fds, or -1 when nothing was there (0 bytes: end of file). */
+static int recv_with(int sock, char *bytes, size_t cap, int *fds, ssize_t *len)
+{
+    struct iovec iov = { bytes, cap - 1 };
+    union { struct cmsghdr h; char b[CMSG_SPACE(4 * sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b, .msg_controllen = sizeof u.b };
+    ssize_t n = recvmsg(sock, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    *len = n;
+    if (n < 0)
+        return -1;
+    bytes[n] = '\0';
+    int count = 0;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < k && count < 4; i++)
+                memcpy(&fds[count++], CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+        }
+    }
+    return count;
+}
+
+/* One message: its bytes and as many fds as `n`, else a failure (0). */
+static int expect_msg(int sock, const char *what, const char *bytes, int *fds, int n)
+{
+    char got[64];
+    ssize_t len;
+    int k = recv_with(sock, got, sizeof got, fds, &len);
+    if (k < 0) {
+        fail("%s: expected \"%s\", got nothing (%s)", what, bytes, strerror(errno));
+        return 0;
+    }
+    if (strcmp(got, bytes) != 0)
+        fail("%s: expected \"%s\", got \"%s\"", what, bytes, got);
+    if (k != n) {
+        fail("%s: expected %d descriptors, got %d", what, n, k);
+        for (int i = 0; i < k; i++)
+            close(fds[i]);
+        return 0;
+    }
+    return 1;
+}
+
+static int make_file(const char *name, const char *text, off_t at, int flags)
+{
+    int f = open(name, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (f < 0)
+        setup_failed(name);
+    write_all(f, text, strlen(text));
+    close(f);
+    f = open(name, flags);
+    if (f < 0 || lseek(f, at, SEEK_SET) != at)
+        setup_failed(name);
+    return f;
+}
+
+/* The link of fd `fd` ends with `tail`. */
+static void link_ends(int fd, const char *what, const char *tail)
+{
+    char path[32], got[256] = "";
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, got, sizeof got - 1);
+    got[n > 0 ? n : 0] = '\0';
+    size_t g = strlen(got), t = strlen(tail);
+    if (g < t || strcmp(got + g - t, tail) != 0)
+        fail("%s: expected a link ending in %s, got %s", what, tail, got);
+}
+
+/* Reads `len` bytes at the offset of `fd` and compares them. */
+static void expect_read(int fd, const char *what, const char *want)
+{
+    char got[64] = "";
+    size_t len = strlen(want);
+    ssize_t n = read(fd, got, len);
+    if (n != (ssize_t)len || memcmp(got, want, len) != 0)
+        fail("%s: expected \"%s\", got %zd bytes \"%.*s\"", what, want, n, n > 0 ? (int)n : 0, got);
+}
+
+static void expect_offset(int fd, const char *what, off_t want)
+{
+    off_t at = lseek(fd, 0, SEEK_CUR);
+    if (at != want)
+        fail("%s offset: expected %lld, got %lld", what, (long long)want, (long long)at);
+}
+
+static void expect_flags(int fd, const char *what, int mask, int want)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (fl & mask) != want)
+        fail("%s flags: expected %#o, got %#o", what, want, fl < 0 ? -1 : fl & mask);
+}
+
+int main(int argc, char **argv)
+{
+    app_init("breadth_flight", argc, argv);
+    int sv[2], p[2], inner[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+        setup_failed("socketpair");
+    fd_at(sv[0], 10, "stream end");
+    fd_at(sv[1], 11, "stream end");
+
+    int file = make_file("flight", "flight-file-data", 7, O_RDWR | O_APPEND);
+    if (pipe(p) != 0)
+        setup_failed("pipe");
+    write_all(p[1], "piped", 5);
+    close(p[1]);
+    int mfd = (int)syscall(SYS_memfd_create, "flight", 0);
+    if (mfd < 0)
+        setup_failed("memfd");
+    write_all(mfd, "memfd-data", 10);
+    if (lseek(mfd, 2, SEEK_SET) != 2)
+        setup_failed("lseek");
+    int efd = eventfd(42, EFD_NONBLOCK);
+    if (efd < 0)
+        setup_failed("eventfd");
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, inner) != 0)
+        setup_failed("inner socketpair");
+    int ifile = make_file("inner", "inner-file", 3, O_RDONLY);
+    send_with(inner[1], "inner", &ifile, 1);
+    close(ifile);
+    close(inner[1]);
+
+    int a[3] = { file, p[0], mfd }, b[2] = { efd, inner[0] };
+    send_with(11, "a", a, 3);
+    send_with(11, "b", b, 2);
+    for (int i = 0; i < 3; i++)
+        close(a[i]);
+    for (int i = 0; i < 2; i++)
+        close(b[i]);
+
+    ready();
+    wait_go();
+    if (perturb("queue")) {
+        int fds[4];
+        ssize_t len;
+        char got[64];
+        int k = recv_with(10, got, sizeof got, fds, &len);
+        for (int i = 0; i < k; i++)
+            close(fds[i]);
+    }
+    int nested = perturb("nested");
+    if (perturb("data")) {
+        int f = open("flight", O_WRONLY);
+        if (f >= 0) {
+            write_all(f, "FLIGHT", 6);
+            close(f);
+        }
+    }
+
+    int fds[4];
+    if (expect_msg(10, "message a", "a", fds, 3)) {
+        link_ends(fds[0], "the file", "/flight");
+        expect_flags(fds[0], "the file", O_ACCMODE | O_APPEND, O_RDWR | O_APPEND);
+        expect_offset(fds[0], "the file", 7);
+        char got[32] = "";
+        if (pread(fds[0], got, 16, 0) != 16 || memcmp(got, "flight-file-data", 16) != 0)
+            fail("the file: expected \"flight-file-data\", got \"%s\"", got);
+
+        expect_flags(fds[1], "the pipe", O_ACCMODE, O_RDONLY);
+        expect_flags(fds[1], "the pipe", O_NONBLOCK, 0);
+        expect_read(fds[1], "the pipe", "piped");
+        char c;
+        ssize_t n = read(fds[1], &c, 1);
+        if (n != 0)
+            fail("the pipe: expected end of file after its bytes, got %zd", n);
+
+        link_ends(fds[2], "the memfd", "/memfd:flight (deleted)");
+        expect_offset(fds[2], "the memfd", 2);
+        expect_read(fds[2], "the memfd", "mfd-");
+        for (int i = 0; i < 3; i++)
+            close(fds[i]);
+    }
+    if (expect_msg(10, "message b", "b", fds, 2)) {
+        link_ends(fds[0], "the eventfd", "anon_inode:[eventfd]");
+        expect_flags(fds[0], "the eventfd", O_NONBLOCK, O_NONBLOCK);
+        uint64_t count = 0;
+        if (read(fds[0], &count, 8) != 8 || count != 42)
+            fail("the eventfd: expected count 42, got %llu", (unsigned long long)count);
+
+        int in = fds[1];
+        if (nested) {
+            int f[4];
+            ssize_t len;
+            char got[64];
+            int k = recv_with(in, got, sizeof got, f, &len);
+            for (int i = 0; i < k; i++)
+                close(f[i]);
+        }
+        int g[4];
+        if (expect_msg(in, "the socket in flight", "inner", g, 1)) {
+            link_ends(g[0], "the socket's file", "/inner");
+            expect_flags(g[0], "the socket's file", O_ACCMODE, O_RDONLY);
+            expect_offset(g[0], "the socket's file", 3);
+            expect_read(g[0], "the socket's file", "er-f");
+            close(g[0]);
+        }
+        char got[8];
+        ssize_t len;
+        int k = recv_with(in, got, sizeof got, g, &len);
+        if (k != 0 || len != 0)
+            fail("the socket in flight: expected end of file, got %zd bytes and %d descriptors", len, k);
+        close(fds[0]);
+        close(fds[1]);
+    }
+    return finish();
+}
