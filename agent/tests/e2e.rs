@@ -286,6 +286,10 @@ app_tests!(breadth_flight, "breadth_flight",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["queue", "nested", "data"]);
 
+app_tests!(breadth_backlog, "breadth_backlog",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["order", "child"]);
+
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);
@@ -565,9 +569,32 @@ mod breadth_refuse {
         );
     }
 
+    /// A waiting connection whose client sent bytes: they wait in the
+    /// unaccepted socket, which only an accept could read.
     #[test]
-    fn unaccepted_connection_is_refused() {
-        refused("--kind=backlog", "waiting to be accepted");
+    fn unaccepted_connection_with_bytes_is_refused() {
+        let reason = must(harness::refused_dump_run(
+            "breadth_refuse",
+            &["--kind=backlog"],
+        ));
+        let head = ": a UNIX socket: listener @torpor-refuse-";
+        let waits = " has a connection waiting to be accepted whose client socket:[";
+        let sent = "] has sent data (its send buffer holds ";
+        let tail = " bytes with the kernel's overhead), which torpor cannot read without accepting the connection";
+        let at = |s: &str| reason.find(s);
+        assert!(
+            reason.contains("fd 7 of process")
+                && at(head) < at(waits)
+                && at(waits) < at(sent)
+                && at(sent) < at(tail)
+                && at(head).is_some(),
+            "expected a refusal naming fd 7, its listener and what the client sent, got: {reason}"
+        );
+        let bytes: &str = &reason[at(sent).unwrap_or(0) + sent.len()..at(tail).unwrap_or(0)];
+        assert!(
+            bytes.parse::<u32>().is_ok_and(|n| n >= 1),
+            "expected the bytes the client's send buffer holds, got {bytes:?} in: {reason}"
+        );
     }
 }
 

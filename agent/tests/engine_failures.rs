@@ -429,6 +429,80 @@ fn sockets_in_flight_three_deep_are_kept() {
     assert_eq!(rights, 4, "{text}");
 }
 
+const WAITING_OUTSIDE: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+/* A listener at fd 7 on @torpor-outside-PID whose one waiting connection
+ * comes from a process outside the tree (an orphan, reparented away), which
+ * writes its socket's inode to argv[1] and ends with the program. */
+int main(int argc, char **argv) {
+    pid_t me = getpid();
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "torpor-outside-%d", (int)me);
+    socklen_t len = (socklen_t)(sizeof(sa_family_t) + 1 + strlen(a.sun_path + 1));
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (argc < 2 || l < 0 || bind(l, (struct sockaddr *)&a, len) != 0 || listen(l, 4) != 0 ||
+        dup2(l, 7) != 7)
+        return 2;
+    close(l);
+    int done[2];
+    if (pipe(done) != 0)
+        return 2;
+    if (fork() == 0) {
+        close(7);
+        if (fork() != 0)
+            _exit(0);
+        int c = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct stat st;
+        if (c < 0 || connect(c, (struct sockaddr *)&a, len) != 0 || fstat(c, &st) != 0)
+            _exit(2);
+        FILE *out = fopen(argv[1], "w");
+        fprintf(out, "%lu\n", (unsigned long)st.st_ino);
+        fclose(out);
+        close(done[1]);
+        while (kill(me, 0) == 0)
+            usleep(50000);
+        _exit(0);
+    }
+    close(done[1]);
+    char b;
+    if (read(done[0], &b, 1) != 0)
+        return 3;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A connection waiting on a listener of the tree from a client outside
+/// it: the listener is refused, naming it and the client, and the program
+/// counts on untouched.
+#[test]
+fn a_connection_waiting_from_outside_the_tree_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-waiting-outside");
+    let bin = compile(&dir, "outside", WAITING_OUTSIDE, &[]);
+    let inode = dir.join("inode");
+    let path = inode.to_str().expect("utf8");
+    refused_dump(&dir, &bin, &[path], "outside", |pid, _| {
+        let ino = std::fs::read_to_string(&inode).expect("inode");
+        format!(
+            "torpor: error: files {pid}: fd 7 of process {pid} is UNIX listener @torpor-outside-{pid} with a connection waiting to be accepted from socket:[{}], which is outside the dumped tree",
+            ino.trim()
+        )
+    });
+}
+
 const PIDFD_OF: &str = r#"
 #define _GNU_SOURCE
 #include <stdio.h>

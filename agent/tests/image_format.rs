@@ -985,8 +985,17 @@ fn flight_file() -> FlightFile {
     }
 }
 
-/// Format 2.6: the records of 2.5, then a `flight-file` record (the kind
-/// 2.6 adds).
+/// The waiting connections 2.6 adds: two on the listener at description
+/// 14, from the clients at descriptions 31 and 15, in that order.
+fn unix_waiting() -> UnixWaiting {
+    UnixWaiting {
+        ofd: 14,
+        clients: vec![31, 15],
+    }
+}
+
+/// Format 2.6: the records of 2.5, then a `flight-file` and a
+/// `unix-waiting` record (the kinds 2.6 adds).
 fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     let (img25, expect25) = format_2_5();
     let mut f = Fixture::new(&fixed_header(V2_6));
@@ -1004,6 +1013,7 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     }
     assert_eq!(f.expect.len(), expect25.len(), "every 2.5 record copied");
     f.put(flight_file());
+    f.put(unix_waiting());
     f.finish()
 }
 
@@ -1328,7 +1338,7 @@ fn format_2_6_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.6 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 50);
+    assert_eq!(s.records, 51);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1356,6 +1366,27 @@ fn format_2_6_flight_file_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the flight-file record's bytes"
+    );
+}
+
+/// The waiting connections 2.6 adds, and the bytes of their record.
+#[test]
+fn format_2_6_unix_waiting_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut waiting = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::UnixWaiting {
+            waiting.push(rec.decode::<UnixWaiting>().expect("unix-waiting"));
+        }
+    }
+    assert_eq!(waiting, [unix_waiting()]);
+    assert_eq!(waiting[0].clients, [31, 15]);
+    // The kind byte 29, then ofd 14, two clients: 31 and 15.
+    let payload = [29u8, 14, 2, 31, 15];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-waiting record's bytes"
     );
 }
 

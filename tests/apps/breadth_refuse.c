@@ -7,12 +7,13 @@
  *   perf     a perf_event counter (software task clock) on ourselves
  *   scm      a UNIX socketpair end (fd 7, peer fd 8) with a pidfd of the
  *            app in flight (SCM_RIGHTS), which the app no longer holds
- *   backlog  a UNIX listener with a connection not yet accepted (client fd 8)
+ *   backlog  a UNIX listener with a connection not yet accepted whose client
+ *            (fd 8) has sent a byte on it
  *
  * After go: fd 7 is the same object (same inode) and still works: the packet
  * socket reports its type, the counter counts, the descriptor in flight
- * arrives and names the app, the waiting connection is accepted and carries a
- * byte; a memory pattern is intact.
+ * arrives and names the app, the waiting connection is accepted and carries
+ * the byte sent before and one more; a memory pattern is intact.
  *
  * Usage: breadth_refuse [--kind=packet|perf|scm|backlog] [--selftest-fail=fd|memory]
  */
@@ -100,6 +101,8 @@ static void setup(void)
         if (c < 0 || connect(c, (struct sockaddr *)&a, len) != 0)
             setup_failed("connect");
         fd_at(c, 8, "client");
+        if (write(8, "e", 1) != 1)
+            setup_failed("early byte");
     } else {
         say("FAIL breadth_refuse: unknown kind '%s'\n", kind);
         _exit(2);
@@ -151,9 +154,10 @@ static void check_works(void)
         }
     } else {
         int s = accept(BAD_FD, NULL, NULL);
-        char c = 0;
-        if (s < 0 || write(8, "b", 1) != 1 || read(s, &c, 1) != 1 || c != 'b')
-            fail("backlog: the waiting connection was not accepted and carried nothing");
+        char c[2] = "";
+        if (s < 0 || write(8, "b", 1) != 1 || recv(s, c, 2, MSG_WAITALL) != 2 || c[0] != 'e' ||
+            c[1] != 'b')
+            fail("backlog: the waiting connection was not accepted or did not carry \"eb\"");
         if (s >= 0)
             close(s);
     }

@@ -876,6 +876,9 @@ pub struct FileTable {
     /// The descriptions only a queued message holds: (open file index,
     /// torpor's copy), kept open until the image is written.
     pub flight: Vec<(u32, OwnedFd)>,
+    /// UNIX listeners with connections waiting to be accepted: (open file
+    /// index, pid, fd, the inodes of the clients in `accept` order).
+    waiting: Vec<(u32, i32, i32, Vec<u64>)>,
     /// Socket options beyond an fd record's, by open file index.
     pub sock_opts: BTreeMap<u32, Vec<crate::image::records::RawSockOpt>>,
 }
@@ -1036,6 +1039,10 @@ impl FileTable {
                             self.sock_opts.insert(socket, opts);
                         }
                     }
+                    let clients = self.inflight.take_waiting();
+                    if !clients.is_empty() {
+                        self.waiting.push((socket, pid, fd, clients));
+                    }
                     for (message, fds) in self.inflight.take() {
                         self.passing.push(Passing {
                             socket,
@@ -1137,6 +1144,47 @@ impl FileTable {
         Ok(out)
     }
 
+    /// The connections waiting on the trees' UNIX listeners, once every fd
+    /// of the trees is known: each client must be a socket of the trees
+    /// (or the listener is refused, naming it), which a restore connects
+    /// again, in order, once the listener listens. The client's connection
+    /// to the unaccepted socket is not a pair of the tree: its `peer` is
+    /// cleared.
+    pub fn waiting(&mut self) -> Result<Vec<crate::image::records::UnixWaiting>, EngineError> {
+        let mut out = Vec::new();
+        for (listener, pid, fd, inodes) in std::mem::take(&mut self.waiting) {
+            let step = Step::Files(pid);
+            let mut clients = Vec::new();
+            for ino in inodes {
+                let found = self.files.iter().position(
+                    |f| matches!(&f.kind, FileKind::Unix(u) if u.inode == ino && !u.listening),
+                );
+                let Some(i) = found else {
+                    let name = match &self.files[listener as usize].kind {
+                        FileKind::Unix(u) => crate::engine::files::unix_name(u.name.as_bytes()),
+                        _ => String::new(),
+                    };
+                    return Err(EngineError::new(
+                        step,
+                        Cause::Unsupported(format!(
+                            "fd {fd} of process {pid} is UNIX listener {name} with a connection waiting to be accepted from socket:[{ino}], which is outside the dumped tree"
+                        )),
+                    ));
+                };
+                if let FileKind::Unix(u) = &mut self.files[i].kind {
+                    u.peer = 0;
+                }
+                let i: u32 = conv::fit(i, "u32", "open file index").step(step)?;
+                clients.push(u64::from(i));
+            }
+            out.push(crate::image::records::UnixWaiting {
+                ofd: u64::from(listener),
+                clients,
+            });
+        }
+        Ok(out)
+    }
+
     /// Collects the description torpor's copy `fd` (with /proc link `link`)
     /// is, which only message `message` of a socket `depth` deep in flight
     /// (`who`, first seen in process `pid`) holds: its index in the table. The error says why it is not
@@ -1159,6 +1207,12 @@ impl FileTable {
             format!("which no process of the tree holds and torpor cannot keep: {e}")
         })?;
         let nested = self.inflight.take();
+        if !self.inflight.take_waiting().is_empty() {
+            return Err(
+                "a UNIX listener with connections waiting to be accepted, which torpor does not keep in flight"
+                    .into(),
+            );
+        }
         if !crate::engine::image_io::kept_in_flight(&kind) {
             return Err(format!(
                 "{}, which no process of the tree holds; torpor keeps such a file in flight only when the tree holds it too",

@@ -326,6 +326,7 @@ pub fn dump_trees<W: ImageSink>(
     }
     // The descriptions in flight first: the checks below see them too.
     let rights = table.rights().map_err(whole)?;
+    let waiting = table.waiting().map_err(whole)?;
     table.mark_external_pipes().map_err(whole)?;
     crate::engine::files::check_peers(&mut table.files).map_err(whole)?;
     crate::engine::files::link_ptys(&mut table.files);
@@ -457,6 +458,9 @@ pub fn dump_trees<W: ImageSink>(
         .map_err(whole)?;
     }
     for r in &rights {
+        w.write(r).step(wstep).map_err(whole)?;
+    }
+    for r in &waiting {
         w.write(r).step(wstep).map_err(whole)?;
     }
     for (&file, opts) in &table.sock_opts {

@@ -337,6 +337,63 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                     files,
                 });
             }
+            Kind::UnixWaiting => {
+                let r: crate::image::records::UnixWaiting = rec.decode()?;
+                let unix = |ofd: u64| {
+                    ofds.get(&ofd)
+                        .copied()
+                        .and_then(|i| match &st.files.get(i as usize)?.kind {
+                            FileKind::Unix(u) => Some((i, u)),
+                            _ => None,
+                        })
+                };
+                let listener = unix(r.ofd)
+                    .filter(|(_, u)| u.listening && !u.bind_path.as_bytes().is_empty())
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "a unix-waiting record names description {}, which is no bound UNIX listener before it",
+                            r.ofd
+                        ))
+                    })?;
+                if r.clients.is_empty() || r.clients.len() > crate::engine::files::WAITING_LIMIT {
+                    return Err(malformed(format!(
+                        "a unix-waiting record names {} clients (1 to {} are possible)",
+                        r.clients.len(),
+                        crate::engine::files::WAITING_LIMIT
+                    )));
+                }
+                if st.waiting.iter().any(|w| w.listener == listener) {
+                    return Err(malformed(format!(
+                        "two unix-waiting records for description {}",
+                        r.ofd
+                    )));
+                }
+                let mut clients = Vec::new();
+                for &c in &r.clients {
+                    let i = unix(c)
+                        .filter(|(_, u)| {
+                            !u.listening
+                                && u.peer == 0
+                                && u.queue.is_empty()
+                                && u.sock_type != libc::SOCK_DGRAM
+                        })
+                        .map(|(i, _)| i)
+                        .ok_or_else(|| {
+                            malformed(format!(
+                                "a unix-waiting record names client {c}, which is no unpaired UNIX stream or seqpacket socket with an empty queue before it"
+                            ))
+                        })?;
+                    if clients.contains(&i) || st.waiting.iter().any(|w| w.clients.contains(&i)) {
+                        return Err(malformed(format!(
+                            "a unix-waiting record names client {c} twice"
+                        )));
+                    }
+                    clients.push(i);
+                }
+                st.waiting
+                    .push(crate::engine::state::Waiting { listener, clients });
+            }
             Kind::SockExtra => {
                 let r: crate::image::records::SockExtra = rec.decode()?;
                 let i = ofds
@@ -904,6 +961,93 @@ mod tests {
             .to_string();
         assert!(
             e.contains("fd 6 names description 9, which is in flight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn waiting_connections_name_a_listener_and_its_unpaired_clients() {
+        use crate::image::records::{FdKind, RawPath, Task, UnixSocket, UnixWaiting};
+        let task = |w: &mut ImageWriter<Vec<u8>>| {
+            w.write(&Task {
+                pid: 40,
+                ..Default::default()
+            })
+        };
+        let sock = |fd: i32, ofd: u64, state: UnixSocket| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&RFd {
+                    fd,
+                    fd_flags: 0,
+                    ofd,
+                    kind: FdKind::Unix {
+                        flags: 2,
+                        state: state.clone(),
+                    },
+                })
+            }
+        };
+        let listener = sock(
+            5,
+            3,
+            UnixSocket {
+                sock_type: libc::SOCK_STREAM,
+                listening: true,
+                name: RawPath(b"\0l".to_vec()),
+                bind_path: RawPath(b"\0l".to_vec()),
+                ..Default::default()
+            },
+        );
+        let client = |fd: i32, ofd: u64| {
+            sock(
+                fd,
+                ofd,
+                UnixSocket {
+                    sock_type: libc::SOCK_STREAM,
+                    connected: true,
+                    peer_name: RawPath(b"\0l".to_vec()),
+                    ..Default::default()
+                },
+            )
+        };
+        let (a, b) = (client(6, 4), client(7, 5));
+        let waiting = |ofd: u64, clients: Vec<u64>| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&UnixWaiting {
+                    ofd,
+                    clients: clients.clone(),
+                })
+            }
+        };
+        let st = read_state(&image(&[&task, &listener, &a, &b, &waiting(3, vec![5, 4])])[..])
+            .expect("two waiting connections");
+        assert_eq!(
+            st.waiting,
+            [crate::engine::state::Waiting {
+                listener: 0,
+                clients: vec![2, 1],
+            }]
+        );
+        let refused = |r: Put<'_>| {
+            read_state(&image(&[&task, &listener, &a, &b, r])[..])
+                .expect_err("a bad unix-waiting record")
+                .to_string()
+        };
+        let e = refused(&waiting(4, vec![5]));
+        assert!(
+            e.contains("names description 4, which is no bound UNIX listener before it"),
+            "{e}"
+        );
+        let e = refused(&waiting(3, vec![3]));
+        assert!(
+            e.contains("names client 3, which is no unpaired UNIX stream or seqpacket socket with an empty queue before it"),
+            "{e}"
+        );
+        let e = refused(&waiting(3, vec![4, 4]));
+        assert!(e.contains("names client 4 twice"), "{e}");
+        let e = refused(&waiting(3, Vec::new()));
+        assert!(
+            e.contains("names 0 clients (1 to 1024 are possible)"),
             "{e}"
         );
     }

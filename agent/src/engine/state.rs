@@ -48,6 +48,18 @@ pub struct ImageState {
     /// Socket options beyond an fd record's, by index into `files`
     /// (`sock-opts` records; none in images older than format 2.5).
     pub sock_opts: std::collections::BTreeMap<u32, Vec<records::RawSockOpt>>,
+    /// The connections waiting on the tree's UNIX listeners (`unix-waiting`
+    /// records; none in images older than format 2.6).
+    pub waiting: Vec<Waiting>,
+}
+
+/// The clients of the connections waiting to be accepted by UNIX listener
+/// `listener`, in the order `accept` takes them: indices into
+/// [`ImageState::files`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waiting {
+    pub listener: u32,
+    pub clients: Vec<u32>,
 }
 
 /// The most descriptors one message passes (the kernel's `SCM_MAX_FD`).

@@ -183,6 +183,14 @@ pub fn split(st: &ImageState) -> Result<Vec<ImageState>, String> {
             }
         }
     }
+    // A waiting connection's client goes with its listener.
+    for w in &st.waiting {
+        if let Some(&part) = c.owner.get(&Shared::File(w.listener)) {
+            for &f in &w.clients {
+                c.claim(Shared::File(f), part)?;
+            }
+        }
+    }
     Ok((0..st.trees.len())
         .map(|part| part_of(st, &tree, &c, part))
         .collect())
@@ -315,6 +323,15 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
                 socket: renumber(&files, r.socket),
                 message: r.message,
                 files: r.files.iter().map(|&f| renumber(&files, f)).collect(),
+            })
+            .collect(),
+        waiting: st
+            .waiting
+            .iter()
+            .filter(|w| c.holds(&Shared::File(w.listener), part))
+            .map(|w| crate::engine::state::Waiting {
+                listener: renumber(&files, w.listener),
+                clients: w.clients.iter().map(|&f| renumber(&files, f)).collect(),
             })
             .collect(),
         sock_opts: st

@@ -199,6 +199,9 @@ registry! {
     /// A file description only a queued message of a UNIX socket holds
     /// (in flight, its sender's copy closed), after every process.
     FlightFile      = 28,  "flight-file",    FlightFile,      STATE_LIMIT,     "a flight-file record",    state;
+    /// The connections waiting to be accepted by a UNIX listener, by their
+    /// clients, after every process.
+    UnixWaiting     = 29,  "unix-waiting",   UnixWaiting,     STATE_LIMIT,     "a unix-waiting record",   state;
 }
 
 /// Kind bytes no kind of this torpor takes, kept for kinds another torpor
@@ -989,6 +992,15 @@ pub struct UnixRights {
 pub struct FlightFile {
     pub ofd: u64,
     pub kind: FdKind,
+}
+
+/// The connections waiting to be accepted by the UNIX listener held by the
+/// open file description `ofd`: `clients` are the descriptions of their
+/// clients, each a socket the tree holds, in the order `accept` takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixWaiting {
+    pub ofd: u64,
+    pub clients: Vec<u64>,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

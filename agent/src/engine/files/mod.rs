@@ -85,7 +85,7 @@ pub fn check_pty_holders(
     })
 }
 pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
-pub use unix::{InFlight, Pending};
+pub use unix::{shown as unix_name, InFlight, Pending, WAITING_LIMIT};
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
 /// The life of one kind of anonymous-inode file, from dump to restore. Each
@@ -234,6 +234,8 @@ pub struct OpenCx<'a> {
     pub file: u32,
     /// The descriptors in flight in the tree's UNIX sockets.
     pub rights: &'a [crate::engine::state::Rights],
+    /// The connections waiting on the tree's UNIX listeners.
+    pub waiting: &'a [crate::engine::state::Waiting],
     /// A socket's options beyond its record's, set before it is bound.
     pub sock_opts: &'a [crate::image::records::RawSockOpt],
 }

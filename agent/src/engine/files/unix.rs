@@ -26,8 +26,10 @@ const MESSAGE_LIMIT: usize = 4096;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_PEER: u32 = 4;
+const UDIAG_SHOW_ICONS: u32 = 8;
 const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 const TCP_LISTEN: u8 = 10;
@@ -37,10 +39,14 @@ const TCP_LISTEN: u8 = 10;
 struct Diag {
     state: u8,
     peer: u64,
-    /// Listener: connections waiting to be accepted, and the backlog limit.
+    /// Listener: connections waiting to be accepted, and the backlog limit;
+    /// another socket: the bytes in its receive queue and its send buffer.
     waiting: u32,
     backlog: u32,
     shutdown: u8,
+    /// Listener: the inode of the client of each connection waiting to be
+    /// accepted, in the order `accept` takes them (0: a client closed).
+    icons: Vec<u64>,
 }
 
 fn diag(inode: u64) -> Result<Diag, String> {
@@ -70,7 +76,7 @@ fn diag(inode: u64) -> Result<Diag, String> {
     req.extend_from_slice(&[u8::try_from(libc::AF_UNIX).unwrap_or(1), 0, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     // SAFETY: sending our buffer to the kernel.
@@ -117,6 +123,13 @@ fn diag(inode: u64) -> Result<Diag, String> {
                 d.backlog = u32_at(msg, o + 8).ok_or(SHORT_ATTR)?;
             }
             UNIX_DIAG_SHUTDOWN => d.shutdown = *msg.get(o + 4).ok_or(SHORT_ATTR)?,
+            UNIX_DIAG_ICONS => {
+                let mut at = o + 4;
+                while at + 4 <= o + len {
+                    d.icons.push(u64::from(u32_at(msg, at).ok_or(SHORT_ATTR)?));
+                    at += 4;
+                }
+            }
             _ => {}
         }
         o += (len + 3) & !3;
@@ -245,6 +258,14 @@ pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, 
     result.map(|()| out)
 }
 
+/// A socket name as messages show it: an abstract name as `@name`.
+pub fn shown(name: &[u8]) -> String {
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(name).into_owned(),
+    }
+}
+
 /// The socket's name, or its peer's; `None` when it has no peer.
 fn name_of(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
     Ok(sock_name(f, peer)?.map(|raw| un_name(&raw)))
@@ -254,18 +275,71 @@ fn name_of(f: &OwnedFd, peer: bool) -> Result<Option<Vec<u8>>, std::io::Error> {
 pub type Passed = Vec<(u32, Vec<OwnedFd>)>;
 
 /// The descriptors in flight in the queue of the socket collected last,
+/// and the clients of the connections waiting on it when it is a listener,
 /// until the file table knows which description that socket is.
 #[derive(Debug, Default)]
-pub struct InFlight(std::cell::RefCell<Passed>);
+pub struct InFlight(std::cell::RefCell<Passed>, std::cell::RefCell<Vec<u64>>);
 
 impl InFlight {
     /// (message index, descriptors) of the socket collected last.
     pub fn take(&self) -> Passed {
         std::mem::take(&mut *self.0.borrow_mut())
     }
+
+    /// The inodes of the clients waiting to be accepted by the listener
+    /// collected last, in the order `accept` takes them.
+    pub fn take_waiting(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.1.borrow_mut())
+    }
 }
 
-pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<(UnixSocket, Passed), String> {
+/// The most connections waiting on one listener an image keeps.
+pub const WAITING_LIMIT: usize = 1024;
+
+/// A listener's waiting connections: the inode of each client, in the
+/// order `accept` takes them. One whose client has sent bytes (queued in
+/// the connection's unaccepted socket, which only an `accept` can read) or
+/// closed is refused.
+fn waiting_clients(name: &[u8], d: &Diag) -> Result<Vec<u64>, String> {
+    let name = shown(name);
+    if d.icons.len() != d.waiting as usize {
+        return Err(format!(
+            "listener {name} has {} connection(s) waiting to be accepted, of which sock_diag lists {}",
+            d.waiting,
+            d.icons.len()
+        ));
+    }
+    if d.icons.len() > WAITING_LIMIT {
+        return Err(format!(
+            "listener {name} has {} connections waiting to be accepted (torpor keeps up to {WAITING_LIMIT})",
+            d.icons.len()
+        ));
+    }
+    for &client in &d.icons {
+        if client == 0 {
+            return Err(format!(
+                "listener {name} has a connection waiting to be accepted whose client has closed it, which torpor cannot keep"
+            ));
+        }
+        // What the client sent waits in the unaccepted socket, which
+        // sock_diag does not show: the client's send buffer holds it (its
+        // bytes with the kernel's overhead).
+        let c = diag(client)?;
+        if c.backlog > 0 {
+            return Err(format!(
+                "listener {name} has a connection waiting to be accepted whose client socket:[{client}] has sent data (its send buffer holds {} bytes with the kernel's overhead), which torpor cannot read without accepting the connection",
+                c.backlog
+            ));
+        }
+    }
+    Ok(d.icons.clone())
+}
+
+pub(super) fn collect(
+    pid: i32,
+    fd: i32,
+    inode: u64,
+) -> Result<(UnixSocket, Passed, Vec<u64>), String> {
     let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
     let io = |e: std::io::Error| e.to_string();
     let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
@@ -294,13 +368,11 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<(UnixSocket, Pass
     } else {
         peek_queue(&f, sock_type == libc::SOCK_STREAM, d.shutdown & 1 != 0)?
     };
-    if listening && d.waiting > 0 {
-        return Err(format!(
-            "listener {} has {} connection(s) waiting to be accepted, which torpor cannot keep",
-            String::from_utf8_lossy(&name),
-            d.waiting
-        ));
-    }
+    let waiting = if listening && d.waiting > 0 {
+        waiting_clients(&name, &d)?
+    } else {
+        Vec::new()
+    };
     let socket = UnixSocket {
         sock_type,
         inode,
@@ -315,7 +387,7 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<(UnixSocket, Pass
         queue: queue.messages,
         opts: collect_opts(&f, false).map_err(io)?,
     };
-    Ok((socket, queue.rights))
+    Ok((socket, queue.rights, waiting))
 }
 
 /// One end of a pair created for the first of two peers, kept until the
@@ -329,6 +401,9 @@ pub(super) fn collect(pid: i32, fd: i32, inode: u64) -> Result<(UnixSocket, Pass
 pub struct Pending {
     ends: BTreeMap<u64, (OwnedFd, OwnedFd, u8, bool)>,
     later: Vec<Later>,
+    /// The clients of connections waiting on a listener, by open file
+    /// index, not connected yet.
+    clients: BTreeMap<u32, OwnedFd>,
 }
 
 /// What waits until every description of the tree is open.
@@ -349,6 +424,45 @@ enum Later {
 }
 
 impl Pending {
+    /// Connects the clients of the connections waiting on each listener,
+    /// once every description is open (every listener listens): in the
+    /// order `accept` took them, each to its listener's name, where they
+    /// wait again.
+    pub fn connect_waiting(
+        &mut self,
+        waiting: &[crate::engine::state::Waiting],
+        files: &[crate::engine::state::OpenFile],
+    ) -> Result<(), std::io::Error> {
+        for w in waiting {
+            let Some(crate::engine::state::FileKind::Unix(l)) =
+                files.get(w.listener as usize).map(|f| &f.kind)
+            else {
+                return Err(std::io::Error::other(format!(
+                    "file {} is no UNIX listener",
+                    w.listener
+                )));
+            };
+            let (a, len) = sockaddr_un(l.bind_path.as_bytes())?;
+            for c in &w.clients {
+                let fd = self.clients.remove(c).ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "the client (file {c}) of a connection waiting on {} was not opened",
+                        l.bind_path
+                    ))
+                })?;
+                // SAFETY: connect reads `len` bytes of `a`.
+                if unsafe { libc::connect(fd.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
+                    let e = last_os();
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("connecting a waiting client again to {}: {e}", l.bind_path),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the queues that pass descriptors, then the shutdowns that
     /// waited for them; `fds[i]` is torpor's descriptor of restored file i.
     pub fn pass(&mut self, fds: &[i32]) -> Result<(), std::io::Error> {
@@ -515,12 +629,15 @@ fn bind(fd: i32, s: &UnixSocket) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// `waits`: the open file index of a client of a connection waiting on a
+/// listener, which [`Pending::connect_waiting`] connects later.
 pub(super) fn open(
     s: &UnixSocket,
     nonblock: bool,
     pending: &mut Pending,
     rights: BTreeMap<u32, Vec<u32>>,
     extra: &[crate::image::records::RawSockOpt],
+    waits: Option<u32>,
 ) -> Result<i32, std::io::Error> {
     let passes = !rights.is_empty();
     let mut rights = Some(rights);
@@ -606,6 +723,8 @@ pub(super) fn open(
             if unsafe { libc::listen(f.as_raw_fd(), backlog) } < 0 {
                 return Err(last_os());
             }
+        } else if let Some(file) = waits {
+            pending.clients.insert(file, dup(&f)?);
         } else if !s.peer_name.as_bytes().is_empty() {
             let (a, len) = sockaddr_un(s.peer_name.as_bytes())?;
             // SAFETY: connect reads `len` bytes of `a`.
@@ -677,8 +796,16 @@ impl super::AnonKind for UnixSocket {
 
     fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
         let inode = p.socket.map_or(0, |(inode, _)| inode);
-        let (socket, rights) = collect(p.pid, p.fd, inode)
+        let (socket, rights, waiting) = collect(p.pid, p.fd, inode)
             .map_err(|e| p.unsupported(format!("a UNIX socket: {e}")))?;
+        if !waiting.is_empty() {
+            let Some(inflight) = p.inflight else {
+                return Err(p.unsupported(format!(
+                    "a UNIX socket: listener socket:[{inode}] has connections waiting to be accepted, which torpor keeps only in a dump of its tree"
+                )));
+            };
+            *inflight.1.borrow_mut() = waiting;
+        }
         if !rights.is_empty() {
             let Some(inflight) = p.inflight else {
                 return Err(p.unsupported(format!(
@@ -698,6 +825,18 @@ impl super::AnonKind for UnixSocket {
             .filter(|r| r.socket == cx.file)
             .map(|r| (r.message, r.files.clone()))
             .collect();
-        Ok(open(self, nonblock, cx.pending, rights, cx.sock_opts)?)
+        let waits = cx
+            .waiting
+            .iter()
+            .any(|w| w.clients.contains(&cx.file))
+            .then_some(cx.file);
+        Ok(open(
+            self,
+            nonblock,
+            cx.pending,
+            rights,
+            cx.sock_opts,
+            waits,
+        )?)
     }
 }

@@ -135,6 +135,7 @@ pub(super) fn open_objects(
             tcp: &mut tcp,
             file,
             rights: &st.rights,
+            waiting: &st.waiting,
             sock_opts: st.sock_opts.get(&file).map_or(&[][..], Vec::as_slice),
         };
         let fd = f.kind.open(&mut cx).step(step)?;
@@ -145,7 +146,9 @@ pub(super) fn open_objects(
         let fd = move_high(fd, high).step(step)?;
         objs.fds.push(fd);
     }
-    // Every description is open: the queues that pass some are filled.
+    // Every description is open: the clients waiting on a listener
+    // connect again, and the queues that pass descriptions are filled.
+    pending.connect_waiting(&st.waiting, &st.files).step(step)?;
     pending.pass(&objs.fds).step(step)?;
     // The spare pipe ends close with `pipes`: the descriptions hold dups.
     drop(pipes);
