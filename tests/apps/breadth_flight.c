@@ -8,24 +8,30 @@
  *        "flight-file-data", offset 7), the read end of a pipe holding
  *        "piped" whose write end is closed, and a memfd "flight" holding
  *        "memfd-data" (offset 2)
- *   "b"  passing an eventfd (count 42, EFD_NONBLOCK) and a UNIX stream
+ *   "b"  passing an eventfd (count 42, EFD_NONBLOCK), a UNIX stream
  *        socket whose own queue holds "inner" passing the regular file
- *        "inner" ("inner-file", offset 3), its peer closed
+ *        "inner" ("inner-file", offset 3), its peer closed, a monotonic
+ *        timerfd (every 100 s, first in 100 s) and a signalfd (SIGUSR2,
+ *        SFD_NONBLOCK)
  * and every one of those descriptors is closed in the app.
  *
  * After go: both messages come back in order with their bytes and
  * descriptors; each descriptor reads as sent: the file's flags, offset and
  * contents, the pipe's bytes then end of file, the memfd's offset and
  * contents, the eventfd's count and flags, the socket's message with its
- * file (offset, contents) then end of file; the fds of the app are exactly
+ * file (offset, contents) then end of file, the timerfd's interval and
+ * time left, the signalfd's mask and flags; the fds of the app are exactly
  * those above.
  *
  * Usage: breadth_flight [--selftest-fail=queue|nested|data]
  */
 #include "common.h"
 
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 
 static void send_with(int sock, const char *bytes, const int *fds, int n)
@@ -168,12 +174,23 @@ int main(int argc, char **argv)
     close(ifile);
     close(inner[1]);
 
-    int a[3] = { file, p[0], mfd }, b[2] = { efd, inner[0] };
+    int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct itimerspec every = { { 100, 0 }, { 100, 0 } };
+    if (tfd < 0 || timerfd_settime(tfd, 0, &every, NULL) != 0)
+        setup_failed("timerfd");
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    int sfd = signalfd(-1, &usr2, SFD_NONBLOCK);
+    if (sfd < 0)
+        setup_failed("signalfd");
+
+    int a[3] = { file, p[0], mfd }, b[4] = { efd, inner[0], tfd, sfd };
     send_with(11, "a", a, 3);
-    send_with(11, "b", b, 2);
+    send_with(11, "b", b, 4);
     for (int i = 0; i < 3; i++)
         close(a[i]);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 4; i++)
         close(b[i]);
 
     ready();
@@ -218,7 +235,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < 3; i++)
             close(fds[i]);
     }
-    if (expect_msg(10, "message b", "b", fds, 2)) {
+    if (expect_msg(10, "message b", "b", fds, 4)) {
         link_ends(fds[0], "the eventfd", "anon_inode:[eventfd]");
         expect_flags(fds[0], "the eventfd", O_NONBLOCK, O_NONBLOCK);
         uint64_t count = 0;
@@ -247,8 +264,24 @@ int main(int argc, char **argv)
         int k = recv_with(in, got, sizeof got, g, &len);
         if (k != 0 || len != 0)
             fail("the socket in flight: expected end of file, got %zd bytes and %d descriptors", len, k);
-        close(fds[0]);
-        close(fds[1]);
+
+        link_ends(fds[2], "the timerfd", "anon_inode:[timerfd]");
+        struct itimerspec t;
+        if (timerfd_gettime(fds[2], &t) != 0)
+            fail("the timerfd: timerfd_gettime: %s", strerror(errno));
+        else if (t.it_interval.tv_sec != 100 || t.it_interval.tv_nsec != 0 || ts_ns(t.it_value) <= 0 ||
+                 ts_ns(t.it_value) > MS(100000))
+            fail("the timerfd: expected every 100 s with up to 100 s left, got every %lld ns with %lld ns left",
+                 (long long)ts_ns(t.it_interval), (long long)ts_ns(t.it_value));
+
+        link_ends(fds[3], "the signalfd", "anon_inode:[signalfd]");
+        expect_flags(fds[3], "the signalfd", O_NONBLOCK, O_NONBLOCK);
+        char path[40], info[512] = "";
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fds[3]);
+        if (read_text(path, info, sizeof info) <= 0 || !strstr(info, "sigmask:\t0000000000000800"))
+            fail("the signalfd: expected the mask of SIGUSR2 alone, got %s", info);
+        for (int i = 0; i < 4; i++)
+            close(fds[i]);
     }
     return finish();
 }
