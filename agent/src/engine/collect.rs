@@ -1203,9 +1203,23 @@ impl FileTable {
         let info_text = procfs::read(&info_path).map_err(|e| e.to_string())?;
         let info = procfs::parse_fdinfo(&info_path, &info_text).map_err(|e| e.to_string())?;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let kind = self.kind_of(me, raw, link, flags, info.pos).map_err(|e| {
+        let mut kind = self.kind_of(me, raw, link, flags, info.pos).map_err(|e| {
             format!("which no process of the tree holds and torpor cannot keep: {e}")
         })?;
+        if let FileKind::Unix(u) = &mut kind {
+            // Bound by a relative path: it meant the cwd of the process
+            // whose socket's queue holds it, not torpor's.
+            let name = u.name.as_bytes();
+            if name.first().is_some_and(|&b| b != 0 && b != b'/') {
+                use std::os::unix::ffi::OsStrExt;
+                let cwd =
+                    std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(|e| e.to_string())?;
+                let mut abs = cwd.as_os_str().as_bytes().to_vec();
+                abs.push(b'/');
+                abs.extend_from_slice(name);
+                u.bind_path = crate::image::records::RawPath(abs);
+            }
+        }
         let nested = self.inflight.take();
         if !self.inflight.take_waiting().is_empty() {
             return Err(

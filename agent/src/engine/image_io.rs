@@ -13,6 +13,10 @@
 //!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Pages*
 //!                               per process, parents first; a kept TCP
 //!                               connection's queues after its first fd
+//!  (FileOwner? FlightFile)*     descriptions only a queued message holds
+//!  UnixRights* UnixWaiting* SockExtra*
+//!                               what queued messages pass, the clients
+//!                               waiting on listeners, socket options
 //!  Trailer
 //! ```
 

@@ -976,7 +976,7 @@ pub struct SockExtra {
 /// (`SCM_RIGHTS`): the message is `queue[message]` of the socket held by the
 /// open file description `ofd`, and `files` are the descriptions it passes,
 /// in the message's order, each one the tree holds too (as its fd records
-/// name them).
+/// name them) or one only the queue holds (a `flight-file` record).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnixRights {
     pub ofd: u64,
