@@ -311,3 +311,118 @@ fn external_fd_is_replaced_by_an_inherited_one() {
     assert_eq!(&buf[..n], b"echo two");
     kill_and_reap(pid);
 }
+
+const NESTED_FLIGHT: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static int pass(int via, int fd) {
+    char b = 'n';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    return sendmsg(via, &m, 0) == 1 ? 0 : -1;
+}
+static int take(int via) {
+    char b = 0;
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    if (recvmsg(via, &m, MSG_DONTWAIT) != 1 || b != 'n')
+        return -1;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    int fd = -1;
+    if (h && h->cmsg_type == SCM_RIGHTS)
+        memcpy(&fd, CMSG_DATA(h), sizeof fd);
+    return fd;
+}
+/* fd 8's queue passes a socket whose queue passes one whose queue passes
+ * one whose queue passes the file "deep" at offset 2; every sender's copy
+ * is closed. On SIGUSR1 the chain is walked. */
+int main(void) {
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    int sv[2], r[3], w[3];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 || dup2(sv[0], 8) != 8 || dup2(sv[1], 9) != 9)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    for (int i = 0; i < 3; i++) {
+        int p[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, p) != 0)
+            return 2;
+        r[i] = p[0];
+        w[i] = p[1];
+    }
+    int f = open("deep", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (f < 0 || write(f, "deep-file", 9) != 9 || lseek(f, 2, SEEK_SET) != 2 || pass(w[2], f) != 0)
+        return 3;
+    close(f);
+    for (int i = 2; i > 0; i--) {
+        if (pass(w[i - 1], r[i]) != 0)
+            return 3;
+        close(r[i]);
+        close(w[i]);
+    }
+    if (pass(9, r[0]) != 0)
+        return 3;
+    close(r[0]);
+    close(w[0]);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready\n");
+    int sig;
+    sigwait(&usr1, &sig);
+    int fd = 8;
+    for (int level = 0; level < 4; level++) {
+        int next = take(fd);
+        if (next < 0) {
+            printf("FAIL level %d: nothing passed\n", level);
+            return 1;
+        }
+        if (fd != 8)
+            close(fd);
+        fd = next;
+    }
+    char got[8] = "";
+    if (read(fd, got, 4) != 4 || memcmp(got, "ep-f", 4) != 0) {
+        printf("FAIL the file reads \"%s\"\n", got);
+        return 1;
+    }
+    printf("PASS\n");
+    return 0;
+}
+"#;
+
+/// Sockets nested three deep in flight, every sender's copy closed, come
+/// back: each passes the next, the innermost the file at its offset.
+#[test]
+fn sockets_in_flight_three_deep_come_back() {
+    become_subreaper();
+    let dir = scratch("nested-flight");
+    let bin = compile(&dir, "nested", NESTED_FLIGHT, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("nested.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}
