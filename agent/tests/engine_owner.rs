@@ -463,3 +463,89 @@ fn a_users_image_cannot_make_root_raise_its_priority() {
     });
     kill_and_reap(pid);
 }
+
+/// Opens argv[1] read-only, sends it over a socketpair (fds 3 and 4) and
+/// closes it: only the socket's queue holds it. Then counts.
+const FLIGHT_SENDER: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int sv[2];
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return 2;
+    char b = 'f';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof fd);
+    if (sendmsg(sv[1], &m, 0) != 1) return 3;
+    close(fd);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A file only a queued message holds is opened with the rights of the
+/// process holding the socket, as any file of that process.
+#[test]
+fn a_file_in_flight_is_opened_with_the_users_rights_not_roots() {
+    become_subreaper();
+    let (dir, _home) = user_scratch("owner-flight");
+    let bin = compile(&dir, "sender", FLIGHT_SENDER, &[]);
+    let shared = dir.join("shared.dat");
+    std::fs::write(&shared, b"s").expect("file");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[shared.to_str().expect("utf8")], &out);
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("sender.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let bytes = std::fs::read(&img).expect("image");
+    let asked = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let uimg = dir.join("user.img");
+    std::fs::write(&uimg, &asked).expect("write");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(
+        restore_err(&uimg),
+        format!(
+            "torpor: error: open files: open file {}: uid {USER} (its owner at the dump) may not open it: Permission denied (os error 13)",
+            shared.display()
+        )
+    );
+    assert!(!runs(pid, &bin));
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let o = torpor(&["restore", "--image", uimg.to_str().expect("utf8")]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    reaper.add(pid);
+    let before = lines(&out).len();
+    wait_for("counting again", || lines(&out).len() >= before + 3);
+    // SAFETY: signalling the restored task.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(reap(pid), libc::SIGKILL);
+}
