@@ -1187,8 +1187,8 @@ impl FileTable {
 
     /// Collects the description torpor's copy `fd` (with /proc link `link`)
     /// is, which only message `message` of a socket `depth` deep in flight
-    /// (`who`, first seen in process `pid`) holds: its index in the table. The error says why it is not
-    /// kept.
+    /// (`who`, first seen in process `pid`) holds: its index in the table.
+    /// The error says why it is not kept.
     fn in_flight(
         &mut self,
         (me, pid): (i32, i32),

@@ -5,7 +5,11 @@
 //! connected pair with socketpair(2) and lets each end send the other's
 //! queue; listeners and bound datagram sockets are bound again (a stale
 //! socket file of the same path removed first) and a datagram socket's
-//! queue is sent to it from an unnamed socket.
+//! queue is sent to it from an unnamed socket. The connections waiting on
+//! a listener are listed by client (`UNIX_DIAG_ICONS`); a restore connects
+//! those clients again, in order, once every listener listens
+//! ([`Pending::connect_waiting`]). Descriptors in flight are sent again
+//! once every description is open ([`Pending::pass`]).
 //!
 //! Unsafe code: UNIX sockets are made, bound, connected and peeked through
 //! libc, walking the control messages the kernel writes (fds in flight).
