@@ -286,6 +286,11 @@ app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);
 
+// Needs CAP_NET_ADMIN: after go the app adds an address to lo.
+app_tests!(breadth_netlink, "breadth_netlink",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["port", "groups", "option", "event"]);
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);
@@ -517,7 +522,7 @@ mod breadth_refuse {
     #[test]
     fn control() {
         for kind in [
-            "--kind=packet",
+            "--kind=netlink",
             "--kind=perf",
             "--kind=scm",
             "--kind=backlog",
@@ -543,9 +548,30 @@ mod breadth_refuse {
         );
     }
 
+    /// The reason names the bytes waiting, as /proc/PID/net/netlink
+    /// counts them while the app still waits.
     #[test]
-    fn packet_socket_is_refused() {
-        refused("--kind=packet", "a packet socket");
+    fn netlink_socket_with_a_reply_waiting_is_refused() {
+        must(harness::refused_dump_run_checked(
+            "breadth_refuse",
+            &["--kind=netlink"],
+            &|pid, reason| {
+                let inode = std::fs::read_link(format!("/proc/{pid}/fd/7"))
+                    .map_err(|e| format!("fd 7: {e}"))?;
+                let want = format!(
+                    "fd 7 of process {pid} ({}): a netlink socket: {} bytes of messages wait unread in its receive queue, which torpor cannot queue again",
+                    inode.display(),
+                    harness::netlink_waiting(pid, 7)
+                );
+                if reason.contains(&want) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected a reason containing {want:?}, got: {reason}"
+                    ))
+                }
+            },
+        ));
     }
 
     #[test]

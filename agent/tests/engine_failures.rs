@@ -11,7 +11,11 @@ const WITH_SOCKET: &str = r#"
 #include <sys/socket.h>
 #include <unistd.h>
 int main(void) {
-    socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    /* An acknowledgement left unread: a queue a dump refuses. */
+    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct nlmsghdr h = { sizeof h, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, 1, 0 };
+    if (send(s, &h, sizeof h, 0) != sizeof h)
+        return 2;
     setvbuf(stdout, NULL, _IONBF, 0);
     for (unsigned long i = 0;; i++) {
         printf("%lu\n", i);
@@ -77,8 +81,9 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     assert_eq!(
         err.lines().next().unwrap_or(""),
         format!(
-            "torpor: error: files {pid}: fd 3 of process {pid} (socket:[{}]): a netlink socket, which torpor cannot restore",
-            socket_inode(pid)
+            "torpor: error: files {pid}: fd 3 of process {pid} (socket:[{}]): a netlink socket: {} bytes of messages wait unread in its receive queue, which torpor cannot queue again",
+            socket_inode(pid),
+            netlink_waiting(pid, 3)
         ),
     );
     counts_on_untouched(pid, &out, &img);

@@ -46,6 +46,7 @@ const V2_2: FormatVersion = FormatVersion { major: 2, minor: 2 };
 const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
+const V2_6: FormatVersion = FormatVersion { major: 2, minor: 6 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -969,6 +970,56 @@ fn format_2_5() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The netlink socket 2.6 adds: a `NETLINK_ROUTE` socket bound to port id
+/// 0x5e00_1234, in groups 5, 18 and 33, connected to group 1, with
+/// `NETLINK_PKTINFO` and `NETLINK_GET_STRICT_CHK`.
+fn netlink_fd() -> Fd {
+    Fd {
+        fd: 16,
+        fd_flags: 1,
+        ofd: 25,
+        kind: FdKind::Netlink {
+            flags: 0o4002,
+            state: NetlinkSocket {
+                sock_type: 3,
+                protocol: 0,
+                portid: 0x5e00_1234,
+                groups: vec![0x0002_0010, 0x0000_0001],
+                dst_portid: 0,
+                dst_groups: 1,
+                options: vec![3, 12],
+                opts: SockOpts {
+                    rcvbuf: 196_608,
+                    sndbuf: 212_992,
+                    ..SockOpts::default()
+                },
+            },
+        },
+    }
+}
+
+/// Format 2.6: the records of 2.5, then the fd of a netlink socket (the
+/// `FdKind` variant 2.6 appends).
+fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
+    let (img25, expect25) = format_2_5();
+    let mut f = Fixture::new(&fixed_header(V2_6));
+    let mut r = ImageReader::inspect(&img25[..]).expect("2.5 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect25.len(), "every 2.5 record copied");
+    f.put(netlink_fd());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1408,6 +1459,70 @@ fn format_2_5_sock_opts_spot_values() {
 }
 
 #[test]
+fn format_2_6_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_6);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_6));
+    let (_, expect) = format_2_6();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.6 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 50);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The netlink socket 2.6 adds, spelled out, and its record's bytes.
+#[test]
+fn format_2_6_netlink_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 6 });
+    let mut fds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::Netlink { .. }) {
+                fds.push(fd);
+            }
+        }
+    }
+    assert_eq!(fds, [netlink_fd()]);
+    let FdKind::Netlink { state: n, .. } = &fds[0].kind else {
+        panic!("a netlink socket")
+    };
+    assert_eq!((n.sock_type, n.protocol, n.portid), (3, 0, 0x5e00_1234));
+    assert_eq!(n.groups, [0x0002_0010, 1]);
+    assert_eq!((n.dst_portid, n.dst_groups), (0, 1));
+    assert_eq!(n.options, [3, 12]);
+    // The fd record: fd 16 (zigzag 32), fd_flags 1, ofd 25, the variant's
+    // index 25 (the 26th), flags 0o4002 (varint 0x82 0x10), type 3
+    // (zigzag 6), protocol 0, port id 0x5e001234 (varint 0xb4 0xa4 0x80
+    // 0xf0 0x05), two group words 0x20010 (0x90 0x80 0x08) and 1, no
+    // destination port, groups 1, options 3 and 12 (zigzag 6 and 24).
+    let payload = [
+        32u8, 1, 25, 25, 0x82, 0x10, 6, 0, 0xb4, 0xa4, 0x80, 0xf0, 0x05, 2, 0x90, 0x80, 0x08, 1, 0,
+        1, 2, 6, 24,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the netlink socket's record bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_6_image() {
+    assert!(
+        format_2_6().0 == read_image(V2_6),
+        "the writer's 2.6 image differs from tests/images/format-2.6.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
+#[test]
 fn the_writer_still_makes_the_checked_in_2_5_image() {
     assert!(
         format_2_5().0 == read_image(V2_5),
@@ -1546,7 +1661,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_5,
+        FORMAT, V2_6,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1575,11 +1690,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.5)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.6)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_5),
+            if found == V1_1 && supported == V2_6),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1602,7 +1717,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_5();
+    let (full, _) = format_2_6();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1613,7 +1728,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_2), format_2_2().0),
         (image_path(V2_3), format_2_3().0),
         (image_path(V2_4), format_2_4().0),
-        (image_path(V2_5), full.clone()),
+        (image_path(V2_5), format_2_5().0),
+        (image_path(V2_6), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

@@ -3,18 +3,19 @@
  * fail with a reason naming fd 7 and its kind, and leave the app running
  * untouched.
  *
- *   packet   (default) an AF_PACKET socket
+ *   netlink  (default) a NETLINK_ROUTE socket with the acknowledgement of a
+ *            request waiting unread
  *   perf     a perf_event counter (software task clock) on ourselves
  *   scm      a UNIX socketpair end (fd 7, peer fd 8) with a file descriptor
  *            in flight (SCM_RIGHTS)
  *   backlog  a UNIX listener with a connection not yet accepted (client fd 8)
  *
- * After go: fd 7 is the same object (same inode) and still works: the packet
- * socket reports its type, the counter counts, the descriptor in flight
+ * After go: fd 7 is the same object (same inode) and still works: the netlink
+ * socket holds the acknowledgement, the counter counts, the descriptor in flight
  * arrives and reads back, the waiting connection is accepted and carries a
  * byte; a memory pattern is intact.
  *
- * Usage: breadth_refuse [--kind=packet|perf|scm|backlog] [--selftest-fail=fd|memory]
+ * Usage: breadth_refuse [--kind=netlink|perf|scm|backlog] [--selftest-fail=fd|memory]
  */
 #include "common.h"
 
@@ -22,6 +23,22 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+
+/* From linux/netlink.h (a stable ABI; the ARM toolchains carry no kernel
+ * headers). */
+#ifndef AF_NETLINK
+#define AF_NETLINK 16
+#endif
+#define NL_ROUTE 0
+#define NL_NOOP 1
+#define NL_ERROR 2
+#define NL_F_REQUEST 0x1
+#define NL_F_ACK 0x4
+struct nl_header {
+    uint32_t len;
+    uint16_t type, flags;
+    uint32_t seq, pid;
+};
 
 #define BAD_FD 7
 #define MEM_LEN (64 * 1024)
@@ -45,7 +62,7 @@ struct perf_attr {
 #define PERF_TYPE_SOFTWARE 1
 #define PERF_COUNT_SW_TASK_CLOCK 1
 
-static const char *kind = "packet";
+static const char *kind = "netlink";
 static ino_t bad_ino;
 static uint8_t *mem;
 
@@ -59,8 +76,11 @@ static socklen_t listen_addr(struct sockaddr_un *a)
 
 static void setup(void)
 {
-    if (strcmp(kind, "packet") == 0) {
-        fd_at(socket(AF_PACKET, SOCK_DGRAM, 0), BAD_FD, "packet socket");
+    if (strcmp(kind, "netlink") == 0) {
+        fd_at(socket(AF_NETLINK, SOCK_RAW, NL_ROUTE), BAD_FD, "netlink socket");
+        struct nl_header h = { sizeof h, NL_NOOP, NL_F_REQUEST | NL_F_ACK, 5, 0 };
+        if (send(BAD_FD, &h, sizeof h, 0) != (ssize_t)sizeof h)
+            setup_failed("netlink request");
     } else if (strcmp(kind, "perf") == 0) {
         struct perf_attr attr;
         memset(&attr, 0, sizeof attr);
@@ -116,11 +136,17 @@ static void setup(void)
 
 static void check_works(void)
 {
-    if (strcmp(kind, "packet") == 0) {
-        int t = 0;
-        socklen_t l = sizeof t;
-        if (getsockopt(BAD_FD, SOL_SOCKET, SO_TYPE, &t, &l) != 0 || t != SOCK_DGRAM)
-            fail("packet socket: expected SOCK_DGRAM, got %d", t);
+    if (strcmp(kind, "netlink") == 0) {
+        struct {
+            struct nl_header h;
+            int32_t error;
+            struct nl_header req;
+        } ack;
+        memset(&ack, 0, sizeof ack);
+        ssize_t n = recv(BAD_FD, &ack, sizeof ack, MSG_DONTWAIT);
+        if (n != (ssize_t)sizeof ack || ack.h.type != NL_ERROR || ack.h.seq != 5 || ack.error != 0)
+            fail("netlink: expected the acknowledgement of request 5, got %zd bytes, type %u, seq %u, error %d",
+                 n, ack.h.type, ack.h.seq, ack.error);
     } else if (strcmp(kind, "perf") == 0) {
         uint64_t a = 0, b = 0;
         if (read(BAD_FD, &a, 8) != 8)

@@ -507,6 +507,8 @@ macro_rules! file_registry {
                 // An established TCP connection kept in repair mode
                 // (`engine::files::tcp`).
                 TcpConnection(crate::image::records::TcpConnection),
+                // A netlink socket (`engine::files::netlink`).
+                Netlink(crate::image::records::NetlinkSocket),
             }
         }
     };

@@ -74,6 +74,10 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.6 appends the `Netlink` variant to `FdKind`: a netlink
+//! socket kept with its protocol, port id, multicast groups, destination
+//! and options (a 2.5 reader fails to decode an image holding one).
+//!
 //! Format 2.5 adds three kinds. `task-attrs`: scheduling, nice values and
 //! parent-death signals of threads, child subreaper, dumpable, THP
 //! disabled, `oom_score_adj` and the `madvise` flags of mappings, written
@@ -124,7 +128,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 5 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 6 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

@@ -873,6 +873,12 @@ pub enum FdKind {
         flags: u32,
         state: TcpConnection,
     },
+    /// A netlink socket: its protocol, port id, multicast groups,
+    /// destination and options (format 2.6).
+    Netlink {
+        flags: u32,
+        state: NetlinkSocket,
+    },
 }
 
 /// A file or directory below `/proc/PID/` of a process of the tree.
@@ -1070,6 +1076,30 @@ pub struct InetSocket {
     /// UDP and UDP-Lite: datagrams waiting to be read, in order (their
     /// senders are not kept).
     pub queue: Vec<Vec<u8>>,
+}
+
+/// A netlink socket with an empty receive queue (one with messages
+/// waiting is refused at the dump).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkSocket {
+    /// `SOCK_RAW` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    /// `NETLINK_ROUTE`, `NETLINK_KOBJECT_UEVENT`...
+    pub protocol: i32,
+    /// The port id it is bound to (`nl_pid` of `getsockname`), whether the
+    /// app chose it or the kernel did; 0 when unbound.
+    pub portid: u32,
+    /// Its multicast groups as `NETLINK_LIST_MEMBERSHIPS` reads them:
+    /// bit `g - 1` of the words, in order, is group `g`.
+    pub groups: Vec<u32>,
+    /// The destination of a `connect`: port id and group mask
+    /// (`getpeername`); both 0 when unconnected.
+    pub dst_portid: u32,
+    pub dst_groups: u32,
+    /// The `SOL_NETLINK` options that are on (`NETLINK_PKTINFO`...), by
+    /// number.
+    pub options: Vec<i32>,
+    pub opts: SockOpts,
 }
 
 /// Socket options a restore sets again (buffer sizes as `getsockopt`

@@ -604,7 +604,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 3.0 is not supported (this torpor reads format 2.5)"
+        "image format 3.0 is not supported (this torpor reads format 2.6)"
     );
 
     let mut h = header();
