@@ -998,8 +998,29 @@ fn netlink_fd() -> Fd {
     }
 }
 
-/// Format 2.6: the records of 2.5, then the fd of a netlink socket (the
-/// `FdKind` variant 2.6 appends).
+/// The packet socket 2.6 adds: `SOCK_DGRAM`, `ETH_P_IP` on interface 1
+/// (`lo`), with `PACKET_VERSION` 1 and `PACKET_AUXDATA`.
+fn packet_fd() -> Fd {
+    Fd {
+        fd: 17,
+        fd_flags: 0,
+        ofd: 26,
+        kind: FdKind::Packet {
+            flags: 0o2,
+            state: PacketSocket {
+                sock_type: 2,
+                protocol: 0x0800,
+                ifindex: 1,
+                ifname: "lo".into(),
+                options: vec![(10, 1), (8, 1)],
+                opts: SockOpts::default(),
+            },
+        },
+    }
+}
+
+/// Format 2.6: the records of 2.5, then the fds of a netlink socket and a
+/// packet socket (the `FdKind` variants 2.6 appends).
 fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     let (img25, expect25) = format_2_5();
     let mut f = Fixture::new(&fixed_header(V2_6));
@@ -1017,6 +1038,7 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     }
     assert_eq!(f.expect.len(), expect25.len(), "every 2.5 record copied");
     f.put(netlink_fd());
+    f.put(packet_fd());
     f.finish()
 }
 
@@ -1469,7 +1491,7 @@ fn format_2_6_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.6 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 50);
+    assert_eq!(s.records, 51);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1509,6 +1531,40 @@ fn format_2_6_netlink_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the netlink socket's record bytes"
+    );
+}
+
+/// The packet socket 2.6 adds, spelled out, and its record's bytes.
+#[test]
+fn format_2_6_packet_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut fds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::Packet { .. }) {
+                fds.push(fd);
+            }
+        }
+    }
+    assert_eq!(fds, [packet_fd()]);
+    let FdKind::Packet { state: p, .. } = &fds[0].kind else {
+        panic!("a packet socket")
+    };
+    assert_eq!((p.sock_type, p.protocol, p.ifindex), (2, 0x0800, 1));
+    assert_eq!(p.ifname, "lo");
+    assert_eq!(p.options, [(10, 1), (8, 1)]);
+    // The fd record: fd 17 (zigzag 34), fd_flags 0, ofd 26, the variant's
+    // index 26 (the 27th), flags 0o2, type 2 (zigzag 4), protocol 0x800
+    // (varint 0x80 0x10), ifindex 1 (zigzag 2), "lo", two options: 10
+    // and 1 (zigzag 20, 2), 8 and 1 (16, 2).
+    let payload = [
+        34u8, 0, 26, 26, 2, 4, 0x80, 0x10, 2, 2, b'l', b'o', 2, 20, 2, 16, 2,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the packet socket's record bytes"
     );
 }
 

@@ -13,11 +13,11 @@
  *          NETLINK_BROADCAST_ERROR
  *   fd 12  NETLINK_KOBJECT_UEVENT (SOCK_DGRAM) bound to port id
  *          0x5f000000 + pid, no group, connected to group 1
- *   fd 13  NETLINK_GENERIC, never bound (port id 0)
+ *   fd 13  NETLINK_GENERIC, never bound (port id 0), SO_PRIORITY 3
  *
  * After go: type, protocol, port id, destination, every group word of
- * NETLINK_LIST_MEMBERSHIPS, every kept option, SO_RCVBUF and the status
- * flags read as at READY; fd 11 adds 198.18.X.Y/32 (X.Y from the pid) to
+ * NETLINK_LIST_MEMBERSHIPS, every kept option, SO_RCVBUF, SO_PRIORITY and
+ * the status flags read as at READY; fd 11 adds 198.18.X.Y/32 (X.Y from the pid) to
  * lo and deletes it, and fd 10 receives the RTM_NEWADDR and RTM_DELADDR
  * of that address; an RTM_GETLINK dump on fd 11 answers with lo and
  * NLMSG_DONE. Needs CAP_NET_ADMIN (root).
@@ -93,7 +93,7 @@ static const int opts[] = { NL_PKTINFO, NL_BROADCAST_ERROR, NL_NO_ENOBUFS, NL_LI
 #define WORDS 8
 
 struct seen {
-    int type, protocol, flags, rcvbuf;
+    int type, protocol, flags, rcvbuf, priority;
     uint32_t port, dst_pid, dst_groups;
     uint32_t groups[WORDS];
     int opt[NOPTS];
@@ -129,6 +129,7 @@ static void read_state(int fd, struct seen *s)
     s->type = get_opt(fd, SOL_SOCKET, SO_TYPE);
     s->protocol = get_opt(fd, SOL_SOCKET, SO_PROTOCOL);
     s->rcvbuf = get_opt(fd, SOL_SOCKET, SO_RCVBUF);
+    s->priority = get_opt(fd, SOL_SOCKET, SO_PRIORITY);
     s->flags = fcntl(fd, F_GETFL);
     struct nl_addr a;
     socklen_t l = sizeof a;
@@ -175,6 +176,7 @@ static void setup(void)
         setup_failed("connect");
 
     fd_at(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NL_GENERIC), 13, "generic socket");
+    set_opt(13, SOL_SOCKET, SO_PRIORITY, 3);
 
     for (int i = 0; i < NFD; i++)
         read_state(fds[i], &at_ready[i]);
@@ -327,6 +329,8 @@ static void compare(int i)
             fail("fd %d: expected option %d = %d, got %d", fd, opts[o], w->opt[o], now.opt[o]);
     if (now.rcvbuf != w->rcvbuf)
         fail("fd %d: expected SO_RCVBUF %d, got %d", fd, w->rcvbuf, now.rcvbuf);
+    if (now.priority != w->priority)
+        fail("fd %d: expected SO_PRIORITY %d, got %d", fd, w->priority, now.priority);
     if (now.flags != w->flags)
         fail("fd %d: expected status flags %#x, got %#x", fd, w->flags, now.flags);
 }

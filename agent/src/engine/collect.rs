@@ -1014,6 +1014,7 @@ impl FileTable {
                             | FileKind::Inet(_)
                             | FileKind::TcpConnection(_)
                             | FileKind::Netlink(_)
+                            | FileKind::Packet(_)
                     ) {
                         let opts = crate::engine::files::socket_options(pid, fd)
                             .map_err(|e| {

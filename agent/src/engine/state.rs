@@ -509,6 +509,8 @@ macro_rules! file_registry {
                 TcpConnection(crate::image::records::TcpConnection),
                 // A netlink socket (`engine::files::netlink`).
                 Netlink(crate::image::records::NetlinkSocket),
+                // A packet socket (`engine::files::packet`).
+                Packet(crate::image::records::PacketSocket),
             }
         }
     };

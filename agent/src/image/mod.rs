@@ -74,9 +74,11 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.6 appends the `Netlink` variant to `FdKind`: a netlink
-//! socket kept with its protocol, port id, multicast groups, destination
-//! and options (a 2.5 reader fails to decode an image holding one).
+//! Format 2.6 appends the `Netlink` and `Packet` variants to `FdKind`: a
+//! netlink socket kept with its protocol, port id, multicast groups,
+//! destination and options, and a packet socket with its protocol,
+//! interface and options (a 2.5 reader fails to decode an image holding
+//! either).
 //!
 //! Format 2.5 adds three kinds. `task-attrs`: scheduling, nice values and
 //! parent-death signals of threads, child subreaper, dumpable, THP

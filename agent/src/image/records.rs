@@ -879,6 +879,12 @@ pub enum FdKind {
         flags: u32,
         state: NetlinkSocket,
     },
+    /// A packet socket: its type, protocol, interface and options
+    /// (format 2.6).
+    Packet {
+        flags: u32,
+        state: PacketSocket,
+    },
 }
 
 /// A file or directory below `/proc/PID/` of a process of the tree.
@@ -1099,6 +1105,25 @@ pub struct NetlinkSocket {
     /// The `SOL_NETLINK` options that are on (`NETLINK_PKTINFO`...), by
     /// number.
     pub options: Vec<i32>,
+    pub opts: SockOpts,
+}
+
+/// A packet socket (`AF_PACKET`) with no ring, fanout group, multicast or
+/// promiscuous membership, and nothing queued (those are refused at the
+/// dump).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketSocket {
+    /// `SOCK_RAW` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    /// The protocol it receives (`ETH_P_*`, host order); 0 for none.
+    pub protocol: u16,
+    /// The interface it is bound to, by index and name at the dump; 0 and
+    /// empty when bound to none (every interface).
+    pub ifindex: i32,
+    pub ifname: String,
+    /// The `SOL_PACKET` options that are not 0, as (option, value):
+    /// `PACKET_VERSION`, `PACKET_RESERVE`, `PACKET_AUXDATA`...
+    pub options: Vec<(i32, i32)>,
     pub opts: SockOpts,
 }
 

@@ -1037,3 +1037,21 @@ pub fn check_counter_log(log: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The bytes waiting in the receive queue of packet socket `fd` of `pid`,
+/// as `/proc/PID/net/packet` counts them (its `Rmem` column).
+pub fn packet_waiting(pid: i32, fd: i32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link");
+    let link = link.to_string_lossy();
+    let inode = link
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/packet")).expect("net/packet");
+    let row: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() >= 9 && c[8] == inode)
+        .unwrap_or_else(|| panic!("socket:[{inode}] in /proc/{pid}/net/packet"));
+    row[6].parse().expect("Rmem")
+}

@@ -1,9 +1,8 @@
 //! Every kind of file description (files and directories by path,
 //! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
 //! files, the connection to the daemon, and the anonymous kernel objects:
-//! eventfd, timerfd, signalfd, epoll, inotify, UNIX, internet and netlink
-//! sockets,
-//! memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
+//! eventfd, timerfd, signalfd, epoll, inotify, UNIX, internet, netlink
+//! and packet sockets, memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
 //! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
 //! tmpfs files).
 //!
@@ -36,6 +35,7 @@ mod locks;
 mod memfd;
 mod netlink;
 pub mod owner;
+mod packet;
 mod path;
 pub mod pipe;
 mod pty;
@@ -456,9 +456,6 @@ pub fn collect(
     }
     match p.socket {
         None => Ok(None),
-        Some((_, libc::AF_PACKET)) => {
-            Err(p.unsupported("a packet socket, which torpor cannot restore"))
-        }
         Some((_, other)) => Err(p.unsupported(format!(
             "a socket of address family {other}, which torpor cannot restore"
         ))),

@@ -77,6 +77,11 @@ fn user_sockets(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
                 })?;
                 None
             }
+            FileKind::Packet(_) => {
+                return Err(format!(
+                    "the image holds a packet socket, which uid {uid} may not make without CAP_NET_RAW"
+                ));
+            }
             _ => continue,
         };
         if let Some(sock) = sock {
