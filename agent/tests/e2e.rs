@@ -294,6 +294,16 @@ app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);
 
+// Needs CAP_NET_ADMIN: after go the app adds an address to lo.
+app_tests!(breadth_netlink, "breadth_netlink",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["port", "groups", "option", "event"]);
+
+// Needs CAP_NET_RAW: packet sockets.
+app_tests!(breadth_packet, "breadth_packet",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["option", "bind"]);
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);
@@ -525,8 +535,12 @@ mod breadth_refuse {
     #[test]
     fn control() {
         for kind in [
-            "--kind=packet",
+            "--kind=netlink",
             "--kind=perf",
+            "--kind=ring",
+            "--kind=fanout",
+            "--kind=mclist",
+            "--kind=packetq",
             "--kind=scm",
             "--kind=backlog",
         ] {
@@ -551,9 +565,80 @@ mod breadth_refuse {
         );
     }
 
+    /// The reason names the bytes waiting, as /proc/PID/net/netlink
+    /// counts them while the app still waits.
     #[test]
-    fn packet_socket_is_refused() {
-        refused("--kind=packet", "a packet socket");
+    fn netlink_socket_with_a_reply_waiting_is_refused() {
+        must(harness::refused_dump_run_checked(
+            "breadth_refuse",
+            &["--kind=netlink"],
+            &|pid, reason| {
+                let inode = std::fs::read_link(format!("/proc/{pid}/fd/7"))
+                    .map_err(|e| format!("fd 7: {e}"))?;
+                let want = format!(
+                    "fd 7 of process {pid} ({}): a netlink socket: {} bytes of messages wait unread in its receive queue, which torpor cannot queue again",
+                    inode.display(),
+                    harness::netlink_waiting(pid, 7)
+                );
+                if reason.contains(&want) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected a reason containing {want:?}, got: {reason}"
+                    ))
+                }
+            },
+        ));
+    }
+
+    #[test]
+    fn packet_socket_with_a_ring_is_refused() {
+        refused(
+            "--kind=ring",
+            "a packet socket: it has a ring (PACKET_RX_RING), which torpor cannot restore",
+        );
+    }
+
+    #[test]
+    fn packet_socket_in_a_fanout_group_is_refused() {
+        refused(
+            "--kind=fanout",
+            "a packet socket: it is in a fanout group (PACKET_FANOUT), which torpor cannot restore",
+        );
+    }
+
+    #[test]
+    fn packet_socket_with_a_membership_is_refused() {
+        refused(
+            "--kind=mclist",
+            "a packet socket: it has 1 membership(s) (PACKET_ADD_MEMBERSHIP), which torpor cannot restore",
+        );
+    }
+
+    /// The reason names the bytes waiting, as /proc/PID/net/packet counts
+    /// them while the app still waits.
+    #[test]
+    fn packet_socket_with_a_packet_waiting_is_refused() {
+        must(harness::refused_dump_run_checked(
+            "breadth_refuse",
+            &["--kind=packetq"],
+            &|pid, reason| {
+                let inode = std::fs::read_link(format!("/proc/{pid}/fd/7"))
+                    .map_err(|e| format!("fd 7: {e}"))?;
+                let want = format!(
+                    "fd 7 of process {pid} ({}): a packet socket: {} bytes of packets wait unread in its receive queue, which torpor cannot queue again",
+                    inode.display(),
+                    harness::packet_waiting(pid, 7)
+                );
+                if reason.contains(&want) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected a reason containing {want:?}, got: {reason}"
+                    ))
+                }
+            },
+        ));
     }
 
     #[test]

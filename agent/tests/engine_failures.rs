@@ -11,7 +11,11 @@ const WITH_SOCKET: &str = r#"
 #include <sys/socket.h>
 #include <unistd.h>
 int main(void) {
-    socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    /* An acknowledgement left unread: a queue a dump refuses. */
+    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct nlmsghdr h = { sizeof h, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, 1, 0 };
+    if (send(s, &h, sizeof h, 0) != sizeof h)
+        return 2;
     setvbuf(stdout, NULL, _IONBF, 0);
     for (unsigned long i = 0;; i++) {
         printf("%lu\n", i);
@@ -77,8 +81,9 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     assert_eq!(
         err.lines().next().unwrap_or(""),
         format!(
-            "torpor: error: files {pid}: fd 3 of process {pid} (socket:[{}]): a netlink socket, which torpor cannot restore",
-            socket_inode(pid)
+            "torpor: error: files {pid}: fd 3 of process {pid} (socket:[{}]): a netlink socket: {} bytes of messages wait unread in its receive queue, which torpor cannot queue again",
+            socket_inode(pid),
+            netlink_waiting(pid, 3)
         ),
     );
     counts_on_untouched(pid, &out, &img);
@@ -1045,4 +1050,76 @@ fn threads_with_other_securebits_are_refused_and_the_tree_runs_on() {
         "{err}"
     );
     counts_on_untouched(pid, &out, &img);
+}
+
+const BOUND_NETLINK: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <linux/netlink.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(void) {
+    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct sockaddr_nl a;
+    memset(&a, 0, sizeof a);
+    a.nl_family = AF_NETLINK;
+    a.nl_pid = 0x6d000000u + (unsigned)getpid();
+    if (s != 3 || bind(s, (struct sockaddr *)&a, sizeof a) != 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A netlink socket whose port id another socket took since the dump fails
+/// the restore naming the fd, the port id and the protocol; once the port
+/// is free again the same image restores.
+#[test]
+fn a_netlink_port_id_taken_fails_the_restore_naming_the_fd() {
+    become_subreaper();
+    let dir = scratch("fail-netlink-port");
+    let bin = compile(&dir, "bound", BOUND_NETLINK, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("bound.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let port = 0x6d00_0000u32 + u32::try_from(pid).expect("pid");
+    // SAFETY: a socket of our own, bound to a sockaddr_nl on our stack.
+    let taken = unsafe {
+        let s = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
+        assert!(s >= 0, "socket");
+        let mut a: libc::sockaddr_nl = std::mem::zeroed();
+        a.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).expect("AF_NETLINK");
+        a.nl_pid = port;
+        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_nl>())
+            .expect("sockaddr_nl size");
+        assert_eq!(
+            libc::bind(s, (&raw const a).cast(), len),
+            0,
+            "binding port id {port}"
+        );
+        s
+    };
+    let o = torpor(&["restore", "--image", img.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines().next().unwrap_or(""),
+        format!(
+            "torpor: error: open files: fd 3 of process {pid}: recreating a netlink socket: binding port id {port} of netlink protocol 0: another socket of the protocol holds it"
+        ),
+    );
+    assert!(!alive(pid) || !runs(pid, &bin));
+    // SAFETY: closing the socket made above.
+    unsafe { libc::close(taken) };
+    restore(&img);
+    wait_for("the restored tree to count", || runs(pid, &bin));
+    reaper.add(pid);
 }

@@ -95,7 +95,11 @@ const WITH_NETLINK: &str = r#"
 #include <sys/socket.h>
 #include <unistd.h>
 int main(void) {
-    socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    /* An acknowledgement left unread: a queue a dump refuses. */
+    int s = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct nlmsghdr h = { sizeof h, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, 1, 0 };
+    if (send(s, &h, sizeof h, 0) != sizeof h)
+        return 2;
     setvbuf(stdout, NULL, _IONBF, 0);
     for (unsigned long i = 0;; i++) {
         printf("%lu\n", i);
@@ -251,7 +255,8 @@ fn one_refused_tree_fails_the_dump_by_name_and_every_tree_runs_on() {
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or(""),
         format!(
-            "torpor: error: tree of process {b}: files {b}: fd 3 of process {b} ({inode}): a netlink socket, which torpor cannot restore"
+            "torpor: error: tree of process {b}: files {b}: fd 3 of process {b} ({inode}): a netlink socket: {} bytes of messages wait unread in its receive queue, which torpor cannot queue again",
+            netlink_waiting(b, 3)
         ),
     );
     assert!(!img.exists(), "no image left behind");

@@ -994,8 +994,58 @@ fn unix_waiting() -> UnixWaiting {
     }
 }
 
-/// Format 2.6: the records of 2.5, then a `flight-file` and a
-/// `unix-waiting` record (the kinds 2.6 adds).
+/// The netlink socket 2.6 adds: a `NETLINK_ROUTE` socket bound to port id
+/// 0x5e00_1234, in groups 5, 18 and 33, connected to group 1, with
+/// `NETLINK_PKTINFO` and `NETLINK_GET_STRICT_CHK`.
+fn netlink_fd() -> Fd {
+    Fd {
+        fd: 16,
+        fd_flags: 1,
+        ofd: 25,
+        kind: FdKind::Netlink {
+            flags: 0o4002,
+            state: NetlinkSocket {
+                sock_type: 3,
+                protocol: 0,
+                portid: 0x5e00_1234,
+                groups: vec![0x0002_0010, 0x0000_0001],
+                dst_portid: 0,
+                dst_groups: 1,
+                options: vec![3, 12],
+                opts: SockOpts {
+                    rcvbuf: 196_608,
+                    sndbuf: 212_992,
+                    ..SockOpts::default()
+                },
+            },
+        },
+    }
+}
+
+/// The packet socket 2.6 adds: `SOCK_DGRAM`, `ETH_P_IP` on interface 1
+/// (`lo`), with `PACKET_VERSION` 1 and `PACKET_AUXDATA`.
+fn packet_fd() -> Fd {
+    Fd {
+        fd: 17,
+        fd_flags: 0,
+        ofd: 26,
+        kind: FdKind::Packet {
+            flags: 0o2,
+            state: PacketSocket {
+                sock_type: 2,
+                protocol: 0x0800,
+                ifindex: 1,
+                ifname: "lo".into(),
+                options: vec![(10, 1), (8, 1)],
+                opts: SockOpts::default(),
+            },
+        },
+    }
+}
+
+/// Format 2.6: the records of 2.5, then the fds of a netlink socket and a
+/// packet socket (the `FdKind` variants 2.6 appends), a `flight-file` and a
+/// `unix-waiting` record (the kinds it adds).
 fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     let (img25, expect25) = format_2_5();
     let mut f = Fixture::new(&fixed_header(V2_6));
@@ -1012,6 +1062,8 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
         }
     }
     assert_eq!(f.expect.len(), expect25.len(), "every 2.5 record copied");
+    f.put(netlink_fd());
+    f.put(packet_fd());
     f.put(flight_file());
     f.put(unix_waiting());
     f.finish()
@@ -1338,7 +1390,7 @@ fn format_2_6_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.6 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 51);
+    assert_eq!(s.records, 53);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1360,9 +1412,9 @@ fn format_2_6_flight_file_spot_values() {
         panic!("an eventfd")
     };
     assert_eq!((*flags, state.count, state.semaphore), (0o4002, 5, true));
-    // The kind byte 28, then ofd 30, the `FdKind` variant's index 8
+    // The kind byte 26, then ofd 30, the `FdKind` variant's index 8
     // (`EventFd`), flags 0o4002 (2050: 0x82 0x10), count 5, semaphore.
-    let payload = [28u8, 30, 8, 0x82, 0x10, 5, 1];
+    let payload = [26u8, 30, 8, 0x82, 0x10, 5, 1];
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the flight-file record's bytes"
@@ -1382,8 +1434,8 @@ fn format_2_6_unix_waiting_spot_values() {
     }
     assert_eq!(waiting, [unix_waiting()]);
     assert_eq!(waiting[0].clients, [31, 15]);
-    // The kind byte 29, then ofd 14, two clients: 31 and 15.
-    let payload = [29u8, 14, 2, 31, 15];
+    // The kind byte 27, then ofd 14, two clients: 31 and 15.
+    let payload = [27u8, 14, 2, 31, 15];
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the unix-waiting record's bytes"
@@ -1525,6 +1577,78 @@ fn format_2_5_sock_opts_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the sock-opts record's bytes"
+    );
+}
+
+/// The netlink socket 2.6 adds, spelled out, and its record's bytes.
+#[test]
+fn format_2_6_netlink_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 6 });
+    let mut fds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::Netlink { .. }) {
+                fds.push(fd);
+            }
+        }
+    }
+    assert_eq!(fds, [netlink_fd()]);
+    let FdKind::Netlink { state: n, .. } = &fds[0].kind else {
+        panic!("a netlink socket")
+    };
+    assert_eq!((n.sock_type, n.protocol, n.portid), (3, 0, 0x5e00_1234));
+    assert_eq!(n.groups, [0x0002_0010, 1]);
+    assert_eq!((n.dst_portid, n.dst_groups), (0, 1));
+    assert_eq!(n.options, [3, 12]);
+    // The fd record: fd 16 (zigzag 32), fd_flags 1, ofd 25, the variant's
+    // index 25 (the 26th), flags 0o4002 (varint 0x82 0x10), type 3
+    // (zigzag 6), protocol 0, port id 0x5e001234 (varint 0xb4 0xa4 0x80
+    // 0xf0 0x05), two group words 0x20010 (0x90 0x80 0x08) and 1, no
+    // destination port, groups 1, options 3 and 12 (zigzag 6 and 24).
+    let payload = [
+        32u8, 1, 25, 25, 0x82, 0x10, 6, 0, 0xb4, 0xa4, 0x80, 0xf0, 0x05, 2, 0x90, 0x80, 0x08, 1, 0,
+        1, 2, 6, 24,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the netlink socket's record bytes"
+    );
+}
+
+/// The packet socket 2.6 adds, spelled out, and its record's bytes.
+#[test]
+fn format_2_6_packet_spot_values() {
+    let img = read_image(V2_6);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut fds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let fd = rec.decode::<Fd>().expect("fd");
+            if matches!(fd.kind, FdKind::Packet { .. }) {
+                fds.push(fd);
+            }
+        }
+    }
+    assert_eq!(fds, [packet_fd()]);
+    let FdKind::Packet { state: p, .. } = &fds[0].kind else {
+        panic!("a packet socket")
+    };
+    assert_eq!((p.sock_type, p.protocol, p.ifindex), (2, 0x0800, 1));
+    assert_eq!(p.ifname, "lo");
+    assert_eq!(p.options, [(10, 1), (8, 1)]);
+    // The fd record: fd 17 (zigzag 34), fd_flags 0, ofd 26, the variant's
+    // index 26 (the 27th), flags 0o2, type 2 (zigzag 4), protocol 0x800
+    // (varint 0x80 0x10), ifindex 1 (zigzag 2), "lo", two options: 10
+    // and 1 (zigzag 20, 2), 8 and 1 (16, 2).
+    let payload = [
+        34u8, 0, 26, 26, 2, 4, 0x80, 0x10, 2, 2, b'l', b'o', 2, 20, 2, 16, 2,
+    ];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the packet socket's record bytes"
     );
 }
 

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{start_with, temp_dir};
+use common::{netlink_waiting, start_with, temp_dir};
 use torpor::config::AppConfig;
 use torpor::daemon::store_engine::StoreEngine;
 use torpor::power::{PowerDown, PowerError};
@@ -446,7 +446,8 @@ fn a_refused_tree_names_its_app_and_hibernate_all_then_takes_the_others() {
     b.wait_for("counter", "count 2\n", 20);
     b.wait_for("netlink", "READY badfd\n", 20);
 
-    // The netlink socket is refused: no cut, the error names the app.
+    // The netlink socket with a reply waiting is refused: no cut, the
+    // error names the app.
     let o = b.hibernate("--all");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -455,8 +456,11 @@ fn a_refused_tree_names_its_app_and_hibernate_all_then_takes_the_others() {
         "torpor: error: DumpFailed: no app hibernated: checkpoint failed: app netlink (pid {pn}): files {pn}: fd 7 of process {pn} (socket:["
     );
     assert!(err.starts_with(&prefix), "{err}");
+    let waiting = netlink_waiting(pn, 7);
     assert!(
-        err.ends_with("]): a netlink socket, which torpor cannot restore\n"),
+        err.ends_with(&format!(
+            "]): a netlink socket: {waiting} bytes of messages wait unread in its receive queue, which torpor cannot queue again\n"
+        )),
         "{err}"
     );
     assert_eq!(supply.cuts(), 0);

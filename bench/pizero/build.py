@@ -214,8 +214,9 @@ def sd_card(repo, assets, cmdline, work, log, profile=profiles.ZERO):
 
 # The rootfs partition is ext4, a module in Debian's rpi kernel; crc32c is
 # requested by name at mount time (metadata checksums), so it is loaded too;
-# unix_diag lets the daemon find the peer of an application's connection.
-DATA_MODULES = ("ext4", "crc32c_generic", "unix_diag")
+# unix_diag lets the daemon find the peer of an application's connection;
+# af_packet_diag lets a dump read a packet socket's options and refusals.
+DATA_MODULES = ("ext4", "crc32c_generic", "unix_diag", "af_packet_diag")
 
 
 def kernel_modules(module_root, wanted):

@@ -2,13 +2,15 @@
  * badfd: holds a file descriptor of a kind a checkpoint must refuse, so a
  * dump has to fail cleanly and leave the app running untouched.
  *
- *   netlink  (default) a NETLINK_ROUTE socket at fd 7
+ *   netlink  (default) a NETLINK_ROUTE socket at fd 7 with the reply to an
+ *            RTM_GETLINK dump waiting unread
  *   uring    an io_uring instance at fd 7
  *
  * After go: fd 7 is still the very same object (/proc/self/fd/7 names the
  * same inode), it still works (the netlink socket answers an RTM_GETLINK
- * dump; the io_uring fd still maps its rings), a memory pattern is intact,
- * and the process is not left traced (checked for every app by finish()).
+ * dump waiting since READY; the io_uring fd still maps its rings), a
+ * memory pattern is intact, and the process is not left traced (checked
+ * for every app by finish()).
  *
  * Usage: badfd [--kind=netlink|uring] [--selftest-fail=fd|memory]
  */
@@ -69,7 +71,9 @@ static int place(int fd)
     return BAD_FD;
 }
 
-static void check_netlink(void)
+/* An RTM_GETLINK dump request whose reply the app leaves unread until go:
+ * a netlink socket with messages waiting is what a dump refuses. */
+static void request_links(void)
 {
     struct {
         struct nl_header nh;
@@ -83,13 +87,18 @@ static void check_netlink(void)
     req.nh.seq = 77;
     req.family = AF_UNSPEC;
     if (send(BAD_FD, &req, sizeof req, 0) != (ssize_t)sizeof req) {
-        fail("netlink send: %s", strerror(errno));
-        return;
+        say("FAIL badfd: netlink send: %s\n", strerror(errno));
+        exit(1);
     }
+}
+
+static void check_netlink(void)
+{
     static char buf[32768] __attribute__((aligned(8)));
-    ssize_t n = recv(BAD_FD, buf, sizeof buf, 0);
+    ssize_t n = recv(BAD_FD, buf, sizeof buf, MSG_DONTWAIT);
     if (n < (ssize_t)sizeof(struct nl_header)) {
-        fail("netlink reply: expected a message, got %zd (%s)", n, n < 0 ? strerror(errno) : "");
+        fail("netlink reply: expected the reply waiting since READY, got %zd (%s)", n,
+             n < 0 ? strerror(errno) : "");
         return;
     }
     struct nl_header *nh = (struct nl_header *)buf;
@@ -134,6 +143,8 @@ int main(int argc, char **argv)
     }
     uint8_t *mem = malloc(MEM_LEN);
     fill_pattern(mem, MEM_LEN, 60);
+    if (strcmp(kind, "netlink") == 0)
+        request_links();
 
     ready();
     wait_go();

@@ -3,26 +3,96 @@
  * fail with a reason naming fd 7 and its kind, and leave the app running
  * untouched.
  *
- *   packet   (default) an AF_PACKET socket
+ *   netlink  (default) a NETLINK_ROUTE socket with the acknowledgement of a
+ *            request waiting unread
  *   perf     a perf_event counter (software task clock) on ourselves
+ *   ring     a packet socket with a receive ring (PACKET_RX_RING)
+ *   fanout   a packet socket bound to lo, in a fanout group (filter: none
+ *            passes)
+ *   mclist   a packet socket with a promiscuous membership on lo
+ *   packetq  a packet socket bound to lo with a UDP datagram to port P
+ *            (from the pid) queued, its filter passing only those
  *   scm      a UNIX socketpair end (fd 7, peer fd 8) with a pidfd of the
  *            app in flight (SCM_RIGHTS), which the app no longer holds
  *   backlog  a UNIX listener with a connection not yet accepted whose client
  *            (fd 8) has sent a byte on it
  *
- * After go: fd 7 is the same object (same inode) and still works: the packet
- * socket reports its type, the counter counts, the descriptor in flight
- * arrives and names the app, the waiting connection is accepted and carries
- * the byte sent before and one more; a memory pattern is intact.
+ * After go: fd 7 is the same object (same inode) and still works: the netlink
+ * socket holds the acknowledgement, the counter counts, the packet sockets
+ * keep their ring, group and membership and the queued datagram reads back,
+ * the descriptor in flight arrives and names the app, the waiting connection
+ * is accepted and carries the byte sent before and one more; a memory
+ * pattern is intact.
  *
- * Usage: breadth_refuse [--kind=packet|perf|scm|backlog] [--selftest-fail=fd|memory]
+ * Usage: breadth_refuse [--kind=netlink|perf|ring|fanout|mclist|packetq|scm|backlog] [--selftest-fail=fd|memory]
  */
 #include "common.h"
 
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+
+/* From linux/netlink.h (a stable ABI; the ARM toolchains carry no kernel
+ * headers). */
+#ifndef AF_NETLINK
+#define AF_NETLINK 16
+#endif
+#define NL_ROUTE 0
+#define NL_NOOP 1
+#define NL_ERROR 2
+#define NL_F_REQUEST 0x1
+#define NL_F_ACK 0x4
+struct nl_header {
+    uint32_t len;
+    uint16_t type, flags;
+    uint32_t seq, pid;
+};
+
+/* From linux/if_packet.h, linux/if_ether.h and linux/filter.h. */
+#ifndef AF_PACKET
+#define AF_PACKET 17
+#endif
+#define SOL_PKT 263
+#define PKT_ADD_MEMBERSHIP 1
+#define PKT_DROP_MEMBERSHIP 2
+#define PKT_RX_RING 5
+#define PKT_FANOUT 18
+#define PKT_MR_PROMISC 1
+#define ETHP_ALL 0x0003
+#define ETHP_IP 0x0800
+#ifndef SO_ATTACH_FILTER
+#define SO_ATTACH_FILTER 26
+#endif
+struct ll_addr {
+    unsigned short family;
+    unsigned short protocol;
+    int ifindex;
+    unsigned short hatype;
+    unsigned char pkttype, halen;
+    unsigned char addr[8];
+};
+struct bpf_insn {
+    unsigned short code;
+    unsigned char jt, jf;
+    unsigned int k;
+};
+struct bpf_prog {
+    unsigned short len;
+    struct bpf_insn *filter;
+};
+struct pkt_mreq {
+    int ifindex;
+    unsigned short type, alen;
+    unsigned char address[8];
+};
+struct pkt_ring {
+    unsigned int block_size, block_nr, frame_size, frame_nr;
+};
 
 #define BAD_FD 7
 #define MEM_LEN (64 * 1024)
@@ -46,7 +116,7 @@ struct perf_attr {
 #define PERF_TYPE_SOFTWARE 1
 #define PERF_COUNT_SW_TASK_CLOCK 1
 
-static const char *kind = "packet";
+static const char *kind = "netlink";
 static ino_t bad_ino;
 static uint8_t *mem;
 
@@ -58,10 +128,116 @@ static socklen_t listen_addr(struct sockaddr_un *a)
     return (socklen_t)(sizeof(sa_family_t) + 1 + strlen(a->sun_path + 1));
 }
 
+static unsigned short udp_port;
+static const char datagram[] = "queued";
+
+/* A packet socket at fd 7 with filter `f` of `n` instructions, bound to
+ * `protocol` on lo (nothing reaches it before the filter). */
+static void packet_at_7(int type, struct bpf_insn *f, unsigned short n, int protocol)
+{
+    fd_at(socket(AF_PACKET, type, 0), BAD_FD, "packet socket");
+    struct bpf_prog p = { n, f };
+    if (n && setsockopt(BAD_FD, SOL_SOCKET, SO_ATTACH_FILTER, &p, sizeof p) != 0)
+        setup_failed("filter");
+    if (protocol) {
+        struct ll_addr a;
+        memset(&a, 0, sizeof a);
+        a.family = AF_PACKET;
+        a.protocol = htons((unsigned short)protocol);
+        a.ifindex = (int)if_nametoindex("lo");
+        if (bind(BAD_FD, (struct sockaddr *)&a, sizeof a) != 0)
+            setup_failed("bind");
+    }
+}
+
+static void setup_packet(void)
+{
+    if (strcmp(kind, "ring") == 0) {
+        packet_at_7(SOCK_RAW, NULL, 0, 0);
+        struct pkt_ring r = { 4096, 1, 2048, 2 };
+        if (setsockopt(BAD_FD, SOL_PKT, PKT_RX_RING, &r, sizeof r) != 0)
+            setup_failed("PACKET_RX_RING");
+    } else if (strcmp(kind, "fanout") == 0) {
+        struct bpf_insn none[] = { { 0x06, 0, 0, 0 } };
+        packet_at_7(SOCK_RAW, none, 1, ETHP_ALL);
+        int v = (getpid() & 0xffff) | (0 << 16); /* PACKET_FANOUT_HASH */
+        if (setsockopt(BAD_FD, SOL_PKT, PKT_FANOUT, &v, sizeof v) != 0)
+            setup_failed("PACKET_FANOUT");
+    } else if (strcmp(kind, "mclist") == 0) {
+        packet_at_7(SOCK_RAW, NULL, 0, 0);
+        struct pkt_mreq m;
+        memset(&m, 0, sizeof m);
+        m.ifindex = (int)if_nametoindex("lo");
+        m.type = PKT_MR_PROMISC;
+        if (setsockopt(BAD_FD, SOL_PKT, PKT_ADD_MEMBERSHIP, &m, sizeof m) != 0)
+            setup_failed("PACKET_ADD_MEMBERSHIP");
+    } else {
+        udp_port = (unsigned short)(20000 + getpid() % 20000);
+        /* The IP header first: UDP, not a fragment, to udp_port. */
+        struct bpf_insn udp[] = {
+            { 0x30, 0, 0, 9 }, { 0x15, 0, 6, 17 }, { 0x28, 0, 0, 6 }, { 0x45, 4, 0, 0x1fff },
+            { 0xb1, 0, 0, 0 }, { 0x48, 0, 0, 2 }, { 0x15, 0, 1, udp_port }, { 0x06, 0, 0, 0xffff },
+            { 0x06, 0, 0, 0 },
+        };
+        packet_at_7(SOCK_DGRAM, udp, sizeof udp / sizeof udp[0], ETHP_IP);
+        int u = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in to;
+        memset(&to, 0, sizeof to);
+        to.sin_family = AF_INET;
+        to.sin_port = htons(udp_port);
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (u < 0 || sendto(u, datagram, sizeof datagram, 0, (struct sockaddr *)&to, sizeof to) < 0)
+            setup_failed("sendto");
+        close(u);
+        struct pollfd p = { BAD_FD, POLLIN, 0 };
+        if (poll(&p, 1, 2000) != 1)
+            setup_failed("the datagram queued on the packet socket");
+    }
+}
+
+static void check_packet(void)
+{
+    if (strcmp(kind, "ring") == 0) {
+        void *ring = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, BAD_FD, 0);
+        if (ring == MAP_FAILED)
+            fail("ring: mapping it: %s", strerror(errno));
+        else
+            munmap(ring, 4096);
+    } else if (strcmp(kind, "fanout") == 0) {
+        int v = -1;
+        socklen_t l = sizeof v;
+        if (getsockopt(BAD_FD, SOL_PKT, PKT_FANOUT, &v, &l) != 0 || v != (getpid() & 0xffff))
+            fail("fanout: expected group %d, got %d", getpid() & 0xffff, v);
+    } else if (strcmp(kind, "mclist") == 0) {
+        struct pkt_mreq m;
+        memset(&m, 0, sizeof m);
+        m.ifindex = (int)if_nametoindex("lo");
+        m.type = PKT_MR_PROMISC;
+        if (setsockopt(BAD_FD, SOL_PKT, PKT_DROP_MEMBERSHIP, &m, sizeof m) != 0)
+            fail("mclist: dropping the membership: %s", strerror(errno));
+    } else {
+        char b[256];
+        ssize_t n = recv(BAD_FD, b, sizeof b, MSG_DONTWAIT);
+        if (n < (ssize_t)(28 + sizeof datagram) || memcmp(b + n - sizeof datagram, datagram, sizeof datagram) != 0)
+            fail("packetq: expected the queued datagram, got %zd bytes", n);
+    }
+}
+
+static int is_packet_kind(void)
+{
+    return strcmp(kind, "ring") == 0 || strcmp(kind, "fanout") == 0 || strcmp(kind, "mclist") == 0 ||
+           strcmp(kind, "packetq") == 0;
+}
+
 static void setup(void)
 {
-    if (strcmp(kind, "packet") == 0) {
-        fd_at(socket(AF_PACKET, SOCK_DGRAM, 0), BAD_FD, "packet socket");
+    if (strcmp(kind, "netlink") == 0) {
+        fd_at(socket(AF_NETLINK, SOCK_RAW, NL_ROUTE), BAD_FD, "netlink socket");
+        struct nl_header h = { sizeof h, NL_NOOP, NL_F_REQUEST | NL_F_ACK, 5, 0 };
+        if (send(BAD_FD, &h, sizeof h, 0) != (ssize_t)sizeof h)
+            setup_failed("netlink request");
+    } else if (is_packet_kind()) {
+        setup_packet();
     } else if (strcmp(kind, "perf") == 0) {
         struct perf_attr attr;
         memset(&attr, 0, sizeof attr);
@@ -119,11 +295,19 @@ static void setup(void)
 
 static void check_works(void)
 {
-    if (strcmp(kind, "packet") == 0) {
-        int t = 0;
-        socklen_t l = sizeof t;
-        if (getsockopt(BAD_FD, SOL_SOCKET, SO_TYPE, &t, &l) != 0 || t != SOCK_DGRAM)
-            fail("packet socket: expected SOCK_DGRAM, got %d", t);
+    if (strcmp(kind, "netlink") == 0) {
+        struct {
+            struct nl_header h;
+            int32_t error;
+            struct nl_header req;
+        } ack;
+        memset(&ack, 0, sizeof ack);
+        ssize_t n = recv(BAD_FD, &ack, sizeof ack, MSG_DONTWAIT);
+        if (n != (ssize_t)sizeof ack || ack.h.type != NL_ERROR || ack.h.seq != 5 || ack.error != 0)
+            fail("netlink: expected the acknowledgement of request 5, got %zd bytes, type %u, seq %u, error %d",
+                 n, ack.h.type, ack.h.seq, ack.error);
+    } else if (is_packet_kind()) {
+        check_packet();
     } else if (strcmp(kind, "perf") == 0) {
         uint64_t a = 0, b = 0;
         if (read(BAD_FD, &a, 8) != 8)

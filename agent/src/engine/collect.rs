@@ -1026,7 +1026,11 @@ impl FileTable {
                     let socket = conv::fit(id, "u32", "open file index").step(step)?;
                     if matches!(
                         self.files[id].kind,
-                        FileKind::Unix(_) | FileKind::Inet(_) | FileKind::TcpConnection(_)
+                        FileKind::Unix(_)
+                            | FileKind::Inet(_)
+                            | FileKind::TcpConnection(_)
+                            | FileKind::Netlink(_)
+                            | FileKind::Packet(_)
                     ) {
                         let opts = crate::engine::files::socket_options(pid, fd)
                             .map_err(|e| {

@@ -407,7 +407,11 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                         st.files.get(i as usize).is_some_and(|f| {
                             matches!(
                                 f.kind,
-                                FileKind::Unix(_) | FileKind::Inet(_) | FileKind::TcpConnection(_)
+                                FileKind::Unix(_)
+                                    | FileKind::Inet(_)
+                                    | FileKind::TcpConnection(_)
+                                    | FileKind::Netlink(_)
+                                    | FileKind::Packet(_)
                             )
                         })
                     })

@@ -524,6 +524,10 @@ macro_rules! file_registry {
                 // An established TCP connection kept in repair mode
                 // (`engine::files::tcp`).
                 TcpConnection(crate::image::records::TcpConnection),
+                // A netlink socket (`engine::files::netlink`).
+                Netlink(crate::image::records::NetlinkSocket),
+                // A packet socket (`engine::files::packet`).
+                Packet(crate::image::records::PacketSocket),
             }
         }
     };

@@ -74,13 +74,17 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.6 adds two kinds, bytes 28 and 29 (26 and 27 are reserved,
-//! `records::RESERVED_KINDS`). `flight-file`: a file description only a
+//! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written
 //! after every process and before the `unix-rights` records that pass it.
 //! `unix-waiting`: the clients of the connections waiting to be accepted by
 //! a UNIX listener, in `accept` order, written after every process. A 2.5
 //! reader refuses an image holding either for the kind it does not know.
+//! It also appends the `Netlink` and `Packet` variants to `FdKind`: a
+//! netlink socket kept with its protocol, port id, multicast groups,
+//! destination and options, and a packet socket with its protocol,
+//! interface and options (a 2.5 reader fails to decode an image holding
+//! either).
 //!
 //! Format 2.5 adds three kinds. `task-attrs`: scheduling, nice values and
 //! parent-death signals of threads, child subreaper, dumpable, THP

@@ -195,18 +195,13 @@ registry! {
     /// Socket options of a socket that differ from a new socket's, beyond
     /// its fd record's, after every process.
     SockExtra       = 25,  "sock-opts",      SockExtra,       STATE_LIMIT,     "a sock-opts record",      state;
-    // 26 and 27 are reserved (`RESERVED_KINDS`).
     /// A file description only a queued message of a UNIX socket holds
     /// (in flight, its sender's copy closed), after every process.
-    FlightFile      = 28,  "flight-file",    FlightFile,      STATE_LIMIT,     "a flight-file record",    state;
+    FlightFile      = 26,  "flight-file",    FlightFile,      STATE_LIMIT,     "a flight-file record",    state;
     /// The connections waiting to be accepted by a UNIX listener, by their
     /// clients, after every process.
-    UnixWaiting     = 29,  "unix-waiting",   UnixWaiting,     STATE_LIMIT,     "a unix-waiting record",   state;
+    UnixWaiting     = 27,  "unix-waiting",   UnixWaiting,     STATE_LIMIT,     "a unix-waiting record",   state;
 }
-
-/// Kind bytes no kind of this torpor takes, kept for kinds another torpor
-/// numbers there: the registry skips them, and they are never reused.
-pub const RESERVED_KINDS: [u8; 2] = [26, 27];
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
 pub const STATE_LIMIT: u32 = 64 * 1024;
@@ -884,6 +879,18 @@ pub enum FdKind {
         flags: u32,
         state: TcpConnection,
     },
+    /// A netlink socket: its protocol, port id, multicast groups,
+    /// destination and options (format 2.6).
+    Netlink {
+        flags: u32,
+        state: NetlinkSocket,
+    },
+    /// A packet socket: its type, protocol, interface and options
+    /// (format 2.6).
+    Packet {
+        flags: u32,
+        state: PacketSocket,
+    },
 }
 
 /// A file or directory below `/proc/PID/` of a process of the tree.
@@ -1100,6 +1107,49 @@ pub struct InetSocket {
     /// UDP and UDP-Lite: datagrams waiting to be read, in order (their
     /// senders are not kept).
     pub queue: Vec<Vec<u8>>,
+}
+
+/// A netlink socket with an empty receive queue (one with messages
+/// waiting is refused at the dump).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetlinkSocket {
+    /// `SOCK_RAW` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    /// `NETLINK_ROUTE`, `NETLINK_KOBJECT_UEVENT`...
+    pub protocol: i32,
+    /// The port id it is bound to (`nl_pid` of `getsockname`), whether the
+    /// app chose it or the kernel did; 0 when unbound.
+    pub portid: u32,
+    /// Its multicast groups as `NETLINK_LIST_MEMBERSHIPS` reads them:
+    /// bit `g - 1` of the words, in order, is group `g`.
+    pub groups: Vec<u32>,
+    /// The destination of a `connect`: port id and group mask
+    /// (`getpeername`); both 0 when unconnected.
+    pub dst_portid: u32,
+    pub dst_groups: u32,
+    /// The `SOL_NETLINK` options that are on (`NETLINK_PKTINFO`...), by
+    /// number.
+    pub options: Vec<i32>,
+    pub opts: SockOpts,
+}
+
+/// A packet socket (`AF_PACKET`) with no ring, fanout group, multicast or
+/// promiscuous membership, and nothing queued (those are refused at the
+/// dump).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketSocket {
+    /// `SOCK_RAW` or `SOCK_DGRAM`.
+    pub sock_type: i32,
+    /// The protocol it receives (`ETH_P_*`, host order); 0 for none.
+    pub protocol: u16,
+    /// The interface it is bound to, by index and name at the dump; 0 and
+    /// empty when bound to none (every interface).
+    pub ifindex: i32,
+    pub ifname: String,
+    /// The `SOL_PACKET` options that are not 0, as (option, value):
+    /// `PACKET_VERSION`, `PACKET_RESERVE`, `PACKET_AUXDATA`...
+    pub options: Vec<(i32, i32)>,
+    pub opts: SockOpts,
 }
 
 /// Socket options a restore sets again (buffer sizes as `getsockopt`

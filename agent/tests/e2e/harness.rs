@@ -781,12 +781,22 @@ pub struct Cycle {
 /// Held by each test of an app with pseudo-terminals, so that they run one
 /// at a time: a restore needs the pts numbers its dump saw, which a pair
 /// of another run of the app (its control, its lazy variant) may hold.
+/// Likewise for the netlink app: the address one run adds to lo is an
+/// event queued on the sockets of any other run, which a dump refuses.
 pub fn one_at_a_time(app: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     static PTYS: Mutex<()> = Mutex::new(());
-    app.contains("pty").then(|| {
-        PTYS.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    })
+    static NETLINK: Mutex<()> = Mutex::new(());
+    let lock = if app.contains("pty") {
+        &PTYS
+    } else if app.contains("netlink") {
+        &NETLINK
+    } else {
+        return None;
+    };
+    Some(
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 /// [`checkpoint_run_between`] with `restore_args` added to every `torpor
@@ -877,6 +887,16 @@ pub fn checkpoint_run_with(
 /// fails with a reason on stderr, the app is left running and untraced, and
 /// after go it passes. Returns the reason.
 pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
+    refused_dump_run_checked(name, args, &|_, _| Ok(()))
+}
+
+/// [`refused_dump_run`], with `check(pid, reason)` run on the refusal while
+/// the app still waits for go.
+pub fn refused_dump_run_checked(
+    name: &str,
+    args: &[&str],
+    check: &dyn Fn(i32, &str) -> Result<(), String>,
+) -> Result<String, String> {
     require_commands(&["dump"])?;
     run_app(&format!("refused-{name}"), name, args, |pid, w, _| {
         wait_ready_running(pid, name, w)?;
@@ -910,10 +930,29 @@ pub fn refused_dump_run(name: &str, args: &[&str]) -> Result<String, String> {
             }
             thread::sleep(POLL);
         }
+        check(pid, &dumped.stderr)?;
         let ended = go_and_wait(pid, name, w)?;
         expect_pass(name, ended, w)?;
         Ok(dumped.stderr)
     })
+}
+
+/// The bytes waiting in the receive queue of netlink socket `fd` of `pid`,
+/// as `/proc/PID/net/netlink` counts them (its `Rmem` column).
+pub fn netlink_waiting(pid: i32, fd: i32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link");
+    let link = link.to_string_lossy();
+    let inode = link
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).expect("net/netlink");
+    let row: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() >= 10 && c[9] == inode)
+        .unwrap_or_else(|| panic!("socket:[{inode}] in /proc/{pid}/net/netlink"));
+    row[4].parse().expect("Rmem")
 }
 
 /// A task that exits by itself while it is dumped: the dump either fails
@@ -997,4 +1036,22 @@ pub fn check_counter_log(log: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The bytes waiting in the receive queue of packet socket `fd` of `pid`,
+/// as `/proc/PID/net/packet` counts them (its `Rmem` column).
+pub fn packet_waiting(pid: i32, fd: i32) -> u64 {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link");
+    let link = link.to_string_lossy();
+    let inode = link
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_string();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/packet")).expect("net/packet");
+    let row: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() >= 9 && c[8] == inode)
+        .unwrap_or_else(|| panic!("socket:[{inode}] in /proc/{pid}/net/packet"));
+    row[6].parse().expect("Rmem")
 }

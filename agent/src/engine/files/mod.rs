@@ -1,8 +1,8 @@
 //! Every kind of file description (files and directories by path,
 //! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
 //! files, the connection to the daemon, and the anonymous kernel objects:
-//! eventfd, timerfd, signalfd, epoll, inotify, UNIX and internet sockets,
-//! memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
+//! eventfd, timerfd, signalfd, epoll, inotify, UNIX, internet, netlink
+//! and packet sockets, memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
 //! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
 //! tmpfs files).
 //!
@@ -33,7 +33,9 @@ mod inotify;
 mod late;
 mod locks;
 mod memfd;
+mod netlink;
 pub mod owner;
+mod packet;
 mod path;
 pub mod pipe;
 mod pty;
@@ -84,6 +86,7 @@ pub fn check_pty_holders(
         cause: Cause::Unsupported(e),
     })
 }
+pub use netlink::user_may as netlink_user_may;
 pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
 pub use unix::{shown as unix_name, InFlight, Pending, WAITING_LIMIT};
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
@@ -455,12 +458,6 @@ pub fn collect(
     }
     match p.socket {
         None => Ok(None),
-        Some((_, libc::AF_NETLINK)) => {
-            Err(p.unsupported("a netlink socket, which torpor cannot restore"))
-        }
-        Some((_, libc::AF_PACKET)) => {
-            Err(p.unsupported("a packet socket, which torpor cannot restore"))
-        }
         Some((_, other)) => Err(p.unsupported(format!(
             "a socket of address family {other}, which torpor cannot restore"
         ))),

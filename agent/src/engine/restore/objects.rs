@@ -138,7 +138,11 @@ pub(super) fn open_objects(
             waiting: &st.waiting,
             sock_opts: st.sock_opts.get(&file).map_or(&[][..], Vec::as_slice),
         };
-        let fd = f.kind.open(&mut cx).step(step)?;
+        let fd = f
+            .kind
+            .open(&mut cx)
+            .map_err(|e| name_socket(st, &f.kind, file, e))
+            .step(step)?;
         if let crate::engine::state::FileKind::TcpConnection(_) = &f.kind {
             // Its socket is made in repair mode, options after.
             crate::engine::files::sockopt::apply(fd, cx.sock_opts).step(step)?;
@@ -155,4 +159,30 @@ pub(super) fn open_objects(
     ptys.finish().step(step)?;
     objs.tcp = tcp;
     Ok(objs)
+}
+
+/// A netlink or packet socket that cannot be made again (its port id
+/// taken, its interface gone) is named by the first fd that holds it.
+fn name_socket(
+    st: &ImageState,
+    kind: &crate::engine::state::FileKind,
+    file: u32,
+    e: crate::engine::Cause,
+) -> crate::engine::Cause {
+    use crate::engine::state::FileKind;
+    if !matches!(kind, FileKind::Netlink(_) | FileKind::Packet(_)) {
+        return e;
+    }
+    let holder = st.processes.iter().find_map(|p| {
+        p.fds
+            .iter()
+            .find(|f| f.file == file)
+            .map(|f| (p.task.pid, f.fd))
+    });
+    match (e, holder) {
+        (crate::engine::Cause::Refused(m), Some((pid, fd))) => {
+            crate::engine::Cause::Refused(format!("fd {fd} of process {pid}: {m}"))
+        }
+        (e, _) => e,
+    }
 }

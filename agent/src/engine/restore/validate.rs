@@ -63,61 +63,91 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
 /// a raw socket or an option that needs a capability is refused (the user's
 /// processes have none), a ping socket needs the user's group in
 /// `net.ipv4.ping_group_range`, a congestion control the user picks must be
-/// one `net.ipv4.tcp_allowed_congestion_control` allows.
+/// one `net.ipv4.tcp_allowed_congestion_control` allows; a netlink socket
+/// joins no group and sets no option only root may.
 fn user_sockets(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
-    use crate::engine::files::sockopt;
     use crate::engine::state::FileKind;
     for (i, f) in st.files.iter().enumerate() {
         let sock = match &f.kind {
-            FileKind::Inet(s) => s,
-            FileKind::TcpConnection(c) => &c.socket,
-            _ => continue,
-        };
-        if sock.sock_type == libc::SOCK_RAW {
-            return Err(format!(
-                "the image holds a raw socket (protocol {}), which uid {uid} may not make without CAP_NET_RAW",
-                sock.protocol
-            ));
-        }
-        if sock.sock_type == libc::SOCK_DGRAM
-            && matches!(sock.protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6)
-        {
-            let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
-                .map_err(|e| format!("reading net.ipv4.ping_group_range: {e}"))?;
-            let mut it = range.split_whitespace().map(str::parse::<u32>);
-            let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {
-                return Err(format!("net.ipv4.ping_group_range reads {range:?}"));
-            };
-            if !(lo..=hi).contains(&gid) {
+            FileKind::Inet(s) => Some(s),
+            FileKind::TcpConnection(c) => Some(&c.socket),
+            FileKind::Netlink(n) => {
+                crate::engine::files::netlink_user_may(n).map_err(|(what, cap)| {
+                    format!("a netlink socket of the image {what}, which uid {uid} may not without {cap}")
+                })?;
+                None
+            }
+            FileKind::Packet(_) => {
                 return Err(format!(
-                    "the image holds a ping socket, which uid {uid} (gid {gid}) may not make: net.ipv4.ping_group_range is {lo} {hi}"
+                    "the image holds a packet socket, which uid {uid} may not make without CAP_NET_RAW"
                 ));
             }
+            _ => continue,
+        };
+        if let Some(sock) = sock {
+            inet_user_may(sock, uid, gid)?;
         }
         let Some(opts) = u32::try_from(i).ok().and_then(|i| st.sock_opts.get(&i)) else {
             continue;
         };
-        for o in opts {
-            if let Some(cap) = sockopt::needs_capability(o) {
-                return Err(format!(
-                    "a socket of the image has {} set, which uid {uid} may not set without {cap}",
-                    sockopt::name(o.level, o.opt)
+        user_sock_opts(opts, uid)?;
+    }
+    Ok(())
+}
+
+/// An internet socket of a user's image: no raw socket, a ping socket only
+/// for a group `net.ipv4.ping_group_range` allows.
+fn inet_user_may(
+    sock: &crate::image::records::InetSocket,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
+    if sock.sock_type == libc::SOCK_RAW {
+        return Err(format!(
+                "the image holds a raw socket (protocol {}), which uid {uid} may not make without CAP_NET_RAW",
+                sock.protocol
+            ));
+    }
+    if sock.sock_type == libc::SOCK_DGRAM
+        && matches!(sock.protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6)
+    {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
+            .map_err(|e| format!("reading net.ipv4.ping_group_range: {e}"))?;
+        let mut it = range.split_whitespace().map(str::parse::<u32>);
+        let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {
+            return Err(format!("net.ipv4.ping_group_range reads {range:?}"));
+        };
+        if !(lo..=hi).contains(&gid) {
+            return Err(format!(
+                    "the image holds a ping socket, which uid {uid} (gid {gid}) may not make: net.ipv4.ping_group_range is {lo} {hi}"
                 ));
-            }
-            if (o.level, o.opt) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
-                let algo = o.value.split(|&b| b == 0).next().unwrap_or_default();
-                let algo = String::from_utf8_lossy(algo);
-                let allowed =
-                    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
-                        .map_err(|e| {
-                            format!("reading net.ipv4.tcp_allowed_congestion_control: {e}")
-                        })?;
-                if !allowed.split_whitespace().any(|a| a == algo) {
-                    return Err(format!(
+        }
+    }
+    Ok(())
+}
+
+/// The extra options of a socket of a user's image: none that needs a
+/// capability, a congestion control the user may choose.
+fn user_sock_opts(opts: &[crate::image::records::RawSockOpt], uid: u32) -> Result<(), String> {
+    use crate::engine::files::sockopt;
+    for o in opts {
+        if let Some(cap) = sockopt::needs_capability(o) {
+            return Err(format!(
+                "a socket of the image has {} set, which uid {uid} may not set without {cap}",
+                sockopt::name(o.level, o.opt)
+            ));
+        }
+        if (o.level, o.opt) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
+            let algo = o.value.split(|&b| b == 0).next().unwrap_or_default();
+            let algo = String::from_utf8_lossy(algo);
+            let allowed =
+                std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+                    .map_err(|e| format!("reading net.ipv4.tcp_allowed_congestion_control: {e}"))?;
+            if !allowed.split_whitespace().any(|a| a == algo) {
+                return Err(format!(
                         "a socket of the image uses TCP congestion control {algo}, which uid {uid} may not choose: net.ipv4.tcp_allowed_congestion_control is {}",
                         allowed.trim()
                     ));
-                }
             }
         }
     }
