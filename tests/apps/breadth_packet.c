@@ -216,7 +216,8 @@ static void receive(void)
         if (poll(&p, 1, 100) <= 0)
             continue;
         struct iovec iov = { buf, sizeof buf };
-        struct msghdr m = { &from, sizeof from, &iov, 1, ctl.b, sizeof ctl.b, 0 };
+        struct msghdr m = { .msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
         ssize_t n = recvmsg(10, &m, 0);
         if (n < 0)
             continue;
