@@ -727,7 +727,7 @@ start_counters() {
     done
 }
 
-# A managed app holding a netlink socket (badfd): `torpor hibernate --all`
+# A managed app holding a netlink socket with a reply unread (badfd): `torpor hibernate --all`
 # must be refused naming it, the power stays on, every app runs on and
 # badfd verifies it was left untouched.
 hibernate_refused() {
@@ -752,7 +752,7 @@ hibernate_refused() {
     problems=
     [ "$rc" -eq 1 ] || problems="$problems; exit $rc, not 1"
     case "$line" in
-        "torpor: error: DumpFailed: no app hibernated: checkpoint failed: app netlink (pid $pn): files $pn: fd 7 "*"a netlink socket, which torpor cannot restore") ;;
+        "torpor: error: DumpFailed: no app hibernated: checkpoint failed: app netlink (pid $pn): files $pn: fd 7 "*"a netlink socket: "[0-9]*" bytes of messages wait unread in its receive queue, which torpor cannot queue again") ;;
         *) problems="$problems; the error does not name app netlink (pid $pn) and fd 7" ;;
     esac
     count_reaches counter-a $((a + 2)) || problems="$problems; counter-a stopped at $(last_count counter-a)"
