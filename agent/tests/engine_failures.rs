@@ -1091,9 +1091,15 @@ fn a_netlink_port_id_taken_fails_the_restore_naming_the_fd() {
     dump(pid, &img, &[]);
     assert_eq!(reap(pid), libc::SIGKILL);
     let port = 0x6d00_0000u32 + u32::try_from(pid).expect("pid");
-    // SAFETY: a socket of our own, bound to a sockaddr_nl on our stack.
+    // SAFETY: a socket of our own, bound to a sockaddr_nl on our stack;
+    // close-on-exec, so no process another test spawns meanwhile keeps the
+    // port after it is closed.
     let taken = unsafe {
-        let s = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
+        let s = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
         assert!(s >= 0, "socket");
         let mut a: libc::sockaddr_nl = std::mem::zeroed();
         a.nl_family = libc::sa_family_t::try_from(libc::AF_NETLINK).expect("AF_NETLINK");
