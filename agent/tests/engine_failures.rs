@@ -24,28 +24,6 @@ int main(void) {
 }
 "#;
 
-const STRICT_SECCOMP: &str = r#"
-#include <unistd.h>
-#include <sys/prctl.h>
-#include <linux/seccomp.h>
-int main(void) {
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0)
-        return 2;
-    /* Strict mode allows read, write, exit and sigreturn only. */
-    for (unsigned long i = 0;; i++) {
-        char t[24], b[24];
-        int n = 0, m = 0;
-        unsigned long v = i;
-        do { t[n++] = (char)('0' + v % 10); v /= 10; } while (v);
-        while (n) b[m++] = t[--n];
-        b[m++] = '\n';
-        write(1, b, (size_t)m);
-        for (volatile unsigned long s = 0; s < 20000000; s++)
-            ;
-    }
-}
-"#;
-
 const COUNTER: &str = r#"
 #include <stdio.h>
 #include <unistd.h>
@@ -635,35 +613,6 @@ fn counts_on_untouched(pid: i32, out: &std::path::Path, img: &std::path::Path) {
     assert!(status.lines().any(|l| l == "TracerPid:\t0"), "detached");
     kill_and_reap(pid);
     assert_counted_from_zero(out);
-}
-
-/// Strict seccomp mode cannot be entered again by a restored task.
-#[test]
-fn strict_seccomp_is_a_clear_error_and_the_tree_runs_on() {
-    become_subreaper();
-    let dir = scratch("fail-seccomp");
-    let bin = compile(&dir, "seccomp", STRICT_SECCOMP, &[]);
-    let out = dir.join("out.txt");
-    let img = dir.join("seccomp.img");
-    let pid = spawn(&bin, &[], Some(&out));
-    let mut reaper = Reaper::default();
-    reaper.add(pid);
-    wait_for("output", || lines(&out).len() >= 3);
-    let o = torpor(&[
-        "dump",
-        "--pid",
-        &pid.to_string(),
-        "--image",
-        img.to_str().expect("utf8"),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or(""),
-        format!(
-            "torpor: error: collect thread {pid}: thread {pid} of process {pid} runs in strict seccomp mode, which torpor cannot restore"
-        ),
-    );
-    counts_on_untouched(pid, &out, &img);
 }
 
 fn socket_inode(pid: i32) -> String {

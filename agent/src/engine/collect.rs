@@ -22,9 +22,9 @@ use crate::engine::state::{
 };
 use crate::engine::{conv, Cause, EngineError, Step, StepExt};
 use crate::image::records::{
-    AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, PipeEnd, PosixTimer, Regs, Rlimit,
-    RobustList, Rseq, SeccompFilter, SigAction, SigInfo, Task, TaskAttrs, Thread, ThreadAttrs,
-    VmaAdvice,
+    AltStack, Creds, FileOwner, ITimer, ITimers, MmFields, OwnSeccomp, PipeEnd, PosixTimer, Regs,
+    Rlimit, RobustList, Rseq, SeccompFilter, SigAction, SigInfo, Task, TaskAttrs, Thread,
+    ThreadAttrs, ThreadSeccomp, VmaAdvice,
 };
 use crate::image::Arch;
 
@@ -199,16 +199,10 @@ pub fn collect_process(
         &procfs::read("/proc/self/status").step(step)?,
     )
     .step(step)?;
+    let mut chains = Vec::with_capacity(tids.len());
     for &tid in tids {
         let tstep = Step::CollectThread(tid);
-        let filters = seccomp_filters(pid, tid, &own).step(tstep)?;
-        if tid != pid && filters != p.seccomp {
-            return Err(Cause::Unsupported(format!(
-                "thread {tid} of process {pid} runs under other seccomp filters than thread {pid}, which torpor cannot restore"
-            )))
-            .step(tstep);
-        }
-        p.seccomp = filters;
+        chains.push((tid, seccomp_filters(pid, tid, &own).step(tstep)?));
         let mut regs = arch::get_regs(tid).step(tstep)?;
         let tls = arch::get_tls(tid, &regs).step(tstep)?;
         regs.for_image();
@@ -236,6 +230,7 @@ pub fn collect_process(
             robust_list: RobustList::default(),
         });
     }
+    (p.seccomp, p.thread_seccomp) = split_seccomp(chains);
     run_parasite(&mut p).step(Step::Parasite(pid))?;
     // Only the threads that differ from a new thread are kept.
     p.attrs.threads.retain(|t| {
@@ -354,18 +349,25 @@ fn auxv_words(raw: &[u8]) -> Result<Vec<u64>, Cause> {
         .collect())
 }
 
-/// The seccomp filters a thread runs under beyond torpor's own (a
-/// container's filters, which the restored tree inherits from torpor
-/// again), oldest first. Strict mode cannot be restored, nor filters that
-/// hand their decisions to a supervisor (`NEW_LISTENER`).
-fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<SeccompFilter>, Cause> {
+/// What a thread runs under beyond torpor's own seccomp filters (a
+/// container's, which the restored tree inherits from torpor again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chain {
+    /// Its filters, oldest first (none: seccomp is off).
+    Filters(Vec<SeccompFilter>),
+    /// `SECCOMP_MODE_STRICT`, which the kernel lets only a thread without
+    /// filters enter.
+    Strict,
+}
+
+/// The seccomp state of a thread. Filters that hand their decisions to a
+/// supervisor (`NEW_LISTENER`) cannot be restored.
+fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Chain, Cause> {
     const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 8;
     let path = format!("/proc/{pid}/task/{tid}/status");
     let s = procfs::parse_status(&path, &procfs::read(&path)?)?;
     if s.seccomp == 1 {
-        return Err(Cause::Unsupported(format!(
-            "thread {tid} of process {pid} runs in strict seccomp mode, which torpor cannot restore"
-        )));
+        return Ok(Chain::Strict);
     }
     let inherited = if own.seccomp == 2 {
         own.seccomp_filters
@@ -373,7 +375,7 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
         0
     };
     if s.seccomp != 2 || s.seccomp_filters <= inherited {
-        return Ok(Vec::new());
+        return Ok(Chain::Filters(Vec::new()));
     }
     let mut out = Vec::new();
     // Index 0 is the oldest filter: the inherited ones come first.
@@ -388,7 +390,41 @@ fn seccomp_filters(pid: i32, tid: i32, own: &procfs::Status) -> Result<Vec<Secco
         }
         out.push(SeccompFilter { flags, program });
     }
-    Ok(out)
+    Ok(Chain::Filters(out))
+}
+
+/// The filters every thread of a process runs under (the longest chain
+/// every thread's starts with; none when a thread is strict), and what
+/// each thread runs under beyond them, its oldest filter first. When all
+/// threads run under the same filters, the second list is empty.
+fn split_seccomp(chains: Vec<(i32, Chain)>) -> (Vec<SeccompFilter>, Vec<ThreadSeccomp>) {
+    fn of(c: &(i32, Chain)) -> &[SeccompFilter] {
+        match &c.1 {
+            Chain::Filters(f) => f,
+            Chain::Strict => &[],
+        }
+    }
+    let first = chains.first().map_or(&[][..], of);
+    let common = chains.iter().map(of).fold(first.len(), |n, f| {
+        (0..n.min(f.len()))
+            .find(|&i| f[i] != first[i])
+            .unwrap_or(n.min(f.len()))
+    });
+    let shared = first[..common].to_vec();
+    let mut own = Vec::new();
+    for (tid, c) in chains {
+        match c {
+            Chain::Strict => own.push(ThreadSeccomp {
+                tid,
+                own: OwnSeccomp::Strict,
+            }),
+            Chain::Filters(f) => own.extend(f.into_iter().skip(common).map(|f| ThreadSeccomp {
+                tid,
+                own: OwnSeccomp::Filter(f),
+            })),
+        }
+    }
+    (shared, own)
 }
 
 /// Records what each path `p` holds open, maps or works in is (its
@@ -1569,6 +1605,76 @@ mod tests {
         assert!(
             e.contains("posix timer nanoseconds -1 does not fit u64"),
             "{e}"
+        );
+    }
+
+    fn filter(n: u8) -> SeccompFilter {
+        SeccompFilter {
+            flags: 0,
+            program: vec![n; 8],
+        }
+    }
+
+    fn own(tid: i32, n: u8) -> ThreadSeccomp {
+        ThreadSeccomp {
+            tid,
+            own: OwnSeccomp::Filter(filter(n)),
+        }
+    }
+
+    #[test]
+    fn threads_under_one_chain_share_it_and_have_nothing_of_their_own() {
+        let chain = Chain::Filters(vec![filter(1), filter(2)]);
+        let (shared, threads) = split_seccomp(vec![(10, chain.clone()), (11, chain)]);
+        assert_eq!(shared, [filter(1), filter(2)]);
+        assert_eq!(threads, []);
+        let (shared, threads) = split_seccomp(vec![(10, Chain::Filters(Vec::new()))]);
+        assert_eq!(shared, []);
+        assert_eq!(threads, []);
+    }
+
+    #[test]
+    fn the_longest_common_prefix_is_shared_and_the_rest_is_each_thread_s() {
+        let (shared, threads) = split_seccomp(vec![
+            (10, Chain::Filters(vec![filter(1), filter(2)])),
+            (
+                11,
+                Chain::Filters(vec![filter(1), filter(2), filter(3), filter(4)]),
+            ),
+            (12, Chain::Filters(vec![filter(1), filter(5)])),
+        ]);
+        assert_eq!(shared, [filter(1)]);
+        assert_eq!(
+            threads,
+            [own(10, 2), own(11, 2), own(11, 3), own(11, 4), own(12, 5)]
+        );
+        // A thread without filters shares nothing with the others.
+        let (shared, threads) = split_seccomp(vec![
+            (10, Chain::Filters(Vec::new())),
+            (11, Chain::Filters(vec![filter(1)])),
+        ]);
+        assert_eq!(shared, []);
+        assert_eq!(threads, [own(11, 1)]);
+    }
+
+    #[test]
+    fn a_strict_thread_leaves_every_filter_to_its_thread() {
+        let (shared, threads) = split_seccomp(vec![
+            (10, Chain::Filters(vec![filter(1)])),
+            (11, Chain::Strict),
+            (12, Chain::Filters(vec![filter(1)])),
+        ]);
+        assert_eq!(shared, []);
+        assert_eq!(
+            threads,
+            [
+                own(10, 1),
+                ThreadSeccomp {
+                    tid: 11,
+                    own: OwnSeccomp::Strict
+                },
+                own(12, 1)
+            ]
         );
     }
 }

@@ -240,14 +240,27 @@ fn seize_one(tid: i32) -> Result<Seized, PtraceError> {
             })
         }
     };
-    let filtered = status
+    let mode = status
         .lines()
-        .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'));
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim);
     // Syscall stops are told apart from a SIGTRAP: injected code is
     // stepped from syscall to syscall (see `remote`).
     let base = ptrace::PTRACE_O_TRACESYSGOOD;
-    if !(filtered && ptrace::seize(tid, base | ptrace::PTRACE_O_SUSPEND_SECCOMP).is_ok()) {
-        ptrace::seize(tid, base)?;
+    let suspended = base | ptrace::PTRACE_O_SUSPEND_SECCOMP;
+    match mode {
+        // Strict mode kills a task at the parasite's first syscall: without
+        // the option the task is not seized at all.
+        Some("1") => ptrace::seize(tid, suspended).map_err(|e| match e {
+            PtraceError::Os { tid, err, .. } => PtraceError::Os {
+                op: "PTRACE_SEIZE with PTRACE_O_SUSPEND_SECCOMP (the task is in strict seccomp mode)",
+                tid,
+                err,
+            },
+            other => other,
+        })?,
+        Some("2") if ptrace::seize(tid, suspended).is_ok() => {}
+        _ => ptrace::seize(tid, base)?,
     }
     ptrace::interrupt(tid)?;
     let start = Instant::now();

@@ -111,6 +111,9 @@ pub fn write_process<W: Write>(
     for f in &p.seccomp {
         w.write(f)?;
     }
+    for t in &p.thread_seccomp {
+        w.write(t)?;
+    }
     // Only when it says something: an image of a tree with none stays
     // readable by a torpor that predates the kind.
     if p.attrs != crate::image::records::TaskAttrs::default() {
@@ -451,6 +454,7 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
             | Kind::Vma
             | Kind::Fd
             | Kind::SeccompFilter
+            | Kind::ThreadSeccomp
             | Kind::TaskAttrs
             | Kind::Pages => {
                 let p = cur
@@ -468,6 +472,7 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                         p.threads.push(t);
                     }
                     Kind::SeccompFilter => p.seccomp.push(rec.decode()?),
+                    Kind::ThreadSeccomp => p.thread_seccomp.push(rec.decode()?),
                     Kind::TaskAttrs => {
                         if seen_attrs.contains(&p.task.pid) {
                             return Err(malformed(format!(

@@ -109,9 +109,13 @@ pub struct ProcessState {
     pub threads: Vec<records::Thread>,
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
-    /// Seccomp filters beyond torpor's own, oldest first (every thread
-    /// runs under the same ones).
+    /// Seccomp filters beyond torpor's own, oldest first, that every
+    /// thread runs under.
     pub seccomp: Vec<records::SeccompFilter>,
+    /// What threads run under beyond `seccomp`: strict mode or filters of
+    /// their own, each thread's oldest first (none when every thread runs
+    /// under `seccomp` alone).
+    pub thread_seccomp: Vec<records::ThreadSeccomp>,
     /// Scheduling, prctl attributes, `oom_score_adj` and `madvise` flags
     /// (the `task-attrs` record; the default when the image has none).
     pub attrs: records::TaskAttrs,

@@ -74,6 +74,15 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.7 adds the `thread-seccomp` kind, byte 28: what a thread of
+//! the process before it runs under beyond the process's `seccomp-filter`
+//! records (which are then the filters every thread shares), either strict
+//! mode or one filter of the thread's own, a thread's oldest first. It is
+//! written only for a process whose threads differ, so the image of a
+//! process whose threads all run under the same filters is written as in
+//! 2.6; a 2.6 reader refuses an image holding one for the kind it does not
+//! know.
+//!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written
 //! after every process and before the `unix-rights` records that pass it.
@@ -136,7 +145,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 6 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 7 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

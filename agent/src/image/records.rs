@@ -201,6 +201,9 @@ registry! {
     /// The connections waiting to be accepted by a UNIX listener, by their
     /// clients, after every process.
     UnixWaiting     = 27,  "unix-waiting",   UnixWaiting,     STATE_LIMIT,     "a unix-waiting record",   state;
+    /// Strict mode, or one seccomp filter of a thread's own, of a thread
+    /// of the process before it (beyond the process's filters).
+    ThreadSeccomp   = 28,  "thread-seccomp", ThreadSeccomp,   STATE_LIMIT,     "a thread-seccomp record", state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -573,6 +576,29 @@ pub struct SeccompFilter {
     pub flags: u64,
     /// The `struct sock_filter` array, 8 bytes per instruction.
     pub program: Vec<u8>,
+}
+
+/// What one thread runs under beyond its process's seccomp filters (the
+/// `seccomp-filter` records, which every thread shares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnSeccomp {
+    /// `SECCOMP_MODE_STRICT`: only `read`, `write`, `exit` and
+    /// `rt_sigreturn`. The kernel lets only a thread without filters enter
+    /// it, so such a thread has no filters, nor has its process.
+    Strict,
+    /// A filter the thread installed for itself (without
+    /// `SECCOMP_FILTER_FLAG_TSYNC`), or one a thread it was cloned from
+    /// had; a thread's filters come oldest first, after the process's.
+    Filter(SeccompFilter),
+}
+
+/// The seccomp state of thread `tid` that its process's filters do not
+/// say: written only for a thread that differs from them, so an image of
+/// a process whose threads all run under the same filters has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSeccomp {
+    pub tid: i32,
+    pub own: OwnSeccomp,
 }
 
 /// One file lock held through fd `fd`.

@@ -368,7 +368,8 @@ fn every_record_kind_round_trips() {
             | Kind::UnixRights
             | Kind::SockExtra
             | Kind::FlightFile
-            | Kind::UnixWaiting => {
+            | Kind::UnixWaiting
+            | Kind::ThreadSeccomp => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -606,7 +607,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 3.0 is not supported (this torpor reads format 2.6)"
+        "image format 3.0 is not supported (this torpor reads format 2.7)"
     );
 
     let mut h = header();
@@ -1045,6 +1046,56 @@ fn the_registry_gives_each_kind_one_byte_name_and_type() {
     assert_eq!(Trailer::KIND, Kind::Trailer);
     assert_eq!(Task::KIND, Kind::Task);
     assert_eq!(SeccompFilter::KIND, Kind::SeccompFilter);
+    assert_eq!(ThreadSeccomp::KIND, Kind::ThreadSeccomp);
+    assert_eq!(Kind::ThreadSeccomp as u8, 28);
+}
+
+fn thread_seccomps() -> [ThreadSeccomp; 2] {
+    [
+        ThreadSeccomp {
+            tid: 4242,
+            own: OwnSeccomp::Strict,
+        },
+        ThreadSeccomp {
+            tid: 4243,
+            own: OwnSeccomp::Filter(SeccompFilter {
+                flags: 2,
+                program: vec![0x06, 0, 0, 0, 0, 0, 0xff, 0x7f],
+            }),
+        },
+    ]
+}
+
+#[test]
+fn thread_seccomp_records_round_trip() {
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    for t in &thread_seccomps() {
+        w.write(t).expect("thread-seccomp");
+    }
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    for want in thread_seccomps() {
+        let rec = r.next_record().expect("read").expect("a record");
+        assert_eq!(rec.kind(), Kind::ThreadSeccomp);
+        assert_eq!(rec.decode::<ThreadSeccomp>().expect("decode"), want);
+    }
+    assert!(r.next_record().expect("read").is_none());
+}
+
+#[test]
+fn thread_seccomp_payloads_are_postcard() {
+    // tid 4242 as a zigzag varint, then the variant index.
+    assert_eq!(
+        postcard::to_allocvec(&thread_seccomps()[0]).expect("encode"),
+        [0xa4, 0x42, 0]
+    );
+    // Variant 1, flags 2, then the program as a byte string.
+    assert_eq!(
+        postcard::to_allocvec(&thread_seccomps()[1]).expect("encode"),
+        [0xa6, 0x42, 1, 2, 8, 0x06, 0, 0, 0, 0, 0, 0xff, 0x7f]
+    );
+    // A variant this reader does not know fails to decode.
+    assert!(postcard::from_bytes::<ThreadSeccomp>(&[0xa4, 0x42, 2]).is_err());
 }
 
 #[test]

@@ -23,13 +23,13 @@
 //!     └ process    mprotect → madvise, subreaper, THP, login uid
 //!        │         (`attrs`) → PR_SET_MM_MAP → sigactions, itimers →
 //!        │         threads (clone3 set_tid) → timers → shared signals →
-//!        │         seccomp
+//!        │         seccomp filters every thread shares
 //!        ├ thread  per thread: name, tid address, robust list, altstack,
-//!        │         rseq, TLS, pending signals, nice and policy, creds
-//!        │         (`creds`), FPU, registers
+//!        │         rseq, TLS, pending signals, nice and policy, its own
+//!        │         seccomp filters, creds (`creds`), FPU, registers
 //!        └         oom_score_adj, dumpable; trampoline unmapped
 //!  (here)      seals, signal-driven I/O owners, parent-death signals,
-//!              stopped tasks stopped again; detach everything; torpor
+//!              strict seccomp mode, stopped tasks stopped again; detach everything; torpor
 //!              exits and the root is re-parented
 //! ```
 //!
@@ -425,6 +425,8 @@ fn restore_with<R: Read>(
     for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
         let root = !pids.contains(&p.task.ppid);
         set_parent_death(p, root).step(Step::Detach)?;
+        // The last syscall torpor makes in a strict thread.
+        seccomp::enter_strict(p).step(Step::Detach)?;
     }
     // A process stopped at the dump gets SIGSTOP while still traced: it
     // stops again on release, before running any code of its own.

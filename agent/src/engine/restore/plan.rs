@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::engine::state::{Backing, FileKind, PipeFile, ProcessState, UnlinkedRef, Vma};
 use crate::engine::state::{ImageState, PageRun};
 use crate::engine::{EngineError, Step};
-use crate::image::records::Thread;
+use crate::image::records::{OwnSeccomp, SeccompFilter, Thread};
 
 use super::refused;
 
@@ -299,19 +299,9 @@ fn check_process(p: &ProcessState) -> Result<(), EngineError> {
         )));
     }
     for (i, f) in p.seccomp.iter().enumerate() {
-        let len = f.program.len() as u64;
-        if len == 0 || len % 8 != 0 {
-            return Err(what(format!(
-                "seccomp filter {i} of {len} bytes is not a whole number of 8-byte instructions"
-            )));
-        }
-        if len / 8 > MAX_SECCOMP_INSNS {
-            return Err(what(format!(
-                "seccomp filter {i} of {} instructions, at most {MAX_SECCOMP_INSNS}",
-                len / 8
-            )));
-        }
+        seccomp_program(&format!("seccomp filter {i}"), f).map_err(what)?;
     }
+    thread_seccomp(p).map_err(what)?;
     let mut timers = BTreeSet::new();
     for t in &p.task.posix_timers {
         if t.id < 0 || !timers.insert(t.id) {
@@ -606,6 +596,63 @@ pub(super) fn page_target(p: &ProcessState, vaddr: u64, len: u64) -> Result<&Vma
         ));
     }
     Ok(v)
+}
+
+/// A filter program the kernel could take: whole 8-byte instructions, at
+/// least one and at most `MAX_SECCOMP_INSNS`.
+fn seccomp_program(name: &str, f: &SeccompFilter) -> Result<(), String> {
+    let len = f.program.len() as u64;
+    if len == 0 || len % 8 != 0 {
+        return Err(format!(
+            "{name} of {len} bytes is not a whole number of 8-byte instructions"
+        ));
+    }
+    if len / 8 > MAX_SECCOMP_INSNS {
+        return Err(format!(
+            "{name} of {} instructions, at most {MAX_SECCOMP_INSNS}",
+            len / 8
+        ));
+    }
+    Ok(())
+}
+
+/// The `thread-seccomp` records of `p` name its threads, and ask only for
+/// what the kernel lets a thread be: strict mode once, in a thread without
+/// filters (neither its own nor its process's).
+fn thread_seccomp(p: &ProcessState) -> Result<(), String> {
+    let mut strict = BTreeSet::new();
+    let mut filters: BTreeMap<i32, usize> = BTreeMap::new();
+    for t in &p.thread_seccomp {
+        let tid = t.tid;
+        if !p.threads.iter().any(|th| th.tid == tid) {
+            return Err(format!(
+                "a thread-seccomp record names thread {tid}, which is not a thread of the process"
+            ));
+        }
+        match &t.own {
+            OwnSeccomp::Strict => {
+                if !strict.insert(tid) {
+                    return Err(format!("thread {tid} enters strict seccomp mode twice"));
+                }
+                if !p.seccomp.is_empty() {
+                    return Err(format!(
+                        "thread {tid} is in strict seccomp mode under its process's seccomp filters"
+                    ));
+                }
+            }
+            OwnSeccomp::Filter(f) => {
+                let n = filters.entry(tid).or_default();
+                seccomp_program(&format!("seccomp filter {n} of thread {tid}'s own"), f)?;
+                *n += 1;
+            }
+        }
+        if strict.contains(&tid) && filters.contains_key(&tid) {
+            return Err(format!(
+                "thread {tid} is in strict seccomp mode and has seccomp filters of its own"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -912,6 +959,73 @@ pub(crate) mod tests {
             refusal(&st),
             "validate: thread 102 of process 100: a pending siginfo of 129 bytes"
         );
+    }
+
+    #[test]
+    fn thread_seccomp_names_threads_of_its_process_and_what_the_kernel_allows() {
+        use crate::image::records::{OwnSeccomp, ThreadSeccomp};
+        let filter = |len: usize| {
+            OwnSeccomp::Filter(SeccompFilter {
+                flags: 0,
+                program: vec![0; len],
+            })
+        };
+        let own = |tid: i32, own: OwnSeccomp| ThreadSeccomp { tid, own };
+
+        // Filters of a thread's own on top of the shared one, and a strict
+        // thread in a process without filters: what the kernel allows.
+        let mut st = valid();
+        st.processes[0].thread_seccomp = vec![own(102, filter(8)), own(102, filter(16))];
+        st.processes[1].thread_seccomp = vec![own(101, OwnSeccomp::Strict)];
+        check_structure(&st).expect("valid");
+
+        let mut st = valid();
+        st.processes[1].thread_seccomp = vec![own(102, filter(8))];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: a thread-seccomp record names thread 102, which is not a thread of the process"
+        );
+
+        let mut st = valid();
+        st.processes[0].thread_seccomp = vec![own(102, filter(8)), own(102, filter(12))];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: seccomp filter 1 of thread 102's own of 12 bytes is not a whole number of 8-byte instructions"
+        );
+
+        let mut st = valid();
+        st.processes[0].thread_seccomp = vec![own(102, filter(8 * 65536))];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: seccomp filter 0 of thread 102's own of 65536 instructions, at most 65535"
+        );
+
+        let mut st = valid();
+        st.processes[0].thread_seccomp = vec![own(102, OwnSeccomp::Strict)];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 100: thread 102 is in strict seccomp mode under its process's seccomp filters"
+        );
+
+        let mut st = valid();
+        st.processes[1].thread_seccomp =
+            vec![own(101, OwnSeccomp::Strict), own(101, OwnSeccomp::Strict)];
+        assert_eq!(
+            refusal(&st),
+            "validate: process 101: thread 101 enters strict seccomp mode twice"
+        );
+
+        for order in [
+            [own(101, OwnSeccomp::Strict), own(101, filter(8))],
+            [own(101, filter(8)), own(101, OwnSeccomp::Strict)],
+        ] {
+            let mut st = valid();
+            st.processes[1].thread_seccomp = order.to_vec();
+            assert_eq!(
+                refusal(&st),
+                "validate: process 101: thread 101 is in strict seccomp mode and has seccomp filters of its own"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One thread's own state, in its own context: name, tid address, robust
 //! list, alternate stack, rseq, TLS, pending signals, nice value and
-//! scheduling policy, credentials, then FPU and general registers with the
-//! signal mask, which take effect when the tree is released.
+//! scheduling policy, seccomp filters of its own, credentials, then FPU
+//! and general registers with the signal mask, which take effect when the
+//! tree is released.
 
 use crate::arch::{self, nr, Bits, Regs};
 use crate::engine::remote::Remote;
@@ -9,6 +10,7 @@ use crate::engine::Cause;
 
 use super::creds::restore_creds;
 use super::memory::Rebuild;
+use super::seccomp::install_own_filters;
 use super::trampoline::Scratch;
 
 /// The signal number of a raw siginfo from the image (its first 4 bytes).
@@ -99,6 +101,9 @@ pub(super) fn restore_thread(
         p.task.pid,
         &super::attrs::thread_attrs(p, t.tid),
     )?;
+    // With torpor's rights still: a filter needs no_new_privs or
+    // CAP_SYS_ADMIN, which the thread's own credentials may not give.
+    install_own_filters(&mut r, mem, tramp, p, t.tid)?;
     restore_creds(&mut r, mem, tramp, &p.task.creds)?;
     arch::set_fpregs(t.tid, &t.regs.fpu)?;
     let mut regs = Regs::from_bytes(&t.regs.gpr)?;
