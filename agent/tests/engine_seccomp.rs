@@ -84,6 +84,72 @@ int main(void) {
 }
 "#;
 
+/// Both threads under one filter (getppid fails with 71); once the file
+/// named by argv[1] exists, the main thread adds a filter for every thread
+/// with `SECCOMP_FILTER_FLAG_TSYNC` (getppid fails with 73) and writes what
+/// that returned. Each thread writes what getppid fails with, every 20 ms.
+const SHARED_THEN_TSYNC: &str = r#"
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stddef.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+static long deny_getppid(int err, unsigned flags) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (unsigned)err),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+}
+
+static void line(const char *who) {
+    char b[32];
+    errno = 0;
+    long r = syscall(SYS_getppid);
+    int n = snprintf(b, sizeof b, "%s %ld %d\n", who, r, errno);
+    write(1, b, (size_t)n);
+}
+
+static void *second(void *arg) {
+    (void)arg;
+    for (;;) {
+        line("second");
+        usleep(20000);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return 2;
+    if (deny_getppid(71, 0) != 0)
+        return 2;
+    pthread_t t;
+    if (pthread_create(&t, NULL, second, NULL) != 0)
+        return 2;
+    int synced = 0;
+    for (;;) {
+        if (!synced && access(argv[1], F_OK) == 0) {
+            char b[32];
+            int n = snprintf(b, sizeof b, "tsync %ld\n",
+                             deny_getppid(73, SECCOMP_FILTER_FLAG_TSYNC));
+            write(1, b, (size_t)n);
+            synced = 1;
+        }
+        line("main");
+        usleep(20000);
+    }
+}
+"#;
+
 fn seccomp_of(path: &str) -> (String, String) {
     let s = std::fs::read_to_string(path).expect("status");
     let field = |k: &str| {
@@ -186,4 +252,56 @@ fn a_filter_of_one_thread_stays_that_thread_s() {
             _ => panic!("unexpected line {l:?}"),
         }
     }
+}
+
+/// Filters every thread shares come back as one set of filter objects, so a
+/// `TSYNC` the app makes after the restore reaches every thread.
+#[test]
+fn shared_filters_take_a_later_tsync_after_restore() {
+    become_subreaper();
+    let dir = scratch("seccomp-tsync");
+    let bin = compile(&dir, "tsync", SHARED_THEN_TSYNC, &["-pthread"]);
+    let out = dir.join("out.txt");
+    let img = dir.join("tsync.img");
+    let go = dir.join("go");
+    let pid = spawn(&bin, &[go.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    let has = |who: &str| lines(&out).iter().any(|l| l.starts_with(who));
+    wait_for("both threads", || has("main ") && has("second "));
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL, "the dumped task is killed");
+    // One chain for both threads: nothing of a thread's own.
+    assert_eq!(kinds(&img), ["seccomp-filter"]);
+    restore(&img);
+    assert!(runs(pid, &bin), "restored with pid {pid}");
+    std::fs::write(&go, b"").expect("go");
+    wait_for("the TSYNC", || has("tsync "));
+    let at = lines(&out)
+        .iter()
+        .position(|l| l.starts_with("tsync "))
+        .expect("tsync line");
+    assert_eq!(lines(&out)[at], "tsync 0", "TSYNC reached every thread");
+    let later = |who: &str| {
+        lines(&out)[at + 1..]
+            .iter()
+            .filter(|l| l.starts_with(who))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    wait_for("three lines of each thread after it", || {
+        later("main ").len() >= 3 && later("second ").len() >= 4
+    });
+    assert!(
+        later("main ").iter().all(|l| l == "main -1 73"),
+        "{:?}",
+        later("main ")
+    );
+    // The second thread's first line after it may have been made before.
+    assert!(
+        later("second ")[1..].iter().all(|l| l == "second -1 73"),
+        "{:?}",
+        later("second ")
+    );
+    let _ = std::fs::remove_file(&go);
 }
