@@ -47,6 +47,7 @@ const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
 const V2_6: FormatVersion = FormatVersion { major: 2, minor: 6 };
+const V2_7: FormatVersion = FormatVersion { major: 2, minor: 7 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -1069,6 +1070,47 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The cgroup 2.7 adds: `/srv/app` with processes 100 and 101, its memory
+/// and pids limits.
+fn cgroup() -> Cgroup {
+    Cgroup {
+        path: "/srv/app".into(),
+        pids: vec![100, 101],
+        settings: vec![
+            CgroupSetting {
+                file: "memory.max".into(),
+                value: "8388608".into(),
+            },
+            CgroupSetting {
+                file: "pids.max".into(),
+                value: "max".into(),
+            },
+        ],
+    }
+}
+
+/// Format 2.7: the records of 2.6, then the kinds it adds: a `cgroup`
+/// record.
+fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
+    let (img26, expect26) = format_2_6();
+    let mut f = Fixture::new(&fixed_header(V2_7));
+    let mut r = ImageReader::inspect(&img26[..]).expect("2.6 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect26.len(), "every 2.6 record copied");
+    f.put(cgroup());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1443,6 +1485,59 @@ fn format_2_6_unix_waiting_spot_values() {
 }
 
 #[test]
+fn format_2_7_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_7);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_7));
+    let (_, expect) = format_2_7();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.7 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 54);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The cgroup 2.7 adds, and the bytes of its record.
+#[test]
+fn format_2_7_cgroup_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Cgroup {
+            got.push(rec.decode::<Cgroup>().expect("cgroup"));
+        }
+    }
+    assert_eq!(got, [cgroup()]);
+    assert_eq!(got[0].settings[0].value, "8388608");
+    // The kind byte 28, the path (8 bytes), two pids (100; 101 as the
+    // zigzag varint 202 = 0xca 0x01), two settings, the first
+    // "memory.max" (10 bytes).
+    let mut payload = vec![28u8, 8];
+    payload.extend_from_slice(b"/srv/app");
+    payload.extend_from_slice(&[2, 0xc8, 0x01, 0xca, 0x01, 2, 10]);
+    payload.extend_from_slice(b"memory.max");
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the cgroup record's bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_7_image() {
+    assert!(
+        format_2_7().0 == read_image(V2_7),
+        "the writer's 2.7 image differs from tests/images/format-2.7.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
+#[test]
 fn the_writer_still_makes_the_checked_in_2_6_image() {
     assert!(
         format_2_6().0 == read_image(V2_6),
@@ -1791,7 +1886,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_6,
+        FORMAT, V2_7,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1820,11 +1915,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.6)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.7)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_6),
+            if found == V1_1 && supported == V2_7),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1847,7 +1942,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_6();
+    let (full, _) = format_2_7();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1859,7 +1954,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_3), format_2_3().0),
         (image_path(V2_4), format_2_4().0),
         (image_path(V2_5), format_2_5().0),
-        (image_path(V2_6), full.clone()),
+        (image_path(V2_6), format_2_6().0),
+        (image_path(V2_7), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),
