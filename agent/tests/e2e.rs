@@ -304,6 +304,13 @@ app_tests!(breadth_packet, "breadth_packet",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["option", "bind"]);
 
+// Root: makes cgroups below the v2 hierarchy's root. On a hybrid host,
+// whose controllers are v1's, the pids limit goes unchecked here; the
+// emulated boards check it.
+app_tests!(breadth_cgroup, "breadth_cgroup",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["cgroup", "child"]);
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);

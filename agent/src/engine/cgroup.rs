@@ -430,15 +430,53 @@ pub fn apply(cgroups: &[Cgroup], made: &mut Made) -> Result<(), String> {
         if own.as_deref() == Some(c.path.as_str()) {
             continue;
         }
-        let mount = Mount::find(&c.path)?.ok_or_else(|| {
-            format!(
-                "processes {:?} were in cgroup {}, but no cgroup2 file system is mounted here to put them back",
-                c.pids, c.path
-            )
-        })?;
+        let mount = match Mount::find(&c.path)? {
+            Some(m) => m,
+            None => mount_standard().map_err(|why| {
+                format!(
+                    "processes {:?} were in cgroup {}, but no cgroup2 file system is mounted here to put them back, and {why}",
+                    c.pids, c.path
+                )
+            })?,
+        };
         apply_at(&mount, std::slice::from_ref(c), own.as_deref(), made)?;
     }
     Ok(())
+}
+
+/// Where a restore mounts the v2 hierarchy when none is mounted: at a
+/// boot, torpor runs before whatever mounted it at the dump.
+const STANDARD: &str = "/sys/fs/cgroup";
+
+/// Mounts the v2 hierarchy at [`STANDARD`], only on an empty directory (a
+/// hybrid system's tmpfs of v1 hierarchies is not covered), saying so.
+fn mount_standard() -> Result<Mount, String> {
+    use nix::mount::MsFlags;
+    let at = Path::new(STANDARD);
+    let empty = std::fs::read_dir(at)
+        .map_err(|e| format!("{STANDARD}: {e}"))?
+        .next()
+        .is_none();
+    if !empty {
+        return Err(format!(
+            "{STANDARD} is not an empty directory to mount one on"
+        ));
+    }
+    nix::mount::mount(
+        Some("cgroup2"),
+        at,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting cgroup2 on {STANDARD} failed: {e}"))?;
+    eprintln!(
+        "torpor: mounted cgroup2 on {STANDARD} to put the restored processes in their cgroups"
+    );
+    Ok(Mount {
+        point: at.to_path_buf(),
+        root: "/".into(),
+    })
 }
 
 /// For a user's image: each cgroup must exist and be one the user may
