@@ -284,7 +284,7 @@ app_tests!(breadth_rights, "breadth_rights",
 
 app_tests!(breadth_flight, "breadth_flight",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["queue", "nested", "data"]);
+    negatives: ["queue", "nested", "data", "inet", "notify"]);
 
 app_tests!(breadth_backlog, "breadth_backlog",
     args: [], checkpoint_args: [], negative_args: [],

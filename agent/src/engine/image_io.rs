@@ -648,7 +648,9 @@ pub fn kept_in_flight(kind: &FileKind) -> bool {
             | FileKind::EventFd(_)
             | FileKind::TimerFd(_)
             | FileKind::SignalFd(_)
+            | FileKind::Inotify(_)
             | FileKind::Unix(_)
+            | FileKind::Inet(_)
     )
 }
 
