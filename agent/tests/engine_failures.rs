@@ -276,6 +276,57 @@ fn a_pidfd_in_flight_is_refused() {
     });
 }
 
+/// Passes an epoll instance over the pair at fds 8 and 9 and closes it:
+/// only the queue holds it.
+const PASSES_EPOLL: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(void) {
+    int e = epoll_create1(0);
+    int sv[2];
+    if (e < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 || dup2(sv[0], 8) != 8 ||
+        dup2(sv[1], 9) != 9)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    char b = 'e';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &e, sizeof e);
+    if (sendmsg(9, &m, 0) != 1)
+        return 3;
+    close(e);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// An epoll instance in flight that no process holds is refused naming the
+/// socket's fd, the message and the kind: its watches name descriptors of
+/// a table it is no longer seen in.
+#[test]
+fn an_epoll_instance_in_flight_held_by_no_process_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-epoll-in-flight");
+    let bin = compile(&dir, "passes", PASSES_EPOLL, &[]);
+    refused_dump(&dir, &bin, &[], "epoll", |pid, _| {
+        format!(
+            "torpor: error: files {pid}: fd 8 of process {pid} is a UNIX socket with file descriptors in flight (SCM_RIGHTS): message 0 passes anon_inode:[eventpoll], an epoll instance, which no process of the tree holds; torpor keeps such a file in flight only when the tree holds it too"
+        )
+    });
+}
+
 const NESTED_FLIGHT: &str = r#"
 #define _GNU_SOURCE
 #include <stdio.h>

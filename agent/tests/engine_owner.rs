@@ -549,3 +549,75 @@ fn a_file_in_flight_is_opened_with_the_users_rights_not_roots() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(reap(pid), libc::SIGKILL);
 }
+
+/// A user's image puts its processes only into a cgroup the user may move
+/// processes into (its `cgroup.procs` the user's); a restore for a user
+/// makes no cgroup.
+#[test]
+fn a_users_image_goes_only_into_a_cgroup_the_user_may_move_processes_into() {
+    use torpor::image::records::Cgroup;
+    become_subreaper();
+    let (dir, _home) = user_scratch("owner-cgroup");
+    let bin = compile(&dir, "mapper", MAPPER, &[]);
+    let shared = dir.join("shared.dat");
+    std::fs::write(&shared, b"s").expect("file");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[shared.to_str().expect("utf8")], &out);
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("cg.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let asked = rewrite(&std::fs::read(&img).expect("image"), Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let mount = cgroup2_mount(&dir);
+    let name = format!(
+        "{}/torpor-owner-{}",
+        own_cgroup().trim_end_matches('/'),
+        std::process::id()
+    );
+    let cg = mount.join(name.trim_start_matches('/'));
+    let _ = std::fs::remove_dir(&cg);
+    let crafted = rewrite(&asked, Kind::Task, &|w| {
+        w.write(&Cgroup {
+            path: name.clone(),
+            pids: vec![pid],
+            settings: vec![],
+        })
+        .expect("cgroup");
+    });
+    let cimg = dir.join("crafted.img");
+    std::fs::write(&cimg, &crafted).expect("write");
+    assert_eq!(
+        restore_err(&cimg),
+        format!("torpor: error: validate: the image puts processes [{pid}] into cgroup {name}, which does not exist, and a restore makes none for uid {USER}")
+    );
+    assert!(!cg.exists(), "no cgroup made");
+    std::fs::create_dir(&cg).expect("root's cgroup");
+    assert_eq!(
+        restore_err(&cimg),
+        format!("torpor: error: validate: the image puts processes [{pid}] into cgroup {name}, which uid {USER} may not move processes into")
+    );
+    assert!(!runs(pid, &bin));
+    // Delegated to the user, it is the user's to use.
+    std::os::unix::fs::chown(cg.join("cgroup.procs"), Some(USER), Some(USER)).expect("chown");
+    let o = torpor(&["restore", "--image", cimg.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    reaper.add(pid);
+    assert_eq!(cgroup_of(pid), name);
+    let n = lines(&out).len();
+    wait_for("the restored program to count", || {
+        lines(&out).len() >= n + 3
+    });
+    kill_and_reap(pid);
+    wait_for("the cgroup to empty", || std::fs::remove_dir(&cg).is_ok());
+}

@@ -1088,6 +1088,27 @@ fn thread_seccomps() -> [ThreadSeccomp; 2] {
     ]
 }
 
+/// The cgroup 2.7 adds: `/srv/app` with processes 100 and 101, its memory
+/// and pids limits.
+fn cgroup() -> Cgroup {
+    Cgroup {
+        path: "/srv/app".into(),
+        pids: vec![100, 101],
+        settings: vec![
+            CgroupSetting {
+                file: "memory.max".into(),
+                value: "8388608".into(),
+            },
+            CgroupSetting {
+                file: "pids.max".into(),
+                value: "max".into(),
+            },
+        ],
+    }
+}
+
+/// Format 2.7: the records of 2.6, then the kinds it adds: two
+/// `thread-seccomp` records and a `cgroup` record.
 fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
     let (img26, expect26) = format_2_6();
     let mut f = Fixture::new(&fixed_header(V2_7));
@@ -1107,6 +1128,7 @@ fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
     for t in thread_seccomps() {
         f.put(t);
     }
+    f.put(cgroup());
     f.finish()
 }
 
@@ -1447,7 +1469,7 @@ fn format_2_7_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.7 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 55);
+    assert_eq!(s.records, 56);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1538,6 +1560,33 @@ fn format_2_6_unix_waiting_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the unix-waiting record's bytes"
+    );
+}
+
+/// The cgroup 2.7 adds, and the bytes of its record.
+#[test]
+fn format_2_7_cgroup_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Cgroup {
+            got.push(rec.decode::<Cgroup>().expect("cgroup"));
+        }
+    }
+    assert_eq!(got, [cgroup()]);
+    assert_eq!(got[0].settings[0].value, "8388608");
+    // The kind byte 29, the path (8 bytes), two pids (100; 101 as the
+    // zigzag varint 202 = 0xca 0x01), two settings, the first
+    // "memory.max" (10 bytes).
+    let mut payload = vec![29u8, 8];
+    payload.extend_from_slice(b"/srv/app");
+    payload.extend_from_slice(&[2, 0xc8, 0x01, 0xca, 0x01, 2, 10]);
+    payload.extend_from_slice(b"memory.max");
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the cgroup record's bytes"
     );
 }
 

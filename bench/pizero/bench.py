@@ -628,7 +628,7 @@ def main(argv):
                    help="control: run apps without checkpointing even when torpor can dump")
     p.add_argument("--power-cycle-apps", default=None,
                    help="comma-separated apps for power-cycle (two boots each, in this order), "
-                   "among those selected (default counter,threads,tree,memory; threads on zero2w)")
+                   "among those selected (default counter,threads,tree,breadth_cgroup,memory; threads on zero2w)")
     p.add_argument("--lazy-app", default="memory",
                    help="the app whose power-on to running lazy-cycle measures, eager and lazy")
     p.add_argument("--store-app", default="counter",

@@ -69,7 +69,7 @@ ZERO = Profile(
     all_jobs=None,
     # A 32-bit torpor and app beside the native ones (64-bit kernels only).
     compat32=False,
-    power_cycle_apps="counter,threads,tree,memory",
+    power_cycle_apps="counter,threads,tree,breadth_cgroup,memory",
 )
 
 ZERO2W = Profile(

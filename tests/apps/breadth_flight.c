@@ -13,6 +13,9 @@
  *        "inner" ("inner-file", offset 3), its peer closed, a monotonic
  *        timerfd (every 100 s, first in 100 s) and a signalfd (SIGUSR2,
  *        SFD_NONBLOCK)
+ *   "c"  passing a UDP socket bound to 127.0.0.1 (a port the kernel
+ *        chose, SO_RCVBUF 65536) and an inotify instance watching the
+ *        directory "watched" for IN_CREATE (IN_NONBLOCK)
  * and every one of those descriptors is closed in the app.
  *
  * After go: both messages come back in order with their bytes and
@@ -20,17 +23,24 @@
  * contents, the pipe's bytes then end of file, the memfd's offset and
  * contents, the eventfd's count and flags, the socket's message with its
  * file (offset, contents) then end of file, the timerfd's interval and
- * time left, the signalfd's mask and flags; the fds of the app are exactly
- * those above.
+ * time left, the signalfd's mask and flags; the UDP socket's address and
+ * receive buffer, and a datagram sent to it then arrives; the inotify
+ * instance's flags, and creating "notified" in "watched" gives one
+ * IN_CREATE event with that name and the watch's number; the fds of the
+ * app are exactly those above.
  *
- * Usage: breadth_flight [--selftest-fail=queue|nested|data]
+ * Usage: breadth_flight [--selftest-fail=queue|nested|data|inet|notify]
  */
 #include "common.h"
 
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/uio.h>
 
@@ -185,13 +195,38 @@ int main(int argc, char **argv)
     if (sfd < 0)
         setup_failed("signalfd");
 
-    int a[3] = { file, p[0], mfd }, b[4] = { efd, inner[0], tfd, sfd };
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in at = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof at;
+    int rcvbuf = 65536;
+    if (udp < 0 || setsockopt(udp, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) != 0 ||
+        bind(udp, (struct sockaddr *)&at, sizeof at) != 0 ||
+        getsockname(udp, (struct sockaddr *)&at, &alen) != 0)
+        setup_failed("udp socket");
+    socklen_t olen = sizeof rcvbuf;
+    int rcvbuf_set = 0;
+    if (getsockopt(udp, SOL_SOCKET, SO_RCVBUF, &rcvbuf_set, &olen) != 0)
+        setup_failed("SO_RCVBUF");
+    int ino = inotify_init1(IN_NONBLOCK);
+    unlink("watched/notified");
+    unlink("watched/elsewhere");
+    rmdir("watched");
+    if (mkdir("watched", 0700) != 0)
+        setup_failed("mkdir watched");
+    int wd = ino < 0 ? -1 : inotify_add_watch(ino, "watched", IN_CREATE);
+    if (wd < 0)
+        setup_failed("inotify");
+
+    int a[3] = { file, p[0], mfd }, b[4] = { efd, inner[0], tfd, sfd }, c3[2] = { udp, ino };
     send_with(11, "a", a, 3);
     send_with(11, "b", b, 4);
+    send_with(11, "c", c3, 2);
     for (int i = 0; i < 3; i++)
         close(a[i]);
     for (int i = 0; i < 4; i++)
         close(b[i]);
+    for (int i = 0; i < 2; i++)
+        close(c3[i]);
 
     ready();
     wait_go();
@@ -204,6 +239,11 @@ int main(int argc, char **argv)
             close(fds[i]);
     }
     int nested = perturb("nested");
+    int to_udp = socket(AF_INET, SOCK_DGRAM, 0);
+    if (perturb("inet"))
+        sendto(to_udp, "early", 5, 0, (struct sockaddr *)&at, sizeof at);
+    if (perturb("notify"))
+        close(open("watched/elsewhere", O_WRONLY | O_CREAT, 0600));
     if (perturb("data")) {
         int f = open("flight", O_WRONLY);
         if (f >= 0) {
@@ -283,5 +323,47 @@ int main(int argc, char **argv)
         for (int i = 0; i < 4; i++)
             close(fds[i]);
     }
+    if (expect_msg(10, "message c", "c", fds, 2)) {
+        struct sockaddr_in got_at;
+        socklen_t glen = sizeof got_at;
+        int type = 0, got_buf = 0;
+        socklen_t tl = sizeof type, bl = sizeof got_buf;
+        if (getsockname(fds[0], (struct sockaddr *)&got_at, &glen) != 0 || got_at.sin_family != AF_INET ||
+            got_at.sin_addr.s_addr != at.sin_addr.s_addr || got_at.sin_port != at.sin_port)
+            fail("the UDP socket: expected 127.0.0.1:%d, got port %d", ntohs(at.sin_port), ntohs(got_at.sin_port));
+        if (getsockopt(fds[0], SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_DGRAM)
+            fail("the UDP socket: expected SOCK_DGRAM, got %d", type);
+        if (getsockopt(fds[0], SOL_SOCKET, SO_RCVBUF, &got_buf, &bl) != 0 || got_buf != rcvbuf_set)
+            fail("the UDP socket: expected SO_RCVBUF %d, got %d", rcvbuf_set, got_buf);
+        if (sendto(to_udp, "ping", 4, 0, (struct sockaddr *)&at, sizeof at) != 4)
+            fail("sending to the UDP socket: %s", strerror(errno));
+        char dg[16] = "";
+        ssize_t n = -1;
+        for (int tries = 0; tries < 200 && n < 0; tries++) {
+            n = recv(fds[0], dg, sizeof dg - 1, MSG_DONTWAIT);
+            if (n < 0)
+                sleep_ns(10 * 1000 * 1000L);
+        }
+        if (n != 4 || memcmp(dg, "ping", 4) != 0)
+            fail("the UDP socket: expected the datagram \"ping\", got %zd bytes \"%.*s\"", n, n > 0 ? (int)n : 0, dg);
+
+        link_ends(fds[1], "the inotify instance", "anon_inode:inotify");
+        expect_flags(fds[1], "the inotify instance", O_NONBLOCK, O_NONBLOCK);
+        close(open("watched/notified", O_WRONLY | O_CREAT, 0600));
+        union { struct inotify_event e; char b[sizeof(struct inotify_event) + 64]; } ev;
+        n = read(fds[1], &ev, sizeof ev);
+        if (n < (ssize_t)sizeof ev.e || ev.e.wd != wd || ev.e.mask != IN_CREATE || strcmp(ev.e.name, "notified") != 0)
+            fail("the inotify instance: expected IN_CREATE of \"notified\" on watch %d, got %zd bytes (watch %d, mask %#x, \"%s\")",
+                 wd, n, n > 0 ? ev.e.wd : -1, n > 0 ? ev.e.mask : 0, n > (ssize_t)sizeof ev.e ? ev.e.name : "");
+        n = read(fds[1], &ev, sizeof ev);
+        if (n >= 0)
+            fail("the inotify instance: expected one event, got another of %zd bytes", n);
+        unlink("watched/notified");
+        unlink("watched/elsewhere");
+        rmdir("watched");
+        for (int i = 0; i < 2; i++)
+            close(fds[i]);
+    }
+    close(to_udp);
     return finish();
 }

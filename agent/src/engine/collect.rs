@@ -1281,7 +1281,7 @@ impl FileTable {
         }
         let id = self.files.len();
         let file: u32 = conv::fit(id, "u32", "open file index").map_err(|e| e.to_string())?;
-        if matches!(kind, FileKind::Unix(_)) {
+        if matches!(kind, FileKind::Unix(_) | FileKind::Inet(_)) {
             let opts = crate::engine::files::socket_options(me, raw)
                 .map_err(|e| format!("a socket whose options torpor cannot keep: {e}"))?;
             if !opts.is_empty() {

@@ -324,6 +324,22 @@ pub fn dump_trees<W: ImageSink>(
             procs.push(one().map_err(in_tree(pid))?);
         }
     }
+    let live_procs: Vec<(i32, Vec<i32>)> = procs
+        .iter()
+        .filter(|(p, _)| p.task.exit_status.is_none())
+        .map(|(p, _)| (p.task.pid, p.threads.iter().map(|t| t.tid).collect()))
+        .collect();
+    let user = opts
+        .requested_by
+        .as_ref()
+        .map(|r| r.uid)
+        .filter(|&u| u != 0);
+    let cgroups = crate::engine::cgroup::collect(&live_procs, user).map_err(|(pid, why)| {
+        in_tree(pid)(EngineError {
+            step: Step::Collect(pid),
+            cause: Cause::Unsupported(why),
+        })
+    })?;
     // The descriptions in flight first: the checks below see them too.
     let rights = table.rights().map_err(whole)?;
     let waiting = table.waiting().map_err(whole)?;
@@ -470,6 +486,9 @@ pub fn dump_trees<W: ImageSink>(
         })
         .step(wstep)
         .map_err(whole)?;
+    }
+    for c in &cgroups {
+        w.write(c).step(wstep).map_err(whole)?;
     }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;

@@ -17,6 +17,7 @@
 //!  UnixRights* UnixWaiting* SockExtra*
 //!                               what queued messages pass, the clients
 //!                               waiting on listeners, socket options
+//!  Cgroup*                      the processes' cgroups
 //!  Trailer
 //! ```
 
@@ -528,7 +529,31 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                     }
                 }
             }
+            Kind::Cgroup => {
+                let c: crate::image::records::Cgroup = rec.decode()?;
+                crate::engine::cgroup::check_record(&c).map_err(malformed)?;
+                if st.cgroups.iter().any(|o| o.path == c.path) {
+                    return Err(malformed(format!("two cgroup records of {}", c.path)));
+                }
+                st.cgroups.push(c);
+            }
             Kind::Header | Kind::Trailer => {}
+        }
+    }
+    // Each cgroup's processes are live processes of the image, each in one.
+    let mut placed = std::collections::BTreeSet::new();
+    for c in &st.cgroups {
+        for &pid in &c.pids {
+            let live = st
+                .processes
+                .iter()
+                .any(|p| p.task.pid == pid && p.task.exit_status.is_none());
+            if !live || !placed.insert(pid) {
+                return Err(malformed(format!(
+                    "cgroup {} names process {pid}, which is no live process of the image or is in another cgroup too",
+                    c.path
+                )));
+            }
         }
     }
     // A description in flight is passed by a queued message.
@@ -628,7 +653,9 @@ pub fn kept_in_flight(kind: &FileKind) -> bool {
             | FileKind::EventFd(_)
             | FileKind::TimerFd(_)
             | FileKind::SignalFd(_)
+            | FileKind::Inotify(_)
             | FileKind::Unix(_)
+            | FileKind::Inet(_)
     )
 }
 

@@ -51,6 +51,9 @@ pub struct ImageState {
     /// The connections waiting on the tree's UNIX listeners (`unix-waiting`
     /// records; none in images older than format 2.6).
     pub waiting: Vec<Waiting>,
+    /// The cgroups (v2) the tree's processes were in (`cgroup` records;
+    /// none in images older than format 2.7).
+    pub cgroups: Vec<records::Cgroup>,
 }
 
 /// The clients of the connections waiting to be accepted by UNIX listener

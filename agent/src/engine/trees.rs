@@ -216,7 +216,7 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(old)
     };
-    let processes = mine
+    let processes: Vec<crate::engine::state::ProcessState> = mine
         .iter()
         .map(|&i| {
             let mut p = st.processes[i].clone();
@@ -282,6 +282,19 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
         })
         .cloned()
         .collect();
+    let cgroups = st
+        .cgroups
+        .iter()
+        .filter_map(|cg| {
+            let pids: Vec<i32> = cg
+                .pids
+                .iter()
+                .copied()
+                .filter(|pid| processes.iter().any(|p| p.task.pid == *pid))
+                .collect();
+            (!pids.is_empty()).then(|| crate::image::records::Cgroup { pids, ..cg.clone() })
+        })
+        .collect();
     ImageState {
         files: files
             .iter()
@@ -340,6 +353,7 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
             .filter(|(&f, _)| c.holds(&Shared::File(f), part))
             .map(|(&f, o)| (renumber(&files, f), o.clone()))
             .collect(),
+        cgroups,
     }
 }
 

@@ -204,6 +204,9 @@ registry! {
     /// Strict mode, or one seccomp filter of a thread's own, of a thread
     /// of the process before it (beyond the process's filters).
     ThreadSeccomp   = 28,  "thread-seccomp", ThreadSeccomp,   STATE_LIMIT,     "a thread-seccomp record", state;
+    /// A control group (v2) processes of the tree were in, with the
+    /// settings of its controllers.
+    Cgroup          = 29,  "cgroup",         Cgroup,          STATE_LIMIT,     "a cgroup record",         state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -1034,6 +1037,24 @@ pub struct FlightFile {
 pub struct UnixWaiting {
     pub ofd: u64,
     pub clients: Vec<u64>,
+}
+
+/// A control group (v2) of the tree: its path from the root of the dumping
+/// torpor's cgroup namespace, the processes that were in it, and the
+/// controller settings its directory had (`engine::cgroup::SETTINGS`),
+/// which a restore writes only into a cgroup it makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cgroup {
+    pub path: String,
+    pub pids: Vec<i32>,
+    pub settings: Vec<CgroupSetting>,
+}
+
+/// One controller file of a cgroup and its value as the kernel printed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupSetting {
+    pub file: String,
+    pub value: String,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -191,6 +191,47 @@ pub fn runs(pid: i32, bin: &Path) -> bool {
             .unwrap_or(false)
 }
 
+/// Where the v2 hierarchy is mounted with its root: the first `cgroup2`
+/// mount of the whole hierarchy, or one made for the test.
+pub fn cgroup2_mount(dir: &Path) -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for l in info.lines() {
+        let (left, right) = l.split_once(" - ").expect("separator");
+        let f: Vec<&str> = left.split(' ').collect();
+        if right.starts_with("cgroup2 ") && f[3] == "/" {
+            return PathBuf::from(f[4]);
+        }
+    }
+    let at = dir.join("cgroup2");
+    std::fs::create_dir_all(&at).expect("mount point");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "cgroup2", "none"])
+        .arg(&at)
+        .status()
+        .expect("run mount");
+    assert!(st.success(), "mounting cgroup2 at {}", at.display());
+    at
+}
+
+/// The v2 line of `/proc/PID/cgroup`.
+pub fn cgroup_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("cgroup file")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a v2 line")
+        .to_string()
+}
+
+pub fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .expect("cgroup file")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a v2 line")
+        .to_string()
+}
+
 #[path = "../common/netlink.rs"]
 mod netlink;
 #[allow(unused_imports)]

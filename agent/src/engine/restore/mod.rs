@@ -367,10 +367,17 @@ fn restore_with<R: Read>(
         timens.as_ref().map(|t| t.tree_over_torpor),
         made.paths(),
     )?;
+    // Cgroups made for the tree: removed after the tasks in them are
+    // killed and reaped, should the restore fail.
+    let mut cgroups = crate::engine::cgroup::Made::default();
     // Dropped after `created`: the tasks it kills are reaped as torpor's.
     let _reaper = Subreaper::take();
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
+    // Before any memory comes in, so that it is charged to their cgroups.
+    crate::engine::cgroup::apply(&st.cgroups, &mut cgroups)
+        .map_err(Cause::Refused)
+        .step(Step::CreateTasks)?;
     // The whole tree is in the namespace: torpor takes its own back.
     if let Some(t) = timens.as_mut() {
         t.leave().step(Step::TimeNamespace)?;
@@ -448,5 +455,6 @@ fn restore_with<R: Read>(
     }
     created.done = true;
     made.keep();
+    cgroups.keep();
     Ok(stats)
 }

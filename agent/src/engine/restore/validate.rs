@@ -56,6 +56,7 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
             ));
         }
     }
+    crate::engine::cgroup::user_may(&st.cgroups, r.uid)?;
     user_sockets(st, r.uid, r.gid)
 }
 
