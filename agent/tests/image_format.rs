@@ -47,6 +47,7 @@ const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
 const V2_6: FormatVersion = FormatVersion { major: 2, minor: 6 };
+const V2_7: FormatVersion = FormatVersion { major: 2, minor: 7 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -1069,6 +1070,69 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The AIO ring 2.7 adds: one page at 0x7e10_2000 (127 events), its
+/// head at 126 and tail at 1, so its two completions wrap round its end.
+fn aio_ring() -> AioRing {
+    AioRing {
+        start: 0x7e10_2000,
+        size: 4096,
+        id: 3,
+        nr: 127,
+        head: 126,
+        tail: 1,
+        magic: 0xa10a_10a1,
+        compat_features: 1,
+        incompat_features: 0,
+        header_length: 32,
+        first: 0,
+        events: vec![
+            IoEvent {
+                data: 0x1234_abcd_5678_ef01,
+                obj: 0x5500_0000_1040,
+                res: 512,
+                res2: 0,
+            },
+            IoEvent {
+                data: 7,
+                obj: 0x5500_0000_1080,
+                res: -11,
+                res2: 2,
+            },
+        ],
+    }
+}
+
+/// The `membarrier` registrations 2.7 adds: private expedited (16) and
+/// private expedited rseq (256).
+fn membarrier() -> Membarrier {
+    Membarrier {
+        registered: Membarrier::PRIVATE_EXPEDITED | Membarrier::PRIVATE_EXPEDITED_RSEQ,
+    }
+}
+
+/// Format 2.7: the records of 2.6, then an `aio-ring` and a `membarrier`
+/// record (the kinds it adds).
+fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
+    let (img26, expect26) = format_2_6();
+    let mut f = Fixture::new(&fixed_header(V2_7));
+    let mut r = ImageReader::inspect(&img26[..]).expect("2.6 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect26.len(), "every 2.6 record copied");
+    f.put(aio_ring());
+    f.put(membarrier());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1393,6 +1457,69 @@ fn format_2_6_image_reads_back_every_record_exactly() {
     assert_eq!(s.records, 53);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
+}
+
+#[test]
+fn format_2_7_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_7);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_7));
+    let (_, expect) = format_2_7();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.7 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 55);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The AIO ring and `membarrier` registrations 2.7 adds, and the bytes of
+/// their records.
+#[test]
+fn format_2_7_aio_ring_and_membarrier_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let (mut rings, mut barriers) = (Vec::new(), Vec::new());
+    while let Some(rec) = r.next_record().expect("record") {
+        match rec.kind() {
+            Kind::AioRing => rings.push(rec.decode::<AioRing>().expect("aio-ring")),
+            Kind::Membarrier => barriers.push(rec.decode::<Membarrier>().expect("membarrier")),
+            _ => {}
+        }
+    }
+    assert_eq!(rings, [aio_ring()]);
+    assert_eq!(rings[0].pending(), 2);
+    assert_eq!(rings[0].events[1].res, -11);
+    assert_eq!(barriers, [membarrier()]);
+    assert_eq!(barriers[0].registered, 272);
+    // The kind byte 29, then start 0x7e10_2000 (varint 0x80 0xc0 0xc0
+    // 0xf0 0x07), size 4096 (0x80 0x20), id 3, nr 127, head 126, tail 1.
+    let ring = [
+        29u8, 0x80, 0xc0, 0xc0, 0xf0, 0x07, 0x80, 0x20, 3, 127, 126, 1,
+    ];
+    assert!(
+        img.windows(ring.len()).any(|w| w == ring),
+        "the aio-ring record's bytes"
+    );
+    // The kind byte 30, then 272 (0x90 0x02).
+    let barrier = [30u8, 0x90, 0x02];
+    assert!(
+        img.windows(barrier.len()).any(|w| w == barrier),
+        "the membarrier record's bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_7_image() {
+    assert!(
+        format_2_7().0 == read_image(V2_7),
+        "the writer's 2.7 image differs from tests/images/format-2.7.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
 }
 
 /// The description in flight 2.6 adds, and the bytes of its record.
@@ -1791,7 +1918,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_6,
+        FORMAT, V2_7,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1820,11 +1947,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.6)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.7)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_6),
+            if found == V1_1 && supported == V2_7),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1847,7 +1974,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_6();
+    let (full, _) = format_2_7();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1859,7 +1986,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_3), format_2_3().0),
         (image_path(V2_4), format_2_4().0),
         (image_path(V2_5), format_2_5().0),
-        (image_path(V2_6), full.clone()),
+        (image_path(V2_6), format_2_6().0),
+        (image_path(V2_7), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

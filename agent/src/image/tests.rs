@@ -368,7 +368,9 @@ fn every_record_kind_round_trips() {
             | Kind::UnixRights
             | Kind::SockExtra
             | Kind::FlightFile
-            | Kind::UnixWaiting => {
+            | Kind::UnixWaiting
+            | Kind::AioRing
+            | Kind::Membarrier => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -606,7 +608,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 3.0 is not supported (this torpor reads format 2.6)"
+        "image format 3.0 is not supported (this torpor reads format 2.7)"
     );
 
     let mut h = header();
@@ -1023,9 +1025,11 @@ fn write_errors_carry_the_offset() {
 #[test]
 fn the_registry_gives_each_kind_one_byte_name_and_type() {
     let mut names = std::collections::HashSet::new();
-    for (i, k) in Kind::ALL.into_iter().enumerate() {
-        // Numbered from 1 without gaps, so a new kind takes the next byte.
-        assert_eq!(k as usize, i + 1, "{k}");
+    let mut bytes = (1u8..).filter(|b| !records::UNASSIGNED_KINDS.contains(b));
+    for k in Kind::ALL {
+        // Numbered from 1 without gaps but the unassigned bytes, so a new
+        // kind takes the next byte.
+        assert_eq!(Some(k as u8), bytes.next(), "{k}");
         assert_eq!(Kind::from_byte(k as u8), Some(k));
         assert!(names.insert(k.name()), "{k} named twice");
         assert!(k.what().ends_with(if k == Kind::Trailer {
@@ -1036,7 +1040,15 @@ fn the_registry_gives_each_kind_one_byte_name_and_type() {
         assert!(k.limit() >= TRAILER_LIMIT, "{k}");
     }
     assert_eq!(Kind::from_byte(0), None);
-    let next = u8::try_from(Kind::COUNT + 1).expect("room for more kinds");
+    for &b in records::UNASSIGNED_KINDS {
+        assert_eq!(Kind::from_byte(b), None, "byte {b}");
+        assert!(
+            b < Kind::ALL[Kind::COUNT - 1] as u8,
+            "byte {b} is past the last kind"
+        );
+    }
+    let next = u8::try_from(Kind::COUNT + records::UNASSIGNED_KINDS.len() + 1)
+        .expect("room for more kinds");
     assert_eq!(Kind::from_byte(next), None);
     let framed: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.by_writer()).collect();
     assert_eq!(framed, [Kind::Header, Kind::Pages, Kind::Trailer]);
@@ -1510,4 +1522,88 @@ fn an_indexing_pass_lets_the_second_step_over_page_records_unread() {
         })
         .collect();
     assert_eq!(knowing(&img, stale).expect("stale index").0, want);
+}
+
+fn aio_ring(events: usize) -> AioRing {
+    AioRing {
+        start: 0x7f12_3456_7000,
+        size: 8192,
+        id: 1,
+        nr: 255,
+        head: 250,
+        tail: 3,
+        magic: AIO_RING_MAGIC,
+        compat_features: AIO_RING_COMPAT,
+        incompat_features: AIO_RING_INCOMPAT,
+        header_length: 32,
+        first: 0,
+        events: (0..events as u64)
+            .map(|i| IoEvent {
+                data: u64::MAX - i,
+                obj: 0x7fff_0000_0000 + i * 64,
+                res: i64::MIN + i64::try_from(i).expect("i64"),
+                res2: -1,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn aio_ring_and_membarrier_records_round_trip() {
+    let membarrier = Membarrier {
+        registered: Membarrier::PRIVATE_EXPEDITED | Membarrier::PRIVATE_EXPEDITED_SYNC_CORE,
+    };
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    w.write(&task()).expect("task");
+    w.write(&membarrier).expect("membarrier");
+    w.write(&aio_ring(8)).expect("aio ring");
+    // The most completions one record holds, at the widest values, fit
+    // the record's limit.
+    w.write(&aio_ring(AIO_EVENTS_PER_RECORD))
+        .expect("largest aio ring");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let rec = r.next_record().expect("read").expect("task");
+    assert_eq!(rec.decode::<Task>().expect("task"), task());
+    let rec = r.next_record().expect("read").expect("membarrier");
+    assert_eq!(rec.kind(), Kind::Membarrier);
+    assert_eq!(Kind::Membarrier as u8, 30);
+    assert_eq!(rec.decode::<Membarrier>().expect("membarrier"), membarrier);
+    let rec = r.next_record().expect("read").expect("aio ring");
+    assert_eq!(rec.kind(), Kind::AioRing);
+    assert_eq!(Kind::AioRing as u8, 29);
+    assert_eq!(rec.decode::<AioRing>().expect("aio ring"), aio_ring(8));
+    assert!(rec.decode::<Membarrier>().is_err(), "read only as its kind");
+    let rec = r.next_record().expect("read").expect("largest aio ring");
+    assert_eq!(
+        rec.decode::<AioRing>().expect("largest aio ring"),
+        aio_ring(AIO_EVENTS_PER_RECORD)
+    );
+    assert!(r.next_record().expect("end").is_none());
+    assert!(
+        postcard::to_allocvec(&aio_ring(AIO_EVENTS_PER_RECORD))
+            .expect("encode")
+            .len()
+            <= Kind::AioRing.limit() as usize
+    );
+}
+
+#[test]
+fn a_reader_refuses_the_unassigned_kind_byte() {
+    let mut img = ImageWriter::new(Vec::new(), &header())
+        .expect("writer")
+        .finish()
+        .expect("finish")
+        .0;
+    // A record of byte 28 before the trailer: refused as unknown, never
+    // skipped.
+    let at = frames(&img).last().expect("trailer").0;
+    let rec = frame(28, &[0]);
+    img.splice(at..at, rec);
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let e = r.next_record().unwrap_err();
+    assert!(
+        matches!(e, ImageError::UnknownKind { kind: 28, .. }),
+        "{e:?}"
+    );
 }
