@@ -7,18 +7,18 @@
  *               private expedited sync-core ones where the kernel has
  *               them; not for private expedited rseq ones
  *   fd 10       aio.dat in the work directory, 4096 pattern bytes, read-only
- *   ctx         io_setup(8): its ring mapped at ctx; three reads completed and
- *               reaped (the ring's head and tail at 3), then one read (IOCB_CMD_PREAD)
- *               of 512 bytes at offset 1024 into `first`, submitted with
- *               data 0x1234abcd5678ef01 and completed (the ring's tail is
- *               past its head), not reaped
+ *   ctx         io_setup(8): its ring mapped at ctx; nr - 1 reads completed
+ *               and reaped (the ring's head and tail at its last event),
+ *               then one read (IOCB_CMD_PREAD) of 512 bytes at offset 1024
+ *               into `first`, submitted with data 0x1234abcd5678ef01 and
+ *               completed (the ring's tail wrapped round to 0), not reaped
  *
  * After go: a private expedited barrier (and a sync-core one where
  * registered) returns 0, a private expedited rseq barrier fails with EPERM
  * (where the kernel has it); the ring's header is the kernel's, its head
- * at 3 and its tail at 4; io_getevents returns exactly that completion (data,
- * obj: the address of its iocb, res 512, res2 0) and then none; `first`
- * holds the file's bytes 1024..1536; a second read of 256 bytes at 2048
+ * at nr - 1 and its tail at 0; io_getevents returns exactly that
+ * completion (data, obj: the address of its iocb, res 512, res2 0) and
+ * then none; `first` holds the file's bytes 1024..1536; a second read of 256 bytes at 2048
  * submitted now completes with res 256 and its bytes; io_destroy returns 0.
  *
  * With argument 1 the app overwrites its ring's magic before READY: a ring
@@ -94,7 +94,6 @@ struct k_aio_ring {
 #define SECOND_DATA 2
 #define SECOND_OFFSET 2048
 #define SECOND_BYTES 256
-#define EARLIER 3
 
 static unsigned long ctx;
 static struct k_iocb first_cb, second_cb;
@@ -102,6 +101,10 @@ static uint8_t first[FIRST_BYTES] __attribute__((aligned(64)));
 static uint8_t second[SECOND_BYTES] __attribute__((aligned(64)));
 static int sync_core;
 static int bad_ring;
+/* Reads completed and reaped before the one left waiting: all but one
+ * slot of the ring, so its head is at its last event and the waiting
+ * completion's tail wraps round to 0. */
+static unsigned earlier;
 
 static long membarrier(int cmd)
 {
@@ -168,7 +171,8 @@ static void setup(void)
     if (syscall(SYS_io_setup, 8L, &ctx) != 0)
         setup_failed("io_setup");
     /* Reads reaped before: the ring's head and tail are not at its start. */
-    for (int i = 0; i < EARLIER; i++) {
+    earlier = ring()->nr - 1;
+    for (unsigned i = 0; i < earlier; i++) {
         struct k_io_event ev[1];
         long n = 0;
         if (submit(&first_cb, (uint64_t)i, first, FIRST_BYTES, 0) != 1)
@@ -211,8 +215,8 @@ static void verify(void)
     const volatile struct k_aio_ring *r = ring();
     if (r->magic != (bad_ring ? 0 : AIO_RING_MAGIC) || r->header_length != sizeof(struct k_aio_ring) || r->nr < 8)
         fail("ring at %#lx: magic %#x, header %u, nr %u", ctx, r->magic, r->header_length, r->nr);
-    else if (r->head != EARLIER || r->tail != EARLIER + 1)
-        fail("ring: head %u tail %u of %u: expected %d and %d", r->head, r->tail, r->nr, EARLIER, EARLIER + 1);
+    else if (r->head != earlier || r->tail != 0)
+        fail("ring: head %u tail %u of %u: expected %u and 0", r->head, r->tail, r->nr, earlier);
 
     struct k_io_event ev[4];
     memset(ev, 0, sizeof ev);

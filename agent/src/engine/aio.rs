@@ -292,23 +292,38 @@ pub fn read_membarrier(r: &mut crate::engine::remote::Remote<'_>) -> Result<Memb
     if got == -i64::from(libc::ENOSYS) {
         return Ok(Membarrier::default());
     }
-    let mut registered = 0;
-    for bit in [
-        Membarrier::PRIVATE_EXPEDITED,
-        Membarrier::PRIVATE_EXPEDITED_SYNC_CORE,
-        Membarrier::PRIVATE_EXPEDITED_RSEQ,
-    ] {
+    let mut probed = Vec::new();
+    for bit in PROBED {
         // A barrier among the process's own threads, all frozen.
-        let rc = r.syscall_raw(nr::MEMBARRIER, args(probe_command(bit)))?;
+        probed.push((
+            bit,
+            r.syscall_raw(nr::MEMBARRIER, args(probe_command(bit)))?,
+        ));
+    }
+    from_probes(&probed).map_err(Cause::Unsupported)
+}
+
+/// The kinds a kernel without `GET_REGISTRATIONS` lets torpor probe.
+const PROBED: [u32; 3] = [
+    Membarrier::PRIVATE_EXPEDITED,
+    Membarrier::PRIVATE_EXPEDITED_SYNC_CORE,
+    Membarrier::PRIVATE_EXPEDITED_RSEQ,
+];
+
+/// The registrations the barrier commands' results (registration, raw
+/// result) tell: 0 registered, `EPERM` not, `EINVAL` a kind the kernel
+/// does not have; anything else is refused.
+fn from_probes(probed: &[(u32, i64)]) -> Result<Membarrier, String> {
+    let mut registered = 0;
+    for &(bit, rc) in probed {
         match rc {
             0 => registered |= bit,
-            // Not registered, or a command this kernel does not have.
             e if e == -i64::from(libc::EPERM) || e == -i64::from(libc::EINVAL) => {}
             e => {
-                return Err(Cause::Unsupported(format!(
+                return Err(format!(
                     "membarrier ({} barrier) returned {e}",
                     Membarrier::name(bit)
-                )))
+                ))
             }
         }
     }
@@ -458,6 +473,26 @@ mod tests {
         assert_eq!(event_of(&b), e);
         assert_eq!(b[8], 0x88);
         assert_eq!(b[16..24], (-5i64).to_le_bytes());
+    }
+
+    #[test]
+    fn probes_tell_registered_kinds_from_unregistered_and_unknown_ones() {
+        let eperm = -i64::from(libc::EPERM);
+        let einval = -i64::from(libc::EINVAL);
+        let got = from_probes(&[
+            (Membarrier::PRIVATE_EXPEDITED, 0),
+            (Membarrier::PRIVATE_EXPEDITED_SYNC_CORE, einval),
+            (Membarrier::PRIVATE_EXPEDITED_RSEQ, eperm),
+        ]);
+        assert_eq!(
+            got,
+            Ok(Membarrier {
+                registered: Membarrier::PRIVATE_EXPEDITED
+            })
+        );
+        let e = from_probes(&[(Membarrier::PRIVATE_EXPEDITED_RSEQ, -i64::from(libc::EFAULT))])
+            .unwrap_err();
+        assert!(e.contains("private expedited rseq barrier"), "{e}");
     }
 
     #[test]
