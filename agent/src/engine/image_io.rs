@@ -10,9 +10,10 @@
 //!  (MemfdObject | SysvShm | UnlinkedObject) ObjectData*
 //!                               each memfd, SysV segment and unlinked
 //!                               file, then its contents
-//!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Pages*
+//!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Membarrier? AioRing* Pages*
 //!                               per process, parents first; a kept TCP
-//!                               connection's queues after its first fd
+//!                               connection's queues after its first fd;
+//!                               each AIO ring in one record or more
 //!  (FileOwner? FlightFile)*     descriptions only a queued message holds
 //!  UnixRights* UnixWaiting* SockExtra*
 //!                               what queued messages pass, the clients

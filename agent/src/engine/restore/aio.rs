@@ -93,16 +93,20 @@ pub(super) fn restore_rings(
                 ring.nr
             )));
         }
-        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-        let moved = r
-            .syscall(
-                "mremap (AIO ring)",
-                nr::MREMAP,
-                [ctx, ring.size, ring.size, flags, ring.start, 0],
-            )
-            .map_err(|e| named(format!("moving the ring from {ctx:#x}: {e}")))?;
-        if moved != ring.start {
-            return Err(named(format!("the ring moved to {moved:#x}")));
+        // The recorded range is free, so the new ring is either there
+        // already or apart from it (mremap refuses overlapping ranges).
+        if ctx != ring.start {
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            let moved = r
+                .syscall(
+                    "mremap (AIO ring)",
+                    nr::MREMAP,
+                    [ctx, ring.size, ring.size, flags, ring.start, 0],
+                )
+                .map_err(|e| named(format!("moving the ring from {ctx:#x}: {e}")))?;
+            if moved != ring.start {
+                return Err(named(format!("the ring moved to {moved:#x}")));
+            }
         }
         bring_to(r, mem, tramp, ring, fd).map_err(|e| named(e.to_string()))?;
         for (i, e) in (0u32..).zip(&ring.events) {
