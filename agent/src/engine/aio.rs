@@ -453,6 +453,23 @@ mod tests {
     }
 
     #[test]
+    fn this_host_can_make_the_smallest_ring_it_makes() {
+        let cpus = possible_cpus().expect("possible cpus");
+        let ps = crate::engine::page_size();
+        let mut p = crate::engine::state::ProcessState::default();
+        let mut r = ring();
+        r.size = ring_pages(1, cpus, ps) * ps;
+        r.nr = u32::try_from(r.size / 32 - 1).expect("nr");
+        p.aio.push(r);
+        assert_eq!(check_host(&p), Ok(()));
+        // A page or two more are as possible.
+        for extra in [1, 2] {
+            p.aio[0].size = (ring_pages(1, cpus, ps) + extra) * ps;
+            assert_eq!(check_host(&p), Ok(()), "{extra} more pages");
+        }
+    }
+
+    #[test]
     fn cpu_lists_count_every_cpu() {
         assert_eq!(parse_cpu_list("0"), Some(1));
         assert_eq!(parse_cpu_list("0-3"), Some(4));
