@@ -290,6 +290,35 @@ app_tests!(breadth_backlog, "breadth_backlog",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["order", "child"]);
 
+app_tests!(breadth_aio, "breadth_aio",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["event", "data", "membarrier"]);
+
+/// An AIO ring whose header is not the kernel's (the app overwrote its
+/// magic): the dump refuses it, naming the process and the mapping, and
+/// the app runs on.
+#[test]
+fn breadth_aio_a_ring_the_kernel_would_not_make_is_refused() {
+    let _one = harness::one_at_a_time("breadth_aio");
+    must(harness::refused_dump_run_checked(
+        "breadth_aio",
+        &["1"],
+        &|pid, reason| {
+            let want = format!("process {pid}: AIO ring 0x");
+            if reason.contains(&want)
+                && reason.contains("magic 0x0")
+                && reason.contains("(mapping /[aio] (deleted))")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected a reason naming process {pid}, the ring's magic and its mapping, got: {reason}"
+                ))
+            }
+        },
+    ));
+}
+
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);

@@ -1107,8 +1107,49 @@ fn cgroup() -> Cgroup {
     }
 }
 
+/// The AIO ring 2.7 adds: one page at 0x7e10_2000 (127 events), its
+/// head at 126 and tail at 1, so its two completions wrap round its end.
+fn aio_ring() -> AioRing {
+    AioRing {
+        start: 0x7e10_2000,
+        size: 4096,
+        id: 3,
+        nr: 127,
+        head: 126,
+        tail: 1,
+        magic: 0xa10a_10a1,
+        compat_features: 1,
+        incompat_features: 0,
+        header_length: 32,
+        first: 0,
+        events: vec![
+            IoEvent {
+                data: 0x1234_abcd_5678_ef01,
+                obj: 0x5500_0000_1040,
+                res: 512,
+                res2: 0,
+            },
+            IoEvent {
+                data: 7,
+                obj: 0x5500_0000_1080,
+                res: -11,
+                res2: 2,
+            },
+        ],
+    }
+}
+
+/// The `membarrier` registrations 2.7 adds: private expedited (16) and
+/// private expedited rseq (256).
+fn membarrier() -> Membarrier {
+    Membarrier {
+        registered: Membarrier::PRIVATE_EXPEDITED | Membarrier::PRIVATE_EXPEDITED_RSEQ,
+    }
+}
+
 /// Format 2.7: the records of 2.6, then the kinds it adds: two
-/// `thread-seccomp` records and a `cgroup` record.
+/// `thread-seccomp` records, a `cgroup`, an `aio-ring` and a `membarrier`
+/// record.
 fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
     let (img26, expect26) = format_2_6();
     let mut f = Fixture::new(&fixed_header(V2_7));
@@ -1129,6 +1170,8 @@ fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
         f.put(t);
     }
     f.put(cgroup());
+    f.put(aio_ring());
+    f.put(membarrier());
     f.finish()
 }
 
@@ -1469,7 +1512,7 @@ fn format_2_7_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.7 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 56);
+    assert_eq!(s.records, 58);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1504,6 +1547,43 @@ fn format_2_7_thread_seccomp_spot_values() {
             "the {what} thread-seccomp record's bytes"
         );
     }
+}
+
+/// The AIO ring and `membarrier` registrations 2.7 adds, and the bytes of
+/// their records.
+#[test]
+fn format_2_7_aio_ring_and_membarrier_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let (mut rings, mut barriers) = (Vec::new(), Vec::new());
+    while let Some(rec) = r.next_record().expect("record") {
+        match rec.kind() {
+            Kind::AioRing => rings.push(rec.decode::<AioRing>().expect("aio-ring")),
+            Kind::Membarrier => barriers.push(rec.decode::<Membarrier>().expect("membarrier")),
+            _ => {}
+        }
+    }
+    assert_eq!(rings, [aio_ring()]);
+    assert_eq!(rings[0].pending(), 2);
+    assert_eq!(rings[0].events[1].res, -11);
+    assert_eq!(barriers, [membarrier()]);
+    assert_eq!(barriers[0].registered, 272);
+    // The kind byte 30, then start 0x7e10_2000 (varint 0x80 0xc0 0xc0
+    // 0xf0 0x07), size 4096 (0x80 0x20), id 3, nr 127, head 126, tail 1.
+    let ring = [
+        30u8, 0x80, 0xc0, 0xc0, 0xf0, 0x07, 0x80, 0x20, 3, 127, 126, 1,
+    ];
+    assert!(
+        img.windows(ring.len()).any(|w| w == ring),
+        "the aio-ring record's bytes"
+    );
+    // The kind byte 31, then 272 (0x90 0x02).
+    let barrier = [31u8, 0x90, 0x02];
+    assert!(
+        img.windows(barrier.len()).any(|w| w == barrier),
+        "the membarrier record's bytes"
+    );
 }
 
 #[test]

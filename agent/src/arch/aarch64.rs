@@ -367,6 +367,11 @@ pub mod nr {
     pub const DUP3: i64 = 24;
     pub const SHMAT: i64 = 196;
     pub const SECCOMP: i64 = 277;
+    pub const IO_SETUP: i64 = 0;
+    pub const IO_DESTROY: i64 = 1;
+    pub const IO_SUBMIT: i64 = 2;
+    pub const IO_GETEVENTS: i64 = 4;
+    pub const MEMBARRIER: i64 = 283;
     /// fcntl; `struct flock` has 64-bit offsets.
     pub const FCNTL: i64 = 25;
     /// F_SETLK for the 64-bit record lock of `FCNTL`.

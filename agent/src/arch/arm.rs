@@ -354,6 +354,11 @@ pub mod nr {
     pub const DUP3: i64 = 358;
     pub const SHMAT: i64 = 305;
     pub const SECCOMP: i64 = 383;
+    pub const IO_SETUP: i64 = 243;
+    pub const IO_DESTROY: i64 = 244;
+    pub const IO_SUBMIT: i64 = 246;
+    pub const IO_GETEVENTS: i64 = 245;
+    pub const MEMBARRIER: i64 = 389;
     /// fcntl64, whose record locks take `struct flock64`.
     pub const FCNTL: i64 = 221;
     /// F_SETLK for the 64-bit record lock of `FCNTL`.
@@ -371,6 +376,11 @@ mod tests {
             (nr::MADVISE, libc::SYS_madvise),
             (nr::SETPRIORITY, libc::SYS_setpriority),
             (nr::SCHED_SETSCHEDULER, libc::SYS_sched_setscheduler),
+            (nr::IO_SETUP, libc::SYS_io_setup),
+            (nr::IO_DESTROY, libc::SYS_io_destroy),
+            (nr::IO_SUBMIT, libc::SYS_io_submit),
+            (nr::IO_GETEVENTS, libc::SYS_io_getevents),
+            (nr::MEMBARRIER, libc::SYS_membarrier),
         ] {
             assert_eq!(got, i64::from(want));
         }

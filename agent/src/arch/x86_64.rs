@@ -428,6 +428,11 @@ pub mod nr {
     pub const DUP3: i64 = 292;
     pub const SHMAT: i64 = 30;
     pub const SECCOMP: i64 = 317;
+    pub const IO_SETUP: i64 = 206;
+    pub const IO_DESTROY: i64 = 207;
+    pub const IO_SUBMIT: i64 = 209;
+    pub const IO_GETEVENTS: i64 = 208;
+    pub const MEMBARRIER: i64 = 324;
     /// fcntl; `struct flock` has 64-bit offsets.
     pub const FCNTL: i64 = 72;
     /// F_SETLK for the 64-bit record lock of `FCNTL`.
@@ -445,6 +450,11 @@ mod tests {
             (nr::MADVISE, libc::SYS_madvise),
             (nr::SETPRIORITY, libc::SYS_setpriority),
             (nr::SCHED_SETSCHEDULER, libc::SYS_sched_setscheduler),
+            (nr::IO_SETUP, libc::SYS_io_setup),
+            (nr::IO_DESTROY, libc::SYS_io_destroy),
+            (nr::IO_SUBMIT, libc::SYS_io_submit),
+            (nr::IO_GETEVENTS, libc::SYS_io_getevents),
+            (nr::MEMBARRIER, libc::SYS_membarrier),
         ] {
             assert_eq!(got, want);
         }

@@ -105,8 +105,15 @@ pub fn collect_process(
     }
 
     let mut vmas = Vec::new();
+    let mut aio = Vec::new();
     for m in &maps {
         if is_fixed_kernel_mapping(&m.name) {
+            continue;
+        }
+        if crate::engine::aio::is_aio_ring(m) {
+            let mem = Mem::open(pid).step(step)?;
+            let ps = crate::engine::page_size();
+            aio.push(crate::engine::aio::read_ring(pid, &mem, m, ps).step(step)?);
             continue;
         }
         vmas.push(vma_of(pid, m).step(step)?);
@@ -117,7 +124,9 @@ pub fn collect_process(
         advice: maps
             .iter()
             .filter(|m| {
-                !is_fixed_kernel_mapping(&m.name) && !SPECIAL_MAPPINGS.contains(&m.name.as_str())
+                !is_fixed_kernel_mapping(&m.name)
+                    && !SPECIAL_MAPPINGS.contains(&m.name.as_str())
+                    && !crate::engine::aio::is_aio_ring(m)
             })
             .filter_map(advice_of)
             .collect(),
@@ -191,6 +200,7 @@ pub fn collect_process(
         },
         vmas,
         attrs,
+        aio,
         ..Default::default()
     };
     p.task.pending = siginfos(ptrace::peek_siginfo(pid, true).step(step)?);
@@ -724,6 +734,10 @@ fn run_parasite(p: &mut ProcessState) -> Result<(), Cause> {
     })();
     let result =
         result.and_then(|()| read_process_prctls(&mut main, &mem, base + size - 32, &mut p.attrs));
+    let result = result.and_then(|()| {
+        p.membarrier = crate::engine::aio::read_membarrier(&mut main)?;
+        Ok(())
+    });
     let timers = if result.is_ok() {
         read_timers(pid, &mut main, &mem, base + PARASITE_ARGS_OFFSET as u64)
     } else {

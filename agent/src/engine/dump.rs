@@ -562,10 +562,9 @@ fn dump_memory<W: ImageSink>(
     let batch = u64::from(w.batch_pages());
     let mut pm = vec![0u8; 8 * PAGEMAP_BATCH];
     let pm_batch = PAGEMAP_BATCH as u64;
-    for (v, m) in p.vmas.iter().zip(
-        maps.iter()
-            .filter(|m| !collect::is_fixed_kernel_mapping(&m.name)),
-    ) {
+    for (v, m) in p.vmas.iter().zip(maps.iter().filter(|m| {
+        !collect::is_fixed_kernel_mapping(&m.name) && !crate::engine::aio::is_aio_ring(m)
+    })) {
         debug_assert_eq!(v.start, m.start);
         if matches!(v.backing, Backing::Special(_)) {
             continue;

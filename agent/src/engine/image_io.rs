@@ -10,9 +10,10 @@
 //!  (MemfdObject | SysvShm | UnlinkedObject) ObjectData*
 //!                               each memfd, SysV segment and unlinked
 //!                               file, then its contents
-//!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Pages*
+//!  Task MmFields Thread* Vma* (Fd TcpQueue*)* Membarrier? AioRing* Pages*
 //!                               per process, parents first; a kept TCP
-//!                               connection's queues after its first fd
+//!                               connection's queues after its first fd;
+//!                               each AIO ring in one record or more
 //!  (FileOwner? FlightFile)*     descriptions only a queued message holds
 //!  UnixRights* UnixWaiting* SockExtra*
 //!                               what queued messages pass, the clients
@@ -120,10 +121,111 @@ pub fn write_process<W: Write>(
     if p.attrs != crate::image::records::TaskAttrs::default() {
         w.write(&p.attrs)?;
     }
+    if p.membarrier.registered != 0 {
+        w.write(&p.membarrier)?;
+    }
+    for ring in &p.aio {
+        write_ring(w, ring)?;
+    }
     for o in &p.owners {
         w.write(o)?;
     }
     Ok(())
+}
+
+/// One AIO ring: its header with the first completions, and as many
+/// records after it as the rest take.
+fn write_ring<W: Write>(
+    w: &mut ImageWriter<W>,
+    ring: &crate::image::records::AioRing,
+) -> Result<(), ImageError> {
+    use crate::image::records::{AioRing, AIO_EVENTS_PER_RECORD};
+    let mut pieces = ring.events.chunks(AIO_EVENTS_PER_RECORD);
+    let mut first = 0usize;
+    loop {
+        let events = pieces.next().unwrap_or_default();
+        w.write(&AioRing {
+            first: u32::try_from(first).unwrap_or(u32::MAX),
+            events: events.to_vec(),
+            ..ring.clone()
+        })?;
+        first += events.len();
+        if first >= ring.events.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// Adds one `aio-ring` record to the rings of a process: a new ring when
+/// `first` is 0, else the next completions of the ring before it, whose
+/// header it repeats. Each ring is checked whole once every record is
+/// read ([`crate::engine::aio::check_ring`]).
+fn aio_piece(
+    rings: &mut Vec<crate::image::records::AioRing>,
+    r: crate::image::records::AioRing,
+) -> Result<(), String> {
+    use crate::image::records::AIO_EVENTS_PER_RECORD;
+    if r.events.len() > AIO_EVENTS_PER_RECORD {
+        return Err(format!(
+            "an aio-ring record of {} completions (at most {AIO_EVENTS_PER_RECORD})",
+            r.events.len()
+        ));
+    }
+    let pending = r.pending() as usize;
+    if r.first == 0 {
+        if rings
+            .last()
+            .is_some_and(|l| l.events.len() < l.pending() as usize)
+        {
+            return Err("an AIO ring before its completions are all in".into());
+        }
+        if rings.iter().any(|o| {
+            o.start < r.start.saturating_add(r.size) && r.start < o.start.saturating_add(o.size)
+        }) {
+            return Err(format!("two AIO rings at {:#x}", r.start));
+        }
+        if r.events.len() > pending {
+            return Err(format!(
+                "AIO ring {:#x}: {} completions of {pending}",
+                r.start,
+                r.events.len()
+            ));
+        }
+        rings.push(r);
+    } else {
+        let last = rings
+            .last_mut()
+            .filter(|l| {
+                l.events.len() == r.first as usize
+                    && same_ring_header(l, &r)
+                    && l.events.len() + r.events.len() <= pending
+                    && !r.events.is_empty()
+            })
+            .ok_or_else(|| {
+                format!(
+                    "completions from {} of AIO ring {:#x}, which is not the ring before them",
+                    r.first, r.start
+                )
+            })?;
+        last.events.extend(r.events);
+    }
+    Ok(())
+}
+
+/// Whether two pieces of a ring have the same header.
+fn same_ring_header(
+    a: &crate::image::records::AioRing,
+    b: &crate::image::records::AioRing,
+) -> bool {
+    crate::image::records::AioRing {
+        first: 0,
+        events: Vec::new(),
+        ..a.clone()
+    } == crate::image::records::AioRing {
+        first: 0,
+        events: Vec::new(),
+        ..b.clone()
+    }
 }
 
 /// A record out of place or naming something absent.
@@ -457,6 +559,8 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
             | Kind::SeccompFilter
             | Kind::ThreadSeccomp
             | Kind::TaskAttrs
+            | Kind::AioRing
+            | Kind::Membarrier
             | Kind::Pages => {
                 let p = cur
                     .ok_or_else(|| malformed(format!("a {} record before any task", rec.kind())))?;
@@ -483,6 +587,30 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                         }
                         seen_attrs.insert(p.task.pid);
                         p.attrs = rec.decode()?;
+                    }
+                    Kind::Membarrier => {
+                        let m: crate::image::records::Membarrier = rec.decode()?;
+                        if p.membarrier.registered != 0 {
+                            return Err(malformed(format!(
+                                "a second membarrier record for process {}",
+                                p.task.pid
+                            )));
+                        }
+                        if m.registered == 0
+                            || m.registered & !crate::image::records::Membarrier::ALL != 0
+                        {
+                            return Err(malformed(format!(
+                                "process {}: membarrier registrations {:#x}",
+                                p.task.pid, m.registered
+                            )));
+                        }
+                        p.membarrier = m;
+                    }
+                    Kind::AioRing => {
+                        let r: crate::image::records::AioRing = rec.decode()?;
+                        let pid = p.task.pid;
+                        aio_piece(&mut p.aio, r)
+                            .map_err(|why| malformed(format!("process {pid}: {why}")))?;
                     }
                     Kind::Vma => {
                         let v: RVma = rec.decode()?;
@@ -554,6 +682,12 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                     c.path
                 )));
             }
+        }
+    }
+    for p in &st.processes {
+        for r in &p.aio {
+            crate::engine::aio::check_ring(r, st.page_size)
+                .map_err(|why| malformed(format!("process {}: {why}", p.task.pid)))?;
         }
     }
     // A description in flight is passed by a queued message.
@@ -758,6 +892,114 @@ mod tests {
             read_state(&img[..]).expect("state").processes[0].attrs,
             p.attrs
         );
+    }
+
+    #[test]
+    fn aio_rings_and_membarrier_registrations_are_kept_with_their_process() {
+        use crate::engine::restore::plan::tests::process;
+        use crate::image::records::{AioRing, IoEvent, Kind, Membarrier, AIO_EVENTS_PER_RECORD};
+        let ps = crate::engine::page_size();
+        let write = |p: &ProcessState| {
+            let header = Header::for_host().expect("header");
+            let mut w = ImageWriter::new(Vec::new(), &header).expect("writer");
+            let null = OpenFile {
+                flags: 0,
+                kind: FileKind::Device(crate::engine::state::DeviceFile {
+                    path: "/dev/null".into(),
+                    rdev: 0x103,
+                    tty: false,
+                }),
+                sigio: None,
+            };
+            write_process(&mut w, p, &[null], &mut std::collections::BTreeSet::new())
+                .expect("process");
+            w.finish().expect("finish").0
+        };
+        let kinds = |img: &[u8]| {
+            let mut r = crate::image::ImageReader::new(img).expect("reader");
+            let mut k = Vec::new();
+            while let Some(rec) = r.next_record().expect("record") {
+                k.push(rec.kind());
+            }
+            k
+        };
+        let mut p = process(100, 0);
+        let plain = write(&p);
+        assert!(!kinds(&plain).contains(&Kind::Membarrier));
+        assert!(!kinds(&plain).contains(&Kind::AioRing));
+        // A ring of 64 pages with more completions than one record holds,
+        // from near its end round to its start, and a ring with none.
+        let pages = 64;
+        let nr = u32::try_from(pages * ps / 32 - 1).expect("nr");
+        let pending = u32::try_from(AIO_EVENTS_PER_RECORD).expect("u32") + 10;
+        let head = nr - 5;
+        let big = AioRing {
+            start: 0x7000_0000,
+            size: pages * ps,
+            id: 0,
+            nr,
+            head,
+            tail: (head + pending) % nr,
+            magic: crate::image::records::AIO_RING_MAGIC,
+            compat_features: 1,
+            incompat_features: 0,
+            header_length: 32,
+            first: 0,
+            events: (0..u64::from(pending))
+                .map(|i| IoEvent {
+                    data: i,
+                    obj: 0x1000 + i,
+                    res: 4096,
+                    res2: 0,
+                })
+                .collect(),
+        };
+        let empty = AioRing {
+            start: 0x7100_0000,
+            size: ps,
+            nr: u32::try_from(ps / 32 - 1).expect("nr"),
+            head: 3,
+            tail: 3,
+            events: Vec::new(),
+            ..big.clone()
+        };
+        p.aio = vec![big.clone(), empty];
+        p.membarrier = Membarrier {
+            registered: Membarrier::PRIVATE_EXPEDITED,
+        };
+        let img = write(&p);
+        let k = kinds(&img);
+        assert_eq!(k.iter().filter(|k| **k == Kind::AioRing).count(), 3);
+        assert_eq!(k.iter().filter(|k| **k == Kind::Membarrier).count(), 1);
+        let back = read_state(&img[..]).expect("state");
+        assert_eq!(back.processes[0].aio, p.aio);
+        assert_eq!(back.processes[0].membarrier, p.membarrier);
+
+        // Completions missing, a ring the kernel would not make, unknown
+        // registrations: refused on reading.
+        let mut short = p.clone();
+        short.aio[0].events.pop();
+        assert!(read_state(&write(&short)[..]).is_err());
+        let mut bad = p.clone();
+        bad.aio[1].magic = 0;
+        let e = read_state(&write(&bad)[..]).unwrap_err().to_string();
+        assert!(e.contains("process 100") && e.contains("magic"), "{e}");
+        let mut unknown = p.clone();
+        unknown.membarrier.registered |= 1 << 12;
+        assert!(read_state(&write(&unknown)[..]).is_err());
+        // A piece of a ring after another ring.
+        let header = Header::for_host().expect("header");
+        let mut w = ImageWriter::new(Vec::new(), &header).expect("writer");
+        w.write(&p.task).expect("task");
+        w.write(&AioRing {
+            first: 5,
+            events: big.events[5..9].to_vec(),
+            ..big.clone()
+        })
+        .expect("ring");
+        let img = w.finish().expect("finish").0;
+        let e = read_state(&img[..]).unwrap_err().to_string();
+        assert!(e.contains("not the ring before them"), "{e}");
     }
 
     #[test]

@@ -55,6 +55,7 @@
 
 pub use state::ImageState;
 
+pub mod aio;
 pub mod cgroup;
 pub mod clocks;
 pub mod collect;

@@ -125,6 +125,12 @@ pub struct ProcessState {
     /// What the paths this process held, mapped or worked in were at the
     /// dump.
     pub owners: Vec<records::FileOwner>,
+    /// Its AIO contexts, by ring address, each with every completion not
+    /// yet reaped (`first` 0); their rings are not among `vmas`.
+    pub aio: Vec<records::AioRing>,
+    /// Its `membarrier` registrations (none when the image has no
+    /// `membarrier` record for it).
+    pub membarrier: records::Membarrier,
 }
 
 /// What backs a mapping.

@@ -74,7 +74,7 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.7 adds two kinds. `thread-seccomp`, byte 28: what a thread of
+//! Format 2.7 adds four kinds. `thread-seccomp`, byte 28: what a thread of
 //! the process before it runs under beyond the process's `seccomp-filter`
 //! records (which are then the filters every thread shares), either strict
 //! mode or one filter of the thread's own, a thread's oldest first. It is
@@ -86,6 +86,12 @@
 //! other than the dumping torpor's own, with the processes and the settings
 //! of its controllers, written after every process (a 2.6 reader refuses an
 //! image holding one for the kind it does not know).
+//! `aio-ring`, byte 30: an AIO context (`io_setup`) of the process
+//! before it, by its ring's address and size, with the ring header and the
+//! completions not yet reaped (several records in a row when there are
+//! more than one record holds). `membarrier`, byte 31: the process's `membarrier`
+//! registrations, written only when it has some. A 2.6 reader refuses an
+//! image holding either for the kind it does not know.
 //!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written

@@ -207,6 +207,12 @@ registry! {
     /// A control group (v2) processes of the tree were in, with the
     /// settings of its controllers.
     Cgroup          = 29,  "cgroup",         Cgroup,          STATE_LIMIT,     "a cgroup record",         state;
+    /// An AIO context (`io_setup`) of the process before it: its ring's
+    /// place and header and a piece of the completions not yet reaped.
+    AioRing         = 30,  "aio-ring",       AioRing,         STATE_LIMIT,     "an aio-ring record",      state;
+    /// The `membarrier` registrations of the process before it, written
+    /// when it has any.
+    Membarrier      = 31,  "membarrier",     Membarrier,      STATE_LIMIT,     "a membarrier record",     state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -1055,6 +1061,99 @@ pub struct Cgroup {
 pub struct CgroupSetting {
     pub file: String,
     pub value: String,
+}
+
+/// The `struct aio_ring` header at the start of an AIO ring: 32 bytes, the
+/// same on every architecture.
+pub const AIO_RING_HEADER: u64 = 32;
+/// `AIO_RING_MAGIC`.
+pub const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
+/// `AIO_RING_COMPAT_FEATURES` and `AIO_RING_INCOMPAT_FEATURES`.
+pub const AIO_RING_COMPAT: u32 = 1;
+pub const AIO_RING_INCOMPAT: u32 = 0;
+/// Bytes of one `struct io_event` (u64 data, u64 obj, i64 res, i64 res2),
+/// the same on every architecture.
+pub const IO_EVENT_BYTES: u64 = 32;
+/// The most events one `aio-ring` record holds (a ring's pending
+/// completions take as many records as they need).
+pub const AIO_EVENTS_PER_RECORD: usize = 1024;
+
+/// One AIO context of a process, named by its ring's address (the
+/// `aio_context_t` the application holds): the ring mapping
+/// `start..start + size`, the ring header as the kernel keeps it in the
+/// mapping's first bytes, and the completed events not yet reaped, those
+/// from `head` to `tail` (modulo `nr`). When there are more than
+/// [`AIO_EVENTS_PER_RECORD`], the ring takes several records in a row, each
+/// with the same header and the events from `first` on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AioRing {
+    pub start: u64,
+    pub size: u64,
+    /// The kernel's index of the context in the process (`ring->id`); a
+    /// restore gets whatever index the kernel gives.
+    pub id: u32,
+    /// Events the ring holds: `size / 32 - 1`.
+    pub nr: u32,
+    pub head: u32,
+    pub tail: u32,
+    pub magic: u32,
+    pub compat_features: u32,
+    pub incompat_features: u32,
+    pub header_length: u32,
+    /// The index, from `head`, of the first of `events`.
+    pub first: u32,
+    pub events: Vec<IoEvent>,
+}
+
+impl AioRing {
+    /// How many completions wait in the ring, from `head` to `tail`.
+    pub fn pending(&self) -> u32 {
+        if self.nr == 0 {
+            return 0;
+        }
+        (self.tail % self.nr + self.nr - self.head % self.nr) % self.nr
+    }
+}
+
+/// One `struct io_event`: a completion as `io_getevents` returns it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoEvent {
+    pub data: u64,
+    pub obj: u64,
+    pub res: i64,
+    pub res2: i64,
+}
+
+/// `membarrier` registrations of a process (its mm), as the bits of the
+/// registering commands: `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED` (2),
+/// `REGISTER_PRIVATE_EXPEDITED` (16), `..._SYNC_CORE` (64) and
+/// `..._RSEQ` (256).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membarrier {
+    pub registered: u32,
+}
+
+impl Membarrier {
+    pub const GLOBAL_EXPEDITED: u32 = 2;
+    pub const PRIVATE_EXPEDITED: u32 = 16;
+    pub const PRIVATE_EXPEDITED_SYNC_CORE: u32 = 64;
+    pub const PRIVATE_EXPEDITED_RSEQ: u32 = 256;
+    /// Every registration a record may hold.
+    pub const ALL: u32 = Self::GLOBAL_EXPEDITED
+        | Self::PRIVATE_EXPEDITED
+        | Self::PRIVATE_EXPEDITED_SYNC_CORE
+        | Self::PRIVATE_EXPEDITED_RSEQ;
+
+    /// The name of one registration bit.
+    pub fn name(bit: u32) -> &'static str {
+        match bit {
+            Self::GLOBAL_EXPEDITED => "global expedited",
+            Self::PRIVATE_EXPEDITED => "private expedited",
+            Self::PRIVATE_EXPEDITED_SYNC_CORE => "private expedited sync-core",
+            Self::PRIVATE_EXPEDITED_RSEQ => "private expedited rseq",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -370,7 +370,9 @@ fn every_record_kind_round_trips() {
             | Kind::FlightFile
             | Kind::UnixWaiting
             | Kind::ThreadSeccomp
-            | Kind::Cgroup => {
+            | Kind::Cgroup
+            | Kind::AioRing
+            | Kind::Membarrier => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -1562,4 +1564,68 @@ fn an_indexing_pass_lets_the_second_step_over_page_records_unread() {
         })
         .collect();
     assert_eq!(knowing(&img, stale).expect("stale index").0, want);
+}
+
+fn aio_ring(events: usize) -> AioRing {
+    AioRing {
+        start: 0x7f12_3456_7000,
+        size: 8192,
+        id: 1,
+        nr: 255,
+        head: 250,
+        tail: 3,
+        magic: AIO_RING_MAGIC,
+        compat_features: AIO_RING_COMPAT,
+        incompat_features: AIO_RING_INCOMPAT,
+        header_length: 32,
+        first: 0,
+        events: (0..events as u64)
+            .map(|i| IoEvent {
+                data: u64::MAX - i,
+                obj: 0x7fff_0000_0000 + i * 64,
+                res: i64::MIN + i64::try_from(i).expect("i64"),
+                res2: -1,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn aio_ring_and_membarrier_records_round_trip() {
+    let membarrier = Membarrier {
+        registered: Membarrier::PRIVATE_EXPEDITED | Membarrier::PRIVATE_EXPEDITED_SYNC_CORE,
+    };
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    w.write(&task()).expect("task");
+    w.write(&membarrier).expect("membarrier");
+    w.write(&aio_ring(8)).expect("aio ring");
+    // The most completions one record holds, at the widest values, fit
+    // the record's limit.
+    w.write(&aio_ring(AIO_EVENTS_PER_RECORD))
+        .expect("largest aio ring");
+    let (img, _) = w.finish().expect("finish");
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let rec = r.next_record().expect("read").expect("task");
+    assert_eq!(rec.decode::<Task>().expect("task"), task());
+    let rec = r.next_record().expect("read").expect("membarrier");
+    assert_eq!(rec.kind(), Kind::Membarrier);
+    assert_eq!(Kind::Membarrier as u8, 31);
+    assert_eq!(rec.decode::<Membarrier>().expect("membarrier"), membarrier);
+    let rec = r.next_record().expect("read").expect("aio ring");
+    assert_eq!(rec.kind(), Kind::AioRing);
+    assert_eq!(Kind::AioRing as u8, 30);
+    assert_eq!(rec.decode::<AioRing>().expect("aio ring"), aio_ring(8));
+    assert!(rec.decode::<Membarrier>().is_err(), "read only as its kind");
+    let rec = r.next_record().expect("read").expect("largest aio ring");
+    assert_eq!(
+        rec.decode::<AioRing>().expect("largest aio ring"),
+        aio_ring(AIO_EVENTS_PER_RECORD)
+    );
+    assert!(r.next_record().expect("end").is_none());
+    assert!(
+        postcard::to_allocvec(&aio_ring(AIO_EVENTS_PER_RECORD))
+            .expect("encode")
+            .len()
+            <= Kind::AioRing.limit() as usize
+    );
 }

@@ -42,7 +42,7 @@ pub(super) fn map_process<'a>(
     let mem = Mem::open(pid)?;
     let maps_path = format!("/proc/{pid}/maps");
     let current = procfs::parse_smaps(&maps_path, &procfs::read(&maps_path)?)?;
-    let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let mut busy = image_ranges(p);
     busy.extend(current.iter().map(|m| (m.start, m.end)));
     let tramp = hole(&mut busy, TRAMP_SIZE)
         .ok_or_else(|| Cause::Refused("no hole for the trampoline".into()))?;
@@ -96,6 +96,16 @@ pub(super) fn map_process<'a>(
         Ok(())
     })?;
     Ok(rb)
+}
+
+/// The address ranges the process has at the end: its mappings and its
+/// AIO rings, which nothing torpor places meanwhile may take.
+fn image_ranges(p: &ProcessState) -> Vec<(u64, u64)> {
+    p.vmas
+        .iter()
+        .map(|v| (v.start, v.end))
+        .chain(p.aio.iter().map(|r| (r.start, r.start + r.size)))
+        .collect()
 }
 
 /// The ranges that unmap every mapping of `maps` (start, end, kept) not
@@ -170,7 +180,7 @@ fn move_specials(
     // First out of the way (sources and targets may overlap), then what is
     // left of the shared objects is unmapped — a target may lie inside an
     // object's old range — and then everything goes home.
-    let mut busy: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let mut busy = image_ranges(p);
     busy.extend(moves.iter().map(|(f, s, _)| (*f, *f + *s)));
     busy.extend(shm.values().map(|&(addr, size)| (addr, addr + size)));
     busy.push((tramp, tramp + TRAMP_SIZE));

@@ -48,6 +48,7 @@
 //! symbolic link, and only if it is the file the dump recorded
 //! (`files::owner`); `validate` checks all of them first.
 
+mod aio;
 pub mod attrs;
 mod creds;
 pub mod lazy;

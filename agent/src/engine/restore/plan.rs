@@ -78,6 +78,7 @@ pub fn check_structure(st: &ImageState) -> Result<Plan, EngineError> {
         }
         check_process(p)?;
         check_vmas(st, p, &mut plan.shm)?;
+        check_aio(st, p)?;
         check_fds(st, p)?;
     }
     check_trees(st)?;
@@ -322,6 +323,42 @@ fn check_process(p: &ProcessState) -> Result<(), EngineError> {
             return Err(what(format!(
                 "a file lock on fd {}, which it does not hold",
                 l.fd
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The AIO rings of a process: each a ring the kernel would make, within
+/// the address space, overlapping no mapping and no other ring; and its
+/// `membarrier` registrations known ones.
+fn check_aio(st: &ImageState, p: &ProcessState) -> Result<(), EngineError> {
+    let pid = p.task.pid;
+    if p.membarrier.registered & !crate::image::records::Membarrier::ALL != 0 {
+        return Err(bad(format!(
+            "process {pid}: membarrier registrations {:#x}",
+            p.membarrier.registered
+        )));
+    }
+    for (i, r) in p.aio.iter().enumerate() {
+        crate::engine::aio::check_ring(r, st.page_size)
+            .map_err(|why| bad(format!("process {pid}: {why}")))?;
+        let end = r.start + r.size;
+        if !fits_native(end) {
+            return Err(bad(format!(
+                "process {pid}: AIO ring {:#x}-{end:#x} is beyond this architecture's address space",
+                r.start
+            )));
+        }
+        let overlaps = |s: u64, e: u64| s < end && r.start < e;
+        if p.vmas.iter().any(|v| overlaps(v.start, v.end))
+            || p.aio[..i]
+                .iter()
+                .any(|o| overlaps(o.start, o.start + o.size))
+        {
+            return Err(bad(format!(
+                "process {pid}: AIO ring {:#x}-{end:#x} overlaps another mapping",
+                r.start
             )));
         }
     }
@@ -1445,5 +1482,47 @@ pub(crate) mod tests {
             refusal(&st),
             "validate: process 101: auxv word 0xffffffffffffffff does not fit this architecture's word"
         );
+    }
+    #[test]
+    fn aio_rings_are_whole_apart_and_the_kernel_s() {
+        use crate::image::records::{AioRing, IoEvent, Membarrier, AIO_RING_MAGIC};
+        let ps = valid().page_size;
+        let ring = |start: u64| AioRing {
+            start,
+            size: ps,
+            nr: u32::try_from(ps / 32 - 1).expect("nr"),
+            head: 1,
+            tail: 3,
+            magic: AIO_RING_MAGIC,
+            compat_features: 1,
+            header_length: 32,
+            events: vec![IoEvent::default(); 2],
+            ..AioRing::default()
+        };
+        let mut st = valid();
+        st.processes[1].aio = vec![ring(0x40000), ring(0x40000 + ps)];
+        st.processes[1].membarrier.registered = Membarrier::PRIVATE_EXPEDITED;
+        check_structure(&st).expect("two rings side by side");
+
+        let mut st = valid();
+        st.processes[1].aio = vec![ring(0x1f000)];
+        assert_eq!(
+            refusal(&st),
+            format!(
+                "validate: process 101: AIO ring 0x1f000-{:#x} overlaps another mapping",
+                0x1f000 + ps
+            )
+        );
+        let mut st = valid();
+        st.processes[1].aio = vec![ring(0x40000), ring(0x40000)];
+        assert!(refusal(&st).contains("overlaps another mapping"));
+        let mut st = valid();
+        let mut r = ring(0x40000);
+        r.tail = r.nr;
+        st.processes[1].aio = vec![r];
+        assert!(refusal(&st).contains("tail"), "{}", refusal(&st));
+        let mut st = valid();
+        st.processes[1].membarrier.registered = 1;
+        assert!(refusal(&st).contains("membarrier"));
     }
 }

@@ -134,6 +134,9 @@ pub(super) fn finish_process(
         }
         super::attrs::set_process_attrs(r, mem, tramp, p)?;
         let exe_fd = rb.exe_fd;
+        // Its mappings are final; the executable is still open.
+        super::aio::restore_rings(r, mem, tramp, p, exe_fd)?;
+        super::aio::register_membarrier(r, p)?;
         let mut s = Scratch::at(mem, tramp);
         let auxv = auxv_bytes(&p.mm.auxv)?;
         let auxv_at = s.bytes(&auxv)?;

@@ -177,6 +177,7 @@ pub fn validate(st: &ImageState, opts: &RestoreOptions) -> Result<(), EngineErro
     }
     for p in st.processes.iter().filter(|p| p.task.exit_status.is_none()) {
         super::attrs::check(p).map_err(|why| refused(step, why))?;
+        crate::engine::aio::check_host(p).map_err(|why| refused(step, why))?;
     }
     let holders = holders(st);
     for p in &st.processes {
