@@ -321,7 +321,7 @@ fn breadth_aio_a_ring_the_kernel_would_not_make_is_refused() {
 
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
-    negatives: ["broadcast", "keepidle", "peek", "lite"]);
+    negatives: ["broadcast", "keepidle", "peek", "lite", "multicast"]);
 
 // Needs CAP_NET_ADMIN: after go the app adds an address to lo.
 app_tests!(breadth_netlink, "breadth_netlink",

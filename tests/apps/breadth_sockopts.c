@@ -18,14 +18,19 @@
  *          queues on it), IP_HDRINCL
  *   fds 15/16  a UNIX stream pair, "abcdef" queued on 15, its peek offset
  *          (SO_PEEK_OFF) at 2
+ *   fd 17  UDP on 127.0.0.1, a member of multicast group 239.255.7.7 on lo
+ *          from any source, of 239.255.7.8 on lo from 127.0.0.1 alone, and
+ *          of 239.255.7.10 on lo from any source but 127.0.0.2
  *
  * After go: every option reads back as it did at READY; fd 10 is still
  * bound to 192.0.2.1 at its port; the listener accepts a connection on its
  * port; the filter still drops a datagram sent to fd 12 and cannot be
  * replaced; the UDP-Lite datagram reads "lite"; a peek of fd 15 gives
- * "cdef".
+ * "cdef"; fd 17 is a member of the three groups on lo, the first excluding
+ * no source, the second including 127.0.0.1 alone, the third excluding
+ * 127.0.0.2, and of no other group.
  *
- * Usage: breadth_sockopts [--selftest-fail=broadcast|keepidle|peek|lite]
+ * Usage: breadth_sockopts [--selftest-fail=broadcast|keepidle|peek|lite|multicast]
  */
 #include "common.h"
 
@@ -155,6 +160,72 @@ static int readable(int fd, int ms)
 
 static struct sock_filter drop_all[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
 
+/* fd 17's filter for `group` on lo: its mode and sources, or -1 when it
+ * is no member (errno EADDRNOTAVAIL). */
+static int msfilter(const char *group, unsigned *mode, unsigned *nsrc, struct sockaddr_in *src)
+{
+    union { struct group_filter f; char b[GROUP_FILTER_SIZE(4)]; } u;
+    memset(&u, 0, sizeof u);
+    u.f.gf_interface = if_nametoindex("lo");
+    struct sockaddr_in *g = (struct sockaddr_in *)&u.f.gf_group;
+    g->sin_family = AF_INET;
+    inet_pton(AF_INET, group, &g->sin_addr);
+    u.f.gf_numsrc = 4;
+    socklen_t len = sizeof u;
+    if (getsockopt(17, IPPROTO_IP, MCAST_MSFILTER, &u, &len) != 0)
+        return -1;
+    *mode = u.f.gf_fmode;
+    *nsrc = u.f.gf_numsrc;
+    if (u.f.gf_numsrc > 0)
+        memcpy(src, &u.f.gf_slist[0], sizeof *src);
+    return 0;
+}
+
+static void join_group(const char *group, const char *source, int block)
+{
+    struct sockaddr_in g = { .sin_family = AF_INET };
+    inet_pton(AF_INET, group, &g.sin_addr);
+    unsigned lo = if_nametoindex("lo");
+    if (!source || block) {
+        struct group_req r = { .gr_interface = lo };
+        memcpy(&r.gr_group, &g, sizeof g);
+        if (setsockopt(17, IPPROTO_IP, MCAST_JOIN_GROUP, &r, sizeof r) != 0)
+            setup_failed("MCAST_JOIN_GROUP");
+        if (!block)
+            return;
+    }
+    struct sockaddr_in s = { .sin_family = AF_INET };
+    inet_pton(AF_INET, source, &s.sin_addr);
+    struct group_source_req r = { .gsr_interface = lo };
+    memcpy(&r.gsr_group, &g, sizeof g);
+    memcpy(&r.gsr_source, &s, sizeof s);
+    if (setsockopt(17, IPPROTO_IP, block ? MCAST_BLOCK_SOURCE : MCAST_JOIN_SOURCE_GROUP, &r, sizeof r) != 0)
+        setup_failed(block ? "MCAST_BLOCK_SOURCE" : "MCAST_JOIN_SOURCE_GROUP");
+}
+
+static void check_groups(void)
+{
+    unsigned mode = 99, nsrc = 99;
+    struct sockaddr_in src = { 0 };
+    if (msfilter("239.255.7.7", &mode, &nsrc, &src) != 0)
+        fail("239.255.7.7 on lo: expected a member, got %s", strerror(errno));
+    else if (mode != MCAST_EXCLUDE || nsrc != 0)
+        fail("239.255.7.7 on lo: expected exclude mode with no sources, got mode %u with %u", mode, nsrc);
+    if (msfilter("239.255.7.8", &mode, &nsrc, &src) != 0)
+        fail("239.255.7.8 on lo: expected a member, got %s", strerror(errno));
+    else if (mode != MCAST_INCLUDE || nsrc != 1 || src.sin_family != AF_INET ||
+             src.sin_addr.s_addr != htonl(INADDR_LOOPBACK))
+        fail("239.255.7.8 on lo: expected include mode with 127.0.0.1, got mode %u with %u (%s)", mode, nsrc,
+             inet_ntoa(src.sin_addr));
+    if (msfilter("239.255.7.10", &mode, &nsrc, &src) != 0)
+        fail("239.255.7.10 on lo: expected a member, got %s", strerror(errno));
+    else if (mode != MCAST_EXCLUDE || nsrc != 1 || src.sin_addr.s_addr != htonl(0x7f000002))
+        fail("239.255.7.10 on lo: expected exclude mode with 127.0.0.2, got mode %u with %u (%s)", mode, nsrc,
+             inet_ntoa(src.sin_addr));
+    if (msfilter("239.255.7.9", &mode, &nsrc, &src) == 0 || errno != EADDRNOTAVAIL)
+        fail("239.255.7.9 on lo: expected no member (EADDRNOTAVAIL), got %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     app_init("breadth_sockopts", argc, argv);
@@ -258,6 +329,15 @@ int main(int argc, char **argv)
     set_int(15, SOL_SOCKET, SO_PEEK_OFF, 2, "SO_PEEK_OFF");
     keep(15, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF");
 
+    /* fd 17: multicast memberships, which no getsockopt lists. */
+    fd_at(socket(AF_INET, SOCK_DGRAM, 0), 17, "multicast socket");
+    struct sockaddr_in m17 = loopback();
+    if (bind(17, (struct sockaddr *)&m17, sizeof m17) != 0)
+        setup_failed("bind fd 17");
+    join_group("239.255.7.7", NULL, 0);
+    join_group("239.255.7.8", "127.0.0.1", 0);
+    join_group("239.255.7.10", "127.0.0.2", 1);
+
     ready();
     wait_go();
     if (perturb("broadcast"))
@@ -270,6 +350,14 @@ int main(int argc, char **argv)
         char b[8];
         recv(13, b, sizeof b, MSG_DONTWAIT);
     }
+    if (perturb("multicast")) {
+        struct group_req r = { .gr_interface = if_nametoindex("lo") };
+        struct sockaddr_in g = { .sin_family = AF_INET };
+        inet_pton(AF_INET, "239.255.7.7", &g.sin_addr);
+        memcpy(&r.gr_group, &g, sizeof g);
+        setsockopt(17, IPPROTO_IP, MCAST_LEAVE_GROUP, &r, sizeof r);
+    }
+    check_groups();
 
     check_opts();
     struct in_addr at;

@@ -10,8 +10,16 @@
 //!
 //! Options whose value changes by itself (`TCP_QUICKACK`,
 //! `TCP_WINDOW_CLAMP`, `TCP_MAXSEG` of a connection, `SO_INCOMING_CPU`)
-//! are not kept; neither are multicast memberships, which no `getsockopt`
-//! reads back.
+//! are not kept.
+//!
+//! Multicast group memberships are kept too, though no `getsockopt` lists
+//! them: the groups joined on each interface of the network namespace
+//! (`/proc/net/igmp`, `/proc/net/igmp6`) are the candidates, and
+//! `getsockopt(MCAST_MSFILTER)` of one answers for this socket alone,
+//! `EADDRNOTAVAIL` when it has not joined it there, else with its source
+//! filter. Each membership is kept as that filter (a `MCAST_MSFILTER`
+//! option, one per group and interface, after the others), and the
+//! restore joins the group (`MCAST_JOIN_GROUP`) and sets the filter.
 //!
 //! Unsafe code: options are read and set through libc with pointers to
 //! this module's buffers.
@@ -110,8 +118,245 @@ pub const KEPT: &[(i32, i32, &str)] = &[
     (SOL_RAW, 1, "ICMP_FILTER"),
 ];
 
+/// `MCAST_JOIN_GROUP` and `MCAST_MSFILTER`, the same number at the IPv4
+/// and the IPv6 level.
+const MCAST_JOIN_GROUP: i32 = 42;
+pub const MCAST_MSFILTER: i32 = 48;
+const MCAST_INCLUDE: u32 = 1;
+const MCAST_EXCLUDE: u32 = 0;
+/// The most sources of one membership's filter kept (the kernel's default
+/// `igmp_max_msf` is 10).
+const SOURCES_LIMIT: usize = 64;
+/// `struct sockaddr_storage`.
+const SS: usize = 128;
+/// Where `gr_group` and `gf_group` start in `struct group_req` and
+/// `struct group_filter`: after the interface, aligned as a pointer.
+const GROUP_AT: usize = core::mem::size_of::<usize>();
+/// `GROUP_FILTER_SIZE(0)`: the header of a `struct group_filter`.
+const FILTER_HEADER: usize = GROUP_AT + SS + 8;
+
+/// One multicast membership read from an image, as a `MCAST_MSFILTER`
+/// value: interface, group (its family and address), filter mode and
+/// sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub interface: u32,
+    pub family: u16,
+    pub mode: u32,
+    pub sources: u32,
+}
+
+/// Decodes and checks a membership's `struct group_filter` bytes.
+pub fn membership(level: i32, value: &[u8]) -> Result<Membership, String> {
+    let u32_at = |at: usize| {
+        value
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+    };
+    let (Some(interface), Some(mode), Some(sources)) =
+        (u32_at(0), u32_at(GROUP_AT + SS), u32_at(GROUP_AT + SS + 4))
+    else {
+        return Err(format!("a multicast membership of {} bytes", value.len()));
+    };
+    let family = value
+        .get(GROUP_AT..GROUP_AT + 2)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_ne_bytes)
+        .unwrap_or(0);
+    let want = if level == SOL_IP {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    if i32::from(family) != want {
+        return Err(format!(
+            "a multicast membership of a group of family {family}"
+        ));
+    }
+    let n = usize::try_from(sources).unwrap_or(usize::MAX);
+    if n > SOURCES_LIMIT || value.len() != FILTER_HEADER + n * SS {
+        return Err(format!(
+            "a multicast membership of {} bytes with {sources} sources",
+            value.len()
+        ));
+    }
+    if mode != MCAST_INCLUDE && mode != MCAST_EXCLUDE || (mode == MCAST_INCLUDE && n == 0) {
+        return Err(format!(
+            "a multicast membership in filter mode {mode} with {n} sources"
+        ));
+    }
+    Ok(Membership {
+        interface,
+        family,
+        mode,
+        sources,
+    })
+}
+
+/// The groups joined on each interface of torpor's network namespace, as
+/// `(level, interface, group address bytes)`: IPv4 from
+/// `/proc/net/igmp`, IPv6 from `/proc/net/igmp6`.
+fn joined_groups() -> Vec<(i32, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/igmp") {
+        let mut iface = None;
+        for line in text.lines().skip(1) {
+            if !line.starts_with('\t') {
+                // "1\tlo        :     1      V3": a device.
+                iface = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|i| i.parse::<u32>().ok());
+            } else if let (Some(i), Some(g)) = (iface, line.split_whitespace().next()) {
+                // The group as the kernel printed its big-endian word.
+                if let Ok(word) = u32::from_str_radix(g, 16) {
+                    out.push((SOL_IP, i, word.to_ne_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/igmp6") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(i), Some(g)) = (f.first().and_then(|i| i.parse::<u32>().ok()), f.get(2))
+            else {
+                continue;
+            };
+            if g.len() != 32 {
+                continue;
+            }
+            let bytes: Option<Vec<u8>> = (0..16)
+                .map(|k| u8::from_str_radix(&g[2 * k..2 * k + 2], 16).ok())
+                .collect();
+            if let Some(b) = bytes {
+                out.push((SOL_IPV6, i, b));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A `struct group_filter` (or, `sources` 0, the `struct group_req` part
+/// of one) for `group` on interface `interface`.
+fn group_filter(level: i32, interface: u32, group: &[u8], sources: usize) -> Vec<u8> {
+    let mut b = vec![0u8; FILTER_HEADER + sources * SS];
+    b[..4].copy_from_slice(&interface.to_ne_bytes());
+    if level == SOL_IP {
+        let family = u16::try_from(libc::AF_INET).unwrap_or(0);
+        b[GROUP_AT..GROUP_AT + 2].copy_from_slice(&family.to_ne_bytes());
+        // sockaddr_in: family, port, then the address.
+        b[GROUP_AT + 4..GROUP_AT + 8].copy_from_slice(&group[..4]);
+    } else {
+        let family = u16::try_from(libc::AF_INET6).unwrap_or(0);
+        b[GROUP_AT..GROUP_AT + 2].copy_from_slice(&family.to_ne_bytes());
+        // sockaddr_in6: family, port, flow info, then the address.
+        b[GROUP_AT + 8..GROUP_AT + 24].copy_from_slice(&group[..16]);
+    }
+    b
+}
+
+/// The socket's multicast memberships, each as its `MCAST_MSFILTER`
+/// value: probed for every group joined in the namespace.
+fn memberships(f: &OwnedFd, domain: i32) -> Result<Vec<RawSockOpt>, String> {
+    let mut out = Vec::new();
+    for (level, interface, group) in joined_groups() {
+        // An IPv6 socket may join IPv4 groups too (through the IPv4 level).
+        if domain == libc::AF_INET && level != SOL_IP {
+            continue;
+        }
+        let mut buf = group_filter(level, interface, &group, SOURCES_LIMIT);
+        // Room for this many sources: the kernel copies no more.
+        let room = u32::try_from(SOURCES_LIMIT).unwrap_or(0);
+        buf[GROUP_AT + SS + 4..GROUP_AT + SS + 8].copy_from_slice(&room.to_ne_bytes());
+        let mut len = libc::socklen_t::try_from(buf.len()).unwrap_or(0);
+        // SAFETY: getsockopt reads the interface and group of the
+        // `struct group_filter` in `buf` and writes at most `len` bytes
+        // back into it.
+        let r = unsafe {
+            libc::getsockopt(
+                f.as_raw_fd(),
+                level,
+                MCAST_MSFILTER,
+                buf.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        if r < 0 {
+            let e = last_os();
+            match e.raw_os_error() {
+                // Not joined there; or a level this socket has no list of.
+                Some(libc::EADDRNOTAVAIL | libc::EINVAL | libc::ENOPROTOOPT) => continue,
+                _ => return Err(format!("reading a multicast membership: {e}")),
+            }
+        }
+        let sources = buf
+            .get(GROUP_AT + SS + 4..GROUP_AT + SS + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .unwrap_or(0);
+        let n = usize::try_from(sources).unwrap_or(usize::MAX);
+        if n > SOURCES_LIMIT {
+            return Err(format!(
+                "a multicast membership with {sources} sources (torpor keeps {SOURCES_LIMIT} at most)"
+            ));
+        }
+        buf.truncate(FILTER_HEADER + n * SS);
+        out.push(RawSockOpt {
+            level,
+            opt: MCAST_MSFILTER,
+            value: buf,
+        });
+    }
+    Ok(out)
+}
+
+/// Joins a kept membership's group and sets its source filter: one of
+/// `INCLUDE` mode joins source by source (`MCAST_JOIN_SOURCE_GROUP`), so
+/// that no other source's datagram is taken meanwhile; one of `EXCLUDE`
+/// mode joins the group, then excludes its sources.
+fn join(fd: i32, o: &RawSockOpt) -> Result<(), std::io::Error> {
+    const MCAST_JOIN_SOURCE_GROUP: i32 = 46;
+    let m = membership(o.level, &o.value).map_err(std::io::Error::other)?;
+    // struct group_req: the interface and the group, as the filter starts.
+    let req = &o.value[..GROUP_AT + SS];
+    let set = |opt: i32, bytes: &[u8]| -> Result<(), std::io::Error> {
+        let len = libc::socklen_t::try_from(bytes.len()).unwrap_or(0);
+        // SAFETY: setsockopt reads `len` bytes of `bytes`: a group_req, a
+        // group_source_req or the saved group_filter, checked to hold as
+        // many sources as it says.
+        if unsafe { libc::setsockopt(fd, o.level, opt, bytes.as_ptr().cast(), len) } < 0 {
+            return Err(last_os());
+        }
+        Ok(())
+    };
+    if m.mode == MCAST_INCLUDE {
+        for source in o.value[FILTER_HEADER..].chunks_exact(SS) {
+            // struct group_source_req: interface, group, then the source.
+            let mut r = req.to_vec();
+            r.extend_from_slice(source);
+            set(MCAST_JOIN_SOURCE_GROUP, &r)?;
+        }
+        return Ok(());
+    }
+    set(MCAST_JOIN_GROUP, req)?;
+    if m.sources > 0 {
+        set(MCAST_MSFILTER, &o.value)?;
+    }
+    Ok(())
+}
+
+fn is_membership(o: &RawSockOpt) -> bool {
+    (o.level == SOL_IP || o.level == SOL_IPV6) && o.opt == MCAST_MSFILTER
+}
+
 /// The name of a kept option, for messages.
 pub fn name(level: i32, opt: i32) -> String {
+    if (level == SOL_IP || level == SOL_IPV6) && opt == MCAST_MSFILTER {
+        return "a multicast membership".into();
+    }
     KEPT.iter()
         .find(|(l, o, _)| *l == level && *o == opt)
         .map_or_else(
@@ -240,6 +485,9 @@ pub fn collect(f: &OwnedFd) -> Result<Vec<RawSockOpt>, String> {
             }
         }
     }
+    if domain == libc::AF_INET || domain == libc::AF_INET6 {
+        out.extend(memberships(f, domain)?);
+    }
     Ok(out)
 }
 
@@ -283,13 +531,44 @@ pub fn apply(fd: i32, opts: &[RawSockOpt]) -> Result<(), std::io::Error> {
         };
         set(fd, o).map_err(|e| std::io::Error::new(e.kind(), format!("setting {what}: {e}")))?;
     }
+    for o in opts.iter().filter(|o| is_membership(o)) {
+        join(fd, o).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("joining a multicast group again ({}): {e}", describe(o)),
+            )
+        })?;
+    }
     Ok(())
+}
+
+/// A membership as messages name it: group and interface index.
+pub fn describe(o: &RawSockOpt) -> String {
+    let v = &o.value;
+    let iface = v
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes);
+    let group = if o.level == SOL_IP {
+        v.get(GROUP_AT + 4..GROUP_AT + 8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|a| std::net::Ipv4Addr::from(a).to_string())
+    } else {
+        v.get(GROUP_AT + 8..GROUP_AT + 24)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(|a| std::net::Ipv6Addr::from(a).to_string())
+    };
+    format!("group {} on interface {iface}", group.unwrap_or_default())
 }
 
 /// Checks options read from an image: each one torpor keeps, of a size it
 /// may hold.
 pub fn check(opts: &[RawSockOpt]) -> Result<(), String> {
     for o in opts {
+        if is_membership(o) {
+            membership(o.level, &o.value)?;
+            continue;
+        }
         if !KEPT.iter().any(|(l, n, _)| *l == o.level && *n == o.opt) {
             return Err(format!(
                 "socket option {} of level {} is not one torpor keeps",
@@ -341,6 +620,43 @@ mod tests {
             opt,
             value: value.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_membership_from_an_image_is_a_whole_filter_of_its_family() {
+        let v4 = group_filter(SOL_IP, 1, &[239, 1, 2, 3], 0);
+        assert_eq!(v4.len(), FILTER_HEADER);
+        assert_eq!(
+            membership(SOL_IP, &v4),
+            Ok(Membership {
+                interface: 1,
+                family: 2,
+                mode: MCAST_EXCLUDE,
+                sources: 0
+            })
+        );
+        assert_eq!(check(&[opt(SOL_IP, MCAST_MSFILTER, &v4)]), Ok(()));
+        assert_eq!(
+            describe(&opt(SOL_IP, MCAST_MSFILTER, &v4)),
+            "group 239.1.2.3 on interface 1"
+        );
+        // An IPv4 group at the IPv6 level, a cut filter, sources it does
+        // not hold, and INCLUDE with none (a leave) are refused.
+        assert!(membership(SOL_IPV6, &v4).unwrap_err().contains("family 2"));
+        assert!(membership(SOL_IP, &v4[..FILTER_HEADER - 1]).is_err());
+        let mut more = v4.clone();
+        more[GROUP_AT + SS + 4..GROUP_AT + SS + 8].copy_from_slice(&1u32.to_ne_bytes());
+        assert!(membership(SOL_IP, &more)
+            .unwrap_err()
+            .contains("with 1 sources"));
+        let mut leave = v4.clone();
+        leave[GROUP_AT + SS..GROUP_AT + SS + 4].copy_from_slice(&MCAST_INCLUDE.to_ne_bytes());
+        assert!(membership(SOL_IP, &leave)
+            .unwrap_err()
+            .contains("filter mode 1 with 0"));
+        let v6 = group_filter(SOL_IPV6, 2, &[0xff; 16], 0);
+        assert_eq!(membership(SOL_IPV6, &v6).map(|m| m.family), Ok(10));
+        assert!(describe(&opt(SOL_IPV6, MCAST_MSFILTER, &v6)).starts_with("group ffff:"));
     }
 
     #[test]
