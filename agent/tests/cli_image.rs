@@ -130,7 +130,7 @@ fn show_prints_the_clocks_record() {
     w.record(Kind::Clocks, &clocks).expect("clocks");
     write_file(&path, &w.finish().expect("finish").0);
     let v = json(&torpor(&["show", path.to_str().expect("utf-8")]));
-    assert_eq!(v["header"]["version"]["minor"], 6);
+    assert_eq!(v["header"]["version"]["minor"], 7);
     let r = &v["records"][0];
     assert_eq!(r["kind"], "clocks");
     assert_eq!(

@@ -290,6 +290,10 @@ app_tests!(breadth_backlog, "breadth_backlog",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["order", "child"]);
 
+app_tests!(breadth_creds, "breadth_creds",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queue", "stream", "passcred", "child"]);
+
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite"]);

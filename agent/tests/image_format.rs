@@ -47,6 +47,7 @@ const V2_3: FormatVersion = FormatVersion { major: 2, minor: 3 };
 const V2_4: FormatVersion = FormatVersion { major: 2, minor: 4 };
 const V2_5: FormatVersion = FormatVersion { major: 2, minor: 5 };
 const V2_6: FormatVersion = FormatVersion { major: 2, minor: 6 };
+const V2_7: FormatVersion = FormatVersion { major: 2, minor: 7 };
 const V1_1: FormatVersion = FormatVersion { major: 1, minor: 1 };
 
 /// The header of every checked-in image: nothing from the host or the clock.
@@ -1069,6 +1070,40 @@ fn format_2_6() -> (Vec<u8>, Vec<Expect>) {
     f.finish()
 }
 
+/// The credentials 2.7 adds: message 2 of the socket at description 14,
+/// sent by process 4102 as uid 1000, gid 100.
+fn unix_creds() -> UnixCreds {
+    UnixCreds {
+        ofd: 14,
+        message: 2,
+        pid: 4102,
+        uid: 1000,
+        gid: 100,
+    }
+}
+
+/// Format 2.7: the records of 2.6, then a `unix-creds` record (the kind
+/// 2.7 adds).
+fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
+    let (img26, expect26) = format_2_6();
+    let mut f = Fixture::new(&fixed_header(V2_7));
+    let mut r = ImageReader::inspect(&img26[..]).expect("2.6 image");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            f.pages(info.vaddr, buf[..info.len].to_vec(), info.codec);
+        } else {
+            rec.kind()
+                .visit(Again(&rec, &mut f))
+                .expect("a state record");
+        }
+    }
+    assert_eq!(f.expect.len(), expect26.len(), "every 2.6 record copied");
+    f.put(unix_creds());
+    f.finish()
+}
+
 /// Writes a decoded record again, as a fixture record.
 struct Again<'r, 'a, 'f>(&'r Record<'a>, &'f mut Fixture);
 
@@ -1443,6 +1478,58 @@ fn format_2_6_unix_waiting_spot_values() {
 }
 
 #[test]
+fn format_2_7_image_reads_back_every_record_exactly() {
+    let img = read_image(V2_7);
+    let (header, got) = read_back(&img);
+    assert_eq!(header, fixed_header(V2_7));
+    let (_, expect) = format_2_7();
+    assert_eq!(got.len(), expect.len(), "record count");
+    for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+        assert_eq!(g, e, "record {i} of the 2.7 image");
+    }
+    let s = verify(&img[..]).expect("verify");
+    assert_eq!(s.records, 54);
+    assert_eq!(s.pages, 6);
+    assert_eq!(s.bytes, img.len() as u64);
+}
+
+/// The credentials 2.7 adds, and the bytes of their record.
+#[test]
+fn format_2_7_unix_creds_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let mut creds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::UnixCreds {
+            creds.push(rec.decode::<UnixCreds>().expect("unix-creds"));
+        }
+    }
+    assert_eq!(creds, [unix_creds()]);
+    assert_eq!(
+        (creds[0].pid, creds[0].uid, creds[0].gid),
+        (4102, 1000, 100)
+    );
+    // The kind byte 31, then ofd 14, message 2, pid 4102 (zigzag 8204:
+    // 0x8c 0x40), uid 1000 (0xe8 0x07), gid 100.
+    let payload = [31u8, 14, 2, 0x8c, 0x40, 0xe8, 0x07, 100];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-creds record's bytes"
+    );
+}
+
+#[test]
+fn the_writer_still_makes_the_checked_in_2_7_image() {
+    assert!(
+        format_2_7().0 == read_image(V2_7),
+        "the writer's 2.7 image differs from tests/images/format-2.7.img: a \
+         record type changed shape (a new major version, see the module doc) \
+         or the fixture changed (rewrite the files, see the module doc)"
+    );
+}
+
+#[test]
 fn the_writer_still_makes_the_checked_in_2_6_image() {
     assert!(
         format_2_6().0 == read_image(V2_6),
@@ -1791,7 +1878,7 @@ fn the_writer_still_makes_the_checked_in_2_0_image() {
 #[test]
 fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
     assert_eq!(
-        FORMAT, V2_6,
+        FORMAT, V2_7,
         "a new format needs its image and fixture here"
     );
     let (_, got) = read_back(&read_image(FORMAT));
@@ -1820,11 +1907,11 @@ fn every_accepted_version_has_an_image_and_the_current_one_every_kind() {
 fn format_1_1_image_is_refused_naming_both_versions() {
     let img = read_image(V1_1);
     assert_eq!(img, format_1_1(), "tests/images/format-1.1.img changed");
-    let message = "image format 1.1 is not supported (this torpor reads format 2.6)";
+    let message = "image format 1.1 is not supported (this torpor reads format 2.7)";
     let e = ImageReader::inspect(&img[..]).unwrap_err();
     assert!(
         matches!(e, ImageError::UnsupportedVersion { found, supported }
-            if found == V1_1 && supported == V2_6),
+            if found == V1_1 && supported == V2_7),
         "{e:?}"
     );
     assert_eq!(e.to_string(), message);
@@ -1847,7 +1934,7 @@ fn format_1_1_image_is_refused_naming_both_versions() {
 #[test]
 fn checked_in_images_and_seeds_are_the_fixtures() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/image_reader");
-    let (full, _) = format_2_6();
+    let (full, _) = format_2_7();
     let empty = ImageWriter::new(Vec::new(), &fixed_header(FORMAT))
         .and_then(|w| w.finish())
         .expect("empty image")
@@ -1859,7 +1946,8 @@ fn checked_in_images_and_seeds_are_the_fixtures() {
         (image_path(V2_3), format_2_3().0),
         (image_path(V2_4), format_2_4().0),
         (image_path(V2_5), format_2_5().0),
-        (image_path(V2_6), full.clone()),
+        (image_path(V2_6), format_2_6().0),
+        (image_path(V2_7), full.clone()),
         (image_path(V1_1), format_1_1()),
         (seeds.join("empty"), empty),
         (seeds.join("full"), full),

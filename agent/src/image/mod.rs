@@ -74,6 +74,13 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.7 adds the `unix-creds` kind, byte 31 (28 to 30 are reserved,
+//! `records::RESERVED_KINDS`): the credentials (`SCM_CREDENTIALS`: pid,
+//! uid, gid) the kernel recorded for a queued message of a UNIX socket,
+//! the sender a process of the tree, one record per message sent with
+//! some, written after every process (a 2.6 reader refuses an image
+//! holding one for the kind it does not know).
+//!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written
 //! after every process and before the `unix-rights` records that pass it.
@@ -136,7 +143,7 @@ pub const MAGIC: [u8; 8] = *b"TORPORIM";
 
 /// The format this torpor writes, and the major version it reads (see
 /// "Versions" above).
-pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 6 };
+pub const FORMAT: FormatVersion = FormatVersion { major: 2, minor: 7 };
 
 /// Bytes of framing around a payload: length, kind and CRC.
 pub const FRAME_BYTES: u64 = 9;

@@ -201,7 +201,15 @@ registry! {
     /// The connections waiting to be accepted by a UNIX listener, by their
     /// clients, after every process.
     UnixWaiting     = 27,  "unix-waiting",   UnixWaiting,     STATE_LIMIT,     "a unix-waiting record",   state;
+    // 28 to 30 are reserved (`RESERVED_KINDS`).
+    /// The credentials (`SCM_CREDENTIALS`) of a queued message of a UNIX
+    /// socket, after every process.
+    UnixCreds       = 31,  "unix-creds",     UnixCreds,       STATE_LIMIT,     "a unix-creds record",     state;
 }
+
+/// Kind bytes no kind of this torpor takes, kept for kinds another torpor
+/// numbers there: the registry skips them, and they are never reused.
+pub const RESERVED_KINDS: [u8; 3] = [28, 29, 30];
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
 pub const STATE_LIMIT: u32 = 64 * 1024;
@@ -1008,6 +1016,20 @@ pub struct FlightFile {
 pub struct UnixWaiting {
     pub ofd: u64,
     pub clients: Vec<u64>,
+}
+
+/// The credentials the kernel recorded for a queued message of a UNIX
+/// socket when it was sent (`SCM_CREDENTIALS`): the message is
+/// `queue[message]` of the socket held by the open file description `ofd`,
+/// sent by process `pid` (a process of the tree) as user `uid` and group
+/// `gid`. A message the kernel recorded no credentials for has no record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixCreds {
+    pub ofd: u64,
+    pub message: u32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

@@ -368,7 +368,8 @@ fn every_record_kind_round_trips() {
             | Kind::UnixRights
             | Kind::SockExtra
             | Kind::FlightFile
-            | Kind::UnixWaiting => {
+            | Kind::UnixWaiting
+            | Kind::UnixCreds => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -606,7 +607,7 @@ fn unknown_major_version_is_refused_newer_minor_accepted() {
     );
     assert_eq!(
         e.to_string(),
-        "image format 3.0 is not supported (this torpor reads format 2.6)"
+        "image format 3.0 is not supported (this torpor reads format 2.7)"
     );
 
     let mut h = header();
@@ -1023,9 +1024,15 @@ fn write_errors_carry_the_offset() {
 #[test]
 fn the_registry_gives_each_kind_one_byte_name_and_type() {
     let mut names = std::collections::HashSet::new();
+    // Numbered from 1 without gaps but the reserved bytes, so a new kind
+    // takes the next byte.
+    let bytes: Vec<u8> = (1..=u8::MAX)
+        .filter(|b| !RESERVED_KINDS.contains(b))
+        .take(Kind::COUNT)
+        .collect();
+    assert_eq!(RESERVED_KINDS, [28, 29, 30]);
     for (i, k) in Kind::ALL.into_iter().enumerate() {
-        // Numbered from 1 without gaps, so a new kind takes the next byte.
-        assert_eq!(k as usize, i + 1, "{k}");
+        assert_eq!(k as u8, bytes[i], "{k}");
         assert_eq!(Kind::from_byte(k as u8), Some(k));
         assert!(names.insert(k.name()), "{k} named twice");
         assert!(k.what().ends_with(if k == Kind::Trailer {
@@ -1036,7 +1043,12 @@ fn the_registry_gives_each_kind_one_byte_name_and_type() {
         assert!(k.limit() >= TRAILER_LIMIT, "{k}");
     }
     assert_eq!(Kind::from_byte(0), None);
-    let next = u8::try_from(Kind::COUNT + 1).expect("room for more kinds");
+    for b in RESERVED_KINDS {
+        assert_eq!(Kind::from_byte(b), None, "reserved byte {b}");
+    }
+    let next = bytes[Kind::COUNT - 1]
+        .checked_add(1)
+        .expect("room for more kinds");
     assert_eq!(Kind::from_byte(next), None);
     let framed: Vec<Kind> = Kind::ALL.into_iter().filter(|k| k.by_writer()).collect();
     assert_eq!(framed, [Kind::Header, Kind::Pages, Kind::Trailer]);
@@ -1079,6 +1091,57 @@ fn a_record_is_written_and_read_only_under_its_own_kind() {
     let rec = r.next_record().expect("read").expect("mm");
     assert_eq!(rec.kind(), Kind::MmFields);
     assert_eq!(rec.decode::<MmFields>().expect("mm"), mm());
+}
+
+/// The credentials of two queued messages, as `unix-creds` records:
+/// written and read back under their kind, byte 31, in postcard's layout.
+#[test]
+fn unix_creds_records_round_trip() {
+    let sent = [
+        UnixCreds {
+            ofd: 7,
+            message: 0,
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+        },
+        UnixCreds {
+            ofd: 7,
+            message: 3,
+            pid: 4240,
+            uid: 0,
+            gid: 0,
+        },
+    ];
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    for c in &sent {
+        w.write(c).expect("unix-creds");
+    }
+    let (img, summary) = w.finish().expect("finish");
+    assert_eq!(summary.records, 1 + 2 + 1);
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let mut back = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        assert_eq!(rec.kind(), Kind::UnixCreds);
+        assert_eq!(rec.kind().name(), "unix-creds");
+        back.push(rec.decode::<UnixCreds>().expect("unix-creds"));
+    }
+    assert_eq!(back, sent);
+    assert_eq!(Kind::UnixCreds as u8, 31);
+    assert_eq!(Kind::from_byte(31), Some(Kind::UnixCreds));
+    // Payload: ofd 7, message 3, pid 4240 (zigzag 8480: 0xa0 0x42), uid 0,
+    // gid 0; after the length and the kind byte 31.
+    let payload = [31u8, 7, 3, 0xa0, 0x42, 0, 0];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-creds record's bytes"
+    );
+    // A uid of 1000 is a varint of two bytes (0xe8 0x07).
+    let payload = [31u8, 7, 0, 0xa4, 0x42, 0xe8, 0x07, 0xe8, 0x07];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the first record's bytes"
+    );
 }
 
 #[test]

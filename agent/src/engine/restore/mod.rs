@@ -371,6 +371,11 @@ fn restore_with<R: Read>(
     let _reaper = Subreaper::take();
     let mut created = Created::default();
     create_tasks(st, &objs, &mut created)?;
+    // Every process of the tree exists: the queued messages naming their
+    // senders are sent again, before any task runs the app.
+    if let Some(mut unix) = objs.unix.take() {
+        unix.pass(&objs.fds).step(Step::OpenFiles)?;
+    }
     // The whole tree is in the namespace: torpor takes its own back.
     if let Some(t) = timens.as_mut() {
         t.leave().step(Step::TimeNamespace)?;
