@@ -319,6 +319,10 @@ fn breadth_aio_a_ring_the_kernel_would_not_make_is_refused() {
     ));
 }
 
+app_tests!(breadth_creds, "breadth_creds",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["queue", "stream", "passcred", "child"]);
+
 app_tests!(breadth_sockopts, "breadth_sockopts",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["broadcast", "keepidle", "peek", "lite", "multicast"]);

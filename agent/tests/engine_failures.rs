@@ -537,6 +537,58 @@ fn a_connection_waiting_from_outside_the_tree_is_refused() {
     });
 }
 
+const CREDS_OF_GONE: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+/* fd 7, with SO_PASSCRED, holds a message a child sent on fd 8 before it
+ * exited and was reaped; the child's pid goes to argv[1]. */
+int main(int argc, char **argv) {
+    int sv[2], on = 1;
+    if (argc < 2 || socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0 || dup2(sv[0], 7) != 7 ||
+        dup2(sv[1], 8) != 8 || setsockopt(7, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    pid_t child = fork();
+    if (child == 0)
+        _exit(send(8, "gone", 4, 0) == 4 ? 0 : 3);
+    int status;
+    if (waitpid(child, &status, 0) != child || status != 0)
+        return 3;
+    FILE *out = fopen(argv[1], "w");
+    fprintf(out, "%d\n", (int)child);
+    fclose(out);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A queued message whose credentials name a process no longer there (it
+/// sent it, exited and was reaped) is refused, naming the socket, the
+/// message and the sender: the restore could send it only as another
+/// process.
+#[test]
+fn a_message_with_the_credentials_of_a_process_gone_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-creds-gone");
+    let bin = compile(&dir, "credsgone", CREDS_OF_GONE, &[]);
+    let sender = dir.join("sender");
+    let path = sender.to_str().expect("utf8");
+    refused_dump(&dir, &bin, &[path], "gone", |pid, _| {
+        let child = std::fs::read_to_string(&sender).expect("sender");
+        format!(
+            "torpor: error: files {pid}: fd 7 of process {pid} is a UNIX socket with messages queued with their senders' credentials (SCM_CREDENTIALS): message 0 was sent by process {} (uid 0, gid 0), which is not in the dumped tree (it has exited or is outside it); torpor restores a message's credentials only from a process it restores",
+            child.trim()
+        )
+    });
+}
+
 const PIDFD_OF: &str = r#"
 #define _GNU_SOURCE
 #include <stdio.h>

@@ -426,3 +426,123 @@ fn sockets_in_flight_three_deep_come_back() {
     assert_eq!(reap(pid), 0);
     assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
 }
+
+const QUEUED_CREDS: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+/* Reads one message of fd 3: `want`, sent by pid/uid/gid. */
+static int expect(const char *want, pid_t pid, uid_t uid, gid_t gid) {
+    char got[8] = "";
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(struct ucred))]; } c;
+    memset(&c, 0, sizeof c);
+    struct iovec iov = { got, sizeof got };
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = c.buf;
+    m.msg_controllen = sizeof c.buf;
+    if (recvmsg(3, &m, MSG_DONTWAIT) != (ssize_t)strlen(want) || memcmp(got, want, strlen(want)) != 0) {
+        printf("FAIL expected %s, got %s\n", want, got);
+        return 1;
+    }
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    struct ucred u = { -1, 0, 0 };
+    if (h && h->cmsg_type == SCM_CREDENTIALS)
+        memcpy(&u, CMSG_DATA(h), sizeof u);
+    if (u.pid != pid || u.uid != uid || u.gid != gid) {
+        printf("FAIL %s: pid %d uid %u gid %u\n", want, (int)u.pid, (unsigned)u.uid, (unsigned)u.gid);
+        return 1;
+    }
+    return 0;
+}
+/* fd 3, SO_PASSCRED off, holds "child" from a child running as uid and
+ * gid 1000, then "parent" from us, both sent on fd 4, which has
+ * SO_PASSCRED on. On SIGUSR1 fd 3's option is checked (still off) and the
+ * messages are read with it on. */
+int main(void) {
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
+    int sv[2], on = 1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0 || dup2(sv[0], 3) != 3 || dup2(sv[1], 4) != 4)
+        return 2;
+    if (setsockopt(4, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0)
+        return 2;
+    pid_t child = fork();
+    if (child == 0) {
+        if (setresgid(1000, 1000, 1000) != 0 || setresuid(1000, 1000, 1000) != 0)
+            _exit(2);
+        if (send(4, "child", 5, 0) != 5)
+            _exit(3);
+        for (;;)
+            pause();
+    }
+    int status;
+    for (int i = 0; i < 500; i++) {
+        char b[8];
+        if (recv(3, b, sizeof b, MSG_PEEK | MSG_DONTWAIT) == 5)
+            break;
+        if (waitpid(child, &status, WNOHANG) != 0)
+            return 4;
+        usleep(10000);
+    }
+    if (send(4, "parent", 6, 0) != 6)
+        return 3;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    printf("ready %d\n", (int)child);
+    int sig;
+    sigwait(&usr1, &sig);
+    int v = -1;
+    socklen_t len = sizeof v;
+    if (getsockopt(3, SOL_SOCKET, SO_PASSCRED, &v, &len) != 0 || v != 0) {
+        printf("FAIL SO_PASSCRED of fd 3 is %d\n", v);
+        return 1;
+    }
+    setsockopt(3, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
+    int fails = expect("child", child, 1000, 1000) + expect("parent", getpid(), getuid(), getgid());
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    printf(fails ? "FAIL\n" : "PASS\n");
+    return fails;
+}
+"#;
+
+/// Messages queued with their senders' credentials (a child as uid and gid
+/// 1000, then the parent) come back with them exactly, though the
+/// receiver had `SO_PASSCRED` off: the dump turns it on for its peek and
+/// back off (a dump that leaves the tree running, then one that does not,
+/// sees it off), and the restore sends each message as its sender.
+#[test]
+fn queued_messages_come_back_with_their_senders_credentials() {
+    become_subreaper();
+    let dir = scratch("queued-creds");
+    let bin = compile(&dir, "creds", QUEUED_CREDS, &[]);
+    let out = dir.join("out.txt");
+    let img = dir.join("creds.img");
+    let pid = spawn(&bin, &[], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    let child: i32 = lines(&out)[0]
+        .strip_prefix("ready ")
+        .and_then(|c| c.parse().ok())
+        .expect("the child's pid");
+    reaper.add(child);
+    dump(pid, &img, &["--leave-running"]);
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    assert_eq!(reap(child), libc::SIGKILL);
+    restore(&img);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}

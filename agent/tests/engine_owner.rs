@@ -621,3 +621,120 @@ fn a_users_image_goes_only_into_a_cgroup_the_user_may_move_processes_into() {
     kill_and_reap(pid);
     wait_for("the cgroup to empty", || std::fs::remove_dir(&cg).is_ok());
 }
+
+/// Sends itself a message on a datagram pair whose receiver, fd 3, has
+/// `SO_PASSCRED` (its credentials recorded with it), then counts; when
+/// the message is read on SIGUSR1 it prints its credentials.
+const CREDS_SENDER: &str = r#"
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+int main(void) {
+    int sv[2], on = 1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0 || dup2(sv[0], 3) != 3 || dup2(sv[1], 4) != 4 ||
+        setsockopt(3, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0 || send(4, "mine", 4, 0) != 4)
+        return 2;
+    signal(SIGUSR1, on_usr1);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        if (asked) {
+            asked = 0;
+            char b[8];
+            union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(struct ucred))]; } c;
+            struct iovec iov = { b, sizeof b };
+            struct msghdr m;
+            memset(&m, 0, sizeof m);
+            m.msg_iov = &iov;
+            m.msg_iovlen = 1;
+            m.msg_control = c.buf;
+            m.msg_controllen = sizeof c.buf;
+            struct ucred u = { -1, 0, 0 };
+            if (recvmsg(3, &m, MSG_DONTWAIT) == 4 && CMSG_FIRSTHDR(&m))
+                memcpy(&u, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof u);
+            printf("creds %d %u %u\n", (int)u.pid, (unsigned)u.uid, (unsigned)u.gid);
+        }
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A user's image may hold queued messages with the user's own
+/// credentials only: one naming another uid or gid (which the user could
+/// not have sent, and root would send as asked) is refused in validate,
+/// naming the socket and the message; the message as dumped comes back
+/// with the user's.
+#[test]
+fn a_users_image_cannot_queue_a_message_with_another_users_credentials() {
+    use torpor::image::records::UnixCreds;
+    become_subreaper();
+    let (dir, _home) = user_scratch("owner-creds");
+    let bin = compile(&dir, "credsender", CREDS_SENDER, &[]);
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[], &out);
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("creds.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let bytes = std::fs::read(&img).expect("image");
+    let mut recorded = Vec::new();
+    let mut r = ImageReader::new(&bytes[..]).expect("image");
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::UnixCreds {
+            recorded.push(rec.decode::<UnixCreds>().expect("unix-creds"));
+        }
+    }
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let mine = recorded[0].clone();
+    assert_eq!(
+        (mine.message, mine.pid, mine.uid, mine.gid),
+        (0, pid, USER, USER)
+    );
+    let asked = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let cimg = dir.join("crafted.img");
+    for (uid, gid) in [(0, USER), (USER, 0)] {
+        let crafted = copy(&asked, Some(Kind::UnixCreds), Kind::UnixCreds, &|w| {
+            w.write(&UnixCreds {
+                uid,
+                gid,
+                ..mine.clone()
+            })
+            .expect("unix-creds");
+        });
+        std::fs::write(&cimg, &crafted).expect("write");
+        assert_eq!(
+            restore_err(&cimg),
+            format!(
+                "torpor: error: validate: the image was taken for uid {USER} (gid {USER}), but fd 3 of process {pid} holds message 0 queued with the credentials of process {pid} (uid {uid}, gid {gid})"
+            )
+        );
+        assert!(!runs(pid, &bin));
+    }
+    let uimg = dir.join("user.img");
+    std::fs::write(&uimg, &asked).expect("write");
+    let o = torpor(&["restore", "--image", uimg.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    reaper.add(pid);
+    // SAFETY: signalling the restored task.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let want = format!("creds {pid} {USER} {USER}");
+    wait_for("the message's credentials", || lines(&out).contains(&want));
+    // SAFETY: signalling the restored task.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(reap(pid), libc::SIGKILL);
+}

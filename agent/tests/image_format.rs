@@ -1147,9 +1147,21 @@ fn membarrier() -> Membarrier {
     }
 }
 
+/// The credentials 2.7 adds: message 2 of the socket at description 14,
+/// sent by process 4102 as uid 1000, gid 100.
+fn unix_creds() -> UnixCreds {
+    UnixCreds {
+        ofd: 14,
+        message: 2,
+        pid: 4102,
+        uid: 1000,
+        gid: 100,
+    }
+}
+
 /// Format 2.7: the records of 2.6, then the kinds it adds: two
-/// `thread-seccomp` records, a `cgroup`, an `aio-ring` and a `membarrier`
-/// record.
+/// `thread-seccomp` records, a `cgroup`, an `aio-ring`, a `membarrier`
+/// and a `unix-creds` record.
 fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
     let (img26, expect26) = format_2_6();
     let mut f = Fixture::new(&fixed_header(V2_7));
@@ -1172,6 +1184,7 @@ fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
     f.put(cgroup());
     f.put(aio_ring());
     f.put(membarrier());
+    f.put(unix_creds());
     f.finish()
 }
 
@@ -1512,7 +1525,7 @@ fn format_2_7_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.7 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 58);
+    assert_eq!(s.records, 59);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1667,6 +1680,32 @@ fn format_2_7_cgroup_spot_values() {
     assert!(
         img.windows(payload.len()).any(|w| w == payload),
         "the cgroup record's bytes"
+    );
+}
+
+/// The credentials 2.7 adds, and the bytes of their record.
+#[test]
+fn format_2_7_unix_creds_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    assert_eq!(r.header().version, FormatVersion { major: 2, minor: 7 });
+    let mut creds = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::UnixCreds {
+            creds.push(rec.decode::<UnixCreds>().expect("unix-creds"));
+        }
+    }
+    assert_eq!(creds, [unix_creds()]);
+    assert_eq!(
+        (creds[0].pid, creds[0].uid, creds[0].gid),
+        (4102, 1000, 100)
+    );
+    // The kind byte 32, then ofd 14, message 2, pid 4102 (zigzag 8204:
+    // 0x8c 0x40), uid 1000 (0xe8 0x07), gid 100.
+    let payload = [32u8, 14, 2, 0x8c, 0x40, 0xe8, 0x07, 100];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-creds record's bytes"
     );
 }
 

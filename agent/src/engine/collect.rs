@@ -931,6 +931,9 @@ pub struct FileTable {
     waiting: Vec<(u32, i32, i32, Vec<u64>)>,
     /// Socket options beyond an fd record's, by open file index.
     pub sock_opts: BTreeMap<u32, Vec<crate::image::records::RawSockOpt>>,
+    /// The credentials of queued messages of UNIX sockets: (open file
+    /// index, the socket as refusals name it, the message's sender).
+    msg_creds: Vec<(u32, i32, String, crate::engine::files::SentBy)>,
 }
 
 /// The descriptors message `message` of the queue of the socket first seen
@@ -1097,6 +1100,10 @@ impl FileTable {
                     if !clients.is_empty() {
                         self.waiting.push((socket, pid, fd, clients));
                     }
+                    for by in self.inflight.take_creds() {
+                        self.msg_creds
+                            .push((socket, pid, format!("fd {fd} of process {pid}"), by));
+                    }
                     for (message, fds) in self.inflight.take() {
                         self.passing.push(Passing {
                             socket,
@@ -1239,6 +1246,38 @@ impl FileTable {
         Ok(out)
     }
 
+    /// The credentials of the queued messages of the trees' UNIX sockets:
+    /// each names a sender the restore brings back with its pid, a process
+    /// of `pids`. A message from a process outside the trees (exited since
+    /// it sent it, or never of the tree) is refused, naming the socket and
+    /// the message: a restore cannot send as a process it does not make,
+    /// and naming another would tell the app a wrong sender.
+    pub fn creds(
+        &mut self,
+        pids: &[i32],
+    ) -> Result<Vec<crate::image::records::UnixCreds>, EngineError> {
+        let mut out = Vec::new();
+        for (socket, holder, who, by) in std::mem::take(&mut self.msg_creds) {
+            if !pids.contains(&by.pid) {
+                return Err(EngineError::new(
+                    Step::Files(holder),
+                    Cause::Unsupported(format!(
+                        "{who} is a UNIX socket with messages queued with their senders' credentials (SCM_CREDENTIALS): message {} was sent by process {} (uid {}, gid {}), which is not in the dumped tree (it has exited or is outside it); torpor restores a message's credentials only from a process it restores",
+                        by.message, by.pid, by.uid, by.gid
+                    )),
+                ));
+            }
+            out.push(crate::image::records::UnixCreds {
+                ofd: u64::from(socket),
+                message: by.message,
+                pid: by.pid,
+                uid: by.uid,
+                gid: by.gid,
+            });
+        }
+        Ok(out)
+    }
+
     /// Collects the description torpor's copy `fd` (with /proc link `link`)
     /// is, which only message `message` of a socket `depth` deep in flight
     /// (`who`, first seen in process `pid`) holds: its index in the table.
@@ -1275,6 +1314,7 @@ impl FileTable {
             }
         }
         let nested = self.inflight.take();
+        let creds = self.inflight.take_creds();
         if !self.inflight.take_waiting().is_empty() {
             return Err(
                 "a UNIX listener with connections waiting to be accepted, which torpor does not keep in flight"
@@ -1312,6 +1352,14 @@ impl FileTable {
             sigio: None,
         });
         self.owner.push((me, raw, link.to_string()));
+        for by in creds {
+            self.msg_creds.push((
+                file,
+                pid,
+                format!("socket:[{inode}] (in flight in message {message} of {who})"),
+                by,
+            ));
+        }
         for (m, fds) in nested {
             self.passing.push(Passing {
                 socket: file,

@@ -352,6 +352,7 @@ pub fn dump_trees<W: ImageSink>(
         .flat_map(|f| f.pids.iter().copied())
         .collect();
     crate::engine::files::check_pty_holders(&table.files, &tree_pids).map_err(whole)?;
+    let creds = table.creds(&tree_pids).map_err(whole)?;
     crate::engine::files::check_late(&table.files, procs.iter().map(|(p, _)| p)).map_err(whole)?;
     // The clocks last: every time left on a timer was read before them, so
     // a restore continuing from them never fires a timer early.
@@ -489,6 +490,9 @@ pub fn dump_trees<W: ImageSink>(
     }
     for c in &cgroups {
         w.write(c).step(wstep).map_err(whole)?;
+    }
+    for r in &creds {
+        w.write(r).step(wstep).map_err(whole)?;
     }
     let (out, _summary) = w.finish().step(wstep).map_err(whole)?;
     commit(out).map_err(whole)?;

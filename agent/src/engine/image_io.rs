@@ -15,9 +15,10 @@
 //!                               connection's queues after its first fd;
 //!                               each AIO ring in one record or more
 //!  (FileOwner? FlightFile)*     descriptions only a queued message holds
-//!  UnixRights* UnixWaiting* SockExtra*
+//!  UnixRights* UnixWaiting* SockExtra* UnixCreds*
 //!                               what queued messages pass, the clients
-//!                               waiting on listeners, socket options
+//!                               waiting on listeners, socket options,
+//!                               the credentials of queued messages
 //!  Cgroup*                      the processes' cgroups
 //!  Trailer
 //! ```
@@ -445,6 +446,47 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
                     socket,
                     message: r.message,
                     files,
+                });
+            }
+            Kind::UnixCreds => {
+                let r: crate::image::records::UnixCreds = rec.decode()?;
+                let socket = ofds
+                    .get(&r.ofd)
+                    .copied()
+                    .filter(|&i| {
+                        st.files.get(i as usize).is_some_and(|f| match &f.kind {
+                            FileKind::Unix(u) => (r.message as usize) < u.queue.len(),
+                            _ => false,
+                        })
+                    })
+                    .ok_or_else(|| {
+                        malformed(format!(
+                            "a unix-creds record names message {} of description {}, which is no queued message of a UNIX socket before it",
+                            r.message, r.ofd
+                        ))
+                    })?;
+                if r.pid <= 0 || !st.processes.iter().any(|p| p.task.pid == r.pid) {
+                    return Err(malformed(format!(
+                        "a unix-creds record for message {} of description {} names pid {}, which is no process of the image",
+                        r.message, r.ofd, r.pid
+                    )));
+                }
+                if st
+                    .msg_creds
+                    .iter()
+                    .any(|x| x.socket == socket && x.message == r.message)
+                {
+                    return Err(malformed(format!(
+                        "two unix-creds records for message {} of description {}",
+                        r.message, r.ofd
+                    )));
+                }
+                st.msg_creds.push(crate::engine::state::MsgCreds {
+                    socket,
+                    message: r.message,
+                    pid: r.pid,
+                    uid: r.uid,
+                    gid: r.gid,
                 });
             }
             Kind::UnixWaiting => {
@@ -1330,6 +1372,102 @@ mod tests {
         let e = refused(&waiting(3, Vec::new()));
         assert!(
             e.contains("names 0 clients (1 to 1024 are possible)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn message_credentials_name_a_queued_message_and_a_process_of_the_image() {
+        use crate::image::records::{FdKind, Task, UnixCreds, UnixSocket};
+        let task = |pid: i32| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&Task {
+                    pid,
+                    ..Default::default()
+                })
+            }
+        };
+        let (t40, t41) = (task(40), task(41));
+        let sock = |fd: i32, ofd: u64, queue: Vec<Vec<u8>>| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&RFd {
+                    fd,
+                    fd_flags: 0,
+                    ofd,
+                    kind: FdKind::Unix {
+                        flags: 2,
+                        state: UnixSocket {
+                            sock_type: libc::SOCK_DGRAM,
+                            inode: ofd + 100,
+                            peer: if ofd == 3 { 104 } else { 103 },
+                            connected: true,
+                            queue: queue.clone(),
+                            ..Default::default()
+                        },
+                    },
+                })
+            }
+        };
+        let (a, b) = (
+            sock(5, 3, vec![b"one".to_vec(), b"two".to_vec()]),
+            sock(6, 4, Vec::new()),
+        );
+        let creds = |ofd: u64, message: u32, pid: i32| {
+            move |w: &mut ImageWriter<Vec<u8>>| {
+                w.write(&UnixCreds {
+                    ofd,
+                    message,
+                    pid,
+                    uid: 1000,
+                    gid: 100,
+                })
+            }
+        };
+        let st = read_state(&image(&[&t40, &a, &b, &t41, &creds(3, 1, 41), &creds(3, 0, 40)])[..])
+            .expect("two messages' credentials");
+        assert_eq!(
+            st.msg_creds,
+            [
+                crate::engine::state::MsgCreds {
+                    socket: 0,
+                    message: 1,
+                    pid: 41,
+                    uid: 1000,
+                    gid: 100,
+                },
+                crate::engine::state::MsgCreds {
+                    socket: 0,
+                    message: 0,
+                    pid: 40,
+                    uid: 1000,
+                    gid: 100,
+                }
+            ]
+        );
+        let refused = |r: &[Put<'_>]| {
+            let mut all: Vec<Put<'_>> = vec![&t40, &a, &b, &t41];
+            all.extend_from_slice(r);
+            read_state(&image(&all)[..])
+                .expect_err("a bad unix-creds record")
+                .to_string()
+        };
+        let e = refused(&[&creds(3, 2, 40)]);
+        assert!(
+            e.contains("a unix-creds record names message 2 of description 3, which is no queued message of a UNIX socket before it"),
+            "{e}"
+        );
+        let e = refused(&[&creds(4, 0, 40)]);
+        assert!(e.contains("names message 0 of description 4"), "{e}");
+        let e = refused(&[&creds(3, 0, 42)]);
+        assert!(
+            e.contains("a unix-creds record for message 0 of description 3 names pid 42, which is no process of the image"),
+            "{e}"
+        );
+        let e = refused(&[&creds(3, 0, 0)]);
+        assert!(e.contains("names pid 0"), "{e}");
+        let e = refused(&[&creds(3, 0, 40), &creds(3, 0, 41)]);
+        assert!(
+            e.contains("two unix-creds records for message 0 of description 3"),
             "{e}"
         );
     }

@@ -54,6 +54,21 @@ pub struct ImageState {
     /// The cgroups (v2) the tree's processes were in (`cgroup` records;
     /// none in images older than format 2.7).
     pub cgroups: Vec<records::Cgroup>,
+    /// The credentials of queued messages of the tree's UNIX sockets
+    /// (`unix-creds` records; none in images older than format 2.7).
+    pub msg_creds: Vec<MsgCreds>,
+}
+
+/// The credentials message `message` of the queue of UNIX socket `socket`
+/// (an index into [`ImageState::files`]) was sent with: the sender's pid,
+/// a process of the tree, and its uid and gid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsgCreds {
+    pub socket: u32,
+    pub message: u32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The clients of the connections waiting to be accepted by UNIX listener

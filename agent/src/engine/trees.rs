@@ -191,6 +191,19 @@ pub fn split(st: &ImageState) -> Result<Vec<ImageState>, String> {
             }
         }
     }
+    // A queued message sent by a process of another tree names a sender
+    // that tree alone would not bring back.
+    for m in &st.msg_creds {
+        if let Some(&part) = c.owner.get(&Shared::File(m.socket)) {
+            let sender = st.processes.iter().position(|p| p.task.pid == m.pid);
+            if let Some(other) = sender.map(|i| tree[i]).filter(|&t| t != part) {
+                return Err(format!(
+                    "the trees of {} and {} share a queued message of a UNIX socket, sent by process {} (its credentials)",
+                    st.trees[other].name, st.trees[part].name, m.pid
+                ));
+            }
+        }
+    }
     Ok((0..st.trees.len())
         .map(|part| part_of(st, &tree, &c, part))
         .collect())
@@ -345,6 +358,15 @@ fn part_of(st: &ImageState, tree: &[usize], c: &Claims<'_>, part: usize) -> Imag
             .map(|w| crate::engine::state::Waiting {
                 listener: renumber(&files, w.listener),
                 clients: w.clients.iter().map(|&f| renumber(&files, f)).collect(),
+            })
+            .collect(),
+        msg_creds: st
+            .msg_creds
+            .iter()
+            .filter(|m| c.holds(&Shared::File(m.socket), part))
+            .map(|m| crate::engine::state::MsgCreds {
+                socket: renumber(&files, m.socket),
+                ..*m
             })
             .collect(),
         sock_opts: st
@@ -510,6 +532,32 @@ mod tests {
         assert_eq!(
             split(&st).err(),
             Some("the trees of bridge and logger share pipe 0".into())
+        );
+        // A message queued in the bridge's socket, sent by the logger's
+        // child.
+        let mut st = two_trees();
+        let sent = |pid| crate::engine::state::MsgCreds {
+            socket: 1,
+            message: 0,
+            pid,
+            uid: 1000,
+            gid: 1000,
+        };
+        st.msg_creds.push(sent(11));
+        assert_eq!(
+            split(&st).err(),
+            Some("the trees of logger and bridge share a queued message of a UNIX socket, sent by process 11 (its credentials)".into())
+        );
+        // Sent by the bridge itself: it goes with the bridge, renumbered.
+        st.msg_creds = vec![sent(20)];
+        let parts = split(&st).expect("split");
+        assert!(parts[0].msg_creds.is_empty());
+        assert_eq!(
+            parts[1].msg_creds,
+            [crate::engine::state::MsgCreds {
+                socket: 0,
+                ..sent(20)
+            }]
         );
         let mut st = two_trees();
         st.trees.pop();

@@ -74,7 +74,7 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
-//! Format 2.7 adds four kinds. `thread-seccomp`, byte 28: what a thread of
+//! Format 2.7 adds five kinds. `thread-seccomp`, byte 28: what a thread of
 //! the process before it runs under beyond the process's `seccomp-filter`
 //! records (which are then the filters every thread shares), either strict
 //! mode or one filter of the thread's own, a thread's oldest first. It is
@@ -92,6 +92,11 @@
 //! more than one record holds). `membarrier`, byte 31: the process's `membarrier`
 //! registrations, written only when it has some. A 2.6 reader refuses an
 //! image holding either for the kind it does not know.
+//! `unix-creds`, byte 32: the credentials (`SCM_CREDENTIALS`: pid,
+//! uid, gid) the kernel recorded for a queued message of a UNIX socket,
+//! the sender a process of the tree, one record per message sent with
+//! some, written after every process (a 2.6 reader refuses an image
+//! holding one for the kind it does not know).
 //!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written

@@ -213,6 +213,9 @@ registry! {
     /// The `membarrier` registrations of the process before it, written
     /// when it has any.
     Membarrier      = 31,  "membarrier",     Membarrier,      STATE_LIMIT,     "a membarrier record",     state;
+    /// The credentials (`SCM_CREDENTIALS`) of a queued message of a UNIX
+    /// socket, after every process.
+    UnixCreds       = 32,  "unix-creds",     UnixCreds,       STATE_LIMIT,     "a unix-creds record",     state;
 }
 
 /// The largest payload of a state record (task, thread, VMA, fd...).
@@ -1154,6 +1157,20 @@ impl Membarrier {
             _ => "unknown",
         }
     }
+}
+
+/// The credentials the kernel recorded for a queued message of a UNIX
+/// socket when it was sent (`SCM_CREDENTIALS`): the message is
+/// `queue[message]` of the socket held by the open file description `ofd`,
+/// sent by process `pid` (a process of the tree) as user `uid` and group
+/// `gid`. A message the kernel recorded no credentials for has no record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixCreds {
+    pub ofd: u64,
+    pub message: u32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A pseudo-terminal pair, as its master sees it: the slave's index in its

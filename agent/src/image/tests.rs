@@ -372,7 +372,8 @@ fn every_record_kind_round_trips() {
             | Kind::ThreadSeccomp
             | Kind::Cgroup
             | Kind::AioRing
-            | Kind::Membarrier => {
+            | Kind::Membarrier
+            | Kind::UnixCreds => {
                 panic!("no {} record was written", rec.kind())
             }
             Kind::Clocks => assert_eq!(rec.decode::<Clocks>().expect("clocks"), clocks()),
@@ -1133,6 +1134,57 @@ fn a_record_is_written_and_read_only_under_its_own_kind() {
     let rec = r.next_record().expect("read").expect("mm");
     assert_eq!(rec.kind(), Kind::MmFields);
     assert_eq!(rec.decode::<MmFields>().expect("mm"), mm());
+}
+
+/// The credentials of two queued messages, as `unix-creds` records:
+/// written and read back under their kind, byte 32, in postcard's layout.
+#[test]
+fn unix_creds_records_round_trip() {
+    let sent = [
+        UnixCreds {
+            ofd: 7,
+            message: 0,
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+        },
+        UnixCreds {
+            ofd: 7,
+            message: 3,
+            pid: 4240,
+            uid: 0,
+            gid: 0,
+        },
+    ];
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    for c in &sent {
+        w.write(c).expect("unix-creds");
+    }
+    let (img, summary) = w.finish().expect("finish");
+    assert_eq!(summary.records, 1 + 2 + 1);
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let mut back = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        assert_eq!(rec.kind(), Kind::UnixCreds);
+        assert_eq!(rec.kind().name(), "unix-creds");
+        back.push(rec.decode::<UnixCreds>().expect("unix-creds"));
+    }
+    assert_eq!(back, sent);
+    assert_eq!(Kind::UnixCreds as u8, 32);
+    assert_eq!(Kind::from_byte(32), Some(Kind::UnixCreds));
+    // Payload: ofd 7, message 3, pid 4240 (zigzag 8480: 0xa0 0x42), uid 0,
+    // gid 0; after the length and the kind byte 32.
+    let payload = [32u8, 7, 3, 0xa0, 0x42, 0, 0];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the unix-creds record's bytes"
+    );
+    // A uid of 1000 is a varint of two bytes (0xe8 0x07).
+    let payload = [32u8, 7, 0, 0xa4, 0x42, 0xe8, 0x07, 0xe8, 0x07];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the first record's bytes"
+    );
 }
 
 #[test]

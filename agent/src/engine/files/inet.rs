@@ -115,7 +115,7 @@ pub(super) fn collect(pid: i32, fd: i32, family: i32) -> Result<InetSocket, Stri
         Vec::new()
     } else if requeued {
         // UDP passes no descriptors.
-        super::unix::peek_queue(&f, false, false)?.messages
+        super::unix::peek_queue(&f, false, false, false)?.messages
     } else if p.revents & libc::POLLIN != 0 {
         return Err(format!(
             "datagrams wait on a {what} socket; torpor cannot queue them again"

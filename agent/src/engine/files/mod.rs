@@ -88,7 +88,7 @@ pub fn check_pty_holders(
 }
 pub use netlink::user_may as netlink_user_may;
 pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
-pub use unix::{shown as unix_name, InFlight, Pending, WAITING_LIMIT};
+pub use unix::{shown as unix_name, InFlight, Pending, SentBy, WAITING_LIMIT};
 pub use unlinked::{create_unlinked, unlinked_dir_exists};
 
 /// The life of one kind of anonymous-inode file, from dump to restore. Each
@@ -239,6 +239,8 @@ pub struct OpenCx<'a> {
     pub rights: &'a [crate::engine::state::Rights],
     /// The connections waiting on the tree's UNIX listeners.
     pub waiting: &'a [crate::engine::state::Waiting],
+    /// The credentials of queued messages of the tree's UNIX sockets.
+    pub msg_creds: &'a [crate::engine::state::MsgCreds],
     /// A socket's options beyond its record's, set before it is bound.
     pub sock_opts: &'a [crate::image::records::RawSockOpt],
 }

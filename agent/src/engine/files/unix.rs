@@ -9,7 +9,9 @@
 //! a listener are listed by client (`UNIX_DIAG_ICONS`); a restore connects
 //! those clients again, in order, once every listener listens
 //! ([`Pending::connect_waiting`]). Descriptors in flight are sent again
-//! once every description is open ([`Pending::pass`]).
+//! once every description is open ([`Pending::pass`]), and messages with
+//! their senders' credentials (`SCM_CREDENTIALS`, peeked with
+//! `SO_PASSCRED` on for the read) once the tree's processes exist.
 //!
 //! Unsafe code: UNIX sockets are made, bound, connected and peeked through
 //! libc, walking the control messages the kernel writes (fds in flight).
@@ -142,12 +144,83 @@ fn diag(inode: u64) -> Result<Diag, String> {
 }
 
 /// The messages waiting in a socket's receive queue, left in place, and the
-/// descriptors some of them carry.
+/// descriptors and credentials some of them carry.
 #[derive(Debug, Default)]
 pub struct Queue {
     pub messages: Vec<Vec<u8>>,
     /// (message index, the descriptors it passes, now held by torpor).
     pub rights: Passed,
+    /// The credentials the kernel recorded for each message sent with
+    /// some.
+    pub creds: Vec<SentBy>,
+}
+
+/// The credentials of queued message `message` (`SCM_CREDENTIALS`): the
+/// sender's pid, uid and gid when it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentBy {
+    pub message: u32,
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The uid and gid the kernel shows for none (`/proc/sys/kernel/overflowuid`
+/// and `overflowgid`, 65534 unless changed): a message sent while neither
+/// end had `SO_PASSCRED` carries no credentials and reads as pid 0 with
+/// those.
+fn overflow_ids() -> (u32, u32) {
+    let read = |what: &str, or: u32| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{what}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(or)
+    };
+    (read("overflowuid", 65534), read("overflowgid", 65534))
+}
+
+/// The credentials of an `SCM_CREDENTIALS` control message, `None` when
+/// the kernel recorded none at the send.
+///
+/// # Safety
+/// `c` must be a control message header the kernel wrote into a buffer that
+/// is still alive, of level `SOL_SOCKET` and type `SCM_CREDENTIALS`.
+unsafe fn read_creds(
+    c: *const libc::cmsghdr,
+    message: u32,
+    overflow: (u32, u32),
+) -> Result<Option<SentBy>, String> {
+    // SAFETY: the caller's header; CMSG_LEN only computes.
+    let (data, len, want) = unsafe {
+        (
+            libc::CMSG_DATA(c).cast::<libc::ucred>(),
+            (*c).cmsg_len,
+            // A ucred is 12 bytes.
+            libc::CMSG_LEN(12),
+        )
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+    if (len as usize) < want as usize {
+        return Err(format!("message {message} has short credentials"));
+    }
+    // SAFETY: the header holds a whole ucred (checked above), read
+    // unaligned as the buffer promises no alignment.
+    let u = unsafe { data.read_unaligned() };
+    if u.pid == 0 {
+        if (u.uid, u.gid) == overflow {
+            return Ok(None);
+        }
+        return Err(format!(
+            "message {message} was sent by uid {} gid {} from a process torpor cannot see (pid 0: in another pid namespace)",
+            u.uid, u.gid
+        ));
+    }
+    Ok(Some(SentBy {
+        message,
+        pid: u.pid,
+        uid: u.uid,
+        gid: u.gid,
+    }))
 }
 
 /// The fds of an `SCM_RIGHTS` control message, owned from here on.
@@ -176,12 +249,45 @@ unsafe fn take_rights(c: *const libc::cmsghdr) -> Vec<OwnedFd> {
 }
 
 /// Every message waiting in the socket's receive queue, left in place, and
-/// the descriptors in flight with them (`SCM_RIGHTS`).
-pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, String> {
+/// the descriptors in flight with them (`SCM_RIGHTS`) and their senders'
+/// credentials (`SCM_CREDENTIALS`): `SO_PASSCRED` is set for the peek
+/// when the app had it off, so the kernel shows them (a stream socket then
+/// never joins bytes of different senders in one read), and put back
+/// after. `unix`: a UNIX socket (only those carry credentials; another
+/// socket has no `SO_PASSCRED`).
+pub(super) fn peek_queue(
+    f: &OwnedFd,
+    stream: bool,
+    eof: bool,
+    unix: bool,
+) -> Result<Queue, String> {
     let fd = f.as_raw_fd();
     let old_off =
         get_int(f, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let old_cred = if unix {
+        get_int(f, libc::SOL_SOCKET, libc::SO_PASSCRED).map_err(|e| format!("SO_PASSCRED: {e}"))?
+    } else {
+        1
+    };
+    if old_cred == 0 {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
+            .map_err(|e| format!("SO_PASSCRED: {e}"))?;
+    }
+    let result = peek_messages(fd, stream, eof);
+    // The peek offset and SO_PASSCRED are socket state: put them back as
+    // the app had them.
+    if old_cred == 0 {
+        set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 0)
+            .map_err(|e| format!("SO_PASSCRED: {e}"))?;
+    }
+    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off)
+        .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    result
+}
+
+fn peek_messages(fd: i32, stream: bool, eof: bool) -> Result<Queue, String> {
     set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let overflow = overflow_ids();
     let mut out = Queue::default();
     let mut total = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
@@ -190,7 +296,8 @@ pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, 
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        // Room for the kernel's SCM_MAX_FD (253) fds of one message.
+        // Room for the kernel's SCM_MAX_FD (253) fds of one message and
+        // its credentials.
         let mut cbuf = [0u64; 136];
         // SAFETY: msghdr is plain data; all-zero is valid.
         let mut m: libc::msghdr = unsafe { core::mem::zeroed() };
@@ -224,6 +331,10 @@ pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, 
             break Err(format!("more than {MESSAGE_LIMIT} messages are queued"));
         }
         let mut passed = Vec::new();
+        let mut sent_by = Ok(None);
+        // Bounded by MESSAGE_LIMIT above.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = out.messages.len() as u32;
         // SAFETY: walking the control messages the kernel just wrote.
         let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const m) };
         while !c.is_null() {
@@ -232,6 +343,11 @@ pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, 
             if level == libc::SOL_SOCKET && ty == libc::SCM_RIGHTS {
                 // SAFETY: an SCM_RIGHTS header the kernel wrote into `cbuf`.
                 passed.extend(unsafe { take_rights(c) });
+            }
+            if level == libc::SOL_SOCKET && ty == libc::SCM_CREDENTIALS {
+                // SAFETY: an SCM_CREDENTIALS header the kernel wrote into
+                // `cbuf`.
+                sent_by = unsafe { read_creds(c, index, overflow) };
             }
             // SAFETY: as above.
             c = unsafe { libc::CMSG_NXTHDR(&raw const m, c) };
@@ -249,16 +365,16 @@ pub(super) fn peek_queue(f: &OwnedFd, stream: bool, eof: bool) -> Result<Queue, 
                 "{total} bytes or more are queued (torpor keeps up to {QUEUE_LIMIT})"
             ));
         }
+        match sent_by {
+            Ok(Some(by)) => out.creds.push(by),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
         if !passed.is_empty() {
-            // Bounded by MESSAGE_LIMIT above.
-            #[allow(clippy::cast_possible_truncation)]
-            out.rights.push((out.messages.len() as u32, passed));
+            out.rights.push((index, passed));
         }
         out.messages.push(buf[..n].to_vec());
     };
-    // The peek offset is socket state: put it back as the app had it.
-    set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old_off)
-        .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     result.map(|()| out)
 }
 
@@ -282,7 +398,11 @@ pub type Passed = Vec<(u32, Vec<OwnedFd>)>;
 /// and the clients of the connections waiting on it when it is a listener,
 /// until the file table knows which description that socket is.
 #[derive(Debug, Default)]
-pub struct InFlight(std::cell::RefCell<Passed>, std::cell::RefCell<Vec<u64>>);
+pub struct InFlight(
+    std::cell::RefCell<Passed>,
+    std::cell::RefCell<Vec<u64>>,
+    std::cell::RefCell<Vec<SentBy>>,
+);
 
 impl InFlight {
     /// (message index, descriptors) of the socket collected last.
@@ -294,6 +414,12 @@ impl InFlight {
     /// collected last, in the order `accept` takes them.
     pub fn take_waiting(&self) -> Vec<u64> {
         std::mem::take(&mut *self.1.borrow_mut())
+    }
+
+    /// The credentials of the queued messages of the socket collected
+    /// last that were sent with some.
+    pub fn take_creds(&self) -> Vec<SentBy> {
+        std::mem::take(&mut *self.2.borrow_mut())
     }
 }
 
@@ -343,7 +469,7 @@ pub(super) fn collect(
     pid: i32,
     fd: i32,
     inode: u64,
-) -> Result<(UnixSocket, Passed, Vec<u64>), String> {
+) -> Result<(UnixSocket, Queue, Vec<u64>), String> {
     let f = dup_from(pid, fd).map_err(|e| format!("duplicating the fd: {e}"))?;
     let io = |e: std::io::Error| e.to_string();
     let sock_type = get_int(&f, libc::SOL_SOCKET, libc::SO_TYPE).map_err(io)?;
@@ -364,13 +490,18 @@ pub(super) fn collect(
         bind_path = abs;
     }
     let listening = d.state == TCP_LISTEN;
-    let queue = if listening {
+    let mut queue = if listening {
         if d.peer != 0 {
             return Err("listener with a peer".into());
         }
         Queue::default()
     } else {
-        peek_queue(&f, sock_type == libc::SOCK_STREAM, d.shutdown & 1 != 0)?
+        peek_queue(
+            &f,
+            sock_type == libc::SOCK_STREAM,
+            d.shutdown & 1 != 0,
+            true,
+        )?
     };
     let waiting = if listening && d.waiting > 0 {
         waiting_clients(&name, &d)?
@@ -388,10 +519,10 @@ pub(super) fn collect(
         bind_path: RawPath(bind_path),
         peer_name: RawPath(peer_name),
         shutdown: d.shutdown,
-        queue: queue.messages,
+        queue: std::mem::take(&mut queue.messages),
         opts: collect_opts(&f, false).map_err(io)?,
     };
-    Ok((socket, queue.rights, waiting))
+    Ok((socket, queue, waiting))
 }
 
 /// One end of a pair created for the first of two peers, kept until the
@@ -417,8 +548,11 @@ enum Later {
     /// `rights[i]` names (indices into the restored files).
     Send {
         fd: OwnedFd,
+        /// The socket the queue is sent to.
+        rx: OwnedFd,
         queue: Vec<Vec<u8>>,
         rights: BTreeMap<u32, Vec<u32>>,
+        creds: BTreeMap<u32, libc::ucred>,
     },
     Shut {
         fd: OwnedFd,
@@ -467,12 +601,29 @@ impl Pending {
         Ok(())
     }
 
-    /// Sends the queues that pass descriptors, then the shutdowns that
-    /// waited for them; `fds[i]` is torpor's descriptor of restored file i.
+    /// Whether a queue waiting names senders of the tree in its messages'
+    /// credentials: sent once the tree's processes exist, as the kernel
+    /// takes credentials only of a process there is.
+    pub fn sends_as_tasks(&self) -> bool {
+        self.later
+            .iter()
+            .any(|l| matches!(l, Later::Send { creds, .. } if !creds.is_empty()))
+    }
+
+    /// Sends the queues that pass descriptors or credentials, then the
+    /// shutdowns that waited for them; `fds[i]` is torpor's descriptor of
+    /// restored file i.
     pub fn pass(&mut self, fds: &[i32]) -> Result<(), std::io::Error> {
         for l in std::mem::take(&mut self.later) {
             match l {
-                Later::Send { fd, queue, rights } => {
+                Later::Send {
+                    fd,
+                    rx,
+                    queue,
+                    rights,
+                    creds,
+                } => {
+                    let quiet = Quiet::new(&[&fd, &rx])?;
                     for (i, m) in (0u32..).zip(&queue) {
                         let passed = rights
                             .get(&i)
@@ -490,8 +641,9 @@ impl Pending {
                             })
                             .transpose()?
                             .unwrap_or_default();
-                        send_one(fd.as_raw_fd(), m, &passed)?;
+                        send_one(fd.as_raw_fd(), m, &passed, creds.get(&i))?;
                     }
+                    quiet.restore()?;
                 }
                 Later::Shut {
                     fd,
@@ -504,9 +656,16 @@ impl Pending {
     }
 }
 
-/// Sends one message, passing `fds` with it when there are any.
-fn send_one(fd: i32, m: &[u8], fds: &[i32]) -> Result<(), std::io::Error> {
-    if fds.is_empty() {
+/// Sends one message, passing `fds` with it when there are any, and the
+/// credentials `creds` when given (`SCM_CREDENTIALS`: torpor, root, may
+/// name any process there is and any uid and gid).
+fn send_one(
+    fd: i32,
+    m: &[u8],
+    fds: &[i32],
+    creds: Option<&libc::ucred>,
+) -> Result<(), std::io::Error> {
+    if fds.is_empty() && creds.is_none() {
         // SAFETY: sending our buffer.
         let n = unsafe {
             libc::send(
@@ -531,8 +690,23 @@ fn send_one(fd: i32, m: &[u8], fds: &[i32]) -> Result<(), std::io::Error> {
     };
     let mut cbuf = [0u64; 136];
     let bytes = core::mem::size_of_val(fds);
+    let cred_bytes = core::mem::size_of::<libc::ucred>();
     // SAFETY: CMSG_SPACE only computes.
-    let space = unsafe { libc::CMSG_SPACE(u32::try_from(bytes).map_err(std::io::Error::other)?) };
+    let (fd_space, cred_space) = unsafe {
+        (
+            if fds.is_empty() {
+                0
+            } else {
+                libc::CMSG_SPACE(u32::try_from(bytes).map_err(std::io::Error::other)?)
+            },
+            if creds.is_some() {
+                libc::CMSG_SPACE(u32::try_from(cred_bytes).map_err(std::io::Error::other)?)
+            } else {
+                0
+            },
+        )
+    };
+    let space = fd_space + cred_space;
     if space as usize > core::mem::size_of_val(&cbuf) {
         return Err(std::io::Error::other(format!(
             "a queued message passes {} descriptors",
@@ -549,32 +723,84 @@ fn send_one(fd: i32, m: &[u8], fds: &[i32]) -> Result<(), std::io::Error> {
     {
         msg.msg_controllen = space as _;
     }
-    // SAFETY: the control buffer has room for one header of `space` bytes
-    // (checked above); its data is written unaligned, byte for byte.
+    // SAFETY: the control buffer has room for the headers of `space`
+    // bytes (checked above), the descriptors' first, the credentials'
+    // after; their data is written unaligned, byte for byte.
     unsafe {
-        let c = libc::CMSG_FIRSTHDR(&raw const msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
-        {
-            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        if !fds.is_empty() {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+            {
+                (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+            }
+            let data = libc::CMSG_DATA(c);
+            for (i, f) in fds.iter().enumerate() {
+                data.add(i * 4).cast::<i32>().write_unaligned(*f);
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
-        let data = libc::CMSG_DATA(c);
-        for (i, f) in fds.iter().enumerate() {
-            data.add(i * 4).cast::<i32>().write_unaligned(*f);
+        if let Some(u) = creds {
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_CREDENTIALS;
+            #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+            {
+                (*c).cmsg_len = libc::CMSG_LEN(cred_bytes as u32) as _;
+            }
+            libc::CMSG_DATA(c).cast::<libc::ucred>().write_unaligned(*u);
         }
     }
     // SAFETY: sendmsg reads our iovec and control buffer.
     let n = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if n < 0 || n.unsigned_abs() != m.len() {
-        return Err(std::io::Error::other(format!(
-            "re-queueing {} bytes with {} descriptors: {}",
-            m.len(),
-            fds.len(),
-            last_os()
-        )));
+        return Err(std::io::Error::other(match creds {
+            Some(u) => format!(
+                "re-queueing {} bytes with {} descriptors as sent by process {} (uid {}, gid {}): {}",
+                m.len(),
+                fds.len(),
+                u.pid,
+                u.uid,
+                u.gid,
+                last_os()
+            ),
+            None => format!(
+                "re-queueing {} bytes with {} descriptors: {}",
+                m.len(),
+                fds.len(),
+                last_os()
+            ),
+        }));
     }
     Ok(())
+}
+
+/// `SO_PASSCRED` cleared on both ends of a send while a queue is sent
+/// again: the kernel then adds no credentials of its own (torpor's) to a
+/// message sent without, which reads as sent with none, as at the dump; a
+/// message with recorded credentials names them itself. [`Quiet::restore`]
+/// puts the option back.
+struct Quiet(Vec<(i32, i32)>);
+
+impl Quiet {
+    fn new(fds: &[&OwnedFd]) -> Result<Self, std::io::Error> {
+        let mut had = Vec::new();
+        for f in fds {
+            let v = get_int(f, libc::SOL_SOCKET, libc::SO_PASSCRED)?;
+            if v != 0 {
+                set_int(f.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 0)?;
+                had.push((f.as_raw_fd(), v));
+            }
+        }
+        Ok(Quiet(had))
+    }
+
+    fn restore(self) -> Result<(), std::io::Error> {
+        for &(fd, v) in &self.0 {
+            set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, v)?;
+        }
+        Ok(())
+    }
 }
 
 /// A duplicate of a descriptor of torpor's, close-on-exec.
@@ -586,7 +812,7 @@ fn dup(f: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
 }
 
 fn send_all(fd: i32, queue: &[Vec<u8>]) -> Result<(), std::io::Error> {
-    queue.iter().try_for_each(|m| send_one(fd, m, &[]))
+    queue.iter().try_for_each(|m| send_one(fd, m, &[], None))
 }
 
 fn shut(fd: i32, bits: u8, peer_bits: u8) -> Result<(), std::io::Error> {
@@ -640,31 +866,41 @@ pub(super) fn open(
     nonblock: bool,
     pending: &mut Pending,
     rights: BTreeMap<u32, Vec<u32>>,
+    creds: BTreeMap<u32, libc::ucred>,
     extra: &[crate::image::records::RawSockOpt],
     waits: Option<u32>,
 ) -> Result<i32, std::io::Error> {
-    let passes = !rights.is_empty();
-    let mut rights = Some(rights);
+    let passes = !rights.is_empty() || !creds.is_empty();
+    let mut later = Some((rights, creds));
     // Sends this socket's queue through `to`: now, or once every
-    // description is open when it passes some.
-    let mut fill = |pending: &mut Pending, to: &OwnedFd| -> Result<(), std::io::Error> {
-        match rights.take() {
-            Some(r) if !r.is_empty() => {
-                pending.later.push(Later::Send {
-                    fd: dup(to)?,
-                    queue: s.queue.clone(),
-                    rights: r,
-                });
-                Ok(())
+    // description is open when it passes some, or once the tree's
+    // processes exist when it names senders.
+    let mut fill =
+        |pending: &mut Pending, to: &OwnedFd, rx: &OwnedFd| -> Result<(), std::io::Error> {
+            match later.take() {
+                Some((rights, creds)) if !rights.is_empty() || !creds.is_empty() => {
+                    pending.later.push(Later::Send {
+                        fd: dup(to)?,
+                        rx: dup(rx)?,
+                        queue: s.queue.clone(),
+                        rights,
+                        creds,
+                    });
+                    Ok(())
+                }
+                _ if s.queue.is_empty() => Ok(()),
+                _ => {
+                    let quiet = Quiet::new(&[to, rx])?;
+                    send_all(to.as_raw_fd(), &s.queue)?;
+                    quiet.restore()
+                }
             }
-            _ => send_all(to.as_raw_fd(), &s.queue),
-        }
-    };
+        };
     let f = if s.peer != 0 || (s.connected && s.peer_name.as_bytes().is_empty()) {
         // A pair: both ends in the tree, or the peer closed.
         if let Some((mine, first, first_shut, first_later)) = pending.ends.remove(&s.inode) {
             super::sockopt::apply(mine.as_raw_fd(), extra)?;
-            fill(pending, &first)?;
+            fill(pending, &first, &mine)?;
             if passes || first_later {
                 // A shutdown would refuse the sends that wait.
                 pending.later.push(Later::Shut {
@@ -701,7 +937,7 @@ pub(super) fn open(
                 owned(libc::c_long::from(p[1]))?,
             );
             super::sockopt::apply(a.as_raw_fd(), extra)?;
-            fill(pending, &b)?;
+            fill(pending, &b, &a)?;
             let a2 = dup(&a)?;
             if s.peer != 0 {
                 pending.ends.insert(s.peer, (b, a2, s.shutdown, passes));
@@ -752,7 +988,7 @@ pub(super) fn open(
             if unsafe { libc::connect(tmp.as_raw_fd(), (&raw const a).cast(), len) } < 0 {
                 return Err(last_os());
             }
-            fill(pending, &tmp)?;
+            fill(pending, &tmp, &f)?;
         }
         f
     };
@@ -800,8 +1036,17 @@ impl super::AnonKind for UnixSocket {
 
     fn collect(p: &super::Probe<'_>) -> Result<Self, crate::engine::Cause> {
         let inode = p.socket.map_or(0, |(inode, _)| inode);
-        let (socket, rights, waiting) = collect(p.pid, p.fd, inode)
+        let (socket, queue, waiting) = collect(p.pid, p.fd, inode)
             .map_err(|e| p.unsupported(format!("a UNIX socket: {e}")))?;
+        let rights = queue.rights;
+        if !queue.creds.is_empty() {
+            let Some(inflight) = p.inflight else {
+                return Err(p.unsupported(format!(
+                    "a UNIX socket: socket:[{inode}] has messages queued with their senders' credentials (SCM_CREDENTIALS), which torpor keeps only in a dump of its tree"
+                )));
+            };
+            *inflight.2.borrow_mut() = queue.creds;
+        }
         if !waiting.is_empty() {
             let Some(inflight) = p.inflight else {
                 return Err(p.unsupported(format!(
@@ -829,6 +1074,21 @@ impl super::AnonKind for UnixSocket {
             .filter(|r| r.socket == cx.file)
             .map(|r| (r.message, r.files.clone()))
             .collect();
+        let creds = cx
+            .msg_creds
+            .iter()
+            .filter(|c| c.socket == cx.file)
+            .map(|c| {
+                (
+                    c.message,
+                    libc::ucred {
+                        pid: c.pid,
+                        uid: c.uid,
+                        gid: c.gid,
+                    },
+                )
+            })
+            .collect();
         let waits = cx
             .waiting
             .iter()
@@ -839,6 +1099,7 @@ impl super::AnonKind for UnixSocket {
             nonblock,
             cx.pending,
             rights,
+            creds,
             cx.sock_opts,
             waits,
         )?)

@@ -379,6 +379,11 @@ fn restore_with<R: Read>(
     crate::engine::cgroup::apply(&st.cgroups, &mut cgroups)
         .map_err(Cause::Refused)
         .step(Step::CreateTasks)?;
+    // Every process of the tree exists: the queued messages naming their
+    // senders are sent again, before any task runs the app.
+    if let Some(mut unix) = objs.unix.take() {
+        unix.pass(&objs.fds).step(Step::OpenFiles)?;
+    }
     // The whole tree is in the namespace: torpor takes its own back.
     if let Some(t) = timens.as_mut() {
         t.leave().step(Step::TimeNamespace)?;

@@ -39,6 +39,10 @@ pub(super) struct Objects {
     pub(super) high: i32,
     /// TCP connections in repair mode until the tree is complete.
     pub(super) tcp: crate::engine::files::TcpRestored,
+    /// The queues of UNIX sockets still to fill, with the shutdowns after
+    /// them, when some message names a sender of the tree
+    /// ([`crate::engine::files::Pending::pass`] once the tasks exist).
+    pub(super) unix: Option<crate::engine::files::Pending>,
 }
 
 impl Drop for Objects {
@@ -77,6 +81,7 @@ pub(super) fn open_objects(
         segs: crate::engine::files::Segments::create(st, high, made).step(step)?,
         high,
         tcp: crate::engine::files::TcpRestored::default(),
+        unix: None,
     };
     let mut shm_size: BTreeMap<u64, u64> = BTreeMap::new();
     for v in st.processes.iter().flat_map(|p| p.vmas.iter()) {
@@ -136,6 +141,7 @@ pub(super) fn open_objects(
             file,
             rights: &st.rights,
             waiting: &st.waiting,
+            msg_creds: &st.msg_creds,
             sock_opts: st.sock_opts.get(&file).map_or(&[][..], Vec::as_slice),
         };
         let fd = f
@@ -153,7 +159,13 @@ pub(super) fn open_objects(
     // Every description is open: the clients waiting on a listener
     // connect again, and the queues that pass descriptions are filled.
     pending.connect_waiting(&st.waiting, &st.files).step(step)?;
-    pending.pass(&objs.fds).step(step)?;
+    if pending.sends_as_tasks() {
+        // Messages sent with their senders' credentials name processes of
+        // the tree: they are sent once the tasks exist.
+        objs.unix = Some(pending);
+    } else {
+        pending.pass(&objs.fds).step(step)?;
+    }
     // The spare pipe ends close with `pipes`: the descriptions hold dups.
     drop(pipes);
     ptys.finish().step(step)?;

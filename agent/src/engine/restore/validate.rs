@@ -57,7 +57,43 @@ fn check_requester(st: &ImageState) -> Result<(), String> {
         }
     }
     crate::engine::cgroup::user_may(&st.cgroups, r.uid)?;
-    user_sockets(st, r.uid, r.gid)
+    user_sockets(st, r.uid, r.gid)?;
+    user_msg_creds(st, r.uid, r.gid)
+}
+
+/// The credentials of the queued messages of a user's image are the
+/// user's own, sent by a process of the tree: a user may name only itself
+/// in `SCM_CREDENTIALS` (its own pid, uid and gid), and the restore, which
+/// sends them as root, names no one the user could not have been.
+fn user_msg_creds(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
+    for m in &st.msg_creds {
+        let holder = st
+            .processes
+            .iter()
+            .find_map(|p| {
+                p.fds
+                    .iter()
+                    .find(|f| f.file == m.socket)
+                    .map(|f| format!("fd {} of process {}", f.fd, p.task.pid))
+            })
+            .unwrap_or_else(|| format!("a UNIX socket in flight (file {})", m.socket));
+        let of_tree = st.processes.iter().any(|p| p.task.pid == m.pid);
+        if m.uid != uid || m.gid != gid || !of_tree {
+            return Err(format!(
+                "the image was taken for uid {uid} (gid {gid}), but {holder} holds message {} queued with the credentials of process {} (uid {}, gid {}){}",
+                m.message,
+                m.pid,
+                m.uid,
+                m.gid,
+                if of_tree {
+                    ""
+                } else {
+                    ", which is not a process of the image"
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The sockets of a user's image hold nothing the user could not have made:
