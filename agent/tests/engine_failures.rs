@@ -89,6 +89,51 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const FANOTIFY_QUEUED: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/fanotify.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    /* One FAN_MODIFY event left unread: a queue a dump refuses. */
+    int g = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+    if (argc < 2 || g != 3 || fanotify_mark(g, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, argv[1]) != 0)
+        return 2;
+    int f = open(argv[1], O_WRONLY);
+    if (f < 0 || write(f, "x", 1) != 1)
+        return 2;
+    close(f);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A fanotify group with an event queued is refused, naming the fd and the
+/// bytes waiting (one event: the 24 bytes of its metadata), and the program
+/// counts on.
+#[test]
+fn a_fanotify_group_with_events_queued_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-fanotify");
+    let bin = compile(&dir, "fan", FANOTIFY_QUEUED, &[]);
+    let marked = dir.join("marked");
+    std::fs::write(&marked, b"").expect("marked file");
+    refused_dump(
+        &dir,
+        &bin,
+        &[marked.to_str().expect("utf8")],
+        "fanotify",
+        |pid, _| {
+            format!(
+                "torpor: error: files {pid}: fd 3 of process {pid} (anon_inode:[fanotify]): a fanotify group: 24 bytes of events wait unread in its queue, which torpor cannot queue again"
+            )
+        },
+    );
+}
+
 const SYMLINK_PATH_FD: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>

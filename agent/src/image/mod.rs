@@ -74,6 +74,12 @@
 //!   (`agent/tests/image_format.rs`) asserting the decoded value of every
 //!   record in it; a bump adds the new version's image.
 //!
+//! Format 2.7 appends the `Fanotify` variant to `FdKind` (index 27, after
+//! `Packet`): a fanotify group kept with its `fanotify_init` flags, the
+//! status flags of its event files and its marks, each an inode, mount or
+//! filesystem mark with its flags, mask and ignored mask on a path (a 2.6
+//! reader fails to decode an image holding one).
+//!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written
 //! after every process and before the `unix-rights` records that pass it.
