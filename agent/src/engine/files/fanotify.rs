@@ -7,7 +7,9 @@
 //! a mount of it stands for it. A restore calls `fanotify_init` with the
 //! same flags and adds every mark again on its path, the events first and
 //! the ignored events after, with the mark's flags; the oldest mark first,
-//! so fdinfo lists them in the same order (newest first).
+//! so fdinfo lists them in the same order (newest first). In a user's
+//! image the group is made and marked with the user's file system ids and
+//! without `CAP_SYS_ADMIN`, as the user made it.
 //!
 //! Refused at the dump, naming the fd: events queued unread (they name
 //! files by descriptors or handles of the moment and cannot be queued
@@ -17,14 +19,16 @@
 //! not in fdinfo: the kernel allows them when the dumped group is closed.
 //!
 //! Unsafe code: groups are made and marked through libc, with C strings of
-//! ours; the queue is measured with `ioctl(FIONREAD)` into an int.
+//! ours; the queue is measured with `ioctl(FIONREAD)` into an int; the
+//! thread's capabilities are read and set with `capget`/`capset` on
+//! buffers of ours.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::inotify::{hex_bytes, mount_of, path_of, Mark};
+use super::inotify::{hex_bytes, mount_of, path_of, unescape, Mark};
 use super::{dup_from, hex_u64, into_raw, last_os, owned};
 use crate::image::records::{Fanotify, FanotifyMark, FanotifyObject, RawPath};
 
@@ -159,7 +163,7 @@ fn mount_point(pid: i32, id: u64) -> Result<RawPath, String> {
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 5 && f[0].parse::<u64>().ok() == Some(id)).then(|| f[4].to_string())
+            (f.len() >= 5 && f[0].parse::<u64>().ok() == Some(id)).then(|| unescape(f[4]))
         })
         .ok_or_else(|| format!("mount {id} is not in {path}"))?;
     let at = format!("/proc/{pid}/root{point}");
@@ -314,8 +318,52 @@ fn mark(fd: i32, flags: u32, mask: u64, path: &str) -> Result<(), std::io::Error
     Ok(())
 }
 
+/// `CAP_SYS_ADMIN`, which makes a fanotify group privileged.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Runs `f` with `CAP_SYS_ADMIN` out of the calling thread's effective
+/// capabilities (it stays permitted), and puts it back after.
+fn without_admin<T>(f: impl FnOnce() -> T) -> Result<T, std::io::Error> {
+    // Header {version, pid 0 (this thread)}, then two {effective,
+    // permitted, inheritable} blocks: capabilities 0-31 and 32-63.
+    let header = [CAPABILITY_VERSION_3, 0];
+    let mut caps = [0u32; 6];
+    // SAFETY: capget reads the header and writes two blocks into `caps`.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_ptr(), caps.as_mut_ptr()) } < 0 {
+        return Err(last_os());
+    }
+    let mut less = caps;
+    less[0] &= !(1 << CAP_SYS_ADMIN);
+    // SAFETY: capset reads the header and the two blocks of `less`; it
+    // changes the calling thread only.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), less.as_ptr()) } < 0 {
+        return Err(last_os());
+    }
+    let out = f();
+    // SAFETY: as above, with the blocks the thread had; raising an
+    // effective capability that is still permitted.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), caps.as_ptr()) } < 0 {
+        return Err(last_os());
+    }
+    Ok(out)
+}
+
 pub(super) fn open(s: &Fanotify, cx: &super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
     check(s).map_err(|e| crate::engine::Cause::Refused(format!("a fanotify record: {e}")))?;
+    if cx.opening.root_asked {
+        return make(s, cx);
+    }
+    // A user's group is made and marked with the user's rights: the kernel
+    // makes it unprivileged (it hides the pids of other processes from its
+    // events) and checks each mark as it would have for the user.
+    super::owner::as_user(cx.opening.who, || without_admin(|| make(s, cx)))
+        .and_then(|r| r)
+        .map_err(crate::engine::Cause::from)?
+}
+
+/// Makes the group and adds its marks.
+fn make(s: &Fanotify, cx: &super::OpenCx<'_>) -> Result<i32, crate::engine::Cause> {
     // SAFETY: fanotify_init takes integers only.
     let f = owned(libc::c_long::from(unsafe {
         libc::fanotify_init(s.flags, s.event_flags)

@@ -66,6 +66,28 @@ fn parse_mark(line: &str) -> Option<Mark> {
     Some(m)
 }
 
+/// A mountinfo field with its octal escapes (`\040` for a space, `\134`
+/// for a backslash...) undone.
+pub(super) fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        if let Some(c) = code {
+            out.push(c);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A mount point of the device the kernel calls `sdev` (its internal
 /// dev_t: major << 20 | minor), as `pid` sees it; a mount of the device's
 /// root first, so every inode of it is reachable.
@@ -79,7 +101,7 @@ pub(super) fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
         if f.len() < 5 || f[2] != want {
             continue;
         }
-        let point = format!("/proc/{pid}/root{}", f[4]);
+        let point = format!("/proc/{pid}/root{}", unescape(f[4]));
         if f[3] == "/" {
             return Ok(point);
         }
@@ -228,5 +250,6 @@ mod tests {
         assert_eq!(m.handle, vec![0xa7, 0xc4, 0x03, 0, 0, 0, 0, 0]);
         assert!(parse_mark("inotify wd:1 f_handle:abc").is_none());
         assert!(parse_mark("fanotify wd:1").is_none());
+        assert_eq!(unescape("/mnt/a\\040b\\134c\\0"), "/mnt/a b\\c\\0");
     }
 }
