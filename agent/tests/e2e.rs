@@ -344,6 +344,18 @@ app_tests!(breadth_cgroup, "breadth_cgroup",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["cgroup", "child"]);
 
+// Needs CAP_SYS_ADMIN: fanotify groups, on two tmpfs the app mounts.
+app_tests!(breadth_fanotify, "breadth_fanotify",
+    args: [], checkpoint_args: [], negative_args: [],
+    negatives: ["mask", "event"]);
+
+/// One cycle alone: two cycles would hide marks added in reverse order
+/// (reversed twice).
+#[test]
+fn breadth_fanotify_one_cycle_keeps_the_mark_order() {
+    must(harness::checkpoint_run("breadth_fanotify", &[], 1));
+}
+
 app_tests!(breadth_procfd, "breadth_procfd",
     args: [], checkpoint_args: [], negative_args: [],
     negatives: ["offset", "target", "fdnum", "cloexec"]);

@@ -67,6 +67,124 @@ fn unsupported_fd_is_a_clear_error_and_the_tree_runs_on() {
     counts_on_untouched(pid, &out, &img);
 }
 
+const FANOTIFY_QUEUED: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/fanotify.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    /* One FAN_MODIFY event left unread: a queue a dump refuses. */
+    int g = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+    if (argc < 2 || g != 3 || fanotify_mark(g, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, argv[1]) != 0)
+        return 2;
+    int f = open(argv[1], O_WRONLY);
+    if (f < 0 || write(f, "x", 1) != 1)
+        return 2;
+    close(f);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A fanotify group with an event queued is refused, naming the fd and the
+/// bytes waiting (one event: the 24 bytes of its metadata), and the program
+/// counts on.
+#[test]
+fn a_fanotify_group_with_events_queued_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-fanotify");
+    let bin = compile(&dir, "fan", FANOTIFY_QUEUED, &[]);
+    let marked = dir.join("marked");
+    std::fs::write(&marked, b"").expect("marked file");
+    refused_dump(
+        &dir,
+        &bin,
+        &[marked.to_str().expect("utf8")],
+        "fanotify",
+        |pid, _| {
+            format!(
+                "torpor: error: files {pid}: fd 3 of process {pid} (anon_inode:[fanotify]): a fanotify group: 24 bytes of events wait unread in its queue, which torpor cannot queue again"
+            )
+        },
+    );
+}
+
+const FANOTIFY_COVERED: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/fanotify.h>
+#include <sys/mount.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    /* A mount mark on a tmpfs another tmpfs then covers. */
+    int g = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+    if (argc < 2 || g != 3 || mount("torpor-lower", argv[1], "tmpfs", 0, "size=16k") != 0)
+        return 2;
+    if (fanotify_mark(g, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN, AT_FDCWD, argv[1]) != 0
+        || mount("torpor-upper", argv[1], "tmpfs", 0, "size=16k") != 0)
+        return 3;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// A mount mark whose mount another covers is refused, naming both mounts:
+/// its mount point would reach the other.
+#[test]
+fn a_fanotify_mark_on_a_covered_mount_is_refused() {
+    become_subreaper();
+    let dir = scratch("fail-fanotify-covered");
+    let bin = compile(&dir, "covered", FANOTIFY_COVERED, &[]);
+    let point = dir.join("point");
+    std::fs::create_dir(&point).expect("mount point");
+    let p = point.to_str().expect("utf8").to_string();
+    let _mounts = Unmount(p.clone());
+    let ids = |pid: i32| -> Vec<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(4) == Some(&p.as_str())).then(|| f[0].parse().expect("mount id"))
+            })
+            .collect()
+    };
+    let mut upper_lower = None;
+    refused_dump(&dir, &bin, &[&p], "covered", |pid, _| {
+        let m = ids(pid);
+        upper_lower = Some(m.clone());
+        let [lower, upper] = m[..] else {
+            panic!("two mounts at {p}: {m:?}")
+        };
+        format!(
+            "torpor: error: files {pid}: fd 3 of process {pid} (anon_inode:[fanotify]): /proc/{pid}/fdinfo/3: \"fanotify mnt_id:{lower:x} mflags:0 mask:20 ignored_mask:0\": mount {lower} at {p} is covered by mount {upper}"
+        )
+    });
+    assert_eq!(upper_lower.map(|m| m.len()), Some(2));
+}
+
+/// Detaches the two mounts a test program made at its path, however the
+/// test ends.
+struct Unmount(String);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let Ok(c) = std::ffi::CString::new(self.0.clone()) else {
+            return;
+        };
+        for _ in 0..2 {
+            // SAFETY: umount2 with a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 const SYMLINK_PATH_FD: &str = r#"
 #define _GNU_SOURCE
 #include <fcntl.h>

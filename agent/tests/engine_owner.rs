@@ -738,3 +738,120 @@ fn a_users_image_cannot_queue_a_message_with_another_users_credentials() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(reap(pid), libc::SIGKILL);
 }
+
+/// A fanotify group an unprivileged user may make (`FAN_REPORT_FID`) at fd
+/// 3, with an inode mark on argv[1]; then counts.
+const FANOTIFY_USER: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/fanotify.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int g = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID, O_RDONLY);
+    if (argc < 2 || g != 3 || fanotify_mark(g, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, argv[1]) != 0)
+        return 2;
+    setvbuf(stdout, NULL, _IONBF, 0);
+    for (unsigned long i = 0;; i++) {
+        printf("%lu\n", i);
+        usleep(20000);
+    }
+}
+"#;
+
+/// The image again with every fanotify group's record changed by `f`.
+fn with_fanotify(img: &[u8], f: &dyn Fn(&mut torpor::image::records::Fanotify)) -> Vec<u8> {
+    use torpor::image::records::{Fd, FdKind};
+    let mut r = ImageReader::new(img).expect("image");
+    let mut w = ImageWriter::new(Vec::new(), r.header()).expect("writer");
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Pages {
+            let info = rec.decode_pages_into(&mut buf).expect("pages");
+            w.pages(info.vaddr, &buf[..info.len]).expect("pages");
+        } else if rec.kind() == Kind::Fd {
+            let mut fd: Fd = rec.decode().expect("fd");
+            if let FdKind::Fanotify { state, .. } = &mut fd.kind {
+                f(state);
+            }
+            w.write(&fd).expect("fd");
+        } else {
+            rec.kind().visit(Again(&rec, &mut w)).expect("state");
+        }
+    }
+    w.finish().expect("finish").0
+}
+
+/// A user's image keeps a fanotify group the user could make; one the user
+/// could not (reporting by descriptor, a mount mark) is refused naming the
+/// fd.
+#[test]
+fn a_users_image_holds_only_a_fanotify_group_the_user_could_make() {
+    use torpor::image::records::FanotifyObject;
+    become_subreaper();
+    let (dir, home) = user_scratch("owner-fanotify");
+    let bin = compile(&dir, "fan", FANOTIFY_USER, &[]);
+    let marked = home.join("marked");
+    std::fs::write(&marked, b"").expect("file");
+    std::os::unix::fs::chown(&marked, Some(USER), Some(USER)).expect("chown");
+    let out = dir.join("out.txt");
+    let pid = spawn_as_user(&bin, &[marked.to_str().expect("utf8")], &out);
+    std::os::unix::fs::chown(&out, Some(USER), Some(USER)).expect("chown");
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("output", || lines(&out).len() >= 3);
+    let img = dir.join("fan.img");
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let bytes = without(&std::fs::read(&img).expect("image"), Kind::TaskAttrs);
+    let asked = rewrite(&bytes, Kind::Clocks, &|w| {
+        w.write(&RequestedBy {
+            uid: USER,
+            gid: USER,
+            groups: vec![],
+        })
+        .expect("requested-by");
+    });
+    let cimg = dir.join("crafted.img");
+    let no_fid = with_fanotify(&asked, &|g| g.flags &= !0x200);
+    std::fs::write(&cimg, &no_fid).expect("write");
+    assert_eq!(
+        restore_err(&cimg),
+        format!("torpor: error: validate: fd 3 of process {pid} is a fanotify group that reports events by descriptor (no FAN_REPORT_FID), which uid {USER} may not make without CAP_SYS_ADMIN")
+    );
+    assert!(!runs(pid, &bin));
+    let mount = with_fanotify(&asked, &|g| g.marks[0].object = FanotifyObject::Mount);
+    std::fs::write(&cimg, &mount).expect("write");
+    assert_eq!(
+        restore_err(&cimg),
+        format!(
+            "torpor: error: validate: fd 3 of process {pid} is a fanotify group that marks the mount of {}, which uid {USER} may not make without CAP_SYS_ADMIN",
+            marked.display()
+        )
+    );
+    assert!(!runs(pid, &bin));
+    // The image as taken restores, its group marking the file again.
+    let uimg = dir.join("user.img");
+    std::fs::write(&uimg, &asked).expect("write");
+    let o = torpor(&["restore", "--image", uimg.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    reaper.add(pid);
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).expect("fdinfo");
+    assert!(
+        info.lines()
+            .any(|l| l == "fanotify flags:200 event-flags:8000"
+                || l == "fanotify flags:200 event-flags:0"),
+        "{info}"
+    );
+    assert_eq!(
+        info.lines()
+            .filter(|l| l.starts_with("fanotify ino:"))
+            .count(),
+        1,
+        "{info}"
+    );
+    let n = lines(&out).len();
+    wait_for("the restored program to count", || {
+        lines(&out).len() >= n + 3
+    });
+    kill_and_reap(pid);
+}

@@ -1159,7 +1159,43 @@ fn unix_creds() -> UnixCreds {
     }
 }
 
-/// Format 2.7: the records of 2.6, then the kinds it adds: two
+/// The fanotify group 2.7 adds: `FAN_CLASS_NOTIF` with `FAN_CLOEXEC` and
+/// `FAN_NONBLOCK` (0x3), events opened `O_RDONLY|O_LARGEFILE`, an inode
+/// mark of `FAN_MODIFY|FAN_CLOSE_WRITE` ignoring `FAN_OPEN`, and a mount
+/// mark of `FAN_OPEN`, the newest first.
+fn fanotify_fd() -> Fd {
+    Fd {
+        fd: 18,
+        fd_flags: 1,
+        ofd: 33,
+        kind: FdKind::Fanotify {
+            flags: 0o4000,
+            state: Fanotify {
+                flags: 0x3,
+                event_flags: 0o100000,
+                marks: vec![
+                    FanotifyMark {
+                        object: FanotifyObject::Mount,
+                        flags: 0,
+                        mask: 0x20,
+                        ignored_mask: 0,
+                        path: RawPath(b"/srv".to_vec()),
+                    },
+                    FanotifyMark {
+                        object: FanotifyObject::Inode,
+                        flags: 0,
+                        mask: 0xa,
+                        ignored_mask: 0x20,
+                        path: RawPath(b"/srv/watched".to_vec()),
+                    },
+                ],
+            },
+        },
+    }
+}
+
+/// Format 2.7: the records of 2.6, then the fd of a fanotify group (the
+/// `FdKind` variant 2.7 appends) and the kinds it adds: two
 /// `thread-seccomp` records, a `cgroup`, an `aio-ring`, a `membarrier`
 /// and a `unix-creds` record.
 fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
@@ -1178,6 +1214,7 @@ fn format_2_7() -> (Vec<u8>, Vec<Expect>) {
         }
     }
     assert_eq!(f.expect.len(), expect26.len(), "every 2.6 record copied");
+    f.put(fanotify_fd());
     for t in thread_seccomps() {
         f.put(t);
     }
@@ -1525,7 +1562,7 @@ fn format_2_7_image_reads_back_every_record_exactly() {
         assert_eq!(g, e, "record {i} of the 2.7 image");
     }
     let s = verify(&img[..]).expect("verify");
-    assert_eq!(s.records, 59);
+    assert_eq!(s.records, 60);
     assert_eq!(s.pages, 6);
     assert_eq!(s.bytes, img.len() as u64);
 }
@@ -1596,6 +1633,37 @@ fn format_2_7_aio_ring_and_membarrier_spot_values() {
     assert!(
         img.windows(barrier.len()).any(|w| w == barrier),
         "the membarrier record's bytes"
+    );
+}
+
+/// The fanotify group 2.7 adds, and the first bytes of its fd record.
+#[test]
+fn format_2_7_fanotify_spot_values() {
+    let img = read_image(V2_7);
+    let mut r = ImageReader::inspect(&img[..]).expect("image opens");
+    let mut groups = Vec::new();
+    while let Some(rec) = r.next_record().expect("record") {
+        if rec.kind() == Kind::Fd {
+            let f = rec.decode::<Fd>().expect("fd");
+            if matches!(f.kind, FdKind::Fanotify { .. }) {
+                groups.push(f);
+            }
+        }
+    }
+    assert_eq!(groups, [fanotify_fd()]);
+    let FdKind::Fanotify { state, .. } = &groups[0].kind else {
+        panic!("a fanotify group")
+    };
+    assert_eq!((state.flags, state.marks.len()), (3, 2));
+    assert_eq!(state.marks[1].path, RawPath(b"/srv/watched".to_vec()));
+    // The kind byte 5 (fd), fd 18 (zigzag 36), fd flags 1, ofd 33, the
+    // `FdKind` variant's index 27 (`Fanotify`), flags 0o4000 (2048: 0x80
+    // 0x10), group flags 3, event flags 0o100000 (32768: 0x80 0x80 0x02),
+    // two marks.
+    let payload = [5u8, 36, 1, 33, 27, 0x80, 0x10, 3, 0x80, 0x80, 0x02, 2];
+    assert!(
+        img.windows(payload.len()).any(|w| w == payload),
+        "the fanotify fd record's bytes"
     );
 }
 

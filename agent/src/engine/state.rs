@@ -556,6 +556,8 @@ macro_rules! file_registry {
                 Netlink(crate::image::records::NetlinkSocket),
                 // A packet socket (`engine::files::packet`).
                 Packet(crate::image::records::PacketSocket),
+                // A fanotify group (`engine::files::fanotify`).
+                Fanotify(crate::image::records::Fanotify),
             }
         }
     };

@@ -97,6 +97,11 @@
 //! the sender a process of the tree, one record per message sent with
 //! some, written after every process (a 2.6 reader refuses an image
 //! holding one for the kind it does not know).
+//! It also appends the `Fanotify` variant to `FdKind` (index 27, after
+//! `Packet`): a fanotify group kept with its `fanotify_init` flags, the
+//! status flags of its event files and its marks, each an inode, mount or
+//! filesystem mark with its flags, mask and ignored mask on a path (a 2.6
+//! reader fails to decode an image holding one).
 //!
 //! Format 2.6 adds two kinds, bytes 26 and 27. `flight-file`: a file description only a
 //! queued message of a UNIX socket holds, its sender's copy closed, written

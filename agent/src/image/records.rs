@@ -929,6 +929,12 @@ pub enum FdKind {
         flags: u32,
         state: PacketSocket,
     },
+    /// A fanotify group: its `fanotify_init` flags and its marks, each
+    /// added again by path (format 2.7).
+    Fanotify {
+        flags: u32,
+        state: Fanotify,
+    },
 }
 
 /// A file or directory below `/proc/PID/` of a process of the tree.
@@ -1420,6 +1426,48 @@ pub struct InotifyWatch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inotify {
     pub watches: Vec<InotifyWatch>,
+}
+
+/// What a fanotify mark is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FanotifyObject {
+    /// A file or directory.
+    #[default]
+    Inode,
+    /// A mount (`FAN_MARK_MOUNT`), by its mount point.
+    Mount,
+    /// A filesystem (`FAN_MARK_FILESYSTEM`), by a path on it.
+    Filesystem,
+}
+
+/// One fanotify mark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanotifyMark {
+    pub object: FanotifyObject,
+    /// The mark's `FAN_MARK_*` flags fdinfo shows (`mflags`):
+    /// `FAN_MARK_IGNORED_SURV_MODIFY`, `FAN_MARK_EVICTABLE`,
+    /// `FAN_MARK_IGNORE`.
+    pub flags: u32,
+    /// The events it reports (`FAN_*`, with `FAN_ONDIR` and
+    /// `FAN_EVENT_ON_CHILD`).
+    pub mask: u64,
+    /// The events it ignores.
+    pub ignored_mask: u64,
+    /// The marked inode's path, the mount's mount point or a path on the
+    /// filesystem, at the dump.
+    pub path: RawPath,
+}
+
+/// A fanotify group: the flags it was made with and its marks. Queued
+/// events are never kept (a dump refuses a group holding any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fanotify {
+    /// `fanotify_init` flags: class, `FAN_REPORT_*` and the others.
+    pub flags: u32,
+    /// The status flags of the event files it opens (`event_f_flags`).
+    pub event_flags: u32,
+    /// Its marks as fdinfo lists them, the newest first.
+    pub marks: Vec<FanotifyMark>,
 }
 
 /// One open file descriptor of a task.

@@ -1681,3 +1681,67 @@ fn aio_ring_and_membarrier_records_round_trip() {
             <= Kind::AioRing.limit() as usize
     );
 }
+
+/// Format 2.7 appends `Fanotify` to `FdKind`, after `Packet`: its variant
+/// index is 27, and a group with a mark of each kind comes back from an
+/// image as it went in.
+#[test]
+fn a_fanotify_group_round_trips_as_the_last_fd_variant() {
+    let group = Fanotify {
+        flags: 0x203,
+        event_flags: 0o100000,
+        marks: vec![
+            FanotifyMark {
+                object: FanotifyObject::Inode,
+                flags: 0x40,
+                mask: 0xa,
+                ignored_mask: 0x20,
+                path: "/srv/watched".into(),
+            },
+            FanotifyMark {
+                object: FanotifyObject::Mount,
+                flags: 0,
+                mask: 0x20,
+                ignored_mask: 0,
+                path: "/srv".into(),
+            },
+            FanotifyMark {
+                object: FanotifyObject::Filesystem,
+                flags: 0x400,
+                mask: 0x4000_0300,
+                ignored_mask: 0x100,
+                path: "/".into(),
+            },
+        ],
+    };
+    let fd = Fd {
+        fd: 18,
+        fd_flags: 1,
+        ofd: 27,
+        kind: FdKind::Fanotify {
+            flags: 0o4000,
+            state: group.clone(),
+        },
+    };
+    let packet = FdKind::Packet {
+        flags: 0,
+        state: PacketSocket::default(),
+    };
+    assert_eq!(postcard::to_allocvec(&packet).expect("packet")[0], 26);
+    let bytes = postcard::to_allocvec(&fd.kind).expect("fanotify");
+    // The variant's index 27, flags 0o4000 (varint 0x80 0x10), group
+    // flags 0x203 (0x83 0x04), event flags 0o100000 (0x80 0x80 0x02),
+    // three marks, the first an inode mark (object 0) with flags 0x40.
+    assert_eq!(
+        bytes[..11],
+        [27u8, 0x80, 0x10, 0x83, 0x04, 0x80, 0x80, 0x02, 3, 0, 0x40]
+    );
+    let mut w = ImageWriter::new(Vec::new(), &header()).expect("writer");
+    w.record(Kind::Fd, &fd).expect("fd");
+    let img = w.finish().expect("finish").0;
+    let mut r = ImageReader::new(&img[..]).expect("reader");
+    let rec = r.next_record().expect("record").expect("one record");
+    assert_eq!(rec.kind(), Kind::Fd);
+    assert_eq!(rec.decode::<Fd>().expect("fd"), fd);
+    assert!(r.next_record().expect("end").is_none());
+}

@@ -19,13 +19,26 @@ use crate::image::records::{Inotify, InotifyWatch, RawPath};
 /// Gives up matching a wd number after this many skipped numbers.
 const WD_SKIP_LIMIT: i32 = 4096;
 
-struct Mark {
-    wd: i32,
-    ino: u64,
-    sdev: u64,
-    mask: u32,
-    handle_type: i32,
-    handle: Vec<u8>,
+/// A mark line of fdinfo; fanotify's inode marks name their inode the
+/// same way (`fanotify`).
+pub(super) struct Mark {
+    pub(super) wd: i32,
+    pub(super) ino: u64,
+    pub(super) sdev: u64,
+    pub(super) mask: u32,
+    pub(super) handle_type: i32,
+    pub(super) handle: Vec<u8>,
+}
+
+/// The bytes of a hex string (`f_handle`).
+pub(super) fn hex_bytes(v: &str) -> Option<Vec<u8>> {
+    if v.len() % 2 != 0 || !v.is_ascii() {
+        return None;
+    }
+    (0..v.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn parse_mark(line: &str) -> Option<Mark> {
@@ -46,25 +59,39 @@ fn parse_mark(line: &str) -> Option<Mark> {
             "sdev" => m.sdev = hex_u64(v)?,
             "mask" => m.mask = u32::try_from(hex_u64(v)?).ok()?,
             "fhandle-type" => m.handle_type = i32::try_from(hex_u64(v)?).ok()?,
-            "f_handle" => {
-                if v.len() % 2 != 0 {
-                    return None;
-                }
-                m.handle = (0..v.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())
-                    .collect::<Option<_>>()?;
-            }
+            "f_handle" => m.handle = hex_bytes(v)?,
             _ => {}
         }
     }
     Some(m)
 }
 
+/// A mountinfo field with its octal escapes (`\040` for a space, `\134`
+/// for a backslash...) undone.
+pub(super) fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        if let Some(c) = code {
+            out.push(c);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A mount point of the device the kernel calls `sdev` (its internal
 /// dev_t: major << 20 | minor), as `pid` sees it; a mount of the device's
 /// root first, so every inode of it is reachable.
-fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
+pub(super) fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
     let want = format!("{}:{}", sdev >> 20, sdev & 0xf_ffff);
     let path = format!("/proc/{pid}/mountinfo");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
@@ -74,7 +101,7 @@ fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
         if f.len() < 5 || f[2] != want {
             continue;
         }
-        let point = format!("/proc/{pid}/root{}", f[4]);
+        let point = format!("/proc/{pid}/root{}", unescape(f[4]));
         if f[3] == "/" {
             return Ok(point);
         }
@@ -84,7 +111,7 @@ fn mount_of(pid: i32, sdev: u64) -> Result<String, String> {
 }
 
 /// The path of a watched inode, found through its file handle.
-fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
+pub(super) fn path_of(pid: i32, m: &Mark) -> Result<RawPath, String> {
     let mount = mount_of(pid, m.sdev)?;
     let c = std::ffi::CString::new(mount.clone()).map_err(|_| "mount path with NUL".to_string())?;
     // SAFETY: open with a valid C string. (open_by_handle_at refuses an
@@ -223,5 +250,6 @@ mod tests {
         assert_eq!(m.handle, vec![0xa7, 0xc4, 0x03, 0, 0, 0, 0, 0]);
         assert!(parse_mark("inotify wd:1 f_handle:abc").is_none());
         assert!(parse_mark("fanotify wd:1").is_none());
+        assert_eq!(unescape("/mnt/a\\040b\\134c\\0"), "/mnt/a b\\c\\0");
     }
 }

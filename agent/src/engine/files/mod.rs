@@ -1,7 +1,7 @@
 //! Every kind of file description (files and directories by path,
 //! devices, pipes and FIFOs, descriptors handed in from outside, unlinked
 //! files, the connection to the daemon, and the anonymous kernel objects:
-//! eventfd, timerfd, signalfd, epoll, inotify, UNIX, internet, netlink
+//! eventfd, timerfd, signalfd, epoll, inotify, fanotify, UNIX, internet, netlink
 //! and packet sockets, memfds; and pseudo-terminal pairs), and the objects behind files and mappings (memfd and
 //! unlinked-file contents, SysV segments, file locks, signal-driven I/O,
 //! tmpfs files).
@@ -27,6 +27,7 @@ mod device;
 mod epoll;
 mod eventfd;
 mod external;
+mod fanotify;
 mod held;
 mod inet;
 mod inotify;
@@ -86,6 +87,7 @@ pub fn check_pty_holders(
         cause: Cause::Unsupported(e),
     })
 }
+pub use fanotify::user_may as fanotify_user_may;
 pub use netlink::user_may as netlink_user_may;
 pub use tcp::{endpoints as tcp_endpoints, Repairing as TcpRepairing, Restored as TcpRestored};
 pub use unix::{shown as unix_name, InFlight, Pending, SentBy, WAITING_LIMIT};

@@ -174,7 +174,8 @@ pub(super) fn open_objects(
 }
 
 /// A netlink or packet socket that cannot be made again (its port id
-/// taken, its interface gone) is named by the first fd that holds it.
+/// taken, its interface gone) or a fanotify group whose marks cannot be
+/// added again is named by the first fd that holds it.
 fn name_socket(
     st: &ImageState,
     kind: &crate::engine::state::FileKind,
@@ -182,7 +183,10 @@ fn name_socket(
     e: crate::engine::Cause,
 ) -> crate::engine::Cause {
     use crate::engine::state::FileKind;
-    if !matches!(kind, FileKind::Netlink(_) | FileKind::Packet(_)) {
+    if !matches!(
+        kind,
+        FileKind::Netlink(_) | FileKind::Packet(_) | FileKind::Fanotify(_)
+    ) {
         return e;
     }
     let holder = st.processes.iter().find_map(|p| {

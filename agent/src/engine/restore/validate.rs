@@ -101,7 +101,9 @@ fn user_msg_creds(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
 /// processes have none), a ping socket needs the user's group in
 /// `net.ipv4.ping_group_range`, a congestion control the user picks must be
 /// one `net.ipv4.tcp_allowed_congestion_control` allows; a netlink socket
-/// joins no group and sets no option only root may.
+/// joins no group and sets no option only root may. A fanotify group is
+/// one an unprivileged user may make: `FAN_REPORT_FID`, the notification
+/// class, marks on files and directories only.
 fn user_sockets(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
     use crate::engine::state::FileKind;
     for (i, f) in st.files.iter().enumerate() {
@@ -118,6 +120,21 @@ fn user_sockets(st: &ImageState, uid: u32, gid: u32) -> Result<(), String> {
                 return Err(format!(
                     "the image holds a packet socket, which uid {uid} may not make without CAP_NET_RAW"
                 ));
+            }
+            FileKind::Fanotify(g) => {
+                crate::engine::files::fanotify_user_may(g).map_err(|why| {
+                    let holder = st.processes.iter().find_map(|p| {
+                        p.fds
+                            .iter()
+                            .find(|f| f.file as usize == i)
+                            .map(|f| format!("fd {} of process {}", f.fd, p.task.pid))
+                    });
+                    format!(
+                        "{} is a fanotify group that {why}, which uid {uid} may not make without CAP_SYS_ADMIN",
+                        holder.unwrap_or_else(|| "a description".into())
+                    )
+                })?;
+                continue;
             }
             _ => continue,
         };
