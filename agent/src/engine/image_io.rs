@@ -399,21 +399,7 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
             }
             Kind::UnixRights => {
                 let r: crate::image::records::UnixRights = rec.decode()?;
-                let socket = ofds
-                    .get(&r.ofd)
-                    .copied()
-                    .filter(|&i| {
-                        st.files.get(i as usize).is_some_and(|f| match &f.kind {
-                            FileKind::Unix(u) => (r.message as usize) < u.queue.len(),
-                            _ => false,
-                        })
-                    })
-                    .ok_or_else(|| {
-                        malformed(format!(
-                            "a unix-rights record names message {} of description {}, which is no queued message of a UNIX socket before it",
-                            r.message, r.ofd
-                        ))
-                    })?;
+                let socket = queued_message(&ofds, &st.files, r.ofd, r.message, "unix-rights")?;
                 if r.files.is_empty() || r.files.len() > crate::engine::state::RIGHTS_LIMIT {
                     return Err(malformed(format!(
                         "a unix-rights record passes {} descriptors (1 to {} are possible)",
@@ -450,21 +436,7 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
             }
             Kind::UnixCreds => {
                 let r: crate::image::records::UnixCreds = rec.decode()?;
-                let socket = ofds
-                    .get(&r.ofd)
-                    .copied()
-                    .filter(|&i| {
-                        st.files.get(i as usize).is_some_and(|f| match &f.kind {
-                            FileKind::Unix(u) => (r.message as usize) < u.queue.len(),
-                            _ => false,
-                        })
-                    })
-                    .ok_or_else(|| {
-                        malformed(format!(
-                            "a unix-creds record names message {} of description {}, which is no queued message of a UNIX socket before it",
-                            r.message, r.ofd
-                        ))
-                    })?;
+                let socket = queued_message(&ofds, &st.files, r.ofd, r.message, "unix-creds")?;
                 if r.pid <= 0 || !st.processes.iter().any(|p| p.task.pid == r.pid) {
                     return Err(malformed(format!(
                         "a unix-creds record for message {} of description {} names pid {}, which is no process of the image",
@@ -814,6 +786,31 @@ fn read_state_in<R: Read>(rd: &mut ImageReader<R>) -> Result<ImageState, ImageEr
         }
     }
     Ok(st)
+}
+
+/// The UNIX socket (an index into `files`) of description `ofd`, read
+/// before a `what` record naming its queued message `message`, which it
+/// must hold.
+fn queued_message(
+    ofds: &BTreeMap<u64, u32>,
+    files: &[OpenFile],
+    ofd: u64,
+    message: u32,
+    what: &str,
+) -> Result<u32, ImageError> {
+    ofds.get(&ofd)
+        .copied()
+        .filter(|&i| {
+            files.get(i as usize).is_some_and(|f| match &f.kind {
+                FileKind::Unix(u) => (message as usize) < u.queue.len(),
+                _ => false,
+            })
+        })
+        .ok_or_else(|| {
+            malformed(format!(
+                "a {what} record names message {message} of description {ofd}, which is no queued message of a UNIX socket before it"
+            ))
+        })
 }
 
 /// Whether torpor keeps a description of this kind when only a queued
