@@ -136,9 +136,11 @@ fn mount_id_of(path: &str) -> Result<u64, String> {
     let c = std::ffi::CString::new(path).map_err(|_| "a path with NUL".to_string())?;
     // SAFETY: statx writes one struct statx into `sx`.
     let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // Through syscall(2): the ARMv6 musl has no statx wrapper.
     // SAFETY: statx with a valid C string and our struct.
     if unsafe {
-        libc::statx(
+        libc::syscall(
+            libc::SYS_statx,
             libc::AT_FDCWD,
             c.as_ptr(),
             0,
