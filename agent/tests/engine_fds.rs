@@ -427,6 +427,113 @@ fn sockets_in_flight_three_deep_come_back() {
     assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
 }
 
+/// Marks argv[1] for FAN_MODIFY in a fanotify group, passes the group
+/// over the pair at fds 8 and 9 and closes it: only the queue holds it.
+/// On SIGUSR1 it takes the group back, writes to the file, and prints PASS
+/// when exactly one FAN_MODIFY event of that file arrives.
+const FLIGHT_FANOTIFY: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+int main(int argc, char **argv) {
+    signal(SIGUSR1, on_usr1);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int g = fanotify_init(FAN_CLASS_NOTIF | FAN_NONBLOCK, O_RDONLY);
+    int sv[2];
+    if (g < 0 || fanotify_mark(g, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, argv[1]) != 0 ||
+        socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 || dup2(sv[0], 8) != 8 || dup2(sv[1], 9) != 9)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    char b = 'f';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &g, sizeof g);
+    if (sendmsg(9, &m, 0) != 1)
+        return 3;
+    close(g);
+    printf("ready\n");
+    while (!go)
+        pause();
+    struct msghdr r = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    if (recvmsg(8, &r, MSG_DONTWAIT) != 1 || !CMSG_FIRSTHDR(&r)) {
+        printf("FAIL no group came back\n");
+        return 0;
+    }
+    int back;
+    memcpy(&back, CMSG_DATA(CMSG_FIRSTHDR(&r)), sizeof back);
+    int f = open(argv[1], O_WRONLY | O_APPEND);
+    if (f < 0 || write(f, "x", 1) != 1) {
+        printf("FAIL writing the file\n");
+        return 0;
+    }
+    close(f);
+    struct fanotify_event_metadata ev[4];
+    ssize_t n = read(back, ev, sizeof ev);
+    if (n != (ssize_t)sizeof ev[0] || ev[0].mask != FAN_MODIFY) {
+        printf("FAIL expected one FAN_MODIFY event, got %zd bytes (mask %#llx)\n", n,
+               n > 0 ? (unsigned long long)ev[0].mask : 0ULL);
+        return 0;
+    }
+    char link[64], path[PATH_MAX] = "";
+    snprintf(link, sizeof link, "/proc/self/fd/%d", ev[0].fd);
+    ssize_t k = readlink(link, path, sizeof path - 1);
+    char *real = realpath(argv[1], NULL);
+    if (k <= 0 || !real || strcmp(path, real) != 0) {
+        printf("FAIL the event's file is %s, not %s\n", path, real ? real : "?");
+        return 0;
+    }
+    printf("PASS\n");
+    return 0;
+}
+"#;
+
+/// A fanotify group in flight that no process holds comes back: its mark
+/// reports a write to the marked file.
+#[test]
+fn a_fanotify_group_in_flight_comes_back_with_its_mark() {
+    become_subreaper();
+    let dir = scratch("flight-fanotify");
+    let bin = compile(&dir, "fan", FLIGHT_FANOTIFY, &[]);
+    let marked = dir.join("marked.txt");
+    std::fs::write(&marked, b"m").expect("marked file");
+    let out = dir.join("out.txt");
+    let img = dir.join("fan.img");
+    let pid = spawn(&bin, &[marked.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    let show = torpor(&["show", img.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"kind\":\"flight-file\"") && l.contains("Fanotify")),
+        "a flight-file record of the group: {text}"
+    );
+    restore(&img);
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}
+
 const QUEUED_CREDS: &str = r#"
 #define _GNU_SOURCE
 #include <signal.h>

@@ -827,6 +827,7 @@ pub fn kept_in_flight(kind: &FileKind) -> bool {
             | FileKind::TimerFd(_)
             | FileKind::SignalFd(_)
             | FileKind::Inotify(_)
+            | FileKind::Fanotify(_)
             | FileKind::Unix(_)
             | FileKind::Inet(_)
     )
