@@ -534,6 +534,96 @@ fn a_fanotify_group_in_flight_comes_back_with_its_mark() {
     assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
 }
 
+/// Opens argv[1] read-write at offset 3, unlinks it, passes it over the
+/// pair at fds 8 and 9 and closes it: only the queue holds the file. On
+/// SIGUSR1 it takes it back and prints PASS when its offset, contents and
+/// link count are as they were.
+const FLIGHT_UNLINKED: &str = r#"
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+int main(int argc, char **argv) {
+    signal(SIGUSR1, on_usr1);
+    setvbuf(stdout, NULL, _IONBF, 0);
+    int f = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0640);
+    int sv[2];
+    if (f < 0 || write(f, "unlinked-data", 13) != 13 || lseek(f, 3, SEEK_SET) != 3 ||
+        unlink(argv[1]) != 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0 ||
+        dup2(sv[0], 8) != 8 || dup2(sv[1], 9) != 9)
+        return 2;
+    close(sv[0]);
+    close(sv[1]);
+    char b = 'u';
+    struct iovec iov = { &b, 1 };
+    union { struct cmsghdr h; char u[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &f, sizeof f);
+    if (sendmsg(9, &m, 0) != 1)
+        return 3;
+    close(f);
+    printf("ready\n");
+    while (!go)
+        pause();
+    struct msghdr r = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.u, .msg_controllen = sizeof u.u };
+    if (recvmsg(8, &r, MSG_DONTWAIT) != 1 || !CMSG_FIRSTHDR(&r)) {
+        printf("FAIL no file came back\n");
+        return 0;
+    }
+    int back;
+    memcpy(&back, CMSG_DATA(CMSG_FIRSTHDR(&r)), sizeof back);
+    struct stat st;
+    char got[16] = "";
+    off_t at = lseek(back, 0, SEEK_CUR);
+    if (fstat(back, &st) != 0 || st.st_nlink != 0 || (st.st_mode & 07777) != 0640 || st.st_size != 13) {
+        printf("FAIL links %lu, mode %o, size %lld\n", (unsigned long)st.st_nlink,
+               (unsigned)(st.st_mode & 07777), (long long)st.st_size);
+        return 0;
+    }
+    if (at != 3 || read(back, got, 10) != 10 || memcmp(got, "inked-data", 10) != 0 ||
+        (fcntl(back, F_GETFL) & O_ACCMODE) != O_RDWR) {
+        printf("FAIL offset %lld, contents \"%s\"\n", (long long)at, got);
+        return 0;
+    }
+    printf("PASS\n");
+    return 0;
+}
+"#;
+
+/// An unlinked file in flight that no process holds comes back with its
+/// contents, offset, access mode and permissions, unlinked.
+#[test]
+fn an_unlinked_file_in_flight_comes_back_with_its_contents() {
+    become_subreaper();
+    let dir = scratch("flight-unlinked");
+    let bin = compile(&dir, "unl", FLIGHT_UNLINKED, &[]);
+    let gone = dir.join("gone.txt");
+    let out = dir.join("out.txt");
+    let img = dir.join("unl.img");
+    let pid = spawn(&bin, &[gone.to_str().expect("utf8")], Some(&out));
+    let mut reaper = Reaper::default();
+    reaper.add(pid);
+    wait_for("ready", || !lines(&out).is_empty());
+    dump(pid, &img, &[]);
+    assert_eq!(reap(pid), libc::SIGKILL);
+    restore(&img);
+    assert!(!gone.exists(), "the file is not linked again");
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_for("the verdict", || lines(&out).len() >= 2);
+    assert_eq!(reap(pid), 0);
+    assert_eq!(lines(&out)[1..].to_vec(), vec!["PASS".to_string()]);
+}
+
 const QUEUED_CREDS: &str = r#"
 #define _GNU_SOURCE
 #include <signal.h>

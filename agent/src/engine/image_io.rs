@@ -826,6 +826,7 @@ pub fn kept_in_flight(kind: &FileKind) -> bool {
             | FileKind::EventFd(_)
             | FileKind::TimerFd(_)
             | FileKind::SignalFd(_)
+            | FileKind::UnlinkedFile(_)
             | FileKind::Inotify(_)
             | FileKind::Fanotify(_)
             | FileKind::Unix(_)

@@ -623,7 +623,7 @@ pub fn write_objects<'a, W: std::io::Write>(
     let procs: Vec<&ProcessState> = procs.collect();
     memfd::write(w, &procs, files, flight)?;
     sysv::write(w, &procs)?;
-    write_unlinked(w, &procs, files)
+    write_unlinked(w, &procs, files, flight)
 }
 
 /// Stores each regular file the processes hold open or map after it was
@@ -633,10 +633,19 @@ fn write_unlinked<W: std::io::Write>(
     w: &mut crate::image::ImageWriter<W>,
     procs: &[&ProcessState],
     files: &[OpenFile],
+    flight: &[(u32, i32)],
 ) -> Result<(), Cause> {
     use crate::engine::state::{Backing, FileKind};
     use std::os::unix::fs::MetadataExt;
     let mut sources: Vec<(u64, String)> = Vec::new();
+    // One only a queued message holds: through torpor's copy of it.
+    for &(file, fd) in flight {
+        if let Some(FileKind::UnlinkedFile(UnlinkedRef { inode, .. })) =
+            files.get(file as usize).map(|f| &f.kind)
+        {
+            sources.push((*inode, format!("/proc/self/fd/{fd}")));
+        }
+    }
     for p in procs {
         for fd in &p.fds {
             if let Some(FileKind::UnlinkedFile(UnlinkedRef { inode, .. })) =
@@ -1003,6 +1012,13 @@ pub fn unlinked_holder(st: &ImageState, inode: u64) -> Option<owner::Acting> {
                 .vmas
                 .iter()
                 .any(|v| matches!(v.backing, Backing::Unlinked { inode: i, .. } if i == inode))
+        })
+        .or_else(|| {
+            // One only a queued message holds: the holder of the socket.
+            let i = st.files.iter().position(|f| {
+                matches!(&f.kind, FileKind::UnlinkedFile(UnlinkedRef { inode: i, .. }) if *i == inode)
+            })?;
+            owner::holders(st).get(i).copied().flatten()
         })
         .map(owner::Acting::of)
 }
